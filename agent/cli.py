@@ -1,0 +1,124 @@
+"""The `pyinspect` command line: a thin, lazily loaded click shell over the libraries.
+
+Each command lives in `pyinspect.commands.<module>`; only the module of the
+command being run is imported, so `pyinspect run` does not pay for the probes,
+the web app or the store. Errors from the libraries become one line here.
+"""
+
+import importlib
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import PyinspectError
+
+# command name -> (module under pyinspect.commands, attribute, one-line help)
+COMMANDS = {
+    "info": ("info", "info", "Show the kernel, cgroups, iptables backends and which eBPF hooks load."),
+    "demo": ("demo", "demo", "Run the end-to-end demo on embedded defaults."),
+    # images
+    "images": ("images", "images", "List images."),
+    "load": ("images", "load", "Load an image from a docker-save archive or OCI layout."),
+    "save": ("images", "save", "Save images to a docker-save/OCI archive."),
+    "tag": ("images", "tag", "Give an image another name."),
+    "rmi": ("images", "rmi", "Remove images."),
+    # containers
+    "run": ("containers", "run", "Create and start a container."),
+    "ps": ("containers", "ps", "List containers."),
+    "exec": ("containers", "exec_", "Run a command in a running container."),
+    "logs": ("containers", "logs", "Show a container's output."),
+    "start": ("containers", "start", "Start stopped containers."),
+    "stop": ("containers", "stop", "Stop running containers."),
+    "restart": ("containers", "restart", "Restart containers."),
+    "kill": ("containers", "kill", "Send a signal to containers."),
+    "rm": ("containers", "rm", "Remove containers."),
+    "inspect": ("containers", "inspect", "Show low-level JSON about containers or images."),
+    "top": ("containers", "top", "Show a container's processes."),
+    "cp": ("containers", "cp", "Copy files between a container and the host."),
+    # networking
+    "network": ("network", "network", "Inspect pyinspect's networks."),
+    "map": ("observe", "map_", "Show the veth map: every interface, its peer and container."),
+    "events": ("observe", "events", "Show the process, cgroup and link timeline."),
+    "trace": ("trace", "trace", "Follow a container's packets through NAT, bridge and veth."),
+    "pcap": ("pcap", "pcap", "Export and merge pcapng captures."),
+    "serve": ("serve", "serve", "Run the agent and its dashboard."),
+    "doctor": ("doctor", "doctor", "Check the usual causes of broken container networking."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported only when invoked."""
+
+    def list_commands(self, ctx):
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        spec = COMMANDS.get(name)
+        if spec is None:
+            return None
+        try:
+            module = importlib.import_module(f"pyinspect.commands.{spec[0]}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"pyinspect.commands.{spec[0]}":
+                return None  # not built yet: the group reports an unknown command
+            raise
+        return getattr(module, spec[1], None)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx) if name in COMMANDS]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pyinspect")
+@click.option("--root", envvar="PYINSPECT_ROOT", type=click.Path(file_okay=False),
+              help="State directory (default /var/lib/pyinspect).")
+@click.option("--debug", is_flag=True, envvar="PYINSPECT_DEBUG",
+              help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx, root, debug):
+    """pyinspect: where did my packet go? Containers, probes, traces and diagnosis."""
+    from .config import state_root
+    ctx.obj = {"root": state_root(root), "debug": debug}
+    if debug:
+        os.environ["PYINSPECT_DEBUG"] = "1"
+
+
+def main(argv=None):
+    """Entry point: run the CLI, turning library errors into `Error: ...` and an exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="pyinspect", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PyinspectError as exc:
+        if os.environ.get("PYINSPECT_DEBUG"):
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:  # last resort: never a traceback without --debug
+        if os.environ.get("PYINSPECT_DEBUG"):
+            raise
+        click.echo(f"Error: internal error: {type(exc).__name__}: {exc} "
+                   f"(run with --debug for the traceback)", err=True)
+        sys.exit(70)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The SQLite store (sqlite-utils, WAL): schema, versioned migrations, queries.
+
+Open it with `Store(path)`; every migration runs once, in order, and the
+version reached is kept in the `schema_version` table. Later features add
+tables by appending to MIGRATIONS, never by editing an applied step.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import CorruptInputError
+
+
+def _m1_base(db):
+    db["containers"].create(
+        {"id": str, "name": str, "image": str, "created_ns": int, "removed_ns": int,
+         "detail": str},
+        pk="id", if_not_exists=True)
+    db["events"].create(
+        {"id": int, "ts_ns": int, "kind": str, "pid": int, "ppid": int, "comm": str,
+         "cgroup_id": int, "netns": int, "pidns": int, "mntns": int,
+         "container_id": str, "container_name": str, "session_id": int, "detail": str},
+        pk="id", if_not_exists=True)
+    db["events"].create_index(["ts_ns"], if_not_exists=True)
+    db["events"].create_index(["container_id", "ts_ns"], if_not_exists=True)
+    db["events"].create_index(["kind", "ts_ns"], if_not_exists=True)
+    db["probe_loss"].create(
+        {"id": int, "ts_ns": int, "probe": str, "lost": int, "session_id": int},
+        pk="id", if_not_exists=True)
+
+
+MIGRATIONS = [
+    ("base: containers, events, probe_loss", _m1_base),
+]
+
+
+class Store:
+    """The pyinspect database. Cheap to open; safe for one writer and many readers."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite_utils.Database(str(self.path))
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except Exception as exc:  # sqlite3.DatabaseError: not a database
+            raise CorruptInputError(f"cannot open store {self.path}: {exc}",
+                                    "move the file away or use another --root") from exc
+        self._migrate()
+
+    def _migrate(self):
+        self.db["schema_version"].create(
+            {"version": int, "description": str, "applied_ns": int},
+            pk="version", if_not_exists=True)
+        done = {row["version"] for row in self.db["schema_version"].rows}
+        for version, (description, step) in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            with self.db.conn:
+                step(self.db)
+                self.db["schema_version"].insert(
+                    {"version": version, "description": description,
+                     "applied_ns": time.time_ns()})
+
+    @property
+    def version(self):
+        row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- events -----------------------------------------------------------------
+    def insert_events(self, events):
+        """Write a batch of event dicts in one transaction (`detail` may be a dict)."""
+        rows = []
+        for ev in events:
+            row = dict(ev)
+            if isinstance(row.get("detail"), (dict, list)):
+                row["detail"] = json.dumps(row["detail"], sort_keys=True)
+            rows.append(row)
+        if rows:
+            with self.db.conn:
+                self.db["events"].insert_all(rows, alter=True)
+        return len(rows)

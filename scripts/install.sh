@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs everything pyinspect needs on a Debian 12 host, as root. Safe to rerun.
+#   - Debian packages: bcc (python3-bpfcc), kernel headers, iptables, iproute2,
+#     busybox-static, conntrack, tcpdump, tshark, runc, iperf3
+#   - /lib/modules/$(uname -r)/{build,source} -> the newest Debian headers when the
+#     running kernel has none (tracepoint/tc programs only need the uapi + BTF)
+#   - tracefs and debugfs mounted
+#   - a venv in .venv (system site-packages, for bcc) with pyinspect installed editable
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install.sh: run as root (pyinspect needs namespaces, cgroups, eBPF and iptables)" >&2
+  exit 1
+fi
+
+APT_PACKAGES=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
+  iptables iproute2 busybox-static conntrack tcpdump tshark runc iperf3 make gcc procps
+  kmod psmisc chromium)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install.sh: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Kernel headers for bcc: link the newest installed Debian headers if the running kernel has none.
+kdir="/lib/modules/$(uname -r)"
+if [ ! -e "$kdir/build" ]; then
+  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1)
+  if [ -n "$hdr" ] && [ -n "$common" ]; then
+    mkdir -p "$kdir"
+    ln -sfn "$hdr" "$kdir/build"
+    ln -sfn "$common" "$kdir/source"
+  fi
+fi
+
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing || true
+mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug || true
+
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.pyinspect-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e . -r requirements-dev.txt
+  touch "$stamp"
+fi

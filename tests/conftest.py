@@ -1,0 +1,138 @@
+"""Shared fixtures: temp state roots, namespaces that play the host, and the leak check."""
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import kernelstate  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PYINSPECT = str(VENV_BIN / "pyinspect")
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root (namespaces, cgroups, eBPF, iptables)")
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers():
+    """Fail the run if the suite leaves kernel objects, mounts or processes behind."""
+    before = kernelstate.snapshot()
+    yield
+    extra = kernelstate.leftovers(before, kernelstate.snapshot())
+    if extra:
+        pytest.fail(f"the suite left kernel state behind: {extra}", pytrace=False)
+
+
+def unique(prefix="pi-test"):
+    """A short unique name (fits IFNAMSIZ when prefix is short)."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def state_root(tmp_path):
+    """A fresh pyinspect state root for one test."""
+    root = tmp_path / "root"
+    root.mkdir()
+    return root
+
+
+class Netns:
+    """A named network namespace made for a test; removed afterwards."""
+
+    def __init__(self, name):
+        self.name = name
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.sh("ip link set lo up")
+
+    @property
+    def path(self):
+        return f"/run/netns/{self.name}"
+
+    def run(self, *cmd, check=True, timeout=60, **kw):
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], check=check,
+                              capture_output=True, text=True, timeout=timeout, **kw)
+
+    def sh(self, script, check=True, timeout=60):
+        return self.run("sh", "-c", script, check=check, timeout=timeout)
+
+    def popen(self, *cmd, **kw):
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
+
+    def remove(self):
+        subprocess.run(["ip", "netns", "pids", self.name], capture_output=True)
+        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+@pytest.fixture
+def make_netns():
+    """Factory: make_netns() -> Netns with a unique name; all removed at teardown."""
+    made = []
+
+    def factory(prefix="pi-test"):
+        ns = Netns(unique(prefix))
+        made.append(ns)
+        return ns
+
+    yield factory
+    for ns in reversed(made):
+        ns.remove()
+
+
+class Cli:
+    """Runs the real `pyinspect` console script with a test state root, optionally in a netns."""
+
+    def __init__(self, root, netns=None):
+        self.root = root
+        self.netns = netns
+
+    def argv(self, *args):
+        base = [PYINSPECT, "--root", str(self.root), *map(str, args)]
+        if self.netns:
+            base = ["nsenter", f"--net=/run/netns/{self.netns}", *base]
+        return base
+
+    def __call__(self, *args, check=True, timeout=120, input=None, env=None):
+        proc = subprocess.run(self.argv(*args), capture_output=True, text=True,
+                              timeout=timeout, input=input,
+                              env={**os.environ, **(env or {})})
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"pyinspect {' '.join(map(str, args))} exited {proc.returncode}\n"
+                f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+        return proc
+
+
+@pytest.fixture
+def cli(state_root):
+    """The pyinspect CLI on a temp root, in the machine's own network namespace."""
+    return Cli(state_root)
+
+
+@pytest.fixture
+def artifacts():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def have(tool):
+    return shutil.which(tool) is not None

@@ -1,0 +1,97 @@
+"""A snapshot of the kernel objects tests can leak, for the suite-wide leftover check."""
+
+import os
+import re
+import subprocess
+
+
+def _run(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _iptables_rules():
+    rules = set()
+    for tool in ("iptables-legacy", "iptables-nft"):
+        for table in ("nat", "filter", "raw", "mangle"):
+            for line in _run(tool, "-t", table, "-S").splitlines():
+                if not line.startswith("-P "):
+                    rules.add(f"{tool} -t {table} {line}")
+    return rules
+
+
+def _cgroups():
+    found = set()
+    base = "/sys/fs/cgroup"
+    for dirpath, dirnames, _ in os.walk(base):
+        for d in dirnames:
+            if "pyinspect" in d or d.startswith("pi-test"):
+                found.add(os.path.join(dirpath, d))
+        if dirpath.count("/") > 6:
+            dirnames[:] = []
+    return found
+
+
+def _mounts():
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mnt, fstype = fields[4], line.split(" - ")[1].split()[0]
+            if fstype == "overlay" or "pyinspect" in mnt or mnt.startswith("/tmp/pytest"):
+                out.add(f"{fstype} {mnt}")
+            if mnt.startswith("/run/netns/") or mnt.startswith("/var/run/netns/"):
+                out.add(f"{fstype} {mnt}")
+    return out
+
+
+def _links():
+    out = set()
+    for line in _run("ip", "-o", "link", "show").splitlines():
+        m = re.match(r"\d+: ([^:@]+)", line)
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def _processes():
+    """Processes whose command line mentions a test state root or a pyinspect shim."""
+    out = set()
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "pyinspect-shim" in cmd or "pi-test" in cmd:
+            out.add(f"{pid} {cmd.strip()[:120]}")
+    return out
+
+
+def snapshot():
+    """What exists now: netns, links, rules, cgroups, mounts, stray processes."""
+    return {
+        "netns": set(_run("ip", "netns", "list").split()),
+        "links": _links(),
+        "iptables": _iptables_rules(),
+        "cgroups": _cgroups(),
+        "mounts": _mounts(),
+        "processes": _processes(),
+    }
+
+
+def leftovers(before, after):
+    """Objects present in `after` that were not in `before`, by kind (empty kinds dropped)."""
+    out = {}
+    for kind, items in after.items():
+        extra = items - before.get(kind, set())
+        if kind == "netns":
+            extra = {n for n in extra if n not in ("(id:",) and not n.startswith("(")}
+        if extra:
+            out[kind] = sorted(extra)
+    return out
