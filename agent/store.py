@@ -32,8 +32,62 @@ def _m1_base(db):
         pk="id", if_not_exists=True)
 
 
+def _m2_network_and_traces(db):
+    db["interfaces"].create(
+        {"id": int, "snapshot_ns": int, "netns": int, "netns_name": str, "ifindex": int,
+         "ifname": str, "kind": str, "iflink": int, "peer_ifname": str, "peer_netns": int,
+         "mac": str, "addrs": str, "master": str, "state": str, "container_id": str,
+         "container_name": str},
+        pk="id", if_not_exists=True)
+    db["interfaces"].create_index(["snapshot_ns"], if_not_exists=True)
+    db["trace_sessions"].create(
+        {"id": int, "container_id": str, "container_name": str, "started_ns": int,
+         "stopped_ns": int, "filter": str, "snaplen": int, "status": str, "pcap_path": str,
+         "summary": str},
+        pk="id", if_not_exists=True)
+    db["capture_points"].create(
+        {"id": int, "session_id": int, "name": str, "description": str, "ifindex": int,
+         "netns": int, "linktype": int},
+        pk="id", if_not_exists=True)
+    db["packets"].create(
+        {"id": int, "session_id": int, "ts_ns": int, "point_id": int, "direction": str,
+         "len": int, "caplen": int, "data": bytes, "flow_id": int, "comment": str},
+        pk="id", if_not_exists=True)
+    db["packets"].create_index(["session_id", "ts_ns"], if_not_exists=True)
+    db["packets"].create_index(["flow_id"], if_not_exists=True)
+    db["flows"].create(
+        {"id": int, "session_id": int, "ct_id": int, "proto": str,
+         "orig_src": str, "orig_sport": int, "orig_dst": str, "orig_dport": int,
+         "reply_src": str, "reply_sport": int, "reply_dst": str, "reply_dport": int,
+         "nat": str, "first_ns": int, "last_ns": int, "detail": str},
+        pk="id", if_not_exists=True)
+    db["flows"].create_index(["session_id"], if_not_exists=True)
+    db["hops"].create(
+        {"id": int, "session_id": int, "flow_id": int, "packet_id": int, "ts_ns": int,
+         "table_name": str, "chain": str, "rule_num": int, "rule_text": str,
+         "verdict": str, "detail": str},
+        pk="id", if_not_exists=True)
+    db["hops"].create_index(["session_id", "ts_ns"], if_not_exists=True)
+    db["drops"].create(
+        {"id": int, "session_id": int, "ts_ns": int, "reason": str, "location": str,
+         "ifindex": int, "flow_id": int, "detail": str},
+        pk="id", if_not_exists=True)
+
+
+def _m3_findings(db):
+    db["findings"].create(
+        {"id": int, "run_ns": int, "check_name": str, "severity": str, "container": str,
+         "summary": str, "evidence": str, "fix": str, "runbook": str},
+        pk="id", if_not_exists=True)
+    db["findings"].create_index(["run_ns"], if_not_exists=True)
+
+
+# Append only: a new step gets the next version. Never edit an applied step.
 MIGRATIONS = [
     ("base: containers, events, probe_loss", _m1_base),
+    ("interfaces, trace sessions, capture points, packets, flows, hops, drops",
+     _m2_network_and_traces),
+    ("doctor findings", _m3_findings),
 ]
 
 

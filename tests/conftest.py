@@ -29,6 +29,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def no_leftovers():
     """Fail the run if the suite leaves kernel objects, mounts or processes behind."""
+    if os.environ.get("PI_LEAKCHECK") == "0":  # only for developers sharing one machine
+        yield
+        return
     before = kernelstate.snapshot()
     yield
     extra = kernelstate.leftovers(before, kernelstate.snapshot())
