@@ -1,0 +1,23 @@
+"""`pyinspect demo`."""
+
+import os
+import shutil
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--serve-seconds", type=float, default=0.0, show_default=True,
+              help="Keep the dashboard up this long at the end (0: skip it).")
+@click.pass_obj
+def demo(obj, serve_seconds):
+    """Run the seed's port-mapping walkthrough end to end, then clean up.
+
+    A container `test` runs busybox httpd published on 8088; another machine (a
+    network namespace) fetches a page through it while `pyinspect trace` follows
+    the packets. Nothing is written to this machine's own routes or firewall.
+    """
+    from ..demo import Demo
+    exe = shutil.which("pyinspect") or os.path.join(os.path.dirname(sys.executable), "pyinspect")
+    return Demo(pyinspect=exe, root=str(obj["root"]), serve_seconds=serve_seconds).run()

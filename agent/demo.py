@@ -1,0 +1,175 @@
+"""The README demo: a walkthrough of the seed's port-mapping scenario with real commands.
+
+Everything network-side happens in a namespace the demo creates and plays "the host" in
+(`pyinspect-demo`), with the seed's "other machine" as a second namespace
+(`pyinspect-demo-client`), so the machine's own routes and firewall are never touched.
+Each step prints the command it runs and its real output. Safe to rerun: leftovers of an
+earlier run are removed first, and everything is removed at the end.
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+HOST_NS = "pyinspect-demo"
+CLIENT_NS = "pyinspect-demo-client"
+HOST_IP = "10.203.0.1"
+CLIENT_IP = "10.203.0.2"
+PORT = 8088
+
+
+@dataclass
+class Demo:
+    """One run of the demo; `out` is where the transcript goes."""
+
+    pyinspect: str
+    root: str
+    out: object = sys.stdout
+    serve_seconds: float = 0
+    failures: list = field(default_factory=list)
+
+    def say(self, text=""):
+        print(text, file=self.out, flush=True)
+
+    def sh(self, argv, netns=None, check=False, timeout=120, show=True, quiet=False):
+        """Run argv (in `netns` if given), echo it like a shell transcript, return the result."""
+        shown = " ".join(shlex.quote(a) for a in argv)
+        if netns:
+            argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+            shown = f"[{netns}] {shown}"
+        if show:
+            self.say(f"$ {shown}")
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if show and not quiet:
+            text = (proc.stdout + proc.stderr).rstrip()
+            if text:
+                self.say(text)
+        if proc.returncode != 0 and check:
+            self.failures.append(shown)
+        return proc
+
+    def pi(self, *args, host=True, **kw):
+        argv = [self.pyinspect, "--root", self.root, *map(str, args)]
+        return self.sh(argv, netns=HOST_NS if host else None, **kw)
+
+    # -- the namespaces that play the host and the other machine ------------------------
+    def make_namespaces(self):
+        self.remove_namespaces()
+        cmds = [
+            ["ip", "netns", "add", HOST_NS],
+            ["ip", "netns", "add", CLIENT_NS],
+            ["ip", "-n", HOST_NS, "link", "set", "lo", "up"],
+            ["ip", "-n", CLIENT_NS, "link", "set", "lo", "up"],
+            ["ip", "-n", HOST_NS, "link", "add", "eth0", "type", "veth", "peer", "name",
+             "eth0", "netns", CLIENT_NS],
+            ["ip", "-n", HOST_NS, "addr", "add", f"{HOST_IP}/24", "dev", "eth0"],
+            ["ip", "-n", CLIENT_NS, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0"],
+            ["ip", "-n", HOST_NS, "link", "set", "eth0", "up"],
+            ["ip", "-n", CLIENT_NS, "link", "set", "eth0", "up"],
+        ]
+        for c in cmds:
+            subprocess.run(c, check=True, capture_output=True)
+
+    def remove_namespaces(self):
+        for ns in (CLIENT_NS, HOST_NS):
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    # -- the walkthrough ----------------------------------------------------------------
+    def run(self):
+        self.say("== pyinspect demo: a container `test` published on port "
+                 f"{PORT}, reached from another machine ==")
+        self.say(f"The host is network namespace {HOST_NS} ({HOST_IP}); the other machine is "
+                 f"{CLIENT_NS} ({CLIENT_IP}).\n")
+        self.pi("rm", "-f", "test", show=False)
+        self.make_namespaces()
+        try:
+            self.walkthrough()
+        finally:
+            self.say("\n== cleaning up ==")
+            self.pi("rm", "-f", "test")
+            self.remove_namespaces()
+        if self.failures:
+            self.say("\nThese steps failed:\n  " + "\n  ".join(self.failures))
+            return 1
+        self.say("\nDemo finished: everything it made is removed.")
+        return 0
+
+    def walkthrough(self):
+        self.say("-- the host --")
+        self.pi("info", host=False, check=True)
+        self.say("\n-- a container, published like `docker run -d --name test -p 8088:80` --")
+        self.pi("run", "-d", "--name", "test", "-p", f"{PORT}:80", "busybox",
+                "httpd", "-f", "-p", "80", "-h", "/var/www", check=True)
+        self.pi("ps", check=True)
+        self.pi("exec", "test", "ps", check=True)
+        self.pi("exec", "test", "ip", "addr", "show", "eth0", check=True)
+        self.pi("inspect", "test", check=True)
+        self.say("\n-- the veth map: which host interface pairs with test's eth0 --")
+        self.pi("map", check=True)
+        self.say("\n-- a trace while the other machine fetches a page through the port --")
+        self.trace_and_fetch()
+        self.say("\n-- the rules and the conntrack entry that carried it --")
+        self.sh(["iptables-legacy", "-t", "nat", "-nvL", "PYINSPECT"], netns=HOST_NS)
+        self.sh(["conntrack", "-L", "-p", "tcp", "--orig-port-dst", str(PORT)], netns=HOST_NS)
+        self.say("\n-- doctor --")
+        self.pi("doctor", "--container", "test")
+        self.say("\n-- the timeline --")
+        self.pi("events", "--container", "test", host=False)
+        if self.serve_seconds:
+            self.serve()
+
+    def trace_and_fetch(self):
+        argv = ["nsenter", f"--net=/run/netns/{HOST_NS}", self.pyinspect, "--root", self.root,
+                "trace", "--container", "test", "--duration", "8",
+                "-w", os.path.join(self.root, "demo.pcapng")]
+        self.say("$ [" + HOST_NS + "] pyinspect trace --container test --duration 8 "
+                 "-w demo.pcapng &")
+        tracer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        ready = self._wait_ready(tracer)
+        self.sh(["wget", "-q", "-O-", f"http://{HOST_IP}:{PORT}/"], netns=CLIENT_NS,
+                check=True, timeout=20)
+        if not ready:
+            return
+        out, _ = tracer.communicate(timeout=60)
+        self.say(out.rstrip())
+        if tracer.returncode != 0:
+            self.failures.append("pyinspect trace")
+
+    def _wait_ready(self, tracer, timeout=60):
+        """Echo the tracer's output until it says it is attached; False if it exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = tracer.stdout.readline()
+            if not line:
+                tracer.wait()
+                self.failures.append("pyinspect trace (exited before it was ready)")
+                return False
+            self.say(line.rstrip())
+            if "ready" in line.lower():
+                return True
+        tracer.kill()
+        self.failures.append("pyinspect trace (not ready in time)")
+        return False
+
+    def serve(self):
+        self.say(f"\n-- the dashboard on http://127.0.0.1:8900 for {self.serve_seconds:g}s --")
+        proc = subprocess.Popen([self.pyinspect, "--root", self.root, "serve", "--port", "8900"])
+        try:
+            proc.wait(timeout=self.serve_seconds)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=10)
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait(timeout=10)
