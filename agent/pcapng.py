@@ -1,0 +1,546 @@
+"""pcapng writer and pcap/pcapng reader, by hand with `struct` (no per-packet objects).
+
+Why not scapy's PcapNgWriter: it fixes if_tsresol at microseconds (our timestamps are
+nanoseconds), takes timestamps as floats, writes no if_description and no
+shb_hardware/shb_os/shb_userappl, and builds a scapy Packet per record, which is too
+slow on the export path (see docs/pcapng.md).
+
+Writing (`PcapNgWriter`): one Section Header Block, one Interface Description Block per
+capture point (if_name, if_description, if_tsresol=9, link type, snaplen), then Enhanced
+Packet Blocks with epb_flags (direction) and opt_comment. Blocks are assembled in a
+buffer that is written out every `flush_every` packets or `flush_interval` seconds, and
+only as whole blocks, so a killed writer leaves a file that ends on a block boundary.
+
+Reading (`read_packets`): classic pcap (usec and nsec magic, both byte orders) and
+pcapng (every section, both byte orders, EPB/SPB/obsolete PB; if_tsresol and if_tsoffset
+applied), streamed in chunks. Damaged input raises CorruptInputError.
+
+Merging (`merge`): a k-way heap merge by timestamp that streams every input and writes
+to a temp file in the output's directory, renamed into place only on success.
+"""
+
+import heapq
+import os
+import platform
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from . import __version__
+from .errors import CorruptInputError, NotFoundError, UsageError
+
+# Block types
+SHB = 0x0A0D0D0A
+IDB = 0x00000001
+PB_OBSOLETE = 0x00000002
+SPB = 0x00000003
+EPB = 0x00000006
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+
+# Option codes
+OPT_ENDOFOPT = 0
+OPT_COMMENT = 1
+SHB_HARDWARE = 2
+SHB_OS = 3
+SHB_USERAPPL = 4
+IF_NAME = 2
+IF_DESCRIPTION = 3
+IF_TSRESOL = 9
+IF_TSOFFSET = 14
+EPB_FLAGS = 2
+
+# Classic pcap magics (as read little-endian)
+PCAP_USEC = 0xA1B2C3D4
+PCAP_NSEC = 0xA1B23C4D
+
+LINKTYPE_ETHERNET = 1
+DIRECTIONS = {None: 0, "in": 1, "out": 2, "inbound": 1, "outbound": 2, 1: 1, 2: 2, 0: 0}
+DIRECTION_NAMES = {0: None, 1: "in", 2: "out", 3: None}
+
+# A record longer than this is treated as damage, not allocated (Wireshark's own cap
+# for a packet is 256 KiB; blocks also carry options, so allow more).
+MAX_BLOCK = 16 * 1024 * 1024
+
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_EPB_HEAD = struct.Struct("<IIIIIII")   # type, total len, if id, ts hi, ts lo, caplen, len
+_U32 = struct.Struct("<I")
+_OPT_END = b"\0\0\0\0"
+# epb_flags option (code 2, length 4) with the direction bits, then end of options
+_FLAG_OPTS = {d: struct.pack("<HHI", EPB_FLAGS, 4, d) for d in (1, 2)}
+
+
+def _opt(code, value):
+    """One option TLV (little-endian), padded to 32 bits."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return struct.pack("<HH", code, len(value)) + value + _PAD[len(value) & 3]
+
+
+def _block(block_type, body):
+    total = 12 + len(body)
+    return struct.pack("<II", block_type, total) + body + _U32.pack(total)
+
+
+class PcapNgWriter:
+    """Stream a pcapng file: `add_interface()` then `write_packet()`; a context manager.
+
+    `path_or_file` is a path (created/truncated) or a binary file object (left open).
+    Data reaches the OS every `flush_every` packets, every `flush_interval` seconds
+    (checked on each write) and on `flush()`/`close()`; call `flush()` from an idle loop
+    so a quiet trace is on disk too.
+    """
+
+    def __init__(self, path_or_file, *, hardware=None, os=None, appname=None,
+                 flush_every=1000, flush_interval=0.5):
+        if hasattr(path_or_file, "write"):
+            self._fh, self._owned = path_or_file, False
+            self.path = getattr(path_or_file, "name", None)
+        else:
+            self.path = Path(path_or_file)
+            self._fh, self._owned = open(self.path, "wb"), True
+        self._buf = bytearray()
+        self._pending = 0
+        self._flush_every = flush_every
+        self._flush_interval = flush_interval
+        self._last_flush = time.monotonic()
+        self._interfaces = []          # (name, linktype, snaplen)
+        self.packets = 0
+        self.closed = False
+        uname = platform.uname()
+        body = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
+        body += _opt(SHB_HARDWARE, hardware if hardware is not None else uname.machine)
+        body += _opt(SHB_OS, os if os is not None else f"{uname.system} {uname.release}")
+        body += _opt(SHB_USERAPPL, appname or f"pyinspect {__version__}")
+        body += _OPT_END
+        self._buf += _block(SHB, body)
+        self.flush()
+
+    # -- interfaces --------------------------------------------------------------
+    def add_interface(self, name, description="", linktype=LINKTYPE_ETHERNET, snaplen=0,
+                      tsresol_ns=True):
+        """Write an Interface Description Block; returns its interface id (0, 1, ...).
+
+        Timestamps given to write_packet are always nanoseconds; with tsresol_ns=False
+        the IDB says microseconds and they are divided by 1000 on write.
+        """
+        body = struct.pack("<HHI", linktype & 0xFFFF, 0, snaplen or 0)
+        if name:
+            body += _opt(IF_NAME, name)
+        if description:
+            body += _opt(IF_DESCRIPTION, description)
+        body += _opt(IF_TSRESOL, bytes([9 if tsresol_ns else 6]))
+        body += _OPT_END
+        self._buf += _block(IDB, body)
+        self._interfaces.append((name, linktype, 1 if tsresol_ns else 1000))
+        return len(self._interfaces) - 1
+
+    @property
+    def interfaces(self):
+        return [(name, linktype) for name, linktype, _ in self._interfaces]
+
+    # -- packets -----------------------------------------------------------------
+    def write_packet(self, if_id, ts_ns, data, orig_len=None, direction=None, comment=None):
+        """Append one Enhanced Packet Block (direction 'in'|'out'|None; comment str)."""
+        try:
+            div = self._interfaces[if_id][2]
+        except (IndexError, TypeError):
+            raise UsageError(f"write_packet: unknown interface id {if_id!r}",
+                             "call add_interface() first") from None
+        ts = ts_ns // div if div != 1 else ts_ns
+        caplen = len(data)
+        opts = b""
+        flags = DIRECTIONS.get(direction, 0)
+        if flags:
+            opts = _FLAG_OPTS[flags]
+        if comment:
+            c = comment.encode("utf-8") if isinstance(comment, str) else bytes(comment)
+            opts += struct.pack("<HH", OPT_COMMENT, len(c)) + c + _PAD[len(c) & 3]
+        if opts:
+            opts += _OPT_END
+        pad = _PAD[caplen & 3]
+        total = 32 + caplen + len(pad) + len(opts)
+        buf = self._buf
+        buf += _EPB_HEAD.pack(EPB, total, if_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
+                              caplen, orig_len if orig_len is not None else caplen)
+        buf += data
+        buf += pad
+        buf += opts
+        buf += _U32.pack(total)
+        self.packets += 1
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self.flush()
+        elif self._flush_interval is not None and \
+                time.monotonic() - self._last_flush >= self._flush_interval:
+            self.flush()
+
+    def write_rows(self, rows, if_map):
+        """Fast path for exports: rows of (point, ts_ns, data, orig_len, direction, comment).
+
+        `if_map` maps `point` to an interface id made with add_interface(); every
+        interface used here must have nanosecond resolution. Returns the count written.
+        """
+        buf = self._buf
+        head = _EPB_HEAD.pack
+        u32 = _U32.pack
+        flag_opts = {None: b"", "": b"", "in": _FLAG_OPTS[1], "out": _FLAG_OPTS[2],
+                     "inbound": _FLAG_OPTS[1], "outbound": _FLAG_OPTS[2]}
+        n = 0
+        flush_bytes = 4 * 1024 * 1024
+        for point, ts, data, orig_len, direction, comment in rows:
+            caplen = len(data)
+            opts = flag_opts.get(direction, b"")
+            if comment:
+                c = comment.encode("utf-8")
+                opts += struct.pack("<HH", OPT_COMMENT, len(c)) + c + _PAD[len(c) & 3]
+            if opts:
+                opts += _OPT_END
+            pad = _PAD[caplen & 3]
+            total = 32 + caplen + len(pad) + len(opts)
+            buf += head(EPB, total, if_map[point], ts >> 32, ts & 0xFFFFFFFF, caplen,
+                        orig_len if orig_len is not None else caplen)
+            buf += data
+            buf += pad
+            buf += opts
+            buf += u32(total)
+            n += 1
+            if len(buf) >= flush_bytes:
+                self._fh.write(buf)
+                buf.clear()
+        self.packets += n
+        self.flush()
+        return n
+
+    def flush(self):
+        """Hand every complete block written so far to the OS."""
+        if self._buf:
+            self._fh.write(self._buf)
+            self._buf.clear()
+        self._fh.flush()
+        self._pending = 0
+        self._last_flush = time.monotonic()
+
+    def close(self):
+        if self.closed:
+            return
+        self.flush()
+        if self._owned:
+            self._fh.close()
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# -- reading -----------------------------------------------------------------------
+class Interface(NamedTuple):
+    """An interface as read from a file: `file` and `index` identify it uniquely."""
+    file: str
+    section: int
+    index: int
+    name: str
+    description: str
+    linktype: int
+    snaplen: int
+
+
+class Packet(NamedTuple):
+    """One record: `ts_ns` is nanoseconds since the epoch whatever the file's resolution."""
+    interface: Interface
+    ts_ns: int
+    data: bytes
+    orig_len: int
+    direction: str   # 'in' | 'out' | None
+    comment: str     # None when absent (several comments are joined with '; ')
+
+
+class _Chunks:
+    """Buffered reads that report how far into the file a short read happened."""
+
+    def __init__(self, fh, name, chunk=1 << 20):
+        self.fh, self.name, self.chunk = fh, name, chunk
+        self.buf = b""
+        self.pos = 0         # position in buf
+        self.offset = 0      # file offset of buf[0]
+
+    def take(self, n, what):
+        """Exactly n bytes, or CorruptInputError naming `what` and the offset."""
+        end = self.pos + n
+        if end > len(self.buf):
+            rest = self.buf[self.pos:]
+            self.offset += self.pos
+            more = self.fh.read(max(self.chunk, n - len(rest)))
+            self.buf = rest + more
+            self.pos = 0
+            end = n
+            if end > len(self.buf):
+                raise CorruptInputError(
+                    f"cannot read {self.name}: truncated {what} at byte {self.offset}",
+                    "the capture was cut short; re-copy it or drop it from the inputs")
+        out = self.buf[self.pos:end]
+        self.pos = end
+        return out
+
+    def at_eof(self):
+        if self.pos < len(self.buf):
+            return False
+        self.offset += self.pos
+        self.buf = self.fh.read(self.chunk)
+        self.pos = 0
+        return not self.buf
+
+    def tell(self):
+        return self.offset + self.pos
+
+
+def _ts_factor(resol):
+    """(multiplier, divisor) turning a timestamp in if_tsresol units into ns."""
+    if resol & 0x80:
+        return ("pow2", resol & 0x7F)
+    n = resol
+    if n <= 9:
+        return (10 ** (9 - n), 1)
+    return (1, 10 ** (n - 9))
+
+
+def _corrupt(name, what, offset):
+    return CorruptInputError(f"cannot read {name}: {what} at byte {offset}",
+                             "the file is damaged or not a capture")
+
+
+def read_packets(path):
+    """Yield Packet records from a pcap or pcapng file, in file order (streamed)."""
+    path = Path(path)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"cannot read {path}: is a directory") from None
+    except PermissionError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    with fh:
+        r = _Chunks(fh, str(path))
+        if r.at_eof():
+            raise CorruptInputError(f"cannot read {path}: empty file",
+                                    "not a pcap or pcapng capture")
+        head = r.buf[:4]
+        if len(head) < 4:
+            raise CorruptInputError(f"cannot read {path}: too short to be a capture")
+        magic_le = struct.unpack("<I", head)[0]
+        if magic_le == SHB:
+            yield from _read_pcapng(r, path)
+        elif magic_le in (PCAP_USEC, PCAP_NSEC) or \
+                struct.unpack(">I", head)[0] in (PCAP_USEC, PCAP_NSEC):
+            yield from _read_pcap(r, path)
+        else:
+            raise CorruptInputError(f"cannot read {path}: not a pcap or pcapng file "
+                                    f"(magic 0x{magic_le:08x})")
+
+
+def _read_pcap(r, path):
+    hdr = r.take(24, "file header")
+    for endian in ("<", ">"):
+        magic = struct.unpack(endian + "I", hdr[:4])[0]
+        if magic in (PCAP_USEC, PCAP_NSEC):
+            break
+    mult = 1000 if magic == PCAP_USEC else 1
+    _, _, _, _, snaplen, network = struct.unpack(endian + "HHiIII", hdr[4:])
+    iface = Interface(str(path), 0, 0, path.stem, "", network & 0x0FFFFFFF, snaplen)
+    rec = struct.Struct(endian + "IIII")
+    limit = max(snaplen, 262144) if snaplen else MAX_BLOCK
+    while not r.at_eof():
+        off = r.tell()
+        sec, frac, caplen, length = rec.unpack(r.take(16, "record header"))
+        if caplen > limit or caplen > MAX_BLOCK:
+            raise _corrupt(path, f"record length {caplen} is impossible", off)
+        if frac >= 1_000_000_000 or (mult == 1000 and frac >= 1_000_000):
+            raise _corrupt(path, f"sub-second timestamp {frac} is out of range", off)
+        data = r.take(caplen, "packet data")
+        yield Packet(iface, sec * 1_000_000_000 + frac * mult, data, length, None, None)
+
+
+def _parse_options(buf, endian, name, offset):
+    """[(code, bytes)] from an options area; tolerant of a missing opt_endofopt."""
+    out = []
+    pos, n = 0, len(buf)
+    while pos + 4 <= n:
+        code, length = struct.unpack_from(endian + "HH", buf, pos)
+        pos += 4
+        if code == OPT_ENDOFOPT:
+            break
+        if pos + length > n:
+            raise _corrupt(name, "option runs past its block", offset)
+        out.append((code, buf[pos:pos + length]))
+        pos += (length + 3) & ~3
+    return out
+
+
+def _read_pcapng(r, path):
+    name = str(path)
+    endian = "<"
+    section = -1
+    interfaces = []      # [(Interface, (mult, div) or ("pow2", n), tsoffset_ns)]
+    last_ts = 0
+    while not r.at_eof():
+        off = r.tell()
+        head = r.take(8, "block header")
+        btype_le = struct.unpack("<I", head[:4])[0]
+        if btype_le == SHB:
+            bom = r.take(4, "section header")
+            if bom == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            else:
+                raise _corrupt(name, "bad byte-order magic in section header", off)
+            total = struct.unpack(endian + "I", head[4:])[0]
+            if total < 28 or total % 4 or total > MAX_BLOCK:
+                raise _corrupt(name, f"bad section header length {total}", off)
+            rest = r.take(total - 12, "section header")
+            if struct.unpack(endian + "I", rest[-4:])[0] != total:
+                raise _corrupt(name, "section header lengths disagree", off)
+            section += 1
+            interfaces = []
+            continue
+        if section < 0:
+            raise _corrupt(name, "no section header block first", off)
+        btype, total = struct.unpack(endian + "II", head)
+        if total < 12 or total % 4 or total > MAX_BLOCK:
+            raise _corrupt(name, f"bad block length {total}", off)
+        body = r.take(total - 8, "block")
+        if struct.unpack(endian + "I", body[-4:])[0] != total:
+            raise _corrupt(name, "block lengths disagree", off)
+        body = body[:-4]
+        if btype == IDB:
+            if len(body) < 8:
+                raise _corrupt(name, "interface block too short", off)
+            linktype, _, snaplen = struct.unpack(endian + "HHI", body[:8])
+            opts = _parse_options(body[8:], endian, name, off)
+            ifname, desc, resol, tsoffset = "", "", 6, 0
+            for code, val in opts:
+                if code == IF_NAME:
+                    ifname = val.decode("utf-8", "replace").rstrip("\0")
+                elif code == IF_DESCRIPTION:
+                    desc = val.decode("utf-8", "replace").rstrip("\0")
+                elif code == IF_TSRESOL and val:
+                    resol = val[0]
+                elif code == IF_TSOFFSET and len(val) == 8:
+                    tsoffset = struct.unpack(endian + "q", val)[0] * 1_000_000_000
+            if not (resol & 0x80) and resol > 30 or (resol & 0x80) and (resol & 0x7F) > 63:
+                raise _corrupt(name, f"impossible if_tsresol {resol}", off)
+            iface = Interface(name, section, len(interfaces), ifname, desc, linktype, snaplen)
+            interfaces.append((iface, _ts_factor(resol), tsoffset))
+        elif btype in (EPB, PB_OBSOLETE):
+            if len(body) < 20:
+                raise _corrupt(name, "packet block too short", off)
+            if btype == EPB:
+                if_id, hi, lo, caplen, length = struct.unpack(endian + "IIIII", body[:20])
+            else:
+                if_id, _, hi, lo, caplen, length = struct.unpack(endian + "HHIIII", body[:20])
+            if if_id >= len(interfaces):
+                raise _corrupt(name, f"packet names undefined interface {if_id}", off)
+            if 20 + caplen > len(body):
+                raise _corrupt(name, "captured length runs past its block", off)
+            data = body[20:20 + caplen]
+            direction = comment = None
+            optstart = 20 + ((caplen + 3) & ~3)
+            if optstart < len(body):
+                comments = []
+                for code, val in _parse_options(body[optstart:], endian, name, off):
+                    if code == OPT_COMMENT:
+                        comments.append(val.decode("utf-8", "replace"))
+                    elif code == EPB_FLAGS and btype == EPB and len(val) == 4:
+                        direction = DIRECTION_NAMES[struct.unpack(endian + "I", val)[0] & 3]
+                if comments:
+                    comment = "; ".join(comments)
+            iface, factor, tsoffset = interfaces[if_id]
+            raw = (hi << 32) | lo
+            if factor[0] == "pow2":
+                ts = (raw * 1_000_000_000) >> factor[1]
+            else:
+                ts = raw * factor[0] // factor[1]
+            last_ts = ts + tsoffset
+            yield Packet(iface, last_ts, data, length, direction, comment)
+        elif btype == SPB:
+            if not interfaces:
+                raise _corrupt(name, "simple packet block before any interface", off)
+            iface = interfaces[0][0]
+            length = struct.unpack(endian + "I", body[:4])[0]
+            caplen = min(length, iface.snaplen or length, len(body) - 4)
+            # an SPB has no timestamp: keep it where it sits in the file
+            yield Packet(iface, last_ts, body[4:4 + caplen], length, None, None)
+        # other blocks (name resolution, statistics, secrets, custom) are skipped
+
+
+def interface_label(iface):
+    """The name an input interface gets in a merged file: its if_name, else the file
+    name stem (with `:<index>` for the second and later unnamed pcapng interfaces)."""
+    if iface.name:
+        return iface.name
+    stem = Path(iface.file).stem
+    return f"{stem}:{iface.index}" if iface.index else stem
+
+
+def merge(inputs, output):
+    """Merge pcap/pcapng files into one pcapng by timestamp; returns a summary dict.
+
+    Every input is streamed (a k-way heap merge: memory is one record per input).
+    Interface names are kept (pcapng if_name; the file name stem for classic pcap).
+    The output appears only when every input was read to its end without error:
+    it is written to a temp file in the output's directory and renamed on success.
+    """
+    inputs = [Path(p) for p in inputs]
+    output = Path(output)
+    if not inputs:
+        raise UsageError("merge: no input files")
+    out_real = output.resolve()
+    for p in inputs:
+        if not p.exists():
+            raise NotFoundError(f"merge: cannot read {p}: no such file")
+        if p.resolve() == out_real:
+            raise UsageError(f"merge: output {output} is also an input")
+    outdir = output.parent
+    if not outdir.is_dir():
+        raise NotFoundError(f"merge: output directory {outdir} does not exist")
+    streams = [read_packets(p) for p in inputs]
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=outdir)
+    ifmap = {}
+    count = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with PcapNgWriter(fh, flush_every=10000, flush_interval=None) as w:
+                # ties keep input order, then file order (heapq.merge is stable)
+                for pkt in heapq.merge(*streams, key=_ts_key):
+                    iface = pkt.interface
+                    key = (iface.file, iface.section, iface.index)
+                    if_id = ifmap.get(key)
+                    if if_id is None:
+                        if_id = w.add_interface(interface_label(iface), iface.description,
+                                                iface.linktype, iface.snaplen)
+                        ifmap[key] = if_id
+                    w.write_packet(if_id, pkt.ts_ns, pkt.data, pkt.orig_len,
+                                   pkt.direction, pkt.comment)
+                    count += 1
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+    except BaseException:
+        for gen in streams:
+            gen.close()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return {"output": str(output), "packets": count, "interfaces": len(ifmap),
+            "inputs": len(inputs)}
+
+
+def _ts_key(pkt):
+    return pkt.ts_ns
