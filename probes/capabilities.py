@@ -1,0 +1,355 @@
+"""Which eBPF hook types this kernel really loads, found by loading one tiny program of each.
+
+`detect()` compiles one combined bcc program (tracepoint, raw tracepoint, tc
+sched_cls and kprobe functions plus a ring buffer and a perf buffer map), loads
+each function, attaches the tracepoint/raw tracepoint/kprobe ones briefly and
+detaches them. fentry needs its own compile (bcc attaches KFUNC_PROBE at load).
+The netfilter BPF link is not expressible in bcc 0.26, so it is tried with the
+raw bpf(2) syscall in a child process inside a throwaway network namespace.
+The answer is cached per process; `detect(refresh=True)` probes again.
+"""
+
+import ctypes
+import errno
+import os
+import struct
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+HOOKS = ("tracepoint", "raw_tracepoint", "tc", "kprobe", "fentry", "ringbuf",
+         "perf_buffer", "netfilter")
+
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+@dataclass(frozen=True)
+class HookStatus:
+    """One hook type: whether it loads here and why (a short, plain reason)."""
+
+    name: str
+    available: bool
+    reason: str
+
+    def __str__(self):
+        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
+
+
+_lock = threading.Lock()
+_cache = None
+
+_COMBINED = r"""
+BPF_RINGBUF_OUTPUT(pi_cap_rb, 1);
+BPF_PERF_OUTPUT(pi_cap_pb);
+int pi_cap_tp(void *ctx) { return 0; }
+int pi_cap_rtp(struct bpf_raw_tracepoint_args *ctx) { return 0; }
+int pi_cap_kp(struct pt_regs *ctx) { return 0; }
+int pi_cap_cls(struct __sk_buff *skb) { return 0; }
+"""
+
+_FENTRY = r"""
+KFUNC_PROBE(do_nanosleep) { return 0; }
+"""
+
+
+def tracefs_dir():
+    """The mounted tracefs directory, or None."""
+    for d in TRACEFS_DIRS:
+        if os.path.isdir(os.path.join(d, "events")):
+            return d
+    return None
+
+
+@contextmanager
+def _quiet_stderr():
+    """Capture fd 2 (libbcc prints diagnostics there); yields a function returning the text."""
+    captured = {"text": ""}
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield lambda: ""
+        return
+    tmp = tempfile.TemporaryFile()
+    os.dup2(tmp.fileno(), 2)
+    try:
+        yield lambda: captured["text"]
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        tmp.seek(0)
+        captured["text"] = tmp.read().decode(errors="replace")
+        tmp.close()
+
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _kprobe_reason(exc, log):
+    has_pmu = os.path.exists("/sys/bus/event_source/devices/kprobe")
+    tfs = tracefs_dir()
+    has_events = bool(tfs) and os.path.exists(os.path.join(tfs, "kprobe_events"))
+    if not has_pmu and not has_events:
+        return ("refused by kernel: no kprobe PMU and no kprobe_events in tracefs "
+                "(CONFIG_KPROBES off)")
+    if "Operation not permitted" in log or "EPERM" in log:
+        return "refused by kernel (EPERM)"
+    return f"attach failed: {_first_line(exc)}"
+
+
+def _fentry_reason(exc, log):
+    if "Operation not permitted" in log or "super-user" in str(exc):
+        return "refused by kernel (EPERM loading a BPF_PROG_TYPE_TRACING program)"
+    if "BTF" in log or "btf" in log:
+        return f"no usable BTF for fentry: {_first_line(exc)}"
+    return f"load failed: {_first_line(exc)}"
+
+
+def _probe_bcc():
+    """Statuses for everything bcc can express. Never raises."""
+    out = {}
+    try:
+        from bcc import BPF
+    except Exception as exc:  # ImportError, or a broken libbcc
+        reason = f"bcc is not importable ({_first_line(exc)}; install python3-bpfcc)"
+        return {h: HookStatus(h, False, reason) for h in HOOKS if h != "netfilter"}
+
+    with _quiet_stderr() as log:
+        try:
+            b = BPF(text=_COMBINED)
+        except Exception as exc:
+            b = None
+            err = exc
+    if b is None:
+        # The combined program failed (usually a map type): try each part alone.
+        return _probe_bcc_separately(BPF, f"{_first_line(err)} {log()}")
+    try:
+        out.update(_probe_functions(b, BPF))
+        out.update(_probe_buffers(b))
+    finally:
+        b.cleanup()
+    out["fentry"] = _probe_fentry(BPF)
+    return out
+
+
+def _probe_functions(b, BPF):
+    out = {}
+    tfs = tracefs_dir()
+    # tracepoint: load, attach to sched:sched_process_exit, detach.
+    with _quiet_stderr() as log:
+        try:
+            b.load_func("pi_cap_tp", BPF.TRACEPOINT)
+            if not tfs:
+                raise OSError("tracefs not mounted")
+            b.attach_tracepoint(tp="sched:sched_process_exit", fn_name="pi_cap_tp")
+            b.detach_tracepoint(tp="sched:sched_process_exit")
+            ok, why = True, "loads and attaches (sched:sched_process_exit)"
+        except Exception as exc:
+            ok = False
+            why = ("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+                   if not tfs else f"refused: {_first_line(exc)}")
+    out["tracepoint"] = HookStatus("tracepoint", ok, why)
+    with _quiet_stderr() as log:
+        try:
+            b.load_func("pi_cap_rtp", BPF.RAW_TRACEPOINT)
+            b.attach_raw_tracepoint(tp="sched_process_exit", fn_name="pi_cap_rtp")
+            b.detach_raw_tracepoint(tp="sched_process_exit")
+            ok, why = True, "loads and attaches (sched_process_exit)"
+        except Exception as exc:
+            ok, why = False, f"refused: {_first_line(exc)} {log()}".strip()
+    out["raw_tracepoint"] = HookStatus("raw_tracepoint", ok, why)
+    with _quiet_stderr() as log:
+        try:
+            b.load_func("pi_cap_cls", BPF.SCHED_CLS)
+            ok, why = True, "BPF_PROG_TYPE_SCHED_CLS loads (attached per interface via clsact)"
+        except Exception as exc:
+            ok, why = False, f"refused: {_first_line(exc)}"
+    out["tc"] = HookStatus("tc", ok, why)
+    with _quiet_stderr() as log:
+        try:
+            b.load_func("pi_cap_kp", BPF.KPROBE)
+            b.attach_kprobe(event="do_nanosleep", fn_name="pi_cap_kp")
+            b.detach_kprobe(event="do_nanosleep")
+            ok, why = True, "loads and attaches (do_nanosleep)"
+        except Exception as exc:
+            ok, why = False, None
+            err = exc
+    if not ok:
+        why = _kprobe_reason(err, log())
+    out["kprobe"] = HookStatus("kprobe", ok, why)
+    return out
+
+
+def _probe_buffers(b):
+    out = {}
+    with _quiet_stderr() as log:
+        try:
+            b["pi_cap_rb"].open_ring_buffer(lambda *a: None)
+            ok, why = True, "BPF_MAP_TYPE_RINGBUF creates and maps"
+        except Exception as exc:
+            ok, why = False, f"refused: {_first_line(exc)}"
+    out["ringbuf"] = HookStatus("ringbuf", ok, why)
+    with _quiet_stderr() as log:
+        try:
+            b["pi_cap_pb"].open_perf_buffer(lambda *a: None, page_cnt=1)
+            ok, why = True, "perf event array opens on every CPU"
+        except Exception as exc:
+            ok, why = False, f"refused: {_first_line(exc)}"
+    out["perf_buffer"] = HookStatus("perf_buffer", ok, why)
+    return out
+
+
+def _probe_fentry(BPF):
+    with _quiet_stderr() as log:
+        try:
+            if not BPF.support_kfunc():
+                raise OSError("kernel lacks BTF/trampoline support for fentry")
+            b = BPF(text=_FENTRY)
+            b.cleanup()
+            return HookStatus("fentry", True, "loads and attaches (do_nanosleep)")
+        except Exception as exc:
+            err = exc
+    return HookStatus("fentry", False, _fentry_reason(err, log()))
+
+
+def _probe_bcc_separately(BPF, combined_error):
+    """The combined program failed: compile each part alone to find which hook is refused."""
+    parts = {
+        "ringbuf": "BPF_RINGBUF_OUTPUT(pi_cap_rb, 1);\nint pi_cap_tp(void *ctx) { return 0; }",
+        "perf_buffer": "BPF_PERF_OUTPUT(pi_cap_pb);\nint pi_cap_tp(void *ctx) { return 0; }",
+    }
+    out = {}
+    for name, text in parts.items():
+        with _quiet_stderr() as log:
+            try:
+                b = BPF(text=text)
+                b.cleanup()
+                out[name] = HookStatus(name, True, "map creates")
+            except Exception as exc:
+                out[name] = HookStatus(name, False, f"refused: {_first_line(exc)}")
+    base = ("int pi_cap_tp(void *ctx) { return 0; }\n"
+            "int pi_cap_rtp(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n"
+            "int pi_cap_kp(struct pt_regs *ctx) { return 0; }\n"
+            "int pi_cap_cls(struct __sk_buff *skb) { return 0; }\n")
+    with _quiet_stderr() as log:
+        try:
+            b = BPF(text=base)
+        except Exception as exc:
+            reason = f"bcc cannot compile even a trivial program: {_first_line(exc)}"
+            for h in ("tracepoint", "raw_tracepoint", "tc", "kprobe", "fentry"):
+                out[h] = HookStatus(h, False, reason)
+            return out
+    try:
+        out.update(_probe_functions(b, BPF))
+    finally:
+        b.cleanup()
+    out["fentry"] = _probe_fentry(BPF)
+    return out
+
+
+# -- netfilter link via raw bpf(2) ----------------------------------------------------
+_SYS_BPF = 321  # x86_64
+_BPF_PROG_LOAD = 5
+_BPF_LINK_CREATE = 28
+_BPF_PROG_TYPE_NETFILTER = 32
+_BPF_NETFILTER = 45
+_CLONE_NEWNET = 0x40000000
+
+
+def _netfilter_child():
+    """In a forked child: new netns, load an always-accept netfilter program, link it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNET) != 0:
+        return 100 + ctypes.get_errno(), 0
+    insns = struct.pack("<BBhi", 0xB7, 0x00, 0, 1) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    ibuf = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(256)
+    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
+    # prog_flags, prog_name[16], prog_ifindex, expected_attach_type
+    struct.pack_into("<IIQQIIQII16sII", attr, 0, _BPF_PROG_TYPE_NETFILTER, 2,
+                     ctypes.addressof(ibuf), ctypes.addressof(lic), 0, 0, 0, 0, 0,
+                     b"pi_cap_nf", 0, _BPF_NETFILTER)
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, ctypes.c_uint(256))
+    if fd < 0:
+        return 1, ctypes.get_errno()
+    lattr = ctypes.create_string_buffer(256)
+    # prog_fd, target_fd, attach_type, flags, netfilter{pf, hooknum, priority, flags}
+    struct.pack_into("<IIIIIIiI", lattr, 0, fd, 0, _BPF_NETFILTER, 0, 2, 1, 100, 0)
+    lfd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, lattr, ctypes.c_uint(256))
+    if lfd < 0:
+        return 2, ctypes.get_errno()
+    return 0, 0
+
+
+def _probe_netfilter():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report (stage, errno) and exit without Python cleanup
+        try:
+            os.close(r)
+            stage, err = _netfilter_child()
+            os.write(w, struct.pack("<ii", stage, err))
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 8)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    if len(data) != 8:
+        return HookStatus("netfilter", False, "probe process failed")
+    stage, err = struct.unpack("<ii", data)
+    name = errno.errorcode.get(err, str(err))
+    if stage == 0:
+        return HookStatus("netfilter", True, "BPF_PROG_TYPE_NETFILTER loads and links "
+                          "(raw bpf(2); bcc 0.26 cannot express it)")
+    if stage >= 100:
+        return HookStatus("netfilter", False, "could not make a scratch network namespace "
+                          f"to test in ({errno.errorcode.get(stage - 100, stage - 100)})")
+    if stage == 1:
+        why = ("program type unknown to this kernel (needs >= 6.4)" if err == errno.EINVAL
+               else f"refused by kernel ({name})")
+        return HookStatus("netfilter", False, f"load failed: {why}")
+    return HookStatus("netfilter", False, f"link create refused by kernel ({name})")
+
+
+def _detect_all():
+    if os.geteuid() != 0:
+        reason = "needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN)"
+        return [HookStatus(h, False, reason) for h in HOOKS]
+    found = _probe_bcc()
+    try:
+        found["netfilter"] = _probe_netfilter()
+    except OSError as exc:
+        found["netfilter"] = HookStatus("netfilter", False, f"probe failed: {exc}")
+    return [found[h] for h in HOOKS]
+
+
+def detect(refresh=False):
+    """[HookStatus] for every hook type in HOOKS, in that order; cached per process."""
+    global _cache
+    with _lock:
+        if _cache is None or refresh:
+            _cache = _detect_all()
+        return list(_cache)
+
+
+def status(name):
+    """The HookStatus of one hook type (KeyError for an unknown name)."""
+    for st in detect():
+        if st.name == name:
+            return st
+    raise KeyError(name)
+
+
+def available(name):
+    """True when hook type `name` loads here."""
+    return status(name).available
