@@ -1,0 +1,433 @@
+"""The image store: content-addressed layers, image configs and tags under `<root>/images`.
+
+Layout (see docs/images.md):
+    images/layers/sha256/<diff_id hex>/   extracted layer, an overlayfs lower directory
+    images/blobs/sha256/<diff_id hex>     the layer's uncompressed tar (for `save`)
+    images/configs/<image id hex>.json    the image config, byte for byte (id = its sha256)
+    images/repositories.json              {"tags": {"name:tag": "sha256:<id>"}}, atomic
+    images/lock                           fcntl.flock for every change
+    images/tmp/<pid>-<rand>/              staging; renamed into place only on success
+
+Importing this module is cheap (stdlib only, heavy modules imported lazily) because it
+sits on the `pyinspect run` start path.
+"""
+
+import hashlib
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyinspect.errors import ConflictError, CorruptInputError, NotFoundError, UsageError
+
+DEFAULT_IMAGE = "busybox:latest"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEXPFX = re.compile(r"^[0-9a-f]{1,64}$")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+_NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass
+class Image:
+    """One stored image. `layer_dirs` lists overlay lower directories, base layer first."""
+
+    id: str                      # "sha256:<hex of the config JSON>"
+    repo_tags: list
+    config: dict                 # the config's "config": Env, Cmd, Entrypoint, WorkingDir...
+    layer_dirs: list
+    created: str
+    size: int
+    diff_ids: list = field(default_factory=list)
+    architecture: str = ""
+    os: str = ""
+    raw: dict = field(default_factory=dict, repr=False)   # the whole image config
+
+    @property
+    def short_id(self):
+        return self.id.split(":", 1)[1][:12]
+
+
+def parse_reference(ref):
+    """'busybox' -> 'busybox:latest'; Docker Hub prefixes dropped; UsageError if malformed."""
+    if not isinstance(ref, str) or not ref or ref != ref.strip():
+        raise UsageError(f"image reference {ref!r}: empty or padded with spaces")
+    if "@" in ref:
+        raise UsageError(f"image reference {ref!r}: digest references are not supported",
+                         "use a name:tag or an image id")
+    name, tag = ref, "latest"
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        name, tag = ref[:colon], ref[colon + 1:]
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
+                   "index.docker.io/"):
+        if name.startswith(prefix) and "/" in name:
+            name = name[len(prefix):]
+            break
+    if len(name) > 255 or not _NAME_RE.match(name):
+        raise UsageError(f"image reference {ref!r}: invalid repository name",
+                         "lowercase letters, digits and separators . _ - /")
+    if not _TAG_RE.match(tag):
+        raise UsageError(f"image reference {ref!r}: invalid tag")
+    return f"{name}:{tag}"
+
+
+def _atomic_write(path, data):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ImageStore:
+    """Images under `<root>/images`: resolve, list, load, save, tag, remove, inspect."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.dir = self.root / "images"
+        self.layers = self.dir / "layers" / "sha256"
+        self.blobs = self.dir / "blobs" / "sha256"
+        self.configs = self.dir / "configs"
+        self.repos = self.dir / "repositories.json"
+        self.tmp = self.dir / "tmp"
+
+    # ---- storage helpers -------------------------------------------------------------
+    def _ensure(self):
+        for d in (self.layers, self.blobs, self.configs, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self):
+        import fcntl
+        self._ensure()
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _tags(self):
+        try:
+            data = self.repos.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            tags = json.loads(data)["tags"]
+            if not isinstance(tags, dict):
+                raise ValueError
+            return tags
+        except (ValueError, KeyError, TypeError):
+            raise CorruptInputError(f"image tags {self.repos}: not valid JSON",
+                                    "restore or remove the file; images stay by id")
+
+    def _write_tags(self, tags):
+        data = json.dumps({"tags": dict(sorted(tags.items()))}, indent=1).encode()
+        _atomic_write(self.repos, data)
+
+    def _ids(self):
+        try:
+            names = os.listdir(self.configs)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-5] for n in names if n.endswith(".json") and _HEX64.match(n[:-5]))
+
+    def _load_image(self, hexid, tags):
+        path = self.configs / f"{hexid}.json"
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise NotFoundError(f"image sha256:{hexid[:12]}: no such image")
+        except ValueError:
+            raise CorruptInputError(f"image sha256:{hexid[:12]}: stored config is not JSON",
+                                    "remove it with pyinspect rmi and load it again")
+        image_id = f"sha256:{hexid}"
+        diff_ids = list(raw.get("rootfs", {}).get("diff_ids", []))
+        dirs, size, seen = [], 0, set()
+        for d in diff_ids:
+            h = d.split(":", 1)[-1]
+            if h not in seen:
+                seen.add(h)
+                try:
+                    size += os.stat(self.blobs / h).st_size
+                except FileNotFoundError:
+                    pass
+        # A layer repeated in the stack keeps only its topmost place (same merged view).
+        for i, d in enumerate(diff_ids):
+            h = d.split(":", 1)[-1]
+            if all(x.split(":", 1)[-1] != h for x in diff_ids[i + 1:]):
+                dirs.append(self.layers / h)
+        return Image(id=image_id,
+                     repo_tags=sorted(t for t, v in tags.items() if v == image_id),
+                     config=dict(raw.get("config") or {}), layer_dirs=dirs,
+                     created=raw.get("created", ""), size=size, diff_ids=diff_ids,
+                     architecture=raw.get("architecture", ""), os=raw.get("os", ""), raw=raw)
+
+    # ---- lookup ----------------------------------------------------------------------
+    def _find(self, ref, tags):
+        """(hex id, matched tag or None), or None when nothing matches."""
+        if not isinstance(ref, str) or not ref:
+            raise UsageError("image reference: empty")
+        ids = None
+        if ref.startswith("sha256:"):
+            prefix = ref[7:]
+            if not _HEXPFX.match(prefix):
+                raise UsageError(f"image reference {ref!r}: not a sha256 id")
+            ids = self._ids()
+            return self._by_prefix(ref, prefix, ids)
+        try:
+            name = parse_reference(ref)
+        except UsageError:
+            name = None
+            if not _HEXPFX.match(ref):
+                raise
+        if name and name in tags:
+            hexid = tags[name].split(":", 1)[-1]
+            if (self.configs / f"{hexid}.json").exists():
+                return hexid, name
+        if _HEXPFX.match(ref):
+            return self._by_prefix(ref, ref, self._ids())
+        return None
+
+    def _by_prefix(self, ref, prefix, ids):
+        hits = [i for i in ids if i.startswith(prefix)]
+        if len(hits) > 1:
+            raise UsageError(f"image reference {ref!r}: ambiguous id prefix "
+                             f"({len(hits)} images match)", "give more characters")
+        return (hits[0], None) if hits else None
+
+    def resolve(self, ref):
+        """The Image for a name[:tag], id, unique id prefix or 'sha256:...'.
+
+        'busybox' / 'busybox:latest' builds the embedded image when it is missing.
+        """
+        tags = self._tags()
+        found = self._find(ref, tags)
+        if found:
+            return self._load_image(found[0], tags)
+        try:
+            wanted = parse_reference(ref)
+        except UsageError:
+            wanted = None
+        if wanted == DEFAULT_IMAGE:
+            return self.build_busybox()
+        raise NotFoundError(f"image {ref!r}: no such image",
+                            "pyinspect images lists them; pyinspect load -i FILE imports one")
+
+    def list(self):
+        """Every stored image, newest first."""
+        tags = self._tags()
+        images = [self._load_image(h, tags) for h in self._ids()]
+        images.sort(key=lambda im: (im.created, im.id), reverse=True)
+        return images
+
+    def inspect(self, ref):
+        """Docker-like JSON for one image."""
+        im = self.resolve(ref)
+        return {
+            "Id": im.id,
+            "RepoTags": im.repo_tags,
+            "RepoDigests": [],
+            "Created": im.created,
+            "Architecture": im.architecture,
+            "Os": im.os,
+            "Config": im.config,
+            "RootFS": {"Type": "layers", "Layers": im.diff_ids},
+            "Size": im.size,
+            "GraphDriver": {"Name": "overlay",
+                            "Data": {"LowerDirs": [str(p) for p in im.layer_dirs]}},
+            "History": im.raw.get("history", []),
+        }
+
+    # ---- staging and commit (shared by load and the busybox build) ----------------------
+    def _new_staging(self):
+        import shutil
+        import uuid
+        self._ensure()
+        for entry in os.listdir(self.tmp):  # leftovers of killed pyinspect processes
+            pid = entry.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(self.tmp / entry, ignore_errors=True)
+        d = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        d.mkdir()
+        return d
+
+    def _stage_layer(self, staging, blob_path, diff_hex):
+        """Extract the uncompressed layer tar at blob_path into staging/<hex>.layer."""
+        from pyinspect.runtime.archive import extract_layer
+        dest = staging / f"{diff_hex}.layer"
+        dest.mkdir(mode=0o755)
+        extract_layer(blob_path, dest)
+        os.chmod(dest, 0o755)
+        return dest
+
+    def _commit(self, staging, images):
+        """Move staged layers into place and record images: [(config bytes, [tags])].
+
+        Runs under the lock; returns the Images. Each needed layer must be stored already
+        or staged as staging/<hex>.layer + staging/<hex>.tar.
+        """
+        with self._locked():
+            for config_bytes, _ in images:
+                for d in json.loads(config_bytes)["rootfs"]["diff_ids"]:
+                    h = d.split(":", 1)[1]
+                    final = self.layers / h
+                    staged = staging / f"{h}.layer"
+                    if final.exists():
+                        continue
+                    if not staged.exists():
+                        raise ConflictError(f"storing layer sha256:{h[:12]}: it was removed "
+                                            "while loading", "run the command again")
+                    os.replace(staging / f"{h}.tar", self.blobs / h)
+                    os.rename(staged, final)
+            tags = self._tags()
+            out = []
+            for config_bytes, names in images:
+                hexid = hashlib.sha256(config_bytes).hexdigest()
+                path = self.configs / f"{hexid}.json"
+                if not path.exists():
+                    _atomic_write(path, config_bytes)
+                for name in names:
+                    tags[name] = f"sha256:{hexid}"
+                out.append(hexid)
+            self._write_tags(tags)
+            return [self._load_image(h, tags) for h in out]
+
+    def build_busybox(self):
+        """Build (or rebuild) the embedded busybox:latest image from the host's busybox."""
+        import shutil
+        from pyinspect.runtime import busybox_image
+        with self._locked():
+            tags = self._tags()
+            found = self._find(DEFAULT_IMAGE, tags)
+            if found:
+                return self._load_image(found[0], tags)
+        layer, mtime, version = busybox_image.build_layer()
+        diff_hex = hashlib.sha256(layer).hexdigest()
+        config = busybox_image.image_config(f"sha256:{diff_hex}", mtime, version)
+        staging = self._new_staging()
+        try:
+            if not (self.layers / diff_hex).exists():
+                blob = staging / f"{diff_hex}.tar"
+                blob.write_bytes(layer)
+                self._stage_layer(staging, blob, diff_hex)
+            return self._commit(staging, [(config, [DEFAULT_IMAGE])])[0]
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # ---- changes -----------------------------------------------------------------------
+    def tag(self, src, dst):
+        """Give the image `src` the name `dst` (moved if another image had it)."""
+        image = self.resolve(src)
+        name = parse_reference(dst)
+        with self._locked():
+            tags = self._tags()
+            if not (self.configs / f"{image.id[7:]}.json").exists():
+                raise NotFoundError(f"image {src!r}: removed meanwhile")
+            tags[name] = image.id
+            self._write_tags(tags)
+        return name
+
+    def _users(self, image_id):
+        """Containers (id, name) whose config.json names this image_id."""
+        users = []
+        cdir = self.root / "containers"
+        try:
+            entries = os.listdir(cdir)
+        except FileNotFoundError:
+            return users
+        for entry in sorted(entries):
+            try:
+                cfg = json.loads((cdir / entry / "config.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict) and cfg.get("image_id") == image_id:
+                users.append((cfg.get("id", entry), cfg.get("name") or entry[:12]))
+        return users
+
+    def remove(self, ref, force=False):
+        """Untag or delete an image; returns Docker-like [{"Untagged": t} | {"Deleted": id}].
+
+        A tag of an image with other tags is only untagged. Deleting an image a container
+        uses is a ConflictError; with force its tags go and the data stays until unused.
+        """
+        with self._locked():
+            tags = self._tags()
+            found = self._find(ref, tags)
+            if not found:
+                raise NotFoundError(f"removing image {ref!r}: no such image")
+            hexid, by_tag = found
+            image_id = f"sha256:{hexid}"
+            mine = sorted(t for t, v in tags.items() if v == image_id)
+            if by_tag and len(mine) > 1:
+                del tags[by_tag]
+                self._write_tags(tags)
+                return [{"Untagged": by_tag}]
+            if not by_tag and len(mine) > 1 and not force:
+                raise ConflictError(f"removing image {ref!r}: it has several tags "
+                                    f"({', '.join(mine)})", "remove tags one by one or use -f")
+            users = self._users(image_id)
+            if users and not force:
+                cid, cname = users[0]
+                raise ConflictError(f"removing image {ref!r}: container {cname} "
+                                    f"({str(cid)[:12]}) uses it",
+                                    "remove the container first, or -f to drop only the tags")
+            result = [{"Untagged": t} for t in mine]
+            for t in mine:
+                del tags[t]
+            self._write_tags(tags)
+            if users:
+                return result
+            os.unlink(self.configs / f"{hexid}.json")
+            result.append({"Deleted": image_id})
+            self._gc()
+            return result
+
+    def _gc(self):
+        """Remove layers no stored image references (caller holds the lock)."""
+        import shutil
+        keep = set()
+        for h in self._ids():
+            try:
+                raw = json.loads((self.configs / f"{h}.json").read_bytes())
+                keep.update(d.split(":", 1)[-1] for d in raw["rootfs"]["diff_ids"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return  # an unreadable config: keep every layer rather than guess
+        for h in os.listdir(self.layers):
+            if h in keep or not _HEX64.match(h):
+                continue
+            doomed = self.tmp / f"{os.getpid()}-gc-{h[:12]}"
+            os.rename(self.layers / h, doomed)
+            try:
+                os.unlink(self.blobs / h)
+            except FileNotFoundError:
+                pass
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    # ---- archives ----------------------------------------------------------------------
+    def load(self, path):
+        """Import every image in a docker-save archive or OCI layout (dir or tar, gzip or not)."""
+        from pyinspect.runtime import archive
+        return archive.load(self, path)
+
+    def save(self, refs, out):
+        """Write images to `out` (path or binary file) as a docker-save archive (OCI-style)."""
+        from pyinspect.runtime import archive
+        return archive.save(self, refs, out)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
