@@ -19,11 +19,15 @@ Stdlib only: this module sits on the `pyinspect run` path when busybox is built.
 """
 
 import errno
+import hashlib
+import json
 import os
+import shutil
 import stat
 import tarfile
+import zlib
 
-from pyinspect.errors import CorruptInputError, UnavailableError
+from pyinspect.errors import CorruptInputError, NotFoundError, UnavailableError, UsageError
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -86,7 +90,6 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
-            import shutil
             shutil.rmtree(p)
         else:
             os.unlink(p)
@@ -238,3 +241,469 @@ def extract_layer(tar_path, dest):
         raise CorruptInputError(f"layer tar is corrupt: {exc}")
     except EOFError:
         raise CorruptInputError("layer tar is truncated")
+
+
+# ---- image archives: docker save (legacy and OCI-style) and OCI layouts ---------------------
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_MAX_JSON = 16 << 20
+_MAX_LINK_DEPTH = 16
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+class _DirSource:
+    """Files of an OCI layout directory; names from the (untrusted) JSON stay inside it."""
+
+    def __init__(self, path):
+        self.base = os.path.realpath(path)
+
+    def _path(self, name):
+        p = os.path.join(self.base, *clean_member_name(name))
+        real = os.path.realpath(p)
+        if real != self.base and not real.startswith(self.base + os.sep):
+            raise CorruptInputError(f"{name!r}: points outside the layout directory")
+        return real
+
+    def has(self, name):
+        try:
+            return os.path.isfile(self._path(name))
+        except CorruptInputError:
+            return False
+
+    def open(self, name):
+        try:
+            return open(self._path(name), "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise CorruptInputError(f"{name!r}: missing from the archive")
+
+    def close(self):
+        pass
+
+
+class _TarSource:
+    """Members of an uncompressed tar file, looked up by name (symlinks followed inside)."""
+
+    def __init__(self, path):
+        try:
+            self.tf = tarfile.open(path, "r:")
+            self.members = {}
+            for m in self.tf:
+                parts = clean_member_name(m.name)
+                self.members["/".join(parts)] = m
+        except CorruptInputError as exc:
+            raise CorruptInputError(f"archive {exc}")
+        except (tarfile.TarError, EOFError) as exc:
+            raise CorruptInputError(f"not a tar archive or truncated: {exc}")
+
+    def _member(self, name, depth=0):
+        key = "/".join(clean_member_name(name))
+        m = self.members.get(key)
+        if m is None:
+            raise CorruptInputError(f"{name!r}: missing from the archive")
+        if m.issym() or m.islnk():
+            if depth > _MAX_LINK_DEPTH:
+                raise CorruptInputError(f"{name!r}: too many links")
+            if m.issym():
+                if m.linkname.startswith("/"):
+                    raise CorruptInputError(f"{name!r}: absolute symlink in the archive")
+                target = os.path.normpath(os.path.join(os.path.dirname(key), m.linkname))
+                if target.startswith(".."):
+                    raise CorruptInputError(f"{name!r}: symlink points outside the archive")
+            else:
+                target = m.linkname
+            return self._member(target, depth + 1)
+        if not m.isfile():
+            raise CorruptInputError(f"{name!r}: not a regular file in the archive")
+        return m
+
+    def has(self, name):
+        try:
+            self._member(name)
+            return True
+        except CorruptInputError:
+            return False
+
+    def open(self, name):
+        return self.tf.extractfile(self._member(name))
+
+    def close(self):
+        self.tf.close()
+
+
+def _read_json(src, name):
+    try:
+        with src.open(name) as f:
+            data = f.read(_MAX_JSON + 1)
+    except (tarfile.TarError, EOFError) as exc:
+        raise CorruptInputError(f"{name!r}: truncated: {exc}")
+    if len(data) > _MAX_JSON:
+        raise CorruptInputError(f"{name!r}: JSON file too large")
+    try:
+        return data, json.loads(data)
+    except ValueError as exc:
+        raise CorruptInputError(f"{name!r}: not valid JSON: {exc}")
+
+
+def _copy_decompressed(fin, out_path, what):
+    """Copy a plain or gzip'd tar stream to out_path; (sha256 of the raw input, of the output)."""
+    raw_hash = hashlib.sha256()
+    out_hash = hashlib.sha256()
+
+    class Hashing:
+        def read(self, n=-1):
+            chunk = fin.read(n)
+            raw_hash.update(chunk)
+            return chunk
+
+    head = fin.read(4)
+    raw_hash.update(head)
+    rest = Hashing()
+    try:
+        with open(out_path, "wb") as out:
+            if head[:2] == _GZIP_MAGIC:
+                dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                buf = head
+                while True:
+                    if not buf:
+                        buf = rest.read(1 << 20)
+                        if not buf:
+                            break
+                    if dec.eof:  # another gzip member follows, or zero padding
+                        if not buf.strip(b"\0"):
+                            buf = b""
+                            continue
+                        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    plain = dec.decompress(buf, 1 << 20)
+                    out_hash.update(plain)
+                    out.write(plain)
+                    buf = dec.unused_data if dec.eof else dec.unconsumed_tail
+                if not dec.eof:
+                    raise CorruptInputError(f"{what}: gzip stream is truncated")
+            elif head == _ZSTD_MAGIC:
+                raise CorruptInputError(f"{what}: zstd-compressed layers are not supported",
+                                        "re-save the image with gzip or uncompressed layers")
+            else:
+                out_hash.update(head)
+                out.write(head)
+                while True:
+                    chunk = rest.read(1 << 20)
+                    if not chunk:
+                        break
+                    out_hash.update(chunk)
+                    out.write(chunk)
+    except zlib.error as exc:
+        raise CorruptInputError(f"{what}: corrupt gzip data: {exc}")
+    except (tarfile.TarError, EOFError) as exc:
+        raise CorruptInputError(f"{what}: truncated: {exc}")
+    return raw_hash.hexdigest(), out_hash.hexdigest()
+
+
+def _check_config(config_bytes, config, what):
+    if not isinstance(config, dict):
+        raise CorruptInputError(f"{what}: image config is not a JSON object")
+    rootfs = config.get("rootfs")
+    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
+        raise CorruptInputError(f"{what}: image config has no rootfs of type 'layers'")
+    diff_ids = rootfs.get("diff_ids")
+    if not isinstance(diff_ids, list):
+        raise CorruptInputError(f"{what}: image config has no rootfs.diff_ids list")
+    for d in diff_ids:
+        if not (isinstance(d, str) and d.startswith("sha256:")
+                and len(d) == 71 and all(c in "0123456789abcdef" for c in d[7:])):
+            raise CorruptInputError(f"{what}: bad diff_id {d!r} in the image config")
+    if "config" in config and not isinstance(config["config"], (dict, type(None))):
+        raise CorruptInputError(f"{what}: image config's 'config' is not an object")
+    return diff_ids
+
+
+def _names(raw, what):
+    from pyinspect.runtime.images import parse_reference
+    out = []
+    for name in raw or []:
+        try:
+            out.append(parse_reference(name))
+        except UsageError as exc:
+            raise CorruptInputError(f"{what}: bad image name in the archive: {exc}")
+    return out
+
+
+def _digest_hex(digest, what):
+    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71 \
+            or not all(c in "0123456789abcdef" for c in digest[7:]):
+        raise CorruptInputError(f"{what}: unsupported or malformed digest {digest!r}")
+    return digest[7:]
+
+
+def _host_arch():
+    m = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(m, m)
+
+
+def _oci_images(src):
+    """[(config_name, [layer (name, digest hex)], [tags])] from an OCI image layout."""
+    _, index = _read_json(src, "index.json")
+    out = []
+
+    def blob(digest, what):
+        return f"blobs/sha256/{_digest_hex(digest, what)}"
+
+    def manifest_entry(desc, names, depth):
+        if not isinstance(desc, dict):
+            raise CorruptInputError("index.json: a descriptor is not an object")
+        mt = desc.get("mediaType", "")
+        name = blob(desc.get("digest"), "index.json")
+        raw, doc = _read_json(src, name)
+        if hashlib.sha256(raw).hexdigest() != name.rsplit("/", 1)[1]:
+            raise CorruptInputError(f"{name}: content does not match its digest")
+        if mt in (MT_OCI_INDEX, MT_DOCKER_LIST) or (not mt and "manifests" in doc):
+            if depth > 4:
+                raise CorruptInputError("index.json: image indexes nested too deep")
+            subs = [d for d in doc.get("manifests", []) if isinstance(d, dict)]
+            plat = [d for d in subs if (d.get("platform") or {}).get("architecture") ==
+                    _host_arch() and (d.get("platform") or {}).get("os", "linux") == "linux"]
+            pick = plat[:1] or subs[:1]
+            if not pick:
+                raise CorruptInputError(f"{name}: image index lists no manifests")
+            return manifest_entry(pick[0], names, depth + 1)
+        if mt not in (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST, "") or "config" not in doc:
+            raise CorruptInputError(f"{name}: unsupported manifest media type {mt!r}")
+        config = blob((doc.get("config") or {}).get("digest"), name)
+        layers = doc.get("layers")
+        if not isinstance(layers, list):
+            raise CorruptInputError(f"{name}: manifest has no layers list")
+        return (config, [(blob(l.get("digest") if isinstance(l, dict) else None, name),
+                          l["digest"][7:]) for l in layers], names)
+
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or not manifests:
+        raise CorruptInputError("index.json: no manifests")
+    for desc in manifests:
+        ann = (desc.get("annotations") or {}) if isinstance(desc, dict) else {}
+        ref = ann.get("io.containerd.image.name") or ann.get("org.opencontainers.image.ref.name")
+        names = []
+        if ref and ("/" in ref or ":" in ref or ref == ann.get("io.containerd.image.name")):
+            names = _names([ref], "index.json")
+        out.append(manifest_entry(desc, names, 0))
+    return out
+
+
+def _docker_images(src):
+    """[(config_name, [layer (name, None)], [tags])] from a docker-save manifest.json."""
+    _, manifest = _read_json(src, "manifest.json")
+    if not isinstance(manifest, list) or not manifest:
+        raise CorruptInputError("manifest.json: not a non-empty list")
+    out = []
+    for entry in manifest:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) \
+                or not isinstance(entry.get("Layers"), list) \
+                or not all(isinstance(x, str) for x in entry["Layers"]):
+            raise CorruptInputError("manifest.json: entry lacks Config or Layers")
+        out.append((entry["Config"], [(x, None) for x in entry["Layers"]],
+                    _names(entry.get("RepoTags"), "manifest.json")))
+    return out
+
+
+def _open_source(store, path, staging):
+    if os.path.isdir(path):
+        return _DirSource(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"loading {path}: no such file")
+    except OSError as exc:
+        raise CorruptInputError(f"loading {path}: cannot read: {exc.strerror}")
+    with f:
+        head = f.read(4)
+        if not head:
+            raise CorruptInputError(f"loading {path}: empty file")
+        if head[:2] == _GZIP_MAGIC:
+            f.seek(0)
+            plain = staging / "input.tar"
+            _copy_decompressed(f, plain, f"loading {path}")
+            path = plain
+        elif head[:3] in (b"BZh", b"\xfd7zX") or head == _ZSTD_MAGIC:
+            raise CorruptInputError(f"loading {path}: only plain or gzip'd tar archives "
+                                    "are supported")
+    try:
+        return _TarSource(path)
+    except CorruptInputError as exc:
+        raise CorruptInputError(f"loading {path}: {exc}")
+
+
+def load(store, path):
+    """Import every image of a docker-save archive or OCI layout into `store`; [Image].
+
+    `path` is a file, a directory or a binary stream (copied into the store's staging
+    area first).
+    """
+    staging = store._new_staging()
+    src = None
+    try:
+        if hasattr(path, "read"):
+            spooled = staging / "input.bin"
+            with open(spooled, "wb") as out:
+                shutil.copyfileobj(path, out, 1 << 20)
+            path = spooled
+        path = os.fspath(path)
+        src = _open_source(store, path, staging)
+        if src.has("manifest.json"):
+            entries = _docker_images(src)
+        elif src.has("index.json"):
+            entries = _oci_images(src)
+        else:
+            raise CorruptInputError(f"loading {path}: neither a docker-save archive "
+                                    "(manifest.json) nor an OCI layout (index.json)")
+        images = []
+        staged = set()
+        for config_name, layers, names in entries:
+            config_bytes, config = _read_json(src, config_name)
+            image_hex = hashlib.sha256(config_bytes).hexdigest()
+            what = f"loading {path}: image sha256:{image_hex[:12]}"
+            base = config_name.rsplit("/", 1)[-1]
+            stem = base[:-5] if base.endswith(".json") else base
+            if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) \
+                    and stem != image_hex:
+                raise CorruptInputError(f"{what}: config does not match its digest {stem[:12]}")
+            diff_ids = _check_config(config_bytes, config, what)
+            if len(diff_ids) != len(layers):
+                raise CorruptInputError(f"{what}: {len(layers)} layers but the config lists "
+                                        f"{len(diff_ids)} diff_ids")
+            for i, ((layer_name, blob_hex), diff_id) in enumerate(zip(layers, diff_ids)):
+                diff_hex = diff_id[7:]
+                if diff_hex in staged or (store.layers / diff_hex).exists():
+                    continue
+                blob = staging / f"{diff_hex}.tar"
+                lwhat = f"{what}: layer {i + 1} ({layer_name})"
+                with src.open(layer_name) as fin:
+                    raw_hex, plain_hex = _copy_decompressed(fin, blob, lwhat)
+                if blob_hex is not None and raw_hex != blob_hex:
+                    raise CorruptInputError(f"{lwhat}: content does not match its digest")
+                if plain_hex != diff_hex:
+                    raise CorruptInputError(f"{lwhat}: content digest sha256:{plain_hex[:12]} "
+                                            f"does not match the config's diff_id "
+                                            f"sha256:{diff_hex[:12]}")
+                try:
+                    store._stage_layer(staging, blob, diff_hex)
+                except CorruptInputError as exc:
+                    raise CorruptInputError(f"{lwhat}: {exc.message}")
+                staged.add(diff_hex)
+            images.append((config_bytes, names))
+        src.close()
+        src = None
+        return store._commit(staging, images)
+    finally:
+        if src is not None:
+            src.close()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _tarinfo(name, size=0, kind=tarfile.REGTYPE, mode=0o644):
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.size = size
+    ti.mode = mode if kind == tarfile.REGTYPE else 0o755
+    ti.mtime = 0
+    ti.uid = ti.gid = 0
+    return ti
+
+
+def save(store, refs, out):
+    """Write the images to `out` (a path, or a binary file object) as one docker-save archive.
+
+    The archive is the OCI-style layout Docker >= 25 writes (index.json, oci-layout,
+    blobs/sha256/*) plus manifest.json and repositories, which every `docker load` reads.
+    Deterministic: same images and names give the same bytes.
+    """
+    import io
+    if not refs:
+        raise UsageError("save: no images given")
+    chosen = {}  # image id -> (Image, [names])
+    tags = store._tags()
+    for ref in refs:
+        image = store.resolve(ref)
+        names = chosen.setdefault(image.id, (image, []))[1]
+        found = store._find(ref, tags)
+        if found and found[1] and found[1] not in names:
+            names.append(found[1])
+    blobs = {}      # hex -> (path or bytes)
+    manifest_json, index_entries, repositories = [], [], {}
+    for image, names in chosen.values():
+        cfg_hex = image.id[7:]
+        cfg_bytes = (store.configs / f"{cfg_hex}.json").read_bytes()
+        blobs[cfg_hex] = cfg_bytes
+        layer_descs = []
+        for d in image.diff_ids:
+            h = d[7:]
+            p = store.blobs / h
+            try:
+                size = os.stat(p).st_size
+            except FileNotFoundError:
+                raise CorruptInputError(f"saving {image.short_id}: layer sha256:{h[:12]} "
+                                        "is missing from the store", "rmi and load it again")
+            blobs[h] = p
+            layer_descs.append({"mediaType": MT_OCI_LAYER, "digest": d, "size": size})
+        man = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                          "config": {"mediaType": MT_OCI_CONFIG, "digest": image.id,
+                                     "size": len(cfg_bytes)},
+                          "layers": layer_descs}, separators=(",", ":")).encode()
+        man_hex = hashlib.sha256(man).hexdigest()
+        blobs[man_hex] = man
+        desc = {"mediaType": MT_OCI_MANIFEST, "digest": f"sha256:{man_hex}", "size": len(man)}
+        for name in names:
+            repo, tag = name.rsplit(":", 1)
+            full = name if "/" in repo and ("." in repo.split("/")[0] or ":" in
+                                             repo.split("/")[0]) else (
+                f"docker.io/{name}" if "/" in repo else f"docker.io/library/{name}")
+            index_entries.append({**desc, "annotations": {
+                "io.containerd.image.name": full, "org.opencontainers.image.ref.name": tag}})
+            if image.diff_ids:
+                repositories.setdefault(repo, {})[tag] = image.diff_ids[-1][7:]
+        if not names:
+            index_entries.append(desc)
+        manifest_json.append({"Config": f"blobs/sha256/{cfg_hex}", "RepoTags": names or None,
+                              "Layers": [f"blobs/sha256/{d[7:]}" for d in image.diff_ids]})
+    files = {
+        "index.json": json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_INDEX,
+                                  "manifests": index_entries}).encode(),
+        "manifest.json": json.dumps(manifest_json).encode(),
+        "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+        "repositories": json.dumps(repositories).encode(),
+    }
+
+    def write(fileobj):
+        with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+            tf.addfile(_tarinfo("blobs", kind=tarfile.DIRTYPE))
+            tf.addfile(_tarinfo("blobs/sha256", kind=tarfile.DIRTYPE))
+            for h in sorted(blobs):
+                b = blobs[h]
+                if isinstance(b, bytes):
+                    tf.addfile(_tarinfo(f"blobs/sha256/{h}", len(b), mode=0o444), io.BytesIO(b))
+                else:
+                    with open(b, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        tf.addfile(_tarinfo(f"blobs/sha256/{h}", size, mode=0o444), f)
+            for name in sorted(files):
+                tf.addfile(_tarinfo(name, len(files[name])), io.BytesIO(files[name]))
+
+    if hasattr(out, "write"):
+        write(out)
+        return
+    out = os.fspath(out)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
