@@ -1,0 +1,280 @@
+"""The veth map: every interface in every network namespace, with its peer and container.
+
+This is the seed's `cat /sys/class/net/eth0/iflink` + `grep -l $iflink
+/sys/class/net/veth*/ifindex` loop, done from netlink for every namespace at once and
+without exec'ing anything into a container:
+
+1. find every network namespace: the host's, `ip netns` names (/run/netns), nsfs bind
+   mounts (Docker's /run/docker/netns/...), and each process's /proc/<pid>/ns/net,
+   deduplicated by inode;
+2. open each namespace file and dump links and addresses over a netlink socket created
+   inside it (setns on this thread only, see `pyinspect.probes.netns`);
+3. a veth's IFLA_LINK is its peer's ifindex; IFLA_LINK_NETNSID (absent when the peer is
+   in the same namespace) is the peer namespace's id *as seen from this namespace*.
+   Ids are resolved to namespaces with RTM_GETNSID queries on the same socket against
+   the namespace fds we hold, never by guessing from ifindex numbers alone;
+4. attach the owning container (`pyinspect.discovery`) by namespace inode.
+"""
+
+import json
+import os
+import time
+
+from .discovery import Resolver, containers, host_namespaces, named_netns, scan_processes
+
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+COLUMNS = ("NETNS", "IFINDEX", "IFNAME", "PEER", "MASTER", "MAC", "ADDRS", "CONTAINER")
+
+
+def _nsfs_mounts():
+    """{inode: [mount points]} of network namespace files bind-mounted anywhere."""
+    out = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                if not post.startswith("nsfs "):
+                    continue
+                fields = pre.split()
+                root, mnt = fields[3], fields[4]
+                if root.startswith("net:["):
+                    ino = int(root[5:-1])
+                    out.setdefault(ino, []).append(mnt.replace("\\040", " "))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def namespaces(procs=None, host=None):
+    """{inode: {"paths": [...], "names": [...], "pids": [...], "host": bool}} for every netns."""
+    procs = scan_processes() if procs is None else procs
+    host = host_namespaces() if host is None else host
+    out = {}
+
+    def entry(ino):
+        return out.setdefault(ino, {"inode": ino, "paths": [], "names": [], "pids": [],
+                                    "host": ino == host["net"]})
+
+    for ino, names in named_netns().items():
+        e = entry(ino)
+        e["names"] = names
+        e["paths"] += [f"/run/netns/{n}" for n in names]
+    for ino, mnts in _nsfs_mounts().items():
+        e = entry(ino)
+        e["paths"] += [m for m in mnts if m not in e["paths"]]
+    for pid, ns in sorted(procs.items()):
+        e = entry(ns["net"])
+        e["pids"].append(pid)
+    for e in out.values():
+        e["paths"] += [f"/proc/{p}/ns/net" for p in e["pids"][:3]]
+    if host["net"] not in out:
+        entry(host["net"])["paths"] += ["/proc/2/ns/net", "/proc/1/ns/net"]
+    return out
+
+
+def _open(e):
+    from .probes.netns import open_ns
+    for path in e["paths"]:
+        try:
+            fd, ino = open_ns(path)
+        except OSError:
+            continue
+        if ino == e["inode"]:
+            return fd
+        os.close(fd)
+    return None
+
+
+def _kind(link):
+    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    if kind:
+        return kind
+    return "loopback" if link["flags"] & IFF_LOOPBACK else "device"
+
+
+class _Ns:
+    """One open namespace: its fd, socket, links and addresses."""
+
+    def __init__(self, info, fd):
+        from .probes.netns import RtnlSocket
+        self.info, self.fd, self.inode = info, fd, info["inode"]
+        self.sock = RtnlSocket(fd)
+        self.links = {ln["index"]: ln for ln in self.sock.links()}
+        self.addrs = {}
+        for a in self.sock.addrs():
+            ip = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
+            if ip:
+                self.addrs.setdefault(a["index"], []).append(f"{ip}/{a['prefixlen']}")
+        self.nsids = {}  # nsid (as seen from here) -> inode, filled on demand
+        self.asked = set()
+
+    def close(self):
+        self.sock.close()
+        os.close(self.fd)
+
+
+def _resolve_nsid(ns, nsid, peer_ifindex, my_ifindex, all_ns):
+    """The namespace (`_Ns`) that `ns` calls `nsid`, asking the kernel (RTM_GETNSID)."""
+    if nsid in ns.nsids:
+        return all_ns.get(ns.nsids[nsid])
+
+    def likely(other):  # try the namespaces holding the expected peer first
+        ln = other.links.get(peer_ifindex)
+        if ln is None:
+            return 2
+        return 0 if ln.get_attr("IFLA_LINK") == my_ifindex else 1
+
+    for other in sorted((o for o in all_ns.values() if o is not ns), key=likely):
+        if other.inode in ns.asked:
+            continue
+        ns.asked.add(other.inode)
+        got = ns.sock.nsid_of(other.fd)
+        if got is not None:
+            ns.nsids[got] = other.inode
+        if got == nsid:
+            return other
+    return None
+
+
+def _owners(found, host):
+    """{netns inode: Discovered}, best-ranked source first."""
+    rank = Resolver.SOURCE_RANK
+    out = {}
+    for d in sorted(found, key=lambda d: (rank.get(d.source, 3),
+                                           str(d.detail.get("network_mode")).startswith(
+                                               "container:"), d.name)):
+        if d.netns and d.netns != host["net"] and d.pid:
+            out.setdefault(d.netns, d)
+    return out
+
+
+def _label(info, owner):
+    if info["host"]:
+        return "host"
+    if info["names"]:
+        return info["names"][0]
+    if owner is not None:
+        return owner.name
+    return f"netns:{info['inode']}"
+
+
+def build(root=None, found=None):
+    """Every interface of every network namespace, as dicts (see docs/vethmap.md)."""
+    procs = scan_processes()
+    host = host_namespaces()
+    if found is None:
+        found = containers(root, procs=procs, host=host)
+    owners = _owners(found, host)
+    infos = namespaces(procs, host)
+    opened = {}
+    unreadable = []
+    try:
+        for ino, info in infos.items():
+            fd = _open(info)
+            if fd is None:
+                unreadable.append(ino)
+                continue
+            try:
+                opened[ino] = _Ns(info, fd)
+            except OSError:
+                os.close(fd)
+                unreadable.append(ino)
+        rows = []
+        for ns in opened.values():
+            owner = owners.get(ns.inode)
+            for idx, link in sorted(ns.links.items()):
+                rows.append(_row(ns, idx, link, owner, opened, owners))
+    finally:
+        for ns in opened.values():
+            ns.close()
+    rows.sort(key=lambda r: (r["netns_name"] != "host", r["netns_name"], r["netns"],
+                             r["ifindex"]))
+    return rows
+
+
+def _row(ns, idx, link, owner, opened, owners):
+    info = ns.info
+    iflink = link.get_attr("IFLA_LINK")
+    nsid = link.get_attr("IFLA_LINK_NETNSID")
+    master_idx = link.get_attr("IFLA_MASTER")
+    master = ns.links.get(master_idx) if master_idx else None
+    kind = _kind(link)
+    peer_ns, peer = None, None
+    if iflink and iflink != idx:
+        if nsid is None:
+            peer_ns = ns
+        else:
+            peer_ns = _resolve_nsid(ns, nsid, iflink, idx, opened)
+        peer = peer_ns.links.get(iflink) if peer_ns else None
+    peer_owner = owners.get(peer_ns.inode) if peer_ns is not None else None
+    # a host-side veth belongs to the container its peer sits in
+    attached = owner or (peer_owner if kind == "veth" else None)
+    return {
+        "netns": ns.inode,
+        "netns_name": _label(info, owner),
+        "netns_names": list(info["names"]),
+        "netns_owner": owner.name if owner else None,
+        "ifindex": idx,
+        "ifname": link.get_attr("IFLA_IFNAME"),
+        "kind": kind,
+        "iflink": iflink or idx,
+        "link_netnsid": nsid,
+        "peer_ifindex": iflink if (iflink and iflink != idx) else None,
+        "peer_ifname": peer.get_attr("IFLA_IFNAME") if peer is not None else None,
+        "peer_netns": peer_ns.inode if peer_ns is not None else None,
+        "peer_netns_name": (_label(peer_ns.info, peer_owner) if peer_ns is not None
+                            else (f"nsid:{nsid}" if nsid is not None else None)),
+        "mac": link.get_attr("IFLA_ADDRESS"),
+        "addrs": ns.addrs.get(idx, []),
+        "master": master.get_attr("IFLA_IFNAME") if master is not None else None,
+        "master_ifindex": master_idx or None,
+        "state": link.get_attr("IFLA_OPERSTATE"),
+        "up": bool(link["flags"] & IFF_UP),
+        "mtu": link.get_attr("IFLA_MTU"),
+        "container_id": attached.id if attached else None,
+        "container_name": attached.name if attached else None,
+    }
+
+
+TABLE_COLUMNS = ("netns", "netns_name", "ifindex", "ifname", "kind", "iflink", "peer_ifname",
+                 "peer_netns", "mac", "addrs", "master", "state", "container_id",
+                 "container_name")
+
+
+def snapshot(store, rows=None, root=None):
+    """Write one snapshot of the map into the `interfaces` table; returns its snapshot_ns."""
+    rows = build(root) if rows is None else rows
+    ts = time.time_ns()
+    out = []
+    for r in rows:
+        row = {k: r.get(k) for k in TABLE_COLUMNS}
+        row["addrs"] = json.dumps(r.get("addrs") or [])
+        row["snapshot_ns"] = ts
+        out.append(row)
+    with store.db.conn:
+        store.db["interfaces"].insert_all(out)
+    return ts
+
+
+def latest(store):
+    """The rows of the most recent snapshot in the store (addrs decoded)."""
+    row = store.db.execute("SELECT max(snapshot_ns) FROM interfaces").fetchone()
+    if not row or row[0] is None:
+        return []
+    rows = list(store.db.query("SELECT * FROM interfaces WHERE snapshot_ns = ? ORDER BY id",
+                               [row[0]]))
+    for r in rows:
+        r["addrs"] = json.loads(r["addrs"] or "[]")
+    return rows
+
+
+def peer_label(row):
+    """`ifname@netns` of the peer (or lower device), or '-'."""
+    if row.get("peer_ifindex") is None and row.get("peer_ifname") is None:
+        return "-"
+    name = row.get("peer_ifname") or f"if{row.get('peer_ifindex')}"
+    where = row.get("peer_netns_name")
+    if where is None or row.get("peer_netns") == row.get("netns"):
+        return name
+    return f"{name}@{where}"
