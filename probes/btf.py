@@ -1,0 +1,157 @@
+"""Struct member offsets of the RUNNING kernel, read from its BTF (/sys/kernel/btf/vmlinux).
+
+The kernel headers installed here belong to another kernel, so probes never
+read kernel structs by header layout. When a probe needs a field of
+task_struct (ppid, exit code, namespace inodes), it asks this module for the
+byte offsets and passes them to its C program as -D cflags; the C code reads
+them with bpf_probe_read_kernel. If BTF is missing or a member is not found,
+`offsets()` returns None and the probe falls back to userspace (/proc).
+"""
+
+import os
+import struct
+import threading
+
+VMLINUX = "/sys/kernel/btf/vmlinux"
+
+_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, \
+    _RESTRICT, _FUNC, _FUNC_PROTO, _VAR, _DATASEC, _FLOAT, _DECL_TAG, _TYPE_TAG, \
+    _ENUM64 = range(1, 20)
+_MODIFIERS = (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG)
+
+
+class BTFError(Exception):
+    """The BTF blob is missing, malformed or lacks a needed member."""
+
+
+class BTF:
+    """A minimal reader: types by id, structs by name, member offsets by path."""
+
+    def __init__(self, data):
+        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+            struct.unpack_from("<HBBIIIII", data, 0)
+        if magic != 0xEB9F:
+            raise BTFError("bad BTF magic")
+        self._data = data
+        self._strs = hdr_len + str_off
+        self._str_end = self._strs + str_len
+        self.types = [None]  # id 0 is void: (kind, name_off, size_or_type, vlen, kflag, pos)
+        self._by_name = {}
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        unpack = struct.unpack_from
+        while pos < end:
+            name_off, info, size_type = unpack("<III", data, pos)
+            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
+            body = pos + 12
+            self.types.append((kind, name_off, size_type, vlen, kflag, body))
+            if kind in (_STRUCT, _UNION) and name_off:
+                self._by_name.setdefault(self.name(name_off), len(self.types) - 1)
+            if kind == _INT or kind == _VAR or kind == _DECL_TAG:
+                pos = body + 4
+            elif kind == _ARRAY:
+                pos = body + 12
+            elif kind in (_STRUCT, _UNION, _DATASEC, _ENUM64):
+                pos = body + 12 * vlen
+            elif kind in (_ENUM, _FUNC_PROTO):
+                pos = body + 8 * vlen
+            else:
+                pos = body
+
+    def name(self, off):
+        start = self._strs + off
+        return self._data[start:self._data.index(b"\0", start)].decode()
+
+    def resolve(self, tid):
+        """Skip typedefs and qualifiers."""
+        while self.types[tid] and self.types[tid][0] in _MODIFIERS:
+            tid = self.types[tid][2]
+        return tid
+
+    def struct_id(self, name):
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise BTFError(f"struct {name} not in BTF") from None
+
+    def members(self, tid):
+        kind, _n, _s, vlen, kflag, body = self.types[tid]
+        for i in range(vlen):
+            name_off, mtype, off = struct.unpack_from("<III", self._data, body + 12 * i)
+            bit = off & 0xFFFFFF if kflag else off
+            yield (self.name(name_off) if name_off else ""), mtype, bit
+
+    def member(self, tid, name):
+        """(byte offset, type id) of member `name`, looking inside anonymous structs/unions."""
+        for mname, mtype, bit in self.members(tid):
+            if mname == name:
+                if bit % 8:
+                    raise BTFError(f"member {name} is a bitfield")
+                return bit // 8, mtype
+            rt = self.resolve(mtype)
+            if not mname and self.types[rt][0] in (_STRUCT, _UNION):
+                try:
+                    off, t = self.member(rt, name)
+                    return bit // 8 + off, t
+                except BTFError:
+                    continue
+        raise BTFError(f"member {name} not found")
+
+    def offset(self, struct_name, path):
+        """Byte offset of a dotted member path inside a struct (no pointer hops)."""
+        tid = self.struct_id(struct_name)
+        total = 0
+        for part in path.split("."):
+            off, mtype = self.member(tid, part)
+            total += off
+            tid = self.resolve(mtype)
+        return total
+
+    def size(self, struct_name):
+        return self.types[self.struct_id(struct_name)][2]
+
+
+_lock = threading.Lock()
+_cache = {}
+
+# name of the -D macro -> (struct, member path)
+FIELDS = {
+    "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "OFF_TASK_TGID": ("task_struct", "tgid"),
+    "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
+    "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
+    "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
+    "OFF_TASK_MM": ("task_struct", "mm"),
+    "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
+    "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
+    "OFF_NSPROXY_NET": ("nsproxy", "net_ns"),
+    "OFF_NSPROXY_MNT": ("nsproxy", "mnt_ns"),
+    "OFF_NSPROXY_PID_CHILDREN": ("nsproxy", "pid_ns_for_children"),
+    "OFF_NET_INUM": ("net", "ns.inum"),
+    "OFF_MNTNS_INUM": ("mnt_namespace", "ns.inum"),
+    "OFF_PIDNS_INUM": ("pid_namespace", "ns.inum"),
+    "OFF_PID_LEVEL": ("pid", "level"),
+    "OFF_PID_NUMBERS": ("pid", "numbers"),
+    "OFF_UPID_NS": ("upid", "ns"),
+}
+
+
+def offsets(path=VMLINUX):
+    """{macro: byte offset} for FIELDS from the running kernel's BTF, plus SIZE_UPID;
+    None when BTF is unreadable or any field is missing. Cached per process."""
+    with _lock:
+        if path in _cache:
+            return _cache[path]
+        result = None
+        try:
+            with open(path, "rb") as f:
+                btf = BTF(f.read())
+            result = {macro: btf.offset(s, m) for macro, (s, m) in FIELDS.items()}
+            result["SIZE_UPID"] = btf.size("upid")
+        except (OSError, BTFError, struct.error, IndexError, ValueError):
+            result = None
+        _cache[path] = result
+        return result
+
+
+def available(path=VMLINUX):
+    return os.path.exists(path) and offsets(path) is not None

@@ -1,0 +1,236 @@
+"""Process and namespace events from tracepoints: fork, exec, exit, clone/unshare/setns, OOM.
+
+    with ProcessProbe() as probe:          # compiles and attaches; events flow on return
+        for ev in probe.events(100): ...   # dicts: ts_ns kind pid ppid comm cgroup_id
+                                           #        netns pidns mntns detail
+Kinds: fork (pid = child), exec (filename, argv head), exit (code or signal),
+clone / unshare / setns (CLONE_NEW* flags decoded; clone only when it makes
+namespaces), oom (pid = victim). ppid, namespace inodes, exit code and argv are
+read in the kernel at the event using field offsets taken from the running
+kernel's BTF (probes/btf.py). Without BTF they come from /proc when the record is
+read (`detail["ns_source"]` says which), and exit codes are unknown.
+"""
+
+import ctypes
+import os
+from pathlib import Path
+
+from . import btf
+from .ringbuf import TracepointProbe
+
+SOURCE = Path(__file__).with_name("process.bpf.c")
+
+KINDS = {1: "fork", 2: "exec", 3: "exit", 4: "clone", 5: "unshare", 6: "setns", 7: "oom"}
+
+NAMESPACE_FLAGS = {  # CLONE_NEW* bit -> namespace name (as in /proc/<pid>/ns)
+    0x00000080: "time",
+    0x00020000: "mnt",
+    0x02000000: "cgroup",
+    0x04000000: "uts",
+    0x08000000: "ipc",
+    0x10000000: "user",
+    0x20000000: "pid",
+    0x40000000: "net",
+}
+OTHER_CLONE_FLAGS = {
+    0x00000100: "VM", 0x00000200: "FS", 0x00000400: "FILES", 0x00000800: "SIGHAND",
+    0x00001000: "PIDFD", 0x00002000: "PTRACE", 0x00004000: "VFORK", 0x00008000: "PARENT",
+    0x00010000: "THREAD", 0x00040000: "SYSVSEM", 0x00080000: "SETTLS",
+    0x00100000: "PARENT_SETTID", 0x00200000: "CHILD_CLEARTID", 0x01000000: "CHILD_SETTID",
+    0x200000000: "INTO_CGROUP",
+}
+CLONE_THREAD = 0x00010000
+
+CFG_THREADS = 1
+CFG_ALL_CLONES = 2
+
+
+def namespace_names(flags):
+    """CLONE_NEW* bits of `flags` as namespace names, e.g. ['net', 'pid']."""
+    return [name for bit, name in sorted(NAMESPACE_FLAGS.items()) if flags & bit]
+
+
+def clone_flag_names(flags):
+    """All known CLONE_* flags set in `flags` ('NEWNET', 'THREAD', ...)."""
+    names = [f"NEW{NAMESPACE_FLAGS[b].upper()}" if NAMESPACE_FLAGS[b] != "mnt" else "NEWNS"
+             for b in sorted(NAMESPACE_FLAGS) if flags & b]
+    names += [n for b, n in sorted(OTHER_CLONE_FLAGS.items()) if flags & b]
+    return names
+
+
+def decode_exit_code(raw):
+    """task->exit_code -> {"exit_code": n} or {"signal": n, "core_dumped": bool}."""
+    if raw is None or raw < 0:
+        return {"exit_code": None}
+    sig = raw & 0x7F
+    if sig:
+        return {"exit_code": None, "signal": sig, "core_dumped": bool(raw & 0x80)}
+    return {"exit_code": (raw >> 8) & 0xFF}
+
+
+def proc_namespaces(pid):
+    """(netns, pidns, mntns) inodes of a live pid from /proc, or None."""
+    try:
+        return tuple(os.stat(f"/proc/{pid}/ns/{n}").st_ino for n in ("net", "pid", "mnt"))
+    except OSError:
+        return None
+
+
+def proc_ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _str(raw_bytes):
+    return bytes(raw_bytes).split(b"\0", 1)[0].decode(errors="replace")
+
+
+class ProcessProbe(TracepointProbe):
+    """fork/exec/exit/clone/unshare/setns/oom events (see the module docstring).
+
+    filters: {"threads": bool (thread create/exit too), "all_clones": bool (clone
+    syscalls without CLONE_NEW* flags too)}."""
+
+    NAME = "process"
+    SOURCE = SOURCE
+    TRACEPOINTS = {
+        "sched:sched_process_fork": "PI_FORK",
+        "sched:sched_process_exec": "PI_EXEC",
+        "sched:sched_process_exit": "PI_EXIT",
+        "syscalls:sys_enter_clone": "PI_CLONE",
+        "syscalls:sys_enter_clone3": "PI_CLONE3",
+        "syscalls:sys_enter_unshare": "PI_UNSHARE",
+        "syscalls:sys_enter_setns": "PI_SETNS",
+        "oom:mark_victim": "PI_OOM",
+    }
+
+    def __init__(self, tracepoints=None, ring_pages=None, use_btf=True):
+        kw = {} if ring_pages is None else {"ring_pages": ring_pages}
+        super().__init__(tracepoints, **kw)
+        self.offsets = btf.offsets() if use_btf else None
+        self.field_source = "kernel (BTF offsets)" if self.offsets else "/proc at read time"
+        if not self.offsets:
+            self.messages.append(
+                "process probe: no usable kernel BTF; ppid, namespaces and argv are read "
+                "from /proc when events are read, exit codes are unknown")
+        self._known = {}  # pid -> (ppid, netns, pidns, mntns) learned from earlier events
+
+    def cflags(self, filters):
+        if not self.offsets:
+            return []
+        return ["-DPI_HAVE_BTF"] + [f"-D{k}={v}" for k, v in sorted(self.offsets.items())]
+
+    def configure(self, bpf, filters):
+        value = (CFG_THREADS if filters.get("threads") else 0) | \
+                (CFG_ALL_CLONES if filters.get("all_clones") else 0)
+        cfg = bpf["config"]
+        cfg[cfg.Key(0)] = cfg.Leaf(value)
+
+    def decode(self, r):
+        kind = KINDS.get(r.kind, str(r.kind))
+        ev = {
+            "ts_ns": r.ts_ns + self.clock_offset_ns,
+            "kind": kind,
+            "pid": r.pid,
+            "ppid": r.ppid,
+            "comm": _str(r.comm),
+            "cgroup_id": r.cgroup_id,
+            "netns": r.netns,
+            "pidns": r.pidns,
+            "mntns": r.mntns,
+        }
+        detail = {"tid": r.tid}
+        if kind == "fork":
+            detail["parent_pid"] = r.other_pid
+            if r.flags:
+                detail["clone_flags"] = clone_flag_names(r.flags)
+                detail["namespaces"] = namespace_names(r.flags)
+            detail["thread"] = bool(r.flags & CLONE_THREAD)
+        elif kind == "exec":
+            detail["filename"] = _str(r.filename)
+            if self.offsets:
+                field = type(r).args  # a c_char array field reads as NUL-truncated bytes
+                raw = ctypes.string_at(ctypes.addressof(r) + field.offset,
+                                       max(0, min(r.aux, field.size)))
+                argv = [a.decode(errors="replace") for a in raw.split(b"\0")]
+                if argv and argv[-1] == "":
+                    argv.pop()
+                detail["argv"] = argv
+                detail["argv_truncated"] = r.aux > field.size
+            detail["old_pid"] = r.other_pid
+        elif kind == "exit":
+            detail.update(decode_exit_code(r.exit_code if self.offsets else None))
+        elif kind in ("clone", "unshare"):
+            detail["flags"] = r.flags
+            detail["namespaces"] = namespace_names(r.flags)
+            detail["clone_flags"] = clone_flag_names(r.flags)
+        elif kind == "setns":
+            detail["fd"] = r.aux
+            detail["nstype"] = namespace_names(r.flags) or ["any"]
+        elif kind == "oom":
+            detail["victim_comm"] = _str(r.filename)
+            detail["invoker_pid"] = r.other_pid
+            detail["total_vm_kb"] = r.aux2
+            detail["anon_rss_kb"] = r.aux3
+            detail["oom_score_adj"] = r.aux
+            ev["comm"] = detail["victim_comm"]
+        ev["detail"] = detail
+        return ev
+
+    def finish(self, batch):
+        """Fill what the kernel could not: from /proc, else from what earlier events said."""
+        for ev in batch:
+            d = ev["detail"]
+            pid = ev["pid"]
+            if ev["kind"] == "oom" and d["invoker_pid"] != pid:
+                # the namespaces in the record are the invoker's: prefer the victim's
+                ev["ppid"] = 0
+                ev["netns"] = ev["pidns"] = ev["mntns"] = 0
+            if ev["kind"] == "fork" and d.get("namespaces"):
+                # the record holds the parent's namespaces; the child has new ones
+                ns = proc_namespaces(pid)
+                if ns:
+                    ev["netns"], ev["pidns"], ev["mntns"] = ns
+                    d["ns_source"] = "proc"
+                else:
+                    d["ns_source"] = "parent"
+            elif ev["netns"]:
+                d["ns_source"] = "kernel"
+            else:
+                ns = proc_namespaces(pid)
+                if ns:
+                    ev["netns"], ev["pidns"], ev["mntns"] = ns
+                    d["ns_source"] = "proc"
+                elif pid in self._known:
+                    ev["netns"], ev["pidns"], ev["mntns"] = self._known[pid][1:]
+                    d["ns_source"] = "cache"
+                else:
+                    d["ns_source"] = "unknown"
+            if not ev["ppid"]:
+                ppid = proc_ppid(pid)
+                if ppid is None and pid in self._known:
+                    ppid = self._known[pid][0]
+                ev["ppid"] = ppid or 0
+            if ev["kind"] == "exec" and "argv" not in d:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        d["argv"] = [a.decode(errors="replace")
+                                     for a in f.read(4096).split(b"\0") if a][:16]
+                except OSError:
+                    d["argv"] = None
+            if ev["kind"] == "setns" and d["fd"] >= 0:
+                try:
+                    d["target"] = os.readlink(f"/proc/{pid}/fd/{d['fd']}")
+                except OSError:
+                    pass
+            if ev["kind"] == "exit":
+                self._known.pop(pid, None)
+            elif ev["netns"]:
+                self._known[pid] = (ev["ppid"], ev["netns"], ev["pidns"], ev["mntns"])
+        if len(self._known) > 65536:
+            self._known.clear()
+        return batch
