@@ -1,0 +1,445 @@
+"""The netfilter rule path of traced packets, from the kernel's own trace facility.
+
+Legacy iptables (x_tables, what python-iptables and `iptables-legacy` write): TRACE rules in
+`raw PREROUTING` and `raw OUTPUT`, matching only the traced flows and marked with the comment
+`pyinspect-trace:<pid>`. The trace lines are delivered by nfnetlink_log: the namespace's
+IPv4 logger (`/proc/sys/net/netfilter/nf_log/2`, a per-namespace setting) is bound to
+`nfnetlink_log` for the session and restored afterwards, and a netlink socket bound to group 0
+receives `TRACE: table:chain:type:num` prefixes with the packet. No global sysctl
+(`nf_log_all_netns`) and no kernel log parsing is needed.
+
+nf_tables (Debian's `iptables`, nft): skb->nf_trace, set by the same TRACE rules, makes
+nf_tables emit trace events to listeners in the packet's namespace; when the namespace has
+nf_tables chains, `nft monitor trace` is run there and its lines parsed into the same hops.
+
+Hop dicts: {ts_ns, table, chain, kind: rule|return|policy, rule_num, rule_text, verdict,
+hook, indev, outdev, packet: (proto, src, sport, dst, dport, ipid), backend}.
+"""
+
+import contextlib
+import errno
+import json
+import os
+import re
+import select
+import shlex
+import socket
+import struct
+import subprocess
+import time
+
+from pyinspect.errors import UnavailableError
+
+from .packets import in_netns
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_ULOG = 4
+NFULNL_MSG_PACKET = 0
+NFULNL_MSG_CONFIG = 1
+NFULA_CFG_CMD = 1
+NFULA_CFG_MODE = 2
+CMD_BIND, CMD_UNBIND = 1, 2
+COPY_PACKET = 2
+NLM_F_REQUEST, NLM_F_ACK = 1, 4
+A_PACKET_HDR, A_INDEV, A_OUTDEV, A_PAYLOAD, A_PREFIX = 1, 4, 5, 9, 10
+HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING"}
+COMMENT_PREFIX = "pyinspect-trace:"
+NF_LOG_SYSCTL = "/proc/sys/net/netfilter/nf_log/2"
+TRACE_RE = re.compile(r"TRACE: (\w+):([\w\-.]+):(rule|return|policy):(\d+)")
+
+
+def packet_key(payload):
+    """IPv4 payload -> (proto, src, sport, dst, dport, ipid) or None."""
+    if len(payload) < 20 or payload[0] >> 4 != 4:
+        return None
+    ihl = (payload[0] & 0xf) * 4
+    proto = payload[9]
+    ipid = struct.unpack_from("!H", payload, 4)[0]
+    src = socket.inet_ntoa(payload[12:16])
+    dst = socket.inet_ntoa(payload[16:20])
+    sport = dport = 0
+    if proto in (6, 17) and len(payload) >= ihl + 4:
+        sport, dport = struct.unpack_from("!HH", payload, ihl)
+    return ({6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto)), src, sport, dst, dport, ipid)
+
+
+def _nlattr(atype, data):
+    ln = 4 + len(data)
+    return struct.pack("=HH", ln, atype) + data + b"\0" * ((4 - ln % 4) % 4)
+
+
+def _attrs(data, off, end):
+    out = {}
+    while off + 4 <= end:
+        ln, atype = struct.unpack_from("=HH", data, off)
+        if ln < 4:
+            break
+        out[atype & 0x7fff] = data[off + 4: off + ln]
+        off += (ln + 3) & ~3
+    return out
+
+
+class RuleBook:
+    """Rule texts and policies of the legacy tables, to name `nat:PREROUTING:rule:1`."""
+
+    def __init__(self, netns=None, tool="iptables-legacy"):
+        self.netns = netns
+        self.tool = tool
+        self.rules = {}      # (table, chain) -> [rule text]
+        self.policies = {}   # (table, chain) -> policy
+        self.refresh()
+
+    def refresh(self):
+        for table in ("raw", "mangle", "nat", "filter"):
+            out = _run_in(self.netns, [self.tool, "-w", "-t", table, "-S"])
+            if out is None:
+                continue
+            for line in out.splitlines():
+                parts = line.split()
+                if len(parts) >= 3 and parts[0] == "-P":
+                    self.policies[(table, parts[1])] = parts[2]
+                elif len(parts) >= 2 and parts[0] == "-N":
+                    self.rules.setdefault((table, parts[1]), [])
+            chains = {}
+            for line in out.splitlines():
+                if line.startswith("-A "):
+                    chain = line.split()[1]
+                    chains.setdefault(chain, []).append(line[3:])
+            for chain, rules in chains.items():
+                self.rules[(table, chain)] = rules
+
+    def describe(self, table, chain, kind, num):
+        """(rule_text, verdict) for one trace line."""
+        rules = self.rules.get((table, chain), [])
+        if kind == "policy" and not 1 <= num <= len(rules):
+            pol = self.policies.get((table, chain), "ACCEPT")
+            return f"policy {pol}", pol
+        if kind == "return":
+            return "return", "RETURN"
+        # an unconditional `-j ACCEPT|DROP` rule is reported as "policy:<its number>"
+        if 1 <= num <= len(rules):
+            text = f"-A {rules[num - 1]}"
+            m = re.search(r"-j (\S+)(.*)$", text)
+            verdict = m.group(1) if m else "match"
+            if m and verdict in ("DNAT", "SNAT"):
+                to = re.search(r"--to-(?:destination|source) (\S+)", text)
+                verdict = f"{verdict} {to.group(1)}" if to else verdict
+            return text, verdict
+        return f"rule {num}", "?"
+
+
+def _run_in(netns, argv):
+    prefix = ["nsenter", f"--net={netns}"] if netns else []
+    try:
+        p = subprocess.run(prefix + argv, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout if p.returncode == 0 else None
+
+
+def trace_rule_specs(addrs, ports, flows=()):
+    """iptables argument lists (without -t/-A) that TRACE only the traced flows."""
+    specs = []
+    for a in addrs:
+        specs.append(["-s", a])
+        specs.append(["-d", a])
+    for ip, port, proto in ports:
+        spec = ["-p", proto or "tcp"]
+        if ip and ip != "0.0.0.0":
+            spec += ["-d", ip]
+        specs.append(spec + ["--dport", str(port)])
+    for peer, peer_port, local_port, proto in flows:
+        specs.append(["-p", proto, "-s", peer, "--sport", str(peer_port),
+                      "--dport", str(local_port)])
+    return specs
+
+
+class TraceRules:
+    """TRACE rules in raw PREROUTING/OUTPUT of one namespace (legacy backend)."""
+
+    def __init__(self, netns=None, tool="iptables-legacy"):
+        self.netns = netns
+        self.tool = tool
+        self.comment = f"{COMMENT_PREFIX}{os.getpid()}"
+        self.added = []
+
+    def add(self, spec):
+        for chain in ("PREROUTING", "OUTPUT"):
+            argv = ["-t", "raw", "-I", chain, "1", *spec, "-m", "comment",
+                    "--comment", self.comment, "-j", "TRACE"]
+            out = _run_in(self.netns, [self.tool, "-w", *argv])
+            if out is None:
+                raise UnavailableError(f"cannot add TRACE rule ({self.tool} {' '.join(argv)})")
+            self.added.append((chain, spec))
+
+    def remove(self):
+        for chain, spec in reversed(self.added):
+            _run_in(self.netns, [self.tool, "-w", "-t", "raw", "-D", chain, *spec, "-m",
+                                 "comment", "--comment", self.comment, "-j", "TRACE"])
+        self.added = []
+
+
+def remove_stale_rules(netns=None, tool="iptables-legacy"):
+    """Delete TRACE rules left by dead pyinspect processes; returns the rules removed."""
+    out = _run_in(netns, [tool, "-w", "-t", "raw", "-S"]) or ""
+    removed = []
+    for line in out.splitlines():
+        m = re.search(rf"--comment \"?{COMMENT_PREFIX}(\d+)\"?", line)
+        if not m or not line.startswith("-A "):
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        argv = shlex.split(line)
+        argv[0] = "-D"
+        if _run_in(netns, [tool, "-w", "-t", "raw", *argv]) is not None:
+            removed.append(line)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+class LoggerBinding:
+    """Bind the namespace's IPv4 nf_log to nfnetlink_log; restore the previous value.
+
+    The previous value is kept in `state_file` so a later start can restore it after a
+    kill -9 (`restore_stale_binding`).
+    """
+
+    def __init__(self, netns=None, state_file=None):
+        self.netns = netns
+        self.state_file = state_file
+        self.previous = None
+
+    def bind(self):
+        with in_netns(self.netns):
+            with open(NF_LOG_SYSCTL) as f:
+                self.previous = f.read().strip()
+            if self.state_file:
+                with open(self.state_file, "w") as f:
+                    json.dump({"netns": self.netns, "previous": self.previous,
+                               "pid": os.getpid()}, f)
+            try:
+                with open(NF_LOG_SYSCTL, "w") as f:
+                    f.write("nfnetlink_log")
+            except OSError as exc:
+                raise UnavailableError(f"cannot bind nfnetlink_log: {exc.strerror}") from exc
+
+    def restore(self):
+        if self.previous is None:
+            return
+        with contextlib.suppress(OSError), in_netns(self.netns):
+            with open(NF_LOG_SYSCTL, "w") as f:
+                f.write(self.previous)
+        self.previous = None
+        if self.state_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.state_file)
+
+
+def restore_stale_binding(state_file):
+    """Undo a binding recorded by a process that died; True if something was restored."""
+    try:
+        with open(state_file) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if st.get("pid") != os.getpid() and _alive(int(st.get("pid", 0))):
+        return False
+    ok = False
+    with contextlib.suppress(OSError, UnavailableError), in_netns(st.get("netns")):
+        with open(NF_LOG_SYSCTL, "w") as f:
+            f.write(st.get("previous") or "NONE")
+        ok = True
+    with contextlib.suppress(OSError):
+        os.unlink(state_file)
+    return ok
+
+
+class NflogReader:
+    """nfnetlink_log group 0 (where TRACE lines go when nfnetlink_log is the bound logger)."""
+
+    def __init__(self, netns=None, group=0, copy_range=128):
+        self.netns = netns
+        self.group = group
+        self.copy_range = copy_range
+        self.sock = None
+        self.lost = 0
+        self.seq = 0
+
+    def _config(self, attrs):
+        self.seq += 1
+        nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(self.group))
+        body = nfgen + b"".join(attrs)
+        hdr = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG,
+                          NLM_F_REQUEST | NLM_F_ACK, self.seq, 0)
+        self.sock.send(hdr + body)
+        deadline = time.time() + 2
+        while time.time() < deadline:
+            if not select.select([self.sock], [], [], 0.5)[0]:
+                continue
+            data = self.sock.recv(65536)
+            ln, mtype = struct.unpack_from("=IH", data, 0)
+            if mtype == 2:   # NLMSG_ERROR
+                err = struct.unpack_from("=i", data, 16)[0]
+                if err:
+                    raise OSError(-err, os.strerror(-err))
+                return
+
+    def start(self):
+        try:
+            with in_netns(self.netns):
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)
+            self.sock.bind((0, 0))
+            self._config([_nlattr(NFULA_CFG_CMD, struct.pack("=B", CMD_BIND) + b"\0" * 3)])
+            self._config([_nlattr(NFULA_CFG_MODE, struct.pack("!IBB", self.copy_range,
+                                                              COPY_PACKET, 0))])
+        except OSError as exc:
+            if self.sock:
+                self.sock.close()
+                self.sock = None
+            if exc.errno == errno.EBUSY:
+                raise UnavailableError("nfnetlink_log group 0 is taken by another listener "
+                                       "(ulogd?)") from exc
+            raise UnavailableError(f"cannot bind nfnetlink_log: {exc.strerror}") from exc
+        self.sock.setblocking(False)
+        return self
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def read(self, timeout=0.0):
+        """Trace records now: dicts with ts_ns, prefix, hook, indev, outdev, packet."""
+        out = []
+        if not self.sock:
+            return out
+        if timeout and not select.select([self.sock], [], [], timeout)[0]:
+            return out
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.lost += 1
+                    continue
+                raise
+            now = time.time_ns()
+            off = 0
+            while off + 16 <= len(data):
+                ln, mtype = struct.unpack_from("=IH", data, off)
+                if ln < 16:
+                    break
+                if mtype == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
+                    a = _attrs(data, off + 20, off + ln)
+                    prefix = a.get(A_PREFIX, b"").rstrip(b"\0").decode(errors="replace")
+                    hook = a[A_PACKET_HDR][2] if A_PACKET_HDR in a else None
+                    rec = {
+                        "ts_ns": now,
+                        "prefix": prefix,
+                        "hook": HOOKS.get(hook, str(hook)),
+                        "indev": struct.unpack("!I", a[A_INDEV])[0] if A_INDEV in a else 0,
+                        "outdev": struct.unpack("!I", a[A_OUTDEV])[0] if A_OUTDEV in a else 0,
+                        "packet": packet_key(a.get(A_PAYLOAD, b"")),
+                    }
+                    out.append(rec)
+                off += (ln + 3) & ~3
+        return out
+
+    def stop(self):
+        if self.sock:
+            with contextlib.suppress(OSError):
+                self.sock.setblocking(True)
+                self.sock.settimeout(1)
+                self._config([_nlattr(NFULA_CFG_CMD, struct.pack("=B", CMD_UNBIND) + b"\0" * 3)])
+            self.sock.close()
+            self.sock = None
+
+
+def parse_trace(rec, rulebook=None):
+    """A TRACE record -> hop dict, or None if the prefix is not a trace line."""
+    m = TRACE_RE.search(rec["prefix"])
+    if not m:
+        return None
+    table, chain, kind, num = m.group(1), m.group(2), m.group(3), int(m.group(4))
+    text, verdict = rulebook.describe(table, chain, kind, num) if rulebook else ("", "")
+    return {"ts_ns": rec["ts_ns"], "table": table, "chain": chain, "kind": kind,
+            "rule_num": num, "rule_text": text, "verdict": verdict, "hook": rec.get("hook"),
+            "indev": rec.get("indev", 0), "outdev": rec.get("outdev", 0),
+            "packet": rec.get("packet"), "backend": "iptables-legacy"}
+
+
+def has_nft_chains(netns=None):
+    """True if the namespace has nf_tables base chains (iptables-nft or nft rules)."""
+    out = _run_in(netns, ["nft", "list", "ruleset"])
+    return bool(out and "hook " in out)
+
+
+class NftMonitor:
+    """`nft monitor trace` in one namespace; lines parsed into hop dicts (backend nftables)."""
+
+    LINE = re.compile(r"^trace id (\w+) (\w+) (\S+) (\S+) (rule|policy|verdict)\s*(.*)$")
+
+    def __init__(self, netns=None):
+        self.netns = netns
+        self.proc = None
+        self._buf = b""
+
+    def start(self):
+        prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
+        try:
+            self.proc = subprocess.Popen(prefix + ["nft", "monitor", "trace"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as exc:
+            raise UnavailableError(f"cannot run nft monitor trace: {exc.strerror}") from exc
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        return self
+
+    def read(self):
+        out = []
+        if not self.proc:
+            return out
+        try:
+            chunk = self.proc.stdout.read()
+        except (BlockingIOError, ValueError):
+            chunk = None
+        if chunk:
+            self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        now = time.time_ns()
+        for raw in lines:
+            m = self.LINE.match(raw.decode(errors="replace").strip())
+            if not m:
+                continue
+            _tid, family, table, chain, kind, rest = m.groups()
+            verdict = ""
+            vm = re.search(r"\(verdict (\w+)\)|verdict (\w+)", rest)
+            if vm:
+                verdict = (vm.group(1) or vm.group(2)).upper()
+            text = re.sub(r"\s*\(verdict \w+\)", "", rest).strip()
+            out.append({"ts_ns": now, "table": f"{family} {table}", "chain": chain,
+                        "kind": kind, "rule_num": 0, "rule_text": text, "verdict": verdict,
+                        "hook": None, "indev": 0, "outdev": 0, "packet": None,
+                        "backend": "nftables"})
+        return out
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
