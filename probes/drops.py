@@ -1,0 +1,233 @@
+"""Packet drops with the kernel's reason: the skb:kfree_skb tracepoint, filtered in-kernel.
+
+`DropWatch(target)` loads `drops.bpf.c` with sk_buff/net_device/net field offsets taken
+from the running kernel's BTF (`btf_offsets()`), so no header layout is trusted. Reason
+names come from the tracepoint's own format (`reason_names()`), the location from
+/proc/kallsyms. Records: {ts_ns, reason, location, proto, src, sport, dst, dport,
+tcpflags, ifindex, netns}.
+"""
+
+import bisect
+import ctypes
+import mmap
+import re
+import socket
+import struct
+from pathlib import Path
+
+from pyinspect.errors import UnavailableError
+
+from .packets import RingReader
+
+SRC = Path(__file__).with_name("drops.bpf.c")
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
+DROP = struct.Struct("<QQIIIHHBBHII")
+PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
+
+# BTF kinds and the size of the data that follows each type record
+_STRUCT, _UNION, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG = 4, 5, 8, 9, 10, 11, 18
+
+
+def _extra(kind, vlen):
+    return {1: 4, 3: 12, 4: 12 * vlen, 5: 12 * vlen, 6: 8 * vlen, 13: 8 * vlen, 14: 4,
+            15: 12 * vlen, 17: 4, 19: 12 * vlen}.get(kind, 0)
+
+
+class Btf:
+    """A minimal reader of the kernel's BTF: struct member offsets, anonymous members included."""
+
+    def __init__(self, path=BTF_PATH):
+        data = Path(path).read_bytes()
+        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+            struct.unpack_from("<HBBIIIII", data, 0)
+        if magic != 0xEB9F:
+            raise UnavailableError(f"{path}: not BTF")
+        self.strs = data[hdr_len + str_off: hdr_len + str_off + str_len]
+        self.types = [None]
+        off = hdr_len + type_off
+        end = off + type_len
+        while off < end:
+            name_off, info, size = struct.unpack_from("<III", data, off)
+            kind = (info >> 24) & 0x1f
+            vlen = info & 0xffff
+            kflag = info >> 31
+            members = None
+            if kind in (_STRUCT, _UNION):
+                members = []
+                for i in range(vlen):
+                    mn, mt, mo = struct.unpack_from("<III", data, off + 12 + 12 * i)
+                    bit = mo & 0xffffff if kflag else mo
+                    members.append((mn, mt, bit))
+            self.types.append((kind, name_off, size, members))
+            off += 12 + _extra(kind, vlen)
+        self.by_name = {}
+        for tid, (kind, name_off, _size, members) in enumerate(self.types[1:], start=1):
+            if kind in (_STRUCT, _UNION) and members:
+                self.by_name.setdefault(self.name(name_off), tid)
+
+    def name(self, off):
+        end = self.strs.index(b"\0", off)
+        return self.strs[off:end].decode()
+
+    def _resolve(self, tid):
+        while tid and self.types[tid][0] in (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG):
+            tid = self.types[tid][2]
+        return tid
+
+    def _find(self, tid, member):
+        kind, _n, _s, members = self.types[tid]
+        for mn, mt, bit in members or ():
+            if mn and self.name(mn) == member:
+                return bit, mt
+        for mn, mt, bit in members or ():
+            if not mn:
+                sub = self._resolve(mt)
+                if self.types[sub][0] in (_STRUCT, _UNION):
+                    found = self._find(sub, member)
+                    if found:
+                        return bit + found[0], found[1]
+        return None
+
+    def offset(self, struct_name, path):
+        """Byte offset of `a.b.c` inside `struct struct_name`."""
+        tid = self.by_name.get(struct_name)
+        if not tid:
+            raise UnavailableError(f"BTF has no struct {struct_name}")
+        total = 0
+        for part in path.split("."):
+            found = self._find(tid, part)
+            if not found:
+                raise UnavailableError(f"BTF: struct {struct_name} has no member {path}")
+            total += found[0]
+            tid = self._resolve(found[1])
+        return total // 8
+
+
+def btf_offsets(path=BTF_PATH):
+    """The -D offsets drops.bpf.c needs, from the running kernel's BTF."""
+    b = Btf(path)
+    return {
+        "OFF_SKB_HEAD": b.offset("sk_buff", "head"),
+        "OFF_SKB_NETWORK_HEADER": b.offset("sk_buff", "network_header"),
+        "OFF_SKB_DEV": b.offset("sk_buff", "dev"),
+        "OFF_DEV_IFINDEX": b.offset("net_device", "ifindex"),
+        "OFF_DEV_ND_NET": b.offset("net_device", "nd_net.net"),
+        "OFF_NET_INUM": b.offset("net", "ns.inum"),
+    }
+
+
+def reason_names(path=FORMAT):
+    """{number: name} of enum skb_drop_reason, from the tracepoint's print fmt."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return {}
+    return {int(n): name for n, name in re.findall(r'\{\s*(\d+),\s*"(\w+)"\s*\}', text)}
+
+
+class Kallsyms:
+    """Address -> symbol for drop locations (root can read the addresses)."""
+
+    def __init__(self):
+        self.addrs, self.names = [], []
+        try:
+            with open("/proc/kallsyms") as f:
+                rows = []
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 3 and parts[1] in "tTwW":
+                        a = int(parts[0], 16)
+                        if a:
+                            rows.append((a, parts[2]))
+        except OSError:
+            rows = []
+        rows.sort()
+        self.addrs = [a for a, _ in rows]
+        self.names = [n for _, n in rows]
+
+    def lookup(self, addr):
+        i = bisect.bisect_right(self.addrs, addr) - 1
+        if i < 0:
+            return hex(addr)
+        return f"{self.names[i]}+{addr - self.addrs[i]:#x}"
+
+
+class DropWatch:
+    """kfree_skb drops of the traced addresses. Context manager: start(), read(), stop()."""
+
+    def __init__(self, target):
+        self.target = target
+        self.bpf = None
+        self.reader = None
+        self.reasons = {}
+        self.syms = None
+
+    def start(self):
+        try:
+            from bcc import BPF
+        except ImportError as exc:
+            raise UnavailableError("drop tracing needs bcc (python3-bpfcc)") from exc
+        if not Path(FORMAT).exists():
+            raise UnavailableError("skb:kfree_skb is not available: tracefs not mounted",
+                                   "mount -t tracefs nodev /sys/kernel/tracing")
+        offs = btf_offsets()
+        self.reasons = reason_names()
+        cflags = [f"-D{k}={v}" for k, v in offs.items()]
+        consumed = [n for n, name in self.reasons.items() if name == "CONSUMED"]
+        if consumed:
+            cflags.append(f"-DSKIP_REASON={consumed[0]}")
+        try:
+            self.bpf = BPF(src_file=str(SRC), cflags=cflags)
+        except Exception as exc:
+            raise UnavailableError(f"cannot load the kfree_skb program: {exc}") from exc
+        for a in self.target.addrs:
+            self.bpf["addrs"][ctypes.c_uint32(struct.unpack("<I", socket.inet_aton(a))[0])] = \
+                ctypes.c_uint8(1)
+        ports = self.bpf["ports"]
+        for ip, port, proto in self.target.ports:
+            k = ports.Key()
+            k.ip = struct.unpack("<I", socket.inet_aton(ip))[0] if ip and ip != "0.0.0.0" else 0
+            k.port = int(port)
+            k.proto = socket.IPPROTO_UDP if proto == "udp" else socket.IPPROTO_TCP
+            ports[k] = ctypes.c_uint8(1)
+        self.reader = RingReader(self.bpf["drops"].map_fd, 64 * mmap.PAGESIZE)
+        self.syms = Kallsyms()
+        return self
+
+    def read(self):
+        out = []
+        if not self.reader:
+            return out
+        for raw in self.reader.read():
+            (ts, loc, reason, saddr, daddr, sport, dport, proto, flags, _pad, ifindex,
+             netns) = DROP.unpack_from(raw, 0)
+            out.append({
+                "ts_ns": ts, "reason": self.reasons.get(reason, str(reason)),
+                "location": self.syms.lookup(loc) if self.syms else hex(loc),
+                "proto": PROTOS.get(proto, str(proto)),
+                "src": socket.inet_ntoa(struct.pack("<I", saddr)), "sport": sport,
+                "dst": socket.inet_ntoa(struct.pack("<I", daddr)), "dport": dport,
+                "tcpflags": flags, "ifindex": ifindex, "netns": netns,
+            })
+        return out
+
+    @property
+    def lost(self):
+        if not self.bpf:
+            return 0
+        return self.bpf["dropstats"][ctypes.c_int(1)].value
+
+    def stop(self):
+        if self.reader:
+            self.reader.close()
+            self.reader = None
+        if self.bpf:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
