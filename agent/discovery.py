@@ -135,7 +135,10 @@ def _proc_start_time(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
-        return int(data[data.rindex(")") + 2:].split()[19])
+        fields = data[data.rindex(")") + 2:].split()
+        if fields[0] in ("Z", "X"):
+            return None  # a zombie is as good as dead
+        return int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -246,8 +249,10 @@ def _own(root):
     for c in records:
         pid = int(getattr(c, "pid", 0) or 0)
         status = getattr(c, "status", "unknown")
-        if status == "running" and pid and not os.path.exists(f"/proc/{pid}"):
-            status = "exited"
+        start = getattr(c, "pid_start", 0)
+        if status == "running" and (not pid or (_proc_start_time(pid) != start if start
+                                                else not os.path.exists(f"/proc/{pid}"))):
+            status = "exited"  # the record is stale (the runtime's reconcile will agree)
         network = getattr(c, "network", None) or {}
         d = Discovered(id=c.id, name=getattr(c, "name", c.id[:12]), source="pyinspect",
                        pid=pid if status == "running" else 0, status=status,
@@ -444,6 +449,9 @@ def _stat_ino(path):
 def _fill_pids(d, procs, host):
     """The container's processes: its own pid namespace, else its own netns, else cgroup."""
     pids = set()
+    if d.status not in ("running", "created"):
+        d.pids = []
+        return
     if d.pidns and d.pidns != host["pid"]:
         pids = {p for p, ns in procs.items() if ns["pid"] == d.pidns}
     elif d.netns and d.netns != host["net"]:
