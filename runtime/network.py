@@ -1,0 +1,538 @@
+"""Container networking hooks for the runtime: bridge, veth, IPAM, published ports.
+
+The runtime calls, in order: `prepare()` before it creates anything,
+`connect()` once the container's init waits in its new empty netns,
+`container_files()` for /etc/hosts, /etc/hostname and /etc/resolv.conf, and
+`disconnect()` on removal (idempotent). `reconcile()` repairs leases, netns
+links and iptables rules after a crash. Everything acts on the network
+namespace of the calling process ("the host"); pyroute2 and python-iptables
+are imported only on the bridge path.
+
+What `connect()` does, like Docker's bridge driver:
+  1. ensure the bridge (default `pyinspect0`, gateway = first address of the
+     subnet, default 172.29.0.0/16), refusing a subnet that overlaps an
+     existing route or address;
+  2. lease the next free address (ipam.py, under an fcntl lock);
+  3. create a veth pair, host end `veth<7 hex>` on the bridge (hairpin on),
+     the peer created directly inside the container netns as `eth0`;
+  4. in the container: lo up, eth0 MAC 02:42:<ip>, address, up, default route;
+  5. bind-mount /proc/<pid>/ns/net on /var/run/netns/<name> (`ip netns exec`);
+  6. sysctls: ip_forward=1, route_localnet=1 on the bridge (localhost
+     publishing), bridge-nf-call-iptables=1 when ports are published;
+  7. iptables rules (portmap.py) for the network and each published port.
+The last `disconnect()` of a network tears it all down again: rules, chains,
+the bridge (if pyinspect made it) and the sysctls it changed.
+"""
+
+import ctypes
+import ipaddress
+import json
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+
+from ..errors import ConflictError, UnavailableError, UsageError
+from . import ipam, ports, portmap, sysctl
+
+DEFAULT_BRIDGE = "pyinspect0"
+DEFAULT_SUBNET = "172.29.0.0/16"
+BRIDGE_ENV = "PYINSPECT_BRIDGE"
+SUBNET_ENV = "PYINSPECT_SUBNET"
+NETNS_DIR = "/var/run/netns"
+MODES = ("bridge", "none", "host")
+IPTABLES_BACKEND = "legacy"
+SHOW_RULES = "iptables-legacy -t nat -nvL PYINSPECT"
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+# --- configuration and validation --------------------------------------------------------
+
+def config(root):
+    """{"bridge", "subnet"}: env PYINSPECT_BRIDGE/PYINSPECT_SUBNET, else <root>/config.json
+    {"network": {"bridge", "subnet"}}, else pyinspect0 and 172.29.0.0/16."""
+    file_cfg = {}
+    path = Path(root) / "config.json"
+    if path.is_file():
+        try:
+            file_cfg = (json.loads(path.read_text()) or {}).get("network") or {}
+        except (ValueError, AttributeError):
+            raise UsageError(f"config {path}: not a JSON object with a 'network' object") from None
+    bridge = os.environ.get(BRIDGE_ENV) or file_cfg.get("bridge") or DEFAULT_BRIDGE
+    subnet = os.environ.get(SUBNET_ENV) or file_cfg.get("subnet") or DEFAULT_SUBNET
+    if not _IFNAME.match(bridge) or bridge in (".", ".."):
+        raise UsageError(f"invalid bridge name {bridge!r}: 1-15 letters, digits, '-', '_' or '.'")
+    try:
+        net = ipaddress.IPv4Network(subnet, strict=True)
+    except ValueError as exc:
+        raise UsageError(f"invalid subnet {subnet!r}: {exc}",
+                         hint="an IPv4 network such as 172.29.0.0/16") from None
+    if net.prefixlen > 29 or net.is_loopback or net.is_multicast or net.is_link_local:
+        raise UsageError(f"invalid subnet {subnet!r}: need a unicast IPv4 network of /29 or larger")
+    return {"bridge": bridge, "subnet": str(net)}
+
+
+def mode_of(spec):
+    """The network mode of a ContainerSpec ('bridge' when unset)."""
+    return (getattr(spec, "network_mode", None) or "bridge").strip()
+
+
+def _attr(obj, name, default=None):
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _image_config(container, image_config):
+    if image_config is not None:
+        return image_config
+    return _attr(container, "image_config") or _attr(_attr(container, "spec"), "image_config")
+
+
+def prepare(root, spec, image_config=None):
+    """Validate the network mode, `-p`/`-P` and conflicts before anything is created."""
+    mode = mode_of(spec)
+    publish = list(_attr(spec, "publish") or [])
+    publish_all = bool(_attr(spec, "publish_all"))
+    if mode.startswith("container:"):
+        if not mode.partition(":")[2]:
+            raise UsageError("invalid network mode 'container:': no container name")
+        if publish or publish_all:
+            raise UsageError("conflicting options: port publishing and the container type network mode")
+        if _attr(spec, "hostname"):
+            raise UsageError("conflicting options: hostname and the network mode")
+        return
+    if mode not in MODES:
+        raise UsageError(f"invalid network mode {mode!r}",
+                         hint="use bridge, host, none or container:NAME")
+    if mode != "bridge":
+        return  # like Docker, published ports are discarded for host and none
+    cfg = config(root)
+    bindings = ports.requested(publish, publish_all, image_config)
+    state = ipam.load(root, cfg["bridge"])
+    published = ipam.published(state) if state else []
+    ports.check(bindings, published)
+    name = _attr(spec, "name")
+    if name:
+        link = Path(NETNS_DIR, name)
+        if link.exists() or link.is_symlink():
+            raise ConflictError(f"cannot expose network namespace {link}: it already exists",
+                                hint="choose another container name or remove it with `ip netns del`")
+
+
+# --- connect -------------------------------------------------------------------------------
+
+def _pyroute2():
+    try:
+        from pyroute2 import IPRoute, NetNS  # ~150 ms: only on the bridge path
+        from pyroute2.netlink.exceptions import NetlinkError
+    except ImportError as exc:
+        raise UnavailableError(f"pyroute2 unavailable: {exc}", hint="pip install pyroute2") from None
+    return IPRoute, NetNS, NetlinkError
+
+
+def _mac_for(ip):
+    b = ipaddress.IPv4Address(ip).packed
+    return "02:42:" + ":".join(f"{x:02x}" for x in b)
+
+
+def _link_kind(link):
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def _ensure_bridge(ipr, bridge, subnet, gateway):
+    """Index of the bridge, made if missing. Returns (index, created)."""
+    net = ipaddress.IPv4Network(subnet)
+    found = ipr.link_lookup(ifname=bridge)
+    if found:
+        idx = found[0]
+        link = ipr.get_links(idx)[0]
+        if _link_kind(link) != "bridge":
+            raise ConflictError(f"cannot use {bridge} as the container bridge: "
+                                f"a {_link_kind(link) or 'non-bridge'} interface has that name",
+                                hint=f"set {BRIDGE_ENV} to another name")
+        addrs = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                 for a in ipr.get_addr(family=socket.AF_INET, index=idx)}
+        if (gateway, net.prefixlen) not in addrs:
+            if addrs:
+                have = ", ".join(f"{a}/{p}" for a, p in sorted(addrs))
+                raise ConflictError(f"bridge {bridge} has address {have}, not {gateway}/{net.prefixlen}",
+                                    hint=f"set {SUBNET_ENV} to match it or use another bridge")
+            _check_subnet_free(ipr, bridge, net)
+            ipr.addr("add", index=idx, address=gateway, prefixlen=net.prefixlen)
+        ipr.link("set", index=idx, state="up")
+        return idx, False
+    _check_subnet_free(ipr, bridge, net)
+    mac = "02:42:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
+    ipr.link("add", ifname=bridge, kind="bridge", address=mac)
+    idx = ipr.link_lookup(ifname=bridge)[0]
+    ipr.addr("add", index=idx, address=gateway, prefixlen=net.prefixlen)
+    ipr.link("set", index=idx, state="up")
+    return idx, True
+
+
+def _check_subnet_free(ipr, bridge, net):
+    names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    for a in ipr.get_addr(family=socket.AF_INET):
+        other = ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+        if other.overlaps(net) and names.get(a["index"]) != bridge:
+            raise ConflictError(f"subnet {net} overlaps {other} on {names.get(a['index'])}",
+                                hint=f"set {SUBNET_ENV} to a free subnet")
+    for r in ipr.get_routes(family=socket.AF_INET, table=254):
+        dst = r.get_attr("RTA_DST")
+        if dst is None or r["dst_len"] == 0:
+            continue  # the default route overlaps everything; Docker ignores it too
+        other = ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False)
+        dev = names.get(r.get_attr("RTA_OIF"))
+        if other.overlaps(net) and dev != bridge:
+            raise ConflictError(f"subnet {net} overlaps the route to {other} via {dev}",
+                                hint=f"set {SUBNET_ENV} to a free subnet")
+
+
+def _netns_inode(pid):
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+_libc = None
+
+
+def _mount_call(name, *args):
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(_libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _expose(name, pid):
+    """Bind-mount the container's netns on /var/run/netns/<name>; return the path."""
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    target = os.path.join(NETNS_DIR, name)
+    try:
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o444))
+    except FileExistsError:
+        raise ConflictError(f"cannot expose network namespace {target}: it already exists",
+                            hint="choose another container name") from None
+    try:
+        _mount_call("mount", f"/proc/{pid}/ns/net".encode(), target.encode(), None,
+                    ctypes.c_ulong(4096), None)  # MS_BIND
+    except OSError as exc:
+        os.unlink(target)
+        raise UnavailableError(f"cannot bind-mount the netns of pid {pid} on {target}: "
+                               f"{exc.strerror}") from None
+    return target
+
+
+def _unexpose(path, inode):
+    """Unmount and remove a netns link we made (only if it is still ours)."""
+    if not path:
+        return
+    try:
+        if inode and os.stat(path).st_ino != inode:
+            return  # replaced by someone else: leave it
+    except FileNotFoundError:
+        return
+    try:
+        _mount_call("umount2", path.encode(), 2)  # MNT_DETACH
+    except OSError:
+        pass  # not mounted (crash between create and mount)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _delete_link(ipr, NetlinkError, name):
+    if not name:
+        return
+    try:
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            ipr.link("del", index=found[0])
+    except NetlinkError as exc:
+        if exc.code != 19:  # ENODEV: the veth went with its netns
+            raise
+
+
+def _undo_lease(ipr, NetlinkError, lease):
+    _delete_link(ipr, NetlinkError, lease.get("veth"))
+    _unexpose(lease.get("netns_link"), lease.get("netns_inode"))
+
+
+def _teardown(ipr, NetlinkError, state):
+    """The network has no containers left: remove rules, chains, our bridge, sysctl changes."""
+    if state.get("active"):
+        portmap.sync(state["bridge"], [])
+        state["active"] = False
+    if state.get("bridge_created"):
+        _delete_link(ipr, NetlinkError, state["bridge"])
+        state["bridge_created"] = False
+    sysctl.revert(state)
+
+
+def _container_side(NetNS, pid, ip, prefixlen, gateway, mac):
+    ns = NetNS(f"/proc/{pid}/ns/net", flags=0)
+    try:
+        lo = ns.link_lookup(ifname="lo")[0]
+        ns.link("set", index=lo, state="up")
+        eth = ns.link_lookup(ifname="eth0")[0]
+        ns.link("set", index=eth, address=mac)
+        ns.addr("add", index=eth, address=ip, prefixlen=prefixlen)
+        ns.link("set", index=eth, state="up")
+        ns.route("add", dst="default", gateway=gateway)
+    finally:
+        ns.close()
+
+
+def connect(root, container, pid, image_config=None):
+    """Wire the container's netns (init = pid) to its network; return the `network` dict."""
+    spec = _attr(container, "spec")
+    mode = mode_of(spec)
+    if mode != "bridge":
+        if mode == "none":
+            _lo_up(pid)
+        return {"mode": mode, "ports": []}
+    cfg = config(root)
+    bridge = cfg["bridge"]
+    cid, name = container.id, container.name
+    bindings = ports.requested(_attr(spec, "publish"), _attr(spec, "publish_all"),
+                               _image_config(container, image_config))
+    IPRoute, NetNS, NetlinkError = _pyroute2()
+    with IPRoute() as ipr, ipam.locked(root, bridge, cfg["subnet"]) as state:
+        old = ipam.release(state, cid)
+        if old:  # a previous run of the same container that was never disconnected
+            _undo_lease(ipr, NetlinkError, old)
+        bindings = ports.assign(bindings, ipam.published(state))
+        net = ipaddress.IPv4Network(state["subnet"])
+        lease = None
+        try:
+            br_idx, created = _ensure_bridge(ipr, bridge, state["subnet"], state["gateway"])
+            state["bridge_created"] = state.get("bridge_created") or created
+            ip = ipam.allocate(state, cid, name)
+            lease = state["leases"][ip]
+            mac = _mac_for(ip)
+            veth = "veth" + secrets.token_hex(4)[:7]
+            lease.update(pid=pid, veth=veth, mac=mac, ports=[], netns_inode=_netns_inode(pid))
+            ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_pid": pid})
+            vidx = ipr.link_lookup(ifname=veth)[0]
+            ipr.link("set", index=vidx, master=br_idx)
+            ipr.brport("set", index=vidx, mode=1)  # hairpin: a container reaching itself via DNAT
+            ipr.link("set", index=vidx, state="up")
+            lease["veth_ifindex"] = vidx
+            _container_side(NetNS, pid, ip, net.prefixlen, state["gateway"], mac)
+            lease["netns_link"] = _expose(name, pid)
+            sysctl.ensure(state, sysctl.IP_FORWARD, 1)
+            sysctl.ensure(state, f"net.ipv4.conf.{bridge}.route_localnet", 1)
+            if bindings:
+                sysctl.ensure(state, sysctl.BRIDGE_NF_IPTABLES, 1, required=False)
+            lease["ports"] = bindings
+            state["active"] = True
+            portmap.sync(bridge, portmap.desired(state))
+        except BaseException:
+            if lease is not None:
+                ipam.release(state, cid)
+                _undo_lease(ipr, NetlinkError, lease)
+            if not state["leases"]:
+                _teardown(ipr, NetlinkError, state)
+            raise
+    return {"mode": "bridge", "ip": ip, "prefixlen": net.prefixlen, "gateway": state["gateway"],
+            "mac": mac, "bridge": bridge, "veth_host": veth, "veth_host_ifindex": vidx,
+            "ports": [dict(b) for b in bindings], "netns_path": lease["netns_link"]}
+
+
+def _lo_up(pid):
+    IPRoute, NetNS, NetlinkError = _pyroute2()
+    ns = NetNS(f"/proc/{pid}/ns/net", flags=0)
+    try:
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+    finally:
+        ns.close()
+
+
+# --- disconnect / reconcile ----------------------------------------------------------------
+
+def _bridge_of(root, container):
+    net = _attr(container, "network") or {}
+    return net.get("bridge") or config(root)["bridge"]
+
+
+def disconnect(root, container):
+    """Remove the container's veth, rules, lease and netns link. Idempotent."""
+    net = _attr(container, "network") or {}
+    if mode_of(_attr(container, "spec")) != "bridge" and net.get("mode", "bridge") != "bridge":
+        return
+    bridge = _bridge_of(root, container)
+    if ipam.load(root, bridge) is None:
+        return
+    IPRoute, NetNS, NetlinkError = _pyroute2()
+    with IPRoute() as ipr, ipam.locked(root, bridge) as state:
+        lease = ipam.release(state, container.id)
+        if lease:
+            _undo_lease(ipr, NetlinkError, lease)
+        elif net.get("veth_host"):
+            _delete_link(ipr, NetlinkError, net["veth_host"])
+        if state["leases"]:
+            if lease:
+                portmap.sync(bridge, portmap.desired(state))
+        else:
+            _teardown(ipr, NetlinkError, state)
+
+
+def _alive(container, lease):
+    """The container is running with the very netns its lease was made for."""
+    if _attr(container, "status") != "running":
+        return False
+    pid = _attr(container, "pid") or 0
+    if not pid:
+        return False
+    try:
+        inode = _netns_inode(pid)
+    except OSError:
+        return False
+    return not lease.get("netns_inode") or inode == lease["netns_inode"]
+
+
+def reconcile(root, containers):
+    """Drop leases, veths, netns links and rules of dead containers; re-add missing rules.
+
+    Returns {bridge: {"released": [names], "added": n, "removed": n}}.
+    """
+    states = ipam.all_states(root)
+    if not states:
+        return {}
+    by_id = {c.id: c for c in containers}
+    report = {}
+    IPRoute, NetNS, NetlinkError = _pyroute2()
+    with IPRoute() as ipr:
+        for snapshot in states:
+            bridge = snapshot["bridge"]
+            with ipam.locked(root, bridge) as state:
+                released = []
+                for ip, lease in list(state["leases"].items()):
+                    c = by_id.get(lease.get("id"))
+                    if c is None or not _alive(c, lease):
+                        del state["leases"][ip]
+                        _undo_lease(ipr, NetlinkError, lease)
+                        released.append(lease.get("name"))
+                counts = {"added": 0, "removed": 0}
+                if state["leases"]:
+                    counts = portmap.sync(bridge, portmap.desired(state))
+                    state["active"] = True
+                elif state.get("active") or state.get("bridge_created") or state.get("sysctls"):
+                    _teardown(ipr, NetlinkError, state)
+                report[bridge] = {"released": released, **counts}
+    return report
+
+
+# --- files for the container ---------------------------------------------------------------
+
+HOSTS_HEAD = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+              "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
+              "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+FALLBACK_DNS = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+
+
+def _read(path):
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _resolv_for_bridge(text):
+    """Docker's rule: the host's resolv.conf without loopback nameservers (fallback: public DNS)."""
+    out, servers = [], 0
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == ["nameserver"] and len(parts) > 1:
+            try:
+                if ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
+                    continue
+            except ValueError:
+                continue
+            servers += 1
+        out.append(line)
+    body = "\n".join(out).strip()
+    if not servers:
+        body = (body + "\n" if body else "") + FALLBACK_DNS.strip()
+    return body + "\n"
+
+
+def container_files(container):
+    """{path: text} for /etc/hosts, /etc/hostname and /etc/resolv.conf inside the container."""
+    spec = _attr(container, "spec")
+    net = _attr(container, "network") or {}
+    mode = net.get("mode") or mode_of(spec)
+    cid = _attr(container, "id") or ""
+    if mode == "host":
+        hostname = socket.gethostname()
+        return {"/etc/hosts": _read("/etc/hosts") or HOSTS_HEAD,
+                "/etc/hostname": hostname + "\n",
+                "/etc/resolv.conf": _read("/etc/resolv.conf")}
+    hostname = _attr(spec, "hostname") or cid[:12]
+    hosts = HOSTS_HEAD
+    if net.get("ip"):
+        hosts += f"{net['ip']}\t{hostname}\n"
+    resolv = "" if mode == "none" else _resolv_for_bridge(_read("/etc/resolv.conf"))
+    return {"/etc/hosts": hosts, "/etc/hostname": hostname + "\n", "/etc/resolv.conf": resolv}
+
+
+# --- `pyinspect network ls / inspect` ------------------------------------------------------
+
+def _link_exists(name):
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
+
+
+def networks(root):
+    """[{"name", "driver", "bridge", "subnet", "gateway", "containers", "exists"}]."""
+    cfg = config(root)
+    states = {s["bridge"]: s for s in ipam.all_states(root)}
+    if cfg["bridge"] not in states:
+        states[cfg["bridge"]] = ipam.empty_state(cfg["bridge"], cfg["subnet"])
+    out = []
+    for bridge, s in sorted(states.items()):
+        out.append({"name": bridge, "driver": "bridge", "bridge": bridge, "subnet": s["subnet"],
+                    "gateway": s["gateway"], "containers": len(s["leases"]),
+                    "exists": _link_exists(bridge)})
+    out.append({"name": "host", "driver": "host", "bridge": "", "subnet": "", "gateway": "",
+                "containers": None, "exists": True})
+    out.append({"name": "none", "driver": "null", "bridge": "", "subnet": "", "gateway": "",
+                "containers": None, "exists": True})
+    return out
+
+
+def inspect(root, name):
+    """Docker-like details of one network (`bridge` names the configured bridge network)."""
+    from ..errors import NotFoundError
+    cfg = config(root)
+    if name == "bridge":
+        name = cfg["bridge"]
+    if name in ("host", "none"):
+        return {"Name": name, "Driver": "host" if name == "host" else "null", "Containers": {}}
+    state = ipam.load(root, name)
+    if state is None:
+        if name != cfg["bridge"]:
+            raise NotFoundError(f"no such network: {name}", hint="see `pyinspect network ls`")
+        state = ipam.empty_state(name, cfg["subnet"])
+    prefix = ipaddress.IPv4Network(state["subnet"]).prefixlen
+    members = {}
+    for ip, lease in sorted(state["leases"].items(), key=lambda kv: ipaddress.IPv4Address(kv[0])):
+        members[lease["id"]] = {"Name": lease.get("name"), "IPv4Address": f"{ip}/{prefix}",
+                                "MacAddress": lease.get("mac"), "VethHost": lease.get("veth"),
+                                "Pid": lease.get("pid"), "NetnsPath": lease.get("netns_link"),
+                                "Ports": lease.get("ports", [])}
+    return {"Name": name, "Driver": "bridge", "Bridge": name, "Exists": _link_exists(name),
+            "Subnet": state["subnet"], "Gateway": state["gateway"],
+            "BridgeCreatedByPyinspect": bool(state.get("bridge_created")),
+            "Containers": members,
+            "Sysctls": sysctl.report([state]),
+            "Iptables": {"backend": IPTABLES_BACKEND, "show": SHOW_RULES,
+                         "chains": {"nat": [portmap.NAT_CHAIN],
+                                    "filter": [portmap.FORWARD_CHAIN, portmap.FILTER_CHAIN]}}}

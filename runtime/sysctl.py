@@ -1,0 +1,78 @@
+"""The sysctls bridge networking needs, set only when needed and reverted only if we set them.
+
+All keys here are per network namespace (net.*), so they act on the namespace
+of the calling process. Each change is recorded in the network state
+(`state["sysctls"][key] = {"before", "set"}`); `revert()` restores `before`
+only while the value is still the one pyinspect wrote, so a later change by
+someone else is left alone.
+"""
+
+from pathlib import Path
+
+from ..errors import UnavailableError
+
+IP_FORWARD = "net.ipv4.ip_forward"
+BRIDGE_NF_IPTABLES = "net.bridge.bridge-nf-call-iptables"
+REPORTED = (IP_FORWARD, BRIDGE_NF_IPTABLES, "net.bridge.bridge-nf-call-ip6tables")
+
+
+def path(key):
+    """/proc/sys path of a dotted key; `net.ipv4.conf.<if>.<name>` keeps dots in <if>."""
+    parts = key.split(".")
+    if parts[:3] == ["net", "ipv4", "conf"] and len(parts) > 5:
+        parts = parts[:3] + [".".join(parts[3:-1]), parts[-1]]
+    return Path("/proc/sys", *parts)
+
+
+def read(key):
+    """The current value as text, or None when the key does not exist here."""
+    try:
+        return path(key).read_text().strip()
+    except OSError:
+        return None
+
+
+def write(key, value):
+    try:
+        path(key).write_text(f"{value}\n")
+    except OSError as exc:
+        raise UnavailableError(f"cannot set {key}={value}: {exc.strerror}",
+                               hint="pyinspect needs root for bridge networking") from None
+
+
+def ensure(state, key, value, required=True):
+    """Set key=value if it differs, and record the change in `state`. Returns True if it is set.
+
+    A missing key (e.g. br_netfilter not loaded) raises UnavailableError when
+    `required`, else returns False.
+    """
+    value = str(value)
+    current = read(key)
+    if current is None:
+        if required:
+            raise UnavailableError(f"cannot set {key}: no such sysctl in this kernel")
+        return False
+    if current != value:
+        write(key, value)
+        state.setdefault("sysctls", {}).setdefault(key, {"before": current, "set": value})
+    return True
+
+
+def revert(state):
+    """Restore every sysctl pyinspect changed, unless someone changed it again since."""
+    for key, rec in sorted(state.get("sysctls", {}).items()):
+        if read(key) == rec["set"]:
+            try:
+                write(key, rec["before"])
+            except UnavailableError:
+                continue
+    state["sysctls"] = {}
+
+
+def report(states=()):
+    """For `pyinspect info`: [{"key", "value", "changed_by_pyinspect", "before"}] in this netns."""
+    changed = {}
+    for state in states:
+        changed.update(state.get("sysctls", {}))
+    return [{"key": key, "value": read(key), "changed_by_pyinspect": key in changed,
+             "before": changed.get(key, {}).get("before")} for key in REPORTED]
