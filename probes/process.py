@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from . import btf
-from .ringbuf import TracepointProbe
+from .ringbuf import TracepointProbe, btf_cflags, cstr as _str
 
 SOURCE = Path(__file__).with_name("process.bpf.c")
 
@@ -85,10 +85,6 @@ def proc_ppid(pid):
         return None
 
 
-def _str(raw_bytes):
-    return bytes(raw_bytes).split(b"\0", 1)[0].decode(errors="replace")
-
-
 class ProcessProbe(TracepointProbe):
     """fork/exec/exit/clone/unshare/setns/oom events (see the module docstring).
 
@@ -120,9 +116,7 @@ class ProcessProbe(TracepointProbe):
         self._known = {}  # pid -> (ppid, netns, pidns, mntns) learned from earlier events
 
     def cflags(self, filters):
-        if not self.offsets:
-            return []
-        return ["-DPI_HAVE_BTF"] + [f"-D{k}={v}" for k, v in sorted(self.offsets.items())]
+        return btf_cflags(self.offsets)
 
     def configure(self, bpf, filters):
         value = (CFG_THREADS if filters.get("threads") else 0) | \
@@ -132,17 +126,7 @@ class ProcessProbe(TracepointProbe):
 
     def decode(self, r):
         kind = KINDS.get(r.kind, str(r.kind))
-        ev = {
-            "ts_ns": r.ts_ns + self.clock_offset_ns,
-            "kind": kind,
-            "pid": r.pid,
-            "ppid": r.ppid,
-            "comm": _str(r.comm),
-            "cgroup_id": r.cgroup_id,
-            "netns": r.netns,
-            "pidns": r.pidns,
-            "mntns": r.mntns,
-        }
+        ev = self.task_fields(r, kind)
         detail = {"tid": r.tid}
         if kind == "fork":
             detail["parent_pid"] = r.other_pid

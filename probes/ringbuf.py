@@ -14,6 +14,7 @@ and how to turn one raw record into a dict. This base class:
 
 import os
 import time
+from pathlib import Path
 
 from ..errors import UnavailableError
 from . import capabilities
@@ -57,6 +58,20 @@ class TracepointProbe:
     def configure(self, bpf, filters):
         """Set config maps after load, before attach."""
 
+    def task_fields(self, t, kind):
+        """The common event columns from a `struct task_ids` (task_fields.bpf.c)."""
+        return {
+            "ts_ns": t.ts_ns + self.clock_offset_ns,
+            "kind": kind,
+            "pid": t.pid,
+            "ppid": t.ppid,
+            "comm": cstr(t.comm),
+            "cgroup_id": t.cgroup_id,
+            "netns": t.netns,
+            "pidns": t.pidns,
+            "mntns": t.mntns,
+        }
+
     def decode(self, raw):
         """One ring buffer record (ctypes struct) -> event dict, or None to drop it."""
         raise NotImplementedError
@@ -96,7 +111,7 @@ class TracepointProbe:
                 self._skip(tp, f"not in {tracefs}/events (this kernel lacks it)")
         if not wanted:
             raise UnavailableError(f"{self.NAME} probe: none of its tracepoints exist here")
-        flags = [f"-DPI_RINGBUF_PAGES={self.ring_pages}"]
+        flags = [f"-DPI_RINGBUF_PAGES={self.ring_pages}", f"-I{Path(self.SOURCE).parent}"]
         flags += [f"-D{m}" for m in sorted(set(wanted.values()))]
         flags += self.cflags(filters)
         try:
@@ -175,6 +190,18 @@ class TracepointProbe:
     @property
     def running(self):
         return self._bpf is not None
+
+
+def cstr(value):
+    """A char[] field from a decoded record as str (ctypes gives bytes cut at NUL)."""
+    return bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def btf_cflags(offsets):
+    """-D flags that give task_fields.bpf.c the running kernel's struct offsets."""
+    if not offsets:
+        return []
+    return ["-DPI_HAVE_BTF"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
 
 
 def boot_time_ns():
