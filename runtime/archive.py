@@ -510,31 +510,31 @@ def _docker_images(src):
     return out
 
 
-def _open_source(store, path, staging):
+def _open_source(path, staging, label):
     if os.path.isdir(path):
         return _DirSource(path)
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        raise NotFoundError(f"loading {path}: no such file")
+        raise NotFoundError(f"loading {label}: no such file")
     except OSError as exc:
-        raise CorruptInputError(f"loading {path}: cannot read: {exc.strerror}")
+        raise CorruptInputError(f"loading {label}: cannot read: {exc.strerror}")
     with f:
         head = f.read(4)
         if not head:
-            raise CorruptInputError(f"loading {path}: empty file")
+            raise CorruptInputError(f"loading {label}: empty file")
         if head[:2] == _GZIP_MAGIC:
             f.seek(0)
             plain = staging / "input.tar"
-            _copy_decompressed(f, plain, f"loading {path}")
+            _copy_decompressed(f, plain, f"loading {label}")
             path = plain
         elif head[:3] in (b"BZh", b"\xfd7zX") or head == _ZSTD_MAGIC:
-            raise CorruptInputError(f"loading {path}: only plain or gzip'd tar archives "
+            raise CorruptInputError(f"loading {label}: only plain or gzip'd tar archives "
                                     "are supported")
     try:
         return _TarSource(path)
     except CorruptInputError as exc:
-        raise CorruptInputError(f"loading {path}: {exc}")
+        raise CorruptInputError(f"loading {label}: {exc}")
 
 
 def load(store, path):
@@ -545,27 +545,29 @@ def load(store, path):
     """
     staging = store._new_staging()
     src = None
+    label = path
     try:
+        label = "stdin" if hasattr(path, "read") else os.fspath(path)
         if hasattr(path, "read"):
             spooled = staging / "input.bin"
             with open(spooled, "wb") as out:
                 shutil.copyfileobj(path, out, 1 << 20)
             path = spooled
         path = os.fspath(path)
-        src = _open_source(store, path, staging)
+        src = _open_source(path, staging, label)
         if src.has("manifest.json"):
             entries = _docker_images(src)
         elif src.has("index.json"):
             entries = _oci_images(src)
         else:
-            raise CorruptInputError(f"loading {path}: neither a docker-save archive "
+            raise CorruptInputError(f"loading {label}: neither a docker-save archive "
                                     "(manifest.json) nor an OCI layout (index.json)")
         images = []
         staged = set()
         for config_name, layers, names in entries:
             config_bytes, config = _read_json(src, config_name)
             image_hex = hashlib.sha256(config_bytes).hexdigest()
-            what = f"loading {path}: image sha256:{image_hex[:12]}"
+            what = f"loading {label}: image sha256:{image_hex[:12]}"
             base = config_name.rsplit("/", 1)[-1]
             stem = base[:-5] if base.endswith(".json") else base
             if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) \
@@ -598,6 +600,10 @@ def load(store, path):
         src.close()
         src = None
         return store._commit(staging, images)
+    except CorruptInputError as exc:
+        if exc.message.startswith("loading "):
+            raise
+        raise CorruptInputError(f"loading {label}: {exc.message}", exc.hint) from None
     finally:
         if src is not None:
             src.close()
@@ -634,7 +640,9 @@ def save(store, refs, out):
             names.append(found[1])
     blobs = {}      # hex -> (path or bytes)
     manifest_json, index_entries, repositories = [], [], {}
-    for image, names in chosen.values():
+    for image_id in sorted(chosen):  # sorted: the same set of images gives the same bytes
+        image, names = chosen[image_id]
+        names.sort()
         cfg_hex = image.id[7:]
         cfg_bytes = (store.configs / f"{cfg_hex}.json").read_bytes()
         blobs[cfg_hex] = cfg_bytes
