@@ -82,12 +82,19 @@ def _m3_findings(db):
     db["findings"].create_index(["run_ns"], if_not_exists=True)
 
 
+def _m4_probe_loss_lag(db):
+    for column in ("lag_ns", "detail"):
+        if column not in db["probe_loss"].columns_dict:
+            db["probe_loss"].add_column(column, int if column == "lag_ns" else str)
+
+
 # Append only: a new step gets the next version. Never edit an applied step.
 MIGRATIONS = [
     ("base: containers, events, probe_loss", _m1_base),
     ("interfaces, trace sessions, capture points, packets, flows, hops, drops",
      _m2_network_and_traces),
     ("doctor findings", _m3_findings),
+    ("probe_loss: reader lag and detail", _m4_probe_loss_lag),
 ]
 
 
