@@ -1,0 +1,253 @@
+"""Container cgroups on v1 (a hierarchy per controller) and v2 (one unified tree).
+
+Every container gets `pyinspect/<id>` in each hierarchy it uses; the
+`pyinspect` parent is removed again once it is empty. On a hybrid host (v1
+controllers plus an empty cgroup2 at /sys/fs/cgroup/unified) the container
+also gets a cgroup2 directory, so `bpf_get_current_cgroup_id()` tells
+containers apart. `Cgroup.paths` maps controller name (or "unified") to path.
+"""
+
+import errno
+import os
+import re
+import time
+
+from pyinspect.errors import UnavailableError, UsageError
+
+BASE = "/sys/fs/cgroup"
+PARENT = "pyinspect"
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+V2_CONTROLLERS = ("memory", "cpu", "pids")
+
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIN_MEMORY = 6 << 20  # Docker's minimum
+
+
+def parse_memory(text):
+    """Docker's memory strings: `30m`, `1g`, `512k`, `1048576` -> bytes (>= 6 MiB)."""
+    if text is None or text == "":
+        return None
+    m = _MEM_RE.match(str(text))
+    if not m:
+        raise UsageError(f"invalid memory limit {text!r}: expected a number with an "
+                         f"optional unit b, k, m or g (e.g. 30m)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < MIN_MEMORY:
+        raise UsageError(f"invalid memory limit {text!r}: the minimum is 6m")
+    return value
+
+
+def parse_cpus(text):
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"invalid --cpus {text!r}: expected a number such as 0.5") from None
+    ncpu = os.cpu_count() or 1
+    if value <= 0 or value > ncpu:
+        raise UsageError(f"invalid --cpus {text!r}: must be above 0 and at most {ncpu}")
+    return value
+
+
+def parse_pids(value):
+    if value is None:
+        return None
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"invalid --pids-limit {value!r}: expected an integer") from None
+    return value if value > 0 else None
+
+
+def version():
+    """2 on a pure cgroup2 host, 1 on a v1 or hybrid host."""
+    if os.path.exists(f"{BASE}/cgroup.controllers"):
+        return 2
+    if os.path.exists(f"{BASE}/memory/cgroup.procs"):
+        return 1
+    raise UnavailableError("cgroups: neither cgroup v1 controllers nor cgroup2 are "
+                           f"mounted under {BASE}")
+
+
+def _hierarchies():
+    """name -> mount directory of each hierarchy pyinspect uses on this host."""
+    if version() == 2:
+        return {"unified": BASE}
+    out, seen = {}, set()
+    for c in V1_CONTROLLERS:
+        d = f"{BASE}/{c}"
+        real = os.path.realpath(d)
+        if real in seen or not os.path.exists(f"{d}/cgroup.procs"):
+            continue
+        seen.add(real)
+        out[c] = d
+    if os.path.exists(f"{BASE}/unified/cgroup.procs"):
+        out["unified"] = f"{BASE}/unified"
+    return out
+
+
+def _write(path, value):
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+class Cgroup:
+    """The cgroups of one container (existing or to be created)."""
+
+    def __init__(self, cid, paths=None):
+        self.id = cid
+        self.v2 = None
+        if paths is None:
+            hier = _hierarchies()
+            self.v2 = list(hier) == ["unified"] and hier["unified"] == BASE
+            paths = {name: f"{base}/{PARENT}/{cid}" for name, base in hier.items()}
+        self.paths = dict(paths)
+        if self.v2 is None:
+            self.v2 = list(self.paths) == ["unified"] and os.path.exists(
+                f"{BASE}/cgroup.controllers")
+
+    def _enable_v2_controllers(self, parent_dir):
+        avail = set(_read(f"{BASE}/cgroup.controllers").split())
+        want = [c for c in V2_CONTROLLERS if c in avail]
+        for d in (BASE, parent_dir):
+            have = set(_read(f"{d}/cgroup.subtree_control").split())
+            missing = [c for c in want if c not in have]
+            if missing:
+                try:
+                    _write(f"{d}/cgroup.subtree_control", " ".join("+" + c for c in missing))
+                except OSError:
+                    pass  # reported when the limit itself cannot be written
+
+    def create(self, memory=None, cpus=None, pids=None):
+        """Make the directories and write the limits; returns `paths`."""
+        for name, path in self.paths.items():
+            parent = os.path.dirname(path)
+            for attempt in range(20):  # another container may rmdir the parent meanwhile
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                    if self.v2:
+                        self._enable_v2_controllers(parent)
+                    os.mkdir(path)
+                    break
+                except FileExistsError:
+                    break
+                except FileNotFoundError:
+                    time.sleep(0.001)
+            else:
+                raise UnavailableError(f"cannot create cgroup {path}: parent keeps vanishing")
+        try:
+            self._limits(memory, cpus, pids)
+        except OSError as exc:
+            self.remove()
+            raise UnavailableError(f"cannot set cgroup limits: {exc}") from None
+        return self.paths
+
+    def _limits(self, memory, cpus, pids):
+        p = self.paths
+        if self.v2:
+            d = p["unified"]
+            if memory:
+                _write(f"{d}/memory.max", memory)
+                if os.path.exists(f"{d}/memory.swap.max"):
+                    _write(f"{d}/memory.swap.max", 0)
+            if cpus:
+                _write(f"{d}/cpu.max", f"{int(cpus * 100000)} 100000")
+            if pids:
+                _write(f"{d}/pids.max", pids)
+            return
+        if memory:
+            _write(f"{p['memory']}/memory.limit_in_bytes", memory)
+            sw = f"{p['memory']}/memory.memsw.limit_in_bytes"
+            if os.path.exists(sw):  # no swap: the limit is the limit
+                _write(sw, memory)
+        if cpus:
+            if "cpu" not in p:
+                raise OSError(errno.ENOENT, "the cpu controller is not mounted")
+            _write(f"{p['cpu']}/cpu.cfs_period_us", 100000)
+            _write(f"{p['cpu']}/cpu.cfs_quota_us", int(cpus * 100000))
+        if pids:
+            if "pids" not in p:
+                raise OSError(errno.ENOENT, "the pids controller is not mounted")
+            _write(f"{p['pids']}/pids.max", pids)
+
+    def procs_files(self):
+        """The cgroup.procs files a process writes itself into to join."""
+        return [f"{path}/cgroup.procs" for path in self.paths.values()]
+
+    def join(self, pid=0):
+        for f in self.procs_files():
+            _write(f, pid)
+
+    def pids(self):
+        """Host pids of every process in the container's cgroup."""
+        path = next(iter(self.paths.values()), None)
+        if path is None:
+            return []
+        return [int(x) for x in _read(f"{path}/cgroup.procs").split()]
+
+    def oom_kills(self):
+        """How many processes the kernel OOM-killed in this cgroup."""
+        if self.v2:
+            text = _read(f"{self.paths['unified']}/memory.events")
+        elif "memory" in self.paths:
+            text = _read(f"{self.paths['memory']}/memory.oom_control")
+        else:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def limits(self):
+        """The limits in force, for inspect: memory bytes, cpu quota/period, pids."""
+        out = {}
+        if self.v2:
+            d = self.paths.get("unified", "")
+            out["memory"] = _read(f"{d}/memory.max").strip()
+            out["pids"] = _read(f"{d}/pids.max").strip()
+        else:
+            out["memory"] = _read(f"{self.paths.get('memory', '')}/memory.limit_in_bytes").strip()
+            out["pids"] = _read(f"{self.paths.get('pids', '')}/pids.max").strip()
+        return out
+
+    def kill_all(self, sig=9):
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def remove(self, timeout=5.0):
+        """rmdir every directory (waiting for exiting processes), then the empty parents."""
+        deadline = time.monotonic() + timeout
+        for path in self.paths.values():
+            while True:
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise UnavailableError(f"cannot remove cgroup {path}: "
+                                               f"{exc.strerror}") from None
+                    self.kill_all(9)
+                    time.sleep(0.002)
+            try:
+                os.rmdir(os.path.dirname(path))  # the shared `pyinspect` parent, if empty
+            except OSError:
+                pass
+
+    def exists(self):
+        return any(os.path.isdir(p) for p in self.paths.values())

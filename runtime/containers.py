@@ -1,0 +1,871 @@
+"""The container lifecycle facade: `Runtime(root)` creates, starts, stops, execs,
+lists, inspects and removes containers, returning `state.Container` records.
+
+The start path (`run`) imports only the stdlib modules it needs; the network
+module (pyroute2, iptables) is imported only for bridge networking, and the
+heavier helpers (tarfile for `cp`) only by the commands that use them.
+"""
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import signal as _signal
+import time
+
+from pyinspect.errors import (ConflictError, NotFoundError, PyinspectError, UnavailableError,
+                              UsageError)
+
+from . import state
+from .state import Container, ContainerSpec
+
+__all__ = ["Runtime", "Container", "ContainerSpec", "network_module"]
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NETWORK_MODES = ("bridge", "none", "host")
+TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 30
+
+_LEFT = ("admiring", "brave", "clever", "dazzling", "eager", "festive", "gallant", "happy",
+         "jolly", "keen", "lucid", "modest", "nifty", "optimistic", "quirky", "serene",
+         "stoic", "tender", "upbeat", "vibrant", "wizardly", "zealous")
+_RIGHT = ("babbage", "curie", "dijkstra", "einstein", "feynman", "goldwasser", "hopper",
+          "johnson", "knuth", "lamport", "lovelace", "mccarthy", "noether", "pike",
+          "ritchie", "shannon", "thompson", "turing", "wozniak", "yonath")
+
+
+def network_module():
+    """pyinspect.runtime.network, or UnavailableError when it is not installed yet."""
+    try:
+        from . import network
+    except ImportError as exc:
+        raise UnavailableError(f"bridge networking is unavailable: {exc}",
+                               "use --net none or --net host") from None
+    return network
+
+
+def _generate_name(taken):
+    rnd = os.urandom(2)
+    for i in range(50):
+        name = f"{_LEFT[(rnd[0] + i) % len(_LEFT)]}_{_RIGHT[(rnd[1] + i * 7) % len(_RIGHT)]}"
+        if i > 20:
+            name += str(i)
+        if name not in taken(name):
+            return name
+    raise ConflictError("cannot generate a container name: all tried names are taken")
+
+
+def _lock(path, blocking=False, timeout=None):
+    """Open and flock `path`; returns the fd, or None if held elsewhere (non-blocking)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not blocking or (deadline is not None and time.monotonic() > deadline):
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+
+
+def parse_signal(sig):
+    """'KILL', 'SIGKILL', '9' or 9 -> signal number (UsageError otherwise)."""
+    if isinstance(sig, int):
+        return sig
+    text = str(sig).strip().upper()
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < 65:
+            return num
+    else:
+        name = text if text.startswith("SIG") else "SIG" + text
+        if hasattr(_signal.Signals, name):
+            return int(_signal.Signals[name])
+    raise UsageError(f"invalid signal {sig!r}: expected a name like KILL or a number")
+
+
+class Runtime:
+    """Containers under one state root."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(str(root))
+        self.cdir = state.containers_dir(self.root)
+        self.ndir = state.names_dir(self.root)
+
+    # -- lookup ----------------------------------------------------------------------
+    def _name_target(self, name):
+        try:
+            return os.readlink(os.path.join(self.ndir, name))
+        except OSError:
+            return None
+
+    def get(self, ref):
+        """The container named `ref`, with id `ref`, or with the unique id prefix `ref`."""
+        if not ref:
+            raise NotFoundError("container '': no such container")
+        ref = ref.lstrip("/")
+        cid = self._name_target(ref)
+        if cid:
+            c = state.load(os.path.join(self.cdir, cid))
+            if c is not None:
+                return c
+        if re.fullmatch(r"[0-9a-f]{1,64}", ref):
+            try:
+                hits = [e for e in os.listdir(self.cdir) if len(e) == 64 and e.startswith(ref)]
+            except FileNotFoundError:
+                hits = []
+            if len(hits) > 1:
+                raise UsageError(f"container {ref!r}: ambiguous id prefix "
+                                 f"({len(hits)} containers match)", "give more characters")
+            if hits:
+                c = state.load(os.path.join(self.cdir, hits[0]))
+                if c is not None:
+                    return c
+        raise NotFoundError(f"container {ref!r}: no such container",
+                            "pyinspect ps -a lists them")
+
+    def list(self, all=False):
+        """Containers (running only unless `all`), newest first, after reconciling."""
+        self.reconcile()
+        out = state.load_all(self.root)
+        out.reverse()
+        return out if all else [c for c in out if c.status == "running"]
+
+    # -- create ----------------------------------------------------------------------
+    def _validate(self, spec):
+        from .cgroups import parse_cpus, parse_memory, parse_pids
+        from .isolation import parse_volume
+        if spec.name is not None and not NAME_RE.match(spec.name):
+            raise UsageError(f"invalid container name {spec.name!r}: only "
+                             f"[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at least 2 characters")
+        limits = {"memory": parse_memory(spec.memory), "cpus": parse_cpus(spec.cpus),
+                  "pids": parse_pids(spec.pids_limit)}
+        for v in spec.volumes:
+            vol = parse_volume(v)
+            if not os.path.exists(vol["source"]):
+                os.makedirs(vol["source"], exist_ok=True)  # like docker -v
+        mode = spec.network_mode or "bridge"
+        if mode.startswith("container:"):
+            other = mode.split(":", 1)[1]
+            target = self.get(other)
+            if target.status != "running":
+                raise ConflictError(f"cannot join the network of container {other!r}: "
+                                    f"it is not running")
+        elif mode not in NETWORK_MODES:
+            raise UsageError(f"invalid network mode {mode!r}",
+                             "use bridge, none, host or container:NAME")
+        if mode != "bridge" and (spec.publish or spec.publish_all):
+            if mode != "host" or spec.publish:
+                raise UsageError(f"conflicting options: port publishing and network mode {mode}")
+        if spec.workdir and not spec.workdir.startswith("/"):
+            raise UsageError(f"invalid working directory {spec.workdir!r}: "
+                             f"it must be an absolute path")
+        if spec.hostname is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}",
+                                                          spec.hostname):
+            raise UsageError(f"invalid hostname {spec.hostname!r}")
+        return limits
+
+    def _process(self, spec, image_config, hostname):
+        cfg = image_config or {}
+        if spec.entrypoint is not None:
+            entry = [spec.entrypoint] if spec.entrypoint else []
+            cmd = list(spec.command or [])
+        else:
+            entry = list(cfg.get("Entrypoint") or [])
+            cmd = list(spec.command or cfg.get("Cmd") or [])
+        argv = entry + cmd
+        if not argv:
+            raise UsageError(f"no command specified for image {spec.image!r}",
+                             "give a command after the image name")
+        env = {}
+        for item in (cfg.get("Env") or []):
+            k, _, v = item.partition("=")
+            env[k] = v
+        env.setdefault("PATH", DEFAULT_PATH)
+        env["HOSTNAME"] = hostname
+        for item in spec.env:
+            k, eq, v = item.partition("=")
+            if not k or "\0" in item:
+                raise UsageError(f"invalid environment variable {item!r}: expected KEY=VALUE")
+            if eq:
+                env[k] = v
+            elif k in os.environ:
+                env[k] = os.environ[k]
+        if spec.tty:
+            env.setdefault("TERM", "xterm")
+        env.setdefault("HOME", "/root")
+        user = cfg.get("User") or ""
+        if user and not re.fullmatch(r"\d+(:\d+)?", user):
+            user = ""  # named users need the image's passwd; run as root like the image says
+        return {"argv": argv, "env": [f"{k}={v}" for k, v in env.items()],
+                "cwd": spec.workdir or cfg.get("WorkingDir") or "/", "user": user}
+
+    def create(self, spec, _run=False):
+        """Validate `spec`, resolve the image, and record a new 'created' container."""
+        from .images import ImageStore
+        limits = self._validate(spec)
+        image = ImageStore(self.root).resolve(spec.image)
+        mode = spec.network_mode or "bridge"
+        if mode == "bridge":
+            network_module().prepare(self.root, spec, image.config)
+        cid = os.urandom(32).hex()
+        if mode == "host" and not spec.hostname:
+            import socket
+            hostname = socket.gethostname()
+        else:
+            hostname = spec.hostname or cid[:12]
+        process = self._process(spec, image.config, hostname)
+        process["limits"] = limits
+        os.makedirs(self.cdir, exist_ok=True)
+        os.makedirs(self.ndir, exist_ok=True)
+        name = (spec.name or "").lstrip("/") or _generate_name(
+            lambda n: {n} if self._name_target(n) else set())
+        tmp = os.path.join(self.cdir, f"{TMP_PREFIX}{cid}")
+        os.mkdir(tmp)
+        lock_fd = _lock(os.path.join(tmp, "lock"))
+        c = Container(id=cid, name=name, image=spec.image, image_id=image.id,
+                      created=state.now_rfc3339(), spec=spec, process=process,
+                      layers=[str(p) for p in image.layer_dirs],
+                      image_config=image.config or {}, hostname=hostname,
+                      network={"mode": mode}, path=tmp)
+        if _run:
+            c.creator = [os.getpid(), state.proc_start(os.getpid())]
+        try:
+            for d in ("upper", "work", "rootfs"):
+                os.mkdir(os.path.join(tmp, d), 0o755)
+            state.save(c, static=True)
+            final = os.path.join(self.cdir, cid)
+            os.rename(tmp, final)
+            c.path = final
+            self._reserve_name(c)
+        except BaseException:
+            shutil.rmtree(c.path, ignore_errors=True)
+            os.close(lock_fd)
+            raise
+        c._lock_fd = lock_fd
+        return c
+
+    def _reserve_name(self, c):
+        link = os.path.join(self.ndir, c.name)
+        for attempt in (1, 2):
+            try:
+                os.symlink(c.id, link)
+                return
+            except FileExistsError:
+                other = self._name_target(c.name)
+                if other and attempt == 1 and not os.path.exists(
+                        os.path.join(self.cdir, other, "config.json")):
+                    try:  # a leftover of a removal that was killed half-way
+                        os.unlink(link)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                raise ConflictError(f'container name "{c.name}" is already in use by '
+                                    f'container "{(other or "?")[:12]}"',
+                                    "remove that container or choose another name") from None
+
+    # -- start / run -----------------------------------------------------------------
+    def _launch(self, c, lock_fd, attach):
+        from . import shim
+        try:
+            return shim.launch(self, c, lock_fd, attach=attach)
+        finally:
+            os.close(lock_fd)
+
+    def start(self, ref):
+        """Start a created or exited container (detached). No-op if it is running."""
+        c = self.get(ref)
+        lock_fd = _lock(os.path.join(c.path, "lock"))
+        if lock_fd is None:
+            c = self.get(c.id)
+            if c.status == "running":
+                return c
+            raise ConflictError(f"container {c.name}: busy (being started, stopped or removed)")
+        c = self.get(c.id)  # fresh, under the lock
+        if c.status == "running":  # its shim died: settle it first
+            self._settle(c, lock_fd)
+            lock_fd = _lock(os.path.join(c.path, "lock"))
+            c = self.get(c.id)
+        c.restart_count += 1 if c.started_at else 0
+        self._launch(c, lock_fd, attach=False)
+        return self.get(c.id)
+
+    def run(self, spec, detach=False):
+        """Create and start. Detached: return the running container. Attached: relay
+        its output to this process's stdout/stderr, wait, and return the container
+        with its `exit_code` set (also when --rm removed it)."""
+        c = self.create(spec, _run=True)
+        lock_fd = c._lock_fd
+        if detach:
+            self._launch(c, lock_fd, attach=False)
+            return self.get(c.id) if not spec.auto_remove or self._exists(c) else c
+        from . import shim
+        try:
+            shim_pid = shim.launch(self, c, lock_fd, attach=True)
+        except shim.StartError:
+            os.close(lock_fd)
+            try:
+                os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            raise
+        os.close(lock_fd)
+        c = self.get(c.id) if self._exists(c) else c
+        code = self._wait_attached(shim_pid, c)
+        if self._exists(c):
+            c = state.load(c.path) or c
+        c.exit_code = code
+        return c
+
+    def _exists(self, c):
+        return os.path.exists(os.path.join(c.path, "config.json"))
+
+    def _wait_attached(self, shim_pid, c):
+        """Wait for the shim of an attached run, forwarding SIGINT/SIGTERM to the init."""
+        def forward(signum, frame):
+            if c.pid and state.init_alive(c):
+                try:
+                    os.kill(c.pid, signum)
+                except ProcessLookupError:
+                    pass
+        old = {s: _signal.signal(s, forward) for s in (_signal.SIGINT, _signal.SIGTERM)}
+        try:
+            while True:
+                try:
+                    _, status = os.waitpid(shim_pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+        finally:
+            for s, h in old.items():
+                _signal.signal(s, h)
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+    # -- stop / kill / restart / remove ------------------------------------------------
+    def _running(self, ref):
+        c = self.get(ref)
+        if c.status != "running" or not state.init_alive(c):
+            raise ConflictError(f"container {c.name} is not running")
+        return c
+
+    def _wait_exit(self, c, timeout):
+        """Wait until the shim released the lock (the exit is recorded); True if it did."""
+        fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=timeout)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    def stop(self, ref, timeout=10):
+        """SIGTERM, then SIGKILL after `timeout` seconds; returns the stopped container."""
+        c = self.get(ref)
+        if c.status != "running":
+            return c
+        if not state.init_alive(c):
+            self.reconcile()
+            return self.get(c.id)
+        try:
+            os.kill(c.pid, _signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if not self._wait_exit(c, max(0.0, float(timeout))):
+            try:
+                os.kill(c.pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if not self._wait_exit(c, 10):
+                raise UnavailableError(f"cannot stop container {c.name}: it did not exit "
+                                       f"after SIGKILL")
+        return self.get(c.id) if self._exists(c) else c
+
+    def kill(self, ref, signal="KILL"):
+        """Send `signal` to the container's init; waits for the exit on SIGKILL."""
+        sig = parse_signal(signal)
+        c = self._running(ref)
+        os.kill(c.pid, sig)
+        if sig == _signal.SIGKILL:
+            self._wait_exit(c, 10)
+        return self.get(c.id) if self._exists(c) else c
+
+    def restart(self, ref, timeout=10):
+        c = self.stop(ref, timeout)
+        return self.start(c.id)
+
+    def remove(self, ref, force=False):
+        """Remove a stopped container (with `force`, kill it first)."""
+        c = self.get(ref)
+        if c.status == "running" and state.init_alive(c):
+            if not force:
+                raise ConflictError(f"cannot remove running container {c.name}",
+                                    "stop it first or use rm -f")
+            try:
+                os.kill(c.pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=15)
+        if lock_fd is None:
+            raise ConflictError(f"cannot remove container {c.name}: it is busy")
+        try:
+            c = state.load(c.path)
+            if c is None:
+                return None
+            if c.status == "running":
+                self._settle(c, None)
+            self._cleanup_kernel(c)
+            self._remove_files(c)
+        finally:
+            os.close(lock_fd)
+        return c
+
+    def _cleanup_kernel(self, c):
+        """Free what a dead container may still hold: processes, cgroups, network."""
+        from .cgroups import Cgroup
+        if c.cgroup:
+            cg = Cgroup(c.id, c.cgroup)
+            if cg.exists():
+                cg.kill_all(9)
+                cg.remove()
+        if (c.network or {}).get("mode", "bridge") == "bridge" and len(c.network or {}) > 1:
+            try:
+                network_module().disconnect(self.root, c)
+            except PyinspectError:
+                raise
+            except Exception as exc:
+                raise UnavailableError(f"cannot disconnect {c.name}: {exc}") from None
+
+    def _remove_files(self, c):
+        link = os.path.join(self.ndir, c.name)
+        if self._name_target(c.name) == c.id:
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
+        # rename first so a half-done rmtree never looks like a container
+        trash = os.path.join(self.cdir, f"{TMP_PREFIX}rm-{c.id}")
+        try:
+            os.rename(c.path, trash)
+        except OSError:
+            trash = c.path
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- reconcile -------------------------------------------------------------------
+    def _settle(self, c, lock_fd):
+        """Record the end of a container whose shim died (lock is held by the caller)."""
+        from .cgroups import Cgroup
+        oom = False
+        if c.cgroup:
+            cg = Cgroup(c.id, c.cgroup)
+            try:
+                oom = cg.oom_kills() > 0
+            except (OSError, ValueError):
+                pass
+        if c.pid and state.init_alive(c):
+            try:
+                os.kill(c.pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self._cleanup_kernel(c)
+        except PyinspectError as exc:
+            c.error = str(exc)
+        c.status = "exited"
+        c.exit_code = 137 if c.started_at else 255
+        c.oom_killed = oom
+        c.finished_at = state.now_rfc3339()
+        c.pid = c.pid_start = c.shim_pid = c.shim_start = 0
+        c.error = c.error or "the container's monitor process died"
+        if c.spec.auto_remove:
+            self._remove_files(c)
+        else:
+            state.save(c)
+
+    def reconcile(self):
+        """Settle containers whose monitor died, remove half-created leftovers and
+        dangling names, then let the network module re-check its rules."""
+        try:
+            entries = os.listdir(self.cdir)
+        except FileNotFoundError:
+            return []
+        changed = []
+        now = time.time()
+        for entry in entries:
+            path = os.path.join(self.cdir, entry)
+            if entry.startswith(TMP_PREFIX):
+                try:
+                    old = now - os.lstat(path).st_mtime > STALE_TMP_SECONDS
+                except FileNotFoundError:
+                    continue
+                if old or entry.startswith(TMP_PREFIX + "rm-"):
+                    fd = _lock(os.path.join(path, "lock")) if os.path.isdir(path) else None
+                    if fd is not None or not os.path.exists(os.path.join(path, "lock")):
+                        self._remove_tmp(path, entry)
+                    if fd is not None:
+                        os.close(fd)
+                continue
+            if len(entry) != 64:
+                continue
+            c = state.load(path)
+            if c is None:
+                continue
+            if c.status == "exited" or (c.status == "created" and not c.creator):
+                continue
+            fd = _lock(os.path.join(path, "lock"))
+            if fd is None:
+                continue  # a live shim or command owns it
+            try:
+                c = state.load(path)
+                if c is None:
+                    continue
+                if c.status == "running":
+                    self._settle(c, fd)
+                    changed.append(c)
+                elif c.status == "created" and c.creator and not state.creator_alive(c):
+                    # a `run` killed before its container started: nothing to keep
+                    try:
+                        self._cleanup_kernel(c)
+                    except PyinspectError:
+                        pass
+                    self._remove_files(c)
+                    changed.append(c)
+            finally:
+                os.close(fd)
+        self._reconcile_names()
+        self._reconcile_network()
+        return changed
+
+    def _remove_tmp(self, path, entry):
+        cid = entry[len(TMP_PREFIX):]
+        if cid.startswith("rm-"):
+            cid = cid[3:]
+        if len(cid) == 64:
+            from .cgroups import Cgroup
+            try:
+                cg = Cgroup(cid)
+                if cg.exists():
+                    cg.kill_all(9)
+                    cg.remove()
+            except PyinspectError:
+                pass
+        shutil.rmtree(path, ignore_errors=True)
+
+    def _reconcile_names(self):
+        try:
+            names = os.listdir(self.ndir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            cid = self._name_target(name)
+            if cid is None:
+                continue
+            if not os.path.exists(os.path.join(self.cdir, cid)):
+                try:
+                    os.unlink(os.path.join(self.ndir, name))
+                except FileNotFoundError:
+                    pass
+
+    def _reconcile_network(self):
+        containers = state.load_all(self.root)
+        if not any((c.spec.network_mode or "bridge") == "bridge" for c in containers):
+            return
+        try:
+            net = network_module()
+        except UnavailableError:
+            return
+        net.reconcile(self.root, containers)
+
+    # -- files the runtime writes into the container --------------------------------
+    def container_files(self, c):
+        """/etc/hostname, /etc/hosts (and /etc/resolv.conf for host mode) for non-bridge modes."""
+        mode = c.spec.network_mode or "bridge"
+        files = {"/etc/hostname": c.hostname + "\n"}
+        if mode == "host":
+            for path in ("/etc/hosts", "/etc/resolv.conf"):
+                try:
+                    with open(path) as f:
+                        files[path] = f.read()
+                except OSError:
+                    pass
+        else:
+            files["/etc/hosts"] = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
+                                   f"ip6-loopback\n127.0.0.1\t{c.hostname}\n")
+        return files
+
+    # -- exec ------------------------------------------------------------------------
+    def exec(self, ref, argv, env=(), workdir=None, interactive=False, tty=False):
+        """Run `argv` inside running container `ref` (all its namespaces and cgroups);
+        returns its exit code. Stdio is this process's (stdin only with `interactive`)."""
+        from . import isolation
+        c = self._running(ref)
+        if not argv:
+            raise UsageError("exec: no command given")
+        envd = dict(e.split("=", 1) for e in c.process.get("env", []))
+        for item in env:
+            k, eq, v = item.partition("=")
+            if not k:
+                raise UsageError(f"invalid environment variable {item!r}: expected KEY=VALUE")
+            if eq:
+                envd[k] = v
+            elif k in os.environ:
+                envd[k] = os.environ[k]
+        cwd = workdir or c.process.get("cwd") or "/"
+        if not cwd.startswith("/"):
+            raise UsageError(f"invalid working directory {cwd!r}: it must be absolute")
+        from .cgroups import Cgroup
+        procs = Cgroup(c.id, c.cgroup).procs_files() if c.cgroup else []
+        err_r, err_w = os.pipe()
+        import sys
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 126
+            try:
+                os.close(err_r)
+                isolation.enter(c.pid, procs)
+                inner = os.fork()
+                if inner == 0:
+                    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+                    if not interactive:
+                        devnull = os.open("/dev/null", os.O_RDONLY)
+                        os.dup2(devnull, 0)
+                    code = 127
+                    try:
+                        os.chdir(cwd)
+                    except OSError as exc:
+                        code = 126
+                        raise OSError(exc.errno, f"chdir to {cwd}: {exc.strerror}") from None
+                    try:
+                        os.execvpe(argv[0], argv, envd)
+                    except FileNotFoundError:
+                        raise OSError(errno.ENOENT, f'exec: "{argv[0]}": executable file '
+                                                    f'not found in $PATH') from None
+                    except PermissionError:
+                        code = 126
+                        raise OSError(errno.EACCES,
+                                      f'exec: "{argv[0]}": permission denied') from None
+                os.close(err_w)
+                while True:
+                    try:
+                        _, status = os.waitpid(inner, 0)
+                        break
+                    except InterruptedError:
+                        continue
+                code = (128 + os.WTERMSIG(status)) if os.WIFSIGNALED(status) \
+                    else os.WEXITSTATUS(status)
+            except BaseException as exc:
+                try:
+                    os.write(err_w, f"{code} {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}".encode())
+                except OSError:
+                    pass
+            os._exit(code)
+        os.close(err_w)
+        chunks = []
+        while True:
+            b = os.read(err_r, 4096)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(err_r)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        code = (128 + os.WTERMSIG(status)) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        if chunks:
+            from .shim import StartError
+            msg = b"".join(chunks).decode(errors="replace")
+            num, _, text = msg.partition(" ")
+            raise StartError(f"exec in {c.name}: {text}", int(num) if num.isdigit() else code)
+        return code
+
+    # -- inspect / top / logs ----------------------------------------------------------
+    def inspect(self, ref):
+        """Docker-like JSON for a container; for an image name, the image's inspect."""
+        try:
+            c = self.get(ref)
+        except NotFoundError:
+            from .images import ImageStore
+            try:
+                return ImageStore(self.root).inspect(ref)
+            except (NotFoundError, UsageError):
+                raise NotFoundError(f"{ref!r}: no such container or image") from None
+        if c.status == "running" and not state.init_alive(c):
+            self.reconcile()
+            c = self.get(c.id)
+        return container_json(c)
+
+    def top(self, ref):
+        """{"Titles": [...], "Processes": [[...], ...]} for a running container."""
+        from .cgroups import Cgroup
+        c = self._running(ref)
+        pids = Cgroup(c.id, c.cgroup).pids() if c.cgroup else [c.pid]
+        titles = ["UID", "PID", "PPID", "STAT", "TIME", "CMD"]
+        hz = os.sysconf("SC_CLK_TCK")
+        rows = []
+        for pid in sorted(pids):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    data = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+                uid = os.stat(f"/proc/{pid}").st_uid
+            except OSError:
+                continue
+            comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+            fields = data[data.rindex(b")") + 2:].split()
+            secs = (int(fields[11]) + int(fields[12])) // hz
+            rows.append([str(uid), str(pid), fields[1].decode(), fields[0].decode(),
+                         f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}",
+                         cmd or f"[{comm}]"])
+        return {"Titles": titles, "Processes": rows}
+
+    def logs(self, ref, follow=False, tail=None):
+        """Yield (stream, bytes) from the container's log; `follow` waits for more
+        until the container stops. `tail` keeps the last N lines."""
+        c = self.get(ref)
+        try:
+            f = open(c.log_path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            pieces = []
+            for s, d in _read_records(f):
+                pieces.extend((s, line) for line in d.splitlines(keepends=True))
+            if tail is not None and tail >= 0:
+                pieces = pieces[len(pieces) - tail:] if tail else []
+            yield from pieces
+            while follow:
+                running = self._shim_busy(c)
+                yield from _read_records(f)
+                if not running:
+                    return
+                time.sleep(0.05)
+
+    def _shim_busy(self, c):
+        fd = _lock(os.path.join(c.path, "lock"))
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
+
+    # -- cp --------------------------------------------------------------------------
+    def cp(self, src, dst):
+        """Copy `CONTAINER:PATH` to a host path or a host path to `CONTAINER:PATH`."""
+        from . import copy
+        s_ref, s_path = split_cp_arg(src)
+        d_ref, d_path = split_cp_arg(dst)
+        if (s_ref is None) == (d_ref is None):
+            raise UsageError("cp: exactly one of SRC and DEST must be CONTAINER:PATH")
+        if s_ref is not None:
+            c = self.get(s_ref)
+            return copy.from_container(self, c, s_path, d_path)
+        c = self.get(d_ref)
+        return copy.to_container(self, c, s_path, d_path)
+
+
+def _read_records(f):
+    """The complete log records from `f`'s position on; stops before a partial one."""
+    import json
+    out = []
+    while True:
+        pos = f.tell()
+        line = f.readline()
+        if not line.endswith(b"\n"):
+            f.seek(pos)  # nothing more, or a record still being written
+            return out
+        try:
+            rec = json.loads(line)
+            out.append((rec["s"], rec["d"].encode("utf-8", "surrogateescape")))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeError):
+            continue
+
+
+def split_cp_arg(arg):
+    """'name:/path' -> ('name', '/path'); a host path -> (None, path)."""
+    if arg.startswith("/") or arg.startswith(".") or ":" not in arg:
+        return None, arg
+    ref, _, path = arg.partition(":")
+    return ref, path or "/"
+
+
+def container_json(c):
+    """The Docker-like inspect document of container `c`."""
+    from .cgroups import parse_memory
+    spec, proc, net = c.spec, c.process, c.network or {}
+    argv = proc.get("argv") or [""]
+    running = c.status == "running"
+    mounts, binds = [], []
+    for v in spec.volumes:
+        from .isolation import parse_volume
+        vol = parse_volume(v)
+        binds.append(v)
+        mounts.append({"Type": "bind", "Source": vol["source"], "Destination": vol["destination"],
+                       "Mode": "ro" if vol["ro"] else "", "RW": not vol["ro"],
+                       "Propagation": "rprivate"})
+    ports = {}
+    for p in net.get("ports") or []:
+        key = f"{p.get('container_port')}/{p.get('proto', 'tcp')}"
+        ports.setdefault(key, []).append({"HostIp": p.get("host_ip", ""),
+                                          "HostPort": str(p.get("host_port", ""))})
+    for key in (c.image_config.get("ExposedPorts") or {}):
+        ports.setdefault(key, None)
+    mode = spec.network_mode or "bridge"
+    endpoint = {"IPAddress": net.get("ip", ""), "IPPrefixLen": net.get("prefixlen", 0),
+                "Gateway": net.get("gateway", ""), "MacAddress": net.get("mac", "")}
+    cpus = float(spec.cpus) if spec.cpus else 0
+    limits = proc.get("limits", {})
+    return {
+        "Id": c.id,
+        "Created": c.created,
+        "Path": argv[0],
+        "Args": argv[1:],
+        "State": {"Status": c.status, "Running": running, "Paused": False,
+                  "Restarting": False, "OOMKilled": c.oom_killed, "Dead": False,
+                  "Pid": c.pid if running else 0, "ExitCode": c.exit_code, "Error": c.error,
+                  "StartedAt": c.started_at or "0001-01-01T00:00:00Z",
+                  "FinishedAt": c.finished_at or "0001-01-01T00:00:00Z"},
+        "Image": c.image_id,
+        "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
+        "LogPath": c.log_path,
+        "Name": "/" + c.name,
+        "RestartCount": c.restart_count,
+        "Driver": "overlay",
+        "HostConfig": {"Binds": binds or None, "NetworkMode": mode,
+                       "PortBindings": {k: v for k, v in ports.items() if v} or {},
+                       "PublishAllPorts": bool(spec.publish_all), "AutoRemove": spec.auto_remove,
+                       "Memory": limits.get("memory") or (parse_memory(spec.memory) or 0),
+                       "MemorySwap": limits.get("memory") or 0,
+                       "NanoCpus": int(cpus * 1e9), "CpuPeriod": 100000 if cpus else 0,
+                       "CpuQuota": int(cpus * 100000), "PidsLimit": limits.get("pids") or 0},
+        "GraphDriver": {"Name": "overlay",
+                        "Data": {"LowerDir": ":".join(reversed(c.layers)),
+                                 "UpperDir": os.path.join(c.path, "upper"),
+                                 "WorkDir": os.path.join(c.path, "work"),
+                                 "MergedDir": os.path.join(c.path, "rootfs")}},
+        "Mounts": mounts,
+        "Config": {"Hostname": c.hostname, "Domainname": "", "User": proc.get("user", ""),
+                   "AttachStdin": spec.interactive, "AttachStdout": True,
+                   "AttachStderr": True, "Tty": spec.tty, "OpenStdin": spec.interactive,
+                   "StdinOnce": False, "Env": proc.get("env", []),
+                   "Cmd": spec.command or (c.image_config.get("Cmd")
+                                           if spec.entrypoint is None else None),
+                   "Image": c.image, "WorkingDir": proc.get("cwd", ""),
+                   "Entrypoint": ([spec.entrypoint] if spec.entrypoint else None)
+                   if spec.entrypoint is not None else c.image_config.get("Entrypoint"),
+                   "ExposedPorts": c.image_config.get("ExposedPorts") or None,
+                   "Labels": {}},
+        "NetworkSettings": {"SandboxKey": net.get("sandbox_key", ""), "Ports": ports,
+                            **endpoint, "Bridge": net.get("bridge", ""),
+                            "Networks": {mode: {**endpoint, "HostVeth": net.get("veth_host", ""),
+                                                "HostVethIfindex":
+                                                    net.get("veth_host_ifindex", 0)}}},
+        "Cgroups": c.cgroup,
+    }

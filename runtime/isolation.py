@@ -1,0 +1,282 @@
+"""Namespaces, mounts and the container root, through raw syscalls (ctypes).
+
+Python 3.11 has no os.unshare/os.setns/mount, so this module calls libc. The
+steps a container's init takes, in order, are `prepare_root()` (overlayfs root,
+/proc, /dev, /sys, volumes, mounted while the host paths are still visible),
+then `pivot_into()` (pivot_root and detach the old root). Paths inside the
+container are resolved with `secure_join`, which never follows a link out of
+the container root. Stdlib only: this module is on the `pyinspect run` path.
+"""
+
+import ctypes
+import errno
+import os
+import stat
+
+from pyinspect.errors import UnavailableError, UsageError
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+SYS_PIVOT_ROOT = 155  # x86_64
+
+# Namespace file name under /proc/<pid>/ns -> clone flag, in the order exec joins them.
+NAMESPACES = (("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS), ("net", CLONE_NEWNET),
+              ("pid", CLONE_NEWPID), ("mnt", CLONE_NEWNS))
+
+_libc = None
+
+
+def libc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                ctypes.c_ulong, ctypes.c_char_p]
+        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        _libc.unshare.argtypes = [ctypes.c_int]
+        _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+    return _libc
+
+
+def _check(rv, what):
+    if rv != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(s):
+    return None if s is None else os.fsencode(s)
+
+
+def unshare(flags):
+    """unshare(2)."""
+    _check(libc().unshare(flags), "unshare")
+
+
+def setns(fd, nstype=0):
+    """setns(2) into the namespace open at `fd`."""
+    _check(libc().setns(fd, nstype), "setns")
+
+
+def mount(source, target, fstype=None, flags=0, data=None):
+    """mount(2); raises OSError naming the target."""
+    rv = libc().mount(_b(source), _b(target), _b(fstype), flags, _b(data))
+    if rv != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype or 'bind'} on {target}: {os.strerror(err)}")
+
+
+def umount(target, flags=MNT_DETACH):
+    _check(libc().umount2(_b(target), flags), f"umount {target}")
+
+
+def pivot_root(new_root, put_old):
+    _check(libc().syscall(SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root")
+
+
+def set_parent_death_signal(sig):
+    libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def set_comm(name):
+    """Set this process's comm (shown by ps/top, 15 bytes)."""
+    libc().prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def secure_join(root, path, max_links=40):
+    """`path` resolved inside `root` like the kernel would in a chroot at `root`.
+
+    Symlinks (absolute or relative) are followed but interpreted inside `root`,
+    and `..` never climbs above it; missing trailing components are kept as
+    they are. Returns a host path under `root`.
+    """
+    root = os.path.abspath(root)
+    todo = [p for p in path.split("/") if p not in ("", ".")]
+    done = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = os.path.join(root, *done, part)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            done.append(part)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > max_links:
+                raise OSError(errno.ELOOP, f"too many symlinks resolving {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
+
+
+def overlay_data(lower_dirs, upper, work):
+    """overlayfs mount data; `lower_dirs` base layer first (reversed here, top first)."""
+    lowers = ":".join(str(d) for d in reversed(list(lower_dirs)))
+    return f"lowerdir={lowers},upperdir={upper},workdir={work}"
+
+
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+            ("urandom", 1, 9), ("tty", 5, 0))
+
+
+def _mkdirp(path, mode=0o755):
+    os.makedirs(path, mode=mode, exist_ok=True)
+
+
+def _make_dev(rootfs):
+    dev = os.path.join(rootfs, "dev")
+    _mkdirp(dev)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    for name, major, minor in _DEVICES:
+        os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(os.path.join(dev, name), 0o666)
+    for name in ("pts", "shm"):
+        os.mkdir(os.path.join(dev, name), 0o755)
+    mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+          "newinstance,ptmxmode=0666,mode=0620")
+    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+          "mode=1777,size=65536k")
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    os.symlink("/proc/self/fd", os.path.join(dev, "fd"))
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", os.path.join(dev, name))
+
+
+def _mount_volume(rootfs, vol):
+    source, target, readonly = vol["source"], vol["destination"], vol.get("ro", False)
+    dest = secure_join(rootfs, target)
+    if os.path.isdir(source):
+        _mkdirp(dest)
+    else:
+        _mkdirp(os.path.dirname(dest))
+        if not os.path.lexists(dest):
+            open(dest, "a").close()
+    mount(source, dest, None, MS_BIND | MS_REC)
+    if readonly:
+        mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+
+
+def prepare_root(rootfs, lower_dirs, upper, work, volumes=(), readonly_sys=True):
+    """Mount the container's root at `rootfs` in the current (new) mount namespace.
+
+    Makes every existing mount private first so nothing propagates to the host,
+    then: overlayfs (image layers + per-container upper dir), /proc (of the
+    current pid namespace), a minimal /dev on tmpfs, read-only /sys, volumes.
+    """
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("overlay", rootfs, "overlay", 0, overlay_data(lower_dirs, upper, work))
+    proc = secure_join(rootfs, "/proc")
+    _mkdirp(proc)
+    mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _make_dev(rootfs)
+    sys_dir = secure_join(rootfs, "/sys")
+    _mkdirp(sys_dir)
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if readonly_sys else 0)
+    mount("sysfs", sys_dir, "sysfs", flags)
+    for vol in volumes:
+        _mount_volume(rootfs, vol)
+
+
+def pivot_into(rootfs):
+    """pivot_root into `rootfs` and lazily detach the old root (runc's '.' trick)."""
+    os.chdir(rootfs)
+    pivot_root(".", ".")
+    umount(".", MNT_DETACH)
+    os.chdir("/")
+
+
+def ns_fds(pid, which=None):
+    """Open /proc/<pid>/ns/<name> for each namespace (all of NAMESPACES by default)."""
+    out = []
+    try:
+        for name, flag in NAMESPACES:
+            if which is None or name in which:
+                out.append((os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY), flag))
+    except FileNotFoundError:
+        for fd, _ in out:
+            os.close(fd)
+        raise
+    return out
+
+
+def same_ns(pid, name, other="self"):
+    try:
+        return os.stat(f"/proc/{pid}/ns/{name}").st_ino == os.stat(f"/proc/{other}/ns/{name}").st_ino
+    except OSError:
+        return False
+
+
+def enter(pid, cgroup_procs=(), namespaces=None):
+    """Join container `pid`'s cgroups and namespaces and chroot into its root.
+
+    For use in a freshly forked, single-threaded child. The pid namespace only
+    applies to the caller's future children, so callers fork once more.
+    Namespaces the caller already shares (e.g. --net host) are skipped.
+    """
+    for procs in cgroup_procs:
+        with open(procs, "w") as f:
+            f.write("0")
+    root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
+    wanted = [name for name, _ in NAMESPACES
+              if (namespaces is None or name in namespaces) and not same_ns(pid, name)]
+    fds = ns_fds(pid, wanted)
+    for fd, flag in fds:
+        setns(fd, flag)
+        os.close(fd)
+    os.fchdir(root_fd)
+    os.chroot(".")
+    os.close(root_fd)
+
+
+def check_kernel():
+    """Raise UnavailableError when the calling process cannot make containers."""
+    if os.geteuid() != 0:
+        raise UnavailableError("cannot create containers: not running as root",
+                               "run pyinspect as root")
+    return True
+
+
+def parse_volume(text):
+    """`HOST:CTR[:ro|rw]` -> {"source", "destination", "ro"}."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid volume {text!r}: expected HOST:CONTAINER[:ro]")
+    source, dest = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise UsageError(f"invalid volume {text!r}: mode must be ro or rw")
+    if not source.startswith("/"):
+        raise UsageError(f"invalid volume {text!r}: the host path must be absolute",
+                         "named volumes are not supported")
+    if not dest.startswith("/"):
+        raise UsageError(f"invalid volume {text!r}: the container path must be absolute")
+    return {"source": os.path.normpath(source), "destination": os.path.normpath(dest),
+            "ro": mode == "ro"}

@@ -1,0 +1,441 @@
+"""The container monitor ("shim"): the detached parent of a container's init.
+
+`launch()` forks the shim from the calling process (no new interpreter, so a
+start costs a fork, not an exec of Python). The shim starts its own session
+(so it outlives the CLI), creates the cgroups, forks the container init into
+new pid/mount/uts/ipc(/net) namespaces, relays the init's output into the log
+file (and to the attached terminal, if any), waits for it, records the exit
+code and OOM kill, and cleans up: cgroups, network, and with --rm the whole
+container. It holds the container's lock for its whole life, so "lock free"
+means "no shim", which is what the reconciler checks.
+
+The init, between fork and exec: joins the cgroups, unshares namespaces, waits
+for the network (bridge mode), sets the hostname, mounts the overlay root,
+/proc, /dev, /sys and volumes, pivots into it, writes /etc/hosts & co, and
+execs the user's command. A failure before exec is reported on a close-on-exec
+pipe, so `run` fails with that message instead of a silent exit code.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from pyinspect.errors import PyinspectError, UnavailableError
+
+from . import isolation, state
+from .cgroups import Cgroup
+
+SHIM_COMM = "pyinspect-shim"
+EXIT_SETUP_FAILED = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+
+class StartError(PyinspectError):
+    """The container's command could not be started."""
+
+    def __init__(self, message, exit_code=EXIT_SETUP_FAILED, hint=None):
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+def _read_all(fd):
+    chunks = []
+    while True:
+        try:
+            b = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def _write_all(fd, data):
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def launch(runtime, c, lock_fd, attach=False):
+    """Fork the shim for container `c` (whose lock `lock_fd` the caller holds).
+
+    Returns the shim's pid once the user's command has been exec'd; raises
+    StartError (with the container's exit code, 127 for a missing command)
+    when it could not start. With `attach`, the shim mirrors output to this
+    process's stdout/stderr and passes stdin through (-i).
+    """
+    status_r, status_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(status_r)
+            code = Shim(runtime, c, lock_fd, status_w, attach).main()
+        except BaseException as exc:  # never return into the CLI's stack
+            try:
+                _write_all(status_w, f"err {EXIT_SETUP_FAILED} {exc}".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(code & 0xFF)
+    os.close(status_w)
+    msg = _read_all(status_r).decode(errors="replace")
+    os.close(status_r)
+    if msg.startswith("ok"):
+        return pid
+    kind, _, rest = msg.partition(" ")
+    code, _, text = rest.partition(" ")
+    if kind == "err" and code.isdigit():
+        raise StartError(text or "container failed to start", int(code))
+    raise StartError("container failed to start: the monitor process died")
+
+
+class Shim:
+    def __init__(self, runtime, c, lock_fd, status_w, attach):
+        self.rt = runtime
+        self.c = c
+        self.lock_fd = lock_fd
+        self.status_w = status_w
+        self.attach = attach
+        self.cg = None
+        self.netmod = None
+        self.log = None
+
+    # -- the shim's life, in order -------------------------------------------------
+    def main(self):
+        c = self.c
+        os.setsid()
+        isolation.set_comm(SHIM_COMM)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        c.shim_pid, c.shim_start = os.getpid(), state.proc_start(os.getpid())
+        c.pid = c.pid_start = 0
+        c.error = ""
+        state.save(c)
+        try:
+            self.start_init()
+        except BaseException as exc:
+            code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
+            if not isinstance(code, int) or code == 0:
+                code = EXIT_SETUP_FAILED
+            msg = str(exc) if isinstance(exc, PyinspectError) else f"{type(exc).__name__}: {exc}"
+            self.finish(code, error=msg)
+            self.report(f"err {code} {msg}")
+            return code
+        self.report("ok")
+        code = self.relay_and_wait()
+        self.finish(code)
+        return code
+
+    def report(self, msg):
+        if self.status_w is None:
+            return
+        try:
+            _write_all(self.status_w, msg.encode())
+            os.close(self.status_w)
+        except OSError:
+            pass  # the CLI is gone; the state file has it all
+        self.status_w = None
+        if not self.attach:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+
+    def start_init(self):
+        c, spec = self.c, self.c.spec
+        mode = spec.network_mode or "bridge"
+        self.cg = Cgroup(c.id, c.cgroup or None)
+        limits = c.process.get("limits", {})
+        self.cg.create(limits.get("memory"), limits.get("cpus"), limits.get("pids"))
+        c.cgroup = self.cg.paths
+        join_net = None
+        if mode.startswith("container:"):
+            other = self.rt.get(mode.split(":", 1)[1])
+            if other.status != "running" or not state.init_alive(other):
+                raise UnavailableError(f"cannot join the network of {other.name}: "
+                                       f"it is not running")
+            join_net = os.open(f"/proc/{other.pid}/ns/net", os.O_RDONLY)
+        if mode == "bridge":
+            from . import containers
+            self.netmod = containers.network_module()
+        files = self.rt.container_files(c) if mode != "bridge" else None
+        self.log = open(c.log_path, "ab", buffering=0)
+        # stdio of the init
+        self.master = self.out_r = self.err_r = self.stdin_w = None
+        child_fds = []
+        if spec.tty:
+            import pty
+            self.master, slave = pty.openpty()
+            stdio = (slave, slave, slave)
+            child_fds.append(slave)
+        else:
+            self.out_r, out_w = os.pipe()
+            self.err_r, err_w = os.pipe()
+            child_fds += [out_w, err_w]
+            if spec.interactive and self.attach:
+                stdin = 0
+            elif spec.interactive:
+                stdin, self.stdin_w = os.pipe()  # kept open: `sh` waits like under docker -di
+                child_fds.append(stdin)
+            else:
+                stdin = os.open(os.devnull, os.O_RDONLY)
+                child_fds.append(stdin)
+            stdio = (stdin, out_w, err_w)
+        err_r, err_w = os.pipe()      # close-on-exec: EOF means exec succeeded
+        sync_r, sync_w = os.pipe()    # shim -> init: network ready (bridge)
+        ready_r, ready_w = os.pipe()  # init -> shim: in its namespaces (bridge)
+        my_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        isolation.unshare(isolation.CLONE_NEWPID)
+        shim_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(err_r)
+            os.close(sync_w)
+            os.close(ready_r)
+            self.init(stdio, err_w, sync_r, ready_w, join_net, files, shim_pid)  # never returns
+        isolation.setns(my_pidns, isolation.CLONE_NEWPID)
+        os.close(my_pidns)
+        for fd in child_fds + [err_w, sync_r, ready_w]:
+            os.close(fd)
+        if join_net is not None:
+            os.close(join_net)
+        c.pid, c.pid_start = pid, state.proc_start(pid)
+        try:
+            if mode == "bridge":
+                if _read_all(ready_r) != b"r":
+                    raise UnavailableError("container init died before its network was set up")
+                c.network = self.netmod.connect(str(self.rt.root), c, pid) or {}
+                files = self.netmod.container_files(c)
+                _write_all(sync_w, json.dumps(files).encode())
+            os.close(sync_w)
+            os.close(ready_r)
+            failure = _read_all(err_r)
+            os.close(err_r)
+        except BaseException:
+            self.kill_init()
+            raise
+        if failure:
+            code, _, msg = failure.decode(errors="replace").partition(" ")
+            self.kill_init()
+            self.reap()
+            err = StartError(msg, int(code) if code.isdigit() else EXIT_SETUP_FAILED)
+            raise err
+        c.status = "running"
+        c.started_at = state.now_rfc3339()
+        c.finished_at = ""
+        c.exit_code = 0
+        c.oom_killed = False
+        c.creator = []
+        state.save(c)
+
+    def kill_init(self):
+        try:
+            os.kill(self.c.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def reap(self):
+        while True:
+            try:
+                _, status = os.waitpid(self.c.pid, 0)
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return 255
+            if os.WIFSIGNALED(status):
+                return 128 + os.WTERMSIG(status)
+            return os.WEXITSTATUS(status)
+
+    # -- inside the new namespaces (never returns) --------------------------------
+    def init(self, stdio, err_w, sync_r, ready_w, join_net, files, shim_pid):
+        c, spec = self.c, self.c.spec
+        code = EXIT_SETUP_FAILED
+        try:
+            # (pid 1 of a new pid namespace: getppid() is 0, so a shim that died
+            # before this line goes unnoticed; the reconciler settles that case)
+            isolation.set_parent_death_signal(signal.SIGKILL)
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
+                        signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            self.cg.join(0)
+            mode = spec.network_mode or "bridge"
+            flags = isolation.CLONE_NEWNS | isolation.CLONE_NEWUTS | isolation.CLONE_NEWIPC
+            if mode in ("none", "bridge"):
+                flags |= isolation.CLONE_NEWNET
+            isolation.unshare(flags)
+            if join_net is not None:
+                isolation.setns(join_net, isolation.CLONE_NEWNET)
+                os.close(join_net)
+            if mode == "bridge":
+                _write_all(ready_w, b"r")
+                os.close(ready_w)
+                data = _read_all(sync_r)
+                if not data:
+                    os._exit(EXIT_SETUP_FAILED)  # the shim failed and says why
+                files = json.loads(data)
+            else:
+                os.close(ready_w)
+            os.close(sync_r)
+            socket.sethostname(c.hostname)
+            volumes = [isolation.parse_volume(v) for v in spec.volumes]
+            isolation.prepare_root(os.path.join(c.path, "rootfs"), c.layers,
+                                   os.path.join(c.path, "upper"), os.path.join(c.path, "work"),
+                                   volumes)
+            isolation.pivot_into(os.path.join(c.path, "rootfs"))
+            for path, text in (files or {}).items():
+                try:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "w") as f:
+                        f.write(text)
+                except OSError:
+                    pass  # a read-only or odd image; not fatal, like docker
+            proc = c.process
+            cwd = proc.get("cwd") or "/"
+            os.makedirs(cwd, exist_ok=True)
+            os.chdir(cwd)
+            user = proc.get("user")
+            if user:
+                uid, _, gid = str(user).partition(":")
+                os.setgroups([])
+                os.setgid(int(gid or uid))
+                os.setuid(int(uid))
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+            if spec.tty:
+                os.setsid()
+                import fcntl
+                import termios
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            argv = proc["argv"]
+            env = dict(e.split("=", 1) for e in proc["env"])
+            code = EXIT_NOT_FOUND
+            try:
+                os.execvpe(argv[0], argv, env)
+            except FileNotFoundError:
+                raise StartError(f'exec: "{argv[0]}": executable file not found in $PATH',
+                                 EXIT_NOT_FOUND) from None
+            except PermissionError:
+                raise StartError(f'exec: "{argv[0]}": permission denied',
+                                 EXIT_NOT_EXECUTABLE) from None
+            except OSError as exc:
+                raise StartError(f'exec: "{argv[0]}": {exc.strerror}',
+                                 EXIT_NOT_EXECUTABLE) from None
+        except BaseException as exc:
+            code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
+            if isinstance(exc, PyinspectError):
+                msg = str(exc)
+            else:
+                msg = f"container init failed: {exc}"
+            try:
+                _write_all(err_w, f"{code} {msg}".encode())
+            except OSError:
+                pass
+        os._exit(code)
+
+    # -- while it runs -------------------------------------------------------------
+    def _log(self, stream, data):
+        rec = json.dumps({"s": stream, "t": time.time_ns(),
+                          "d": data.decode("utf-8", "surrogateescape")})
+        self.log.write(rec.encode("utf-8", "surrogatepass") + b"\n")
+
+    def relay_and_wait(self):
+        """Copy the init's output into the log (and the terminal); return its exit code."""
+        sources = {}
+        if self.master is not None:
+            sources[self.master] = ("stdout", 1)
+        else:
+            sources[self.out_r] = ("stdout", 1)
+            sources[self.err_r] = ("stderr", 2)
+        mirror = self.attach
+        stdin_fd = 0 if (self.attach and self.master is not None
+                         and self.c.spec.interactive) else None
+        poller = select.poll()
+        for fd in sources:
+            poller.register(fd, select.POLLIN)
+        if stdin_fd is not None:
+            poller.register(stdin_fd, select.POLLIN)
+        while sources:
+            try:
+                events = poller.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == stdin_fd:
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        poller.unregister(fd)
+                        stdin_fd = None
+                        _write_all(self.master, b"\x04")
+                    else:
+                        _write_all(self.master, data)
+                    continue
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: the pty's other side is closed
+                    data = b""
+                if not data:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    del sources[fd]
+                    continue
+                stream, out = sources[fd]
+                self._log(stream, data)
+                if mirror:
+                    try:
+                        _write_all(out, data)
+                    except OSError:
+                        mirror = False  # the CLI went away: keep logging
+        return self.reap()
+
+    # -- after it exited -----------------------------------------------------------
+    def finish(self, code, error=""):
+        """Record the exit, free the kernel objects, and remove the container with --rm."""
+        c = self.c
+        if c.pid:
+            self.reap()
+        oom = False
+        if self.cg is not None:
+            try:
+                oom = self.cg.oom_kills() > 0
+            except (OSError, ValueError):
+                pass
+        problems = []
+        if self.netmod is not None and c.network:
+            try:
+                self.netmod.disconnect(str(self.rt.root), c)
+            except Exception as exc:
+                problems.append(f"network: {exc}")
+        if self.cg is not None:
+            try:
+                self.cg.remove()
+            except PyinspectError as exc:
+                problems.append(str(exc))
+        if self.stdin_w is not None:
+            os.close(self.stdin_w)
+        c.status = "exited"
+        c.exit_code = code
+        c.oom_killed = oom
+        c.finished_at = state.now_rfc3339()
+        c.error = "; ".join([e for e in [error] + problems if e])
+        c.pid = c.pid_start = 0
+        c.creator = []
+        c.shim_pid = c.shim_start = 0
+        if c.spec.auto_remove:
+            self.rt._remove_files(c)
+        else:
+            state.save(c)
+        if self.log is not None:
+            self.log.close()
+        os.close(self.lock_fd)
