@@ -1,6 +1,7 @@
 """Observation commands: `map` (the veth map) and `events` (the timeline)."""
 
 import json
+import sys
 
 import click
 
@@ -46,3 +47,66 @@ def map_(obj, as_json, show_all, save):
          r["master"] or "-", r["mac"] or "-", ",".join(r["addrs"]) or "-",
          r["container_name"] or "-")
         for r in shown]))
+
+
+@click.command("events")
+@click.option("--container", "-c", metavar="NAME", help="Only this container (name or id prefix).")
+@click.option("--since", metavar="WHEN",
+              help="Stored events from WHEN on: 30s, 10m, 2h, 1d, RFC3339 or epoch seconds.")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="Only these kinds (fork, exec, exit, clone, unshare, setns, oom, "
+                   "cgroup_mkdir, cgroup_rmdir, cgroup_attach); repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="At most this many stored events.")
+@click.option("--follow", "-f", is_flag=True,
+              help="After the stored events, run the probes here and print live events "
+                   "(also stored) until interrupted.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def events(obj, container, since, kinds, limit, follow, as_json):
+    """Show the process, namespace and cgroup timeline, attributed to containers.
+
+    Stored events are printed oldest first. With --follow the process and cgroup
+    probes run inside this command; probes that cannot load are named on stderr
+    with the reason, and lost records are reported when it stops.
+
+    \b
+    Examples:
+      pyinspect events --since 10m
+      pyinspect events --container web --follow
+      pyinspect events --kind exec --json | jq .detail.argv
+    """
+    import signal
+
+    from .. import events as ev_lib
+    from ..config import database_path
+    from ..store import Store
+
+    def show(ev):
+        if as_json:
+            click.echo(json.dumps(ev, sort_keys=True))
+        else:
+            click.echo(ev_lib.format_line(ev))
+
+    with Store(database_path(obj["root"])) as store:
+        for ev in ev_lib.query(store, container=container, since=since, kinds=kinds,
+                               limit=limit):
+            show(ev)
+        if not follow:
+            return
+        follower = ev_lib.Follower(obj["root"], store, container=container, kinds=kinds)
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
+        with follower:
+            for line in follower.messages:
+                click.echo(line, err=True)
+            click.echo(follower.ready_line(), err=True)
+            try:
+                while not stopping:
+                    for ev in follower.poll(200):
+                        show(ev)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                pass
+        for line in follower.loss_summary():
+            click.echo(line, err=True)

@@ -1,0 +1,302 @@
+"""The process/cgroup timeline: record probe events into the store, query them back.
+
+- `Recorder(store, resolver)` attributes each probe record to a container (by pid,
+  pid/net namespace inode and cgroup id, through `pyinspect.discovery.Resolver`) and
+  writes them in batches with `Store.insert_events` (one transaction per batch).
+  It also stores ring buffer loss and reader lag per probe in `probe_loss`.
+- `Follower(root, store)` runs the probes inside this process and yields attributed
+  events as they happen (used by `pyinspect events --follow` and the agent).
+- `query(store, container=None, since=None, kinds=None, limit=100, offset=0)` reads
+  the stored timeline, oldest first.
+"""
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+
+from .errors import UnavailableError, UsageError
+
+COLUMNS = ("ts_ns", "kind", "pid", "ppid", "comm", "cgroup_id", "netns", "pidns", "mntns",
+           "container_id", "container_name", "session_id", "detail")
+PROBES = ("process", "cgroup")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value, now_ns=None):
+    """'30s', '10m', '2h', '1d' (ago), an RFC3339/ISO time, or epoch seconds -> epoch ns."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if m:
+        return now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return int(float(text) * 1e9)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"bad --since value {text!r}: expected 30s, 10m, 2h, 1d, "
+                         "an RFC3339 time or epoch seconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1e9)
+
+
+def _resolver(root):
+    try:
+        from .discovery import Resolver
+    except ImportError:
+        return None
+    return Resolver(root)
+
+
+class Recorder:
+    """Attribute and batch events into the store: no per-event commit.
+
+    A batch is written when it reaches `batch_size` events or when `flush_interval`
+    seconds have passed since the last write (checked on add() and tick())."""
+
+    def __init__(self, store, resolver=None, batch_size=1000, flush_interval=0.5,
+                 session_id=None):
+        self.store = store
+        self.resolver = resolver
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.session_id = session_id
+        self.written = 0
+        self._batch = []
+        self._last_flush = time.monotonic()
+        self._loss_seen = {}
+
+    def attribute(self, ev):
+        """Set container_id / container_name on `ev` (None when it is the host's)."""
+        ev.setdefault("container_id", None)
+        ev.setdefault("container_name", None)
+        if self.resolver is None:
+            return ev
+        d = ev.get("detail") or {}
+        hit = None
+        if ev["kind"].startswith("cgroup_") and d.get("id") is not None:
+            # the cgroup being made/removed/joined says more than the actor's cgroup
+            hit = self.resolver.resolve(cgroup_id=d["id"], cgroup_root=d.get("hierarchy"))
+        if hit is None:
+            hit = self.resolver.resolve(pid=ev.get("pid") or None,
+                                        netns=ev.get("netns") or None,
+                                        pidns=ev.get("pidns") or None,
+                                        cgroup_id=ev.get("cgroup_id") or None,
+                                        cgroup_root=0)
+        if hit:
+            ev["container_id"], ev["container_name"] = hit
+        return ev
+
+    def add(self, ev):
+        """Queue one probe record (attributed here unless already attributed)."""
+        if "container_id" not in ev:
+            self.attribute(ev)
+        if self.session_id is not None:
+            ev["session_id"] = self.session_id
+        self._batch.append({k: ev.get(k) for k in COLUMNS})
+        if len(self._batch) >= self.batch_size:
+            self.flush()
+        return ev
+
+    def tick(self):
+        """Flush if the batch is older than flush_interval."""
+        if self._batch and time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+
+    def flush(self):
+        batch, self._batch = self._batch, []
+        if batch:
+            self.written += self.store.insert_events(batch)
+        self._last_flush = time.monotonic()
+
+    def record_loss(self, probe, lost, lag_ns=0, force=False):
+        """Store a probe_loss row when `lost` grew since the last row (or force)."""
+        prev = self._loss_seen.get(probe)
+        if prev is not None and lost == prev and not force:
+            return
+        self._loss_seen[probe] = lost
+        with self.store.db.conn:
+            self.store.db["probe_loss"].insert({
+                "ts_ns": time.time_ns(), "probe": probe, "lost": lost,
+                "session_id": self.session_id, "lag_ns": int(lag_ns),
+                "detail": json.dumps({"new": lost - (prev or 0)})})
+
+
+def make_probe(name, **kw):
+    if name == "process":
+        from .probes.process import ProcessProbe
+        return ProcessProbe(**kw)
+    if name == "cgroup":
+        from .probes.cgroups import CgroupProbe
+        return CgroupProbe(**kw)
+    raise UsageError(f"unknown probe {name!r}: choose from {', '.join(PROBES)}")
+
+
+class Follower:
+    """Run the event probes here, attribute and record what they see.
+
+        with Follower(root, store) as f:      # f.messages: what was skipped and why
+            for ev in f.poll(200): ...
+    Probes that cannot load are skipped with a message; UnavailableError only when
+    none can."""
+
+    def __init__(self, root, store, probes=PROBES, container=None, kinds=None,
+                 recorder=None, probe_kwargs=None):
+        self.root = root
+        self.store = store
+        self.names = list(probes)
+        self.container = container
+        self.kinds = set(kinds) if kinds else None
+        self.recorder = recorder or Recorder(store, _resolver(root))
+        self.probe_kwargs = probe_kwargs or {}
+        self.probes = []
+        self.messages = []
+        self._last_loss = 0.0
+
+    def start(self):
+        errors = []
+        for name in self.names:
+            probe = make_probe(name, **self.probe_kwargs.get(name, {}))
+            try:
+                probe.start()
+            except UnavailableError as exc:
+                errors.append(str(exc))
+                self.messages.append(f"skipped: {exc}")
+                continue
+            self.messages.extend(probe.messages)
+            self.probes.append(probe)
+        if not self.probes:
+            raise UnavailableError("events: no probe could start: " + "; ".join(errors))
+        return self
+
+    def ready_line(self):
+        """One line naming what is attached (printed when events start to flow)."""
+        parts = [f"{p.NAME} ({len(p.attached)} tracepoints)" for p in self.probes]
+        return "listening: " + ", ".join(parts)
+
+    def _wanted(self, ev):
+        if self.kinds and ev["kind"] not in self.kinds:
+            return False
+        if self.container:
+            c = self.container
+            return bool(ev.get("container_name") == c or
+                        (ev.get("container_id") or "").startswith(c))
+        return True
+
+    def poll(self, timeout_ms=200):
+        """Events seen since the last poll (attributed, recorded, filtered)."""
+        out = []
+        for i, probe in enumerate(self.probes):
+            for ev in probe.events(timeout_ms if i == 0 else 0):
+                self.recorder.add(ev)
+                if self._wanted(ev):
+                    out.append(ev)
+        self.recorder.tick()
+        if time.monotonic() - self._last_loss >= 5:
+            self.record_loss()
+        return out
+
+    def record_loss(self, force=False):
+        self._last_loss = time.monotonic()
+        for probe in self.probes:
+            self.recorder.record_loss(probe.NAME, probe.lost, probe.max_lag_ns, force=force)
+
+    def loss_summary(self):
+        return [f"{p.NAME} probe: {p.lost} records lost, max reader lag "
+                f"{p.max_lag_ns / 1e6:.1f} ms" for p in self.probes]
+
+    def stop(self):
+        if self.probes:
+            self.recorder.flush()
+            self.record_loss(force=True)
+        for probe in self.probes:
+            probe.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _decode(row):
+    row = dict(row)
+    if isinstance(row.get("detail"), str):
+        try:
+            row["detail"] = json.loads(row["detail"])
+        except ValueError:
+            pass
+    return row
+
+
+def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None):
+    """Stored events, oldest first: filter by container (name, id or id prefix),
+    since/until (epoch ns or anything parse_since takes) and kinds."""
+    where, params = [], []
+    if container:
+        where.append("(container_name = ? OR container_id LIKE ?)")
+        params += [container, f"{container}%"]
+    since_ns = parse_since(since)
+    if since_ns is not None:
+        where.append("ts_ns >= ?")
+        params.append(since_ns)
+    until_ns = parse_since(until)
+    if until_ns is not None:
+        where.append("ts_ns <= ?")
+        params.append(until_ns)
+    if kinds:
+        kinds = list(kinds)
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        params += kinds
+    sql = "SELECT * FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY ts_ns, id"
+    if limit is not None:
+        sql += " LIMIT ? OFFSET ?"
+        params += [int(limit), int(offset)]
+    cur = store.db.execute(sql, params)
+    names = [c[0] for c in cur.description]
+    return [_decode(dict(zip(names, r))) for r in cur.fetchall()]
+
+
+def summary(ev):
+    """A short human line for the detail of one event."""
+    d = ev.get("detail") or {}
+    k = ev["kind"]
+    if k == "exec":
+        argv = d.get("argv") or [d.get("filename", "")]
+        return " ".join(argv) + (" ..." if d.get("argv_truncated") else "")
+    if k == "exit":
+        if d.get("signal"):
+            return f"killed by signal {d['signal']}" + (" (core)" if d.get("core_dumped") else "")
+        return f"exit {d['exit_code']}" if d.get("exit_code") is not None else "exit ?"
+    if k == "fork":
+        s = f"parent {d.get('parent_pid')}"
+        if d.get("namespaces"):
+            s += " new " + ",".join(d["namespaces"])
+        return s + (" thread" if d.get("thread") else "")
+    if k in ("clone", "unshare"):
+        return "new " + (",".join(d.get("namespaces") or []) or "-")
+    if k == "setns":
+        return f"join {','.join(d.get('nstype') or [])} {d.get('target', 'fd %s' % d.get('fd'))}"
+    if k == "oom":
+        return f"OOM victim {ev['pid']} ({d.get('victim_comm')}) anon-rss {d.get('anon_rss_kb')} kB"
+    if k.startswith("cgroup_"):
+        ctl = d.get("controllers") or ("v2" if d.get("version") == 2 else "")
+        return f"{ctl}:{d.get('path')} id {d.get('id')}"
+    return json.dumps(d, sort_keys=True)
+
+
+def format_line(ev):
+    """80-column text line: time, container, kind, pid, comm, summary."""
+    ts = datetime.fromtimestamp(ev["ts_ns"] / 1e9).strftime("%H:%M:%S.%f")[:-3]
+    who = (ev.get("container_name") or "-")[:16]
+    return f"{ts} {who:<16} {ev['kind']:<13} {ev['pid']:>7} {(ev.get('comm') or '')[:15]:<15} " \
+           f"{summary(ev)}"
