@@ -235,7 +235,14 @@ def extract_layer(tar_path, dest):
         with tarfile.open(tar_path, "r:") as tf:
             ex = _Extractor(dest)
             for member in tf:
-                ex.add(tf, member)
+                try:
+                    ex.add(tf, member)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise UnavailableError(f"extracting layer: {exc.strerror}")
+                    if exc.errno in (errno.EPERM, errno.EACCES):
+                        raise _unavailable("extract the layer", exc)
+                    raise CorruptInputError(f"member {member.name!r}: {exc.strerror}")
             ex.finish()
     except tarfile.TarError as exc:
         raise CorruptInputError(f"layer tar is corrupt: {exc}")

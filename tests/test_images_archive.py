@@ -314,3 +314,15 @@ def test_concurrent_processes_build_busybox_and_tag_without_losing_updates(state
     assert ids == {im.id}
     assert im.repo_tags == ["busybox:latest"] + [f"pm-c{i}:latest" for i in range(6)]
     assert len(os.listdir(store.layers)) == 1 and os.listdir(store.tmp) == []
+
+
+@pytest.mark.parametrize("entries", [
+    [("h", "file", b"x"), ("h", "hard", "h")],                 # link to itself
+    [("x" * 300, "file", b"x")],                                # name too long for the fs
+    [("f", "file", b"x"), ("f/child", "file", b"y")],          # a file used as a directory
+], ids=["self-hardlink", "name-too-long", "file-as-parent"])
+def test_filesystem_errors_on_odd_members_are_corrupt_input(store, tmp_path, entries):
+    arc = kit.docker_legacy(tmp_path / "o.tar", [([kit.layer(*entries)], ["pm-o:1"], None)])
+    with pytest.raises(CorruptInputError):
+        store.load(arc)
+    assert_empty(store)

@@ -113,3 +113,25 @@ def test_bad_inputs_are_one_line_and_keep_state(cli, archive, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith(b"Error: loading stdin:")
     assert not os.path.exists("/pm-escape")
     assert list((cli.root / "images" / "tmp").iterdir()) == []
+
+
+def test_loaded_image_runs_with_its_config_and_whiteouts(cli, tmp_path):
+    """End to end: busybox base + a layer with whiteouts, loaded and run by the runtime."""
+    from pyinspect.runtime.images import ImageStore
+    bb = ImageStore(cli.root).resolve("busybox")
+    base = (ImageStore(cli.root).blobs / bb.diff_ids[0][7:]).read_bytes()
+    top = kit.layer(("etc", "dir"), ("etc/.wh.group", "file"), ("var/www", "dir"),
+                    ("var/www/.wh..wh..opq", "file"), ("var/www/new.html", "file", b"new"),
+                    ("app", "dir"), ("app/msg", "file", b"hello from pm\n"))
+    cfg = json.loads(kit.config([base, top]))
+    cfg["config"].update(Cmd=["cat", "msg"], WorkingDir="/app", Env=["PATH=/bin:/usr/bin"])
+    cfg = json.dumps(cfg).encode()
+    arc = kit.docker_legacy(tmp_path / "run.tar", [([base, top], ["pm-run:1"], cfg)])
+    cli("load", "-i", arc)
+    assert cli("run", "--rm", "--net", "none", "pm-run:1").stdout == "hello from pm\n"
+    out = cli("run", "--rm", "--net", "none", "pm-run:1", "sh", "-c",
+              "ls /etc; echo --; ls /var/www").stdout
+    etc, www = out.split("--\n")
+    assert "passwd" in etc.split() and "group" not in etc.split()
+    assert www.split() == ["new.html"]
+    assert (bb.layer_dirs[0] / "etc" / "group").exists()  # the base layer is untouched
