@@ -1,0 +1,64 @@
+"""`pyinspect info`: what this host offers (kernel, cgroups, iptables, sysctls, eBPF hooks)."""
+
+import json
+
+import click
+
+
+def _render(info):
+    k, cg = info["kernel"], info["cgroups"]
+    lines = [f"Kernel:        {k['release']} ({k['machine']})"]
+    if cg["layout"] == "hybrid":
+        layout = (f"hybrid (v1 controllers + cgroup2 at {', '.join(cg['v2_mounts'])}, "
+                  f"v2 controllers: {' '.join(cg['v2_controllers']) or 'none'})")
+    elif cg["layout"] == "v2":
+        layout = f"v2 (controllers: {' '.join(cg['v2_controllers']) or 'none'})"
+    else:
+        layout = cg["layout"]
+    lines.append(f"Cgroups:       {layout}")
+    for mnt, ctrls in sorted(cg["v1_hierarchies"].items()):
+        lines.append(f"  v1 {mnt}: {','.join(ctrls)}")
+    lines.append("iptables backends:")
+    for b in info["iptables"]:
+        if b["present"]:
+            extra = (f", {b['chains']} chains" if "chains" in b else "")
+            lines.append(f"  {b['backend']:<16} {b['rules']} rules{extra} (see: {b['tool']})")
+        else:
+            lines.append(f"  {b['backend']:<16} absent ({b['reason']})")
+    lines.append(f"Sysctls (netns {info['netns']}):")
+    for key, val in info["sysctls"].items():
+        lines.append(f"  {key} = {val if val is not None else 'not present'}")
+    t = info["tracefs"]
+    lines.append("tracefs:       " + (f"mounted at {', '.join(t['mounts'])}" if t["mounted"]
+                                      else f"not mounted ({t['hint']})"))
+    b = info["btf"]
+    lines.append("BTF:           " + (f"{b['path']} ({b['size']} bytes)" if b["present"]
+                                      else f"absent ({b['path']} missing)"))
+    lines.append("eBPF hooks:")
+    if info["ebpf"] is None:
+        lines.append("  unknown (capability detection is not available in this build)")
+    else:
+        for h in info["ebpf"]:
+            state = "yes" if h["available"] else "no "
+            lines.append(f"  {h['name']:<15} {state} {h['reason']}")
+    return "\n".join(lines)
+
+
+@click.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@click.pass_obj
+def info(obj, as_json):
+    """Show the kernel, cgroup layout, iptables backends and rule counts, forwarding and
+    bridge-netfilter sysctls, tracefs, BTF, and which eBPF hook types load here.
+
+    \b
+    Examples:
+      pyinspect info
+      pyinspect info --json | jq .ebpf
+    """
+    from ..hostinfo import collect
+    facts = collect()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        click.echo(_render(facts))

@@ -1,0 +1,206 @@
+"""What this host offers pyinspect: kernel, cgroups, iptables backends, sysctls, tracefs, BTF, eBPF.
+
+`collect()` reads only (files under /proc and /sys, `iptables-*-save`, `nft list`),
+changes nothing, and reports a missing piece as a value with a reason rather than
+failing. Sysctls and rule counts are those of the network namespace it runs in.
+"""
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+
+SYSCTLS = (
+    "net.ipv4.ip_forward",
+    "net.ipv6.conf.all.forwarding",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.bridge.bridge-nf-call-arptables",
+    "net.netfilter.nf_log_all_netns",
+)
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def _mounts():
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                p, q = pre.split(), post.split()
+                out.append({"mnt": p[4], "fstype": q[0], "opts": q[2] if len(q) > 2 else ""})
+    except OSError:
+        pass
+    return out
+
+
+def kernel():
+    u = os.uname()
+    return {"release": u.release, "version": u.version, "machine": u.machine}
+
+
+def cgroups(mounts=None):
+    """Layout v1 / hybrid / v2, and where each hierarchy is mounted."""
+    mounts = _mounts() if mounts is None else mounts
+    v2 = [m["mnt"] for m in mounts if m["fstype"] == "cgroup2"]
+    v1 = {}
+    known = set()
+    try:
+        with open("/proc/cgroups") as f:
+            known = {ln.split()[0] for ln in f if ln.strip() and not ln.startswith("#")}
+    except OSError:
+        pass
+    for m in mounts:
+        if m["fstype"] == "cgroup":
+            ctrls = [o for o in m["opts"].split(",")
+                     if o in known or o.startswith("name=")]
+            v1[m["mnt"]] = ctrls
+    if "/sys/fs/cgroup" in v2:
+        layout = "v2"
+    elif v1 and v2:
+        layout = "hybrid"
+    elif v1:
+        layout = "v1"
+    elif v2:
+        layout = "v2"
+    else:
+        layout = "none"
+    v2_controllers = []
+    for mnt in v2[:1]:
+        try:
+            with open(os.path.join(mnt, "cgroup.controllers")) as f:
+                v2_controllers = f.read().split()
+        except OSError:
+            pass
+    return {"layout": layout, "v2_mounts": v2, "v2_controllers": v2_controllers,
+            "v1_hierarchies": v1}
+
+
+def _run(argv, timeout=10):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, str(exc)
+    if p.returncode != 0:
+        return None, (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+    return p.stdout, None
+
+
+def _count_save(text):
+    rules, tables, chains = 0, {}, 0
+    table = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            tables.setdefault(table, 0)
+        elif line.startswith(":"):
+            chains += 1
+        elif line.startswith("-A "):
+            rules += 1
+            tables[table] = tables.get(table, 0) + 1
+    return rules, chains, tables
+
+
+def iptables():
+    """Each backend present (legacy x_tables, iptables-nft, native nft) and its rule count."""
+    out = []
+    for name, tool, probe in (("iptables-legacy", "iptables-legacy-save",
+                               "/proc/net/ip_tables_names"),
+                              ("iptables-nft", "iptables-nft-save", None)):
+        path = shutil.which(tool)
+        if not path:
+            out.append({"backend": name, "present": False, "reason": f"{tool} not installed"})
+            continue
+        if probe is not None and not os.path.exists(probe):
+            out.append({"backend": name, "present": False,
+                        "reason": f"{probe} missing (x_tables not loaded)"})
+            continue
+        text, err = _run([path])
+        if text is None:
+            out.append({"backend": name, "present": False, "reason": err})
+            continue
+        rules, chains, tables = _count_save(text)
+        out.append({"backend": name, "present": True, "rules": rules, "chains": chains,
+                    "tables": tables, "tool": tool.replace("-save", "")})
+    nft = shutil.which("nft")
+    if nft:
+        text, err = _run([nft, "-j", "list", "ruleset"])
+        if text is None:
+            out.append({"backend": "nftables", "present": False, "reason": err})
+        else:
+            try:
+                items = json.loads(text).get("nftables", [])
+            except ValueError:
+                items = []
+            rules = sum(1 for i in items if "rule" in i)
+            tables = sorted(f"{i['table']['family']} {i['table']['name']}"
+                            for i in items if "table" in i)
+            out.append({"backend": "nftables", "present": True, "rules": rules,
+                        "tables": tables, "tool": "nft"})
+    else:
+        out.append({"backend": "nftables", "present": False, "reason": "nft not installed"})
+    return out
+
+
+def sysctls():
+    out = {}
+    for key in SYSCTLS:
+        try:
+            with open("/proc/sys/" + key.replace(".", "/")) as f:
+                out[key] = f.read().strip()
+        except OSError:
+            out[key] = None  # not present: module not loaded or not in this kernel
+    return out
+
+
+def tracefs(mounts=None):
+    mounts = _mounts() if mounts is None else mounts
+    where = [m["mnt"] for m in mounts if m["fstype"] == "tracefs"]
+    return {"mounted": bool(where), "mounts": where,
+            "hint": None if where else "mount -t tracefs nodev /sys/kernel/tracing"}
+
+
+def btf():
+    try:
+        size = os.stat(BTF_PATH).st_size
+    except OSError:
+        return {"present": False, "path": BTF_PATH, "size": 0}
+    return {"present": True, "path": BTF_PATH, "size": size}
+
+
+def ebpf_hooks():
+    """[{name, available, reason}] from probes.capabilities.detect(), or None if missing."""
+    try:
+        capabilities = importlib.import_module(f"{__package__}.probes.capabilities")
+    except ImportError:
+        return None
+    try:
+        return [{"name": h.name, "available": bool(h.available), "reason": h.reason}
+                for h in capabilities.detect()]
+    except Exception as exc:  # detection itself failed: say so, keep the rest of info
+        return [{"name": "detect", "available": False,
+                 "reason": f"capability detection failed: {type(exc).__name__}: {exc}"}]
+
+
+def netns_inode():
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def collect(probe_ebpf=True):
+    """Everything `pyinspect info` shows, as one dict."""
+    mounts = _mounts()
+    return {
+        "kernel": kernel(),
+        "cgroups": cgroups(mounts),
+        "iptables": iptables(),
+        "sysctls": sysctls(),
+        "netns": netns_inode(),
+        "tracefs": tracefs(mounts),
+        "btf": btf(),
+        "ebpf": ebpf_hooks() if probe_ebpf else None,
+    }
