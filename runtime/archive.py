@@ -298,6 +298,7 @@ class _TarSource:
     """Members of an uncompressed tar file, looked up by name (symlinks followed inside)."""
 
     def __init__(self, path):
+        self.tf = None
         try:
             self.tf = tarfile.open(path, "r:")
             self.members = {}
@@ -305,8 +306,10 @@ class _TarSource:
                 parts = clean_member_name(m.name)
                 self.members["/".join(parts)] = m
         except CorruptInputError as exc:
+            self.close()
             raise CorruptInputError(f"archive {exc}")
         except (tarfile.TarError, EOFError) as exc:
+            self.close()
             raise CorruptInputError(f"not a tar archive or truncated: {exc}")
 
     def _member(self, name, depth=0):
@@ -321,7 +324,7 @@ class _TarSource:
                 if m.linkname.startswith("/"):
                     raise CorruptInputError(f"{name!r}: absolute symlink in the archive")
                 target = os.path.normpath(os.path.join(os.path.dirname(key), m.linkname))
-                if target.startswith(".."):
+                if target == ".." or target.startswith("../"):
                     raise CorruptInputError(f"{name!r}: symlink points outside the archive")
             else:
                 target = m.linkname
@@ -341,7 +344,8 @@ class _TarSource:
         return self.tf.extractfile(self._member(name))
 
     def close(self):
-        self.tf.close()
+        if self.tf is not None:
+            self.tf.close()
 
 
 def _read_json(src, name):
