@@ -69,6 +69,8 @@ _U32 = struct.Struct("<I")
 _OPT_END = b"\0\0\0\0"
 # epb_flags option (code 2, length 4) with the direction bits, then end of options
 _FLAG_OPTS = {d: struct.pack("<HHI", EPB_FLAGS, 4, d) for d in (1, 2)}
+_OPT_HEAD = struct.Struct("<HH")
+_DIR_CODES = {"in": 1, "out": 2, "inbound": 1, "outbound": 2}
 
 
 def _opt(code, value):
@@ -177,38 +179,45 @@ class PcapNgWriter:
             self.flush()
 
     def write_rows(self, rows, if_map):
-        """Fast path for exports: rows of (point, ts_ns, data, orig_len, direction, comment).
+        """Fast path for exports: rows of (ts_ns, data, point, direction, orig_len, comment).
 
-        `if_map` maps `point` to an interface id made with add_interface(); every
-        interface used here must have nanosecond resolution. Returns the count written.
+        `if_map[point]` is an interface id from add_interface() (a dict subclass may
+        add interfaces on a miss); those interfaces must have nanosecond resolution.
+        `orig_len` None means len(data). Returns the number of packets written.
         """
-        buf = self._buf
+        self.flush()
         head = _EPB_HEAD.pack
         u32 = _U32.pack
-        flag_opts = {None: b"", "": b"", "in": _FLAG_OPTS[1], "out": _FLAG_OPTS[2],
-                     "inbound": _FLAG_OPTS[1], "outbound": _FLAG_OPTS[2]}
+        pack_opt = _OPT_HEAD.pack
+        # pad after the data + direction flags + end of options, for comment-less rows
+        tails = [_PAD[pad] + (_FLAG_OPTS[d] + _OPT_END if d else b"")
+                 for pad in range(4) for d in range(3)]
+        flag_opts = (b"", _FLAG_OPTS[1], _FLAG_OPTS[2])
+        dmap = _DIR_CODES
+        parts = []
+        app = parts.append
+        write = self._fh.write
         n = 0
-        flush_bytes = 4 * 1024 * 1024
-        for point, ts, data, orig_len, direction, comment in rows:
+        for ts, data, point, direction, wirelen, comment in rows:
             caplen = len(data)
-            opts = flag_opts.get(direction, b"")
+            d = dmap.get(direction, 0) if direction else 0
             if comment:
                 c = comment.encode("utf-8")
-                opts += struct.pack("<HH", OPT_COMMENT, len(c)) + c + _PAD[len(c) & 3]
-            if opts:
-                opts += _OPT_END
-            pad = _PAD[caplen & 3]
-            total = 32 + caplen + len(pad) + len(opts)
-            buf += head(EPB, total, if_map[point], ts >> 32, ts & 0xFFFFFFFF, caplen,
-                        orig_len if orig_len is not None else caplen)
-            buf += data
-            buf += pad
-            buf += opts
-            buf += u32(total)
+                k = len(c)
+                opts = (_PAD[caplen & 3] + flag_opts[d] + pack_opt(OPT_COMMENT, k) + c +
+                        _PAD[k & 3] + _OPT_END)
+            else:
+                opts = tails[(caplen & 3) * 3 + d]
+            total = 32 + caplen + len(opts)
+            app(head(EPB, total, if_map[point], ts >> 32, ts & 0xFFFFFFFF, caplen,
+                     caplen if wirelen is None else wirelen))
+            app(data)
+            app(opts + u32(total))
             n += 1
-            if len(buf) >= flush_bytes:
-                self._fh.write(buf)
-                buf.clear()
+            if n % 20000 == 0:
+                write(b"".join(parts))
+                parts.clear()
+        write(b"".join(parts))
         self.packets += n
         self.flush()
         return n
