@@ -352,6 +352,7 @@ class NflogReader:
                         "indev": struct.unpack("!I", a[A_INDEV])[0] if A_INDEV in a else 0,
                         "outdev": struct.unpack("!I", a[A_OUTDEV])[0] if A_OUTDEV in a else 0,
                         "packet": packet_key(a.get(A_PAYLOAD, b"")),
+                        "payload": a.get(A_PAYLOAD, b""),
                     }
                     out.append(rec)
                 off += (ln + 3) & ~3
@@ -377,7 +378,8 @@ def parse_trace(rec, rulebook=None):
     return {"ts_ns": rec["ts_ns"], "table": table, "chain": chain, "kind": kind,
             "rule_num": num, "rule_text": text, "verdict": verdict, "hook": rec.get("hook"),
             "indev": rec.get("indev", 0), "outdev": rec.get("outdev", 0),
-            "packet": rec.get("packet"), "backend": "iptables-legacy"}
+            "packet": rec.get("packet"), "payload": rec.get("payload", b""),
+            "ours": COMMENT_PREFIX in text, "backend": "iptables-legacy"}
 
 
 def has_nft_chains(netns=None):

@@ -1,0 +1,84 @@
+"""`pyinspect trace`: follow a container's packets through NAT, the bridge and its veth."""
+
+import json
+import signal
+
+import click
+
+
+def _print(item, as_json):
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in item.items() if k != "data"}, default=str))
+    else:
+        click.echo(item["text"])
+
+
+@click.command(epilog="""\b
+Examples:
+  pyinspect trace --container web                    # until Ctrl-C
+  pyinspect trace --container web --duration 10 -w web.pcapng
+  pyinspect trace --container web --port 80 --filter 'tcp[tcpflags] & tcp-syn != 0'
+  pyinspect trace --container web --via eth0 --count 20 --json
+
+Run it in the namespace that holds the container's bridge (the host). The line
+"tracing ... Ctrl-C to stop" is printed once everything is attached.""")
+@click.option("--container", "-c", "container", required=True,
+              help="Container name or id (pyinspect's, runc's, Docker's) or a named netns.")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Only this port (container port or its published host port).")
+@click.option("--filter", "bpf_filter", metavar="EXPR",
+              help="pcap-filter expression (tcpdump syntax); a connection is shown if any "
+                   "of its packets matches at any capture point.")
+@click.option("--via", multiple=True, metavar="IFACE",
+              help="Uplink interface(s) to capture on (default: every non-bridge interface).")
+@click.option("--snaplen", type=int, default=160, show_default=True,
+              help="Bytes kept per packet; 0 = whole packets (up to 16 KiB).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this many seconds.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many traced packets.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("-w", "--write", "pcap", type=click.Path(dir_okay=False),
+              help="Write the merged capture (every point, NAT comments) as pcapng.")
+@click.pass_context
+def trace(ctx, container, port, bpf_filter, via, snaplen, duration, count, as_json, pcap):
+    """Follow a container's packets through NAT, the bridge and its veth."""
+    from pyinspect.tracer import TraceOptions, TraceSession, format_summary
+    opts = TraceOptions(port=port, filter=bpf_filter, via=list(via) or None, snaplen=snaplen,
+                        duration=duration, count=count, pcap=pcap)
+    session = TraceSession(ctx.obj["root"], container, opts)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        session.start()
+        if as_json:
+            click.echo(json.dumps({"type": "ready", "text": session.ready,
+                                   "points": [p.name for p in session.points],
+                                   "notes": session.notes}))
+        else:
+            click.echo(session.ready)
+            for n in session.notes:
+                click.echo(f"note: {n}")
+        click.get_text_stream("stdout").flush()
+        try:
+            while not session.done:
+                for item in session.poll(0.05):
+                    _print(item, as_json)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        try:
+            summary = session.stop() if session.target else None
+        finally:
+            signal.signal(signal.SIGTERM, old)
+    for item in getattr(session, "tail", []):
+        _print(item, as_json)
+    if summary is None:
+        return
+    if as_json:
+        click.echo(json.dumps({"type": "summary", **summary}, default=str))
+    else:
+        for line in format_summary(summary):
+            click.echo(line)

@@ -1,0 +1,888 @@
+"""A trace session: follow one container's packets through NAT, the bridge and its veth.
+
+    s = TraceSession(root, "web", TraceOptions(duration=10))
+    s.start()                   # resolve, attach, print-ready; s.ready is the ready line
+    for item in s.poll(): ...   # {"type": flow|hop|drop|note, "flow": id, "text": ...}
+    summary = s.stop()          # detach everything, store the session, close the pcapng
+
+Run it in the container host's network namespace (where the bridge, the veth's host end
+and the NAT rules live). Capture points: the uplinks (every non-bridge interface of this
+namespace that is up, or `--via`), the bridge, the container's host-side veth and its
+eth0 (attached inside the container's namespace). Sources: tc capture (probes.packets),
+conntrack events (probes.conntrack), the netfilter trace (probes.nftrace) and kfree_skb
+drops (probes.drops); each optional source degrades to a one-line note.
+
+Packets are correlated after a short delay (`SETTLE_NS`) so the conntrack event and the
+trace lines of a packet are in hand when it is placed into its flow.
+"""
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import flows as F
+from .config import database_path
+from .errors import NotFoundError, PyinspectError, UnavailableError, UsageError
+
+SETTLE_NS = 250_000_000
+LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
+MAX_DYNAMIC_RULES = 64
+STATE_DIR = "trace"
+
+
+@dataclass
+class TraceOptions:
+    port: int = None
+    filter: str = None
+    via: list = None
+    snaplen: int = 160
+    duration: float = None
+    count: int = None
+    pcap: str = None
+    live_per_flow: int = LIVE_PACKETS_PER_FLOW
+    ring_mb: int = 16
+
+
+@dataclass
+class TraceTarget:
+    """The container as the tracer needs it."""
+    name: str
+    id: str
+    netns_path: str
+    netns: int
+    addrs: list
+    ports: list = field(default_factory=list)      # (host_ip or None, host_port, proto, ctr_port)
+    source: str = ""
+    pid: int = 0
+
+
+def _mono_to_real():
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def _self_netns():
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+# -- resolving the container -----------------------------------------------------------
+
+def resolve(root, ref):
+    """Find `ref` (name, id or id prefix; or a named netns) -> TraceTarget."""
+    if not ref:
+        raise UsageError("trace: --container is required")
+    own = None
+    try:
+        from pyinspect.runtime import state
+        for c in state.load_all(root):
+            if ref in (c.name, c.id) or (len(ref) >= 4 and c.id.startswith(ref)):
+                own = c
+                break
+    except Exception:   # runtime not importable or no state: fall back to discovery
+        own = None
+    if own is not None:
+        if own.status != "running" or not own.pid:
+            raise UsageError(f"trace: container {own.name} is not running ({own.status})",
+                             f"pyinspect start {own.name}")
+        net = own.network or {}
+        path = f"/proc/{own.pid}/ns/net"
+        ports = [(p.get("host_ip") or None, int(p["host_port"]), p.get("proto", "tcp"),
+                  int(p["container_port"])) for p in net.get("ports") or []]
+        addrs = [net["ip"]] if net.get("ip") else []
+        return TraceTarget(own.name, own.id, path, os.stat(path).st_ino, addrs, ports,
+                           "pyinspect", own.pid)
+    found = None
+    with contextlib.suppress(Exception):
+        from pyinspect import discovery
+        for d in discovery.containers(root):
+            names = [d.name, d.id] + list((d.detail or {}).get("netns_names") or [])
+            if ref in names or (len(ref) >= 4 and d.id.startswith(ref)):
+                found = d
+                break
+    if found is not None and found.netns_path:
+        return TraceTarget(found.name, found.id, found.netns_path,
+                           os.stat(found.netns_path).st_ino, [], [], found.source, found.pid)
+    path = f"/run/netns/{ref}"
+    if "/" not in ref and os.path.exists(path):
+        return TraceTarget(ref, f"netns:{os.stat(path).st_ino}", path, os.stat(path).st_ino,
+                           [], [], "netns")
+    raise NotFoundError(f"trace: no such container: {ref}",
+                        "pyinspect ps -a lists pyinspect's; pyinspect map shows namespaces")
+
+
+def _dnat_ports(addrs):
+    """Published ports from DNAT rules (legacy and nft backends) pointing at `addrs`."""
+    out = []
+    for tool in ("iptables-legacy", "iptables-nft"):
+        try:
+            text = subprocess.run([tool, "-w", "-t", "nat", "-S"], capture_output=True,
+                                  text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in text.splitlines():
+            m = re.search(r"--to-destination (\d+\.\d+\.\d+\.\d+)(?::(\d+))?", line)
+            if not m or m.group(1) not in addrs:
+                continue
+            dport = re.search(r"--dport (\d+)", line)
+            if not dport:
+                continue
+            proto = re.search(r"-p (\w+)", line)
+            dst = re.search(r"-d (\d+\.\d+\.\d+\.\d+)/32", line)
+            hp = int(dport.group(1))
+            entry = (dst.group(1) if dst else None, hp, proto.group(1) if proto else "tcp",
+                     int(m.group(2)) if m.group(2) else hp)
+            if entry not in out:
+                out.append(entry)
+    return out
+
+
+def capture_points(target, via=None, rows=None):
+    """CapturePoints for `target` from the veth map: uplinks, bridge, host veth, eth0."""
+    from pyinspect.probes.packets import CapturePoint
+    if rows is None:
+        from pyinspect import vethmap
+        rows = vethmap.build()
+    here = _self_netns()
+    mine = [r for r in rows if r["netns"] == here]
+    inner = [r for r in rows if r["netns"] == target.netns and r["kind"] != "loopback"
+             and r.get("ifname") != "lo"]
+    if not inner:
+        raise UnavailableError(f"trace: {target.name} has no network interfaces",
+                               "is it running with --network none?")
+    points = []
+    host_veths = []
+    for r in inner:
+        v4 = [a.split("/")[0] for a in r.get("addrs") or [] if ":" not in a]
+        for a in v4:
+            if a not in target.addrs:
+                target.addrs.append(a)
+        if r.get("peer_netns") == here:
+            host = next((h for h in mine if h["ifindex"] == r["peer_ifindex"]), None)
+            if host:
+                host_veths.append(host)
+        points.append(CapturePoint(r["ifname"], r["ifindex"], target.netns_path, "all",
+                                   f"{r['ifname']} in {target.name}", target.netns,
+                                   r["ifname"]))
+    if not host_veths:
+        peers = {r.get("peer_netns_name") or r.get("peer_netns") for r in inner}
+        raise UsageError(f"trace: {target.name}'s veth peer is not in this network namespace "
+                         f"(it is in {', '.join(map(str, peers))})",
+                         "run pyinspect trace in the namespace that holds the bridge")
+    bridges = []
+    for h in host_veths:
+        points.append(CapturePoint(h["ifname"], h["ifindex"], None, "all",
+                                   f"host end of {target.name}'s veth", here, h["ifname"]))
+        if h.get("master_ifindex"):
+            br = next((b for b in mine if b["ifindex"] == h["master_ifindex"]), None)
+            if br and br not in bridges:
+                bridges.append(br)
+    for br in bridges:
+        points.append(CapturePoint(br["ifname"], br["ifindex"], None, "filtered",
+                                   "bridge", here, br["ifname"]))
+    taken = {p.ifindex for p in points if p.netns is None}
+    if via:
+        names = {r["ifname"]: r for r in mine}
+        for name in via:
+            if name not in names:
+                raise NotFoundError(f"trace: --via {name}: no such interface here",
+                                    f"interfaces: {', '.join(sorted(names))}")
+            r = names[name]
+            if r["ifindex"] not in taken:
+                points.append(CapturePoint(name, r["ifindex"], None, "filtered", "uplink",
+                                           here, name))
+    else:
+        for r in mine:
+            if r["ifindex"] in taken or r.get("kind") in ("bridge", "loopback") or \
+                    r.get("ifname") == "lo" or r.get("master_ifindex") or not r.get("up"):
+                continue
+            if r.get("kind") == "veth" and r.get("peer_netns") == target.netns:
+                continue
+            points.append(CapturePoint(r["ifname"], r["ifindex"], None, "filtered", "uplink",
+                                       here, r["ifname"]))
+    order = {"uplink": 0, "bridge": 1}
+    points.sort(key=lambda p: (order.get(p.description, 2 if p.netns is None else 3)))
+    return points
+
+
+def _role(p):
+    if p.netns is not None:
+        return "container"
+    if p.description in ("uplink", "bridge"):
+        return p.description
+    return "veth"
+
+
+def _describe(p):
+    role = _role(p)
+    return role if p.description == role else f"{role}: {p.description}"
+
+
+# -- crash recovery --------------------------------------------------------------------
+
+def _state_dir(root):
+    d = Path(root) / STATE_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cleanup_stale(root):
+    """Undo what killed trace sessions left: tc filters, TRACE rules, the nf_log binding.
+
+    Reads `<root>/trace/<pid>.json` of dead pids; also sweeps this namespace for
+    pyinspect tc filters and TRACE rules whose owner is gone. Returns what was removed.
+    """
+    from pyinspect.probes import nftrace, packets
+    removed = []
+    d = Path(root) / STATE_DIR
+    paths = {None}
+    if d.is_dir():
+        for f in d.glob("*.json"):
+            if f.name.endswith(".nflog.json"):
+                continue
+            try:
+                pid = int(f.stem)
+                st = json.loads(f.read_text())
+            except (ValueError, OSError):
+                continue
+            if pid == os.getpid() or _alive(pid):
+                continue
+            for p in st.get("points", []):
+                path = p.get("netns")
+                if path and os.path.exists(path):
+                    paths.add(path)
+            nfl = d / f"{pid}.nflog.json"
+            if nfl.exists() and nftrace.restore_stale_binding(str(nfl)):
+                removed.append(f"nf_log binding restored (pid {pid})")
+            for netns in {st.get("rules_netns")}:
+                removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(netns)]
+            with contextlib.suppress(OSError):
+                f.unlink()
+    removed += [f"tc filter: {r}" for r in packets.remove_stale_filters(sorted(
+        paths, key=lambda x: x or ""))]
+    removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(None)]
+    return removed
+
+
+# -- the session -----------------------------------------------------------------------
+
+class TraceSession:
+    """One trace of one container (see the module docstring)."""
+
+    def __init__(self, root, container_ref, options=None):
+        self.root = Path(root)
+        self.ref = container_ref
+        self.opt = options or TraceOptions()
+        self.target = None
+        self.points = []
+        self.cap = None
+        self.ct = None
+        self.drops = None
+        self.nflog = None
+        self.binding = None
+        self.rules = None
+        self.rulebook = None
+        self.nftmon = None
+        self.pcap = None
+        self.pcap_ids = {}
+        self.store = None
+        self.session_id = None
+        self.notes = []
+        self.flows = F.FlowTable()
+        self.pending = []           # (ts_ns, point, dir, len, data, Pkt)
+        self.nf_pending = []        # hop dicts
+        self.drop_pending = []
+        self.journeys = {}          # flow id -> [Journey]
+        self.captured = {}          # point index -> records read
+        self.filtered_out = 0
+        self.traced_packets = 0
+        self.drop_rows = []
+        self.dynamic_rules = set()
+        self.started_ns = 0
+        self.offset = 0
+        self.ready = ""
+        self.done = False
+        self.pfilter = None
+        self._state_file = None
+        self._stopped = False
+
+    # -- start -------------------------------------------------------------------------
+    def start(self):
+        from pyinspect.probes import packets as P
+        if self.opt.snaplen is not None and self.opt.snaplen < 0:
+            raise UsageError(f"trace: bad --snaplen {self.opt.snaplen}: must be >= 0")
+        if self.opt.filter:
+            self.pfilter = P.BpfFilter(self.opt.filter, P.MAXCAP)
+        cleaned = cleanup_stale(self.root)
+        if cleaned:
+            self.notes.append(f"removed leftovers of a killed trace: {'; '.join(cleaned)}")
+        self.target = resolve(self.root, self.ref)
+        self.points = capture_points(self.target, self.opt.via)
+        t = self.target
+        t.ports = [p for p in t.ports] + [p for p in _dnat_ports(t.addrs) if p not in t.ports]
+        if self.opt.port:
+            t.ports = [p for p in t.ports if p[3] == self.opt.port or p[1] == self.opt.port]
+        only = []
+        if self.opt.port:
+            only = sorted({self.opt.port} | {p[1] for p in t.ports})
+        tgt = P.Target(addrs=list(t.addrs), ports=[(p[0], p[1], p[2]) for p in t.ports],
+                       only_ports=only)
+        self.started_ns = time.time_ns()
+        self.offset = _mono_to_real()
+        self._state_file = _state_dir(self.root) / f"{os.getpid()}.json"
+        self._write_state()
+        try:
+            self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
+            self.cap.start()
+            self._start_optional(tgt)
+            self._open_outputs()
+        except BaseException:
+            self._teardown()
+            raise
+        roles = ", ".join(f"{p.name} ({_role(p)})" for p in self.points)
+        self.ready = (f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; "
+                      f"Ctrl-C to stop")
+        return self
+
+    def _write_state(self, **extra):
+        st = {"pid": os.getpid(), "container": self.target.name, "rules_netns": None,
+              "points": [{"netns": p.netns, "ifindex": p.ifindex, "name": p.name}
+                         for p in self.points]}
+        st.update(extra)
+        self._state_file.write_text(json.dumps(st))
+
+    def _start_optional(self, tgt):
+        from pyinspect.probes import conntrack, drops, nftrace
+        try:
+            self.ct = conntrack.ConntrackEvents().start()
+            if not conntrack.events_enabled():
+                self.notes.append("conntrack: net.netfilter.nf_conntrack_events is 0 here: "
+                                  "no NAT tuples from conntrack")
+            for ev in self.ct.dump():
+                if self._ours(ev):
+                    self.flows.conntrack(ev)
+        except PyinspectError as exc:
+            self.ct = None
+            self.notes.append(f"conntrack: unavailable: {exc}")
+        try:
+            self.binding = nftrace.LoggerBinding(
+                None, str(_state_dir(self.root) / f"{os.getpid()}.nflog.json"))
+            self.binding.bind()
+            self.nflog = nftrace.NflogReader().start()
+            self.rules = nftrace.TraceRules()
+            for spec in nftrace.trace_rule_specs(tgt.addrs, tgt.ports):
+                self.rules.add(spec)
+            self.rulebook = nftrace.RuleBook()
+            if nftrace.has_nft_chains():
+                try:
+                    self.nftmon = nftrace.NftMonitor().start()
+                except PyinspectError as exc:
+                    self.notes.append(f"nftables trace: unavailable: {exc}")
+        except PyinspectError as exc:
+            self.notes.append(f"netfilter trace: unavailable: {exc}")
+            if self.rules:
+                self.rules.remove()
+            if self.nflog:
+                self.nflog.stop()
+            if self.binding:
+                self.binding.restore()
+            self.rules = self.nflog = self.binding = None
+        try:
+            self.drops = drops.DropWatch(tgt).start()
+        except PyinspectError as exc:
+            self.drops = None
+            self.notes.append(f"drops: unavailable: {exc}")
+
+    def _ours(self, ev):
+        addrs = set(self.target.addrs)
+        ports = {(p[1], p[2]) for p in self.target.ports}
+        o, r = ev["orig"], ev.get("reply") or (None,) * 4
+        if o[0] in addrs or o[2] in addrs or r[0] in addrs or r[2] in addrs:
+            return True
+        return (o[3], ev["proto"]) in ports
+
+    def _open_outputs(self):
+        from .store import Store
+        self.store = Store(database_path(self.root))
+        db = self.store.db
+        with db.conn:
+            self.session_id = db["trace_sessions"].insert({
+                "container_id": self.target.id, "container_name": self.target.name,
+                "started_ns": self.started_ns, "filter": self.opt.filter or "",
+                "snaplen": self.opt.snaplen, "status": "running",
+                "pcap_path": str(self.opt.pcap or "")}).last_pk
+            self.point_ids = []
+            for p in self.points:
+                self.point_ids.append(db["capture_points"].insert({
+                    "session_id": self.session_id, "name": p.name,
+                    "description": _describe(p), "ifindex": p.ifindex,
+                    "netns": p.netns_inode, "linktype": 1}).last_pk)
+        if self.opt.pcap:
+            from .pcapng import PcapNgWriter
+            try:
+                self.pcap = PcapNgWriter(self.opt.pcap)
+            except OSError as exc:
+                raise UsageError(f"trace: cannot write {self.opt.pcap}: {exc.strerror}") \
+                    from exc
+            for i, p in enumerate(self.points):
+                self.pcap_ids[i] = self.pcap.add_interface(
+                    f"{p.name}@{'host' if p.netns is None else self.target.name}",
+                    _describe(p), snaplen=self.cap.snaplen)
+
+    # -- polling -----------------------------------------------------------------------
+    def poll(self, timeout=0.1, final=False):
+        """Read every source, correlate what has settled; returns output items."""
+        from pyinspect.probes import nftrace, packets as P
+        if not final and timeout:
+            time.sleep(timeout)
+        items = []
+        if self.ct:
+            for ev in self.ct.read():
+                if self._ours(ev):
+                    f = self.flows.conntrack(ev)
+                    if f and ev["kind"] == "new":
+                        self._follow_snat(f)
+        if self.nflog:
+            for rec in self.nflog.read():
+                hop = nftrace.parse_trace(rec, self.rulebook)
+                if hop and not hop["ours"]:      # our own TRACE rule is not part of the path
+                    hop["pkt"] = F.parse_ip(hop.pop("payload", b""))
+                    self.nf_pending.append(hop)
+        if self.nftmon:
+            for hop in self.nftmon.read():
+                self.nf_pending.append(hop)
+        if self.drops:
+            self.drop_pending.extend(self.drops.read())
+        parse = P.parse
+        for raw in self.cap.read():
+            ts, point, d, ln, data = parse(raw)
+            self.captured[point] = self.captured.get(point, 0) + 1
+            self.pending.append((ts, point, d, ln, data, F.parse_frame(data)))
+        cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - SETTLE_NS
+        items += self._settle(cutoff)
+        if self.pcap:
+            self.pcap.flush()
+        if self.opt.duration and time.time_ns() - self.started_ns >= self.opt.duration * 1e9:
+            self.done = True
+        if self.opt.count and self.traced_packets >= self.opt.count:
+            self.done = True
+        return items
+
+    def _follow_snat(self, f):
+        """Outbound MASQUERADEd flow: capture its uplink copy and trace its replies."""
+        if "snat" not in f.nat or not f.reply:
+            return
+        c, r, d, s = f.reply
+        if f.orig[1] != s and self.cap:
+            self.cap.add_flow(c, r, s, f.proto)
+        key = (f.proto, c, r, s)
+        if self.rules and key not in self.dynamic_rules and \
+                len(self.dynamic_rules) < MAX_DYNAMIC_RULES and f.proto in ("tcp", "udp"):
+            self.dynamic_rules.add(key)
+            with contextlib.suppress(PyinspectError):
+                self.rules.add(["-p", f.proto, "-s", c, "--sport", str(r), "-d", d,
+                                "--dport", str(s)])
+
+    def _settle(self, cutoff):
+        """Group settled captures into journeys; attach trace lines; emit output items."""
+        if cutoff is None:
+            ready, self.pending = self.pending, []
+        else:
+            ready = [p for p in self.pending if p[0] < cutoff]
+            if not ready:
+                return self._settle_drops(cutoff)
+            self.pending = [p for p in self.pending if p[0] >= cutoff]
+        ready.sort(key=lambda p: p[0])
+        journeys = {}
+        order = []
+        loose = []
+        for rec in ready:
+            ts, point, d, ln, data, pkt = rec
+            if pkt is None:
+                loose.append(rec)
+                continue
+            flow, direction, _stage = self.flows.for_packet(pkt, ts + self.offset)
+            key = (flow.id, direction, pkt.ident)
+            j = journeys.get(key)
+            if j is None:
+                j = F.Journey(flow, direction, pkt.ident, first_ns=ts + self.offset)
+                journeys[key] = j
+                order.append(j)
+            j.captures.append({"ts_ns": ts + self.offset, "point": point, "dir": d, "len": ln,
+                               "data": data, "pkt": pkt})
+        # netfilter trace lines: attach to the journey of the same packet
+        nf_keep = []
+        now = time.time_ns()
+        for hop in self.nf_pending:
+            pk = hop.get("pkt")
+            placed = False
+            if pk:
+                hit = self.flows.lookup(pk.tuple)
+                if hit:
+                    flow, direction, _ = hit
+                    ident = pk.ident
+                    for j in order:
+                        if j.flow is flow and j.direction == direction and j.ident == ident:
+                            self._nf_into(j, hop)
+                            placed = True
+                            break
+            if not placed and cutoff is not None and now - hop["ts_ns"] < 2 * SETTLE_NS:
+                nf_keep.append(hop)
+            elif not placed and pk:
+                # a packet the trace saw but no capture point did (e.g. dropped before
+                # leaving the host): it still belongs to its flow
+                j = self._orphan_journey(hop, journeys, order)
+                if j:
+                    self._nf_into(j, hop)
+        self.nf_pending = nf_keep
+        items = []
+        matched_flows = set()
+        if self.pfilter:
+            for j in order:
+                if any(self.pfilter.match(c["data"], c["len"]) for c in j.captures):
+                    j.flow.matched = True
+            for j in order:
+                if not j.flow.matched:
+                    self.filtered_out += len(j.captures)
+            order = [j for j in order if j.flow.matched]
+        for j in order:
+            items += self._emit(j)
+            matched_flows.add(j.flow.id)
+        items += self._settle_drops(cutoff)
+        self._write_rows(order, loose)
+        return items
+
+    def _nf_into(self, j, hop):
+        j.nf.append(hop)
+        v = hop.get("verdict", "")
+        if hop["table"] == "nat" and (v.startswith("DNAT") or v.startswith("SNAT") or
+                                      v.startswith("MASQUERADE")):
+            if j.flow.nat_rule is None:
+                j.flow.nat_rule = hop
+            if not j.flow.reply and hop.get("packet") and v.startswith("DNAT"):
+                to = v.split()[1] if len(v.split()) > 1 else ""
+                m = re.match(r"(\d+\.\d+\.\d+\.\d+)(?::(\d+))?", to)
+                if m:
+                    a, p, b, q = j.flow.orig
+                    j.flow.reply = (m.group(1), int(m.group(2) or q), a, p)
+                    j.flow.nat = "dnat"
+                    self.flows._index(j.flow)
+
+    def _orphan_journey(self, hop, journeys, order):
+        pkt = hop["pkt"]
+        flow, direction, _ = self.flows.for_packet(pkt, hop["ts_ns"])
+        key = (flow.id, direction, pkt.ident)
+        j = journeys.get(key)
+        if j is None:
+            j = F.Journey(flow, direction, pkt.ident, first_ns=hop["ts_ns"])
+            journeys[key] = j
+            order.append(j)
+        return j
+
+    def _settle_drops(self, cutoff):
+        items = []
+        keep = []
+        for d in self.drop_pending:
+            if cutoff is not None and d["ts_ns"] >= cutoff:
+                keep.append(d)
+                continue
+            if d["reason"] in F.BENIGN_DROP_REASONS:
+                continue
+            tup = (d["proto"], d["src"], d["sport"], d["dst"], d["dport"])
+            hit = self.flows.lookup(tup)
+            if hit is None:
+                pkt = F.Pkt(d["proto"], d["src"], d["sport"], d["dst"], d["dport"], 0, 0, 0, 0)
+                hit = self.flows.for_packet(pkt, d["ts_ns"] + self.offset)
+            flow = hit[0]
+            if self.pfilter and not flow.matched:
+                continue
+            text = F.explain_drop(d, flow, self.journeys.get(flow.id, []), self.target.name,
+                                  self.target.netns)
+            d = dict(d, ts_ns=d["ts_ns"] + self.offset, explanation=text)
+            flow.drops.append(d)
+            self.drop_rows.append((flow, d))
+            items.append({"type": "drop", "flow": flow.id, "text": f"[{flow.id}] DROP {text} "
+                          f"(kfree_skb reason {d['reason']} at {d['location']})",
+                          "reason": d["reason"], "explanation": text})
+        self.drop_pending = keep
+        if items:
+            self._write_drops()
+        return items
+
+    # -- output ------------------------------------------------------------------------
+    def _emit(self, j):
+        f = j.flow
+        items = []
+        self.journeys.setdefault(f.id, []).append(j)
+        if len(self.journeys[f.id]) > 64:
+            self.journeys[f.id] = self.journeys[f.id][-64:]
+        if not f.journeys:
+            items.append({"type": "flow", "flow": f.id, "text": f"[{f.id}] {f.header()}",
+                          "proto": f.proto, "orig": f.orig, "reply": f.reply, "nat": f.nat})
+        f.journeys += 1
+        f.packets += len(j.captures)
+        f.last_ns = max(f.last_ns, j.first_ns)
+        self.traced_packets += 1
+        if self.opt.count and self.traced_packets > self.opt.count:
+            self.done = True
+            return items
+        show = f.journeys <= self.opt.live_per_flow
+        # the whole rule path for the first packet each way; later only what is not a
+        # plain ACCEPT (NAT, drops, rejects, jumps)
+        full_path = j.direction not in f.dirs_shown
+        if j.nf:
+            f.dirs_shown.add(j.direction)
+        host_points = {i for i, p in enumerate(self.points) if p.netns is None}
+        t0 = None
+        for kind, h in j.hops(host_points):
+            if kind == "capture":
+                t0 = h["ts_ns"] if t0 is None else t0
+                p = self.points[h["point"]]
+                pk = h["pkt"]
+                rel = (h["ts_ns"] - t0) / 1000
+                text = (f"[{f.id}] {rel:+9.1f}us  {p.name:<8} {_role(p):<9} {h['dir']:<3} "
+                        f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} "
+                        f"{F.tcp_flag_text(pk.flags)} len {h['len']}").rstrip()
+                item = {"type": "hop", "flow": f.id, "hop": "capture", "ts_ns": h["ts_ns"],
+                        "point": p.name, "role": _role(p), "dir": h["dir"], "src": pk.src,
+                        "sport": pk.sport, "dst": pk.dst, "dport": pk.dport, "len": h["len"],
+                        "text": text}
+            else:
+                where = f"{h['table']}:{h['chain']}"
+                num = f" rule {h['rule_num']}" if h["kind"] == "rule" or \
+                    not h["rule_text"].startswith("policy") else ""
+                rule = h["rule_text"] if h["kind"] == "rule" or num else h["rule_text"]
+                text = f"[{f.id}] {'':>11}  netfilter {where}{num} -> {h['verdict']}"
+                if rule and rule != f"policy {h['verdict']}":
+                    text += f"  ({rule})"
+                elif h["kind"] == "policy":
+                    text += " (policy)"
+                item = {"type": "hop", "flow": f.id, "hop": "netfilter", "table": h["table"],
+                        "chain": h["chain"], "kind": h["kind"], "rule_num": h["rule_num"],
+                        "rule_text": h["rule_text"], "verdict": h["verdict"], "text": text}
+            if show and (kind == "capture" or full_path or
+                         h["verdict"] not in ("ACCEPT", "TRACE", "RETURN")):
+                items.append(item)
+        return items
+
+    # -- store -------------------------------------------------------------------------
+    def _flow_row(self, f):
+        o = f.orig
+        r = f.reply or (None, None, None, None)
+        return {"session_id": self.session_id, "ct_id": f.ct_id, "proto": f.proto,
+                "orig_src": o[0], "orig_sport": o[1], "orig_dst": o[2], "orig_dport": o[3],
+                "reply_src": r[0], "reply_sport": r[1], "reply_dst": r[2], "reply_dport": r[3],
+                "nat": f.nat_text() or "", "first_ns": f.first_ns, "last_ns": f.last_ns,
+                "detail": json.dumps({"packets": f.packets, "traced_packets": f.journeys,
+                                      "tcp_state": f.tcp_state, "nat_rule": _rule_ref(f),
+                                      "drops": [d["explanation"] for d in f.drops]})}
+
+    def _ensure_flow(self, f):
+        if f.store_id is None:
+            f.store_id = self.store.db["flows"].insert(self._flow_row(f)).last_pk
+        return f.store_id
+
+    def _write_rows(self, journeys, loose=()):
+        if not (journeys or loose) or not self.store:
+            return
+        db = self.store.db
+        with db.conn:
+            pk_rows = []
+            for ts, point, d, ln, data, _ in loose:      # ARP, IPv6...: no flow
+                ts += self.offset
+                pk_rows.append({"session_id": self.session_id, "ts_ns": ts,
+                                "point_id": self.point_ids[point], "direction": d, "len": ln,
+                                "caplen": len(data), "data": data, "flow_id": None,
+                                "comment": None})
+                if self.pcap:
+                    self.pcap.write_packet(self.pcap_ids[point], ts, data, orig_len=ln,
+                                           direction=d)
+            for j in journeys:
+                fid = self._ensure_flow(j.flow)
+                comment = j.flow.nat_text() or None
+                for c in sorted(j.captures, key=lambda c: c["ts_ns"]):
+                    pk_rows.append({"session_id": self.session_id, "ts_ns": c["ts_ns"],
+                                    "point_id": self.point_ids[c["point"]], "direction": c["dir"],
+                                    "len": c["len"], "caplen": len(c["data"]),
+                                    "data": c["data"], "flow_id": fid,
+                                    "comment": f"flow {j.flow.id}: {comment}" if comment else
+                                    f"flow {j.flow.id}"})
+                    if self.pcap:
+                        self.pcap.write_packet(self.pcap_ids[c["point"]], c["ts_ns"], c["data"],
+                                               orig_len=c["len"], direction=c["dir"],
+                                               comment=pk_rows[-1]["comment"])
+            db["packets"].insert_all(pk_rows, batch_size=500)
+            hop_rows = []
+            for j in journeys:
+                fid = j.flow.store_id
+                for kind, h in j.hops({i for i, p in enumerate(self.points) if p.netns is None}):
+                    if kind == "capture":
+                        p = self.points[h["point"]]
+                        hop_rows.append({"session_id": self.session_id, "flow_id": fid,
+                                         "ts_ns": h["ts_ns"], "table_name": "capture",
+                                         "chain": p.name, "rule_num": None,
+                                         "rule_text": _role(p), "verdict": h["dir"],
+                                         "detail": None})
+                    else:
+                        hop_rows.append({"session_id": self.session_id, "flow_id": fid,
+                                         "ts_ns": h["ts_ns"], "table_name": h["table"],
+                                         "chain": h["chain"], "rule_num": h["rule_num"],
+                                         "rule_text": h["rule_text"], "verdict": h["verdict"],
+                                         "detail": json.dumps({"kind": h["kind"],
+                                                               "backend": h["backend"],
+                                                               "hook": h["hook"]})})
+            db["hops"].insert_all(hop_rows, batch_size=500)
+
+    def _write_drops(self):
+        if not self.store:
+            return
+        db = self.store.db
+        with db.conn:
+            rows = []
+            for f, d in self.drop_rows:
+                rows.append({"session_id": self.session_id, "ts_ns": d["ts_ns"],
+                             "reason": d["reason"], "location": d["location"],
+                             "ifindex": d["ifindex"], "flow_id": self._ensure_flow(f),
+                             "detail": json.dumps({k: d[k] for k in (
+                                 "explanation", "proto", "src", "sport", "dst", "dport",
+                                 "netns", "tcpflags")})})
+            db["drops"].insert_all(rows)
+        self.drop_rows = []
+
+    # -- stop --------------------------------------------------------------------------
+    def stop(self):
+        """Detach everything, flush the rest, write the summary; returns it (a dict)."""
+        if self._stopped:
+            return self.summary
+        self._stopped = True
+        tail = []
+        counters = {}
+        try:
+            if self.cap:
+                self.cap.stop()          # detach first: nothing new arrives
+                counters = self.cap.counters()
+            if self.ct or self.cap:
+                tail = self.poll(0, final=True)
+            self._drop_lost = self.drops.lost if self.drops else 0
+        finally:
+            self._teardown()
+        self.tail = tail
+        self.summary = self._summary(counters)
+        if self.store:
+            db = self.store.db
+            with db.conn:
+                for f in self.flows.flows.values():
+                    if f.store_id is not None:
+                        db["flows"].update(f.store_id, self._flow_row(f))
+                db["trace_sessions"].update(self.session_id, {
+                    "stopped_ns": time.time_ns(), "status": "stopped",
+                    "summary": json.dumps(self.summary)})
+            self.store.close()
+            self.store = None
+        return self.summary
+
+    def _summary(self, counters):
+        per_point = {}
+        lost = 0
+        for i, p in enumerate(self.points):
+            seen, lst = counters.get(i, (0, 0))
+            lost += lst
+            key = f"{p.name} ({_role(p)})"
+            per_point[key] = {"captured": self.captured.get(i, 0), "matched_in_kernel": seen,
+                              "lost": lst}
+        shown = [f for f in self.flows.flows.values() if f.journeys or f.drops]
+        nat = sorted({f.nat_text() for f in shown if f.nat_text()})
+        return {
+            "session_id": self.session_id,
+            "container": self.target.name if self.target else self.ref,
+            "duration_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
+            "flows": len(shown),
+            "connections": [f.header() for f in shown],
+            "traced_packets": self.traced_packets,
+            "packets_per_point": per_point,
+            "nat": nat,
+            "drops": [f"[{f.id}] {d['explanation']}" for f in shown for d in f.drops],
+            "loss": {"capture": lost, "drops": getattr(self, "_drop_lost", 0),
+                     "conntrack_overruns": self.ct.lost if self.ct else 0,
+                     "trace_overruns": self.nflog.lost if self.nflog else 0},
+            "filtered_out": self.filtered_out,
+            "notes": list(self.notes),
+            "pcap": str(self.opt.pcap) if self.opt.pcap else None,
+        }
+
+    def _teardown(self):
+        """Remove every kernel object this session made; safe to call twice."""
+        if self.cap:
+            self.cap.close()
+            self.cap = None
+        if self.rules:
+            self.rules.remove()
+        if self.nflog:
+            self.nflog.stop()
+        if self.binding:
+            self.binding.restore()
+        if self.nftmon:
+            self.nftmon.stop()
+        if self.drops:
+            self.drops.stop()
+        if self.ct:
+            self.ct.stop()
+        if self.pcap:
+            self.pcap.close()
+        self.rules = self.nflog = self.binding = self.nftmon = None
+        if self._state_file:
+            with contextlib.suppress(OSError):
+                self._state_file.unlink()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _rule_ref(f):
+    r = f.nat_rule
+    if not r:
+        return None
+    return {"table": r["table"], "chain": r["chain"], "rule_num": r["rule_num"],
+            "rule_text": r["rule_text"], "verdict": r["verdict"]}
+
+
+def format_summary(s):
+    """The end-of-trace summary as text lines."""
+    lines = [f"--- trace of {s['container']}: {s['duration_s']}s, {s['flows']} flow(s), "
+             f"{s['traced_packets']} packet(s) traced"]
+    for c in s["connections"]:
+        lines.append(f"  {c}")
+    lines.append("packets per capture point (captured / matched in kernel / lost):")
+    for name, v in s["packets_per_point"].items():
+        lines.append(f"  {name:<26} {v['captured']:>8} {v['matched_in_kernel']:>8} "
+                     f"{v['lost']:>8}")
+    lines.append("NAT translations: " + ("; ".join(s["nat"]) if s["nat"] else "none"))
+    lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
+    loss = s["loss"]
+    lines.append(f"loss: capture {loss['capture']}, drop events {loss['drops']}, conntrack "
+                 f"overruns {loss['conntrack_overruns']}, trace overruns "
+                 f"{loss['trace_overruns']}")
+    if s.get("filtered_out"):
+        lines.append(f"--filter left out {s['filtered_out']} captured packet(s)")
+    for n in s.get("notes") or []:
+        lines.append(f"note: {n}")
+    if s.get("pcap"):
+        lines.append(f"pcapng: {s['pcap']}")
+    return lines
+
