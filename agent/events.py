@@ -235,10 +235,15 @@ def _decode(row):
     return row
 
 
-def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None):
-    """Stored events, oldest first: filter by container (name, id or id prefix),
-    since/until (epoch ns or anything parse_since takes) and kinds."""
+def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None,
+          after_id=None, newest_first=False):
+    """Stored events, oldest first (or newest first): filter by container (name, id or id
+    prefix), since/until (epoch ns or anything parse_since takes), kinds, and rows after
+    a row id (for live tails)."""
     where, params = [], []
+    if after_id is not None:
+        where.append("id > ?")
+        params.append(int(after_id))
     if container:
         where.append("(container_name = ? OR container_id LIKE ?)")
         params += [container, f"{container}%"]
@@ -257,7 +262,7 @@ def query(store, container=None, since=None, kinds=None, limit=100, offset=0, un
     sql = "SELECT * FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY ts_ns, id"
+    sql += " ORDER BY ts_ns DESC, id DESC" if newest_first else " ORDER BY ts_ns, id"
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
         params += [int(limit), int(offset)]
