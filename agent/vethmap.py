@@ -87,9 +87,8 @@ def _open(e):
 
 
 def _kind(link):
-    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-    if kind:
-        return kind
+    if link["kind"]:
+        return link["kind"]
     return "loopback" if link["flags"] & IFF_LOOPBACK else "device"
 
 
@@ -103,9 +102,8 @@ class _Ns:
         self.links = {ln["index"]: ln for ln in self.sock.links()}
         self.addrs = {}
         for a in self.sock.addrs():
-            ip = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
-            if ip:
-                self.addrs.setdefault(a["index"], []).append(f"{ip}/{a['prefixlen']}")
+            if a["address"]:
+                self.addrs.setdefault(a["index"], []).append(f"{a['address']}/{a['prefixlen']}")
         self.nsids = {}  # nsid (as seen from here) -> inode, filled on demand
         self.asked = set()
 
@@ -123,7 +121,7 @@ def _resolve_nsid(ns, nsid, peer_ifindex, my_ifindex, all_ns):
         ln = other.links.get(peer_ifindex)
         if ln is None:
             return 2
-        return 0 if ln.get_attr("IFLA_LINK") == my_ifindex else 1
+        return 0 if ln["link"] == my_ifindex else 1
 
     for other in sorted((o for o in all_ns.values() if o is not ns), key=likely):
         if other.inode in ns.asked:
@@ -195,9 +193,9 @@ def build(root=None, found=None):
 
 def _row(ns, idx, link, owner, opened, owners):
     info = ns.info
-    iflink = link.get_attr("IFLA_LINK")
-    nsid = link.get_attr("IFLA_LINK_NETNSID")
-    master_idx = link.get_attr("IFLA_MASTER")
+    iflink = link["link"]
+    nsid = link["link_netnsid"]
+    master_idx = link["master"]
     master = ns.links.get(master_idx) if master_idx else None
     kind = _kind(link)
     peer_ns, peer = None, None
@@ -216,22 +214,22 @@ def _row(ns, idx, link, owner, opened, owners):
         "netns_names": list(info["names"]),
         "netns_owner": owner.name if owner else None,
         "ifindex": idx,
-        "ifname": link.get_attr("IFLA_IFNAME"),
+        "ifname": link["ifname"],
         "kind": kind,
         "iflink": iflink or idx,
         "link_netnsid": nsid,
         "peer_ifindex": iflink if (iflink and iflink != idx) else None,
-        "peer_ifname": peer.get_attr("IFLA_IFNAME") if peer is not None else None,
+        "peer_ifname": peer["ifname"] if peer is not None else None,
         "peer_netns": peer_ns.inode if peer_ns is not None else None,
         "peer_netns_name": (_label(peer_ns.info, peer_owner) if peer_ns is not None
                             else (f"nsid:{nsid}" if nsid is not None else None)),
-        "mac": link.get_attr("IFLA_ADDRESS"),
+        "mac": link["address"],
         "addrs": ns.addrs.get(idx, []),
-        "master": master.get_attr("IFLA_IFNAME") if master is not None else None,
+        "master": master["ifname"] if master is not None else None,
         "master_ifindex": master_idx or None,
-        "state": link.get_attr("IFLA_OPERSTATE"),
+        "state": link["operstate"],
         "up": bool(link["flags"] & IFF_UP),
-        "mtu": link.get_attr("IFLA_MTU"),
+        "mtu": link["mtu"],
         "container_id": attached.id if attached else None,
         "container_name": attached.name if attached else None,
     }

@@ -29,7 +29,7 @@ import select
 import socket
 import time
 
-from .netns import LINK_GROUPS, RtnlSocket, open_ns
+from .netns import LINK_GROUPS, RtnlSocket, link_from_message, open_ns
 
 AF_UNSPEC = 0
 IFF_UP = 0x1
@@ -65,12 +65,11 @@ class _Watched:
         os.close(self.fd)
 
 
-def _state(msg):
-    return {"ifname": msg.get_attr("IFLA_IFNAME"), "flags": msg["flags"],
-            "master": msg.get_attr("IFLA_MASTER") or None,
-            "kind": msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
-            "link": msg.get_attr("IFLA_LINK"), "link_netnsid": msg.get_attr("IFLA_LINK_NETNSID"),
-            "mac": msg.get_attr("IFLA_ADDRESS"), "operstate": msg.get_attr("IFLA_OPERSTATE")}
+def _state(link):
+    """What we remember of a link (a `decode_link` / `link_from_message` dict)."""
+    return {"ifname": link["ifname"], "flags": link["flags"], "master": link["master"] or None,
+            "kind": link["kind"], "link": link["link"], "link_netnsid": link["link_netnsid"],
+            "mac": link["address"], "operstate": link["operstate"]}
 
 
 class LinkProbe:
@@ -184,15 +183,15 @@ class LinkProbe:
         now = time.time_ns()
         moves = {}
         out = []
-        for w, m in batch:
-            if m["header"]["type"] == RTM_DELLINK and m.get_attr("IFLA_NEW_NETNSID") is not None:
+        for w, (mtype, m) in batch:
+            if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
                 ev = self._moved_out(w, m, now)
                 moves[(ev["detail"]["to_netns"], ev["detail"]["new_ifindex"])] = ev
                 out.append(ev)
-        for w, m in batch:
-            if m["header"]["type"] == RTM_DELLINK and m.get_attr("IFLA_NEW_NETNSID") is not None:
+        for w, (mtype, m) in batch:
+            if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
                 continue
-            out += self._handle(w, m, now, moves)
+            out += self._handle(w, mtype, m, now, moves)
         out, self._pending = self._pending + out, []
         kinds = self.filters.get("kinds")
         if kinds:
@@ -203,7 +202,8 @@ class LinkProbe:
         msgs = []
         while True:
             try:
-                msgs += [m for m in w.events.recv_events()
+                msgs += [(m["header"]["type"], link_from_message(m))
+                         for m in w.events.recv_events()
                          if m["header"]["type"] in (RTM_NEWLINK, RTM_DELLINK)
                          and m["family"] == AF_UNSPEC]  # AF_BRIDGE ones are port info
             except BlockingIOError:
@@ -262,17 +262,17 @@ class LinkProbe:
 
     def _moved_out(self, w, m, now):
         idx = m["index"]
-        nsid = m.get_attr("IFLA_NEW_NETNSID")
+        nsid = m["new_netnsid"]
         old = w.links.pop(idx, None) or _state(m)
         target = self._nsid_target(w, nsid)
-        return self._record(w, "link_netns", idx, m.get_attr("IFLA_IFNAME"), now, {
+        return self._record(w, "link_netns", idx, m["ifname"], now, {
             "direction": "out", "kind": old["kind"], "to_nsid": nsid, "to_netns": target,
-            "new_ifindex": m.get_attr("IFLA_NEW_IFINDEX")})
+            "new_ifindex": m["new_ifindex"]})
 
-    def _handle(self, w, m, now, moves):
+    def _handle(self, w, mtype, m, now, moves):
         idx = m["index"]
-        name = m.get_attr("IFLA_IFNAME")
-        if m["header"]["type"] == RTM_DELLINK:
+        name = m["ifname"]
+        if mtype == RTM_DELLINK:
             old = w.links.pop(idx, None)
             if old is None:
                 return []
