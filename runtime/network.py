@@ -472,7 +472,7 @@ def container_files(container):
         return {"/etc/hosts": _read("/etc/hosts") or HOSTS_HEAD,
                 "/etc/hostname": hostname + "\n",
                 "/etc/resolv.conf": _read("/etc/resolv.conf")}
-    hostname = _attr(spec, "hostname") or cid[:12]
+    hostname = _attr(container, "hostname") or _attr(spec, "hostname") or cid[:12]
     hosts = HOSTS_HEAD
     if net.get("ip"):
         hosts += f"{net['ip']}\t{hostname}\n"
