@@ -1,0 +1,483 @@
+"""The container runtime, for real: namespaces, overlayfs, cgroups, the shim, the CLI.
+
+Every test runs the real `pyinspect` console script as root on a temp state
+root; the `pc` fixture force-removes every container of that root afterwards
+and checks that no cgroup, process or container file of it is left.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli
+
+pytestmark = pytest.mark.root
+
+CGROUP_BASE = "/sys/fs/cgroup"
+
+
+def cgroup_dirs(cid):
+    """Every cgroup directory of container `cid` that exists now."""
+    out = []
+    for base in (CGROUP_BASE, *(os.path.join(CGROUP_BASE, d) for d in os.listdir(CGROUP_BASE))):
+        p = os.path.join(base, "pyinspect", cid)
+        if os.path.isdir(p):
+            out.append(p)
+    return out
+
+
+def processes_of(root):
+    """Pids of shims whose state root is `root` (their cmdline is the CLI's)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if str(root).encode() in cmd and comm == "pyinspect-shim":
+            out.append(int(pid))
+    return out
+
+
+class PcCli(Cli):
+    def json(self, *args):
+        return json.loads(self(*args).stdout)
+
+    def inspect(self, name):
+        return self.json("inspect", name)[0]
+
+    def ids(self):
+        return [json.loads(line)["Id"] for line in
+                self("ps", "-a", "--format", "json").stdout.splitlines()]
+
+    def wait_status(self, name, status, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.inspect(name)
+            if info["State"]["Status"] == status:
+                return info
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} is {info['State']['Status']}, not {status}")
+            time.sleep(0.05)
+
+
+def assert_clean(root, ids):
+    for cid in ids:
+        assert cgroup_dirs(cid) == [], f"cgroups of {cid[:12]} left"
+    assert processes_of(root) == []
+    cdir = Path(root) / "containers"
+    assert not cdir.exists() or list(cdir.iterdir()) == []
+    ndir = Path(root) / "names"
+    assert not ndir.exists() or list(ndir.iterdir()) == []
+
+
+@pytest.fixture
+def pc(state_root):
+    cli = PcCli(state_root)
+    seen = set()
+    yield cli
+    ids = cli.ids()
+    seen.update(ids)
+    for cid in ids:
+        cli("rm", "-f", cid, check=False)
+    for cid in cli.ids():
+        cli("rm", "-f", cid, check=False)
+    assert_clean(state_root, seen)
+
+
+def one_line_error(proc, code=None):
+    assert proc.returncode != 0
+    if code is not None:
+        assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    return lines[0]
+
+
+def test_run_attached_prints_output_and_exit_code(pc, state_root):
+    out = pc("run", "--net", "none", "--name", "pc-echo", "busybox", "sh", "-c",
+             "echo hi; echo oops >&2; exit 3", check=False)
+    assert out.returncode == 3
+    assert out.stdout == "hi\n" and out.stderr == "oops\n"
+    info = pc.inspect("pc-echo")
+    assert info["State"]["Status"] == "exited" and info["State"]["ExitCode"] == 3
+    assert info["Config"]["Cmd"] == ["sh", "-c", "echo hi; echo oops >&2; exit 3"]
+    assert cgroup_dirs(info["Id"]) == []
+    logs = pc("logs", "pc-echo")
+    assert logs.stdout == "hi\n" and logs.stderr == "oops\n"
+
+
+def test_run_rm_removes_everything(pc, state_root):
+    out = pc("run", "--rm", "--net", "none", "busybox", "echo", "gone")
+    assert out.stdout == "gone\n"
+    assert pc.ids() == []
+    assert_clean(state_root, [])
+    # detached --rm: removed by the shim once the command exits
+    cid = pc("run", "-d", "--rm", "--net", "none", "busybox", "sleep", "0.2").stdout.strip()
+    deadline = time.monotonic() + 10
+    while pc.ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pc.ids() == []
+    assert cgroup_dirs(cid) == []
+
+
+def test_detached_lifecycle(pc, state_root):
+    cid = pc("run", "-d", "--name", "pc-life", "--net", "none", "busybox", "sh", "-c",
+             "trap 'echo term; exit 7' TERM; echo started; "
+             "while true; do sleep 0.1; done").stdout.strip()
+    assert len(cid) == 64
+    # the CLI is gone; the container runs on under its shim
+    info = pc.inspect("pc-life")
+    pid = info["State"]["Pid"]
+    assert info["State"]["Running"] and pid > 0 and os.path.exists(f"/proc/{pid}")
+    assert info["Name"] == "/pc-life" and info["Id"] == cid
+    rows = [json.loads(line) for line in pc("ps", "--format", "json").stdout.splitlines()]
+    assert [r["Names"] for r in rows] == ["pc-life"] and rows[0]["State"] == "running"
+    assert "pc-life" in pc("ps").stdout
+    # by unique id prefix, too
+    assert pc.inspect(cid[:8])["Id"] == cid
+    # namespaces differ from the host's, the cgroup holds the init
+    for ns in ("pid", "mnt", "uts", "ipc", "net"):
+        assert os.stat(f"/proc/{pid}/ns/{ns}").st_ino != os.stat(f"/proc/self/ns/{ns}").st_ino, ns
+    cg = info["Cgroups"]
+    assert cg and all(str(pid) in Path(p, "cgroup.procs").read_text().split()
+                      for p in cg.values())
+    top = pc("top", "pc-life").stdout
+    assert str(pid) in top and "sh -c" in top
+    # stop: the trap runs, exit code recorded
+    pc("stop", "-t", "5", "pc-life")
+    info = pc.inspect("pc-life")
+    assert info["State"]["Status"] == "exited" and info["State"]["ExitCode"] == 7
+    assert cgroup_dirs(cid) == []
+    assert "pc-life" not in pc("ps").stdout and "Exited (7)" in pc("ps", "-a").stdout
+    # start again (same container, same upper dir), then restart
+    pc("exec", "pc-life", "true", check=False)  # not running: refused
+    pc("start", "pc-life")
+    info = pc.wait_status("pc-life", "running")
+    first_pid = info["State"]["Pid"]
+    pc("restart", "-t", "5", "pc-life")
+    info = pc.wait_status("pc-life", "running")
+    assert info["State"]["Pid"] != first_pid
+    assert pc("logs", "pc-life").stdout.count("started") == 3
+    # kill -s, and the running container cannot be removed without -f
+    one_line_error(pc("rm", "pc-life", check=False), code=4)
+    pc("kill", "-s", "TERM", "pc-life")
+    info = pc.wait_status("pc-life", "exited")
+    assert info["State"]["ExitCode"] == 7
+    pc("start", "pc-life")
+    pc.wait_status("pc-life", "running")
+    pc("kill", "pc-life")
+    assert pc.inspect("pc-life")["State"]["ExitCode"] == 137
+    one_line_error(pc("kill", "pc-life", check=False), code=4)
+    pc("rm", "pc-life")
+    assert pc.ids() == []
+
+
+def test_stop_escalates_to_sigkill(pc):
+    pc("run", "-d", "--name", "pc-stubborn", "--net", "none", "busybox", "sleep", "100")
+    t0 = time.monotonic()
+    pc("stop", "-t", "1", "pc-stubborn")  # pid 1 ignores SIGTERM without a handler
+    assert 0.9 < time.monotonic() - t0 < 6
+    info = pc.inspect("pc-stubborn")
+    assert info["State"]["ExitCode"] == 137 and not info["State"]["OOMKilled"]
+
+
+def test_memory_limit_oom_kill_is_recorded(pc):
+    alloc = 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo kept ${#x}'
+    out = pc("run", "--name", "pc-oom", "--net", "none", "--memory", "30m", "busybox",
+             "sh", "-c", alloc, check=False)
+    assert out.returncode == 137
+    info = pc.inspect("pc-oom")
+    assert info["State"]["OOMKilled"] is True and info["State"]["ExitCode"] == 137
+    assert info["HostConfig"]["Memory"] == 30 * 1024 * 1024
+    # the same allocation really allocates: it fits under a larger limit
+    out = pc("run", "--rm", "--net", "none", "--memory", "200m", "busybox", "sh", "-c", alloc)
+    assert out.stdout == "kept 100000000\n"
+
+
+def test_cpu_and_pids_limits(pc):
+    pc("run", "-d", "--name", "pc-lim", "--net", "none", "--cpus", "0.5", "--pids-limit", "8",
+       "busybox", "sleep", "100")
+    info = pc.inspect("pc-lim")
+    assert info["HostConfig"]["NanoCpus"] == 500_000_000
+    assert info["HostConfig"]["PidsLimit"] == 8
+    cg = info["Cgroups"]
+    if "pids" in cg:
+        assert Path(cg["pids"], "pids.max").read_text().strip() == "8"
+        assert Path(cg["cpu"], "cpu.cfs_quota_us").read_text().strip() == "50000"
+    else:
+        assert Path(cg["unified"], "pids.max").read_text().strip() == "8"
+        assert Path(cg["unified"], "cpu.max").read_text().split()[0] == "50000"
+    out = pc("exec", "pc-lim", "sh", "-c",
+             "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done; wait", check=False)
+    assert "can't fork" in out.stderr or "Resource temporarily unavailable" in out.stderr
+
+
+def test_copy_on_write_never_changes_the_image(pc, state_root):
+    pc("run", "--name", "pc-cow", "--net", "none", "busybox", "sh", "-c",
+       "echo new > /etc/pc-new; rm /bin/ls; echo changed > /etc/hostname-copy")
+    image = pc.inspect("busybox")
+    for layer in image["GraphDriver"]["Data"]["LowerDirs"]:
+        assert not os.path.exists(os.path.join(layer, "etc/pc-new"))
+    out = pc("run", "--rm", "--net", "none", "busybox", "sh", "-c",
+             "ls /etc/pc-new 2>&1; ls /bin/ls")
+    assert "/bin/ls" in out.stdout and "No such file" in out.stdout
+    upper = Path(pc.inspect("pc-cow")["GraphDriver"]["Data"]["UpperDir"])
+    assert (upper / "etc/pc-new").read_text() == "new\n"
+    # the change survives a restart of the same container
+    pc("start", "pc-cow")
+    pc.wait_status("pc-cow", "exited")
+
+
+def test_volumes_rw_and_ro(pc, tmp_path):
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    (ro / "keep").write_text("original\n")
+    out = pc("run", "--rm", "--net", "none", "-v", f"{rw}:/rw", "-v", f"{ro}:/ro:ro",
+             "busybox", "sh", "-c",
+             "echo written > /rw/f; cat /ro/keep; echo x > /ro/keep || echo refused; "
+             "touch /ro/new 2>/dev/null || echo refused2", check=False)
+    assert out.returncode == 0, out.stderr
+    assert "original" in out.stdout and "refused" in out.stdout and "refused2" in out.stdout
+    assert (rw / "f").read_text() == "written\n"
+    assert (ro / "keep").read_text() == "original\n" and not (ro / "new").exists()
+    pc("run", "--name", "pc-vol", "--net", "none", "-v", f"{ro}:/ro:ro", "busybox", "true")
+    mounts = pc.inspect("pc-vol")["Mounts"]
+    assert mounts == [{"Type": "bind", "Source": str(ro), "Destination": "/ro", "Mode": "ro",
+                       "RW": False, "Propagation": "rprivate"}]
+
+
+def test_hostname_env_workdir_entrypoint(pc):
+    out = pc("run", "--rm", "--net", "none", "--hostname", "pc-host", "-e", "A=1",
+             "-e", "B=two words", "-w", "/work/dir", "busybox", "sh", "-c",
+             'echo "$(hostname) $A $B $(pwd) $HOSTNAME"; cat /etc/hostname')
+    assert out.stdout == "pc-host 1 two words /work/dir pc-host\npc-host\n"
+    out = pc("run", "--rm", "--net", "none", "--entrypoint", "echo", "busybox", "from", "entry")
+    assert out.stdout == "from entry\n"
+    # default hostname is the short id; default command is the image's (sh, stdin /dev/null)
+    pc("run", "--name", "pc-def", "--net", "none", "busybox")
+    info = pc.inspect("pc-def")
+    assert info["Config"]["Hostname"] == info["Id"][:12]
+    assert info["Path"] == "sh" and info["State"]["ExitCode"] == 0
+    # isolation: own pid namespace (the command is pid 1), own /proc, ro /sys, minimal /dev
+    out = pc("run", "--rm", "--net", "none", "busybox", "sh", "-c",
+             "echo $$; ls /proc | grep -c '^[0-9]'; touch /sys/x 2>&1 || true; ls /dev")
+    lines = out.stdout.splitlines()
+    assert lines[0] == "1" and int(lines[1]) <= 3
+    assert "Read-only file system" in out.stdout
+    assert {"null", "zero", "urandom", "pts", "shm"} <= set(out.stdout.split())
+    assert "sda" not in out.stdout and "kmsg" not in out.stdout
+
+
+def test_network_modes_none_host_container(pc):
+    pc("run", "-d", "--name", "pc-netn", "--net", "none", "busybox", "sleep", "100")
+    pid = pc.inspect("pc-netn")["State"]["Pid"]
+    out = pc("exec", "pc-netn", "ip", "-o", "link").stdout
+    assert "lo" in out and "eth0" not in out
+    pc("run", "-d", "--name", "pc-joined", "--net", "container:pc-netn", "busybox", "sleep",
+       "100")
+    jpid = pc.inspect("pc-joined")["State"]["Pid"]
+    assert os.stat(f"/proc/{jpid}/ns/net").st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
+    assert os.stat(f"/proc/{jpid}/ns/pid").st_ino != os.stat(f"/proc/{pid}/ns/pid").st_ino
+    pc("run", "-d", "--name", "pc-host", "--net", "host", "busybox", "sleep", "100")
+    hpid = pc.inspect("pc-host")["State"]["Pid"]
+    assert os.stat(f"/proc/{hpid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    assert pc.inspect("pc-host")["HostConfig"]["NetworkMode"] == "host"
+    one_line_error(pc("run", "--net", "container:pc-nope", "busybox", "true", check=False), 3)
+    one_line_error(pc("run", "--net", "bogus", "busybox", "true", check=False), 2)
+    one_line_error(pc("run", "--net", "none", "-p", "80:80", "busybox", "true",
+                      check=False), 2)
+
+
+def test_exec(pc):
+    pc("run", "-d", "--name", "pc-ex", "--net", "none", "-e", "FROMRUN=1", "busybox",
+       "sleep", "100")
+    pid = pc.inspect("pc-ex")["State"]["Pid"]
+    out = pc("exec", "-e", "X=y", "-w", "/tmp", "pc-ex", "sh", "-c",
+             'echo "$X $FROMRUN $(pwd)"; cat /proc/1/cmdline; echo; readlink /proc/self/ns/net')
+    lines = out.stdout.splitlines()
+    assert lines[0] == "y 1 /tmp" and lines[1].startswith("sleep")
+    assert lines[2] == os.readlink(f"/proc/{pid}/ns/net")
+    assert pc("exec", "pc-ex", "sh", "-c", "exit 5", check=False).returncode == 5
+    # -i passes stdin through
+    assert pc("exec", "-i", "pc-ex", "cat", input="piped\n").stdout == "piped\n"
+    # the exec'd process is in the container's cgroup while it runs
+    cg = list(pc.inspect("pc-ex")["Cgroups"].values())[0]
+    out = pc("exec", "pc-ex", "sh", "-c", "cat /proc/self/cgroup")
+    assert pc.inspect("pc-ex")["Id"] in out.stdout
+    assert os.path.isdir(cg)
+    err = one_line_error(pc("exec", "pc-ex", "no-such-cmd", check=False), 127)
+    assert "executable file not found" in err
+    one_line_error(pc("exec", "pc-nope", "true", check=False), 3)
+
+
+def test_run_interactive_stdin(pc):
+    out = pc("run", "--rm", "-i", "--net", "none", "busybox", "sh", "-c", "read x; echo got $x",
+             input="hello\n")
+    assert out.stdout == "got hello\n"
+    # -d -i keeps stdin open, so the image's default `sh` stays up like docker -dit
+    pc("run", "-d", "-i", "--name", "pc-dit", "--net", "none", "busybox")
+    time.sleep(0.3)
+    assert pc.inspect("pc-dit")["State"]["Running"]
+
+
+def test_logs_tail_and_follow(pc):
+    pc("run", "-d", "--name", "pc-logs", "--net", "none", "busybox", "sh", "-c",
+       "for i in 1 2 3 4 5; do echo line$i; done; echo err >&2; sleep 1.5; echo late")
+    deadline = time.monotonic() + 5
+    while "err" not in pc("logs", "pc-logs").stderr and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tail = pc("logs", "--tail", "2", "pc-logs")  # counts lines of both streams, like docker
+    assert (tail.stdout, tail.stderr) == ("line5\n", "err\n")
+    assert pc("logs", "--tail", "3", "pc-logs").stdout == "line4\nline5\n"
+    t0 = time.monotonic()
+    out = pc("logs", "-f", "pc-logs")  # returns once the container exits
+    assert out.stdout == "line1\nline2\nline3\nline4\nline5\nlate\n"
+    assert out.stderr == "err\n"
+    assert time.monotonic() - t0 < 5
+    assert pc.inspect("pc-logs")["State"]["Status"] == "exited"
+    assert pc("logs", "-n", "1", "pc-logs").stdout == "late\n"
+    assert pc("logs", "--tail", "0", "pc-logs").stdout == ""
+
+
+def test_cp_both_ways_and_symlink_escapes(pc, tmp_path):
+    pc("run", "-d", "--name", "pc-cp", "--net", "none", "busybox", "sh", "-c",
+       "mkdir -p /d/sub; echo inner > /d/sub/f; ln -s / /escape; ln -s /etc/pc-secret /plink; "
+       "ln -s ../../../../../tmp /d/up; echo container > /etc/pc-secret; sleep 100")
+    deadline = time.monotonic() + 5
+    while pc("exec", "pc-cp", "test", "-e", "/etc/pc-secret", check=False).returncode:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # container -> host: a directory, into an existing dir
+    pc("cp", "pc-cp:/d", str(out_dir))
+    assert (out_dir / "d/sub/f").read_text() == "inner\n"
+    assert os.readlink(out_dir / "d/up") == "../../../../../tmp"  # copied as a link
+    # a path through an absolute link resolves inside the container
+    pc("cp", "pc-cp:/escape/etc/pc-secret", str(out_dir / "secret"))
+    assert (out_dir / "secret").read_text() == "container\n"
+    # host -> container through links that point "out": writes stay inside
+    src = tmp_path / "h.txt"
+    src.write_text("from host\n")
+    marker = Path("/tmp") / f"pc-escape-{os.getpid()}"
+    assert not marker.exists()
+    pc("cp", str(src), f"pc-cp:/escape/tmp/{marker.name}")
+    pc("cp", str(src), f"pc-cp:/d/up/{marker.name}-2")
+    assert not marker.exists() and not Path(f"{marker}-2").exists()
+    assert pc("exec", "pc-cp", "cat", f"/tmp/{marker.name}").stdout == "from host\n"
+    assert pc("exec", "pc-cp", "cat", f"/tmp/{marker.name}-2").stdout == "from host\n"
+    # a file at a link's path is replaced, never written through to the host
+    pc("cp", str(src), "pc-cp:/plink")
+    assert pc("exec", "pc-cp", "cat", "/etc/pc-secret").stdout in ("container\n", "from host\n")
+    # host -> container: a directory
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a/b.txt").write_text("bee\n")
+    pc("cp", str(tree), "pc-cp:/")
+    assert pc("exec", "pc-cp", "cat", "/tree/a/b.txt").stdout == "bee\n"
+    # stopped containers too (the root is mounted privately for the copy only)
+    pc("stop", "-t", "0", "pc-cp")
+    pc("cp", str(src), "pc-cp:/stopped.txt")
+    pc("cp", "pc-cp:/stopped.txt", str(out_dir / "s2"))
+    assert (out_dir / "s2").read_text() == "from host\n"
+    one_line_error(pc("cp", "pc-cp:/nonexistent", str(out_dir), check=False), 3)
+    one_line_error(pc("cp", str(tmp_path / "nope"), "pc-cp:/", check=False), 3)
+    one_line_error(pc("cp", str(src), str(out_dir), check=False), 2)
+
+
+def test_bad_inputs_are_one_line_and_change_nothing(pc, state_root):
+    pc("run", "--name", "pc-dup", "--net", "none", "busybox", "true")
+    before = sorted(os.listdir(state_root / "containers"))
+    cases = [
+        (("run", "--net", "none", "no-such-image", "true"), 3, "no such image"),
+        (("inspect", "pc-nope"), 3, "no such"),
+        (("stop", "pc-nope"), 3, "no such container"),
+        (("logs", "pc-nope"), 3, "no such container"),
+        (("run", "--net", "none", "--name", "pc-dup", "busybox", "true"), 4, "already in use"),
+        (("run", "--net", "none", "--memory", "lots", "busybox", "true"), 2, "memory"),
+        (("run", "--net", "none", "--memory", "1k", "busybox", "true"), 2, "minimum"),
+        (("run", "--net", "none", "--cpus", "-1", "busybox", "true"), 2, "cpus"),
+        (("run", "--net", "none", "--entrypoint", "", "busybox"), 2, "no command"),
+        (("run", "--net", "none", "--name", "bad name!", "busybox", "true"), 2, "name"),
+        (("run", "--net", "none", "-v", "relative:/x", "busybox", "true"), 2, "absolute"),
+        (("run", "--net", "none", "-w", "rel", "busybox", "true"), 2, "absolute"),
+        (("kill", "-s", "NOPE", "pc-dup"), 2, "signal"),
+        (("run", "--net", "none", "busybox", "no-such-command"), 127, "executable file"),
+    ]
+    for args, code, text in cases:
+        line = one_line_error(pc(*args, check=False), code)
+        assert text in line, (args, line)
+    after = sorted(os.listdir(state_root / "containers"))
+    # only the failed-exec container was added (it exists, like docker's, with exit 127)
+    added = set(after) - set(before)
+    assert len(added) == 1
+    assert pc.inspect(added.pop())["State"]["ExitCode"] == 127
+    proc = pc("run", "-d", "--net", "none", "busybox", "no-such-command", check=False)
+    one_line_error(proc, 127)
+
+
+def test_killed_cli_mid_run_leaves_nothing(pc, state_root):
+    """SIGKILL the CLI at many points of `run`; after the reconciler and rm -f, nothing is left."""
+    t0 = time.monotonic()
+    pc("run", "--rm", "--net", "none", "busybox", "true")
+    full = time.monotonic() - t0
+    for i, frac in enumerate((0.05, 0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.3)):
+        proc = subprocess.Popen(pc.argv("run", "--name", f"pc-k{i}", "--net", "none",
+                                        "--memory", "50m", "busybox", "sleep", "0.3"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(full * frac)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # also kill the shim itself: its container dies with it (PDEATHSIG)
+    pc("run", "-d", "--name", "pc-shimkill", "--net", "none", "busybox", "sleep", "100")
+    info = pc.inspect("pc-shimkill")
+    shim = [p for p in processes_of(state_root)
+            if str(info["State"]["Pid"]) in
+            Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    assert len(shim) == 1
+    os.kill(shim[0], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{info['State']['Pid']}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # every surviving container's `sleep 0.3` is over
+    pc("ps", "-a")   # runs the reconciler
+    settled = pc.inspect("pc-shimkill")
+    assert settled["State"]["Status"] == "exited" and settled["State"]["ExitCode"] == 137
+    assert cgroup_dirs(settled["Id"]) == []
+    for line in pc("ps", "-a", "--format", "json").stdout.splitlines():
+        row = json.loads(line)
+        assert row["State"] != "running" or os.path.exists(f"/proc/{row['Pid']}")
+    # everything else goes with rm -f (the fixture checks cgroups, shims, files)
+    ids = pc.ids()
+    for cid in ids:
+        pc("rm", "-f", cid)
+    assert_clean(state_root, ids)
+
+
+def test_reconciler_removes_half_created_leftovers(pc, state_root):
+    """A record left between create and start by a dead `run` is removed."""
+    pc("run", "--name", "pc-half", "--net", "none", "busybox", "true")
+    path = next((state_root / "containers").iterdir())
+    st = json.loads((path / "state.json").read_text())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    st.update(status="created", started_at="", creator=[dead.pid, 1])
+    (path / "state.json").write_text(json.dumps(st))
+    tmp = state_root / "containers" / (".tmp-" + "0" * 64)
+    tmp.mkdir()
+    old = time.time() - 3600
+    os.utime(tmp, (old, old))
+    pc("ps", "-a")
+    assert list((state_root / "containers").iterdir()) == []
+    assert list((state_root / "names").iterdir()) == []
