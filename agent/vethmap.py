@@ -112,19 +112,17 @@ class _Ns:
         os.close(self.fd)
 
 
-def _resolve_nsid(ns, nsid, peer_ifindex, my_ifindex, all_ns):
-    """The namespace (`_Ns`) that `ns` calls `nsid`, asking the kernel (RTM_GETNSID)."""
+def _resolve_nsid(ns, nsid, peer_ifindex, my_ifindex, all_ns, by_pair):
+    """The namespace (`_Ns`) that `ns` calls `nsid`, asking the kernel (RTM_GETNSID).
+
+    Namespaces holding the expected peer (ifindex `peer_ifindex` whose own link is
+    `my_ifindex`) are asked first; the kernel's answer decides, not the match.
+    """
     if nsid in ns.nsids:
         return all_ns.get(ns.nsids[nsid])
-
-    def likely(other):  # try the namespaces holding the expected peer first
-        ln = other.links.get(peer_ifindex)
-        if ln is None:
-            return 2
-        return 0 if ln["link"] == my_ifindex else 1
-
-    for other in sorted((o for o in all_ns.values() if o is not ns), key=likely):
-        if other.inode in ns.asked:
+    likely = by_pair.get((peer_ifindex, my_ifindex), [])
+    for other in likely + [o for o in all_ns.values() if o not in likely]:
+        if other is ns or other.inode in ns.asked:
             continue
         ns.asked.add(other.inode)
         got = ns.sock.nsid_of(other.fd)
@@ -178,11 +176,16 @@ def build(root=None, found=None):
             except OSError:
                 os.close(fd)
                 unreadable.append(ino)
+        by_pair = {}  # (ifindex, its IFLA_LINK) -> namespaces holding such a link
+        for ns in opened.values():
+            for idx, link in ns.links.items():
+                if link["link"]:
+                    by_pair.setdefault((idx, link["link"]), []).append(ns)
         rows = []
         for ns in opened.values():
             owner = owners.get(ns.inode)
             for idx, link in sorted(ns.links.items()):
-                rows.append(_row(ns, idx, link, owner, opened, owners))
+                rows.append(_row(ns, idx, link, owner, opened, owners, by_pair))
     finally:
         for ns in opened.values():
             ns.close()
@@ -191,7 +194,7 @@ def build(root=None, found=None):
     return rows
 
 
-def _row(ns, idx, link, owner, opened, owners):
+def _row(ns, idx, link, owner, opened, owners, by_pair):
     info = ns.info
     iflink = link["link"]
     nsid = link["link_netnsid"]
@@ -203,7 +206,7 @@ def _row(ns, idx, link, owner, opened, owners):
         if nsid is None:
             peer_ns = ns
         else:
-            peer_ns = _resolve_nsid(ns, nsid, iflink, idx, opened)
+            peer_ns = _resolve_nsid(ns, nsid, iflink, idx, opened, by_pair)
         peer = peer_ns.links.get(iflink) if peer_ns else None
     peer_owner = owners.get(peer_ns.inode) if peer_ns is not None else None
     # a host-side veth belongs to the container its peer sits in
