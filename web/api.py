@@ -1,0 +1,163 @@
+"""The JSON API under /api/: the same data the pages show, from the same `Overview` calls."""
+
+import json
+import time
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
+
+from ..errors import UsageError
+
+bp = Blueprint("api", __name__)
+
+
+def overview():
+    return current_app.extensions["pyinspect"]
+
+
+def int_arg(name, default, lo, hi):
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"bad {name}: {raw!r} is not a whole number")
+    if not lo <= value <= hi:
+        raise UsageError(f"bad {name}: {value} is outside {lo}..{hi}")
+    return value
+
+
+@bp.get("/host")
+def host():
+    return jsonify(overview().host())
+
+
+@bp.get("/containers")
+def containers():
+    return jsonify(overview().containers())
+
+
+@bp.get("/containers/<ref>")
+def container(ref):
+    return jsonify(overview().container(ref))
+
+
+@bp.get("/map")
+def vethmap():
+    return jsonify(overview().interfaces())
+
+
+@bp.get("/timeline")
+def timeline():
+    rows = overview().timeline(
+        container=request.args.get("container") or None,
+        kinds=request.args.getlist("kind") or None,
+        since_ns=int_arg("since_ns", None, 0, 2**63 - 1),
+        after_id=int_arg("after_id", None, 0, 2**63 - 1),
+        limit=int_arg("limit", 100, 1, 1000),
+        offset=int_arg("offset", 0, 0, 10**9))
+    return jsonify(rows)
+
+
+@bp.get("/timeline/stream")
+def timeline_stream():
+    """Server-sent events: each new timeline row as one `data:` line."""
+    container = request.args.get("container") or None
+    after = int_arg("after_id", None, 0, 2**63 - 1)
+    seconds = int_arg("seconds", 300, 1, 3600)
+    ov = overview()
+    if after is None:
+        after = ov.last_event_id()
+
+    def stream():
+        last, deadline = after, time.monotonic() + seconds
+        yield "retry: 2000\n\n"
+        while time.monotonic() < deadline:
+            rows = ov.timeline(container=container, after_id=last, limit=500, ascending=True)
+            for row in rows:
+                last = max(last, row["id"])
+                yield f"id: {row['id']}\ndata: {json.dumps(row, default=str)}\n\n"
+            if not rows:
+                yield ": keepalive\n\n"
+                time.sleep(0.5)
+
+    return Response(stream(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.get("/flows")
+def flows():
+    return jsonify(overview().flows(session_id=int_arg("session", None, 1, 2**63 - 1)))
+
+
+@bp.get("/flows/stream")
+def flows_stream():
+    session = int_arg("session", None, 1, 2**63 - 1)
+    seconds = int_arg("seconds", 300, 1, 3600)
+    ov = overview()
+    after = ov.last_flow_id()
+
+    def stream():
+        last, deadline = after, time.monotonic() + seconds
+        yield "retry: 2000\n\n"
+        while time.monotonic() < deadline:
+            rows = [f for f in ov.flows(session_id=session, after_id=last)]
+            for row in rows:
+                last = max(last, row["id"])
+                yield f"id: {row['id']}\ndata: {json.dumps(row, default=str)}\n\n"
+            if not rows:
+                yield ": keepalive\n\n"
+                time.sleep(0.5)
+
+    return Response(stream(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache"})
+
+
+@bp.get("/traces")
+def sessions():
+    return jsonify(overview().sessions())
+
+
+@bp.post("/traces")
+def start_trace():
+    data = request.get_json(silent=True) or request.form
+    container = (data.get("container") or "").strip()
+    if not container:
+        raise UsageError("start trace: a container name is required")
+    duration = data.get("duration") or 30
+    try:
+        duration = float(duration)
+    except (TypeError, ValueError):
+        raise UsageError(f"start trace: bad duration {duration!r}")
+    session = overview().start_trace(container, duration=duration,
+                                     bpf_filter=data.get("filter") or None)
+    return jsonify(session), 201
+
+
+@bp.post("/traces/<int:session_id>/stop")
+def stop_trace(session_id):
+    return jsonify(overview().stop_trace(session_id))
+
+
+@bp.get("/traces/<int:session_id>/pcap")
+def trace_pcap(session_id):
+    """The session's merged pcapng, or one flow of it (`?flow=ID`)."""
+    flow = int_arg("flow", None, 1, 2**63 - 1)
+    path, name = overview().export_pcap(session_id, flow_id=flow)
+    return send_file(path, mimetype="application/vnd.tcpdump.pcap", as_attachment=True,
+                     download_name=name)
+
+
+@bp.get("/pcaps/<path:name>")
+def pcap_file(name):
+    """A file from the pcap store by name; nothing outside it can be reached."""
+    path = overview().pcap_path(name)
+    if path is None:
+        abort(404, f"no such capture: {name}")
+    return send_file(path, mimetype="application/vnd.tcpdump.pcap", as_attachment=True,
+                     download_name=path.name)
+
+
+@bp.get("/doctor")
+def doctor():
+    return jsonify(overview().findings())

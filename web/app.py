@@ -1,0 +1,53 @@
+"""The Flask dashboard: `create_app(root)` wires pages, the JSON API, auth and metrics.
+
+The app never talks to the kernel itself; every page and API call goes through
+`pyinspect.overview`, the same library calls the CLI makes.
+"""
+
+import secrets
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import PyinspectError
+from ..overview import Overview
+from . import api, auth, metrics, views
+
+
+def create_app(root, *, token=None, test_config=None, tracer_factory=None):
+    """A dashboard over the store under `root`; `token` protects every request when set."""
+    app = Flask(__name__)
+    app.config.update(
+        PYINSPECT_ROOT=str(root),
+        PYINSPECT_TOKEN=token,
+        PYINSPECT_CSRF_SECRET=secrets.token_hex(16),
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.extensions["pyinspect"] = Overview(root, tracer_factory=tracer_factory)
+    auth.install(app)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(api.bp, url_prefix="/api")
+
+    @app.get("/metrics", endpoint="metrics")
+    def _metrics():
+        return Response(metrics.render(app.extensions["pyinspect"]),
+                        mimetype=metrics.CONTENT_TYPE)
+
+    @app.errorhandler(PyinspectError)
+    def _library_error(exc):
+        status = {2: 400, 3: 404, 4: 409, 5: 503}.get(exc.exit_code, 400)
+        return _error(status, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        return _error(exc.code, exc.description)
+
+    return app
+
+
+def _error(status, message):
+    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+        return jsonify({"error": message}), status
+    return render_template("error.html", status=status, message=message), status

@@ -1,0 +1,31 @@
+// Live updates: a table with data-stream="<url>" appends rows from server-sent events.
+(function () {
+  document.querySelectorAll("table[data-stream]").forEach(function (table) {
+    var cols = JSON.parse(table.dataset.columns);
+    var body = table.querySelector("tbody");
+    var src = new EventSource(table.dataset.stream);
+    src.onmessage = function (msg) {
+      var row = JSON.parse(msg.data);
+      var empty = body.querySelector("tr.empty");
+      if (empty) empty.remove();
+      var tr = document.createElement("tr");
+      tr.className = "live";
+      cols.forEach(function (key) {
+        var td = document.createElement("td");
+        td.className = "col-" + key;
+        var v = row[key];
+        td.textContent = v === null || v === undefined ? "" :
+          (typeof v === "object" ? JSON.stringify(v) : String(v));
+        tr.appendChild(td);
+      });
+      body.insertBefore(tr, body.firstChild);
+      table.dataset.received = String(Number(table.dataset.received || 0) + 1);
+    };
+  });
+  document.querySelectorAll("form[data-csrf]").forEach(function (form) {
+    var input = document.createElement("input");
+    input.type = "hidden"; input.name = "csrf";
+    input.value = document.querySelector("meta[name=csrf-token]").content;
+    form.appendChild(input);
+  });
+})();
