@@ -164,3 +164,37 @@ def test_not_started_is_an_error():
     from pyinspect.errors import UnavailableError
     with pytest.raises(UnavailableError):
         LinkProbe(own=False).events(0)
+
+
+def test_own_namespace_is_the_callers(make_netns):
+    """own=True watches the namespace of the thread that calls start()."""
+    import threading
+
+    from pyinspect.probes.netns import setns
+    ns = make_netns("pb")
+    box = {}
+
+    def start_inside():  # a thread's netns is its own: enter, start, leave
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        fd = os.open(ns.path, os.O_RDONLY)
+        try:
+            setns(fd)
+            box["probe"] = LinkProbe().start()
+        finally:
+            setns(home)
+            os.close(fd)
+            os.close(home)
+
+    t = threading.Thread(target=start_inside)
+    t.start()
+    t.join()
+    p = box["probe"]
+    try:
+        assert set(p.watched) == {os.stat(ns.path).st_ino}
+        ip("-n", ns.name, "link", "add", "pb-own", "type", "bridge")
+        evs = collect(p, 1)
+        assert [(e["kind"], e["ifname"], e["netns"]) for e in evs] == [
+            ("link_add", "pb-own", os.stat(ns.path).st_ino)]
+        assert evs[0]["detail"]["netns_label"] == "self"
+    finally:
+        p.stop()
