@@ -84,7 +84,11 @@ class Recorder:
             # the cgroup being made/removed/joined says more than the actor's cgroup
             hit = self.resolver.resolve(cgroup_id=d["id"], cgroup_root=d.get("hierarchy"))
         if hit is None:
-            hit = self.resolver.resolve(pid=ev.get("pid") or None,
+            # The namespaces in the record are the task's at event time; the pid is only
+            # a fallback (a process that later joins a container must not drag its
+            # earlier host events along), so it is used only when they are unknown.
+            known_ns = bool(ev.get("netns") or ev.get("pidns"))
+            hit = self.resolver.resolve(pid=None if known_ns else (ev.get("pid") or None),
                                         netns=ev.get("netns") or None,
                                         pidns=ev.get("pidns") or None,
                                         cgroup_id=ev.get("cgroup_id") or None,

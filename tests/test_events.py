@@ -1,0 +1,231 @@
+"""The event timeline: batching into SQLite, queries, container attribution, the CLI.
+
+Attribution is checked on real containers: a runc busybox container (its own pid and
+net namespaces) and processes in a named netns the test makes; the expected container
+ids and names come from runc / the netns itself, not from pyinspect.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+from conftest import Cli
+
+from pyinspect import events as ev_lib
+from pyinspect.config import database_path
+from pyinspect.errors import UsageError
+from pyinspect.store import Store
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+
+class CountingStore(Store):
+    """A real Store that counts its batch writes."""
+
+    calls = 0
+
+    def insert_events(self, events):
+        self.calls += 1
+        return super().insert_events(events)
+
+
+def fake(i, kind="exec", container=None, ts=None):
+    return {"ts_ns": ts if ts is not None else 1_000_000_000_000 + i, "kind": kind,
+            "pid": 1000 + i, "ppid": 1, "comm": "x", "cgroup_id": 1, "netns": 11,
+            "pidns": 12, "mntns": 13, "container_id": container and f"{container}-id0123",
+            "container_name": container, "detail": {"n": i}}
+
+
+def test_recorder_writes_in_batches_not_per_event(tmp_path):
+    store = CountingStore(tmp_path / "db")
+    rec = ev_lib.Recorder(store, resolver=None, batch_size=100, flush_interval=3600)
+    for i in range(250):
+        rec.add(fake(i))
+    assert store.calls == 2 and rec.written == 200
+    rec.flush()
+    assert store.calls == 3 and rec.written == 250
+    rows = ev_lib.query(store, limit=None)
+    assert len(rows) == 250
+    assert rows[7]["detail"] == {"n": 7} and rows[7]["pid"] == 1007
+    rec.record_loss("process", 0, lag_ns=1234)
+    rec.record_loss("process", 0, lag_ns=99)     # no change: not stored again
+    rec.record_loss("process", 3, lag_ns=5678)
+    loss = list(store.db["probe_loss"].rows)
+    assert [(r["probe"], r["lost"], r["lag_ns"]) for r in loss] == \
+        [("process", 0, 1234), ("process", 3, 5678)]
+    assert json.loads(loss[1]["detail"]) == {"new": 3}
+
+
+def test_query_filters_and_since(tmp_path):
+    store = Store(tmp_path / "db")
+    now = time.time_ns()
+    rows = [fake(0, "exec", "web", ts=now - 3600 * 10**9),
+            fake(1, "exit", "web", ts=now - 30 * 10**9),
+            fake(2, "exec", None, ts=now - 20 * 10**9),
+            fake(3, "oom", "db", ts=now - 10 * 10**9)]
+    store.insert_events(rows)
+    q = lambda **kw: [r["pid"] for r in ev_lib.query(store, **kw)]  # noqa: E731
+    assert q() == [1000, 1001, 1002, 1003]
+    assert q(container="web") == [1000, 1001]
+    assert q(container="db-id") == [1003]          # id prefix
+    assert q(since="1m") == [1001, 1002, 1003]
+    assert q(since="25s") == [1002, 1003]
+    assert q(kinds=["exec"]) == [1000, 1002]
+    assert q(limit=2, offset=1) == [1001, 1002]
+    assert q(since=now - 15 * 10**9) == [1003]
+    assert ev_lib.parse_since("2026-01-01T00:00:00Z") == 1767225600 * 10**9
+    assert ev_lib.parse_since("1767225600") == 1767225600 * 10**9
+    with pytest.raises(UsageError, match="bad --since value"):
+        ev_lib.parse_since("yesterday-ish")
+
+
+def test_cli_rejects_bad_since_without_touching_the_store(cli, state_root):
+    store = Store(database_path(state_root))
+    store.insert_events([fake(0, "exec", "web")])
+    store.close()
+    r = cli("events", "--since", "whenever", check=False)
+    assert r.returncode == 2 and r.stderr.startswith("Error: bad --since value")
+    out = cli("events", "--json").stdout.splitlines()
+    assert len(out) == 1 and json.loads(out[0])["container_name"] == "web"
+    text = cli("events").stdout
+    assert "web" in text and "exec" in text
+
+
+# -- real attribution -------------------------------------------------------------------
+
+class Runc:
+    """runc busybox containers (own pid + net namespace), killed and deleted at teardown."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.ids = []
+
+    def run(self, args=("sleep", "1000")):
+        cid = f"pa-{uuid.uuid4().hex[:8]}"
+        b = self.tmp / cid
+        (b / "rootfs" / "bin").mkdir(parents=True)
+        shutil.copy(BUSYBOX, b / "rootfs" / "bin" / "busybox")
+        for applet in ("sh", "sleep", "true"):
+            os.symlink("busybox", b / "rootfs" / "bin" / applet)
+        subprocess.run(["runc", "spec"], cwd=b, check=True)
+        spec = json.loads((b / "config.json").read_text())
+        spec["process"]["args"] = list(args)
+        spec["process"]["terminal"] = False
+        (b / "config.json").write_text(json.dumps(spec))
+        self.ids.append(cid)
+        subprocess.run(["runc", "run", "-d", "--bundle", str(b), cid], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
+        state = json.loads(subprocess.run(["runc", "state", cid], capture_output=True,
+                                          text=True, check=True).stdout)
+        return cid, state["pid"]
+
+    def cleanup(self):
+        for cid in self.ids:
+            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+        for cid in self.ids:
+            for _ in range(100):
+                if subprocess.run(["runc", "delete", "-f", cid],
+                                  capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.05)
+
+
+@pytest.fixture
+def runc(tmp_path):
+    if not shutil.which("runc"):
+        pytest.skip("runc is not installed")
+    r = Runc(tmp_path)
+    yield r
+    r.cleanup()
+
+
+def wait_events(follower, pred, timeout=15.0):
+    """Poll until pred(everything this follower returned so far) holds."""
+    seen = follower.__dict__.setdefault("_test_seen", [])
+    deadline = time.monotonic() + timeout
+    while True:
+        seen.extend(follower.poll(50))
+        got = pred(seen)
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected events did not arrive in {timeout}s")
+
+
+@pytest.mark.root
+def test_follow_attributes_runc_container_events(runc, state_root, tmp_path):
+    cid, init = runc.run()
+    pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
+    netns = os.stat(f"/proc/{init}/ns/net").st_ino
+    store = Store(database_path(state_root))
+    with ev_lib.Follower(state_root, store) as f:
+        subprocess.run(["runc", "exec", cid, "sh", "-c", "true pa-in-runc; exit 4"],
+                       stdin=subprocess.DEVNULL, timeout=30)
+        ex = wait_events(f, lambda seen: next(
+            (e for e in seen if e["kind"] == "exec" and
+             e["detail"].get("argv") == ["sh", "-c", "true pa-in-runc; exit 4"]), None))
+        assert (ex["pidns"], ex["netns"]) == (pidns, netns)
+        assert (ex["container_id"], ex["container_name"]) == (cid, cid)
+        dead = wait_events(f, lambda seen: next(
+            (e for e in seen if e["kind"] == "exit" and e["pid"] == ex["pid"]), None))
+        assert dead["detail"]["exit_code"] == 4 and dead["container_id"] == cid
+        # host activity stays unattributed
+        subprocess.run(["/bin/true", "pa-on-host"], check=True)
+        host = wait_events(f, lambda seen: next(
+            (e for e in seen if e["kind"] == "exec" and
+             e["detail"].get("argv") == ["/bin/true", "pa-on-host"]), None))
+        assert host["container_id"] is None and host["container_name"] is None
+    # everything seen was stored (batched), with the attribution
+    stored = ev_lib.query(store, container=cid, kinds=["exec", "exit"], limit=None)
+    assert any(r["pid"] == ex["pid"] and r["kind"] == "exit" and
+               r["detail"]["exit_code"] == 4 for r in stored)
+    loss = {r["probe"]: r for r in store.db["probe_loss"].rows}
+    assert set(loss) == {"process", "cgroup"} and loss["process"]["lost"] == 0
+    store.close()
+
+
+@pytest.mark.root
+def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
+    ns = make_netns("pa")
+    keeper = ns.popen("sleep", "1000")  # makes the netns a (foreign) container
+    cli = Cli(state_root)
+    proc = subprocess.Popen(cli.argv("events", "--follow", "--json", "--container", ns.name),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = proc.stderr.readline()
+        assert ready.startswith("listening: process (8 tracepoints), cgroup (3 tracepoints)"), \
+            ready
+        ns.sh("/bin/true pa-cli; exit 3", check=False)
+        subprocess.run(["/bin/true", "pa-cli-host"], check=True)  # filtered out
+        got = []
+        while True:
+            line = proc.stdout.readline()
+            assert line, "events --follow ended early"
+            ev = json.loads(line)
+            got.append(ev)
+            if ev["kind"] == "exit" and ev["detail"].get("exit_code") == 3:
+                break
+        assert all(e["container_name"] == ns.name for e in got)
+        assert not any(e["detail"].get("argv") == ["/bin/true", "pa-cli-host"] for e in got)
+        assert any(e["kind"] == "exec" and e["detail"].get("argv") == ["/bin/true", "pa-cli"]
+                   for e in got)
+        netns = os.stat(ns.path).st_ino
+        odd = [(e["kind"], e["comm"], e["pid"], e["netns"], e["detail"]) for e in got
+               if e["netns"] != netns]
+        assert not odd, odd
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        keeper.kill()
+        keeper.wait()
+    assert proc.returncode == 0, err
+    assert "process probe: 0 records lost" in err
+    stored = [json.loads(x) for x in
+              cli("events", "--container", ns.name, "--kind", "exit", "--json")
+              .stdout.splitlines()]
+    assert any(e["detail"].get("exit_code") == 3 for e in stored)
