@@ -281,3 +281,80 @@ def test_own_containers_from_runtime_records(make_netns, state_root):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+class FakeDockerEngine:
+    """Answers GET /containers/json on a unix socket like the Docker engine (canned JSON)."""
+
+    def __init__(self, path, containers):
+        import socket
+        import threading
+        self.path = str(path)
+        self.body = json.dumps(containers).encode()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(4)
+        self.requests = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.requests.append(conn.recv(65536).split(b"\r\n", 1)[0].decode())
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
+                             + self.body)
+
+    def close(self):
+        self.sock.close()
+
+
+def _cgroup_base():
+    with open("/proc/self/mountinfo") as f:
+        mounts = [(ln.split(" - ")[1].split()[0], ln.split(" - ")[1].split()[2],
+                   ln.split()[4]) for ln in f]
+    for fstype, opts, mnt in mounts:
+        if fstype == "cgroup" and "pids" in opts.split(","):
+            return mnt
+    return next(mnt for fstype, _o, mnt in mounts if fstype == "cgroup2")
+
+
+def test_docker_container_by_cgroup_path_named_by_engine_api(tmp_path, procs, state_root,
+                                                             monkeypatch):
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    base = os.path.join(_cgroup_base(), f"pb-{uuid.uuid4().hex[:6]}")
+    cg = os.path.join(base, "docker", cid)
+    engine = FakeDockerEngine(tmp_path / "docker.sock", [{"Id": cid, "Names": ["/pb-web"]}])
+    monkeypatch.setattr(discovery, "DOCKER_SOCK", engine.path)
+    os.makedirs(cg)
+    try:
+        p = procs(["unshare", "--net", "--", "sleep", "1000"])
+        wait_for(lambda: _safe_net(p.pid) not in (None, ns_ino(2, "net")))
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+        d = next(d for d in discovery.containers(state_root) if d.id == cid)
+        assert (d.source, d.name, d.pids) == ("docker", "pb-web", [p.pid])
+        assert d.netns == ns_ino(p.pid, "net")
+        assert engine.requests and engine.requests[0].startswith("GET /containers/json")
+        assert discovery.Resolver(state_root).resolve(netns=d.netns) == (cid, "pb-web")
+        # the same process is not listed again as a foreign namespace
+        assert f"netns:{d.netns}" not in {x.id for x in discovery.containers(state_root)}
+    finally:
+        engine.close()
+        for pid in open(os.path.join(cg, "cgroup.procs")).read().split():
+            os.kill(int(pid), 9)
+        wait_for(lambda: not open(os.path.join(cg, "cgroup.procs")).read().strip())
+        os.rmdir(cg)
+        os.rmdir(os.path.dirname(cg))
+        os.rmdir(base)
+
+
+def _safe_net(pid):
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
