@@ -298,7 +298,9 @@ class Runtime:
         """Create and start. Detached: return the running container. Attached: relay
         its output to this process's stdout/stderr, wait, and return the container
         with its `exit_code` set (also when --rm removed it)."""
+        state.mark("run_entered")
         c = self.create(spec, _run=True)
+        state.mark("created")
         lock_fd = c._lock_fd
         if detach:
             self._launch(c, lock_fd, attach=False)
@@ -316,6 +318,7 @@ class Runtime:
         os.close(lock_fd)
         c = self.get(c.id) if self._exists(c) else c
         code = self._wait_attached(shim_pid, c)
+        state.mark("shim_reaped")
         if self._exists(c):
             c = state.load(c.path) or c
         c.exit_code = code
@@ -862,7 +865,7 @@ def container_json(c):
                    if spec.entrypoint is not None else c.image_config.get("Entrypoint"),
                    "ExposedPorts": c.image_config.get("ExposedPorts") or None,
                    "Labels": {}},
-        "NetworkSettings": {"SandboxKey": net.get("sandbox_key", ""), "Ports": ports,
+        "NetworkSettings": {"SandboxKey": net.get("netns_path", ""), "Ports": ports,
                             **endpoint, "Bridge": net.get("bridge", ""),
                             "Networks": {mode: {**endpoint, "HostVeth": net.get("veth_host", ""),
                                                 "HostVethIfindex":

@@ -256,6 +256,16 @@ def enter(pid, cgroup_procs=(), namespaces=None):
     os.close(root_fd)
 
 
+def loopback_up():
+    """Bring `lo` up in the current network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
+    import socket
+    import struct
+    from fcntl import ioctl
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sh", ioctl(s, 0x8913, struct.pack("16sh", b"lo", 0)))[1]
+        ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 1))
+
+
 def check_kernel():
     """Raise UnavailableError when the calling process cannot make containers."""
     if os.geteuid() != 0:

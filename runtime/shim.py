@@ -116,6 +116,7 @@ class Shim:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        state.mark("shim_forked")
         c.shim_pid, c.shim_start = os.getpid(), state.proc_start(os.getpid())
         c.pid = c.pid_start = 0
         c.error = ""
@@ -132,7 +133,9 @@ class Shim:
             return code
         self.report("ok")
         code = self.relay_and_wait()
+        state.mark("init_exited")
         self.finish(code)
+        state.mark("shim_cleaned_up")
         return code
 
     def report(self, msg):
@@ -157,6 +160,7 @@ class Shim:
         limits = c.process.get("limits", {})
         self.cg.create(limits.get("memory"), limits.get("cpus"), limits.get("pids"))
         c.cgroup = self.cg.paths
+        state.mark("cgroups_created")
         join_net = None
         if mode.startswith("container:"):
             other = self.rt.get(mode.split(":", 1)[1])
@@ -272,6 +276,9 @@ class Shim:
             if mode in ("none", "bridge"):
                 flags |= isolation.CLONE_NEWNET
             isolation.unshare(flags)
+            state.mark("init_unshared")
+            if mode in ("none", "bridge"):
+                isolation.loopback_up()
             if join_net is not None:
                 isolation.setns(join_net, isolation.CLONE_NEWNET)
                 os.close(join_net)
@@ -291,6 +298,7 @@ class Shim:
                                    os.path.join(c.path, "upper"), os.path.join(c.path, "work"),
                                    volumes)
             isolation.pivot_into(os.path.join(c.path, "rootfs"))
+            state.mark("init_pivoted")
             for path, text in (files or {}).items():
                 try:
                     os.makedirs(os.path.dirname(path), exist_ok=True)

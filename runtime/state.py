@@ -100,6 +100,26 @@ class Container:
                 if k not in STATIC_FIELDS and k != "path"}
 
 
+_TIMING = os.environ.get("PYINSPECT_TIMING")
+_timing_fd = None
+
+
+def mark(stage):
+    """Append `stage time_ns` to the file named by $PYINSPECT_TIMING (benchmarks only).
+
+    The file is opened once and the fd inherited by the shim and the init, so
+    marks work after pivot_root too."""
+    global _timing_fd
+    if not _TIMING:
+        return
+    try:
+        if _timing_fd is None:
+            _timing_fd = os.open(_TIMING, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(_timing_fd, f"{stage} {time.time_ns()}\n".encode())
+    except OSError:
+        pass
+
+
 def now_rfc3339():
     """UTC now as RFC 3339 with nanoseconds, like Docker's timestamps."""
     ns = time.time_ns()

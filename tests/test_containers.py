@@ -283,7 +283,8 @@ def test_network_modes_none_host_container(pc):
     pc("run", "-d", "--name", "pc-netn", "--net", "none", "busybox", "sleep", "100")
     pid = pc.inspect("pc-netn")["State"]["Pid"]
     out = pc("exec", "pc-netn", "ip", "-o", "link").stdout
-    assert "lo" in out and "eth0" not in out
+    assert "lo:" in out and "UP" in out and "eth0" not in out
+    assert pc("exec", "pc-netn", "ping", "-c", "1", "-W", "2", "127.0.0.1").returncode == 0
     pc("run", "-d", "--name", "pc-joined", "--net", "container:pc-netn", "busybox", "sleep",
        "100")
     jpid = pc.inspect("pc-joined")["State"]["Pid"]
