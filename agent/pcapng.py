@@ -107,7 +107,8 @@ class PcapNgWriter:
         self._flush_every = flush_every
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()
-        self._interfaces = []          # (name, linktype, snaplen)
+        self._interfaces = []          # (name, linktype, ns per timestamp unit)
+        self._batch = None             # write_rows()'s list of pending blocks
         self.packets = 0
         self.closed = False
         uname = platform.uname()
@@ -134,7 +135,10 @@ class PcapNgWriter:
             body += _opt(IF_DESCRIPTION, description)
         body += _opt(IF_TSRESOL, bytes([9 if tsresol_ns else 6]))
         body += _OPT_END
-        self._buf += _block(IDB, body)
+        if self._batch is not None:     # called from inside write_rows(): keep block order
+            self._batch.append(_block(IDB, body))
+        else:
+            self._buf += _block(IDB, body)
         self._interfaces.append((name, linktype, 1 if tsresol_ns else 1000))
         return len(self._interfaces) - 1
 
@@ -194,30 +198,36 @@ class PcapNgWriter:
                  for pad in range(4) for d in range(3)]
         flag_opts = (b"", _FLAG_OPTS[1], _FLAG_OPTS[2])
         dmap = _DIR_CODES
-        parts = []
+        parts = self._batch = []     # add_interface() on a miss appends its IDB here
         app = parts.append
         write = self._fh.write
-        n = 0
-        for ts, data, point, direction, wirelen, comment in rows:
-            caplen = len(data)
-            d = dmap.get(direction, 0) if direction else 0
-            if comment:
-                c = comment.encode("utf-8")
-                k = len(c)
-                opts = (_PAD[caplen & 3] + flag_opts[d] + pack_opt(OPT_COMMENT, k) + c +
-                        _PAD[k & 3] + _OPT_END)
-            else:
-                opts = tails[(caplen & 3) * 3 + d]
-            total = 32 + caplen + len(opts)
-            app(head(EPB, total, if_map[point], ts >> 32, ts & 0xFFFFFFFF, caplen,
-                     caplen if wirelen is None else wirelen))
-            app(data)
-            app(opts + u32(total))
-            n += 1
-            if n % 20000 == 0:
-                write(b"".join(parts))
-                parts.clear()
-        write(b"".join(parts))
+        n = size = 0
+        try:
+            for ts, data, point, direction, wirelen, comment in rows:
+                caplen = len(data)
+                d = dmap.get(direction, 0) if direction else 0
+                if comment:
+                    c = comment.encode("utf-8")
+                    k = len(c)
+                    opts = (_PAD[caplen & 3] + flag_opts[d] + pack_opt(OPT_COMMENT, k) + c +
+                            _PAD[k & 3] + _OPT_END)
+                else:
+                    opts = tails[(caplen & 3) * 3 + d]
+                total = 32 + caplen + len(opts)
+                if_id = if_map[point]       # before the EPB: a new IDB must come first
+                app(head(EPB, total, if_id, ts >> 32, ts & 0xFFFFFFFF, caplen,
+                         caplen if wirelen is None else wirelen))
+                app(data)
+                app(opts + u32(total))
+                n += 1
+                size += total
+                if size >= 1 << 20:         # ~1 MiB per write: memory stays flat
+                    write(b"".join(parts))
+                    parts.clear()
+                    size = 0
+            write(b"".join(parts))
+        finally:
+            self._batch = None
         self.packets += n
         self.flush()
         return n
