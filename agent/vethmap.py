@@ -112,6 +112,19 @@ class _Ns:
         os.close(self.fd)
 
 
+def _peer_index(idx, link):
+    """The peer's (or lower device's) ifindex, or None.
+
+    In another namespace it may equal our own ifindex (both ends are often ifindex 2);
+    in the same namespace an IFLA_LINK equal to our own index means "no link", and 0
+    means the peer is gone.
+    """
+    peer = link["link"]
+    if link["link_netnsid"] is not None:
+        return peer if peer else (idx if peer is None else None)
+    return peer if peer and peer != idx else None
+
+
 def _resolve_nsid(ns, nsid, peer_ifindex, my_ifindex, all_ns, by_pair):
     """The namespace (`_Ns`) that `ns` calls `nsid`, asking the kernel (RTM_GETNSID).
 
@@ -143,6 +156,20 @@ def _owners(found, host):
         if d.netns and d.netns != host["net"] and d.pid:
             out.setdefault(d.netns, d)
     return out
+
+
+def _attach(kind, owner, peer_owner):
+    """The container an interface belongs to: its namespace's, or for a host-side veth
+    the one its peer sits in. A real container (pyinspect, runc, Docker...) wins over a
+    bare foreign namespace, so a veth in a netns that merely plays the host (and holds
+    shim processes) is still attached to the container at its other end."""
+    def real(d):
+        return d is not None and d.source not in ("netns", "pidns")
+    if real(owner):
+        return owner
+    if kind == "veth" and real(peer_owner):
+        return peer_owner
+    return owner or (peer_owner if kind == "veth" else None)
 
 
 def _label(info, owner):
@@ -179,8 +206,9 @@ def build(root=None, found=None):
         by_pair = {}  # (ifindex, its IFLA_LINK) -> namespaces holding such a link
         for ns in opened.values():
             for idx, link in ns.links.items():
-                if link["link"]:
-                    by_pair.setdefault((idx, link["link"]), []).append(ns)
+                peer_idx = _peer_index(idx, link)
+                if peer_idx is not None:
+                    by_pair.setdefault((idx, peer_idx), []).append(ns)
         rows = []
         for ns in opened.values():
             owner = owners.get(ns.inode)
@@ -197,20 +225,20 @@ def build(root=None, found=None):
 def _row(ns, idx, link, owner, opened, owners, by_pair):
     info = ns.info
     iflink = link["link"]
+    peer_idx = _peer_index(idx, link)
     nsid = link["link_netnsid"]
     master_idx = link["master"]
     master = ns.links.get(master_idx) if master_idx else None
     kind = _kind(link)
     peer_ns, peer = None, None
-    if iflink and iflink != idx:
+    if peer_idx is not None:
         if nsid is None:
             peer_ns = ns
         else:
-            peer_ns = _resolve_nsid(ns, nsid, iflink, idx, opened, by_pair)
-        peer = peer_ns.links.get(iflink) if peer_ns else None
+            peer_ns = _resolve_nsid(ns, nsid, peer_idx, idx, opened, by_pair)
+        peer = peer_ns.links.get(peer_idx) if peer_ns else None
     peer_owner = owners.get(peer_ns.inode) if peer_ns is not None else None
-    # a host-side veth belongs to the container its peer sits in
-    attached = owner or (peer_owner if kind == "veth" else None)
+    attached = _attach(kind, owner, peer_owner)
     return {
         "netns": ns.inode,
         "netns_name": _label(info, owner),
@@ -221,7 +249,7 @@ def _row(ns, idx, link, owner, opened, owners, by_pair):
         "kind": kind,
         "iflink": iflink or idx,
         "link_netnsid": nsid,
-        "peer_ifindex": iflink if (iflink and iflink != idx) else None,
+        "peer_ifindex": peer_idx,
         "peer_ifname": peer["ifname"] if peer is not None else None,
         "peer_netns": peer_ns.inode if peer_ns is not None else None,
         "peer_netns_name": (_label(peer_ns.info, peer_owner) if peer_ns is not None

@@ -248,3 +248,63 @@ def test_map_cli_and_snapshot(make_netns, state_root):
         saved = vethmap.latest(store)
     s = next(r for r in saved if r["netns"] == ino(host.path) and r["ifname"] == "pb-h")
     assert s["peer_ifname"] == "pb-c" and s["peer_netns"] == ino(ctr.path)
+
+
+def test_peer_with_the_same_ifindex_in_another_namespace(make_netns):
+    """`ip link add up0 type veth peer name eth0 netns X`: both ends are often ifindex 2."""
+    a, b = make_netns("pb"), make_netns("pb")
+    a.sh(f"ip link add pb-up0 type veth peer name eth0 netns {b.name}")
+    rows = vethmap.build()
+    up = next(r for r in rows_in(rows, ino(a.path)).values() if r["ifname"] == "pb-up0")
+    e = next(r for r in rows_in(rows, ino(b.path)).values() if r["ifname"] == "eth0")
+    assert up["ifindex"] == e["ifindex"]  # the case that looks like "no peer" in sysfs
+    assert (up["peer_ifname"], up["peer_netns"]) == ("eth0", ino(b.path))
+    assert (e["peer_ifname"], e["peer_netns"]) == ("pb-up0", ino(a.path))
+    assert up["iflink"] == sysfs(b.name, "eth0", "ifindex")
+    assert_matches_kernel(rows, a.path)
+    assert_matches_kernel(rows, b.path)
+
+
+def test_pyinspect_containers_bridge_and_seed_net_none(make_netns, state_root):
+    """Real `pyinspect run` containers: a bridge one, and a `--net none` one wired by hand."""
+    host = make_netns("pb")
+    cli = Cli(state_root, netns=host.name)
+    web, bare = f"pb-{uuid.uuid4().hex[:8]}", f"pb-{uuid.uuid4().hex[:8]}"
+    try:
+        cli("run", "-d", "--name", web, "busybox", "sleep", "600")
+        cli("run", "-d", "--net", "none", "--name", bare, "busybox", "sleep", "600")
+        info = json.loads(cli("inspect", web, bare).stdout)
+        net = info[0]["NetworkSettings"]["Networks"]["bridge"]
+        web_pid, bare_pid = info[0]["State"]["Pid"], info[1]["State"]["Pid"]
+        web_id, bare_id = info[0]["Id"], info[1]["Id"]
+        # the seed's --net none recipe, with the container found by its pid
+        host.sh(f"ip link add A type veth peer name B && ip link set A master {net_bridge(info)}"
+                f" && ip link set A up && ip link set B netns {bare_pid}")
+        sh("nsenter", f"--net=/proc/{bare_pid}/ns/net", "sh", "-c",
+           "ip link set B name eth0 && ip addr add 172.29.250.100/16 dev eth0 && "
+           "ip link set eth0 up")
+
+        rows = json.loads(cli("map", "--json").stdout)
+        h = ino(host.path)
+        wnet, bnet = ino(f"/proc/{web_pid}/ns/net"), ino(f"/proc/{bare_pid}/ns/net")
+        hv = next(r for r in rows if r["netns"] == h and r["ifname"] == net["HostVeth"])
+        assert hv["ifindex"] == net["HostVethIfindex"] and hv["master"] == net_bridge(info)
+        assert (hv["peer_ifname"], hv["peer_netns"]) == ("eth0", wnet)
+        assert (hv["container_id"], hv["container_name"]) == (web_id, web)
+        we = next(r for r in rows if r["netns"] == wnet and r["ifname"] == "eth0")
+        assert we["mac"] == net["MacAddress"] and f"{net['IPAddress']}/16" in we["addrs"]
+        assert we["container_name"] == web and we["peer_ifindex"] == hv["ifindex"]
+        a = next(r for r in rows if r["netns"] == h and r["ifname"] == "A")
+        be = next(r for r in rows if r["netns"] == bnet and r["ifname"] == "eth0")
+        assert (a["peer_ifname"], a["peer_netns"], a["container_name"]) == ("eth0", bnet, bare)
+        assert (be["peer_ifname"], be["peer_netns"]) == ("A", h)
+        assert (be["container_id"], be["container_name"]) == (bare_id, bare)
+        assert be["netns_name"] == bare  # no /var/run/netns link: named after its owner
+        for path in (host.path, f"/proc/{web_pid}/ns/net", f"/proc/{bare_pid}/ns/net"):
+            assert_matches_kernel(rows, path)
+    finally:
+        cli("rm", "-f", web, bare, check=False)
+
+
+def net_bridge(info):
+    return info[0]["NetworkSettings"]["Bridge"]
