@@ -16,6 +16,7 @@ without exec'ing anything into a container:
 4. attach the owning container (`pyinspect.discovery`) by namespace inode.
 """
 
+import errno
 import json
 import os
 import time
@@ -74,16 +75,19 @@ def namespaces(procs=None, host=None):
 
 
 def _open(e):
+    """An fd for the namespace `e`; OSError (the last one) if no path to it works."""
     from .probes.netns import open_ns
+    last = OSError(errno.ENOENT, "no path to the namespace")
     for path in e["paths"]:
         try:
             fd, ino = open_ns(path)
-        except OSError:
+        except OSError as exc:
+            last = exc
             continue
         if ino == e["inode"]:
             return fd
         os.close(fd)
-    return None
+    raise last
 
 
 def _kind(link):
@@ -182,8 +186,11 @@ def _label(info, owner):
     return f"netns:{info['inode']}"
 
 
-def build(root=None, found=None):
-    """Every interface of every network namespace, as dicts (see docs/vethmap.md)."""
+def build(root=None, found=None, errors=None):
+    """Every interface of every network namespace, as dicts (see docs/vethmap.md).
+
+    Namespaces that cannot be read (gone meanwhile, or no permission to setns) are
+    skipped; pass a list as `errors` to receive (inode, reason) for each."""
     procs = scan_processes()
     host = host_namespaces()
     if found is None:
@@ -194,15 +201,18 @@ def build(root=None, found=None):
     unreadable = []
     try:
         for ino, info in infos.items():
-            fd = _open(info)
-            if fd is None:
-                unreadable.append(ino)
-                continue
+            try:
+                fd = _open(info)
+            except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.EACCES):
+                    unreadable.append((ino, exc.strerror))
+                continue  # otherwise it went away while we looked
             try:
                 opened[ino] = _Ns(info, fd)
-            except OSError:
+            except OSError as exc:
                 os.close(fd)
-                unreadable.append(ino)
+                if exc.errno in (errno.EPERM, errno.EACCES):
+                    unreadable.append((ino, exc.strerror))
         by_pair = {}  # (ifindex, its IFLA_LINK) -> namespaces holding such a link
         for ns in opened.values():
             for idx, link in ns.links.items():
@@ -219,6 +229,8 @@ def build(root=None, found=None):
             ns.close()
     rows.sort(key=lambda r: (r["netns_name"] != "host", r["netns_name"], r["netns"],
                              r["ifindex"]))
+    if errors is not None:
+        errors.extend(unreadable)
     return rows
 
 

@@ -68,7 +68,7 @@ def open_ns(path):
 
 def netlink_socket_in(ns_fd=None, groups=0):
     """A bound NETLINK_ROUTE socket created inside the netns `ns_fd` (None: our own)."""
-    if ns_fd is None:
+    if ns_fd is None or os.fstat(ns_fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     else:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

@@ -302,9 +302,28 @@ def test_pyinspect_containers_bridge_and_seed_net_none(make_netns, state_root):
         assert be["netns_name"] == bare  # no /var/run/netns link: named after its owner
         for path in (host.path, f"/proc/{web_pid}/ns/net", f"/proc/{bare_pid}/ns/net"):
             assert_matches_kernel(rows, path)
+        # -c: only that container's interfaces (its eth0, and the host end of its veth)
+        only = json.loads(cli("map", "-c", bare, "--json", "--all").stdout)
+        assert {(r["netns"], r["ifname"]) for r in only} == {(bnet, "lo"), (bnet, "eth0"),
+                                                            (h, "A")}
+        missing = cli("map", "-c", "pb-nosuch", check=False)
+        assert missing.returncode == 3 and missing.stderr.count("\n") == 1
+        assert "no interfaces for container 'pb-nosuch'" in missing.stderr
     finally:
         cli("rm", "-f", web, bare, check=False)
 
 
 def net_bridge(info):
     return info[0]["NetworkSettings"]["Bridge"]
+
+
+def test_unprivileged_map_says_what_it_could_not_read(make_netns, tmp_path):
+    ns = make_netns("pb")
+    ns.sh("ip link add pb-priv type bridge")
+    from conftest import PYINSPECT
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           PYINSPECT, "--root", str(tmp_path / "nobody"), "map"],
+                          capture_output=True, text=True, cwd="/", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "could not be read (Operation not permitted); run as root" in proc.stderr
+    assert "pb-priv" not in proc.stdout and proc.stdout.startswith("NETNS")

@@ -20,24 +20,38 @@ def _table(headers, rows):
 @click.option("--json", "as_json", is_flag=True, help="Print every field as JSON.")
 @click.option("--all", "show_all", is_flag=True,
               help="Also show loopback devices (hidden by default).")
+@click.option("--container", "-c", metavar="NAME",
+              help="Only the interfaces of this container (name or id prefix).")
 @click.option("--save", is_flag=True, help="Also store this snapshot in the interfaces table.")
 @click.pass_obj
-def map_(obj, as_json, show_all, save):
+def map_(obj, as_json, show_all, container, save):
     """Show the veth map: every interface in every network namespace, its peer
     (ifname@netns, from IFLA_LINK + IFLA_LINK_NETNSID) and its container.
 
     \b
     Examples:
       pyinspect map
+      pyinspect map -c web
       pyinspect map --json | jq '.[] | select(.kind == "veth")'
     """
     from .. import vethmap
-    rows = vethmap.build(obj["root"])
+    from ..errors import NotFoundError
+    errors = []
+    rows = vethmap.build(obj["root"], errors=errors)
     if save:
         from ..config import database_path
         from ..store import Store
         with Store(database_path(obj["root"])) as store:
             vethmap.snapshot(store, rows)
+    if container:
+        rows = [r for r in rows if container == r["container_name"]
+                or (r["container_id"] or "").startswith(container)]
+        if not rows:
+            raise NotFoundError(f"map: no interfaces for container {container!r}",
+                                "check the name with `pyinspect ps` or `pyinspect map`")
+    if errors:
+        click.echo(f"note: {len(errors)} network namespace(s) could not be read "
+                   f"({errors[0][1]}); run as root to see them", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
