@@ -175,23 +175,26 @@ class LinkProbe:
         ready, _, _ = select.select(list(socks), [], [], max(timeout_ms, 0) / 1000)
         if not ready:
             return []
-        # the kernel queues a move's DELLINK (old netns) before its NEWLINK (new netns):
-        # drain every socket, then handle moves-out first so the two ends pair up
-        batch = []
-        for w in self.watched.values():
-            batch += [(w, m) for m in self._drain(w)]
+        # The kernel queues a move's DELLINK (old netns) before its NEWLINK (new netns).
+        # Drain every socket now, find the moves, then report namespace by namespace in
+        # kernel order, a move's source namespace before its target.
+        msgs = {w.inode: self._drain(w) for w in list(self.watched.values())}
         now = time.time_ns()
-        moves = {}
+        moves = {}  # (target inode, new ifindex) -> (source _Watched, message)
+        for inode, batch in msgs.items():
+            w = self.watched[inode]
+            for mtype, m in batch:
+                if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
+                    moves[(self._nsid_target(w, m["new_netnsid"]), m["new_ifindex"])] = (w, m)
         out = []
-        for w, (mtype, m) in batch:
-            if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
-                ev = self._moved_out(w, m, now)
-                moves[(ev["detail"]["to_netns"], ev["detail"]["new_ifindex"])] = ev
-                out.append(ev)
-        for w, (mtype, m) in batch:
-            if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
-                continue
-            out += self._handle(w, mtype, m, now, moves)
+        for inode in _source_first(list(msgs), {(src.inode, dst) for (dst, _i), (src, _m)
+                                                in moves.items()}):
+            w = self.watched[inode]
+            for mtype, m in msgs[inode]:
+                if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
+                    out.append(self._moved_out(w, m, now))
+                else:
+                    out += self._handle(w, mtype, m, now, moves)
         out, self._pending = self._pending + out, []
         kinds = self.filters.get("kinds")
         if kinds:
@@ -285,11 +288,12 @@ class LinkProbe:
         w.links[idx] = new
         name = new["ifname"]
         if old is None:
-            came = (moves or {}).get((w.inode, idx))
+            came = (moves or {}).pop((w.inode, idx), None)
             if came is not None:
+                src, msg = came
                 return [self._record(w, "link_netns", idx, name, now, {
-                    "direction": "in", "kind": new["kind"], "from_netns": came["netns"],
-                    "old_ifindex": came["ifindex"], "old_ifname": came["ifname"]})]
+                    "direction": "in", "kind": new["kind"], "from_netns": src.inode,
+                    "old_ifindex": msg["index"], "old_ifname": msg["ifname"]})]
             return [self._record(w, "link_add", idx, name, now, {
                 "kind": new["kind"], "link": new["link"], "link_netnsid": new["link_netnsid"],
                 "master": new["master"], "mac": new["mac"], "up": bool(new["flags"] & IFF_UP)})]
@@ -308,6 +312,17 @@ class LinkProbe:
                 "old_master": old["master"],
                 "old_master_ifname": (w.links.get(old["master"]) or {}).get("ifname")}))
         return out
+
+
+def _source_first(inodes, edges):
+    """`inodes` reordered so a move's source namespace comes before its target."""
+    left, out = list(inodes), []
+    while left:
+        pick = next((n for n in left if not any((s, n) in edges for s in left if s != n)),
+                    left[0])  # a cycle (moves both ways): keep the given order
+        out.append(pick)
+        left.remove(pick)
+    return out
 
 
 def available():

@@ -198,3 +198,38 @@ def test_own_namespace_is_the_callers(make_netns):
         assert evs[0]["detail"]["netns_label"] == "self"
     finally:
         p.stop()
+
+
+def test_link_events_in_a_runc_container_are_attributed(make_netns, tmp_path, state_root):
+    """A veth end moved into a real runc container: its events resolve to that container."""
+    import shutil
+
+    from test_discovery import Runc
+
+    from pyinspect.discovery import Resolver
+    if not shutil.which("runc"):
+        pytest.skip("runc is not installed")
+    runc = Runc(tmp_path)
+    p = None
+    try:
+        cid, pid = runc.run()
+        ctr_ns = f"/proc/{pid}/ns/net"
+        host = make_netns("pb")
+        hi, ci = os.stat(host.path).st_ino, os.stat(ctr_ns).st_ino
+        p = LinkProbe(netns=[host.name, ctr_ns], own=False).start()
+        host.sh(f"ip link add pb-v0 type veth peer name pb-v1 && ip link set pb-v1 netns {pid}")
+        subprocess.run(["nsenter", f"--net={ctr_ns}", "ip", "link", "set", "pb-v1", "name",
+                        "eth1"], check=True)
+        evs = collect(p, 5)
+        labels = {hi: "host", ci: "ctr"}
+        assert brief(evs, labels) == [("host", "link_add", "pb-v1"), ("host", "link_add", "pb-v0"),
+                                      ("host", "link_netns", "pb-v1"),
+                                      ("ctr", "link_netns", "pb-v1"),
+                                      ("ctr", "link_rename", "eth1")]
+        r = Resolver(state_root)
+        owners = [r.resolve(netns=e["netns"]) for e in evs]
+        assert owners == [None, None, None, (cid, cid), (cid, cid)]
+    finally:
+        if p is not None:
+            p.stop()
+        runc.cleanup()
