@@ -264,6 +264,13 @@ def cleanup_stale(root):
                 path = p.get("netns")
                 if path and os.path.exists(path):
                     paths.add(path)
+            removed += [f"tc filter: {r}" for r in packets.remove_stale_filters(sorted(
+                paths, key=lambda x: x or ""))]
+            for p in st.get("points", []):
+                path = p.get("netns")
+                if p.get("added_clsact") and (path is None or os.path.exists(path)) and \
+                        packets.remove_clsact_if_empty(path, p["ifindex"]):
+                    removed.append(f"clsact qdisc on {p.get('name')}")
             nfl = d / f"{pid}.nflog.json"
             if nfl.exists() and nftrace.restore_stale_binding(str(nfl)):
                 removed.append(f"nf_log binding restored (pid {pid})")
@@ -347,11 +354,15 @@ class TraceSession:
         try:
             self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
             self.cap.start()
+            self._write_state(points=[{"netns": p.netns, "ifindex": p.ifindex, "name": p.name,
+                                       "added_clsact": added}
+                                      for p, added in self.cap.attached])
             self._start_optional(tgt)
             self._open_outputs()
         except BaseException:
             self._teardown()
             raise
+        self.ready_ns = time.time_ns()       # --duration counts from here
         roles = ", ".join(f"{p.name} ({_role(p)})" for p in self.points)
         self.ready = (f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; "
                       f"Ctrl-C to stop")
@@ -475,7 +486,7 @@ class TraceSession:
         items += self._settle(cutoff)
         if self.pcap:
             self.pcap.flush()
-        if self.opt.duration and time.time_ns() - self.started_ns >= self.opt.duration * 1e9:
+        if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
             self.done = True
         if self.opt.count and self.traced_packets >= self.opt.count:
             self.done = True
@@ -808,7 +819,8 @@ class TraceSession:
         return {
             "session_id": self.session_id,
             "container": self.target.name if self.target else self.ref,
-            "duration_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
+            "duration_s": round((time.time_ns() - getattr(self, "ready_ns", self.started_ns))
+                                / 1e9, 3),
             "flows": len(shown),
             "connections": [f.header() for f in shown],
             "traced_packets": self.traced_packets,

@@ -144,6 +144,27 @@ def detach_point(point, remove_clsact):
         ipr.close()
 
 
+def remove_clsact_if_empty(netns, ifindex):
+    """Delete a clsact qdisc that has no filters left (one pyinspect added). True if removed."""
+    try:
+        ipr = _iproute(netns)
+    except Exception:
+        return False
+    try:
+        if not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex)):
+            return False
+        for parent in ("ffff:fff2", "ffff:fff3"):
+            with contextlib.suppress(Exception):
+                if list(ipr.get_filters(index=ifindex, parent=parent)):
+                    return False
+        ipr.tc("del", "clsact", ifindex)
+        return True
+    except Exception:
+        return False
+    finally:
+        ipr.close()
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)

@@ -1,0 +1,286 @@
+"""pyinspect trace with real traffic, on a hand-made copy of the runtime's topology.
+
+The "host" is a namespace (tests/tracetopo.py) with a bridge, a container namespace behind a
+veth running busybox httpd, DNAT 8088->80 and MASQUERADE in the legacy backend (as the
+runtime writes them), a client namespace and an upstream namespace. `pyinspect trace` runs
+inside the host namespace through the real CLI.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import Cli
+import tracetopo
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def topo():
+    t = tracetopo.Topology()
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def topo_nolisten():
+    t = tracetopo.Topology(listen=False)
+    yield t
+    t.close()
+
+
+class Trace:
+    """`pyinspect trace --json` in the background; waits for its ready line."""
+
+    def __init__(self, state_root, topo, *args, container=None):
+        self.cli = Cli(state_root, netns=topo.host)
+        argv = self.cli.argv("trace", "--container", container or topo.ctrs[0], "--json", *args)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"trace exited early: {self.proc.stderr.read()}")
+        self.ready = json.loads(line)
+        assert self.ready["type"] == "ready", line
+
+    def finish(self, timeout=30):
+        """Wait for the trace to end (--duration); returns (items, summary)."""
+        out, err = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, err
+        assert "Traceback" not in err
+        items = [json.loads(line) for line in out.splitlines() if line.strip()]
+        summary = [i for i in items if i["type"] == "summary"]
+        assert len(summary) == 1, out
+        return [i for i in items if i["type"] != "summary"], summary[0]
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def hops_of(items, flow):
+    return [i for i in items if i["type"] == "hop" and i["flow"] == flow]
+
+
+def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
+    pcap = tmp_path / "t.pcapng"
+    tr = Trace(state_root, topo, "--duration", "3", "-w", pcap)
+    assert tr.ready["points"] == ["up0", "wan0", "pt-br0", "vc0", "eth0"]
+    got = topo.fetch()
+    assert got.returncode == 0 and "hello from" in got.stdout, got
+    items, summary = tr.finish()
+    flows = [i for i in items if i["type"] == "flow"]
+    assert len(flows) == 1, flows
+    f = flows[0]
+    client = f["orig"][:2]
+    assert f["orig"][0] == topo.client_ip and f["orig"][2:] == [topo.host_ip, 8088]
+    # conntrack's reply tuple: the container answers the client from :80
+    assert f["reply"] == [topo.ctr_ips[0], 80, topo.client_ip, client[1]]
+    assert f["nat"] == "dnat"
+    assert f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80" in f["text"]
+    hops = hops_of(items, f["flow"])
+    # the SYN: uplink in (pre-NAT), netfilter (DNAT by nat PREROUTING rule 1), bridge out,
+    # veth out, eth0 in (post-NAT)
+    syn = []
+    for h in hops:
+        syn.append(h)
+        if h["hop"] == "capture" and h["role"] == "container":
+            break
+    caps = [(h["point"], h["dir"], h["dst"], h["dport"]) for h in syn if h["hop"] == "capture"]
+    assert caps == [("up0", "in", topo.host_ip, 8088), ("pt-br0", "out", topo.ctr_ips[0], 80),
+                    ("vc0", "out", topo.ctr_ips[0], 80), ("eth0", "in", topo.ctr_ips[0], 80)]
+    nf = [h for h in syn if h["hop"] == "netfilter"]
+    dnat = [h for h in nf if h["table"] == "nat" and h["chain"] == "PREROUTING"]
+    assert dnat and dnat[0]["rule_num"] == 1 and dnat[0]["verdict"] == \
+        f"DNAT {topo.ctr_ips[0]}:80"
+    assert "--to-destination" in dnat[0]["rule_text"]
+    assert syn.index(dnat[0]) > 0 and syn.index(dnat[0]) < syn.index(
+        [h for h in syn if h.get("point") == "pt-br0"][0])
+    chains = [(h["table"], h["chain"]) for h in nf]
+    assert chains.index(("nat", "PREROUTING")) < chains.index(("filter", "FORWARD"))
+    # the reply leaves the uplink un-NATed: from HOST:8088 back to the client
+    up_out = [h for h in hops if h["hop"] == "capture" and h["point"] == "up0"
+              and h["dir"] == "out"]
+    assert up_out and all((h["src"], h["sport"]) == (topo.host_ip, 8088) for h in up_out)
+    eth_out = [h for h in hops if h["hop"] == "capture" and h["point"] == "eth0"
+               and h["dir"] == "out"]
+    assert eth_out and all((h["src"], h["sport"]) == (topo.ctr_ips[0], 80) for h in eth_out)
+    # summary: packets per point, NAT, no loss
+    pp = summary["packets_per_point"]
+    assert pp["up0 (uplink)"]["captured"] >= 6 and pp["wan0 (uplink)"]["captured"] == 0
+    assert pp["eth0 (container)"]["captured"] >= pp["up0 (uplink)"]["captured"]
+    assert summary["loss"]["capture"] == 0
+    assert summary["nat"] == [f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80"]
+    assert summary["flows"] == 1 and not summary["drops"]
+    # the merged pcapng: every point an interface, NAT comments on the packets
+    from pyinspect.pcapng import read_packets
+    pkts = list(read_packets(pcap))
+    names = {p.interface.name for p in pkts}
+    assert {"up0@host", "pt-br0@host", "vc0@host", f"eth0@{topo.ctrs[0]}"} <= names
+    assert any(p.comment and "DNAT" in p.comment for p in pkts)
+    # the store has the session, its flow with both tuples, packets and rule hops
+    from pyinspect.store import Store
+    with Store(state_root / "pyinspect.db") as st:
+        db = st.db
+        sess = list(db["trace_sessions"].rows)[-1]
+        assert sess["status"] == "stopped" and sess["container_name"] == topo.ctrs[0]
+        frow = list(db["flows"].rows_where("session_id = ?", [sess["id"]]))
+        assert frow[0]["orig_dport"] == 8088 and frow[0]["reply_sport"] == 80
+        assert db["packets"].count_where("session_id = ?", [sess["id"]]) >= 20
+        assert db["hops"].count_where(
+            "session_id = ? and table_name = 'nat' and chain = 'PREROUTING' and verdict like "
+            "'DNAT%'", [sess["id"]]) >= 1
+        assert db["capture_points"].count_where("session_id = ?", [sess["id"]]) == 5
+
+
+def test_masquerade_outbound(state_root, topo):
+    topo.upstream_serve()
+    tr = Trace(state_root, topo, "--duration", "3")
+    got = topo.fetch(ns=topo.ctrs[0], url=f"http://{topo.upstream_ip}/")
+    assert got.returncode == 0 and "upstream" in got.stdout
+    items, summary = tr.finish()
+    flows = [i for i in items if i["type"] == "flow"]
+    assert len(flows) == 1
+    f = flows[0]
+    assert f["orig"][0] == topo.ctr_ips[0] and f["orig"][2:] == [topo.upstream_ip, 80]
+    assert f["nat"] == "snat"
+    # the upstream answers the host's address: MASQUERADE to wan0's IP
+    assert f["reply"][:3] == [topo.upstream_ip, 80, topo.wan_ip]
+    hops = hops_of(items, f["flow"])
+    masq = [h for h in hops if h["hop"] == "netfilter" and h["table"] == "nat"
+            and h["chain"] == "POSTROUTING" and h["verdict"] == "MASQUERADE"]
+    assert masq and "-j MASQUERADE" in masq[0]["rule_text"]
+    caps = [(h["point"], h["dir"]) for h in hops if h["hop"] == "capture"][:4]
+    assert caps == [("eth0", "out"), ("vc0", "in"), ("pt-br0", "in"), ("wan0", "out")]
+    wan_out = [h for h in hops if h["hop"] == "capture" and h["point"] == "wan0"
+               and h["dir"] == "out"]
+    assert wan_out and all(h["src"] == topo.wan_ip for h in wan_out)
+    wan_in = [h for h in hops if h["hop"] == "capture" and h["point"] == "wan0"
+              and h["dir"] == "in"]
+    assert wan_in and all(h["dst"] == topo.wan_ip for h in wan_in)
+    assert any(n.startswith(f"SNAT {topo.ctr_ips[0]}:") for n in summary["nat"])
+    assert summary["packets_per_point"]["up0 (uplink)"]["captured"] == 0
+
+
+def test_no_listener_is_explained(state_root, topo_nolisten):
+    topo = topo_nolisten
+    tr = Trace(state_root, topo, "--duration", "2")
+    got = topo.fetch(timeout=2)
+    assert got.returncode != 0
+    items, summary = tr.finish()
+    drops = [i for i in items if i["type"] == "drop"]
+    assert drops, items
+    assert drops[0]["reason"] == "NO_SOCKET"
+    assert drops[0]["explanation"] == f"no listener on port 80 in {topo.ctrs[0]}: RST"
+    rst = [h for h in items if h["type"] == "hop" and h["hop"] == "capture"
+           and h["point"] == "eth0" and h["dir"] == "out" and "[.R]" in h["text"]]
+    assert rst, "the RST leaving the container was not captured"
+    assert summary["drops"] == [f"[{drops[0]['flow']}] no listener on port 80 in "
+                                f"{topo.ctrs[0]}: RST"]
+
+
+def test_forward_policy_drop_is_explained(state_root, topo):
+    topo.forward_policy_drop()
+    tr = Trace(state_root, topo, "--duration", "2.5")
+    got = topo.fetch(timeout=2)
+    assert got.returncode != 0
+    items, summary = tr.finish()
+    drops = [i for i in items if i["type"] == "drop"]
+    assert drops and all(d["reason"] == "NETFILTER_DROP" for d in drops)
+    assert drops[0]["explanation"] == "dropped in FORWARD: policy DROP"
+    nf = [h for h in items if h["type"] == "hop" and h["hop"] == "netfilter"]
+    assert ("filter", "FORWARD", "DROP") in [(h["table"], h["chain"], h["verdict"]) for h in nf]
+    # DNAT happened before the drop; nothing reached the bridge or the container
+    assert any(h["verdict"].startswith("DNAT") for h in nf)
+    pp = summary["packets_per_point"]
+    assert pp["up0 (uplink)"]["captured"] >= 2          # the SYN and its retransmission
+    assert pp["pt-br0 (bridge)"]["captured"] == 0
+
+
+def _kernel_leftovers(topo):
+    """Our tc filters / clsact qdiscs, TRACE rules and the nf_log binding in the topology."""
+    out = []
+    for ns in (topo.host, topo.ctrs[0]):
+        text = tracetopo.sh(ns, "for d in $(ls /sys/class/net); do "
+                                "tc filter show dev $d ingress; tc filter show dev $d egress; "
+                                "tc qdisc show dev $d | grep clsact; done; true").stdout
+        if "pyinspect-trace" in text or "clsact" in text:
+            out.append(f"{ns}: {text.strip()}")
+    rules = tracetopo.sh(topo.host, "iptables-legacy -t raw -S").stdout
+    if "TRACE" in rules:
+        out.append(rules)
+    nflog = tracetopo.sh(topo.host, "cat /proc/sys/net/netfilter/nf_log/2").stdout.strip()
+    if nflog != "nf_log_ipv4":
+        out.append(f"nf_log/2 = {nflog}")
+    return out
+
+
+def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo):
+    assert _kernel_leftovers(topo) == []
+    # Ctrl-C (SIGINT) stops cleanly and removes everything
+    tr = Trace(state_root, topo)
+    assert _kernel_leftovers(topo)                 # attached: filters, rules, binding
+    tr.proc.send_signal(signal.SIGINT)
+    items, summary = tr.finish()
+    assert _kernel_leftovers(topo) == []
+    # kill -9 leaves them; the next start removes them and says so
+    tr = Trace(state_root, topo)
+    tr.proc.kill()
+    tr.proc.wait()
+    left = _kernel_leftovers(topo)
+    assert any("pyinspect-trace" in x for x in left) and any("TRACE" in x for x in left)
+    tr2 = Trace(state_root, topo, "--duration", "0.5")
+    assert any("removed leftovers of a killed trace" in n for n in tr2.ready["notes"])
+    tr2.finish()
+    assert _kernel_leftovers(topo) == []
+    assert not list((state_root / "trace").glob("*.json"))
+
+
+def test_filter_and_errors(state_root, topo):
+    topo.upstream_serve()
+    # a connection is kept when any of its packets matches the pcap filter
+    tr = Trace(state_root, topo, "--duration", "2.5", "--filter", "tcp port 8088")
+    assert topo.fetch().returncode == 0
+    assert topo.fetch(ns=topo.ctrs[0], url=f"http://{topo.upstream_ip}/").returncode == 0
+    items, summary = tr.finish()
+    flows = [i for i in items if i["type"] == "flow"]
+    assert [f["orig"][3] for f in flows] == [8088]
+    assert summary["filtered_out"] > 0
+    cli = Cli(state_root, netns=topo.host)
+    bad = cli("trace", "--container", topo.ctrs[0], "--filter", "tcp portx 80", check=False)
+    assert bad.returncode == 2 and "bad --filter" in bad.stderr and "Traceback" not in bad.stderr
+    missing = cli("trace", "--container", "pt-no-such-thing", "--duration", "1", check=False)
+    assert missing.returncode == 3 and "no such container" in missing.stderr
+    assert _kernel_leftovers(topo) == []
+
+
+def test_trace_without_netfilter_trace_degrades_visibly(state_root, topo):
+    """nfnetlink_log group 0 taken by another listener: trace says so and still captures."""
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", topo.host, sys.executable, "-c",
+         "import sys, time; sys.path.insert(0, %r)\n"
+         "from pyinspect.probes.nftrace import NflogReader\n"
+         "r = NflogReader().start(); print('held', flush=True); time.sleep(60)"
+         % os.path.dirname(__file__)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        tr = Trace(state_root, topo, "--duration", "2")
+        assert any(n.startswith("netfilter trace: unavailable") for n in tr.ready["notes"]), \
+            tr.ready
+        assert topo.fetch().returncode == 0
+        items, summary = tr.finish()
+        flows = [i for i in items if i["type"] == "flow"]
+        assert flows and flows[0]["nat"] == "dnat"          # conntrack still gives the NAT
+        assert not [h for h in items if h["type"] == "hop" and h["hop"] == "netfilter"]
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert _kernel_leftovers(topo) == []
