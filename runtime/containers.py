@@ -10,7 +10,6 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import signal as _signal
 import time
 
@@ -243,7 +242,7 @@ class Runtime:
             c.path = final
             self._reserve_name(c)
         except BaseException:
-            shutil.rmtree(c.path, ignore_errors=True)
+            self._remove_hidden(c.path)
             os.close(lock_fd)
             raise
         c._lock_fd = lock_fd
@@ -272,14 +271,16 @@ class Runtime:
     def _launch(self, c, lock_fd, attach):
         from . import shim
         try:
-            return shim.launch(self, c, lock_fd, attach=attach)
+            return shim.launch(self, c, lock_fd, attach=attach)[0]
         finally:
             os.close(lock_fd)
 
     def start(self, ref):
         """Start a created or exited container (detached). No-op if it is running."""
         c = self.get(ref)
-        lock_fd = _lock(os.path.join(c.path, "lock"))
+        if c.status == "running" and state.init_alive(c):
+            return c
+        lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=10)
         if lock_fd is None:
             c = self.get(c.id)
             if c.status == "running":
@@ -307,7 +308,7 @@ class Runtime:
             return self.get(c.id) if not spec.auto_remove or self._exists(c) else c
         from . import shim
         try:
-            shim_pid = shim.launch(self, c, lock_fd, attach=True)
+            shim_pid, exit_fd = shim.launch(self, c, lock_fd, attach=True)
         except shim.StartError:
             os.close(lock_fd)
             try:
@@ -317,7 +318,7 @@ class Runtime:
             raise
         os.close(lock_fd)
         c = self.get(c.id) if self._exists(c) else c
-        code = self._wait_attached(shim_pid, c)
+        code = self._wait_attached(shim_pid, exit_fd, c)
         state.mark("shim_reaped")
         if self._exists(c):
             c = state.load(c.path) or c
@@ -327,7 +328,7 @@ class Runtime:
     def _exists(self, c):
         return os.path.exists(os.path.join(c.path, "config.json"))
 
-    def _wait_attached(self, shim_pid, c):
+    def _wait_attached(self, shim_pid, exit_fd, c):
         """Wait for the shim of an attached run, forwarding SIGINT/SIGTERM to the init."""
         def forward(signum, frame):
             if c.pid and state.init_alive(c):
@@ -335,20 +336,13 @@ class Runtime:
                     os.kill(c.pid, signum)
                 except ProcessLookupError:
                     pass
+        from .shim import wait_exit
         old = {s: _signal.signal(s, forward) for s in (_signal.SIGINT, _signal.SIGTERM)}
         try:
-            while True:
-                try:
-                    _, status = os.waitpid(shim_pid, 0)
-                    break
-                except InterruptedError:
-                    continue
+            return wait_exit(shim_pid, exit_fd)
         finally:
             for s, h in old.items():
                 _signal.signal(s, h)
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
 
     # -- stop / kill / restart / remove ------------------------------------------------
     def _running(self, ref):
@@ -443,18 +437,26 @@ class Runtime:
                 raise UnavailableError(f"cannot disconnect {c.name}: {exc}") from None
 
     def _remove_files(self, c):
+        self._remove_hidden(self._hide(c))
+
+    def _hide(self, c):
+        """Free the name and rename the directory to `.tmp-rm-<id>` (so a half-done
+        removal never looks like a container); returns the new path."""
         link = os.path.join(self.ndir, c.name)
         if self._name_target(c.name) == c.id:
             try:
                 os.unlink(link)
             except FileNotFoundError:
                 pass
-        # rename first so a half-done rmtree never looks like a container
         trash = os.path.join(self.cdir, f"{TMP_PREFIX}rm-{c.id}")
         try:
             os.rename(c.path, trash)
         except OSError:
             trash = c.path
+        return trash
+
+    def _remove_hidden(self, trash):
+        import shutil
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- reconcile -------------------------------------------------------------------
@@ -555,7 +557,7 @@ class Runtime:
                     cg.remove()
             except PyinspectError:
                 pass
-        shutil.rmtree(path, ignore_errors=True)
+        self._remove_hidden(path)
 
     def _reconcile_names(self):
         try:

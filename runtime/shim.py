@@ -64,12 +64,15 @@ def _write_all(fd, data):
 def launch(runtime, c, lock_fd, attach=False):
     """Fork the shim for container `c` (whose lock `lock_fd` the caller holds).
 
-    Returns the shim's pid once the user's command has been exec'd; raises
+    Returns (shim pid, exit fd) once the user's command has been exec'd; with
+    `attach` the exit fd yields the exit code as soon as it is recorded (the
+    shim then frees cgroups and files on its own), else it is None. Raises
     StartError (with the container's exit code, 127 for a missing command)
     when it could not start. With `attach`, the shim mirrors output to this
     process's stdout/stderr and passes stdin through (-i).
     """
     status_r, status_w = os.pipe()
+    exit_r, exit_w = os.pipe() if attach else (None, None)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -77,7 +80,9 @@ def launch(runtime, c, lock_fd, attach=False):
         code = 1
         try:
             os.close(status_r)
-            code = Shim(runtime, c, lock_fd, status_w, attach).main()
+            if exit_r is not None:
+                os.close(exit_r)
+            code = Shim(runtime, c, lock_fd, status_w, attach, exit_w).main()
         except BaseException as exc:  # never return into the CLI's stack
             try:
                 _write_all(status_w, f"err {EXIT_SETUP_FAILED} {exc}".encode())
@@ -86,10 +91,14 @@ def launch(runtime, c, lock_fd, attach=False):
         finally:
             os._exit(code & 0xFF)
     os.close(status_w)
+    if exit_w is not None:
+        os.close(exit_w)
     msg = _read_all(status_r).decode(errors="replace")
     os.close(status_r)
     if msg.startswith("ok"):
-        return pid
+        return pid, exit_r
+    if exit_r is not None:
+        os.close(exit_r)
     kind, _, rest = msg.partition(" ")
     code, _, text = rest.partition(" ")
     if kind == "err" and code.isdigit():
@@ -97,9 +106,33 @@ def launch(runtime, c, lock_fd, attach=False):
     raise StartError("container failed to start: the monitor process died")
 
 
+def wait_exit(pid, exit_fd):
+    """The exit code an attached shim reports (or its own exit status if it died)."""
+    data = _read_all(exit_fd)
+    os.close(exit_fd)
+    if data.strip().isdigit():
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return int(data)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 255
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
 class Shim:
-    def __init__(self, runtime, c, lock_fd, status_w, attach):
+    def __init__(self, runtime, c, lock_fd, status_w, attach, exit_w=None):
         self.rt = runtime
+        self.exit_w = exit_w
         self.c = c
         self.lock_fd = lock_fd
         self.status_w = status_w
@@ -117,10 +150,10 @@ class Shim:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         state.mark("shim_forked")
+        # (no state write here: the held lock is what says "a shim owns this")
         c.shim_pid, c.shim_start = os.getpid(), state.proc_start(os.getpid())
         c.pid = c.pid_start = 0
         c.error = ""
-        state.save(c)
         try:
             self.start_init()
         except BaseException as exc:
@@ -409,7 +442,8 @@ class Shim:
 
     # -- after it exited -----------------------------------------------------------
     def finish(self, code, error=""):
-        """Record the exit, free the kernel objects, and remove the container with --rm."""
+        """Record the exit (and tell an attached CLI), then free the kernel objects;
+        with --rm the container is hidden at once and removed after."""
         c = self.c
         if c.pid:
             self.reap()
@@ -419,8 +453,30 @@ class Shim:
                 oom = self.cg.oom_kills() > 0
             except (OSError, ValueError):
                 pass
+        if self.stdin_w is not None:
+            os.close(self.stdin_w)
+        c.status = "exited"
+        c.exit_code = code
+        c.oom_killed = oom
+        c.finished_at = state.now_rfc3339()
+        c.error = error
+        c.pid = c.pid_start = 0
+        c.creator = []
+        c.shim_pid = c.shim_start = 0
+        trash = None
+        if c.spec.auto_remove:
+            trash = self.rt._hide(c)
+        else:
+            state.save(c)
+        if self.exit_w is not None and self.status_w is None:
+            try:
+                _write_all(self.exit_w, str(code).encode())
+                os.close(self.exit_w)
+            except OSError:
+                pass
+            self.exit_w = None
         problems = []
-        if self.netmod is not None and c.network:
+        if self.netmod is not None and len(c.network or {}) > 1:
             try:
                 self.netmod.disconnect(str(self.rt.root), c)
             except Exception as exc:
@@ -430,20 +486,11 @@ class Shim:
                 self.cg.remove()
             except PyinspectError as exc:
                 problems.append(str(exc))
-        if self.stdin_w is not None:
-            os.close(self.stdin_w)
-        c.status = "exited"
-        c.exit_code = code
-        c.oom_killed = oom
-        c.finished_at = state.now_rfc3339()
-        c.error = "; ".join([e for e in [error] + problems if e])
-        c.pid = c.pid_start = 0
-        c.creator = []
-        c.shim_pid = c.shim_start = 0
-        if c.spec.auto_remove:
-            self.rt._remove_files(c)
-        else:
-            state.save(c)
         if self.log is not None:
             self.log.close()
+        if trash:
+            self.rt._remove_hidden(trash)
+        elif problems:
+            c.error = "; ".join([e for e in [error] + problems if e])
+            state.save(c)
         os.close(self.lock_fd)

@@ -47,6 +47,13 @@ def processes_of(root):
     return out
 
 
+def wait_no_cgroups(cid, timeout=5):
+    deadline = time.monotonic() + timeout
+    while cgroup_dirs(cid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cgroup_dirs(cid)
+
+
 class PcCli(Cli):
     def json(self, *args):
         return json.loads(self(*args).stdout)
@@ -69,7 +76,11 @@ class PcCli(Cli):
             time.sleep(0.05)
 
 
-def assert_clean(root, ids):
+def assert_clean(root, ids, timeout=10):
+    """Nothing of `root` is left (waiting for shims still freeing cgroups and files)."""
+    deadline = time.monotonic() + timeout
+    while processes_of(root) and time.monotonic() < deadline:
+        time.sleep(0.02)
     for cid in ids:
         assert cgroup_dirs(cid) == [], f"cgroups of {cid[:12]} left"
     assert processes_of(root) == []
@@ -111,7 +122,7 @@ def test_run_attached_prints_output_and_exit_code(pc, state_root):
     info = pc.inspect("pc-echo")
     assert info["State"]["Status"] == "exited" and info["State"]["ExitCode"] == 3
     assert info["Config"]["Cmd"] == ["sh", "-c", "echo hi; echo oops >&2; exit 3"]
-    assert cgroup_dirs(info["Id"]) == []
+    assert wait_no_cgroups(info["Id"]) == []
     logs = pc("logs", "pc-echo")
     assert logs.stdout == "hi\n" and logs.stderr == "oops\n"
 
@@ -119,7 +130,7 @@ def test_run_attached_prints_output_and_exit_code(pc, state_root):
 def test_run_rm_removes_everything(pc, state_root):
     out = pc("run", "--rm", "--net", "none", "busybox", "echo", "gone")
     assert out.stdout == "gone\n"
-    assert pc.ids() == []
+    assert pc.ids() == []  # hidden at once; the shim frees cgroups and files right after
     assert_clean(state_root, [])
     # detached --rm: removed by the shim once the command exits
     cid = pc("run", "-d", "--rm", "--net", "none", "busybox", "sleep", "0.2").stdout.strip()
@@ -127,7 +138,7 @@ def test_run_rm_removes_everything(pc, state_root):
     while pc.ids() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pc.ids() == []
-    assert cgroup_dirs(cid) == []
+    assert wait_no_cgroups(cid) == []
 
 
 def test_detached_lifecycle(pc, state_root):
