@@ -4,8 +4,9 @@ Sources, in order of precedence (a process claimed by one is not listed again):
 1. pyinspect's own containers (`pyinspect.runtime.state.load_all(root)`);
 2. OCI runtime state: runc (`/run/runc/<id>/state.json`), and the same files that
    containerd (`/run/containerd/runc/<namespace>/<id>`) and Docker
-   (`/run/docker/runtime-runc/moby/<id>`) keep; names from Docker's and Podman's own
-   files when present, and from Docker's API when its socket answers;
+   (`/run/docker/runtime-runc/moby/<id>`) keep, and crun's (`/run/crun/<id>/status`);
+   names from Docker's API when its socket answers, Docker's and Podman's own files,
+   or the bundle's annotations (CRI, nerdctl);
 3. Docker/containerd/Podman processes recognised by their cgroup paths
    (`.../docker/<id>`, `docker-<id>.scope`, `libpod-<id>.scope`, `cri-containerd-<id>`);
 4. any other process whose network or pid namespace differs from the host's, grouped
@@ -32,6 +33,7 @@ OCI_STATE_ROOTS = (
     ("/run/containerd/runc", "containerd", 2),
     ("/run/docker/runtime-runc", "docker", 2),
 )
+CRUN_STATE_ROOTS = ("/run/crun",)
 DOCKER_SOCK = "/var/run/docker.sock"
 DOCKER_LIB = "/var/lib/docker/containers"
 PODMAN_DB = "/var/lib/containers/storage/overlay-containers/containers.json"
@@ -297,7 +299,8 @@ def _oci(docker_names, podman_names):
             status = "created" if (d / "exec.fifo").exists() else "running"
         else:
             status, pid = "stopped", 0
-        name = cid
+        bundle = _bundle(st)
+        name = _annotated_name(bundle) or cid
         if cid in docker_names:
             source, name = "docker", docker_names[cid]
         elif cid in podman_names:
@@ -306,10 +309,61 @@ def _oci(docker_names, podman_names):
         disc = Discovered(id=cid, name=name, source=source, pid=pid, status=status,
                           cgroups=dict(st.get("cgroup_paths") or {}),
                           netns_path=paths.get("NEWNET") if alive else None,
-                          detail={"state_dir": str(d), "namespace": ns,
-                                  "bundle": _bundle(st)})
+                          detail={"state_dir": str(d), "namespace": ns, "bundle": bundle})
         out.append(disc)
+    return out + _crun(podman_names)
+
+
+def _crun(podman_names):
+    """Containers in crun's state directories (`<root>/<id>/status`, Podman's default)."""
+    out = []
+    for base in CRUN_STATE_ROOTS:
+        try:
+            ids = os.listdir(base)
+        except OSError:
+            continue
+        for cid in ids:
+            try:
+                with open(os.path.join(base, cid, "status")) as f:
+                    st = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(st, dict):
+                continue
+            pid = int(st.get("pid") or 0)
+            start = st.get("process-start-time")
+            alive = bool(pid) and _proc_start_time(pid) == (int(start) if start else None)
+            cg = st.get("cgroup-path")
+            bundle = st.get("bundle")
+            podman = podman_names.get(cid)
+            out.append(Discovered(
+                id=cid, name=podman or _annotated_name(bundle) or cid,
+                source="podman" if podman else "crun",
+                pid=pid if alive else 0, status="running" if alive else "stopped",
+                cgroups={"": cg} if cg else {},
+                detail={"state_dir": os.path.join(base, cid), "bundle": bundle}))
     return out
+
+
+# OCI annotations that carry a human name, most specific first
+NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "nerdctl/name",
+                    "io.kubernetes.container.name", "org.opencontainers.container.name")
+
+
+def _annotated_name(bundle):
+    """A container name from the bundle's config.json annotations, if it has one."""
+    if not bundle:
+        return None
+    try:
+        with open(os.path.join(bundle, "config.json")) as f:
+            ann = json.load(f).get("annotations") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    for key in NAME_ANNOTATIONS:
+        if isinstance(ann.get(key), str) and ann[key]:
+            pod = ann.get("io.kubernetes.cri.sandbox-name") or ann.get("io.kubernetes.pod.name")
+            return f"{pod}/{ann[key]}" if pod and key.startswith("io.kubernetes") else ann[key]
+    return None
 
 
 def _bundle(st):
@@ -484,8 +538,8 @@ class Resolver:
     when a lookup misses, so containers started later are found.
     """
 
-    SOURCE_RANK = {"pyinspect": 0, "runc": 1, "docker": 1, "containerd": 1, "podman": 1,
-                   "cri-o": 1, "netns": 2, "pidns": 2}
+    SOURCE_RANK = {"pyinspect": 0, "runc": 1, "crun": 1, "docker": 1, "containerd": 1,
+                   "podman": 1, "cri-o": 1, "netns": 2, "pidns": 2}
 
     def __init__(self, root=None, refresh_interval=1.0):
         self.root = root

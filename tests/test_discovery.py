@@ -358,3 +358,40 @@ def _safe_net(pid):
         return os.stat(f"/proc/{pid}/ns/net").st_ino
     except OSError:
         return None
+
+
+def test_runc_bundle_annotation_names_the_container(runc, state_root):
+    cid = f"pb-{uuid.uuid4().hex[:8]}"
+    b = runc.bundle(["sleep", "1000"])
+    spec = json.loads((b / "config.json").read_text())
+    spec["annotations"] = {"nerdctl/name": "pb-nice"}
+    (b / "config.json").write_text(json.dumps(spec))
+    runc.ids.append(cid)
+    subprocess.run(["runc", "run", "-d", "--bundle", str(b), cid], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=30)
+    d = next(d for d in discovery.containers(state_root) if d.id == cid)
+    assert (d.name, d.source, d.status) == ("pb-nice", "runc", "running")
+    assert discovery.Resolver(state_root).resolve(netns=d.netns) == (cid, "pb-nice")
+
+
+def test_crun_state_directory(tmp_path, procs, state_root, monkeypatch):
+    """crun's status file (written here by hand for a real process: crun cannot run on
+    this hybrid-cgroup VM) is read like runc's."""
+    p = procs(["unshare", "--net", "--pid", "--fork", "--", "sleep", "1000"])
+    child = wait_for(lambda: next(_child_in_new_pidns(p.pid), None))
+    start = int(open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[19])
+    base = tmp_path / "crun"
+    (base / "pb-crun1").mkdir(parents=True)
+    (base / "pb-crun1" / "status").write_text(json.dumps({
+        "pid": child, "process-start-time": start, "bundle": str(tmp_path / "nobundle"),
+        "cgroup-path": "", "created": "2026-11-29T12:00:00Z"}))
+    monkeypatch.setattr(discovery, "CRUN_STATE_ROOTS", (str(base),))
+    d = next(d for d in discovery.containers(state_root) if d.id == "pb-crun1")
+    assert (d.source, d.status, d.pid) == ("crun", "running", child)
+    assert d.netns == ns_ino(child, "net") and d.pidns == ns_ino(child, "pid")
+    assert d.pids == [child]
+    # a reused pid (start time differs) is not the container any more
+    (base / "pb-crun1" / "status").write_text(json.dumps({"pid": child,
+                                                         "process-start-time": start + 1}))
+    d = next(d for d in discovery.containers(state_root) if d.id == "pb-crun1")
+    assert (d.status, d.pid, d.pids) == ("stopped", 0, [])
