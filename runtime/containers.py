@@ -625,6 +625,11 @@ class Runtime:
         procs = Cgroup(c.id, c.cgroup).procs_files() if c.cgroup else []
         err_r, err_w = os.pipe()
         import sys
+        master = slave = None
+        if tty:
+            import pty
+            import termios
+            master, slave = pty.openpty()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -632,11 +637,18 @@ class Runtime:
             code = 126
             try:
                 os.close(err_r)
+                if master is not None:
+                    os.close(master)
                 isolation.enter(c.pid, procs)
                 inner = os.fork()
                 if inner == 0:
                     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
-                    if not interactive:
+                    if slave is not None:
+                        os.setsid()
+                        for fd in (0, 1, 2):
+                            os.dup2(slave, fd)
+                        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+                    elif not interactive:
                         devnull = os.open("/dev/null", os.O_RDONLY)
                         os.dup2(devnull, 0)
                     code = 127
@@ -670,6 +682,9 @@ class Runtime:
                     pass
             os._exit(code)
         os.close(err_w)
+        if slave is not None:
+            os.close(slave)
+            _relay_pty(master, interactive)
         chunks = []
         while True:
             b = os.read(err_r, 4096)
@@ -774,6 +789,40 @@ class Runtime:
             return copy.from_container(self, c, s_path, d_path)
         c = self.get(d_ref)
         return copy.to_container(self, c, s_path, d_path)
+
+
+def _relay_pty(master, interactive):
+    """Copy stdin -> pty master and master -> stdout until the pty's other side closes."""
+    import select
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
+    stdin_open = interactive
+    if stdin_open:
+        poller.register(0, select.POLLIN)
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        for fd, _ in events:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if fd == master:
+                if not data:
+                    os.close(master)
+                    return
+                try:
+                    os.write(1, data)
+                except OSError:
+                    pass
+            elif not data:
+                poller.unregister(0)
+                stdin_open = False
+                os.write(master, b"\x04")
+            else:
+                os.write(master, data)
 
 
 def _read_records(f):

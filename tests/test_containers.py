@@ -328,6 +328,11 @@ def test_exec(pc):
     out = pc("exec", "pc-ex", "sh", "-c", "cat /proc/self/cgroup")
     assert pc.inspect("pc-ex")["Id"] in out.stdout
     assert os.path.isdir(cg)
+    # -t: a pseudo-terminal, -it: an interactive shell on it
+    out = pc("exec", "-t", "pc-ex", "sh", "-c", "test -t 0 && test -t 1 && echo tty")
+    assert out.stdout.strip() == "tty"  # (text mode folds the pty's \r\n)
+    out = pc("exec", "-it", "pc-ex", "sh", input="echo sum-$((40+2))\nexit 4\n", check=False)
+    assert out.returncode == 4 and "sum-42" in out.stdout
     err = one_line_error(pc("exec", "pc-ex", "no-such-cmd", check=False), 127)
     assert "executable file not found" in err
     one_line_error(pc("exec", "pc-nope", "true", check=False), 3)
@@ -337,6 +342,11 @@ def test_run_interactive_stdin(pc):
     out = pc("run", "--rm", "-i", "--net", "none", "busybox", "sh", "-c", "read x; echo got $x",
              input="hello\n")
     assert out.stdout == "got hello\n"
+    out = pc("run", "--rm", "-t", "--net", "none", "busybox", "sh", "-c", "test -t 1 && echo tty")
+    assert out.stdout.strip() == "tty"  # (text mode folds the pty's \r\n)
+    out = pc("run", "--rm", "-it", "--net", "none", "busybox", "sh",
+             input="echo sum-$((40+2))\nexit 6\n", check=False)
+    assert out.returncode == 6 and "sum-42" in out.stdout
     # -d -i keeps stdin open, so the image's default `sh` stays up like docker -dit
     pc("run", "-d", "-i", "--name", "pc-dit", "--net", "none", "busybox")
     time.sleep(0.3)

@@ -125,7 +125,7 @@ def _ps_row(c):
 
 @click.command(context_settings=_NO_INTERSPERSE)
 @click.option("-i", "--interactive", is_flag=True, help="Pass stdin to the command.")
-@click.option("-t", "--tty", is_flag=True, help="Use the terminal (when stdin is one).")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.argument("container")
@@ -133,8 +133,19 @@ def _ps_row(c):
 @click.pass_obj
 def exec_(obj, interactive, tty, env, workdir, container, command):
     """Run COMMAND in a running CONTAINER (its namespaces and cgroups); exits with its code."""
-    return _runtime(obj).exec(container, list(command), env=list(env), workdir=workdir,
-                              interactive=interactive, tty=tty)
+    restore = None
+    if tty and interactive and sys.stdin.isatty():
+        import termios
+        import tty as ttymod
+        restore = termios.tcgetattr(0)
+        ttymod.setraw(0)
+    try:
+        return _runtime(obj).exec(container, list(command), env=list(env), workdir=workdir,
+                                  interactive=interactive, tty=tty)
+    finally:
+        if restore is not None:
+            import termios
+            termios.tcsetattr(0, termios.TCSADRAIN, restore)
 
 
 exec_.name = "exec"
