@@ -156,7 +156,7 @@ class Demo:
                 self.failures.append("pyinspect trace (exited before it was ready)")
                 return False
             self.say(line.rstrip())
-            if "ready" in line.lower():
+            if "ready" in line.lower() or "Ctrl-C to stop" in line:
                 return True
         tracer.kill()
         self.failures.append("pyinspect trace (not ready in time)")

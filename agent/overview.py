@@ -160,10 +160,14 @@ class Overview:
             for r in rows:
                 hops = s.db.execute(
                     "SELECT table_name, chain, rule_num, verdict FROM hops WHERE flow_id = ? "
-                    "ORDER BY ts_ns LIMIT 20", (r["id"],)).fetchall()
-                r["rules"] = " > ".join(
-                    f"{t}:{c}:{n if n is not None else 'policy'}{'=' + v if v else ''}"
-                    for t, c, n, v in hops)
+                    "AND table_name != 'capture' ORDER BY ts_ns LIMIT 200",
+                    (r["id"],)).fetchall()
+                path = []
+                for t, c, n, v in hops:
+                    step = f"{t}:{c}:{n if n is not None else 'policy'}" + (f" {v}" if v else "")
+                    if step not in path:
+                        path.append(step)
+                r["rules"] = " > ".join(path[:12])
                 r["original"] = f"{r['orig_src']}:{r['orig_sport']} -> {r['orig_dst']}:{r['orig_dport']}"
                 # the reply tuple reversed is what the far side of the NAT saw
                 r["translated"] = f"{r['reply_dst']}:{r['reply_dport']} -> {r['reply_src']}:{r['reply_sport']}"
