@@ -15,6 +15,7 @@ import datetime as _dt
 import ipaddress
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -273,13 +274,17 @@ class _Interfaces(dict):
 
 
 def export(store, session_id=None, container=None, since=None, until=None, flow=None,
-           bpf_filter=None, out=None):
+           bpf_filter=None, out=None, parallel=None):
     """Write the packets of a session (or of every session of a container) to `out`.
 
     `since`/`until` are epoch ns (or parse_time() strings), `flow` a 5-tuple or its
     text, `bpf_filter` a pcap-filter expression. `out` is a path (written to a temp
     file beside it and renamed on success) or a binary file object.
     Returns {"output", "packets", "interfaces", "sessions"}.
+
+    An unfiltered export of PARALLEL_MIN packets or more to a path is written by two
+    processes (the later half by `python -m pyinspect.pcap_export`, appended on
+    success); parallel=False turns that off.
     """
     if out is None:
         raise UsageError("pcap export: no output file (-o FILE)")
@@ -338,7 +343,9 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
                 continue
             yield ts, data, point, direction, wirelen, comment
 
-    def write(fh):
+    plain = flow is None and not bpf_filter
+
+    def write(fh, split=None):
         with PcapNgWriter(fh, flush_interval=None) as w:
             ifmap = _Interfaces(w)
             seen = {}
@@ -348,7 +355,9 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
                     seen[key] = w.add_interface(name or f"point{pid}", desc or "",
                                                 linktype or 1, snaplen or 0)
                 ifmap[pid] = seen[key]
-            if flow is None and not bpf_filter:
+            if split is not None:
+                n = _write_split(w, fh, store, cond, args, ifmap, split, out.parent)
+            elif plain:
                 n = w.write_rows(conn.execute(plain_sql, args), ifmap)
             else:
                 n = w.write_rows(rows(), ifmap)
@@ -361,10 +370,12 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         out = Path(out)
         if not out.parent.is_dir():
             raise NotFoundError(f"pcap export: directory {out.parent} does not exist")
+        split = _split_point(conn, cond, args) if plain and parallel is not False and \
+            (os.cpu_count() or 1) > 1 and getattr(store, "path", None) else None
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                n, nif = write(fh)
+                n, nif = write(fh, split)
             os.chmod(tmp, 0o644)
             os.replace(tmp, out)
         except BaseException:
@@ -375,3 +386,91 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
             raise
         name = str(out)
     return {"output": name, "packets": n, "interfaces": nif, "sessions": sids}
+
+
+# -- two-process export ------------------------------------------------------------------
+PARALLEL_MIN = 200_000
+
+
+def _split_point(conn, cond, args):
+    """The ts_ns that halves the rows, or None when too few rows for a second process."""
+    count = conn.execute(f"SELECT count(*) FROM packets WHERE {cond}", args).fetchone()[0]
+    if count < PARALLEL_MIN:
+        return None
+    row = conn.execute(f"SELECT ts_ns FROM packets WHERE {cond} ORDER BY ts_ns LIMIT 1"
+                       f" OFFSET ?", [*args, count // 2]).fetchone()
+    return row[0] if row else None
+
+
+def _part_sql(cond, half):
+    op = "<" if half == 0 else ">="
+    return (f"SELECT ts_ns, coalesce(data, x''), point_id, direction, len, comment"
+            f" FROM packets WHERE {cond} AND ts_ns {op} ? ORDER BY ts_ns, id")
+
+
+def _write_split(w, fh, store, cond, args, ifmap, split, tmpdir):
+    """Rows before `split` here, the rest in a child process into a temp file that is
+    appended after ours. Falls back to one process if the child fails."""
+    import json
+    import subprocess
+    pfd, part = tempfile.mkstemp(prefix=".pcap-export-part.", dir=tmpdir)
+    os.close(pfd)
+    job = {"db": str(store.path), "sql": _part_sql(cond, 1), "args": [*args, split],
+           "ifmap": {str(k): v for k, v in ifmap.items()}, "out": part}
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "pyinspect.pcap_export", "--part",
+                                  json.dumps(job)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            n = w.write_rows(store.db.conn.execute(_part_sql(cond, 0), [*args, split]), ifmap)
+            stdout, _ = child.communicate()
+        except BaseException:
+            child.kill()
+            child.communicate()
+            raise
+        if child.returncode == 0:
+            w.flush()
+            with open(part, "rb") as src:
+                _append(src, fh)
+            n += int(stdout.strip())
+            w.packets = n
+            return n
+        # the child could not do its half (e.g. a point missing from capture_points):
+        # write that half here instead
+        n += w.write_rows(store.db.conn.execute(_part_sql(cond, 1), [*args, split]), ifmap)
+        return n
+    finally:
+        try:
+            os.unlink(part)
+        except FileNotFoundError:
+            pass
+
+
+def _append(src, dst):
+    """Copy src onto the end of dst in the kernel where it can."""
+    dst.flush()
+    try:
+        while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+            pass
+    except OSError:
+        src.seek(0)
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+
+
+def _part_main():
+    """Child side of a two-process export: EPBs only (no section header) into job.out."""
+    import json
+    import sqlite3
+    job = json.loads(sys.argv[2])
+    conn = sqlite3.connect(f"file:{job['db']}?mode=ro", uri=True)
+    ifmap = {int(k): v for k, v in job["ifmap"].items()}   # a plain dict: a miss fails
+    with open(job["out"], "wb") as fh:
+        w = PcapNgWriter(fh, flush_interval=None, section=False)
+        n = w.write_rows(conn.execute(job["sql"], job["args"]), ifmap)
+        w.close()
+    print(n)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--part"]:
+    _part_main()

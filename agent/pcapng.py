@@ -95,7 +95,7 @@ class PcapNgWriter:
     """
 
     def __init__(self, path_or_file, *, hardware=None, os=None, appname=None,
-                 flush_every=1000, flush_interval=0.5):
+                 flush_every=1000, flush_interval=0.5, section=True):
         if hasattr(path_or_file, "write"):
             self._fh, self._owned = path_or_file, False
             self.path = getattr(path_or_file, "name", None)
@@ -111,6 +111,8 @@ class PcapNgWriter:
         self._batch = None             # write_rows()'s list of pending blocks
         self.packets = 0
         self.closed = False
+        if not section:     # a continuation of a section written elsewhere (export)
+            return
         uname = platform.uname()
         body = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
         body += _opt(SHB_HARDWARE, hardware if hardware is not None else uname.machine)

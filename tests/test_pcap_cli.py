@@ -253,3 +253,31 @@ def test_parse_flow_and_time():
     assert parse_time("1764417600.5") == 1_764_417_600_500_000_000
     assert parse_time("1764417600000000001") == 1_764_417_600_000_000_001
     assert parse_time("2025-11-29T12:00:00Z") == 1_764_417_600 * 10**9
+
+
+def test_two_process_export_is_byte_identical(state_root, tmp_path, monkeypatch):
+    import pyinspect.pcap_export as pe
+    with Store(database_path(state_root)) as store:
+        sid = add_session(store)
+        rows = [{"session_id": sid, "point_id": 1 + i % 2, "ts_ns": T0 + 1000 + i // 3,
+                 "data": frame(CLIENT, HOSTIP, 1000 + i % 5000, 8088), "len": 90,
+                 "direction": ("in", "out", None)[i % 3], "comment": f"c{i}" if i % 4 else None}
+                for i in range(3000)]
+        with store.db.conn:
+            store.db["packets"].insert_all(rows)
+        one, two = tmp_path / "one.pcapng", tmp_path / "two.pcapng"
+        export(store, session_id=sid, out=one, parallel=False)
+        monkeypatch.setattr(pe, "PARALLEL_MIN", 100)
+        calls = []
+        real = pe._write_split
+        monkeypatch.setattr(pe, "_write_split", lambda *a: calls.append(a) or real(*a))
+        res = export(store, session_id=sid, out=two)
+        assert calls and res["packets"] == 3006
+        assert one.read_bytes() == two.read_bytes()
+        # a packet on a point the child does not know: the parent writes that half itself
+        store.db["packets"].insert({"session_id": sid, "point_id": 99, "ts_ns": T0 + 10**6,
+                                    "data": b"\x00" * 60, "len": 60})
+        res = export(store, session_id=sid, out=two)
+        assert res["packets"] == 3007 and len(tshark(two, "frame.number")) == 3007
+        assert [r[0] for r in tshark(two, "frame.interface_name")][-1] == "point99"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pcapng", "root", "two.pcapng"]
