@@ -245,7 +245,10 @@ class Runtime:
             self._remove_hidden(c.path)
             os.close(lock_fd)
             raise
-        c._lock_fd = lock_fd
+        if _run:
+            c._lock_fd = lock_fd  # held until the shim has it: `run` is one step
+        else:
+            os.close(lock_fd)
         return c
 
     def _reserve_name(self, c):

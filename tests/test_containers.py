@@ -503,3 +503,32 @@ def test_reconciler_removes_half_created_leftovers(pc, state_root):
     pc("ps", "-a")
     assert list((state_root / "containers").iterdir()) == []
     assert list((state_root / "names").iterdir()) == []
+
+
+def test_bridge_mode_waits_for_the_network(state_root, make_netns):
+    """Default bridge mode (in a netns playing the host): the command starts only after
+    network.connect() set up eth0 and /etc/hosts names the container's address."""
+    pytest.importorskip("pyroute2")
+    try:
+        import pyinspect.runtime.network  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"no network module: {exc}")
+    ns = make_netns("pc")
+    cli = PcCli(state_root, netns=ns.name)
+    try:
+        out = cli("run", "--rm", "--name", "pc-br", "busybox", "sh", "-c",
+                  "ip -o -4 addr show eth0; grep pc-br /etc/hosts || cat /etc/hosts")
+        assert "inet " in out.stdout and "eth0" in out.stdout
+        ip = out.stdout.split("inet ")[1].split("/")[0]
+        assert ip in out.stdout.split("\n", 1)[1]  # /etc/hosts has the address
+        cli("run", "-d", "--name", "pc-br2", "busybox", "sleep", "100")
+        info = cli.inspect("pc-br2")
+        assert info["NetworkSettings"]["IPAddress"] and info["HostConfig"]["NetworkMode"] == "bridge"
+        veth = info["NetworkSettings"]["Networks"]["bridge"]["HostVeth"]
+        assert veth in ns.sh("ip -o link").stdout
+        cli("rm", "-f", "pc-br2")
+        assert veth not in ns.sh("ip -o link").stdout
+    finally:
+        for cid in cli.ids():
+            cli("rm", "-f", cid, check=False)
+    assert_clean(state_root, [])
