@@ -17,19 +17,14 @@ import ctypes
 import errno
 import os
 import socket
-
 import struct
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import (RTM_GETADDR, RTM_GETLINK, RTM_GETNSID,
-                                   RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK)
+from pyroute2.netlink.rtnl import RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
-RTNLGRP_NSID = 28
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 NSID_NOT_ASSIGNED = -1
 NETNSA_NSID, NETNSA_FD = 1, 3
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
@@ -48,12 +43,6 @@ def setns(fd, nstype=CLONE_NEWNET):
     if _libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def ns_inode(path_or_fd):
-    """The inode number that identifies a namespace file (path or open fd)."""
-    st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
-    return st.st_ino
 
 
 def open_ns(path):
@@ -108,10 +97,6 @@ class RtnlSocket:
 
     def fileno(self):
         return self.sock.fileno()
-
-    def add_membership(self, group):
-        """Join a multicast group by number (e.g. RTNLGRP_NSID)."""
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
 
     def _request(self, msg_type, flags, body):
         """Send one request; yield (type, data, offset, length) of each reply to it."""
@@ -177,7 +162,7 @@ class RtnlSocket:
         return list(self.marshal.parse(data))
 
 
-LINK_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+LINK_GROUPS = RTMGRP_LINK  # link notifications only (addresses would only fill the buffer)
 
 
 def _attrs(data, off, end):
