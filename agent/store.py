@@ -88,6 +88,11 @@ def _m4_probe_loss_lag(db):
             db["probe_loss"].add_column(column, int if column == "lag_ns" else str)
 
 
+def _m5_doctor_memory(db):
+    db["doctor_memory"].create({"key": str, "value": str, "updated_ns": int},
+                               pk="key", if_not_exists=True)
+
+
 # Append only: a new step gets the next version. Never edit an applied step.
 MIGRATIONS = [
     ("base: containers, events, probe_loss", _m1_base),
@@ -95,6 +100,7 @@ MIGRATIONS = [
      _m2_network_and_traces),
     ("doctor findings", _m3_findings),
     ("probe_loss: reader lag and detail", _m4_probe_loss_lag),
+    ("doctor memory: remembered port mappings and acknowledged counters", _m5_doctor_memory),
 ]
 
 
