@@ -381,49 +381,77 @@ def disconnect(root, container):
             _teardown(ipr, NetlinkError, state)
 
 
-def _alive(container, lease):
-    """The container is running with the very netns its lease was made for."""
-    if _attr(container, "status") != "running":
-        return False
-    pid = _attr(container, "pid") or 0
-    if not pid:
-        return False
-    try:
-        inode = _netns_inode(pid)
-    except OSError:
-        return False
-    return not lease.get("netns_inode") or inode == lease["netns_inode"]
+def _alive(lease, container=None):
+    """The lease's init process still lives in the very netns the lease was made for.
+
+    Judged from the lease itself (pid + netns inode recorded by connect), so a
+    container that is still starting (its state not yet 'running') keeps its
+    lease, and a reused pid in another netns does not.
+    """
+    for pid in (lease.get("pid"), _attr(container, "pid") if container is not None else None):
+        if not pid:
+            continue
+        try:
+            if _netns_inode(pid) == lease.get("netns_inode"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _rules_look_right(state):
+    """Cheap check (no python-iptables import): do our tagged rules per owner match in count?"""
+    import collections
+    import subprocess
+    want = collections.Counter(r.comment for r in portmap.desired(state))
+    have = collections.Counter()
+    tag = portmap.owner_tag(state["bridge"], "")
+    for table in portmap.TABLES:
+        try:
+            out = subprocess.run(["iptables-legacy-save", "-t", table], capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if out.returncode != 0:
+            return False
+        for m in re.finditer(r'--comment "?(' + re.escape(tag) + r'[^" ]*)', out.stdout):
+            have[m.group(1)] += 1
+    return want == have
 
 
 def reconcile(root, containers):
     """Drop leases, veths, netns links and rules of dead containers; re-add missing rules.
 
-    Returns {bridge: {"released": [names], "added": n, "removed": n}}.
+    Rules are compared in full (python-iptables) only when a lease was dropped
+    or the cheap per-owner count of our tagged rules is off, so calling this
+    often (every `pyinspect ps`) stays cheap. Returns
+    {bridge: {"released": [names], "added": n, "removed": n}}.
     """
     states = ipam.all_states(root)
-    if not states:
-        return {}
-    by_id = {c.id: c for c in containers}
+    by_id = {_attr(c, "id"): c for c in containers}
     report = {}
-    IPRoute, NetNS, NetlinkError = _pyroute2()
-    with IPRoute() as ipr:
-        for snapshot in states:
-            bridge = snapshot["bridge"]
-            with ipam.locked(root, bridge) as state:
-                released = []
-                for ip, lease in list(state["leases"].items()):
-                    c = by_id.get(lease.get("id"))
-                    if c is None or not _alive(c, lease):
-                        del state["leases"][ip]
-                        _undo_lease(ipr, NetlinkError, lease)
-                        released.append(lease.get("name"))
-                counts = {"added": 0, "removed": 0}
+    for snapshot in states:
+        bridge = snapshot["bridge"]
+        with ipam.locked(root, bridge) as state:
+            dead = {ip: lease for ip, lease in state["leases"].items()
+                    if not _alive(lease, by_id.get(lease.get("id")))}
+            live = len(state["leases"]) - len(dead)
+            counts = {"added": 0, "removed": 0}
+            idle = not (state.get("active") or state.get("bridge_created") or state.get("sysctls"))
+            if not dead and ((live and _rules_look_right(state)) or (not live and idle)):
+                report[bridge] = {"released": [], **counts}
+                continue
+            IPRoute, NetNS, NetlinkError = _pyroute2()
+            with IPRoute() as ipr:
+                for ip, lease in dead.items():
+                    del state["leases"][ip]
+                    _undo_lease(ipr, NetlinkError, lease)
                 if state["leases"]:
                     counts = portmap.sync(bridge, portmap.desired(state))
                     state["active"] = True
-                elif state.get("active") or state.get("bridge_created") or state.get("sysctls"):
+                else:
                     _teardown(ipr, NetlinkError, state)
-                report[bridge] = {"released": released, **counts}
+            report[bridge] = {"released": [lease.get("name") for lease in dead.values()], **counts}
     return report
 
 

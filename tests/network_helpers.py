@@ -150,6 +150,9 @@ def _main(req):
             result = network.disconnect(root, _obj(req["container"]))
         elif op == "reconcile":
             result = network.reconcile(root, [_obj(c) for c in req["containers"]])
+        elif op == "reconcile_imports":
+            network.reconcile(root, [_obj(c) for c in req["containers"]])
+            result = sorted(m for m in ("pyroute2", "iptc") if m in sys.modules)
         elif op == "files":
             result = network.container_files(_obj(req["container"]))
         elif op == "inspect":

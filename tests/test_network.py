@@ -424,9 +424,10 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     assert not Path(network.NETNS_DIR, dead["name"]).exists()
     assert dead["network"]["veth_host"] not in ns.run("ip", "-o", "link").stdout
     assert list(host.ok("state", bridge="pyinspect0")["leases"].values())[0]["id"] == live["id"]
-    # a second reconcile has nothing to do
+    # a second reconcile has nothing to do, and finds that out without pyroute2 or iptc
     assert host.ok("reconcile", containers=[dead, live])["pyinspect0"] == \
         {"released": [], "added": 0, "removed": 0}
+    assert host.ok("reconcile_imports", containers=[live]) == []
     # nothing left running: everything of ours goes, the foreign rules and chain content stay
     host.stop(live)
     host.ok("reconcile", containers=[])
