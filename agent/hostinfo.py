@@ -104,11 +104,15 @@ def _count_save(text):
 
 
 def iptables():
-    """Each backend present (legacy x_tables, iptables-nft, native nft) and its rule count."""
+    """Each backend present (legacy x_tables, iptables-nft, IPv6 twins, native nft) and its
+    rule count (the nft count includes rules written through iptables-nft)."""
     out = []
     for name, tool, probe in (("iptables-legacy", "iptables-legacy-save",
                                "/proc/net/ip_tables_names"),
-                              ("iptables-nft", "iptables-nft-save", None)):
+                              ("iptables-nft", "iptables-nft-save", None),
+                              ("ip6tables-legacy", "ip6tables-legacy-save",
+                               "/proc/net/ip6_tables_names"),
+                              ("ip6tables-nft", "ip6tables-nft-save", None)):
         path = shutil.which(tool)
         if not path:
             out.append({"backend": name, "present": False, "reason": f"{tool} not installed"})

@@ -27,6 +27,7 @@ def test_info_json_matches_the_host(make_netns, state_root):
           "iptables-nft -A FORWARD -o pb1 -j DROP && "
           "iptables-nft -t nat -A PREROUTING -p tcp --dport 8088 -j DNAT "
           "--to-destination 10.250.0.2:80 && "
+          "ip6tables-legacy -A INPUT -i pb0 -j ACCEPT && "
           "sysctl -qw net.ipv4.ip_forward=1")
     facts = json.loads(Cli(state_root, netns=ns.name)("info", "--json").stdout)
 
@@ -37,6 +38,8 @@ def test_info_json_matches_the_host(make_netns, state_root):
     assert legacy["tables"]["nat"] == 1 and legacy["tables"]["filter"] == 1
     assert nft["present"] and nft["rules"] == count_rules(ns, "iptables-nft-save") == 3
     assert backends["nftables"]["present"] and backends["nftables"]["rules"] >= 3
+    assert backends["ip6tables-legacy"]["rules"] == count_rules(ns, "ip6tables-legacy-save") == 1
+    assert backends["ip6tables-nft"]["rules"] == 0
 
     assert facts["netns"] == os.stat(ns.path).st_ino
     assert facts["sysctls"]["net.ipv4.ip_forward"] == "1"
