@@ -4,7 +4,8 @@
   pid/net namespace inode and cgroup id, through `pyinspect.discovery.Resolver`) and
   writes them in batches with `Store.insert_events` (one transaction per batch).
   It also stores ring buffer loss and reader lag per probe in `probe_loss`.
-- `Follower(root, store)` runs the probes inside this process and yields attributed
+- `Follower(root, store)` runs the probes (process, cgroup, and probes engineer B's
+  netlink link monitor) inside this process and yields attributed
   events as they happen (used by `pyinspect events --follow` and the agent).
 - `query(store, container=None, since=None, kinds=None, limit=100, offset=0)` reads
   the stored timeline, oldest first.
@@ -19,7 +20,7 @@ from .errors import UnavailableError, UsageError
 
 COLUMNS = ("ts_ns", "kind", "pid", "ppid", "comm", "cgroup_id", "netns", "pidns", "mntns",
            "container_id", "container_name", "session_id", "detail")
-PROBES = ("process", "cgroup")
+PROBES = ("process", "cgroup", "links")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -98,15 +99,20 @@ class Recorder:
         return ev
 
     def add(self, ev):
-        """Queue one probe record (attributed here unless already attributed)."""
+        """Queue one probe record (attributed here unless already attributed); returns
+        it as stored: the table's columns, anything else folded into `detail`."""
         if "container_id" not in ev:
             self.attribute(ev)
         if self.session_id is not None:
             ev["session_id"] = self.session_id
-        self._batch.append({k: ev.get(k) for k in COLUMNS})
+        row = {k: ev.get(k) for k in COLUMNS}
+        extra = {k: v for k, v in ev.items() if k not in COLUMNS and k != "id"}
+        if extra:  # e.g. a link record's ifindex/ifname: kept in detail
+            row["detail"] = {**extra, **(row["detail"] or {})}
+        self._batch.append(row)
         if len(self._batch) >= self.batch_size:
             self.flush()
-        return ev
+        return row
 
     def tick(self):
         """Flush if the batch is older than flush_interval."""
@@ -139,6 +145,9 @@ def make_probe(name, **kw):
     if name == "cgroup":
         from .probes.cgroups import CgroupProbe
         return CgroupProbe(**kw)
+    if name == "links":  # probes engineer B's netlink monitor: every named netns too
+        from .probes.links import LinkProbe
+        return LinkProbe(**{"all_named": True, **kw})
     raise UsageError(f"unknown probe {name!r}: choose from {', '.join(PROBES)}")
 
 
@@ -169,11 +178,11 @@ class Follower:
             probe = make_probe(name, **self.probe_kwargs.get(name, {}))
             try:
                 probe.start()
-            except UnavailableError as exc:
-                errors.append(str(exc))
-                self.messages.append(f"skipped: {exc}")
+            except (UnavailableError, OSError) as exc:
+                errors.append(f"{name}: {exc}")
+                self.messages.append(f"skipped {name} probe: {exc}")
                 continue
-            self.messages.extend(probe.messages)
+            self.messages.extend(getattr(probe, "messages", []))
             self.probes.append(probe)
         if not self.probes:
             raise UnavailableError("events: no probe could start: " + "; ".join(errors))
@@ -181,7 +190,9 @@ class Follower:
 
     def ready_line(self):
         """One line naming what is attached (printed when events start to flow)."""
-        parts = [f"{p.NAME} ({len(p.attached)} tracepoints)" for p in self.probes]
+        parts = [f"{p.NAME} ({len(p.attached)} tracepoints)" if hasattr(p, "attached")
+                 else f"{p.NAME} ({len(getattr(p, 'watched', ()))} namespaces)"
+                 for p in self.probes]
         return "listening: " + ", ".join(parts)
 
     def _wanted(self, ev):
@@ -198,9 +209,9 @@ class Follower:
         out = []
         for i, probe in enumerate(self.probes):
             for ev in probe.events(timeout_ms if i == 0 else 0):
-                self.recorder.add(ev)
-                if self._wanted(ev):
-                    out.append(ev)
+                row = self.recorder.add(ev)
+                if self._wanted(row):
+                    out.append(row)
         self.recorder.tick()
         if time.monotonic() - self._last_loss >= 5:
             self.record_loss()
@@ -209,11 +220,12 @@ class Follower:
     def record_loss(self, force=False):
         self._last_loss = time.monotonic()
         for probe in self.probes:
-            self.recorder.record_loss(probe.NAME, probe.lost, probe.max_lag_ns, force=force)
+            self.recorder.record_loss(probe.NAME, probe.lost, getattr(probe, "max_lag_ns", 0),
+                                      force=force)
 
     def loss_summary(self):
         return [f"{p.NAME} probe: {p.lost} records lost, max reader lag "
-                f"{p.max_lag_ns / 1e6:.1f} ms" for p in self.probes]
+                f"{getattr(p, 'max_lag_ns', 0) / 1e6:.1f} ms" for p in self.probes]
 
     def stop(self):
         if self.probes:
@@ -266,7 +278,10 @@ def query(store, container=None, since=None, kinds=None, limit=100, offset=0, un
     sql = "SELECT * FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY ts_ns DESC, id DESC" if newest_first else " ORDER BY ts_ns, id"
+    if after_id is not None:  # a live tail: what was stored since, in storage order
+        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
+    else:
+        sql += " ORDER BY ts_ns DESC, id DESC" if newest_first else " ORDER BY ts_ns, id"
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
         params += [int(limit), int(offset)]
@@ -297,6 +312,10 @@ def summary(ev):
         return f"join {','.join(d.get('nstype') or [])} {d.get('target', 'fd %s' % d.get('fd'))}"
     if k == "oom":
         return f"OOM victim {ev['pid']} ({d.get('victim_comm')}) anon-rss {d.get('anon_rss_kb')} kB"
+    if k.startswith("link_"):
+        rest = {x: y for x, y in d.items() if x not in ("ifindex", "ifname", "netns_label")}
+        return f"{ev.get('ifname') or d.get('ifname')} in {d.get('netns_label')} " + \
+            " ".join(f"{x}={y}" for x, y in sorted(rest.items()))
     if k.startswith("cgroup_"):
         ctl = d.get("controllers") or ("v2" if d.get("version") == 2 else "")
         return f"{ctl}:{d.get('path')} id {d.get('id')}"
@@ -307,5 +326,6 @@ def format_line(ev):
     """80-column text line: time, container, kind, pid, comm, summary."""
     ts = datetime.fromtimestamp(ev["ts_ns"] / 1e9).strftime("%H:%M:%S.%f")[:-3]
     who = (ev.get("container_name") or "-")[:16]
-    return f"{ts} {who:<16} {ev['kind']:<13} {ev['pid']:>7} {(ev.get('comm') or '')[:15]:<15} " \
+    pid = ev.get("pid") or "-"
+    return f"{ts} {who:<16} {ev['kind']:<13} {pid:>7} {(ev.get('comm') or '-')[:15]:<15} " \
            f"{summary(ev)}"

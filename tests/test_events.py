@@ -185,7 +185,7 @@ def test_follow_attributes_runc_container_events(runc, state_root, tmp_path):
     assert any(r["pid"] == ex["pid"] and r["kind"] == "exit" and
                r["detail"]["exit_code"] == 4 for r in stored)
     loss = {r["probe"]: r for r in store.db["probe_loss"].rows}
-    assert set(loss) == {"process", "cgroup"} and loss["process"]["lost"] == 0
+    assert set(loss) == {"process", "cgroup", "links"} and loss["process"]["lost"] == 0
     store.close()
 
 
@@ -200,6 +200,7 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
         ready = proc.stderr.readline()
         assert ready.startswith("listening: process (8 tracepoints), cgroup (3 tracepoints)"), \
             ready
+        ns.sh("ip link add pa-v0 type veth peer name pa-v1")  # a link event in the container's netns
         ns.sh("/bin/true pa-cli; exit 3", check=False)
         subprocess.run(["/bin/true", "pa-cli-host"], check=True)  # filtered out
         got = []
@@ -208,11 +209,14 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
             assert line, "events --follow ended early"
             ev = json.loads(line)
             got.append(ev)
-            if ev["kind"] == "exit" and ev["detail"].get("exit_code") == 3:
+            if any(e["kind"] == "exit" and e["detail"].get("exit_code") == 3 for e in got) \
+                    and any(e["kind"] == "link_add" for e in got):
                 break
         assert all(e["container_name"] == ns.name for e in got)
         assert not any(e["detail"].get("argv") == ["/bin/true", "pa-cli-host"] for e in got)
         assert any(e["kind"] == "exec" and e["detail"].get("argv") == ["/bin/true", "pa-cli"]
+                   for e in got)
+        assert any(e["kind"] == "link_add" and e["detail"].get("ifname") == "pa-v0"
                    for e in got)
         netns = os.stat(ns.path).st_ino
         odd = [(e["kind"], e["comm"], e["pid"], e["netns"], e["detail"]) for e in got
