@@ -260,6 +260,27 @@ def _tuple_eq(side, want):
     return a == wa and b == wb and (wap is None or ap == wap) and (wbp is None or bp == wbp)
 
 
+def point_name(name, description, container):
+    """The pcapng if_name of a stored capture point.
+
+    The tracer stores bare interface names (two points may both be `eth0`) and a
+    description that starts with the point's role; this gives the names Wireshark shows:
+    container `test/eth0`, veth `vethab12cd3@host (test)`, bridge `pyinspect0`, uplink
+    `eth0@host`. A name that already says where it is (has `@` or `/`) is kept.
+    """
+    name = name or ""
+    if not name or "@" in name or "/" in name:
+        return name
+    role = (description or "").split(":", 1)[0].strip()
+    if role == "container" and container:
+        return f"{container}/{name}"
+    if role == "veth":
+        return f"{name}@host ({container})" if container else f"{name}@host"
+    if role == "uplink":
+        return f"{name}@host"
+    return name
+
+
 class _Interfaces(dict):
     """point id -> interface id; unknown points get an interface on first use."""
 
@@ -296,9 +317,11 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         raise UsageError("pcap export: --since is after --until")
     conn = _conn(store)
     qs = ",".join("?" * len(sids))
-    points = conn.execute(
-        f"SELECT id, name, description, linktype FROM capture_points"
-        f" WHERE session_id IN ({qs}) ORDER BY id", sids).fetchall()
+    points = [(pid, point_name(name, desc, cname), desc, linktype)
+              for pid, name, desc, linktype, cname in conn.execute(
+                  f"SELECT c.id, c.name, c.description, c.linktype, s.container_name"
+                  f" FROM capture_points c JOIN trace_sessions s ON s.id = c.session_id"
+                  f" WHERE c.session_id IN ({qs}) ORDER BY c.id", sids)]
 
     flow_ids, flow_filters = None, {}
     if flow is not None:

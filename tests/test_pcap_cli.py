@@ -281,3 +281,73 @@ def test_two_process_export_is_byte_identical(state_root, tmp_path, monkeypatch)
         assert res["packets"] == 3007 and len(tshark(two, "frame.number")) == 3007
         assert [r[0] for r in tshark(two, "frame.interface_name")][-1] == "point99"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pcapng", "root", "two.pcapng"]
+
+
+def test_point_names_as_the_tracer_stores_them(state_root, tmp_path):
+    """Bare names + role descriptions (what `pyinspect trace` writes) become distinct names."""
+    with Store(database_path(state_root)) as store:
+        db = store.db
+        sid = db["trace_sessions"].insert({"container_name": "test", "snaplen": 160}).last_pk
+        rows = [("eth0", "uplink"), ("pyinspect0", "bridge"),
+                ("vethab12cd3", "veth: host end of test's veth"),
+                ("eth0", "container: eth0 in test")]
+        for i, (name, desc) in enumerate(rows):
+            pid = db["capture_points"].insert({"session_id": sid, "name": name,
+                                               "description": desc, "linktype": 1}).last_pk
+            d = frame(CLIENT, CIP, 40000, 80)
+            db["packets"].insert({"session_id": sid, "point_id": pid, "ts_ns": T0 + i,
+                                  "data": d, "len": len(d)})
+        out = tmp_path / "names.pcapng"
+        export(store, session_id=sid, out=out)
+    assert tshark(out, "frame.interface_name", "frame.interface_description") == [
+        ["eth0@host", "uplink"], ["pyinspect0", "bridge"],
+        ["vethab12cd3@host (test)", "veth: host end of test's veth"],
+        ["test/eth0", "container: eth0 in test"]]
+
+
+@pytest.mark.root
+def test_real_trace_exports_the_nat_story(state_root, tmp_path):
+    """`pyinspect trace -w` on real DNAT traffic, then `pcap export`: both files tell it."""
+    import json as _json
+    import tracetopo
+    from conftest import Cli
+    topo = tracetopo.Topology(prefix="pp")
+    try:
+        live = tmp_path / "live.pcapng"
+        hcli = Cli(state_root, netns=topo.host)
+        proc = subprocess.Popen(hcli.argv("trace", "--container", topo.ctrs[0], "--json",
+                                          "--duration", "3", "-w", live),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = proc.stdout.readline()
+            assert ready and _json.loads(ready)["type"] == "ready", proc.stderr.read()
+            assert topo.fetch().returncode == 0
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        topo.close()
+    hcli = Cli(state_root)          # the host namespace is gone; the store remains
+    sessions = [_json.loads(x) for x in hcli("pcap", "ls", "--json").stdout.splitlines()]
+    assert len(sessions) == 1 and sessions[0]["packets"] > 0
+    out = tmp_path / "export.pcapng"
+    hcli("pcap", "export", "--session", sessions[0]["id"], "-o", out)
+    ctr = topo.ctrs[0]
+    for path in (out, live):
+        rows = tshark(path, "frame.interface_name", "tcp.dstport", "tcp.srcport",
+                      "frame.packet_flags_direction", "frame.comment", filt="tcp")
+        assert rows, path
+        syn_ports = {(r[0], r[1]) for r in rows if r[1] in ("8088", "80")}
+        up = [n for n, p in syn_ports if p == "8088"]
+        inside = [n for n, p in syn_ports if p == "80"]
+        assert up and all(n.startswith("up0") for n in up), syn_ports
+        assert any(n.startswith("vc0") for n in inside), syn_ports
+        assert any("eth0" in n for n in inside), syn_ports
+        assert all(int(r[3], 16) in (1, 2) for r in rows)
+        assert any("DNAT" in r[4] for r in rows)
+    names = {r[0] for r in tshark(out, "frame.interface_name")}
+    assert {"up0@host", f"vc0@host ({ctr})", f"{ctr}/eth0"} <= names, names
+    assert len(tshark(out, "frame.number")) == sessions[0]["packets"]
