@@ -29,7 +29,7 @@ import select
 import socket
 import time
 
-from .netns import LINK_GROUPS, RtnlSocket, link_from_message, open_ns
+from .netns import LINK_GROUPS, RtnlSocket, link_from_message, list_netns, open_ns
 
 AF_UNSPEC = 0
 IFF_UP = 0x1
@@ -37,7 +37,7 @@ RTM_NEWLINK = 16
 RTM_DELLINK = 17
 KINDS = ("link_add", "link_del", "link_rename", "link_up", "link_down", "link_master",
          "link_netns")
-RESCAN_NS = 0.5  # seconds between /run/netns rescans when watching every named netns
+RESCAN_NS = 0.5  # seconds between rescans for namespaces when watching all (named) ones
 
 
 class _Watched:
@@ -77,11 +77,13 @@ class LinkProbe:
 
     NAME = "links"
 
-    def __init__(self, netns=None, own=True, all_named=False, rcvbuf=None):
+    def __init__(self, netns=None, own=True, all_named=False, all_netns=False, rcvbuf=None):
         """netns: paths or `ip netns` names to watch besides (own=True) our own namespace;
         all_named: also watch every /run/netns namespace, including ones added later;
-        rcvbuf: socket receive buffer in bytes (default 1 MiB)."""
+        all_netns: watch every namespace on the host (named, bind-mounted, or of any
+        process), including ones added later; rcvbuf: socket receive buffer in bytes."""
         self.rcvbuf = rcvbuf
+        self.all_netns = all_netns
         self.requested = list(netns or [])
         self.own = own
         self.all_named = all_named
@@ -101,8 +103,8 @@ class LinkProbe:
             for ns in self.requested:
                 path = ns if "/" in ns else f"/run/netns/{ns}"
                 self._watch(path, os.path.basename(ns) if "/" not in ns else ns)
-            if self.all_named:
-                self._rescan_named()
+            if self.all_named or self.all_netns:
+                self._rescan()
         except Exception:
             self.stop()
             raise
@@ -133,33 +135,31 @@ class LinkProbe:
 
     def _watch(self, path, label):
         w = _Watched(path, label, self.rcvbuf)
+        w.auto = False
         if w.inode in self.watched:
             w.close()
             return self.watched[w.inode]
         self.watched[w.inode] = w
         return w
 
-    def _rescan_named(self):
+    def _rescan(self):
+        """Start watching namespaces that appeared, let go of those that went away."""
         self._last_scan = time.monotonic()
-        try:
-            names = os.listdir("/run/netns")
-        except OSError:
-            names = []
-        live = set()
-        for name in names:
-            path = f"/run/netns/{name}"
-            try:
-                ino = os.stat(path).st_ino
-            except OSError:
+        found = list_netns(processes=self.all_netns)
+        for ino, (paths, names) in found.items():
+            if ino in self.watched:
                 continue
-            live.add(ino)
-            if ino not in self.watched:
+            if not self.all_netns and not names:
+                continue
+            for path in paths:
                 try:
-                    self._watch(path, name)
+                    w = self._watch(path, names[0] if names else f"netns:{ino}")
                 except OSError:
                     continue
-        for ino, w in list(self.watched.items()):  # let removed named namespaces go
-            if w.path and w.path.startswith("/run/netns/") and ino not in live:
+                w.auto = True
+                break
+        for ino, w in list(self.watched.items()):
+            if w.auto and ino not in found:  # our socket alone would keep it alive
                 w.close()
                 del self.watched[ino]
 
@@ -169,8 +169,9 @@ class LinkProbe:
         if not self.watched:
             from ..errors import UnavailableError
             raise UnavailableError("links probe: not started")
-        if self.all_named and time.monotonic() - self._last_scan >= RESCAN_NS:
-            self._rescan_named()
+        if (self.all_named or self.all_netns) and \
+                time.monotonic() - self._last_scan >= RESCAN_NS:
+            self._rescan()
         socks = {w.events.sock: w for w in self.watched.values()}
         ready, _, _ = select.select(list(socks), [], [], max(timeout_ms, 0) / 1000)
         if not ready:

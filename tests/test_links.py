@@ -233,3 +233,49 @@ def test_link_events_in_a_runc_container_are_attributed(make_netns, tmp_path, st
         if p is not None:
             p.stop()
         runc.cleanup()
+
+
+def test_all_netns_follows_anonymous_namespaces(make_netns, probe_factory):
+    """all_netns: a process's anonymous netns is watched once it appears and let go
+    when its last process exits (our socket alone would keep it alive)."""
+    host = make_netns("pb")
+    p = probe_factory(own=False, all_netns=True)
+    sleeper = subprocess.Popen(["unshare", "--net", "--", "sleep", "1000"])
+    try:
+        def anon():
+            try:
+                ino = os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino
+            except OSError:
+                return None
+            return ino if ino != os.stat("/proc/self/ns/net").st_ino else None
+        deadline = time.monotonic() + 5
+        while not (anon() and anon() in p.watched) and time.monotonic() < deadline:
+            p.events(100)
+        ino = anon()
+        assert ino in p.watched and os.stat(host.path).st_ino in p.watched
+        assert p.watched[ino].label == f"netns:{ino}"
+        ip("-n", host.name, "link", "add", "pb-a0", "type", "veth", "peer", "name", "pb-a1")
+        ip("-n", host.name, "link", "set", "pb-a1", "netns", str(sleeper.pid))
+        evs = []
+        deadline = time.monotonic() + 5
+        while len(evs) < 4 and time.monotonic() < deadline:  # other namespaces are busy too
+            evs += [e for e in p.events(100) if e["netns"] in (ino, os.stat(host.path).st_ino)]
+        labels = {ino: "ctr", os.stat(host.path).st_ino: "host"}
+        assert brief(evs, labels) == [("host", "link_add", "pb-a1"), ("host", "link_add", "pb-a0"),
+                                      ("host", "link_netns", "pb-a1"),
+                                      ("ctr", "link_netns", "pb-a1")]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    hi = os.stat(host.path).st_ino
+    seen = []
+    deadline = time.monotonic() + 5
+    while ino in p.watched and time.monotonic() < deadline:
+        seen += brief([e for e in p.events(100) if e["netns"] == hi], labels)
+    assert ino not in p.watched
+    # once released, the namespace dies (asynchronously, in the kernel's cleanup work)
+    # and takes the veth with it: the host end is deleted too
+    deadline = time.monotonic() + 10
+    while ("host", "link_del", "pb-a0") not in seen and time.monotonic() < deadline:
+        seen += brief([e for e in p.events(100) if e["netns"] == hi], labels)
+    assert ("host", "link_del", "pb-a0") in seen
