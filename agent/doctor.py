@@ -1,0 +1,773 @@
+"""`pyinspect doctor`: find the usual causes of broken container networking, with evidence.
+
+The host is the network namespace of the calling process (so tests and users can
+run doctor inside any namespace with `nsenter --net=`). `HostView.collect()` takes
+one read-only snapshot: iptables rules of BOTH backends, sysctls, links, routes,
+neighbours, conntrack counters, and every container namespace whose veth peers
+sit in this namespace (pyinspect's, runc's, Docker's or a bare `ip netns`), with
+its links, routes, listening sockets (/proc/<pid>/net/tcp) and memory cgroup.
+Checks are plain functions over that snapshot (see doctor_checks.py) that return
+`Finding`s. Nothing is changed unless `apply_fixes()` is called.
+"""
+
+import ctypes
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import doctor_iptables as ipt
+from .errors import UnavailableError
+
+SEVERITIES = ("error", "warning", "info")
+PROBLEM = ("error", "warning")  # severities that make the exit code 1
+RUNBOOKS = "docs/runbooks"
+SIM_REMOTE = "198.51.100.7"  # TEST-NET-2: used only to describe packets to the rule walker
+
+CHECKS = []  # (name, function) in the order they run
+
+
+def check(name):
+    """Register `fn(view) -> iterable of Finding` as the check `name`."""
+    def deco(fn):
+        CHECKS.append((name, fn))
+        fn.check_name = name
+        return fn
+    return deco
+
+
+@dataclass
+class Finding:
+    """One problem: what is wrong, the evidence that shows it, and how to fix it."""
+    check: str
+    severity: str
+    container: str
+    summary: str
+    evidence: list
+    fix: str
+    runbook: str
+    safe: bool = False  # --fix applies it without asking
+    actions: list = field(default_factory=list)  # ("run", argv) | ("write", path, text) | ("ack", key, value)
+    port: int = None  # the host port concerned, if any
+
+    def to_dict(self):
+        d = asdict(self)
+        d["actions"] = [list(map(str, a[1])) if a[0] == "run" else list(map(str, a))
+                        for a in self.actions]
+        return d
+
+
+def runbook(name):
+    return f"{RUNBOOKS}/{name}.md"
+
+
+# -- namespaces -------------------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def _ino(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+@contextmanager
+def in_netns(path):
+    """Run the body with this thread in the network namespace at `path`, then come back."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+    except OSError:
+        os.close(own)
+        raise
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                raise SystemExit("doctor: cannot return to the original network namespace")
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def read_sysctl(name):
+    """Read net sysctl `name` (dotted) in this thread's netns; None if absent."""
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _sysctl_path(key):
+    # interface names may contain dots: only the known prefix is split
+    for prefix in ("net.ipv4.conf.", "net.ipv6.conf."):
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            iface, _, leaf = rest.rpartition(".")
+            return "/proc/sys/" + prefix.replace(".", "/") + iface + "/" + leaf
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def sysctl(key):
+    try:
+        with open(_sysctl_path(key)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+# -- links, routes, sockets ----------------------------------------------------------
+@dataclass
+class Link:
+    ifindex: int
+    name: str
+    kind: str
+    up: bool  # administratively up
+    oper: str
+    mtu: int
+    master: str
+    iflink: int  # peer ifindex for veths
+    link_netnsid: int
+    addrs: list  # [(ip, prefixlen)]
+    hairpin: bool = None
+
+    def networks(self):
+        return [ipaddress.ip_interface(f"{ip}/{plen}").network for ip, plen in self.addrs]
+
+
+def _links_and_routes():
+    """Links (with IPv4 addresses) and IPv4 main-table routes of this thread's netns."""
+    from pyroute2 import IPRoute
+    links, routes = {}, []
+    with IPRoute() as ipr:
+        by_index = {}
+        for msg in ipr.get_links():
+            kind = msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) or ""
+            link = Link(msg["index"], msg.get("IFLA_IFNAME"), kind, bool(msg["flags"] & 1),
+                        msg.get("IFLA_OPERSTATE") or "", msg.get("IFLA_MTU") or 0,
+                        msg.get("IFLA_MASTER"), msg.get("IFLA_LINK"),
+                        msg.get("IFLA_LINK_NETNSID"), [])
+            by_index[link.ifindex] = link
+        for link in by_index.values():
+            m = by_index.get(link.master)
+            link.master = m.name if m else None
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            link = by_index.get(msg["index"])
+            if link:
+                link.addrs.append((msg.get("IFA_ADDRESS"), msg["prefixlen"]))
+        for msg in ipr.get_routes(family=socket.AF_INET, table=254):
+            dst = msg.get("RTA_DST")
+            oif = by_index.get(msg.get("RTA_OIF"))
+            routes.append({"dst": f"{dst}/{msg['dst_len']}" if dst else "default",
+                           "gateway": msg.get("RTA_GATEWAY"),
+                           "dev": oif.name if oif else None})
+        links = {l.name: l for l in by_index.values()}
+    return links, routes
+
+
+def _route_get(ip):
+    from pyroute2 import IPRoute
+    try:
+        with IPRoute() as ipr:
+            msg = ipr.route("get", dst=ip)[0]
+            idx = msg.get("RTA_OIF")
+            return ipr.get_links(idx)[0].get("IFLA_IFNAME") if idx else None
+    except Exception:  # no route: unreachable
+        return None
+
+
+def _hex_addr(text, v6):
+    raw = bytes.fromhex(text)
+    if v6:
+        words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+        return str(ipaddress.IPv6Address(b"".join(words)))
+    return str(ipaddress.IPv4Address(raw[::-1]))
+
+
+def parse_proc_net(text, proto, v6):
+    """Listening TCP / bound UDP sockets from /proc/<pid>/net/{tcp,tcp6,udp,udp6} text."""
+    out = []
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 4:
+            continue
+        state = f[3]
+        if (proto == "tcp" and state != "0A") or (proto == "udp" and state != "07"):
+            continue
+        addr, _, port = f[1].partition(":")
+        out.append((proto, _hex_addr(addr, v6), int(port, 16)))
+    return out
+
+
+def listeners(proc_net_dir):
+    """Listening sockets read from a /proc/.../net directory."""
+    out = []
+    for name, proto, v6 in (("tcp", "tcp", False), ("tcp6", "tcp", True),
+                            ("udp", "udp", False), ("udp6", "udp", True)):
+        try:
+            with open(f"{proc_net_dir}/{name}") as f:
+                out += parse_proc_net(f.read(), proto, v6)
+        except OSError:
+            pass
+    return out
+
+
+def _bridge_ports():
+    """{port name: hairpin bool} from `bridge -j -d link show` (this netns)."""
+    try:
+        proc = subprocess.run(["bridge", "-j", "-d", "link", "show"], capture_output=True,
+                              text=True, timeout=10)
+        return {p["ifname"]: bool(p.get("hairpin")) for p in json.loads(proc.stdout or "[]")}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
+
+
+# -- containers ----------------------------------------------------------------------
+@dataclass
+class ContainerView:
+    name: str
+    id: str
+    source: str  # pyinspect | runc | docker | netns | process
+    nspath: str
+    inode: int
+    pids: list
+    links: dict = field(default_factory=dict)
+    routes: list = field(default_factory=list)
+    sockets: list = field(default_factory=list)
+    eth: Link = None  # container side of the veth pair
+    host_veth: Link = None
+    ip: str = None
+    prefixlen: int = None
+    ports: list = field(default_factory=list)  # {proto, host_ip, host_port, container_port, source, rule}
+    declared: dict = field(default_factory=dict)  # pyinspect network dict, if any
+    memory: dict = field(default_factory=dict)  # {cgroup, oom_kill, limit, max_usage}
+    status: str = "running"
+    oom_killed: bool = False
+    forwarding: str = None
+    sysctls: dict = field(default_factory=dict)
+
+    def exec_prefix(self):
+        """How a person runs a command in this container's network namespace."""
+        if self.nspath.startswith("/run/netns/") or self.nspath.startswith("/var/run/netns/"):
+            return ["ip", "netns", "exec", os.path.basename(self.nspath)]
+        return ["nsenter", f"--net={self.nspath}"]
+
+    def default_gateways(self):
+        return [r["gateway"] for r in self.routes if r["dst"] == "default"]
+
+
+def _netns_candidates(host_ino):
+    """{inode: (path, [pids])} for every network namespace other than the host's."""
+    found = {}
+    for d in ("/run/netns", "/var/run/docker/netns", "/run/docker/netns"):
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for n in names:
+            p = f"{d}/{n}"
+            ino = _ino(p)
+            if ino and ino != host_ino and ino not in found:
+                found[ino] = (p, [])
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        ino = _ino(f"/proc/{pid}/ns/net")
+        if not ino or ino == host_ino:
+            continue
+        entry = found.setdefault(ino, (f"/proc/{pid}/ns/net", []))
+        entry[1].append(int(pid))
+    return found
+
+
+def _nsids(paths):
+    """{path: id this namespace gives it} (the ids veths' link-netnsid use)."""
+    from pyroute2 import IPRoute
+    out = {}
+    with IPRoute() as ipr:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                nsid = (ipr.get_netnsid(fd=fd) or {}).get("nsid")
+                if nsid is not None and nsid >= 0:
+                    out[path] = nsid
+            except Exception:  # netns gone meanwhile
+                pass
+            finally:
+                os.close(fd)
+    return out
+
+
+def _runc_names():
+    """{init pid: container id} from runc's state directory."""
+    out = {}
+    for base in ("/run/runc", "/run/docker/runtime-runc/moby"):
+        try:
+            ids = os.listdir(base)
+        except OSError:
+            continue
+        for cid in ids:
+            try:
+                st = json.loads(Path(base, cid, "state.json").read_text())
+                out[int(st.get("init_process_pid") or 0)] = (cid, "runc" if "moby" not in base
+                                                              else "docker")
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def _pyinspect_containers(root):
+    """pyinspect's own container records (empty until the runtime provides them)."""
+    try:
+        from .runtime import state
+    except ImportError:
+        return [], "pyinspect runtime state not available"
+    try:
+        return list(state.load_all(root)), None
+    except Exception as exc:  # a broken state dir must not stop the diagnosis
+        return [], f"cannot read pyinspect state: {exc}"
+
+
+def _memory_cgroup(pid):
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    v2 = None
+    for line in lines:
+        hid, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(","):
+            return ("v1", path)
+        if hid == "0" and ctrls == "":
+            v2 = ("v2", path)
+    return v2
+
+
+def _read_int_file(path, key=None):
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    if key is None:
+        t = text.strip()
+        return None if t == "max" else int(t)
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    return None
+
+
+def memory_info(pid):
+    """OOM counters and limit of the memory cgroup `pid` is in (None at the root)."""
+    cg = _memory_cgroup(pid)
+    if not cg or cg[1] in ("/", ""):
+        return {}
+    ver, path = cg
+    if ver == "v1":
+        base = f"/sys/fs/cgroup/memory{path}"
+        return {"cgroup": base, "version": 1,
+                "oom_kill": _read_int_file(f"{base}/memory.oom_control", "oom_kill"),
+                "limit": _read_int_file(f"{base}/memory.limit_in_bytes"),
+                "max_usage": _read_int_file(f"{base}/memory.max_usage_in_bytes"),
+                "limit_file": f"{base}/memory.limit_in_bytes", "counter_file":
+                f"{base}/memory.oom_control"}
+    for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        base = f"{mount}{path}"
+        if os.path.exists(f"{base}/memory.events"):
+            return {"cgroup": base, "version": 2,
+                    "oom_kill": _read_int_file(f"{base}/memory.events", "oom_kill"),
+                    "limit": _read_int_file(f"{base}/memory.max"),
+                    "max_usage": _read_int_file(f"{base}/memory.peak"),
+                    "limit_file": f"{base}/memory.max", "counter_file": f"{base}/memory.events"}
+    return {}
+
+
+# -- the snapshot ------------------------------------------------------------------
+class HostView:
+    """A read-only snapshot of the host network namespace and its containers."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.notes = []  # what could not be read, shown to the user
+        self.memory = {}  # doctor's remembered facts (store), key -> value
+        self._sysctl = {}
+        self._routes_get = {}
+
+    @classmethod
+    def collect(cls, root, memory=None):
+        view = cls(root)
+        view.memory = dict(memory or {})
+        view.host_ino = _ino("/proc/thread-self/ns/net")
+        view.links, view.routes = _links_and_routes()
+        hairpin = _bridge_ports()
+        for name, flag in hairpin.items():
+            if name in view.links:
+                view.links[name].hairpin = flag
+        view.rulesets = {b: ipt.load(b) for b in ipt.BACKENDS}
+        for rs in view.rulesets.values():
+            if rs.error:
+                view.notes.append(f"iptables {rs.backend}: {rs.error}")
+        view.local_addrs = frozenset(ip for l in view.links.values() for ip, _ in l.addrs)
+        view.neighbours = view._neighbours()
+        view.conntrack = view._conntrack()
+        view.netstat = view._netstat()
+        view.host_sockets = listeners("/proc/thread-self/net")
+        view.containers = view._containers()
+        return view
+
+    # -- host facts
+    def sysctl(self, key):
+        if key not in self._sysctl:
+            self._sysctl[key] = sysctl(key)
+        return self._sysctl[key]
+
+    def route_dev(self, ip):
+        if ip not in self._routes_get:
+            self._routes_get[ip] = _route_get(ip)
+        return self._routes_get[ip]
+
+    def bridges(self):
+        return [l for l in self.links.values() if l.kind == "bridge"]
+
+    def bridge_for(self, ip):
+        """The bridge whose subnet holds `ip`, and that bridge's own address there."""
+        addr = ipaddress.ip_address(ip)
+        for br in self.bridges():
+            for bip, plen in br.addrs:
+                if addr in ipaddress.ip_interface(f"{bip}/{plen}").network:
+                    return br, bip
+        return None, None
+
+    def uplink(self):
+        """The interface of the host's default route, or None."""
+        for r in self.routes:
+            if r["dst"] == "default":
+                return r["dev"]
+        return None
+
+    def external_if(self):
+        return self.uplink() or ipt.EXTERNAL_IF
+
+    def public_addr(self):
+        """A host address a client outside would use: the uplink's, else any non-bridge one."""
+        up = self.links.get(self.uplink() or "")
+        if up and up.addrs:
+            return up.addrs[0][0]
+        container_bridges = {c.host_veth.master for c in self.containers if c.host_veth}
+        for l in self.links.values():
+            if l.name == "lo" or l.kind == "bridge" or l.name in container_bridges:
+                continue
+            for ip, _ in l.addrs:
+                return ip
+        for l in self.links.values():
+            if l.name != "lo" and l.addrs:
+                return l.addrs[0][0]
+        return "127.0.0.1"
+
+    def active_rulesets(self):
+        return [rs for rs in self.rulesets.values() if rs.tables]
+
+    def _neighbours(self):
+        from pyroute2 import IPRoute
+        out = []
+        by_index = {l.ifindex: l.name for l in self.links.values()}
+        try:
+            with IPRoute() as ipr:
+                for msg in ipr.get_neighbours(family=socket.AF_INET):
+                    out.append({"ip": msg.get("NDA_DST"), "dev": by_index.get(msg["ifindex"]),
+                                "state": msg["state"]})
+        except Exception as exc:
+            self.notes.append(f"neighbours: {exc}")
+        return out
+
+    def _conntrack(self):
+        ct = {"count": _read_int_file("/proc/sys/net/netfilter/nf_conntrack_count"),
+              "max": _read_int_file("/proc/sys/net/netfilter/nf_conntrack_max"),
+              "max_writable": os.access("/proc/sys/net/netfilter/nf_conntrack_max", os.W_OK),
+              "stats": {}}
+        try:
+            lines = Path("/proc/thread-self/net/stat/nf_conntrack").read_text().splitlines()
+            head = lines[0].split()
+            for line in lines[1:]:
+                for k, v in zip(head, line.split()):
+                    if k != "entries":
+                        ct["stats"][k] = ct["stats"].get(k, 0) + int(v, 16)
+        except (OSError, IndexError, ValueError):
+            pass
+        return ct
+
+    def _netstat(self):
+        out = {}
+        try:
+            lines = Path("/proc/thread-self/net/netstat").read_text().splitlines()
+        except OSError:
+            return out
+        for head, vals in zip(lines[::2], lines[1::2]):
+            prefix = head.split(":")[0]
+            for k, v in zip(head.split()[1:], vals.split()[1:]):
+                out[f"{prefix}.{k}"] = int(v)
+        return out
+
+    # -- containers
+    def _containers(self):
+        host_veths = {l.ifindex: l for l in self.links.values()
+                      if l.kind == "veth" and l.link_netnsid is not None}
+        if not host_veths:
+            return []
+        own, note = _pyinspect_containers(self.root)
+        if note:
+            self.notes.append(note)
+        runc = _runc_names()
+        out = []
+        nsids = {l.link_netnsid for l in host_veths.values()}
+        candidates = _netns_candidates(self.host_ino)
+        ids = _nsids([path for path, _ in candidates.values()])
+        for ino, (path, pids) in sorted(candidates.items()):
+            nsid = ids.get(path)
+            if nsid not in nsids:
+                continue  # no veth of ours has its peer there
+            try:
+                with in_netns(path):
+                    links, routes = _links_and_routes()
+                    pair = None
+                    for l in links.values():
+                        hv = host_veths.get(l.iflink)
+                        if l.kind == "veth" and hv is not None and hv.iflink == l.ifindex \
+                                and hv.link_netnsid == nsid:
+                            pair = (l, hv)
+                            break
+                    if pair is None:
+                        continue
+                    socks = listeners(f"/proc/{pids[0]}/net" if pids else "/proc/thread-self/net")
+                    sysctls = {k: read_sysctl(k) for k in ("net.ipv4.ip_forward",)}
+            except OSError as exc:
+                self.notes.append(f"cannot enter {path}: {exc}")
+                continue
+            eth, hv = pair
+            name, cid, source = os.path.basename(path), "", "netns"
+            if path.startswith("/proc/"):
+                name, source = f"pid{pids[0]}", "process"
+            for pid in pids:
+                if pid in runc:
+                    cid, source = runc[pid]
+                    name = cid[:12]
+            cv = ContainerView(name, cid, source, path, ino, sorted(pids), links, routes, socks,
+                               eth, hv, sysctls=sysctls)
+            if eth.addrs:
+                cv.ip, cv.prefixlen = eth.addrs[0]
+            for c in own:
+                if getattr(c, "pid", 0) and _ino(f"/proc/{c.pid}/ns/net") == ino:
+                    cv.name, cv.id, cv.source = c.name, c.id, "pyinspect"
+                    cv.declared = dict(getattr(c, "network", None) or {})
+                    for p in cv.declared.get("ports") or []:
+                        cv.ports.append({"proto": p.get("proto", "tcp"),
+                                         "host_ip": p.get("host_ip") or "",
+                                         "host_port": int(p["host_port"]),
+                                         "container_port": int(p["container_port"]),
+                                         "source": "pyinspect", "rule": None})
+            for pid in cv.pids:
+                mi = memory_info(pid)
+                if mi:
+                    cv.memory = mi
+                    break
+            out.append(cv)
+        # pyinspect containers that are not running (e.g. OOM-killed) still matter
+        running = {c.id for c in out if c.id}
+        for c in own:
+            if c.id not in running and getattr(c, "status", "") != "running":
+                cv = ContainerView(c.name, c.id, "pyinspect", "", 0, [])
+                cv.status, cv.oom_killed = c.status, bool(getattr(c, "oom_killed", False))
+                cv.declared = dict(getattr(c, "network", None) or {})
+                out.append(cv)
+        self._infer_ports(out)
+        return out
+
+    def _infer_ports(self, containers):
+        """Attach DNAT rules to the containers whose address they send to."""
+        by_ip = {c.ip: c for c in containers if c.ip}
+        for rs in self.rulesets.values():
+            for rule in rs.rules("nat"):
+                tgt = ipt.dnat_target(rule)
+                if not tgt or tgt[0] not in by_ip:
+                    continue
+                c = by_ip[tgt[0]]
+                hport = rule.get("dport")
+                if not hport or not hport.isdigit():
+                    continue
+                dst = rule.get("dst") or ""
+                entry = {"proto": rule.get("proto") or "tcp",
+                         "host_ip": dst.split("/")[0], "host_port": int(hport),
+                         "container_port": tgt[1] or int(hport), "source": "rule", "rule": rule}
+                if not any(p["host_port"] == entry["host_port"] and p["proto"] == entry["proto"]
+                           and p["host_ip"] == entry["host_ip"] for p in c.ports):
+                    c.ports.append(entry)
+                else:
+                    for p in c.ports:
+                        if p["host_port"] == entry["host_port"] and p["rule"] is None:
+                            p["rule"] = rule
+
+    def container_by_ip(self, ip):
+        for c in self.containers:
+            if c.ip == ip:
+                return c
+        return None
+
+
+# -- store -----------------------------------------------------------------------
+def _open_store(root):
+    from .config import database_path
+    from .store import Store
+    return Store(database_path(root))
+
+
+def load_memory(store):
+    return {r["key"]: json.loads(r["value"]) for r in store.db["doctor_memory"].rows}
+
+
+def save_memory(store, items, drop=()):
+    now = time.time_ns()
+    with store.db.conn:
+        for k in drop:
+            store.db["doctor_memory"].delete_where("key = ?", [k])
+        if items:
+            store.db["doctor_memory"].upsert_all(
+                [{"key": k, "value": json.dumps(v, sort_keys=True), "updated_ns": now}
+                 for k, v in items.items()], pk="key")
+
+
+def save_findings(store, findings, run_ns):
+    rows = [{"run_ns": run_ns, "check_name": f.check, "severity": f.severity,
+             "container": f.container or "", "summary": f.summary,
+             "evidence": "\n".join(f.evidence), "fix": f.fix, "runbook": f.runbook}
+            for f in findings]
+    if rows:
+        with store.db.conn:
+            store.db["findings"].insert_all(rows)
+
+
+def latest_findings(root):
+    """Findings of the most recent doctor run (for the dashboard)."""
+    with _open_store(root) as store:
+        row = store.db.execute("SELECT max(run_ns) FROM findings").fetchone()
+        if not row or row[0] is None:
+            return []
+        return list(store.db["findings"].rows_where("run_ns = ?", [row[0]], order_by="id"))
+
+
+# -- running -----------------------------------------------------------------------
+def _port_memory_key(c, port):
+    return f"port:{c.name}:{port['proto']}:{port['host_port']}"
+
+
+def _remember(view):
+    """Facts to keep for the next run: working port mappings (rule paths)."""
+    keep, names = {}, {c.name for c in view.containers}
+    for c in view.containers:
+        for p in c.ports:
+            ok = getattr(view, "_port_ok", {}).get((c.name, p["proto"], p["host_port"]))
+            if ok:
+                keep[_port_memory_key(c, p)] = ok
+    drop = [k for k in view.memory if k.startswith("port:") and k.split(":")[1] not in names]
+    return keep, drop
+
+
+def run(root, container=None, port=None, store=True):
+    """Run every check against this network namespace; returns [Finding] (stored)."""
+    from . import doctor_checks  # noqa: F401  (registers the checks)
+    if os.geteuid() != 0:
+        raise UnavailableError("doctor: needs root", "it reads iptables, netns and cgroups")
+    st = _open_store(root) if store else None
+    try:
+        memory = load_memory(st) if st else {}
+        view = HostView.collect(root, memory)
+        view.port_filter = port
+        findings = []
+        for name, fn in CHECKS:
+            for f in fn(view) or ():
+                findings.append(f)
+        if container:
+            known = {c.name for c in view.containers} | {c.id for c in view.containers}
+            if container not in known and not any(c.id.startswith(container)
+                                                  for c in view.containers if c.id):
+                from .errors import NotFoundError
+                raise NotFoundError(f"doctor: no such container: {container}",
+                                    "see `pyinspect ps` or `ip netns`")
+            findings = [f for f in findings if not f.container or f.container == container
+                        or any(c.name == f.container and c.id.startswith(container)
+                               for c in view.containers if c.id)]
+        if port is not None:
+            findings = [f for f in findings if f.port in (None, port)]
+        if st:
+            keep, drop = _remember(view)
+            save_memory(st, keep, drop)
+            save_findings(st, findings, time.time_ns())
+        run.last_view = view
+        return findings
+    finally:
+        if st:
+            st.close()
+
+
+def problems(findings):
+    return [f for f in findings if f.severity in PROBLEM]
+
+
+def describe_action(action):
+    kind = action[0]
+    if kind == "run":
+        return " ".join(action[1])
+    if kind == "write":
+        return f"echo {action[2]} > {action[1]}"
+    return ""
+
+
+def apply_fixes(findings, confirm=lambda finding: False, root=None):
+    """Apply fixes: safe ones directly, others only when `confirm(finding)` says yes.
+
+    Returns [(finding, status, detail)] with status 'applied', 'skipped', 'failed'
+    or 'manual' (no command can fix it).
+    """
+    results, acks = [], {}
+    for f in findings:
+        if not f.actions or all(a[0] == "ack" for a in f.actions):
+            results.append((f, "manual", f.fix))
+            continue
+        if not f.safe and not confirm(f):
+            results.append((f, "skipped", "not confirmed"))
+            continue
+        err = None
+        for action in f.actions:
+            try:
+                if action[0] == "run":
+                    proc = subprocess.run(action[1], capture_output=True, text=True, timeout=60)
+                    if proc.returncode != 0:
+                        err = f"{describe_action(action)}: {proc.stderr.strip()[:200]}"
+                        break
+                elif action[0] == "write":
+                    Path(action[1]).write_text(str(action[2]))
+                elif action[0] == "ack":
+                    acks[action[1]] = action[2]
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                err = f"{describe_action(action)}: {exc}"
+                break
+        results.append((f, "failed" if err else "applied", err or f.fix))
+    if acks and root is not None:
+        with _open_store(root) as st:
+            save_memory(st, acks)
+    return results

@@ -1,0 +1,359 @@
+"""Read iptables rules from both backends and walk a packet through them (for doctor).
+
+Rules come from `iptables-legacy-save -c` and `iptables-nft-save -c` run in the
+caller's network namespace, so the same code reads pyinspect's own chains and
+Docker's (DOCKER, DOCKER-USER, DOCKER-ISOLATION-*). `Ruleset.walk()` follows a
+described packet from a built-in chain through jumps and returns the verdict and
+the rules that decided it, which doctor prints as evidence. Matches it does not
+understand make a rule "unsure": it is skipped, and the walk says so.
+"""
+
+import ipaddress
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+BACKENDS = {"legacy": ("iptables-legacy-save", "iptables-legacy"),
+            "nft": ("iptables-nft-save", "iptables-nft")}
+BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+TERMINAL = {"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP"}
+EXTERNAL_IF = "<external>"  # an input/output interface that is not any named bridge
+
+
+@dataclass
+class Rule:
+    backend: str
+    table: str
+    chain: str
+    num: int
+    args: list
+    pkts: int = 0
+    bytes: int = 0
+    target: str = ""
+    goto: bool = False
+    target_args: dict = field(default_factory=dict)
+    matches: list = field(default_factory=list)  # (key, negated, value)
+    unknown: list = field(default_factory=list)
+
+    @property
+    def spec(self):
+        """The rule as `-A CHAIN ...` (iptables-save form)."""
+        return " ".join(["-A", self.chain] + [_quote(a) for a in self.args])
+
+    @property
+    def tool(self):
+        return BACKENDS[self.backend][1]
+
+    def text(self):
+        table = "" if self.table == "filter" else f"-t {self.table} "
+        return f"{self.tool} {table}{self.spec}   [{self.pkts} pkts]"
+
+    def delete_cmd(self):
+        return [self.tool, "-t", self.table, "-D", self.chain, *self.args]
+
+    def get(self, key):
+        for k, neg, v in self.matches:
+            if k == key and not neg:
+                return v
+        return None
+
+
+@dataclass
+class Chain:
+    name: str
+    policy: str  # ACCEPT/DROP or '-' for user chains
+    pkts: int = 0
+    bytes: int = 0
+    rules: list = field(default_factory=list)
+
+
+@dataclass
+class Packet:
+    """What a walk assumes about a packet; `local_addrs` decides addrtype LOCAL."""
+    src: str
+    dst: str
+    proto: str = "tcp"
+    sport: int = 40000
+    dport: int = 80
+    iif: str = ""
+    oif: str = ""
+    state: str = "NEW"
+    local_addrs: frozenset = frozenset()
+
+
+@dataclass
+class Walk:
+    verdict: str  # ACCEPT/DROP/REJECT/DNAT/... or the policy
+    path: list  # rules that matched on the way (jumps and the deciding rule)
+    rule: object = None  # the deciding Rule, None when the policy decided
+    chain: object = None  # the built-in chain whose policy decided
+    unsure: list = field(default_factory=list)  # rules skipped for unknown matches
+
+    def evidence(self):
+        lines = [r.text() for r in self.path]
+        if self.rule is None and self.chain is not None:
+            lines.append(f"{_tool(self)} policy {self.chain.name} {self.chain.policy}   "
+                         f"[{self.chain.pkts} pkts]")
+        return lines
+
+
+def _quote(arg):
+    return arg if arg == "!" else shlex.quote(arg)
+
+
+def _tool(walk):
+    return getattr(walk, "_tool", "iptables")
+
+
+def _parse_rule(backend, table, chain_name, num, line):
+    pkts = byts = 0
+    if line.startswith("["):
+        counters, _, line = line.partition("] ")
+        p, _, b = counters.strip("[").partition(":")
+        pkts, byts = int(p or 0), int(b or 0)
+    toks = shlex.split(line)
+    args = toks[2:]  # drop "-A CHAIN"
+    rule = Rule(backend, table, chain_name, num, args, pkts, byts)
+    i, neg = 0, False
+    while i < len(args):
+        a = args[i]
+        if a == "!":
+            neg = True
+            i += 1
+            continue
+        val = args[i + 1] if i + 1 < len(args) else ""
+        if a in ("-j", "-g"):
+            rule.target, rule.goto = val, a == "-g"
+            i += 2
+            while i < len(args):  # target options
+                k = args[i]
+                if k.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    rule.target_args[k] = args[i + 1]
+                    i += 2
+                else:
+                    rule.target_args[k] = ""
+                    i += 1
+            break
+        if a == "-m":
+            i += 2
+            continue
+        key = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
+               "-i": "iif", "--in-interface": "iif", "-o": "oif", "--out-interface": "oif",
+               "-p": "proto", "--protocol": "proto", "--dport": "dport",
+               "--destination-port": "dport", "--sport": "sport", "--source-port": "sport",
+               "--dports": "dports", "--destination-ports": "dports", "--sports": "sports",
+               "--dst-type": "dst_type", "--src-type": "src_type", "--ctstate": "ctstate",
+               "--state": "ctstate"}.get(a)
+        if key:
+            rule.matches.append((key, neg, val))
+            i += 2
+        elif a in ("--comment",):
+            i += 2
+        elif a.startswith("-"):
+            # unknown match option: keep it and its value (if any) for the "unsure" note
+            if i + 1 < len(args) and not args[i + 1].startswith("-"):
+                rule.unknown.append(f"{'! ' if neg else ''}{a} {args[i + 1]}")
+                i += 2
+            else:
+                rule.unknown.append(f"{'! ' if neg else ''}{a}")
+                i += 1
+        else:
+            i += 1
+        neg = False
+    return rule
+
+
+def parse_save(text, backend):
+    """Parse `iptables-save -c` output into {table: {chain: Chain}}."""
+    tables, table, tname = {}, None, None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            tname = line[1:]
+            table = tables.setdefault(tname, {})
+        elif line == "COMMIT":
+            table = None
+        elif line.startswith(":") and table is not None:
+            parts = line[1:].split()
+            name, policy = parts[0], parts[1] if len(parts) > 1 else "-"
+            pk = by = 0
+            if len(parts) > 2 and parts[2].startswith("["):
+                p, _, b = parts[2].strip("[]").partition(":")
+                pk, by = int(p or 0), int(b or 0)
+            table[name] = Chain(name, policy, pk, by)
+        elif table is not None and ("-A " in line[:40]):
+            rest = line.split("] ", 1)[1] if line.startswith("[") else line
+            chain_name = rest.split()[1]
+            chain = table.setdefault(chain_name, Chain(chain_name, "-"))
+            chain.rules.append(_parse_rule(backend, tname, chain_name,
+                                           len(chain.rules) + 1, line))
+    return tables
+
+
+def _iface_match(pattern, name):
+    if not name:
+        return False
+    if pattern.endswith("+"):
+        return name != EXTERNAL_IF and name.startswith(pattern[:-1]) or pattern == "+"
+    return pattern == name
+
+
+def _addr_in(spec, addr):
+    try:
+        return ipaddress.ip_address(addr) in ipaddress.ip_network(spec, strict=False)
+    except ValueError:
+        return False
+
+
+def _ports(spec):
+    out = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition(":")
+        out.append((int(lo or 0), int(hi or lo or 65535)))
+    return out
+
+
+def _match_one(key, val, pkt):
+    if key == "src":
+        return _addr_in(val, pkt.src)
+    if key == "dst":
+        return _addr_in(val, pkt.dst)
+    if key == "iif":
+        return _iface_match(val, pkt.iif)
+    if key == "oif":
+        return _iface_match(val, pkt.oif)
+    if key == "proto":
+        return val in (pkt.proto, "all", "0")
+    if key in ("dport", "dports"):
+        return any(lo <= pkt.dport <= hi for lo, hi in _ports(val))
+    if key in ("sport", "sports"):
+        return any(lo <= pkt.sport <= hi for lo, hi in _ports(val))
+    if key == "dst_type":
+        return "LOCAL" in val.split(",") and pkt.dst in pkt.local_addrs
+    if key == "src_type":
+        return "LOCAL" in val.split(",") and pkt.src in pkt.local_addrs
+    if key == "ctstate":
+        return pkt.state in val.split(",")
+    return False
+
+
+def rule_matches(rule, pkt):
+    """True/False, or None when the rule has matches this walker does not understand."""
+    for key, neg, val in rule.matches:
+        if _match_one(key, val, pkt) == neg:
+            return False
+    if rule.unknown:
+        return None
+    return True
+
+
+class Ruleset:
+    """Rules of one backend in one network namespace."""
+
+    def __init__(self, backend, tables, error=None):
+        self.backend = backend
+        self.tables = tables
+        self.error = error
+
+    @property
+    def tool(self):
+        return BACKENDS[self.backend][1]
+
+    def rules(self, table=None):
+        for tname, chains in self.tables.items():
+            if table and tname != table:
+                continue
+            for chain in chains.values():
+                yield from chain.rules
+
+    def has_rules(self):
+        """True when this backend holds any rule or a non-ACCEPT built-in policy."""
+        for chains in self.tables.values():
+            for c in chains.values():
+                if c.rules or (c.name in BUILTIN and c.policy not in ("ACCEPT", "-")):
+                    return True
+        return False
+
+    def summary(self):
+        out = []
+        for tname, chains in sorted(self.tables.items()):
+            n = sum(len(c.rules) for c in chains.values())
+            pol = [f"{c.name} {c.policy}" for c in chains.values()
+                   if c.name in BUILTIN and c.policy not in ("ACCEPT", "-")]
+            if n or pol:
+                out.append(f"{self.tool}: table {tname}: {n} rules"
+                           + (f", policy {', '.join(pol)}" if pol else ""))
+        return out
+
+    def walk(self, table, chain, pkt):
+        """Follow `pkt` from built-in `chain` of `table`; a Walk (verdict ACCEPT if absent)."""
+        chains = self.tables.get(table, {})
+        if chain not in chains:
+            w = Walk("ACCEPT", [])
+            return w
+        path, unsure = [], []
+        verdict, rule = self._walk(chains, chains[chain], pkt, path, unsure, 0)
+        if verdict is None:
+            w = Walk(chains[chain].policy, list(path), None, chains[chain], unsure)
+        else:
+            w = Walk(verdict, list(path), rule, None, unsure)
+        w._tool = self.tool if table == "filter" else f"{self.tool} -t {table}"
+        return w
+
+    def _walk(self, chains, chain, pkt, path, unsure, depth):
+        if depth > 30:
+            return None, None
+        for rule in chain.rules:
+            m = rule_matches(rule, pkt)
+            if m is None:
+                unsure.append(rule)
+                continue
+            if not m:
+                continue
+            tgt = rule.target
+            if tgt in TERMINAL:
+                path.append(rule)
+                return tgt, rule
+            if tgt == "RETURN":
+                path.append(rule)
+                return None, None
+            if tgt in chains:
+                path.append(rule)
+                verdict, decided = self._walk(chains, chains[tgt], pkt, path, unsure, depth + 1)
+                if verdict is not None:
+                    return verdict, decided
+                path.pop()
+                if rule.goto:
+                    return None, None
+                continue
+            # LOG, MARK, TRACE, CT, ...: non-terminating, keep going
+        return None, None
+
+
+def load(backend):
+    """The rules of `backend` ('legacy' or 'nft') in this process's network namespace."""
+    save, _ = BACKENDS[backend]
+    if not shutil.which(save):
+        return Ruleset(backend, {}, f"{save} not found")
+    try:
+        proc = subprocess.run([save, "-c"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Ruleset(backend, {}, f"{save}: {exc}")
+    if proc.returncode != 0:
+        return Ruleset(backend, {}, f"{save}: {proc.stderr.strip()[:200]}")
+    return Ruleset(backend, parse_save(proc.stdout, backend))
+
+
+def dnat_target(rule):
+    """(ip, port or None) a DNAT rule sends to, or None."""
+    to = rule.target_args.get("--to-destination") or rule.target_args.get("--to")
+    if rule.target != "DNAT" or not to:
+        return None
+    to = to.split("-")[0]
+    if to.startswith("["):
+        return None  # IPv6 literal: not handled
+    ip, _, port = to.partition(":")
+    return ip, int(port.split("-")[0]) if port else None
