@@ -34,6 +34,7 @@ IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 NLA_TYPE_MASK = 0x3FFF
+NLM_F_DUMP_INTR = 0x10
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -130,6 +131,7 @@ class RtnlSocket:
         self.sock = netlink_socket_in(ns_fd, groups)
         self.marshal = None  # pyroute2's decoder, made on first recv_events()
         self.seq = 0
+        self.interrupted = False
 
     def close(self):
         self.sock.close()
@@ -148,14 +150,17 @@ class RtnlSocket:
         self.seq += 1
         seq = self.seq
         self.sock.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags, seq, 0) + body)
+        self.interrupted = False
         while True:
             data = self.sock.recv(1 << 20)
             off = 0
             while off + 16 <= len(data):
-                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
+                length, mtype, mflags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
                 if length < 16:
                     break
                 if mseq == seq:
+                    if mflags & NLM_F_DUMP_INTR:
+                        self.interrupted = True
                     if mtype == NLMSG_DONE:
                         return
                     if mtype == NLMSG_ERROR:
@@ -168,18 +173,25 @@ class RtnlSocket:
                         return
                 off += (length + 3) & ~3
 
+    def _dump(self, msg_type, body, decode, attempts=5):
+        """A whole dump, decoded; redone if the kernel flags it as changed meanwhile
+        (NLM_F_DUMP_INTR: links came or went during the dump)."""
+        for _ in range(attempts):
+            out = [decode(d, o, n) for _t, d, o, n in
+                   self._request(msg_type, NLM_F_REQUEST | NLM_F_DUMP, body)]
+            if not self.interrupted:
+                break
+        return out
+
     def links(self):
         """RTM_GETLINK dump: every link in this namespace, as `decode_link` dicts."""
         body = struct.pack("=BxHiII", 0, 0, 0, 0, 0) + struct.pack("=HHI", 8, IFLA_EXT_MASK,
                                                                     RTEXT_FILTER_SKIP_STATS)
-        return [decode_link(d, o, n) for _t, d, o, n in
-                self._request(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, body)]
+        return self._dump(RTM_GETLINK, body, decode_link)
 
     def addrs(self):
         """RTM_GETADDR dump: every address in this namespace, as `decode_addr` dicts."""
-        body = struct.pack("=BBBBI", 0, 0, 0, 0, 0)
-        return [decode_addr(d, o, n) for _t, d, o, n in
-                self._request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, body)]
+        return self._dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0), decode_addr)
 
     def nsid_of(self, fd):
         """The id this namespace gives the namespace behind `fd`, or None (RTM_GETNSID).
