@@ -549,10 +549,10 @@ class Resolver:
         self.refresh()
 
     def refresh(self):
-        self.list = containers(self.root, host=self.host)
+        self.found = containers(self.root, host=self.host)
         self._built = time.monotonic()
         self.by_pid, self.by_pidns, self.by_netns, self.by_cgroup = {}, {}, {}, {}
-        ranked = sorted(self.list, key=lambda d: (self.SOURCE_RANK.get(d.source, 3),
+        ranked = sorted(self.found, key=lambda d: (self.SOURCE_RANK.get(d.source, 3),
                                                    str(d.detail.get("network_mode")).startswith("container:"),
                                                    d.name))
         for d in reversed(ranked):  # the best-ranked owner is written last and wins
@@ -565,7 +565,7 @@ class Resolver:
                 self.by_netns[d.netns] = ref
             for hid, cid in d.cgroup_ids:
                 self.by_cgroup.setdefault((hid, cid), set()).add(ref)
-        return self.list
+        return self.found
 
     def _lookup(self, pid, netns, pidns, cgroup_id, cgroup_root):
         if pid is not None and pid in self.by_pid:
