@@ -308,7 +308,7 @@ class Runtime:
         lock_fd = c._lock_fd
         if detach:
             self._launch(c, lock_fd, attach=False)
-            return self.get(c.id) if not spec.auto_remove or self._exists(c) else c
+            return self._refresh(c)
         from . import shim
         try:
             shim_pid, exit_fd = shim.launch(self, c, lock_fd, attach=True)
@@ -320,16 +320,16 @@ class Runtime:
                 pass
             raise
         os.close(lock_fd)
-        c = self.get(c.id) if self._exists(c) else c
+        c = self._refresh(c)
         code = self._wait_attached(shim_pid, exit_fd, c)
         state.mark("shim_reaped")
-        if self._exists(c):
-            c = state.load(c.path) or c
+        c = self._refresh(c)
         c.exit_code = code
         return c
 
-    def _exists(self, c):
-        return os.path.exists(os.path.join(c.path, "config.json"))
+    def _refresh(self, c):
+        """The latest record of `c`, or `c` itself once it is gone (--rm)."""
+        return state.load(c.path) or c
 
     def _wait_attached(self, shim_pid, exit_fd, c):
         """Wait for the shim of an attached run, forwarding SIGINT/SIGTERM to the init."""
@@ -382,7 +382,7 @@ class Runtime:
             if not self._wait_exit(c, 10):
                 raise UnavailableError(f"cannot stop container {c.name}: it did not exit "
                                        f"after SIGKILL")
-        return self.get(c.id) if self._exists(c) else c
+        return self._refresh(c)
 
     def kill(self, ref, signal="KILL"):
         """Send `signal` to the container's init; waits for the exit on SIGKILL."""
@@ -391,7 +391,7 @@ class Runtime:
         os.kill(c.pid, sig)
         if sig == _signal.SIGKILL:
             self._wait_exit(c, 10)
-        return self.get(c.id) if self._exists(c) else c
+        return self._refresh(c)
 
     def restart(self, ref, timeout=10):
         c = self.stop(ref, timeout)
@@ -459,8 +459,25 @@ class Runtime:
         return trash
 
     def _remove_hidden(self, trash):
-        import shutil
-        shutil.rmtree(trash, ignore_errors=True)
+        """rm -rf without following links (and without importing shutil)."""
+        for top, dirs, files in os.walk(trash, topdown=False):
+            for name in files:
+                try:
+                    os.unlink(os.path.join(top, name))
+                except OSError:
+                    pass
+            for name in dirs:
+                p = os.path.join(top, name)
+                try:
+                    os.unlink(p) if os.path.islink(p) else os.rmdir(p)
+                except OSError:
+                    pass
+        try:
+            os.rmdir(trash)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # left for the reconciler (as .tmp-rm-<id>)
 
     # -- reconcile -------------------------------------------------------------------
     def _settle(self, c, lock_fd):

@@ -475,6 +475,11 @@ class Shim:
             except OSError:
                 pass
             self.exit_w = None
+            # let go of the CLI's stdio too, so whoever reads it sees EOF now
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
         problems = []
         if self.netmod is not None and len(c.network or {}) > 1:
             try:
