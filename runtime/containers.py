@@ -426,11 +426,10 @@ class Runtime:
     def _cleanup_kernel(self, c):
         """Free what a dead container may still hold: processes, cgroups, network."""
         from .cgroups import Cgroup
-        if c.cgroup:
-            cg = Cgroup(c.id, c.cgroup)
-            if cg.exists():
-                cg.kill_all(9)
-                cg.remove()
+        cg = Cgroup(c.id, c.cgroup or None)  # default paths if the shim died before saving
+        if cg.exists():
+            cg.kill_all(9)
+            cg.remove()
         if (c.network or {}).get("mode", "bridge") == "bridge" and len(c.network or {}) > 1:
             try:
                 network_module().disconnect(self.root, c)
@@ -561,7 +560,8 @@ class Runtime:
             finally:
                 os.close(fd)
         self._reconcile_names()
-        self._reconcile_network()
+        self._reconcile_network(force=any((c.spec.network_mode or "bridge") == "bridge"
+                                          for c in changed))
         return changed
 
     def _remove_tmp(self, path, entry):
@@ -594,9 +594,10 @@ class Runtime:
                 except FileNotFoundError:
                     pass
 
-    def _reconcile_network(self):
+    def _reconcile_network(self, force=False):
         containers = state.load_all(self.root)
-        if not any((c.spec.network_mode or "bridge") == "bridge" for c in containers):
+        if not force and not any((c.spec.network_mode or "bridge") == "bridge"
+                                 for c in containers):
             return
         try:
             net = network_module()
