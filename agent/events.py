@@ -72,6 +72,10 @@ class Recorder:
         self._batch = []
         self._last_flush = time.monotonic()
         self._loss_seen = {}
+        self._memo = {}        # attribution key -> (container or None, expiry)
+        self.attribution_errors = 0
+        self.last_attribution_error = None
+        self.memo_ttl = 2.0    # seconds a (namespaces, cgroup) answer is reused
 
     def attribute(self, ev):
         """Set container_id / container_name on `ev` (None when it is the host's)."""
@@ -83,20 +87,36 @@ class Recorder:
         hit = None
         if ev["kind"].startswith("cgroup_") and d.get("id") is not None:
             # the cgroup being made/removed/joined says more than the actor's cgroup
-            hit = self.resolver.resolve(cgroup_id=d["id"], cgroup_root=d.get("hierarchy"))
+            hit = self._resolve(cgroup_id=d["id"], cgroup_root=d.get("hierarchy"))
         if hit is None:
             # The namespaces in the record are the task's at event time; the pid is only
             # a fallback (a process that later joins a container must not drag its
             # earlier host events along), so it is used only when they are unknown.
             known_ns = bool(ev.get("netns") or ev.get("pidns"))
-            hit = self.resolver.resolve(pid=None if known_ns else (ev.get("pid") or None),
-                                        netns=ev.get("netns") or None,
-                                        pidns=ev.get("pidns") or None,
-                                        cgroup_id=ev.get("cgroup_id") or None,
-                                        cgroup_root=0)
+            key = (None if known_ns else (ev.get("pid") or None), ev.get("netns") or None,
+                   ev.get("pidns") or None, ev.get("cgroup_id") or None)
+            now = time.monotonic()
+            memo = self._memo.get(key)
+            if memo and memo[1] > now:
+                hit = memo[0]
+            else:
+                hit = self._resolve(pid=key[0], netns=key[1], pidns=key[2],
+                                    cgroup_id=key[3], cgroup_root=0)
+                if len(self._memo) > 10000:
+                    self._memo.clear()
+                self._memo[key] = (hit, now + self.memo_ttl)
         if hit:
             ev["container_id"], ev["container_name"] = hit
         return ev
+
+    def _resolve(self, **keys):
+        """The resolver's answer; a failure in it costs the attribution, not the event."""
+        try:
+            return self.resolver.resolve(**keys)
+        except Exception as exc:  # discovery reads /proc and state files of others
+            self.attribution_errors += 1
+            self.last_attribution_error = f"{type(exc).__name__}: {exc}"
+            return None
 
     def add(self, ev):
         """Queue one probe record (attributed here unless already attributed); returns
@@ -224,8 +244,13 @@ class Follower:
                                       force=force)
 
     def loss_summary(self):
-        return [f"{p.NAME} probe: {p.lost} records lost, max reader lag "
-                f"{getattr(p, 'max_lag_ns', 0) / 1e6:.1f} ms" for p in self.probes]
+        lines = [f"{p.NAME} probe: {p.lost} records lost, max reader lag "
+                 f"{getattr(p, 'max_lag_ns', 0) / 1e6:.1f} ms" for p in self.probes]
+        if self.recorder.attribution_errors:
+            lines.append(f"attribution failed for {self.recorder.attribution_errors} events "
+                         f"(last: {self.recorder.last_attribution_error}); they are stored "
+                         "without a container")
+        return lines
 
     def stop(self):
         if self.probes:

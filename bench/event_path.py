@@ -40,8 +40,11 @@ with Follower(root, store) as f:
         f.poll(100)
     f.poll(0)
     lost = {p.NAME: p.lost for p in f.probes}
-    lag = {p.NAME: p.max_lag_ns for p in f.probes}
-print(__import__("json").dumps({"lost": lost, "lag_ns": lag}), flush=True)
+    lag = {p.NAME: getattr(p, "max_lag_ns", 0) for p in f.probes}
+import resource
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(__import__("json").dumps({"lost": lost, "lag_ns": lag,
+                                "cpu_s": ru.ru_utime + ru.ru_stime}), flush=True)
 """
 
 
@@ -119,6 +122,7 @@ def bench_storm(n, repeat, tmp):
         res = c.stop()
         got = count_storm_events(root, [pid])
         checks.append({"stored": got, "expected_each": n, "lost": res["lost"],
+                       "consumer_cpu_s": res["cpu_s"],
                        "max_lag_ms": {k: v / 1e6 for k, v in res["lag_ns"].items()}})
     return {
         "n": n, "repeat": repeat,
@@ -129,6 +133,8 @@ def bench_storm(n, repeat, tmp):
         "probed_cpu_us_per_exec": statistics.median(probed_cpu) * 1e6,
         "cpu_ratio": statistics.median(base_cpu) / statistics.median(probed_cpu),
         "runs": checks,
+        "consumer_cpu_us_per_exec": statistics.median(c["consumer_cpu_s"] for c in checks)
+        / n * 1e6,
         "zero_loss": all(c["lost"]["process"] == 0 and
                          all(c["stored"].get(k, 0) == n for k in ("fork", "exec", "exit"))
                          for c in checks),
@@ -204,6 +210,8 @@ def main():
     print(f"  storm CPU per exec: {s['baseline_cpu_us_per_exec']:.0f} us without, "
           f"{s['probed_cpu_us_per_exec']:.0f} us with probes (ratio {s['cpu_ratio']:.3f}; "
           "less sensitive to other load than wall time)")
+    print(f"  consumer (probes + attribution + SQLite) CPU per exec: "
+          f"{s['consumer_cpu_us_per_exec']:.0f} us (3 events), includes its start-up")
     print(f"  every fork/exec/exit stored, 0 lost: {s['zero_loss']}")
     print("ingest (parallel storms -> probes -> SQLite):")
     for r in g["runs"]:

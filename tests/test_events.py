@@ -233,3 +233,42 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
               cli("events", "--container", ns.name, "--kind", "exit", "--json")
               .stdout.splitlines()]
     assert any(e["detail"].get("exit_code") == 3 for e in stored)
+
+
+@pytest.mark.root
+def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
+    cli = Cli(state_root)
+    name = f"pa-ev-{uuid.uuid4().hex[:6]}"
+    run = cli("run", "-d", "--name", name, "--net", "none", "--memory", "30m", "busybox",
+              "sleep", "1000")
+    try:
+        info = json.loads(cli("inspect", name).stdout)[0]
+        cid, init = info["Id"], info["State"]["Pid"]
+        assert run.stdout.strip() in (cid, cid[:12])
+        pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
+        store = Store(database_path(state_root))
+        with ev_lib.Follower(state_root, store) as f:
+            cli("exec", name, "sh", "-c", "exit 6", check=False)
+            ex = wait_events(f, lambda seen: next(
+                (e for e in seen if e["kind"] == "exec" and
+                 e["detail"].get("argv") == ["sh", "-c", "exit 6"]), None))
+            assert ex["pidns"] == pidns
+            assert (ex["container_id"], ex["container_name"]) == (cid, name)
+            dead = wait_events(f, lambda seen: next(
+                (e for e in seen if e["kind"] == "exit" and e["pid"] == ex["pid"]), None))
+            assert dead["detail"]["exit_code"] == 6 and dead["container_name"] == name
+            alloc = 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo kept ${#x}'
+            out = cli("exec", name, "sh", "-c", alloc, check=False)
+            assert out.returncode == 137, out.stderr
+            oom = wait_events(f, lambda seen: next(
+                (e for e in seen if e["kind"] == "oom" and e["pidns"] == pidns), None))
+            assert (oom["container_id"], oom["container_name"]) == (cid, name)
+            killed = wait_events(f, lambda seen: next(
+                (e for e in seen if e["kind"] == "exit" and e["pid"] == oom["pid"]), None))
+            assert killed["detail"]["signal"] == signal.SIGKILL
+            assert killed["container_name"] == name
+        stored = ev_lib.query(store, container=name, kinds=["oom"], limit=None)
+        assert [r["pid"] for r in stored] == [oom["pid"]]
+        store.close()
+    finally:
+        cli("rm", "-f", name, check=False)
