@@ -118,6 +118,11 @@ def locked(root, bridge, subnet=None):
         lock.close()
 
 
+def save(root, state):
+    """Write the state now (inside `locked()`): a write-ahead record before kernel changes."""
+    _write(state_path(root, state["bridge"]), state)
+
+
 def allocate(state, container_id, name):
     """Lease the next free address to `container_id`; return it as text."""
     net = ipaddress.IPv4Network(state["subnet"])

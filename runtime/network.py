@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from pathlib import Path
 
 from ..errors import ConflictError, UnavailableError, UsageError
@@ -207,8 +208,8 @@ def _mount_call(name, *args):
         raise OSError(err, os.strerror(err))
 
 
-def _expose(name, pid):
-    """Bind-mount the container's netns on /var/run/netns/<name>; return the path."""
+def _reserve_link(name):
+    """Create the empty file /var/run/netns/<name> (O_EXCL, so it is surely ours)."""
     os.makedirs(NETNS_DIR, exist_ok=True)
     target = os.path.join(NETNS_DIR, name)
     try:
@@ -216,29 +217,35 @@ def _expose(name, pid):
     except FileExistsError:
         raise ConflictError(f"cannot expose network namespace {target}: it already exists",
                             hint="choose another container name") from None
+    return target
+
+
+def _mount_link(target, pid):
+    """Bind-mount the container's netns on the reserved file (what `ip netns` reads)."""
     try:
         _mount_call("mount", f"/proc/{pid}/ns/net".encode(), target.encode(), None,
                     ctypes.c_ulong(4096), None)  # MS_BIND
     except OSError as exc:
-        os.unlink(target)
         raise UnavailableError(f"cannot bind-mount the netns of pid {pid} on {target}: "
                                f"{exc.strerror}") from None
-    return target
 
 
 def _unexpose(path, inode):
-    """Unmount and remove a netns link we made (only if it is still ours)."""
+    """Unmount and remove a netns link we made: the bind mount of our netns, or the empty
+    file reserved for it (a crash between reserving and mounting)."""
     if not path:
         return
     try:
-        if inode and os.stat(path).st_ino != inode:
-            return  # replaced by someone else: leave it
+        st = os.stat(path)
     except FileNotFoundError:
         return
-    try:
-        _mount_call("umount2", path.encode(), 2)  # MNT_DETACH
-    except OSError:
-        pass  # not mounted (crash between create and mount)
+    if inode and st.st_ino == inode:
+        try:
+            _mount_call("umount2", path.encode(), 2)  # MNT_DETACH
+        except OSError:
+            pass
+    elif not (stat.S_ISREG(st.st_mode) and st.st_size == 0 and not os.path.ismount(path)):
+        return  # replaced by something else: leave it
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -309,13 +316,17 @@ def connect(root, container, pid, image_config=None):
         net = ipaddress.IPv4Network(state["subnet"])
         lease = None
         try:
-            br_idx, created = _ensure_bridge(ipr, bridge, state["subnet"], state["gateway"])
-            state["bridge_created"] = state.get("bridge_created") or created
+            if not ipr.link_lookup(ifname=bridge):
+                state["bridge_created"] = True
+                ipam.save(root, state)  # write-ahead: a crash from here on is undone by reconcile
+            br_idx, _ = _ensure_bridge(ipr, bridge, state["subnet"], state["gateway"])
             ip = ipam.allocate(state, cid, name)
             lease = state["leases"][ip]
             mac = _mac_for(ip)
             veth = "veth" + secrets.token_hex(4)[:7]
             lease.update(pid=pid, veth=veth, mac=mac, ports=[], netns_inode=_netns_inode(pid))
+            lease["netns_link"] = _reserve_link(name)
+            ipam.save(root, state)
             ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_pid": pid})
             vidx = ipr.link_lookup(ifname=veth)[0]
             ipr.link("set", index=vidx, master=br_idx)
@@ -323,7 +334,7 @@ def connect(root, container, pid, image_config=None):
             ipr.link("set", index=vidx, state="up")
             lease["veth_ifindex"] = vidx
             _container_side(NetNS, pid, ip, net.prefixlen, state["gateway"], mac)
-            lease["netns_link"] = _expose(name, pid)
+            _mount_link(lease["netns_link"], pid)
             sysctl.ensure(state, sysctl.IP_FORWARD, 1)
             sysctl.ensure(state, f"net.ipv4.conf.{bridge}.route_localnet", 1)
             if bindings:

@@ -52,6 +52,12 @@ class Host:
         reply = json.loads(proc.stdout.strip().splitlines()[-1])
         return reply
 
+    def crash(self, op, **kw):
+        """Run an op that is expected to kill its process; returns the exit code."""
+        req = json.dumps({"op": op, "root": self.root, **kw})
+        return subprocess.run(["nsenter", f"--net={self.ns.path}", PYTHON, HERE, req],
+                              capture_output=True, timeout=60).returncode
+
     def ok(self, op, **kw):
         reply = self.call(op, **kw)
         if "error" in reply:
@@ -146,6 +152,10 @@ def _main(req):
         elif op == "connect":
             result = network.connect(root, _obj(req["container"]), req["pid"],
                                      image_config=req.get("image_config"))
+        elif op == "connect_crash":
+            # die like a SIGKILLed CLI right after the veth exists, before the netns mount
+            network._mount_link = lambda *a: os._exit(9)
+            result = network.connect(root, _obj(req["container"]), req["pid"])
         elif op == "disconnect":
             result = network.disconnect(root, _obj(req["container"]))
         elif op == "reconcile":

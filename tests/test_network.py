@@ -438,6 +438,23 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     assert "pyinspect0" not in ns.run("ip", "-o", "link").stdout
 
 
+def test_crash_mid_connect_is_undone_by_reconcile(host):
+    """A CLI killed half-way leaves a write-ahead lease; reconcile removes what it made."""
+    pid = host.spawn()
+    rec = container(cname(), publish=["8088:80"], pid=pid)
+    assert host.crash("connect_crash", container=rec, pid=pid) == 9
+    state = host.ok("state", bridge="pyinspect0")
+    lease = list(state["leases"].values())[0]
+    assert state["bridge_created"] and lease["veth"] in host.ns.run("ip", "-o", "link").stdout
+    assert Path(lease["netns_link"]).exists()  # the reserved, not yet mounted, file
+    host.stop(rec)
+    assert host.ok("reconcile", containers=[rec])["pyinspect0"]["released"] == [rec["name"]]
+    links = host.ns.run("ip", "-o", "link").stdout
+    assert lease["veth"] not in links and "pyinspect0" not in links
+    assert not Path(lease["netns_link"]).exists()
+    assert host.ok("state", bridge="pyinspect0")["leases"] == {}
+
+
 def test_thirty_cycles_leave_nothing(host):
     before = host.ns.run("ip", "-o", "link").stdout
     ips = host.ok("cycles", n=30, publish=["8088:80"])
