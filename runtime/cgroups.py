@@ -71,12 +71,12 @@ def version():
                            f"mounted under {BASE}")
 
 
-def _hierarchies():
+def _hierarchies(controllers=V1_CONTROLLERS):
     """name -> mount directory of each hierarchy pyinspect uses on this host."""
     if version() == 2:
         return {"unified": BASE}
     out, seen = {}, set()
-    for c in V1_CONTROLLERS:
+    for c in controllers:
         d = f"{BASE}/{c}"
         real = os.path.realpath(d)
         if real in seen or not os.path.exists(f"{d}/cgroup.procs"):
@@ -104,11 +104,14 @@ def _read(path, default=""):
 class Cgroup:
     """The cgroups of one container (existing or to be created)."""
 
-    def __init__(self, cid, paths=None):
+    def __init__(self, cid, paths=None, cpu=True):
+        """`paths` of an existing container, or None for the default layout (every
+        hierarchy; with `cpu=False` a v1 host skips cpu/cpuacct: each hierarchy
+        joined costs the start path a cgroup.procs write)."""
         self.id = cid
         self.v2 = None
         if paths is None:
-            hier = _hierarchies()
+            hier = _hierarchies(V1_CONTROLLERS if cpu else ("memory", "pids"))
             self.v2 = list(hier) == ["unified"] and hier["unified"] == BASE
             paths = {name: f"{base}/{PARENT}/{cid}" for name, base in hier.items()}
         self.paths = dict(paths)

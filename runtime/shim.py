@@ -189,8 +189,8 @@ class Shim:
     def start_init(self):
         c, spec = self.c, self.c.spec
         mode = spec.network_mode or "bridge"
-        self.cg = Cgroup(c.id, c.cgroup or None)
         limits = c.process.get("limits", {})
+        self.cg = Cgroup(c.id, c.cgroup or None, cpu=bool(limits.get("cpus")))
         self.cg.create(limits.get("memory"), limits.get("cpus"), limits.get("pids"))
         c.cgroup = self.cg.paths
         state.mark("cgroups_created")
