@@ -209,7 +209,7 @@ class Runtime:
         limits = self._validate(spec)
         image = ImageStore(self.root).resolve(spec.image)
         mode = spec.network_mode or "bridge"
-        if mode == "bridge":
+        if mode == "bridge" or mode.startswith("container:"):  # the latter refuses --hostname
             network_module().prepare(self.root, spec, image.config)
         cid = os.urandom(32).hex()
         if mode == "host" and not spec.hostname:
@@ -367,22 +367,22 @@ class Runtime:
         c = self.get(ref)
         if c.status != "running":
             return c
-        if not state.init_alive(c):
+        for sig, wait in ((_signal.SIGTERM, max(0.0, float(timeout))), (_signal.SIGKILL, 10)):
+            if state.init_alive(c):
+                try:
+                    os.kill(c.pid, sig)
+                except ProcessLookupError:
+                    pass
+            if self._wait_exit(c, wait):
+                break
+        else:
+            raise UnavailableError(f"cannot stop container {c.name}: it did not exit "
+                                   f"after SIGKILL")
+        c = self._refresh(c)
+        if c.status == "running":  # its shim had died: settle the record
             self.reconcile()
-            return self.get(c.id)
-        try:
-            os.kill(c.pid, _signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        if not self._wait_exit(c, max(0.0, float(timeout))):
-            try:
-                os.kill(c.pid, _signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if not self._wait_exit(c, 10):
-                raise UnavailableError(f"cannot stop container {c.name}: it did not exit "
-                                       f"after SIGKILL")
-        return self._refresh(c)
+            c = self._refresh(c)
+        return c
 
     def kill(self, ref, signal="KILL"):
         """Send `signal` to the container's init; waits for the exit on SIGKILL."""
