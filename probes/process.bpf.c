@@ -94,8 +94,10 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
         return 0;
     fill_current(e, K_FORK);
     e->other_pid = e->pid;    /* the forking process */
-    e->ppid = e->pid;
-    e->pid = args->child_pid; /* the child (a thread id when CLONE_THREAD) */
+    if (!(flags & CLONE_THREAD_FLAG)) {
+        e->ppid = e->pid;
+        e->pid = args->child_pid; /* a new process: pid is the child */
+    }                             /* a new thread: pid/ppid stay the process's */
     e->tid = args->child_pid;
     e->flags = flags;
 #ifdef PI_HAVE_BTF

@@ -272,3 +272,19 @@ def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
         store.close()
     finally:
         cli("rm", "-f", name, check=False)
+
+
+def test_a_failing_resolver_costs_the_attribution_not_the_event(tmp_path):
+    class Broken:
+        def resolve(self, **keys):
+            raise TypeError("discovery tripped")
+
+    store = Store(tmp_path / "db")
+    rec = ev_lib.Recorder(store, resolver=Broken())
+    ev = fake(1)
+    del ev["container_id"], ev["container_name"]
+    row = rec.add(ev)
+    rec.flush()
+    assert row["container_id"] is None and rec.attribution_errors == 1
+    assert "discovery tripped" in rec.last_attribution_error
+    assert [r["pid"] for r in ev_lib.query(store)] == [1001]

@@ -433,3 +433,35 @@ def test_killed_process_leaves_no_program_attached(events):
     subprocess.run(["/bin/true", "pa-after-kill"], check=True)
     events.wait(lambda seen: any(e["kind"] == "exec" and e["detail"].get("argv") ==
                                  ["/bin/true", "pa-after-kill"] for e in seen))
+
+
+THREADS = "import threading; t = threading.Thread(target=int); t.start(); t.join()"
+
+
+def test_threads_are_dropped_in_kernel_unless_asked_for(events):
+    threads = ProcessProbe(tracepoints={"sched:sched_process_fork": "PI_FORK",
+                                        "sched:sched_process_exit": "PI_EXIT",
+                                        "syscalls:sys_enter_clone3": "PI_CLONE3",
+                                        "syscalls:sys_enter_clone": "PI_CLONE"})
+    threads.start({"threads": True})
+    try:
+        p = subprocess.run([sys.executable, "-c", THREADS], timeout=30)
+        assert p.returncode == 0
+        # the shared probe: the process's exit arrives, and no thread fork before it
+        # (one ring buffer, so everything earlier has been delivered by then)
+        pid = events.wait(lambda seen: next(
+            (e["pid"] for e in seen if e["kind"] == "exec" and
+             e["detail"].get("argv", [None])[-1:] == [THREADS]), None))
+        events.event("exit", pid)
+        assert not [e for e in events.seen if e["kind"] == "fork" and
+                    e["detail"]["parent_pid"] == pid]
+        # the probe asked for threads sees the thread's creation and exit
+        col = Collector(threads)
+        fork = col.wait(lambda seen: next(
+            (e for e in seen if e["kind"] == "fork" and e["detail"]["parent_pid"] == pid),
+            None))
+        assert fork["detail"]["thread"] is True and "THREAD" in fork["detail"]["clone_flags"]
+        assert fork["pid"] == pid and fork["detail"]["tid"] != pid  # a thread of pid
+        col.event("exit", pid, tid=fork["detail"]["tid"])  # the thread's exit
+    finally:
+        threads.stop()
