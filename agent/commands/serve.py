@@ -6,7 +6,8 @@ import click
 @click.command()
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback requires the token.")
-@click.option("--port", default=8900, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8900, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port to listen on (0: any free port).")
 @click.option("--no-probes", is_flag=True, help="Serve the dashboard without the probes.")
 @click.pass_obj
 def serve(obj, bind, port, no_probes):
