@@ -124,8 +124,6 @@ def test_bridge_publish_and_modes(env, make_netns):
     assert "pyinspect0" not in env.ns.run("ip", "-o", "link").stdout
 
 
-@pytest.mark.xfail(reason="runtime.containers.create() calls network.prepare() only for bridge "
-                          "mode, so --hostname with --net container: is not refused yet")
 def test_container_mode_refuses_hostname(env):
     t1, _ = env.run("busybox", "sleep", "600")
     _, bad = env.run("--net", f"container:{t1}", "--hostname", "x", "busybox", "true", check=False)
