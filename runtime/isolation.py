@@ -101,6 +101,22 @@ def set_comm(name):
     libc().prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
+def set_cmdline(text):
+    """Best effort: rewrite this process's argv area so ps and /proc/<pid>/cmdline show
+    `text` (truncated to the original length). Python keeps its own copy of argv."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        size = end - start
+        data = text.encode()[:size - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(data + b"\0" * (size - len(data)))
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def secure_join(root, path, max_links=40):
     """`path` resolved inside `root` like the kernel would in a chroot at `root`.
 

@@ -146,6 +146,7 @@ class Shim:
         c = self.c
         os.setsid()
         isolation.set_comm(SHIM_COMM)
+        isolation.set_cmdline(f"{SHIM_COMM} {c.id[:12]} {c.name} {self.rt.root}")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
