@@ -464,6 +464,15 @@ class Shim:
         c.pid = c.pid_start = 0
         c.creator = []
         c.shim_pid = c.shim_start = 0
+        # the network goes before the exit is reported (rules and leases are what
+        # callers check next); cgroups and files after (nobody waits for those)
+        problems = []
+        if self.netmod is not None and len(c.network or {}) > 1:
+            try:
+                self.netmod.disconnect(str(self.rt.root), c)
+            except Exception as exc:
+                problems.append(f"network: {exc}")
+        c.error = "; ".join([e for e in [error] + problems if e])
         trash = None
         if c.spec.auto_remove:
             trash = self.rt._hide(c)
@@ -481,12 +490,6 @@ class Shim:
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             os.close(devnull)
-        problems = []
-        if self.netmod is not None and len(c.network or {}) > 1:
-            try:
-                self.netmod.disconnect(str(self.rt.root), c)
-            except Exception as exc:
-                problems.append(f"network: {exc}")
         if self.cg is not None:
             try:
                 self.cg.remove()
