@@ -130,12 +130,17 @@ def main():
         def run_export():
             res.update(export(store, session_id=1, out=out))
 
+        def run_export_one_process():
+            res.update(export(store, session_id=1, out=out, parallel=False))
+
         t_ng = best_of(args.runs, lambda: mergecap(pcapngs))
         t_pcap = best_of(args.runs, lambda: mergecap(pcaps))
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t_export = best_of(args.runs, run_export)
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         assert res["packets"] == args.packets, res
+        t_one = best_of(args.runs, run_export_one_process)
 
         tracemalloc.start()
         run_export()
@@ -149,11 +154,16 @@ def main():
         print(f"mergecap, per-point classic pcap in (no comments):   {t_pcap:6.2f} s")
         print(f"pyinspect export, store -> pcapng ({size / 1e6:.0f} MB):     {t_export:6.2f} s"
               f"  ({args.packets / t_export / 1e6:.2f} M packets/s)")
-        print(f"ratio export / mergecap(pcapng in): {t_export / t_ng:.2f}x (target <= 2x)")
-        print(f"ratio export / mergecap(pcap in):   {t_export / t_pcap:.2f}x")
+        print(f"  the same in one process (parallel=False):             {t_one:6.2f} s")
+        print(f"ratio export / mergecap(pcapng in): {t_export / t_ng:.2f}x (target <= 2x); "
+              f"one process {t_one / t_ng:.2f}x")
+        print(f"ratio export / mergecap(pcap in):   {t_export / t_pcap:.2f}x; "
+              f"one process {t_one / t_pcap:.2f}x")
         print(f"peak Python heap during export (tracemalloc): {peak / 1e6:.1f} MB")
         print(f"max RSS growth during export: {(rss1 - rss0) / 1024:.1f} MB "
-              f"(process max RSS {rss1 / 1024:.0f} MB)")
+              f"(process max RSS {rss1 / 1024:.0f} MB; largest child, incl. mergecap, "
+              f"{child_rss / 1024:.0f} MB)")
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -223,7 +223,7 @@ def test_export_streams_in_constant_memory(state_root, tmp_path):
         sid = store.db["trace_sessions"].insert({"container_name": "big", "snaplen": 0}).last_pk
         store.db["capture_points"].insert({"id": 1, "session_id": sid, "name": "big/eth0",
                                            "linktype": 1})
-        n = 40_000
+        n = 30_000
         with store.db.conn:
             store.db.conn.executemany(
                 "INSERT INTO packets (session_id, point_id, ts_ns, data, direction, comment)"
@@ -236,7 +236,7 @@ def test_export_streams_in_constant_memory(state_root, tmp_path):
         tracemalloc.stop()
     assert res["packets"] == n
     size = out.stat().st_size
-    assert size > 40e6 and peak < size / 8, (peak, size)   # never holds the file in memory
+    assert size > 30e6 and peak < size / 6, (peak, size)   # never holds the file in memory
     assert sum(1 for _ in read_packets(out)) == n
 
 
@@ -278,8 +278,8 @@ def test_two_process_export_is_byte_identical(state_root, tmp_path, monkeypatch)
         store.db["packets"].insert({"session_id": sid, "point_id": 99, "ts_ns": T0 + 10**6,
                                     "data": b"\x00" * 60, "len": 60})
         res = export(store, session_id=sid, out=two)
-        assert res["packets"] == 3007 and len(tshark(two, "frame.number")) == 3007
-        assert [r[0] for r in tshark(two, "frame.interface_name")][-1] == "point99"
+        names = [r[0] for r in tshark(two, "frame.interface_name")]
+        assert res["packets"] == 3007 and len(names) == 3007 and names[-1] == "point99"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pcapng", "root", "two.pcapng"]
 
 
@@ -316,7 +316,7 @@ def test_real_trace_exports_the_nat_story(state_root, tmp_path):
         live = tmp_path / "live.pcapng"
         hcli = Cli(state_root, netns=topo.host)
         proc = subprocess.Popen(hcli.argv("trace", "--container", topo.ctrs[0], "--json",
-                                          "--duration", "3", "-w", live),
+                                          "--duration", "2", "-w", live),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready = proc.stdout.readline()
