@@ -534,6 +534,7 @@ class HostView:
         if note:
             self.notes.append(note)
         runc = _runc_names()
+        own_memory = memory_info(os.getpid())  # a namespace in our own cgroup is not a container's
         out = []
         nsids = {l.link_netnsid for l in host_veths.values()}
         candidates = _netns_candidates(self.host_ino)
@@ -583,7 +584,7 @@ class HostView:
                                          "source": "pyinspect", "rule": None})
             for pid in cv.pids:
                 mi = memory_info(pid)
-                if mi:
+                if mi and mi["cgroup"] != own_memory.get("cgroup"):
                     cv.memory = mi
                     break
             out.append(cv)

@@ -388,6 +388,41 @@ def _forward(view, c, br, ext, p, nat_rs):
                            safe=True, port=hport)
 
 
+@check("egress")
+def egress(view):
+    """New connections from containers out of their bridge must pass FORWARD."""
+    seen = set()
+    ext = view.external_if()
+    for c, br, _ in _bridged(view):
+        if not c.default_gateways() or br.name in seen:
+            continue
+        seen.add(br.name)
+        pkt = _pkt(view, src=c.ip, dst=SIM_REMOTE, dport=80, iif=br.name, oif=ext)
+        owner = _owner(view, [br.name, c.ip])
+        for rs in view.active_rulesets():
+            if "filter" not in rs.tables:
+                continue
+            w = rs.walk("filter", "FORWARD", pkt)
+            if not _drops(w):
+                continue
+            ev = [f"{rs.tool} FORWARD for {c.ip} ({br.name}) -> outside via {ext}, new "
+                  f"connection: {w.verdict}"] + [f"  {l}" for l in w.evidence()]
+            actions = [("run", [rs.tool, "-I", "FORWARD", "1", "-i", br.name, "!", "-o",
+                                br.name, "-j", "ACCEPT"]),
+                       ("run", [rs.tool, "-I", "FORWARD", "1", "-o", br.name, "-m", "conntrack",
+                                "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])]
+            if rs is not owner:
+                ev.insert(0, f"{owner.tool} holds the rules for {br.name}; {rs.tool} is a "
+                             "second rule set and every packet must pass both")
+                yield _finding("split_backends", "error", None,
+                               f"{rs.tool} rules drop egress from containers on {br.name}",
+                               ev, actions, "iptables-legacy-nft-split")
+            else:
+                yield _finding("forward_drop", "error", None,
+                               f"FORWARD drops new connections from containers on {br.name}",
+                               ev, actions, "forward-policy-drop", safe=True)
+
+
 @check("masquerade")
 def masquerade(view):
     seen = set()
