@@ -150,6 +150,25 @@ def test_port_conflicts_through_cli(env):
     assert env.inspect(auto)["NetworkSettings"]["Ports"] in ({}, None)
 
 
+def test_container_exit_releases_network(env):
+    """The init exiting on its own frees veth, netns link, lease and rules; start re-wires."""
+    # exits at once the first time, sleeps after `start` (the writable layer keeps /ran)
+    name, out = env.run("-p", "8091:80", "busybox", "sh", "-c",
+                        "test -f /ran && exec sleep 600; touch /ran")
+    short = out.stdout.strip()[:12]
+    deadline = time.time() + 20
+    while "Exited" not in env.cli("ps", "-a").stdout and time.time() < deadline:
+        time.sleep(0.2)
+    state = json.loads((Path(env.cli.root) / "network" / "pyinspect0.json").read_text())
+    assert state["leases"] == {}
+    assert not Path("/var/run/netns", name).exists()
+    assert short not in env.ns.run("iptables-legacy-save").stdout
+    assert "veth" not in env.ns.run("ip", "-o", "link").stdout
+    env.cli("start", name)
+    assert f"pyinspect:pyinspect0:{short}" in env.ns.run("iptables-legacy-save", "-t", "nat").stdout
+    assert Path("/var/run/netns", name).exists()
+
+
 def test_thirty_run_rm_cycles_leak_nothing(env):
     links_before = env.ns.run("ip", "-o", "link").stdout
     ips = []
