@@ -16,6 +16,7 @@ hops, grouped by flow, direction and what NAT does not change (IP id, TCP seq/ac
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 TCP_FLAGS = ((0x02, "S"), (0x10, "."), (0x08, "P"), (0x01, "F"), (0x04, "R"))
 
@@ -27,8 +28,7 @@ def tcp_flag_text(flags):
     return f"[{out}]" if out else ""
 
 
-@dataclass(frozen=True)
-class Pkt:
+class Pkt(NamedTuple):
     """The parts of an IPv4 packet the correlation needs."""
     proto: str
     src: str
@@ -52,34 +52,48 @@ class Pkt:
 
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
+_IPH = struct.Struct("!BxHH3xB2x4s4s")
+_TCP = struct.Struct("!HHII")
+_PORTS = struct.Struct("!HH")
+_addr_cache = {}
 
 
-def parse_ip(ip):
-    """IPv4 header bytes (+ L4) -> Pkt, or None."""
-    if len(ip) < 20 or ip[0] >> 4 != 4:
+def _ntoa(b):
+    a = _addr_cache.get(b)
+    if a is None:
+        if len(_addr_cache) > 65536:
+            _addr_cache.clear()
+        a = _addr_cache[b] = socket.inet_ntoa(b)
+    return a
+
+
+def parse_ip(ip, off=0):
+    """IPv4 header bytes (+ L4) at `off` -> Pkt, or None."""
+    if len(ip) < off + 20:
         return None
-    ihl = (ip[0] & 0xf) * 4
-    iplen, ipid = struct.unpack_from("!HH", ip, 2)
-    proto = ip[9]
-    src = socket.inet_ntoa(ip[12:16])
-    dst = socket.inet_ntoa(ip[16:20])
-    sport = dport = seq = ack = 0
-    flags = None
-    if proto == 6 and len(ip) >= ihl + 14:
-        sport, dport, seq, ack = struct.unpack_from("!HHII", ip, ihl)
-        flags = ip[ihl + 13]
-    elif proto == 17 and len(ip) >= ihl + 4:
-        sport, dport = struct.unpack_from("!HH", ip, ihl)
-    elif proto == 1 and len(ip) >= ihl + 8:
-        sport, dport = ip[ihl], ip[ihl + 1]       # icmp type/code
-    return Pkt(PROTO_NAMES.get(proto, str(proto)), src, sport, dst, dport, ipid, seq, ack,
-               iplen, flags)
+    vihl, iplen, ipid, proto, src, dst = _IPH.unpack_from(ip, off)
+    if vihl >> 4 != 4:
+        return None
+    l4 = off + (vihl & 0xf) * 4
+    pname = PROTO_NAMES.get(proto) or str(proto)
+    if proto == 6 and len(ip) >= l4 + 14:
+        sport, dport, seq, ack = _TCP.unpack_from(ip, l4)
+        return Pkt(pname, _ntoa(src), sport, _ntoa(dst), dport, ipid, seq, ack, iplen,
+                   ip[l4 + 13])
+    if proto == 17 and len(ip) >= l4 + 4:
+        sport, dport = _PORTS.unpack_from(ip, l4)
+        return Pkt(pname, _ntoa(src), sport, _ntoa(dst), dport, ipid, 0, 0, iplen)
+    if proto == 1 and len(ip) >= l4 + 2:
+        return Pkt(pname, _ntoa(src), ip[l4], _ntoa(dst), ip[l4 + 1], ipid, 0, 0, iplen)
+    return Pkt(pname, _ntoa(src), 0, _ntoa(dst), 0, ipid, 0, 0, iplen)
 
 
 def parse_frame(frame):
     """Ethernet frame -> Pkt (IPv4 only; VLAN tags skipped), or None."""
     if len(frame) < 34:
         return None
+    if frame[12] == 8 and frame[13] == 0:
+        return parse_ip(frame, 14)
     etype = struct.unpack_from("!H", frame, 12)[0]
     off = 14
     while etype in (0x8100, 0x88A8) and len(frame) >= off + 4:
@@ -87,7 +101,7 @@ def parse_frame(frame):
         off += 4
     if etype != 0x0800:
         return None
-    return parse_ip(frame[off:])
+    return parse_ip(frame, off)
 
 
 def ep(ip, port):
@@ -110,6 +124,7 @@ class Flow:
     shown: int = 0
     tcp_state: str = None
     drops: list = field(default_factory=list)
+    drop_counts: dict = field(default_factory=dict)   # explanation -> count
     notes: list = field(default_factory=list)
     matched: bool = False
     store_id: int = None

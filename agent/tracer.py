@@ -31,7 +31,10 @@ from .errors import NotFoundError, PyinspectError, UnavailableError, UsageError
 
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
+DEFAULT_MAX_RATE = 10000        # records/s (about 2500 packets/s over 4 points)
 MAX_DYNAMIC_RULES = 64
+MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
+LIVE_DROPS_PER_CAUSE = 3
 STATE_DIR = "trace"
 
 
@@ -45,6 +48,7 @@ class TraceOptions:
     count: int = None
     pcap: str = None
     live_per_flow: int = LIVE_PACKETS_PER_FLOW
+    max_rate: int = DEFAULT_MAX_RATE      # capture records/s the reader takes; 0 = all
     ring_mb: int = 16
 
 
@@ -325,6 +329,7 @@ class TraceSession:
         self.pfilter = None
         self._state_file = None
         self._stopped = False
+        self._budget_t = None
 
     # -- start -------------------------------------------------------------------------
     def start(self):
@@ -394,8 +399,7 @@ class TraceSession:
             self.binding.bind()
             self.nflog = nftrace.NflogReader().start()
             self.rules = nftrace.TraceRules()
-            for spec in nftrace.trace_rule_specs(tgt.addrs, tgt.ports):
-                self.rules.add(spec)
+            self.rules.add_many(nftrace.trace_rule_specs(tgt.addrs, tgt.ports))
             self.rulebook = nftrace.RuleBook()
             if nftrace.has_nft_chains():
                 try:
@@ -477,6 +481,11 @@ class TraceSession:
                 self.nf_pending.append(hop)
         if self.drops:
             self.drop_pending.extend(self.drops.read())
+        if self.opt.max_rate:
+            now = time.monotonic()
+            dt = min(now - self._budget_t, 0.25) if self._budget_t else 0.05
+            self._budget_t = now
+            self.cap.set_budget(self.opt.max_rate * dt)
         parse = P.parse
         for raw in self.cap.read():
             ts, point, d, ln, data = parse(raw)
@@ -543,13 +552,10 @@ class TraceSession:
             if pk:
                 hit = self.flows.lookup(pk.tuple)
                 if hit:
-                    flow, direction, _ = hit
-                    ident = pk.ident
-                    for j in order:
-                        if j.flow is flow and j.direction == direction and j.ident == ident:
-                            self._nf_into(j, hop)
-                            placed = True
-                            break
+                    j = journeys.get((hit[0].id, hit[1], pk.ident))
+                    if j is not None:
+                        self._nf_into(j, hop)
+                        placed = True
             if not placed and cutoff is not None and now - hop["ts_ns"] < 2 * SETTLE_NS:
                 nf_keep.append(hop)
             elif not placed and pk:
@@ -623,11 +629,16 @@ class TraceSession:
             text = F.explain_drop(d, flow, self.journeys.get(flow.id, []), self.target.name,
                                   self.target.netns)
             d = dict(d, ts_ns=d["ts_ns"] + self.offset, explanation=text)
-            flow.drops.append(d)
-            self.drop_rows.append((flow, d))
-            items.append({"type": "drop", "flow": flow.id, "text": f"[{flow.id}] DROP {text} "
-                          f"(kfree_skb reason {d['reason']} at {d['location']})",
-                          "reason": d["reason"], "explanation": text})
+            n = flow.drop_counts.get(text, 0) + 1
+            flow.drop_counts[text] = n
+            if len(flow.drops) < MAX_DROP_ROWS_PER_FLOW:     # the rest are counted
+                flow.drops.append(d)
+                self.drop_rows.append((flow, d))
+            if n <= LIVE_DROPS_PER_CAUSE:
+                items.append({"type": "drop", "flow": flow.id,
+                              "text": f"[{flow.id}] DROP {text} (kfree_skb reason "
+                                      f"{d['reason']} at {d['location']})",
+                              "reason": d["reason"], "explanation": text})
         self.drop_pending = keep
         if items:
             self._write_drops()
@@ -651,6 +662,8 @@ class TraceSession:
             self.done = True
             return items
         show = f.journeys <= self.opt.live_per_flow
+        if not show:
+            return items
         # the whole rule path for the first packet each way; later only what is not a
         # plain ACCEPT (NAT, drops, rejects, jumps)
         full_path = j.direction not in f.dirs_shown
@@ -684,7 +697,7 @@ class TraceSession:
                 item = {"type": "hop", "flow": f.id, "hop": "netfilter", "table": h["table"],
                         "chain": h["chain"], "kind": h["kind"], "rule_num": h["rule_num"],
                         "rule_text": h["rule_text"], "verdict": h["verdict"], "text": text}
-            if show and (kind == "capture" or full_path or
+            if (kind == "capture" or full_path or
                          h["verdict"] not in ("ACCEPT", "TRACE", "RETURN")):
                 items.append(item)
         return items
@@ -699,63 +712,63 @@ class TraceSession:
                 "nat": f.nat_text() or "", "first_ns": f.first_ns, "last_ns": f.last_ns,
                 "detail": json.dumps({"packets": f.packets, "traced_packets": f.journeys,
                                       "tcp_state": f.tcp_state, "nat_rule": _rule_ref(f),
-                                      "drops": [d["explanation"] for d in f.drops]})}
+                                      "drops": f.drop_counts})}
 
     def _ensure_flow(self, f):
         if f.store_id is None:
             f.store_id = self.store.db["flows"].insert(self._flow_row(f)).last_pk
         return f.store_id
 
+    _PACKET_SQL = ("INSERT INTO packets (session_id, ts_ns, point_id, direction, len, caplen, "
+                   "data, flow_id, comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    _HOP_SQL = ("INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain, "
+                "rule_num, rule_text, verdict, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
     def _write_rows(self, journeys, loose=()):
+        """Packets (every capture) and netfilter hops of settled journeys, in one transaction;
+        the same packets go to the pcapng with the flow's NAT as the comment."""
         if not (journeys or loose) or not self.store:
             return
-        db = self.store.db
-        with db.conn:
-            pk_rows = []
-            for ts, point, d, ln, data, _ in loose:      # ARP, IPv6...: no flow
-                ts += self.offset
-                pk_rows.append({"session_id": self.session_id, "ts_ns": ts,
-                                "point_id": self.point_ids[point], "direction": d, "len": ln,
-                                "caplen": len(data), "data": data, "flow_id": None,
-                                "comment": None})
-                if self.pcap:
-                    self.pcap.write_packet(self.pcap_ids[point], ts, data, orig_len=ln,
-                                           direction=d)
-            for j in journeys:
-                fid = self._ensure_flow(j.flow)
-                comment = j.flow.nat_text() or None
-                for c in sorted(j.captures, key=lambda c: c["ts_ns"]):
-                    pk_rows.append({"session_id": self.session_id, "ts_ns": c["ts_ns"],
-                                    "point_id": self.point_ids[c["point"]], "direction": c["dir"],
-                                    "len": c["len"], "caplen": len(c["data"]),
-                                    "data": c["data"], "flow_id": fid,
-                                    "comment": f"flow {j.flow.id}: {comment}" if comment else
-                                    f"flow {j.flow.id}"})
-                    if self.pcap:
-                        self.pcap.write_packet(self.pcap_ids[c["point"]], c["ts_ns"], c["data"],
-                                               orig_len=c["len"], direction=c["dir"],
-                                               comment=pk_rows[-1]["comment"])
-            db["packets"].insert_all(pk_rows, batch_size=500)
-            hop_rows = []
-            for j in journeys:
-                fid = j.flow.store_id
-                for kind, h in j.hops({i for i, p in enumerate(self.points) if p.netns is None}):
-                    if kind == "capture":
-                        p = self.points[h["point"]]
-                        hop_rows.append({"session_id": self.session_id, "flow_id": fid,
-                                         "ts_ns": h["ts_ns"], "table_name": "capture",
-                                         "chain": p.name, "rule_num": None,
-                                         "rule_text": _role(p), "verdict": h["dir"],
-                                         "detail": None})
-                    else:
-                        hop_rows.append({"session_id": self.session_id, "flow_id": fid,
-                                         "ts_ns": h["ts_ns"], "table_name": h["table"],
-                                         "chain": h["chain"], "rule_num": h["rule_num"],
-                                         "rule_text": h["rule_text"], "verdict": h["verdict"],
-                                         "detail": json.dumps({"kind": h["kind"],
-                                                               "backend": h["backend"],
-                                                               "hook": h["hook"]})})
-            db["hops"].insert_all(hop_rows, batch_size=500)
+        sid = self.session_id
+        pids = self.point_ids
+        rows = []
+        add = rows.append
+        pcap = self.pcap
+        for ts, point, d, ln, data, _ in loose:      # ARP, IPv6...: no flow
+            ts += self.offset
+            add((sid, ts, pids[point], d, ln, len(data), data, None, None))
+            if pcap:
+                pcap.write_packet(self.pcap_ids[point], ts, data, orig_len=ln, direction=d)
+        first_row = {}           # journey index -> index of its first packet row
+        for n, j in enumerate(journeys):
+            fid = self._ensure_flow(j.flow)
+            nat = j.flow.nat_text()
+            comment = f"flow {j.flow.id}: {nat}" if nat else f"flow {j.flow.id}"
+            first_row[n] = len(rows)
+            for c in j.captures:
+                add((sid, c["ts_ns"], pids[c["point"]], c["dir"], c["len"], len(c["data"]),
+                     c["data"], fid, comment))
+                if pcap:
+                    pcap.write_packet(self.pcap_ids[c["point"]], c["ts_ns"], c["data"],
+                                      orig_len=c["len"], direction=c["dir"], comment=comment)
+        conn = self.store.db.conn
+        with conn:
+            conn.executemany(self._PACKET_SQL, rows)
+            last = conn.execute("SELECT max(id) FROM packets").fetchone()[0] or 0
+            base = last - len(rows) + 1          # our write transaction: consecutive ids
+            hops = []
+            for n, j in enumerate(journeys):
+                if not j.nf:
+                    continue
+                pid = base + first_row[n] if j.captures else None
+                ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+                for h in j.nf:
+                    hops.append((sid, j.flow.store_id, pid, ts, h["table"], h["chain"],
+                                 h["rule_num"], h["rule_text"], h["verdict"],
+                                 json.dumps({"kind": h["kind"], "backend": h["backend"],
+                                             "hook": h["hook"]})))
+            if hops:
+                conn.executemany(self._HOP_SQL, hops)
 
     def _write_drops(self):
         if not self.store:
@@ -808,12 +821,14 @@ class TraceSession:
     def _summary(self, counters):
         per_point = {}
         lost = 0
+        shed = 0
         for i, p in enumerate(self.points):
-            seen, lst = counters.get(i, (0, 0))
+            seen, lst, shd = counters.get(i, (0, 0, 0))
             lost += lst
+            shed += shd
             key = f"{p.name} ({_role(p)})"
             per_point[key] = {"captured": self.captured.get(i, 0), "matched_in_kernel": seen,
-                              "lost": lst}
+                              "lost": lst, "shed": shd}
         shown = [f for f in self.flows.flows.values() if f.journeys or f.drops]
         nat = sorted({f.nat_text() for f in shown if f.nat_text()})
         return {
@@ -826,8 +841,9 @@ class TraceSession:
             "traced_packets": self.traced_packets,
             "packets_per_point": per_point,
             "nat": nat,
-            "drops": [f"[{f.id}] {d['explanation']}" for f in shown for d in f.drops],
-            "loss": {"capture": lost, "drops": getattr(self, "_drop_lost", 0),
+            "drops": [f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
+                      for f in shown for text, n in f.drop_counts.items()],
+            "loss": {"capture": lost, "shed": shed, "drops": getattr(self, "_drop_lost", 0),
                      "conntrack_overruns": self.ct.lost if self.ct else 0,
                      "trace_overruns": self.nflog.lost if self.nflog else 0},
             "filtered_out": self.filtered_out,
@@ -880,14 +896,15 @@ def format_summary(s):
              f"{s['traced_packets']} packet(s) traced"]
     for c in s["connections"]:
         lines.append(f"  {c}")
-    lines.append("packets per capture point (captured / matched in kernel / lost):")
+    lines.append("packets per capture point (captured / matched in kernel / lost / shed):")
     for name, v in s["packets_per_point"].items():
         lines.append(f"  {name:<26} {v['captured']:>8} {v['matched_in_kernel']:>8} "
-                     f"{v['lost']:>8}")
+                     f"{v['lost']:>8} {v['shed']:>8}")
     lines.append("NAT translations: " + ("; ".join(s["nat"]) if s["nat"] else "none"))
     lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
     loss = s["loss"]
-    lines.append(f"loss: capture {loss['capture']}, drop events {loss['drops']}, conntrack "
+    lines.append(f"loss: capture {loss['capture']} (ring full), shed {loss['shed']} (over "
+                 f"--max-rate), drop events {loss['drops']}, conntrack "
                  f"overruns {loss['conntrack_overruns']}, trace overruns "
                  f"{loss['trace_overruns']}")
     if s.get("filtered_out"):

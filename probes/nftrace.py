@@ -45,6 +45,8 @@ A_PACKET_HDR, A_INDEV, A_OUTDEV, A_PAYLOAD, A_PREFIX = 1, 4, 5, 9, 10
 HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING"}
 COMMENT_PREFIX = "pyinspect-trace:"
 NF_LOG_SYSCTL = "/proc/sys/net/netfilter/nf_log/2"
+TRACE_RATE = "50/sec"      # packets traced per rule beyond TCP control packets
+TRACE_BURST = 200
 TRACE_RE = re.compile(r"TRACE: (\w+):([\w\-.]+):(rule|return|policy):(\d+)")
 
 
@@ -163,19 +165,59 @@ class TraceRules:
         self.comment = f"{COMMENT_PREFIX}{os.getpid()}"
         self.added = []
 
+    def _line(self, op, chain, spec):
+        return " ".join([op, chain] + (["1"] if op == "-I" else []) +
+                        [shlex.quote(a) if re.search(r"\s", a) else a for a in spec] +
+                        ["-m", "comment", "--comment", self.comment, "-j", "TRACE"])
+
+    def _restore(self, lines):
+        text = "*raw\n" + "\n".join(lines) + "\nCOMMIT\n"
+        prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
+        try:
+            p = subprocess.run(prefix + [f"{self.tool}-restore", "-w", "--noflush"],
+                               input=text, capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UnavailableError(f"cannot run {self.tool}-restore: {exc}") from exc
+        return p.returncode == 0, p.stderr.strip()
+
+    @staticmethod
+    def expand(spec):
+        """Per match: every TCP SYN/FIN/RST (connection set-up, tear-down, refusals), and
+        any packet up to TRACE_RATE, so a flood is sampled instead of logged in full."""
+        if "-p" in spec and spec[spec.index("-p") + 1] not in ("tcp",):
+            tcp = []
+        elif "-p" in spec:
+            tcp = [spec + ["--tcp-flags", "SYN,FIN,RST", "NONE"]]
+            tcp[0].insert(len(spec), "!")
+        else:
+            tcp = [["-p", "tcp"] + spec + ["!", "--tcp-flags", "SYN,FIN,RST", "NONE"]]
+        return tcp + [spec + ["-m", "limit", "--limit", TRACE_RATE, "--limit-burst",
+                              str(TRACE_BURST)]]
+
+    def add_many(self, specs):
+        """Insert TRACE rules for every spec in raw PREROUTING and OUTPUT (one restore call)."""
+        specs = [x for spec in specs for x in self.expand(spec)]
+        lines = [self._line("-I", chain, spec) for spec in specs
+                 for chain in ("PREROUTING", "OUTPUT")]
+        if not lines:
+            return
+        ok, err = self._restore(lines)
+        if not ok:
+            raise UnavailableError(f"cannot add TRACE rules with {self.tool}-restore: {err}")
+        self.added += [(chain, spec) for spec in specs for chain in ("PREROUTING", "OUTPUT")]
+
     def add(self, spec):
-        for chain in ("PREROUTING", "OUTPUT"):
-            argv = ["-t", "raw", "-I", chain, "1", *spec, "-m", "comment",
-                    "--comment", self.comment, "-j", "TRACE"]
-            out = _run_in(self.netns, [self.tool, "-w", *argv])
-            if out is None:
-                raise UnavailableError(f"cannot add TRACE rule ({self.tool} {' '.join(argv)})")
-            self.added.append((chain, spec))
+        self.add_many([spec])
 
     def remove(self):
-        for chain, spec in reversed(self.added):
-            _run_in(self.netns, [self.tool, "-w", "-t", "raw", "-D", chain, *spec, "-m",
-                                 "comment", "--comment", self.comment, "-j", "TRACE"])
+        if self.added:
+            lines = [self._line("-D", chain, spec) for chain, spec in reversed(self.added)]
+            ok, _err = self._restore(lines)
+            if not ok:   # some already gone: remove one by one
+                for chain, spec in reversed(self.added):
+                    _run_in(self.netns, [self.tool, "-w", "-t", "raw", "-D", chain, *spec,
+                                         "-m", "comment", "--comment", self.comment,
+                                         "-j", "TRACE"])
         self.added = []
 
 

@@ -7,7 +7,9 @@
 //     that belong to an outbound flow learned when the container sent it (`flows`: the peer
 //     ip:port and the local port, which MASQUERADE keeps unless it collides).
 // Records go to a ring buffer (header + first caplen bytes); a failed reserve is counted
-// per point in `stats` (lost), as is every matched packet (seen).
+// per point in `stats` (lost), as is every matched packet (seen). With a reader budget
+// (`cfg[1]`, `tokens` refilled by the reader), packets beyond it are counted as shed
+// and not copied, so a flood costs the kernel a map update, not a ring buffer copy.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
@@ -50,12 +52,13 @@ struct flowkey {
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct rec, 1);
-BPF_PERCPU_ARRAY(stats, u64, MAX_POINTS * 2);   // [point*2] seen, [point*2+1] lost
+BPF_PERCPU_ARRAY(stats, u64, MAX_POINTS * 3);   // [point*3] seen, +1 lost, +2 shed
 BPF_ARRAY(pointmode, u32, MAX_POINTS);          // 1 = take everything
 BPF_HASH(addrs, u32, u8, 64);
 BPF_HASH(ports, struct portkey, u8, 256);
 BPF_HASH(portfilter, u16, u8, 64);              // non-empty: only these ports (--port)
-BPF_ARRAY(cfg, u32, 4);                         // [0] portfilter on
+BPF_ARRAY(cfg, u32, 4);                         // [0] portfilter on, [1] rate budget on
+BPF_ARRAY(tokens, s64, 1);                      // records left in this budget period
 BPF_TABLE("lru_hash", struct flowkey, u8, flows, 65536);
 
 static __always_inline void bump(u32 idx)
@@ -145,8 +148,18 @@ static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
 {
     if (!match(skb, point))
         return TC_ACT_UNSPEC;
-    bump(point * 2);
-    u32 zero = 0;
+    bump(point * 3);
+    u32 zero = 0, one = 1;
+    u32 *limited = cfg.lookup(&one);
+    if (limited && *limited) {
+        // over the reader's budget: count the packet as shed instead of copying it
+        s64 *tok = tokens.lookup(&zero);
+        if (!tok || *tok <= 0) {
+            bump(point * 3 + 2);
+            return TC_ACT_UNSPEC;
+        }
+        __sync_fetch_and_add(tok, -1);
+    }
     struct rec *r = scratch.lookup(&zero);
     if (!r)
         return TC_ACT_UNSPEC;
@@ -171,7 +184,7 @@ static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
     if (size > sizeof(struct rec))
         return TC_ACT_UNSPEC;
     if (events.ringbuf_output(r, size, 0) < 0)
-        bump(point * 2 + 1);
+        bump(point * 3 + 1);
     return TC_ACT_UNSPEC;
 }
 
@@ -179,6 +192,53 @@ static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
     int pi_in_##n(struct __sk_buff *skb) { return capture(skb, n, 0); } \
     int pi_eg_##n(struct __sk_buff *skb) { return capture(skb, n, 1); }
 
-POINT_FN(0) POINT_FN(1) POINT_FN(2) POINT_FN(3) POINT_FN(4) POINT_FN(5) POINT_FN(6) POINT_FN(7)
-POINT_FN(8) POINT_FN(9) POINT_FN(10) POINT_FN(11) POINT_FN(12) POINT_FN(13) POINT_FN(14)
+#ifndef NPOINTS
+#define NPOINTS 16
+#endif
+// only the programs a session uses are compiled (compile time grows with each pair)
+POINT_FN(0)
+#if NPOINTS > 1
+POINT_FN(1)
+#endif
+#if NPOINTS > 2
+POINT_FN(2)
+#endif
+#if NPOINTS > 3
+POINT_FN(3)
+#endif
+#if NPOINTS > 4
+POINT_FN(4)
+#endif
+#if NPOINTS > 5
+POINT_FN(5)
+#endif
+#if NPOINTS > 6
+POINT_FN(6)
+#endif
+#if NPOINTS > 7
+POINT_FN(7)
+#endif
+#if NPOINTS > 8
+POINT_FN(8)
+#endif
+#if NPOINTS > 9
+POINT_FN(9)
+#endif
+#if NPOINTS > 10
+POINT_FN(10)
+#endif
+#if NPOINTS > 11
+POINT_FN(11)
+#endif
+#if NPOINTS > 12
+POINT_FN(12)
+#endif
+#if NPOINTS > 13
+POINT_FN(13)
+#endif
+#if NPOINTS > 14
+POINT_FN(14)
+#endif
+#if NPOINTS > 15
 POINT_FN(15)
+#endif

@@ -95,10 +95,12 @@ def _ensure_clsact(ipr, ifindex):
     return True
 
 
-def attach_filter(point, fd, prog_name, direction, owner_pid):
+def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
     """Attach a loaded sched_cls program on one side of `point`. Returns True if clsact was added."""
     parent = "ffff:fff2" if direction == "ingress" else "ffff:fff3"
-    ipr = _iproute(point.netns)
+    own = ipr is None
+    if own:
+        ipr = _iproute(point.netns)
     try:
         added = _ensure_clsact(ipr, point.ifindex)
         ipr.tc("add-filter", "bpf", point.ifindex, TC_HANDLE, fd=fd,
@@ -106,7 +108,8 @@ def attach_filter(point, fd, prog_name, direction, owner_pid):
                prio=TC_PRIO, classid=1, direct_action=True)
         return added
     finally:
-        ipr.close()
+        if own:
+            ipr.close()
 
 
 def _our_filters(ipr, ifindex):
@@ -279,6 +282,7 @@ class PacketCapture:
             raise UnavailableError("packet capture needs bcc: python3-bpfcc is not installed",
                                    "run make install") from exc
         cflags = [f"-DSNAPLEN={self.snaplen}", f"-DRINGBUF_PAGES={self.ring_pages}",
+                  f"-DNPOINTS={max(1, len(self.points))}",
                   "-Wno-macro-redefined"]
         try:
             self.bpf = BPF(src_file=str(SRC), cflags=cflags)
@@ -288,19 +292,26 @@ class PacketCapture:
         ring = self.bpf["events"]
         self.reader = RingReader(ring.map_fd, self.ring_pages * mmap.PAGESIZE)
         pid = os.getpid()
+        sockets = {}
         try:
             for i, point in enumerate(self.points):
+                if point.netns not in sockets:
+                    sockets[point.netns] = _iproute(point.netns)
                 added = False
                 for direction, prefix in (("ingress", "pi_in_"), ("egress", "pi_eg_")):
                     fn = self.bpf.load_func(f"{prefix}{i}", BPF.SCHED_CLS)
                     added = attach_filter(point, fn.fd, f"{point.name}:{direction}", direction,
-                                          pid) or added
+                                          pid, sockets[point.netns]) or added
                 self.attached.append((point, added))
         except Exception as exc:
+            for ipr in sockets.values():
+                ipr.close()
             self.stop()
             if isinstance(exc, UnavailableError):
                 raise
             raise UnavailableError(f"cannot attach tc capture: {exc}") from exc
+        for ipr in sockets.values():
+            ipr.close()
         return self
 
     def _fill_maps(self):
@@ -342,17 +353,25 @@ class PacketCapture:
         with self.lock:
             return self.reader.read(limit)
 
+    def set_budget(self, records):
+        """Allow `records` more ring buffer records (None: no budget); the rest are shed."""
+        if not self.bpf:
+            return
+        if records is None:
+            self.bpf["cfg"][ctypes.c_int(1)] = ctypes.c_uint32(0)
+            return
+        self.bpf["tokens"][ctypes.c_int(0)] = ctypes.c_int64(int(records))
+        self.bpf["cfg"][ctypes.c_int(1)] = ctypes.c_uint32(1)
+
     def counters(self):
-        """{point index: (seen, lost)} summed over CPUs, from the kernel."""
+        """{point index: (seen, lost, shed)} summed over CPUs, from the kernel."""
         out = {}
         if not self.bpf:
             return out
         import ctypes as ct
         stats = self.bpf["stats"]
         for i in range(len(self.points)):
-            seen = sum(stats[ct.c_int(i * 2)])
-            lost = sum(stats[ct.c_int(i * 2 + 1)])
-            out[i] = (seen, lost)
+            out[i] = tuple(sum(stats[ct.c_int(i * 3 + k)]) for k in range(3))
         return out
 
     @property

@@ -36,15 +36,21 @@ Run it in the namespace that holds the container's bridge (the host). The line
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many traced packets.")
+@click.option("--max-rate", type=click.IntRange(min=0), default=None,
+              help="Capture records per second handed to the reader (default 10000); the "
+                   "kernel counts the rest as shed. 0 = no limit.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("-w", "--write", "pcap", type=click.Path(dir_okay=False),
               help="Write the merged capture (every point, NAT comments) as pcapng.")
 @click.pass_context
-def trace(ctx, container, port, bpf_filter, via, snaplen, duration, count, as_json, pcap):
+def trace(ctx, container, port, bpf_filter, via, snaplen, duration, count, max_rate, as_json,
+          pcap):
     """Follow a container's packets through NAT, the bridge and its veth."""
     from pyinspect.tracer import TraceOptions, TraceSession, format_summary
     opts = TraceOptions(port=port, filter=bpf_filter, via=list(via) or None, snaplen=snaplen,
                         duration=duration, count=count, pcap=pcap)
+    if max_rate is not None:
+        opts.max_rate = max_rate
     session = TraceSession(ctx.obj["root"], container, opts)
 
     def on_term(signum, frame):

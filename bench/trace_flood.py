@@ -1,0 +1,239 @@
+"""UDP 64-byte flood through DNAT into a container: nothing vs tcpdump vs pyinspect trace.
+
+    .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--json]
+
+Builds the test topology (tests/tracetopo.py: client -> host netns with DNAT -> bridge ->
+veth -> container), with a UDP sink in the container. For each mode it runs a sender in the
+client namespace (a Python loop of connected send() calls, 64-byte frames) and reports:
+  - sender packets/s, and its ratio to the rate with nothing capturing and under tcpdump;
+  - captured/sent: tcpdump -w on the host veth (its own "captured"/"dropped by kernel"
+    counts), pyinspect trace on the same veth (captured in userspace, matched in the
+    kernel, lost in the kernel when the ring buffer was full, shed by the reader).
+Then iperf3 TCP throughput through the DNAT port with and without `pyinspect trace`.
+Rounds alternate the modes and the median is reported, because other work on a shared
+2-core VM moves absolute numbers. All traffic stays in namespaces this script creates.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+import tracetopo  # noqa: E402
+
+PYINSPECT = str(REPO / ".venv" / "bin" / "pyinspect")
+UDP_PORT = 9000
+IPERF_PORT = 5201
+
+SENDER = r"""
+import socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((host, port))
+payload = b"x" * 22          # 14 + 20 + 8 + 22 = a 64-byte Ethernet frame (without FCS)
+send = s.send
+n = 0
+t0 = time.perf_counter()
+end = t0 + secs
+while True:
+    for _ in range(1000):
+        try:
+            send(payload)
+            n += 1
+        except OSError:
+            pass
+    if time.perf_counter() >= end:
+        break
+print(n, time.perf_counter() - t0)
+"""
+
+SINK = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind(("0.0.0.0", %d))
+b = bytearray(2048)
+r = s.recv_into
+while True:
+    r(b)
+""" % UDP_PORT
+
+
+def send(topo, seconds):
+    out = tracetopo.sh(topo.client, f"python3 -c '{SENDER}' {topo.host_ip} {UDP_PORT} "
+                       f"{seconds}", timeout=seconds + 30).stdout.split()
+    n, dt = int(out[0]), float(out[1])
+    return n, n / dt
+
+
+def start_trace(topo, root, extra=()):
+    argv = ["nsenter", f"--net=/run/netns/{topo.host}", PYINSPECT, "--root", root, "trace",
+            "--container", topo.ctrs[0], "--json", *extra]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line:
+        raise SystemExit(f"trace did not start: {p.stderr.read()}")
+    return p
+
+
+def stop_trace(p):
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=600)
+    summary = None
+    for line in out.splitlines():
+        if line.startswith('{"type": "summary"'):
+            summary = json.loads(line)
+    if summary is None:
+        raise SystemExit(f"trace gave no summary: {err[-2000:]}")
+    return summary
+
+
+def mode_none(topo, seconds):
+    n, pps = send(topo, seconds)
+    return {"sent": n, "pps": pps}
+
+
+def mode_tcpdump(topo, seconds, tmp):
+    path = os.path.join(tmp, "flood.pcap")
+    p = subprocess.Popen(["ip", "netns", "exec", topo.host, "tcpdump", "-i", "vc0", "-w", path,
+                          "-n", "udp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    line = p.stderr.readline()          # "listening on vc0, ..."
+    if "listening" not in line:
+        raise SystemExit(f"tcpdump did not start: {line}")
+    n, pps = send(topo, seconds)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    captured = int(re.search(r"(\d+) packets captured", err).group(1))
+    dropped = int(re.search(r"(\d+) packets dropped by kernel", err).group(1))
+    return {"sent": n, "pps": pps, "captured": captured, "dropped": dropped,
+            "captured_ratio": captured / n if n else 0}
+
+
+def mode_trace(topo, seconds, tmp, extra=()):
+    root = tempfile.mkdtemp(dir=tmp)
+    p = start_trace(topo, root, extra)
+    n, pps = send(topo, seconds)
+    s = stop_trace(p)
+    veth = s["packets_per_point"]["vc0 (veth)"]
+    up = s["packets_per_point"]["up0 (uplink)"]
+    shed = veth["matched_in_kernel"] - veth["captured"] - veth["lost"]
+    return {"sent": n, "pps": pps, "captured": veth["captured"],
+            "matched": veth["matched_in_kernel"], "lost_ring": veth["lost"], "shed": shed,
+            "uplink_captured": up["captured"], "uplink_matched": up["matched_in_kernel"],
+            "captured_ratio": veth["captured"] / n if n else 0,
+            "accounted": veth["captured"] + veth["lost"] + shed == veth["matched_in_kernel"]}
+
+
+def iperf(topo, seconds):
+    srv = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if ":1451" in tracetopo.sh(topo.ctrs[0], "cat /proc/net/tcp /proc/net/tcp6").stdout:
+                break
+            time.sleep(0.1)
+        out = tracetopo.sh(topo.client, f"iperf3 -c {topo.host_ip} -p {IPERF_PORT} "
+                           f"-t {seconds} -J", timeout=seconds + 60).stdout
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"]
+    finally:
+        srv.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    topo = tracetopo.Topology(prefix="ptb")
+    results = {"none": [], "tcpdump": [], "trace": [], "trace_pcapng": [],
+               "iperf_none": [], "iperf_trace": []}
+    sink = None
+    try:
+        ip = topo.ctr_ips[0]
+        tracetopo.sh(topo.host, f"""
+            iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p udp --dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}
+            iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p tcp --dport {IPERF_PORT} -j DNAT --to-destination {ip}:{IPERF_PORT}
+        """)
+        sink = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "python3", "-c", SINK])
+        time.sleep(0.3)
+        with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
+            for r in range(args.rounds):
+                results["none"].append(mode_none(topo, args.seconds))
+                results["tcpdump"].append(mode_tcpdump(topo, args.seconds, tmp))
+                results["trace"].append(mode_trace(topo, args.seconds, tmp))
+                results["trace_pcapng"].append(mode_trace(
+                    topo, args.seconds, tmp, ["-w", os.path.join(tmp, f"t{r}.pcapng")]))
+                results["iperf_none"].append(iperf(topo, args.seconds))
+                root = tempfile.mkdtemp(dir=tmp)
+                p = start_trace(topo, root)
+                results["iperf_trace"].append(iperf(topo, args.seconds))
+                s = stop_trace(p)
+                results.setdefault("iperf_trace_loss", []).append(
+                    {k: v for k, v in s["packets_per_point"].items()})
+    finally:
+        if sink:
+            sink.kill()
+            sink.wait()
+        topo.close()
+
+    def med(mode, key):
+        return statistics.median(x[key] for x in results[mode])
+
+    base = med("none", "pps")
+    tdp = med("tcpdump", "pps")
+    report = {
+        "rounds": args.rounds, "seconds": args.seconds,
+        "sender_pps": {m: round(med(m, "pps")) for m in ("none", "tcpdump", "trace",
+                                                          "trace_pcapng")},
+        "sender_ratio_vs_none": {m: round(med(m, "pps") / base, 3)
+                                 for m in ("tcpdump", "trace", "trace_pcapng")},
+        "sender_ratio_vs_tcpdump": {m: round(med(m, "pps") / tdp, 3)
+                                    for m in ("trace", "trace_pcapng")},
+        "captured_over_sent": {m: round(med(m, "captured_ratio"), 4)
+                               for m in ("tcpdump", "trace", "trace_pcapng")},
+        "trace_loss_accounted_exactly": all(x["accounted"] for x in results["trace"] +
+                                            results["trace_pcapng"]),
+        "iperf3_gbit": {"none": round(statistics.median(results["iperf_none"]) / 1e9, 2),
+                        "trace": round(statistics.median(results["iperf_trace"]) / 1e9, 2)},
+        "iperf3_ratio": round(statistics.median(results["iperf_trace"]) /
+                              statistics.median(results["iperf_none"]), 3),
+        "raw": results,
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"UDP 64-byte flood, client netns -> DNAT -> container, {args.seconds}s x "
+          f"{args.rounds} rounds (medians)")
+    for m in ("none", "tcpdump", "trace", "trace_pcapng"):
+        line = f"  {m:<13} sender {report['sender_pps'][m]:>9,} pkt/s"
+        if m != "none":
+            line += f"  x{report['sender_ratio_vs_none'][m]:.3f} of none"
+        if m in report["captured_over_sent"]:
+            line += f"  captured/sent {report['captured_over_sent'][m]:.4f}"
+        print(line)
+    for m in ("trace", "trace_pcapng"):
+        print(f"  {m}: sender x{report['sender_ratio_vs_tcpdump'][m]:.3f} of its rate "
+              f"under tcpdump")
+    for x in results["trace"] + results["trace_pcapng"]:
+        print(f"    trace on vc0: sent {x['sent']:,} matched {x['matched']:,} captured "
+              f"{x['captured']:,} lost(ring full) {x['lost_ring']:,} shed {x['shed']:,}")
+    print(f"  loss accounted exactly (captured + lost + shed == matched in kernel): "
+          f"{report['trace_loss_accounted_exactly']}")
+    print(f"iperf3 TCP through DNAT: {report['iperf3_gbit']['none']} Gbit/s without, "
+          f"{report['iperf3_gbit']['trace']} Gbit/s under trace (x{report['iperf3_ratio']})")
+
+
+if __name__ == "__main__":
+    main()
