@@ -199,8 +199,11 @@ class Follower:
             try:
                 probe.start()
             except (UnavailableError, OSError) as exc:
-                errors.append(f"{name}: {exc}")
-                self.messages.append(f"skipped {name} probe: {exc}")
+                msg = str(exc)
+                if not msg.startswith(f"{getattr(probe, 'NAME', name)} probe"):
+                    msg = f"{name} probe: {msg}"
+                errors.append(msg)
+                self.messages.append(f"skipped: {msg}")
                 continue
             self.messages.extend(getattr(probe, "messages", []))
             self.probes.append(probe)

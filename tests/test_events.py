@@ -288,3 +288,42 @@ def test_a_failing_resolver_costs_the_attribution_not_the_event(tmp_path):
     assert row["container_id"] is None and rec.attribution_errors == 1
     assert "discovery tripped" in rec.last_attribution_error
     assert [r["pid"] for r in ev_lib.query(store)] == [1001]
+
+
+@pytest.mark.root
+def test_follow_without_tracefs_skips_the_tracepoint_probes_and_keeps_links(make_netns,
+                                                                           state_root):
+    """Real degrade: tracefs unmounted in a private mount namespace for this command only."""
+    ns = make_netns("pa")
+    hide = ("umount -l /sys/kernel/debug/tracing 2>/dev/null; "
+            "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; "
+            "test ! -e /sys/kernel/tracing/events && exec ")
+    argv = " ".join(Cli(state_root).argv("events", "--follow", "--json"))
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             hide + argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        lines = []
+        while True:
+            line = proc.stderr.readline()
+            assert line, f"ended early: {lines}"
+            lines.append(line.rstrip("\n"))
+            if line.startswith("listening:"):
+                break
+        hint = "(mount -t tracefs nodev /sys/kernel/tracing)"
+        assert lines[:2] == [f"skipped: process probe: tracefs is not mounted {hint}",
+                             f"skipped: cgroup probe: tracefs is not mounted {hint}"]
+        assert lines[2].startswith("listening: links (")
+        ns.sh("ip link add pa-v0 type veth peer name pa-v1")
+        while True:
+            line = proc.stdout.readline()
+            assert line, "events --follow ended early"
+            ev = json.loads(line)
+            if ev["kind"] == "link_add" and ev["detail"].get("ifname") == "pa-v0":
+                assert ev["netns"] == os.stat(ns.path).st_ino
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "links probe: 0 records lost" in err
