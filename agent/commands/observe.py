@@ -69,7 +69,8 @@ def map_(obj, as_json, show_all, container, save):
               help="Stored events from WHEN on: 30s, 10m, 2h, 1d, RFC3339 or epoch seconds.")
 @click.option("--kind", "kinds", multiple=True, metavar="KIND",
               help="Only these kinds (fork, exec, exit, clone, unshare, setns, oom, "
-                   "cgroup_mkdir, cgroup_rmdir, cgroup_attach); repeatable.")
+                   "cgroup_mkdir, cgroup_rmdir, cgroup_attach, link_add, link_del, ...); "
+                   "repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="At most this many stored events.")
 @click.option("--follow", "-f", is_flag=True,
@@ -78,11 +79,12 @@ def map_(obj, as_json, show_all, container, save):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
 def events(obj, container, since, kinds, limit, follow, as_json):
-    """Show the process, namespace and cgroup timeline, attributed to containers.
+    """Show the process, namespace, cgroup and link timeline, attributed to containers.
 
     Stored events are printed oldest first. With --follow the process and cgroup
-    probes run inside this command; probes that cannot load are named on stderr
-    with the reason, and lost records are reported when it stops.
+    probes (eBPF tracepoints) and the link monitor (netlink) run inside this
+    command; probes that cannot load are named on stderr with the reason, and
+    lost records are reported when it stops.
 
     \b
     Examples:
