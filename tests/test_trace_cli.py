@@ -1,0 +1,86 @@
+"""`pyinspect trace` on a container started by `pyinspect run -p 8088:80`, all through the
+real CLI inside a netns that plays the host (the runtime's own bridge, veth and PYINSPECT
+DNAT chain in the legacy backend)."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import Cli, unique  # noqa: E402
+
+pytestmark = pytest.mark.root
+
+HOST_IP, CLIENT_IP = "10.203.0.1", "10.203.0.2"
+SERVE = "mkdir -p /www && echo traced > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def wait_listen(ns, port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/tcp",
+                              "/proc/net/tcp6"], capture_output=True, text=True).stdout
+        if re.search(rf":{port:04X} [0-9A-F:]+ 0A ", out):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port} in {ns}")
+
+
+def test_trace_of_a_pyinspect_container(make_netns, state_root):
+    host = make_netns("pt-h")
+    client = make_netns("pt-c")
+    host.sh(f"ip link add ptc0 type veth peer name eth0 netns {client.name} && "
+            f"ip addr add {HOST_IP}/24 dev ptc0 && ip link set ptc0 up")
+    client.sh(f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up")
+    cli = Cli(state_root, netns=host.name)
+    name = unique("pt")
+    try:
+        cli("run", "-d", "--name", name, "-p", "8088:80", "busybox", "sh", "-c", SERVE)
+        info = json.loads(cli("inspect", name).stdout)[0]
+        ip = info["NetworkSettings"]["IPAddress"]
+        wait_listen(name, 80)
+        proc = subprocess.Popen(cli.argv("trace", "--container", name, "--json",
+                                         "--duration", "3"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = json.loads(proc.stdout.readline() or "{}")
+        assert ready.get("type") == "ready", proc.stderr.read()
+        assert "ptc0" in ready["points"] and "eth0" in ready["points"]
+        got = client.run("timeout", "5", "busybox", "wget", "-q", "-O", "-",
+                         f"http://{HOST_IP}:8088/", check=False)
+        assert got.stdout.strip() == "traced", got
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        items = [json.loads(line) for line in out.splitlines()]
+        flows = [i for i in items if i["type"] == "flow"]
+        assert len(flows) == 1, flows
+        f = flows[0]
+        assert f["orig"][0] == CLIENT_IP and f["orig"][2:] == [HOST_IP, 8088]
+        assert f["reply"][:2] == [ip, 80] and f["nat"] == "dnat"
+        hops = [i for i in items if i["type"] == "hop" and i["flow"] == f["flow"]]
+        caps = []
+        for h in hops:
+            if h["hop"] == "capture":
+                caps.append((h["role"], h["dir"], h["dst"], h["dport"]))
+                if h["role"] == "container":
+                    break
+        assert caps == [("uplink", "in", HOST_IP, 8088), ("bridge", "out", ip, 80),
+                        ("veth", "out", ip, 80), ("container", "in", ip, 80)]
+        dnat = [h for h in hops if h["hop"] == "netfilter" and h["table"] == "nat"
+                and h["verdict"].startswith("DNAT")]
+        assert dnat and dnat[0]["verdict"] == f"DNAT {ip}:80", dnat
+        summary = [i for i in items if i["type"] == "summary"][0]
+        assert summary["nat"] == [f"DNAT {HOST_IP}:8088 -> {ip}:80"]
+        assert summary["loss"]["capture"] == 0
+        # nothing of the trace is left in the host namespace
+        raw = host.run("iptables-legacy", "-t", "raw", "-S").stdout
+        assert "TRACE" not in raw
+        tc = host.sh("for d in $(ls /sys/class/net); do tc filter show dev $d ingress; "
+                     "tc filter show dev $d egress; done").stdout
+        assert "pyinspect-trace" not in tc
+    finally:
+        cli("rm", "-f", name, check=False)
