@@ -28,7 +28,11 @@ deleted, so rules written by anyone else are left alone; our chains are
 deleted only when empty and unreferenced.
 """
 
+import contextlib
 import dataclasses
+import fcntl
+import os
+import time
 
 from ..errors import UnavailableError
 
@@ -178,6 +182,28 @@ def _iptc_error(iptc):
     return getattr(iptc, "IPTCError", OSError)
 
 
+@contextlib.contextmanager
+def xtables_lock(timeout=10.0):
+    """Hold /run/xtables.lock like iptables-legacy does, so our table replace and another
+    tool's never race (libiptc itself takes no lock)."""
+    path = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UnavailableError(f"iptables lock {path}: held by another program for "
+                                           f"{timeout:.0f}s") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
 def sync(bridge, rules):
     """Make the tagged rules of `bridge` equal `rules`: add missing ones, delete stale ones.
 
@@ -185,6 +211,11 @@ def sync(bridge, rules):
     Returns {"added": n, "removed": n}.
     """
     iptc = _iptc()
+    with xtables_lock():
+        return _sync(iptc, bridge, rules)
+
+
+def _sync(iptc, bridge, rules):
     prefix = owner_tag(bridge, "")
     counts = {"added": 0, "removed": 0}
     try:

@@ -438,6 +438,26 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     assert "pyinspect0" not in ns.run("ip", "-o", "link").stdout
 
 
+def test_parallel_connects(host):
+    """Six `run`s at once: distinct addresses, every rule present, one base rule set."""
+    import concurrent.futures
+    recs = [container(cname(), publish=[f"{8100 + i}:80"], pid=host.spawn()) for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        nets = list(pool.map(lambda r: host.ok("connect", container=r, pid=r["pid"]), recs))
+    assert len({n["ip"] for n in nets}) == 6
+    nat = legacy(host.ns, "nat")
+    for i, n in enumerate(nets):
+        assert re.search(rf"--dport {8100 + i} .*--to-destination {re.escape(n['ip'])}:80", nat)
+    assert nat.count("-A PREROUTING -m addrtype --dst-type LOCAL") == 1
+    assert len(host.ok("state", bridge="pyinspect0")["leases"]) == 6
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        for r, n in zip(recs, nets):
+            r["network"] = n
+        list(pool.map(lambda r: host.ok("disconnect", container=r), recs))
+    assert "pyinspect" not in legacy(host.ns, "nat") + legacy(host.ns, "filter")
+    assert "pyinspect0" not in host.ns.run("ip", "-o", "link").stdout
+
+
 def test_crash_mid_connect_is_undone_by_reconcile(host):
     """A CLI killed half-way leaves a write-ahead lease; reconcile removes what it made."""
     pid = host.spawn()
