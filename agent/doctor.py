@@ -343,6 +343,11 @@ def _pyinspect_containers(root):
         return [], f"cannot read pyinspect state: {exc}"
 
 
+def _any_addr(ip):
+    """'' for "every address" (0.0.0.0, ::, none), else the address."""
+    return "" if not ip or ip in ("0.0.0.0", "::") else ip
+
+
 def _memory_cgroup(pid):
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
@@ -386,7 +391,9 @@ def memory_info(pid):
                 "limit": _read_int_file(f"{base}/memory.limit_in_bytes"),
                 "max_usage": _read_int_file(f"{base}/memory.max_usage_in_bytes"),
                 "limit_file": f"{base}/memory.limit_in_bytes", "counter_file":
-                f"{base}/memory.oom_control"}
+                f"{base}/memory.oom_control",
+                "memsw": _read_int_file(f"{base}/memory.memsw.limit_in_bytes"),
+                "memsw_file": f"{base}/memory.memsw.limit_in_bytes"}
     for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         base = f"{mount}{path}"
         if os.path.exists(f"{base}/memory.events"):
@@ -578,7 +585,7 @@ class HostView:
                     cv.declared = dict(getattr(c, "network", None) or {})
                     for p in cv.declared.get("ports") or []:
                         cv.ports.append({"proto": p.get("proto", "tcp"),
-                                         "host_ip": p.get("host_ip") or "",
+                                         "host_ip": _any_addr(p.get("host_ip")),
                                          "host_port": int(p["host_port"]),
                                          "container_port": int(p["container_port"]),
                                          "source": "pyinspect", "rule": None})
@@ -613,7 +620,7 @@ class HostView:
                     continue
                 dst = rule.get("dst") or ""
                 entry = {"proto": rule.get("proto") or "tcp",
-                         "host_ip": dst.split("/")[0], "host_port": int(hport),
+                         "host_ip": _any_addr(dst.split("/")[0]), "host_port": int(hport),
                          "container_port": tgt[1] or int(hport), "source": "rule", "rule": rule}
                 if not any(p["host_port"] == entry["host_port"] and p["proto"] == entry["proto"]
                            and p["host_ip"] == entry["host_ip"] for p in c.ports):

@@ -550,6 +550,7 @@ def localhost_publish(view):
     outer = [l for l in view.links.values() if l.name != "lo" and l.kind != "bridge"
              and l.name not in bridges and l.addrs and l.up]
     all_on = view.sysctl("net.ipv4.conf.all.route_localnet") == "1"
+    done = set()
     for rs in view.active_rulesets():
         for rule in rs.rules("nat"):
             tgt, d, hport = ipt.dnat_target(rule), rule.get("dst"), rule.get("dport")
@@ -557,6 +558,10 @@ def localhost_publish(view):
                     or not ipt._addr_in("127.0.0.0/8", d.split("/")[0]):
                 continue
             ip = d.split("/")[0]
+            key = (ip, hport, rule.get("proto") or "tcp")
+            if key in done:
+                continue  # e.g. the hairpin twin of the same published port
+            done.add(key)
             open_on, shown = [], None
             for l in outer:
                 pkt = _pkt(view, src=SIM_REMOTE, dst=ip, proto=rule.get("proto") or "tcp",
@@ -693,6 +698,10 @@ def oom(view):
               f"{m['limit_file']}: {limit}", f"peak usage: {m.get('max_usage')}"]
         actions = []
         if limit and limit < 1 << 60:
+            memsw = m.get("memsw")
+            if memsw and memsw < limit * 2:  # v1: memory+swap must stay >= memory
+                actions.append(("write", m["memsw_file"], str(limit * 2)))
+                ev.append(f"{m['memsw_file']}: {memsw}")
             actions.append(("write", m["limit_file"], str(limit * 2)))
         actions.append(("ack", key, m["oom_kill"]))
         yield _finding("oom_killed", "error", c.name,

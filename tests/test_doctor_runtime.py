@@ -1,0 +1,157 @@
+"""`pyinspect doctor` on containers made by the real CLI (`pyinspect run -p`) in a host netns.
+
+Complements tests/test_doctor.py (a hand-built Docker-like layout): here the bridge,
+veths, rules (legacy backend, tagged PYINSPECT chains) and cgroups are pyinspect's own.
+"""
+
+import json
+import re
+import subprocess
+import uuid
+
+import pytest
+
+from conftest import Cli, Netns, have
+
+pytestmark = pytest.mark.root
+
+SERVE = "mkdir -p /www && echo pd-ok > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+class Env:
+    def __init__(self, root):
+        tag = uuid.uuid4().hex[:5]
+        self.h, self.k = Netns(f"pd-rh-{tag}"), Netns(f"pd-rk-{tag}")
+        self.cli = Cli(root, netns=self.h.name)
+        self.names = []
+        self.h.sh(f"ip link add pdup0 type veth peer name eth0 netns {self.k.name} && "
+                  "ip addr add 10.202.0.1/24 dev pdup0 && ip link set pdup0 up")
+        self.k.sh("ip addr add 10.202.0.2/24 dev eth0 && ip link set eth0 up")
+        self.web = self.run("pdw", "-p", "8088:80", "-p", "127.0.0.1:8089:80", "busybox",
+                            "sh", "-c", SERVE)
+        self.peer = self.run("pdp", "busybox", "sleep", "600")
+
+    def run(self, prefix, *args):
+        name = f"{prefix}-{uuid.uuid4().hex[:5]}"
+        self.names.append(name)
+        self.cli("run", "-d", "--name", name, *args)
+        return name
+
+    def inspect(self, name):
+        return json.loads(self.cli("inspect", name).stdout)[0]
+
+    def remove(self):
+        for n in self.names:
+            self.cli("rm", "-f", n, check=False)
+        self.cli("ps", check=False)
+        self.k.remove()
+        self.h.remove()
+
+    def get(self, url):
+        r = self.k.run("wget", "-q", "-O-", "-T", "2", "-t", "1", url, check=False, timeout=20)
+        return r.returncode == 0 and "pd-ok" in r.stdout
+
+    def published_ok(self):
+        return self.get("http://10.202.0.1:8088/")
+
+    def localhost_exploit(self):
+        """The client sends to 127.0.0.1:8089 through the host, as a hostile neighbour would."""
+        self.k.sh("sysctl -qw net.ipv4.conf.all.route_localnet=1 "
+                  "net.ipv4.conf.eth0.route_localnet=1; ip rule add pref 100 table local;"
+                  "ip rule del pref 0; ip route add 127.0.0.1/32 via 10.202.0.1 dev eth0 "
+                  "src 10.202.0.2 table 100; ip rule add pref 10 table 100")
+        try:
+            return self.get("http://127.0.0.1:8089/")
+        finally:
+            self.k.sh("ip rule add pref 0 table local; ip rule del pref 100; "
+                      "ip rule del pref 10; ip route flush table 100", check=False)
+
+    def doctor(self, *args):
+        proc = self.cli("doctor", "--json", *args, check=False)
+        assert proc.returncode in (0, 1), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    if not have("wget"):
+        pytest.skip("needs wget")
+    e = Env(tmp_path_factory.mktemp("pd-rt-root"))
+    yield e
+    e.remove()
+
+
+def problems(findings):
+    return [f for f in findings if f["severity"] in ("error", "warning")]
+
+
+def test_pyinspect_setup_localhost_publish_is_exposed_and_fixed(env):
+    """The only finding on a fresh `run -p 127.0.0.1:8089:80`: the port is reachable from the
+    client link (pyinspect's raw guard covers only its bridge). Proven by really reaching it."""
+    assert env.published_ok()
+    rc, report = env.doctor()
+    assert rc == 1
+    assert [f["check"] for f in problems(report["findings"])] == ["localhost_publish"]
+    f = report["findings"][0]
+    assert f["container"] == env.web and "8089 published on 127.0.0.1" in f["summary"]
+    assert any("--to-destination" in line for line in f["evidence"])
+    assert env.localhost_exploit(), "doctor reported an exposure that does not exist"
+    rc, fixed = env.doctor("--fix")  # safe: no --yes needed
+    assert rc == 0 and not problems(fixed["after_fix"])
+    assert not env.localhost_exploit()
+    assert env.published_ok()
+
+
+def _tagged_rule(env, table, *needles):
+    for line in env.h.run("iptables-legacy", "-t", table, "-S").stdout.splitlines():
+        if all(n in line for n in needles):
+            return line
+    raise AssertionError(f"no rule with {needles}")
+
+
+def test_pyinspect_declared_port_without_dnat(env):
+    assert env.doctor()[0] == 0
+    rule = _tagged_rule(env, "nat", "! -i pyinspect0", "--dport 8088", "DNAT")
+    env.h.run("sh", "-c", f"iptables-legacy -t nat {rule.replace('-A ', '-D ', 1)}")
+    assert not env.published_ok()
+    rc, report = env.doctor()
+    hits = [f for f in report["findings"] if f["check"] == "dnat_missing"]
+    assert rc == 1 and hits and hits[0]["container"] == env.web
+    assert "(pyinspect)" in "\n".join(hits[0]["evidence"])  # the intent came from its state
+    rc, fixed = env.doctor("--fix")  # a declared port is restored without asking
+    assert rc == 0, fixed
+    assert env.published_ok()
+
+
+def test_pyinspect_veth_down(env):
+    veth = env.inspect(env.web)["NetworkSettings"].get("HostVeth") or \
+        re.search(r"\d+: (veth\w+)@\S+ .* link-netns " + re.escape(env.web),
+                  env.h.run("ip", "-o", "link").stdout).group(1)
+    env.h.sh(f"ip link set {veth} down")
+    assert not env.published_ok()
+    rc, report = env.doctor()
+    hits = [f for f in report["findings"] if f["check"] == "veth_down"]
+    assert rc == 1 and hits and veth in hits[0]["summary"]
+    rc, fixed = env.doctor("--fix")
+    assert rc == 0 and env.published_ok()
+
+
+def test_pyinspect_container_oom(env):
+    name = env.run("pdo", "-m", "30m", "busybox", "sleep", "600")
+    try:
+        r = env.cli("exec", name, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1",
+                    check=False)
+        assert r.returncode != 0, r
+        rc, report = env.doctor()
+        hits = [f for f in report["findings"] if f["check"] == "oom_killed"]
+        assert rc == 1 and hits and hits[0]["container"] == name
+        text = "\n".join(hits[0]["evidence"])
+        assert "oom_kill 1" in text and str(30 << 20) in text
+        rc, fixed = env.doctor("--fix", "--yes")
+        assert rc == 0, fixed
+        r = env.cli("exec", name, "dd", "if=/dev/zero", "of=/dev/null", "bs=40M", "count=1",
+                    check=False)
+        assert r.returncode == 0, r  # the doubled limit (60M) holds 40M
+        assert env.doctor()[0] == 0
+    finally:
+        env.cli("rm", "-f", name, check=False)
