@@ -56,9 +56,16 @@ def _generate_name(taken):
     raise ConflictError("cannot generate a container name: all tried names are taken")
 
 
-def _lock(path, blocking=False, timeout=None):
-    """Open and flock `path`; returns the fd, or None if held elsewhere (non-blocking)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+GONE = -1  # _lock(): the lock file (so the container) no longer exists
+
+
+def _lock(path, blocking=False, timeout=None, create=False):
+    """Open and flock `path`; returns the fd, None if held elsewhere (after `timeout`
+    when blocking), or GONE if the file does not exist (unless `create`)."""
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        return GONE
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
@@ -225,7 +232,7 @@ class Runtime:
             lambda n: {n} if self._name_target(n) else set())
         tmp = os.path.join(self.cdir, f"{TMP_PREFIX}{cid}")
         os.mkdir(tmp)
-        lock_fd = _lock(os.path.join(tmp, "lock"))
+        lock_fd = _lock(os.path.join(tmp, "lock"), create=True)
         c = Container(id=cid, name=name, image=spec.image, image_id=image.id,
                       created=state.now_rfc3339(), spec=spec, process=process,
                       layers=[str(p) for p in image.layer_dirs],
@@ -284,16 +291,21 @@ class Runtime:
         if c.status == "running" and state.init_alive(c):
             return c
         lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=10)
+        if lock_fd == GONE:
+            raise NotFoundError(f"container {ref!r}: no such container (it was removed)")
         if lock_fd is None:
             c = self.get(c.id)
             if c.status == "running":
                 return c
             raise ConflictError(f"container {c.name}: busy (being started, stopped or removed)")
-        c = self.get(c.id)  # fresh, under the lock
-        if c.status == "running":  # its shim died: settle it first
-            self._settle(c, lock_fd)
-            lock_fd = _lock(os.path.join(c.path, "lock"))
-            c = self.get(c.id)
+        fresh = state.load(c.path)  # under the lock
+        if fresh is not None and fresh.status == "running":  # its shim died: settle it first
+            self._settle(fresh, lock_fd)
+            fresh = state.load(c.path)
+        if fresh is None:
+            os.close(lock_fd)
+            raise NotFoundError(f"container {ref!r}: no such container (it was removed)")
+        c = fresh
         c.restart_count += 1 if c.started_at else 0
         self._launch(c, lock_fd, attach=False)
         return self.get(c.id)
@@ -359,7 +371,8 @@ class Runtime:
         fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=timeout)
         if fd is None:
             return False
-        os.close(fd)
+        if fd != GONE:
+            os.close(fd)
         return True
 
     def stop(self, ref, timeout=10):
@@ -409,6 +422,8 @@ class Runtime:
             except ProcessLookupError:
                 pass
         lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=15)
+        if lock_fd == GONE:
+            return c  # removed meanwhile (--rm)
         if lock_fd is None:
             raise ConflictError(f"cannot remove container {c.name}: it is busy")
         try:
@@ -521,16 +536,24 @@ class Runtime:
         for entry in entries:
             path = os.path.join(self.cdir, entry)
             if entry.startswith(TMP_PREFIX):
+                # being created (.tmp-<id>) or removed (.tmp-rm-<id>): only when nobody
+                # holds its lock; without a lock file (mid-rmtree), only when old
                 try:
                     old = now - os.lstat(path).st_mtime > STALE_TMP_SECONDS
                 except FileNotFoundError:
                     continue
-                if old or entry.startswith(TMP_PREFIX + "rm-"):
-                    fd = _lock(os.path.join(path, "lock")) if os.path.isdir(path) else None
-                    if fd is not None or not os.path.exists(os.path.join(path, "lock")):
+                fd = _lock(os.path.join(path, "lock"))
+                if fd is None:
+                    continue
+                if fd == GONE:
+                    if old:
                         self._remove_tmp(path, entry)
-                    if fd is not None:
-                        os.close(fd)
+                    continue
+                try:
+                    if old or entry.startswith(TMP_PREFIX + "rm-"):
+                        self._remove_tmp(path, entry)
+                finally:
+                    os.close(fd)
                 continue
             if len(entry) != 64:
                 continue
@@ -540,8 +563,8 @@ class Runtime:
             if c.status == "exited" or (c.status == "created" and not c.creator):
                 continue
             fd = _lock(os.path.join(path, "lock"))
-            if fd is None:
-                continue  # a live shim or command owns it
+            if fd is None or fd == GONE:
+                continue  # a live shim or command owns it, or it is being removed
             try:
                 c = state.load(path)
                 if c is None:
@@ -794,7 +817,8 @@ class Runtime:
         fd = _lock(os.path.join(c.path, "lock"))
         if fd is None:
             return True
-        os.close(fd)
+        if fd != GONE:
+            os.close(fd)
         return False
 
     # -- cp --------------------------------------------------------------------------
