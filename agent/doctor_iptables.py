@@ -318,14 +318,14 @@ class Ruleset:
                 path.append(rule)
                 return tgt, rule
             if tgt == "RETURN":
-                path.append(rule)
                 return None, None
             if tgt in chains:
+                mark = len(path)
                 path.append(rule)
                 verdict, decided = self._walk(chains, chains[tgt], pkt, path, unsure, depth + 1)
                 if verdict is not None:
                     return verdict, decided
-                path.pop()
+                del path[mark:]  # the sub-chain fell through: its rules decided nothing
                 if rule.goto:
                     return None, None
                 continue
