@@ -112,6 +112,9 @@ def prepare(root, spec, image_config=None):
     cfg = config(root)
     bindings = ports.requested(publish, publish_all, image_config)
     state = ipam.load(root, cfg["bridge"])
+    if state:  # leases of dead containers (a crashed shim) do not block their ports
+        state = dict(state, leases={ip: lease for ip, lease in state["leases"].items()
+                                    if _alive(lease)})
     published = ipam.published(state) if state else []
     ports.check(bindings, published)
     name = _attr(spec, "name")
@@ -294,6 +297,42 @@ def _container_side(NetNS, pid, ip, prefixlen, gateway, mac):
         ns.close()
 
 
+def _self_netns():
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def _claim_home(state, bridge):
+    """Make sure this process runs in the network namespace that holds `bridge`'s network.
+
+    The bridge, veths, rules and sysctls of a state root live in one netns ("home",
+    recorded as `netns_inode` when the network is first set up). A network with
+    nothing set up is claimed by the caller's netns. Returns True when the caller is
+    home; False when the network is live in another netns, where acting would write
+    rules into the wrong namespace's tables.
+    """
+    here = _self_netns()
+    home = state.get("netns_inode")
+    idle = not (state["leases"] or state.get("active") or state.get("bridge_created"))
+    if home is None or home == here or idle:
+        state["netns_inode"] = here
+        return True
+    return False
+
+
+def _elsewhere(bridge, state):
+    return ConflictError(
+        f"network {bridge}: its bridge and rules live in another network namespace "
+        f"(netns inode {state.get('netns_inode')}); run pyinspect in that namespace",
+        hint="or use another --root or PYINSPECT_BRIDGE here")
+
+
+def _lease_ip(state, container_id):
+    for ip, lease in state["leases"].items():
+        if lease.get("id") == container_id:
+            return ip
+    return None
+
+
 def connect(root, container, pid, image_config=None):
     """Wire the container's netns (init = pid) to its network; return the `network` dict."""
     spec = _attr(container, "spec")
@@ -309,9 +348,15 @@ def connect(root, container, pid, image_config=None):
                                _image_config(container, image_config))
     IPRoute, NetNS, NetlinkError = _pyroute2()
     with IPRoute() as ipr, ipam.locked(root, bridge, cfg["subnet"]) as state:
+        if not _claim_home(state, bridge):
+            raise _elsewhere(bridge, state)
         old = ipam.release(state, cid)
         if old:  # a previous run of the same container that was never disconnected
             _undo_lease(ipr, NetlinkError, old)
+        for ip, lease in list(state["leases"].items()):
+            if not _alive(lease):  # its init died without a disconnect: free its ports now
+                del state["leases"][ip]
+                _undo_lease(ipr, NetlinkError, lease)
         bindings = ports.assign(bindings, ipam.published(state))
         net = ipaddress.IPv4Network(state["subnet"])
         lease = None
@@ -380,6 +425,13 @@ def disconnect(root, container):
         return
     IPRoute, NetNS, NetlinkError = _pyroute2()
     with IPRoute() as ipr, ipam.locked(root, bridge) as state:
+        if not _claim_home(state, bridge):
+            # Not this namespace's network: drop only the global `ip netns` link; the
+            # lease, veth and rules go at the next reconcile in the network's own netns.
+            lease = state["leases"].get(_lease_ip(state, container.id))
+            if lease:
+                _unexpose(lease.get("netns_link"), lease.get("netns_inode"))
+            return
         lease = ipam.release(state, container.id)
         if lease:
             _undo_lease(ipr, NetlinkError, lease)
@@ -444,6 +496,10 @@ def reconcile(root, containers):
     for snapshot in states:
         bridge = snapshot["bridge"]
         with ipam.locked(root, bridge) as state:
+            if not _claim_home(state, bridge):
+                report[bridge] = {"released": [], "added": 0, "removed": 0,
+                                  "skipped": "network lives in another netns"}
+                continue
             dead = {ip: lease for ip, lease in state["leases"].items()
                     if not _alive(lease, by_id.get(lease.get("id")))}
             live = len(state["leases"]) - len(dead)

@@ -343,6 +343,14 @@ def test_port_conflicts(host):
     lo, hi = ports.local_port_range()
     assert [(b["container_port"], b["proto"]) for b in net["ports"]] == [(53, "udp"), (80, "tcp")]
     assert all(lo <= b["host_port"] <= hi for b in net["ports"])
+    # the publisher's init dies without a disconnect (crashed shim): its port is free again
+    host.stop(web)
+    assert "error" not in host.call("prepare", spec=container(cname(), publish=["8088:80"])["spec"])
+    again = host.start(cname(), publish=["8088:80"])
+    leases = host.ok("state", bridge="pyinspect0")["leases"]
+    assert web["id"] not in [x["id"] for x in leases.values()]
+    assert again["id"] in [x["id"] for x in leases.values()]
+    assert not Path(network.NETNS_DIR, web["name"]).exists()
 
 
 def test_modes_are_validated(host):
