@@ -103,7 +103,7 @@ def locked(root, bridge, subnet=None):
                     f"network {bridge}: subnet {subnet} asked for, but {state['subnet']} is in use "
                     f"by {len(state['leases'])} container(s)", hint="remove them first")
             fresh = empty_state(bridge, subnet)
-            for key in ("sysctls", "active", "bridge_created"):
+            for key in ("sysctls", "active", "bridge_created", "netns_inode"):
                 if key in state:
                     fresh[key] = state[key]
             state = fresh
