@@ -13,10 +13,11 @@
 
 import json
 import re
+import sqlite3
 import time
 from datetime import datetime, timezone
 
-from .errors import UnavailableError, UsageError
+from .errors import CorruptInputError, UnavailableError, UsageError
 
 COLUMNS = ("ts_ns", "kind", "pid", "ppid", "comm", "cgroup_id", "netns", "pidns", "mntns",
            "container_id", "container_name", "session_id", "detail")
@@ -33,10 +34,13 @@ def parse_since(value, now_ns=None):
     text = str(value).strip()
     now_ns = time.time_ns() if now_ns is None else now_ns
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
-    if m:
-        return now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return int(float(text) * 1e9)
+    try:
+        if m:
+            return _epoch_ns(now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9), text)
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            return _epoch_ns(int(float(text) * 1e9), text)
+    except OverflowError:  # float('1' * 400)
+        return _epoch_ns(-1, text)
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -44,7 +48,15 @@ def parse_since(value, now_ns=None):
                          "an RFC3339 time or epoch seconds") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1e9)
+    return _epoch_ns(int(dt.timestamp() * 1e9), text)
+
+
+def _epoch_ns(ns, text):
+    """`ns` if SQLite can store it as a time since 1970, else a UsageError naming `text`."""
+    if not 0 <= ns < 2**63:
+        raise UsageError(f"bad --since value {text!r}: out of range "
+                         "(before 1970 or after 2262)")
+    return ns
 
 
 def _resolver(root):
@@ -194,10 +206,15 @@ class Follower:
 
     def start(self):
         errors = []
+        filters = {}
+        namespaces = self._container_namespaces()
+        if namespaces:
+            # a prefilter in the kernel (a superset); attribution still decides below
+            filters["process"] = {"namespaces": sorted(namespaces)}
         for name in self.names:
             probe = make_probe(name, **self.probe_kwargs.get(name, {}))
             try:
-                probe.start()
+                probe.start(filters.get(name))
             except (UnavailableError, OSError) as exc:
                 msg = str(exc)
                 if not msg.startswith(f"{getattr(probe, 'NAME', name)} probe"):
@@ -210,6 +227,23 @@ class Follower:
         if not self.probes:
             raise UnavailableError("events: no probe could start: " + "; ".join(errors))
         return self
+
+    def _container_namespaces(self):
+        """The followed container's own net/pid namespace inodes, when it runs now."""
+        resolver = self.recorder.resolver
+        if not self.container or resolver is None:
+            return None
+        try:
+            found = [d for d in resolver.refresh()  # the Discovered records
+                     if d.name == self.container or d.id.startswith(self.container)]
+        except Exception:
+            return None
+        if len(found) != 1:
+            return None
+        host = getattr(resolver, "host", {}) or {}
+        d = found[0]
+        return {ino for ino in (d.netns, d.pidns)
+                if ino and ino not in (host.get("net"), host.get("pid"))} or None
 
     def ready_line(self):
         """One line naming what is attached (printed when events start to flow)."""
@@ -313,9 +347,16 @@ def query(store, container=None, since=None, kinds=None, limit=100, offset=0, un
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
         params += [int(limit), int(offset)]
-    cur = store.db.execute(sql, params)
-    names = [c[0] for c in cur.description]
-    return [_decode(dict(zip(names, r))) for r in cur.fetchall()]
+    try:
+        cur = store.db.execute(sql, params)
+        names = [c[0] for c in cur.description]
+        rows = cur.fetchall()
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError:  # locked, busy...: not damage
+            raise
+        raise CorruptInputError(f"reading events from store {store.path}: {exc}",
+                                "move the file away or use another --root") from exc
+    return [_decode(dict(zip(names, r))) for r in rows]
 
 
 def summary(ev):

@@ -24,6 +24,7 @@
 
 #define CFG_THREADS 1      /* report thread creation/exit too */
 #define CFG_ALL_CLONES 2   /* report clone syscalls without CLONE_NEW* flags too */
+#define CFG_NS_FILTER 4    /* only tasks whose net or pid namespace is in ns_allow */
 
 struct proc_event {
     TASK_IDS_FIELDS     /* the current task (fork: pid/ppid rewritten to child/parent) */
@@ -43,6 +44,7 @@ BPF_PERCPU_ARRAY(lost, u64, 1);  /* ring buffer writes that failed (buffer full)
 BPF_PERCPU_ARRAY(scratch, struct proc_event, 1);
 BPF_ARRAY(config, u64, 1);
 BPF_TABLE("lru_hash", u32, u64, pending_clone, 4096);
+BPF_HASH(ns_allow, u32, u8, 1024);  /* namespace inodes to report (CFG_NS_FILTER) */
 
 static __always_inline u64 cfg(void) {
     int zero = 0;
@@ -75,6 +77,11 @@ static __always_inline struct proc_event *scratch_event(void) {
 }
 
 static __always_inline int emit(struct proc_event *e) {
+    if (cfg() & CFG_NS_FILTER) {
+        u32 net = e->netns, pid = e->pidns;
+        if (!ns_allow.lookup(&net) && !ns_allow.lookup(&pid))
+            return 0;
+    }
     if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
         count_lost();
     return 0;

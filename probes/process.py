@@ -43,6 +43,7 @@ CLONE_THREAD = 0x00010000
 
 CFG_THREADS = 1
 CFG_ALL_CLONES = 2
+CFG_NS_FILTER = 4
 
 
 def namespace_names(flags):
@@ -89,7 +90,9 @@ class ProcessProbe(TracepointProbe):
     """fork/exec/exit/clone/unshare/setns/oom events (see the module docstring).
 
     filters: {"threads": bool (thread create/exit too), "all_clones": bool (clone
-    syscalls without CLONE_NEW* flags too)}."""
+    syscalls without CLONE_NEW* flags too), "namespaces": [inode, ...] (only tasks
+    whose net or pid namespace is one of these; in the kernel when BTF gives the
+    namespaces there, else after reading)}."""
 
     NAME = "process"
     SOURCE = SOURCE
@@ -114,6 +117,7 @@ class ProcessProbe(TracepointProbe):
                 "process probe: no usable kernel BTF; ppid, namespaces and argv are read "
                 "from /proc when events are read, exit codes are unknown")
         self._known = {}  # pid -> (ppid, netns, pidns, mntns) learned from earlier events
+        self.ns_filter = None
 
     def cflags(self, filters):
         return btf_cflags(self.offsets)
@@ -121,6 +125,17 @@ class ProcessProbe(TracepointProbe):
     def configure(self, bpf, filters):
         value = (CFG_THREADS if filters.get("threads") else 0) | \
                 (CFG_ALL_CLONES if filters.get("all_clones") else 0)
+        self.ns_filter = None
+        if filters.get("namespaces") is not None:
+            self.ns_filter = {int(n) for n in filters["namespaces"]}
+            if self.offsets:
+                allow = bpf["ns_allow"]
+                for ino in self.ns_filter:
+                    allow[allow.Key(ino)] = allow.Leaf(1)
+                value |= CFG_NS_FILTER
+            else:
+                self.messages.append("process probe: namespace filter applied after reading "
+                                     "(no BTF: the kernel does not know the namespaces)")
         cfg = bpf["config"]
         cfg[cfg.Key(0)] = cfg.Leaf(value)
 
@@ -217,4 +232,7 @@ class ProcessProbe(TracepointProbe):
                 self._known[pid] = (ev["ppid"], ev["netns"], ev["pidns"], ev["mntns"])
         if len(self._known) > 65536:
             self._known.clear()
+        if self.ns_filter is not None and not self.offsets:
+            batch = [ev for ev in batch
+                     if ev["netns"] in self.ns_filter or ev["pidns"] in self.ns_filter]
         return batch

@@ -246,8 +246,12 @@ def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
         cid, init = info["Id"], info["State"]["Pid"]
         assert run.stdout.strip() in (cid, cid[:12])
         pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
+        netns = os.stat(f"/proc/{init}/ns/net").st_ino
         store = Store(database_path(state_root))
-        with ev_lib.Follower(state_root, store) as f:
+        with ev_lib.Follower(state_root, store, container=name) as f:
+            # following one container: the kernel only reports its namespaces
+            assert f.probes[0].NAME == "process"
+            assert f.probes[0].ns_filter == {pidns, netns}
             cli("exec", name, "sh", "-c", "exit 6", check=False)
             ex = wait_events(f, lambda seen: next(
                 (e for e in seen if e["kind"] == "exec" and

@@ -465,3 +465,36 @@ def test_threads_are_dropped_in_kernel_unless_asked_for(events):
         col.event("exit", pid, tid=fork["detail"]["tid"])  # the thread's exit
     finally:
         threads.stop()
+
+
+@pytest.mark.parametrize("use_btf", [True, False], ids=["in-kernel", "no-btf"])
+def test_namespace_filter(use_btf):
+    # a long-lived process, so the no-BTF path can still read its namespaces in /proc
+    p = subprocess.Popen(["unshare", "--net", "sh", "-c", "read x; exec sleep 999"],
+                         stdin=subprocess.PIPE, text=True)
+    try:
+        netns = wait_for(lambda: ns_ino(p.pid, "net") != ns_ino(os.getpid(), "net") and
+                         ns_ino(p.pid, "net"))
+        probe = ProcessProbe(use_btf=use_btf,
+                             tracepoints={"sched:sched_process_exec": "PI_EXEC"})
+        probe.start({"namespaces": [netns]})
+        try:
+            subprocess.run(["/bin/true", "pa-ns-out"], check=True)   # host: filtered out
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            col = Collector(probe)
+            ev = col.wait(lambda seen: next(
+                (e for e in seen if e["detail"].get("argv") == ["sleep", "999"]), None))
+            assert ev["netns"] == netns
+            # the host exec happened first; one ring buffer, so it would be here by now
+            assert all(e["netns"] == netns or e["pidns"] == netns for e in col.seen)
+            assert not any(e["detail"].get("argv") == ["/bin/true", "pa-ns-out"]
+                           for e in col.seen)
+            if not use_btf:
+                assert any("namespace filter applied after reading" in m
+                           for m in probe.messages)
+        finally:
+            probe.stop()
+    finally:
+        p.kill()
+        p.wait()
