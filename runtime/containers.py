@@ -220,8 +220,7 @@ class Runtime:
             network_module().prepare(self.root, spec, image.config)
         cid = os.urandom(32).hex()
         if mode == "host" and not spec.hostname:
-            import socket
-            hostname = socket.gethostname()
+            hostname = os.uname().nodename
         else:
             hostname = spec.hostname or cid[:12]
         process = self._process(spec, image.config, hostname)

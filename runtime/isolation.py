@@ -272,14 +272,24 @@ def enter(pid, cgroup_procs=(), namespaces=None):
     os.close(root_fd)
 
 
+def sethostname(name):
+    """sethostname(2) (without importing socket, which the start path does not need)."""
+    raw = name.encode()
+    _check(libc().sethostname(raw, len(raw)), "sethostname")
+
+
 def loopback_up():
     """Bring `lo` up in the current network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
-    import socket
     import struct
     from fcntl import ioctl
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack("16sh", ioctl(s, 0x8913, struct.pack("16sh", b"lo", 0)))[1]
-        ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 1))
+    fd = libc().socket(2, 2 | 0o2000000, 0)  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
+    if fd < 0:
+        _check(-1, "socket")
+    try:
+        flags = struct.unpack("16sh", ioctl(fd, 0x8913, struct.pack("16sh", b"lo", 0)))[1]
+        ioctl(fd, 0x8914, struct.pack("16sh", b"lo", flags | 1))
+    finally:
+        os.close(fd)
 
 
 def check_kernel():

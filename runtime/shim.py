@@ -20,7 +20,6 @@ import json
 import os
 import select
 import signal
-import socket
 import sys
 import time
 
@@ -326,7 +325,7 @@ class Shim:
             else:
                 os.close(ready_w)
             os.close(sync_r)
-            socket.sethostname(c.hostname)
+            isolation.sethostname(c.hostname)
             volumes = [isolation.parse_volume(v) for v in spec.volumes]
             isolation.prepare_root(os.path.join(c.path, "rootfs"), c.layers,
                                    os.path.join(c.path, "upper"), os.path.join(c.path, "work"),
