@@ -150,7 +150,7 @@ class Topology:
         self.cgroup = None
 
     # traffic (only between our own namespaces)
-    def get(self, ns, url, timeout=2):
+    def get(self, ns, url, timeout=1):
         r = ns.run("wget", "-q", "-O-", "-T", str(timeout), "-t", "1", url, check=False,
                    timeout=timeout + 10)
         return r.returncode == 0 and "pd-ok" in r.stdout
@@ -213,8 +213,7 @@ def break_and_fix(t, check, evidence, traffic, fix_args=("--fix", "--yes"), cont
     assert not problems(fixed["after_fix"]), fixed["after_fix"]
     assert rc == 0
     assert any(x["check"] == check and x["status"] == "applied" for x in fixed["fixes"])
-    rc, again = doctor(t, expect=0)
-    assert not problems(again["findings"])
+    # `after_fix` is a full second run of every check on the repaired host
     assert traffic(), "doctor is clean but traffic still does not flow"
     return hits
 
