@@ -110,16 +110,20 @@ def parse_time(text, now_ns=None):
     s = str(text).strip()
     now_ns = time.time_ns() if now_ns is None else now_ns
     m = _DURATION.match(s)
-    if m:
-        return now_ns - int(float(m.group(1)) * _UNIT_NS[m.group(2)])
     try:
+        if m:
+            return _epoch_ns(now_ns - int(float(m.group(1)) * _UNIT_NS[m.group(2)]), text)
         value = float(s)
     except ValueError:
         pass
+    except OverflowError:
+        return _epoch_ns(None, text)
     else:
+        if value != value or value in (float("inf"), float("-inf")):  # nan, inf
+            return _epoch_ns(None, text)
         if value >= 1e15:
-            return int(s) if s.isdigit() else int(value)
-        return int(value * 1e9)
+            return _epoch_ns(int(s) if s.isdigit() else int(value), text)
+        return _epoch_ns(int(value * 1e9), text)
     try:
         when = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:
@@ -127,7 +131,15 @@ def parse_time(text, now_ns=None):
                          "e.g. 5m, 1764417600, 2026-11-29T12:00:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.timezone.utc)
-    return int(when.timestamp()) * 10**9 + when.microsecond * 1000
+    return _epoch_ns(int(when.timestamp()) * 10**9 + when.microsecond * 1000, text)
+
+
+def _epoch_ns(ns, text):
+    """`ns` if SQLite can store it (a signed 64-bit integer), else a UsageError."""
+    if ns is None or not -2**63 <= ns < 2**63:
+        raise UsageError(f"bad time {text!r}: out of range",
+                         "e.g. 5m, 1764417600, 2026-11-29T12:00:00Z")
+    return ns
 
 
 _ENDPOINT = r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(?::(\d+))?"
@@ -305,7 +317,7 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
 
     An unfiltered export of PARALLEL_MIN packets or more to a path is written by two
     processes (the later half by `python -m pyinspect.pcap_export`, appended on
-    success); parallel=False turns that off.
+    success) when a CPU is idle; parallel=True forces that, parallel=False turns it off.
     """
     if out is None:
         raise UsageError("pcap export: no output file (-o FILE)")
@@ -393,9 +405,12 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         out = Path(out)
         if not out.parent.is_dir():
             raise NotFoundError(f"pcap export: directory {out.parent} does not exist")
-        split = _split_point(conn, cond, args) if plain and parallel is not False and \
-            (os.cpu_count() or 1) > 1 and getattr(store, "path", None) else None
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        split = _split_point(conn, cond, args) if plain and getattr(store, "path", None) \
+            and (parallel or parallel is None and _idle_cpu()) else None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        except OSError as exc:
+            raise UsageError(f"pcap export: cannot write {out}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 n, nif = write(fh, split)
@@ -413,6 +428,12 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
 
 # -- two-process export ------------------------------------------------------------------
 PARALLEL_MIN = 200_000
+
+
+def _idle_cpu():
+    """True when a second process would get a CPU of its own (1-minute load average)."""
+    cpus = os.cpu_count() or 1
+    return cpus > 1 and os.getloadavg()[0] <= cpus - 1
 
 
 def _split_point(conn, cond, args):

@@ -70,7 +70,7 @@ _OPT_END = b"\0\0\0\0"
 # epb_flags option (code 2, length 4) with the direction bits, then end of options
 _FLAG_OPTS = {d: struct.pack("<HHI", EPB_FLAGS, 4, d) for d in (1, 2)}
 _OPT_HEAD = struct.Struct("<HH")
-_DIR_CODES = {"in": 1, "out": 2, "inbound": 1, "outbound": 2}
+_DIR_CODES = {"in": 1, "out": 2, "inbound": 1, "outbound": 2, None: 0}
 
 
 def _opt(code, value):
@@ -138,7 +138,7 @@ class PcapNgWriter:
         body += _opt(IF_TSRESOL, bytes([9 if tsresol_ns else 6]))
         body += _OPT_END
         if self._batch is not None:     # called from inside write_rows(): keep block order
-            self._batch.append(_block(IDB, body))
+            self._batch += _block(IDB, body)
         else:
             self._buf += _block(IDB, body)
         self._interfaces.append((name, linktype, 1 if tsresol_ns else 1000))
@@ -200,14 +200,13 @@ class PcapNgWriter:
                  for pad in range(4) for d in range(3)]
         flag_opts = (b"", _FLAG_OPTS[1], _FLAG_OPTS[2])
         dmap = _DIR_CODES
-        parts = self._batch = []     # add_interface() on a miss appends its IDB here
-        app = parts.append
+        buf = self._batch = bytearray()   # add_interface() on a miss appends its IDB here
         write = self._fh.write
-        n = size = 0
+        n = 0
         try:
             for ts, data, point, direction, wirelen, comment in rows:
                 caplen = len(data)
-                d = dmap.get(direction, 0) if direction else 0
+                d = dmap.get(direction, 0)
                 if comment:
                     c = comment.encode("utf-8")
                     k = len(c)
@@ -217,17 +216,16 @@ class PcapNgWriter:
                     opts = tails[(caplen & 3) * 3 + d]
                 total = 32 + caplen + len(opts)
                 if_id = if_map[point]       # before the EPB: a new IDB must come first
-                app(head(EPB, total, if_id, ts >> 32, ts & 0xFFFFFFFF, caplen,
-                         caplen if wirelen is None else wirelen))
-                app(data)
-                app(opts + u32(total))
+                buf += head(EPB, total, if_id, ts >> 32, ts & 0xFFFFFFFF, caplen,
+                            caplen if wirelen is None else wirelen)
+                buf += data
+                buf += opts
+                buf += u32(total)
                 n += 1
-                size += total
-                if size >= 1 << 20:         # ~1 MiB per write: memory stays flat
-                    write(b"".join(parts))
-                    parts.clear()
-                    size = 0
-            write(b"".join(parts))
+                if len(buf) >= 1 << 20:     # ~1 MiB per write: memory stays flat
+                    write(buf)
+                    buf.clear()
+            write(buf)
         finally:
             self._batch = None
         self.packets += n
@@ -530,7 +528,12 @@ def merge(inputs, output):
     if not outdir.is_dir():
         raise NotFoundError(f"merge: output directory {outdir} does not exist")
     streams = [read_packets(p) for p in inputs]
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=outdir)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=outdir)
+    except OSError as exc:
+        for gen in streams:
+            gen.close()
+        raise UsageError(f"merge: cannot write {output}: {exc.strerror}") from None
     ifmap = {}
     count = 0
     try:

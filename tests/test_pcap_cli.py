@@ -271,13 +271,13 @@ def test_two_process_export_is_byte_identical(state_root, tmp_path, monkeypatch)
         calls = []
         real = pe._write_split
         monkeypatch.setattr(pe, "_write_split", lambda *a: calls.append(a) or real(*a))
-        res = export(store, session_id=sid, out=two)
+        res = export(store, session_id=sid, out=two, parallel=True)
         assert calls and res["packets"] == 3006
         assert one.read_bytes() == two.read_bytes()
         # a packet on a point the child does not know: the parent writes that half itself
         store.db["packets"].insert({"session_id": sid, "point_id": 99, "ts_ns": T0 + 10**6,
                                     "data": b"\x00" * 60, "len": 60})
-        res = export(store, session_id=sid, out=two)
+        res = export(store, session_id=sid, out=two, parallel=True)
         names = [r[0] for r in tshark(two, "frame.interface_name")]
         assert res["packets"] == 3007 and len(names) == 3007 and names[-1] == "point99"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pcapng", "root", "two.pcapng"]
