@@ -151,7 +151,8 @@ class Flow:
             text += f"  {nat}"
             if self.nat_rule:
                 r = self.nat_rule
-                text += f" ({r['table']} {r['chain']} rule {r['rule_num']})"
+                num = f" {r['rule_num']}" if r.get("rule_num") else ""
+                text += f" ({r['table']} {r['chain']} rule{num})"
         return text
 
 
@@ -257,6 +258,7 @@ class Journey:
         caps = sorted(self.captures, key=lambda c: c["ts_ns"])
         if not self.nf:
             return [("capture", c) for c in caps]
+        nf = sorted(enumerate(self.nf), key=_nf_rank)
         host_in = [i for i, c in enumerate(caps)
                    if c["point"] in host_points and c["dir"] == "in"]
         host_out = [i for i, c in enumerate(caps)
@@ -270,9 +272,27 @@ class Journey:
         else:
             cut = len(caps)
         out = [("capture", c) for c in caps[:cut]]
-        out += [("netfilter", h) for h in self.nf]
+        out += [("netfilter", h) for _, h in nf]
         out += [("capture", c) for c in caps[cut:]]
         return out
+
+
+HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
+TABLE_RANK = {"raw": 0, "mangle": 1, "nat": 2, "filter": 3, "security": 4}
+
+
+def _nf_rank(item):
+    """Order trace lines of one packet: by hook, then by table priority, then as received.
+
+    Legacy lines carry their hook; nf_tables lines are ranked by their chain's name when
+    it is a hook name (iptables-nft), else kept where they came."""
+    i, h = item
+    hook = h.get("hook") or h["chain"].upper()
+    table = h["table"].split()[-1]
+    rank = HOOK_RANK.get(hook, 9)
+    if rank == 2 and table == "nat":
+        return (rank, 9, i)             # SNAT runs after the POSTROUTING filters
+    return (rank, TABLE_RANK.get(table, 5), i)
 
 
 BENIGN_DROP_REASONS = {"QUEUE_PURGE", "SOCKET_CLOSE"}   # a closing socket freeing its queue

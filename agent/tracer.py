@@ -285,6 +285,7 @@ def cleanup_stale(root):
     removed += [f"tc filter: {r}" for r in packets.remove_stale_filters(sorted(
         paths, key=lambda x: x or ""))]
     removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(None)]
+    removed += [f"nft table: {t}" for t in nftrace.remove_stale_nft_tables(None)]
     return removed
 
 
@@ -307,6 +308,7 @@ class TraceSession:
         self.rules = None
         self.rulebook = None
         self.nftmon = None
+        self.nfttable = None
         self.pcap = None
         self.pcap_ids = {}
         self.store = None
@@ -401,11 +403,6 @@ class TraceSession:
             self.rules = nftrace.TraceRules()
             self.rules.add_many(nftrace.trace_rule_specs(tgt.addrs, tgt.ports))
             self.rulebook = nftrace.RuleBook()
-            if nftrace.has_nft_chains():
-                try:
-                    self.nftmon = nftrace.NftMonitor().start()
-                except PyinspectError as exc:
-                    self.notes.append(f"nftables trace: unavailable: {exc}")
         except PyinspectError as exc:
             self.notes.append(f"netfilter trace: unavailable: {exc}")
             if self.rules:
@@ -415,6 +412,17 @@ class TraceSession:
             if self.binding:
                 self.binding.restore()
             self.rules = self.nflog = self.binding = None
+        if nftrace.has_nft_chains():
+            # nf_tables chains (iptables-nft, nft) trace through nftrace events
+            try:
+                self.nftmon = nftrace.NftMonitor().start()
+                self.nfttable = nftrace.NftTraceTable()
+                self.nfttable.create(nftrace.trace_rule_specs(tgt.addrs, tgt.ports))
+            except PyinspectError as exc:
+                self.notes.append(f"nftables trace: unavailable: {exc}")
+                if self.nftmon:
+                    self.nftmon.stop()
+                self.nftmon = None
         try:
             self.drops = drops.DropWatch(tgt).start()
         except PyinspectError as exc:
@@ -478,6 +486,10 @@ class TraceSession:
                     self.nf_pending.append(hop)
         if self.nftmon:
             for hop in self.nftmon.read():
+                p = hop.pop("nft_packet", None)
+                if p and p[1] and p[3]:
+                    hop["pkt"] = F.Pkt(p[0], p[1], p[2], p[3], p[4], p[5] or 0, 0, 0, p[6] or 0)
+                    hop["loose_ident"] = True
                 self.nf_pending.append(hop)
         if self.drops:
             self.drop_pending.extend(self.drops.read())
@@ -545,14 +557,22 @@ class TraceSession:
                                "data": data, "pkt": pkt})
         # netfilter trace lines: attach to the journey of the same packet
         nf_keep = []
+        by_id = None
         now = time.time_ns()
         for hop in self.nf_pending:
             pk = hop.get("pkt")
             placed = False
             if pk:
                 hit = self.flows.lookup(pk.tuple)
-                if hit:
+                if hit and hop.get("loose_ident"):       # nft traces: ip id + length only
+                    if by_id is None:
+                        by_id = {(k[0], k[1], k[2][0], k[2][3]): v for k, v in journeys.items()}
+                    j = by_id.get((hit[0].id, hit[1], pk.ipid, pk.iplen))
+                elif hit:
                     j = journeys.get((hit[0].id, hit[1], pk.ident))
+                else:
+                    j = None
+                if hit:
                     if j is not None:
                         self._nf_into(j, hop)
                         placed = True
@@ -585,11 +605,10 @@ class TraceSession:
     def _nf_into(self, j, hop):
         j.nf.append(hop)
         v = hop.get("verdict", "")
-        if hop["table"] == "nat" and (v.startswith("DNAT") or v.startswith("SNAT") or
-                                      v.startswith("MASQUERADE")):
+        if v.startswith("DNAT") or v.startswith("SNAT") or v.startswith("MASQUERADE"):
             if j.flow.nat_rule is None:
                 j.flow.nat_rule = hop
-            if not j.flow.reply and hop.get("packet") and v.startswith("DNAT"):
+            if not j.flow.reply and hop.get("pkt") and v.startswith("DNAT"):
                 to = v.split()[1] if len(v.split()) > 1 else ""
                 m = re.match(r"(\d+\.\d+\.\d+\.\d+)(?::(\d+))?", to)
                 if m:
@@ -686,8 +705,9 @@ class TraceSession:
                         "text": text}
             else:
                 where = f"{h['table']}:{h['chain']}"
-                num = f" rule {h['rule_num']}" if h["kind"] == "rule" or \
-                    not h["rule_text"].startswith("policy") else ""
+                num = ""
+                if h["kind"] == "rule" or not h["rule_text"].startswith("policy"):
+                    num = f" rule {h['rule_num']}" if h["rule_num"] else " rule"
                 rule = h["rule_text"] if h["kind"] == "rule" or num else h["rule_text"]
                 text = f"[{f.id}] {'':>11}  netfilter {where}{num} -> {h['verdict']}"
                 if rule and rule != f"policy {h['verdict']}":
@@ -696,7 +716,8 @@ class TraceSession:
                     text += " (policy)"
                 item = {"type": "hop", "flow": f.id, "hop": "netfilter", "table": h["table"],
                         "chain": h["chain"], "kind": h["kind"], "rule_num": h["rule_num"],
-                        "rule_text": h["rule_text"], "verdict": h["verdict"], "text": text}
+                        "rule_text": h["rule_text"], "verdict": h["verdict"],
+                        "backend": h["backend"], "text": text}
             if (kind == "capture" or full_path or
                          h["verdict"] not in ("ACCEPT", "TRACE", "RETURN")):
                 items.append(item)
@@ -864,13 +885,15 @@ class TraceSession:
             self.binding.restore()
         if self.nftmon:
             self.nftmon.stop()
+        if self.nfttable:
+            self.nfttable.remove()
         if self.drops:
             self.drops.stop()
         if self.ct:
             self.ct.stop()
         if self.pcap:
             self.pcap.close()
-        self.rules = self.nflog = self.binding = self.nftmon = None
+        self.rules = self.nflog = self.binding = self.nftmon = self.nfttable = None
         if self._state_file:
             with contextlib.suppress(OSError):
                 self._state_file.unlink()

@@ -425,20 +425,118 @@ def parse_trace(rec, rulebook=None):
 
 
 def has_nft_chains(netns=None):
-    """True if the namespace has nf_tables base chains (iptables-nft or nft rules)."""
+    """True if the namespace has nf_tables base chains other than pyinspect's own."""
     out = _run_in(netns, ["nft", "list", "ruleset"])
-    return bool(out and "hook " in out)
+    if not out:
+        return False
+    table = None
+    for line in out.splitlines():
+        m = re.match(r"\s*table (\S+) (\S+)", line)
+        if m:
+            table = m.group(2)
+        elif "hook " in line and table and not table.startswith(NFT_TABLE_PREFIX):
+            return True
+    return False
+
+
+NFT_TABLE_PREFIX = "pyinspect_trace_"
+
+
+def nft_expr(spec):
+    """An iptables-style spec (see trace_rule_specs) as an nft match expression."""
+    out = []
+    proto = None
+    i = 0
+    while i < len(spec):
+        a = spec[i]
+        v = spec[i + 1] if i + 1 < len(spec) else None
+        if a == "-s":
+            out.append(f"ip saddr {v}")
+        elif a == "-d":
+            out.append(f"ip daddr {v}")
+        elif a == "-p":
+            proto = v
+            out.append(f"meta l4proto {v}")
+        elif a == "--dport":
+            out.append(f"{proto or 'tcp'} dport {v}")
+        elif a == "--sport":
+            out.append(f"{proto or 'tcp'} sport {v}")
+        i += 2
+    return " ".join(out)
+
+
+class NftTraceTable:
+    """`meta nftrace set 1` for the traced flows in a table of our own (nf_tables backend).
+
+    nf_tables only emits trace events once some rule sets nftrace; this table does, before
+    every other hook (priority -301), with the same sampling as the TRACE rules.
+    """
+
+    def __init__(self, netns=None):
+        self.netns = netns
+        self.name = f"{NFT_TABLE_PREFIX}{os.getpid()}"
+        self.made = False
+
+    def create(self, specs):
+        lines = [f"table ip {self.name} {{",
+                 "  chain pre { type filter hook prerouting priority -301; policy accept; }",
+                 "  chain out { type filter hook output priority -301; policy accept; }",
+                 "}"]
+        for spec in specs:
+            expr = nft_expr(spec)
+            for chain in ("pre", "out"):
+                if "-p" not in spec or spec[spec.index("-p") + 1] == "tcp":
+                    tcp = expr if "l4proto tcp" in expr else f"meta l4proto tcp {expr}"
+                    lines.append(f"add rule ip {self.name} {chain} {tcp} "
+                                 "tcp flags & (syn | fin | rst) != 0 meta nftrace set 1")
+                lines.append(f"add rule ip {self.name} {chain} {expr} limit rate "
+                             f"{TRACE_RATE.replace('/sec', '/second')} burst {TRACE_BURST} "
+                             "packets meta nftrace set 1")
+        prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
+        try:
+            p = subprocess.run(prefix + ["nft", "-f", "-"], input="\n".join(lines) + "\n",
+                               capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UnavailableError(f"cannot run nft: {exc}") from exc
+        if p.returncode != 0:
+            raise UnavailableError(f"cannot add the nftrace table: {p.stderr.strip()[:200]}")
+        self.made = True
+
+    def remove(self):
+        if self.made:
+            _run_in(self.netns, ["nft", "delete", "table", "ip", self.name])
+            self.made = False
+
+
+def remove_stale_nft_tables(netns=None):
+    """Delete pyinspect_trace_<pid> tables of dead processes; returns their names."""
+    out = _run_in(netns, ["nft", "list", "tables"]) or ""
+    removed = []
+    for m in re.finditer(rf"table ip ({NFT_TABLE_PREFIX}(\d+))", out):
+        pid = int(m.group(2))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        if _run_in(netns, ["nft", "delete", "table", "ip", m.group(1)]) is not None:
+            removed.append(m.group(1))
+    return removed
 
 
 class NftMonitor:
-    """`nft monitor trace` in one namespace; lines parsed into hop dicts (backend nftables)."""
+    """`nft monitor trace` in one namespace; lines parsed into hop dicts (backend nftables).
 
-    LINE = re.compile(r"^trace id (\w+) (\w+) (\S+) (\S+) (rule|policy|verdict)\s*(.*)$")
+    Each trace id starts with a `packet:` line (addresses, ports, ip id, length) that the
+    following rule/policy lines of the same id belong to.
+    """
+
+    LINE = re.compile(r"^trace id (\w+) (\w+) (\S+) (\S+) (rule|policy|packet:)\s*(.*)$")
+    FIELDS = {"ip saddr": "src", "ip daddr": "dst", "ip id": "ipid", "ip length": "iplen",
+              "sport": "sport", "dport": "dport", "ip protocol": "proto"}
 
     def __init__(self, netns=None):
         self.netns = netns
         self.proc = None
         self._buf = b""
+        self._packets = {}
 
     def start(self):
         prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
@@ -449,6 +547,17 @@ class NftMonitor:
             raise UnavailableError(f"cannot run nft monitor trace: {exc.strerror}") from exc
         os.set_blocking(self.proc.stdout.fileno(), False)
         return self
+
+    @staticmethod
+    def packet_of(text):
+        """The `packet:` part of a trace -> (proto, src, sport, dst, dport, ipid, iplen)."""
+        def grab(pat, cast=str):
+            m = re.search(pat, text)
+            return cast(m.group(1)) if m else None
+        proto = grab(r"\b(tcp|udp|icmp) ") or "?"
+        return (proto, grab(r"ip saddr (\S+)"), grab(rf"{proto} sport (\d+)", int) or 0,
+                grab(r"ip daddr (\S+)"), grab(rf"{proto} dport (\d+)", int) or 0,
+                grab(r"ip id (\d+)", int), grab(r"ip length (\d+)", int))
 
     def read(self):
         out = []
@@ -466,15 +575,31 @@ class NftMonitor:
             m = self.LINE.match(raw.decode(errors="replace").strip())
             if not m:
                 continue
-            _tid, family, table, chain, kind, rest = m.groups()
+            tid, family, table, chain, kind, rest = m.groups()
+            if kind == "packet:":
+                self._packets[(tid, table)] = self.packet_of(rest)
+                if len(self._packets) > 4096:
+                    self._packets.pop(next(iter(self._packets)))
+                continue
+            if table.startswith(NFT_TABLE_PREFIX):
+                continue            # our own nftrace table is not part of the path
             verdict = ""
-            vm = re.search(r"\(verdict (\w+)\)|verdict (\w+)", rest)
+            vm = re.search(r"\(verdict (\w+)\)|^(\w+)\s*$", rest)
             if vm:
                 verdict = (vm.group(1) or vm.group(2)).upper()
             text = re.sub(r"\s*\(verdict \w+\)", "", rest).strip()
+            text = re.sub(r"counter packets \d+ bytes \d+\s*", "", text).strip()
+            nat = re.search(r"\b(dnat|snat)(?: ip)? to (\S+)", text)
+            if nat:
+                verdict = f"{nat.group(1).upper()} {nat.group(2)}"
+            elif re.search(r"\bmasquerade\b", text):
+                verdict = "MASQUERADE"
+            if kind == "policy":
+                text = f"policy {text.upper()}"
             out.append({"ts_ns": now, "table": f"{family} {table}", "chain": chain,
                         "kind": kind, "rule_num": 0, "rule_text": text, "verdict": verdict,
-                        "hook": None, "indev": 0, "outdev": 0, "packet": None,
+                        "hook": None, "indev": 0, "outdev": 0,
+                        "nft_packet": self._packets.get((tid, table)), "ours": False,
                         "backend": "nftables"})
         return out
 

@@ -192,8 +192,8 @@ def test_forward_policy_drop_is_explained(state_root, topo):
     got = topo.fetch(timeout=2)
     assert got.returncode != 0
     items, summary = tr.finish()
-    drops = [i for i in items if i["type"] == "drop"]
-    assert drops and all(d["reason"] == "NETFILTER_DROP" for d in drops)
+    drops = [i for i in items if i["type"] == "drop" and i["reason"] == "NETFILTER_DROP"]
+    assert drops, [i for i in items if i["type"] == "drop"]
     assert drops[0]["explanation"] == "dropped in FORWARD: policy DROP"
     nf = [h for h in items if h["type"] == "hop" and h["hop"] == "netfilter"]
     assert ("filter", "FORWARD", "DROP") in [(h["table"], h["chain"], h["verdict"]) for h in nf]
@@ -216,6 +216,9 @@ def _kernel_leftovers(topo):
     rules = tracetopo.sh(topo.host, "iptables-legacy -t raw -S").stdout
     if "TRACE" in rules:
         out.append(rules)
+    tables = tracetopo.sh(topo.host, "nft list tables").stdout
+    if "pyinspect_trace" in tables:
+        out.append(tables)
     nflog = tracetopo.sh(topo.host, "cat /proc/sys/net/netfilter/nf_log/2").stdout.strip()
     if nflog != "nf_log_ipv4":
         out.append(f"nf_log/2 = {nflog}")
@@ -284,3 +287,21 @@ def test_trace_without_netfilter_trace_degrades_visibly(state_root, topo):
         holder.wait()
     time.sleep(0.1)
     assert _kernel_leftovers(topo) == []
+
+
+def test_nft_backend_rule_path(state_root):
+    """DNAT written with iptables-nft: the rule path comes from nftrace events."""
+    topo = tracetopo.Topology(backend="nft")
+    try:
+        tr = Trace(state_root, topo, "--duration", "2.5")
+        assert topo.fetch().returncode == 0
+        items, summary = tr.finish()
+        nf = [h for h in items if h["type"] == "hop" and h["hop"] == "netfilter"
+              and h["backend"] == "nftables"]
+        dnat = [h for h in nf if h["verdict"] == f"DNAT {topo.ctr_ips[0]}:80"]
+        assert dnat and dnat[0]["table"] == "ip nat" and dnat[0]["chain"] == "PREROUTING"
+        assert "dnat to" in dnat[0]["rule_text"] and "tcp dport 8088" in dnat[0]["rule_text"]
+        assert summary["nat"] == [f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80"]
+        assert _kernel_leftovers(topo) == []
+    finally:
+        topo.close()

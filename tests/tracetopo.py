@@ -26,7 +26,8 @@ def sh(ns, script, check=True, timeout=60):
 class Topology:
     """client, host, upstream and N container namespaces; `close()` removes all of them."""
 
-    def __init__(self, prefix="pt", containers=1, listen=True, dnat_port=8088, net=None):
+    def __init__(self, prefix="pt", containers=1, listen=True, dnat_port=8088, net=None,
+                 backend="legacy"):
         tag = uuid.uuid4().hex[:5]
         self.n = net if net is not None else (int(tag, 16) % 200) + 20
         self.host = f"{prefix}-h-{tag}"
@@ -42,6 +43,7 @@ class Topology:
         self.gateway = f"172.30.{self.n}.1"
         self.ctr_ips = [f"172.30.{self.n}.{10 + i}" for i in range(containers)]
         self.dnat_port = dnat_port
+        self.ipt = "iptables-legacy" if backend == "legacy" else "iptables-nft"
         self.procs = []
         self.made = []
         try:
@@ -79,12 +81,13 @@ class Topology:
                 ip addr add {ip}/24 dev eth0 && ip link set eth0 up
                 ip route add default via {self.gateway}
             """)
-        # like the runtime: legacy backend, DNAT for outside traffic, MASQUERADE for the subnet
+        # like the runtime (legacy backend; or nft): DNAT for outside traffic, MASQUERADE
+        ipt = self.ipt
         sh(h, f"""
-            iptables-legacy -w -t nat -A PREROUTING ! -i {self.bridge} -p tcp --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
-            iptables-legacy -w -t nat -A OUTPUT -p tcp -d {self.host_ip} --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
-            iptables-legacy -w -t nat -A POSTROUTING -s {self.subnet} ! -o {self.bridge} -j MASQUERADE
-            iptables-legacy -w -A FORWARD -j ACCEPT
+            {ipt} -w -t nat -A PREROUTING ! -i {self.bridge} -p tcp --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
+            {ipt} -w -t nat -A OUTPUT -p tcp -d {self.host_ip} --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
+            {ipt} -w -t nat -A POSTROUTING -s {self.subnet} ! -o {self.bridge} -j MASQUERADE
+            {ipt} -w -A FORWARD -j ACCEPT
         """)
         if listen:
             self.serve(0)
@@ -130,7 +133,7 @@ class Topology:
                   timeout=timeout + 10)
 
     def forward_policy_drop(self):
-        sh(self.host, "iptables-legacy -w -D FORWARD -j ACCEPT; iptables-legacy -w -P FORWARD DROP")
+        sh(self.host, f"{self.ipt} -w -D FORWARD -j ACCEPT; {self.ipt} -w -P FORWARD DROP")
 
     def close(self):
         for p in self.procs:
