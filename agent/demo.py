@@ -37,6 +37,7 @@ class Demo:
     def sh(self, argv, netns=None, check=False, timeout=120, show=True, quiet=False):
         """Run argv (in `netns` if given), echo it like a shell transcript, return the result."""
         shown = " ".join(shlex.quote(a) for a in argv)
+        shown = shown.replace(f"{self.pyinspect} --root {self.root}", "pyinspect")
         if netns:
             argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
             shown = f"[{netns}] {shown}"
@@ -93,10 +94,12 @@ class Demo:
         self.pi("rm", "-f", "test", show=False)
         self.make_namespaces()
         try:
+            self.start_agent()
             self.walkthrough()
         finally:
             self.say("\n== cleaning up ==")
             self.pi("rm", "-f", "test")
+            self.stop_agent()
             self.remove_namespaces()
         if self.failures:
             self.say("\nThese steps failed:\n  " + "\n  ".join(self.failures))
@@ -118,15 +121,29 @@ class Demo:
         self.pi("map", check=True)
         self.say("\n-- a trace while the other machine fetches a page through the port --")
         self.trace_and_fetch()
+        self.say("\n-- the merged pcapng: one interface per capture point, as Wireshark shows it --")
+        proc = self.sh(["tshark", "-r", os.path.join(self.root, "demo.pcapng"), "-Y", "tcp",
+                        "-T", "fields", "-E", "header=y", "-e", "frame.interface_name",
+                        "-e", "ip.src", "-e", "tcp.srcport", "-e", "ip.dst",
+                        "-e", "tcp.dstport", "-e", "frame.comment"], quiet=True)
+        lines = proc.stdout.splitlines()
+        self.say("\n".join(lines[:13]) + (f"\n... ({len(lines) - 13} more)" if len(lines) > 13 else ""))
         self.say("\n-- the rules and the conntrack entry that carried it --")
         self.sh(["iptables-legacy", "-t", "nat", "-nvL", "PYINSPECT"], netns=HOST_NS)
         self.sh(["conntrack", "-L", "-p", "tcp", "--orig-port-dst", str(PORT)], netns=HOST_NS)
         self.say("\n-- doctor --")
         self.pi("doctor", "--container", "test")
-        self.say("\n-- the timeline --")
-        self.pi("events", "--container", "test", host=False)
+        self.say("\n-- the timeline the agent recorded (process, cgroup events of test) --")
+        self.pi("events", "--container", "test", host=False, check=True)
+        self.say("\n-- the dashboard --")
+        self.check_dashboard()
         if self.serve_seconds:
-            self.serve()
+            self.say(f"\nThe dashboard stays up on {self.dashboard} for {self.serve_seconds:g}s "
+                     "(Ctrl-C ends the demo and cleans up).")
+            try:
+                time.sleep(self.serve_seconds)
+            except KeyboardInterrupt:
+                pass
 
     def trace_and_fetch(self):
         argv = ["nsenter", f"--net=/run/netns/{HOST_NS}", self.pyinspect, "--root", self.root,
@@ -162,14 +179,50 @@ class Demo:
         self.failures.append("pyinspect trace (not ready in time)")
         return False
 
-    def serve(self):
-        self.say(f"\n-- the dashboard on http://127.0.0.1:8900 for {self.serve_seconds:g}s --")
-        proc = subprocess.Popen([self.pyinspect, "--root", self.root, "serve", "--port", "8900"])
-        try:
-            proc.wait(timeout=self.serve_seconds)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait(timeout=10)
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait(timeout=10)
+    # -- the agent and its dashboard ----------------------------------------------------
+    dashboard = "http://127.0.0.1:8900/"
+    agent = None
+
+    def start_agent(self):
+        """`pyinspect serve` on loopback: probes on from the start, so the timeline has it all."""
+        self.say("$ pyinspect serve --port 8900 &")
+        self.agent = subprocess.Popen([self.pyinspect, "--root", self.root, "serve", "--port",
+                                       "8900"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.agent.stdout.readline()
+            if not line:
+                self.failures.append("pyinspect serve (exited: is port 8900 taken?)")
+                self.agent = None
+                return
+            self.say(line.rstrip())
+            if "(ready)" in line:
+                return
+        self.failures.append("pyinspect serve (not ready in time)")
+
+    def check_dashboard(self):
+        import re
+        import urllib.request
+        if not self.agent:
+            return
+        for page in ("", "containers", "topology", "timeline?container=test", "flows",
+                     "traces", "doctor"):
+            url = self.dashboard + page
+            try:
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    body = r.read().decode(errors="replace")
+                    title = re.search(r"<title>(.*?)</title>", body)
+                    self.say(f"GET {url} -> {r.status} {title.group(1) if title else ''}")
+            except OSError as exc:
+                self.say(f"GET {url} -> {exc}")
+                self.failures.append(f"dashboard page /{page}")
+
+    def stop_agent(self):
+        if self.agent:
+            self.agent.terminate()
+            try:
+                self.agent.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
