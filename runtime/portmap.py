@@ -127,11 +127,21 @@ def desired(state):
 # --- python-iptables plumbing ---------------------------------------------------------------
 
 def _iptc():
+    import sys
+    # iptc.util tries `distutils.sysconfig` first, which setuptools' distutils shim makes
+    # cost 100-1000 ms; blocking it makes iptc use its own `sysconfig` fallback (same path).
+    blocked = [m for m in ("distutils", "distutils.sysconfig") if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None
     try:
-        import iptc  # ~250 ms: only on the bridge path
+        import iptc  # ~200 ms (xtables libraries): only on the bridge path
     except Exception as exc:  # ImportError, or libiptc/xtables missing
         raise UnavailableError(f"python-iptables unavailable: {exc}",
                                hint="install python-iptables and the iptables package") from None
+    finally:
+        for m in blocked:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
     return iptc
 
 
@@ -284,7 +294,7 @@ def _drop_empty_chains(iptc, table, tname):
 
 
 def tagged(bridge=None):
-    """Our rules as [{"table", "chain", "comment", "rule"}] (iptables-save-like text)."""
+    """Our rules as [{"table", "chain", "comment", "target", "params"}]."""
     iptc = _iptc()
     prefix = owner_tag(bridge, "") if bridge else TAG
     out = []
