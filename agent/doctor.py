@@ -669,6 +669,36 @@ def save_findings(store, findings, run_ns):
             store.db["findings"].insert_all(rows)
 
 
+def _add_trace_evidence(store, findings):
+    """Append what the container's latest trace session saw dropped (drops and DROP hops)."""
+    db = store.db
+    cache = {}
+    for f in findings:
+        if not f.container or f.check == "oom_killed":
+            continue
+        if f.container not in cache:
+            lines = []
+            row = db.execute("SELECT id, started_ns FROM trace_sessions WHERE container_name = ? "
+                             "ORDER BY id DESC LIMIT 1", [f.container]).fetchone()
+            if row:
+                sid, started = row
+                age = max(0, (time.time_ns() - (started or 0)) // 1_000_000_000)
+                for reason, location, n in db.execute(
+                        "SELECT reason, location, count(*) FROM drops WHERE session_id = ? "
+                        "GROUP BY reason, location ORDER BY count(*) DESC LIMIT 3", [sid]):
+                    lines.append(f"trace session {sid} ({age}s ago): {n} packet(s) dropped, "
+                                 f"{reason} at {location}")
+                for table, chain, num, text, verdict, n in db.execute(
+                        "SELECT table_name, chain, rule_num, rule_text, verdict, count(*) FROM hops "
+                        "WHERE session_id = ? AND verdict IN ('DROP', 'REJECT') "
+                        "GROUP BY table_name, chain, rule_num ORDER BY count(*) DESC LIMIT 3",
+                        [sid]):
+                    lines.append(f"trace session {sid} hop: {table}:{chain}:{num or 'policy'} "
+                                 f"{verdict} x{n} {text or ''}".rstrip())
+            cache[f.container] = lines
+        f.evidence.extend(cache[f.container])
+
+
 def latest_findings(root):
     """Findings of the most recent doctor run (for the dashboard)."""
     with _open_store(root) as store:
@@ -722,6 +752,7 @@ def run(root, container=None, port=None, store=True):
         if port is not None:
             findings = [f for f in findings if f.port in (None, port)]
         if st:
+            _add_trace_evidence(st, findings)
             keep, drop = _remember(view)
             save_memory(st, keep, drop)
             save_findings(st, findings, time.time_ns())

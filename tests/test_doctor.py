@@ -506,3 +506,28 @@ def test_filters_and_text_output(setup):
     assert "fix: sysctl -w net.ipv4.ip_forward=1" in proc.stdout
     proc = t.cli("doctor", "--container", "nope", check=False)
     assert proc.returncode == 3 and proc.stderr.startswith("Error: doctor: no such container")
+
+
+def test_trace_drops_become_evidence(setup):
+    """A `pyinspect trace` session that saw the drop adds its drop and hop to the finding."""
+    t = setup
+    t.h.sh("iptables-legacy -F PYINSPECT-FORWARD")
+    proc = subprocess.Popen(t.cli.argv("trace", "--container", t.c.name, "--json",
+                                       "--duration", "2.5"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = proc.stdout.readline()
+        if not ready:
+            pytest.skip(f"trace unavailable here: {proc.stderr.read()[-300:]}")
+        assert json.loads(ready)["type"] == "ready"
+        assert not t.published_ok()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rc, report = doctor(t, expect=1)
+    hits = named(report, "forward_drop")
+    text = "\n".join(hits[0]["evidence"])
+    assert "trace session" in text and "dropped" in text, text
+    assert "hop: filter:FORWARD:" in text and "policy DROP" in text, text
