@@ -192,7 +192,7 @@ class Follower:
     none can."""
 
     def __init__(self, root, store, probes=PROBES, container=None, kinds=None,
-                 recorder=None, probe_kwargs=None):
+                 recorder=None, probe_kwargs=None, filters=None):
         self.root = root
         self.store = store
         self.names = list(probes)
@@ -200,17 +200,18 @@ class Follower:
         self.kinds = set(kinds) if kinds else None
         self.recorder = recorder or Recorder(store, _resolver(root))
         self.probe_kwargs = probe_kwargs or {}
+        self.filters = {k: dict(v) for k, v in (filters or {}).items()}  # probe -> filters
         self.probes = []
         self.messages = []
         self._last_loss = 0.0
 
     def start(self):
         errors = []
-        filters = {}
+        filters = {k: dict(v) for k, v in self.filters.items()}
         namespaces = self._container_namespaces()
         if namespaces:
             # a prefilter in the kernel (a superset); attribution still decides below
-            filters["process"] = {"namespaces": sorted(namespaces)}
+            filters.setdefault("process", {})["namespaces"] = sorted(namespaces)
         for name in self.names:
             probe = make_probe(name, **self.probe_kwargs.get(name, {}))
             try:

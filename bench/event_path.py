@@ -9,7 +9,10 @@
 2. Ingest: P storms in parallel, so the consumer is pushed harder; reported: events/s
    that reached SQLite (storm events stored / storm wall time) with the kernel's lost
    counter, and the largest P that kept lost == 0.
-3. Store only: Recorder.add() of synthetic records into SQLite (no kernel), events/s.
+3. Thread storms (Python threads created and joined in a loop, thread events turned
+   on): a faster generator, to find the rate where the path starts to lose (lost > 0
+   or fewer stored than generated).
+4. Store only: Recorder.add() of synthetic records into SQLite (no kernel), events/s.
 
     sudo .venv/bin/python bench/event_path.py [-n 3000] [--repeat 3] [--json]
 """
@@ -31,10 +34,11 @@ import signal, sys
 from pyinspect.events import Follower
 from pyinspect.store import Store
 root = sys.argv[1]
+filters = __import__("json").loads(sys.argv[2])
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 store = Store(root + "/pyinspect.db")
-with Follower(root, store) as f:
+with Follower(root, store, filters=filters) as f:
     import resource
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print("ready", ru.ru_utime + ru.ru_stime, flush=True)
@@ -76,9 +80,10 @@ def parallel_storms(n, parallel, tag):
 class Consumer:
     """The agent's event path in its own process, recording into a temp state root."""
 
-    def __init__(self, root):
+    def __init__(self, root, filters=None):
         self.root = root
-        self.proc = subprocess.Popen([sys.executable, "-c", CONSUMER, str(root)],
+        self.proc = subprocess.Popen([sys.executable, "-c", CONSUMER, str(root),
+                                      json.dumps(filters or {})],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
@@ -171,6 +176,54 @@ def bench_ingest(n, tmp, max_parallel=4):
             "max_events_per_s_zero_loss": best and best["stored_events_per_s"]}
 
 
+THREAD_STORM = "import threading\nfor _ in range({n}):\n    t = threading.Thread(target=int)\n" \
+               "    t.start()\n    t.join()\n"
+
+
+def count_thread_events(root, pids):
+    from pyinspect.store import Store
+    with Store(Path(root) / "pyinspect.db") as store:
+        marks = ",".join("?" * len(pids))
+        rows = store.db.execute(
+            f"SELECT kind, count(*) FROM events WHERE pid IN ({marks}) "
+            "AND kind IN ('fork','exit') GROUP BY kind", list(pids)).fetchall()
+    return dict(rows)
+
+
+def bench_threads(tmp, n=20000, max_parallel=3):
+    """Thread storms (create+join, 2 events each) with thread events on: a faster
+    generator than fork+exec, to find where the event path starts to lose."""
+    out = []
+    for parallel in range(1, max_parallel + 1):
+        root = Path(tmp) / f"threads{parallel}"
+        root.mkdir()
+        c = Consumer(root, {"process": {"threads": True}})
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", THREAD_STORM.format(n=n)])
+                 for _ in range(parallel)]
+        for p in procs:
+            p.wait()
+        dt = time.perf_counter() - t0
+        pids = [p.pid for p in procs]
+        expected = (2 * n + 2) * parallel  # each thread: fork + exit; the process: the same
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if sum(count_thread_events(root, pids).values()) >= expected:
+                break
+            time.sleep(0.2)
+        res = c.stop()
+        stored = sum(count_thread_events(root, pids).values())
+        out.append({"parallel": parallel, "expected": expected, "stored": stored,
+                    "lost": res["lost"]["process"], "storm_s": dt,
+                    "generated_events_per_s": expected / dt,
+                    "stored_events_per_s": stored / dt,
+                    "consumer_cpu_s": res["cpu_s"],
+                    "max_lag_ms": res["lag_ns"]["process"] / 1e6})
+    zero = [r for r in out if r["lost"] == 0 and r["stored"] == r["expected"]]
+    best = max(zero, key=lambda r: r["stored_events_per_s"]) if zero else None
+    return {"runs": out, "max_events_per_s_zero_loss": best and best["stored_events_per_s"]}
+
+
 def bench_store(tmp, count=50000):
     from pyinspect.events import Recorder
     from pyinspect.store import Store
@@ -195,6 +248,7 @@ def main():
     ap.add_argument("-n", type=int, default=3000, help="execs per storm")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-parallel", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=20000, help="threads per thread storm")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -202,6 +256,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="pa-bench-") as tmp:
         result = {"storm": bench_storm(args.n, args.repeat, tmp),
                   "ingest": bench_ingest(args.n, tmp, args.max_parallel),
+                  "threads": bench_threads(tmp, args.threads, args.max_parallel),
                   "store_only": bench_store(tmp)}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -222,6 +277,13 @@ def main():
         print(f"  x{r['parallel']}: {r['stored']}/{r['expected']} stored, lost {r['lost']}, "
               f"{r['stored_events_per_s']:.0f} events/s, max reader lag {r['max_lag_ms']:.0f} ms")
     best = g["max_events_per_s_zero_loss"]
+    print(f"  max events/s with zero loss: {best:.0f}" if best else "  loss at every rate")
+    print("thread storms (thread events on: fork + exit per thread):")
+    for r in result["threads"]["runs"]:
+        print(f"  x{r['parallel']}: {r['stored']}/{r['expected']} stored, lost {r['lost']}, "
+              f"generated {r['generated_events_per_s']:.0f}/s, consumer CPU "
+              f"{r['consumer_cpu_s']:.1f} s, max reader lag {r['max_lag_ms']:.0f} ms")
+    best = result["threads"]["max_events_per_s_zero_loss"]
     print(f"  max events/s with zero loss: {best:.0f}" if best else "  loss at every rate")
     print(f"store only (Recorder batches): {st['events_per_s']:.0f} events/s")
 
