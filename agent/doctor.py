@@ -564,8 +564,8 @@ class HostView:
                         continue
                     socks = listeners(f"/proc/{pids[0]}/net" if pids else "/proc/thread-self/net")
                     sysctls = {k: read_sysctl(k) for k in ("net.ipv4.ip_forward",)}
-            except OSError as exc:
-                self.notes.append(f"cannot enter {path}: {exc}")
+            except Exception as exc:  # the namespace vanished, or netlink refused
+                self.notes.append(f"cannot read {path}: {exc}")
                 continue
             eth, hv = pair
             name, cid, source = os.path.basename(path), "", "netns"
@@ -574,7 +574,7 @@ class HostView:
             for pid in pids:
                 if pid in runc:
                     cid, source = runc[pid]
-                    name = cid[:12]
+                    name = cid[:12] if len(cid) == 64 else cid
             cv = ContainerView(name, cid, source, path, ino, sorted(pids), links, routes, socks,
                                eth, hv, sysctls=sysctls)
             if eth.addrs:

@@ -13,6 +13,13 @@ from . import doctor_iptables as ipt
 from .doctor import SIM_REMOTE, Finding, check, describe_action, runbook
 
 LOCALHOST = "127.0.0.1"
+NUD_REACHABLE, NUD_PERMANENT = 0x02, 0x80
+NUD_NAMES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
+             0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
+
+
+def _nud(state):
+    return "|".join(n for bit, n in NUD_NAMES.items() if state & bit) or "NONE"
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -195,6 +202,9 @@ def dnat_stale(view):
                 continue
             if ip in live or ip in view.local_addrs:
                 continue
+            neigh = [n for n in view.neighbours if n["ip"] == ip]
+            if any(n["state"] & (NUD_REACHABLE | NUD_PERMANENT) for n in neigh):
+                continue  # something answers for it (a VM on a tap, a static entry): alive
             where = [(br, n) for br, n in subnets if addr in n]
             if not where:
                 continue
@@ -204,10 +214,10 @@ def dnat_stale(view):
             for key, val in view.memory.items():
                 if key.startswith("port:") and key.endswith(f":{hport}"):
                     owner = key.split(":")[1]
-            neigh = [n for n in view.neighbours if n["ip"] == ip]
             ev = [rule.text(),
                   f"no container on {br.name} has {ip} (live: {', '.join(sorted(live)) or 'none'})",
-                  f"neighbour {ip}: " + (f"state {neigh[0]['state']}" if neigh else "no entry")]
+                  f"neighbour {ip}: " + (f"{_nud(neigh[0]['state'])} (`ip neigh show {ip}`)"
+                                         if neigh else "no entry (`ip neigh show` is empty)")]
             if hport and hport.isdigit():
                 ev += _conntrack_lines(rule.get("proto") or "tcp", int(hport))
             yield _finding(

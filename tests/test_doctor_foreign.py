@@ -3,7 +3,10 @@
 unless --fix. Plus the rule walker on Docker's iptables-save text (no kernel)."""
 
 import json
+import subprocess
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +189,58 @@ def test_docker_forward_accept_missing(docker):
     assert "-A FORWARD -d 172.17.0.2/32 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT" \
         in docker.rules()
     assert docker.published_ok()
+
+
+# -- a runc container wired by hand to a bridge in a host netns ----------------------------
+@pytest.mark.root
+def test_runc_container_found_and_fixed(tmp_path, make_netns):
+    import shutil
+    if not shutil.which("runc"):
+        pytest.skip("runc is not installed")
+    from test_discovery import Runc
+    r = Runc(tmp_path)
+    h, k = make_netns("pd-rch"), make_netns("pd-rck")
+    try:
+        cid, pid = r.run(("sleep", "1000"))
+        ctr = ["nsenter", f"--net=/proc/{pid}/ns/net"]
+        h.sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add br9 type bridge && "
+             "ip addr add 10.209.0.1/24 dev br9 && ip link set br9 up && "
+             f"ip link add pdvr0 type veth peer name eth0 netns {pid} && "
+             "ip link set pdvr0 master br9 up && "
+             f"ip link add up9 type veth peer name eth0 netns {k.name} && "
+             "ip addr add 10.202.0.1/24 dev up9 && ip link set up9 up && "
+             "iptables-legacy -t nat -A PREROUTING -m addrtype --dst-type LOCAL -p tcp "
+             "--dport 8090 -j DNAT --to-destination 10.209.0.2:80 && "
+             "iptables-legacy -t nat -A POSTROUTING -s 10.209.0.0/24 ! -o br9 -j MASQUERADE && "
+             "iptables-legacy -t nat -A POSTROUTING -s 10.209.0.2 -d 10.209.0.2 -p tcp "
+             "--dport 80 -j MASQUERADE && bridge link set dev pdvr0 hairpin on")
+        k.sh("ip addr add 10.202.0.2/24 dev eth0 && ip link set eth0 up")
+        subprocess.run([*ctr, "sh", "-c", "ip addr add 10.209.0.2/24 dev eth0 && "
+                        "ip link set eth0 up && ip link set lo up && "
+                        "ip route add default via 10.209.0.1"], check=True)
+        (Path(r.bundles[cid]) / "rootfs" / "index.html").write_text("pd-ok\n")
+        r.exec_detached(cid, "busybox", "httpd", "-p", "80", "-h", "/")
+
+        def ok():
+            res = k.run("wget", "-q", "-O-", "-T", "1", "-t", "1", "http://10.202.0.1:8090/",
+                        check=False, timeout=20)
+            return res.returncode == 0 and "pd-ok" in res.stdout
+        for _ in range(20):
+            if ok():
+                break
+            time.sleep(0.1)
+        assert ok()
+        cli = Cli(tmp_path / "root", netns=h.name)
+        proc = cli("doctor", "--json", check=False)
+        assert proc.returncode == 0, proc.stdout
+        h.sh("ip link set pdvr0 down")
+        assert not ok()
+        proc = cli("doctor", "--json", check=False)
+        report = json.loads(proc.stdout)
+        hits = [f for f in report["findings"] if f["check"] == "veth_down"]
+        assert proc.returncode == 1 and hits and hits[0]["container"] == cid  # runc's name
+        proc = cli("doctor", "--json", "--fix", check=False)
+        assert proc.returncode == 0, proc.stdout
+        assert ok()
+    finally:
+        r.cleanup()
