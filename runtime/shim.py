@@ -191,9 +191,6 @@ class Shim:
         mode = spec.network_mode or "bridge"
         limits = c.process.get("limits", {})
         self.cg = Cgroup(c.id, c.cgroup or None, cpu=bool(limits.get("cpus")))
-        self.cg.create(limits.get("memory"), limits.get("cpus"), limits.get("pids"))
-        c.cgroup = self.cg.paths
-        state.mark("cgroups_created")
         join_net = None
         if mode.startswith("container:"):
             other = self.rt.get(mode.split(":", 1)[1])
@@ -228,7 +225,7 @@ class Shim:
                 child_fds.append(stdin)
             stdio = (stdin, out_w, err_w)
         err_r, err_w = os.pipe()      # close-on-exec: EOF means exec succeeded
-        sync_r, sync_w = os.pipe()    # shim -> init: network ready (bridge)
+        sync_r, sync_w = os.pipe()    # shim -> init: in its cgroups (+ network); files
         ready_r, ready_w = os.pipe()  # init -> shim: in its namespaces (bridge)
         my_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         isolation.unshare(isolation.CLONE_NEWPID)
@@ -247,12 +244,17 @@ class Shim:
             os.close(join_net)
         c.pid, c.pid_start = pid, state.proc_start(pid)
         try:
+            # while the init unshares and mounts its root: cgroups, then put it in them
+            self.cg.create(limits.get("memory"), limits.get("cpus"), limits.get("pids"))
+            c.cgroup = self.cg.paths
+            state.mark("cgroups_created")
             if mode == "bridge":
                 if _read_all(ready_r) != b"r":
                     raise UnavailableError("container init died before its network was set up")
                 c.network = self.netmod.connect(str(self.rt.root), c, pid) or {}
                 files = self.netmod.container_files(c)
-                _write_all(sync_w, json.dumps(files).encode())
+            self.cg.join(pid)
+            _write_all(sync_w, json.dumps(files or {}).encode())
             os.close(sync_w)
             os.close(ready_r)
             failure = _read_all(err_r)
@@ -303,7 +305,6 @@ class Shim:
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
                         signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            self.cg.join(0)
             mode = spec.network_mode or "bridge"
             flags = isolation.CLONE_NEWNS | isolation.CLONE_NEWUTS | isolation.CLONE_NEWIPC
             if mode in ("none", "bridge"):
@@ -317,14 +318,7 @@ class Shim:
                 os.close(join_net)
             if mode == "bridge":
                 _write_all(ready_w, b"r")
-                os.close(ready_w)
-                data = _read_all(sync_r)
-                if not data:
-                    os._exit(EXIT_SETUP_FAILED)  # the shim failed and says why
-                files = json.loads(data)
-            else:
-                os.close(ready_w)
-            os.close(sync_r)
+            os.close(ready_w)
             isolation.sethostname(c.hostname)
             volumes = [isolation.parse_volume(v) for v in spec.volumes]
             isolation.prepare_root(os.path.join(c.path, "rootfs"), c.layers,
@@ -332,6 +326,11 @@ class Shim:
                                    volumes)
             isolation.pivot_into(os.path.join(c.path, "rootfs"))
             state.mark("init_pivoted")
+            data = _read_all(sync_r)  # the shim put us in the cgroups (and the network)
+            if not data:
+                os._exit(EXIT_SETUP_FAILED)  # the shim failed and says why
+            os.close(sync_r)
+            files = json.loads(data)
             for path, text in (files or {}).items():
                 try:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
