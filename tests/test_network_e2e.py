@@ -30,6 +30,15 @@ class Env:
         proc = self.cli("run", "-d", "--name", name, *args, check=check)
         return name, proc
 
+    def rm(self, name):
+        self.cli("rm", "-f", name)
+        self.names.remove(name)
+
+    def lease_ip(self, name):
+        """The address leased to `name`, from the network state file."""
+        state = json.loads((Path(self.cli.root) / "network" / "pyinspect0.json").read_text())
+        return [ip for ip, lease in state["leases"].items() if lease["name"] == name][0]
+
     def inspect(self, name):
         return json.loads(self.cli("inspect", name).stdout)[0]
 
@@ -117,7 +126,7 @@ def test_bridge_publish_and_modes(env, make_netns):
     env.ns.sh("ip link del pnA")
     # rm: each removal takes its veth, netns link, lease and rules with it
     for name in (c3, hst, non, t2, t1):
-        env.cli("rm", "-f", name)
+        env.rm(name)
     assert not list(Path("/var/run/netns").glob("pn-*-never")) and \
         not Path("/var/run/netns", t1).exists() and not Path("/var/run/netns", t2).exists()
     assert "pyinspect" not in env.ns.run("iptables-legacy-save").stdout
@@ -171,17 +180,18 @@ def test_container_exit_releases_network(env):
 
 def test_thirty_run_rm_cycles_leak_nothing(env):
     links_before = env.ns.run("ip", "-o", "link").stdout
-    ips = []
+    ips, names = [], []
     for i in range(30):
         name, _ = env.run("-p", "8088:80", "busybox", "sleep", "600")
-        ips.append(env.ip(name))
-        env.cli("rm", "-f", name)
+        ips.append(env.lease_ip(name))
+        env.rm(name)
+        names.append(name)
     assert len(set(ips)) == 30
     assert env.ns.run("ip", "-o", "link").stdout == links_before
     assert "pyinspect" not in env.ns.run("iptables-legacy-save").stdout
-    assert not [p for p in env.names if Path("/var/run/netns", p).exists()]
+    assert not [p for p in names if Path("/var/run/netns", p).exists()]
     with open("/proc/self/mountinfo") as f:
         mounts = f.read()
-    assert not [n for n in env.names if f"/netns/{n} " in mounts]
+    assert not [n for n in names if f"/netns/{n} " in mounts]
     state = json.loads((Path(env.cli.root) / "network" / "pyinspect0.json").read_text())
     assert state["leases"] == {} and state["sysctls"] == {}
