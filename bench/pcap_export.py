@@ -113,7 +113,7 @@ def best_of(runs, fn):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_000_000)
-    ap.add_argument("--keep", help="build in this directory and keep it")
+    ap.add_argument("--keep", help="build in this directory and keep it (reused next time)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per side (best counts)")
     args = ap.parse_args()
     if not shutil.which("mergecap"):
@@ -122,9 +122,19 @@ def main():
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         t = time.perf_counter()
-        db_path, pcaps, pcapngs = build(workdir, args.packets)
-        print(f"built store + per-point pcap and pcapng files with {args.packets} packets "
-              f"in {time.perf_counter() - t:.1f}s")
+        db_path = workdir / "pyinspect.db"
+        if args.keep and (workdir / f"built-{args.packets}").exists():   # reuse a kept build
+            pcaps = sorted(workdir.glob("point?.pcap"))
+            pcapngs = sorted(workdir.glob("point?.pcapng"))
+        else:
+            for old in workdir.glob("built-*"):
+                old.unlink()
+            for old in workdir.glob("pyinspect.db*"):
+                old.unlink()
+            db_path, pcaps, pcapngs = build(workdir, args.packets)
+            (workdir / f"built-{args.packets}").touch()
+            print(f"built store + per-point pcap and pcapng files with {args.packets} "
+                  f"packets in {time.perf_counter() - t:.1f}s")
         for f in [db_path, *pcaps, *pcapngs]:  # warm the page cache for every side alike
             with open(f, "rb") as fh:
                 while fh.read(1 << 22):

@@ -220,6 +220,30 @@ def test_merge_mixed_inputs_keeps_names_and_order(tmp_path):
     assert len(tshark_fields(ref, "frame.number")) == 116
 
 
+def test_read_simple_and_obsolete_packet_blocks(tmp_path):
+    """SPB (no timestamp: takes the previous one) and the obsolete PB, as old tools write."""
+    def block(btype, body):
+        return struct.pack("<II", btype, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+    a, b = icmp(1), icmp(2)
+    out = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    out += block(1, struct.pack("<HHI", 1, 0, 0))                 # no options: usec, no name
+    ts = T0 // 1000
+    out += block(2, struct.pack("<HHIIII", 0, 0, ts >> 32, ts & 0xFFFFFFFF, len(a), len(a)) +
+                 a + b"\0" * (-len(a) % 4))
+    out += block(3, struct.pack("<I", len(b)) + b + b"\0" * (-len(b) % 4))
+    out += block(4, b"\0\0\0\0")                                  # name resolution: skipped
+    path = tmp_path / "old.pcapng"
+    path.write_bytes(out)
+    got = list(read_packets(path))
+    assert [p.data for p in got] == [a, b]
+    assert [p.ts_ns for p in got] == [ts * 1000, ts * 1000]
+    assert got[0].interface.name == ""
+    assert len(tshark_fields(path, "frame.number")) == 2
+    merged = tmp_path / "m.pcapng"
+    merge([path], merged)
+    assert [r[0] for r in tshark_fields(merged, "frame.interface_name")] == ["old", "old"]
+
+
 def _corruptions(tmp_path):
     good = tmp_path / "good.pcapng"
     write_dnat(good)
@@ -329,10 +353,25 @@ def test_merge_real_tcpdump_captures(tmp_path, make_netns):
             tcpdump.wait(timeout=10)
             tcpdump.stderr.close()
         caps[name] = path
+    if have("dumpcap"):      # a pcapng with an IDB named "lo" and a statistics block at the end
+        path = tmp_path / "dumpcap.pcapng"
+        dump = ns.popen("dumpcap", "-i", "lo", "-q", "-f", "icmp", "-c", "4", "-w", str(path),
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:      # ping until dumpcap has its 4 packets (it starts capturing a bit late)
+            deadline = time.monotonic() + 20
+            while dump.poll() is None and time.monotonic() < deadline:
+                ns.run("busybox", "ping", "-c", "1", "-W", "2", "10.77.0.1")
+                time.sleep(0.1)
+            assert dump.wait(timeout=10) == 0
+        finally:
+            if dump.poll() is None:
+                dump.kill()
+                dump.wait()
+        caps["dumpcap"] = path
     mine = tmp_path / "story.pcapng"
     write_dnat(mine)
     out = tmp_path / "all.pcapng"
-    res = merge([caps["lo-usec"], caps["lo-nsec"], mine], out)
+    res = merge([*caps.values(), mine], out)
     rows = tshark_fields(out, "frame.interface_name", "icmp.type", "ip.dst", "frame.time_epoch")
     assert res["packets"] == len(rows)
     by_if = {}
@@ -349,4 +388,9 @@ def test_merge_real_tcpdump_captures(tmp_path, make_netns):
     src = [int(r[0].replace(".", "")) for r in tshark_fields(caps["lo-nsec"], "frame.time_epoch")]
     assert src == [int(r[3].replace(".", "")) for r in by_if["lo-nsec"]]
     info = capinfos(out)
-    assert "Number of interfaces in file: 5" in info and "Name = lo-nsec" in info
+    assert "Name = lo-nsec" in info and "Name = lo-usec" in info
+    if "dumpcap" in caps:
+        assert len(by_if["lo"]) == 4 and {r[2] for r in by_if["lo"]} == {"10.77.0.1"}
+        assert "Number of interfaces in file: 6" in info
+    else:
+        assert "Number of interfaces in file: 5" in info
