@@ -466,6 +466,24 @@ def test_parallel_connects(host):
     assert "pyinspect0" not in host.ns.run("ip", "-o", "link").stdout
 
 
+def test_network_stays_in_its_home_netns(host, make_netns):
+    """A state root's network lives in one netns: calls from another touch nothing there."""
+    rec = host.start(cname(), publish=["8088:80"])
+    other = Host(make_netns("pn-o"), host.root)
+    try:
+        report = other.ok("reconcile", containers=[rec])["pyinspect0"]
+        assert report["skipped"] == "network lives in another netns"
+        assert "pyinspect" not in other.ns.run("iptables-legacy-save").stdout
+        pid = other.spawn()
+        reply = other.call("connect", container=container(cname(), pid=pid), pid=pid)
+        assert reply["error"] == "ConflictError" and "another network namespace" in reply["message"]
+        assert "pyinspect0" not in other.ns.run("ip", "-o", "link").stdout
+    finally:
+        other.cleanup()
+    assert "--dport 8088" in legacy(host.ns, "nat")
+    host.ok("disconnect", container=rec)
+
+
 def test_crash_mid_connect_is_undone_by_reconcile(host):
     """A CLI killed half-way leaves a write-ahead lease; reconcile removes what it made."""
     pid = host.spawn()
