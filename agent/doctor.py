@@ -662,7 +662,8 @@ def save_memory(store, items, drop=()):
 def save_findings(store, findings, run_ns):
     rows = [{"run_ns": run_ns, "check_name": f.check, "severity": f.severity,
              "container": f.container or "", "summary": f.summary,
-             "evidence": "\n".join(f.evidence), "fix": f.fix, "runbook": f.runbook}
+             "evidence": "\n".join(f.evidence), "fix": f.fix,
+             "runbook": Path(f.runbook).stem}  # the name: docs/runbooks/<name>.md (web links it)
             for f in findings]
     if rows:
         with store.db.conn:

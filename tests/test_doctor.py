@@ -531,3 +531,21 @@ def test_trace_drops_become_evidence(setup):
     text = "\n".join(hits[0]["evidence"])
     assert "trace session" in text and "dropped" in text, text
     assert "hop: filter:FORWARD:" in text and "policy DROP" in text, text
+
+
+def test_stored_findings_link_to_runbooks_in_the_dashboard(setup):
+    t = setup
+    t.h.sh("sysctl -qw net.ipv4.ip_forward=0")
+    doctor(t, expect=1)
+    from pyinspect.store import Store
+    with Store(t.root / "pyinspect.db") as st:
+        rows = list(st.db.execute("SELECT check_name, runbook, evidence FROM findings "
+                                  "WHERE run_ns = (SELECT max(run_ns) FROM findings)"))
+    assert [r[0] for r in rows] == ["ip_forward"]
+    assert rows[0][1] == "ip-forward-off" and "net.ipv4.ip_forward = 0" in rows[0][2]
+    from pyinspect.web.app import create_app
+    client = create_app(t.root).test_client()
+    page = client.get("/doctor").get_data(as_text=True)
+    assert "ip_forward" in page and "/runbooks/ip-forward-off" in page
+    rb = client.get("/runbooks/ip-forward-off")
+    assert rb.status_code == 200 and "sysctl -w net.ipv4.ip_forward=1" in rb.get_data(as_text=True)
