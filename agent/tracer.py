@@ -31,7 +31,7 @@ from .errors import NotFoundError, PyinspectError, UnavailableError, UsageError
 
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
-DEFAULT_MAX_RATE = 10000        # records/s (about 2500 packets/s over 4 points)
+DEFAULT_MAX_RATE = 5000         # records/s (about 1250 packets/s over 4 points)
 MAX_DYNAMIC_RULES = 64
 MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
 LIVE_DROPS_PER_CAUSE = 3
@@ -49,6 +49,7 @@ class TraceOptions:
     pcap: str = None
     live_per_flow: int = LIVE_PACKETS_PER_FLOW
     max_rate: int = DEFAULT_MAX_RATE      # capture records/s the reader takes; 0 = all
+    events: bool = True                   # interleave the container's process events
     ring_mb: int = 16
 
 
@@ -309,6 +310,9 @@ class TraceSession:
         self.rulebook = None
         self.nftmon = None
         self.nfttable = None
+        self.procs = None
+        self.ev_pending = []
+        self.events_seen = 0
         self.pcap = None
         self.pcap_ids = {}
         self.store = None
@@ -360,20 +364,34 @@ class TraceSession:
         self._write_state()
         try:
             self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
+            self._open_outputs()         # a bad -w path fails here, before any attach
             self.cap.start()
             self._write_state(points=[{"netns": p.netns, "ifindex": p.ifindex, "name": p.name,
                                        "added_clsact": added}
                                       for p, added in self.cap.attached])
             self._start_optional(tgt)
-            self._open_outputs()
-        except BaseException:
+        except BaseException as exc:
             self._teardown()
+            self._fail(exc)
             raise
         self.ready_ns = time.time_ns()       # --duration counts from here
         roles = ", ".join(f"{p.name} ({_role(p)})" for p in self.points)
         self.ready = (f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; "
                       f"Ctrl-C to stop")
         return self
+
+    def _fail(self, exc):
+        """Mark the session row failed (if one was written) and close the store."""
+        if self.store and self.session_id:
+            with contextlib.suppress(Exception):
+                with self.store.db.conn:
+                    self.store.db["trace_sessions"].update(self.session_id, {
+                        "stopped_ns": time.time_ns(), "status": f"failed: {exc}"[:200]})
+        if self.store:
+            self.store.close()
+            self.store = None
+        self._stopped = True
+        self.summary = None
 
     def _write_state(self, **extra):
         st = {"pid": os.getpid(), "container": self.target.name, "rules_netns": None,
@@ -423,6 +441,14 @@ class TraceSession:
                 if self.nftmon:
                     self.nftmon.stop()
                 self.nftmon = None
+        if self.opt.events:
+            try:
+                from pyinspect.probes.process import ProcessProbe
+                self.procs = ProcessProbe().start({"namespaces": [self.target.netns]})
+                self.notes += [m for m in self.procs.messages]
+            except PyinspectError as exc:
+                self.procs = None
+                self.notes.append(f"process events: unavailable: {exc}")
         try:
             self.drops = drops.DropWatch(tgt).start()
         except PyinspectError as exc:
@@ -458,8 +484,8 @@ class TraceSession:
             try:
                 self.pcap = PcapNgWriter(self.opt.pcap)
             except OSError as exc:
-                raise UsageError(f"trace: cannot write {self.opt.pcap}: {exc.strerror}") \
-                    from exc
+                raise UsageError(f"trace: cannot write {self.opt.pcap}: {exc.strerror}",
+                                 "give -w a path in a writable directory") from exc
             for i, p in enumerate(self.points):
                 self.pcap_ids[i] = self.pcap.add_interface(
                     f"{p.name}@{'host' if p.netns is None else self.target.name}",
@@ -493,6 +519,8 @@ class TraceSession:
                 self.nf_pending.append(hop)
         if self.drops:
             self.drop_pending.extend(self.drops.read())
+        if self.procs:
+            self.ev_pending.extend(self.procs.events(0))
         if self.opt.max_rate:
             now = time.monotonic()
             dt = min(now - self._budget_t, 0.25) if self._budget_t else 0.05
@@ -535,7 +563,8 @@ class TraceSession:
         else:
             ready = [p for p in self.pending if p[0] < cutoff]
             if not ready:
-                return self._settle_drops(cutoff)
+                return self._in_time_order(self._settle_drops(cutoff) +
+                                           self._settle_events(cutoff))
             self.pending = [p for p in self.pending if p[0] >= cutoff]
         ready.sort(key=lambda p: p[0])
         journeys = {}
@@ -600,7 +629,12 @@ class TraceSession:
             matched_flows.add(j.flow.id)
         items += self._settle_drops(cutoff)
         self._write_rows(order, loose)
-        return items
+        return self._in_time_order(items + self._settle_events(cutoff))
+
+    @staticmethod
+    def _in_time_order(items):
+        """Journeys (kept whole), drops and process events by time."""
+        return sorted(items, key=lambda i: i.get("_ts", 0))
 
     def _nf_into(self, j, hop):
         j.nf.append(hop)
@@ -628,6 +662,41 @@ class TraceSession:
             order.append(j)
         return j
 
+    def _settle_events(self, cutoff):
+        """The container's process events (fork, exec, exit...) that have settled."""
+        if not self.ev_pending:
+            return []
+        limit = None if cutoff is None else cutoff + self.offset
+        ready = [e for e in self.ev_pending if limit is None or e["ts_ns"] < limit]
+        if not ready:
+            return []
+        self.ev_pending = [e for e in self.ev_pending if limit is not None and
+                           e["ts_ns"] >= limit]
+        items = []
+        rows = []
+        me = os.getpid()
+        for ev in ready:
+            if ev["pid"] == me:
+                continue                 # this trace entering the namespace to attach
+            self.events_seen += 1
+            rows.append(dict(ev, session_id=self.session_id, container_id=self.target.id,
+                             container_name=self.target.name))
+            if ev["kind"] == "setns":
+                continue                 # tools looking into the namespace: stored only
+            d = ev.get("detail") or {}
+            what = {"exec": " ".join(d.get("argv") or [d.get("filename", "")]),
+                    "exit": f"code {d.get('code')}" if "code" in d else
+                    (f"signal {d.get('signal')}" if "signal" in d else ""),
+                    "fork": f"from {d.get('parent_pid')}"}.get(ev["kind"], "")
+            text = (f"[{self.target.name}] {ev['kind']:<5} pid {ev['pid']} ({ev['comm']}) "
+                    f"{what}").rstrip()
+            items.append({"type": "event", "_ts": ev["ts_ns"], "ts_ns": ev["ts_ns"],
+                          "kind": ev["kind"], "pid": ev["pid"], "comm": ev["comm"],
+                          "text": text})
+        if self.store and rows:
+            self.store.insert_events(rows)
+        return items
+
     def _settle_drops(self, cutoff):
         items = []
         keep = []
@@ -654,7 +723,7 @@ class TraceSession:
                 flow.drops.append(d)
                 self.drop_rows.append((flow, d))
             if n <= LIVE_DROPS_PER_CAUSE:
-                items.append({"type": "drop", "flow": flow.id,
+                items.append({"type": "drop", "flow": flow.id, "_ts": d["ts_ns"],
                               "text": f"[{flow.id}] DROP {text} (kfree_skb reason "
                                       f"{d['reason']} at {d['location']})",
                               "reason": d["reason"], "explanation": text})
@@ -671,7 +740,8 @@ class TraceSession:
         if len(self.journeys[f.id]) > 64:
             self.journeys[f.id] = self.journeys[f.id][-64:]
         if not f.journeys:
-            items.append({"type": "flow", "flow": f.id, "text": f"[{f.id}] {f.header()}",
+            items.append({"type": "flow", "flow": f.id, "_ts": j.first_ns,
+                          "text": f"[{f.id}] {f.header()}",
                           "proto": f.proto, "orig": f.orig, "reply": f.reply, "nat": f.nat})
         f.journeys += 1
         f.packets += len(j.captures)
@@ -700,6 +770,7 @@ class TraceSession:
                         f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} "
                         f"{F.tcp_flag_text(pk.flags)} len {h['len']}").rstrip()
                 item = {"type": "hop", "flow": f.id, "hop": "capture", "ts_ns": h["ts_ns"],
+                        "_ts": j.first_ns,
                         "point": p.name, "role": _role(p), "dir": h["dir"], "src": pk.src,
                         "sport": pk.sport, "dst": pk.dst, "dport": pk.dport, "len": h["len"],
                         "text": text}
@@ -714,7 +785,8 @@ class TraceSession:
                     text += f"  ({rule})"
                 elif h["kind"] == "policy":
                     text += " (policy)"
-                item = {"type": "hop", "flow": f.id, "hop": "netfilter", "table": h["table"],
+                item = {"type": "hop", "flow": f.id, "hop": "netfilter", "_ts": j.first_ns,
+                        "table": h["table"],
                         "chain": h["chain"], "kind": h["kind"], "rule_num": h["rule_num"],
                         "rule_text": h["rule_text"], "verdict": h["verdict"],
                         "backend": h["backend"], "text": text}
@@ -868,6 +940,7 @@ class TraceSession:
                      "conntrack_overruns": self.ct.lost if self.ct else 0,
                      "trace_overruns": self.nflog.lost if self.nflog else 0},
             "filtered_out": self.filtered_out,
+            "process_events": self.events_seen,
             "notes": list(self.notes),
             "pcap": str(self.opt.pcap) if self.opt.pcap else None,
         }
@@ -889,6 +962,8 @@ class TraceSession:
             self.nfttable.remove()
         if self.drops:
             self.drops.stop()
+        if self.procs:
+            self.procs.stop()
         if self.ct:
             self.ct.stop()
         if self.pcap:

@@ -86,7 +86,7 @@ def start_trace(topo, root, extra=()):
 
 
 def stop_trace(p):
-    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGTERM)        # SIGINT is ignored when this runs in the background
     out, err = p.communicate(timeout=600)
     summary = None
     for line in out.splitlines():

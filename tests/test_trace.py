@@ -112,6 +112,13 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
     eth_out = [h for h in hops if h["hop"] == "capture" and h["point"] == "eth0"
                and h["dir"] == "out"]
     assert eth_out and all((h["src"], h["sport"]) == (topo.ctr_ips[0], 80) for h in eth_out)
+    # the container's process events are interleaved by time: httpd forks for the
+    # connection after the SYN came in
+    forks = [n for n, i in enumerate(items) if i["type"] == "event" and i["kind"] == "fork"
+             and i["comm"] == "busybox"]
+    first_syn = next(n for n, i in enumerate(items) if i["type"] == "hop")
+    assert forks and forks[0] > first_syn, [i["text"] for i in items][:30]
+    assert summary["process_events"] >= 1
     # summary: packets per point, NAT, no loss
     pp = summary["packets_per_point"]
     assert pp["up0 (uplink)"]["captured"] >= 6 and pp["wan0 (uplink)"]["captured"] == 0
@@ -142,7 +149,7 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
 
 def test_masquerade_outbound(state_root, topo):
     topo.upstream_serve()
-    tr = Trace(state_root, topo, "--duration", "3")
+    tr = Trace(state_root, topo, "--duration", "3", "--no-events")
     got = topo.fetch(ns=topo.ctrs[0], url=f"http://{topo.upstream_ip}/")
     assert got.returncode == 0 and "upstream" in got.stdout
     items, summary = tr.finish()
@@ -171,7 +178,7 @@ def test_masquerade_outbound(state_root, topo):
 
 def test_no_listener_is_explained(state_root, topo_nolisten):
     topo = topo_nolisten
-    tr = Trace(state_root, topo, "--duration", "2")
+    tr = Trace(state_root, topo, "--duration", "2", "--no-events")
     got = topo.fetch(timeout=2)
     assert got.returncode != 0
     items, summary = tr.finish()
@@ -188,7 +195,7 @@ def test_no_listener_is_explained(state_root, topo_nolisten):
 
 def test_forward_policy_drop_is_explained(state_root, topo):
     topo.forward_policy_drop()
-    tr = Trace(state_root, topo, "--duration", "2.5")
+    tr = Trace(state_root, topo, "--duration", "2.5", "--no-events")
     got = topo.fetch(timeout=2)
     assert got.returncode != 0
     items, summary = tr.finish()
@@ -228,18 +235,18 @@ def _kernel_leftovers(topo):
 def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo):
     assert _kernel_leftovers(topo) == []
     # Ctrl-C (SIGINT) stops cleanly and removes everything
-    tr = Trace(state_root, topo)
+    tr = Trace(state_root, topo, "--no-events")
     assert _kernel_leftovers(topo)                 # attached: filters, rules, binding
     tr.proc.send_signal(signal.SIGINT)
     items, summary = tr.finish()
     assert _kernel_leftovers(topo) == []
     # kill -9 leaves them; the next start removes them and says so
-    tr = Trace(state_root, topo)
+    tr = Trace(state_root, topo, "--no-events")
     tr.proc.kill()
     tr.proc.wait()
     left = _kernel_leftovers(topo)
     assert any("pyinspect-trace" in x for x in left) and any("TRACE" in x for x in left)
-    tr2 = Trace(state_root, topo, "--duration", "0.5")
+    tr2 = Trace(state_root, topo, "--duration", "0.5", "--no-events")
     assert any("removed leftovers of a killed trace" in n for n in tr2.ready["notes"])
     tr2.finish()
     assert _kernel_leftovers(topo) == []
@@ -249,7 +256,8 @@ def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo):
 def test_filter_and_errors(state_root, topo):
     topo.upstream_serve()
     # a connection is kept when any of its packets matches the pcap filter
-    tr = Trace(state_root, topo, "--duration", "2.5", "--filter", "tcp port 8088")
+    tr = Trace(state_root, topo, "--duration", "2.5", "--no-events", "--filter",
+               "tcp port 8088")
     assert topo.fetch().returncode == 0
     assert topo.fetch(ns=topo.ctrs[0], url=f"http://{topo.upstream_ip}/").returncode == 0
     items, summary = tr.finish()
@@ -259,6 +267,10 @@ def test_filter_and_errors(state_root, topo):
     cli = Cli(state_root, netns=topo.host)
     bad = cli("trace", "--container", topo.ctrs[0], "--filter", "tcp portx 80", check=False)
     assert bad.returncode == 2 and "bad --filter" in bad.stderr and "Traceback" not in bad.stderr
+    badw = cli("trace", "--container", topo.ctrs[0], "-w", "/pt-no-such-dir/x.pcapng",
+               check=False)
+    assert badw.returncode == 2 and "cannot write" in badw.stderr, badw.stderr
+    assert len(badw.stderr.strip().splitlines()) == 1
     missing = cli("trace", "--container", "pt-no-such-thing", "--duration", "1", check=False)
     assert missing.returncode == 3 and "no such container" in missing.stderr
     assert _kernel_leftovers(topo) == []
@@ -274,7 +286,7 @@ def test_trace_without_netfilter_trace_degrades_visibly(state_root, topo):
          % os.path.dirname(__file__)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        tr = Trace(state_root, topo, "--duration", "2")
+        tr = Trace(state_root, topo, "--duration", "2", "--no-events")
         assert any(n.startswith("netfilter trace: unavailable") for n in tr.ready["notes"]), \
             tr.ready
         assert topo.fetch().returncode == 0
@@ -293,7 +305,7 @@ def test_nft_backend_rule_path(state_root):
     """DNAT written with iptables-nft: the rule path comes from nftrace events."""
     topo = tracetopo.Topology(backend="nft")
     try:
-        tr = Trace(state_root, topo, "--duration", "2.5")
+        tr = Trace(state_root, topo, "--duration", "2.5", "--no-events")
         assert topo.fetch().returncode == 0
         items, summary = tr.finish()
         nf = [h for h in items if h["type"] == "hop" and h["hop"] == "netfilter"

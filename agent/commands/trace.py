@@ -8,7 +8,7 @@ import click
 
 def _print(item, as_json):
     if as_json:
-        click.echo(json.dumps({k: v for k, v in item.items() if k != "data"}, default=str))
+        click.echo(json.dumps({k: v for k, v in item.items() if k[0] != "_"}, default=str))
     else:
         click.echo(item["text"])
 
@@ -37,18 +37,20 @@ Run it in the namespace that holds the container's bridge (the host). The line
               help="Stop after this many seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many traced packets.")
 @click.option("--max-rate", type=click.IntRange(min=0), default=None,
-              help="Capture records per second handed to the reader (default 10000); the "
+              help="Capture records per second handed to the reader (default 5000); the "
                    "kernel counts the rest as shed. 0 = no limit.")
+@click.option("--events/--no-events", default=True, show_default=True,
+              help="Interleave the container's process events (fork, exec, exit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("-w", "--write", "pcap", type=click.Path(dir_okay=False),
               help="Write the merged capture (every point, NAT comments) as pcapng.")
 @click.pass_context
-def trace(ctx, container, port, bpf_filter, via, snaplen, duration, count, max_rate, as_json,
-          pcap):
+def trace(ctx, container, port, bpf_filter, via, snaplen, duration, count, max_rate, events,
+          as_json, pcap):
     """Follow a container's packets through NAT, the bridge and its veth."""
     from pyinspect.tracer import TraceOptions, TraceSession, format_summary
     opts = TraceOptions(port=port, filter=bpf_filter, via=list(via) or None, snaplen=snaplen,
-                        duration=duration, count=count, pcap=pcap)
+                        duration=duration, count=count, pcap=pcap, events=events)
     if max_rate is not None:
         opts.max_rate = max_rate
     session = TraceSession(ctx.obj["root"], container, opts)
