@@ -936,6 +936,7 @@ class TraceSession:
             "nat": nat,
             "drops": [f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
                       for f in shown for text, n in f.drop_counts.items()],
+            "lost": lost + shed,        # packets matched in the kernel but not captured
             "loss": {"capture": lost, "shed": shed, "drops": getattr(self, "_drop_lost", 0),
                      "conntrack_overruns": self.ct.lost if self.ct else 0,
                      "trace_overruns": self.nflog.lost if self.nflog else 0},
