@@ -234,6 +234,40 @@ def _bridge_ports():
         return {}
 
 
+IPTABLES_NFT_TABLES = {"filter", "nat", "raw", "mangle", "security"}
+
+
+def _nft_native_chains(notes):
+    """Base chains of nftables tables that iptables-nft does not own (firewalld, nftables.conf):
+    [{family, table, chain, hook, policy, rules: [expr JSON text]}]. iptables-*-save never
+    shows these, yet every packet passes them too."""
+    import shutil
+    if not shutil.which("nft"):
+        return []
+    try:
+        proc = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True,
+                              timeout=20)
+        items = json.loads(proc.stdout or "{}").get("nftables", [])
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        notes.append(f"nft list ruleset: {exc}")
+        return []
+    chains = {}
+    for item in items:
+        c = item.get("chain")
+        if c and c.get("hook"):
+            if c["family"] in ("ip", "ip6") and c["table"] in IPTABLES_NFT_TABLES:
+                continue
+            chains[(c["family"], c["table"], c["name"])] = {
+                "family": c["family"], "table": c["table"], "chain": c["name"],
+                "hook": c["hook"], "policy": c.get("policy", "accept"), "rules": []}
+    for item in items:
+        r = item.get("rule")
+        if r and (r["family"], r["table"], r["chain"]) in chains:
+            chains[(r["family"], r["table"], r["chain"])]["rules"].append(
+                json.dumps(r.get("expr", []), sort_keys=True))
+    return list(chains.values())
+
+
 # -- containers ----------------------------------------------------------------------
 @dataclass
 class ContainerView:
@@ -430,6 +464,7 @@ class HostView:
         for rs in view.rulesets.values():
             if rs.error:
                 view.notes.append(f"iptables {rs.backend}: {rs.error}")
+        view.nft_native = _nft_native_chains(view.notes)
         view.local_addrs = frozenset(ip for l in view.links.values() for ip, _ in l.addrs)
         view.neighbours = view._neighbours()
         view.conntrack = view._conntrack()

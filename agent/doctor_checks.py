@@ -617,6 +617,45 @@ def localhost_publish(view):
             [("run", ["sysctl", "-w", f"{k}=0"]) for k in keys], "localhost-publish-exposed")
 
 
+@check("nft_native")
+def nft_native(view):
+    """A native nftables forward chain (firewalld, nftables.conf) with policy drop that says
+    nothing about the container bridge drops container traffic that iptables accepts."""
+    bridges = {br.name: br for _, br, _ in _bridged(view)}
+    if not bridges:
+        return
+    for ch in view.nft_native:
+        if ch["hook"] != "forward" or ch["policy"] != "drop":
+            continue
+        for name, br in bridges.items():
+            nets = [str(n.network_address) for n in br.networks()]
+            mentions = [r for r in ch["rules"] if f'"{name}"' in r or any(f'"{a}"' in r
+                                                                         for a in nets)]
+            if any('"accept"' in r for r in mentions):
+                continue
+            if any(r.count('"match"') == 0 and '"accept"' in r for r in ch["rules"]):
+                continue  # an unconditional accept
+            where = f"{ch['family']} {ch['table']} {ch['chain']}"
+            try:
+                text = subprocess.run(["nft", "list", "chain", ch["family"], ch["table"],
+                                       ch["chain"]], capture_output=True, text=True,
+                                      timeout=10).stdout.strip().splitlines()
+            except (OSError, subprocess.TimeoutExpired):
+                text = []
+            ev = [f"nft chain {where}: hook forward, policy drop, {len(ch['rules'])} rule(s), "
+                  f"none accepts {name} traffic", *[f"  {l.strip()}" for l in text[:12]],
+                  "iptables-legacy-save / iptables-nft-save do not show native nftables "
+                  "tables; every forwarded packet passes this chain too"]
+            yield _finding(
+                "nft_native_drop", "error", None,
+                f"native nftables chain {where} drops forwarded traffic of {name} by policy",
+                ev, [("run", ["nft", "insert", "rule", ch["family"], ch["table"], ch["chain"],
+                              "oifname", name, "accept"]),
+                     ("run", ["nft", "insert", "rule", ch["family"], ch["table"], ch["chain"],
+                              "iifname", name, "accept"])],
+                "iptables-legacy-nft-split")
+
+
 @check("split_backends")
 def split_backends(view):
     legacy, nft = view.rulesets.get("legacy"), view.rulesets.get("nft")

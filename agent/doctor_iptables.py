@@ -95,6 +95,8 @@ class Walk:
         if self.rule is None and self.chain is not None:
             lines.append(f"{_tool(self)} policy {self.chain.name} {self.chain.policy}   "
                          f"[{self.chain.pkts} pkts]")
+        for r in self.unsure[:3]:
+            lines.append(f"(skipped, match not evaluated: {', '.join(r.unknown)}) {r.text()}")
         return lines
 
 

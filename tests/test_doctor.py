@@ -549,3 +549,15 @@ def test_stored_findings_link_to_runbooks_in_the_dashboard(setup):
     assert "ip_forward" in page and "/runbooks/ip-forward-off" in page
     rb = client.get("/runbooks/ip-forward-off")
     assert rb.status_code == 200 and "sysctl -w net.ipv4.ip_forward=1" in rb.get_data(as_text=True)
+
+
+def test_native_nftables_forward_chain_drops(setup):
+    """firewalld-style native nftables table: invisible to iptables-*-save, still drops."""
+    t = setup
+    t.h.sh("nft add table inet pdfw && nft add chain inet pdfw filter_FORWARD "
+           "'{ type filter hook forward priority 0; policy drop; }' && "
+           "nft add rule inet pdfw filter_FORWARD ct state established,related accept")
+    hits = break_and_fix(t, "nft_native_drop", ["inet pdfw filter_FORWARD", "policy drop",
+                                                "none accepts pdbr0"], t.published_ok)
+    assert hits[0]["fix"].startswith("nft insert rule inet pdfw filter_FORWARD")
+    assert t.get(t.c, "http://10.202.0.2:8080/") and t.get(t.d, "http://10.201.0.2/")
