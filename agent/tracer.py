@@ -624,6 +624,11 @@ class TraceSession:
                 if not j.flow.matched:
                     self.filtered_out += len(j.captures)
             order = [j for j in order if j.flow.matched]
+        if self.opt.count:
+            room = max(0, self.opt.count - self.traced_packets)
+            if len(order) > room:
+                order = order[:room]          # --count: nothing past the Nth packet
+                self.done = True
         for j in order:
             items += self._emit(j)
             matched_flows.add(j.flow.id)
@@ -747,9 +752,6 @@ class TraceSession:
         f.packets += len(j.captures)
         f.last_ns = max(f.last_ns, j.first_ns)
         self.traced_packets += 1
-        if self.opt.count and self.traced_packets > self.opt.count:
-            self.done = True
-            return items
         show = f.journeys <= self.opt.live_per_flow
         if not show:
             return items

@@ -317,3 +317,18 @@ def test_nft_backend_rule_path(state_root):
         assert _kernel_leftovers(topo) == []
     finally:
         topo.close()
+
+
+def test_count_port_and_via(state_root, topo):
+    """--count stops after N traced packets; --via picks the uplink; --port narrows."""
+    tr = Trace(state_root, topo, "--count", "3", "--via", "up0", "--port", "80",
+               "--no-events", "--duration", "20")
+    assert tr.ready["points"] == ["up0", "pt-br0", "vc0", "eth0"]
+    t0 = time.time()
+    assert topo.fetch().returncode == 0
+    items, summary = tr.finish()
+    assert time.time() - t0 < 10                   # stopped by --count, not --duration
+    assert summary["traced_packets"] == 3 and summary["flows"] == 1
+    caps = [i for i in items if i["type"] == "hop" and i["hop"] == "capture"]
+    assert caps and all({c["sport"], c["dport"]} & {80, 8088} for c in caps)
+    assert "wan0 (uplink)" not in summary["packets_per_point"]
