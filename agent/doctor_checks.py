@@ -228,6 +228,10 @@ def dnat_stale(view):
                 port=int(hport) if hport and hport.isdigit() else None)
 
 
+SOURCES = {"pyinspect": "declared in pyinspect's state", "rule": "a DNAT rule names it",
+           "remembered": "remembered by doctor from a run where it worked"}
+
+
 def _port_list(view, c):
     ports = [dict(p) for p in c.ports]
     for key, val in view.memory.items():
@@ -297,15 +301,24 @@ def _one_port(view, c, br, ext, p):
             got = (rs, w)
     label = f"host {proto}/{hport} -> {c.name} {c.ip}:{cport}"
     if got is None or ipt.dnat_target(got[1].rule) != (c.ip, cport):
-        ev = [f"expected: {label} ({p['source']})"]
+        ev = [f"expected: {label} ({SOURCES.get(p['source'], p['source'])})"]
         for rs, w in walks:
+            to = ipt.dnat_target(w.rule) if w.rule and w.verdict == "DNAT" else None
             ev.append(f"{rs.tool} -t nat PREROUTING for {proto} dport {hport} to {dst}: "
-                      f"{w.verdict}" + (f" to {ipt.dnat_target(w.rule)}" if w.rule and
-                                        w.verdict == "DNAT" else ""))
+                      f"{w.verdict}" + (f" to {to[0]}:{to[1]}" if to else ""))
             ev += [f"  {l}" for l in w.evidence()]
-        if p.get("rule") is not None and got is None:
-            ev.append(f"the DNAT rule exists but the walk never reaches it: {p['rule'].text()}")
+        if p.get("rule") is not None:
+            ev.append(("an earlier rule shadows the right one: " if got else
+                       "the DNAT rule exists but the walk never reaches it: ") + p["rule"].text())
         ev += _conntrack_lines(proto, hport)
+        if got is not None and p.get("rule") is not None:
+            yield _finding("dnat_missing", "error", c.name,
+                           f"host port {hport}/{proto} goes to {':'.join(map(str, ipt.dnat_target(got[1].rule)))} "
+                           f"instead of {c.name} ({c.ip}:{cport})", ev, [],
+                           "dnat-missing-or-stale", port=hport,
+                           fix="delete the shadowing rule: "
+                               + " ".join(got[1].rule.delete_cmd()))
+            return
         if p.get("memory"):
             actions, safe = _restore_actions(view, p["memory"]), True
         else:
