@@ -536,3 +536,37 @@ def test_bridge_mode_waits_for_the_network(state_root, make_netns):
         for cid in cli.ids():
             cli("rm", "-f", cid, check=False)
     assert_clean(state_root, [])
+
+
+def test_secure_join_and_parsers(tmp_path):
+    """Pure helpers: in-root path resolution and Docker's option formats."""
+    from pyinspect.errors import UsageError
+    from pyinspect.runtime.cgroups import parse_cpus, parse_memory, parse_pids
+    from pyinspect.runtime.containers import parse_signal, split_cp_arg
+    from pyinspect.runtime.isolation import parse_volume, secure_join
+    root = tmp_path / "r"
+    (root / "etc").mkdir(parents=True)
+    os.symlink("/", root / "abs")
+    os.symlink("../../../..", root / "up")
+    os.symlink("/etc", root / "etclink")
+    os.symlink("loop2", root / "loop1")
+    os.symlink("loop1", root / "loop2")
+    r = str(root)
+    assert secure_join(r, "/abs/etc/passwd") == f"{r}/etc/passwd"
+    assert secure_join(r, "/up/up/tmp/x") == f"{r}/tmp/x"
+    assert secure_join(r, "../../etc") == f"{r}/etc"
+    assert secure_join(r, "/etclink/../etclink/hosts") == f"{r}/etc/hosts"
+    assert secure_join(r, "/missing/a/b") == f"{r}/missing/a/b"
+    with pytest.raises(OSError):
+        secure_join(r, "/loop1/x")
+    assert parse_memory("30m") == 30 << 20 and parse_memory("1g") == 1 << 30
+    assert parse_memory("7340032") == 7 << 20 and parse_memory("6MB") == 6 << 20
+    for bad in ("lots", "-5m", "1k", "30x"):
+        with pytest.raises(UsageError):
+            parse_memory(bad)
+    assert parse_cpus("0.5") == 0.5 and parse_pids(0) is None and parse_pids("12") == 12
+    assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
+    assert parse_volume("/h:/c:ro") == {"source": "/h", "destination": "/c", "ro": True}
+    assert split_cp_arg("web:/etc/x") == ("web", "/etc/x") and split_cp_arg("./a:b") == (None, "./a:b")
+    with pytest.raises(UsageError):
+        parse_volume("/h:/c:rx")
