@@ -102,6 +102,9 @@ def world(tmp_path_factory):
     try:
         cli("run", "-d", "--name", "pq-keep", "--net", "none", "busybox", "sleep", "600")
         cli("run", "--name", "pq-done", "--net", "none", "busybox", "true")
+        # bridge mode: the bridge, veth and DNAT rules live in the test's namespace
+        cli("run", "-d", "--name", "pq-web", "-p", "8088:80", "busybox", "httpd", "-f",
+            "-p", "80")
         seed_store(root)
         cli("pcap", "export", "--session", "1", "-o", files / "good.pcapng")
         good = (files / "good.pcapng").read_bytes()
@@ -111,7 +114,7 @@ def world(tmp_path_factory):
         (files / "emptydir").mkdir()
         yield cli, root, files
     finally:
-        proc = cli("rm", "-f", "pq-keep", "pq-done", check=False)
+        proc = cli("rm", "-f", "pq-keep", "pq-done", "pq-web", check=False)
         ns.remove()
     assert proc.returncode == 0, proc.stderr
 
@@ -141,6 +144,8 @@ CASES = [
      ["8080:80:90"]),
     ("publish-bad-ip", ["run", "-p", "1.2.3:80:80", "busybox", "true"], 2, ["1.2.3"]),
     ("publish-bad-proto", ["run", "-p", "8080:80/xyz", "busybox", "true"], 2, ["xyz"]),
+    ("publish-taken", ["run", "-d", "--name", "pq-web2", "-p", "8088:80", "busybox", "true"],
+     4, ["8088", "pq-web"]),
     ("publish-with-net-none", ["run", "--net", "none", "-p", "8080:80", "busybox", "true"], 2,
      ["none"]),
     # run: --memory, --cpus, -e, -v, -w, --pids-limit
@@ -225,6 +230,8 @@ CASES = [
      2, ["tcp port"]),
     ("trace-negative-snaplen", ["trace", "-c", "pq-keep", "--snaplen", "-5", "--duration", "1"],
      2, ["-5"]),
+    ("trace-via-unknown", ["trace", "-c", "pq-web", "--via", "pq-noif", "--duration", "1"], 3,
+     ["pq-noif"]),
     ("trace-net-none", ["trace", "-c", "pq-keep", "--duration", "1"], 5, ["pq-keep"]),
     # pcap
     ("export-no-selector", ["pcap", "export", "-o", "{f}/pq.pcapng"], 2, ["--session"]),
@@ -337,6 +344,34 @@ def test_the_world_is_still_there(world, baseline):
     assert cli("exec", "pq-keep", "echo", "alive").stdout == "alive\n"
     assert len(cli("events", "--limit", "1000").stdout.splitlines()) == 50
     assert snapshot(root) == baseline
+
+
+def test_trace_to_a_bad_path_records_only_a_failed_session(world, baseline):
+    """A trace whose -w path cannot be written fails in one line; the store keeps every
+    row it had and gains at most the failed session (the tracer records those)."""
+    cli, root, _files = world
+    proc = cli("trace", "-c", "pq-web", "-w", f"{MISSING}/x.pcapng", "--duration", "1",
+               check=False, timeout=60)
+    assert not os.path.exists(MISSING)
+    now = snapshot(root)
+    conn = sqlite3.connect(f"file:{root / 'pyinspect.db'}?mode=ro", uri=True)
+    try:
+        for table in ("trace_sessions", "capture_points"):
+            rows = conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            n = baseline[f"db:{table}"][0]
+            assert (n, hashlib.sha256(repr(rows[:n]).encode()).hexdigest()) == \
+                baseline[f"db:{table}"], table
+            now.pop(f"db:{table}")
+        new = conn.execute("SELECT status FROM trace_sessions WHERE id > ?",
+                           (baseline["db:trace_sessions"][0],)).fetchall()
+    finally:
+        conn.close()
+    assert all(status.startswith("failed") for (status,) in new), new
+    changed = sorted(k for k in now if now[k] != baseline.get(k))
+    assert not changed, f"a bad trace changed stored state: {changed}"
+    assert set(now) == set(baseline) - {"db:trace_sessions", "db:capture_points"}
+    line = error_line(proc)
+    assert proc.returncode == 2 and MISSING in line, line
 
 
 # --------------------------------------------------------------------------------------
