@@ -400,7 +400,10 @@ class Runtime:
         """Send `signal` to the container's init; waits for the exit on SIGKILL."""
         sig = parse_signal(signal)
         c = self._running(ref)
-        os.kill(c.pid, sig)
+        try:
+            os.kill(c.pid, sig)
+        except ProcessLookupError:
+            raise ConflictError(f"container {c.name} is not running") from None
         if sig == _signal.SIGKILL:
             self._wait_exit(c, 10)
         return self._refresh(c)
