@@ -163,7 +163,7 @@ class PcapNgWriter:
         if flags:
             opts = _FLAG_OPTS[flags]
         if comment:
-            c = comment.encode("utf-8") if isinstance(comment, str) else bytes(comment)
+            c = (comment.encode("utf-8") if isinstance(comment, str) else bytes(comment))[:65535]
             opts += struct.pack("<HH", OPT_COMMENT, len(c)) + c + _PAD[len(c) & 3]
         if opts:
             opts += _OPT_END
@@ -208,7 +208,7 @@ class PcapNgWriter:
                 caplen = len(data)
                 d = dmap.get(direction, 0)
                 if comment:
-                    c = comment.encode("utf-8")
+                    c = comment.encode("utf-8")[:65535]
                     k = len(c)
                     opts = (_PAD[caplen & 3] + flag_opts[d] + pack_opt(OPT_COMMENT, k) + c +
                             _PAD[k & 3] + _OPT_END)
@@ -305,6 +305,23 @@ class _Chunks:
         self.pos = end
         return out
 
+    def fill(self, n, what):
+        """Make n bytes available at `pos`: False at a clean end of file, CorruptInputError
+        when the file ends inside them."""
+        if self.pos + n <= len(self.buf):
+            return True
+        rest = self.buf[self.pos:]
+        self.offset += self.pos
+        self.buf = rest + self.fh.read(max(self.chunk, n - len(rest)))
+        self.pos = 0
+        if len(self.buf) >= n:
+            return True
+        if not self.buf:
+            return False
+        raise CorruptInputError(
+            f"cannot read {self.name}: truncated {what} at byte {self.offset}",
+            "the capture was cut short; re-copy it or drop it from the inputs")
+
     def at_eof(self):
         if self.pos < len(self.buf):
             return False
@@ -315,16 +332,6 @@ class _Chunks:
 
     def tell(self):
         return self.offset + self.pos
-
-
-def _ts_factor(resol):
-    """(multiplier, divisor) turning a timestamp in if_tsresol units into ns."""
-    if resol & 0x80:
-        return ("pow2", resol & 0x7F)
-    n = resol
-    if n <= 9:
-        return (10 ** (9 - n), 1)
-    return (1, 10 ** (n - 9))
 
 
 def _corrupt(name, what, offset):
@@ -400,17 +407,29 @@ def _parse_options(buf, endian, name, offset):
     return out
 
 
+def _section_structs(endian):
+    return {
+        "head": struct.Struct(endian + "II"),
+        "u32": struct.Struct(endian + "I"),
+        "epb": struct.Struct(endian + "IIIII"),
+        # the options area of a packet that has only a direction
+        "in": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 1, 0, 0),
+        "out": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 2, 0, 0),
+    }
+
+
 def _read_pcapng(r, path):
     name = str(path)
     endian = "<"
     section = -1
-    interfaces = []      # [(Interface, (mult, div) or ("pow2", n), tsoffset_ns)]
+    interfaces = []      # [(Interface, mult, div, pow2 shift or None, tsoffset_ns)]
     last_ts = 0
-    while not r.at_eof():
-        off = r.tell()
-        head = r.take(8, "block header")
-        btype_le = struct.unpack("<I", head[:4])[0]
-        if btype_le == SHB:
+    st = _section_structs("<")
+    while r.fill(8, "block header"):
+        buf, pos = r.buf, r.pos
+        off = r.offset + pos
+        if buf[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+            head = r.take(8, "block header")
             bom = r.take(4, "section header")
             if bom == b"\x4d\x3c\x2b\x1a":
                 endian = "<"
@@ -418,24 +437,54 @@ def _read_pcapng(r, path):
                 endian = ">"
             else:
                 raise _corrupt(name, "bad byte-order magic in section header", off)
-            total = struct.unpack(endian + "I", head[4:])[0]
+            st = _section_structs(endian)
+            total = st["u32"].unpack(head[4:])[0]
             if total < 28 or total % 4 or total > MAX_BLOCK:
                 raise _corrupt(name, f"bad section header length {total}", off)
             rest = r.take(total - 12, "section header")
-            if struct.unpack(endian + "I", rest[-4:])[0] != total:
+            if st["u32"].unpack(rest[-4:])[0] != total:
                 raise _corrupt(name, "section header lengths disagree", off)
             section += 1
             interfaces = []
             continue
         if section < 0:
             raise _corrupt(name, "no section header block first", off)
-        btype, total = struct.unpack(endian + "II", head)
+        btype, total = st["head"].unpack_from(buf, pos)
         if total < 12 or total % 4 or total > MAX_BLOCK:
             raise _corrupt(name, f"bad block length {total}", off)
-        body = r.take(total - 8, "block")
-        if struct.unpack(endian + "I", body[-4:])[0] != total:
+        r.fill(total, "block")
+        buf, pos = r.buf, r.pos          # fill() may have moved the buffer
+        r.pos = pos + total
+        end = pos + total - 4
+        if st["u32"].unpack_from(buf, end)[0] != total:
             raise _corrupt(name, "block lengths disagree", off)
-        body = body[:-4]
+        if btype == EPB:                  # the hot path
+            if total < 32:
+                raise _corrupt(name, "packet block too short", off)
+            if_id, hi, lo, caplen, length = st["epb"].unpack_from(buf, pos + 8)
+            if if_id >= len(interfaces):
+                raise _corrupt(name, f"packet names undefined interface {if_id}", off)
+            dstart = pos + 28
+            if dstart + caplen > end:
+                raise _corrupt(name, "captured length runs past its block", off)
+            data = buf[dstart:dstart + caplen]
+            direction = comment = None
+            optstart = dstart + ((caplen + 3) & ~3)
+            if optstart < end:
+                opts = buf[optstart:end]
+                if opts == st["in"]:
+                    direction = "in"
+                elif opts == st["out"]:
+                    direction = "out"
+                else:
+                    direction, comment = _packet_options(opts, endian, name, off, True)
+            iface, mult, div, shift, tsoffset = interfaces[if_id]
+            raw = (hi << 32) | lo
+            last_ts = ((raw * 1_000_000_000) >> shift if shift is not None
+                       else raw * mult // div) + tsoffset
+            yield Packet(iface, last_ts, data, length, direction, comment)
+            continue
+        body = buf[pos + 8:end]
         if btype == IDB:
             if len(body) < 8:
                 raise _corrupt(name, "interface block too short", off)
@@ -454,47 +503,50 @@ def _read_pcapng(r, path):
             if not (resol & 0x80) and resol > 30 or (resol & 0x80) and (resol & 0x7F) > 63:
                 raise _corrupt(name, f"impossible if_tsresol {resol}", off)
             iface = Interface(name, section, len(interfaces), ifname, desc, linktype, snaplen)
-            interfaces.append((iface, _ts_factor(resol), tsoffset))
-        elif btype in (EPB, PB_OBSOLETE):
+            if resol & 0x80:
+                interfaces.append((iface, 1, 1, resol & 0x7F, tsoffset))
+            elif resol <= 9:
+                interfaces.append((iface, 10 ** (9 - resol), 1, None, tsoffset))
+            else:
+                interfaces.append((iface, 1, 10 ** (resol - 9), None, tsoffset))
+        elif btype == PB_OBSOLETE:
             if len(body) < 20:
                 raise _corrupt(name, "packet block too short", off)
-            if btype == EPB:
-                if_id, hi, lo, caplen, length = struct.unpack(endian + "IIIII", body[:20])
-            else:
-                if_id, _, hi, lo, caplen, length = struct.unpack(endian + "HHIIII", body[:20])
+            if_id, _, hi, lo, caplen, length = struct.unpack(endian + "HHIIII", body[:20])
             if if_id >= len(interfaces):
                 raise _corrupt(name, f"packet names undefined interface {if_id}", off)
             if 20 + caplen > len(body):
                 raise _corrupt(name, "captured length runs past its block", off)
-            data = body[20:20 + caplen]
-            direction = comment = None
             optstart = 20 + ((caplen + 3) & ~3)
-            if optstart < len(body):
-                comments = []
-                for code, val in _parse_options(body[optstart:], endian, name, off):
-                    if code == OPT_COMMENT:
-                        comments.append(val.decode("utf-8", "replace"))
-                    elif code == EPB_FLAGS and btype == EPB and len(val) == 4:
-                        direction = DIRECTION_NAMES[struct.unpack(endian + "I", val)[0] & 3]
-                if comments:
-                    comment = "; ".join(comments)
-            iface, factor, tsoffset = interfaces[if_id]
+            _, comment = _packet_options(body[optstart:], endian, name, off, False)
+            iface, mult, div, shift, tsoffset = interfaces[if_id]
             raw = (hi << 32) | lo
-            if factor[0] == "pow2":
-                ts = (raw * 1_000_000_000) >> factor[1]
-            else:
-                ts = raw * factor[0] // factor[1]
-            last_ts = ts + tsoffset
-            yield Packet(iface, last_ts, data, length, direction, comment)
+            last_ts = ((raw * 1_000_000_000) >> shift if shift is not None
+                       else raw * mult // div) + tsoffset
+            yield Packet(iface, last_ts, body[20:20 + caplen], length, None, comment)
         elif btype == SPB:
             if not interfaces:
                 raise _corrupt(name, "simple packet block before any interface", off)
+            if len(body) < 4:
+                raise _corrupt(name, "packet block too short", off)
             iface = interfaces[0][0]
             length = struct.unpack(endian + "I", body[:4])[0]
             caplen = min(length, iface.snaplen or length, len(body) - 4)
             # an SPB has no timestamp: keep it where it sits in the file
             yield Packet(iface, last_ts, body[4:4 + caplen], length, None, None)
         # other blocks (name resolution, statistics, secrets, custom) are skipped
+
+
+def _packet_options(opts, endian, name, off, flags_allowed):
+    """(direction, comment) from a packet block's options."""
+    direction = None
+    comments = []
+    for code, val in _parse_options(opts, endian, name, off):
+        if code == OPT_COMMENT:
+            comments.append(val.decode("utf-8", "replace"))
+        elif code == EPB_FLAGS and flags_allowed and len(val) == 4:
+            direction = DIRECTION_NAMES[struct.unpack(endian + "I", val)[0] & 3]
+    return direction, "; ".join(comments) if comments else None
 
 
 def interface_label(iface):
@@ -534,23 +586,14 @@ def merge(inputs, output):
         for gen in streams:
             gen.close()
         raise UsageError(f"merge: cannot write {output}: {exc.strerror}") from None
-    ifmap = {}
-    count = 0
     try:
         with os.fdopen(fd, "wb") as fh:
-            with PcapNgWriter(fh, flush_every=10000, flush_interval=None) as w:
+            with PcapNgWriter(fh, flush_interval=None) as w:
+                ifmap = _MergeInterfaces(w)
                 # ties keep input order, then file order (heapq.merge is stable)
-                for pkt in heapq.merge(*streams, key=_ts_key):
-                    iface = pkt.interface
-                    key = (iface.file, iface.section, iface.index)
-                    if_id = ifmap.get(key)
-                    if if_id is None:
-                        if_id = w.add_interface(interface_label(iface), iface.description,
-                                                iface.linktype, iface.snaplen)
-                        ifmap[key] = if_id
-                    w.write_packet(if_id, pkt.ts_ns, pkt.data, pkt.orig_len,
-                                   pkt.direction, pkt.comment)
-                    count += 1
+                rows = ((p.ts_ns, p.data, p.interface, p.direction, p.orig_len, p.comment)
+                        for p in heapq.merge(*streams, key=_ts_key))
+                count = w.write_rows(rows, ifmap)
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, output)
@@ -568,3 +611,16 @@ def merge(inputs, output):
 
 def _ts_key(pkt):
     return pkt.ts_ns
+
+
+class _MergeInterfaces(dict):
+    """Input Interface -> output interface id, added to the writer on first use."""
+
+    def __init__(self, writer):
+        super().__init__()
+        self.writer = writer
+
+    def __missing__(self, iface):
+        if_id = self[iface] = self.writer.add_interface(
+            interface_label(iface), iface.description, iface.linktype, iface.snaplen)
+        return if_id
