@@ -417,9 +417,10 @@ class Shim:
                     if not data:
                         poller.unregister(fd)
                         stdin_fd = None
-                        _write_all(self.master, b"\x04")
-                    else:
-                        _write_all(self.master, data)
+                    try:
+                        _write_all(self.master, data or b"\x04")  # ^D: EOF for the tty
+                    except OSError:
+                        pass  # the container closed its terminal
                     continue
                 try:
                     data = os.read(fd, 65536)
