@@ -138,7 +138,7 @@ def write_json(path, data):
     """Replace `path` atomically with `data` as JSON."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(data, f)  # no indent: keeps the C encoder (start path)
+        f.write(json.dumps(data))  # dumps without indent: the C encoder (start path)
     os.rename(tmp, path)
 
 
