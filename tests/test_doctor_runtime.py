@@ -109,8 +109,15 @@ def _tagged_rule(env, table, *needles):
     raise AssertionError(f"no rule with {needles}")
 
 
+def baseline(env):
+    """Clean before a test: the only known finding (localhost exposure) gets its safe fix."""
+    rc, report = env.doctor("--fix")
+    assert rc == 0, report
+    assert env.published_ok()
+
+
 def test_pyinspect_declared_port_without_dnat(env):
-    assert env.doctor()[0] == 0
+    baseline(env)
     rule = _tagged_rule(env, "nat", "! -i pyinspect0", "--dport 8088", "DNAT")
     env.h.run("sh", "-c", f"iptables-legacy -t nat {rule.replace('-A ', '-D ', 1)}")
     assert not env.published_ok()
@@ -124,6 +131,7 @@ def test_pyinspect_declared_port_without_dnat(env):
 
 
 def test_pyinspect_veth_down(env):
+    baseline(env)
     veth = env.inspect(env.web)["NetworkSettings"].get("HostVeth") or \
         re.search(r"\d+: (veth\w+)@\S+ .* link-netns " + re.escape(env.web),
                   env.h.run("ip", "-o", "link").stdout).group(1)
@@ -137,6 +145,7 @@ def test_pyinspect_veth_down(env):
 
 
 def test_pyinspect_container_oom(env):
+    baseline(env)
     name = env.run("pdo", "-m", "30m", "busybox", "sleep", "600")
     try:
         r = env.cli("exec", name, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1",
