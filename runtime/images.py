@@ -12,7 +12,6 @@ Importing this module is cheap (stdlib only, heavy modules imported lazily) beca
 sits on the `pyinspect run` start path.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -290,6 +289,7 @@ class ImageStore:
             tags = self._tags()
             out = []
             for config_bytes, names in images:
+                import hashlib  # not at the top: `run` resolves images without hashing
                 hexid = hashlib.sha256(config_bytes).hexdigest()
                 path = self.configs / f"{hexid}.json"
                 if not path.exists():
@@ -310,6 +310,7 @@ class ImageStore:
             if found:
                 return self._load_image(found[0], tags)
         layer, mtime, version = busybox_image.build_layer()
+        import hashlib
         diff_hex = hashlib.sha256(layer).hexdigest()
         config = busybox_image.image_config(f"sha256:{diff_hex}", mtime, version)
         staging = self._new_staging()
