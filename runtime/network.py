@@ -116,6 +116,7 @@ def prepare(root, spec, image_config=None):
         state = dict(state, leases={ip: lease for ip, lease in state["leases"].items()
                                     if _alive(lease)})
     published = ipam.published(state) if state else []
+    ports.check_local(bindings)
     ports.check(bindings, published)
     name = _attr(spec, "name")
     if name:

@@ -7,7 +7,9 @@ by pyinspect and ports bound by a process in the current (host) network
 namespace, read from /proc/net/{tcp,tcp6,udp,udp6}.
 """
 
+import errno
 import ipaddress
+import socket
 
 from ..errors import ConflictError, UsageError
 
@@ -151,6 +153,19 @@ def check(bindings, published=(), bound=None):
                     ANY in (ip, b["host_ip"]) or ip == b["host_ip"]):
                 raise ConflictError(f"cannot publish {desc}: port is already bound by a host "
                                     f"process ({ip}:{port})", hint="choose another host port")
+
+
+def check_local(bindings):
+    """Raise UsageError if a binding names a host IP that is not an address of this netns."""
+    for ip in sorted({b["host_ip"] for b in bindings if b["host_ip"] not in (ANY, "", None)}):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((ip, 0))
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise UsageError(f"cannot publish on {ip}: not an address of this host",
+                                     hint="use one of the host's addresses, or none") from None
+                raise
 
 
 def local_port_range():

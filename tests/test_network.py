@@ -319,6 +319,8 @@ def test_port_conflicts(host):
     assert reply["error"] == "ConflictError" and reply["exit_code"] == 4
     assert f"already published by container {web['name']}" in reply["message"]
     assert "error" not in host.call("prepare", spec=container(cname(), publish=["8088:80/udp"])["spec"])
+    reply = host.call("prepare", spec=container(cname(), publish=["10.9.9.9:8080:80"])["spec"])
+    assert reply["error"] == "UsageError" and "not an address of this host" in reply["message"]
     # a host process listening on a port
     listener = host.ns.popen("python3", "-c",
                              "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1', 9099))\n"
