@@ -124,7 +124,7 @@ def test_pyinspect_declared_port_without_dnat(env):
     rc, report = env.doctor()
     hits = [f for f in report["findings"] if f["check"] == "dnat_missing"]
     assert rc == 1 and hits and hits[0]["container"] == env.web
-    assert "(pyinspect)" in "\n".join(hits[0]["evidence"])  # the intent came from its state
+    assert "declared in pyinspect's state" in "\n".join(hits[0]["evidence"])
     rc, fixed = env.doctor("--fix")  # a declared port is restored without asking
     assert rc == 0, fixed
     assert env.published_ok()
