@@ -126,15 +126,32 @@ def ps(obj, all_, quiet, fmt):
     return 0
 
 
+def _ago(rfc3339):
+    """'2026-01-01T10:00:00.123Z' -> '5 seconds' / '3 minutes' / '2 hours' / '4 days'."""
+    import calendar
+    import time
+    try:
+        then = calendar.timegm(time.strptime(rfc3339[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, TypeError):
+        return "?"
+    secs = max(0, int(time.time() - then))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if secs >= size:
+            n = secs // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{secs} second{'s' if secs != 1 else ''}"
+
+
 def _ps_row(c):
     argv = c.process.get("argv") or []
     cmd = " ".join(argv)
     if len(cmd) > 22:
         cmd = cmd[:21] + "…"
     if c.status == "running":
-        status = f"Up since {c.started_at[:19].replace('T', ' ')}"
+        status = f"Up {_ago(c.started_at)}"
     elif c.status == "exited":
-        status = f"Exited ({c.exit_code})" + (" OOMKilled" if c.oom_killed else "")
+        status = f"Exited ({c.exit_code}) {_ago(c.finished_at)} ago" + (
+            " (OOMKilled)" if c.oom_killed else "")
     else:
         status = "Created"
     return {"ID": c.short_id, "Id": c.id, "Image": c.image, "Command": f'"{cmd}"',
