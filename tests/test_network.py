@@ -272,6 +272,28 @@ def test_publish_from_client_namespace_with_forward_drop(host, client, tmp_path)
     assert re.search(r"^\s*[1-9]\d*\s+\d+\s+DNAT .*!pyinspect0 .*dpt:8088 .*to:172\.29\.0\.2:80", out, re.M), out
 
 
+def test_udp_publish(host, client):
+    ctr = host.start(cname(), publish=["5353:53/udp"])
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ctr["name"], "python3", "-c",
+         "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+         "s.bind(('0.0.0.0', 53))\nd, a = s.recvfrom(100)\n"
+         "print(d.decode(), a[0], flush=True)\ns.sendto(b'pong', a)"],
+        stdout=subprocess.PIPE, text=True)
+    host.bg.append(server)
+    deadline = time.time() + 5
+    while ":0035 " not in in_ctr(ctr, "cat", "/proc/net/udp").stdout and time.time() < deadline:
+        time.sleep(0.05)
+    reply = client.run("python3", "-c",
+                       "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                       f"s.settimeout(5)\ns.sendto(b'ping', ('{CLIENT_HOST}', 5353))\n"
+                       "d, a = s.recvfrom(100)\nprint(d.decode(), a[0], a[1])").stdout.split()
+    assert reply == ["pong", CLIENT_HOST, "5353"]  # the reply is un-DNATed
+    assert server.communicate(timeout=10)[0].split() == ["ping", CLIENT]
+    assert re.search(r"-A PYINSPECT ! -i pyinspect0 -p udp -m udp --dport 5353 .*"
+                     r"--to-destination 172\.29\.0\.2:53", legacy(host.ns, "nat"))
+
+
 def test_masquerade_to_upstream(host, upstream):
     ctr = host.start(cname())
     server = upstream.popen("python3", "-c",
