@@ -498,3 +498,28 @@ def test_namespace_filter(use_btf):
     finally:
         p.kill()
         p.wait()
+
+
+def test_a_full_ring_buffer_is_counted_as_lost(make_netns):
+    """A 1-page ring buffer, nobody reading during a burst: what did not fit is counted."""
+    ns = make_netns("pa")
+    netns = os.stat(ns.path).st_ino
+    probe = ProcessProbe(ring_pages=1, tracepoints={"sched:sched_process_exec": "PI_EXEC",
+                                                    "sched:sched_process_exit": "PI_EXIT"})
+    probe.start({"namespaces": [netns]})
+    try:
+        # sh exec, seq exec + exit, 200 x (true exec + exit), sh exit
+        ns.sh("for i in $(seq 200); do /bin/true; done")
+        got = []
+        while True:
+            batch = probe.events(200)
+            got += batch
+            if not batch:
+                break
+        assert all(e["netns"] == netns for e in got)
+        assert probe.lost > 0
+        assert len(got) + probe.lost == 1 + 2 + 2 * 200 + 1  # every record: read or counted
+        assert len(got) < 100  # a 4 KiB buffer holds about ten 392-byte records
+    finally:
+        probe.stop()
+    assert probe.lost > 0  # the last count stays readable after stop
