@@ -258,13 +258,12 @@ _BPF_NETFILTER = 45
 _CLONE_NEWNET = 0x40000000
 
 
-def _netfilter_child():
-    """In a forked child: new netns, load an always-accept netfilter program, link it."""
+def _netfilter_buffers():
+    """Everything the child needs, allocated BEFORE fork (no malloc/dlopen in the child)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWNET) != 0:
-        return 100 + ctypes.get_errno(), 0
+    libc.syscall.restype = ctypes.c_long
     insns = struct.pack("<BBhi", 0xB7, 0x00, 0, 1) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-    ibuf = ctypes.create_string_buffer(insns, len(insns))
+    ibuf = ctypes.create_string_buffer(insns, len(insns))  # r0 = 1 (NF_ACCEPT); exit
     lic = ctypes.create_string_buffer(b"GPL")
     attr = ctypes.create_string_buffer(256)
     # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
@@ -272,26 +271,34 @@ def _netfilter_child():
     struct.pack_into("<IIQQIIQII16sII", attr, 0, _BPF_PROG_TYPE_NETFILTER, 2,
                      ctypes.addressof(ibuf), ctypes.addressof(lic), 0, 0, 0, 0, 0,
                      b"pi_cap_nf", 0, _BPF_NETFILTER)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, ctypes.c_uint(256))
+    lattr = ctypes.create_string_buffer(256)
+    return libc, (ibuf, lic), attr, lattr
+
+
+def _netfilter_child(libc, attr, lattr):
+    """In a forked child: new netns, load an always-accept netfilter program, link it."""
+    if libc.unshare(_CLONE_NEWNET) != 0:
+        return 100 + ctypes.get_errno(), 0
+    fd = libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, 256)
     if fd < 0:
         return 1, ctypes.get_errno()
-    lattr = ctypes.create_string_buffer(256)
-    # prog_fd, target_fd, attach_type, flags, netfilter{pf, hooknum, priority, flags}
+    # prog_fd, target_fd, attach_type, flags, netfilter{pf=IPv4, hooknum=LOCAL_IN, priority,
+    # flags}
     struct.pack_into("<IIIIIIiI", lattr, 0, fd, 0, _BPF_NETFILTER, 0, 2, 1, 100, 0)
-    lfd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, lattr, ctypes.c_uint(256))
+    lfd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, lattr, 256)
     if lfd < 0:
         return 2, ctypes.get_errno()
     return 0, 0
 
 
 def _probe_netfilter():
+    libc, _keep, attr, lattr = _netfilter_buffers()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report (stage, errno) and exit without Python cleanup
         try:
             os.close(r)
-            stage, err = _netfilter_child()
+            stage, err = _netfilter_child(libc, attr, lattr)
             os.write(w, struct.pack("<ii", stage, err))
         finally:
             os._exit(0)

@@ -523,3 +523,12 @@ def test_a_full_ring_buffer_is_counted_as_lost(make_netns):
     finally:
         probe.stop()
     assert probe.lost > 0  # the last count stays readable after stop
+
+
+def test_netfilter_probe_reports_a_real_refusal(monkeypatch):
+    """The netfilter check really asks the kernel: an unknown program type is refused."""
+    assert capabilities._probe_netfilter().available  # kernel >= 6.4 here
+    monkeypatch.setattr(capabilities, "_BPF_PROG_TYPE_NETFILTER", 999)
+    st = capabilities._probe_netfilter()
+    assert not st.available
+    assert st.reason == "load failed: program type unknown to this kernel (needs >= 6.4)"
