@@ -68,12 +68,17 @@ def timeline_stream():
     ov = overview()
     if after is None:
         after = ov.last_event_id()
+    return _sse(lambda last: ov.timeline(container=container, after_id=last, limit=500,
+                                         ascending=True), after, seconds)
 
+
+def _sse(fetch, after, seconds):
+    """A server-sent event stream of the rows `fetch(last_id)` returns, for `seconds`."""
     def stream():
         last, deadline = after, time.monotonic() + seconds
         yield "retry: 2000\n\n"
         while time.monotonic() < deadline:
-            rows = ov.timeline(container=container, after_id=last, limit=500, ascending=True)
+            rows = fetch(last)
             for row in rows:
                 last = max(last, row["id"])
                 yield f"id: {row['id']}\ndata: {json.dumps(row, default=str)}\n\n"
@@ -95,22 +100,8 @@ def flows_stream():
     session = int_arg("session", None, 1, 2**63 - 1)
     seconds = int_arg("seconds", 300, 1, 3600)
     ov = overview()
-    after = ov.last_flow_id()
-
-    def stream():
-        last, deadline = after, time.monotonic() + seconds
-        yield "retry: 2000\n\n"
-        while time.monotonic() < deadline:
-            rows = [f for f in ov.flows(session_id=session, after_id=last)]
-            for row in rows:
-                last = max(last, row["id"])
-                yield f"id: {row['id']}\ndata: {json.dumps(row, default=str)}\n\n"
-            if not rows:
-                yield ": keepalive\n\n"
-                time.sleep(0.5)
-
-    return Response(stream(), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache"})
+    return _sse(lambda last: list(ov.flows(session_id=session, after_id=last)),
+                ov.last_flow_id(), seconds)
 
 
 @bp.get("/traces")
