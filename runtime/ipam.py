@@ -140,7 +140,7 @@ def allocate(state, container_id, name):
         if cand == gateway or str(cand) in state["leases"]:
             continue
         ip = str(cand)
-        state["leases"][ip] = {"id": container_id, "name": name}
+        state["leases"][ip] = {"id": container_id, "name": name, "ip": ip}
         state["last"] = ip
         return ip
     raise ConflictError(f"network {state['bridge']}: no free address left in {net}")

@@ -268,9 +268,21 @@ def _delete_link(ipr, NetlinkError, name):
             raise
 
 
+def _forget_flows(ip):
+    """Delete conntrack entries whose reply comes from `ip` (flows DNATed to a container that
+    is gone): a UDP client that keeps sending would otherwise stay stuck on the dead address
+    even after the port is published again. Like Docker; skipped without `conntrack`."""
+    import shutil
+    import subprocess
+    if ip and shutil.which("conntrack"):
+        subprocess.run(["conntrack", "-D", "--reply-src", ip], capture_output=True, timeout=10)
+
+
 def _undo_lease(ipr, NetlinkError, lease):
     _delete_link(ipr, NetlinkError, lease.get("veth"))
     _unexpose(lease.get("netns_link"), lease.get("netns_inode"))
+    if lease.get("ports"):
+        _forget_flows(lease.get("ip"))
 
 
 def _teardown(ipr, NetlinkError, state):

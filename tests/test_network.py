@@ -292,6 +292,10 @@ def test_udp_publish(host, client):
     assert server.communicate(timeout=10)[0].split() == ["ping", CLIENT]
     assert re.search(r"-A PYINSPECT ! -i pyinspect0 -p udp -m udp --dport 5353 .*"
                      r"--to-destination 172\.29\.0\.2:53", legacy(host.ns, "nat"))
+    assert "dport=5353" in host.ns.run("conntrack", "-L", "-p", "udp").stdout
+    # rm forgets the flows DNATed to the container, so a re-published port is not stuck
+    host.ok("disconnect", container=ctr)
+    assert "172.29.0.2" not in host.ns.run("conntrack", "-L", "-p", "udp").stdout
 
 
 def test_masquerade_to_upstream(host, upstream):
