@@ -103,6 +103,10 @@ def test_bridge_publish_and_modes(env, make_netns):
     info = json.loads(env.cli("network", "inspect", "bridge").stdout)[0]
     assert {m["Name"] for m in info["Containers"].values()} == {t1, t2}
     assert info["Iptables"]["backend"] == "legacy"
+    missing = env.cli("network", "inspect", "nosuch", check=False)
+    assert missing.returncode == 3 and missing.stderr.startswith("Error: no such network: nosuch")
+    rows = json.loads(env.cli("network", "ls", "--format", "json").stdout)
+    assert [r["name"] for r in rows] == ["pyinspect0", "host", "none"]
     # --net container:test1 shares test1's netns; -p and --hostname are refused like Docker
     c3, _ = env.run("--net", f"container:{t1}", "busybox", "sleep", "600")
     assert ip1 in env.cli("exec", c3, "ip", "-o", "-4", "addr").stdout
