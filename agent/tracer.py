@@ -31,8 +31,10 @@ from .errors import NotFoundError, PyinspectError, UnavailableError, UsageError
 
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
-DEFAULT_MAX_RATE = 5000         # records/s (about 1250 packets/s over 4 points)
+AUTO_CPU_SHARE = 0.15           # automatic budget: the reader may use ~15% of one core
+AUTO_MIN_RATE, AUTO_MAX_RATE = 1000, 100000     # records/s bounds of the automatic budget
 MAX_DYNAMIC_RULES = 64
+DROPS_PER_POLL = 200
 MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
 LIVE_DROPS_PER_CAUSE = 3
 STATE_DIR = "trace"
@@ -48,7 +50,7 @@ class TraceOptions:
     count: int = None
     pcap: str = None
     live_per_flow: int = LIVE_PACKETS_PER_FLOW
-    max_rate: int = DEFAULT_MAX_RATE      # capture records/s the reader takes; 0 = all
+    max_rate: int = None      # capture records/s the reader takes; None = auto; 0 = all
     events: bool = True                   # interleave the container's process events
     ring_mb: int = 16
 
@@ -336,6 +338,7 @@ class TraceSession:
         self._state_file = None
         self._stopped = False
         self._budget_t = None
+        self._cost = 40e-6          # CPU seconds per capture record, learned while running
 
     # -- start -------------------------------------------------------------------------
     def start(self):
@@ -518,21 +521,28 @@ class TraceSession:
                     hop["loose_ident"] = True
                 self.nf_pending.append(hop)
         if self.drops:
-            self.drop_pending.extend(self.drops.read())
+            # bounded like the capture: a drop storm is counted, not all decoded
+            self.drop_pending.extend(self.drops.read(None if final else DROPS_PER_POLL))
         if self.procs:
             self.ev_pending.extend(self.procs.events(0))
-        if self.opt.max_rate:
+        rate = self.opt.max_rate if self.opt.max_rate is not None else self._auto_rate()
+        if rate:
             now = time.monotonic()
             dt = min(now - self._budget_t, 0.25) if self._budget_t else 0.05
             self._budget_t = now
-            self.cap.set_budget(self.opt.max_rate * dt)
+            self.cap.set_budget(rate * dt)
+        cpu0 = time.process_time()
         parse = P.parse
+        n = 0
         for raw in self.cap.read():
             ts, point, d, ln, data = parse(raw)
             self.captured[point] = self.captured.get(point, 0) + 1
             self.pending.append((ts, point, d, ln, data, F.parse_frame(data)))
+            n += 1
         cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - SETTLE_NS
         items += self._settle(cutoff)
+        if n >= 50:      # learn what one record costs this reader, for the automatic budget
+            self._cost = 0.8 * self._cost + 0.2 * (time.process_time() - cpu0) / n
         if self.pcap:
             self.pcap.flush()
         if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
@@ -540,6 +550,10 @@ class TraceSession:
         if self.opt.count and self.traced_packets >= self.opt.count:
             self.done = True
         return items
+
+    def _auto_rate(self):
+        """Records/s the reader can take with about AUTO_CPU_SHARE of one core."""
+        return int(min(AUTO_MAX_RATE, max(AUTO_MIN_RATE, AUTO_CPU_SHARE / self._cost)))
 
     def _follow_snat(self, f):
         """Outbound MASQUERADEd flow: capture its uplink copy and trace its replies."""
@@ -944,6 +958,9 @@ class TraceSession:
                      "trace_overruns": self.nflog.lost if self.nflog else 0},
             "filtered_out": self.filtered_out,
             "process_events": self.events_seen,
+            "reader_budget": (self.opt.max_rate if self.opt.max_rate is not None else
+                              f"auto ({self._auto_rate()} records/s, "
+                              f"{self._cost * 1e6:.0f} us/record)"),
             "notes": list(self.notes),
             "pcap": str(self.opt.pcap) if self.opt.pcap else None,
         }

@@ -195,11 +195,13 @@ class DropWatch:
         self.syms = Kallsyms()
         return self
 
-    def read(self):
+    def read(self, limit=1 << 30):
+        """Up to `limit` drop records; the rest wait in the ring (when it is full the kernel
+        counts each further drop in `lost`)."""
         out = []
         if not self.reader:
             return out
-        for raw in self.reader.read():
+        for raw in self.reader.read(limit or 1 << 30):
             (ts, loc, reason, saddr, daddr, sport, dport, proto, flags, _pad, ifindex,
              netns) = DROP.unpack_from(raw, 0)
             out.append({
