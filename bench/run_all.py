@@ -1,0 +1,41 @@
+"""Run every benchmark in bench/ one after another and print their reports (`make bench`).
+
+Each benchmark measures pyinspect side by side with a baseline in the same run and prints
+ratios; absolute numbers on a shared 2-core VM move, ratios much less. Run on a quiet
+machine: other work skews them.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = [
+    ("container start latency vs runc (issue: runtime)", "start_latency.py", []),
+    ("NAT throughput vs plain veth (issue: network)", "nat_throughput.py", []),
+    ("event path: fork/exec storm with probes, SQLite ingest (issue: probes)", "event_path.py", []),
+    ("veth map scale", "vethmap_scale.py", ["-n", "50"]),
+    ("trace under a UDP flood vs tcpdump (issue: trace)", "trace_flood.py", []),
+    ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
+    ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
+]
+
+
+def main():
+    failed = []
+    for title, script, args in BENCHES:
+        print(f"\n===== {title}: bench/{script} {' '.join(args)}", flush=True)
+        t = time.monotonic()
+        rc = subprocess.call([sys.executable, str(HERE / script), *args])
+        print(f"----- {script}: exit {rc}, {time.monotonic() - t:.0f}s", flush=True)
+        if rc:
+            failed.append(script)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
