@@ -12,8 +12,10 @@
 """
 
 import json
+import queue
 import re
 import sqlite3
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -67,20 +69,57 @@ def _resolver(root):
     return Resolver(root)
 
 
+class _Writer(threading.Thread):
+    """The one writer thread: its own connection, batches from a bounded queue."""
+
+    def __init__(self, path):
+        super().__init__(name="pyinspect-events-writer", daemon=True)
+        self.path = path
+        self.queue = queue.Queue(maxsize=64)  # full -> the reader waits (back-pressure)
+        self.written = 0
+        self.error = None
+
+    def run(self):
+        from .store import Store
+        store = Store(self.path)
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    return
+                table, rows = item
+                try:
+                    if table == "events":
+                        self.written += store.insert_events(rows)
+                    else:
+                        with store.db.conn:
+                            store.db[table].insert_all(rows)
+                except Exception as exc:  # keep writing later batches; report at close
+                    self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            store.close()
+
+
 class Recorder:
     """Attribute and batch events into the store: no per-event commit.
 
     A batch is written when it reaches `batch_size` events or when `flush_interval`
-    seconds have passed since the last write (checked on add() and tick())."""
+    seconds have passed since the last write (checked on add() and tick()). With
+    `threaded=True` batches go to one writer thread with its own connection, so
+    SQLite never stalls the ring buffer reader; close() drains it."""
 
     def __init__(self, store, resolver=None, batch_size=1000, flush_interval=0.5,
-                 session_id=None):
+                 session_id=None, threaded=False):
         self.store = store
         self.resolver = resolver
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.session_id = session_id
-        self.written = 0
+        self._written = 0
+        self._writer = None
+        if threaded:
+            self._writer = _Writer(store.path)
+            self._writer.start()
         self._batch = []
         self._last_flush = time.monotonic()
         self._loss_seen = {}
@@ -151,11 +190,30 @@ class Recorder:
         if self._batch and time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
 
+    @property
+    def written(self):
+        """Rows written so far (in threaded mode: by the writer, so far)."""
+        return self._written + (self._writer.written if self._writer else 0)
+
+    @property
+    def write_error(self):
+        return self._writer.error if self._writer else None
+
     def flush(self):
         batch, self._batch = self._batch, []
         if batch:
-            self.written += self.store.insert_events(batch)
+            if self._writer:
+                self._writer.queue.put(("events", batch))
+            else:
+                self._written += self.store.insert_events(batch)
         self._last_flush = time.monotonic()
+
+    def close(self):
+        """Write what is queued; in threaded mode wait for the writer to finish."""
+        self.flush()
+        if self._writer:
+            self._writer.queue.put(None)
+            self._writer.join()
 
     def record_loss(self, probe, lost, lag_ns=0, force=False):
         """Store a probe_loss row when `lost` grew since the last row (or force)."""
@@ -163,11 +221,14 @@ class Recorder:
         if prev is not None and lost == prev and not force:
             return
         self._loss_seen[probe] = lost
-        with self.store.db.conn:
-            self.store.db["probe_loss"].insert({
-                "ts_ns": time.time_ns(), "probe": probe, "lost": lost,
-                "session_id": self.session_id, "lag_ns": int(lag_ns),
-                "detail": json.dumps({"new": lost - (prev or 0)})})
+        row = {"ts_ns": time.time_ns(), "probe": probe, "lost": lost,
+               "session_id": self.session_id, "lag_ns": int(lag_ns),
+               "detail": json.dumps({"new": lost - (prev or 0)})}
+        if self._writer:
+            self._writer.queue.put(("probe_loss", [row]))
+        else:
+            with self.store.db.conn:
+                self.store.db["probe_loss"].insert(row)
 
 
 def make_probe(name, **kw):
@@ -198,7 +259,7 @@ class Follower:
         self.names = list(probes)
         self.container = container
         self.kinds = set(kinds) if kinds else None
-        self.recorder = recorder or Recorder(store, _resolver(root))
+        self.recorder = recorder or Recorder(store, _resolver(root), threaded=True)
         self.probe_kwargs = probe_kwargs or {}
         self.filters = {k: dict(v) for k, v in (filters or {}).items()}  # probe -> filters
         self.probes = []
@@ -226,6 +287,7 @@ class Follower:
             self.messages.extend(getattr(probe, "messages", []))
             self.probes.append(probe)
         if not self.probes:
+            self.recorder.close()
             raise UnavailableError("events: no probe could start: " + "; ".join(errors))
         return self
 
@@ -284,6 +346,8 @@ class Follower:
     def loss_summary(self):
         lines = [f"{p.NAME} probe: {p.lost} records lost, max reader lag "
                  f"{getattr(p, 'max_lag_ns', 0) / 1e6:.1f} ms" for p in self.probes]
+        if self.recorder.write_error:
+            lines.append(f"writing events failed: {self.recorder.write_error}")
         if self.recorder.attribution_errors:
             lines.append(f"attribution failed for {self.recorder.attribution_errors} events "
                          f"(last: {self.recorder.last_attribution_error}); they are stored "
@@ -292,8 +356,8 @@ class Follower:
 
     def stop(self):
         if self.probes:
-            self.recorder.flush()
             self.record_loss(force=True)
+        self.recorder.close()
         for probe in self.probes:
             probe.stop()
 
