@@ -331,3 +331,15 @@ def test_follow_without_tracefs_skips_the_tracepoint_probes_and_keeps_links(make
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "links probe: 0 records lost" in err
+
+
+def test_threaded_recorder_writes_everything_from_its_own_thread(tmp_path):
+    store = Store(tmp_path / "db")
+    rec = ev_lib.Recorder(store, resolver=None, batch_size=100, threaded=True)
+    for i in range(2500):
+        rec.add(fake(i))
+    rec.record_loss("process", 2, lag_ns=7)
+    rec.close()
+    assert rec.written == 2500 and rec.write_error is None
+    assert len(ev_lib.query(store, limit=None)) == 2500
+    assert [(r["lost"], r["lag_ns"]) for r in store.db["probe_loss"].rows] == [(2, 7)]
