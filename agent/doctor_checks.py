@@ -133,6 +133,8 @@ def veth(view):
 def container_route(view):
     for c, br, gw in _bridged(view):
         expected = (c.declared or {}).get("gateway") or gw
+        if not expected:
+            continue  # an L2-only bridge (no address): nothing to route through on the host
         gws = c.default_gateways()
         table = [f"container route: {r['dst']}" + (f" via {r['gateway']}" if r["gateway"] else "")
                  + f" dev {r['dev']}" for r in c.routes]
