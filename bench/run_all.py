@@ -19,6 +19,7 @@ BENCHES = [
     ("trace under a UDP flood vs tcpdump (issue: trace)", "trace_flood.py", []),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
+    ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
 ]
 
 

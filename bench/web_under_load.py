@@ -1,0 +1,117 @@
+"""Dashboard under load: requests/s served while a trace ingests a UDP flood, and loss.
+
+    .venv/bin/python bench/web_under_load.py [--seconds 5] [--clients 4]
+
+Builds the trace benchmark's topology (tests/tracetopo.py, namespaces this script owns),
+runs `pyinspect serve` (agent probes on) on loopback over the same state root as the
+trace, and measures dashboard requests/s (timeline, flows, traces pages' API calls from
+`--clients` threads) first idle, then while `pyinspect trace` captures a UDP flood into the
+container. Prints the ratio of the two rates, and the loss the trace and the agent's
+probes counted (ring buffer, shed, probe_loss rows): the target is no event lost.
+"""
+
+import argparse
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import trace_flood  # noqa: E402
+from trace_flood import PYINSPECT, SINK, UDP_PORT, tracetopo  # noqa: E402
+
+PATHS = ["api/timeline?limit=100", "api/flows", "api/traces", "api/containers"]
+
+
+def hammer(base, seconds, clients):
+    """Requests/s over `seconds` from `clients` threads cycling through PATHS."""
+    counts, errors = [0] * clients, [0] * clients
+    end = time.monotonic() + seconds
+
+    def worker(i):
+        k = i
+        while time.monotonic() < end:
+            try:
+                with urllib.request.urlopen(base + PATHS[k % len(PATHS)], timeout=30) as r:
+                    r.read()
+                counts[i] += 1
+            except OSError:
+                errors[i] += 1
+            k += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0), sum(errors)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--clients", type=int, default=4)
+    args = ap.parse_args()
+    topo = tracetopo.Topology(prefix="pwb")
+    sink = server = None
+    try:
+        ip = topo.ctr_ips[0]
+        tracetopo.sh(topo.host, f"iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p udp "
+                                f"--dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}")
+        sink = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "python3", "-c", SINK])
+        with tempfile.TemporaryDirectory(prefix="pwb-") as root:
+            server = subprocess.Popen([PYINSPECT, "--root", root, "serve", "--port", "0"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True)
+            base = None
+            for line in server.stdout:
+                m = re.search(r"dashboard: (http://\S+/) \(ready\)", line)
+                if m:
+                    base = m.group(1)
+                    break
+            if not base:
+                raise SystemExit("serve did not start")
+            idle_rps, idle_err = hammer(base, args.seconds, args.clients)
+            trace = trace_flood.start_trace(topo, root)
+            result = {}
+            flood = threading.Thread(target=lambda: result.update(
+                zip(("sent", "pps"), trace_flood.send(topo, args.seconds + 1))))
+            flood.start()
+            busy_rps, busy_err = hammer(base, args.seconds, args.clients)
+            flood.join()
+            summary = trace_flood.stop_trace(trace)
+            server.terminate()
+            server.wait(timeout=60)
+            db = sqlite3.connect(Path(root) / "pyinspect.db")
+            probe_lost = db.execute("SELECT coalesce(sum(lost), 0) FROM probe_loss "
+                                    "WHERE session_id IS NULL").fetchone()[0]
+            db.close()
+        veth = summary["packets_per_point"]["vc0 (veth)"]
+        shed = veth["matched_in_kernel"] - veth["captured"] - veth["lost"]
+        print(f"dashboard requests/s idle      {idle_rps:8.0f}  (errors {idle_err})")
+        print(f"dashboard requests/s under load {busy_rps:8.0f}  (errors {busy_err})")
+        print(f"ratio under load / idle         {busy_rps / idle_rps:8.2f}")
+        print(f"flood: {result.get('sent', 0)} UDP packets at {result.get('pps', 0):.0f}/s; "
+              f"trace on the veth captured {veth['captured']}, ring-buffer lost {veth['lost']}, "
+              f"shed {shed} of {veth['matched_in_kernel']} matched in the kernel")
+        print(f"agent probes: {probe_lost} records lost")
+        ok = veth["lost"] == 0 and shed == 0 and probe_lost == 0
+        print("no event lost" if ok else "events were lost (counted above)")
+    finally:
+        if server and server.poll() is None:
+            server.kill()
+        if sink:
+            sink.kill()
+            sink.wait()
+        topo.close()
+
+
+if __name__ == "__main__":
+    main()
