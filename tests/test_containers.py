@@ -570,3 +570,28 @@ def test_secure_join_and_parsers(tmp_path):
     assert split_cp_arg("web:/etc/x") == ("web", "/etc/x") and split_cp_arg("./a:b") == (None, "./a:b")
     with pytest.raises(UsageError):
         parse_volume("/h:/c:rx")
+
+
+def test_attached_run_forwards_signals(pc, state_root):
+    """SIGINT/SIGTERM to an attached `run` reach the container (docker's sig-proxy)."""
+    proc = subprocess.Popen(pc.argv("run", "--name", "pc-sig", "--net", "none", "busybox", "sh",
+                                    "-c", "trap 'echo caught; exit 9' INT; echo ready; "
+                                    "while true; do sleep 0.1; done"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 9 and "caught" in out, err
+    assert pc.inspect("pc-sig")["State"]["ExitCode"] == 9
+    # inspect of several names: a JSON list; one unknown name -> its error line, non-zero
+    both = pc("inspect", "pc-sig", "busybox", check=False)
+    assert both.returncode == 0
+    assert [d.get("Name", "image") for d in json.loads(both.stdout)] == ["/pc-sig", "image"]
+    mixed = pc("inspect", "pc-sig", "pc-nope", check=False)
+    assert mixed.returncode == 3 and len(json.loads(mixed.stdout)) == 1
+    assert mixed.stderr.startswith("Error: ") and "pc-nope" in mixed.stderr
+    assert pc("ps", "-a", "-q").stdout.split() == [pc.inspect("pc-sig")["Id"][:12]]
