@@ -423,7 +423,18 @@ class Runtime:
                 os.kill(c.pid, _signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=15)
+        lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.5)
+        deadline = time.monotonic() + 15
+        while lock_fd is None and force and time.monotonic() < deadline:
+            now = state.load(c.path)  # it may have been starting: kill it once it runs
+            if now is not None and now.status == "running" and state.init_alive(now):
+                try:
+                    os.kill(now.pid, _signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.2)
+        if lock_fd is None and not force:
+            lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=15)
         if lock_fd == GONE:
             return c  # removed meanwhile (--rm)
         if lock_fd is None:
