@@ -244,3 +244,35 @@ def test_runc_container_found_and_fixed(tmp_path, make_netns):
         assert ok()
     finally:
         r.cleanup()
+
+
+# -- apply_fixes and errors, without the kernel ---------------------------------------------
+def test_apply_fixes_safe_unsafe_manual_and_failed(tmp_path):
+    from pyinspect.doctor import Finding, apply_fixes
+    out = tmp_path / "x"
+
+    def f(name, safe, actions):
+        return Finding(name, "error", "", name, [], "fix", "docs/runbooks/x.md", safe, actions)
+    findings = [f("safe", True, [("write", str(out), "1")]),
+                f("asks", False, [("run", ["sh", "-c", f"echo 2 >> {out}"])]),
+                f("declined", False, [("run", ["sh", "-c", f"echo 3 >> {out}"])]),
+                f("manual", False, []),
+                f("broken", True, [("run", ["false"])])]
+    asked = []
+
+    def confirm(finding):
+        asked.append(finding.check)
+        return finding.check == "asks"
+    res = {x.check: status for x, status, _ in apply_fixes(findings, confirm=confirm)}
+    assert res == {"safe": "applied", "asks": "applied", "declined": "skipped",
+                   "manual": "manual", "broken": "failed"}
+    assert asked == ["asks", "declined"]  # never asked about safe or manual ones
+    assert out.read_text() == "12\n"  # "1" written, then "2" appended; "3" never
+
+
+def test_doctor_needs_root(monkeypatch, tmp_path):
+    from pyinspect import doctor
+    from pyinspect.errors import UnavailableError
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)
+    with pytest.raises(UnavailableError):
+        doctor.run(tmp_path)
