@@ -11,7 +11,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .errors import CorruptInputError
+from .errors import CorruptInputError, UnavailableError
 
 
 def _m1_base(db):
@@ -109,7 +109,11 @@ class Store:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UnavailableError(f"cannot create the state directory {self.path.parent}: "
+                                   f"{exc.strerror}", "use another --root") from None
         try:
             self.db = sqlite_utils.Database(str(self.path))
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyinspect.errors import ConflictError, CorruptInputError, NotFoundError, UsageError
+from pyinspect.errors import (ConflictError, CorruptInputError, NotFoundError,
+                             UnavailableError, UsageError)
 
 DEFAULT_IMAGE = "busybox:latest"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -100,7 +101,11 @@ class ImageStore:
     # ---- storage helpers -------------------------------------------------------------
     def _ensure(self):
         for d in (self.layers, self.blobs, self.configs, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UnavailableError(f"cannot create the image store {self.dir}: "
+                                       f"{exc.strerror}", "use another --root") from None
 
     @contextmanager
     def _locked(self):

@@ -125,6 +125,9 @@ CASES = [
     ("unknown-command", ["pq-nosuch-cmd"], 2, ["pq-nosuch-cmd"]),
     ("unknown-option", ["info", "--pq-bogus"], 2, ["--pq-bogus"]),
     ("root-is-a-file", ["--root", "/etc/hostname", "ps"], 2, ["--root", "/etc/hostname"]),
+    ("root-uncreatable-store", ["--root", "/proc/pq-root", "events"], 5, ["/proc/pq-root"]),
+    ("root-uncreatable-images", ["--root", "/proc/pq-root", "run", "--net", "none", "busybox",
+                                 "true"], 5, ["/proc/pq-root"]),
     # run: images, names, networks
     ("run-no-image-arg", ["run"], 2, ["IMAGE"]),
     ("run-unknown-image", ["run", "--net", "none", "pq-nosuch-img", "true"], 3,
