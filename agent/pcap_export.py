@@ -405,6 +405,8 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         out = Path(out)
         if not out.parent.is_dir():
             raise NotFoundError(f"pcap export: directory {out.parent} does not exist")
+        if out.is_dir():
+            raise UsageError(f"pcap export: {out} is a directory", "give a file name")
         split = _split_point(conn, cond, args) if plain and getattr(store, "path", None) \
             and (parallel or parallel is None and _idle_cpu()) else None
         try:

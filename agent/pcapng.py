@@ -579,6 +579,8 @@ def merge(inputs, output):
     outdir = output.parent
     if not outdir.is_dir():
         raise NotFoundError(f"merge: output directory {outdir} does not exist")
+    if output.is_dir():
+        raise UsageError(f"merge: output {output} is a directory", "give a file name")
     streams = [read_packets(p) for p in inputs]
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=outdir)

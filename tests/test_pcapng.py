@@ -289,6 +289,8 @@ def test_merge_refuses_corrupt_input_without_output(tmp_path):
         merge([tmp_path / "nope.pcap"], out)
     with pytest.raises(UsageError):
         merge([out], out)
+    with pytest.raises(UsageError, match="is a directory"):
+        merge([good], tmp_path)
 
 
 WRITER = r"""
