@@ -108,7 +108,7 @@ class PcapNgWriter:
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()
         self._interfaces = []          # (name, linktype, ns per timestamp unit)
-        self._batch = None             # write_rows()'s list of pending blocks
+        self._batch = None             # write_rows()'s buffer of pending blocks
         self.packets = 0
         self.closed = False
         if not section:     # a continuation of a section written elsewhere (export)
@@ -152,6 +152,8 @@ class PcapNgWriter:
     def write_packet(self, if_id, ts_ns, data, orig_len=None, direction=None, comment=None):
         """Append one Enhanced Packet Block (direction 'in'|'out'|None; comment str)."""
         try:
+            if if_id < 0:
+                raise IndexError(if_id)
             div = self._interfaces[if_id][2]
         except (IndexError, TypeError):
             raise UsageError(f"write_packet: unknown interface id {if_id!r}",

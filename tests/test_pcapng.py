@@ -113,6 +113,8 @@ def test_writer_odd_lengths_snaplen_and_orig_len(tmp_path):
         w.write_packet(b, T0 + 123_456, raw(IP(src="10.9.0.1", dst="10.9.0.2") / ICMP()))
         with pytest.raises(UsageError):
             w.write_packet(7, T0, b"x")
+        with pytest.raises(UsageError):
+            w.write_packet(-1, T0, b"x")
     got = list(read_packets(path))
     assert [len(p.data) for p in got[:9]] == list(range(9))
     assert [p.orig_len for p in got[:9]] == [n + 1000 for n in range(9)]
