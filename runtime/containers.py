@@ -321,18 +321,24 @@ class Runtime:
             self._launch(c, lock_fd, attach=False)
             return self._refresh(c)
         from . import shim
+        # SIGINT/SIGTERM wait (blocked) until the forwarding handler is in place
+        proxied = {_signal.SIGINT, _signal.SIGTERM}
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, proxied)
         try:
-            shim_pid, exit_fd = shim.launch(self, c, lock_fd, attach=True)
-        except shim.StartError:
-            os.close(lock_fd)
             try:
-                os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            raise
-        os.close(lock_fd)
-        c = self._refresh(c)
-        code = self._wait_attached(shim_pid, exit_fd, c)
+                shim_pid, exit_fd = shim.launch(self, c, lock_fd, attach=True)
+            except shim.StartError:
+                os.close(lock_fd)
+                try:
+                    os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                raise
+            os.close(lock_fd)
+            c = self._refresh(c)
+            code = self._wait_attached(shim_pid, exit_fd, c, mask)
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         state.mark("shim_reaped")
         c = self._refresh(c)
         c.exit_code = code
@@ -342,8 +348,9 @@ class Runtime:
         """The latest record of `c`, or `c` itself once it is gone (--rm)."""
         return state.load(c.path) or c
 
-    def _wait_attached(self, shim_pid, exit_fd, c):
-        """Wait for the shim of an attached run, forwarding SIGINT/SIGTERM to the init."""
+    def _wait_attached(self, shim_pid, exit_fd, c, mask):
+        """Wait for the shim of an attached run, forwarding SIGINT/SIGTERM to the init
+        (they were blocked since before the start; unblocked here to `mask`)."""
         def forward(signum, frame):
             if c.pid and state.init_alive(c):
                 try:
@@ -352,6 +359,7 @@ class Runtime:
                     pass
         from .shim import wait_exit
         old = {s: _signal.signal(s, forward) for s in (_signal.SIGINT, _signal.SIGTERM)}
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         try:
             return wait_exit(shim_pid, exit_fd)
         finally:

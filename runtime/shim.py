@@ -149,6 +149,7 @@ class Shim:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # an attached CLI blocks some
         state.mark("shim_forked")
         # (no state write here: the held lock is what says "a shim owns this")
         c.shim_pid, c.shim_start = os.getpid(), state.proc_start(os.getpid())
@@ -305,6 +306,7 @@ class Shim:
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
                         signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())  # exec keeps the mask
             mode = spec.network_mode or "bridge"
             flags = isolation.CLONE_NEWNS | isolation.CLONE_NEWUTS | isolation.CLONE_NEWIPC
             if mode in ("none", "bridge"):
