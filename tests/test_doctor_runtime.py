@@ -27,6 +27,10 @@ class Env:
         self.h.sh(f"ip link add pdup0 type veth peer name eth0 netns {self.k.name} && "
                   "ip addr add 10.202.0.1/24 dev pdup0 && ip link set pdup0 up")
         self.k.sh("ip addr add 10.202.0.2/24 dev eth0 && ip link set eth0 up")
+        www = root / "upstream-www"
+        www.mkdir()
+        (www / "index.html").write_text("pd-ok\n")
+        self.k.sh(f"busybox httpd -p 8080 -h {www}")  # the "upstream" for container egress
         self.web = self.run("pdw", "-p", "8088:80", "-p", "127.0.0.1:8089:80", "busybox",
                             "sh", "-c", SERVE)
         self.peer = self.run("pdp", "busybox", "sleep", "600")
@@ -46,6 +50,12 @@ class Env:
         self.cli("ps", check=False)
         self.k.remove()
         self.h.remove()
+
+    def from_web(self, url):
+        """busybox wget inside the web container (its egress / hairpin)."""
+        r = self.cli("exec", self.web, "timeout", "2", "wget", "-q", "-O-", url, check=False,
+                     timeout=30)  # (busybox wget -T segfaults)
+        return r.returncode == 0 and "pd-ok" in r.stdout
 
     def get(self, url):
         r = self.k.run("wget", "-q", "-O-", "-T", "2", "-t", "1", url, check=False, timeout=20)
@@ -162,5 +172,60 @@ def test_pyinspect_container_oom(env):
                     check=False)
         assert r.returncode == 0, r  # the doubled limit (60M) holds 40M
         assert env.doctor()[0] == 0
+    finally:
+        env.cli("rm", "-f", name, check=False)
+
+
+def _cycle(env, check, traffic, *fix_args):
+    assert not traffic(), "the break did not break traffic"
+    rc, report = env.doctor()
+    hits = [f for f in report["findings"] if f["check"] == check]
+    assert rc == 1 and hits, report["findings"]
+    rc, fixed = env.doctor("--fix", *fix_args)
+    assert rc == 0, fixed
+    assert any(traffic() for _ in range(3))
+    return hits
+
+
+def test_pyinspect_ip_forward_off(env):
+    baseline(env)
+    env.h.sh("sysctl -qw net.ipv4.ip_forward=0")
+    hits = _cycle(env, "ip_forward", env.published_ok)
+    assert "net.ipv4.ip_forward = 0" in hits[0]["evidence"][0]
+
+
+def test_pyinspect_masquerade_missing(env):
+    baseline(env)
+    assert env.from_web("http://10.202.0.2:8080/")
+    rule = _tagged_rule(env, "nat", "-s 172.29.0.0/16", "! -o pyinspect0", "MASQUERADE")
+    env.h.run("sh", "-c", f"iptables-legacy -t nat {rule.replace('-A ', '-D ', 1)}")
+    hits = _cycle(env, "masquerade_missing", lambda: env.from_web("http://10.202.0.2:8080/"))
+    assert hits[0]["fix"] == ("iptables-legacy -t nat -A POSTROUTING -s 172.29.0.0/16 "
+                              "! -o pyinspect0 -j MASQUERADE")
+
+
+def test_pyinspect_hairpin_off(env):
+    baseline(env)
+    veth = env.inspect(env.web)["NetworkSettings"].get("HostVeth") or \
+        re.search(r"\d+: (veth\w+)@\S+ .* link-netns " + re.escape(env.web),
+                  env.h.run("ip", "-o", "link").stdout).group(1)
+    assert env.from_web("http://10.202.0.1:8088/")
+    env.h.sh(f"bridge link set dev {veth} hairpin off")
+    hits = _cycle(env, "hairpin", lambda: env.from_web("http://10.202.0.1:8088/"))
+    assert hits[0]["container"] == env.web and "hairpin off" in "\n".join(hits[0]["evidence"])
+
+
+def test_pyinspect_container_listening_on_localhost_only(env):
+    baseline(env)
+    name = env.run("pdl", "-p", "8091:80", "busybox", "sh", "-c",
+                   "mkdir -p /www && echo pd-ok > /www/index.html && "
+                   "exec httpd -f -p 127.0.0.1:80 -h /www")
+    try:
+        assert not env.get("http://10.202.0.1:8091/")
+        rc, report = env.doctor("--container", name)
+        hits = [f for f in report["findings"] if f["check"] == "not_listening"]
+        assert rc == 1 and hits and hits[0]["container"] == name
+        assert "127.0.0.1:80" in "\n".join(hits[0]["evidence"])
+        assert all(f["container"] in ("", name) for f in report["findings"])
     finally:
         env.cli("rm", "-f", name, check=False)
