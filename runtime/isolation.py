@@ -168,7 +168,7 @@ def _mkdirp(path, mode=0o755):
 
 
 def _make_dev(rootfs):
-    dev = os.path.join(rootfs, "dev")
+    dev = secure_join(rootfs, "/dev")  # an image's /dev symlink stays inside the root
     _mkdirp(dev)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name, major, minor in _DEVICES:
