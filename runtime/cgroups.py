@@ -22,6 +22,7 @@ V2_CONTROLLERS = ("memory", "cpu", "pids")
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MIN_MEMORY = 6 << 20  # Docker's minimum
+PID_MAX_LIMIT = 4 << 20  # pids.max refuses more (include/linux/threads.h, 64-bit)
 
 
 def parse_memory(text):
@@ -32,7 +33,10 @@ def parse_memory(text):
     if not m:
         raise UsageError(f"invalid memory limit {text!r}: expected a number with an "
                          f"optional unit b, k, m or g (e.g. 30m)")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value >= 2**63:  # also inf, from hundreds of digits
+        raise UsageError(f"invalid memory limit {text!r}: too large")
+    value = int(value)
     if value < MIN_MEMORY:
         raise UsageError(f"invalid memory limit {text!r}: the minimum is 6m")
     return value
@@ -46,7 +50,7 @@ def parse_cpus(text):
     except ValueError:
         raise UsageError(f"invalid --cpus {text!r}: expected a number such as 0.5") from None
     ncpu = os.cpu_count() or 1
-    if value <= 0 or value > ncpu:
+    if not 0 < value <= ncpu:  # also nan
         raise UsageError(f"invalid --cpus {text!r}: must be above 0 and at most {ncpu}")
     return value
 
@@ -58,6 +62,9 @@ def parse_pids(value):
         value = int(value)
     except (TypeError, ValueError):
         raise UsageError(f"invalid --pids-limit {value!r}: expected an integer") from None
+    if value > PID_MAX_LIMIT:
+        raise UsageError(f"invalid --pids-limit {value}: at most {PID_MAX_LIMIT} "
+                         "(the kernel's PID_MAX_LIMIT; 0 or -1 for no limit)")
     return value if value > 0 else None
 
 

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -23,6 +24,9 @@ from conftest import Cli, Netns, unique
 pytestmark = pytest.mark.root
 
 MISSING = "/pq-missing-dir"          # never created; a path for "no such file/dir"
+# container names are global here (the runtime names their netns after them): unique per run
+RUN = uuid.uuid4().hex[:6]
+KEEP, DONE, WEB = f"pq-keep-{RUN}", f"pq-done-{RUN}", f"pq-web-{RUN}"
 TABLES = ("events", "trace_sessions", "capture_points", "packets", "probe_loss")
 
 
@@ -74,7 +78,7 @@ def seed_store(root):
     now = time.time_ns()
     with Store(database_path(root)) as store:
         store.insert_events([{"ts_ns": now - i * 1000, "kind": "exec", "pid": 100 + i,
-                              "comm": "sh", "container_name": "pq-keep",
+                              "comm": "sh", "container_name": KEEP,
                               "detail": {"argv": ["sh", str(i)]}} for i in range(50)])
         store.db["trace_sessions"].insert({"id": 1, "container_id": "c" * 64,
                                            "container_name": "pq-traced",
@@ -100,10 +104,10 @@ def world(tmp_path_factory):
     ns = Netns(unique("pq"))
     cli = Cli(root, netns=ns.name)
     try:
-        cli("run", "-d", "--name", "pq-keep", "--net", "none", "busybox", "sleep", "600")
-        cli("run", "--name", "pq-done", "--net", "none", "busybox", "true")
+        cli("run", "-d", "--name", KEEP, "--net", "none", "busybox", "sleep", "600")
+        cli("run", "--name", DONE, "--net", "none", "busybox", "true")
         # bridge mode: the bridge, veth and DNAT rules live in the test's namespace
-        cli("run", "-d", "--name", "pq-web", "-p", "8088:80", "busybox", "httpd", "-f",
+        cli("run", "-d", "--name", WEB, "-p", "8088:80", "busybox", "httpd", "-f",
             "-p", "80")
         seed_store(root)
         cli("pcap", "export", "--session", "1", "-o", files / "good.pcapng")
@@ -114,7 +118,7 @@ def world(tmp_path_factory):
         (files / "emptydir").mkdir()
         yield cli, root, files
     finally:
-        proc = cli("rm", "-f", "pq-keep", "pq-done", "pq-web", check=False)
+        proc = cli("rm", "-f", KEEP, DONE, WEB, check=False)
         ns.remove()
     assert proc.returncode == 0, proc.stderr
 
@@ -132,8 +136,8 @@ CASES = [
     ("run-no-image-arg", ["run"], 2, ["IMAGE"]),
     ("run-unknown-image", ["run", "--net", "none", "pq-nosuch-img", "true"], 3,
      ["pq-nosuch-img"]),
-    ("run-name-taken", ["run", "--net", "none", "--name", "pq-keep", "busybox", "true"], 4,
-     ["pq-keep"]),
+    ("run-name-taken", ["run", "--net", "none", "--name", KEEP, "busybox", "true"], 4,
+     [KEEP]),
     ("run-bad-name", ["run", "--net", "none", "--name", "pq bad", "busybox", "true"], 2,
      ["pq bad"]),
     ("run-bad-net", ["run", "--net", "pq-bogus", "busybox", "true"], 2, ["pq-bogus"]),
@@ -147,8 +151,8 @@ CASES = [
      ["8080:80:90"]),
     ("publish-bad-ip", ["run", "-p", "1.2.3:80:80", "busybox", "true"], 2, ["1.2.3"]),
     ("publish-bad-proto", ["run", "-p", "8080:80/xyz", "busybox", "true"], 2, ["xyz"]),
-    ("publish-taken", ["run", "-d", "--name", "pq-web2", "-p", "8088:80", "busybox", "true"],
-     4, ["8088", "pq-web"]),
+    ("publish-taken", ["run", "-d", "--name", f"{WEB}-2", "-p", "8088:80", "busybox", "true"],
+     4, ["8088", WEB]),
     ("publish-with-net-none", ["run", "--net", "none", "-p", "8080:80", "busybox", "true"], 2,
      ["none"]),
     # run: --memory, --cpus, -e, -v, -w, --pids-limit
@@ -156,6 +160,11 @@ CASES = [
      ["12q"]),
     ("memory-negative", ["run", "--net", "none", "-m", "-5m", "busybox", "true"], 2, ["-5m"]),
     ("memory-text", ["run", "--net", "none", "-m", "lots", "busybox", "true"], 2, ["lots"]),
+    ("memory-huge", ["run", "--net", "none", "-m", "9" * 400 + "m", "busybox", "true"], 2,
+     ["too large"]),
+    ("cpus-nan", ["run", "--net", "none", "--cpus", "nan", "busybox", "true"], 2, ["nan"]),
+    ("pids-limit-huge", ["run", "--net", "none", "--pids-limit", "99999999999999999999",
+                         "busybox", "true"], 2, ["99999999999999999999"]),
     ("cpus-text", ["run", "--net", "none", "--cpus", "abc", "busybox", "true"], 2, ["abc"]),
     ("cpus-zero", ["run", "--net", "none", "--cpus", "0", "busybox", "true"], 2, ["--cpus"]),
     ("cpus-negative", ["run", "--net", "none", "--cpus", "-1", "busybox", "true"], 2, ["-1"]),
@@ -175,28 +184,28 @@ CASES = [
      ["--pids-limit"]),
     # container commands: unknown names, wrong state, bad options
     ("exec-unknown", ["exec", "pq-nosuch", "true"], 3, ["pq-nosuch"]),
-    ("exec-no-command", ["exec", "pq-keep"], 2, ["COMMAND"]),
-    ("exec-bad-env", ["exec", "-e", "=bad", "pq-keep", "true"], 2, ["=bad"]),
-    ("exec-stopped", ["exec", "pq-done", "true"], 4, ["pq-done", "not running"]),
+    ("exec-no-command", ["exec", KEEP], 2, ["COMMAND"]),
+    ("exec-bad-env", ["exec", "-e", "=bad", KEEP, "true"], 2, ["=bad"]),
+    ("exec-stopped", ["exec", DONE, "true"], 4, [DONE, "not running"]),
     ("logs-unknown", ["logs", "pq-nosuch"], 3, ["pq-nosuch"]),
-    ("logs-bad-tail", ["logs", "-n", "abc", "pq-keep"], 2, ["abc"]),
+    ("logs-bad-tail", ["logs", "-n", "abc", KEEP], 2, ["abc"]),
     ("start-unknown", ["start", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("stop-unknown", ["stop", "pq-nosuch"], 3, ["pq-nosuch"]),
-    ("stop-bad-time", ["stop", "-t", "abc", "pq-keep"], 2, ["abc"]),
+    ("stop-bad-time", ["stop", "-t", "abc", KEEP], 2, ["abc"]),
     ("restart-unknown", ["restart", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("kill-unknown", ["kill", "pq-nosuch"], 3, ["pq-nosuch"]),
-    ("kill-bad-signal", ["kill", "-s", "PQBOGUS", "pq-keep"], 2, ["PQBOGUS"]),
+    ("kill-bad-signal", ["kill", "-s", "PQBOGUS", KEEP], 2, ["PQBOGUS"]),
     ("rm-unknown", ["rm", "pq-nosuch"], 3, ["pq-nosuch"]),
-    ("rm-running", ["rm", "pq-keep"], 4, ["pq-keep", "running"]),
+    ("rm-running", ["rm", KEEP], 4, [KEEP, "running"]),
     ("rm-no-arg", ["rm"], 2, ["CONTAINERS"]),
     ("inspect-unknown", ["inspect", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("top-unknown", ["top", "pq-nosuch"], 3, ["pq-nosuch"]),
-    ("top-stopped", ["top", "pq-done"], 4, ["pq-done"]),
+    ("top-stopped", ["top", DONE], 4, [DONE]),
     ("cp-unknown", ["cp", "pq-nosuch:/etc/hostname", "{f}/out"], 3, ["pq-nosuch"]),
     ("cp-no-container", ["cp", "a", "b"], 2, ["CONTAINER:PATH"]),
-    ("cp-missing-in-ctr", ["cp", "pq-keep:/pq-nonexistent", "{f}/out"], 3,
+    ("cp-missing-in-ctr", ["cp", f"{KEEP}:/pq-nonexistent", "{f}/out"], 3,
      ["/pq-nonexistent"]),
-    ("cp-missing-on-host", ["cp", "{f}/pq-nonexistent", "pq-keep:/tmp/"], 3,
+    ("cp-missing-on-host", ["cp", "{f}/pq-nonexistent", f"{KEEP}:/tmp/"], 3,
      ["pq-nonexistent"]),
     # images
     ("load-missing-file", ["load", "-i", "{f}/pq-missing.tar"], 3, ["pq-missing.tar"]),
@@ -228,14 +237,14 @@ CASES = [
     # trace
     ("trace-no-container", ["trace"], 2, ["--container"]),
     ("trace-unknown", ["trace", "-c", "pq-nosuch", "--duration", "1"], 3, ["pq-nosuch"]),
-    ("trace-port-zero", ["trace", "-c", "pq-keep", "--port", "0"], 2, ["--port"]),
-    ("trace-bad-filter", ["trace", "-c", "pq-keep", "--filter", "tcp port", "--duration", "1"],
+    ("trace-port-zero", ["trace", "-c", KEEP, "--port", "0"], 2, ["--port"]),
+    ("trace-bad-filter", ["trace", "-c", KEEP, "--filter", "tcp port", "--duration", "1"],
      2, ["tcp port"]),
-    ("trace-negative-snaplen", ["trace", "-c", "pq-keep", "--snaplen", "-5", "--duration", "1"],
+    ("trace-negative-snaplen", ["trace", "-c", KEEP, "--snaplen", "-5", "--duration", "1"],
      2, ["-5"]),
-    ("trace-via-unknown", ["trace", "-c", "pq-web", "--via", "pq-noif", "--duration", "1"], 3,
+    ("trace-via-unknown", ["trace", "-c", WEB, "--via", "pq-noif", "--duration", "1"], 3,
      ["pq-noif"]),
-    ("trace-net-none", ["trace", "-c", "pq-keep", "--duration", "1"], 5, ["pq-keep"]),
+    ("trace-net-none", ["trace", "-c", KEEP, "--duration", "1"], 5, [KEEP]),
     # pcap
     ("export-no-selector", ["pcap", "export", "-o", "{f}/pq.pcapng"], 2, ["--session"]),
     ("export-unknown-session", ["pcap", "export", "--session", "999", "-o", "{f}/pq.pcapng"],
@@ -343,8 +352,8 @@ def test_the_world_is_still_there(world, baseline):
     cli, root, _files = world
     rows = {json.loads(line)["Names"]: json.loads(line)
             for line in cli("ps", "-a", "--format", "json").stdout.splitlines()}
-    assert rows["pq-keep"]["State"] == "running" and rows["pq-done"]["State"] == "exited"
-    assert cli("exec", "pq-keep", "echo", "alive").stdout == "alive\n"
+    assert rows[KEEP]["State"] == "running" and rows[DONE]["State"] == "exited"
+    assert cli("exec", KEEP, "echo", "alive").stdout == "alive\n"
     assert len(cli("events", "--limit", "1000").stdout.splitlines()) == 50
     assert snapshot(root) == baseline
 
@@ -353,7 +362,7 @@ def test_trace_to_a_bad_path_records_only_a_failed_session(world, baseline):
     """A trace whose -w path cannot be written fails in one line; the store keeps every
     row it had and gains at most the failed session (the tracer records those)."""
     cli, root, _files = world
-    proc = cli("trace", "-c", "pq-web", "-w", f"{MISSING}/x.pcapng", "--duration", "1",
+    proc = cli("trace", "-c", WEB, "-w", f"{MISSING}/x.pcapng", "--duration", "1",
                check=False, timeout=60)
     assert not os.path.exists(MISSING)
     now = snapshot(root)
