@@ -595,3 +595,23 @@ def test_attached_run_forwards_signals(pc, state_root):
     assert mixed.returncode == 3 and len(json.loads(mixed.stdout)) == 1
     assert mixed.stderr.startswith("Error: ") and "pc-nope" in mixed.stderr
     assert pc("ps", "-a", "-q").stdout.split() == [pc.inspect("pc-sig")["Id"][:12]]
+
+
+def test_hostile_image_symlinks_stay_inside_the_root(pc, tmp_path):
+    """An image whose /proc and /dev are symlinks pointing "out" gets its mounts inside
+    its own root (resolved like a chroot would), and the host is untouched."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    import imagekit as kit
+    from pyinspect.runtime.images import ImageStore
+    bb = ImageStore(pc.root).resolve("busybox")
+    base = (ImageStore(pc.root).blobs / bb.diff_ids[0][7:]).read_bytes()
+    marker = f"pc-escape-{os.getpid()}"
+    top = kit.layer(("proc", "sym", f"/../../{marker}-proc"), ("dev", "sym", f"../{marker}-dev"))
+    arc = kit.docker_legacy(tmp_path / "hostile.tar", [([base, top], ["pc-hostile:1"], None)])
+    pc("load", "-i", arc)
+    out = pc("run", "--rm", "--net", "none", "pc-hostile:1", "sh", "-c",
+             f"cat /{marker}-proc/1/cmdline; echo; ls /{marker}-dev/null; echo ok > /dev/null")
+    assert out.stdout.startswith("sh") and f"/{marker}-dev/null" in out.stdout
+    assert not os.path.exists(f"/{marker}-proc") and not os.path.exists(f"/{marker}-dev")
+    assert not os.path.exists(f"/tmp/{marker}-dev")
