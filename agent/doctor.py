@@ -457,6 +457,9 @@ class HostView:
         view.host_ino = _ino("/proc/thread-self/ns/net")
         view.links, view.routes = _links_and_routes()
         hairpin = _bridge_ports()
+        if not hairpin and any(l.master for l in view.links.values()):
+            view.notes.append("bridge port flags unknown (`bridge -j -d link show` failed): "
+                              "hairpin not checked")
         for name, flag in hairpin.items():
             if name in view.links:
                 view.links[name].hairpin = flag

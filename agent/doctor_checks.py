@@ -503,7 +503,10 @@ def hairpin(view):
                                fix=f"drop the `! -i {br.name}` from the DNAT rule, or run a "
                                    "userland proxy")
                 continue
-            if brnf and not c.host_veth.hairpin:
+            flag = c.host_veth.hairpin
+            if flag is None and c.host_veth.master:
+                continue  # `bridge` could not tell (not installed?): unknown, not off
+            if brnf and not flag:  # detached ports count as off: they come back with it off
                 yield _finding(
                     "hairpin", "error", c.name,
                     f"hairpin is off on {c.host_veth.name}: {c.name} cannot reach its own "
