@@ -265,6 +265,7 @@ class Follower:
         self.probes = []
         self.messages = []
         self._last_loss = 0.0
+        self._backlog = []
 
     def start(self):
         errors = []
@@ -289,6 +290,16 @@ class Follower:
         if not self.probes:
             self.recorder.close()
             raise UnavailableError("events: no probe could start: " + "; ".join(errors))
+        # What the first probes saw while the later ones compiled is stored, and not
+        # counted as reader lag: lag measures the steady state from here on.
+        self._backlog = []
+        for probe in self.probes:
+            for ev in probe.events(0):
+                row = self.recorder.add(ev)
+                if self._wanted(row):
+                    self._backlog.append(row)
+            if hasattr(probe, "max_lag_ns"):
+                probe.max_lag_ns = 0
         return self
 
     def _container_namespaces(self):
@@ -326,7 +337,7 @@ class Follower:
 
     def poll(self, timeout_ms=200):
         """Events seen since the last poll (attributed, recorded, filtered)."""
-        out = []
+        out, self._backlog = self._backlog, []
         for i, probe in enumerate(self.probes):
             for ev in probe.events(timeout_ms if i == 0 else 0):
                 row = self.recorder.add(ev)
