@@ -568,3 +568,47 @@ def test_native_nftables_forward_chain_drops(setup):
     assert hits[0]["fix"].startswith("nft insert rule inet pdfw filter_FORWARD")
     assert eventually(lambda: t.get(t.c, "http://10.202.0.2:8080/"))
     assert eventually(lambda: t.get(t.d, "http://10.201.0.2/"))
+
+
+def _doctor_on_tty(t, answer):
+    """`doctor --fix` on a pseudo-terminal, answering the confirmation prompt."""
+    import pty
+    import select
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(t.cli.argv("doctor", "--fix"), stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True)
+    os.close(slave)
+    out, answered, deadline = b"", False, time.time() + 60
+    try:
+        while time.time() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if not answered and b"[y/N]" in out:
+                    os.write(master, answer.encode() + b"\n")
+                    answered = True
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_fix_asks_on_a_terminal(setup):
+    t = setup
+    t.c.sh("ip route replace default via 10.201.0.254")
+    rc, out = _doctor_on_tty(t, "n")
+    assert "Apply fix for container_route" in out and "fix skipped: container_route" in out
+    assert rc == 1 and not t.published_ok()
+    rc, out = _doctor_on_tty(t, "y")
+    assert "fix applied: container_route" in out and rc == 0, out
+    assert eventually(t.published_ok)
