@@ -145,15 +145,13 @@ class Runtime:
     def _validate(self, spec):
         from .cgroups import parse_cpus, parse_memory, parse_pids
         from .isolation import parse_volume
-        if spec.name is not None and not NAME_RE.match(spec.name):
+        if spec.name is not None and (not NAME_RE.match(spec.name) or len(spec.name) > 128):
             raise UsageError(f"invalid container name {spec.name!r}: only "
-                             f"[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at least 2 characters")
+                             f"[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, 2 to 128 characters")
         limits = {"memory": parse_memory(spec.memory), "cpus": parse_cpus(spec.cpus),
                   "pids": parse_pids(spec.pids_limit)}
         for v in spec.volumes:
-            vol = parse_volume(v)
-            if not os.path.exists(vol["source"]):
-                os.makedirs(vol["source"], exist_ok=True)  # like docker -v
+            parse_volume(v)
         mode = spec.network_mode or "bridge"
         if mode.startswith("container:"):
             other = mode.split(":", 1)[1]
@@ -225,6 +223,11 @@ class Runtime:
             hostname = spec.hostname or cid[:12]
         process = self._process(spec, image.config, hostname)
         process["limits"] = limits
+        from .isolation import parse_volume
+        for v in spec.volumes:  # only now that the input is valid: bad input makes nothing
+            source = parse_volume(v)["source"]
+            if not os.path.exists(source):
+                os.makedirs(source, exist_ok=True)  # like docker -v
         os.makedirs(self.cdir, exist_ok=True)
         os.makedirs(self.ndir, exist_ok=True)
         name = (spec.name or "").lstrip("/") or _generate_name(

@@ -140,6 +140,12 @@ CASES = [
      [KEEP]),
     ("run-bad-name", ["run", "--net", "none", "--name", "pq bad", "busybox", "true"], 2,
      ["pq bad"]),
+    ("run-name-too-long", ["run", "--net", "none", "--name", "pq" * 100, "busybox", "true"], 2,
+     ["128 characters"]),
+    ("volume-then-bad-env", ["run", "--net", "none", "-v", "{f}/pq-newdir:/x", "-e", "=y",
+                             "busybox", "true"], 2, ["=y"]),
+    ("volume-then-unknown-image", ["run", "--net", "none", "-v", "{f}/pq-newdir:/x",
+                                   "pq-nosuch-img"], 3, ["pq-nosuch-img"]),
     ("run-bad-net", ["run", "--net", "pq-bogus", "busybox", "true"], 2, ["pq-bogus"]),
     ("run-net-unknown-container", ["run", "--net", "container:pq-nosuch", "busybox", "true"],
      3, ["pq-nosuch"]),
@@ -304,7 +310,7 @@ CASES = [
 ]
 
 # Files a failed command must not leave behind.
-OUTPUTS = ("pq-out.tar", "pq.pcapng", "pq-m.pcapng", "out")
+OUTPUTS = ("pq-out.tar", "pq.pcapng", "pq-m.pcapng", "out", "pq-newdir")
 
 
 @pytest.fixture(scope="module")
