@@ -615,3 +615,21 @@ def test_hostile_image_symlinks_stay_inside_the_root(pc, tmp_path):
     assert out.stdout.startswith("sh") and f"/{marker}-dev/null" in out.stdout
     assert not os.path.exists(f"/{marker}-proc") and not os.path.exists(f"/{marker}-dev")
     assert not os.path.exists(f"/tmp/{marker}-dev")
+
+
+def test_bridge_without_the_network_module_is_one_clear_error(pc, state_root):
+    """When pyinspect.runtime.network cannot be imported, bridge runs fail in one line
+    (exit 5) and create nothing; --net none still works in the same process."""
+    import sys
+    code = ("import sys; sys.modules['pyinspect.runtime.network'] = None; "
+            "sys.argv[0] = 'pyinspect-test'; from pyinspect.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "--root", str(state_root), "run",
+                           "--name", "pc-nonet", "busybox", "true"],
+                          capture_output=True, text=True, timeout=60)
+    line = one_line_error(proc, 5)
+    assert "bridge networking is unavailable" in line
+    assert pc.ids() == []
+    proc = subprocess.run([sys.executable, "-c", code, "--root", str(state_root), "run", "--rm",
+                           "--net", "none", "busybox", "echo", "still-fine"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "still-fine\n", proc.stderr
