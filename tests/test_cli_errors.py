@@ -186,6 +186,10 @@ CASES = [
     ("volume-bad-mode", ["run", "--net", "none", "-v", "/tmp:/x:zz", "busybox", "true"], 2,
      ["zz"]),
     ("workdir-relative", ["run", "--net", "none", "-w", "rel", "busybox", "true"], 2, ["rel"]),
+    ("volume-file-on-dir", ["run", "--rm", "--net", "none", "-v", "/etc/hostname:/etc",
+                            "busybox", "true"], 125, ["/etc", "Not a directory"]),
+    ("workdir-is-a-file", ["run", "--rm", "--net", "none", "-w", "/etc/passwd", "busybox",
+                           "true"], 125, ["/etc/passwd"]),
     ("pids-limit-text", ["run", "--net", "none", "--pids-limit", "x", "busybox", "true"], 2,
      ["--pids-limit"]),
     # container commands: unknown names, wrong state, bad options
