@@ -412,6 +412,7 @@ def test_mtu_mismatch(setup):
                   big_ping, container=t.c.name)
 
 
+@pytest.mark.skipif(not have("conntrack"), reason="needs conntrack-tools")
 def test_conntrack_table_full(setup):
     t = setup
     cmax = int(open("/proc/sys/net/netfilter/nf_conntrack_max").read())
@@ -557,6 +558,7 @@ def test_stored_findings_link_to_runbooks_in_the_dashboard(setup):
     assert rb.status_code == 200 and "sysctl -w net.ipv4.ip_forward=1" in rb.get_data(as_text=True)
 
 
+@pytest.mark.skipif(not have("nft"), reason="needs nft")
 def test_native_nftables_forward_chain_drops(setup):
     """firewalld-style native nftables table: invisible to iptables-*-save, still drops."""
     t = setup
