@@ -13,52 +13,23 @@
 
 import json
 import queue
-import re
 import sqlite3
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 from .errors import CorruptInputError, UnavailableError, UsageError
+from .timespec import parse_time
 
 COLUMNS = ("ts_ns", "kind", "pid", "ppid", "comm", "cgroup_id", "netns", "pidns", "mntns",
            "container_id", "container_name", "session_id", "detail")
 PROBES = ("process", "cgroup", "links")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_since(value, now_ns=None):
-    """'30s', '10m', '2h', '1d' (ago), an RFC3339/ISO time, or epoch seconds -> epoch ns."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
-    try:
-        if m:
-            return _epoch_ns(now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9), text)
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            return _epoch_ns(int(float(text) * 1e9), text)
-    except OverflowError:  # float('1' * 400)
-        return _epoch_ns(-1, text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"bad --since value {text!r}: expected 30s, 10m, 2h, 1d, "
-                         "an RFC3339 time or epoch seconds") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return _epoch_ns(int(dt.timestamp() * 1e9), text)
-
-
-def _epoch_ns(ns, text):
-    """`ns` if SQLite can store it as a time since 1970, else a UsageError naming `text`."""
-    if not 0 <= ns < 2**63:
-        raise UsageError(f"bad --since value {text!r}: out of range "
-                         "(before 1970 or after 2262)")
-    return ns
+    """'30s', '10m', '2h', '1d' (ago), an RFC3339/ISO time, or epoch seconds -> epoch ns
+    (the forms of `pyinspect.timespec`, shared with `pcap export`)."""
+    return parse_time(value, now_ns, what="--since value")
 
 
 def _resolver(root):

@@ -11,17 +11,16 @@ libpcap's `bpf_filter` through ctypes.
 
 import ctypes
 import ctypes.util
-import datetime as _dt
 import ipaddress
 import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from .errors import NotFoundError, UnavailableError, UsageError
 from .pcapng import PcapNgWriter
+from .timespec import parse_time as _parse_time
 
 
 # -- BPF via libpcap ---------------------------------------------------------------
@@ -96,50 +95,9 @@ class BpfFilter:
 
 
 # -- argument parsing (shared with the CLI and the web) --------------------------------
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d)$")
-_UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9,
-            "h": 3600 * 10**9, "d": 86400 * 10**9}
-
-
 def parse_time(text, now_ns=None):
-    """A point in time as epoch ns from: a duration ago (`90s`, `5m`, `2h`, `1d`),
-    epoch seconds (`1764417600.5`), epoch ns (an integer >= 1e15), or ISO 8601
-    (`2026-11-29T12:00:00`, UTC unless it names a zone)."""
-    if text is None or isinstance(text, int):
-        return text
-    s = str(text).strip()
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    m = _DURATION.match(s)
-    try:
-        if m:
-            return _epoch_ns(now_ns - int(float(m.group(1)) * _UNIT_NS[m.group(2)]), text)
-        value = float(s)
-    except ValueError:
-        pass
-    except OverflowError:
-        return _epoch_ns(None, text)
-    else:
-        if value != value or value in (float("inf"), float("-inf")):  # nan, inf
-            return _epoch_ns(None, text)
-        if value >= 1e15:
-            return _epoch_ns(int(s) if s.isdigit() else int(value), text)
-        return _epoch_ns(int(value * 1e9), text)
-    try:
-        when = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"bad time {text!r}: not a duration, epoch or ISO 8601 time",
-                         "e.g. 5m, 1764417600, 2026-11-29T12:00:00Z") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return _epoch_ns(int(when.timestamp()) * 10**9 + when.microsecond * 1000, text)
-
-
-def _epoch_ns(ns, text):
-    """`ns` if SQLite can store it (a signed 64-bit integer), else a UsageError."""
-    if ns is None or not -2**63 <= ns < 2**63:
-        raise UsageError(f"bad time {text!r}: out of range",
-                         "e.g. 5m, 1764417600, 2026-11-29T12:00:00Z")
-    return ns
+    """A point in time as epoch ns: see `pyinspect.timespec` for the accepted forms."""
+    return _parse_time(text, now_ns)
 
 
 _ENDPOINT = r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(?::(\d+))?"
