@@ -139,8 +139,8 @@ class DockerLike:
             ns.remove()
 
     def published_ok(self):
-        r = self.k.run("wget", "-q", "-O-", "-T", "2", "-t", "1", "http://10.202.0.1:8088/",
-                       check=False, timeout=20)
+        r = self.k.run("timeout", "2", "busybox", "wget", "-q", "-O-",
+                       "http://10.202.0.1:8088/", check=False, timeout=20)
         return r.returncode == 0 and "pd-ok" in r.stdout
 
     def rules(self):
@@ -155,8 +155,8 @@ class DockerLike:
 
 @pytest.fixture(scope="module")
 def docker(tmp_path_factory):
-    if not (have("iptables-nft-restore") and have("wget")):
-        pytest.skip("needs iptables-nft and wget")
+    if not (have("iptables-nft-restore") and have("busybox")):
+        pytest.skip("needs iptables-nft and busybox")
     d = DockerLike(tmp_path_factory.mktemp("pd-docker"), tmp_path_factory.mktemp("pd-droot"))
     yield d
     d.remove()
@@ -222,8 +222,8 @@ def test_runc_container_found_and_fixed(tmp_path, make_netns):
         r.exec_detached(cid, "busybox", "httpd", "-p", "80", "-h", "/")
 
         def ok():
-            res = k.run("wget", "-q", "-O-", "-T", "1", "-t", "1", "http://10.202.0.1:8090/",
-                        check=False, timeout=20)
+            res = k.run("timeout", "1", "busybox", "wget", "-q", "-O-",
+                        "http://10.202.0.1:8090/", check=False, timeout=20)
             return res.returncode == 0 and "pd-ok" in res.stdout
         for _ in range(20):
             if ok():

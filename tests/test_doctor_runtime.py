@@ -58,7 +58,8 @@ class Env:
         return r.returncode == 0 and "pd-ok" in r.stdout
 
     def get(self, url):
-        r = self.k.run("wget", "-q", "-O-", "-T", "2", "-t", "1", url, check=False, timeout=20)
+        r = self.k.run("timeout", "2", "busybox", "wget", "-q", "-O-", url, check=False,
+                       timeout=20)
         return r.returncode == 0 and "pd-ok" in r.stdout
 
     def published_ok(self):
@@ -84,8 +85,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    if not have("wget"):
-        pytest.skip("needs wget")
+    if not have("busybox"):
+        pytest.skip("needs busybox")
     e = Env(tmp_path_factory.mktemp("pd-rt-root"))
     yield e
     e.remove()
