@@ -21,6 +21,8 @@ Layout for bridge `br` with subnet `S` (Docker's names in brackets):
     filter PYINSPECT-FORWARD -i br -o br -j ACCEPT
     filter PYINSPECT   -d IP ! -i br -o br -p P --dport CP -j ACCEPT              (per port)
     raw    PREROUTING  -i br -d 127.0.0.0/8 -j DROP      (guard for route_localnet on br)
+    raw    PREROUTING  -d 127.x ! -i lo -p P --dport HP -j DROP  (per port published on 127.x:
+           a neighbour's packet to 127.x would otherwise be DNATed before the martian check)
 
 Every rule carries `-m comment --comment pyinspect:<bridge>:<owner>` (owner =
 `base` or a container id prefix). Only rules with that tag are ever changed or
@@ -110,6 +112,11 @@ def container_rules(bridge, container_id, ip, bindings):
             RuleSpec("filter", FILTER_CHAIN, tag, "ACCEPT", dst=ip, in_="!" + bridge, out=bridge,
                      proto=proto, matches=((proto, (("dport", cp),)),)),
         ]
+        if host_dst and host_dst.startswith("127."):
+            # nat PREROUTING would DNAT a neighbour's packet to 127.x before routing's
+            # martian check: only loopback may reach a port published on 127.x.
+            out.append(RuleSpec("raw", "PREROUTING", tag, "DROP", dst=host_dst, in_="!lo",
+                                proto=proto, matches=((proto, (("dport", hp),)),)))
     return out
 
 

@@ -96,10 +96,16 @@ def problems(findings):
     return [f for f in findings if f["severity"] in ("error", "warning")]
 
 
-def test_pyinspect_setup_localhost_publish_is_exposed_and_fixed(env):
-    """The only finding on a fresh `run -p 127.0.0.1:8089:80`: the port is reachable from the
-    client link (pyinspect's raw guard covers only its bridge). Proven by really reaching it."""
+def test_pyinspect_setup_localhost_publish_is_guarded(env):
+    """A fresh `run -p 127.0.0.1:8089:80` is clean: pyinspect's raw guard keeps neighbours
+    off the 127.0.0.1 port. Without the guard doctor names the exposure, proven by really
+    reaching it, and its safe fix closes it again."""
     assert env.published_ok()
+    rc, report = env.doctor()
+    assert rc == 0 and not problems(report["findings"]), report
+    assert not env.localhost_exploit()
+    guard = _tagged_rule(env, "raw", "-d 127.0.0.1/32", "! -i lo", "--dport 8089", "DROP")
+    env.h.run("sh", "-c", f"iptables-legacy -t raw {guard.replace('-A ', '-D ', 1)}")
     rc, report = env.doctor()
     assert rc == 1
     assert [f["check"] for f in problems(report["findings"])] == ["localhost_publish"]
@@ -121,7 +127,7 @@ def _tagged_rule(env, table, *needles):
 
 
 def baseline(env):
-    """Clean before a test: the only known finding (localhost exposure) gets its safe fix."""
+    """Clean before a test (a test before may have left a finding its fix settles)."""
     rc, report = env.doctor("--fix")
     assert rc == 0, report
     assert env.published_ok()
