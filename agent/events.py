@@ -110,6 +110,9 @@ class Recorder:
         if ev["kind"].startswith("cgroup_") and d.get("id") is not None:
             # the cgroup being made/removed/joined says more than the actor's cgroup
             hit = self._resolve(cgroup_id=d["id"], cgroup_root=d.get("hierarchy"))
+        elif ev["kind"] == "oom" and d.get("memcg_id"):
+            # the memory cgroup that ran out names the container even after the victim died
+            hit = self._resolve(cgroup_id=d["memcg_id"], cgroup_root=d.get("memcg_hierarchy"))
         if hit is None:
             # The namespaces in the record are the task's at event time; the pid is only
             # a fallback (a process that later joins a container must not drag its
@@ -360,6 +363,12 @@ def _decode(row):
     return row
 
 
+def known_kinds():
+    """Every event kind the probes record (their KINDS, imported only when asked)."""
+    from .probes import cgroups, links, process
+    return set(process.KINDS.values()) | set(cgroups.KINDS.values()) | set(links.KINDS)
+
+
 def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None,
           after_id=None, newest_first=False):
     """Stored events, oldest first (or newest first): filter by container (name, id or id
@@ -382,6 +391,10 @@ def query(store, container=None, since=None, kinds=None, limit=100, offset=0, un
         params.append(until_ns)
     if kinds:
         kinds = list(kinds)
+        unknown = sorted(set(kinds) - known_kinds())
+        if unknown:
+            raise UsageError(f"unknown event kind {unknown[0]!r}",
+                             f"kinds: {', '.join(sorted(known_kinds()))}")
         where.append(f"kind IN ({','.join('?' * len(kinds))})")
         params += kinds
     sql = "SELECT * FROM events"

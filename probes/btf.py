@@ -109,6 +109,19 @@ class BTF:
     def size(self, struct_name):
         return self.types[self.struct_id(struct_name)][2]
 
+    def enum_value(self, name):
+        """The value of enumerator `name` in any enum (e.g. memory_cgrp_id)."""
+        want = name.encode()
+        for kind, _n, _s, vlen, _k, body in self.types[1:]:
+            if kind != _ENUM:
+                continue
+            for i in range(vlen):
+                name_off, val = struct.unpack_from("<Ii", self._data, body + 8 * i)
+                start = self._strs + name_off
+                if self._data[start:start + len(want) + 1] == want + b"\0":
+                    return val
+        raise BTFError(f"enumerator {name} not in BTF")
+
 
 _lock = threading.Lock()
 _cache = {}
@@ -135,9 +148,21 @@ FIELDS = {
 }
 
 
+# Optional: a task's memory cgroup (task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id).
+# Missing (e.g. CONFIG_MEMCG off) only drops these macros.
+OPTIONAL_FIELDS = {
+    "OFF_TASK_CGROUPS": ("task_struct", "cgroups"),
+    "OFF_CSSSET_SUBSYS": ("css_set", "subsys"),
+    "OFF_CSS_CGROUP": ("cgroup_subsys_state", "cgroup"),
+    "OFF_CGROUP_KN": ("cgroup", "kn"),
+    "OFF_KN_ID": ("kernfs_node", "id"),
+}
+
+
 def offsets(path=VMLINUX):
-    """{macro: byte offset} for FIELDS from the running kernel's BTF, plus SIZE_UPID;
-    None when BTF is unreadable or any field is missing. Cached per process."""
+    """{macro: byte offset} for FIELDS from the running kernel's BTF, plus SIZE_UPID and
+    (when all present) OPTIONAL_FIELDS + MEMORY_CGRP_ID; None when BTF is unreadable or
+    a required field is missing. Cached per process."""
     with _lock:
         if path in _cache:
             return _cache[path]
@@ -147,6 +172,12 @@ def offsets(path=VMLINUX):
                 btf = BTF(f.read())
             result = {macro: btf.offset(s, m) for macro, (s, m) in FIELDS.items()}
             result["SIZE_UPID"] = btf.size("upid")
+            try:
+                extra = {macro: btf.offset(s, m) for macro, (s, m) in OPTIONAL_FIELDS.items()}
+                extra["MEMORY_CGRP_ID"] = btf.enum_value("memory_cgrp_id")
+                result.update(extra)
+            except BTFError:
+                pass
         except (OSError, BTFError, struct.error, IndexError, ValueError):
             result = None
         _cache[path] = result

@@ -35,6 +35,7 @@ struct proc_event {
     s32 aux;        /* exec: argv bytes; setns: fd; oom: oom_score_adj */
     u64 aux2;       /* oom: total_vm kB */
     u64 aux3;       /* oom: anon_rss kB */
+    u64 memcg_id;   /* oom: id of the invoking task's memory cgroup (BTF), else 0 */
     char filename[128];
     char args[128];
 };
@@ -67,6 +68,7 @@ static __always_inline void fill_current(struct proc_event *e, u32 kind) {
     e->other_pid = 0;
     e->aux = 0;
     e->aux2 = e->aux3 = 0;
+    e->memcg_id = 0;
     e->filename[0] = 0;
     e->args[0] = 0;
 }
@@ -223,6 +225,16 @@ TRACEPOINT_PROBE(oom, mark_victim) {
     e->aux = args->oom_score_adj;
     e->aux2 = args->total_vm;
     e->aux3 = args->anon_rss;
+#ifdef MEMORY_CGRP_ID
+    /* the memory cgroup that ran out: task->cgroups->subsys[memory]->cgroup->kn->id */
+    void *task = (void *)bpf_get_current_task();
+    void *cset = kread_ptr(task, OFF_TASK_CGROUPS);
+    void *css = cset ? kread_ptr(cset, OFF_CSSSET_SUBSYS + MEMORY_CGRP_ID * sizeof(void *)) : 0;
+    void *cg = css ? kread_ptr(css, OFF_CSS_CGROUP) : 0;
+    void *kn = cg ? kread_ptr(cg, OFF_CGROUP_KN) : 0;
+    if (kn)
+        bpf_probe_read_kernel(&e->memcg_id, sizeof(e->memcg_id), (char *)kn + OFF_KN_ID);
+#endif
     unsigned short loc = args->data_loc_comm & 0xFFFF;
     bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), (char *)args + loc);
     return emit(e);

@@ -69,6 +69,43 @@ def decode_exit_code(raw):
     return {"exit_code": (raw >> 8) & 0xFF}
 
 
+def memcg_location(cg_id):
+    """{"memcg_hierarchy": id, "memcg_path": path} of the memory cgroup with this id
+    (the inode of its directory), found under the memory controller's mount."""
+    hid, mount = None, None
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                h, ctrls, _ = line.rstrip("\n").split(":", 2)
+                if "memory" in ctrls.split(","):
+                    hid = int(h)
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, right = line.split(" - ", 1)
+                fstype, _src, opts = right.split()[:3]
+                if (hid is not None and fstype == "cgroup" and "memory" in opts.split(",")) \
+                        or (hid is None and fstype == "cgroup2"):
+                    mount = left.split()[4]
+                    break
+    except (OSError, ValueError):
+        return {}
+    if mount is None:
+        return {}
+    hid = 0 if hid is None else hid
+    stack = [(mount, 0)]
+    while stack:
+        path, depth = stack.pop()
+        try:
+            if os.stat(path).st_ino == cg_id:
+                return {"memcg_hierarchy": hid, "memcg_path": path[len(mount):] or "/"}
+            if depth < 8:
+                with os.scandir(path) as it:
+                    stack += [(e.path, depth + 1) for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+    return {"memcg_hierarchy": hid}
+
+
 def proc_namespaces(pid):
     """(netns, pidns, mntns) inodes of a live pid from /proc, or None."""
     try:
@@ -176,6 +213,9 @@ class ProcessProbe(TracepointProbe):
             detail["total_vm_kb"] = r.aux2
             detail["anon_rss_kb"] = r.aux3
             detail["oom_score_adj"] = r.aux
+            if r.memcg_id:
+                detail["memcg_id"] = r.memcg_id
+                detail.update(memcg_location(r.memcg_id))
             ev["comm"] = detail["victim_comm"]
         ev["detail"] = detail
         return ev

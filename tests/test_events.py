@@ -267,6 +267,9 @@ def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
             oom = wait_events(f, lambda seen: next(
                 (e for e in seen if e["kind"] == "oom" and e["pidns"] == pidns), None))
             assert (oom["container_id"], oom["container_name"]) == (cid, name)
+            memcg = [ln.strip().split(":", 2)[2] for ln in open(f"/proc/{init}/cgroup")
+                     if "memory" in ln.split(":")[1].split(",")]
+            assert oom["detail"]["memcg_path"] == memcg[0]  # the container's memory cgroup
             killed = wait_events(f, lambda seen: next(
                 (e for e in seen if e["kind"] == "exit" and e["pid"] == oom["pid"]), None))
             assert killed["detail"]["signal"] == signal.SIGKILL

@@ -323,6 +323,9 @@ def test_oom_kill_in_memory_limited_cgroup(events, cg_events, pa_cgroups):
     victim = ex["pid"]
     oom = events.event("oom", victim)
     assert oom["comm"] == "python3" and oom["detail"]["anon_rss_kb"] > 20 * 1024
+    # the memory cgroup that ran out, read in the kernel through BTF offsets
+    assert oom["detail"]["memcg_id"] == os.stat(cg).st_ino
+    assert oom["detail"]["memcg_path"] == "/" + os.path.basename(cg)
     assert oom["netns"] == ns_ino(os.getpid(), "net")
     dead = events.event("exit", victim)
     assert dead["detail"]["signal"] == signal.SIGKILL
