@@ -87,6 +87,7 @@ class Recorder:
         self.flush_interval = flush_interval
         self.session_id = session_id
         self._written = 0
+        self._write_error = None
         self._writer = None
         if threaded:
             self._writer = _Writer(store.path)
@@ -171,7 +172,7 @@ class Recorder:
 
     @property
     def write_error(self):
-        return self._writer.error if self._writer else None
+        return self._writer.error if self._writer else self._write_error
 
     def flush(self):
         batch, self._batch = self._batch, []
@@ -186,8 +187,11 @@ class Recorder:
         """Write what is queued; in threaded mode wait for the writer to finish."""
         self.flush()
         if self._writer:
-            self._writer.queue.put(None)
-            self._writer.join()
+            writer, self._writer = self._writer, None  # later writes go direct: idempotent
+            writer.queue.put(None)
+            writer.join()
+            self._written += writer.written
+            self._write_error = writer.error
 
     def record_loss(self, probe, lost, lag_ns=0, force=False):
         """Store a probe_loss row when `lost` grew since the last row (or force)."""
@@ -242,6 +246,18 @@ class Follower:
         self._backlog = []
 
     def start(self):
+        """Start every probe that can start (returns self); on an unexpected error,
+        undo what was started and re-raise."""
+        try:
+            return self._start()
+        except BaseException:
+            for probe in self.probes:
+                probe.stop()
+            self.probes = []
+            self.recorder.close()
+            raise
+
+    def _start(self):
         errors = []
         filters = {k: dict(v) for k, v in self.filters.items()}
         namespaces = self._container_namespaces()
@@ -262,7 +278,6 @@ class Follower:
             self.messages.extend(getattr(probe, "messages", []))
             self.probes.append(probe)
         if not self.probes:
-            self.recorder.close()
             raise UnavailableError("events: no probe could start: " + "; ".join(errors))
         # What the first probes saw while the later ones compiled is stored, and not
         # counted as reader lag: lag measures the steady state from here on.
