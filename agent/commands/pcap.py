@@ -39,7 +39,10 @@ def pcap():
               help="pcapng file to write.")
 @click.pass_obj
 def export_(obj, session_id, container, since, until, flow, bpf_filter, output):
-    """Write a trace's packets from the store to one pcapng, in timestamp order.
+    """Export stored trace packets as one pcapng.
+
+    Every capture point of the trace becomes a named interface; packets come in
+    timestamp order with their direction and NAT comment.
 
     \b
     Examples:
@@ -85,9 +88,12 @@ def ls(obj, as_json):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="pcapng file to write (only created if every input reads cleanly).")
 def merge(inputs, output):
-    """Merge pcap/pcapng files (e.g. `tcpdump -w` inside a container) by timestamp.
+    """Merge pcap/pcapng files into one pcapng.
 
-    Interface names are kept: pcapng if_name, or the file name for classic pcap.
+    Packets are merged by timestamp. For captures made elsewhere, such as `tcpdump -w`
+    inside a container. Interface
+    names are kept: pcapng if_name, or the file name for classic pcap. A damaged input
+    stops the merge with one error line and no output file.
     """
     from ..pcapng import merge as merge_files
     res = merge_files(inputs, output)
