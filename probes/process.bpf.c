@@ -46,6 +46,9 @@ BPF_PERCPU_ARRAY(scratch, struct proc_event, 1);
 BPF_ARRAY(config, u64, 1);
 BPF_TABLE("lru_hash", u32, u64, pending_clone, 4096);
 BPF_HASH(ns_allow, u32, u8, 1024);  /* namespace inodes to report (CFG_NS_FILTER) */
+#ifndef PI_HAVE_BTF
+BPF_TABLE("lru_hash", u32, s32, exit_status, 4096);  /* tgid -> exit_group() code */
+#endif
 
 static __always_inline u64 cfg(void) {
     int zero = 0;
@@ -162,6 +165,15 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
 #ifdef PI_HAVE_BTF
     void *task = (void *)bpf_get_current_task();
     e->exit_code = (s32)kread_u32(task, OFF_TASK_EXIT_CODE);
+#else
+    /* without BTF: the status the process passed to exit_group(), in wait() form;
+       a death by signal stays unknown (-1) */
+    u32 tgid = e->pid;
+    s32 *st = exit_status.lookup(&tgid);
+    if (st) {
+        e->exit_code = (*st & 0xff) << 8;
+        exit_status.delete(&tgid);
+    }
 #endif
     return emit(e);
 }
@@ -180,6 +192,15 @@ static __always_inline int on_clone_flags(u64 flags, u32 kind) {
     e->flags = flags;
     return emit(e);
 }
+
+#if defined(PI_EXIT_GROUP) && !defined(PI_HAVE_BTF)
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    s32 code = (s32)args->error_code;
+    exit_status.update(&tgid, &code);
+    return 0;
+}
+#endif
 
 #ifdef PI_CLONE
 TRACEPOINT_PROBE(syscalls, sys_enter_clone) {

@@ -8,7 +8,8 @@ clone / unshare / setns (CLONE_NEW* flags decoded; clone only when it makes
 namespaces), oom (pid = victim). ppid, namespace inodes, exit code and argv are
 read in the kernel at the event using field offsets taken from the running
 kernel's BTF (probes/btf.py). Without BTF they come from /proc when the record is
-read (`detail["ns_source"]` says which), and exit codes are unknown.
+read (`detail["ns_source"]` says which), and exit codes come from exit_group()
+(a death by signal is then unknown).
 """
 
 import ctypes
@@ -152,7 +153,11 @@ class ProcessProbe(TracepointProbe):
         if not self.offsets:
             self.messages.append(
                 "process probe: no usable kernel BTF; ppid, namespaces and argv are read "
-                "from /proc when events are read, exit codes are unknown")
+                "from /proc when events are read; exit codes come from exit_group(), "
+                "deaths by signal are unknown")
+            if "sched:sched_process_exit" in self.tracepoints:
+                # the exit status, caught where the process asks for it
+                self.tracepoints.setdefault("syscalls:sys_enter_exit_group", "PI_EXIT_GROUP")
         self._known = {}  # pid -> (ppid, netns, pidns, mntns) learned from earlier events
         self.ns_filter = None
 
@@ -199,7 +204,7 @@ class ProcessProbe(TracepointProbe):
                 detail["argv_truncated"] = r.aux > field.size
             detail["old_pid"] = r.other_pid
         elif kind == "exit":
-            detail.update(decode_exit_code(r.exit_code if self.offsets else None))
+            detail.update(decode_exit_code(r.exit_code))
         elif kind in ("clone", "unshare"):
             detail["flags"] = r.flags
             detail["namespaces"] = namespace_names(r.flags)

@@ -361,11 +361,14 @@ def test_missing_tracepoint_is_skipped_and_the_rest_deliver(events):
 
 def test_without_btf_namespaces_come_from_proc(events):
     with ProcessProbe(use_btf=False,
-                      tracepoints={"sched:sched_process_exec": "PI_EXEC"}) as probe:
+                      tracepoints={"sched:sched_process_exec": "PI_EXEC",
+                                   "sched:sched_process_exit": "PI_EXIT"}) as probe:
         assert any("no usable kernel BTF" in m for m in probe.messages)
+        assert "syscalls:sys_enter_exit_group" in probe.attached
+        col = Collector(probe)
         p = subprocess.Popen(["unshare", "--net", "sleep", "1000"])
         try:
-            ev = Collector(probe).wait(lambda seen: next(
+            ev = col.wait(lambda seen: next(
                 (e for e in seen if e["kind"] == "exec" and e["pid"] == p.pid
                  and e["comm"] == "sleep"), None))
             assert ev["detail"]["ns_source"] == "proc"
@@ -375,6 +378,12 @@ def test_without_btf_namespaces_come_from_proc(events):
         finally:
             p.kill()
             p.wait()
+        # exit codes: from exit_group() without BTF; a death by signal is unknown
+        killed = col.event("exit", p.pid)
+        assert killed["detail"]["exit_code"] is None and "signal" not in killed["detail"]
+        q = subprocess.Popen(["sh", "-c", "exit 9"])
+        assert q.wait() == 9
+        assert col.event("exit", q.pid)["detail"]["exit_code"] == 9
 
 
 # BPF program ids, read with bpf(2) directly (bpftool is not installed here)
