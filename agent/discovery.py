@@ -475,6 +475,8 @@ def containers(root=None, procs=None, host=None):
     for pid, ns in procs.items():
         if pid in claimed or ns["net"] in taken_net or ns["pid"] in taken_pid:
             continue
+        if ns["net"] is None or ns["pid"] is None:
+            continue  # exited while scanned, or unreadable: nothing to group it by
         if ns["net"] != host["net"]:
             groups.setdefault(("netns", ns["net"]), []).append(pid)
         elif ns["pid"] != host["pid"]:
