@@ -16,6 +16,7 @@ Packets are correlated after a short delay (`SETTLE_NS`) so the conntrack event 
 trace lines of a packet are in hand when it is placed into its flow.
 """
 
+import collections
 import contextlib
 import json
 import os
@@ -35,6 +36,7 @@ AUTO_CPU_SHARE = 0.15           # automatic budget: the reader may use ~15% of o
 AUTO_MIN_RATE, AUTO_MAX_RATE = 1000, 100000     # records/s bounds of the automatic budget
 MAX_DYNAMIC_RULES = 64
 DROPS_PER_POLL = 200
+RECENT_JOURNEYS = 4096
 MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
 LIVE_DROPS_PER_CAUSE = 3
 STATE_DIR = "trace"
@@ -338,6 +340,7 @@ class TraceSession:
         self._state_file = None
         self._stopped = False
         self._budget_t = None
+        self.recent = collections.OrderedDict()
         self._cost = 40e-6          # CPU seconds per capture record, learned while running
 
     # -- start -------------------------------------------------------------------------
@@ -404,59 +407,93 @@ class TraceSession:
         self._state_file.write_text(json.dumps(st))
 
     def _start_optional(self, tgt):
-        from pyinspect.probes import conntrack, drops, nftrace
-        try:
-            self.ct = conntrack.ConntrackEvents().start()
-            if not conntrack.events_enabled():
-                self.notes.append("conntrack: net.netfilter.nf_conntrack_events is 0 here: "
-                                  "no NAT tuples from conntrack")
-            for ev in self.ct.dump():
-                if self._ours(ev):
-                    self.flows.conntrack(ev)
-        except PyinspectError as exc:
-            self.ct = None
-            self.notes.append(f"conntrack: unavailable: {exc}")
-        try:
-            self.binding = nftrace.LoggerBinding(
-                None, str(_state_dir(self.root) / f"{os.getpid()}.nflog.json"))
-            self.binding.bind()
-            self.nflog = nftrace.NflogReader().start()
-            self.rules = nftrace.TraceRules()
-            self.rules.add_many(nftrace.trace_rule_specs(tgt.addrs, tgt.ports))
-            self.rulebook = nftrace.RuleBook()
-        except PyinspectError as exc:
-            self.notes.append(f"netfilter trace: unavailable: {exc}")
-            if self.rules:
-                self.rules.remove()
-            if self.nflog:
-                self.nflog.stop()
-            if self.binding:
-                self.binding.restore()
-            self.rules = self.nflog = self.binding = None
-        if nftrace.has_nft_chains():
-            # nf_tables chains (iptables-nft, nft) trace through nftrace events
+        """Start every source besides the capture; each one that fails is a one-line note."""
+        from pyinspect.probes import nftrace
+        for name, start, undo in (
+                ("conntrack", self._start_conntrack, self._undo_conntrack),
+                ("netfilter trace", lambda: self._start_nftrace(tgt), self._undo_nftrace),
+                ("nftables trace", lambda: self._start_nft(tgt), self._undo_nft),
+                ("process events", self._start_events, self._undo_events),
+                ("drops", lambda: self._start_drops(tgt), self._undo_drops)):
+            if name == "nftables trace" and not nftrace.has_nft_chains():
+                continue                 # no nf_tables chains here: nothing to trace there
+            if name == "process events" and not self.opt.events:
+                continue
             try:
-                self.nftmon = nftrace.NftMonitor().start()
-                self.nfttable = nftrace.NftTraceTable()
-                self.nfttable.create(nftrace.trace_rule_specs(tgt.addrs, tgt.ports))
-            except PyinspectError as exc:
-                self.notes.append(f"nftables trace: unavailable: {exc}")
-                if self.nftmon:
-                    self.nftmon.stop()
-                self.nftmon = None
-        if self.opt.events:
-            try:
-                from pyinspect.probes.process import ProcessProbe
-                self.procs = ProcessProbe().start({"namespaces": [self.target.netns]})
-                self.notes += [m for m in self.procs.messages]
-            except PyinspectError as exc:
-                self.procs = None
-                self.notes.append(f"process events: unavailable: {exc}")
-        try:
-            self.drops = drops.DropWatch(tgt).start()
-        except PyinspectError as exc:
-            self.drops = None
-            self.notes.append(f"drops: unavailable: {exc}")
+                start()
+            except Exception as exc:     # noqa: BLE001 - any failure degrades to a note
+                with contextlib.suppress(Exception):
+                    undo()
+                why = str(exc) if isinstance(exc, PyinspectError) else \
+                    f"{type(exc).__name__}: {exc}"
+                self.notes.append(f"{name}: unavailable: {why}")
+
+    def _start_conntrack(self):
+        from pyinspect.probes import conntrack
+        self.ct = conntrack.ConntrackEvents().start()
+        if not conntrack.events_enabled():
+            self.notes.append("conntrack: net.netfilter.nf_conntrack_events is 0 here: "
+                              "no NAT tuples from conntrack")
+        for ev in self.ct.dump():
+            if self._ours(ev):
+                self.flows.conntrack(ev)
+
+    def _undo_conntrack(self):
+        if self.ct:
+            self.ct.stop()
+        self.ct = None
+
+    def _start_nftrace(self, tgt):
+        from pyinspect.probes import nftrace
+        self.binding = nftrace.LoggerBinding(
+            None, str(_state_dir(self.root) / f"{os.getpid()}.nflog.json"))
+        self.binding.bind()
+        self.nflog = nftrace.NflogReader().start()
+        self.rules = nftrace.TraceRules()
+        self.rules.add_many(nftrace.trace_rule_specs(tgt.addrs, tgt.ports))
+        self.rulebook = nftrace.RuleBook()
+
+    def _undo_nftrace(self):
+        if self.rules:
+            self.rules.remove()
+        if self.nflog:
+            self.nflog.stop()
+        if self.binding:
+            self.binding.restore()
+        self.rules = self.nflog = self.binding = None
+
+    def _start_nft(self, tgt):
+        # nf_tables chains (iptables-nft, nft) are traced through nftrace events
+        from pyinspect.probes import nftrace
+        self.nftmon = nftrace.NftMonitor().start()
+        self.nfttable = nftrace.NftTraceTable()
+        self.nfttable.create(nftrace.trace_rule_specs(tgt.addrs, tgt.ports))
+
+    def _undo_nft(self):
+        if self.nftmon:
+            self.nftmon.stop()
+        if self.nfttable:
+            self.nfttable.remove()
+        self.nftmon = self.nfttable = None
+
+    def _start_events(self):
+        from pyinspect.probes.process import ProcessProbe
+        self.procs = ProcessProbe().start({"namespaces": [self.target.netns]})
+        self.notes += list(self.procs.messages)
+
+    def _undo_events(self):
+        if self.procs:
+            self.procs.stop()
+        self.procs = None
+
+    def _start_drops(self, tgt):
+        from pyinspect.probes import drops
+        self.drops = drops.DropWatch(tgt).start()
+
+    def _undo_drops(self):
+        if self.drops:
+            self.drops.stop()
+        self.drops = None
 
     def _ours(self, ev):
         addrs = set(self.target.addrs)
@@ -600,6 +637,7 @@ class TraceSession:
                                "data": data, "pkt": pkt})
         # netfilter trace lines: attach to the journey of the same packet
         nf_keep = []
+        late_hops = []
         by_id = None
         now = time.time_ns()
         for hop in self.nf_pending:
@@ -622,6 +660,10 @@ class TraceSession:
             if not placed and cutoff is not None and now - hop["ts_ns"] < 2 * SETTLE_NS:
                 nf_keep.append(hop)
             elif not placed and pk:
+                late = self._recent_journey(pk, hop)
+                if late is not None:
+                    late_hops.append((late, hop))    # its packet was already shown: store it
+                    continue
                 # a packet the trace saw but no capture point did (e.g. dropped before
                 # leaving the host): it still belongs to its flow
                 j = self._orphan_journey(hop, journeys, order)
@@ -647,8 +689,30 @@ class TraceSession:
             items += self._emit(j)
             matched_flows.add(j.flow.id)
         items += self._settle_drops(cutoff)
-        self._write_rows(order, loose)
+        self._write_rows(order, loose, late_hops)
+        for j in order:
+            self._remember(j)
         return self._in_time_order(items + self._settle_events(cutoff))
+
+    def _remember(self, j):
+        """Keep recent journeys so a trace line that arrives after its packet was settled
+        still lands on it (in the store)."""
+        key = (j.flow.id, j.direction, j.ident)
+        self.recent[key] = j
+        if len(self.recent) > RECENT_JOURNEYS:
+            self.recent.popitem(last=False)
+
+    def _recent_journey(self, pk, hop):
+        hit = self.flows.lookup(pk.tuple)
+        if not hit:
+            return None
+        if hop.get("loose_ident"):
+            for (fid, d, ident), j in reversed(self.recent.items()):
+                if fid == hit[0].id and d == hit[1] and ident[0] == pk.ipid and \
+                        ident[3] == pk.iplen:
+                    return j
+            return None
+        return self.recent.get((hit[0].id, hit[1], pk.ident))
 
     @staticmethod
     def _in_time_order(items):
@@ -833,10 +897,10 @@ class TraceSession:
     _HOP_SQL = ("INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain, "
                 "rule_num, rule_text, verdict, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
-    def _write_rows(self, journeys, loose=()):
+    def _write_rows(self, journeys, loose=(), late_hops=()):
         """Packets (every capture) and netfilter hops of settled journeys, in one transaction;
         the same packets go to the pcapng with the flow's NAT as the comment."""
-        if not (journeys or loose) or not self.store:
+        if not (journeys or loose or late_hops) or not self.store:
             return
         sid = self.session_id
         pids = self.point_ids
@@ -876,6 +940,12 @@ class TraceSession:
                                  h["rule_num"], h["rule_text"], h["verdict"],
                                  json.dumps({"kind": h["kind"], "backend": h["backend"],
                                              "hook": h["hook"]})))
+            for j, h in late_hops:
+                ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+                hops.append((sid, j.flow.store_id, None, ts, h["table"], h["chain"],
+                             h["rule_num"], h["rule_text"], h["verdict"],
+                             json.dumps({"kind": h["kind"], "backend": h["backend"],
+                                         "hook": h["hook"], "late": True})))
             if hops:
                 conn.executemany(self._HOP_SQL, hops)
 

@@ -171,7 +171,11 @@ class DropWatch:
         if not Path(FORMAT).exists():
             raise UnavailableError("skb:kfree_skb is not available: tracefs not mounted",
                                    "mount -t tracefs nodev /sys/kernel/tracing")
-        offs = btf_offsets()
+        try:
+            offs = btf_offsets()
+        except (OSError, struct.error, ValueError, IndexError) as exc:
+            raise UnavailableError(f"no usable kernel BTF for sk_buff offsets ({exc})",
+                                   "needs CONFIG_DEBUG_INFO_BTF") from exc
         self.reasons = reason_names()
         cflags = [f"-D{k}={v}" for k, v in offs.items()]
         consumed = [n for n, name in self.reasons.items() if name == "CONSUMED"]

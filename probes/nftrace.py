@@ -38,6 +38,8 @@ NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
+NFULA_CFG_TIMEOUT = 4      # flush timeout, 1/100 s (default 1 s)
+NFULA_CFG_QTHRESH = 5      # messages batched before a flush (default: what fits 4 KiB)
 CMD_BIND, CMD_UNBIND = 1, 2
 COPY_PACKET = 2
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
@@ -262,9 +264,14 @@ class LoggerBinding:
         self.previous = None
 
     def bind(self):
+        try:
+            with in_netns(self.netns), open(NF_LOG_SYSCTL) as f:
+                previous = f.read().strip()
+        except OSError as exc:
+            raise UnavailableError(f"no per-namespace nf_log setting ({NF_LOG_SYSCTL}: "
+                                   f"{exc.strerror})") from exc
         with in_netns(self.netns):
-            with open(NF_LOG_SYSCTL) as f:
-                self.previous = f.read().strip()
+            self.previous = previous
             if self.state_file:
                 with open(self.state_file, "w") as f:
                     json.dump({"netns": self.netns, "previous": self.previous,
@@ -346,6 +353,9 @@ class NflogReader:
             self._config([_nlattr(NFULA_CFG_CMD, struct.pack("=B", CMD_BIND) + b"\0" * 3)])
             self._config([_nlattr(NFULA_CFG_MODE, struct.pack("!IBB", self.copy_range,
                                                               COPY_PACKET, 0))])
+            # deliver each trace line at once, not batched for up to a second
+            self._config([_nlattr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)),
+                          _nlattr(NFULA_CFG_TIMEOUT, struct.pack("!I", 0))])
         except OSError as exc:
             if self.sock:
                 self.sock.close()

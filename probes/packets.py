@@ -22,7 +22,7 @@ from pyinspect.errors import UnavailableError, UsageError
 
 SRC = Path(__file__).with_name("packets.bpf.c")
 TC_PRIO = 0xC1A5          # tc filter preference used only by pyinspect trace
-TC_HANDLE = 0x7069        # "pi"
+TC_HANDLE_BASE = 0x70690000   # "pi" << 16; a session's filters use base + (pid & 0xffff)
 TC_NAME_PREFIX = "pyinspect-trace:"
 MAX_POINTS = 16
 MAXCAP = 16384
@@ -95,6 +95,11 @@ def _ensure_clsact(ipr, ifindex):
     return True
 
 
+def tc_handle(pid):
+    """The tc filter handle of one session (distinct per live process: traces can overlap)."""
+    return TC_HANDLE_BASE + (pid & 0xffff)
+
+
 def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
     """Attach a loaded sched_cls program on one side of `point`. Returns True if clsact was added."""
     parent = "ffff:fff2" if direction == "ingress" else "ffff:fff3"
@@ -103,7 +108,7 @@ def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
         ipr = _iproute(point.netns)
     try:
         added = _ensure_clsact(ipr, point.ifindex)
-        ipr.tc("add-filter", "bpf", point.ifindex, TC_HANDLE, fd=fd,
+        ipr.tc("add-filter", "bpf", point.ifindex, tc_handle(owner_pid), fd=fd,
                name=f"{TC_NAME_PREFIX}{owner_pid}:{prog_name}", parent=parent,
                prio=TC_PRIO, classid=1, direct_action=True)
         return added
@@ -113,7 +118,7 @@ def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
 
 
 def _our_filters(ipr, ifindex):
-    """(parent, name) of pyinspect tc filters on one interface."""
+    """(parent, name, prio, handle) of pyinspect tc filters on one interface."""
     out = []
     for parent in ("ffff:fff2", "ffff:fff3"):
         try:
@@ -124,7 +129,7 @@ def _our_filters(ipr, ifindex):
             opts = f.get_attr("TCA_OPTIONS")
             name = opts.get_attr("TCA_BPF_NAME") if opts else None
             if name and name.startswith(TC_NAME_PREFIX):
-                out.append((parent, name, f["info"] >> 16))
+                out.append((parent, name, f["info"] >> 16, f["handle"]))
     return out
 
 
@@ -135,16 +140,18 @@ def detach_point(point, remove_clsact):
     except Exception:
         return
     try:
-        for parent, _name, prio in _our_filters(ipr, point.ifindex):
+        mine = f"{TC_NAME_PREFIX}{os.getpid()}:"
+        for parent, name, prio, handle in _our_filters(ipr, point.ifindex):
+            if not name.startswith(mine):
+                continue                 # another live session's filter
             with contextlib.suppress(Exception):
-                ipr.tc("del-filter", "bpf", point.ifindex, TC_HANDLE, parent=parent, prio=prio)
-        if remove_clsact:
-            with contextlib.suppress(Exception):
-                ipr.tc("del", "clsact", point.ifindex)
+                ipr.tc("del-filter", "bpf", point.ifindex, handle, parent=parent, prio=prio)
     except Exception:
         pass
     finally:
         ipr.close()
+    if remove_clsact:                    # only if no one else's filters sit on it now
+        remove_clsact_if_empty(point.netns, point.ifindex)
 
 
 def remove_clsact_if_empty(netns, ifindex):
@@ -192,7 +199,7 @@ def remove_stale_filters(netns_paths):
         try:
             for link in ipr.get_links():
                 idx = link["index"]
-                for parent, name, prio in _our_filters(ipr, idx):
+                for parent, name, prio, handle in _our_filters(ipr, idx):
                     try:
                         pid = int(name[len(TC_NAME_PREFIX):].split(":")[0])
                     except ValueError:
@@ -200,7 +207,7 @@ def remove_stale_filters(netns_paths):
                     if pid and _pid_alive(pid) and pid != os.getpid():
                         continue
                     with contextlib.suppress(Exception):
-                        ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=prio)
+                        ipr.tc("del-filter", "bpf", idx, handle, parent=parent, prio=prio)
                         side = "ingress" if parent.endswith("2") else "egress"
                         removed.append(f"{path or 'self'} {link.get_attr('IFLA_IFNAME')} {side}")
         finally:

@@ -125,7 +125,8 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
     assert pp["eth0 (container)"]["captured"] >= pp["up0 (uplink)"]["captured"]
     assert summary["loss"]["capture"] == 0
     assert summary["nat"] == [f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80"]
-    assert summary["flows"] == 1 and not summary["drops"]
+    assert summary["flows"] == 1 and not summary["drops"], \
+        (summary["connections"], summary["drops"], [i["text"] for i in items])
     # the merged pcapng: every point an interface, NAT comments on the packets
     from pyinspect.pcapng import read_packets
     pkts = list(read_packets(pcap))
