@@ -255,7 +255,10 @@ class Shim:
                 c.network = self.netmod.connect(str(self.rt.root), c, pid) or {}
                 files = self.netmod.container_files(c)
             self.cg.join(pid)
-            _write_all(sync_w, json.dumps(files or {}).encode())
+            try:
+                _write_all(sync_w, json.dumps(files or {}).encode())
+            except BrokenPipeError:
+                pass  # the init failed already (a bad mount): its reason is on err_r
             os.close(sync_w)
             os.close(ready_r)
             failure = _read_all(err_r)

@@ -242,6 +242,8 @@ CASES = [
      ["99999999999999999999"]),
     ("events-since-huge-duration", ["events", "--since", "99999999999d"], 2,
      ["99999999999d"]),
+    ("events-unknown-kind", ["events", "--kind", "exec", "--kind", "pq-bogus"], 2,
+     ["pq-bogus"]),
     ("events-limit-zero", ["events", "--limit", "0"], 2, ["--limit"]),
     ("map-unknown-container", ["map", "-c", "pq-nosuch"], 3, ["pq-nosuch"]),
     # trace
