@@ -448,3 +448,49 @@ def test_damaged_store_is_one_line_and_untouched(tmp_path, kind):
         assert hashlib.sha256(db.read_bytes()).hexdigest() == before, argv
         assert not (tmp_path / "pq.pcapng").exists()
     assert sorted(p.name for p in root.iterdir()) == ["pyinspect.db"]
+
+
+def test_damaged_image_tags_are_one_line_and_never_rewritten(tmp_path):
+    """A corrupt repositories.json stops image commands with one line; none of them
+    "repairs" it by writing a fresh (empty) file over the tags."""
+    import imagekit as kit
+    root = tmp_path / "root"
+    cli = Cli(root)
+    layer = kit.layer(("bin", "dir"), ("bin/pq", "file", b"pq"))
+    cli("load", "-i", kit.docker_legacy(tmp_path / "pq.tar", [([layer], ["pq-img:1"], None)]))
+    tags = root / "images" / "repositories.json"
+    tags.write_bytes(tags.read_bytes()[:-5] + b"\x00garbage")
+    before = tags.read_bytes()
+    other = kit.docker_legacy(tmp_path / "pq2.tar", [([layer], ["pq-img:2"], None)])
+    for argv in (["images"], ["tag", "pq-img:1", "pq-img:3"], ["rmi", "pq-img:1"],
+                 ["load", "-i", other], ["save", "-o", tmp_path / "o.tar", "pq-img:1"],
+                 ["run", "--rm", "--net", "none", "pq-img:1", "true"]):
+        proc = cli(*argv, check=False)
+        line = error_line(proc)
+        assert proc.returncode == 2 and "repositories.json" in line, (argv, line)
+        assert tags.read_bytes() == before, argv
+    assert not (tmp_path / "o.tar").exists()
+
+
+def test_damaged_container_record_is_never_deleted_or_reused(tmp_path):
+    """A container whose config.json is damaged is not removed by a reconcile, its
+    name is not given to a new container, and every command answers in one line.
+    (It is hidden from `ps -a` and `rm` cannot name it yet: runtime/state.py load().)"""
+    cli = Cli(tmp_path / "root")
+    name = unique("pq-dmg")
+    cli("run", "--name", name, "--net", "none", "busybox", "true")
+    (cdir,) = (tmp_path / "root" / "containers").iterdir()
+    good = (cdir / "config.json").read_bytes()
+    (cdir / "config.json").write_text('{"damaged')
+    files = {p: p.read_bytes() for p in cdir.iterdir() if p.is_file()}
+    cli("ps", "-a")                                   # reconciles
+    for argv, code in ((["run", "--name", name, "--net", "none", "busybox", "true"], 4),
+                       (["start", name], 3), (["inspect", name], 3), (["logs", name], 3)):
+        proc = cli(*argv, check=False)
+        line = error_line(proc)
+        assert proc.returncode == code and name in line, (argv, line)
+    assert {p: p.read_bytes() for p in cdir.iterdir() if p.is_file()} == files
+    assert os.readlink(tmp_path / "root" / "names" / name) == cdir.name
+    (cdir / "config.json").write_bytes(good)      # whole again: it can be removed
+    cli("rm", name)
+    assert not cdir.exists()
