@@ -633,3 +633,95 @@ def test_bridge_without_the_network_module_is_one_clear_error(pc, state_root):
                            "--net", "none", "busybox", "echo", "still-fine"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "still-fine\n", proc.stderr
+
+
+def _blocking_timing_fifo(path, free):
+    """A FIFO for PYINSPECT_TIMING with room for exactly `free` more bytes, so the
+    writer blocks at a known mark. Returns the fd holding it open (read+write)."""
+    import fcntl
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: one page
+    os.write(fd, b"x" * (4096 - free))
+    return fd
+
+
+def test_sigkill_between_create_and_start_is_cleaned_up(pc, state_root, tmp_path):
+    """Deterministic: the CLI is stopped right after `create` (its timing write blocks on a
+    full FIFO), SIGKILLed there, and the reconciler removes the half-made container."""
+    fifo = tmp_path / "timing"
+    hold = _blocking_timing_fifo(fifo, free=len(b"run_entered 1234567890123456789\n"))
+    proc = subprocess.Popen(pc.argv("run", "--name", "pc-half", "--net", "none", "busybox",
+                                    "true"), env={**os.environ, "PYINSPECT_TIMING": str(fifo)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.lexists(state_root / "names" / "pc-half"):  # created, now blocked
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert proc.poll() is None
+        info = pc.inspect("pc-half")
+        assert info["State"]["Status"] == "created"
+    finally:
+        leftover = processes_of(state_root)
+        for p in leftover:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.close(hold)
+        proc.kill()
+        proc.communicate(timeout=20)
+    assert leftover == []  # no shim was ever forked
+    pc("ps", "-a")  # reconcile
+    assert pc.ids() == []
+    assert_clean(state_root, [info["Id"]])
+
+
+def test_sigkill_of_the_shim_while_starting_is_cleaned_up(pc, state_root, tmp_path):
+    """Deterministic: the shim and the init are held at their first marks (after the
+    shim forked the init, maybe after it made the cgroups); the shim is SIGKILLed, its
+    init dies with it, the CLI reports the failure, and the reconciler frees the
+    cgroups the dead shim never recorded."""
+    import fcntl
+    import termios
+    marks = (b"run_entered 1234567890123456789\n", b"created 1234567890123456789\n",
+             b"shim_forked 1234567890123456789\n")
+    fifo = tmp_path / "timing"
+    hold = _blocking_timing_fifo(fifo, free=sum(map(len, marks)))
+    proc = subprocess.Popen(pc.argv("run", "--name", "pc-shimdie", "--net", "none",
+                                    "--memory", "20m", "busybox", "true"),
+                            env={**os.environ, "PYINSPECT_TIMING": str(fifo)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        buf = bytearray(4)
+        while True:
+            fcntl.ioctl(hold, termios.FIONREAD, buf)
+            if int.from_bytes(buf, "little") >= 4096 and processes_of(state_root):
+                break
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(0.3)  # the shim and the init are both blocked on their next mark now
+        # (the init, forked from the shim, shows the shim's name until it execs)
+        shims = [p for p in processes_of(state_root) if os.getsid(p) == p]
+        assert len(shims) == 1
+        cid = pc.inspect("pc-shimdie")["Id"]
+        os.kill(shims[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        for p in processes_of(state_root):  # never leave a blocked shim holding our pipes
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.close(hold)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=20)
+    assert proc.returncode == 125 and err.startswith("Error: ") and "Traceback" not in err
+    assert cgroup_dirs(cid)  # made by the shim (blocked after), never recorded by it
+    pc("ps", "-a")  # reconcile
+    assert pc.ids() == []
+    assert_clean(state_root, [cid])
