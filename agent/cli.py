@@ -90,6 +90,12 @@ def cli(ctx, root, debug):
         os.environ["PYINSPECT_DEBUG"] = "1"
 
 
+def _debug():
+    """--debug or PYINSPECT_DEBUG set to anything but '', 0, false, no or off."""
+    return os.environ.get("PYINSPECT_DEBUG", "").strip().lower() not in ("", "0", "false",
+                                                                         "no", "off")
+
+
 def main(argv=None):
     """Entry point: run the CLI, turning library errors into `Error: ...` and an exit code."""
     try:
@@ -103,7 +109,7 @@ def main(argv=None):
         exc.show()
         sys.exit(exc.exit_code)
     except PyinspectError as exc:
-        if os.environ.get("PYINSPECT_DEBUG"):
+        if _debug():
             raise
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -112,7 +118,7 @@ def main(argv=None):
     except BrokenPipeError:
         sys.exit(0)
     except Exception as exc:  # last resort: never a traceback without --debug
-        if os.environ.get("PYINSPECT_DEBUG"):
+        if _debug():
             raise
         click.echo(f"Error: internal error: {type(exc).__name__}: {exc} "
                    f"(run with --debug for the traceback)", err=True)

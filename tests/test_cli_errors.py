@@ -330,7 +330,8 @@ def baseline(world):
 def test_bad_input_is_one_line_and_keeps_state(world, baseline, argv, code, words):
     cli, root, files = world
     argv = [a.replace("{f}", str(files)) for a in argv]
-    proc = cli(*argv, check=False, timeout=60)
+    # PYINSPECT_DEBUG=0 means off (and a developer's own setting cannot leak in)
+    proc = cli(*argv, check=False, timeout=60, env={"PYINSPECT_DEBUG": "0"})
     line = error_line(proc)
     if code is not None:
         assert proc.returncode == code, (proc.returncode, line)
