@@ -32,10 +32,11 @@ from .errors import NotFoundError, PyinspectError, UnavailableError, UsageError
 
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
-AUTO_CPU_SHARE = 0.15           # automatic budget: the reader may use ~15% of one core
-AUTO_MIN_RATE, AUTO_MAX_RATE = 1000, 100000     # records/s bounds of the automatic budget
+AUTO_CPU_SHARE = 0.05           # automatic budget: the reader's share of one core when
+AUTO_CPU_SHARE_IDLE = 0.5       # the machine is busy, up to this much of idle CPU
+AUTO_MIN_RATE, AUTO_MAX_RATE = 500, 100000      # records/s bounds of the automatic budget
 MAX_DYNAMIC_RULES = 64
-DROPS_PER_POLL = 200
+DROPS_PER_POLL = 50
 RECENT_JOURNEYS = 4096
 MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
 LIVE_DROPS_PER_CAUSE = 3
@@ -342,6 +343,8 @@ class TraceSession:
         self._budget_t = None
         self.recent = collections.OrderedDict()
         self._cost = 40e-6          # CPU seconds per capture record, learned while running
+        self._cpu_prev = None
+        self._share = 0.0
 
     # -- start -------------------------------------------------------------------------
     def start(self):
@@ -589,8 +592,28 @@ class TraceSession:
         return items
 
     def _auto_rate(self):
-        """Records/s the reader can take with about AUTO_CPU_SHARE of one core."""
-        return int(min(AUTO_MAX_RATE, max(AUTO_MIN_RATE, AUTO_CPU_SHARE / self._cost)))
+        """Records/s the reader may take: what its CPU share can process, where the share
+        follows the machine's idle CPU (AUTO_CPU_SHARE when busy, more when idle), so the
+        traced traffic keeps the cores it is using."""
+        share = AUTO_CPU_SHARE
+        idle = self._idle_cores()
+        if idle is not None:
+            share = min(AUTO_CPU_SHARE_IDLE, max(AUTO_CPU_SHARE, 0.5 * idle))
+        self._share = share
+        return int(min(AUTO_MAX_RATE, max(AUTO_MIN_RATE, share / self._cost)))
+
+    def _idle_cores(self):
+        """Idle CPUs (0..ncpu) since the last call, from /proc/stat; None the first time."""
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle, total = fields[3] + fields[4], sum(fields[:8])
+        prev, self._cpu_prev = self._cpu_prev, (idle, total)
+        if prev is None or total <= prev[1]:
+            return None
+        return (idle - prev[0]) / (total - prev[1]) * (os.cpu_count() or 1)
 
     def _follow_snat(self, f):
         """Outbound MASQUERADEd flow: capture its uplink copy and trace its replies."""
@@ -671,7 +694,6 @@ class TraceSession:
                     self._nf_into(j, hop)
         self.nf_pending = nf_keep
         items = []
-        matched_flows = set()
         if self.pfilter:
             for j in order:
                 if any(self.pfilter.match(c["data"], c["len"]) for c in j.captures):
@@ -687,7 +709,6 @@ class TraceSession:
                 self.done = True
         for j in order:
             items += self._emit(j)
-            matched_flows.add(j.flow.id)
         items += self._settle_drops(cutoff)
         self._write_rows(order, loose, late_hops)
         for j in order:
@@ -1029,7 +1050,8 @@ class TraceSession:
             "filtered_out": self.filtered_out,
             "process_events": self.events_seen,
             "reader_budget": (self.opt.max_rate if self.opt.max_rate is not None else
-                              f"auto ({self._auto_rate()} records/s, "
+                              f"auto (last {self._auto_rate()} records/s: "
+                              f"{self._share:.0%} of a core at "
                               f"{self._cost * 1e6:.0f} us/record)"),
             "notes": list(self.notes),
             "pcap": str(self.opt.pcap) if self.opt.pcap else None,

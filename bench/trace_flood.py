@@ -169,19 +169,26 @@ def main():
         sink = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "python3", "-c", SINK])
         time.sleep(0.3)
         with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
-            for r in range(args.rounds):
-                results["none"].append(mode_none(topo, args.seconds))
-                results["tcpdump"].append(mode_tcpdump(topo, args.seconds, tmp))
-                results["trace"].append(mode_trace(topo, args.seconds, tmp))
-                results["trace_pcapng"].append(mode_trace(
-                    topo, args.seconds, tmp, ["-w", os.path.join(tmp, f"t{r}.pcapng")]))
-                results["iperf_none"].append(iperf(topo, args.seconds))
-                root = tempfile.mkdtemp(dir=tmp)
-                p = start_trace(topo, root)
+            def run_iperf_trace():
+                p = start_trace(topo, tempfile.mkdtemp(dir=tmp))
                 results["iperf_trace"].append(iperf(topo, args.seconds))
                 s = stop_trace(p)
-                results.setdefault("iperf_trace_loss", []).append(
-                    {k: v for k, v in s["packets_per_point"].items()})
+                results.setdefault("iperf_trace_loss", []).append(s["packets_per_point"])
+
+            modes = [
+                lambda r: results["none"].append(mode_none(topo, args.seconds)),
+                lambda r: results["tcpdump"].append(mode_tcpdump(topo, args.seconds, tmp)),
+                lambda r: results["trace"].append(mode_trace(topo, args.seconds, tmp)),
+                lambda r: results["trace_pcapng"].append(mode_trace(
+                    topo, args.seconds, tmp, ["-w", os.path.join(tmp, f"t{r}.pcapng")])),
+                lambda r: results["iperf_none"].append(iperf(topo, args.seconds)),
+                lambda r: run_iperf_trace(),
+            ]
+            for r in range(args.rounds):
+                # rotate the order each round: background load drifts, no mode always first
+                k = r % len(modes)
+                for mode in modes[k:] + modes[:k]:
+                    mode(r)
     finally:
         if sink:
             sink.kill()

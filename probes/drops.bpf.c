@@ -114,6 +114,6 @@ TRACEPOINT_PROBE(skb, kfree_skb)
             d->netns = inum;
         }
     }
-    drops.ringbuf_submit(d, 0);
+    drops.ringbuf_submit(d, BPF_RB_NO_WAKEUP);   // read by mmap on a timer
     return 0;
 }

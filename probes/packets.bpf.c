@@ -183,7 +183,8 @@ static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
     u32 size = offsetof(struct rec, data) + caplen;
     if (size > sizeof(struct rec))
         return TC_ACT_UNSPEC;
-    if (events.ringbuf_output(r, size, 0) < 0)
+    // BPF_RB_NO_WAKEUP: the reader polls the ring by mmap on a timer and never sleeps on it
+    if (events.ringbuf_output(r, size, BPF_RB_NO_WAKEUP) < 0)
         bump(point * 3 + 1);
     return TC_ACT_UNSPEC;
 }

@@ -101,7 +101,7 @@ def tc_handle(pid):
 
 
 def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
-    """Attach a loaded sched_cls program on one side of `point`. Returns True if clsact was added."""
+    """Attach a loaded sched_cls program on one side of `point`; True if clsact was added."""
     parent = "ffff:fff2" if direction == "ingress" else "ffff:fff3"
     own = ipr is None
     if own:
@@ -215,6 +215,15 @@ def remove_stale_filters(netns_paths):
     return removed
 
 
+def _hook_reason(name):
+    """What capabilities.detect() says about a hook type (only asked after a failure)."""
+    try:
+        from . import capabilities
+        return str(capabilities.status(name))
+    except Exception:  # noqa: BLE001 - a hint only
+        return None
+
+
 class RingReader:
     """Reads a BPF ring buffer map by mmap, a whole batch per call, no per-record callback."""
 
@@ -294,7 +303,8 @@ class PacketCapture:
         try:
             self.bpf = BPF(src_file=str(SRC), cflags=cflags)
         except Exception as exc:
-            raise UnavailableError(f"cannot load the tc capture program: {exc}") from exc
+            raise UnavailableError(f"cannot load the tc capture program: {exc}",
+                                   _hook_reason("tc")) from exc
         self._fill_maps()
         ring = self.bpf["events"]
         self.reader = RingReader(ring.map_fd, self.ring_pages * mmap.PAGESIZE)
@@ -316,7 +326,8 @@ class PacketCapture:
             self.stop()
             if isinstance(exc, UnavailableError):
                 raise
-            raise UnavailableError(f"cannot attach tc capture: {exc}") from exc
+            raise UnavailableError(f"cannot attach tc capture: {exc}",
+                                   _hook_reason("tc")) from exc
         for ipr in sockets.values():
             ipr.close()
         return self
