@@ -332,10 +332,6 @@ class Runtime:
                 shim_pid, exit_fd = shim.launch(self, c, lock_fd, attach=True)
             except shim.StartError:
                 os.close(lock_fd)
-                try:
-                    os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    pass
                 raise
             os.close(lock_fd)
             c = self._refresh(c)

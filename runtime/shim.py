@@ -70,6 +70,7 @@ def launch(runtime, c, lock_fd, attach=False):
     when it could not start. With `attach`, the shim mirrors output to this
     process's stdout/stderr and passes stdin through (-i).
     """
+    _reap_finished()
     status_r, status_w = os.pipe()
     exit_r, exit_w = os.pipe() if attach else (None, None)
     sys.stdout.flush()
@@ -94,6 +95,8 @@ def launch(runtime, c, lock_fd, attach=False):
         os.close(exit_w)
     msg = _read_all(status_r).decode(errors="replace")
     os.close(status_r)
+    if not (attach and msg.startswith("ok")):
+        _unreaped.append(pid)  # detached (or failed): reaped by a later launch or exit
     if msg.startswith("ok"):
         return pid, exit_r
     if exit_r is not None:
@@ -105,15 +108,27 @@ def launch(runtime, c, lock_fd, attach=False):
     raise StartError("container failed to start: the monitor process died")
 
 
+_unreaped = []  # shims that reported an exit code and were still cleaning up
+
+
+def _reap_finished():
+    """Reap shims of earlier attached runs (long-lived callers collect no zombies)."""
+    for pid in list(_unreaped):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _unreaped.remove(pid)
+
+
 def wait_exit(pid, exit_fd):
     """The exit code an attached shim reports (or its own exit status if it died)."""
     data = _read_all(exit_fd)
     os.close(exit_fd)
     if data.strip().isdigit():
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        _unreaped.append(pid)
+        _reap_finished()
         return int(data)
     while True:
         try:
