@@ -7,12 +7,13 @@ the web app or the store. Errors from the libraries become one line here.
 
 import importlib
 import os
+import sqlite3
 import sys
 
 import click
 
 from . import __version__
-from .errors import PyinspectError
+from .errors import CorruptInputError, PyinspectError, UnavailableError
 
 # command name -> (module under pyinspect.commands, attribute, one-line help)
 COMMANDS = {
@@ -46,6 +47,9 @@ COMMANDS = {
     "serve": ("serve", "serve", "Run the agent and its dashboard."),
     "doctor": ("doctor", "doctor", "Check the usual causes of broken container networking."),
 }
+
+
+_used_root = [""]  # set by cli(); named in store errors
 
 
 class LazyGroup(click.Group):
@@ -86,6 +90,7 @@ def cli(ctx, root, debug):
     """pyinspect: where did my packet go? Containers, probes, traces and diagnosis."""
     from .config import state_root
     ctx.obj = {"root": state_root(root), "debug": debug}
+    _used_root[:] = [ctx.obj["root"]]
     if debug:
         os.environ["PYINSPECT_DEBUG"] = "1"
 
@@ -117,6 +122,15 @@ def main(argv=None):
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except sqlite3.Error as exc:  # a query reached a damaged (or locked) store
+        if _debug():
+            raise
+        damaged = type(exc) is sqlite3.DatabaseError  # SQLITE_CORRUPT / SQLITE_NOTADB
+        from .config import database_path
+        click.echo(f"Error: reading the store {database_path(_used_root[0])}: {exc} ("
+                   + ("move it away or use another --root)" if damaged else "try again)"),
+                   err=True)
+        sys.exit(CorruptInputError.exit_code if damaged else UnavailableError.exit_code)
     except Exception as exc:  # last resort: never a traceback without --debug
         if _debug():
             raise

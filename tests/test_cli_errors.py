@@ -418,20 +418,25 @@ def _damaged(kind, path):
         return
     from pyinspect.store import Store
     with Store(path) as store:
-        store.insert_events([{"ts_ns": i, "kind": "exec", "pid": i, "comm": "pq",
-                              "detail": {"argv": ["x" * 200]}} for i in range(3000)])
+        if kind == "pages-sessions":
+            store.db["trace_sessions"].insert_all([{"container_name": "pq", "summary": "y" * 300,
+                                                    "status": "stopped"} for _ in range(3000)])
+        else:
+            store.insert_events([{"ts_ns": i, "kind": "exec", "pid": i, "comm": "pq",
+                                  "detail": {"argv": ["x" * 200]}} for i in range(3000)])
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(path.read_bytes())
     if kind == "truncated":
         data = data[:len(data) // 2]
-    else:  # "pages": a valid header, garbage in the middle (what a bad disk leaves)
+    else:  # "pages-*": a valid header, garbage in the middle (what a bad disk leaves)
         import random
         n = len(data)  # the schema pages at the start stay whole, so the store opens
         data[n // 3:2 * n // 3] = random.Random(7).randbytes(2 * n // 3 - n // 3)
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("kind", ["random", "text", "truncated", "pages"])
+@pytest.mark.parametrize("kind", ["random", "text", "truncated", "pages-events",
+                                  "pages-sessions"])
 def test_damaged_store_is_one_line_and_untouched(tmp_path, kind):
     root = tmp_path / "root"
     root.mkdir()
@@ -440,7 +445,8 @@ def test_damaged_store_is_one_line_and_untouched(tmp_path, kind):
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     cli = Cli(root)
     # with damaged pages the store opens; only a read that reaches them can tell
-    for argv in STORE_COMMANDS if kind != "pages" else [["events"]]:
+    commands = {"pages-events": [["events"]], "pages-sessions": [["pcap", "ls"]]}
+    for argv in commands.get(kind, STORE_COMMANDS):
         argv = [a.replace("{f}", str(tmp_path)) for a in argv]
         proc = cli(*argv, check=False)
         line = error_line(proc)
