@@ -428,7 +428,7 @@ class Shim:
                 events = poller.poll()
             except InterruptedError:
                 continue
-            for fd, _ in events:
+            for fd, _ in sorted(events):  # stdout's pipe before stderr's when both wait
                 if fd == stdin_fd:
                     try:
                         data = os.read(fd, 65536)

@@ -355,15 +355,22 @@ def test_run_interactive_stdin(pc):
 
 def test_logs_tail_and_follow(pc):
     pc("run", "-d", "--name", "pc-logs", "--net", "none", "busybox", "sh", "-c",
-       "for i in 1 2 3 4 5; do echo line$i; done; echo err >&2; sleep 1.5; echo late")
+       "for i in 1 2 3 4 5; do echo line$i; done; sleep 0.2; echo err >&2; "
+       "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo late")
     deadline = time.monotonic() + 5
     while "err" not in pc("logs", "pc-logs").stderr and time.monotonic() < deadline:
         time.sleep(0.05)
     tail = pc("logs", "--tail", "2", "pc-logs")  # counts lines of both streams, like docker
     assert (tail.stdout, tail.stderr) == ("line5\n", "err\n")
     assert pc("logs", "--tail", "3", "pc-logs").stdout == "line4\nline5\n"
+    follow = subprocess.Popen(pc.argv("logs", "-f", "pc-logs"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    assert follow.poll() is None  # still following the running container
+    pc("exec", "pc-logs", "touch", "/tmp/go")
     t0 = time.monotonic()
-    out = pc("logs", "-f", "pc-logs")  # returns once the container exits
+    stdout, stderr = follow.communicate(timeout=30)  # returns once the container exits
+    out = subprocess.CompletedProcess(follow.args, follow.returncode, stdout, stderr)
     assert out.stdout == "line1\nline2\nline3\nline4\nline5\nlate\n"
     assert out.stderr == "err\n"
     assert time.monotonic() - t0 < 5
