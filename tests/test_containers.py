@@ -178,6 +178,9 @@ def test_detached_lifecycle(pc, state_root):
     pc("restart", "-t", "5", "pc-life")
     info = pc.wait_status("pc-life", "running")
     assert info["State"]["Pid"] != first_pid
+    deadline = time.monotonic() + 10  # the third start's first line may still be in flight
+    while pc("logs", "pc-life").stdout.count("started") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert pc("logs", "pc-life").stdout.count("started") == 3
     # kill -s, and the running container cannot be removed without -f
     one_line_error(pc("rm", "pc-life", check=False), code=4)
