@@ -6,12 +6,13 @@ reads the same store. Probes that cannot load are reported and skipped; the dash
 still serves. Binding beyond loopback requires the token (created 0600, shown once).
 """
 
+import errno
 import ipaddress
 import signal
 import threading
 
 from .config import database_path
-from .errors import UsageError
+from .errors import ConflictError, UsageError
 
 
 def is_loopback(bind):
@@ -83,22 +84,29 @@ def serve(root, bind="127.0.0.1", port=8900, probes=True, threads=8, log=print):
     from .web.app import create_app
     from .web.auth import load_or_create_token
 
-    token = None
-    if not is_loopback(bind):
+    loopback = is_loopback(bind)  # validates --bind before anything is made
+    app = create_app(root)
+    overview = app.extensions["pyinspect"]
+    try:  # bind first: a taken port makes no token and starts no probes
+        server = waitress.create_server(app, host=bind, port=port, threads=threads,
+                                        channel_timeout=30, clear_untrusted_proxy_headers=True)
+    except OSError as exc:
+        cls = ConflictError if exc.errno == errno.EADDRINUSE else UsageError
+        raise cls(f"serve: cannot listen on {bind}:{port}: {exc.strerror}",
+                  "choose another --port" if cls is ConflictError
+                  else "--bind takes an address of this host") from None
+    if not loopback:  # set before server.run(), so before any request is served
         token, new = load_or_create_token(root)
+        app.config["PYINSPECT_TOKEN"] = token
         if new:
             log(f"dashboard token (shown once, stored 0600 in {root}/web-token): {token}")
         else:
             log(f"dashboard token: in {root}/web-token")
-    app = create_app(root, token=token)
-    overview = app.extensions["pyinspect"]
     agent = None
     if probes:
         agent = Agent(root, overview, log=log).start()
         for line in agent.messages:
             log(line)
-    server = waitress.create_server(app, host=bind, port=port, threads=threads,
-                                    channel_timeout=30, clear_untrusted_proxy_headers=True)
     log(f"dashboard: http://{bind}:{server.effective_port}/ (ready)")
 
     def _stop(*_):

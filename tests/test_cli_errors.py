@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 
@@ -116,10 +117,15 @@ def world(tmp_path_factory):
         (files / "garbage.pcap").write_bytes(b"garbage, not a capture\n" * 10)
         (files / "garbage.tar").write_bytes(b"not an archive\n" * 100)
         (files / "emptydir").mkdir()
+        # something of the test's own holds a port in its namespace
+        listener = ns.popen(sys.executable, "-c", "import socket, time; s = socket.socket(); "
+                            "s.bind(('127.0.0.1', 8901)); s.listen(); print(1, flush=True); "
+                            "time.sleep(600)", stdout=subprocess.PIPE)
+        assert listener.stdout.readline().strip() == b"1"
         yield cli, root, files
     finally:
         proc = cli("rm", "-f", KEEP, DONE, WEB, check=False)
-        ns.remove()
+        ns.remove()  # kills the listener too
     assert proc.returncode == 0, proc.stderr
 
 
@@ -311,6 +317,9 @@ CASES = [
     ("doctor-unknown-container", ["doctor", "--container", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("doctor-port-zero", ["doctor", "--port", "0"], 2, ["--port"]),
     ("serve-port-range", ["serve", "--port", "99999"], 2, ["99999"]),
+    ("serve-port-taken", ["serve", "--no-probes", "--port", "8901"], 4, ["8901"]),
+    ("serve-bind-foreign", ["serve", "--no-probes", "--bind", "10.99.99.99", "--port", "8902"],
+     2, ["10.99.99.99"]),
     ("serve-bad-bind", ["serve", "--no-probes", "--bind", "pq-notanip"], 2, ["pq-notanip"]),
     ("demo-bad-seconds", ["demo", "--serve-seconds", "abc"], 2, ["abc"]),
 ]
@@ -341,6 +350,7 @@ def test_bad_input_is_one_line_and_keeps_state(world, baseline, argv, code, word
     for name in OUTPUTS:
         assert not (files / name).exists(), f"failed command left {name}"
     assert not os.path.exists(MISSING)
+    assert not (root / "web-token").exists(), "a failed serve made a dashboard token"
     assert snapshot(root) == baseline, "a bad command changed stored state"
 
 
