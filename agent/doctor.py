@@ -783,8 +783,12 @@ def run(root, container=None, port=None, store=True):
             if container not in known and not any(c.id.startswith(container)
                                                   for c in view.containers if c.id):
                 from .errors import NotFoundError
-                raise NotFoundError(f"doctor: no such container: {container}",
-                                    "see `pyinspect ps` or `ip netns`")
+                from .runtime.containers import Runtime
+                try:  # one of ours without a network (--net none) has nothing to check
+                    Runtime(root).get(container)
+                except NotFoundError:
+                    raise NotFoundError(f"doctor: no such container: {container}",
+                                        "see `pyinspect ps` or `ip netns`") from None
             findings = [f for f in findings if not f.container or f.container == container
                         or any(c.name == f.container and c.id.startswith(container)
                                for c in view.containers if c.id)]

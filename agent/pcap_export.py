@@ -181,7 +181,7 @@ def find_sessions(store, session_id=None, container=None):
         except (TypeError, ValueError):
             raise UsageError(f"bad session id {session_id!r}: not a number") from None
         rows = conn.execute(f"SELECT {cols} FROM trace_sessions WHERE id = ?",
-                            (sid,)).fetchall()
+                            (sid,)).fetchall() if -2**63 <= sid < 2**63 else []
         if not rows:
             raise NotFoundError(f"no trace session {sid}", "see `pyinspect pcap ls`")
         if container and container not in (rows[0][1], rows[0][2]) and \

@@ -267,6 +267,8 @@ CASES = [
     ("export-no-selector", ["pcap", "export", "-o", "{f}/pq.pcapng"], 2, ["--session"]),
     ("export-unknown-session", ["pcap", "export", "--session", "999", "-o", "{f}/pq.pcapng"],
      3, ["999"]),
+    ("export-huge-session", ["pcap", "export", "--session", "99999999999999999999", "-o",
+                             "{f}/pq.pcapng"], 3, ["99999999999999999999"]),
     ("export-unknown-container",
      ["pcap", "export", "--container", "pq-nosuch", "-o", "{f}/pq.pcapng"], 3, ["pq-nosuch"]),
     ("export-since-text",
@@ -379,6 +381,14 @@ def test_the_world_is_still_there(world, baseline):
     assert cli("exec", KEEP, "echo", "alive").stdout == "alive\n"
     assert len(cli("events", "--limit", "1000").stdout.splitlines()) == 50
     assert snapshot(root) == baseline
+
+
+def test_doctor_names_only_containers_that_do_not_exist(world):
+    """`doctor --container` of a --net none container checks (nothing of its own), it
+    does not claim the container does not exist."""
+    cli, _root, _files = world
+    proc = cli("doctor", "--container", KEEP, check=False)
+    assert proc.returncode in (0, 1) and "no such container" not in proc.stderr, proc.stderr
 
 
 def test_trace_to_a_bad_path_records_only_a_failed_session(world, baseline):
