@@ -28,7 +28,10 @@ Generated from each command's `--help` by `scripts/gen_cli_docs.py`; do not edit
 Every command takes the global options of `pyinspect` before its name
 (`pyinspect --root /tmp/x ps`). Errors are one line on stderr, `Error: <what failed>: <why>`,
 with a non-zero exit code: 1 general, 2 bad input, 3 not found, 4 conflict,
-5 unavailable here, 70 internal error (`--debug` shows the traceback).
+5 unavailable here, 125-127 a container that could not start (as Docker),
+70 internal error (`--debug` or `PYINSPECT_DEBUG=1` shows the traceback).
+Bad input changes nothing stored: `tests/test_cli_errors.py` runs every command with
+bad arguments, damaged stores and damaged records, and checks both promises.
 """
 
 
