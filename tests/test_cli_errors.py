@@ -223,6 +223,14 @@ CASES = [
      ["/pq-nonexistent"]),
     ("cp-missing-on-host", ["cp", "{f}/pq-nonexistent", f"{KEEP}:/tmp/"], 3,
      ["pq-nonexistent"]),
+    # missing required arguments, command by command
+    *[(f"{cmd}-no-arg", [cmd], 2, [arg]) for cmd, arg in (
+        ("start", "CONTAINERS"), ("stop", "CONTAINERS"), ("restart", "CONTAINERS"),
+        ("kill", "CONTAINERS"), ("logs", "CONTAINER"), ("top", "CONTAINER"), ("cp", "SRC"),
+        ("rmi", "IMAGE"), ("tag", "SOURCE"))],
+    ("cp-no-dest", ["cp", f"{KEEP}:/etc/hostname"], 2, ["DEST"]),
+    ("export-no-output", ["pcap", "export", "--session", "1"], 2, ["--output"]),
+    ("merge-no-output", ["pcap", "merge", "{f}/good.pcapng"], 2, ["--output"]),
     # images
     ("load-missing-file", ["load", "-i", "{f}/pq-missing.tar"], 3, ["pq-missing.tar"]),
     ("load-garbage", ["load", "-i", "{f}/garbage.tar"], 2, ["garbage.tar"]),
