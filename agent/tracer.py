@@ -927,24 +927,28 @@ class TraceSession:
         pids = self.point_ids
         rows = []
         add = rows.append
-        pcap = self.pcap
         for ts, point, d, ln, data, _ in loose:      # ARP, IPv6...: no flow
-            ts += self.offset
-            add((sid, ts, pids[point], d, ln, len(data), data, None, None))
-            if pcap:
-                pcap.write_packet(self.pcap_ids[point], ts, data, orig_len=ln, direction=d)
-        first_row = {}           # journey index -> index of its first packet row
+            add((ts + self.offset, -1, (sid, ts + self.offset, pids[point], d, ln, len(data),
+                                        data, None, None), point))
         for n, j in enumerate(journeys):
             fid = self._ensure_flow(j.flow)
             nat = j.flow.nat_text()
             comment = f"flow {j.flow.id}: {nat}" if nat else f"flow {j.flow.id}"
-            first_row[n] = len(rows)
             for c in j.captures:
-                add((sid, c["ts_ns"], pids[c["point"]], c["dir"], c["len"], len(c["data"]),
-                     c["data"], fid, comment))
-                if pcap:
-                    pcap.write_packet(self.pcap_ids[c["point"]], c["ts_ns"], c["data"],
-                                      orig_len=c["len"], direction=c["dir"], comment=comment)
+                add((c["ts_ns"], n, (sid, c["ts_ns"], pids[c["point"]], c["dir"], c["len"],
+                                     len(c["data"]), c["data"], fid, comment), c["point"]))
+        rows.sort(key=lambda r: r[0])          # the store and the pcapng in time order
+        first_row = {}           # journey index -> index of its first packet row
+        for i, r in enumerate(rows):
+            if r[1] >= 0 and r[1] not in first_row:
+                first_row[r[1]] = i
+        if self.pcap:
+            write = self.pcap.write_packet
+            ids = self.pcap_ids
+            for _ts, _n, row, point in rows:
+                write(ids[point], row[1], row[6], orig_len=row[4], direction=row[3],
+                      comment=row[8])
+        rows = [r[2] for r in rows]
         conn = self.store.db.conn
         with conn:
             conn.executemany(self._PACKET_SQL, rows)
@@ -954,7 +958,7 @@ class TraceSession:
             for n, j in enumerate(journeys):
                 if not j.nf:
                     continue
-                pid = base + first_row[n] if j.captures else None
+                pid = base + first_row[n] if n in first_row else None
                 ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
                 for h in j.nf:
                     hops.append((sid, j.flow.store_id, pid, ts, h["table"], h["chain"],

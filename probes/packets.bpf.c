@@ -79,23 +79,35 @@ static __always_inline int port_ok(u16 sport, u16 dport)
     return 0;
 }
 
+// Header bytes: straight from the linear packet data when it holds them (no helper call),
+// else through bpf_skb_load_bytes (non-linear skbs).
+#define LOAD(skb, off, to, len) ({                                                   \
+    void *_d = (void *)(long)(skb)->data, *_e = (void *)(long)(skb)->data_end;       \
+    int _r = 0;                                                                      \
+    if (_d + (off) + (len) <= _e)                                                    \
+        __builtin_memcpy((to), _d + (off), (len));                                   \
+    else                                                                             \
+        _r = bpf_skb_load_bytes((skb), (off), (to), (len));                          \
+    _r; })
+
 static __always_inline int match(struct __sk_buff *skb, u32 point)
 {
     u32 *mode = pointmode.lookup(&point);
     u16 eth_proto = 0;
-    if (bpf_skb_load_bytes(skb, 12, &eth_proto, 2) < 0)
+    if (LOAD(skb, 12, &eth_proto, 2) < 0)
         return 0;
     if (eth_proto != htons(ETH_P_IP))
         return mode && *mode == 1;
     struct iphdr ip = {};
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+    if (LOAD(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
         return 0;
     u16 sport = 0, dport = 0;
     u32 ihl = (ip.ihl & 0xf) * 4;
     if ((ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) &&
         (ip.frag_off & htons(0x1fff)) == 0) {
         u16 pp[2] = {};
-        if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, pp, 4) == 0) {
+        u32 l4 = (ETH_HLEN + ihl) & 0x7f;
+        if (LOAD(skb, l4, pp, 4) == 0) {
             sport = ntohs(pp[0]);
             dport = ntohs(pp[1]);
         }
@@ -109,13 +121,14 @@ static __always_inline int match(struct __sk_buff *skb, u32 point)
             struct flowkey fk = {.peer_ip = ip.daddr, .peer_port = dport,
                                  .local_port = sport, .proto = ip.protocol};
             u8 one = 1;
-            flows.update(&fk, &one);
+            if (!flows.lookup(&fk))       // an LRU update costs more than a lookup
+                flows.update(&fk, &one);
         }
         return 1;
     }
-    if (addrs.lookup(&ip.daddr))
+    if (mode && *mode == 1)       // the container's own interfaces: everything
         return 1;
-    if (mode && *mode == 1)
+    if (addrs.lookup(&ip.daddr))
         return 1;
     if (!sport)
         return 0;
