@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import database_path
-from .errors import NotFoundError, UsageError
+from .errors import ConflictError, NotFoundError, UsageError
 
 RUNBOOK_DIR = Path(__file__).resolve().parent.parent / "docs" / "runbooks"
 
@@ -192,6 +192,8 @@ class Overview:
         trace = self.traces.get(session_id)
         if trace is None:
             raise NotFoundError(f"no running trace {session_id} in this agent")
+        if trace.done:
+            raise ConflictError(f"trace {session_id} has already stopped")
         summary = trace.stop()
         return {"id": session_id, "status": "stopped", "summary": summary}
 
@@ -329,25 +331,42 @@ def _unlink_later(path, seconds=60):
 
 
 class _BackgroundTrace:
-    """A TraceSession polled by a thread until its duration ends or stop() is called."""
+    """A TraceSession run by its own thread (SQLite handles stay in the thread that made
+    them) until its duration ends or stop() is called. Start-up errors (unknown
+    container, missing kernel feature) are raised to the caller."""
 
     def __init__(self, root, container, duration, bpf_filter=None):
         from .tracer import TraceOptions, TraceSession
         self.session = TraceSession(root, container,
                                     TraceOptions(duration=duration, filter=bpf_filter))
-        self.session.start()
-        self.session_id = self.session.session_id
+        self.session_id = None
         self.done = False
         self.summary = None
+        self._error = None
+        self._ready = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"trace-{self.session_id}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="trace")
         self._thread.start()
+        self._ready.wait(120)
+        if self._error is not None:
+            raise self._error
+        if self.session_id is None:
+            self.stop()
+            raise UsageError(f"trace of {container}: did not start within 120 s")
 
-    def _loop(self):
+    def _run(self):
+        try:
+            self.session.start()
+            self.session_id = self.session.session_id
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            self._error = exc
+            self.done = True
+            self._ready.set()
+            return
+        self._ready.set()
         try:
             while not self._stop.is_set() and not self.session.done:
-                for _ in self.session.poll(timeout=0.2) or ():
+                for _ in self.session.poll(0.2) or ():
                     pass
         finally:
             self.summary = self.session.stop()
@@ -355,7 +374,7 @@ class _BackgroundTrace:
 
     def stop(self):
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=60)
         return self.summary
 
 
