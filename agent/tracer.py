@@ -184,7 +184,7 @@ def capture_points(target, via=None, rows=None):
                          "run pyinspect trace in the namespace that holds the bridge")
     bridges = []
     for h in host_veths:
-        points.append(CapturePoint(h["ifname"], h["ifindex"], None, "all",
+        points.append(CapturePoint(h["ifname"], h["ifindex"], None, "all+learn",
                                    f"host end of {target.name}'s veth", here, h["ifname"]))
         if h.get("master_ifindex"):
             br = next((b for b in mine if b["ifindex"] == h["master_ifindex"]), None)

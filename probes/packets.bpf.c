@@ -53,7 +53,7 @@ struct flowkey {
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct rec, 1);
 BPF_PERCPU_ARRAY(stats, u64, MAX_POINTS * 3);   // [point*3] seen, +1 lost, +2 shed
-BPF_ARRAY(pointmode, u32, MAX_POINTS);          // 1 = take everything
+BPF_ARRAY(pointmode, u32, MAX_POINTS);          // 0 filter, 1 take all, 2 all + learn flows
 BPF_HASH(addrs, u32, u8, 64);
 BPF_HASH(ports, struct portkey, u8, 256);
 BPF_HASH(portfilter, u16, u8, 64);              // non-empty: only these ports (--port)
@@ -90,14 +90,21 @@ static __always_inline int port_ok(u16 sport, u16 dport)
         _r = bpf_skb_load_bytes((skb), (off), (to), (len));                          \
     _r; })
 
-static __always_inline int match(struct __sk_buff *skb, u32 point)
+static __always_inline int match(struct __sk_buff *skb, u32 point, u8 dir)
 {
     u32 *mode = pointmode.lookup(&point);
+    u32 zero = 0;
+    u32 *portf = cfg.lookup(&zero);
+    // the container's interfaces carry only its traffic: take it without parsing, except
+    // where the container's own packets enter the host (mode 2, ingress), which teaches
+    // the uplink filter its outbound flows, and when --port narrows the capture
+    if (mode && *mode && !(portf && *portf) && !(*mode == 2 && dir == 0))
+        return 1;
     u16 eth_proto = 0;
     if (LOAD(skb, 12, &eth_proto, 2) < 0)
         return 0;
     if (eth_proto != htons(ETH_P_IP))
-        return mode && *mode == 1;
+        return mode && *mode;
     struct iphdr ip = {};
     if (LOAD(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
         return 0;
@@ -126,7 +133,7 @@ static __always_inline int match(struct __sk_buff *skb, u32 point)
         }
         return 1;
     }
-    if (mode && *mode == 1)       // the container's own interfaces: everything
+    if (mode && *mode)            // the container's own interfaces: everything
         return 1;
     if (addrs.lookup(&ip.daddr))
         return 1;
@@ -159,7 +166,7 @@ static __always_inline int match(struct __sk_buff *skb, u32 point)
 
 static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
 {
-    if (!match(skb, point))
+    if (!match(skb, point, dir))
         return TC_ACT_UNSPEC;
     bump(point * 3);
     u32 zero = 0, one = 1;

@@ -37,7 +37,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 @dataclass
 class CapturePoint:
-    """One interface to capture on: `netns` is a path (None = ours), `mode` 'all'|'filtered'."""
+    """One interface to capture on: `netns` is a path (None = ours); `mode` 'filtered',
+    'all' (only the container's traffic passes here) or 'all+learn' (also where the
+    container's packets enter the host: outbound flows are learned for the uplinks)."""
     name: str
     ifindex: int
     netns: str = None
@@ -336,7 +338,8 @@ class PacketCapture:
         import ctypes as ct
         b = self.bpf
         for i, point in enumerate(self.points):
-            b["pointmode"][ct.c_int(i)] = ct.c_uint32(1 if point.mode == "all" else 0)
+            mode = {"all": 1, "all+learn": 2}.get(point.mode, 0)
+            b["pointmode"][ct.c_int(i)] = ct.c_uint32(mode)
         for a in self.target.addrs:
             key = struct.unpack("<I", socket.inet_aton(a))[0]
             b["addrs"][ct.c_uint32(key)] = ct.c_uint8(1)
