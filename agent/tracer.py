@@ -601,8 +601,8 @@ class TraceSession:
         traced traffic keeps the cores it is using."""
         share = AUTO_CPU_SHARE
         idle = self._idle_cores()
-        if idle is not None:
-            share = min(AUTO_CPU_SHARE_IDLE, max(AUTO_CPU_SHARE, 0.5 * idle))
+        if idle is not None:   # only a whole idle core beyond the first is taken, by half
+            share = min(AUTO_CPU_SHARE_IDLE, max(AUTO_CPU_SHARE, 0.5 * (idle - 1.0)))
         self._share = share
         return int(min(AUTO_MAX_RATE, max(AUTO_MIN_RATE, share / self._cost)))
 

@@ -184,17 +184,18 @@ class TraceRules:
 
     @staticmethod
     def expand(spec):
-        """Per match: every TCP SYN/FIN/RST (connection set-up, tear-down, refusals), and
-        any packet up to TRACE_RATE, so a flood is sampled instead of logged in full."""
-        if "-p" in spec and spec[spec.index("-p") + 1] not in ("tcp",):
-            tcp = []
-        elif "-p" in spec:
-            tcp = [spec + ["--tcp-flags", "SYN,FIN,RST", "NONE"]]
-            tcp[0].insert(len(spec), "!")
-        else:
-            tcp = [["-p", "tcp"] + spec + ["!", "--tcp-flags", "SYN,FIN,RST", "NONE"]]
-        return tcp + [spec + ["-m", "limit", "--limit", TRACE_RATE, "--limit-burst",
-                              str(TRACE_BURST)]]
+        """Per match: every TCP SYN/FIN/RST (connection set-up, tear-down, refusals: the NAT
+        and filter decisions are made on them), and UDP/ICMP packets up to TRACE_RATE. TCP
+        data packets are not traced: a limit match on every data packet costs throughput
+        (measured ~10% of iperf3 through DNAT)."""
+        limit = ["-m", "limit", "--limit", TRACE_RATE, "--limit-burst", str(TRACE_BURST)]
+        if "-p" in spec:
+            proto = spec[spec.index("-p") + 1]
+            if proto == "tcp":
+                return [spec + ["!", "--tcp-flags", "SYN,FIN,RST", "NONE"]]
+            return [spec + limit]
+        return [["-p", "tcp"] + spec + ["!", "--tcp-flags", "SYN,FIN,RST", "NONE"],
+                ["-p", "udp"] + spec + limit, ["-p", "icmp"] + spec + limit]
 
     def add_many(self, specs):
         """Insert TRACE rules for every spec in raw PREROUTING and OUTPUT (one restore call)."""
@@ -494,14 +495,20 @@ class NftTraceTable:
                  "}"]
         for spec in specs:
             expr = nft_expr(spec)
+            proto = spec[spec.index("-p") + 1] if "-p" in spec else None
+            rate = (f"limit rate {TRACE_RATE.replace('/sec', '/second')} burst {TRACE_BURST} "
+                    "packets meta nftrace set 1")
             for chain in ("pre", "out"):
-                if "-p" not in spec or spec[spec.index("-p") + 1] == "tcp":
+                if proto in (None, "tcp"):
                     tcp = expr if "l4proto tcp" in expr else f"meta l4proto tcp {expr}"
                     lines.append(f"add rule ip {self.name} {chain} {tcp} "
                                  "tcp flags & (syn | fin | rst) != 0 meta nftrace set 1")
-                lines.append(f"add rule ip {self.name} {chain} {expr} limit rate "
-                             f"{TRACE_RATE.replace('/sec', '/second')} burst {TRACE_BURST} "
-                             "packets meta nftrace set 1")
+                if proto is None:
+                    for other in ("udp", "icmp"):
+                        lines.append(f"add rule ip {self.name} {chain} meta l4proto {other} "
+                                     f"{expr} {rate}")
+                elif proto != "tcp":
+                    lines.append(f"add rule ip {self.name} {chain} {expr} {rate}")
         prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
         try:
             p = subprocess.run(prefix + ["nft", "-f", "-"], input="\n".join(lines) + "\n",

@@ -39,8 +39,7 @@ Run it in the namespace that holds the container's bridge (the host). The line
 @click.option("--max-rate", type=click.IntRange(min=0), default=None,
               help="Capture records per second handed to the reader; the kernel counts "
                    "the rest as shed. Default: automatic (what 5% of a core can "
-                   "process when the machine is busy, up to half a core of idle CPU). "
-                   "0 = no limit.")
+                   "process; more only when over a core is idle). 0 = no limit.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Interleave the container's process events (fork, exec, exit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
