@@ -533,9 +533,10 @@ class TraceSession:
             except OSError as exc:
                 raise UsageError(f"trace: cannot write {self.opt.pcap}: {exc.strerror}",
                                  "give -w a path in a writable directory") from exc
-            for i, p in enumerate(self.points):
+            from .pcap_export import point_name
+            for i, p in enumerate(self.points):  # the same names `pcap export` gives
                 self.pcap_ids[i] = self.pcap.add_interface(
-                    f"{p.name}@{'host' if p.netns is None else self.target.name}",
+                    point_name(p.name, _describe(p), self.target.name),
                     _describe(p), snaplen=self.cap.snaplen)
 
     # -- polling -----------------------------------------------------------------------
