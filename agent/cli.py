@@ -93,6 +93,33 @@ def cli(ctx, root, debug):
     _used_root[:] = [ctx.obj["root"]]
     if debug:
         os.environ["PYINSPECT_DEBUG"] = "1"
+    _undo_killed_traces(ctx.obj["root"])
+
+
+def _undo_killed_traces(root):
+    """A trace killed with -9 leaves tc filters and TRACE rules: the next command removes them.
+
+    Costs one listdir when nothing was left (the tracer is imported only when needed).
+    """
+    try:
+        names = os.listdir(os.path.join(root, "trace"))
+    except OSError:
+        return
+    for name in names:
+        stem = name[:-5] if name.endswith(".json") and not name.endswith(".nflog.json") else ""
+        if not stem.isdigit() or int(stem) == os.getpid():
+            continue
+        try:
+            os.kill(int(stem), 0)
+        except ProcessLookupError:
+            break  # a dead session's record: clean up below
+        except PermissionError:
+            pass
+    else:
+        return
+    from .tracer import cleanup_stale
+    for line in cleanup_stale(root):
+        click.echo(f"note: removed what a killed trace left: {line}", err=True)
 
 
 def _debug():

@@ -242,17 +242,26 @@ def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo):
     tr.proc.send_signal(signal.SIGINT)
     items, summary = tr.finish()
     assert _kernel_leftovers(topo) == []
-    # kill -9 leaves them; the next start removes them and says so
+    # kill -9 leaves them; the next pyinspect command (any of them) removes them and says so
     tr = Trace(state_root, topo, "--no-events")
     tr.proc.kill()
     tr.proc.wait()
     left = _kernel_leftovers(topo)
     assert any("pyinspect-trace" in x for x in left) and any("TRACE" in x for x in left)
-    tr2 = Trace(state_root, topo, "--duration", "0.5", "--no-events")
-    assert any("removed leftovers of a killed trace" in n for n in tr2.ready["notes"])
-    tr2.finish()
+    ps = Cli(state_root, netns=topo.host)("ps", "-a")
+    assert "removed what a killed trace left" in ps.stderr, ps.stderr
     assert _kernel_leftovers(topo) == []
     assert not list((state_root / "trace").glob("*.json"))
+    # and a trace start does the same sweep itself (library users call TraceSession)
+    tr = Trace(state_root, topo, "--no-events")
+    tr.proc.kill()
+    tr.proc.wait()
+    nsenter = ["nsenter", f"--net=/run/netns/{topo.host}", sys.executable, "-c",
+               "import sys; from pyinspect.tracer import cleanup_stale; "
+               "print(len(cleanup_stale(sys.argv[1])))", str(state_root)]
+    assert int(subprocess.run(nsenter, capture_output=True, text=True,
+                              check=True).stdout) > 0
+    assert _kernel_leftovers(topo) == []
 
 
 def test_filter_and_errors(state_root, topo):
