@@ -384,11 +384,33 @@ def known_kinds():
     return set(process.KINDS.values()) | set(cgroups.KINDS.values()) | set(links.KINDS)
 
 
+PACKET_KINDS = ("flow", "drop")
+
+# Traced connections and drops as timeline rows (negative ids: they are not `events` rows).
+_PACKET_ROWS = """
+    SELECT id, ts_ns, kind, pid, ppid, comm, cgroup_id, netns, pidns, mntns,
+           container_id, container_name, session_id, detail FROM events
+    UNION ALL
+    SELECT -f.id, f.first_ns, 'flow', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           s.container_id, s.container_name, f.session_id,
+           json_object('proto', f.proto, 'src', f.orig_src, 'sport', f.orig_sport,
+                       'dst', f.orig_dst, 'dport', f.orig_dport, 'nat', f.nat,
+                       'to', f.reply_src, 'to_port', f.reply_sport)
+    FROM flows f JOIN trace_sessions s ON s.id = f.session_id
+    UNION ALL
+    SELECT -1000000000000 - d.id, d.ts_ns, 'drop', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           s.container_id, s.container_name, d.session_id,
+           json_object('reason', d.reason, 'location', d.location, 'flow', d.flow_id)
+    FROM drops d JOIN trace_sessions s ON s.id = d.session_id"""
+
+
 def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None,
-          after_id=None, newest_first=False):
+          after_id=None, newest_first=False, packets=False):
     """Stored events, oldest first (or newest first): filter by container (name, id or id
     prefix), since/until (epoch ns or anything parse_since takes), kinds, and rows after
-    a row id (for live tails)."""
+    a row id (for live tails). `packets` adds each traced connection (`flow`, at its first
+    packet) and each explained drop (`drop`) of the container's trace sessions."""
+    packets = packets and after_id is None
     where, params = [], []
     if after_id is not None:
         where.append("id > ?")
@@ -406,13 +428,13 @@ def query(store, container=None, since=None, kinds=None, limit=100, offset=0, un
         params.append(until_ns)
     if kinds:
         kinds = list(kinds)
-        unknown = sorted(set(kinds) - known_kinds())
+        unknown = sorted(set(kinds) - known_kinds() - (set(PACKET_KINDS) if packets else set()))
         if unknown:
             raise UsageError(f"unknown event kind {unknown[0]!r}",
                              f"kinds: {', '.join(sorted(known_kinds()))}")
         where.append(f"kind IN ({','.join('?' * len(kinds))})")
         params += kinds
-    sql = "SELECT * FROM events"
+    sql = f"SELECT * FROM ({_PACKET_ROWS})" if packets else "SELECT * FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
     if after_id is not None:  # a live tail: what was stored since, in storage order
@@ -460,6 +482,11 @@ def summary(ev):
         rest = {x: y for x, y in d.items() if x not in ("ifindex", "ifname", "netns_label")}
         return f"{ev.get('ifname') or d.get('ifname')} in {d.get('netns_label')} " + \
             " ".join(f"{x}={y}" for x, y in sorted(rest.items()))
+    if k == "flow":
+        s = f"{d.get('proto')} {d.get('src')}:{d.get('sport')} -> {d.get('dst')}:{d.get('dport')}"
+        return s + (f"  {d['nat']}" if d.get("nat") else "")
+    if k == "drop":
+        return f"dropped: {d.get('reason')} at {d.get('location')}"
     if k.startswith("cgroup_"):
         ctl = d.get("controllers") or ("v2" if d.get("version") == 2 else "")
         return f"{ctl}:{d.get('path')} id {d.get('id')}"

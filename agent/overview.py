@@ -116,7 +116,7 @@ class Overview:
         with self.store() as s:
             rows = events.query(s, container=container, since=since_ns, kinds=kinds,
                                 limit=limit, offset=offset, after_id=after_id,
-                                newest_first=not ascending)
+                                newest_first=not ascending, packets=True)
         for r in rows:
             r["time"] = _iso(r["ts_ns"])
             r["summary"] = events.summary(r)

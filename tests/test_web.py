@@ -129,6 +129,16 @@ def test_timeline_has_the_containers_exec_events(world):
         pytest.fail(f"no exec event for the container: {rows}")
 
 
+def test_timeline_interleaves_the_traced_connection(world):
+    rows = world["server"].json(f"/api/timeline?container={world['name']}&limit=1000")
+    kinds = [r["kind"] for r in rows]
+    assert "exec" in kinds and "flow" in kinds, kinds
+    flow = next(r for r in rows if r["kind"] == "flow")
+    assert ":8088" in flow["summary"] and "DNAT" in flow["summary"], flow
+    only = world["server"].json(f"/api/timeline?container={world['name']}&kind=flow")
+    assert only and {r["kind"] for r in only} == {"flow"}
+
+
 def test_flows_show_nat_before_and_after(world):
     sessions = world["server"].json("/api/traces")
     mine = [s for s in sessions if s["container_name"] == world["name"]]
