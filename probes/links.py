@@ -126,7 +126,7 @@ class LinkProbe:
 
     @property
     def running(self):
-        return bool(self.watched)
+        return self.ready
 
     @property
     def lost(self):
@@ -166,13 +166,16 @@ class LinkProbe:
     # -- reading ------------------------------------------------------------------
     def events(self, timeout_ms=100):
         """Wait up to timeout_ms for notifications; return the link event dicts (maybe [])."""
-        if not self.watched:
+        if not self.ready:
             from ..errors import UnavailableError
             raise UnavailableError("links probe: not started")
         if (self.all_named or self.all_netns) and \
                 time.monotonic() - self._last_scan >= RESCAN_NS:
             self._rescan()
         socks = {w.events.sock: w for w in self.watched.values()}
+        if not socks:  # watching only namespaces that do not exist yet
+            time.sleep(min(max(timeout_ms, 0) / 1000, RESCAN_NS))
+            return []
         ready, _, _ = select.select(list(socks), [], [], max(timeout_ms, 0) / 1000)
         if not ready:
             return []
