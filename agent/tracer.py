@@ -316,6 +316,8 @@ class TraceSession:
         self.nftmon = None
         self.nfttable = None
         self.procs = None
+        self.links = None
+        self.cgroups = None
         self.ev_pending = []
         self.events_seen = 0
         self.pcap = None
@@ -487,11 +489,42 @@ class TraceSession:
                if not k.startswith("syscalls:")}
         self.procs = ProcessProbe(tracepoints=tps).start({"namespaces": [self.target.netns]})
         self.notes += list(self.procs.messages)
+        # link changes of the capture points and inside the container (rtnetlink), and the
+        # container's cgroup events: each optional, a note when it cannot start
+        from pyinspect.probes.cgroups import CgroupProbe
+        from pyinspect.probes.links import LinkProbe
+        try:
+            paths = [self.target.netns_path] if self.target.netns_path else []
+            self.links = LinkProbe(netns=paths, own=True).start()
+        except Exception as exc:  # noqa: BLE001 - degrade to a note
+            self.links = None
+            self.notes.append(f"link events: unavailable: {exc}")
+        if self.target.source == "pyinspect" and self.target.id:
+            try:
+                self.cgroups = CgroupProbe().start()
+                self.notes += list(self.cgroups.messages)
+            except Exception as exc:  # noqa: BLE001 - degrade to a note
+                self.cgroups = None
+                self.notes.append(f"cgroup events: unavailable: {exc}")
 
     def _undo_events(self):
-        if self.procs:
-            self.procs.stop()
-        self.procs = None
+        for probe in (self.procs, self.links, self.cgroups):
+            if probe:
+                probe.stop()
+        self.procs = self.links = self.cgroups = None
+
+    def _other_events(self):
+        """Link events of our capture points or the container's netns; the container's
+        cgroup events (its cgroup path holds its id)."""
+        out = []
+        if self.links:
+            names = {p.name for p in self.points if p.netns is None}
+            out += [e for e in self.links.events(0)
+                    if e.get("netns") == self.target.netns or e.get("ifname") in names]
+        if self.cgroups:
+            out += [e for e in self.cgroups.events(0)
+                    if self.target.id in ((e.get("detail") or {}).get("path") or "")]
+        return out
 
     def _start_drops(self, tgt):
         from pyinspect.probes import drops
@@ -570,6 +603,7 @@ class TraceSession:
             self.drop_pending.extend(self.drops.read(None if final else DROPS_PER_POLL))
         if self.procs:
             self.ev_pending.extend(self.procs.events(0))
+            self.ev_pending.extend(self._other_events())
         rate = self.opt.max_rate if self.opt.max_rate is not None else self._auto_rate()
         if rate:
             now = time.monotonic()
@@ -797,6 +831,10 @@ class TraceSession:
                     "exit": f"code {d.get('code')}" if "code" in d else
                     (f"signal {d.get('signal')}" if "signal" in d else ""),
                     "fork": f"from {d.get('parent_pid')}"}.get(ev["kind"], "")
+            if ev["kind"].startswith("link_"):
+                what = f"{ev.get('ifname')} {json.dumps(d, sort_keys=True)[:80]}"
+            elif ev["kind"].startswith("cgroup_"):
+                what = f"{d.get('controllers') or 'v2'}:{d.get('path')}"
             text = (f"[{self.target.name}] {ev['kind']:<5} pid {ev['pid']} ({ev['comm']}) "
                     f"{what}").rstrip()
             items.append({"type": "event", "_ts": ev["ts_ns"], "ts_ns": ev["ts_ns"],
@@ -1083,8 +1121,9 @@ class TraceSession:
             self.nfttable.remove()
         if self.drops:
             self.drops.stop()
-        if self.procs:
-            self.procs.stop()
+        for probe in (self.procs, self.links, self.cgroups):
+            if probe:
+                probe.stop()
         if self.ct:
             self.ct.stop()
         if self.pcap:

@@ -45,7 +45,7 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
         ip = info["NetworkSettings"]["IPAddress"]
         wait_listen(name, 80)
         proc = subprocess.Popen(cli.argv("trace", "--container", name, "--json",
-                                         "--duration", "3"),
+                                         "--duration", "5"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready = json.loads(proc.stdout.readline() or "{}")
         assert ready.get("type") == "ready", proc.stderr.read()
@@ -53,6 +53,10 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
         got = client.run("timeout", "5", "busybox", "wget", "-q", "-O", "-",
                          f"http://{HOST_IP}:8088/", check=False)
         assert got.stdout.strip() == "traced", got
+        # the session's timeline: an exec (process + cgroup events) and a link made inside
+        cli("exec", name, "true")
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "add", "ptx0", "type",
+                        "veth", "peer", "name", "ptx1"], check=True)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         items = [json.loads(line) for line in out.splitlines()]
@@ -73,6 +77,11 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
         dnat = [h for h in hops if h["hop"] == "netfilter" and h["table"] == "nat"
                 and h["verdict"].startswith("DNAT")]
         assert dnat and dnat[0]["verdict"] == f"DNAT {ip}:80", dnat
+        events = [i for i in items if i["type"] == "event"]
+        kinds = {e["kind"] for e in events}
+        assert {"exec", "cgroup_attach", "link_add"} <= kinds, [e["text"] for e in events]
+        assert any("ptx0" in e["text"] for e in events if e["kind"] == "link_add")
+        assert all(name in e["text"] for e in events if e["kind"] == "cgroup_attach")
         summary = [i for i in items if i["type"] == "summary"][0]
         assert summary["nat"] == [f"DNAT {HOST_IP}:8088 -> {ip}:80"]
         assert summary["loss"]["capture"] == 0
