@@ -680,9 +680,9 @@ def test_sigkill_between_create_and_start_is_cleaned_up(pc, state_root, tmp_path
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        os.close(hold)
-        proc.kill()
+        proc.kill()  # before the FIFO goes: with no reader its write fails and it runs on
         proc.communicate(timeout=20)
+        os.close(hold)
     assert leftover == []  # no shim was ever forked
     pc("ps", "-a")  # reconcile
     assert pc.ids() == []
