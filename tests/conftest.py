@@ -139,3 +139,26 @@ def artifacts():
 
 def have(tool):
     return shutil.which(tool) is not None
+
+
+@pytest.fixture
+def runc(tmp_path):
+    """runc_helpers.Runc on a temp dir; every container it started is removed afterwards."""
+    from runc_helpers import Runc
+    if not shutil.which("runc"):
+        pytest.skip("runc is not installed")
+    r = Runc(tmp_path)
+    yield r
+    r.cleanup()
+
+
+def tshark_fields(path, *fields, filt=None):
+    """tshark -T fields rows (lists of field values) of a capture; fails on a read error."""
+    cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|"]
+    for f in fields:
+        cmd += ["-e", f]
+    if filt:
+        cmd += ["-Y", filt]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [line.split("|") for line in proc.stdout.splitlines()]

@@ -98,52 +98,6 @@ def test_cli_rejects_bad_since_without_touching_the_store(cli, state_root):
 
 # -- real attribution -------------------------------------------------------------------
 
-class Runc:
-    """runc busybox containers (own pid + net namespace), killed and deleted at teardown."""
-
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.ids = []
-
-    def run(self, args=("sleep", "1000")):
-        cid = f"pa-{uuid.uuid4().hex[:8]}"
-        b = self.tmp / cid
-        (b / "rootfs" / "bin").mkdir(parents=True)
-        shutil.copy(BUSYBOX, b / "rootfs" / "bin" / "busybox")
-        for applet in ("sh", "sleep", "true"):
-            os.symlink("busybox", b / "rootfs" / "bin" / applet)
-        subprocess.run(["runc", "spec"], cwd=b, check=True)
-        spec = json.loads((b / "config.json").read_text())
-        spec["process"]["args"] = list(args)
-        spec["process"]["terminal"] = False
-        (b / "config.json").write_text(json.dumps(spec))
-        self.ids.append(cid)
-        subprocess.run(["runc", "run", "-d", "--bundle", str(b), cid], check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
-        state = json.loads(subprocess.run(["runc", "state", cid], capture_output=True,
-                                          text=True, check=True).stdout)
-        return cid, state["pid"]
-
-    def cleanup(self):
-        for cid in self.ids:
-            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
-        for cid in self.ids:
-            for _ in range(100):
-                if subprocess.run(["runc", "delete", "-f", cid],
-                                  capture_output=True).returncode == 0:
-                    break
-                time.sleep(0.05)
-
-
-@pytest.fixture
-def runc(tmp_path):
-    if not shutil.which("runc"):
-        pytest.skip("runc is not installed")
-    r = Runc(tmp_path)
-    yield r
-    r.cleanup()
-
-
 def wait_events(follower, pred, timeout=15.0):
     """Poll until pred(everything this follower returned so far) holds."""
     seen = follower.__dict__.setdefault("_test_seen", [])

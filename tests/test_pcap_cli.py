@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 from scapy.all import IP, TCP, UDP, Ether, raw
 
-from conftest import have
+from conftest import have, tshark_fields
 from pyinspect.config import database_path
 from pyinspect.errors import UsageError
 from pyinspect.pcap_export import export, parse_flow, parse_time
@@ -20,17 +20,6 @@ pytestmark = pytest.mark.skipif(not have("tshark"), reason="tshark not installed
 T0 = 1_764_417_600_000_000_000
 CLIENT, HOSTIP, CIP = "192.168.77.2", "192.168.77.10", "172.18.0.2"
 DNAT = f"ct 42 DNAT {CLIENT}:40000->{HOSTIP}:8088 => {CIP}:80"
-
-
-def tshark(path, *fields, filt=None):
-    cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|"]
-    for f in fields:
-        cmd += ["-e", f]
-    if filt:
-        cmd += ["-Y", filt]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return [line.split("|") for line in proc.stdout.splitlines()]
 
 
 def frame(src, dst, sport, dport, flags="S", proto="tcp"):
@@ -83,7 +72,7 @@ def test_export_session_shows_dnat_on_both_points(cli, store_root, tmp_path):
     out = tmp_path / "s1.pcapng"
     res = cli("pcap", "export", "--session", "1", "-o", out)
     assert "wrote 6 packets on 2 interfaces" in res.stdout
-    rows = tshark(out, "frame.interface_name", "tcp.srcport", "tcp.dstport",
+    rows = tshark_fields(out, "frame.interface_name", "tcp.srcport", "tcp.dstport",
                   "frame.packet_flags_direction", "frame.comment", "frame.time_epoch",
                   "tcp.seq_raw")
     times = [r[5] for r in rows]
@@ -126,21 +115,21 @@ def test_export_flow_follows_both_nat_sides(cli, store_root, tmp_path):
     out = tmp_path / "f.pcapng"
     cli("pcap", "export", "--session", "1", "--flow", f"tcp {CLIENT}:40000->{HOSTIP}:8088",
         "-o", out)
-    rows = tshark(out, "frame.interface_name", "tcp.dstport")
+    rows = tshark_fields(out, "frame.interface_name", "tcp.dstport")
     assert rows == [["eth0@host", "8088"], ["vethab12cd3@host (test)", "80"],
                     ["vethab12cd3@host (test)", "40000"], ["eth0@host", "40000"]]
     # asking by the container side of the NAT finds the same connection
     cli("pcap", "export", "--session", "1", "--flow", f"{CIP}:80,{CLIENT}:40000", "-o", out)
-    assert len(tshark(out, "frame.number")) == 4
+    assert len(tshark_fields(out, "frame.number")) == 4
 
 
 def test_export_bpf_filter(cli, store_root, tmp_path):
     out = tmp_path / "b.pcapng"
     cli("pcap", "export", "--session", "1", "--filter", "tcp port 80", "-o", out)
-    assert [r[0] for r in tshark(out, "frame.interface_name")] == \
+    assert [r[0] for r in tshark_fields(out, "frame.interface_name")] == \
         ["vethab12cd3@host (test)"] * 2
     cli("pcap", "export", "--session", "1", "--filter", "udp and dst port 53", "-o", out)
-    assert tshark(out, "udp.dstport") == [["53"]]
+    assert tshark_fields(out, "udp.dstport") == [["53"]]
     bad = tmp_path / "bad.pcapng"
     res = cli("pcap", "export", "--session", "1", "--filter", "tcp port", "-o", bad, check=False)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
@@ -190,7 +179,7 @@ def test_merge_cli(cli, store_root, tmp_path):
     out = tmp_path / "m.pcapng"
     res = cli("pcap", "merge", a, b, "-o", out)
     assert "merged 12 packets from 2 files (4 interfaces)" in res.stdout
-    assert len(tshark(out, "frame.number")) == 12
+    assert len(tshark_fields(out, "frame.number")) == 12
     bad = tmp_path / "cut.pcapng"
     bad.write_bytes(a.read_bytes()[:-7])
     out2 = tmp_path / "m2.pcapng"
@@ -213,7 +202,7 @@ def test_export_to_file_object_and_unknown_point(state_root):
     assert res["packets"] == 7 and res["interfaces"] == 3
     path = state_root / "obj.pcapng"
     path.write_bytes(buf.getvalue())
-    rows = tshark(path, "frame.interface_name", "frame.len")
+    rows = tshark_fields(path, "frame.interface_name", "frame.len")
     assert ["point77", "1500"] in rows
 
 
@@ -278,7 +267,7 @@ def test_two_process_export_is_byte_identical(state_root, tmp_path, monkeypatch)
         store.db["packets"].insert({"session_id": sid, "point_id": 99, "ts_ns": T0 + 10**6,
                                     "data": b"\x00" * 60, "len": 60})
         res = export(store, session_id=sid, out=two, parallel=True)
-        names = [r[0] for r in tshark(two, "frame.interface_name")]
+        names = [r[0] for r in tshark_fields(two, "frame.interface_name")]
         assert res["packets"] == 3007 and len(names) == 3007 and names[-1] == "point99"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pcapng", "root", "two.pcapng"]
 
@@ -299,7 +288,7 @@ def test_point_names_as_the_tracer_stores_them(state_root, tmp_path):
                                   "data": d, "len": len(d)})
         out = tmp_path / "names.pcapng"
         export(store, session_id=sid, out=out)
-    assert tshark(out, "frame.interface_name", "frame.interface_description") == [
+    assert tshark_fields(out, "frame.interface_name", "frame.interface_description") == [
         ["eth0@host", "uplink"], ["pyinspect0", "bridge"],
         ["vethab12cd3@host (test)", "veth: host end of test's veth"],
         ["test/eth0", "container: eth0 in test"]]
@@ -337,7 +326,7 @@ def test_real_trace_exports_the_nat_story(state_root, tmp_path):
     hcli("pcap", "export", "--session", sessions[0]["id"], "-o", out)
     ctr = topo.ctrs[0]
     for path in (out, live):
-        rows = tshark(path, "frame.interface_name", "tcp.dstport", "tcp.srcport",
+        rows = tshark_fields(path, "frame.interface_name", "tcp.dstport", "tcp.srcport",
                       "frame.packet_flags_direction", "frame.comment", filt="tcp")
         assert rows, path
         syn_ports = {(r[0], r[1]) for r in rows if r[1] in ("8088", "80")}
@@ -348,6 +337,6 @@ def test_real_trace_exports_the_nat_story(state_root, tmp_path):
         assert any("eth0" in n for n in inside), syn_ports
         assert all(int(r[3], 16) in (1, 2) for r in rows)
         assert any("DNAT" in r[4] for r in rows)
-    names = {r[0] for r in tshark(out, "frame.interface_name")}
+    names = {r[0] for r in tshark_fields(out, "frame.interface_name")}
     assert {"up0@host", f"vc0@host ({ctr})", f"{ctr}/eth0"} <= names, names
-    assert len(tshark(out, "frame.number")) == sessions[0]["packets"]
+    assert len(tshark_fields(out, "frame.number")) == sessions[0]["packets"]

@@ -10,7 +10,7 @@ import time
 import pytest
 from scapy.all import ICMP, IP, TCP, Ether, raw
 
-from conftest import have
+from conftest import have, tshark_fields
 from pyinspect import __version__
 from pyinspect.errors import CorruptInputError, NotFoundError, UsageError
 from pyinspect.pcapng import PcapNgWriter, merge, read_packets
@@ -20,17 +20,6 @@ pytestmark = pytest.mark.skipif(not have("tshark"), reason="tshark not installed
 T0 = 1_764_417_600_123_456_789          # an epoch in ns with every digit used
 CLIENT, HOSTIP, CIP = "192.168.77.2", "192.168.77.10", "172.18.0.2"
 DNAT = f"ct 42 DNAT {CLIENT}:40000->{HOSTIP}:8088 => {CIP}:80"
-
-
-def tshark_fields(path, *fields, filt=None):
-    cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|"]
-    for f in fields:
-        cmd += ["-e", f]
-    if filt:
-        cmd += ["-Y", filt]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return [line.split("|") for line in proc.stdout.splitlines()]
 
 
 def capinfos(path):

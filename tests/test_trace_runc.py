@@ -6,14 +6,11 @@ host end on a bridge in a namespace that plays the host, and a DNAT rule publish
 """
 
 import json
-import os
-import shutil
 import subprocess
 
 import pytest
 
 from conftest import Cli
-from test_discovery import Runc
 
 pytestmark = pytest.mark.root
 
@@ -21,29 +18,10 @@ HOST_IP, CLIENT_IP = "10.234.0.1", "10.234.0.2"
 GW, CTR_IP = "172.31.9.1", "172.31.9.2"
 
 
-class WebRunc(Runc):
-    """runc busybox bundles that can serve a page with httpd."""
-
-    def bundle(self, args):
-        b = super().bundle(args)
-        os.symlink("busybox", b / "rootfs" / "bin" / "httpd")
-        (b / "rootfs" / "www").mkdir()
-        (b / "rootfs" / "www" / "index.html").write_text("runc-traced\n")
-        return b
-
-
-@pytest.fixture
-def webrunc(tmp_path):
-    if not shutil.which("runc"):
-        pytest.skip("runc is not installed")
-    r = WebRunc(tmp_path)
-    yield r
-    r.cleanup()
-
-
-def test_trace_of_a_runc_container(make_netns, state_root, webrunc):
+def test_trace_of_a_runc_container(make_netns, state_root, runc):
     host, client = make_netns("ptr-h"), make_netns("ptr-c")
-    cid, pid = webrunc.run(("httpd", "-f", "-p", "80", "-h", "/www"))
+    runc.files["www/index.html"] = "runc-traced\n"
+    cid, pid = runc.run(("httpd", "-f", "-p", "80", "-h", "/www"))
     host.sh(f"ip link add ptc0 type veth peer name eth0 netns {client.name} && "
             f"ip addr add {HOST_IP}/24 dev ptc0 && ip link set ptc0 up && "
             f"ip link add ptrb0 type bridge && ip addr add {GW}/24 dev ptrb0 && "
