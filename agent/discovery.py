@@ -134,12 +134,15 @@ def _nsfs_dev():
 
 
 def _proc_start_time(pid):
+    """Start time (clock ticks) of a live process, None once it is exiting or gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
         fields = data[data.rindex(")") + 2:].split()
         if fields[0] in ("Z", "X"):
             return None  # a zombie is as good as dead
+        if not os.path.exists(f"/proc/{pid}/ns/net"):
+            return None  # exiting: namespaces already dropped, not yet a zombie
         return int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
