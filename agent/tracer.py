@@ -528,7 +528,8 @@ class TraceSession:
 
     def _start_drops(self, tgt):
         from pyinspect.probes import drops
-        self.drops = drops.DropWatch(tgt).start()
+        netns = {p.netns_inode for p in self.points} | {self.target.netns}
+        self.drops = drops.DropWatch(tgt, netns).start()
 
     def _undo_drops(self):
         if self.drops:

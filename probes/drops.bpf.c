@@ -1,5 +1,5 @@
 // pyinspect drops: skb:kfree_skb (tracepoint args from tracefs) with the drop reason,
-// filtered in the kernel to the traced addresses/ports. The packet headers are read
+// filtered in the kernel to the traced addresses/ports in the trace's namespaces. The packet headers are read
 // through sk_buff fields whose offsets come from the running kernel's BTF
 // (/sys/kernel/btf/vmlinux) and are passed as -D constants; never from header files.
 #include <uapi/linux/ip.h>
@@ -33,6 +33,7 @@ struct portkey {
 BPF_RINGBUF_OUTPUT(drops, 64);
 BPF_HASH(addrs, u32, u8, 64);
 BPF_HASH(ports, struct portkey, u8, 256);
+BPF_HASH(netns_ok, u32, u8, 64); // the trace's namespaces; a drop elsewhere is not ours
 BPF_ARRAY(dropstats, u64, 2);   // [0] matched, [1] lost
 
 TRACEPOINT_PROBE(skb, kfree_skb)
@@ -76,6 +77,21 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     }
     if (!hit)
         return 0;
+    // where it was dropped: the device's namespace (0 when the skb has no device)
+    int ifindex = 0;
+    u32 inum = 0;
+    void *dev = 0;
+    bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV);
+    if (dev) {
+        bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX);
+        void *net = 0;
+        bpf_probe_read_kernel(&net, sizeof(net), dev + OFF_DEV_ND_NET);
+        if (net)
+            bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NET_INUM);
+    }
+    // the same addresses in another namespace (another bridge, another test) are not ours
+    if (inum && !netns_ok.lookup(&inum))
+        return 0;
     u32 k = 0;
     u64 *v = dropstats.lookup(&k);
     if (v)
@@ -98,22 +114,8 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     d->proto = ip.protocol;
     d->tcpflags = flags;
     d->pad = 0;
-    d->ifindex = 0;
-    d->netns = 0;
-    void *dev = 0;
-    bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV);
-    if (dev) {
-        int ifindex = 0;
-        bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX);
-        d->ifindex = ifindex;
-        void *net = 0;
-        bpf_probe_read_kernel(&net, sizeof(net), dev + OFF_DEV_ND_NET);
-        if (net) {
-            u32 inum = 0;
-            bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NET_INUM);
-            d->netns = inum;
-        }
-    }
+    d->ifindex = ifindex;
+    d->netns = inum;
     drops.ringbuf_submit(d, BPF_RB_NO_WAKEUP);   // read by mmap on a timer
     return 0;
 }

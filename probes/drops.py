@@ -1,10 +1,10 @@
 """Packet drops with the kernel's reason: the skb:kfree_skb tracepoint, filtered in-kernel.
 
-`DropWatch(target)` loads `drops.bpf.c` with sk_buff/net_device/net field offsets taken
+`DropWatch(target, netns)` loads `drops.bpf.c` with sk_buff/net_device/net field offsets taken
 from the running kernel's BTF (`btf_offsets()`), so no header layout is trusted. Reason
 names come from the tracepoint's own format (`reason_names()`), the location from
 /proc/kallsyms. Records: {ts_ns, reason, location, proto, src, sport, dst, dport,
-tcpflags, ifindex, netns}.
+tcpflags, ifindex, netns}; only drops in the given namespaces (inodes) are kept.
 """
 
 import bisect
@@ -156,8 +156,9 @@ class Kallsyms:
 class DropWatch:
     """kfree_skb drops of the traced addresses. Context manager: start(), read(), stop()."""
 
-    def __init__(self, target):
+    def __init__(self, target, netns=()):
         self.target = target
+        self.netns = set(netns)    # namespace inodes whose drops count (where we capture)
         self.bpf = None
         self.reader = None
         self.reasons = {}
@@ -188,6 +189,8 @@ class DropWatch:
         for a in self.target.addrs:
             self.bpf["addrs"][ctypes.c_uint32(struct.unpack("<I", socket.inet_aton(a))[0])] = \
                 ctypes.c_uint8(1)
+        for inum in self.netns:
+            self.bpf["netns_ok"][ctypes.c_uint32(inum)] = ctypes.c_uint8(1)
         ports = self.bpf["ports"]
         for ip, port, proto in self.target.ports:
             k = ports.Key()

@@ -195,6 +195,21 @@ def test_no_listener_is_explained(state_root, topo_nolisten):
         summary["drops"], (summary, texts)
 
 
+def test_drops_in_another_namespace_with_the_same_addresses_are_not_reported(state_root, topo):
+    """Another "host" with the same container address (another bridge, another machine's
+    worth of namespaces) drops a connection: that is not the traced container's drop."""
+    other = tracetopo.Topology(prefix="po", listen=False, net=topo.n)
+    try:
+        assert other.ctr_ips == topo.ctr_ips
+        tr = Trace(state_root, topo, "--duration", "2", "--no-events")
+        assert other.fetch(timeout=2).returncode != 0     # NO_SOCKET drop over there
+        items, summary = tr.finish()
+    finally:
+        other.close()
+    assert not [i for i in items if i["type"] == "drop"], items
+    assert summary["flows"] == 0 and not summary["drops"], summary
+
+
 def test_forward_policy_drop_is_explained(state_root, topo):
     topo.forward_policy_drop()
     tr = Trace(state_root, topo, "--duration", "2.5", "--no-events")
