@@ -240,15 +240,19 @@ def cgroup_ids(cgroups):
 
 # -- sources ----------------------------------------------------------------------
 
-def _own(root):
+def _own(root, errors=None):
     """pyinspect's containers, if the runtime package is there."""
     try:
         from .runtime import state
     except ImportError:
+        if errors is not None:
+            errors.append("pyinspect runtime state not available")
         return []
     try:
         records = state.load_all(root)
-    except Exception:  # a broken record must not hide every other container
+    except Exception as exc:  # a broken record must not hide every other container
+        if errors is not None:
+            errors.append(f"cannot read pyinspect state: {exc}")
         return []
     out = []
     for c in records:
@@ -263,7 +267,8 @@ def _own(root):
                        pid=pid if status == "running" else 0, status=status,
                        cgroups=dict(getattr(c, "cgroup", None) or {}),
                        detail={"image": getattr(c, "image", None),
-                               "network_mode": network.get("mode")})
+                               "network_mode": network.get("mode"), "network": dict(network),
+                               "oom_killed": bool(getattr(c, "oom_killed", False))})
         out.append(d)
     return out
 
@@ -432,15 +437,17 @@ def _podman_names():
 
 # -- assembly ---------------------------------------------------------------------
 
-def containers(root=None, procs=None, host=None):
-    """Every container on the host as `Discovered` records (running ones with their pids)."""
+def containers(root=None, procs=None, host=None, errors=None):
+    """Every container on the host as `Discovered` records (running ones with their pids).
+
+    Pass a list as `errors` to receive why pyinspect's own state could not be read."""
     from .config import state_root
     root = state_root(root)
     procs = scan_processes() if procs is None else procs
     host = host_namespaces() if host is None else host
     named = named_netns()
     docker_names = _docker_names()
-    found = _own(root) + _oci(docker_names, _podman_names())
+    found = _own(root, errors) + _oci(docker_names, _podman_names())
     known_ids = {d.id for d in found}
     claimed = set()
     for d in found:

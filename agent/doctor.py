@@ -4,8 +4,9 @@ The host is the network namespace of the calling process (so tests and users can
 run doctor inside any namespace with `nsenter --net=`). `HostView.collect()` takes
 one read-only snapshot: iptables rules of BOTH backends, sysctls, links, routes,
 neighbours, conntrack counters, and every container namespace whose veth peers
-sit in this namespace (pyinspect's, runc's, Docker's or a bare `ip netns`), with
-its links, routes, listening sockets (/proc/<pid>/net/tcp) and memory cgroup.
+sit in this namespace (pyinspect's, runc's, Docker's or a bare `ip netns`: found by
+`pyinspect.discovery`, paired by `pyinspect.vethmap`), with its links, routes,
+listening sockets (/proc/<pid>/net/tcp) and memory cgroup.
 Checks are plain functions over that snapshot (see doctor_checks.py) that return
 `Finding`s. Nothing is changed unless `apply_fixes()` is called.
 """
@@ -273,7 +274,7 @@ def _nft_native_chains(notes):
 class ContainerView:
     name: str
     id: str
-    source: str  # pyinspect | runc | docker | netns | process
+    source: str  # pyinspect | runc | docker | containerd | ... (discovery) | netns | process
     nspath: str
     inode: int
     pids: list
@@ -302,79 +303,43 @@ class ContainerView:
         return [r["gateway"] for r in self.routes if r["dst"] == "default"]
 
 
-def _netns_candidates(host_ino):
-    """{inode: (path, [pids])} for every network namespace other than the host's."""
-    found = {}
-    for d in ("/run/netns", "/var/run/docker/netns", "/run/docker/netns"):
-        try:
-            names = sorted(os.listdir(d))
-        except OSError:
-            continue
-        for n in names:
-            p = f"{d}/{n}"
-            ino = _ino(p)
-            if ino and ino != host_ino and ino not in found:
-                found[ino] = (p, [])
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        ino = _ino(f"/proc/{pid}/ns/net")
-        if not ino or ino == host_ino:
-            continue
-        entry = found.setdefault(ino, (f"/proc/{pid}/ns/net", []))
-        entry[1].append(int(pid))
-    return found
-
-
-def _nsids(paths):
-    """{path: id this namespace gives it} (the ids veths' link-netnsid use)."""
-    from pyroute2 import IPRoute
+def _veth_pairs(rows, host_ino, host_veths):
+    """{netns inode: (container-side ifindex, host-side Link)} for the veths of this
+    netns (`host_ino`) whose peer sits in another namespace; the lowest peer ifindex
+    when a namespace has several."""
     out = {}
-    with IPRoute() as ipr:
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                nsid = (ipr.get_netnsid(fd=fd) or {}).get("nsid")
-                if nsid is not None and nsid >= 0:
-                    out[path] = nsid
-            except Exception:  # netns gone meanwhile
-                pass
-            finally:
-                os.close(fd)
+    for r in rows:
+        hv = host_veths.get(r["ifindex"])
+        if r["netns"] != host_ino or r["kind"] != "veth" or hv is None:
+            continue
+        ino, peer = r["peer_netns"], r["peer_ifindex"]
+        if ino is None or ino == host_ino or peer is None or r["peer_ifname"] is None:
+            continue
+        if ino not in out or peer < out[ino][0]:
+            out[ino] = (peer, hv)
     return out
 
 
-def _runc_names():
-    """{init pid: container id} from runc's state directory."""
-    out = {}
-    for base in ("/run/runc", "/run/docker/runtime-runc/moby"):
-        try:
-            ids = os.listdir(base)
-        except OSError:
-            continue
-        for cid in ids:
-            try:
-                st = json.loads(Path(base, cid, "state.json").read_text())
-                out[int(st.get("init_process_pid") or 0)] = (cid, "runc" if "moby" not in base
-                                                              else "docker")
-            except (OSError, ValueError):
-                pass
-    return out
+def _ns_path(info):
+    """The first path to the namespace (`vethmap.namespaces()` entry) that still is it:
+    its `ip netns` name, a bind mount (Docker's /run/docker/netns/...), a process's."""
+    for path in info["paths"]:
+        if _ino(path) == info["inode"]:
+            return path
+    return None
 
 
-def _pyinspect_containers(root):
-    """pyinspect's own container records (empty until the runtime provides them)."""
-    try:
-        from .runtime import state
-    except ImportError:
-        return [], "pyinspect runtime state not available"
-    try:
-        return list(state.load_all(root)), None
-    except Exception as exc:  # a broken state dir must not stop the diagnosis
-        return [], f"cannot read pyinspect state: {exc}"
+def _ns_label(path, owner):
+    """(name, id, source) of a container namespace: its owner's (discovery), else the
+    namespace file's name, else `pid<N>` of the process whose /proc/<N>/ns/net it is."""
+    if owner is None:
+        if path.startswith("/proc/"):
+            return f"pid{path.split('/')[2]}", "", "process"
+        return os.path.basename(path), "", "netns"
+    name = owner.name
+    if name == owner.id and len(name) == 64:
+        name = name[:12]  # a bare runc/Docker id, shortened as `docker ps` does
+    return name, owner.id, owner.source
 
 
 def _any_addr(ip):
@@ -571,62 +536,56 @@ class HostView:
 
     # -- containers
     def _containers(self):
+        """Every namespace a veth of this netns leads to, named after the container
+        that owns it (`pyinspect.discovery`), paired through the veth map (`vethmap`)."""
         host_veths = {l.ifindex: l for l in self.links.values()
                       if l.kind == "veth" and l.link_netnsid is not None}
         if not host_veths:
             return []
-        own, note = _pyinspect_containers(self.root)
-        if note:
-            self.notes.append(note)
-        runc = _runc_names()
+        from . import discovery, vethmap
+        procs, host = discovery.scan_processes(), discovery.host_namespaces()
+        found = discovery.containers(self.root, procs=procs, host=host, errors=self.notes)
+        try:
+            pairs = _veth_pairs(vethmap.build(self.root, found=found, procs=procs, host=host),
+                                self.host_ino, host_veths)
+        except Exception as exc:  # netlink refused: no container can be paired
+            self.notes.append(f"veth map: {exc}")
+            pairs = {}
+        owners = {ino: d for ino, d in vethmap.owners(found, host).items()
+                  if d.source not in ("netns", "pidns")}  # bare namespaces: named below
+        infos = vethmap.namespaces(procs, host)
         own_memory = memory_info(os.getpid())  # a namespace in our own cgroup is not a container's
         out = []
-        nsids = {l.link_netnsid for l in host_veths.values()}
-        candidates = _netns_candidates(self.host_ino)
-        ids = _nsids([path for path, _ in candidates.values()])
-        for ino, (path, pids) in sorted(candidates.items()):
-            nsid = ids.get(path)
-            if nsid not in nsids:
-                continue  # no veth of ours has its peer there
+        for ino, (eth_index, hv) in sorted(pairs.items()):
+            info = infos.get(ino)
+            path = _ns_path(info) if info else None
+            if path is None:
+                continue  # gone meanwhile
+            pids = info["pids"]
             try:
                 with in_netns(path):
                     links, routes = _links_and_routes()
-                    pair = None
-                    for l in links.values():
-                        hv = host_veths.get(l.iflink)
-                        if l.kind == "veth" and hv is not None and hv.iflink == l.ifindex \
-                                and hv.link_netnsid == nsid:
-                            pair = (l, hv)
-                            break
-                    if pair is None:
+                    eth = next((l for l in links.values() if l.ifindex == eth_index), None)
+                    if eth is None:
                         continue
                     socks = listeners(f"/proc/{pids[0]}/net" if pids else "/proc/thread-self/net")
                     sysctls = {k: read_sysctl(k) for k in ("net.ipv4.ip_forward",)}
             except Exception as exc:  # the namespace vanished, or netlink refused
                 self.notes.append(f"cannot read {path}: {exc}")
                 continue
-            eth, hv = pair
-            name, cid, source = os.path.basename(path), "", "netns"
-            if path.startswith("/proc/"):
-                name, source = f"pid{pids[0]}", "process"
-            for pid in pids:
-                if pid in runc:
-                    cid, source = runc[pid]
-                    name = cid[:12] if len(cid) == 64 else cid
+            name, cid, source = _ns_label(path, owners.get(ino))
             cv = ContainerView(name, cid, source, path, ino, sorted(pids), links, routes, socks,
                                eth, hv, sysctls=sysctls)
             if eth.addrs:
                 cv.ip, cv.prefixlen = eth.addrs[0]
-            for c in own:
-                if getattr(c, "pid", 0) and _ino(f"/proc/{c.pid}/ns/net") == ino:
-                    cv.name, cv.id, cv.source = c.name, c.id, "pyinspect"
-                    cv.declared = dict(getattr(c, "network", None) or {})
-                    for p in cv.declared.get("ports") or []:
-                        cv.ports.append({"proto": p.get("proto", "tcp"),
-                                         "host_ip": _any_addr(p.get("host_ip")),
-                                         "host_port": int(p["host_port"]),
-                                         "container_port": int(p["container_port"]),
-                                         "source": "pyinspect", "rule": None})
+            if source == "pyinspect":
+                cv.declared = dict(owners[ino].detail.get("network") or {})
+                for p in cv.declared.get("ports") or []:
+                    cv.ports.append({"proto": p.get("proto", "tcp"),
+                                     "host_ip": _any_addr(p.get("host_ip")),
+                                     "host_port": int(p["host_port"]),
+                                     "container_port": int(p["container_port"]),
+                                     "source": "pyinspect", "rule": None})
             for pid in cv.pids:
                 mi = memory_info(pid)
                 if mi and mi["cgroup"] != own_memory.get("cgroup"):
@@ -635,11 +594,11 @@ class HostView:
             out.append(cv)
         # pyinspect containers that are not running (e.g. OOM-killed) still matter
         running = {c.id for c in out if c.id}
-        for c in own:
-            if c.id not in running and getattr(c, "status", "") != "running":
-                cv = ContainerView(c.name, c.id, "pyinspect", "", 0, [])
-                cv.status, cv.oom_killed = c.status, bool(getattr(c, "oom_killed", False))
-                cv.declared = dict(getattr(c, "network", None) or {})
+        for d in found:
+            if d.source == "pyinspect" and d.id not in running and d.status != "running":
+                cv = ContainerView(d.name, d.id, "pyinspect", "", 0, [])
+                cv.status, cv.oom_killed = d.status, bool(d.detail.get("oom_killed"))
+                cv.declared = dict(d.detail.get("network") or {})
                 out.append(cv)
         self._infer_ports(out)
         return out

@@ -150,8 +150,8 @@ def _resolve_nsid(ns, nsid, peer_ifindex, my_ifindex, all_ns, by_pair):
     return None
 
 
-def _owners(found, host):
-    """{netns inode: Discovered}, best-ranked source first."""
+def owners(found, host):
+    """{netns inode: Discovered} of running containers, the best-ranked source's."""
     rank = Resolver.SOURCE_RANK
     out = {}
     for d in sorted(found, key=lambda d: (rank.get(d.source, 3),
@@ -186,16 +186,17 @@ def _label(info, owner):
     return f"netns:{info['inode']}"
 
 
-def build(root=None, found=None, errors=None):
+def build(root=None, found=None, errors=None, procs=None, host=None):
     """Every interface of every network namespace, as dicts (see docs/vethmap.md).
 
     Namespaces that cannot be read (gone meanwhile, or no permission to setns) are
-    skipped; pass a list as `errors` to receive (inode, reason) for each."""
-    procs = scan_processes()
-    host = host_namespaces()
+    skipped; pass a list as `errors` to receive (inode, reason) for each. `procs` and
+    `host` (from `discovery.scan_processes()` / `host_namespaces()`) save a second scan."""
+    procs = scan_processes() if procs is None else procs
+    host = host_namespaces() if host is None else host
     if found is None:
         found = containers(root, procs=procs, host=host)
-    owners = _owners(found, host)
+    by_netns = owners(found, host)
     infos = namespaces(procs, host)
     opened = {}
     unreadable = []
@@ -221,9 +222,9 @@ def build(root=None, found=None, errors=None):
                     by_pair.setdefault((idx, peer_idx), []).append(ns)
         rows = []
         for ns in opened.values():
-            owner = owners.get(ns.inode)
+            owner = by_netns.get(ns.inode)
             for idx, link in sorted(ns.links.items()):
-                rows.append(_row(ns, idx, link, owner, opened, owners, by_pair))
+                rows.append(_row(ns, idx, link, owner, opened, by_netns, by_pair))
     finally:
         for ns in opened.values():
             ns.close()
@@ -234,7 +235,7 @@ def build(root=None, found=None, errors=None):
     return rows
 
 
-def _row(ns, idx, link, owner, opened, owners, by_pair):
+def _row(ns, idx, link, owner, opened, by_netns, by_pair):
     info = ns.info
     iflink = link["link"]
     peer_idx = _peer_index(idx, link)
@@ -249,7 +250,7 @@ def _row(ns, idx, link, owner, opened, owners, by_pair):
         else:
             peer_ns = _resolve_nsid(ns, nsid, peer_idx, idx, opened, by_pair)
         peer = peer_ns.links.get(peer_idx) if peer_ns else None
-    peer_owner = owners.get(peer_ns.inode) if peer_ns is not None else None
+    peer_owner = by_netns.get(peer_ns.inode) if peer_ns is not None else None
     attached = _attach(kind, owner, peer_owner)
     return {
         "netns": ns.inode,
