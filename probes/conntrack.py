@@ -9,7 +9,6 @@ the ctnetlink event groups and yields plain dicts:
 `dump()` lists the current table once (same dicts, kind 'existing').
 """
 
-import errno
 import select
 import socket
 import struct
@@ -19,9 +18,9 @@ from pyroute2.netlink.nfnetlink import nfctsocket as _ct
 
 from pyinspect.errors import UnavailableError
 
+from .netlink import NETLINK_NETFILTER, Receiver
 from .packets import in_netns
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 GROUPS = 1 | 2 | 4            # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
 NLM_F_CREATE = 0x400
@@ -78,8 +77,10 @@ def decode(msg, kind=None, ts_ns=None):
     }
 
 
-class ConntrackEvents:
-    """Subscribe to conntrack events in one network namespace. Context manager."""
+class ConntrackEvents(Receiver):
+    """Subscribe to conntrack events in one network namespace. Context manager.
+
+    `read(timeout)` returns the events available now (see the module docstring)."""
 
     def __init__(self, netns=None, rcvbuf=8 << 20):
         self.netns = netns
@@ -101,30 +102,6 @@ class ConntrackEvents:
         s.setblocking(False)
         self.sock = s
         return self
-
-    def fileno(self):
-        return self.sock.fileno()
-
-    def read(self, timeout=0.0):
-        """Events available now (waits up to `timeout` seconds for the first)."""
-        out = []
-        if not self.sock:
-            return out
-        if timeout and not select.select([self.sock], [], [], timeout)[0]:
-            return out
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.lost += 1
-                    continue
-                raise
-            now = time.time_ns()
-            out.extend(self._parse(data, now))
-        return out
 
     @staticmethod
     def _parse(data, now, kind_override=None):

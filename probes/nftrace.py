@@ -29,10 +29,11 @@ import subprocess
 import time
 
 from pyinspect.errors import UnavailableError
+from pyinspect.proc import pid_alive
 
+from .netlink import NETLINK_NETFILTER, Receiver
 from .packets import in_netns
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
@@ -233,23 +234,13 @@ def remove_stale_rules(netns=None, tool="iptables-legacy"):
         if not m or not line.startswith("-A "):
             continue
         pid = int(m.group(1))
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         argv = shlex.split(line)
         argv[0] = "-D"
         if _run_in(netns, [tool, "-w", "-t", "raw", *argv]) is not None:
             removed.append(line)
     return removed
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 class LoggerBinding:
@@ -302,7 +293,7 @@ def restore_stale_binding(state_file):
             st = json.load(f)
     except (OSError, ValueError):
         return False
-    if st.get("pid") != os.getpid() and _alive(int(st.get("pid", 0))):
+    if st.get("pid") != os.getpid() and pid_alive(int(st.get("pid", 0))):
         return False
     ok = False
     with contextlib.suppress(OSError, UnavailableError), in_netns(st.get("netns")):
@@ -314,8 +305,11 @@ def restore_stale_binding(state_file):
     return ok
 
 
-class NflogReader:
-    """nfnetlink_log group 0 (where TRACE lines go when nfnetlink_log is the bound logger)."""
+class NflogReader(Receiver):
+    """nfnetlink_log group 0 (where TRACE lines go when nfnetlink_log is the bound logger).
+
+    `read(timeout)` returns the trace records now: dicts with ts_ns, prefix, hook, indev,
+    outdev, packet, payload."""
 
     def __init__(self, netns=None, group=0, copy_range=128):
         self.netns = netns
@@ -368,47 +362,30 @@ class NflogReader:
         self.sock.setblocking(False)
         return self
 
-    def fileno(self):
-        return self.sock.fileno()
-
-    def read(self, timeout=0.0):
-        """Trace records now: dicts with ts_ns, prefix, hook, indev, outdev, packet."""
+    @staticmethod
+    def _parse(data, now):
+        """The NFULNL_MSG_PACKET records of one datagram."""
         out = []
-        if not self.sock:
-            return out
-        if timeout and not select.select([self.sock], [], [], timeout)[0]:
-            return out
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-            except BlockingIOError:
+        off = 0
+        while off + 16 <= len(data):
+            ln, mtype = struct.unpack_from("=IH", data, off)
+            if ln < 16:
                 break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.lost += 1
-                    continue
-                raise
-            now = time.time_ns()
-            off = 0
-            while off + 16 <= len(data):
-                ln, mtype = struct.unpack_from("=IH", data, off)
-                if ln < 16:
-                    break
-                if mtype == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-                    a = _attrs(data, off + 20, off + ln)
-                    prefix = a.get(A_PREFIX, b"").rstrip(b"\0").decode(errors="replace")
-                    hook = a[A_PACKET_HDR][2] if A_PACKET_HDR in a else None
-                    rec = {
-                        "ts_ns": now,
-                        "prefix": prefix,
-                        "hook": HOOKS.get(hook, str(hook)),
-                        "indev": struct.unpack("!I", a[A_INDEV])[0] if A_INDEV in a else 0,
-                        "outdev": struct.unpack("!I", a[A_OUTDEV])[0] if A_OUTDEV in a else 0,
-                        "packet": packet_key(a.get(A_PAYLOAD, b"")),
-                        "payload": a.get(A_PAYLOAD, b""),
-                    }
-                    out.append(rec)
-                off += (ln + 3) & ~3
+            if mtype == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
+                a = _attrs(data, off + 20, off + ln)
+                prefix = a.get(A_PREFIX, b"").rstrip(b"\0").decode(errors="replace")
+                hook = a[A_PACKET_HDR][2] if A_PACKET_HDR in a else None
+                rec = {
+                    "ts_ns": now,
+                    "prefix": prefix,
+                    "hook": HOOKS.get(hook, str(hook)),
+                    "indev": struct.unpack("!I", a[A_INDEV])[0] if A_INDEV in a else 0,
+                    "outdev": struct.unpack("!I", a[A_OUTDEV])[0] if A_OUTDEV in a else 0,
+                    "packet": packet_key(a.get(A_PAYLOAD, b"")),
+                    "payload": a.get(A_PAYLOAD, b""),
+                }
+                out.append(rec)
+            off += (ln + 3) & ~3
         return out
 
     def stop(self):
@@ -531,7 +508,7 @@ def remove_stale_nft_tables(netns=None):
     removed = []
     for m in re.finditer(rf"table ip ({NFT_TABLE_PREFIX}(\d+))", out):
         pid = int(m.group(2))
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         if _run_in(netns, ["nft", "delete", "table", "ip", m.group(1)]) is not None:
             removed.append(m.group(1))
