@@ -51,31 +51,29 @@ static __always_inline int emit(struct cg_event *e) {
     return 0;
 }
 
-#ifdef PI_MKDIR
-TRACEPOINT_PROBE(cgroup, cgroup_mkdir) {
-    struct cg_event *e = start_event(K_MKDIR);
+/* mkdir and rmdir carry the same fields (root, id, level, path) in their own structs */
+static __always_inline int dir_event(u32 kind, void *args, s32 root, u64 id, s32 level,
+                                     u32 data_loc_path) {
+    struct cg_event *e = start_event(kind);
     if (!e)
         return 0;
-    e->id = args->id;
-    e->root = args->root;
-    e->level = args->level;
+    e->id = id;
+    e->root = root;
+    e->level = level;
     bpf_probe_read_kernel_str(&e->path, sizeof(e->path),
-                              (char *)args + (args->data_loc_path & 0xFFFF));
+                              (char *)args + (data_loc_path & 0xFFFF));
     return emit(e);
+}
+
+#ifdef PI_MKDIR
+TRACEPOINT_PROBE(cgroup, cgroup_mkdir) {
+    return dir_event(K_MKDIR, args, args->root, args->id, args->level, args->data_loc_path);
 }
 #endif
 
 #ifdef PI_RMDIR
 TRACEPOINT_PROBE(cgroup, cgroup_rmdir) {
-    struct cg_event *e = start_event(K_RMDIR);
-    if (!e)
-        return 0;
-    e->id = args->id;
-    e->root = args->root;
-    e->level = args->level;
-    bpf_probe_read_kernel_str(&e->path, sizeof(e->path),
-                              (char *)args + (args->data_loc_path & 0xFFFF));
-    return emit(e);
+    return dir_event(K_RMDIR, args, args->root, args->id, args->level, args->data_loc_path);
 }
 #endif
 
