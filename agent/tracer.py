@@ -29,6 +29,7 @@ from pathlib import Path
 from . import flows as F
 from .config import database_path
 from .errors import NotFoundError, PyinspectError, UnavailableError, UsageError
+from .proc import pid_alive
 
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
@@ -239,16 +240,6 @@ def _state_dir(root):
     return d
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def cleanup_stale(root):
     """Undo what killed trace sessions left: tc filters, TRACE rules, the nf_log binding.
 
@@ -268,7 +259,7 @@ def cleanup_stale(root):
                 st = json.loads(f.read_text())
             except (ValueError, OSError):
                 continue
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or pid_alive(pid):
                 continue
             for p in st.get("points", []):
                 path = p.get("netns")
@@ -377,6 +368,9 @@ class TraceSession:
             self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
             self._open_outputs()         # a bad -w path fails here, before any attach
             self.cap.start()
+            self.capture_hook = self.cap.attach_kind
+            if self.cap.attach_note:
+                self.notes.append(f"capture: {self.cap.attach_note}")
             self._write_state(points=[{"netns": p.netns, "ifindex": p.ifindex, "name": p.name,
                                        "added_clsact": added}
                                       for p, added in self.cap.attached])
@@ -1101,6 +1095,7 @@ class TraceSession:
                               f"auto (last {self._auto_rate()} records/s: "
                               f"{self._share:.0%} of a core at "
                               f"{self._cost * 1e6:.0f} us/record)"),
+            "capture_hook": getattr(self, "capture_hook", None),
             "notes": list(self.notes),
             "pcap": str(self.opt.pcap) if self.opt.pcap else None,
         }
@@ -1155,7 +1150,9 @@ def format_summary(s):
              f"{s['traced_packets']} packet(s) traced"]
     for c in s["connections"]:
         lines.append(f"  {c}")
-    lines.append("packets per capture point (captured / matched in kernel / lost / shed):")
+    hook = f" [{s['capture_hook']}]" if s.get("capture_hook") else ""
+    lines.append(f"packets per capture point{hook} (captured / matched in kernel / lost / "
+                 f"shed):")
     for name, v in s["packets_per_point"].items():
         lines.append(f"  {name:<26} {v['captured']:>8} {v['matched_in_kernel']:>8} "
                      f"{v['lost']:>8} {v['shed']:>8}")

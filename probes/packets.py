@@ -1,13 +1,15 @@
-"""Packet capture with tc clsact (cls_bpf) on chosen capture points, filtered in the kernel.
+"""Packet capture with tc programs on chosen capture points, filtered in the kernel.
 
 `PacketCapture(points, target, snaplen)` attaches `packets.bpf.c` ingress+egress on every
 capture point (an interface in some network namespace), reads records from the ring buffer
 by mmap in bulk (no per-record ctypes callback) and counts in-kernel what it could not
 deliver. Filters are BPF maps filled at start: container addresses, published ports, ports
-(`--port`). The tc filters carry a distinctive prio/handle and the name `pyinspect-trace:<pid>`
-so a later start finds and removes them after a kill -9 (`remove_stale_filters`).
+(`--port`). Programs are attached with tcx links where the kernel has them (6.6+): cheaper
+per packet than a clsact qdisc with cls_bpf filters, and owned by this process's fds, so
+even a kill -9 leaves nothing attached. Otherwise (or with PYINSPECT_TC_ATTACH=clsact) they
+are cls_bpf filters with a distinctive prio/handle and the name `pyinspect-trace:<pid>`, so
+a later start finds and removes them after a kill -9 (`remove_stale_filters`).
 """
-
 import contextlib
 import ctypes
 import mmap
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyinspect.errors import UnavailableError, UsageError
+from pyinspect.proc import pid_alive
 
 SRC = Path(__file__).with_name("packets.bpf.c")
 TC_PRIO = 0xC1A5          # tc filter preference used only by pyinspect trace
@@ -102,6 +105,46 @@ def tc_handle(pid):
     return TC_HANDLE_BASE + (pid & 0xffff)
 
 
+_SYS_BPF = 321
+_BPF_PROG_QUERY, _BPF_LINK_CREATE = 16, 28
+_BPF_TCX_INGRESS, _BPF_TCX_EGRESS = 46, 47
+ATTACH_ENV = "PYINSPECT_TC_ATTACH"     # "tcx" or "clsact" forces one; unset: tcx if it works
+ATTACH_KINDS = ("tcx", "clsact")
+
+
+def _tcx_type(direction):
+    return _BPF_TCX_INGRESS if direction == "ingress" else _BPF_TCX_EGRESS
+
+
+def tcx_attach(point, fd, direction):
+    """Attach a sched_cls program with a tcx link (kernel >= 6.6); returns the link fd.
+
+    The link belongs to this process: the kernel detaches it when the fd is closed, also
+    when the process is killed. Raises OSError when the kernel refuses (no tcx)."""
+    attr = ctypes.create_string_buffer(64)   # prog_fd, target_ifindex, attach_type, flags
+    struct.pack_into("<IIII", attr, 0, fd, point.ifindex, _tcx_type(direction), 0)
+    with in_netns(point.netns):     # the ifindex is looked up in the caller's netns
+        lfd = _libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, attr, 64)
+    if lfd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return lfd
+
+
+def tcx_program_ids(ifindex, direction, netns=None):
+    """Ids of the programs attached by tcx on one side of an interface ([] if none or no
+    tcx here)."""
+    ids = (ctypes.c_uint32 * 64)()
+    attr = ctypes.create_string_buffer(64)   # target_ifindex, attach_type, .., prog_ids, count
+    struct.pack_into("<IIIIQI", attr, 0, ifindex, _tcx_type(direction), 0, 0,
+                     ctypes.addressof(ids), 64)
+    with in_netns(netns):
+        if _libc.syscall(_SYS_BPF, _BPF_PROG_QUERY, attr, 64) < 0:
+            return []
+    count = struct.unpack_from("<I", attr, 24)[0]
+    return list(ids[:min(count, 64)])
+
+
 def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
     """Attach a loaded sched_cls program on one side of `point`; True if clsact was added."""
     parent = "ffff:fff2" if direction == "ingress" else "ffff:fff3"
@@ -177,16 +220,6 @@ def remove_clsact_if_empty(netns, ifindex):
         ipr.close()
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_filters(netns_paths):
     """Remove pyinspect trace filters whose owner process is gone, in each namespace given.
 
@@ -206,7 +239,7 @@ def remove_stale_filters(netns_paths):
                         pid = int(name[len(TC_NAME_PREFIX):].split(":")[0])
                     except ValueError:
                         pid = 0
-                    if pid and _pid_alive(pid) and pid != os.getpid():
+                    if pid and pid_alive(pid) and pid != os.getpid():
                         continue
                     with contextlib.suppress(Exception):
                         ipr.tc("del-filter", "bpf", idx, handle, parent=parent, prio=prio)
@@ -291,6 +324,13 @@ class PacketCapture:
         self.bpf = None
         self.reader = None
         self.attached = []      # (point, added_clsact)
+        self.links = []         # tcx link fds
+        wanted = os.environ.get(ATTACH_ENV) or None
+        if wanted not in (None,) + ATTACH_KINDS:
+            raise UsageError(f"bad {ATTACH_ENV}={wanted!r}", "use tcx or clsact")
+        self.forced = wanted
+        self.attach_kind = wanted    # set at start(): "tcx" or "clsact"
+        self.attach_note = None      # why tcx was not used, when it was wanted
         self.lock = threading.Lock()
 
     def start(self):
@@ -319,6 +359,9 @@ class PacketCapture:
                 added = False
                 for direction, prefix in (("ingress", "pi_in_"), ("egress", "pi_eg_")):
                     fn = self.bpf.load_func(f"{prefix}{i}", BPF.SCHED_CLS)
+                    if self.attach_kind != "clsact" and self._attach_tcx(point, fn.fd,
+                                                                         direction):
+                        continue
                     added = attach_filter(point, fn.fd, f"{point.name}:{direction}", direction,
                                           pid, sockets[point.netns]) or added
                 self.attached.append((point, added))
@@ -333,6 +376,20 @@ class PacketCapture:
         for ipr in sockets.values():
             ipr.close()
         return self
+
+    def _attach_tcx(self, point, fd, direction):
+        """Attach by tcx; False (and clsact from now on) if the kernel has no tcx."""
+        try:
+            self.links.append(tcx_attach(point, fd, direction))
+        except OSError as exc:
+            if self.forced == "tcx" or self.links:   # forced, or tcx broke half way
+                raise UnavailableError(f"cannot attach tcx on {point.name}: {exc.strerror}")
+            self.attach_kind = "clsact"
+            self.attach_note = (f"tcx unavailable ({exc.strerror}): capturing with tc clsact "
+                                f"(cls_bpf) filters instead")
+            return False
+        self.attach_kind = "tcx"
+        return True
 
     def _fill_maps(self):
         import ctypes as ct
@@ -404,6 +461,9 @@ class PacketCapture:
         for point, added in self.attached:
             detach_point(point, added)
         self.attached = []
+        for lfd in self.links:
+            os.close(lfd)
+        self.links = []
 
     def close(self):
         self.stop()

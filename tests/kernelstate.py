@@ -56,6 +56,24 @@ def _links():
     return out
 
 
+def _tc_programs():
+    """tc filters and tcx programs on this namespace's interfaces (pyinspect's or any)."""
+    from pyinspect.probes import packets
+    out = set()
+    for line in _run("ip", "-o", "link", "show").splitlines():
+        m = re.match(r"(\d+): ([^:@]+)", line)
+        if not m:
+            continue
+        idx, name = int(m.group(1)), m.group(2)
+        for side in ("ingress", "egress"):
+            for pid in packets.tcx_program_ids(idx, side):
+                out.add(f"{name} {side} tcx prog {pid}")
+        if "pyinspect-trace" in _run("tc", "filter", "show", "dev", name, "ingress") + \
+                _run("tc", "filter", "show", "dev", name, "egress"):
+            out.add(f"{name} tc filter pyinspect-trace")
+    return out
+
+
 def _processes():
     """Processes whose command line mentions a test state root or a pyinspect shim."""
     out = set()
@@ -82,6 +100,7 @@ def snapshot():
         "cgroups": _cgroups(),
         "mounts": _mounts(),
         "processes": _processes(),
+        "tc": _tc_programs(),
     }
 
 

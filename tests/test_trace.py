@@ -228,15 +228,30 @@ def test_forward_policy_drop_is_explained(state_root, topo):
     assert pp["pt-br0 (bridge)"]["captured"] == 0
 
 
+def _tcx_programs(ns):
+    """'ifname side' for every interface in `ns` with a tcx program attached."""
+    from pyinspect.probes import packets
+    out = []
+    for idx, name in (line.split(": ")[:2] for line in tracetopo.sh(
+            ns, "ip -o link show").stdout.splitlines()):
+        for side in ("ingress", "egress"):
+            if packets.tcx_program_ids(int(idx), side, f"/run/netns/{ns}"):
+                out.append(f"{name.split('@')[0]} {side}")
+    return out
+
+
 def _kernel_leftovers(topo):
-    """Our tc filters / clsact qdiscs, TRACE rules and the nf_log binding in the topology."""
+    """Our tc filters / clsact qdiscs / tcx programs, TRACE rules and the nf_log binding."""
     out = []
     for ns in (topo.host, topo.ctrs[0]):
         text = tracetopo.sh(ns, "for d in $(ls /sys/class/net); do "
                                 "tc filter show dev $d ingress; tc filter show dev $d egress; "
                                 "tc qdisc show dev $d | grep clsact; done; true").stdout
         if "pyinspect-trace" in text or "clsact" in text:
-            out.append(f"{ns}: {text.strip()}")
+            out.append(f"tc {ns}: {text.strip()}")
+        tcx = _tcx_programs(ns)
+        if tcx:
+            out.append(f"tcx {ns}: {', '.join(tcx)}")
     rules = tracetopo.sh(topo.host, "iptables-legacy -t raw -S").stdout
     if "TRACE" in rules:
         out.append(rules)
@@ -249,20 +264,32 @@ def _kernel_leftovers(topo):
     return out
 
 
-def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo):
+@pytest.mark.parametrize("hook", ["tcx", "clsact"])
+def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo, hook, monkeypatch):
+    monkeypatch.setenv("PYINSPECT_TC_ATTACH", hook)
     assert _kernel_leftovers(topo) == []
     # Ctrl-C (SIGINT) stops cleanly and removes everything
     tr = Trace(state_root, topo, "--no-events")
-    assert _kernel_leftovers(topo)                 # attached: filters, rules, binding
+    left = _kernel_leftovers(topo)                 # attached: programs, rules, binding
+    assert any(x.startswith(f"{'tcx' if hook == 'tcx' else 'tc'} ") for x in left), left
+    assert topo.fetch().returncode == 0             # and the programs capture
+    time.sleep(0.5)
     tr.proc.send_signal(signal.SIGINT)
     items, summary = tr.finish()
+    assert summary["capture_hook"] == hook
+    assert summary["packets_per_point"]["vc0 (veth)"]["captured"] > 0, summary
     assert _kernel_leftovers(topo) == []
-    # kill -9 leaves them; the next pyinspect command (any of them) removes them and says so
+    # kill -9 leaves TRACE rules (and clsact filters; tcx links die with the process); the
+    # next pyinspect command (any of them) removes them and says so
     tr = Trace(state_root, topo, "--no-events")
     tr.proc.kill()
     tr.proc.wait()
     left = _kernel_leftovers(topo)
-    assert any("pyinspect-trace" in x for x in left) and any("TRACE" in x for x in left)
+    assert any("TRACE" in x for x in left), left
+    if hook == "clsact":
+        assert any(x.startswith("tc ") for x in left), left
+    else:
+        assert not any(x.startswith(("tc ", "tcx ")) for x in left), left
     ps = Cli(state_root, netns=topo.host)("ps", "-a")
     assert "removed what a killed trace left" in ps.stderr, ps.stderr
     assert _kernel_leftovers(topo) == []
