@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import NotFoundError, UnavailableError, UsageError
 from .pcapng import PcapNgWriter
+from .runtime.fsutil import atomic_write
 from .timespec import parse_time as _parse_time
 
 
@@ -368,20 +369,11 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         split = _split_point(conn, cond, args) if plain and getattr(store, "path", None) \
             and (parallel or parallel is None and _idle_cpu()) else None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+            replacing = atomic_write(out, perms=0o644)
         except OSError as exc:
             raise UsageError(f"pcap export: cannot write {out}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                n, nif = write(fh, split)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with replacing as fh:
+            n, nif = write(fh, split)
         name = str(out)
     return {"output": name, "packets": n, "interfaces": nif, "sessions": sids}
 

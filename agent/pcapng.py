@@ -20,16 +20,15 @@ to a temp file in the output's directory, renamed into place only on success.
 """
 
 import heapq
-import os
 import platform
 import struct
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from . import __version__
 from .errors import CorruptInputError, NotFoundError, UsageError
+from .runtime.fsutil import atomic_write
 
 # Block types
 SHB = 0x0A0D0D0A
@@ -585,29 +584,21 @@ def merge(inputs, output):
         raise UsageError(f"merge: output {output} is a directory", "give a file name")
     streams = [read_packets(p) for p in inputs]
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=outdir)
+        replacing = atomic_write(output, fsync=True, perms=0o644)
     except OSError as exc:
         for gen in streams:
             gen.close()
         raise UsageError(f"merge: cannot write {output}: {exc.strerror}") from None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            with PcapNgWriter(fh, flush_interval=None) as w:
-                ifmap = _MergeInterfaces(w)
-                # ties keep input order, then file order (heapq.merge is stable)
-                rows = ((p.ts_ns, p.data, p.interface, p.direction, p.orig_len, p.comment)
-                        for p in heapq.merge(*streams, key=_ts_key))
-                count = w.write_rows(rows, ifmap)
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
+        with replacing as fh, PcapNgWriter(fh, flush_interval=None) as w:
+            ifmap = _MergeInterfaces(w)
+            # ties keep input order, then file order (heapq.merge is stable)
+            rows = ((p.ts_ns, p.data, p.interface, p.direction, p.orig_len, p.comment)
+                    for p in heapq.merge(*streams, key=_ts_key))
+            count = w.write_rows(rows, ifmap)
     except BaseException:
         for gen in streams:
             gen.close()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return {"output": str(output), "packets": count, "interfaces": len(ifmap),
             "inputs": len(inputs)}

@@ -29,6 +29,8 @@ import zlib
 
 from pyinspect.errors import CorruptInputError, NotFoundError, UnavailableError, UsageError
 
+from .fsutil import atomic_write
+
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -714,15 +716,5 @@ def save(store, refs, out):
     if hasattr(out, "write"):
         write(out)
         return
-    out = os.fspath(out)
-    tmp = f"{out}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(out) as f:
+        write(f)

@@ -13,8 +13,8 @@ import re
 import signal as _signal
 import time
 
-from pyinspect.errors import (ConflictError, NotFoundError, PyinspectError, UnavailableError,
-                              UsageError)
+from pyinspect.errors import (ConflictError, CorruptInputError, NotFoundError, PyinspectError,
+                              UnavailableError, UsageError)
 
 from . import state
 from .state import Container, ContainerSpec
@@ -109,17 +109,19 @@ class Runtime:
         except OSError:
             return None
 
-    def get(self, ref):
-        """The container named `ref`, with id `ref`, or with the unique id prefix `ref`."""
+    def get(self, ref, damaged=False):
+        """The container named `ref`, with id `ref`, or with the unique id prefix `ref`.
+
+        A damaged record raises CorruptInputError saying what is wrong, unless
+        `damaged` (then it comes back with status "damaged", for `rm`)."""
         if not ref:
             raise NotFoundError("container '': no such container")
         ref = ref.lstrip("/")
         cid = self._name_target(ref)
+        c = None
         if cid:
-            c = state.load(os.path.join(self.cdir, cid))
-            if c is not None:
-                return c
-        if re.fullmatch(r"[0-9a-f]{1,64}", ref):
+            c = state.load(os.path.join(self.cdir, cid), damaged=True)
+        if c is None and re.fullmatch(r"[0-9a-f]{1,64}", ref):
             try:
                 hits = [e for e in os.listdir(self.cdir) if len(e) == 64 and e.startswith(ref)]
             except FileNotFoundError:
@@ -128,16 +130,19 @@ class Runtime:
                 raise UsageError(f"container {ref!r}: ambiguous id prefix "
                                  f"({len(hits)} containers match)", "give more characters")
             if hits:
-                c = state.load(os.path.join(self.cdir, hits[0]))
-                if c is not None:
-                    return c
-        raise NotFoundError(f"container {ref!r}: no such container",
-                            "pyinspect ps -a lists them")
+                c = state.load(os.path.join(self.cdir, hits[0]), damaged=True)
+        if c is None:
+            raise NotFoundError(f"container {ref!r}: no such container",
+                                "pyinspect ps -a lists them")
+        if c.status == state.DAMAGED and not damaged:
+            raise damaged_error(c)
+        return c
 
     def list(self, all=False):
-        """Containers (running only unless `all`), newest first, after reconciling."""
+        """Containers (running only unless `all`), newest first, after reconciling.
+        With `all`, damaged records are listed too (status "damaged")."""
         self.reconcile()
-        out = state.load_all(self.root)
+        out = state.load_all(self.root, damaged=all)
         out.reverse()
         return out if all else [c for c in out if c.status == "running"]
 
@@ -172,6 +177,23 @@ class Runtime:
                                                           spec.hostname):
             raise UsageError(f"invalid hostname {spec.hostname!r}")
         return limits
+
+    def _check_workdir(self, spec, cwd, layers):
+        """Refuse a working directory the image has as a file (the init could not make
+        it): like Docker's start failure (exit 125), but before anything is recorded."""
+        if cwd in ("", "/"):
+            return
+        from .isolation import non_directory_in_image
+        from .shim import StartError
+        try:
+            blocker = non_directory_in_image(layers, cwd)
+        except OSError as exc:
+            raise StartError(f"invalid working directory {cwd!r}: {exc.strerror}") from None
+        if blocker is None:
+            return
+        why = "it" if blocker == os.path.normpath(cwd) else blocker
+        raise StartError(f"invalid working directory {cwd!r}: {why} is not a directory "
+                         f"in image {spec.image}")
 
     def _process(self, spec, image_config, hostname):
         cfg = image_config or {}
@@ -223,6 +245,7 @@ class Runtime:
             hostname = spec.hostname or cid[:12]
         process = self._process(spec, image.config, hostname)
         process["limits"] = limits
+        self._check_workdir(spec, process["cwd"], image.layer_dirs)
         from .isolation import parse_volume
         for v in spec.volumes:  # only now that the input is valid: bad input makes nothing
             source = parse_volume(v)["source"]
@@ -268,8 +291,7 @@ class Runtime:
                 return
             except FileExistsError:
                 other = self._name_target(c.name)
-                if other and attempt == 1 and not os.path.exists(
-                        os.path.join(self.cdir, other, "config.json")):
+                if other and attempt == 1 and not os.path.isdir(os.path.join(self.cdir, other)):
                     try:  # a leftover of a removal that was killed half-way
                         os.unlink(link)
                     except FileNotFoundError:
@@ -420,8 +442,11 @@ class Runtime:
         return self.start(c.id)
 
     def remove(self, ref, force=False):
-        """Remove a stopped container (with `force`, kill it first)."""
-        c = self.get(ref)
+        """Remove a stopped container (with `force`, kill it first).
+
+        A damaged record is removed too (its name freed): its processes, if a
+        monitor still runs it, are found by its cgroup (`force` kills them)."""
+        c = self.get(ref, damaged=True)
         if c.status == "running" and state.init_alive(c):
             if not force:
                 raise ConflictError(f"cannot remove running container {c.name}",
@@ -433,13 +458,18 @@ class Runtime:
         lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.5)
         deadline = time.monotonic() + 15
         while lock_fd is None and force and time.monotonic() < deadline:
-            now = state.load(c.path)  # it may have been starting: kill it once it runs
+            now = state.load(c.path, damaged=True)  # it may have been starting: kill it
             if now is not None and now.status == "running" and state.init_alive(now):
                 try:
                     os.kill(now.pid, _signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            elif now is not None and now.status == state.DAMAGED:
+                self._kill_cgroup(now)  # no pid to trust: its cgroup says who it is
             lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.2)
+        if lock_fd is None and not force and c.status == state.DAMAGED:
+            raise ConflictError(f"cannot remove container {c.name or c.short_id}: its monitor "
+                                f"still runs it (and its record is damaged)", "use rm -f")
         if lock_fd is None and not force:
             lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=15)
         if lock_fd == GONE:
@@ -447,7 +477,7 @@ class Runtime:
         if lock_fd is None:
             raise ConflictError(f"cannot remove container {c.name}: it is busy")
         try:
-            c = state.load(c.path)
+            c = state.load(c.path, damaged=True)
             if c is None:
                 return None
             if c.status == "running":
@@ -456,7 +486,15 @@ class Runtime:
             self._remove_files(c)
         finally:
             os.close(lock_fd)
+        if c.status == state.DAMAGED:  # its network record is unknown: drop dead leases
+            self._reconcile_network(force=True)
         return c
+
+    def _kill_cgroup(self, c):
+        from .cgroups import Cgroup
+        cg = Cgroup(c.id, c.cgroup or None)
+        if cg.exists():
+            cg.kill_all(9)
 
     def _cleanup_kernel(self, c):
         """Free what a dead container may still hold: processes, cgroups, network."""
@@ -669,7 +707,7 @@ class Runtime:
     def exec(self, ref, argv, env=(), workdir=None, interactive=False, tty=False):
         """Run `argv` inside running container `ref` (all its namespaces and cgroups);
         returns its exit code. Stdio is this process's (stdin only with `interactive`)."""
-        from . import isolation
+        from . import child, isolation
         c = self._running(ref)
         if not argv:
             raise UsageError("exec: no command given")
@@ -731,42 +769,20 @@ class Runtime:
                         raise OSError(errno.EACCES,
                                       f'exec: "{argv[0]}": permission denied') from None
                 os.close(err_w)
-                while True:
-                    try:
-                        _, status = os.waitpid(inner, 0)
-                        break
-                    except InterruptedError:
-                        continue
-                code = (128 + os.WTERMSIG(status)) if os.WIFSIGNALED(status) \
-                    else os.WEXITSTATUS(status)
+                code = child.wait(inner)
             except BaseException as exc:
-                try:
-                    os.write(err_w, f"{code} {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}".encode())
-                except OSError:
-                    pass
+                child.report(err_w, code, exc.strerror if isinstance(exc, OSError)
+                             and exc.strerror else exc)
             os._exit(code)
         os.close(err_w)
         if slave is not None:
             os.close(slave)
             _relay_pty(master, interactive)
-        chunks = []
-        while True:
-            b = os.read(err_r, 4096)
-            if not b:
-                break
-            chunks.append(b)
-        os.close(err_r)
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        code = (128 + os.WTERMSIG(status)) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        if chunks:
+        failure = child.read_report(err_r)
+        code = child.wait(pid)
+        if failure:
             from .shim import StartError
-            msg = b"".join(chunks).decode(errors="replace")
-            num, _, text = msg.partition(" ")
+            num, text = failure
             raise StartError(f"exec in {c.name}: {text}", int(num) if num.isdigit() else code)
         return code
 
@@ -849,11 +865,22 @@ class Runtime:
         d_ref, d_path = split_cp_arg(dst)
         if (s_ref is None) == (d_ref is None):
             raise UsageError("cp: exactly one of SRC and DEST must be CONTAINER:PATH")
+        for side, arg, ref, path in (("SRC", src, s_ref, s_path), ("DEST", dst, d_ref, d_path)):
+            if not path:
+                raise UsageError(f"cp: empty path in {side} {arg!r}",
+                                 f"give {ref}:/PATH, e.g. {ref}:/" if ref else "give a host path")
         if s_ref is not None:
             c = self.get(s_ref)
             return copy.from_container(self, c, s_path, d_path)
         c = self.get(d_ref)
         return copy.to_container(self, c, s_path, d_path)
+
+
+def damaged_error(c):
+    """The one-line error for using the damaged record `c`."""
+    label = f"{c.name} ({c.short_id})" if c.name else c.short_id
+    return CorruptInputError(f"container {label}: its record is damaged: {c.error}",
+                             f"pyinspect rm -f {c.name or c.short_id} removes it")
 
 
 def _relay_pty(master, interactive):
@@ -908,11 +935,12 @@ def _read_records(f):
 
 
 def split_cp_arg(arg):
-    """'name:/path' -> ('name', '/path'); a host path -> (None, path)."""
+    """'name:/path' -> ('name', '/path'); a host path -> (None, path). 'name:' gives an
+    empty path (which `cp` refuses, like Docker)."""
     if arg.startswith("/") or arg.startswith(".") or ":" not in arg:
         return None, arg
     ref, _, path = arg.partition(":")
-    return ref, path or "/"
+    return ref, path
 
 
 def container_json(c):

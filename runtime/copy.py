@@ -19,7 +19,7 @@ import tarfile
 
 from pyinspect.errors import CorruptInputError, NotFoundError, UsageError
 
-from . import isolation, state
+from . import child, isolation, state
 
 
 def _enter_container(rt, c):
@@ -55,26 +55,17 @@ def _child(rt, c, body):
             if isinstance(exc, OSError) and exc.filename:
                 msg = f"{exc.filename}: {msg}"
             kind = "notfound" if isinstance(exc, (FileNotFoundError, NotFoundError)) else "error"
-            try:
-                os.write(err_w, f"{kind} {msg}".encode())
-            except OSError:
-                pass
+            child.report(err_w, kind, msg)
         os._exit(code)
     os.close(err_w)
     return pid, err_r
 
 
 def _finish(pid, err_r, c, what):
-    chunks = []
-    while True:
-        b = os.read(err_r, 4096)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(err_r)
-    os.waitpid(pid, 0)
-    if chunks:
-        kind, _, msg = b"".join(chunks).decode(errors="replace").partition(" ")
+    failure = child.read_report(err_r)
+    child.wait(pid)
+    if failure:
+        kind, msg = failure
         cls = NotFoundError if kind == "notfound" else UsageError
         raise cls(f"cp {what} container {c.name}: {msg}")
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from pyinspect.errors import (ConflictError, CorruptInputError, NotFoundError,
                              UnavailableError, UsageError)
 
+from .fsutil import atomic_write
+
 DEFAULT_IMAGE = "busybox:latest"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEXPFX = re.compile(r"^[0-9a-f]{1,64}$")
@@ -77,13 +79,8 @@ def parse_reference(ref):
 
 
 def _atomic_write(path, data):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, fsync=True) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ImageStore:

@@ -15,10 +15,10 @@ import contextlib
 import fcntl
 import ipaddress
 import json
-import os
 from pathlib import Path
 
 from ..errors import ConflictError, CorruptInputError, UsageError
+from .fsutil import atomic_write
 
 VERSION = 1
 DEFAULT_SUBNET = "172.29.0.0/16"
@@ -71,12 +71,8 @@ def all_states(root):
 
 
 def _write(path, data):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w", fsync=True) as f:
         json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

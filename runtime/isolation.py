@@ -125,6 +125,23 @@ def secure_join(root, path, max_links=40):
     they are. Returns a host path under `root`.
     """
     root = os.path.abspath(root)
+
+    def entry(parts):
+        candidate = os.path.join(root, *parts)
+        try:
+            return candidate, os.lstat(candidate)
+        except FileNotFoundError:
+            return None
+    parts, _ = _resolve_in_root(path, entry, max_links=max_links)
+    return os.path.join(root, *parts)
+
+
+def _resolve_in_root(path, entry, stop=None, max_links=40):
+    """Walk `path` component by component the way a chroot would: `..` never climbs
+    above the root, symlinks are followed but read inside it. `entry(parts)` gives
+    (host path, lstat) of the resolved container path `parts`, or None when missing;
+    `stop(parts, lstat or None)` may end the walk by returning something not None.
+    Returns (resolved parts, what stop returned or None)."""
     todo = [p for p in path.split("/") if p not in ("", ".")]
     done = []
     links = 0
@@ -134,23 +151,76 @@ def secure_join(root, path, max_links=40):
             if done:
                 done.pop()
             continue
-        candidate = os.path.join(root, *done, part)
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            done.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
+        found = entry(done + [part])
+        if found is not None and stat.S_ISLNK(found[1].st_mode):
             links += 1
             if links > max_links:
                 raise OSError(errno.ELOOP, f"too many symlinks resolving {path}")
-            target = os.readlink(candidate)
+            target = os.readlink(found[0])
             if target.startswith("/"):
                 done = []
             todo = [p for p in target.split("/") if p not in ("", ".")] + todo
             continue
         done.append(part)
-    return os.path.join(root, *done)
+        why = stop(done, found and found[1]) if stop else None
+        if why is not None:
+            return done, why
+    return done, None
+
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+def _layer_entry(layers, parts):
+    """(host path, lstat) of container path `parts` as overlayfs would show the image
+    `layers` (base first): the top-most layer that has it wins; a whiteout (a 0/0
+    character device), a non-directory on the way, or an opaque directory hides
+    what lower layers have. None when the image has no such entry."""
+    for layer in reversed(list(layers)):
+        cur, hidden, reached = str(layer), False, True
+        for comp in parts[:-1]:
+            cur = os.path.join(cur, comp)
+            try:
+                st = os.lstat(cur)
+            except (FileNotFoundError, NotADirectoryError):
+                reached = False
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            try:
+                hidden = hidden or os.getxattr(cur, OPAQUE_XATTR) == b"y"
+            except OSError:
+                pass
+        if reached:
+            path = os.path.join(cur, parts[-1])
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if st is not None:
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    return None
+                return path, st
+        if hidden:
+            return None
+    return None
+
+
+def non_directory_in_image(layers, path, max_links=40):
+    """The first component of container path `path` that the image `layers` (base
+    first) hold as something other than a directory, as a container path; None
+    when every component the image has is a directory (missing ones can be made).
+    Symlinks resolve inside the image, like `secure_join`; reads the layer
+    directories only (no mount)."""
+    def stop(parts, st):
+        if st is None:
+            return ""  # missing: so is all below it
+        if not stat.S_ISDIR(st.st_mode):
+            return "/" + "/".join(parts)
+        return None
+    _, blocker = _resolve_in_root(path, lambda parts: _layer_entry(layers, parts), stop,
+                                  max_links)
+    return blocker or None
 
 
 def overlay_data(lower_dirs, upper, work):

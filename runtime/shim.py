@@ -25,7 +25,7 @@ import time
 
 from pyinspect.errors import PyinspectError, UnavailableError
 
-from . import isolation, state
+from . import child, isolation, state
 from .cgroups import Cgroup
 
 SHIM_COMM = "pyinspect-shim"
@@ -40,24 +40,6 @@ class StartError(PyinspectError):
     def __init__(self, message, exit_code=EXIT_SETUP_FAILED, hint=None):
         super().__init__(message, hint)
         self.exit_code = exit_code
-
-
-def _read_all(fd):
-    chunks = []
-    while True:
-        try:
-            b = os.read(fd, 65536)
-        except InterruptedError:
-            continue
-        if not b:
-            return b"".join(chunks)
-        chunks.append(b)
-
-
-def _write_all(fd, data):
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
 
 
 def launch(runtime, c, lock_fd, attach=False):
@@ -84,24 +66,19 @@ def launch(runtime, c, lock_fd, attach=False):
                 os.close(exit_r)
             code = Shim(runtime, c, lock_fd, status_w, attach, exit_w).main()
         except BaseException as exc:  # never return into the CLI's stack
-            try:
-                _write_all(status_w, f"err {EXIT_SETUP_FAILED} {exc}".encode())
-            except OSError:
-                pass
+            child.report(status_w, "err", f"{EXIT_SETUP_FAILED} {exc}")
         finally:
             os._exit(code & 0xFF)
     os.close(status_w)
     if exit_w is not None:
         os.close(exit_w)
-    msg = _read_all(status_r).decode(errors="replace")
-    os.close(status_r)
-    if not (attach and msg.startswith("ok")):
+    kind, rest = child.read_report(status_r) or ("", "")
+    if not (attach and kind == "ok"):
         _unreaped.append(pid)  # detached (or failed): reaped by a later launch or exit
-    if msg.startswith("ok"):
+    if kind == "ok":
         return pid, exit_r
     if exit_r is not None:
         os.close(exit_r)
-    kind, _, rest = msg.partition(" ")
     code, _, text = rest.partition(" ")
     if kind == "err" and code.isdigit():
         raise StartError(text or "container failed to start", int(code))
@@ -124,23 +101,13 @@ def _reap_finished():
 
 def wait_exit(pid, exit_fd):
     """The exit code an attached shim reports (or its own exit status if it died)."""
-    data = _read_all(exit_fd)
+    data = child.read_all(exit_fd)
     os.close(exit_fd)
     if data.strip().isdigit():
         _unreaped.append(pid)
         _reap_finished()
         return int(data)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return 255
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+    return child.wait(pid)
 
 
 class Shim:
@@ -191,7 +158,7 @@ class Shim:
         if self.status_w is None:
             return
         try:
-            _write_all(self.status_w, msg.encode())
+            child.write_all(self.status_w, msg.encode())
             os.close(self.status_w)
         except OSError:
             pass  # the CLI is gone; the state file has it all
@@ -265,24 +232,23 @@ class Shim:
             c.cgroup = self.cg.paths
             state.mark("cgroups_created")
             if mode == "bridge":
-                if _read_all(ready_r) != b"r":
+                if child.read_all(ready_r) != b"r":
                     raise UnavailableError("container init died before its network was set up")
                 c.network = self.netmod.connect(str(self.rt.root), c, pid) or {}
                 files = self.netmod.container_files(c)
             self.cg.join(pid)
             try:
-                _write_all(sync_w, json.dumps(files or {}).encode())
+                child.write_all(sync_w, json.dumps(files or {}).encode())
             except BrokenPipeError:
                 pass  # the init failed already (a bad mount): its reason is on err_r
             os.close(sync_w)
             os.close(ready_r)
-            failure = _read_all(err_r)
-            os.close(err_r)
+            failure = child.read_report(err_r)
         except BaseException:
             self.kill_init()
             raise
         if failure:
-            code, _, msg = failure.decode(errors="replace").partition(" ")
+            code, msg = failure
             self.kill_init()
             self.reap()
             err = StartError(msg, int(code) if code.isdigit() else EXIT_SETUP_FAILED)
@@ -302,16 +268,7 @@ class Shim:
             pass
 
     def reap(self):
-        while True:
-            try:
-                _, status = os.waitpid(self.c.pid, 0)
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                return 255
-            if os.WIFSIGNALED(status):
-                return 128 + os.WTERMSIG(status)
-            return os.WEXITSTATUS(status)
+        return child.wait(self.c.pid)
 
     # -- inside the new namespaces (never returns) --------------------------------
     def init(self, stdio, err_w, sync_r, ready_w, join_net, files, shim_pid):
@@ -337,7 +294,7 @@ class Shim:
                 isolation.setns(join_net, isolation.CLONE_NEWNET)
                 os.close(join_net)
             if mode == "bridge":
-                _write_all(ready_w, b"r")
+                child.write_all(ready_w, b"r")
             os.close(ready_w)
             isolation.sethostname(c.hostname)
             volumes = [isolation.parse_volume(v) for v in spec.volumes]
@@ -346,7 +303,7 @@ class Shim:
                                    volumes)
             isolation.pivot_into(os.path.join(c.path, "rootfs"))
             state.mark("init_pivoted")
-            data = _read_all(sync_r)  # the shim put us in the cgroups (and the network)
+            data = child.read_all(sync_r)  # the shim put us in the cgroups (and the network)
             if not data:
                 os._exit(EXIT_SETUP_FAILED)  # the shim failed and says why
             os.close(sync_r)
@@ -360,8 +317,11 @@ class Shim:
                     pass  # a read-only or odd image; not fatal, like docker
             proc = c.process
             cwd = proc.get("cwd") or "/"
-            os.makedirs(cwd, exist_ok=True)
-            os.chdir(cwd)
+            try:
+                os.makedirs(cwd, exist_ok=True)
+                os.chdir(cwd)
+            except (FileExistsError, NotADirectoryError):  # e.g. a volume put a file there
+                raise StartError(f"working directory {cwd!r} is not a directory") from None
             user = proc.get("user")
             if user:
                 uid, _, gid = str(user).partition(":")
@@ -395,10 +355,7 @@ class Shim:
                 msg = str(exc)
             else:
                 msg = f"container init failed: {exc}"
-            try:
-                _write_all(err_w, f"{code} {msg}".encode())
-            except OSError:
-                pass
+            child.report(err_w, code, msg)
         os._exit(code)
 
     # -- while it runs -------------------------------------------------------------
@@ -438,7 +395,7 @@ class Shim:
                         poller.unregister(fd)
                         stdin_fd = None
                     try:
-                        _write_all(self.master, data or b"\x04")  # ^D: EOF for the tty
+                        child.write_all(self.master, data or b"\x04")  # ^D: EOF for the tty
                     except OSError:
                         pass  # the container closed its terminal
                     continue
@@ -455,7 +412,7 @@ class Shim:
                 self._log(stream, data)
                 if mirror:
                     try:
-                        _write_all(out, data)
+                        child.write_all(out, data)
                     except OSError:
                         mirror = False  # the CLI went away: keep logging
         return self.reap()
@@ -499,7 +456,7 @@ class Shim:
             state.save(c)
         if self.exit_w is not None and self.status_w is None:
             try:
-                _write_all(self.exit_w, str(code).encode())
+                child.write_all(self.exit_w, str(code).encode())
                 os.close(self.exit_w)
             except OSError:
                 pass

@@ -10,7 +10,9 @@ Layout under the state root:
     names/<name>                  symlink -> "<id>" reserving a name atomically
 
 Both JSON files are replaced atomically (write a temp file, rename). A record
-is only complete once config.json exists; `load_all` skips anything else.
+is only complete once config.json exists. A `<id>` directory whose files cannot
+be read as a record is "damaged": `load_all` skips it (unless asked for it), and
+the runtime lists it in `ps -a` and lets `rm` remove it, never repairs it.
 `load_all` is read-only and cheap: discovery, the web app and doctor call it.
 """
 
@@ -18,6 +20,8 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+
+from .fsutil import atomic_write
 
 STATIC_FIELDS = ("id", "name", "image", "image_id", "created", "spec", "process",
                  "layers", "image_config", "hostname")
@@ -135,11 +139,9 @@ def names_dir(root):
 
 
 def write_json(path, data):
-    """Replace `path` atomically with `data` as JSON."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
+    """Replace `path` atomically with `data` as JSON (not fsynced: the start path)."""
+    with atomic_write(path, "w") as f:
         f.write(json.dumps(data))  # dumps without indent: the C encoder (start path)
-    os.rename(tmp, path)
 
 
 def save(c, static=False):
@@ -149,33 +151,169 @@ def save(c, static=False):
     write_json(os.path.join(c.path, "state.json"), c.dynamic())
 
 
-def load(path):
-    """The container recorded in directory `path`, or None if incomplete/unreadable."""
+DAMAGED = "damaged"
+STATUSES = ("created", "running", "exited")
+
+# the JSON type each recorded field must have (a record that breaks this is damaged)
+_FIELD_TYPES = {
+    **dict.fromkeys(("id", "name", "image", "image_id", "status", "created", "started_at",
+                     "finished_at", "hostname", "error"), str),
+    **dict.fromkeys(("pid", "exit_code", "pid_start", "shim_pid", "shim_start",
+                     "restart_count"), int),
+    "oom_killed": bool,
+    **dict.fromkeys(("network", "cgroup", "process", "image_config"), dict),
+    **dict.fromkeys(("layers", "creator"), list),
+}
+_NONE = type(None)
+_SPEC_TYPES = {
+    "image": str,
+    "command": (list, _NONE),
+    **dict.fromkeys(("env", "volumes", "publish"), list),
+    **dict.fromkeys(("entrypoint", "name", "workdir", "hostname", "network_mode"),
+                    (str, _NONE)),
+    **dict.fromkeys(("memory", "cpus", "pids_limit"), (str, int, float, _NONE)),
+    **dict.fromkeys(("interactive", "tty", "auto_remove", "publish_all"), bool),
+}
+_PROCESS_TYPES = {"argv": list, "env": list, "cwd": str, "user": str, "limits": dict}
+
+
+def _read_json(path, name, missing_ok=False):
+    """(data, None), or (None, why) in one line; missing_ok: a missing file is {}."""
     try:
-        with open(os.path.join(path, "config.json")) as f:
-            static = json.load(f)
-        try:
-            with open(os.path.join(path, "state.json")) as f:
-                dynamic = json.load(f)
-        except FileNotFoundError:
-            dynamic = {}
-    except (OSError, ValueError):
-        return None
-    if not isinstance(static, dict) or not isinstance(dynamic, dict):
-        return None
+        with open(os.path.join(path, name), "rb") as f:
+            data = json.loads(f.read())
+    except FileNotFoundError:
+        if missing_ok:
+            return {}, None
+        return None, f"{name} is missing"
+    except OSError as exc:
+        return None, f"{name}: {exc.strerror}"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        return None, f"{name} is not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, f"{name} is not a JSON object"
+    return data, None
+
+
+def _wrong_types(data, types):
+    """The keys of `data` whose value is not of the type `types` gives them, sorted."""
+    return sorted(k for k, t in types.items()
+                  if k in data and (not isinstance(data[k], t) or
+                                    (t is int and isinstance(data[k], bool))))
+
+
+def _check(path, static, dynamic):
+    """Why the record in `path` is damaged, or None."""
+    for name, data in (("config.json", static), ("state.json", dynamic)):
+        bad = _wrong_types(data, _FIELD_TYPES)
+        if bad:
+            return f"{name}: wrong type for {', '.join(bad)}"
+    missing = [k for k in ("id", "name", "image") if k not in static]
+    if missing:
+        return f"config.json: no {', '.join(missing)}"
+    if static["id"] != os.path.basename(path):
+        return "config.json: its id is not the directory's name"
+    status = dynamic.get("status", "created")
+    if status not in STATUSES:
+        return f"state.json: unknown status {str(status)[:40]!r}"
+    spec = static.get("spec")
+    if spec is not None:
+        if not isinstance(spec, dict):
+            return "config.json: wrong type for spec"
+        bad = _wrong_types(spec, _SPEC_TYPES)
+        if bad:
+            return f"config.json: wrong type for spec {', '.join(bad)}"
+    process = static.get("process", {})
+    bad = _wrong_types(process, _PROCESS_TYPES) + [
+        k for k in ("argv", "env") if isinstance(process.get(k), list)
+        and not all(isinstance(a, str) for a in process[k])]
+    if bad:
+        return f"config.json: wrong type for process {', '.join(sorted(set(bad)))}"
+    return None
+
+
+def read_record(path):
+    """(container, None) for a sound record in directory `path`; (None, why) for a
+    damaged one (`why` says what is wrong in one line); (None, None) if there is
+    no such directory."""
+    static, why = _read_json(path, "config.json")
+    if why and not os.path.isdir(path):
+        return None, None  # removed meanwhile (or never a record)
+    dynamic = None
+    if not why:
+        dynamic, why = _read_json(path, "state.json", missing_ok=True)
+    if not why:
+        why = _check(path, static, dynamic)
+    if why:
+        return None, why
     data = {**dynamic, **static}
     data["spec"] = ContainerSpec.from_dict(data.get("spec") or {"image": data.get("image", "")})
     data = {k: v for k, v in data.items() if k in Container.__dataclass_fields__}
-    try:
-        c = Container(**data)
-    except TypeError:
-        return None
+    c = Container(**data)
+    c.path = path
+    return c, None
+
+
+def damaged_record(path, why):
+    """A stand-in Container (status "damaged", `error` = why) for the damaged record in
+    `path`: what can still be told (name, image, created) is filled in; its name is
+    the one reserved for its id under names/ when there is one."""
+    cid = os.path.basename(path)
+    static, _ = _read_json(path, "config.json")
+    static = static or {}
+
+    def text(key):
+        value = static.get(key)
+        return value if isinstance(value, str) else ""
+    name = _reserved_name(os.path.dirname(os.path.dirname(path)), cid) or text("name")
+    created = text("created")
+    if not created:
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            mtime = 0
+        created = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime(mtime))
+    argv = (static.get("process") if isinstance(static.get("process"), dict) else {}).get("argv")
+    ok_argv = isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+    c = Container(id=cid, name=name, image=text("image"), created=created, status=DAMAGED,
+                  spec=ContainerSpec(image=text("image"), network_mode=""), error=why,
+                  process={"argv": argv} if ok_argv else {})
     c.path = path
     return c
 
 
-def load_all(root):
-    """Every complete container record under `root`, oldest first. Read-only."""
+def _reserved_name(root, cid):
+    """The name under names/ that points at `cid`, or ""."""
+    ndir = names_dir(root)
+    try:
+        names = os.listdir(ndir)
+    except OSError:
+        return ""
+    for name in sorted(names):
+        try:
+            if os.readlink(os.path.join(ndir, name)) == cid:
+                return name
+        except OSError:
+            continue
+    return ""
+
+
+def load(path, damaged=False):
+    """The container recorded in directory `path`, or None if there is none.
+
+    A damaged record (unreadable, invalid JSON, wrong fields) is None too, unless
+    `damaged`: then it is a stand-in with status "damaged" (see damaged_record)."""
+    c, why = read_record(path)
+    if why and damaged:
+        return damaged_record(path, why)
+    return c
+
+
+def load_all(root, damaged=False):
+    """Every complete container record under `root`, oldest first. Read-only.
+
+    Damaged records are skipped, unless `damaged` (then they come as stand-ins
+    with status "damaged"); one never stops the others from being listed."""
     base = containers_dir(root)
     try:
         entries = os.listdir(base)
@@ -185,7 +323,7 @@ def load_all(root):
     for name in entries:
         if len(name) != 64:
             continue
-        c = load(os.path.join(base, name))
+        c = load(os.path.join(base, name), damaged=damaged)
         if c is not None:
             out.append(c)
     out.sort(key=lambda c: c.created)

@@ -195,7 +195,12 @@ CASES = [
     ("volume-file-on-dir", ["run", "--rm", "--net", "none", "-v", "/etc/hostname:/etc",
                             "busybox", "true"], 125, ["/etc", "Not a directory"]),
     ("workdir-is-a-file", ["run", "--rm", "--net", "none", "-w", "/etc/passwd", "busybox",
-                           "true"], 125, ["/etc/passwd"]),
+                           "true"], 125, ["/etc/passwd", "not a directory"]),
+    # (without --rm too: refused before any record is made)
+    ("workdir-is-a-file-kept", ["run", "--net", "none", "-w", "/etc/passwd", "busybox",
+                                "true"], 125, ["/etc/passwd", "not a directory"]),
+    ("workdir-below-a-file", ["run", "-d", "--net", "none", "-w", "/etc/passwd/x", "busybox",
+                              "true"], 125, ["/etc/passwd", "not a directory"]),
     ("pids-limit-text", ["run", "--net", "none", "--pids-limit", "x", "busybox", "true"], 2,
      ["--pids-limit"]),
     # container commands: unknown names, wrong state, bad options
@@ -219,6 +224,11 @@ CASES = [
     ("top-stopped", ["top", DONE], 4, [DONE]),
     ("cp-unknown", ["cp", "pq-nosuch:/etc/hostname", "{f}/out"], 3, ["pq-nosuch"]),
     ("cp-no-container", ["cp", "a", "b"], 2, ["CONTAINER:PATH"]),
+    ("cp-empty-path-in-src", ["cp", f"{KEEP}:", "{f}/out"], 2, ["empty path", f"{KEEP}:"]),
+    ("cp-empty-path-in-dest", ["cp", "{f}/good.pcapng", f"{KEEP}:"], 2,
+     ["empty path", f"{KEEP}:"]),
+    ("cp-empty-host-dest", ["cp", f"{KEEP}:/etc/hostname", ""], 2, ["empty path", "DEST"]),
+    ("cp-empty-host-src", ["cp", "", f"{KEEP}:/tmp/"], 2, ["empty path", "SRC"]),
     ("cp-missing-in-ctr", ["cp", f"{KEEP}:/pq-nonexistent", "{f}/out"], 3,
      ["/pq-nonexistent"]),
     ("cp-missing-on-host", ["cp", "{f}/pq-nonexistent", f"{KEEP}:/tmp/"], 3,
@@ -507,25 +517,66 @@ def test_damaged_image_tags_are_one_line_and_never_rewritten(tmp_path):
     assert not (tmp_path / "o.tar").exists()
 
 
-def test_damaged_container_record_is_never_deleted_or_reused(tmp_path):
-    """A container whose config.json is damaged is not removed by a reconcile, its
-    name is not given to a new container, and every command answers in one line.
-    (It is hidden from `ps -a` and `rm` cannot name it yet: runtime/state.py load().)"""
-    cli = Cli(tmp_path / "root")
-    name = unique("pq-dmg")
+# How a record can be damaged: (file, what it becomes, words `inspect` must say)
+DAMAGE = {
+    "truncated-config": ("config.json", lambda b: b[:len(b) // 2], ["config.json", "JSON"]),
+    "garbage-state": ("state.json", lambda b: b"\x00\xff garbage", ["state.json", "JSON"]),
+    "state-not-an-object": ("state.json", lambda b: b"[1, 2]", ["state.json", "object"]),
+    "config-missing": ("config.json", None, ["config.json", "missing"]),
+    "wrong-field-type": ("config.json",
+                         lambda b: json.dumps({**json.loads(b), "process": "x"}).encode(),
+                         ["config.json", "process"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
+    """A container whose record is damaged is never removed by a reconcile nor its name
+    given away; `ps -a` lists it as damaged (the others as before), every command that
+    needs it says what is wrong in one line, and `rm -f` removes it (name freed) while
+    everything else stored stays as it was."""
+    root = tmp_path / "root"
+    cli = Cli(root)
+    name, other = unique("pq-dmg"), unique("pq-ok")
     cli("run", "--name", name, "--net", "none", "busybox", "true")
-    (cdir,) = (tmp_path / "root" / "containers").iterdir()
-    good = (cdir / "config.json").read_bytes()
-    (cdir / "config.json").write_text('{"damaged')
+    cli("run", "--name", other, "--net", "none", "busybox", "sh", "-c", "exit 3", check=False)
+    cdir = root / "containers" / os.readlink(root / "names" / name)
+    fname, damage, words = DAMAGE[kind]
+    if damage is None:
+        (cdir / fname).unlink()
+    else:
+        (cdir / fname).write_bytes(damage((cdir / fname).read_bytes()))
     files = {p: p.read_bytes() for p in cdir.iterdir() if p.is_file()}
-    cli("ps", "-a")                                   # reconciles
+
+    def others():
+        return {p: p.read_bytes() for p in root.rglob("*")
+                if p.is_file() and not p.is_relative_to(cdir)}
+    kept = others()
+    rows = {r["Names"]: r for r in map(json.loads,
+                                       cli("ps", "-a", "--format", "json").stdout.splitlines())}
+    assert set(rows) == {name, other}
+    assert rows[name]["State"] == "damaged" and rows[name]["Id"] == cdir.name
+    assert all(w in rows[name]["Error"] for w in words), rows[name]
+    assert rows[other]["State"] == "exited" and rows[other]["ExitCode"] == 3
+    table = cli("ps", "-a").stdout
+    assert any(name in line and "Damaged" in line for line in table.splitlines()), table
+    assert cli("ps", "-a", "-q").stdout.split() == [rows[other]["ID"], rows[name]["ID"]]
     for argv, code in ((["run", "--name", name, "--net", "none", "busybox", "true"], 4),
-                       (["start", name], 3), (["inspect", name], 3), (["logs", name], 3)):
+                       (["inspect", name], 2), (["inspect", cdir.name[:12]], 2),
+                       (["start", name], 2), (["logs", name], 2), (["stop", name], 2)):
         proc = cli(*argv, check=False)
         line = error_line(proc)
         assert proc.returncode == code and name in line, (argv, line)
+        if argv[0] == "inspect":
+            assert "damaged" in line and all(w in line for w in words), line
     assert {p: p.read_bytes() for p in cdir.iterdir() if p.is_file()} == files
-    assert os.readlink(tmp_path / "root" / "names" / name) == cdir.name
-    (cdir / "config.json").write_bytes(good)      # whole again: it can be removed
-    cli("rm", name)
-    assert not cdir.exists()
+    assert os.readlink(root / "names" / name) == cdir.name
+    assert others() == kept
+    cli("rm", "-f", name)
+    assert not cdir.exists() and not (root / "names" / name).exists()
+    assert others() == kept                      # the other container lost nothing
+    assert [json.loads(r)["Names"] for r in
+            cli("ps", "-a", "--format", "json").stdout.splitlines()] == [other]
+    cli("run", "--rm", "--name", name, "--net", "none", "busybox", "true")  # the name is free
+    cli("rm", other)
+    assert list((root / "containers").iterdir()) == [] and list((root / "names").iterdir()) == []

@@ -8,6 +8,7 @@ and checks that no cgroup, process or container file of it is left.
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -578,8 +579,64 @@ def test_secure_join_and_parsers(tmp_path):
     assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
     assert parse_volume("/h:/c:ro") == {"source": "/h", "destination": "/c", "ro": True}
     assert split_cp_arg("web:/etc/x") == ("web", "/etc/x") and split_cp_arg("./a:b") == (None, "./a:b")
+    assert split_cp_arg("web:") == ("web", "")  # refused by cp (it used to mean "/")
     with pytest.raises(UsageError):
         parse_volume("/h:/c:rx")
+
+
+def test_workdir_lookup_in_image_layers(tmp_path):
+    """non_directory_in_image reads the layers as overlayfs shows them: the top layer
+    wins, whiteouts and opaque directories hide lower entries, symlinks stay inside."""
+    from pyinspect.runtime.isolation import non_directory_in_image
+    base, top = tmp_path / "base", tmp_path / "top"
+    for d in ("etc", "data", "etc2", "gone/sub", "top/kept"):
+        (base / d).mkdir(parents=True)
+    for f in ("etc/passwd", "data/file"):
+        (base / f).write_text("x")
+    os.symlink("/etc/passwd", base / "link")
+    os.symlink("../etc", base / "data/rel")
+    os.symlink("loop2", base / "loop1")
+    os.symlink("loop1", base / "loop2")
+    (top / "data").mkdir(parents=True)
+    os.setxattr(top / "data", "trusted.overlay.opaque", b"y")  # hides base's data/*
+    (top / "etc2").write_text("now a file")
+    os.mknod(top / "gone", 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # a whiteout
+    (top / "top").mkdir()
+    (top / "top" / "kept").mkdir()
+    layers = [base, top]
+    check = {"/etc/passwd": "/etc/passwd", "/etc/passwd/x": "/etc/passwd",
+             "/link/x": "/etc/passwd", "/../etc/passwd": "/etc/passwd",
+             "/etc2/x": "/etc2",        # the top layer's file wins over the base's dir
+             "/etc": None, "/new/dir": None, "/top/kept": None,
+             "/gone/sub": None,         # whited out: the start may make it
+             "/data/file/x": None,      # hidden by the opaque directory above it
+             "/data/rel/passwd": None}  # so is the symlink
+    assert {p: non_directory_in_image(layers, p) for p in check} == check
+    assert non_directory_in_image([base], "/data/rel/passwd") == "/etc/passwd"
+    with pytest.raises(OSError):
+        non_directory_in_image(layers, "/loop1/x")
+
+
+def test_damaged_record_of_a_running_container(pc, state_root):
+    """A running container whose state.json got damaged is listed as damaged and left
+    running by `ps -a`; plain `rm` refuses at once (its monitor still runs it);
+    `rm -f` kills it through its cgroup and removes everything."""
+    pc("run", "-d", "--name", "pc-dmg", "--net", "none", "--memory", "50m", "busybox",
+       "sleep", "100")
+    info = pc.inspect("pc-dmg")
+    cid, pid = info["Id"], info["State"]["Pid"]
+    (state_root / "containers" / cid / "state.json").write_text('{"status": "runn')
+    rows = [json.loads(line) for line in pc("ps", "-a", "--format", "json").stdout.splitlines()]
+    assert [(r["Id"], r["State"]) for r in rows] == [(cid, "damaged")]
+    assert "state.json" in rows[0]["Error"] and os.path.exists(f"/proc/{pid}")
+    t0 = time.monotonic()
+    line = one_line_error(pc("rm", "pc-dmg", check=False), 4)
+    assert "pc-dmg" in line and "rm -f" in line and time.monotonic() - t0 < 5
+    assert os.path.exists(f"/proc/{pid}") and cgroup_dirs(cid)
+    pc("rm", "-f", "pc-dmg")
+    assert not (state_root / "containers" / cid).exists()
+    assert_clean(state_root, [cid])
+    assert not os.path.exists(f"/proc/{pid}")
 
 
 def test_attached_run_forwards_signals(pc, state_root):

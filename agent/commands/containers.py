@@ -152,13 +152,18 @@ def _ps_row(c):
     elif c.status == "exited":
         status = f"Exited ({c.exit_code}) {_ago(c.finished_at)} ago" + (
             " (OOMKilled)" if c.oom_killed else "")
+    elif c.status == "damaged":
+        status = "Damaged"
     else:
         status = "Created"
-    return {"ID": c.short_id, "Id": c.id, "Image": c.image, "Command": f'"{cmd}"',
-            "CreatedAt": c.created, "State": c.status, "Status": status,
-            "ExitCode": c.exit_code, "Pid": c.pid, "Names": c.name,
-            "Networks": (c.network or {}).get("mode", c.spec.network_mode),
-            "IPAddress": (c.network or {}).get("ip", "")}
+    row = {"ID": c.short_id, "Id": c.id, "Image": c.image, "Command": f'"{cmd}"',
+           "CreatedAt": c.created, "State": c.status, "Status": status,
+           "ExitCode": c.exit_code, "Pid": c.pid, "Names": c.name,
+           "Networks": (c.network or {}).get("mode", c.spec.network_mode),
+           "IPAddress": (c.network or {}).get("ip", "")}
+    if c.status == "damaged":
+        row["Error"] = c.error  # what is wrong with the record (`inspect` says it too)
+    return row
 
 
 @click.command(context_settings=_NO_INTERSPERSE)

@@ -1,0 +1,64 @@
+"""Talking to a forked child: its report pipe and its exit status (stdlib only).
+
+A child that fails before it execs (or before it finishes its work) writes one
+report `<word> <text>` on a pipe (the word is an exit code or a kind); the
+parent reads to EOF: nothing means it went well (a close-on-exec pipe closes
+at exec).
+"""
+
+import os
+
+
+def read_all(fd):
+    """Everything readable from `fd` until EOF (the fd stays open)."""
+    chunks = []
+    while True:
+        try:
+            b = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def write_all(fd, data):
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def report(fd, word, text):
+    """In the child: write the report `<word> <text>` (ignored if the parent is gone)."""
+    try:
+        write_all(fd, f"{word} {text}".encode())
+    except OSError:
+        pass
+
+
+def read_report(fd):
+    """In the parent: read the child's report to EOF and close `fd`.
+
+    Returns (word, text), or None when the child wrote nothing."""
+    data = read_all(fd)
+    os.close(fd)
+    if not data:
+        return None
+    word, _, text = data.decode(errors="replace").partition(" ")
+    return word, text
+
+
+def wait(pid):
+    """Wait for child `pid`: its exit code, 128+N if killed by signal N, 255 if it
+    is not our child (already reaped)."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 255
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)

@@ -1,0 +1,68 @@
+"""Small file helpers shared by the runtime and the agent (stdlib only, cheap to import:
+the container start path uses them).
+
+`atomic_write(path)` replaces a file whole: the data goes to a hidden temp file
+in the same directory, which is renamed over `path` only when everything was
+written; on any failure the temp file is removed and `path` is untouched.
+"""
+
+import os
+
+
+def atomic_write(path, mode="wb", fsync=False, perms=None):
+    """`with atomic_write(path) as f: f.write(...)` replaces `path` atomically.
+
+    The temp file is created (O_EXCL, so threads and processes never share one) by
+    this call, so a caller can tell "cannot write there" (OSError here) from a
+    failure while writing. `mode` is "wb" or "w"; `fsync` flushes the data to
+    disk before the rename; `perms` chmods the result (default: 0666 minus the
+    umask, like open()).
+    """
+    return AtomicFile(path, mode, fsync, perms)
+
+
+class AtomicFile:
+    """The context manager `atomic_write` returns."""
+
+    def __init__(self, path, mode="wb", fsync=False, perms=None):
+        self.path = os.fspath(path)
+        head, name = os.path.split(self.path)
+        self.tmp = os.path.join(head, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            self.file = os.fdopen(fd, mode)
+        except BaseException:
+            os.close(fd)
+            self.discard()
+            raise
+        self.fsync = fsync
+        self.perms = perms
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.file.close()
+            self.discard()
+            return False
+        try:
+            if self.fsync:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if self.perms is not None:
+                os.chmod(self.tmp, self.perms)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.file.close()
+            self.discard()
+            raise
+        return False
+
+    def discard(self):
+        """Remove the temp file (`path` is left as it was)."""
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
