@@ -9,7 +9,8 @@
 // Records go to a ring buffer (header + first caplen bytes); a failed reserve is counted
 // per point in `stats` (lost), as is every matched packet (seen). With a reader budget
 // (`cfg[1]`, `tokens` refilled by the reader), packets beyond it are counted as shed
-// and not copied, so a flood costs the kernel a map update, not a ring buffer copy.
+// and not copied, so a flood costs the kernel a map update, not a ring buffer copy;
+// TCP SYN/FIN/RST packets beyond it draw on a second budget of the same size first.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
@@ -58,7 +59,8 @@ BPF_HASH(addrs, u32, u8, 64);
 BPF_HASH(ports, struct portkey, u8, 256);
 BPF_HASH(portfilter, u16, u8, 64);              // non-empty: only these ports (--port)
 BPF_ARRAY(cfg, u32, 4);                         // [0] portfilter on, [1] rate budget on
-BPF_ARRAY(tokens, s64, 1);                      // records left in this budget period
+BPF_ARRAY(tokens, s64, 2);                      // records left in this budget period:
+                                                // [0] any packet, [1] TCP SYN/FIN/RST only
 BPF_TABLE("lru_hash", struct flowkey, u8, flows, 65536);
 
 static __always_inline void bump(u32 idx)
@@ -164,6 +166,22 @@ static __always_inline int match(struct __sk_buff *skb, u32 point, u8 dir)
     return 0;
 }
 
+// A TCP packet that opens, closes or resets a connection (IPv4, first fragment).
+static __always_inline int tcp_control(struct __sk_buff *skb)
+{
+    u16 eth_proto = 0;
+    u8 vihl = 0, proto = 0, flags = 0;
+    if (LOAD(skb, 12, &eth_proto, 2) < 0 || eth_proto != htons(ETH_P_IP))
+        return 0;
+    if (LOAD(skb, ETH_HLEN, &vihl, 1) < 0 || LOAD(skb, ETH_HLEN + 9, &proto, 1) < 0 ||
+        proto != IPPROTO_TCP)
+        return 0;
+    u32 off = (ETH_HLEN + (vihl & 0xf) * 4 + 13) & 0x7f;
+    if (LOAD(skb, off, &flags, 1) < 0)
+        return 0;
+    return flags & 0x07;   // FIN, SYN, RST
+}
+
 static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
 {
     if (!match(skb, point, dir))
@@ -172,11 +190,16 @@ static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
     u32 zero = 0, one = 1;
     u32 *limited = cfg.lookup(&one);
     if (limited && *limited) {
-        // over the reader's budget: count the packet as shed instead of copying it
+        // over the reader's budget: count the packet as shed instead of copying it. A
+        // connection's SYN/FIN/RST have their own budget, so a bulk flow's data cannot
+        // crowd out how other connections start and end.
         s64 *tok = tokens.lookup(&zero);
         if (!tok || *tok <= 0) {
-            bump(point * 3 + 2);
-            return TC_ACT_UNSPEC;
+            tok = tcp_control(skb) ? tokens.lookup(&one) : 0;
+            if (!tok || *tok <= 0) {
+                bump(point * 3 + 2);
+                return TC_ACT_UNSPEC;
+            }
         }
         __sync_fetch_and_add(tok, -1);
     }

@@ -29,6 +29,7 @@ TC_HANDLE_BASE = 0x70690000   # "pi" << 16; a session's filters use base + (pid 
 TC_NAME_PREFIX = "pyinspect-trace:"
 MAX_POINTS = 16
 MAXCAP = 16384
+CONTROL_PACKETS_PER_PERIOD = 8   # SYN/FIN/RST kept per budget period and point, at least
 DEFAULT_SNAPLEN = 160     # ethernet + IPv4 + TCP with options, and a bit of payload
 HDR = struct.Struct("<QIIHB5x")   # struct rec header in packets.bpf.c
 HDR_LEN = HDR.size
@@ -432,13 +433,17 @@ class PacketCapture:
             return self.reader.read(limit)
 
     def set_budget(self, records):
-        """Allow `records` more ring buffer records (None: no budget); the rest are shed."""
+        """Allow `records` more ring buffer records (None: no budget); the rest are shed,
+        except TCP SYN/FIN/RST packets, which have a budget of their own: `records` or
+        enough for CONTROL_PACKETS_PER_PERIOD packets at every point, whichever is more."""
         if not self.bpf:
             return
         if records is None:
             self.bpf["cfg"][ctypes.c_int(1)] = ctypes.c_uint32(0)
             return
         self.bpf["tokens"][ctypes.c_int(0)] = ctypes.c_int64(int(records))
+        control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
+        self.bpf["tokens"][ctypes.c_int(1)] = ctypes.c_int64(control)
         self.bpf["cfg"][ctypes.c_int(1)] = ctypes.c_uint32(1)
 
     def counters(self):

@@ -385,3 +385,31 @@ def test_count_port_and_via(state_root, topo):
     caps = [i for i in items if i["type"] == "hop" and i["hop"] == "capture"]
     assert caps and all({c["sport"], c["dport"]} & {80, 8088} for c in caps)
     assert "wan0 (uplink)" not in summary["packets_per_point"]
+
+
+def test_budget_sheds_bulk_data_but_keeps_how_connections_start(state_root, topo):
+    """With a tiny reader budget a bulk download is shed (and counted), yet every short
+    connection made meanwhile still shows its SYN at the container: SYN/FIN/RST have
+    a budget of their own in the kernel."""
+    www = f"/tmp/{topo.ctrs[0]}-www"
+    with open(f"{www}/big", "wb") as f:
+        f.write(os.urandom(1 << 20) * 48)
+    tr = Trace(state_root, topo, "--duration", "5", "--no-events", "--max-rate", "20")
+    bulk = subprocess.Popen(["ip", "netns", "exec", topo.client, "busybox", "wget", "-q",
+                             "-O", "/dev/null", f"http://{topo.host_ip}:8088/big"])
+    try:
+        time.sleep(0.5)
+        for _ in range(3):
+            assert topo.fetch().returncode == 0
+            time.sleep(0.3)
+    finally:
+        bulk.wait(timeout=60)
+    items, summary = tr.finish()
+    assert summary["loss"]["shed"] > 100, summary["loss"]       # the budget was hit
+    flows = [c for c in summary["connections"] if ":8088" in c]
+    assert len(flows) == 4, summary["connections"]
+    syn_at_eth0 = {h["flow"] for h in items if h["type"] == "hop" and h["hop"] == "capture"
+                   and h["point"] == "eth0" and h["dir"] == "in" and "[S]" in h["text"]}
+    assert len(syn_at_eth0) == 4, (syn_at_eth0, [i.get("text") for i in items][:60])
+    vc0 = summary["packets_per_point"]["vc0 (veth)"]
+    assert vc0["captured"] + vc0["lost"] + vc0["shed"] == vc0["matched_in_kernel"]

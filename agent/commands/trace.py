@@ -38,8 +38,9 @@ Run it in the namespace that holds the container's bridge (the host). The line
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many traced packets.")
 @click.option("--max-rate", type=click.IntRange(min=0), default=None,
               help="Capture records per second handed to the reader; the kernel counts "
-                   "the rest as shed. Default: automatic (what 5% of a core can "
-                   "process; more only when over a core is idle). 0 = no limit.")
+                   "the rest as shed (TCP SYN/FIN/RST have a budget of their own). "
+                   "Default: automatic (what 5% of a core can process; more only when "
+                   "over a core is idle). 0 = no limit.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Interleave the container's process events (fork, exec, exit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
