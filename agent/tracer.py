@@ -368,6 +368,7 @@ class TraceSession:
             self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
             self._open_outputs()         # a bad -w path fails here, before any attach
             self.cap.start()
+            self._refill_budget()            # budgeted from the first packet, not first poll
             self.capture_hook = self.cap.attach_kind
             if self.cap.attach_note:
                 self.notes.append(f"capture: {self.cap.attach_note}")
@@ -599,12 +600,7 @@ class TraceSession:
         if self.procs:
             self.ev_pending.extend(self.procs.events(0))
             self.ev_pending.extend(self._other_events())
-        rate = self.opt.max_rate if self.opt.max_rate is not None else self._auto_rate()
-        if rate:
-            now = time.monotonic()
-            dt = min(now - self._budget_t, 0.25) if self._budget_t else 0.05
-            self._budget_t = now
-            self.cap.set_budget(rate * dt)
+        self._refill_budget()
         cpu0 = time.process_time()
         parse = P.parse
         n = 0
@@ -624,6 +620,15 @@ class TraceSession:
         if self.opt.count and self.traced_packets >= self.opt.count:
             self.done = True
         return items
+
+    def _refill_budget(self):
+        """Give the kernel the records the reader may take until the next poll."""
+        rate = self.opt.max_rate if self.opt.max_rate is not None else self._auto_rate()
+        if rate:
+            now = time.monotonic()
+            dt = min(now - self._budget_t, 0.25) if self._budget_t else 0.1
+            self._budget_t = now
+            self.cap.set_budget(rate * dt)
 
     def _auto_rate(self):
         """Records/s the reader may take: what its CPU share can process, where the share
@@ -1043,6 +1048,8 @@ class TraceSession:
             if self.ct or self.cap:
                 tail = self.poll(0, final=True)
             self._drop_lost = self.drops.lost if self.drops else 0
+            self._ct_lost = self.ct.lost if self.ct else 0
+            self._nflog_lost = self.nflog.lost if self.nflog else 0
         finally:
             self._teardown()
         self.tail = tail
@@ -1087,8 +1094,8 @@ class TraceSession:
                       for f in shown for text, n in f.drop_counts.items()],
             "lost": lost + shed,        # packets matched in the kernel but not captured
             "loss": {"capture": lost, "shed": shed, "drops": getattr(self, "_drop_lost", 0),
-                     "conntrack_overruns": self.ct.lost if self.ct else 0,
-                     "trace_overruns": self.nflog.lost if self.nflog else 0},
+                     "conntrack_overruns": getattr(self, "_ct_lost", 0),
+                     "trace_overruns": getattr(self, "_nflog_lost", 0)},
             "filtered_out": self.filtered_out,
             "process_events": self.events_seen,
             "reader_budget": (self.opt.max_rate if self.opt.max_rate is not None else
@@ -1105,26 +1112,11 @@ class TraceSession:
         if self.cap:
             self.cap.close()
             self.cap = None
-        if self.rules:
-            self.rules.remove()
-        if self.nflog:
-            self.nflog.stop()
-        if self.binding:
-            self.binding.restore()
-        if self.nftmon:
-            self.nftmon.stop()
-        if self.nfttable:
-            self.nfttable.remove()
-        if self.drops:
-            self.drops.stop()
-        for probe in (self.procs, self.links, self.cgroups):
-            if probe:
-                probe.stop()
-        if self.ct:
-            self.ct.stop()
+        for undo in (self._undo_nftrace, self._undo_nft, self._undo_drops, self._undo_events,
+                     self._undo_conntrack):
+            undo()
         if self.pcap:
             self.pcap.close()
-        self.rules = self.nflog = self.binding = self.nftmon = self.nfttable = None
         if self._state_file:
             with contextlib.suppress(OSError):
                 self._state_file.unlink()

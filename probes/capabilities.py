@@ -4,8 +4,8 @@
 sched_cls and kprobe functions plus a ring buffer and a perf buffer map), loads
 each function, attaches the tracepoint/raw tracepoint/kprobe ones briefly and
 detaches them. fentry needs its own compile (bcc attaches KFUNC_PROBE at load).
-The netfilter BPF link is not expressible in bcc 0.26, so it is tried with the
-raw bpf(2) syscall in a child process inside a throwaway network namespace.
+The netfilter and tcx BPF links are not expressible in bcc 0.26, so each is tried with
+the raw bpf(2) syscall in a child process inside a throwaway network namespace.
 The answer is cached per process; `detect(refresh=True)` probes again.
 """
 
@@ -18,7 +18,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-HOOKS = ("tracepoint", "raw_tracepoint", "tc", "kprobe", "fentry", "ringbuf",
+HOOKS = ("tracepoint", "raw_tracepoint", "tc", "tcx", "kprobe", "fentry", "ringbuf",
          "perf_buffer", "netfilter")
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -249,56 +249,59 @@ def _probe_bcc_separately(BPF, combined_error):
     return out
 
 
-# -- netfilter link via raw bpf(2) ----------------------------------------------------
+# -- netfilter and tcx links via raw bpf(2), in a scratch network namespace ---------------
 _SYS_BPF = 321  # x86_64
 _BPF_PROG_LOAD = 5
 _BPF_LINK_CREATE = 28
+_BPF_PROG_TYPE_SCHED_CLS = 3
 _BPF_PROG_TYPE_NETFILTER = 32
 _BPF_NETFILTER = 45
+_BPF_TCX_INGRESS = 46
 _CLONE_NEWNET = 0x40000000
 
 
-def _netfilter_buffers():
-    """Everything the child needs, allocated BEFORE fork (no malloc/dlopen in the child)."""
+def _link_buffers(prog_type, r0, expected_attach_type, link_attr):
+    """Everything the child needs, allocated BEFORE fork (no malloc/dlopen in the child):
+    a two-instruction program (r0 = `r0`; exit) and the link attributes after prog_fd."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    insns = struct.pack("<BBhi", 0xB7, 0x00, 0, 1) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-    ibuf = ctypes.create_string_buffer(insns, len(insns))  # r0 = 1 (NF_ACCEPT); exit
+    insns = struct.pack("<BBhi", 0xB7, 0x00, 0, r0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    ibuf = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     attr = ctypes.create_string_buffer(256)
     # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
     # prog_flags, prog_name[16], prog_ifindex, expected_attach_type
-    struct.pack_into("<IIQQIIQII16sII", attr, 0, _BPF_PROG_TYPE_NETFILTER, 2,
+    struct.pack_into("<IIQQIIQII16sII", attr, 0, prog_type, 2,
                      ctypes.addressof(ibuf), ctypes.addressof(lic), 0, 0, 0, 0, 0,
-                     b"pi_cap_nf", 0, _BPF_NETFILTER)
+                     b"pi_cap_link", 0, expected_attach_type)
     lattr = ctypes.create_string_buffer(256)
+    ctypes.memmove(ctypes.addressof(lattr) + 4, link_attr, len(link_attr))
     return libc, (ibuf, lic), attr, lattr
 
 
-def _netfilter_child(libc, attr, lattr):
-    """In a forked child: new netns, load an always-accept netfilter program, link it."""
+def _link_child(libc, attr, lattr):
+    """In a forked child: a new netns (its lo is ifindex 1), load the program, link it."""
     if libc.unshare(_CLONE_NEWNET) != 0:
         return 100 + ctypes.get_errno(), 0
     fd = libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, 256)
     if fd < 0:
         return 1, ctypes.get_errno()
-    # prog_fd, target_fd, attach_type, flags, netfilter{pf=IPv4, hooknum=LOCAL_IN, priority,
-    # flags}
-    struct.pack_into("<IIIIIIiI", lattr, 0, fd, 0, _BPF_NETFILTER, 0, 2, 1, 100, 0)
+    struct.pack_into("<I", lattr, 0, fd)
     lfd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, lattr, 256)
     if lfd < 0:
         return 2, ctypes.get_errno()
     return 0, 0
 
 
-def _probe_netfilter():
-    libc, _keep, attr, lattr = _netfilter_buffers()
+def _probe_link(name, buffers, ok, too_old):
+    """Run the load+link in a child in a scratch netns; HookStatus from (stage, errno)."""
+    libc, _keep, attr, lattr = buffers
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report (stage, errno) and exit without Python cleanup
         try:
             os.close(r)
-            stage, err = _netfilter_child(libc, attr, lattr)
+            stage, err = _link_child(libc, attr, lattr)
             os.write(w, struct.pack("<ii", stage, err))
         finally:
             os._exit(0)
@@ -312,20 +315,40 @@ def _probe_netfilter():
     os.close(r)
     os.waitpid(pid, 0)
     if len(data) != 8:
-        return HookStatus("netfilter", False, "probe process failed")
+        return HookStatus(name, False, "probe process failed")
     stage, err = struct.unpack("<ii", data)
-    name = errno.errorcode.get(err, str(err))
+    errname = errno.errorcode.get(err, str(err))
     if stage == 0:
-        return HookStatus("netfilter", True, "BPF_PROG_TYPE_NETFILTER loads and links "
-                          "(raw bpf(2); bcc 0.26 cannot express it)")
+        return HookStatus(name, True, ok)
     if stage >= 100:
-        return HookStatus("netfilter", False, "could not make a scratch network namespace "
+        return HookStatus(name, False, "could not make a scratch network namespace "
                           f"to test in ({errno.errorcode.get(stage - 100, stage - 100)})")
     if stage == 1:
-        why = ("program type unknown to this kernel (needs >= 6.4)" if err == errno.EINVAL
-               else f"refused by kernel ({name})")
-        return HookStatus("netfilter", False, f"load failed: {why}")
-    return HookStatus("netfilter", False, f"link create refused by kernel ({name})")
+        return HookStatus(name, False, f"load failed: refused by kernel ({errname})")
+    if err == errno.EINVAL and too_old:
+        return HookStatus(name, False, f"link create refused: {too_old}")
+    return HookStatus(name, False, f"link create refused by kernel ({errname})")
+
+
+def _probe_netfilter():
+    # target_fd, attach_type, flags, then netfilter {pf=IPv4, hooknum=LOCAL_IN, priority,
+    # flags}; the program accepts (NF_ACCEPT = 1)
+    buffers = _link_buffers(_BPF_PROG_TYPE_NETFILTER, 1, _BPF_NETFILTER,
+                            struct.pack("<IIIIIiI", 0, _BPF_NETFILTER, 0, 2, 1, 100, 0))
+    st = _probe_link("netfilter", buffers, "BPF_PROG_TYPE_NETFILTER loads and links "
+                     "(raw bpf(2); bcc 0.26 cannot express it)", None)
+    if not st.available and st.reason == "load failed: refused by kernel (EINVAL)":
+        return HookStatus("netfilter", False, "load failed: program type unknown to this "
+                          "kernel (needs >= 6.4)")
+    return st
+
+
+def _probe_tcx():
+    # tcx link on the scratch namespace's lo (ifindex 1); the program returns TCX_NEXT (-1)
+    buffers = _link_buffers(_BPF_PROG_TYPE_SCHED_CLS, -1, 0,
+                            struct.pack("<III", 1, _BPF_TCX_INGRESS, 0))
+    return _probe_link("tcx", buffers, "sched_cls links with tcx (what trace attaches with)",
+                       "no tcx in this kernel (needs >= 6.6); trace uses tc clsact")
 
 
 def _detect_all():
@@ -333,10 +356,11 @@ def _detect_all():
         reason = "needs root (CAP_BPF and CAP_PERFMON or CAP_SYS_ADMIN)"
         return [HookStatus(h, False, reason) for h in HOOKS]
     found = _probe_bcc()
-    try:
-        found["netfilter"] = _probe_netfilter()
-    except OSError as exc:
-        found["netfilter"] = HookStatus("netfilter", False, f"probe failed: {exc}")
+    for name, probe in (("netfilter", _probe_netfilter), ("tcx", _probe_tcx)):
+        try:
+            found[name] = probe()
+        except OSError as exc:
+            found[name] = HookStatus(name, False, f"probe failed: {exc}")
     return [found[h] for h in HOOKS]
 
 

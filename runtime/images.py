@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pyinspect.errors import (ConflictError, CorruptInputError, NotFoundError,
                              UnavailableError, UsageError)
+from pyinspect.proc import pid_alive
 
 from .fsutil import atomic_write
 
@@ -254,7 +255,7 @@ class ImageStore:
         self._ensure()
         for entry in os.listdir(self.tmp):  # leftovers of killed pyinspect processes
             pid = entry.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(self.tmp / entry, ignore_errors=True)
         d = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         d.mkdir()
@@ -425,12 +426,3 @@ class ImageStore:
         from pyinspect.runtime import archive
         return archive.save(self, refs, out)
 
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
