@@ -63,6 +63,93 @@ BPF_ARRAY(tokens, s64, 2);                      // records left in this budget p
                                                 // [0] any packet, [1] TCP SYN/FIN/RST only
 BPF_TABLE("lru_hash", struct flowkey, u8, flows, 65536);
 
+// The container's addresses and published ports, as load-time constants when there are
+// few (NADDRS/NPORTS >= 0): compares in registers instead of hash lookups on every packet
+// at the filtered points. -1: too many, look them up in `addrs`/`ports`.
+#ifndef NADDRS
+#define NADDRS -1
+#endif
+#ifndef NPORTS
+#define NPORTS -1
+#endif
+#define ADDR_IS(n) if (NADDRS > n && a == ADDR##n) return 1;
+#define PORT_IS(n) if (NPORTS > n && port == PORT##n && proto == PPROTO##n && \
+                       (PIP##n == 0 || PIP##n == ip)) return 1;
+#ifndef ADDR0
+#define ADDR0 0
+#endif
+#ifndef ADDR1
+#define ADDR1 0
+#endif
+#ifndef ADDR2
+#define ADDR2 0
+#endif
+#ifndef ADDR3
+#define ADDR3 0
+#endif
+#ifndef PORT0
+#define PORT0 0
+#define PPROTO0 0
+#define PIP0 0
+#endif
+#ifndef PORT1
+#define PORT1 0
+#define PPROTO1 0
+#define PIP1 0
+#endif
+#ifndef PORT2
+#define PORT2 0
+#define PPROTO2 0
+#define PIP2 0
+#endif
+#ifndef PORT3
+#define PORT3 0
+#define PPROTO3 0
+#define PIP3 0
+#endif
+#ifndef PORT4
+#define PORT4 0
+#define PPROTO4 0
+#define PIP4 0
+#endif
+#ifndef PORT5
+#define PORT5 0
+#define PPROTO5 0
+#define PIP5 0
+#endif
+#ifndef PORT6
+#define PORT6 0
+#define PPROTO6 0
+#define PIP6 0
+#endif
+#ifndef PORT7
+#define PORT7 0
+#define PPROTO7 0
+#define PIP7 0
+#endif
+
+static __always_inline int is_addr(u32 a)
+{
+    if (NADDRS < 0)
+        return addrs.lookup(&a) != 0;
+    ADDR_IS(0) ADDR_IS(1) ADDR_IS(2) ADDR_IS(3)
+    return 0;
+}
+
+// ip: the packet's address on the published side (network order); port: host order
+static __always_inline int is_port(u32 ip, u16 port, u8 proto)
+{
+    if (NPORTS < 0) {
+        struct portkey pk = {.ip = ip, .port = port, .proto = proto};
+        if (ports.lookup(&pk))
+            return 1;
+        pk.ip = 0;
+        return ports.lookup(&pk) != 0;
+    }
+    PORT_IS(0) PORT_IS(1) PORT_IS(2) PORT_IS(3) PORT_IS(4) PORT_IS(5) PORT_IS(6) PORT_IS(7)
+    return 0;
+}
+
 static __always_inline void bump(u32 idx)
 {
     u64 *v = stats.lookup(&idx);
@@ -123,10 +210,9 @@ static __always_inline int match(struct __sk_buff *skb, u32 point, u8 dir)
     }
     if (!port_ok(sport, dport) && ip.protocol != IPPROTO_ICMP)
         return 0;
-    u8 *src_in = addrs.lookup(&ip.saddr);
-    if (src_in) {
+    if (is_addr(ip.saddr)) {
         // the container sends: remember the flow so its MASQUERADEd copy on the uplink matches
-        if (sport && !addrs.lookup(&ip.daddr)) {
+        if (sport && !is_addr(ip.daddr)) {
             struct flowkey fk = {.peer_ip = ip.daddr, .peer_port = dport,
                                  .local_port = sport, .proto = ip.protocol};
             u8 one = 1;
@@ -137,22 +223,11 @@ static __always_inline int match(struct __sk_buff *skb, u32 point, u8 dir)
     }
     if (mode && *mode)            // the container's own interfaces: everything
         return 1;
-    if (addrs.lookup(&ip.daddr))
+    if (is_addr(ip.daddr))
         return 1;
     if (!sport)
         return 0;
-    struct portkey pk = {.ip = ip.daddr, .port = dport, .proto = ip.protocol};
-    if (ports.lookup(&pk))
-        return 1;
-    pk.ip = 0;
-    if (ports.lookup(&pk))
-        return 1;
-    pk.ip = ip.saddr;
-    pk.port = sport;
-    if (ports.lookup(&pk))
-        return 1;
-    pk.ip = 0;
-    if (ports.lookup(&pk))
+    if (is_port(ip.daddr, dport, ip.protocol) || is_port(ip.saddr, sport, ip.protocol))
         return 1;
     struct flowkey fk = {.peer_ip = ip.daddr, .peer_port = dport, .local_port = sport,
                          .proto = ip.protocol};

@@ -307,6 +307,36 @@ def parse(raw):
     return ts, point, "out" if d else "in", ln, raw[HDR_LEN:HDR_LEN + caplen]
 
 
+CONST_ADDRS, CONST_PORTS = 4, 8   # up to this many are compiled in as constants
+
+
+def _proto_num(proto):
+    return socket.IPPROTO_UDP if proto == "udp" else socket.IPPROTO_TCP
+
+
+def _ip_u32(ip):
+    """An IPv4 address as the u32 the kernel sees (network order bytes read little-endian);
+    0 for '' or 0.0.0.0 (any)."""
+    if not ip or ip == "0.0.0.0":
+        return 0
+    return struct.unpack("<I", socket.inet_aton(ip))[0]
+
+
+def target_cflags(target):
+    """-D flags compiling the target's addresses and published ports in as constants when
+    there are few (the filter then needs no hash lookup for them); else the maps serve."""
+    flags = []
+    if len(target.addrs) <= CONST_ADDRS:
+        flags.append(f"-DNADDRS={len(target.addrs)}")
+        flags += [f"-DADDR{i}={_ip_u32(a):#x}" for i, a in enumerate(target.addrs)]
+    if len(target.ports) <= CONST_PORTS:
+        flags.append(f"-DNPORTS={len(target.ports)}")
+        for i, (ip, port, proto) in enumerate(target.ports):
+            flags += [f"-DPORT{i}={int(port)}", f"-DPPROTO{i}={_proto_num(proto)}",
+                      f"-DPIP{i}={_ip_u32(ip):#x}"]
+    return flags
+
+
 class PacketCapture:
     """tc capture on `points` for `target`. Context manager: start(), read(), stop()."""
 
@@ -342,7 +372,7 @@ class PacketCapture:
                                    "run make install") from exc
         cflags = [f"-DSNAPLEN={self.snaplen}", f"-DRINGBUF_PAGES={self.ring_pages}",
                   f"-DNPOINTS={max(1, len(self.points))}",
-                  "-Wno-macro-redefined"]
+                  "-Wno-macro-redefined"] + target_cflags(self.target)
         try:
             self.bpf = BPF(src_file=str(SRC), cflags=cflags)
         except Exception as exc:
@@ -399,14 +429,13 @@ class PacketCapture:
             mode = {"all": 1, "all+learn": 2}.get(point.mode, 0)
             b["pointmode"][ct.c_int(i)] = ct.c_uint32(mode)
         for a in self.target.addrs:
-            key = struct.unpack("<I", socket.inet_aton(a))[0]
-            b["addrs"][ct.c_uint32(key)] = ct.c_uint8(1)
+            b["addrs"][ct.c_uint32(_ip_u32(a))] = ct.c_uint8(1)
         ports = b["ports"]
         for ip, port, proto in self.target.ports:
             k = ports.Key()
-            k.ip = struct.unpack("<I", socket.inet_aton(ip))[0] if ip and ip != "0.0.0.0" else 0
+            k.ip = _ip_u32(ip)
             k.port = int(port)
-            k.proto = socket.IPPROTO_UDP if proto == "udp" else socket.IPPROTO_TCP
+            k.proto = _proto_num(proto)
             ports[k] = ct.c_uint8(1)
         if self.target.only_ports:
             for p in self.target.only_ports:
