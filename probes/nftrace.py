@@ -95,23 +95,29 @@ class RuleBook:
         self.refresh()
 
     def refresh(self):
-        for table in ("raw", "mangle", "nat", "filter"):
-            out = _run_in(self.netns, [self.tool, "-w", "-t", table, "-S"])
-            if out is None:
+        """Read the tables that exist, with one `-save` (listing a table with `-t T -S`
+        would create it in the namespace, and with it a netfilter hook every packet pays)."""
+        out = _run_in(self.netns, [f"{self.tool}-save"])
+        if out is None:
+            return
+        table = None
+        chains = {}
+        for line in out.splitlines():
+            if line.startswith("*"):
+                table, chains = line[1:].strip(), {}
+            elif table is None:
                 continue
-            for line in out.splitlines():
-                parts = line.split()
-                if len(parts) >= 3 and parts[0] == "-P":
-                    self.policies[(table, parts[1])] = parts[2]
-                elif len(parts) >= 2 and parts[0] == "-N":
-                    self.rules.setdefault((table, parts[1]), [])
-            chains = {}
-            for line in out.splitlines():
-                if line.startswith("-A "):
-                    chain = line.split()[1]
-                    chains.setdefault(chain, []).append(line[3:])
-            for chain, rules in chains.items():
-                self.rules[(table, chain)] = rules
+            elif line.startswith(":"):
+                parts = line[1:].split()
+                if len(parts) >= 2 and parts[1] != "-":
+                    self.policies[(table, parts[0])] = parts[1]
+                else:
+                    self.rules.setdefault((table, parts[0]), [])
+            elif line.startswith("-A "):
+                chains.setdefault(line.split()[1], []).append(line[3:])
+            elif line.startswith("COMMIT"):
+                for chain, rules in chains.items():
+                    self.rules[(table, chain)] = rules
 
     def describe(self, table, chain, kind, num):
         """(rule_text, verdict) for one trace line."""

@@ -13,12 +13,18 @@ def _run(*cmd):
 
 
 def _iptables_rules():
+    """Rules and user chains of the tables that exist (`-save` reads them without creating
+    a table, and with it a netfilter hook, as `-t mangle -S` would)."""
     rules = set()
     for tool in ("iptables-legacy", "iptables-nft"):
-        for table in ("nat", "filter", "raw", "mangle"):
-            for line in _run(tool, "-t", table, "-S").splitlines():
-                if not line.startswith("-P "):
-                    rules.add(f"{tool} -t {table} {line}")
+        table = None
+        for line in _run(f"{tool}-save").splitlines():
+            if line.startswith("*"):
+                table = line[1:].strip()
+            elif line.startswith("-A "):
+                rules.add(f"{tool} -t {table} {line}")
+            elif line.startswith(":") and line.split()[1:2] == ["-"]:
+                rules.add(f"{tool} -t {table} -N {line[1:].split()[0]}")
     return rules
 
 

@@ -71,11 +71,15 @@ def hops_of(items, flow):
 
 def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
     pcap = tmp_path / "t.pcapng"
+    tables = tracetopo.sh(topo.host, "cat /proc/net/ip_tables_names").stdout.split()
+    assert "mangle" not in tables
     tr = Trace(state_root, topo, "--duration", "3", "-w", pcap)
     assert tr.ready["points"] == ["up0", "wan0", "pt-br0", "vc0", "eth0"]
     got = topo.fetch()
     assert got.returncode == 0 and "hello from" in got.stdout, got
     items, summary = tr.finish()
+    # reading the rules did not create a table (a table is a hook every packet pays for)
+    assert "mangle" not in tracetopo.sh(topo.host, "cat /proc/net/ip_tables_names").stdout
     flows = [i for i in items if i["type"] == "flow"]
     assert len(flows) == 1, flows
     f = flows[0]
