@@ -33,7 +33,7 @@ from .proc import pid_alive
 
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
-AUTO_CPU_SHARE = 0.05           # automatic budget: the reader's share of one core when
+AUTO_CPU_SHARE = 0.02           # automatic budget: the reader's share of one core when
 AUTO_CPU_SHARE_IDLE = 0.5       # the machine is busy, up to this much of idle CPU
 AUTO_MIN_RATE, AUTO_MAX_RATE = 500, 100000      # records/s bounds of the automatic budget
 MAX_DYNAMIC_RULES = 64

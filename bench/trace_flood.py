@@ -1,6 +1,7 @@
 """UDP 64-byte flood through DNAT into a container: nothing vs tcpdump vs pyinspect trace.
 
-    .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--json]
+    .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--iperf-pairs N]
+                                          [--only all|flood|iperf] [--json]
 
 Builds the test topology (tests/tracetopo.py: client -> host netns with DNAT -> bridge ->
 veth -> container), with a UDP sink in the container. For each mode it runs a sender in the
@@ -9,8 +10,10 @@ client namespace (a Python loop of connected send() calls, 64-byte frames) and r
   - captured/sent: tcpdump -w on the host veth (its own "captured"/"dropped by kernel"
     counts), pyinspect trace on the same veth (captured in userspace, matched in the
     kernel, lost in the kernel when the ring buffer was full, shed by the reader).
-Then iperf3 TCP throughput through the DNAT port with and without `pyinspect trace`.
-Rounds alternate the modes and the median is reported, because other work on a shared
+Then iperf3 TCP throughput through the DNAT port with and without `pyinspect trace`, in
+pairs of runs back to back (alternating which goes first); the median of the pairs' ratios
+is the result, since this VM's throughput drifts by +-15% from one run to the next.
+Flood rounds alternate the modes and the median is reported, because other work on a shared
 2-core VM moves absolute numbers. All traffic stays in namespaces this script creates.
 """
 
@@ -143,8 +146,9 @@ def iperf(topo, seconds):
             if ":1451" in tracetopo.sh(topo.ctrs[0], "cat /proc/net/tcp /proc/net/tcp6").stdout:
                 break
             time.sleep(0.1)
+        # -O 1: the first second (slow start) is not counted
         out = tracetopo.sh(topo.client, f"iperf3 -c {topo.host_ip} -p {IPERF_PORT} "
-                           f"-t {seconds} -J", timeout=seconds + 60).stdout
+                           f"-t {seconds} -O 1 -J", timeout=seconds + 60).stdout
         return json.loads(out)["end"]["sum_received"]["bits_per_second"]
     finally:
         srv.wait(timeout=30)
@@ -154,6 +158,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iperf-pairs", type=int, default=None,
+                    help="iperf3 runs without/with trace, back to back (default 2 x rounds)")
+    ap.add_argument("--only", choices=("all", "flood", "iperf"), default="all")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     topo = tracetopo.Topology(prefix="ptb")
@@ -170,10 +177,11 @@ def main():
         time.sleep(0.3)
         with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
             def run_iperf_trace():
-                p = start_trace(topo, tempfile.mkdtemp(dir=tmp))
-                results["iperf_trace"].append(iperf(topo, args.seconds))
+                p = start_trace(topo, tempfile.mkdtemp(dir=tmp))   # attached before iperf
+                bps = iperf(topo, args.seconds)
                 s = stop_trace(p)
                 results.setdefault("iperf_trace_loss", []).append(s["packets_per_point"])
+                return bps
 
             modes = [
                 lambda r: results["none"].append(mode_none(topo, args.seconds)),
@@ -181,14 +189,26 @@ def main():
                 lambda r: results["trace"].append(mode_trace(topo, args.seconds, tmp)),
                 lambda r: results["trace_pcapng"].append(mode_trace(
                     topo, args.seconds, tmp, ["-w", os.path.join(tmp, f"t{r}.pcapng")])),
-                lambda r: results["iperf_none"].append(iperf(topo, args.seconds)),
-                lambda r: run_iperf_trace(),
             ]
-            for r in range(args.rounds):
-                # rotate the order each round: background load drifts, no mode always first
-                k = r % len(modes)
-                for mode in modes[k:] + modes[:k]:
-                    mode(r)
+            if args.only != "iperf":
+                for r in range(args.rounds):
+                    # rotate the order each round: background load drifts, no mode always first
+                    k = r % len(modes)
+                    for mode in modes[k:] + modes[:k]:
+                        mode(r)
+            # iperf3 in pairs, back to back and in alternating order: the VM's throughput
+            # drifts by +-15% between runs, so each pair's ratio is what is compared
+            pairs = args.iperf_pairs if args.iperf_pairs is not None else 2 * args.rounds
+            for r in range(pairs if args.only != "flood" else 0):
+                if r % 2:
+                    t = run_iperf_trace()
+                    n = iperf(topo, args.seconds)
+                else:
+                    n = iperf(topo, args.seconds)
+                    t = run_iperf_trace()
+                results["iperf_none"].append(n)
+                results["iperf_trace"].append(t)
+                results.setdefault("iperf_pair_ratio", []).append(t / n)
     finally:
         if sink:
             sink.kill()
@@ -198,10 +218,37 @@ def main():
     def med(mode, key):
         return statistics.median(x[key] for x in results[mode])
 
+    report = {"rounds": args.rounds, "seconds": args.seconds}
+    if args.only != "iperf":
+        report.update(flood_report(results, med))
+    if results["iperf_none"]:
+        ratios = sorted(results["iperf_pair_ratio"])
+        report.update({
+            "iperf3_gbit": {"none": round(statistics.median(results["iperf_none"]) / 1e9, 2),
+                            "trace": round(statistics.median(results["iperf_trace"]) / 1e9,
+                                           2)},
+            "iperf3_ratio": round(statistics.median(ratios), 3),
+            "iperf3_pair_ratios": [round(x, 3) for x in ratios],
+        })
+    report["raw"] = results
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    if args.only != "iperf":
+        print_flood(report, results, args)
+    if results["iperf_none"]:
+        print(f"iperf3 TCP through DNAT, {len(results['iperf_none'])} pairs of {args.seconds}s "
+              f"runs: {report['iperf3_gbit']['none']} Gbit/s without, "
+              f"{report['iperf3_gbit']['trace']} Gbit/s under trace (medians); median pair "
+              f"ratio x{report['iperf3_ratio']} (pairs: "
+              f"{', '.join(str(x) for x in report['iperf3_pair_ratios'])})")
+
+
+def flood_report(results, med):
+    """The UDP flood's medians and ratios."""
     base = med("none", "pps")
     tdp = med("tcpdump", "pps")
-    report = {
-        "rounds": args.rounds, "seconds": args.seconds,
+    return {
         "sender_pps": {m: round(med(m, "pps")) for m in ("none", "tcpdump", "trace",
                                                           "trace_pcapng")},
         "sender_ratio_vs_none": {m: round(med(m, "pps") / base, 3)
@@ -212,15 +259,10 @@ def main():
                                for m in ("tcpdump", "trace", "trace_pcapng")},
         "trace_loss_accounted_exactly": all(x["accounted"] for x in results["trace"] +
                                             results["trace_pcapng"]),
-        "iperf3_gbit": {"none": round(statistics.median(results["iperf_none"]) / 1e9, 2),
-                        "trace": round(statistics.median(results["iperf_trace"]) / 1e9, 2)},
-        "iperf3_ratio": round(statistics.median(results["iperf_trace"]) /
-                              statistics.median(results["iperf_none"]), 3),
-        "raw": results,
     }
-    if args.json:
-        print(json.dumps(report, indent=1))
-        return
+
+
+def print_flood(report, results, args):
     print(f"UDP 64-byte flood, client netns -> DNAT -> container, {args.seconds}s x "
           f"{args.rounds} rounds (medians)")
     for m in ("none", "tcpdump", "trace", "trace_pcapng"):
@@ -238,8 +280,6 @@ def main():
               f"{x['captured']:,} lost(ring full) {x['lost_ring']:,} shed {x['shed']:,}")
     print(f"  loss accounted exactly (captured + lost + shed == matched in kernel): "
           f"{report['trace_loss_accounted_exactly']}")
-    print(f"iperf3 TCP through DNAT: {report['iperf3_gbit']['none']} Gbit/s without, "
-          f"{report['iperf3_gbit']['trace']} Gbit/s under trace (x{report['iperf3_ratio']})")
 
 
 if __name__ == "__main__":
