@@ -106,12 +106,12 @@ def test_trace_rules_sample_floods_but_keep_tcp_control_packets():
     assert specs == [["-p", "udp", "--dport", "9000", "-m", "limit", "--limit", "50/sec",
                       "--limit-burst", "200"]]
     tcp = TraceRules.expand(["-s", "172.30.0.10"])
-    assert tcp[0] == ["-p", "tcp", "-s", "172.30.0.10", "!", "--tcp-flags", "SYN,FIN,RST",
-                      "NONE"]
+    assert tcp[0] == ["-p", "tcp", "-s", "172.30.0.10"]
     assert [r[:2] for r in tcp[1:]] == [["-p", "udp"], ["-p", "icmp"]]
-    # TCP data packets are never traced (only SYN/FIN/RST)
+    # TCP is not rate limited: data packets never reach these rules (the chain's first rule
+    # returns them), SYN/FIN/RST all do
     assert TraceRules.expand(["-p", "tcp", "--dport", "8088"]) == [
-        ["-p", "tcp", "--dport", "8088", "!", "--tcp-flags", "SYN,FIN,RST", "NONE"]]
+        ["-p", "tcp", "--dport", "8088"]]
     assert nft_expr(["-p", "tcp", "-d", "1.2.3.4", "--dport", "80"]) == \
         "meta l4proto tcp ip daddr 1.2.3.4 tcp dport 80"
 
