@@ -111,8 +111,9 @@ class Demo:
         self.say("-- the host --")
         self.pi("info", host=False, check=True)
         self.say("\n-- a container, published like `docker run -d --name test -p 8088:80` --")
-        self.pi("run", "-d", "--name", "test", "-p", f"{PORT}:80", "busybox",
-                "httpd", "-f", "-p", "80", "-h", "/var/www", check=True)
+        run = self.pi("run", "-d", "--name", "test", "-p", f"{PORT}:80", "busybox",
+                      "httpd", "-f", "-p", "80", "-h", "/var/www", check=True)
+        self.container_id = run.stdout.strip()[:12] or "test"
         self.pi("ps", check=True)
         self.pi("exec", "test", "ps", check=True)
         self.pi("exec", "test", "ip", "addr", "show", "eth0", check=True)
@@ -134,7 +135,8 @@ class Demo:
         self.say("\n-- doctor --")
         self.pi("doctor", "--container", "test")
         self.say("\n-- the timeline the agent recorded (process, cgroup events of test) --")
-        self.pi("events", "--container", "test", host=False, check=True)
+        # this run's container by id: earlier demos' containers named test are stored too
+        self.pi("events", "--container", self.container_id, host=False, check=True)
         self.say("\n-- the dashboard --")
         self.check_dashboard()
         if self.serve_seconds:

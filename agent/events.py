@@ -404,6 +404,11 @@ _PACKET_ROWS = """
     FROM drops d JOIN trace_sessions s ON s.id = d.session_id"""
 
 
+_NOT_A_SESSION_COPY = """NOT (e.session_id IS NOT NULL AND e.id > 0 AND EXISTS (
+    SELECT 1 FROM events a WHERE a.kind = e.kind AND a.ts_ns BETWEEN e.ts_ns - 5000000
+    AND e.ts_ns + 5000000 AND a.pid IS e.pid AND a.session_id IS NULL))"""
+
+
 def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None,
           after_id=None, newest_first=False, packets=False):
     """Stored events, oldest first (or newest first): filter by container (name, id or id
@@ -434,7 +439,10 @@ def query(store, container=None, since=None, kinds=None, limit=100, offset=0, un
                              f"kinds: {', '.join(sorted(known_kinds()))}")
         where.append(f"kind IN ({','.join('?' * len(kinds))})")
         params += kinds
-    sql = f"SELECT * FROM ({_PACKET_ROWS})" if packets else "SELECT * FROM events"
+    # a trace session stores the container's process events while `serve` (or `events -f`)
+    # may be recording the same ones: show the session's copy only where no agent row is
+    where.append(_NOT_A_SESSION_COPY)
+    sql = f"SELECT * FROM ({_PACKET_ROWS}) AS e" if packets else "SELECT * FROM events AS e"
     if where:
         sql += " WHERE " + " AND ".join(where)
     if after_id is not None:  # a live tail: what was stored since, in storage order

@@ -14,6 +14,7 @@ read (`detail["ns_source"]` says which), and exit codes come from exit_group()
 
 import ctypes
 import os
+import re
 from pathlib import Path
 
 from . import btf
@@ -41,6 +42,7 @@ OTHER_CLONE_FLAGS = {
     0x200000000: "INTO_CGROUP",
 }
 CLONE_THREAD = 0x00010000
+NS_LINK = re.compile(r"^[a-z_]+:\[\d+\]$")    # what /proc/<pid>/fd/N reads for an nsfs fd
 
 CFG_THREADS = 1
 CFG_ALL_CLONES = 2
@@ -267,8 +269,12 @@ class ProcessProbe(TracepointProbe):
                 except OSError:
                     d["argv"] = None
             if ev["kind"] == "setns" and d["fd"] >= 0:
+                # read after the fact: keep it only if the fd still names a namespace (the
+                # task may have closed and reused it, e.g. for a file or a bpf program)
                 try:
-                    d["target"] = os.readlink(f"/proc/{pid}/fd/{d['fd']}")
+                    target = os.readlink(f"/proc/{pid}/fd/{d['fd']}")
+                    if NS_LINK.match(target):
+                        d["target"] = target
                 except OSError:
                     pass
             if ev["kind"] == "exit":

@@ -41,6 +41,21 @@ def fake(i, kind="exec", container=None, ts=None):
             "container_name": container, "detail": {"n": i}}
 
 
+def test_a_trace_sessions_copy_of_an_agent_event_is_shown_once(tmp_path):
+    """`serve` and a trace session both store the container's fork: the timeline shows it
+    once; what only the session saw (or only the agent) stays."""
+    store = Store(tmp_path / "db")
+    both = fake(1, kind="fork", container="web")
+    store.insert_events([both, dict(both, ts_ns=both["ts_ns"] + 20_000, session_id=7),
+                         dict(fake(2, kind="exit", container="web"), session_id=7),
+                         fake(3, kind="exit", container="web")])
+    for packets in (False, True):
+        rows = ev_lib.query(store, container="web", limit=None, packets=packets)
+        assert [(r["kind"], r["pid"], r["session_id"]) for r in rows] == \
+            [("fork", 1001, None), ("exit", 1002, 7), ("exit", 1003, None)]
+    store.close()
+
+
 def test_recorder_writes_in_batches_not_per_event(tmp_path):
     store = CountingStore(tmp_path / "db")
     rec = ev_lib.Recorder(store, resolver=None, batch_size=100, flush_interval=3600)

@@ -229,6 +229,31 @@ def test_setns_names_the_namespace_joined(events, make_netns):
     assert st["netns"] != target  # still the host's before the call
 
 
+SETNS_ON_A_FILE = r"""
+import ctypes, os, sys, time
+fd = os.open("/etc/hostname", os.O_RDONLY)        # not a namespace
+print(fd, flush=True)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.setns(fd, 0x40000000)                          # refused: EINVAL, but the call is seen
+sys.stdin.read()                                    # keep the fd open while it is decoded
+"""
+
+
+def test_setns_on_a_non_namespace_fd_names_no_target(events):
+    """The fd is read back from /proc after the fact: a file (or a reused fd) is not shown
+    as the namespace joined."""
+    p = subprocess.Popen([sys.executable, "-c", SETNS_ON_A_FILE], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        fd = int(p.stdout.readline())
+        st = events.wait(lambda seen: next(
+            (e for e in seen if e["kind"] == "setns" and e["pid"] == p.pid), None))
+        assert st["detail"]["fd"] == fd
+        assert "target" not in st["detail"], st["detail"]
+    finally:
+        p.communicate("", timeout=30)
+
+
 def test_flag_decoding_tables():
     assert namespace_names(0x40000000 | 0x20000000 | 0x00020000) == ["mnt", "pid", "net"]
     assert clone_flag_names(0x00010000 | 0x00000100 | 0x02000000) == \
