@@ -386,27 +386,36 @@ def known_kinds():
 
 PACKET_KINDS = ("flow", "drop")
 
-# Traced connections and drops as timeline rows (negative ids: they are not `events` rows).
-_PACKET_ROWS = """
-    SELECT id, ts_ns, kind, pid, ppid, comm, cgroup_id, netns, pidns, mntns,
-           container_id, container_name, session_id, detail FROM events
-    UNION ALL
-    SELECT -f.id, f.first_ns, 'flow', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           s.container_id, s.container_name, f.session_id,
-           json_object('proto', f.proto, 'src', f.orig_src, 'sport', f.orig_sport,
-                       'dst', f.orig_dst, 'dport', f.orig_dport, 'nat', f.nat,
-                       'to', f.reply_src, 'to_port', f.reply_sport)
-    FROM flows f JOIN trace_sessions s ON s.id = f.session_id
-    UNION ALL
-    SELECT -1000000000000 - d.id, d.ts_ns, 'drop', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           s.container_id, s.container_name, d.session_id,
-           json_object('reason', d.reason, 'location', d.location, 'flow', d.flow_id)
-    FROM drops d JOIN trace_sessions s ON s.id = d.session_id"""
-
-
-_NOT_A_SESSION_COPY = """NOT (e.session_id IS NOT NULL AND e.id > 0 AND EXISTS (
+# a trace session stores the container's process events while `serve` (or `events -f`)
+# may be recording the same ones: a session's copy is shown only where no agent row is
+_NOT_A_SESSION_COPY = """NOT (e.session_id IS NOT NULL AND EXISTS (
     SELECT 1 FROM events a WHERE a.kind = e.kind AND a.ts_ns BETWEEN e.ts_ns - 5000000
     AND e.ts_ns + 5000000 AND a.pid IS e.pid AND a.session_id IS NULL))"""
+
+# The timeline's sources, each a SELECT with the same columns: stored events (less a trace
+# session's copies), and, with packets, traced connections and explained drops (negative
+# ids: they are not `events` rows).
+_EVENT_ROWS = """
+    SELECT id, ts_ns, kind, pid, ppid, comm, cgroup_id, netns, pidns, mntns,
+           container_id, container_name, session_id, detail FROM events AS e
+    WHERE """ + _NOT_A_SESSION_COPY
+_FLOW_ROWS = """
+    SELECT -f.id AS id, f.first_ns AS ts_ns, 'flow' AS kind, NULL AS pid, NULL AS ppid,
+           NULL AS comm, NULL AS cgroup_id, NULL AS netns, NULL AS pidns, NULL AS mntns,
+           s.container_id AS container_id, s.container_name AS container_name,
+           f.session_id AS session_id,
+           json_object('proto', f.proto, 'src', f.orig_src, 'sport', f.orig_sport,
+                       'dst', f.orig_dst, 'dport', f.orig_dport, 'nat', f.nat,
+                       'to', f.reply_src, 'to_port', f.reply_sport) AS detail
+    FROM flows f JOIN trace_sessions s ON s.id = f.session_id"""
+_DROP_ROWS = """
+    SELECT -1000000000000 - d.id AS id, d.ts_ns AS ts_ns, 'drop' AS kind, NULL AS pid,
+           NULL AS ppid, NULL AS comm, NULL AS cgroup_id, NULL AS netns, NULL AS pidns,
+           NULL AS mntns, s.container_id AS container_id,
+           s.container_name AS container_name, d.session_id AS session_id,
+           json_object('reason', d.reason, 'location', d.location, 'flow', d.flow_id)
+           AS detail
+    FROM drops d JOIN trace_sessions s ON s.id = d.session_id"""
 
 
 def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None,
@@ -439,18 +448,25 @@ def query(store, container=None, since=None, kinds=None, limit=100, offset=0, un
                              f"kinds: {', '.join(sorted(known_kinds()))}")
         where.append(f"kind IN ({','.join('?' * len(kinds))})")
         params += kinds
-    # a trace session stores the container's process events while `serve` (or `events -f`)
-    # may be recording the same ones: show the session's copy only where no agent row is
-    where.append(_NOT_A_SESSION_COPY)
-    sql = f"SELECT * FROM ({_PACKET_ROWS}) AS e" if packets else "SELECT * FROM events AS e"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    cond = (" WHERE " + " AND ".join(where)) if where else ""
     if after_id is not None:  # a live tail: what was stored since, in storage order
-        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
+        order = " ORDER BY id DESC" if newest_first else " ORDER BY id"
     else:
-        sql += " ORDER BY ts_ns DESC, id DESC" if newest_first else " ORDER BY ts_ns, id"
+        order = " ORDER BY ts_ns DESC, id DESC" if newest_first else " ORDER BY ts_ns, id"
+    page = " LIMIT ? OFFSET ?" if limit is not None else ""
+    if packets:
+        # each source is filtered, ordered and cut on its own (the events one walks its
+        # ts_ns index and stops), then the few rows left are merged: ordering the UNION
+        # as a whole sorted every stored event (2.5 s with 1M events)
+        arm_page = " LIMIT ?" if limit is not None else ""
+        arms = [f"SELECT * FROM (SELECT * FROM ({src}){cond}{order}{arm_page})"
+                for src in (_EVENT_ROWS, _FLOW_ROWS, _DROP_ROWS)]
+        sql = " UNION ALL ".join(arms) + order + page
+        arm_params = params + ([int(limit) + int(offset)] if limit is not None else [])
+        params = arm_params * len(arms)
+    else:
+        sql = f"SELECT * FROM ({_EVENT_ROWS}){cond}{order}{page}"
     if limit is not None:
-        sql += " LIMIT ? OFFSET ?"
         params += [int(limit), int(offset)]
     try:
         cur = store.db.execute(sql, params)

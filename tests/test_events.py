@@ -56,6 +56,33 @@ def test_a_trace_sessions_copy_of_an_agent_event_is_shown_once(tmp_path):
     store.close()
 
 
+def test_timeline_pages_merge_events_flows_and_drops_in_time_order(tmp_path):
+    """With packets, each source is cut on its own and merged: every page, either order,
+    must equal the same slice of the whole timeline sorted in Python."""
+    store = Store(tmp_path / "db")
+    store.insert_events([fake(i, container="web", ts=1000 + 10 * i) for i in range(30)])
+    sid = store.db["trace_sessions"].insert({"container_id": "web-id0123",
+                                             "container_name": "web"}).last_pk
+    for i, ts in enumerate((1005, 1155, 1295)):
+        f = store.db["flows"].insert({"session_id": sid, "proto": "tcp", "first_ns": ts,
+                                      "orig_src": "10.0.0.2", "orig_sport": 40000 + i,
+                                      "orig_dst": "10.0.0.1", "orig_dport": 8088}).last_pk
+        store.db["drops"].insert({"session_id": sid, "ts_ns": ts + 1, "flow_id": f,
+                                  "reason": "NO_SOCKET", "location": "tcp_v4_rcv"})
+    whole = ev_lib.query(store, container="web", limit=None, packets=True)
+    assert len(whole) == 36 and [r["ts_ns"] for r in whole] == sorted(r["ts_ns"] for r in whole)
+    assert {r["kind"] for r in whole} >= {"exec", "flow", "drop"}
+    for newest in (False, True):
+        ordered = whole[::-1] if newest else whole
+        for offset in (0, 5, 31):
+            got = ev_lib.query(store, container="web", limit=7, offset=offset, packets=True,
+                               newest_first=newest)
+            assert [r["id"] for r in got] == [r["id"] for r in ordered[offset:offset + 7]]
+    only = ev_lib.query(store, kinds=["flow", "drop"], limit=4, packets=True)
+    assert [r["kind"] for r in only] == ["flow", "drop", "flow", "drop"]
+    store.close()
+
+
 def test_recorder_writes_in_batches_not_per_event(tmp_path):
     store = CountingStore(tmp_path / "db")
     rec = ev_lib.Recorder(store, resolver=None, batch_size=100, flush_interval=3600)
