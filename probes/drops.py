@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyinspect.errors import UnavailableError
 
-from .packets import RingReader
+from .packets import RingReader, fill_target_maps
 
 SRC = Path(__file__).with_name("drops.bpf.c")
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -186,18 +186,9 @@ class DropWatch:
             self.bpf = BPF(src_file=str(SRC), cflags=cflags)
         except Exception as exc:
             raise UnavailableError(f"cannot load the kfree_skb program: {exc}") from exc
-        for a in self.target.addrs:
-            self.bpf["addrs"][ctypes.c_uint32(struct.unpack("<I", socket.inet_aton(a))[0])] = \
-                ctypes.c_uint8(1)
+        fill_target_maps(self.bpf, self.target)
         for inum in self.netns:
             self.bpf["netns_ok"][ctypes.c_uint32(inum)] = ctypes.c_uint8(1)
-        ports = self.bpf["ports"]
-        for ip, port, proto in self.target.ports:
-            k = ports.Key()
-            k.ip = struct.unpack("<I", socket.inet_aton(ip))[0] if ip and ip != "0.0.0.0" else 0
-            k.port = int(port)
-            k.proto = socket.IPPROTO_UDP if proto == "udp" else socket.IPPROTO_TCP
-            ports[k] = ctypes.c_uint8(1)
         self.reader = RingReader(self.bpf["drops"].map_fd, 64 * mmap.PAGESIZE)
         self.syms = Kallsyms()
         return self

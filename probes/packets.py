@@ -10,6 +10,7 @@ even a kill -9 leaves nothing attached. Otherwise (or with PYINSPECT_TC_ATTACH=c
 are cls_bpf filters with a distinctive prio/handle and the name `pyinspect-trace:<pid>`, so
 a later start finds and removes them after a kill -9 (`remove_stale_filters`).
 """
+
 import contextlib
 import ctypes
 import mmap
@@ -322,6 +323,20 @@ def _ip_u32(ip):
     return struct.unpack("<I", socket.inet_aton(ip))[0]
 
 
+def fill_target_maps(bpf, target):
+    """Fill a program's `addrs` (u32) and `ports` (struct portkey) maps from `target`
+    (packets.bpf.c and drops.bpf.c declare both the same way)."""
+    for a in target.addrs:
+        bpf["addrs"][ctypes.c_uint32(_ip_u32(a))] = ctypes.c_uint8(1)
+    ports = bpf["ports"]
+    for ip, port, proto in target.ports:
+        k = ports.Key()
+        k.ip = _ip_u32(ip)
+        k.port = int(port)
+        k.proto = _proto_num(proto)
+        ports[k] = ctypes.c_uint8(1)
+
+
 def target_cflags(target):
     """-D flags compiling the target's addresses and published ports in as constants when
     there are few (the filter then needs no hash lookup for them); else the maps serve."""
@@ -428,15 +443,7 @@ class PacketCapture:
         for i, point in enumerate(self.points):
             mode = {"all": 1, "all+learn": 2}.get(point.mode, 0)
             b["pointmode"][ct.c_int(i)] = ct.c_uint32(mode)
-        for a in self.target.addrs:
-            b["addrs"][ct.c_uint32(_ip_u32(a))] = ct.c_uint8(1)
-        ports = b["ports"]
-        for ip, port, proto in self.target.ports:
-            k = ports.Key()
-            k.ip = _ip_u32(ip)
-            k.port = int(port)
-            k.proto = _proto_num(proto)
-            ports[k] = ct.c_uint8(1)
+        fill_target_maps(b, self.target)
         if self.target.only_ports:
             for p in self.target.only_ports:
                 b["portfilter"][ct.c_uint16(int(p))] = ct.c_uint8(1)
@@ -448,10 +455,10 @@ class PacketCapture:
             return
         flows = self.bpf["flows"]
         k = flows.Key()
-        k.peer_ip = struct.unpack("<I", socket.inet_aton(peer_ip))[0]
+        k.peer_ip = _ip_u32(peer_ip)
         k.peer_port = int(peer_port)
         k.local_port = int(local_port)
-        k.proto = socket.IPPROTO_UDP if proto == "udp" else socket.IPPROTO_TCP
+        k.proto = _proto_num(proto)
         flows[k] = ctypes.c_uint8(1)
 
     def read(self, limit=1 << 30):
