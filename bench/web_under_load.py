@@ -12,7 +12,6 @@ container. Prints the ratio of the two rates, the timeline events the agent's pr
 """
 
 import argparse
-import re
 import sqlite3
 import subprocess
 import sys
@@ -71,12 +70,7 @@ def main():
             server = subprocess.Popen([PYINSPECT, "--root", root, "serve", "--port", "0"],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True)
-            base = None
-            for line in server.stdout:
-                m = re.search(r"dashboard: (http://\S+/) \(ready\)", line)
-                if m:
-                    base = m.group(1)
-                    break
+            base = tracetopo.dashboard_url(server)
             if not base:
                 raise SystemExit("serve did not start")
             idle_rps, idle_err = hammer(base, args.seconds, args.clients)

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import Cli, unique  # noqa: E402
+import tracetopo  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -59,12 +60,7 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
                         "veth", "peer", "name", "ptx1"], check=True)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        items = [json.loads(line) for line in out.splitlines()]
-        flows = [i for i in items if i["type"] == "flow"]
-        assert len(flows) == 1, flows
-        f = flows[0]
-        assert f["orig"][0] == CLIENT_IP and f["orig"][2:] == [HOST_IP, 8088]
-        assert f["reply"][:2] == [ip, 80] and f["nat"] == "dnat"
+        items, f = tracetopo.one_dnat_flow(out, CLIENT_IP, HOST_IP, ip)
         hops = [i for i in items if i["type"] == "hop" and i["flow"] == f["flow"]]
         caps = []
         for h in hops:

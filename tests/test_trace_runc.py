@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from conftest import Cli
+import tracetopo
 
 pytestmark = pytest.mark.root
 
@@ -45,12 +46,7 @@ def test_trace_of_a_runc_container(make_netns, state_root, runc):
     assert got.stdout.strip() == "runc-traced", got
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    items = [json.loads(line) for line in out.splitlines()]
-    flows = [i for i in items if i["type"] == "flow"]
-    assert len(flows) == 1, flows
-    f = flows[0]
-    assert f["orig"][0] == CLIENT_IP and f["orig"][2:] == [HOST_IP, 8088]
-    assert f["reply"][:2] == [CTR_IP, 80] and f["nat"] == "dnat"
+    items, f = tracetopo.one_dnat_flow(out, CLIENT_IP, HOST_IP, CTR_IP)
     roles = [(h["role"], h["dir"]) for h in items
              if h["type"] == "hop" and h["hop"] == "capture" and h["flow"] == f["flow"]]
     assert roles[:4] == [("uplink", "in"), ("bridge", "out"), ("veth", "out"),

@@ -2,7 +2,6 @@
 traffic and a real trace, driven over HTTP and in headless Chromium (Debian's)."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import PYINSPECT, Cli, unique
+import tracetopo
 
 pytestmark = pytest.mark.root
 
@@ -30,17 +30,7 @@ class Server:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines = []
-        deadline = time.monotonic() + 120
-        self.url = None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line.rstrip())
-            m = re.search(r"dashboard: (http://\S+/) \(ready\)", line)
-            if m:
-                self.url = m.group(1)
-                break
+        self.url = tracetopo.dashboard_url(self.proc, self.lines)
         assert self.url, f"serve did not become ready: {self.lines}"
 
     def get(self, path, headers=None):

@@ -5,14 +5,14 @@ network lives there), so the HTTP client runs in that namespace too.
 """
 
 import json
-import re
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import PYINSPECT, Cli, unique
+from conftest import Cli, unique
+import tracetopo
 
 pytestmark = pytest.mark.root
 
@@ -56,12 +56,7 @@ def test_trace_started_and_stopped_from_the_dashboard(make_netns, state_root):
     server = subprocess.Popen(cli.argv("serve", "--port", "0", "--no-probes"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        base = None
-        for line in server.stdout:
-            m = re.search(r"dashboard: (http://\S+/) \(ready\)", line)
-            if m:
-                base = m.group(1)
-                break
+        base = tracetopo.dashboard_url(server)
         assert base, "serve did not start"
         cli("run", "-d", "--name", name, "-p", "8088:80", "busybox", "httpd", "-f", "-p", "80",
             "-h", "/var/www")

@@ -9,6 +9,8 @@ container's :80, MASQUERADE for the subnet. Used by tests/test_trace*.py and ben
 Nothing here touches the machine's own namespace except creating/removing named netns.
 """
 
+import json
+import re
 import os
 import subprocess
 import time
@@ -157,3 +159,27 @@ class Topology:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def dashboard_url(proc, lines=None):
+    """Read `pyinspect serve` output until its ready line; the dashboard URL, or None if it
+    exited first. Lines read are appended to `lines`."""
+    for line in proc.stdout:
+        if lines is not None:
+            lines.append(line.rstrip())
+        m = re.search(r"dashboard: (http://\S+/) \(ready\)", line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def one_dnat_flow(out, client_ip, host_ip, ctr_ip, port=8088):
+    """`trace --json` output -> (items, the one flow), asserting it was DNATed
+    client -> host:port -> ctr:80."""
+    items = [json.loads(line) for line in out.splitlines()]
+    flows = [i for i in items if i["type"] == "flow"]
+    assert len(flows) == 1, flows
+    f = flows[0]
+    assert f["orig"][0] == client_ip and f["orig"][2:] == [host_ip, port]
+    assert f["reply"][:2] == [ctr_ip, 80] and f["nat"] == "dnat"
+    return items, f
