@@ -359,7 +359,8 @@ class TraceSession:
         if self.opt.port:
             only = sorted({self.opt.port} | {p[1] for p in t.ports})
         tgt = P.Target(addrs=list(t.addrs), ports=[(p[0], p[1], p[2]) for p in t.ports],
-                       only_ports=only)
+                       only_ports=only,
+                       container_ports=sorted({(p[3], p[2]) for p in t.ports if p[3]}))
         self.started_ns = time.time_ns()
         self.offset = _mono_to_real()
         self._state_file = _state_dir(self.root) / f"{os.getpid()}.json"

@@ -3,8 +3,8 @@
 Legacy iptables (x_tables, what python-iptables and `iptables-legacy` write): TRACE rules in
 a chain of the session's own in the raw table (`PI-TRACE-<pid>`), jumped to from the top of
 `raw PREROUTING` and `raw OUTPUT` by rules marked with the comment `pyinspect-trace:<pid>`.
-Its first rule returns TCP data packets at once (one match instead of one per rule), the
-others TRACE only the traced flows. The trace lines are delivered by nfnetlink_log: the namespace's
+TCP data packets (no SYN/FIN/RST) are not sent to the chain (an inline protocol compare and
+one tcp match, no jump); its rules TRACE only the traced flows. The trace lines are delivered by nfnetlink_log: the namespace's
 IPv4 logger (`/proc/sys/net/netfilter/nf_log/2`, a per-namespace setting) is bound to
 `nfnetlink_log` for the session and restored afterwards, and a netlink socket bound to group 0
 receives `TRACE: table:chain:type:num` prefixes with the packet. No global sysctl
@@ -185,6 +185,18 @@ class TraceRules:
                         [shlex.quote(a) if re.search(r"\s", a) else a for a in spec] +
                         ["-m", "comment", "--comment", self.comment, "-j", target])
 
+    def _jumps(self, op):
+        """The rules that send packets to our chain, from raw PREROUTING and OUTPUT: every
+        packet but TCP data (no SYN/FIN/RST), which stays out of the chain at the cost of
+        one inline protocol compare and one tcp match."""
+        out = []
+        for chain in ("PREROUTING", "OUTPUT"):
+            # -I 1 puts the last inserted first: `! -p tcp` (no match module) is tried first
+            for spec in (["-p", "tcp", "!", "--tcp-flags", "SYN,FIN,RST", "NONE"],
+                         ["!", "-p", "tcp"]):
+                out.append(self._rule(op, chain, spec, self.chain))
+        return out
+
     def _restore(self, lines):
         text = "*raw\n" + "\n".join(lines) + "\nCOMMIT\n"
         prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
@@ -214,10 +226,7 @@ class TraceRules:
             return
         lines = [self._rule("-A", self.chain, spec, "TRACE") for spec in specs]
         if not self.made:
-            # TCP data (no SYN/FIN/RST) leaves at once: a data packet costs one match here
-            lines = [f":{self.chain} - [0:0]",
-                     f"-A {self.chain} -p tcp --tcp-flags SYN,FIN,RST NONE -j RETURN"] + lines + \
-                [self._rule("-I", chain, [], self.chain) for chain in ("PREROUTING", "OUTPUT")]
+            lines = [f":{self.chain} - [0:0]"] + lines + self._jumps("-I")
         ok, err = self._restore(lines)
         if not ok:
             raise UnavailableError(f"cannot add TRACE rules with {self.tool}-restore: {err}")
@@ -230,12 +239,10 @@ class TraceRules:
     def remove(self):
         if not self.made:
             return
-        lines = [self._rule("-D", chain, [], self.chain) for chain in ("PREROUTING", "OUTPUT")]
-        ok, _err = self._restore(lines + [f"-F {self.chain}", f"-X {self.chain}"])
+        ok, _err = self._restore(self._jumps("-D") + [f"-F {self.chain}", f"-X {self.chain}"])
         if not ok:   # something already gone: one by one
-            for chain in ("PREROUTING", "OUTPUT"):
-                _run_in(self.netns, [self.tool, "-w", "-t", "raw", "-D", chain, "-m", "comment",
-                                     "--comment", self.comment, "-j", self.chain])
+            for line in self._jumps("-D"):
+                _run_in(self.netns, [self.tool, "-w", "-t", "raw", *shlex.split(line)])
             _run_in(self.netns, [self.tool, "-w", "-t", "raw", "-F", self.chain])
             _run_in(self.netns, [self.tool, "-w", "-t", "raw", "-X", self.chain])
         self.made = False
@@ -503,6 +510,9 @@ class NftTraceTable:
                  "  chain pre { type filter hook prerouting priority -301; policy accept; }",
                  "  chain out { type filter hook output priority -301; policy accept; }",
                  "}"]
+        # TCP data (no SYN/FIN/RST) leaves the chain at its first rule
+        lines += [f"add rule ip {self.name} {chain} meta l4proto tcp "
+                  "tcp flags & (syn | fin | rst) == 0 accept" for chain in ("pre", "out")]
         for spec in specs:
             expr = nft_expr(spec)
             proto = spec[spec.index("-p") + 1] if "-p" in spec else None

@@ -1,6 +1,7 @@
-// pyinspect packet capture: tc clsact ingress+egress (cls_bpf, direct action, never alters
-// the packet: always TC_ACT_UNSPEC). One program pair per capture point (POINT_FN(n)), so the
-// point id is a load-time constant. Filtered in the kernel to the traced container:
+// pyinspect packet capture: tc ingress+egress (tcx link or clsact cls_bpf, direct action,
+// never alters the packet: always TC_ACT_UNSPEC). One program pair per capture point
+// (POINT_FN(n)), so the point id and its mode are load-time constants. Filtered in the
+// kernel to the traced container:
 //   - points in mode ALL (the container's veth and eth0) take every frame;
 //   - other points (uplinks, the bridge) take IPv4 packets whose src or dst is a container
 //     address (`addrs`), whose dst/src ip:port is a published port (`ports`, ip 0 = any), or
@@ -8,9 +9,13 @@
 //     ip:port and the local port, which MASQUERADE keeps unless it collides).
 // Records go to a ring buffer (header + first caplen bytes); a failed reserve is counted
 // per point in `stats` (lost), as is every matched packet (seen). With a reader budget
-// (`cfg[1]`, `tokens` refilled by the reader), packets beyond it are counted as shed
-// and not copied, so a flood costs the kernel a map update, not a ring buffer copy;
-// TCP SYN/FIN/RST packets beyond it draw on a second budget of the same size first.
+// (`ctl`: refilled by the reader), packets beyond it are counted as shed and not copied,
+// so a flood costs the kernel a counter, not a ring buffer copy; TCP SYN/FIN/RST packets
+// beyond it draw on a second budget first.
+//
+// Per packet the programs touch few cache lines (a bulk TCP flow runs them between 64 KiB
+// copies, so each distinct line is likely a miss): the point's mode, --port and the
+// target are compiled in; the budget is one array value and the counters one per-CPU value.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
@@ -25,6 +30,20 @@
 #endif
 #define MAXCAP 16384
 #define MAX_POINTS 32
+
+// Point modes as bit masks over point ids: ALL_POINTS take every frame (the container's
+// own interfaces), LEARN_POINTS (a subset) also learn the container's outbound flows on
+// ingress, where its packets enter the host. PORTFILTER: --port narrows the capture.
+#ifndef ALL_POINTS
+#define ALL_POINTS 0
+#endif
+#ifndef LEARN_POINTS
+#define LEARN_POINTS 0
+#endif
+#ifndef PORTFILTER
+#define PORTFILTER 0
+#endif
+#define MODE_OF(n) (((ALL_POINTS >> (n)) & 1) ? (((LEARN_POINTS >> (n)) & 1) ? 2 : 1) : 0)
 
 struct rec {
     u64 ts_ns;
@@ -51,21 +70,26 @@ struct flowkey {
     u8 pad[3];
 };
 
+struct ctl {
+    s64 tokens;    // records left in this budget period
+    s64 control;   // TCP SYN/FIN/RST records left beyond `tokens`
+    u32 limited;   // 0: no budget, every matched packet is copied
+    u32 pad;
+};
+
+struct counters {
+    u64 v[MAX_POINTS * 3];   // [point*3] seen, +1 lost, +2 shed
+};
+
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct rec, 1);
-BPF_PERCPU_ARRAY(stats, u64, MAX_POINTS * 3);   // [point*3] seen, +1 lost, +2 shed
-BPF_ARRAY(pointmode, u32, MAX_POINTS);          // 0 filter, 1 take all, 2 all + learn flows
+BPF_PERCPU_ARRAY(stats, struct counters, 1);
+BPF_ARRAY(ctl, struct ctl, 1);
 BPF_HASH(addrs, u32, u8, 64);
 BPF_HASH(ports, struct portkey, u8, 256);
-BPF_HASH(portfilter, u16, u8, 64);              // non-empty: only these ports (--port)
-BPF_ARRAY(cfg, u32, 4);                         // [0] portfilter on, [1] rate budget on
-BPF_ARRAY(tokens, s64, 2);                      // records left in this budget period:
-                                                // [0] any packet, [1] TCP SYN/FIN/RST only
+BPF_HASH(portfilter, u16, u8, 64);              // with PORTFILTER: only these ports
 BPF_TABLE("lru_hash", struct flowkey, u8, flows, 65536);
 
-// The container's addresses and published ports, as load-time constants when there are
-// few (NADDRS/NPORTS >= 0): compares in registers instead of hash lookups on every packet
-// at the filtered points. -1: too many, look them up in `addrs`/`ports`.
 #ifndef NADDRS
 #define NADDRS -1
 #endif
@@ -150,22 +174,58 @@ static __always_inline int is_port(u32 ip, u16 port, u8 proto)
     return 0;
 }
 
-static __always_inline void bump(u32 idx)
+// The container's own ports of its published ports (NCPORTS >= 0, as constants): its
+// replies from them are the inbound connections' (matched on the uplinks by `ports`
+// after un-NAT), so they are not learned as outbound flows.
+#ifndef NCPORTS
+#define NCPORTS -1
+#endif
+#define CPORT_IS(n) if (NCPORTS > n && port == CPORT##n && proto == CPPROTO##n) return 1;
+#ifndef CPORT0
+#define CPORT0 0
+#define CPPROTO0 0
+#endif
+#ifndef CPORT1
+#define CPORT1 0
+#define CPPROTO1 0
+#endif
+#ifndef CPORT2
+#define CPORT2 0
+#define CPPROTO2 0
+#endif
+#ifndef CPORT3
+#define CPORT3 0
+#define CPPROTO3 0
+#endif
+#ifndef CPORT4
+#define CPORT4 0
+#define CPPROTO4 0
+#endif
+#ifndef CPORT5
+#define CPORT5 0
+#define CPPROTO5 0
+#endif
+#ifndef CPORT6
+#define CPORT6 0
+#define CPPROTO6 0
+#endif
+#ifndef CPORT7
+#define CPORT7 0
+#define CPPROTO7 0
+#endif
+
+static __always_inline int is_container_port(u16 port, u8 proto)
 {
-    u64 *v = stats.lookup(&idx);
-    if (v)
-        *v += 1;
+    CPORT_IS(0) CPORT_IS(1) CPORT_IS(2) CPORT_IS(3) CPORT_IS(4) CPORT_IS(5) CPORT_IS(6)
+    CPORT_IS(7)
+    return 0;
 }
 
 static __always_inline int port_ok(u16 sport, u16 dport)
 {
-    u32 zero = 0;
-    u32 *on = cfg.lookup(&zero);
-    if (!on || !*on)
+    if (!PORTFILTER)
         return 1;
-    if (portfilter.lookup(&sport) || portfilter.lookup(&dport))
-        return 1;
-    return 0;
+    return portfilter.lookup(&sport) || portfilter.lookup(&dport);
 }
 
 // Header bytes: straight from the linear packet data when it holds them (no helper call),
@@ -179,21 +239,18 @@ static __always_inline int port_ok(u16 sport, u16 dport)
         _r = bpf_skb_load_bytes((skb), (off), (to), (len));                          \
     _r; })
 
-static __always_inline int match(struct __sk_buff *skb, u32 point, u8 dir)
+static __always_inline int match(struct __sk_buff *skb, const int mode, u8 dir)
 {
-    u32 *mode = pointmode.lookup(&point);
-    u32 zero = 0;
-    u32 *portf = cfg.lookup(&zero);
     // the container's interfaces carry only its traffic: take it without parsing, except
     // where the container's own packets enter the host (mode 2, ingress), which teaches
     // the uplink filter its outbound flows, and when --port narrows the capture
-    if (mode && *mode && !(portf && *portf) && !(*mode == 2 && dir == 0))
+    if (mode && !PORTFILTER && !(mode == 2 && dir == 0))
         return 1;
     u16 eth_proto = 0;
     if (LOAD(skb, 12, &eth_proto, 2) < 0)
         return 0;
     if (eth_proto != htons(ETH_P_IP))
-        return mode && *mode;
+        return mode != 0;
     struct iphdr ip = {};
     if (LOAD(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
         return 0;
@@ -211,8 +268,9 @@ static __always_inline int match(struct __sk_buff *skb, u32 point, u8 dir)
     if (!port_ok(sport, dport) && ip.protocol != IPPROTO_ICMP)
         return 0;
     if (is_addr(ip.saddr)) {
-        // the container sends: remember the flow so its MASQUERADEd copy on the uplink matches
-        if (sport && !is_addr(ip.daddr)) {
+        // the container sends: remember the flow so its MASQUERADEd copy on the uplink
+        // matches (not its replies from a published port: those match as published)
+        if (sport && !is_addr(ip.daddr) && !is_container_port(sport, ip.protocol)) {
             struct flowkey fk = {.peer_ip = ip.daddr, .peer_port = dport,
                                  .local_port = sport, .proto = ip.protocol};
             u8 one = 1;
@@ -221,7 +279,7 @@ static __always_inline int match(struct __sk_buff *skb, u32 point, u8 dir)
         }
         return 1;
     }
-    if (mode && *mode)            // the container's own interfaces: everything
+    if (mode)                     // the container's own interfaces: everything
         return 1;
     if (is_addr(ip.daddr))
         return 1;
@@ -257,22 +315,26 @@ static __always_inline int tcp_control(struct __sk_buff *skb)
     return flags & 0x07;   // FIN, SYN, RST
 }
 
-static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
+static __always_inline int capture(struct __sk_buff *skb, u32 point, const int mode, u8 dir)
 {
-    if (!match(skb, point, dir))
+    if (!match(skb, mode, dir))
         return TC_ACT_UNSPEC;
-    bump(point * 3);
-    u32 zero = 0, one = 1;
-    u32 *limited = cfg.lookup(&one);
-    if (limited && *limited) {
+    u32 zero = 0;
+    struct counters *c = stats.lookup(&zero);
+    if (!c)
+        return TC_ACT_UNSPEC;
+    u32 at = (point * 3) % (MAX_POINTS * 3);
+    c->v[at] += 1;
+    struct ctl *b = ctl.lookup(&zero);
+    if (b && b->limited) {
         // over the reader's budget: count the packet as shed instead of copying it. A
         // connection's SYN/FIN/RST have their own budget, so a bulk flow's data cannot
         // crowd out how other connections start and end.
-        s64 *tok = tokens.lookup(&zero);
-        if (!tok || *tok <= 0) {
-            tok = tcp_control(skb) ? tokens.lookup(&one) : 0;
+        s64 *tok = &b->tokens;
+        if (*tok <= 0) {
+            tok = tcp_control(skb) ? &b->control : 0;
             if (!tok || *tok <= 0) {
-                bump(point * 3 + 2);
+                c->v[(at + 2) % (MAX_POINTS * 3)] += 1;
                 return TC_ACT_UNSPEC;
             }
         }
@@ -303,13 +365,13 @@ static __always_inline int capture(struct __sk_buff *skb, u32 point, u8 dir)
         return TC_ACT_UNSPEC;
     // BPF_RB_NO_WAKEUP: the reader polls the ring by mmap on a timer and never sleeps on it
     if (events.ringbuf_output(r, size, BPF_RB_NO_WAKEUP) < 0)
-        bump(point * 3 + 1);
+        c->v[(at + 1) % (MAX_POINTS * 3)] += 1;
     return TC_ACT_UNSPEC;
 }
 
 #define POINT_FN(n) \
-    int pi_in_##n(struct __sk_buff *skb) { return capture(skb, n, 0); } \
-    int pi_eg_##n(struct __sk_buff *skb) { return capture(skb, n, 1); }
+    int pi_in_##n(struct __sk_buff *skb) { return capture(skb, n, MODE_OF(n), 0); } \
+    int pi_eg_##n(struct __sk_buff *skb) { return capture(skb, n, MODE_OF(n), 1); }
 
 #ifndef NPOINTS
 #define NPOINTS 16

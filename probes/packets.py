@@ -56,10 +56,12 @@ class CapturePoint:
 
 @dataclass
 class Target:
-    """What to keep: container addresses, published (ip or '', port, proto) and --port."""
+    """What to keep: container addresses, published (ip or '', port, proto), --port, and
+    the container-side (port, proto) of the published ports."""
     addrs: list = field(default_factory=list)
     ports: list = field(default_factory=list)
     only_ports: list = field(default_factory=list)
+    container_ports: list = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -349,7 +351,20 @@ def target_cflags(target):
         for i, (ip, port, proto) in enumerate(target.ports):
             flags += [f"-DPORT{i}={int(port)}", f"-DPPROTO{i}={_proto_num(proto)}",
                       f"-DPIP{i}={_ip_u32(ip):#x}"]
+    cports = sorted(set(getattr(target, "container_ports", ())))
+    if len(cports) <= CONST_PORTS:
+        flags.append(f"-DNCPORTS={len(cports)}")
+        for i, (port, proto) in enumerate(cports):
+            flags += [f"-DCPORT{i}={int(port)}", f"-DCPPROTO{i}={_proto_num(proto)}"]
     return flags
+
+
+def point_cflags(points, only_ports):
+    """-D flags compiling each point's mode and --port in: ALL_POINTS/LEARN_POINTS masks."""
+    every = sum(1 << i for i, p in enumerate(points) if p.mode in ("all", "all+learn"))
+    learn = sum(1 << i for i, p in enumerate(points) if p.mode == "all+learn")
+    return [f"-DALL_POINTS={every:#x}", f"-DLEARN_POINTS={learn:#x}",
+            f"-DPORTFILTER={1 if only_ports else 0}"]
 
 
 class PacketCapture:
@@ -387,7 +402,8 @@ class PacketCapture:
                                    "run make install") from exc
         cflags = [f"-DSNAPLEN={self.snaplen}", f"-DRINGBUF_PAGES={self.ring_pages}",
                   f"-DNPOINTS={max(1, len(self.points))}",
-                  "-Wno-macro-redefined"] + target_cflags(self.target)
+                  "-Wno-macro-redefined"] + target_cflags(self.target) + \
+            point_cflags(self.points, self.target.only_ports)
         try:
             self.bpf = BPF(src_file=str(SRC), cflags=cflags)
         except Exception as exc:
@@ -440,14 +456,9 @@ class PacketCapture:
     def _fill_maps(self):
         import ctypes as ct
         b = self.bpf
-        for i, point in enumerate(self.points):
-            mode = {"all": 1, "all+learn": 2}.get(point.mode, 0)
-            b["pointmode"][ct.c_int(i)] = ct.c_uint32(mode)
         fill_target_maps(b, self.target)
-        if self.target.only_ports:
-            for p in self.target.only_ports:
-                b["portfilter"][ct.c_uint16(int(p))] = ct.c_uint8(1)
-            b["cfg"][ct.c_int(0)] = ct.c_uint32(1)
+        for p in self.target.only_ports:
+            b["portfilter"][ct.c_uint16(int(p))] = ct.c_uint8(1)
 
     def add_flow(self, peer_ip, peer_port, local_port, proto):
         """Also capture an outbound flow on uplinks (e.g. learned from conntrack after SNAT)."""
@@ -474,23 +485,22 @@ class PacketCapture:
         enough for CONTROL_PACKETS_PER_PERIOD packets at every point, whichever is more."""
         if not self.bpf:
             return
-        if records is None:
-            self.bpf["cfg"][ctypes.c_int(1)] = ctypes.c_uint32(0)
-            return
-        self.bpf["tokens"][ctypes.c_int(0)] = ctypes.c_int64(int(records))
-        control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
-        self.bpf["tokens"][ctypes.c_int(1)] = ctypes.c_int64(control)
-        self.bpf["cfg"][ctypes.c_int(1)] = ctypes.c_uint32(1)
+        table = self.bpf["ctl"]
+        c = table.Leaf()
+        if records is not None:
+            c.tokens = int(records)
+            c.control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
+            c.limited = 1
+        table[ctypes.c_int(0)] = c
 
     def counters(self):
         """{point index: (seen, lost, shed)} summed over CPUs, from the kernel."""
         out = {}
         if not self.bpf:
             return out
-        import ctypes as ct
-        stats = self.bpf["stats"]
+        per_cpu = self.bpf["stats"][ctypes.c_int(0)]
         for i in range(len(self.points)):
-            out[i] = tuple(sum(stats[ct.c_int(i * 3 + k)]) for k in range(3))
+            out[i] = tuple(sum(c.v[i * 3 + k] for c in per_cpu) for k in range(3))
         return out
 
     @property
