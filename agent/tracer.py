@@ -33,7 +33,8 @@ from .proc import pid_alive
 
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
-AUTO_CPU_SHARE = 0.02           # automatic budget: the reader's share of one core when
+POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
+AUTO_CPU_SHARE = 0.01           # automatic budget: the reader's share of one core when
 AUTO_CPU_SHARE_IDLE = 0.5       # the machine is busy, up to this much of idle CPU
 AUTO_MIN_RATE, AUTO_MAX_RATE = 500, 100000      # records/s bounds of the automatic budget
 MAX_DYNAMIC_RULES = 64
@@ -570,7 +571,7 @@ class TraceSession:
                     _describe(p), snaplen=self.cap.snaplen)
 
     # -- polling -----------------------------------------------------------------------
-    def poll(self, timeout=0.1, final=False):
+    def poll(self, timeout=POLL_INTERVAL, final=False):
         """Read every source, correlate what has settled; returns output items."""
         from pyinspect.probes import nftrace, packets as P
         if not final and timeout:

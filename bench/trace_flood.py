@@ -1,7 +1,8 @@
 """UDP 64-byte flood through DNAT into a container: nothing vs tcpdump vs pyinspect trace.
 
-    .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--iperf-pairs N]
-                                          [--only all|flood|iperf] [--json]
+    .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--only all|flood|iperf]
+                                          [--iperf-windows S] [--window S] [--iperf-pairs N]
+                                          [--json]
 
 Builds the test topology (tests/tracetopo.py: client -> host netns with DNAT -> bridge ->
 veth -> container), with a UDP sink in the container. For each mode it runs a sender in the
@@ -11,8 +12,12 @@ client namespace (a Python loop of connected send() calls, 64-byte frames) and r
     counts), pyinspect trace on the same veth (captured in userspace, matched in the
     kernel, lost in the kernel when the ring buffer was full, shed by the reader).
 Then iperf3 TCP throughput through the DNAT port with and without `pyinspect trace`, in
-pairs of runs back to back (alternating which goes first); the median of the pairs' ratios
-is the result, since this VM's throughput drifts by +-15% from one run to the next.
+one long iperf3 run while a trace is started and stopped in turns (`--iperf-windows`): the
+0.5 s intervals while a trace is attached are compared with the intervals while nothing is
+(not those of start-up, when bcc compiles, or tear-down), so both sides see the same
+connection and the same drift of this VM's throughput (+-15% from one run to the next,
++-10% from one second to the next). `--iperf-pairs N` runs separate iperf3 runs in pairs
+instead (the trace attached before the connection starts; the median pair ratio).
 Flood rounds alternate the modes and the median is reported, because other work on a shared
 2-core VM moves absolute numbers. All traffic stays in namespaces this script creates.
 """
@@ -142,10 +147,7 @@ def iperf(topo, seconds):
     srv = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(50):
-            if ":1451" in tracetopo.sh(topo.ctrs[0], "cat /proc/net/tcp /proc/net/tcp6").stdout:
-                break
-            time.sleep(0.1)
+        wait_listen(topo)
         # -O 1: the first second (slow start) is not counted
         out = tracetopo.sh(topo.client, f"iperf3 -c {topo.host_ip} -p {IPERF_PORT} "
                            f"-t {seconds} -O 1 -J", timeout=seconds + 60).stdout
@@ -154,12 +156,79 @@ def iperf(topo, seconds):
         srv.wait(timeout=30)
 
 
+def pin_args(pin, cpu):
+    """iperf3 -A: the client on CPU 0, the server on CPU 1 (when pinning, with 2+ CPUs)."""
+    return ["-A", str(cpu)] if pin and (os.cpu_count() or 1) >= 2 else []
+
+
+def iperf_windows(topo, seconds, window, tmp, pin=True):
+    """One iperf3 run of `seconds`; a trace attached for `window` s, then nothing for
+    `window` s, in turns. Returns the 0.5 s interval rates (bit/s) with a trace attached
+    and with nothing, and each start-up time."""
+    srv = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1",
+                            *pin_args(pin, 1)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    busy, on, startup = [], [], []      # wall-clock spans: trace starting/stopping; attached
+    try:
+        wait_listen(topo)
+        t0 = time.time()
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", topo.client, "iperf3", "-c", topo.host_ip, "-p",
+             str(IPERF_PORT), "-t", str(seconds), "-i", "0.5", "-J", *pin_args(pin, 0)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(window)
+        while time.time() - t0 < seconds - 2 * window - 5:
+            asked = time.time()
+            p = start_trace(topo, tempfile.mkdtemp(dir=tmp))
+            ready = time.time()
+            time.sleep(window)
+            stop = time.time()
+            stop_trace(p)
+            gone = time.time()
+            busy += [(asked, ready), (stop, gone)]
+            on.append((ready, stop))
+            startup.append(ready - asked)
+            time.sleep(window)
+        out, err = client.communicate(timeout=seconds + 60)
+    finally:
+        srv.wait(timeout=30)
+    res = json.loads(out)
+    if "error" in res:
+        raise SystemExit(f"iperf3: {res['error']}")
+    attached, nothing = [], []
+    for iv in res["intervals"]:
+        a, b = t0 + iv["sum"]["start"], t0 + iv["sum"]["end"]
+        rate = iv["sum"]["bits_per_second"]
+        if a < t0 + 1:
+            continue                     # slow start
+        if any(r + 0.3 <= a and b <= s for r, s in on):
+            attached.append(rate)
+        elif not any(a < y + 0.3 and b > x for x, y in busy) and \
+                not any(a < s and b > r for r, s in on):
+            nothing.append(rate)
+    return attached, nothing, startup
+
+
+def wait_listen(topo):
+    for _ in range(50):
+        if ":1451" in tracetopo.sh(topo.ctrs[0], "cat /proc/net/tcp /proc/net/tcp6").stdout:
+            return
+        time.sleep(0.1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--iperf-pairs", type=int, default=None,
-                    help="iperf3 runs without/with trace, back to back (default 2 x rounds)")
+    ap.add_argument("--iperf-windows", type=float, default=120,
+                    help="length of the iperf3 run with the trace on and off in turns")
+    ap.add_argument("--window", type=float, default=6,
+                    help="seconds with a trace attached, then with nothing, in turns")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="leave iperf3's client and server where the scheduler puts them "
+                         "(default: -A 0 / -A 1, so their placement does not vary)")
+    ap.add_argument("--iperf-pairs", type=int, default=0,
+                    help="also: iperf3 runs without/with trace, back to back, in pairs")
     ap.add_argument("--only", choices=("all", "flood", "iperf"), default="all")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -198,8 +267,12 @@ def main():
                         mode(r)
             # iperf3 in pairs, back to back and in alternating order: the VM's throughput
             # drifts by +-15% between runs, so each pair's ratio is what is compared
-            pairs = args.iperf_pairs if args.iperf_pairs is not None else 2 * args.rounds
-            for r in range(pairs if args.only != "flood" else 0):
+            if args.only != "flood" and args.iperf_windows:
+                on, off, startup = iperf_windows(topo, args.iperf_windows, args.window, tmp,
+                                                 pin=not args.no_pin)
+                results.update(iperf_window_on=on, iperf_window_off=off,
+                               iperf_window_startup=startup)
+            for r in range(args.iperf_pairs if args.only != "flood" else 0):
                 if r % 2:
                     t = run_iperf_trace()
                     n = iperf(topo, args.seconds)
@@ -230,12 +303,32 @@ def main():
             "iperf3_ratio": round(statistics.median(ratios), 3),
             "iperf3_pair_ratios": [round(x, 3) for x in ratios],
         })
+    if results.get("iperf_window_on") and results.get("iperf_window_off"):
+        on, off = results["iperf_window_on"], results["iperf_window_off"]
+        report["iperf3_windows"] = {
+            "intervals": {"attached": len(on), "nothing": len(off)},
+            "gbit_median": {"attached": round(statistics.median(on) / 1e9, 2),
+                            "nothing": round(statistics.median(off) / 1e9, 2)},
+            "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 3),
+            "ratio_of_means": round(statistics.mean(on) / statistics.mean(off), 3),
+            "startup_s": [round(x, 1) for x in results["iperf_window_startup"]],
+        }
     report["raw"] = results
     if args.json:
         print(json.dumps(report, indent=1))
         return
     if args.only != "iperf":
         print_flood(report, results, args)
+    w = report.get("iperf3_windows")
+    if w:
+        print(f"iperf3 TCP through DNAT{'' if args.no_pin else ' (client -A 0, server -A 1)'}, "
+              f"one {args.iperf_windows:.0f}s run, a trace attached "
+              f"for {args.window:.0f}s then nothing for {args.window:.0f}s, "
+              f"{len(w['startup_s'])} times: {w['intervals']['attached']} half-second "
+              f"intervals attached, {w['intervals']['nothing']} with nothing; "
+              f"{w['gbit_median']['attached']} vs {w['gbit_median']['nothing']} Gbit/s "
+              f"(medians): x{w['ratio_of_medians']} (ratio of means x{w['ratio_of_means']}); "
+              f"trace start-up {min(w['startup_s'])}-{max(w['startup_s'])}s not counted")
     if results["iperf_none"]:
         print(f"iperf3 TCP through DNAT, {len(results['iperf_none'])} pairs of {args.seconds}s "
               f"runs: {report['iperf3_gbit']['none']} Gbit/s without, "

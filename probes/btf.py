@@ -123,7 +123,7 @@ class BTF:
         raise BTFError(f"enumerator {name} not in BTF")
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _cache = {}
 
 # name of the -D macro -> (struct, member path)
@@ -159,6 +159,16 @@ OPTIONAL_FIELDS = {
 }
 
 
+def load(path=VMLINUX):
+    """The parsed BTF at `path`, read once per process (it takes ~0.2 s)."""
+    key = ("btf", path)
+    with _lock:
+        if key not in _cache:
+            with open(path, "rb") as f:
+                _cache[key] = BTF(f.read())
+        return _cache[key]
+
+
 def offsets(path=VMLINUX):
     """{macro: byte offset} for FIELDS from the running kernel's BTF, plus SIZE_UPID and
     (when all present) OPTIONAL_FIELDS + MEMORY_CGRP_ID; None when BTF is unreadable or
@@ -168,8 +178,7 @@ def offsets(path=VMLINUX):
             return _cache[path]
         result = None
         try:
-            with open(path, "rb") as f:
-                btf = BTF(f.read())
+            btf = load(path)
             result = {macro: btf.offset(s, m) for macro, (s, m) in FIELDS.items()}
             result["SIZE_UPID"] = btf.size("upid")
             try:

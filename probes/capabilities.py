@@ -184,14 +184,14 @@ def _probe_functions(b, BPF):
 
 def _probe_buffers(b):
     out = {}
-    with _quiet_stderr() as log:
+    with _quiet_stderr():
         try:
             b["pi_cap_rb"].open_ring_buffer(lambda *a: None)
             ok, why = True, "BPF_MAP_TYPE_RINGBUF creates and maps"
         except Exception as exc:
             ok, why = False, f"refused: {_first_line(exc)}"
     out["ringbuf"] = HookStatus("ringbuf", ok, why)
-    with _quiet_stderr() as log:
+    with _quiet_stderr():
         try:
             b["pi_cap_pb"].open_perf_buffer(lambda *a: None, page_cnt=1)
             ok, why = True, "perf event array opens on every CPU"
@@ -222,7 +222,7 @@ def _probe_bcc_separately(BPF, combined_error):
     }
     out = {}
     for name, text in parts.items():
-        with _quiet_stderr() as log:
+        with _quiet_stderr():
             try:
                 b = BPF(text=text)
                 b.cleanup()
@@ -233,7 +233,7 @@ def _probe_bcc_separately(BPF, combined_error):
             "int pi_cap_rtp(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n"
             "int pi_cap_kp(struct pt_regs *ctx) { return 0; }\n"
             "int pi_cap_cls(struct __sk_buff *skb) { return 0; }\n")
-    with _quiet_stderr() as log:
+    with _quiet_stderr():
         try:
             b = BPF(text=base)
         except Exception as exc:

@@ -17,96 +17,18 @@ from pathlib import Path
 
 from pyinspect.errors import UnavailableError
 
+from . import btf
 from .packets import RingReader, fill_target_maps
 
 SRC = Path(__file__).with_name("drops.bpf.c")
-BTF_PATH = "/sys/kernel/btf/vmlinux"
 FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
 DROP = struct.Struct("<QQIIIHHBBHII")
 PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
 
-# BTF kinds and the size of the data that follows each type record
-_STRUCT, _UNION, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG = 4, 5, 8, 9, 10, 11, 18
 
-
-def _extra(kind, vlen):
-    return {1: 4, 3: 12, 4: 12 * vlen, 5: 12 * vlen, 6: 8 * vlen, 13: 8 * vlen, 14: 4,
-            15: 12 * vlen, 17: 4, 19: 12 * vlen}.get(kind, 0)
-
-
-class Btf:
-    """A minimal reader of the kernel's BTF: struct member offsets, anonymous members included."""
-
-    def __init__(self, path=BTF_PATH):
-        data = Path(path).read_bytes()
-        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = \
-            struct.unpack_from("<HBBIIIII", data, 0)
-        if magic != 0xEB9F:
-            raise UnavailableError(f"{path}: not BTF")
-        self.strs = data[hdr_len + str_off: hdr_len + str_off + str_len]
-        self.types = [None]
-        off = hdr_len + type_off
-        end = off + type_len
-        while off < end:
-            name_off, info, size = struct.unpack_from("<III", data, off)
-            kind = (info >> 24) & 0x1f
-            vlen = info & 0xffff
-            kflag = info >> 31
-            members = None
-            if kind in (_STRUCT, _UNION):
-                members = []
-                for i in range(vlen):
-                    mn, mt, mo = struct.unpack_from("<III", data, off + 12 + 12 * i)
-                    bit = mo & 0xffffff if kflag else mo
-                    members.append((mn, mt, bit))
-            self.types.append((kind, name_off, size, members))
-            off += 12 + _extra(kind, vlen)
-        self.by_name = {}
-        for tid, (kind, name_off, _size, members) in enumerate(self.types[1:], start=1):
-            if kind in (_STRUCT, _UNION) and members:
-                self.by_name.setdefault(self.name(name_off), tid)
-
-    def name(self, off):
-        end = self.strs.index(b"\0", off)
-        return self.strs[off:end].decode()
-
-    def _resolve(self, tid):
-        while tid and self.types[tid][0] in (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG):
-            tid = self.types[tid][2]
-        return tid
-
-    def _find(self, tid, member):
-        kind, _n, _s, members = self.types[tid]
-        for mn, mt, bit in members or ():
-            if mn and self.name(mn) == member:
-                return bit, mt
-        for mn, mt, bit in members or ():
-            if not mn:
-                sub = self._resolve(mt)
-                if self.types[sub][0] in (_STRUCT, _UNION):
-                    found = self._find(sub, member)
-                    if found:
-                        return bit + found[0], found[1]
-        return None
-
-    def offset(self, struct_name, path):
-        """Byte offset of `a.b.c` inside `struct struct_name`."""
-        tid = self.by_name.get(struct_name)
-        if not tid:
-            raise UnavailableError(f"BTF has no struct {struct_name}")
-        total = 0
-        for part in path.split("."):
-            found = self._find(tid, part)
-            if not found:
-                raise UnavailableError(f"BTF: struct {struct_name} has no member {path}")
-            total += found[0]
-            tid = self._resolve(found[1])
-        return total // 8
-
-
-def btf_offsets(path=BTF_PATH):
+def btf_offsets(path=btf.VMLINUX):
     """The -D offsets drops.bpf.c needs, from the running kernel's BTF."""
-    b = Btf(path)
+    b = btf.load(path)
     return {
         "OFF_SKB_HEAD": b.offset("sk_buff", "head"),
         "OFF_SKB_NETWORK_HEADER": b.offset("sk_buff", "network_header"),
@@ -174,7 +96,7 @@ class DropWatch:
                                    "mount -t tracefs nodev /sys/kernel/tracing")
         try:
             offs = btf_offsets()
-        except (OSError, struct.error, ValueError, IndexError) as exc:
+        except (OSError, btf.BTFError, struct.error, ValueError, IndexError) as exc:
             raise UnavailableError(f"no usable kernel BTF for sk_buff offsets ({exc})",
                                    "needs CONFIG_DEBUG_INFO_BTF") from exc
         self.reasons = reason_names()

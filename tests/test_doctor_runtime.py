@@ -6,7 +6,6 @@ veths, rules (legacy backend, tagged PYINSPECT chains) and cgroups are pyinspect
 
 import json
 import re
-import subprocess
 import uuid
 
 import pytest

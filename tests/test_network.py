@@ -6,8 +6,6 @@ fresh netns connected with pyinspect.runtime.network.connect(), a client
 netns plays the seed's "other machine" and an upstream netns the internet.
 """
 
-import ipaddress
-import json
 import multiprocessing
 import os
 import re

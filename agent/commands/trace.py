@@ -39,7 +39,7 @@ Run it in the namespace that holds the container's bridge (the host). The line
 @click.option("--max-rate", type=click.IntRange(min=0), default=None,
               help="Capture records per second handed to the reader; the kernel counts "
                    "the rest as shed (TCP SYN/FIN/RST have a budget of their own). "
-                   "Default: automatic (what 2% of a core can process; more only when "
+                   "Default: automatic (what 1% of a core can process; more only when "
                    "over a core is idle). 0 = no limit.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Interleave the container's process events (fork, exec, exit).")
@@ -74,7 +74,7 @@ def trace(ctx, container, port, bpf_filter, via, snaplen, duration, count, max_r
         click.get_text_stream("stdout").flush()
         try:
             while not session.done:
-                for item in session.poll(0.05):
+                for item in session.poll():
                     _print(item, as_json)
         except KeyboardInterrupt:
             pass
