@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from .proc import delete_netns
 
 HOST_NS = "pyinspect-demo"
 CLIENT_NS = "pyinspect-demo-client"
@@ -76,14 +77,7 @@ class Demo:
 
     def remove_namespaces(self):
         for ns in (CLIENT_NS, HOST_NS):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            delete_netns(ns)
 
     # -- the walkthrough ----------------------------------------------------------------
     def run(self):

@@ -19,3 +19,17 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def delete_netns(name):
+    """Kill every process in the named network namespace (`ip netns`), then delete it.
+    Missing namespaces and processes that are already gone are not errors."""
+    import subprocess
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                          text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)

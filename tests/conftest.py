@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pyinspect.proc import delete_netns
+
 sys.path.insert(0, str(Path(__file__).parent))
 import kernelstate  # noqa: E402
 
@@ -75,15 +77,7 @@ class Netns:
         return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
 
     def remove(self):
-        subprocess.run(["ip", "netns", "pids", self.name], capture_output=True)
-        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True,
-                              text=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        delete_netns(self.name)
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import subprocess
 import time
 import uuid
 
+from pyinspect.proc import delete_netns
+
 
 def sh(ns, script, check=True, timeout=60):
     argv = ["ip", "netns", "exec", ns, "sh", "-c", script] if ns else ["sh", "-c", script]
@@ -142,14 +144,7 @@ class Topology:
             p.kill()
             p.wait()
         for ns in reversed(self.made):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            delete_netns(ns)
         for ns in (self.upstream, *self.ctrs):
             subprocess.run(["rm", "-rf", f"/tmp/{ns}-www"])
         self.made = []
