@@ -26,6 +26,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORK_MODES = ("bridge", "none", "host")
 TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 30
+CREATE_GRACE_SECONDS = 2        # a `.tmp-<id>` whose lock is not held this long after its
+                                # last change lost its creator (it locks microseconds after
+                                # mkdir and holds the lock until the rename)
 
 _LEFT = ("admiring", "brave", "clever", "dazzling", "eager", "festive", "gallant", "happy",
          "jolly", "keen", "lucid", "modest", "nifty", "optimistic", "quirky", "serene",
@@ -594,21 +597,23 @@ class Runtime:
         for entry in entries:
             path = os.path.join(self.cdir, entry)
             if entry.startswith(TMP_PREFIX):
-                # being created (.tmp-<id>) or removed (.tmp-rm-<id>): only when nobody
-                # holds its lock; without a lock file (mid-rmtree), only when old
+                # being removed (.tmp-rm-<id>) without a lock file: mid-rmtree, only when
+                # old; being created (.tmp-<id>) with its lock free or not yet made: its
+                # creator was killed, once past CREATE_GRACE_SECONDS
+                removing = entry.startswith(TMP_PREFIX + "rm-")
                 try:
-                    old = now - os.lstat(path).st_mtime > STALE_TMP_SECONDS
+                    age = now - os.lstat(path).st_mtime
                 except FileNotFoundError:
                     continue
                 fd = _lock(os.path.join(path, "lock"))
                 if fd is None:
                     continue
                 if fd == GONE:
-                    if old:
+                    if age > (STALE_TMP_SECONDS if removing else CREATE_GRACE_SECONDS):
                         self._remove_tmp(path, entry)
                     continue
                 try:
-                    if old or entry.startswith(TMP_PREFIX + "rm-"):
+                    if removing or age > CREATE_GRACE_SECONDS:
                         self._remove_tmp(path, entry)
                 finally:
                     os.close(fd)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cli
+from pyinspect.runtime.containers import CREATE_GRACE_SECONDS
 
 pytestmark = pytest.mark.root
 
@@ -499,6 +500,9 @@ def test_killed_cli_mid_run_leaves_nothing(pc, state_root):
     ids = pc.ids()
     for cid in ids:
         pc("rm", "-f", cid)
+    # a run killed between mkdir and locking its `.tmp-<id>` is removed once past the grace
+    time.sleep(CREATE_GRACE_SECONDS + 0.2)
+    pc("ps", "-a")
     assert_clean(state_root, ids)
 
 
@@ -511,12 +515,26 @@ def test_reconciler_removes_half_created_leftovers(pc, state_root):
     dead.wait()
     st.update(status="created", started_at="", creator=[dead.pid, 1])
     (path / "state.json").write_text(json.dumps(st))
-    tmp = state_root / "containers" / (".tmp-" + "0" * 64)
+    cdir = state_root / "containers"
+    tmp = cdir / (".tmp-" + "0" * 64)
     tmp.mkdir()
     old = time.time() - 3600
     os.utime(tmp, (old, old))
+    # a creation whose creator died after making its lock (the lock is free), past the
+    # grace: removed; one just made, without a lock yet (its creator may be between mkdir
+    # and flock): kept until the grace has passed
+    freed = cdir / (".tmp-" + "2" * 64)
+    freed.mkdir()
+    (freed / "lock").touch()
+    past = time.time() - CREATE_GRACE_SECONDS - 1
+    os.utime(freed, (past, past))
+    fresh = cdir / (".tmp-" + "1" * 64)
+    fresh.mkdir()
     pc("ps", "-a")
-    assert list((state_root / "containers").iterdir()) == []
+    assert [p.name for p in cdir.iterdir()] == [fresh.name]
+    os.utime(fresh, (past, past))
+    pc("ps", "-a")
+    assert list(cdir.iterdir()) == []
     assert list((state_root / "names").iterdir()) == []
 
 
