@@ -341,7 +341,10 @@ def fill_target_maps(bpf, target):
 
 def target_cflags(target):
     """-D flags compiling the target's addresses and published ports in as constants when
-    there are few (the filter then needs no hash lookup for them); else the maps serve."""
+    there are few (the filter then needs no hash lookup for them); else the maps serve.
+    The container-side ports of published ports (replies from them are not learned as
+    outbound flows) exist only as constants: with more than CONST_PORTS, every flow is
+    learned."""
     flags = []
     if len(target.addrs) <= CONST_ADDRS:
         flags.append(f"-DNADDRS={len(target.addrs)}")
@@ -351,7 +354,7 @@ def target_cflags(target):
         for i, (ip, port, proto) in enumerate(target.ports):
             flags += [f"-DPORT{i}={int(port)}", f"-DPPROTO{i}={_proto_num(proto)}",
                       f"-DPIP{i}={_ip_u32(ip):#x}"]
-    cports = sorted(set(getattr(target, "container_ports", ())))
+    cports = sorted(set(target.container_ports))
     if len(cports) <= CONST_PORTS:
         flags.append(f"-DNCPORTS={len(cports)}")
         for i, (port, proto) in enumerate(cports):
