@@ -1,7 +1,7 @@
 """UDP 64-byte flood through DNAT into a container: nothing vs tcpdump vs pyinspect trace.
 
     .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--only all|flood|iperf]
-                                          [--iperf-windows S] [--window S] [--iperf-pairs N]
+                                          [--iperf-windows S] [--window S] [--iperf-pairs N] [--no-pin]
                                           [--json]
 
 Builds the test topology (tests/tracetopo.py: client -> host netns with DNAT -> bridge ->
@@ -23,6 +23,7 @@ Flood rounds alternate the modes and the median is reported, because other work 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -143,17 +144,34 @@ def mode_trace(topo, seconds, tmp, extra=()):
             "accounted": veth["captured"] + veth["lost"] + shed == veth["matched_in_kernel"]}
 
 
-def iperf(topo, seconds):
-    srv = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listen(topo)
+def iperf(topo, seconds, pin=True):
+    """One iperf3 run through the DNAT port; bit/s received."""
+    with iperf_server(topo, pin):
         # -O 1: the first second (slow start) is not counted
         out = tracetopo.sh(topo.client, f"iperf3 -c {topo.host_ip} -p {IPERF_PORT} "
-                           f"-t {seconds} -O 1 -J", timeout=seconds + 60).stdout
+                           f"-t {seconds} -O 1 -J {' '.join(pin_args(pin, 0))}",
+                           timeout=seconds + 60).stdout
         return json.loads(out)["end"]["sum_received"]["bits_per_second"]
+
+
+@contextlib.contextmanager
+def iperf_server(topo, pin):
+    """`iperf3 -s -1` in the container, listening when this yields; waited for after."""
+    srv = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1",
+                            *pin_args(pin, 1)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if ":1451" in tracetopo.sh(topo.ctrs[0], "cat /proc/net/tcp /proc/net/tcp6").stdout:
+                break
+            time.sleep(0.1)
+        yield srv
     finally:
-        srv.wait(timeout=30)
+        try:
+            srv.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
 
 
 def pin_args(pin, cpu):
@@ -165,33 +183,32 @@ def iperf_windows(topo, seconds, window, tmp, pin=True):
     """One iperf3 run of `seconds`; a trace attached for `window` s, then nothing for
     `window` s, in turns. Returns the 0.5 s interval rates (bit/s) with a trace attached
     and with nothing, and each start-up time."""
-    srv = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1",
-                            *pin_args(pin, 1)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     busy, on, startup = [], [], []      # wall-clock spans: trace starting/stopping; attached
-    try:
-        wait_listen(topo)
+    with iperf_server(topo, pin):
         t0 = time.time()
         client = subprocess.Popen(
             ["ip", "netns", "exec", topo.client, "iperf3", "-c", topo.host_ip, "-p",
              str(IPERF_PORT), "-t", str(seconds), "-i", "0.5", "-J", *pin_args(pin, 0)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(window)
-        while time.time() - t0 < seconds - 2 * window - 5:
-            asked = time.time()
-            p = start_trace(topo, tempfile.mkdtemp(dir=tmp))
-            ready = time.time()
+        try:
             time.sleep(window)
-            stop = time.time()
-            stop_trace(p)
-            gone = time.time()
-            busy += [(asked, ready), (stop, gone)]
-            on.append((ready, stop))
-            startup.append(ready - asked)
-            time.sleep(window)
-        out, err = client.communicate(timeout=seconds + 60)
-    finally:
-        srv.wait(timeout=30)
+            while time.time() - t0 < seconds - 2 * window - 5:
+                asked = time.time()
+                p = start_trace(topo, tempfile.mkdtemp(dir=tmp))
+                ready = time.time()
+                time.sleep(window)
+                stop = time.time()
+                stop_trace(p)
+                gone = time.time()
+                busy += [(asked, ready), (stop, gone)]
+                on.append((ready, stop))
+                startup.append(ready - asked)
+                time.sleep(window)
+            out = client.communicate(timeout=seconds + 60)[0]
+        finally:
+            if client.poll() is None:       # the loop failed: do not leave iperf3 running
+                client.kill()
+                client.communicate()
     res = json.loads(out)
     if "error" in res:
         raise SystemExit(f"iperf3: {res['error']}")
@@ -207,13 +224,6 @@ def iperf_windows(topo, seconds, window, tmp, pin=True):
                 not any(a < s and b > r for r, s in on):
             nothing.append(rate)
     return attached, nothing, startup
-
-
-def wait_listen(topo):
-    for _ in range(50):
-        if ":1451" in tracetopo.sh(topo.ctrs[0], "cat /proc/net/tcp /proc/net/tcp6").stdout:
-            return
-        time.sleep(0.1)
 
 
 def main():
@@ -247,7 +257,7 @@ def main():
         with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
             def run_iperf_trace():
                 p = start_trace(topo, tempfile.mkdtemp(dir=tmp))   # attached before iperf
-                bps = iperf(topo, args.seconds)
+                bps = iperf(topo, args.seconds, not args.no_pin)
                 s = stop_trace(p)
                 results.setdefault("iperf_trace_loss", []).append(s["packets_per_point"])
                 return bps
@@ -275,9 +285,9 @@ def main():
             for r in range(args.iperf_pairs if args.only != "flood" else 0):
                 if r % 2:
                     t = run_iperf_trace()
-                    n = iperf(topo, args.seconds)
+                    n = iperf(topo, args.seconds, not args.no_pin)
                 else:
-                    n = iperf(topo, args.seconds)
+                    n = iperf(topo, args.seconds, not args.no_pin)
                     t = run_iperf_trace()
                 results["iperf_none"].append(n)
                 results["iperf_trace"].append(t)

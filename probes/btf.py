@@ -124,7 +124,8 @@ class BTF:
 
 
 _lock = threading.RLock()
-_cache = {}
+_cache = {}     # path -> offsets() result
+_parsed = {}    # path -> BTF
 
 # name of the -D macro -> (struct, member path)
 FIELDS = {
@@ -161,12 +162,11 @@ OPTIONAL_FIELDS = {
 
 def load(path=VMLINUX):
     """The parsed BTF at `path`, read once per process (it takes ~0.2 s)."""
-    key = ("btf", path)
     with _lock:
-        if key not in _cache:
+        if path not in _parsed:
             with open(path, "rb") as f:
-                _cache[key] = BTF(f.read())
-        return _cache[key]
+                _parsed[path] = BTF(f.read())
+        return _parsed[path]
 
 
 def offsets(path=VMLINUX):

@@ -26,9 +26,9 @@ DROP = struct.Struct("<QQIIIHHBBHII")
 PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
-def btf_offsets(path=btf.VMLINUX):
+def btf_offsets(path=None):
     """The -D offsets drops.bpf.c needs, from the running kernel's BTF."""
-    b = btf.load(path)
+    b = btf.load(path or btf.VMLINUX)
     return {
         "OFF_SKB_HEAD": b.offset("sk_buff", "head"),
         "OFF_SKB_NETWORK_HEADER": b.offset("sk_buff", "network_header"),

@@ -2,6 +2,8 @@
 
 import struct
 
+import pytest
+
 from pyinspect import flows as F
 from pyinspect.probes.nftrace import NftMonitor, RuleBook, TraceRules, nft_expr
 
@@ -120,3 +122,16 @@ def test_nft_monitor_packet_line():
     p = NftMonitor.packet_of('iif "up0" ip saddr 10.0.0.2 ip daddr 10.0.0.1 ip id 41879 '
                              'ip length 60 tcp sport 37800 tcp dport 8088 tcp flags == syn')
     assert p == ("tcp", "10.0.0.2", 37800, "10.0.0.1", 8088, 41879, 60)
+
+
+def test_drop_watch_without_usable_btf_is_unavailable(tmp_path, monkeypatch):
+    """No usable kernel BTF (here: a file that is not BTF): the drop probe refuses in one
+    line naming the cause and the fix, and the tracer turns that into a note."""
+    from pyinspect.errors import UnavailableError
+    from pyinspect.probes import btf, drops, packets
+    bad = tmp_path / "vmlinux"
+    bad.write_bytes(b"\0" * 64)
+    monkeypatch.setattr(btf, "VMLINUX", str(bad))
+    with pytest.raises(UnavailableError) as err:
+        drops.DropWatch(packets.Target(addrs=["172.30.1.10"])).start()
+    assert "no usable kernel BTF" in str(err.value) and "\n" not in str(err.value)
