@@ -369,8 +369,8 @@ class TraceSession:
         try:
             self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
             self._open_outputs()         # a bad -w path fails here, before any attach
-            self.cap.start()
             self._refill_budget()            # budgeted from the first packet, not first poll
+            self.cap.start()
             self.capture_hook = self.cap.attach_kind
             if self.cap.attach_note:
                 self.notes.append(f"capture: {self.cap.attach_note}")

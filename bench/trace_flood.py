@@ -179,10 +179,12 @@ def pin_args(pin, cpu):
     return ["-A", str(cpu)] if pin and (os.cpu_count() or 1) >= 2 else []
 
 
-def iperf_windows(topo, seconds, window, tmp, pin=True):
+def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
     """One iperf3 run of `seconds`; a trace attached for `window` s, then nothing for
     `window` s, in turns. Returns the 0.5 s interval rates (bit/s) with a trace attached
-    and with nothing, and each start-up time."""
+    and with nothing, each start-up time, and each attached window's ratio to the
+    nothing-windows on either side of it (the VM's throughput drifts over tens of seconds;
+    a window compared with its neighbours is not)."""
     busy, on, startup = [], [], []      # wall-clock spans: trace starting/stopping; attached
     with iperf_server(topo, pin):
         t0 = time.time()
@@ -194,7 +196,7 @@ def iperf_windows(topo, seconds, window, tmp, pin=True):
             time.sleep(window)
             while time.time() - t0 < seconds - 2 * window - 5:
                 asked = time.time()
-                p = start_trace(topo, tempfile.mkdtemp(dir=tmp))
+                p = start_trace(topo, tempfile.mkdtemp(dir=tmp), trace_args)
                 ready = time.time()
                 time.sleep(window)
                 stop = time.time()
@@ -213,17 +215,29 @@ def iperf_windows(topo, seconds, window, tmp, pin=True):
     if "error" in res:
         raise SystemExit(f"iperf3: {res['error']}")
     attached, nothing = [], []
+    by_window = {}                # ("on", i): attached window i; ("off", i): the gap before it
     for iv in res["intervals"]:
         a, b = t0 + iv["sum"]["start"], t0 + iv["sum"]["end"]
         rate = iv["sum"]["bits_per_second"]
         if a < t0 + 1:
             continue                     # slow start
-        if any(r + 0.3 <= a and b <= s for r, s in on):
+        hit = [i for i, (r, s) in enumerate(on) if r + 0.3 <= a and b <= s]
+        if hit:
             attached.append(rate)
+            by_window.setdefault(("on", hit[0]), []).append(rate)
         elif not any(a < y + 0.3 and b > x for x, y in busy) and \
                 not any(a < s and b > r for r, s in on):
             nothing.append(rate)
-    return attached, nothing, startup
+            gap = sum(1 for r, s in on if s <= a)
+            by_window.setdefault(("off", gap), []).append(rate)
+    cycles = []
+    for i in range(len(on)):
+        here = by_window.get(("on", i))
+        sides = [statistics.mean(by_window[k]) for k in (("off", i), ("off", i + 1))
+                 if by_window.get(k)]
+        if here and sides:
+            cycles.append(statistics.mean(here) / statistics.mean(sides))
+    return attached, nothing, startup, cycles
 
 
 def main():
@@ -278,10 +292,10 @@ def main():
             # iperf3 in pairs, back to back and in alternating order: the VM's throughput
             # drifts by +-15% between runs, so each pair's ratio is what is compared
             if args.only != "flood" and args.iperf_windows:
-                on, off, startup = iperf_windows(topo, args.iperf_windows, args.window, tmp,
-                                                 pin=not args.no_pin)
+                on, off, startup, cycles = iperf_windows(topo, args.iperf_windows, args.window,
+                                                         tmp, pin=not args.no_pin)
                 results.update(iperf_window_on=on, iperf_window_off=off,
-                               iperf_window_startup=startup)
+                               iperf_window_startup=startup, iperf_window_cycles=cycles)
             for r in range(args.iperf_pairs if args.only != "flood" else 0):
                 if r % 2:
                     t = run_iperf_trace()
@@ -321,6 +335,9 @@ def main():
                             "nothing": round(statistics.median(off) / 1e9, 2)},
             "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 3),
             "ratio_of_means": round(statistics.mean(on) / statistics.mean(off), 3),
+            "window_ratios": [round(x, 3) for x in results["iperf_window_cycles"]],
+            "median_window_ratio": (round(statistics.median(results["iperf_window_cycles"]), 3)
+                                    if results["iperf_window_cycles"] else None),
             "startup_s": [round(x, 1) for x in results["iperf_window_startup"]],
         }
     report["raw"] = results
@@ -339,6 +356,8 @@ def main():
               f"{w['gbit_median']['attached']} vs {w['gbit_median']['nothing']} Gbit/s "
               f"(medians): x{w['ratio_of_medians']} (ratio of means x{w['ratio_of_means']}); "
               f"trace start-up {min(w['startup_s'])}-{max(w['startup_s'])}s not counted")
+        print(f"  each attached window against the nothing-windows either side: median "
+              f"x{w['median_window_ratio']} ({', '.join(str(x) for x in w['window_ratios'])})")
     if results["iperf_none"]:
         print(f"iperf3 TCP through DNAT, {len(results['iperf_none'])} pairs of {args.seconds}s "
               f"runs: {report['iperf3_gbit']['none']} Gbit/s without, "

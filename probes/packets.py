@@ -396,6 +396,7 @@ class PacketCapture:
         self.attach_kind = wanted    # set at start(): "tcx" or "clsact"
         self.attach_note = None      # why tcx was not used, when it was wanted
         self.lock = threading.Lock()
+        self.budget = None      # last set_budget(); applied before the programs attach
 
     def start(self):
         try:
@@ -413,6 +414,9 @@ class PacketCapture:
             raise UnavailableError(f"cannot load the tc capture program: {exc}",
                                    _hook_reason("tc")) from exc
         self._fill_maps()
+        # the budget is in place before the first program attaches: a busy interface would
+        # otherwise fill the ring unbudgeted while the other points attach
+        self._write_budget()
         ring = self.bpf["events"]
         self.reader = RingReader(ring.map_fd, self.ring_pages * mmap.PAGESIZE)
         pid = os.getpid()
@@ -485,9 +489,15 @@ class PacketCapture:
     def set_budget(self, records):
         """Allow `records` more ring buffer records (None: no budget); the rest are shed,
         except TCP SYN/FIN/RST packets, which have a budget of their own: `records` or
-        enough for CONTROL_PACKETS_PER_PERIOD packets at every point, whichever is more."""
+        enough for CONTROL_PACKETS_PER_PERIOD packets at every point, whichever is more.
+        Before start() it sets the budget the programs start with."""
+        self.budget = records
+        self._write_budget()
+
+    def _write_budget(self):
         if not self.bpf:
             return
+        records = self.budget
         table = self.bpf["ctl"]
         c = table.Leaf()
         if records is not None:

@@ -73,3 +73,22 @@ def test_filter_keeps_exactly_the_targets_packets(wire, monkeypatch, as_constant
     assert len(records) == 9
     dirs = sorted(d for _ts, _p, d, _ln, _data in records)
     assert dirs == ["in"] * 8 + ["out"]
+
+
+def test_budget_set_before_start_holds_from_the_first_packet(wire):
+    """A budget given before start() is in the kernel before any program attaches: the
+    packets beyond it are shed (counted), none copied unbudgeted."""
+    host, client, ifindex = wire
+    target = packets.Target(addrs=[CONTAINER_IP], ports=[(HOST_IP, 5353, "udp")])
+    point = packets.CapturePoint("up0", ifindex, host.path, "filtered", "uplink")
+    cap = packets.PacketCapture([point], target)
+    cap.set_budget(2)
+    with cap:
+        client.run("python3", "-c", SENDER)          # 3 + 4 matching UDP packets
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and cap.counters()[0][0] < 7:
+            time.sleep(0.1)
+        seen, lost, shed = cap.counters()[0]
+        records = cap.read()
+    assert (seen, lost, shed) == (7, 0, 5), (seen, lost, shed)
+    assert len(records) == 2
