@@ -16,7 +16,8 @@ one long iperf3 run while a trace is started and stopped in turns (`--iperf-wind
 0.5 s intervals while a trace is attached are compared with the intervals while nothing is
 (not those of start-up, when bcc compiles, or tear-down), so both sides see the same
 connection and the same drift of this VM's throughput (+-15% from one run to the next,
-+-10% from one second to the next). `--iperf-pairs N` runs separate iperf3 runs in pairs
++-10% from one second to the next); each attached window is also compared with the
+nothing-windows either side of it (the median of those ratios is printed). `--iperf-pairs N` runs separate iperf3 runs in pairs
 instead (the trace attached before the connection starts; the median pair ratio).
 Flood rounds alternate the modes and the median is reported, because other work on a shared
 2-core VM moves absolute numbers. All traffic stays in namespaces this script creates.
