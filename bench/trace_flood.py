@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--only all|flood|iperf]
                                           [--iperf-windows S] [--window S] [--iperf-pairs N] [--no-pin]
+                                          [--trace-args ARGS]
                                           [--json]
 
 Builds the test topology (tests/tracetopo.py: client -> host netns with DNAT -> bridge ->
@@ -28,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -254,6 +256,9 @@ def main():
                          "(default: -A 0 / -A 1, so their placement does not vary)")
     ap.add_argument("--iperf-pairs", type=int, default=0,
                     help="also: iperf3 runs without/with trace, back to back, in pairs")
+    ap.add_argument("--trace-args", default="",
+                    help="extra `pyinspect trace` arguments for the iperf3 windows "
+                         "(e.g. \"--max-rate 1\")")
     ap.add_argument("--only", choices=("all", "flood", "iperf"), default="all")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -294,7 +299,8 @@ def main():
             # drifts by +-15% between runs, so each pair's ratio is what is compared
             if args.only != "flood" and args.iperf_windows:
                 on, off, startup, cycles = iperf_windows(topo, args.iperf_windows, args.window,
-                                                         tmp, pin=not args.no_pin)
+                                                         tmp, pin=not args.no_pin,
+                                                         trace_args=shlex.split(args.trace_args))
                 results.update(iperf_window_on=on, iperf_window_off=off,
                                iperf_window_startup=startup, iperf_window_cycles=cycles)
             for r in range(args.iperf_pairs if args.only != "flood" else 0):
