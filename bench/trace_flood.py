@@ -295,14 +295,15 @@ def main():
                     k = r % len(modes)
                     for mode in modes[k:] + modes[:k]:
                         mode(r)
-            # iperf3 in pairs, back to back and in alternating order: the VM's throughput
-            # drifts by +-15% between runs, so each pair's ratio is what is compared
+            # iperf3 in one run with the trace attached and detached in turns
             if args.only != "flood" and args.iperf_windows:
                 on, off, startup, cycles = iperf_windows(topo, args.iperf_windows, args.window,
                                                          tmp, pin=not args.no_pin,
                                                          trace_args=shlex.split(args.trace_args))
                 results.update(iperf_window_on=on, iperf_window_off=off,
                                iperf_window_startup=startup, iperf_window_cycles=cycles)
+            # iperf3 in pairs, back to back and in alternating order: the VM's throughput
+            # drifts by +-15% between runs, so each pair's ratio is what is compared
             for r in range(args.iperf_pairs if args.only != "flood" else 0):
                 if r % 2:
                     t = run_iperf_trace()
