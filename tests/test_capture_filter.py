@@ -92,3 +92,35 @@ def test_budget_set_before_start_holds_from_the_first_packet(wire):
         records = cap.read()
     assert (seen, lost, shed) == (7, 0, 5), (seen, lost, shed)
     assert len(records) == 2
+
+
+LEARN_SENDER = r"""
+import socket
+for sport, dport in ((7000, 9999), (41000, 9998)):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("%(ctr)s", sport))
+    s.sendto(b"x", ("%(host)s", dport))
+    s.close()
+""" % {"host": HOST_IP, "ctr": CLIENT_IP}
+
+
+@pytest.mark.parametrize("container_ports", [1, 9])
+def test_learn_point_skips_replies_from_published_ports_unless_too_many(wire,
+                                                                        container_ports):
+    """Where the container's packets enter the host, its outbound flows are learned for the
+    uplinks, except packets from its published ports (replies): those are known up to
+    CONST_PORTS compiled-in ports; beyond that every flow is learned."""
+    host, client, ifindex = wire                # the client plays the container here
+    cports = [(7000, "udp")] + [(7100 + i, "tcp") for i in range(container_ports - 1)]
+    target = packets.Target(addrs=[CLIENT_IP], container_ports=cports)
+    assert (f"-DNCPORTS={container_ports}" in packets.target_cflags(target)) == \
+        (container_ports <= packets.CONST_PORTS)
+    point = packets.CapturePoint("up0", ifindex, host.path, "all+learn", "veth")
+    with packets.PacketCapture([point], target) as cap:
+        client.run("python3", "-c", LEARN_SENDER)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and cap.counters()[0][0] < 2:
+            time.sleep(0.1)
+        learned = sorted(k.local_port for k in cap.bpf["flows"].keys())
+    expect = [7000, 41000] if container_ports > packets.CONST_PORTS else [41000]
+    assert learned == expect, learned
