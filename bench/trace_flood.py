@@ -182,6 +182,14 @@ def pin_args(pin, cpu):
     return ["-A", str(cpu)] if pin and (os.cpu_count() or 1) >= 2 else []
 
 
+def iperf_client(topo, seconds, pin=True):
+    """iperf3 -c through the DNAT port in the background, 0.5 s intervals, JSON on stdout."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", topo.client, "iperf3", "-c", topo.host_ip, "-p",
+         str(IPERF_PORT), "-t", str(seconds), "-i", "0.5", "-J", *pin_args(pin, 0)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
     """One iperf3 run of `seconds`; a trace attached for `window` s, then nothing for
     `window` s, in turns. Returns the 0.5 s interval rates (bit/s) with a trace attached
@@ -191,10 +199,7 @@ def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
     busy, on, startup = [], [], []      # wall-clock spans: trace starting/stopping; attached
     with iperf_server(topo, pin):
         t0 = time.time()
-        client = subprocess.Popen(
-            ["ip", "netns", "exec", topo.client, "iperf3", "-c", topo.host_ip, "-p",
-             str(IPERF_PORT), "-t", str(seconds), "-i", "0.5", "-J", *pin_args(pin, 0)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = iperf_client(topo, seconds, pin)
         try:
             time.sleep(window)
             while time.time() - t0 < seconds - 2 * window - 5:

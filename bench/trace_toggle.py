@@ -99,10 +99,7 @@ def run(seconds, window, modes, trace_args):
             threading.Thread(target=collections.deque, args=(trace.stdout, 0),
                              daemon=True).start()          # keep its output flowing
             t0 = time.time()
-            client = subprocess.Popen(
-                ["ip", "netns", "exec", topo.client, "iperf3", "-c", topo.host_ip, "-p",
-                 str(TF.IPERF_PORT), "-t", str(seconds), "-i", "0.5", "-J",
-                 *TF.pin_args(True, 0)], stdout=subprocess.PIPE, text=True)
+            client = TF.iperf_client(topo, seconds)
             try:
                 time.sleep(2)
                 k = 0
