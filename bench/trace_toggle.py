@@ -1,7 +1,7 @@
 """Where a trace's cost goes: parts of one running trace switched off and on in place.
 
     .venv/bin/python bench/trace_toggle.py [--seconds 900] [--window 3]
-                                           [--modes pause,auto] [-- TRACE ARGS]
+                                           [--modes pause,auto] [--src FILE] [-- TRACE ARGS]
 
 One iperf3 run through the DNAT port (tests/tracetopo.py topology, client -A 0, server
 -A 1) under one `pyinspect trace` process whose state is switched every `--window`
@@ -17,7 +17,9 @@ Each window of a mode is compared with the windows of the first mode either side
 ~75-150 windows per mode, with no start-up or tear-down in between: a finer comparison
 than bench/trace_flood.py's windows, which restart the trace for each window. The switch
 is this script patching the trace's poll loop in the trace process (`--as-trace`), so it
-measures parts, not the product as shipped: trace_flood.py does that.
+measures parts, not the product as shipped: trace_flood.py does that. `--src FILE` compiles
+the capture from a modified copy of probes/packets.bpf.c (bench/capture_runtime.py prices
+such a variant in ns per program run).
 """
 
 import argparse
@@ -35,12 +37,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MODE_ENV = "PI_TOGGLE_MODEFILE"
+SRC_ENV = "PI_TOGGLE_SRC"
 
 
 def as_trace(argv):
     """Run `pyinspect` (argv) with the poll loop reading its mode from $PI_TOGGLE_MODEFILE."""
     from pyinspect import tracer
     from pyinspect.cli import main
+    from pyinspect.probes import packets
+    if os.environ.get(SRC_ENV):
+        packets.SRC = os.environ[SRC_ENV]
     modefile = os.environ[MODE_ENV]
     poll = tracer.TraceSession.poll
 
@@ -147,12 +153,17 @@ def main():
     ap.add_argument("--seconds", type=int, default=900)
     ap.add_argument("--window", type=float, default=3)
     ap.add_argument("--modes", default="pause,auto")
+    ap.add_argument("--src", help="compile the capture from this copy of packets.bpf.c")
     ap.add_argument("trace_args", nargs="*")
     args = ap.parse_args()
     modes = args.modes.split(",")
     for m in modes:
         if m not in ("auto", "pause", "nohooks") and not m.isdigit():
             ap.error(f"bad mode {m!r}: auto, pause, nohooks or a number")
+    if args.src:
+        if not os.path.isfile(args.src):
+            ap.error(f"no such file: {args.src}")
+        os.environ[SRC_ENV] = os.path.abspath(args.src)
     ratios = run(args.seconds, args.window, modes, args.trace_args)
     for mode, r in ratios.items():
         se = statistics.stdev(r) / len(r) ** 0.5 if len(r) > 1 else float("nan")
