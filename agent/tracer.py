@@ -37,6 +37,7 @@ POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_N
 AUTO_CPU_SHARE = 0.01           # automatic budget: the reader's share of one core when
 AUTO_CPU_SHARE_IDLE = 0.5       # the machine is busy, up to this much of idle CPU
 AUTO_MIN_RATE, AUTO_MAX_RATE = 500, 100000      # records/s bounds of the automatic budget
+BUDGET_BURST_S = 1.0            # the budget saves up to this many seconds of its rate
 MAX_DYNAMIC_RULES = 64
 DROPS_PER_POLL = 50
 RECENT_JOURNEYS = 4096
@@ -382,6 +383,7 @@ class TraceSession:
             self._teardown()
             self._fail(exc)
             raise
+        self._refill_budget()     # start-up took seconds: ready for a burst from the first packet
         self.ready_ns = time.time_ns()       # --duration counts from here
         roles = ", ".join(f"{p.name} ({_role(p)})" for p in self.points)
         self.ready = (f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; "
@@ -628,9 +630,12 @@ class TraceSession:
         rate = self.opt.max_rate if self.opt.max_rate is not None else self._auto_rate()
         if rate:
             now = time.monotonic()
-            dt = min(now - self._budget_t, 0.25) if self._budget_t else 0.1
+            dt = now - self._budget_t if self._budget_t else 0.1
             self._budget_t = now
-            self.cap.set_budget(rate * dt)
+            # a token bucket: a short connection's ~15 packets at ~4 points arrive within
+            # a millisecond, more than one poll's share of a low rate
+            burst = rate * BUDGET_BURST_S
+            self.cap.set_budget(min(rate * dt, burst), burst=burst)
 
     def _auto_rate(self):
         """Records/s the reader may take: what its CPU share can process, where the share
@@ -1154,7 +1159,7 @@ def format_summary(s):
     lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
     loss = s["loss"]
     lines.append(f"loss: capture {loss['capture']} (ring full), shed {loss['shed']} (over "
-                 f"--max-rate), drop events {loss['drops']}, conntrack "
+                 f"the reader's budget, --max-rate), drop events {loss['drops']}, conntrack "
                  f"overruns {loss['conntrack_overruns']}, trace overruns "
                  f"{loss['trace_overruns']}")
     if s.get("filtered_out"):

@@ -486,25 +486,37 @@ class PacketCapture:
         with self.lock:
             return self.reader.read(limit)
 
-    def set_budget(self, records):
+    def set_budget(self, records, burst=None):
         """Allow `records` more ring buffer records (None: no budget); the rest are shed,
         except TCP SYN/FIN/RST packets, which have a budget of their own: `records` or
         enough for CONTROL_PACKETS_PER_PERIOD packets at every point, whichever is more.
-        Before start() it sets the budget the programs start with."""
+        With `burst`, what is left of the last budget is kept as well, up to `burst`
+        records in all (a token bucket: a quiet spell saves up for a burst); without, it
+        is replaced. Before start() it sets the budget the programs start with."""
         self.budget = records
-        self._write_budget()
+        self._write_budget(burst)
 
-    def _write_budget(self):
+    def _write_budget(self, burst=None):
         if not self.bpf:
+            if self.budget is not None and burst is not None:
+                self.budget = min(self.budget, burst)
             return
         records = self.budget
         table = self.bpf["ctl"]
+        key = ctypes.c_int(0)
         c = table.Leaf()
         if records is not None:
-            c.tokens = int(records)
+            tokens = int(records)
+            if burst is not None:
+                # read, then written: packets counted by the kernel in between are given
+                # back (a few records over the budget, never a miscount)
+                last = table[key]
+                left = max(0, last.tokens) if last.limited else 0
+                tokens = min(int(burst), left + tokens)
+            c.tokens = tokens
             c.control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
             c.limited = 1
-        table[ctypes.c_int(0)] = c
+        table[key] = c
 
     def counters(self):
         """{point index: (seen, lost, shed)} summed over CPUs, from the kernel."""

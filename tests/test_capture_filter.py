@@ -94,6 +94,28 @@ def test_budget_set_before_start_holds_from_the_first_packet(wire):
     assert len(records) == 2
 
 
+
+@pytest.mark.parametrize("burst", [None, 4])
+def test_budget_with_burst_keeps_what_was_left(wire, burst):
+    """A refill with `burst` adds to what the kernel has left, up to `burst` records (a
+    token bucket); without, it replaces it."""
+    host, client, ifindex = wire
+    target = packets.Target(addrs=[CONTAINER_IP], ports=[(HOST_IP, 5353, "udp")])
+    point = packets.CapturePoint("up0", ifindex, host.path, "filtered", "uplink")
+    cap = packets.PacketCapture([point], target)
+    cap.set_budget(3)
+    with cap:
+        cap.set_budget(2, burst=burst)                # nothing sent yet: 3 are left
+        client.run("python3", "-c", SENDER)          # 3 + 4 matching UDP packets
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and cap.counters()[0][0] < 7:
+            time.sleep(0.1)
+        seen, lost, shed = cap.counters()[0]
+        records = cap.read()
+    kept = 2 if burst is None else 4                  # replaced; or min(4, 3 + 2)
+    assert (seen, lost, shed) == (7, 0, 7 - kept), (seen, lost, shed)
+    assert len(records) == kept
+
 LEARN_SENDER = r"""
 import socket
 for sport, dport in ((7000, 9999), (41000, 9998)):

@@ -6,6 +6,7 @@ runtime writes them), a client namespace and an upstream namespace. `pyinspect t
 inside the host namespace through the real CLI.
 """
 
+import collections
 import json
 import os
 import signal
@@ -400,6 +401,26 @@ def test_count_port_and_via(state_root, topo):
     assert caps and all({c["sport"], c["dport"]} & {80, 8088} for c in caps)
     assert "wan0 (uplink)" not in summary["packets_per_point"]
 
+
+
+def test_a_connection_right_after_ready_is_captured_whole_at_a_low_budget(state_root, topo):
+    """The budget is a token bucket, full when the trace is ready: one fetch (~50 records
+    over its points within milliseconds) is not shed at 100 records/s, though a poll's
+    share of that rate is 10."""
+    tr = Trace(state_root, topo, "--duration", "2", "--no-events", "--max-rate", "100")
+    assert topo.fetch().returncode == 0
+    items, summary = tr.finish()
+    per_point = summary["packets_per_point"]
+    # the uplink and the bridge see only the fetch (the container's interfaces also carry
+    # its IPv6 start-up frames, which can use up the start-up budget before ready)
+    for name in ("up0 (uplink)", "pt-br0 (bridge)"):
+        assert per_point[name]["shed"] == 0 and per_point[name]["captured"] >= 10, per_point
+    flows = {h["flow"] for h in items if h["type"] == "hop"}
+    assert len(flows) == 1, flows
+    at = collections.Counter(h["point"] for h in items
+                             if h["type"] == "hop" and h["hop"] == "capture")
+    assert at["up0"] == at["pt-br0"] == at["vc0"] == at["eth0"] == \
+        per_point["up0 (uplink)"]["captured"], at
 
 def test_budget_sheds_bulk_data_but_keeps_how_connections_start(state_root, topo):
     """With a tiny reader budget a bulk download is shed (and counted), yet every short

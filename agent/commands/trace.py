@@ -37,8 +37,9 @@ Run it in the namespace that holds the container's bridge (the host). The line
               help="Stop after this many seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many traced packets.")
 @click.option("--max-rate", type=click.IntRange(min=0), default=None,
-              help="Capture records per second handed to the reader; the kernel counts "
-                   "the rest as shed (TCP SYN/FIN/RST have a budget of their own). "
+              help="Capture records per second handed to the reader (bursts of up to a "
+                   "second's worth after a quiet spell); the kernel counts the rest as "
+                   "shed (TCP SYN/FIN/RST have a budget of their own). "
                    "Default: automatic (what 1% of a core can process; more only when "
                    "over a core is idle). 0 = no limit.")
 @click.option("--events/--no-events", default=True, show_default=True,
