@@ -75,46 +75,43 @@ def test_filter_keeps_exactly_the_targets_packets(wire, monkeypatch, as_constant
     assert dirs == ["in"] * 8 + ["out"]
 
 
-def test_budget_set_before_start_holds_from_the_first_packet(wire):
-    """A budget given before start() is in the kernel before any program attaches: the
-    packets beyond it are shed (counted), none copied unbudgeted."""
+def _budgeted_capture(wire, before_start, after_start=None):
+    """An uplink capture with set_budget(*before_start) before start() and
+    set_budget(*after_start) after it, then SENDER's 3 + 4 matching UDP packets sent:
+    ((seen, lost, shed), records)."""
     host, client, ifindex = wire
     target = packets.Target(addrs=[CONTAINER_IP], ports=[(HOST_IP, 5353, "udp")])
     point = packets.CapturePoint("up0", ifindex, host.path, "filtered", "uplink")
     cap = packets.PacketCapture([point], target)
-    cap.set_budget(2)
+    cap.set_budget(*before_start)
     with cap:
-        client.run("python3", "-c", SENDER)          # 3 + 4 matching UDP packets
+        if after_start:
+            cap.set_budget(*after_start)
+        client.run("python3", "-c", SENDER)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and cap.counters()[0][0] < 7:
             time.sleep(0.1)
-        seen, lost, shed = cap.counters()[0]
-        records = cap.read()
-    assert (seen, lost, shed) == (7, 0, 5), (seen, lost, shed)
-    assert len(records) == 2
+        return cap.counters()[0], cap.read()
 
+
+def test_budget_set_before_start_holds_from_the_first_packet(wire):
+    """A budget given before start() is in the kernel before any program attaches: the
+    packets beyond it are shed (counted), none copied unbudgeted."""
+    counts, records = _budgeted_capture(wire, (2,))
+    assert counts == (7, 0, 5), counts
+    assert len(records) == 2
 
 
 @pytest.mark.parametrize("burst", [None, 4])
 def test_budget_with_burst_keeps_what_was_left(wire, burst):
     """A refill with `burst` adds to what the kernel has left, up to `burst` records (a
     token bucket); without, it replaces it."""
-    host, client, ifindex = wire
-    target = packets.Target(addrs=[CONTAINER_IP], ports=[(HOST_IP, 5353, "udp")])
-    point = packets.CapturePoint("up0", ifindex, host.path, "filtered", "uplink")
-    cap = packets.PacketCapture([point], target)
-    cap.set_budget(3)
-    with cap:
-        cap.set_budget(2, burst=burst)                # nothing sent yet: 3 are left
-        client.run("python3", "-c", SENDER)          # 3 + 4 matching UDP packets
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and cap.counters()[0][0] < 7:
-            time.sleep(0.1)
-        seen, lost, shed = cap.counters()[0]
-        records = cap.read()
+    # nothing is sent before the refill: 3 are left
+    counts, records = _budgeted_capture(wire, (3,), (2, burst))
     kept = 2 if burst is None else 4                  # replaced; or min(4, 3 + 2)
-    assert (seen, lost, shed) == (7, 0, 7 - kept), (seen, lost, shed)
+    assert counts == (7, 0, 7 - kept), counts
     assert len(records) == kept
+
 
 LEARN_SENDER = r"""
 import socket
