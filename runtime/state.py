@@ -268,11 +268,8 @@ def damaged_record(path, why):
     name = _reserved_name(os.path.dirname(os.path.dirname(path)), cid) or text("name")
     created = text("created")
     if not created:
-        try:
-            mtime = os.stat(path).st_mtime
-        except OSError:
-            mtime = 0
-        created = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime(mtime))
+        secs, ns = divmod(_oldest_mtime_ns(path), 10 ** 9)
+        created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}Z"
     argv = (static.get("process") if isinstance(static.get("process"), dict) else {}).get("argv")
     ok_argv = isinstance(argv, list) and all(isinstance(a, str) for a in argv)
     c = Container(id=cid, name=name, image=text("image"), created=created, status=DAMAGED,
@@ -280,6 +277,23 @@ def damaged_record(path, why):
                   process={"argv": argv} if ok_argv else {})
     c.path = path
     return c
+
+
+def _oldest_mtime_ns(path):
+    """The oldest mtime of record directory `path` and its entries: close to when the
+    container was created, and unlike the directory's own mtime not moved by a file
+    removed from it (a missing config.json made a damaged record look newest)."""
+    times = []
+    try:
+        entries = [os.path.join(path, n) for n in os.listdir(path)]
+    except OSError:
+        entries = []
+    for p in [path] + entries:
+        try:
+            times.append(os.lstat(p).st_mtime_ns)
+        except OSError:
+            continue
+    return min(times, default=0)
 
 
 def _reserved_name(root, cid):

@@ -543,6 +543,9 @@ def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
     cdir = root / "containers" / os.readlink(root / "names" / name)
     fname, damage, words = DAMAGE[kind]
     if damage is None:
+        # a second later: the removal moves the directory's mtime past `other`'s creation,
+        # which must not reorder `ps` (the record's age is not its directory's mtime)
+        time.sleep(1.1)
         (cdir / fname).unlink()
     else:
         (cdir / fname).write_bytes(damage((cdir / fname).read_bytes()))
