@@ -11,19 +11,18 @@ Checks are plain functions over that snapshot (see doctor_checks.py) that return
 `Finding`s. Nothing is changed unless `apply_fixes()` is called.
 """
 
-import ctypes
 import ipaddress
 import json
 import os
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import doctor_iptables as ipt
 from .errors import UnavailableError
+from .probes.netns import in_netns
 
 SEVERITIES = ("error", "warning", "info")
 PROBLEM = ("error", "warning")  # severities that make the exit code 1
@@ -68,8 +67,6 @@ def runbook(name):
 
 
 # -- namespaces -------------------------------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
 
 def _ino(path):
@@ -77,29 +74,6 @@ def _ino(path):
         return os.stat(path).st_ino
     except OSError:
         return None
-
-
-@contextmanager
-def in_netns(path):
-    """Run the body with this thread in the network namespace at `path`, then come back."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-    except OSError:
-        os.close(own)
-        raise
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise SystemExit("doctor: cannot return to the original network namespace")
-    finally:
-        os.close(target)
-        os.close(own)
 
 
 def read_sysctl(name):

@@ -27,26 +27,25 @@ import tempfile
 import time
 from pathlib import Path
 
+from pyinspect.probes import bpfsys
+from pyinspect.probes.bpfsys import bpf
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "probes" / "packets.bpf.c"
-SYS_BPF = 321          # x86_64
-BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 11, 13, 15
-BPF_ENABLE_STATS = 32
 INFO_NAME, INFO_RUN = 64, 192     # offsets in struct bpf_prog_info: name[16]; run_time_ns, run_cnt
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _bpf(cmd, attr):
-    buf = ctypes.create_string_buffer(attr, 128)
-    return _libc.syscall(SYS_BPF, cmd, buf, 128), buf
+def _attr(*fields, fmt):
+    return ctypes.create_string_buffer(struct.pack(fmt, *fields), 128)
 
 
 @contextlib.contextmanager
 def run_time_stats():
     """BPF run-time statistics on while the context lasts (the kernel counts while the fd is open)."""
-    fd, _ = _bpf(BPF_ENABLE_STATS, struct.pack("I", 0))
-    if fd < 0:
-        raise SystemExit(f"BPF_ENABLE_STATS: {os.strerror(ctypes.get_errno())}")
+    try:
+        fd = bpf(bpfsys.ENABLE_STATS, _attr(0, fmt="I"))      # BPF_STATS_RUN_TIME
+    except OSError as exc:
+        raise SystemExit(f"BPF_ENABLE_STATS: {exc.strerror}")
     try:
         yield
     finally:
@@ -57,18 +56,25 @@ def capture_programs():
     """{(prog id, name): (run_cnt, run_time_ns)} of the loaded pi_in_*/pi_eg_* programs."""
     out, pid = {}, 0
     while True:
-        r, buf = _bpf(BPF_PROG_GET_NEXT_ID, struct.pack("I", pid))
-        if r < 0:
+        attr = _attr(pid, fmt="I")
+        try:
+            bpf(bpfsys.PROG_GET_NEXT_ID, attr)
+        except OSError:
             return out
-        pid = struct.unpack_from("II", buf.raw)[1]
-        fd, _ = _bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("I", pid))
-        if fd < 0:
-            continue
+        pid = struct.unpack_from("II", attr.raw)[1]
+        try:
+            fd = bpf(bpfsys.PROG_GET_FD_BY_ID, _attr(pid, fmt="I"))
+        except OSError:
+            continue                     # unloaded meanwhile
         info = ctypes.create_string_buffer(256)
-        r, _ = _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("IIQ", fd, 256, ctypes.addressof(info)))
-        os.close(fd)
+        try:
+            bpf(bpfsys.OBJ_GET_INFO_BY_FD, _attr(fd, 256, ctypes.addressof(info), fmt="IIQ"))
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
         name = info.raw[INFO_NAME:INFO_NAME + 16].split(b"\0")[0].decode()
-        if r == 0 and name.startswith(("pi_in_", "pi_eg_")):
+        if name.startswith(("pi_in_", "pi_eg_")):
             run_ns, runs = struct.unpack_from("QQ", info.raw, INFO_RUN)
             out[(pid, name)] = (runs, run_ns)
 

@@ -18,6 +18,8 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from . import bpfsys
+
 HOOKS = ("tracepoint", "raw_tracepoint", "tc", "tcx", "kprobe", "fentry", "ringbuf",
          "perf_buffer", "netfilter")
 
@@ -250,21 +252,13 @@ def _probe_bcc_separately(BPF, combined_error):
 
 
 # -- netfilter and tcx links via raw bpf(2), in a scratch network namespace ---------------
-_SYS_BPF = 321  # x86_64
-_BPF_PROG_LOAD = 5
-_BPF_LINK_CREATE = 28
-_BPF_PROG_TYPE_SCHED_CLS = 3
-_BPF_PROG_TYPE_NETFILTER = 32
-_BPF_NETFILTER = 45
-_BPF_TCX_INGRESS = 46
 _CLONE_NEWNET = 0x40000000
 
 
 def _link_buffers(prog_type, r0, expected_attach_type, link_attr):
     """Everything the child needs, allocated BEFORE fork (no malloc/dlopen in the child):
     a two-instruction program (r0 = `r0`; exit) and the link attributes after prog_fd."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
+    libc = bpfsys.libc
     insns = struct.pack("<BBhi", 0xB7, 0x00, 0, r0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
     ibuf = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
@@ -283,11 +277,11 @@ def _link_child(libc, attr, lattr):
     """In a forked child: a new netns (its lo is ifindex 1), load the program, link it."""
     if libc.unshare(_CLONE_NEWNET) != 0:
         return 100 + ctypes.get_errno(), 0
-    fd = libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, 256)
+    fd = libc.syscall(bpfsys.SYS_BPF, bpfsys.PROG_LOAD, attr, 256)
     if fd < 0:
         return 1, ctypes.get_errno()
     struct.pack_into("<I", lattr, 0, fd)
-    lfd = libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, lattr, 256)
+    lfd = libc.syscall(bpfsys.SYS_BPF, bpfsys.LINK_CREATE, lattr, 256)
     if lfd < 0:
         return 2, ctypes.get_errno()
     return 0, 0
@@ -333,8 +327,8 @@ def _probe_link(name, buffers, ok, too_old):
 def _probe_netfilter():
     # target_fd, attach_type, flags, then netfilter {pf=IPv4, hooknum=LOCAL_IN, priority,
     # flags}; the program accepts (NF_ACCEPT = 1)
-    buffers = _link_buffers(_BPF_PROG_TYPE_NETFILTER, 1, _BPF_NETFILTER,
-                            struct.pack("<IIIIIiI", 0, _BPF_NETFILTER, 0, 2, 1, 100, 0))
+    buffers = _link_buffers(bpfsys.PROG_TYPE_NETFILTER, 1, bpfsys.NETFILTER,
+                            struct.pack("<IIIIIiI", 0, bpfsys.NETFILTER, 0, 2, 1, 100, 0))
     st = _probe_link("netfilter", buffers, "BPF_PROG_TYPE_NETFILTER loads and links "
                      "(raw bpf(2); bcc 0.26 cannot express it)", None)
     if not st.available and st.reason == "load failed: refused by kernel (EINVAL)":
@@ -345,8 +339,8 @@ def _probe_netfilter():
 
 def _probe_tcx():
     # tcx link on the scratch namespace's lo (ifindex 1); the program returns TCX_NEXT (-1)
-    buffers = _link_buffers(_BPF_PROG_TYPE_SCHED_CLS, -1, 0,
-                            struct.pack("<III", 1, _BPF_TCX_INGRESS, 0))
+    buffers = _link_buffers(bpfsys.PROG_TYPE_SCHED_CLS, -1, 0,
+                            struct.pack("<III", 1, bpfsys.TCX_INGRESS, 0))
     return _probe_link("tcx", buffers, "sched_cls links with tcx (what trace attaches with)",
                        "no tcx in this kernel (needs >= 6.6); trace uses tc clsact")
 

@@ -19,7 +19,7 @@ from pyroute2.netlink.nfnetlink import nfctsocket as _ct
 from pyinspect.errors import UnavailableError
 
 from .netlink import NETLINK_NETFILTER, Receiver
-from .packets import in_netns
+from .netns import in_netns
 
 NFNL_SUBSYS_CTNETLINK = 1
 GROUPS = 1 | 2 | 4            # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY

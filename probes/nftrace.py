@@ -34,7 +34,7 @@ from pyinspect.errors import UnavailableError
 from pyinspect.proc import pid_alive
 
 from .netlink import NETLINK_NETFILTER, Receiver
-from .packets import in_netns
+from .netns import in_netns
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0

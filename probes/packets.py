@@ -24,6 +24,9 @@ from pathlib import Path
 from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
+from . import bpfsys
+from .netns import in_netns
+
 SRC = Path(__file__).with_name("packets.bpf.c")
 TC_PRIO = 0xC1A5          # tc filter preference used only by pyinspect trace
 TC_HANDLE_BASE = 0x70690000   # "pi" << 16; a session's filters use base + (pid & 0xffff)
@@ -36,8 +39,6 @@ HDR = struct.Struct("<QIIHB5x")   # struct rec header in packets.bpf.c
 HDR_LEN = HDR.size
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
@@ -64,27 +65,6 @@ class Target:
     container_ports: list = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def in_netns(path):
-    """Run the body with this thread in the network namespace at `path` (None: stay)."""
-    if not path:
-        yield
-        return
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise UnavailableError(f"cannot enter network namespace {path}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            _libc.setns(own, _CLONE_NEWNET)
-    finally:
-        os.close(target)
-        os.close(own)
-
-
 def netns_inode(path=None):
     return os.stat(path or "/proc/thread-self/ns/net").st_ino
 
@@ -109,15 +89,12 @@ def tc_handle(pid):
     return TC_HANDLE_BASE + (pid & 0xffff)
 
 
-_SYS_BPF = 321
-_BPF_PROG_QUERY, _BPF_LINK_CREATE = 16, 28
-_BPF_TCX_INGRESS, _BPF_TCX_EGRESS = 46, 47
 ATTACH_ENV = "PYINSPECT_TC_ATTACH"     # "tcx" or "clsact" forces one; unset: tcx if it works
 ATTACH_KINDS = ("tcx", "clsact")
 
 
 def _tcx_type(direction):
-    return _BPF_TCX_INGRESS if direction == "ingress" else _BPF_TCX_EGRESS
+    return bpfsys.TCX_INGRESS if direction == "ingress" else bpfsys.TCX_EGRESS
 
 
 def tcx_attach(point, fd, direction):
@@ -128,11 +105,7 @@ def tcx_attach(point, fd, direction):
     attr = ctypes.create_string_buffer(64)   # prog_fd, target_ifindex, attach_type, flags
     struct.pack_into("<IIII", attr, 0, fd, point.ifindex, _tcx_type(direction), 0)
     with in_netns(point.netns):     # the ifindex is looked up in the caller's netns
-        lfd = _libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, attr, 64)
-    if lfd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return lfd
+        return bpfsys.bpf(bpfsys.LINK_CREATE, attr)
 
 
 def tcx_program_ids(ifindex, direction, netns=None):
@@ -142,9 +115,11 @@ def tcx_program_ids(ifindex, direction, netns=None):
     attr = ctypes.create_string_buffer(64)   # target_ifindex, attach_type, .., prog_ids, count
     struct.pack_into("<IIIIQI", attr, 0, ifindex, _tcx_type(direction), 0, 0,
                      ctypes.addressof(ids), 64)
-    with in_netns(netns):
-        if _libc.syscall(_SYS_BPF, _BPF_PROG_QUERY, attr, 64) < 0:
-            return []
+    try:
+        with in_netns(netns):
+            bpfsys.bpf(bpfsys.PROG_QUERY, attr)
+    except OSError:
+        return []
     count = struct.unpack_from("<I", attr, 24)[0]
     return list(ids[:min(count, 64)])
 

@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from pyinspect import doctor
+from pyinspect.probes.netns import in_netns
 from pyinspect.runtime import state
 
 pytestmark = pytest.mark.root
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.root
 
 def collect(host_ns, root):
     """doctor's snapshot taken from inside `host_ns`, as the CLI does under nsenter."""
-    with doctor.in_netns(host_ns.path):
+    with in_netns(host_ns.path):
         return doctor.HostView.collect(root)
 
 
