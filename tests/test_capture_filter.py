@@ -211,4 +211,4 @@ def test_filter_reads_headers_outside_the_linear_data(tap, payload):
     _ts, _point, direction, length, data = records[0]
     syn = bytes(frames[3])
     assert (direction, length) == ("in", len(syn))
-    assert data == syn[:len(data)] and len(data) == packets.DEFAULT_SNAPLEN
+    assert data == syn[:packets.DEFAULT_SNAPLEN]

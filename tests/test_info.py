@@ -75,10 +75,10 @@ def test_link_probe_reports_what_the_kernel_refuses():
     """The scratch-netns link probe (netfilter, tcx) turns a refusal into a plain reason:
     here a real link create with an attach type no kernel has."""
     import struct
-    from pyinspect.probes import capabilities as c
+    from pyinspect.probes import bpfsys, capabilities as c
     ok = c._probe_tcx()
     assert ok.name == "tcx" and ok.reason
-    bogus = c._link_buffers(c._BPF_PROG_TYPE_SCHED_CLS, -1, 0, struct.pack("<III", 1, 999, 0))
+    bogus = c._link_buffers(bpfsys.PROG_TYPE_SCHED_CLS, -1, 0, struct.pack("<III", 1, 999, 0))
     st = c._probe_link("tcx", bogus, "links", "no tcx in this kernel")
     assert not st.available and st.reason == "link create refused: no tcx in this kernel"
 

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from pyinspect.probes import capabilities
+from pyinspect.probes import bpfsys, capabilities
 from pyinspect.probes.cgroups import CgroupProbe
 from pyinspect.probes.process import ProcessProbe, clone_flag_names, namespace_names
 
@@ -411,16 +411,6 @@ def test_without_btf_namespaces_come_from_proc(events):
         assert col.event("exit", q.pid)["detail"]["exit_code"] == 9
 
 
-# BPF program ids, read with bpf(2) directly (bpftool is not installed here)
-_SYS_BPF, _PROG_GET_FD_BY_ID = 321, 13
-
-
-def _libc():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
 def prog_id_of(pid, fd):
     """The BPF program id behind another process's fd (from /proc/<pid>/fdinfo)."""
     with open(f"/proc/{pid}/fdinfo/{fd}") as f:
@@ -431,13 +421,13 @@ def prog_id_of(pid, fd):
 
 
 def prog_exists(prog_id):
-    libc = _libc()
+    """Whether a BPF program with this id is loaded (bpf(2): bpftool is not installed)."""
     attr = ctypes.create_string_buffer(struct.pack("<I", prog_id), 64)
-    fd = libc.syscall(_SYS_BPF, _PROG_GET_FD_BY_ID, attr, ctypes.c_uint(64))
-    if fd >= 0:
-        os.close(fd)
+    try:
+        os.close(bpfsys.bpf(bpfsys.PROG_GET_FD_BY_ID, attr))
         return True
-    return False
+    except OSError:
+        return False
 
 
 HOLDER = textwrap.dedent("""
@@ -565,7 +555,7 @@ def test_a_full_ring_buffer_is_counted_as_lost(make_netns):
 def test_netfilter_probe_reports_a_real_refusal(monkeypatch):
     """The netfilter check really asks the kernel: an unknown program type is refused."""
     assert capabilities._probe_netfilter().available  # kernel >= 6.4 here
-    monkeypatch.setattr(capabilities, "_BPF_PROG_TYPE_NETFILTER", 999)
+    monkeypatch.setattr(bpfsys, "PROG_TYPE_NETFILTER", 999)
     st = capabilities._probe_netfilter()
     assert not st.available
     assert st.reason == "load failed: program type unknown to this kernel (needs >= 6.4)"
