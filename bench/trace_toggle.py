@@ -11,7 +11,9 @@ seconds, in turn, through `--modes`:
   pause    the reader sleeps (the capture stays attached; the kernel sheds past its
            last budget);
   nohooks  the reader sleeps and the capture programs are detached (tcx links closed;
-           conntrack, TRACE rules, drops and process events stay).
+           conntrack, TRACE rules, drops and process events stay);
+  norules  the jumps to the TRACE chain are taken out of raw PREROUTING/OUTPUT;
+  A+B      both (e.g. nohooks+norules: everything in the packet path off).
 Each window of a mode is compared with the windows of the first mode either side of it
 (0.5 s iperf3 intervals, the first 0.4 s after a switch left out), so 15 minutes give
 ~75-150 windows per mode, with no start-up or tear-down in between: a finer comparison
@@ -51,12 +53,14 @@ def as_trace(argv):
     poll = tracer.TraceSession.poll
 
     def switched_poll(self, timeout=tracer.POLL_INTERVAL, final=False):
-        mode = "auto" if final else Path(modefile).read_text().strip()
-        set_hooks(self.cap, mode != "nohooks")
-        if mode in ("pause", "nohooks"):
+        parts = {"auto"} if final else set(Path(modefile).read_text().strip().split("+"))
+        set_hooks(self.cap, "nohooks" not in parts)
+        set_rules(self.rules, "norules" not in parts)
+        if parts & {"pause", "nohooks"}:
             time.sleep(timeout)
             return []
-        self.opt.max_rate = None if mode == "auto" else int(mode)
+        rate = next((p for p in parts if p.isdigit()), None)
+        self.opt.max_rate = int(rate) if rate else None
         return poll(self, timeout, final)
 
     tracer.TraceSession.poll = switched_poll
@@ -78,6 +82,18 @@ def set_hooks(cap, on):
             for direction, prefix in (("ingress", "pi_in_"), ("egress", "pi_eg_")):
                 fn = cap.bpf.load_func(f"{prefix}{i}", BPF.SCHED_CLS)
                 cap.links.append(packets.tcx_attach(point, fn.fd, direction))
+
+
+def set_rules(rules, on):
+    """Delete or re-insert the jumps from raw PREROUTING/OUTPUT to the TRACE chain."""
+    if rules is None:
+        raise SystemExit("norules needs the legacy backend's TRACE rules")
+    off = getattr(rules, "_toggled_off", False)
+    if on == off:
+        ok, err = rules._restore(rules._jumps("-I" if on else "-D"))
+        if not ok:
+            raise SystemExit(f"cannot switch the TRACE jumps: {err}")
+        rules._toggled_off = not on
 
 
 def run(seconds, window, modes, trace_args):
@@ -158,8 +174,10 @@ def main():
     args = ap.parse_args()
     modes = args.modes.split(",")
     for m in modes:
-        if m not in ("auto", "pause", "nohooks") and not m.isdigit():
-            ap.error(f"bad mode {m!r}: auto, pause, nohooks or a number")
+        for part in m.split("+"):
+            if part not in ("auto", "pause", "nohooks", "norules") and not part.isdigit():
+                ap.error(f"bad mode {m!r}: auto, pause, nohooks, norules or a number, "
+                         f"or several joined with +")
     if args.src:
         if not os.path.isfile(args.src):
             ap.error(f"no such file: {args.src}")
