@@ -34,9 +34,13 @@ from .proc import pid_alive
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
 POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
-AUTO_CPU_SHARE = 0.01           # automatic budget: the reader's share of one core when
-AUTO_CPU_SHARE_IDLE = 0.5       # the machine is busy, up to this much of idle CPU
-AUTO_MIN_RATE, AUTO_MAX_RATE = 500, 100000      # records/s bounds of the automatic budget
+# Automatic budget: the reader's share of one core when the machine is busy, up to
+# AUTO_CPU_SHARE_IDLE of idle CPU. Under load each ms the reader spends costs the traced
+# traffic several times that (iperf3 here lost ~5% to 500 records/s, 1.5% of a core), so
+# the busy share is small (docs/trace.md, "Measured").
+AUTO_CPU_SHARE = 0.002
+AUTO_CPU_SHARE_IDLE = 0.5
+AUTO_MIN_RATE, AUTO_MAX_RATE = 100, 100000      # records/s bounds of the automatic budget
 BUDGET_BURST_S = 1.0            # the budget saves up to this many seconds of its rate
 MAX_DYNAMIC_RULES = 64
 DROPS_PER_POLL = 50
@@ -1107,7 +1111,7 @@ class TraceSession:
             "process_events": self.events_seen,
             "reader_budget": (self.opt.max_rate if self.opt.max_rate is not None else
                               f"auto (last {self._auto_rate()} records/s: "
-                              f"{self._share:.0%} of a core at "
+                              f"{self._share:.1%} of a core at "
                               f"{self._cost * 1e6:.0f} us/record)"),
             "capture_hook": getattr(self, "capture_hook", None),
             "notes": list(self.notes),
