@@ -178,7 +178,7 @@ def events_enabled(netns=None):
         with in_netns(netns):
             with open("/proc/sys/net/netfilter/nf_conntrack_events") as f:
                 return f.read().strip() != "0"
-    except OSError:
+    except (OSError, UnavailableError):
         return True
 
 

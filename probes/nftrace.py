@@ -316,7 +316,7 @@ class LoggerBinding:
     def restore(self):
         if self.previous is None:
             return
-        with contextlib.suppress(OSError), in_netns(self.netns):
+        with contextlib.suppress(OSError, UnavailableError), in_netns(self.netns):
             with open(NF_LOG_SYSCTL, "w") as f:
                 f.write(self.previous)
         self.previous = None

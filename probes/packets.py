@@ -118,7 +118,7 @@ def tcx_program_ids(ifindex, direction, netns=None):
     try:
         with in_netns(netns):
             bpfsys.bpf(bpfsys.PROG_QUERY, attr)
-    except OSError:
+    except (OSError, UnavailableError):      # no tcx here, or the namespace is gone
         return []
     count = struct.unpack_from("<I", attr, 24)[0]
     return list(ids[:min(count, 64)])
