@@ -40,8 +40,8 @@ Run it in the namespace that holds the container's bridge (the host). The line
               help="Capture records per second handed to the reader (bursts of up to a "
                    "second's worth after a quiet spell); the kernel counts the rest as "
                    "shed (TCP SYN/FIN/RST have a budget of their own). "
-                   "Default: automatic (what 1% of a core can process; more only when "
-                   "over a core is idle). 0 = no limit.")
+                   "Default: automatic (what 0.2% of a core can process, at least 100; more "
+                   "only when over a core is idle). 0 = no limit.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Interleave the container's process events (fork, exec, exit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
