@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import bpfsys
+from .netns import CLONE_NEWNET
 
 HOOKS = ("tracepoint", "raw_tracepoint", "tc", "tcx", "kprobe", "fentry", "ringbuf",
          "perf_buffer", "netfilter")
@@ -252,7 +253,6 @@ def _probe_bcc_separately(BPF, combined_error):
 
 
 # -- netfilter and tcx links via raw bpf(2), in a scratch network namespace ---------------
-_CLONE_NEWNET = 0x40000000
 
 
 def _link_buffers(prog_type, r0, expected_attach_type, link_attr):
@@ -275,7 +275,7 @@ def _link_buffers(prog_type, r0, expected_attach_type, link_attr):
 
 def _link_child(libc, attr, lattr):
     """In a forked child: a new netns (its lo is ifindex 1), load the program, link it."""
-    if libc.unshare(_CLONE_NEWNET) != 0:
+    if libc.unshare(CLONE_NEWNET) != 0:
         return 100 + ctypes.get_errno(), 0
     fd = libc.syscall(bpfsys.SYS_BPF, bpfsys.PROG_LOAD, attr, 256)
     if fd < 0:
