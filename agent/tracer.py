@@ -34,6 +34,9 @@ from .proc import pid_alive
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
 POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
+# ... when under a core is idle: each poll costs ~1 ms of CPU whatever it reads, so under
+# load 10 polls/s were most of the reader's cost (docs/trace.md, "Measured")
+POLL_INTERVAL_BUSY = 0.25
 # Automatic budget: the reader's share of one core when the machine is busy, up to
 # AUTO_CPU_SHARE_IDLE of idle CPU. Under load each ms the reader spends costs the traced
 # traffic several times that (iperf3 here lost ~5% to 500 records/s, 1.5% of a core), so
@@ -343,7 +346,10 @@ class TraceSession:
         self.recent = collections.OrderedDict()
         self._cost = 40e-6          # CPU seconds per capture record, learned while running
         self._cpu_prev = None
+        self._idle = None           # idle cores between the last two polls (None: unknown)
+        self._ncpu = os.cpu_count() or 1
         self._share = 0.0
+        self.poll_interval = POLL_INTERVAL
 
     # -- start -------------------------------------------------------------------------
     def start(self):
@@ -577,9 +583,12 @@ class TraceSession:
                     _describe(p), snaplen=self.cap.snaplen)
 
     # -- polling -----------------------------------------------------------------------
-    def poll(self, timeout=POLL_INTERVAL, final=False):
-        """Read every source, correlate what has settled; returns output items."""
+    def poll(self, timeout=None, final=False):
+        """Read every source, correlate what has settled; returns output items. Sleeps
+        `timeout` s first (default: `poll_interval`, which follows the machine's load)."""
         from pyinspect.probes import nftrace, packets as P
+        if timeout is None:
+            timeout = self.poll_interval
         if not final and timeout:
             time.sleep(timeout)
         items = []
@@ -630,7 +639,13 @@ class TraceSession:
         return items
 
     def _refill_budget(self):
-        """Give the kernel the records the reader may take until the next poll."""
+        """Give the kernel the records the reader may take until the next poll; pick the
+        next poll's interval from the machine's idle CPU."""
+        idle = self._idle_cores()
+        if idle is not None:
+            self._idle = idle
+            busy = idle < min(1.0, self._ncpu / 2)
+            self.poll_interval = POLL_INTERVAL_BUSY if busy else POLL_INTERVAL
         rate = self.opt.max_rate if self.opt.max_rate is not None else self._auto_rate()
         if rate:
             now = time.monotonic()
@@ -646,7 +661,7 @@ class TraceSession:
         follows the machine's idle CPU (AUTO_CPU_SHARE when busy, more when idle), so the
         traced traffic keeps the cores it is using."""
         share = AUTO_CPU_SHARE
-        idle = self._idle_cores()
+        idle = self._idle
         if idle is not None:   # only a whole idle core beyond the first is taken, by half
             share = min(AUTO_CPU_SHARE_IDLE, max(AUTO_CPU_SHARE, 0.5 * (idle - 1.0)))
         self._share = share
@@ -663,7 +678,7 @@ class TraceSession:
         prev, self._cpu_prev = self._cpu_prev, (idle, total)
         if prev is None or total <= prev[1]:
             return None
-        return (idle - prev[0]) / (total - prev[1]) * (os.cpu_count() or 1)
+        return (idle - prev[0]) / (total - prev[1]) * self._ncpu
 
     def _follow_snat(self, f):
         """Outbound MASQUERADEd flow: capture its uplink copy and trace its replies."""
@@ -1113,6 +1128,7 @@ class TraceSession:
                               f"auto (last {self._auto_rate()} records/s: "
                               f"{self._share:.1%} of a core at "
                               f"{self._cost * 1e6:.0f} us/record)"),
+            "poll_interval_s": self.poll_interval,
             "capture_hook": getattr(self, "capture_hook", None),
             "notes": list(self.notes),
             "pcap": str(self.opt.pcap) if self.opt.pcap else None,

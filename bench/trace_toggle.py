@@ -52,12 +52,12 @@ def as_trace(argv):
     modefile = os.environ[MODE_ENV]
     poll = tracer.TraceSession.poll
 
-    def switched_poll(self, timeout=tracer.POLL_INTERVAL, final=False):
+    def switched_poll(self, timeout=None, final=False):
         parts = {"auto"} if final else set(Path(modefile).read_text().strip().split("+"))
         set_hooks(self.cap, "nohooks" not in parts)
         set_rules(self.rules, "norules" not in parts)
         if parts & {"pause", "nohooks"}:
-            time.sleep(timeout)
+            time.sleep(self.poll_interval if timeout is None else timeout)
             return []
         rate = next((p for p in parts if p.isdigit()), None)
         self.opt.max_rate = int(rate) if rate else None

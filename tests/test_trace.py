@@ -422,6 +422,23 @@ def test_a_connection_right_after_ready_is_captured_whole_at_a_low_budget(state_
     assert at["up0"] == at["pt-br0"] == at["vc0"] == at["eth0"] == \
         per_point["up0 (uplink)"]["captured"], at
 
+def test_reader_backs_off_while_every_cpu_is_busy(state_root, topo):
+    """With a busy loop on every CPU the automatic budget falls to its busy share and the
+    reader polls less often (each poll costs CPU whatever it reads)."""
+    from pyinspect import tracer
+    tr = Trace(state_root, topo, "--duration", "2", "--no-events")
+    burners = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
+               for _ in range(os.cpu_count() or 1)]
+    try:
+        _items, summary = tr.finish()
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert summary["poll_interval_s"] == tracer.POLL_INTERVAL_BUSY > tracer.POLL_INTERVAL
+    assert f"{tracer.AUTO_CPU_SHARE:.1%} of a core" in summary["reader_budget"], summary
+
+
 def test_budget_sheds_bulk_data_but_keeps_how_connections_start(state_root, topo):
     """With a tiny reader budget a bulk download is shed (and counted), yet every short
     connection made meanwhile still shows its SYN at the container: SYN/FIN/RST have
