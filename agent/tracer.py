@@ -34,8 +34,8 @@ from .proc import pid_alive
 SETTLE_NS = 250_000_000
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
 POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
-# ... when under a core is idle: each poll costs ~1 ms of CPU whatever it reads, so under
-# load 10 polls/s were most of the reader's cost (docs/trace.md, "Measured")
+# ... while less than a core is idle: each poll costs ~1 ms of CPU whatever it reads, so
+# under load 10 polls/s were half the reader's CPU time (docs/trace.md, "Measured")
 POLL_INTERVAL_BUSY = 0.25
 # Automatic budget: the reader's share of one core when the machine is busy, up to
 # AUTO_CPU_SHARE_IDLE of idle CPU. Under load each ms the reader spends costs the traced
@@ -349,7 +349,6 @@ class TraceSession:
         self._idle = None           # idle cores between the last two polls (None: unknown)
         self._ncpu = os.cpu_count() or 1
         self._share = 0.0
-        self.poll_interval = POLL_INTERVAL
 
     # -- start -------------------------------------------------------------------------
     def start(self):
@@ -638,14 +637,18 @@ class TraceSession:
             self.done = True
         return items
 
+    @property
+    def poll_interval(self):
+        """Seconds between polls, from the machine's idle CPU at the last poll."""
+        busy = self._idle is not None and self._idle < min(1.0, self._ncpu / 2)
+        return POLL_INTERVAL_BUSY if busy else POLL_INTERVAL
+
     def _refill_budget(self):
-        """Give the kernel the records the reader may take until the next poll; pick the
-        next poll's interval from the machine's idle CPU."""
+        """Give the kernel the records the reader may take until the next poll (and note
+        the machine's idle CPU, which sets that and the poll interval)."""
         idle = self._idle_cores()
         if idle is not None:
             self._idle = idle
-            busy = idle < min(1.0, self._ncpu / 2)
-            self.poll_interval = POLL_INTERVAL_BUSY if busy else POLL_INTERVAL
         rate = self.opt.max_rate if self.opt.max_rate is not None else self._auto_rate()
         if rate:
             now = time.monotonic()

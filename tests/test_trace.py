@@ -422,6 +422,7 @@ def test_a_connection_right_after_ready_is_captured_whole_at_a_low_budget(state_
     assert at["up0"] == at["pt-br0"] == at["vc0"] == at["eth0"] == \
         per_point["up0 (uplink)"]["captured"], at
 
+
 def test_reader_backs_off_while_every_cpu_is_busy(state_root, topo):
     """With a busy loop on every CPU the automatic budget falls to its busy share and the
     reader polls less often (each poll costs CPU whatever it reads)."""
