@@ -9,11 +9,11 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 
 import pytest
 from conftest import Cli
+from waits import wait_for
 
 from pyinspect import discovery, vethmap
 
@@ -24,16 +24,6 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 def ns_ino(pid, kind):
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from network_helpers import Host, cname, container  # noqa: E402
+from waits import wait_listen  # noqa: E402
 
 from pyinspect.errors import ConflictError, UsageError  # noqa: E402
 from pyinspect.runtime import ipam, network, ports  # noqa: E402
@@ -84,19 +85,8 @@ def httpd(host, rec, tmp_path, text):
     p = subprocess.Popen(["ip", "netns", "exec", rec["name"], "busybox", "httpd", "-f",
                           "-p", "80", "-h", str(d)])
     host.bg.append(p)
-    wait_listen(["ip", "netns", "exec", rec["name"]], 80)
+    wait_listen(rec["name"], 80)
     return p
-
-
-def wait_listen(prefix, port, timeout=5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = subprocess.run([*prefix, "cat", "/proc/net/tcp", "/proc/net/tcp6"],
-                             capture_output=True, text=True).stdout
-        if re.search(rf":{port:04X} [0-9A-F:]+ 0A ", out):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def fetch(runner, url, ok=True):
@@ -305,7 +295,7 @@ def test_masquerade_to_upstream(host, upstream):
                             "c, a = s.accept(); print(a[0], flush=True)",
                             stdout=subprocess.PIPE, text=True)
     host.bg.append(server)
-    wait_listen(["ip", "netns", "exec", upstream.name], 9000)
+    wait_listen(upstream.name, 9000)
     in_ctr(ctr, "sh", "-c", f"echo hi | busybox nc -w 2 {UPSTREAM} 9000")
     peer = server.communicate(timeout=10)[0].strip()
     assert peer == UPSTREAM_HOST  # the host's address, not 172.29.0.2
@@ -350,7 +340,7 @@ def test_port_conflicts(host):
                              "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1', 9099))\n"
                              "s.listen(); time.sleep(60)")
     host.bg.append(listener)
-    wait_listen(["ip", "netns", "exec", host.ns.name], 9099)
+    wait_listen(host.ns.name, 9099)
     assert ("tcp", "127.0.0.1", 9099) in [tuple(x) for x in host.ok("bound")]
     reply = host.call("prepare", spec=container(cname(), publish=["9099:80"])["spec"])
     assert reply["error"] == "ConflictError" and "bound by a host process" in reply["message"]

@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import Cli  # noqa: E402
 from network_helpers import cname  # noqa: E402
-from test_network import CLIENT, CLIENT_HOST, wait_listen, wire  # noqa: E402
+from test_network import CLIENT, CLIENT_HOST, wire  # noqa: E402
+from waits import wait_listen  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -77,7 +78,7 @@ def test_bridge_publish_and_modes(env, make_netns):
     t1, _ = env.run("-p", "8088:80", "-p", "127.0.0.1:8089:80", "busybox", "sh", "-c",
                     SERVE.format(text="test1"))
     t2, _ = env.run("busybox", "sleep", "600")
-    wait_listen(netns_exec(t1), 80)
+    wait_listen(t1, 80)
     ip1 = env.ip(t1)
     assert ip1.startswith("172.29.0.")
     # the seed's test2 -> test1 by IP, from inside test2 (pyinspect exec)
@@ -114,7 +115,7 @@ def test_bridge_publish_and_modes(env, make_netns):
     assert bad.returncode == 2 and "conflicting options" in bad.stderr
     # --net host: the container's listener is the host's
     hst, _ = env.run("--net", "host", "busybox", "httpd", "-f", "-p", "18095")
-    wait_listen(netns_exec(env.ns.name), 18095)
+    wait_listen(env.ns.name, 18095)
     # --net none: lo only; then the seed's manual veth exercise by hand
     non, _ = env.run("--net", "none", "busybox", "sleep", "600")
     pid = env.inspect(non)["State"]["Pid"]
@@ -151,7 +152,7 @@ def test_port_conflicts_through_cli(env):
     listener = env.ns.popen("python3", "-c", "import socket,time\ns=socket.socket()\n"
                             "s.bind(('0.0.0.0', 9098)); s.listen(); time.sleep(60)")
     try:
-        wait_listen(netns_exec(env.ns.name), 9098)
+        wait_listen(env.ns.name, 9098)
         name, bad = env.run("-p", "9098:80", "busybox", "sleep", "600", check=False)
         assert bad.returncode == 4 and "bound by a host process" in bad.stderr
         assert name not in env.cli("ps", "-a").stdout

@@ -18,6 +18,7 @@ import time
 import uuid
 
 import pytest
+from waits import wait_for
 
 from pyinspect.probes import bpfsys, capabilities
 from pyinspect.probes.cgroups import CgroupProbe
@@ -95,16 +96,6 @@ def children(pid):
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # -- capabilities ----------------------------------------------------------------------

@@ -3,10 +3,8 @@ real CLI inside a netns that plays the host (the runtime's own bridge, veth and 
 DNAT chain in the legacy backend)."""
 
 import json
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,22 +12,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import Cli, unique  # noqa: E402
 import tracetopo  # noqa: E402
+from waits import wait_listen  # noqa: E402
 
 pytestmark = pytest.mark.root
 
 HOST_IP, CLIENT_IP = "10.203.0.1", "10.203.0.2"
 SERVE = "mkdir -p /www && echo traced > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
-def wait_listen(ns, port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/tcp",
-                              "/proc/net/tcp6"], capture_output=True, text=True).stdout
-        if re.search(rf":{port:04X} [0-9A-F:]+ 0A ", out):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port} in {ns}")
 
 
 def test_trace_of_a_pyinspect_container(make_netns, state_root):

@@ -13,10 +13,10 @@ import json
 import re
 import os
 import subprocess
-import time
 import uuid
 
 from pyinspect.proc import delete_netns
+from waits import wait_listen
 
 
 def sh(ns, script, check=True, timeout=60):
@@ -107,11 +107,8 @@ class Topology:
                               "-p", str(port), "-h", www],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(p)
-        for _ in range(100):
-            if f":{port:04X}" in sh(ns, "cat /proc/net/tcp /proc/net/tcp6").stdout:
-                return p
-            time.sleep(0.05)
-        raise RuntimeError("httpd did not listen")
+        wait_listen(ns, port)
+        return p
 
     def upstream_serve(self, port=80):
         """An httpd in the upstream namespace (what a container calls out to)."""
@@ -123,11 +120,8 @@ class Topology:
                               "-p", str(port), "-h", www],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(p)
-        for _ in range(100):
-            if f":{port:04X}" in sh(self.upstream, "cat /proc/net/tcp /proc/net/tcp6").stdout:
-                return p
-            time.sleep(0.05)
-        raise RuntimeError("upstream httpd did not listen")
+        wait_listen(self.upstream, port)
+        return p
 
     def fetch(self, ns=None, url=None, timeout=5):
         """wget from the client (default) to http://HOST:8088/; returns the CompletedProcess."""
