@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +27,14 @@ from pyinspect.proc import pid_alive
 
 from . import bpfsys
 from .netns import in_netns
+from .perfring import PerfRing, cpu_list
 
 SRC = Path(__file__).with_name("packets.bpf.c")
 TC_PRIO = 0xC1A5          # tc filter preference used only by pyinspect trace
 TC_HANDLE_BASE = 0x70690000   # "pi" << 16; a session's filters use base + (pid & 0xffff)
 TC_NAME_PREFIX = "pyinspect-trace:"
 MAX_POINTS = 16
-MAXCAP = 16384
 CONTROL_PACKETS_PER_PERIOD = 8   # SYN/FIN/RST kept per budget period and point, at least
-DEFAULT_SNAPLEN = 160     # ethernet + IPv4 + TCP with options, and a bit of payload
-HDR = struct.Struct("<QIIHB5x")   # struct rec header in packets.bpf.c
-HDR_LEN = HDR.size
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 
@@ -279,15 +277,6 @@ class RingReader:
         self.prod.close()
 
 
-def parse(raw):
-    """Record bytes -> (ts_ns, point, direction 'in'|'out', len, data)."""
-    ts, ln, caplen, point, d = HDR.unpack_from(raw, 0)
-    return ts, point, "out" if d else "in", ln, raw[HDR_LEN:HDR_LEN + caplen]
-
-
-CONST_ADDRS, CONST_PORTS = 4, 8   # up to this many are compiled in as constants
-
-
 def _proto_num(proto):
     return socket.IPPROTO_UDP if proto == "udp" else socket.IPPROTO_TCP
 
@@ -301,8 +290,8 @@ def _ip_u32(ip):
 
 
 def fill_target_maps(bpf, target):
-    """Fill a program's `addrs` (u32) and `ports` (struct portkey) maps from `target`
-    (packets.bpf.c and drops.bpf.c declare both the same way)."""
+    """Fill a bcc program's `addrs` (u32) and `ports` (struct portkey) maps from `target`
+    (drops.bpf.c declares both)."""
     for a in target.addrs:
         bpf["addrs"][ctypes.c_uint32(_ip_u32(a))] = ctypes.c_uint8(1)
     ports = bpf["ports"]
@@ -314,86 +303,200 @@ def fill_target_maps(bpf, target):
         ports[k] = ctypes.c_uint8(1)
 
 
-def target_cflags(target):
-    """-D flags compiling the target's addresses and published ports in as constants when
-    there are few (the filter then needs no hash lookup for them); else the maps serve.
-    The container-side ports of published ports (replies from them are not learned as
-    outbound flows) exist only as constants: with more than CONST_PORTS, every flow is
-    learned."""
-    flags = []
-    if len(target.addrs) <= CONST_ADDRS:
-        flags.append(f"-DNADDRS={len(target.addrs)}")
-        flags += [f"-DADDR{i}={_ip_u32(a):#x}" for i, a in enumerate(target.addrs)]
-    if len(target.ports) <= CONST_PORTS:
-        flags.append(f"-DNPORTS={len(target.ports)}")
-        for i, (ip, port, proto) in enumerate(target.ports):
-            flags += [f"-DPORT{i}={int(port)}", f"-DPPROTO{i}={_proto_num(proto)}",
-                      f"-DPIP{i}={_ip_u32(ip):#x}"]
+# -- the structs of packets.h ----------------------------------------------------------
+NCONST_ADDRS, NCONST_PORTS = 8, 16
+EV_MAXCAP = 65400          # a perf record is at most 64 KiB: longer frames are cut
+ASNAP = 128
+FILLER_TYPE, FILLER_LEN = 0x80000A11, 24
+C_SEEN, C_LOST, C_CAPPED, C_SHED, C_ALOST, NCOUNT = range(6)
+
+
+class _PortKey(ctypes.Structure):
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8)]
+
+
+class _CPort(ctypes.Structure):
+    _fields_ = [("port", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
+
+
+class _FlowKey(ctypes.Structure):
+    _fields_ = [("peer_ip", ctypes.c_uint32), ("peer_port", ctypes.c_uint16),
+                ("local_port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 3)]
+
+
+class _Config(ctypes.Structure):
+    _fields_ = [("all_points", ctypes.c_uint32), ("learn_points", ctypes.c_uint32),
+                ("portfilter", ctypes.c_uint32), ("snaplen", ctypes.c_uint32),
+                ("ring_bytes", ctypes.c_uint32), ("naddrs", ctypes.c_uint32),
+                ("nports", ctypes.c_uint32), ("ncports", ctypes.c_uint32),
+                ("addrs", ctypes.c_uint32 * NCONST_ADDRS),
+                ("ports", _PortKey * NCONST_PORTS), ("cports", _CPort * NCONST_PORTS)]
+
+
+class _Ctl(ctypes.Structure):
+    _fields_ = [("tokens", ctypes.c_int64), ("control", ctypes.c_int64),
+                ("limited", ctypes.c_uint32), ("evidence", ctypes.c_uint32),
+                ("clock_offset", ctypes.c_int64)]
+
+
+class _Counters(ctypes.Structure):
+    _fields_ = [("prod", ctypes.c_uint64), ("v", ctypes.c_uint64 * (MAX_POINTS * NCOUNT))]
+
+
+AREC = struct.Struct("<QqIIIHBx")     # struct arec header in packets.h
+AREC_SIZE = AREC.size + ASNAP
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One analysis record: a packet as the analysis path sees it (the first ASNAP bytes).
+    `cpu`/`stream_pos` locate its evidence copy (stream_pos -1: none)."""
+    ts_ns: int            # CLOCK_REALTIME
+    point: int
+    direction: str        # 'in' | 'out'
+    len: int
+    data: bytes
+    cpu: int
+    stream_pos: int
+
+
+def parse(raw) -> Record:
+    ts, pos, ln, caplen, cpu, point, d = AREC.unpack_from(raw, 0)
+    return Record(ts, point, "out" if d else "in", ln,
+                  bytes(raw[AREC.size:AREC.size + caplen]), cpu, pos)
+
+
+@dataclass
+class PointCounters:
+    """Per capture point, from the kernel: seen == captured + lost + capped."""
+    seen: int = 0
+    lost: int = 0         # evidence ring full
+    capped: int = 0       # not written: the size cap was reached
+    shed: int = 0         # over the analysis budget (still in the file)
+    alost: int = 0        # analysis ring full (still in the file)
+
+    @property
+    def captured(self) -> int:
+        return self.seen - self.lost - self.capped
+
+
+@dataclass
+class Chunk:
+    """A range of one CPU's evidence stream, ready to append to a segment file: `parts`
+    are whole pcapng blocks (EPB, filler, ..., EPB). A record at stream position p has
+    its EPB at byte `p - start` of the chunk."""
+    cpu: int
+    start: int
+    end: int
+    parts: list
+
+
+def make_config(points, target, snaplen, ring_bytes):
+    c = _Config()
+    c.all_points = sum(1 << i for i, p in enumerate(points) if p.mode in ("all", "all+learn"))
+    c.learn_points = sum(1 << i for i, p in enumerate(points) if p.mode == "all+learn")
+    c.portfilter = 1 if target.only_ports else 0
+    c.snaplen = snaplen
+    c.ring_bytes = ring_bytes
+    c.naddrs = len(target.addrs) if len(target.addrs) <= NCONST_ADDRS else NCONST_ADDRS + 1
+    for i, a in enumerate(target.addrs[:NCONST_ADDRS]):
+        c.addrs[i] = _ip_u32(a)
+    c.nports = len(target.ports) if len(target.ports) <= NCONST_PORTS else NCONST_PORTS + 1
+    for i, (ip, port, proto) in enumerate(target.ports[:NCONST_PORTS]):
+        c.ports[i].ip, c.ports[i].port, c.ports[i].proto = _ip_u32(ip), int(port), \
+            _proto_num(proto)
     cports = sorted(set(target.container_ports))
-    if len(cports) <= CONST_PORTS:
-        flags.append(f"-DNCPORTS={len(cports)}")
-        for i, (port, proto) in enumerate(cports):
-            flags += [f"-DCPORT{i}={int(port)}", f"-DCPPROTO{i}={_proto_num(proto)}"]
-    return flags
+    c.ncports = len(cports) if len(cports) <= NCONST_PORTS else NCONST_PORTS + 1
+    for i, (port, proto) in enumerate(cports[:NCONST_PORTS]):
+        c.cports[i].port, c.cports[i].proto = int(port), _proto_num(proto)
+    return c
 
 
-def point_cflags(points, only_ports):
-    """-D flags compiling each point's mode and --port in: ALL_POINTS/LEARN_POINTS masks."""
-    every = sum(1 << i for i, p in enumerate(points) if p.mode in ("all", "all+learn"))
-    learn = sum(1 << i for i, p in enumerate(points) if p.mode == "all+learn")
-    return [f"-DALL_POINTS={every:#x}", f"-DLEARN_POINTS={learn:#x}",
-            f"-DPORTFILTER={1 if only_ports else 0}"]
+def _pow2_pages(nbytes):
+    pages = 1
+    while pages * mmap.PAGESIZE < nbytes:
+        pages *= 2
+    return pages * mmap.PAGESIZE
 
 
 class PacketCapture:
-    """tc capture on `points` for `target`. Context manager: start(), read(), stop()."""
+    """tc capture on `points` for `target`: start(), evidence via wait()/chunks()/
+    consumed(), analysis records via read(), counters(), stop(), close().
 
-    def __init__(self, points, target, snaplen=DEFAULT_SNAPLEN, ring_mb=16):
+    Evidence: every matched packet (up to `snaplen`, at most EV_MAXCAP) as pcapng EPBs in
+    per-CPU perf buffers of `ring_mb` MiB each. Analysis: within the budget (set_budget),
+    the first ASNAP bytes of each packet in a ring buffer.
+    """
+
+    def __init__(self, points, target, snaplen=262144, ring_mb=16, analysis_mb=4):
         if len(points) > MAX_POINTS:
             raise UsageError(f"too many capture points: {len(points)}", f"at most {MAX_POINTS}")
         if snaplen < 0:
             raise UsageError(f"bad --snaplen {snaplen}: must be >= 0")
         self.points = list(points)
         self.target = target
-        self.snaplen = MAXCAP if snaplen == 0 else min(snaplen, MAXCAP)
-        pages = 1
-        while pages * mmap.PAGESIZE < ring_mb * 1024 * 1024:
-            pages *= 2
-        self.ring_pages = pages
-        self.bpf = None
+        self.snaplen = EV_MAXCAP if snaplen == 0 else min(snaplen, EV_MAXCAP)
+        self.ring_bytes = _pow2_pages(ring_mb * 1024 * 1024)
+        self.analysis_bytes = _pow2_pages(analysis_mb * 1024 * 1024)
+        self.obj = None
+        self.rings = []          # PerfRing per online CPU
         self.reader = None
-        self.attached = []      # (point, added_clsact)
-        self.links = []         # tcx link fds
+        self.attached = []       # (point, added_clsact)
+        self.links = []          # tcx link fds
         wanted = os.environ.get(ATTACH_ENV) or None
         if wanted not in (None,) + ATTACH_KINDS:
             raise UsageError(f"bad {ATTACH_ENV}={wanted!r}", "use tcx or clsact")
         self.forced = wanted
-        self.attach_kind = wanted    # set at start(): "tcx" or "clsact"
-        self.attach_note = None      # why tcx was not used, when it was wanted
+        self.attach_kind = wanted
+        self.attach_note = None
         self.lock = threading.Lock()
-        self.budget = None      # last set_budget(); applied before the programs attach
+        self._ctl = _Ctl(evidence=1, clock_offset=_clock_offset())
+        self._possible = cpu_list("possible")
+        self._epoll = None
+        self._final = None
 
+    # -- start / stop -------------------------------------------------------------------
     def start(self):
+        from . import bpfobj
+        ncpu = max(self._possible) + 1
+        cfg = make_config(self.points, self.target, self.snaplen, self.ring_bytes)
+        progs = {f"pi_{d}_{i}" for i in range(len(self.points)) for d in ("in", "eg")}
         try:
-            from bcc import BPF
-        except ImportError as exc:
-            raise UnavailableError("packet capture needs bcc: python3-bpfcc is not installed",
-                                   "run make install") from exc
-        cflags = [f"-DSNAPLEN={self.snaplen}", f"-DRINGBUF_PAGES={self.ring_pages}",
-                  f"-DNPOINTS={max(1, len(self.points))}",
-                  "-Wno-macro-redefined"] + target_cflags(self.target) + \
-            point_cflags(self.points, self.target.only_ports)
-        try:
-            self.bpf = BPF(src_file=str(SRC), cflags=cflags)
-        except Exception as exc:
+            self.obj = bpfobj.BpfObject.open(
+                SRC, rodata=bytes(cfg), programs=progs,
+                max_entries={"evidence": ncpu, "scratch": ncpu, "ring_cons": ncpu,
+                             "arecs": self.analysis_bytes}).load()
+        except UnavailableError as exc:
+            self.close()
             raise UnavailableError(f"cannot load the tc capture program: {exc}",
+                                   _hook_reason("tc")) from None
+        try:
+            self._fill_maps()
+            self._write_ctl()      # the budget is in place before the first program attaches
+            self._open_rings()
+            self.reader = RingReader(self.obj.map_fd("arecs"), self.analysis_bytes)
+            self._attach()
+        except Exception as exc:
+            self.close()
+            if isinstance(exc, UnavailableError):
+                raise
+            raise UnavailableError(f"cannot attach tc capture: {exc}",
                                    _hook_reason("tc")) from exc
-        self._fill_maps()
-        # the budget is in place before the first program attaches: a busy interface would
-        # otherwise fill the ring unbudgeted while the other points attach
-        self._write_budget()
-        ring = self.bpf["events"]
-        self.reader = RingReader(ring.map_fd, self.ring_pages * mmap.PAGESIZE)
+        return self
+
+    def _open_rings(self):
+        import select
+        self._epoll = select.epoll()
+        fd = self.obj.map_fd("evidence")
+        for cpu in cpu_list("online"):
+            ring = PerfRing(cpu, self.ring_bytes)
+            self.rings.append(ring)
+            _map_update(fd, ctypes.c_uint32(cpu), ctypes.c_uint32(ring.fd))
+            self._epoll.register(ring.fd, select.EPOLLIN)
+
+    def _attach(self):
         pid = os.getpid()
         sockets = {}
         try:
@@ -402,24 +505,15 @@ class PacketCapture:
                     sockets[point.netns] = _iproute(point.netns)
                 added = False
                 for direction, prefix in (("ingress", "pi_in_"), ("egress", "pi_eg_")):
-                    fn = self.bpf.load_func(f"{prefix}{i}", BPF.SCHED_CLS)
-                    if self.attach_kind != "clsact" and self._attach_tcx(point, fn.fd,
-                                                                         direction):
+                    fd = self.obj.prog_fd(f"{prefix}{i}")
+                    if self.attach_kind != "clsact" and self._attach_tcx(point, fd, direction):
                         continue
-                    added = attach_filter(point, fn.fd, f"{point.name}:{direction}", direction,
+                    added = attach_filter(point, fd, f"{point.name}:{direction}", direction,
                                           pid, sockets[point.netns]) or added
                 self.attached.append((point, added))
-        except Exception as exc:
+        finally:
             for ipr in sockets.values():
                 ipr.close()
-            self.stop()
-            if isinstance(exc, UnavailableError):
-                raise
-            raise UnavailableError(f"cannot attach tc capture: {exc}",
-                                   _hook_reason("tc")) from exc
-        for ipr in sockets.values():
-            ipr.close()
-        return self
 
     def _attach_tcx(self, point, fd, direction):
         """Attach by tcx; False (and clsact from now on) if the kernel has no tcx."""
@@ -436,79 +530,29 @@ class PacketCapture:
         return True
 
     def _fill_maps(self):
-        import ctypes as ct
-        b = self.bpf
-        fill_target_maps(b, self.target)
-        for p in self.target.only_ports:
-            b["portfilter"][ct.c_uint16(int(p))] = ct.c_uint8(1)
+        t = self.target
+        if len(t.addrs) > NCONST_ADDRS:
+            fd = self.obj.map_fd("addrs")
+            for a in t.addrs:
+                _map_update(fd, ctypes.c_uint32(_ip_u32(a)), ctypes.c_uint8(1))
+        if len(t.ports) > NCONST_PORTS:
+            fd = self.obj.map_fd("ports")
+            for ip, port, proto in t.ports:
+                _map_update(fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)),
+                            ctypes.c_uint8(1))
+        fd = self.obj.map_fd("portfilter")
+        for p in t.only_ports:
+            _map_update(fd, ctypes.c_uint16(int(p)), ctypes.c_uint8(1))
 
     def add_flow(self, peer_ip, peer_port, local_port, proto):
         """Also capture an outbound flow on uplinks (e.g. learned from conntrack after SNAT)."""
-        if not self.bpf:
+        if not self.obj:
             return
-        flows = self.bpf["flows"]
-        k = flows.Key()
-        k.peer_ip = _ip_u32(peer_ip)
-        k.peer_port = int(peer_port)
-        k.local_port = int(local_port)
-        k.proto = _proto_num(proto)
-        flows[k] = ctypes.c_uint8(1)
-
-    def read(self, limit=1 << 30):
-        """Raw records available now (bytes; decode with `parse`)."""
-        if not self.reader:
-            return []
-        with self.lock:
-            return self.reader.read(limit)
-
-    def set_budget(self, records, burst=None):
-        """Allow `records` more ring buffer records (None: no budget); the rest are shed,
-        except TCP SYN/FIN/RST packets, which have a budget of their own: `records` or
-        enough for CONTROL_PACKETS_PER_PERIOD packets at every point, whichever is more.
-        With `burst`, what is left of the last budget is kept as well, up to `burst`
-        records in all (a token bucket: a quiet spell saves up for a burst); without, it
-        is replaced. Before start() it sets the budget the programs start with."""
-        self.budget = records
-        self._write_budget(burst)
-
-    def _write_budget(self, burst=None):
-        if not self.bpf:
-            if self.budget is not None and burst is not None:
-                self.budget = min(self.budget, burst)
-            return
-        records = self.budget
-        table = self.bpf["ctl"]
-        key = ctypes.c_int(0)
-        c = table.Leaf()
-        if records is not None:
-            tokens = int(records)
-            if burst is not None:
-                # read, then written: packets counted by the kernel in between are given
-                # back (a few records over the budget, never a miscount)
-                last = table[key]
-                left = max(0, last.tokens) if last.limited else 0
-                tokens = min(int(burst), left + tokens)
-            c.tokens = tokens
-            c.control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
-            c.limited = 1
-        table[key] = c
-
-    def counters(self):
-        """{point index: (seen, lost, shed)} summed over CPUs, from the kernel."""
-        out = {}
-        if not self.bpf:
-            return out
-        per_cpu = self.bpf["stats"][ctypes.c_int(0)]
-        for i in range(len(self.points)):
-            out[i] = tuple(sum(c.v[i * 3 + k] for c in per_cpu) for k in range(3))
-        return out
-
-    @property
-    def lost(self):
-        return sum(v[1] for v in self.counters().values())
+        k = _FlowKey(_ip_u32(peer_ip), int(peer_port), int(local_port), _proto_num(proto))
+        _map_update(self.obj.map_fd("flows"), k, ctypes.c_uint8(1))
 
     def stop(self):
-        """Detach every filter (and the clsact qdiscs we added); keep counters readable."""
+        """Detach every program (and the clsact qdiscs we added); counters stay readable."""
         for point, added in self.attached:
             detach_point(point, added)
         self.attached = []
@@ -518,19 +562,161 @@ class PacketCapture:
 
     def close(self):
         self.stop()
+        if self.obj and self._final is None:
+            with contextlib.suppress(Exception):
+                self._final = self.counters()
         if self.reader:
             with self.lock:
                 self.reader.close()
             self.reader = None
-        if self.bpf:
-            self.bpf.cleanup()
-            self.bpf = None
+        if self._epoll:
+            self._epoll.close()
+            self._epoll = None
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
+        if self.obj:
+            self.obj.close()
+            self.obj = None
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.close()
+
+    # -- evidence -----------------------------------------------------------------------
+    def wait(self, timeout):
+        """Sleep until some CPU's evidence buffer is a quarter full, or `timeout` s."""
+        if self._epoll:
+            self._epoll.poll(timeout)
+
+    def chunks(self):
+        """The evidence each CPU has produced since the last call, as Chunks (whole pcapng
+        blocks). Give each back with consumed() once written."""
+        out = []
+        for ring in self.rings:
+            head = ring.head()
+            start = ring.tail
+            if head - start < 16 + 8:
+                continue
+            if not self._chain_ok(ring, start, head):
+                raise UnavailableError(f"evidence stream of CPU {ring.cpu} is out of step "
+                                       f"at {start}")
+            out.append(Chunk(ring.cpu, start, head, ring.pending(start + 16, head - 8)))
+        return out
+
+    @staticmethod
+    def _chain_ok(ring, start, head):
+        """The range starts with a sample record carrying our EPB and ends with a filler
+        header: cheap evidence that no foreign record (PERF_RECORD_LOST) broke the chain."""
+        return (ring.read_u32(start) & 0xffff == 9 and ring.read_u32(start + 12) == FILLER_LEN
+                and ring.read_u32(start + 16) == 6 and ring.read_u32(head - 8) == FILLER_TYPE)
+
+    def consumed(self, chunk):
+        """The chunk is written: its ring space goes back to the kernel and the programs."""
+        ring = next(r for r in self.rings if r.cpu == chunk.cpu)
+        for v in chunk.parts:
+            v.release()
+        ring.consume(chunk.end)
+        _map_update(self.obj.map_fd("ring_cons"), ctypes.c_uint32(chunk.cpu),
+                    ctypes.c_uint64(chunk.end))
+
+    def set_evidence(self, on):
+        """Write evidence (True) or count it as capped (False: the size cap was reached)."""
+        self._ctl.evidence = 1 if on else 0
+        self._write_ctl(keep_tokens=True)
+
+    # -- analysis -----------------------------------------------------------------------
+    def read(self, limit=1 << 30):
+        """Analysis records available now (raw bytes; decode with `parse`)."""
+        if not self.reader:
+            return []
+        with self.lock:
+            return self.reader.read(limit)
+
+    def set_budget(self, records, burst=None):
+        """Allow `records` more analysis records (None: no budget); the rest are shed,
+        except TCP SYN/FIN/RST packets, which have a budget of their own: `records` or
+        enough for CONTROL_PACKETS_PER_PERIOD packets at every point, whichever is more.
+        With `burst`, what is left of the last budget is kept as well, up to `burst`
+        records in all (a token bucket); without, it is replaced. The evidence file does
+        not depend on it."""
+        c = self._ctl
+        if records is None:
+            c.limited = 0
+        else:
+            tokens = int(records)
+            if burst is not None and self.obj:
+                last = self._read_ctl()
+                left = max(0, last.tokens) if last.limited else 0
+                tokens = min(int(burst), left + tokens)
+            elif burst is not None:
+                tokens = min(tokens, int(burst))
+            c.tokens = tokens
+            c.control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
+            c.limited = 1
+        c.clock_offset = _clock_offset()
+        self._write_ctl()
+
+    def _read_ctl(self):
+        c = _Ctl()
+        _map_lookup(self.obj.map_fd("ctl"), ctypes.c_uint32(0), c)
+        return c
+
+    def _write_ctl(self, keep_tokens=False):
+        if not self.obj:
+            return
+        if keep_tokens:
+            last = self._read_ctl()
+            self._ctl.tokens, self._ctl.control = last.tokens, last.control
+        _map_update(self.obj.map_fd("ctl"), ctypes.c_uint32(0), self._ctl)
+
+    # -- counters -----------------------------------------------------------------------
+    def counters(self):
+        """{point index: PointCounters} summed over CPUs (the last reading after close)."""
+        if not self.obj:
+            return self._final or {}
+        per = ctypes.sizeof(_Counters)
+        buf = (_Counters * len(self._possible))()
+        assert per % 8 == 0
+        _map_lookup(self.obj.map_fd("stats"), ctypes.c_uint32(0), buf)
+        out = {}
+        for i in range(len(self.points)):
+            vals = [sum(c.v[i * NCOUNT + k] for c in buf) for k in range(NCOUNT)]
+            out[i] = PointCounters(*vals)
+        return out
+
+    def produced(self):
+        """{cpu: evidence bytes produced}: equals each ring's head when nothing foreign
+        was written."""
+        per = (_Counters * len(self._possible))()
+        _map_lookup(self.obj.map_fd("stats"), ctypes.c_uint32(0), per)
+        return {cpu: per[cpu].prod for cpu in range(len(self._possible))}
+
+    @property
+    def lost(self):
+        return sum(v.lost for v in self.counters().values())
+
+
+def _clock_offset():
+    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(
+        time.CLOCK_MONOTONIC)
+
+
+def _map_update(fd, key, value):
+    from .bpfobj import libbpf
+    if libbpf().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf map update: {os.strerror(err)}")
+
+
+def _map_lookup(fd, key, value):
+    from .bpfobj import libbpf
+    if libbpf().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf map lookup: {os.strerror(err)}")
+
 
 
 class _BpfProgram(ctypes.Structure):
@@ -550,7 +736,7 @@ class BpfFilter:
     tcpdump would with the same snap length.
     """
 
-    def __init__(self, expr, snaplen=MAXCAP):
+    def __init__(self, expr, snaplen=EV_MAXCAP):
         import ctypes.util
         name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
         try:

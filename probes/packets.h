@@ -1,0 +1,84 @@
+// Structs shared by packets.bpf.c and its loader (probes/packets.py mirrors them with
+// ctypes and checks the .rodata size at load).
+#ifndef PYINSPECT_PACKETS_H
+#define PYINSPECT_PACKETS_H
+
+#define MAX_POINTS 16
+#define NCONST_ADDRS 8          // container addresses compiled in as constants
+#define NCONST_PORTS 16         // published ports compiled in as constants
+#define EV_MAXCAP 65400         // a perf record is at most 64 KiB: longer frames are cut
+#define SCRATCH_SIZE (65536 + 64)
+#define ASNAP 128               // bytes of each packet the analysis path sees
+#define FILLER_TYPE 0x80000A11  // pcapng block type for local use: readers skip it
+#define FILLER_LEN 24
+
+// counters per point: seen == captured + lost + capped
+#define C_SEEN 0
+#define C_LOST 1                // evidence ring full
+#define C_CAPPED 2              // evidence off: the size cap was reached
+#define C_SHED 3                // over the analysis budget
+#define C_ALOST 4               // analysis ring full
+#define NCOUNT 5
+
+struct portkey {
+    __u32 ip;        // network order; 0 = any address
+    __u16 port;      // host order
+    __u8 proto;
+    __u8 pad;
+};
+
+struct cport {
+    __u16 port;
+    __u8 proto;
+    __u8 pad;
+};
+
+struct flowkey {
+    __u32 peer_ip;   // network order
+    __u16 peer_port; // host order
+    __u16 local_port;
+    __u8 proto;
+    __u8 pad[3];
+};
+
+// Set before load (.rodata): the verifier sees these as constants.
+struct capture_config {
+    __u32 all_points;     // bit n: point n takes every frame (the container's interfaces)
+    __u32 learn_points;   // bit n: point n learns outbound flows on ingress
+    __u32 portfilter;     // 1: only ports in `portfilter` (--port)
+    __u32 snaplen;        // evidence bytes per packet
+    __u32 ring_bytes;     // data size of each CPU's evidence perf buffer
+    __u32 naddrs;         // > NCONST_ADDRS: look addresses up in `addrs`
+    __u32 nports;         // > NCONST_PORTS: look ports up in `ports`
+    __u32 ncports;        // > NCONST_PORTS: learn every outbound flow
+    __u32 addrs[NCONST_ADDRS];
+    struct portkey ports[NCONST_PORTS];
+    struct cport cports[NCONST_PORTS];
+};
+
+struct ctl {
+    __s64 tokens;        // analysis records left in this budget period
+    __s64 control;       // TCP SYN/FIN/RST records left beyond `tokens`
+    __u32 limited;       // 0: no budget, every matched packet is analysed
+    __u32 evidence;      // 0: write no evidence (size cap reached)
+    __s64 clock_offset;  // CLOCK_REALTIME - CLOCK_MONOTONIC, ns
+};
+
+struct counters {
+    __u64 prod;                          // evidence bytes produced on this CPU
+    __u64 v[MAX_POINTS * NCOUNT];
+};
+
+struct arec {
+    __u64 ts_ns;         // CLOCK_REALTIME
+    __s64 stream_pos;    // the evidence record's position in its CPU's stream; -1: none
+    __u32 len;
+    __u32 caplen;
+    __u32 cpu;
+    __u16 point;
+    __u8 dir;            // 0 ingress, 1 egress
+    __u8 pad;
+    __u8 data[ASNAP];
+};
+
+#endif
