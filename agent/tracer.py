@@ -31,7 +31,12 @@ from .config import database_path
 from .errors import NotFoundError, PyinspectError, UnavailableError, UsageError
 from .proc import pid_alive
 
+from .trace.evidence import SEGMENT_BYTES, EvidenceWriter, Interface, SegmentFiles
+
 SETTLE_NS = 250_000_000
+WHOLE_SNAPLEN = 262144          # tcpdump's default: with -w the file keeps whole packets
+HEADERS_SNAPLEN = 256           # without -w: every packet's headers, for pcap export
+AUTO_MAX_SIZE = 4 << 30         # segment files of one trace, at most (and free disk - 1 GiB)
 LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
 POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
 # ... while less than a core is idle: each poll costs ~1 ms of CPU whatever it reads, so
@@ -58,14 +63,16 @@ class TraceOptions:
     port: int = None
     filter: str = None
     via: list = None
-    snaplen: int = 160
+    snaplen: int = None       # None: whole packets with -w (tcpdump's 262144), else HEADERS
     duration: float = None
     count: int = None
     pcap: str = None
     live_per_flow: int = LIVE_PACKETS_PER_FLOW
     max_rate: int = None      # capture records/s the reader takes; None = auto; 0 = all
     events: bool = True                   # interleave the container's process events
-    ring_mb: int = 16
+    ring_mb: int = 16                     # evidence buffer per CPU
+    max_size: int = None                  # bytes of segment files; None: automatic; 0: no cap
+    segment_size: int = SEGMENT_BYTES
 
 
 @dataclass
@@ -320,13 +327,14 @@ class TraceSession:
         self.cgroups = None
         self.ev_pending = []
         self.events_seen = 0
-        self.pcap = None
-        self.pcap_ids = {}
+        self.evidence = None        # EvidenceWriter: every packet into segment files
+        self.segment_ids = {}       # segment number -> store id
+        self.segments_done = set()
         self.store = None
         self.session_id = None
         self.notes = []
         self.flows = F.FlowTable()
-        self.pending = []           # (ts_ns, point, dir, len, data, Pkt)
+        self.pending = []           # (ts_ns, point, dir, len, data, Pkt, cpu, stream_pos)
         self.nf_pending = []        # hop dicts
         self.drop_pending = []
         self.journeys = {}          # flow id -> [Journey]
@@ -356,7 +364,9 @@ class TraceSession:
         if self.opt.snaplen is not None and self.opt.snaplen < 0:
             raise UsageError(f"trace: bad --snaplen {self.opt.snaplen}: must be >= 0")
         if self.opt.filter:
-            self.pfilter = P.BpfFilter(self.opt.filter, P.MAXCAP)
+            self.pfilter = P.BpfFilter(self.opt.filter, P.EV_MAXCAP)
+        if self.opt.snaplen is None:
+            self.opt.snaplen = WHOLE_SNAPLEN if self.opt.pcap else HEADERS_SNAPLEN
         cleaned = cleanup_stale(self.root)
         if cleaned:
             self.notes.append(f"removed leftovers of a killed trace: {'; '.join(cleaned)}")
@@ -381,6 +391,7 @@ class TraceSession:
             self._open_outputs()         # a bad -w path fails here, before any attach
             self._refill_budget()            # budgeted from the first packet, not first poll
             self.cap.start()
+            self.evidence = EvidenceWriter(self.cap, self._segment_files()).start()
             self.capture_hook = self.cap.attach_kind
             if self.cap.attach_note:
                 self.notes.append(f"capture: {self.cap.attach_note}")
@@ -403,9 +414,7 @@ class TraceSession:
         """Mark the session row failed (if one was written) and close the store."""
         if self.store and self.session_id:
             with contextlib.suppress(Exception):
-                with self.store.db.conn:
-                    self.store.db["trace_sessions"].update(self.session_id, {
-                        "stopped_ns": time.time_ns(), "status": f"failed: {exc}"[:200]})
+                self.store.fail_trace(self.session_id, str(exc))
         if self.store:
             self.store.close()
             self.store = None
@@ -554,32 +563,50 @@ class TraceSession:
 
     def _open_outputs(self):
         from .store import Store
-        self.store = Store(database_path(self.root))
-        db = self.store.db
-        with db.conn:
-            self.session_id = db["trace_sessions"].insert({
-                "container_id": self.target.id, "container_name": self.target.name,
-                "started_ns": self.started_ns, "filter": self.opt.filter or "",
-                "snaplen": self.opt.snaplen, "status": "running",
-                "pcap_path": str(self.opt.pcap or "")}).last_pk
-            self.point_ids = []
-            for p in self.points:
-                self.point_ids.append(db["capture_points"].insert({
-                    "session_id": self.session_id, "name": p.name,
-                    "description": _describe(p), "ifindex": p.ifindex,
-                    "netns": p.netns_inode, "linktype": 1}).last_pk)
         if self.opt.pcap:
-            from .pcapng import PcapNgWriter
-            try:
-                self.pcap = PcapNgWriter(self.opt.pcap)
-            except OSError as exc:
-                raise UsageError(f"trace: cannot write {self.opt.pcap}: {exc.strerror}",
-                                 "give -w a path in a writable directory") from exc
-            from .pcap_export import point_name
-            for i, p in enumerate(self.points):  # the same names `pcap export` gives
-                self.pcap_ids[i] = self.pcap.add_interface(
-                    point_name(p.name, _describe(p), self.target.name),
-                    _describe(p), snaplen=self.cap.snaplen)
+            out = Path(self.opt.pcap)
+            parent = out.parent if str(out.parent) else Path(".")
+            if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise UsageError(f"trace: cannot write {self.opt.pcap}: "
+                                 f"{'a directory' if out.is_dir() else 'no writable directory'}",
+                                 "give -w a path in a writable directory")
+        self.store = Store(database_path(self.root))
+        self.session_id, self.point_ids = self.store.begin_trace(
+            container_id=self.target.id, container_name=self.target.name,
+            started_ns=self.started_ns, filter=self.opt.filter or "",
+            snaplen=self.cap.snaplen, pcap_path=str(self.opt.pcap or ""), pid=os.getpid(),
+            points=[{"name": p.name, "description": _describe(p), "ifindex": p.ifindex,
+                     "netns": p.netns_inode, "linktype": 1} for p in self.points])
+
+    def _segment_files(self):
+        """Where this session's evidence goes: <state root>/pcap/<session id>/seg-*.pcapng,
+        one interface per capture point, named as `pcap export` names them."""
+        from .pcap_export import point_name
+        directory = database_path(self.root).parent / "pcap" / str(self.session_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        cap = self.opt.max_size
+        if cap is None:
+            st = os.statvfs(directory)
+            cap = max(64 << 20, min(AUTO_MAX_SIZE, st.f_bavail * st.f_frsize - (1 << 30)))
+        self.max_size = cap
+        return SegmentFiles(
+            directory,
+            [Interface(point_name(p.name, _describe(p), self.target.name), _describe(p),
+                       self.cap.snaplen) for p in self.points],
+            segment_bytes=self.opt.segment_size, max_bytes=cap)
+
+    def _sync_segments(self):
+        """Record new segment files, and finished ones, in the store (the writer thread
+        never touches SQLite: its connection belongs to this thread)."""
+        if not self.evidence or not self.store:
+            return
+        for seg in self.evidence.segments():
+            if seg.seq not in self.segment_ids:
+                self.segment_ids[seg.seq] = self.store.add_segment(
+                    self.session_id, seg.seq, seg.path, seg.started_ns)
+            if seg.ended_ns and seg.seq not in self.segments_done:
+                self.segments_done.add(seg.seq)
+                self.store.finish_segment(self.segment_ids[seg.seq], seg.size, seg.ended_ns)
 
     # -- polling -----------------------------------------------------------------------
     def poll(self, timeout=None, final=False):
@@ -620,17 +647,20 @@ class TraceSession:
         cpu0 = time.process_time()
         parse = P.parse
         n = 0
+        off = self.offset
+        frame = F.parse_frame
+        captured = self.captured
         for raw in self.cap.read():
-            ts, point, d, ln, data = parse(raw)
-            self.captured[point] = self.captured.get(point, 0) + 1
-            self.pending.append((ts, point, d, ln, data, F.parse_frame(data)))
+            r = parse(raw)
+            captured[r.point] = captured.get(r.point, 0) + 1
+            self.pending.append((r.ts_ns - off, r.point, r.direction, r.len, r.data,
+                                 frame(r.data), r.cpu, r.stream_pos))
             n += 1
+        self._sync_segments()
         cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - SETTLE_NS
         items += self._settle(cutoff)
         if n >= 50:      # learn what one record costs this reader, for the automatic budget
             self._cost = 0.8 * self._cost + 0.2 * (time.process_time() - cpu0) / n
-        if self.pcap:
-            self.pcap.flush()
         if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
             self.done = True
         if self.opt.count and self.traced_packets >= self.opt.count:
@@ -713,7 +743,7 @@ class TraceSession:
         order = []
         loose = []
         for rec in ready:
-            ts, point, d, ln, data, pkt = rec
+            ts, point, d, ln, data, pkt, cpu, pos = rec
             if pkt is None:
                 loose.append(rec)
                 continue
@@ -725,7 +755,7 @@ class TraceSession:
                 journeys[key] = j
                 order.append(j)
             j.captures.append({"ts_ns": ts + self.offset, "point": point, "dir": d, "len": ln,
-                               "data": data, "pkt": pkt})
+                               "data": data, "pkt": pkt, "cpu": cpu, "pos": pos})
         # netfilter trace lines: attach to the journey of the same packet
         nf_keep = []
         late_hops = []
@@ -982,84 +1012,66 @@ class TraceSession:
 
     def _ensure_flow(self, f):
         if f.store_id is None:
-            f.store_id = self.store.db["flows"].insert(self._flow_row(f)).last_pk
+            f.store_id = self.store.insert_flow(self._flow_row(f))
         return f.store_id
 
-    _PACKET_SQL = ("INSERT INTO packets (session_id, ts_ns, point_id, direction, len, caplen, "
-                   "data, flow_id, comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    _HOP_SQL = ("INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain, "
-                "rule_num, rule_text, verdict, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
     def _write_rows(self, journeys, loose=(), late_hops=()):
-        """Packets (every capture) and netfilter hops of settled journeys, in one transaction;
-        the same packets go to the pcapng with the flow's NAT as the comment."""
-        if not (journeys or loose or late_hops) or not self.store:
+        """Index rows (where each analysed packet's bytes are in the segment files) and
+        the netfilter hops of settled journeys, in one transaction each. The packets
+        themselves are already in the files: the evidence path wrote them."""
+        if not (journeys or late_hops) or not self.store:
             return
         sid = self.session_id
         pids = self.point_ids
+        locate = self.evidence.locate if self.evidence else (lambda cpu, pos: None)
+        seg_ids = self.segment_ids
         rows = []
-        add = rows.append
-        for ts, point, d, ln, data, _ in loose:      # ARP, IPv6...: no flow
-            add((ts + self.offset, -1, (sid, ts + self.offset, pids[point], d, ln, len(data),
-                                        data, None, None), point))
+        first_row = {}           # journey index -> index of its first packet row
         for n, j in enumerate(journeys):
             fid = self._ensure_flow(j.flow)
-            nat = j.flow.nat_text()
-            comment = f"flow {j.flow.id}: {nat}" if nat else f"flow {j.flow.id}"
             for c in j.captures:
-                add((c["ts_ns"], n, (sid, c["ts_ns"], pids[c["point"]], c["dir"], c["len"],
-                                     len(c["data"]), c["data"], fid, comment), c["point"]))
-        rows.sort(key=lambda r: r[0])          # the store and the pcapng in time order
-        first_row = {}           # journey index -> index of its first packet row
-        for i, r in enumerate(rows):
-            if r[1] >= 0 and r[1] not in first_row:
-                first_row[r[1]] = i
-        if self.pcap:
-            write = self.pcap.write_packet
-            ids = self.pcap_ids
-            for _ts, _n, row, point in rows:
-                write(ids[point], row[1], row[6], orig_len=row[4], direction=row[3],
-                      comment=row[8])
-        rows = [r[2] for r in rows]
-        conn = self.store.db.conn
-        with conn:
-            conn.executemany(self._PACKET_SQL, rows)
-            last = conn.execute("SELECT max(id) FROM packets").fetchone()[0] or 0
-            base = last - len(rows) + 1          # our write transaction: consecutive ids
-            hops = []
-            for n, j in enumerate(journeys):
-                if not j.nf:
-                    continue
-                pid = base + first_row[n] if n in first_row else None
-                ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
-                for h in j.nf:
-                    hops.append((sid, j.flow.store_id, pid, ts, h["table"], h["chain"],
-                                 h["rule_num"], h["rule_text"], h["verdict"],
-                                 json.dumps({"kind": h["kind"], "backend": h["backend"],
-                                             "hook": h["hook"]})))
-            for j, h in late_hops:
-                ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
-                hops.append((sid, j.flow.store_id, None, ts, h["table"], h["chain"],
-                             h["rule_num"], h["rule_text"], h["verdict"],
-                             json.dumps({"kind": h["kind"], "backend": h["backend"],
-                                         "hook": h["hook"], "late": True})))
-            if hops:
-                conn.executemany(self._HOP_SQL, hops)
+                loc = locate(c["cpu"], c["pos"])
+                if loc is None or loc[0] not in seg_ids:
+                    continue     # not in the files (ring full, size cap): counted as lost
+                first_row.setdefault(n, len(rows))
+                rows.append((sid, seg_ids[loc[0]], loc[1], c["ts_ns"], pids[c["point"]], fid,
+                             c["dir"], c["len"]))
+        ids = self.store.add_index(rows) if rows else []
+        hops = []
+        for n, j in enumerate(journeys):
+            if not j.nf:
+                continue
+            pid = ids[first_row[n]] if n in first_row and ids else None
+            ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+            for h in j.nf:
+                hops.append(self._hop_row(j, h, pid, ts, late=False))
+        for j, h in late_hops:
+            ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+            hops.append(self._hop_row(j, h, None, ts, late=True))
+        if hops:
+            self.store.insert_hops(hops)
+
+    def _hop_row(self, j, h, packet_id, ts, late):
+        detail = {"kind": h["kind"], "backend": h["backend"], "hook": h["hook"]}
+        if late:
+            detail["late"] = True
+        return {"session_id": self.session_id, "flow_id": j.flow.store_id,
+                "packet_id": packet_id, "ts_ns": ts, "table_name": h["table"],
+                "chain": h["chain"], "rule_num": h["rule_num"], "rule_text": h["rule_text"],
+                "verdict": h["verdict"], "detail": json.dumps(detail)}
 
     def _write_drops(self):
         if not self.store:
             return
-        db = self.store.db
-        with db.conn:
-            rows = []
-            for f, d in self.drop_rows:
-                rows.append({"session_id": self.session_id, "ts_ns": d["ts_ns"],
-                             "reason": d["reason"], "location": d["location"],
-                             "ifindex": d["ifindex"], "flow_id": self._ensure_flow(f),
-                             "detail": json.dumps({k: d[k] for k in (
-                                 "explanation", "proto", "src", "sport", "dst", "dport",
-                                 "netns", "tcpflags")})})
-            db["drops"].insert_all(rows)
+        rows = []
+        for f, d in self.drop_rows:
+            rows.append({"session_id": self.session_id, "ts_ns": d["ts_ns"],
+                         "reason": d["reason"], "location": d["location"],
+                         "ifindex": d["ifindex"], "flow_id": self._ensure_flow(f),
+                         "detail": json.dumps({k: d[k] for k in (
+                             "explanation", "proto", "src", "sport", "dst", "dport",
+                             "netns", "tcpflags")})})
+        self.store.insert_drops(rows)
         self.drop_rows = []
 
     # -- stop --------------------------------------------------------------------------
@@ -1073,6 +1085,8 @@ class TraceSession:
         try:
             if self.cap:
                 self.cap.stop()          # detach first: nothing new arrives
+                if self.evidence:
+                    self.evidence.stop()     # write what the buffers still hold
                 counters = self.cap.counters()
             if self.ct or self.cap:
                 tail = self.poll(0, final=True)
@@ -1084,29 +1098,47 @@ class TraceSession:
         self.tail = tail
         self.summary = self._summary(counters)
         if self.store:
-            db = self.store.db
-            with db.conn:
-                for f in self.flows.flows.values():
-                    if f.store_id is not None:
-                        db["flows"].update(f.store_id, self._flow_row(f))
-                db["trace_sessions"].update(self.session_id, {
-                    "stopped_ns": time.time_ns(), "status": "stopped",
-                    "summary": json.dumps(self.summary)})
+            self._sync_segments()
+            for f in self.flows.flows.values():
+                if f.store_id is not None:
+                    self.store.update_flow(f.store_id, self._flow_row(f))
+            self.store.end_trace(self.session_id, "stopped", self.summary)
+            if self.opt.pcap:
+                self._write_pcap()
             self.store.close()
             self.store = None
         return self.summary
 
+    def _write_pcap(self):
+        """-w FILE: the session's packets, every capture point, in time order, with each
+        flow's NAT as the packet comment (what `pcap export --session` writes)."""
+        from .pcap_export import export
+        try:
+            export(self.store, session_id=self.session_id, out=str(self.opt.pcap))
+        except PyinspectError as exc:
+            self.summary["notes"].append(f"-w {self.opt.pcap}: not written: {exc}")
+            self.summary["pcap"] = None
+
     def _summary(self, counters):
+        from pyinspect.probes.packets import PointCounters
         per_point = {}
-        lost = 0
-        shed = 0
+        total = PointCounters()
         for i, p in enumerate(self.points):
-            seen, lst, shd = counters.get(i, (0, 0, 0))
-            lost += lst
-            shed += shd
+            c = counters.get(i) or PointCounters()
+            for k in ("seen", "lost", "capped", "shed", "alost"):
+                setattr(total, k, getattr(total, k) + getattr(c, k))
             key = f"{p.name} ({_role(p)})"
-            per_point[key] = {"captured": self.captured.get(i, 0), "matched_in_kernel": seen,
-                              "lost": lst, "shed": shd}
+            per_point[key] = {"captured": c.captured, "seen": c.seen, "lost": c.lost,
+                              "capped": c.capped, "analysed": self.captured.get(i, 0),
+                              "shed": c.shed, "analysis_lost": c.alost}
+        ev = self.evidence
+        if ev and ev.capped_at:
+            self.notes.append(
+                f"pcap: the size cap ({_size(self.max_size)}) was reached at "
+                f"{time.strftime('%H:%M:%S', time.localtime(ev.capped_at / 1e9))}: later "
+                f"packets are not in the files (counted as capped; raise it with --max-size)")
+        if ev and ev.error:
+            self.notes.append(f"pcap: writing the segment files failed: {ev.error}")
         shown = [f for f in self.flows.flows.values() if f.journeys or f.drops]
         nat = sorted({f.nat_text() for f in shown if f.nat_text()})
         return {
@@ -1121,8 +1153,12 @@ class TraceSession:
             "nat": nat,
             "drops": [f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
                       for f in shown for text, n in f.drop_counts.items()],
-            "lost": lost + shed,        # packets matched in the kernel but not captured
-            "loss": {"capture": lost, "shed": shed, "drops": getattr(self, "_drop_lost", 0),
+            "lost": total.lost + total.capped,     # seen in the kernel, not in the files
+            "pcap_files": {"segments": len(ev.files.segments) if ev else 0,
+                           "bytes": ev.files.total if ev else 0,
+                           "snaplen": self.cap.snaplen if self.cap else self.opt.snaplen},
+            "loss": {"capture": total.lost, "capped": total.capped, "shed": total.shed,
+                     "analysis_lost": total.alost, "drops": getattr(self, "_drop_lost", 0),
                      "conntrack_overruns": getattr(self, "_ct_lost", 0),
                      "trace_overruns": getattr(self, "_nflog_lost", 0)},
             "filtered_out": self.filtered_out,
@@ -1139,14 +1175,14 @@ class TraceSession:
 
     def _teardown(self):
         """Remove every kernel object this session made; safe to call twice."""
+        if self.evidence:
+            self.evidence.stop()
         if self.cap:
             self.cap.close()
             self.cap = None
         for undo in (self._undo_nftrace, self._undo_nft, self._undo_drops, self._undo_events,
                      self._undo_conntrack):
             undo()
-        if self.pcap:
-            self.pcap.close()
         if self._state_file:
             with contextlib.suppress(OSError):
                 self._state_file.unlink()
@@ -1156,6 +1192,21 @@ class TraceSession:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def parse_size(text):
+    """'500M', '2G', '1024', '0' -> bytes (K/M/G/T are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.I)
+    if not m:
+        raise UsageError(f"bad --max-size {text!r}", "give bytes or a size like 500M or 2G")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def _rule_ref(f):
@@ -1173,18 +1224,23 @@ def format_summary(s):
     for c in s["connections"]:
         lines.append(f"  {c}")
     hook = f" [{s['capture_hook']}]" if s.get("capture_hook") else ""
-    lines.append(f"packets per capture point{hook} (captured / matched in kernel / lost / "
-                 f"shed):")
+    lines.append(f"packets per capture point{hook}: in the files / seen / lost (ring full) / "
+                 f"capped (size cap); analysed / shed (over the analysis budget)")
     for name, v in s["packets_per_point"].items():
-        lines.append(f"  {name:<26} {v['captured']:>8} {v['matched_in_kernel']:>8} "
-                     f"{v['lost']:>8} {v['shed']:>8}")
+        lines.append(f"  {name:<26} {v['captured']:>8} {v['seen']:>8} {v['lost']:>6} "
+                     f"{v['capped']:>6}; {v['analysed']:>8} {v['shed']:>8}")
+    files = s.get("pcap_files") or {}
+    if files:
+        lines.append(f"pcap files: {files['segments']} segment(s), {files['bytes']} bytes, "
+                     f"snaplen {files['snaplen']} (pyinspect pcap export --session "
+                     f"{s['session_id']})")
     lines.append("NAT translations: " + ("; ".join(s["nat"]) if s["nat"] else "none"))
     lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
     loss = s["loss"]
-    lines.append(f"loss: capture {loss['capture']} (ring full), shed {loss['shed']} (over "
-                 f"the reader's budget, --max-rate), drop events {loss['drops']}, conntrack "
-                 f"overruns {loss['conntrack_overruns']}, trace overruns "
-                 f"{loss['trace_overruns']}")
+    lines.append(f"loss: capture {loss['capture']} (ring full), capped {loss['capped']}; "
+                 f"analysis: shed {loss['shed']} (--max-rate), lost {loss['analysis_lost']}; "
+                 f"drop events {loss['drops']}, conntrack overruns "
+                 f"{loss['conntrack_overruns']}, trace overruns {loss['trace_overruns']}")
     if s.get("filtered_out"):
         lines.append(f"--filter left out {s['filtered_out']} captured packet(s)")
     for n in s.get("notes") or []:

@@ -31,15 +31,22 @@ Run it in the namespace that holds the container's bridge (the host). The line
                    "of its packets matches at any capture point.")
 @click.option("--via", multiple=True, metavar="IFACE",
               help="Uplink interface(s) to capture on (default: every non-bridge interface).")
-@click.option("--snaplen", type=int, default=160, show_default=True,
-              help="Bytes kept per packet; 0 = whole packets (up to 16 KiB).")
+@click.option("--snaplen", type=int, default=None,
+              help="Bytes kept per packet in the pcap files. Default: whole packets with "
+                   "-w (262144, as tcpdump; frames over 65400 bytes are cut), else the "
+                   "first 256 bytes. 0 = whole packets.")
+@click.option("--max-size", "max_size", metavar="SIZE", default=None,
+              help="Cap on the trace's pcap files (e.g. 500M, 2G; 0 = none). Default: "
+                   "4G or the free disk space less 1G, whichever is smaller. Packets past "
+                   "the cap are counted as capped.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many traced packets.")
 @click.option("--max-rate", type=click.IntRange(min=0), default=None,
-              help="Capture records per second handed to the reader (bursts of up to a "
-                   "second's worth after a quiet spell); the kernel counts the rest as "
-                   "shed (TCP SYN/FIN/RST have a budget of their own). "
+              help="Packets per second the analysis (flows, NAT hops, live lines) looks at, "
+                   "with bursts of up to a second's worth after a quiet spell; the kernel "
+                   "counts the rest as shed (TCP SYN/FIN/RST have a budget of their own). "
+                   "The pcap files keep every packet whatever this is. "
                    "Default: automatic (what 0.2% of a core can process, at least 100; more "
                    "only when over a core is idle). 0 = no limit.")
 @click.option("--events/--no-events", default=True, show_default=True,
@@ -48,12 +55,13 @@ Run it in the namespace that holds the container's bridge (the host). The line
 @click.option("-w", "--write", "pcap", type=click.Path(dir_okay=False),
               help="Write the merged capture (every point, NAT comments) as pcapng.")
 @click.pass_context
-def trace(ctx, container, port, bpf_filter, via, snaplen, duration, count, max_rate, events,
-          as_json, pcap):
+def trace(ctx, container, port, bpf_filter, via, snaplen, max_size, duration, count,
+          max_rate, events, as_json, pcap):
     """Follow a container's packets through NAT, the bridge and its veth."""
-    from pyinspect.tracer import TraceOptions, TraceSession, format_summary
+    from pyinspect.tracer import TraceOptions, TraceSession, format_summary, parse_size
     opts = TraceOptions(port=port, filter=bpf_filter, via=list(via) or None, snaplen=snaplen,
-                        duration=duration, count=count, pcap=pcap, events=events)
+                        duration=duration, count=count, pcap=pcap, events=events,
+                        max_size=parse_size(max_size) if max_size is not None else None)
     if max_rate is not None:
         opts.max_rate = max_rate
     session = TraceSession(ctx.obj["root"], container, opts)
