@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything pyinspect needs on a Debian 12 host, as root. Safe to rerun.
-#   - Debian packages: bcc (python3-bpfcc), kernel headers, iptables, iproute2,
+#   - Debian packages: bcc (python3-bpfcc), clang + libbpf (the capture programs are
+#     compiled once and loaded with libbpf), kernel headers, iptables, iproute2,
 #     busybox-static, conntrack, tcpdump, tshark, runc, iperf3
 #   - /lib/modules/$(uname -r)/{build,source} -> the newest Debian headers when the
 #     running kernel has none (tracepoint/tc programs only need the uapi + BTF)
@@ -16,7 +17,7 @@ fi
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
   iptables iproute2 busybox-static conntrack tcpdump tshark runc iperf3 make gcc procps
-  kmod psmisc chromium nftables)
+  kmod psmisc chromium nftables clang-14 libbpf-dev libbpf1)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -52,6 +53,10 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ requirements-dev.txt -nt
   .venv/bin/pip install -q --disable-pip-version-check -e . -r requirements-dev.txt
   touch "$stamp"
 fi
+
+# The libbpf BPF objects, compiled once into the cache (probes/bpfobj.py); a trace start
+# then only loads them.
+.venv/bin/python -m pyinspect.probes.bpfobj >/dev/null
 
 # Byte-compile once: this environment may set PYTHONDONTWRITEBYTECODE, and every CLI call
 # would otherwise recompile pyinspect (20-40 ms on the `run` start path).
