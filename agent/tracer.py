@@ -352,6 +352,11 @@ class TraceSession:
         self._stopped = False
         self._budget_t = None
         self.recent = collections.OrderedDict()
+        self.fast = {}              # 5-tuple bytes -> Flow (flows past their live lines)
+        self._fast_by_flow = {}
+        self.fastq = []             # (ts, point, dir, len, cpu, pos, Flow)
+        self.fast_packets = 0
+        self.reader_cpu = 0.0       # CPU seconds of the reader's thread in polls
         self._cost = 40e-6          # CPU seconds per capture record, learned while running
         self._cpu_prev = None
         self._idle = None           # idle cores between the last two polls (None: unknown)
@@ -622,6 +627,8 @@ class TraceSession:
             for ev in self.ct.read():
                 if self._ours(ev):
                     f = self.flows.conntrack(ev)
+                    if f and ev["kind"] in ("new", "destroy"):
+                        self._forget_fast(f)     # a new connection may reuse its tuples
                     if f and ev["kind"] == "new":
                         self._follow_snat(f)
         if self.nflog:
@@ -644,28 +651,92 @@ class TraceSession:
             self.ev_pending.extend(self.procs.events(0))
             self.ev_pending.extend(self._other_events())
         self._refill_budget()
-        cpu0 = time.process_time()
-        parse = P.parse
-        n = 0
-        off = self.offset
-        frame = F.parse_frame
-        captured = self.captured
-        for raw in self.cap.read():
-            r = parse(raw)
-            captured[r.point] = captured.get(r.point, 0) + 1
-            self.pending.append((r.ts_ns - off, r.point, r.direction, r.len, r.data,
-                                 frame(r.data), r.cpu, r.stream_pos))
-            n += 1
+        cpu0 = time.thread_time()
+        n = self._read_records(P)
         self._sync_segments()
         cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - SETTLE_NS
         items += self._settle(cutoff)
+        spent = time.thread_time() - cpu0
+        self.reader_cpu += spent
         if n >= 50:      # learn what one record costs this reader, for the automatic budget
-            self._cost = 0.8 * self._cost + 0.2 * (time.process_time() - cpu0) / n
+            self._cost = 0.8 * self._cost + 0.2 * spent / n
         if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
             self.done = True
         if self.opt.count and self.traced_packets >= self.opt.count:
             self.done = True
         return items
+
+    def _read_records(self, P):
+        """Analysis records -> pending. A packet of a flow whose live lines are done (and
+        that opens, closes or resets nothing) takes the fast path: its 5-tuple bytes find
+        the flow in `fast`, and it is only counted and indexed; the rest are parsed and
+        grouped into journeys when they settle."""
+        unpack = P.AREC.unpack_from
+        hdr = P.AREC.size
+        off = self.offset
+        frame = F.parse_frame
+        captured = self.captured
+        fast = self.fast
+        fastq = self.fastq
+        pending = self.pending
+        n = 0
+        for raw in self.cap.read():
+            ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
+            captured[point] = captured.get(point, 0) + 1
+            n += 1
+            data = bytes(raw[hdr:hdr + caplen])
+            if fast:
+                key = _fast_key(data)
+                f = fast.get(key) if key else None
+                if f is not None:
+                    fastq.append((ts - off, point, d, ln, cpu, pos, f))
+                    continue
+            pending.append((ts - off, point, "out" if d else "in", ln, data, frame(data),
+                            cpu, pos))
+        return n
+
+    def _settle_fast(self, cutoff):
+        """Count and index the fast-path packets that have settled."""
+        if not self.fastq:
+            return
+        if cutoff is None:
+            ready, self.fastq = self.fastq, []
+        else:
+            ready = [q for q in self.fastq if q[0] < cutoff]
+            self.fastq = [q for q in self.fastq if q[0] >= cutoff]
+        if not ready or not self.store:
+            return
+        locate = self.evidence.locate_many() if self.evidence else (lambda cpu, pos: None)
+        seg_ids, pids, sid, off = self.segment_ids, self.point_ids, self.session_id, self.offset
+        rows = []
+        for ts, point, d, ln, cpu, pos, f in ready:
+            f.packets += 1
+            if ts + off > f.last_ns:
+                f.last_ns = ts + off
+            loc = locate(cpu, pos)
+            if loc is not None and loc[0] in seg_ids:
+                rows.append((sid, seg_ids[loc[0]], loc[1], ts + off, pids[point], f.store_id,
+                             "out" if d else "in", ln))
+        self.fast_packets += len(ready)
+        if rows:
+            self.store.add_index(rows)
+
+    def _learn_fast(self, j):
+        """After its live lines, a flow's packets take the fast path (not with --count,
+        which counts packets one by one)."""
+        f = j.flow
+        if self.opt.count or f.journeys < self.opt.live_per_flow or f.store_id is None:
+            return
+        keys = self._fast_by_flow.setdefault(f.id, set())
+        for c in j.captures:
+            key = _fast_key(c["data"])
+            if key and key not in keys:
+                keys.add(key)
+                self.fast[key] = f
+
+    def _forget_fast(self, f):
+        for key in self._fast_by_flow.pop(f.id, ()):
+            self.fast.pop(key, None)
 
     @property
     def poll_interval(self):
@@ -735,6 +806,7 @@ class TraceSession:
         else:
             ready = [p for p in self.pending if p[0] < cutoff]
             if not ready:
+                self._settle_fast(cutoff)
                 return self._in_time_order(self._settle_drops(cutoff) +
                                            self._settle_events(cutoff))
             self.pending = [p for p in self.pending if p[0] >= cutoff]
@@ -811,6 +883,8 @@ class TraceSession:
         self._write_rows(order, loose, late_hops)
         for j in order:
             self._remember(j)
+            self._learn_fast(j)
+        self._settle_fast(cutoff)
         return self._in_time_order(items + self._settle_events(cutoff))
 
     def _remember(self, j):
@@ -1023,7 +1097,7 @@ class TraceSession:
             return
         sid = self.session_id
         pids = self.point_ids
-        locate = self.evidence.locate if self.evidence else (lambda cpu, pos: None)
+        locate = self.evidence.locate_many() if self.evidence else (lambda cpu, pos: None)
         seg_ids = self.segment_ids
         rows = []
         first_row = {}           # journey index -> index of its first packet row
@@ -1168,6 +1242,9 @@ class TraceSession:
                               f"{self._share:.1%} of a core at "
                               f"{self._cost * 1e6:.0f} us/record)"),
             "poll_interval_s": self.poll_interval,
+            "reader_us_per_record": round(self.reader_cpu * 1e6 / max(1, sum(
+                self.captured.values())), 1),
+            "fast_path_packets": self.fast_packets,
             "capture_hook": getattr(self, "capture_hook", None),
             "notes": list(self.notes),
             "pcap": str(self.opt.pcap) if self.opt.pcap else None,
@@ -1192,6 +1269,22 @@ class TraceSession:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _fast_key(frame):
+    """The bytes that name an IPv4 TCP/UDP packet's 5-tuple (protocol, addresses, ports),
+    or None for anything else and for TCP packets that open, close or reset (those always
+    take the full path: the netfilter trace follows them)."""
+    if len(frame) < 38 or frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4:
+        return None
+    proto = frame[23]
+    l4 = 14 + (frame[14] & 0xf) * 4
+    if proto == 6:
+        if len(frame) < l4 + 14 or frame[l4 + 13] & 0x07:
+            return None
+    elif proto != 17 or len(frame) < l4 + 4:
+        return None
+    return frame[23:24] + frame[26:34] + frame[l4:l4 + 4]
 
 
 def parse_size(text):

@@ -6,11 +6,16 @@ import signal
 import click
 
 
-def _print(item, as_json):
+def _print(items, as_json):
+    """One write (and flush) for a whole poll's lines: click.echo per line flushed each."""
+    if not items:
+        return
     if as_json:
-        click.echo(json.dumps({k: v for k, v in item.items() if k[0] != "_"}, default=str))
+        lines = [json.dumps({k: v for k, v in i.items() if k[0] != "_"}, default=str)
+                 for i in items]
     else:
-        click.echo(item["text"])
+        lines = [i["text"] for i in items]
+    click.echo("\n".join(lines))
 
 
 @click.command(epilog="""\b
@@ -83,8 +88,7 @@ def trace(ctx, container, port, bpf_filter, via, snaplen, max_size, duration, co
         click.get_text_stream("stdout").flush()
         try:
             while not session.done:
-                for item in session.poll():
-                    _print(item, as_json)
+                _print(session.poll(), as_json)
         except KeyboardInterrupt:
             pass
     finally:
@@ -92,8 +96,7 @@ def trace(ctx, container, port, bpf_filter, via, snaplen, max_size, duration, co
             summary = session.stop() if session.target else None
         finally:
             signal.signal(signal.SIGTERM, old)
-    for item in getattr(session, "tail", []):
-        _print(item, as_json)
+    _print(getattr(session, "tail", []), as_json)
     if summary is None:
         return
     if as_json:

@@ -181,6 +181,19 @@ class EvidenceWriter:
             return [Segment(s.seq, s.path, -1, s.size, s.started_ns, s.ended_ns)
                     for s in self.files.segments]
 
+    def locate_many(self):
+        """A locate() over a snapshot of what is written now: one lock for a batch."""
+        with self.lock:
+            snap = {cpu: (list(self.starts[cpu]), list(p)) for cpu, p in self.placed.items()}
+
+        def locate(cpu: int, stream_pos: int) -> tuple[int, int] | None:
+            starts, placed = snap.get(cpu) or ([], [])
+            i = bisect.bisect_right(starts, stream_pos) - 1
+            if stream_pos < 0 or i < 0 or stream_pos >= placed[i].end:
+                return None
+            return placed[i].seq, placed[i].offset + (stream_pos - placed[i].start)
+        return locate
+
     def locate(self, cpu: int, stream_pos: int) -> tuple[int, int] | None:
         """(segment number, EPB offset) of the evidence record at `stream_pos` on `cpu`."""
         if stream_pos < 0:
