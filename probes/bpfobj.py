@@ -32,6 +32,7 @@ DEFAULT_CACHE = "/var/cache/pyinspect/bpf"
 CLANGS = ("clang", "clang-14", "clang-15", "clang-16", "clang-17", "clang-18", "clang-19")
 HERE = Path(__file__).resolve().parent
 
+LIBBPF_INFO = 1           # enum libbpf_print_level: WARN 0, INFO 1, DEBUG 2
 _lib = None
 _log: list[str] = []
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -42,7 +43,10 @@ _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
 
 @_PRINT_FN
 def _print(level, fmt, args):
-    """libbpf's log lines (the verifier's among them) are kept for the error message."""
+    """libbpf's warnings (the verifier's log among them) are kept for the error message;
+    its debug lines (thousands per load) are dropped unread."""
+    if level > LIBBPF_INFO:
+        return 0
     buf = ctypes.create_string_buffer(1 << 17)
     _libc.vsnprintf(buf, len(buf), fmt, args)
     _log.append(buf.value.decode(errors="replace"))
