@@ -13,13 +13,23 @@ only as whole blocks, so a killed writer leaves a file that ends on a block boun
 
 Reading (`read_packets`): classic pcap (usec and nsec magic, both byte orders) and
 pcapng (every section, both byte orders, EPB/SPB/obsolete PB; if_tsresol and if_tsoffset
-applied), streamed in chunks. Damaged input raises CorruptInputError.
+applied; blocks of other types skipped), streamed in chunks, each packet with the byte
+offset of its block. Damaged input raises CorruptInputError; with `partial_ok` a file
+that ends inside its last block (a writer killed mid-write) ends quietly there.
+
+Segment files (`Segment`): random access to one pcapng file through mmap, for the
+trace's segment files whose packets come in sorted runs: `keys()` walks the blocks once
+(the same reader, timestamps and offsets only) and returns them sorted by time,
+`packet_at(offset)` decodes one packet.
 
 Merging (`merge`): a k-way heap merge by timestamp that streams every input and writes
 to a temp file in the output's directory, renamed into place only on success.
 """
 
 import heapq
+import io
+import mmap
+import os
 import platform
 import struct
 import time
@@ -108,6 +118,7 @@ class PcapNgWriter:
         self._last_flush = time.monotonic()
         self._interfaces = []          # (name, linktype, ns per timestamp unit)
         self._batch = None             # write_rows()'s buffer of pending blocks
+        self._written = 0              # bytes handed to the file object by this writer
         self.packets = 0
         self.closed = False
         if not section:     # a continuation of a section written elsewhere (export)
@@ -146,6 +157,11 @@ class PcapNgWriter:
     @property
     def interfaces(self):
         return [(name, linktype) for name, linktype, _ in self._interfaces]
+
+    def tell(self):
+        """Bytes this writer has produced so far (written or buffered): the offset in the
+        file of the next block when the writer started the file."""
+        return self._written + len(self._buf)
 
     # -- packets -----------------------------------------------------------------
     def write_packet(self, if_id, ts_ns, data, orig_len=None, direction=None, comment=None):
@@ -225,8 +241,10 @@ class PcapNgWriter:
                 n += 1
                 if len(buf) >= 1 << 20:     # ~1 MiB per write: memory stays flat
                     write(buf)
+                    self._written += len(buf)
                     buf.clear()
             write(buf)
+            self._written += len(buf)
         finally:
             self._batch = None
         self.packets += n
@@ -237,6 +255,7 @@ class PcapNgWriter:
         """Hand every complete block written so far to the OS."""
         if self._buf:
             self._fh.write(self._buf)
+            self._written += len(self._buf)
             self._buf.clear()
         self._fh.flush()
         self._pending = 0
@@ -270,13 +289,19 @@ class Interface(NamedTuple):
 
 
 class Packet(NamedTuple):
-    """One record: `ts_ns` is nanoseconds since the epoch whatever the file's resolution."""
+    """One record: `ts_ns` is nanoseconds since the epoch whatever the file's resolution;
+    `offset` is the byte offset of its block (pcapng) or record header (pcap) in the file."""
     interface: Interface
     ts_ns: int
     data: bytes
     orig_len: int
     direction: str   # 'in' | 'out' | None
     comment: str     # None when absent (several comments are joined with '; ')
+    offset: int = -1
+
+
+class _Truncated(CorruptInputError):
+    """The file ends inside a block or record."""
 
 
 class _Chunks:
@@ -299,7 +324,7 @@ class _Chunks:
             self.pos = 0
             end = n
             if end > len(self.buf):
-                raise CorruptInputError(
+                raise _Truncated(
                     f"cannot read {self.name}: truncated {what} at byte {self.offset}",
                     "the capture was cut short; re-copy it or drop it from the inputs")
         out = self.buf[self.pos:end]
@@ -319,7 +344,7 @@ class _Chunks:
             return True
         if not self.buf:
             return False
-        raise CorruptInputError(
+        raise _Truncated(
             f"cannot read {self.name}: truncated {what} at byte {self.offset}",
             "the capture was cut short; re-copy it or drop it from the inputs")
 
@@ -340,8 +365,13 @@ def _corrupt(name, what, offset):
                              "the file is damaged or not a capture")
 
 
-def read_packets(path):
-    """Yield Packet records from a pcap or pcapng file, in file order (streamed)."""
+def read_packets(path, *, partial_ok=False):
+    """Yield Packet records from a pcap or pcapng file, in file order (streamed).
+
+    With partial_ok, a file that ends inside a block (a writer killed mid-write) yields
+    every complete packet before that block and then ends without an error; any other
+    damage still raises CorruptInputError.
+    """
     path = Path(path)
     try:
         fh = open(path, "rb")
@@ -361,13 +391,18 @@ def read_packets(path):
             raise CorruptInputError(f"cannot read {path}: too short to be a capture")
         magic_le = struct.unpack("<I", head)[0]
         if magic_le == SHB:
-            yield from _read_pcapng(r, path)
+            reader = _read_pcapng(r, path)
         elif magic_le in (PCAP_USEC, PCAP_NSEC) or \
                 struct.unpack(">I", head)[0] in (PCAP_USEC, PCAP_NSEC):
-            yield from _read_pcap(r, path)
+            reader = _read_pcap(r, path)
         else:
             raise CorruptInputError(f"cannot read {path}: not a pcap or pcapng file "
                                     f"(magic 0x{magic_le:08x})")
+        try:
+            yield from reader
+        except _Truncated:
+            if not partial_ok:
+                raise
 
 
 def _read_pcap(r, path):
@@ -389,7 +424,7 @@ def _read_pcap(r, path):
         if frac >= 1_000_000_000 or (mult == 1000 and frac >= 1_000_000):
             raise _corrupt(path, f"sub-second timestamp {frac} is out of range", off)
         data = r.take(caplen, "packet data")
-        yield Packet(iface, sec * 1_000_000_000 + frac * mult, data, length, None, None)
+        yield Packet(iface, sec * 1_000_000_000 + frac * mult, data, length, None, None, off)
 
 
 def _parse_options(buf, endian, name, offset):
@@ -419,13 +454,63 @@ def _section_structs(endian):
     }
 
 
-def _read_pcapng(r, path):
+class _Section:
+    """What the reader knows of the current section: byte order, interfaces."""
+
+    def __init__(self, name):
+        self.name = name
+        self.endian = "<"
+        self.number = -1
+        self.interfaces = []   # [(Interface, mult, div, pow2 shift or None, tsoffset_ns)]
+        self.st = _section_structs("<")
+
+
+def _ts(interfaces, if_id, hi, lo):
+    _, mult, div, shift, tsoffset = interfaces[if_id]
+    raw = (hi << 32) | lo
+    return ((raw * 1_000_000_000) >> shift if shift is not None
+            else raw * mult // div) + tsoffset
+
+
+def _epb(buf, pos, total, off, sec):
+    """The Packet of the Enhanced Packet Block of `total` bytes at buf[pos] (file offset
+    `off`), its trailing length already checked."""
+    name = sec.name
+    if total < 32:
+        raise _corrupt(name, "packet block too short", off)
+    st = sec.st
+    interfaces = sec.interfaces
+    if_id, hi, lo, caplen, length = st["epb"].unpack_from(buf, pos + 8)
+    if if_id >= len(interfaces):
+        raise _corrupt(name, f"packet names undefined interface {if_id}", off)
+    end = pos + total - 4
+    dstart = pos + 28
+    if dstart + caplen > end:
+        raise _corrupt(name, "captured length runs past its block", off)
+    data = buf[dstart:dstart + caplen]
+    direction = comment = None
+    optstart = dstart + ((caplen + 3) & ~3)
+    if optstart < end:
+        opts = buf[optstart:end]
+        if opts == st["in"]:
+            direction = "in"
+        elif opts == st["out"]:
+            direction = "out"
+        else:
+            direction, comment = _packet_options(opts, sec.endian, name, off, True)
+    return Packet(interfaces[if_id][0], _ts(interfaces, if_id, hi, lo), data, length,
+                  direction, comment, off)
+
+
+def _read_pcapng(r, path, sec=None, keys=None):
+    """Yield the packets of a pcapng stream. With `keys` (a list), yield nothing for
+    EPBs and append (ts_ns << KEY_SHIFT) | offset to it instead (Segment.keys())."""
     name = str(path)
-    endian = "<"
-    section = -1
-    interfaces = []      # [(Interface, mult, div, pow2 shift or None, tsoffset_ns)]
+    sec = sec or _Section(name)
     last_ts = 0
-    st = _section_structs("<")
+    st = sec.st
+    interfaces = sec.interfaces
+    epb_head = st["epb"]
     while r.fill(8, "block header"):
         buf, pos = r.buf, r.pos
         off = r.offset + pos
@@ -445,11 +530,14 @@ def _read_pcapng(r, path):
             rest = r.take(total - 12, "section header")
             if st["u32"].unpack(rest[-4:])[0] != total:
                 raise _corrupt(name, "section header lengths disagree", off)
-            section += 1
-            interfaces = []
+            sec.endian, sec.st, sec.interfaces = endian, st, []
+            sec.number += 1
+            interfaces = sec.interfaces
+            epb_head = st["epb"]
             continue
-        if section < 0:
+        if sec.number < 0:
             raise _corrupt(name, "no section header block first", off)
+        endian = sec.endian
         btype, total = st["head"].unpack_from(buf, pos)
         if total < 12 or total % 4 or total > MAX_BLOCK:
             raise _corrupt(name, f"bad block length {total}", off)
@@ -460,30 +548,19 @@ def _read_pcapng(r, path):
         if st["u32"].unpack_from(buf, end)[0] != total:
             raise _corrupt(name, "block lengths disagree", off)
         if btype == EPB:                  # the hot path
+            if keys is None:
+                pkt = _epb(buf, pos, total, off, sec)
+                last_ts = pkt.ts_ns
+                yield pkt
+                continue
             if total < 32:
                 raise _corrupt(name, "packet block too short", off)
-            if_id, hi, lo, caplen, length = st["epb"].unpack_from(buf, pos + 8)
+            if_id, hi, lo, caplen, _ = epb_head.unpack_from(buf, pos + 8)
             if if_id >= len(interfaces):
                 raise _corrupt(name, f"packet names undefined interface {if_id}", off)
-            dstart = pos + 28
-            if dstart + caplen > end:
+            if pos + 28 + caplen > end:
                 raise _corrupt(name, "captured length runs past its block", off)
-            data = buf[dstart:dstart + caplen]
-            direction = comment = None
-            optstart = dstart + ((caplen + 3) & ~3)
-            if optstart < end:
-                opts = buf[optstart:end]
-                if opts == st["in"]:
-                    direction = "in"
-                elif opts == st["out"]:
-                    direction = "out"
-                else:
-                    direction, comment = _packet_options(opts, endian, name, off, True)
-            iface, mult, div, shift, tsoffset = interfaces[if_id]
-            raw = (hi << 32) | lo
-            last_ts = ((raw * 1_000_000_000) >> shift if shift is not None
-                       else raw * mult // div) + tsoffset
-            yield Packet(iface, last_ts, data, length, direction, comment)
+            keys.append((_ts(interfaces, if_id, hi, lo) << KEY_SHIFT) | off)
             continue
         body = buf[pos + 8:end]
         if btype == IDB:
@@ -503,13 +580,16 @@ def _read_pcapng(r, path):
                     tsoffset = struct.unpack(endian + "q", val)[0] * 1_000_000_000
             if not (resol & 0x80) and resol > 30 or (resol & 0x80) and (resol & 0x7F) > 63:
                 raise _corrupt(name, f"impossible if_tsresol {resol}", off)
-            iface = Interface(name, section, len(interfaces), ifname, desc, linktype, snaplen)
+            iface = Interface(name, sec.number, len(interfaces), ifname, desc, linktype,
+                              snaplen)
             if resol & 0x80:
                 interfaces.append((iface, 1, 1, resol & 0x7F, tsoffset))
             elif resol <= 9:
                 interfaces.append((iface, 10 ** (9 - resol), 1, None, tsoffset))
             else:
                 interfaces.append((iface, 1, 10 ** (resol - 9), None, tsoffset))
+        elif keys is not None:
+            continue                      # segment files hold EPBs only
         elif btype == PB_OBSOLETE:
             if len(body) < 20:
                 raise _corrupt(name, "packet block too short", off)
@@ -520,11 +600,9 @@ def _read_pcapng(r, path):
                 raise _corrupt(name, "captured length runs past its block", off)
             optstart = 20 + ((caplen + 3) & ~3)
             _, comment = _packet_options(body[optstart:], endian, name, off, False)
-            iface, mult, div, shift, tsoffset = interfaces[if_id]
-            raw = (hi << 32) | lo
-            last_ts = ((raw * 1_000_000_000) >> shift if shift is not None
-                       else raw * mult // div) + tsoffset
-            yield Packet(iface, last_ts, body[20:20 + caplen], length, None, comment)
+            last_ts = _ts(interfaces, if_id, hi, lo)
+            yield Packet(interfaces[if_id][0], last_ts, body[20:20 + caplen], length, None,
+                         comment, off)
         elif btype == SPB:
             if not interfaces:
                 raise _corrupt(name, "simple packet block before any interface", off)
@@ -534,8 +612,81 @@ def _read_pcapng(r, path):
             length = struct.unpack(endian + "I", body[:4])[0]
             caplen = min(length, iface.snaplen or length, len(body) - 4)
             # an SPB has no timestamp: keep it where it sits in the file
-            yield Packet(iface, last_ts, body[4:4 + caplen], length, None, None)
-        # other blocks (name resolution, statistics, secrets, custom) are skipped
+            yield Packet(iface, last_ts, body[4:4 + caplen], length, None, None, off)
+        # other blocks (name resolution, statistics, secrets, custom, local use) are
+        # skipped, as the pcapng spec asks of readers that do not know them
+
+
+# -- segment files ----------------------------------------------------------------------
+KEY_SHIFT = 40          # Segment.keys(): ts_ns << 40 | offset (files up to 1 TiB)
+KEY_OFFSET = (1 << KEY_SHIFT) - 1
+
+
+class Segment:
+    """One pcapng file opened for random access (mmap; a context manager).
+
+    For the trace's segment files: one section, its interfaces, then EPBs (and blocks
+    of other types, skipped) in runs that are each in time order. `keys()` reads every
+    block once and returns `(ts_ns << KEY_SHIFT) | offset` of each packet in time
+    order (ties in file order); `packet_at(offset)` decodes the packet there. A file
+    that ends inside its last block (a trace killed mid-write) ends before that block.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.sec = _Section(str(self.path))
+        self.truncated_at = None
+        try:
+            self._fh = open(self.path, "rb")  # noqa: SIM115 - open as long as the mmap
+        except FileNotFoundError:
+            raise NotFoundError(f"cannot read {self.path}: no such file") from None
+        size = os.fstat(self._fh.fileno()).st_size
+        self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+
+    def keys(self):
+        r = _Chunks(io.BytesIO(b""), str(self.path))
+        r.buf = self._mm
+        if not len(self._mm):
+            return []
+        if struct.unpack_from("<I", self._mm, 0)[0] != SHB:
+            raise CorruptInputError(f"cannot read {self.path}: not a pcapng file")
+        keys = []
+        try:
+            for _ in _read_pcapng(r, self.path, self.sec, keys):
+                pass
+        except _Truncated:
+            self.truncated_at = r.offset + r.pos
+        keys.sort()          # runs: timsort merges them (linear when already in order)
+        return keys
+
+    @property
+    def interfaces(self):
+        """Interface records of the file, by interface id (after keys())."""
+        return [i[0] for i in self.sec.interfaces]
+
+    def packet_at(self, offset):
+        """The Packet whose EPB starts at `offset` (found by keys() or an index)."""
+        mm = self._mm
+        try:
+            btype, total = self.sec.st["head"].unpack_from(mm, offset)
+        except struct.error:
+            raise _corrupt(self.path, "packet offset past the end of the file",
+                           offset) from None
+        if btype != EPB or total % 4 or total > MAX_BLOCK or offset + total > len(mm) or \
+                self.sec.st["u32"].unpack_from(mm, offset + total - 4)[0] != total:
+            raise _corrupt(self.path, "no packet block at this offset", offset)
+        return _epb(mm, offset, total, offset, self.sec)
+
+    def close(self):
+        if isinstance(self._mm, mmap.mmap):
+            self._mm.close()
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _packet_options(opts, endian, name, off, flags_allowed):

@@ -3,15 +3,26 @@
 Open it with `Store(path)`; every migration runs once, in order, and the
 version reached is kept in the `schema_version` table. Later features add
 tables by appending to MIGRATIONS, never by editing an applied step.
+
+Packet bytes are not in SQLite: a trace writes them to pcapng segment files under
+`<database dir>/pcap/<session id>/` (docs/pcapng.md), and the store keeps the segment
+rows (`pcap_segments`) and an index of the packets the analysis looked at
+(`packet_index`: segment, byte offset of the EPB, time, point, flow). Opening a store
+marks traces whose process is gone as `killed` (`reap_killed_traces`).
 """
 
+import contextlib
 import json
+import os
 import time
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlite_utils
 
 from .errors import CorruptInputError, UnavailableError
+from .proc import pid_alive
 
 
 def _m1_base(db):
@@ -93,6 +104,130 @@ def _m5_doctor_memory(db):
                                pk="key", if_not_exists=True)
 
 
+SEGMENT_DIR = "pcap"            # <database dir>/pcap/<session id>/seg-00001.pcapng ...
+
+
+def segment_name(seq):
+    return f"seg-{seq:05d}.pcapng"
+
+
+def _m6_packets_in_segment_files(db):
+    """Packet bytes move out of SQLite into one pcapng segment file per session.
+
+    Adds `pcap_segments`, `packet_index`, `trace_sessions.pid` and `capture_points.seq`
+    (rank of the point in its session by id, from 0: the interface id in the segment
+    files). The rows of `packets` are written, per session in (ts_ns, id) order, to
+    `pcap/<session>/seg-00001.pcapng` (one IDB per capture point in seq order, then one
+    per point id missing from capture_points, named `point<ID>`; each EPB keeps the
+    row's direction, length and comment); each row becomes a `packet_index` row with
+    the same id (so `hops.packet_id` keeps pointing at it) and the EPB's offset. Old
+    sessions still marked running are marked killed (they have no pid to check). Then
+    `packets` is dropped. Files are written and fsynced before the transaction commits:
+    a failed migration leaves the packets in SQLite and is redone (files rewritten).
+    """
+    from .pcap_export import point_name  # the names the tracer gives its segment files
+    from .pcapng import PcapNgWriter
+    conn = db.conn
+    conn.execute("""CREATE TABLE IF NOT EXISTS pcap_segments (
+        id INTEGER PRIMARY KEY, session_id INTEGER, seq INTEGER, path TEXT,
+        started_ns INTEGER, ended_ns INTEGER, bytes INTEGER, complete INTEGER)""")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_pcap_segments_session_id_seq"
+                 " ON pcap_segments (session_id, seq)")
+    conn.execute("""CREATE TABLE IF NOT EXISTS packet_index (
+        id INTEGER PRIMARY KEY, session_id INTEGER, segment_id INTEGER, offset INTEGER,
+        ts_ns INTEGER, point_id INTEGER, flow_id INTEGER, direction TEXT, len INTEGER)""")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_session_id_ts_ns"
+                 " ON packet_index (session_id, ts_ns)")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_flow_id ON packet_index (flow_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_segment_id_offset"
+                 " ON packet_index (segment_id, offset)")
+    if "pid" not in db["trace_sessions"].columns_dict:
+        conn.execute("ALTER TABLE trace_sessions ADD COLUMN pid INTEGER")
+    if "seq" not in db["capture_points"].columns_dict:
+        conn.execute("ALTER TABLE capture_points ADD COLUMN seq INTEGER")
+    conn.execute("""UPDATE capture_points SET seq = (SELECT count(*) FROM capture_points c
+                    WHERE c.session_id = capture_points.session_id
+                    AND c.id < capture_points.id)""")
+    if "packets" not in db.table_names():
+        return
+    base = Path(conn.execute("PRAGMA database_list").fetchone()[2] or ".").parent
+    sessions = [r[0] for r in conn.execute(
+        "SELECT DISTINCT session_id FROM packets ORDER BY session_id")]
+    for sid in sessions:
+        info = conn.execute("SELECT container_name, snaplen, started_ns, stopped_ns"
+                            " FROM trace_sessions WHERE id = ?", (sid,)).fetchone()
+        cname, snaplen, started, stopped = info or (None, 0, None, None)
+        rel = Path(SEGMENT_DIR) / str(sid) / segment_name(1)
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".migrating")
+        if_ids = {}
+        first = last = None
+        seg_id = conn.execute(
+            "INSERT INTO pcap_segments (session_id, seq, path, complete) VALUES (?, 1, ?, 0)",
+            (sid, str(rel))).lastrowid
+        with open(tmp, "wb") as fh, PcapNgWriter(fh, flush_interval=None,
+                                                 flush_every=10_000) as w:
+            for pid, name, desc, linktype in conn.execute(
+                    "SELECT id, name, description, linktype FROM capture_points"
+                    " WHERE session_id = ? ORDER BY id", (sid,)).fetchall():
+                if_ids[pid] = w.add_interface(point_name(name, desc, cname) or f"point{pid}",
+                                              desc or "", linktype or 1, snaplen or 0)
+            for (pid,) in conn.execute("SELECT DISTINCT point_id FROM packets"
+                                       " WHERE session_id = ? ORDER BY point_id",
+                                       (sid,)).fetchall():
+                if pid not in if_ids:
+                    if_ids[pid] = w.add_interface(f"point{pid}",
+                                                  "capture point not in the store")
+            batch = []
+            cur = conn.execute(
+                "SELECT id, ts_ns, point_id, direction, len, coalesce(data, x''), flow_id,"
+                " comment FROM packets WHERE session_id = ? ORDER BY ts_ns, id", (sid,))
+            for pkt_id, ts, pid, direction, wirelen, data, fid, comment in cur:
+                offset = w.tell()
+                w.write_packet(if_ids[pid], ts, data,
+                               orig_len=len(data) if wirelen is None else wirelen,
+                               direction=direction, comment=comment)
+                batch.append((pkt_id, sid, seg_id, offset, ts, pid, fid, direction,
+                              wirelen))
+                first = ts if first is None else first
+                last = ts
+                if len(batch) >= 10_000:
+                    _insert_index_rows(conn, batch)
+                    batch.clear()
+            _insert_index_rows(conn, batch)
+            w.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        conn.execute(
+            "UPDATE pcap_segments SET started_ns = ?, ended_ns = ?, bytes = ?, complete = 1"
+            " WHERE id = ?", (min(x for x in (started, first) if x is not None),
+                              max(x for x in (stopped, last) if x is not None),
+                              path.stat().st_size, seg_id))
+        _fsync_dir(path.parent)
+    _fsync_dir(base / SEGMENT_DIR)
+    conn.execute("""UPDATE trace_sessions SET status = 'killed',
+                    stopped_ns = coalesce(stopped_ns,
+                        (SELECT max(ts_ns) FROM packets p WHERE p.session_id = trace_sessions.id),
+                        started_ns)
+                    WHERE status = 'running'""")
+    conn.execute("DROP TABLE packets")
+
+
+def _insert_index_rows(conn, rows):
+    conn.executemany("INSERT INTO packet_index (id, session_id, segment_id, offset, ts_ns,"
+                     " point_id, flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+
+def _fsync_dir(path):
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 # Append only: a new step gets the next version. Never edit an applied step.
 MIGRATIONS = [
     ("base: containers, events, probe_loss", _m1_base),
@@ -101,6 +236,8 @@ MIGRATIONS = [
     ("doctor findings", _m3_findings),
     ("probe_loss: reader lag and detail", _m4_probe_loss_lag),
     ("doctor memory: remembered port mappings and acknowledged counters", _m5_doctor_memory),
+    ("packets in pcapng segment files: pcap_segments, packet_index, session pid, point seq",
+     _m6_packets_in_segment_files),
 ]
 
 
@@ -122,21 +259,34 @@ class Store:
         except Exception as exc:  # sqlite3.DatabaseError: not a database
             raise CorruptInputError(f"cannot open store {self.path}: {exc}",
                                     "move the file away or use another --root") from exc
+        self._depth = 0
         self._migrate()
+        self.reap_killed_traces()
 
     def _migrate(self):
         self.db["schema_version"].create(
             {"version": int, "description": str, "applied_ns": int},
             pk="version", if_not_exists=True)
         done = {row["version"] for row in self.db["schema_version"].rows}
+        conn = self.db.conn
         for version, (description, step) in enumerate(MIGRATIONS, start=1):
             if version in done:
                 continue
-            with self.db.conn:
-                step(self.db)
-                self.db["schema_version"].insert(
-                    {"version": version, "description": description,
-                     "applied_ns": time.time_ns()})
+            # one write transaction per step; another process may have applied it while
+            # this one waited for the lock (moving packets out takes a while: wait long)
+            conn.execute("PRAGMA busy_timeout=600000")
+            try:
+                with conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    if conn.execute("SELECT 1 FROM schema_version WHERE version = ?",
+                                    (version,)).fetchone():
+                        continue
+                    step(self.db)
+                    conn.execute("INSERT INTO schema_version (version, description,"
+                                 " applied_ns) VALUES (?, ?, ?)",
+                                 (version, description, time.time_ns()))
+            finally:
+                conn.execute("PRAGMA busy_timeout=5000")
 
     @property
     def version(self):
@@ -165,3 +315,312 @@ class Store:
             with self.db.conn:
                 self.db["events"].insert_all(rows, alter=True)
         return len(rows)
+
+    # -- transactions -------------------------------------------------------------
+    @contextlib.contextmanager
+    def batch(self):
+        """One write transaction around several of the methods below (they nest)."""
+        conn = self.db.conn
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        try:
+            with conn:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                yield self
+        finally:
+            self._depth = 0
+
+    def _run(self, sql, args=()):
+        with self.batch():
+            return self.db.conn.execute(sql, args)
+
+    def _run_many(self, sql, rows):
+        with self.batch():
+            self.db.conn.executemany(sql, rows)
+
+    # -- trace sessions (the tracer's writes) ------------------------------------------
+    def begin_trace(self, *, container_id, container_name, started_ns, points, pid=None,
+                    filter="", snaplen=0, pcap_path=""):
+        """A `running` session row and its capture points (seq = position in `points`:
+        the interface id in the segment files). `points` are TracePoint (or dicts of
+        its fields). Returns TraceIds(session_id, point_ids)."""
+        pts = [p if isinstance(p, TracePoint) else TracePoint(**p) for p in points]
+        with self.batch():
+            sid = self._run(
+                "INSERT INTO trace_sessions (container_id, container_name, started_ns,"
+                " filter, snaplen, status, pcap_path, pid) VALUES (?,?,?,?,?,'running',?,?)",
+                (container_id, container_name, started_ns, filter or "", snaplen,
+                 str(pcap_path or ""), os.getpid() if pid is None else pid)).lastrowid
+            ids = [self._run(
+                "INSERT INTO capture_points (session_id, seq, name, description, ifindex,"
+                " netns, linktype) VALUES (?,?,?,?,?,?,?)",
+                (sid, seq, p.name, p.description, p.ifindex, p.netns, p.linktype)).lastrowid
+                for seq, p in enumerate(pts)]
+        return TraceIds(sid, ids)
+
+    def end_trace(self, session_id, status="stopped", summary=None, stopped_ns=None):
+        """Mark a session ended with its summary (a dict, stored as JSON)."""
+        self._run("UPDATE trace_sessions SET stopped_ns = ?, status = ?, summary = ?"
+                  " WHERE id = ?",
+                  (time.time_ns() if stopped_ns is None else stopped_ns, status,
+                   None if summary is None else json.dumps(summary), session_id))
+
+    def fail_trace(self, session_id, why):
+        """Mark a session `failed: <why>` (cut at 200 characters)."""
+        self._run("UPDATE trace_sessions SET stopped_ns = ?, status = ? WHERE id = ?",
+                  (time.time_ns(), f"failed: {why}"[:200], session_id))
+
+    def add_segment(self, session_id, seq, path, started_ns):
+        """A segment file the trace has opened; `path` is absolute or relative to the
+        database's directory (stored relative when it is under it). Returns its id."""
+        return self._run(
+            "INSERT INTO pcap_segments (session_id, seq, path, started_ns, complete)"
+            " VALUES (?, ?, ?, ?, 0)",
+            (session_id, seq, self._relative(path), started_ns)).lastrowid
+
+    def finish_segment(self, segment_id, nbytes, ended_ns):
+        """A segment file closed complete with `nbytes` bytes."""
+        self._run("UPDATE pcap_segments SET bytes = ?, ended_ns = ?, complete = 1"
+                  " WHERE id = ?", (nbytes, ended_ns, segment_id))
+
+    def add_index(self, rows):
+        """IndexRow rows in one transaction; returns their ids in order (hops refer to
+        them as packet_id)."""
+        rows = [(r.session_id, r.segment_id, r.offset, r.ts_ns, r.point_id, r.flow_id,
+                 r.direction, r.len) for r in rows]
+        if not rows:
+            return []
+        with self.batch():
+            self._run_many(
+                "INSERT INTO packet_index (session_id, segment_id, offset, ts_ns, point_id,"
+                " flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?)", rows)
+            last = self.db.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        # one writer holds the lock for the whole insert: the ids are consecutive
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def insert_flow(self, row):
+        """A FlowRow; returns its id."""
+        return self._run(f"INSERT INTO flows ({_FLOW_COLS}) VALUES ({_FLOW_QS})",
+                         _flow_values(row)).lastrowid
+
+    def update_flow(self, flow_id, row):
+        """Replace a flow's columns with a FlowRow's."""
+        self._run(f"UPDATE flows SET {_FLOW_SET} WHERE id = ?", (*_flow_values(row), flow_id))
+
+    def insert_hops(self, rows):
+        """HopRow rows in one transaction."""
+        self._run_many(
+            "INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain,"
+            " rule_num, rule_text, verdict, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [_with_json(r) for r in rows])
+
+    def insert_drops(self, rows):
+        """DropRow rows in one transaction."""
+        self._run_many(
+            "INSERT INTO drops (session_id, ts_ns, reason, location, ifindex, flow_id,"
+            " detail) VALUES (?,?,?,?,?,?,?)", [_with_json(r) for r in rows])
+
+    # -- killed traces ---------------------------------------------------------------
+    def reap_killed_traces(self):
+        """Mark `running` sessions whose process is gone as `killed`; returns their ids.
+
+        stopped_ns is the newest segment file's mtime (else started_ns); segments the
+        trace never finished get their file's size, mtime and complete = 0. Cheap when
+        nothing is running (one indexed-free query on a small table).
+        """
+        try:
+            rows = self.db.conn.execute(
+                "SELECT id, pid, started_ns FROM trace_sessions"
+                " WHERE status = 'running' AND pid IS NOT NULL").fetchall()
+        except Exception:  # noqa: BLE001 - a store being migrated by an older version
+            return []
+        dead = [(sid, started) for sid, pid, started in rows if not pid_alive(pid)]
+        reaped = []
+        for sid, started in dead:
+            with contextlib.suppress(Exception), self.batch():
+                conn = self.db.conn
+                if conn.execute("SELECT status FROM trace_sessions WHERE id = ?",
+                                (sid,)).fetchone() != ("running",):
+                    continue            # another process reaped it first
+                newest = started
+                for seg in self.segments([sid]):
+                    st = self._stat(seg.path)
+                    if st is None:
+                        continue
+                    mtime = st.st_mtime_ns
+                    newest = mtime if newest is None else max(newest, mtime)
+                    if not seg.complete:
+                        conn.execute("UPDATE pcap_segments SET bytes = coalesce(bytes, ?),"
+                                     " ended_ns = coalesce(ended_ns, ?) WHERE id = ?",
+                                     (st.st_size, mtime, seg.id))
+                conn.execute("UPDATE trace_sessions SET status = 'killed', stopped_ns = ?"
+                             " WHERE id = ?", (newest, sid))
+                reaped.append(sid)
+        return reaped
+
+    # -- segments and the packet index (read) -------------------------------------------
+    def segment_path(self, path):
+        """The absolute path of a segment row's `path`."""
+        return self.path.parent / path
+
+    def _relative(self, path):
+        path = Path(path)
+        if not path.is_absolute():
+            return str(path)
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(self.path.parent.absolute()))
+        return str(path)
+
+    def _stat(self, rel):
+        try:
+            return os.stat(self.segment_path(rel))
+        except OSError:
+            return None
+
+    def segments(self, session_ids):
+        """SegmentInfo of the sessions, by session then seq."""
+        if not session_ids:
+            return []
+        qs = ",".join("?" * len(session_ids))
+        return [SegmentInfo(*r) for r in self.db.conn.execute(
+            f"SELECT {_SEGMENT_COLS} FROM pcap_segments WHERE session_id IN ({qs})"
+            " ORDER BY session_id, seq, id", list(session_ids))]
+
+    def index_span(self, segment_id):
+        """(min ts_ns, max ts_ns) of a segment's indexed packets, or (None, None)."""
+        return self.db.conn.execute("SELECT min(ts_ns), max(ts_ns) FROM packet_index"
+                                    " WHERE segment_id = ?", (segment_id,)).fetchone()
+
+    def flow_offsets(self, segment_id):
+        """(offsets, flow ids) of a segment's packets indexed to a flow, by offset."""
+        rows = self.db.conn.execute(
+            "SELECT offset, flow_id FROM packet_index WHERE segment_id = ?"
+            " AND flow_id IS NOT NULL ORDER BY offset", (segment_id,)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def indexed_packets(self, flow_ids):
+        """(segment_id, offset, ts_ns) of the packets indexed to these flows."""
+        flow_ids = list(flow_ids)
+        if not flow_ids:
+            return []
+        qs = ",".join("?" * len(flow_ids))
+        return self.db.conn.execute(
+            f"SELECT segment_id, offset, ts_ns FROM packet_index WHERE flow_id IN ({qs})"
+            " ORDER BY segment_id, ts_ns, offset", flow_ids).fetchall()
+
+    def indexed_count(self, session_id=None, flow_id=None):
+        """Index rows of a session or a flow."""
+        col, val = ("flow_id", flow_id) if flow_id is not None else ("session_id", session_id)
+        return self.db.conn.execute(f"SELECT count(*) FROM packet_index WHERE {col} = ?",
+                                    (val,)).fetchone()[0]
+
+
+# -- typed rows ------------------------------------------------------------------------
+@dataclass
+class TracePoint:
+    """A capture point as begin_trace() stores it."""
+    name: str
+    description: str = ""
+    ifindex: int | None = None
+    netns: int | None = None
+    linktype: int = 1
+
+
+class TraceIds(NamedTuple):
+    session_id: int
+    point_ids: list
+
+
+@dataclass(slots=True)
+class IndexRow:
+    """One packet of a segment file that the analysis looked at."""
+    session_id: int
+    segment_id: int
+    offset: int              # of its EPB in the segment file
+    ts_ns: int
+    point_id: int
+    flow_id: int | None = None
+    direction: str | None = None
+    len: int | None = None   # original length on the wire
+
+
+@dataclass
+class FlowRow:
+    session_id: int
+    proto: str
+    orig_src: str | None = None
+    orig_sport: int | None = None
+    orig_dst: str | None = None
+    orig_dport: int | None = None
+    reply_src: str | None = None
+    reply_sport: int | None = None
+    reply_dst: str | None = None
+    reply_dport: int | None = None
+    ct_id: int | None = None
+    nat: str = ""
+    first_ns: int | None = None
+    last_ns: int | None = None
+    detail: dict | str | None = None
+
+
+@dataclass
+class HopRow:
+    session_id: int
+    flow_id: int | None
+    packet_id: int | None    # a packet_index id
+    ts_ns: int
+    table_name: str
+    chain: str
+    rule_num: int | None
+    rule_text: str
+    verdict: str
+    detail: dict | str | None = None
+
+
+@dataclass
+class DropRow:
+    session_id: int
+    ts_ns: int
+    reason: str
+    location: str
+    ifindex: int | None
+    flow_id: int | None
+    detail: dict | str | None = None
+
+
+class SegmentInfo(NamedTuple):
+    id: int
+    session_id: int
+    seq: int
+    path: str              # relative to the database's directory
+    started_ns: int | None
+    ended_ns: int | None
+    bytes: int | None
+    complete: int
+
+
+_SEGMENT_COLS = "id, session_id, seq, path, started_ns, ended_ns, bytes, complete"
+_FLOW_FIELDS = [f.name for f in fields(FlowRow)]
+_FLOW_COLS = ", ".join(_FLOW_FIELDS)
+_FLOW_QS = ",".join("?" * len(_FLOW_FIELDS))
+_FLOW_SET = ", ".join(f"{c} = ?" for c in _FLOW_FIELDS)
+
+
+def _json_text(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def _flow_values(row):
+    return (*astuple(row)[:-1], _json_text(row.detail))
+
+
+def _with_json(row):
+    values = astuple(row)
+    return (*values[:-1], _json_text(values[-1]))
