@@ -46,12 +46,18 @@ def in_ns(ns, *argv):
 class Tcpdump:
     """`tcpdump -i IFACE -w PATH` in netns `ns` (whole packets, no promiscuous mode so the
     bridge forwards as it would without it, nanosecond timestamps); ready once it printed
-    "listening on". `stop()` -> {"captured", "received", "dropped"} from its exit report."""
+    "listening on". `stop()` -> {"captured", "received", "dropped"} from its exit report.
 
-    def __init__(self, ns, iface, path, snaplen=SNAPLEN, extra=(), timeout=10):
+    Without `immediate` tcpdump reads the kernel's ring a block at a time, and a block is
+    handed over when full or after 1 s: stop it 1 s or more after the last packet, or that
+    block is lost ("received by filter" > "captured")."""
+
+    def __init__(self, ns, iface, path, snaplen=SNAPLEN, immediate=False, extra=(),
+                 timeout=10):
         self.ns, self.iface, self.path = ns, iface, str(path)
         self.argv = in_ns(ns, "tcpdump", "-i", iface, "-w", self.path, "-s", str(snaplen),
-                          "-p", "-n", "-Z", "root", "--time-stamp-precision=nano", *extra)
+                          "-p", "-n", "-Z", "root", "--time-stamp-precision=nano",
+                          *(["--immediate-mode"] if immediate else []), *extra)
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         self.err = b""
@@ -94,14 +100,14 @@ class Tcpdumps:
     """One Tcpdump per point, all listening when the constructor returns; `stop()` ->
     {point name: report}. A failed start stops the ones already running."""
 
-    def __init__(self, points, tmpdir, tag="", snaplen=SNAPLEN):
+    def __init__(self, points, tmpdir, tag="", snaplen=SNAPLEN, immediate=False):
         self.points = list(points)
         self.paths = {}
         self.running = []
         try:
             for i, p in enumerate(self.points):
                 path = f"{tmpdir}/tcpdump{tag}-{i}-{p.iface}.pcap"
-                self.running.append((p, Tcpdump(p.ns, p.iface, path, snaplen)))
+                self.running.append((p, Tcpdump(p.ns, p.iface, path, snaplen, immediate)))
                 self.paths[p.name] = path
         except BaseException:
             self.kill()

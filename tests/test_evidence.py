@@ -138,7 +138,7 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
         wait_listen(ctr_ns, 80)
         points = pointcap.trace_points(host.name, "evu0", bridge, veth, ctr_ns, name)
 
-        dumps = pointcap.Tcpdumps(points, tmp_path)      # all listening
+        dumps = pointcap.Tcpdumps(points, tmp_path, immediate=True)     # all listening
         pcap = tmp_path / "t.pcapng"
         t0 = time.monotonic()
         trace = subprocess.Popen(cli.argv("trace", "--container", name, "--json", "-w", pcap),
@@ -156,7 +156,7 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
         out, err = trace.communicate(timeout=120)
         assert trace.returncode == 0, err
         assert "Traceback" not in err, err
-        time.sleep(0.2)
+        time.sleep(0.3)
         reports = dumps.stop()
     finally:
         if trace and trace.poll() is None:
@@ -168,7 +168,8 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
 
     # tcpdump is the reference: it must have missed nothing itself
     for p in points:
-        assert reports[p.name]["dropped"] == 0, (p.name, reports[p.name])
+        r = reports[p.name]
+        assert r["dropped"] == 0 and r["captured"] == r["received"], (p.name, r)
     by_if = collections.defaultdict(list)
     snaplens = {}
     for pk in read_packets(pcap):
