@@ -117,7 +117,7 @@ def _undo_killed_traces(root):
             pass
     else:
         return
-    from .tracer import cleanup_stale
+    from .trace.stale import cleanup_stale
     for line in cleanup_stale(root):
         click.echo(f"note: removed what a killed trace left: {line}", err=True)
 

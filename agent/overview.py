@@ -134,10 +134,9 @@ class Overview:
             flows = dict(s.db.execute(
                 "SELECT session_id, count(*) FROM flows GROUP BY session_id").fetchall())
         for r in rows:
-            summary = _json(r.get("summary")) if "summary" in r else {}
             r["started"] = _iso(r["started_ns"])
             r["flows"] = flows.get(r["id"], 0)
-            r["lost"] = (summary or {}).get("lost", "")
+            r["lost"] = "" if r.get("lost") is None else r["lost"]
             if r["id"] in self.traces and not self.traces[r["id"]].done:
                 r["status"] = "running"
         return rows
@@ -150,7 +149,10 @@ class Overview:
         if after_id is not None:
             where.append("f.id > ?")
             params.append(after_id)
-        sql = ("SELECT f.*, (SELECT count(*) FROM packets p WHERE p.flow_id = f.id) AS packets "
+        # packets: those the trace's analysis indexed to the flow (the segment files
+        # may hold more; `pcap export --flow` finds those too)
+        sql = ("SELECT f.*, (SELECT count(*) FROM packet_index p WHERE p.flow_id = f.id)"
+               " AS packets "
                "FROM flows f" + (" WHERE " + " AND ".join(where) if where else "") +
                " ORDER BY f.id DESC LIMIT 500")
         with self.store() as s:
@@ -252,13 +254,14 @@ class Overview:
 
     # -- metrics -------------------------------------------------------------------------
     def metrics(self):
+        from . import pcap_export
         now = time.time_ns()
         with self.store() as s:
             db = s.db
             by_kind = dict(db.execute("SELECT kind, count(*) FROM events GROUP BY kind"))
             recent = db.execute("SELECT count(*) FROM events WHERE ts_ns >= ?",
                                 (now - 60 * 10**9,)).fetchone()[0]
-            packets = db.execute("SELECT count(*) FROM packets").fetchone()[0]
+            packets = sum(r["packets"] for r in pcap_export.list_sessions(s))
             flows = db.execute("SELECT count(*) FROM flows").fetchone()[0]
             lost_probe = db.execute("SELECT coalesce(sum(lost), 0) FROM probe_loss").fetchone()[0]
             lost_pkts = 0
@@ -336,7 +339,7 @@ class _BackgroundTrace:
     container, missing kernel feature) are raised to the caller."""
 
     def __init__(self, root, container, duration, bpf_filter=None):
-        from .tracer import TraceOptions, TraceSession
+        from .trace import TraceOptions, TraceSession
         self.session = TraceSession(root, container,
                                     TraceOptions(duration=duration, filter=bpf_filter))
         self.session_id = None

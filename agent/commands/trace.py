@@ -63,7 +63,7 @@ Run it in the namespace that holds the container's bridge (the host). The line
 def trace(ctx, container, port, bpf_filter, via, snaplen, max_size, duration, count,
           max_rate, events, as_json, pcap):
     """Follow a container's packets through NAT, the bridge and its veth."""
-    from pyinspect.tracer import TraceOptions, TraceSession, format_summary, parse_size
+    from pyinspect.trace import TraceOptions, TraceSession, format_summary, parse_size
     opts = TraceOptions(port=port, filter=bpf_filter, via=list(via) or None, snaplen=snaplen,
                         duration=duration, count=count, pcap=pcap, events=events,
                         max_size=parse_size(max_size) if max_size is not None else None)

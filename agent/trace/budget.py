@@ -1,0 +1,91 @@
+"""The analysis budget: how many packets a second the reader looks at, and how often.
+
+Every packet goes to the pcap files whatever this says (trace/evidence.py). The analysis
+(flows, NAT hops, live lines) costs the reader CPU per packet, and under load each ms of
+it costs the traced traffic several times that, so the kernel hands the reader at most
+what this budget allows and counts the rest as `shed`. By default the budget follows the
+machine's idle CPU: AUTO_CPU_SHARE of a core when it is busy, up to AUTO_CPU_SHARE_IDLE
+when more than a core is idle, as records/s at the reader's measured cost per record.
+The budget is a token bucket holding up to BUDGET_BURST_S seconds of its rate.
+"""
+
+import os
+import time
+
+POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
+# ... while less than a core is idle: each poll costs ~1 ms of CPU whatever it reads
+POLL_INTERVAL_BUSY = 0.25
+AUTO_CPU_SHARE = 0.002
+AUTO_CPU_SHARE_IDLE = 0.5
+AUTO_MIN_RATE, AUTO_MAX_RATE = 100, 100000      # records/s bounds of the automatic budget
+BUDGET_BURST_S = 1.0            # the budget saves up to this many seconds of its rate
+
+
+class ReaderBudget:
+    """`refill(capture)` before each read; `learn(cpu_s, records)` after it."""
+
+    def __init__(self, max_rate=None):
+        self.max_rate = max_rate        # None: automatic; 0: no budget
+        self.cost = 20e-6               # CPU seconds per record, learned while running
+        self.share = 0.0
+        self._t = None
+        self._cpu_prev = None
+        self._idle = None               # idle cores between the last two refills
+        self._ncpu = os.cpu_count() or 1
+
+    @property
+    def poll_interval(self):
+        """Seconds between polls, from the machine's idle CPU at the last refill."""
+        busy = self._idle is not None and self._idle < min(1.0, self._ncpu / 2)
+        return POLL_INTERVAL_BUSY if busy else POLL_INTERVAL
+
+    def refill(self, capture):
+        """Give the kernel the records the reader may take until the next poll (and note
+        the machine's idle CPU, which sets that and the poll interval)."""
+        idle = self._idle_cores()
+        if idle is not None:
+            self._idle = idle
+        rate = self.max_rate if self.max_rate is not None else self.auto_rate()
+        if rate:
+            now = time.monotonic()
+            dt = now - self._t if self._t else 0.1
+            self._t = now
+            # a token bucket: a short connection's ~15 packets at ~4 points arrive within
+            # a millisecond, more than one poll's share of a low rate
+            burst = rate * BUDGET_BURST_S
+            capture.set_budget(min(rate * dt, burst), burst=burst)
+
+    def learn(self, cpu_s, records):
+        """What one record costs this reader (polls with 20+ records teach it)."""
+        if records >= 20:
+            self.cost = 0.8 * self.cost + 0.2 * cpu_s / records
+
+    def auto_rate(self):
+        """Records/s the reader may take: what its CPU share can process, where the share
+        follows the machine's idle CPU (AUTO_CPU_SHARE when busy, more when idle), so the
+        traced traffic keeps the cores it is using."""
+        share = AUTO_CPU_SHARE
+        idle = self._idle
+        if idle is not None:   # only a whole idle core beyond the first is taken, by half
+            share = min(AUTO_CPU_SHARE_IDLE, max(AUTO_CPU_SHARE, 0.5 * (idle - 1.0)))
+        self.share = share
+        return int(min(AUTO_MAX_RATE, max(AUTO_MIN_RATE, share / self.cost)))
+
+    def describe(self):
+        if self.max_rate is not None:
+            return self.max_rate
+        return (f"auto (last {self.auto_rate()} records/s: {self.share:.1%} of a core at "
+                f"{self.cost * 1e6:.0f} us/record)")
+
+    def _idle_cores(self):
+        """Idle CPUs (0..ncpu) since the last call, from /proc/stat; None the first time."""
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle, total = fields[3] + fields[4], sum(fields[:8])
+        prev, self._cpu_prev = self._cpu_prev, (idle, total)
+        if prev is None or total <= prev[1]:
+            return None
+        return (idle - prev[0]) / (total - prev[1]) * self._ncpu

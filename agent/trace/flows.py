@@ -1,0 +1,623 @@
+"""Correlation: packets, conntrack entries and netfilter trace lines -> flows and journeys.
+
+A conntrack entry has an original tuple (a:p -> b:q) and a reply tuple (c:r -> d:s). The
+same connection shows up on the wire as four 5-tuples, which `FlowTable` indexes:
+    original direction before NAT  a:p -> b:q      (the client's packet on the uplink)
+    original direction after NAT   d:s -> c:r      (after DNAT: on the bridge, veth, eth0)
+    reply direction before NAT     c:r -> d:s      (the container's answer)
+    reply direction after NAT      b:q -> a:p      (un-NATed, back on the uplink)
+DNAT is b:q != c:r, SNAT/MASQUERADE is a:p != d:s. Connections that never reach conntrack's
+confirm step (dropped in FORWARD) get their translation from the trace lines instead.
+
+One packet crossing the host is a `Journey`: its captures at each point plus the netfilter
+hops, grouped by flow, direction and what NAT does not change (IP id, TCP seq/ack, length).
+"""
+
+import collections
+import re
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+TCP_FLAGS = ((0x02, "S"), (0x10, "."), (0x08, "P"), (0x01, "F"), (0x04, "R"))
+
+
+def tcp_flag_text(flags):
+    if flags is None:
+        return ""
+    out = "".join(c for bit, c in TCP_FLAGS if flags & bit)
+    return f"[{out}]" if out else ""
+
+
+class Pkt(NamedTuple):
+    """The parts of an IPv4 packet the correlation needs."""
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    ipid: int
+    seq: int
+    ack: int
+    iplen: int
+    flags: int = None
+
+    @property
+    def tuple(self):
+        return (self.proto, self.src, self.sport, self.dst, self.dport)
+
+    @property
+    def ident(self):
+        """What NAT leaves alone: identifies one packet across capture points."""
+        return (self.ipid, self.seq, self.ack, self.iplen)
+
+
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
+_IPH = struct.Struct("!BxHH3xB2x4s4s")
+_TCP = struct.Struct("!HHII")
+_PORTS = struct.Struct("!HH")
+_addr_cache = {}
+
+
+def _ntoa(b):
+    a = _addr_cache.get(b)
+    if a is None:
+        if len(_addr_cache) > 65536:
+            _addr_cache.clear()
+        a = _addr_cache[b] = socket.inet_ntoa(b)
+    return a
+
+
+def parse_ip(ip, off=0):
+    """IPv4 header bytes (+ L4) at `off` -> Pkt, or None."""
+    if len(ip) < off + 20:
+        return None
+    vihl, iplen, ipid, proto, src, dst = _IPH.unpack_from(ip, off)
+    if vihl >> 4 != 4:
+        return None
+    l4 = off + (vihl & 0xf) * 4
+    pname = PROTO_NAMES.get(proto) or str(proto)
+    if proto == 6 and len(ip) >= l4 + 14:
+        sport, dport, seq, ack = _TCP.unpack_from(ip, l4)
+        return Pkt(pname, _ntoa(src), sport, _ntoa(dst), dport, ipid, seq, ack, iplen,
+                   ip[l4 + 13])
+    if proto == 17 and len(ip) >= l4 + 4:
+        sport, dport = _PORTS.unpack_from(ip, l4)
+        return Pkt(pname, _ntoa(src), sport, _ntoa(dst), dport, ipid, 0, 0, iplen)
+    if proto == 1 and len(ip) >= l4 + 2:
+        return Pkt(pname, _ntoa(src), ip[l4], _ntoa(dst), ip[l4 + 1], ipid, 0, 0, iplen)
+    return Pkt(pname, _ntoa(src), 0, _ntoa(dst), 0, ipid, 0, 0, iplen)
+
+
+def parse_frame(frame):
+    """Ethernet frame -> Pkt (IPv4 only; VLAN tags skipped), or None."""
+    if len(frame) < 34:
+        return None
+    if frame[12] == 8 and frame[13] == 0:
+        return parse_ip(frame, 14)
+    etype = struct.unpack_from("!H", frame, 12)[0]
+    off = 14
+    while etype in (0x8100, 0x88A8) and len(frame) >= off + 4:
+        etype = struct.unpack_from("!H", frame, off + 2)[0]
+        off += 4
+    if etype != 0x0800:
+        return None
+    return parse_ip(frame, off)
+
+
+def ep(ip, port):
+    return f"{ip}:{port}"
+
+
+@dataclass
+class Flow:
+    id: int
+    proto: str
+    orig: tuple                 # (src, sport, dst, dport)
+    reply: tuple = None
+    ct_id: int = None
+    nat: str = ""               # 'dnat', 'snat', 'dnat+snat' or ''
+    nat_rule: dict = None       # the netfilter hop that did the translation
+    first_ns: int = 0
+    last_ns: int = 0
+    packets: int = 0
+    journeys: int = 0
+    shown: int = 0
+    tcp_state: str = None
+    drops: list = field(default_factory=list)
+    drop_counts: dict = field(default_factory=dict)   # explanation -> count
+    notes: list = field(default_factory=list)
+    matched: bool = False
+    store_id: int = None
+    dirs_shown: set = field(default_factory=set)
+
+    def nat_text(self):
+        """`a:p -> b:q` for each translation, e.g. 'DNAT 10.0.0.1:8088 -> 172.30.0.2:80'."""
+        if not self.reply:
+            return ""
+        a, p, b, q = self.orig
+        c, r, d, s = self.reply
+        parts = []
+        if (b, q) != (c, r):
+            parts.append(f"DNAT {ep(b, q)} -> {ep(c, r)}")
+        if (a, p) != (d, s):
+            parts.append(f"SNAT {ep(a, p)} -> {ep(d, s)}")
+        return ", ".join(parts)
+
+    def header(self):
+        a, p, b, q = self.orig
+        text = f"{self.proto} {ep(a, p)} -> {ep(b, q)}"
+        nat = self.nat_text()
+        if nat:
+            text += f"  {nat}"
+            if self.nat_rule:
+                r = self.nat_rule
+                num = f" {r['rule_num']}" if r.get("rule_num") else ""
+                text += f" ({r['table']} {r['chain']} rule{num})"
+        return text
+
+
+def _nat_kind(orig, reply):
+    if not reply:
+        return ""
+    a, p, b, q = orig
+    c, r, d, s = reply
+    kinds = []
+    if (b, q) != (c, r):
+        kinds.append("dnat")
+    if (a, p) != (d, s):
+        kinds.append("snat")
+    return "+".join(kinds)
+
+
+class FlowTable:
+    """Flows indexed by every 5-tuple they appear as (see module doc)."""
+
+    def __init__(self):
+        self.flows = {}
+        self.index = {}         # (proto, src, sport, dst, dport) -> (flow, dir, stage)
+        self.by_ct = {}
+        self._next = 1
+
+    def _new(self, proto, orig, ts):
+        f = Flow(self._next, proto, orig, first_ns=ts, last_ns=ts)
+        self._next += 1
+        self.flows[f.id] = f
+        return f
+
+    def _index(self, f):
+        proto = f.proto
+        a, p, b, q = f.orig
+        self.index[(proto, a, p, b, q)] = (f, "orig", "pre")
+        if f.reply:
+            c, r, d, s = f.reply
+            self.index.setdefault((proto, d, s, c, r), (f, "orig", "post"))
+            self.index[(proto, c, r, d, s)] = (f, "reply", "pre")
+            self.index.setdefault((proto, b, q, a, p), (f, "reply", "post"))
+        else:
+            self.index.setdefault((proto, b, q, a, p), (f, "reply", "post"))
+
+    def conntrack(self, ev):
+        """Create or update a flow from a conntrack event dict; returns the flow."""
+        if not ev.get("orig") or not ev.get("reply"):
+            return None
+        f = self.by_ct.get(ev["id"]) if ev.get("id") is not None else None
+        if f is None:
+            hit = self.index.get((ev["proto"], *ev["orig"]))
+            f = hit[0] if hit else None
+            if f is None:
+                f = self._new(ev["proto"], tuple(ev["orig"]), ev["ts_ns"])
+            f.ct_id = ev.get("id")
+            self.by_ct[f.ct_id] = f
+        f.orig = tuple(ev["orig"])
+        f.reply = tuple(ev["reply"])
+        f.nat = _nat_kind(f.orig, f.reply)
+        if ev.get("tcp_state"):
+            f.tcp_state = ev["tcp_state"]
+        self._index(f)
+        return f
+
+    def lookup(self, tup):
+        return self.index.get(tup)
+
+    def for_packet(self, pkt, ts):
+        """(flow, direction, stage) for a packet, creating a flow if none matches."""
+        hit = self.index.get(pkt.tuple)
+        if hit:
+            return hit
+        f = self._new(pkt.proto, (pkt.src, pkt.sport, pkt.dst, pkt.dport), ts)
+        self._index(f)
+        return self.index[pkt.tuple]
+
+    def learn_nat(self, f, before, after, hop):
+        """A trace showed `before` (a Pkt) become `after` in the original direction."""
+        if f.reply is None and before.tuple != after.tuple:
+            f.reply = (after.dst, after.dport, after.src, after.sport)
+            f.nat = _nat_kind(f.orig, f.reply)
+            self._index(f)
+        if hop and not f.nat_rule:
+            f.nat_rule = hop
+
+
+@dataclass
+class Journey:
+    """One packet's way through the host: captures and netfilter hops."""
+    flow: Flow
+    direction: str              # 'orig' | 'reply'
+    ident: tuple
+    captures: list = field(default_factory=list)   # dicts: ts_ns, point, dir, pkt, len, ...
+    nf: list = field(default_factory=list)         # hop dicts from probes.nftrace
+    first_ns: int = 0
+
+    def hops(self, host_points):
+        """Captures and netfilter hops in path order.
+
+        Netfilter runs in the host namespace between the last capture there on the way in
+        and the first on the way out; trace lines carry no comparable clock, so they are
+        placed there, in the order the kernel emitted them.
+        """
+        caps = sorted(self.captures, key=lambda c: c["ts_ns"])
+        if not self.nf:
+            return [("capture", c) for c in caps]
+        nf = sorted(enumerate(self.nf), key=_nf_rank)
+        host_in = [i for i, c in enumerate(caps)
+                   if c["point"] in host_points and c["dir"] == "in"]
+        host_out = [i for i, c in enumerate(caps)
+                    if c["point"] in host_points and c["dir"] == "out"]
+        if host_in:
+            cut = host_in[-1] + 1
+            if host_out and host_out[0] < cut:
+                cut = host_out[0]
+        elif host_out:
+            cut = host_out[0]
+        else:
+            cut = len(caps)
+        out = [("capture", c) for c in caps[:cut]]
+        out += [("netfilter", h) for _, h in nf]
+        out += [("capture", c) for c in caps[cut:]]
+        return out
+
+
+HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
+TABLE_RANK = {"raw": 0, "mangle": 1, "nat": 2, "filter": 3, "security": 4}
+
+
+def _nf_rank(item):
+    """Order trace lines of one packet: by hook, then by table priority, then as received.
+
+    Legacy lines carry their hook; nf_tables lines are ranked by their chain's name when
+    it is a hook name (iptables-nft), else kept where they came."""
+    i, h = item
+    hook = h.get("hook") or h["chain"].upper()
+    table = h["table"].split()[-1]
+    rank = HOOK_RANK.get(hook, 9)
+    if rank == 2 and table == "nat":
+        return (rank, 9, i)             # SNAT runs after the POSTROUTING filters
+    return (rank, TABLE_RANK.get(table, 5), i)
+
+
+BENIGN_DROP_REASONS = {"QUEUE_PURGE", "SOCKET_CLOSE"}   # a closing socket freeing its queue
+
+
+def explain_drop(drop, flow, journeys, container_name, container_netns):
+    """A one-line explanation of a kfree_skb drop, e.g. 'dropped in FORWARD: policy DROP'."""
+    reason = drop["reason"]
+    if reason == "NETFILTER_DROP":
+        last = None
+        for j in journeys:
+            for h in j.nf:
+                if h.get("verdict", "").startswith("DROP") or h.get("verdict") == "REJECT":
+                    last = h
+        if last:
+            what = last["rule_text"] if last["kind"] != "policy" or \
+                not last["rule_text"].startswith("policy") else last["rule_text"]
+            if last["kind"] == "policy" and last["rule_text"].startswith("policy"):
+                return f"dropped in {last['chain']}: {what}"
+            return (f"dropped in {last['chain']}: {last['table']} rule {last['rule_num']} "
+                    f"({what})")
+        return "dropped by a netfilter rule (no trace line for it)"
+    if reason == "NO_SOCKET":
+        where = container_name if drop.get("netns") == container_netns else \
+            f"netns {drop.get('netns')}"
+        if drop["proto"] == "tcp":
+            return f"no listener on port {drop['dport']} in {where}: RST"
+        return f"no listener on port {drop['dport']} in {where}: ICMP port unreachable"
+    if reason == "NOT_SPECIFIED":
+        return f"freed without a reason at {drop['location']}"
+    return f"dropped: {reason} at {drop['location']}"
+
+
+# -- correlation -----------------------------------------------------------------------
+SETTLE_NS = 250_000_000         # a packet waits this long for its conntrack and trace lines
+RECENT_JOURNEYS = 4096
+MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
+
+
+@dataclass(slots=True)
+class Capture:
+    """One analysis record: a packet seen at one capture point."""
+    ts_ns: int                  # CLOCK_MONOTONIC (the session adds its offset to store it)
+    point: int
+    dir: str                    # 'in' | 'out'
+    len: int
+    data: bytes
+    pkt: Pkt | None
+    cpu: int
+    pos: int                    # its evidence record's stream position (-1: none)
+
+
+@dataclass
+class Settled:
+    """What one settle step produced, in the order the sinks take it."""
+    journeys: list = field(default_factory=list)     # Journeys, time order
+    late_hops: list = field(default_factory=list)    # (Journey, hop): packet shown earlier
+    fast: list = field(default_factory=list)         # (ts, point, dir, len, cpu, pos, Flow)
+    drops: list = field(default_factory=list)        # (Flow, drop, count of its cause, stored)
+    events: list = field(default_factory=list)       # process/link/cgroup event dicts
+
+
+def fast_key(frame):
+    """The bytes that name an IPv4 TCP/UDP packet's 5-tuple (protocol, addresses, ports),
+    or None for anything else and for TCP packets that open, close or reset (those always
+    take the full path: the netfilter trace follows them)."""
+    if len(frame) < 38 or frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4:
+        return None
+    proto = frame[23]
+    l4 = 14 + (frame[14] & 0xf) * 4
+    if proto == 6:
+        if len(frame) < l4 + 14 or frame[l4 + 13] & 0x07:
+            return None
+    elif proto != 17 or len(frame) < l4 + 4:
+        return None
+    return frame[23:24] + frame[26:34] + frame[l4:l4 + 4]
+
+
+class Correlator:
+    """Captures, conntrack events, trace lines and drops -> flows and journeys.
+
+    Packets settle SETTLE_NS after capture so their conntrack event and trace lines are in
+    hand; then each packet's captures at every point become one Journey with its
+    netfilter hops. A flow past `live_per_flow` journeys takes the fast path: its packets
+    are found by their 5-tuple bytes and only counted (and indexed) — no parse, no
+    journey (not with `count`, which counts packets one by one)."""
+
+    def __init__(self, offset, live_per_flow, pfilter=None, count=None, target_name="",
+                 target_netns=0):
+        self.flows = FlowTable()
+        self.offset = offset            # CLOCK_REALTIME - CLOCK_MONOTONIC
+        self.live_per_flow = live_per_flow
+        self.pfilter = pfilter
+        self.count = count
+        self.target_name = target_name
+        self.target_netns = target_netns
+        self.pending = []               # Captures
+        self.nf_pending = []            # hop dicts
+        self.drop_pending = []
+        self.ev_pending = []
+        self.journeys = {}              # flow id -> recent Journeys (for drop explanations)
+        self.recent = collections.OrderedDict()
+        self.fast = {}                  # 5-tuple bytes -> Flow
+        self._fast_by_flow = {}
+        self.fastq = []
+        self.traced_packets = 0
+        self.filtered_out = 0
+        self.fast_packets = 0
+        self.done = False               # --count reached
+
+    # -- input ---------------------------------------------------------------------------
+    def conntrack(self, ev):
+        f = self.flows.conntrack(ev)
+        if f and ev["kind"] in ("new", "destroy"):
+            for key in self._fast_by_flow.pop(f.id, ()):     # a new connection may reuse
+                self.fast.pop(key, None)                     # the tuples
+        return f
+
+    def record(self, ts, point, d, ln, data, cpu, pos):
+        """One analysis record (ts in CLOCK_MONOTONIC)."""
+        if self.fast:
+            key = fast_key(data)
+            f = self.fast.get(key) if key else None
+            if f is not None:
+                self.fastq.append((ts, point, d, ln, cpu, pos, f))
+                return
+        self.pending.append(Capture(ts, point, "out" if d else "in", ln, data,
+                                    parse_frame(data), cpu, pos))
+
+    # -- settling ------------------------------------------------------------------------
+    def settle(self, cutoff):
+        """Everything older than `cutoff` (CLOCK_MONOTONIC ns; None: everything)."""
+        out = Settled()
+        out.fast = self._take(self, "fastq", cutoff, lambda q: q[0])
+        for q in out.fast:
+            f = q[6]
+            f.packets += 1
+            f.last_ns = max(f.last_ns, q[0] + self.offset)
+        self.fast_packets += len(out.fast)
+        ready = self._take(self, "pending", cutoff, lambda c: c.ts_ns)
+        if ready:
+            self._journeys(ready, cutoff, out)
+        out.drops = self._settle_drops(cutoff)
+        limit = None if cutoff is None else cutoff + self.offset
+        out.events = self._take(self, "ev_pending", limit, lambda e: e["ts_ns"])
+        return out
+
+    @staticmethod
+    def _take(obj, name, cutoff, ts):
+        items = getattr(obj, name)
+        if cutoff is None:
+            setattr(obj, name, [])
+            return items
+        ready = [i for i in items if ts(i) < cutoff]
+        if ready:
+            setattr(obj, name, [i for i in items if ts(i) >= cutoff])
+        return ready
+
+    def _journeys(self, ready, cutoff, out):
+        ready.sort(key=lambda c: c.ts_ns)
+        off = self.offset
+        journeys = {}
+        order = []
+        for c in ready:
+            pkt = c.pkt
+            if pkt is None:
+                continue                 # ARP, IPv6...: in the files, no flow
+            flow, direction, _stage = self.flows.for_packet(pkt, c.ts_ns + off)
+            key = (flow.id, direction, pkt.ident)
+            j = journeys.get(key)
+            if j is None:
+                j = Journey(flow, direction, pkt.ident, first_ns=c.ts_ns + off)
+                journeys[key] = j
+                order.append(j)
+            j.captures.append({"ts_ns": c.ts_ns + off, "point": c.point, "dir": c.dir,
+                               "len": c.len, "data": c.data, "pkt": pkt, "cpu": c.cpu,
+                               "pos": c.pos})
+        self._place_hops(journeys, order, cutoff, out)
+        if self.pfilter:
+            for j in order:
+                if any(self.pfilter.match(c["data"], c["len"]) for c in j.captures):
+                    j.flow.matched = True
+            for j in order:
+                if not j.flow.matched:
+                    self.filtered_out += len(j.captures)
+            order = [j for j in order if j.flow.matched]
+        if self.count:
+            room = max(0, self.count - self.traced_packets)
+            if len(order) > room:
+                order = order[:room]          # --count: nothing past the Nth packet
+                self.done = True
+        for j in order:
+            f = j.flow
+            f.journeys += 1
+            f.packets += len(j.captures)
+            f.last_ns = max(f.last_ns, j.first_ns)
+            self.traced_packets += 1
+            kept = self.journeys.setdefault(f.id, [])
+            kept.append(j)
+            if len(kept) > 64:
+                del kept[:-64]
+            self._remember(j)
+            self._learn_fast(j)
+        out.journeys = order
+
+    def _place_hops(self, journeys, order, cutoff, out):
+        """Netfilter trace lines onto the journey of the same packet."""
+        keep = []
+        by_id = None
+        now = time.time_ns()
+        for hop in self.nf_pending:
+            pk = hop.get("pkt")
+            placed = False
+            if pk:
+                hit = self.flows.lookup(pk.tuple)
+                j = None
+                if hit and hop.get("loose_ident"):       # nft traces: ip id + length only
+                    if by_id is None:
+                        by_id = {(k[0], k[1], k[2][0], k[2][3]): v for k, v in journeys.items()}
+                    j = by_id.get((hit[0].id, hit[1], pk.ipid, pk.iplen))
+                elif hit:
+                    j = journeys.get((hit[0].id, hit[1], pk.ident))
+                if j is not None:
+                    self._nf_into(j, hop)
+                    placed = True
+            if not placed and cutoff is not None and now - hop["ts_ns"] < 2 * SETTLE_NS:
+                keep.append(hop)
+            elif not placed and pk:
+                late = self._recent_journey(pk, hop)
+                if late is not None:
+                    out.late_hops.append((late, hop))    # its packet was already shown
+                    continue
+                # a packet the trace saw but no capture point did (e.g. dropped before
+                # leaving the host): it still belongs to its flow
+                j = self._orphan_journey(hop, journeys, order)
+                if j:
+                    self._nf_into(j, hop)
+        self.nf_pending = keep
+
+    def _learn_fast(self, j):
+        f = j.flow
+        if self.count or f.journeys < self.live_per_flow or f.store_id is None:
+            return
+        keys = self._fast_by_flow.setdefault(f.id, set())
+        for c in j.captures:
+            key = fast_key(c["data"])
+            if key and key not in keys:
+                keys.add(key)
+                self.fast[key] = f
+
+    def _remember(self, j):
+        """Keep recent journeys so a trace line that arrives after its packet was settled
+        still lands on it (in the store)."""
+        self.recent[(j.flow.id, j.direction, j.ident)] = j
+        if len(self.recent) > RECENT_JOURNEYS:
+            self.recent.popitem(last=False)
+
+    def _recent_journey(self, pk, hop):
+        hit = self.flows.lookup(pk.tuple)
+        if not hit:
+            return None
+        if hop.get("loose_ident"):
+            for (fid, d, ident), j in reversed(self.recent.items()):
+                if fid == hit[0].id and d == hit[1] and ident[0] == pk.ipid and \
+                        ident[3] == pk.iplen:
+                    return j
+            return None
+        return self.recent.get((hit[0].id, hit[1], pk.ident))
+
+    def _nf_into(self, j, hop):
+        j.nf.append(hop)
+        v = hop.get("verdict", "")
+        if v.startswith(("DNAT", "SNAT", "MASQUERADE")):
+            if j.flow.nat_rule is None:
+                j.flow.nat_rule = hop
+            if not j.flow.reply and hop.get("pkt") and v.startswith("DNAT"):
+                to = v.split()[1] if len(v.split()) > 1 else ""
+                m = re.match(r"(\d+\.\d+\.\d+\.\d+)(?::(\d+))?", to)
+                if m:
+                    a, p, _b, q = j.flow.orig
+                    j.flow.reply = (m.group(1), int(m.group(2) or q), a, p)
+                    j.flow.nat = "dnat"
+                    self.flows._index(j.flow)
+
+    def _orphan_journey(self, hop, journeys, order):
+        pkt = hop["pkt"]
+        flow, direction, _ = self.flows.for_packet(pkt, hop["ts_ns"])
+        key = (flow.id, direction, pkt.ident)
+        j = journeys.get(key)
+        if j is None:
+            j = Journey(flow, direction, pkt.ident, first_ns=hop["ts_ns"])
+            journeys[key] = j
+            order.append(j)
+        return j
+
+    def _settle_drops(self, cutoff):
+        """Drops that have settled -> [(flow, drop with its explanation, count of that
+        explanation in the flow, whether it gets a row)]."""
+        out = []
+        keep = []
+        for d in self.drop_pending:
+            if cutoff is not None and d["ts_ns"] >= cutoff:
+                keep.append(d)
+                continue
+            if d["reason"] in BENIGN_DROP_REASONS:
+                continue
+            tup = (d["proto"], d["src"], d["sport"], d["dst"], d["dport"])
+            hit = self.flows.lookup(tup)
+            if hit is None:
+                pkt = Pkt(d["proto"], d["src"], d["sport"], d["dst"], d["dport"], 0, 0, 0, 0)
+                hit = self.flows.for_packet(pkt, d["ts_ns"] + self.offset)
+            flow = hit[0]
+            if self.pfilter and not flow.matched:
+                continue
+            text = explain_drop(d, flow, self.journeys.get(flow.id, []), self.target_name,
+                                self.target_netns)
+            d = dict(d, ts_ns=d["ts_ns"] + self.offset, explanation=text)
+            n = flow.drop_counts.get(text, 0) + 1
+            flow.drop_counts[text] = n
+            stored = len(flow.drops) < MAX_DROP_ROWS_PER_FLOW     # the rest are counted
+            if stored:
+                flow.drops.append(d)
+            out.append((flow, d, n, stored))
+        self.drop_pending = keep
+        return out

@@ -1,0 +1,423 @@
+"""A trace session: follow one container's packets through NAT, the bridge and its veth.
+
+    s = TraceSession(root, "web", TraceOptions(duration=10))
+    s.start()                   # resolve, attach; s.ready is the ready line
+    for item in s.poll(): ...   # {"type": flow|hop|drop|event, "flow": id, "text": ...}
+    summary = s.stop()          # detach everything, store the session, write -w
+
+Run it in the container host's network namespace. The session only orchestrates:
+  target.py    which container, which capture points
+  evidence.py  every packet -> pcapng segment files (its own thread, no analysis)
+  budget.py    how many packets a second the analysis looks at
+  sources.py   conntrack, netfilter trace, drops, process events (each may degrade)
+  flows.py     correlation: records, conntrack, trace lines, drops -> flows, journeys
+  sinks.py     live lines and the store (index rows into the files, flows, hops, ...)
+  summary.py   the summary
+"""
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import database_path
+from . import flows as F
+from .budget import ReaderBudget
+from .evidence import SEGMENT_BYTES, EvidenceWriter, Interface, SegmentFiles
+from .sinks import LiveText, StoreSink
+from .sources import (Conntrack, ContainerEvents, Drops, NetfilterTrace, NftTrace,
+                      start_all)
+from .stale import cleanup_stale, state_dir
+from .summary import size_text
+from .target import capture_points, describe, dnat_ports, resolve, role
+from ..errors import PyinspectError, UsageError
+
+WHOLE_SNAPLEN = 262144          # tcpdump's default: with -w the file keeps whole packets
+HEADERS_SNAPLEN = 256           # without -w: every packet's headers, for pcap export
+AUTO_MAX_SIZE = 4 << 30         # segment files of one trace, at most (and free disk - 1 GiB)
+LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
+
+
+@dataclass
+class TraceOptions:
+    port: int = None
+    filter: str = None
+    via: list = None
+    snaplen: int = None       # None: WHOLE_SNAPLEN with -w, else HEADERS_SNAPLEN
+    duration: float = None
+    count: int = None
+    pcap: str = None
+    live_per_flow: int = LIVE_PACKETS_PER_FLOW
+    max_rate: int = None      # packets/s the analysis takes; None = auto; 0 = all
+    events: bool = True                   # interleave the container's process events
+    ring_mb: int = 16                     # evidence buffer per CPU
+    max_size: int = None                  # bytes of segment files; None: automatic; 0: no cap
+    segment_size: int = SEGMENT_BYTES
+
+
+def _mono_to_real():
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class TraceSession:
+    """One trace of one container (see the module docstring)."""
+
+    def __init__(self, root, container_ref, options=None):
+        self.root = Path(root)
+        self.ref = container_ref
+        self.opt = options or TraceOptions()
+        self.target = None
+        self.points = []
+        self.cap = None
+        self.evidence = None
+        self.sources = []
+        self.conntrack = self.nftrace = None
+        self.store = None
+        self.sink = None
+        self.live = None
+        self.corr = None
+        self.session_id = None
+        self.notes = []
+        self.budget = ReaderBudget(self.opt.max_rate)
+        self.analysed = {}          # point index -> analysis records read
+        self.reader_cpu = 0.0       # CPU seconds of the reader's thread in polls
+        self.started_ns = 0
+        self.ready_ns = 0
+        self.offset = 0
+        self.ready = ""
+        self.done = False
+        self.pfilter = None
+        self.max_size = 0
+        self.capture_hook = None
+        self.summary = None
+        self.tail = []
+        self._state_file = None
+        self._stopped = False
+        self._lost = {}
+
+    @property
+    def flows(self):
+        return self.corr.flows
+
+    @property
+    def poll_interval(self):
+        return self.budget.poll_interval
+
+    # -- start -------------------------------------------------------------------------
+    def start(self):
+        from pyinspect.probes import packets as P
+        if self.opt.snaplen is not None and self.opt.snaplen < 0:
+            raise UsageError(f"trace: bad --snaplen {self.opt.snaplen}: must be >= 0")
+        if self.opt.filter:
+            self.pfilter = P.BpfFilter(self.opt.filter, P.EV_MAXCAP)
+        if self.opt.snaplen is None:
+            self.opt.snaplen = WHOLE_SNAPLEN if self.opt.pcap else HEADERS_SNAPLEN
+        cleaned = cleanup_stale(self.root)
+        if cleaned:
+            self.notes.append(f"removed leftovers of a killed trace: {'; '.join(cleaned)}")
+        self.target = t = resolve(self.root, self.ref)
+        self.points = capture_points(t, self.opt.via)
+        t.ports = list(t.ports) + [p for p in dnat_ports(t.addrs) if p not in t.ports]
+        if self.opt.port:
+            t.ports = [p for p in t.ports if self.opt.port in (p[3], p[1])]
+        only = sorted({self.opt.port} | {p[1] for p in t.ports}) if self.opt.port else []
+        tgt = P.Target(addrs=list(t.addrs), ports=[(p[0], p[1], p[2]) for p in t.ports],
+                       only_ports=only,
+                       container_ports=sorted({(p[3], p[2]) for p in t.ports if p[3]}))
+        self.started_ns = time.time_ns()
+        self.offset = _mono_to_real()
+        self.corr = F.Correlator(self.offset, self.opt.live_per_flow, self.pfilter,
+                                 self.opt.count, t.name, t.netns)
+        self.live = LiveText(self.points, self.opt.live_per_flow, t.name)
+        self._state_file = state_dir(self.root) / f"{os.getpid()}.json"
+        self._write_state()
+        try:
+            self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
+            self._open_store()           # a bad -w path fails here, before any attach
+            self.budget.refill(self.cap)     # budgeted from the first packet, not first poll
+            self.cap.start()
+            self.evidence = EvidenceWriter(self.cap, self._segment_files()).start()
+            self.capture_hook = self.cap.attach_kind
+            if self.cap.attach_note:
+                self.notes.append(f"capture: {self.cap.attach_note}")
+            self._write_state(points=[{"netns": p.netns, "ifindex": p.ifindex, "name": p.name,
+                                       "added_clsact": added}
+                                      for p, added in self.cap.attached])
+            self._start_sources(tgt)
+        except BaseException as exc:
+            self._teardown()
+            self._fail(exc)
+            raise
+        self.budget.refill(self.cap)  # start-up took a while: ready for a burst at once
+        self.ready_ns = time.time_ns()       # --duration counts from here
+        roles = ", ".join(f"{p.name} ({role(p)})" for p in self.points)
+        self.ready = (f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; "
+                      f"Ctrl-C to stop")
+        return self
+
+    def _start_sources(self, tgt):
+        from pyinspect.probes import nftrace
+        self.conntrack = Conntrack(self.target, self.notes)
+        self.nftrace = NetfilterTrace(self.root, tgt)
+        wanted = [self.conntrack, self.nftrace]
+        if nftrace.has_nft_chains():     # else nothing to trace there
+            wanted.append(NftTrace(tgt))
+        if self.opt.events:
+            wanted.append(ContainerEvents(self.target, self.points, self.notes))
+        wanted.append(Drops(tgt, {p.netns_inode for p in self.points} | {self.target.netns}))
+        self.sources = start_all(wanted, self.notes)
+        if self.conntrack in self.sources:
+            for ev in self.conntrack.existing:
+                self.corr.conntrack(ev)
+
+    def _fail(self, exc):
+        """Mark the session row failed (if one was written) and close the store."""
+        if self.store and self.session_id:
+            with contextlib.suppress(Exception):
+                self.store.fail_trace(self.session_id, str(exc))
+        if self.store:
+            self.store.close()
+            self.store = None
+        self._stopped = True
+        self.summary = None
+
+    def _write_state(self, **extra):
+        st = {"pid": os.getpid(), "container": self.target.name, "rules_netns": None,
+              "points": [{"netns": p.netns, "ifindex": p.ifindex, "name": p.name}
+                         for p in self.points]}
+        st.update(extra)
+        self._state_file.write_text(json.dumps(st))
+
+    def _open_store(self):
+        from ..store import Store
+        if self.opt.pcap:
+            out = Path(self.opt.pcap)
+            parent = out.parent if str(out.parent) else Path(".")
+            if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise UsageError(f"trace: cannot write {self.opt.pcap}: "
+                                 f"{'a directory' if out.is_dir() else 'no writable directory'}",
+                                 "give -w a path in a writable directory")
+        self.store = Store(database_path(self.root))
+        self.session_id, point_ids = self.store.begin_trace(
+            container_id=self.target.id, container_name=self.target.name,
+            started_ns=self.started_ns, filter=self.opt.filter or "",
+            snaplen=self.cap.snaplen, pcap_path=str(self.opt.pcap or ""), pid=os.getpid(),
+            points=[{"name": p.name, "description": describe(p), "ifindex": p.ifindex,
+                     "netns": p.netns_inode, "linktype": 1} for p in self.points])
+        self.sink = StoreSink(self.store, self.session_id, point_ids, self.target, self.offset)
+
+    def _segment_files(self):
+        """Where this session's evidence goes: <state root>/pcap/<session id>/seg-*.pcapng,
+        one interface per capture point, named as `pcap export` names them."""
+        from ..pcap_export import point_name
+        directory = database_path(self.root).parent / "pcap" / str(self.session_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        cap = self.opt.max_size
+        if cap is None:
+            st = os.statvfs(directory)
+            cap = max(64 << 20, min(AUTO_MAX_SIZE, st.f_bavail * st.f_frsize - (1 << 30)))
+        self.max_size = cap
+        return SegmentFiles(
+            directory,
+            [Interface(point_name(p.name, describe(p), self.target.name), describe(p),
+                       self.cap.snaplen) for p in self.points],
+            segment_bytes=self.opt.segment_size, max_bytes=cap)
+
+    # -- polling -----------------------------------------------------------------------
+    def poll(self, timeout=None, final=False):
+        """Read every source, correlate what has settled; returns output items. Sleeps
+        `timeout` s first (default: the budget's poll interval, which follows the
+        machine's load)."""
+        if timeout is None:
+            timeout = self.poll_interval
+        if not final and timeout:
+            time.sleep(timeout)
+        corr = self.corr
+        for src in self.sources:
+            got = src.read(final)
+            if src is self.conntrack:
+                for ev in got:
+                    f = corr.conntrack(ev)
+                    if f and ev["kind"] == "new":
+                        self._follow_snat(f)
+            elif isinstance(src, (NetfilterTrace, NftTrace)):
+                corr.nf_pending.extend(got)
+            elif isinstance(src, Drops):
+                corr.drop_pending.extend(got)
+            else:
+                corr.ev_pending.extend(got)
+        self.budget.refill(self.cap)
+        cpu0 = time.thread_time()
+        n = self._read_records()
+        if self.evidence:
+            self.sink.segments(self.evidence.segments())
+        cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - F.SETTLE_NS
+        items = self._output(corr.settle(cutoff))
+        spent = time.thread_time() - cpu0
+        self.reader_cpu += spent
+        self.budget.learn(spent, n)
+        if corr.done:
+            self.done = True
+        if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
+            self.done = True
+        return items
+
+    def _read_records(self):
+        from pyinspect.probes.packets import AREC
+        unpack = AREC.unpack_from
+        hdr = AREC.size
+        off = self.offset
+        record = self.corr.record
+        analysed = self.analysed
+        n = 0
+        for raw in self.cap.read():
+            ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
+            analysed[point] = analysed.get(point, 0) + 1
+            record(ts - off, point, d, ln, bytes(raw[hdr:hdr + caplen]), cpu, pos)
+            n += 1
+        return n
+
+    def _output(self, settled):
+        """Live items (journeys kept whole, drops and events, by time) and store rows."""
+        items = []
+        for j in settled.journeys:
+            items += self.live.journey(j)
+        for f, d, n, _stored in settled.drops:
+            item = self.live.drop(f, d, n)
+            if item:
+                items.append(item)
+        me = os.getpid()
+        settled.events = [e for e in settled.events if e["pid"] != me]   # attaching
+        for ev in settled.events:
+            item = self.live.event(ev)
+            if item:
+                items.append(item)
+        if self.sink:
+            locate = self.evidence.locate_many() if self.evidence else (lambda c, p: None)
+            self.sink.settled(settled, locate)
+        return sorted(items, key=lambda i: i.get("_ts", 0))
+
+    def _follow_snat(self, f):
+        """Outbound MASQUERADEd flow: capture its uplink copy and trace its replies."""
+        if "snat" not in f.nat or not f.reply:
+            return
+        c, r, d, s = f.reply
+        if f.orig[1] != s and self.cap:
+            self.cap.add_flow(c, r, s, f.proto)
+        if self.nftrace in self.sources:
+            self.nftrace.follow(f.proto, c, r, d, s)
+
+    # -- stop --------------------------------------------------------------------------
+    def stop(self):
+        """Detach everything, flush the rest, write the summary; returns it (a dict)."""
+        if self._stopped:
+            return self.summary
+        self._stopped = True
+        counters = {}
+        try:
+            if self.cap:
+                self.cap.stop()          # detach first: nothing new arrives
+                if self.evidence:
+                    self.evidence.stop()     # write what the buffers still hold
+                counters = self.cap.counters()
+                self.tail = self.poll(0, final=True)
+            self._lost = {type(s).__name__: s.lost for s in self.sources}
+        finally:
+            self._teardown()
+        self.summary = self._summary(counters)
+        if self.store:
+            if self.evidence:
+                self.sink.segments(self.evidence.segments())
+            self.sink.finish(self.flows.flows.values(), self.summary)
+            if self.opt.pcap:
+                self._write_pcap()
+            self.store.close()
+            self.store = None
+        return self.summary
+
+    def _write_pcap(self):
+        """-w FILE: the session's packets, every capture point, in time order, with each
+        flow's NAT as the packet comment (what `pcap export --session` writes)."""
+        from ..pcap_export import export
+        try:
+            export(self.store, session_id=self.session_id, out=str(self.opt.pcap))
+        except PyinspectError as exc:
+            self.summary["notes"].append(f"-w {self.opt.pcap}: not written: {exc}")
+            self.summary["pcap"] = None
+
+    def _summary(self, counters):
+        from pyinspect.probes.packets import PointCounters
+        per_point = {}
+        total = PointCounters()
+        for i, p in enumerate(self.points):
+            c = counters.get(i) or PointCounters()
+            for k in ("seen", "lost", "capped", "shed", "alost"):
+                setattr(total, k, getattr(total, k) + getattr(c, k))
+            per_point[f"{p.name} ({role(p)})"] = {
+                "captured": c.captured, "seen": c.seen, "lost": c.lost, "capped": c.capped,
+                "analysed": self.analysed.get(i, 0), "shed": c.shed, "analysis_lost": c.alost}
+        ev = self.evidence
+        if ev and ev.capped_at:
+            self.notes.append(
+                f"pcap: the size cap ({size_text(self.max_size)}) was reached at "
+                f"{time.strftime('%H:%M:%S', time.localtime(ev.capped_at / 1e9))}: later "
+                f"packets are not in the files (counted as capped; raise it with --max-size)")
+        if ev and ev.error:
+            self.notes.append(f"pcap: writing the segment files failed: {ev.error}")
+        corr = self.corr
+        shown = [f for f in corr.flows.flows.values() if f.journeys or f.drops]
+        nat = sorted({f.nat_text() for f in shown if f.nat_text()})
+        lost = self._lost
+        return {
+            "session_id": self.session_id,
+            "container": self.target.name if self.target else self.ref,
+            "duration_s": round((time.time_ns() - (self.ready_ns or self.started_ns)) / 1e9,
+                                3),
+            "flows": len(shown),
+            "connections": [f.header() for f in shown],
+            "traced_packets": corr.traced_packets,
+            "packets_per_point": per_point,
+            "nat": nat,
+            "drops": [f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
+                      for f in shown for text, n in f.drop_counts.items()],
+            "lost": total.lost + total.capped,     # seen in the kernel, not in the files
+            "pcap_files": {"segments": len(ev.files.segments) if ev else 0,
+                           "bytes": ev.files.total if ev else 0,
+                           "snaplen": self.cap.snaplen if self.cap else self.opt.snaplen},
+            "loss": {"capture": total.lost, "capped": total.capped, "shed": total.shed,
+                     "analysis_lost": total.alost, "drops": lost.get("Drops", 0),
+                     "conntrack_overruns": lost.get("Conntrack", 0),
+                     "trace_overruns": lost.get("NetfilterTrace", 0)},
+            "filtered_out": corr.filtered_out,
+            "process_events": self.sink.events_seen if self.sink else 0,
+            "reader_budget": self.budget.describe(),
+            "poll_interval_s": self.poll_interval,
+            "reader_us_per_record": round(self.reader_cpu * 1e6 / max(1, sum(
+                self.analysed.values())), 1),
+            "fast_path_packets": corr.fast_packets,
+            "capture_hook": self.capture_hook,
+            "notes": list(self.notes),
+            "pcap": str(self.opt.pcap) if self.opt.pcap else None,
+        }
+
+    def _teardown(self):
+        """Remove every kernel object this session made; safe to call twice."""
+        if self.evidence:
+            self.evidence.stop()
+        if self.cap:
+            self.cap.close()
+            self.cap = None
+        for src in reversed(self.sources):
+            with contextlib.suppress(Exception):
+                src.stop()
+        if self._state_file:
+            with contextlib.suppress(OSError):
+                self._state_file.unlink()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

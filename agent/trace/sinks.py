@@ -1,0 +1,223 @@
+"""Where settled analysis goes: live lines (`LiveText`) and the store (`StoreSink`).
+
+The packets themselves are not here: the evidence path has already written them to the
+segment files (trace/evidence.py). The store gets flows, netfilter hops, drops, the
+container's events and an index row per analysed packet (segment, offset, time, point,
+flow) pointing into those files.
+"""
+
+import json
+import os
+
+from ..store import DropRow, FlowRow, HopRow, IndexRow
+from . import flows as F
+from .target import role
+
+LIVE_DROPS_PER_CAUSE = 3
+
+
+class LiveText:
+    """Output items (dicts with a `text` line) for journeys, drops and events."""
+
+    def __init__(self, points, live_per_flow, target_name):
+        self.points = points
+        self.live_per_flow = live_per_flow
+        self.target_name = target_name
+        self.host_points = {i for i, p in enumerate(points) if p.netns is None}
+
+    def journey(self, j):
+        """The flow's header line on its first journey, then one line per capture and per
+        netfilter hop for its first `live_per_flow` journeys: the whole rule path for the
+        first packet each way, later only what is not a plain ACCEPT."""
+        f = j.flow
+        items = []
+        if f.journeys == 1:
+            items.append({"type": "flow", "flow": f.id, "_ts": j.first_ns,
+                          "text": f"[{f.id}] {f.header()}",
+                          "proto": f.proto, "orig": f.orig, "reply": f.reply, "nat": f.nat})
+        if f.journeys > self.live_per_flow:
+            return items
+        full_path = j.direction not in f.dirs_shown
+        if j.nf:
+            f.dirs_shown.add(j.direction)
+        t0 = None
+        for kind, h in j.hops(self.host_points):
+            if kind == "capture":
+                t0 = h["ts_ns"] if t0 is None else t0
+                items.append(self._capture(f, j, h, t0))
+            elif full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
+                items.append(self._hop(f, j, h))
+        return items
+
+    def _capture(self, f, j, h, t0):
+        p = self.points[h["point"]]
+        pk = h["pkt"]
+        r = role(p)
+        rel = (h["ts_ns"] - t0) / 1000
+        text = (f"[{f.id}] {rel:+9.1f}us  {p.name:<8} {r:<9} {h['dir']:<3} "
+                f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} "
+                f"{F.tcp_flag_text(pk.flags)} len {h['len']}").rstrip()
+        return {"type": "hop", "flow": f.id, "hop": "capture", "ts_ns": h["ts_ns"],
+                "_ts": j.first_ns, "point": p.name, "role": r, "dir": h["dir"],
+                "src": pk.src, "sport": pk.sport, "dst": pk.dst, "dport": pk.dport,
+                "len": h["len"], "text": text}
+
+    @staticmethod
+    def _hop(f, j, h):
+        where = f"{h['table']}:{h['chain']}"
+        num = ""
+        if h["kind"] == "rule" or not h["rule_text"].startswith("policy"):
+            num = f" rule {h['rule_num']}" if h["rule_num"] else " rule"
+        rule = h["rule_text"]
+        text = f"[{f.id}] {'':>11}  netfilter {where}{num} -> {h['verdict']}"
+        if rule and rule != f"policy {h['verdict']}":
+            text += f"  ({rule})"
+        elif h["kind"] == "policy":
+            text += " (policy)"
+        return {"type": "hop", "flow": f.id, "hop": "netfilter", "_ts": j.first_ns,
+                "table": h["table"], "chain": h["chain"], "kind": h["kind"],
+                "rule_num": h["rule_num"], "rule_text": h["rule_text"],
+                "verdict": h["verdict"], "backend": h["backend"], "text": text}
+
+    @staticmethod
+    def drop(flow, d, n):
+        if n > LIVE_DROPS_PER_CAUSE:
+            return None
+        return {"type": "drop", "flow": flow.id, "_ts": d["ts_ns"],
+                "text": f"[{flow.id}] DROP {d['explanation']} (kfree_skb reason "
+                        f"{d['reason']} at {d['location']})",
+                "reason": d["reason"], "explanation": d["explanation"]}
+
+    def event(self, ev):
+        """A process/link/cgroup event line (None for setns: stored only)."""
+        if ev["kind"] == "setns":
+            return None                  # tools looking into the namespace
+        d = ev.get("detail") or {}
+        what = {"exec": " ".join(d.get("argv") or [d.get("filename", "")]),
+                "exit": f"code {d.get('code')}" if "code" in d else
+                (f"signal {d.get('signal')}" if "signal" in d else ""),
+                "fork": f"from {d.get('parent_pid')}"}.get(ev["kind"], "")
+        if ev["kind"].startswith("link_"):
+            what = f"{ev.get('ifname')} {json.dumps(d, sort_keys=True)[:80]}"
+        elif ev["kind"].startswith("cgroup_"):
+            what = f"{d.get('controllers') or 'v2'}:{d.get('path')}"
+        text = (f"[{self.target_name}] {ev['kind']:<5} pid {ev['pid']} ({ev['comm']}) "
+                f"{what}").rstrip()
+        return {"type": "event", "_ts": ev["ts_ns"], "ts_ns": ev["ts_ns"], "kind": ev["kind"],
+                "pid": ev["pid"], "comm": ev["comm"], "text": text}
+
+
+def rule_ref(f):
+    r = f.nat_rule
+    if not r:
+        return None
+    return {"table": r["table"], "chain": r["chain"], "rule_num": r["rule_num"],
+            "rule_text": r["rule_text"], "verdict": r["verdict"]}
+
+
+class StoreSink:
+    """Writes one session's analysis through the store's trace methods."""
+
+    def __init__(self, store, session_id, point_ids, target, offset):
+        self.store = store
+        self.offset = offset         # fast-path times are CLOCK_MONOTONIC
+        self.session_id = session_id
+        self.point_ids = point_ids
+        self.target = target
+        self.segment_ids = {}        # segment number -> store id
+        self._segments_done = set()
+        self.events_seen = 0
+
+    def segments(self, segments):
+        """Record new segment files, and finished ones (from the writer's snapshot)."""
+        for seg in segments:
+            if seg.seq not in self.segment_ids:
+                self.segment_ids[seg.seq] = self.store.add_segment(
+                    self.session_id, seg.seq, seg.path, seg.started_ns)
+            if seg.ended_ns and seg.seq not in self._segments_done:
+                self._segments_done.add(seg.seq)
+                self.store.finish_segment(self.segment_ids[seg.seq], seg.size, seg.ended_ns)
+
+    def flow_row(self, f):
+        o = f.orig
+        r = f.reply or (None, None, None, None)
+        return FlowRow(self.session_id, f.proto, o[0], o[1], o[2], o[3], r[0], r[1], r[2],
+                       r[3], ct_id=f.ct_id, nat=f.nat_text() or "", first_ns=f.first_ns,
+                       last_ns=f.last_ns,
+                       detail={"packets": f.packets, "traced_packets": f.journeys,
+                               "tcp_state": f.tcp_state, "nat_rule": rule_ref(f),
+                               "drops": f.drop_counts})
+
+    def flow_id(self, f):
+        if f.store_id is None:
+            f.store_id = self.store.insert_flow(self.flow_row(f))
+        return f.store_id
+
+    def settled(self, s, locate):
+        """Index rows for the settled packets (journeys and fast path), their hops, the
+        drops and the events. `locate(cpu, pos)` -> (segment number, offset) or None."""
+        sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
+        rows = []
+        first_row = {}           # journey index -> index of its first packet row
+        for n, j in enumerate(s.journeys):
+            fid = self.flow_id(j.flow)
+            for c in j.captures:
+                loc = locate(c["cpu"], c["pos"])
+                if loc is None or loc[0] not in seg_ids:
+                    continue     # not in the files (ring full, size cap): counted as lost
+                first_row.setdefault(n, len(rows))
+                rows.append(IndexRow(sid, seg_ids[loc[0]], loc[1], c["ts_ns"],
+                                     pids[c["point"]], fid, c["dir"], c["len"]))
+        ids = self.store.add_index(rows) if rows else []
+        fast_rows = []
+        for ts, point, d, ln, cpu, pos, f in s.fast:
+            loc = locate(cpu, pos)
+            if loc is not None and loc[0] in seg_ids:
+                fast_rows.append(IndexRow(sid, seg_ids[loc[0]], loc[1], ts + self.offset,
+                                          pids[point], f.store_id, "out" if d else "in", ln))
+        if fast_rows:
+            self.store.add_index(fast_rows)
+        hops = []
+        for n, j in enumerate(s.journeys):
+            if not j.nf:
+                continue
+            pid = ids[first_row[n]] if n in first_row and ids else None
+            ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+            hops += [self._hop_row(j, h, pid, ts, late=False) for h in j.nf]
+        for j, h in s.late_hops:
+            if j.flow.store_id is None:
+                continue
+            ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+            hops.append(self._hop_row(j, h, None, ts, late=True))
+        if hops:
+            self.store.insert_hops(hops)
+        drops = [DropRow(sid, d["ts_ns"], d["reason"], d["location"], d["ifindex"],
+                         self.flow_id(f),
+                         {k: d[k] for k in ("explanation", "proto", "src", "sport", "dst",
+                                            "dport", "netns", "tcpflags")})
+                 for f, d, _n, stored in s.drops if stored]
+        if drops:
+            self.store.insert_drops(drops)
+        self.events(s.events)
+
+    def events(self, events):
+        me = os.getpid()
+        rows = [dict(ev, session_id=self.session_id, container_id=self.target.id,
+                     container_name=self.target.name)
+                for ev in events if ev["pid"] != me]
+        self.events_seen += len(rows)
+        if rows:
+            self.store.insert_events(rows)
+
+    def _hop_row(self, j, h, packet_id, ts, late):
+        detail = {"kind": h["kind"], "backend": h["backend"], "hook": h["hook"]}
+        if late:
+            detail["late"] = True
+        return HopRow(self.session_id, j.flow.store_id, packet_id, ts, h["table"], h["chain"],
+                      h["rule_num"], h["rule_text"], h["verdict"], detail)
+
+    def finish(self, flows, summary):
+        for f in flows:
+            if f.store_id is not None:
+                self.store.update_flow(f.store_id, self.flow_row(f))
+        self.store.end_trace(self.session_id, "stopped", summary)

@@ -1,0 +1,271 @@
+"""The trace's optional sources, one interface each: start() / read() / lost / stop().
+
+Besides the packet capture (required; probes/packets.py, read by the session), a trace
+reads conntrack events (NAT tuples), the netfilter trace (legacy TRACE rules through
+nfnetlink_log, and nf_tables' nftrace), kfree_skb drops, and the container's process,
+link and cgroup events. Each source that cannot start degrades to one note
+(`start_all`); `read()` returns what arrived since the last call, already filtered to
+the traced container, as the items the correlation takes (probes' dicts, hops with their
+parsed packet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ..errors import PyinspectError
+from . import flows as F
+from .stale import state_dir
+
+MAX_DYNAMIC_RULES = 64
+DROPS_PER_POLL = 50
+
+
+class Source:
+    """A probe the trace reads. `name` is what its note says when it cannot start."""
+    name = "source"
+
+    def start(self) -> Source:
+        return self
+
+    def read(self, final=False) -> list:
+        return []
+
+    @property
+    def lost(self) -> int:
+        return 0
+
+    def stop(self) -> None:
+        pass
+
+
+class Conntrack(Source):
+    """ctnetlink events of the traced container's connections (by address or published
+    port); start() also takes the table as it is."""
+    name = "conntrack"
+
+    def __init__(self, target, notes):
+        self.target = target
+        self.notes = notes
+        self.ct = None
+        self.existing = []
+        addrs = set(target.addrs)
+        self._addrs = addrs
+        self._ports = {(p[1], p[2]) for p in target.ports}
+
+    def ours(self, ev):
+        o, r = ev["orig"], ev.get("reply") or (None,) * 4
+        a = self._addrs
+        if o[0] in a or o[2] in a or r[0] in a or r[2] in a:
+            return True
+        return (o[3], ev["proto"]) in self._ports
+
+    def start(self):
+        from pyinspect.probes import conntrack
+        self.ct = conntrack.ConntrackEvents().start()
+        if not conntrack.events_enabled():
+            self.notes.append("conntrack: net.netfilter.nf_conntrack_events is 0 here: "
+                              "no NAT tuples from conntrack")
+        self.existing = [ev for ev in self.ct.dump() if self.ours(ev)]
+        return self
+
+    def read(self, final=False):
+        return [ev for ev in self.ct.read() if self.ours(ev)]
+
+    @property
+    def lost(self):
+        return self.ct.lost if self.ct else 0
+
+    def stop(self):
+        if self.ct:
+            self.ct.stop()
+        self.ct = None
+
+
+class NetfilterTrace(Source):
+    """Legacy (x_tables) TRACE rules in a chain of this session's, logged through
+    nfnetlink_log group 0 (the namespace's nf_log bound for the session)."""
+    name = "netfilter trace"
+
+    def __init__(self, root, capture_target):
+        self.root = root
+        self.tgt = capture_target
+        self.binding = self.nflog = self.rules = self.rulebook = None
+        self.dynamic = set()
+
+    def start(self):
+        from pyinspect.probes import nftrace
+        self.binding = nftrace.LoggerBinding(
+            None, str(state_dir(self.root) / f"{os.getpid()}.nflog.json"))
+        self.binding.bind()
+        self.nflog = nftrace.NflogReader().start()
+        self.rules = nftrace.TraceRules()
+        self.rules.add_many(nftrace.trace_rule_specs(self.tgt.addrs, self.tgt.ports))
+        self.rulebook = nftrace.RuleBook()
+        return self
+
+    def read(self, final=False):
+        from pyinspect.probes import nftrace
+        out = []
+        for rec in self.nflog.read():
+            hop = nftrace.parse_trace(rec, self.rulebook)
+            if hop and not hop["ours"]:      # our own TRACE rule is not part of the path
+                hop["pkt"] = F.parse_ip(hop.pop("payload", b""))
+                out.append(hop)
+        return out
+
+    def follow(self, proto, src, sport, dst, dport):
+        """Also trace the replies of an outbound (MASQUERADEd) flow: one rule each."""
+        key = (proto, src, sport, dport)
+        if self.rules and key not in self.dynamic and len(self.dynamic) < MAX_DYNAMIC_RULES \
+                and proto in ("tcp", "udp"):
+            self.dynamic.add(key)
+            with contextlib.suppress(PyinspectError):
+                self.rules.add(["-p", proto, "-s", src, "--sport", str(sport), "-d", dst,
+                                "--dport", str(dport)])
+
+    @property
+    def lost(self):
+        return self.nflog.lost if self.nflog else 0
+
+    def stop(self):
+        if self.rules:
+            self.rules.remove()
+        if self.nflog:
+            self.nflog.stop()
+        if self.binding:
+            self.binding.restore()
+        self.rules = self.nflog = self.binding = None
+
+
+class NftTrace(Source):
+    """nf_tables chains (iptables-nft, nft): `meta nftrace` in a table of this session's,
+    read from `nft monitor trace`."""
+    name = "nftables trace"
+
+    def __init__(self, capture_target):
+        self.tgt = capture_target
+        self.mon = self.table = None
+
+    def start(self):
+        from pyinspect.probes import nftrace
+        self.mon = nftrace.NftMonitor().start()
+        self.table = nftrace.NftTraceTable()
+        self.table.create(nftrace.trace_rule_specs(self.tgt.addrs, self.tgt.ports))
+        return self
+
+    def read(self, final=False):
+        out = []
+        for hop in self.mon.read():
+            p = hop.pop("nft_packet", None)
+            if p and p[1] and p[3]:
+                hop["pkt"] = F.Pkt(p[0], p[1], p[2], p[3], p[4], p[5] or 0, 0, 0, p[6] or 0)
+                hop["loose_ident"] = True
+            out.append(hop)
+        return out
+
+    def stop(self):
+        if self.mon:
+            self.mon.stop()
+        if self.table:
+            self.table.remove()
+        self.mon = self.table = None
+
+
+class Drops(Source):
+    """skb:kfree_skb in the capture points' namespaces, bounded per poll (a drop storm is
+    counted, not all decoded)."""
+    name = "drops"
+
+    def __init__(self, capture_target, netns):
+        self.tgt = capture_target
+        self.netns = netns
+        self.watch = None
+
+    def start(self):
+        from pyinspect.probes import drops
+        self.watch = drops.DropWatch(self.tgt, self.netns).start()
+        return self
+
+    def read(self, final=False):
+        return self.watch.read(None if final else DROPS_PER_POLL)
+
+    @property
+    def lost(self):
+        return self.watch.lost if self.watch else 0
+
+    def stop(self):
+        if self.watch:
+            self.watch.stop()
+        self.watch = None
+
+
+class ContainerEvents(Source):
+    """The container's process events (sched fork/exec/exit, oom; not syscalls:*, which
+    slow every syscall on the host), link changes of the capture points and inside the
+    container (rtnetlink), and its cgroup events (pyinspect's containers)."""
+    name = "process events"
+
+    def __init__(self, target, points, notes):
+        self.target = target
+        self.points = points
+        self.notes = notes
+        self.procs = self.links = self.cgroups = None
+
+    def start(self):
+        from pyinspect.probes.cgroups import CgroupProbe
+        from pyinspect.probes.links import LinkProbe
+        from pyinspect.probes.process import ProcessProbe
+        tps = {k: v for k, v in ProcessProbe.TRACEPOINTS.items()
+               if not k.startswith("syscalls:")}
+        self.procs = ProcessProbe(tracepoints=tps).start({"namespaces": [self.target.netns]})
+        self.notes += list(self.procs.messages)
+        try:
+            paths = [self.target.netns_path] if self.target.netns_path else []
+            self.links = LinkProbe(netns=paths, own=True).start()
+        except Exception as exc:  # noqa: BLE001 - degrade to a note
+            self.links = None
+            self.notes.append(f"link events: unavailable: {exc}")
+        if self.target.source == "pyinspect" and self.target.id:
+            try:
+                self.cgroups = CgroupProbe().start()
+                self.notes += list(self.cgroups.messages)
+            except Exception as exc:  # noqa: BLE001 - degrade to a note
+                self.cgroups = None
+                self.notes.append(f"cgroup events: unavailable: {exc}")
+        return self
+
+    def read(self, final=False):
+        out = list(self.procs.events(0))
+        if self.links:
+            names = {p.name for p in self.points if p.netns is None}
+            out += [e for e in self.links.events(0)
+                    if e.get("netns") == self.target.netns or e.get("ifname") in names]
+        if self.cgroups:
+            out += [e for e in self.cgroups.events(0)
+                    if self.target.id in ((e.get("detail") or {}).get("path") or "")]
+        return out
+
+    def stop(self):
+        for probe in (self.procs, self.links, self.cgroups):
+            if probe:
+                probe.stop()
+        self.procs = self.links = self.cgroups = None
+
+
+def start_all(sources, notes):
+    """Start each source; one that fails is stopped and becomes a note. Returns the
+    sources that run."""
+    running = []
+    for src in sources:
+        try:
+            src.start()
+            running.append(src)
+        except Exception as exc:     # noqa: BLE001 - any failure degrades to a note
+            with contextlib.suppress(Exception):
+                src.stop()
+            why = str(exc) if isinstance(exc, PyinspectError) else \
+                f"{type(exc).__name__}: {exc}"
+            notes.append(f"{src.name}: unavailable: {why}")
+    return running
