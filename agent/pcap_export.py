@@ -1,25 +1,30 @@
-"""Export stored trace packets to one pcapng: a named interface per capture point.
+"""Export traced packets to one pcapng: a named interface per capture point.
 
-`export()` reads the `capture_points` and `packets` rows of one or more
-`trace_sessions` in timestamp order (`ORDER BY ts_ns` on the session/ts index) and
-streams them through `PcapNgWriter`: memory stays constant for any number of packets.
-Filters: session or container, a time window, a flow 5-tuple (matched through the
-`flows` table, so the NAT-translated side of the same connection comes along), and a
-pcap-filter expression compiled to BPF with libpcap (`pcap_compile`) and run with
-libpcap's `bpf_filter` through ctypes.
+A trace's packets live in pcapng segment files (`<database dir>/pcap/<session>/
+seg-NNNNN.pcapng`, one interface per capture point, interface id = the point's `seq`);
+the store has the segment rows and an index of the packets the analysis looked at.
+`export()` reads the segment files of one or more `trace_sessions` (each file sorted by
+time with `pyinspect.pcapng.Segment`: its packets come in runs) and merges them by
+timestamp through `PcapNgWriter`. Filters: session or container, a time window (whole
+files skipped by their time range), a flow 5-tuple (matched through the `flows` table,
+so the NAT-translated side of the same connection comes along: the indexed packets of
+those flows, plus every packet with one of their tuples in the files that overlap the
+flows' time), and a pcap-filter expression compiled to BPF with libpcap
+(`pcap_compile`) and run with libpcap's `bpf_filter` through ctypes.
 """
 
+import bisect
 import ctypes
 import ctypes.util
+import heapq
 import ipaddress
-import os
+import json
 import re
-import sys
-import tempfile
+from array import array
 from pathlib import Path
 
 from .errors import NotFoundError, UnavailableError, UsageError
-from .pcapng import PcapNgWriter
+from .pcapng import KEY_OFFSET, KEY_SHIFT, PcapNgWriter, Segment
 from .runtime.fsutil import atomic_write
 from .timespec import parse_time as _parse_time
 
@@ -160,16 +165,56 @@ def _conn(store):
 
 
 def list_sessions(store):
-    """Every trace session with its capture point and packet counts (newest first)."""
+    """Every trace session (newest first) with its capture points, packets (the
+    summary's captured count per point, summed; the index count when the trace has no
+    summary, e.g. killed), lost (from the summary), segment files and their bytes."""
     sql = """
         SELECT s.id, s.container_id, s.container_name, s.started_ns, s.stopped_ns,
-               s.status, s.filter, s.pcap_path,
+               s.status, s.filter, s.pcap_path, s.summary,
                (SELECT count(*) FROM capture_points c WHERE c.session_id = s.id) AS points,
-               (SELECT count(*) FROM packets p WHERE p.session_id = s.id) AS packets
+               (SELECT count(*) FROM pcap_segments g WHERE g.session_id = s.id) AS segments,
+               (SELECT sum(g.bytes) FROM pcap_segments g WHERE g.session_id = s.id) AS bytes
         FROM trace_sessions s ORDER BY s.started_ns DESC, s.id DESC"""
     cur = _conn(store).execute(sql)
     cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row)) for row in cur]
+    rows = [dict(zip(cols, row)) for row in cur]
+    for r in rows:
+        summary = _summary(r.pop("summary"))
+        packets = _captured(summary)
+        if packets is None:
+            packets = store.indexed_count(session_id=r["id"])
+        r["packets"] = packets
+        r["lost"] = summary.get("lost") if summary else None
+        if r["bytes"] is None or r["status"] == "running":
+            # a trace still writing (or killed before it said): the files' own sizes
+            sizes = [st.st_size for g in store.segments([r["id"]])
+                     if (st := _stat(store.segment_path(g.path)))]
+            r["bytes"] = sum(sizes) if sizes else r["bytes"]
+        r["bytes"] = r["bytes"] or 0
+    return rows
+
+
+def _summary(text):
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _captured(summary):
+    """Packets the trace's files hold, from its summary; None when it does not say."""
+    per_point = (summary or {}).get("packets_per_point")
+    if not isinstance(per_point, dict):
+        return None
+    return sum(int(v.get("captured") or 0) for v in per_point.values() if isinstance(v, dict))
+
+
+def _stat(path):
+    try:
+        return path.stat()
+    except OSError:
+        return None
 
 
 def find_sessions(store, session_id=None, container=None):
@@ -253,30 +298,158 @@ def point_name(name, description, container):
 
 
 class _Interfaces(dict):
-    """point id -> interface id; unknown points get an interface on first use."""
+    """(session id, interface id in its segment files) -> output interface id.
+
+    Capture points are added up front; an interface of a segment file that is not a
+    capture point of the store gets an interface on first use, named as in the file
+    (`names`, filled as files are opened) or `point<ID>`."""
 
     def __init__(self, writer):
         super().__init__()
         self.writer = writer
+        self.names = {}
+        self.by_name = {}       # (name, description, linktype) -> output interface id
 
-    def __missing__(self, point):
-        if_id = self.writer.add_interface(f"point{point}", "capture point not in the store")
-        self[point] = if_id
-        return if_id
+    def add(self, key, name, desc, linktype, snaplen=0):
+        """Map `key` to the interface of that name, adding it if it is new."""
+        named = (name, desc, linktype)
+        if named not in self.by_name:
+            self.by_name[named] = self.writer.add_interface(name, desc, linktype, snaplen)
+        self[key] = self.by_name[named]
+        return self[key]
+
+    def __missing__(self, key):
+        name, desc, linktype = self.names.get(key) or ("", "", 1)
+        return self.add(key, name or f"point{key[1]}",
+                        desc or "capture point not in the store", linktype or 1)
+
+
+# How far a segment's packets may lie outside its [started_ns, ended_ns]: a packet is
+# captured a little before the file it lands in is opened (the evidence writer drains
+# the kernel buffers every 50 ms). SKIP_SLACK_NS widens the range used to skip files
+# for --since/--until/--flow; MERGE_SLACK_NS decides when a file joins the merge (the
+# files open at once are those of this span, so memory stays bounded).
+SKIP_SLACK_NS = 10 * 10**9
+MERGE_SLACK_NS = 2 * 10**9
+_INF = float("inf")
+
+
+class _Source:
+    """One segment file's part of an export: `rows()` yields write_rows() tuples in
+    time order. `only` limits it to these EPB offsets (indexed packets)."""
+
+    def __init__(self, seg, path, lo, hi, order, only=None):
+        self.seg, self.path, self.lo, self.hi = seg, path, lo, hi
+        self.order = order
+        self.only = only
+
+
+class _Export:
+    """The state of one export(): filters, comments, interface names."""
+
+    def __init__(self, store, since, until, flow_offsets, flow_match, user_match,
+                 comments, ifmap):
+        self.store = store
+        self.since, self.until = since, until
+        self.flow_offsets = flow_offsets     # segment id -> {offset} (indexed to the flow)
+        self.flow_match = flow_match         # (data, wirelen, linktype) -> bool, or None
+        self.user_match = user_match
+        self.comments = comments             # flow id -> comment text
+        self.ifmap = ifmap
+        self.missing = []
+
+    def rows(self, src):
+        seg = src.seg
+        try:
+            f = Segment(src.path)
+        except NotFoundError:
+            self.missing.append(str(src.path))
+            return
+        with f:
+            keys = f.keys()
+            sid = seg.session_id
+            for iface in f.interfaces:
+                self.ifmap.names.setdefault((sid, iface.index),
+                                            (iface.name, iface.description, iface.linktype))
+            linktypes = [i.linktype for i in f.interfaces]
+            offs, fids = self.store.flow_offsets(seg.id)
+            offs = array("q", offs)
+            comments = self.comments
+            start = 0
+            if self.since is not None:
+                start = bisect.bisect_left(keys, self.since << KEY_SHIFT)
+            stop = _INF if self.until is None else (self.until << KEY_SHIFT) | KEY_OFFSET
+            only = src.only
+            flow_set = self.flow_offsets.get(seg.id, ())
+            flow_match, user_match = self.flow_match, self.user_match
+            packet_at = f.packet_at
+            for i in range(start, len(keys)):
+                key = keys[i]
+                if key > stop:
+                    break
+                off = key & KEY_OFFSET
+                if only is not None and off not in only:
+                    continue
+                pkt = packet_at(off)
+                data, wirelen = pkt.data, pkt.orig_len
+                if_id = pkt.interface.index
+                if flow_match is not None and off not in flow_set and \
+                        not flow_match(data, wirelen, linktypes[if_id]):
+                    continue
+                if user_match is not None and not user_match(data, wirelen,
+                                                             linktypes[if_id]):
+                    continue
+                comment = pkt.comment
+                if comment is None and offs:
+                    j = bisect.bisect_left(offs, off)
+                    if j < len(offs) and offs[j] == off:
+                        comment = comments.get(fids[j])
+                yield key >> KEY_SHIFT, data, (sid, if_id), pkt.direction, wirelen, comment
+
+
+def _merge(sources, rows_of):
+    """Rows of every source in timestamp order (ties: source order, then file order).
+
+    Sources join the heap when the merge reaches their `lo`, so only the files whose
+    time ranges overlap the current point are open (and sorted in memory) at once."""
+    pending = sorted(sources, key=lambda s: (s.lo, s.order))
+    pending.reverse()                 # pop() from the end: the earliest
+    heap = []
+    while heap or pending:
+        while pending and (not heap or pending[-1].lo <= heap[0][0]):
+            src = pending.pop()
+            gen = rows_of(src)
+            first = next(gen, None)
+            if first is not None:
+                heapq.heappush(heap, (first[0], src.order, first, gen))
+        if len(heap) == 1:            # one file open: no heap work until the next joins
+            _, order, row, gen = heap.pop()
+            yield row
+            limit = pending[-1].lo if pending else _INF
+            for row in gen:
+                if row[0] >= limit:
+                    heapq.heappush(heap, (row[0], order, row, gen))
+                    break
+                yield row
+            continue
+        _, order, row, gen = heap[0]
+        yield row
+        nxt = next(gen, None)
+        if nxt is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (nxt[0], order, nxt, gen))
 
 
 def export(store, session_id=None, container=None, since=None, until=None, flow=None,
-           bpf_filter=None, out=None, parallel=None):
+           bpf_filter=None, out=None):
     """Write the packets of a session (or of every session of a container) to `out`.
 
     `since`/`until` are epoch ns (or parse_time() strings), `flow` a 5-tuple or its
     text, `bpf_filter` a pcap-filter expression. `out` is a path (written to a temp
     file beside it and renamed on success) or a binary file object.
-    Returns {"output", "packets", "interfaces", "sessions"}.
-
-    An unfiltered export of PARALLEL_MIN packets or more to a path is written by two
-    processes (the later half by `python -m pyinspect.pcap_export`, appended on
-    success) when a CPU is idle; parallel=True forces that, parallel=False turns it off.
+    Returns {"output", "packets", "interfaces", "sessions", "missing"} (`missing`: the
+    segment files the store lists that are gone).
     """
     if out is None:
         raise UsageError("pcap export: no output file (-o FILE)")
@@ -288,18 +461,12 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         raise UsageError("pcap export: --since is after --until")
     conn = _conn(store)
     qs = ",".join("?" * len(sids))
-    points = [(pid, point_name(name, desc, cname), desc, linktype)
-              for pid, name, desc, linktype, cname in conn.execute(
-                  f"SELECT c.id, c.name, c.description, c.linktype, s.container_name"
-                  f" FROM capture_points c JOIN trace_sessions s ON s.id = c.session_id"
+    points = [(sid, seq, point_name(name, desc, cname), desc, linktype)
+              for sid, seq, name, desc, linktype, cname in conn.execute(
+                  f"SELECT c.session_id, c.seq, c.name, c.description, c.linktype,"
+                  f" s.container_name FROM capture_points c"
+                  f" JOIN trace_sessions s ON s.id = c.session_id"
                   f" WHERE c.session_id IN ({qs}) ORDER BY c.id", sids)]
-
-    flow_ids, flow_filters = None, {}
-    if flow is not None:
-        flow = parse_flow(flow)
-        flow_ids, tuples = _flow_match(store, sids, flow)
-        flow_expr = flow_expression(tuples)
-    user_filters = {}
 
     def compiled(cache, expr, linktype):
         f = cache.get(linktype)
@@ -307,58 +474,63 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
             f = cache[linktype] = BpfFilter(expr, linktype or 1, snaplen or 262144)
         return f
 
-    point_linktype = {p[0]: (p[3] or 1) for p in points}
+    user_match = None
     if bpf_filter:
-        for lt in set(point_linktype.values()) or {1}:
+        user_filters = {}
+        for lt in {p[4] or 1 for p in points} or {1}:
             compiled(user_filters, bpf_filter, lt)   # syntax errors before any output
 
-    where = [f"session_id IN ({qs})"]
-    args = list(sids)
-    if since is not None:
-        where.append("ts_ns >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("ts_ns <= ?")
-        args.append(until)
-    cond = " AND ".join(where)
-    # the rows write_rows() takes; NULL len means "same as the captured bytes"
-    plain_sql = (f"SELECT ts_ns, coalesce(data, x''), point_id, direction, len, comment"
-                 f" FROM packets WHERE {cond} ORDER BY ts_ns, id")
-    sql = (f"SELECT point_id, ts_ns, coalesce(data, x''), len, direction, comment, flow_id"
-           f" FROM packets WHERE {cond} ORDER BY ts_ns, id")
+        def user_match(data, wirelen, lt):
+            return compiled(user_filters, bpf_filter, lt).match(data, wirelen)
 
-    def rows():
-        for point, ts, data, wirelen, direction, comment, fid in conn.execute(sql, args):
-            lt = point_linktype.get(point, 1)
-            if flow is not None and fid not in flow_ids and \
-                    not compiled(flow_filters, flow_expr, lt).match(data, wirelen):
+    segments = store.segments(sids)
+    lo_hi = {g.id: _bounds(store, g) for g in segments}
+    flow_match, flow_offsets = None, {}
+    scan = segments
+    if flow is not None:
+        flow = parse_flow(flow)
+        flow_ids, tuples = _flow_match(store, sids, flow)
+        flow_expr, flow_filters = flow_expression(tuples), {}
+
+        def flow_match(data, wirelen, lt):
+            return compiled(flow_filters, flow_expr, lt).match(data, wirelen)
+
+        for seg_id, offset, _ts in store.indexed_packets(flow_ids):
+            flow_offsets.setdefault(seg_id, set()).add(offset)
+        first, last = _flow_span(conn, flow_ids)
+        if first is not None:          # scan the files that overlap the flows' time
+            scan = [g for g in segments if lo_hi[g.id][1] >= first - SKIP_SLACK_NS and
+                    lo_hi[g.id][0] <= last + SKIP_SLACK_NS]
+    sources = []
+    scanned = {g.id for g in scan}
+    for order, g in enumerate(segments):
+        lo, hi = lo_hi[g.id]
+        if since is not None and hi < since or until is not None and lo > until:
+            continue
+        only = None
+        if g.id not in scanned:
+            only = flow_offsets.get(g.id)
+            if not only:
                 continue
-            if bpf_filter and not compiled(user_filters, bpf_filter, lt).match(data, wirelen):
-                continue
-            yield ts, data, point, direction, wirelen, comment
+        sources.append(_Source(g, store.segment_path(g.path), lo + SKIP_SLACK_NS -
+                               MERGE_SLACK_NS, hi, order, only))
+    comments = {fid: f"flow {fid}: {nat}" if nat else f"flow {fid}"
+                for fid, nat in conn.execute(
+                    f"SELECT id, nat FROM flows WHERE session_id IN ({qs})", sids)}
 
-    plain = flow is None and not bpf_filter
-
-    def write(fh, split=None):
+    def write(fh):
         with PcapNgWriter(fh, flush_interval=None) as w:
             ifmap = _Interfaces(w)
-            seen = {}
-            for pid, name, desc, linktype in points:
-                key = (name, desc, linktype)    # one interface per point across sessions
-                if key not in seen:
-                    seen[key] = w.add_interface(name or f"point{pid}", desc or "",
-                                                linktype or 1, snaplen or 0)
-                ifmap[pid] = seen[key]
-            if split is not None:
-                n = _write_split(w, fh, store, cond, args, ifmap, split, out.parent)
-            elif plain:
-                n = w.write_rows(conn.execute(plain_sql, args), ifmap)
-            else:
-                n = w.write_rows(rows(), ifmap)
-            return n, len(w.interfaces)
+            for sid, seq, name, desc, linktype in points:   # same name: one interface
+                ifmap.add((sid, seq), name or f"point{seq}", desc or "", linktype or 1,
+                          snaplen or 0)
+            job = _Export(store, since, until, flow_offsets, flow_match, user_match,
+                          comments, ifmap)
+            n = w.write_rows(_merge(sources, job.rows), ifmap)
+            return n, len(w.interfaces), job.missing
 
     if hasattr(out, "write"):
-        n, nif = write(out)
+        n, nif, missing = write(out)
         name = getattr(out, "name", None)
     else:
         out = Path(out)
@@ -366,107 +538,39 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
             raise NotFoundError(f"pcap export: directory {out.parent} does not exist")
         if out.is_dir():
             raise UsageError(f"pcap export: {out} is a directory", "give a file name")
-        split = _split_point(conn, cond, args) if plain and getattr(store, "path", None) \
-            and (parallel or parallel is None and _idle_cpu()) else None
         try:
             replacing = atomic_write(out, perms=0o644)
         except OSError as exc:
             raise UsageError(f"pcap export: cannot write {out}: {exc.strerror}") from None
         with replacing as fh:
-            n, nif = write(fh, split)
+            n, nif, missing = write(fh)
         name = str(out)
-    return {"output": name, "packets": n, "interfaces": nif, "sessions": sids}
+    return {"output": name, "packets": n, "interfaces": nif, "sessions": sids,
+            "missing": missing}
 
 
-# -- two-process export ------------------------------------------------------------------
-PARALLEL_MIN = 200_000
+def _bounds(store, seg):
+    """(lo, hi): a time range that holds every packet of a segment file (SKIP_SLACK_NS
+    wider than the file's own and its indexed packets' times; open-ended while written)."""
+    imin, imax = store.index_span(seg.id)
+    lo = min(x for x in (seg.started_ns, imin, _INF) if x is not None)
+    ended = seg.ended_ns
+    if ended is None and seg.complete:
+        st = _stat(store.segment_path(seg.path))
+        ended = st.st_mtime_ns if st else None
+    hi = _INF if ended is None else max(x for x in (ended, imax) if x is not None)
+    if lo == _INF:
+        lo = -_INF
+    return lo - SKIP_SLACK_NS, hi + SKIP_SLACK_NS
 
 
-def _idle_cpu():
-    """True when a second process would get a CPU of its own (1-minute load average)."""
-    cpus = os.cpu_count() or 1
-    return cpus > 1 and os.getloadavg()[0] <= cpus - 1
-
-
-def _split_point(conn, cond, args):
-    """The ts_ns that halves the rows, or None when too few rows for a second process."""
-    count = conn.execute(f"SELECT count(*) FROM packets WHERE {cond}", args).fetchone()[0]
-    if count < PARALLEL_MIN:
-        return None
-    row = conn.execute(f"SELECT ts_ns FROM packets WHERE {cond} ORDER BY ts_ns LIMIT 1"
-                       f" OFFSET ?", [*args, count // 2]).fetchone()
-    return row[0] if row else None
-
-
-def _part_sql(cond, half):
-    op = "<" if half == 0 else ">="
-    return (f"SELECT ts_ns, coalesce(data, x''), point_id, direction, len, comment"
-            f" FROM packets WHERE {cond} AND ts_ns {op} ? ORDER BY ts_ns, id")
-
-
-def _write_split(w, fh, store, cond, args, ifmap, split, tmpdir):
-    """Rows before `split` here, the rest in a child process into a temp file that is
-    appended after ours. Falls back to one process if the child fails."""
-    import json
-    import subprocess
-    pfd, part = tempfile.mkstemp(prefix=".pcap-export-part.", dir=tmpdir)
-    os.close(pfd)
-    job = {"db": str(store.path), "sql": _part_sql(cond, 1), "args": [*args, split],
-           "ifmap": {str(k): v for k, v in ifmap.items()}, "out": part}
-    try:
-        child = subprocess.Popen([sys.executable, "-m", "pyinspect.pcap_export", "--part",
-                                  json.dumps(job)], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            n = w.write_rows(store.db.conn.execute(_part_sql(cond, 0), [*args, split]), ifmap)
-            stdout, _ = child.communicate()
-        except BaseException:
-            child.kill()
-            child.communicate()
-            raise
-        if child.returncode == 0:
-            w.flush()
-            with open(part, "rb") as src:
-                _append(src, fh)
-            n += int(stdout.strip())
-            w.packets = n
-            return n
-        # the child could not do its half (e.g. a point missing from capture_points):
-        # write that half here instead
-        n += w.write_rows(store.db.conn.execute(_part_sql(cond, 1), [*args, split]), ifmap)
-        return n
-    finally:
-        try:
-            os.unlink(part)
-        except FileNotFoundError:
-            pass
-
-
-def _append(src, dst):
-    """Copy src onto the end of dst in the kernel where it can."""
-    dst.flush()
-    try:
-        while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
-            pass
-    except OSError:
-        src.seek(0)
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-
-
-def _part_main():
-    """Child side of a two-process export: EPBs only (no section header) into job.out."""
-    import json
-    import sqlite3
-    job = json.loads(sys.argv[2])
-    conn = sqlite3.connect(f"file:{job['db']}?mode=ro", uri=True)
-    ifmap = {int(k): v for k, v in job["ifmap"].items()}   # a plain dict: a miss fails
-    with open(job["out"], "wb") as fh:
-        w = PcapNgWriter(fh, flush_interval=None, section=False)
-        n = w.write_rows(conn.execute(job["sql"], job["args"]), ifmap)
-        w.close()
-    print(n)
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--part"]:
-    _part_main()
+def _flow_span(conn, flow_ids):
+    """(first_ns, last_ns) over the flows, or (None, None) if any of them lacks one."""
+    if not flow_ids:
+        return None, None
+    ids = sorted(flow_ids)
+    qs = ",".join("?" * len(ids))
+    first, last, unknown = conn.execute(
+        f"SELECT min(first_ns), max(last_ns), sum(first_ns IS NULL OR last_ns IS NULL)"
+        f" FROM flows WHERE id IN ({qs})", ids).fetchone()
+    return (None, None) if unknown else (first, last)

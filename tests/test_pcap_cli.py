@@ -9,6 +9,7 @@ import pytest
 from scapy.all import IP, TCP, UDP, Ether, raw
 
 from conftest import have, tshark_fields
+from segfiles import Pkt, add_trace
 from pyinspect.config import database_path
 from pyinspect.errors import UsageError
 from pyinspect.pcap_export import export, parse_flow, parse_time
@@ -28,34 +29,30 @@ def frame(src, dst, sport, dport, flags="S", proto="tcp"):
     return raw(Ether() / IP(src=src, dst=dst) / l4 / b"GET / HTTP/1.0\r\n\r\n")
 
 
-def add_session(store, name="test", t0=T0, cid="ab" * 32):
-    """A DNAT'd HTTP connection seen on the uplink and the veth, plus unrelated noise."""
-    db = store.db
-    sid = db["trace_sessions"].insert({"container_id": cid, "container_name": name,
-                                       "started_ns": t0, "stopped_ns": t0 + 10**9,
-                                       "snaplen": 262144, "status": "stopped"}).last_pk
-    up = db["capture_points"].insert({"session_id": sid, "name": "eth0@host",
-                                      "description": "uplink", "linktype": 1}).last_pk
-    veth = db["capture_points"].insert({"session_id": sid, "name": f"vethab12cd3@host ({name})",
-                                        "description": "host veth", "linktype": 1}).last_pk
-    fid = db["flows"].insert({
-        "session_id": sid, "ct_id": 42, "proto": "tcp",
-        "orig_src": CLIENT, "orig_sport": 40000, "orig_dst": HOSTIP, "orig_dport": 8088,
-        "reply_src": CIP, "reply_sport": 80, "reply_dst": CLIENT, "reply_dport": 40000,
-        "nat": "dnat"}).last_pk
-    rows = [  # (point, dt, frame, direction, comment, flow_id) — inserted out of order
-        (veth, 200, frame(CLIENT, CIP, 40000, 80), "out", "ct 42 filter:FORWARD:rule:3", None),
-        (up, 100, frame(CLIENT, HOSTIP, 40000, 8088), "in", DNAT, fid),
-        (veth, 300, frame(CIP, CLIENT, 80, 40000, "SA"), "in", None, None),
-        (up, 400, frame(HOSTIP, CLIENT, 8088, 40000, "SA"), "out", "ct 42 SNAT", fid),
-        (up, 50, frame("192.168.77.3", HOSTIP, 5353, 53, proto="udp"), "in", None, None),
-        (up, 900, frame("192.168.77.3", HOSTIP, 1234, 22), "in", "drop: no rule", None),
-    ]
-    with db.conn:
-        db["packets"].insert_all([
-            {"session_id": sid, "point_id": p, "ts_ns": t0 + dt, "data": d, "len": len(d),
-             "caplen": len(d), "direction": dr, "comment": c, "flow_id": f}
-            for p, dt, d, dr, c, f in rows])
+def add_session(store, name="test", t0=T0, cid="ab" * 32, extra=0):
+    """A DNAT'd HTTP connection seen on the uplink and the veth, plus unrelated noise, in
+    two segment files whose runs are out of time order. The flow's packets on the
+    uplink and the veth's first are indexed to it; the veth's reply is not (export
+    finds it by its tuple)."""
+    up, veth = 0, 1
+    s1 = [[Pkt(up, t0 + 100, frame(CLIENT, HOSTIP, 40000, 8088), "in", flow=0),
+           Pkt(up, t0 + 400, frame(HOSTIP, CLIENT, 8088, 40000, "SA"), "out", flow=0)],
+          [Pkt(up, t0 + 50, frame("192.168.77.3", HOSTIP, 5353, 53, proto="udp"), "in"),
+           Pkt(veth, t0 + 200, frame(CLIENT, CIP, 40000, 80), "out", flow=0)]]
+    s2 = [[Pkt(veth, t0 + 300, frame(CIP, CLIENT, 80, 40000, "SA"), "in"),
+           Pkt(up, t0 + 900, frame("192.168.77.3", HOSTIP, 1234, 22), "in", indexed=True)]]
+    if extra:
+        s2[0].insert(0, Pkt(2, t0 + 1, frame(CLIENT, HOSTIP, 1, 2), orig_len=1500))
+    summary = {"packets_per_point": {"eth0 (uplink)": {"captured": 4},
+                                     "veth (veth)": {"captured": 2}}, "lost": 0}
+    flow = {"ct_id": 42, "proto": "tcp", "orig_src": CLIENT, "orig_sport": 40000,
+            "orig_dst": HOSTIP, "orig_dport": 8088, "reply_src": CIP, "reply_sport": 80,
+            "reply_dst": CLIENT, "reply_dport": 40000, "nat": DNAT,
+            "first_ns": t0 + 100, "last_ns": t0 + 400}
+    sid, _, _ = add_trace(store, name, [("eth0@host", "uplink"),
+                                        (f"vethab12cd3@host ({name})", "host veth")],
+                          [s1, s2], cid=cid, started=t0, stopped=t0 + 10**9,
+                          summary=summary, flows=[flow], extra=extra)
     return sid
 
 
@@ -82,7 +79,10 @@ def test_export_session_shows_dnat_on_both_points(cli, store_root, tmp_path):
     assert [(r[0], r[2]) for r in tcp] == [("eth0@host", "8088"),
                                            ("vethab12cd3@host (test)", "80")]
     assert tcp[0][6] == tcp[1][6]
-    assert tcp[0][4] == DNAT and int(tcp[0][3], 16) == 1 and int(tcp[1][3], 16) == 2
+    # packets the trace indexed to the flow carry its NAT; its direction is the file's
+    assert tcp[0][4] == f"flow 1: {DNAT}" and int(tcp[0][3], 16) == 1
+    assert int(tcp[1][3], 16) == 2
+    assert [r[4] for r in rows if r[1] in ("", "1234")] == ["", ""]  # no flow, no comment
     info = subprocess.run(["capinfos", str(out)], capture_output=True, text=True).stdout
     assert "Number of interfaces in file: 2" in info and "Number of packets:   6" in info
 
@@ -192,32 +192,27 @@ def test_merge_cli(cli, store_root, tmp_path):
 
 
 def test_export_to_file_object_and_unknown_point(state_root):
+    """An interface of the segment files that is no capture point of the store keeps
+    the name the file gives it."""
     with Store(database_path(state_root)) as store:
-        sid = add_session(store)
-        d = frame(CLIENT, HOSTIP, 1, 2)
-        store.db["packets"].insert({"session_id": sid, "point_id": 77, "ts_ns": T0 + 1,
-                                    "data": d, "len": 1500, "caplen": len(d)})
+        sid = add_session(store, extra=1)
         buf = io.BytesIO()
         res = export(store, session_id=sid, out=buf)
-    assert res["packets"] == 7 and res["interfaces"] == 3
+    assert res["packets"] == 7 and res["interfaces"] == 3 and res["missing"] == []
     path = state_root / "obj.pcapng"
     path.write_bytes(buf.getvalue())
     rows = tshark_fields(path, "frame.interface_name", "frame.len")
-    assert ["point77", "1500"] in rows
+    assert ["extra0@host", "1500"] in rows
 
 
 def test_export_streams_in_constant_memory(state_root, tmp_path):
     payload = frame(CLIENT, CIP, 40000, 80) + bytes(1000)
+    n = 30_000
     with Store(database_path(state_root)) as store:
-        sid = store.db["trace_sessions"].insert({"container_name": "big", "snaplen": 0}).last_pk
-        store.db["capture_points"].insert({"id": 1, "session_id": sid, "name": "big/eth0",
-                                           "linktype": 1})
-        n = 30_000
-        with store.db.conn:
-            store.db.conn.executemany(
-                "INSERT INTO packets (session_id, point_id, ts_ns, data, direction, comment)"
-                " VALUES (?, 1, ?, ?, 'in', ?)",
-                ((sid, T0 + i, payload, "c" if i % 3 == 0 else None) for i in range(n)))
+        # three runs per file, interleaved in time, over three files
+        segs = [[[Pkt(0, T0 + i, payload, "in") for i in range(k + r, n, 9)]
+                 for r in (0, 3, 6)] for k in range(3)]
+        sid, _, _ = add_trace(store, "big", [("big/eth0", "container: eth0 in big")], segs)
         out = tmp_path / "big.pcapng"
         tracemalloc.start()
         res = export(store, session_id=sid, out=out, bpf_filter="tcp")
@@ -226,7 +221,7 @@ def test_export_streams_in_constant_memory(state_root, tmp_path):
     assert res["packets"] == n
     size = out.stat().st_size
     assert size > 30e6 and peak < size / 6, (peak, size)   # never holds the file in memory
-    assert sum(1 for _ in read_packets(out)) == n
+    assert [p.ts_ns - T0 for p in read_packets(out)] == list(range(n))
 
 
 def test_parse_flow_and_time():
@@ -244,48 +239,14 @@ def test_parse_flow_and_time():
     assert parse_time("2025-11-29T12:00:00Z") == 1_764_417_600 * 10**9
 
 
-def test_two_process_export_is_byte_identical(state_root, tmp_path, monkeypatch):
-    import pyinspect.pcap_export as pe
-    with Store(database_path(state_root)) as store:
-        sid = add_session(store)
-        rows = [{"session_id": sid, "point_id": 1 + i % 2, "ts_ns": T0 + 1000 + i // 3,
-                 "data": frame(CLIENT, HOSTIP, 1000 + i % 5000, 8088), "len": 90,
-                 "direction": ("in", "out", None)[i % 3], "comment": f"c{i}" if i % 4 else None}
-                for i in range(3000)]
-        with store.db.conn:
-            store.db["packets"].insert_all(rows)
-        one, two = tmp_path / "one.pcapng", tmp_path / "two.pcapng"
-        export(store, session_id=sid, out=one, parallel=False)
-        monkeypatch.setattr(pe, "PARALLEL_MIN", 100)
-        calls = []
-        real = pe._write_split
-        monkeypatch.setattr(pe, "_write_split", lambda *a: calls.append(a) or real(*a))
-        res = export(store, session_id=sid, out=two, parallel=True)
-        assert calls and res["packets"] == 3006
-        assert one.read_bytes() == two.read_bytes()
-        # a packet on a point the child does not know: the parent writes that half itself
-        store.db["packets"].insert({"session_id": sid, "point_id": 99, "ts_ns": T0 + 10**6,
-                                    "data": b"\x00" * 60, "len": 60})
-        res = export(store, session_id=sid, out=two, parallel=True)
-        names = [r[0] for r in tshark_fields(two, "frame.interface_name")]
-        assert res["packets"] == 3007 and len(names) == 3007 and names[-1] == "point99"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pcapng", "root", "two.pcapng"]
-
-
 def test_point_names_as_the_tracer_stores_them(state_root, tmp_path):
     """Bare names + role descriptions (what `pyinspect trace` writes) become distinct names."""
+    rows = [("eth0", "uplink"), ("pyinspect0", "bridge"),
+            ("vethab12cd3", "veth: host end of test's veth"),
+            ("eth0", "container: eth0 in test")]
     with Store(database_path(state_root)) as store:
-        db = store.db
-        sid = db["trace_sessions"].insert({"container_name": "test", "snaplen": 160}).last_pk
-        rows = [("eth0", "uplink"), ("pyinspect0", "bridge"),
-                ("vethab12cd3", "veth: host end of test's veth"),
-                ("eth0", "container: eth0 in test")]
-        for i, (name, desc) in enumerate(rows):
-            pid = db["capture_points"].insert({"session_id": sid, "name": name,
-                                               "description": desc, "linktype": 1}).last_pk
-            d = frame(CLIENT, CIP, 40000, 80)
-            db["packets"].insert({"session_id": sid, "point_id": pid, "ts_ns": T0 + i,
-                                  "data": d, "len": len(d)})
+        d = frame(CLIENT, CIP, 40000, 80)
+        sid, _, _ = add_trace(store, "test", rows, [[[Pkt(i, T0 + i, d) for i in range(4)]]])
         out = tmp_path / "names.pcapng"
         export(store, session_id=sid, out=out)
     assert tshark_fields(out, "frame.interface_name", "frame.interface_description") == [

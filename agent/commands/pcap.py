@@ -59,13 +59,20 @@ def export_(obj, session_id, container, since, until, flow, bpf_filter, output):
                      until=until, flow=flow, bpf_filter=bpf_filter, out=output)
     click.echo(f"wrote {res['packets']} packets on {res['interfaces']} interfaces "
                f"to {res['output']}")
+    if res["missing"]:
+        click.echo(f"note: {len(res['missing'])} segment file(s) of the trace are gone: "
+                   f"{', '.join(res['missing'][:3])}", err=True)
 
 
 @pcap.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per session.")
 @click.pass_obj
 def ls(obj, as_json):
-    """List trace sessions that can be exported."""
+    """List trace sessions that can be exported.
+
+    PACKETS is what the trace's segment files hold (its summary; for a killed trace,
+    the packets its analysis indexed); SEGS and BYTES are its segment files.
+    """
     from ..pcap_export import list_sessions
     with _store(obj) as store:
         rows = list_sessions(store)
@@ -73,14 +80,21 @@ def ls(obj, as_json):
         for row in rows:
             click.echo(json.dumps(row, sort_keys=True))
         return
-    fmt = "{:>5}  {:<16} {:<19}  {:<19}  {:<9} {:>6} {:>9}  {}"
+    fmt = "{:>5}  {:<16} {:<19}  {:<19}  {:<9} {:>6} {:>9} {:>4} {:>8}  {}"
     click.echo(fmt.format("ID", "CONTAINER", "STARTED (UTC)", "STOPPED (UTC)", "STATUS",
-                          "POINTS", "PACKETS", "PCAP"))
+                          "POINTS", "PACKETS", "SEGS", "BYTES", "PCAP"))
     for r in rows:
         click.echo(fmt.format(r["id"], (r["container_name"] or r["container_id"] or "-")[:16],
                               _when(r["started_ns"]), _when(r["stopped_ns"]),
                               (r["status"] or "-")[:9], r["points"], r["packets"],
-                              r["pcap_path"] or "-"))
+                              r["segments"], _size(r["bytes"]), r["pcap_path"] or "-"))
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
 
 
 @pcap.command("merge")
