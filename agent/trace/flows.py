@@ -362,6 +362,11 @@ def fast_key(frame):
     """The bytes that name an IPv4 TCP/UDP packet's 5-tuple (protocol, addresses, ports),
     or None for anything else and for TCP packets that open, close or reset (those always
     take the full path: the netfilter trace follows them)."""
+    if frame[14:15] == b"\x45" and frame[12:14] == b"\x08\x00" and len(frame) >= 48:
+        proto = frame[23]             # the usual case: no IP options
+        if proto == 17 or (proto == 6 and not frame[47] & 0x07):
+            return frame[23:24] + frame[26:38]
+        return None
     if len(frame) < 38 or frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4:
         return None
     proto = frame[23]

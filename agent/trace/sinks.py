@@ -154,8 +154,14 @@ class StoreSink:
         return f.store_id
 
     def settled(self, s, locate):
-        """Index rows for the settled packets (journeys and fast path), their hops, the
-        drops and the events. `locate(cpu, pos)` -> (segment number, offset) or None."""
+        """Index rows for the settled journeys' packets, their hops, the drops and the
+        events. `locate(cpu, pos)` -> (segment number, offset) or None. Fast-path packets
+        (a long flow's bulk) get no index row of their own: they are in the files, and
+        `pcap export --flow` finds them by the flow's tuples and time range."""
+        with self.store.batch():         # one transaction a poll
+            self._settled(s, locate)
+
+    def _settled(self, s, locate):
         sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
         rows = []
         first_row = {}           # journey index -> index of its first packet row
@@ -169,14 +175,6 @@ class StoreSink:
                 rows.append(IndexRow(sid, seg_ids[loc[0]], loc[1], c["ts_ns"],
                                      pids[c["point"]], fid, c["dir"], c["len"]))
         ids = self.store.add_index(rows) if rows else []
-        fast_rows = []
-        for ts, point, d, ln, cpu, pos, f in s.fast:
-            loc = locate(cpu, pos)
-            if loc is not None and loc[0] in seg_ids:
-                fast_rows.append(IndexRow(sid, seg_ids[loc[0]], loc[1], ts + self.offset,
-                                          pids[point], f.store_id, "out" if d else "in", ln))
-        if fast_rows:
-            self.store.add_index(fast_rows)
         hops = []
         for n, j in enumerate(s.journeys):
             if not j.nf:

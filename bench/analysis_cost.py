@@ -1,0 +1,133 @@
+"""The trace's analysis path, CPU per record, on synthetic records (no kernel needed).
+
+What `pyinspect trace` does with each analysis record after the kernel hands it over:
+correlation (pyinspect.trace.flows.Correlator), live lines (sinks.LiveText) and the store
+(sinks.StoreSink: flows, index rows into the pcap files, hops) in a real SQLite store in a
+temporary directory. Two workloads:
+  short  HTTP-like connections: 12 packets each, seen at 4 capture points, with their
+         conntrack event (the demo's and the 20-fetch test's shape)
+  bulk   one UDP flow of many packets at 4 points (a flood: past its live lines, the
+         flow's packets take the fast path)
+Prints microseconds of CPU (thread time) per record. The live trace reports the same
+measure in its summary (`reader_us_per_record`); bench/evidence.py prints it under load.
+"""
+
+import argparse
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pyinspect.store import Store
+from pyinspect.trace import flows as F
+from pyinspect.trace.evidence import Segment
+from pyinspect.trace.sinks import LiveText, StoreSink
+from pyinspect.trace.target import TraceTarget
+
+CLIENT, HOST, CTR = "10.77.1.2", "10.77.1.1", "172.30.1.10"
+
+
+class Point:
+    def __init__(self, name, netns=None, description=""):
+        self.name, self.netns, self.description = name, netns, description
+
+
+POINTS = [Point("up0", None, "uplink"), Point("pt-br0", None, "bridge"),
+          Point("vc0", None, "host end"), Point("eth0", "/proc/1/ns/net", "eth0")]
+
+
+def frame(src, sport, dst, dport, proto=6, flags=0x10, ipid=1, seq=0):
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 52, ipid, 0, 64, proto, 0,
+                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
+    if proto == 6:
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, flags, 512, 0, 0)
+    else:
+        l4 = struct.pack("!HHHH", sport, dport, 28, 0)
+    return b"\0" * 12 + b"\x08\x00" + ip + l4
+
+
+def short(n_conns):
+    """(records, conntrack events) for n connections through DNAT 8088 -> 80."""
+    recs, cts = [], []
+    t = 1_000_000_000
+    for c in range(n_conns):
+        sport = 30000 + c
+        cts.append({"ts_ns": t, "kind": "new", "id": c + 1, "proto": "tcp",
+                    "orig": (CLIENT, sport, HOST, 8088), "reply": (CTR, 80, CLIENT, sport),
+                    "status": [], "nat": "dnat", "tcp_state": "SYN_SENT"})
+        for k in range(12):
+            flags = 0x02 if k == 0 else (0x12 if k == 1 else (0x11 if k >= 10 else 0x18))
+            inbound = k % 2 == 0
+            for p in range(4):
+                if inbound:
+                    fr = frame(CLIENT, sport, HOST if p == 0 else CTR, 8088 if p == 0 else 80,
+                               flags=flags, ipid=k, seq=k)
+                else:
+                    fr = frame(HOST if p == 0 else CTR, 8088 if p == 0 else 80, CLIENT, sport,
+                               flags=flags, ipid=k, seq=k)
+                recs.append((t, p, 0 if inbound else 1, 66, fr, 0, len(recs) * 120))
+                t += 1000
+    return recs, cts
+
+
+def bulk(n):
+    recs = []
+    t = 1_000_000_000
+    for k in range(n):
+        for p in range(4):
+            fr = frame(CLIENT, 40000, HOST if p == 0 else CTR, 8088 if p == 0 else 9,
+                       proto=17, ipid=k & 0xffff)
+            recs.append((t, p, 0, 64, fr, 0, len(recs) * 120))
+            t += 100
+    return recs, []
+
+
+def run(recs, cts, batch=4000):
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(Path(d) / "pyinspect.db")
+        target = TraceTarget("web", "abc", "/proc/1/ns/net", 1, [CTR])
+        sid, pids = store.begin_trace(container_id="abc", container_name="web", started_ns=0,
+                                      points=[{"name": p.name} for p in POINTS])
+        corr = F.Correlator(0, 20, target_name="web", target_netns=1)
+        live = LiveText(POINTS, 20, "web")
+        sink = StoreSink(store, sid, pids, target, 0)
+        sink.segments([Segment(1, Path(d) / "seg-00001.pcapng", -1, 0, 0)])
+        locate = lambda cpu, pos: (1, pos)      # noqa: E731 - every record is in the file
+        lines = 0
+        t0 = time.thread_time()
+        ci = 0
+        for i in range(0, len(recs), batch):
+            chunk = recs[i:i + batch]
+            while ci < len(cts) and cts[ci]["ts_ns"] <= chunk[-1][0]:
+                corr.conntrack(cts[ci])
+                ci += 1
+            for r in chunk:
+                corr.record(*r)
+            s = corr.settle(chunk[-1][0] + 1)
+            for j in s.journeys:
+                lines += len(live.journey(j))
+            sink.settled(s, locate)
+        s = corr.settle(None)
+        for j in s.journeys:
+            lines += len(live.journey(j))
+        sink.settled(s, locate)
+        spent = time.thread_time() - t0
+        store.close()
+        return spent, lines, corr.fast_packets
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--conns", type=int, default=500)
+    ap.add_argument("--bulk", type=int, default=50000, help="packets of the bulk flow")
+    a = ap.parse_args(argv)
+    for name, (recs, cts) in (("short", short(a.conns)), ("bulk", bulk(a.bulk))):
+        spent, lines, fast = run(recs, cts)
+        print(f"{name:<6} {len(recs):>8} records  {spent * 1e6 / len(recs):6.1f} us/record  "
+              f"({lines} live lines, {fast} records on the fast path)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
