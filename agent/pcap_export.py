@@ -422,6 +422,8 @@ def _merge(sources, rows_of):
             first = next(gen, None)
             if first is not None:
                 heapq.heappush(heap, (first[0], src.order, first, gen))
+        if not heap:
+            break
         if len(heap) == 1:            # one file open: no heap work until the next joins
             _, order, row, gen = heap.pop()
             yield row

@@ -4,9 +4,8 @@ schema version 5, packet bytes in the `packets` table (tests of the migration)."
 import time
 
 import sqlite_utils
-from scapy.all import IP, TCP, UDP, Ether, raw
-
 from pyinspect.store import MIGRATIONS
+from scapy.all import IP, TCP, UDP, Ether, raw
 
 T0 = 1_764_417_600_000_000_000
 CLIENT, HOSTIP, CIP = "192.168.77.2", "192.168.77.10", "172.18.0.2"
