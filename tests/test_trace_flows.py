@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from pyinspect import flows as F
+from pyinspect.trace import flows as F
 from pyinspect.probes.nftrace import NftMonitor, RuleBook, TraceRules, nft_expr
 
 

@@ -250,6 +250,7 @@ class Journey:
     captures: list = field(default_factory=list)   # dicts: ts_ns, point, dir, pkt, len, ...
     nf: list = field(default_factory=list)         # hop dicts from probes.nftrace
     first_ns: int = 0
+    seq: int = 0                # its place in the flow: 1 for the flow's first journey
 
     def hops(self, host_points):
         """Captures and netfilter hops in path order.
@@ -495,6 +496,7 @@ class Correlator:
         for j in order:
             f = j.flow
             f.journeys += 1
+            j.seq = f.journeys
             f.packets += len(j.captures)
             f.last_ns = max(f.last_ns, j.first_ns)
             self.traced_packets += 1

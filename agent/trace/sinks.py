@@ -31,11 +31,11 @@ class LiveText:
         first packet each way, later only what is not a plain ACCEPT."""
         f = j.flow
         items = []
-        if f.journeys == 1:
+        if j.seq == 1:
             items.append({"type": "flow", "flow": f.id, "_ts": j.first_ns,
                           "text": f"[{f.id}] {f.header()}",
                           "proto": f.proto, "orig": f.orig, "reply": f.reply, "nat": f.nat})
-        if f.journeys > self.live_per_flow:
+        if j.seq > self.live_per_flow:
             return items
         full_path = j.direction not in f.dirs_shown
         if j.nf:
