@@ -17,6 +17,8 @@ BENCHES = [
     ("event path: fork/exec storm with probes, SQLite ingest (issue: probes)", "event_path.py", []),
     ("veth map scale", "vethmap_scale.py", ["-n", "50"]),
     ("trace under a UDP flood vs tcpdump (issue: trace)", "trace_flood.py", []),
+    ("complete evidence: trace -w vs tcpdump on the four capture points (issue 17)",
+     "evidence.py", []),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
