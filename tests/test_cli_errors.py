@@ -28,7 +28,7 @@ MISSING = "/pq-missing-dir"          # never created; a path for "no such file/d
 # container names are global here (the runtime names their netns after them): unique per run
 RUN = uuid.uuid4().hex[:6]
 KEEP, DONE, WEB = f"pq-keep-{RUN}", f"pq-done-{RUN}", f"pq-web-{RUN}"
-TABLES = ("events", "trace_sessions", "capture_points", "packets", "probe_loss")
+TABLES = ("events", "trace_sessions", "capture_points", "pcap_segments", "packet_index", "probe_loss")
 
 
 def error_line(proc):
@@ -81,17 +81,10 @@ def seed_store(root):
         store.insert_events([{"ts_ns": now - i * 1000, "kind": "exec", "pid": 100 + i,
                               "comm": "sh", "container_name": KEEP,
                               "detail": {"argv": ["sh", str(i)]}} for i in range(50)])
-        store.db["trace_sessions"].insert({"id": 1, "container_id": "c" * 64,
-                                           "container_name": "pq-traced",
-                                           "started_ns": now - 10**9, "stopped_ns": now,
-                                           "status": "stopped", "snaplen": 160})
-        store.db["capture_points"].insert({"id": 1, "session_id": 1, "name": "eth0",
-                                           "description": "pq-traced/eth0", "ifindex": 2,
-                                           "netns": 1, "linktype": 1})
-        store.db["packets"].insert_all([{"session_id": 1, "ts_ns": now - 10**8 + i,
-                                         "point_id": 1, "direction": "in", "len": 60,
-                                         "caplen": 60, "data": bytes([i]) * 60}
-                                        for i in range(5)])
+        from segfiles import Pkt, add_trace
+        add_trace(store, "pq-traced", [("eth0", "pq-traced/eth0")],
+                  [[[Pkt(0, now - 10**8 + i, bytes([i]) * 60, "in") for i in range(5)]]],
+                  cid="c" * 64, started=now - 10**9, stopped=now)
         store.db["probe_loss"].insert({"ts_ns": now, "probe": "process", "lost": 3})
 
 
