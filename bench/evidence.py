@@ -31,8 +31,9 @@ reported per mode: (c')/(b') target >= 1.0, (d)/(a') target >= 0.95. Captured sh
 point for (b') and (c'): packets in the file whose timestamps lie between two interface
 counter readings taken while the capture was attached / the counters' difference. At tens
 of Gbit/s whole packets are GB per second per point: the disk, not the tool, is the limit
-for both; files are counted and removed after every window (then `sync -f` and 1 s, not
-counted: writeback after a tcpdump window slowed the next nothing-window to x0.5-0.7), and
+for both; files are counted and removed after every window (then `sync -f`, not
+counted: writeback after a tcpdump window slowed the next nothing-window to x0.5-0.7;
+then until the page cache's dirty and writeback memory is under 64 MB, and 2 s), and
 a window is skipped when the temp dir's filesystem has less than --min-free-gb free.
 
 Also: the time from starting `pyinspect trace` to its ready line (median over every trace
@@ -112,6 +113,7 @@ class Bench:
         self.procs = []
         self.counters = None
         self.startups = []
+        self.dumps = None           # the tcpdumps running now, if any
         t = self.topo
         ip = t.ctr_ips[0]
         tracetopo.sh(t.host, f"""
@@ -127,10 +129,19 @@ class Bench:
         self.sender = build_sender(tmp)
 
     def close(self):
+        """Everything this bench started, on any exit (SIGTERM too): a running trace gets
+        SIGTERM and time to detach, then everything is killed."""
+        if self.dumps:
+            self.dumps.kill()
         for p in self.procs:
             if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 p.kill()
-            p.wait()
+                p.wait()
         if self.counters:
             self.counters.close()
         self.topo.close()
@@ -140,7 +151,8 @@ class Bench:
         if mode == "none":
             return None
         if mode == "tcpdump":
-            return ("tcpdump", pointcap.Tcpdumps(self.points, self.tmp, tag))
+            self.dumps = pointcap.Tcpdumps(self.points, self.tmp, tag)
+            return ("tcpdump", self.dumps)
         root = tempfile.mkdtemp(dir=self.tmp)
         path = os.path.join(root, "t.pcapng") if mode == "trace_w" else None
         t0 = time.monotonic()
@@ -158,6 +170,7 @@ class Bench:
         if handle[0] == "tcpdump":
             dumps = handle[1]
             reports = dumps.stop()
+            self.dumps = None
             got = {}
             for p in self.points:
                 path = dumps.paths[p.name]
@@ -234,9 +247,11 @@ class Bench:
                     stop = time.time()
                     got, reports = self.stop(handle, n0, n1)
                     # the files are gone; what the kernel is still writing back would slow
-                    # the next nothing-window (seen: x0.5-0.7 after a tcpdump window)
+                    # the next nothing-window (seen: x0.5-0.7 after a tcpdump window), so
+                    # it is waited out (not counted) before nothing is measured again
                     subprocess.run(["sync", "-f", self.tmp], check=False)
-                    time.sleep(1)
+                    settle_writeback(20)
+                    time.sleep(2)
                     gone = time.time()
                     busy += [(asked, ready), (stop, gone)]
                     on.append((mode, ready, stop))
@@ -277,6 +292,19 @@ class Bench:
                 w["ratio"] = statistics.mean(attached[i]) / statistics.mean(sides)
         nothing = [r for g in gaps.values() for r in g]
         return windows, (statistics.median(nothing) / 1e9 if nothing else None)
+
+
+def settle_writeback(timeout, below_kb=65536):
+    """Wait (at most `timeout` s) until the page cache holds less than `below_kb` dirty or
+    under-writeback memory."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/meminfo") as f:
+            kb = sum(int(line.split()[1]) for line in f
+                     if line.startswith(("Dirty:", "Writeback:")))
+        if kb < below_kb:
+            return
+        time.sleep(0.2)
 
 
 def med(xs):
