@@ -190,8 +190,16 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
     assert len(syn_ports(ref[uplink.name])) == FETCHES, "tcpdump did not see 20 SYNs"
 
     # the summary's books per point: captured + lost == seen, nothing lost
-    summary = [json.loads(line) for line in out.splitlines()
-               if line.startswith('{"type": "summary"')]
+    items, garbled = [], []
+    for line in filter(str.strip, out.splitlines()):
+        try:
+            items.append(json.loads(line))
+        except ValueError:
+            garbled.append(line)
+    if garbled:
+        problems.append(f"{len(garbled)} line(s) of `trace --json` are not JSON, e.g. "
+                        f"{garbled[0][:300]!r}")
+    summary = [i for i in items if i.get("type") == "summary"]
     assert len(summary) == 1, out[-2000:]
     per_point = summary[0]["packets_per_point"]
     for p in points:
