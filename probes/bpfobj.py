@@ -233,9 +233,106 @@ class BpfObject:
         return libbpf().bpf_program__fd(p)
 
     def close(self) -> None:
+        for link in getattr(self, "_links", {}).values():
+            _tp_lib().bpf_link__destroy(link)
+        self._links = {}
         if self._h:
             libbpf().bpf_object__close(self._h)
             self._h = None
+
+    # -- tracepoint programs (added for the tracepoint probes) --------------------------
+    def has_program(self, name: str) -> bool:
+        return bool(libbpf().bpf_object__find_program_by_name(self._h, name.encode()))
+
+    def attach_tracepoint(self, prog: str, category: str, event: str) -> int:
+        """Attach program `prog` to tracepoint category:event (libbpf: a perf event whose
+        fd this process owns, so its exit detaches it). Returns the link's fd; OSError
+        when the kernel refuses. The link is destroyed by detach_tracepoint() or close()."""
+        lib = _tp_lib()
+        p = lib.bpf_object__find_program_by_name(self._h, prog.encode())
+        if not p:
+            raise UnavailableError(f"{self.path.name}: no program named {prog}")
+        del _log[:]
+        link = lib.bpf_program__attach_tracepoint(p, category.encode(), event.encode())
+        if not link:
+            err = ctypes.get_errno() or 22
+            detail = next((ln.strip() for ln in reversed(_log) if ln.strip()), "")
+            raise OSError(err, f"{os.strerror(err)}{': ' + detail[:200] if detail else ''}")
+        if not hasattr(self, "_links"):
+            self._links = {}
+        self._links[f"{category}:{event}"] = link
+        return lib.bpf_link__fd(link)
+
+    def detach_tracepoint(self, category: str, event: str) -> None:
+        link = getattr(self, "_links", {}).pop(f"{category}:{event}", None)
+        if link:
+            _tp_lib().bpf_link__destroy(link)
+
+    def program_fds(self) -> list[int]:
+        """The fds of the loaded programs (e.g. to find their ids in /proc/<pid>/fdinfo)."""
+        lib = libbpf()
+        out = []
+        prog = lib.bpf_object__next_program(self._h, None)
+        while prog:
+            fd = lib.bpf_program__fd(prog)
+            if fd >= 0:
+                out.append(fd)
+            prog = lib.bpf_object__next_program(self._h, prog)
+        return out
+
+
+_tp_ready = False
+
+
+def _tp_lib():
+    """libbpf with the signatures of the attach/link functions set."""
+    global _tp_ready
+    lib = libbpf()
+    if not _tp_ready:
+        p = ctypes.c_void_p
+        for fn, res, args in (
+                ("bpf_program__attach_tracepoint", p, [p, ctypes.c_char_p, ctypes.c_char_p]),
+                ("bpf_link__destroy", ctypes.c_int, [p]),
+                ("bpf_link__fd", ctypes.c_int, [p]),
+                ("libbpf_num_possible_cpus", ctypes.c_int, [])):
+            f = getattr(lib, fn)
+            f.restype = res
+            f.argtypes = args
+        _tp_ready = True
+    return lib
+
+
+def possible_cpus() -> int:
+    """How many per-CPU values a BPF_MAP_TYPE_PERCPU_* lookup returns."""
+    n = _tp_lib().libbpf_num_possible_cpus()
+    if n <= 0:
+        raise UnavailableError(f"libbpf cannot count the possible CPUs ({os.strerror(-n)})")
+    return n
+
+
+def map_update(fd: int, key, value, flags: int = 0) -> None:
+    """bpf_map_update_elem with ctypes key/value; OSError on failure."""
+    if libbpf().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf map update: {os.strerror(err)}")
+
+
+def map_lookup(fd: int, key, value) -> bool:
+    """bpf_map_lookup_elem into the ctypes `value`; False when the key is absent."""
+    if libbpf().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) != 0:
+        err = ctypes.get_errno()
+        if err == 2:   # ENOENT
+            return False
+        raise OSError(err, f"bpf map lookup: {os.strerror(err)}")
+    return True
+
+
+def percpu_sum(fd: int, key: int = 0) -> int:
+    """The sum over CPUs of a u64 per-CPU array slot (loss counters)."""
+    vals = (ctypes.c_uint64 * possible_cpus())()
+    if not map_lookup(fd, ctypes.c_uint32(key), vals):
+        return 0
+    return int(sum(vals))
 
 
 def main(argv=None) -> int:

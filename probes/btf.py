@@ -3,13 +3,17 @@
 The kernel headers installed here belong to another kernel, so probes never
 read kernel structs by header layout. When a probe needs a field of
 task_struct (ppid, exit code, namespace inodes), it asks this module for the
-byte offsets and passes them to its C program as -D cflags; the C code reads
-them with bpf_probe_read_kernel. If BTF is missing or a member is not found,
+byte offsets and puts them in its libbpf object's .rodata before load; the C code
+reads them with bpf_probe_read_kernel. The offsets are cached on disk per BTF blob
+(cached()), so only the first start on a kernel parses BTF. If BTF is missing or a member is not found,
 `offsets()` returns None and the probe falls back to userspace (/proc).
 """
 
+import hashlib
+import json
 import os
 import struct
+import tempfile
 import threading
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -127,7 +131,7 @@ _lock = threading.RLock()
 _cache = {}     # path -> offsets() result
 _parsed = {}    # path -> BTF
 
-# name of the -D macro -> (struct, member path)
+# name (was the -D macro) -> (struct, member path)
 FIELDS = {
     "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
     "OFF_TASK_TGID": ("task_struct", "tgid"),
@@ -169,24 +173,77 @@ def load(path=VMLINUX):
         return _parsed[path]
 
 
+_results = {}   # (path, name) -> cached() result
+
+
+def _cache_file(digest):
+    from .bpfobj import cache_dir
+    return cache_dir() / f"btf-{digest}.json"
+
+
+def cached(name, compute, path=VMLINUX):
+    """compute(BTF) -> a JSON-able value, for the BTF blob at `path`, kept per process and
+    on disk beside the compiled BPF objects, keyed by the blob's sha256: parsing vmlinux
+    BTF takes ~0.3 s, reading and hashing it ~10 ms, so a start after the first (or after
+    `make install`, which fills the cache) parses nothing. Exceptions from reading,
+    parsing or compute() propagate and nothing is stored."""
+    with _lock:
+        key = (path, name)
+        if key in _results:
+            return _results[key]
+        with open(path, "rb") as f:
+            data = f.read()
+        digest = hashlib.sha256(data).hexdigest()[:24]
+        cfile = _cache_file(digest)
+        try:
+            doc = json.loads(cfile.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        if name in doc:
+            result = doc[name]
+        else:
+            if path not in _parsed:
+                _parsed[path] = BTF(data)
+            result = compute(_parsed[path])
+            doc[name] = result
+            try:
+                cfile.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=cfile.parent, suffix=".tmp")
+                with os.fdopen(fd, "w") as out:
+                    json.dump(doc, out)
+                os.replace(tmp, cfile)
+            except OSError:
+                pass        # a read-only cache: parse again next time
+        _results[key] = result
+        return result
+
+
+def _task_offsets(btf):
+    try:
+        result = {macro: btf.offset(s, m) for macro, (s, m) in FIELDS.items()}
+        result["SIZE_UPID"] = btf.size("upid")
+    except BTFError:
+        return None
+    try:
+        extra = {macro: btf.offset(s, m) for macro, (s, m) in OPTIONAL_FIELDS.items()}
+        extra["MEMORY_CGRP_ID"] = btf.enum_value("memory_cgrp_id")
+        result.update(extra)
+    except BTFError:
+        pass
+    return result
+
+
 def offsets(path=VMLINUX):
-    """{macro: byte offset} for FIELDS from the running kernel's BTF, plus SIZE_UPID and
+    """{name: byte offset} for FIELDS from the running kernel's BTF, plus SIZE_UPID and
     (when all present) OPTIONAL_FIELDS + MEMORY_CGRP_ID; None when BTF is unreadable or
-    a required field is missing. Cached per process."""
+    a required field is missing. Cached per process and on disk (cached())."""
     with _lock:
         if path in _cache:
             return _cache[path]
-        result = None
         try:
-            btf = load(path)
-            result = {macro: btf.offset(s, m) for macro, (s, m) in FIELDS.items()}
-            result["SIZE_UPID"] = btf.size("upid")
-            try:
-                extra = {macro: btf.offset(s, m) for macro, (s, m) in OPTIONAL_FIELDS.items()}
-                extra["MEMORY_CGRP_ID"] = btf.enum_value("memory_cgrp_id")
-                result.update(extra)
-            except BTFError:
-                pass
+            result = cached("task", _task_offsets, path)
         except (OSError, BTFError, struct.error, IndexError, ValueError):
             result = None
         _cache[path] = result

@@ -1,14 +1,33 @@
 // cgroup events: mkdir, rmdir, attach_task, on every hierarchy (v1 controllers and v2).
-//
-// Loaded by probes/cgroups.py with -D PI_<HOOK> per tracepoint present in tracefs,
-// PI_RINGBUF_PAGES, and the BTF offsets of task_fields.bpf.c when available.
-// Fields come from the tracepoint args (root = hierarchy id, id, level, path).
-#include <uapi/linux/ptrace.h>
-#include "task_fields.bpf.c"
+// A libbpf object, compiled once by clang into the cache (probes/bpfobj.py) and loaded by
+// probes/cgroups.py, which sets `cfg` (.rodata) before load: the tracefs `format` offsets
+// of the fields used (root = hierarchy id, id, level, path...) and the BTF offsets of
+// tracepoint.h's fill_task. Only the programs of tracepoints present are loaded.
+#include "tracepoint.h"
+
+char LICENSE[] SEC("license") = "GPL";
 
 #define K_MKDIR 1
 #define K_RMDIR 2
 #define K_ATTACH 3
+
+struct dir_fields {
+    struct tpf root;
+    struct tpf id;
+    struct tpf level;
+    struct tpf path;
+};
+
+struct cg_config {
+    struct task_offsets task;
+    struct dir_fields mkdir;
+    struct dir_fields rmdir;
+    struct dir_fields attach;   /* dst_root, dst_id, dst_level, dst_path */
+    struct tpf attach_pid;
+    struct tpf attach_comm;
+};
+
+const volatile struct cg_config cfg = {};
 
 struct cg_event {
     TASK_IDS_FIELDS      /* the task doing it (attach: pid is the moved task) */
@@ -21,81 +40,74 @@ struct cg_event {
     char task_comm[16];  /* attach: comm of the moved task */
 };
 
-BPF_RINGBUF_OUTPUT(events, PI_RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(lost, u64, 1);  /* ring buffer writes that failed (buffer full) */
-BPF_PERCPU_ARRAY(scratch, struct cg_event, 1);
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 21);          /* sized at load (ring_pages) */
+} events SEC(".maps");
 
-static __always_inline void count_lost(void) {
-    int zero = 0;
-    u64 *n = lost.lookup(&zero);
-    if (n)
-        (*n)++;
-}
+LOST_COUNTER()
 
-static __always_inline struct cg_event *start_event(u32 kind) {
-    int zero = 0;
-    struct cg_event *e = scratch.lookup(&zero);
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __type(key, u32);
+    __type(value, struct cg_event);
+    __uint(max_entries, 1);
+} scratch SEC(".maps");
+
+static __always_inline struct cg_event *start_event(void *ctx, u32 kind,
+                                                    const volatile struct dir_fields *f)
+{
+    u32 zero = 0;
+    struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
     if (!e)
         return 0;
-    fill_task((struct task_ids *)e);
+    fill_task((struct task_ids *)e, &cfg.task);
     e->kind = kind;
     e->actor_pid = e->pid;
     e->path[0] = 0;
     e->task_comm[0] = 0;
+    e->id = TP_READ(ctx, f->id);
+    e->root = TP_READ(ctx, f->root);
+    e->level = TP_READ(ctx, f->level);
+    TP_STR(ctx, f->path, e->path);
     return e;
 }
 
-static __always_inline int emit(struct cg_event *e) {
-    if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
+static __always_inline int emit(struct cg_event *e)
+{
+    if (bpf_ringbuf_output(&events, e, sizeof(*e), 0) != 0)
         count_lost();
     return 0;
 }
 
-/* mkdir and rmdir carry the same fields (root, id, level, path) in their own structs */
-static __always_inline int dir_event(u32 kind, void *args, s32 root, u64 id, s32 level,
-                                     u32 data_loc_path) {
-    struct cg_event *e = start_event(kind);
+SEC("tracepoint/cgroup/cgroup_mkdir")
+int tracepoint__cgroup__cgroup_mkdir(void *ctx)
+{
+    struct cg_event *e = start_event(ctx, K_MKDIR, &cfg.mkdir);
+    return e ? emit(e) : 0;
+}
+
+SEC("tracepoint/cgroup/cgroup_rmdir")
+int tracepoint__cgroup__cgroup_rmdir(void *ctx)
+{
+    struct cg_event *e = start_event(ctx, K_RMDIR, &cfg.rmdir);
+    return e ? emit(e) : 0;
+}
+
+SEC("tracepoint/cgroup/cgroup_attach_task")
+int tracepoint__cgroup__cgroup_attach_task(void *ctx)
+{
+    struct cg_event *e = start_event(ctx, K_ATTACH, &cfg.attach);
     if (!e)
         return 0;
-    e->id = id;
-    e->root = root;
-    e->level = level;
-    bpf_probe_read_kernel_str(&e->path, sizeof(e->path),
-                              (char *)args + (data_loc_path & 0xFFFF));
-    return emit(e);
-}
-
-#ifdef PI_MKDIR
-TRACEPOINT_PROBE(cgroup, cgroup_mkdir) {
-    return dir_event(K_MKDIR, args, args->root, args->id, args->level, args->data_loc_path);
-}
-#endif
-
-#ifdef PI_RMDIR
-TRACEPOINT_PROBE(cgroup, cgroup_rmdir) {
-    return dir_event(K_RMDIR, args, args->root, args->id, args->level, args->data_loc_path);
-}
-#endif
-
-#ifdef PI_ATTACH
-TRACEPOINT_PROBE(cgroup, cgroup_attach_task) {
-    struct cg_event *e = start_event(K_ATTACH);
-    if (!e)
-        return 0;
-    e->id = args->dst_id;
-    e->root = args->dst_root;
-    e->level = args->dst_level;
-    if (args->pid != e->pid) {
+    u32 pid = TP_READ(ctx, cfg.attach_pid);
+    if (pid != e->pid) {
         /* someone else's task moved: the task fields describe the writer */
-        e->pid = args->pid;
-        e->tid = args->pid;
+        e->pid = pid;
+        e->tid = pid;
         e->ppid = 0;
         e->netns = e->pidns = e->mntns = 0;
     }
-    bpf_probe_read_kernel_str(&e->path, sizeof(e->path),
-                              (char *)args + (args->data_loc_dst_path & 0xFFFF));
-    bpf_probe_read_kernel_str(&e->task_comm, sizeof(e->task_comm),
-                              (char *)args + (args->data_loc_comm & 0xFFFF));
+    TP_STR(ctx, cfg.attach_comm, e->task_comm);
     return emit(e);
 }
-#endif

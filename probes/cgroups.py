@@ -10,14 +10,45 @@ attach "actor_pid" (who wrote cgroup.procs)}. Works the same on v1 and v2: the
 tracepoints fire for every hierarchy.
 """
 
+import ctypes
 from pathlib import Path
 
 from . import btf
 from .process import proc_namespaces, proc_ppid
-from .ringbuf import TracepointProbe, btf_cflags, cstr
+from .ringbuf import (
+    TASK_IDS_FIELDS,
+    TaskOffsets,
+    Tpf,
+    TracepointProbe,
+    cstr,
+    task_offsets,
+)
 
 SOURCE = Path(__file__).with_name("cgroups.bpf.c")
 KINDS = {1: "cgroup_mkdir", 2: "cgroup_rmdir", 3: "cgroup_attach"}
+
+
+class DirFields(ctypes.Structure):
+    _fields_ = [("root", Tpf), ("id", Tpf), ("level", Tpf), ("path", Tpf)]
+
+
+class CgConfig(ctypes.Structure):
+    """cgroups.bpf.c `struct cg_config` (.rodata)."""
+    _fields_ = [("task", TaskOffsets), ("mkdir", DirFields), ("rmdir", DirFields),
+                ("attach", DirFields), ("attach_pid", Tpf), ("attach_comm", Tpf)]
+
+
+class CgEvent(ctypes.Structure):
+    """cgroups.bpf.c `struct cg_event` (one ring buffer record)."""
+    _fields_ = TASK_IDS_FIELDS + [
+        ("id", ctypes.c_uint64), ("root", ctypes.c_int32), ("level", ctypes.c_int32),
+        ("kind", ctypes.c_uint32), ("actor_pid", ctypes.c_uint32),
+        ("path", ctypes.c_char * 192), ("task_comm", ctypes.c_char * 16)]
+
+
+def _dir_fields(member):
+    return [(f"{member}.root", "root", False), (f"{member}.id", "id", False),
+            (f"{member}.level", "level", False), (f"{member}.path", "path", True)]
 
 
 def hierarchies():
@@ -53,6 +84,16 @@ class CgroupProbe(TracepointProbe):
 
     NAME = "cgroup"
     SOURCE = SOURCE
+    RECORD = CgEvent
+    CONFIG = CgConfig
+    FIELDS = {
+        "cgroup:cgroup_mkdir": _dir_fields("mkdir"),
+        "cgroup:cgroup_rmdir": _dir_fields("rmdir"),
+        "cgroup:cgroup_attach_task": [
+            ("attach.root", "dst_root", False), ("attach.id", "dst_id", False),
+            ("attach.level", "dst_level", False), ("attach.path", "dst_path", True),
+            ("attach_pid", "pid", False), ("attach_comm", "comm", True)],
+    }
     TRACEPOINTS = {
         "cgroup:cgroup_mkdir": "PI_MKDIR",
         "cgroup:cgroup_rmdir": "PI_RMDIR",
@@ -65,8 +106,10 @@ class CgroupProbe(TracepointProbe):
         self.offsets = btf.offsets() if use_btf else None
         self._hier = hierarchies()
 
-    def cflags(self, filters):
-        return btf_cflags(self.offsets)
+    def make_config(self, filters):
+        cfg = CgConfig()
+        cfg.task = task_offsets(self.offsets)
+        return cfg
 
     def decode(self, r):
         ev = self.task_fields(r, KINDS.get(r.kind, str(r.kind)))

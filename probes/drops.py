@@ -1,15 +1,16 @@
 """Packet drops with the kernel's reason: the skb:kfree_skb tracepoint, filtered in-kernel.
 
-`DropWatch(target, netns)` loads `drops.bpf.c` with sk_buff/net_device/net field offsets taken
-from the running kernel's BTF (`btf_offsets()`), so no header layout is trusted. Reason
-names come from the tracepoint's own format (`reason_names()`), the location from
-/proc/kallsyms. Records: {ts_ns, reason, location, proto, src, sport, dst, dport,
+`DropWatch(target, netns)` loads `drops.bpf.c` (a libbpf object compiled once, cached:
+probes/bpfobj.py) with sk_buff/net_device/net field offsets taken from the running kernel's
+BTF (`btf_offsets()`) and the tracepoint's field offsets from its tracefs format, both in
+.rodata, so no header layout is trusted and nothing is compiled at start. Reason names come
+from the tracepoint's own format (`reason_names()`), the location from /proc/kallsyms (read
+when the first drop is). Records: {ts_ns, reason, location, proto, src, sport, dst, dport,
 tcpflags, ifindex, netns}; only drops in the given namespaces (inodes) are kept.
 """
 
 import bisect
 import ctypes
-import mmap
 import re
 import socket
 import struct
@@ -18,17 +19,38 @@ from pathlib import Path
 from pyinspect.errors import UnavailableError
 
 from . import btf
-from .packets import RingReader, fill_target_maps
+from .packets import RingReader, _ip_u32, _proto_num
+from .ringbuf import Tpf, field_spec, tp_format
 
 SRC = Path(__file__).with_name("drops.bpf.c")
-FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
+TRACEFS = "/sys/kernel/tracing"
+FORMAT = f"{TRACEFS}/events/skb/kfree_skb/format"
 DROP = struct.Struct("<QQIIIHHBBHII")
 PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
+RING_BYTES = 64 * 4096
+# drops.bpf.c `struct drops_config` members <- btf_offsets() keys
+OFFSETS = (("skb_head", "OFF_SKB_HEAD"), ("skb_network_header", "OFF_SKB_NETWORK_HEADER"),
+           ("skb_dev", "OFF_SKB_DEV"), ("dev_ifindex", "OFF_DEV_IFINDEX"),
+           ("dev_nd_net", "OFF_DEV_ND_NET"), ("net_inum", "OFF_NET_INUM"))
+# (member, tracepoint field, required)
+TP_FIELDS = (("skbaddr", "skbaddr", True), ("location", "location", True),
+             ("protocol", "protocol", True), ("reason", "reason", False))
 
 
-def btf_offsets(path=None):
-    """The -D offsets drops.bpf.c needs, from the running kernel's BTF."""
-    b = btf.load(path or btf.VMLINUX)
+class DropsConfig(ctypes.Structure):
+    """drops.bpf.c `struct drops_config` (.rodata)."""
+    _fields_ = [(m, ctypes.c_uint32) for m, _ in OFFSETS] + [
+        ("has_skip_reason", ctypes.c_uint32), ("skip_reason", ctypes.c_uint32)] + [
+        (m, Tpf) for m, _, _ in TP_FIELDS]
+
+
+class _PortKey(ctypes.Structure):
+    """drops.bpf.c `struct portkey`."""
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8)]
+
+
+def _skb_offsets(b):
     return {
         "OFF_SKB_HEAD": b.offset("sk_buff", "head"),
         "OFF_SKB_NETWORK_HEADER": b.offset("sk_buff", "network_header"),
@@ -37,6 +59,12 @@ def btf_offsets(path=None):
         "OFF_DEV_ND_NET": b.offset("net_device", "nd_net.net"),
         "OFF_NET_INUM": b.offset("net", "ns.inum"),
     }
+
+
+def btf_offsets(path=None):
+    """The sk_buff/net_device/net offsets drops.bpf.c needs, from the running kernel's BTF
+    (kept in the BTF offset cache, so a start does not parse BTF again)."""
+    return btf.cached("drops", _skb_offsets, path or btf.VMLINUX)
 
 
 def reason_names(path=FORMAT):
@@ -53,6 +81,10 @@ class Kallsyms:
 
     def __init__(self):
         self.addrs, self.names = [], []
+        self._loaded = False
+
+    def _load(self):
+        self._loaded = True
         try:
             with open("/proc/kallsyms") as f:
                 rows = []
@@ -69,6 +101,8 @@ class Kallsyms:
         self.names = [n for _, n in rows]
 
     def lookup(self, addr):
+        if not self._loaded:     # ~0.2 s: paid when the first drop is read, not at start
+            self._load()
         i = bisect.bisect_right(self.addrs, addr) - 1
         if i < 0:
             return hex(addr)
@@ -81,16 +115,14 @@ class DropWatch:
     def __init__(self, target, netns=()):
         self.target = target
         self.netns = set(netns)    # namespace inodes whose drops count (where we capture)
-        self.bpf = None
+        self.obj = None
         self.reader = None
         self.reasons = {}
         self.syms = None
+        self.loader = "libbpf"
 
     def start(self):
-        try:
-            from bcc import BPF
-        except ImportError as exc:
-            raise UnavailableError("drop tracing needs bcc (python3-bpfcc)") from exc
+        from . import bpfobj
         if not Path(FORMAT).exists():
             raise UnavailableError("skb:kfree_skb is not available: tracefs not mounted",
                                    "mount -t tracefs nodev /sys/kernel/tracing")
@@ -99,21 +131,47 @@ class DropWatch:
         except (OSError, btf.BTFError, struct.error, ValueError, IndexError) as exc:
             raise UnavailableError(f"no usable kernel BTF for sk_buff offsets ({exc})",
                                    "needs CONFIG_DEBUG_INFO_BTF") from exc
+        cfg = DropsConfig()
+        for member, key in OFFSETS:
+            setattr(cfg, member, offs[key])
+        fmt = tp_format(TRACEFS, "skb:kfree_skb")
+        for member, field, required in TP_FIELDS:
+            spec = field_spec(fmt, field)
+            if isinstance(spec, str):
+                if required:
+                    raise UnavailableError(f"skb:kfree_skb cannot be read here: {spec}")
+                continue
+            setattr(cfg, member, spec)
         self.reasons = reason_names()
-        cflags = [f"-D{k}={v}" for k, v in offs.items()]
         consumed = [n for n, name in self.reasons.items() if name == "CONSUMED"]
         if consumed:
-            cflags.append(f"-DSKIP_REASON={consumed[0]}")
+            cfg.has_skip_reason, cfg.skip_reason = 1, consumed[0]
         try:
-            self.bpf = BPF(src_file=str(SRC), cflags=cflags)
-        except Exception as exc:
-            raise UnavailableError(f"cannot load the kfree_skb program: {exc}") from exc
-        fill_target_maps(self.bpf, self.target)
-        for inum in self.netns:
-            self.bpf["netns_ok"][ctypes.c_uint32(inum)] = ctypes.c_uint8(1)
-        self.reader = RingReader(self.bpf["drops"].map_fd, 64 * mmap.PAGESIZE)
+            self.obj = bpfobj.BpfObject.open(SRC, rodata=bytes(cfg)).load()
+            self._fill_maps()
+            self.obj.attach_tracepoint("tracepoint__skb__kfree_skb", "skb", "kfree_skb")
+            self.reader = RingReader(self.obj.map_fd("drops"), RING_BYTES)
+        except (UnavailableError, OSError) as exc:
+            self.stop()
+            why = exc.message if isinstance(exc, UnavailableError) else \
+                (exc.strerror or str(exc))
+            raise UnavailableError(f"cannot load the kfree_skb program: {why}",
+                                   getattr(exc, "hint", None)) from None
         self.syms = Kallsyms()
         return self
+
+    def _fill_maps(self):
+        from .bpfobj import map_update
+        fd = self.obj.map_fd("addrs")
+        for a in self.target.addrs:
+            map_update(fd, ctypes.c_uint32(_ip_u32(a)), ctypes.c_uint8(1))
+        fd = self.obj.map_fd("ports")
+        for ip, port, proto in self.target.ports:
+            map_update(fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)),
+                       ctypes.c_uint8(1))
+        fd = self.obj.map_fd("netns_ok")
+        for inum in self.netns:
+            map_update(fd, ctypes.c_uint32(inum), ctypes.c_uint8(1))
 
     def read(self, limit=1 << 30):
         """Up to `limit` drop records; the rest wait in the ring (when it is full the kernel
@@ -136,17 +194,23 @@ class DropWatch:
 
     @property
     def lost(self):
-        if not self.bpf:
-            return 0
-        return self.bpf["dropstats"][ctypes.c_int(1)].value
+        if not self.obj:
+            return getattr(self, "_lost_seen", 0)
+        from .bpfobj import map_lookup
+        v = ctypes.c_uint64()
+        map_lookup(self.obj.map_fd("dropstats"), ctypes.c_uint32(1), v)
+        self._lost_seen = v.value
+        return v.value
 
     def stop(self):
+        if self.obj and self.obj.loaded:
+            _ = self.lost  # the last count stays readable after stop
         if self.reader:
             self.reader.close()
             self.reader = None
-        if self.bpf:
-            self.bpf.cleanup()
-            self.bpf = None
+        if self.obj:
+            self.obj.close()
+            self.obj = None
 
     def __enter__(self):
         return self.start()

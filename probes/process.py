@@ -7,7 +7,7 @@ Kinds: fork (pid = child), exec (filename, argv head), exit (code or signal),
 clone / unshare / setns (CLONE_NEW* flags decoded; clone only when it makes
 namespaces), oom (pid = victim). ppid, namespace inodes, exit code and argv are
 read in the kernel at the event using field offsets taken from the running
-kernel's BTF (probes/btf.py). Without BTF they come from /proc when the record is
+kernel's BTF (probes/btf.py), put in the libbpf object's .rodata at load. Without BTF they come from /proc when the record is
 read (`detail["ns_source"]` says which), and exit codes come from exit_group()
 (a death by signal is then unknown).
 """
@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from . import btf
-from .ringbuf import TracepointProbe, btf_cflags, cstr as _str
+from .ringbuf import TASK_IDS_FIELDS, TaskOffsets, Tpf, TracepointProbe, task_offsets
+from .ringbuf import cstr as _str
 
 SOURCE = Path(__file__).with_name("process.bpf.c")
 
@@ -47,6 +48,24 @@ NS_LINK = re.compile(r"^[a-z_]+:\[\d+\]$")    # what /proc/<pid>/fd/N reads for 
 CFG_THREADS = 1
 CFG_ALL_CLONES = 2
 CFG_NS_FILTER = 4
+
+
+class ProcConfig(ctypes.Structure):
+    """process.bpf.c `struct proc_config` (.rodata)."""
+    _fields_ = [("task", TaskOffsets), ("flags", ctypes.c_uint64)] + [
+        (name, Tpf) for name in (
+            "fork_child_pid", "exec_old_pid", "exec_filename", "clone_flags", "clone3_uargs",
+            "unshare_flags", "setns_fd", "setns_nstype", "exit_group_code", "oom_pid",
+            "oom_comm", "oom_total_vm", "oom_anon_rss", "oom_score_adj")]
+
+
+class ProcEvent(ctypes.Structure):
+    """process.bpf.c `struct proc_event` (one ring buffer record)."""
+    _fields_ = TASK_IDS_FIELDS + [
+        ("flags", ctypes.c_uint64), ("kind", ctypes.c_uint32), ("exit_code", ctypes.c_int32),
+        ("other_pid", ctypes.c_uint32), ("aux", ctypes.c_int32), ("aux2", ctypes.c_uint64),
+        ("aux3", ctypes.c_uint64), ("memcg_id", ctypes.c_uint64),
+        ("filename", ctypes.c_char * 128), ("args", ctypes.c_char * 128)]
 
 
 def namespace_names(flags):
@@ -136,6 +155,25 @@ class ProcessProbe(TracepointProbe):
 
     NAME = "process"
     SOURCE = SOURCE
+    RECORD = ProcEvent
+    CONFIG = ProcConfig
+    # tracepoint -> [(cfg member, field in its tracefs format, is a string)]
+    FIELDS = {
+        "sched:sched_process_fork": [("fork_child_pid", "child_pid", False)],
+        "sched:sched_process_exec": [("exec_old_pid", "old_pid", False),
+                                     ("exec_filename", "filename", True)],
+        "sched:sched_process_exit": [],
+        "syscalls:sys_enter_clone": [("clone_flags", "clone_flags", False)],
+        "syscalls:sys_enter_clone3": [("clone3_uargs", "uargs", False)],
+        "syscalls:sys_enter_unshare": [("unshare_flags", "unshare_flags", False)],
+        "syscalls:sys_enter_setns": [("setns_fd", "fd", False),
+                                     ("setns_nstype", "flags", False)],
+        "syscalls:sys_enter_exit_group": [("exit_group_code", "error_code", False)],
+        "oom:mark_victim": [("oom_pid", "pid", False), ("oom_comm", "comm", True),
+                            ("oom_total_vm", "total_vm", False),
+                            ("oom_anon_rss", "anon_rss", False),
+                            ("oom_score_adj", "oom_score_adj", False)],
+    }
     TRACEPOINTS = {
         "sched:sched_process_fork": "PI_FORK",
         "sched:sched_process_exec": "PI_EXEC",
@@ -163,25 +201,28 @@ class ProcessProbe(TracepointProbe):
         self._known = {}  # pid -> (ppid, netns, pidns, mntns) learned from earlier events
         self.ns_filter = None
 
-    def cflags(self, filters):
-        return btf_cflags(self.offsets)
-
-    def configure(self, bpf, filters):
+    def make_config(self, filters):
+        cfg = ProcConfig()
+        cfg.task = task_offsets(self.offsets)
         value = (CFG_THREADS if filters.get("threads") else 0) | \
                 (CFG_ALL_CLONES if filters.get("all_clones") else 0)
         self.ns_filter = None
         if filters.get("namespaces") is not None:
             self.ns_filter = {int(n) for n in filters["namespaces"]}
             if self.offsets:
-                allow = bpf["ns_allow"]
-                for ino in self.ns_filter:
-                    allow[allow.Key(ino)] = allow.Leaf(1)
                 value |= CFG_NS_FILTER
             else:
                 self.messages.append("process probe: namespace filter applied after reading "
                                      "(no BTF: the kernel does not know the namespaces)")
-        cfg = bpf["config"]
-        cfg[cfg.Key(0)] = cfg.Leaf(value)
+        cfg.flags = value
+        return cfg
+
+    def configure(self, obj, filters):
+        if self.ns_filter is not None and self.offsets:
+            from .bpfobj import map_update
+            fd = obj.map_fd("ns_allow")
+            for ino in self.ns_filter:
+                map_update(fd, ctypes.c_uint32(ino), ctypes.c_uint8(1))
 
     def decode(self, r):
         kind = KINDS.get(r.kind, str(r.kind))

@@ -1,7 +1,7 @@
 """The process, namespace, cgroup and OOM probes, for real: real namespaces, cgroups, OOM kills.
 
-One ProcessProbe and one CgroupProbe are shared by the module (bcc compiles take about
-a second each). Every test starts from the probe's ready state (attached), makes its
+One ProcessProbe and one CgroupProbe are shared by the module (each start loads its
+cached libbpf object and attaches its tracepoints). Every test starts from the probe's ready state (attached), makes its
 own activity, and waits until the exact events for ITS pids arrive (with a deadline),
 comparing with values read independently from /proc and the cgroup filesystems.
 """
@@ -425,7 +425,7 @@ HOLDER = textwrap.dedent("""
     import os, sys, time
     from pyinspect.probes.process import ProcessProbe
     p = ProcessProbe().start()
-    fds = [f.fd for f in p._bpf.funcs.values()]
+    fds = p.prog_fds()
     print(" ".join(map(str, fds)), flush=True)
     while True:
         p.events(200)
