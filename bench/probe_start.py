@@ -1,6 +1,9 @@
 """How long the probes a trace starts take to start, and a whole `pyinspect trace` to ready.
 
-    sudo .venv/bin/python bench/probe_start.py [-n 5] [--no-trace] [--json]
+    sudo .venv/bin/python bench/probe_start.py [-n 5] [--no-trace] [--json] [--pythonpath DIR]
+
+--pythonpath runs everything against another tree laid out as the package (DIR/pyinspect,
+e.g. an older commit's probes), for before/after numbers on the same machine and day.
 
 Each probe is started alone in a fresh child process (so nothing is cached in the
 interpreter but what an installed system keeps on disk: the compiled-object cache), n
@@ -12,6 +15,7 @@ tests/tracetopo.py topology, from spawn to its ready line, n times (median).
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -70,12 +74,14 @@ print(json.dumps({"total": total, **phase}))
 """
 
 PROBES = ("process", "cgroup", "drops", "process-all")
+ENV = dict(os.environ)
 
 
 def probe_times(which, n):
     rows = []
     for _ in range(n):
         out = subprocess.run([sys.executable, "-c", CHILD, which], capture_output=True,
+                             env=ENV,
                              text=True, timeout=120, check=False)
         if out.returncode != 0:
             raise SystemExit(f"{which}: {out.stderr.strip()[-500:]}")
@@ -88,15 +94,16 @@ def trace_times(n):
     import tempfile
 
     import tracetopo
-    exe = str(Path(sys.executable).parent / "pyinspect")
+    exe = [sys.executable, "-c", "import sys; from pyinspect.cli import main; "
+           "sys.argv[0] = 'pyinspect'; sys.exit(main())"]
     out = []
     with tracetopo.Topology(prefix="ps") as topo, tempfile.TemporaryDirectory() as root:
         for _ in range(n):
-            argv = ["nsenter", f"--net=/run/netns/{topo.host}", exe, "--root", root,
+            argv = ["nsenter", f"--net=/run/netns/{topo.host}", *exe, "--root", root,
                     "trace", "--container", topo.ctrs[0], "--json", "--duration", "1"]
             t0 = time.perf_counter()
             p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
+                                 text=True, env=ENV)
             line = p.stdout.readline()
             ready = time.perf_counter() - t0
             _rest, err = p.communicate(timeout=60)
@@ -116,7 +123,10 @@ def main():
     ap.add_argument("--no-trace", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--probes", default=",".join(PROBES))
+    ap.add_argument("--pythonpath")
     a = ap.parse_args()
+    if a.pythonpath:
+        ENV["PYTHONPATH"] = a.pythonpath
     res = {"probes": {w: probe_times(w, a.n) for w in a.probes.split(",") if w}}
     if not a.no_trace:
         res["trace"] = trace_times(a.n)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import os
 import shutil
@@ -106,7 +107,9 @@ def find_clang() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
 def _clang_version(clang: str) -> str:
+    """Once per process: every object's cache key has it (a start opens several objects)."""
     out = subprocess.run([clang, "--version"], capture_output=True, text=True, timeout=30)
     return out.stdout.splitlines()[0] if out.stdout else clang
 

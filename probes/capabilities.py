@@ -378,3 +378,49 @@ def status(name):
 def available(name):
     """True when hook type `name` loads here."""
     return status(name).available
+
+
+# -- which loader each probe uses ---------------------------------------------------------
+# (probe, source in probes/ or None, loader): every probe a trace or `events --follow`
+# starts is a libbpf object compiled once into the cache; only this module's own hook
+# detection still compiles with bcc (once per `info`, never on a start path).
+PROBE_LOADERS = (
+    ("capture (tc)", "packets.bpf.c", "libbpf"),
+    ("process events", "process.bpf.c", "libbpf"),
+    ("cgroup events", "cgroups.bpf.c", "libbpf"),
+    ("drops (skb:kfree_skb)", "drops.bpf.c", "libbpf"),
+    ("link events", None, "rtnetlink (no BPF)"),
+    ("hook detection (info)", None, "bcc (compiled at each detection)"),
+)
+
+
+def probe_loaders():
+    """[{probe, loader, object}] for `pyinspect info`: which loader each probe uses and
+    whether its compiled object is in the cache already (`cached`), will be compiled at
+    its first start (`not built yet`), or cannot be (`no clang` / `no libbpf`). Cheap:
+    no program is loaded (one `clang --version`)."""
+    from pathlib import Path
+
+    from . import bpfobj
+    here = Path(__file__).resolve().parent
+    clang = bpfobj.find_clang()
+    try:
+        bpfobj.libbpf()
+        lib_ok = True
+    except Exception:  # noqa: BLE001 - UnavailableError or a broken library: say so
+        lib_ok = False
+    out = []
+    for probe, src, loader in PROBE_LOADERS:
+        state = None
+        if src:
+            path = bpfobj.object_path(here / src, clang)
+            if not lib_ok:
+                state = "no libbpf (install libbpf1)"
+            elif path.exists():
+                state = "cached"
+            elif not clang:
+                state = "no clang (install clang-14)"
+            else:
+                state = "not built yet (compiled at first start; make install builds it)"
+        out.append({"probe": probe, "loader": loader, "object": state})
+    return out
