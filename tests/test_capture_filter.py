@@ -2,35 +2,79 @@
 
 A client namespace sends to a host namespace over a veth; the capture sits on the host's
 end. The target's addresses and published ports are compiled in as constants when there
-are few, and looked up in BPF hash maps when there are many: both ways must keep exactly
-the target's packets.
+are few (up to packets.NCONST_ADDRS / NCONST_PORTS, set in .rodata before load), and looked
+up in BPF hash maps when there are more: both ways must keep exactly the target's packets.
 """
 
+import ctypes
+import ctypes.util
 import fcntl
 import os
+import socket
 import struct
 import time
 
 import pytest
 
+from pyinspect import pcapng
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
+from pyinspect.trace.evidence import Interface, SegmentFiles
+from waits import wait_for
 
 pytestmark = pytest.mark.root
 
 CONTAINER_IP = "10.213.0.10"      # behind the "host": reached through a route, never lives
 HOST_IP, CLIENT_IP = "10.212.0.1", "10.212.0.2"
+HOST_IP2 = "10.212.0.3"           # another address of the host: 5353 is not published there
 
 
 @pytest.fixture
 def wire(make_netns):
     host, client = make_netns("pcf-h"), make_netns("pcf-c")
     host.sh(f"ip link add up0 type veth peer name eth0 netns {client.name} && "
-            f"ip addr add {HOST_IP}/24 dev up0 && ip link set up0 up")
+            f"ip addr add {HOST_IP}/24 dev up0 && ip addr add {HOST_IP2}/24 dev up0 && "
+            "ip link set up0 up")
     client.sh(f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up && "
               f"ip route add 10.213.0.0/24 via {HOST_IP}")
     ifindex = int(host.sh("cat /sys/class/net/up0/ifindex").stdout)
     return host, client, ifindex
+
+
+def counts(cap, point=0):
+    c = cap.counters()[point]
+    return c.seen, c.lost, c.capped, c.shed, c.alost
+
+
+_libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+_libbpf.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+
+def map_keys(cap, name, keytype):
+    """The keys of one of the capture's hash maps (read from the kernel)."""
+    fd = cap.obj.map_fd(name)
+    out, prev = [], None
+    while True:
+        key = keytype()
+        if _libbpf.bpf_map_get_next_key(fd, ctypes.byref(prev) if prev is not None else None,
+                                        ctypes.byref(key)) != 0:
+            return out
+        out.append(key)
+        prev = key
+
+
+def evidence(cap, directory, npoints=1):
+    """Every packet of the evidence the capture holds now, written into a segment file
+    and read back (pcapng.Packet)."""
+    files = SegmentFiles(directory, [Interface(f"p{i}", "", cap.snaplen)
+                                     for i in range(npoints)])
+    for ch in cap.chunks():
+        files.write(ch.parts, sum(len(p) for p in ch.parts))
+        cap.consumed(ch)
+    files.close()
+    if not files.segments:
+        return []
+    return list(pcapng.read_packets(files.segments[0].path))
 
 
 SENDER = r"""
@@ -43,46 +87,64 @@ udp("%(host)s", 9999, 7)          # not the target: no address, no published por
 udp("%(host)s", 8088, 5)          # published port, but udp: not a match
 udp("%(ctr)s", 5000, 3)           # to the container's address: match
 udp("%(host)s", 5353, 4)          # published udp port on the host address: match
-""" % {"host": HOST_IP, "ctr": CONTAINER_IP}
+udp("%(host2)s", 5353, 2)         # the same port on another host address: not published
+""" % {"host": HOST_IP, "host2": HOST_IP2, "ctr": CONTAINER_IP}
 
 
-@pytest.mark.parametrize("as_constants", [True, False])
-def test_filter_keeps_exactly_the_targets_packets(wire, monkeypatch, as_constants):
+def _decoys(n, base):
+    return [f"10.214.{base}.{i + 1}" for i in range(n)]
+
+
+@pytest.mark.parametrize("as_constants", [True, False], ids=["constants", "maps"])
+def test_filter_keeps_exactly_the_targets_packets(wire, tmp_path, as_constants):
+    """The target's addresses and published ports as constants, or (more of them than
+    the constants hold, the real ones last) in the maps."""
     host, client, ifindex = wire
-    if not as_constants:                       # too many to compile in: the maps serve
-        monkeypatch.setattr(packets, "CONST_ADDRS", 0)
-        monkeypatch.setattr(packets, "CONST_PORTS", 0)
-    target = packets.Target(addrs=[CONTAINER_IP],
-                            ports=[("", 8088, "tcp"), (HOST_IP, 5353, "udp")])
-    flags = packets.target_cflags(target)
-    assert ("-DNADDRS=1" in flags and "-DNPORTS=2" in flags) == as_constants, flags
+    addrs = [CONTAINER_IP]
+    ports = [("", 8088, "tcp"), (HOST_IP, 5353, "udp")]
+    if not as_constants:         # never-used addresses and ports first: past the constants
+        addrs = _decoys(packets.NCONST_ADDRS, 1) + addrs
+        ports = [(ip, 6000 + i, "udp") for i, ip in
+                 enumerate(_decoys(packets.NCONST_PORTS - 1, 2))] + ports
+    target = packets.Target(addrs=addrs, ports=ports)
+    cfg = packets.make_config([], target, 256, 4096)
+    assert (cfg.naddrs <= packets.NCONST_ADDRS and cfg.nports <= packets.NCONST_PORTS) == \
+        as_constants, (cfg.naddrs, cfg.nports)
     point = packets.CapturePoint("up0", ifindex, host.path, "filtered", "uplink")
     with packets.PacketCapture([point], target) as cap:
+        # the maps are filled only when they serve
+        assert len(map_keys(cap, "addrs", ctypes.c_uint32)) == (0 if as_constants else
+                                                                len(addrs))
+        assert len(map_keys(cap, "ports", packets._PortKey)) == (0 if as_constants else
+                                                                 len(ports))
+        t0 = time.time_ns()
         client.run("python3", "-c", SENDER)
         # a TCP SYN to the published port (refused with a RST: both directions cross up0)
         client.run("python3", "-c", "import socket; s = socket.socket(); s.settimeout(2)\n"
                    f"try: s.connect(('{HOST_IP}', 8088))\nexcept OSError: pass", check=False)
-        deadline = time.monotonic() + 5
-        seen = 0
-        while time.monotonic() < deadline:
-            seen, lost, shed = cap.counters()[0]
-            if seen >= 3 + 4 + 2:
-                break
-            time.sleep(0.1)
+        wait_for(lambda: counts(cap)[0] >= 3 + 4 + 2, 5, 0.05, "9 packets seen")
         time.sleep(0.2)
-        seen, lost, shed = cap.counters()[0]
+        got = counts(cap)
         records = [packets.parse(r) for r in cap.read()]
+        kept = evidence(cap, tmp_path)
     # 3 to the container address + 4 to the published udp port + SYN in + RST out
-    assert (seen, lost, shed) == (9, 0, 0), (seen, lost, shed)
+    assert got == (9, 0, 0, 0, 0), got
     assert len(records) == 9
-    dirs = sorted(d for _ts, _p, d, _ln, _data in records)
-    assert dirs == ["in"] * 8 + ["out"]
+    assert sorted(r.direction for r in records) == ["in"] * 8 + ["out"]
+    assert all(r.point == 0 and abs(r.ts_ns - t0) < 10**9 for r in records)
+    udp = sorted((socket.inet_ntoa(r.data[30:34]), struct.unpack("!H", r.data[36:38])[0])
+                 for r in records if r.data[23] == 17)
+    assert udp == sorted([(CONTAINER_IP, 5000)] * 3 + [(HOST_IP, 5353)] * 4), udp
+    # the evidence holds the same 9 packets, whole
+    assert sorted(p.data for p in kept) == sorted(r.data for r in records)
+    assert all(len(p.data) == p.orig_len == r.len for p, r in
+               zip(sorted(kept, key=lambda p: p.data), sorted(records, key=lambda r: r.data)))
 
 
 def _budgeted_capture(wire, before_start, after_start=None):
     """An uplink capture with set_budget(*before_start) before start() and
     set_budget(*after_start) after it, then SENDER's 3 + 4 matching UDP packets sent:
-    ((seen, lost, shed), records)."""
+    ((seen, lost, capped, shed, alost), records)."""
     host, client, ifindex = wire
     target = packets.Target(addrs=[CONTAINER_IP], ports=[(HOST_IP, 5353, "udp")])
     point = packets.CapturePoint("up0", ifindex, host.path, "filtered", "uplink")
@@ -92,17 +154,16 @@ def _budgeted_capture(wire, before_start, after_start=None):
         if after_start:
             cap.set_budget(*after_start)
         client.run("python3", "-c", SENDER)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and cap.counters()[0][0] < 7:
-            time.sleep(0.1)
-        return cap.counters()[0], cap.read()
+        wait_for(lambda: counts(cap)[0] >= 7, 5, 0.05, "7 packets seen")
+        time.sleep(0.1)
+        return counts(cap), cap.read()
 
 
 def test_budget_set_before_start_holds_from_the_first_packet(wire):
     """A budget given before start() is in the kernel before any program attaches: the
     packets beyond it are shed (counted), none copied unbudgeted."""
-    counts, records = _budgeted_capture(wire, (2,))
-    assert counts == (7, 0, 5), counts
+    got, records = _budgeted_capture(wire, (2,))
+    assert got == (7, 0, 0, 5, 0), got
     assert len(records) == 2
 
 
@@ -111,9 +172,9 @@ def test_budget_with_burst_keeps_what_was_left(wire, burst):
     """A refill with `burst` adds to what the kernel has left, up to `burst` records (a
     token bucket); without, it replaces it."""
     # nothing is sent before the refill: 3 are left
-    counts, records = _budgeted_capture(wire, (3,), (2, burst))
+    got, records = _budgeted_capture(wire, (3,), (2, burst))
     kept = 2 if burst is None else 4                  # replaced; or min(4, 3 + 2)
-    assert counts == (7, 0, 7 - kept), counts
+    assert got == (7, 0, 0, 7 - kept, 0), got
     assert len(records) == kept
 
 
@@ -127,26 +188,29 @@ for sport, dport in ((7000, 9999), (41000, 9998)):
 """ % {"host": HOST_IP, "ctr": CLIENT_IP}
 
 
-@pytest.mark.parametrize("container_ports", [1, 9])
+@pytest.mark.parametrize("container_ports", [1, packets.NCONST_PORTS + 1])
 def test_learn_point_skips_replies_from_published_ports_unless_too_many(wire,
                                                                         container_ports):
     """Where the container's packets enter the host, its outbound flows are learned for the
     uplinks, except packets from its published ports (replies): those are known up to
-    CONST_PORTS compiled-in ports; beyond that every flow is learned."""
+    NCONST_PORTS constant ports; beyond that every flow is learned."""
     host, client, ifindex = wire                # the client plays the container here
     cports = [(7000, "udp")] + [(7100 + i, "tcp") for i in range(container_ports - 1)]
     target = packets.Target(addrs=[CLIENT_IP], container_ports=cports)
-    assert (f"-DNCPORTS={container_ports}" in packets.target_cflags(target)) == \
-        (container_ports <= packets.CONST_PORTS)
+    many = container_ports > packets.NCONST_PORTS
+    assert (packets.make_config([], target, 256, 4096).ncports > packets.NCONST_PORTS) == many
     point = packets.CapturePoint("up0", ifindex, host.path, "all+learn", "veth")
     with packets.PacketCapture([point], target) as cap:
         client.run("python3", "-c", LEARN_SENDER)
-        deadline = time.monotonic() + 5       # ARP also counts as seen here: wait for the
-        learned = []                          # last packet sent to be learned instead
-        while time.monotonic() < deadline and 41000 not in learned:
-            time.sleep(0.1)
-            learned = sorted(k.local_port for k in cap.bpf["flows"].keys())
-    expect = [7000, 41000] if container_ports > packets.CONST_PORTS else [41000]
+        # ARP also counts as seen here: wait for the last packet sent to be learned instead
+        flows = wait_for(lambda: [k for k in map_keys(cap, "flows", packets._FlowKey)
+                                  if k.local_port == 41000] and
+                         map_keys(cap, "flows", packets._FlowKey), 5, 0.05, "flow learned")
+    learned = sorted((k.local_port, socket.inet_ntoa(struct.pack("<I", k.peer_ip)),
+                      k.peer_port, k.proto) for k in flows)
+    expect = [(41000, HOST_IP, 9998, socket.IPPROTO_UDP)]
+    if many:
+        expect.insert(0, (7000, HOST_IP, 9999, socket.IPPROTO_UDP))
     assert learned == expect, learned
 
 
@@ -172,43 +236,50 @@ def tap(make_netns):
         os.close(fd)
 
 
+@pytest.mark.parametrize("evidence_on", [True, False], ids=["evidence", "capped"])
 @pytest.mark.parametrize("payload", [100, 6000], ids=["linear", "paged"])
-def test_filter_reads_headers_outside_the_linear_data(tap, payload):
+def test_filter_reads_headers_outside_the_linear_data(tap, tmp_path, payload, evidence_on):
     """The programs read headers in place when the linear data holds them, and through
     bpf_skb_load_bytes when it does not. A frame of a page or more written with hdr_len 14
     is built by tun with only its Ethernet header linear, the IP and UDP/TCP headers in page
-    fragments: matching, the SYN/FIN/RST check and the record copy must see the same bytes
-    as for a small, linear frame."""
+    fragments: matching, the SYN/FIN/RST check and the copies must see the same bytes as
+    for a small, linear frame. The evidence copy is the whole frame; the analysis record
+    (its first ASNAP bytes) comes from the evidence copy, or, with evidence off (capped),
+    straight from the packet."""
     from scapy.all import IP, TCP, UDP, Ether
 
     host, fd, ifindex = tap
     eth = Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:02")
     body = b"x" * payload
-    frames = [
+    frames = [bytes(f) for f in (
         eth / IP(src=CLIENT_IP, dst=CONTAINER_IP) / UDP(sport=40000, dport=5000) / body,
         eth / IP(src=CLIENT_IP, dst=HOST_IP) / UDP(sport=40000, dport=9999) / body,
         eth / IP(src=CLIENT_IP, dst=HOST_IP) / UDP(sport=40000, dport=5353) / body,
         eth / IP(src=CLIENT_IP, dst=HOST_IP) / TCP(sport=40001, dport=8088, flags="S") / body,
         eth / IP(src=CLIENT_IP, dst=HOST_IP) / TCP(sport=40001, dport=8088, flags="A") / body,
-    ]
+    )]
     target = packets.Target(addrs=[CONTAINER_IP],
                             ports=[("", 8088, "tcp"), (HOST_IP, 5353, "udp")])
     point = packets.CapturePoint("tap0", ifindex, host.path, "filtered", "uplink")
     cap = packets.PacketCapture([point], target)
-    cap.set_budget(0)            # only the SYN, on the control budget, is copied
+    cap.set_budget(0)            # only the SYN, on the control budget, is analysed
+    cap.set_evidence(evidence_on)
     with cap:
         for frame in frames:
-            os.write(fd, VNET_HDR.pack(0, 0, 14, 0, 0, 0) + bytes(frame))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and cap.counters()[0][0] < 4:
-            time.sleep(0.1)
+            os.write(fd, VNET_HDR.pack(0, 0, 14, 0, 0, 0) + frame)
+        wait_for(lambda: counts(cap)[0] >= 4, 5, 0.05, "4 packets seen")
         time.sleep(0.2)
-        counts, records = cap.counters()[0], [packets.parse(r) for r in cap.read()]
+        got, records = counts(cap), [packets.parse(r) for r in cap.read()]
+        kept = evidence(cap, tmp_path)
     # matched: to the container, to the published udp port, the SYN and the ACK; of
     # those only the SYN is not shed
-    assert counts == (4, 0, 3), counts
+    capped = 0 if evidence_on else 4
+    assert got == (4, 0, capped, 3, 0), got
     assert len(records) == 1, records
-    _ts, _point, direction, length, data = records[0]
-    syn = bytes(frames[3])
-    assert (direction, length) == ("in", len(syn))
-    assert data == syn[:packets.DEFAULT_SNAPLEN]
+    syn = frames[3]
+    r = records[0]
+    assert (r.direction, r.len) == ("in", len(syn))
+    assert r.data == syn[:packets.ASNAP]
+    assert (r.stream_pos >= 0) == evidence_on
+    matched = [frames[i] for i in (0, 2, 3, 4)]
+    assert [p.data for p in kept] == (matched if evidence_on else [])
