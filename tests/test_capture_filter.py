@@ -15,7 +15,6 @@ import struct
 import time
 
 import pytest
-
 from pyinspect import pcapng
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
@@ -77,18 +76,18 @@ def evidence(cap, directory, npoints=1):
     return list(pcapng.read_packets(files.segments[0].path))
 
 
-SENDER = r"""
+SENDER = rf"""
 import socket, sys
 def udp(ip, port, n):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for _ in range(n):
         s.sendto(b"x" * 20, (ip, port))
-udp("%(host)s", 9999, 7)          # not the target: no address, no published port
-udp("%(host)s", 8088, 5)          # published port, but udp: not a match
-udp("%(ctr)s", 5000, 3)           # to the container's address: match
-udp("%(host)s", 5353, 4)          # published udp port on the host address: match
-udp("%(host2)s", 5353, 2)         # the same port on another host address: not published
-""" % {"host": HOST_IP, "host2": HOST_IP2, "ctr": CONTAINER_IP}
+udp("{HOST_IP}", 9999, 7)        # not the target: no address, no published port
+udp("{HOST_IP}", 8088, 5)        # published port, but udp: not a match
+udp("{CONTAINER_IP}", 5000, 3)   # to the container's address: match
+udp("{HOST_IP}", 5353, 4)        # published udp port on the host address: match
+udp("{HOST_IP2}", 5353, 2)       # the same port on another host address: not published
+"""
 
 
 def _decoys(n, base):
@@ -178,14 +177,14 @@ def test_budget_with_burst_keeps_what_was_left(wire, burst):
     assert len(records) == kept
 
 
-LEARN_SENDER = r"""
+LEARN_SENDER = rf"""
 import socket
 for sport, dport in ((7000, 9999), (41000, 9998)):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("%(ctr)s", sport))
-    s.sendto(b"x", ("%(host)s", dport))
+    s.bind(("{CLIENT_IP}", sport))
+    s.sendto(b"x", ("{HOST_IP}", dport))
     s.close()
-""" % {"host": HOST_IP, "ctr": CLIENT_IP}
+"""
 
 
 @pytest.mark.parametrize("container_ports", [1, packets.NCONST_PORTS + 1])

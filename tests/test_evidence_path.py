@@ -24,7 +24,6 @@ import sys
 import time
 
 import pytest
-
 from pyinspect import pcapng
 from pyinspect.errors import CorruptInputError
 from pyinspect.probes import packets
@@ -138,7 +137,7 @@ def tshark_rows(path, *fields):
     cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|"]
     for f in fields:
         cmd += ["-e", f]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     return [ln.split("|") for ln in proc.stdout.splitlines()], proc.returncode, proc.stderr
 
 
