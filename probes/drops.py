@@ -119,7 +119,6 @@ class DropWatch:
         self.reader = None
         self.reasons = {}
         self.syms = None
-        self.loader = "libbpf"
 
     def start(self):
         from . import bpfobj

@@ -163,7 +163,6 @@ class TracepointProbe:
     FIELDS = {}             # "category:event" -> [(cfg member path, field, is_string)]
     RECORD = None           # ctypes Structure of one ring buffer record
     CONFIG = None           # ctypes Structure of the object's .rodata `cfg`
-    LOADER = "libbpf (object compiled once, cached)"
 
     def __init__(self, tracepoints=None, ring_pages=RINGBUF_PAGES):
         self.tracepoints = dict(tracepoints if tracepoints is not None else self.TRACEPOINTS)
