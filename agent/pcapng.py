@@ -451,6 +451,9 @@ def _section_structs(endian):
         # the options area of a packet that has only a direction
         "in": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 1, 0, 0),
         "out": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 2, 0, 0),
+        # the same without opt_endofopt (the tracer's EPBs)
+        "in-": struct.pack(endian + "HHI", EPB_FLAGS, 4, 1),
+        "out-": struct.pack(endian + "HHI", EPB_FLAGS, 4, 2),
     }
 
 
@@ -492,14 +495,43 @@ def _epb(buf, pos, total, off, sec):
     optstart = dstart + ((caplen + 3) & ~3)
     if optstart < end:
         opts = buf[optstart:end]
-        if opts == st["in"]:
+        if opts == st["in"] or opts == st["in-"]:
             direction = "in"
-        elif opts == st["out"]:
+        elif opts == st["out"] or opts == st["out-"]:
             direction = "out"
         else:
             direction, comment = _packet_options(opts, sec.endian, name, off, True)
     return Packet(interfaces[if_id][0], _ts(interfaces, if_id, hi, lo), data, length,
                   direction, comment, off)
+
+
+def _keys_run(buf, pos, base, sec, keys):
+    """The keys() fast path: EPBs and blocks of unknown types that lie whole in `buf`
+    from `pos`; returns the position of the first block it leaves to the general loop
+    (a section or interface block, damage, the end of the buffer)."""
+    st = sec.st
+    head, u32, epb = st["head"].unpack_from, st["u32"].unpack_from, st["epb"].unpack_from
+    interfaces = sec.interfaces
+    plain = [i[1] == 1 and i[2] == 1 and i[3] is None and not i[4] for i in interfaces]
+    n = len(buf)
+    append = keys.append
+    shift = KEY_SHIFT
+    while pos + 8 <= n:
+        btype, total = head(buf, pos)
+        end = pos + total
+        if total < 12 or total % 4 or total > MAX_BLOCK or end > n or \
+                btype in (SHB, IDB) or u32(buf, end - 4)[0] != total:
+            return pos
+        if btype == EPB:
+            if total < 32:
+                return pos
+            if_id, hi, lo, caplen, _ = epb(buf, pos + 8)
+            if if_id >= len(interfaces) or pos + 28 + caplen > end - 4:
+                return pos
+            ts = (hi << 32) | lo if plain[if_id] else _ts(interfaces, if_id, hi, lo)
+            append((ts << shift) | (base + pos))
+        pos = end
+    return pos
 
 
 def _read_pcapng(r, path, sec=None, keys=None):
@@ -513,6 +545,11 @@ def _read_pcapng(r, path, sec=None, keys=None):
     epb_head = st["epb"]
     while r.fill(8, "block header"):
         buf, pos = r.buf, r.pos
+        if keys is not None and sec.number >= 0:
+            pos = r.pos = _keys_run(buf, pos, r.offset, sec, keys)
+            if not r.fill(8, "block header"):
+                break
+            buf, pos = r.buf, r.pos
         off = r.offset + pos
         if buf[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
             head = r.take(8, "block header")

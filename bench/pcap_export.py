@@ -1,12 +1,18 @@
-"""Benchmark: `pyinspect pcap export` of N packets from a store vs `mergecap` of the same.
+"""Benchmark: `pyinspect pcap export` of N packets from trace segment files vs `mergecap`.
 
 Builds a scratch store with one trace session, 4 capture points and N packets (default
-1,000,000; 60-110 byte TCP frames, every 8th with a comment, all with a direction),
-writes the same packets as one pcapng (same directions and comments) and one classic
-pcap per capture point, then times:
-  - export(): SELECT ... ORDER BY ts_ns from SQLite + pcapng writing (in-process)
+1,000,000; 60-110 byte TCP frames, all with a direction) in pcapng segment files laid
+out as the tracer writes them (docs/pcapng.md): 128 MiB files, per-CPU runs of 4096
+packets that are each in time order but interleave with the other CPU's (out of order
+in the file), a 24-byte filler block before every EPB; every 8th packet is in the
+packet index with a flow (export gives it the flow's NAT as its comment). The same
+packets also go into one pcapng per capture point (same directions and comments) and
+one classic pcap per point, then it times:
+  - export(): every segment file sorted by time (timsort over its runs), merged, and
+    written as one pcapng (in-process)
+  - export(--since the middle): half the packets, the first file skipped by time
   - mergecap -F pcapng -w OUT point0.pcapng ... point3.pcapng (the C baseline: the same
-    output content), and mergecap of the classic pcaps (no comments to copy: faster)
+    output content from inputs already in order), and mergecap of the classic pcaps
 Peak memory of the export is measured with tracemalloc (Python heap) and ru_maxrss.
 Each side runs --runs times and the best time counts (the machine is shared).
 Usage: .venv/bin/python bench/pcap_export.py [--packets N] [--runs 3] [--keep DIR]
@@ -16,7 +22,6 @@ import argparse
 import os
 import resource
 import shutil
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -24,6 +29,12 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+
+T0 = 1_764_417_600_000_000_000
+SEGMENT_BYTES = 128 << 20
+RUN = 4096
+FILLER = struct.pack("<II", 0x80000A11, 24) + b"\xa5" * 12 + struct.pack("<I", 24)
+NAT = "DNAT 192.168.1.10:8088 -> 172.18.0.2:80"
 
 
 def frame(i):
@@ -37,50 +48,95 @@ def frame(i):
     return eth + ip + tcp + payload
 
 
-def build(workdir, n, points=4):
-    from pyinspect.store import Store
-    db_path = workdir / "pyinspect.db"
-    Store(db_path).close()  # schema
-    conn = sqlite3.connect(db_path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=OFF")
-    t0 = 1_764_417_600_000_000_000
-    conn.execute("INSERT INTO trace_sessions (id, container_name, started_ns, snaplen, status)"
-                 " VALUES (1, 'bench', ?, 262144, 'stopped')", (t0,))
-    for p in range(points):
-        conn.execute("INSERT INTO capture_points (id, session_id, name, description, linktype)"
-                     " VALUES (?, 1, ?, 'bench point', 1)", (p + 1, f"point{p}@host"))
+def _epb(if_id, ts, data, direction):
+    pad = b"\0" * (-len(data) % 4)
+    opts = struct.pack("<HHI", 2, 4, direction)
+    total = 32 + len(data) + len(pad) + len(opts)
+    return (struct.pack("<IIIIIII", 6, total, if_id, ts >> 32, ts & 0xFFFFFFFF, len(data),
+                        len(data)) + data + pad + opts + struct.pack("<I", total))
+
+
+def build(workdir, n, points=4, cpus=2):
     from pyinspect.pcapng import PcapNgWriter
+    from pyinspect.store import FlowRow, IndexRow, Store, TracePoint
+    db_path = workdir / "pyinspect.db"
+    store = Store(db_path)
+    names = [(f"point{p}@host", "bench point") for p in range(points)]
+    sid, pids = store.begin_trace(container_id="b" * 64, container_name="bench",
+                                  started_ns=T0, snaplen=262144, pid=0,
+                                  points=[TracePoint(nm, d) for nm, d in names])
+    fids = [store.insert_flow(FlowRow(session_id=sid, proto="tcp", nat=NAT))
+            for _ in range(1000)]
+    head = __import__("io").BytesIO()
+    hw = PcapNgWriter(head)
+    for nm, d in names:
+        hw.add_interface(nm, d, snaplen=262144)
+    hw.flush()
+    header = head.getvalue()
+    segdir = workdir / "pcap" / str(sid)
+    segdir.mkdir(parents=True)
     ngs = []
     for p in range(points):
         w = PcapNgWriter(workdir / f"point{p}.pcapng", flush_interval=None, flush_every=50_000)
         w.add_interface(f"point{p}@host", "bench point")
         ngs.append(w)
-    pcaps = [open(workdir / f"point{p}.pcap", "wb") for p in range(points)]
+    pcaps = [open(workdir / f"point{p}.pcap", "wb") for p in range(points)]  # noqa: SIM115
     for fh in pcaps:
         fh.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
-    batch = []
-    for i in range(n):
+    # packet i goes to CPU (i // 64) % cpus; each CPU's packets are written in runs of
+    # RUN, one run per CPU per round: the runs of one round overlap in time
+    per_cpu = [[i for i in range(n) if (i // 64) % cpus == c] for c in range(cpus)]
+    seq, seg, size, index = 0, None, 0, []
+
+    def open_segment():
+        nonlocal seq, seg, size
+        if seg is not None:
+            seg[0].close()
+            store.finish_segment(seg[1], size, T0 + n * 1000)
+        seq += 1
+        path = segdir / f"seg-{seq:05d}.pcapng"
+        fh = open(path, "wb")  # noqa: SIM115
+        fh.write(header)
+        seg = (fh, store.add_segment(sid, seq, path, T0), path)
+        size = len(header)
+
+    open_segment()
+    for r in range(0, max(len(c) for c in per_cpu), RUN):
+        for c in range(cpus):
+            run = per_cpu[c][r:r + RUN]
+            buf = bytearray()
+            offsets = []
+            for i in run:
+                data = frame(i)
+                ts = T0 + i * 1000 + (i % 7)
+                point = i % points
+                d = 1 if i & 1 else 2
+                buf += FILLER
+                offsets.append((i, ts, point, d, len(buf), len(data)))
+                buf += _epb(point, ts, data, d)
+            if size + len(buf) > SEGMENT_BYTES:
+                open_segment()
+            seg[0].write(buf)
+            for i, ts, point, d, off, ln in offsets:
+                if i % 8 == 0:
+                    index.append(IndexRow(sid, seg[1], size + off, ts, pids[point],
+                                          fids[(i // 8) % 1000], "in" if d == 1 else "out",
+                                          ln))
+            size += len(buf)
+    seg[0].close()
+    store.finish_segment(seg[1], size, T0 + n * 1000)
+    store.add_index(index)
+    store.end_trace(sid, "stopped", {"packets_per_point": {"all": {"captured": n}}},
+                    stopped_ns=T0 + n * 1000)
+    for i in range(n):       # the per-point baselines, in time order
         data = frame(i)
-        ts = t0 + i * 1000 + (i % 7)
+        ts = T0 + i * 1000 + (i % 7)
         point = i % points
-        direction = "in" if i & 1 else "out"
-        comment = f"ct {i // 8} DNAT 192.168.1.2:40000->192.168.1.10:8088 => 172.18.0.2:80" \
-            if i % 8 == 0 else None
-        batch.append((1, ts, point + 1, direction, len(data), len(data), data, comment))
+        comment = f"flow {fids[(i // 8) % 1000]}: {NAT}" if i % 8 == 0 else None
         pcaps[point].write(struct.pack("<IIII", ts // 10**9, ts % 10**9, len(data), len(data)))
         pcaps[point].write(data)
-        ngs[point].write_packet(0, ts, data, len(data), direction, comment)
-        if len(batch) >= 50_000:
-            conn.executemany("INSERT INTO packets (session_id, ts_ns, point_id, direction, len,"
-                             " caplen, data, comment) VALUES (?,?,?,?,?,?,?,?)", batch)
-            batch.clear()
-    if batch:
-        conn.executemany("INSERT INTO packets (session_id, ts_ns, point_id, direction, len,"
-                         " caplen, data, comment) VALUES (?,?,?,?,?,?,?,?)", batch)
-    conn.commit()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+        ngs[point].write_packet(0, ts, data, len(data), "in" if i & 1 else "out", comment)
+    store.close()
     for fh in pcaps + ngs:
         fh.close()
     return (db_path, [workdir / f"point{p}.pcap" for p in range(points)],
@@ -134,11 +190,13 @@ def main():
                 old.unlink()
             for old in workdir.glob("pyinspect.db*"):
                 old.unlink()
+            shutil.rmtree(workdir / "pcap", ignore_errors=True)
             db_path, pcaps, pcapngs = build(workdir, args.packets)
             (workdir / f"built-{args.packets}").touch()
             print(f"built store + per-point pcap and pcapng files with {args.packets} "
                   f"packets in {time.perf_counter() - t:.1f}s")
-        for f in [db_path, *pcaps, *pcapngs]:  # warm the page cache for every side alike
+        segs = sorted((workdir / "pcap").rglob("seg-*.pcapng"))
+        for f in [db_path, *segs, *pcaps, *pcapngs]:  # warm the page cache for every side
             with open(f, "rb") as fh:
                 while fh.read(1 << 22):
                     pass
@@ -152,12 +210,14 @@ def main():
         store = Store(db_path)
         out = workdir / "export.pcapng"
         res = {}
+        segfiles = sorted((workdir / "pcap").rglob("seg-*.pcapng"))
 
         def run_export():
-            res.update(export(store, session_id=1, out=out, parallel=True))
+            res.update(export(store, session_id=1, out=out))
 
-        def run_export_one_process():
-            res.update(export(store, session_id=1, out=out, parallel=False))
+        def run_since():
+            res.update(export(store, session_id=1, out=out,
+                              since=T0 + args.packets * 1000 // 2))
 
         def mc_ng():
             mergecap(pcapngs)
@@ -170,9 +230,10 @@ def main():
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t_export = best_of(args.runs, run_export)
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         assert res["packets"] == args.packets, res
-        t_one = best_of(args.runs, run_export_one_process)
+        size = out.stat().st_size
+        t_since = best_of(args.runs, run_since)
+        half = res["packets"]
 
         tracemalloc.start()
         run_export()
@@ -180,30 +241,24 @@ def main():
         tracemalloc.stop()
         store.close()
 
-        size = out.stat().st_size
-        print(f"best of {args.runs} runs each, {args.packets} packets, 4 capture points")
+        seg_bytes = sum(f.stat().st_size for f in segfiles)
+        print(f"best of {args.runs} runs each, {args.packets} packets, 4 capture points, "
+              f"{len(segfiles)} segment files ({seg_bytes / 1e6:.0f} MB)")
         print(f"mergecap, per-point pcapng in (same flags+comments): {t_ng:6.2f} s")
         print(f"mergecap, per-point classic pcap in (no comments):   {t_pcap:6.2f} s")
-        print(f"pyinspect export, two processes ({size / 1e6:.0f} MB):       {t_export:6.2f} s"
+        print(f"pyinspect export from segments ({size / 1e6:.0f} MB):       {t_export:6.2f} s"
               f"  ({args.packets / t_export / 1e6:.2f} M packets/s)")
-        print(f"  the same in one process (parallel=False):               {t_one:6.2f} s")
-        print(f"ratio export / mergecap(pcapng in): {t_export / t_ng:.2f}x (target <= 2x); "
-              f"one process {t_one / t_ng:.2f}x")
-        print(f"ratio export / mergecap(pcap in):   {t_export / t_pcap:.2f}x; "
-              f"one process {t_one / t_pcap:.2f}x")
-        c_ng, c_pcap = CPU[mc_ng][0], CPU[mc_pcap][0]
-        (c_exp, c_path), c_one = CPU[run_export], CPU[run_export_one_process][0]
+        print(f"pyinspect export --since the middle ({half} packets):   {t_since:6.2f} s")
+        print(f"ratio export / mergecap(pcapng in): {t_export / t_ng:.2f}x (target <= 2x)")
+        print(f"ratio export / mergecap(pcap in):   {t_export / t_pcap:.2f}x")
+        c_ng, c_pcap, c_exp = CPU[mc_ng][0], CPU[mc_pcap][0], CPU[run_export][0]
         print(f"CPU seconds (user+sys; do not grow with other load): mergecap pcapng "
-              f"{c_ng:.2f}, mergecap pcap {c_pcap:.2f}, export one process {c_one:.2f}, "
-              f"two processes {c_exp:.2f} (the busier of the two {c_path:.2f})")
-        print(f"CPU ratio export(one process) / mergecap(pcapng in): {c_one / c_ng:.2f}x, "
-              f"/ mergecap(pcap in): {c_one / c_pcap:.2f}x")
-        print(f"two processes, busier one / mergecap(pcapng in): {c_path / c_ng:.2f}x "
-              f"(the wall-clock ratio to expect with a CPU free for each process)")
+              f"{c_ng:.2f}, mergecap pcap {c_pcap:.2f}, export {c_exp:.2f}")
+        print(f"CPU ratio export / mergecap(pcapng in): {c_exp / c_ng:.2f}x, "
+              f"/ mergecap(pcap in): {c_exp / c_pcap:.2f}x")
         print(f"peak Python heap during export (tracemalloc): {peak / 1e6:.1f} MB")
         print(f"max RSS growth during export: {(rss1 - rss0) / 1024:.1f} MB "
-              f"(process max RSS {rss1 / 1024:.0f} MB; largest child, incl. mergecap, "
-              f"{child_rss / 1024:.0f} MB)")
+              f"(process max RSS {rss1 / 1024:.0f} MB; the segment files are mmap'd)")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         if not args.keep:
