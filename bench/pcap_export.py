@@ -88,22 +88,27 @@ def build(workdir, n, points=4, cpus=2):
     per_cpu = [[i for i in range(n) if (i // 64) % cpus == c] for c in range(cpus)]
     seq, seg, size, index = 0, None, 0, []
 
-    def open_segment():
+    last_ts = T0
+
+    def open_segment(first_ts):
+        # opened and closed about when the tracer would: at the first and last packets
         nonlocal seq, seg, size
         if seg is not None:
             seg[0].close()
-            store.finish_segment(seg[1], size, T0 + n * 1000)
+            store.finish_segment(seg[1], size, last_ts)
         seq += 1
         path = segdir / f"seg-{seq:05d}.pcapng"
         fh = open(path, "wb")  # noqa: SIM115
         fh.write(header)
-        seg = (fh, store.add_segment(sid, seq, path, T0), path)
+        seg = (fh, store.add_segment(sid, seq, path, first_ts), path)
         size = len(header)
 
-    open_segment()
+    open_segment(T0)
     for r in range(0, max(len(c) for c in per_cpu), RUN):
         for c in range(cpus):
             run = per_cpu[c][r:r + RUN]
+            if not run:
+                continue
             buf = bytearray()
             offsets = []
             for i in run:
@@ -115,8 +120,9 @@ def build(workdir, n, points=4, cpus=2):
                 offsets.append((i, ts, point, d, len(buf), len(data)))
                 buf += _epb(point, ts, data, d)
             if size + len(buf) > SEGMENT_BYTES:
-                open_segment()
+                open_segment(min(o[1] for o in offsets))
             seg[0].write(buf)
+            last_ts = max(last_ts, max(o[1] for o in offsets))
             for i, ts, point, d, off, ln in offsets:
                 if i % 8 == 0:
                     index.append(IndexRow(sid, seg[1], size + off, ts, pids[point],
@@ -124,7 +130,7 @@ def build(workdir, n, points=4, cpus=2):
                                           ln))
             size += len(buf)
     seg[0].close()
-    store.finish_segment(seg[1], size, T0 + n * 1000)
+    store.finish_segment(seg[1], size, last_ts)
     store.add_index(index)
     store.end_trace(sid, "stopped", {"packets_per_point": {"all": {"captured": n}}},
                     stopped_ns=T0 + n * 1000)
