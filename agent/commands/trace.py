@@ -15,7 +15,12 @@ def _print(items, as_json):
                  for i in items]
     else:
         lines = [i["text"] for i in items]
-    click.echo("\n".join(lines))
+    # a stop signal arriving mid-write cut lines short: it waits until the write is done
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        click.echo("\n".join(lines))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @click.command(epilog="""\b
@@ -72,7 +77,7 @@ def trace(ctx, container, port, bpf_filter, via, snaplen, max_size, duration, co
     session = TraceSession(ctx.obj["root"], container, opts)
 
     def on_term(signum, frame):
-        raise KeyboardInterrupt
+        session.done = True      # the loop ends after this poll: no line is cut mid-write
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:

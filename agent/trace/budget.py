@@ -55,6 +55,11 @@ class ReaderBudget:
             burst = rate * BUDGET_BURST_S
             capture.set_budget(min(rate * dt, burst), burst=burst)
 
+    def fill(self, capture):
+        """refill() with a full bucket: the trace is ready, a burst may come at once."""
+        self._t = time.monotonic() - BUDGET_BURST_S
+        self.refill(capture)
+
     def learn(self, cpu_s, records):
         """What one record costs this reader (polls with 20+ records teach it)."""
         if records >= 20:

@@ -333,6 +333,7 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
 # -- correlation -----------------------------------------------------------------------
 SETTLE_NS = 250_000_000         # a packet waits this long for its conntrack and trace lines
 RECENT_JOURNEYS = 4096
+FLOW_PROTOS = {"tcp", "udp", "icmp"}
 MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
 
 
@@ -467,8 +468,8 @@ class Correlator:
         order = []
         for c in ready:
             pkt = c.pkt
-            if pkt is None:
-                continue                 # ARP, IPv6...: in the files, no flow
+            if pkt is None or pkt.proto not in FLOW_PROTOS:
+                continue                 # ARP, IPv6, IGMP...: in the files, no flow
             flow, direction, _stage = self.flows.for_packet(pkt, c.ts_ns + off)
             key = (flow.id, direction, pkt.ident)
             j = journeys.get(key)

@@ -150,7 +150,7 @@ class TraceSession:
             self._teardown()
             self._fail(exc)
             raise
-        self.budget.refill(self.cap)  # start-up took a while: ready for a burst at once
+        self.budget.fill(self.cap)    # ready: a full bucket, for a burst at once
         self.ready_ns = time.time_ns()       # --duration counts from here
         roles = ", ".join(f"{p.name} ({role(p)})" for p in self.points)
         self.ready = (f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; "
@@ -330,7 +330,7 @@ class TraceSession:
         if self.store:
             if self.evidence:
                 self.sink.segments(self.evidence.segments())
-            self.sink.finish(self.flows.flows.values(), self.summary)
+            self.sink.finish(self.corr.flows.flows.values() if self.corr else [], self.summary)
             if self.opt.pcap:
                 self._write_pcap()
             self.store.close()
@@ -366,7 +366,7 @@ class TraceSession:
                 f"packets are not in the files (counted as capped; raise it with --max-size)")
         if ev and ev.error:
             self.notes.append(f"pcap: writing the segment files failed: {ev.error}")
-        corr = self.corr
+        corr = self.corr or F.Correlator(0, 0)
         shown = [f for f in corr.flows.flows.values() if f.journeys or f.drops]
         nat = sorted({f.nat_text() for f in shown if f.nat_text()})
         lost = self._lost
