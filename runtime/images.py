@@ -303,6 +303,49 @@ class ImageStore:
             self._write_tags(tags)
             return [self._load_image(h, tags) for h in out]
 
+    # ---- public building blocks for `pyinspect build` -----------------------------------
+    def add_layer(self, tar_path):
+        """Store the uncompressed layer tar at `tar_path` (moved, not copied); its diff_id.
+
+        The layer is usable as an overlay lower dir at once; until an image config names
+        it, the next `rmi` may garbage-collect it (the build cache then misses)."""
+        import hashlib
+        import shutil
+        h = hashlib.sha256()
+        with open(tar_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        diff_hex = h.hexdigest()
+        if (self.layers / diff_hex).exists():
+            os.unlink(tar_path)
+            return f"sha256:{diff_hex}"
+        staging = self._new_staging()
+        try:
+            blob = staging / f"{diff_hex}.tar"
+            shutil.move(os.fspath(tar_path), blob)
+            staged = self._stage_layer(staging, blob, diff_hex)
+            with self._locked():
+                if not (self.layers / diff_hex).exists():
+                    os.replace(blob, self.blobs / diff_hex)
+                    os.rename(staged, self.layers / diff_hex)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return f"sha256:{diff_hex}"
+
+    def has_layer(self, diff_id):
+        """True when the layer `sha256:<hex>` is stored (dir and blob)."""
+        h = diff_id.split(":", 1)[-1]
+        return (self.layers / h).is_dir() and (self.blobs / h).is_file()
+
+    def add_image(self, config_bytes, tags=()):
+        """Record an image config whose layers are all stored, and give it `tags`."""
+        import shutil
+        staging = self._new_staging()
+        try:
+            return self._commit(staging, [(config_bytes, [parse_reference(t) for t in tags])])[0]
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def build_busybox(self):
         """Build (or rebuild) the embedded busybox:latest image from the host's busybox."""
         import shutil
