@@ -23,6 +23,7 @@ from pathlib import Path
 from . import doctor_iptables as ipt
 from .errors import UnavailableError
 from .probes.netns import in_netns
+from .runtime import sysctl as host_sysctl
 
 SEVERITIES = ("error", "warning", "info")
 PROBLEM = ("error", "warning")  # severities that make the exit code 1
@@ -72,33 +73,6 @@ def runbook(name):
 def _ino(path):
     try:
         return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
-def read_sysctl(name):
-    """Read net sysctl `name` (dotted) in this thread's netns; None if absent."""
-    try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _sysctl_path(key):
-    # interface names may contain dots: only the known prefix is split
-    for prefix in ("net.ipv4.conf.", "net.ipv6.conf."):
-        if key.startswith(prefix):
-            rest = key[len(prefix):]
-            iface, _, leaf = rest.rpartition(".")
-            return "/proc/sys/" + prefix.replace(".", "/") + iface + "/" + leaf
-    return "/proc/sys/" + key.replace(".", "/")
-
-
-def sysctl(key):
-    try:
-        with open(_sysctl_path(key)) as f:
-            return f.read().strip()
     except OSError:
         return None
 
@@ -418,7 +392,7 @@ class HostView:
     # -- host facts
     def sysctl(self, key):
         if key not in self._sysctl:
-            self._sysctl[key] = sysctl(key)
+            self._sysctl[key] = host_sysctl.read(key)
         return self._sysctl[key]
 
     def route_dev(self, ip):
@@ -481,9 +455,11 @@ class HostView:
         return out
 
     def _conntrack(self):
-        ct = {"count": _read_int_file("/proc/sys/net/netfilter/nf_conntrack_count"),
-              "max": _read_int_file("/proc/sys/net/netfilter/nf_conntrack_max"),
-              "max_writable": os.access("/proc/sys/net/netfilter/nf_conntrack_max", os.W_OK),
+        count = host_sysctl.read("net.netfilter.nf_conntrack_count")
+        cmax = host_sysctl.read("net.netfilter.nf_conntrack_max")
+        ct = {"count": int(count) if count else None, "max": int(cmax) if cmax else None,
+              "max_writable": os.access(host_sysctl.path("net.netfilter.nf_conntrack_max"),
+                                        os.W_OK),
               "stats": {}}
         try:
             lines = Path("/proc/thread-self/net/stat/nf_conntrack").read_text().splitlines()
@@ -543,13 +519,13 @@ class HostView:
                     if eth is None:
                         continue
                     socks = listeners(f"/proc/{pids[0]}/net" if pids else "/proc/thread-self/net")
-                    sysctls = {k: read_sysctl(k) for k in ("net.ipv4.ip_forward",)}
+                    ns_sysctls = {k: host_sysctl.read(k) for k in ("net.ipv4.ip_forward",)}
             except Exception as exc:  # the namespace vanished, or netlink refused
                 self.notes.append(f"cannot read {path}: {exc}")
                 continue
             name, cid, source = _ns_label(path, owners.get(ino))
             cv = ContainerView(name, cid, source, path, ino, sorted(pids), links, routes, socks,
-                               eth, hv, sysctls=sysctls)
+                               eth, hv, sysctls=ns_sysctls)
             if eth.addrs:
                 cv.ip, cv.prefixlen = eth.addrs[0]
             if source == "pyinspect":

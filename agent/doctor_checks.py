@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 from . import doctor_iptables as ipt
+from .runtime import sysctl as host_sysctl
 from .doctor import SIM_REMOTE, Finding, check, describe_action, runbook
 
 LOCALHOST = "127.0.0.1"
@@ -64,7 +65,7 @@ def _owner(view, words):
 
 
 def _sysctl_line(view, key):
-    return f"{key} = {view.sysctl(key)}   (/proc/sys/{key.replace('.', '/')}, host netns)"
+    return f"{key} = {view.sysctl(key)}   ({host_sysctl.path(key)}, host netns)"
 
 
 def _conntrack_lines(proto, dport, limit=3):

@@ -148,15 +148,10 @@ def iptables():
     return out
 
 
-def sysctls():
-    out = {}
-    for key in SYSCTLS:
-        try:
-            with open("/proc/sys/" + key.replace(".", "/")) as f:
-                out[key] = f.read().strip()
-        except OSError:
-            out[key] = None  # not present: module not loaded or not in this kernel
-    return out
+def sysctls() -> dict[str, str | None]:
+    """{key: value} of SYSCTLS; None when not present (module not loaded, older kernel)."""
+    from .runtime import sysctl
+    return {key: sysctl.read(key) for key in SYSCTLS}
 
 
 def tracefs(mounts=None):

@@ -1,4 +1,8 @@
-"""The sysctls bridge networking needs, set only when needed and reverted only if we set them.
+"""Sysctls: the one reader of /proc/sys in pyinspect, and the bridge settings it changes.
+
+`read(key)` / `path(key)` are what doctor, `pyinspect info` and the runtime use to read
+a sysctl. The rest sets the sysctls bridge networking needs, only when needed, and
+reverts them only if pyinspect set them.
 
 All keys here are per network namespace (net.*), so they act on the namespace
 of the calling process. Each change is recorded in the network state
@@ -16,23 +20,30 @@ BRIDGE_NF_IPTABLES = "net.bridge.bridge-nf-call-iptables"
 REPORTED = (IP_FORWARD, BRIDGE_NF_IPTABLES, "net.bridge.bridge-nf-call-ip6tables")
 
 
-def path(key):
-    """/proc/sys path of a dotted key; `net.ipv4.conf.<if>.<name>` keeps dots in <if>."""
+# keys whose fourth part is an interface name, which may itself contain dots (eth0.100)
+_PER_INTERFACE = (("net", "ipv4", "conf"), ("net", "ipv6", "conf"),
+                  ("net", "ipv4", "neigh"), ("net", "ipv6", "neigh"))
+
+
+def path(key: str) -> Path:
+    """/proc/sys path of a dotted key; in `net.ipv{4,6}.{conf,neigh}.<if>.<name>` the
+    interface name keeps its dots."""
     parts = key.split(".")
-    if parts[:3] == ["net", "ipv4", "conf"] and len(parts) > 5:
+    if tuple(parts[:3]) in _PER_INTERFACE and len(parts) > 5:
         parts = parts[:3] + [".".join(parts[3:-1]), parts[-1]]
     return Path("/proc/sys", *parts)
 
 
-def read(key):
-    """The current value as text, or None when the key does not exist here."""
+def read(key: str) -> str | None:
+    """The current value as text in the calling thread's network namespace, or None when
+    the key does not exist here."""
     try:
         return path(key).read_text().strip()
     except OSError:
         return None
 
 
-def write(key, value):
+def write(key: str, value: object) -> None:
     try:
         path(key).write_text(f"{value}\n")
     except OSError as exc:
@@ -40,7 +51,7 @@ def write(key, value):
                                hint="pyinspect needs root for bridge networking") from None
 
 
-def ensure(state, key, value, required=True):
+def ensure(state: dict, key: str, value: object, required: bool = True) -> bool:
     """Set key=value if it differs, and record the change in `state`. Returns True if it is set.
 
     A missing key (e.g. br_netfilter not loaded) raises UnavailableError when
@@ -58,7 +69,7 @@ def ensure(state, key, value, required=True):
     return True
 
 
-def revert(state):
+def revert(state: dict) -> None:
     """Restore every sysctl pyinspect changed, unless someone changed it again since."""
     for key, rec in sorted(state.get("sysctls", {}).items()):
         if read(key) == rec["set"]:
@@ -69,7 +80,7 @@ def revert(state):
     state["sysctls"] = {}
 
 
-def report(states=()):
+def report(states: tuple | list = ()) -> list[dict]:
     """For `pyinspect info`: [{"key", "value", "changed_by_pyinspect", "before"}] in this netns."""
     changed = {}
     for state in states:
