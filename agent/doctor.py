@@ -20,8 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import doctor_iptables as ipt
 from .errors import UnavailableError
+from .probes import iptsave as ipt
 from .probes.netns import in_netns
 from .runtime import sysctl as host_sysctl
 
@@ -190,15 +190,10 @@ def _nft_native_chains(notes):
     """Base chains of nftables tables that iptables-nft does not own (firewalld, nftables.conf):
     [{family, table, chain, hook, policy, rules: [expr JSON text]}]. iptables-*-save never
     shows these, yet every packet passes them too."""
-    import shutil
-    if not shutil.which("nft"):
-        return []
-    try:
-        proc = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True,
-                              timeout=20)
-        items = json.loads(proc.stdout or "{}").get("nftables", [])
-    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        notes.append(f"nft list ruleset: {exc}")
+    items, err = ipt.nft_ruleset()
+    if items is None:
+        if err != "nft not installed":
+            notes.append(err)
         return []
     chains = {}
     for item in items:

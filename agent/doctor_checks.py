@@ -9,9 +9,9 @@ import shlex
 import shutil
 import subprocess
 
-from . import doctor_iptables as ipt
-from .runtime import sysctl as host_sysctl
 from .doctor import SIM_REMOTE, Finding, check, describe_action, runbook
+from .probes import iptsave as ipt
+from .runtime import sysctl as host_sysctl
 
 LOCALHOST = "127.0.0.1"
 NUD_REACHABLE, NUD_PERMANENT = 0x02, 0x80

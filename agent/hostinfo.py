@@ -6,10 +6,10 @@ failing. Sysctls and rule counts are those of the network namespace it runs in.
 """
 
 import importlib
-import json
 import os
 import shutil
-import subprocess
+
+from .probes import iptsave
 
 SYSCTLS = (
     "net.ipv4.ip_forward",
@@ -78,32 +78,7 @@ def cgroups(mounts=None):
             "v1_hierarchies": v1}
 
 
-def _run(argv, timeout=10):
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, str(exc)
-    if p.returncode != 0:
-        return None, (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
-    return p.stdout, None
-
-
-def _count_save(text):
-    rules, tables, chains = 0, {}, 0
-    table = None
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-            tables.setdefault(table, 0)
-        elif line.startswith(":"):
-            chains += 1
-        elif line.startswith("-A "):
-            rules += 1
-            tables[table] = tables.get(table, 0) + 1
-    return rules, chains, tables
-
-
-def iptables():
+def iptables() -> list[dict]:
     """Each backend present (legacy x_tables, iptables-nft, IPv6 twins, native nft) and its
     rule count (the nft count includes rules written through iptables-nft)."""
     out = []
@@ -121,30 +96,22 @@ def iptables():
             out.append({"backend": name, "present": False,
                         "reason": f"{probe} missing (x_tables not loaded)"})
             continue
-        text, err = _run([path])
+        text, err = iptsave.run_save(tool, counters=False, timeout=10)
         if text is None:
             out.append({"backend": name, "present": False, "reason": err})
             continue
-        rules, chains, tables = _count_save(text)
+        rules, chains, tables = iptsave.counts(iptsave.parse_save(text, name))
         out.append({"backend": name, "present": True, "rules": rules, "chains": chains,
                     "tables": tables, "tool": tool.replace("-save", "")})
-    nft = shutil.which("nft")
-    if nft:
-        text, err = _run([nft, "-j", "list", "ruleset"])
-        if text is None:
-            out.append({"backend": "nftables", "present": False, "reason": err})
-        else:
-            try:
-                items = json.loads(text).get("nftables", [])
-            except ValueError:
-                items = []
-            rules = sum(1 for i in items if "rule" in i)
-            tables = sorted(f"{i['table']['family']} {i['table']['name']}"
-                            for i in items if "table" in i)
-            out.append({"backend": "nftables", "present": True, "rules": rules,
-                        "tables": tables, "tool": "nft"})
+    items, err = iptsave.nft_ruleset(timeout=10)
+    if items is None:
+        out.append({"backend": "nftables", "present": False, "reason": err})
     else:
-        out.append({"backend": "nftables", "present": False, "reason": "nft not installed"})
+        rules = sum(1 for i in items if "rule" in i)
+        tables = sorted(f"{i['table']['family']} {i['table']['name']}"
+                        for i in items if "table" in i)
+        out.append({"backend": "nftables", "present": True, "rules": rules,
+                    "tables": tables, "tool": "nft"})
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cli, Netns, have
-from pyinspect import doctor_iptables as ipt
+from pyinspect.probes import iptsave as ipt
 
 DOCKER_RULES = """*nat
 :PREROUTING ACCEPT [0:0]

@@ -1,14 +1,18 @@
-"""Read iptables rules from both backends and walk a packet through them (for doctor).
+"""The one reader of iptables rules (legacy x_tables and iptables-nft) and nftables rulesets.
 
-Rules come from `iptables-legacy-save -c` and `iptables-nft-save -c` run in the
-caller's network namespace, so the same code reads pyinspect's own chains and
-Docker's (DOCKER, DOCKER-USER, DOCKER-ISOLATION-*). `Ruleset.walk()` follows a
-described packet from a built-in chain through jumps and returns the verdict and
-the rules that decided it, which doctor prints as evidence. Matches it does not
-understand make a rule "unsure": it is skipped, and the walk says so.
+Rules come from `iptables-legacy-save` and `iptables-nft-save` (never `iptables -S`/`-L`,
+which can create tables as a side effect) run in the caller's network namespace, so the
+same code reads pyinspect's own chains and Docker's (DOCKER, DOCKER-USER,
+DOCKER-ISOLATION-*). `parse_save()` turns save output into tables of `Chain`s of `Rule`s;
+doctor, `pyinspect info` and the tracer all read rules through it.
+
+`Ruleset.walk()` follows a described packet from a built-in chain through jumps and
+returns the verdict and the rules that decided it, which doctor prints as evidence.
+Matches it does not understand make a rule "unsure": it is skipped, and the walk says so.
 """
 
 import ipaddress
+import json
 import shlex
 import shutil
 import subprocess
@@ -166,7 +170,7 @@ def _parse_rule(backend, table, chain_name, num, line):
     return rule
 
 
-def parse_save(text, backend):
+def parse_save(text: str, backend: str) -> dict[str, dict[str, Chain]]:
     """Parse `iptables-save -c` output into {table: {chain: Chain}}."""
     tables, table, tname = {}, None, None
     for raw in text.splitlines():
@@ -335,21 +339,77 @@ class Ruleset:
         return None, None
 
 
-def load(backend):
-    """The rules of `backend` ('legacy' or 'nft') in this process's network namespace."""
-    save, _ = BACKENDS[backend]
-    if not shutil.which(save):
-        return Ruleset(backend, {}, f"{save} not found")
+def run_save(tool: str, table: str | None = None, counters: bool = True,
+             timeout: float = 20) -> tuple[str | None, str | None]:
+    """(text, None) from `tool` (an *-save program) in this thread's network namespace,
+    or (None, the reason it could not be read)."""
+    path = shutil.which(tool)
+    if not path:
+        return None, f"{tool} not found"
+    argv = [path] + (["-c"] if counters else []) + (["-t", table] if table else [])
     try:
-        proc = subprocess.run([save, "-c"], capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return Ruleset(backend, {}, f"{save}: {exc}")
+        return None, f"{tool}: {exc}"
     if proc.returncode != 0:
-        return Ruleset(backend, {}, f"{save}: {proc.stderr.strip()[:200]}")
-    return Ruleset(backend, parse_save(proc.stdout, backend))
+        return None, f"{tool}: {proc.stderr.strip()[:200] or f'exit {proc.returncode}'}"
+    return proc.stdout, None
 
 
-def dnat_target(rule):
+def load(backend: str, table: str | None = None) -> "Ruleset":
+    """The rules of `backend` ('legacy' or 'nft') in this thread's network namespace
+    (one table, or all); a Ruleset with `error` set when they cannot be read."""
+    save, _ = BACKENDS[backend]
+    text, err = run_save(save, table)
+    if text is None:
+        return Ruleset(backend, {}, err)
+    return Ruleset(backend, parse_save(text, backend))
+
+
+def counts(tables: dict) -> tuple[int, int, dict[str, int]]:
+    """(rules, chains, {table: rules}) of parsed tables."""
+    per_table = {t: sum(len(c.rules) for c in chains.values()) for t, chains in tables.items()}
+    return sum(per_table.values()), sum(len(chains) for chains in tables.values()), per_table
+
+
+def published_ports(addrs, backends=tuple(BACKENDS)) -> list[tuple]:
+    """Ports published to `addrs` by DNAT rules of the nat tables of `backends`:
+    [(host ip or None, host port, proto, container port)], each once."""
+    out = []
+    for backend in backends:
+        for rule in load(backend, "nat").rules("nat"):
+            tgt = dnat_target(rule)
+            hport = rule.get("dport")
+            if not tgt or tgt[0] not in addrs or not hport or not hport.isdigit():
+                continue
+            dst = rule.get("dst") or ""
+            host_ip = dst[:-3] if dst.endswith("/32") else None
+            entry = (host_ip, int(hport), rule.get("proto") or "tcp", tgt[1] or int(hport))
+            if entry not in out:
+                out.append(entry)
+    return out
+
+
+def nft_ruleset(timeout: float = 20) -> tuple[list | None, str | None]:
+    """(the `nft -j list ruleset` items, None), or (None, why not) when nft is missing
+    or fails."""
+    nft = shutil.which("nft")
+    if not nft:
+        return None, "nft not installed"
+    try:
+        proc = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"nft list ruleset: {exc}"
+    if proc.returncode != 0:
+        return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    try:
+        return json.loads(proc.stdout or "{}").get("nftables", []), None
+    except ValueError as exc:
+        return None, f"nft list ruleset: {exc}"
+
+
+def dnat_target(rule: Rule) -> tuple[str, int | None] | None:
     """(ip, port or None) a DNAT rule sends to, or None."""
     to = rule.target_args.get("--to-destination") or rule.target_args.get("--to")
     if rule.target != "DNAT" or not to:
