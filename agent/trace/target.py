@@ -7,8 +7,6 @@ the uplinks, the bridge, the host end of its veth and its own interfaces.
 
 import contextlib
 import os
-import re
-import subprocess
 from dataclasses import dataclass, field
 
 from ..errors import NotFoundError, UnavailableError, UsageError
@@ -76,28 +74,8 @@ def resolve(root, ref):
 
 def dnat_ports(addrs):
     """Published ports from DNAT rules (legacy and nft backends) pointing at `addrs`."""
-    out = []
-    for tool in ("iptables-legacy", "iptables-nft"):
-        try:
-            text = subprocess.run([tool, "-w", "-t", "nat", "-S"], capture_output=True,
-                                  text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        for line in text.splitlines():
-            m = re.search(r"--to-destination (\d+\.\d+\.\d+\.\d+)(?::(\d+))?", line)
-            if not m or m.group(1) not in addrs:
-                continue
-            dport = re.search(r"--dport (\d+)", line)
-            if not dport:
-                continue
-            proto = re.search(r"-p (\w+)", line)
-            dst = re.search(r"-d (\d+\.\d+\.\d+\.\d+)/32", line)
-            hp = int(dport.group(1))
-            entry = (dst.group(1) if dst else None, hp, proto.group(1) if proto else "tcp",
-                     int(m.group(2)) if m.group(2) else hp)
-            if entry not in out:
-                out.append(entry)
-    return out
+    from ..probes.iptsave import published_ports
+    return published_ports(addrs)
 
 def capture_points(target, via=None, rows=None):
     """CapturePoints for `target` from the veth map: uplinks, bridge, host veth, eth0."""
