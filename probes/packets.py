@@ -25,7 +25,7 @@ from pathlib import Path
 from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
-from . import bpfsys
+from . import bpfsys, pcapfilter
 from .netns import in_netns
 from .perfring import PerfRing, cpu_list
 
@@ -719,56 +719,10 @@ def _map_lookup(fd, key, value):
 
 
 
-class _BpfProgram(ctypes.Structure):
-    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+class BpfFilter(pcapfilter.BpfFilter):
+    """A pcap-filter expression for the captured Ethernet frames (`trace --filter`): the
+    binding is probes/pcapfilter.py's; `match(frame, wirelen)` sees the first --snaplen
+    bytes only, as tcpdump would with the same snap length."""
 
-
-class _PcapPkthdr(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long),
-                ("caplen", ctypes.c_uint32), ("len", ctypes.c_uint32)]
-
-
-class BpfFilter:
-    """A pcap-filter expression (tcpdump syntax) compiled by libpcap, run on captured bytes.
-
-    The expression is compiled once to classic BPF for Ethernet frames; `match(frame, wirelen)`
-    runs it with pcap_offline_filter in userspace. It sees the first --snaplen bytes only, as
-    tcpdump would with the same snap length.
-    """
-
-    def __init__(self, expr, snaplen=EV_MAXCAP):
-        import ctypes.util
-        name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError as exc:
-            raise UnavailableError("--filter needs libpcap (libpcap0.8)") from exc
-        lib.pcap_open_dead.restype = ctypes.c_void_p
-        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram),
-                                     ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
-        lib.pcap_geterr.restype = ctypes.c_char_p
-        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
-        lib.pcap_offline_filter.argtypes = [ctypes.POINTER(_BpfProgram),
-                                            ctypes.POINTER(_PcapPkthdr), ctypes.c_char_p]
-        lib.pcap_close.argtypes = [ctypes.c_void_p]
-        self.lib = lib
-        self.expr = expr
-        handle = lib.pcap_open_dead(1, snaplen)   # DLT_EN10MB
-        self.prog = _BpfProgram()
-        try:
-            if lib.pcap_compile(handle, ctypes.byref(self.prog), expr.encode(), 1,
-                                0xFFFFFFFF) != 0:
-                err = lib.pcap_geterr(handle).decode(errors="replace")
-                raise UsageError(f"bad --filter {expr!r}: {err}")
-        finally:
-            lib.pcap_close(handle)
-        self.hdr = _PcapPkthdr()
-        self._match = lib.pcap_offline_filter
-        self._ref_prog = ctypes.byref(self.prog)
-        self._ref_hdr = ctypes.byref(self.hdr)
-
-    def match(self, frame, wirelen=None):
-        self.hdr.caplen = len(frame)
-        self.hdr.len = wirelen or len(frame)
-        return self._match(self._ref_prog, self._ref_hdr, frame) != 0
+    def __init__(self, expr: str, snaplen: int = EV_MAXCAP) -> None:
+        super().__init__(expr, pcapfilter.DLT_EN10MB, snaplen)
