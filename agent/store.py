@@ -12,10 +12,11 @@ marks traces whose process is gone as `killed` (`reap_killed_traces`).
 """
 
 import contextlib
+import functools
 import json
 import os
 import time
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -136,8 +137,6 @@ def _m6_packets_in_segment_files(db):
     conn.execute("""CREATE TABLE IF NOT EXISTS packet_index (
         id INTEGER PRIMARY KEY, session_id INTEGER, segment_id INTEGER, offset INTEGER,
         ts_ns INTEGER, point_id INTEGER, flow_id INTEGER, direction TEXT, len INTEGER)""")
-    conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_session_id_ts_ns"
-                 " ON packet_index (session_id, ts_ns)")
     conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_flow_id ON packet_index (flow_id)")
     conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_segment_id_offset"
                  " ON packet_index (segment_id, offset)")
@@ -228,6 +227,13 @@ def _fsync_dir(path):
             os.close(fd)
 
 
+def _m7_lean_packet_index(db):
+    """Every analysed packet is a packet_index row, so each index on it is paid per packet.
+    Nothing looks packets up by session and time (export goes by segment, then by flow);
+    a session's packets are counted through its segments."""
+    db.conn.execute("DROP INDEX IF EXISTS idx_packet_index_session_id_ts_ns")
+
+
 # Append only: a new step gets the next version. Never edit an applied step.
 MIGRATIONS = [
     ("base: containers, events, probe_loss", _m1_base),
@@ -238,6 +244,7 @@ MIGRATIONS = [
     ("doctor memory: remembered port mappings and acknowledged counters", _m5_doctor_memory),
     ("packets in pcapng segment files: pcap_segments, packet_index, session pid, point seq",
      _m6_packets_in_segment_files),
+    ("packet_index without its (session_id, ts_ns) index", _m7_lean_packet_index),
 ]
 
 
@@ -393,8 +400,6 @@ class Store:
     def add_index(self, rows):
         """IndexRow rows in one transaction; returns their ids in order (hops refer to
         them as packet_id)."""
-        rows = [(r.session_id, r.segment_id, r.offset, r.ts_ns, r.point_id, r.flow_id,
-                 r.direction, r.len) for r in rows]
         if not rows:
             return []
         with self.batch():
@@ -408,11 +413,11 @@ class Store:
     def insert_flow(self, row):
         """A FlowRow; returns its id."""
         return self._run(f"INSERT INTO flows ({_FLOW_COLS}) VALUES ({_FLOW_QS})",
-                         _flow_values(row)).lastrowid
+                         _with_json(row)).lastrowid
 
     def update_flow(self, flow_id, row):
         """Replace a flow's columns with a FlowRow's."""
-        self._run(f"UPDATE flows SET {_FLOW_SET} WHERE id = ?", (*_flow_values(row), flow_id))
+        self._run(f"UPDATE flows SET {_FLOW_SET} WHERE id = ?", (*_with_json(row), flow_id))
 
     def insert_hops(self, rows):
         """HopRow rows in one transaction."""
@@ -517,9 +522,13 @@ class Store:
 
     def indexed_count(self, session_id=None, flow_id=None):
         """Index rows of a session or a flow."""
-        col, val = ("flow_id", flow_id) if flow_id is not None else ("session_id", session_id)
-        return self.db.conn.execute(f"SELECT count(*) FROM packet_index WHERE {col} = ?",
-                                    (val,)).fetchone()[0]
+        if flow_id is not None:
+            sql, val = "SELECT count(*) FROM packet_index WHERE flow_id = ?", flow_id
+        else:
+            sql = ("SELECT count(*) FROM packet_index WHERE segment_id IN"
+                   " (SELECT id FROM pcap_segments WHERE session_id = ?)")
+            val = session_id
+        return self.db.conn.execute(sql, (val,)).fetchone()[0]
 
 
 # -- typed rows ------------------------------------------------------------------------
@@ -538,9 +547,9 @@ class TraceIds(NamedTuple):
     point_ids: list
 
 
-@dataclass(slots=True)
-class IndexRow:
-    """One packet of a segment file that the analysis looked at."""
+class IndexRow(NamedTuple):
+    """One packet of a segment file that the analysis looked at (a NamedTuple: one is
+    made per analysed packet, and SQLite takes it as it is)."""
     session_id: int
     segment_id: int
     offset: int              # of its EPB in the segment file
@@ -617,10 +626,15 @@ def _json_text(value):
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def _flow_values(row):
-    return (*astuple(row)[:-1], _json_text(row.detail))
-
-
 def _with_json(row):
-    values = astuple(row)
-    return (*values[:-1], _json_text(values[-1]))
+    """A row dataclass's values in field order, its last field (detail) as JSON text.
+    (Not dataclasses.astuple: that deep-copies every dict it meets.)"""
+    values = [getattr(row, name) for name in _field_names(type(row))]
+    values[-1] = _json_text(values[-1])
+    return values
+
+
+
+@functools.cache
+def _field_names(cls):
+    return [f.name for f in fields(cls)]

@@ -69,11 +69,12 @@ def test_journey_places_netfilter_between_host_in_and_out():
     f = t.conntrack(CT)
     j = F.Journey(f, "orig", (7, 1, 0, 40))
     for ts, point, d in ((1, 0, "in"), (3, 2, "out"), (4, 3, "out"), (5, 4, "in")):
-        j.captures.append({"ts_ns": ts, "point": point, "dir": d})
+        j.captures.append(F.Capture(ts, point, d, 40, b"", None, 0, -1))
     j.nf = [{"table": "filter", "chain": "FORWARD", "hook": "FORWARD"},
             {"table": "nat", "chain": "PREROUTING", "hook": "PREROUTING"},
             {"table": "raw", "chain": "PREROUTING", "hook": "PREROUTING"}]
-    order = [(k, h.get("point", h.get("table"))) for k, h in j.hops(host_points={0, 2, 3})]
+    order = [(k, h.point if k == "capture" else h["table"])
+             for k, h in j.hops(host_points={0, 2, 3})]
     assert order == [("capture", 0), ("netfilter", "raw"), ("netfilter", "nat"),
                      ("netfilter", "filter"), ("capture", 2), ("capture", 3), ("capture", 4)]
 

@@ -14,6 +14,7 @@ hops, grouped by flow, direction and what NAT does not change (IP id, TCP seq/ac
 """
 
 import collections
+import functools
 import re
 import socket
 import struct
@@ -24,7 +25,9 @@ from typing import NamedTuple
 TCP_FLAGS = ((0x02, "S"), (0x10, "."), (0x08, "P"), (0x01, "F"), (0x04, "R"))
 
 
+@functools.cache
 def tcp_flag_text(flags):
+    """`[S.]`-style text of TCP flags (tcpdump's letters); "" for none."""
     if flags is None:
         return ""
     out = "".join(c for bit, c in TCP_FLAGS if flags & bit)
@@ -247,7 +250,7 @@ class Journey:
     flow: Flow
     direction: str              # 'orig' | 'reply'
     ident: tuple
-    captures: list = field(default_factory=list)   # dicts: ts_ns, point, dir, pkt, len, ...
+    captures: list = field(default_factory=list)   # Captures (times CLOCK_REALTIME)
     nf: list = field(default_factory=list)         # hop dicts from probes.nftrace
     first_ns: int = 0
     seq: int = 0                # its place in the flow: 1 for the flow's first journey
@@ -259,14 +262,12 @@ class Journey:
         and the first on the way out; trace lines carry no comparable clock, so they are
         placed there, in the order the kernel emitted them.
         """
-        caps = sorted(self.captures, key=lambda c: c["ts_ns"])
+        caps = sorted(self.captures, key=_capture_time)
         if not self.nf:
             return [("capture", c) for c in caps]
         nf = sorted(enumerate(self.nf), key=_nf_rank)
-        host_in = [i for i, c in enumerate(caps)
-                   if c["point"] in host_points and c["dir"] == "in"]
-        host_out = [i for i, c in enumerate(caps)
-                    if c["point"] in host_points and c["dir"] == "out"]
+        host_in = [i for i, c in enumerate(caps) if c.point in host_points and c.dir == "in"]
+        host_out = [i for i, c in enumerate(caps) if c.point in host_points and c.dir == "out"]
         if host_in:
             cut = host_in[-1] + 1
             if host_out and host_out[0] < cut:
@@ -279,6 +280,10 @@ class Journey:
         out += [("netfilter", h) for _, h in nf]
         out += [("capture", c) for c in caps[cut:]]
         return out
+
+
+def _capture_time(c):
+    return c.ts_ns
 
 
 HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
@@ -340,7 +345,7 @@ MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
 @dataclass(slots=True)
 class Capture:
     """One analysis record: a packet seen at one capture point."""
-    ts_ns: int                  # CLOCK_MONOTONIC (the session adds its offset to store it)
+    ts_ns: int                  # CLOCK_MONOTONIC; CLOCK_REALTIME once settled into a Journey
     point: int
     dir: str                    # 'in' | 'out'
     len: int
@@ -477,13 +482,12 @@ class Correlator:
                 j = Journey(flow, direction, pkt.ident, first_ns=c.ts_ns + off)
                 journeys[key] = j
                 order.append(j)
-            j.captures.append({"ts_ns": c.ts_ns + off, "point": c.point, "dir": c.dir,
-                               "len": c.len, "data": c.data, "pkt": pkt, "cpu": c.cpu,
-                               "pos": c.pos})
+            c.ts_ns += off
+            j.captures.append(c)
         self._place_hops(journeys, order, cutoff, out)
         if self.pfilter:
             for j in order:
-                if any(self.pfilter.match(c["data"], c["len"]) for c in j.captures):
+                if any(self.pfilter.match(c.data, c.len) for c in j.captures):
                     j.flow.matched = True
             for j in order:
                 if not j.flow.matched:
@@ -549,7 +553,7 @@ class Correlator:
             return
         keys = self._fast_by_flow.setdefault(f.id, set())
         for c in j.captures:
-            key = fast_key(c["data"])
+            key = fast_key(c.data)
             if key and key not in keys:
                 keys.add(key)
                 self.fast[key] = f

@@ -24,6 +24,7 @@ class LiveText:
         self.live_per_flow = live_per_flow
         self.target_name = target_name
         self.host_points = {i for i, p in enumerate(points) if p.netns is None}
+        self._where = [(p.name, role(p), f"{p.name:<8} {role(p):<9}") for p in points]
 
     def journey(self, j):
         """The flow's header line on its first journey, then one line per capture and per
@@ -43,24 +44,22 @@ class LiveText:
         t0 = None
         for kind, h in j.hops(self.host_points):
             if kind == "capture":
-                t0 = h["ts_ns"] if t0 is None else t0
+                t0 = h.ts_ns if t0 is None else t0
                 items.append(self._capture(f, j, h, t0))
             elif full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
                 items.append(self._hop(f, j, h))
         return items
 
-    def _capture(self, f, j, h, t0):
-        p = self.points[h["point"]]
-        pk = h["pkt"]
-        r = role(p)
-        rel = (h["ts_ns"] - t0) / 1000
-        text = (f"[{f.id}] {rel:+9.1f}us  {p.name:<8} {r:<9} {h['dir']:<3} "
-                f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} "
-                f"{F.tcp_flag_text(pk.flags)} len {h['len']}").rstrip()
-        return {"type": "hop", "flow": f.id, "hop": "capture", "ts_ns": h["ts_ns"],
-                "_ts": j.first_ns, "point": p.name, "role": r, "dir": h["dir"],
+    def _capture(self, f, j, c, t0):
+        name, r, where = self._where[c.point]
+        pk = c.pkt
+        text = (f"[{f.id}] {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} "
+                f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} {F.tcp_flag_text(pk.flags)} "
+                f"len {c.len}")
+        return {"type": "hop", "flow": f.id, "hop": "capture", "ts_ns": c.ts_ns,
+                "_ts": j.first_ns, "point": name, "role": r, "dir": c.dir,
                 "src": pk.src, "sport": pk.sport, "dst": pk.dst, "dport": pk.dport,
-                "len": h["len"], "text": text}
+                "len": c.len, "text": text}
 
     @staticmethod
     def _hop(f, j, h):
@@ -168,24 +167,24 @@ class StoreSink:
         for n, j in enumerate(s.journeys):
             fid = self.flow_id(j.flow)
             for c in j.captures:
-                loc = locate(c["cpu"], c["pos"])
+                loc = locate(c.cpu, c.pos)
                 if loc is None or loc[0] not in seg_ids:
                     continue     # not in the files (ring full, size cap): counted as lost
                 first_row.setdefault(n, len(rows))
-                rows.append(IndexRow(sid, seg_ids[loc[0]], loc[1], c["ts_ns"],
-                                     pids[c["point"]], fid, c["dir"], c["len"]))
+                rows.append(IndexRow(sid, seg_ids[loc[0]], loc[1], c.ts_ns, pids[c.point],
+                                     fid, c.dir, c.len))
         ids = self.store.add_index(rows) if rows else []
         hops = []
         for n, j in enumerate(s.journeys):
             if not j.nf:
                 continue
             pid = ids[first_row[n]] if n in first_row and ids else None
-            ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+            ts = j.captures[0].ts_ns if j.captures else j.first_ns
             hops += [self._hop_row(j, h, pid, ts, late=False) for h in j.nf]
         for j, h in s.late_hops:
             if j.flow.store_id is None:
                 continue
-            ts = j.captures[0]["ts_ns"] if j.captures else j.first_ns
+            ts = j.captures[0].ts_ns if j.captures else j.first_ns
             hops.append(self._hop_row(j, h, None, ts, late=True))
         if hops:
             self.store.insert_hops(hops)
