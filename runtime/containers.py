@@ -233,11 +233,13 @@ class Runtime:
         return {"argv": argv, "env": [f"{k}={v}" for k, v in env.items()],
                 "cwd": spec.workdir or cfg.get("WorkingDir") or "/", "user": user}
 
-    def create(self, spec, _run=False):
-        """Validate `spec`, resolve the image, and record a new 'created' container."""
+    def create(self, spec, _run=False, image=None):
+        """Validate `spec`, resolve the image, and record a new 'created' container.
+        `image` (an images.Image) replaces the lookup of spec.image: `pyinspect build`
+        runs its RUN steps on image states that are not stored images."""
         from .images import ImageStore
         limits = self._validate(spec)
-        image = ImageStore(self.root).resolve(spec.image)
+        image = image or ImageStore(self.root).resolve(spec.image)
         mode = spec.network_mode or "bridge"
         if mode == "bridge" or mode.startswith("container:"):  # the latter refuses --hostname
             network_module().prepare(self.root, spec, image.config)
@@ -337,12 +339,12 @@ class Runtime:
         self._launch(c, lock_fd, attach=False)
         return self.get(c.id)
 
-    def run(self, spec, detach=False):
+    def run(self, spec, detach=False, image=None):
         """Create and start. Detached: return the running container. Attached: relay
         its output to this process's stdout/stderr, wait, and return the container
         with its `exit_code` set (also when --rm removed it)."""
         state.mark("run_entered")
-        c = self.create(spec, _run=True)
+        c = self.create(spec, _run=True, image=image)
         state.mark("created")
         lock_fd = c._lock_fd
         if detach:
