@@ -1,0 +1,371 @@
+"""`build(root, options, progress)`: run a Dockerfile's stages step by step and store the
+target stage's image.
+
+Every step goes through the cache (key: parent state + the step's inputs). On a miss,
+metadata steps derive a new config, filesystem steps (RUN, COPY, ADD, WORKDIR that
+creates a directory) store one layer. Only a finished build records and tags an image:
+a failing step leaves no tagged image, and its container and scratch files are removed.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from pyinspect.errors import NotFoundError, PyinspectError, UsageError
+
+from . import dockerfile, planner, steps
+from .cache import BuildCache, step_key
+from .patterns import IgnoreRules
+from .state import ImageState
+
+_PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.I)
+_REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.I)
+
+
+@dataclass
+class BuildOptions:
+    """What `pyinspect build` was asked for."""
+
+    context: str
+    dockerfile: str = None          # path; default <context>/Dockerfile
+    tags: list = field(default_factory=list)
+    target: str = None
+    build_args: list = field(default_factory=list)   # ["K=V", ...]
+    no_cache: bool = False
+
+
+@dataclass
+class BuildResult:
+    image_id: str
+    tags: list
+    steps: int
+    cached: int
+
+
+class Progress:
+    """What a build reports; the CLI prints it (methods do nothing here)."""
+
+    def step(self, n, total, text):
+        pass
+
+    def cached(self, state_id):
+        pass
+
+    def output(self, stream, data):
+        pass
+
+    def done(self, state_id, seconds):
+        pass
+
+    def warning(self, text):
+        pass
+
+
+class StepFailed(PyinspectError):
+    """A RUN step's command exited non-zero."""
+
+
+@dataclass
+class _StageRun:
+    state: ImageState
+    args: dict                       # ARG values in scope (None: declared, no value)
+    cmd_set: bool = False            # a CMD came in this stage (ENTRYPOINT keeps it)
+
+
+def _read_dockerfile(opts):
+    path = opts.dockerfile or os.path.join(opts.context, "Dockerfile")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4 << 20)
+    except FileNotFoundError:
+        raise NotFoundError(f"Dockerfile {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"Dockerfile {path}: is a directory") from None
+    except OSError as exc:
+        raise UsageError(f"Dockerfile {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"Dockerfile {path}: not UTF-8 text") from None
+
+
+class Builder:
+    def __init__(self, root, opts, progress=None):
+        from pyinspect.runtime.images import ImageStore, parse_reference
+        self.root = os.fspath(root)
+        self.opts = opts
+        self.progress = progress or Progress()
+        self.store = ImageStore(self.root)
+        self.cache = BuildCache(self.root, self.store)
+        self.tags = [parse_reference(t) for t in opts.tags]
+        if not os.path.isdir(opts.context):
+            raise NotFoundError(f"build context {opts.context}: no such directory")
+        self.context = os.path.realpath(opts.context)
+        self.build_args = planner.parse_build_args(opts.build_args)
+        self.used_args = set()
+        self.n = 0
+        self.cached = 0
+
+    # ---- the whole build ----------------------------------------------------------------
+    def build(self):
+        text = _read_dockerfile(self.opts)
+        self.escape = dockerfile.escape_char(text)
+        instructions = dockerfile.parse(text)
+        self.plan = planner.plan(instructions, self.build_args, self.opts.target, self.escape)
+        self.ignore = IgnoreRules.load(self.context)
+        steps.sweep_containers(self.root)
+        self.scratch = steps.Scratch(self.root)
+        try:
+            finals = {}
+            for stage in self.plan.needed:
+                finals[stage.index] = self._stage(stage, finals)
+            final = finals[self.plan.target.index]
+            unused = sorted(set(self.build_args) - self.used_args)
+            if unused:
+                self.progress.warning(f"build args not consumed by any ARG: {', '.join(unused)}")
+            image = self.store.add_image(final.config_bytes, self.tags)
+        finally:
+            self.scratch.remove()
+        return BuildResult(image_id=image.id, tags=self.tags, steps=self.n, cached=self.cached)
+
+    # ---- one stage ----------------------------------------------------------------------
+    def _base(self, stage, finals):
+        dep = planner.find_stage(self.plan.stages, stage.base, stage.index)
+        if dep is not None:
+            return finals[dep.index]
+        if stage.base.lower() == "scratch":
+            return ImageState.scratch()
+        return self._image_state(stage.base, stage.from_ins)
+
+    def _image_state(self, ref, ins):
+        try:
+            image = self.store.resolve(ref)
+        except NotFoundError:
+            raise ins.error(f"{ref}: no such image",
+                            "pyinspect images lists them; pyinspect load -i FILE imports "
+                            "one") from None
+        except UsageError as exc:
+            raise ins.error(exc.message) from None
+        with open(os.path.join(self.store.configs, f"{image.id[7:]}.json"), "rb") as f:
+            return ImageState.from_bytes(f.read())
+
+    def _stage(self, stage, finals):
+        self.n += 1
+        self.progress.step(self.n, self.plan.total_steps, stage.from_ins.original)
+        st = _StageRun(state=self._base(stage, finals), args={})
+        self.progress.done(st.state.id, 0)
+        for ins in stage.steps:
+            self.n += 1
+            self.progress.step(self.n, self.plan.total_steps, ins.original)
+            import time
+            t0 = time.monotonic()
+            try:
+                self._step(st, ins, finals)
+            except (dockerfile.DockerfileError, StepFailed):
+                raise
+            except PyinspectError as exc:
+                raise ins.error(exc.message, exc.hint) from None
+            self.progress.done(st.state.id, time.monotonic() - t0)
+        return st.state
+
+    def _scope(self, st):
+        env = {k: v for k, v in st.args.items() if v is not None}
+        env.update(st.state.env())
+        return env
+
+    def _step(self, st, ins, finals):
+        env = self._scope(st)
+        x = lambda w: dockerfile.expand(w, env, self.escape, ins.line)  # noqa: E731
+        cmd = ins.cmd
+        if cmd == "ARG":
+            for name, default in planner.arg_decl(ins, env, self.escape):
+                if name in self.build_args:
+                    value = self.build_args[name]
+                    self.used_args.add(name)
+                elif default is None and name in self.plan.global_args:
+                    value = self.plan.global_args[name]
+                else:
+                    value = default
+                st.args[name] = value
+            self._cached_or(st, ins, ["ARG", sorted(st.args.items(), key=str)],
+                            lambda: st.state)
+            return
+        if cmd == "RUN":
+            argv = list(ins.args) if ins.json else st.state.shell() + [ins.args[0]]
+            run_env = {k: v for k, v in st.args.items()
+                       if v is not None and k not in st.state.env()}
+            self._cached_or(st, ins, ["RUN", argv, sorted(run_env.items())],
+                            lambda: self._run(st, ins, argv, run_env))
+            return
+        if cmd in ("COPY", "ADD"):
+            self._copy(st, ins, x, finals)
+            return
+        settings = dict(st.state.settings)
+        if cmd == "ENV":
+            cur = st.state.env()
+            for k, v in dockerfile.key_values(ins, env, self.escape):
+                cur[k] = v
+            settings["Env"] = [f"{k}={v}" for k, v in cur.items()]
+            by = "ENV " + " ".join(f"{k}={v}" for k, v in cur.items())
+        elif cmd == "LABEL":
+            labels = dict(settings.get("Labels") or {})
+            labels.update(dockerfile.key_values(ins, env, self.escape))
+            settings["Labels"] = labels
+            by = "LABEL " + " ".join(f"{k}={v}" for k, v in labels.items())
+        elif cmd == "EXPOSE":
+            ports = dict(settings.get("ExposedPorts") or {})
+            for raw in ins.args:
+                for word in x(raw).split():
+                    m = _PORT.match(word)
+                    if not m or not 0 < int(m.group(1)) < 65536:
+                        raise ins.error(f"invalid port {word!r}", "e.g. EXPOSE 80 or 53/udp")
+                    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+                    if hi < lo or hi > 65535:
+                        raise ins.error(f"invalid port range {word!r}")
+                    for p in range(lo, hi + 1):
+                        ports[f"{p}/{(m.group(3) or 'tcp').lower()}"] = {}
+            settings["ExposedPorts"] = ports
+            by = "EXPOSE " + " ".join(sorted(ports))
+        elif cmd == "USER":
+            settings["User"] = x(ins.args[0])
+            by = f"USER {settings['User']}"
+        elif cmd == "VOLUME":
+            vols = dict(settings.get("Volumes") or {})
+            words = ins.args if ins.json else [w for a in ins.args for w in a.split()]
+            for w in words:
+                path = x(w)
+                if not path:
+                    raise ins.error("empty volume path")
+                vols[path] = {}
+            settings["Volumes"] = vols
+            by = "VOLUME " + str(sorted(vols))
+        elif cmd == "STOPSIGNAL":
+            sig = x(ins.args[0])
+            from pyinspect.runtime.containers import parse_signal
+            parse_signal(sig)
+            settings["StopSignal"] = sig
+            by = f"STOPSIGNAL {sig}"
+        elif cmd in ("CMD", "ENTRYPOINT"):
+            value = list(ins.args) if ins.json else st.state.shell() + [ins.args[0]]
+            key = "Cmd" if cmd == "CMD" else "Entrypoint"
+            settings[key] = value
+            if cmd == "CMD":
+                st.cmd_set = True
+            elif not st.cmd_set:
+                settings["Cmd"] = None  # an inherited CMD is reset by ENTRYPOINT
+            by = f"{cmd} {value}"
+        elif cmd == "SHELL":
+            settings["Shell"] = list(ins.args)
+            by = f"SHELL {list(ins.args)}"
+        elif cmd == "MAINTAINER":
+            by = f"MAINTAINER {x(ins.args[0])}"
+        elif cmd == "WORKDIR":
+            path = x(ins.args[0])
+            if not path:
+                raise ins.error("empty path")
+            if not path.startswith("/"):
+                path = os.path.join(settings.get("WorkingDir") or "/", path)
+            path = os.path.normpath(path)
+            settings["WorkingDir"] = path
+            self._cached_or(st, ins, ["WORKDIR", path], lambda: st.state.derive(
+                f"WORKDIR {path}", settings,
+                steps.workdir(self.store, self.scratch, st.state.layer_dirs(self.store), path)))
+            return
+        else:  # pragma: no cover - the parser refuses the rest
+            raise ins.error("not supported")
+        if cmd == "MAINTAINER":
+            def make():
+                s = st.state.derive(by, settings)
+                s.config["author"] = x(ins.args[0])
+                import json
+                return ImageState.from_bytes(json.dumps(s.config).encode())
+        else:
+            def make():
+                return st.state.derive(f"/bin/sh -c #(nop) {by}", settings)
+        self._cached_or(st, ins, [cmd, settings], make)
+
+    def _cached_or(self, st, ins, parts, make):
+        key = step_key(st.state.id, parts)
+        if not self.opts.no_cache:
+            hit = self.cache.get(key)
+            if hit is not None:
+                st.state = ImageState.from_bytes(hit)
+                self.cached += 1
+                self.progress.cached(st.state.id)
+                return
+        st.state = make()
+        self.cache.put(key, st.state.config_bytes)
+
+    # ---- RUN and COPY/ADD ---------------------------------------------------------------
+    def _run(self, st, ins, argv, run_env):
+        code, diff_id = steps.run(self.root, self.store, self.scratch, st.state, argv, run_env,
+                                  self.progress.output)
+        if code != 0:
+            shown = " ".join(argv) if len(" ".join(argv)) < 200 else " ".join(argv)[:197] + "..."
+            raise StepFailed(f"Dockerfile line {ins.line}: RUN: the command '{shown}' "
+                             f"returned a non-zero code: {code}")
+        return st.state.derive(" ".join(argv), diff_id=diff_id)
+
+    def _copy(self, st, ins, x, finals):
+        cmd = ins.cmd
+        words = [x(a) for a in ins.args]
+        srcs, dest_raw = words[:-1], words[-1]
+        if not dest_raw:
+            raise ins.error("empty destination")
+        for s in srcs:
+            if _REMOTE.match(s):
+                raise ins.error(f"{s}: remote URLs are not supported by pyinspect build "
+                                f"(no network here)", "download it into the context first")
+        wd = st.state.settings.get("WorkingDir") or "/"
+        dest = dest_raw if dest_raw.startswith("/") else os.path.join(wd, dest_raw)
+        if dest_raw.endswith("/") or dest_raw in (".", "./") or dest_raw.endswith("/."):
+            dest = os.path.normpath(dest) + ("/" if os.path.normpath(dest) != "/" else "")
+        else:
+            dest = os.path.normpath(dest)
+        chown = x(ins.flags["chown"]) if "chown" in ins.flags else None
+        chmod = x(ins.flags["chmod"]) if "chmod" in ins.flags else None
+        if chmod is not None and not re.fullmatch(r"[0-7]{3,4}", chmod):
+            raise ins.error(f"--chmod={chmod}: expected an octal mode such as 755")
+        unpack = cmd == "ADD"
+        lower = st.state.layer_dirs(self.store)
+        if "from" in ins.flags:
+            if cmd == "ADD":
+                raise ins.error("--from is only for COPY")
+            ref = x(ins.flags["from"])
+            dep = planner.find_stage(self.plan.stages, ref, self._current_index(ins))
+            src_state = finals[dep.index] if dep is not None else self._image_state(ref, ins)
+            parts = [cmd, srcs, dest, chown, chmod, src_state.id]
+
+            def make():
+                diff_id = steps.copy(self.store, self.scratch, lower, dest,
+                                     from_dirs=src_state.layer_dirs(self.store), patterns=srcs,
+                                     chown=chown, chmod=chmod, unpack=unpack)
+                return st.state.derive(f"{cmd} --from={ref} {' '.join(srcs)} {dest}",
+                                       diff_id=diff_id)
+        else:
+            from . import copier
+            try:
+                sources = copier.resolve(self.context, srcs, self.ignore)
+            except UsageError as exc:
+                raise ins.error(exc.message) from None
+            digest = copier.digest(sources, self.ignore, unpack)
+            parts = [cmd, srcs, dest, chown, chmod, digest]
+
+            def make():
+                diff_id = steps.copy(self.store, self.scratch, lower, dest, sources=sources,
+                                     ignore=self.ignore, chown=chown, chmod=chmod, unpack=unpack)
+                return st.state.derive(f"{cmd} {' '.join(srcs)} {dest} # {digest[:12]}",
+                                       diff_id=diff_id)
+        self._cached_or(st, ins, parts, make)
+
+    def _current_index(self, ins):
+        for s in self.plan.stages:
+            if ins in s.steps:
+                return s.index
+        return len(self.plan.stages)
+
+
+def build(root, opts, progress=None):
+    """Build per `opts` under state root `root`; the BuildResult (the image is stored and
+    tagged only when every step succeeded)."""
+    return Builder(root, opts, progress).build()

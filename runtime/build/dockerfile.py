@@ -1,0 +1,262 @@
+"""Dockerfile text -> typed instructions with their line numbers.
+
+Splitting into instructions (line continuations, comments, the `# escape=` parser
+directive, JSON vs shell form, `--flag`s) is done by the `dockerfile` package, which
+wraps Docker's own Go parser, so pyinspect reads a Dockerfile exactly as Docker does.
+This module checks what that parser leaves to the builder: known instructions, their
+argument counts, the flags each accepts, and BuildKit-only syntax (heredocs,
+`RUN --mount`), which pyinspect refuses with one line.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from pyinspect.errors import UsageError
+
+SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "WORKDIR", "ENV", "ARG", "LABEL", "EXPOSE",
+             "USER", "VOLUME", "STOPSIGNAL", "CMD", "ENTRYPOINT", "SHELL", "MAINTAINER")
+NOT_SUPPORTED = ("HEALTHCHECK", "ONBUILD")
+# flags each instruction accepts (name -> takes a value)
+FLAGS = {
+    "FROM": {"platform"},
+    "COPY": {"from", "chown", "chmod", "link"},
+    "ADD": {"chown", "chmod", "link"},
+}
+BUILDKIT_FLAGS = {"RUN": ("mount", "network", "security"), "COPY": ("parents", "exclude"),
+                  "ADD": ("checksum", "keep-git-dir", "exclude")}
+
+
+class DockerfileError(UsageError):
+    """A Dockerfile that cannot be built as written (the message names its line)."""
+
+
+@dataclass
+class Instruction:
+    """One instruction: `cmd` upper case, `args` as the parser split them."""
+
+    cmd: str
+    args: list
+    line: int
+    original: str
+    json: bool = False
+    flags: dict = field(default_factory=dict)
+
+    def error(self, why, hint=None):
+        return DockerfileError(f"Dockerfile line {self.line}: {self.cmd}: {why}", hint)
+
+
+def _parse_flags(cmd, raw, line):
+    out = {}
+    for text in raw:
+        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", text, re.S)
+        if not m:
+            raise DockerfileError(f"Dockerfile line {line}: {cmd}: bad flag {text!r}")
+        name, value = m.group(1), m.group(2)
+        if name in BUILDKIT_FLAGS.get(cmd, ()):
+            raise DockerfileError(f"Dockerfile line {line}: {cmd} --{name} is BuildKit-only "
+                                  f"syntax, which pyinspect build does not support")
+        if name not in FLAGS.get(cmd, ()):
+            raise DockerfileError(f"Dockerfile line {line}: {cmd}: unknown flag --{name}")
+        if value is None and name != "link":
+            raise DockerfileError(f"Dockerfile line {line}: {cmd}: --{name} needs a value "
+                                  f"(--{name}=VALUE)")
+        out[name] = value if value is not None else "true"
+    return out
+
+
+def _error_line(text):
+    """The first line at which Docker's parser fails (bisected over line prefixes)."""
+    import dockerfile
+    lines = text.splitlines(keepends=True)
+    lo, hi = 1, len(lines)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            dockerfile.parse_string("".join(lines[:mid]))
+            lo = mid + 1
+        except dockerfile.GoParseError:
+            hi = mid
+    return lo
+
+
+def parse(text):
+    """The instructions of a Dockerfile's text; DockerfileError names the bad line."""
+    try:
+        import dockerfile
+    except ImportError:  # pragma: no cover - installed by setup.cfg
+        from pyinspect.errors import UnavailableError
+        raise UnavailableError("the dockerfile package is not installed",
+                               "make install") from None
+    if "\0" in text:
+        raise DockerfileError("Dockerfile: contains a NUL byte (not a text file)")
+    try:
+        commands = dockerfile.parse_string(text)
+    except dockerfile.GoParseError as exc:
+        raise DockerfileError(f"Dockerfile line {_error_line(text)}: {exc}") from None
+    out = []
+    for c in commands:
+        cmd = c.cmd.upper()
+        line = c.start_line
+        if cmd in NOT_SUPPORTED:
+            raise DockerfileError(f"Dockerfile line {line}: {cmd} is not supported by "
+                                  f"pyinspect build")
+        if cmd not in SUPPORTED:
+            raise DockerfileError(f"Dockerfile line {line}: unknown instruction: {c.cmd}")
+        if c.heredocs:
+            raise DockerfileError(f"Dockerfile line {line}: {cmd}: heredocs (<<EOF) are "
+                                  f"BuildKit-only syntax, which pyinspect build does not "
+                                  f"support")
+        ins = Instruction(cmd=cmd, args=list(c.value), line=line, original=c.original,
+                          json=bool(c.json), flags=_parse_flags(cmd, c.flags, line))
+        _check_arity(ins)
+        out.append(ins)
+    if not out:
+        raise DockerfileError("Dockerfile: no instructions", "a Dockerfile starts with FROM")
+    return out
+
+
+def _check_arity(ins):
+    n = len([a for a in ins.args if a != ""]) if not ins.json else len(ins.args)
+    cmd = ins.cmd
+    if cmd in ("RUN", "CMD", "ENTRYPOINT", "SHELL") and ins.json:
+        if cmd == "SHELL" and n == 0:
+            raise ins.error("needs at least one argument")
+        return
+    if cmd == "SHELL":
+        raise ins.error("must be a JSON array", 'SHELL ["/bin/sh", "-c"]')
+    if cmd == "FROM":
+        if n not in (1, 3) or (n == 3 and ins.args[1].upper() != "AS"):
+            raise ins.error("expected FROM [--platform=P] IMAGE [AS NAME]")
+    elif cmd in ("COPY", "ADD"):
+        if n < 2:
+            raise ins.error("needs a source and a destination")
+    elif cmd in ("WORKDIR", "USER", "STOPSIGNAL", "MAINTAINER"):
+        if n != 1:
+            raise ins.error("needs exactly one argument")
+    elif cmd in ("EXPOSE", "VOLUME", "ARG", "ENV", "LABEL"):
+        if n < 1:
+            raise ins.error("needs at least one argument")
+    elif cmd in ("RUN", "CMD", "ENTRYPOINT") and n == 0:
+        raise ins.error("needs a command")
+
+
+# ---- word expansion ($VAR, ${VAR:-default}, quotes), as Docker's shell lexer -------------
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def expand(word, env, escape="\\", line=None):
+    """Docker's word processing: quotes removed, `$VAR`/`${VAR}` and the `:-` `-` `:+` `+`
+    `:?` `?` forms substituted from `env` (a dict); an escaped `$` stays literal."""
+    out = []
+    i, n = 0, len(word)
+    quote = None
+    while i < n:
+        ch = word[i]
+        if ch == escape and quote != "'":
+            if i + 1 < n:
+                nxt = word[i + 1]
+                if quote == '"' and nxt not in ('"', "$", escape):
+                    out.append(ch)
+                out.append(nxt)
+                i += 2
+            else:
+                out.append(ch)
+                i += 1
+            continue
+        if ch in "'\"" and quote is None:
+            quote = ch
+            i += 1
+            continue
+        if quote is not None and ch == quote:
+            quote = None
+            i += 1
+            continue
+        if ch == "$" and quote != "'":
+            value, i = _dollar(word, i + 1, env, escape, line)
+            out.append(value)
+            continue
+        out.append(ch)
+        i += 1
+    if quote is not None:
+        where = f"Dockerfile line {line}: " if line else ""
+        raise DockerfileError(f"{where}unmatched {quote} in {word!r}")
+    return "".join(out)
+
+
+def _dollar(word, i, env, escape, line):
+    n = len(word)
+    if i < n and word[i] == "{":
+        end = _closing_brace(word, i + 1)
+        if end < 0:
+            where = f"Dockerfile line {line}: " if line else ""
+            raise DockerfileError(f"{where}missing '}}' in {word!r}")
+        inner = word[i + 1:end]
+        m = _NAME.match(inner)
+        if not m:
+            where = f"Dockerfile line {line}: " if line else ""
+            raise DockerfileError(f"{where}bad substitution ${{{inner}}} in {word!r}")
+        name, rest = m.group(0), inner[m.end():]
+        value = env.get(name)
+        if rest == "":
+            return value or "", end + 1
+        for op in (":-", ":+", ":?", "-", "+", "?"):
+            if rest.startswith(op):
+                arg = expand(rest[len(op):], env, escape, line)
+                colon = op.startswith(":")
+                unset = value is None or (colon and value == "")
+                if op.endswith("-"):
+                    return (arg if unset else value), end + 1
+                if op.endswith("+"):
+                    return ("" if unset else arg), end + 1
+                if unset:
+                    where = f"Dockerfile line {line}: " if line else ""
+                    raise DockerfileError(f"{where}{name}: {arg or 'is not set'}")
+                return value, end + 1
+        where = f"Dockerfile line {line}: " if line else ""
+        raise DockerfileError(f"{where}unsupported substitution ${{{inner}}}")
+    m = _NAME.match(word, i)
+    if not m:
+        return "$", i
+    return env.get(m.group(0)) or "", m.end()
+
+
+def _closing_brace(word, i):
+    depth = 1
+    while i < len(word):
+        if word[i] == "{":
+            depth += 1
+        elif word[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def escape_char(text):
+    """The escape character the `# escape=` directive chose (backslash by default)."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line.startswith("#"):
+            break
+        m = re.fullmatch(r"#\s*([A-Za-z]+)\s*=\s*(.*?)\s*", line)
+        if not m:
+            break
+        if m.group(1).lower() == "escape":
+            return m.group(2) or "\\"
+    return "\\"
+
+
+def key_values(ins, env, escape):
+    """ENV / LABEL arguments as [(key, value)], expanded (values see `env` as it was)."""
+    args = ins.args
+    if len(args) % 2:
+        raise ins.error("expected KEY=VALUE pairs")
+    pairs = []
+    for k, v in zip(args[0::2], args[1::2]):
+        key = expand(k, env, escape, ins.line)
+        if not key:
+            raise ins.error("empty key")
+        pairs.append((key, expand(v, env, escape, ins.line)))
+    return pairs

@@ -1,0 +1,112 @@
+"""Run a function chrooted in an image's merged filesystem, in a forked child.
+
+The child unshares its mount namespace, makes every mount private, mounts overlayfs
+(the layers, plus an upper and work dir when it may write) and chroots into it; the
+mount disappears with the child's namespace, so nothing is left mounted even when
+the build is killed. Inside the chroot, absolute and `..` symlinks resolve inside the
+image, as they do in a container. Used for COPY/ADD/WORKDIR (writing into a fresh
+upper dir that becomes the layer) and for reading `COPY --from` sources.
+"""
+
+import os
+
+from pyinspect.errors import PyinspectError, UsageError
+from pyinspect.runtime import child, isolation
+
+
+def _overlay_options(lower_dirs, upper, work, empty):
+    lowers = [os.fspath(d) for d in lower_dirs]
+    if upper is None:
+        while len(lowers) < 2:  # a read-only overlay needs two lower dirs
+            lowers.insert(0, os.fspath(empty))
+        return "lowerdir=" + ":".join(reversed(lowers))
+    if not lowers:
+        lowers = [os.fspath(empty)]
+    return isolation.overlay_data(lowers, upper, work)
+
+
+class ChildFailed(UsageError):
+    """What the chrooted child reported."""
+
+
+def start(scratch, lower_dirs, body, upper=None, work=None, close_fds=()):
+    """Fork a child that runs body() chrooted in the merged view of `lower_dirs` (base
+    first); with `upper`/`work` it writes there, else the view is read-only. `scratch`
+    is a private directory of the build for the mount point. Returns a handle for
+    finish(); `close_fds` are closed in the child first."""
+    mnt = os.path.join(scratch, f"mnt-{os.urandom(4).hex()}")
+    empty = os.path.join(scratch, "empty")
+    os.makedirs(mnt)
+    os.makedirs(empty, exist_ok=True)
+    data = _overlay_options(lower_dirs, upper, work, empty)
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(err_r)
+            for fd in close_fds:
+                os.close(fd)
+            isolation.unshare(isolation.CLONE_NEWNS)
+            isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
+            isolation.mount("overlay", mnt, "overlay", isolation.MS_RDONLY if upper is None
+                            else 0, data)
+            os.chroot(mnt)
+            os.chdir("/")
+            body()
+        except BaseException as exc:
+            code = 1
+            if isinstance(exc, PyinspectError):
+                msg = exc.message
+            elif isinstance(exc, OSError) and exc.strerror:
+                msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+            else:
+                msg = str(exc) or type(exc).__name__
+            child.report(err_w, "error", msg)
+        os._exit(code)
+    os.close(err_w)
+    return pid, err_r, mnt
+
+
+def finish(handle):
+    """Wait for the child; ChildFailed with its message if it failed."""
+    pid, err_r, mnt = handle
+    try:
+        failure = child.read_report(err_r)
+    except BaseException:  # interrupted: the child goes too
+        kill((pid, None, mnt))
+        raise
+    code = child.wait(pid)
+    try:
+        os.rmdir(mnt)
+    except OSError:
+        pass
+    if failure:
+        raise ChildFailed(failure[1])
+    if code:
+        raise ChildFailed(f"the copy process exited with {code}")
+
+
+def kill(handle):
+    """Stop an unfinished child (SIGKILL) and reap it."""
+    import signal
+    pid, err_r, mnt = handle
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait(pid)
+    if err_r is not None:
+        try:
+            os.close(err_r)
+        except OSError:
+            pass
+    try:
+        os.rmdir(mnt)
+    except OSError:
+        pass
+
+
+def run(scratch, lower_dirs, body, upper=None, work=None):
+    """start() and finish() in one."""
+    finish(start(scratch, lower_dirs, body, upper, work))
