@@ -25,6 +25,7 @@ COMMANDS = {
     "save": ("images", "save", "Save images to a docker-save/OCI archive."),
     "tag": ("images", "tag", "Give an image another name."),
     "rmi": ("images", "rmi", "Remove images."),
+    "build": ("build", "build", "Build an image from a Dockerfile."),
     # containers
     "run": ("containers", "run", "Create and start a container."),
     "ps": ("containers", "ps", "List containers."),
