@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import UnavailableError
 from .probes import iptsave as ipt
-from .probes.netns import in_netns
+from .probes.netns import RtnlSocket, in_netns
 from .runtime import sysctl as host_sysctl
 
 SEVERITIES = ("error", "warning", "info")
@@ -98,42 +98,37 @@ class Link:
 
 def _links_and_routes():
     """Links (with IPv4 addresses) and IPv4 main-table routes of this thread's netns."""
-    from pyroute2 import IPRoute
-    links, routes = {}, []
-    with IPRoute() as ipr:
+    with RtnlSocket() as rtnl:
         by_index = {}
-        for msg in ipr.get_links():
-            kind = msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) or ""
-            link = Link(msg["index"], msg.get("IFLA_IFNAME"), kind, bool(msg["flags"] & 1),
-                        msg.get("IFLA_OPERSTATE") or "", msg.get("IFLA_MTU") or 0,
-                        msg.get("IFLA_MASTER"), msg.get("IFLA_LINK"),
-                        msg.get("IFLA_LINK_NETNSID"), [])
+        for m in rtnl.links():
+            link = Link(m["index"], m["ifname"], m["kind"] or "", bool(m["flags"] & 1),
+                        m["operstate"] or "", m["mtu"] or 0, m["master"], m["link"],
+                        m["link_netnsid"], [])
             by_index[link.ifindex] = link
         for link in by_index.values():
-            m = by_index.get(link.master)
-            link.master = m.name if m else None
-        for msg in ipr.get_addr(family=socket.AF_INET):
-            link = by_index.get(msg["index"])
-            if link:
-                link.addrs.append((msg.get("IFA_ADDRESS"), msg["prefixlen"]))
-        for msg in ipr.get_routes(family=socket.AF_INET, table=254):
-            dst = msg.get("RTA_DST")
-            oif = by_index.get(msg.get("RTA_OIF"))
-            routes.append({"dst": f"{dst}/{msg['dst_len']}" if dst else "default",
-                           "gateway": msg.get("RTA_GATEWAY"),
-                           "dev": oif.name if oif else None})
-        links = {l.name: l for l in by_index.values()}
-    return links, routes
+            master = by_index.get(link.master)
+            link.master = master.name if master else None
+        for a in rtnl.addrs():
+            link = by_index.get(a["index"])
+            if link and a["family"] == socket.AF_INET:
+                link.addrs.append((a["address"], a["prefixlen"]))
+        routes = []
+        for r in rtnl.routes(socket.AF_INET):
+            oif = by_index.get(r["oif"])
+            routes.append({"dst": f"{r['dst']}/{r['dst_len']}" if r["dst"] else "default",
+                           "gateway": r["gateway"], "dev": oif.name if oif else None})
+    return {link.name: link for link in by_index.values()}, routes
 
 
 def _route_get(ip):
-    from pyroute2 import IPRoute
+    """The name of the interface this netns routes `ip` out of, or None (no route)."""
     try:
-        with IPRoute() as ipr:
-            msg = ipr.route("get", dst=ip)[0]
-            idx = msg.get("RTA_OIF")
-            return ipr.get_links(idx)[0].get("IFLA_IFNAME") if idx else None
-    except Exception:  # no route: unreachable
+        with RtnlSocket() as rtnl:
+            idx = rtnl.route_get(ip)
+            if not idx:
+                return None
+            return next((m["ifname"] for m in rtnl.links() if m["index"] == idx), None)
+    except OSError:  # netlink refused
         return None
 
 
@@ -437,17 +432,14 @@ class HostView:
         return [rs for rs in self.rulesets.values() if rs.tables]
 
     def _neighbours(self):
-        from pyroute2 import IPRoute
-        out = []
         by_index = {l.ifindex: l.name for l in self.links.values()}
         try:
-            with IPRoute() as ipr:
-                for msg in ipr.get_neighbours(family=socket.AF_INET):
-                    out.append({"ip": msg.get("NDA_DST"), "dev": by_index.get(msg["ifindex"]),
-                                "state": msg["state"]})
-        except Exception as exc:
+            with RtnlSocket() as rtnl:
+                return [{"ip": n["ip"], "dev": by_index.get(n["ifindex"]), "state": n["state"]}
+                        for n in rtnl.neighbours(socket.AF_INET)]
+        except OSError as exc:
             self.notes.append(f"neighbours: {exc}")
-        return out
+            return []
 
     def _conntrack(self):
         count = host_sysctl.read("net.netfilter.nf_conntrack_count")

@@ -21,7 +21,8 @@ import socket
 import struct
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, RTMGRP_LINK
+from pyroute2.netlink.rtnl import (RTM_GETADDR, RTM_GETLINK, RTM_GETNEIGH, RTM_GETNSID,
+                                   RTM_GETROUTE, RTMGRP_LINK)
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from pyinspect.errors import UnavailableError
@@ -34,6 +35,9 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_EXT_MASK = 16, 18, 1, 29
 IFLA_LINK_NETNSID, IFLA_NEW_NETNSID, IFLA_NEW_IFINDEX = 37, 45, 49
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+NDA_DST = 1
+RT_TABLE_MAIN = 254
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 NLA_TYPE_MASK = 0x3FFF
@@ -228,6 +232,30 @@ class RtnlSocket:
         """RTM_GETADDR dump: every address in this namespace, as `decode_addr` dicts."""
         return self._dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0), decode_addr)
 
+    def routes(self, family=socket.AF_INET, table=RT_TABLE_MAIN):
+        """RTM_GETROUTE dump of one routing table, as `decode_route` dicts."""
+        body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)
+        return [r for r in self._dump(RTM_GETROUTE, body, decode_route) if r["table"] == table]
+
+    def route_get(self, dst):
+        """The ifindex the kernel would send a packet to `dst` out of (`ip route get`), or
+        None when it has no route."""
+        fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        raw = socket.inet_pton(fam, dst)
+        body = (struct.pack("=BBBBBBBBI", fam, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0)
+                + struct.pack("=HH", 4 + len(raw), RTA_DST) + raw)
+        try:
+            for _t, data, off, length in self._request(RTM_GETROUTE, NLM_F_REQUEST, body):
+                return decode_route(data, off, length)["oif"]
+        except OSError:  # ENETUNREACH, EHOSTUNREACH...: no route
+            return None
+        return None
+
+    def neighbours(self, family=socket.AF_INET):
+        """RTM_GETNEIGH dump: the neighbour table, as `decode_neigh` dicts."""
+        body = struct.pack("=BxxxiHBB", family, 0, 0, 0, 0)
+        return self._dump(RTM_GETNEIGH, body, decode_neigh)
+
     def nsid_of(self, fd):
         """The id this namespace gives the namespace behind `fd`, or None (RTM_GETNSID).
 
@@ -319,6 +347,35 @@ def decode_addr(data, off, length):
                 address = text
     return {"index": index, "family": family, "prefixlen": prefixlen,
             "address": local or address}
+
+
+def decode_route(data, off, length):
+    """An RTM_NEWROUTE message as a dict (family, table, dst or None, dst_len, gateway, oif)."""
+    family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = \
+        struct.unpack_from("=BBBBBBBBI", data, off + 16)
+    out = {"family": family, "table": table, "type": rtype, "dst": None, "dst_len": dst_len,
+           "gateway": None, "oif": None}
+    for atype, aoff, alen in _attrs(data, off + 28, off + length):
+        if atype in (RTA_DST, RTA_GATEWAY):
+            text = socket.inet_ntop(socket.AF_INET if alen == 4 else socket.AF_INET6,
+                                    bytes(data[aoff:aoff + alen]))
+            out["dst" if atype == RTA_DST else "gateway"] = text
+        elif atype == RTA_OIF:
+            out["oif"] = struct.unpack_from("=I", data, aoff)[0]
+        elif atype == RTA_TABLE:
+            out["table"] = struct.unpack_from("=I", data, aoff)[0]
+    return out
+
+
+def decode_neigh(data, off, length):
+    """An RTM_NEWNEIGH message as a dict (ifindex, state, ip)."""
+    family, ifindex, state, _flags, _type = struct.unpack_from("=BxxxiHBB", data, off + 16)
+    out = {"family": family, "ifindex": ifindex, "state": state, "ip": None}
+    for atype, aoff, alen in _attrs(data, off + 28, off + length):
+        if atype == NDA_DST:
+            out["ip"] = socket.inet_ntop(socket.AF_INET if alen == 4 else socket.AF_INET6,
+                                         bytes(data[aoff:aoff + alen]))
+    return out
 
 
 def link_from_message(msg):
