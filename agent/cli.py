@@ -39,6 +39,9 @@ COMMANDS = {
     "inspect": ("containers", "inspect", "Show low-level JSON about containers or images."),
     "top": ("containers", "top", "Show a container's processes."),
     "cp": ("containers", "cp", "Copy files between a container and the host."),
+    "autostart": ("containers", "autostart", "Start containers their restart policy brings back."),
+    "install-service": ("containers", "install_service",
+                        "Write a systemd unit that runs autostart at boot."),
     # networking
     "network": ("network", "network", "Inspect pyinspect's networks."),
     "map": ("observe", "map_", "Show the veth map: every interface, its peer and container."),

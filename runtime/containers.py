@@ -173,6 +173,11 @@ class Runtime:
         if mode != "bridge" and (spec.publish or spec.publish_all):
             if mode != "host" or spec.publish:
                 raise UsageError(f"conflicting options: port publishing and network mode {mode}")
+        from . import restart
+        policy = restart.parse(spec.restart)
+        if policy.name != "no" and spec.auto_remove:
+            raise UsageError("conflicting options: --restart and --rm",
+                             "a container removed when it exits cannot be restarted")
         if spec.workdir and not spec.workdir.startswith("/"):
             raise UsageError(f"invalid working directory {spec.workdir!r}: "
                              f"it must be an absolute path")
@@ -239,6 +244,9 @@ class Runtime:
         runs its RUN steps on image states that are not stored images."""
         from .images import ImageStore
         limits = self._validate(spec)
+        if spec.restart:
+            from .restart import parse
+            spec.restart = str(parse(spec.restart))
         image = image or ImageStore(self.root).resolve(spec.image)
         mode = spec.network_mode or "bridge"
         if mode == "bridge" or mode.startswith("container:"):  # the latter refuses --hostname
@@ -315,7 +323,11 @@ class Runtime:
             os.close(lock_fd)
 
     def start(self, ref):
-        """Start a created or exited container (detached). No-op if it is running."""
+        """Start a created or exited container (detached). No-op if it is running.
+        Like `docker start`, it resets the restart count and forgets a `stop`."""
+        return self._start(ref, by_policy=False)
+
+    def _start(self, ref, by_policy):
         c = self.get(ref)
         if c.status == "running" and state.init_alive(c):
             return c
@@ -335,7 +347,12 @@ class Runtime:
             os.close(lock_fd)
             raise NotFoundError(f"container {ref!r}: no such container (it was removed)")
         c = fresh
-        c.restart_count += 1 if c.started_at else 0
+        if by_policy:
+            c.restart_count += 1
+        else:
+            c.restart_count = 0
+            c.manually_stopped = False
+        c.restarting = False
         self._launch(c, lock_fd, attach=False)
         return self.get(c.id)
 
@@ -408,11 +425,27 @@ class Runtime:
             os.close(fd)
         return True
 
+    def _cancel_restarts(self, c):
+        """Tell a live monitor that the user stops `c`: no more restarts (and remember it
+        for unless-stopped). True when there was a monitor to tell."""
+        if not (c.shim_pid and state.shim_alive(c)):
+            return False
+        from .shim import CANCEL_SIGNAL
+        try:
+            os.kill(c.shim_pid, CANCEL_SIGNAL)
+        except ProcessLookupError:
+            return False
+        return True
+
     def stop(self, ref, timeout=10):
-        """SIGTERM, then SIGKILL after `timeout` seconds; returns the stopped container."""
+        """SIGTERM, then SIGKILL after `timeout` seconds; returns the stopped container.
+        Its restart policy does not restart it (until the next `start`)."""
         c = self.get(ref)
+        told = self._cancel_restarts(c)
         if c.status != "running":
-            return c
+            if told:  # waiting to be restarted: its monitor ends now
+                self._wait_exit(c, 10)
+            return self._refresh(c)
         for sig, wait in ((_signal.SIGTERM, max(0.0, float(timeout))), (_signal.SIGKILL, 10)):
             if state.init_alive(c):
                 try:
@@ -426,14 +459,26 @@ class Runtime:
                                    f"after SIGKILL")
         c = self._refresh(c)
         if c.status == "running":  # its shim had died: settle the record
-            self.reconcile()
+            self._settle_if_free(c, manually_stopped=True)
             c = self._refresh(c)
         return c
+
+    def _settle_if_free(self, c, manually_stopped=False):
+        fd = _lock(os.path.join(c.path, "lock"))
+        if fd is None or fd == GONE:
+            return
+        try:
+            fresh = state.load(c.path)
+            if fresh is not None and fresh.status == "running":
+                self._settle(fresh, fd, manually_stopped=manually_stopped)
+        finally:
+            os.close(fd)
 
     def kill(self, ref, signal="KILL"):
         """Send `signal` to the container's init; waits for the exit on SIGKILL."""
         sig = parse_signal(signal)
         c = self._running(ref)
+        self._cancel_restarts(c)  # like Docker: a killed container counts as stopped
         try:
             os.kill(c.pid, sig)
         except ProcessLookupError:
@@ -452,6 +497,11 @@ class Runtime:
         A damaged record is removed too (its name freed): its processes, if a
         monitor still runs it, are found by its cgroup (`force` kills them)."""
         c = self.get(ref, damaged=True)
+        if c.restarting and state.shim_alive(c):
+            if not force:
+                raise ConflictError(f"cannot remove restarting container {c.name}",
+                                    "stop it first or use rm -f")
+            self._cancel_restarts(c)
         if c.status == "running" and state.init_alive(c):
             if not force:
                 raise ConflictError(f"cannot remove running container {c.name}",
@@ -471,6 +521,8 @@ class Runtime:
                     pass
             elif now is not None and now.status == state.DAMAGED:
                 self._kill_cgroup(now)  # no pid to trust: its cgroup says who it is
+            elif now is not None and now.shim_pid:
+                self._cancel_restarts(now)  # it was being restarted
             lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.2)
         if lock_fd is None and not force and c.status == state.DAMAGED:
             raise ConflictError(f"cannot remove container {c.name or c.short_id}: its monitor "
@@ -504,6 +556,13 @@ class Runtime:
     def _cleanup_kernel(self, c):
         """Free what a dead container may still hold: processes, cgroups, network."""
         from .cgroups import Cgroup
+        from .isolation import mounted_at, umount
+        rootfs = os.path.join(c.path, "rootfs")
+        if mounted_at(rootfs):  # its monitor died before unmounting the root
+            try:
+                umount(rootfs)
+            except OSError as exc:
+                raise UnavailableError(f"cannot unmount the root of {c.name}: {exc}") from None
         cg = Cgroup(c.id, c.cgroup or None)  # default paths if the shim died before saving
         if cg.exists():
             cg.kill_all(9)
@@ -557,7 +616,7 @@ class Runtime:
             pass  # left for the reconciler (as .tmp-rm-<id>)
 
     # -- reconcile -------------------------------------------------------------------
-    def _settle(self, c, lock_fd):
+    def _settle(self, c, lock_fd, manually_stopped=False):
         """Record the end of a container whose shim died (lock is held by the caller)."""
         from .cgroups import Cgroup
         oom = False
@@ -581,20 +640,25 @@ class Runtime:
         c.oom_killed = oom
         c.finished_at = state.now_rfc3339()
         c.pid = c.pid_start = c.shim_pid = c.shim_start = 0
+        c.restarting = False
+        c.manually_stopped = c.manually_stopped or manually_stopped
         c.error = c.error or "the container's monitor process died"
         if c.spec.auto_remove:
             self._remove_files(c)
         else:
             state.save(c)
 
-    def reconcile(self):
+    def reconcile(self, restart=True):
         """Settle containers whose monitor died, remove half-created leftovers and
-        dangling names, then let the network module re-check its rules."""
+        dangling names, then let the network module re-check its rules. With
+        `restart`, a settled container whose restart policy says so is started
+        again (its monitor would have restarted it; RestartCount counts it)."""
         try:
             entries = os.listdir(self.cdir)
         except FileNotFoundError:
             return []
         changed = []
+        orphans = []  # were waiting for a restart when their monitor died
         now = time.time()
         for entry in entries:
             path = os.path.join(self.cdir, entry)
@@ -625,7 +689,8 @@ class Runtime:
             c = state.load(path)
             if c is None:
                 continue
-            if c.status == "exited" or (c.status == "created" and not c.creator):
+            if (c.status == "exited" and not c.restarting) or (
+                    c.status == "created" and not c.creator):
                 continue
             fd = _lock(os.path.join(path, "lock"))
             if fd is None or fd == GONE:
@@ -637,6 +702,11 @@ class Runtime:
                 if c.status == "running":
                     self._settle(c, fd)
                     changed.append(c)
+                elif c.status == "exited" and c.restarting:
+                    c.restarting = False
+                    c.shim_pid = c.shim_start = 0
+                    state.save(c)
+                    orphans.append(c)
                 elif c.status == "created" and c.creator and not state.creator_alive(c):
                     # a `run` killed before its container started: nothing to keep
                     try:
@@ -650,9 +720,47 @@ class Runtime:
         self._reconcile_names()
         self._reconcile_network(force=any((c.spec.network_mode or "bridge") == "bridge"
                                           for c in changed))
+        if restart:
+            self._restart_by_policy([c for c in changed + orphans if not c.spec.auto_remove])
         return changed
 
+    def _restart_by_policy(self, containers, at_boot=False):
+        """Start those of `containers` (exited, no monitor) whose restart policy says so;
+        returns the started ones. A failed start is recorded in its record."""
+        from . import restart
+        started = []
+        for c in containers:
+            policy = restart.parse(c.spec.restart)
+            if policy.name == "no" or not c.started_at:
+                continue
+            if not restart.should_restart(policy, c.exit_code, c.manually_stopped,
+                                          c.restart_count, at_boot=at_boot):
+                continue
+            try:
+                started.append(self._start(c.id, by_policy=True))
+            except PyinspectError:
+                continue
+        return started
+
+    def autostart(self, boot=False):
+        """Bring back containers whose restart policy wants them running and whose
+        monitor is gone (a killed monitor, a reboot): `always`, `unless-stopped` not
+        stopped by the user, `on-failure` after a failure under its limit. With `boot`
+        (Docker's daemon start), `always` ones the user had stopped come back too.
+        Returns the containers started."""
+        self.reconcile(restart=True)
+        waiting = [c for c in state.load_all(self.root)
+                   if c.status == "exited" and not self._shim_busy(c)]
+        return self._restart_by_policy(waiting, at_boot=boot)
+
     def _remove_tmp(self, path, entry):
+        from .isolation import mounted_at, umount
+        rootfs = os.path.join(path, "rootfs")
+        if mounted_at(rootfs):  # a monitor died between hiding and unmounting it
+            try:
+                umount(rootfs)
+            except OSError:
+                return  # never walk into a mounted root
         cid = entry[len(TMP_PREFIX):]
         if cid.startswith("rm-"):
             cid = cid[3:]
@@ -809,30 +917,36 @@ class Runtime:
             c = self.get(c.id)
         return container_json(c)
 
-    def top(self, ref):
-        """{"Titles": [...], "Processes": [[...], ...]} for a running container."""
+    def top(self, ref, ps_args=None):
+        """{"Titles": [...], "Processes": [[...], ...]} for a running container, like
+        Docker's: the host's `ps` run with `ps_args` (default -ef), only the rows of
+        the container's processes. Without a `ps` command on the host (and without
+        `ps_args`), the processes are read from /proc with Docker's `ps -ef` titles."""
+        import shutil
+
         from .cgroups import Cgroup
         c = self._running(ref)
-        pids = Cgroup(c.id, c.cgroup).pids() if c.cgroup else [c.pid]
-        titles = ["UID", "PID", "PPID", "STAT", "TIME", "CMD"]
-        hz = os.sysconf("SC_CLK_TCK")
-        rows = []
-        for pid in sorted(pids):
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    data = f.read()
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-                uid = os.stat(f"/proc/{pid}").st_uid
-            except OSError:
-                continue
-            comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
-            fields = data[data.rindex(b")") + 2:].split()
-            secs = (int(fields[11]) + int(fields[12])) // hz
-            rows.append([str(uid), str(pid), fields[1].decode(), fields[0].decode(),
-                         f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}",
-                         cmd or f"[{comm}]"])
-        return {"Titles": titles, "Processes": rows}
+        pids = set(Cgroup(c.id, c.cgroup).pids() if c.cgroup else [c.pid])
+        ps = shutil.which("ps")
+        if ps is None:
+            if ps_args:
+                raise UnavailableError("top with ps options needs the ps command on the host",
+                                       "install procps, or run top without options")
+            return _top_from_proc(pids)
+        import subprocess
+        args = list(ps_args or ["-ef"])
+        for a in args:
+            m = re.search(r"([^\s=]*)=\s*(PID\S*)", a)
+            if m and m.group(1) != "pid":
+                raise UsageError(f'invalid ps options: specifying "{m.group(1)}={m.group(2)}" '
+                                 f'is not allowed')
+        proc = subprocess.run([ps, *args], capture_output=True, text=True, check=False,
+                              env={**os.environ, "COLUMNS": "4096"})
+        if proc.returncode != 0:
+            why = (proc.stderr or proc.stdout).strip().splitlines()
+            raise UsageError(f"ps {' '.join(args)} failed: "
+                             f"{why[0] if why else f'exit status {proc.returncode}'}")
+        return parse_ps_output(proc.stdout, pids)
 
     def logs(self, ref, follow=False, tail=None):
         """Yield (stream, bytes) from the container's log; `follow` waits for more
@@ -881,6 +995,72 @@ class Runtime:
             return copy.from_container(self, c, s_path, d_path)
         c = self.get(d_ref)
         return copy.to_container(self, c, s_path, d_path)
+
+
+def parse_ps_output(output, pids):
+    """Docker's parsePSOutput: the titles of `ps` output and the rows whose PID is in
+    `pids` (thread rows, PID "-", follow their process); the last column takes the
+    rest of the line."""
+    lines = output.split("\n")
+    titles = lines[0].split()
+    if "PID" not in titles:
+        raise UsageError("couldn't find PID field in ps output", "keep pid in -o")
+    at = titles.index("PID")
+    rows, keep = [], False
+    for line in lines[1:]:
+        fields = line.split()
+        if not fields:
+            continue
+        if fields[at] == "-":
+            if keep:
+                rows.append(_ps_fields(fields, len(titles)))
+            continue
+        try:
+            pid = int(fields[at])
+        except ValueError:
+            raise UsageError(f"unexpected pid {fields[at]!r} in ps output") from None
+        keep = pid in pids
+        if keep:
+            rows.append(_ps_fields(fields, len(titles)))
+    return {"Titles": titles, "Processes": rows}
+
+
+def _ps_fields(fields, n):
+    return fields[:n - 1] + [" ".join(fields[n - 1:])]
+
+
+def _top_from_proc(pids):
+    """`ps -ef`'s columns for `pids`, read from /proc (hosts without ps)."""
+    titles = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    hz = os.sysconf("SC_CLK_TCK")
+    try:
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        btime = 0
+    rows = []
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+        fields = data[data.rindex(b")") + 2:].split()
+        secs = (int(fields[11]) + int(fields[12])) // hz
+        stime = time.strftime("%H:%M", time.localtime(btime + int(fields[19]) // hz))
+        try:
+            import pwd
+            user = pwd.getpwuid(uid).pw_name
+        except (KeyError, ImportError):
+            user = str(uid)
+        rows.append([user, str(pid), fields[1].decode(), "0", stime, "?",
+                     f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}",
+                     cmd or f"[{comm}]"])
+    return {"Titles": titles, "Processes": rows}
 
 
 def damaged_error(c):
@@ -976,13 +1156,18 @@ def container_json(c):
                 "Gateway": net.get("gateway", ""), "MacAddress": net.get("mac", "")}
     cpus = float(spec.cpus) if spec.cpus else 0
     limits = proc.get("limits", {})
+    from .restart import RestartPolicy, parse
+    try:
+        policy = parse(spec.restart)
+    except UsageError:
+        policy = RestartPolicy()
     return {
         "Id": c.id,
         "Created": c.created,
         "Path": argv[0],
         "Args": argv[1:],
-        "State": {"Status": c.status, "Running": running, "Paused": False,
-                  "Restarting": False, "OOMKilled": c.oom_killed, "Dead": False,
+        "State": {"Status": "restarting" if c.restarting else c.status, "Running": running,
+                  "Paused": False, "Restarting": c.restarting, "OOMKilled": c.oom_killed, "Dead": False,
                   "Pid": c.pid if running else 0, "ExitCode": c.exit_code, "Error": c.error,
                   "StartedAt": c.started_at or "0001-01-01T00:00:00Z",
                   "FinishedAt": c.finished_at or "0001-01-01T00:00:00Z"},
@@ -995,6 +1180,8 @@ def container_json(c):
         "HostConfig": {"Binds": binds or None, "NetworkMode": mode,
                        "PortBindings": {k: v for k, v in ports.items() if v} or {},
                        "PublishAllPorts": bool(spec.publish_all), "AutoRemove": spec.auto_remove,
+                       "RestartPolicy": {"Name": policy.name,
+                                         "MaximumRetryCount": policy.max_retries},
                        "Memory": limits.get("memory") or (parse_memory(spec.memory) or 0),
                        "MemorySwap": limits.get("memory") or 0,
                        "NanoCpus": int(cpus * 1e9), "CpuPeriod": 100000 if cpus else 0,

@@ -88,6 +88,18 @@ def umount(target, flags=MNT_DETACH):
     _check(libc().umount2(_b(target), flags), f"umount {target}")
 
 
+def mounted_at(path):
+    """True when something is mounted at `path` in this mount namespace."""
+    path = os.path.abspath(path)
+    want = path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+    want = want.replace("\n", "\\012")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split(" ", 5)[4] == want for line in f)
+    except OSError:
+        return False
+
+
 def pivot_root(new_root, put_old):
     _check(libc().syscall(SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root")
 
@@ -270,15 +282,19 @@ def _mount_volume(rootfs, vol):
         mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
 
 
-def prepare_root(rootfs, lower_dirs, upper, work, volumes=(), readonly_sys=True):
+def prepare_root(rootfs, lower_dirs, upper, work, volumes=(), readonly_sys=True,
+                 mount_overlay=True):
     """Mount the container's root at `rootfs` in the current (new) mount namespace.
 
     Makes every existing mount private first so nothing propagates to the host,
-    then: overlayfs (image layers + per-container upper dir), /proc (of the
-    current pid namespace), a minimal /dev on tmpfs, read-only /sys, volumes.
+    then: overlayfs (image layers + per-container upper dir; unless
+    `mount_overlay` is false because the caller mounted it on the host already),
+    /proc (of the current pid namespace), a minimal /dev on tmpfs, read-only
+    /sys, volumes.
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("overlay", rootfs, "overlay", 0, overlay_data(lower_dirs, upper, work))
+    if mount_overlay:
+        mount("overlay", rootfs, "overlay", 0, overlay_data(lower_dirs, upper, work))
     proc = secure_join(rootfs, "/proc")
     _mkdirp(proc)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -25,13 +25,14 @@ import time
 
 from pyinspect.errors import PyinspectError, UnavailableError
 
-from . import child, isolation, state
+from . import child, isolation, restart, state
 from .cgroups import Cgroup
 
 SHIM_COMM = "pyinspect-shim"
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
+CANCEL_SIGNAL = signal.SIGUSR1  # to the shim: the user stops it, restart no more
 
 
 class StartError(PyinspectError):
@@ -121,6 +122,8 @@ class Shim:
         self.cg = None
         self.netmod = None
         self.log = None
+        self.rootfs_mounted = False
+        self.stdin_w = None
 
     # -- the shim's life, in order -------------------------------------------------
     def main(self):
@@ -131,28 +134,70 @@ class Shim:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.cancelled = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.signal(CANCEL_SIGNAL, self._cancel)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # an attached CLI blocks some
         state.mark("shim_forked")
         # (no state write here: the held lock is what says "a shim owns this")
         c.shim_pid, c.shim_start = os.getpid(), state.proc_start(os.getpid())
-        c.pid = c.pid_start = 0
-        c.error = ""
+        policy = restart.parse(c.spec.restart)
+        backoff = restart.Backoff()
+        first = True
+        while True:
+            c.pid = c.pid_start = 0
+            c.error = ""
+            try:
+                self.start_init()
+            except BaseException as exc:
+                code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
+                if not isinstance(code, int) or code == 0:
+                    code = EXIT_SETUP_FAILED
+                msg = str(exc) if isinstance(exc, PyinspectError) else f"{type(exc).__name__}: {exc}"
+                self.finish(code, error=msg)
+                self.report(f"err {code} {msg}")
+                return code
+            if first:
+                self.report("ok")
+            elif self.cancelled:  # stopped while it was being restarted
+                self.kill_init()
+            started = time.monotonic()
+            code = self.relay_and_wait()
+            state.mark("init_exited")
+            again = not self.cancelled and restart.should_restart(
+                policy, code, c.manually_stopped, c.restart_count)
+            if not again:
+                self.finish(code)
+                state.mark("shim_cleaned_up")
+                return code
+            self.finish(code, restarting=True)
+            first = False
+            if not self.wait_backoff(backoff.next(time.monotonic() - started)):
+                c.restarting = False
+                c.manually_stopped = True
+                c.shim_pid = c.shim_start = 0
+                state.save(c)
+                os.close(self.lock_fd)
+                return code
+
+    def _cancel(self, signum, frame):
+        """CANCEL_SIGNAL (from `stop`, `kill`, `rm -f`): no more restarts."""
+        self.cancelled = True
+        self.c.manually_stopped = True
         try:
-            self.start_init()
-        except BaseException as exc:
-            code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
-            if not isinstance(code, int) or code == 0:
-                code = EXIT_SETUP_FAILED
-            msg = str(exc) if isinstance(exc, PyinspectError) else f"{type(exc).__name__}: {exc}"
-            self.finish(code, error=msg)
-            self.report(f"err {code} {msg}")
-            return code
-        self.report("ok")
-        code = self.relay_and_wait()
-        state.mark("init_exited")
-        self.finish(code)
-        state.mark("shim_cleaned_up")
-        return code
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+
+    def wait_backoff(self, delay):
+        """Sleep `delay` seconds before a restart; False when cancelled meanwhile."""
+        deadline = time.monotonic() + delay
+        while not self.cancelled:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            select.select([self.wake_r], [], [], left)
+        return False
 
     def report(self, msg):
         if self.status_w is None:
@@ -210,6 +255,14 @@ class Shim:
         err_r, err_w = os.pipe()      # close-on-exec: EOF means exec succeeded
         sync_r, sync_w = os.pipe()    # shim -> init: in its cgroups (+ network); files
         ready_r, ready_w = os.pipe()  # init -> shim: in its namespaces (bridge)
+        # the root is mounted here, in the host's mount namespace, as Docker's is: `mount`
+        # on the host shows it and MergedDir is browsable while the container runs (the
+        # init's copy of it is private; /proc, /dev, /sys and volumes exist only there)
+        rootfs = os.path.join(c.path, "rootfs")
+        isolation.mount("overlay", rootfs, "overlay", 0,
+                        isolation.overlay_data(c.layers, os.path.join(c.path, "upper"),
+                                               os.path.join(c.path, "work")))
+        self.rootfs_mounted = True
         my_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         isolation.unshare(isolation.CLONE_NEWPID)
         shim_pid = os.getpid()
@@ -279,7 +332,7 @@ class Shim:
             # before this line goes unnoticed; the reconciler settles that case)
             isolation.set_parent_death_signal(signal.SIGKILL)
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                        signal.SIGHUP):
+                        signal.SIGHUP, CANCEL_SIGNAL):
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())  # exec keeps the mask
             mode = spec.network_mode or "bridge"
@@ -300,7 +353,7 @@ class Shim:
             volumes = [isolation.parse_volume(v) for v in spec.volumes]
             isolation.prepare_root(os.path.join(c.path, "rootfs"), c.layers,
                                    os.path.join(c.path, "upper"), os.path.join(c.path, "work"),
-                                   volumes)
+                                   volumes, mount_overlay=False)
             isolation.pivot_into(os.path.join(c.path, "rootfs"))
             state.mark("init_pivoted")
             data = child.read_all(sync_r)  # the shim put us in the cgroups (and the network)
@@ -418,9 +471,10 @@ class Shim:
         return self.reap()
 
     # -- after it exited -----------------------------------------------------------
-    def finish(self, code, error=""):
+    def finish(self, code, error="", restarting=False):
         """Record the exit (and tell an attached CLI), then free the kernel objects;
-        with --rm the container is hidden at once and removed after."""
+        with --rm the container is hidden at once and removed after. `restarting`:
+        the policy restarts it, so the lock stays held (and the files stay)."""
         c = self.c
         if c.pid:
             self.reap()
@@ -432,6 +486,7 @@ class Shim:
                 pass
         if self.stdin_w is not None:
             os.close(self.stdin_w)
+            self.stdin_w = None
         c.status = "exited"
         c.exit_code = code
         c.oom_killed = oom
@@ -439,7 +494,11 @@ class Shim:
         c.error = error
         c.pid = c.pid_start = 0
         c.creator = []
-        c.shim_pid = c.shim_start = 0
+        c.restarting = restarting
+        if restarting:
+            c.restart_count += 1
+        else:
+            c.shim_pid = c.shim_start = 0
         # the network goes before the exit is reported (rules and leases are what
         # callers check next); cgroups and files after (nobody waits for those)
         problems = []
@@ -448,6 +507,8 @@ class Shim:
                 self.netmod.disconnect(str(self.rt.root), c)
             except Exception as exc:
                 problems.append(f"network: {exc}")
+            if restarting:  # the next start connects it afresh
+                c.network = {"mode": c.network.get("mode", "bridge")}
         c.error = "; ".join([e for e in [error] + problems if e])
         trash = None
         if c.spec.auto_remove:
@@ -466,6 +527,13 @@ class Shim:
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             os.close(devnull)
+            self.attach = False  # a restart runs detached
+        if self.rootfs_mounted:
+            try:
+                isolation.umount(os.path.join(trash or c.path, "rootfs"))
+            except OSError as exc:
+                problems.append(str(exc))
+            self.rootfs_mounted = False
         if self.cg is not None:
             try:
                 self.cg.remove()
@@ -473,9 +541,11 @@ class Shim:
                 problems.append(str(exc))
         if self.log is not None:
             self.log.close()
+            self.log = None
         if trash:
             self.rt._remove_hidden(trash)
         elif problems:
             c.error = "; ".join([e for e in [error] + problems if e])
             state.save(c)
-        os.close(self.lock_fd)
+        if not restarting:
+            os.close(self.lock_fd)

@@ -48,6 +48,7 @@ class ContainerSpec:
     network_mode: str = "bridge"
     publish: list = field(default_factory=list)
     publish_all: bool = False
+    restart: str = "no"           # --restart: no | always | unless-stopped | on-failure[:N]
 
     @classmethod
     def from_dict(cls, d):
@@ -82,7 +83,9 @@ class Container:
     shim_pid: int = 0
     shim_start: int = 0
     creator: list = field(default_factory=list)   # [pid, start] of a `run` still starting it
-    restart_count: int = 0
+    restart_count: int = 0        # restarts by the policy since the last `start` (Docker's)
+    restarting: bool = False      # exited, and its monitor waits to restart it
+    manually_stopped: bool = False  # `stop`/`kill` since the last start (unless-stopped)
     error: str = ""
     path: str = ""
 
@@ -160,7 +163,7 @@ _FIELD_TYPES = {
                      "finished_at", "hostname", "error"), str),
     **dict.fromkeys(("pid", "exit_code", "pid_start", "shim_pid", "shim_start",
                      "restart_count"), int),
-    "oom_killed": bool,
+    **dict.fromkeys(("oom_killed", "restarting", "manually_stopped"), bool),
     **dict.fromkeys(("network", "cgroup", "process", "image_config"), dict),
     **dict.fromkeys(("layers", "creator"), list),
 }
@@ -169,7 +172,7 @@ _SPEC_TYPES = {
     "image": str,
     "command": (list, _NONE),
     **dict.fromkeys(("env", "volumes", "publish"), list),
-    **dict.fromkeys(("entrypoint", "name", "workdir", "hostname", "network_mode"),
+    **dict.fromkeys(("entrypoint", "name", "workdir", "hostname", "network_mode", "restart"),
                     (str, _NONE)),
     **dict.fromkeys(("memory", "cpus", "pids_limit"), (str, int, float, _NONE)),
     **dict.fromkeys(("interactive", "tty", "auto_remove", "publish_all"), bool),

@@ -59,11 +59,15 @@ def _echo_json(data):
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/proto]",
               help="Publish a container port (bridge only).")
 @click.option("-P", "--publish-all", is_flag=True, help="Publish every exposed port.")
+@click.option("--restart", "restart_policy", default="no", show_default=True,
+              metavar="POLICY",
+              help="Restart policy: no, always, unless-stopped or on-failure[:N].")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def run(obj, detach, name, auto_remove, env, volume, workdir, hostname, entrypoint, memory,
-        cpus, pids_limit, interactive, tty, network, publish, publish_all, image, command):
+        cpus, pids_limit, interactive, tty, network, publish, publish_all, restart_policy, image,
+        command):
     """Create and start a container from IMAGE, running COMMAND (default: the image's).
 
     Attached (without -d) it prints the container's output and exits with its
@@ -74,7 +78,8 @@ def run(obj, detach, name, auto_remove, env, volume, workdir, hostname, entrypoi
                          name=name, env=list(env), volumes=list(volume), workdir=workdir,
                          hostname=hostname, memory=memory, cpus=cpus, pids_limit=pids_limit,
                          interactive=interactive, tty=tty, auto_remove=auto_remove,
-                         network_mode=network, publish=list(publish), publish_all=publish_all)
+                         network_mode=network, publish=list(publish), publish_all=publish_all,
+                         restart=restart_policy)
     rt = _runtime(obj)
     if detach:
         c = rt.run(spec, detach=True)
@@ -100,70 +105,33 @@ def run(obj, detach, name, auto_remove, env, volume, workdir, hostname, entrypoi
 @click.command()
 @click.option("-a", "--all", "all_", is_flag=True, help="Show stopped containers too.")
 @click.option("-q", "--quiet", is_flag=True, help="Only ids.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format (json: one object per line).")
+@click.option("--format", "fmt", default="table", show_default=True, metavar="FORMAT",
+              help="table, json (one object per line), 'table TEMPLATE' or a Go template "
+                   "such as '{{.ID}} {{.Names}} {{.Ports}}'.")
 @click.pass_obj
 def ps(obj, all_, quiet, fmt):
-    """List containers (running ones unless -a)."""
-    import json
+    """List containers (running ones unless -a), with Docker's columns (PORTS,
+    CREATED as "2 minutes ago") and --format placeholders (.ID, .Image, .Command,
+    .CreatedAt, .RunningFor, .Ports, .State, .Status, .Names, .Networks, ...)."""
+    from ..psformat import format_ps, ps_row
     rows = _runtime(obj).list(all=all_)
     if quiet:
         for c in rows:
             click.echo(c.short_id)
         return 0
-    if fmt == "json":
-        for c in rows:
-            click.echo(json.dumps(_ps_row(c)))
-        return 0
-    table = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NETWORK", "NAMES")]
-    for c in rows:
-        r = _ps_row(c)
-        table.append((r["ID"], r["Image"], r["Command"], r["CreatedAt"][:19].replace("T", " "),
-                      r["Status"], r["Networks"], r["Names"]))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        click.echo("   ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    for line in _templated(format_ps, [ps_row(c) for c in rows], fmt):
+        click.echo(line)
     return 0
 
 
-def _ago(rfc3339):
-    """'2026-01-01T10:00:00.123Z' -> '5 seconds' / '3 minutes' / '2 hours' / '4 days'."""
-    import calendar
-    import time
+def _templated(fn, *args):
+    """fn(*args), a template error turned into Docker's one-line usage error."""
+    from ..errors import UsageError
+    from ..gotemplate import TemplateError
     try:
-        then = calendar.timegm(time.strptime(rfc3339[:19], "%Y-%m-%dT%H:%M:%S"))
-    except (ValueError, TypeError):
-        return "?"
-    secs = max(0, int(time.time() - then))
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if secs >= size:
-            n = secs // size
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return f"{secs} second{'s' if secs != 1 else ''}"
-
-
-def _ps_row(c):
-    argv = c.process.get("argv") or []
-    cmd = " ".join(argv)
-    if len(cmd) > 22:
-        cmd = cmd[:21] + "…"
-    if c.status == "running":
-        status = f"Up {_ago(c.started_at)}"
-    elif c.status == "exited":
-        status = f"Exited ({c.exit_code}) {_ago(c.finished_at)} ago" + (
-            " (OOMKilled)" if c.oom_killed else "")
-    elif c.status == "damaged":
-        status = "Damaged"
-    else:
-        status = "Created"
-    row = {"ID": c.short_id, "Id": c.id, "Image": c.image, "Command": f'"{cmd}"',
-           "CreatedAt": c.created, "State": c.status, "Status": status,
-           "ExitCode": c.exit_code, "Pid": c.pid, "Names": c.name,
-           "Networks": (c.network or {}).get("mode", c.spec.network_mode),
-           "IPAddress": (c.network or {}).get("ip", "")}
-    if c.status == "damaged":
-        row["Error"] = c.error  # what is wrong with the record (`inspect` says it too)
-    return row
+        return fn(*args)
+    except TemplateError as exc:
+        raise UsageError(f"template parsing error: {exc}") from None
 
 
 @click.command(context_settings=_NO_INTERSPERSE)
@@ -288,35 +256,50 @@ def rm(obj, force, containers):
 
 
 @click.command()
+@click.option("-f", "--format", "fmt", metavar="TEMPLATE",
+              help="Print each object through a Go template, e.g. '{{.State.Pid}}', "
+                   "'{{.NetworkSettings.IPAddress}}', '{{json .Config}}'.")
 @click.argument("names", nargs=-1, required=True)
 @click.pass_obj
-def inspect(obj, names):
+def inspect(obj, fmt, names):
     """Docker-like JSON for containers (or, failing that, images)."""
     from ..errors import PyinspectError
+    tmpl = None
+    if fmt is not None:
+        from ..gotemplate import parse
+        tmpl = _templated(parse, fmt)
     rt = _runtime(obj)
     out, failed = [], None
     for name in names:
         try:
-            out.append(rt.inspect(name))
+            doc = rt.inspect(name)
+            if tmpl is not None:
+                click.echo(_templated(tmpl.render, doc))
+            else:
+                out.append(doc)
         except PyinspectError as exc:
             if len(names) == 1:
                 raise
             click.echo(f"Error: {exc}", err=True)
             failed = exc
-    _echo_json(out)
+    if tmpl is None:
+        _echo_json(out)
     return failed.exit_code if failed else 0
 
 
-@click.command()
+@click.command(context_settings={**_NO_INTERSPERSE, "ignore_unknown_options": True})
 @click.argument("container")
+@click.argument("ps_options", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def top(obj, container):
-    """Show the processes of a running container (host pids)."""
-    data = _runtime(obj).top(container)
+def top(obj, container, ps_options):
+    """Show the processes of a running container: `ps` with PS_OPTIONS (default -ef)
+    on the host, only the rows of the container's processes (host pids), like
+    `docker top NAME aux`."""
+    from ..psformat import tabwrite
+    data = _runtime(obj).top(container, list(ps_options) or None)
     rows = [data["Titles"]] + data["Processes"]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    for line in tabwrite(["\t".join(r) for r in rows], minwidth=20):
+        click.echo(line)
     return 0
 
 
@@ -328,4 +311,33 @@ def cp(obj, src, dest):
     """Copy files between a container and the host: `cp NAME:PATH HOSTPATH` or
     `cp HOSTPATH NAME:PATH`. Paths inside the container resolve inside its root."""
     _runtime(obj).cp(src, dest)
+    return 0
+
+
+@click.command()
+@click.option("--boot", is_flag=True,
+              help="As at boot (Docker's daemon start): also `always` containers the user "
+                   "had stopped.")
+@click.pass_obj
+def autostart(obj, boot):
+    """Start the containers whose restart policy wants them running and whose monitor
+    is gone (after a reboot or a killed monitor); prints their names."""
+    for c in _runtime(obj).autostart(boot=boot):
+        click.echo(c.name)
+    return 0
+
+
+@click.command("install-service")
+@click.option("--unit-dir", default="/etc/systemd/system", show_default=True,
+              help="Where to write the unit file.")
+@click.option("--no-enable", is_flag=True, help="Only write the unit (no systemctl).")
+@click.pass_obj
+def install_service(obj, unit_dir, no_enable):
+    """Write (and enable) a systemd unit that runs `pyinspect autostart --boot` at boot,
+    so containers with a restart policy come back after a reboot."""
+    from ..service import install
+    result = install(obj["root"], unit_dir, enable=not no_enable)
+    click.echo(result.path)
+    if result.note:
+        click.echo(result.note, err=True)
     return 0

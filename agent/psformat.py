@@ -1,0 +1,213 @@
+"""Docker's shapes for `ps` and `top`: rows, relative times, the PORTS column, tables.
+
+`ps_row(c)` is the dict `ps --format json` prints and `--format` templates see
+(Docker's keys: ID, Image, Command, CreatedAt, RunningFor, Ports, State, Status,
+Names, Networks, ...); `human_duration` is Docker's (go-units HumanDuration);
+`display_ports` is Docker's PORTS column (`0.0.0.0:8088->80/tcp`, ranges grouped);
+`tabwrite` aligns cells like Go's tabwriter as the docker CLI sets it up.
+"""
+
+import calendar
+import time
+
+from . import gotemplate
+
+# ps --format placeholders -> table headers (docker/cli formatter)
+PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+              "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
+              "State": "STATE", "Status": "STATUS", "Size": "SIZE", "Names": "NAMES",
+              "Labels": "LABELS", "Mounts": "MOUNTS", "Networks": "NETWORKS",
+              "LocalVolumes": "LOCAL VOLUMES", "Pid": "PID", "IPAddress": "IP ADDRESS",
+              "ExitCode": "EXIT CODE", "Id": "CONTAINER ID"}
+PS_DEFAULT = ("table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t"
+              "{{.Ports}}\t{{.Names}}")
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's HumanDuration: 'Less than a second', '5 seconds', 'About a minute', ..."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def parse_time(rfc3339: str):
+    """Seconds since the epoch of an RFC 3339 UTC time ('...Z'), or None."""
+    try:
+        whole = calendar.timegm(time.strptime(rfc3339[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, TypeError):
+        return None
+    frac = rfc3339[19:].rstrip("Z")
+    return whole + (float("0" + frac) if frac.startswith(".") else 0.0)
+
+
+def since(rfc3339: str, now=None) -> str:
+    """human_duration from `rfc3339` to now."""
+    then = parse_time(rfc3339)
+    if then is None:
+        return "?"
+    return human_duration(max(0.0, (now or time.time()) - then))
+
+
+def display_ports(ports) -> str:
+    """Docker's PORTS column from [{"IP", "PrivatePort", "PublicPort", "Type"}] (api
+    types.Port): published ports as `0.0.0.0:8088->80/tcp`, exposed ones as `80/tcp`,
+    consecutive ones grouped as `8000-8001->80-81`."""
+    ports = sorted(ports, key=lambda p: (p["PrivatePort"], p.get("IP", ""),
+                                         p.get("PublicPort", 0), p["Type"]))
+    groups, order, result, mappings = {}, [], [], []
+    for p in ports:
+        current = p["PrivatePort"]
+        key = p["Type"]
+        if p.get("IP"):
+            if p.get("PublicPort") != current:
+                host = f"[{p['IP']}]" if ":" in p["IP"] else p["IP"]
+                mappings.append(f"{host}:{p['PublicPort']}->{current}/{p['Type']}")
+                continue
+            key = f"{p['IP']}/{p['Type']}"
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [current, current]
+            order.append(key)
+        elif current == group[1] + 1:
+            group[1] = current
+        else:
+            result.append(_form_group(key, *group))
+            groups[key] = [current, current]
+    for key in order:
+        result.append(_form_group(key, *groups[key]))
+    return ", ".join(result + mappings)
+
+
+def _form_group(key, first, last):
+    ip, _, kind = key.rpartition("/")
+    group = str(first) if first == last else f"{first}-{last}"
+    if ip:
+        group = f"{'[' + ip + ']' if ':' in ip else ip}:{group}->{group}"
+    return f"{group}/{kind}"
+
+
+def container_ports(c):
+    """The api types.Port list of container `c`: published ports while it runs, and
+    the image's exposed ports."""
+    out, seen = [], set()
+    if c.status == "running":
+        for p in (c.network or {}).get("ports") or []:
+            try:
+                priv, pub = int(p.get("container_port")), int(p.get("host_port"))
+            except (TypeError, ValueError):
+                continue
+            proto = p.get("proto", "tcp")
+            out.append({"IP": p.get("host_ip") or "0.0.0.0", "PrivatePort": priv,
+                        "PublicPort": pub, "Type": proto})
+            seen.add((priv, proto))
+    for key in (c.image_config or {}).get("ExposedPorts") or {}:
+        port, _, proto = str(key).partition("/")
+        if port.isdigit() and (int(port), proto or "tcp") not in seen:
+            out.append({"IP": "", "PrivatePort": int(port), "PublicPort": 0,
+                        "Type": proto or "tcp"})
+    return out
+
+
+def _docker_time(rfc3339):
+    """'2026-01-01T10:00:00.1Z' -> '2026-01-01 10:00:00 +0000 UTC' (Go's Time.String)."""
+    return (rfc3339[:19].replace("T", " ") + " +0000 UTC") if rfc3339 else ""
+
+
+def ps_row(c, now=None) -> dict:
+    """What `ps` shows of container `c` (a runtime.state.Container), Docker's keys."""
+    argv = c.process.get("argv") or []
+    cmd = " ".join(argv)
+    if c.status == "running":
+        status = f"Up {since(c.started_at, now)}"
+    elif getattr(c, "restarting", False):
+        status = f"Restarting ({c.exit_code}) {since(c.finished_at, now)} ago"
+    elif c.status == "exited":
+        status = f"Exited ({c.exit_code}) {since(c.finished_at, now)} ago" + (
+            " (OOMKilled)" if c.oom_killed else "")
+    elif c.status == "damaged":
+        status = "Damaged"
+    else:
+        status = "Created"
+    state = "restarting" if getattr(c, "restarting", False) else c.status
+    row = {"Command": f'"{cmd}"', "CreatedAt": _docker_time(c.created), "ID": c.short_id,
+           "Image": c.image, "Labels": "", "LocalVolumes": "0",
+           "Mounts": ",".join(v.split(":")[0] for v in (c.spec.volumes or [])),
+           "Names": c.name,
+           "Networks": (c.network or {}).get("mode") or c.spec.network_mode or "",
+           "Ports": display_ports(container_ports(c)),
+           "RunningFor": f"{since(c.created, now)} ago", "Size": "0B",
+           "State": state, "Status": status,
+           # pyinspect's own (scripts read them)
+           "Id": c.id, "ExitCode": c.exit_code, "Pid": c.pid,
+           "IPAddress": (c.network or {}).get("ip", "")}
+    if c.status == "damaged":
+        row["Error"] = c.error  # what is wrong with the record (`inspect` says it too)
+    return row
+
+
+def truncate_command(row, width=20):
+    """The COMMAND cell as the default table shows it (Docker: quoted, 20 runes + …)."""
+    cmd = row["Command"][1:-1]
+    if len(cmd) > width:
+        cmd = cmd[:width - 1] + "…"
+    return {**row, "Command": f'"{cmd}"'}
+
+
+def tabwrite(lines, minwidth=10, padding=3):
+    """Align tab-separated `lines` like Go's tabwriter (docker/cli: minwidth 10 for
+    `ps`, 20 for `top`; padding 3; the last cell of a line is not padded)."""
+    rows = [line.split("\t") for line in lines]
+    ncols = max((len(r) for r in rows), default=0)
+    widths = []
+    for i in range(ncols - 1):
+        cells = [len(r[i]) for r in rows if len(r) > i + 1]
+        widths.append(max(minwidth, max(cells, default=0) + padding))
+    out = []
+    for r in rows:
+        cells = [cell.ljust(widths[i]) if i < len(r) - 1 else cell for i, cell in enumerate(r)]
+        out.append("".join(cells).rstrip(" ") if len(r) > 1 else "".join(cells))
+    return out
+
+
+def format_ps(rows, fmt=None):
+    """The lines `ps --format FMT` prints for `rows` (ps_row dicts): FMT is `table`
+    (default), `json`, `table TEMPLATE` or a Go template. TemplateError when the
+    template is invalid."""
+    import json
+    if fmt:  # docker/cli takes \t and \n as written in a shell
+        fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
+    if fmt in (None, "", "table"):
+        fmt = PS_DEFAULT
+        rows = [truncate_command(r) for r in rows]
+    if fmt == "json":
+        return [json.dumps(r) for r in rows]
+    if fmt.startswith("table"):
+        body = fmt[len("table"):].lstrip(" ")
+        tmpl = gotemplate.parse(body)
+        header = gotemplate.render(body, {k: PS_HEADERS.get(k, k.upper()) for k in
+                                          set(PS_HEADERS) | set(rows[0] if rows else {})})
+        lines = [header] + [tmpl.render(r) for r in rows]
+        return tabwrite("\n".join(lines).split("\n"))
+    tmpl = gotemplate.parse(fmt)
+    return [tmpl.render(r) for r in rows]
