@@ -333,7 +333,16 @@ class Builder:
                 raise ins.error("--from is only for COPY")
             ref = x(ins.flags["from"])
             dep = planner.find_stage(self.plan.stages, ref, self._current_index(ins))
-            src_state = finals[dep.index] if dep is not None else self._image_state(ref, ins)
+            if dep is not None:
+                src_state = finals[dep.index]
+            else:
+                try:
+                    src_state = self._image_state(ref, ins)
+                except dockerfile.DockerfileError:
+                    raise ins.error(f"--from={ref}: no stage or image of that name",
+                                    "stages: " + (", ".join(s.name or str(s.index) for s in
+                                                            self.plan.stages) or "none")
+                                    ) from None
             parts = [cmd, srcs, dest, chown, chmod, src_state.id]
 
             def make():
