@@ -118,7 +118,7 @@ def test_a_stopped_pyinspect_container_is_still_listed(make_netns, state_root):
     assert (gone.id, gone.source, gone.status, gone.oom_killed) == (cid, "pyinspect", "exited",
                                                                     True)
     assert gone.declared == network and gone.nspath == "" and gone.host_veth is None
-    from pyinspect import doctor_checks
-    hits = list(doctor_checks.oom(view))
+    from pyinspect.doctor import checks
+    hits = list(checks.oom(view))
     assert [(f.check, f.container) for f in hits] == [("oom_killed", "pdg-oom")]
     assert "status exited" in hits[0].summary

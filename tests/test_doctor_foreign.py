@@ -3,6 +3,7 @@
 unless --fix. Plus the rule walker on Docker's iptables-save text (no kernel)."""
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -273,6 +274,6 @@ def test_apply_fixes_safe_unsafe_manual_and_failed(tmp_path):
 def test_doctor_needs_root(monkeypatch, tmp_path):
     from pyinspect import doctor
     from pyinspect.errors import UnavailableError
-    monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UnavailableError):
         doctor.run(tmp_path)

@@ -43,10 +43,10 @@ def doctor(obj, container, port, as_json, fix, yes):
     from pyinspect import doctor as lib
 
     root = obj["root"]
-    findings = lib.run(root, container=container, port=port)
+    first = lib.examine(root, container=container, port=port)
+    findings = first.findings
     out = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    report = {"findings": [f.to_dict() for f in findings],
-              "notes": getattr(lib.run, "last_view", None) and lib.run.last_view.notes or []}
+    report = {"findings": [f.to_dict() for f in findings], "notes": first.notes}
     if not as_json:
         _print(findings, out)
     if fix and findings:

@@ -1,14 +1,12 @@
-"""`pyinspect doctor`: find the usual causes of broken container networking, with evidence.
+"""Doctor's read-only snapshot of the host network namespace and its containers.
 
-The host is the network namespace of the calling process (so tests and users can
-run doctor inside any namespace with `nsenter --net=`). `HostView.collect()` takes
-one read-only snapshot: iptables rules of BOTH backends, sysctls, links, routes,
-neighbours, conntrack counters, and every container namespace whose veth peers
-sit in this namespace (pyinspect's, runc's, Docker's or a bare `ip netns`: found by
-`pyinspect.discovery`, paired by `pyinspect.vethmap`), with its links, routes,
+The host is the network namespace of the calling thread (so tests and users can run
+doctor inside any namespace with `nsenter --net=`). `HostView.collect()` reads iptables
+rules of BOTH backends (probes.iptsave), sysctls (runtime.sysctl), links, routes and
+neighbours (probes.netns), conntrack counters, and every container namespace whose veth
+peers sit in this namespace (pyinspect's, runc's, Docker's or a bare `ip netns`: found
+by `pyinspect.discovery`, paired by `pyinspect.vethmap`), with its links, routes,
 listening sockets (/proc/<pid>/net/tcp) and memory cgroup.
-Checks are plain functions over that snapshot (see doctor_checks.py) that return
-`Finding`s. Nothing is changed unless `apply_fixes()` is called.
 """
 
 import ipaddress
@@ -16,56 +14,12 @@ import json
 import os
 import socket
 import subprocess
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import UnavailableError
-from .probes import iptsave as ipt
-from .probes.netns import RtnlSocket, in_netns
-from .runtime import sysctl as host_sysctl
-
-SEVERITIES = ("error", "warning", "info")
-PROBLEM = ("error", "warning")  # severities that make the exit code 1
-RUNBOOKS = "docs/runbooks"
-SIM_REMOTE = "198.51.100.7"  # TEST-NET-2: used only to describe packets to the rule walker
-
-CHECKS = []  # (name, function) in the order they run
-
-
-def check(name):
-    """Register `fn(view) -> iterable of Finding` as the check `name`."""
-    def deco(fn):
-        CHECKS.append((name, fn))
-        fn.check_name = name
-        return fn
-    return deco
-
-
-@dataclass
-class Finding:
-    """One problem: what is wrong, the evidence that shows it, and how to fix it."""
-    check: str
-    severity: str
-    container: str
-    summary: str
-    evidence: list
-    fix: str
-    runbook: str
-    safe: bool = False  # --fix applies it without asking
-    actions: list = field(default_factory=list)  # ("run", argv) | ("write", path, text) | ("ack", key, value)
-    port: int = None  # the host port concerned, if any
-
-    def to_dict(self):
-        d = asdict(self)
-        d["actions"] = [list(map(str, a[1])) if a[0] == "run" else list(map(str, a))
-                        for a in self.actions]
-        return d
-
-
-def runbook(name):
-    return f"{RUNBOOKS}/{name}.md"
-
+from ..probes import iptsave as ipt
+from ..probes.netns import RtnlSocket, in_netns
+from ..runtime import sysctl as host_sysctl
+from .model import ContainerView, Link
 
 # -- namespaces -------------------------------------------------------------------
 
@@ -75,25 +29,6 @@ def _ino(path):
         return os.stat(path).st_ino
     except OSError:
         return None
-
-
-# -- links, routes, sockets ----------------------------------------------------------
-@dataclass
-class Link:
-    ifindex: int
-    name: str
-    kind: str
-    up: bool  # administratively up
-    oper: str
-    mtu: int
-    master: str
-    iflink: int  # peer ifindex for veths
-    link_netnsid: int
-    addrs: list  # [(ip, prefixlen)]
-    hairpin: bool = None
-
-    def networks(self):
-        return [ipaddress.ip_interface(f"{ip}/{plen}").network for ip, plen in self.addrs]
 
 
 def _links_and_routes():
@@ -207,40 +142,6 @@ def _nft_native_chains(notes):
     return list(chains.values())
 
 
-# -- containers ----------------------------------------------------------------------
-@dataclass
-class ContainerView:
-    name: str
-    id: str
-    source: str  # pyinspect | runc | docker | containerd | ... (discovery) | netns | process
-    nspath: str
-    inode: int
-    pids: list
-    links: dict = field(default_factory=dict)
-    routes: list = field(default_factory=list)
-    sockets: list = field(default_factory=list)
-    eth: Link = None  # container side of the veth pair
-    host_veth: Link = None
-    ip: str = None
-    prefixlen: int = None
-    ports: list = field(default_factory=list)  # {proto, host_ip, host_port, container_port, source, rule}
-    declared: dict = field(default_factory=dict)  # pyinspect network dict, if any
-    memory: dict = field(default_factory=dict)  # {cgroup, oom_kill, limit, max_usage}
-    status: str = "running"
-    oom_killed: bool = False
-    forwarding: str = None
-    sysctls: dict = field(default_factory=dict)
-
-    def exec_prefix(self):
-        """How a person runs a command in this container's network namespace."""
-        if self.nspath.startswith("/run/netns/") or self.nspath.startswith("/var/run/netns/"):
-            return ["ip", "netns", "exec", os.path.basename(self.nspath)]
-        return ["nsenter", f"--net={self.nspath}"]
-
-    def default_gateways(self):
-        return [r["gateway"] for r in self.routes if r["dst"] == "default"]
-
-
 def _veth_pairs(rows, host_ino, host_veths):
     """{netns inode: (container-side ifindex, host-side Link)} for the veths of this
     netns (`host_ino`) whose peer sits in another namespace; the lowest peer ifindex
@@ -346,16 +247,18 @@ def memory_info(pid):
 class HostView:
     """A read-only snapshot of the host network namespace and its containers."""
 
-    def __init__(self, root):
+    def __init__(self, root, port_filter=None):
         self.root = Path(root)
+        self.port_filter = port_filter  # doctor --port: the host port asked about, if any
         self.notes = []  # what could not be read, shown to the user
         self.memory = {}  # doctor's remembered facts (store), key -> value
         self._sysctl = {}
         self._routes_get = {}
 
     @classmethod
-    def collect(cls, root, memory=None):
-        view = cls(root)
+    def collect(cls, root, memory=None, port_filter=None):
+        """Read everything doctor needs; `memory` is what earlier runs remembered."""
+        view = cls(root, port_filter)
         view.memory = dict(memory or {})
         view.host_ino = _ino("/proc/thread-self/ns/net")
         view.links, view.routes = _links_and_routes()
@@ -479,7 +382,7 @@ class HostView:
                       if l.kind == "veth" and l.link_netnsid is not None}
         if not host_veths:
             return []
-        from . import discovery, vethmap
+        from .. import discovery, vethmap
         procs, host = discovery.scan_processes(), discovery.host_namespaces()
         found = discovery.containers(self.root, procs=procs, host=host, errors=self.notes)
         try:
@@ -571,181 +474,3 @@ class HostView:
         return None
 
 
-# -- store -----------------------------------------------------------------------
-def _open_store(root):
-    from .config import database_path
-    from .store import Store
-    return Store(database_path(root))
-
-
-def load_memory(store):
-    return {r["key"]: json.loads(r["value"]) for r in store.db["doctor_memory"].rows}
-
-
-def save_memory(store, items, drop=()):
-    now = time.time_ns()
-    with store.db.conn:
-        for k in drop:
-            store.db["doctor_memory"].delete_where("key = ?", [k])
-        if items:
-            store.db["doctor_memory"].upsert_all(
-                [{"key": k, "value": json.dumps(v, sort_keys=True), "updated_ns": now}
-                 for k, v in items.items()], pk="key")
-
-
-def save_findings(store, findings, run_ns):
-    rows = [{"run_ns": run_ns, "check_name": f.check, "severity": f.severity,
-             "container": f.container or "", "summary": f.summary,
-             "evidence": "\n".join(f.evidence), "fix": f.fix,
-             "runbook": Path(f.runbook).stem}  # the name: docs/runbooks/<name>.md (web links it)
-            for f in findings]
-    if rows:
-        with store.db.conn:
-            store.db["findings"].insert_all(rows)
-
-
-def _add_trace_evidence(store, findings):
-    """Append what the container's latest trace session saw dropped (drops and DROP hops)."""
-    db = store.db
-    cache = {}
-    for f in findings:
-        if not f.container or f.check == "oom_killed":
-            continue
-        if f.container not in cache:
-            lines = []
-            row = db.execute("SELECT id, started_ns FROM trace_sessions WHERE container_name = ? "
-                             "ORDER BY id DESC LIMIT 1", [f.container]).fetchone()
-            if row:
-                sid, started = row
-                age = max(0, (time.time_ns() - (started or 0)) // 1_000_000_000)
-                for reason, location, n in db.execute(
-                        "SELECT reason, location, count(*) FROM drops WHERE session_id = ? "
-                        "GROUP BY reason, location ORDER BY count(*) DESC LIMIT 3", [sid]):
-                    lines.append(f"trace session {sid} ({age}s ago): {n} packet(s) dropped, "
-                                 f"{reason} at {location}")
-                for table, chain, num, text, verdict, n in db.execute(
-                        "SELECT table_name, chain, rule_num, rule_text, verdict, count(*) FROM hops "
-                        "WHERE session_id = ? AND verdict IN ('DROP', 'REJECT') "
-                        "GROUP BY table_name, chain, rule_num ORDER BY count(*) DESC LIMIT 3",
-                        [sid]):
-                    lines.append(f"trace session {sid} hop: {table}:{chain}:{num or 'policy'} "
-                                 f"{verdict} x{n} {text or ''}".rstrip())
-            cache[f.container] = lines
-        f.evidence.extend(cache[f.container])
-
-
-def latest_findings(root):
-    """Findings of the most recent doctor run (for the dashboard)."""
-    with _open_store(root) as store:
-        row = store.db.execute("SELECT max(run_ns) FROM findings").fetchone()
-        if not row or row[0] is None:
-            return []
-        return list(store.db["findings"].rows_where("run_ns = ?", [row[0]], order_by="id"))
-
-
-# -- running -----------------------------------------------------------------------
-def _port_memory_key(c, port):
-    return f"port:{c.name}:{port['proto']}:{port['host_port']}"
-
-
-def _remember(view):
-    """Facts to keep for the next run: working port mappings (rule paths)."""
-    keep, names = {}, {c.name for c in view.containers}
-    for c in view.containers:
-        for p in c.ports:
-            ok = getattr(view, "_port_ok", {}).get((c.name, p["proto"], p["host_port"]))
-            if ok:
-                keep[_port_memory_key(c, p)] = ok
-    drop = [k for k in view.memory if k.startswith("port:") and k.split(":")[1] not in names]
-    return keep, drop
-
-
-def run(root, container=None, port=None, store=True):
-    """Run every check against this network namespace; returns [Finding] (stored)."""
-    from . import doctor_checks  # noqa: F401  (registers the checks)
-    if os.geteuid() != 0:
-        raise UnavailableError("doctor: needs root", "it reads iptables, netns and cgroups")
-    st = _open_store(root) if store else None
-    try:
-        memory = load_memory(st) if st else {}
-        view = HostView.collect(root, memory)
-        view.port_filter = port
-        findings = []
-        for name, fn in CHECKS:
-            for f in fn(view) or ():
-                findings.append(f)
-        if container:
-            known = {c.name for c in view.containers} | {c.id for c in view.containers}
-            if container not in known and not any(c.id.startswith(container)
-                                                  for c in view.containers if c.id):
-                from .errors import NotFoundError
-                from .runtime.containers import Runtime
-                try:  # one of ours without a network (--net none) has nothing to check
-                    Runtime(root).get(container)
-                except NotFoundError:
-                    raise NotFoundError(f"doctor: no such container: {container}",
-                                        "see `pyinspect ps` or `ip netns`") from None
-            findings = [f for f in findings if not f.container or f.container == container
-                        or any(c.name == f.container and c.id.startswith(container)
-                               for c in view.containers if c.id)]
-        if port is not None:
-            findings = [f for f in findings if f.port in (None, port)]
-        if st:
-            _add_trace_evidence(st, findings)
-            keep, drop = _remember(view)
-            save_memory(st, keep, drop)
-            save_findings(st, findings, time.time_ns())
-        run.last_view = view
-        return findings
-    finally:
-        if st:
-            st.close()
-
-
-def problems(findings):
-    return [f for f in findings if f.severity in PROBLEM]
-
-
-def describe_action(action):
-    kind = action[0]
-    if kind == "run":
-        return " ".join(action[1])
-    if kind == "write":
-        return f"echo {action[2]} > {action[1]}"
-    return ""
-
-
-def apply_fixes(findings, confirm=lambda finding: False, root=None):
-    """Apply fixes: safe ones directly, others only when `confirm(finding)` says yes.
-
-    Returns [(finding, status, detail)] with status 'applied', 'skipped', 'failed'
-    or 'manual' (no command can fix it).
-    """
-    results, acks = [], {}
-    for f in findings:
-        if not f.actions or all(a[0] == "ack" for a in f.actions):
-            results.append((f, "manual", f.fix))
-            continue
-        if not f.safe and not confirm(f):
-            results.append((f, "skipped", "not confirmed"))
-            continue
-        err = None
-        for action in f.actions:
-            try:
-                if action[0] == "run":
-                    proc = subprocess.run(action[1], capture_output=True, text=True, timeout=60)
-                    if proc.returncode != 0:
-                        err = f"{describe_action(action)}: {proc.stderr.strip()[:200]}"
-                        break
-                elif action[0] == "write":
-                    Path(action[1]).write_text(str(action[2]))
-                elif action[0] == "ack":
-                    acks[action[1]] = action[2]
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                err = f"{describe_action(action)}: {exc}"
-                break
-        results.append((f, "failed" if err else "applied", err or f.fix))
-    if acks and root is not None:
-        with _open_store(root) as st:
-            save_memory(st, acks)
-    return results

@@ -1,7 +1,7 @@
-"""The doctor's checks: each takes a HostView and yields Findings (registered in order).
+"""The doctor's checks: each takes a HostView and yields Findings; `CHECKS` lists them
+in the order they run.
 
-Fixes run in the order the checks are listed here, so a stale rule is deleted
-before the missing one is added back.
+Fixes run in that order, so a stale rule is deleted before the missing one is added back.
 """
 
 import ipaddress
@@ -9,9 +9,9 @@ import shlex
 import shutil
 import subprocess
 
-from .doctor import SIM_REMOTE, Finding, check, describe_action, runbook
-from .probes import iptsave as ipt
-from .runtime import sysctl as host_sysctl
+from ..probes import iptsave as ipt
+from ..runtime import sysctl as host_sysctl
+from .model import SIM_REMOTE, Finding, describe_action, runbook
 
 LOCALHOST = "127.0.0.1"
 NUD_REACHABLE, NUD_PERMANENT = 0x02, 0x80
@@ -85,7 +85,6 @@ def _drops(walk):
 
 
 # -- checks --------------------------------------------------------------------------
-@check("ip_forward")
 def ip_forward(view):
     if not _bridged(view) and not any(ipt.dnat_target(r) for rs in view.rulesets.values()
                                       for r in rs.rules("nat")):
@@ -99,7 +98,6 @@ def ip_forward(view):
             [("run", ["sysctl", "-w", "net.ipv4.ip_forward=1"])], "ip-forward-off", safe=True)
 
 
-@check("veth")
 def veth(view):
     for c, br, _ in _bridged(view):
         hv = c.host_veth
@@ -130,7 +128,6 @@ def veth(view):
                            "veth-down-or-detached", safe=True)
 
 
-@check("container_route")
 def container_route(view):
     for c, br, gw in _bridged(view):
         expected = (c.declared or {}).get("gateway") or gw
@@ -158,7 +155,6 @@ def container_route(view):
                 "container-default-route")
 
 
-@check("mtu")
 def mtu(view):
     for c, br, _ in _bridged(view):
         hv = c.host_veth
@@ -189,7 +185,6 @@ def mtu(view):
                     fix=f"run containers with mtu {up.mtu} (pyinspect/dockerd --mtu {up.mtu})")
 
 
-@check("dnat_stale")
 def dnat_stale(view):
     live = {c.ip for c in view.containers if c.ip and c.status == "running"}
     subnets = [(br, n) for br in view.bridges() for n in br.networks()]
@@ -270,14 +265,43 @@ def _restore_actions(view, memory):
     return sorted(actions, key=lambda a: 0 if "-N" in a[1] else 1)
 
 
-@check("published_ports")
+def _port_walk(view, ext, p):
+    """Walk nat PREROUTING of each active backend for a packet from outside to published
+    port `p`: (its destination, [(ruleset, Walk)], the first (ruleset, Walk) that DNATs)."""
+    host_ip = p.get("host_ip") or ""
+    dst = host_ip if host_ip and host_ip != "0.0.0.0" else view.public_addr()
+    pkt = _pkt(view, src=SIM_REMOTE, dst=dst, proto=p["proto"], dport=p["host_port"], iif=ext)
+    got, walks = None, []
+    for rs in view.active_rulesets():
+        w = rs.walk("nat", "PREROUTING", pkt)
+        walks.append((rs, w))
+        if w.verdict == "DNAT" and got is None:
+            got = (rs, w)
+    return dst, walks, got
+
+
+def working_ports(view):
+    """{(container, proto, host port): rule path} of the published ports whose DNAT reaches
+    their container, for doctor to remember (and restore should the rules go missing)."""
+    out, ext = {}, view.external_if()
+    for c, _br, _gw in _bridged(view):
+        for p in c.ports:
+            _dst, _walks, got = _port_walk(view, ext, p)
+            if got is not None and ipt.dnat_target(got[1].rule) == (c.ip, p["container_port"]):
+                out[(c.name, p["proto"], p["host_port"])] = {
+                    "container_ip": c.ip, "container_port": p["container_port"],
+                    "host_ip": p.get("host_ip") or "",
+                    "path": [{"backend": r.backend, "table": r.table, "chain": r.chain,
+                              "args": r.args} for r in got[1].path]}
+    return out
+
+
 def published_ports(view):
-    view._port_ok = {}
     ext = view.external_if()
     for c, br, _ in _bridged(view):
         for p in _port_list(view, c):
             yield from _one_port(view, c, br, ext, p)
-    port = getattr(view, "port_filter", None)
+    port = view.port_filter
     if port is not None and not any(p["host_port"] == port for c, _, _ in _bridged(view)
                                     for p in _port_list(view, c)):
         pkt = _pkt(view, src=SIM_REMOTE, dst=view.public_addr(), dport=port, iif=ext)
@@ -294,14 +318,7 @@ def published_ports(view):
 def _one_port(view, c, br, ext, p):
     proto, hport, cport = p["proto"], p["host_port"], p["container_port"]
     host_ip = p.get("host_ip") or ""
-    dst = host_ip if host_ip and host_ip != "0.0.0.0" else view.public_addr()
-    pkt = _pkt(view, src=SIM_REMOTE, dst=dst, proto=proto, dport=hport, iif=ext)
-    got, walks = None, []
-    for rs in view.active_rulesets():
-        w = rs.walk("nat", "PREROUTING", pkt)
-        walks.append((rs, w))
-        if w.verdict == "DNAT" and got is None:
-            got = (rs, w)
+    dst, walks, got = _port_walk(view, ext, p)
     label = f"host {proto}/{hport} -> {c.name} {c.ip}:{cport}"
     if got is None or ipt.dnat_target(got[1].rule) != (c.ip, cport):
         ev = [f"expected: {label} ({SOURCES.get(p['source'], p['source'])})"]
@@ -337,10 +354,6 @@ def _one_port(view, c, br, ext, p):
                        ev, actions, "dnat-missing-or-stale", safe=safe, port=hport)
         return
     rs, w = got
-    view._port_ok[(c.name, proto, hport)] = {
-        "container_ip": c.ip, "container_port": cport, "host_ip": host_ip,
-        "path": [{"backend": r.backend, "table": r.table, "chain": r.chain, "args": r.args}
-                 for r in w.path]}
     yield from _listening(c, p)
     yield from _forward(view, c, br, ext, p, rs)
 
@@ -414,7 +427,6 @@ def _forward(view, c, br, ext, p, nat_rs):
                            safe=True, port=hport)
 
 
-@check("egress")
 def egress(view):
     """New connections from containers out of their bridge must pass FORWARD."""
     seen = set()
@@ -449,7 +461,6 @@ def egress(view):
                                ev, actions, "forward-policy-drop", safe=True)
 
 
-@check("masquerade")
 def masquerade(view):
     seen = set()
     ext = view.external_if()
@@ -477,7 +488,6 @@ def masquerade(view):
                        "masquerade-missing", safe=True)
 
 
-@check("hairpin")
 def hairpin(view):
     brnf = view.sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     for c, br, _ in _bridged(view):
@@ -538,7 +548,6 @@ def hairpin(view):
                     port=hport)
 
 
-@check("bridge_nf")
 def bridge_nf(view):
     if view.sysctl("net.bridge.bridge-nf-call-iptables") != "1":
         return
@@ -570,7 +579,6 @@ def bridge_nf(view):
                                          "-j", "ACCEPT"])], "bridge-nf-call-iptables", safe=True)
 
 
-@check("localhost_publish")
 def localhost_publish(view):
     """A DNAT on 127.0.0.0/8 runs in nat PREROUTING before any martian check, so a
     neighbour that sends to 127.0.0.1 with this host's MAC reaches the container,
@@ -636,7 +644,6 @@ def localhost_publish(view):
             [("run", ["sysctl", "-w", f"{k}=0"]) for k in keys], "localhost-publish-exposed")
 
 
-@check("nft_native")
 def nft_native(view):
     """A native nftables forward chain (firewalld, nftables.conf) with policy drop that says
     nothing about the container bridge drops container traffic that iptables accepts."""
@@ -675,7 +682,6 @@ def nft_native(view):
                 "iptables-legacy-nft-split")
 
 
-@check("split_backends")
 def split_backends(view):
     legacy, nft = view.rulesets.get("legacy"), view.rulesets.get("nft")
     if legacy and nft and legacy.has_rules() and nft.has_rules():
@@ -687,7 +693,6 @@ def split_backends(view):
             fix="inspect both: iptables-legacy-save; iptables-nft-save")
 
 
-@check("conntrack")
 def conntrack(view):
     ct = view.conntrack
     count, cmax = ct.get("count"), ct.get("max")
@@ -714,7 +719,6 @@ def conntrack(view):
                            "   (or raise nf_conntrack_max in the initial network namespace)")))
 
 
-@check("rp_filter")
 def rp_filter(view):
     all_val = int(view.sysctl("net.ipv4.conf.all.rp_filter") or 0)
     counter = view.netstat.get("TcpExt.IPReversePathFilter", 0)
@@ -743,7 +747,6 @@ def rp_filter(view):
                        ev, [("run", ["sysctl", "-w", f"{k}=2"]) for k in keys], "rp-filter")
 
 
-@check("oom")
 def oom(view):
     for c in view.containers:
         if c.oom_killed and c.status != "running":
@@ -779,3 +782,24 @@ def oom(view):
 
 def quote(argv):
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# (name, check) in the order they run
+CHECKS = [
+    ("ip_forward", ip_forward),
+    ("veth", veth),
+    ("container_route", container_route),
+    ("mtu", mtu),
+    ("dnat_stale", dnat_stale),
+    ("published_ports", published_ports),
+    ("egress", egress),
+    ("masquerade", masquerade),
+    ("hairpin", hairpin),
+    ("bridge_nf", bridge_nf),
+    ("localhost_publish", localhost_publish),
+    ("nft_native", nft_native),
+    ("split_backends", split_backends),
+    ("conntrack", conntrack),
+    ("rp_filter", rp_filter),
+    ("oom", oom),
+]

@@ -1,0 +1,19 @@
+"""`pyinspect doctor`: find the usual causes of broken container networking, with evidence.
+
+- model.py: `Finding`, `Link`, `ContainerView` (plain data);
+- hostview.py: `HostView.collect()`, one read-only snapshot of this network namespace
+  and the containers whose veths lead out of it (through probes/ and runtime.sysctl);
+- checks.py: plain functions over that snapshot that yield Findings, listed in `CHECKS`;
+- persistence.py: findings, remembered facts and trace evidence in the store;
+- runner.py: `examine()`/`run()` put them together; `apply_fixes()` is the only thing
+  that changes the host.
+"""
+
+from .hostview import HostView, listeners, memory_info, parse_proc_net
+from .model import PROBLEM, SEVERITIES, ContainerView, Finding, Link, describe_action, problems
+from .persistence import latest_findings
+from .runner import Report, apply_fixes, examine, run
+
+__all__ = ["PROBLEM", "SEVERITIES", "ContainerView", "Finding", "HostView", "Link", "Report",
+           "apply_fixes", "describe_action", "examine", "latest_findings", "listeners",
+           "memory_info", "parse_proc_net", "problems", "run"]

@@ -1,0 +1,109 @@
+"""What doctor's checks work on and produce: links and containers as seen from the host,
+and `Finding`s (what is wrong, the evidence, the fix and its runbook)."""
+
+import ipaddress
+import os
+from dataclasses import asdict, dataclass, field
+
+SEVERITIES = ("error", "warning", "info")
+PROBLEM = ("error", "warning")  # severities that make the exit code 1
+RUNBOOKS = "docs/runbooks"
+SIM_REMOTE = "198.51.100.7"  # TEST-NET-2: used only to describe packets to the rule walker
+
+# A fix is a list of actions: ("run", argv) | ("write", path, text) | ("ack", key, value)
+Action = tuple
+
+
+@dataclass
+class Finding:
+    """One problem: what is wrong, the evidence that shows it, and how to fix it."""
+    check: str
+    severity: str
+    container: str
+    summary: str
+    evidence: list[str]
+    fix: str
+    runbook: str
+    safe: bool = False  # --fix applies it without asking
+    actions: list[Action] = field(default_factory=list)
+    port: int | None = None  # the host port concerned, if any
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["actions"] = [list(map(str, a[1])) if a[0] == "run" else list(map(str, a))
+                        for a in self.actions]
+        return d
+
+
+def runbook(name: str) -> str:
+    """Where the runbook `name` is shown from (its name is the file's stem)."""
+    return f"{RUNBOOKS}/{name}.md"
+
+
+def describe_action(action: Action) -> str:
+    """The action as a command a person could type ('' for an acknowledgement)."""
+    kind = action[0]
+    if kind == "run":
+        return " ".join(action[1])
+    if kind == "write":
+        return f"echo {action[2]} > {action[1]}"
+    return ""
+
+
+def problems(findings: list[Finding]) -> list[Finding]:
+    """The findings that make doctor exit 1."""
+    return [f for f in findings if f.severity in PROBLEM]
+
+
+@dataclass
+class Link:
+    """A network interface of one namespace."""
+    ifindex: int
+    name: str
+    kind: str
+    up: bool  # administratively up
+    oper: str
+    mtu: int
+    master: str | None
+    iflink: int | None  # peer ifindex for veths
+    link_netnsid: int | None
+    addrs: list[tuple[str, int]]  # [(ip, prefixlen)]
+    hairpin: bool | None = None
+
+    def networks(self) -> list:
+        return [ipaddress.ip_interface(f"{ip}/{plen}").network for ip, plen in self.addrs]
+
+
+@dataclass
+class ContainerView:
+    """A container's network namespace as doctor sees it from the host."""
+    name: str
+    id: str
+    source: str  # pyinspect | runc | docker | containerd | ... (discovery) | netns | process
+    nspath: str
+    inode: int
+    pids: list[int]
+    links: dict[str, Link] = field(default_factory=dict)
+    routes: list[dict] = field(default_factory=list)
+    sockets: list[tuple[str, str, int]] = field(default_factory=list)  # (proto, addr, port)
+    eth: Link | None = None  # container side of the veth pair
+    host_veth: Link | None = None
+    ip: str | None = None
+    prefixlen: int | None = None
+    # {proto, host_ip, host_port, container_port, source, rule}
+    ports: list[dict] = field(default_factory=list)
+    declared: dict = field(default_factory=dict)  # pyinspect network dict, if any
+    memory: dict = field(default_factory=dict)  # {cgroup, oom_kill, limit, max_usage}
+    status: str = "running"
+    oom_killed: bool = False
+    forwarding: str | None = None
+    sysctls: dict[str, str | None] = field(default_factory=dict)
+
+    def exec_prefix(self) -> list[str]:
+        """How a person runs a command in this container's network namespace."""
+        if self.nspath.startswith("/run/netns/") or self.nspath.startswith("/var/run/netns/"):
+            return ["ip", "netns", "exec", os.path.basename(self.nspath)]
+        return ["nsenter", f"--net={self.nspath}"]
+
+    def default_gateways(self) -> list[str]:
+        return [r["gateway"] for r in self.routes if r["dst"] == "default"]
