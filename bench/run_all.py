@@ -22,6 +22,8 @@ BENCHES = [
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
+    ("pyinspect build: 20 steps cold, fully cached, and by hand (issue 18)", "build_cache.py",
+     []),
 ]
 
 
