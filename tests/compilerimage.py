@@ -29,7 +29,7 @@ def available():
             return f"{tool} is not installed"
     for p in PACKAGES:
         r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
-                           text=True)
+                           text=True, check=False)
         if "install ok installed" not in r.stdout:
             return f"the Debian package {p} is not installed (make install)"
     if not os.path.exists("/bin/busybox"):
@@ -52,7 +52,8 @@ def _files():
                 continue
             if os.path.islink(f) or os.path.isfile(f):
                 out.add(_canonical(f))
-    libs = subprocess.run(["ldd", *ELF_TOOLS], capture_output=True, text=True).stdout
+    libs = subprocess.run(["ldd", *ELF_TOOLS], capture_output=True, text=True,
+                          check=False).stdout
     for line in libs.splitlines():
         parts = line.split("=>")
         if len(parts) == 2 and parts[1].strip().startswith("/"):

@@ -16,9 +16,8 @@ import subprocess
 import tarfile
 import time
 
-import pytest
-
 import compilerimage
+import pytest
 from conftest import Cli, Netns, unique
 
 pytestmark = pytest.mark.root
@@ -187,7 +186,7 @@ def test_nginx_style_build_runs_behind_publish_and_caches(env):
 
 
 def test_saved_build_is_read_by_skopeo(env):
-    cli, root, base, ns = env
+    cli, _root, base, _ns = env
     if not shutil.which("skopeo"):
         pytest.skip("skopeo is not installed (make install installs it)")
     ctx = nginx_context(base)
@@ -195,14 +194,14 @@ def test_saved_build_is_read_by_skopeo(env):
     out = base / "saved.tar"
     cli("save", "-o", out, "pib-skopeo:1")
     r = subprocess.run(["skopeo", "inspect", f"docker-archive:{out}"], capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     im = image_json(cli, "pib-skopeo:1")
     assert got["Layers"] == im["RootFS"]["Layers"]
     assert "GREETING=hello from pyinspect build" in got["Env"]
     r = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{out}"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["config"]["ExposedPorts"] == {"80/tcp": {}}
 
@@ -212,13 +211,13 @@ def compiler(env):
     why = compilerimage.available()
     if why:
         pytest.skip(f"no compiler image: {why}")
-    cli, root, base, ns = env
+    _cli, root, base, _ns = env
     tar = compilerimage.compiler_layer(str(base / "gcc-layer.tar"))
     return compilerimage.store_compiler_image(str(root), tar)
 
 
 def test_multi_stage_build_keeps_only_the_binary(env, compiler):
-    cli, root, base, ns = env
+    cli, root, base, _ns = env
     ctx = base / "multi"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(MULTI)
@@ -255,7 +254,7 @@ def test_multi_stage_build_keeps_only_the_binary(env, compiler):
 
 
 def test_dockerignore_and_globs(env):
-    cli, root, base, ns = env
+    cli, root, base, _ns = env
     ctx = base / "ignore"
     (ctx / "secret").mkdir(parents=True)
     (ctx / "src" / "deep").mkdir(parents=True)
@@ -284,7 +283,7 @@ def test_dockerignore_and_globs(env):
 
 
 def test_instructions_and_combination_rules(env):
-    cli, root, base, ns = env
+    cli, _root, base, _ns = env
     ctx = base / "instr"
     ctx.mkdir()
     (ctx / "data.tar").write_bytes(b"")
@@ -380,7 +379,7 @@ BAD = [
 
 @pytest.mark.parametrize("name,text,extra,words", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_one_line_and_leaves_nothing(env, name, text, extra, words):
-    cli, root, base, ns = env
+    cli, root, base, _ns = env
     ctx = base / f"bad-{name}"
     ctx.mkdir()
     (ctx / "f").write_text("f")
@@ -396,7 +395,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(env, name, text, extra, words)
 
 
 def test_quiet_plain_output_and_sigterm_cleanup(env):
-    cli, root, base, ns = env
+    cli, root, base, _ns = env
     ctx = base / "quiet"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo visible-output\n")

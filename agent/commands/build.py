@@ -79,7 +79,8 @@ def build(obj, context, tags, dockerfile, target, build_args, no_cache, quiet):
       pyinspect build -f Dockerfile.multi --target builder -t app:build .
       pyinspect build --build-arg VERSION=2 --no-cache -q .
     """
-    from ..runtime.build import BuildOptions, build as run_build
+    from ..runtime.build import BuildOptions
+    from ..runtime.build import build as run_build
     printer = _Printer(quiet, sys.stdout.isatty())
 
     def on_term(signum, frame):

@@ -18,8 +18,8 @@ from .cache import BuildCache, step_key
 from .patterns import IgnoreRules
 from .state import ImageState
 
-_PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.I)
-_REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.I)
+_PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.IGNORECASE)
+_REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.IGNORECASE)
 
 
 @dataclass
@@ -175,7 +175,7 @@ class Builder:
 
     def _step(self, st, ins, finals):
         env = self._scope(st)
-        x = lambda w: dockerfile.expand(w, env, self.escape, ins.line)  # noqa: E731
+        x = lambda w: dockerfile.expand(w, env, self.escape, ins.line)
         cmd = ins.cmd
         if cmd == "ARG":
             for name, default in planner.arg_decl(ins, env, self.escape):
@@ -318,7 +318,7 @@ class Builder:
                                 f"(no network here)", "download it into the context first")
         wd = st.state.settings.get("WorkingDir") or "/"
         dest = dest_raw if dest_raw.startswith("/") else os.path.join(wd, dest_raw)
-        if dest_raw.endswith("/") or dest_raw in (".", "./") or dest_raw.endswith("/."):
+        if dest_raw.endswith(("/", "/.")) or dest_raw in (".", "./"):
             dest = os.path.normpath(dest) + ("/" if os.path.normpath(dest) != "/" else "")
         else:
             dest = os.path.normpath(dest)

@@ -245,13 +245,14 @@ def _place(tf, m, target, uid, gid, chmod):
 
 def _unpack(fileobj, dest, uid_gid=None):
     """ADD: unpack a (compressed) tar into `dest`, keeping its owners unless --chown."""
+    from pyinspect.errors import CorruptInputError
     from pyinspect.runtime.archive import clean_member_name
     with tarfile.open(fileobj=fileobj, mode="r|*") as inner:
         links = {}
         for m in inner:
             try:
                 parts = clean_member_name(m.name)
-            except Exception:
+            except CorruptInputError:
                 raise UsageError(f"ADD archive member {m.name!r}: unsafe name") from None
             if not parts:
                 continue

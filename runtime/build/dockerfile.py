@@ -48,7 +48,7 @@ class Instruction:
 def _parse_flags(cmd, raw, line):
     out = {}
     for text in raw:
-        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", text, re.S)
+        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", text, re.DOTALL)
         if not m:
             raise DockerfileError(f"Dockerfile line {line}: {cmd}: bad flag {text!r}")
         name, value = m.group(1), m.group(2)

@@ -56,7 +56,7 @@ def to_regex(pattern):
         i += 1
     out.append("$")
     try:
-        return re.compile("".join(out), re.S)
+        return re.compile("".join(out), re.DOTALL)
     except re.error as exc:
         raise UsageError(f"bad pattern {pattern!r}: {exc}") from None
 

@@ -54,7 +54,7 @@ def start(scratch, lower_dirs, body, upper=None, work=None, close_fds=()):
             os.chroot(mnt)
             os.chdir("/")
             body()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the child reports everything, then exits
             code = 1
             if isinstance(exc, PyinspectError):
                 msg = exc.message
