@@ -13,12 +13,11 @@
 
 import json
 import queue
-import sqlite3
 import threading
 import time
 from datetime import datetime
 
-from .errors import CorruptInputError, UnavailableError, UsageError
+from .errors import UnavailableError, UsageError
 from .timespec import parse_time
 
 COLUMNS = ("ts_ns", "kind", "pid", "ppid", "comm", "cgroup_id", "netns", "pidns", "mntns",
@@ -63,8 +62,7 @@ class _Writer(threading.Thread):
                     if table == "events":
                         self.written += store.insert_events(rows)
                     else:
-                        with store.db.conn:
-                            store.db[table].insert_all(rows)
+                        store.insert_probe_loss(rows)
                 except Exception as exc:  # keep writing later batches; report at close
                     self.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -205,8 +203,7 @@ class Recorder:
         if self._writer:
             self._writer.queue.put(("probe_loss", [row]))
         else:
-            with self.store.db.conn:
-                self.store.db["probe_loss"].insert(row)
+            self.store.insert_probe_loss([row])
 
 
 def make_probe(name, **kw):
@@ -386,98 +383,26 @@ def known_kinds():
 
 PACKET_KINDS = ("flow", "drop")
 
-# a trace session stores the container's process events while `serve` (or `events -f`)
-# may be recording the same ones: a session's copy is shown only where no agent row is
-_NOT_A_SESSION_COPY = """NOT (e.session_id IS NOT NULL AND EXISTS (
-    SELECT 1 FROM events a WHERE a.kind = e.kind AND a.ts_ns BETWEEN e.ts_ns - 5000000
-    AND e.ts_ns + 5000000 AND a.pid IS e.pid AND a.session_id IS NULL))"""
-
-# The timeline's sources, each a SELECT with the same columns: stored events (less a trace
-# session's copies), and, with packets, traced connections and explained drops (negative
-# ids: they are not `events` rows).
-_EVENT_ROWS = """
-    SELECT id, ts_ns, kind, pid, ppid, comm, cgroup_id, netns, pidns, mntns,
-           container_id, container_name, session_id, detail FROM events AS e
-    WHERE """ + _NOT_A_SESSION_COPY
-_FLOW_ROWS = """
-    SELECT -f.id AS id, f.first_ns AS ts_ns, 'flow' AS kind, NULL AS pid, NULL AS ppid,
-           NULL AS comm, NULL AS cgroup_id, NULL AS netns, NULL AS pidns, NULL AS mntns,
-           s.container_id AS container_id, s.container_name AS container_name,
-           f.session_id AS session_id,
-           json_object('proto', f.proto, 'src', f.orig_src, 'sport', f.orig_sport,
-                       'dst', f.orig_dst, 'dport', f.orig_dport, 'nat', f.nat,
-                       'to', f.reply_src, 'to_port', f.reply_sport) AS detail
-    FROM flows f JOIN trace_sessions s ON s.id = f.session_id"""
-_DROP_ROWS = """
-    SELECT -1000000000000 - d.id AS id, d.ts_ns AS ts_ns, 'drop' AS kind, NULL AS pid,
-           NULL AS ppid, NULL AS comm, NULL AS cgroup_id, NULL AS netns, NULL AS pidns,
-           NULL AS mntns, s.container_id AS container_id,
-           s.container_name AS container_name, d.session_id AS session_id,
-           json_object('reason', d.reason, 'location', d.location, 'flow', d.flow_id)
-           AS detail
-    FROM drops d JOIN trace_sessions s ON s.id = d.session_id"""
-
-
 def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None,
           after_id=None, newest_first=False, packets=False):
     """Stored events, oldest first (or newest first): filter by container (name, id or id
     prefix), since/until (epoch ns or anything parse_since takes), kinds, and rows after
     a row id (for live tails). `packets` adds each traced connection (`flow`, at its first
     packet) and each explained drop (`drop`) of the container's trace sessions."""
+    from .store import TimelineQuery
     packets = packets and after_id is None
-    where, params = [], []
-    if after_id is not None:
-        where.append("id > ?")
-        params.append(int(after_id))
-    if container:
-        where.append("(container_name = ? OR container_id LIKE ?)")
-        params += [container, f"{container}%"]
-    since_ns = parse_since(since)
-    if since_ns is not None:
-        where.append("ts_ns >= ?")
-        params.append(since_ns)
-    until_ns = parse_since(until)
-    if until_ns is not None:
-        where.append("ts_ns <= ?")
-        params.append(until_ns)
+    since_ns, until_ns = parse_since(since), parse_since(until)
     if kinds:
         kinds = list(kinds)
         unknown = sorted(set(kinds) - known_kinds() - (set(PACKET_KINDS) if packets else set()))
         if unknown:
             raise UsageError(f"unknown event kind {unknown[0]!r}",
                              f"kinds: {', '.join(sorted(known_kinds()))}")
-        where.append(f"kind IN ({','.join('?' * len(kinds))})")
-        params += kinds
-    cond = (" WHERE " + " AND ".join(where)) if where else ""
-    if after_id is not None:  # a live tail: what was stored since, in storage order
-        order = " ORDER BY id DESC" if newest_first else " ORDER BY id"
-    else:
-        order = " ORDER BY ts_ns DESC, id DESC" if newest_first else " ORDER BY ts_ns, id"
-    page = " LIMIT ? OFFSET ?" if limit is not None else ""
-    if packets:
-        # each source is filtered, ordered and cut on its own (the events one walks its
-        # ts_ns index and stops), then the few rows left are merged: ordering the UNION
-        # as a whole sorted every stored event (2.5 s with 1M events)
-        arm_page = " LIMIT ?" if limit is not None else ""
-        arms = [f"SELECT * FROM (SELECT * FROM ({src}){cond}{order}{arm_page})"
-                for src in (_EVENT_ROWS, _FLOW_ROWS, _DROP_ROWS)]
-        sql = " UNION ALL ".join(arms) + order + page
-        arm_params = params + ([int(limit) + int(offset)] if limit is not None else [])
-        params = arm_params * len(arms)
-    else:
-        sql = f"SELECT * FROM ({_EVENT_ROWS}){cond}{order}{page}"
-    if limit is not None:
-        params += [int(limit), int(offset)]
-    try:
-        cur = store.db.execute(sql, params)
-        names = [c[0] for c in cur.description]
-        rows = cur.fetchall()
-    except sqlite3.DatabaseError as exc:
-        if type(exc) is not sqlite3.DatabaseError:  # locked, busy...: not damage
-            raise
-        raise CorruptInputError(f"reading events from store {store.path}: {exc}",
-                                "move the file away or use another --root") from exc
-    return [_decode(dict(zip(names, r))) for r in rows]
+    rows = store.timeline(TimelineQuery(
+        container=container or None, since_ns=since_ns, until_ns=until_ns,
+        kinds=kinds or None, limit=limit, offset=offset, after_id=after_id,
+        newest_first=newest_first, packets=packets))
+    return [_decode(r) for r in rows]
 
 
 def summary(ev):

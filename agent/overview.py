@@ -124,15 +124,14 @@ class Overview:
 
     def last_event_id(self):
         with self.store() as s:
-            return s.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+            return s.last_event_id()
 
     # -- traces and flows --------------------------------------------------------------------
     def sessions(self):
         from . import pcap_export
         with self.store() as s:
             rows = pcap_export.list_sessions(s)
-            flows = dict(s.db.execute(
-                "SELECT session_id, count(*) FROM flows GROUP BY session_id").fetchall())
+            flows = s.flow_counts()
         for r in rows:
             r["started"] = _iso(r["started_ns"])
             r["flows"] = flows.get(r["id"], 0)
@@ -142,28 +141,12 @@ class Overview:
         return rows
 
     def flows(self, session_id=None, after_id=None):
-        where, params = [], []
-        if session_id is not None:
-            where.append("f.session_id = ?")
-            params.append(session_id)
-        if after_id is not None:
-            where.append("f.id > ?")
-            params.append(after_id)
         # packets: those the trace's analysis indexed to the flow (the segment files
         # may hold more; `pcap export --flow` finds those too)
-        sql = ("SELECT f.*, (SELECT count(*) FROM packet_index p WHERE p.flow_id = f.id)"
-               " AS packets "
-               "FROM flows f" + (" WHERE " + " AND ".join(where) if where else "") +
-               " ORDER BY f.id DESC LIMIT 500")
         with self.store() as s:
-            cur = s.db.execute(sql, params)
-            cols = [d[0] for d in cur.description]
-            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            rows = s.recent_flows(session_id, after_id, limit=500)
             for r in rows:
-                hops = s.db.execute(
-                    "SELECT table_name, chain, rule_num, verdict FROM hops WHERE flow_id = ? "
-                    "AND table_name != 'capture' ORDER BY ts_ns LIMIT 200",
-                    (r["id"],)).fetchall()
+                hops = s.flow_rule_hops(r["id"], limit=200)
                 path = []
                 for t, c, n, v in hops:
                     step = f"{t}:{c}:{n if n is not None else 'policy'}" + (f" {v}" if v else "")
@@ -178,7 +161,7 @@ class Overview:
 
     def last_flow_id(self):
         with self.store() as s:
-            return s.db.execute("SELECT coalesce(max(id), 0) FROM flows").fetchone()[0]
+            return s.last_flow_id()
 
     def start_trace(self, container, duration=30.0, bpf_filter=None):
         """Start a trace in the background (the serving agent's process); returns its row."""
@@ -206,9 +189,7 @@ class Overview:
         name = f"trace-{session_id}.pcapng"
         with self.store() as s:
             if flow_id is not None:
-                row = s.db.execute(
-                    "SELECT proto, orig_src, orig_sport, orig_dst, orig_dport FROM flows "
-                    "WHERE id = ? AND session_id = ?", (flow_id, session_id)).fetchone()
+                row = s.flow_tuple(flow_id, session_id)
                 if row is None:
                     raise NotFoundError(f"no flow {flow_id} in trace session {session_id}")
                 flow = (row[0] or "tcp", row[1], row[2], row[3], row[4])
@@ -236,10 +217,7 @@ class Overview:
     # -- doctor --------------------------------------------------------------------------
     def findings(self, limit=200):
         with self.store() as s:
-            cur = s.db.execute("SELECT * FROM findings ORDER BY run_ns DESC, id LIMIT ?",
-                               (limit,))
-            cols = [d[0] for d in cur.description]
-            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            rows = s.recent_findings(limit)
         for r in rows:
             r["when"] = _iso(r["run_ns"])
         return rows
@@ -257,16 +235,12 @@ class Overview:
         from . import pcap_export
         now = time.time_ns()
         with self.store() as s:
-            db = s.db
-            by_kind = dict(db.execute("SELECT kind, count(*) FROM events GROUP BY kind"))
-            recent = db.execute("SELECT count(*) FROM events WHERE ts_ns >= ?",
-                                (now - 60 * 10**9,)).fetchone()[0]
+            by_kind, recent = s.event_counts(since_ns=now - 60 * 10**9)
             packets = sum(r["packets"] for r in pcap_export.list_sessions(s))
-            flows = db.execute("SELECT count(*) FROM flows").fetchone()[0]
-            lost_probe = db.execute("SELECT coalesce(sum(lost), 0) FROM probe_loss").fetchone()[0]
-            lost_pkts = 0
-            for (summary,) in db.execute("SELECT summary FROM trace_sessions"):
-                lost_pkts += int((_json(summary) or {}).get("lost", 0) or 0)
+            flows = s.flow_count()
+            lost_probe = s.probe_records_lost()
+            lost_pkts = sum(int((_json(summary) or {}).get("lost", 0) or 0)
+                            for summary in s.session_summaries())
         return {"events_by_kind": by_kind, "events_per_second": recent / 60.0,
                 "packets_captured": packets, "packets_lost": lost_pkts, "flows": flows,
                 "probe_records_lost": lost_probe, "probes": dict(self.agent_status)}

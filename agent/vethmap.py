@@ -294,18 +294,13 @@ def snapshot(store, rows=None, root=None):
         row["addrs"] = json.dumps(r.get("addrs") or [])
         row["snapshot_ns"] = ts
         out.append(row)
-    with store.db.conn:
-        store.db["interfaces"].insert_all(out)
+    store.insert_interfaces(out)
     return ts
 
 
 def latest(store):
     """The rows of the most recent snapshot in the store (addrs decoded)."""
-    row = store.db.execute("SELECT max(snapshot_ns) FROM interfaces").fetchone()
-    if not row or row[0] is None:
-        return []
-    rows = list(store.db.query("SELECT * FROM interfaces WHERE snapshot_ns = ? ORDER BY id",
-                               [row[0]]))
+    rows = store.latest_interfaces()
     for r in rows:
         r["addrs"] = json.loads(r["addrs"] or "[]")
     return rows

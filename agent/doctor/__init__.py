@@ -11,9 +11,8 @@
 
 from .hostview import HostView, listeners, memory_info, parse_proc_net
 from .model import PROBLEM, SEVERITIES, ContainerView, Finding, Link, describe_action, problems
-from .persistence import latest_findings
 from .runner import Report, apply_fixes, examine, run
 
 __all__ = ["PROBLEM", "SEVERITIES", "ContainerView", "Finding", "HostView", "Link", "Report",
-           "apply_fixes", "describe_action", "examine", "latest_findings", "listeners",
+           "apply_fixes", "describe_action", "examine", "listeners",
            "memory_info", "parse_proc_net", "problems", "run"]
