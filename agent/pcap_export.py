@@ -18,14 +18,17 @@ import heapq
 import ipaddress
 import json
 import re
+import struct
 from array import array
 from pathlib import Path
 
 from .errors import NotFoundError, UsageError
-from .pcapng import KEY_OFFSET, KEY_SHIFT, PcapNgWriter, Segment
+from .pcapng import KEY_OFFSET, KEY_SHIFT, RAW_EPB, PcapNgWriter, Segment
 from .probes.pcapfilter import BpfFilter
 from .runtime.fsutil import atomic_write
 from .timespec import parse_time as _parse_time
+
+U32_LE = struct.Struct("<I")
 
 
 # -- argument parsing (shared with the CLI and the web) --------------------------------
@@ -300,6 +303,10 @@ class _Export:
                 self.ifmap.names.setdefault((sid, iface.index),
                                             (iface.name, iface.description, iface.linktype))
             linktypes = [i.linktype for i in f.interfaces]
+            # packets copied block by block (no decode) from interfaces in the writer's
+            # own form: little-endian, nanosecond timestamps, no offset
+            raw_ok = [f.sec.endian == "<" and mult == 1 and div == 1 and shift is None
+                      and not tsoffset for _i, mult, div, shift, tsoffset in f.sec.interfaces]
             offs, fids = self.store.flow_offsets(seg.id)
             offs = array("q", offs)
             comments = self.comments
@@ -311,6 +318,8 @@ class _Export:
             flow_set = self.flow_offsets.get(seg.id, ())
             flow_match, user_match = self.flow_match, self.user_match
             packet_at = f.packet_at
+            mm = f.mapped
+            u32 = U32_LE.unpack_from
             for i in range(start, len(keys)):
                 key = keys[i]
                 if key > stop:
@@ -318,21 +327,28 @@ class _Export:
                 off = key & KEY_OFFSET
                 if only is not None and off not in only:
                     continue
-                pkt = packet_at(off)
-                data, wirelen = pkt.data, pkt.orig_len
-                if_id = pkt.interface.index
-                if flow_match is not None and off not in flow_set and \
-                        not flow_match(data, wirelen, linktypes[if_id]):
-                    continue
-                if user_match is not None and not user_match(data, wirelen,
-                                                             linktypes[if_id]):
-                    continue
-                comment = pkt.comment
-                if comment is None and offs:
+                if_id = u32(mm, off + 8)[0]       # keys() checked the block is whole
+                if flow_match is not None or user_match is not None:
+                    caplen = u32(mm, off + 20)[0]
+                    data, wirelen = mm[off + 28:off + 28 + caplen], u32(mm, off + 24)[0]
+                    if flow_match is not None and off not in flow_set and \
+                            not flow_match(data, wirelen, linktypes[if_id]):
+                        continue
+                    if user_match is not None and not user_match(data, wirelen,
+                                                                 linktypes[if_id]):
+                        continue
+                comment = None
+                if offs:
                     j = bisect.bisect_left(offs, off)
                     if j < len(offs) and offs[j] == off:
                         comment = comments.get(fids[j])
-                yield key >> KEY_SHIFT, data, (sid, if_id), pkt.direction, wirelen, comment
+                if comment is None and raw_ok[if_id]:
+                    yield (key >> KEY_SHIFT, mm[off:off + u32(mm, off + 4)[0]], (sid, if_id),
+                           None, RAW_EPB, None)
+                    continue
+                pkt = packet_at(off)             # a comment to add, or another time form
+                yield (key >> KEY_SHIFT, pkt.data, (sid, if_id), pkt.direction, pkt.orig_len,
+                       pkt.comment or comment)
 
 
 def _merge(sources, rows_of):

@@ -75,6 +75,8 @@ MAX_BLOCK = 16 * 1024 * 1024
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _EPB_HEAD = struct.Struct("<IIIIIII")   # type, total len, if id, ts hi, ts lo, caplen, len
 _U32 = struct.Struct("<I")
+TRACE_FILLER = 0x80000A11   # local-use block type of the trace's 24-byte fillers
+RAW_EPB = -1    # write_rows(): orig_len meaning `data` is a whole EPB to copy (see there)
 _OPT_END = b"\0\0\0\0"
 # epb_flags option (code 2, length 4) with the direction bits, then end of options
 _FLAG_OPTS = {d: struct.pack("<HHI", EPB_FLAGS, 4, d) for d in (1, 2)}
@@ -206,7 +208,10 @@ class PcapNgWriter:
 
         `if_map[point]` is an interface id from add_interface() (a dict subclass may
         add interfaces on a miss); those interfaces must have nanosecond resolution.
-        `orig_len` None means len(data). Returns the number of packets written.
+        `orig_len` None means len(data). `orig_len` RAW_EPB means `data` is a whole
+        little-endian Enhanced Packet Block with nanosecond timestamps: it is copied as
+        it is (options and all) with its interface id replaced (`direction` and `comment`
+        are not used). Returns the number of packets written.
         """
         self.flush()
         head = _EPB_HEAD.pack
@@ -219,9 +224,21 @@ class PcapNgWriter:
         dmap = _DIR_CODES
         buf = self._batch = bytearray()   # add_interface() on a miss appends its IDB here
         write = self._fh.write
+        put_u32 = _U32.pack_into
         n = 0
         try:
             for ts, data, point, direction, wirelen, comment in rows:
+                if wirelen == RAW_EPB:
+                    if_id = if_map[point]
+                    start = len(buf)
+                    buf += data
+                    put_u32(buf, start + 8, if_id)
+                    n += 1
+                    if len(buf) >= 1 << 20:
+                        write(buf)
+                        self._written += len(buf)
+                        buf.clear()
+                    continue
                 caplen = len(data)
                 d = dmap.get(direction, 0)
                 if comment:
@@ -448,6 +465,7 @@ def _section_structs(endian):
         "head": struct.Struct(endian + "II"),
         "u32": struct.Struct(endian + "I"),
         "epb": struct.Struct(endian + "IIIII"),
+        "epb_whole": struct.Struct(endian + "IIIIIII"),   # head + epb, one unpack
         # the options area of a packet that has only a direction
         "in": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 1, 0, 0),
         "out": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 2, 0, 0),
@@ -516,7 +534,22 @@ def _keys_run(buf, pos, base, sec, keys):
     n = len(buf)
     append = keys.append
     shift = KEY_SHIFT
+    whole = st["epb_whole"].unpack_from
+    nif = len(interfaces)
     while pos + 8 <= n:
+        if pos + 28 <= n:             # the usual block, a whole EPB: checked in one go
+            btype, total, if_id, hi, lo, caplen, _ = whole(buf, pos)
+            end = pos + total
+            if btype == EPB and 32 <= total <= MAX_BLOCK and not total % 4 and end <= n and \
+                    if_id < nif and pos + 28 + caplen <= end - 4 and \
+                    u32(buf, end - 4)[0] == total:
+                ts = (hi << 32) | lo if plain[if_id] else _ts(interfaces, if_id, hi, lo)
+                append((ts << shift) | (base + pos))
+                pos = end
+                continue
+            if btype == TRACE_FILLER and total == 24 and u32(buf, pos + 20)[0] == 24:
+                pos += 24                 # the trace's filler between EPBs
+                continue
         btype, total = head(buf, pos)
         end = pos + total
         if total < 12 or total % 4 or total > MAX_BLOCK or end > n or \
@@ -695,6 +728,11 @@ class Segment:
             self.truncated_at = r.offset + r.pos
         keys.sort()          # runs: timsort merges them (linear when already in order)
         return keys
+
+    @property
+    def mapped(self):
+        """The file's bytes (an mmap; b"" for an empty file)."""
+        return self._mm
 
     @property
     def interfaces(self):
