@@ -310,6 +310,9 @@ STOPSIGNAL SIGINT
 SHELL ["/bin/sh", "-ec"]
 ARG ONLYRUN=x
 RUN echo "who=$WHO base=$BASE" > /who.txt
+USER www-data
+RUN ["sh", "-c", "id -u > /tmp/uid; id -g >> /tmp/uid"]
+USER root
 ADD data.tar.gz /unpacked/
 COPY --chown=33:33 --chmod=600 Dockerfile /owned
 ENTRYPOINT ["/bin/echo"]
@@ -335,6 +338,9 @@ ENTRYPOINT ["/bin/echo", "reset:"]
     r = cli("run", "--rm", "--net", "none", "--entrypoint", "stat", "pib-instr:1",
             "-c", "%u:%g %a", "/owned")
     assert r.stdout == "33:33 600\n"
+    # USER www-data: the RUN (exec form) ran as the image's passwd says
+    r = cli("run", "--rm", "--net", "none", "--entrypoint", "cat", "pib-instr:1", "/tmp/uid")
+    assert r.stdout == "33\n33\n"
     # ENTRYPOINT in a stage resets the CMD it inherited (Docker's rule)
     cli("build", "-q", "-t", "pib-instr:reset", ctx)
     cfg = image_json(cli, "pib-instr:reset")["Config"]
@@ -373,6 +379,9 @@ BAD = [
     ("chown-unknown", "FROM busybox\nCOPY f /f\nCOPY --chown=pib-nobody f /g\n", [],
      ["line 3", "pib-nobody"]),
     ("many-to-file", "FROM busybox\nCOPY f f /x\n", [], ["line 2", "end with a /"]),
+    ("unknown-user", "FROM busybox\nUSER pib-nobody\nRUN true\n", [],
+     ["line 3", "pib-nobody"]),
+    ("exec-not-found", "FROM busybox\nRUN [\"/pib-nosuch\"]\n", [], ["line 2", "pib-nosuch"]),
     ("bad-substitution", "FROM busybox\nENV A=${B:?B_is_required}\n", [], ["line 2", "B_is_required"]),
 ]
 
@@ -409,7 +418,7 @@ def test_quiet_plain_output_and_sigterm_cleanup(env):
                          stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stdout:
-            if "started" in line:
+            if line.strip() == "started":
                 break
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
@@ -417,7 +426,58 @@ def test_quiet_plain_output_and_sigterm_cleanup(env):
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode != 0
+    assert p.returncode == 143
     assert "SIGTERM" in err and "Traceback" not in err, err
     assert cli("ps", "-aq").stdout.split() == []
     assert leftovers(root) == []
+    # SIGKILL leaves the RUN container and the scratch dir: the next build removes them
+    p = subprocess.Popen(cli.argv("build", "--no-cache", ctx), stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in p.stdout:
+            if line.strip() == "started":
+                break
+        p.kill()
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    left = leftovers(root)
+    assert any(x.startswith("container") for x in left), left
+    assert any(x.startswith("scratch") for x in left), left
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN true\n")
+    cli("build", "-q", ctx)
+    assert cli("ps", "-aq").stdout.split() == []
+    assert leftovers(root) == []
+
+
+def test_terminal_output_and_cache_after_rmi(env):
+    """On a terminal step lines are bold; rmi drops the layers, so those steps build again."""
+    cli, _root, base, _ns = env
+    ctx = base / "tty"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nENV X=1\nRUN echo pty-out > /f\n")
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cli.argv("build", "-t", "pib-tty:1", ctx), stdout=slave,
+                         stderr=subprocess.PIPE)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert p.wait(timeout=60) == 0
+    out = b"".join(chunks).decode()
+    assert "\x1b[1mStep 3/3 : RUN echo pty-out > /f\x1b[0m" in out, out
+    assert "pty-out" not in out.split("Step 3/3")[0]
+    cli("rmi", "pib-tty:1")
+    kinds = dict(steps_of(cli("build", ctx).stdout))
+    assert kinds["ENV X=1"] == "CACHED"                # its config needs busybox's layer only
+    assert kinds["RUN echo pty-out > /f"] == "built"   # its layer went with the image

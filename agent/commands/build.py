@@ -9,12 +9,6 @@ import click
 from ..errors import PyinspectError
 
 
-class _Interrupted(PyinspectError):
-    """The build got SIGTERM (cleanup ran)."""
-
-    exit_code = 143
-
-
 class _Printer:
     """Step lines and RUN output; bold step headers on a terminal, plain text otherwise.
     Quiet: nothing until the end (RUN output is kept to show if the build fails)."""
@@ -79,12 +73,12 @@ def build(obj, context, tags, dockerfile, target, build_args, no_cache, quiet):
       pyinspect build -f Dockerfile.multi --target builder -t app:build .
       pyinspect build --build-arg VERSION=2 --no-cache -q .
     """
-    from ..runtime.build import BuildOptions
+    from ..runtime.build import BuildOptions, Interrupted
     from ..runtime.build import build as run_build
     printer = _Printer(quiet, sys.stdout.isatty())
 
     def on_term(signum, frame):
-        raise _Interrupted("build: interrupted by SIGTERM (its containers and files removed)")
+        raise Interrupted("build: interrupted by SIGTERM (its containers and files removed)")
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:

@@ -4,6 +4,6 @@ dockerfile parses, planner picks stages, builder runs steps through cache, steps
 executes RUN/COPY/ADD/WORKDIR, layerdiff turns an upper dir into an OCI layer.
 """
 
-from .builder import BuildOptions, BuildResult, Progress, build
+from .builder import BuildOptions, BuildResult, Interrupted, Progress, build
 
-__all__ = ["BuildOptions", "BuildResult", "Progress", "build"]
+__all__ = ["BuildOptions", "BuildResult", "Interrupted", "Progress", "build"]

@@ -65,6 +65,12 @@ class StepFailed(PyinspectError):
     """A RUN step's command exited non-zero."""
 
 
+class Interrupted(PyinspectError):
+    """The build was stopped by a signal (what it had made is cleaned up)."""
+
+    exit_code = 143
+
+
 @dataclass
 class _StageRun:
     state: ImageState
@@ -161,7 +167,7 @@ class Builder:
             t0 = time.monotonic()
             try:
                 self._step(st, ins, finals)
-            except (dockerfile.DockerfileError, StepFailed):
+            except (dockerfile.DockerfileError, StepFailed, Interrupted):
                 raise
             except PyinspectError as exc:
                 raise ins.error(exc.message, exc.hint) from None

@@ -36,6 +36,13 @@ def _opaque(path):
 
 def lower_stat(lower_dirs, parts):
     """lstat of `parts` in the merged lower layers (top layer first), or None if absent."""
+    found = lower_path(lower_dirs, parts)
+    return found[1] if found else None
+
+
+def lower_path(lower_dirs, parts):
+    """(host path, lstat) of `parts` in the topmost layer that has it, or None when the
+    merged view lacks it (a whiteout or an opaque directory above hides the rest)."""
     for d in reversed(lower_dirs):
         p = os.path.join(d, *parts)
         try:
@@ -52,7 +59,7 @@ def lower_stat(lower_dirs, parts):
                     return None
                 break
             continue
-        return None if _is_whiteout(st) else st
+        return None if _is_whiteout(st) else (p, st)
     return None
 
 

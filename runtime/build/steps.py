@@ -6,7 +6,7 @@ layer it stored, or None when the step changed nothing.
 import os
 import shutil
 
-from pyinspect.errors import PyinspectError
+from pyinspect.errors import PyinspectError, UsageError
 
 from . import copier, layerdiff, rootfs
 
@@ -123,13 +123,51 @@ def copy(store, scratch, lower_dirs, dest, sources=None, ignore=None, from_dirs=
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _image_lines(lower_dirs, rel):
+    found = layerdiff.lower_path([os.fspath(d) for d in lower_dirs], tuple(rel.split("/")))
+    if not found or not os.path.isfile(found[0]) or os.path.islink(found[0]):
+        return []
+    with open(found[0], encoding="utf-8", errors="replace") as f:
+        return [line.rstrip("\n").split(":") for line in f]
+
+
+def numeric_user(lower_dirs, user):
+    """USER as `uid:gid`, names looked up in the image's /etc/passwd and /etc/group
+    (the runtime runs only numeric users); UsageError when a name is not there."""
+    name, _, group = user.partition(":")
+    passwd = _image_lines(lower_dirs, "etc/passwd")
+    entry = next((e for e in passwd if len(e) > 3 and
+                  (e[0] == name or (name.isdigit() and e[2] == name))), None)
+    if name.isdigit():
+        uid = int(name)
+    elif entry:
+        uid = int(entry[2])
+    else:
+        raise UsageError(f"unable to find user {name}: no matching entries in the image's "
+                         f"passwd file")
+    if not group:
+        gid = int(entry[3]) if entry and entry[3].isdigit() else 0
+    elif group.isdigit():
+        gid = int(group)
+    else:
+        match = next((e for e in _image_lines(lower_dirs, "etc/group")
+                      if len(e) > 2 and e[0] == group), None)
+        if match is None:
+            raise UsageError(f"unable to find group {group}: no matching entries in the "
+                             f"image's group file")
+        gid = int(match[2])
+    return f"{uid}:{gid}"
+
+
 def run(root, store, scratch, state, argv, env, on_output):
     """RUN `argv` in a pyinspect container of `state` on the bridge network; returns
     (exit code, diff_id or None). The container is always removed."""
     from pyinspect.runtime.containers import ContainerSpec, Runtime
     from pyinspect.runtime.images import Image
     rt = Runtime(root)
-    settings = state.settings
+    settings = dict(state.settings)
+    if settings.get("User"):
+        settings["User"] = numeric_user(state.layer_dirs(store), settings["User"])
     image = Image(id=state.id, repo_tags=[], config=settings,
                   layer_dirs=[_p(x) for x in state.layer_dirs(store)],
                   created=state.config.get("created", ""), size=0, diff_ids=state.diff_ids,
