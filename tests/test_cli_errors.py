@@ -240,6 +240,12 @@ CASES = [
     ("load-empty-dir", ["load", "-i", "{f}/emptydir"], 2, ["emptydir"]),
     ("save-unknown", ["save", "-o", "{f}/pq-out.tar", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("save-no-image", ["save", "-o", "{f}/pq-out.tar"], 2, ["IMAGE"]),
+    # build
+    ("build-no-dockerfile", ["build", "{f}/emptydir"], 3, ["Dockerfile", "emptydir"]),
+    ("build-missing-context", ["build", "{f}/pq-missing-ctx"], 3, ["pq-missing-ctx"]),
+    ("build-bad-tag", ["build", "-t", "Bad:Tag!", "{f}/emptydir"], 2, ["Bad:Tag!"]),
+    ("build-garbage-dockerfile", ["build", "-f", "{f}/garbage.pcap", "{f}/emptydir"], 2,
+     ["line 1", "garbage"]),
     ("tag-unknown", ["tag", "pq-nosuch", "pq-x"], 3, ["pq-nosuch"]),
     ("tag-bad-target", ["tag", "busybox", "Pq Bad"], 2, ["Pq Bad"]),
     ("tag-missing-target", ["tag", "busybox"], 2, ["TARGET"]),
