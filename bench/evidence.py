@@ -5,7 +5,7 @@ same four capture points, side by side in one run.
                                        [--window 4] [--only all|flood|iperf] [--no-pin]
                                        [--modes none,tcpdump,trace] [--json]
 
-Topology: tests/tracetopo.py (client -> host netns with DNAT -> bridge pt-br0 -> veth vc0 ->
+Topology: testbed/tracetopo.py (client -> host netns with DNAT -> bridge pt-br0 -> veth vc0 ->
 container eth0), with DNAT for UDP 9000 and TCP 5201 added. The four capture points: up0
 (uplink), pt-br0 (bridge), vc0 (host veth), eth0 in the container; `pyinspect trace` runs
 with `--via up0` so it captures on exactly these (tcpdump: one process per point, `-p`,
@@ -53,10 +53,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-import pointcap  # noqa: E402
-import tracetopo  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # the checkout: testbed/ (shared with the tests)
 import trace_flood  # noqa: E402  (bench/: the iperf3 server/client, pinning, the interval)
+from testbed import pointcap, tracetopo  # noqa: E402
 
 UDP_PORT = trace_flood.UDP_PORT
 IPERF_PORT = trace_flood.IPERF_PORT
@@ -198,18 +197,20 @@ class Bench:
         t = self.topo
         handle = self.start(mode, f"-f{r}")
         try:
-            before = self.counters.read()
+            pids = capture_pids(handle)
+            before, cpu0, busy0 = self.counters.read(), cpu_seconds(pids), machine_busy()
             out = tracetopo.sh(t.client, f"{self.sender} {t.host_ip} {UDP_PORT} "
                                          f"{self.args.seconds}",
                                timeout=self.args.seconds + 30).stdout.split()
             time.sleep(1.5)     # the backlog drains; tcpdump hands over a block after 1 s
-            after = self.counters.read()
+            after, cpu1, busy1 = self.counters.read(), cpu_seconds(pids), machine_busy()
         except BaseException:
             self.stop(handle)
             raise
         got, reports = self.stop(handle)
         sent, secs = int(out[0]), float(out[1])
-        res = {"mode": mode, "sent": sent, "pps": sent / secs, "points": {}}
+        res = {"mode": mode, "sent": sent, "pps": sent / secs, "points": {},
+               "capture_cpu_s": cpu1 - cpu0, "machine_busy_s": busy1 - busy0}
         for p in self.points:
             n = pointcap.delta(before, after, p)
             res["points"][p.name] = {"counter": n, "captured": got.get(p.name),
@@ -294,6 +295,36 @@ class Bench:
         return windows, (statistics.median(nothing) / 1e9 if nothing else None)
 
 
+def capture_pids(handle):
+    """The processes doing a capture: the four tcpdumps, or the trace."""
+    if handle is None:
+        return []
+    if handle[0] == "tcpdump":
+        return [t.proc.pid for _, t in handle[1].running]
+    return [handle[1].pid]
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds of these processes (all their threads) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def machine_busy():
+    """CPU seconds the whole machine spent not idle (softirq included) so far."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def settle_writeback(timeout, below_kb=65536):
     """Wait (at most `timeout` s) until the page cache holds less than `below_kb` dirty or
     under-writeback memory."""
@@ -324,10 +355,14 @@ def report_flood(runs, points, args):
         rs = [r for r in runs if r["mode"] == mode]
         if not rs:
             continue
-        o = out[mode] = {"pps": med(r["pps"] for r in rs), "points": {}}
+        o = out[mode] = {"pps": med(r["pps"] for r in rs), "points": {},
+                         "capture_cpu_s": med(r["capture_cpu_s"] for r in rs),
+                         "machine_busy_s": med(r["machine_busy_s"] for r in rs)}
         label = {"none": "(a) nothing", "tcpdump": "(b) tcpdump x4",
                  "trace_w": "(c) trace -w"}[mode]
-        print(f"  {label:<15} sender {o['pps']:>10,.0f} pkt/s")
+        print(f"  {label:<15} sender {o['pps']:>10,.0f} pkt/s   CPU s during the flood: "
+              f"capture processes {o['capture_cpu_s']:.2f}, whole machine "
+              f"{o['machine_busy_s']:.2f}")
         for p in points:
             share = med(r["points"][p.name]["share"] for r in rs)
             counter = med(r["points"][p.name]["counter"] for r in rs)
