@@ -150,6 +150,19 @@ def ebpf_hooks():
                  "reason": f"capability detection failed: {type(exc).__name__}: {exc}"}]
 
 
+def probe_loaders():
+    """[{probe, loader, object}] from probes.capabilities.probe_loaders(), or None."""
+    try:
+        capabilities = importlib.import_module(f"{__package__}.probes.capabilities")
+    except ImportError:
+        return None
+    try:
+        return capabilities.probe_loaders()
+    except Exception as exc:  # keep the rest of info; say what went wrong
+        return [{"probe": "all", "loader": "?",
+                 "object": f"loader detection failed: {type(exc).__name__}: {exc}"}]
+
+
 def netns_inode():
     try:
         return os.stat("/proc/self/ns/net").st_ino
@@ -169,4 +182,5 @@ def collect(probe_ebpf=True):
         "tracefs": tracefs(mounts),
         "btf": btf(),
         "ebpf": ebpf_hooks() if probe_ebpf else None,
+        "loaders": probe_loaders() if probe_ebpf else None,
     }

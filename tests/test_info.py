@@ -69,6 +69,11 @@ def test_info_json_matches_the_host(make_netns, state_root):
     # what ENVIRONMENT.md measured on this kind of VM: tracepoints load, kprobes do not
     if not os.path.exists("/sys/bus/event_source/devices/kprobe"):
         assert hooks["kprobe"]["available"] is False
+    # how each probe loads: the capture program is a libbpf object, cached or buildable
+    loaders = {p["probe"]: p for p in facts["loaders"]}
+    cap = loaders["capture (tc)"]
+    assert cap["loader"] == "libbpf" and cap["object"].split(" (")[0] in (
+        "cached", "not built yet", "no clang", "no libbpf"), cap
 
 
 def test_link_probe_reports_what_the_kernel_refuses():
@@ -87,7 +92,7 @@ def test_info_text(make_netns, state_root):
     ns = make_netns("pb")
     out = Cli(state_root, netns=ns.name)("info").stdout
     for heading in ("Kernel:", "Cgroups:", "iptables backends:", "Sysctls", "tracefs:",
-                    "BTF:", "eBPF hooks:"):
+                    "BTF:", "eBPF hooks:", "Probe loaders:"):
         assert heading in out
     assert "net.ipv4.ip_forward = 0" in out
     assert "iptables-legacy  0 rules" in out

@@ -41,6 +41,11 @@ def _render(info):
         for h in info["ebpf"]:
             state = "yes" if h["available"] else "no "
             lines.append(f"  {h['name']:<15} {state} {h['reason']}")
+    if info.get("loaders"):
+        lines.append("Probe loaders:")
+        for p in info["loaders"]:
+            obj = f" (object: {p['object']})" if p.get("object") else ""
+            lines.append(f"  {p['probe']:<22} {p['loader']}{obj}")
     return "\n".join(lines)
 
 
@@ -49,7 +54,8 @@ def _render(info):
 @click.pass_obj
 def info(obj, as_json):
     """Show the kernel, cgroup layout, iptables backends and rule counts, forwarding and
-    bridge-netfilter sysctls, tracefs, BTF, and which eBPF hook types load here.
+    bridge-netfilter sysctls, tracefs, BTF, which eBPF hook types load here, and how
+    each probe is loaded (libbpf object or bcc).
 
     \b
     Examples:
