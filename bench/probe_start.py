@@ -10,7 +10,7 @@ interpreter but what an installed system keeps on disk: the compiled-object cach
 times; printed: the median wall time of start() and, inside it, the time spent building the
 program (bcc: compile + load in BPF(); libbpf: open + load of the cached object) and in
 attaching tracepoints. Then `pyinspect trace --container X --json --duration 1` on a
-tests/tracetopo.py topology, from spawn to its ready line, n times (median).
+testbed/tracetopo.py topology, from spawn to its ready line, n times (median).
 """
 
 import argparse
@@ -90,10 +90,10 @@ def probe_times(which, n):
 
 
 def trace_times(n):
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))  # the checkout: testbed/ (shared with the tests)
     import tempfile
 
-    import tracetopo
+    from testbed import tracetopo
     exe = [sys.executable, "-c", "import sys; from pyinspect.cli import main; "
            "sys.argv[0] = 'pyinspect'; sys.exit(main())"]
     out = []

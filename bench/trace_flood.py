@@ -5,7 +5,7 @@
                                           [--trace-args ARGS]
                                           [--json]
 
-Builds the test topology (tests/tracetopo.py: client -> host netns with DNAT -> bridge ->
+Builds the test topology (testbed/tracetopo.py: client -> host netns with DNAT -> bridge ->
 veth -> container), with a UDP sink in the container. For each mode it runs a sender in the
 client namespace (a Python loop of connected send() calls, 64-byte frames) and reports:
   - sender packets/s, and its ratio to the rate with nothing capturing and under tcpdump;
@@ -42,9 +42,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-import tracetopo  # noqa: E402
-from waits import wait_listen  # noqa: E402
+sys.path.insert(0, str(REPO))  # the checkout: testbed/ (shared with the tests)
+from testbed import tracetopo  # noqa: E402
+from testbed.waits import wait_listen  # noqa: E402
 
 PYINSPECT = str(REPO / ".venv" / "bin" / "pyinspect")
 UDP_PORT = 9000

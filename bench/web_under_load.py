@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/web_under_load.py [--seconds 5] [--clients 4]
 
-Builds the trace benchmark's topology (tests/tracetopo.py, namespaces this script owns),
+Builds the trace benchmark's topology (testbed/tracetopo.py, namespaces this script owns),
 runs `pyinspect serve` (agent probes on) on loopback over the same state root as the
 trace, and measures dashboard requests/s (timeline, flows, traces pages' API calls from
 `--clients` threads) first idle, then while `pyinspect trace` captures a UDP flood into the

@@ -11,8 +11,7 @@ import pytest
 
 from pyinspect.proc import delete_netns
 
-sys.path.insert(0, str(Path(__file__).parent))
-import kernelstate  # noqa: E402
+from helpers import kernelstate
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -138,7 +137,7 @@ def have(tool):
 @pytest.fixture
 def runc(tmp_path):
     """runc_helpers.Runc on a temp dir; every container it started is removed afterwards."""
-    from runc_helpers import Runc
+    from helpers.runc_helpers import Runc
     if not shutil.which("runc"):
         pytest.skip("runc is not installed")
     r = Runc(tmp_path)

@@ -19,7 +19,7 @@ from pyinspect import pcapng
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
 from pyinspect.trace.evidence import Interface, SegmentFiles
-from waits import wait_for
+from testbed.waits import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -81,7 +81,7 @@ def seed_store(root):
         store.insert_events([{"ts_ns": now - i * 1000, "kind": "exec", "pid": 100 + i,
                               "comm": "sh", "container_name": KEEP,
                               "detail": {"argv": ["sh", str(i)]}} for i in range(50)])
-        from segfiles import Pkt, add_trace
+        from helpers.segfiles import Pkt, add_trace
         add_trace(store, "pq-traced", [("eth0", "pq-traced/eth0")],
                   [[[Pkt(0, now - 10**8 + i, bytes([i]) * 60, "in") for i in range(5)]]],
                   cid="c" * 64, started=now - 10**9, stopped=now)
@@ -497,7 +497,7 @@ def test_damaged_store_is_one_line_and_untouched(tmp_path, kind):
 def test_damaged_image_tags_are_one_line_and_never_rewritten(tmp_path):
     """A corrupt repositories.json stops image commands with one line; none of them
     "repairs" it by writing a fresh (empty) file over the tags."""
-    import imagekit as kit
+    from helpers import imagekit as kit
     root = tmp_path / "root"
     cli = Cli(root)
     layer = kit.layer(("bin", "dir"), ("bin/pq", "file", b"pq"))

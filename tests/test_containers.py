@@ -685,9 +685,7 @@ def test_attached_run_forwards_signals(pc, state_root):
 def test_hostile_image_symlinks_stay_inside_the_root(pc, tmp_path):
     """An image whose /proc and /dev are symlinks pointing "out" gets its mounts inside
     its own root (resolved like a chroot would), and the host is untouched."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).parent))
-    import imagekit as kit
+    from helpers import imagekit as kit
     from pyinspect.runtime.images import ImageStore
     bb = ImageStore(pc.root).resolve("busybox")
     base = (ImageStore(pc.root).blobs / bb.diff_ids[0][7:]).read_bytes()

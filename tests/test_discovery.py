@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 from conftest import Cli
-from waits import wait_for
+from testbed.waits import wait_for
 
 from pyinspect import discovery, vethmap
 

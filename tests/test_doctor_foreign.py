@@ -198,7 +198,7 @@ def test_runc_container_found_and_fixed(tmp_path, make_netns):
     import shutil
     if not shutil.which("runc"):
         pytest.skip("runc is not installed")
-    from runc_helpers import Runc
+    from helpers.runc_helpers import Runc
     r = Runc(tmp_path)
     h, k = make_netns("pd-rch"), make_netns("pd-rck")
     try:

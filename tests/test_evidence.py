@@ -33,8 +33,8 @@ import time
 import pytest
 
 from conftest import Cli, unique
-import pointcap
-from waits import wait_listen
+from testbed import pointcap
+from testbed.waits import wait_listen
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

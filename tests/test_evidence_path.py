@@ -29,7 +29,7 @@ from pyinspect.errors import CorruptInputError
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
 from pyinspect.trace.evidence import EvidenceWriter, Interface, SegmentFiles
-from waits import wait_for
+from testbed.waits import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-import imagekit as kit
+from helpers import imagekit as kit
 from pyinspect.errors import CorruptInputError, NotFoundError
 from pyinspect.runtime.images import ImageStore
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-import imagekit as kit
+from helpers import imagekit as kit
 from conftest import Cli
 
 pytestmark = pytest.mark.root

@@ -204,7 +204,7 @@ def test_link_events_in_a_runc_container_are_attributed(make_netns, tmp_path, st
     """A veth end moved into a real runc container: its events resolve to that container."""
     import shutil
 
-    from runc_helpers import Runc
+    from helpers.runc_helpers import Runc
 
     from pyinspect.discovery import Resolver
     if not shutil.which("runc"):

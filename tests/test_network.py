@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from network_helpers import Host, cname, container  # noqa: E402
-from waits import wait_listen  # noqa: E402
+from helpers.network_helpers import Host, cname, container
+from testbed.waits import wait_listen
 
 from pyinspect.errors import ConflictError, UsageError  # noqa: E402
 from pyinspect.runtime import ipam, network, ports  # noqa: E402

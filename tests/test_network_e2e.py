@@ -4,17 +4,15 @@ netns that plays the host, so bridges, rules and sysctls never touch the machine
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from conftest import Cli  # noqa: E402
-from network_helpers import cname  # noqa: E402
+from helpers.network_helpers import cname
 from test_network import CLIENT, CLIENT_HOST, wire  # noqa: E402
-from waits import wait_listen  # noqa: E402
+from testbed.waits import wait_listen
 
 pytestmark = pytest.mark.root
 

@@ -13,7 +13,7 @@ from pyinspect.pcap_export import export, parse_flow, parse_time
 from pyinspect.pcapng import read_packets
 from pyinspect.store import Store
 from scapy.all import IP, TCP, UDP, Ether, raw
-from segfiles import Pkt, add_trace
+from helpers.segfiles import Pkt, add_trace
 
 pytestmark = pytest.mark.skipif(not have("tshark"), reason="tshark not installed")
 
@@ -259,7 +259,7 @@ def test_real_trace_exports_the_nat_story(state_root, tmp_path):
     """`pyinspect trace -w` on real DNAT traffic, then `pcap export`: both files tell it."""
     import json as _json
 
-    import tracetopo
+    from testbed import tracetopo
     from conftest import Cli
     topo = tracetopo.Topology(prefix="pp")
     try:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 from conftest import have, tshark_fields
-from oldstore import make_old_store
+from helpers.oldstore import make_old_store
 from pyinspect.config import database_path
 from pyinspect.errors import CorruptInputError
 from pyinspect.pcap_export import SKIP_SLACK_NS, export, list_sessions
 from pyinspect.pcapng import Segment, read_packets
 from pyinspect.store import MIGRATIONS, FlowRow, HopRow, IndexRow, Store
 from scapy.all import IP, TCP, UDP, Ether, raw
-from segfiles import FILLER_TYPE, Pkt, add_trace, segment_bytes
+from helpers.segfiles import FILLER_TYPE, Pkt, add_trace, segment_bytes
 
 T0 = 1_764_417_600_000_000_000
 A, B, NATTED = "10.1.0.2", "10.1.0.10", "172.18.0.2"
@@ -260,7 +260,7 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "old-export-golden.json").
 
 def test_old_store_migrates_and_exports_the_same(state_root):
     """The golden file is what `pcap export` wrote from this old store before the
-    migration existed (tests/oldstore.py, the export code of that time), from the first
+    migration existed (tests/helpers/oldstore.py, the export code of that time), from the first
     interface block on (the section header names the machine)."""
     db = database_path(state_root)
     make_old_store(db)

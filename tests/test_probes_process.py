@@ -18,7 +18,7 @@ import time
 import uuid
 
 import pytest
-from waits import wait_for
+from testbed.waits import wait_for
 
 from pyinspect.probes import bpfsys, capabilities
 from pyinspect.probes.cgroups import CgroupProbe

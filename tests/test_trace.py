@@ -1,6 +1,6 @@
 """pyinspect trace with real traffic, on a hand-made copy of the runtime's topology.
 
-The "host" is a namespace (tests/tracetopo.py) with a bridge, a container namespace behind a
+The "host" is a namespace (testbed/tracetopo.py) with a bridge, a container namespace behind a
 veth running busybox httpd, DNAT 8088->80 and MASQUERADE in the legacy backend (as the
 runtime writes them), a client namespace and an upstream namespace. `pyinspect trace` runs
 inside the host namespace through the real CLI.
@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import Cli
-import tracetopo
+from testbed import tracetopo
 
 pytestmark = pytest.mark.root
 

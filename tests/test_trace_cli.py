@@ -4,15 +4,12 @@ DNAT chain in the legacy backend)."""
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from conftest import Cli, unique  # noqa: E402
-import tracetopo  # noqa: E402
-from waits import wait_listen  # noqa: E402
+from testbed import tracetopo
+from testbed.waits import wait_listen
 
 pytestmark = pytest.mark.root
 

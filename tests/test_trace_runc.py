@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import Cli
-import tracetopo
+from testbed import tracetopo
 
 pytestmark = pytest.mark.root
 

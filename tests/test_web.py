@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import PYINSPECT, Cli, unique
-import tracetopo
+from testbed import tracetopo
 
 pytestmark = pytest.mark.root
 

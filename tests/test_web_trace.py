@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import Cli, unique
-import tracetopo
+from testbed import tracetopo
 
 pytestmark = pytest.mark.root
 

@@ -16,7 +16,7 @@ import subprocess
 import uuid
 
 from pyinspect.proc import delete_netns
-from waits import wait_listen
+from .waits import wait_listen
 
 
 def sh(ns, script, check=True, timeout=60):

@@ -1,4 +1,4 @@
-"""Polling waits shared by the tests, tests/tracetopo.py and the benches that use it."""
+"""Polling waits shared by the tests, testbed/tracetopo.py and the benches that use it."""
 
 import re
 import subprocess
