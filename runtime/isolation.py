@@ -33,6 +33,10 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
+CLONE_INTO_CGROUP = 0x200000000
+SYS_CLONE3 = 435  # x86_64 (and every 64-bit arch with the generic syscall table)
+SIGCHLD = 17
+
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 SYS_PIVOT_ROOT = 155  # x86_64
@@ -64,6 +68,42 @@ def _check(rv, what):
 
 def _b(s):
     return None if s is None else os.fsencode(s)
+
+
+class _CloneArgs(ctypes.Structure):
+    """struct clone_args (clone3(2)), up to `cgroup` (CLONE_ARGS_SIZE_VER2)."""
+
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+_pylibc = None
+
+
+def fork_into_cgroup(cgroup_fd):
+    """os.fork(), but the child starts in the cgroup2 directory open at `cgroup_fd`
+    (clone3 with CLONE_INTO_CGROUP): no migration, so no cgroup.procs write and its
+    wait for an RCU grace period. Like os.fork(), Python's fork hooks run around it
+    and the GIL is held across it. For single-threaded callers; OSError when the
+    kernel cannot (ENOSYS before Linux 5.3, E2BIG/EINVAL before 5.7, EBADF, ...)."""
+    global _pylibc
+    if _pylibc is None:
+        _pylibc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held
+        _pylibc.syscall.restype = ctypes.c_long
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=cgroup_fd)
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _pylibc.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args),
+                          ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3 into a cgroup: {os.strerror(err)}")
+    return pid
 
 
 def unshare(flags):

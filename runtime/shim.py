@@ -255,6 +255,12 @@ class Shim:
         err_r, err_w = os.pipe()      # close-on-exec: EOF means exec succeeded
         sync_r, sync_w = os.pipe()    # shim -> init: in its cgroups (+ network); files
         ready_r, ready_w = os.pipe()  # init -> shim: in its namespaces (bridge)
+        # cgroups first: the init is cloned straight into the cgroup2 one and moves its
+        # only thread into the v1 ones itself (`tasks`), so no cgroup.procs write (each
+        # first one waits for an RCU grace period, ~10 ms) is on the start path
+        self.cg.create(limits.get("memory"), limits.get("cpus"), limits.get("pids"))
+        c.cgroup = self.cg.paths
+        state.mark("cgroups_created")
         # the root is mounted here, in the host's mount namespace, as Docker's is: `mount`
         # on the host shows it and MergedDir is browsable while the container runs (the
         # init's copy of it is private; /proc, /dev, /sys and volumes exist only there)
@@ -266,12 +272,13 @@ class Shim:
         my_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         isolation.unshare(isolation.CLONE_NEWPID)
         shim_pid = os.getpid()
-        pid = os.fork()
+        pid, tasks = self.fork_init()
         if pid == 0:
             os.close(err_r)
             os.close(sync_w)
             os.close(ready_r)
-            self.init(stdio, err_w, sync_r, ready_w, join_net, files, shim_pid)  # never returns
+            self.init(stdio, err_w, sync_r, ready_w, join_net, files, shim_pid,
+                      tasks)  # never returns
         isolation.setns(my_pidns, isolation.CLONE_NEWPID)
         os.close(my_pidns)
         for fd in child_fds + [err_w, sync_r, ready_w]:
@@ -280,16 +287,15 @@ class Shim:
             os.close(join_net)
         c.pid, c.pid_start = pid, state.proc_start(pid)
         try:
-            # while the init unshares and mounts its root: cgroups, then put it in them
-            self.cg.create(limits.get("memory"), limits.get("cpus"), limits.get("pids"))
-            c.cgroup = self.cg.paths
-            state.mark("cgroups_created")
+            # while the init unshares and mounts its root
             if mode == "bridge":
                 if child.read_all(ready_r) != b"r":
                     raise UnavailableError("container init died before its network was set up")
                 c.network = self.netmod.connect(str(self.rt.root), c, pid) or {}
                 files = self.netmod.container_files(c)
-            self.cg.join(pid)
+            if tasks is None:  # forked the plain way: the shim puts it in its cgroups
+                self.cg.join(pid)
+                state.mark("cgroups_joined")
             try:
                 child.write_all(sync_w, json.dumps(files or {}).encode())
             except BrokenPipeError:
@@ -297,6 +303,7 @@ class Shim:
             os.close(sync_w)
             os.close(ready_r)
             failure = child.read_report(err_r)
+            state.mark("init_execed")
         except BaseException:
             self.kill_init()
             raise
@@ -314,6 +321,32 @@ class Shim:
         c.creator = []
         state.save(c)
 
+    def fork_init(self):
+        """Fork the init: (pid, the v1 `tasks` files it joins itself), or (pid, None) when
+        it had to be forked the plain way (the shim joins it then). Cloned into its
+        cgroup2 directory where the kernel can (CLONE_INTO_CGROUP, Linux 5.7)."""
+        v2_dir = self.cg.paths.get("unified")
+        fd = None
+        if v2_dir:
+            try:
+                fd = os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                fd = None
+        if fd is not None:
+            try:
+                pid = isolation.fork_into_cgroup(fd)
+            except OSError:
+                pid = None  # an older kernel: fork, then join
+            finally:
+                if pid != 0:
+                    os.close(fd)
+            if pid is not None:
+                if pid == 0:
+                    os.close(fd)
+                return pid, [f"{p}/tasks" for name, p in self.cg.paths.items()
+                             if name != "unified"]
+        return os.fork(), None
+
     def kill_init(self):
         try:
             os.kill(self.c.pid, signal.SIGKILL)
@@ -324,10 +357,13 @@ class Shim:
         return child.wait(self.c.pid)
 
     # -- inside the new namespaces (never returns) --------------------------------
-    def init(self, stdio, err_w, sync_r, ready_w, join_net, files, shim_pid):
+    def init(self, stdio, err_w, sync_r, ready_w, join_net, files, shim_pid, tasks=None):
         c, spec = self.c, self.c.spec
         code = EXIT_SETUP_FAILED
         try:
+            for path in tasks or ():  # v1 hierarchies: this (only) thread moves itself,
+                with open(path, "w") as f:  # which needs no RCU grace period
+                    f.write("0")
             # (pid 1 of a new pid namespace: getppid() is 0, so a shim that died
             # before this line goes unnoticed; the reconciler settles that case)
             isolation.set_parent_death_signal(signal.SIGKILL)
@@ -360,6 +396,7 @@ class Shim:
             if not data:
                 os._exit(EXIT_SETUP_FAILED)  # the shim failed and says why
             os.close(sync_r)
+            state.mark("init_synced")
             files = json.loads(data)
             for path, text in (files or {}).items():
                 try:
@@ -391,6 +428,7 @@ class Shim:
             argv = proc["argv"]
             env = dict(e.split("=", 1) for e in proc["env"])
             code = EXIT_NOT_FOUND
+            state.mark("init_exec")
             try:
                 os.execvpe(argv[0], argv, env)
             except FileNotFoundError:

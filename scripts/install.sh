@@ -64,3 +64,8 @@ fi
 # Byte-compile once: this environment may set PYTHONDONTWRITEBYTECODE, and every CLI call
 # would otherwise recompile pyinspect (20-40 ms on the `run` start path).
 .venv/bin/python -m compileall -q agent runtime probes web >/dev/null
+
+# pip's console script runs site (the .pth files: 20-30 ms, most of it the editable
+# install's import finder); this one starts Python with -S and `run` without click
+# (agent/launch.py). Written after pip, which rewrites it on every reinstall.
+.venv/bin/python -m pyinspect.launch --write-script .venv/bin/pyinspect

@@ -40,66 +40,33 @@ def _echo_json(data):
     click.echo(json.dumps(data, indent=4))
 
 
+def _run_options(f):
+    """The click options of `run`, from the one table (run_options.RUN_OPTIONS)."""
+    from .run_options import RUN_OPTIONS
+    for o in reversed(RUN_OPTIONS):
+        f = click.option(*o.flags, o.dest, is_flag=o.kind == "flag",
+                         multiple=o.kind == "multiple", type=int if o.kind == "int" else None,
+                         metavar=o.metavar, help=o.help,
+                         default=False if o.kind == "flag" else o.default,
+                         show_default=o.show_default)(f)
+    return f
+
+
 @click.command(context_settings=_NO_INTERSPERSE)
-@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the id.")
-@click.option("--name", help="Container name ([a-zA-Z0-9][a-zA-Z0-9_.-]+).")
-@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
-@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
-@click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount.")
-@click.option("-w", "--workdir", help="Working directory inside the container.")
-@click.option("--hostname", help="Container host name (default: the short id).")
-@click.option("--entrypoint", help="Override the image's ENTRYPOINT (\"\" clears it).")
-@click.option("-m", "--memory", help="Memory limit, e.g. 30m or 1g.")
-@click.option("--cpus", help="CPU limit, e.g. 0.5.")
-@click.option("--pids-limit", type=int, help="Maximum number of processes.")
-@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
-@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
-@click.option("--net", "--network", "network", default="bridge", show_default=True,
-              help="bridge, none, host or container:NAME.")
-@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/proto]",
-              help="Publish a container port (bridge only).")
-@click.option("-P", "--publish-all", is_flag=True, help="Publish every exposed port.")
-@click.option("--restart", "restart_policy", default="no", show_default=True,
-              metavar="POLICY",
-              help="Restart policy: no, always, unless-stopped or on-failure[:N].")
+@_run_options
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def run(obj, detach, name, auto_remove, env, volume, workdir, hostname, entrypoint, memory,
-        cpus, pids_limit, interactive, tty, network, publish, publish_all, restart_policy, image,
-        command):
+def run(obj, **values):
     """Create and start a container from IMAGE, running COMMAND (default: the image's).
 
     Attached (without -d) it prints the container's output and exits with its
     exit code; with -d it prints the id and leaves the container running.
     """
-    from ..runtime.containers import ContainerSpec
-    spec = ContainerSpec(image=image, command=list(command) or None, entrypoint=entrypoint,
-                         name=name, env=list(env), volumes=list(volume), workdir=workdir,
-                         hostname=hostname, memory=memory, cpus=cpus, pids_limit=pids_limit,
-                         interactive=interactive, tty=tty, auto_remove=auto_remove,
-                         network_mode=network, publish=list(publish), publish_all=publish_all,
-                         restart=restart_policy)
-    rt = _runtime(obj)
-    if detach:
-        c = rt.run(spec, detach=True)
-        click.echo(c.id)
-        _exit_fast(0)
-        return 0
-    restore = None
-    if tty and interactive and sys.stdin.isatty():
-        import termios
-        import tty as ttymod
-        restore = termios.tcgetattr(0)
-        ttymod.setraw(0)
-    try:
-        c = rt.run(spec, detach=False)
-    finally:
-        if restore is not None:
-            import termios
-            termios.tcsetattr(0, termios.TCSADRAIN, restore)
-    _exit_fast(c.exit_code)
-    return c.exit_code
+    from .run_options import execute
+    code = execute(obj["root"], values)
+    _exit_fast(code)
+    return code
 
 
 @click.command()
