@@ -252,20 +252,3 @@ def offsets(path=VMLINUX):
 
 def available(path=VMLINUX):
     return os.path.exists(path) and offsets(path) is not None
-
-
-def main():
-    """`python -m pyinspect.probes.btf`: read the running kernel's offsets into the on-disk
-    cache (make install runs it, so the first probe start does not parse BTF)."""
-    from pyinspect.probes import drops
-    found = offsets()
-    try:
-        drops.btf_offsets()
-    except (OSError, BTFError, struct.error, IndexError, ValueError) as exc:
-        print(f"sk_buff offsets: unavailable ({exc})")
-    print(f"task offsets: {'cached' if found else 'unavailable (no usable BTF)'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -418,14 +418,6 @@ def loopback_up():
         os.close(fd)
 
 
-def check_kernel():
-    """Raise UnavailableError when the calling process cannot make containers."""
-    if os.geteuid() != 0:
-        raise UnavailableError("cannot create containers: not running as root",
-                               "run pyinspect as root")
-    return True
-
-
 def parse_volume(text):
     """`HOST:CTR[:ro|rw]` -> {"source", "destination", "ro"}."""
     parts = text.split(":")

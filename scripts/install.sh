@@ -59,7 +59,7 @@ fi
 .venv/bin/python -m pyinspect.probes.bpfobj >/dev/null
 # The running kernel's struct offsets from BTF, into the same cache (probes/btf.py), so the
 # first probe start does not parse BTF (~0.3 s); a new kernel's are cached at its first start.
-.venv/bin/python -m pyinspect.probes.btf >/dev/null || true
+.venv/bin/python -m pyinspect.probes.prebuild >/dev/null || true
 
 # Byte-compile once: this environment may set PYTHONDONTWRITEBYTECODE, and every CLI call
 # would otherwise recompile pyinspect (20-40 ms on the `run` start path).
