@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 
-from pyinspect.errors import UnavailableError, UsageError
+from pyinspect.errors import UsageError
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
