@@ -9,6 +9,7 @@ a failing step leaves no tagged image, and its container and scratch files are r
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 from pyinspect.errors import NotFoundError, PyinspectError, UsageError
@@ -73,6 +74,7 @@ class Interrupted(PyinspectError):
 
 @dataclass
 class _StageRun:
+    index: int                       # the stage's index in the Dockerfile
     state: ImageState
     args: dict                       # ARG values in scope (None: declared, no value)
     cmd_set: bool = False            # a CMD came in this stage (ENTRYPOINT keeps it)
@@ -158,12 +160,11 @@ class Builder:
     def _stage(self, stage, finals):
         self.n += 1
         self.progress.step(self.n, self.plan.total_steps, stage.from_ins.original)
-        st = _StageRun(state=self._base(stage, finals), args={})
+        st = _StageRun(index=stage.index, state=self._base(stage, finals), args={})
         self.progress.done(st.state.id, 0)
         for ins in stage.steps:
             self.n += 1
             self.progress.step(self.n, self.plan.total_steps, ins.original)
-            import time
             t0 = time.monotonic()
             try:
                 self._step(st, ins, finals)
@@ -338,7 +339,7 @@ class Builder:
             if cmd == "ADD":
                 raise ins.error("--from is only for COPY")
             ref = x(ins.flags["from"])
-            dep = planner.find_stage(self.plan.stages, ref, self._current_index(ins))
+            dep = planner.find_stage(self.plan.stages, ref, st.index)
             if dep is not None:
                 src_state = finals[dep.index]
             else:
@@ -372,12 +373,6 @@ class Builder:
                 return st.state.derive(f"{cmd} {' '.join(srcs)} {dest} # {digest[:12]}",
                                        diff_id=diff_id)
         self._cached_or(st, ins, parts, make)
-
-    def _current_index(self, ins):
-        for s in self.plan.stages:
-            if ins in s.steps:
-                return s.index
-        return len(self.plan.stages)
 
 
 def build(root, opts, progress=None):
