@@ -142,12 +142,13 @@ class Runtime:
         return c
 
     def list(self, all=False):
-        """Containers (running only unless `all`), newest first, after reconciling.
+        """Containers (running or restarting, like Docker's, unless `all`), newest first,
+        after reconciling.
         With `all`, damaged records are listed too (status "damaged")."""
         self.reconcile()
         out = state.load_all(self.root, damaged=all)
         out.reverse()
-        return out if all else [c for c in out if c.status == "running"]
+        return out if all else [c for c in out if c.status == "running" or c.restarting]
 
     # -- create ----------------------------------------------------------------------
     def _validate(self, spec):
@@ -477,6 +478,10 @@ class Runtime:
     def kill(self, ref, signal="KILL"):
         """Send `signal` to the container's init; waits for the exit on SIGKILL."""
         sig = parse_signal(signal)
+        c = self.get(ref)
+        if c.restarting and self._cancel_restarts(c):  # Docker: no signal, no restart
+            self._wait_exit(c, 10)
+            return self._refresh(c)
         c = self._running(ref)
         self._cancel_restarts(c)  # like Docker: a killed container counts as stopped
         try:
@@ -1135,7 +1140,7 @@ def container_json(c):
     from .cgroups import parse_memory
     spec, proc, net = c.spec, c.process, c.network or {}
     argv = proc.get("argv") or [""]
-    running = c.status == "running"
+    running = c.status == "running" or c.restarting  # Docker: Running while restarting
     mounts, binds = [], []
     for v in spec.volumes:
         from .isolation import parse_volume

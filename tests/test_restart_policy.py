@@ -7,6 +7,7 @@ next reconciling command, by `autostart`, and by the unit `install-service` writ
 import itertools
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -147,21 +148,34 @@ def test_always_restarts_and_stop_suppresses_restarts(pc, state_root, tmp_path):
     assert not record(state_root, "rp-loop")["manually_stopped"]
 
 
-def test_restarting_container_stop_and_rm(pc, state_root):
-    """A container waiting in its backoff: `rm` refuses it, `stop` ends the wait."""
-    pc("run", "-d", "--name", "rp-wait", "--net", "none", "--restart", "always",
-       "busybox", "sh", "-c", "exit 1")
-    wait_for(lambda: record(state_root, "rp-wait")["restart_count"] >= 7, what="long backoff")
+def test_restarting_container_ps_inspect_kill_stop_and_rm(pc, state_root):
+    """A container waiting in its backoff is listed and inspected as Docker's (running,
+    restarting); `rm` refuses it; `kill` and `stop` end the wait at once."""
+    for name in ("rp-wait", "rp-wait2"):
+        pc("run", "-d", "--name", name, "--net", "none", "--restart", "always",
+           "busybox", "sh", "-c", "exit 1")
+    for name in ("rp-wait", "rp-wait2"):  # from now on it waits 1.6 s or more each time
+        wait_for(lambda n=name: record(state_root, n)["restart_count"] >= 5, what="backoff")
     wait_for(lambda: record(state_root, "rp-wait")["restarting"], what="restarting")
+    state = pc.inspect("rp-wait")["State"]
+    assert state["Status"] == "restarting" and state["Restarting"] and state["Running"]
+    assert state["ExitCode"] == 1 and state["Pid"] == 0
+    names = pc("ps", "--format", "{{.Names}} {{.State}} {{.Status}}").stdout
+    assert re.search(r"^rp-wait restarting Restarting \(1\) .* ago$", names, re.M), names
     line = one_line_error(pc("rm", "rp-wait", check=False), 4)
     assert "restarting" in line
     t0 = time.monotonic()
     pc("stop", "rp-wait")
+    wait_for(lambda: record(state_root, "rp-wait2")["restarting"], what="restarting")
+    pc("kill", "rp-wait2")
     assert time.monotonic() - t0 < 5
-    info = pc.inspect("rp-wait")
-    assert info["State"]["Status"] == "exited" and not info["State"]["Restarting"]
-    assert not record(state_root, "rp-wait")["shim_pid"]
-    pc("rm", "rp-wait")
+    for name in ("rp-wait", "rp-wait2"):
+        info = pc.inspect(name)
+        assert info["State"]["Status"] == "exited" and not info["State"]["Restarting"]
+        assert not info["State"]["Running"]
+        rec = record(state_root, name)
+        assert not rec["shim_pid"] and rec["manually_stopped"]
+        pc("rm", name)
 
 
 # -- a killed monitor and the recovery paths ------------------------------------------
