@@ -265,3 +265,41 @@ def test_monitor_killed_while_waiting_to_restart(pc, state_root):
     now = record(state_root, "rp-orphan")
     assert now["shim_pid"] and now["shim_pid"] != rec["shim_pid"]
     assert now["restart_count"] > rec["restart_count"]
+
+
+# -- the init's way into its cgroups ------------------------------------------------
+def test_fork_into_cgroup_and_its_refusal(tmp_path):
+    """clone3(CLONE_INTO_CGROUP): the child starts in the cgroup2 directory (no
+    migration); a descriptor that is not a cgroup2 directory is an OSError, on which
+    the shim falls back to fork + cgroup.procs."""
+    from pyinspect.runtime import isolation
+    base = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") \
+        else "/sys/fs/cgroup"
+    if not os.path.exists(f"{base}/cgroup.procs"):
+        pytest.skip("no cgroup2 hierarchy")
+    d = f"{base}/pi-test-clone-{os.getpid()}"
+    os.mkdir(d)
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        r, w = os.pipe()
+        try:
+            pid = isolation.fork_into_cgroup(fd)
+            if pid == 0:
+                with open("/proc/self/cgroup") as f:
+                    os.write(w, f.read().encode())
+                os._exit(0)
+        finally:
+            os.close(fd)
+        os.close(w)
+        with os.fdopen(r) as f:
+            seen = f.read()
+        assert os.waitpid(pid, 0)[1] == 0
+        assert f"0::/{os.path.basename(d)}\n" in seen, seen
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(OSError):
+                isolation.fork_into_cgroup(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.rmdir(d)
