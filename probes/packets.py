@@ -453,6 +453,7 @@ class PacketCapture:
         self.attach_note = None
         self.lock = threading.Lock()
         self._ctl = _Ctl(evidence=1, clock_offset=_clock_offset())
+        self._ctl_lock = threading.Lock()   # the writer thread and the poll both set ctl
         self._possible = cpu_list("possible")
         self._epoll = None
         self._final = None
@@ -624,8 +625,9 @@ class PacketCapture:
 
     def set_evidence(self, on):
         """Write evidence (True) or count it as capped (False: the size cap was reached)."""
-        self._ctl.evidence = 1 if on else 0
-        self._write_ctl(keep_tokens=True)
+        with self._ctl_lock:
+            self._ctl.evidence = 1 if on else 0
+            self._write_ctl(keep_tokens=True)
 
     # -- analysis -----------------------------------------------------------------------
     def read(self, limit=1 << 30):
@@ -642,22 +644,23 @@ class PacketCapture:
         With `burst`, what is left of the last budget is kept as well, up to `burst`
         records in all (a token bucket); without, it is replaced. The evidence file does
         not depend on it."""
-        c = self._ctl
-        if records is None:
-            c.limited = 0
-        else:
-            tokens = int(records)
-            if burst is not None and self.obj:
-                last = self._read_ctl()
-                left = max(0, last.tokens) if last.limited else 0
-                tokens = min(int(burst), left + tokens)
-            elif burst is not None:
-                tokens = min(tokens, int(burst))
-            c.tokens = tokens
-            c.control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
-            c.limited = 1
-        c.clock_offset = _clock_offset()
-        self._write_ctl()
+        with self._ctl_lock:
+            c = self._ctl
+            if records is None:
+                c.limited = 0
+            else:
+                tokens = int(records)
+                if burst is not None and self.obj:
+                    last = self._read_ctl()
+                    left = max(0, last.tokens) if last.limited else 0
+                    tokens = min(int(burst), left + tokens)
+                elif burst is not None:
+                    tokens = min(tokens, int(burst))
+                c.tokens = tokens
+                c.control = max(int(records), CONTROL_PACKETS_PER_PERIOD * len(self.points))
+                c.limited = 1
+            c.clock_offset = _clock_offset()
+            self._write_ctl()
 
     def _read_ctl(self):
         c = _Ctl()
