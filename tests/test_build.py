@@ -204,6 +204,10 @@ def test_saved_build_is_read_by_skopeo(env):
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["config"]["ExposedPorts"] == {"80/tcp": {}}
+    # skopeo copy reads every blob and checks its digest against the manifest
+    r = subprocess.run(["skopeo", "copy", f"docker-archive:{out}", f"oci:{base / 'oci'}:x"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture(scope="module")
