@@ -21,6 +21,37 @@ def pid_alive(pid):
     return True
 
 
+def start_ticks(pid):
+    """When `pid` started, in clock ticks since boot; 0 if it does not exist or is a
+    zombie (as good as dead)."""
+    if not pid or pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return 0
+    return int(fields[19])
+
+
+def started_by(pid, epoch_ns):
+    """True if a process `pid` exists and started no later than `epoch_ns` (to the
+    second): the process that recorded that time, not a later one given its pid."""
+    ticks = start_ticks(pid)
+    if not ticks:
+        return False
+    try:
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return pid_alive(pid)
+    started_s = btime + ticks / os.sysconf("SC_CLK_TCK")
+    return started_s <= epoch_ns / 1e9 + 1.0
+
+
 def delete_netns(name):
     """Kill every process in the named network namespace (`ip netns`), then delete it.
     Missing namespaces and processes that are already gone are not errors."""

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import sqlite_utils
 
 from .errors import CorruptInputError, UnavailableError
-from .proc import pid_alive
+from .proc import pid_alive, started_by
 
 
 def _m1_base(db):
@@ -441,6 +441,7 @@ class Store:
     # -- killed traces ---------------------------------------------------------------
     def reap_killed_traces(self):
         """Mark `running` sessions whose process is gone as `killed`; returns their ids.
+        A process that started after the session did is not its trace (a recycled pid).
 
         stopped_ns is the newest segment file's mtime (else started_ns); segments the
         trace never finished get their file's size, mtime and complete = 0. Cheap when
@@ -452,7 +453,8 @@ class Store:
                 " WHERE status = 'running' AND pid IS NOT NULL").fetchall()
         except Exception:  # noqa: BLE001 - a store being migrated by an older version
             return []
-        dead = [(sid, started) for sid, pid, started in rows if not pid_alive(pid)]
+        dead = [(sid, started) for sid, pid, started in rows
+                if not (started_by(pid, started) if started else pid_alive(pid))]
         reaped = []
         for sid, started in dead:
             with contextlib.suppress(Exception), self.batch():

@@ -6,6 +6,7 @@ traces whose process died (reaped on the next open)."""
 import io
 import json
 import os
+import time
 import struct
 import subprocess
 from pathlib import Path
@@ -195,8 +196,12 @@ def test_killed_trace_is_reaped_and_exportable(state_root):
                                   status="running", pid=dead_pid(), cut=30,
                                   flows=[flow_row(T0 + 100, T0 + 600)])
         alive, _, _ = add_trace(store, "web", POINTS, three_segments()[:1],
-                                status="running", pid=os.getpid(),
+                                status="running", pid=os.getpid(), started=time.time_ns(),
                                 flows=[flow_row(T0 + 100, T0 + 600)])
+        # this process's pid on a session that started before it did: a recycled pid
+        recycled, _, _ = add_trace(store, "web", POINTS, three_segments()[:1],
+                                   status="running", pid=os.getpid(),
+                                   flows=[flow_row(T0 + 100, T0 + 600)])
         for n in (1, 2):
             seg = state_root / "pcap" / str(dead) / f"seg-0000{n}.pcapng"
             os.utime(seg, ns=(T0 + (5 + n) * 10**9, T0 + (5 + n) * 10**9))
@@ -206,6 +211,7 @@ def test_killed_trace_is_reaped_and_exportable(state_root):
         assert store.reap_killed_traces() == []            # once
     assert rows[dead]["status"] == "killed" and rows[dead]["stopped_ns"] == T0 + 7 * 10**9
     assert rows[alive]["status"] == "running"
+    assert rows[recycled]["status"] == "killed"
     assert rows[dead]["packets"] == 3                      # no summary: the index
     assert [(g.bytes, g.complete) for g in segrows] == [
         ((state_root / "pcap" / str(dead) / f"seg-0000{n}.pcapng").stat().st_size, 0)
