@@ -20,7 +20,6 @@ from pathlib import Path
 from .config import database_path
 from .errors import ConflictError, NotFoundError, UsageError
 
-RUNBOOK_DIR = Path(__file__).resolve().parent.parent / "docs" / "runbooks"
 
 
 def _iso(ns):
@@ -223,12 +222,9 @@ class Overview:
         return rows
 
     def runbook(self, name):
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,80}", name):
-            raise NotFoundError(f"no such runbook: {name}")
-        path = RUNBOOK_DIR / f"{name}.md"
-        if not path.is_file():
-            raise NotFoundError(f"no such runbook: {name}")
-        return path.read_text()
+        """A runbook's text (the package's copy, as doctor shows it)."""
+        from .doctor.model import read_runbook
+        return read_runbook(name)
 
     # -- metrics -------------------------------------------------------------------------
     def metrics(self):

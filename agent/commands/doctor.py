@@ -6,7 +6,7 @@ import sys
 import click
 
 
-def _print(findings, out):
+def _print(lib, findings, out):
     if not findings:
         out("No problems found.")
         return
@@ -21,7 +21,7 @@ def _print(findings, out):
         tag = "" if not f.actions or all(a[0] == "ack" for a in f.actions) else (
             "   (safe: --fix applies it)" if f.safe else "   (--fix asks first)")
         out(f"  fix: {f.fix}{tag}")
-        out(f"  runbook: {f.runbook}")
+        out(f"  runbook: {lib.runbook_file(f.runbook)}")
         out("")
 
 
@@ -48,7 +48,7 @@ def doctor(obj, container, port, as_json, fix, yes):
     out = (lambda s: click.echo(s, err=True)) if as_json else click.echo
     report = {"findings": [f.to_dict() for f in findings], "notes": first.notes}
     if not as_json:
-        _print(findings, out)
+        _print(lib, findings, out)
     if fix and findings:
         def confirm(f):
             if yes:
@@ -68,7 +68,7 @@ def doctor(obj, container, port, as_json, fix, yes):
         if not as_json:
             out("")
             out("After fixes:")
-            _print(findings, out)
+            _print(lib, findings, out)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     return 1 if lib.problems(findings) else 0

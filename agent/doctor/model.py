@@ -3,11 +3,16 @@ and `Finding`s (what is wrong, the evidence, the fix and its runbook)."""
 
 import ipaddress
 import os
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import NotFoundError
 
 SEVERITIES = ("error", "warning", "info")
 PROBLEM = ("error", "warning")  # severities that make the exit code 1
-RUNBOOKS = "docs/runbooks"
+RUNBOOKS = "docs/runbooks"  # how findings name a runbook (docs/runbooks/<name>.md)
+RUNBOOK_DIR = Path(__file__).resolve().parent / "runbooks"  # the files: package data
 SIM_REMOTE = "198.51.100.7"  # TEST-NET-2: used only to describe packets to the rule walker
 
 # A fix is a list of actions: ("run", argv) | ("write", path, text) | ("ack", key, value)
@@ -32,12 +37,30 @@ class Finding:
         d = asdict(self)
         d["actions"] = [list(map(str, a[1])) if a[0] == "run" else list(map(str, a))
                         for a in self.actions]
+        d["runbook_file"] = str(runbook_file(self.runbook))
         return d
 
 
 def runbook(name: str) -> str:
-    """Where the runbook `name` is shown from (its name is the file's stem)."""
+    """How a finding names the runbook `name` (the docs path; its stem is the name)."""
     return f"{RUNBOOKS}/{name}.md"
+
+
+def runbook_file(ref: str) -> Path:
+    """The installed runbook file of a name or a `runbook()` reference."""
+    name = Path(ref).stem
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,80}", name):
+        raise NotFoundError(f"no such runbook: {name}")
+    return RUNBOOK_DIR / f"{name}.md"
+
+
+def read_runbook(ref: str) -> str:
+    """The text of a runbook, read from the package's data; NotFoundError if none."""
+    path = runbook_file(ref)
+    try:
+        return path.read_text()
+    except OSError:
+        raise NotFoundError(f"no such runbook: {path.stem}") from None
 
 
 def describe_action(action: Action) -> str:
