@@ -1,7 +1,7 @@
-"""The README demo: a walkthrough of the seed's port-mapping scenario with real commands.
+"""The README demo: a walkthrough of Docker's port-mapping scenario with real commands.
 
 Everything network-side happens in a namespace the demo creates and plays "the host" in
-(`pyinspect-demo`), with the seed's "other machine" as a second namespace
+(`pyinspect-demo`), with "another machine" as a second namespace
 (`pyinspect-demo-client`), so the machine's own routes and firewall are never touched.
 Each step prints the command it runs and its real output. Safe to rerun: leftovers of an
 earlier run are removed first, and everything is removed at the end.

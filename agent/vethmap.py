@@ -1,6 +1,6 @@
 """The veth map: every interface in every network namespace, with its peer and container.
 
-This is the seed's `cat /sys/class/net/eth0/iflink` + `grep -l $iflink
+This is the usual `cat /sys/class/net/eth0/iflink` + `grep -l $iflink
 /sys/class/net/veth*/ifindex` loop, done from netlink for every namespace at once and
 without exec'ing anything into a container:
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-creates pcaps/seed-dnat-snat.pcapng: the seed's port-mapping demo traced with pyinspect.
+# Re-creates pcaps/demo-dnat-snat.pcapng: the port-mapping demo (pyinspect demo) traced with pyinspect.
 #   a container `test` (busybox httpd on :80) published as 8088:80 on a "host" network
 #   namespace; "another machine" (a second namespace) fetches http://HOST:8088/ (DNAT in,
 #   un-DNAT out) and the container fetches a page from an "upstream" namespace (SNAT by
@@ -12,7 +12,7 @@ PI="$PWD/.venv/bin/pyinspect"
 ROOT=$(mktemp -d /tmp/pp-sample.XXXXXX)
 HOST=pp-sample-host CLIENT=pp-sample-client UPSTREAM=pp-sample-upstream
 HOST_IP=10.204.0.1 CLIENT_IP=10.204.0.2 WAN_IP=10.205.0.1 UPSTREAM_IP=10.205.0.2
-OUT="${1:-pcaps/seed-dnat-snat.pcapng}"
+OUT="${1:-pcaps/demo-dnat-snat.pcapng}"
 
 cleanup() {
   nsenter --net=/run/netns/$HOST "$PI" --root "$ROOT" rm -f test >/dev/null 2>&1 || true

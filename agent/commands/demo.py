@@ -13,7 +13,7 @@ import click
                    "[default: 600 on a terminal, 0 otherwise].")
 @click.pass_obj
 def demo(obj, serve_seconds):
-    """Run the seed's port-mapping walkthrough end to end, then clean up.
+    """Run the Docker port-mapping walkthrough end to end, then clean up.
 
     A container `test` runs busybox httpd published on 8088; another machine (a
     network namespace) fetches a page through it while `pyinspect trace` follows
