@@ -753,7 +753,7 @@ class Runtime:
         stopped by the user, `on-failure` after a failure under its limit. With `boot`
         (Docker's daemon start), `always` ones the user had stopped come back too.
         Returns the containers started."""
-        self.reconcile(restart=True)
+        self.reconcile(restart=False)  # settles dead monitors: the pass below starts them
         waiting = [c for c in state.load_all(self.root)
                    if c.status == "exited" and not self._shim_busy(c)]
         return self._restart_by_policy(waiting, at_boot=boot)

@@ -241,8 +241,7 @@ def test_install_service_unit_brings_containers_back(pc, state_root, tmp_path):
     # the machine "reboots": nothing ran pyinspect since; the unit's command runs
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stdout.split()) == ["rp-db", "rp-off"] or \
-        sorted(proc.stdout.split()) == ["rp-off"]  # rp-db may be back via its reconcile
+    assert sorted(proc.stdout.split()) == ["rp-db", "rp-off"]
     for name in ("rp-db", "rp-off"):
         info = pc.inspect(name)
         assert info["State"]["Running"] and os.path.exists(f"/proc/{info['State']['Pid']}")
