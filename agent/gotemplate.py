@@ -77,8 +77,8 @@ def _split(src):
                 src.startswith("-\n", start) or src.startswith("-\r", start):
             out[-1][1] = out[-1][1].rstrip(" \t\r\n")
             start += 1
-        if src.startswith("/*", start) or src.startswith("/*", _skip_space(src, start)) and \
-                start > j + 2:
+        trimmed = start > j + 2  # `{{- /* ... */ -}}`: the comment follows the marker's space
+        if src.startswith("/*", _skip_space(src, start) if trimmed else start):
             end = src.find("*/", start)
             close = src.find("}}", end + 2) if end >= 0 else -1
             if end < 0 or close < 0:
