@@ -16,9 +16,9 @@ import subprocess
 import tarfile
 import time
 
-import compilerimage
 import pytest
 from conftest import Cli, Netns, unique
+from helpers import compilerimage
 
 pytestmark = pytest.mark.root
 
@@ -319,6 +319,7 @@ RUN ["sh", "-c", "id -u > /tmp/uid; id -g >> /tmp/uid"]
 USER root
 ADD data.tar.gz /unpacked/
 COPY --chown=33:33 --chmod=600 Dockerfile /owned
+COPY --from=busybox:latest /etc/group /from-image/
 ENTRYPOINT ["/bin/echo"]
 CMD ["default", "args"]
 
@@ -342,6 +343,9 @@ ENTRYPOINT ["/bin/echo", "reset:"]
     r = cli("run", "--rm", "--net", "none", "--entrypoint", "stat", "pib-instr:1",
             "-c", "%u:%g %a", "/owned")
     assert r.stdout == "33:33 600\n"
+    r = cli("run", "--rm", "--net", "none", "--entrypoint", "cat", "pib-instr:1",
+            "/from-image/group")
+    assert r.stdout.startswith("root:x:0:")
     # USER www-data: the RUN (exec form) ran as the image's passwd says
     r = cli("run", "--rm", "--net", "none", "--entrypoint", "cat", "pib-instr:1", "/tmp/uid")
     assert r.stdout == "33\n33\n"
