@@ -25,6 +25,10 @@ COMMANDS = {
     "save": ("images", "save", "Save images to a docker-save/OCI archive."),
     "tag": ("images", "tag", "Give an image another name."),
     "rmi": ("images", "rmi", "Remove images."),
+    "login": ("registry", "login", "Log in to a registry."),
+    "logout": ("registry", "logout", "Log out from a registry."),
+    "pull": ("registry", "pull", "Pull an image from a registry."),
+    "push": ("registry", "push", "Push an image to a registry."),
     "build": ("build", "build", "Build an image from a Dockerfile."),
     # containers
     "run": ("containers", "run", "Create and start a container."),

@@ -5,19 +5,28 @@ directory `dest` and never writes outside it:
 
 - member names that are absolute or contain `..` are rejected;
 - a member whose parent path crosses a symlink is rejected (no write-through);
-- hardlinks must point at a regular file or symlink extracted earlier from the same tar;
-- character/block devices and fifos are rejected;
+- hardlinks must point at a file, symlink, device or fifo extracted earlier from the
+  same tar;
+- character/block devices and fifos are created as Docker creates them when it runs as
+  root (mknod); where mknod is not allowed (no root, a user namespace) the node is
+  skipped and a note says so;
+- sparse files (GNU and PAX sparse formats) keep their holes;
 - whiteouts `.wh.<name>` become overlayfs whiteouts (a 0/0 character device) and
   `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory; whiteout names with
   path tricks (`.wh.`, `.wh..`, `.wh...`) are rejected;
-- xattrs from the archive are applied only for `security.capability`; `trusted.*`
-  (overlayfs' own control xattrs) never come from an archive.
+- xattrs (PAX `SCHILY.xattr.*`, libarchive's `LIBARCHIVE.xattr.*`) are applied for
+  `user.*`, `security.capability` and POSIX ACLs; `trusted.*` (overlayfs' own control
+  xattrs) and other namespaces never come from an archive;
+- with a `layerstream.Budget`, every regular file's size (a sparse file's full size) is
+  charged before it is written: size bombs stop at the limit.
 
 Every rejection is a CorruptInputError naming the member. The caller extracts into a
 temporary directory and renames it into place only after success.
-Stdlib only: this module sits on the `pyinspect run` path when busybox is built.
+Stdlib only for uncompressed layers: this module sits on the `pyinspect run` path when
+busybox is built.
 """
 
+import base64
 import errno
 import hashlib
 import json
@@ -25,17 +34,47 @@ import os
 import shutil
 import stat
 import tarfile
-import zlib
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
 
-from pyinspect.errors import CorruptInputError, NotFoundError, UnavailableError, UsageError
+from pyinspect.errors import (
+    CorruptInputError,
+    NotFoundError,
+    UnavailableError,
+    UsageError,
+)
 
+from . import imagemeta
 from .fsutil import atomic_write
+from .layerstream import GZIP_MAGIC, ZSTD_MAGIC, Budget, decompress_to
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-_ALLOWED_XATTRS = ("security.capability",)
+_ALLOWED_XATTRS = ("security.capability", "system.posix_acl_access",
+                   "system.posix_acl_default")
+_ALLOWED_XATTR_PREFIXES = ("user.",)
+
+
+def _xattr_allowed(attr):
+    return attr in _ALLOWED_XATTRS or attr.startswith(_ALLOWED_XATTR_PREFIXES)
+
+
+def _xattrs(member):
+    """[(name, raw value)] of a member's PAX xattr records."""
+    out = []
+    for key, value in (member.pax_headers or {}).items():
+        if key.startswith("SCHILY.xattr."):
+            out.append((key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape")))
+        elif key.startswith("LIBARCHIVE.xattr."):
+            try:
+                name = unquote_to_bytes(key[len("LIBARCHIVE.xattr."):]).decode()
+                raw = base64.b64decode(value + "=" * (-len(value) % 4))
+            except (ValueError, UnicodeDecodeError):
+                raise CorruptInputError(f"member {member.name!r}: malformed xattr {key!r}")
+            out.append((name, raw))
+    return out
 
 
 def clean_member_name(name):
@@ -55,11 +94,14 @@ def clean_member_name(name):
 
 
 class _Extractor:
-    def __init__(self, dest):
+    def __init__(self, dest, budget=None, notes=None):
         self.dest = os.fspath(dest)
-        self.seen = {}          # components -> kind ('file', 'dir', 'link', 'wh')
+        self.seen = {}          # components -> kind ('file', 'dir', 'link', 'dev', 'wh')
         self.dir_times = []     # (path, mtime) applied last, deepest first
         self.is_root = os.geteuid() == 0
+        self.budget = budget
+        self.notes = notes if notes is not None else []
+        self.skipped_devices = []
 
     def path(self, parts):
         return os.path.join(self.dest, *parts) if parts else self.dest
@@ -104,15 +146,12 @@ class _Extractor:
                 raise CorruptInputError(f"member {member.name!r}: chown: {exc.strerror}")
         if not is_link:
             os.chmod(p, member.mode & 0o7777)
-        for key, value in (member.pax_headers or {}).items():
-            if key.startswith("SCHILY.xattr."):
-                attr = key[len("SCHILY.xattr."):]
-                if attr in _ALLOWED_XATTRS and not is_link:
-                    raw = value.encode("utf-8", "surrogateescape")
-                    try:
-                        os.setxattr(p, attr, raw, follow_symlinks=False)
-                    except OSError:
-                        pass  # a capability the filesystem cannot hold is not fatal
+        for attr, raw in _xattrs(member):
+            if _xattr_allowed(attr) and not is_link:
+                try:
+                    os.setxattr(p, attr, raw, follow_symlinks=False)
+                except OSError:
+                    pass  # an attribute the filesystem cannot hold is not fatal (as Docker)
         try:
             os.utime(p, (member.mtime, member.mtime), follow_symlinks=False)
         except (OSError, OverflowError, ValueError):
@@ -160,11 +199,8 @@ class _Extractor:
         if base.startswith(WHITEOUT_PREFIX):
             self.whiteout(member, parts)
             return
-        if member.ischr() or member.isblk() or member.isfifo():
-            kind = "character device" if member.ischr() else (
-                "block device" if member.isblk() else "fifo")
-            raise CorruptInputError(f"member {name!r}: {kind} not allowed in an image layer")
-        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()
+                or member.ischr() or member.isblk() or member.isfifo()):
             raise CorruptInputError(f"member {name!r}: unsupported tar member type {member.type!r}")
         self.ensure_parents(name, parts)
         p = self.path(parts)
@@ -179,18 +215,15 @@ class _Extractor:
             return
         self.clear(name, parts, keep_dir=False)
         if member.isfile():
-            src = tf.extractfile(member)
+            if self.budget is not None:
+                self.budget.charge(member.size, f"member {name!r}", meter="extracted")
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
-                remaining = member.size
-                while remaining:
-                    chunk = src.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise CorruptInputError(f"member {name!r}: truncated data")
-                    out.write(chunk)
-                    remaining -= len(chunk)
+                self.write_data(tf, member, out)
             self.meta(member, p)
             self.seen[parts] = "file"
+        elif member.ischr() or member.isblk() or member.isfifo():
+            self.device(member, parts, p)
         elif member.issym():
             # Stored, never followed here: inside the container it resolves within the rootfs.
             if "\0" in member.linkname or not member.linkname:
@@ -204,13 +237,61 @@ class _Extractor:
             except CorruptInputError:
                 raise CorruptInputError(
                     f"member {name!r}: hardlink target {member.linkname!r} escapes the layer")
-            if self.seen.get(tparts) not in ("file", "link"):
+            if self.seen.get(tparts) not in ("file", "link", "dev"):
                 raise CorruptInputError(
                     f"member {name!r}: hardlink target {member.linkname!r} is not a file "
                     f"extracted earlier from this layer")
             self.ensure_parents(name, tparts)  # the target's own path must be symlink-free
             os.link(self.path(tparts), p, follow_symlinks=False)
             self.seen[parts] = self.seen[tparts]
+
+    def write_data(self, tf, member, out):
+        """A regular member's data; a sparse member's holes stay holes."""
+        name = member.name
+        src = tf.extractfile(member)
+        regions = [(0, member.size)]
+        if member.sparse is not None:
+            regions = []
+            for off, size in member.sparse:
+                if off < 0 or size < 0 or off + size > member.size:
+                    raise CorruptInputError(f"member {name!r}: sparse map beyond the file")
+                if size:
+                    regions.append((off, size))
+        for off, size in regions:
+            if member.sparse is not None:
+                src.seek(off)
+                out.seek(off)
+            remaining = size
+            while remaining:
+                chunk = src.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise CorruptInputError(f"member {name!r}: truncated data")
+                out.write(chunk)
+                remaining -= len(chunk)
+        if member.sparse is not None:
+            out.truncate(member.size)
+
+    def device(self, member, parts, p):
+        """mknod a device or fifo as Docker does as root; skipped (noted) where refused."""
+        name = member.name
+        if member.isfifo():
+            kind, fmt = "fifo", stat.S_IFIFO
+        else:
+            kind = "character device" if member.ischr() else "block device"
+            fmt = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+        try:
+            dev = os.makedev(member.devmajor, member.devminor)
+        except (OverflowError, ValueError):
+            raise CorruptInputError(f"member {name!r}: bad device numbers")
+        try:
+            os.mknod(p, (member.mode & 0o7777) | fmt, dev)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES) and kind != "fifo":
+                self.skipped_devices.append(name)
+                return
+            raise
+        self.meta(member, p)
+        self.seen[parts] = "wh" if member.ischr() and dev == 0 else "dev"
 
     def finish(self):
         for item in reversed(self.dir_times):
@@ -223,6 +304,12 @@ class _Extractor:
                 os.utime(p, (mtime, mtime), follow_symlinks=False)
             except (OSError, OverflowError, ValueError):
                 pass
+        if self.skipped_devices:
+            first = ", ".join(self.skipped_devices[:3])
+            more = len(self.skipped_devices) - 3
+            self.notes.append(f"skipped {len(self.skipped_devices)} device node(s) ({first}"
+                              f"{f' and {more} more' if more > 0 else ''}): mknod is not "
+                              "allowed here (Docker skips them the same way without root)")
 
 
 def _unavailable(what, exc):
@@ -231,11 +318,15 @@ def _unavailable(what, exc):
                             "trusted xattrs and mknod")
 
 
-def extract_layer(tar_path, dest):
-    """Extract the uncompressed layer tar at `tar_path` into the existing empty dir `dest`."""
+def extract_layer(tar_path, dest, budget=None, notes=None):
+    """Extract the uncompressed layer tar at `tar_path` into the existing empty dir `dest`.
+
+    `budget`: a layerstream.Budget charged with every file's size; `notes`: a list that
+    gets one line per kind of thing skipped.
+    """
     try:
         with tarfile.open(tar_path, "r:") as tf:
-            ex = _Extractor(dest)
+            ex = _Extractor(dest, budget, notes)
             for member in tf:
                 try:
                     ex.add(tf, member)
@@ -255,16 +346,22 @@ def extract_layer(tar_path, dest):
 # ---- image archives: docker save (legacy and OCI-style) and OCI layouts ---------------------
 
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_JSON = 16 << 20
 _MAX_LINK_DEPTH = 16
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MT_OCI_INDEX = imagemeta.MT_OCI_INDEX
+MT_OCI_MANIFEST = imagemeta.MT_OCI_MANIFEST
+MT_OCI_CONFIG = imagemeta.MT_OCI_CONFIG
+MT_OCI_LAYER = imagemeta.MT_OCI_LAYER
+MT_DOCKER_LIST = imagemeta.MT_DOCKER_LIST
+MT_DOCKER_MANIFEST = imagemeta.MT_DOCKER_MANIFEST
+
+
+@dataclass
+class Loaded:
+    """One image a load stored, with the names the archive gave it (not the store's)."""
+
+    image: object
+    names: list = field(default_factory=list)
 
 
 class _DirSource:
@@ -364,78 +461,6 @@ def _read_json(src, name):
         raise CorruptInputError(f"{name!r}: not valid JSON: {exc}")
 
 
-def _copy_decompressed(fin, out_path, what):
-    """Copy a plain or gzip'd tar stream to out_path; (sha256 of the raw input, of the output)."""
-    raw_hash = hashlib.sha256()
-    out_hash = hashlib.sha256()
-
-    class Hashing:
-        def read(self, n=-1):
-            chunk = fin.read(n)
-            raw_hash.update(chunk)
-            return chunk
-
-    head = fin.read(4)
-    raw_hash.update(head)
-    rest = Hashing()
-    try:
-        with open(out_path, "wb") as out:
-            if head[:2] == _GZIP_MAGIC:
-                dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                buf = head
-                while True:
-                    if not buf:
-                        buf = rest.read(1 << 20)
-                        if not buf:
-                            break
-                    if dec.eof:  # another gzip member follows, or zero padding
-                        if not buf.strip(b"\0"):
-                            buf = b""
-                            continue
-                        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    plain = dec.decompress(buf, 1 << 20)
-                    out_hash.update(plain)
-                    out.write(plain)
-                    buf = dec.unused_data if dec.eof else dec.unconsumed_tail
-                if not dec.eof:
-                    raise CorruptInputError(f"{what}: gzip stream is truncated")
-            elif head == _ZSTD_MAGIC:
-                raise CorruptInputError(f"{what}: zstd-compressed layers are not supported",
-                                        "re-save the image with gzip or uncompressed layers")
-            else:
-                out_hash.update(head)
-                out.write(head)
-                while True:
-                    chunk = rest.read(1 << 20)
-                    if not chunk:
-                        break
-                    out_hash.update(chunk)
-                    out.write(chunk)
-    except zlib.error as exc:
-        raise CorruptInputError(f"{what}: corrupt gzip data: {exc}")
-    except (tarfile.TarError, EOFError) as exc:
-        raise CorruptInputError(f"{what}: truncated: {exc}")
-    return raw_hash.hexdigest(), out_hash.hexdigest()
-
-
-def _check_config(config_bytes, config, what):
-    if not isinstance(config, dict):
-        raise CorruptInputError(f"{what}: image config is not a JSON object")
-    rootfs = config.get("rootfs")
-    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
-        raise CorruptInputError(f"{what}: image config has no rootfs of type 'layers'")
-    diff_ids = rootfs.get("diff_ids")
-    if not isinstance(diff_ids, list):
-        raise CorruptInputError(f"{what}: image config has no rootfs.diff_ids list")
-    for d in diff_ids:
-        if not (isinstance(d, str) and d.startswith("sha256:")
-                and len(d) == 71 and all(c in "0123456789abcdef" for c in d[7:])):
-            raise CorruptInputError(f"{what}: bad diff_id {d!r} in the image config")
-    if "config" in config and not isinstance(config["config"], (dict, type(None))):
-        raise CorruptInputError(f"{what}: image config's 'config' is not an object")
-    return diff_ids
-
-
 def _names(raw, what):
     from pyinspect.runtime.images import parse_reference
     out = []
@@ -447,13 +472,6 @@ def _names(raw, what):
     return out
 
 
-def _digest_hex(digest, what):
-    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71 \
-            or not all(c in "0123456789abcdef" for c in digest[7:]):
-        raise CorruptInputError(f"{what}: unsupported or malformed digest {digest!r}")
-    return digest[7:]
-
-
 def _host_arch():
     m = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(m, m)
@@ -462,68 +480,52 @@ def _host_arch():
 def _oci_images(src):
     """[(config_name, [layer (name, digest hex)], [tags])] from an OCI image layout."""
     _, index = _read_json(src, "index.json")
-    out = []
+    descs = imagemeta.index(index, "index.json")
 
-    def blob(digest, what):
-        return f"blobs/sha256/{_digest_hex(digest, what)}"
-
-    def manifest_entry(desc, names, depth):
-        if not isinstance(desc, dict):
-            raise CorruptInputError("index.json: a descriptor is not an object")
-        mt = desc.get("mediaType", "")
-        name = blob(desc.get("digest"), "index.json")
+    def manifest_entry(desc, names, depth, where):
+        name = f"blobs/sha256/{desc.hex}"
         raw, doc = _read_json(src, name)
-        if hashlib.sha256(raw).hexdigest() != name.rsplit("/", 1)[1]:
+        if hashlib.sha256(raw).hexdigest() != desc.hex:
             raise CorruptInputError(f"{name}: content does not match its digest")
-        if mt in (MT_OCI_INDEX, MT_DOCKER_LIST) or (not mt and "manifests" in doc):
+        if len(raw) != desc.size:
+            raise CorruptInputError(f"{where}: size {desc.size} but {name} has {len(raw)} "
+                                    "bytes")
+        if not isinstance(doc, dict):
+            raise CorruptInputError(f"{name} is not an object")
+        declared = desc.media_type if desc.media_type in imagemeta.INDEX_TYPES else ""
+        if imagemeta.is_index(doc, declared):
             if depth > 4:
                 raise CorruptInputError("index.json: image indexes nested too deep")
-            subs = [d for d in doc.get("manifests", []) if isinstance(d, dict)]
-            plat = [d for d in subs if (d.get("platform") or {}).get("architecture") ==
-                    _host_arch() and (d.get("platform") or {}).get("os", "linux") == "linux"]
-            pick = plat[:1] or subs[:1]
-            if not pick:
-                raise CorruptInputError(f"{name}: image index lists no manifests")
-            return manifest_entry(pick[0], names, depth + 1)
-        if mt not in (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST, "") or "config" not in doc:
-            raise CorruptInputError(f"{name}: unsupported manifest media type {mt!r}")
-        config = blob((doc.get("config") or {}).get("digest"), name)
-        layers = doc.get("layers")
-        if not isinstance(layers, list):
-            raise CorruptInputError(f"{name}: manifest has no layers list")
-        return (config, [(blob(l.get("digest") if isinstance(l, dict) else None, name),
-                          l["digest"][7:]) for l in layers], names)
+            subs = imagemeta.index(doc, name)
+            pick = imagemeta.pick_platform(subs, _host_arch(), name)
+            return manifest_entry(pick, names, depth + 1, f"{name}: manifests entry")
+        man = imagemeta.manifest(doc, name, desc.media_type)
+        return (f"blobs/sha256/{man.config.hex}",
+                [(f"blobs/sha256/{d.hex}", d.hex) for d in man.layers], names)
 
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list) or not manifests:
-        raise CorruptInputError("index.json: no manifests")
-    for desc in manifests:
-        ann = (desc.get("annotations") or {}) if isinstance(desc, dict) else {}
+    mine = [d for d in descs if not d.platform or (
+        d.platform.get("os") == "linux" and d.platform.get("architecture") == _host_arch())]
+    if not mine:
+        imagemeta.pick_platform(descs, _host_arch(), "index.json")  # raises, naming them
+    out = []
+    for i, desc in enumerate(mine):
+        ann = desc.annotations
         ref = ann.get("io.containerd.image.name") or ann.get("org.opencontainers.image.ref.name")
         names = []
         if ref and ("/" in ref or ":" in ref or ref == ann.get("io.containerd.image.name")):
             names = _names([ref], "index.json")
-        out.append(manifest_entry(desc, names, 0))
+        out.append(manifest_entry(desc, names, 0, f"index.json: manifests[{i}]"))
     return out
 
 
 def _docker_images(src):
     """[(config_name, [layer (name, None)], [tags])] from a docker-save manifest.json."""
     _, manifest = _read_json(src, "manifest.json")
-    if not isinstance(manifest, list) or not manifest:
-        raise CorruptInputError("manifest.json: not a non-empty list")
-    out = []
-    for entry in manifest:
-        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) \
-                or not isinstance(entry.get("Layers"), list) \
-                or not all(isinstance(x, str) for x in entry["Layers"]):
-            raise CorruptInputError("manifest.json: entry lacks Config or Layers")
-        out.append((entry["Config"], [(x, None) for x in entry["Layers"]],
-                    _names(entry.get("RepoTags"), "manifest.json")))
-    return out
+    return [(e.config, [(x, None) for x in e.layers], _names(e.repo_tags, "manifest.json"))
+            for e in imagemeta.save_manifest(manifest)]
 
 
-def _open_source(path, staging, label):
+def _open_source(path, staging, label, budget):
     if os.path.isdir(path):
         return _DirSource(path)
     try:
@@ -536,26 +538,42 @@ def _open_source(path, staging, label):
         head = f.read(4)
         if not head:
             raise CorruptInputError(f"loading {label}: empty file")
-        if head[:2] == _GZIP_MAGIC:
+        if head[:2] == GZIP_MAGIC or head == ZSTD_MAGIC:
             f.seek(0)
             plain = staging / "input.tar"
-            _copy_decompressed(f, plain, f"loading {label}")
+            decompress_to(f, plain, f"loading {label}", budget, meter="archive")
             path = plain
-        elif head[:3] in (b"BZh", b"\xfd7zX") or head == _ZSTD_MAGIC:
-            raise CorruptInputError(f"loading {label}: only plain or gzip'd tar archives "
-                                    "are supported")
+        elif head[:3] in (b"BZh", b"\xfd7zX"):
+            raise CorruptInputError(f"loading {label}: only plain, gzip'd or zstd'd tar "
+                                    "archives are supported")
     try:
         return _TarSource(path)
     except CorruptInputError as exc:
         raise CorruptInputError(f"loading {label}: {exc}")
 
 
-def load(store, path):
-    """Import every image of a docker-save archive or OCI layout into `store`; [Image].
+def _input_size(path):
+    """Bytes of input a load reads: the file's size, or a layout directory's total."""
+    if not os.path.isdir(path):
+        return os.stat(path).st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for n in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def load(store, path, notes=None):
+    """Import every image of a docker-save archive or OCI layout into `store`; [Loaded].
 
     `path` is a file, a directory or a binary stream (copied into the store's staging
-    area first).
+    area first). Writing is limited by the root's image-limits (layerstream.Budget).
     """
+    from .image_settings import load_settings
+    settings = load_settings(store.root)
     staging = store._new_staging()
     src = None
     label = path
@@ -567,7 +585,11 @@ def load(store, path):
                 shutil.copyfileobj(path, out, 1 << 20)
             path = spooled
         path = os.fspath(path)
-        src = _open_source(path, staging, label)
+        try:
+            budget = Budget(settings.limits, _input_size(path), store.dir)
+        except FileNotFoundError:
+            raise NotFoundError(f"loading {label}: no such file")
+        src = _open_source(path, staging, label, budget)
         if src.has("manifest.json"):
             entries = _docker_images(src)
         elif src.has("index.json"):
@@ -582,11 +604,11 @@ def load(store, path):
             image_hex = hashlib.sha256(config_bytes).hexdigest()
             what = f"loading {label}: image sha256:{image_hex[:12]}"
             base = config_name.rsplit("/", 1)[-1]
-            stem = base[:-5] if base.endswith(".json") else base
+            stem = base.removesuffix(".json")
             if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) \
                     and stem != image_hex:
                 raise CorruptInputError(f"{what}: config does not match its digest {stem[:12]}")
-            diff_ids = _check_config(config_bytes, config, what)
+            diff_ids = imagemeta.image_config(config, f"{what}: config")
             if len(diff_ids) != len(layers):
                 raise CorruptInputError(f"{what}: {len(layers)} layers but the config lists "
                                         f"{len(diff_ids)} diff_ids")
@@ -596,8 +618,11 @@ def load(store, path):
                     continue
                 blob = staging / f"{diff_hex}.tar"
                 lwhat = f"{what}: layer {i + 1} ({layer_name})"
-                with src.open(layer_name) as fin:
-                    raw_hex, plain_hex = _copy_decompressed(fin, blob, lwhat)
+                try:
+                    with src.open(layer_name) as fin:
+                        raw_hex, plain_hex, _ = decompress_to(fin, blob, lwhat, budget)
+                except (tarfile.TarError, EOFError) as exc:
+                    raise CorruptInputError(f"{lwhat}: truncated: {exc}")
                 if blob_hex is not None and raw_hex != blob_hex:
                     raise CorruptInputError(f"{lwhat}: content does not match its digest")
                 if plain_hex != diff_hex:
@@ -605,18 +630,23 @@ def load(store, path):
                                             f"does not match the config's diff_id "
                                             f"sha256:{diff_hex[:12]}")
                 try:
-                    store._stage_layer(staging, blob, diff_hex)
+                    store._stage_layer(staging, blob, diff_hex, budget=budget, notes=notes)
                 except CorruptInputError as exc:
-                    raise CorruptInputError(f"{lwhat}: {exc.message}")
+                    raise CorruptInputError(f"{lwhat}: {exc.message}", exc.hint)
                 staged.add(diff_hex)
             images.append((config_bytes, names))
         src.close()
         src = None
-        return store._commit(staging, images)
+        stored = store._commit(staging, images)
+        return [Loaded(image=im, names=list(names)) for im, (_, names) in zip(stored, images)]
     except CorruptInputError as exc:
         if exc.message.startswith("loading "):
             raise
         raise CorruptInputError(f"loading {label}: {exc.message}", exc.hint) from None
+    except UnavailableError as exc:
+        if exc.message.startswith("loading "):
+            raise
+        raise UnavailableError(f"loading {label}: {exc.message}", exc.hint) from None
     finally:
         if src is not None:
             src.close()

@@ -5,6 +5,8 @@ Layout (see docs/images.md):
     images/blobs/sha256/<diff_id hex>     the layer's uncompressed tar (for `save`)
     images/configs/<image id hex>.json    the image config, byte for byte (id = its sha256)
     images/repositories.json              {"tags": {"name:tag": "sha256:<id>"}}, atomic
+    images/digests.json                   {"name@sha256:<manifest>": "sha256:<id>"}: the
+                                          registry digests of pulled/pushed images
     images/lock                           fcntl.flock for every change
     images/tmp/<pid>-<rand>/              staging; renamed into place only on success
 
@@ -19,8 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyinspect.errors import (ConflictError, CorruptInputError, NotFoundError,
-                             UnavailableError, UsageError)
+from pyinspect.errors import (
+    ConflictError,
+    CorruptInputError,
+    NotFoundError,
+    UnavailableError,
+    UsageError,
+)
 from pyinspect.proc import pid_alive
 
 from .fsutil import atomic_write
@@ -94,6 +101,7 @@ class ImageStore:
         self.blobs = self.dir / "blobs" / "sha256"
         self.configs = self.dir / "configs"
         self.repos = self.dir / "repositories.json"
+        self.digests_file = self.dir / "digests.json"
         self.tmp = self.dir / "tmp"
 
     # ---- storage helpers -------------------------------------------------------------
@@ -133,6 +141,27 @@ class ImageStore:
     def _write_tags(self, tags):
         data = json.dumps({"tags": dict(sorted(tags.items()))}, indent=1).encode()
         _atomic_write(self.repos, data)
+
+    def _digests(self):
+        """{"name@sha256:<manifest digest>": "sha256:<image id>"} (RepoDigests)."""
+        try:
+            data = json.loads(self.digests_file.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            raise CorruptInputError(f"image digests {self.digests_file}: not valid JSON",
+                                    "restore or remove the file; images stay by id") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise CorruptInputError(f"image digests {self.digests_file}: not an object")
+        return data
+
+    def add_repo_digest(self, name_at_digest, image_id):
+        """Remember that `name@sha256:...` (a registry manifest) is the image `image_id`."""
+        with self._locked():
+            digests = self._digests()
+            digests[name_at_digest] = image_id
+            _atomic_write(self.digests_file,
+                          json.dumps(dict(sorted(digests.items())), indent=1).encode())
 
     def _ids(self):
         try:
@@ -178,6 +207,13 @@ class ImageStore:
         if not isinstance(ref, str) or not ref:
             raise UsageError("image reference: empty")
         ids = None
+        if "@" in ref:
+            from pyinspect.runtime.registry.reference import parse
+            r = parse(ref)
+            image_id = self._digests().get(f"{r.familiar}@{r.digest}")
+            if image_id and (self.configs / f"{image_id[7:]}.json").exists():
+                return image_id[7:], None
+            return None
         if ref.startswith("sha256:"):
             prefix = ref[7:]
             if not _HEXPFX.match(prefix):
@@ -223,6 +259,22 @@ class ImageStore:
         raise NotFoundError(f"image {ref!r}: no such image",
                             "pyinspect images lists them; pyinspect load -i FILE imports one")
 
+    def exists(self, ref):
+        """Whether `ref` names a stored image (no busybox build, no image loaded)."""
+        try:
+            return self._find(ref, self._tags()) is not None
+        except UsageError:
+            return False
+
+    def by_tag(self, name):
+        """The image tagged `name` (name:tag form), never by id; NotFoundError otherwise."""
+        name = parse_reference(name)
+        tags = self._tags()
+        if name not in tags or not (self.configs / f"{tags[name][7:]}.json").exists():
+            raise NotFoundError(f"image {name!r}: no image has this tag",
+                                f"pyinspect tag IMAGE {name}")
+        return self._load_image(tags[name][7:], tags)
+
     def list(self):
         """Every stored image, newest first."""
         tags = self._tags()
@@ -236,7 +288,7 @@ class ImageStore:
         return {
             "Id": im.id,
             "RepoTags": im.repo_tags,
-            "RepoDigests": [],
+            "RepoDigests": sorted(k for k, v in self._digests().items() if v == im.id),
             "Created": im.created,
             "Architecture": im.architecture,
             "Os": im.os,
@@ -261,18 +313,23 @@ class ImageStore:
         d.mkdir()
         return d
 
-    def _stage_layer(self, staging, blob_path, diff_hex):
-        """Extract the uncompressed layer tar at blob_path into staging/<hex>.layer."""
+    def _stage_layer(self, staging, blob_path, diff_hex, budget=None, notes=None):
+        """Extract the uncompressed layer tar at blob_path into staging/<hex>.layer.
+
+        `budget` (layerstream.Budget) charges the extracted sizes; `notes` (a list)
+        collects what was skipped (device nodes where mknod is not allowed).
+        """
         from pyinspect.runtime.archive import extract_layer
         dest = staging / f"{diff_hex}.layer"
         dest.mkdir(mode=0o755)
-        extract_layer(blob_path, dest)
+        extract_layer(blob_path, dest, budget=budget, notes=notes)
         os.chmod(dest, 0o755)
         return dest
 
-    def _commit(self, staging, images):
+    def _commit(self, staging, images, digests=()):
         """Move staged layers into place and record images: [(config bytes, [tags])].
 
+        `digests`: "name@sha256:..." registry digests of the (first) image.
         Runs under the lock; returns the Images. Each needed layer must be stored already
         or staged as staging/<hex>.layer + staging/<hex>.tar.
         """
@@ -301,6 +358,12 @@ class ImageStore:
                     tags[name] = f"sha256:{hexid}"
                 out.append(hexid)
             self._write_tags(tags)
+            if digests:
+                known = self._digests()
+                for d in digests:
+                    known[d] = f"sha256:{out[0]}"
+                _atomic_write(self.digests_file,
+                              json.dumps(dict(sorted(known.items())), indent=1).encode())
             return [self._load_image(h, tags) for h in out]
 
     # ---- public building blocks for `pyinspect build` -----------------------------------
@@ -349,6 +412,7 @@ class ImageStore:
     def build_busybox(self):
         """Build (or rebuild) the embedded busybox:latest image from the host's busybox."""
         import shutil
+
         from pyinspect.runtime import busybox_image
         with self._locked():
             tags = self._tags()
@@ -433,6 +497,11 @@ class ImageStore:
             if users:
                 return result
             os.unlink(self.configs / f"{hexid}.json")
+            digests = self._digests()
+            if any(v == image_id for v in digests.values()):
+                _atomic_write(self.digests_file, json.dumps(
+                    {k: v for k, v in sorted(digests.items()) if v != image_id},
+                    indent=1).encode())
             result.append({"Deleted": image_id})
             self._gc()
             return result
@@ -461,8 +530,16 @@ class ImageStore:
     # ---- archives ----------------------------------------------------------------------
     def load(self, path):
         """Import every image in a docker-save archive or OCI layout (dir or tar, gzip or not)."""
+        return [loaded.image for loaded in self.load_images(path)]
+
+    def load_images(self, path, notes=None):
+        """Like load, but [archive.Loaded]: each image with the names the archive gave it.
+
+        `notes` (a list) collects what was skipped with a reason (device nodes where
+        mknod is not allowed).
+        """
         from pyinspect.runtime import archive
-        return archive.load(self, path)
+        return archive.load(self, path, notes=notes)
 
     def save(self, refs, out):
         """Write images to `out` (path or binary file) as a docker-save archive (OCI-style)."""

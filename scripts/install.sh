@@ -2,7 +2,9 @@
 # Installs everything pyinspect needs on a Debian 12 host, as root. Safe to rerun.
 #   - Debian packages: bcc (python3-bpfcc), clang + libbpf (the capture programs are
 #     compiled once and loaded with libbpf), kernel headers, iptables, iproute2,
-#     busybox-static, conntrack, tcpdump, tshark, runc, iperf3
+#     busybox-static, conntrack, tcpdump, tshark, runc, iperf3; for the image tests
+#     docker-registry (started by the tests on 127.0.0.1 only), skopeo, umoci,
+#     apache2-utils (htpasswd -B)
 #   - /lib/modules/$(uname -r)/{build,source} -> the newest Debian headers when the
 #     running kernel has none (tracepoint/tc programs only need the uapi + BTF)
 #   - tracefs and debugfs mounted
@@ -28,6 +30,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# docker-registry is only for the tests, which start their own on 127.0.0.1: the
+# package's service (every interface, port 5000) stays off.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 # Kernel headers for bcc: link the newest installed Debian headers if the running kernel has none.

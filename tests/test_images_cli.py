@@ -100,8 +100,8 @@ def test_bad_inputs_are_one_line_and_keep_state(cli, archive, tmp_path):
         "evil-layer": kit.docker_legacy(tmp_path / "e.tar", [(
             [kit.layer(("lnk", "sym", "/"), ("lnk/pm-escape", "file", b"x"))], ["pm-e:1"],
             None)]).read_bytes(),
-        "device": kit.docker_legacy(tmp_path / "d.tar", [(
-            [kit.layer(("dev/kmem", "chr"))], ["pm-d:1"], None)]).read_bytes(),
+        "hardlink-out": kit.docker_legacy(tmp_path / "d.tar", [(
+            [kit.layer(("h", "hard", "../../etc/passwd"))], ["pm-d:1"], None)]).read_bytes(),
     }
     for name, data in bad.items():
         p = tmp_path / f"{name}.tar"

@@ -111,14 +111,18 @@ def load(obj, path, quiet):
         if sys.stdin.isatty():
             raise UsageError("load: no input", "give -i FILE or pipe an archive to stdin")
         path = sys.stdin.buffer
-    for im in _store(obj).load(path):
+    notes = []
+    loaded = _store(obj).load_images(path, notes=notes)
+    for line in notes:
+        click.echo(f"note: {line}", err=True)
+    for item in loaded:  # the names the archive holds, not every tag the image has
         if quiet:
             continue
-        if im.repo_tags:
-            for t in im.repo_tags:
+        if item.names:
+            for t in item.names:
                 click.echo(f"Loaded image: {t}")
         else:
-            click.echo(f"Loaded image ID: {im.id}")
+            click.echo(f"Loaded image ID: {item.image.id}")
 
 
 @click.command()

@@ -149,6 +149,8 @@ def execute(root, values) -> int:
                          tty=v["tty"], auto_remove=v["auto_remove"],
                          network_mode=v["network"], publish=list(v["publish"]),
                          publish_all=v["publish_all"], restart=v["restart_policy"])
+    from .pulling import ensure_image
+    ensure_image(root, spec.image)  # a missing image is pulled first, like Docker's run
     rt = Runtime(root)
     if v["detach"]:
         c = rt.run(spec, detach=True)

@@ -1,0 +1,379 @@
+"""login/logout/pull/push against a real registry (Debian's docker-registry on 127.0.0.1
+with a bcrypt htpasswd file), skopeo both ways, and every bad input with the store unchanged.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+import requests
+from conftest import Cli, have
+from helpers import imagekit as kit
+from helpers.registryd import PASSWORD, USER, Registry, store_snapshot
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not (have("docker-registry") and have("htpasswd")),
+                                 reason="docker-registry and htpasswd (make install)")]
+
+BASE = kit.layer(("etc", "dir"), ("etc/pm-base", "file", b"base layer\n"))
+TOP = kit.layer(("app", "dir"), ("app/data", "file", os.urandom(5000)))
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def dconf(tmp_path):
+    """A Docker config directory of the test's own (DOCKER_CONFIG)."""
+    d = tmp_path / "docker-config"
+    return d
+
+
+class RCli(Cli):
+    """The CLI with DOCKER_CONFIG pointing at the test's own directory."""
+
+    def __init__(self, root, dconf):
+        super().__init__(root)
+        self.dconf = dconf
+
+    def __call__(self, *args, env=None, **kw):
+        return super().__call__(*args, env={"DOCKER_CONFIG": str(self.dconf), **(env or {})},
+                                **kw)
+
+
+@pytest.fixture
+def rcli(state_root, dconf):
+    return RCli(state_root, dconf)
+
+
+def one_line_error(proc, code, *words):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("Error: ") and "Traceback" not in proc.stderr, proc.stderr
+    for w in words:
+        assert w in err, err
+
+
+def login(cli, host, password=PASSWORD):
+    return cli("login", "-u", USER, "--password-stdin", host, input=password + "\n",
+               check=False)
+
+
+def skopeo(*args):
+    return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def creds_args(prefix):
+    return [f"--{prefix}tls-verify=false", f"--{prefix}creds", f"{USER}:{PASSWORD}"]
+
+
+def test_login_wrong_password_then_right_one(rcli, registry, dconf):
+    one_line_error(login(rcli, registry.host, "wrong"), 1, "incorrect username or password")
+    assert not (dconf / "config.json").exists()
+    proc = login(rcli, registry.host)
+    assert proc.returncode == 0 and proc.stdout.strip() == "Login Succeeded", proc.stderr
+    cfg = dconf / "config.json"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    auth = json.loads(cfg.read_text())["auths"][registry.host]["auth"]
+    import base64
+    assert base64.b64decode(auth).decode() == f"{USER}:{PASSWORD}"
+    # Docker's own key for Docker Hub, and other keys of the file, are kept untouched
+    data = json.loads(cfg.read_text())
+    data["credsStore"] = "pm-none"
+    cfg.write_text(json.dumps(data))
+    assert rcli("logout", registry.host).stdout.strip() == \
+        f"Removing login credentials for {registry.host}"
+    data = json.loads(cfg.read_text())
+    assert data["auths"] == {} and data["credsStore"] == "pm-none"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    assert rcli("logout", registry.host).stdout.strip() == f"Not logged in to {registry.host}"
+
+
+def test_push_skopeo_inspect_pull_and_run(rcli, registry, tmp_path, dconf):
+    assert login(rcli, registry.host).returncode == 0
+    name = f"{registry.host}/pm/app:v1"
+    arc = kit.docker_legacy(tmp_path / "a.tar", [([BASE, TOP], [name], None)])
+    rcli("load", "-i", arc)
+    out = rcli("push", name).stdout.splitlines()
+    assert out[0] == f"The push refers to repository [{registry.host}/pm/app]"
+    assert sum(line.endswith(": Pushed") for line in out) == 2, out
+    digest = out[-1].split()[2]
+    assert out[-1].startswith("v1: digest: sha256:") and out[-1].split()[-2] == "size:"
+    # skopeo reads what pyinspect pushed
+    info = skopeo("inspect", *creds_args(""), f"docker://{name}")
+    assert info.returncode == 0, info.stderr
+    info = json.loads(info.stdout)
+    assert info["Digest"] == digest and len(info["Layers"]) == 2
+    raw = json.loads(skopeo("inspect", "--raw", *creds_args(""), f"docker://{name}").stdout)
+    assert raw["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    cfg = json.loads(skopeo("inspect", "--config", *creds_args(""), f"docker://{name}").stdout)
+    assert cfg["rootfs"]["diff_ids"] == [f"sha256:{kit.sha(BASE)}", f"sha256:{kit.sha(TOP)}"]
+    # a second push sends no blob again (HEAD first)
+    again = rcli("push", name).stdout
+    assert again.count("Layer already exists") == 2 and "Pushed" not in again
+    assert again.splitlines()[-1].split()[2] == digest
+    # pull into another store: the same image id, tags and RepoDigests
+    other = RCli(tmp_path / "other", dconf)
+    pulled = other("pull", name).stdout.splitlines()
+    assert pulled[0] == "v1: Pulling from pm/app"
+    assert f"Digest: {digest}" in pulled and pulled[-1] == name
+    assert f"Status: Downloaded newer image for {name}" in pulled
+    image_id = f"sha256:{kit.sha(kit.config([BASE, TOP]))}"
+    (ins,) = json.loads(other("inspect", name).stdout)
+    assert ins["Id"] == image_id and ins["RepoTags"] == [name]
+    assert ins["RepoDigests"] == [f"{registry.host}/pm/app@{digest}"]
+    assert f"Status: Image is up to date for {name}" in other("pull", name).stdout
+    # by digest, then run by digest
+    by_digest = f"{registry.host}/pm/app@{digest}"
+    third = RCli(tmp_path / "third", dconf)
+    assert third("pull", "-q", by_digest).stdout.strip() == by_digest
+    (ins,) = json.loads(third("inspect", by_digest).stdout)
+    assert ins["Id"] == image_id and ins["RepoTags"] == []
+
+
+def test_run_pulls_a_missing_image(rcli, registry, tmp_path, dconf):
+    assert login(rcli, registry.host).returncode == 0
+    name = f"{registry.host}/pm/busybox:run"
+    rcli("tag", "busybox", name)
+    rcli("push", name)
+    fresh = RCli(tmp_path / "fresh", dconf)
+    proc = fresh("run", "--rm", "--net", "none", name, "sh", "-c", "echo pm-pulled-$((6*7))")
+    assert proc.stdout == "pm-pulled-42\n"
+    assert f"Unable to find image '{name}' locally" in proc.stderr
+    assert "Pull complete" in proc.stderr
+    assert fresh("images", "--format", "json").stdout.count(f"{registry.host}/pm/busybox") == 1
+
+
+def test_chunked_upload_and_pull_back(rcli, registry, tmp_path, dconf):
+    assert login(rcli, registry.host).returncode == 0
+    big = kit.layer(("blob", "file", os.urandom(300_000)))
+    name = f"{registry.host}/pm/chunks:1"
+    rcli("load", "-i", kit.docker_legacy(tmp_path / "c.tar", [([big], [name], None)]))
+    rcli("push", "--chunk-size", "65536", name)
+    other = RCli(tmp_path / "other", dconf)
+    other("pull", name)
+    (ins,) = json.loads(other("inspect", name).stdout)
+    assert ins["RootFS"]["Layers"] == [f"sha256:{kit.sha(big)}"]
+
+
+def test_skopeo_copy_in_then_pull_and_run(rcli, registry, tmp_path, state_root):
+    if not have("skopeo"):
+        pytest.skip("skopeo (make install)")
+    rcli("save", "-o", tmp_path / "bb.tar", "busybox")
+    assert login(rcli, registry.host).returncode == 0
+    dest = f"{registry.host}/pm/skopeo-v2s2:1"
+    cp = skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
+                "--format", "v2s2", f"docker-archive:{tmp_path / 'bb.tar'}", f"docker://{dest}")
+    assert cp.returncode == 0, cp.stderr
+    fresh = RCli(tmp_path / "fresh", rcli.dconf)
+    fresh("pull", dest)
+    proc = fresh("run", "--rm", "--net", "none", dest, "sh", "-c", "echo pm-skopeo")
+    assert proc.stdout == "pm-skopeo\n"
+    (a,) = json.loads(fresh("inspect", dest).stdout)
+    (b,) = json.loads(rcli("inspect", "busybox").stdout)
+    assert a["RootFS"] == b["RootFS"] and a["Id"] == b["Id"]
+
+
+def test_skopeo_zstd_oci_image_pulled(rcli, registry, tmp_path):
+    """An OCI image with zstd layers (skopeo compresses them into an OCI layout, then
+    copies that to the registry; fresh content, so skopeo's blob cache has no gzip twin)."""
+    if not have("skopeo"):
+        pytest.skip("skopeo (make install)")
+    layers = [kit.layer(("z", "dir"), ("z/data", "file", os.urandom(20000) + b"\0" * 50000))]
+    name = f"{registry.host}/pm/zstd:1"
+    rcli("load", "-i", kit.docker_legacy(tmp_path / "z.tar", [(layers, ["pm-z:1"], None)]))
+    rcli("save", "-o", tmp_path / "z-saved.tar", "pm-z:1")
+    oci = tmp_path / "oci-zstd"
+    cp = skopeo("copy", "--dest-compress-format", "zstd", "--dest-compress",
+                f"docker-archive:{tmp_path / 'z-saved.tar'}", f"oci:{oci}:1")
+    assert cp.returncode == 0, cp.stderr
+    cp = skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
+                f"oci:{oci}:1", f"docker://{name}")
+    assert cp.returncode == 0, cp.stderr
+    raw = json.loads(skopeo("inspect", "--raw", *creds_args(""), f"docker://{name}").stdout)
+    assert raw["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    assert login(rcli, registry.host).returncode == 0
+    other = RCli(tmp_path / "other", rcli.dconf)
+    other("pull", name)
+    (ins,) = json.loads(other("inspect", name).stdout)
+    assert ins["RootFS"]["Layers"] == [f"sha256:{kit.sha(layers[0])}"]  # skopeo rewrote the
+    # config as an OCI one: the id differs, the layers may not
+    # the same OCI layout (zstd layers) loads directly too
+    third = RCli(tmp_path / "third", rcli.dconf)
+    third("load", "-i", oci)
+    (ins,) = json.loads(third("inspect", ins["Id"]).stdout)
+    assert ins["RootFS"]["Layers"] == [f"sha256:{kit.sha(layers[0])}"]
+
+
+def test_index_picks_linux_amd64(rcli, registry, tmp_path):
+    if not have("skopeo"):
+        pytest.skip("skopeo (make install)")
+    layout = kit.oci_layout(tmp_path / "layout", [([BASE, TOP], "multi", None)],
+                            nested_index=True)
+    dest = f"{registry.host}/pm/multi:1"
+    cp = skopeo("copy", "--all", "--dest-tls-verify=false", "--dest-creds",
+                f"{USER}:{PASSWORD}", f"oci:{layout}:multi", f"docker://{dest}")
+    assert cp.returncode == 0, cp.stderr
+    raw = json.loads(skopeo("inspect", "--raw", *creds_args(""), f"docker://{dest}").stdout)
+    assert raw["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert login(rcli, registry.host).returncode == 0
+    out = rcli("pull", dest).stdout
+    top = "sha256:" + hashlib.sha256(
+        skopeo("inspect", "--raw", *creds_args(""), f"docker://{dest}").stdout.encode()
+    ).hexdigest()
+    assert f"Digest: {top}" in out
+    (ins,) = json.loads(rcli("inspect", dest).stdout)
+    assert ins["Id"] == f"sha256:{kit.sha(kit.config([BASE, TOP]))}"
+
+
+def _seeded(rcli, tmp_path):
+    """A store holding one image, and its snapshot."""
+    rcli("load", "-i", kit.docker_legacy(tmp_path / "seed.tar", [([BASE], ["pm-seed:1"], None)]))
+    return store_snapshot(rcli.root)
+
+
+def test_bad_pulls_are_one_line_and_leave_the_store_unchanged(rcli, registry, tmp_path, dconf):
+    assert login(rcli, registry.host).returncode == 0
+    name = f"{registry.host}/pm/victim:1"
+    pusher = RCli(tmp_path / "pusher", dconf)
+    pusher("load", "-i", kit.docker_legacy(tmp_path / "v.tar", [([BASE, TOP], [name], None)]))
+    pushed = pusher("push", name).stdout
+    before = _seeded(rcli, tmp_path)
+
+    # missing repository / tag
+    one_line_error(rcli("pull", f"{registry.host}/pm/nosuch:1", check=False), 3, "unknown")
+    one_line_error(rcli("pull", f"{registry.host}/pm/victim:nosuch", check=False), 3)
+    assert store_snapshot(rcli.root) == before
+    # wrong password stored
+    cfg = json.loads((dconf / "config.json").read_text())
+    good = cfg["auths"][registry.host]["auth"]
+    import base64
+    cfg["auths"][registry.host]["auth"] = base64.b64encode(f"{USER}:nope".encode()).decode()
+    (dconf / "config.json").write_text(json.dumps(cfg))
+    one_line_error(rcli("pull", name, check=False), 1, "incorrect username or password")
+    # no credentials at all
+    one_line_error(rcli("pull", name, check=False, env={"DOCKER_CONFIG": str(tmp_path / "x")}),
+                   1, "authentication required", "pyinspect login")
+    cfg["auths"][registry.host]["auth"] = good
+    (dconf / "config.json").write_text(json.dumps(cfg))
+    assert store_snapshot(rcli.root) == before
+    # a tampered blob: the registry serves other bytes than the digest it names
+    layer_digest = [line.split(":")[0] for line in pushed.splitlines()
+                    if line.endswith(": Pushed")]
+    raw = json.loads(requests.get(f"http://{registry.host}/v2/pm/victim/manifests/1",
+                                  auth=(USER, PASSWORD), headers={
+                                      "Accept": "application/vnd.docker.distribution."
+                                                "manifest.v2+json"}).content)
+    top_layer = raw["layers"][1]["digest"]
+    assert top_layer[7:19] in layer_digest
+    path = registry.blob_path(top_layer)
+    original = path.read_bytes()
+    tampered = gzip.compress(kit.layer(("app", "dir"), ("app/data", "file", b"evil" * 1250)),
+                             mtime=0)
+    path.write_bytes(tampered[:len(original)].ljust(len(original), b"\0"))
+    one_line_error(rcli("pull", name, check=False), 2, "does not match")
+    assert store_snapshot(rcli.root) == before
+    path.write_bytes(original)
+    # registry down
+    registry.close()
+    one_line_error(rcli("pull", name, check=False), 5, "cannot connect", "refused")
+    one_line_error(rcli("push", f"{registry.host}/pm/untagged:1", check=False), 3,
+                   "no image has this tag")
+    rcli("tag", "pm-seed:1", name)
+    before = store_snapshot(rcli.root)
+    one_line_error(rcli("push", name, check=False), 5, "cannot connect")
+    one_line_error(login(rcli, registry.host), 5, "cannot connect")
+    assert store_snapshot(rcli.root) == before
+
+
+def _upload(host, repo, data):
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = requests.post(f"http://{host}/v2/{repo}/blobs/uploads/", auth=(USER, PASSWORD))
+    loc = r.headers["Location"]
+    loc = loc if loc.startswith("http") else f"http://{host}{loc}"
+    r = requests.put(loc, params={"digest": d}, data=data, auth=(USER, PASSWORD),
+                     headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    return {"digest": d, "size": len(data)}
+
+
+@pytest.mark.parametrize("case", ["env-not-list", "cmd-number", "labels-list", "rootfs-str",
+                                  "diff-id-bad", "diff-ids-count", "config-not-object"])
+def test_malformed_pulled_config_is_refused(rcli, registry, tmp_path, case):
+    """The registry does not check a config's fields: pyinspect does, in one line."""
+    layer = gzip.compress(BASE, mtime=0)
+    cfg = json.loads(kit.config([BASE]))
+    if case == "env-not-list":
+        cfg["config"]["Env"] = "PATH=/bin"
+    elif case == "cmd-number":
+        cfg["config"]["Cmd"] = [1]
+    elif case == "labels-list":
+        cfg["config"]["Labels"] = ["x"]
+    elif case == "rootfs-str":
+        cfg["rootfs"] = "layers"
+    elif case == "diff-id-bad":
+        cfg["rootfs"]["diff_ids"] = ["sha256:xyz"]
+    elif case == "diff-ids-count":
+        cfg["rootfs"]["diff_ids"] *= 2
+    elif case == "config-not-object":
+        cfg["config"] = "str"
+    cfg_bytes = json.dumps(cfg).encode()
+    repo = "pm/malformed"
+    man = {"schemaVersion": 2,
+           "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                      **_upload(registry.host, repo, cfg_bytes)},
+           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                       **_upload(registry.host, repo, layer)}]}
+    r = requests.put(f"http://{registry.host}/v2/{repo}/manifests/{case}",
+                     data=json.dumps(man), auth=(USER, PASSWORD),
+                     headers={"Content-Type": man["mediaType"]})
+    assert r.status_code == 201, r.text
+    assert login(rcli, registry.host).returncode == 0
+    before = _seeded(rcli, tmp_path)
+    one_line_error(rcli("pull", f"{registry.host}/{repo}:{case}", check=False), 2, "config")
+    assert store_snapshot(rcli.root) == before
+
+
+def test_reference_rules():
+    from pyinspect.runtime.registry.reference import parse
+    r = parse("busybox")
+    assert (r.domain, r.path, r.tag, r.familiar) == ("docker.io", "library/busybox", "latest",
+                                                     "busybox")
+    assert parse("docker.io/library/busybox:1").tagged == "busybox:1"
+    assert parse("index.docker.io/user/app").familiar == "user/app"
+    r = parse("localhost:5000/team/app:v2")
+    assert (r.domain, r.path, r.tag) == ("localhost:5000", "team/app", "v2")
+    assert parse("localhost/app").domain == "localhost"
+    assert parse("registry.lan/app").domain == "registry.lan"
+    assert parse("user/app").domain == "docker.io"
+    d = "sha256:" + "a" * 64
+    r = parse(f"127.0.0.1:5000/app@{d}")
+    assert (r.tag, r.digest, r.target) == ("", d, d)
+    from pyinspect.errors import UsageError
+    for bad in ("UPPER/app", "app:", "app@sha256:12", "a//b", " app", "app:bad tag"):
+        with pytest.raises(UsageError):
+            parse(bad)
+
+
+def test_plain_http_only_for_loopback_or_listed():
+    from pyinspect.runtime.registry.client import is_insecure, parse_challenge
+    assert is_insecure("127.0.0.1:5000") and is_insecure("localhost:5000")
+    assert is_insecure("[::1]:5000") and is_insecure("127.3.4.5")
+    assert not is_insecure("registry.lan:5000") and not is_insecure("10.1.2.3:5000")
+    assert is_insecure("registry.lan:5000", ("registry.lan:5000",))
+    assert is_insecure("10.1.2.3:5000", ("10.0.0.0/8",))
+    assert parse_challenge('Bearer realm="https://auth/token",service="reg",'
+                           'scope="repository:a/b:pull,push"') == (
+        "bearer", {"realm": "https://auth/token", "service": "reg",
+                   "scope": "repository:a/b:pull,push"})
+    assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
