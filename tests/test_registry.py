@@ -277,6 +277,14 @@ def test_bad_pulls_are_one_line_and_leave_the_store_unchanged(rcli, registry, tm
     assert top_layer[7:19] in layer_digest
     path = registry.blob_path(top_layer)
     original = path.read_bytes()
+    # the same layer compressed with another gzip header: only the blob digest can tell
+    same_content = gzip.compress(TOP, compresslevel=9, mtime=12345)
+    assert len(same_content) == len(original) and same_content != original
+    path.write_bytes(same_content)
+    one_line_error(rcli("pull", name, check=False), 2, "does not match",
+                   f"sha256:{top_layer[7:19]}")
+    assert store_snapshot(rcli.root) == before
+    # bytes that are not even the layer
     tampered = gzip.compress(kit.layer(("app", "dir"), ("app/data", "file", b"evil" * 1250)),
                              mtime=0)
     path.write_bytes(tampered[:len(original)].ljust(len(original), b"\0"))
@@ -377,3 +385,45 @@ def test_plain_http_only_for_loopback_or_listed():
         "bearer", {"realm": "https://auth/token", "service": "reg",
                    "scope": "repository:a/b:pull,push"})
     assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+
+
+@pytest.fixture
+def token_registry(tmp_path):
+    pytest.importorskip("cryptography")
+    from helpers.tokenauth import TokenService
+    (tmp_path / "treg").mkdir()
+    tokens = TokenService(tmp_path / "treg", USER, PASSWORD)
+    try:
+        reg = Registry(tmp_path / "treg", token=tokens.config())
+    except BaseException:
+        tokens.close()
+        raise
+    yield reg, tokens
+    reg.close()
+    tokens.close()
+
+
+def test_bearer_token_challenge(rcli, token_registry, tmp_path, dconf):
+    """A registry that answers 401 with `Bearer realm=...,service=...`: tokens per scope."""
+    reg, tokens = token_registry
+    www = requests.get(f"http://{reg.host}/v2/").headers["WWW-Authenticate"]
+    assert www.startswith("Bearer realm=")
+    one_line_error(login(rcli, reg.host, "wrong"), 1, "incorrect username or password")
+    assert login(rcli, reg.host).returncode == 0
+    name = f"{reg.host}/pm/bearer:1"
+    rcli("load", "-i", kit.docker_legacy(tmp_path / "b.tar", [([BASE, TOP], [name], None)]))
+    rcli("push", name)
+    assert any("scope=repository%3Apm%2Fbearer%3Apull%2Cpush" in p for p in tokens.requests)
+    other = RCli(tmp_path / "other", dconf)
+    other("pull", name)
+    assert any(p.endswith("scope=repository%3Apm%2Fbearer%3Apull&account=" + USER)
+               or "scope=repository%3Apm%2Fbearer%3Apull&" in p for p in tokens.requests)
+    (ins,) = json.loads(other("inspect", name).stdout)
+    assert ins["Id"] == f"sha256:{kit.sha(kit.config([BASE, TOP]))}"
+    if have("skopeo"):
+        info = skopeo("inspect", *creds_args(""), f"docker://{name}")
+        assert info.returncode == 0, info.stderr
+    before = store_snapshot(tmp_path / "third")
+    one_line_error(RCli(tmp_path / "third", tmp_path / "nocreds")("pull", name, check=False), 1,
+                   "credentials needed")
+    assert store_snapshot(tmp_path / "third") == before
