@@ -31,6 +31,9 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+# The image root is mounted nodev: device nodes an image holds (Docker loads them too) stay
+# inert, as Docker's device cgroup keeps them; the container's /dev is its own tmpfs.
+ROOTFS_FLAGS = MS_NODEV
 MNT_DETACH = 2
 
 CLONE_INTO_CGROUP = 0x200000000
@@ -334,7 +337,8 @@ def prepare_root(rootfs, lower_dirs, upper, work, volumes=(), readonly_sys=True,
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     if mount_overlay:
-        mount("overlay", rootfs, "overlay", 0, overlay_data(lower_dirs, upper, work))
+        mount("overlay", rootfs, "overlay", ROOTFS_FLAGS,
+              overlay_data(lower_dirs, upper, work))
     proc = secure_join(rootfs, "/proc")
     _mkdirp(proc)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -265,7 +265,7 @@ class Shim:
         # on the host shows it and MergedDir is browsable while the container runs (the
         # init's copy of it is private; /proc, /dev, /sys and volumes exist only there)
         rootfs = os.path.join(c.path, "rootfs")
-        isolation.mount("overlay", rootfs, "overlay", 0,
+        isolation.mount("overlay", rootfs, "overlay", isolation.ROOTFS_FLAGS,
                         isolation.overlay_data(c.layers, os.path.join(c.path, "upper"),
                                                os.path.join(c.path, "work")))
         self.rootfs_mounted = True
