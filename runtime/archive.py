@@ -102,6 +102,7 @@ class _Extractor:
         self.budget = budget
         self.notes = notes if notes is not None else []
         self.skipped_devices = []
+        self.skipped_parts = set()
 
     def path(self, parts):
         return os.path.join(self.dest, *parts) if parts else self.dest
@@ -217,6 +218,10 @@ class _Extractor:
         if member.isfile():
             if self.budget is not None:
                 self.budget.charge(member.size, f"member {name!r}", meter="extracted")
+                data = member.size if member.sparse is None else sum(
+                    n for _, n in member.sparse if n > 0)
+                if data >= 1 << 20:
+                    self.budget.check_disk(f"member {name!r}", upcoming=data)
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
                 self.write_data(tf, member, out)
@@ -237,6 +242,9 @@ class _Extractor:
             except CorruptInputError:
                 raise CorruptInputError(
                     f"member {name!r}: hardlink target {member.linkname!r} escapes the layer")
+            if tparts in self.skipped_parts:
+                self.skipped_devices.append(name)  # a link to a node mknod refused
+                return
             if self.seen.get(tparts) not in ("file", "link", "dev"):
                 raise CorruptInputError(
                     f"member {name!r}: hardlink target {member.linkname!r} is not a file "
@@ -288,6 +296,7 @@ class _Extractor:
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES) and kind != "fifo":
                 self.skipped_devices.append(name)
+                self.skipped_parts.add(parts)
                 return
             raise
         self.meta(member, p)

@@ -128,6 +128,7 @@ def decompress_to(fin, out_path, what, budget: Budget, max_input=None, meter="ex
             out_hash.update(data)
             out.write(data)
 
+    budget.check_disk(what)
     head = read(4)
     while 0 < len(head) < 4:
         more = read(4 - len(head))
