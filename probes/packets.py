@@ -25,15 +25,16 @@ from pathlib import Path
 from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
-from . import bpfsys, pcapfilter
+from . import bpfsys, cdefs, pcapfilter
 from .netns import in_netns
 from .perfring import PerfRing, cpu_list
 
 SRC = Path(__file__).with_name("packets.bpf.c")
+HEADER = SRC.with_name("packets.h")
 TC_PRIO = 0xC1A5          # tc filter preference used only by pyinspect trace
 TC_HANDLE_BASE = 0x70690000   # "pi" << 16; a session's filters use base + (pid & 0xffff)
 TC_NAME_PREFIX = "pyinspect-trace:"
-MAX_POINTS = 16
+(MAX_POINTS,) = cdefs.require(HEADER, "MAX_POINTS")
 CONTROL_PACKETS_PER_PERIOD = 8   # SYN/FIN/RST kept per budget period and point, at least
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
@@ -304,11 +305,11 @@ def fill_target_maps(bpf, target):
 
 
 # -- the structs of packets.h ----------------------------------------------------------
-NCONST_ADDRS, NCONST_PORTS = 8, 16
-EV_MAXCAP = 65400          # a perf record is at most 64 KiB: longer frames are cut
-ASNAP = 128
-FILLER_TYPE, FILLER_LEN = 0x80000A11, 24
-C_SEEN, C_LOST, C_CAPPED, C_SHED, C_ALOST, NCOUNT = range(6)
+# Written once, in packets.h; read from there (probes/cdefs.py) so the loader cannot drift.
+(NCONST_ADDRS, NCONST_PORTS, EV_MAXCAP, ASNAP, FILLER_TYPE, FILLER_LEN,
+ C_SEEN, C_LOST, C_CAPPED, C_SHED, C_ALOST, NCOUNT) = cdefs.require(
+    HEADER, "NCONST_ADDRS", "NCONST_PORTS", "EV_MAXCAP", "ASNAP", "FILLER_TYPE", "FILLER_LEN",
+    "C_SEEN", "C_LOST", "C_CAPPED", "C_SHED", "C_ALOST", "NCOUNT")
 
 
 class _PortKey(ctypes.Structure):
