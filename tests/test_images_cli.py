@@ -135,3 +135,17 @@ def test_loaded_image_runs_with_its_config_and_whiteouts(cli, tmp_path):
     assert "passwd" in etc.split() and "group" not in etc.split()
     assert www.split() == ["new.html"]
     assert (bb.layer_dirs[0] / "etc" / "group").exists()  # the base layer is untouched
+
+
+def test_load_prints_only_the_tags_the_archive_holds(cli, archive, tmp_path):
+    """The image already had other tags in the store: load names only the archive's
+    (Docker's output; before, every tag of the image was printed)."""
+    cli("load", "-i", archive)
+    cli("tag", "pm-cli:1", "pm-cli:2")
+    cli("tag", "pm-cli:1", "pm-elsewhere:7")
+    assert cli("load", "-i", archive).stdout == "Loaded image: pm-cli:1\n"
+    untagged = kit.docker_legacy(tmp_path / "u.tar", [([BASE, TOP], None, None)])
+    image_id = f"sha256:{kit.sha(kit.config([BASE, TOP]))}"
+    assert cli("load", "-i", untagged).stdout == f"Loaded image ID: {image_id}\n"
+    two = kit.docker_legacy(tmp_path / "two.tar", [([BASE, TOP], ["pm-a:1", "pm-b:1"], None)])
+    assert cli("load", "-i", two).stdout == "Loaded image: pm-a:1\nLoaded image: pm-b:1\n"

@@ -427,3 +427,39 @@ def test_bearer_token_challenge(rcli, token_registry, tmp_path, dconf):
     one_line_error(RCli(tmp_path / "third", tmp_path / "nocreds")("pull", name, check=False), 1,
                    "credentials needed")
     assert store_snapshot(tmp_path / "third") == before
+
+
+def test_progress_per_layer_on_a_terminal(rcli, registry, tmp_path, dconf):
+    """On a terminal each layer has one line, redrawn in place with a bar and bytes; off a
+    terminal (the other tests) only the changes of state are printed."""
+    import pty
+    import select
+    assert login(rcli, registry.host).returncode == 0
+    name = f"{registry.host}/pm/progress:1"
+    big = kit.layer(("blob", "file", os.urandom(3 << 20)))
+    rcli("load", "-i", kit.docker_legacy(tmp_path / "p.tar", [([BASE, big], [name], None)]))
+    rcli("push", name)
+    other = RCli(tmp_path / "other", dconf)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(other.argv("pull", name), stdout=slave, stderr=slave,
+                            stdin=subprocess.DEVNULL,
+                            env={**os.environ, "DOCKER_CONFIG": str(dconf)})
+    os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=30) == 0, out
+    text = out.decode()
+    assert "\x1b[" in text and "Downloading [" in text and "MB/3." in text, text
+    assert text.count("Pulling fs layer") == 2
+    assert text.count("Pull complete") == 2
