@@ -5,6 +5,7 @@
 // net_device / net offsets from the running kernel's BTF (never from header files), and
 // the CONSUMED reason to skip.
 #include "tracepoint.h"
+#include "netkeys.h"          // struct portkey (shared with packets.h)
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <bpf/bpf_endian.h>
@@ -41,13 +42,6 @@ struct drop {
     u16 pad;
     u32 ifindex;
     u32 netns;
-};
-
-struct portkey {
-    u32 ip;
-    u16 port;
-    u8 proto;
-    u8 pad;
 };
 
 struct {

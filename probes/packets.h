@@ -1,7 +1,10 @@
-// Structs shared by packets.bpf.c and its loader (probes/packets.py mirrors them with
-// ctypes and checks the .rodata size at load).
+// Structs and constants shared by packets.bpf.c and its loader: probes/packets.py reads
+// the integer #defines below from this file (probes/cdefs.py), mirrors the structs with
+// ctypes and checks the .rodata size at load.
 #ifndef PYINSPECT_PACKETS_H
 #define PYINSPECT_PACKETS_H
+
+#include "netkeys.h"        // struct portkey
 
 #define MAX_POINTS 16
 #define NCONST_ADDRS 8          // container addresses compiled in as constants
@@ -19,13 +22,6 @@
 #define C_SHED 3                // over the analysis budget
 #define C_ALOST 4               // analysis ring full
 #define NCOUNT 5
-
-struct portkey {
-    __u32 ip;        // network order; 0 = any address
-    __u16 port;      // host order
-    __u8 proto;
-    __u8 pad;
-};
 
 struct cport {
     __u16 port;
