@@ -161,7 +161,7 @@ def test_restarting_container_ps_inspect_kill_stop_and_rm(pc, state_root):
     assert state["Status"] == "restarting" and state["Restarting"] and state["Running"]
     assert state["ExitCode"] == 1 and state["Pid"] == 0
     names = pc("ps", "--format", "{{.Names}} {{.State}} {{.Status}}").stdout
-    assert re.search(r"^rp-wait restarting Restarting \(1\) .* ago$", names, re.M), names
+    assert re.search(r"^rp-wait restarting Restarting \(1\) .* ago$", names, re.MULTILINE), names
     line = one_line_error(pc("rm", "rp-wait", check=False), 4)
     assert "restarting" in line
     t0 = time.monotonic()
