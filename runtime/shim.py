@@ -269,6 +269,7 @@ class Shim:
                         isolation.overlay_data(c.layers, os.path.join(c.path, "upper"),
                                                os.path.join(c.path, "work")))
         self.rootfs_mounted = True
+        state.mark("rootfs_mounted")
         my_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         isolation.unshare(isolation.CLONE_NEWPID)
         shim_pid = os.getpid()
@@ -364,6 +365,7 @@ class Shim:
             for path in tasks or ():  # v1 hierarchies: this (only) thread moves itself,
                 with open(path, "w") as f:  # which needs no RCU grace period
                     f.write("0")
+            state.mark("init_in_cgroups")
             # (pid 1 of a new pid namespace: getppid() is 0, so a shim that died
             # before this line goes unnoticed; the reconciler settles that case)
             isolation.set_parent_death_signal(signal.SIGKILL)
