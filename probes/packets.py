@@ -457,6 +457,7 @@ class PacketCapture:
         self._ctl_lock = threading.Lock()   # the writer thread and the poll both set ctl
         self._possible = cpu_list("possible")
         self._epoll = None
+        self._lane_polls = {}    # cpus -> epoll over their buffers (evidence writer lanes)
         self._final = None
 
     # -- start / stop -------------------------------------------------------------------
@@ -574,6 +575,9 @@ class PacketCapture:
         if self._epoll:
             self._epoll.close()
             self._epoll = None
+        for ep in self._lane_polls.values():
+            ep.close()
+        self._lane_polls = {}
         for ring in self.rings:
             ring.close()
         self.rings = []
@@ -588,16 +592,38 @@ class PacketCapture:
         self.close()
 
     # -- evidence -----------------------------------------------------------------------
-    def wait(self, timeout):
-        """Sleep until some CPU's evidence buffer is a quarter full, or `timeout` s."""
-        if self._epoll:
-            self._epoll.poll(timeout)
+    def evidence_cpus(self):
+        """The CPUs with an evidence buffer, in order."""
+        return [ring.cpu for ring in self.rings]
 
-    def chunks(self):
-        """The evidence each CPU has produced since the last call, as Chunks (whole pcapng
-        blocks). Give each back with consumed() once written."""
+    def wait(self, timeout, cpus=None):
+        """Sleep until the evidence buffer of some CPU (of `cpus`, default all) is a
+        quarter full, or `timeout` s."""
+        if not self._epoll:
+            return
+        if cpus is None:
+            self._epoll.poll(timeout)
+            return
+        key = tuple(cpus)
+        ep = self._lane_polls.get(key)
+        if ep is None:
+            import select
+            ep = select.epoll()
+            for ring in self.rings:
+                if ring.cpu in cpus:
+                    ep.register(ring.fd, select.EPOLLIN)
+            with self.lock:
+                ep = self._lane_polls.setdefault(key, ep)
+        ep.poll(timeout)
+
+    def chunks(self, cpus=None):
+        """The evidence each CPU (of `cpus`, default all) has produced since the last
+        call, as Chunks (whole pcapng blocks). Give each back with consumed() once
+        written. One caller at a time per CPU."""
         out = []
         for ring in self.rings:
+            if cpus is not None and ring.cpu not in cpus:
+                continue
             head = ring.head()
             start = ring.tail
             if head - start < 16 + 8:

@@ -1,11 +1,12 @@
 """The evidence path: every captured packet from the kernel into pcapng segment files.
 
 The capture programs lay each packet out as a pcapng block in per-CPU perf buffers
-(probes/packets.bpf.c); `EvidenceWriter` runs a thread that sleeps until a buffer is a
-quarter full (or `interval` passes), appends each CPU's new byte range to the current
-segment file as it is, and gives the space back. No packet passes through Python one by
-one, so the file costs about what tcpdump's does and does not depend on the analysis
-budget. Segment files rotate at `segment_bytes` (like dumpcap's `-b filesize:`); at
+(probes/packets.bpf.c); `EvidenceWriter` runs writer threads (one per CPU buffer, at
+most MAX_WRITERS, each with its own segment file) that sleep until one of their buffers
+is a quarter full (or `interval` passes), append each CPU's new byte range to their file
+as it is, and give the space back. No packet passes through Python one by one, so the
+files cost about what tcpdump's do and do not depend on the analysis budget. Segment
+files rotate at `segment_bytes` (like dumpcap's `-b filesize:`); at
 `max_bytes` in all the programs stop writing evidence and count what follows as
 `capped` per point, and `capped_at` says when.
 
@@ -28,6 +29,7 @@ from ..pcapng import PcapNgWriter
 
 SEGMENT_BYTES = 128 << 20
 LOCATE_CHUNKS = 8192          # chunk positions remembered per CPU for locate()
+MAX_WRITERS = 4               # writer threads (each with its own file) at most
 
 
 @dataclass
@@ -59,14 +61,19 @@ class _Placed:
 class SegmentFiles:
     """pcapng segment files in `directory`: each starts with a section header and one
     interface block per capture point (interface id == point index), then chunks.
-    `segments` lists every file opened (the caller records them in the store)."""
+
+    Each writer lane (a writer thread) appends to a file of its own, so lanes write in
+    parallel; segment numbers are shared (1, 2, ... in the order files are opened) and
+    `total` counts every lane. `segments` lists every file opened (the caller records
+    them in the store)."""
     directory: Path
     interfaces: list[Interface]
     segment_bytes: int = SEGMENT_BYTES
     max_bytes: int = 0                   # 0: no cap
     total: int = 0
-    current: Segment | None = None
     segments: list[Segment] = field(default_factory=list)
+    _current: dict[int, Segment] = field(default_factory=dict)   # lane -> open file
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _header: bytes = b""
 
     def header(self) -> bytes:
@@ -79,52 +86,69 @@ class SegmentFiles:
             self._header = buf.getvalue()
         return self._header
 
-    def _open(self) -> Segment:
-        seq = len(self.segments) + 1
-        path = self.directory / f"seg-{seq:05d}.pcapng"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    def _open(self, lane: int) -> Segment:
         head = self.header()
+        with self._lock:
+            seq = len(self.segments) + 1
+            path = self.directory / f"seg-{seq:05d}.pcapng"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            seg = Segment(seq, path, fd, 0, time.time_ns())
+            self.segments.append(seg)
         os.write(fd, head)
-        self.total += len(head)
-        self.current = Segment(seq, path, fd, len(head), time.time_ns())
-        self.segments.append(self.current)
-        return self.current
+        with self._lock:
+            seg.size = len(head)
+            self.total += len(head)
+        self._current[lane] = seg
+        return seg
 
-    def write(self, parts, nbytes: int) -> tuple[int, int]:
-        """Append whole blocks; returns (segment number, offset of the first byte)."""
-        seg = self.current
+    def write(self, parts, nbytes: int, lane: int = 0) -> tuple[int, int]:
+        """Append whole blocks to `lane`'s file; returns (segment number, offset of the
+        first byte). One thread per lane."""
+        seg = self._current.get(lane)
         if seg is None:
-            seg = self._open()
+            seg = self._open(lane)
         elif seg.size + nbytes > self.segment_bytes and seg.size > len(self.header()):
-            self._close(seg)
-            seg = self._open()
+            self._close(lane, seg)
+            seg = self._open(lane)
         offset = seg.size
         for part in parts:
             view = memoryview(part)
             while view:
                 n = os.write(seg.fd, view)
                 view = view[n:]
-        seg.size += nbytes
-        self.total += nbytes
+        with self._lock:
+            seg.size += nbytes
+            self.total += nbytes
         return seg.seq, offset
 
     def over_cap(self) -> bool:
         return bool(self.max_bytes) and self.total >= self.max_bytes
 
-    def _close(self, seg: Segment) -> None:
+    def snapshot(self) -> list[Segment]:
+        """Copies of the segments so far (no fds), in segment order."""
+        with self._lock:
+            return [Segment(s.seq, s.path, -1, s.size, s.started_ns, s.ended_ns)
+                    for s in self.segments]
+
+    def _close(self, lane: int, seg: Segment) -> None:
         os.close(seg.fd)
-        seg.ended_ns = time.time_ns()
-        self.current = None
+        with self._lock:
+            seg.ended_ns = time.time_ns()
+        self._current.pop(lane, None)
 
     def close(self) -> None:
-        if self.current is not None:
-            self._close(self.current)
+        for lane, seg in list(self._current.items()):
+            self._close(lane, seg)
 
 
 class EvidenceWriter:
-    """Drains a started PacketCapture's evidence into SegmentFiles on its own thread."""
+    """Drains a started PacketCapture's evidence into SegmentFiles on writer threads:
+    one per CPU buffer, up to MAX_WRITERS (each takes a share of the buffers), each
+    writing a file of its own, so the copies into the page cache run in parallel (as
+    tcpdump runs a process per interface)."""
 
-    def __init__(self, cap, files: SegmentFiles, interval: float = 0.05):
+    def __init__(self, cap, files: SegmentFiles, interval: float = 0.05,
+                 writers: int = 0):
         self.cap = cap
         self.files = files
         self.interval = interval
@@ -135,30 +159,38 @@ class EvidenceWriter:
         self.error: str | None = None
         self.bytes = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pyinspect-evidence",
-                                        daemon=True)
+        cpus = cap.evidence_cpus()
+        n = max(1, min(writers or MAX_WRITERS, len(cpus)))
+        self.lanes = [cpus[i::n] for i in range(n)]
+        self._lane_of = {cpu: i for i, lane in enumerate(self.lanes) for cpu in lane}
+        self._threads = [threading.Thread(target=self._run, args=(i, lane), daemon=True,
+                                          name=f"pyinspect-evidence-{i}")
+                         for i, lane in enumerate(self.lanes)]
 
     def start(self) -> EvidenceWriter:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, lane: int, cpus: list[int]) -> None:
         while not self._stop.is_set():
-            self.cap.wait(self.interval)
+            self.cap.wait(self.interval, cpus)
             try:
-                self.drain()
+                self.drain(cpus)
             except Exception as exc:  # noqa: BLE001 - reported in the summary
                 self.error = f"{type(exc).__name__}: {exc}"
                 return
 
-    def drain(self) -> int:
-        """Write everything the programs have produced; returns bytes written."""
+    def drain(self, cpus: list[int] | None = None) -> int:
+        """Write everything the programs have produced on `cpus` (None: all); returns
+        bytes written. One caller at a time per CPU."""
         n = 0
-        with self.lock:
-            for chunk in self.cap.chunks():
-                size = sum(len(p) for p in chunk.parts)
-                seq, offset = self.files.write(chunk.parts, size)
-                self.cap.consumed(chunk)
+        for chunk in self.cap.chunks(cpus):
+            size = sum(len(p) for p in chunk.parts)
+            seq, offset = self.files.write(chunk.parts, size, self._lane_of.get(chunk.cpu, 0))
+            self.cap.consumed(chunk)
+            n += size
+            with self.lock:
                 placed = self.placed.setdefault(chunk.cpu, [])
                 starts = self.starts.setdefault(chunk.cpu, [])
                 placed.append(_Placed(chunk.start, chunk.end, seq, offset))
@@ -166,20 +198,18 @@ class EvidenceWriter:
                 if len(placed) > LOCATE_CHUNKS:
                     del placed[:LOCATE_CHUNKS // 2]
                     del starts[:LOCATE_CHUNKS // 2]
-                n += size
                 if self.capped_at is None and self.files.over_cap():
                     # what is already in the buffers is still written: `captured`
                     # stays exactly what the file holds
                     self.capped_at = time.time_ns()
                     self.cap.set_evidence(False)
-        self.bytes += n
+        with self.lock:
+            self.bytes += n
         return n
 
     def segments(self) -> list[Segment]:
-        """The segment files so far (copies: the writer thread keeps changing its own)."""
-        with self.lock:
-            return [Segment(s.seq, s.path, -1, s.size, s.started_ns, s.ended_ns)
-                    for s in self.files.segments]
+        """The segment files so far (copies: the writer threads keep changing theirs)."""
+        return self.files.snapshot()
 
     def locate_many(self):
         """A locate() over a snapshot of what is written now: one lock for a batch."""
@@ -207,10 +237,11 @@ class EvidenceWriter:
             return p.seq, p.offset + (stream_pos - p.start)
 
     def stop(self) -> None:
-        """Stop the thread and write what is left (call after the programs detach)."""
+        """Stop the threads and write what is left (call after the programs detach)."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        for t in self._threads:
+            if t.is_alive():
+                t.join()
         with contextlib.suppress(Exception):
             self.drain()
         self.files.close()
