@@ -242,9 +242,10 @@ class Bench:
                     asked = time.time()
                     handle = self.start(mode, f"-i{k}")
                     ready = time.time()
-                    c0, n0 = self.counters.read(), time.time_ns()
+                    pids = capture_pids(handle)
+                    c0, n0, cpu0 = self.counters.read(), time.time_ns(), cpu_seconds(pids)
                     time.sleep(a.window)
-                    c1, n1 = self.counters.read(), time.time_ns()
+                    c1, n1, cpu1 = self.counters.read(), time.time_ns(), cpu_seconds(pids)
                     stop = time.time()
                     got, reports = self.stop(handle, n0, n1)
                     # the files are gone; what the kernel is still writing back would slow
@@ -262,7 +263,8 @@ class Bench:
                         pts[p.name] = {"counter": n, "captured": got.get(p.name),
                                        "share": (got[p.name] / n if p.name in got and n
                                                  else None)}
-                    windows.append({"mode": mode, "points": pts, "tool": reports})
+                    windows.append({"mode": mode, "points": pts, "tool": reports,
+                                    "capture_cpu_s": cpu1 - cpu0})
                     time.sleep(a.window)
                 out = client.communicate(timeout=a.iperf_seconds + 60)[0]
             finally:
@@ -402,11 +404,13 @@ def report_iperf(windows, nothing_gbit, points, args):
             continue
         o = out[mode] = {"windows": len(ws), "ratio": med(w.get("ratio") for w in ws),
                          "ratios": [round(w["ratio"], 3) for w in ws if "ratio" in w],
-                         "gbit": med(w.get("gbit") for w in ws), "points": {}}
+                         "gbit": med(w.get("gbit") for w in ws), "points": {},
+                         "capture_cpu_s": med(w.get("capture_cpu_s") for w in ws)}
         label = {"tcpdump": "(b') tcpdump x4", "trace_w": "(c') trace -w",
                  "trace": "(d) trace"}[mode]
         print(f"  {label:<16} x{fmt(o['ratio'], '.3f')} of nothing ({fmt(o['gbit'], '.2f')} "
-              f"Gbit/s; windows: {', '.join(map(str, o['ratios']))})")
+              f"Gbit/s; windows: {', '.join(map(str, o['ratios']))}); capture processes' "
+              f"CPU {fmt(o['capture_cpu_s'], '.2f')} s a window")
         if mode == "trace":
             continue
         for p in points:
