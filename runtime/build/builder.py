@@ -20,6 +20,7 @@ from .patterns import IgnoreRules
 from .state import ImageState
 
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.IGNORECASE)
+_MAX_DOCKERFILE = 4 << 20
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.IGNORECASE)
 
 
@@ -84,13 +85,15 @@ def _read_dockerfile(opts):
     path = opts.dockerfile or os.path.join(opts.context, "Dockerfile")
     try:
         with open(path, "rb") as f:
-            data = f.read(4 << 20)
+            data = f.read(_MAX_DOCKERFILE + 1)
     except FileNotFoundError:
         raise NotFoundError(f"Dockerfile {path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"Dockerfile {path}: is a directory") from None
     except OSError as exc:
         raise UsageError(f"Dockerfile {path}: {exc.strerror}") from None
+    if len(data) > _MAX_DOCKERFILE:
+        raise UsageError(f"Dockerfile {path}: larger than {_MAX_DOCKERFILE >> 20} MB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
