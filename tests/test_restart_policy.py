@@ -302,3 +302,23 @@ def test_fork_into_cgroup_and_its_refusal(tmp_path):
             os.close(fd)
     finally:
         os.rmdir(d)
+
+
+def test_restarts_in_bridge_mode_reconnect_the_network(state_root, make_netns):
+    """Every restart gets its network again (veth, address, the -p rule); after the
+    last exit nothing of it is left."""
+    pytest.importorskip("pyroute2")
+    ns = make_netns("rp")
+    cli = PcCli(state_root, netns=ns.name)
+    try:
+        cli("run", "-d", "--name", "rp-br", "--restart", "on-failure:2", "-p", "8097:80",
+            "busybox", "sh", "-c", "ip -o -4 addr show eth0 | grep -c inet; exit 1")
+        wait_for(lambda: record(state_root, "rp-br")["restart_count"] == 2
+                 and not record(state_root, "rp-br")["shim_pid"], what="two restarts")
+        assert cli("logs", "rp-br").stdout == "1\n1\n1\n"
+        assert "8097" not in ns.sh("iptables-save; iptables-legacy-save", check=False).stdout
+        assert "veth" not in ns.sh("ip -o link").stdout
+    finally:
+        for cid in cli.ids():
+            cli("rm", "-f", cid, check=False)
+    assert_clean(state_root, [])
