@@ -90,6 +90,9 @@ def assert_clean(root, ids, timeout=10):
     assert not cdir.exists() or list(cdir.iterdir()) == []
     ndir = Path(root) / "names"
     assert not ndir.exists() or list(ndir.iterdir()) == []
+    with open("/proc/self/mountinfo") as f:  # container roots are mounted on the host
+        mounts = [line.split()[4] for line in f if f"{root}/" in line]
+    assert mounts == [], f"mounts left: {mounts}"
 
 
 @pytest.fixture
