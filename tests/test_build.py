@@ -17,6 +17,7 @@ import tarfile
 import time
 
 import pytest
+
 from conftest import Cli, Netns, unique
 from helpers import compilerimage
 
@@ -390,7 +391,9 @@ BAD = [
     ("unknown-user", "FROM busybox\nUSER pib-nobody\nRUN true\n", [],
      ["line 3", "pib-nobody"]),
     ("exec-not-found", "FROM busybox\nRUN [\"/pib-nosuch\"]\n", [], ["line 2", "pib-nosuch"]),
-    ("bad-substitution", "FROM busybox\nENV A=${B:?B_is_required}\n", [], ["line 2", "B_is_required"]),
+    ("huge-dockerfile", "FROM busybox\n" + "#" * (4 << 20) + "\n", [], ["larger than 4 MB"]),
+    ("bad-substitution", "FROM busybox\nENV A=${B:?B_is_required}\n", [],
+     ["line 2", "B_is_required"]),
 ]
 
 

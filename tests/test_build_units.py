@@ -8,6 +8,7 @@ import subprocess
 import tarfile
 
 import pytest
+
 from pyinspect.errors import UsageError
 from pyinspect.runtime.build import dockerfile, layerdiff, planner
 from pyinspect.runtime.build.cache import step_key

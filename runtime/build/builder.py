@@ -185,7 +185,10 @@ class Builder:
 
     def _step(self, st, ins, finals):
         env = self._scope(st)
-        x = lambda w: dockerfile.expand(w, env, self.escape, ins.line)
+
+        def x(word):
+            return dockerfile.expand(word, env, self.escape, ins.line)
+
         cmd = ins.cmd
         if cmd == "ARG":
             for name, default in planner.arg_decl(ins, env, self.escape):

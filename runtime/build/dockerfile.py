@@ -254,7 +254,7 @@ def key_values(ins, env, escape):
     if len(args) % 2:
         raise ins.error("expected KEY=VALUE pairs")
     pairs = []
-    for k, v in zip(args[0::2], args[1::2]):
+    for k, v in zip(args[0::2], args[1::2], strict=True):
         key = expand(k, env, escape, ins.line)
         if not key:
             raise ins.error("empty key")
