@@ -257,7 +257,8 @@ class ImageStore:
         if wanted == DEFAULT_IMAGE:
             return self.build_busybox()
         raise NotFoundError(f"image {ref!r}: no such image",
-                            "pyinspect images lists them; pyinspect load -i FILE imports one")
+                            "pyinspect images lists them; pyinspect pull NAME or "
+                            "pyinspect load -i FILE brings one")
 
     def exists(self, ref):
         """Whether `ref` names a stored image (no busybox build, no image loaded)."""

@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PYINSPECT = str(VENV_BIN / "pyinspect")
 ARTIFACTS = REPO / "tests" / "artifacts"
+# `run` of a missing image must not go to Docker Hub from a test (no traffic but loopback
+# and the tests' own namespaces): tests that want the pull set PYINSPECT_PULL=missing.
+os.environ["PYINSPECT_PULL"] = "never"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -263,6 +263,15 @@ CASES = [
     ("tag-missing-target", ["tag", "busybox"], 2, ["TARGET"]),
     ("rmi-unknown", ["rmi", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("rmi-in-use", ["rmi", "busybox"], 4, ["pq-"]),
+    # registries (nothing listens on 127.0.0.1:9 in the case's own netns)
+    ("pull-bad-name", ["pull", "Pq/Bad"], 2, ["Pq/Bad"]),
+    ("pull-bad-digest", ["pull", "pq-x@sha256:12"], 2, ["sha256"]),
+    ("pull-registry-down", ["pull", "127.0.0.1:9/pq-x:1"], 5, ["127.0.0.1:9"]),
+    ("push-not-tagged", ["push", "127.0.0.1:9/pq-nosuch:1"], 3, ["pq-nosuch"]),
+    ("push-digest", ["push", f"pq-x@sha256:{'a' * 64}"], 2, ["digest"]),
+    ("login-bad-registry", ["login", "-u", "pq", "--password-stdin", "pq bad!"], 2, ["pq bad!"]),
+    ("login-no-username", ["login", "--password-stdin", "127.0.0.1:9"], 2, ["--username"]),
+    ("logout-bad-registry", ["logout", "pq bad!"], 2, ["pq bad!"]),
     # network
     ("network-unknown", ["network", "inspect", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("network-bad-subcommand", ["network", "pq-bogus"], 2, ["pq-bogus"]),

@@ -146,7 +146,10 @@ def test_run_pulls_a_missing_image(rcli, registry, tmp_path, dconf):
     rcli("tag", "busybox", name)
     rcli("push", name)
     fresh = RCli(tmp_path / "fresh", dconf)
-    proc = fresh("run", "--rm", "--net", "none", name, "sh", "-c", "echo pm-pulled-$((6*7))")
+    never = fresh("run", "--rm", "--net", "none", name, "true", check=False)  # the suite's
+    assert never.returncode == 3 and "no such image" in never.stderr  # PYINSPECT_PULL=never
+    proc = fresh("run", "--rm", "--net", "none", name, "sh", "-c", "echo pm-pulled-$((6*7))",
+                 env={"PYINSPECT_PULL": "missing"})
     assert proc.stdout == "pm-pulled-42\n"
     assert f"Unable to find image '{name}' locally" in proc.stderr
     assert "Pull complete" in proc.stderr

@@ -12,13 +12,23 @@ class LayerProgress:
     Off a terminal only the changes of state are printed (no byte counts).
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, header=()):
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.order = []
+        self.header = list(header)  # printed with the first event: a failure before it
+        # (bad name, registry down, no such image) prints nothing but the error
+
+    def flush_header(self):
+        for line in self.header:
+            self.stream.write(line + "\n")
+        self.header = []
+        self.stream.flush()
 
     def __call__(self, layer, status, current=None, total=None):
         from ..runtime.layerstream import human
+        if self.header:
+            self.flush_header()
         moving = status in ("Downloading", "Pushing") and current is not None and total
         if not self.tty:
             if not moving:
@@ -46,13 +56,14 @@ def pull_image(root, ref, quiet=False, out=None):
     from ..runtime.registry.reference import parse
     out = out or sys.stdout
     r = parse(ref)
+    header = []
+    if ":" not in ref.rsplit("/", 1)[-1] and "@" not in ref:
+        header.append("Using default tag: latest")
+    header.append(f"{r.tag or r.digest}: Pulling from {r.path}")
+    progress = LayerProgress(out, header)
+    result = do_pull(ImageStore(root), ref, progress=None if quiet else progress)
     if not quiet:
-        if ":" not in ref.rsplit("/", 1)[-1] and "@" not in ref:
-            out.write("Using default tag: latest\n")
-        out.write(f"{r.tag or r.digest}: Pulling from {r.path}\n")
-        out.flush()
-    result = do_pull(ImageStore(root), ref, progress=None if quiet else LayerProgress(out))
-    if not quiet:
+        progress.flush_header()
         out.write(f"Digest: {result.digest}\n")
         shown = r.tagged or str(r)
         if result.downloaded:
@@ -64,16 +75,25 @@ def pull_image(root, ref, quiet=False, out=None):
     return result
 
 
+PULL_ENV = "PYINSPECT_PULL"
+
+
 def ensure_image(root, ref):
     """`run`'s hook: pull `ref` when the store lacks it (Docker's --pull=missing).
 
     Costs one read of the tags file when the image is there; busybox:latest and image
-    ids are left to the store (it builds busybox itself).
+    ids are left to the store (it builds busybox itself). PYINSPECT_PULL=never turns the
+    pull off (Docker's --pull=never): a missing image is then "no such image".
     """
+    import os
+
     from ..errors import UsageError
     from ..runtime.images import DEFAULT_IMAGE, ImageStore, parse_reference
+    policy = os.environ.get(PULL_ENV, "missing").strip().lower() or "missing"
+    if policy not in ("missing", "never"):
+        raise UsageError(f"{PULL_ENV}={policy!r}: expected 'missing' or 'never'")
     store = ImageStore(root)
-    if store.exists(ref):
+    if policy == "never" or store.exists(ref):
         return
     try:
         if "@" not in ref and parse_reference(ref) == DEFAULT_IMAGE:

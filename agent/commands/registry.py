@@ -119,7 +119,8 @@ def push(obj, chunk_size, name):
     from ..runtime.registry.push import push as do_push
     from ..runtime.registry.reference import parse
     r = parse(name)
-    click.echo(f"The push refers to repository [{r.familiar if r.domain != 'docker.io' else 'docker.io/' + r.path}]")
-    result = do_push(_store(obj), name, progress=LayerProgress(),
-                     chunk_size=chunk_size or CHUNK_SIZE)
+    repo = r.familiar if r.domain != "docker.io" else f"docker.io/{r.path}"
+    progress = LayerProgress(header=[f"The push refers to repository [{repo}]"])
+    result = do_push(_store(obj), name, progress=progress, chunk_size=chunk_size or CHUNK_SIZE)
+    progress.flush_header()
     click.echo(f"{result.tag}: digest: {result.digest} size: {result.size}")
