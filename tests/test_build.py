@@ -369,6 +369,8 @@ BAD = [
     ("symlink-out", "FROM busybox\nCOPY link /x\n", [], ["line 2", "outside"]),
     ("missing-source", "FROM busybox\nCOPY nosuch.txt /x\n", [], ["line 2", "nosuch.txt"]),
     ("missing-stage", "FROM busybox\nCOPY --from=nosuch /a /b\n", [], ["line 2", "nosuch"]),
+    ("missing-in-stage", "FROM busybox AS a\nFROM busybox\nCOPY --from=a /pib-nosuch /x\n", [],
+     ["line 3", "/pib-nosuch", "no such file"]),
     ("missing-image", "FROM pib-nosuch:1\n", [], ["line 1", "pib-nosuch:1"]),
     ("failing-run", "FROM busybox\nRUN echo half > /half && exit 7\n", [],
      ["line 2", "non-zero code: 7"]),

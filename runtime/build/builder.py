@@ -47,19 +47,19 @@ class BuildResult:
 class Progress:
     """What a build reports; the CLI prints it (methods do nothing here)."""
 
-    def step(self, n, total, text):
+    def step(self, n: int, total: int, text: str) -> None:
         pass
 
-    def cached(self, state_id):
+    def cached(self, state_id: str) -> None:
         pass
 
-    def output(self, stream, data):
+    def output(self, stream: str, data: bytes) -> None:
         pass
 
-    def done(self, state_id, seconds):
+    def done(self, state_id: str, seconds: float) -> None:
         pass
 
-    def warning(self, text):
+    def warning(self, text: str) -> None:
         pass
 
 
@@ -118,7 +118,7 @@ class Builder:
         self.cached = 0
 
     # ---- the whole build ----------------------------------------------------------------
-    def build(self):
+    def build(self) -> BuildResult:
         text = _read_dockerfile(self.opts)
         self.escape = dockerfile.escape_char(text)
         instructions = dockerfile.parse(text)
@@ -381,7 +381,7 @@ class Builder:
         self._cached_or(st, ins, parts, make)
 
 
-def build(root, opts, progress=None):
+def build(root, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build per `opts` under state root `root`; the BuildResult (the image is stored and
     tagged only when every step succeeded)."""
     return Builder(root, opts, progress).build()

@@ -16,7 +16,7 @@ import os
 from pyinspect.runtime.fsutil import atomic_write
 
 
-def step_key(parent_id, parts):
+def step_key(parent_id: str, parts: list) -> str:
     """The cache key of a step: parent state id + the step's inputs (JSON-able)."""
     data = json.dumps([parent_id, parts], separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(data.encode("utf-8", "surrogateescape")).hexdigest()
@@ -29,7 +29,7 @@ class BuildCache:
         self.dir = os.path.join(os.fspath(root), "build", "cache")
         self.store = store
 
-    def get(self, key):
+    def get(self, key: str) -> bytes | None:
         """The config bytes recorded for `key`, or None (missing, damaged or layers gone)."""
         try:
             with open(os.path.join(self.dir, f"{key}.json"), "rb") as f:
@@ -42,7 +42,7 @@ class BuildCache:
             return None
         return config
 
-    def put(self, key, config_bytes):
+    def put(self, key: str, config_bytes: bytes) -> None:
         os.makedirs(self.dir, exist_ok=True)
         data = json.dumps({"config": config_bytes.decode("utf-8", "surrogateescape")})
         with atomic_write(os.path.join(self.dir, f"{key}.json")) as f:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pyinspect.errors import UsageError
 
-from .patterns import has_magic, to_regex
+from .patterns import IgnoreRules, has_magic, to_regex
 
 _ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
@@ -40,7 +40,8 @@ def _outside(msg):
     return UsageError(msg)
 
 
-def resolve(root, patterns, ignore=None, in_context=True):
+def resolve(root: str, patterns: list, ignore: IgnoreRules | None = None,
+            in_context: bool = True) -> list[Source]:
     """The Sources the patterns name under `root`; UsageError for a missing source or
     (in the context) one outside it."""
     root = os.path.realpath(root)
@@ -106,7 +107,7 @@ def _walk(src, ignore):
             yield inner, p
 
 
-def is_archive(path):
+def is_archive(path: str) -> bool:
     """True for a local file ADD unpacks: a tar, maybe gzip/bzip2/xz compressed."""
     try:
         with open(path, "rb") as f:
@@ -137,7 +138,8 @@ def _entries(sources, ignore, unpack):
             yield f"{kind}/{base}", src.path
 
 
-def digest(sources, ignore=None, unpack=False):
+def digest(sources: list[Source], ignore: IgnoreRules | None = None,
+           unpack: bool = False) -> str:
     """sha256 over the sources' names, types, modes, link targets and contents."""
     h = hashlib.sha256()
     for name, p in _entries(sources, ignore, unpack):
@@ -154,7 +156,8 @@ def digest(sources, ignore=None, unpack=False):
     return h.hexdigest()
 
 
-def send(sources, out, ignore=None, unpack=False):
+def send(sources: list[Source], out, ignore: IgnoreRules | None = None,
+         unpack: bool = False) -> None:
     """Write the tar stream for `sources` to the binary file `out`."""
     meta = json.dumps({"n": len(sources)}).encode()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
@@ -198,7 +201,7 @@ def _lookup(path, name, want_id):
                      f"{name!r} in the image")
 
 
-def parse_chown(text):
+def parse_chown(text: str | None) -> tuple[int, int]:
     """(uid, gid) for a --chown value, read in the current (chrooted) root."""
     if not text:
         return 0, 0
@@ -273,7 +276,7 @@ def _unpack(fileobj, dest, uid_gid=None):
                 links[parts] = target
 
 
-def receive(inp, dest, chown=None, chmod=None):
+def receive(inp, dest: str, chown: str | None = None, chmod: str | None = None) -> None:
     """Place the stream from `inp` at `dest` (absolute) in the current (chrooted) root."""
     uid, gid = parse_chown(chown)
     mode = int(chmod, 8) if chmod else None

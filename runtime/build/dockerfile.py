@@ -41,7 +41,7 @@ class Instruction:
     json: bool = False
     flags: dict = field(default_factory=dict)
 
-    def error(self, why, hint=None):
+    def error(self, why: str, hint: str | None = None) -> "DockerfileError":
         return DockerfileError(f"Dockerfile line {self.line}: {self.cmd}: {why}", hint)
 
 
@@ -79,7 +79,7 @@ def _error_line(text):
     return lo
 
 
-def parse(text):
+def parse(text: str) -> list[Instruction]:
     """The instructions of a Dockerfile's text; DockerfileError names the bad line."""
     try:
         import dockerfile
@@ -145,7 +145,7 @@ def _check_arity(ins):
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def expand(word, env, escape="\\", line=None):
+def expand(word: str, env: dict, escape: str = "\\", line: int | None = None) -> str:
     """Docker's word processing: quotes removed, `$VAR`/`${VAR}` and the `:-` `-` `:+` `+`
     `:?` `?` forms substituted from `env` (a dict); an escaped `$` stays literal."""
     out = []
@@ -234,7 +234,7 @@ def _closing_brace(word, i):
     return -1
 
 
-def escape_char(text):
+def escape_char(text: str) -> str:
     """The escape character the `# escape=` directive chose (backslash by default)."""
     for raw in text.splitlines():
         line = raw.strip()
@@ -248,7 +248,7 @@ def escape_char(text):
     return "\\"
 
 
-def key_values(ins, env, escape):
+def key_values(ins: Instruction, env: dict, escape: str) -> list[tuple[str, str]]:
     """ENV / LABEL arguments as [(key, value)], expanded (values see `env` as it was)."""
     args = ins.args
     if len(args) % 2:

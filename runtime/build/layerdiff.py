@@ -15,12 +15,22 @@ gives the same bytes.
 import os
 import stat
 import tarfile
+from dataclasses import dataclass
 
 from pyinspect.runtime.archive import OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX
 
 RUNTIME_FILES = {("etc", "hostname"), ("etc", "hosts"), ("etc", "resolv.conf")}
 MOUNT_POINTS = {("proc",), ("sys",), ("dev",)}
 _KEEP_XATTRS = ("security.capability",)
+
+
+@dataclass
+class _Entry:
+    """One member to write: a whiteout (`st` None) or an upper dir entry."""
+
+    name: str
+    st: os.stat_result | None = None
+    path: str = ""
 
 
 def _is_whiteout(st):
@@ -34,13 +44,13 @@ def _opaque(path):
         return False
 
 
-def lower_stat(lower_dirs, parts):
+def lower_stat(lower_dirs: list, parts: tuple) -> os.stat_result | None:
     """lstat of `parts` in the merged lower layers (top layer first), or None if absent."""
     found = lower_path(lower_dirs, parts)
     return found[1] if found else None
 
 
-def lower_path(lower_dirs, parts):
+def lower_path(lower_dirs: list, parts: tuple) -> tuple[str, os.stat_result] | None:
     """(host path, lstat) of `parts` in the topmost layer that has it, or None when the
     merged view lacks it (a whiteout or an opaque directory above hides the rest)."""
     for d in reversed(lower_dirs):
@@ -122,7 +132,7 @@ class _Writer:
                 continue
             if _is_whiteout(st):
                 wh = "/".join(parts + (WHITEOUT_PREFIX + name,))
-                out.append(("wh", wh, None, None))
+                out.append(_Entry(wh))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 lst = lower_stat(self.lower, cparts)
@@ -131,17 +141,18 @@ class _Writer:
                 if self.skip and cparts in MOUNT_POINTS and not inner and lst is None:
                     continue
                 if inner or opaque or lst is None or not _same_meta(st, lst):
-                    out.append(("dir", rel, st, path))
+                    out.append(_Entry(rel, st, path))
                     if opaque:
-                        out.append(("wh", f"{rel}/{WHITEOUT_OPAQUE}", None, None))
+                        out.append(_Entry(f"{rel}/{WHITEOUT_OPAQUE}"))
                     out.extend(inner)
                 continue
-            out.append(("node", rel, st, path))
+            out.append(_Entry(rel, st, path))
         return out
 
     def write(self):
-        for kind, name, st, path in self.entries(()):
-            if kind == "wh":
+        for e in self.entries(()):
+            name, st, path = e.name, e.st, e.path
+            if st is None:
                 ti = tarfile.TarInfo(name)
                 ti.mode, ti.mtime = 0o644, 0
                 self.tf.addfile(ti)
@@ -165,7 +176,7 @@ class _Writer:
             self.count += 1
 
 
-def write_layer(upper, lower_dirs, out_path, skip_runtime_files=True):
+def write_layer(upper, lower_dirs: list, out_path, skip_runtime_files: bool = True) -> int:
     """Write the changes in `upper` (over `lower_dirs`, base first) as a layer tar at
     `out_path`; the number of members written (0: the step changed nothing)."""
     with open(out_path, "wb") as f, tarfile.open(fileobj=f, mode="w",

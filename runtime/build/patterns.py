@@ -21,7 +21,7 @@ def _clean(pattern):
     return "" if p == "." else p
 
 
-def to_regex(pattern):
+def to_regex(pattern: str) -> re.Pattern:
     """A compiled regex for one cleaned Docker path pattern (whole-path match)."""
     out = ["^"]
     i, n = 0, len(pattern)
@@ -61,7 +61,7 @@ def to_regex(pattern):
         raise UsageError(f"bad pattern {pattern!r}: {exc}") from None
 
 
-def has_magic(text):
+def has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
@@ -80,7 +80,7 @@ class IgnoreRules:
         self.has_exceptions = any(not r.exclude for r in rules)
 
     @classmethod
-    def parse(cls, text, origin=".dockerignore"):
+    def parse(cls, text: str, origin: str = ".dockerignore") -> "IgnoreRules":
         rules = []
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
@@ -99,7 +99,7 @@ class IgnoreRules:
         return cls(rules)
 
     @classmethod
-    def load(cls, context):
+    def load(cls, context: str) -> "IgnoreRules":
         path = os.path.join(context, ".dockerignore")
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -107,7 +107,7 @@ class IgnoreRules:
         except FileNotFoundError:
             return cls([])
 
-    def excluded(self, rel):
+    def excluded(self, rel: str) -> bool:
         """True when the context path `rel` (relative, '/'-separated) is ignored."""
         if not self.rules:
             return False

@@ -25,7 +25,7 @@ class Stage:
     steps: list = field(default_factory=list)
 
     @property
-    def label(self):
+    def label(self) -> str:
         return self.name or str(self.index)
 
 
@@ -39,11 +39,11 @@ class Plan:
     escape: str
 
     @property
-    def total_steps(self):
+    def total_steps(self) -> int:
         return sum(1 + len(s.steps) for s in self.needed)
 
 
-def parse_build_args(items):
+def parse_build_args(items: list | None) -> dict:
     """['K=V', 'K'] -> {K: V}; a bare K takes the value from this process's environment."""
     import os
     out = {}
@@ -58,7 +58,7 @@ def parse_build_args(items):
     return out
 
 
-def arg_decl(ins, scope_env, escape):
+def arg_decl(ins: Instruction, scope_env: dict, escape: str) -> list[tuple[str, str | None]]:
     """[(name, default or None)] of an ARG instruction."""
     out = []
     for raw in ins.args:
@@ -71,7 +71,8 @@ def arg_decl(ins, scope_env, escape):
     return out
 
 
-def plan(instructions, build_args, target=None, escape="\\"):
+def plan(instructions: list[Instruction], build_args: dict, target: str | None = None,
+         escape: str = "\\") -> Plan:
     """Split into stages and pick the ones the target needs; DockerfileError naming the
     line for a bad FROM, an unknown --target or a stage that refers forward."""
     global_args = {}
@@ -139,7 +140,7 @@ def plan(instructions, build_args, target=None, escape="\\"):
                 global_args=global_args, build_args=build_args, escape=escape)
 
 
-def find_stage(stages, ref, before):
+def find_stage(stages: list[Stage], ref: str, before: int) -> Stage | None:
     """The earlier stage a FROM or --from names (by name or index), else None (an image)."""
     if ref.isdigit():
         i = int(ref)

@@ -9,6 +9,7 @@ upper dir that becomes the layer) and for reading `COPY --from` sources.
 """
 
 import os
+from dataclasses import dataclass
 
 from pyinspect.errors import PyinspectError, UsageError
 from pyinspect.runtime import child, isolation
@@ -29,10 +30,21 @@ class ChildFailed(UsageError):
     """What the chrooted child reported."""
 
 
-def start(scratch, lower_dirs, body, upper=None, work=None, close_fds=()):
+@dataclass
+class Child:
+    """A started child: its pid, the read end of its report pipe, its mount point."""
+
+    pid: int
+    err_r: int | None
+    mnt: str
+    reaped: bool = False
+
+
+def start(scratch: str, lower_dirs: list, body, upper: str | None = None,
+          work: str | None = None, close_fds: tuple = ()) -> Child:
     """Fork a child that runs body() chrooted in the merged view of `lower_dirs` (base
     first); with `upper`/`work` it writes there, else the view is read-only. `scratch`
-    is a private directory of the build for the mount point. Returns a handle for
+    is a private directory of the build for the mount point. Returns the Child for
     finish(); `close_fds` are closed in the child first."""
     mnt = os.path.join(scratch, f"mnt-{os.urandom(4).hex()}")
     empty = os.path.join(scratch, "empty")
@@ -65,20 +77,21 @@ def start(scratch, lower_dirs, body, upper=None, work=None, close_fds=()):
             child.report(err_w, "error", msg)
         os._exit(code)
     os.close(err_w)
-    return pid, err_r, mnt
+    return Child(pid=pid, err_r=err_r, mnt=mnt)
 
 
-def finish(handle):
+def finish(c: Child) -> None:
     """Wait for the child; ChildFailed with its message if it failed."""
-    pid, err_r, mnt = handle
     try:
-        failure = child.read_report(err_r)
+        failure = child.read_report(c.err_r)  # closes err_r
     except BaseException:  # interrupted: the child goes too
-        kill((pid, None, mnt))
+        kill(c)
         raise
-    code = child.wait(pid)
+    c.err_r = None
+    code = child.wait(c.pid)
+    c.reaped = True
     try:
-        os.rmdir(mnt)
+        os.rmdir(c.mnt)
     except OSError:
         pass
     if failure:
@@ -87,26 +100,29 @@ def finish(handle):
         raise ChildFailed(f"the copy process exited with {code}")
 
 
-def kill(handle):
+def kill(c: Child) -> None:
     """Stop an unfinished child (SIGKILL) and reap it."""
     import signal
-    pid, err_r, mnt = handle
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    child.wait(pid)
-    if err_r is not None:
+    if not c.reaped:  # never signal a pid already reaped (it may be another process now)
         try:
-            os.close(err_r)
+            os.kill(c.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.wait(c.pid)
+        c.reaped = True
+    if c.err_r is not None:
+        try:
+            os.close(c.err_r)
         except OSError:
             pass
+        c.err_r = None
     try:
-        os.rmdir(mnt)
+        os.rmdir(c.mnt)
     except OSError:
         pass
 
 
-def run(scratch, lower_dirs, body, upper=None, work=None):
+def run(scratch: str, lower_dirs: list, body, upper: str | None = None,
+        work: str | None = None) -> None:
     """start() and finish() in one."""
     finish(start(scratch, lower_dirs, body, upper, work))

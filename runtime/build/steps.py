@@ -32,13 +32,13 @@ class Scratch:
             if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(os.path.join(self.base, entry), ignore_errors=True)
 
-    def new_dir(self, what):
+    def new_dir(self, what: str) -> str:
         self.n += 1
         d = os.path.join(self.path, f"{self.n}-{what}")
         os.mkdir(d)
         return d
 
-    def remove(self):
+    def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -61,7 +61,7 @@ def _overlay_dirs(scratch, what):
     return d, upper, work
 
 
-def workdir(store, scratch, lower_dirs, path):
+def workdir(store, scratch: Scratch, lower_dirs: list, path: str) -> str | None:
     """Create `path` (and its parents) in the image if missing; a diff_id or None."""
     d, upper, work = _overlay_dirs(scratch, "workdir")
     try:
@@ -72,8 +72,10 @@ def workdir(store, scratch, lower_dirs, path):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def copy(store, scratch, lower_dirs, dest, sources=None, ignore=None, from_dirs=None,
-         patterns=(), chown=None, chmod=None, unpack=False):
+def copy(store, scratch: Scratch, lower_dirs: list, dest: str, sources: list | None = None,
+         ignore=None, from_dirs: list | None = None, patterns: list | tuple = (),
+         chown: str | None = None, chmod: str | None = None,
+         unpack: bool = False) -> str | None:
     """COPY/ADD into `dest`: context `sources` (resolved), or `patterns` read inside the
     image whose layers are `from_dirs`. A diff_id or None."""
     d, upper, work = _overlay_dirs(scratch, "copy")
@@ -105,14 +107,14 @@ def copy(store, scratch, lower_dirs, dest, sources=None, ignore=None, from_dirs=
             except BrokenPipeError:
                 pass  # the receiver failed: it says why
         errors = []
-        for h in reversed(handles):
+        for h in reversed(handles):  # the sender first: its error is the cause
             try:
                 rootfs.finish(h)
             except rootfs.ChildFailed as exc:
                 errors.append(exc)
         handles = []
         if errors:
-            raise errors[-1]
+            raise errors[0]
         return _store_layer(store, scratch, upper, lower_dirs, False)
     finally:
         for fd in (r, w):
@@ -131,7 +133,7 @@ def _image_lines(lower_dirs, rel):
         return [line.rstrip("\n").split(":") for line in f]
 
 
-def numeric_user(lower_dirs, user):
+def numeric_user(lower_dirs: list, user: str) -> str:
     """USER as `uid:gid`, names looked up in the image's /etc/passwd and /etc/group
     (the runtime runs only numeric users); UsageError when a name is not there."""
     name, _, group = user.partition(":")
@@ -159,7 +161,8 @@ def numeric_user(lower_dirs, user):
     return f"{uid}:{gid}"
 
 
-def run(root, store, scratch, state, argv, env, on_output):
+def run(root, store, scratch: Scratch, state, argv: list, env: dict,
+        on_output) -> tuple[int, str | None]:
     """RUN `argv` in a pyinspect container of `state` on the bridge network; returns
     (exit code, diff_id or None). The container is always removed."""
     from pyinspect.runtime.containers import ContainerSpec, Runtime
@@ -198,7 +201,7 @@ def _p(path):
     return Path(path)
 
 
-def sweep_containers(root):
+def sweep_containers(root) -> None:
     """Remove build containers left by killed builds (their builder pid is gone)."""
     from pyinspect.proc import pid_alive
     from pyinspect.runtime import state as cstate
