@@ -45,7 +45,7 @@ class _Writer(threading.Thread):
     def __init__(self, path):
         super().__init__(name="pyinspect-events-writer", daemon=True)
         self.path = path
-        self.queue = queue.Queue(maxsize=64)  # full -> the reader waits (back-pressure)
+        self.queue: queue.Queue = queue.Queue(maxsize=64)  # full -> the reader waits
         self.written = 0
         self.error = None
 
@@ -63,7 +63,7 @@ class _Writer(threading.Thread):
                         self.written += store.insert_events(rows)
                     else:
                         store.insert_probe_loss(rows)
-                except Exception as exc:  # keep writing later batches; report at close
+                except Exception as exc:  # noqa: BLE001 - keep writing later batches; report at close
                     self.error = f"{type(exc).__name__}: {exc}"
         finally:
             store.close()
@@ -137,7 +137,7 @@ class Recorder:
         """The resolver's answer; a failure in it costs the attribution, not the event."""
         try:
             return self.resolver.resolve(**keys)
-        except Exception as exc:  # discovery reads /proc and state files of others
+        except Exception as exc:  # noqa: BLE001 - discovery reads others' /proc and state files
             self.attribution_errors += 1
             self.last_attribution_error = f"{type(exc).__name__}: {exc}"
             return None
@@ -296,7 +296,7 @@ class Follower:
         try:
             found = [d for d in resolver.refresh()  # the Discovered records
                      if d.name == self.container or d.id.startswith(self.container)]
-        except Exception:
+        except Exception:  # noqa: BLE001 - discovery failed: nothing to follow
             return None
         if len(found) != 1:
             return None
@@ -424,7 +424,8 @@ def summary(ev):
     if k in ("clone", "unshare"):
         return "new " + (",".join(d.get("namespaces") or []) or "-")
     if k == "setns":
-        return f"join {','.join(d.get('nstype') or [])} {d.get('target', 'fd %s' % d.get('fd'))}"
+        target = d.get("target", f"fd {d.get('fd')}")
+        return f"join {','.join(d.get('nstype') or [])} {target}"
     if k == "oom":
         return f"OOM victim {ev['pid']} ({d.get('victim_comm')}) anon-rss {d.get('anon_rss_kb')} kB"
     if k.startswith("link_"):

@@ -107,11 +107,10 @@ def iptables() -> list[dict]:
     if items is None:
         out.append({"backend": "nftables", "present": False, "reason": err})
     else:
-        rules = sum(1 for i in items if "rule" in i)
-        tables = sorted(f"{i['table']['family']} {i['table']['name']}"
-                        for i in items if "table" in i)
-        out.append({"backend": "nftables", "present": True, "rules": rules,
-                    "tables": tables, "tool": "nft"})
+        out.append({"backend": "nftables", "present": True,
+                    "rules": sum(1 for i in items if "rule" in i),
+                    "tables": sorted(f"{i['table']['family']} {i['table']['name']}"
+                                     for i in items if "table" in i), "tool": "nft"})
     return out
 
 
@@ -145,7 +144,7 @@ def ebpf_hooks():
     try:
         return [{"name": h.name, "available": bool(h.available), "reason": h.reason}
                 for h in capabilities.detect()]
-    except Exception as exc:  # detection itself failed: say so, keep the rest of info
+    except Exception as exc:  # noqa: BLE001 - detection failed: say so, keep the rest
         return [{"name": "detect", "available": False,
                  "reason": f"capability detection failed: {type(exc).__name__}: {exc}"}]
 
@@ -158,7 +157,7 @@ def probe_loaders():
         return None
     try:
         return capabilities.probe_loaders()
-    except Exception as exc:  # keep the rest of info; say what went wrong
+    except Exception as exc:  # noqa: BLE001 - keep the rest of info; say what went wrong
         return [{"probe": "all", "loader": "?",
                  "object": f"loader detection failed: {type(exc).__name__}: {exc}"}]
 

@@ -6,6 +6,7 @@ veth map for topology, events.query for the timeline, the trace tables for flows
 sessions, pcap_export for downloads, doctor's stored findings and runbooks.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -14,18 +15,17 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import database_path
 from .errors import ConflictError, NotFoundError, UsageError
 
 
-
 def _iso(ns):
     if not ns:
         return ""
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 class Overview:
@@ -152,9 +152,11 @@ class Overview:
                     if step not in path:
                         path.append(step)
                 r["rules"] = " > ".join(path[:12])
-                r["original"] = f"{r['orig_src']}:{r['orig_sport']} -> {r['orig_dst']}:{r['orig_dport']}"
+                r["original"] = (f"{r['orig_src']}:{r['orig_sport']} -> "
+                                 f"{r['orig_dst']}:{r['orig_dport']}")
                 # the reply tuple reversed is what the far side of the NAT saw
-                r["translated"] = f"{r['reply_dst']}:{r['reply_dport']} -> {r['reply_src']}:{r['reply_sport']}"
+                r["translated"] = (f"{r['reply_dst']}:{r['reply_dport']} -> "
+                                   f"{r['reply_src']}:{r['reply_sport']}")
                 r["detail"] = _json(r.get("detail"))
         return rows
 
@@ -298,7 +300,10 @@ def _container_row(d, c):
 
 def _unlink_later(path, seconds=60):
     """Remove a served temp file once the download had time to finish."""
-    t = threading.Timer(seconds, lambda: os.path.exists(path) and os.unlink(path))
+    def remove():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    t = threading.Timer(seconds, remove)
     t.daemon = True
     t.start()
 

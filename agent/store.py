@@ -24,7 +24,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -277,10 +277,10 @@ class Store:
         self.reap_killed_traces()
 
     def _migrate(self):
-        self.db["schema_version"].create(
+        self.db.table("schema_version").create(
             {"version": int, "description": str, "applied_ns": int},
             pk="version", if_not_exists=True)
-        done = {row["version"] for row in self.db["schema_version"].rows}
+        done = {row["version"] for row in self.db.table("schema_version").rows}
         conn = self.db.conn
         for version, (description, step) in enumerate(MIGRATIONS, start=1):
             if version in done:
@@ -326,7 +326,7 @@ class Store:
             rows.append(row)
         if rows:
             with self.db.conn:
-                self.db["events"].insert_all(rows, alter=True)
+                self.db.table("events").insert_all(rows, alter=True)
         return len(rows)
 
     # -- transactions -------------------------------------------------------------
@@ -544,7 +544,7 @@ class Store:
         """probe_loss rows (dicts) in one transaction."""
         if rows:
             with self.batch():
-                self.db["probe_loss"].insert_all(rows)
+                self.db.table("probe_loss").insert_all(rows)
 
     def last_event_id(self):
         """The newest events row id (0 when there is none)."""
@@ -607,7 +607,7 @@ class Store:
                 raise
             raise CorruptInputError(f"reading events from store {self.path}: {exc}",
                                     "move the file away or use another --root") from exc
-        return [dict(zip(names, r)) for r in rows]
+        return [dict(zip(names, r, strict=False)) for r in rows]
 
     # -- flows and hops (read) --------------------------------------------------------------
     def flow_counts(self):
@@ -634,7 +634,7 @@ class Store:
             f" AS packets FROM flows f{w.sql()} ORDER BY f.id DESC LIMIT ?",
             [*w.params, limit])
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return [dict(zip(cols, r, strict=False)) for r in cur.fetchall()]
 
     def flow_tuple(self, flow_id, session_id):
         """(proto, orig_src, orig_sport, orig_dst, orig_dport) of a session's flow, or None."""
@@ -680,27 +680,27 @@ class Store:
         """findings rows (dicts) in one transaction."""
         if rows:
             with self.batch():
-                self.db["findings"].insert_all(rows)
+                self.db.table("findings").insert_all(rows)
 
     def recent_findings(self, limit=200):
         """findings rows (dicts), newest run first."""
         cur = self.db.execute("SELECT * FROM findings ORDER BY run_ns DESC, id LIMIT ?",
                               (limit,))
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return [dict(zip(cols, r, strict=False)) for r in cur.fetchall()]
 
     def doctor_memory(self):
         """{key: value} doctor remembered (values decoded from JSON)."""
-        return {r["key"]: json.loads(r["value"]) for r in self.db["doctor_memory"].rows}
+        return {r["key"]: json.loads(r["value"]) for r in self.db.table("doctor_memory").rows}
 
     def remember(self, items, drop=()):
         """Keep doctor's `items` ({key: JSON-able value}) and forget the keys in `drop`."""
         now = time.time_ns()
         with self.batch():
             for k in drop:
-                self.db["doctor_memory"].delete_where("key = ?", [k])
+                self.db.table("doctor_memory").delete_where("key = ?", [k])
             if items:
-                self.db["doctor_memory"].upsert_all(
+                self.db.table("doctor_memory").upsert_all(
                     [{"key": k, "value": json.dumps(v, sort_keys=True), "updated_ns": now}
                      for k, v in items.items()], pk="key")
 
@@ -709,7 +709,7 @@ class Store:
         """One veth map snapshot's rows (dicts) in one transaction."""
         if rows:
             with self.batch():
-                self.db["interfaces"].insert_all(rows)
+                self.db.table("interfaces").insert_all(rows)
 
     def latest_interfaces(self):
         """The rows (dicts) of the most recent veth map snapshot, by id."""
@@ -881,12 +881,12 @@ def _json_text(value):
 def _with_json(row):
     """A row dataclass's values in field order, its last field (detail) as JSON text.
     (Not dataclasses.astuple: that deep-copies every dict it meets.)"""
-    values = [getattr(row, name) for name in _field_names(type(row))]
+    values = [getattr(row, name) for name in _field_names(row.__class__)]
     values[-1] = _json_text(values[-1])
     return values
 
 
 
 @functools.cache
-def _field_names(cls):
+def _field_names(cls: Any) -> list[str]:
     return [f.name for f in fields(cls)]

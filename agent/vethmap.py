@@ -30,7 +30,7 @@ COLUMNS = ("NETNS", "IFINDEX", "IFNAME", "PEER", "MASTER", "MAC", "ADDRS", "CONT
 
 def _nsfs_mounts():
     """{inode: [mount points]} of network namespace files bind-mounted anywhere."""
-    out = {}
+    out: dict[int, list[str]] = {}
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
@@ -51,7 +51,7 @@ def namespaces(procs=None, host=None):
     """{inode: {"paths": [...], "names": [...], "pids": [...], "host": bool}} for every netns."""
     procs = scan_processes() if procs is None else procs
     host = host_namespaces() if host is None else host
-    out = {}
+    out: dict[int, dict] = {}
 
     def entry(ino):
         return out.setdefault(ino, {"inode": ino, "paths": [], "names": [], "pids": [],
@@ -104,7 +104,7 @@ class _Ns:
         self.info, self.fd, self.inode = info, fd, info["inode"]
         self.sock = RtnlSocket(fd)
         self.links = {ln["index"]: ln for ln in self.sock.links()}
-        self.addrs = {}
+        self.addrs: dict[int, list[str]] = {}
         for a in self.sock.addrs():
             if a["address"]:
                 self.addrs.setdefault(a["index"], []).append(f"{a['address']}/{a['prefixlen']}")
@@ -153,7 +153,7 @@ def _resolve_nsid(ns, nsid, peer_ifindex, my_ifindex, all_ns, by_pair):
 def owners(found, host):
     """{netns inode: Discovered} of running containers, the best-ranked source's."""
     rank = Resolver.SOURCE_RANK
-    out = {}
+    out: dict = {}
     for d in sorted(found, key=lambda d: (rank.get(d.source, 3),
                                            str(d.detail.get("network_mode")).startswith(
                                                "container:"), d.name)):
@@ -214,7 +214,7 @@ def build(root=None, found=None, errors=None, procs=None, host=None):
                 os.close(fd)
                 if exc.errno in (errno.EPERM, errno.EACCES):
                     unreadable.append((ino, exc.strerror))
-        by_pair = {}  # (ifindex, its IFLA_LINK) -> namespaces holding such a link
+        by_pair: dict = {}  # (ifindex, its IFLA_LINK) -> namespaces holding such a link
         for ns in opened.values():
             for idx, link in ns.links.items():
                 peer_idx = _peer_index(idx, link)

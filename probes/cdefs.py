@@ -5,8 +5,10 @@ import functools
 import re
 from pathlib import Path
 
-_DEFINE = re.compile(r"^\s*#define\s+([A-Z_][A-Z0-9_]*)\s+(\(?\s*[-+0-9xXa-fA-FuUlL()\s+*<>|]+?\)?)"
-                     r"\s*(?://.*|/\*.*)?$")
+_DEFINE = re.compile(
+    r"^\s*#define\s+([A-Z_][A-Z0-9_]*)\s+(\(?\s*[-+0-9xXa-fA-FuUlL()\s+*<>|]+?\)?)"
+    r"\s*(?://.*|/\*.*)?$"
+)
 _SAFE = re.compile(r"^[-+0-9xXa-fA-FuUlL()\s*<>|]+$")
 
 

@@ -16,10 +16,13 @@ import json
 import shlex
 import shutil
 import subprocess
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
-BACKENDS = {"legacy": ("iptables-legacy-save", "iptables-legacy"),
-            "nft": ("iptables-nft-save", "iptables-nft")}
+BACKENDS = {
+    "legacy": ("iptables-legacy-save", "iptables-legacy"),
+    "nft": ("iptables-nft-save", "iptables-nft"),
+}
 BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 TERMINAL = {"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP"}
 EXTERNAL_IF = "<external>"  # an input/output interface that is not any named bridge
@@ -37,26 +40,26 @@ class Rule:
     target: str = ""
     goto: bool = False
     target_args: dict = field(default_factory=dict)
-    matches: list = field(default_factory=list)  # (key, negated, value)
-    unknown: list = field(default_factory=list)
+    matches: list[tuple[str, bool, str]] = field(default_factory=list)  # (key, negated, value)
+    unknown: list[str] = field(default_factory=list)
 
     @property
-    def spec(self):
+    def spec(self) -> str:
         """The rule as `-A CHAIN ...` (iptables-save form)."""
         return " ".join(["-A", self.chain] + [_quote(a) for a in self.args])
 
     @property
-    def tool(self):
+    def tool(self) -> str:
         return BACKENDS[self.backend][1]
 
-    def text(self):
+    def text(self) -> str:
         table = "" if self.table == "filter" else f"-t {self.table} "
         return f"{self.tool} {table}{self.spec}   [{self.pkts} pkts]"
 
-    def delete_cmd(self):
+    def delete_cmd(self) -> list[str]:
         return [self.tool, "-t", self.table, "-D", self.chain, *self.args]
 
-    def get(self, key):
+    def get(self, key: str) -> str | None:
         for k, neg, v in self.matches:
             if k == key and not neg:
                 return v
@@ -69,12 +72,13 @@ class Chain:
     policy: str  # ACCEPT/DROP or '-' for user chains
     pkts: int = 0
     bytes: int = 0
-    rules: list = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
 
 
 @dataclass
 class Packet:
     """What a walk assumes about a packet; `local_addrs` decides addrtype LOCAL."""
+
     src: str
     dst: str
     proto: str = "tcp"
@@ -83,36 +87,35 @@ class Packet:
     iif: str = ""
     oif: str = ""
     state: str = "NEW"
-    local_addrs: frozenset = frozenset()
+    local_addrs: frozenset[str] = frozenset()
 
 
 @dataclass
 class Walk:
     verdict: str  # ACCEPT/DROP/REJECT/DNAT/... or the policy
-    path: list  # rules that matched on the way (jumps and the deciding rule)
-    rule: object = None  # the deciding Rule, None when the policy decided
-    chain: object = None  # the built-in chain whose policy decided
-    unsure: list = field(default_factory=list)  # rules skipped for unknown matches
+    path: list[Rule]  # rules that matched on the way (jumps and the deciding rule)
+    rule: Rule | None = None  # the deciding Rule, None when the policy decided
+    chain: Chain | None = None  # the built-in chain whose policy decided
+    unsure: list[Rule] = field(default_factory=list)  # rules skipped for unknown matches
+    tool: str = "iptables"  # how the walked table is listed (`iptables-nft -t nat`)
 
-    def evidence(self):
+    def evidence(self) -> list[str]:
         lines = [r.text() for r in self.path]
         if self.rule is None and self.chain is not None:
-            lines.append(f"{_tool(self)} policy {self.chain.name} {self.chain.policy}   "
-                         f"[{self.chain.pkts} pkts]")
+            lines.append(
+                f"{self.tool} policy {self.chain.name} {self.chain.policy}   "
+                f"[{self.chain.pkts} pkts]"
+            )
         for r in self.unsure[:3]:
             lines.append(f"(skipped, match not evaluated: {', '.join(r.unknown)}) {r.text()}")
         return lines
 
 
-def _quote(arg):
+def _quote(arg: str) -> str:
     return arg if arg == "!" else shlex.quote(arg)
 
 
-def _tool(walk):
-    return getattr(walk, "_tool", "iptables")
-
-
-def _parse_rule(backend, table, chain_name, num, line):
+def _parse_rule(backend: str, table: str, chain_name: str, num: int, line: str) -> Rule:
     pkts = byts = 0
     if line.startswith("["):
         counters, _, line = line.partition("] ")
@@ -144,13 +147,29 @@ def _parse_rule(backend, table, chain_name, num, line):
         if a == "-m":
             i += 2
             continue
-        key = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
-               "-i": "iif", "--in-interface": "iif", "-o": "oif", "--out-interface": "oif",
-               "-p": "proto", "--protocol": "proto", "--dport": "dport",
-               "--destination-port": "dport", "--sport": "sport", "--source-port": "sport",
-               "--dports": "dports", "--destination-ports": "dports", "--sports": "sports",
-               "--dst-type": "dst_type", "--src-type": "src_type", "--ctstate": "ctstate",
-               "--state": "ctstate"}.get(a)
+        key = {
+            "-s": "src",
+            "--source": "src",
+            "-d": "dst",
+            "--destination": "dst",
+            "-i": "iif",
+            "--in-interface": "iif",
+            "-o": "oif",
+            "--out-interface": "oif",
+            "-p": "proto",
+            "--protocol": "proto",
+            "--dport": "dport",
+            "--destination-port": "dport",
+            "--sport": "sport",
+            "--source-port": "sport",
+            "--dports": "dports",
+            "--destination-ports": "dports",
+            "--sports": "sports",
+            "--dst-type": "dst_type",
+            "--src-type": "src_type",
+            "--ctstate": "ctstate",
+            "--state": "ctstate",
+        }.get(a)
         if key:
             rule.matches.append((key, neg, val))
             i += 2
@@ -172,7 +191,9 @@ def _parse_rule(backend, table, chain_name, num, line):
 
 def parse_save(text: str, backend: str) -> dict[str, dict[str, Chain]]:
     """Parse `iptables-save -c` output into {table: {chain: Chain}}."""
-    tables, table, tname = {}, None, None
+    tables: dict[str, dict[str, Chain]] = {}
+    table: dict[str, Chain] | None = None
+    tname = ""
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -194,12 +215,11 @@ def parse_save(text: str, backend: str) -> dict[str, dict[str, Chain]]:
             rest = line.split("] ", 1)[1] if line.startswith("[") else line
             chain_name = rest.split()[1]
             chain = table.setdefault(chain_name, Chain(chain_name, "-"))
-            chain.rules.append(_parse_rule(backend, tname, chain_name,
-                                           len(chain.rules) + 1, line))
+            chain.rules.append(_parse_rule(backend, tname, chain_name, len(chain.rules) + 1, line))
     return tables
 
 
-def _iface_match(pattern, name):
+def _iface_match(pattern: str, name: str) -> bool:
     if not name:
         return False
     if pattern.endswith("+"):
@@ -207,14 +227,14 @@ def _iface_match(pattern, name):
     return pattern == name
 
 
-def _addr_in(spec, addr):
+def _addr_in(spec: str, addr: str) -> bool:
     try:
         return ipaddress.ip_address(addr) in ipaddress.ip_network(spec, strict=False)
     except ValueError:
         return False
 
 
-def _ports(spec):
+def _ports(spec: str) -> list[tuple[int, int]]:
     out = []
     for part in spec.split(","):
         lo, _, hi = part.partition(":")
@@ -222,7 +242,7 @@ def _ports(spec):
     return out
 
 
-def _match_one(key, val, pkt):
+def _match_one(key: str, val: str, pkt: Packet) -> bool:
     if key == "src":
         return _addr_in(val, pkt.src)
     if key == "dst":
@@ -246,7 +266,7 @@ def _match_one(key, val, pkt):
     return False
 
 
-def rule_matches(rule, pkt):
+def rule_matches(rule: Rule, pkt: Packet) -> bool | None:
     """True/False, or None when the rule has matches this walker does not understand."""
     for key, neg, val in rule.matches:
         if _match_one(key, val, pkt) == neg:
@@ -259,23 +279,25 @@ def rule_matches(rule, pkt):
 class Ruleset:
     """Rules of one backend in one network namespace."""
 
-    def __init__(self, backend, tables, error=None):
+    def __init__(
+        self, backend: str, tables: dict[str, dict[str, Chain]], error: str | None = None
+    ) -> None:
         self.backend = backend
         self.tables = tables
         self.error = error
 
     @property
-    def tool(self):
+    def tool(self) -> str:
         return BACKENDS[self.backend][1]
 
-    def rules(self, table=None):
+    def rules(self, table: str | None = None) -> Iterator[Rule]:
         for tname, chains in self.tables.items():
             if table and tname != table:
                 continue
             for chain in chains.values():
                 yield from chain.rules
 
-    def has_rules(self):
+    def has_rules(self) -> bool:
         """True when this backend holds any rule or a non-ACCEPT built-in policy."""
         for chains in self.tables.values():
             for c in chains.values():
@@ -283,33 +305,44 @@ class Ruleset:
                     return True
         return False
 
-    def summary(self):
+    def summary(self) -> list[str]:
         out = []
         for tname, chains in sorted(self.tables.items()):
             n = sum(len(c.rules) for c in chains.values())
-            pol = [f"{c.name} {c.policy}" for c in chains.values()
-                   if c.name in BUILTIN and c.policy not in ("ACCEPT", "-")]
+            pol = [
+                f"{c.name} {c.policy}"
+                for c in chains.values()
+                if c.name in BUILTIN and c.policy not in ("ACCEPT", "-")
+            ]
             if n or pol:
-                out.append(f"{self.tool}: table {tname}: {n} rules"
-                           + (f", policy {', '.join(pol)}" if pol else ""))
+                out.append(
+                    f"{self.tool}: table {tname}: {n} rules"
+                    + (f", policy {', '.join(pol)}" if pol else "")
+                )
         return out
 
-    def walk(self, table, chain, pkt):
+    def walk(self, table: str, chain: str, pkt: Packet) -> Walk:
         """Follow `pkt` from built-in `chain` of `table`; a Walk (verdict ACCEPT if absent)."""
         chains = self.tables.get(table, {})
         if chain not in chains:
-            w = Walk("ACCEPT", [])
-            return w
-        path, unsure = [], []
+            return Walk("ACCEPT", [])
+        path: list[Rule] = []
+        unsure: list[Rule] = []
         verdict, rule = self._walk(chains, chains[chain], pkt, path, unsure, 0)
+        tool = self.tool if table == "filter" else f"{self.tool} -t {table}"
         if verdict is None:
-            w = Walk(chains[chain].policy, list(path), None, chains[chain], unsure)
-        else:
-            w = Walk(verdict, list(path), rule, None, unsure)
-        w._tool = self.tool if table == "filter" else f"{self.tool} -t {table}"
-        return w
+            return Walk(chains[chain].policy, list(path), None, chains[chain], unsure, tool)
+        return Walk(verdict, list(path), rule, None, unsure, tool)
 
-    def _walk(self, chains, chain, pkt, path, unsure, depth):
+    def _walk(
+        self,
+        chains: dict[str, Chain],
+        chain: Chain,
+        pkt: Packet,
+        path: list[Rule],
+        unsure: list[Rule],
+        depth: int,
+    ) -> tuple[str | None, Rule | None]:
         if depth > 30:
             return None, None
         for rule in chain.rules:
@@ -339,8 +372,9 @@ class Ruleset:
         return None, None
 
 
-def run_save(tool: str, table: str | None = None, counters: bool = True,
-             timeout: float = 20) -> tuple[str | None, str | None]:
+def run_save(
+    tool: str, table: str | None = None, counters: bool = True, timeout: float = 20
+) -> tuple[str | None, str | None]:
     """(text, None) from `tool` (an *-save program) in this thread's network namespace,
     or (None, the reason it could not be read)."""
     path = shutil.which(tool)
@@ -348,7 +382,7 @@ def run_save(tool: str, table: str | None = None, counters: bool = True,
         return None, f"{tool} not found"
     argv = [path] + (["-c"] if counters else []) + (["-t", table] if table else [])
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"{tool}: {exc}"
     if proc.returncode != 0:
@@ -366,16 +400,18 @@ def load(backend: str, table: str | None = None) -> "Ruleset":
     return Ruleset(backend, parse_save(text, backend))
 
 
-def counts(tables: dict) -> tuple[int, int, dict[str, int]]:
+def counts(tables: dict[str, dict[str, Chain]]) -> tuple[int, int, dict[str, int]]:
     """(rules, chains, {table: rules}) of parsed tables."""
     per_table = {t: sum(len(c.rules) for c in chains.values()) for t, chains in tables.items()}
     return sum(per_table.values()), sum(len(chains) for chains in tables.values()), per_table
 
 
-def published_ports(addrs, backends=tuple(BACKENDS)) -> list[tuple]:
+def published_ports(
+    addrs: Collection[str], backends: Iterable[str] = tuple(BACKENDS)
+) -> list[tuple[str | None, int, str, int]]:
     """Ports published to `addrs` by DNAT rules of the nat tables of `backends`:
     [(host ip or None, host port, proto, container port)], each once."""
-    out = []
+    out: list[tuple[str | None, int, str, int]] = []
     for backend in backends:
         for rule in load(backend, "nat").rules("nat"):
             tgt = dnat_target(rule)
@@ -397,8 +433,13 @@ def nft_ruleset(timeout: float = 20) -> tuple[list | None, str | None]:
     if not nft:
         return None, "nft not installed"
     try:
-        proc = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [nft, "-j", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"nft list ruleset: {exc}"
     if proc.returncode != 0:

@@ -21,8 +21,14 @@ import socket
 import struct
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import (RTM_GETADDR, RTM_GETLINK, RTM_GETNEIGH, RTM_GETNSID,
-                                   RTM_GETROUTE, RTMGRP_LINK)
+from pyroute2.netlink.rtnl import (
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETNSID,
+    RTM_GETROUTE,
+    RTMGRP_LINK,
+)
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from pyinspect.errors import UnavailableError
@@ -66,12 +72,14 @@ def in_netns(path):
         target = os.open(path, os.O_RDONLY)
     except OSError as exc:
         os.close(own)
-        raise UnavailableError(f"cannot enter network namespace {path}: {exc.strerror}")
+        raise UnavailableError(f"cannot enter network namespace {path}: {exc.strerror}") \
+            from None
     try:
         try:
             setns(target)
         except OSError as exc:
-            raise UnavailableError(f"cannot enter network namespace {path}: {exc.strerror}")
+            raise UnavailableError(f"cannot enter network namespace {path}: {exc.strerror}") \
+                from None
         try:
             yield
         finally:
@@ -79,7 +87,7 @@ def in_netns(path):
                 setns(own)
             except OSError as exc:
                 raise SystemExit(f"pyinspect: cannot return to the original network "
-                                 f"namespace: {exc.strerror}")
+                                 f"namespace: {exc.strerror}") from None
     finally:
         os.close(target)
         os.close(own)
@@ -89,7 +97,7 @@ def list_netns(processes=True):
     """{inode: ([paths], [ip netns names])} for every network namespace reachable now:
     `/run/netns` names, nsfs bind mounts, and (processes=True) /proc/<pid>/ns/net."""
     nsfs = os.stat("/proc/self/ns/net").st_dev
-    out = {}
+    out: dict[int, tuple[list[str], list[str]]] = {}
     try:
         names = sorted(os.listdir("/run/netns"))
     except OSError:
@@ -264,7 +272,7 @@ class RtnlSocket:
         body = struct.pack("=Bxxx", 0) + struct.pack("=HHI", 8, NETNSA_FD, fd)
         try:
             for _t, data, off, length in self._request(RTM_GETNSID, NLM_F_REQUEST, body):
-                for atype, aoff, alen in _attrs(data, off + 20, off + length):
+                for atype, aoff, _alen in _attrs(data, off + 20, off + length):
                     if atype == NETNSA_NSID:
                         nsid = struct.unpack_from("=i", data, aoff)[0]
                         return None if nsid == NSID_NOT_ASSIGNED else nsid

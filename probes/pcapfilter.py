@@ -17,8 +17,12 @@ DEFAULT_SNAPLEN = 262144
 
 
 class _BpfInsn(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
-                ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class _BpfProgram(ctypes.Structure):
@@ -36,20 +40,31 @@ def libpcap() -> ctypes.CDLL:
         try:
             lib = ctypes.CDLL(name)
         except OSError as exc:
-            raise UnavailableError(f"pcap filter: cannot load libpcap ({exc})",
-                                   "install libpcap0.8 (scripts/install.sh does)") from None
+            raise UnavailableError(
+                f"pcap filter: cannot load libpcap ({exc})",
+                "install libpcap0.8 (scripts/install.sh does)",
+            ) from None
         lib.pcap_open_dead.restype = ctypes.c_void_p
         lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.pcap_compile.restype = ctypes.c_int
-        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram),
-                                     ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
+        lib.pcap_compile.argtypes = [
+            ctypes.c_void_p,
+            ctypes.POINTER(_BpfProgram),
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_uint32,
+        ]
         lib.pcap_geterr.restype = ctypes.c_char_p
         lib.pcap_geterr.argtypes = [ctypes.c_void_p]
         lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
         lib.pcap_close.argtypes = [ctypes.c_void_p]
         lib.bpf_filter.restype = ctypes.c_uint
-        lib.bpf_filter.argtypes = [ctypes.POINTER(_BpfInsn), ctypes.c_char_p,
-                                   ctypes.c_uint, ctypes.c_uint]
+        lib.bpf_filter.argtypes = [
+            ctypes.POINTER(_BpfInsn),
+            ctypes.c_char_p,
+            ctypes.c_uint,
+            ctypes.c_uint,
+        ]
         _LIBPCAP = lib
     return _LIBPCAP
 
@@ -57,8 +72,9 @@ def libpcap() -> ctypes.CDLL:
 class BpfFilter:
     """A pcap-filter expression compiled once for `linktype`; `match(data, wirelen)`."""
 
-    def __init__(self, expression: str, linktype: int = DLT_EN10MB,
-                 snaplen: int = DEFAULT_SNAPLEN) -> None:
+    def __init__(
+        self, expression: str, linktype: int = DLT_EN10MB, snaplen: int = DEFAULT_SNAPLEN
+    ) -> None:
         lib = libpcap()
         self.expression = expression
         self._lib = lib
@@ -67,11 +83,16 @@ class BpfFilter:
         if not handle:
             raise UnavailableError("pcap filter: pcap_open_dead failed")
         try:
-            if lib.pcap_compile(handle, ctypes.byref(self._prog), expression.encode(),
-                                1, 0xFFFFFFFF) != 0:
+            if (
+                lib.pcap_compile(
+                    handle, ctypes.byref(self._prog), expression.encode(), 1, 0xFFFFFFFF
+                )
+                != 0
+            ):
                 err = lib.pcap_geterr(handle).decode(errors="replace")
-                raise UsageError(f"bad --filter {expression!r}: {err}",
-                                 "see pcap-filter(7) for the syntax")
+                raise UsageError(
+                    f"bad --filter {expression!r}: {err}", "see pcap-filter(7) for the syntax"
+                )
         finally:
             lib.pcap_close(handle)
         self._insns = self._prog.bf_insns

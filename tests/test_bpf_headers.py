@@ -14,9 +14,11 @@ PROBES = Path(packets.__file__).parent
 
 def test_defines_reads_literals_expressions_and_skips_the_rest(tmp_path):
     h = tmp_path / "x.h"
-    h.write_text("#define A 8          // comment\n#define B 0x80000A11\n"
-                 "#define C (65536 + 64)\n#define D (1 << 4) /* c */\n#define E 16u\n"
-                 "#define F(x) ((x) + 1)\n#define G some_name\n#define H \"text\"\n")
+    h.write_text(
+        "#define A 8          // comment\n#define B 0x80000A11\n"
+        "#define C (65536 + 64)\n#define D (1 << 4) /* c */\n#define E 16u\n"
+        '#define F(x) ((x) + 1)\n#define G some_name\n#define H "text"\n'
+    )
     got = cdefs.defines(h)
     assert got == {"A": 8, "B": 0x80000A11, "C": 65600, "D": 16, "E": 16}
     with pytest.raises(KeyError, match="defines no Z"):

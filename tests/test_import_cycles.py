@@ -33,8 +33,10 @@ def package_modules():
         for path in folder.rglob("*.py"):
             rel = path.relative_to(folder).with_suffix("")
             parts = [p for p in rel.parts]
-            if any(not (folder.joinpath(*parts[:i]) / "__init__.py").exists()
-                   for i in range(1, len(parts))):
+            if any(
+                not (folder.joinpath(*parts[:i]) / "__init__.py").exists()
+                for i in range(1, len(parts))
+            ):
                 continue  # not in a package (a script or data folder)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
@@ -46,9 +48,11 @@ def _resolve(importer, is_package, node, modules):
     """The package modules an import statement names."""
     if isinstance(node, ast.Import):
         names = [a.name for a in node.names]
-        return [n for n in names if n in modules] + \
-            [n.rsplit(".", 1)[0] for n in names if n not in modules and
-             n.rsplit(".", 1)[0] in modules]
+        return [n for n in names if n in modules] + [
+            n.rsplit(".", 1)[0]
+            for n in names
+            if n not in modules and n.rsplit(".", 1)[0] in modules
+        ]
     if node.level:
         base = importer if is_package else importer.rsplit(".", 1)[0]
         for _ in range(node.level - 1):
@@ -60,9 +64,9 @@ def _resolve(importer, is_package, node, modules):
     for alias in node.names:
         sub = f"{target}.{alias.name}"
         if sub in modules:
-            out.append(sub)          # from pkg import module
+            out.append(sub)  # from pkg import module
         elif target in modules:
-            out.append(target)       # from module import name
+            out.append(target)  # from module import name
     return out
 
 
@@ -124,15 +128,19 @@ def cycles(graph):
 
 def test_the_walk_sees_the_package():
     graph = import_graph()
-    assert {"pyinspect.cli", "pyinspect.store", "pyinspect.doctor.runner",
-            "pyinspect.probes.iptsave", "pyinspect.runtime.sysctl"} <= set(graph)
+    assert {
+        "pyinspect.cli",
+        "pyinspect.store",
+        "pyinspect.doctor.runner",
+        "pyinspect.probes.iptsave",
+        "pyinspect.runtime.sysctl",
+    } <= set(graph)
     assert "pyinspect.probes.iptsave" in graph["pyinspect.doctor.hostview"]
     assert "pyinspect.errors" in graph["pyinspect.runtime.sysctl"]
 
 
 def test_the_walk_finds_a_cycle():
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
-        frozenset({"a", "b", "c"})]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
 
 
 def test_no_import_cycles():

@@ -33,7 +33,7 @@ def test_no_generic_top_level_modules_installed():
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "[]"
-    out = subprocess.run([sys.executable, "-c", "import pyinspect.runtime"], cwd="/")
+    out = subprocess.run([sys.executable, "-c", "import pyinspect.runtime"], cwd="/", check=False)
     assert out.returncode == 0
 
 

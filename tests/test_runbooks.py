@@ -20,8 +20,11 @@ def runbooks_named_by_checks():
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_finding":
-            book = node.args[6] if len(node.args) > 6 else next(
-                (k.value for k in node.keywords if k.arg == "book"), None)
+            book = (
+                node.args[6]
+                if len(node.args) > 6
+                else next((k.value for k in node.keywords if k.arg == "book"), None)
+            )
             if isinstance(book, ast.Constant):
                 names.add(book.value)
     return names
@@ -48,17 +51,35 @@ def test_a_built_wheel_carries_the_runbooks(tmp_path):
     """Built from a copy of the checkout's files (no egg-info or build/ left from an
     earlier build that could list the runbooks for setuptools)."""
     src = tmp_path / "src"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         path = REPO / rel
         if not path.is_file() or path.is_symlink() or rel.startswith("tests/"):
             continue
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(path.read_bytes())
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                           "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     wheel = next(tmp_path.glob("pyinspect-*.whl"))
     inside = set(zipfile.ZipFile(wheel).namelist())

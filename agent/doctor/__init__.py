@@ -10,10 +10,35 @@
 """
 
 from .hostview import HostView, listeners, memory_info, parse_proc_net
-from .model import (PROBLEM, SEVERITIES, ContainerView, Finding, Link, describe_action, problems,
-                    read_runbook, runbook_file)
+from .model import (
+    PROBLEM,
+    SEVERITIES,
+    ContainerView,
+    Finding,
+    Link,
+    describe_action,
+    problems,
+    read_runbook,
+    runbook_file,
+)
 from .runner import Report, apply_fixes, examine, run
 
-__all__ = ["PROBLEM", "SEVERITIES", "ContainerView", "Finding", "HostView", "Link", "Report",
-           "apply_fixes", "describe_action", "examine", "listeners",
-           "memory_info", "parse_proc_net", "problems", "read_runbook", "run", "runbook_file"]
+__all__ = [
+    "PROBLEM",
+    "SEVERITIES",
+    "ContainerView",
+    "Finding",
+    "HostView",
+    "Link",
+    "Report",
+    "apply_fixes",
+    "describe_action",
+    "examine",
+    "listeners",
+    "memory_info",
+    "parse_proc_net",
+    "problems",
+    "read_runbook",
+    "run",
+    "runbook_file",
+]

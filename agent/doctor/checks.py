@@ -15,8 +15,16 @@ from .model import SIM_REMOTE, Finding, describe_action, runbook
 
 LOCALHOST = "127.0.0.1"
 NUD_REACHABLE, NUD_PERMANENT = 0x02, 0x80
-NUD_NAMES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
-             0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
+NUD_NAMES = {
+    0x01: "INCOMPLETE",
+    0x02: "REACHABLE",
+    0x04: "STALE",
+    0x08: "DELAY",
+    0x10: "PROBE",
+    0x20: "FAILED",
+    0x40: "NOARP",
+    0x80: "PERMANENT",
+}
 
 
 def _nud(state):
@@ -24,12 +32,31 @@ def _nud(state):
 
 
 # -- helpers -----------------------------------------------------------------------
-def _finding(check_name, severity, container, summary, evidence, actions, book, safe=False,
-             port=None, fix=None):
+def _finding(
+    check_name,
+    severity,
+    container,
+    summary,
+    evidence,
+    actions,
+    book,
+    safe=False,
+    port=None,
+    fix=None,
+):
     text = fix or " && ".join(describe_action(a) for a in actions if a[0] != "ack")
-    return Finding(check_name, severity, container or "", summary, list(evidence),
-                   text or "(no command: see the runbook)", runbook(book), safe, list(actions),
-                   port)
+    return Finding(
+        check_name,
+        severity,
+        container or "",
+        summary,
+        list(evidence),
+        text or "(no command: see the runbook)",
+        runbook(book),
+        safe,
+        list(actions),
+        port,
+    )
 
 
 def _pkt(view, **kw):
@@ -72,12 +99,17 @@ def _conntrack_lines(proto, dport, limit=3):
     if not shutil.which("conntrack"):
         return []
     try:
-        proc = subprocess.run(["conntrack", "-L", "-p", proto, "--orig-port-dst", str(dport)],
-                              capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(
+            ["conntrack", "-L", "-p", proto, "--orig-port-dst", str(dport)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
-    lines = [l for l in proc.stdout.splitlines() if l.strip()]
-    return [f"conntrack: {l}" for l in lines[:limit]]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    return [f"conntrack: {ln}" for ln in lines[:limit]]
 
 
 def _drops(walk):
@@ -86,46 +118,77 @@ def _drops(walk):
 
 # -- checks --------------------------------------------------------------------------
 def ip_forward(view):
-    if not _bridged(view) and not any(ipt.dnat_target(r) for rs in view.rulesets.values()
-                                      for r in rs.rules("nat")):
+    if not _bridged(view) and not any(
+        ipt.dnat_target(r) for rs in view.rulesets.values() for r in rs.rules("nat")
+    ):
         return
     if view.sysctl("net.ipv4.ip_forward") == "0":
         yield _finding(
-            "ip_forward", "error", None,
+            "ip_forward",
+            "error",
+            None,
             "IPv4 forwarding is off: published ports and container egress cannot be routed",
-            [_sysctl_line(view, "net.ipv4.ip_forward"),
-             f"{len(_bridged(view))} bridged container(s) depend on it"],
-            [("run", ["sysctl", "-w", "net.ipv4.ip_forward=1"])], "ip-forward-off", safe=True)
+            [
+                _sysctl_line(view, "net.ipv4.ip_forward"),
+                f"{len(_bridged(view))} bridged container(s) depend on it",
+            ],
+            [("run", ["sysctl", "-w", "net.ipv4.ip_forward=1"])],
+            "ip-forward-off",
+            safe=True,
+        )
 
 
 def veth(view):
     for c, br, _ in _bridged(view):
         hv = c.host_veth
-        ev = [f"host side: {hv.name} (ifindex {hv.ifindex}) state {hv.oper}, "
-              f"{'UP' if hv.up else 'admin DOWN'}, master {hv.master or 'none'}",
-              f"container side: {c.eth.name}@if{c.eth.iflink} in {c.nspath} state {c.eth.oper}",
-              f"`ip a | grep @if`: {hv.name}@if{hv.iflink} pairs with {c.eth.name} "
-              f"(ifindex {c.eth.ifindex})"]
+        ev = [
+            f"host side: {hv.name} (ifindex {hv.ifindex}) state {hv.oper}, "
+            f"{'UP' if hv.up else 'admin DOWN'}, master {hv.master or 'none'}",
+            f"container side: {c.eth.name}@if{c.eth.iflink} in {c.nspath} state {c.eth.oper}",
+            f"`ip a | grep @if`: {hv.name}@if{hv.iflink} pairs with {c.eth.name} "
+            f"(ifindex {c.eth.ifindex})",
+        ]
         if not hv.up:
-            yield _finding("veth_down", "error", c.name,
-                           f"host veth {hv.name} of {c.name} is down: no packet reaches it",
-                           ev, [("run", ["ip", "link", "set", "dev", hv.name, "up"])],
-                           "veth-down-or-detached", safe=True)
+            yield _finding(
+                "veth_down",
+                "error",
+                c.name,
+                f"host veth {hv.name} of {c.name} is down: no packet reaches it",
+                ev,
+                [("run", ["ip", "link", "set", "dev", hv.name, "up"])],
+                "veth-down-or-detached",
+                safe=True,
+            )
         if not c.eth.up:
-            yield _finding("veth_down", "error", c.name,
-                           f"{c.eth.name} inside {c.name} is down",
-                           ev, [("run", c.exec_prefix() + ["ip", "link", "set", "dev",
-                                                            c.eth.name, "up"])],
-                           "veth-down-or-detached", safe=True)
+            yield _finding(
+                "veth_down",
+                "error",
+                c.name,
+                f"{c.eth.name} inside {c.name} is down",
+                ev,
+                [("run", c.exec_prefix() + ["ip", "link", "set", "dev", c.eth.name, "up"])],
+                "veth-down-or-detached",
+                safe=True,
+            )
         if hv.master != br.name:
-            ev.append(f"{c.ip} is in {br.name}'s subnet "
-                      f"{', '.join(str(n) for n in br.networks())}, so {hv.name} belongs on "
-                      f"{br.name} (`bridge link` does not list it)")
-            yield _finding("veth_detached", "error", c.name,
-                           f"host veth {hv.name} of {c.name} is not attached to bridge {br.name}",
-                           ev, [("run", ["ip", "link", "set", "dev", hv.name, "master", br.name]),
-                                ("run", ["ip", "link", "set", "dev", hv.name, "up"])],
-                           "veth-down-or-detached", safe=True)
+            ev.append(
+                f"{c.ip} is in {br.name}'s subnet "
+                f"{', '.join(str(n) for n in br.networks())}, so {hv.name} belongs on "
+                f"{br.name} (`bridge link` does not list it)"
+            )
+            yield _finding(
+                "veth_detached",
+                "error",
+                c.name,
+                f"host veth {hv.name} of {c.name} is not attached to bridge {br.name}",
+                ev,
+                [
+                    ("run", ["ip", "link", "set", "dev", hv.name, "master", br.name]),
+                    ("run", ["ip", "link", "set", "dev", hv.name, "up"]),
+                ],
+                "veth-down-or-detached",
+                safe=True,
+            )
 
 
 def container_route(view):
@@ -134,55 +197,86 @@ def container_route(view):
         if not expected:
             continue  # an L2-only bridge (no address): nothing to route through on the host
         gws = c.default_gateways()
-        table = [f"container route: {r['dst']}" + (f" via {r['gateway']}" if r["gateway"] else "")
-                 + f" dev {r['dev']}" for r in c.routes]
+        table = [
+            f"container route: {r['dst']}"
+            + (f" via {r['gateway']}" if r["gateway"] else "")
+            + f" dev {r['dev']}"
+            for r in c.routes
+        ]
         if not gws:
             yield _finding(
-                "container_route", "error" if c.ports else "warning", c.name,
+                "container_route",
+                "error" if c.ports else "warning",
+                c.name,
                 f"{c.name} has no default route: replies to clients outside {br.name}'s "
                 "subnet and all egress are dropped",
                 table + [f"expected: default via {expected} (the address of {br.name})"],
                 [("run", c.exec_prefix() + ["ip", "route", "add", "default", "via", expected])],
-                "container-default-route")
+                "container-default-route",
+            )
         elif expected and expected not in gws:
             yield _finding(
-                "container_route", "error", c.name,
+                "container_route",
+                "error",
+                c.name,
                 f"{c.name}'s default gateway {gws[0]} is not the bridge address {expected}",
-                table + [f"{br.name} has {expected}; nothing on the bridge answers for "
-                         f"{gws[0]}" if gws[0] not in view.local_addrs else ""],
-                [("run", c.exec_prefix() + ["ip", "route", "replace", "default", "via",
-                                            expected])],
-                "container-default-route")
+                table
+                + [
+                    f"{br.name} has {expected}; nothing on the bridge answers for {gws[0]}"
+                    if gws[0] not in view.local_addrs
+                    else ""
+                ],
+                [("run", c.exec_prefix() + ["ip", "route", "replace", "default", "via", expected])],
+                "container-default-route",
+            )
 
 
 def mtu(view):
     for c, br, _ in _bridged(view):
         hv = c.host_veth
         want = br.mtu
-        sides = [(c.eth.mtu, c.exec_prefix() + ["ip", "link", "set", "dev", c.eth.name, "mtu"]),
-                 (hv.mtu, ["ip", "link", "set", "dev", hv.name, "mtu"])]
+        sides = [
+            (c.eth.mtu, c.exec_prefix() + ["ip", "link", "set", "dev", c.eth.name, "mtu"]),
+            (hv.mtu, ["ip", "link", "set", "dev", hv.name, "mtu"]),
+        ]
         if c.eth.mtu == hv.mtu == want:
             continue
-        ev = [f"{c.eth.name} in {c.name}: mtu {c.eth.mtu}", f"{hv.name} (host): mtu {hv.mtu}",
-              f"{br.name} (bridge): mtu {want}",
-              "a veth drops frames larger than the receiving side's MTU; TCP hides it "
-              "behind MSS, ICMP/UDP and PMTU-blackholed paths do not"]
+        ev = [
+            f"{c.eth.name} in {c.name}: mtu {c.eth.mtu}",
+            f"{hv.name} (host): mtu {hv.mtu}",
+            f"{br.name} (bridge): mtu {want}",
+            "a veth drops frames larger than the receiving side's MTU; TCP hides it "
+            "behind MSS, ICMP/UDP and PMTU-blackholed paths do not",
+        ]
         actions = [("run", cmd + [str(want)]) for m, cmd in sides if m != want]
-        yield _finding("mtu_mismatch", "error", c.name,
-                       f"MTU mismatch on {c.name}'s link: container {c.eth.mtu}, "
-                       f"host veth {hv.mtu}, bridge {want}", ev, actions, "mtu-mismatch")
+        yield _finding(
+            "mtu_mismatch",
+            "error",
+            c.name,
+            f"MTU mismatch on {c.name}'s link: container {c.eth.mtu}, "
+            f"host veth {hv.mtu}, bridge {want}",
+            ev,
+            actions,
+            "mtu-mismatch",
+        )
     up = view.links.get(view.uplink() or "")
     if up:
         for br in view.bridges():
-            if any(c.host_veth and c.host_veth.master == br.name for c in view.containers) \
-                    and br.mtu > up.mtu:
+            if (
+                any(c.host_veth and c.host_veth.master == br.name for c in view.containers)
+                and br.mtu > up.mtu
+            ):
                 yield _finding(
-                    "mtu_mismatch", "warning", None,
+                    "mtu_mismatch",
+                    "warning",
+                    None,
                     f"bridge {br.name} MTU {br.mtu} is larger than uplink {up.name} MTU "
                     f"{up.mtu}: large container packets depend on PMTU discovery",
                     [f"{br.name}: mtu {br.mtu}", f"{up.name} (default route): mtu {up.mtu}"],
-                    [], "mtu-mismatch",
-                    fix=f"run containers with mtu {up.mtu} (pyinspect/dockerd --mtu {up.mtu})")
+                    [],
+                    "mtu-mismatch",
+                    fix=f"run containers with mtu {up.mtu} (pyinspect/dockerd --mtu {up.mtu})",
+                )
 
 
 def dnat_stale(view):
@@ -209,25 +303,39 @@ def dnat_stale(view):
             br = where[0][0]
             hport = rule.get("dport")
             owner = None
-            for key, val in view.memory.items():
+            for key in view.memory:
                 if key.startswith("port:") and key.endswith(f":{hport}"):
                     owner = key.split(":")[1]
-            ev = [rule.text(),
-                  f"no container on {br.name} has {ip} (live: {', '.join(sorted(live)) or 'none'})",
-                  f"neighbour {ip}: " + (f"{_nud(neigh[0]['state'])} (`ip neigh show {ip}`)"
-                                         if neigh else "no entry (`ip neigh show` is empty)")]
+            ev = [
+                rule.text(),
+                f"no container on {br.name} has {ip} (live: {', '.join(sorted(live)) or 'none'})",
+                f"neighbour {ip}: "
+                + (
+                    f"{_nud(neigh[0]['state'])} (`ip neigh show {ip}`)"
+                    if neigh
+                    else "no entry (`ip neigh show` is empty)"
+                ),
+            ]
             if hport and hport.isdigit():
                 ev += _conntrack_lines(rule.get("proto") or "tcp", int(hport))
             yield _finding(
-                "dnat_stale", "error", owner,
+                "dnat_stale",
+                "error",
+                owner,
                 f"DNAT for host port {hport} points at {ip}:{tgt[1]}, an address no container "
                 "has (stale rule of a dead or restarted container)",
-                ev, [("run", rule.delete_cmd())], "dnat-missing-or-stale",
-                port=int(hport) if hport and hport.isdigit() else None)
+                ev,
+                [("run", rule.delete_cmd())],
+                "dnat-missing-or-stale",
+                port=int(hport) if hport and hport.isdigit() else None,
+            )
 
 
-SOURCES = {"pyinspect": "declared in pyinspect's state", "rule": "a DNAT rule names it",
-           "remembered": "remembered by doctor from a run where it worked"}
+SOURCES = {
+    "pyinspect": "declared in pyinspect's state",
+    "rule": "a DNAT rule names it",
+    "remembered": "remembered by doctor from a run where it worked",
+}
 
 
 def _port_list(view, c):
@@ -238,9 +346,17 @@ def _port_list(view, c):
             continue
         if any(p["proto"] == parts[2] and p["host_port"] == int(parts[3]) for p in ports):
             continue
-        ports.append({"proto": parts[2], "host_port": int(parts[3]),
-                      "host_ip": val.get("host_ip", ""), "container_port": val["container_port"],
-                      "source": "remembered", "rule": None, "memory": val})
+        ports.append(
+            {
+                "proto": parts[2],
+                "host_port": int(parts[3]),
+                "host_ip": val.get("host_ip", ""),
+                "container_port": val["container_port"],
+                "source": "remembered",
+                "rule": None,
+                "memory": val,
+            }
+        )
     return ports
 
 
@@ -259,8 +375,7 @@ def _restore_actions(view, memory):
         if chain is None and step["chain"] not in ipt.BUILTIN and step["chain"] not in made:
             actions.append(("run", [rs.tool, "-t", step["table"], "-N", step["chain"]]))
             made.add(step["chain"])
-        actions.append(("run", [rs.tool, "-t", step["table"], "-A", step["chain"],
-                                *step["args"]]))
+        actions.append(("run", [rs.tool, "-t", step["table"], "-A", step["chain"], *step["args"]]))
     # chains must exist before rules jump to them: -N first
     return sorted(actions, key=lambda a: 0 if "-N" in a[1] else 1)
 
@@ -289,10 +404,14 @@ def working_ports(view):
             _dst, _walks, got = _port_walk(view, ext, p)
             if got is not None and ipt.dnat_target(got[1].rule) == (c.ip, p["container_port"]):
                 out[(c.name, p["proto"], p["host_port"])] = {
-                    "container_ip": c.ip, "container_port": p["container_port"],
+                    "container_ip": c.ip,
+                    "container_port": p["container_port"],
                     "host_ip": p.get("host_ip") or "",
-                    "path": [{"backend": r.backend, "table": r.table, "chain": r.chain,
-                              "args": r.args} for r in got[1].path]}
+                    "path": [
+                        {"backend": r.backend, "table": r.table, "chain": r.chain, "args": r.args}
+                        for r in got[1].path
+                    ],
+                }
     return out
 
 
@@ -302,17 +421,25 @@ def published_ports(view):
         for p in _port_list(view, c):
             yield from _one_port(view, c, br, ext, p)
     port = view.port_filter
-    if port is not None and not any(p["host_port"] == port for c, _, _ in _bridged(view)
-                                    for p in _port_list(view, c)):
+    if port is not None and not any(
+        p["host_port"] == port for c, _, _ in _bridged(view) for p in _port_list(view, c)
+    ):
         pkt = _pkt(view, src=SIM_REMOTE, dst=view.public_addr(), dport=port, iif=ext)
         ev = [f"walked nat PREROUTING for tcp dport {port} to {view.public_addr()}:"]
         for rs in view.active_rulesets():
             w = rs.walk("nat", "PREROUTING", pkt)
-            ev += [f"  {rs.tool}: verdict {w.verdict}"] + [f"    {l}" for l in w.evidence()]
-        yield _finding("dnat_missing", "error", None,
-                       f"nothing publishes host port {port}: no DNAT rule and no container "
-                       "that declares it", ev, [], "dnat-missing-or-stale", port=port,
-                       fix=f"publish it: pyinspect run -p {port}:<container port> ...")
+            ev += [f"  {rs.tool}: verdict {w.verdict}"] + [f"    {ln}" for ln in w.evidence()]
+        yield _finding(
+            "dnat_missing",
+            "error",
+            None,
+            f"nothing publishes host port {port}: no DNAT rule and no container that declares it",
+            ev,
+            [],
+            "dnat-missing-or-stale",
+            port=port,
+            fix=f"publish it: pyinspect run -p {port}:<container port> ...",
+        )
 
 
 def _one_port(view, c, br, ext, p):
@@ -324,34 +451,81 @@ def _one_port(view, c, br, ext, p):
         ev = [f"expected: {label} ({SOURCES.get(p['source'], p['source'])})"]
         for rs, w in walks:
             to = ipt.dnat_target(w.rule) if w.rule and w.verdict == "DNAT" else None
-            ev.append(f"{rs.tool} -t nat PREROUTING for {proto} dport {hport} to {dst}: "
-                      f"{w.verdict}" + (f" to {to[0]}:{to[1]}" if to else ""))
-            ev += [f"  {l}" for l in w.evidence()]
+            ev.append(
+                f"{rs.tool} -t nat PREROUTING for {proto} dport {hport} to {dst}: "
+                f"{w.verdict}" + (f" to {to[0]}:{to[1]}" if to else "")
+            )
+            ev += [f"  {ln}" for ln in w.evidence()]
         if p.get("rule") is not None:
-            ev.append(("an earlier rule shadows the right one: " if got else
-                       "the DNAT rule exists but the walk never reaches it: ") + p["rule"].text())
+            ev.append(
+                (
+                    "an earlier rule shadows the right one: "
+                    if got
+                    else "the DNAT rule exists but the walk never reaches it: "
+                )
+                + p["rule"].text()
+            )
         ev += _conntrack_lines(proto, hport)
-        if got is not None and p.get("rule") is not None:
-            yield _finding("dnat_missing", "error", c.name,
-                           f"host port {hport}/{proto} goes to {':'.join(map(str, ipt.dnat_target(got[1].rule)))} "
-                           f"instead of {c.name} ({c.ip}:{cport})", ev, [],
-                           "dnat-missing-or-stale", port=hport,
-                           fix="delete the shadowing rule: "
-                               + " ".join(got[1].rule.delete_cmd()))
+        shadow = ipt.dnat_target(got[1].rule) if got is not None and got[1].rule else None
+        if shadow is not None and got is not None and p.get("rule") is not None:
+            yield _finding(
+                "dnat_missing",
+                "error",
+                c.name,
+                f"host port {hport}/{proto} goes to {':'.join(map(str, shadow))} "
+                f"instead of {c.name} ({c.ip}:{cport})",
+                ev,
+                [],
+                "dnat-missing-or-stale",
+                port=hport,
+                fix="delete the shadowing rule: " + " ".join(got[1].rule.delete_cmd()),
+            )
             return
         if p.get("memory"):
             actions, safe = _restore_actions(view, p["memory"]), True
         else:
             rs = _owner(view, [br.name, c.ip])
             match = ["-d", f"{host_ip}/32"] if host_ip and host_ip != "0.0.0.0" else []
-            actions = [("run", [rs.tool, "-t", "nat", "-I", "PREROUTING", "1", *match, "-p", proto,
-                                "-m", proto, "--dport", str(hport), "-m", "addrtype",
-                                "--dst-type", "LOCAL", "-j", "DNAT", "--to-destination",
-                                f"{c.ip}:{cport}"])]
+            actions = [
+                (
+                    "run",
+                    [
+                        rs.tool,
+                        "-t",
+                        "nat",
+                        "-I",
+                        "PREROUTING",
+                        "1",
+                        *match,
+                        "-p",
+                        proto,
+                        "-m",
+                        proto,
+                        "--dport",
+                        str(hport),
+                        "-m",
+                        "addrtype",
+                        "--dst-type",
+                        "LOCAL",
+                        "-j",
+                        "DNAT",
+                        "--to-destination",
+                        f"{c.ip}:{cport}",
+                    ],
+                )
+            ]
             safe = p["source"] == "pyinspect"
-        yield _finding("dnat_missing", "error", c.name,
-                       f"host port {hport}/{proto} is not DNATed to {c.name} ({c.ip}:{cport})",
-                       ev, actions, "dnat-missing-or-stale", safe=safe, port=hport)
+        yield _finding(
+            "dnat_missing",
+            "error",
+            c.name,
+            f"host port {hport}/{proto} is not DNATed to {c.name} ({c.ip}:{cport})",
+            ev,
+            actions,
+            "dnat-missing-or-stale",
+            safe=safe,
+            port=hport,
+        )
         return
     rs, w = got
     yield from _listening(c, p)
@@ -363,31 +537,54 @@ def _listening(c, p):
     socks = [s for s in c.sockets if s[0] == proto and s[2] == cport]
     shown = [f"{s[0]} {s[1]}:{s[2]}" for s in c.sockets if s[0] == proto] or ["none"]
     src = f"/proc/{c.pids[0]}/net/{proto}{{,6}}" if c.pids else f"{c.nspath} net/{proto}"
-    ev = [f"listening {proto} sockets in {c.name} ({src}): {', '.join(shown)}",
-          f"published: host {p['host_port']} -> {c.ip}:{cport}"]
+    ev = [
+        f"listening {proto} sockets in {c.name} ({src}): {', '.join(shown)}",
+        f"published: host {p['host_port']} -> {c.ip}:{cport}",
+    ]
     if any(s[1] in ("0.0.0.0", "::", c.ip) for s in socks):
         return
     if socks:
-        yield _finding("not_listening", "error", c.name,
-                       f"{c.name} listens on {socks[0][1]}:{cport} only: DNATed packets to "
-                       f"{c.ip}:{cport} are refused", ev, [], "container-not-listening",
-                       port=p["host_port"],
-                       fix=f"make the server in {c.name} listen on 0.0.0.0:{cport} "
-                           "(e.g. --host 0.0.0.0), then restart it")
+        yield _finding(
+            "not_listening",
+            "error",
+            c.name,
+            f"{c.name} listens on {socks[0][1]}:{cport} only: DNATed packets to "
+            f"{c.ip}:{cport} are refused",
+            ev,
+            [],
+            "container-not-listening",
+            port=p["host_port"],
+            fix=f"make the server in {c.name} listen on 0.0.0.0:{cport} "
+            "(e.g. --host 0.0.0.0), then restart it",
+        )
     else:
-        yield _finding("not_listening", "error", c.name,
-                       f"nothing in {c.name} listens on {proto}/{cport}, the published "
-                       "container port", ev, [], "container-not-listening", port=p["host_port"],
-                       fix=f"start the server on port {cport} in {c.name}, or publish the "
-                           "port it really uses")
+        yield _finding(
+            "not_listening",
+            "error",
+            c.name,
+            f"nothing in {c.name} listens on {proto}/{cport}, the published container port",
+            ev,
+            [],
+            "container-not-listening",
+            port=p["host_port"],
+            fix=f"start the server on port {cport} in {c.name}, or publish the port it really uses",
+        )
 
 
 def _forward(view, c, br, ext, p, nat_rs):
     proto, cport, hport = p["proto"], p["container_port"], p["host_port"]
-    inbound = _pkt(view, src=SIM_REMOTE, dst=c.ip, proto=proto, dport=cport, iif=ext,
-                   oif=br.name)
-    reply = _pkt(view, src=c.ip, dst=SIM_REMOTE, proto=proto, sport=cport, dport=40000,
-                 iif=br.name, oif=ext, state="ESTABLISHED")
+    inbound = _pkt(view, src=SIM_REMOTE, dst=c.ip, proto=proto, dport=cport, iif=ext, oif=br.name)
+    reply = _pkt(
+        view,
+        src=c.ip,
+        dst=SIM_REMOTE,
+        proto=proto,
+        sport=cport,
+        dport=40000,
+        iif=br.name,
+        oif=ext,
+        state="ESTABLISHED",
+    )
     for rs in view.active_rulesets():
         if "filter" not in rs.tables:
             continue
@@ -396,35 +593,90 @@ def _forward(view, c, br, ext, p, nat_rs):
         actions = []
         if _drops(w_in):
             bad.append(("new connections to", w_in))
-            actions.append(("run", [rs.tool, "-I", "FORWARD", "1", "-d", f"{c.ip}/32", "-o",
-                                    br.name, "-p", proto, "-m", proto, "--dport", str(cport),
-                                    "-j", "ACCEPT"]))
+            actions.append(
+                (
+                    "run",
+                    [
+                        rs.tool,
+                        "-I",
+                        "FORWARD",
+                        "1",
+                        "-d",
+                        f"{c.ip}/32",
+                        "-o",
+                        br.name,
+                        "-p",
+                        proto,
+                        "-m",
+                        proto,
+                        "--dport",
+                        str(cport),
+                        "-j",
+                        "ACCEPT",
+                    ],
+                )
+            )
         if _drops(w_out):
             bad.append(("replies from", w_out))
-            actions.append(("run", [rs.tool, "-I", "FORWARD", "1", "-s", f"{c.ip}/32", "-i",
-                                    br.name, "-m", "conntrack", "--ctstate",
-                                    "RELATED,ESTABLISHED", "-j", "ACCEPT"]))
+            actions.append(
+                (
+                    "run",
+                    [
+                        rs.tool,
+                        "-I",
+                        "FORWARD",
+                        "1",
+                        "-s",
+                        f"{c.ip}/32",
+                        "-i",
+                        br.name,
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "RELATED,ESTABLISHED",
+                        "-j",
+                        "ACCEPT",
+                    ],
+                )
+            )
         if not bad:
             continue
         ev = []
         for what, w in bad:
             ev.append(f"{rs.tool} FORWARD for {what} {c.ip}:{cport} ({w.verdict}):")
-            ev += [f"  {l}" for l in w.evidence()]
+            ev += [f"  {ln}" for ln in w.evidence()]
         ev += _conntrack_lines(proto, hport)
         if rs is not nat_rs:
             other = nat_rs.tool
-            ev.insert(0, f"{other} holds this port's DNAT and accepts it; {rs.tool} is a "
-                         "second, independent rule set and every packet must pass both")
+            ev.insert(
+                0,
+                f"{other} holds this port's DNAT and accepts it; {rs.tool} is a "
+                "second, independent rule set and every packet must pass both",
+            )
             ev += rs.summary() + nat_rs.summary()
-            yield _finding("split_backends", "error", c.name,
-                           f"{rs.tool} rules drop traffic for host port {hport} that "
-                           f"{other} forwards to {c.name}", ev, actions,
-                           "iptables-legacy-nft-split", port=hport)
+            yield _finding(
+                "split_backends",
+                "error",
+                c.name,
+                f"{rs.tool} rules drop traffic for host port {hport} that "
+                f"{other} forwards to {c.name}",
+                ev,
+                actions,
+                "iptables-legacy-nft-split",
+                port=hport,
+            )
         else:
-            yield _finding("forward_drop", "error", c.name,
-                           f"FORWARD drops {bad[0][0]} {c.name} {c.ip}:{cport} "
-                           f"(host port {hport})", ev, actions, "forward-policy-drop",
-                           safe=True, port=hport)
+            yield _finding(
+                "forward_drop",
+                "error",
+                c.name,
+                f"FORWARD drops {bad[0][0]} {c.name} {c.ip}:{cport} (host port {hport})",
+                ev,
+                actions,
+                "forward-policy-drop",
+                safe=True,
+                port=hport,
+            )
 
 
 def egress(view):
@@ -443,22 +695,71 @@ def egress(view):
             w = rs.walk("filter", "FORWARD", pkt)
             if not _drops(w):
                 continue
-            ev = [f"{rs.tool} FORWARD for {c.ip} ({br.name}) -> outside via {ext}, new "
-                  f"connection: {w.verdict}"] + [f"  {l}" for l in w.evidence()]
-            actions = [("run", [rs.tool, "-I", "FORWARD", "1", "-i", br.name, "!", "-o",
-                                br.name, "-j", "ACCEPT"]),
-                       ("run", [rs.tool, "-I", "FORWARD", "1", "-o", br.name, "-m", "conntrack",
-                                "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])]
+            ev = [
+                f"{rs.tool} FORWARD for {c.ip} ({br.name}) -> outside via {ext}, new "
+                f"connection: {w.verdict}"
+            ] + [f"  {ln}" for ln in w.evidence()]
+            actions = [
+                (
+                    "run",
+                    [
+                        rs.tool,
+                        "-I",
+                        "FORWARD",
+                        "1",
+                        "-i",
+                        br.name,
+                        "!",
+                        "-o",
+                        br.name,
+                        "-j",
+                        "ACCEPT",
+                    ],
+                ),
+                (
+                    "run",
+                    [
+                        rs.tool,
+                        "-I",
+                        "FORWARD",
+                        "1",
+                        "-o",
+                        br.name,
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "RELATED,ESTABLISHED",
+                        "-j",
+                        "ACCEPT",
+                    ],
+                ),
+            ]
             if rs is not owner:
-                ev.insert(0, f"{owner.tool} holds the rules for {br.name}; {rs.tool} is a "
-                             "second rule set and every packet must pass both")
-                yield _finding("split_backends", "error", None,
-                               f"{rs.tool} rules drop egress from containers on {br.name}",
-                               ev, actions, "iptables-legacy-nft-split")
+                ev.insert(
+                    0,
+                    f"{owner.tool} holds the rules for {br.name}; {rs.tool} is a "
+                    "second rule set and every packet must pass both",
+                )
+                yield _finding(
+                    "split_backends",
+                    "error",
+                    None,
+                    f"{rs.tool} rules drop egress from containers on {br.name}",
+                    ev,
+                    actions,
+                    "iptables-legacy-nft-split",
+                )
             else:
-                yield _finding("forward_drop", "error", None,
-                               f"FORWARD drops new connections from containers on {br.name}",
-                               ev, actions, "forward-policy-drop", safe=True)
+                yield _finding(
+                    "forward_drop",
+                    "error",
+                    None,
+                    f"FORWARD drops new connections from containers on {br.name}",
+                    ev,
+                    actions,
+                    "forward-policy-drop",
+                    safe=True,
+                )
 
 
 def masquerade(view):
@@ -476,16 +777,39 @@ def masquerade(view):
         ev = [f"walked nat POSTROUTING for {c.ip} -> outside via {ext}:"]
         for rs, w in walks:
             ev.append(f"  {rs.tool}: {w.verdict} (no MASQUERADE/SNAT)")
-            ev += [f"    {l}" for l in w.evidence()]
+            ev += [f"    {ln}" for ln in w.evidence()]
         if not walks:
             ev.append("  no nat table in either backend")
         rs = _owner(view, [br.name, str(net)])
-        yield _finding("masquerade_missing", "error", c.name,
-                       f"no MASQUERADE for {net} leaving via other interfaces: container "
-                       "egress leaves with a private source and replies never come back",
-                       ev, [("run", [rs.tool, "-t", "nat", "-A", "POSTROUTING", "-s", str(net),
-                                     "!", "-o", br.name, "-j", "MASQUERADE"])],
-                       "masquerade-missing", safe=True)
+        yield _finding(
+            "masquerade_missing",
+            "error",
+            c.name,
+            f"no MASQUERADE for {net} leaving via other interfaces: container "
+            "egress leaves with a private source and replies never come back",
+            ev,
+            [
+                (
+                    "run",
+                    [
+                        rs.tool,
+                        "-t",
+                        "nat",
+                        "-A",
+                        "POSTROUTING",
+                        "-s",
+                        str(net),
+                        "!",
+                        "-o",
+                        br.name,
+                        "-j",
+                        "MASQUERADE",
+                    ],
+                )
+            ],
+            "masquerade-missing",
+            safe=True,
+        )
 
 
 def hairpin(view):
@@ -503,55 +827,104 @@ def hairpin(view):
             if dnat is None:
                 if any(s[2] == hport and s[0] == proto for s in view.host_sockets):
                     continue  # a userland proxy (docker-proxy) answers hairpin traffic
-                ev = [f"{rs.tool} -t nat PREROUTING from {br.name} ({c.ip}) to {dst}:{hport}: "
-                      f"{w.verdict}" for rs, w in walks]
-                ev += [f"  {l}" for _, w in walks for l in w.evidence()]
+                ev = [
+                    f"{rs.tool} -t nat PREROUTING from {br.name} ({c.ip}) to {dst}:{hport}: "
+                    f"{w.verdict}"
+                    for rs, w in walks
+                ]
+                ev += [f"  {ln}" for _, w in walks for ln in w.evidence()]
                 ev.append(f"nothing on the host listens on {proto}/{hport} (no userland proxy)")
-                yield _finding("hairpin", "warning", c.name,
-                               f"{c.name} cannot reach its own published port {hport} via the "
-                               f"host address: DNAT skips traffic from {br.name}",
-                               ev, [], "hairpin", port=hport,
-                               fix=f"drop the `! -i {br.name}` from the DNAT rule, or run a "
-                                   "userland proxy")
+                yield _finding(
+                    "hairpin",
+                    "warning",
+                    c.name,
+                    f"{c.name} cannot reach its own published port {hport} via the "
+                    f"host address: DNAT skips traffic from {br.name}",
+                    ev,
+                    [],
+                    "hairpin",
+                    port=hport,
+                    fix=f"drop the `! -i {br.name}` from the DNAT rule, or run a userland proxy",
+                )
                 continue
             flag = c.host_veth.hairpin
             if flag is None and c.host_veth.master:
                 continue  # `bridge` could not tell (not installed?): unknown, not off
             if brnf and not flag:  # detached ports count as off: they come back with it off
                 yield _finding(
-                    "hairpin", "error", c.name,
+                    "hairpin",
+                    "error",
+                    c.name,
                     f"hairpin is off on {c.host_veth.name}: {c.name} cannot reach its own "
                     f"published port {hport} via {dst}",
-                    [f"bridge -d link show dev {c.host_veth.name}: hairpin off",
-                     _sysctl_line(view, "net.bridge.bridge-nf-call-iptables"),
-                     "with br_netfilter, the DNATed packet is bridged back out the port it "
-                     "came in on, which a bridge only does with hairpin mode on",
-                     dnat[1].evidence()[-1]],
-                    [("run", ["bridge", "link", "set", "dev", c.host_veth.name, "hairpin",
-                              "on"])], "hairpin", safe=True, port=hport)
-            back = _pkt(view, src=c.ip, dst=c.ip, proto=proto, dport=cport, iif=br.name,
-                        oif=br.name)
+                    [
+                        f"bridge -d link show dev {c.host_veth.name}: hairpin off",
+                        _sysctl_line(view, "net.bridge.bridge-nf-call-iptables"),
+                        "with br_netfilter, the DNATed packet is bridged back out the port it "
+                        "came in on, which a bridge only does with hairpin mode on",
+                        dnat[1].evidence()[-1],
+                    ],
+                    [("run", ["bridge", "link", "set", "dev", c.host_veth.name, "hairpin", "on"])],
+                    "hairpin",
+                    safe=True,
+                    port=hport,
+                )
+            back = _pkt(
+                view, src=c.ip, dst=c.ip, proto=proto, dport=cport, iif=br.name, oif=br.name
+            )
             pw = [(rs, rs.walk("nat", "POSTROUTING", back)) for rs in view.active_rulesets()]
             if not any(w.verdict in ("MASQUERADE", "SNAT") for _, w in pw):
                 rs = dnat[0]
-                ev = [f"{r.tool} -t nat POSTROUTING for {c.ip} -> {c.ip}:{cport}: {w.verdict}"
-                      for r, w in pw]
-                ev.append("without it the container answers itself directly and drops the "
-                          "reply (wrong source address)")
+                ev = [
+                    f"{r.tool} -t nat POSTROUTING for {c.ip} -> {c.ip}:{cport}: {w.verdict}"
+                    for r, w in pw
+                ]
+                ev.append(
+                    "without it the container answers itself directly and drops the "
+                    "reply (wrong source address)"
+                )
                 yield _finding(
-                    "hairpin", "error", c.name,
+                    "hairpin",
+                    "error",
+                    c.name,
                     f"no hairpin MASQUERADE for {c.name} ({c.ip} -> {c.ip}:{cport}): it cannot "
-                    f"reach its own published port {hport}", ev,
-                    [("run", [rs.tool, "-t", "nat", "-I", "POSTROUTING", "1", "-s", f"{c.ip}/32",
-                              "-d", f"{c.ip}/32", "-p", proto, "-m", proto, "--dport",
-                              str(cport), "-j", "MASQUERADE"])], "hairpin", safe=True,
-                    port=hport)
+                    f"reach its own published port {hport}",
+                    ev,
+                    [
+                        (
+                            "run",
+                            [
+                                rs.tool,
+                                "-t",
+                                "nat",
+                                "-I",
+                                "POSTROUTING",
+                                "1",
+                                "-s",
+                                f"{c.ip}/32",
+                                "-d",
+                                f"{c.ip}/32",
+                                "-p",
+                                proto,
+                                "-m",
+                                proto,
+                                "--dport",
+                                str(cport),
+                                "-j",
+                                "MASQUERADE",
+                            ],
+                        )
+                    ],
+                    "hairpin",
+                    safe=True,
+                    port=hport,
+                )
 
 
 def bridge_nf(view):
     if view.sysctl("net.bridge.bridge-nf-call-iptables") != "1":
         return
-    by_bridge = {}
+    by_bridge: dict = {}
     for c, br, _ in _bridged(view):
         if c.host_veth.master == br.name:
             by_bridge.setdefault(br.name, []).append(c)
@@ -567,16 +940,23 @@ def bridge_nf(view):
             w = rs.walk("filter", "FORWARD", pkt)
             if not _drops(w):
                 continue
-            ev = [_sysctl_line(view, "net.bridge.bridge-nf-call-iptables"),
-                  "br_netfilter sends bridged frames through iptables FORWARD "
-                  f"(in={name} out={name})",
-                  f"{rs.tool} FORWARD for {a.name} {a.ip} -> {b.name} {b.ip}:{dport}: "
-                  f"{w.verdict}"] + [f"  {l}" for l in w.evidence()]
-            yield _finding("bridge_nf_drop", "error", None,
-                           f"containers on {name} cannot talk to each other: "
-                           "bridge-nf-call-iptables=1 and FORWARD drops bridged traffic",
-                           ev, [("run", [rs.tool, "-I", "FORWARD", "1", "-i", name, "-o", name,
-                                         "-j", "ACCEPT"])], "bridge-nf-call-iptables", safe=True)
+            ev = [
+                _sysctl_line(view, "net.bridge.bridge-nf-call-iptables"),
+                "br_netfilter sends bridged frames through iptables FORWARD "
+                f"(in={name} out={name})",
+                f"{rs.tool} FORWARD for {a.name} {a.ip} -> {b.name} {b.ip}:{dport}: {w.verdict}",
+            ] + [f"  {ln}" for ln in w.evidence()]
+            yield _finding(
+                "bridge_nf_drop",
+                "error",
+                None,
+                f"containers on {name} cannot talk to each other: "
+                "bridge-nf-call-iptables=1 and FORWARD drops bridged traffic",
+                ev,
+                [("run", [rs.tool, "-I", "FORWARD", "1", "-i", name, "-o", name, "-j", "ACCEPT"])],
+                "bridge-nf-call-iptables",
+                safe=True,
+            )
 
 
 def localhost_publish(view):
@@ -584,15 +964,23 @@ def localhost_publish(view):
     neighbour that sends to 127.0.0.1 with this host's MAC reaches the container,
     whatever route_localnet says; route_localnet=1 also exposes 127.0.0.1 listeners."""
     bridges = {c.host_veth.master for c in view.containers if c.host_veth and c.host_veth.master}
-    outer = [l for l in view.links.values() if l.name != "lo" and l.kind != "bridge"
-             and l.name not in bridges and l.addrs and l.up]
+    outer = [
+        ln
+        for ln in view.links.values()
+        if ln.name != "lo" and ln.kind != "bridge" and ln.name not in bridges and ln.addrs and ln.up
+    ]
     all_on = view.sysctl("net.ipv4.conf.all.route_localnet") == "1"
     done = set()
     for rs in view.active_rulesets():
         for rule in rs.rules("nat"):
             tgt, d, hport = ipt.dnat_target(rule), rule.get("dst"), rule.get("dport")
-            if not tgt or not d or not hport or not hport.isdigit() \
-                    or not ipt._addr_in("127.0.0.0/8", d.split("/")[0]):
+            if (
+                not tgt
+                or not d
+                or not hport
+                or not hport.isdigit()
+                or not ipt._addr_in("127.0.0.0/8", d.split("/")[0])
+            ):
                 continue
             ip = d.split("/")[0]
             key = (ip, hport, rule.get("proto") or "tcp")
@@ -600,48 +988,92 @@ def localhost_publish(view):
                 continue  # e.g. the hairpin twin of the same published port
             done.add(key)
             open_on, shown = [], None
-            for l in outer:
-                pkt = _pkt(view, src=SIM_REMOTE, dst=ip, proto=rule.get("proto") or "tcp",
-                           dport=int(hport), iif=l.name)
-                if any(_drops(r.walk("raw", "PREROUTING", pkt)) or
-                       _drops(r.walk("mangle", "PREROUTING", pkt))
-                       for r in view.active_rulesets()):
+            for ln in outer:
+                pkt = _pkt(
+                    view,
+                    src=SIM_REMOTE,
+                    dst=ip,
+                    proto=rule.get("proto") or "tcp",
+                    dport=int(hport),
+                    iif=ln.name,
+                )
+                if any(
+                    _drops(r.walk("raw", "PREROUTING", pkt))
+                    or _drops(r.walk("mangle", "PREROUTING", pkt))
+                    for r in view.active_rulesets()
+                ):
                     continue
                 w = rs.walk("nat", "PREROUTING", pkt)
                 if w.verdict == "DNAT":
-                    open_on.append(l.name)
+                    open_on.append(ln.name)
                     shown = shown or w
             if not open_on:
                 continue
             c = view.container_by_ip(tgt[0])
-            ev = [f"a neighbour on {', '.join(open_on)} can send to {ip}:{hport} with this "
-                  "host's MAC; nat PREROUTING DNATs it before routing:"]
-            ev += [f"  {x}" for x in shown.evidence()]
-            ev.append("no raw PREROUTING rule drops 127.0.0.0/8 arriving on a non-loopback "
-                      "interface")
-            ev.append(_sysctl_line(view, "net.ipv4.conf.all.route_localnet")
-                      + " (does not protect DNAT; =1 also exposes 127.0.0.1 listeners)")
+            ev = [
+                f"a neighbour on {', '.join(open_on)} can send to {ip}:{hport} with this "
+                "host's MAC; nat PREROUTING DNATs it before routing:"
+            ]
+            ev += [f"  {x}" for x in (shown.evidence() if shown else [])]
+            ev.append(
+                "no raw PREROUTING rule drops 127.0.0.0/8 arriving on a non-loopback interface"
+            )
+            ev.append(
+                _sysctl_line(view, "net.ipv4.conf.all.route_localnet")
+                + " (does not protect DNAT; =1 also exposes 127.0.0.1 listeners)"
+            )
             yield _finding(
-                "localhost_publish", "error", c.name if c else None,
+                "localhost_publish",
+                "error",
+                c.name if c else None,
                 f"port {hport} published on {ip} is reachable from outside via "
-                f"{', '.join(open_on)}", ev,
-                [("run", [rs.tool, "-t", "raw", "-I", "PREROUTING", "1", "-d", "127.0.0.0/8",
-                          "!", "-i", "lo", "-j", "DROP"])], "localhost-publish-exposed",
-                safe=True, port=int(hport))
+                f"{', '.join(open_on)}",
+                ev,
+                [
+                    (
+                        "run",
+                        [
+                            rs.tool,
+                            "-t",
+                            "raw",
+                            "-I",
+                            "PREROUTING",
+                            "1",
+                            "-d",
+                            "127.0.0.0/8",
+                            "!",
+                            "-i",
+                            "lo",
+                            "-j",
+                            "DROP",
+                        ],
+                    )
+                ],
+                "localhost-publish-exposed",
+                safe=True,
+                port=int(hport),
+            )
     loop_listeners = [s for s in view.host_sockets if s[1].startswith("127.")]
-    for l in outer:
-        if not (all_on or view.sysctl(f"net.ipv4.conf.{l.name}.route_localnet") == "1"):
+    for ln in outer:
+        if not (all_on or view.sysctl(f"net.ipv4.conf.{ln.name}.route_localnet") == "1"):
             continue
         if not loop_listeners:
             continue
-        keys = ["net.ipv4.conf.all.route_localnet", f"net.ipv4.conf.{l.name}.route_localnet"]
+        keys = ["net.ipv4.conf.all.route_localnet", f"net.ipv4.conf.{ln.name}.route_localnet"]
         yield _finding(
-            "localhost_publish", "warning", None,
-            f"route_localnet=1 on {l.name}: services bound to 127.0.0.1 on the host are "
-            "reachable from that link", [_sysctl_line(view, k) for k in keys] + [
-                "host listeners on loopback: " + ", ".join(f"{s[0]} {s[1]}:{s[2]}"
-                                                           for s in loop_listeners[:5])],
-            [("run", ["sysctl", "-w", f"{k}=0"]) for k in keys], "localhost-publish-exposed")
+            "localhost_publish",
+            "warning",
+            None,
+            f"route_localnet=1 on {ln.name}: services bound to 127.0.0.1 on the host are "
+            "reachable from that link",
+            [_sysctl_line(view, k) for k in keys]
+            + [
+                "host listeners on loopback: "
+                + ", ".join(f"{s[0]} {s[1]}:{s[2]}" for s in loop_listeners[:5])
+            ],
+            [("run", ["sysctl", "-w", f"{k}=0"]) for k in keys],
+            "localhost-publish-exposed",
+        )
 
 
 def nft_native(view):
@@ -655,42 +1087,89 @@ def nft_native(view):
             continue
         for name, br in bridges.items():
             nets = [str(n.network_address) for n in br.networks()]
-            mentions = [r for r in ch["rules"] if f'"{name}"' in r or any(f'"{a}"' in r
-                                                                         for a in nets)]
+            mentions = [
+                r for r in ch["rules"] if f'"{name}"' in r or any(f'"{a}"' in r for a in nets)
+            ]
             if any('"accept"' in r for r in mentions):
                 continue
             if any(r.count('"match"') == 0 and '"accept"' in r for r in ch["rules"]):
                 continue  # an unconditional accept
             where = f"{ch['family']} {ch['table']} {ch['chain']}"
             try:
-                text = subprocess.run(["nft", "list", "chain", ch["family"], ch["table"],
-                                       ch["chain"]], capture_output=True, text=True,
-                                      timeout=10).stdout.strip().splitlines()
+                text = (
+                    subprocess.run(
+                        ["nft", "list", "chain", ch["family"], ch["table"], ch["chain"]],
+                        capture_output=True,
+                        text=True,
+                        timeout=10,
+                        check=False,
+                    )
+                    .stdout.strip()
+                    .splitlines()
+                )
             except (OSError, subprocess.TimeoutExpired):
                 text = []
-            ev = [f"nft chain {where}: hook forward, policy drop, {len(ch['rules'])} rule(s), "
-                  f"none accepts {name} traffic", *[f"  {l.strip()}" for l in text[:12]],
-                  "iptables-legacy-save / iptables-nft-save do not show native nftables "
-                  "tables; every forwarded packet passes this chain too"]
+            ev = [
+                f"nft chain {where}: hook forward, policy drop, {len(ch['rules'])} rule(s), "
+                f"none accepts {name} traffic",
+                *[f"  {ln.strip()}" for ln in text[:12]],
+                "iptables-legacy-save / iptables-nft-save do not show native nftables "
+                "tables; every forwarded packet passes this chain too",
+            ]
             yield _finding(
-                "nft_native_drop", "error", None,
+                "nft_native_drop",
+                "error",
+                None,
                 f"native nftables chain {where} drops forwarded traffic of {name} by policy",
-                ev, [("run", ["nft", "insert", "rule", ch["family"], ch["table"], ch["chain"],
-                              "oifname", name, "accept"]),
-                     ("run", ["nft", "insert", "rule", ch["family"], ch["table"], ch["chain"],
-                              "iifname", name, "accept"])],
-                "iptables-legacy-nft-split")
+                ev,
+                [
+                    (
+                        "run",
+                        [
+                            "nft",
+                            "insert",
+                            "rule",
+                            ch["family"],
+                            ch["table"],
+                            ch["chain"],
+                            "oifname",
+                            name,
+                            "accept",
+                        ],
+                    ),
+                    (
+                        "run",
+                        [
+                            "nft",
+                            "insert",
+                            "rule",
+                            ch["family"],
+                            ch["table"],
+                            ch["chain"],
+                            "iifname",
+                            name,
+                            "accept",
+                        ],
+                    ),
+                ],
+                "iptables-legacy-nft-split",
+            )
 
 
 def split_backends(view):
     legacy, nft = view.rulesets.get("legacy"), view.rulesets.get("nft")
     if legacy and nft and legacy.has_rules() and nft.has_rules():
         yield _finding(
-            "split_backends", "info", None,
+            "split_backends",
+            "info",
+            None,
             "rules live in both iptables-legacy and iptables-nft; packets pass both sets, "
             "and `iptables` (nft on Debian) shows only one of them",
-            legacy.summary() + nft.summary(), [], "iptables-legacy-nft-split",
-            fix="inspect both: iptables-legacy-save; iptables-nft-save")
+            legacy.summary() + nft.summary(),
+            [],
+            "iptables-legacy-nft-split",
+            fix="inspect both: iptables-legacy-save; iptables-nft-save",
+        )
 
 
 def conntrack(view):
@@ -702,59 +1181,91 @@ def conntrack(view):
     if ratio < 0.9:
         return
     stats = ct.get("stats", {})
-    ev = [f"net.netfilter.nf_conntrack_count = {count} (this netns)",
-          f"net.netfilter.nf_conntrack_max = {cmax}"
-          + ("" if ct.get("max_writable") else " (global: read-only in this network namespace)"),
-          "conntrack -S: " + ", ".join(f"{k}={stats.get(k, 0)}"
-                                       for k in ("drop", "early_drop", "insert_failed"))]
+    ev = [
+        f"net.netfilter.nf_conntrack_count = {count} (this netns)",
+        f"net.netfilter.nf_conntrack_max = {cmax}"
+        + ("" if ct.get("max_writable") else " (global: read-only in this network namespace)"),
+        "conntrack -S: "
+        + ", ".join(f"{k}={stats.get(k, 0)}" for k in ("drop", "early_drop", "insert_failed")),
+    ]
     if ct.get("max_writable"):
         actions = [("run", ["sysctl", "-w", f"net.netfilter.nf_conntrack_max={cmax * 2}"])]
     else:
         actions = [("run", ["conntrack", "-F"])]
-    yield _finding("conntrack_full", "error" if ratio >= 0.98 else "warning", None,
-                   f"conntrack table {ratio:.0%} full ({count}/{cmax}): new connections "
-                   "are dropped when it fills", ev, actions, "conntrack-full",
-                   fix=(" && ".join(describe_action(a) for a in actions)
-                        + ("" if ct.get("max_writable") else
-                           "   (or raise nf_conntrack_max in the initial network namespace)")))
+    yield _finding(
+        "conntrack_full",
+        "error" if ratio >= 0.98 else "warning",
+        None,
+        f"conntrack table {ratio:.0%} full ({count}/{cmax}): new connections "
+        "are dropped when it fills",
+        ev,
+        actions,
+        "conntrack-full",
+        fix=(
+            " && ".join(describe_action(a) for a in actions)
+            + (
+                ""
+                if ct.get("max_writable")
+                else "   (or raise nf_conntrack_max in the initial network namespace)"
+            )
+        ),
+    )
 
 
 def rp_filter(view):
     all_val = int(view.sysctl("net.ipv4.conf.all.rp_filter") or 0)
     counter = view.netstat.get("TcpExt.IPReversePathFilter", 0)
-    for l in view.links.values():
-        if l.name == "lo" or not l.up:
+    for ln in view.links.values():
+        if ln.name == "lo" or not ln.up:
             continue
-        own = int(view.sysctl(f"net.ipv4.conf.{l.name}.rp_filter") or 0)
+        own = int(view.sysctl(f"net.ipv4.conf.{ln.name}.rp_filter") or 0)
         if max(all_val, own) != 1:
             continue
         asym = []
         for n in view.neighbours:
-            if n["dev"] != l.name or not n["ip"] or n["ip"] in view.local_addrs:
+            if n["dev"] != ln.name or not n["ip"] or n["ip"] in view.local_addrs:
                 continue
             back = view.route_dev(n["ip"])
-            if back and back != l.name:
-                asym.append(f"neighbour {n['ip']} is seen on {l.name} but the route back "
-                            f"to it leaves via {back} (`ip route get {n['ip']}`)")
+            if back and back != ln.name:
+                asym.append(
+                    f"neighbour {n['ip']} is seen on {ln.name} but the route back "
+                    f"to it leaves via {back} (`ip route get {n['ip']}`)"
+                )
         if not asym:
             continue
-        keys = ["net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{l.name}.rp_filter"]
-        ev = [_sysctl_line(view, k) for k in keys] + asym + [
-            f"TcpExt IPReversePathFilter = {counter} packets dropped by rp_filter "
-            "(/proc/net/netstat, host netns)"]
-        yield _finding("rp_filter", "error", None,
-                       f"strict rp_filter on {l.name} drops asymmetric traffic",
-                       ev, [("run", ["sysctl", "-w", f"{k}=2"]) for k in keys], "rp-filter")
+        keys = ["net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{ln.name}.rp_filter"]
+        ev = (
+            [_sysctl_line(view, k) for k in keys]
+            + asym
+            + [
+                f"TcpExt IPReversePathFilter = {counter} packets dropped by rp_filter "
+                "(/proc/net/netstat, host netns)"
+            ]
+        )
+        yield _finding(
+            "rp_filter",
+            "error",
+            None,
+            f"strict rp_filter on {ln.name} drops asymmetric traffic",
+            ev,
+            [("run", ["sysctl", "-w", f"{k}=2"]) for k in keys],
+            "rp-filter",
+        )
 
 
 def oom(view):
     for c in view.containers:
         if c.oom_killed and c.status != "running":
-            yield _finding("oom_killed", "error", c.name,
-                           f"{c.name} was OOM-killed (status {c.status})",
-                           [f"pyinspect state: oom_killed=true, status {c.status}"], [],
-                           "oom-killed",
-                           fix=f"pyinspect rm {c.name} && pyinspect run --memory <more> ...")
+            yield _finding(
+                "oom_killed",
+                "error",
+                c.name,
+                f"{c.name} was OOM-killed (status {c.status})",
+                [f"pyinspect state: oom_killed=true, status {c.status}"],
+                [],
+                "oom-killed",
+                fix=f"pyinspect rm {c.name} && pyinspect run --memory <more> ...",
+            )
             continue
         m = c.memory
         if not m or not m.get("oom_kill"):
@@ -764,9 +1275,12 @@ def oom(view):
         if m["oom_kill"] <= seen:
             continue
         limit = m.get("limit")
-        ev = [f"{m['counter_file']}: oom_kill {m['oom_kill']}"
-              + (f" (was {seen} at the last acknowledged check)" if seen else ""),
-              f"{m['limit_file']}: {limit}", f"peak usage: {m.get('max_usage')}"]
+        ev = [
+            f"{m['counter_file']}: oom_kill {m['oom_kill']}"
+            + (f" (was {seen} at the last acknowledged check)" if seen else ""),
+            f"{m['limit_file']}: {limit}",
+            f"peak usage: {m.get('max_usage')}",
+        ]
         actions = []
         if limit and limit < 1 << 60:
             memsw = m.get("memsw")
@@ -775,9 +1289,16 @@ def oom(view):
                 ev.append(f"{m['memsw_file']}: {memsw}")
             actions.append(("write", m["limit_file"], str(limit * 2)))
         actions.append(("ack", key, m["oom_kill"]))
-        yield _finding("oom_killed", "error", c.name,
-                       f"the kernel OOM-killed {m['oom_kill'] - seen} process(es) in {c.name} "
-                       f"(memory limit {limit})", ev, actions, "oom-killed")
+        yield _finding(
+            "oom_killed",
+            "error",
+            c.name,
+            f"the kernel OOM-killed {m['oom_kill'] - seen} process(es) in {c.name} "
+            f"(memory limit {limit})",
+            ev,
+            actions,
+            "oom-killed",
+        )
 
 
 def quote(argv):

@@ -34,24 +34,37 @@ def _ino(path):
 def _links_and_routes():
     """Links (with IPv4 addresses) and IPv4 main-table routes of this thread's netns."""
     with RtnlSocket() as rtnl:
-        by_index = {}
-        for m in rtnl.links():
-            link = Link(m["index"], m["ifname"], m["kind"] or "", bool(m["flags"] & 1),
-                        m["operstate"] or "", m["mtu"] or 0, m["master"], m["link"],
-                        m["link_netnsid"], [])
+        msgs = rtnl.links()
+        names = {m["index"]: m["ifname"] for m in msgs}
+        by_index: dict[int, Link] = {}
+        for m in msgs:
+            link = Link(
+                m["index"],
+                m["ifname"],
+                m["kind"] or "",
+                bool(m["flags"] & 1),
+                m["operstate"] or "",
+                m["mtu"] or 0,
+                names.get(m["master"]),
+                m["link"],
+                m["link_netnsid"],
+                [],
+            )
             by_index[link.ifindex] = link
-        for link in by_index.values():
-            master = by_index.get(link.master)
-            link.master = master.name if master else None
         for a in rtnl.addrs():
-            link = by_index.get(a["index"])
-            if link and a["family"] == socket.AF_INET:
-                link.addrs.append((a["address"], a["prefixlen"]))
+            owner = by_index.get(a["index"])
+            if owner and a["family"] == socket.AF_INET:
+                owner.addrs.append((a["address"], a["prefixlen"]))
         routes = []
         for r in rtnl.routes(socket.AF_INET):
             oif = by_index.get(r["oif"])
-            routes.append({"dst": f"{r['dst']}/{r['dst_len']}" if r["dst"] else "default",
-                           "gateway": r["gateway"], "dev": oif.name if oif else None})
+            routes.append(
+                {
+                    "dst": f"{r['dst']}/{r['dst_len']}" if r["dst"] else "default",
+                    "gateway": r["gateway"],
+                    "dev": oif.name if oif else None,
+                }
+            )
     return {link.name: link for link in by_index.values()}, routes
 
 
@@ -70,7 +83,7 @@ def _route_get(ip):
 def _hex_addr(text, v6):
     raw = bytes.fromhex(text)
     if v6:
-        words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+        words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
         return str(ipaddress.IPv6Address(b"".join(words)))
     return str(ipaddress.IPv4Address(raw[::-1]))
 
@@ -93,8 +106,12 @@ def parse_proc_net(text, proto, v6):
 def listeners(proc_net_dir):
     """Listening sockets read from a /proc/.../net directory."""
     out = []
-    for name, proto, v6 in (("tcp", "tcp", False), ("tcp6", "tcp", True),
-                            ("udp", "udp", False), ("udp6", "udp", True)):
+    for name, proto, v6 in (
+        ("tcp", "tcp", False),
+        ("tcp6", "tcp", True),
+        ("udp", "udp", False),
+        ("udp6", "udp", True),
+    ):
         try:
             with open(f"{proc_net_dir}/{name}") as f:
                 out += parse_proc_net(f.read(), proto, v6)
@@ -106,8 +123,13 @@ def listeners(proc_net_dir):
 def _bridge_ports():
     """{port name: hairpin bool} from `bridge -j -d link show` (this netns)."""
     try:
-        proc = subprocess.run(["bridge", "-j", "-d", "link", "show"], capture_output=True,
-                              text=True, timeout=10)
+        proc = subprocess.run(
+            ["bridge", "-j", "-d", "link", "show"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return {p["ifname"]: bool(p.get("hairpin")) for p in json.loads(proc.stdout or "[]")}
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return {}
@@ -132,13 +154,19 @@ def _nft_native_chains(notes):
             if c["family"] in ("ip", "ip6") and c["table"] in IPTABLES_NFT_TABLES:
                 continue
             chains[(c["family"], c["table"], c["name"])] = {
-                "family": c["family"], "table": c["table"], "chain": c["name"],
-                "hook": c["hook"], "policy": c.get("policy", "accept"), "rules": []}
+                "family": c["family"],
+                "table": c["table"],
+                "chain": c["name"],
+                "hook": c["hook"],
+                "policy": c.get("policy", "accept"),
+                "rules": [],
+            }
     for item in items:
         r = item.get("rule")
         if r and (r["family"], r["table"], r["chain"]) in chains:
             chains[(r["family"], r["table"], r["chain"])]["rules"].append(
-                json.dumps(r.get("expr", []), sort_keys=True))
+                json.dumps(r.get("expr", []), sort_keys=True)
+            )
     return list(chains.values())
 
 
@@ -146,7 +174,7 @@ def _veth_pairs(rows, host_ino, host_veths):
     """{netns inode: (container-side ifindex, host-side Link)} for the veths of this
     netns (`host_ino`) whose peer sits in another namespace; the lowest peer ifindex
     when a namespace has several."""
-    out = {}
+    out: dict[int, tuple[int, Link]] = {}
     for r in rows:
         hv = host_veths.get(r["ifindex"])
         if r["netns"] != host_ino or r["kind"] != "veth" or hv is None:
@@ -224,22 +252,29 @@ def memory_info(pid):
     ver, path = cg
     if ver == "v1":
         base = f"/sys/fs/cgroup/memory{path}"
-        return {"cgroup": base, "version": 1,
-                "oom_kill": _read_int_file(f"{base}/memory.oom_control", "oom_kill"),
-                "limit": _read_int_file(f"{base}/memory.limit_in_bytes"),
-                "max_usage": _read_int_file(f"{base}/memory.max_usage_in_bytes"),
-                "limit_file": f"{base}/memory.limit_in_bytes", "counter_file":
-                f"{base}/memory.oom_control",
-                "memsw": _read_int_file(f"{base}/memory.memsw.limit_in_bytes"),
-                "memsw_file": f"{base}/memory.memsw.limit_in_bytes"}
+        return {
+            "cgroup": base,
+            "version": 1,
+            "oom_kill": _read_int_file(f"{base}/memory.oom_control", "oom_kill"),
+            "limit": _read_int_file(f"{base}/memory.limit_in_bytes"),
+            "max_usage": _read_int_file(f"{base}/memory.max_usage_in_bytes"),
+            "limit_file": f"{base}/memory.limit_in_bytes",
+            "counter_file": f"{base}/memory.oom_control",
+            "memsw": _read_int_file(f"{base}/memory.memsw.limit_in_bytes"),
+            "memsw_file": f"{base}/memory.memsw.limit_in_bytes",
+        }
     for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         base = f"{mount}{path}"
         if os.path.exists(f"{base}/memory.events"):
-            return {"cgroup": base, "version": 2,
-                    "oom_kill": _read_int_file(f"{base}/memory.events", "oom_kill"),
-                    "limit": _read_int_file(f"{base}/memory.max"),
-                    "max_usage": _read_int_file(f"{base}/memory.peak"),
-                    "limit_file": f"{base}/memory.max", "counter_file": f"{base}/memory.events"}
+            return {
+                "cgroup": base,
+                "version": 2,
+                "oom_kill": _read_int_file(f"{base}/memory.events", "oom_kill"),
+                "limit": _read_int_file(f"{base}/memory.max"),
+                "max_usage": _read_int_file(f"{base}/memory.peak"),
+                "limit_file": f"{base}/memory.max",
+                "counter_file": f"{base}/memory.events",
+            }
     return {}
 
 
@@ -247,25 +282,40 @@ def memory_info(pid):
 class HostView:
     """A read-only snapshot of the host network namespace and its containers."""
 
-    def __init__(self, root, port_filter=None):
+    def __init__(self, root, port_filter: int | None = None) -> None:
         self.root = Path(root)
         self.port_filter = port_filter  # doctor --port: the host port asked about, if any
-        self.notes = []  # what could not be read, shown to the user
-        self.memory = {}  # doctor's remembered facts (store), key -> value
-        self._sysctl = {}
-        self._routes_get = {}
+        self.notes: list[str] = []  # what could not be read, shown to the user
+        self.memory: dict = {}  # doctor's remembered facts (store), key -> value
+        self._sysctl: dict[str, str | None] = {}
+        self._routes_get: dict[str, str | None] = {}
+        # filled by collect()
+        self.host_ino: int | None = None
+        self.links: dict[str, Link] = {}
+        self.routes: list[dict] = []
+        self.rulesets: dict[str, ipt.Ruleset] = {}
+        self.nft_native: list[dict] = []
+        self.local_addrs: frozenset[str] = frozenset()
+        self.neighbours: list[dict] = []
+        self.conntrack: dict = {}
+        self.netstat: dict[str, int] = {}
+        self.host_sockets: list[tuple[str, str, int]] = []
+        self.containers: list[ContainerView] = []
 
     @classmethod
-    def collect(cls, root, memory=None, port_filter=None):
+    def collect(
+        cls, root, memory: dict | None = None, port_filter: int | None = None
+    ) -> "HostView":
         """Read everything doctor needs; `memory` is what earlier runs remembered."""
         view = cls(root, port_filter)
         view.memory = dict(memory or {})
         view.host_ino = _ino("/proc/thread-self/ns/net")
         view.links, view.routes = _links_and_routes()
         hairpin = _bridge_ports()
-        if not hairpin and any(l.master for l in view.links.values()):
-            view.notes.append("bridge port flags unknown (`bridge -j -d link show` failed): "
-                              "hairpin not checked")
+        if not hairpin and any(ln.master for ln in view.links.values()):
+            view.notes.append(
+                "bridge port flags unknown (`bridge -j -d link show` failed): hairpin not checked"
+            )
         for name, flag in hairpin.items():
             if name in view.links:
                 view.links[name].hairpin = flag
@@ -274,7 +324,7 @@ class HostView:
             if rs.error:
                 view.notes.append(f"iptables {rs.backend}: {rs.error}")
         view.nft_native = _nft_native_chains(view.notes)
-        view.local_addrs = frozenset(ip for l in view.links.values() for ip, _ in l.addrs)
+        view.local_addrs = frozenset(ip for ln in view.links.values() for ip, _ in ln.addrs)
         view.neighbours = view._neighbours()
         view.conntrack = view._conntrack()
         view.netstat = view._netstat()
@@ -294,7 +344,7 @@ class HostView:
         return self._routes_get[ip]
 
     def bridges(self):
-        return [l for l in self.links.values() if l.kind == "bridge"]
+        return [ln for ln in self.links.values() if ln.kind == "bridge"]
 
     def bridge_for(self, ip):
         """The bridge whose subnet holds `ip`, and that bridge's own address there."""
@@ -321,25 +371,27 @@ class HostView:
         if up and up.addrs:
             return up.addrs[0][0]
         container_bridges = {c.host_veth.master for c in self.containers if c.host_veth}
-        for l in self.links.values():
-            if l.name == "lo" or l.kind == "bridge" or l.name in container_bridges:
+        for ln in self.links.values():
+            if ln.name == "lo" or ln.kind == "bridge" or ln.name in container_bridges:
                 continue
-            for ip, _ in l.addrs:
+            for ip, _ in ln.addrs:
                 return ip
-        for l in self.links.values():
-            if l.name != "lo" and l.addrs:
-                return l.addrs[0][0]
+        for ln in self.links.values():
+            if ln.name != "lo" and ln.addrs:
+                return ln.addrs[0][0]
         return "127.0.0.1"
 
     def active_rulesets(self):
         return [rs for rs in self.rulesets.values() if rs.tables]
 
     def _neighbours(self):
-        by_index = {l.ifindex: l.name for l in self.links.values()}
+        by_index = {ln.ifindex: ln.name for ln in self.links.values()}
         try:
             with RtnlSocket() as rtnl:
-                return [{"ip": n["ip"], "dev": by_index.get(n["ifindex"]), "state": n["state"]}
-                        for n in rtnl.neighbours(socket.AF_INET)]
+                return [
+                    {"ip": n["ip"], "dev": by_index.get(n["ifindex"]), "state": n["state"]}
+                    for n in rtnl.neighbours(socket.AF_INET)
+                ]
         except OSError as exc:
             self.notes.append(f"neighbours: {exc}")
             return []
@@ -347,30 +399,33 @@ class HostView:
     def _conntrack(self):
         count = host_sysctl.read("net.netfilter.nf_conntrack_count")
         cmax = host_sysctl.read("net.netfilter.nf_conntrack_max")
-        ct = {"count": int(count) if count else None, "max": int(cmax) if cmax else None,
-              "max_writable": os.access(host_sysctl.path("net.netfilter.nf_conntrack_max"),
-                                        os.W_OK),
-              "stats": {}}
+        stats: dict[str, int] = {}
+        ct = {
+            "count": int(count) if count else None,
+            "max": int(cmax) if cmax else None,
+            "max_writable": os.access(host_sysctl.path("net.netfilter.nf_conntrack_max"), os.W_OK),
+            "stats": stats,
+        }
         try:
             lines = Path("/proc/thread-self/net/stat/nf_conntrack").read_text().splitlines()
             head = lines[0].split()
             for line in lines[1:]:
-                for k, v in zip(head, line.split()):
+                for k, v in zip(head, line.split(), strict=False):
                     if k != "entries":
-                        ct["stats"][k] = ct["stats"].get(k, 0) + int(v, 16)
+                        stats[k] = stats.get(k, 0) + int(v, 16)
         except (OSError, IndexError, ValueError):
             pass
         return ct
 
     def _netstat(self):
-        out = {}
+        out: dict[str, int] = {}
         try:
             lines = Path("/proc/thread-self/net/netstat").read_text().splitlines()
         except OSError:
             return out
-        for head, vals in zip(lines[::2], lines[1::2]):
+        for head, vals in zip(lines[::2], lines[1::2], strict=False):
             prefix = head.split(":")[0]
-            for k, v in zip(head.split()[1:], vals.split()[1:]):
+            for k, v in zip(head.split()[1:], vals.split()[1:], strict=False):
                 out[f"{prefix}.{k}"] = int(v)
         return out
 
@@ -378,21 +433,31 @@ class HostView:
     def _containers(self):
         """Every namespace a veth of this netns leads to, named after the container
         that owns it (`pyinspect.discovery`), paired through the veth map (`vethmap`)."""
-        host_veths = {l.ifindex: l for l in self.links.values()
-                      if l.kind == "veth" and l.link_netnsid is not None}
+        host_veths = {
+            ln.ifindex: ln
+            for ln in self.links.values()
+            if ln.kind == "veth" and ln.link_netnsid is not None
+        }
         if not host_veths:
             return []
         from .. import discovery, vethmap
+
         procs, host = discovery.scan_processes(), discovery.host_namespaces()
         found = discovery.containers(self.root, procs=procs, host=host, errors=self.notes)
         try:
-            pairs = _veth_pairs(vethmap.build(self.root, found=found, procs=procs, host=host),
-                                self.host_ino, host_veths)
-        except Exception as exc:  # netlink refused: no container can be paired
+            pairs = _veth_pairs(
+                vethmap.build(self.root, found=found, procs=procs, host=host),
+                self.host_ino,
+                host_veths,
+            )
+        except Exception as exc:  # noqa: BLE001 - netlink refused: no container is paired
             self.notes.append(f"veth map: {exc}")
             pairs = {}
-        owners = {ino: d for ino, d in vethmap.owners(found, host).items()
-                  if d.source not in ("netns", "pidns")}  # bare namespaces: named below
+        owners = {
+            ino: d
+            for ino, d in vethmap.owners(found, host).items()
+            if d.source not in ("netns", "pidns")
+        }  # bare namespaces: named below
         infos = vethmap.namespaces(procs, host)
         own_memory = memory_info(os.getpid())  # a namespace in our own cgroup is not a container's
         out = []
@@ -405,27 +470,44 @@ class HostView:
             try:
                 with in_netns(path):
                     links, routes = _links_and_routes()
-                    eth = next((l for l in links.values() if l.ifindex == eth_index), None)
+                    eth = next((ln for ln in links.values() if ln.ifindex == eth_index), None)
                     if eth is None:
                         continue
                     socks = listeners(f"/proc/{pids[0]}/net" if pids else "/proc/thread-self/net")
                     ns_sysctls = {k: host_sysctl.read(k) for k in ("net.ipv4.ip_forward",)}
-            except Exception as exc:  # the namespace vanished, or netlink refused
+            except Exception as exc:  # noqa: BLE001 - the namespace vanished, netlink refused
                 self.notes.append(f"cannot read {path}: {exc}")
                 continue
             name, cid, source = _ns_label(path, owners.get(ino))
-            cv = ContainerView(name, cid, source, path, ino, sorted(pids), links, routes, socks,
-                               eth, hv, sysctls=ns_sysctls)
+            cv = ContainerView(
+                name,
+                cid,
+                source,
+                path,
+                ino,
+                sorted(pids),
+                links,
+                routes,
+                socks,
+                eth,
+                hv,
+                sysctls=ns_sysctls,
+            )
             if eth.addrs:
                 cv.ip, cv.prefixlen = eth.addrs[0]
             if source == "pyinspect":
                 cv.declared = dict(owners[ino].detail.get("network") or {})
                 for p in cv.declared.get("ports") or []:
-                    cv.ports.append({"proto": p.get("proto", "tcp"),
-                                     "host_ip": _any_addr(p.get("host_ip")),
-                                     "host_port": int(p["host_port"]),
-                                     "container_port": int(p["container_port"]),
-                                     "source": "pyinspect", "rule": None})
+                    cv.ports.append(
+                        {
+                            "proto": p.get("proto", "tcp"),
+                            "host_ip": _any_addr(p.get("host_ip")),
+                            "host_port": int(p["host_port"]),
+                            "container_port": int(p["container_port"]),
+                            "source": "pyinspect",
+                            "rule": None,
+                        }
+                    )
             for pid in cv.pids:
                 mi = memory_info(pid)
                 if mi and mi["cgroup"] != own_memory.get("cgroup"):
@@ -456,11 +538,20 @@ class HostView:
                 if not hport or not hport.isdigit():
                     continue
                 dst = rule.get("dst") or ""
-                entry = {"proto": rule.get("proto") or "tcp",
-                         "host_ip": _any_addr(dst.split("/")[0]), "host_port": int(hport),
-                         "container_port": tgt[1] or int(hport), "source": "rule", "rule": rule}
-                if not any(p["host_port"] == entry["host_port"] and p["proto"] == entry["proto"]
-                           and p["host_ip"] == entry["host_ip"] for p in c.ports):
+                entry = {
+                    "proto": rule.get("proto") or "tcp",
+                    "host_ip": _any_addr(dst.split("/")[0]),
+                    "host_port": int(hport),
+                    "container_port": tgt[1] or int(hport),
+                    "source": "rule",
+                    "rule": rule,
+                }
+                if not any(
+                    p["host_port"] == entry["host_port"]
+                    and p["proto"] == entry["proto"]
+                    and p["host_ip"] == entry["host_ip"]
+                    for p in c.ports
+                ):
                     c.ports.append(entry)
                 else:
                     for p in c.ports:
@@ -472,5 +563,3 @@ class HostView:
             if c.ip == ip:
                 return c
         return None
-
-

@@ -22,6 +22,7 @@ Action = tuple
 @dataclass
 class Finding:
     """One problem: what is wrong, the evidence that shows it, and how to fix it."""
+
     check: str
     severity: str
     container: str
@@ -35,8 +36,9 @@ class Finding:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["actions"] = [list(map(str, a[1])) if a[0] == "run" else list(map(str, a))
-                        for a in self.actions]
+        d["actions"] = [
+            list(map(str, a[1])) if a[0] == "run" else list(map(str, a)) for a in self.actions
+        ]
         d["runbook_file"] = str(runbook_file(self.runbook))
         return d
 
@@ -81,6 +83,7 @@ def problems(findings: list[Finding]) -> list[Finding]:
 @dataclass
 class Link:
     """A network interface of one namespace."""
+
     ifindex: int
     name: str
     kind: str
@@ -100,6 +103,7 @@ class Link:
 @dataclass
 class ContainerView:
     """A container's network namespace as doctor sees it from the host."""
+
     name: str
     id: str
     source: str  # pyinspect | runc | docker | containerd | ... (discovery) | netns | process

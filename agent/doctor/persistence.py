@@ -11,6 +11,7 @@ from .model import Finding
 def open_store(root):
     from ..config import database_path
     from ..store import Store
+
     return Store(database_path(root))
 
 
@@ -24,11 +25,20 @@ def save_memory(store, items: dict, drop=()) -> None:
 
 def save_findings(store, findings: list[Finding], run_ns: int) -> None:
     store.insert_findings(
-        [{"run_ns": run_ns, "check_name": f.check, "severity": f.severity,
-          "container": f.container or "", "summary": f.summary,
-          "evidence": "\n".join(f.evidence), "fix": f.fix,
-          "runbook": Path(f.runbook).stem}  # the runbook's name (the web app links it)
-         for f in findings])
+        [
+            {
+                "run_ns": run_ns,
+                "check_name": f.check,
+                "severity": f.severity,
+                "container": f.container or "",
+                "summary": f.summary,
+                "evidence": "\n".join(f.evidence),
+                "fix": f.fix,
+                "runbook": Path(f.runbook).stem,
+            }  # the runbook's name (the web app links it)
+            for f in findings
+        ]
+    )
 
 
 def add_trace_evidence(store, findings: list[Finding]) -> None:
@@ -44,11 +54,14 @@ def add_trace_evidence(store, findings: list[Finding]) -> None:
                 sid, started = row
                 age = max(0, (time.time_ns() - (started or 0)) // 1_000_000_000)
                 for reason, location, n in store.drop_reasons(sid, limit=3):
-                    lines.append(f"trace session {sid} ({age}s ago): {n} packet(s) dropped, "
-                                 f"{reason} at {location}")
+                    lines.append(
+                        f"trace session {sid} ({age}s ago): {n} packet(s) dropped, "
+                        f"{reason} at {location}"
+                    )
                 for table, chain, num, text, verdict, n in store.dropping_hops(sid, limit=3):
-                    lines.append(f"trace session {sid} hop: {table}:{chain}:{num or 'policy'} "
-                                 f"{verdict} x{n} {text or ''}".rstrip())
+                    lines.append(
+                        f"trace session {sid} hop: {table}:{chain}:{num or 'policy'} "
+                        f"{verdict} x{n} {text or ''}".rstrip()
+                    )
             cache[f.container] = lines
         f.evidence.extend(cache[f.container])
-

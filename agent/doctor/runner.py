@@ -4,28 +4,30 @@ apply fixes when asked."""
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import NotFoundError, UnavailableError
 from . import checks, persistence
 from .hostview import HostView
-from .model import Finding, describe_action
+from .model import ContainerView, Finding, describe_action
 
 
 @dataclass
 class Report:
     """One doctor run: its findings and what could not be read (shown to the user)."""
+
     findings: list[Finding]
     notes: list[str] = field(default_factory=list)
     view: HostView | None = None
 
 
-def _port_memory_key(c, port):
+def _port_memory_key(c: ContainerView, port: dict) -> str:
     return f"port:{c.name}:{port['proto']}:{port['host_port']}"
 
 
-def _remember(view):
+def _remember(view: HostView) -> tuple[dict, list[str]]:
     """Facts to keep for the next run: working port mappings (rule paths)."""
     working = checks.working_ports(view)
     keep, names = {}, {c.name for c in view.containers}
@@ -38,23 +40,35 @@ def _remember(view):
     return keep, drop
 
 
-def _only_container(root, view, findings, container):
+def _only_container(
+    root: str | Path, view: HostView, findings: list[Finding], container: str
+) -> list[Finding]:
     known = {c.name for c in view.containers} | {c.id for c in view.containers}
-    if container not in known and not any(c.id.startswith(container)
-                                          for c in view.containers if c.id):
+    if container not in known and not any(
+        c.id.startswith(container) for c in view.containers if c.id
+    ):
         from ..runtime.containers import Runtime
+
         try:  # one of ours without a network (--net none) has nothing to check
             Runtime(root).get(container)
         except NotFoundError:
-            raise NotFoundError(f"doctor: no such container: {container}",
-                                "see `pyinspect ps` or `ip netns`") from None
-    return [f for f in findings if not f.container or f.container == container
-            or any(c.name == f.container and c.id.startswith(container)
-                   for c in view.containers if c.id)]
+            raise NotFoundError(
+                f"doctor: no such container: {container}", "see `pyinspect ps` or `ip netns`"
+            ) from None
+    return [
+        f
+        for f in findings
+        if not f.container
+        or f.container == container
+        or any(
+            c.name == f.container and c.id.startswith(container) for c in view.containers if c.id
+        )
+    ]
 
 
-def examine(root, container: str | None = None, port: int | None = None,
-            store: bool = True) -> Report:
+def examine(
+    root: str | Path, container: str | None = None, port: int | None = None, store: bool = True
+) -> Report:
     """Run every check against this network namespace; the findings are stored."""
     if os.geteuid() != 0:
         raise UnavailableError("doctor: needs root", "it reads iptables, netns and cgroups")
@@ -78,20 +92,25 @@ def examine(root, container: str | None = None, port: int | None = None,
             st.close()
 
 
-def run(root, container: str | None = None, port: int | None = None,
-        store: bool = True) -> list[Finding]:
+def run(
+    root: str | Path, container: str | None = None, port: int | None = None, store: bool = True
+) -> list[Finding]:
     """The findings of `examine()`."""
     return examine(root, container, port, store).findings
 
 
-def apply_fixes(findings: list[Finding], confirm=lambda finding: False,
-                root=None) -> list[tuple[Finding, str, str]]:
+def apply_fixes(
+    findings: list[Finding],
+    confirm: Callable[[Finding], bool] = lambda finding: False,
+    root: str | Path | None = None,
+) -> list[tuple[Finding, str, str]]:
     """Apply fixes: safe ones directly, others only when `confirm(finding)` says yes.
 
     Returns [(finding, status, detail)] with status 'applied', 'skipped', 'failed'
     or 'manual' (no command can fix it).
     """
-    results, acks = [], {}
+    results: list[tuple[Finding, str, str]] = []
+    acks: dict = {}
     for f in findings:
         if not f.actions or all(a[0] == "ack" for a in f.actions):
             results.append((f, "manual", f.fix))
@@ -103,7 +122,9 @@ def apply_fixes(findings: list[Finding], confirm=lambda finding: False,
         for action in f.actions:
             try:
                 if action[0] == "run":
-                    proc = subprocess.run(action[1], capture_output=True, text=True, timeout=60)
+                    proc = subprocess.run(
+                        action[1], capture_output=True, text=True, timeout=60, check=False
+                    )
                     if proc.returncode != 0:
                         err = f"{describe_action(action)}: {proc.stderr.strip()[:200]}"
                         break
