@@ -63,6 +63,7 @@ def env(tmp_path_factory):
     root.mkdir()
     cli = Cli(root, netns=ns.name)
     try:
+        cli("inspect", "busybox")  # the embedded image, made before any test compares images
         yield cli, root, base, ns
     finally:
         names = cli("ps", "-aq", check=False).stdout.split()
