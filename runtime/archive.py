@@ -72,7 +72,8 @@ def _xattrs(member):
                 name = unquote_to_bytes(key[len("LIBARCHIVE.xattr."):]).decode()
                 raw = base64.b64decode(value + "=" * (-len(value) % 4))
             except (ValueError, UnicodeDecodeError):
-                raise CorruptInputError(f"member {member.name!r}: malformed xattr {key!r}")
+                raise CorruptInputError(
+                    f"member {member.name!r}: malformed xattr {key!r}") from None
             out.append((name, raw))
     return out
 
@@ -144,7 +145,7 @@ class _Extractor:
             try:
                 os.chown(p, member.uid, member.gid, follow_symlinks=False)
             except OSError as exc:
-                raise CorruptInputError(f"member {member.name!r}: chown: {exc.strerror}")
+                raise CorruptInputError(f"member {member.name!r}: chown: {exc.strerror}") from None
         if not is_link:
             os.chmod(p, member.mode & 0o7777)
         for attr, raw in _xattrs(member):
@@ -170,7 +171,7 @@ class _Extractor:
             try:
                 os.setxattr(d, OPAQUE_XATTR, b"y", follow_symlinks=False)
             except OSError as exc:
-                raise _unavailable("set the overlay opaque xattr", exc)
+                raise _unavailable("set the overlay opaque xattr", exc) from None
             return
         if base.startswith(WHITEOUT_META_PREFIX):
             return  # aufs metadata (.wh..wh.plnk, .wh..wh.aufs): not content, ignored
@@ -185,8 +186,8 @@ class _Extractor:
             os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
         except OSError as exc:
             if exc.errno == errno.EEXIST:
-                raise CorruptInputError(f"member {name!r}: whiteout target exists")
-            raise _unavailable("create an overlay whiteout", exc)
+                raise CorruptInputError(f"member {name!r}: whiteout target exists") from None
+            raise _unavailable("create an overlay whiteout", exc) from None
         self.seen[tparts] = "wh"
 
     def add(self, tf, member):
@@ -241,7 +242,8 @@ class _Extractor:
                 tparts = clean_member_name(member.linkname)
             except CorruptInputError:
                 raise CorruptInputError(
-                    f"member {name!r}: hardlink target {member.linkname!r} escapes the layer")
+                    f"member {name!r}: hardlink target {member.linkname!r} escapes "
+                    "the layer") from None
             if tparts in self.skipped_parts:
                 self.skipped_devices.append(name)  # a link to a node mknod refused
                 return
@@ -290,7 +292,7 @@ class _Extractor:
         try:
             dev = os.makedev(member.devmajor, member.devminor)
         except (OverflowError, ValueError):
-            raise CorruptInputError(f"member {name!r}: bad device numbers")
+            raise CorruptInputError(f"member {name!r}: bad device numbers") from None
         try:
             os.mknod(p, (member.mode & 0o7777) | fmt, dev)
         except OSError as exc:
@@ -341,15 +343,15 @@ def extract_layer(tar_path, dest, budget=None, notes=None):
                     ex.add(tf, member)
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise UnavailableError(f"extracting layer: {exc.strerror}")
+                        raise UnavailableError(f"extracting layer: {exc.strerror}") from None
                     if exc.errno in (errno.EPERM, errno.EACCES):
-                        raise _unavailable("extract the layer", exc)
-                    raise CorruptInputError(f"member {member.name!r}: {exc.strerror}")
+                        raise _unavailable("extract the layer", exc) from None
+                    raise CorruptInputError(f"member {member.name!r}: {exc.strerror}") from None
             ex.finish()
     except tarfile.TarError as exc:
-        raise CorruptInputError(f"layer tar is corrupt: {exc}")
+        raise CorruptInputError(f"layer tar is corrupt: {exc}") from None
     except EOFError:
-        raise CorruptInputError("layer tar is truncated")
+        raise CorruptInputError("layer tar is truncated") from None
 
 
 # ---- image archives: docker save (legacy and OCI-style) and OCI layouts ---------------------
@@ -396,7 +398,7 @@ class _DirSource:
         try:
             return open(self._path(name), "rb")
         except (FileNotFoundError, IsADirectoryError):
-            raise CorruptInputError(f"{name!r}: missing from the archive")
+            raise CorruptInputError(f"{name!r}: missing from the archive") from None
 
     def close(self):
         pass
@@ -415,10 +417,10 @@ class _TarSource:
                 self.members["/".join(parts)] = m
         except CorruptInputError as exc:
             self.close()
-            raise CorruptInputError(f"archive {exc}")
+            raise CorruptInputError(f"archive {exc}") from None
         except (tarfile.TarError, EOFError) as exc:
             self.close()
-            raise CorruptInputError(f"not a tar archive or truncated: {exc}")
+            raise CorruptInputError(f"not a tar archive or truncated: {exc}") from None
 
     def _member(self, name, depth=0):
         key = "/".join(clean_member_name(name))
@@ -461,13 +463,13 @@ def _read_json(src, name):
         with src.open(name) as f:
             data = f.read(_MAX_JSON + 1)
     except (tarfile.TarError, EOFError) as exc:
-        raise CorruptInputError(f"{name!r}: truncated: {exc}")
+        raise CorruptInputError(f"{name!r}: truncated: {exc}") from None
     if len(data) > _MAX_JSON:
         raise CorruptInputError(f"{name!r}: JSON file too large")
     try:
         return data, json.loads(data)
     except ValueError as exc:
-        raise CorruptInputError(f"{name!r}: not valid JSON: {exc}")
+        raise CorruptInputError(f"{name!r}: not valid JSON: {exc}") from None
 
 
 def _names(raw, what):
@@ -477,13 +479,8 @@ def _names(raw, what):
         try:
             out.append(parse_reference(name))
         except UsageError as exc:
-            raise CorruptInputError(f"{what}: bad image name in the archive: {exc}")
+            raise CorruptInputError(f"{what}: bad image name in the archive: {exc}") from None
     return out
-
-
-def _host_arch():
-    m = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(m, m)
 
 
 def _oci_images(src):
@@ -506,16 +503,17 @@ def _oci_images(src):
             if depth > 4:
                 raise CorruptInputError("index.json: image indexes nested too deep")
             subs = imagemeta.index(doc, name)
-            pick = imagemeta.pick_platform(subs, _host_arch(), name)
+            pick = imagemeta.pick_platform(subs, imagemeta.host_arch(), name)
             return manifest_entry(pick, names, depth + 1, f"{name}: manifests entry")
         man = imagemeta.manifest(doc, name, desc.media_type)
         return (f"blobs/sha256/{man.config.hex}",
                 [(f"blobs/sha256/{d.hex}", d.hex) for d in man.layers], names)
 
+    arch = imagemeta.host_arch()
     mine = [d for d in descs if not d.platform or (
-        d.platform.get("os") == "linux" and d.platform.get("architecture") == _host_arch())]
+        d.platform.get("os") == "linux" and d.platform.get("architecture") == arch)]
     if not mine:
-        imagemeta.pick_platform(descs, _host_arch(), "index.json")  # raises, naming them
+        imagemeta.pick_platform(descs, imagemeta.host_arch(), "index.json")  # raises, naming them
     out = []
     for i, desc in enumerate(mine):
         ann = desc.annotations
@@ -540,9 +538,9 @@ def _open_source(path, staging, label, budget):
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        raise NotFoundError(f"loading {label}: no such file")
+        raise NotFoundError(f"loading {label}: no such file") from None
     except OSError as exc:
-        raise CorruptInputError(f"loading {label}: cannot read: {exc.strerror}")
+        raise CorruptInputError(f"loading {label}: cannot read: {exc.strerror}") from None
     with f:
         head = f.read(4)
         if not head:
@@ -558,7 +556,7 @@ def _open_source(path, staging, label, budget):
     try:
         return _TarSource(path)
     except CorruptInputError as exc:
-        raise CorruptInputError(f"loading {label}: {exc}")
+        raise CorruptInputError(f"loading {label}: {exc}") from None
 
 
 def _input_size(path):
@@ -597,7 +595,7 @@ def load(store, path, notes=None):
         try:
             budget = Budget(settings.limits, _input_size(path), store.dir)
         except FileNotFoundError:
-            raise NotFoundError(f"loading {label}: no such file")
+            raise NotFoundError(f"loading {label}: no such file") from None
         src = _open_source(path, staging, label, budget)
         if src.has("manifest.json"):
             entries = _docker_images(src)
@@ -621,7 +619,8 @@ def load(store, path, notes=None):
             if len(diff_ids) != len(layers):
                 raise CorruptInputError(f"{what}: {len(layers)} layers but the config lists "
                                         f"{len(diff_ids)} diff_ids")
-            for i, ((layer_name, blob_hex), diff_id) in enumerate(zip(layers, diff_ids)):
+            pairs = zip(layers, diff_ids, strict=True)
+            for i, ((layer_name, blob_hex), diff_id) in enumerate(pairs):
                 diff_hex = diff_id[7:]
                 if diff_hex in staged or (store.layers / diff_hex).exists():
                     continue
@@ -631,7 +630,7 @@ def load(store, path, notes=None):
                     with src.open(layer_name) as fin:
                         raw_hex, plain_hex, _ = decompress_to(fin, blob, lwhat, budget)
                 except (tarfile.TarError, EOFError) as exc:
-                    raise CorruptInputError(f"{lwhat}: truncated: {exc}")
+                    raise CorruptInputError(f"{lwhat}: truncated: {exc}") from None
                 if blob_hex is not None and raw_hex != blob_hex:
                     raise CorruptInputError(f"{lwhat}: content does not match its digest")
                 if plain_hex != diff_hex:
@@ -641,13 +640,14 @@ def load(store, path, notes=None):
                 try:
                     store._stage_layer(staging, blob, diff_hex, budget=budget, notes=notes)
                 except CorruptInputError as exc:
-                    raise CorruptInputError(f"{lwhat}: {exc.message}", exc.hint)
+                    raise CorruptInputError(f"{lwhat}: {exc.message}", exc.hint) from None
                 staged.add(diff_hex)
             images.append((config_bytes, names))
         src.close()
         src = None
         stored = store._commit(staging, images)
-        return [Loaded(image=im, names=list(names)) for im, (_, names) in zip(stored, images)]
+        return [Loaded(image=im, names=list(names))
+                for im, (_, names) in zip(stored, images, strict=True)]
     except CorruptInputError as exc:
         if exc.message.startswith("loading "):
             raise
@@ -706,7 +706,8 @@ def save(store, refs, out):
                 size = os.stat(p).st_size
             except FileNotFoundError:
                 raise CorruptInputError(f"saving {image.short_id}: layer sha256:{h[:12]} "
-                                        "is missing from the store", "rmi and load it again")
+                                        "is missing from the store",
+                                        "rmi and load it again") from None
             blobs[h] = p
             layer_descs.append({"mediaType": MT_OCI_LAYER, "digest": d, "size": size})
         man = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,

@@ -197,6 +197,13 @@ def manifest(doc, where, declared_type="") -> Manifest:
     return Manifest(media_type=mt, config=config, layers=layers)
 
 
+def host_arch():
+    """The machine's architecture in OCI/Go terms (amd64, arm64, ...)."""
+    import os
+    m = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(m, m)
+
+
 def pick_platform(descs, arch, where, os_name="linux"):
     """The descriptor for os/arch among an index's entries (Docker's choice), else error."""
     for d in descs:

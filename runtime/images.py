@@ -36,7 +36,8 @@ DEFAULT_IMAGE = "busybox:latest"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEXPFX = re.compile(r"^[0-9a-f]{1,64}$")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+_DOMAIN = (r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+           r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)")
 _NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -136,7 +137,7 @@ class ImageStore:
             return tags
         except (ValueError, KeyError, TypeError):
             raise CorruptInputError(f"image tags {self.repos}: not valid JSON",
-                                    "restore or remove the file; images stay by id")
+                                    "restore or remove the file; images stay by id") from None
 
     def _write_tags(self, tags):
         data = json.dumps({"tags": dict(sorted(tags.items()))}, indent=1).encode()
@@ -175,10 +176,10 @@ class ImageStore:
         try:
             raw = json.loads(path.read_bytes())
         except FileNotFoundError:
-            raise NotFoundError(f"image sha256:{hexid[:12]}: no such image")
+            raise NotFoundError(f"image sha256:{hexid[:12]}: no such image") from None
         except ValueError:
             raise CorruptInputError(f"image sha256:{hexid[:12]}: stored config is not JSON",
-                                    "remove it with pyinspect rmi and load it again")
+                                    "remove it with pyinspect rmi and load it again") from None
         image_id = f"sha256:{hexid}"
         diff_ids = list(raw.get("rootfs", {}).get("diff_ids", []))
         dirs, size, seen = [], 0, set()

@@ -92,7 +92,7 @@ def _zstd_reader(read, what):
         import zstandard
     except ImportError:
         raise UnavailableError(f"{what}: zstd-compressed layer but the zstandard module "
-                               "is missing", "pip install zstandard (make install)")
+                               "is missing", "pip install zstandard (make install)") from None
 
     class Source:
         def read(self, n=_CHUNK):
@@ -153,7 +153,7 @@ def decompress_to(fin, out_path, what, budget: Budget, max_input=None, meter="ex
                             break
                         emit(out, data)
                 except error as exc:
-                    raise CorruptInputError(f"{what}: corrupt zstd data: {exc}")
+                    raise CorruptInputError(f"{what}: corrupt zstd data: {exc}") from None
             else:
                 buf = head
                 while buf:
@@ -161,7 +161,7 @@ def decompress_to(fin, out_path, what, budget: Budget, max_input=None, meter="ex
                     buf = read()
     except OSError as exc:
         if exc.errno is not None and exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise UnavailableError(f"{what}: {exc.strerror}")
+            raise UnavailableError(f"{what}: {exc.strerror}") from None
         raise
     return raw_hash.hexdigest(), out_hash.hexdigest(), raw_size[0]
 
@@ -184,6 +184,6 @@ def _gunzip(head, read, emit, what):
             emit(dec.decompress(buf, _CHUNK))
             buf = dec.unused_data if dec.eof else dec.unconsumed_tail
     except zlib.error as exc:
-        raise CorruptInputError(f"{what}: corrupt gzip data: {exc}")
+        raise CorruptInputError(f"{what}: corrupt gzip data: {exc}") from None
     if not dec.eof:
         raise CorruptInputError(f"{what}: gzip stream is truncated")

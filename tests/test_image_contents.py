@@ -15,6 +15,7 @@ import stat
 import subprocess
 
 import pytest
+
 from conftest import Cli, have
 from helpers import imagekit as kit
 from helpers.registryd import store_snapshot
@@ -156,7 +157,8 @@ def test_skopeo_oci_zstd_and_docker_archive_of_it(cli, layers, tmp_path):
     check_in_container(cli, image)
     # skopeo's own docker-archive of the image (docker archives cannot hold zstd layers)
     arc2 = tmp_path / "skopeo-docker.tar"
-    r = subprocess.run(["skopeo", "copy", f"docker-archive:{arc}", f"docker-archive:{arc2}:pm-sk:2"],
+    r = subprocess.run(["skopeo", "copy", f"docker-archive:{arc}",
+                        f"docker-archive:{arc2}:pm-sk:2"],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     other = Cli(tmp_path / "other")

@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 import requests
+
 from conftest import have
 from helpers import imagekit as kit
 from helpers.registryd import Registry, store_snapshot
@@ -235,7 +236,8 @@ MALFORMED_OCI = {
                       "size is not a number"),
     "desc-size-negative": ({"mutate_index": _set(["manifests", 0, "size"], -1)},
                            "size is negative"),
-    "desc-digest-sha512": ({"mutate_index": _set(["manifests", 0, "digest"], "sha512:" + "a" * 128)},
+    "desc-digest-sha512": ({"mutate_index": _set(["manifests", 0, "digest"],
+                                                  "sha512:" + "a" * 128)},
                            "unsupported digest algorithm 'sha512'"),
     "desc-digest-int": ({"mutate_index": _set(["manifests", 0, "digest"], 5)},
                         "malformed digest"),

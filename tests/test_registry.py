@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 import requests
+
 from conftest import Cli, have
 from helpers import imagekit as kit
 from helpers.registryd import PASSWORD, USER, Registry, store_snapshot

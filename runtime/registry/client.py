@@ -214,8 +214,8 @@ class RegistryClient:
             raise UnavailableError(f"registry {self.domain}: token service {realm}: "
                                    f"{_reason(exc)}") from None
         if resp.status_code in (401, 403):
-            raise RegistryAuthError(f"registry {self.domain}: unauthorized: "
-                                    f"{'incorrect username or password' if auth else 'credentials needed'}",
+            why = "incorrect username or password" if auth else "credentials needed"
+            raise RegistryAuthError(f"registry {self.domain}: unauthorized: {why}",
                                     None if auth else f"pyinspect login {self.domain}")
         if resp.status_code != 200:
             raise UnavailableError(f"registry {self.domain}: token service answered "

@@ -10,11 +10,10 @@ the pulled blobs as to loaded archives.
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 
-from pyinspect.errors import CorruptInputError
+from pyinspect.errors import CorruptInputError, NotFoundError
 
 from .. import imagemeta
 from ..image_settings import load_settings
@@ -34,11 +33,6 @@ class PullResult:
     reference: str         # what was pulled, fully qualified as Docker prints it
     digest: str            # the manifest's digest (of the index when there was one)
     downloaded: bool       # False: every layer and the config were already stored
-
-
-def host_arch():
-    m = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(m, m)
 
 
 def _check_digest(raw, expected, what):
@@ -110,12 +104,18 @@ def pull(store, ref_str, progress=None) -> PullResult:
     where = f"pulling {ref}"
     with RegistryClient(ref.domain, credentials.get(ref.domain),
                         settings.insecure_registries) as client:
-        doc, ctype, top_digest = _fetch_manifest(client, ref, ref.target, f"{where}: manifest",
-                                                 ref.digest)
+        try:
+            doc, ctype, top_digest = _fetch_manifest(client, ref, ref.target,
+                                                     f"{where}: manifest", ref.digest)
+        except NotFoundError as exc:
+            detail = exc.message.rsplit(": ", 1)[-1]
+            raise NotFoundError(f"{where}: no such repository or tag ({detail})",
+                                "check the name; pyinspect login first if it is private") \
+                from None
         declared = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else ctype
         if imagemeta.is_index(doc, declared if declared in imagemeta.INDEX_TYPES else ""):
             descs = imagemeta.index(doc, f"{where}: index")
-            pick = imagemeta.pick_platform(descs, host_arch(), f"{where}: index")
+            pick = imagemeta.pick_platform(descs, imagemeta.host_arch(), f"{where}: index")
             doc, ctype, _ = _fetch_manifest(client, ref, pick.digest,
                                             f"{where}: manifest {pick.digest[:19]}",
                                             pick.digest)
@@ -132,7 +132,7 @@ def pull(store, ref_str, progress=None) -> PullResult:
         downloaded = not (store.configs / f"{man.config.hex}.json").exists()
         try:
             staged = set()
-            for i, (desc, diff_id) in enumerate(zip(man.layers, diff_ids)):
+            for i, (desc, diff_id) in enumerate(zip(man.layers, diff_ids, strict=True)):
                 diff_hex = diff_id[7:]
                 short = desc.hex[:12]
                 if diff_hex in staged or (store.layers / diff_hex).exists():

@@ -82,7 +82,7 @@ def push(store, ref_str, progress=None, chunk_size=CHUNK_SIZE) -> PushResult:
                 digest, size = compress_layer(src, out)
                 say(digest[7:19], "Preparing")
                 blobs[d] = (digest, size, out)
-            for d, (digest, size, path) in blobs.items():
+            for digest, size, path in blobs.values():
                 short = digest[7:19]
                 lwhat = f"{where}: layer {digest[:19]}"
                 if client.blob_exists(ref.path, digest, lwhat):
