@@ -41,8 +41,8 @@ def dconf(tmp_path):
 class RCli(Cli):
     """The CLI with DOCKER_CONFIG pointing at the test's own directory."""
 
-    def __init__(self, root, dconf):
-        super().__init__(root)
+    def __init__(self, root, dconf, netns=None):
+        super().__init__(root, netns)
         self.dconf = dconf
 
     def __call__(self, *args, env=None, **kw):
@@ -467,3 +467,38 @@ def test_progress_per_layer_on_a_terminal(rcli, registry, tmp_path, dconf):
     assert "\x1b[" in text and "Downloading [" in text and "MB/3." in text, text
     assert text.count("Pulling fs layer") == 2
     assert text.count("Pull complete") == 2
+
+
+def test_https_unless_loopback_or_listed_insecure(make_netns, tmp_path, dconf):
+    """A registry on a non-loopback address (10.254.7.1 on the lo of a netns of the test's
+    own) gets HTTPS with verification only: a plain-HTTP one and one with a self-signed
+    certificate are refused in one line until insecure-registries lists the address."""
+    ns = make_netns("pr")
+    ns.sh("ip addr add 10.254.7.1/32 dev lo")
+    cli = RCli(tmp_path / "root", dconf, netns=ns.name)
+    cfg = tmp_path / "root" / "config.json"
+    cfg.parent.mkdir()
+    plain = Registry(tmp_path / "plain", auth=False, netns=ns, ip="10.254.7.1")
+    try:
+        host = plain.host
+        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 5, "TLS failed",
+                       "insecure-registries")
+        cfg.write_text(json.dumps({"insecure-registries": ["10.254.0.0/16"]}))
+        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 3,
+                       "no such repository or tag")  # spoke HTTP to it
+        cfg.unlink()
+    finally:
+        plain.close()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=10.254.7.1", "-addext", "subjectAltName=IP:10.254.7.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    tls = Registry(tmp_path / "tls", auth=False, netns=ns, ip="10.254.7.1", tls=(cert, key))
+    try:
+        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 5, "TLS failed",
+                       "certificate verify failed")
+        cfg.write_text(json.dumps({"insecure-registries": [host]}))
+        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 3,
+                       "no such repository or tag")  # HTTPS, certificate not verified
+    finally:
+        tls.close()

@@ -25,6 +25,8 @@ from .credentials import Credentials
 from .reference import normalize_domain
 
 MAX_MANIFEST = 4 << 20
+_TLS_HINT = ("list it under insecure-registries in the root's config.json if it serves "
+             "plain HTTP or a certificate you trust anyway")
 _TIMEOUT = (10, 60)
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -69,6 +71,9 @@ def parse_challenge(header):
 
 
 def _reason(exc):
+    m = re.search(r"\[SSL(?:: [A-Z_]+)?\] ([^(\'\")]+)", str(exc))
+    if m:
+        return m.group(1).strip()
     m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
     if m:
         return m.group(1).strip()
@@ -150,8 +155,7 @@ class RegistryClient:
             return self.session.request(method, url, **kw)
         except requests.exceptions.SSLError as exc:
             raise UnavailableError(f"registry {self.domain}: TLS failed: {_reason(exc)}",
-                                   "list it under insecure-registries in the root's "
-                                   "config.json if it really serves plain HTTP") from None
+                                   _TLS_HINT) from None
         except requests.RequestException as exc:
             raise UnavailableError(f"registry {self.domain}: cannot connect: "
                                    f"{_reason(exc)}") from None
@@ -173,8 +177,7 @@ class RegistryClient:
                 if self.insecure:
                     continue
                 raise UnavailableError(f"registry {self.domain}: TLS failed: {_reason(exc)}",
-                                       "list it under insecure-registries in the root's "
-                                       "config.json if it really serves plain HTTP") from None
+                                       _TLS_HINT) from None
             except requests.RequestException as exc:
                 if self.insecure and scheme == "https":
                     continue

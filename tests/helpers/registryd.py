@@ -24,15 +24,20 @@ def free_port():
 
 
 class Registry:
-    def __init__(self, tmp, auth=True, token=None):
+    def __init__(self, tmp, auth=True, token=None, netns=None, ip="127.0.0.1", tls=None):
+        """netns: a conftest.Netns to serve in (then `ip` is an address of it, port 5000);
+        tls: (certificate path, key path) to serve HTTPS."""
         self.dir = Path(tmp)
         self.data = self.dir / "data"
         self.data.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.port = 5000 if netns else free_port()
+        self.host = f"{ip}:{self.port}"
+        self.netns = netns
         lines = ["version: 0.1", "log:", "  level: warn", "storage:", "  filesystem:",
                  f"    rootdirectory: {self.data}", "  delete:", "    enabled: true",
                  "http:", f"  addr: {self.host}"]
+        if tls:
+            lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
         if token:
             lines += ["auth:", "  token:", f"    realm: {token['realm']}",
                       f"    service: {token['service']}", f"    issuer: {token['issuer']}",
@@ -45,17 +50,26 @@ class Registry:
                       f"    path: {self.dir / 'htpasswd'}"]
         (self.dir / "config.yml").write_text("\n".join(lines) + "\n")
         self.log = open(self.dir / "registry.log", "wb")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.dir / "config.yml")],
-                                     stdout=self.log, stderr=subprocess.STDOUT,
+        argv = ["docker-registry", "serve", str(self.dir / "config.yml")]
+        if netns:
+            argv = ["nsenter", f"--net={netns.path}", *argv]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        scheme = "https" if tls else "http"
         deadline = time.monotonic() + 20
         while True:
-            try:
-                r = requests.get(f"http://{self.host}/v2/", timeout=2)
-                if r.status_code in (200, 401):
+            if netns:
+                code = netns.run("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
+                                 f"{scheme}://{self.host}/v2/", check=False).stdout
+                if code in ("200", "401"):
                     break
-            except requests.ConnectionError:
-                pass
+            else:
+                try:
+                    r = requests.get(f"{scheme}://{self.host}/v2/", timeout=2, verify=False)
+                    if r.status_code in (200, 401):
+                        break
+                except requests.ConnectionError:
+                    pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError(f"docker-registry did not start: "
