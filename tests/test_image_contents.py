@@ -65,6 +65,11 @@ def upper_root(root):
     (root / "usr/bin/.wh.pm-gone").write_bytes(b"")
     (root / LONG_DIR).mkdir(parents=True)
     (root / LONG_DIR / ("g" * 120)).write_text("pax long name\n")
+    (root / "var/log").mkdir(parents=True)
+    with open(root / "var/log/pm-sparse-pax", "wb") as f:  # PAX sparse 1.0 (--format=posix)
+        f.seek(SPARSE_AT)
+        f.write(b"pax-holes")
+        f.truncate(SPARSE_SIZE)
 
 
 def gnu_tar(src, out, fmt):
@@ -113,14 +118,16 @@ def check_in_container(cli, image):
     script = ("stat -c '%h %i' /usr/bin/pm-hard1 /usr/bin/pm-hard2; "
               f"dd if=/var/log/pm-sparse bs=1048576 skip={SPARSE_AT >> 20} count=1 2>/dev/null"
               " | head -c 9; echo; stat -c %s /var/log/pm-sparse; "
+              f"dd if=/var/log/pm-sparse-pax bs=1048576 skip={SPARSE_AT >> 20} count=1 "
+              "2>/dev/null | head -c 9; echo; "
               f"cat /{LONG_DIR}/{LONG_FILE} /{LONG_DIR}/{'g' * 120}; ls /etc/opq; "
               "test -e /usr/bin/pm-gone && echo gone-is-there; echo end")
     out = cli("run", "--rm", "--net", "none", image, "sh", "-c", script).stdout.splitlines()
     h1, h2 = out[0].split(), out[1].split()
     assert h1[0] == "2" and h1 == h2, out  # one inode, two names
-    assert out[2:4] == ["pm-sparse", str(SPARSE_SIZE)], out
-    assert out[4:6] == ["long name", "pax long name"], out
-    assert out[6:] == ["c", "end"], out  # opaque dir and file whiteout
+    assert out[2:5] == ["pm-sparse", str(SPARSE_SIZE), "pax-holes"], out
+    assert out[5:7] == ["long name", "pax long name"], out
+    assert out[7:] == ["c", "end"], out  # opaque dir and file whiteout
 
 
 @pytest.mark.parametrize("how", ["none", "gzip", "zstd"])
@@ -132,6 +139,8 @@ def test_debian_like_docker_save_loads_and_runs(cli, layers, tmp_path, how):
     proc = cli("load", "-i", arc)
     assert proc.stdout == "Loaded image: pm-debian:1\n" and proc.stderr == ""
     check_lower_on_host(layer_dir(cli, "pm-debian:1", 0))
+    st = os.stat(os.path.join(layer_dir(cli, "pm-debian:1", 1), "var/log/pm-sparse-pax"))
+    assert st.st_size == SPARSE_SIZE and st.st_blocks * 512 < (1 << 20)
     check_in_container(cli, "pm-debian:1")
 
 
