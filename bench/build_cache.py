@@ -66,12 +66,24 @@ class Ns:
         sh("ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up")
 
     def pi(self, root, *args, check=True):
-        r = subprocess.run(["nsenter", f"--net=/run/netns/{self.name}", PYINSPECT, "--root",
-                            str(root), *map(str, args)], capture_output=True, text=True,
-                           env=ENV, check=False)
+        r = subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.name}",
+                PYINSPECT,
+                "--root",
+                str(root),
+                *map(str, args),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            check=False,
+        )
         if check and r.returncode != 0:
-            raise SystemExit(f"build_cache: pyinspect {' '.join(map(str, args))}: "
-                             f"{r.stderr.strip()[-400:]}")
+            raise SystemExit(
+                f"build_cache: pyinspect {' '.join(map(str, args))}: {r.stderr.strip()[-400:]}"
+            )
         return r
 
     def remove(self):
@@ -114,14 +126,21 @@ def _tar_upper(upper):
 
 
 def _load(ns, root, work, layers, cfg, tag):
-    man = [{"Config": "config.json", "RepoTags": [tag],
-            "Layers": [f"{i}/layer.tar" for i in range(len(layers))]}]
+    man = [
+        {
+            "Config": "config.json",
+            "RepoTags": [tag],
+            "Layers": [f"{i}/layer.tar" for i in range(len(layers))],
+        }
+    ]
     arch = work / "img.tar"
     with tarfile.open(arch, "w") as tf:
+
         def add(name, data):
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
+
         add("config.json", json.dumps(cfg).encode())
         for i, data in enumerate(layers):
             add(f"{i}/layer.tar", data)
@@ -227,20 +246,27 @@ def main():
                     ns.pi(root, "rm", "-f", *ids, check=False)
         ns.remove()
         shutil.rmtree(base, ignore_errors=True)
-    res = {"rounds": args.n, "steps": 20,
-           "cold_build_s": statistics.median(cold), "by_hand_s": statistics.median(hand),
-           "cached_build_s": statistics.median(cached + cached_again),
-           "cold_over_by_hand": statistics.median(cold) / statistics.median(hand),
-           "cached_over_cold": statistics.median(cached + cached_again) / statistics.median(cold)}
+    res = {
+        "rounds": args.n,
+        "steps": 20,
+        "cold_build_s": statistics.median(cold),
+        "by_hand_s": statistics.median(hand),
+        "cached_build_s": statistics.median(cached + cached_again),
+        "cold_over_by_hand": statistics.median(cold) / statistics.median(hand),
+        "cached_over_cold": statistics.median(cached + cached_again) / statistics.median(cold),
+    }
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"20-step Dockerfile on busybox (10 RUN, 3 COPY, 6 config steps), {args.n} rounds, "
-          f"medians:")
+    print(
+        f"20-step Dockerfile on busybox (10 RUN, 3 COPY, 6 config steps), {args.n} rounds, medians:"
+    )
     print(f"  pyinspect build, cold (fresh root):      {res['cold_build_s']:.2f} s")
     print(f"  same steps by hand (run + commit/load):  {res['by_hand_s']:.2f} s")
-    print(f"  pyinspect build, fully cached:           {res['cached_build_s']:.3f} s "
-          f"(target < 1 s: {'met' if res['cached_build_s'] < 1 else 'NOT met'})")
+    print(
+        f"  pyinspect build, fully cached:           {res['cached_build_s']:.3f} s "
+        f"(target < 1 s: {'met' if res['cached_build_s'] < 1 else 'NOT met'})"
+    )
     print(f"  ratio cold build / by hand:              {res['cold_over_by_hand']:.2f}")
     print(f"  ratio cached / cold build:               {res['cached_over_cold']:.3f}")
     return 0

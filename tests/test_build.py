@@ -139,11 +139,15 @@ def test_nginx_style_build_runs_behind_publish_and_caches(env):
     assert "GREETING=hello from pyinspect build" in cfg["Env"]
     # one layer per filesystem step: base + RUN + WORKDIR(exists: none) + 2 COPY
     busybox = image_json(cli, "busybox")
-    new = im["RootFS"]["Layers"][len(busybox["RootFS"]["Layers"]):]
+    new = im["RootFS"]["Layers"][len(busybox["RootFS"]["Layers"]) :]
     assert len(new) == 3, new
-    assert layer_members(root, new[1]) == ["usr", "usr/share", "usr/share/nginx",
-                                           "usr/share/nginx/html",
-                                           "usr/share/nginx/html/index.html"]
+    assert layer_members(root, new[1]) == [
+        "usr",
+        "usr/share",
+        "usr/share/nginx",
+        "usr/share/nginx/html",
+        "usr/share/nginx/html/index.html",
+    ]
     # the RUN deleted a file of the base image: an OCI whiteout, and absent when run
     assert "var/www/.wh.index.html" in layer_members(root, new[0])
     ls = cli("run", "--rm", "--net", "none", "my-nginx:busybox", "ls", "-a", "/var/www")
@@ -195,20 +199,35 @@ def test_saved_build_is_read_by_skopeo(env):
     cli("build", "-q", "-t", "pib-skopeo:1", ctx)
     out = base / "saved.tar"
     cli("save", "-o", out, "pib-skopeo:1")
-    r = subprocess.run(["skopeo", "inspect", f"docker-archive:{out}"], capture_output=True,
-                       text=True, timeout=60, check=False)
+    r = subprocess.run(
+        ["skopeo", "inspect", f"docker-archive:{out}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     im = image_json(cli, "pib-skopeo:1")
     assert got["Layers"] == im["RootFS"]["Layers"]
     assert "GREETING=hello from pyinspect build" in got["Env"]
-    r = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{out}"],
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        ["skopeo", "inspect", "--config", f"docker-archive:{out}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["config"]["ExposedPorts"] == {"80/tcp": {}}
     # skopeo copy reads every blob and checks its digest against the manifest
-    r = subprocess.run(["skopeo", "copy", f"docker-archive:{out}", f"oci:{base / 'oci'}:x"],
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        ["skopeo", "copy", f"docker-archive:{out}", f"oci:{base / 'oci'}:x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -254,8 +273,9 @@ def test_multi_stage_build_keeps_only_the_binary(env, compiler):
     assert kinds["COPY --from=builder /out/hello /hello"] == "built"
     assert cli("run", "--rm", "--net", "none", "pib-hello:1").stdout == "hello again\n"
     # the broken stage, asked for, fails on its line
-    one_line_error(cli("build", "--target", "broken", ctx, check=False), "line 7",
-                   "non-zero code: 1")
+    one_line_error(
+        cli("build", "--target", "broken", ctx, check=False), "line 7", "non-zero code: 1"
+    )
     assert leftovers(root) == []
 
 
@@ -265,27 +285,43 @@ def test_dockerignore_and_globs(env):
     (ctx / "secret").mkdir(parents=True)
     (ctx / "src" / "deep").mkdir(parents=True)
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY . /ctx/\nCOPY src/*.txt /txt/\n")
-    (ctx / ".dockerignore").write_text("# comment\n*.log\nsecret\n!secret/keep.me\n"
-                                       "**/*.tmp\n")
-    for rel in ("a.txt", "b.log", "secret/key", "secret/keep.me", "src/one.txt",
-                "src/two.md", "src/deep/x.tmp", "src/deep/y.txt"):
+    (ctx / ".dockerignore").write_text("# comment\n*.log\nsecret\n!secret/keep.me\n**/*.tmp\n")
+    for rel in (
+        "a.txt",
+        "b.log",
+        "secret/key",
+        "secret/keep.me",
+        "src/one.txt",
+        "src/two.md",
+        "src/deep/x.tmp",
+        "src/deep/y.txt",
+    ):
         (ctx / rel).write_text(rel)
     cli("build", "-t", "pib-ignore:1", ctx)
     layers = image_json(cli, "pib-ignore:1")["RootFS"]["Layers"]
     copied = set(layer_members(root, layers[-2], files_only=True))
-    assert copied == {"ctx/a.txt", "ctx/Dockerfile", "ctx/.dockerignore",
-                      "ctx/secret/keep.me", "ctx/src/one.txt", "ctx/src/two.md",
-                      "ctx/src/deep/y.txt"}, copied
+    assert copied == {
+        "ctx/a.txt",
+        "ctx/Dockerfile",
+        "ctx/.dockerignore",
+        "ctx/secret/keep.me",
+        "ctx/src/one.txt",
+        "ctx/src/two.md",
+        "ctx/src/deep/y.txt",
+    }, copied
     assert set(layer_members(root, layers[-1])) == {"txt", "txt/one.txt"}
     # an ignored file changes: still CACHED (it is not part of the context)
     (ctx / "b.log").write_text("changed")
     kinds = steps_of(cli("build", ctx).stdout)
     assert all(k == "CACHED" for _, k in kinds[1:]), kinds
-    one_line_error(cli("build", "-f", str(ctx / "Dockerfile.x"), ctx, check=False),
-                   "Dockerfile.x")
+    one_line_error(cli("build", "-f", str(ctx / "Dockerfile.x"), ctx, check=False), "Dockerfile.x")
     (ctx / "Dockerfile.x").write_text("FROM busybox\nCOPY b.log /\n")
-    one_line_error(cli("build", "-f", str(ctx / "Dockerfile.x"), ctx, check=False),
-                   "line 2", "b.log", ".dockerignore")
+    one_line_error(
+        cli("build", "-f", str(ctx / "Dockerfile.x"), ctx, check=False),
+        "line 2",
+        "b.log",
+        ".dockerignore",
+    )
 
 
 def test_instructions_and_combination_rules(env):
@@ -298,6 +334,7 @@ def test_instructions_and_combination_rules(env):
         payload = b"from the archive\n"
         ti.size = len(payload)
         import io
+
         tf.addfile(ti, io.BytesIO(payload))
     (ctx / "Dockerfile").write_text("""\
 # escape=`
@@ -339,14 +376,34 @@ ENTRYPOINT ["/bin/echo", "reset:"]
     assert not any(e.startswith("WHO=") for e in cfg["Env"])  # ARGs are not kept
     r = cli("run", "--rm", "--net", "none", "pib-instr:1")
     assert r.stdout == "default args\n"
-    r = cli("run", "--rm", "--net", "none", "--entrypoint", "cat", "pib-instr:1",
-            "/who.txt", "/unpacked/inner/file.txt")
+    r = cli(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--entrypoint",
+        "cat",
+        "pib-instr:1",
+        "/who.txt",
+        "/unpacked/inner/file.txt",
+    )
     assert r.stdout == "who=pyinspect base=busybox\nfrom the archive\n"
-    r = cli("run", "--rm", "--net", "none", "--entrypoint", "stat", "pib-instr:1",
-            "-c", "%u:%g %a", "/owned")
+    r = cli(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--entrypoint",
+        "stat",
+        "pib-instr:1",
+        "-c",
+        "%u:%g %a",
+        "/owned",
+    )
     assert r.stdout == "33:33 600\n"
-    r = cli("run", "--rm", "--net", "none", "--entrypoint", "cat", "pib-instr:1",
-            "/from-image/group")
+    r = cli(
+        "run", "--rm", "--net", "none", "--entrypoint", "cat", "pib-instr:1", "/from-image/group"
+    )
     assert r.stdout.startswith("root:x:0:")
     # USER www-data: the RUN (exec form) ran as the image's passwd says
     r = cli("run", "--rm", "--net", "none", "--entrypoint", "cat", "pib-instr:1", "/tmp/uid")
@@ -356,8 +413,20 @@ ENTRYPOINT ["/bin/echo", "reset:"]
     cfg = image_json(cli, "pib-instr:reset")["Config"]
     assert cfg["Entrypoint"] == ["/bin/echo", "reset:"] and not cfg.get("Cmd")
     # a build arg changes RUN's cache key
-    kinds = dict(steps_of(cli("build", "--build-arg", "WHO=pyinspect", "--build-arg",
-                              "ONLYRUN=y", "--target", "base", ctx).stdout))
+    kinds = dict(
+        steps_of(
+            cli(
+                "build",
+                "--build-arg",
+                "WHO=pyinspect",
+                "--build-arg",
+                "ONLYRUN=y",
+                "--target",
+                "base",
+                ctx,
+            ).stdout
+        )
+    )
     assert kinds['RUN echo "who=$WHO base=$BASE" > /who.txt'] == "built"
     assert kinds['SHELL ["/bin/sh", "-ec"]'] == "CACHED"
 
@@ -370,33 +439,55 @@ BAD = [
     ("symlink-out", "FROM busybox\nCOPY link /x\n", [], ["line 2", "outside"]),
     ("missing-source", "FROM busybox\nCOPY nosuch.txt /x\n", [], ["line 2", "nosuch.txt"]),
     ("missing-stage", "FROM busybox\nCOPY --from=nosuch /a /b\n", [], ["line 2", "nosuch"]),
-    ("missing-in-stage", "FROM busybox AS a\nFROM busybox\nCOPY --from=a /pib-nosuch /x\n", [],
-     ["line 3", "/pib-nosuch", "no such file"]),
+    (
+        "missing-in-stage",
+        "FROM busybox AS a\nFROM busybox\nCOPY --from=a /pib-nosuch /x\n",
+        [],
+        ["line 3", "/pib-nosuch", "no such file"],
+    ),
     ("missing-image", "FROM pib-nosuch:1\n", [], ["line 1", "pib-nosuch:1"]),
-    ("failing-run", "FROM busybox\nRUN echo half > /half && exit 7\n", [],
-     ["line 2", "non-zero code: 7"]),
+    (
+        "failing-run",
+        "FROM busybox\nRUN echo half > /half && exit 7\n",
+        [],
+        ["line 2", "non-zero code: 7"],
+    ),
     ("missing-command", "FROM busybox\nRUN pib-nosuch-cmd\n", [], ["line 2", "127"]),
     ("bad-target", "FROM busybox AS one\n", ["--target", "two"], ["--target", "two"]),
     ("platform", "FROM --platform=linux/arm64 busybox\n", [], ["line 1", "--platform"]),
     ("heredoc", "FROM busybox\nRUN <<EOF\ntrue\nEOF\n", [], ["line 2", "heredoc"]),
-    ("run-mount", "FROM busybox\nRUN --mount=type=cache,target=/c true\n", [],
-     ["line 2", "--mount"]),
+    (
+        "run-mount",
+        "FROM busybox\nRUN --mount=type=cache,target=/c true\n",
+        [],
+        ["line 2", "--mount"],
+    ),
     ("remote-url", "FROM busybox\nADD http://127.0.0.1/x /x\n", [], ["line 2", "remote"]),
-    ("later-stage", "FROM busybox AS one\nCOPY --from=two /a /b\nFROM busybox AS two\n",
-     ["--target", "one"],
-     ["line 2", "two"]),
+    (
+        "later-stage",
+        "FROM busybox AS one\nCOPY --from=two /a /b\nFROM busybox AS two\n",
+        ["--target", "one"],
+        ["line 2", "two"],
+    ),
     ("bad-port", "FROM busybox\nEXPOSE http\n", [], ["line 2", "http"]),
     ("bad-tag", "FROM busybox\n", ["-t", "Bad:Tag!"], ["Bad:Tag!"]),
     ("bad-build-arg", "FROM busybox\n", ["--build-arg", "=x"], ["=x"]),
-    ("chown-unknown", "FROM busybox\nCOPY f /f\nCOPY --chown=pib-nobody f /g\n", [],
-     ["line 3", "pib-nobody"]),
+    (
+        "chown-unknown",
+        "FROM busybox\nCOPY f /f\nCOPY --chown=pib-nobody f /g\n",
+        [],
+        ["line 3", "pib-nobody"],
+    ),
     ("many-to-file", "FROM busybox\nCOPY f f /x\n", [], ["line 2", "end with a /"]),
-    ("unknown-user", "FROM busybox\nUSER pib-nobody\nRUN true\n", [],
-     ["line 3", "pib-nobody"]),
-    ("exec-not-found", "FROM busybox\nRUN [\"/pib-nosuch\"]\n", [], ["line 2", "pib-nosuch"]),
+    ("unknown-user", "FROM busybox\nUSER pib-nobody\nRUN true\n", [], ["line 3", "pib-nobody"]),
+    ("exec-not-found", 'FROM busybox\nRUN ["/pib-nosuch"]\n', [], ["line 2", "pib-nosuch"]),
     ("huge-dockerfile", "FROM busybox\n" + "#" * (4 << 20) + "\n", [], ["larger than 4 MB"]),
-    ("bad-substitution", "FROM busybox\nENV A=${B:?B_is_required}\n", [],
-     ["line 2", "B_is_required"]),
+    (
+        "bad-substitution",
+        "FROM busybox\nENV A=${B:?B_is_required}\n",
+        [],
+        ["line 2", "B_is_required"],
+    ),
 ]
 
 
@@ -428,8 +519,12 @@ def test_quiet_plain_output_and_sigterm_cleanup(env):
     assert "\x1b" not in plain and "visible-output" in plain and "Step 2/2 : " in plain
     # SIGTERM during a RUN: the container, its cgroup and the scratch files go
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started && sleep 60\n")
-    p = subprocess.Popen(cli.argv("build", "--no-cache", ctx), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cli.argv("build", "--no-cache", ctx),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in p.stdout:
             if line.strip() == "started":
@@ -445,8 +540,12 @@ def test_quiet_plain_output_and_sigterm_cleanup(env):
     assert cli("ps", "-aq").stdout.split() == []
     assert leftovers(root) == []
     # SIGKILL leaves the RUN container and the scratch dir: the next build removes them
-    p = subprocess.Popen(cli.argv("build", "--no-cache", ctx), stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        cli.argv("build", "--no-cache", ctx),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in p.stdout:
             if line.strip() == "started":
@@ -473,9 +572,11 @@ def test_terminal_output_and_cache_after_rmi(env):
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nENV X=1\nRUN echo pty-out > /f\n")
     import pty
+
     master, slave = pty.openpty()
-    p = subprocess.Popen(cli.argv("build", "-t", "pib-tty:1", ctx), stdout=slave,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        cli.argv("build", "-t", "pib-tty:1", ctx), stdout=slave, stderr=subprocess.PIPE
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -493,5 +594,5 @@ def test_terminal_output_and_cache_after_rmi(env):
     assert "pty-out" not in out.split("Step 3/3")[0]
     cli("rmi", "pib-tty:1")
     kinds = dict(steps_of(cli("build", ctx).stdout))
-    assert kinds["ENV X=1"] == "CACHED"                # its config needs busybox's layer only
-    assert kinds["RUN echo pty-out > /f"] == "built"   # its layer went with the image
+    assert kinds["ENV X=1"] == "CACHED"  # its config needs busybox's layer only
+    assert kinds["RUN echo pty-out > /f"] == "built"  # its layer went with the image

@@ -16,12 +16,25 @@ from pyinspect.runtime.build.dockerfile import DockerfileError, expand
 from pyinspect.runtime.build.patterns import IgnoreRules, to_regex
 
 
-@pytest.mark.parametrize("word,want", [
-    ("$A", "1"), ("${A}x", "1x"), ("'$A'", "$A"), ('"$A b"', "1 b"), ("\\$A", "$A"),
-    ("${NOPE:-dflt}", "dflt"), ("${E:-dflt}", "dflt"), ("${E-dflt}", ""),
-    ("${A:+set}", "set"), ("${NOPE:+set}", ""), ("${A:-${B}}", "1"), ("a\\ b", "a b"),
-    ("$", "$"), ("${NOPE}", ""),
-])
+@pytest.mark.parametrize(
+    "word,want",
+    [
+        ("$A", "1"),
+        ("${A}x", "1x"),
+        ("'$A'", "$A"),
+        ('"$A b"', "1 b"),
+        ("\\$A", "$A"),
+        ("${NOPE:-dflt}", "dflt"),
+        ("${E:-dflt}", "dflt"),
+        ("${E-dflt}", ""),
+        ("${A:+set}", "set"),
+        ("${NOPE:+set}", ""),
+        ("${A:-${B}}", "1"),
+        ("a\\ b", "a b"),
+        ("$", "$"),
+        ("${NOPE}", ""),
+    ],
+)
 def test_expand_like_docker(word, want):
     assert expand(word, {"A": "1", "B": "2", "E": ""}) == want
 
@@ -42,12 +55,22 @@ def test_escape_directive():
     assert dockerfile.escape_char("FROM x\n# escape=`\n") == "\\"
 
 
-@pytest.mark.parametrize("pattern,path,hit", [
-    ("*.txt", "a.txt", True), ("*.txt", "d/a.txt", False), ("**/*.txt", "d/e/a.txt", True),
-    ("**/*.txt", "a.txt", True), ("d/?.c", "d/x.c", True), ("d/?.c", "d/xy.c", False),
-    ("[ab].c", "b.c", True), ("[^ab].c", "b.c", False), ("d/**", "d/x/y", True),
-    ("a\\*b", "a*b", True), ("a\\*b", "axb", False),
-])
+@pytest.mark.parametrize(
+    "pattern,path,hit",
+    [
+        ("*.txt", "a.txt", True),
+        ("*.txt", "d/a.txt", False),
+        ("**/*.txt", "d/e/a.txt", True),
+        ("**/*.txt", "a.txt", True),
+        ("d/?.c", "d/x.c", True),
+        ("d/?.c", "d/xy.c", False),
+        ("[ab].c", "b.c", True),
+        ("[^ab].c", "b.c", False),
+        ("d/**", "d/x/y", True),
+        ("a\\*b", "a*b", True),
+        ("a\\*b", "axb", False),
+    ],
+)
 def test_patterns_follow_go_match(pattern, path, hit):
     assert bool(to_regex(pattern).match(path)) is hit
 
@@ -67,9 +90,12 @@ def test_parser_refusals_name_lines():
     text = "FROM busybox\n\n# comment\nRUN a \\\n  b\nCOPY --parents a /b\n"
     with pytest.raises(DockerfileError, match="line 6.*--parents.*BuildKit"):
         dockerfile.parse(text)
-    ins = dockerfile.parse("FROM busybox\nRUN a \\\n  b\nCMD [\"x\"]\n")
-    assert [(i.cmd, i.line, i.json) for i in ins] == [("FROM", 1, False), ("RUN", 2, False),
-                                                      ("CMD", 4, True)]
+    ins = dockerfile.parse('FROM busybox\nRUN a \\\n  b\nCMD ["x"]\n')
+    assert [(i.cmd, i.line, i.json) for i in ins] == [
+        ("FROM", 1, False),
+        ("RUN", 2, False),
+        ("CMD", 4, True),
+    ]
     with pytest.raises(DockerfileError, match="line 2.*ONBUILD"):
         dockerfile.parse("FROM busybox\nONBUILD RUN x\n")
     with pytest.raises(DockerfileError, match="line 2.*source and a destination"):
@@ -79,8 +105,10 @@ def test_parser_refusals_name_lines():
 
 
 def test_planner_global_args_and_needed_stages():
-    ins = dockerfile.parse("ARG V=1\nFROM busybox:${V} AS a\nFROM a AS b\nRUN x\n"
-                           "FROM busybox AS c\nCOPY --from=a /x /y\nFROM busybox\n")
+    ins = dockerfile.parse(
+        "ARG V=1\nFROM busybox:${V} AS a\nFROM a AS b\nRUN x\n"
+        "FROM busybox AS c\nCOPY --from=a /x /y\nFROM busybox\n"
+    )
     p = planner.plan(ins, {"V": "2"}, target="c")
     assert [s.name for s in p.needed] == ["a", "c"]
     assert p.stages[0].base == "busybox:2"
@@ -112,11 +140,13 @@ def test_layer_diff_of_a_real_overlay_upper(tmp_path):
     upper, work, mnt = tmp_path / "upper", tmp_path / "work", tmp_path / "mnt"
     for d in (upper, work, mnt):
         d.mkdir()
-    script = (f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} "
-              f"{mnt} && cd {mnt} && rm keep/b && rm -r gone && rm -r opaque && "
-              f"mkdir -p opaque/new && echo n > opaque/new/f && echo c > keep/a && "
-              f"ln keep/a keep/hard && mkdir -p etc && echo h > etc/hostname && "
-              f"cat same/s >/dev/null")
+    script = (
+        f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} "
+        f"{mnt} && cd {mnt} && rm keep/b && rm -r gone && rm -r opaque && "
+        f"mkdir -p opaque/new && echo n > opaque/new/f && echo c > keep/a && "
+        f"ln keep/a keep/hard && mkdir -p etc && echo h > etc/hostname && "
+        f"cat same/s >/dev/null"
+    )
     subprocess.run(["unshare", "-m", "sh", "-c", script], check=True)
     out = tmp_path / "layer.tar"
     n = layerdiff.write_layer(upper, [lower], out)
@@ -129,6 +159,7 @@ def test_layer_diff_of_a_real_overlay_upper(tmp_path):
     assert n == len(members)
     # the store's own extractor turns it back into overlay whiteouts
     from pyinspect.runtime.archive import extract_layer
+
     back = tmp_path / "back"
     back.mkdir()
     extract_layer(out, back)

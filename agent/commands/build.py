@@ -7,9 +7,10 @@ import time
 import click
 
 from ..errors import PyinspectError
+from ..runtime.build import Progress
 
 
-class _Printer:
+class _Printer(Progress):
     """Step lines and RUN output; bold step headers on a terminal, plain text otherwise.
     Quiet: nothing until the end (RUN output is kept to show if the build fails)."""
 
@@ -25,8 +26,9 @@ class _Printer:
 
     def step(self, n, total, text):
         text = text.replace("\n", " ")
-        self._line(f"\x1b[1mStep {n}/{total} : {text}\x1b[0m" if self.tty
-                   else f"Step {n}/{total} : {text}")
+        self._line(
+            f"\x1b[1mStep {n}/{total} : {text}\x1b[0m" if self.tty else f"Step {n}/{total} : {text}"
+        )
 
     def cached(self, state_id):
         self._line(" ---> CACHED")
@@ -50,13 +52,24 @@ class _Printer:
 
 @click.command()
 @click.argument("context", type=click.Path(file_okay=False))
-@click.option("-t", "--tag", "tags", multiple=True, metavar="NAME[:TAG]",
-              help="Name the image (repeatable).")
-@click.option("-f", "--file", "dockerfile", metavar="PATH",
-              help="The Dockerfile (default CONTEXT/Dockerfile).")
+@click.option(
+    "-t", "--tag", "tags", multiple=True, metavar="NAME[:TAG]", help="Name the image (repeatable)."
+)
+@click.option(
+    "-f",
+    "--file",
+    "dockerfile",
+    metavar="PATH",
+    help="The Dockerfile (default CONTEXT/Dockerfile).",
+)
 @click.option("--target", metavar="STAGE", help="Build this stage and what it needs only.")
-@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE",
-              help="Set an ARG (repeatable; KEY alone takes it from the environment).")
+@click.option(
+    "--build-arg",
+    "build_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set an ARG (repeatable; KEY alone takes it from the environment).",
+)
 @click.option("--no-cache", is_flag=True, help="Run every step; do not reuse cached steps.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
 @click.pass_obj
@@ -75,6 +88,7 @@ def build(obj, context, tags, dockerfile, target, build_args, no_cache, quiet):
     """
     from ..runtime.build import BuildOptions, Interrupted
     from ..runtime.build import build as run_build
+
     printer = _Printer(quiet, sys.stdout.isatty())
 
     def on_term(signum, frame):
@@ -82,9 +96,18 @@ def build(obj, context, tags, dockerfile, target, build_args, no_cache, quiet):
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        result = run_build(obj["root"], BuildOptions(
-            context=context, dockerfile=dockerfile, tags=list(tags), target=target,
-            build_args=list(build_args), no_cache=no_cache), printer)
+        result = run_build(
+            obj["root"],
+            BuildOptions(
+                context=context,
+                dockerfile=dockerfile,
+                tags=list(tags),
+                target=target,
+                build_args=list(build_args),
+                no_cache=no_cache,
+            ),
+            printer,
+        )
     except PyinspectError:
         if quiet and printer.kept:
             sys.stderr.buffer.write(b"".join(printer.kept))

@@ -29,10 +29,10 @@ class BuildOptions:
     """What `pyinspect build` was asked for."""
 
     context: str
-    dockerfile: str = None          # path; default <context>/Dockerfile
+    dockerfile: str | None = None  # path; default <context>/Dockerfile
     tags: list = field(default_factory=list)
-    target: str = None
-    build_args: list = field(default_factory=list)   # ["K=V", ...]
+    target: str | None = None
+    build_args: list = field(default_factory=list)  # ["K=V", ...]
     no_cache: bool = False
 
 
@@ -75,10 +75,10 @@ class Interrupted(PyinspectError):
 
 @dataclass
 class _StageRun:
-    index: int                       # the stage's index in the Dockerfile
+    index: int  # the stage's index in the Dockerfile
     state: ImageState
-    args: dict                       # ARG values in scope (None: declared, no value)
-    cmd_set: bool = False            # a CMD came in this stage (ENTRYPOINT keeps it)
+    args: dict  # ARG values in scope (None: declared, no value)
+    cmd_set: bool = False  # a CMD came in this stage (ENTRYPOINT keeps it)
 
 
 def _read_dockerfile(opts):
@@ -103,6 +103,7 @@ def _read_dockerfile(opts):
 class Builder:
     def __init__(self, root, opts, progress=None):
         from pyinspect.runtime.images import ImageStore, parse_reference
+
         self.root = os.fspath(root)
         self.opts = opts
         self.progress = progress or Progress()
@@ -127,7 +128,7 @@ class Builder:
         steps.sweep_containers(self.root)
         self.scratch = steps.Scratch(self.root)
         try:
-            finals = {}
+            finals: dict[int, ImageState] = {}
             for stage in self.plan.needed:
                 finals[stage.index] = self._stage(stage, finals)
             final = finals[self.plan.target.index]
@@ -152,9 +153,10 @@ class Builder:
         try:
             image = self.store.resolve(ref)
         except NotFoundError:
-            raise ins.error(f"{ref}: no such image",
-                            "pyinspect images lists them; pyinspect load -i FILE imports "
-                            "one") from None
+            raise ins.error(
+                f"{ref}: no such image",
+                "pyinspect images lists them; pyinspect load -i FILE imports one",
+            ) from None
         except UsageError as exc:
             raise ins.error(exc.message) from None
         with open(os.path.join(self.store.configs, f"{image.id[7:]}.json"), "rb") as f:
@@ -200,15 +202,19 @@ class Builder:
                 else:
                     value = default
                 st.args[name] = value
-            self._cached_or(st, ins, ["ARG", sorted(st.args.items(), key=str)],
-                            lambda: st.state)
+            self._cached_or(st, ins, ["ARG", sorted(st.args.items(), key=str)], lambda: st.state)
             return
         if cmd == "RUN":
             argv = list(ins.args) if ins.json else st.state.shell() + [ins.args[0]]
-            run_env = {k: v for k, v in st.args.items()
-                       if v is not None and k not in st.state.env()}
-            self._cached_or(st, ins, ["RUN", argv, sorted(run_env.items())],
-                            lambda: self._run(st, ins, argv, run_env))
+            run_env = {
+                k: v for k, v in st.args.items() if v is not None and k not in st.state.env()
+            }
+            self._cached_or(
+                st,
+                ins,
+                ["RUN", argv, sorted(run_env.items())],
+                lambda: self._run(st, ins, argv, run_env),
+            )
             return
         if cmd in ("COPY", "ADD"):
             self._copy(st, ins, x, finals)
@@ -255,6 +261,7 @@ class Builder:
         elif cmd == "STOPSIGNAL":
             sig = x(ins.args[0])
             from pyinspect.runtime.containers import parse_signal
+
             parse_signal(sig)
             settings["StopSignal"] = sig
             by = f"STOPSIGNAL {sig}"
@@ -280,21 +287,32 @@ class Builder:
                 path = os.path.join(settings.get("WorkingDir") or "/", path)
             path = os.path.normpath(path)
             settings["WorkingDir"] = path
-            self._cached_or(st, ins, ["WORKDIR", path], lambda: st.state.derive(
-                f"WORKDIR {path}", settings,
-                steps.workdir(self.store, self.scratch, st.state.layer_dirs(self.store), path)))
+            self._cached_or(
+                st,
+                ins,
+                ["WORKDIR", path],
+                lambda: st.state.derive(
+                    f"WORKDIR {path}",
+                    settings,
+                    steps.workdir(self.store, self.scratch, st.state.layer_dirs(self.store), path),
+                ),
+            )
             return
         else:  # pragma: no cover - the parser refuses the rest
             raise ins.error("not supported")
         if cmd == "MAINTAINER":
+
             def make():
                 s = st.state.derive(by, settings)
                 s.config["author"] = x(ins.args[0])
                 import json
+
                 return ImageState.from_bytes(json.dumps(s.config).encode())
         else:
+
             def make():
                 return st.state.derive(f"/bin/sh -c #(nop) {by}", settings)
+
         self._cached_or(st, ins, [cmd, settings], make)
 
     def _cached_or(self, st, ins, parts, make):
@@ -311,12 +329,15 @@ class Builder:
 
     # ---- RUN and COPY/ADD ---------------------------------------------------------------
     def _run(self, st, ins, argv, run_env):
-        code, diff_id = steps.run(self.root, self.store, self.scratch, st.state, argv, run_env,
-                                  self.progress.output)
+        code, diff_id = steps.run(
+            self.root, self.store, self.scratch, st.state, argv, run_env, self.progress.output
+        )
         if code != 0:
             shown = " ".join(argv) if len(" ".join(argv)) < 200 else " ".join(argv)[:197] + "..."
-            raise StepFailed(f"Dockerfile line {ins.line}: RUN: the command '{shown}' "
-                             f"returned a non-zero code: {code}")
+            raise StepFailed(
+                f"Dockerfile line {ins.line}: RUN: the command '{shown}' "
+                f"returned a non-zero code: {code}"
+            )
         return st.state.derive(" ".join(argv), diff_id=diff_id)
 
     def _copy(self, st, ins, x, finals):
@@ -327,8 +348,10 @@ class Builder:
             raise ins.error("empty destination")
         for s in srcs:
             if _REMOTE.match(s):
-                raise ins.error(f"{s}: remote URLs are not supported by pyinspect build "
-                                f"(no network here)", "download it into the context first")
+                raise ins.error(
+                    f"{s}: remote URLs are not supported by pyinspect build (no network here)",
+                    "download it into the context first",
+                )
         wd = st.state.settings.get("WorkingDir") or "/"
         dest = dest_raw if dest_raw.startswith("/") else os.path.join(wd, dest_raw)
         if dest_raw.endswith(("/", "/.")) or dest_raw in (".", "./"):
@@ -352,20 +375,31 @@ class Builder:
                 try:
                     src_state = self._image_state(ref, ins)
                 except dockerfile.DockerfileError:
-                    raise ins.error(f"--from={ref}: no stage or image of that name",
-                                    "stages: " + (", ".join(s.name or str(s.index) for s in
-                                                            self.plan.stages) or "none")
-                                    ) from None
+                    raise ins.error(
+                        f"--from={ref}: no stage or image of that name",
+                        "stages: "
+                        + (", ".join(s.name or str(s.index) for s in self.plan.stages) or "none"),
+                    ) from None
             parts = [cmd, srcs, dest, chown, chmod, src_state.id]
 
             def make():
-                diff_id = steps.copy(self.store, self.scratch, lower, dest,
-                                     from_dirs=src_state.layer_dirs(self.store), patterns=srcs,
-                                     chown=chown, chmod=chmod, unpack=unpack)
-                return st.state.derive(f"{cmd} --from={ref} {' '.join(srcs)} {dest}",
-                                       diff_id=diff_id)
+                diff_id = steps.copy(
+                    self.store,
+                    self.scratch,
+                    lower,
+                    dest,
+                    from_dirs=src_state.layer_dirs(self.store),
+                    patterns=srcs,
+                    chown=chown,
+                    chmod=chmod,
+                    unpack=unpack,
+                )
+                return st.state.derive(
+                    f"{cmd} --from={ref} {' '.join(srcs)} {dest}", diff_id=diff_id
+                )
         else:
             from . import copier
+
             try:
                 sources = copier.resolve(self.context, srcs, self.ignore)
             except UsageError as exc:
@@ -374,10 +408,21 @@ class Builder:
             parts = [cmd, srcs, dest, chown, chmod, digest]
 
             def make():
-                diff_id = steps.copy(self.store, self.scratch, lower, dest, sources=sources,
-                                     ignore=self.ignore, chown=chown, chmod=chmod, unpack=unpack)
-                return st.state.derive(f"{cmd} {' '.join(srcs)} {dest} # {digest[:12]}",
-                                       diff_id=diff_id)
+                diff_id = steps.copy(
+                    self.store,
+                    self.scratch,
+                    lower,
+                    dest,
+                    sources=sources,
+                    ignore=self.ignore,
+                    chown=chown,
+                    chmod=chmod,
+                    unpack=unpack,
+                )
+                return st.state.derive(
+                    f"{cmd} {' '.join(srcs)} {dest} # {digest[:12]}", diff_id=diff_id
+                )
+
         self._cached_or(st, ins, parts, make)
 
 

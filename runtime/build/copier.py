@@ -18,6 +18,7 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyinspect.errors import UsageError
@@ -31,8 +32,8 @@ _ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 class Source:
     """One resolved source: its path under the root and whether it is a directory."""
 
-    rel: str          # '/'-separated, relative to the root ('' is the root itself)
-    path: str         # the path to read
+    rel: str  # '/'-separated, relative to the root ('' is the root itself)
+    path: str  # the path to read
     is_dir: bool
 
 
@@ -40,8 +41,9 @@ def _outside(msg):
     return UsageError(msg)
 
 
-def resolve(root: str, patterns: list, ignore: IgnoreRules | None = None,
-            in_context: bool = True) -> list[Source]:
+def resolve(
+    root: str, patterns: Sequence[str], ignore: IgnoreRules | None = None, in_context: bool = True
+) -> list[Source]:
     """The Sources the patterns name under `root`; UsageError for a missing source or
     (in the context) one outside it."""
     root = os.path.realpath(root)
@@ -71,16 +73,21 @@ def resolve(root: str, patterns: list, ignore: IgnoreRules | None = None,
         for r in rels:
             path = os.path.join(root, r) if r else root
             if ignore and r and ignore.excluded(r):
-                raise UsageError(f"{pattern}: no such file or directory in the build context "
-                                 f"(.dockerignore excludes it)")
+                raise UsageError(
+                    f"{pattern}: no such file or directory in the build context "
+                    f"(.dockerignore excludes it)"
+                )
             if not os.path.lexists(path):
                 where = "the build context" if in_context else "the source image"
                 raise UsageError(f"{pattern}: no such file or directory in {where}")
             real = os.path.realpath(path)
             if in_context and real != root and not real.startswith(root + os.sep):
                 raise _outside(f"{pattern}: outside the build context (a symlink leads out)")
-            out.append(Source(rel=r, path=real if os.path.isdir(real) else path,
-                              is_dir=os.path.isdir(real)))
+            out.append(
+                Source(
+                    rel=r, path=real if os.path.isdir(real) else path, is_dir=os.path.isdir(real)
+                )
+            )
     return out
 
 
@@ -92,8 +99,9 @@ def _walk(src, ignore):
         dirs.sort()
         keep = []
         for name in dirs:
-            rel_ctx = os.path.normpath(os.path.join(src.rel, os.path.relpath(
-                os.path.join(top, name), base)))
+            rel_ctx = os.path.normpath(
+                os.path.join(src.rel, os.path.relpath(os.path.join(top, name), base))
+            )
             if ignore and ignore.excluded(rel_ctx) and not ignore.has_exceptions:
                 continue
             keep.append(name)
@@ -133,19 +141,20 @@ def _entries(sources, ignore, unpack):
                 yield f"d/{inner}", p
         else:
             base = os.path.basename(src.rel) or os.path.basename(src.path)
-            kind = "x" if unpack and not os.path.islink(src.path) and is_archive(src.path) \
-                else "f"
+            kind = "x" if unpack and not os.path.islink(src.path) and is_archive(src.path) else "f"
             yield f"{kind}/{base}", src.path
 
 
-def digest(sources: list[Source], ignore: IgnoreRules | None = None,
-           unpack: bool = False) -> str:
+def digest(sources: list[Source], ignore: IgnoreRules | None = None, unpack: bool = False) -> str:
     """sha256 over the sources' names, types, modes, link targets and contents."""
     h = hashlib.sha256()
     for name, p in _entries(sources, ignore, unpack):
         st = os.lstat(p)
-        h.update(f"{name}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode(
-            "utf-8", "surrogateescape"))
+        h.update(
+            f"{name}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
         if stat.S_ISLNK(st.st_mode):
             h.update(os.readlink(p).encode("utf-8", "surrogateescape"))
         elif stat.S_ISREG(st.st_mode):
@@ -156,8 +165,9 @@ def digest(sources: list[Source], ignore: IgnoreRules | None = None,
     return h.hexdigest()
 
 
-def send(sources: list[Source], out, ignore: IgnoreRules | None = None,
-         unpack: bool = False) -> None:
+def send(
+    sources: list[Source], out, ignore: IgnoreRules | None = None, unpack: bool = False
+) -> None:
     """Write the tar stream for `sources` to the binary file `out`."""
     meta = json.dumps({"n": len(sources)}).encode()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
@@ -197,8 +207,9 @@ def _lookup(path, name, want_id):
                     return int(fields[2]) if want_id == "id" else int(fields[3])
     except (OSError, ValueError):
         pass
-    raise UsageError(f"--chown: unable to find {'user' if 'passwd' in path else 'group'} "
-                     f"{name!r} in the image")
+    raise UsageError(
+        f"--chown: unable to find {'user' if 'passwd' in path else 'group'} {name!r} in the image"
+    )
 
 
 def parse_chown(text: str | None) -> tuple[int, int]:
@@ -250,8 +261,9 @@ def _unpack(fileobj, dest, uid_gid=None):
     """ADD: unpack a (compressed) tar into `dest`, keeping its owners unless --chown."""
     from pyinspect.errors import CorruptInputError
     from pyinspect.runtime.archive import clean_member_name
+
     with tarfile.open(fileobj=fileobj, mode="r|*") as inner:
-        links = {}
+        links: dict[tuple, str] = {}
         for m in inner:
             try:
                 parts = clean_member_name(m.name)
@@ -264,8 +276,9 @@ def _unpack(fileobj, dest, uid_gid=None):
             if m.islnk():
                 src = links.get(tuple(clean_member_name(m.linkname)))
                 if src is None:
-                    raise UsageError(f"ADD archive member {m.name!r}: hard link to a file "
-                                     f"not in the archive")
+                    raise UsageError(
+                        f"ADD archive member {m.name!r}: hard link to a file not in the archive"
+                    )
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 if os.path.lexists(target):
                     os.unlink(target)
@@ -282,13 +295,16 @@ def receive(inp, dest: str, chown: str | None = None, chmod: str | None = None) 
     mode = int(chmod, 8) if chmod else None
     with tarfile.open(fileobj=inp, mode="r|") as tf:
         first = tf.next()
-        if first is None or first.name != "meta":
+        header = tf.extractfile(first) if first is not None and first.name == "meta" else None
+        if header is None:
             raise UsageError("copy stream: no header")
-        n = json.loads(tf.extractfile(first).read())["n"]
+        n = json.loads(header.read())["n"]
         dest_dir = dest.endswith("/") or n > 1
         if n > 1 and not dest.endswith("/"):
-            raise UsageError(f"with more than one source the destination must be a "
-                             f"directory and end with a /: {dest}")
+            raise UsageError(
+                f"with more than one source the destination must be a "
+                f"directory and end with a /: {dest}"
+            )
         dest = os.path.normpath(dest)
         if os.path.isdir(dest):
             dest_dir = True

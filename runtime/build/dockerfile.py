@@ -13,8 +13,24 @@ from dataclasses import dataclass, field
 
 from pyinspect.errors import UsageError
 
-SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "WORKDIR", "ENV", "ARG", "LABEL", "EXPOSE",
-             "USER", "VOLUME", "STOPSIGNAL", "CMD", "ENTRYPOINT", "SHELL", "MAINTAINER")
+SUPPORTED = (
+    "FROM",
+    "RUN",
+    "COPY",
+    "ADD",
+    "WORKDIR",
+    "ENV",
+    "ARG",
+    "LABEL",
+    "EXPOSE",
+    "USER",
+    "VOLUME",
+    "STOPSIGNAL",
+    "CMD",
+    "ENTRYPOINT",
+    "SHELL",
+    "MAINTAINER",
+)
 NOT_SUPPORTED = ("HEALTHCHECK", "ONBUILD")
 # flags each instruction accepts (name -> takes a value)
 FLAGS = {
@@ -22,8 +38,11 @@ FLAGS = {
     "COPY": {"from", "chown", "chmod", "link"},
     "ADD": {"chown", "chmod", "link"},
 }
-BUILDKIT_FLAGS = {"RUN": ("mount", "network", "security"), "COPY": ("parents", "exclude"),
-                  "ADD": ("checksum", "keep-git-dir", "exclude")}
+BUILDKIT_FLAGS = {
+    "RUN": ("mount", "network", "security"),
+    "COPY": ("parents", "exclude"),
+    "ADD": ("checksum", "keep-git-dir", "exclude"),
+}
 
 
 class DockerfileError(UsageError):
@@ -53,13 +72,16 @@ def _parse_flags(cmd, raw, line):
             raise DockerfileError(f"Dockerfile line {line}: {cmd}: bad flag {text!r}")
         name, value = m.group(1), m.group(2)
         if name in BUILDKIT_FLAGS.get(cmd, ()):
-            raise DockerfileError(f"Dockerfile line {line}: {cmd} --{name} is BuildKit-only "
-                                  f"syntax, which pyinspect build does not support")
+            raise DockerfileError(
+                f"Dockerfile line {line}: {cmd} --{name} is BuildKit-only "
+                f"syntax, which pyinspect build does not support"
+            )
         if name not in FLAGS.get(cmd, ()):
             raise DockerfileError(f"Dockerfile line {line}: {cmd}: unknown flag --{name}")
         if value is None and name != "link":
-            raise DockerfileError(f"Dockerfile line {line}: {cmd}: --{name} needs a value "
-                                  f"(--{name}=VALUE)")
+            raise DockerfileError(
+                f"Dockerfile line {line}: {cmd}: --{name} needs a value (--{name}=VALUE)"
+            )
         out[name] = value if value is not None else "true"
     return out
 
@@ -67,6 +89,7 @@ def _parse_flags(cmd, raw, line):
 def _error_line(text):
     """The first line at which Docker's parser fails (bisected over line prefixes)."""
     import dockerfile
+
     lines = text.splitlines(keepends=True)
     lo, hi = 1, len(lines)
     while lo < hi:
@@ -85,8 +108,8 @@ def parse(text: str) -> list[Instruction]:
         import dockerfile
     except ImportError:  # pragma: no cover - installed by setup.cfg
         from pyinspect.errors import UnavailableError
-        raise UnavailableError("the dockerfile package is not installed",
-                               "make install") from None
+
+        raise UnavailableError("the dockerfile package is not installed", "make install") from None
     if "\0" in text:
         raise DockerfileError("Dockerfile: contains a NUL byte (not a text file)")
     try:
@@ -98,16 +121,25 @@ def parse(text: str) -> list[Instruction]:
         cmd = c.cmd.upper()
         line = c.start_line
         if cmd in NOT_SUPPORTED:
-            raise DockerfileError(f"Dockerfile line {line}: {cmd} is not supported by "
-                                  f"pyinspect build")
+            raise DockerfileError(
+                f"Dockerfile line {line}: {cmd} is not supported by pyinspect build"
+            )
         if cmd not in SUPPORTED:
             raise DockerfileError(f"Dockerfile line {line}: unknown instruction: {c.cmd}")
         if c.heredocs:
-            raise DockerfileError(f"Dockerfile line {line}: {cmd}: heredocs (<<EOF) are "
-                                  f"BuildKit-only syntax, which pyinspect build does not "
-                                  f"support")
-        ins = Instruction(cmd=cmd, args=list(c.value), line=line, original=c.original,
-                          json=bool(c.json), flags=_parse_flags(cmd, c.flags, line))
+            raise DockerfileError(
+                f"Dockerfile line {line}: {cmd}: heredocs (<<EOF) are "
+                f"BuildKit-only syntax, which pyinspect build does not "
+                f"support"
+            )
+        ins = Instruction(
+            cmd=cmd,
+            args=list(c.value),
+            line=line,
+            original=c.original,
+            json=bool(c.json),
+            flags=_parse_flags(cmd, c.flags, line),
+        )
         _check_arity(ins)
         out.append(ins)
     if not out:
@@ -191,18 +223,18 @@ def _dollar(word, i, env, escape, line):
         if end < 0:
             where = f"Dockerfile line {line}: " if line else ""
             raise DockerfileError(f"{where}missing '}}' in {word!r}")
-        inner = word[i + 1:end]
+        inner = word[i + 1 : end]
         m = _NAME.match(inner)
         if not m:
             where = f"Dockerfile line {line}: " if line else ""
             raise DockerfileError(f"{where}bad substitution ${{{inner}}} in {word!r}")
-        name, rest = m.group(0), inner[m.end():]
+        name, rest = m.group(0), inner[m.end() :]
         value = env.get(name)
         if rest == "":
             return value or "", end + 1
         for op in (":-", ":+", ":?", "-", "+", "?"):
             if rest.startswith(op):
-                arg = expand(rest[len(op):], env, escape, line)
+                arg = expand(rest[len(op) :], env, escape, line)
                 colon = op.startswith(":")
                 unset = value is None or (colon and value == "")
                 if op.endswith("-"):

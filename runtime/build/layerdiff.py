@@ -74,8 +74,12 @@ def lower_path(lower_dirs: list, parts: tuple) -> tuple[str, os.stat_result] | N
 
 
 def _same_meta(a, b):
-    return (stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode) and a.st_mode == b.st_mode
-            and a.st_uid == b.st_uid and a.st_gid == b.st_gid)
+    return (
+        stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode)
+        and a.st_mode == b.st_mode
+        and a.st_uid == b.st_uid
+        and a.st_gid == b.st_gid
+    )
 
 
 class _Writer:
@@ -84,7 +88,7 @@ class _Writer:
         self.lower = list(lower_dirs)
         self.tf = tf
         self.skip = skip_runtime_files
-        self.links = {}   # (dev, ino) -> member name of the first copy
+        self.links = {}  # (dev, ino) -> member name of the first copy
         self.count = 0
 
     def info(self, name, st, path):
@@ -179,9 +183,10 @@ class _Writer:
 def write_layer(upper, lower_dirs: list, out_path, skip_runtime_files: bool = True) -> int:
     """Write the changes in `upper` (over `lower_dirs`, base first) as a layer tar at
     `out_path`; the number of members written (0: the step changed nothing)."""
-    with open(out_path, "wb") as f, tarfile.open(fileobj=f, mode="w",
-                                                 format=tarfile.PAX_FORMAT) as tf:
-        w = _Writer(os.fspath(upper), [os.fspath(d) for d in lower_dirs], tf,
-                    skip_runtime_files)
+    with (
+        open(out_path, "wb") as f,
+        tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf,
+    ):
+        w = _Writer(os.fspath(upper), [os.fspath(d) for d in lower_dirs], tf, skip_runtime_files)
         w.write()
     return w.count

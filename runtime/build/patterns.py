@@ -43,7 +43,7 @@ def to_regex(pattern: str) -> re.Pattern:
             end = pattern.find("]", i + 2 if i + 1 < n and pattern[i + 1] in "^!" else i + 1)
             if end < 0:
                 raise UsageError(f"bad pattern {pattern!r}: unterminated [")
-            body = pattern[i + 1:end]
+            body = pattern[i + 1 : end]
             if body[:1] in ("^", "!"):
                 body = "^" + body[1:]
             out.append("[" + body.replace("\\", "\\\\") + "]")

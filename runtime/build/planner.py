@@ -33,8 +33,8 @@ class Stage:
 class Plan:
     stages: list
     target: Stage
-    needed: list            # stages to build, in Dockerfile order
-    global_args: dict       # name -> value (None: declared without a value)
+    needed: list  # stages to build, in Dockerfile order
+    global_args: dict  # name -> value (None: declared without a value)
     build_args: dict
     escape: str
 
@@ -46,6 +46,7 @@ class Plan:
 def parse_build_args(items: list | None) -> dict:
     """['K=V', 'K'] -> {K: V}; a bare K takes the value from this process's environment."""
     import os
+
     out = {}
     for item in items or ():
         k, eq, v = item.partition("=")
@@ -71,17 +72,19 @@ def arg_decl(ins: Instruction, scope_env: dict, escape: str) -> list[tuple[str, 
     return out
 
 
-def plan(instructions: list[Instruction], build_args: dict, target: str | None = None,
-         escape: str = "\\") -> Plan:
+def plan(
+    instructions: list[Instruction], build_args: dict, target: str | None = None, escape: str = "\\"
+) -> Plan:
     """Split into stages and pick the ones the target needs; DockerfileError naming the
     line for a bad FROM, an unknown --target or a stage that refers forward."""
-    global_args = {}
-    stages = []
+    global_args: dict[str, str | None] = {}
+    stages: list[Stage] = []
     for ins in instructions:
         if ins.cmd == "FROM":
             if "platform" in ins.flags:
-                raise ins.error("--platform is not supported: pyinspect builds for this "
-                                "machine only")
+                raise ins.error(
+                    "--platform is not supported: pyinspect builds for this machine only"
+                )
             scope = {k: build_args.get(k, v) for k, v in global_args.items()}
             scope = {k: v for k, v in scope.items() if v is not None}
             base = expand(ins.args[0], scope, escape, ins.line)
@@ -90,17 +93,21 @@ def plan(instructions: list[Instruction], build_args: dict, target: str | None =
             name = ""
             if len(ins.args) == 3:
                 name = ins.args[2].lower()
-                if not name.replace("-", "a").replace("_", "a").replace(".", "a").isalnum() \
-                        or not name[0].isalpha():
+                if (
+                    not name.replace("-", "a").replace("_", "a").replace(".", "a").isalnum()
+                    or not name[0].isalpha()
+                ):
                     raise ins.error(f"invalid stage name {ins.args[2]!r}")
                 if any(s.name == name for s in stages):
                     raise ins.error(f"duplicate stage name {name!r}")
-            stages.append(Stage(index=len(stages), base=base, name=name, line=ins.line,
-                                from_ins=ins))
+            stages.append(
+                Stage(index=len(stages), base=base, name=name, line=ins.line, from_ins=ins)
+            )
         elif not stages:
             if ins.cmd != "ARG":
-                raise ins.error("only ARG may come before the first FROM",
-                                "a Dockerfile starts with FROM")
+                raise ins.error(
+                    "only ARG may come before the first FROM", "a Dockerfile starts with FROM"
+                )
             for k, v in arg_decl(ins, {}, escape):
                 global_args[k] = v
         else:
@@ -111,8 +118,9 @@ def plan(instructions: list[Instruction], build_args: dict, target: str | None =
         chosen = [s for s in stages if s.name == target.lower()]
         if not chosen:
             names = ", ".join(s.name for s in stages if s.name) or "none named"
-            raise UsageError(f"--target {target}: no such stage in the Dockerfile "
-                             f"(stages: {names})")
+            raise UsageError(
+                f"--target {target}: no such stage in the Dockerfile (stages: {names})"
+            )
         tgt = chosen[0]
     else:
         tgt = stages[-1]
@@ -135,9 +143,16 @@ def plan(instructions: list[Instruction], build_args: dict, target: str | None =
                     raise ins.error(f"--from={ref}: no stage {ref} before this one")
                 elif any(s.name == ref.lower() for s in stages):
                     raise ins.error(f"--from={ref}: stage {ref!r} comes after this one")
+
     need(tgt)
-    return Plan(stages=stages, target=tgt, needed=[s for s in stages if s.index in needed],
-                global_args=global_args, build_args=build_args, escape=escape)
+    return Plan(
+        stages=stages,
+        target=tgt,
+        needed=[s for s in stages if s.index in needed],
+        global_args=global_args,
+        build_args=build_args,
+        escape=escape,
+    )
 
 
 def find_stage(stages: list[Stage], ref: str, before: int) -> Stage | None:

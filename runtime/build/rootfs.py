@@ -40,8 +40,14 @@ class Child:
     reaped: bool = False
 
 
-def start(scratch: str, lower_dirs: list, body, upper: str | None = None,
-          work: str | None = None, close_fds: tuple = ()) -> Child:
+def start(
+    scratch: str,
+    lower_dirs: list,
+    body,
+    upper: str | None = None,
+    work: str | None = None,
+    close_fds: tuple = (),
+) -> Child:
     """Fork a child that runs body() chrooted in the merged view of `lower_dirs` (base
     first); with `upper`/`work` it writes there, else the view is read-only. `scratch`
     is a private directory of the build for the mount point. Returns the Child for
@@ -61,8 +67,9 @@ def start(scratch: str, lower_dirs: list, body, upper: str | None = None,
                 os.close(fd)
             isolation.unshare(isolation.CLONE_NEWNS)
             isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
-            isolation.mount("overlay", mnt, "overlay", isolation.MS_RDONLY if upper is None
-                            else 0, data)
+            isolation.mount(
+                "overlay", mnt, "overlay", isolation.MS_RDONLY if upper is None else 0, data
+            )
             os.chroot(mnt)
             os.chdir("/")
             body()
@@ -103,6 +110,7 @@ def finish(c: Child) -> None:
 def kill(c: Child) -> None:
     """Stop an unfinished child (SIGKILL) and reap it."""
     import signal
+
     if not c.reaped:  # never signal a pid already reaped (it may be another process now)
         try:
             os.kill(c.pid, signal.SIGKILL)
@@ -122,7 +130,8 @@ def kill(c: Child) -> None:
         pass
 
 
-def run(scratch: str, lower_dirs: list, body, upper: str | None = None,
-        work: str | None = None) -> None:
+def run(
+    scratch: str, lower_dirs: list, body, upper: str | None = None, work: str | None = None
+) -> None:
     """start() and finish() in one."""
     finish(start(scratch, lower_dirs, body, upper, work))

@@ -28,13 +28,21 @@ class ImageState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ImageState":
-        return cls(config=json.loads(data), config_bytes=data,
-                   id="sha256:" + hashlib.sha256(data).hexdigest())
+        return cls(
+            config=json.loads(data),
+            config_bytes=data,
+            id="sha256:" + hashlib.sha256(data).hexdigest(),
+        )
 
     @classmethod
     def scratch(cls) -> "ImageState":
-        cfg = {"architecture": "amd64", "os": "linux", "config": {},
-               "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+        cfg = {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "history": [],
+        }
         return cls.from_bytes(json.dumps(cfg, sort_keys=True).encode())
 
     @property
@@ -53,8 +61,9 @@ class ImageState:
     def layer_dirs(self, store) -> list[str]:
         """Overlay lower dirs, base first (a repeated layer keeps its topmost place)."""
         hexes = [d.split(":", 1)[-1] for d in self.diff_ids]
-        return [os.path.join(store.layers, h) for i, h in enumerate(hexes)
-                if h not in hexes[i + 1:]]
+        return [
+            os.path.join(store.layers, h) for i, h in enumerate(hexes) if h not in hexes[i + 1 :]
+        ]
 
     def env(self) -> dict:
         out = {}
@@ -66,8 +75,9 @@ class ImageState:
     def shell(self) -> list[str]:
         return list(self.settings.get("Shell") or DEFAULT_SHELL)
 
-    def derive(self, created_by: str, settings: dict | None = None,
-               diff_id: str | None = None) -> "ImageState":
+    def derive(
+        self, created_by: str, settings: dict | None = None, diff_id: str | None = None
+    ) -> "ImageState":
         """A new state: `settings` replaces the "config" part, `diff_id` adds a layer, and
         a history entry records `created_by`."""
         cfg = json.loads(self.config_bytes)
@@ -77,7 +87,7 @@ class ImageState:
             cfg["config"] = settings
         rootfs = cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
         rootfs.setdefault("diff_ids", [])
-        hist = {"created": created, "created_by": created_by}
+        hist: dict[str, object] = {"created": created, "created_by": created_by}
         if diff_id:
             rootfs["diff_ids"].append(diff_id)
         else:

@@ -12,13 +12,32 @@ import shutil
 import subprocess
 import tarfile
 
-PACKAGES = ("gcc", "gcc-12", "cpp-12", "binutils", "binutils-x86-64-linux-gnu", "libc6-dev",
-            "libgcc-12-dev", "linux-libc-dev", "libc6")
-SKIP = ("/usr/share/", "/usr/lib/gcc/x86_64-linux-gnu/12/lto1", "/usr/bin/lto-dump",
-        "/usr/bin/x86_64-linux-gnu-lto-dump-12", "/usr/lib/gcc/x86_64-linux-gnu/12/plugin/")
-ELF_TOOLS = ("/usr/lib/gcc/x86_64-linux-gnu/12/cc1", "/usr/lib/gcc/x86_64-linux-gnu/12/collect2",
-             "/usr/lib/gcc/x86_64-linux-gnu/12/lto-wrapper", "/usr/bin/x86_64-linux-gnu-gcc-12",
-             "/usr/bin/x86_64-linux-gnu-as", "/usr/bin/x86_64-linux-gnu-ld.bfd")
+PACKAGES = (
+    "gcc",
+    "gcc-12",
+    "cpp-12",
+    "binutils",
+    "binutils-x86-64-linux-gnu",
+    "libc6-dev",
+    "libgcc-12-dev",
+    "linux-libc-dev",
+    "libc6",
+)
+SKIP = (
+    "/usr/share/",
+    "/usr/lib/gcc/x86_64-linux-gnu/12/lto1",
+    "/usr/bin/lto-dump",
+    "/usr/bin/x86_64-linux-gnu-lto-dump-12",
+    "/usr/lib/gcc/x86_64-linux-gnu/12/plugin/",
+)
+ELF_TOOLS = (
+    "/usr/lib/gcc/x86_64-linux-gnu/12/cc1",
+    "/usr/lib/gcc/x86_64-linux-gnu/12/collect2",
+    "/usr/lib/gcc/x86_64-linux-gnu/12/lto-wrapper",
+    "/usr/bin/x86_64-linux-gnu-gcc-12",
+    "/usr/bin/x86_64-linux-gnu-as",
+    "/usr/bin/x86_64-linux-gnu-ld.bfd",
+)
 TAG = "pi-gcc:test"
 
 
@@ -28,8 +47,9 @@ def available():
         if not shutil.which(tool):
             return f"{tool} is not installed"
     for p in PACKAGES:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
-                           text=True, check=False)
+        r = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True, check=False
+        )
         if "install ok installed" not in r.stdout:
             return f"the Debian package {p} is not installed (make install)"
     if not os.path.exists("/bin/busybox"):
@@ -45,15 +65,15 @@ def _canonical(path):
 def _files():
     out = set()
     for p in PACKAGES:
-        listing = subprocess.run(["dpkg", "-L", p], capture_output=True, text=True,
-                                 check=True).stdout.split("\n")
+        listing = subprocess.run(
+            ["dpkg", "-L", p], capture_output=True, text=True, check=True
+        ).stdout.split("\n")
         for f in listing:
             if not f or any(f.startswith(s) for s in SKIP):
                 continue
             if os.path.islink(f) or os.path.isfile(f):
                 out.add(_canonical(f))
-    libs = subprocess.run(["ldd", *ELF_TOOLS], capture_output=True, text=True,
-                          check=False).stdout
+    libs = subprocess.run(["ldd", *ELF_TOOLS], capture_output=True, text=True, check=False).stdout
     for line in libs.splitlines():
         parts = line.split("=>")
         if len(parts) == 2 and parts[1].strip().startswith("/"):
@@ -97,19 +117,27 @@ def compiler_layer(path):
 
 
 def config(diff_id):
-    return json.dumps({
-        "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
-        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"],
-                   "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": "2024-01-01T00:00:00Z",
-                     "created_by": "tests/compilerimage.py: host gcc, binutils, libc6-dev"}],
-    }).encode()
+    return json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2024-01-01T00:00:00Z",
+            "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [
+                {
+                    "created": "2024-01-01T00:00:00Z",
+                    "created_by": "tests/compilerimage.py: host gcc, binutils, libc6-dev",
+                }
+            ],
+        }
+    ).encode()
 
 
 def store_compiler_image(root, layer_tar):
     """Put the image in the store at `root` (the tar is copied first); its tag."""
     from pyinspect.runtime.images import ImageStore
+
     store = ImageStore(root)
     copy = os.path.join(str(root), "compiler-layer.tar")
     shutil.copyfile(layer_tar, copy)
