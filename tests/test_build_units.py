@@ -53,6 +53,7 @@ def test_escape_directive():
     assert dockerfile.escape_char("# escape=`\nFROM x\n") == "`"
     assert dockerfile.escape_char("# syntax=x\n# escape=`\nFROM x\n") == "`"
     assert dockerfile.escape_char("FROM x\n# escape=`\n") == "\\"
+    assert dockerfile.escape_char("\ufeff# escape=`\r\nFROM x\r\n") == "`"
 
 
 @pytest.mark.parametrize(

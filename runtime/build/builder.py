@@ -177,6 +177,9 @@ class Builder:
                 raise
             except PyinspectError as exc:
                 raise ins.error(exc.message, exc.hint) from None
+            except OSError as exc:  # a context file that vanished or cannot be read, ENOSPC...
+                where = f"{exc.filename}: " if exc.filename else ""
+                raise ins.error(f"{where}{exc.strerror or exc}") from None
             self.progress.done(st.state.id, time.monotonic() - t0)
         return st.state
 

@@ -268,7 +268,7 @@ def _closing_brace(word, i):
 
 def escape_char(text: str) -> str:
     """The escape character the `# escape=` directive chose (backslash by default)."""
-    for raw in text.splitlines():
+    for raw in text.lstrip("\ufeff").splitlines():
         line = raw.strip()
         if not line.startswith("#"):
             break
