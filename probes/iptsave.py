@@ -42,6 +42,7 @@ class Rule:
     target_args: dict = field(default_factory=dict)
     matches: list[tuple[str, bool, str]] = field(default_factory=list)  # (key, negated, value)
     unknown: list[str] = field(default_factory=list)
+    raw: str = ""  # the line as the save tool wrote it (without counters)
 
     @property
     def spec(self) -> str:
@@ -123,7 +124,7 @@ def _parse_rule(backend: str, table: str, chain_name: str, num: int, line: str) 
         pkts, byts = int(p or 0), int(b or 0)
     toks = shlex.split(line)
     args = toks[2:]  # drop "-A CHAIN"
-    rule = Rule(backend, table, chain_name, num, args, pkts, byts)
+    rule = Rule(backend, table, chain_name, num, args, pkts, byts, raw=line)
     i, neg = 0, False
     while i < len(args):
         a = args[i]
@@ -373,14 +374,20 @@ class Ruleset:
 
 
 def run_save(
-    tool: str, table: str | None = None, counters: bool = True, timeout: float = 20
+    tool: str,
+    table: str | None = None,
+    counters: bool = True,
+    timeout: float = 20,
+    netns: str | None = None,
 ) -> tuple[str | None, str | None]:
-    """(text, None) from `tool` (an *-save program) in this thread's network namespace,
-    or (None, the reason it could not be read)."""
+    """(text, None) from `tool` (an *-save program) in this thread's network namespace (or
+    the one at path `netns`, entered by nsenter), or (None, the reason it could not be read)."""
     path = shutil.which(tool)
     if not path:
         return None, f"{tool} not found"
     argv = [path] + (["-c"] if counters else []) + (["-t", table] if table else [])
+    if netns:
+        argv = ["nsenter", f"--net={netns}", *argv]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -100,27 +100,19 @@ class RuleBook:
     def refresh(self):
         """Read the tables that exist, with one `-save` (listing a table with `-t T -S`
         would create it in the namespace, and with it a netfilter hook every packet pays)."""
-        out = _run_in(self.netns, [f"{self.tool}-save"])
-        if out is None:
+        from . import iptsave
+        text, _err = iptsave.run_save(f"{self.tool}-save", counters=False, timeout=15,
+                                      netns=self.netns)
+        if text is None:
             return
-        table = None
-        chains = {}
-        for line in out.splitlines():
-            if line.startswith("*"):
-                table, chains = line[1:].strip(), {}
-            elif table is None:
-                continue
-            elif line.startswith(":"):
-                parts = line[1:].split()
-                if len(parts) >= 2 and parts[1] != "-":
-                    self.policies[(table, parts[0])] = parts[1]
-                else:
-                    self.rules.setdefault((table, parts[0]), [])
-            elif line.startswith("-A "):
-                chains.setdefault(line.split()[1], []).append(line[3:])
-            elif line.startswith("COMMIT"):
-                for chain, rules in chains.items():
-                    self.rules[(table, chain)] = rules
+        for table, chains in iptsave.parse_save(text, "legacy").items():
+            for chain in chains.values():
+                if chain.policy != "-":
+                    self.policies[(table, chain.name)] = chain.policy
+                if chain.rules:
+                    self.rules[(table, chain.name)] = [r.raw[3:] for r in chain.rules]
+                elif chain.policy == "-":
+                    self.rules.setdefault((table, chain.name), [])
 
     def describe(self, table, chain, kind, num):
         """(rule_text, verdict) for one trace line."""
@@ -256,18 +248,20 @@ def _dead(pid):
 def remove_stale_rules(netns=None, tool="iptables-legacy"):
     """Delete the TRACE rules and chains left by dead pyinspect processes (also rules of
     versions that put TRACE rules straight into PREROUTING); returns what was removed."""
-    out = _run_in(netns, [tool, "-w", "-t", "raw", "-S"]) or ""
+    # -save lists the raw table only if it exists (-S would make it)
+    from . import iptsave
+    text, _err = iptsave.run_save(f"{tool}-save", counters=False, timeout=15, netns=netns)
+    raw = iptsave.parse_save(text or "", "legacy").get("raw", {})
     removed = []
     chains = []
-    for line in out.splitlines():
-        if line.startswith(f"-N {CHAIN_PREFIX}"):
-            name = line.split()[1]
+    for name in raw:
+        if name.startswith(CHAIN_PREFIX):
             with contextlib.suppress(ValueError):
                 if _dead(int(name[len(CHAIN_PREFIX):])):
                     chains.append(name)
-            continue
+    for line in (r.raw for chain in raw.values() for r in chain.rules):
         m = re.search(rf"--comment \"?{COMMENT_PREFIX}(\d+)\"?", line)
-        if not m or not line.startswith("-A ") or not _dead(int(m.group(1))):
+        if not m or not _dead(int(m.group(1))):
             continue
         if line.split()[1].startswith(CHAIN_PREFIX):
             continue                       # goes with its chain
