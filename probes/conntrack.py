@@ -211,11 +211,11 @@ class ConntrackEvents(Receiver):
 
 def events_enabled(netns=None):
     """True unless net.netfilter.nf_conntrack_events is 0 in that namespace."""
+    from ..runtime import sysctl  # the one sysctl reader
     try:
         with in_netns(netns):
-            with open("/proc/sys/net/netfilter/nf_conntrack_events") as f:
-                return f.read().strip() != "0"
-    except (OSError, UnavailableError):
+            return sysctl.read("net.netfilter.nf_conntrack_events") != "0"
+    except UnavailableError:
         return True
 
 
