@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -540,17 +541,17 @@ class Store:
 
 
     # -- events, probe loss ----------------------------------------------------------------
-    def insert_probe_loss(self, rows):
+    def insert_probe_loss(self, rows: list[dict]) -> None:
         """probe_loss rows (dicts) in one transaction."""
         if rows:
             with self.batch():
                 self.db.table("probe_loss").insert_all(rows)
 
-    def last_event_id(self):
+    def last_event_id(self) -> int:
         """The newest events row id (0 when there is none)."""
         return self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
-    def event_counts(self, since_ns=None):
+    def event_counts(self, since_ns: int | None = None) -> tuple[dict[str, int], int]:
         """({kind: stored events}, events at or after `since_ns`)."""
         by_kind = dict(self.db.execute("SELECT kind, count(*) FROM events GROUP BY kind"))
         recent = 0
@@ -559,10 +560,10 @@ class Store:
                                      (since_ns,)).fetchone()[0]
         return by_kind, recent
 
-    def probe_records_lost(self):
+    def probe_records_lost(self) -> int:
         return self.db.execute("SELECT coalesce(sum(lost), 0) FROM probe_loss").fetchone()[0]
 
-    def timeline(self, q):
+    def timeline(self, q: "TimelineQuery") -> list[dict]:
         """Rows (dicts, detail as stored) of a TimelineQuery: stored events, and with
         `q.packets` each traced connection (`flow`, at its first packet) and explained drop
         (`drop`) of the trace sessions, merged in time order."""
@@ -610,18 +611,19 @@ class Store:
         return [dict(zip(names, r, strict=False)) for r in rows]
 
     # -- flows and hops (read) --------------------------------------------------------------
-    def flow_counts(self):
+    def flow_counts(self) -> dict[int, int]:
         """{session id: flows}."""
         return dict(self.db.execute(
             "SELECT session_id, count(*) FROM flows GROUP BY session_id").fetchall())
 
-    def flow_count(self):
+    def flow_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM flows").fetchone()[0]
 
-    def last_flow_id(self):
+    def last_flow_id(self) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM flows").fetchone()[0]
 
-    def recent_flows(self, session_id=None, after_id=None, limit=500):
+    def recent_flows(self, session_id: int | None = None, after_id: int | None = None,
+                     limit: int = 500) -> list[dict]:
         """Flow rows (dicts, newest first) with `packets`: how many packets the trace's
         analysis indexed to each (the segment files may hold more)."""
         w = _Where()
@@ -636,37 +638,37 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=False)) for r in cur.fetchall()]
 
-    def flow_tuple(self, flow_id, session_id):
+    def flow_tuple(self, flow_id: int, session_id: int) -> tuple | None:
         """(proto, orig_src, orig_sport, orig_dst, orig_dport) of a session's flow, or None."""
         return self.db.execute(
             "SELECT proto, orig_src, orig_sport, orig_dst, orig_dport FROM flows "
             "WHERE id = ? AND session_id = ?", (flow_id, session_id)).fetchone()
 
-    def flow_rule_hops(self, flow_id, limit=200):
+    def flow_rule_hops(self, flow_id: int, limit: int = 200) -> list[tuple]:
         """(table, chain, rule_num, verdict) of a flow's rule hops (not its captures), in
         time order."""
         return self.db.execute(
             "SELECT table_name, chain, rule_num, verdict FROM hops WHERE flow_id = ? "
             "AND table_name != 'capture' ORDER BY ts_ns LIMIT ?", (flow_id, limit)).fetchall()
 
-    def session_summaries(self):
+    def session_summaries(self) -> list[str | None]:
         """The summary column (JSON text or None) of every trace session."""
         return [r[0] for r in self.db.execute("SELECT summary FROM trace_sessions")]
 
-    def latest_session_of(self, container_name):
+    def latest_session_of(self, container_name: str) -> tuple[int, int | None] | None:
         """(id, started_ns) of the newest trace session of a container, or None."""
         return self.db.execute("SELECT id, started_ns FROM trace_sessions WHERE"
                                " container_name = ? ORDER BY id DESC LIMIT 1",
                                [container_name]).fetchone()
 
-    def drop_reasons(self, session_id, limit=3):
+    def drop_reasons(self, session_id: int, limit: int = 3) -> list[tuple[str, str, int]]:
         """[(reason, location, count)] of a session's drops, most frequent first."""
         return self.db.execute(
             "SELECT reason, location, count(*) FROM drops WHERE session_id = ? "
             "GROUP BY reason, location ORDER BY count(*) DESC LIMIT ?",
             [session_id, limit]).fetchall()
 
-    def dropping_hops(self, session_id, limit=3):
+    def dropping_hops(self, session_id: int, limit: int = 3) -> list[tuple]:
         """[(table, chain, rule_num, rule_text, verdict, count)] of a session's DROP/REJECT
         hops, most frequent first."""
         return self.db.execute(
@@ -676,24 +678,24 @@ class Store:
             [session_id, limit]).fetchall()
 
     # -- doctor: findings and memory ----------------------------------------------------------
-    def insert_findings(self, rows):
+    def insert_findings(self, rows: list[dict]) -> None:
         """findings rows (dicts) in one transaction."""
         if rows:
             with self.batch():
                 self.db.table("findings").insert_all(rows)
 
-    def recent_findings(self, limit=200):
+    def recent_findings(self, limit: int = 200) -> list[dict]:
         """findings rows (dicts), newest run first."""
         cur = self.db.execute("SELECT * FROM findings ORDER BY run_ns DESC, id LIMIT ?",
                               (limit,))
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=False)) for r in cur.fetchall()]
 
-    def doctor_memory(self):
+    def doctor_memory(self) -> dict:
         """{key: value} doctor remembered (values decoded from JSON)."""
         return {r["key"]: json.loads(r["value"]) for r in self.db.table("doctor_memory").rows}
 
-    def remember(self, items, drop=()):
+    def remember(self, items: dict, drop: Iterable[str] = ()) -> None:
         """Keep doctor's `items` ({key: JSON-able value}) and forget the keys in `drop`."""
         now = time.time_ns()
         with self.batch():
@@ -705,13 +707,13 @@ class Store:
                      for k, v in items.items()], pk="key")
 
     # -- interfaces (veth map snapshots) -------------------------------------------------------
-    def insert_interfaces(self, rows):
+    def insert_interfaces(self, rows: list[dict]) -> None:
         """One veth map snapshot's rows (dicts) in one transaction."""
         if rows:
             with self.batch():
                 self.db.table("interfaces").insert_all(rows)
 
-    def latest_interfaces(self):
+    def latest_interfaces(self) -> list[dict]:
         """The rows (dicts) of the most recent veth map snapshot, by id."""
         row = self.db.execute("SELECT max(snapshot_ns) FROM interfaces").fetchone()
         if not row or row[0] is None:
@@ -723,18 +725,19 @@ class Store:
 class _Where:
     """A WHERE clause built from conditions and their parameters."""
 
-    def __init__(self):
-        self.conds, self.params = [], []
+    def __init__(self) -> None:
+        self.conds: list[str] = []
+        self.params: list = []
 
-    def add(self, cond, *params):
+    def add(self, cond: str, *params: object) -> None:
         self.conds.append(cond)
         self.params.extend(params)
 
-    def add_in(self, column, values):
+    def add_in(self, column: str, values: Iterable) -> None:
         values = list(values)
         self.add(f"{column} IN ({','.join('?' * len(values))})", *values)
 
-    def sql(self):
+    def sql(self) -> str:
         return (" WHERE " + " AND ".join(self.conds)) if self.conds else ""
 
 
