@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 BACKENDS = {
     "legacy": ("iptables-legacy-save", "iptables-legacy"),
@@ -413,12 +414,20 @@ def counts(tables: dict[str, dict[str, Chain]]) -> tuple[int, int, dict[str, int
     return sum(per_table.values()), sum(len(chains) for chains in tables.values()), per_table
 
 
+class PublishedPort(NamedTuple):
+    """A port DNATed to a container (a NamedTuple: callers compare it with plain tuples)."""
+
+    host_ip: str | None  # None: every host address
+    host_port: int
+    proto: str
+    container_port: int
+
+
 def published_ports(
     addrs: Collection[str], backends: Iterable[str] = tuple(BACKENDS)
-) -> list[tuple[str | None, int, str, int]]:
-    """Ports published to `addrs` by DNAT rules of the nat tables of `backends`:
-    [(host ip or None, host port, proto, container port)], each once."""
-    out: list[tuple[str | None, int, str, int]] = []
+) -> list[PublishedPort]:
+    """Ports published to `addrs` by DNAT rules of the nat tables of `backends`, each once."""
+    out: list[PublishedPort] = []
     for backend in backends:
         for rule in load(backend, "nat").rules("nat"):
             tgt = dnat_target(rule)
@@ -427,7 +436,9 @@ def published_ports(
                 continue
             dst = rule.get("dst") or ""
             host_ip = dst[:-3] if dst.endswith("/32") else None
-            entry = (host_ip, int(hport), rule.get("proto") or "tcp", tgt[1] or int(hport))
+            entry = PublishedPort(
+                host_ip, int(hport), rule.get("proto") or "tcp", tgt[1] or int(hport)
+            )
             if entry not in out:
                 out.append(entry)
     return out
