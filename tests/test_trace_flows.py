@@ -136,3 +136,40 @@ def test_drop_watch_without_usable_btf_is_unavailable(tmp_path, monkeypatch):
     with pytest.raises(UnavailableError) as err:
         drops.DropWatch(packets.Target(addrs=["172.30.1.10"])).start()
     assert "no usable kernel BTF" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_store_keeps_a_rule_path_once_per_flow_and_direction(tmp_path):
+    """A journey whose netfilter path is the flow's previous one that way is counted, not
+    stored again; a path that differs (another rule, another verdict) is stored."""
+    from pyinspect.store import Store
+    from pyinspect.trace.sinks import StoreSink
+    from pyinspect.trace.target import TraceTarget
+
+    def hop(table, chain, num, verdict):
+        return {"table": table, "chain": chain, "rule_num": num, "rule_text": f"r{num}",
+                "verdict": verdict, "kind": "rule", "backend": "legacy", "hook": chain}
+
+    accept = [hop("nat", "PREROUTING", 1, "DNAT to:172.30.0.10:80"),
+              hop("filter", "FORWARD", 3, "ACCEPT")]
+    dropped = [hop("nat", "PREROUTING", 1, "DNAT to:172.30.0.10:80"),
+               hop("filter", "FORWARD", 0, "DROP")]
+    with Store(tmp_path / "pyinspect.db") as store:
+        sid, pids = store.begin_trace(container_id="c", container_name="web", started_ns=0,
+                                      points=[{"name": "up0"}])
+        sink = StoreSink(store, sid, pids, TraceTarget("web", "c", "/proc/1/ns/net", 1,
+                                                        ["172.30.0.10"]), 0)
+        f = F.FlowTable().conntrack(CT)
+        paths = [accept, accept, accept, dropped, accept, accept]
+        journeys = []
+        for n, path in enumerate(paths):
+            j = F.Journey(f, "orig" if n < 5 else "reply", (n, 1, 0, 40), nf=list(path))
+            journeys.append(j)
+        sink.settled(F.Settled(journeys=journeys), lambda cpu, pos: None)
+        sink.finish([f], {})
+        stored = list(store.db["hops"].rows_where("session_id = ?", [sid]))
+        detail = store.db["flows"].get(f.store_id)["detail"]
+    # orig: accept (stored), accept x2 (repeats), dropped (stored), accept (stored again:
+    # it differs from the path before it); reply: accept (stored)
+    assert len(stored) == 2 * 4
+    assert [h["verdict"] for h in stored][2:4] == ["DNAT to:172.30.0.10:80", "DROP"]
+    assert '"repeated_rule_paths": 2' in detail

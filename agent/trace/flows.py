@@ -135,6 +135,7 @@ class Flow:
     matched: bool = False
     store_id: int = None
     dirs_shown: set = field(default_factory=set)
+    repeated_paths: int = 0     # journeys whose rule path was the previous one's (not stored)
 
     def nat_text(self):
         """`a:p -> b:q` for each translation, e.g. 'DNAT 10.0.0.1:8088 -> 172.30.0.2:80'."""

@@ -1,9 +1,10 @@
 """Where settled analysis goes: live lines (`LiveText`) and the store (`StoreSink`).
 
 The packets themselves are not here: the evidence path has already written them to the
-segment files (trace/evidence.py). The store gets flows, netfilter hops, drops, the
-container's events and an index row per analysed packet (segment, offset, time, point,
-flow) pointing into those files.
+segment files (trace/evidence.py). The store gets flows, netfilter hops (a journey's rule
+path when it differs from the flow's previous one that way; repeats are counted on the
+flow), drops, the container's events and an index row per analysed packet (segment,
+offset, time, point, flow) pointing into those files.
 """
 
 import json
@@ -125,6 +126,7 @@ class StoreSink:
         self.target = target
         self.segment_ids = {}        # segment number -> store id
         self._segments_done = set()
+        self._last_path = {}         # (flow id, direction) -> the last rule path stored
         self.events_seen = 0
 
     def segments(self, segments):
@@ -145,7 +147,8 @@ class StoreSink:
                        last_ns=f.last_ns,
                        detail={"packets": f.packets, "traced_packets": f.journeys,
                                "tcp_state": f.tcp_state, "nat_rule": rule_ref(f),
-                               "drops": f.drop_counts})
+                               "drops": f.drop_counts,
+                               "repeated_rule_paths": f.repeated_paths})
 
     def flow_id(self, f):
         if f.store_id is None:
@@ -176,7 +179,7 @@ class StoreSink:
         ids = self.store.add_index(rows) if rows else []
         hops = []
         for n, j in enumerate(s.journeys):
-            if not j.nf:
+            if not j.nf or self._same_path(j):
                 continue
             pid = ids[first_row[n]] if n in first_row and ids else None
             ts = j.captures[0].ts_ns if j.captures else j.first_ns
@@ -196,6 +199,17 @@ class StoreSink:
         if drops:
             self.store.insert_drops(drops)
         self.events(s.events)
+
+    def _same_path(self, j):
+        """True (and counted on the flow) when the journey's netfilter rule path is the
+        one stored for the flow's previous journey that way: the rows would repeat it."""
+        path = tuple((h["table"], h["chain"], h["rule_num"], h["verdict"]) for h in j.nf)
+        key = (j.flow.id, j.direction)
+        if self._last_path.get(key) == path:
+            j.flow.repeated_paths += 1
+            return True
+        self._last_path[key] = path
+        return False
 
     def events(self, events):
         me = os.getpid()
