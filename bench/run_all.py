@@ -24,6 +24,8 @@ BENCHES = [
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
     ("pyinspect build: 20 steps cold, fully cached, and by hand (issue 18)", "build_cache.py",
      []),
+    ("registry pull/push vs skopeo against a local docker-registry (issue 19)",
+     "registry_pull.py", []),
 ]
 
 

@@ -7,6 +7,8 @@ Layout (see docs/images.md):
     images/repositories.json              {"tags": {"name:tag": "sha256:<id>"}}, atomic
     images/digests.json                   {"name@sha256:<manifest>": "sha256:<id>"}: the
                                           registry digests of pulled/pushed images
+    images/blob-digests.json              {"<diff_id>": [{digest, size, mediaType}]}: the
+                                          compressed blobs a layer was pulled/pushed as
     images/lock                           fcntl.flock for every change
     images/tmp/<pid>-<rand>/              staging; renamed into place only on success
 
@@ -103,6 +105,7 @@ class ImageStore:
         self.configs = self.dir / "configs"
         self.repos = self.dir / "repositories.json"
         self.digests_file = self.dir / "digests.json"
+        self.blob_digests_file = self.dir / "blob-digests.json"
         self.tmp = self.dir / "tmp"
 
     # ---- storage helpers -------------------------------------------------------------
@@ -163,6 +166,38 @@ class ImageStore:
             digests[name_at_digest] = image_id
             _atomic_write(self.digests_file,
                           json.dumps(dict(sorted(digests.items())), indent=1).encode())
+
+    def blob_digests(self, diff_id):
+        """[{"digest", "size", "mediaType", "source"}]: compressed blobs known to hold this
+        layer (pulled as, or pushed as; source: the "registry/repository" it is in), so a
+        push can HEAD or mount them instead of compressing."""
+        try:
+            data = json.loads(self.blob_digests_file.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return []  # a cache: unreadable means unknown, never an error
+        entries = data.get(diff_id) if isinstance(data, dict) else None
+        return [e for e in entries or [] if isinstance(e, dict)
+                and isinstance(e.get("digest"), str) and isinstance(e.get("size"), int)
+                and isinstance(e.get("mediaType"), str)]
+
+    def add_blob_digests(self, entries):
+        """Record [(diff_id, digest, size, media type, source)] for blob_digests()."""
+        if not entries:
+            return
+        with self._locked():
+            try:
+                data = json.loads(self.blob_digests_file.read_bytes())
+                if not isinstance(data, dict):
+                    data = {}
+            except (FileNotFoundError, ValueError):
+                data = {}
+            for diff_id, digest, size, media_type, source in entries:
+                known = [e for e in data.get(diff_id) or [] if isinstance(e, dict)
+                         and (e.get("digest"), e.get("source")) != (digest, source)]
+                data[diff_id] = [{"digest": digest, "size": size, "mediaType": media_type,
+                                  "source": source}, *known][:8]
+            _atomic_write(self.blob_digests_file,
+                          json.dumps(dict(sorted(data.items())), indent=1).encode())
 
     def _ids(self):
         try:

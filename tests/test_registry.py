@@ -122,6 +122,11 @@ def test_push_skopeo_inspect_pull_and_run(rcli, registry, tmp_path, dconf):
     again = rcli("push", name).stdout
     assert again.count("Layer already exists") == 2 and "Pushed" not in again
     assert again.splitlines()[-1].split()[2] == digest
+    # to another repository of the same registry: mounted from the first, not sent again
+    rcli("tag", name, f"{registry.host}/pm/app-copy:v1")
+    mounted = rcli("push", f"{registry.host}/pm/app-copy:v1").stdout
+    assert mounted.count("Mounted from pm/app") == 2 and "Pushed" not in mounted, mounted
+    assert mounted.splitlines()[-1].split()[2] == digest
     # pull into another store: the same image id, tags and RepoDigests
     other = RCli(tmp_path / "other", dconf)
     pulled = other("pull", name).stdout.splitlines()
@@ -211,6 +216,16 @@ def test_skopeo_zstd_oci_image_pulled(rcli, registry, tmp_path):
     (ins,) = json.loads(other("inspect", name).stdout)
     assert ins["RootFS"]["Layers"] == [f"sha256:{kit.sha(layers[0])}"]  # skopeo rewrote the
     # config as an OCI one: the id differs, the layers may not
+    # pushed back under another tag: the zstd blob it was pulled as is found (HEAD), not
+    # recompressed, and the manifest is an OCI one (Docker's schema 2 cannot name zstd)
+    again = f"{registry.host}/pm/zstd:2"
+    other("tag", name, again)
+    out = other("push", again).stdout
+    assert "Layer already exists" in out and "Preparing" not in out and "Pushed" not in out
+    raw2 = json.loads(skopeo("inspect", "--raw", *creds_args(""), f"docker://{again}").stdout)
+    assert raw2["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert raw2["layers"] == [dict(raw["layers"][0], mediaType=raw2["layers"][0]["mediaType"])]
+    assert raw2["layers"][0]["mediaType"].endswith("+zstd")
     # the same OCI layout (zstd layers) loads directly too
     third = RCli(tmp_path / "third", rcli.dconf)
     third("load", "-i", oci)
@@ -282,7 +297,7 @@ def test_bad_pulls_are_one_line_and_leave_the_store_unchanged(rcli, registry, tm
     path = registry.blob_path(top_layer)
     original = path.read_bytes()
     # the same layer compressed with another gzip header: only the blob digest can tell
-    same_content = gzip.compress(TOP, compresslevel=9, mtime=12345)
+    same_content = gzip.compress(TOP, compresslevel=6, mtime=12345)  # push uses level 6
     assert len(same_content) == len(original) and same_content != original
     path.write_bytes(same_content)
     one_line_error(rcli("pull", name, check=False), 2, "does not match",
@@ -418,6 +433,10 @@ def test_bearer_token_challenge(rcli, token_registry, tmp_path, dconf):
     rcli("load", "-i", kit.docker_legacy(tmp_path / "b.tar", [([BASE, TOP], [name], None)]))
     rcli("push", name)
     assert any("scope=repository%3Apm%2Fbearer%3Apull%2Cpush" in p for p in tokens.requests)
+    rcli("tag", name, f"{reg.host}/pm/bearer-copy:1")  # a mount asks for both scopes
+    assert rcli("push", f"{reg.host}/pm/bearer-copy:1").stdout.count("Mounted from") == 2
+    assert any("scope=repository%3Apm%2Fbearer-copy%3Apull%2Cpush&scope=repository%3Apm%2F"
+               "bearer%3Apull" in p for p in tokens.requests), tokens.requests
     other = RCli(tmp_path / "other", dconf)
     other("pull", name)
     assert any(p.endswith("scope=repository%3Apm%2Fbearer%3Apull&account=" + USER)

@@ -204,7 +204,7 @@ class RegistryClient:
             raise UnavailableError(f"registry {self.domain}: Bearer challenge without realm")
         query = {"service": params.get("service", "")} if params.get("service") else {}
         if scope:
-            query["scope"] = scope
+            query["scope"] = scope.split(" ") if " " in scope else scope  # repeated param
         if self.credentials:
             query["account"] = self.credentials.username
         auth = (self.credentials.username, self.credentials.password) \
@@ -334,6 +334,24 @@ class RegistryClient:
         if resp.status_code == 200:
             return True
         if resp.status_code == 404:
+            return False
+        raise self.fail(resp, what)
+
+    def mount_blob(self, repo, digest, from_repo, what):
+        """Cross-repository mount of a blob the registry has in `from_repo`: True if done."""
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/",
+                            scope=f"repository:{repo}:pull,push repository:{from_repo}:pull",
+                            params={"mount": digest, "from": from_repo}, what=what)
+        resp.close()
+        if resp.status_code == 201:
+            return True
+        if resp.status_code == 202:  # not mountable: the registry opened an upload instead
+            location = resp.headers.get("Location")
+            if location:
+                self.request("DELETE", urljoin(f"{self.base}/", location),
+                             scope=f"repository:{repo}:pull,push", what=what).close()
+            return False
+        if resp.status_code in (401, 403, 404):
             return False
         raise self.fail(resp, what)
 

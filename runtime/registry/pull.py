@@ -132,6 +132,7 @@ def pull(store, ref_str, progress=None) -> PullResult:
         downloaded = not (store.configs / f"{man.config.hex}.json").exists()
         try:
             staged = set()
+            fetched = []
             for i, (desc, diff_id) in enumerate(zip(man.layers, diff_ids, strict=True)):
                 diff_hex = diff_id[7:]
                 short = desc.hex[:12]
@@ -169,10 +170,14 @@ def pull(store, ref_str, progress=None) -> PullResult:
                 except CorruptInputError as exc:
                     raise CorruptInputError(f"{lwhat}: {exc.message}", exc.hint) from None
                 staged.add(diff_hex)
+                fetched.append((diff_id, desc.digest, desc.size,
+                                desc.media_type or imagemeta.MT_DOCKER_LAYER,
+                                f"{ref.domain}/{ref.path}"))
                 say(short, "Pull complete")
             names = [ref.tagged] if ref.tag else []
             digests = [f"{ref.familiar}@{top_digest}"]
             image = store._commit(staging, [(config_bytes, names)], digests=digests)[0]
+            store.add_blob_digests(fetched)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     shown = str(ref) if ref.domain != "docker.io" else f"docker.io/{ref.path}" + (
