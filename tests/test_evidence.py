@@ -221,5 +221,6 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
     table = "\n".join(json.dumps(r) for r in rows)
     print(f"\ntrace ready after {startup:.2f}s; per point:\n{table}\nsummary: "
           f"{json.dumps(per_point)}\nreader: {summary[0]['reader_us_per_record']} us of CPU "
-          f"per analysed record, {summary[0]['poll_interval_s']} s polls")
+          f"per analysed record, {summary[0]['poll_interval_s']} s polls; learned "
+          f"{summary[0]['reader_cost']}; budget {summary[0]['reader_budget']}")
     assert not problems, "\n".join(problems) + f"\nper point:\n{table}"

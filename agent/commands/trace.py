@@ -57,7 +57,7 @@ Run it in the namespace that holds the container's bridge (the host). The line
                    "with bursts of up to a second's worth after a quiet spell; the kernel "
                    "counts the rest as shed (TCP SYN/FIN/RST have a budget of their own). "
                    "The pcap files keep every packet whatever this is. "
-                   "Default: automatic (what 0.2% of a core can process, at least 100; more "
+                   "Default: automatic (what 1% of a core can process, at least 100; more "
                    "only when over a core is idle). 0 = no limit.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Interleave the container's process events (fork, exec, exit).")

@@ -5,7 +5,8 @@ Every packet goes to the pcap files whatever this says (trace/evidence.py). The 
 it costs the traced traffic several times that, so the kernel hands the reader at most
 what this budget allows and counts the rest as `shed`. By default the budget follows the
 machine's idle CPU: AUTO_CPU_SHARE of a core when it is busy, up to AUTO_CPU_SHARE_IDLE
-when more than a core is idle, as records/s at the reader's measured cost per record.
+when more than a core is idle, as records/s at the reader's measured cost per record
+(what a record adds to a poll: a poll's own cost, whatever it reads, is measured apart).
 The budget is a token bucket holding up to BUDGET_BURST_S seconds of its rate.
 """
 
@@ -15,7 +16,7 @@ import time
 POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
 # ... while less than a core is idle: each poll costs ~1 ms of CPU whatever it reads
 POLL_INTERVAL_BUSY = 0.25
-AUTO_CPU_SHARE = 0.002
+AUTO_CPU_SHARE = 0.01           # 1% of a core: ~1000 records/s at ~10 us a record
 AUTO_CPU_SHARE_IDLE = 0.5
 AUTO_MIN_RATE, AUTO_MAX_RATE = 100, 100000      # records/s bounds of the automatic budget
 BUDGET_BURST_S = 1.0            # the budget saves up to this many seconds of its rate
@@ -26,7 +27,8 @@ class ReaderBudget:
 
     def __init__(self, max_rate=None):
         self.max_rate = max_rate        # None: automatic; 0: no budget
-        self.cost = 20e-6               # CPU seconds per record, learned while running
+        self.cost = 10e-6               # CPU seconds a record adds, learned while running
+        self.poll_cost = 0.0            # CPU seconds of a poll that reads (almost) nothing
         self.share = 0.0
         self._t = None
         self._cpu_prev = None
@@ -60,10 +62,17 @@ class ReaderBudget:
         self._t = time.monotonic() - BUDGET_BURST_S
         self.refill(capture)
 
-    def learn(self, cpu_s, records):
-        """What one record costs this reader (polls with 20+ records teach it)."""
-        if records >= 20:
-            self.cost = 0.8 * self.cost + 0.2 * cpu_s / records
+    def learn(self, cpu_s, records, settled=0):
+        """What a poll costs by itself and what each record adds, from one poll that read
+        `records` and settled `settled` earlier ones (their journeys, lines and rows):
+        polls with at most 2 of each teach the first, polls with 20+ the second (less
+        the poll's own cost)."""
+        work = max(records, settled)
+        if work <= 2:
+            self.poll_cost = 0.8 * self.poll_cost + 0.2 * cpu_s
+        elif work >= 20:
+            per = max(cpu_s - self.poll_cost, 0.0) / work
+            self.cost = 0.8 * self.cost + 0.2 * max(per, 1e-6)
 
     def auto_rate(self):
         """Records/s the reader may take: what its CPU share can process, where the share
@@ -80,7 +89,7 @@ class ReaderBudget:
         if self.max_rate is not None:
             return self.max_rate
         return (f"auto (last {self.auto_rate()} records/s: {self.share:.1%} of a core at "
-                f"{self.cost * 1e6:.0f} us/record)")
+                f"{self.cost * 1e6:.0f} us/record; a poll {self.poll_cost * 1e3:.1f} ms)")
 
     def _idle_cores(self):
         """Idle CPUs (0..ncpu) since the last call, from /proc/stat; None the first time."""

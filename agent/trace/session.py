@@ -254,10 +254,12 @@ class TraceSession:
         if self.evidence:
             self.sink.segments(self.evidence.segments())
         cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - F.SETTLE_NS
-        items = self._output(corr.settle(cutoff))
+        settled = corr.settle(cutoff)
+        items = self._output(settled)
         spent = time.thread_time() - cpu0
         self.reader_cpu += spent
-        self.budget.learn(spent, n)
+        self.budget.learn(spent, n, sum(len(j.captures) for j in settled.journeys) +
+                          len(settled.fast))
         if corr.done:
             self.done = True
         if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
@@ -394,6 +396,9 @@ class TraceSession:
             "process_events": self.sink.events_seen if self.sink else 0,
             "reader_budget": self.budget.describe(),
             "poll_interval_s": self.poll_interval,
+            # learned apart: what a record adds, what a poll costs whatever it reads
+            "reader_cost": {"per_record_us": round(self.budget.cost * 1e6, 1),
+                            "per_poll_ms": round(self.budget.poll_cost * 1e3, 2)},
             "reader_us_per_record": round(self.reader_cpu * 1e6 / max(1, sum(
                 self.analysed.values())), 1),
             "fast_path_packets": corr.fast_packets,
