@@ -361,6 +361,7 @@ COPY --chown=33:33 --chmod=600 Dockerfile /owned
 COPY --from=busybox:latest /etc/group /from-image/
 ENTRYPOINT ["/bin/echo"]
 CMD ["default", "args"]
+HEALTHCHECK --interval=1m30s --timeout=500ms --retries=3 CMD wget -q -O- http://127.0.0.1/ || exit 1
 
 FROM base AS reset
 ENTRYPOINT ["/bin/echo", "reset:"]
@@ -374,6 +375,12 @@ ENTRYPOINT ["/bin/echo", "reset:"]
     assert cfg["StopSignal"] == "SIGINT" and cfg["Shell"] == ["/bin/sh", "-ec"]
     assert cfg["Entrypoint"] == ["/bin/echo"] and cfg["Cmd"] == ["default", "args"]
     assert not any(e.startswith("WHO=") for e in cfg["Env"])  # ARGs are not kept
+    assert cfg["Healthcheck"] == {
+        "Test": ["CMD-SHELL", "wget -q -O- http://127.0.0.1/ || exit 1"],
+        "Interval": 90 * 10**9,
+        "Timeout": 500 * 10**6,
+        "Retries": 3,
+    }
     r = cli("run", "--rm", "--net", "none", "pib-instr:1")
     assert r.stdout == "default args\n"
     r = cli(
@@ -482,6 +489,13 @@ BAD = [
     ("unknown-user", "FROM busybox\nUSER pib-nobody\nRUN true\n", [], ["line 3", "pib-nobody"]),
     ("exec-not-found", 'FROM busybox\nRUN ["/pib-nosuch"]\n', [], ["line 2", "pib-nosuch"]),
     ("huge-dockerfile", "FROM busybox\n" + "#" * (4 << 20) + "\n", [], ["larger than 4 MB"]),
+    (
+        "healthcheck-duration",
+        "FROM busybox\nHEALTHCHECK --interval=soon CMD true\n",
+        [],
+        ["line 2", "soon"],
+    ),
+    ("healthcheck-form", "FROM busybox\nHEALTHCHECK true\n", [], ["line 2", "HEALTHCHECK"]),
     (
         "bad-substitution",
         "FROM busybox\nENV A=${B:?B_is_required}\n",

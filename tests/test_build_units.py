@@ -97,6 +97,11 @@ def test_parser_refusals_name_lines():
         ("RUN", 2, False),
         ("CMD", 4, True),
     ]
+    (hc,) = dockerfile.parse('FROM b\nHEALTHCHECK CMD ["a", "b"]\n')[1:]
+    assert dockerfile.healthcheck(hc) == {"Test": ["CMD", "a", "b"]}
+    (hc,) = dockerfile.parse("FROM b\nHEALTHCHECK NONE\n")[1:]
+    assert dockerfile.healthcheck(hc) == {"Test": ["NONE"]}
+    assert dockerfile.parse_duration("1h2m3.5s") == 3723 * 10**9 + 5 * 10**8
     with pytest.raises(DockerfileError, match="line 2.*ONBUILD"):
         dockerfile.parse("FROM busybox\nONBUILD RUN x\n")
     with pytest.raises(DockerfileError, match="line 2.*source and a destination"):

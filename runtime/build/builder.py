@@ -282,6 +282,9 @@ class Builder:
             by = f"SHELL {list(ins.args)}"
         elif cmd == "MAINTAINER":
             by = f"MAINTAINER {x(ins.args[0])}"
+        elif cmd == "HEALTHCHECK":
+            settings["Healthcheck"] = dockerfile.healthcheck(ins)
+            by = f"HEALTHCHECK {settings['Healthcheck']}"
         elif cmd == "WORKDIR":
             path = x(ins.args[0])
             if not path:

@@ -30,13 +30,15 @@ SUPPORTED = (
     "ENTRYPOINT",
     "SHELL",
     "MAINTAINER",
+    "HEALTHCHECK",
 )
-NOT_SUPPORTED = ("HEALTHCHECK", "ONBUILD")
+NOT_SUPPORTED = ("ONBUILD",)
 # flags each instruction accepts (name -> takes a value)
 FLAGS = {
     "FROM": {"platform"},
     "COPY": {"from", "chown", "chmod", "link"},
     "ADD": {"chown", "chmod", "link"},
+    "HEALTHCHECK": {"interval", "timeout", "start-period", "start-interval", "retries"},
 }
 BUILDKIT_FLAGS = {
     "RUN": ("mount", "network", "security"),
@@ -150,6 +152,13 @@ def parse(text: str) -> list[Instruction]:
 def _check_arity(ins):
     n = len([a for a in ins.args if a != ""]) if not ins.json else len(ins.args)
     cmd = ins.cmd
+    if cmd == "HEALTHCHECK":
+        kind = ins.args[0].upper() if ins.args else ""
+        if kind == "NONE" and len(ins.args) == 1 and not ins.flags:
+            return
+        if kind != "CMD" or len([a for a in ins.args[1:] if a != ""]) == 0:
+            raise ins.error("expected HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE")
+        return
     if cmd in ("RUN", "CMD", "ENTRYPOINT", "SHELL") and ins.json:
         if cmd == "SHELL" and n == 0:
             raise ins.error("needs at least one argument")
@@ -264,6 +273,65 @@ def _closing_brace(word, i):
                 return i
         i += 1
     return -1
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1000,
+    "µs": 1000,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+
+
+def parse_duration(text: str) -> int:
+    """A Go duration ('30s', '1m30s', '500ms') in nanoseconds; ValueError if malformed."""
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if not m:
+            raise ValueError(text)
+        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
+        pos = m.end()
+    if not text:
+        raise ValueError(text)
+    return int(total)
+
+
+def healthcheck(ins: Instruction) -> dict:
+    """The image config's Healthcheck for a HEALTHCHECK instruction (Docker's fields)."""
+    if ins.args[0].upper() == "NONE":
+        return {"Test": ["NONE"]}
+    if ins.json:
+        test = ["CMD", *ins.args[1:]]
+    else:
+        test = ["CMD-SHELL", " ".join(a for a in ins.args[1:] if a != "")]
+    out: dict = {"Test": test}
+    for flag, key in (
+        ("interval", "Interval"),
+        ("timeout", "Timeout"),
+        ("start-period", "StartPeriod"),
+        ("start-interval", "StartInterval"),
+    ):
+        if flag in ins.flags:
+            try:
+                value = parse_duration(ins.flags[flag])
+            except ValueError:
+                raise ins.error(
+                    f"--{flag}={ins.flags[flag]}: not a duration such as 30s or 1m30s"
+                ) from None
+            if value < 0 or (value and value < 10**6 and flag != "start-period"):
+                raise ins.error(f"--{flag}={ins.flags[flag]}: must be at least 1ms")
+            out[key] = value
+    if "retries" in ins.flags:
+        retries = ins.flags["retries"]
+        if not retries.isdigit():
+            raise ins.error(f"--retries={retries}: not a number")
+        out["Retries"] = int(retries)
+    return out
 
 
 def escape_char(text: str) -> str:
