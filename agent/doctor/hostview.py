@@ -19,7 +19,7 @@ from pathlib import Path
 from ..probes import iptsave as ipt
 from ..probes.netns import RtnlSocket, in_netns
 from ..runtime import sysctl as host_sysctl
-from .model import ContainerView, Link
+from .model import ContainerView, Link, Socket
 
 # -- namespaces -------------------------------------------------------------------
 
@@ -88,7 +88,7 @@ def _hex_addr(text, v6):
     return str(ipaddress.IPv4Address(raw[::-1]))
 
 
-def parse_proc_net(text, proto, v6):
+def parse_proc_net(text: str, proto: str, v6: bool) -> list[Socket]:
     """Listening TCP / bound UDP sockets from /proc/<pid>/net/{tcp,tcp6,udp,udp6} text."""
     out = []
     for line in text.splitlines()[1:]:
@@ -99,7 +99,7 @@ def parse_proc_net(text, proto, v6):
         if (proto == "tcp" and state != "0A") or (proto == "udp" and state != "07"):
             continue
         addr, _, port = f[1].partition(":")
-        out.append((proto, _hex_addr(addr, v6), int(port, 16)))
+        out.append(Socket(proto, _hex_addr(addr, v6), int(port, 16)))
     return out
 
 
@@ -299,7 +299,7 @@ class HostView:
         self.neighbours: list[dict] = []
         self.conntrack: dict = {}
         self.netstat: dict[str, int] = {}
-        self.host_sockets: list[tuple[str, str, int]] = []
+        self.host_sockets: list[Socket] = []
         self.containers: list[ContainerView] = []
 
     @classmethod

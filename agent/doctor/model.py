@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import NotFoundError
 
@@ -80,6 +81,14 @@ def problems(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity in PROBLEM]
 
 
+class Socket(NamedTuple):
+    """A listening TCP or bound UDP socket (from /proc/<pid>/net/{tcp,udp}[6])."""
+
+    proto: str
+    addr: str
+    port: int
+
+
 @dataclass
 class Link:
     """A network interface of one namespace."""
@@ -112,7 +121,7 @@ class ContainerView:
     pids: list[int]
     links: dict[str, Link] = field(default_factory=dict)
     routes: list[dict] = field(default_factory=list)
-    sockets: list[tuple[str, str, int]] = field(default_factory=list)  # (proto, addr, port)
+    sockets: list[Socket] = field(default_factory=list)
     eth: Link | None = None  # container side of the veth pair
     host_veth: Link | None = None
     ip: str | None = None
