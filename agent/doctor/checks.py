@@ -8,9 +8,11 @@ import ipaddress
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 from ..probes import iptsave as ipt
 from ..runtime import sysctl as host_sysctl
+from .hostview import HostView
 from .model import SIM_REMOTE, Finding, describe_action, runbook
 
 LOCALHOST = "127.0.0.1"
@@ -63,7 +65,7 @@ def _pkt(view, **kw):
     return ipt.Packet(local_addrs=view.local_addrs | {LOCALHOST}, **kw)
 
 
-def _bridged(view):
+def _bridged(view: HostView) -> list[tuple]:
     """Running containers attached (or meant to be attached) to a host bridge."""
     out = []
     for c in view.containers:
@@ -117,7 +119,7 @@ def _drops(walk):
 
 
 # -- checks --------------------------------------------------------------------------
-def ip_forward(view):
+def ip_forward(view: HostView) -> Iterator[Finding]:
     if not _bridged(view) and not any(
         ipt.dnat_target(r) for rs in view.rulesets.values() for r in rs.rules("nat")
     ):
@@ -138,7 +140,7 @@ def ip_forward(view):
         )
 
 
-def veth(view):
+def veth(view: HostView) -> Iterator[Finding]:
     for c, br, _ in _bridged(view):
         hv = c.host_veth
         ev = [
@@ -191,7 +193,7 @@ def veth(view):
             )
 
 
-def container_route(view):
+def container_route(view: HostView) -> Iterator[Finding]:
     for c, br, gw in _bridged(view):
         expected = (c.declared or {}).get("gateway") or gw
         if not expected:
@@ -231,7 +233,7 @@ def container_route(view):
             )
 
 
-def mtu(view):
+def mtu(view: HostView) -> Iterator[Finding]:
     for c, br, _ in _bridged(view):
         hv = c.host_veth
         want = br.mtu
@@ -279,7 +281,7 @@ def mtu(view):
                 )
 
 
-def dnat_stale(view):
+def dnat_stale(view: HostView) -> Iterator[Finding]:
     live = {c.ip for c in view.containers if c.ip and c.status == "running"}
     subnets = [(br, n) for br in view.bridges() for n in br.networks()]
     for rs in view.rulesets.values():
@@ -395,7 +397,7 @@ def _port_walk(view, ext, p):
     return dst, walks, got
 
 
-def working_ports(view):
+def working_ports(view: HostView) -> dict[tuple[str, str, int], dict]:
     """{(container, proto, host port): rule path} of the published ports whose DNAT reaches
     their container, for doctor to remember (and restore should the rules go missing)."""
     out, ext = {}, view.external_if()
@@ -415,7 +417,7 @@ def working_ports(view):
     return out
 
 
-def published_ports(view):
+def published_ports(view: HostView) -> Iterator[Finding]:
     ext = view.external_if()
     for c, br, _ in _bridged(view):
         for p in _port_list(view, c):
@@ -679,7 +681,7 @@ def _forward(view, c, br, ext, p, nat_rs):
             )
 
 
-def egress(view):
+def egress(view: HostView) -> Iterator[Finding]:
     """New connections from containers out of their bridge must pass FORWARD."""
     seen = set()
     ext = view.external_if()
@@ -762,7 +764,7 @@ def egress(view):
                 )
 
 
-def masquerade(view):
+def masquerade(view: HostView) -> Iterator[Finding]:
     seen = set()
     ext = view.external_if()
     for c, br, _ in _bridged(view):
@@ -812,7 +814,7 @@ def masquerade(view):
         )
 
 
-def hairpin(view):
+def hairpin(view: HostView) -> Iterator[Finding]:
     brnf = view.sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     for c, br, _ in _bridged(view):
         for p in c.ports:
@@ -921,7 +923,7 @@ def hairpin(view):
                 )
 
 
-def bridge_nf(view):
+def bridge_nf(view: HostView) -> Iterator[Finding]:
     if view.sysctl("net.bridge.bridge-nf-call-iptables") != "1":
         return
     by_bridge: dict = {}
@@ -959,7 +961,7 @@ def bridge_nf(view):
             )
 
 
-def localhost_publish(view):
+def localhost_publish(view: HostView) -> Iterator[Finding]:
     """A DNAT on 127.0.0.0/8 runs in nat PREROUTING before any martian check, so a
     neighbour that sends to 127.0.0.1 with this host's MAC reaches the container,
     whatever route_localnet says; route_localnet=1 also exposes 127.0.0.1 listeners."""
@@ -1076,7 +1078,7 @@ def localhost_publish(view):
         )
 
 
-def nft_native(view):
+def nft_native(view: HostView) -> Iterator[Finding]:
     """A native nftables forward chain (firewalld, nftables.conf) with policy drop that says
     nothing about the container bridge drops container traffic that iptables accepts."""
     bridges = {br.name: br for _, br, _ in _bridged(view)}
@@ -1156,7 +1158,7 @@ def nft_native(view):
             )
 
 
-def split_backends(view):
+def split_backends(view: HostView) -> Iterator[Finding]:
     legacy, nft = view.rulesets.get("legacy"), view.rulesets.get("nft")
     if legacy and nft and legacy.has_rules() and nft.has_rules():
         yield _finding(
@@ -1172,7 +1174,7 @@ def split_backends(view):
         )
 
 
-def conntrack(view):
+def conntrack(view: HostView) -> Iterator[Finding]:
     ct = view.conntrack
     count, cmax = ct.get("count"), ct.get("max")
     if count is None or not cmax:
@@ -1212,7 +1214,7 @@ def conntrack(view):
     )
 
 
-def rp_filter(view):
+def rp_filter(view: HostView) -> Iterator[Finding]:
     all_val = int(view.sysctl("net.ipv4.conf.all.rp_filter") or 0)
     counter = view.netstat.get("TcpExt.IPReversePathFilter", 0)
     for ln in view.links.values():
@@ -1253,7 +1255,7 @@ def rp_filter(view):
         )
 
 
-def oom(view):
+def oom(view: HostView) -> Iterator[Finding]:
     for c in view.containers:
         if c.oom_killed and c.status != "running":
             yield _finding(
@@ -1301,7 +1303,7 @@ def oom(view):
         )
 
 
-def quote(argv):
+def quote(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 

@@ -31,7 +31,7 @@ def _ino(path):
         return None
 
 
-def _links_and_routes():
+def _links_and_routes() -> tuple[dict[str, Link], list[dict]]:
     """Links (with IPv4 addresses) and IPv4 main-table routes of this thread's netns."""
     with RtnlSocket() as rtnl:
         msgs = rtnl.links()
@@ -68,7 +68,7 @@ def _links_and_routes():
     return {link.name: link for link in by_index.values()}, routes
 
 
-def _route_get(ip):
+def _route_get(ip: str) -> str | None:
     """The name of the interface this netns routes `ip` out of, or None (no route)."""
     try:
         with RtnlSocket() as rtnl:
@@ -103,7 +103,7 @@ def parse_proc_net(text: str, proto: str, v6: bool) -> list[Socket]:
     return out
 
 
-def listeners(proc_net_dir):
+def listeners(proc_net_dir: str) -> list[Socket]:
     """Listening sockets read from a /proc/.../net directory."""
     out = []
     for name, proto, v6 in (
@@ -244,7 +244,7 @@ def _read_int_file(path, key=None):
     return None
 
 
-def memory_info(pid):
+def memory_info(pid: int) -> dict:
     """OOM counters and limit of the memory cgroup `pid` is in (None at the root)."""
     cg = _memory_cgroup(pid)
     if not cg or cg[1] in ("/", ""):
@@ -333,20 +333,20 @@ class HostView:
         return view
 
     # -- host facts
-    def sysctl(self, key):
+    def sysctl(self, key: str) -> str | None:
         if key not in self._sysctl:
             self._sysctl[key] = host_sysctl.read(key)
         return self._sysctl[key]
 
-    def route_dev(self, ip):
+    def route_dev(self, ip: str) -> str | None:
         if ip not in self._routes_get:
             self._routes_get[ip] = _route_get(ip)
         return self._routes_get[ip]
 
-    def bridges(self):
+    def bridges(self) -> list[Link]:
         return [ln for ln in self.links.values() if ln.kind == "bridge"]
 
-    def bridge_for(self, ip):
+    def bridge_for(self, ip: str) -> tuple[Link | None, str | None]:
         """The bridge whose subnet holds `ip`, and that bridge's own address there."""
         addr = ipaddress.ip_address(ip)
         for br in self.bridges():
@@ -355,17 +355,17 @@ class HostView:
                     return br, bip
         return None, None
 
-    def uplink(self):
+    def uplink(self) -> str | None:
         """The interface of the host's default route, or None."""
         for r in self.routes:
             if r["dst"] == "default":
                 return r["dev"]
         return None
 
-    def external_if(self):
+    def external_if(self) -> str:
         return self.uplink() or ipt.EXTERNAL_IF
 
-    def public_addr(self):
+    def public_addr(self) -> str:
         """A host address a client outside would use: the uplink's, else any non-bridge one."""
         up = self.links.get(self.uplink() or "")
         if up and up.addrs:
@@ -381,7 +381,7 @@ class HostView:
                 return ln.addrs[0][0]
         return "127.0.0.1"
 
-    def active_rulesets(self):
+    def active_rulesets(self) -> list[ipt.Ruleset]:
         return [rs for rs in self.rulesets.values() if rs.tables]
 
     def _neighbours(self):
@@ -558,7 +558,7 @@ class HostView:
                         if p["host_port"] == entry["host_port"] and p["rule"] is None:
                             p["rule"] = rule
 
-    def container_by_ip(self, ip):
+    def container_by_ip(self, ip: str) -> ContainerView | None:
         for c in self.containers:
             if c.ip == ip:
                 return c
