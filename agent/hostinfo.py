@@ -23,7 +23,7 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
-def _mounts():
+def _mounts() -> list[dict[str, str]]:
     out = []
     try:
         with open("/proc/self/mountinfo") as f:
@@ -36,12 +36,12 @@ def _mounts():
     return out
 
 
-def kernel():
+def kernel() -> dict[str, str]:
     u = os.uname()
     return {"release": u.release, "version": u.version, "machine": u.machine}
 
 
-def cgroups(mounts=None):
+def cgroups(mounts: list[dict[str, str]] | None = None) -> dict:
     """Layout v1 / hybrid / v2, and where each hierarchy is mounted."""
     mounts = _mounts() if mounts is None else mounts
     v2 = [m["mnt"] for m in mounts if m["fstype"] == "cgroup2"]
@@ -120,14 +120,14 @@ def sysctls() -> dict[str, str | None]:
     return {key: sysctl.read(key) for key in SYSCTLS}
 
 
-def tracefs(mounts=None):
+def tracefs(mounts: list[dict[str, str]] | None = None) -> dict:
     mounts = _mounts() if mounts is None else mounts
     where = [m["mnt"] for m in mounts if m["fstype"] == "tracefs"]
     return {"mounted": bool(where), "mounts": where,
             "hint": None if where else "mount -t tracefs nodev /sys/kernel/tracing"}
 
 
-def btf():
+def btf() -> dict:
     try:
         size = os.stat(BTF_PATH).st_size
     except OSError:
@@ -135,7 +135,7 @@ def btf():
     return {"present": True, "path": BTF_PATH, "size": size}
 
 
-def ebpf_hooks():
+def ebpf_hooks() -> list[dict] | None:
     """[{name, available, reason}] from probes.capabilities.detect(), or None if missing."""
     try:
         capabilities = importlib.import_module(f"{__package__}.probes.capabilities")
@@ -149,7 +149,7 @@ def ebpf_hooks():
                  "reason": f"capability detection failed: {type(exc).__name__}: {exc}"}]
 
 
-def probe_loaders():
+def probe_loaders() -> list[dict] | None:
     """[{probe, loader, object}] from probes.capabilities.probe_loaders(), or None."""
     try:
         capabilities = importlib.import_module(f"{__package__}.probes.capabilities")
@@ -162,14 +162,14 @@ def probe_loaders():
                  "object": f"loader detection failed: {type(exc).__name__}: {exc}"}]
 
 
-def netns_inode():
+def netns_inode() -> int | None:
     try:
         return os.stat("/proc/self/ns/net").st_ino
     except OSError:
         return None
 
 
-def collect(probe_ebpf=True):
+def collect(probe_ebpf: bool = True) -> dict:
     """Everything `pyinspect info` shows, as one dict."""
     mounts = _mounts()
     return {
