@@ -14,12 +14,17 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import database_path
 from .errors import ConflictError, NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 def _iso(ns):
@@ -31,15 +36,15 @@ def _iso(ns):
 class Overview:
     """The dashboard's data layer over one state root."""
 
-    def __init__(self, root, tracer_factory=None):
+    def __init__(self, root: str | Path, tracer_factory=None) -> None:
         self.root = Path(root)
         self.tracer_factory = tracer_factory
-        self.traces = {}            # session id -> running BackgroundTrace
-        self.agent_status = {}      # probe name -> bool, set by the serving agent
+        self.traces: dict = {}      # session id -> running BackgroundTrace
+        self.agent_status: dict[str, bool] = {}  # probe name -> bool, set by the serving agent
         self._lock = threading.Lock()
 
     @contextmanager
-    def store(self):
+    def store(self) -> Iterator["Store"]:
         from .store import Store
         s = Store(database_path(self.root))
         try:
@@ -48,7 +53,7 @@ class Overview:
             s.close()
 
     # -- host ----------------------------------------------------------------------------
-    def host(self):
+    def host(self) -> dict:
         from . import hostinfo, vethmap
         info = hostinfo.collect()
         kernel = info.get("kernel") or {}
@@ -78,7 +83,7 @@ class Overview:
                 "iptables": ipt, "bridges": bridges}
 
     # -- containers ----------------------------------------------------------------------
-    def containers(self):
+    def containers(self) -> list[dict]:
         """pyinspect's containers (with network and limits) and every discovered foreign one."""
         from . import discovery
         from .runtime import state
@@ -91,18 +96,18 @@ class Overview:
             out.append(_container_row(None, c))
         return out
 
-    def container(self, ref):
+    def container(self, ref: str) -> dict:
         for row in self.containers():
             if ref in (row["name"], row["id"]) or (len(ref) >= 4 and row["id"].startswith(ref)):
                 return row
         raise NotFoundError(f"no such container: {ref}")
 
     # -- veth map and topology -------------------------------------------------------------
-    def interfaces(self):
+    def interfaces(self) -> list[dict]:
         from . import vethmap
         return vethmap.build(root=self.root)
 
-    def topology_svg(self):
+    def topology_svg(self) -> str:
         from .topology import render_svg
         return render_svg(self.interfaces())
 
@@ -121,12 +126,12 @@ class Overview:
             r["summary"] = events.summary(r)
         return rows
 
-    def last_event_id(self):
+    def last_event_id(self) -> int:
         with self.store() as s:
             return s.last_event_id()
 
     # -- traces and flows --------------------------------------------------------------------
-    def sessions(self):
+    def sessions(self) -> list[dict]:
         from . import pcap_export
         with self.store() as s:
             rows = pcap_export.list_sessions(s)
@@ -139,7 +144,7 @@ class Overview:
                 r["status"] = "running"
         return rows
 
-    def flows(self, session_id=None, after_id=None):
+    def flows(self, session_id: int | None = None, after_id: int | None = None) -> list[dict]:
         # packets: those the trace's analysis indexed to the flow (the segment files
         # may hold more; `pcap export --flow` finds those too)
         with self.store() as s:
@@ -160,11 +165,12 @@ class Overview:
                 r["detail"] = _json(r.get("detail"))
         return rows
 
-    def last_flow_id(self):
+    def last_flow_id(self) -> int:
         with self.store() as s:
             return s.last_flow_id()
 
-    def start_trace(self, container, duration=30.0, bpf_filter=None):
+    def start_trace(self, container: str, duration: float = 30.0,
+                    bpf_filter: str | None = None) -> dict:
         """Start a trace in the background (the serving agent's process); returns its row."""
         if not 0 < duration <= 3600:
             raise UsageError(f"start trace: duration {duration:g}s is outside 0..3600")
@@ -174,7 +180,7 @@ class Overview:
             self.traces[trace.session_id] = trace
         return {"id": trace.session_id, "container": container, "status": "running"}
 
-    def stop_trace(self, session_id):
+    def stop_trace(self, session_id: int) -> dict:
         trace = self.traces.get(session_id)
         if trace is None:
             raise NotFoundError(f"no running trace {session_id} in this agent")
@@ -183,7 +189,7 @@ class Overview:
         summary = trace.stop()
         return {"id": session_id, "status": "stopped", "summary": summary}
 
-    def export_pcap(self, session_id, flow_id=None):
+    def export_pcap(self, session_id: int, flow_id: int | None = None) -> tuple[str, str]:
         """A temp pcapng of a session (or one of its flows) and a download name."""
         from . import pcap_export
         flow = None
@@ -205,7 +211,7 @@ class Overview:
         _unlink_later(tmp)
         return tmp, name
 
-    def pcap_path(self, name):
+    def pcap_path(self, name: str) -> Path | None:
         """A file in the pcap store by its bare name; None for anything else."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name) or ".." in name:
             return None
@@ -216,20 +222,20 @@ class Overview:
         return path
 
     # -- doctor --------------------------------------------------------------------------
-    def findings(self, limit=200):
+    def findings(self, limit: int = 200) -> list[dict]:
         with self.store() as s:
             rows = s.recent_findings(limit)
         for r in rows:
             r["when"] = _iso(r["run_ns"])
         return rows
 
-    def runbook(self, name):
+    def runbook(self, name: str) -> str:
         """A runbook's text (the package's copy, as doctor shows it)."""
         from .doctor.model import read_runbook
         return read_runbook(name)
 
     # -- metrics -------------------------------------------------------------------------
-    def metrics(self):
+    def metrics(self) -> dict:
         from . import pcap_export
         now = time.time_ns()
         with self.store() as s:
