@@ -521,3 +521,28 @@ def test_https_unless_loopback_or_listed_insecure(make_netns, tmp_path, dconf):
                        "no such repository or tag")  # HTTPS, certificate not verified
     finally:
         tls.close()
+
+
+def test_credentials_file_forms(tmp_path, monkeypatch):
+    """Docker's keys: docker.io under https://index.docker.io/v1/, others by host:port;
+    `auth` (base64 user:password) or username/password fields; a broken file is one line."""
+    from pyinspect.errors import CorruptInputError
+    from pyinspect.runtime.registry import credentials
+    from pyinspect.runtime.registry.reference import registry_key
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
+    assert registry_key("docker.io") == registry_key("index.docker.io") == \
+        "https://index.docker.io/v1/"
+    assert registry_key("localhost:5000") == "localhost:5000"
+    assert credentials.get("docker.io") is None
+    path = credentials.store("docker.io", credentials.Credentials("u", "p:w"))
+    assert json.loads(path.read_text())["auths"]["https://index.docker.io/v1/"]["auth"] == \
+        "dTpwOnc="
+    assert credentials.get("registry-1.docker.io") == credentials.Credentials("u", "p:w")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text(json.dumps({"auths": {"r.lan:5000": {"username": "a", "password": "b"}}}))
+    assert credentials.get("r.lan:5000") == credentials.Credentials("a", "b")
+    for broken in ("{", '{"auths": []}', '{"auths": {"r.lan:5000": {"auth": "%%%"}}}'):
+        path.write_text(broken)
+        with pytest.raises(CorruptInputError) as err:
+            credentials.get("r.lan:5000")
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
