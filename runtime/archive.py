@@ -451,6 +451,8 @@ class _TarSource:
             return False
 
     def open(self, name):
+        if self.tf is None:
+            raise CorruptInputError(f"{name!r}: the archive is closed")
         return self.tf.extractfile(self._member(name))
 
     def close(self):
@@ -682,7 +684,7 @@ def save(store, refs, out):
     import io
     if not refs:
         raise UsageError("save: no images given")
-    chosen = {}  # image id -> (Image, [names])
+    chosen: dict[str, tuple] = {}  # image id -> (Image, [names])
     tags = store._tags()
     for ref in refs:
         image = store.resolve(ref)
@@ -690,8 +692,10 @@ def save(store, refs, out):
         found = store._find(ref, tags)
         if found and found[1] and found[1] not in names:
             names.append(found[1])
-    blobs = {}      # hex -> (path or bytes)
-    manifest_json, index_entries, repositories = [], [], {}
+    blobs: dict = {}      # hex -> (path or bytes)
+    manifest_json: list = []
+    index_entries: list = []
+    repositories: dict = {}
     for image_id in sorted(chosen):  # sorted: the same set of images gives the same bytes
         image, names = chosen[image_id]
         names.sort()

@@ -485,7 +485,7 @@ class ImageStore:
 
     def _users(self, image_id):
         """Containers (id, name) whose config.json names this image_id."""
-        users = []
+        users: list[tuple] = []
         cdir = self.root / "containers"
         try:
             entries = os.listdir(cdir)
@@ -546,7 +546,7 @@ class ImageStore:
     def _gc(self):
         """Remove layers no stored image references (caller holds the lock)."""
         import shutil
-        keep = set()
+        keep: set[str] = set()
         for h in self._ids():
             try:
                 raw = json.loads((self.configs / f"{h}.json").read_bytes())

@@ -98,7 +98,8 @@ def _zstd_reader(read, what):
         def read(self, n=_CHUNK):
             return read(n)
 
-    return zstandard.ZstdDecompressor().stream_reader(Source(), read_size=_CHUNK,
+    return zstandard.ZstdDecompressor().stream_reader(Source(),  # type: ignore[arg-type]
+                                                      read_size=_CHUNK,
                                                       read_across_frames=True), zstandard.ZstdError
 
 

@@ -85,7 +85,7 @@ def images(obj, reference, fmt, quiet, no_trunc):
                       r["CreatedSince"], _human_size(r["Size"])))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths)) + "   " + row[4])
+        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "   " + row[4])
 
 
 @click.command()
@@ -111,7 +111,7 @@ def load(obj, path, quiet):
         if sys.stdin.isatty():
             raise UsageError("load: no input", "give -i FILE or pipe an archive to stdin")
         path = sys.stdin.buffer
-    notes = []
+    notes: list[str] = []
     loaded = _store(obj).load_images(path, notes=notes)
     for line in notes:
         click.echo(f"note: {line}", err=True)

@@ -123,7 +123,8 @@ class BodyReader:
 class RegistryClient:
     """One registry (host[:port]); requests go through `request()` with a scope."""
 
-    def __init__(self, domain, credentials: Credentials = None, insecure_registries=()):
+    def __init__(self, domain, credentials: Credentials | None = None,
+                 insecure_registries=()):
         import requests
 
         from .reference import DEFAULT_DOMAIN, DOCKER_HUB_API
@@ -133,9 +134,9 @@ class RegistryClient:
         self.insecure = is_insecure(self.domain, tuple(insecure_registries))
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "pyinspect (Docker-compatible registry client)"
-        self.base = None
-        self.challenge = None
-        self.tokens = {}
+        self.base: str | None = None
+        self.challenge: tuple[str, dict] | None = None
+        self.tokens: dict[str, str] = {}
 
     def close(self):
         self.session.close()
@@ -187,7 +188,7 @@ class RegistryClient:
                 continue  # a plain-HTTP server answering a TLS hello
             self.base = f"{scheme}://{self.host}"
             break
-        if self.base is None:
+        if self.base is None or resp is None:
             raise UnavailableError(f"registry {self.domain}: cannot connect")
         if resp.status_code == 401:
             self.challenge = parse_challenge(resp.headers.get("WWW-Authenticate"))
@@ -198,7 +199,7 @@ class RegistryClient:
         resp.close()
 
     def _token(self, scope, challenge=None):
-        scheme, params = challenge or self.challenge
+        _, params = challenge or self.challenge or ("", {})
         realm = params.get("realm")
         if not realm:
             raise UnavailableError(f"registry {self.domain}: Bearer challenge without realm")
