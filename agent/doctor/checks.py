@@ -4,6 +4,7 @@ in the order they run.
 Fixes run in that order, so a stale rule is deleted before the missing one is added back.
 """
 
+import dataclasses
 import ipaddress
 import shlex
 import shutil
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from ..probes import iptsave as ipt
 from ..runtime import sysctl as host_sysctl
 from .hostview import HostView
-from .model import SIM_REMOTE, Finding, describe_action, runbook
+from .model import SIM_REMOTE, Finding, PortMapping, describe_action, runbook
 
 LOCALHOST = "127.0.0.1"
 NUD_REACHABLE, NUD_PERMANENT = 0x02, 0x80
@@ -341,23 +342,22 @@ SOURCES = {
 
 
 def _port_list(view, c):
-    ports = [dict(p) for p in c.ports]
+    ports = [dataclasses.replace(p) for p in c.ports]
     for key, val in view.memory.items():
         parts = key.split(":")
         if parts[0] != "port" or parts[1] != c.name:
             continue
-        if any(p["proto"] == parts[2] and p["host_port"] == int(parts[3]) for p in ports):
+        if any(p.proto == parts[2] and p.host_port == int(parts[3]) for p in ports):
             continue
         ports.append(
-            {
-                "proto": parts[2],
-                "host_port": int(parts[3]),
-                "host_ip": val.get("host_ip", ""),
-                "container_port": val["container_port"],
-                "source": "remembered",
-                "rule": None,
-                "memory": val,
-            }
+            PortMapping(
+                parts[2],
+                val.get("host_ip", ""),
+                int(parts[3]),
+                val["container_port"],
+                "remembered",
+                memory=val,
+            )
         )
     return ports
 
@@ -385,9 +385,9 @@ def _restore_actions(view, memory):
 def _port_walk(view, ext, p):
     """Walk nat PREROUTING of each active backend for a packet from outside to published
     port `p`: (its destination, [(ruleset, Walk)], the first (ruleset, Walk) that DNATs)."""
-    host_ip = p.get("host_ip") or ""
+    host_ip = p.host_ip or ""
     dst = host_ip if host_ip and host_ip != "0.0.0.0" else view.public_addr()
-    pkt = _pkt(view, src=SIM_REMOTE, dst=dst, proto=p["proto"], dport=p["host_port"], iif=ext)
+    pkt = _pkt(view, src=SIM_REMOTE, dst=dst, proto=p.proto, dport=p.host_port, iif=ext)
     got, walks = None, []
     for rs in view.active_rulesets():
         w = rs.walk("nat", "PREROUTING", pkt)
@@ -404,11 +404,11 @@ def working_ports(view: HostView) -> dict[tuple[str, str, int], dict]:
     for c, _br, _gw in _bridged(view):
         for p in c.ports:
             _dst, _walks, got = _port_walk(view, ext, p)
-            if got is not None and ipt.dnat_target(got[1].rule) == (c.ip, p["container_port"]):
-                out[(c.name, p["proto"], p["host_port"])] = {
+            if got is not None and ipt.dnat_target(got[1].rule) == (c.ip, p.container_port):
+                out[(c.name, p.proto, p.host_port)] = {
                     "container_ip": c.ip,
-                    "container_port": p["container_port"],
-                    "host_ip": p.get("host_ip") or "",
+                    "container_port": p.container_port,
+                    "host_ip": p.host_ip or "",
                     "path": [
                         {"backend": r.backend, "table": r.table, "chain": r.chain, "args": r.args}
                         for r in got[1].path
@@ -424,7 +424,7 @@ def published_ports(view: HostView) -> Iterator[Finding]:
             yield from _one_port(view, c, br, ext, p)
     port = view.port_filter
     if port is not None and not any(
-        p["host_port"] == port for c, _, _ in _bridged(view) for p in _port_list(view, c)
+        p.host_port == port for c, _, _ in _bridged(view) for p in _port_list(view, c)
     ):
         pkt = _pkt(view, src=SIM_REMOTE, dst=view.public_addr(), dport=port, iif=ext)
         ev = [f"walked nat PREROUTING for tcp dport {port} to {view.public_addr()}:"]
@@ -445,12 +445,12 @@ def published_ports(view: HostView) -> Iterator[Finding]:
 
 
 def _one_port(view, c, br, ext, p):
-    proto, hport, cport = p["proto"], p["host_port"], p["container_port"]
-    host_ip = p.get("host_ip") or ""
+    proto, hport, cport = p.proto, p.host_port, p.container_port
+    host_ip = p.host_ip or ""
     dst, walks, got = _port_walk(view, ext, p)
     label = f"host {proto}/{hport} -> {c.name} {c.ip}:{cport}"
     if got is None or ipt.dnat_target(got[1].rule) != (c.ip, cport):
-        ev = [f"expected: {label} ({SOURCES.get(p['source'], p['source'])})"]
+        ev = [f"expected: {label} ({SOURCES.get(p.source, p.source)})"]
         for rs, w in walks:
             to = ipt.dnat_target(w.rule) if w.rule and w.verdict == "DNAT" else None
             ev.append(
@@ -458,18 +458,18 @@ def _one_port(view, c, br, ext, p):
                 f"{w.verdict}" + (f" to {to[0]}:{to[1]}" if to else "")
             )
             ev += [f"  {ln}" for ln in w.evidence()]
-        if p.get("rule") is not None:
+        if p.rule is not None:
             ev.append(
                 (
                     "an earlier rule shadows the right one: "
                     if got
                     else "the DNAT rule exists but the walk never reaches it: "
                 )
-                + p["rule"].text()
+                + p.rule.text()
             )
         ev += _conntrack_lines(proto, hport)
         shadow = ipt.dnat_target(got[1].rule) if got is not None and got[1].rule else None
-        if shadow is not None and got is not None and p.get("rule") is not None:
+        if shadow is not None and got is not None and p.rule is not None:
             yield _finding(
                 "dnat_missing",
                 "error",
@@ -483,8 +483,8 @@ def _one_port(view, c, br, ext, p):
                 fix="delete the shadowing rule: " + " ".join(got[1].rule.delete_cmd()),
             )
             return
-        if p.get("memory"):
-            actions, safe = _restore_actions(view, p["memory"]), True
+        if p.memory:
+            actions, safe = _restore_actions(view, p.memory), True
         else:
             rs = _owner(view, [br.name, c.ip])
             match = ["-d", f"{host_ip}/32"] if host_ip and host_ip != "0.0.0.0" else []
@@ -516,7 +516,7 @@ def _one_port(view, c, br, ext, p):
                     ],
                 )
             ]
-            safe = p["source"] == "pyinspect"
+            safe = p.source == "pyinspect"
         yield _finding(
             "dnat_missing",
             "error",
@@ -535,13 +535,13 @@ def _one_port(view, c, br, ext, p):
 
 
 def _listening(c, p):
-    proto, cport = p["proto"], p["container_port"]
+    proto, cport = p.proto, p.container_port
     socks = [s for s in c.sockets if s[0] == proto and s[2] == cport]
     shown = [f"{s[0]} {s[1]}:{s[2]}" for s in c.sockets if s[0] == proto] or ["none"]
     src = f"/proc/{c.pids[0]}/net/{proto}{{,6}}" if c.pids else f"{c.nspath} net/{proto}"
     ev = [
         f"listening {proto} sockets in {c.name} ({src}): {', '.join(shown)}",
-        f"published: host {p['host_port']} -> {c.ip}:{cport}",
+        f"published: host {p.host_port} -> {c.ip}:{cport}",
     ]
     if any(s[1] in ("0.0.0.0", "::", c.ip) for s in socks):
         return
@@ -555,7 +555,7 @@ def _listening(c, p):
             ev,
             [],
             "container-not-listening",
-            port=p["host_port"],
+            port=p.host_port,
             fix=f"make the server in {c.name} listen on 0.0.0.0:{cport} "
             "(e.g. --host 0.0.0.0), then restart it",
         )
@@ -568,13 +568,13 @@ def _listening(c, p):
             ev,
             [],
             "container-not-listening",
-            port=p["host_port"],
+            port=p.host_port,
             fix=f"start the server on port {cport} in {c.name}, or publish the port it really uses",
         )
 
 
 def _forward(view, c, br, ext, p, nat_rs):
-    proto, cport, hport = p["proto"], p["container_port"], p["host_port"]
+    proto, cport, hport = p.proto, p.container_port, p.host_port
     inbound = _pkt(view, src=SIM_REMOTE, dst=c.ip, proto=proto, dport=cport, iif=ext, oif=br.name)
     reply = _pkt(
         view,
@@ -818,8 +818,8 @@ def hairpin(view: HostView) -> Iterator[Finding]:
     brnf = view.sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     for c, br, _ in _bridged(view):
         for p in c.ports:
-            proto, hport, cport = p["proto"], p["host_port"], p["container_port"]
-            host_ip = p.get("host_ip") or ""
+            proto, hport, cport = p.proto, p.host_port, p.container_port
+            host_ip = p.host_ip or ""
             if host_ip.startswith("127."):
                 continue  # published for the host only: not meant to be reached from containers
             dst = host_ip if host_ip and host_ip != "0.0.0.0" else view.public_addr()

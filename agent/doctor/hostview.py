@@ -19,7 +19,7 @@ from pathlib import Path
 from ..probes import iptsave as ipt
 from ..probes.netns import RtnlSocket, in_netns
 from ..runtime import sysctl as host_sysctl
-from .model import ContainerView, Link, Socket
+from .model import ContainerView, Link, PortMapping, Socket
 
 # -- namespaces -------------------------------------------------------------------
 
@@ -499,14 +499,13 @@ class HostView:
                 cv.declared = dict(owners[ino].detail.get("network") or {})
                 for p in cv.declared.get("ports") or []:
                     cv.ports.append(
-                        {
-                            "proto": p.get("proto", "tcp"),
-                            "host_ip": _any_addr(p.get("host_ip")),
-                            "host_port": int(p["host_port"]),
-                            "container_port": int(p["container_port"]),
-                            "source": "pyinspect",
-                            "rule": None,
-                        }
+                        PortMapping(
+                            p.get("proto", "tcp"),
+                            _any_addr(p.get("host_ip")),
+                            int(p["host_port"]),
+                            int(p["container_port"]),
+                            "pyinspect",
+                        )
                     )
             for pid in cv.pids:
                 mi = memory_info(pid)
@@ -538,25 +537,25 @@ class HostView:
                 if not hport or not hport.isdigit():
                     continue
                 dst = rule.get("dst") or ""
-                entry = {
-                    "proto": rule.get("proto") or "tcp",
-                    "host_ip": _any_addr(dst.split("/")[0]),
-                    "host_port": int(hport),
-                    "container_port": tgt[1] or int(hport),
-                    "source": "rule",
-                    "rule": rule,
-                }
+                entry = PortMapping(
+                    rule.get("proto") or "tcp",
+                    _any_addr(dst.split("/")[0]),
+                    int(hport),
+                    tgt[1] or int(hport),
+                    "rule",
+                    rule,
+                )
                 if not any(
-                    p["host_port"] == entry["host_port"]
-                    and p["proto"] == entry["proto"]
-                    and p["host_ip"] == entry["host_ip"]
+                    p.host_port == entry.host_port
+                    and p.proto == entry.proto
+                    and p.host_ip == entry.host_ip
                     for p in c.ports
                 ):
                     c.ports.append(entry)
                 else:
                     for p in c.ports:
-                        if p["host_port"] == entry["host_port"] and p["rule"] is None:
-                            p["rule"] = rule
+                        if p.host_port == entry.host_port and p.rule is None:
+                            p.rule = rule
 
     def container_by_ip(self, ip: str) -> ContainerView | None:
         for c in self.containers:

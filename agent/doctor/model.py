@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import NotFoundError
 
@@ -81,6 +81,20 @@ def problems(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity in PROBLEM]
 
 
+@dataclass
+class PortMapping:
+    """A host port published to a container: declared in pyinspect's state, named by a
+    DNAT rule, or remembered from an earlier run."""
+
+    proto: str
+    host_ip: str  # '' for every address
+    host_port: int
+    container_port: int
+    source: str  # pyinspect | rule | remembered
+    rule: Any = None  # the DNAT rule (probes.iptsave.Rule) that names it, if any
+    memory: dict | None = None  # what doctor remembered of it (its working rule path)
+
+
 class Socket(NamedTuple):
     """A listening TCP or bound UDP socket (from /proc/<pid>/net/{tcp,udp}[6])."""
 
@@ -126,8 +140,7 @@ class ContainerView:
     host_veth: Link | None = None
     ip: str | None = None
     prefixlen: int | None = None
-    # {proto, host_ip, host_port, container_port, source, rule}
-    ports: list[dict] = field(default_factory=list)
+    ports: list[PortMapping] = field(default_factory=list)
     declared: dict = field(default_factory=dict)  # pyinspect network dict, if any
     memory: dict = field(default_factory=dict)  # {cgroup, oom_kill, limit, max_usage}
     status: str = "running"

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import NotFoundError, UnavailableError
 from . import checks, persistence
 from .hostview import HostView
-from .model import ContainerView, Finding, describe_action
+from .model import ContainerView, Finding, PortMapping, describe_action
 
 
 @dataclass
@@ -23,8 +23,8 @@ class Report:
     view: HostView | None = None
 
 
-def _port_memory_key(c: ContainerView, port: dict) -> str:
-    return f"port:{c.name}:{port['proto']}:{port['host_port']}"
+def _port_memory_key(c: ContainerView, port: PortMapping) -> str:
+    return f"port:{c.name}:{port.proto}:{port.host_port}"
 
 
 def _remember(view: HostView) -> tuple[dict, list[str]]:
@@ -33,7 +33,7 @@ def _remember(view: HostView) -> tuple[dict, list[str]]:
     keep, names = {}, {c.name for c in view.containers}
     for c in view.containers:
         for p in c.ports:
-            ok = working.get((c.name, p["proto"], p["host_port"]))
+            ok = working.get((c.name, p.proto, p.host_port))
             if ok:
                 keep[_port_memory_key(c, p)] = ok
     drop = [k for k in view.memory if k.startswith("port:") and k.split(":")[1] not in names]
