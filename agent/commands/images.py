@@ -85,7 +85,8 @@ def images(obj, reference, fmt, quiet, no_trunc):
                       r["CreatedSince"], _human_size(r["Size"])))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "   " + row[4])
+        cells = "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
+        click.echo(cells + "   " + row[4])
 
 
 @click.command()
