@@ -35,7 +35,9 @@ _TOKEN = re.compile(r"""
   | (?P<string>"(?:[^"\\\n]|\\.)*")
   | (?P<raw>`[^`]*`)
   | (?P<char>'(?:[^'\\]|\\.)+')
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F_]+|\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))
+  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F_]+
+                    |\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?
+                    |\.\d+(?:[eE][-+]?\d+)?))
   | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
   | (?P<dot>\.)
   | (?P<variable>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
@@ -133,7 +135,7 @@ def _tokens(src, text, base):
             line, _ = _line_col(src, base + i)
             raise TemplateError(f"template: :{line}: unexpected {text[i]!r} in command")
         if m.lastgroup != "space":
-            out.append(Tok(m.lastgroup, m.group(), base + i))
+            out.append(Tok(m.lastgroup or "", m.group(), base + i))
         i = m.end()
     return out
 
@@ -166,9 +168,9 @@ class Pipeline:
 class Node:
     kind: str             # text, action, if, range, with, break, continue
     text: str = ""
-    pipe: Pipeline = None
-    body: list = None
-    other: list = None    # the else branch
+    pipe: Pipeline | None = None
+    body: list | None = None
+    other: list | None = None    # the else branch
     pos: int = 0
 
 
@@ -251,7 +253,8 @@ class _Parser:
             toks = toks[k + 2:]
             if not toks:
                 raise self.err(pos, "missing value for command")
-        cmds, cur = [], []
+        cmds: list[Command] = []
+        cur: list[Operand] = []
         j = 0
         while j < len(toks):
             t = toks[j]
@@ -303,6 +306,7 @@ class _Parser:
             return Operand("number", ord(ch[0]), [], t.pos, t.text), j + 1
         if k == "number":
             text = t.text.replace("_", "")
+            value: int | float
             try:
                 value = int(text, 0)
             except ValueError:
@@ -478,11 +482,12 @@ def _sprint(*args):
 _VERB = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+))?([a-zA-Z%])")
 
 
-def _printf(fmt, *args):
+def _printf(fmt, *given):
     if not isinstance(fmt, str):
         raise _FuncError(f"wrong type for value; expected string; got {go_type(fmt)}")
-    args = list(args)
-    out, pos = [], 0
+    args = list(given)
+    out: list[str] = []
+    pos = 0
     for m in _VERB.finditer(fmt):
         out.append(fmt[pos:m.start()])
         pos = m.end()
@@ -788,7 +793,7 @@ class Template:
     nodes: list
 
     def render(self, data) -> str:
-        out = []
+        out: list[str] = []
         ex = _Exec(self.src, out)
         ex.vars.append({"$": data})
         try:

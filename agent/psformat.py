@@ -75,7 +75,10 @@ def display_ports(ports) -> str:
     consecutive ones grouped as `8000-8001->80-81`."""
     ports = sorted(ports, key=lambda p: (p["PrivatePort"], p.get("IP", ""),
                                          p.get("PublicPort", 0), p["Type"]))
-    groups, order, result, mappings = {}, [], [], []
+    groups: dict[str, list[int]] = {}
+    order: list[str] = []
+    result: list[str] = []
+    mappings: list[str] = []
     for p in ports:
         current = p["PrivatePort"]
         key = p["Type"]
@@ -183,10 +186,10 @@ def tabwrite(lines, minwidth=10, padding=3):
     for i in range(ncols - 1):
         cells = [len(r[i]) for r in rows if len(r) > i + 1]
         widths.append(max(minwidth, max(cells, default=0) + padding))
-    out = []
+    out: list[str] = []
     for r in rows:
-        cells = [cell.ljust(widths[i]) if i < len(r) - 1 else cell for i, cell in enumerate(r)]
-        out.append("".join(cells).rstrip(" ") if len(r) > 1 else "".join(cells))
+        padded = [cell.ljust(widths[i]) if i < len(r) - 1 else cell for i, cell in enumerate(r)]
+        out.append("".join(padded).rstrip(" ") if len(r) > 1 else "".join(padded))
     return out
 
 

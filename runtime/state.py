@@ -32,16 +32,16 @@ class ContainerSpec:
     """What `run`/`create` was asked for (raw user values, validated by the runtime)."""
 
     image: str
-    command: list = None          # CMD override (None: the image's Cmd)
-    entrypoint: str = None        # --entrypoint (None: the image's; "": none)
-    name: str = None
+    command: list | None = None          # CMD override (None: the image's Cmd)
+    entrypoint: str | None = None        # --entrypoint (None: the image's; "": none)
+    name: str | None = None
     env: list = field(default_factory=list)       # ["K=V", ...]
     volumes: list = field(default_factory=list)   # ["/host:/ctr[:ro]", ...]
-    workdir: str = None
-    hostname: str = None
-    memory: str = None
-    cpus: str = None
-    pids_limit: int = None
+    workdir: str | None = None
+    hostname: str | None = None
+    memory: str | None = None
+    cpus: str | None = None
+    pids_limit: int | None = None
     interactive: bool = False
     tty: bool = False
     auto_remove: bool = False

@@ -21,7 +21,7 @@ class Opt:
     flags: tuple
     kind: str = "value"       # value | flag | multiple | int
     help: str = ""
-    metavar: str = None
+    metavar: str | None = None
     default: object = None
     show_default: bool = False
 
