@@ -438,6 +438,32 @@ ENTRYPOINT ["/bin/echo", "reset:"]
     assert kinds['SHELL ["/bin/sh", "-ec"]'] == "CACHED"
 
 
+def test_onbuild_triggers_run_in_the_child_stage(env):
+    cli, _root, base, _ns = env
+    ctx = base / "onbuild"
+    ctx.mkdir()
+    (ctx / "f").write_text("from the context\n")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox AS parent\n"
+        "ONBUILD RUN echo triggered > /onbuild.txt\n"
+        "ONBUILD COPY f /from-trigger\n"
+        "FROM parent\n"
+        "RUN cat /onbuild.txt /from-trigger > /both\n"
+    )
+    cli("build", "-q", "--target", "parent", "-t", "pib-onbuild:parent", ctx)
+    parent = image_json(cli, "pib-onbuild:parent")["Config"]
+    assert parent["OnBuild"] == ["RUN echo triggered > /onbuild.txt", "COPY f /from-trigger"]
+    r = cli("run", "--rm", "--net", "none", "pib-onbuild:parent", "ls", "/onbuild.txt", check=False)
+    assert r.returncode != 0  # triggers do not run in the image that declares them
+    out = cli("build", "-t", "pib-onbuild:child", ctx).stdout
+    assert "# Executing build trigger: RUN echo triggered > /onbuild.txt" in out
+    assert not image_json(cli, "pib-onbuild:child")["Config"].get("OnBuild")
+    r = cli("run", "--rm", "--net", "none", "pib-onbuild:child", "cat", "/both")
+    assert r.stdout == "triggered\nfrom the context\n"
+    kinds = steps_of(cli("build", ctx).stdout)
+    assert all(k == "CACHED" for _, k in kinds[1:]), kinds
+
+
 BAD = [
     ("unknown-instruction", "FROM busybox\nFROB x\n", [], ["line 2", "FROB"]),
     ("syntax", "FROM busybox\nENV A\n", [], ["line 2", "ENV"]),
@@ -488,6 +514,13 @@ BAD = [
     ("many-to-file", "FROM busybox\nCOPY f f /x\n", [], ["line 2", "end with a /"]),
     ("unknown-user", "FROM busybox\nUSER pib-nobody\nRUN true\n", [], ["line 3", "pib-nobody"]),
     ("exec-not-found", 'FROM busybox\nRUN ["/pib-nosuch"]\n', [], ["line 2", "pib-nosuch"]),
+    (
+        "onbuild-fails",
+        "FROM busybox AS a\nONBUILD RUN exit 9\nFROM a\n",
+        [],
+        ["line 3", "non-zero code: 9"],
+    ),
+    ("onbuild-chained", "FROM busybox\nONBUILD ONBUILD RUN true\n", [], ["line 2", "ONBUILD"]),
     ("huge-dockerfile", "FROM busybox\n" + "#" * (4 << 20) + "\n", [], ["larger than 4 MB"]),
     (
         "healthcheck-duration",

@@ -103,7 +103,9 @@ def test_parser_refusals_name_lines():
     assert dockerfile.healthcheck(hc) == {"Test": ["NONE"]}
     assert dockerfile.parse_duration("1h2m3.5s") == 3723 * 10**9 + 5 * 10**8
     with pytest.raises(DockerfileError, match="line 2.*ONBUILD"):
-        dockerfile.parse("FROM busybox\nONBUILD RUN x\n")
+        dockerfile.parse("FROM busybox\nONBUILD FROM x\n")
+    (ob,) = dockerfile.parse("FROM busybox\nONBUILD RUN a \\\n  b\n")[1:]
+    assert ob.args == ["RUN a   b"] and dockerfile.trigger_instruction(ob.args[0], 9).line == 9
     with pytest.raises(DockerfileError, match="line 2.*source and a destination"):
         dockerfile.parse("FROM busybox\nCOPY onlyone\n")
     with pytest.raises(DockerfileError, match="no instructions"):

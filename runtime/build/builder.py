@@ -166,22 +166,45 @@ class Builder:
         self.n += 1
         self.progress.step(self.n, self.plan.total_steps, stage.from_ins.original)
         st = _StageRun(index=stage.index, state=self._base(stage, finals), args={})
+        self._triggers(st, stage.from_ins, finals)
         self.progress.done(st.state.id, 0)
         for ins in stage.steps:
             self.n += 1
             self.progress.step(self.n, self.plan.total_steps, ins.original)
             t0 = time.monotonic()
-            try:
-                self._step(st, ins, finals)
-            except (dockerfile.DockerfileError, StepFailed, Interrupted):
-                raise
-            except PyinspectError as exc:
-                raise ins.error(exc.message, exc.hint) from None
-            except OSError as exc:  # a context file that vanished or cannot be read, ENOSPC...
-                where = f"{exc.filename}: " if exc.filename else ""
-                raise ins.error(f"{where}{exc.strerror or exc}") from None
+            self._run_step(st, ins, finals)
             self.progress.done(st.state.id, time.monotonic() - t0)
         return st.state
+
+    def _run_step(self, st, ins, finals):
+        try:
+            self._step(st, ins, finals)
+        except (dockerfile.DockerfileError, StepFailed, Interrupted):
+            raise
+        except PyinspectError as exc:
+            raise ins.error(exc.message, exc.hint) from None
+        except OSError as exc:  # a context file that vanished or cannot be read, ENOSPC...
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise ins.error(f"{where}{exc.strerror or exc}") from None
+
+    def _triggers(self, st, from_ins, finals):
+        """Run the base image's ONBUILD triggers as the first steps of the stage (their
+        errors name the FROM line); the stage's image does not inherit them."""
+        triggers = list(st.state.settings.get("OnBuild") or [])
+        if not triggers:
+            return
+        settings = dict(st.state.settings)
+        settings["OnBuild"] = None
+        self._cached_or(
+            st,
+            from_ins,
+            ["ONBUILD-RESET", triggers],
+            lambda: st.state.derive("/bin/sh -c #(nop) ONBUILD triggers run", settings),
+        )
+        for text in triggers:
+            ins = dockerfile.trigger_instruction(text, from_ins.line)
+            self.progress.output("stdout", f"# Executing build trigger: {text}\n".encode())
+            self._run_step(st, ins, finals)
 
     def _scope(self, st):
         env = {k: v for k, v in st.args.items() if v is not None}
@@ -282,6 +305,9 @@ class Builder:
             by = f"SHELL {list(ins.args)}"
         elif cmd == "MAINTAINER":
             by = f"MAINTAINER {x(ins.args[0])}"
+        elif cmd == "ONBUILD":
+            settings["OnBuild"] = [*(settings.get("OnBuild") or []), ins.args[0]]
+            by = f"ONBUILD {ins.args[0]}"
         elif cmd == "HEALTHCHECK":
             settings["Healthcheck"] = dockerfile.healthcheck(ins)
             by = f"HEALTHCHECK {settings['Healthcheck']}"

@@ -31,8 +31,9 @@ SUPPORTED = (
     "SHELL",
     "MAINTAINER",
     "HEALTHCHECK",
+    "ONBUILD",
 )
-NOT_SUPPORTED = ("ONBUILD",)
+NOT_SUPPORTED: tuple[str, ...] = ()
 # flags each instruction accepts (name -> takes a value)
 FLAGS = {
     "FROM": {"platform"},
@@ -134,6 +135,9 @@ def parse(text: str) -> list[Instruction]:
                 f"BuildKit-only syntax, which pyinspect build does not "
                 f"support"
             )
+        if cmd == "ONBUILD":
+            out.append(_onbuild(c, line))
+            continue
         ins = Instruction(
             cmd=cmd,
             args=list(c.value),
@@ -147,6 +151,34 @@ def parse(text: str) -> list[Instruction]:
     if not out:
         raise DockerfileError("Dockerfile: no instructions", "a Dockerfile starts with FROM")
     return out
+
+
+def _onbuild(c, line):
+    """An ONBUILD instruction; its one arg is the trigger's text, checked like a line."""
+    sub = (c.sub_cmd or "").upper()
+    if sub in ("ONBUILD", "FROM", "MAINTAINER", ""):
+        raise DockerfileError(
+            f"Dockerfile line {line}: ONBUILD {sub or '(nothing)'} is not allowed as a trigger"
+        )
+    trigger = c.original.split(None, 1)[1]
+    trigger_instruction(trigger, line)
+    return Instruction(cmd="ONBUILD", args=[trigger], line=line, original=c.original)
+
+
+def trigger_instruction(trigger: str, line: int) -> Instruction:
+    """The Instruction of an ONBUILD trigger's text; errors name `line` (where the trigger
+    was declared, or the FROM that runs it)."""
+    try:
+        (ins,) = parse("FROM scratch\n" + trigger + "\n")[1:]
+    except DockerfileError as exc:
+        msg = exc.message.replace("Dockerfile line 2: ", "", 1)
+        raise DockerfileError(f"Dockerfile line {line}: ONBUILD trigger: {msg}") from None
+    except ValueError:
+        raise DockerfileError(
+            f"Dockerfile line {line}: ONBUILD: one instruction expected"
+        ) from None
+    ins.line = line
+    return ins
 
 
 def _check_arity(ins):
