@@ -192,6 +192,8 @@ class _Extractor:
 
     def add(self, tf, member):
         name = member.name
+        if self.budget is not None:
+            self.budget.charge_entry(f"member {name!r}")
         parts = clean_member_name(name)
         if not parts:
             if member.isdir():

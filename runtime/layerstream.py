@@ -17,6 +17,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 _DISK_CHECK_EVERY = 64 << 20
+MIN_FREE_INODES = 10_000
 
 
 def human(n):
@@ -42,6 +43,7 @@ class Budget:
         self.input_bytes = max(1, int(input_bytes))
         self.store_dir = os.fspath(store_dir)
         self.meters = {"archive": 0, "expanded": 0, "extracted": 0}
+        self.entries = 0
         self._unchecked = 0
 
     def add_input(self, n):
@@ -77,6 +79,17 @@ class Budget:
             raise UnavailableError(f"{what}: not enough disk space ({human(free)} free, "
                                    f"{human(self.limits.min_free_bytes)} must stay free)",
                                    "free some space or lower image-limits.min-free-bytes")
+        # inodes too: a layer of millions of empty files fills a filesystem without bytes
+        if st.f_files and st.f_favail < max(MIN_FREE_INODES, st.f_files // 100):
+            raise UnavailableError(f"{what}: not enough free inodes ({st.f_favail} of "
+                                   f"{st.f_files} left)", "free some files on the store's "
+                                   "filesystem")
+
+    def charge_entry(self, what):
+        """Count one extracted entry; the disk (bytes and inodes) is checked every 4096."""
+        self.entries += 1
+        if self.entries % 4096 == 0:
+            self.check_disk(what)
 
 
 def unlimited(store_dir) -> Budget:

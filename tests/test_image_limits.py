@@ -317,3 +317,38 @@ def test_malformed_docker_save_manifest(cli, seeded, tmp_path, case):
         ti.size = len(data)
         tf.addfile(ti, io.BytesIO(data))
     refused(cli, seeded, arc, 2, words)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A state root on a tmpfs of 64 MB and 20000 inodes, unmounted afterwards."""
+    root = tmp_path / "small-root"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=20000", "pm-small",
+                    str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def test_free_space_and_inodes_of_a_small_filesystem(small_fs, tmp_path):
+    from conftest import Cli
+    cli = Cli(small_fs)
+    config = small_fs / "config.json"
+    config.write_text(json.dumps({"image-limits": {"min-free-bytes": 0}}))
+    cli("load", "-i", kit.docker_legacy(tmp_path / "seed.tar", [([BASE], ["pm-seed:1"], None)]))
+    config.unlink()
+    before = store_snapshot(small_fs)
+    # bytes: the default min-free-bytes (512 MiB) cannot stay free on a 64 MB filesystem
+    big = kit.layer(("big", "file", os.urandom(1 << 20)))
+    err = refused(cli, before, kit.docker_legacy(tmp_path / "b.tar", [([big], ["pm-b:1"],
+                                                                       None)]), 5,
+                  "not enough disk space")
+    assert "min-free-bytes" in err
+    # inodes: 15000 empty files would leave fewer than 10000 of the 20000
+    config.write_text(json.dumps({"image-limits": {"min-free-bytes": 0}}))
+    before = store_snapshot(small_fs)
+    many = kit.layer(*[(f"f{i}", "file", b"") for i in range(15000)])
+    refused(cli, before, kit.docker_legacy(tmp_path / "m.tar", [([many], ["pm-m:1"], None)]),
+            5, "not enough free inodes")
