@@ -546,3 +546,29 @@ def test_credentials_file_forms(tmp_path, monkeypatch):
         with pytest.raises(CorruptInputError) as err:
             credentials.get("r.lan:5000")
         assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_pull_notes_device_nodes_skipped_without_mknod(tmp_path):
+    """Pulled in a user namespace (mknod refused): the nodes are skipped with a note."""
+    if not have("unshare"):
+        pytest.skip("unshare")
+    reg = Registry(tmp_path / "open", auth=False)
+    try:
+        name = f"{reg.host}/pm/devices:1"
+        devs = kit.layer(("dev", "dir"), ("dev/pm-null", "chr"), ("dev/pm-blk", "blk"),
+                         ("etc", "dir"), ("etc/pm", "file", b"x"))
+        pusher = Cli(tmp_path / "pusher")
+        pusher("load", "-i", kit.docker_legacy(tmp_path / "d.tar", [([devs], [name], None)]))
+        pusher("push", name)
+        root = tmp_path / "userns-root"
+        proc = subprocess.run(["unshare", "-Ur", *Cli(root).argv("pull", name)],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+        assert len(notes) == 1 and "skipped 2 device node(s)" in notes[0], proc.stderr
+        (ins,) = json.loads(Cli(root)("inspect", name).stdout)
+        layer = ins["GraphDriver"]["Data"]["LowerDirs"][0]
+        assert os.path.isfile(os.path.join(layer, "etc/pm"))
+        assert not os.path.lexists(os.path.join(layer, "dev/pm-null"))
+    finally:
+        reg.close()

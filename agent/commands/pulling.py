@@ -62,6 +62,8 @@ def pull_image(root, ref, quiet=False, out=None):
     header.append(f"{r.tag or r.digest}: Pulling from {r.path}")
     progress = LayerProgress(out, header)
     result = do_pull(ImageStore(root), ref, progress=None if quiet else progress)
+    for line in result.notes:
+        sys.stderr.write(f"note: {line}\n")
     if not quiet:
         progress.flush_header()
         out.write(f"Digest: {result.digest}\n")

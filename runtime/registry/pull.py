@@ -11,7 +11,7 @@ the pulled blobs as to loaded archives.
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyinspect.errors import CorruptInputError, NotFoundError
 
@@ -33,6 +33,7 @@ class PullResult:
     reference: str         # what was pulled, fully qualified as Docker prints it
     digest: str            # the manifest's digest (of the index when there was one)
     downloaded: bool       # False: every layer and the config were already stored
+    notes: list = field(default_factory=list)  # what extraction skipped (device nodes)
 
 
 def _check_digest(raw, expected, what):
@@ -133,6 +134,7 @@ def pull(store, ref_str, progress=None) -> PullResult:
         try:
             staged = set()
             fetched = []
+            notes: list[str] = []
             for i, (desc, diff_id) in enumerate(zip(man.layers, diff_ids, strict=True)):
                 diff_hex = diff_id[7:]
                 short = desc.hex[:12]
@@ -166,7 +168,7 @@ def pull(store, ref_str, progress=None) -> PullResult:
                                             f"diff_id sha256:{diff_hex[:12]}")
                 say(short, "Extracting")
                 try:
-                    store._stage_layer(staging, blob, diff_hex, budget=budget)
+                    store._stage_layer(staging, blob, diff_hex, budget=budget, notes=notes)
                 except CorruptInputError as exc:
                     raise CorruptInputError(f"{lwhat}: {exc.message}", exc.hint) from None
                 staged.add(diff_hex)
@@ -182,4 +184,5 @@ def pull(store, ref_str, progress=None) -> PullResult:
             shutil.rmtree(staging, ignore_errors=True)
     shown = str(ref) if ref.domain != "docker.io" else f"docker.io/{ref.path}" + (
         f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
-    return PullResult(image=image, reference=shown, digest=top_digest, downloaded=downloaded)
+    return PullResult(image=image, reference=shown, digest=top_digest, downloaded=downloaded,
+                      notes=notes)
