@@ -117,16 +117,14 @@ if __name__ == "__main__":
 
 def script_text() -> str:
     """The console script for this interpreter and this installation of pyinspect."""
-    import importlib
+    import importlib.util
     import site
     packages = {}
     for name in ("pyinspect", "pyinspect.commands", "pyinspect.trace", "pyinspect.runtime",
                  "pyinspect.probes", "pyinspect.web"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        packages[name] = os.path.abspath(next(iter(module.__path__)))
+        spec = importlib.util.find_spec(name)  # located, not run (flask, bcc stay out)
+        if spec is not None and spec.submodule_search_locations:
+            packages[name] = os.path.abspath(next(iter(spec.submodule_search_locations)))
     site_dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
     return SCRIPT.format(python=sys.executable, packages=packages, site_dirs=site_dirs)
 
