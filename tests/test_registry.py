@@ -408,7 +408,6 @@ def test_plain_http_only_for_loopback_or_listed():
 
 @pytest.fixture
 def token_registry(tmp_path):
-    pytest.importorskip("cryptography")
     from helpers.tokenauth import TokenService
     (tmp_path / "treg").mkdir()
     tokens = TokenService(tmp_path / "treg", USER, PASSWORD)
