@@ -233,26 +233,51 @@ def test_skopeo_zstd_oci_image_pulled(rcli, registry, tmp_path):
     assert ins["RootFS"]["Layers"] == [f"sha256:{kit.sha(layers[0])}"]
 
 
-def test_index_picks_linux_amd64(rcli, registry, tmp_path):
-    if not have("skopeo"):
-        pytest.skip("skopeo (make install)")
-    layout = kit.oci_layout(tmp_path / "layout", [([BASE, TOP], "multi", None)],
-                            nested_index=True)
-    dest = f"{registry.host}/pm/multi:1"
-    cp = skopeo("copy", "--all", "--dest-tls-verify=false", "--dest-creds",
-                f"{USER}:{PASSWORD}", f"oci:{layout}:multi", f"docker://{dest}")
-    assert cp.returncode == 0, cp.stderr
-    raw = json.loads(skopeo("inspect", "--raw", *creds_args(""), f"docker://{dest}").stdout)
-    assert raw["mediaType"] == "application/vnd.oci.image.index.v1+json"
+def test_index_picks_linux_amd64(rcli, registry, tmp_path, dconf):
+    """A Docker manifest list and an OCI index naming an s390x image first and the amd64
+    one second: pull takes the amd64 one; an index without it is one line."""
     assert login(rcli, registry.host).returncode == 0
-    out = rcli("pull", dest).stdout
-    top = "sha256:" + hashlib.sha256(
-        skopeo("inspect", "--raw", *creds_args(""), f"docker://{dest}").stdout.encode()
-    ).hexdigest()
-    assert f"Digest: {top}" in out
-    (ins,) = json.loads(rcli("inspect", dest).stdout)
-    assert ins["Id"] == f"sha256:{kit.sha(kit.config([BASE, TOP]))}"
-
+    other = kit.layer(("s390x", "file", b"not for this machine"))
+    repo = f"{registry.host}/pm/multi"
+    rcli("load", "-i", kit.docker_legacy(tmp_path / "m.tar", [
+        ([BASE, TOP], [f"{repo}:amd64"], None),
+        ([other], [f"{repo}:s390x"], json.dumps(dict(json.loads(kit.config([other])),
+                                                     architecture="s390x")).encode())]))
+    desc = {}
+    for arch in ("s390x", "amd64"):
+        line = rcli("push", f"{repo}:{arch}").stdout.splitlines()[-1].split()
+        desc[arch] = {"digest": line[2], "size": int(line[4]),
+                      "platform": {"architecture": arch, "os": "linux"}}
+    for kind, mt, mmt in (
+            ("list", "application/vnd.docker.distribution.manifest.list.v2+json",
+             "application/vnd.docker.distribution.manifest.v2+json"),
+            ("index", "application/vnd.oci.image.index.v1+json",
+             "application/vnd.docker.distribution.manifest.v2+json")):
+        doc = {"schemaVersion": 2, "mediaType": mt,
+               "manifests": [{"mediaType": mmt, **desc["s390x"]},
+                             {"mediaType": mmt, **desc["amd64"]}]}
+        body = json.dumps(doc).encode()
+        r = requests.put(f"http://{registry.host}/v2/pm/multi/manifests/{kind}", data=body,
+                         auth=(USER, PASSWORD), headers={"Content-Type": mt})
+        assert r.status_code == 201, r.text
+        fresh = RCli(tmp_path / f"fresh-{kind}", dconf)
+        out = fresh("pull", f"{repo}:{kind}").stdout
+        assert f"Digest: sha256:{hashlib.sha256(body).hexdigest()}" in out
+        (ins,) = json.loads(fresh("inspect", f"{repo}:{kind}").stdout)
+        assert ins["Id"] == f"sha256:{kit.sha(kit.config([BASE, TOP]))}", kind
+    # an index without linux/amd64
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": [{"mediaType": "application/vnd.docker.distribution."
+                                                   "manifest.v2+json", **desc["s390x"]}]})
+    r = requests.put(f"http://{registry.host}/v2/pm/multi/manifests/s390x-only", data=body,
+                     auth=(USER, PASSWORD),
+                     headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    assert r.status_code == 201, r.text
+    fresh = RCli(tmp_path / "fresh-none", dconf)
+    proc = fresh("pull", f"{repo}:s390x-only", check=False)
+    one_line_error(proc, 2, "no image for linux/amd64", "linux/s390x")
+    assert not (tmp_path / "fresh-none" / "images" / "configs").exists() or \
+        not os.listdir(tmp_path / "fresh-none" / "images" / "configs")
 
 def _seeded(rcli, tmp_path):
     """A store holding one image, and its snapshot."""
