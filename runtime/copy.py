@@ -30,7 +30,7 @@ def _enter_container(rt, c):
     isolation.unshare(isolation.CLONE_NEWNS)
     isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
     rootfs = os.path.join(c.path, "rootfs")
-    isolation.mount("overlay", rootfs, "overlay", 0,
+    isolation.mount("overlay", rootfs, "overlay", isolation.ROOTFS_FLAGS,
                     isolation.overlay_data(c.layers, os.path.join(c.path, "upper"),
                                            os.path.join(c.path, "work")))
     os.chdir(rootfs)
