@@ -252,3 +252,19 @@ def test_hostile_tar_made_with_gnu_tar_stays_refused(cli, tmp_path, case):
     assert "\n" not in proc.stderr.strip()
     assert store_snapshot(cli.root) == before
     assert not os.path.exists("/tmp/pm-evil-abs")
+
+
+def test_device_nodes_of_an_image_are_inert_in_the_container(cli, tmp_path):
+    """The image root is mounted nodev: a device node an image holds (here 1,3 = null, at
+    /pm-null) cannot be opened in the container; the container's own /dev/null can."""
+    layer = kit.layer(("pm-null", "chr"))
+    cli("tag", "busybox", "pm-bb:1")  # busybox's layer below, the device layer above
+    (bb,) = json.loads(cli("inspect", "pm-bb:1").stdout)
+    bb_tar = (cli.root / "images" / "blobs" / "sha256" / bb["RootFS"]["Layers"][0][7:])
+    arc = kit.docker_legacy(tmp_path / "both.tar", [([bb_tar.read_bytes(), layer],
+                                                    ["pm-devbb:1"], None)])
+    cli("load", "-i", arc)
+    out = cli("run", "--rm", "--net", "none", "pm-devbb:1", "sh", "-c",
+              "ls -l /pm-null | cut -c1; (echo x > /pm-null) 2>/dev/null && echo opened "
+              "|| echo refused; echo x > /dev/null && echo own-dev-ok").stdout.split()
+    assert out == ["c", "refused", "own-dev-ok"], out
