@@ -75,7 +75,7 @@ MAX_BLOCK = 16 * 1024 * 1024
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _EPB_HEAD = struct.Struct("<IIIIIII")   # type, total len, if id, ts hi, ts lo, caplen, len
 _U32 = struct.Struct("<I")
-TRACE_FILLER = 0x80000A11   # local-use block type of the trace's 24-byte fillers
+TRACE_FILLER = 0x80000A11   # local-use block type of the trace's fillers between EPBs
 RAW_EPB = -1    # write_rows(): orig_len meaning `data` is a whole EPB to copy (see there)
 _OPT_END = b"\0\0\0\0"
 # epb_flags option (code 2, length 4) with the direction bits, then end of options
@@ -547,8 +547,9 @@ def _keys_run(buf, pos, base, sec, keys):
                 append((ts << shift) | (base + pos))
                 pos = end
                 continue
-            if btype == TRACE_FILLER and total == 24 and u32(buf, pos + 20)[0] == 24:
-                pos += 24                 # the trace's filler between EPBs
+            if btype == TRACE_FILLER and 12 <= total <= 64 and not total % 4 and \
+                    pos + total <= n and u32(buf, pos + total - 4)[0] == total:
+                pos += total              # the trace's filler between EPBs
                 continue
         btype, total = head(buf, pos)
         end = pos + total

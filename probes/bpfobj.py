@@ -8,7 +8,7 @@ loading it with libbpf takes milliseconds. Per-session settings go into the obje
 `const volatile` globals (`.rodata`) before load: the verifier then sees them as
 constants and drops the branches they rule out, as compile-time -D flags did with bcc.
 
-    obj = BpfObject.open(SRC, rodata=bytes(cfg), max_entries={"scratch": ncpu},
+    obj = BpfObject.open(SRC, rodata=bytes(cfg), max_entries={"evrings": ncpu},
                          programs={"pi_in_0", "pi_eg_0"})
     obj.load()
     obj.prog_fd("pi_in_0"); obj.map_fd("events"); obj.close()
@@ -114,26 +114,32 @@ def _clang_version(clang: str) -> str:
     return out.stdout.splitlines()[0] if out.stdout else clang
 
 
+# other builds of a source that loaders fall back to (make install prebuilds them too)
+VARIANTS = {"packets.bpf.c": (("PI_SCRATCH_COPY",),)}
+
+
 def _sources(src: Path) -> list[Path]:
     """The source and the local headers it may include (every .h beside it)."""
     return [src] + sorted(src.parent.glob("*.h"))
 
 
-def object_path(src: Path, clang: str | None = None) -> Path:
-    """Where the compiled object of `src` lives in the cache (by content and clang)."""
+def object_path(src: Path, clang: str | None = None, defines: tuple[str, ...] = ()) -> Path:
+    """Where the compiled object of `src` (with -D `defines`) lives in the cache (by
+    content, defines and clang)."""
     clang = clang or find_clang()
     h = hashlib.sha256()
     for f in _sources(src):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     h.update((_clang_version(clang) if clang else "no clang").encode())
+    h.update("\0".join(defines).encode())
     return cache_dir() / f"{src.name.split('.')[0]}-{h.hexdigest()[:20]}.o"
 
 
-def compile_object(src: Path) -> Path:
-    """The cached object for `src`, compiled now if missing (atomically, so concurrent
-    starts are safe)."""
+def compile_object(src: Path, defines: tuple[str, ...] = ()) -> Path:
+    """The cached object for `src` compiled with -D each of `defines`, compiled now if
+    missing (atomically, so concurrent starts are safe)."""
     clang = find_clang()
-    out = object_path(src, clang)
+    out = object_path(src, clang, defines)
     if out.exists():
         return out
     if not clang:
@@ -145,7 +151,8 @@ def compile_object(src: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".o.tmp")
     os.close(fd)
     cmd = [clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function",
-           f"-I{src.parent}", f"-I{multiarch}", "-c", str(src), "-o", tmp]
+           *(f"-D{d}" for d in defines), f"-I{src.parent}", f"-I{multiarch}", "-c",
+           str(src), "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -169,9 +176,10 @@ class BpfObject:
     @classmethod
     def open(cls, src: Path, rodata: bytes | None = None,
              max_entries: dict[str, int] | None = None,
-             programs: set[str] | None = None) -> BpfObject:
+             programs: set[str] | None = None,
+             defines: tuple[str, ...] = ()) -> BpfObject:
         lib = libbpf()
-        path = compile_object(Path(src))
+        path = compile_object(Path(src), defines)
         h = lib.bpf_object__open_file(str(path).encode(), None)
         if not h:
             err = ctypes.get_errno()
@@ -343,6 +351,8 @@ def main(argv=None) -> int:
     for src in sorted(HERE.glob("*.bpf.c")):
         if "libbpf" in src.read_text()[:400]:
             print(compile_object(src))
+            for variant in VARIANTS.get(src.name, ()):
+                print(compile_object(src, variant))
     return 0
 
 

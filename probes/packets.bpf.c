@@ -10,16 +10,17 @@
 //     peer ip:port and the local port, which MASQUERADE keeps unless it collides).
 //
 // Two outputs per matched packet:
-//   1. Evidence: every packet, up to the snaplen, into a per-CPU perf buffer, already
-//      laid out as a pcapng Enhanced Packet Block. Each perf record is
-//        [perf header 8][raw size 4][u32 24][EPB][u32 FILLER_TYPE][u32 24]
-//      so consecutive records read as EPB, filler block (24 bytes: its type and length,
-//      the next record's 12 header bytes, its trailing length), EPB, ... The reader copies
-//      whole ranges of the ring into the segment file (bytes [tail+16, head-8)) without
-//      looking at single records. The program keeps its own count of bytes produced per
-//      CPU and skips (counts `lost`) a packet that would not fit beside what the reader
-//      has not consumed yet, so the kernel never inserts a PERF_RECORD_LOST that would
-//      break the chain.
+//   1. Evidence: every packet, up to the snaplen, into this CPU's BPF ring buffer (one per
+//      CPU, in the `evrings` array of maps), already laid out as a pcapng Enhanced Packet
+//      Block and copied once, straight from the skb (bpf_dynptr_copy). Each ring record is
+//        [ring header 8][u32 20][EPB][u32 FILLER_TYPE][u32 20]
+//      (its size a multiple of 8, so the kernel adds no padding), so consecutive records
+//      read as EPB, filler block (20 bytes: its type and length, the next record's ring
+//      header, its trailing length), EPB, ... The reader copies whole ranges of the ring
+//      into the segment file (bytes [tail+12, committed-8)) without looking at single
+//      records. The program commits in the order it reserves (no nesting on a CPU) and
+//      counts the bytes it committed per CPU; a packet that does not fit is counted
+//      `lost` (a failed reservation leaves nothing in the ring to break the chain).
 //   2. Analysis: a short record (header + the first ASNAP bytes + where the evidence
 //      record is in its CPU stream) into a ring buffer, within the reader's budget
 //      (`ctl`): beyond it the packet is counted as shed; TCP SYN/FIN/RST draw on a second
@@ -36,39 +37,46 @@
 
 #include "packets.h"
 
+#ifndef PI_SCRATCH_COPY
+// one copy, skb -> ring (kernels with the bpf_dynptr_copy kfunc)
+extern int bpf_dynptr_from_skb(struct __sk_buff *s, __u64 flags,
+                               struct bpf_dynptr *ptr__uninit) __ksym;
+extern int bpf_dynptr_copy(struct bpf_dynptr *dst_ptr, __u32 dst_off,
+                           struct bpf_dynptr *src_ptr, __u32 src_off, __u32 size) __ksym;
+#else
+// the fallback build: skb -> a per-CPU scratch buffer -> ring (two copies)
+struct scratch {
+    __u8 b[EV_MAXCAP];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);       // one per possible CPU, sized at load
+    __type(key, __u32);
+    __type(value, struct scratch);
+    __uint(max_entries, 1);
+} scratch SEC(".maps");
+#endif
+
 char LICENSE[] SEC("license") = "GPL";
 
 const volatile struct capture_config cfg = {};
 
+struct evring {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 4096);              // the loader's rings have their own size
+};
+
 struct {
-    __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
-    __uint(key_size, sizeof(__u32));
-    __uint(value_size, sizeof(__u32));
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
     __uint(max_entries, 1);                 // sized to the possible CPUs at load
-} evidence SEC(".maps");
+    __type(key, __u32);
+    __array(values, struct evring);
+} evrings SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 1 << 22);           // sized at load
 } arecs SEC(".maps");
-
-struct scratch {
-    __u8 b[SCRATCH_SIZE];
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __type(key, __u32);
-    __type(value, struct scratch);
-    __uint(max_entries, 1);                 // one per possible CPU, sized at load
-} scratch SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __type(key, __u32);
-    __type(value, __u64);
-    __uint(max_entries, 1);                 // per CPU: evidence bytes the reader consumed
-} ring_cons SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -270,49 +278,71 @@ static __always_inline int tcp_control(struct __sk_buff *skb)
     return flags & 0x07;   // FIN, SYN, RST
 }
 
-// Lay the evidence record out in `s` and send it to this CPU's perf buffer. Returns the
-// record's position in this CPU's stream, or -1 when it did not fit (counted as lost).
-static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct scratch *s,
-                                          struct counters *c, __u32 cpu, __u32 point,
-                                          __u8 dir, __u64 ts, __u32 caplen)
+// Write the evidence record into this CPU's ring. Returns the record's position in this
+// CPU's stream, or -1 when it did not fit (counted as lost).
+static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters *c,
+                                          __u32 cpu, __u32 point, __u8 dir, __u64 ts,
+                                          __u32 caplen)
 {
     __u32 p4 = (caplen + 3) & ~3U;
-    __u32 e = (p4 & 7) ? 4 : 0;             // an opt_endofopt keeps EPBs 8-aligned
+    __u32 e = (p4 & 7) ? 0 : 4;             // an opt_endofopt keeps records 8-aligned
     __u32 epb = 28 + p4 + 8 + e + 4;
-    __u32 raw = 4 + epb + 8;
-    __u32 rec = 12 + raw;
-    __u64 *cons = bpf_map_lookup_elem(&ring_cons, &cpu);
-    if (!cons || c->prod - *cons + rec >= cfg.ring_bytes)
+    __u32 size = 4 + epb + 8;
+    void *rb = bpf_map_lookup_elem(&evrings, &cpu);
+    if (!rb)
         return -1;
-    __u32 *h = (__u32 *)s->b;
-    h[0] = FILLER_LEN;                      // trailer of the filler block before this EPB
-    h[1] = 6;                               // Enhanced Packet Block
-    h[2] = epb;
-    h[3] = point;
-    h[4] = ts >> 32;
-    h[5] = (__u32)ts;
-    h[6] = caplen;
-    h[7] = skb->len;
-    // caplen is 1..EV_MAXCAP here; this form keeps the verifier's bounds on the register
-    if (bpf_skb_load_bytes(skb, 0, s->b + 32, ((caplen - 1) & 0xffff) + 1) < 0)
+    struct bpf_dynptr out;
+#ifndef PI_SCRATCH_COPY
+    struct bpf_dynptr pkt;
+#endif
+    if (bpf_ringbuf_reserve_dynptr(rb, size, 0, &out)) {
+        bpf_ringbuf_discard_dynptr(&out, 0);     // nothing was reserved: no record
         return -1;
-    __u8 *pad = s->b + ((32 + caplen) & 0xffff);
-    pad[0] = 0;
-    pad[1] = 0;
-    pad[2] = 0;
-    __u32 *t = (__u32 *)(s->b + ((32 + p4) & 0xfffc));
-    t[0] = 2 | (4 << 16);                   // epb_flags, 4 bytes
-    t[1] = dir ? 2 : 1;                     // outbound : inbound
-    t[2] = 0;                               // opt_endofopt (counted in only when e)
-    t = (__u32 *)((__u8 *)t + ((8 + e) & 0xc));
-    t[0] = epb;
-    t[1] = FILLER_TYPE;
-    t[2] = FILLER_LEN;
-    if (bpf_perf_event_output(skb, &evidence, BPF_F_CURRENT_CPU, s->b, raw & 0x1ffff) < 0)
-        return -1;
+    }
+    __u32 h[8] = {FILLER_LEN, 6, epb, point, ts >> 32, (__u32)ts, caplen, skb->len};
+    __u32 t[6] = {2 | (4 << 16), dir ? 2 : 1, 0, 0, 0, 0};    // epb_flags: out : in
+    __u32 zero = 0;
+    int ok = bpf_dynptr_write(&out, 0, h, sizeof(h), 0) == 0;
+#ifndef PI_SCRATCH_COPY
+    ok = ok && bpf_dynptr_from_skb(skb, 0, &pkt) == 0 &&
+         bpf_dynptr_copy(&out, 32, &pkt, 0, caplen) == 0;
+#else
+    struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
+    __u32 n = ((caplen - 1) & (EV_MAXCAP - 1)) + 1;     // caplen, as the verifier sees it
+    ok = ok && s && bpf_skb_load_bytes(skb, 0, s->b, n) == 0 &&
+         bpf_dynptr_write(&out, 32, s->b, n, 0) == 0;
+#endif
+    if (ok) {
+        bpf_dynptr_write(&out, 32 + caplen, &zero, (p4 - caplen) & 3, 0);
+        if (e) {                             // flags, opt_endofopt, trailer, filler head
+            t[3] = epb;
+            t[4] = FILLER_TYPE;
+            t[5] = FILLER_LEN;
+            ok = bpf_dynptr_write(&out, 32 + p4, t, 24, 0) == 0;
+        } else {
+            t[2] = epb;
+            t[3] = FILLER_TYPE;
+            t[4] = FILLER_LEN;
+            ok = bpf_dynptr_write(&out, 32 + p4, t, 20, 0) == 0;
+        }
+    }
+    if (!ok) {
+        // keep the chain whole: the record becomes one local-use block (the reader's
+        // files skip it) and the packet counts as lost
+        __u32 f[3] = {FILLER_LEN, FILLER_TYPE, size - 12};
+        __u32 tail[3] = {size - 12, FILLER_TYPE, FILLER_LEN};
+        bpf_dynptr_write(&out, 0, f, sizeof(f), 0);
+        bpf_dynptr_write(&out, size - 12, tail, sizeof(tail), 0);
+    }
+    // wake the writer when the unread part passes a quarter of the ring (once per pass;
+    // otherwise it wakes on its own timer)
+    __u64 avail = bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA);
+    __u64 quarter = cfg.ring_bytes / 4;
+    bpf_ringbuf_submit_dynptr(&out, avail >= quarter && avail < quarter + size + 8 ?
+                              BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
     __s64 pos = c->prod;
-    c->prod += rec;
-    return pos;
+    c->prod += size + 8;
+    return ok ? pos : -1;
 }
 
 static __always_inline int capture(struct __sk_buff *skb, const __u32 point, const int mode,
@@ -328,9 +358,6 @@ static __always_inline int capture(struct __sk_buff *skb, const __u32 point, con
     __u32 at = point * NCOUNT;
     c->v[(at + C_SEEN) % (MAX_POINTS * NCOUNT)] += 1;
     __u32 cpu = bpf_get_smp_processor_id();
-    struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
-    if (!s)
-        return TC_ACT_UNSPEC;
     __u64 ts = bpf_ktime_get_ns() + b->clock_offset;
     __u32 len = skb->len;
     __u32 caplen = len < cfg.snaplen ? len : cfg.snaplen;
@@ -340,7 +367,7 @@ static __always_inline int capture(struct __sk_buff *skb, const __u32 point, con
     if (!b->evidence) {
         c->v[(at + C_CAPPED) % (MAX_POINTS * NCOUNT)] += 1;
     } else if (caplen >= 1) {
-        pos = evidence_out(skb, s, c, cpu, point, dir, ts, caplen);
+        pos = evidence_out(skb, c, cpu, point, dir, ts, caplen);
         if (pos < 0)
             c->v[(at + C_LOST) % (MAX_POINTS * NCOUNT)] += 1;
     }
@@ -369,11 +396,8 @@ static __always_inline int capture(struct __sk_buff *skb, const __u32 point, con
     r->dir = dir;
     r->pad = 0;
     __u32 acap = caplen < ASNAP ? caplen : ASNAP;
-    if (pos >= 0) {
-        __builtin_memcpy(r->data, s->b + 32, ASNAP);    // the evidence copy holds it
-    } else if (!acap || bpf_skb_load_bytes(skb, 0, r->data, ((acap - 1) & (ASNAP - 1)) + 1) < 0) {
+    if (!acap || bpf_skb_load_bytes(skb, 0, r->data, ((acap - 1) & (ASNAP - 1)) + 1) < 0)
         acap = 0;
-    }
     r->caplen = acap;
     bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);   // the reader polls on a timer
     return TC_ACT_UNSPEC;

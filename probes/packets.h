@@ -9,11 +9,10 @@
 #define MAX_POINTS 16
 #define NCONST_ADDRS 8          // container addresses compiled in as constants
 #define NCONST_PORTS 16         // published ports compiled in as constants
-#define EV_MAXCAP 65400         // a perf record is at most 64 KiB: longer frames are cut
-#define SCRATCH_SIZE (65536 + 64)
+#define EV_MAXCAP 262144        // evidence bytes per packet at most (tcpdump's default snaplen)
 #define ASNAP 128               // bytes of each packet the analysis path sees
 #define FILLER_TYPE 0x80000A11  // pcapng block type for local use: readers skip it
-#define FILLER_LEN 24
+#define FILLER_LEN 20            // [type][len][ring record header 8][trailer]
 
 // counters per point: seen == captured + lost + capped
 #define C_SEEN 0
@@ -43,7 +42,7 @@ struct capture_config {
     __u32 learn_points;   // bit n: point n learns outbound flows on ingress
     __u32 portfilter;     // 1: only ports in `portfilter` (--port)
     __u32 snaplen;        // evidence bytes per packet
-    __u32 ring_bytes;     // data size of each CPU's evidence perf buffer
+    __u32 ring_bytes;     // data size of each CPU's evidence ring buffer
     __u32 naddrs;         // > NCONST_ADDRS: look addresses up in `addrs`
     __u32 nports;         // > NCONST_PORTS: look ports up in `ports`
     __u32 ncports;        // > NCONST_PORTS: learn every outbound flow

@@ -27,7 +27,7 @@ from pyinspect.proc import pid_alive
 
 from . import bpfsys, cdefs, pcapfilter
 from .netns import in_netns
-from .perfring import PerfRing, cpu_list
+from .evring import EvRing, cpu_list
 
 SRC = Path(__file__).with_name("packets.bpf.c")
 HEADER = SRC.with_name("packets.h")
@@ -89,6 +89,7 @@ def tc_handle(pid):
 
 
 ATTACH_ENV = "PYINSPECT_TC_ATTACH"     # "tcx" or "clsact" forces one; unset: tcx if it works
+COPY_ENV = "PYINSPECT_EVIDENCE_COPY"  # "kfunc" or "scratch" forces one build; unset: kfunc if it loads
 ATTACH_KINDS = ("tcx", "clsact")
 
 
@@ -427,7 +428,7 @@ class PacketCapture:
     consumed(), analysis records via read(), counters(), stop(), close().
 
     Evidence: every matched packet (up to `snaplen`, at most EV_MAXCAP) as pcapng EPBs in
-    per-CPU perf buffers of `ring_mb` MiB each. Analysis: within the budget (set_budget),
+    per-CPU BPF ring buffers of `ring_mb` MiB each. Analysis: within the budget (set_budget),
     the first ASNAP bytes of each packet in a ring buffer.
     """
 
@@ -442,7 +443,7 @@ class PacketCapture:
         self.ring_bytes = _pow2_pages(ring_mb * 1024 * 1024)
         self.analysis_bytes = _pow2_pages(analysis_mb * 1024 * 1024)
         self.obj = None
-        self.rings = []          # PerfRing per online CPU
+        self.rings = []          # EvRing per online CPU
         self.reader = None
         self.attached = []       # (point, added_clsact)
         self.links = []          # tcx link fds
@@ -452,6 +453,8 @@ class PacketCapture:
         self.forced = wanted
         self.attach_kind = wanted
         self.attach_note = None
+        self.evidence_copy = None   # 'kfunc': skb -> ring in one copy; 'scratch': two
+        self.copy_note = None
         self.lock = threading.Lock()
         self._ctl = _Ctl(evidence=1, clock_offset=_clock_offset())
         self._ctl_lock = threading.Lock()   # the writer thread and the poll both set ctl
@@ -466,14 +469,31 @@ class PacketCapture:
         ncpu = max(self._possible) + 1
         cfg = make_config(self.points, self.target, self.snaplen, self.ring_bytes)
         progs = {f"pi_{d}_{i}" for i in range(len(self.points)) for d in ("in", "eg")}
-        try:
-            self.obj = bpfobj.BpfObject.open(
-                SRC, rodata=bytes(cfg), programs=progs,
-                max_entries={"evidence": ncpu, "scratch": ncpu, "ring_cons": ncpu,
-                             "arecs": self.analysis_bytes}).load()
-        except UnavailableError as exc:
+        sizes = {"evrings": ncpu, "arecs": self.analysis_bytes}
+        wanted = os.environ.get(COPY_ENV) or None
+        if wanted not in (None, "kfunc", "scratch"):
+            raise UsageError(f"bad {COPY_ENV}={wanted!r}", "use kfunc or scratch")
+        builds = [("kfunc", ()), ("scratch", ("PI_SCRATCH_COPY",))]
+        builds = [b for b in builds if wanted in (None, b[0])]
+        first_error = None
+        for kind, defines in builds:
+            try:
+                if defines:
+                    sizes["scratch"] = ncpu
+                self.obj = bpfobj.BpfObject.open(SRC, rodata=bytes(cfg), programs=progs,
+                                                 max_entries=sizes, defines=defines).load()
+            except UnavailableError as exc:
+                first_error = first_error or exc
+                self.obj = None
+                continue
+            self.evidence_copy = kind
+            if kind == "scratch" and wanted is None:
+                self.copy_note = (f"evidence copied twice per packet (this kernel has no "
+                                  f"bpf_dynptr_copy: {str(first_error)[:120]})")
+            break
+        if self.obj is None:
             self.close()
-            raise UnavailableError(f"cannot load the tc capture program: {exc}",
+            raise UnavailableError(f"cannot load the tc capture program: {first_error}",
                                    _hook_reason("tc")) from None
         try:
             self._fill_maps()
@@ -492,9 +512,9 @@ class PacketCapture:
     def _open_rings(self):
         import select
         self._epoll = select.epoll()
-        fd = self.obj.map_fd("evidence")
+        fd = self.obj.map_fd("evrings")
         for cpu in cpu_list("online"):
-            ring = PerfRing(cpu, self.ring_bytes)
+            ring = EvRing(cpu, self.ring_bytes)
             self.rings.append(ring)
             _map_update(fd, ctypes.c_uint32(cpu), ctypes.c_uint32(ring.fd))
             self._epoll.register(ring.fd, select.EPOLLIN)
@@ -621,34 +641,34 @@ class PacketCapture:
         call, as Chunks (whole pcapng blocks). Give each back with consumed() once
         written. One caller at a time per CPU."""
         out = []
+        committed = self.produced()
         for ring in self.rings:
             if cpus is not None and ring.cpu not in cpus:
                 continue
-            head = ring.head()
+            head = committed.get(ring.cpu, 0)
             start = ring.tail
-            if head - start < 16 + 8:
+            if head - start < 12 + 8:
                 continue
             if not self._chain_ok(ring, start, head):
                 raise UnavailableError(f"evidence stream of CPU {ring.cpu} is out of step "
                                        f"at {start}")
-            out.append(Chunk(ring.cpu, start, head, ring.pending(start + 16, head - 8)))
+            out.append(Chunk(ring.cpu, start, head, ring.pending(start + 12, head - 8)))
         return out
 
     @staticmethod
     def _chain_ok(ring, start, head):
-        """The range starts with a sample record carrying our EPB and ends with a filler
-        header: cheap evidence that no foreign record (PERF_RECORD_LOST) broke the chain."""
-        return (ring.read_u32(start) & 0xffff == 9 and ring.read_u32(start + 12) == FILLER_LEN
-                and ring.read_u32(start + 16) == 6 and ring.read_u32(head - 8) == FILLER_TYPE)
+        """The range starts with a committed record carrying our block and ends with a
+        filler header: cheap evidence that the stream and our count agree."""
+        return (ring.read_u32(start + 8) == FILLER_LEN
+                and ring.read_u32(start + 12) in (6, FILLER_TYPE)
+                and ring.read_u32(head - 8) == FILLER_TYPE and head <= ring.head())
 
     def consumed(self, chunk):
-        """The chunk is written: its ring space goes back to the kernel and the programs."""
+        """The chunk is written: its ring space goes back to the kernel."""
         ring = next(r for r in self.rings if r.cpu == chunk.cpu)
         for v in chunk.parts:
             v.release()
         ring.consume(chunk.end)
-        _map_update(self.obj.map_fd("ring_cons"), ctypes.c_uint32(chunk.cpu),
-                    ctypes.c_uint64(chunk.end))
 
     def set_evidence(self, on):
         """Write evidence (True) or count it as capped (False: the size cap was reached)."""
@@ -718,8 +738,8 @@ class PacketCapture:
         return out
 
     def produced(self):
-        """{cpu: evidence bytes produced}: equals each ring's head when nothing foreign
-        was written."""
+        """{cpu: evidence bytes committed}: each ring's producer position once the record
+        in progress (if any) is committed."""
         per = (_Counters * len(self._possible))()
         _map_lookup(self.obj.map_fd("stats"), ctypes.c_uint32(0), per)
         return {cpu: per[cpu].prod for cpu in range(len(self._possible))}

@@ -43,7 +43,7 @@ Run it in the namespace that holds the container's bridge (the host). The line
               help="Uplink interface(s) to capture on (default: every non-bridge interface).")
 @click.option("--snaplen", type=int, default=None,
               help="Bytes kept per packet in the pcap files. Default: whole packets with "
-                   "-w (262144, as tcpdump; frames over 65400 bytes are cut), else the "
+                   "-w (262144, as tcpdump), else the "
                    "first 256 bytes. 0 = whole packets.")
 @click.option("--max-size", "max_size", metavar="SIZE", default=None,
               help="Cap on the trace's pcap files (e.g. 500M, 2G; 0 = none). Default: "

@@ -142,6 +142,8 @@ class TraceSession:
             self.capture_hook = self.cap.attach_kind
             if self.cap.attach_note:
                 self.notes.append(f"capture: {self.cap.attach_note}")
+            if self.cap.copy_note:
+                self.notes.append(f"capture: {self.cap.copy_note}")
             self._write_state(points=[{"netns": p.netns, "ifindex": p.ifindex, "name": p.name,
                                        "added_clsact": added}
                                       for p, added in self.cap.attached])
@@ -403,6 +405,7 @@ class TraceSession:
                 self.analysed.values())), 1),
             "fast_path_packets": corr.fast_packets,
             "capture_hook": self.capture_hook,
+            "evidence_copy": self.cap.evidence_copy if self.cap else None,
             "notes": list(self.notes),
             "pcap": str(self.opt.pcap) if self.opt.pcap else None,
         }
