@@ -1,11 +1,14 @@
-"""Image settings from `<root>/config.json`: insecure registries and extraction limits.
+"""Image settings from `<root>/config.json`: insecure registries, mirrors, extraction limits.
 
     {"insecure-registries": ["registry.lan:5000", "10.0.0.0/8"],
+     "registry-mirrors": ["https://mirror.lan", "http://127.0.0.1:5000"],
      "image-limits": {"max-bytes": 68719476736, "max-ratio": 100,
                       "ratio-floor-bytes": 268435456, "min-free-bytes": 536870912}}
 
-Every key is optional; the defaults are sized for real images (tens of GB, layers that
-compress a few times) and refuse the bombs an archive or registry can send.
+Mirrors serve Docker Hub's images (as Docker's registry-mirrors): tried in order before
+docker.io itself, with the scheme their URL names. Every key is optional; the limits'
+defaults are sized for real images (tens of GB, layers that compress a few times) and
+refuse the bombs an archive or registry can send.
 """
 
 import json
@@ -30,6 +33,7 @@ class ExtractLimits:
 @dataclass(frozen=True)
 class ImageSettings:
     insecure_registries: tuple = ()
+    registry_mirrors: tuple = ()      # (scheme, host[:port]) pairs
     limits: ExtractLimits = field(default_factory=ExtractLimits)
 
 
@@ -51,6 +55,17 @@ def load_settings(root) -> ImageSettings:
     insecure = raw.get("insecure-registries", [])
     if not isinstance(insecure, list) or not all(isinstance(x, str) and x for x in insecure):
         raise UsageError(f"config {path}: 'insecure-registries' is not a list of strings")
+    mirrors = raw.get("registry-mirrors", [])
+    if not isinstance(mirrors, list) or not all(isinstance(x, str) for x in mirrors):
+        raise UsageError(f"config {path}: 'registry-mirrors' is not a list of URLs")
+    parsed = []
+    for url in mirrors:
+        scheme, sep, rest = url.partition("://")
+        host = rest.rstrip("/")
+        if not sep or scheme not in ("http", "https") or not host or "/" in host:
+            raise UsageError(f"config {path}: registry mirror {url!r} is not "
+                             "http(s)://host[:port]")
+        parsed.append((scheme, host))
     lim = raw.get("image-limits", {})
     if not isinstance(lim, dict):
         raise UsageError(f"config {path}: 'image-limits' is not an object")
@@ -62,4 +77,5 @@ def load_settings(root) -> ImageSettings:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UsageError(f"config {path}: image limit {key!r} is not a whole number >= 0")
         values[_LIMIT_KEYS[key]] = value
-    return ImageSettings(insecure_registries=tuple(insecure), limits=ExtractLimits(**values))
+    return ImageSettings(insecure_registries=tuple(insecure), registry_mirrors=tuple(parsed),
+                         limits=ExtractLimits(**values))

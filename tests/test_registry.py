@@ -596,3 +596,34 @@ def test_pull_notes_device_nodes_skipped_without_mknod(tmp_path):
         assert not os.path.lexists(os.path.join(layer, "dev/pm-null"))
     finally:
         reg.close()
+
+
+def test_registry_mirror_serves_docker_hub_names(tmp_path, dconf):
+    """`registry-mirrors` in the root's config.json: `pull pm-mirrored:1` (a Docker Hub
+    name) and `run` of a missing Hub image go to the mirror first (here a registry on
+    127.0.0.1 holding library/pm-mirrored), and the image is stored under its Hub name.
+    A mirror that is down is passed over (the first one here)."""
+    reg = Registry(tmp_path / "mirror", auth=False)
+    try:
+        seed = RCli(tmp_path / "seed", dconf)
+        seed("tag", "busybox", f"{reg.host}/library/pm-mirrored:1")
+        seed("push", f"{reg.host}/library/pm-mirrored:1")
+        cli = RCli(tmp_path / "root", dconf)
+        (tmp_path / "root").mkdir()
+        (tmp_path / "root" / "config.json").write_text(json.dumps(
+            {"registry-mirrors": ["http://127.0.0.1:9", f"http://{reg.host}/"]}))
+        out = cli("pull", "pm-mirrored:1").stdout.splitlines()
+        assert out[0] == "1: Pulling from library/pm-mirrored"
+        assert out[-1] == "docker.io/library/pm-mirrored:1"
+        (ins,) = json.loads(cli("inspect", "pm-mirrored:1").stdout)
+        assert ins["RepoTags"] == ["pm-mirrored:1"]
+        assert ins["RepoDigests"][0].startswith("pm-mirrored@sha256:")
+        cli("rmi", "pm-mirrored:1")
+        proc = cli("run", "--rm", "--net", "none", "pm-mirrored:1", "echo", "via-mirror",
+                   env={"PYINSPECT_PULL": "missing"})
+        assert proc.stdout == "via-mirror\n"
+        (tmp_path / "root" / "config.json").write_text(json.dumps(
+            {"registry-mirrors": ["ftp://x"]}))
+        one_line_error(cli("pull", "pm-mirrored:1", check=False), 2, "ftp://x")
+    finally:
+        reg.close()

@@ -31,6 +31,10 @@ _TIMEOUT = (10, 60)
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
+class RegistryUnavailable(UnavailableError):
+    """The registry cannot be reached or answered with a server error."""
+
+
 class RegistryAuthError(PyinspectError):
     """The registry refused the credentials (or wanted some)."""
 
@@ -109,7 +113,7 @@ class BodyReader:
             try:
                 chunk = next(self.it, b"")
             except requests.RequestException as exc:
-                raise UnavailableError(f"download interrupted: {_reason(exc)}") from None
+                raise RegistryUnavailable(f"download interrupted: {_reason(exc)}") from None
             if not chunk:
                 break
             self.buf += chunk
@@ -124,7 +128,8 @@ class RegistryClient:
     """One registry (host[:port]); requests go through `request()` with a scope."""
 
     def __init__(self, domain, credentials: Credentials | None = None,
-                 insecure_registries=()):
+                 insecure_registries=(), scheme=None):
+        """`scheme`: 'https' or 'http' to use only that one (a mirror given as a URL)."""
         import requests
 
         from .reference import DEFAULT_DOMAIN, DOCKER_HUB_API
@@ -137,6 +142,8 @@ class RegistryClient:
         self.base: str | None = None
         self.challenge: tuple[str, dict] | None = None
         self.tokens: dict[str, str] = {}
+        self.schemes = (scheme,) if scheme else ("https", "http") if self.insecure \
+            else ("https",)
 
     def close(self):
         self.session.close()
@@ -155,10 +162,10 @@ class RegistryClient:
         try:
             return self.session.request(method, url, **kw)
         except requests.exceptions.SSLError as exc:
-            raise UnavailableError(f"registry {self.domain}: TLS failed: {_reason(exc)}",
+            raise RegistryUnavailable(f"registry {self.domain}: TLS failed: {_reason(exc)}",
                                    _TLS_HINT) from None
         except requests.RequestException as exc:
-            raise UnavailableError(f"registry {self.domain}: cannot connect: "
+            raise RegistryUnavailable(f"registry {self.domain}: cannot connect: "
                                    f"{_reason(exc)}") from None
 
     def ping(self):
@@ -170,30 +177,30 @@ class RegistryClient:
             import urllib3
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         resp = None
-        for scheme in ("https", "http") if self.insecure else ("https",):
+        for scheme in self.schemes:
             try:
                 resp = self.session.get(f"{scheme}://{self.host}/v2/", timeout=_TIMEOUT,
                                         verify=not self.insecure)
             except requests.exceptions.SSLError as exc:
-                if self.insecure:
+                if self.insecure and scheme != self.schemes[-1]:
                     continue
-                raise UnavailableError(f"registry {self.domain}: TLS failed: {_reason(exc)}",
+                raise RegistryUnavailable(f"registry {self.domain}: TLS failed: {_reason(exc)}",
                                        _TLS_HINT) from None
             except requests.RequestException as exc:
-                if self.insecure and scheme == "https":
+                if scheme != self.schemes[-1]:
                     continue
-                raise UnavailableError(f"registry {self.domain}: cannot connect: "
+                raise RegistryUnavailable(f"registry {self.domain}: cannot connect: "
                                        f"{_reason(exc)}") from None
             if resp.status_code == 400 and scheme == "https" and self.insecure:
                 continue  # a plain-HTTP server answering a TLS hello
             self.base = f"{scheme}://{self.host}"
             break
         if self.base is None or resp is None:
-            raise UnavailableError(f"registry {self.domain}: cannot connect")
+            raise RegistryUnavailable(f"registry {self.domain}: cannot connect")
         if resp.status_code == 401:
             self.challenge = parse_challenge(resp.headers.get("WWW-Authenticate"))
         elif resp.status_code >= 400 and resp.status_code != 404:
-            raise UnavailableError(f"registry {self.domain}: /v2/ answered "
+            raise RegistryUnavailable(f"registry {self.domain}: /v2/ answered "
                                    f"{_registry_message(resp)}",
                                    "is it an OCI distribution (v2) registry?")
         resp.close()
@@ -202,7 +209,7 @@ class RegistryClient:
         _, params = challenge or self.challenge or ("", {})
         realm = params.get("realm")
         if not realm:
-            raise UnavailableError(f"registry {self.domain}: Bearer challenge without realm")
+            raise RegistryUnavailable(f"registry {self.domain}: Bearer challenge without realm")
         query = {"service": params.get("service", "")} if params.get("service") else {}
         if scope:
             query["scope"] = scope.split(" ") if " " in scope else scope  # repeated param
@@ -215,14 +222,14 @@ class RegistryClient:
             resp = self.session.get(realm, params=query, auth=auth, timeout=_TIMEOUT,
                                     verify=not self.insecure)
         except requests.RequestException as exc:
-            raise UnavailableError(f"registry {self.domain}: token service {realm}: "
+            raise RegistryUnavailable(f"registry {self.domain}: token service {realm}: "
                                    f"{_reason(exc)}") from None
         if resp.status_code in (401, 403):
             why = "incorrect username or password" if auth else "credentials needed"
             raise RegistryAuthError(f"registry {self.domain}: unauthorized: {why}",
                                     None if auth else f"pyinspect login {self.domain}")
         if resp.status_code != 200:
-            raise UnavailableError(f"registry {self.domain}: token service answered "
+            raise RegistryUnavailable(f"registry {self.domain}: token service answered "
                                    f"{_registry_message(resp)}")
         try:
             body = resp.json()
@@ -230,7 +237,7 @@ class RegistryClient:
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise UnavailableError(f"registry {self.domain}: token service sent no token")
+            raise RegistryUnavailable(f"registry {self.domain}: token service sent no token")
         self.tokens[scope] = token
         return token
 
@@ -287,7 +294,7 @@ class RegistryClient:
         resp = self.request("GET", "/v2/", what=f"login to {self.domain}")
         resp.close()
         if resp.status_code != 200:
-            raise UnavailableError(f"login to {self.domain}: {_registry_message(resp)}")
+            raise RegistryUnavailable(f"login to {self.domain}: {_registry_message(resp)}")
 
     # ---- the API ---------------------------------------------------------------------
     def fail(self, resp, what):
@@ -300,7 +307,7 @@ class RegistryClient:
             return RegistryAuthError(f"{what}: denied: {msg}")
         if resp.status_code in (400, 405, 413, 415):
             return UsageError(f"{what}: the registry refused it: {msg}")
-        return UnavailableError(f"{what}: {msg}")
+        return RegistryUnavailable(f"{what}: {msg}")
 
     def get_manifest(self, repo, ref, accept, what):
         """(raw bytes, Content-Type, Docker-Content-Digest or '') of a manifest or index."""
