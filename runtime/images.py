@@ -58,6 +58,7 @@ class Image:
     architecture: str = ""
     os: str = ""
     raw: dict = field(default_factory=dict, repr=False)   # the whole image config
+    repo_digests: list = field(default_factory=list)       # "name@sha256:..." (list() fills it)
 
     @property
     def short_id(self):
@@ -315,7 +316,10 @@ class ImageStore:
     def list(self):
         """Every stored image, newest first."""
         tags = self._tags()
+        digests = self._digests()
         images = [self._load_image(h, tags) for h in self._ids()]
+        for im in images:
+            im.repo_digests = sorted(k for k, v in digests.items() if v == im.id)
         images.sort(key=lambda im: (im.created, im.id), reverse=True)
         return images
 

@@ -137,6 +137,11 @@ def test_push_skopeo_inspect_pull_and_run(rcli, registry, tmp_path, dconf):
     (ins,) = json.loads(other("inspect", name).stdout)
     assert ins["Id"] == image_id and ins["RepoTags"] == [name]
     assert ins["RepoDigests"] == [f"{registry.host}/pm/app@{digest}"]
+    table = other("images", "--digests").stdout.splitlines()
+    assert table[0].split() == ["REPOSITORY", "TAG", "DIGEST", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert table[1].split()[:4] == [f"{registry.host}/pm/app", "v1", digest, image_id[7:19]]
+    (row,) = json.loads(other("images", "--format", "json").stdout)
+    assert row["Digest"] == digest
     assert f"Status: Image is up to date for {name}" in other("pull", name).stdout
     # by digest, then run by digest
     by_digest = f"{registry.host}/pm/app@{digest}"

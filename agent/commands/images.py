@@ -39,11 +39,12 @@ def _human_size(n):
 def _rows(images):
     rows = []
     for im in images:
+        by_repo = {d.split("@", 1)[0]: d.split("@", 1)[1] for d in im.repo_digests}
         for ref in im.repo_tags or ["<none>:<none>"]:
             repo, tag = ref.rsplit(":", 1)
-            rows.append({"Repository": repo, "Tag": tag, "ID": im.short_id, "Id": im.id,
-                         "Created": im.created, "CreatedSince": _since(im.created),
-                         "Size": im.size})
+            rows.append({"Repository": repo, "Tag": tag, "Digest": by_repo.get(repo, "<none>"),
+                         "ID": im.short_id, "Id": im.id, "Created": im.created,
+                         "CreatedSince": _since(im.created), "Size": im.size})
     return rows
 
 
@@ -53,8 +54,9 @@ def _rows(images):
               show_default=True, help="Output format (json: one array of rows).")
 @click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
 @click.option("--no-trunc", is_flag=True, help="Full image ids.")
+@click.option("--digests", is_flag=True, help="Show the registry digest (of a pull or push).")
 @click.pass_obj
-def images(obj, reference, fmt, quiet, no_trunc):
+def images(obj, reference, fmt, quiet, no_trunc, digests):
     """List images (one row per tag; untagged images show <none>).
 
     \b
@@ -62,6 +64,7 @@ def images(obj, reference, fmt, quiet, no_trunc):
       pyinspect images
       pyinspect images busybox --format json
       pyinspect images -q
+      pyinspect images --digests
     """
     found = _store(obj).list()
     rows = _rows(found)
@@ -79,14 +82,16 @@ def images(obj, reference, fmt, quiet, no_trunc):
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    table = [("REPOSITORY", "TAG", *(("DIGEST",) if digests else ()), "IMAGE ID", "CREATED",
+              "SIZE")]
     for r in rows:
-        table.append((r["Repository"], r["Tag"], r["Id"] if no_trunc else r["ID"],
-                      r["CreatedSince"], _human_size(r["Size"])))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+        table.append((r["Repository"], r["Tag"], *((r["Digest"],) if digests else ()),
+                      r["Id"] if no_trunc else r["ID"], r["CreatedSince"],
+                      _human_size(r["Size"])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         cells = "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
-        click.echo(cells + "   " + row[4])
+        click.echo(cells + "   " + row[-1])
 
 
 @click.command()
