@@ -632,3 +632,20 @@ def test_registry_mirror_serves_docker_hub_names(tmp_path, dconf):
         one_line_error(cli("pull", "pm-mirrored:1", check=False), 2, "ftp://x")
     finally:
         reg.close()
+
+
+def test_push_all_tags(rcli, registry, tmp_path, dconf):
+    assert login(rcli, registry.host).returncode == 0
+    repo = f"{registry.host}/pm/alltags"
+    rcli("load", "-i", kit.docker_legacy(tmp_path / "a.tar", [([BASE], [f"{repo}:1"], None),
+                                                              ([TOP], [f"{repo}:2"], None)]))
+    rcli("tag", f"{repo}:1", f"{registry.host}/pm/other:1")  # another repository: not pushed
+    out = rcli("push", "--all-tags", repo).stdout.splitlines()
+    assert [line.split(":")[0] for line in out if ": digest: " in line] == ["1", "2"]
+    r = requests.get(f"http://{registry.host}/v2/pm/alltags/tags/list", auth=(USER, PASSWORD))
+    assert sorted(r.json()["tags"]) == ["1", "2"]
+    r = requests.get(f"http://{registry.host}/v2/pm/other/tags/list", auth=(USER, PASSWORD))
+    assert r.status_code == 404
+    one_line_error(rcli("push", "-a", f"{repo}:1", check=False), 2, "without a tag")
+    one_line_error(rcli("push", "-a", f"{registry.host}/pm/none", check=False), 3,
+                   "no image has a tag")

@@ -103,9 +103,10 @@ def pull(obj, quiet, name):
 @click.command()
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, hidden=True,
               help="Upload blobs larger than this in PATCH chunks of this many bytes.")
+@click.option("-a", "--all-tags", is_flag=True, help="Push every tag of the repository NAME.")
 @click.argument("name")
 @click.pass_obj
-def push(obj, chunk_size, name):
+def push(obj, chunk_size, all_tags, name):
     """Push an image to a registry: NAME[:TAG], an image the store has under that name.
 
     Layers the registry has already (HEAD) are not sent again.
@@ -114,13 +115,17 @@ def push(obj, chunk_size, name):
     Examples:
       pyinspect tag busybox localhost:5000/busybox:v1
       pyinspect push localhost:5000/busybox:v1
+      pyinspect push -a localhost:5000/busybox
     """
-    from ..runtime.registry.push import CHUNK_SIZE
+    from ..runtime.registry.push import CHUNK_SIZE, tags_of
     from ..runtime.registry.push import push as do_push
     from ..runtime.registry.reference import parse
+    store = _store(obj)
     r = parse(name)
+    names = tags_of(store, name) if all_tags else [name]
     repo = r.familiar if r.domain != "docker.io" else f"docker.io/{r.path}"
     progress = LayerProgress(header=[f"The push refers to repository [{repo}]"])
-    result = do_push(_store(obj), name, progress=progress, chunk_size=chunk_size or CHUNK_SIZE)
-    progress.flush_header()
-    click.echo(f"{result.tag}: digest: {result.digest} size: {result.size}")
+    for one in names:
+        result = do_push(store, one, progress=progress, chunk_size=chunk_size or CHUNK_SIZE)
+        progress.flush_header()
+        click.echo(f"{result.tag}: digest: {result.digest} size: {result.size}")

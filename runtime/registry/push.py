@@ -73,6 +73,18 @@ def compress_layer(src_path, out_path):
     return f"sha256:{hw.h.hexdigest()}", hw.size
 
 
+def tags_of(store, name) -> list:
+    """Every name:tag the store has in repository `name` (given without tag), sorted."""
+    ref = parse(name)
+    if ref.digest or ":" in name.rsplit("/", 1)[-1]:
+        raise UsageError(f"push --all-tags {name!r}: give the repository without a tag")
+    found = sorted(t for t in store._tags() if t.rsplit(":", 1)[0] == ref.familiar)
+    if not found:
+        raise NotFoundError(f"push --all-tags {name!r}: no image has a tag in this repository",
+                            f"pyinspect tag IMAGE {ref.familiar}:TAG")
+    return found
+
+
 def push(store, ref_str, progress=None, chunk_size=CHUNK_SIZE) -> PushResult:
     """Push NAME[:TAG] (an image the store has under that name); `progress` as for pull."""
     def say(layer, status, current=None, total=None):
