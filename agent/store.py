@@ -274,6 +274,7 @@ class Store:
             raise CorruptInputError(f"cannot open store {self.path}: {exc}",
                                     "move the file away or use another --root") from exc
         self._depth = 0
+        self._event_columns = None  # the events table's columns, once an insert has read them
         self._migrate()
         self.reap_killed_traces()
 
@@ -325,9 +326,20 @@ class Store:
             if isinstance(row.get("detail"), (dict, list)):
                 row["detail"] = json.dumps(row["detail"], sort_keys=True)
             rows.append(row)
-        if rows:
-            with self.db.conn:
+        if not rows:
+            return 0
+        cols = self._event_columns
+        keys = sorted({k for r in rows for k in r})
+        with self.batch():
+            if cols is None or not set(keys) <= cols:
+                # a column the table does not have yet: sqlite-utils adds it
                 self.db.table("events").insert_all(rows, alter=True)
+                self._event_columns = set(self.db["events"].columns_dict)
+            else:                      # the usual case: one prepared statement
+                self.db.conn.executemany(
+                    f"INSERT INTO events ({', '.join(keys)}) VALUES "
+                    f"({', '.join('?' * len(keys))})",
+                    [[r.get(k) for k in keys] for r in rows])
         return len(rows)
 
     # -- transactions -------------------------------------------------------------
