@@ -55,6 +55,9 @@ class TraceOptions:
     ring_mb: int = 16                     # evidence buffer per CPU
     max_size: int = None                  # bytes of segment files; None: automatic; 0: no cap
     segment_size: int = SEGMENT_BYTES
+    stream_fd: int = None                 # evidence as one pcapng stream to this fd, no files
+    stream_filter: str = None             # pcap-filter: only matching packets go to the stream
+    roles: list = None                    # capture points of these roles only (target.role)
 
 
 def _mono_to_real():
@@ -96,6 +99,7 @@ class TraceSession:
         self._state_file = None
         self._stopped = False
         self._lost = {}
+        self._stream_keep = None
 
     @property
     def flows(self):
@@ -112,13 +116,21 @@ class TraceSession:
             raise UsageError(f"trace: bad --snaplen {self.opt.snaplen}: must be >= 0")
         if self.opt.filter:
             self.pfilter = P.BpfFilter(self.opt.filter, P.EV_MAXCAP)
+        if self.opt.stream_filter:
+            self._stream_keep = P.BpfFilter(self.opt.stream_filter, P.EV_MAXCAP).match
         if self.opt.snaplen is None:
-            self.opt.snaplen = WHOLE_SNAPLEN if self.opt.pcap else HEADERS_SNAPLEN
+            whole = self.opt.pcap or self.opt.stream_fd is not None
+            self.opt.snaplen = WHOLE_SNAPLEN if whole else HEADERS_SNAPLEN
         cleaned = cleanup_stale(self.root)
         if cleaned:
             self.notes.append(f"removed leftovers of a killed trace: {'; '.join(cleaned)}")
         self.target = t = resolve(self.root, self.ref)
         self.points = capture_points(t, self.opt.via)
+        if self.opt.roles:
+            self.points = [p for p in self.points if role(p) in self.opt.roles]
+            if not self.points:
+                raise UsageError(f"trace: {t.name} has no capture point of the roles "
+                                 f"{', '.join(self.opt.roles)}")
         t.ports = list(t.ports) + [p for p in dnat_ports(t.addrs) if p not in t.ports]
         if self.opt.port:
             t.ports = [p for p in t.ports if self.opt.port in (p[3], p[1])]
@@ -214,6 +226,17 @@ class TraceSession:
         """Where this session's evidence goes: <state root>/pcap/<session id>/seg-*.pcapng,
         one interface per capture point, named as `pcap export` names them."""
         from ..pcap_export import point_name
+        if self.opt.stream_fd is not None:
+            from .stream import StreamFile
+            dnat = {}                # the published ports, once each (live EPBs: no comment)
+            for hip, hport, proto, cport in self.target.ports:
+                if cport and self.target.addrs:
+                    dnat.setdefault((proto, hport, cport), f"; DNAT {proto} {hip or '*'}:"
+                                    f"{hport} -> {self.target.addrs[0]}:{cport}")
+            nat = "".join(dnat.values())
+            return StreamFile(self.opt.stream_fd, [
+                Interface(point_name(p.name, describe(p), self.target.name), describe(p) + nat,
+                          self.cap.snaplen) for p in self.points], keep=self._stream_keep)
         directory = database_path(self.root).parent / "pcap" / str(self.session_id)
         directory.mkdir(parents=True, exist_ok=True)
         cap = self.opt.max_size
