@@ -52,6 +52,7 @@ COMMANDS = {
     "events": ("observe", "events", "Show the process, cgroup and link timeline."),
     "trace": ("trace", "trace", "Follow a container's packets through NAT, bridge and veth."),
     "pcap": ("pcap", "pcap", "Export and merge pcapng captures."),
+    "extcap": ("extcap", "extcap", "Live capture into Wireshark/tshark (extcap interface)."),
     "serve": ("serve", "serve", "Run the agent and its dashboard."),
     "doctor": ("doctor", "doctor", "Check the usual causes of broken container networking."),
 }

@@ -1,0 +1,150 @@
+"""`pyinspect extcap`: live capture into Wireshark/tshark through Wireshark's extcap interface."""
+
+import os
+import select
+import signal
+
+import click
+
+
+@click.command(context_settings={"ignore_unknown_options": False}, epilog="""\b
+Wireshark runs it (after `pyinspect extcap --install`):
+  pyinspect extcap --extcap-interfaces
+  pyinspect extcap --extcap-interface pyinspect-web --extcap-config
+  pyinspect extcap --extcap-interface pyinspect-web --capture --fifo FIFO
+By hand, pcapng on stdout (e.g. over ssh into a desktop Wireshark):
+  pyinspect extcap --extcap-interface pyinspect-web --capture --fifo - | tshark -r -
+  ssh host pyinspect extcap --extcap-interface pyinspect-web --capture --fifo - \\
+      | wireshark -k -i -
+See docs/wireshark.md.""")
+@click.option("--extcap-interfaces", "list_ifaces", is_flag=True,
+              help="List one interface per running container (extcap).")
+@click.option("--extcap-version", metavar="VERSION", help="Wireshark's version (extcap).")
+@click.option("--extcap-interface", "interface", metavar="NAME",
+              help="The interface (pyinspect-<container>) the other flags are about.")
+@click.option("--extcap-dlts", "dlts", is_flag=True, help="Print the interface's link type.")
+@click.option("--extcap-config", "config", is_flag=True, help="Print the interface's options.")
+@click.option("--extcap-capture-filter", "capture_filter", metavar="EXPR",
+              help="Wireshark's capture filter (pcap-filter syntax); alone: check it.")
+@click.option("--extcap-reload-option", hidden=True)
+@click.option("--extcap-control-in", hidden=True)
+@click.option("--extcap-control-out", hidden=True)
+@click.option("--debug", "ws_debug", is_flag=True, hidden=True)
+@click.option("--debug-file", hidden=True)
+@click.option("--capture", is_flag=True, help="Capture into --fifo.")
+@click.option("--fifo", metavar="PATH", help="Where the pcapng goes ('-': stdout).")
+@click.option("--container", "container", metavar="NAME",
+              help="Container to capture (default: the interface's).")
+@click.option("--filter", "bpf_filter", metavar="EXPR",
+              help="pcap-filter expression: only matching packets are captured.")
+@click.option("--snaplen", type=click.IntRange(0, 262144), default=None,
+              help="Bytes kept per packet (default and 0: whole packets).")
+@click.option("--points", metavar="ROLES",
+              help="Capture points, comma-separated: uplink,bridge,veth,container (default: "
+                   "all).")
+@click.option("--install", is_flag=True,
+              help="Install the launcher into Wireshark's extcap folder and exit.")
+@click.option("--install-dir", type=click.Path(file_okay=False), default=None,
+              help="With --install: this folder instead of Wireshark's.")
+@click.pass_context
+def extcap(ctx, list_ifaces, extcap_version, interface, dlts, config, capture_filter,
+           extcap_reload_option, extcap_control_in, extcap_control_out, ws_debug, debug_file,
+           capture, fifo, container, bpf_filter, snaplen, points, install, install_dir):
+    """Live capture into Wireshark/tshark (Wireshark's extcap interface)."""
+    from pyinspect import extcap as X
+    from pyinspect.errors import UsageError
+    root = ctx.obj["root"]
+    if install:
+        given = ctx.parent.params.get("root") if ctx.parent else None    # --root or env
+        path = X.install(install_dir, root=str(root) if given else None)
+        click.echo(f"installed {path}")
+        return
+    if list_ifaces:
+        click.echo(X.interfaces_text(X.interfaces(root), _version()), nl=False)
+        return
+    if not interface:
+        raise UsageError("extcap: --extcap-interface is required",
+                         "pyinspect extcap --extcap-interfaces lists them")
+    if dlts:
+        click.echo(X.dlts_text(interface), nl=False)
+        return
+    if config:
+        click.echo(X.config_text(interface), nl=False)
+        return
+    expr = X.join_filters(bpf_filter, capture_filter)
+    if not capture:
+        if capture_filter is None:
+            raise UsageError("extcap: nothing to do",
+                             "give --capture, --extcap-config or --extcap-dlts")
+        X.check_filter(capture_filter)      # Wireshark's filter check: exit 0 = valid
+        return
+    if not fifo:
+        raise UsageError("extcap: --capture needs --fifo PATH ('-' for stdout)")
+    _capture(root, container or X.container_of(interface), fifo, expr,
+             snaplen, X.parse_points(points))
+
+
+def _version():
+    from pyinspect import __version__
+    return __version__
+
+
+def _capture(root, container, fifo, expr, snaplen, roles):
+    """Trace `container` with its evidence going to `fifo` until Wireshark stops it
+    (SIGTERM, SIGINT, SIGHUP, or the reader goes away), or the container does."""
+    from pyinspect.errors import NotFoundError, UsageError
+    from pyinspect.extcap import check_filter
+    from pyinspect.trace import TraceOptions, TraceSession
+    if expr:
+        check_filter(expr)                  # before the fifo is opened or anything attached
+    stop = {"why": None}
+
+    def on_signal(signum, frame):
+        stop["why"] = signum
+        session.done = True
+
+    olds = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT,
+                                                     signal.SIGHUP)}
+    fd = -1
+    session = TraceSession(root, container, TraceOptions(
+        snaplen=snaplen, stream_filter=expr, roles=roles, events=False))
+    try:
+        fd = os.dup(1) if fifo == "-" else os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        if fifo == "-":
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)    # nothing else goes to the stream
+        session.opt.stream_fd = fd
+        session.start()
+        watch = select.poll()
+        watch.register(fd, 0)               # POLLERR/POLLHUP: the reader went away
+        while not session.done:
+            session.poll()
+            if session.evidence and session.evidence.error:
+                if "Broken pipe" in session.evidence.error:
+                    break                   # the reader closed the fifo: a normal stop
+                raise UsageError(f"extcap: writing the capture failed: "
+                                 f"{session.evidence.error}")
+            if watch.poll(0):
+                break
+            if not _alive(session.target):
+                raise NotFoundError(f"extcap: container {session.target.name} stopped "
+                                    f"during the capture")
+    finally:
+        try:
+            summary = session.stop() if session.target else None
+        finally:
+            for s, old in olds.items():
+                signal.signal(s, old)
+            if session.evidence is None and fd >= 0:
+                os.close(fd)
+    if summary and summary.get("lost"):
+        click.echo(f"pyinspect: {summary['lost']} packets seen in the kernel are not in the "
+                   f"capture (the ring buffers were full)", err=True)
+
+
+def _alive(target):
+    """Whether the traced container's network namespace is still the one captured."""
+    try:
+        path = f"/proc/{target.pid}/ns/net" if target.pid else target.netns_path
+        return os.stat(path).st_ino == target.netns
+    except OSError:
+        return False
