@@ -95,8 +95,6 @@ def _capture(root, container, fifo, expr, snaplen, roles):
     from pyinspect.errors import NotFoundError, UsageError
     from pyinspect.extcap import check_filter
     from pyinspect.trace import TraceOptions, TraceSession
-    if expr:
-        check_filter(expr)                  # before the fifo is opened or anything attached
     stop = {"why": None}
 
     def on_signal(signum, frame):
@@ -109,9 +107,13 @@ def _capture(root, container, fifo, expr, snaplen, roles):
     session = TraceSession(root, container, TraceOptions(
         snaplen=snaplen, stream_filter=expr, roles=roles, events=False))
     try:
+        # the fifo is opened first, whatever follows: dumpcap waits for that open, and
+        # sees an error below as the pipe closing, with our stderr as the reason
         fd = os.dup(1) if fifo == "-" else os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
         if fifo == "-":
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)    # nothing else goes to the stream
+        if expr:
+            check_filter(expr)              # before anything is attached
         session.opt.stream_fd = fd
         session.start()
         watch = select.poll()
