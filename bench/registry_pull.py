@@ -6,8 +6,9 @@ layers (random and text-like data, ~60 MB uncompressed). Each round, alternating
 - pull:  `pyinspect pull` into a fresh state root (download, verify digests while
          streaming, decompress, extract into the store) vs `skopeo copy docker://...
          oci:DIR` (download and verify, no extraction);
-- push:  `pyinspect push` to a new repository (gzip each layer, HEAD, upload) vs
-         `skopeo copy oci:DIR docker://...` of the same image to a new repository.
+- push:  `pyinspect push` to a new repository vs `skopeo copy oci:DIR docker://...` of
+         the same image to a new repository (both find the blobs in the registry's
+         other repository and mount them: this measures the client's own cost).
 
 Prints medians and the pyinspect/skopeo ratios (skopeo does less on pull: it does not
 extract). Ratios, not absolute times, are the result on a shared machine.
@@ -145,7 +146,7 @@ def main():
         print(f"ratio pull pyinspect/skopeo: {med['pull'] / med['skopeo-pull']:.2f}x "
               "(pyinspect also extracts into the store)")
         print(f"ratio push pyinspect/skopeo: {med['push'] / med['skopeo-push']:.2f}x "
-              "(pyinspect gzips from the store's tars; skopeo copies compressed blobs)")
+              "(both mount the blobs the registry holds in another repository)")
         return 0
     finally:
         if proc is not None:
