@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -649,3 +650,50 @@ def test_push_all_tags(rcli, registry, tmp_path, dconf):
     one_line_error(rcli("push", "-a", f"{repo}:1", check=False), 2, "without a tag")
     one_line_error(rcli("push", "-a", f"{registry.host}/pm/none", check=False), 3,
                    "no image has a tag")
+
+
+def test_credential_helper(rcli, registry, tmp_path, dconf):
+    """credsStore names a helper as Docker's config does: login stores through it (the
+    file keeps an empty auths entry), pull gets from it, logout erases. The helper is a
+    small program of the test's own speaking the docker-credential protocol."""
+    bindir, vault = tmp_path / "bin", tmp_path / "vault.json"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-pmtest"
+    helper.write_text(f"""#!{sys.executable}
+import json, sys
+path = {str(vault)!r}
+try:
+    vault = json.load(open(path))
+except OSError:
+    vault = {{}}
+action, data = sys.argv[1], sys.stdin.read()
+if action == "store":
+    d = json.loads(data)
+    vault[d["ServerURL"]] = [d["Username"], d["Secret"]]
+elif action == "get":
+    if data.strip() not in vault:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    user, secret = vault[data.strip()]
+    print(json.dumps({{"ServerURL": data.strip(), "Username": user, "Secret": secret}}))
+elif action == "erase":
+    vault.pop(data.strip(), None)
+json.dump(vault, open(path, "w"))
+""")
+    helper.chmod(0o755)
+    dconf.mkdir()
+    (dconf / "config.json").write_text(json.dumps({"auths": {}, "credsStore": "pmtest"}))
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    proc = rcli("login", "-u", USER, "--password-stdin", registry.host, input=PASSWORD,
+                env=env)
+    assert proc.stdout.strip() == "Login Succeeded"
+    assert json.loads(vault.read_text()) == {registry.host: [USER, PASSWORD]}
+    assert json.loads((dconf / "config.json").read_text())["auths"] == {registry.host: {}}
+    name = f"{registry.host}/pm/helper:1"
+    rcli("tag", "busybox", name)
+    rcli("push", name, env=env)
+    assert rcli("logout", registry.host, env=env).returncode == 0
+    assert json.loads(vault.read_text()) == {}
+    one_line_error(rcli("pull", name, check=False, env=env), 1, "authentication required")
+    one_line_error(rcli("pull", name, check=False), 5, "docker-credential-pmtest",
+                   "not installed")
