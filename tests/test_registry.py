@@ -90,12 +90,12 @@ def test_login_wrong_password_then_right_one(rcli, registry, dconf):
     assert base64.b64decode(auth).decode() == f"{USER}:{PASSWORD}"
     # Docker's own key for Docker Hub, and other keys of the file, are kept untouched
     data = json.loads(cfg.read_text())
-    data["credsStore"] = "pm-none"
+    data["pm-unknown-key"] = {"kept": True}
     cfg.write_text(json.dumps(data))
     assert rcli("logout", registry.host).stdout.strip() == \
         f"Removing login credentials for {registry.host}"
     data = json.loads(cfg.read_text())
-    assert data["auths"] == {} and data["credsStore"] == "pm-none"
+    assert data["auths"] == {} and data["pm-unknown-key"] == {"kept": True}
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
     assert rcli("logout", registry.host).stdout.strip() == f"Not logged in to {registry.host}"
 
