@@ -57,6 +57,7 @@ class TraceOptions:
     segment_size: int = SEGMENT_BYTES
     stream_fd: int = None                 # evidence as one pcapng stream to this fd, no files
     stream_filter: str = None             # pcap-filter: only matching packets go to the stream
+    stream_delay: float = 0               # s the stream holds packets back for NAT comments
     roles: list = None                    # capture points of these roles only (target.role)
 
 
@@ -100,6 +101,7 @@ class TraceSession:
         self._stopped = False
         self._lost = {}
         self._stream_keep = None
+        self._settled_ns = None         # the last poll's settle cutoff (CLOCK_MONOTONIC)
 
     @property
     def flows(self):
@@ -236,7 +238,8 @@ class TraceSession:
             nat = "".join(dnat.values())
             return StreamFile(self.opt.stream_fd, [
                 Interface(point_name(p.name, describe(p), self.target.name), describe(p) + nat,
-                          self.cap.snaplen) for p in self.points], keep=self._stream_keep)
+                          self.cap.snaplen) for p in self.points], keep=self._stream_keep,
+                delay_ns=int(self.opt.stream_delay * 1e9))
         directory = database_path(self.root).parent / "pcap" / str(self.session_id)
         directory.mkdir(parents=True, exist_ok=True)
         cap = self.opt.max_size
@@ -280,6 +283,7 @@ class TraceSession:
             self.sink.segments(self.evidence.segments())
         cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - F.SETTLE_NS
         settled = corr.settle(cutoff)
+        self._settled_ns = cutoff
         items = self._output(settled)
         spent = time.thread_time() - cpu0
         self.reader_cpu += spent
@@ -324,7 +328,25 @@ class TraceSession:
         if self.sink:
             locate = self.evidence.locate_many() if self.evidence else (lambda c, p: None)
             self.sink.settled(settled, locate)
+            if self.opt.stream_fd is not None and self.opt.stream_delay:
+                self._comment_stream(settled, locate)
         return sorted(items, key=lambda i: i.get("_ts", 0))
+
+    def _comment_stream(self, settled, locate):
+        """A live stream: the comments `pcap export` gives the indexed packets ("flow N:
+        NAT"), on those packets the stream still holds back."""
+        files = self.evidence.files
+        for j in settled.journeys:
+            f = j.flow
+            if f.store_id is None:
+                continue
+            nat = f.nat_text()
+            text = f"flow {f.store_id}: {nat}" if nat else f"flow {f.store_id}"
+            for c in j.captures:
+                loc = locate(c.cpu, c.pos)
+                if loc is not None:
+                    files.comment(loc[1], text)
+        files.release(self._settled_ns)
 
     def _follow_snat(self, f):
         """Outbound MASQUERADEd flow: capture its uplink copy and trace its replies."""
