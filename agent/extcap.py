@@ -92,7 +92,10 @@ def config_text(interface: str) -> str:
         f"{{range=0,{DEFAULT_SNAPLEN}}}{{default={DEFAULT_SNAPLEN}}}"
         "{tooltip=Bytes kept per packet (0: whole packets)}\n"
         "arg {number=3}{call=--points}{display=Capture points}{type=multicheck}"
-        "{tooltip=Which capture points to capture at (default: all)}\n" + roles)
+        "{tooltip=Which capture points to capture at (default: all)}\n" + roles +
+        "arg {number=4}{call=--comments-delay}{display=NAT comments delay (s)}"
+        "{type=double}{range=0,10}{default=1.0}{tooltip=Packets are held back this long "
+        "so the analysis can comment them with their flow and NAT; 0: no comments}\n")
 
 
 def parse_points(text: str | None) -> list[str] | None:

@@ -195,7 +195,8 @@ def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
             tshark.communicate()
         report = dump.stop()
     assert report["dropped"] == 0, report
-    rows = fields(out, "frame.interface_name", "tcp.port", "frame.interface_description")
+    rows = fields(out, "frame.interface_name", "tcp.port", "frame.interface_description",
+                  "frame.comment", "tcp.flags.syn", "tcp.flags.ack")
     names = {r[0] for r in rows}
     want = {point_name("xcu0", "uplink", setup.name), "pyinspect0",
             point_name(setup.veth, "veth", setup.name), f"{setup.name}/eth0"}
@@ -207,6 +208,14 @@ def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
     live_web = web_packets(rows, point_name(setup.veth, "veth", setup.name))
     assert len(ref_web) >= 5 * 6, ref_web          # 5 connections, each a few packets
     assert len(live_web) == len(ref_web), (len(live_web), len(ref_web))
+    # NAT comments as `pcap export` gives them: every SYN at every point says its flow
+    # and the DNAT (the analysis settles them while the stream holds them back)
+    ctr_ip = rows[0][2].rsplit(" -> ", 1)[1].split(":")[0]
+    syns = [r for r in rows if r[4] in ("1", "True") and r[5] in ("0", "False")]
+    assert len(syns) == 5 * 4, syns
+    nat = f": DNAT {HOST_IP}:{PORT} -> {ctr_ip}:80"
+    assert all(re.fullmatch(r"flow \d+" + re.escape(nat), r[3]) for r in syns), syns
+    assert len({r[3] for r in syns}) == 5, "one flow per connection"
     # every point saw the five connections (the uplink before the DNAT: port 8090)
     for name in want:
         tcp = [r for r in rows if r[0] == name and r[1]]
@@ -222,7 +231,7 @@ def test_stopping_tshark_leaves_nothing(setup, tmp_path, sig):
     try:
         setup.wait_attached(tshark)
         setup.fetch(1)
-        time.sleep(0.5)
+        time.sleep(1.5)         # the stream holds packets back up to 1 s for their comments
         tshark.send_signal(sig)
         tshark.communicate(timeout=60)
         setup.wait_gone()

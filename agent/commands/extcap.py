@@ -42,6 +42,10 @@ See docs/wireshark.md.""")
 @click.option("--points", metavar="ROLES",
               help="Capture points, comma-separated: uplink,bridge,veth,container (default: "
                    "all).")
+@click.option("--comments-delay", "delay", type=click.FloatRange(0, 10), default=1.0,
+              show_default=True,
+              help="Seconds packets are held back so the analysis can give them their NAT "
+                   "comments ('flow N: ...', as pcap export does); 0: no comments, no delay.")
 @click.option("--install", is_flag=True,
               help="Install the launcher into Wireshark's extcap folder and exit.")
 @click.option("--install-dir", type=click.Path(file_okay=False), default=None,
@@ -49,7 +53,8 @@ See docs/wireshark.md.""")
 @click.pass_context
 def extcap(ctx, list_ifaces, extcap_version, interface, dlts, config, capture_filter,
            extcap_reload_option, extcap_control_in, extcap_control_out, ws_debug, debug_file,
-           capture, fifo, container, bpf_filter, snaplen, points, install, install_dir):
+           capture, fifo, container, bpf_filter, snaplen, points, delay, install,
+           install_dir):
     """Live capture into Wireshark/tshark (Wireshark's extcap interface)."""
     from pyinspect import extcap as X
     from pyinspect.errors import UsageError
@@ -81,7 +86,7 @@ def extcap(ctx, list_ifaces, extcap_version, interface, dlts, config, capture_fi
     if not fifo:
         raise UsageError("extcap: --capture needs --fifo PATH ('-' for stdout)")
     _capture(root, container or X.container_of(interface), fifo, expr,
-             snaplen, X.parse_points(points))
+             snaplen, X.parse_points(points), delay)
 
 
 def _version():
@@ -89,7 +94,7 @@ def _version():
     return __version__
 
 
-def _capture(root, container, fifo, expr, snaplen, roles):
+def _capture(root, container, fifo, expr, snaplen, roles, delay):
     """Trace `container` with its evidence going to `fifo` until Wireshark stops it
     (SIGTERM, SIGINT, SIGHUP, or the reader goes away), or the container does."""
     from pyinspect.errors import NotFoundError, UsageError
@@ -105,7 +110,7 @@ def _capture(root, container, fifo, expr, snaplen, roles):
                                                      signal.SIGHUP)}
     fd = -1
     session = TraceSession(root, container, TraceOptions(
-        snaplen=snaplen, stream_filter=expr, roles=roles, events=False))
+        snaplen=snaplen, stream_filter=expr, roles=roles, events=False, stream_delay=delay))
     try:
         # the fifo is opened first, whatever follows: dumpcap waits for that open, and
         # sees an error below as the pipe closing, with our stderr as the reason
