@@ -65,7 +65,9 @@ def _field(text: str) -> str:
 
 
 def interfaces_text(ifaces: list[ExtcapInterface], version: str) -> str:
-    lines = [f"extcap {{version={_field(version)}}}{{help=https://github.com/pyinspect}}"
+    docs = Path(__file__).resolve().parent.parent / "docs" / "wireshark.md"
+    helps = f"{{help=file://{docs}}}" if docs.exists() else ""
+    lines = [f"extcap {{version={_field(version)}}}{helps}"
              f"{{display=pyinspect container capture}}"]
     lines += [f"interface {{value={_field(i.value)}}}{{display={_field(i.display)}}}"
               for i in ifaces]

@@ -69,6 +69,10 @@ fi
 # first probe start does not parse BTF (~0.3 s); a new kernel's are cached at its first start.
 .venv/bin/python -m pyinspect.probes.prebuild >/dev/null || true
 
+# Wireshark's extcap folder gets the launcher of `pyinspect extcap` (tshark -D and
+# Wireshark list one interface per container); rewritten in place on a rerun.
+.venv/bin/pyinspect extcap --install >/dev/null || echo "install.sh: note: no Wireshark extcap folder: pyinspect extcap not installed" >&2
+
 # Byte-compile once: this environment may set PYTHONDONTWRITEBYTECODE, and every CLI call
 # would otherwise recompile pyinspect (20-40 ms on the `run` start path).
 .venv/bin/python -m compileall -q agent runtime probes web >/dev/null

@@ -176,6 +176,29 @@ def test_tshark_lists_one_interface_per_container(setup):
     assert not any(setup.client.name in line for line in lines), lines
 
 
+def test_tshark_lists_containers_of_other_runtimes(setup, runc):
+    cid, _pid = runc.run()
+    out = subprocess.run(setup.tshark_argv("-D"), capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert f"pyinspect-{cid} (pyinspect: {cid} (runc, all capture points))" in out.stdout, \
+        out.stdout + out.stderr
+    assert f"pyinspect-{setup.name} " in out.stdout
+
+
+def test_install_default_folder_is_wiresharks(setup, tmp_path):
+    """--install without --install-dir writes into the folder tshark names (here a temp
+    folder mounted over it in a mount namespace of the test's own)."""
+    folder = tmp_path / "wsextcap"
+    folder.mkdir()
+    script = (f"mount --bind {folder} {extcap_folder()} && exec "
+              + " ".join(setup.cli.argv("extcap", "--install")[2:]))
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"installed {extcap_folder()}/pyinspect"
+    assert (folder / "pyinspect").read_text() == (setup.extcap_dir / "pyinspect").read_text()
+
+
 def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
     from pyinspect.pcap_export import point_name
     out = tmp_path / "out.pcapng"

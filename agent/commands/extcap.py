@@ -31,6 +31,8 @@ See docs/wireshark.md.""")
 @click.option("--extcap-control-out", hidden=True)
 @click.option("--debug", "ws_debug", is_flag=True, hidden=True)
 @click.option("--debug-file", hidden=True)
+@click.option("--log-level", hidden=True)
+@click.option("--log-file", hidden=True)
 @click.option("--capture", is_flag=True, help="Capture into --fifo.")
 @click.option("--fifo", metavar="PATH", help="Where the pcapng goes ('-': stdout).")
 @click.option("--container", "container", metavar="NAME",
@@ -53,6 +55,7 @@ See docs/wireshark.md.""")
 @click.pass_context
 def extcap(ctx, list_ifaces, extcap_version, interface, dlts, config, capture_filter,
            extcap_reload_option, extcap_control_in, extcap_control_out, ws_debug, debug_file,
+           log_level, log_file,
            capture, fifo, container, bpf_filter, snaplen, points, delay, install,
            install_dir):
     """Live capture into Wireshark/tshark (Wireshark's extcap interface)."""
