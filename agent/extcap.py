@@ -140,13 +140,20 @@ def extcap_dirs() -> list[Path]:
         key, _, value = line.partition(":")
         if "extcap" in key.lower() and value.strip():
             found[key.strip().lower()] = Path(value.strip())
-    return sorted(found.values(), key=lambda p: 0 if "personal" in str(p) else 1)
+    # root (make install) installs for every user: the global folder first
+    personal_first = os.geteuid() != 0
+    return sorted(found.values(),
+                  key=lambda p: 0 if (".local" in str(p) or "/home/" in str(p))
+                  == personal_first else 1)
 
 
-def launcher_text(argv0: str | None = None, root: str | None = None) -> str:
-    """The script Wireshark runs: this pyinspect's `extcap` command (and state root)."""
+def launcher_text(argv0: str | None = None, root: str | None = None,
+                  sudo: bool = False) -> str:
+    """The script Wireshark runs: this pyinspect's `extcap` command (and state root);
+    with `sudo`, through `sudo -n` (Wireshark run by a user: a sudoers rule lets it)."""
     exe = argv0 or _pyinspect_exe()
-    args = [exe] + (["--root", root] if root else []) + ["extcap"]
+    args = (["sudo", "-n"] if sudo else []) + [exe] + (["--root", root] if root else []) \
+        + ["extcap"]
     return ("#!/bin/sh\n# Wireshark extcap launcher for pyinspect (pyinspect extcap --install)\n"
             f"exec {' '.join(shlex.quote(a) for a in args)} \"$@\"\n")
 
@@ -156,7 +163,8 @@ def _pyinspect_exe() -> str:
     return str(here) if here.exists() else "pyinspect"
 
 
-def install(directory: Path | None = None, root: str | None = None) -> Path:
+def install(directory: Path | None = None, root: str | None = None,
+            sudo: bool = False) -> Path:
     """Write the launcher into `directory` (default: Wireshark's extcap folder); returns its
     path. Rewrites it atomically, so a rerun is safe."""
     if directory is None:
@@ -170,7 +178,7 @@ def install(directory: Path | None = None, root: str | None = None) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".pyinspect-", dir=directory)
         with os.fdopen(fd, "w") as f:
-            f.write(launcher_text(root=root))
+            f.write(launcher_text(root=root, sudo=sudo))
         os.chmod(tmp, 0o755)
         os.replace(tmp, directory / LAUNCHER)
     except OSError as exc:

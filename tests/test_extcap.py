@@ -165,6 +165,12 @@ def test_install_is_a_launcher_and_safe_to_rerun(setup):
     assert str(setup.root) in first and " extcap " in first
 
 
+def test_install_sudo_launcher(setup, tmp_path):
+    setup.cli("extcap", "--install", "--install-dir", tmp_path, "--install-sudo")
+    text = (tmp_path / "pyinspect").read_text()
+    assert "exec sudo -n " in text and " extcap " in text
+
+
 def test_tshark_lists_one_interface_per_container(setup):
     out = subprocess.run(setup.tshark_argv("-D"), capture_output=True, text=True, timeout=60,
                          check=False)

@@ -52,19 +52,22 @@ See docs/wireshark.md.""")
               help="Install the launcher into Wireshark's extcap folder and exit.")
 @click.option("--install-dir", type=click.Path(file_okay=False), default=None,
               help="With --install: this folder instead of Wireshark's.")
+@click.option("--install-sudo", is_flag=True,
+              help="With --install: the launcher runs pyinspect through `sudo -n` (for a "
+                   "Wireshark run by a user; see docs/wireshark.md).")
 @click.pass_context
 def extcap(ctx, list_ifaces, extcap_version, interface, dlts, config, capture_filter,
            extcap_reload_option, extcap_control_in, extcap_control_out, ws_debug, debug_file,
            log_level, log_file,
            capture, fifo, container, bpf_filter, snaplen, points, delay, install,
-           install_dir):
+           install_dir, install_sudo):
     """Live capture into Wireshark/tshark (Wireshark's extcap interface)."""
     from pyinspect import extcap as X
     from pyinspect.errors import UsageError
     root = ctx.obj["root"]
     if install:
         given = ctx.parent.params.get("root") if ctx.parent else None    # --root or env
-        path = X.install(install_dir, root=str(root) if given else None)
+        path = X.install(install_dir, root=str(root) if given else None, sudo=install_sudo)
         click.echo(f"installed {path}")
         return
     if list_ifaces:
