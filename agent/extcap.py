@@ -125,6 +125,25 @@ def check_filter(expr: str) -> None:
     BpfFilter(expr)
 
 
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def check_privileges(status_path: str = "/proc/self/status") -> None:
+    """UnavailableError unless this process may attach capture programs (CAP_NET_ADMIN and
+    CAP_BPF or CAP_SYS_ADMIN): a capture started by a user's Wireshark says why."""
+    eff = 0
+    with open(status_path) as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+    has = lambda cap: bool(eff >> cap & 1)  # noqa: E731
+    if not (has(CAP_NET_ADMIN) and (has(CAP_BPF) or has(CAP_SYS_ADMIN))):
+        raise UnavailableError(
+            "extcap: capturing needs root (CAP_NET_ADMIN and CAP_BPF)",
+            "run Wireshark's launcher through sudo: pyinspect extcap --install --install-sudo, "
+            "see docs/wireshark.md")
+
+
 # -- the extcap folder --------------------------------------------------------------------
 
 def extcap_dirs() -> list[Path]:

@@ -367,6 +367,21 @@ def test_container_stopping_during_capture_is_an_error_in_tshark(setup, tmp_path
     setup.wait_gone()
 
 
+def test_no_privileges_is_one_line(setup, tmp_path):
+    """A user's Wireshark runs the launcher without root: the capture says so."""
+    root = tmp_path / "userroot"
+    root.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(root, 0o777)
+    r = subprocess.run(["runuser", "-u", "nobody", "--", setup.cli.argv()[2], "--root",
+                        str(root), "extcap", "--extcap-interface", f"pyinspect-{setup.name}",
+                        "--capture", "--fifo", "-"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 5 and r.stderr.count("\n") == 1, r.stderr
+    assert "capturing needs root" in r.stderr and "--install-sudo" in r.stderr
+    assert r.stdout == ""
+
+
 def test_container_gone_before_the_capture_is_one_line(setup):
     r = setup.cli("extcap", "--extcap-interface", "pyinspect-xc-missing", "--capture",
                   "--fifo", "-", check=False)

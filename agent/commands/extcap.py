@@ -104,7 +104,7 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
     """Trace `container` with its evidence going to `fifo` until Wireshark stops it
     (SIGTERM, SIGINT, SIGHUP, or the reader goes away), or the container does."""
     from pyinspect.errors import NotFoundError, UsageError
-    from pyinspect.extcap import check_filter
+    from pyinspect.extcap import check_filter, check_privileges
     from pyinspect.trace import TraceOptions, TraceSession
     stop = {"why": None}
 
@@ -123,6 +123,7 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
         fd = os.dup(1) if fifo == "-" else os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
         if fifo == "-":
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)    # nothing else goes to the stream
+        check_privileges()
         if expr:
             check_filter(expr)              # before anything is attached
         session.opt.stream_fd = fd
