@@ -46,8 +46,9 @@ See docs/wireshark.md.""")
                    "all).")
 @click.option("--comments-delay", "delay", type=click.FloatRange(0, 10), default=1.0,
               show_default=True,
-              help="Seconds packets are held back so the analysis can give them their NAT "
-                   "comments ('flow N: ...', as pcap export does); 0: no comments, no delay.")
+              help="At most this many seconds a packet is held back so the analysis can "
+                   "give it its NAT comment ('flow N: ...', as pcap export does); 0: no "
+                   "comments, no delay.")
 @click.option("--install", is_flag=True,
               help="Install the launcher into Wireshark's extcap folder and exit.")
 @click.option("--install-dir", type=click.Path(file_okay=False), default=None,
