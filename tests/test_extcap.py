@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -387,3 +388,61 @@ def test_container_gone_before_the_capture_is_one_line(setup):
                   "--fifo", "-", check=False)
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
     assert "no such container: xc-missing" in r.stderr and r.stdout == ""
+
+
+def test_remote_capture_through_wiresharks_sshdump(setup, tmp_path):
+    """Wireshark's own SSH remote capture (sshdump, as Wireshark runs it on Start) with
+    `pyinspect extcap ... --fifo -` as the remote capture command, against an SSH server
+    on the host namespace's loopback: the same packets as tcpdump; sshdump's stop closes
+    the channel and the remote capture cleans up."""
+    sshdump = os.path.join(extcap_folder(), "sshdump")
+    if not os.access(sshdump, os.X_OK):
+        pytest.skip("Wireshark's sshdump is not installed")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(tmp_path / name)], check=True)
+    port = 2222
+    server = subprocess.Popen(
+        ["nsenter", f"--net={setup.host.path}", sys.executable, "-W", "ignore",
+         str(Path(__file__).parent / "helpers" / "sshserver.py"), str(port),
+         str(tmp_path / "host_key"), str(tmp_path / "client_key.pub")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dump = sshd = None
+    try:
+        assert server.stdout.readline().strip() == "ready", server.communicate()
+        dump = setup.tcpdump(tmp_path / "veth.pcap")
+        remote = " ".join(setup.cli.argv("extcap", "--extcap-interface",
+                                         f"pyinspect-{setup.name}", "--capture",
+                                         "--fifo", "-")[2:])
+        out = tmp_path / "ssh.pcapng"
+        sshd = subprocess.Popen(
+            ["nsenter", f"--net={setup.host.path}", sshdump, "--extcap-interface=sshdump",
+             "--capture", "--fifo", str(out), "--remote-host", "127.0.0.1", "--remote-port",
+             str(port), "--remote-username", "root", "--sshkey", str(tmp_path / "client_key"),
+             "--remote-capture-command", remote],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        setup.wait_attached(sshd)
+        setup.fetch(3)
+        time.sleep(1.5)             # the comment hold-back
+        sshd.send_signal(signal.SIGTERM)
+        sshd.communicate(timeout=60)
+        setup.wait_gone()           # the channel closed: the remote capture ended itself
+    finally:
+        for p in (sshd, server):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.communicate()
+        report = dump.stop() if dump else None
+    assert report["dropped"] == 0, report
+    from pyinspect.pcap_export import point_name
+    rows = fields(out, "frame.interface_name", "tcp.port", "frame.comment")
+    ref = [r for r in fields(tmp_path / "veth.pcap", "frame.interface_name", "tcp.port")
+           if "80" in r[1].split(",")]
+    live = web_packets(rows, point_name(setup.veth, "veth", setup.name))
+    assert len(ref) >= 3 * 6 and len(live) == len(ref), (len(live), len(ref))
+    assert {r[0] for r in rows} >= {f"{setup.name}/eth0", "pyinspect0"}
+    assert any("DNAT" in r[2] for r in live), "NAT comments over ssh too"
