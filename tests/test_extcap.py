@@ -306,6 +306,27 @@ def test_stdout_stream_into_tshark_r(setup, tmp_path):
     assert len(ref) >= 3 * 6 and len(live) == len(ref), (len(live), len(ref))
 
 
+def test_reader_going_away_ends_an_idle_capture(setup):
+    """The reader closes the stream while no packet flows (a closed ssh channel, Wireshark
+    gone): the capture notices without a write failing and cleans up. (The filter keeps
+    the container's own chatter, IPv6 and ARP, from being written.)"""
+    xc = subprocess.Popen(setup.cli.argv("extcap", "--extcap-interface",
+                                         f"pyinspect-{setup.name}", "--capture", "--fifo", "-",
+                                         "--comments-delay", "0", "--filter", "udp port 9"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        setup.wait_attached(xc)
+        assert xc.stdout.read(4) == b"\x0a\x0d\x0d\x0a"     # the section header is there
+        xc.stdout.close()
+        assert xc.wait(timeout=30) == 0, xc.stderr.read()
+    finally:
+        if xc.poll() is None:
+            xc.kill()
+            xc.wait()
+    assert xc.stderr.read() == b""
+    setup.wait_gone()
+
+
 def test_capture_filter_keeps_only_matching_packets(setup, tmp_path):
     out = tmp_path / "out.pcapng"
     tshark = subprocess.Popen(setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-f",
