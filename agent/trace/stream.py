@@ -36,6 +36,8 @@ EPB_TYPE = 6
 _BLOCK = struct.Struct("<II")
 _EPB_LENS = struct.Struct("<II")       # captured length, original length (at +20)
 OPT_COMMENT = 1
+MAX_HELD = 64 << 20        # a fast stream's packets wait less than delay_ns rather than
+                           # take memory without bound (those go uncommented)
 
 
 def with_comment(epb, text: str) -> bytes:
@@ -63,6 +65,7 @@ class StreamFile:
     max_bytes: int = 0
     packets_filtered: int = 0
     delay_ns: int = 0                     # hold chunks back this long, for comment()
+    max_held: int = MAX_HELD              # bytes held back at most (the oldest go first)
     comments: int = 0
     comments_late: int = 0
     segments: list[Segment] = field(default_factory=list)
@@ -71,6 +74,7 @@ class StreamFile:
     _held: deque = field(default_factory=deque)     # (logical offset, bytes, monotonic ns)
     _notes: dict = field(default_factory=dict)       # logical offset -> comment text
     _flushed: int = 0                                # logical bytes handed to the fd
+    _held_bytes: int = 0
 
     def __post_init__(self) -> None:
         self._write([self.header()])
@@ -102,8 +106,11 @@ class StreamFile:
             with self._lock:
                 offset = self.total
                 self._held.append((offset, data, now))
+                self._held_bytes += len(data)
                 self.total += nbytes
                 self._flush(now - self.delay_ns)
+                while self._held_bytes > self.max_held and len(self._held) > 1:
+                    self._flush(self._held[0][2])       # the oldest, over the limit
             return 0, offset
         if self.keep is not None:
             parts, _kept = self._filtered(parts)
@@ -135,6 +142,7 @@ class StreamFile:
         held, notes = self._held, self._notes
         while held and held[0][2] <= cutoff_ns:
             start, data, _t = held.popleft()
+            self._held_bytes -= len(data)
             end = start + len(data)
             parts, pos = [], 0
             for off in sorted(o for o in notes if start <= o < end):
