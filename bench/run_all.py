@@ -19,6 +19,8 @@ BENCHES = [
     ("trace under a UDP flood vs tcpdump (issue: trace)", "trace_flood.py", []),
     ("complete evidence: trace -w vs tcpdump on the four capture points (issue 17)",
      "evidence.py", []),
+    ("live capture: pyinspect extcap into dumpcap vs trace -w (issue 22)",
+     "extcap_stream.py", []),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),

@@ -20,6 +20,8 @@ comment. A packet settled after its chunk left gets none (counted in `comments_l
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import struct
@@ -36,6 +38,7 @@ EPB_TYPE = 6
 _BLOCK = struct.Struct("<II")
 _EPB_LENS = struct.Struct("<II")       # captured length, original length (at +20)
 OPT_COMMENT = 1
+PIPE_BYTES = 1 << 20       # the fifo's buffer (Linux' default maximum for a user: 1 MiB)
 MAX_HELD = 64 << 20        # a fast stream's packets wait less than delay_ns rather than
                            # take memory without bound (those go uncommented)
 
@@ -77,6 +80,8 @@ class StreamFile:
     _held_bytes: int = 0
 
     def __post_init__(self) -> None:
+        with contextlib.suppress(OSError):       # a pipe: room for bursts (not a file)
+            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._write([self.header()])
         self.total = len(self.header())
 
