@@ -153,7 +153,8 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
                 os.close(fd)
     if summary and summary.get("lost"):
         click.echo(f"pyinspect: {summary['lost']} packets seen in the kernel are not in the "
-                   f"capture (the ring buffers were full)", err=True)
+                   f"capture (the reader did not keep up and the ring buffers filled; see "
+                   f"docs/wireshark.md, Measured)", err=True)
 
 
 def _alive(target):
