@@ -91,24 +91,11 @@ def flow_expression(tuples):
 
 
 # -- store queries ---------------------------------------------------------------------
-def _conn(store):
-    return store.db.conn
-
-
 def list_sessions(store):
     """Every trace session (newest first) with its capture points, packets (the
     summary's captured count per point, summed; the index count when the trace has no
     summary, e.g. killed), lost (from the summary), segment files and their bytes."""
-    sql = """
-        SELECT s.id, s.container_id, s.container_name, s.started_ns, s.stopped_ns,
-               s.status, s.filter, s.pcap_path, s.summary,
-               (SELECT count(*) FROM capture_points c WHERE c.session_id = s.id) AS points,
-               (SELECT count(*) FROM pcap_segments g WHERE g.session_id = s.id) AS segments,
-               (SELECT sum(g.bytes) FROM pcap_segments g WHERE g.session_id = s.id) AS bytes
-        FROM trace_sessions s ORDER BY s.started_ns DESC, s.id DESC"""
-    cur = _conn(store).execute(sql)
-    cols = [d[0] for d in cur.description]
-    rows = [dict(zip(cols, row)) for row in cur]
+    rows = store.session_list()
     for r in rows:
         summary = _summary(r.pop("summary"))
         packets = _captured(summary)
@@ -150,15 +137,13 @@ def _stat(path):
 
 def find_sessions(store, session_id=None, container=None):
     """Session rows for an id or a container (name, full id or id prefix)."""
-    conn = _conn(store)
-    cols = "id, container_id, container_name, snaplen"
     if session_id is not None:
         try:
             sid = int(session_id)
         except (TypeError, ValueError):
             raise UsageError(f"bad session id {session_id!r}: not a number") from None
-        rows = conn.execute(f"SELECT {cols} FROM trace_sessions WHERE id = ?",
-                            (sid,)).fetchall() if -2**63 <= sid < 2**63 else []
+        ref = store.session_ref(sid) if -2**63 <= sid < 2**63 else None
+        rows = [ref] if ref else []
         if not rows:
             raise NotFoundError(f"no trace session {sid}", "see `pyinspect pcap ls`")
         if container and container not in (rows[0][1], rows[0][2]) and \
@@ -167,12 +152,9 @@ def find_sessions(store, session_id=None, container=None):
         return rows
     if not container:
         raise UsageError("pcap export: give --session ID or --container NAME")
-    rows = conn.execute(
-        f"SELECT {cols} FROM trace_sessions WHERE container_name = ? OR container_id = ?"
-        " ORDER BY id", (container, container)).fetchall()
+    rows = store.sessions_of(container)
     if not rows and len(container) >= 4 and re.fullmatch(r"[0-9a-f]+", container):
-        rows = conn.execute(f"SELECT {cols} FROM trace_sessions WHERE container_id LIKE ?"
-                            " ORDER BY id", (container + "%",)).fetchall()
+        rows = store.sessions_of(container, id_prefix=True)
     if not rows:
         raise NotFoundError(f"no trace sessions of container {container}",
                             "trace it first with `pyinspect trace`")
@@ -182,12 +164,8 @@ def find_sessions(store, session_id=None, container=None):
 def _flow_match(store, session_ids, flow):
     """(flow ids, tuples) of stored flows that match `flow` on either NAT side."""
     proto, src, sport, dst, dport = flow
-    qs = ",".join("?" * len(session_ids))
-    sql = f"""SELECT id, proto, orig_src, orig_sport, orig_dst, orig_dport,
-                     reply_src, reply_sport, reply_dst, reply_dport
-              FROM flows WHERE session_id IN ({qs})"""
     ids, tuples = set(), {flow}
-    for row in _conn(store).execute(sql, session_ids):
+    for row in store.flow_sides(session_ids):
         fid, fproto = row[0], (row[1] or "").lower()
         if proto not in ("ip", fproto):
             continue
@@ -405,14 +383,8 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
     since, until = parse_time(since), parse_time(until)
     if since is not None and until is not None and since > until:
         raise UsageError("pcap export: --since is after --until")
-    conn = _conn(store)
-    qs = ",".join("?" * len(sids))
     points = [(sid, seq, point_name(name, desc, cname), desc, linktype)
-              for sid, seq, name, desc, linktype, cname in conn.execute(
-                  f"SELECT c.session_id, c.seq, c.name, c.description, c.linktype,"
-                  f" s.container_name FROM capture_points c"
-                  f" JOIN trace_sessions s ON s.id = c.session_id"
-                  f" WHERE c.session_id IN ({qs}) ORDER BY c.id", sids)]
+              for sid, seq, name, desc, linktype, cname in store.session_points(sids)]
 
     def compiled(cache, expr, linktype):
         f = cache.get(linktype)
@@ -443,7 +415,7 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
 
         for seg_id, offset, _ts in store.indexed_packets(flow_ids):
             flow_offsets.setdefault(seg_id, set()).add(offset)
-        first, last = _flow_span(conn, flow_ids)
+        first, last = store.flow_span(flow_ids)
         if first is not None:          # scan the files that overlap the flows' time
             scan = [g for g in segments if lo_hi[g.id][1] >= first - SKIP_SLACK_NS and
                     lo_hi[g.id][0] <= last + SKIP_SLACK_NS]
@@ -461,8 +433,7 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         sources.append(_Source(g, store.segment_path(g.path), lo + SKIP_SLACK_NS -
                                MERGE_SLACK_NS, hi, order, only))
     comments = {fid: f"flow {fid}: {nat}" if nat else f"flow {fid}"
-                for fid, nat in conn.execute(
-                    f"SELECT id, nat FROM flows WHERE session_id IN ({qs})", sids)}
+                for fid, nat in store.flow_nats(sids).items()}
 
     def write(fh):
         with PcapNgWriter(fh, flush_interval=None) as w:
@@ -508,15 +479,3 @@ def _bounds(store, seg):
     if lo == _INF:
         lo = -_INF
     return lo - SKIP_SLACK_NS, hi + SKIP_SLACK_NS
-
-
-def _flow_span(conn, flow_ids):
-    """(first_ns, last_ns) over the flows, or (None, None) if any of them lacks one."""
-    if not flow_ids:
-        return None, None
-    ids = sorted(flow_ids)
-    qs = ",".join("?" * len(ids))
-    first, last, unknown = conn.execute(
-        f"SELECT min(first_ns), max(last_ns), sum(first_ns IS NULL OR last_ns IS NULL)"
-        f" FROM flows WHERE id IN ({qs})", ids).fetchone()
-    return (None, None) if unknown else (first, last)

@@ -552,6 +552,78 @@ class Store:
         return self.db.conn.execute(sql, (val,)).fetchone()[0]
 
 
+    # -- trace sessions (read: pcap ls/export) --------------------------------------------
+    def session_list(self) -> list[dict]:
+        """Every trace session (newest first) with its counts of capture points and
+        segment files, the segments' bytes, and its summary (JSON text)."""
+        cur = self.db.execute("""
+            SELECT s.id, s.container_id, s.container_name, s.started_ns, s.stopped_ns,
+                   s.status, s.filter, s.pcap_path, s.summary,
+                   (SELECT count(*) FROM capture_points c WHERE c.session_id = s.id) AS points,
+                   (SELECT count(*) FROM pcap_segments g WHERE g.session_id = s.id)
+                       AS segments,
+                   (SELECT sum(g.bytes) FROM pcap_segments g WHERE g.session_id = s.id)
+                       AS bytes
+            FROM trace_sessions s ORDER BY s.started_ns DESC, s.id DESC""")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+    def session_ref(self, session_id: int) -> "SessionRef | None":
+        """A session by id, or None."""
+        row = self.db.execute(f"SELECT {_SESSION_REF_COLS} FROM trace_sessions WHERE id = ?",
+                              (session_id,)).fetchone()
+        return SessionRef(*row) if row else None
+
+    def sessions_of(self, container: str, id_prefix: bool = False) -> "list[SessionRef]":
+        """A container's sessions by name or full id (or, with id_prefix, by id prefix),
+        oldest first."""
+        if id_prefix:
+            rows = self.db.execute(f"SELECT {_SESSION_REF_COLS} FROM trace_sessions"
+                                   " WHERE container_id LIKE ? ORDER BY id",
+                                   (container + "%",)).fetchall()
+        else:
+            rows = self.db.execute(f"SELECT {_SESSION_REF_COLS} FROM trace_sessions"
+                                   " WHERE container_name = ? OR container_id = ? ORDER BY id",
+                                   (container, container)).fetchall()
+        return [SessionRef(*r) for r in rows]
+
+    def session_points(self, session_ids: list[int]) -> list[tuple]:
+        """(session_id, seq, name, description, linktype, container_name) of the sessions'
+        capture points, by id."""
+        w = _Where()
+        w.add_in("c.session_id", session_ids)
+        return self.db.execute(
+            "SELECT c.session_id, c.seq, c.name, c.description, c.linktype, s.container_name"
+            " FROM capture_points c JOIN trace_sessions s ON s.id = c.session_id"
+            f"{w.sql()} ORDER BY c.id", w.params).fetchall()
+
+    def flow_sides(self, session_ids: list[int]) -> list[tuple]:
+        """(id, proto, orig src/sport/dst/dport, reply src/sport/dst/dport) of the
+        sessions' flows."""
+        w = _Where()
+        w.add_in("session_id", session_ids)
+        return self.db.execute(
+            "SELECT id, proto, orig_src, orig_sport, orig_dst, orig_dport,"
+            " reply_src, reply_sport, reply_dst, reply_dport FROM flows" + w.sql(),
+            w.params).fetchall()
+
+    def flow_nats(self, session_ids: list[int]) -> dict[int, str | None]:
+        """{flow id: its NAT text} of the sessions' flows."""
+        w = _Where()
+        w.add_in("session_id", session_ids)
+        return dict(self.db.execute("SELECT id, nat FROM flows" + w.sql(), w.params))
+
+    def flow_span(self, flow_ids) -> tuple[int | None, int | None]:
+        """(first_ns, last_ns) over the flows, or (None, None) if any of them lacks one."""
+        if not flow_ids:
+            return None, None
+        w = _Where()
+        w.add_in("id", sorted(flow_ids))
+        first, last, unknown = self.db.execute(
+            "SELECT min(first_ns), max(last_ns), sum(first_ns IS NULL OR last_ns IS NULL)"
+            " FROM flows" + w.sql(), w.params).fetchone()
+        return (None, None) if unknown else (first, last)
+
     # -- events, probe loss ----------------------------------------------------------------
     def insert_probe_loss(self, rows: list[dict]) -> None:
         """probe_loss rows (dicts) in one transaction."""
@@ -869,6 +941,17 @@ class DropRow:
     ifindex: int | None
     flow_id: int | None
     detail: dict | str | None = None
+
+
+class SessionRef(NamedTuple):
+    """What export needs of a trace session."""
+    id: int
+    container_id: str | None
+    container_name: str | None
+    snaplen: int | None
+
+
+_SESSION_REF_COLS = "id, container_id, container_name, snaplen"
 
 
 class SegmentInfo(NamedTuple):

@@ -40,9 +40,6 @@ def test_no_generic_top_level_modules_installed():
 # -- SQL only inside the store ------------------------------------------------------------
 PACKAGE_DIRS = ("agent", "probes", "runtime", "web")
 STORE = {"agent/store.py"}
-# pcap export still reads segments and flows with its own SQL: moving it into the store is
-# left for later (the tracer's owner is changing it now); nothing else may join this list
-SQL_ALLOWED_FOR_NOW = {"agent/pcap_export.py"}
 SQL_WORDS = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
                        r"CREATE\s+(TABLE|INDEX)|DROP\s+(TABLE|INDEX)|ALTER\s+TABLE|PRAGMA)\b",
                        re.S)
@@ -86,7 +83,7 @@ def sql_uses(path):
 
 def test_sql_only_inside_the_store():
     bad = [f"{rel}:{line}: {what}" for rel, path in package_files()
-           if rel not in STORE | SQL_ALLOWED_FOR_NOW for line, what in sql_uses(path)]
+           if rel not in STORE for line, what in sql_uses(path)]
     assert not bad, "SQL outside agent/store.py:\n" + "\n".join(bad)
 
 
@@ -94,10 +91,6 @@ def test_the_sql_check_sees_sql():
     """The check above finds what it is meant to find (in the store, where SQL is)."""
     found = {what.split()[0] for _line, what in sql_uses(REPO / "agent/store.py")}
     assert {"SQL", "reaches", "imports"} <= found
-    allowed = [what for _l, what in sql_uses(REPO / "agent/pcap_export.py")]
-    if not allowed:
-        raise AssertionError("agent/pcap_export.py has no SQL left: take it off "
-                             "SQL_ALLOWED_FOR_NOW")
 
 
 # -- bench/ stands on its own -------------------------------------------------------------
