@@ -327,6 +327,27 @@ def test_reader_going_away_ends_an_idle_capture(setup):
     setup.wait_gone()
 
 
+def test_reader_going_away_while_packets_are_held_back(setup):
+    """The reader closes the stream while the stream holds packets back for their
+    comments: a normal stop (exit 0, nothing on stderr), nothing left."""
+    xc = subprocess.Popen(setup.cli.argv("extcap", "--extcap-interface",
+                                         f"pyinspect-{setup.name}", "--capture", "--fifo",
+                                         "-", "--comments-delay", "5"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        setup.wait_attached(xc)
+        assert xc.stdout.read(4) == b"\x0a\x0d\x0d\x0a"
+        setup.fetch(2)
+        xc.stdout.close()
+        assert xc.wait(timeout=30) == 0, xc.stderr.read()
+    finally:
+        if xc.poll() is None:
+            xc.kill()
+            xc.wait()
+    assert xc.stderr.read() == b""
+    setup.wait_gone()
+
+
 def test_capture_filter_keeps_only_matching_packets(setup, tmp_path):
     out = tmp_path / "out.pcapng"
     tshark = subprocess.Popen(setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-f",

@@ -7,7 +7,7 @@ import signal
 import click
 
 
-@click.command(context_settings={"ignore_unknown_options": False}, epilog="""\b
+@click.command(epilog="""\b
 Wireshark runs it (after `pyinspect extcap --install`):
   pyinspect extcap --extcap-interfaces
   pyinspect extcap --extcap-interface pyinspect-web --extcap-config
@@ -104,14 +104,11 @@ def _version():
 def _capture(root, container, fifo, expr, snaplen, roles, delay):
     """Trace `container` with its evidence going to `fifo` until Wireshark stops it
     (SIGTERM, SIGINT, SIGHUP, or the reader goes away), or the container does."""
-    from pyinspect.errors import NotFoundError, UsageError
+    from pyinspect.errors import NotFoundError, UnavailableError
     from pyinspect.extcap import check_filter, check_privileges
     from pyinspect.trace import TraceOptions, TraceSession
-    stop = {"why": None}
-
     def on_signal(signum, frame):
-        stop["why"] = signum
-        session.done = True
+        session.done = True                 # the loop ends after this poll
 
     olds = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT,
                                                      signal.SIGHUP)}
@@ -121,9 +118,15 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
     try:
         # the fifo is opened first, whatever follows: dumpcap waits for that open, and
         # sees an error below as the pipe closing, with our stderr as the reason
-        fd = os.dup(1) if fifo == "-" else os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            fd = os.dup(1) if fifo == "-" else os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise UnavailableError(f"extcap: cannot open --fifo {fifo}: {exc.strerror}",
+                                   "Wireshark makes the fifo; by hand, give '-'") from None
         if fifo == "-":
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)    # nothing else goes to the stream
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)                # nothing else goes to the stream
+            os.close(null)
         check_privileges()
         if expr:
             check_filter(expr)              # before anything is attached
@@ -133,11 +136,12 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
         watch.register(fd, 0)               # POLLERR/POLLHUP: the reader went away
         while not session.done:
             session.poll()
-            if session.evidence and session.evidence.error:
-                if "Broken pipe" in session.evidence.error:
+            error = session.evidence and (session.evidence.error or
+                                          session.evidence.files.error)
+            if error:
+                if "Broken pipe" in error:
                     break                   # the reader closed the fifo: a normal stop
-                raise UsageError(f"extcap: writing the capture failed: "
-                                 f"{session.evidence.error}")
+                raise UnavailableError(f"extcap: writing the capture failed: {error}")
             if watch.poll(0):
                 break
             if not _alive(session.target):

@@ -71,6 +71,7 @@ class StreamFile:
     max_held: int = MAX_HELD              # bytes held back at most (the oldest go first)
     comments: int = 0
     comments_late: int = 0
+    error: str | None = None              # a failed write from release() (EPIPE: reader gone)
     segments: list[Segment] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _header: bytes = b""
@@ -138,10 +139,13 @@ class StreamFile:
     def release(self, settled_ns: int | None = None) -> None:
         """Write the chunks written before `settled_ns` (CLOCK_MONOTONIC: the analysis has
         settled every packet in them) and those held back for `delay_ns`."""
-        if self.delay_ns:
+        if self.delay_ns and self.error is None:
             cutoff = time.monotonic_ns() - self.delay_ns
             with self._lock:
-                self._flush(max(cutoff, settled_ns or 0))
+                try:
+                    self._flush(max(cutoff, settled_ns or 0))
+                except OSError as exc:
+                    self.error = f"{type(exc).__name__}: {exc}"
 
     def _flush(self, cutoff_ns: int) -> None:
         held, notes = self._held, self._notes
