@@ -110,14 +110,31 @@ class Setup:
                 found.append(int(pid))
         return found
 
+    def trace_rules(self):
+        """The trace's TRACE rules, chains and nft tables in the host namespace."""
+        ipt = self.host.sh("iptables-legacy-save 2>/dev/null; nft list tables 2>/dev/null",
+                           check=False).stdout
+        return [line for line in ipt.splitlines()
+                if any(k in line for k in ("pyinspect-trace:", "PI-TRACE-",
+                                           "pyinspect_trace_"))]
+
     def wait_gone(self, timeout=30):
-        """Every extcap process has exited and removed what it attached."""
+        """Every extcap process has exited and removed what it attached and added."""
         deadline = time.monotonic() + timeout
-        while self.extcap_pids() or self.trace_states() or self.attached():
+        while (self.extcap_pids() or self.trace_states() or self.attached()
+               or self.trace_rules()):
             assert time.monotonic() < deadline, (
                 f"left behind: pids {self.extcap_pids()}, attached {self.attached()}, "
-                f"states {self.trace_states()}")
+                f"states {self.trace_states()}, rules {self.trace_rules()}")
             time.sleep(0.1)
+
+    def wait_rules(self, proc, timeout=30):
+        """Until the capture's TRACE rules are in (they come after the attach)."""
+        deadline = time.monotonic() + timeout
+        while not self.trace_rules():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no TRACE rule appeared"
+            time.sleep(0.05)
 
     def trace_states(self):
         d = self.root / "trace"
@@ -260,6 +277,7 @@ def test_stopping_tshark_leaves_nothing(setup, tmp_path, sig):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         setup.wait_attached(tshark)
+        setup.wait_rules(tshark)        # so the stop below has them to remove
         setup.fetch(1)
         time.sleep(1.5)         # the stream holds packets back up to 1 s for their comments
         tshark.send_signal(sig)
