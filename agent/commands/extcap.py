@@ -144,9 +144,10 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
                 raise UnavailableError(f"extcap: writing the capture failed: {error}")
             if watch.poll(0):
                 break
-            if not _alive(session.target):
-                raise NotFoundError(f"extcap: container {session.target.name} stopped "
-                                    f"during the capture")
+            target = session.target
+            if target is not None and not _alive(target):
+                raise NotFoundError(f"extcap: container {target.name} stopped during the "
+                                    f"capture")
     finally:
         try:
             summary = session.stop() if session.target else None

@@ -153,7 +153,8 @@ class StreamFile:
             start, data, _t = held.popleft()
             self._held_bytes -= len(data)
             end = start + len(data)
-            parts, pos = [], 0
+            parts: list = []
+            pos = 0
             for off in sorted(o for o in notes if start <= o < end):
                 rel = off - start
                 btype, blen = _BLOCK.unpack_from(data, rel)
@@ -176,6 +177,8 @@ class StreamFile:
         data = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
         out, n, off, end = [], 0, 0, len(data)
         keep = self.keep
+        if keep is None:
+            return list(parts), len(data)
         while off + 8 <= end:
             btype, blen = _BLOCK.unpack_from(data, off)
             if blen < 12 or off + blen > end:
