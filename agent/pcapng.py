@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import __version__
+from .probes import cdefs
 from .errors import CorruptInputError, NotFoundError, UsageError
 from .runtime.fsutil import atomic_write
 
@@ -75,7 +76,8 @@ MAX_BLOCK = 16 * 1024 * 1024
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _EPB_HEAD = struct.Struct("<IIIIIII")   # type, total len, if id, ts hi, ts lo, caplen, len
 _U32 = struct.Struct("<I")
-TRACE_FILLER = 0x80000A11   # local-use block type of the trace's fillers between EPBs
+# the local-use block type of the trace's fillers between EPBs (written once, in packets.h)
+(TRACE_FILLER,) = cdefs.require(Path(cdefs.__file__).with_name("packets.h"), "FILLER_TYPE")
 RAW_EPB = -1    # write_rows(): orig_len meaning `data` is a whole EPB to copy (see there)
 _OPT_END = b"\0\0\0\0"
 # epb_flags option (code 2, length 4) with the direction bits, then end of options
