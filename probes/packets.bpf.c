@@ -300,8 +300,22 @@ static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters
         return -1;
     }
     __u32 h[8] = {FILLER_LEN, 6, epb, point, ts >> 32, (__u32)ts, caplen, skb->len};
-    __u32 t[6] = {2 | (4 << 16), dir ? 2 : 1, 0, 0, 0, 0};    // epb_flags: out : in
-    __u32 zero = 0;
+    // after the data: its padding (zeros), epb_flags (out : in), opt_endofopt when the
+    // record needs it, the block's length, the filler's head: one write from `t`, which
+    // starts 4 - pad bytes in
+    __u32 t[7] = {0, 2 | (4 << 16), dir ? 2 : 1, 0, 0, 0, 0};
+    if (e) {
+        t[4] = epb;
+        t[5] = FILLER_TYPE;
+        t[6] = FILLER_LEN;
+    } else {
+        t[3] = epb;
+        t[4] = FILLER_TYPE;
+        t[5] = FILLER_LEN;
+    }
+    __u32 pad = (p4 - caplen) & 3;
+    __u32 skip = (4 - pad) & 7;             // t's first bytes not written (an added offset:
+                                            // the verifier refuses a subtracted one)
     int ok = bpf_dynptr_write(&out, 0, h, sizeof(h), 0) == 0;
 #ifndef PI_SCRATCH_COPY
     ok = ok && bpf_dynptr_from_skb(skb, 0, &pkt) == 0 &&
@@ -312,20 +326,8 @@ static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters
     ok = ok && s && bpf_skb_load_bytes(skb, 0, s->b, n) == 0 &&
          bpf_dynptr_write(&out, 32, s->b, n, 0) == 0;
 #endif
-    if (ok) {
-        bpf_dynptr_write(&out, 32 + caplen, &zero, (p4 - caplen) & 3, 0);
-        if (e) {                             // flags, opt_endofopt, trailer, filler head
-            t[3] = epb;
-            t[4] = FILLER_TYPE;
-            t[5] = FILLER_LEN;
-            ok = bpf_dynptr_write(&out, 32 + p4, t, 24, 0) == 0;
-        } else {
-            t[2] = epb;
-            t[3] = FILLER_TYPE;
-            t[4] = FILLER_LEN;
-            ok = bpf_dynptr_write(&out, 32 + p4, t, 20, 0) == 0;
-        }
-    }
+    ok = ok && bpf_dynptr_write(&out, 32 + caplen, (__u8 *)t + skip,
+                                pad + (e ? 24 : 20), 0) == 0;
     if (!ok) {
         // keep the chain whole: the record becomes one local-use block (the reader's
         // files skip it) and the packet counts as lost
@@ -334,14 +336,13 @@ static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters
         bpf_dynptr_write(&out, 0, f, sizeof(f), 0);
         bpf_dynptr_write(&out, size - 12, tail, sizeof(tail), 0);
     }
-    // wake the writer when the unread part passes a quarter of the ring (once per pass;
-    // otherwise it wakes on its own timer)
-    __u64 avail = bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA);
-    __u64 quarter = cfg.ring_bytes / 4;
-    bpf_ringbuf_submit_dynptr(&out, avail >= quarter && avail < quarter + size + 8 ?
-                              BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+    // wake the writer each time this CPU has produced another quarter of its ring
+    // (otherwise it wakes on its own timer)
     __s64 pos = c->prod;
+    __u64 quarter = cfg.ring_bytes / 4;
     c->prod += size + 8;
+    bpf_ringbuf_submit_dynptr(&out, (__u64)pos / quarter != (__u64)c->prod / quarter ?
+                              BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
     return ok ? pos : -1;
 }
 

@@ -517,7 +517,7 @@ class PacketCapture:
             ring = EvRing(cpu, self.ring_bytes)
             self.rings.append(ring)
             _map_update(fd, ctypes.c_uint32(cpu), ctypes.c_uint32(ring.fd))
-            self._epoll.register(ring.fd, select.EPOLLIN)
+            self._epoll.register(ring.fd, select.EPOLLIN | select.EPOLLET)
 
     def _attach(self):
         pid = os.getpid()
@@ -631,7 +631,7 @@ class PacketCapture:
             ep = select.epoll()
             for ring in self.rings:
                 if ring.cpu in cpus:
-                    ep.register(ring.fd, select.EPOLLIN)
+                    ep.register(ring.fd, select.EPOLLIN | select.EPOLLET)
             with self.lock:
                 ep = self._lane_polls.setdefault(key, ep)
         ep.poll(timeout)
