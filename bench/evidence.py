@@ -155,8 +155,10 @@ class Bench:
         root = tempfile.mkdtemp(dir=self.tmp)
         path = os.path.join(root, "t.pcapng") if mode == "trace_w" else None
         t0 = time.monotonic()
+        # no size cap, as tcpdump has none (the default cap, 4 GB, is reached in under a
+        # second at iperf3's rate on four points; --min-free-gb guards the disk)
         p = trace_flood.start_trace(self.topo, root, ["--via", "up0", *(
-            ["-w", path] if path else [])])
+            ["-w", path, "--max-size", "0"] if path else [])])
         self.startups.append(time.monotonic() - t0)
         self.procs.append(p)
         return ("trace", p, root, path)
