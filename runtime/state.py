@@ -21,6 +21,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from pyinspect.proc import start_ticks
+
 from .fsutil import atomic_write
 
 STATIC_FIELDS = ("id", "name", "image", "image_id", "created", "spec", "process",
@@ -349,17 +351,7 @@ def load_all(root, damaged=False):
 
 def proc_start(pid):
     """The start time (clock ticks since boot) of `pid`, or 0 if it does not exist."""
-    if not pid:
-        return 0
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] == b"Z":
-        return 0  # a zombie is as good as dead
-    return int(fields[19])
+    return start_ticks(pid)
 
 
 def alive(pid, start):

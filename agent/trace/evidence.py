@@ -57,6 +57,16 @@ class _Placed:
     offset: int               # file offset of the chunk's first EPB
 
 
+def section_header(interfaces: list[Interface]) -> bytes:
+    """A pcapng section header and one interface block per capture point, in order."""
+    buf = io.BytesIO()
+    w = PcapNgWriter(buf)
+    for i in interfaces:
+        w.add_interface(i.name, i.description, snaplen=i.snaplen)
+    w.flush()
+    return buf.getvalue()
+
+
 @dataclass
 class SegmentFiles:
     """pcapng segment files in `directory`: each starts with a section header and one
@@ -78,12 +88,7 @@ class SegmentFiles:
 
     def header(self) -> bytes:
         if not self._header:
-            buf = io.BytesIO()
-            w = PcapNgWriter(buf)
-            for i in self.interfaces:
-                w.add_interface(i.name, i.description, snaplen=i.snaplen)
-            w.flush()
-            self._header = buf.getvalue()
+            self._header = section_header(self.interfaces)
         return self._header
 
     def _open(self, lane: int) -> Segment:

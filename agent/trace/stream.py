@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import os
 import struct
 import threading
@@ -31,8 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..pcapng import PcapNgWriter
-from .evidence import Interface, Segment
+from .evidence import Interface, Segment, section_header
 
 EPB_TYPE = 6
 _BLOCK = struct.Struct("<II")
@@ -88,12 +86,7 @@ class StreamFile:
 
     def header(self) -> bytes:
         if not self._header:
-            buf = io.BytesIO()
-            w = PcapNgWriter(buf)
-            for i in self.interfaces:
-                w.add_interface(i.name, i.description, snaplen=i.snaplen)
-            w.flush()
-            self._header = buf.getvalue()
+            self._header = section_header(self.interfaces)
         return self._header
 
     def _write(self, parts) -> None:
