@@ -17,7 +17,11 @@ from .errors import CorruptInputError, PyinspectError, UnavailableError
 
 # command name -> (module under pyinspect.commands, attribute, one-line help)
 COMMANDS = {
-    "info": ("info", "info", "Show the kernel, cgroups, iptables backends and which eBPF hooks load."),
+    "info": (
+        "info",
+        "info",
+        "Show the kernel, cgroups, iptables backends and which eBPF hooks load.",
+    ),
     "demo": ("demo", "demo", "Run the end-to-end demo on embedded defaults."),
     # images
     "images": ("images", "images", "List images."),
@@ -44,8 +48,11 @@ COMMANDS = {
     "top": ("containers", "top", "Show a container's processes."),
     "cp": ("containers", "cp", "Copy files between a container and the host."),
     "autostart": ("containers", "autostart", "Start containers their restart policy brings back."),
-    "install-service": ("containers", "install_service",
-                        "Write a systemd unit that runs autostart at boot."),
+    "install-service": (
+        "containers",
+        "install_service",
+        "Write a systemd unit that runs autostart at boot.",
+    ),
     # networking
     "network": ("network", "network", "Inspect pyinspect's networks."),
     "map": ("observe", "map_", "Show the veth map: every interface, its peer and container."),
@@ -90,14 +97,18 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pyinspect")
-@click.option("--root", envvar="PYINSPECT_ROOT", type=click.Path(file_okay=False),
-              help="State directory (default /var/lib/pyinspect).")
-@click.option("--debug", is_flag=True, envvar="PYINSPECT_DEBUG",
-              help="Show tracebacks on errors.")
+@click.option(
+    "--root",
+    envvar="PYINSPECT_ROOT",
+    type=click.Path(file_okay=False),
+    help="State directory (default /var/lib/pyinspect).",
+)
+@click.option("--debug", is_flag=True, envvar="PYINSPECT_DEBUG", help="Show tracebacks on errors.")
 @click.pass_context
 def cli(ctx, root, debug):
     """pyinspect: where did my packet go? Containers, probes, traces and diagnosis."""
     from .config import state_root
+
     ctx.obj = {"root": state_root(root), "debug": debug}
     _used_root[:] = [ctx.obj["root"]]
     if debug:
@@ -127,14 +138,20 @@ def _undo_killed_traces(root):
     else:
         return
     from .trace.stale import cleanup_stale
+
     for line in cleanup_stale(root):
         click.echo(f"note: removed what a killed trace left: {line}", err=True)
 
 
 def _debug():
     """--debug or PYINSPECT_DEBUG set to anything but '', 0, false, no or off."""
-    return os.environ.get("PYINSPECT_DEBUG", "").strip().lower() not in ("", "0", "false",
-                                                                         "no", "off")
+    return os.environ.get("PYINSPECT_DEBUG", "").strip().lower() not in (
+        "",
+        "0",
+        "false",
+        "no",
+        "off",
+    )
 
 
 def main(argv=None):
@@ -163,15 +180,21 @@ def main(argv=None):
             raise
         damaged = type(exc) is sqlite3.DatabaseError  # SQLITE_CORRUPT / SQLITE_NOTADB
         from .config import database_path
-        click.echo(f"Error: reading the store {database_path(_used_root[0])}: {exc} ("
-                   + ("move it away or use another --root)" if damaged else "try again)"),
-                   err=True)
+
+        click.echo(
+            f"Error: reading the store {database_path(_used_root[0])}: {exc} ("
+            + ("move it away or use another --root)" if damaged else "try again)"),
+            err=True,
+        )
         sys.exit(CorruptInputError.exit_code if damaged else UnavailableError.exit_code)
     except Exception as exc:  # last resort: never a traceback without --debug
         if _debug():
             raise
-        click.echo(f"Error: internal error: {type(exc).__name__}: {exc} "
-                   f"(run with --debug for the traceback)", err=True)
+        click.echo(
+            f"Error: internal error: {type(exc).__name__}: {exc} "
+            f"(run with --debug for the traceback)",
+            err=True,
+        )
         sys.exit(70)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
 from .proc import delete_netns
 
 HOST_NS = "pyinspect-demo"
@@ -65,8 +66,21 @@ class Demo:
             ["ip", "netns", "add", CLIENT_NS],
             ["ip", "-n", HOST_NS, "link", "set", "lo", "up"],
             ["ip", "-n", CLIENT_NS, "link", "set", "lo", "up"],
-            ["ip", "-n", HOST_NS, "link", "add", "eth0", "type", "veth", "peer", "name",
-             "eth0", "netns", CLIENT_NS],
+            [
+                "ip",
+                "-n",
+                HOST_NS,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                CLIENT_NS,
+            ],
             ["ip", "-n", HOST_NS, "addr", "add", f"{HOST_IP}/24", "dev", "eth0"],
             ["ip", "-n", CLIENT_NS, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0"],
             ["ip", "-n", HOST_NS, "link", "set", "eth0", "up"],
@@ -81,10 +95,14 @@ class Demo:
 
     # -- the walkthrough ----------------------------------------------------------------
     def run(self):
-        self.say("== pyinspect demo: a container `test` published on port "
-                 f"{PORT}, reached from another machine ==")
-        self.say(f"The host is network namespace {HOST_NS} ({HOST_IP}); the other machine is "
-                 f"{CLIENT_NS} ({CLIENT_IP}).\n")
+        self.say(
+            "== pyinspect demo: a container `test` published on port "
+            f"{PORT}, reached from another machine =="
+        )
+        self.say(
+            f"The host is network namespace {HOST_NS} ({HOST_IP}); the other machine is "
+            f"{CLIENT_NS} ({CLIENT_IP}).\n"
+        )
         self.pi("rm", "-f", "test", show=False)
         self.make_namespaces()
         try:
@@ -105,8 +123,22 @@ class Demo:
         self.say("-- the host --")
         self.pi("info", host=False, check=True)
         self.say("\n-- a container, published like `docker run -d --name test -p 8088:80` --")
-        run = self.pi("run", "-d", "--name", "test", "-p", f"{PORT}:80", "busybox",
-                      "httpd", "-f", "-p", "80", "-h", "/var/www", check=True)
+        run = self.pi(
+            "run",
+            "-d",
+            "--name",
+            "test",
+            "-p",
+            f"{PORT}:80",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/var/www",
+            check=True,
+        )
         self.container_id = run.stdout.strip()[:12] or "test"
         self.pi("ps", check=True)
         self.pi("exec", "test", "ps", check=True)
@@ -116,13 +148,39 @@ class Demo:
         self.pi("map", check=True)
         self.say("\n-- a trace while the other machine fetches a page through the port --")
         self.trace_and_fetch()
-        self.say("\n-- the merged pcapng: one interface per capture point, as Wireshark shows it --")
-        proc = self.sh(["tshark", "-r", os.path.join(self.root, "demo.pcapng"), "-Y", "tcp",
-                        "-T", "fields", "-E", "header=y", "-e", "frame.interface_name",
-                        "-e", "ip.src", "-e", "tcp.srcport", "-e", "ip.dst",
-                        "-e", "tcp.dstport", "-e", "frame.comment"], quiet=True)
+        self.say(
+            "\n-- the merged pcapng: one interface per capture point, as Wireshark shows it --"
+        )
+        proc = self.sh(
+            [
+                "tshark",
+                "-r",
+                os.path.join(self.root, "demo.pcapng"),
+                "-Y",
+                "tcp",
+                "-T",
+                "fields",
+                "-E",
+                "header=y",
+                "-e",
+                "frame.interface_name",
+                "-e",
+                "ip.src",
+                "-e",
+                "tcp.srcport",
+                "-e",
+                "ip.dst",
+                "-e",
+                "tcp.dstport",
+                "-e",
+                "frame.comment",
+            ],
+            quiet=True,
+        )
         lines = proc.stdout.splitlines()
-        self.say("\n".join(lines[:13]) + (f"\n... ({len(lines) - 13} more)" if len(lines) > 13 else ""))
+        self.say(
+            "\n".join(lines[:13]) + (f"\n... ({len(lines) - 13} more)" if len(lines) > 13 else "")
+        )
         self.say("\n-- the rules and the conntrack entry that carried it --")
         self.sh(["iptables-legacy", "-t", "nat", "-nvL", "PYINSPECT"], netns=HOST_NS)
         self.sh(["conntrack", "-L", "-p", "tcp", "--orig-port-dst", str(PORT)], netns=HOST_NS)
@@ -134,24 +192,41 @@ class Demo:
         self.say("\n-- the dashboard --")
         self.check_dashboard()
         if self.serve_seconds:
-            self.say(f"\nThe dashboard stays up on {self.dashboard} for {self.serve_seconds:g}s "
-                     "(Ctrl-C ends the demo and cleans up).")
+            self.say(
+                f"\nThe dashboard stays up on {self.dashboard} for {self.serve_seconds:g}s "
+                "(Ctrl-C ends the demo and cleans up)."
+            )
             try:
                 time.sleep(self.serve_seconds)
             except KeyboardInterrupt:
                 pass
 
     def trace_and_fetch(self):
-        argv = ["nsenter", f"--net=/run/netns/{HOST_NS}", self.pyinspect, "--root", self.root,
-                "trace", "--container", "test", "--duration", "8",
-                "-w", os.path.join(self.root, "demo.pcapng")]
-        self.say("$ [" + HOST_NS + "] pyinspect trace --container test --duration 8 "
-                 "-w demo.pcapng &")
-        tracer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
+        argv = [
+            "nsenter",
+            f"--net=/run/netns/{HOST_NS}",
+            self.pyinspect,
+            "--root",
+            self.root,
+            "trace",
+            "--container",
+            "test",
+            "--duration",
+            "8",
+            "-w",
+            os.path.join(self.root, "demo.pcapng"),
+        ]
+        self.say(
+            "$ [" + HOST_NS + "] pyinspect trace --container test --duration 8 -w demo.pcapng &"
+        )
+        tracer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = self._wait_ready(tracer)
-        self.sh(["wget", "-q", "-O-", f"http://{HOST_IP}:{PORT}/"], netns=CLIENT_NS,
-                check=True, timeout=20)
+        self.sh(
+            ["wget", "-q", "-O-", f"http://{HOST_IP}:{PORT}/"],
+            netns=CLIENT_NS,
+            check=True,
+            timeout=20,
+        )
         if not ready:
             return
         out, _ = tracer.communicate(timeout=60)
@@ -182,9 +257,12 @@ class Demo:
     def start_agent(self):
         """`pyinspect serve` on loopback: probes on from the start, so the timeline has it all."""
         self.say("$ pyinspect serve --port 8900 &")
-        self.agent = subprocess.Popen([self.pyinspect, "--root", self.root, "serve", "--port",
-                                       "8900"], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)
+        self.agent = subprocess.Popen(
+            [self.pyinspect, "--root", self.root, "serve", "--port", "8900"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             line = self.agent.stdout.readline()
@@ -200,10 +278,18 @@ class Demo:
     def check_dashboard(self):
         import re
         import urllib.request
+
         if not self.agent:
             return
-        for page in ("", "containers", "topology", "timeline?container=test", "flows",
-                     "traces", "doctor"):
+        for page in (
+            "",
+            "containers",
+            "topology",
+            "timeline?container=test",
+            "flows",
+            "traces",
+            "doctor",
+        ):
             url = self.dashboard + page
             try:
                 with urllib.request.urlopen(url, timeout=30) as r:

@@ -70,6 +70,7 @@ class Discovered:
 
 # -- namespaces of processes ------------------------------------------------------
 
+
 def _ns_ino(pid, kind):
     try:
         return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
@@ -138,7 +139,7 @@ def _proc_start_time(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
-        fields = data[data.rindex(")") + 2:].split()
+        fields = data[data.rindex(")") + 2 :].split()
         if fields[0] in ("Z", "X"):
             return None  # a zombie is as good as dead
         if not os.path.exists(f"/proc/{pid}/ns/net"):
@@ -171,6 +172,7 @@ def _proc_cgroups(pid):
 
 # -- cgroup ids -------------------------------------------------------------------
 
+
 def _cgroup_mounts():
     """{controller or "" (v2): mount point} for the mounted cgroup hierarchies."""
     out = {}
@@ -184,8 +186,9 @@ def _cgroup_mounts():
                     out.setdefault("", mnt)
                 elif fstype == "cgroup":
                     for opt in opts.split(","):
-                        if opt in ("rw", "ro") or opt.startswith(("relatime", "nosuid",
-                                                                  "nodev", "noexec")):
+                        if opt in ("rw", "ro") or opt.startswith(
+                            ("relatime", "nosuid", "nodev", "noexec")
+                        ):
                             continue
                         out.setdefault(opt, mnt)
     except OSError:
@@ -218,8 +221,9 @@ def cgroup_ids(cgroups):
             continue
         ctrl = "" if ctrl in ("unified", "cgroup2", "v2") else ctrl
         if not os.path.isabs(path) or not path.startswith(_CGROUP_FS):
-            key = ctrl if ctrl in mounts else next((c for c in mounts if ctrl in c.split(",")),
-                                                    None)
+            key = (
+                ctrl if ctrl in mounts else next((c for c in mounts if ctrl in c.split(",")), None)
+            )
             if key is None:
                 continue
             path = os.path.join(mounts[key], path.lstrip("/"))
@@ -240,6 +244,7 @@ def cgroup_ids(cgroups):
 
 # -- sources ----------------------------------------------------------------------
 
+
 def _own(root, errors=None):
     """pyinspect's containers, if the runtime package is there."""
     try:
@@ -259,16 +264,26 @@ def _own(root, errors=None):
         pid = int(getattr(c, "pid", 0) or 0)
         status = getattr(c, "status", "unknown")
         start = getattr(c, "pid_start", 0)
-        if status == "running" and (not pid or (_proc_start_time(pid) != start if start
-                                                else not os.path.exists(f"/proc/{pid}"))):
+        if status == "running" and (
+            not pid
+            or (_proc_start_time(pid) != start if start else not os.path.exists(f"/proc/{pid}"))
+        ):
             status = "exited"  # the record is stale (the runtime's reconcile will agree)
         network = getattr(c, "network", None) or {}
-        d = Discovered(id=c.id, name=getattr(c, "name", c.id[:12]), source="pyinspect",
-                       pid=pid if status == "running" else 0, status=status,
-                       cgroups=dict(getattr(c, "cgroup", None) or {}),
-                       detail={"image": getattr(c, "image", None),
-                               "network_mode": network.get("mode"), "network": dict(network),
-                               "oom_killed": bool(getattr(c, "oom_killed", False))})
+        d = Discovered(
+            id=c.id,
+            name=getattr(c, "name", c.id[:12]),
+            source="pyinspect",
+            pid=pid if status == "running" else 0,
+            status=status,
+            cgroups=dict(getattr(c, "cgroup", None) or {}),
+            detail={
+                "image": getattr(c, "image", None),
+                "network_mode": network.get("mode"),
+                "network": dict(network),
+                "oom_killed": bool(getattr(c, "oom_killed", False)),
+            },
+        )
         out.append(d)
     return out
 
@@ -314,10 +329,16 @@ def _oci(docker_names, podman_names):
         elif cid in podman_names:
             source, name = "podman", podman_names[cid]
         paths = st.get("namespace_paths") or {}
-        disc = Discovered(id=cid, name=name, source=source, pid=pid, status=status,
-                          cgroups=dict(st.get("cgroup_paths") or {}),
-                          netns_path=paths.get("NEWNET") if alive else None,
-                          detail={"state_dir": str(d), "namespace": ns, "bundle": bundle})
+        disc = Discovered(
+            id=cid,
+            name=name,
+            source=source,
+            pid=pid,
+            status=status,
+            cgroups=dict(st.get("cgroup_paths") or {}),
+            netns_path=paths.get("NEWNET") if alive else None,
+            detail={"state_dir": str(d), "namespace": ns, "bundle": bundle},
+        )
         out.append(disc)
     return out + _crun(podman_names)
 
@@ -344,18 +365,27 @@ def _crun(podman_names):
             cg = st.get("cgroup-path")
             bundle = st.get("bundle")
             podman = podman_names.get(cid)
-            out.append(Discovered(
-                id=cid, name=podman or _annotated_name(bundle) or cid,
-                source="podman" if podman else "crun",
-                pid=pid if alive else 0, status="running" if alive else "stopped",
-                cgroups={"": cg} if cg else {},
-                detail={"state_dir": os.path.join(base, cid), "bundle": bundle}))
+            out.append(
+                Discovered(
+                    id=cid,
+                    name=podman or _annotated_name(bundle) or cid,
+                    source="podman" if podman else "crun",
+                    pid=pid if alive else 0,
+                    status="running" if alive else "stopped",
+                    cgroups={"": cg} if cg else {},
+                    detail={"state_dir": os.path.join(base, cid), "bundle": bundle},
+                )
+            )
     return out
 
 
 # OCI annotations that carry a human name, most specific first
-NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "nerdctl/name",
-                    "io.kubernetes.container.name", "org.opencontainers.container.name")
+NAME_ANNOTATIONS = (
+    "io.kubernetes.cri.container-name",
+    "nerdctl/name",
+    "io.kubernetes.container.name",
+    "org.opencontainers.container.name",
+)
 
 
 def _annotated_name(bundle):
@@ -377,7 +407,7 @@ def _annotated_name(bundle):
 def _bundle(st):
     for label in (st.get("config") or {}).get("labels") or []:
         if isinstance(label, str) and label.startswith("bundle="):
-            return label[len("bundle="):]
+            return label[len("bundle=") :]
     return None
 
 
@@ -423,7 +453,9 @@ def _docker_api(path, timeout=1.0):
         s.close()
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     if b" 200 " not in head.split(b"\r\n", 1)[0]:
-        raise ValueError("docker API answered " + head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        raise ValueError(
+            "docker API answered " + head.split(b"\r\n", 1)[0].decode(errors="replace")
+        )
     return json.loads(body)
 
 
@@ -437,11 +469,13 @@ def _podman_names():
 
 # -- assembly ---------------------------------------------------------------------
 
+
 def containers(root=None, procs=None, host=None, errors=None):
     """Every container on the host as `Discovered` records (running ones with their pids).
 
     Pass a list as `errors` to receive why pyinspect's own state could not be read."""
     from .config import state_root
+
     root = state_root(root)
     procs = scan_processes() if procs is None else procs
     host = host_namespaces() if host is None else host
@@ -473,9 +507,18 @@ def containers(root=None, procs=None, host=None, errors=None):
     for (cid, source), pids in sorted(by_id.items()):
         init = min(pids)
         ns = procs[init]
-        d = Discovered(id=cid, name=docker_names.get(cid, cid[:12]), source=source, pid=init,
-                       pids=sorted(pids), netns=ns["net"], pidns=ns["pid"], mntns=ns["mnt"],
-                       netns_path=f"/proc/{init}/ns/net", detail={"via": "cgroup path"})
+        d = Discovered(
+            id=cid,
+            name=docker_names.get(cid, cid[:12]),
+            source=source,
+            pid=init,
+            pids=sorted(pids),
+            netns=ns["net"],
+            pidns=ns["pid"],
+            mntns=ns["mnt"],
+            netns_path=f"/proc/{init}/ns/net",
+            detail={"via": "cgroup path"},
+        )
         found.append(d)
         claimed.update(pids)
     # anything else outside the host's net or pid namespace
@@ -496,11 +539,18 @@ def containers(root=None, procs=None, host=None, errors=None):
         ns = procs[init]
         names = named.get(ino, []) if kind == "netns" else []
         ident = f"{kind}:{ino}"
-        d = Discovered(id=ident, name=names[0] if names else ident, source=kind, pid=init,
-                       pids=sorted(pids), netns=ns["net"], pidns=ns["pid"], mntns=ns["mnt"],
-                       netns_path=(f"/run/netns/{names[0]}" if names
-                                   else f"/proc/{init}/ns/net"),
-                       detail={"netns_names": names, "comm": _comm(init)})
+        d = Discovered(
+            id=ident,
+            name=names[0] if names else ident,
+            source=kind,
+            pid=init,
+            pids=sorted(pids),
+            netns=ns["net"],
+            pidns=ns["pid"],
+            mntns=ns["mnt"],
+            netns_path=(f"/run/netns/{names[0]}" if names else f"/proc/{init}/ns/net"),
+            detail={"netns_names": names, "comm": _comm(init)},
+        )
         found.append(d)
     return found
 
@@ -550,8 +600,17 @@ class Resolver:
     when a lookup misses, so containers started later are found.
     """
 
-    SOURCE_RANK = {"pyinspect": 0, "runc": 1, "crun": 1, "docker": 1, "containerd": 1,
-                   "podman": 1, "cri-o": 1, "netns": 2, "pidns": 2}
+    SOURCE_RANK = {
+        "pyinspect": 0,
+        "runc": 1,
+        "crun": 1,
+        "docker": 1,
+        "containerd": 1,
+        "podman": 1,
+        "cri-o": 1,
+        "netns": 2,
+        "pidns": 2,
+    }
 
     def __init__(self, root=None, refresh_interval=1.0):
         self.root = root
@@ -564,9 +623,14 @@ class Resolver:
         self.found = containers(self.root, host=self.host)
         self._built = time.monotonic()
         self.by_pid, self.by_pidns, self.by_netns, self.by_cgroup = {}, {}, {}, {}
-        ranked = sorted(self.found, key=lambda d: (self.SOURCE_RANK.get(d.source, 3),
-                                                   str(d.detail.get("network_mode")).startswith("container:"),
-                                                   d.name))
+        ranked = sorted(
+            self.found,
+            key=lambda d: (
+                self.SOURCE_RANK.get(d.source, 3),
+                str(d.detail.get("network_mode")).startswith("container:"),
+                d.name,
+            ),
+        )
         for d in reversed(ranked):  # the best-ranked owner is written last and wins
             ref = (d.id, d.name)
             for p in d.pids:
@@ -588,8 +652,9 @@ class Resolver:
             if cgroup_root is not None:
                 refs = self.by_cgroup.get((cgroup_root, cgroup_id), set())
             else:
-                refs = set().union(*[v for (h, c), v in self.by_cgroup.items()
-                                     if c == cgroup_id] or [set()])
+                refs = set().union(
+                    *[v for (h, c), v in self.by_cgroup.items() if c == cgroup_id] or [set()]
+                )
             if len(refs) == 1:
                 return next(iter(refs))
         if netns is not None and netns in self.by_netns:

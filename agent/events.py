@@ -20,8 +20,21 @@ from datetime import datetime
 from .errors import UnavailableError, UsageError
 from .timespec import parse_time
 
-COLUMNS = ("ts_ns", "kind", "pid", "ppid", "comm", "cgroup_id", "netns", "pidns", "mntns",
-           "container_id", "container_name", "session_id", "detail")
+COLUMNS = (
+    "ts_ns",
+    "kind",
+    "pid",
+    "ppid",
+    "comm",
+    "cgroup_id",
+    "netns",
+    "pidns",
+    "mntns",
+    "container_id",
+    "container_name",
+    "session_id",
+    "detail",
+)
 PROBES = ("process", "cgroup", "links")
 
 
@@ -51,6 +64,7 @@ class _Writer(threading.Thread):
 
     def run(self):
         from .store import Store
+
         store = Store(self.path)
         try:
             while True:
@@ -77,8 +91,15 @@ class Recorder:
     `threaded=True` batches go to one writer thread with its own connection, so
     SQLite never stalls the ring buffer reader; close() drains it."""
 
-    def __init__(self, store, resolver=None, batch_size=1000, flush_interval=0.5,
-                 session_id=None, threaded=False):
+    def __init__(
+        self,
+        store,
+        resolver=None,
+        batch_size=1000,
+        flush_interval=0.5,
+        session_id=None,
+        threaded=False,
+    ):
         self.store = store
         self.resolver = resolver
         self.batch_size = batch_size
@@ -93,10 +114,10 @@ class Recorder:
         self._batch = []
         self._last_flush = time.monotonic()
         self._loss_seen = {}
-        self._memo = {}        # attribution key -> (container or None, expiry)
+        self._memo = {}  # attribution key -> (container or None, expiry)
         self.attribution_errors = 0
         self.last_attribution_error = None
-        self.memo_ttl = 2.0    # seconds a (namespaces, cgroup) answer is reused
+        self.memo_ttl = 2.0  # seconds a (namespaces, cgroup) answer is reused
 
     def attribute(self, ev):
         """Set container_id / container_name on `ev` (None when it is the host's)."""
@@ -117,15 +138,20 @@ class Recorder:
             # a fallback (a process that later joins a container must not drag its
             # earlier host events along), so it is used only when they are unknown.
             known_ns = bool(ev.get("netns") or ev.get("pidns"))
-            key = (None if known_ns else (ev.get("pid") or None), ev.get("netns") or None,
-                   ev.get("pidns") or None, ev.get("cgroup_id") or None)
+            key = (
+                None if known_ns else (ev.get("pid") or None),
+                ev.get("netns") or None,
+                ev.get("pidns") or None,
+                ev.get("cgroup_id") or None,
+            )
             now = time.monotonic()
             memo = self._memo.get(key)
             if memo and memo[1] > now:
                 hit = memo[0]
             else:
-                hit = self._resolve(pid=key[0], netns=key[1], pidns=key[2],
-                                    cgroup_id=key[3], cgroup_root=0)
+                hit = self._resolve(
+                    pid=key[0], netns=key[1], pidns=key[2], cgroup_id=key[3], cgroup_root=0
+                )
                 if len(self._memo) > 10000:
                     self._memo.clear()
                 self._memo[key] = (hit, now + self.memo_ttl)
@@ -197,9 +223,14 @@ class Recorder:
         if prev is not None and lost == prev and not force:
             return
         self._loss_seen[probe] = lost
-        row = {"ts_ns": time.time_ns(), "probe": probe, "lost": lost,
-               "session_id": self.session_id, "lag_ns": int(lag_ns),
-               "detail": json.dumps({"new": lost - (prev or 0)})}
+        row = {
+            "ts_ns": time.time_ns(),
+            "probe": probe,
+            "lost": lost,
+            "session_id": self.session_id,
+            "lag_ns": int(lag_ns),
+            "detail": json.dumps({"new": lost - (prev or 0)}),
+        }
         if self._writer:
             self._writer.queue.put(("probe_loss", [row]))
         else:
@@ -209,12 +240,15 @@ class Recorder:
 def make_probe(name, **kw):
     if name == "process":
         from .probes.process import ProcessProbe
+
         return ProcessProbe(**kw)
     if name == "cgroup":
         from .probes.cgroups import CgroupProbe
+
         return CgroupProbe(**kw)
     if name == "links":  # probes engineer B's netlink monitor: every named netns too
         from .probes.links import LinkProbe
+
         return LinkProbe(**{"all_named": True, **kw})
     raise UsageError(f"unknown probe {name!r}: choose from {', '.join(PROBES)}")
 
@@ -227,8 +261,17 @@ class Follower:
     Probes that cannot load are skipped with a message; UnavailableError only when
     none can."""
 
-    def __init__(self, root, store, probes=PROBES, container=None, kinds=None,
-                 recorder=None, probe_kwargs=None, filters=None):
+    def __init__(
+        self,
+        root,
+        store,
+        probes=PROBES,
+        container=None,
+        kinds=None,
+        recorder=None,
+        probe_kwargs=None,
+        filters=None,
+    ):
         self.root = root
         self.store = store
         self.names = list(probes)
@@ -294,22 +337,31 @@ class Follower:
         if not self.container or resolver is None:
             return None
         try:
-            found = [d for d in resolver.refresh()  # the Discovered records
-                     if d.name == self.container or d.id.startswith(self.container)]
+            found = [
+                d
+                for d in resolver.refresh()  # the Discovered records
+                if d.name == self.container or d.id.startswith(self.container)
+            ]
         except Exception:  # noqa: BLE001 - discovery failed: nothing to follow
             return None
         if len(found) != 1:
             return None
         host = getattr(resolver, "host", {}) or {}
         d = found[0]
-        return {ino for ino in (d.netns, d.pidns)
-                if ino and ino not in (host.get("net"), host.get("pid"))} or None
+        return {
+            ino
+            for ino in (d.netns, d.pidns)
+            if ino and ino not in (host.get("net"), host.get("pid"))
+        } or None
 
     def ready_line(self):
         """One line naming what is attached (printed when events start to flow)."""
-        parts = [f"{p.NAME} ({len(p.attached)} tracepoints)" if hasattr(p, "attached")
-                 else f"{p.NAME} ({len(getattr(p, 'watched', ()))} namespaces)"
-                 for p in self.probes]
+        parts = [
+            f"{p.NAME} ({len(p.attached)} tracepoints)"
+            if hasattr(p, "attached")
+            else f"{p.NAME} ({len(getattr(p, 'watched', ()))} namespaces)"
+            for p in self.probes
+        ]
         return "listening: " + ", ".join(parts)
 
     def _wanted(self, ev):
@@ -317,8 +369,9 @@ class Follower:
             return False
         if self.container:
             c = self.container
-            return bool(ev.get("container_name") == c or
-                        (ev.get("container_id") or "").startswith(c))
+            return bool(
+                ev.get("container_name") == c or (ev.get("container_id") or "").startswith(c)
+            )
         return True
 
     def poll(self, timeout_ms=200):
@@ -337,18 +390,24 @@ class Follower:
     def record_loss(self, force=False):
         self._last_loss = time.monotonic()
         for probe in self.probes:
-            self.recorder.record_loss(probe.NAME, probe.lost, getattr(probe, "max_lag_ns", 0),
-                                      force=force)
+            self.recorder.record_loss(
+                probe.NAME, probe.lost, getattr(probe, "max_lag_ns", 0), force=force
+            )
 
     def loss_summary(self):
-        lines = [f"{p.NAME} probe: {p.lost} records lost, max reader lag "
-                 f"{getattr(p, 'max_lag_ns', 0) / 1e6:.1f} ms" for p in self.probes]
+        lines = [
+            f"{p.NAME} probe: {p.lost} records lost, max reader lag "
+            f"{getattr(p, 'max_lag_ns', 0) / 1e6:.1f} ms"
+            for p in self.probes
+        ]
         if self.recorder.write_error:
             lines.append(f"writing events failed: {self.recorder.write_error}")
         if self.recorder.attribution_errors:
-            lines.append(f"attribution failed for {self.recorder.attribution_errors} events "
-                         f"(last: {self.recorder.last_attribution_error}); they are stored "
-                         "without a container")
+            lines.append(
+                f"attribution failed for {self.recorder.attribution_errors} events "
+                f"(last: {self.recorder.last_attribution_error}); they are stored "
+                "without a container"
+            )
         return lines
 
     def stop(self):
@@ -378,30 +437,53 @@ def _decode(row):
 def known_kinds():
     """Every event kind the probes record (their KINDS, imported only when asked)."""
     from .probes import cgroups, links, process
+
     return set(process.KINDS.values()) | set(cgroups.KINDS.values()) | set(links.KINDS)
 
 
 PACKET_KINDS = ("flow", "drop")
 
-def query(store, container=None, since=None, kinds=None, limit=100, offset=0, until=None,
-          after_id=None, newest_first=False, packets=False):
+
+def query(
+    store,
+    container=None,
+    since=None,
+    kinds=None,
+    limit=100,
+    offset=0,
+    until=None,
+    after_id=None,
+    newest_first=False,
+    packets=False,
+):
     """Stored events, oldest first (or newest first): filter by container (name, id or id
     prefix), since/until (epoch ns or anything parse_since takes), kinds, and rows after
     a row id (for live tails). `packets` adds each traced connection (`flow`, at its first
     packet) and each explained drop (`drop`) of the container's trace sessions."""
     from .store import TimelineQuery
+
     packets = packets and after_id is None
     since_ns, until_ns = parse_since(since), parse_since(until)
     if kinds:
         kinds = list(kinds)
         unknown = sorted(set(kinds) - known_kinds() - (set(PACKET_KINDS) if packets else set()))
         if unknown:
-            raise UsageError(f"unknown event kind {unknown[0]!r}",
-                             f"kinds: {', '.join(sorted(known_kinds()))}")
-    rows = store.timeline(TimelineQuery(
-        container=container or None, since_ns=since_ns, until_ns=until_ns,
-        kinds=kinds or None, limit=limit, offset=offset, after_id=after_id,
-        newest_first=newest_first, packets=packets))
+            raise UsageError(
+                f"unknown event kind {unknown[0]!r}", f"kinds: {', '.join(sorted(known_kinds()))}"
+            )
+    rows = store.timeline(
+        TimelineQuery(
+            container=container or None,
+            since_ns=since_ns,
+            until_ns=until_ns,
+            kinds=kinds or None,
+            limit=limit,
+            offset=offset,
+            after_id=after_id,
+            newest_first=newest_first,
+            packets=packets,
+        )
+    )
     return [_decode(r) for r in rows]
 
 
@@ -430,8 +512,9 @@ def summary(ev):
         return f"OOM victim {ev['pid']} ({d.get('victim_comm')}) anon-rss {d.get('anon_rss_kb')} kB"
     if k.startswith("link_"):
         rest = {x: y for x, y in d.items() if x not in ("ifindex", "ifname", "netns_label")}
-        return f"{ev.get('ifname') or d.get('ifname')} in {d.get('netns_label')} " + \
-            " ".join(f"{x}={y}" for x, y in sorted(rest.items()))
+        return f"{ev.get('ifname') or d.get('ifname')} in {d.get('netns_label')} " + " ".join(
+            f"{x}={y}" for x, y in sorted(rest.items())
+        )
     if k == "flow":
         s = f"{d.get('proto')} {d.get('src')}:{d.get('sport')} -> {d.get('dst')}:{d.get('dport')}"
         return s + (f"  {d['nat']}" if d.get("nat") else "")
@@ -448,5 +531,6 @@ def format_line(ev):
     ts = datetime.fromtimestamp(ev["ts_ns"] / 1e9).strftime("%H:%M:%S.%f")[:-3]
     who = (ev.get("container_name") or "-")[:16]
     pid = ev.get("pid") or "-"
-    return f"{ts} {who:<16} {ev['kind']:<13} {pid:>7} {(ev.get('comm') or '-')[:15]:<15} " \
-           f"{summary(ev)}"
+    return (
+        f"{ts} {who:<16} {ev['kind']:<13} {pid:>7} {(ev.get('comm') or '-')[:15]:<15} {summary(ev)}"
+    )

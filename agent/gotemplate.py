@@ -28,7 +28,8 @@ class TemplateError(Exception):
 
 
 # -- lexing -------------------------------------------------------------------------
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<space>\s+)
   | (?P<declare>:=)
   | (?P<assign>=)
@@ -46,17 +47,32 @@ _TOKEN = re.compile(r"""
   | (?P<rparen>\)(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<pipe>\|)
   | (?P<comma>,)
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
-KEYWORDS = {"if", "else", "end", "range", "with", "define", "template", "block", "break",
-            "continue", "nil", "true", "false"}
+KEYWORDS = {
+    "if",
+    "else",
+    "end",
+    "range",
+    "with",
+    "define",
+    "template",
+    "block",
+    "break",
+    "continue",
+    "nil",
+    "true",
+    "false",
+}
 
 
 @dataclass
 class Tok:
     kind: str
     text: str
-    pos: int      # byte offset in the template
+    pos: int  # byte offset in the template
 
 
 def _line_col(src, pos):
@@ -75,8 +91,12 @@ def _split(src):
             return out
         out.append(["text", src[i:j], i])
         start = j + 2
-        if src.startswith("- ", start) or src.startswith("-\t", start) or \
-                src.startswith("-\n", start) or src.startswith("-\r", start):
+        if (
+            src.startswith("- ", start)
+            or src.startswith("-\t", start)
+            or src.startswith("-\n", start)
+            or src.startswith("-\r", start)
+        ):
             out[-1][1] = out[-1][1].rstrip(" \t\r\n")
             start += 1
         trimmed = start > j + 2  # `{{- /* ... */ -}}`: the comment follows the marker's space
@@ -86,7 +106,7 @@ def _split(src):
             if end < 0 or close < 0:
                 line, _ = _line_col(src, j)
                 raise TemplateError(f"template: :{line}: unclosed comment")
-            trim_right = src[end + 2:close].strip() == "-"
+            trim_right = src[end + 2 : close].strip() == "-"
             i = close + 2
             if trim_right:
                 i = _skip_space(src, i)
@@ -143,7 +163,7 @@ def _tokens(src, text, base):
 # -- the parse tree ---------------------------------------------------------------------
 @dataclass
 class Operand:
-    kind: str             # field, variable, dot, nil, bool, number, string, ident, pipe
+    kind: str  # field, variable, dot, nil, bool, number, string, ident, pipe
     value: object = None  # field chain / var name / literal / Pipeline
     chain: list = field(default_factory=list)
     pos: int = 0
@@ -166,11 +186,11 @@ class Pipeline:
 
 @dataclass
 class Node:
-    kind: str             # text, action, if, range, with, break, continue
+    kind: str  # text, action, if, range, with, break, continue
     text: str = ""
     pipe: Pipeline | None = None
     body: list | None = None
-    other: list | None = None    # the else branch
+    other: list | None = None  # the else branch
     pos: int = 0
 
 
@@ -250,7 +270,7 @@ class _Parser:
             break
         if names and k + 1 < len(toks) and toks[k + 1].kind in ("declare", "assign"):
             decl, assign = names, toks[k + 1].kind == "assign"
-            toks = toks[k + 2:]
+            toks = toks[k + 2 :]
             if not toks:
                 raise self.err(pos, "missing value for command")
         cmds: list[Command] = []
@@ -287,7 +307,7 @@ class _Parser:
                 raise self.err(t.pos, "unclosed left paren")
             close = toks[m - 1]
             chain = [c for c in close.text[1:].split(".") if c]
-            inner = self.pipeline(toks[j + 1:m - 1], t.pos)
+            inner = self.pipeline(toks[j + 1 : m - 1], t.pos)
             return Operand("pipe", inner, chain, t.pos, "(" + ")"), m
         if k == "rparen":
             raise self.err(t.pos, "unexpected right paren")
@@ -467,6 +487,7 @@ def _ordered(op, fn):
     def cmp(a, b):
         _cmp_ok(a, b, op)
         return fn(a, b)
+
     return cmp
 
 
@@ -489,7 +510,7 @@ def _printf(fmt, *given):
     out: list[str] = []
     pos = 0
     for m in _VERB.finditer(fmt):
-        out.append(fmt[pos:m.start()])
+        out.append(fmt[pos : m.start()])
         pos = m.end()
         flags, width, prec, verb = m.groups()
         if verb == "%":
@@ -529,15 +550,16 @@ def _format_verb(a, flags, width, prec, verb):
     if verb in "vs":
         text = go_str(a)
         if prec:
-            text = text[:int(prec)]
+            text = text[: int(prec)]
         return format(text, spec.replace("0", "") if not isnum else spec)
     return f"%!{verb}({go_type(a)}={go_str(a)})"
 
 
 def _strs(v, fname):
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-        raise _FuncError(f"error calling {fname}: wrong type for value; expected []string; "
-                         f"got {go_type(v)}")
+        raise _FuncError(
+            f"error calling {fname}: wrong type for value; expected []string; got {go_type(v)}"
+        )
     return v
 
 
@@ -584,7 +606,8 @@ FUNCS = {
     "pad": _pad,
     "truncate": _truncate,
     # Go's built-ins (and/or are evaluated lazily in _call)
-    "and": None, "or": None,
+    "and": None,
+    "or": None,
     "not": lambda v: not truth(v),
     "len": _len,
     "index": _index,
@@ -603,8 +626,23 @@ FUNCS = {
     "urlquery": lambda *a: urllib.parse.quote_plus(_sprint(*a)),
     "call": None,
 }
-_ARITY = {"split": 2, "join": 2, "title": 1, "lower": 1, "upper": 1, "pad": 3, "truncate": 2,
-          "json": 1, "not": 1, "len": 1, "ne": 2, "lt": 2, "le": 2, "gt": 2, "ge": 2}
+_ARITY = {
+    "split": 2,
+    "join": 2,
+    "title": 1,
+    "lower": 1,
+    "upper": 1,
+    "pad": 3,
+    "truncate": 2,
+    "json": 1,
+    "not": 1,
+    "len": 1,
+    "ne": 2,
+    "lt": 2,
+    "le": 2,
+    "gt": 2,
+    "ge": 2,
+}
 
 
 # -- execution --------------------------------------------------------------------------
@@ -733,8 +771,7 @@ class _Exec:
         if name in ("and", "or"):
             ops = list(args)
             if not ops and not has_piped:
-                raise self.err(op, f"wrong number of args for {name}: want at least 1 got 0",
-                               name)
+                raise self.err(op, f"wrong number of args for {name}: want at least 1 got 0", name)
             value = None
             for a in ops:
                 value = self.operand(a, dot)
@@ -748,8 +785,9 @@ class _Exec:
             values.append(piped)
         want = _ARITY.get(name)
         if want is not None and len(values) != want:
-            raise self.err(op, f"wrong number of args for {name}: want {want} got {len(values)}",
-                           name)
+            raise self.err(
+                op, f"wrong number of args for {name}: want {want} got {len(values)}", name
+            )
         values = [None if v is MISSING else v for v in values]
         try:
             return FUNCS[name](*values)
@@ -799,8 +837,9 @@ class Template:
         try:
             ex.walk(self.nodes, data)
         except (_Break, _Continue):
-            raise TemplateError("template: :1: {{break}} or {{continue}} outside {{range}}") \
-                from None
+            raise TemplateError(
+                "template: :1: {{break}} or {{continue}} outside {{range}}"
+            ) from None
         return "".join(out)
 
 

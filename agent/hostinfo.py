@@ -54,8 +54,7 @@ def cgroups(mounts: list[dict[str, str]] | None = None) -> dict:
         pass
     for m in mounts:
         if m["fstype"] == "cgroup":
-            ctrls = [o for o in m["opts"].split(",")
-                     if o in known or o.startswith("name=")]
+            ctrls = [o for o in m["opts"].split(",") if o in known or o.startswith("name=")]
             v1[m["mnt"]] = ctrls
     if "/sys/fs/cgroup" in v2:
         layout = "v2"
@@ -74,57 +73,85 @@ def cgroups(mounts: list[dict[str, str]] | None = None) -> dict:
                 v2_controllers = f.read().split()
         except OSError:
             pass
-    return {"layout": layout, "v2_mounts": v2, "v2_controllers": v2_controllers,
-            "v1_hierarchies": v1}
+    return {
+        "layout": layout,
+        "v2_mounts": v2,
+        "v2_controllers": v2_controllers,
+        "v1_hierarchies": v1,
+    }
 
 
 def iptables() -> list[dict]:
     """Each backend present (legacy x_tables, iptables-nft, IPv6 twins, native nft) and its
     rule count (the nft count includes rules written through iptables-nft)."""
     out = []
-    for name, tool, probe in (("iptables-legacy", "iptables-legacy-save",
-                               "/proc/net/ip_tables_names"),
-                              ("iptables-nft", "iptables-nft-save", None),
-                              ("ip6tables-legacy", "ip6tables-legacy-save",
-                               "/proc/net/ip6_tables_names"),
-                              ("ip6tables-nft", "ip6tables-nft-save", None)):
+    for name, tool, probe in (
+        ("iptables-legacy", "iptables-legacy-save", "/proc/net/ip_tables_names"),
+        ("iptables-nft", "iptables-nft-save", None),
+        ("ip6tables-legacy", "ip6tables-legacy-save", "/proc/net/ip6_tables_names"),
+        ("ip6tables-nft", "ip6tables-nft-save", None),
+    ):
         path = shutil.which(tool)
         if not path:
             out.append({"backend": name, "present": False, "reason": f"{tool} not installed"})
             continue
         if probe is not None and not os.path.exists(probe):
-            out.append({"backend": name, "present": False,
-                        "reason": f"{probe} missing (x_tables not loaded)"})
+            out.append(
+                {
+                    "backend": name,
+                    "present": False,
+                    "reason": f"{probe} missing (x_tables not loaded)",
+                }
+            )
             continue
         text, err = iptsave.run_save(tool, counters=False, timeout=10)
         if text is None:
             out.append({"backend": name, "present": False, "reason": err})
             continue
         rules, chains, tables = iptsave.counts(iptsave.parse_save(text, name))
-        out.append({"backend": name, "present": True, "rules": rules, "chains": chains,
-                    "tables": tables, "tool": tool.replace("-save", "")})
+        out.append(
+            {
+                "backend": name,
+                "present": True,
+                "rules": rules,
+                "chains": chains,
+                "tables": tables,
+                "tool": tool.replace("-save", ""),
+            }
+        )
     items, err = iptsave.nft_ruleset(timeout=10)
     if items is None:
         out.append({"backend": "nftables", "present": False, "reason": err})
     else:
-        out.append({"backend": "nftables", "present": True,
-                    "rules": sum(1 for i in items if "rule" in i),
-                    "tables": sorted(f"{i['table']['family']} {i['table']['name']}"
-                                     for i in items if "table" in i), "tool": "nft"})
+        out.append(
+            {
+                "backend": "nftables",
+                "present": True,
+                "rules": sum(1 for i in items if "rule" in i),
+                "tables": sorted(
+                    f"{i['table']['family']} {i['table']['name']}" for i in items if "table" in i
+                ),
+                "tool": "nft",
+            }
+        )
     return out
 
 
 def sysctls() -> dict[str, str | None]:
     """{key: value} of SYSCTLS; None when not present (module not loaded, older kernel)."""
     from .runtime import sysctl
+
     return {key: sysctl.read(key) for key in SYSCTLS}
 
 
 def tracefs(mounts: list[dict[str, str]] | None = None) -> dict:
     mounts = _mounts() if mounts is None else mounts
     where = [m["mnt"] for m in mounts if m["fstype"] == "tracefs"]
-    return {"mounted": bool(where), "mounts": where,
-            "hint": None if where else "mount -t tracefs nodev /sys/kernel/tracing"}
+    return {
+        "mounted": bool(where),
+        "mounts": where,
+        "hint": None if where else "mount -t tracefs nodev /sys/kernel/tracing",
+    }
 
 
 def btf() -> dict:
@@ -142,11 +169,18 @@ def ebpf_hooks() -> list[dict] | None:
     except ImportError:
         return None
     try:
-        return [{"name": h.name, "available": bool(h.available), "reason": h.reason}
-                for h in capabilities.detect()]
+        return [
+            {"name": h.name, "available": bool(h.available), "reason": h.reason}
+            for h in capabilities.detect()
+        ]
     except Exception as exc:  # noqa: BLE001 - detection failed: say so, keep the rest
-        return [{"name": "detect", "available": False,
-                 "reason": f"capability detection failed: {type(exc).__name__}: {exc}"}]
+        return [
+            {
+                "name": "detect",
+                "available": False,
+                "reason": f"capability detection failed: {type(exc).__name__}: {exc}",
+            }
+        ]
 
 
 def probe_loaders() -> list[dict] | None:
@@ -158,8 +192,13 @@ def probe_loaders() -> list[dict] | None:
     try:
         return capabilities.probe_loaders()
     except Exception as exc:  # noqa: BLE001 - keep the rest of info; say what went wrong
-        return [{"probe": "all", "loader": "?",
-                 "object": f"loader detection failed: {type(exc).__name__}: {exc}"}]
+        return [
+            {
+                "probe": "all",
+                "loader": "?",
+                "object": f"loader detection failed: {type(exc).__name__}: {exc}",
+            }
+        ]
 
 
 def netns_inode() -> int | None:

@@ -24,11 +24,13 @@ def main():
     if fast is None:
         _full_site()
         from .cli import main as cli_main
+
         cli_main()
         return
     root, debug, values = fast
     from .commands import run_options
     from .errors import PyinspectError
+
     if debug:
         os.environ["PYINSPECT_DEBUG"] = "1"
     try:
@@ -45,8 +47,10 @@ def main():
     except Exception as exc:  # last resort: never a traceback without --debug
         if debug:
             raise
-        sys.stderr.write(f"Error: internal error: {type(exc).__name__}: {exc} "
-                         f"(run with --debug for the traceback)\n")
+        sys.stderr.write(
+            f"Error: internal error: {type(exc).__name__}: {exc} "
+            f"(run with --debug for the traceback)\n"
+        )
         code = 70
     run_options.exit_now(code)
 
@@ -55,6 +59,7 @@ def _full_site():
     """Under the site-less console script, do now what site does at a normal start."""
     if sys.flags.no_site and getattr(sys, "_pyinspect_no_site", False):
         import site
+
         site.main()
 
 
@@ -63,11 +68,13 @@ def _fast_run(argv):
     if "run" not in argv[:4]:
         return None
     from .commands.run_options import parse_run_argv
+
     parsed = parse_run_argv(argv)
     if parsed is None:
         return None
     explicit, debug, values = parsed
     from .config import state_root
+
     root = str(state_root(explicit))
     if os.path.isfile(root):
         return None  # click says what is wrong with --root
@@ -77,7 +84,12 @@ def _fast_run(argv):
     except OSError:
         pass
     debug = debug or os.environ.get("PYINSPECT_DEBUG", "").strip().lower() not in (
-        "", "0", "false", "no", "off")
+        "",
+        "0",
+        "false",
+        "no",
+        "off",
+    )
     return root, debug, values
 
 
@@ -119,9 +131,16 @@ def script_text() -> str:
     """The console script for this interpreter and this installation of pyinspect."""
     import importlib.util
     import site
+
     packages = {}
-    for name in ("pyinspect", "pyinspect.commands", "pyinspect.trace", "pyinspect.runtime",
-                 "pyinspect.probes", "pyinspect.web"):
+    for name in (
+        "pyinspect",
+        "pyinspect.commands",
+        "pyinspect.trace",
+        "pyinspect.runtime",
+        "pyinspect.probes",
+        "pyinspect.web",
+    ):
         spec = importlib.util.find_spec(name)  # located, not run (flask, bcc stay out)
         if spec is not None and spec.submodule_search_locations:
             packages[name] = os.path.abspath(next(iter(spec.submodule_search_locations)))
@@ -132,6 +151,7 @@ def script_text() -> str:
 def write_script(path):
     """Replace the console script at `path` (atomically, mode 0755)."""
     from .runtime.fsutil import atomic_write
+
     with atomic_write(path, "w", perms=0o755) as f:
         f.write(script_text())
 

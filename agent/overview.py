@@ -39,13 +39,14 @@ class Overview:
     def __init__(self, root: str | Path, tracer_factory=None) -> None:
         self.root = Path(root)
         self.tracer_factory = tracer_factory
-        self.traces: dict = {}      # session id -> running BackgroundTrace
+        self.traces: dict = {}  # session id -> running BackgroundTrace
         self.agent_status: dict[str, bool] = {}  # probe name -> bool, set by the serving agent
         self._lock = threading.Lock()
 
     @contextmanager
     def store(self) -> Iterator["Store"]:
         from .store import Store
+
         s = Store(database_path(self.root))
         try:
             yield s
@@ -55,38 +56,67 @@ class Overview:
     # -- host ----------------------------------------------------------------------------
     def host(self) -> dict:
         from . import hostinfo, vethmap
+
         info = hostinfo.collect()
         kernel = info.get("kernel") or {}
         cg = info.get("cgroups") or {}
-        facts = [("kernel", f"{kernel.get('release', '')} {kernel.get('machine', '')}"),
-                 ("cgroups", cg.get("layout", "")),
-                 ("tracefs", "mounted" if (info.get("tracefs") or {}).get("mounted")
-                  else "not mounted"),
-                 ("BTF", "present" if (info.get("btf") or {}).get("present") else "absent"),
-                 ("host netns inode", info.get("netns"))]
+        facts = [
+            ("kernel", f"{kernel.get('release', '')} {kernel.get('machine', '')}"),
+            ("cgroups", cg.get("layout", "")),
+            ("tracefs", "mounted" if (info.get("tracefs") or {}).get("mounted") else "not mounted"),
+            ("BTF", "present" if (info.get("btf") or {}).get("present") else "absent"),
+            ("host netns inode", info.get("netns")),
+        ]
         facts += sorted((info.get("sysctls") or {}).items())
-        hooks = [{"name": h["name"], "status": "loads" if h["available"] else "refused",
-                  "reason": h.get("reason", "")} for h in _dicts(info.get("ebpf") or [])]
-        ipt = [{"backend": b["backend"], "rules": b.get("rules"),
-                "command": f"{b.get('tool', b['backend'])}-save" if b.get("present")
-                else "not installed"} for b in info.get("iptables") or []]
+        hooks = [
+            {
+                "name": h["name"],
+                "status": "loads" if h["available"] else "refused",
+                "reason": h.get("reason", ""),
+            }
+            for h in _dicts(info.get("ebpf") or [])
+        ]
+        ipt = [
+            {
+                "backend": b["backend"],
+                "rules": b.get("rules"),
+                "command": f"{b.get('tool', b['backend'])}-save"
+                if b.get("present")
+                else "not installed",
+            }
+            for b in info.get("iptables") or []
+        ]
         rows = vethmap.build(root=self.root)
         bridges = []
         for r in rows:
             if r.get("kind") == "bridge":
-                members = [m["ifname"] for m in rows
-                           if m.get("master") == r["ifname"] and m.get("netns") == r.get("netns")]
-                bridges.append({"ifname": r["ifname"], "netns": r.get("netns_name"),
-                                "addrs": " ".join(_addr_text(r.get("addrs"))),
-                                "members": " ".join(members)})
-        return {"hostname": socket.gethostname(), "facts": facts, "hooks": hooks,
-                "iptables": ipt, "bridges": bridges}
+                members = [
+                    m["ifname"]
+                    for m in rows
+                    if m.get("master") == r["ifname"] and m.get("netns") == r.get("netns")
+                ]
+                bridges.append(
+                    {
+                        "ifname": r["ifname"],
+                        "netns": r.get("netns_name"),
+                        "addrs": " ".join(_addr_text(r.get("addrs"))),
+                        "members": " ".join(members),
+                    }
+                )
+        return {
+            "hostname": socket.gethostname(),
+            "facts": facts,
+            "hooks": hooks,
+            "iptables": ipt,
+            "bridges": bridges,
+        }
 
     # -- containers ----------------------------------------------------------------------
     def containers(self) -> list[dict]:
         """pyinspect's containers (with network and limits) and every discovered foreign one."""
         from . import discovery
         from .runtime import state
+
         own = {c.id: c for c in state.load_all(self.root)}
         out = []
         for d in discovery.containers(self.root):
@@ -105,22 +135,41 @@ class Overview:
     # -- veth map and topology -------------------------------------------------------------
     def interfaces(self) -> list[dict]:
         from . import vethmap
+
         return vethmap.build(root=self.root)
 
     def topology_svg(self) -> str:
         from .topology import render_svg
+
         return render_svg(self.interfaces())
 
     # -- timeline ----------------------------------------------------------------------------
-    def timeline(self, container=None, kinds=None, since_ns=None, after_id=None, limit=100,
-                 offset=0, ascending=False):
+    def timeline(
+        self,
+        container=None,
+        kinds=None,
+        since_ns=None,
+        after_id=None,
+        limit=100,
+        offset=0,
+        ascending=False,
+    ):
         from . import events
+
         if kinds:
             kinds = [k for part in kinds for k in part.split(",") if k]
         with self.store() as s:
-            rows = events.query(s, container=container, since=since_ns, kinds=kinds,
-                                limit=limit, offset=offset, after_id=after_id,
-                                newest_first=not ascending, packets=True)
+            rows = events.query(
+                s,
+                container=container,
+                since=since_ns,
+                kinds=kinds,
+                limit=limit,
+                offset=offset,
+                after_id=after_id,
+                newest_first=not ascending,
+                packets=True,
+            )
         for r in rows:
             r["time"] = _iso(r["ts_ns"])
             r["summary"] = events.summary(r)
@@ -133,6 +182,7 @@ class Overview:
     # -- traces and flows --------------------------------------------------------------------
     def sessions(self) -> list[dict]:
         from . import pcap_export
+
         with self.store() as s:
             rows = pcap_export.list_sessions(s)
             flows = s.flow_counts()
@@ -157,11 +207,13 @@ class Overview:
                     if step not in path:
                         path.append(step)
                 r["rules"] = " > ".join(path[:12])
-                r["original"] = (f"{r['orig_src']}:{r['orig_sport']} -> "
-                                 f"{r['orig_dst']}:{r['orig_dport']}")
+                r["original"] = (
+                    f"{r['orig_src']}:{r['orig_sport']} -> {r['orig_dst']}:{r['orig_dport']}"
+                )
                 # the reply tuple reversed is what the far side of the NAT saw
-                r["translated"] = (f"{r['reply_dst']}:{r['reply_dport']} -> "
-                                   f"{r['reply_src']}:{r['reply_sport']}")
+                r["translated"] = (
+                    f"{r['reply_dst']}:{r['reply_dport']} -> {r['reply_src']}:{r['reply_sport']}"
+                )
                 r["detail"] = _json(r.get("detail"))
         return rows
 
@@ -169,8 +221,9 @@ class Overview:
         with self.store() as s:
             return s.last_flow_id()
 
-    def start_trace(self, container: str, duration: float = 30.0,
-                    bpf_filter: str | None = None) -> dict:
+    def start_trace(
+        self, container: str, duration: float = 30.0, bpf_filter: str | None = None
+    ) -> dict:
         """Start a trace in the background (the serving agent's process); returns its row."""
         if not 0 < duration <= 3600:
             raise UsageError(f"start trace: duration {duration:g}s is outside 0..3600")
@@ -192,6 +245,7 @@ class Overview:
     def export_pcap(self, session_id: int, flow_id: int | None = None) -> tuple[str, str]:
         """A temp pcapng of a session (or one of its flows) and a download name."""
         from . import pcap_export
+
         flow = None
         name = f"trace-{session_id}.pcapng"
         with self.store() as s:
@@ -232,22 +286,31 @@ class Overview:
     def runbook(self, name: str) -> str:
         """A runbook's text (the package's copy, as doctor shows it)."""
         from .doctor.model import read_runbook
+
         return read_runbook(name)
 
     # -- metrics -------------------------------------------------------------------------
     def metrics(self) -> dict:
         from . import pcap_export
+
         now = time.time_ns()
         with self.store() as s:
             by_kind, recent = s.event_counts(since_ns=now - 60 * 10**9)
             packets = sum(r["packets"] for r in pcap_export.list_sessions(s))
             flows = s.flow_count()
             lost_probe = s.probe_records_lost()
-            lost_pkts = sum(int((_json(summary) or {}).get("lost", 0) or 0)
-                            for summary in s.session_summaries())
-        return {"events_by_kind": by_kind, "events_per_second": recent / 60.0,
-                "packets_captured": packets, "packets_lost": lost_pkts, "flows": flows,
-                "probe_records_lost": lost_probe, "probes": dict(self.agent_status)}
+            lost_pkts = sum(
+                int((_json(summary) or {}).get("lost", 0) or 0) for summary in s.session_summaries()
+            )
+        return {
+            "events_by_kind": by_kind,
+            "events_per_second": recent / 60.0,
+            "packets_captured": packets,
+            "packets_lost": lost_pkts,
+            "flows": flows,
+            "probe_records_lost": lost_probe,
+            "probes": dict(self.agent_status),
+        }
 
 
 def _dicts(items):
@@ -275,26 +338,39 @@ def _addr_text(addrs):
 
 def _container_row(d, c):
     """One row of the containers page from a discovery record and/or a runtime record."""
-    row = {"id": (c.id if c else d.id), "name": (c.name if c else d.name),
-           "source": d.source if d else "pyinspect",
-           "status": (c.status if c else d.status), "image": c.image if c else "",
-           "pid": (d.pid if d else c.pid), "ip": "", "ports": "", "veth": "", "cgroup": "",
-           "limits": "", "oom_killed": ""}
+    row = {
+        "id": (c.id if c else d.id),
+        "name": (c.name if c else d.name),
+        "source": d.source if d else "pyinspect",
+        "status": (c.status if c else d.status),
+        "image": c.image if c else "",
+        "pid": (d.pid if d else c.pid),
+        "ip": "",
+        "ports": "",
+        "veth": "",
+        "cgroup": "",
+        "limits": "",
+        "oom_killed": "",
+    }
     row["id_short"] = row["id"][:12]
     if c is not None:
         net = c.network or {}
         row["ip"] = net.get("ip", "") or ""
         row["ports"] = ", ".join(
             f"{p.get('host_ip') or '0.0.0.0'}:{p['host_port']}->{p['container_port']}/{p['proto']}"
-            for p in net.get("ports") or [])
+            for p in net.get("ports") or []
+        )
         if net.get("veth_host"):
             row["veth"] = f"{net['veth_host']} <-> eth0"
         row["cgroup"] = " ".join(sorted(set((c.cgroup or {}).values())))[:120]
         spec = c.spec
         limits = []
         if spec is not None:
-            for label, value in (("memory", spec.memory), ("cpus", spec.cpus),
-                                 ("pids", spec.pids_limit)):
+            for label, value in (
+                ("memory", spec.memory),
+                ("cpus", spec.cpus),
+                ("pids", spec.pids_limit),
+            ):
                 if value:
                     limits.append(f"{label} {value}")
         row["limits"] = ", ".join(limits)
@@ -306,9 +382,11 @@ def _container_row(d, c):
 
 def _unlink_later(path, seconds=60):
     """Remove a served temp file once the download had time to finish."""
+
     def remove():
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
     t = threading.Timer(seconds, remove)
     t.daemon = True
     t.start()
@@ -321,8 +399,10 @@ class _BackgroundTrace:
 
     def __init__(self, root, container, duration, bpf_filter=None):
         from .trace import TraceOptions, TraceSession
-        self.session = TraceSession(root, container,
-                                    TraceOptions(duration=duration, filter=bpf_filter))
+
+        self.session = TraceSession(
+            root, container, TraceOptions(duration=duration, filter=bpf_filter)
+        )
         self.session_id = None
         self.done = False
         self.summary = None

@@ -38,8 +38,14 @@ def parse_time(text, now_ns=None):
 
 
 _ENDPOINT = r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(?::(\d+))?"
-_FLOW = re.compile(r"^(?:(tcp|udp|sctp|icmp|icmp6)[\s:/]+)?" + _ENDPOINT +
-                   r"\s*(?:->|>|,|\s)\s*" + _ENDPOINT + r"$", re.I)
+_FLOW = re.compile(
+    r"^(?:(tcp|udp|sctp|icmp|icmp6)[\s:/]+)?"
+    + _ENDPOINT
+    + r"\s*(?:->|>|,|\s)\s*"
+    + _ENDPOINT
+    + r"$",
+    re.I,
+)
 
 
 def parse_flow(text):
@@ -50,12 +56,19 @@ def parse_flow(text):
     """
     if isinstance(text, (tuple, list)):
         proto, src, sport, dst, dport = text
-        return (proto.lower(), str(ipaddress.ip_address(src)), sport,
-                str(ipaddress.ip_address(dst)), dport)
+        return (
+            proto.lower(),
+            str(ipaddress.ip_address(src)),
+            sport,
+            str(ipaddress.ip_address(dst)),
+            dport,
+        )
     m = _FLOW.match(str(text).strip())
     if not m:
-        raise UsageError(f"bad --flow {text!r}: expected [PROTO ]SRC:SPORT->DST:DPORT",
-                         "e.g. 'tcp 192.168.1.2:40000->192.168.1.10:8088'")
+        raise UsageError(
+            f"bad --flow {text!r}: expected [PROTO ]SRC:SPORT->DST:DPORT",
+            "e.g. 'tcp 192.168.1.2:40000->192.168.1.10:8088'",
+        )
     proto, src, sport, dst, dport = m.groups()
     try:
         src = str(ipaddress.ip_address(src.strip("[]")))
@@ -105,8 +118,11 @@ def list_sessions(store):
         r["lost"] = summary.get("lost") if summary else None
         if r["bytes"] is None or r["status"] == "running":
             # a trace still writing (or killed before it said): the files' own sizes
-            sizes = [st.st_size for g in store.segments([r["id"]])
-                     if (st := _stat(store.segment_path(g.path)))]
+            sizes = [
+                st.st_size
+                for g in store.segments([r["id"]])
+                if (st := _stat(store.segment_path(g.path)))
+            ]
             r["bytes"] = sum(sizes) if sizes else r["bytes"]
         r["bytes"] = r["bytes"] or 0
     return rows
@@ -142,12 +158,15 @@ def find_sessions(store, session_id=None, container=None):
             sid = int(session_id)
         except (TypeError, ValueError):
             raise UsageError(f"bad session id {session_id!r}: not a number") from None
-        ref = store.session_ref(sid) if -2**63 <= sid < 2**63 else None
+        ref = store.session_ref(sid) if -(2**63) <= sid < 2**63 else None
         rows = [ref] if ref else []
         if not rows:
             raise NotFoundError(f"no trace session {sid}", "see `pyinspect pcap ls`")
-        if container and container not in (rows[0][1], rows[0][2]) and \
-                not (rows[0][1] or "").startswith(container):
+        if (
+            container
+            and container not in (rows[0][1], rows[0][2])
+            and not (rows[0][1] or "").startswith(container)
+        ):
             raise NotFoundError(f"trace session {sid} is not of container {container}")
         return rows
     if not container:
@@ -156,8 +175,9 @@ def find_sessions(store, session_id=None, container=None):
     if not rows and len(container) >= 4 and re.fullmatch(r"[0-9a-f]+", container):
         rows = store.sessions_of(container, id_prefix=True)
     if not rows:
-        raise NotFoundError(f"no trace sessions of container {container}",
-                            "trace it first with `pyinspect trace`")
+        raise NotFoundError(
+            f"no trace sessions of container {container}", "trace it first with `pyinspect trace`"
+        )
     return rows
 
 
@@ -217,7 +237,7 @@ class _Interfaces(dict):
         super().__init__()
         self.writer = writer
         self.names = {}
-        self.by_name = {}       # (name, description, linktype) -> output interface id
+        self.by_name = {}  # (name, description, linktype) -> output interface id
 
     def add(self, key, name, desc, linktype, snaplen=0):
         """Map `key` to the interface of that name, adding it if it is new."""
@@ -229,8 +249,9 @@ class _Interfaces(dict):
 
     def __missing__(self, key):
         name, desc, linktype = self.names.get(key) or ("", "", 1)
-        return self.add(key, name or f"point{key[1]}",
-                        desc or "capture point not in the store", linktype or 1)
+        return self.add(
+            key, name or f"point{key[1]}", desc or "capture point not in the store", linktype or 1
+        )
 
 
 # How far a segment's packets may lie outside its [started_ns, ended_ns]: a packet is
@@ -256,14 +277,13 @@ class _Source:
 class _Export:
     """The state of one export(): filters, comments, interface names."""
 
-    def __init__(self, store, since, until, flow_offsets, flow_match, user_match,
-                 comments, ifmap):
+    def __init__(self, store, since, until, flow_offsets, flow_match, user_match, comments, ifmap):
         self.store = store
         self.since, self.until = since, until
-        self.flow_offsets = flow_offsets     # segment id -> {offset} (indexed to the flow)
-        self.flow_match = flow_match         # (data, wirelen, linktype) -> bool, or None
+        self.flow_offsets = flow_offsets  # segment id -> {offset} (indexed to the flow)
+        self.flow_match = flow_match  # (data, wirelen, linktype) -> bool, or None
         self.user_match = user_match
-        self.comments = comments             # flow id -> comment text
+        self.comments = comments  # flow id -> comment text
         self.ifmap = ifmap
         self.missing = []
 
@@ -278,13 +298,16 @@ class _Export:
             keys = f.keys()
             sid = seg.session_id
             for iface in f.interfaces:
-                self.ifmap.names.setdefault((sid, iface.index),
-                                            (iface.name, iface.description, iface.linktype))
+                self.ifmap.names.setdefault(
+                    (sid, iface.index), (iface.name, iface.description, iface.linktype)
+                )
             linktypes = [i.linktype for i in f.interfaces]
             # packets copied block by block (no decode) from interfaces in the writer's
             # own form: little-endian, nanosecond timestamps, no offset
-            raw_ok = [f.sec.endian == "<" and mult == 1 and div == 1 and shift is None
-                      and not tsoffset for _i, mult, div, shift, tsoffset in f.sec.interfaces]
+            raw_ok = [
+                f.sec.endian == "<" and mult == 1 and div == 1 and shift is None and not tsoffset
+                for _i, mult, div, shift, tsoffset in f.sec.interfaces
+            ]
             offs, fids = self.store.flow_offsets(seg.id)
             offs = array("q", offs)
             comments = self.comments
@@ -305,15 +328,17 @@ class _Export:
                 off = key & KEY_OFFSET
                 if only is not None and off not in only:
                     continue
-                if_id = u32(mm, off + 8)[0]       # keys() checked the block is whole
+                if_id = u32(mm, off + 8)[0]  # keys() checked the block is whole
                 if flow_match is not None or user_match is not None:
                     caplen = u32(mm, off + 20)[0]
-                    data, wirelen = mm[off + 28:off + 28 + caplen], u32(mm, off + 24)[0]
-                    if flow_match is not None and off not in flow_set and \
-                            not flow_match(data, wirelen, linktypes[if_id]):
+                    data, wirelen = mm[off + 28 : off + 28 + caplen], u32(mm, off + 24)[0]
+                    if (
+                        flow_match is not None
+                        and off not in flow_set
+                        and not flow_match(data, wirelen, linktypes[if_id])
+                    ):
                         continue
-                    if user_match is not None and not user_match(data, wirelen,
-                                                                 linktypes[if_id]):
+                    if user_match is not None and not user_match(data, wirelen, linktypes[if_id]):
                         continue
                 comment = None
                 if offs:
@@ -321,12 +346,24 @@ class _Export:
                     if j < len(offs) and offs[j] == off:
                         comment = comments.get(fids[j])
                 if comment is None and raw_ok[if_id]:
-                    yield (key >> KEY_SHIFT, mm[off:off + u32(mm, off + 4)[0]], (sid, if_id),
-                           None, RAW_EPB, None)
+                    yield (
+                        key >> KEY_SHIFT,
+                        mm[off : off + u32(mm, off + 4)[0]],
+                        (sid, if_id),
+                        None,
+                        RAW_EPB,
+                        None,
+                    )
                     continue
-                pkt = packet_at(off)             # a comment to add, or another time form
-                yield (key >> KEY_SHIFT, pkt.data, (sid, if_id), pkt.direction, pkt.orig_len,
-                       pkt.comment or comment)
+                pkt = packet_at(off)  # a comment to add, or another time form
+                yield (
+                    key >> KEY_SHIFT,
+                    pkt.data,
+                    (sid, if_id),
+                    pkt.direction,
+                    pkt.orig_len,
+                    pkt.comment or comment,
+                )
 
 
 def _merge(sources, rows_of):
@@ -335,7 +372,7 @@ def _merge(sources, rows_of):
     Sources join the heap when the merge reaches their `lo`, so only the files whose
     time ranges overlap the current point are open (and sorted in memory) at once."""
     pending = sorted(sources, key=lambda s: (s.lo, s.order))
-    pending.reverse()                 # pop() from the end: the earliest
+    pending.reverse()  # pop() from the end: the earliest
     heap = []
     while heap or pending:
         while pending and (not heap or pending[-1].lo <= heap[0][0]):
@@ -346,7 +383,7 @@ def _merge(sources, rows_of):
                 heapq.heappush(heap, (first[0], src.order, first, gen))
         if not heap:
             break
-        if len(heap) == 1:            # one file open: no heap work until the next joins
+        if len(heap) == 1:  # one file open: no heap work until the next joins
             _, order, row, gen = heap.pop()
             yield row
             limit = pending[-1].lo if pending else _INF
@@ -365,8 +402,16 @@ def _merge(sources, rows_of):
             heapq.heapreplace(heap, (nxt[0], order, nxt, gen))
 
 
-def export(store, session_id=None, container=None, since=None, until=None, flow=None,
-           bpf_filter=None, out=None):
+def export(
+    store,
+    session_id=None,
+    container=None,
+    since=None,
+    until=None,
+    flow=None,
+    bpf_filter=None,
+    out=None,
+):
     """Write the packets of a session (or of every session of a container) to `out`.
 
     `since`/`until` are epoch ns (or parse_time() strings), `flow` a 5-tuple or its
@@ -383,8 +428,10 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
     since, until = parse_time(since), parse_time(until)
     if since is not None and until is not None and since > until:
         raise UsageError("pcap export: --since is after --until")
-    points = [(sid, seq, point_name(name, desc, cname), desc, linktype)
-              for sid, seq, name, desc, linktype, cname in store.session_points(sids)]
+    points = [
+        (sid, seq, point_name(name, desc, cname), desc, linktype)
+        for sid, seq, name, desc, linktype, cname in store.session_points(sids)
+    ]
 
     def compiled(cache, expr, linktype):
         f = cache.get(linktype)
@@ -396,7 +443,7 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
     if bpf_filter:
         user_filters = {}
         for lt in {p[4] or 1 for p in points} or {1}:
-            compiled(user_filters, bpf_filter, lt)   # syntax errors before any output
+            compiled(user_filters, bpf_filter, lt)  # syntax errors before any output
 
         def user_match(data, wirelen, lt):
             return compiled(user_filters, bpf_filter, lt).match(data, wirelen)
@@ -416,9 +463,13 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         for seg_id, offset, _ts in store.indexed_packets(flow_ids):
             flow_offsets.setdefault(seg_id, set()).add(offset)
         first, last = store.flow_span(flow_ids)
-        if first is not None:          # scan the files that overlap the flows' time
-            scan = [g for g in segments if lo_hi[g.id][1] >= first - SKIP_SLACK_NS and
-                    lo_hi[g.id][0] <= last + SKIP_SLACK_NS]
+        if first is not None:  # scan the files that overlap the flows' time
+            scan = [
+                g
+                for g in segments
+                if lo_hi[g.id][1] >= first - SKIP_SLACK_NS
+                and lo_hi[g.id][0] <= last + SKIP_SLACK_NS
+            ]
     sources = []
     scanned = {g.id for g in scan}
     for order, g in enumerate(segments):
@@ -430,19 +481,26 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
             only = flow_offsets.get(g.id)
             if not only:
                 continue
-        sources.append(_Source(g, store.segment_path(g.path), lo + SKIP_SLACK_NS -
-                               MERGE_SLACK_NS, hi, order, only))
-    comments = {fid: f"flow {fid}: {nat}" if nat else f"flow {fid}"
-                for fid, nat in store.flow_nats(sids).items()}
+        sources.append(
+            _Source(
+                g, store.segment_path(g.path), lo + SKIP_SLACK_NS - MERGE_SLACK_NS, hi, order, only
+            )
+        )
+    comments = {
+        fid: f"flow {fid}: {nat}" if nat else f"flow {fid}"
+        for fid, nat in store.flow_nats(sids).items()
+    }
 
     def write(fh):
         with PcapNgWriter(fh, flush_interval=None) as w:
             ifmap = _Interfaces(w)
-            for sid, seq, name, desc, linktype in points:   # same name: one interface
-                ifmap.add((sid, seq), name or f"point{seq}", desc or "", linktype or 1,
-                          snaplen or 0)
-            job = _Export(store, since, until, flow_offsets, flow_match, user_match,
-                          comments, ifmap)
+            for sid, seq, name, desc, linktype in points:  # same name: one interface
+                ifmap.add(
+                    (sid, seq), name or f"point{seq}", desc or "", linktype or 1, snaplen or 0
+                )
+            job = _Export(
+                store, since, until, flow_offsets, flow_match, user_match, comments, ifmap
+            )
             n = w.write_rows(_merge(sources, job.rows), ifmap)
             return n, len(w.interfaces), job.missing
 
@@ -462,8 +520,7 @@ def export(store, session_id=None, container=None, since=None, until=None, flow=
         with replacing as fh:
             n, nif, missing = write(fh)
         name = str(out)
-    return {"output": name, "packets": n, "interfaces": nif, "sessions": sids,
-            "missing": missing}
+    return {"output": name, "packets": n, "interfaces": nif, "sessions": sids, "missing": missing}
 
 
 def _bounds(store, seg):

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import __version__
-from .probes import cdefs
 from .errors import CorruptInputError, NotFoundError, UsageError
+from .probes import cdefs
 from .runtime.fsutil import atomic_write
 
 # Block types
@@ -74,11 +74,11 @@ DIRECTION_NAMES = {0: None, 1: "in", 2: "out", 3: None}
 MAX_BLOCK = 16 * 1024 * 1024
 
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
-_EPB_HEAD = struct.Struct("<IIIIIII")   # type, total len, if id, ts hi, ts lo, caplen, len
+_EPB_HEAD = struct.Struct("<IIIIIII")  # type, total len, if id, ts hi, ts lo, caplen, len
 _U32 = struct.Struct("<I")
 # the local-use block type of the trace's fillers between EPBs (written once, in packets.h)
 (TRACE_FILLER,) = cdefs.require(Path(cdefs.__file__).with_name("packets.h"), "FILLER_TYPE")
-RAW_EPB = -1    # write_rows(): orig_len meaning `data` is a whole EPB to copy (see there)
+RAW_EPB = -1  # write_rows(): orig_len meaning `data` is a whole EPB to copy (see there)
 _OPT_END = b"\0\0\0\0"
 # epb_flags option (code 2, length 4) with the direction bits, then end of options
 _FLAG_OPTS = {d: struct.pack("<HHI", EPB_FLAGS, 4, d) for d in (1, 2)}
@@ -107,8 +107,17 @@ class PcapNgWriter:
     so a quiet trace is on disk too.
     """
 
-    def __init__(self, path_or_file, *, hardware=None, os=None, appname=None,
-                 flush_every=1000, flush_interval=0.5, section=True):
+    def __init__(
+        self,
+        path_or_file,
+        *,
+        hardware=None,
+        os=None,
+        appname=None,
+        flush_every=1000,
+        flush_interval=0.5,
+        section=True,
+    ):
         if hasattr(path_or_file, "write"):
             self._fh, self._owned = path_or_file, False
             self.path = getattr(path_or_file, "name", None)
@@ -120,12 +129,12 @@ class PcapNgWriter:
         self._flush_every = flush_every
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()
-        self._interfaces = []          # (name, linktype, ns per timestamp unit)
-        self._batch = None             # write_rows()'s buffer of pending blocks
-        self._written = 0              # bytes handed to the file object by this writer
+        self._interfaces = []  # (name, linktype, ns per timestamp unit)
+        self._batch = None  # write_rows()'s buffer of pending blocks
+        self._written = 0  # bytes handed to the file object by this writer
         self.packets = 0
         self.closed = False
-        if not section:     # a continuation of a section written elsewhere (export)
+        if not section:  # a continuation of a section written elsewhere (export)
             return
         uname = platform.uname()
         body = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
@@ -137,8 +146,9 @@ class PcapNgWriter:
         self.flush()
 
     # -- interfaces --------------------------------------------------------------
-    def add_interface(self, name, description="", linktype=LINKTYPE_ETHERNET, snaplen=0,
-                      tsresol_ns=True):
+    def add_interface(
+        self, name, description="", linktype=LINKTYPE_ETHERNET, snaplen=0, tsresol_ns=True
+    ):
         """Write an Interface Description Block; returns its interface id (0, 1, ...).
 
         Timestamps given to write_packet are always nanoseconds; with tsresol_ns=False
@@ -151,7 +161,7 @@ class PcapNgWriter:
             body += _opt(IF_DESCRIPTION, description)
         body += _opt(IF_TSRESOL, bytes([9 if tsresol_ns else 6]))
         body += _OPT_END
-        if self._batch is not None:     # called from inside write_rows(): keep block order
+        if self._batch is not None:  # called from inside write_rows(): keep block order
             self._batch += _block(IDB, body)
         else:
             self._buf += _block(IDB, body)
@@ -175,8 +185,9 @@ class PcapNgWriter:
                 raise IndexError(if_id)
             div = self._interfaces[if_id][2]
         except (IndexError, TypeError):
-            raise UsageError(f"write_packet: unknown interface id {if_id!r}",
-                             "call add_interface() first") from None
+            raise UsageError(
+                f"write_packet: unknown interface id {if_id!r}", "call add_interface() first"
+            ) from None
         ts = ts_ns // div if div != 1 else ts_ns
         caplen = len(data)
         opts = b""
@@ -191,8 +202,15 @@ class PcapNgWriter:
         pad = _PAD[caplen & 3]
         total = 32 + caplen + len(pad) + len(opts)
         buf = self._buf
-        buf += _EPB_HEAD.pack(EPB, total, if_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
-                              caplen, orig_len if orig_len is not None else caplen)
+        buf += _EPB_HEAD.pack(
+            EPB,
+            total,
+            if_id,
+            (ts >> 32) & 0xFFFFFFFF,
+            ts & 0xFFFFFFFF,
+            caplen,
+            orig_len if orig_len is not None else caplen,
+        )
         buf += data
         buf += pad
         buf += opts
@@ -201,8 +219,10 @@ class PcapNgWriter:
         self._pending += 1
         if self._pending >= self._flush_every:
             self.flush()
-        elif self._flush_interval is not None and \
-                time.monotonic() - self._last_flush >= self._flush_interval:
+        elif (
+            self._flush_interval is not None
+            and time.monotonic() - self._last_flush >= self._flush_interval
+        ):
             self.flush()
 
     def write_rows(self, rows, if_map):
@@ -220,11 +240,14 @@ class PcapNgWriter:
         u32 = _U32.pack
         pack_opt = _OPT_HEAD.pack
         # pad after the data + direction flags + end of options, for comment-less rows
-        tails = [_PAD[pad] + (_FLAG_OPTS[d] + _OPT_END if d else b"")
-                 for pad in range(4) for d in range(3)]
+        tails = [
+            _PAD[pad] + (_FLAG_OPTS[d] + _OPT_END if d else b"")
+            for pad in range(4)
+            for d in range(3)
+        ]
         flag_opts = (b"", _FLAG_OPTS[1], _FLAG_OPTS[2])
         dmap = _DIR_CODES
-        buf = self._batch = bytearray()   # add_interface() on a miss appends its IDB here
+        buf = self._batch = bytearray()  # add_interface() on a miss appends its IDB here
         write = self._fh.write
         put_u32 = _U32.pack_into
         n = 0
@@ -246,19 +269,32 @@ class PcapNgWriter:
                 if comment:
                     c = comment.encode("utf-8")[:65535]
                     k = len(c)
-                    opts = (_PAD[caplen & 3] + flag_opts[d] + pack_opt(OPT_COMMENT, k) + c +
-                            _PAD[k & 3] + _OPT_END)
+                    opts = (
+                        _PAD[caplen & 3]
+                        + flag_opts[d]
+                        + pack_opt(OPT_COMMENT, k)
+                        + c
+                        + _PAD[k & 3]
+                        + _OPT_END
+                    )
                 else:
                     opts = tails[(caplen & 3) * 3 + d]
                 total = 32 + caplen + len(opts)
-                if_id = if_map[point]       # before the EPB: a new IDB must come first
-                buf += head(EPB, total, if_id, ts >> 32, ts & 0xFFFFFFFF, caplen,
-                            caplen if wirelen is None else wirelen)
+                if_id = if_map[point]  # before the EPB: a new IDB must come first
+                buf += head(
+                    EPB,
+                    total,
+                    if_id,
+                    ts >> 32,
+                    ts & 0xFFFFFFFF,
+                    caplen,
+                    caplen if wirelen is None else wirelen,
+                )
                 buf += data
                 buf += opts
                 buf += u32(total)
                 n += 1
-                if len(buf) >= 1 << 20:     # ~1 MiB per write: memory stays flat
+                if len(buf) >= 1 << 20:  # ~1 MiB per write: memory stays flat
                     write(buf)
                     self._written += len(buf)
                     buf.clear()
@@ -298,6 +334,7 @@ class PcapNgWriter:
 # -- reading -----------------------------------------------------------------------
 class Interface(NamedTuple):
     """An interface as read from a file: `file` and `index` identify it uniquely."""
+
     file: str
     section: int
     index: int
@@ -310,12 +347,13 @@ class Interface(NamedTuple):
 class Packet(NamedTuple):
     """One record: `ts_ns` is nanoseconds since the epoch whatever the file's resolution;
     `offset` is the byte offset of its block (pcapng) or record header (pcap) in the file."""
+
     interface: Interface
     ts_ns: int
     data: bytes
     orig_len: int
-    direction: str   # 'in' | 'out' | None
-    comment: str     # None when absent (several comments are joined with '; ')
+    direction: str  # 'in' | 'out' | None
+    comment: str  # None when absent (several comments are joined with '; ')
     offset: int = -1
 
 
@@ -329,14 +367,14 @@ class _Chunks:
     def __init__(self, fh, name, chunk=1 << 20):
         self.fh, self.name, self.chunk = fh, name, chunk
         self.buf = b""
-        self.pos = 0         # position in buf
-        self.offset = 0      # file offset of buf[0]
+        self.pos = 0  # position in buf
+        self.offset = 0  # file offset of buf[0]
 
     def take(self, n, what):
         """Exactly n bytes, or CorruptInputError naming `what` and the offset."""
         end = self.pos + n
         if end > len(self.buf):
-            rest = self.buf[self.pos:]
+            rest = self.buf[self.pos :]
             self.offset += self.pos
             more = self.fh.read(max(self.chunk, n - len(rest)))
             self.buf = rest + more
@@ -345,8 +383,9 @@ class _Chunks:
             if end > len(self.buf):
                 raise _Truncated(
                     f"cannot read {self.name}: truncated {what} at byte {self.offset}",
-                    "the capture was cut short; re-copy it or drop it from the inputs")
-        out = self.buf[self.pos:end]
+                    "the capture was cut short; re-copy it or drop it from the inputs",
+                )
+        out = self.buf[self.pos : end]
         self.pos = end
         return out
 
@@ -355,7 +394,7 @@ class _Chunks:
         when the file ends inside them."""
         if self.pos + n <= len(self.buf):
             return True
-        rest = self.buf[self.pos:]
+        rest = self.buf[self.pos :]
         self.offset += self.pos
         self.buf = rest + self.fh.read(max(self.chunk, n - len(rest)))
         self.pos = 0
@@ -365,7 +404,8 @@ class _Chunks:
             return False
         raise _Truncated(
             f"cannot read {self.name}: truncated {what} at byte {self.offset}",
-            "the capture was cut short; re-copy it or drop it from the inputs")
+            "the capture was cut short; re-copy it or drop it from the inputs",
+        )
 
     def at_eof(self):
         if self.pos < len(self.buf):
@@ -380,8 +420,9 @@ class _Chunks:
 
 
 def _corrupt(name, what, offset):
-    return CorruptInputError(f"cannot read {name}: {what} at byte {offset}",
-                             "the file is damaged or not a capture")
+    return CorruptInputError(
+        f"cannot read {name}: {what} at byte {offset}", "the file is damaged or not a capture"
+    )
 
 
 def read_packets(path, *, partial_ok=False):
@@ -403,20 +444,24 @@ def read_packets(path, *, partial_ok=False):
     with fh:
         r = _Chunks(fh, str(path))
         if r.at_eof():
-            raise CorruptInputError(f"cannot read {path}: empty file",
-                                    "not a pcap or pcapng capture")
+            raise CorruptInputError(
+                f"cannot read {path}: empty file", "not a pcap or pcapng capture"
+            )
         head = r.buf[:4]
         if len(head) < 4:
             raise CorruptInputError(f"cannot read {path}: too short to be a capture")
         magic_le = struct.unpack("<I", head)[0]
         if magic_le == SHB:
             reader = _read_pcapng(r, path)
-        elif magic_le in (PCAP_USEC, PCAP_NSEC) or \
-                struct.unpack(">I", head)[0] in (PCAP_USEC, PCAP_NSEC):
+        elif magic_le in (PCAP_USEC, PCAP_NSEC) or struct.unpack(">I", head)[0] in (
+            PCAP_USEC,
+            PCAP_NSEC,
+        ):
             reader = _read_pcap(r, path)
         else:
-            raise CorruptInputError(f"cannot read {path}: not a pcap or pcapng file "
-                                    f"(magic 0x{magic_le:08x})")
+            raise CorruptInputError(
+                f"cannot read {path}: not a pcap or pcapng file (magic 0x{magic_le:08x})"
+            )
         try:
             yield from reader
         except _Truncated:
@@ -457,7 +502,7 @@ def _parse_options(buf, endian, name, offset):
             break
         if pos + length > n:
             raise _corrupt(name, "option runs past its block", offset)
-        out.append((code, buf[pos:pos + length]))
+        out.append((code, buf[pos : pos + length]))
         pos += (length + 3) & ~3
     return out
 
@@ -467,7 +512,7 @@ def _section_structs(endian):
         "head": struct.Struct(endian + "II"),
         "u32": struct.Struct(endian + "I"),
         "epb": struct.Struct(endian + "IIIII"),
-        "epb_whole": struct.Struct(endian + "IIIIIII"),   # head + epb, one unpack
+        "epb_whole": struct.Struct(endian + "IIIIIII"),  # head + epb, one unpack
         # the options area of a packet that has only a direction
         "in": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 1, 0, 0),
         "out": struct.pack(endian + "HHIHH", EPB_FLAGS, 4, 2, 0, 0),
@@ -484,15 +529,14 @@ class _Section:
         self.name = name
         self.endian = "<"
         self.number = -1
-        self.interfaces = []   # [(Interface, mult, div, pow2 shift or None, tsoffset_ns)]
+        self.interfaces = []  # [(Interface, mult, div, pow2 shift or None, tsoffset_ns)]
         self.st = _section_structs("<")
 
 
 def _ts(interfaces, if_id, hi, lo):
     _, mult, div, shift, tsoffset = interfaces[if_id]
     raw = (hi << 32) | lo
-    return ((raw * 1_000_000_000) >> shift if shift is not None
-            else raw * mult // div) + tsoffset
+    return ((raw * 1_000_000_000) >> shift if shift is not None else raw * mult // div) + tsoffset
 
 
 def _epb(buf, pos, total, off, sec):
@@ -510,7 +554,7 @@ def _epb(buf, pos, total, off, sec):
     dstart = pos + 28
     if dstart + caplen > end:
         raise _corrupt(name, "captured length runs past its block", off)
-    data = buf[dstart:dstart + caplen]
+    data = buf[dstart : dstart + caplen]
     direction = comment = None
     optstart = dstart + ((caplen + 3) & ~3)
     if optstart < end:
@@ -521,8 +565,9 @@ def _epb(buf, pos, total, off, sec):
             direction = "out"
         else:
             direction, comment = _packet_options(opts, sec.endian, name, off, True)
-    return Packet(interfaces[if_id][0], _ts(interfaces, if_id, hi, lo), data, length,
-                  direction, comment, off)
+    return Packet(
+        interfaces[if_id][0], _ts(interfaces, if_id, hi, lo), data, length, direction, comment, off
+    )
 
 
 def _keys_run(buf, pos, base, sec, keys):
@@ -539,24 +584,41 @@ def _keys_run(buf, pos, base, sec, keys):
     whole = st["epb_whole"].unpack_from
     nif = len(interfaces)
     while pos + 8 <= n:
-        if pos + 28 <= n:             # the usual block, a whole EPB: checked in one go
+        if pos + 28 <= n:  # the usual block, a whole EPB: checked in one go
             btype, total, if_id, hi, lo, caplen, _ = whole(buf, pos)
             end = pos + total
-            if btype == EPB and 32 <= total <= MAX_BLOCK and not total % 4 and end <= n and \
-                    if_id < nif and pos + 28 + caplen <= end - 4 and \
-                    u32(buf, end - 4)[0] == total:
+            if (
+                btype == EPB
+                and 32 <= total <= MAX_BLOCK
+                and not total % 4
+                and end <= n
+                and if_id < nif
+                and pos + 28 + caplen <= end - 4
+                and u32(buf, end - 4)[0] == total
+            ):
                 ts = (hi << 32) | lo if plain[if_id] else _ts(interfaces, if_id, hi, lo)
                 append((ts << shift) | (base + pos))
                 pos = end
                 continue
-            if btype == TRACE_FILLER and 12 <= total <= 64 and not total % 4 and \
-                    pos + total <= n and u32(buf, pos + total - 4)[0] == total:
-                pos += total              # the trace's filler between EPBs
+            if (
+                btype == TRACE_FILLER
+                and 12 <= total <= 64
+                and not total % 4
+                and pos + total <= n
+                and u32(buf, pos + total - 4)[0] == total
+            ):
+                pos += total  # the trace's filler between EPBs
                 continue
         btype, total = head(buf, pos)
         end = pos + total
-        if total < 12 or total % 4 or total > MAX_BLOCK or end > n or \
-                btype in (SHB, IDB) or u32(buf, end - 4)[0] != total:
+        if (
+            total < 12
+            or total % 4
+            or total > MAX_BLOCK
+            or end > n
+            or btype in (SHB, IDB)
+            or u32(buf, end - 4)[0] != total
+        ):
             return pos
         if btype == EPB:
             if total < 32:
@@ -587,7 +649,7 @@ def _read_pcapng(r, path, sec=None, keys=None):
                 break
             buf, pos = r.buf, r.pos
         off = r.offset + pos
-        if buf[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+        if buf[pos : pos + 4] == b"\x0a\x0d\x0d\x0a":
             head = r.take(8, "block header")
             bom = r.take(4, "section header")
             if bom == b"\x4d\x3c\x2b\x1a":
@@ -615,12 +677,12 @@ def _read_pcapng(r, path, sec=None, keys=None):
         if total < 12 or total % 4 or total > MAX_BLOCK:
             raise _corrupt(name, f"bad block length {total}", off)
         r.fill(total, "block")
-        buf, pos = r.buf, r.pos          # fill() may have moved the buffer
+        buf, pos = r.buf, r.pos  # fill() may have moved the buffer
         r.pos = pos + total
         end = pos + total - 4
         if st["u32"].unpack_from(buf, end)[0] != total:
             raise _corrupt(name, "block lengths disagree", off)
-        if btype == EPB:                  # the hot path
+        if btype == EPB:  # the hot path
             if keys is None:
                 pkt = _epb(buf, pos, total, off, sec)
                 last_ts = pkt.ts_ns
@@ -635,7 +697,7 @@ def _read_pcapng(r, path, sec=None, keys=None):
                 raise _corrupt(name, "captured length runs past its block", off)
             keys.append((_ts(interfaces, if_id, hi, lo) << KEY_SHIFT) | off)
             continue
-        body = buf[pos + 8:end]
+        body = buf[pos + 8 : end]
         if btype == IDB:
             if len(body) < 8:
                 raise _corrupt(name, "interface block too short", off)
@@ -653,8 +715,7 @@ def _read_pcapng(r, path, sec=None, keys=None):
                     tsoffset = struct.unpack(endian + "q", val)[0] * 1_000_000_000
             if not (resol & 0x80) and resol > 30 or (resol & 0x80) and (resol & 0x7F) > 63:
                 raise _corrupt(name, f"impossible if_tsresol {resol}", off)
-            iface = Interface(name, sec.number, len(interfaces), ifname, desc, linktype,
-                              snaplen)
+            iface = Interface(name, sec.number, len(interfaces), ifname, desc, linktype, snaplen)
             if resol & 0x80:
                 interfaces.append((iface, 1, 1, resol & 0x7F, tsoffset))
             elif resol <= 9:
@@ -662,7 +723,7 @@ def _read_pcapng(r, path, sec=None, keys=None):
             else:
                 interfaces.append((iface, 1, 10 ** (resol - 9), None, tsoffset))
         elif keys is not None:
-            continue                      # segment files hold EPBs only
+            continue  # segment files hold EPBs only
         elif btype == PB_OBSOLETE:
             if len(body) < 20:
                 raise _corrupt(name, "packet block too short", off)
@@ -674,8 +735,9 @@ def _read_pcapng(r, path, sec=None, keys=None):
             optstart = 20 + ((caplen + 3) & ~3)
             _, comment = _packet_options(body[optstart:], endian, name, off, False)
             last_ts = _ts(interfaces, if_id, hi, lo)
-            yield Packet(interfaces[if_id][0], last_ts, body[20:20 + caplen], length, None,
-                         comment, off)
+            yield Packet(
+                interfaces[if_id][0], last_ts, body[20 : 20 + caplen], length, None, comment, off
+            )
         elif btype == SPB:
             if not interfaces:
                 raise _corrupt(name, "simple packet block before any interface", off)
@@ -685,13 +747,13 @@ def _read_pcapng(r, path, sec=None, keys=None):
             length = struct.unpack(endian + "I", body[:4])[0]
             caplen = min(length, iface.snaplen or length, len(body) - 4)
             # an SPB has no timestamp: keep it where it sits in the file
-            yield Packet(iface, last_ts, body[4:4 + caplen], length, None, None, off)
+            yield Packet(iface, last_ts, body[4 : 4 + caplen], length, None, None, off)
         # other blocks (name resolution, statistics, secrets, custom, local use) are
         # skipped, as the pcapng spec asks of readers that do not know them
 
 
 # -- segment files ----------------------------------------------------------------------
-KEY_SHIFT = 40          # Segment.keys(): ts_ns << 40 | offset (files up to 1 TiB)
+KEY_SHIFT = 40  # Segment.keys(): ts_ns << 40 | offset (files up to 1 TiB)
 KEY_OFFSET = (1 << KEY_SHIFT) - 1
 
 
@@ -729,7 +791,7 @@ class Segment:
                 pass
         except _Truncated:
             self.truncated_at = r.offset + r.pos
-        keys.sort()          # runs: timsort merges them (linear when already in order)
+        keys.sort()  # runs: timsort merges them (linear when already in order)
         return keys
 
     @property
@@ -748,10 +810,14 @@ class Segment:
         try:
             btype, total = self.sec.st["head"].unpack_from(mm, offset)
         except struct.error:
-            raise _corrupt(self.path, "packet offset past the end of the file",
-                           offset) from None
-        if btype != EPB or total % 4 or total > MAX_BLOCK or offset + total > len(mm) or \
-                self.sec.st["u32"].unpack_from(mm, offset + total - 4)[0] != total:
+            raise _corrupt(self.path, "packet offset past the end of the file", offset) from None
+        if (
+            btype != EPB
+            or total % 4
+            or total > MAX_BLOCK
+            or offset + total > len(mm)
+            or self.sec.st["u32"].unpack_from(mm, offset + total - 4)[0] != total
+        ):
             raise _corrupt(self.path, "no packet block at this offset", offset)
         return _epb(mm, offset, total, offset, self.sec)
 
@@ -822,15 +888,21 @@ def merge(inputs, output):
         with replacing as fh, PcapNgWriter(fh, flush_interval=None) as w:
             ifmap = _MergeInterfaces(w)
             # ties keep input order, then file order (heapq.merge is stable)
-            rows = ((p.ts_ns, p.data, p.interface, p.direction, p.orig_len, p.comment)
-                    for p in heapq.merge(*streams, key=_ts_key))
+            rows = (
+                (p.ts_ns, p.data, p.interface, p.direction, p.orig_len, p.comment)
+                for p in heapq.merge(*streams, key=_ts_key)
+            )
             count = w.write_rows(rows, ifmap)
     except BaseException:
         for gen in streams:
             gen.close()
         raise
-    return {"output": str(output), "packets": count, "interfaces": len(ifmap),
-            "inputs": len(inputs)}
+    return {
+        "output": str(output),
+        "packets": count,
+        "interfaces": len(ifmap),
+        "inputs": len(inputs),
+    }
 
 
 def _ts_key(pkt):
@@ -846,5 +918,6 @@ class _MergeInterfaces(dict):
 
     def __missing__(self, iface):
         if_id = self[iface] = self.writer.add_interface(
-            interface_label(iface), iface.description, iface.linktype, iface.snaplen)
+            interface_label(iface), iface.description, iface.linktype, iface.snaplen
+        )
         return if_id

@@ -31,7 +31,7 @@ def start_ticks(pid):
             data = f.read()
     except OSError:
         return 0
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     if fields[0] == b"Z":
         return 0
     return int(fields[19])
@@ -56,8 +56,10 @@ def delete_netns(name):
     """Kill every process in the named network namespace (`ip netns`), then delete it.
     Missing namespaces and processes that are already gone are not errors."""
     import subprocess
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                          text=True).stdout.split()
+
+    pids = subprocess.run(
+        ["ip", "netns", "pids", name], capture_output=True, text=True
+    ).stdout.split()
     for pid in pids:
         try:
             os.kill(int(pid), 9)

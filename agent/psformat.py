@@ -13,14 +13,29 @@ import time
 from . import gotemplate
 
 # ps --format placeholders -> table headers (docker/cli formatter)
-PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
-              "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
-              "State": "STATE", "Status": "STATUS", "Size": "SIZE", "Names": "NAMES",
-              "Labels": "LABELS", "Mounts": "MOUNTS", "Networks": "NETWORKS",
-              "LocalVolumes": "LOCAL VOLUMES", "Pid": "PID", "IPAddress": "IP ADDRESS",
-              "ExitCode": "EXIT CODE", "Id": "CONTAINER ID"}
-PS_DEFAULT = ("table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t"
-              "{{.Ports}}\t{{.Names}}")
+PS_HEADERS = {
+    "ID": "CONTAINER ID",
+    "Image": "IMAGE",
+    "Command": "COMMAND",
+    "CreatedAt": "CREATED AT",
+    "RunningFor": "CREATED",
+    "Ports": "PORTS",
+    "State": "STATE",
+    "Status": "STATUS",
+    "Size": "SIZE",
+    "Names": "NAMES",
+    "Labels": "LABELS",
+    "Mounts": "MOUNTS",
+    "Networks": "NETWORKS",
+    "LocalVolumes": "LOCAL VOLUMES",
+    "Pid": "PID",
+    "IPAddress": "IP ADDRESS",
+    "ExitCode": "EXIT CODE",
+    "Id": "CONTAINER ID",
+}
+PS_DEFAULT = (
+    "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+)
 
 
 def human_duration(seconds: float) -> str:
@@ -73,8 +88,9 @@ def display_ports(ports) -> str:
     """Docker's PORTS column from [{"IP", "PrivatePort", "PublicPort", "Type"}] (api
     types.Port): published ports as `0.0.0.0:8088->80/tcp`, exposed ones as `80/tcp`,
     consecutive ones grouped as `8000-8001->80-81`."""
-    ports = sorted(ports, key=lambda p: (p["PrivatePort"], p.get("IP", ""),
-                                         p.get("PublicPort", 0), p["Type"]))
+    ports = sorted(
+        ports, key=lambda p: (p["PrivatePort"], p.get("IP", ""), p.get("PublicPort", 0), p["Type"])
+    )
     groups: dict[str, list[int]] = {}
     order: list[str] = []
     result: list[str] = []
@@ -121,14 +137,21 @@ def container_ports(c):
             except (TypeError, ValueError):
                 continue
             proto = p.get("proto", "tcp")
-            out.append({"IP": p.get("host_ip") or "0.0.0.0", "PrivatePort": priv,
-                        "PublicPort": pub, "Type": proto})
+            out.append(
+                {
+                    "IP": p.get("host_ip") or "0.0.0.0",
+                    "PrivatePort": priv,
+                    "PublicPort": pub,
+                    "Type": proto,
+                }
+            )
             seen.add((priv, proto))
     for key in (c.image_config or {}).get("ExposedPorts") or {}:
         port, _, proto = str(key).partition("/")
         if port.isdigit() and (int(port), proto or "tcp") not in seen:
-            out.append({"IP": "", "PrivatePort": int(port), "PublicPort": 0,
-                        "Type": proto or "tcp"})
+            out.append(
+                {"IP": "", "PrivatePort": int(port), "PublicPort": 0, "Type": proto or "tcp"}
+            )
     return out
 
 
@@ -147,23 +170,34 @@ def ps_row(c, now=None) -> dict:
         status = f"Restarting ({c.exit_code}) {since(c.finished_at, now)} ago"
     elif c.status == "exited":
         status = f"Exited ({c.exit_code}) {since(c.finished_at, now)} ago" + (
-            " (OOMKilled)" if c.oom_killed else "")
+            " (OOMKilled)" if c.oom_killed else ""
+        )
     elif c.status == "damaged":
         status = "Damaged"
     else:
         status = "Created"
     state = "restarting" if getattr(c, "restarting", False) else c.status
-    row = {"Command": f'"{cmd}"', "CreatedAt": _docker_time(c.created), "ID": c.short_id,
-           "Image": c.image, "Labels": "", "LocalVolumes": "0",
-           "Mounts": ",".join(v.split(":")[0] for v in (c.spec.volumes or [])),
-           "Names": c.name,
-           "Networks": (c.network or {}).get("mode") or c.spec.network_mode or "",
-           "Ports": display_ports(container_ports(c)),
-           "RunningFor": f"{since(c.created, now)} ago", "Size": "0B",
-           "State": state, "Status": status,
-           # pyinspect's own (scripts read them)
-           "Id": c.id, "ExitCode": c.exit_code, "Pid": c.pid,
-           "IPAddress": (c.network or {}).get("ip", "")}
+    row = {
+        "Command": f'"{cmd}"',
+        "CreatedAt": _docker_time(c.created),
+        "ID": c.short_id,
+        "Image": c.image,
+        "Labels": "",
+        "LocalVolumes": "0",
+        "Mounts": ",".join(v.split(":")[0] for v in (c.spec.volumes or [])),
+        "Names": c.name,
+        "Networks": (c.network or {}).get("mode") or c.spec.network_mode or "",
+        "Ports": display_ports(container_ports(c)),
+        "RunningFor": f"{since(c.created, now)} ago",
+        "Size": "0B",
+        "State": state,
+        "Status": status,
+        # pyinspect's own (scripts read them)
+        "Id": c.id,
+        "ExitCode": c.exit_code,
+        "Pid": c.pid,
+        "IPAddress": (c.network or {}).get("ip", ""),
+    }
     if c.status == "damaged":
         row["Error"] = c.error  # what is wrong with the record (`inspect` says it too)
     return row
@@ -173,7 +207,7 @@ def truncate_command(row, width=20):
     """The COMMAND cell as the default table shows it (Docker: quoted, 20 runes + …)."""
     cmd = row["Command"][1:-1]
     if len(cmd) > width:
-        cmd = cmd[:width - 1] + "…"
+        cmd = cmd[: width - 1] + "…"
     return {**row, "Command": f'"{cmd}"'}
 
 
@@ -198,6 +232,7 @@ def format_ps(rows, fmt=None):
     (default), `json`, `table TEMPLATE` or a Go template. TemplateError when the
     template is invalid."""
     import json
+
     if fmt:  # docker/cli takes \t and \n as written in a shell
         fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
     if fmt in (None, "", "table"):
@@ -206,10 +241,15 @@ def format_ps(rows, fmt=None):
     if fmt == "json":
         return [json.dumps(r) for r in rows]
     if fmt.startswith("table"):
-        body = fmt[len("table"):].lstrip(" ")
+        body = fmt[len("table") :].lstrip(" ")
         tmpl = gotemplate.parse(body)
-        header = gotemplate.render(body, {k: PS_HEADERS.get(k, k.upper()) for k in
-                                          set(PS_HEADERS) | set(rows[0] if rows else {})})
+        header = gotemplate.render(
+            body,
+            {
+                k: PS_HEADERS.get(k, k.upper())
+                for k in set(PS_HEADERS) | set(rows[0] if rows else {})
+            },
+        )
         lines = [header] + [tmpl.render(r) for r in rows]
         return tabwrite("\n".join(lines).split("\n"))
     tmpl = gotemplate.parse(fmt)

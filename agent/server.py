@@ -45,6 +45,7 @@ class Agent:
     def _run(self):
         from . import events
         from .store import Store
+
         store = Store(database_path(self.root))
         follower = events.Follower(self.root, store)
         try:
@@ -88,13 +89,22 @@ def serve(root, bind="127.0.0.1", port=8900, probes=True, threads=8, log=print):
     app = create_app(root)
     overview = app.extensions["pyinspect"]
     try:  # bind first: a taken port makes no token and starts no probes
-        server = waitress.create_server(app, host=bind, port=port, threads=threads,
-                                        channel_timeout=30, clear_untrusted_proxy_headers=True)
+        server = waitress.create_server(
+            app,
+            host=bind,
+            port=port,
+            threads=threads,
+            channel_timeout=30,
+            clear_untrusted_proxy_headers=True,
+        )
     except OSError as exc:
         cls = ConflictError if exc.errno == errno.EADDRINUSE else UsageError
-        raise cls(f"serve: cannot listen on {bind}:{port}: {exc.strerror}",
-                  "choose another --port" if cls is ConflictError
-                  else "--bind takes an address of this host") from None
+        raise cls(
+            f"serve: cannot listen on {bind}:{port}: {exc.strerror}",
+            "choose another --port"
+            if cls is ConflictError
+            else "--bind takes an address of this host",
+        ) from None
     if not loopback:  # set before server.run(), so before any request is served
         token, new = load_or_create_token(root)
         app.config["PYINSPECT_TOKEN"] = token

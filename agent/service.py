@@ -37,15 +37,18 @@ def pyinspect_command() -> str:
         return beside
     found = shutil.which("pyinspect")
     if not found:
-        raise UnavailableError("cannot find the pyinspect command to put in the unit",
-                               "install pyinspect (make install)")
+        raise UnavailableError(
+            "cannot find the pyinspect command to put in the unit",
+            "install pyinspect (make install)",
+        )
     return os.path.abspath(found)
 
 
 def unit_text(root: str, command: str) -> str:
     """The unit file's text for state root `root`."""
-    exec_start = " ".join(shlex.quote(a) for a in
-                          (command, "--root", os.path.abspath(root), "autostart", "--boot"))
+    exec_start = " ".join(
+        shlex.quote(a) for a in (command, "--root", os.path.abspath(root), "autostart", "--boot")
+    )
     return (
         "[Unit]\n"
         "Description=pyinspect: start containers whose restart policy says so\n"
@@ -58,7 +61,8 @@ def unit_text(root: str, command: str) -> str:
         "KillMode=process\n"
         "\n"
         "[Install]\n"
-        "WantedBy=multi-user.target\n")
+        "WantedBy=multi-user.target\n"
+    )
 
 
 def install(root: str, unit_dir: str = "/etc/systemd/system", enable: bool = True) -> Installed:
@@ -72,12 +76,16 @@ def install(root: str, unit_dir: str = "/etc/systemd/system", enable: bool = Tru
     if not enable:
         return Installed(path)
     if not os.path.isdir("/run/systemd/system") or not shutil.which("systemctl"):
-        return Installed(path, "systemd does not run this machine: the unit was written but "
-                               f"not enabled (run `pyinspect --root {root} autostart --boot` "
-                               "from your init system at boot)")
+        return Installed(
+            path,
+            "systemd does not run this machine: the unit was written but "
+            f"not enabled (run `pyinspect --root {root} autostart --boot` "
+            "from your init system at boot)",
+        )
     for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", UNIT_NAME]):
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise UnavailableError(f"{' '.join(argv)} failed: "
-                                   f"{(proc.stderr or proc.stdout).strip()[:200]}")
+            raise UnavailableError(
+                f"{' '.join(argv)} failed: {(proc.stderr or proc.stdout).strip()[:200]}"
+            )
     return Installed(path)

@@ -35,69 +35,184 @@ from .proc import pid_alive, started_by
 
 def _m1_base(db):
     db["containers"].create(
-        {"id": str, "name": str, "image": str, "created_ns": int, "removed_ns": int,
-         "detail": str},
-        pk="id", if_not_exists=True)
+        {"id": str, "name": str, "image": str, "created_ns": int, "removed_ns": int, "detail": str},
+        pk="id",
+        if_not_exists=True,
+    )
     db["events"].create(
-        {"id": int, "ts_ns": int, "kind": str, "pid": int, "ppid": int, "comm": str,
-         "cgroup_id": int, "netns": int, "pidns": int, "mntns": int,
-         "container_id": str, "container_name": str, "session_id": int, "detail": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "ts_ns": int,
+            "kind": str,
+            "pid": int,
+            "ppid": int,
+            "comm": str,
+            "cgroup_id": int,
+            "netns": int,
+            "pidns": int,
+            "mntns": int,
+            "container_id": str,
+            "container_name": str,
+            "session_id": int,
+            "detail": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["events"].create_index(["ts_ns"], if_not_exists=True)
     db["events"].create_index(["container_id", "ts_ns"], if_not_exists=True)
     db["events"].create_index(["kind", "ts_ns"], if_not_exists=True)
     db["probe_loss"].create(
         {"id": int, "ts_ns": int, "probe": str, "lost": int, "session_id": int},
-        pk="id", if_not_exists=True)
+        pk="id",
+        if_not_exists=True,
+    )
 
 
 def _m2_network_and_traces(db):
     db["interfaces"].create(
-        {"id": int, "snapshot_ns": int, "netns": int, "netns_name": str, "ifindex": int,
-         "ifname": str, "kind": str, "iflink": int, "peer_ifname": str, "peer_netns": int,
-         "mac": str, "addrs": str, "master": str, "state": str, "container_id": str,
-         "container_name": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "snapshot_ns": int,
+            "netns": int,
+            "netns_name": str,
+            "ifindex": int,
+            "ifname": str,
+            "kind": str,
+            "iflink": int,
+            "peer_ifname": str,
+            "peer_netns": int,
+            "mac": str,
+            "addrs": str,
+            "master": str,
+            "state": str,
+            "container_id": str,
+            "container_name": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["interfaces"].create_index(["snapshot_ns"], if_not_exists=True)
     db["trace_sessions"].create(
-        {"id": int, "container_id": str, "container_name": str, "started_ns": int,
-         "stopped_ns": int, "filter": str, "snaplen": int, "status": str, "pcap_path": str,
-         "summary": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "container_id": str,
+            "container_name": str,
+            "started_ns": int,
+            "stopped_ns": int,
+            "filter": str,
+            "snaplen": int,
+            "status": str,
+            "pcap_path": str,
+            "summary": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["capture_points"].create(
-        {"id": int, "session_id": int, "name": str, "description": str, "ifindex": int,
-         "netns": int, "linktype": int},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "session_id": int,
+            "name": str,
+            "description": str,
+            "ifindex": int,
+            "netns": int,
+            "linktype": int,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["packets"].create(
-        {"id": int, "session_id": int, "ts_ns": int, "point_id": int, "direction": str,
-         "len": int, "caplen": int, "data": bytes, "flow_id": int, "comment": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "session_id": int,
+            "ts_ns": int,
+            "point_id": int,
+            "direction": str,
+            "len": int,
+            "caplen": int,
+            "data": bytes,
+            "flow_id": int,
+            "comment": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["packets"].create_index(["session_id", "ts_ns"], if_not_exists=True)
     db["packets"].create_index(["flow_id"], if_not_exists=True)
     db["flows"].create(
-        {"id": int, "session_id": int, "ct_id": int, "proto": str,
-         "orig_src": str, "orig_sport": int, "orig_dst": str, "orig_dport": int,
-         "reply_src": str, "reply_sport": int, "reply_dst": str, "reply_dport": int,
-         "nat": str, "first_ns": int, "last_ns": int, "detail": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "session_id": int,
+            "ct_id": int,
+            "proto": str,
+            "orig_src": str,
+            "orig_sport": int,
+            "orig_dst": str,
+            "orig_dport": int,
+            "reply_src": str,
+            "reply_sport": int,
+            "reply_dst": str,
+            "reply_dport": int,
+            "nat": str,
+            "first_ns": int,
+            "last_ns": int,
+            "detail": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["flows"].create_index(["session_id"], if_not_exists=True)
     db["hops"].create(
-        {"id": int, "session_id": int, "flow_id": int, "packet_id": int, "ts_ns": int,
-         "table_name": str, "chain": str, "rule_num": int, "rule_text": str,
-         "verdict": str, "detail": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "session_id": int,
+            "flow_id": int,
+            "packet_id": int,
+            "ts_ns": int,
+            "table_name": str,
+            "chain": str,
+            "rule_num": int,
+            "rule_text": str,
+            "verdict": str,
+            "detail": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["hops"].create_index(["session_id", "ts_ns"], if_not_exists=True)
     db["drops"].create(
-        {"id": int, "session_id": int, "ts_ns": int, "reason": str, "location": str,
-         "ifindex": int, "flow_id": int, "detail": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "session_id": int,
+            "ts_ns": int,
+            "reason": str,
+            "location": str,
+            "ifindex": int,
+            "flow_id": int,
+            "detail": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
 
 
 def _m3_findings(db):
     db["findings"].create(
-        {"id": int, "run_ns": int, "check_name": str, "severity": str, "container": str,
-         "summary": str, "evidence": str, "fix": str, "runbook": str},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "run_ns": int,
+            "check_name": str,
+            "severity": str,
+            "container": str,
+            "summary": str,
+            "evidence": str,
+            "fix": str,
+            "runbook": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db["findings"].create_index(["run_ns"], if_not_exists=True)
 
 
@@ -108,11 +223,12 @@ def _m4_probe_loss_lag(db):
 
 
 def _m5_doctor_memory(db):
-    db["doctor_memory"].create({"key": str, "value": str, "updated_ns": int},
-                               pk="key", if_not_exists=True)
+    db["doctor_memory"].create(
+        {"key": str, "value": str, "updated_ns": int}, pk="key", if_not_exists=True
+    )
 
 
-SEGMENT_DIR = "pcap"            # <database dir>/pcap/<session id>/seg-00001.pcapng ...
+SEGMENT_DIR = "pcap"  # <database dir>/pcap/<session id>/seg-00001.pcapng ...
 
 
 def segment_name(seq):
@@ -135,18 +251,23 @@ def _m6_packets_in_segment_files(db):
     """
     from .pcap_export import point_name  # the names the tracer gives its segment files
     from .pcapng import PcapNgWriter
+
     conn = db.conn
     conn.execute("""CREATE TABLE IF NOT EXISTS pcap_segments (
         id INTEGER PRIMARY KEY, session_id INTEGER, seq INTEGER, path TEXT,
         started_ns INTEGER, ended_ns INTEGER, bytes INTEGER, complete INTEGER)""")
-    conn.execute("CREATE INDEX IF NOT EXISTS idx_pcap_segments_session_id_seq"
-                 " ON pcap_segments (session_id, seq)")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS idx_pcap_segments_session_id_seq"
+        " ON pcap_segments (session_id, seq)"
+    )
     conn.execute("""CREATE TABLE IF NOT EXISTS packet_index (
         id INTEGER PRIMARY KEY, session_id INTEGER, segment_id INTEGER, offset INTEGER,
         ts_ns INTEGER, point_id INTEGER, flow_id INTEGER, direction TEXT, len INTEGER)""")
     conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_flow_id ON packet_index (flow_id)")
-    conn.execute("CREATE INDEX IF NOT EXISTS idx_packet_index_segment_id_offset"
-                 " ON packet_index (segment_id, offset)")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS idx_packet_index_segment_id_offset"
+        " ON packet_index (segment_id, offset)"
+    )
     if "pid" not in db["trace_sessions"].columns_dict:
         conn.execute("ALTER TABLE trace_sessions ADD COLUMN pid INTEGER")
     if "seq" not in db["capture_points"].columns_dict:
@@ -157,11 +278,15 @@ def _m6_packets_in_segment_files(db):
     if "packets" not in db.table_names():
         return
     base = Path(conn.execute("PRAGMA database_list").fetchone()[2] or ".").parent
-    sessions = [r[0] for r in conn.execute(
-        "SELECT DISTINCT session_id FROM packets ORDER BY session_id")]
+    sessions = [
+        r[0] for r in conn.execute("SELECT DISTINCT session_id FROM packets ORDER BY session_id")
+    ]
     for sid in sessions:
-        info = conn.execute("SELECT container_name, snaplen, started_ns, stopped_ns"
-                            " FROM trace_sessions WHERE id = ?", (sid,)).fetchone()
+        info = conn.execute(
+            "SELECT container_name, snaplen, started_ns, stopped_ns"
+            " FROM trace_sessions WHERE id = ?",
+            (sid,),
+        ).fetchone()
         cname, snaplen, started, stopped = info or (None, 0, None, None)
         rel = Path(SEGMENT_DIR) / str(sid) / segment_name(1)
         path = base / rel
@@ -171,31 +296,43 @@ def _m6_packets_in_segment_files(db):
         first = last = None
         seg_id = conn.execute(
             "INSERT INTO pcap_segments (session_id, seq, path, complete) VALUES (?, 1, ?, 0)",
-            (sid, str(rel))).lastrowid
-        with open(tmp, "wb") as fh, PcapNgWriter(fh, flush_interval=None,
-                                                 flush_every=10_000) as w:
+            (sid, str(rel)),
+        ).lastrowid
+        with open(tmp, "wb") as fh, PcapNgWriter(fh, flush_interval=None, flush_every=10_000) as w:
             for pid, name, desc, linktype in conn.execute(
-                    "SELECT id, name, description, linktype FROM capture_points"
-                    " WHERE session_id = ? ORDER BY id", (sid,)).fetchall():
-                if_ids[pid] = w.add_interface(point_name(name, desc, cname) or f"point{pid}",
-                                              desc or "", linktype or 1, snaplen or 0)
-            for (pid,) in conn.execute("SELECT DISTINCT point_id FROM packets"
-                                       " WHERE session_id = ? ORDER BY point_id",
-                                       (sid,)).fetchall():
+                "SELECT id, name, description, linktype FROM capture_points"
+                " WHERE session_id = ? ORDER BY id",
+                (sid,),
+            ).fetchall():
+                if_ids[pid] = w.add_interface(
+                    point_name(name, desc, cname) or f"point{pid}",
+                    desc or "",
+                    linktype or 1,
+                    snaplen or 0,
+                )
+            for (pid,) in conn.execute(
+                "SELECT DISTINCT point_id FROM packets WHERE session_id = ? ORDER BY point_id",
+                (sid,),
+            ).fetchall():
                 if pid not in if_ids:
-                    if_ids[pid] = w.add_interface(f"point{pid}",
-                                                  "capture point not in the store")
+                    if_ids[pid] = w.add_interface(f"point{pid}", "capture point not in the store")
             batch = []
             cur = conn.execute(
                 "SELECT id, ts_ns, point_id, direction, len, coalesce(data, x''), flow_id,"
-                " comment FROM packets WHERE session_id = ? ORDER BY ts_ns, id", (sid,))
+                " comment FROM packets WHERE session_id = ? ORDER BY ts_ns, id",
+                (sid,),
+            )
             for pkt_id, ts, pid, direction, wirelen, data, fid, comment in cur:
                 offset = w.tell()
-                w.write_packet(if_ids[pid], ts, data,
-                               orig_len=len(data) if wirelen is None else wirelen,
-                               direction=direction, comment=comment)
-                batch.append((pkt_id, sid, seg_id, offset, ts, pid, fid, direction,
-                              wirelen))
+                w.write_packet(
+                    if_ids[pid],
+                    ts,
+                    data,
+                    orig_len=len(data) if wirelen is None else wirelen,
+                    direction=direction,
+                    comment=comment,
+                )
+                batch.append((pkt_id, sid, seg_id, offset, ts, pid, fid, direction, wirelen))
                 first = ts if first is None else first
                 last = ts
                 if len(batch) >= 10_000:
@@ -207,9 +344,14 @@ def _m6_packets_in_segment_files(db):
         os.replace(tmp, path)
         conn.execute(
             "UPDATE pcap_segments SET started_ns = ?, ended_ns = ?, bytes = ?, complete = 1"
-            " WHERE id = ?", (min(x for x in (started, first) if x is not None),
-                              max(x for x in (stopped, last) if x is not None),
-                              path.stat().st_size, seg_id))
+            " WHERE id = ?",
+            (
+                min(x for x in (started, first) if x is not None),
+                max(x for x in (stopped, last) if x is not None),
+                path.stat().st_size,
+                seg_id,
+            ),
+        )
         _fsync_dir(path.parent)
     _fsync_dir(base / SEGMENT_DIR)
     conn.execute("""UPDATE trace_sessions SET status = 'killed',
@@ -221,8 +363,11 @@ def _m6_packets_in_segment_files(db):
 
 
 def _insert_index_rows(conn, rows):
-    conn.executemany("INSERT INTO packet_index (id, session_id, segment_id, offset, ts_ns,"
-                     " point_id, flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany(
+        "INSERT INTO packet_index (id, session_id, segment_id, offset, ts_ns,"
+        " point_id, flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
 
 
 def _fsync_dir(path):
@@ -244,13 +389,17 @@ def _m7_lean_packet_index(db):
 # Append only: a new step gets the next version. Never edit an applied step.
 MIGRATIONS = [
     ("base: containers, events, probe_loss", _m1_base),
-    ("interfaces, trace sessions, capture points, packets, flows, hops, drops",
-     _m2_network_and_traces),
+    (
+        "interfaces, trace sessions, capture points, packets, flows, hops, drops",
+        _m2_network_and_traces,
+    ),
     ("doctor findings", _m3_findings),
     ("probe_loss: reader lag and detail", _m4_probe_loss_lag),
     ("doctor memory: remembered port mappings and acknowledged counters", _m5_doctor_memory),
-    ("packets in pcapng segment files: pcap_segments, packet_index, session pid, point seq",
-     _m6_packets_in_segment_files),
+    (
+        "packets in pcapng segment files: pcap_segments, packet_index, session pid, point seq",
+        _m6_packets_in_segment_files,
+    ),
     ("packet_index without its (session_id, ts_ns) index", _m7_lean_packet_index),
 ]
 
@@ -263,16 +412,19 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UnavailableError(f"cannot create the state directory {self.path.parent}: "
-                                   f"{exc.strerror}", "use another --root") from None
+            raise UnavailableError(
+                f"cannot create the state directory {self.path.parent}: {exc.strerror}",
+                "use another --root",
+            ) from None
         try:
             self.db = sqlite_utils.Database(str(self.path))
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute("PRAGMA synchronous=NORMAL")
         except Exception as exc:  # sqlite3.DatabaseError: not a database
-            raise CorruptInputError(f"cannot open store {self.path}: {exc}",
-                                    "move the file away or use another --root") from exc
+            raise CorruptInputError(
+                f"cannot open store {self.path}: {exc}", "move the file away or use another --root"
+            ) from exc
         self._depth = 0
         self._event_columns = None  # the events table's columns, once an insert has read them
         self._migrate()
@@ -281,7 +433,9 @@ class Store:
     def _migrate(self):
         self.db.table("schema_version").create(
             {"version": int, "description": str, "applied_ns": int},
-            pk="version", if_not_exists=True)
+            pk="version",
+            if_not_exists=True,
+        )
         done = {row["version"] for row in self.db.table("schema_version").rows}
         conn = self.db.conn
         for version, (description, step) in enumerate(MIGRATIONS, start=1):
@@ -293,13 +447,16 @@ class Store:
             try:
                 with conn:
                     conn.execute("BEGIN IMMEDIATE")
-                    if conn.execute("SELECT 1 FROM schema_version WHERE version = ?",
-                                    (version,)).fetchone():
+                    if conn.execute(
+                        "SELECT 1 FROM schema_version WHERE version = ?", (version,)
+                    ).fetchone():
                         continue
                     step(self.db)
-                    conn.execute("INSERT INTO schema_version (version, description,"
-                                 " applied_ns) VALUES (?, ?, ?)",
-                                 (version, description, time.time_ns()))
+                    conn.execute(
+                        "INSERT INTO schema_version (version, description,"
+                        " applied_ns) VALUES (?, ?, ?)",
+                        (version, description, time.time_ns()),
+                    )
             finally:
                 conn.execute("PRAGMA busy_timeout=5000")
 
@@ -335,11 +492,11 @@ class Store:
                 # a column the table does not have yet: sqlite-utils adds it
                 self.db.table("events").insert_all(rows, alter=True)
                 self._event_columns = set(self.db["events"].columns_dict)
-            else:                      # the usual case: one prepared statement
+            else:  # the usual case: one prepared statement
                 self.db.conn.executemany(
-                    f"INSERT INTO events ({', '.join(keys)}) VALUES "
-                    f"({', '.join('?' * len(keys))})",
-                    [[r.get(k) for k in keys] for r in rows])
+                    f"INSERT INTO events ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                    [[r.get(k) for k in keys] for r in rows],
+                )
         return len(rows)
 
     # -- transactions -------------------------------------------------------------
@@ -372,8 +529,18 @@ class Store:
             self.db.conn.executemany(sql, rows)
 
     # -- trace sessions (the tracer's writes) ------------------------------------------
-    def begin_trace(self, *, container_id, container_name, started_ns, points, pid=None,
-                    filter="", snaplen=0, pcap_path=""):
+    def begin_trace(
+        self,
+        *,
+        container_id,
+        container_name,
+        started_ns,
+        points,
+        pid=None,
+        filter="",
+        snaplen=0,
+        pcap_path="",
+    ):
         """A `running` session row and its capture points (seq = position in `points`:
         the interface id in the segment files). `points` are TracePoint (or dicts of
         its fields). Returns TraceIds(session_id, point_ids)."""
@@ -382,26 +549,44 @@ class Store:
             sid = self._run(
                 "INSERT INTO trace_sessions (container_id, container_name, started_ns,"
                 " filter, snaplen, status, pcap_path, pid) VALUES (?,?,?,?,?,'running',?,?)",
-                (container_id, container_name, started_ns, filter or "", snaplen,
-                 str(pcap_path or ""), os.getpid() if pid is None else pid)).lastrowid
-            ids = [self._run(
-                "INSERT INTO capture_points (session_id, seq, name, description, ifindex,"
-                " netns, linktype) VALUES (?,?,?,?,?,?,?)",
-                (sid, seq, p.name, p.description, p.ifindex, p.netns, p.linktype)).lastrowid
-                for seq, p in enumerate(pts)]
+                (
+                    container_id,
+                    container_name,
+                    started_ns,
+                    filter or "",
+                    snaplen,
+                    str(pcap_path or ""),
+                    os.getpid() if pid is None else pid,
+                ),
+            ).lastrowid
+            ids = [
+                self._run(
+                    "INSERT INTO capture_points (session_id, seq, name, description, ifindex,"
+                    " netns, linktype) VALUES (?,?,?,?,?,?,?)",
+                    (sid, seq, p.name, p.description, p.ifindex, p.netns, p.linktype),
+                ).lastrowid
+                for seq, p in enumerate(pts)
+            ]
         return TraceIds(sid, ids)
 
     def end_trace(self, session_id, status="stopped", summary=None, stopped_ns=None):
         """Mark a session ended with its summary (a dict, stored as JSON)."""
-        self._run("UPDATE trace_sessions SET stopped_ns = ?, status = ?, summary = ?"
-                  " WHERE id = ?",
-                  (time.time_ns() if stopped_ns is None else stopped_ns, status,
-                   None if summary is None else json.dumps(summary), session_id))
+        self._run(
+            "UPDATE trace_sessions SET stopped_ns = ?, status = ?, summary = ? WHERE id = ?",
+            (
+                time.time_ns() if stopped_ns is None else stopped_ns,
+                status,
+                None if summary is None else json.dumps(summary),
+                session_id,
+            ),
+        )
 
     def fail_trace(self, session_id, why):
         """Mark a session `failed: <why>` (cut at 200 characters)."""
-        self._run("UPDATE trace_sessions SET stopped_ns = ?, status = ? WHERE id = ?",
-                  (time.time_ns(), f"failed: {why}"[:200], session_id))
+        self._run(
+            "UPDATE trace_sessions SET stopped_ns = ?, status = ? WHERE id = ?",
+            (time.time_ns(), f"failed: {why}"[:200], session_id),
+        )
 
     def add_segment(self, session_id, seq, path, started_ns):
         """A segment file the trace has opened; `path` is absolute or relative to the
@@ -409,12 +594,15 @@ class Store:
         return self._run(
             "INSERT INTO pcap_segments (session_id, seq, path, started_ns, complete)"
             " VALUES (?, ?, ?, ?, 0)",
-            (session_id, seq, self._relative(path), started_ns)).lastrowid
+            (session_id, seq, self._relative(path), started_ns),
+        ).lastrowid
 
     def finish_segment(self, segment_id, nbytes, ended_ns):
         """A segment file closed complete with `nbytes` bytes."""
-        self._run("UPDATE pcap_segments SET bytes = ?, ended_ns = ?, complete = 1"
-                  " WHERE id = ?", (nbytes, ended_ns, segment_id))
+        self._run(
+            "UPDATE pcap_segments SET bytes = ?, ended_ns = ?, complete = 1 WHERE id = ?",
+            (nbytes, ended_ns, segment_id),
+        )
 
     def add_index(self, rows):
         """IndexRow rows in one transaction; returns their ids in order (hops refer to
@@ -424,15 +612,18 @@ class Store:
         with self.batch():
             self._run_many(
                 "INSERT INTO packet_index (session_id, segment_id, offset, ts_ns, point_id,"
-                " flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?)", rows)
+                " flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?)",
+                rows,
+            )
             last = self.db.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         # one writer holds the lock for the whole insert: the ids are consecutive
         return list(range(last - len(rows) + 1, last + 1))
 
     def insert_flow(self, row):
         """A FlowRow; returns its id."""
-        return self._run(f"INSERT INTO flows ({_FLOW_COLS}) VALUES ({_FLOW_QS})",
-                         _with_json(row)).lastrowid
+        return self._run(
+            f"INSERT INTO flows ({_FLOW_COLS}) VALUES ({_FLOW_QS})", _with_json(row)
+        ).lastrowid
 
     def update_flow(self, flow_id, row):
         """Replace a flow's columns with a FlowRow's."""
@@ -443,13 +634,16 @@ class Store:
         self._run_many(
             "INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain,"
             " rule_num, rule_text, verdict, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [_with_json(r) for r in rows])
+            [_with_json(r) for r in rows],
+        )
 
     def insert_drops(self, rows):
         """DropRow rows in one transaction."""
         self._run_many(
             "INSERT INTO drops (session_id, ts_ns, reason, location, ifindex, flow_id,"
-            " detail) VALUES (?,?,?,?,?,?,?)", [_with_json(r) for r in rows])
+            " detail) VALUES (?,?,?,?,?,?,?)",
+            [_with_json(r) for r in rows],
+        )
 
     # -- killed traces ---------------------------------------------------------------
     def reap_killed_traces(self):
@@ -463,18 +657,23 @@ class Store:
         try:
             rows = self.db.conn.execute(
                 "SELECT id, pid, started_ns FROM trace_sessions"
-                " WHERE status = 'running' AND pid IS NOT NULL").fetchall()
+                " WHERE status = 'running' AND pid IS NOT NULL"
+            ).fetchall()
         except Exception:  # noqa: BLE001 - a store being migrated by an older version
             return []
-        dead = [(sid, started) for sid, pid, started in rows
-                if not (started_by(pid, started) if started else pid_alive(pid))]
+        dead = [
+            (sid, started)
+            for sid, pid, started in rows
+            if not (started_by(pid, started) if started else pid_alive(pid))
+        ]
         reaped = []
         for sid, started in dead:
             with contextlib.suppress(Exception), self.batch():
                 conn = self.db.conn
-                if conn.execute("SELECT status FROM trace_sessions WHERE id = ?",
-                                (sid,)).fetchone() != ("running",):
-                    continue            # another process reaped it first
+                if conn.execute(
+                    "SELECT status FROM trace_sessions WHERE id = ?", (sid,)
+                ).fetchone() != ("running",):
+                    continue  # another process reaped it first
                 newest = started
                 for seg in self.segments([sid]):
                     st = self._stat(seg.path)
@@ -483,11 +682,15 @@ class Store:
                     mtime = st.st_mtime_ns
                     newest = mtime if newest is None else max(newest, mtime)
                     if not seg.complete:
-                        conn.execute("UPDATE pcap_segments SET bytes = coalesce(bytes, ?),"
-                                     " ended_ns = coalesce(ended_ns, ?) WHERE id = ?",
-                                     (st.st_size, mtime, seg.id))
-                conn.execute("UPDATE trace_sessions SET status = 'killed', stopped_ns = ?"
-                             " WHERE id = ?", (newest, sid))
+                        conn.execute(
+                            "UPDATE pcap_segments SET bytes = coalesce(bytes, ?),"
+                            " ended_ns = coalesce(ended_ns, ?) WHERE id = ?",
+                            (st.st_size, mtime, seg.id),
+                        )
+                conn.execute(
+                    "UPDATE trace_sessions SET status = 'killed', stopped_ns = ? WHERE id = ?",
+                    (newest, sid),
+                )
                 reaped.append(sid)
         return reaped
 
@@ -515,20 +718,28 @@ class Store:
         if not session_ids:
             return []
         qs = ",".join("?" * len(session_ids))
-        return [SegmentInfo(*r) for r in self.db.conn.execute(
-            f"SELECT {_SEGMENT_COLS} FROM pcap_segments WHERE session_id IN ({qs})"
-            " ORDER BY session_id, seq, id", list(session_ids))]
+        return [
+            SegmentInfo(*r)
+            for r in self.db.conn.execute(
+                f"SELECT {_SEGMENT_COLS} FROM pcap_segments WHERE session_id IN ({qs})"
+                " ORDER BY session_id, seq, id",
+                list(session_ids),
+            )
+        ]
 
     def index_span(self, segment_id):
         """(min ts_ns, max ts_ns) of a segment's indexed packets, or (None, None)."""
-        return self.db.conn.execute("SELECT min(ts_ns), max(ts_ns) FROM packet_index"
-                                    " WHERE segment_id = ?", (segment_id,)).fetchone()
+        return self.db.conn.execute(
+            "SELECT min(ts_ns), max(ts_ns) FROM packet_index WHERE segment_id = ?", (segment_id,)
+        ).fetchone()
 
     def flow_offsets(self, segment_id):
         """(offsets, flow ids) of a segment's packets indexed to a flow, by offset."""
         rows = self.db.conn.execute(
             "SELECT offset, flow_id FROM packet_index WHERE segment_id = ?"
-            " AND flow_id IS NOT NULL ORDER BY offset", (segment_id,)).fetchall()
+            " AND flow_id IS NOT NULL ORDER BY offset",
+            (segment_id,),
+        ).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
     def indexed_packets(self, flow_ids):
@@ -539,18 +750,21 @@ class Store:
         qs = ",".join("?" * len(flow_ids))
         return self.db.conn.execute(
             f"SELECT segment_id, offset, ts_ns FROM packet_index WHERE flow_id IN ({qs})"
-            " ORDER BY segment_id, ts_ns, offset", flow_ids).fetchall()
+            " ORDER BY segment_id, ts_ns, offset",
+            flow_ids,
+        ).fetchall()
 
     def indexed_count(self, session_id=None, flow_id=None):
         """Index rows of a session or a flow."""
         if flow_id is not None:
             sql, val = "SELECT count(*) FROM packet_index WHERE flow_id = ?", flow_id
         else:
-            sql = ("SELECT count(*) FROM packet_index WHERE segment_id IN"
-                   " (SELECT id FROM pcap_segments WHERE session_id = ?)")
+            sql = (
+                "SELECT count(*) FROM packet_index WHERE segment_id IN"
+                " (SELECT id FROM pcap_segments WHERE session_id = ?)"
+            )
             val = session_id
         return self.db.conn.execute(sql, (val,)).fetchone()[0]
-
 
     # -- trace sessions (read: pcap ls/export) --------------------------------------------
     def session_list(self) -> list[dict]:
@@ -570,21 +784,26 @@ class Store:
 
     def session_ref(self, session_id: int) -> "SessionRef | None":
         """A session by id, or None."""
-        row = self.db.execute(f"SELECT {_SESSION_REF_COLS} FROM trace_sessions WHERE id = ?",
-                              (session_id,)).fetchone()
+        row = self.db.execute(
+            f"SELECT {_SESSION_REF_COLS} FROM trace_sessions WHERE id = ?", (session_id,)
+        ).fetchone()
         return SessionRef(*row) if row else None
 
     def sessions_of(self, container: str, id_prefix: bool = False) -> "list[SessionRef]":
         """A container's sessions by name or full id (or, with id_prefix, by id prefix),
         oldest first."""
         if id_prefix:
-            rows = self.db.execute(f"SELECT {_SESSION_REF_COLS} FROM trace_sessions"
-                                   " WHERE container_id LIKE ? ORDER BY id",
-                                   (container + "%",)).fetchall()
+            rows = self.db.execute(
+                f"SELECT {_SESSION_REF_COLS} FROM trace_sessions"
+                " WHERE container_id LIKE ? ORDER BY id",
+                (container + "%",),
+            ).fetchall()
         else:
-            rows = self.db.execute(f"SELECT {_SESSION_REF_COLS} FROM trace_sessions"
-                                   " WHERE container_name = ? OR container_id = ? ORDER BY id",
-                                   (container, container)).fetchall()
+            rows = self.db.execute(
+                f"SELECT {_SESSION_REF_COLS} FROM trace_sessions"
+                " WHERE container_name = ? OR container_id = ? ORDER BY id",
+                (container, container),
+            ).fetchall()
         return [SessionRef(*r) for r in rows]
 
     def session_points(self, session_ids: list[int]) -> list[tuple]:
@@ -595,7 +814,9 @@ class Store:
         return self.db.execute(
             "SELECT c.session_id, c.seq, c.name, c.description, c.linktype, s.container_name"
             " FROM capture_points c JOIN trace_sessions s ON s.id = c.session_id"
-            f"{w.sql()} ORDER BY c.id", w.params).fetchall()
+            f"{w.sql()} ORDER BY c.id",
+            w.params,
+        ).fetchall()
 
     def flow_sides(self, session_ids: list[int]) -> list[tuple]:
         """(id, proto, orig src/sport/dst/dport, reply src/sport/dst/dport) of the
@@ -605,7 +826,8 @@ class Store:
         return self.db.execute(
             "SELECT id, proto, orig_src, orig_sport, orig_dst, orig_dport,"
             " reply_src, reply_sport, reply_dst, reply_dport FROM flows" + w.sql(),
-            w.params).fetchall()
+            w.params,
+        ).fetchall()
 
     def flow_nats(self, session_ids: list[int]) -> dict[int, str | None]:
         """{flow id: its NAT text} of the sessions' flows."""
@@ -621,7 +843,9 @@ class Store:
         w.add_in("id", sorted(flow_ids))
         first, last, unknown = self.db.execute(
             "SELECT min(first_ns), max(last_ns), sum(first_ns IS NULL OR last_ns IS NULL)"
-            " FROM flows" + w.sql(), w.params).fetchone()
+            " FROM flows" + w.sql(),
+            w.params,
+        ).fetchone()
         return (None, None) if unknown else (first, last)
 
     # -- events, probe loss ----------------------------------------------------------------
@@ -640,8 +864,9 @@ class Store:
         by_kind = dict(self.db.execute("SELECT kind, count(*) FROM events GROUP BY kind"))
         recent = 0
         if since_ns is not None:
-            recent = self.db.execute("SELECT count(*) FROM events WHERE ts_ns >= ?",
-                                     (since_ns,)).fetchone()[0]
+            recent = self.db.execute(
+                "SELECT count(*) FROM events WHERE ts_ns >= ?", (since_ns,)
+            ).fetchone()[0]
         return by_kind, recent
 
     def probe_records_lost(self) -> int:
@@ -673,11 +898,12 @@ class Store:
             # ts_ns index and stops), then the few rows left are merged: ordering the UNION
             # as a whole sorted every stored event (2.5 s with 1M events)
             arm_page = " LIMIT ?" if q.limit is not None else ""
-            arms = [f"SELECT * FROM (SELECT * FROM ({src}){cond}{order}{arm_page})"
-                    for src in (_EVENT_ROWS, _FLOW_ROWS, _DROP_ROWS)]
+            arms = [
+                f"SELECT * FROM (SELECT * FROM ({src}){cond}{order}{arm_page})"
+                for src in (_EVENT_ROWS, _FLOW_ROWS, _DROP_ROWS)
+            ]
             sql = " UNION ALL ".join(arms) + order + page
-            arm_params = params + ([int(q.limit) + int(q.offset)] if q.limit is not None
-                                   else [])
+            arm_params = params + ([int(q.limit) + int(q.offset)] if q.limit is not None else [])
             params = arm_params * len(arms)
         else:
             sql = f"SELECT * FROM ({_EVENT_ROWS}){cond}{order}{page}"
@@ -690,15 +916,18 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if type(exc) is not sqlite3.DatabaseError:  # locked, busy...: not damage
                 raise
-            raise CorruptInputError(f"reading events from store {self.path}: {exc}",
-                                    "move the file away or use another --root") from exc
+            raise CorruptInputError(
+                f"reading events from store {self.path}: {exc}",
+                "move the file away or use another --root",
+            ) from exc
         return [dict(zip(names, r, strict=False)) for r in rows]
 
     # -- flows and hops (read) --------------------------------------------------------------
     def flow_counts(self) -> dict[int, int]:
         """{session id: flows}."""
-        return dict(self.db.execute(
-            "SELECT session_id, count(*) FROM flows GROUP BY session_id").fetchall())
+        return dict(
+            self.db.execute("SELECT session_id, count(*) FROM flows GROUP BY session_id").fetchall()
+        )
 
     def flow_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM flows").fetchone()[0]
@@ -706,8 +935,9 @@ class Store:
     def last_flow_id(self) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM flows").fetchone()[0]
 
-    def recent_flows(self, session_id: int | None = None, after_id: int | None = None,
-                     limit: int = 500) -> list[dict]:
+    def recent_flows(
+        self, session_id: int | None = None, after_id: int | None = None, limit: int = 500
+    ) -> list[dict]:
         """Flow rows (dicts, newest first) with `packets`: how many packets the trace's
         analysis indexed to each (the segment files may hold more)."""
         w = _Where()
@@ -718,7 +948,8 @@ class Store:
         cur = self.db.execute(
             "SELECT f.*, (SELECT count(*) FROM packet_index p WHERE p.flow_id = f.id)"
             f" AS packets FROM flows f{w.sql()} ORDER BY f.id DESC LIMIT ?",
-            [*w.params, limit])
+            [*w.params, limit],
+        )
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=False)) for r in cur.fetchall()]
 
@@ -726,14 +957,18 @@ class Store:
         """(proto, orig_src, orig_sport, orig_dst, orig_dport) of a session's flow, or None."""
         return self.db.execute(
             "SELECT proto, orig_src, orig_sport, orig_dst, orig_dport FROM flows "
-            "WHERE id = ? AND session_id = ?", (flow_id, session_id)).fetchone()
+            "WHERE id = ? AND session_id = ?",
+            (flow_id, session_id),
+        ).fetchone()
 
     def flow_rule_hops(self, flow_id: int, limit: int = 200) -> list[tuple]:
         """(table, chain, rule_num, verdict) of a flow's rule hops (not its captures), in
         time order."""
         return self.db.execute(
             "SELECT table_name, chain, rule_num, verdict FROM hops WHERE flow_id = ? "
-            "AND table_name != 'capture' ORDER BY ts_ns LIMIT ?", (flow_id, limit)).fetchall()
+            "AND table_name != 'capture' ORDER BY ts_ns LIMIT ?",
+            (flow_id, limit),
+        ).fetchall()
 
     def session_summaries(self) -> list[str | None]:
         """The summary column (JSON text or None) of every trace session."""
@@ -741,16 +976,19 @@ class Store:
 
     def latest_session_of(self, container_name: str) -> tuple[int, int | None] | None:
         """(id, started_ns) of the newest trace session of a container, or None."""
-        return self.db.execute("SELECT id, started_ns FROM trace_sessions WHERE"
-                               " container_name = ? ORDER BY id DESC LIMIT 1",
-                               [container_name]).fetchone()
+        return self.db.execute(
+            "SELECT id, started_ns FROM trace_sessions WHERE"
+            " container_name = ? ORDER BY id DESC LIMIT 1",
+            [container_name],
+        ).fetchone()
 
     def drop_reasons(self, session_id: int, limit: int = 3) -> list[tuple[str, str, int]]:
         """[(reason, location, count)] of a session's drops, most frequent first."""
         return self.db.execute(
             "SELECT reason, location, count(*) FROM drops WHERE session_id = ? "
             "GROUP BY reason, location ORDER BY count(*) DESC LIMIT ?",
-            [session_id, limit]).fetchall()
+            [session_id, limit],
+        ).fetchall()
 
     def dropping_hops(self, session_id: int, limit: int = 3) -> list[tuple]:
         """[(table, chain, rule_num, rule_text, verdict, count)] of a session's DROP/REJECT
@@ -759,7 +997,8 @@ class Store:
             "SELECT table_name, chain, rule_num, rule_text, verdict, count(*) FROM hops "
             "WHERE session_id = ? AND verdict IN ('DROP', 'REJECT') "
             "GROUP BY table_name, chain, rule_num ORDER BY count(*) DESC LIMIT ?",
-            [session_id, limit]).fetchall()
+            [session_id, limit],
+        ).fetchall()
 
     # -- doctor: findings and memory ----------------------------------------------------------
     def insert_findings(self, rows: list[dict]) -> None:
@@ -770,8 +1009,7 @@ class Store:
 
     def recent_findings(self, limit: int = 200) -> list[dict]:
         """findings rows (dicts), newest run first."""
-        cur = self.db.execute("SELECT * FROM findings ORDER BY run_ns DESC, id LIMIT ?",
-                              (limit,))
+        cur = self.db.execute("SELECT * FROM findings ORDER BY run_ns DESC, id LIMIT ?", (limit,))
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=False)) for r in cur.fetchall()]
 
@@ -787,8 +1025,12 @@ class Store:
                 self.db.table("doctor_memory").delete_where("key = ?", [k])
             if items:
                 self.db.table("doctor_memory").upsert_all(
-                    [{"key": k, "value": json.dumps(v, sort_keys=True), "updated_ns": now}
-                     for k, v in items.items()], pk="key")
+                    [
+                        {"key": k, "value": json.dumps(v, sort_keys=True), "updated_ns": now}
+                        for k, v in items.items()
+                    ],
+                    pk="key",
+                )
 
     # -- interfaces (veth map snapshots) -------------------------------------------------------
     def insert_interfaces(self, rows: list[dict]) -> None:
@@ -802,8 +1044,9 @@ class Store:
         row = self.db.execute("SELECT max(snapshot_ns) FROM interfaces").fetchone()
         if not row or row[0] is None:
             return []
-        return list(self.db.query("SELECT * FROM interfaces WHERE snapshot_ns = ? ORDER BY id",
-                                  [row[0]]))
+        return list(
+            self.db.query("SELECT * FROM interfaces WHERE snapshot_ns = ? ORDER BY id", [row[0]])
+        )
 
 
 class _Where:
@@ -828,6 +1071,7 @@ class _Where:
 @dataclass
 class TimelineQuery:
     """What `Store.timeline()` returns: filters (epoch ns), paging and order."""
+
     container: str | None = None
     since_ns: int | None = None
     until_ns: int | None = None
@@ -848,10 +1092,13 @@ _NOT_A_SESSION_COPY = """NOT (e.session_id IS NOT NULL AND EXISTS (
 # The timeline's sources, each a SELECT with the same columns: stored events (less a trace
 # session's copies), and, with packets, traced connections and explained drops (negative
 # ids: they are not `events` rows).
-_EVENT_ROWS = """
+_EVENT_ROWS = (
+    """
     SELECT id, ts_ns, kind, pid, ppid, comm, cgroup_id, netns, pidns, mntns,
            container_id, container_name, session_id, detail FROM events AS e
-    WHERE """ + _NOT_A_SESSION_COPY
+    WHERE """
+    + _NOT_A_SESSION_COPY
+)
 _FLOW_ROWS = """
     SELECT -f.id AS id, f.first_ns AS ts_ns, 'flow' AS kind, NULL AS pid, NULL AS ppid,
            NULL AS comm, NULL AS cgroup_id, NULL AS netns, NULL AS pidns, NULL AS mntns,
@@ -870,10 +1117,12 @@ _DROP_ROWS = """
            AS detail
     FROM drops d JOIN trace_sessions s ON s.id = d.session_id"""
 
+
 # -- typed rows ------------------------------------------------------------------------
 @dataclass
 class TracePoint:
     """A capture point as begin_trace() stores it."""
+
     name: str
     description: str = ""
     ifindex: int | None = None
@@ -889,14 +1138,15 @@ class TraceIds(NamedTuple):
 class IndexRow(NamedTuple):
     """One packet of a segment file that the analysis looked at (a NamedTuple: one is
     made per analysed packet, and SQLite takes it as it is)."""
+
     session_id: int
     segment_id: int
-    offset: int              # of its EPB in the segment file
+    offset: int  # of its EPB in the segment file
     ts_ns: int
     point_id: int
     flow_id: int | None = None
     direction: str | None = None
-    len: int | None = None   # original length on the wire
+    len: int | None = None  # original length on the wire
 
 
 @dataclass
@@ -922,7 +1172,7 @@ class FlowRow:
 class HopRow:
     session_id: int
     flow_id: int | None
-    packet_id: int | None    # a packet_index id
+    packet_id: int | None  # a packet_index id
     ts_ns: int
     table_name: str
     chain: str
@@ -945,6 +1195,7 @@ class DropRow:
 
 class SessionRef(NamedTuple):
     """What export needs of a trace session."""
+
     id: int
     container_id: str | None
     container_name: str | None
@@ -958,7 +1209,7 @@ class SegmentInfo(NamedTuple):
     id: int
     session_id: int
     seq: int
-    path: str              # relative to the database's directory
+    path: str  # relative to the database's directory
     started_ns: int | None
     ended_ns: int | None
     bytes: int | None
@@ -982,7 +1233,6 @@ def _with_json(row):
     values = [getattr(row, name) for name in _field_names(row.__class__)]
     values[-1] = _json_text(values[-1])
     return values
-
 
 
 @functools.cache

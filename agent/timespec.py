@@ -13,8 +13,15 @@ import time
 from .errors import UsageError
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d)$")
-_UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9,
-            "h": 3600 * 10**9, "d": 86400 * 10**9}
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "ms": 1_000_000,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+    "d": 86400 * 10**9,
+}
 FORMS = "a duration ago (30s, 10m, 2h, 1d), epoch seconds or ns, or an ISO 8601 time"
 EXAMPLE = "e.g. 5m, 1764417600, 2026-11-29T12:00:00Z"
 
@@ -51,12 +58,11 @@ def parse_time(text, now_ns=None, what="time"):
     except ValueError:
         raise UsageError(f"bad {what} {text!r}: expected {FORMS}", EXAMPLE) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
+        when = when.replace(tzinfo=_dt.UTC)
     return _checked(int(when.timestamp()) * 10**9 + when.microsecond * 1000, text, what)
 
 
 def _checked(ns, text, what):
     if ns is None or not 0 <= ns < 2**63:
-        raise UsageError(f"bad {what} {text!r}: out of range (before 1970 or after 2262)",
-                         EXAMPLE)
+        raise UsageError(f"bad {what} {text!r}: out of range (before 1970 or after 2262)", EXAMPLE)
     return ns

@@ -16,9 +16,11 @@ BOX_H = 30
 def _box(x, y, title, sub="", cls="node"):
     t = escape(str(title))
     s = escape(str(sub))
-    return (f'<g class="{cls}"><rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="5" '
-            f'fill="#fff" stroke="#57606a"/><text x="{x + 8}" y="{y + 13}">{t}</text>'
-            f'<text x="{x + 8}" y="{y + 26}" fill="#57606a">{s}</text></g>')
+    return (
+        f'<g class="{cls}"><rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="5" '
+        f'fill="#fff" stroke="#57606a"/><text x="{x + 8}" y="{y + 13}">{t}</text>'
+        f'<text x="{x + 8}" y="{y + 26}" fill="#57606a">{s}</text></g>'
+    )
 
 
 def _line(x1, y1, x2, y2):
@@ -36,8 +38,13 @@ def layout(rows):
         if not bridges:
             continue
         enslaved = {r["ifname"] for r in links if r.get("master")}
-        uplinks = [r for r in links if r.get("kind") not in ("bridge", "loopback", "ifb")
-                   and r["ifname"] not in enslaved and r.get("up")]
+        uplinks = [
+            r
+            for r in links
+            if r.get("kind") not in ("bridge", "loopback", "ifb")
+            and r["ifname"] not in enslaved
+            and r.get("up")
+        ]
         band = {"netns": links[0].get("netns_name") or ns, "uplinks": uplinks, "bridges": []}
         for br in bridges:
             ports = [r for r in links if r.get("master") == br["ifname"]]
@@ -56,8 +63,10 @@ def render_svg(rows):
     parts, y = [], 10
     index = {(r["netns"], r["ifindex"]): r for r in rows}
     for band in layout(rows):
-        parts.append(f'<text x="{COL_X[0]}" y="{y + 12}" font-weight="bold">netns '
-                     f'{escape(str(band["netns"]))}</text>')
+        parts.append(
+            f'<text x="{COL_X[0]}" y="{y + 12}" font-weight="bold">netns '
+            f"{escape(str(band['netns']))}</text>"
+        )
         y += 22
         top = y
         up_y = top
@@ -70,22 +79,40 @@ def render_svg(rows):
             bridge_y = by
             parts.append(_box(COL_X[1], bridge_y, f"{br['ifname']} (bridge)", _addr(br), "bridge"))
             for i in range(len(band["uplinks"])):
-                parts.append(_line(COL_X[0] + BOX_W, top + i * ROW_H + BOX_H / 2,
-                                   COL_X[1], bridge_y + BOX_H / 2))
+                parts.append(
+                    _line(
+                        COL_X[0] + BOX_W,
+                        top + i * ROW_H + BOX_H / 2,
+                        COL_X[1],
+                        bridge_y + BOX_H / 2,
+                    )
+                )
             py = bridge_y
             for port in b["ports"] or []:
-                parts.append(_box(COL_X[2], py, port["ifname"], f"ifindex {port['ifindex']}",
-                                  "veth"))
-                parts.append(_line(COL_X[1] + BOX_W, bridge_y + BOX_H / 2, COL_X[2],
-                                   py + BOX_H / 2))
+                parts.append(
+                    _box(COL_X[2], py, port["ifname"], f"ifindex {port['ifindex']}", "veth")
+                )
+                parts.append(
+                    _line(COL_X[1] + BOX_W, bridge_y + BOX_H / 2, COL_X[2], py + BOX_H / 2)
+                )
                 if port.get("peer_ifname"):
                     peer = index.get((port.get("peer_netns"), port.get("peer_ifindex"))) or {}
-                    owner = (peer.get("container_name") or port.get("peer_netns_name")
-                             or port.get("peer_netns") or "?")
-                    parts.append(_box(COL_X[3], py, f"{owner}/{port['peer_ifname']}",
-                                      f"ifindex {port.get('peer_ifindex')}", "container"))
-                    parts.append(_line(COL_X[2] + BOX_W, py + BOX_H / 2, COL_X[3],
-                                       py + BOX_H / 2))
+                    owner = (
+                        peer.get("container_name")
+                        or port.get("peer_netns_name")
+                        or port.get("peer_netns")
+                        or "?"
+                    )
+                    parts.append(
+                        _box(
+                            COL_X[3],
+                            py,
+                            f"{owner}/{port['peer_ifname']}",
+                            f"ifindex {port.get('peer_ifindex')}",
+                            "container",
+                        )
+                    )
+                    parts.append(_line(COL_X[2] + BOX_W, py + BOX_H / 2, COL_X[3], py + BOX_H / 2))
                 py += ROW_H
             by = max(py, bridge_y + ROW_H)
         y = max(up_y, by) + 16
@@ -93,5 +120,7 @@ def render_svg(rows):
         parts.append('<text x="20" y="30">no bridges found in any network namespace</text>')
         y = 50
     width = COL_X[3] + BOX_W + 20
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" '
-            f'viewBox="0 0 {width} {y}" id="topology-svg">' + "".join(parts) + "</svg>")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" '
+        f'viewBox="0 0 {width} {y}" id="topology-svg">' + "".join(parts) + "</svg>"
+    )

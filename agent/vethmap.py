@@ -54,8 +54,9 @@ def namespaces(procs=None, host=None):
     out: dict[int, dict] = {}
 
     def entry(ino):
-        return out.setdefault(ino, {"inode": ino, "paths": [], "names": [], "pids": [],
-                                    "host": ino == host["net"]})
+        return out.setdefault(
+            ino, {"inode": ino, "paths": [], "names": [], "pids": [], "host": ino == host["net"]}
+        )
 
     for ino, names in named_netns().items():
         e = entry(ino)
@@ -77,6 +78,7 @@ def namespaces(procs=None, host=None):
 def _open(e):
     """An fd for the namespace `e`; OSError (the last one) if no path to it works."""
     from .probes.netns import open_ns
+
     last = OSError(errno.ENOENT, "no path to the namespace")
     for path in e["paths"]:
         try:
@@ -101,6 +103,7 @@ class _Ns:
 
     def __init__(self, info, fd):
         from .probes.netns import RtnlSocket
+
         self.info, self.fd, self.inode = info, fd, info["inode"]
         self.sock = RtnlSocket(fd)
         self.links = {ln["index"]: ln for ln in self.sock.links()}
@@ -154,9 +157,14 @@ def owners(found, host):
     """{netns inode: Discovered} of running containers, the best-ranked source's."""
     rank = Resolver.SOURCE_RANK
     out: dict = {}
-    for d in sorted(found, key=lambda d: (rank.get(d.source, 3),
-                                           str(d.detail.get("network_mode")).startswith(
-                                               "container:"), d.name)):
+    for d in sorted(
+        found,
+        key=lambda d: (
+            rank.get(d.source, 3),
+            str(d.detail.get("network_mode")).startswith("container:"),
+            d.name,
+        ),
+    ):
         if d.netns and d.netns != host["net"] and d.pid:
             out.setdefault(d.netns, d)
     return out
@@ -167,8 +175,10 @@ def _attach(kind, owner, peer_owner):
     the one its peer sits in. A real container (pyinspect, runc, Docker...) wins over a
     bare foreign namespace, so a veth in a netns that merely plays the host (and holds
     shim processes) is still attached to the container at its other end."""
+
     def real(d):
         return d is not None and d.source not in ("netns", "pidns")
+
     if real(owner):
         return owner
     if kind == "veth" and real(peer_owner):
@@ -228,8 +238,7 @@ def build(root=None, found=None, errors=None, procs=None, host=None):
     finally:
         for ns in opened.values():
             ns.close()
-    rows.sort(key=lambda r: (r["netns_name"] != "host", r["netns_name"], r["netns"],
-                             r["ifindex"]))
+    rows.sort(key=lambda r: (r["netns_name"] != "host", r["netns_name"], r["netns"], r["ifindex"]))
     if errors is not None:
         errors.extend(unreadable)
     return rows
@@ -265,8 +274,11 @@ def _row(ns, idx, link, owner, opened, by_netns, by_pair):
         "peer_ifindex": peer_idx,
         "peer_ifname": peer["ifname"] if peer is not None else None,
         "peer_netns": peer_ns.inode if peer_ns is not None else None,
-        "peer_netns_name": (_label(peer_ns.info, peer_owner) if peer_ns is not None
-                            else (f"nsid:{nsid}" if nsid is not None else None)),
+        "peer_netns_name": (
+            _label(peer_ns.info, peer_owner)
+            if peer_ns is not None
+            else (f"nsid:{nsid}" if nsid is not None else None)
+        ),
         "mac": link["address"],
         "addrs": ns.addrs.get(idx, []),
         "master": master["ifname"] if master is not None else None,
@@ -279,9 +291,22 @@ def _row(ns, idx, link, owner, opened, by_netns, by_pair):
     }
 
 
-TABLE_COLUMNS = ("netns", "netns_name", "ifindex", "ifname", "kind", "iflink", "peer_ifname",
-                 "peer_netns", "mac", "addrs", "master", "state", "container_id",
-                 "container_name")
+TABLE_COLUMNS = (
+    "netns",
+    "netns_name",
+    "ifindex",
+    "ifname",
+    "kind",
+    "iflink",
+    "peer_ifname",
+    "peer_netns",
+    "mac",
+    "addrs",
+    "master",
+    "state",
+    "container_id",
+    "container_name",
+)
 
 
 def snapshot(store, rows=None, root=None):

@@ -33,13 +33,28 @@ class Point:
         self.name, self.netns, self.description = name, netns, description
 
 
-POINTS = [Point("up0", None, "uplink"), Point("pt-br0", None, "bridge"),
-          Point("vc0", None, "host end"), Point("eth0", "/proc/1/ns/net", "eth0")]
+POINTS = [
+    Point("up0", None, "uplink"),
+    Point("pt-br0", None, "bridge"),
+    Point("vc0", None, "host end"),
+    Point("eth0", "/proc/1/ns/net", "eth0"),
+]
 
 
 def frame(src, sport, dst, dport, proto=6, flags=0x10, ipid=1, seq=0):
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 52, ipid, 0, 64, proto, 0,
-                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        52,
+        ipid,
+        0,
+        64,
+        proto,
+        0,
+        bytes(map(int, src.split("."))),
+        bytes(map(int, dst.split("."))),
+    )
     if proto == 6:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, flags, 512, 0, 0)
     else:
@@ -53,19 +68,43 @@ def short(n_conns):
     t = 1_000_000_000
     for c in range(n_conns):
         sport = 30000 + c
-        cts.append({"ts_ns": t, "kind": "new", "id": c + 1, "proto": "tcp",
-                    "orig": (CLIENT, sport, HOST, 8088), "reply": (CTR, 80, CLIENT, sport),
-                    "status": [], "nat": "dnat", "tcp_state": "SYN_SENT"})
+        cts.append(
+            {
+                "ts_ns": t,
+                "kind": "new",
+                "id": c + 1,
+                "proto": "tcp",
+                "orig": (CLIENT, sport, HOST, 8088),
+                "reply": (CTR, 80, CLIENT, sport),
+                "status": [],
+                "nat": "dnat",
+                "tcp_state": "SYN_SENT",
+            }
+        )
         for k in range(12):
             flags = 0x02 if k == 0 else (0x12 if k == 1 else (0x11 if k >= 10 else 0x18))
             inbound = k % 2 == 0
             for p in range(4):
                 if inbound:
-                    fr = frame(CLIENT, sport, HOST if p == 0 else CTR, 8088 if p == 0 else 80,
-                               flags=flags, ipid=k, seq=k)
+                    fr = frame(
+                        CLIENT,
+                        sport,
+                        HOST if p == 0 else CTR,
+                        8088 if p == 0 else 80,
+                        flags=flags,
+                        ipid=k,
+                        seq=k,
+                    )
                 else:
-                    fr = frame(HOST if p == 0 else CTR, 8088 if p == 0 else 80, CLIENT, sport,
-                               flags=flags, ipid=k, seq=k)
+                    fr = frame(
+                        HOST if p == 0 else CTR,
+                        8088 if p == 0 else 80,
+                        CLIENT,
+                        sport,
+                        flags=flags,
+                        ipid=k,
+                        seq=k,
+                    )
                 recs.append((t, p, 0 if inbound else 1, 66, fr, 0, len(recs) * 120))
                 t += 1000
     return recs, cts
@@ -76,8 +115,14 @@ def bulk(n):
     t = 1_000_000_000
     for k in range(n):
         for p in range(4):
-            fr = frame(CLIENT, 40000, HOST if p == 0 else CTR, 8088 if p == 0 else 9,
-                       proto=17, ipid=k & 0xffff)
+            fr = frame(
+                CLIENT,
+                40000,
+                HOST if p == 0 else CTR,
+                8088 if p == 0 else 9,
+                proto=17,
+                ipid=k & 0xFFFF,
+            )
             recs.append((t, p, 0, 64, fr, 0, len(recs) * 120))
             t += 100
     return recs, []
@@ -87,18 +132,22 @@ def run(recs, cts, batch=4000):
     with tempfile.TemporaryDirectory() as d:
         store = Store(Path(d) / "pyinspect.db")
         target = TraceTarget("web", "abc", "/proc/1/ns/net", 1, [CTR])
-        sid, pids = store.begin_trace(container_id="abc", container_name="web", started_ns=0,
-                                      points=[{"name": p.name} for p in POINTS])
+        sid, pids = store.begin_trace(
+            container_id="abc",
+            container_name="web",
+            started_ns=0,
+            points=[{"name": p.name} for p in POINTS],
+        )
         corr = F.Correlator(0, 20, target_name="web", target_netns=1)
         live = LiveText(POINTS, 20, "web")
         sink = StoreSink(store, sid, pids, target, 0)
         sink.segments([Segment(1, Path(d) / "seg-00001.pcapng", -1, 0, 0)])
-        locate = lambda cpu, pos: (1, pos)      # noqa: E731 - every record is in the file
+        locate = lambda cpu, pos: (1, pos)  # noqa: E731 - every record is in the file
         lines = 0
         t0 = time.thread_time()
         ci = 0
         for i in range(0, len(recs), batch):
-            chunk = recs[i:i + batch]
+            chunk = recs[i : i + batch]
             while ci < len(cts) and cts[ci]["ts_ns"] <= chunk[-1][0]:
                 corr.conntrack(cts[ci])
                 ci += 1
@@ -121,9 +170,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--conns", type=int, default=500)
     ap.add_argument("--bulk", type=int, default=50000, help="packets of the bulk flow")
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="runs of each workload; the least CPU is printed (the others "
-                         "carry other processes' interference)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="runs of each workload; the least CPU is printed (the others "
+        "carry other processes' interference)",
+    )
     a = ap.parse_args(argv)
     for name, make in (("short", lambda: short(a.conns)), ("bulk", lambda: bulk(a.bulk))):
         best = None
@@ -132,8 +185,10 @@ def main(argv=None):
             spent, lines, fast = run(recs, cts)
             best = spent if best is None else min(best, spent)
         spent = best
-        print(f"{name:<6} {len(recs):>8} records  {spent * 1e6 / len(recs):6.1f} us/record  "
-              f"({lines} live lines, {fast} records on the fast path)")
+        print(
+            f"{name:<6} {len(recs):>8} records  {spent * 1e6 / len(recs):6.1f} us/record  "
+            f"({lines} live lines, {fast} records on the fast path)"
+        )
     return 0
 
 

@@ -60,7 +60,7 @@ def _children_cpu():
 
 def storm(n, tag):
     """Run n fork+exec of /bin/true from one shell; (shell pid, wall s, CPU s of the storm)."""
-    script = f'i=0; while [ $i -lt {n} ]; do /bin/true {tag}; i=$((i+1)); done'
+    script = f"i=0; while [ $i -lt {n} ]; do /bin/true {tag}; i=$((i+1)); done"
     c0 = _children_cpu()
     t0 = time.perf_counter()
     p = subprocess.Popen(["sh", "-c", script])
@@ -70,8 +70,12 @@ def storm(n, tag):
 
 def parallel_storms(n, parallel, tag):
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(["sh", "-c", f'i=0; while [ $i -lt {n} ]; do /bin/true {tag}; '
-                                           f'i=$((i+1)); done']) for _ in range(parallel)]
+    procs = [
+        subprocess.Popen(
+            ["sh", "-c", f"i=0; while [ $i -lt {n} ]; do /bin/true {tag}; i=$((i+1)); done"]
+        )
+        for _ in range(parallel)
+    ]
     for p in procs:
         p.wait()
     return [p.pid for p in procs], time.perf_counter() - t0
@@ -82,9 +86,11 @@ class Consumer:
 
     def __init__(self, root, filters=None):
         self.root = root
-        self.proc = subprocess.Popen([sys.executable, "-c", CONSUMER, str(root),
-                                      json.dumps(filters or {})],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CONSUMER, str(root), json.dumps(filters or {})],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
             raise SystemExit("event_path: the consumer did not start")
@@ -100,11 +106,14 @@ class Consumer:
 
 def count_storm_events(root, shell_pids):
     from pyinspect.store import Store
+
     with Store(Path(root) / "pyinspect.db") as store:
         marks = ",".join("?" * len(shell_pids))
         rows = store.db.execute(
             f"SELECT kind, count(*) FROM events WHERE ppid IN ({marks}) "
-            "AND kind IN ('fork','exec','exit') GROUP BY kind", list(shell_pids)).fetchall()
+            "AND kind IN ('fork','exec','exit') GROUP BY kind",
+            list(shell_pids),
+        ).fetchall()
     return dict(rows)
 
 
@@ -130,11 +139,18 @@ def bench_storm(n, repeat, tmp):
             time.sleep(0.2)
         res = c.stop()
         got = count_storm_events(root, [pid])
-        checks.append({"stored": got, "expected_each": n, "lost": res["lost"],
-                       "consumer_cpu_s": res["cpu_s"],
-                       "max_lag_ms": {k: v / 1e6 for k, v in res["lag_ns"].items()}})
+        checks.append(
+            {
+                "stored": got,
+                "expected_each": n,
+                "lost": res["lost"],
+                "consumer_cpu_s": res["cpu_s"],
+                "max_lag_ms": {k: v / 1e6 for k, v in res["lag_ns"].items()},
+            }
+        )
     return {
-        "n": n, "repeat": repeat,
+        "n": n,
+        "repeat": repeat,
         "baseline_execs_per_s": statistics.median(base),
         "probed_execs_per_s": statistics.median(probed),
         "ratio": statistics.median(probed) / statistics.median(base),
@@ -143,10 +159,13 @@ def bench_storm(n, repeat, tmp):
         "cpu_ratio": statistics.median(base_cpu) / statistics.median(probed_cpu),
         "runs": checks,
         "consumer_cpu_us_per_exec": statistics.median(c["consumer_cpu_s"] for c in checks)
-        / n * 1e6,
-        "zero_loss": all(c["lost"]["process"] == 0 and
-                         all(c["stored"].get(k, 0) == n for k in ("fork", "exec", "exit"))
-                         for c in checks),
+        / n
+        * 1e6,
+        "zero_loss": all(
+            c["lost"]["process"] == 0
+            and all(c["stored"].get(k, 0) == n for k in ("fork", "exec", "exit"))
+            for c in checks
+        ),
     }
 
 
@@ -165,28 +184,39 @@ def bench_ingest(n, tmp, max_parallel=4):
             time.sleep(0.2)
         res = c.stop()
         stored = sum(count_storm_events(root, pids).values())
-        out.append({"parallel": parallel, "storm_s": dt, "expected": expected,
-                    "stored": stored, "lost": res["lost"]["process"],
-                    "generated_events_per_s": expected / dt,
-                    "stored_events_per_s": stored / dt,
-                    "max_lag_ms": res["lag_ns"]["process"] / 1e6})
+        out.append(
+            {
+                "parallel": parallel,
+                "storm_s": dt,
+                "expected": expected,
+                "stored": stored,
+                "lost": res["lost"]["process"],
+                "generated_events_per_s": expected / dt,
+                "stored_events_per_s": stored / dt,
+                "max_lag_ms": res["lag_ns"]["process"] / 1e6,
+            }
+        )
     zero = [r for r in out if r["lost"] == 0 and r["stored"] == r["expected"]]
     best = max(zero, key=lambda r: r["stored_events_per_s"]) if zero else None
-    return {"runs": out,
-            "max_events_per_s_zero_loss": best and best["stored_events_per_s"]}
+    return {"runs": out, "max_events_per_s_zero_loss": best and best["stored_events_per_s"]}
 
 
-THREAD_STORM = "import threading\nfor _ in range({n}):\n    t = threading.Thread(target=int)\n" \
-               "    t.start()\n    t.join()\n"
+THREAD_STORM = (
+    "import threading\nfor _ in range({n}):\n    t = threading.Thread(target=int)\n"
+    "    t.start()\n    t.join()\n"
+)
 
 
 def count_thread_events(root, pids):
     from pyinspect.store import Store
+
     with Store(Path(root) / "pyinspect.db") as store:
         marks = ",".join("?" * len(pids))
         rows = store.db.execute(
             f"SELECT kind, count(*) FROM events WHERE pid IN ({marks}) "
-            "AND kind IN ('fork','exit') GROUP BY kind", list(pids)).fetchall()
+            "AND kind IN ('fork','exit') GROUP BY kind",
+            list(pids),
+        ).fetchall()
     return dict(rows)
 
 
@@ -199,8 +229,10 @@ def bench_threads(tmp, n=20000, max_parallel=3):
         root.mkdir()
         c = Consumer(root, {"process": {"threads": True}})
         t0 = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-c", THREAD_STORM.format(n=n)])
-                 for _ in range(parallel)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", THREAD_STORM.format(n=n)])
+            for _ in range(parallel)
+        ]
         for p in procs:
             p.wait()
         dt = time.perf_counter() - t0
@@ -213,12 +245,19 @@ def bench_threads(tmp, n=20000, max_parallel=3):
             time.sleep(0.2)
         res = c.stop()
         stored = sum(count_thread_events(root, pids).values())
-        out.append({"parallel": parallel, "expected": expected, "stored": stored,
-                    "lost": res["lost"]["process"], "storm_s": dt,
-                    "generated_events_per_s": expected / dt,
-                    "stored_events_per_s": stored / dt,
-                    "consumer_cpu_s": res["cpu_s"],
-                    "max_lag_ms": res["lag_ns"]["process"] / 1e6})
+        out.append(
+            {
+                "parallel": parallel,
+                "expected": expected,
+                "stored": stored,
+                "lost": res["lost"]["process"],
+                "storm_s": dt,
+                "generated_events_per_s": expected / dt,
+                "stored_events_per_s": stored / dt,
+                "consumer_cpu_s": res["cpu_s"],
+                "max_lag_ms": res["lag_ns"]["process"] / 1e6,
+            }
+        )
     zero = [r for r in out if r["lost"] == 0 and r["stored"] == r["expected"]]
     best = max(zero, key=lambda r: r["stored_events_per_s"]) if zero else None
     return {"runs": out, "max_events_per_s_zero_loss": best and best["stored_events_per_s"]}
@@ -227,11 +266,23 @@ def bench_threads(tmp, n=20000, max_parallel=3):
 def bench_store(tmp, count=50000):
     from pyinspect.events import Recorder
     from pyinspect.store import Store
+
     store = Store(Path(tmp) / "store.db")
     rec = Recorder(store, resolver=None)
-    ev = {"ts_ns": 0, "kind": "exec", "pid": 1, "ppid": 1, "comm": "true", "cgroup_id": 1,
-          "netns": 1, "pidns": 1, "mntns": 1, "container_id": None, "container_name": None,
-          "detail": {"filename": "/bin/true", "argv": ["/bin/true", "x"]}}
+    ev = {
+        "ts_ns": 0,
+        "kind": "exec",
+        "pid": 1,
+        "ppid": 1,
+        "comm": "true",
+        "cgroup_id": 1,
+        "netns": 1,
+        "pidns": 1,
+        "mntns": 1,
+        "container_id": None,
+        "container_name": None,
+        "detail": {"filename": "/bin/true", "argv": ["/bin/true", "x"]},
+    }
     t0 = time.perf_counter()
     for i in range(count):
         e = dict(ev)
@@ -254,35 +305,47 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("event_path: needs root (eBPF)")
     with tempfile.TemporaryDirectory(prefix="pa-bench-") as tmp:
-        result = {"storm": bench_storm(args.n, args.repeat, tmp),
-                  "ingest": bench_ingest(args.n, tmp, args.max_parallel),
-                  "threads": bench_threads(tmp, args.threads, args.max_parallel),
-                  "store_only": bench_store(tmp)}
+        result = {
+            "storm": bench_storm(args.n, args.repeat, tmp),
+            "ingest": bench_ingest(args.n, tmp, args.max_parallel),
+            "threads": bench_threads(tmp, args.threads, args.max_parallel),
+            "store_only": bench_store(tmp),
+        }
     if args.json:
         print(json.dumps(result, indent=2))
         return
     s, g, st = result["storm"], result["ingest"], result["store_only"]
     print(f"fork+exec storm, {s['n']} execs x {s['repeat']}:")
     print(f"  no probes   {s['baseline_execs_per_s']:8.0f} execs/s")
-    print(f"  with probes {s['probed_execs_per_s']:8.0f} execs/s   ratio {s['ratio']:.3f} "
-          f"(target >= 0.9)")
-    print(f"  storm CPU per exec: {s['baseline_cpu_us_per_exec']:.0f} us without, "
-          f"{s['probed_cpu_us_per_exec']:.0f} us with probes (ratio {s['cpu_ratio']:.3f}; "
-          "less sensitive to other load than wall time)")
-    print(f"  consumer (probes + attribution + SQLite) CPU per exec: "
-          f"{s['consumer_cpu_us_per_exec']:.0f} us (3 events; after start-up)")
+    print(
+        f"  with probes {s['probed_execs_per_s']:8.0f} execs/s   ratio {s['ratio']:.3f} "
+        f"(target >= 0.9)"
+    )
+    print(
+        f"  storm CPU per exec: {s['baseline_cpu_us_per_exec']:.0f} us without, "
+        f"{s['probed_cpu_us_per_exec']:.0f} us with probes (ratio {s['cpu_ratio']:.3f}; "
+        "less sensitive to other load than wall time)"
+    )
+    print(
+        f"  consumer (probes + attribution + SQLite) CPU per exec: "
+        f"{s['consumer_cpu_us_per_exec']:.0f} us (3 events; after start-up)"
+    )
     print(f"  every fork/exec/exit stored, 0 lost: {s['zero_loss']}")
     print("ingest (parallel storms -> probes -> SQLite):")
     for r in g["runs"]:
-        print(f"  x{r['parallel']}: {r['stored']}/{r['expected']} stored, lost {r['lost']}, "
-              f"{r['stored_events_per_s']:.0f} events/s, max reader lag {r['max_lag_ms']:.0f} ms")
+        print(
+            f"  x{r['parallel']}: {r['stored']}/{r['expected']} stored, lost {r['lost']}, "
+            f"{r['stored_events_per_s']:.0f} events/s, max reader lag {r['max_lag_ms']:.0f} ms"
+        )
     best = g["max_events_per_s_zero_loss"]
     print(f"  max events/s with zero loss: {best:.0f}" if best else "  loss at every rate")
     print("thread storms (thread events on: fork + exit per thread):")
     for r in result["threads"]["runs"]:
-        print(f"  x{r['parallel']}: {r['stored']}/{r['expected']} stored, lost {r['lost']}, "
-              f"generated {r['generated_events_per_s']:.0f}/s, consumer CPU "
-              f"{r['consumer_cpu_s']:.1f} s, max reader lag {r['max_lag_ms']:.0f} ms")
+        print(
+            f"  x{r['parallel']}: {r['stored']}/{r['expected']} stored, lost {r['lost']}, "
+            f"generated {r['generated_events_per_s']:.0f}/s, consumer CPU "
+            f"{r['consumer_cpu_s']:.1f} s, max reader lag {r['max_lag_ms']:.0f} ms"
+        )
     best = result["threads"]["max_events_per_s_zero_loss"]
     print(f"  max events/s with zero loss: {best:.0f}" if best else "  loss at every rate")
     print(f"store only (Recorder batches): {st['events_per_s']:.0f} events/s")

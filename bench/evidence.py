@@ -55,6 +55,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the checkout: testbed/ (shared with the tests)
 import trace_flood  # noqa: E402  (bench/: the iperf3 server/client, pinning, the interval)
+
 from testbed import pointcap, tracetopo  # noqa: E402
 
 UDP_PORT = trace_flood.UDP_PORT
@@ -112,18 +113,21 @@ class Bench:
         self.procs = []
         self.counters = None
         self.startups = []
-        self.dumps = None           # the tcpdumps running now, if any
+        self.dumps = None  # the tcpdumps running now, if any
         t = self.topo
         ip = t.ctr_ips[0]
-        tracetopo.sh(t.host, f"""
+        tracetopo.sh(
+            t.host,
+            f"""
             iptables-legacy -w -t nat -A PREROUTING ! -i {t.bridge} -p udp --dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}
             iptables-legacy -w -t nat -A PREROUTING ! -i {t.bridge} -p tcp --dport {IPERF_PORT} -j DNAT --to-destination {ip}:{IPERF_PORT}
-        """)
-        self.points = pointcap.trace_points(t.host, "up0", t.bridge, "vc0", t.ctrs[0],
-                                            t.ctrs[0])
+        """,
+        )
+        self.points = pointcap.trace_points(t.host, "up0", t.bridge, "vc0", t.ctrs[0], t.ctrs[0])
         self.counters = pointcap.Counters([t.host, t.ctrs[0]])
-        self.sink = subprocess.Popen(["ip", "netns", "exec", t.ctrs[0], "python3", "-c",
-                                      trace_flood.SINK])
+        self.sink = subprocess.Popen(
+            ["ip", "netns", "exec", t.ctrs[0], "python3", "-c", trace_flood.SINK]
+        )
         self.procs.append(self.sink)
         self.sender = build_sender(tmp)
 
@@ -157,8 +161,9 @@ class Bench:
         t0 = time.monotonic()
         # no size cap, as tcpdump has none (the default cap, 4 GB, is reached in under a
         # second at iperf3's rate on four points; --min-free-gb guards the disk)
-        p = trace_flood.start_trace(self.topo, root, ["--via", "up0", *(
-            ["-w", path, "--max-size", "0"] if path else [])])
+        p = trace_flood.start_trace(
+            self.topo, root, ["--via", "up0", *(["-w", path, "--max-size", "0"] if path else [])]
+        )
         self.startups.append(time.monotonic() - t0)
         self.procs.append(p)
         return ("trace", p, root, path)
@@ -190,8 +195,11 @@ class Bench:
         reports = {}
         for p in self.points:
             v = next((v for k, v in per.items() if k.split(" (")[0] == p.iface), {})
-            reports[p.name] = {k: v.get(k) for k in ("captured", "seen", "matched_in_kernel",
-                                                     "lost", "shed", "capped") if k in v}
+            reports[p.name] = {
+                k: v.get(k)
+                for k in ("captured", "seen", "matched_in_kernel", "lost", "shed", "capped")
+                if k in v
+            }
         return got, reports
 
     # -- the UDP flood -------------------------------------------------------------------
@@ -201,29 +209,40 @@ class Bench:
         try:
             pids = capture_pids(handle)
             before, cpu0, busy0 = self.counters.read(), cpu_seconds(pids), machine_busy()
-            out = tracetopo.sh(t.client, f"{self.sender} {t.host_ip} {UDP_PORT} "
-                                         f"{self.args.seconds}",
-                               timeout=self.args.seconds + 30).stdout.split()
-            time.sleep(1.5)     # the backlog drains; tcpdump hands over a block after 1 s
+            out = tracetopo.sh(
+                t.client,
+                f"{self.sender} {t.host_ip} {UDP_PORT} {self.args.seconds}",
+                timeout=self.args.seconds + 30,
+            ).stdout.split()
+            time.sleep(1.5)  # the backlog drains; tcpdump hands over a block after 1 s
             after, cpu1, busy1 = self.counters.read(), cpu_seconds(pids), machine_busy()
         except BaseException:
             self.stop(handle)
             raise
         got, reports = self.stop(handle)
         sent, secs = int(out[0]), float(out[1])
-        res = {"mode": mode, "sent": sent, "pps": sent / secs, "points": {},
-               "capture_cpu_s": cpu1 - cpu0, "machine_busy_s": busy1 - busy0}
+        res = {
+            "mode": mode,
+            "sent": sent,
+            "pps": sent / secs,
+            "points": {},
+            "capture_cpu_s": cpu1 - cpu0,
+            "machine_busy_s": busy1 - busy0,
+        }
         for p in self.points:
             n = pointcap.delta(before, after, p)
-            res["points"][p.name] = {"counter": n, "captured": got.get(p.name),
-                                     "share": got[p.name] / n if p.name in got and n else None,
-                                     "tool": reports.get(p.name)}
+            res["points"][p.name] = {
+                "counter": n,
+                "captured": got.get(p.name),
+                "share": got[p.name] / n if p.name in got and n else None,
+                "tool": reports.get(p.name),
+            }
         return res
 
     # -- iperf3 windows ------------------------------------------------------------------
     def iperf(self, modes):
         a, t = self.args, self.topo
-        on, busy, windows = [], [], []     # (mode, ready, stop); wall spans; per window
+        on, busy, windows = [], [], []  # (mode, ready, stop); wall spans; per window
         pin = not a.no_pin
         with trace_flood.iperf_server(t, pin):
             t0 = time.time()
@@ -237,8 +256,10 @@ class Bench:
                     k += 1
                     free = shutil.disk_usage(self.tmp).free / 1e9
                     if mode != "trace" and free < a.min_free_gb:
-                        print(f"  skipped a {mode} window: {free:.0f} GB free in {self.tmp}",
-                              flush=True)
+                        print(
+                            f"  skipped a {mode} window: {free:.0f} GB free in {self.tmp}",
+                            flush=True,
+                        )
                         time.sleep(a.window)
                         continue
                     asked = time.time()
@@ -262,11 +283,14 @@ class Bench:
                     pts = {}
                     for p in self.points:
                         n = pointcap.delta(c0, c1, p)
-                        pts[p.name] = {"counter": n, "captured": got.get(p.name),
-                                       "share": (got[p.name] / n if p.name in got and n
-                                                 else None)}
-                    windows.append({"mode": mode, "points": pts, "tool": reports,
-                                    "capture_cpu_s": cpu1 - cpu0})
+                        pts[p.name] = {
+                            "counter": n,
+                            "captured": got.get(p.name),
+                            "share": (got[p.name] / n if p.name in got and n else None),
+                        }
+                    windows.append(
+                        {"mode": mode, "points": pts, "tool": reports, "capture_cpu_s": cpu1 - cpu0}
+                    )
                     time.sleep(a.window)
                 out = client.communicate(timeout=a.iperf_seconds + 60)[0]
             finally:
@@ -283,12 +307,13 @@ class Bench:
             x, y = t0 + iv["sum"]["start"], t0 + iv["sum"]["end"]
             rate = iv["sum"]["bits_per_second"]
             if x < t0 + 1:
-                continue                    # slow start
+                continue  # slow start
             hit = [i for i, (_, r, s) in enumerate(on) if r + 0.3 <= x and y <= s]
             if hit:
                 attached.setdefault(hit[0], []).append(rate)
-            elif not any(x < q + 0.3 and y > p for p, q in busy) and \
-                    not any(x < s and y > r for _, r, s in on):
+            elif not any(x < q + 0.3 and y > p for p, q in busy) and not any(
+                x < s and y > r for _, r, s in on
+            ):
                 gaps.setdefault(sum(1 for _, r, s in on if s <= x), []).append(rate)
         for i, w in enumerate(windows):
             sides = [statistics.mean(gaps[g]) for g in (i, i + 1) if gaps.get(g)]
@@ -335,8 +360,9 @@ def settle_writeback(timeout, below_kb=65536):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open("/proc/meminfo") as f:
-            kb = sum(int(line.split()[1]) for line in f
-                     if line.startswith(("Dirty:", "Writeback:")))
+            kb = sum(
+                int(line.split()[1]) for line in f if line.startswith(("Dirty:", "Writeback:"))
+            )
         if kb < below_kb:
             return
         time.sleep(0.2)
@@ -353,20 +379,28 @@ def fmt(x, spec=".4f"):
 
 def report_flood(runs, points, args):
     out = {}
-    print(f"UDP 64-byte flood, client netns -> DNAT -> container, C sender (sendmmsg x32), "
-          f"{args.seconds}s x {args.rounds} rounds, modes rotated (medians)")
+    print(
+        f"UDP 64-byte flood, client netns -> DNAT -> container, C sender (sendmmsg x32), "
+        f"{args.seconds}s x {args.rounds} rounds, modes rotated (medians)"
+    )
     for mode in ("none", "tcpdump", "trace_w"):
         rs = [r for r in runs if r["mode"] == mode]
         if not rs:
             continue
-        o = out[mode] = {"pps": med(r["pps"] for r in rs), "points": {},
-                         "capture_cpu_s": med(r["capture_cpu_s"] for r in rs),
-                         "machine_busy_s": med(r["machine_busy_s"] for r in rs)}
-        label = {"none": "(a) nothing", "tcpdump": "(b) tcpdump x4",
-                 "trace_w": "(c) trace -w"}[mode]
-        print(f"  {label:<15} sender {o['pps']:>10,.0f} pkt/s   CPU s during the flood: "
-              f"capture processes {o['capture_cpu_s']:.2f}, whole machine "
-              f"{o['machine_busy_s']:.2f}")
+        o = out[mode] = {
+            "pps": med(r["pps"] for r in rs),
+            "points": {},
+            "capture_cpu_s": med(r["capture_cpu_s"] for r in rs),
+            "machine_busy_s": med(r["machine_busy_s"] for r in rs),
+        }
+        label = {"none": "(a) nothing", "tcpdump": "(b) tcpdump x4", "trace_w": "(c) trace -w"}[
+            mode
+        ]
+        print(
+            f"  {label:<15} sender {o['pps']:>10,.0f} pkt/s   CPU s during the flood: "
+            f"capture processes {o['capture_cpu_s']:.2f}, whole machine "
+            f"{o['machine_busy_s']:.2f}"
+        )
         for p in points:
             share = med(r["points"][p.name]["share"] for r in rs)
             counter = med(r["points"][p.name]["counter"] for r in rs)
@@ -377,16 +411,23 @@ def report_flood(runs, points, args):
                 continue
             tool = rs[-1]["points"][p.name]["tool"]
             verdict = "" if share is None else ("ok" if share >= TARGET_POINT else "BELOW")
-            print(f"      {p.name:<32} captured/counter {fmt(share)} ({cap:,.0f} of "
-                  f"{counter:,.0f}; target {TARGET_POINT}: {verdict})  tool: {tool}")
+            print(
+                f"      {p.name:<32} captured/counter {fmt(share)} ({cap:,.0f} of "
+                f"{counter:,.0f}; target {TARGET_POINT}: {verdict})  tool: {tool}"
+            )
     if "trace_w" in out:
-        for base, label, target in (("tcpdump", "(c)/(b)", TARGET_VS_TCPDUMP),
-                                    ("none", "(c)/(a)", None)):
+        for base, label, target in (
+            ("tcpdump", "(c)/(b)", TARGET_VS_TCPDUMP),
+            ("none", "(c)/(a)", None),
+        ):
             if base in out:
                 x = out["trace_w"]["pps"] / out[base]["pps"]
                 out[f"sender_ratio_{label}"] = x
-                tgt = f" (target >= {target}: {'met' if x >= target else 'NOT met'})" \
-                    if target else ""
+                tgt = (
+                    f" (target >= {target}: {'met' if x >= target else 'NOT met'})"
+                    if target
+                    else ""
+                )
                 print(f"  sender packets/s {label}: x{x:.3f}{tgt}")
     if "tcpdump" in out and "none" in out:
         print(f"  sender packets/s (b)/(a): x{out['tcpdump']['pps'] / out['none']['pps']:.3f}")
@@ -395,45 +436,62 @@ def report_flood(runs, points, args):
 
 def report_iperf(windows, nothing_gbit, points, args):
     out = {"nothing_gbit_median": nothing_gbit}
-    print(f"iperf3 TCP through DNAT, one {args.iperf_seconds:.0f}s run"
-          f"{'' if args.no_pin else ' (client -A 0, server -A 1)'}, captures attached for "
-          f"{args.window:.0f}s in turns with {args.window:.0f}s of nothing between; each "
-          f"window / the nothing-windows either side (medians); nothing: "
-          f"{fmt(nothing_gbit, '.2f')} Gbit/s")
+    print(
+        f"iperf3 TCP through DNAT, one {args.iperf_seconds:.0f}s run"
+        f"{'' if args.no_pin else ' (client -A 0, server -A 1)'}, captures attached for "
+        f"{args.window:.0f}s in turns with {args.window:.0f}s of nothing between; each "
+        f"window / the nothing-windows either side (medians); nothing: "
+        f"{fmt(nothing_gbit, '.2f')} Gbit/s"
+    )
     for mode in ("tcpdump", "trace_w", "trace"):
         ws = [w for w in windows if w["mode"] == mode]
         if not ws:
             continue
-        o = out[mode] = {"windows": len(ws), "ratio": med(w.get("ratio") for w in ws),
-                         "ratios": [round(w["ratio"], 3) for w in ws if "ratio" in w],
-                         "gbit": med(w.get("gbit") for w in ws), "points": {},
-                         "capture_cpu_s": med(w.get("capture_cpu_s") for w in ws)}
-        label = {"tcpdump": "(b') tcpdump x4", "trace_w": "(c') trace -w",
-                 "trace": "(d) trace"}[mode]
-        print(f"  {label:<16} x{fmt(o['ratio'], '.3f')} of nothing ({fmt(o['gbit'], '.2f')} "
-              f"Gbit/s; windows: {', '.join(map(str, o['ratios']))}); capture processes' "
-              f"CPU {fmt(o['capture_cpu_s'], '.2f')} s a window")
+        o = out[mode] = {
+            "windows": len(ws),
+            "ratio": med(w.get("ratio") for w in ws),
+            "ratios": [round(w["ratio"], 3) for w in ws if "ratio" in w],
+            "gbit": med(w.get("gbit") for w in ws),
+            "points": {},
+            "capture_cpu_s": med(w.get("capture_cpu_s") for w in ws),
+        }
+        label = {"tcpdump": "(b') tcpdump x4", "trace_w": "(c') trace -w", "trace": "(d) trace"}[
+            mode
+        ]
+        print(
+            f"  {label:<16} x{fmt(o['ratio'], '.3f')} of nothing ({fmt(o['gbit'], '.2f')} "
+            f"Gbit/s; windows: {', '.join(map(str, o['ratios']))}); capture processes' "
+            f"CPU {fmt(o['capture_cpu_s'], '.2f')} s a window"
+        )
         if mode == "trace":
             continue
         for p in points:
             share = med(w["points"][p.name]["share"] for w in ws)
             o["points"][p.name] = share
-            print(f"      {p.name:<32} captured/counter {fmt(share)}  (windows: "
-                  f"{', '.join(fmt(w['points'][p.name]['share'], '.3f') for w in ws)})")
+            print(
+                f"      {p.name:<32} captured/counter {fmt(share)}  (windows: "
+                f"{', '.join(fmt(w['points'][p.name]['share'], '.3f') for w in ws)})"
+            )
     if "trace_w" in out and "tcpdump" in out and out["tcpdump"]["ratio"]:
         x = out["trace_w"]["ratio"] / out["tcpdump"]["ratio"]
         out["throughput_c_over_b"] = x
-        print(f"  throughput (c')/(b'): x{x:.3f} (target >= {TARGET_VS_TCPDUMP}: "
-              f"{'met' if x >= TARGET_VS_TCPDUMP else 'NOT met'})")
+        print(
+            f"  throughput (c')/(b'): x{x:.3f} (target >= {TARGET_VS_TCPDUMP}: "
+            f"{'met' if x >= TARGET_VS_TCPDUMP else 'NOT met'})"
+        )
         for p in points:
             a, b = out["trace_w"]["points"].get(p.name), out["tcpdump"]["points"].get(p.name)
             if a is not None and b is not None:
-                print(f"      {p.name:<32} captured share trace -w {a:.4f} vs tcpdump "
-                      f"{b:.4f}: {'at least' if a >= b else 'BELOW'} tcpdump's")
+                print(
+                    f"      {p.name:<32} captured share trace -w {a:.4f} vs tcpdump "
+                    f"{b:.4f}: {'at least' if a >= b else 'BELOW'} tcpdump's"
+                )
     if "trace" in out and out["trace"]["ratio"]:
         x = out["trace"]["ratio"]
-        print(f"  throughput (d)/(a'): x{x:.3f} (target >= {TARGET_NO_W}: "
-              f"{'met' if x >= TARGET_NO_W else 'NOT met'})")
+        print(
+            f"  throughput (d)/(a'): x{x:.3f} (target >= {TARGET_NO_W}: "
+            f"{'met' if x >= TARGET_NO_W else 'NOT met'})"
+        )
     return out
 
 
@@ -442,26 +500,42 @@ def main():
     ap.add_argument("--seconds", type=float, default=3, help="flood length per mode")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iperf-seconds", type=float, default=240)
-    ap.add_argument("--window", type=float, default=4,
-                    help="seconds each capture is attached during the iperf3 run")
-    ap.add_argument("--min-free-gb", type=float, default=25,
-                    help="skip an iperf3 capture window below this much free disk")
+    ap.add_argument(
+        "--window",
+        type=float,
+        default=4,
+        help="seconds each capture is attached during the iperf3 run",
+    )
+    ap.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=25,
+        help="skip an iperf3 capture window below this much free disk",
+    )
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--only", choices=("all", "flood", "iperf"), default="all")
-    ap.add_argument("--modes", default="none,tcpdump,trace",
-                    help="flood modes (none, tcpdump, trace) and iperf3 capture modes "
-                         "(tcpdump: b', trace: c' and d); e.g. none,tcpdump to check the "
-                         "baseline alone")
+    ap.add_argument(
+        "--modes",
+        default="none,tcpdump,trace",
+        help="flood modes (none, tcpdump, trace) and iperf3 capture modes "
+        "(tcpdump: b', trace: c' and d); e.g. none,tcpdump to check the "
+        "baseline alone",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     want = set(args.modes.split(","))
-    flood_modes = [m for m, k in (("none", "none"), ("tcpdump", "tcpdump"),
-                                  ("trace_w", "trace")) if k in want]
-    iperf_modes = [m for m, k in (("tcpdump", "tcpdump"), ("trace_w", "trace"),
-                                  ("trace", "trace")) if k in want]
+    flood_modes = [
+        m for m, k in (("none", "none"), ("tcpdump", "tcpdump"), ("trace_w", "trace")) if k in want
+    ]
+    iperf_modes = [
+        m
+        for m, k in (("tcpdump", "tcpdump"), ("trace_w", "trace"), ("trace", "trace"))
+        if k in want
+    ]
 
     def on_term(signum, frame):
         raise SystemExit(128 + signum)
+
     signal.signal(signal.SIGTERM, on_term)
     result = {}
     with tempfile.TemporaryDirectory(prefix="pte-") as tmp:
@@ -471,7 +545,7 @@ def main():
             if args.only != "iperf" and flood_modes:
                 runs = []
                 for r in range(args.rounds):
-                    k = r % len(flood_modes)          # rotate: no mode always first
+                    k = r % len(flood_modes)  # rotate: no mode always first
                     for mode in flood_modes[k:] + flood_modes[:k]:
                         runs.append(bench.flood(mode, r))
                 result["flood"] = report_flood(runs, points, args)
@@ -484,9 +558,11 @@ def main():
             bench.close()
     if bench.startups:
         result["trace_ready_s"] = sorted(round(x, 2) for x in bench.startups)
-        print(f"pyinspect trace start to its ready line: median "
-              f"{statistics.median(bench.startups):.2f}s over {len(bench.startups)} runs "
-              f"({min(bench.startups):.2f}-{max(bench.startups):.2f}s; target < 2s)")
+        print(
+            f"pyinspect trace start to its ready line: median "
+            f"{statistics.median(bench.startups):.2f}s over {len(bench.startups)} runs "
+            f"({min(bench.startups):.2f}-{max(bench.startups):.2f}s; target < 2s)"
+        )
     if args.json:
         print(json.dumps(result, indent=1, default=str))
 

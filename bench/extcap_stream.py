@@ -36,8 +36,12 @@ import trace_flood  # noqa: E402
 from testbed import pointcap  # noqa: E402
 
 TARGET_RATIO = 0.95
-MODES = {"trace_w": "(c) trace -w", "extcap": "(e) extcap -> dumpcap",
-         "extcap_nodelay": "(f) extcap, no comments", "extcap_cat": "(g) extcap -> cat"}
+MODES = {
+    "trace_w": "(c) trace -w",
+    "extcap": "(e) extcap -> dumpcap",
+    "extcap_nodelay": "(f) extcap, no comments",
+    "extcap_cat": "(g) extcap -> cat",
+}
 
 
 class Bench(evidence.Bench):
@@ -47,21 +51,38 @@ class Bench(evidence.Bench):
         root = tempfile.mkdtemp(dir=self.tmp)
         fifo, out = os.path.join(root, "fifo"), os.path.join(root, "out.pcapng")
         os.mkfifo(fifo)
-        reader = (["sh", "-c", f"exec cat {fifo} > {out}"] if mode == "extcap_cat" else
-                  ["dumpcap", "-q", "-i", fifo, "-w", out])
+        reader = (
+            ["sh", "-c", f"exec cat {fifo} > {out}"]
+            if mode == "extcap_cat"
+            else ["dumpcap", "-q", "-i", fifo, "-w", out]
+        )
         dump = subprocess.Popen(reader, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         xc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.topo.host}", trace_flood.PYINSPECT,
-             "--root", root, "extcap", "--extcap-interface", f"pyinspect-{self.topo.ctrs[0]}",
-             "--capture", "--fifo", fifo, "--points", "uplink,bridge,veth,container",
-             *(["--comments-delay", "0"] if mode in ("extcap_nodelay", "extcap_cat")
-               else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.topo.host}",
+                trace_flood.PYINSPECT,
+                "--root",
+                root,
+                "extcap",
+                "--extcap-interface",
+                f"pyinspect-{self.topo.ctrs[0]}",
+                "--capture",
+                "--fifo",
+                fifo,
+                "--points",
+                "uplink,bridge,veth,container",
+                *(["--comments-delay", "0"] if mode in ("extcap_nodelay", "extcap_cat") else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.procs += [xc, dump]
         state = Path(root) / "trace"
         deadline = time.monotonic() + 60
-        while not (state.is_dir() and any("added_clsact" in p.read_text()
-                                          for p in state.glob("*.json"))):
+        while not (
+            state.is_dir() and any("added_clsact" in p.read_text() for p in state.glob("*.json"))
+        ):
             if xc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"extcap did not start: {xc.stderr.read().decode()}")
             time.sleep(0.05)
@@ -72,7 +93,7 @@ class Bench(evidence.Bench):
         if handle is None or handle[0] != "extcap":
             return super().stop(handle, t0_ns, t1_ns)
         _, xc, root, out, dump = handle
-        xc.send_signal(signal.SIGTERM)        # the stream's end: dumpcap sees EOF
+        xc.send_signal(signal.SIGTERM)  # the stream's end: dumpcap sees EOF
         err = xc.communicate(timeout=120)[1]
         dump.wait(timeout=60)
         self.procs.remove(xc)
@@ -90,24 +111,33 @@ def report(runs, points):
         rs = [r for r in runs if r["mode"] == mode]
         if not rs:
             continue
-        o = out[mode] = {"pps": evidence.med(r["pps"] for r in rs), "points": {},
-                         "capture_cpu_s": evidence.med(r["capture_cpu_s"] for r in rs)}
-        print(f"  {label:<26} sender {o['pps']:>10,.0f} pkt/s   capture CPU s "
-              f"{o['capture_cpu_s']:.2f}")
+        o = out[mode] = {
+            "pps": evidence.med(r["pps"] for r in rs),
+            "points": {},
+            "capture_cpu_s": evidence.med(r["capture_cpu_s"] for r in rs),
+        }
+        print(
+            f"  {label:<26} sender {o['pps']:>10,.0f} pkt/s   capture CPU s "
+            f"{o['capture_cpu_s']:.2f}"
+        )
         for p in points:
             share = evidence.med(r["points"][p.name]["share"] for r in rs)
             cap = evidence.med(r["points"][p.name]["captured"] for r in rs)
             counter = evidence.med(r["points"][p.name]["counter"] for r in rs)
             o["points"][p.name] = {"share": share, "captured": cap, "counter": counter}
             ok = "" if share is None else ("ok" if share >= evidence.TARGET_POINT else "BELOW")
-            print(f"      {p.name:<32} captured/counter {evidence.fmt(share)} ({cap:,.0f} of "
-                  f"{counter:,.0f}; target {evidence.TARGET_POINT}: {ok})")
+            print(
+                f"      {p.name:<32} captured/counter {evidence.fmt(share)} ({cap:,.0f} of "
+                f"{counter:,.0f}; target {evidence.TARGET_POINT}: {ok})"
+            )
     for mode in ("extcap", "extcap_nodelay", "extcap_cat"):
         if mode in out and "trace_w" in out:
             x = out[mode]["pps"] / out["trace_w"]["pps"]
             out[f"sender_ratio_{mode}_vs_trace_w"] = x
-            print(f"  sender packets/s {MODES[mode][:3]}/(c): x{x:.3f} (target >= "
-                  f"{TARGET_RATIO}: {'met' if x >= TARGET_RATIO else 'NOT met'})")
+            print(
+                f"  sender packets/s {MODES[mode][:3]}/(c): x{x:.3f} (target >= "
+                f"{TARGET_RATIO}: {'met' if x >= TARGET_RATIO else 'NOT met'})"
+            )
     return out
 
 
@@ -128,10 +158,12 @@ def main():
         runs = []
         modes = list(MODES)
         for r in range(args.rounds):
-            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+            for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 runs.append(bench.flood(mode, r))
-        print(f"UDP 64-byte flood through DNAT, {args.seconds}s x {args.rounds} rounds, "
-              f"modes rotated (medians)")
+        print(
+            f"UDP 64-byte flood through DNAT, {args.seconds}s x {args.rounds} rounds, "
+            f"modes rotated (medians)"
+        )
         out = report(runs, bench.points)
         if args.json:
             print(json.dumps(out))

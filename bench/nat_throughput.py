@@ -55,8 +55,9 @@ def in_ns(name, *argv, **kw):
 def wait_listen(prefix, port, timeout=5):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        out = subprocess.run([*prefix, "cat", "/proc/net/tcp", "/proc/net/tcp6"],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [*prefix, "cat", "/proc/net/tcp", "/proc/net/tcp6"], capture_output=True, text=True
+        ).stdout
         if f":{port:04X} " in out and " 0A " in out:
             return
         time.sleep(0.05)
@@ -64,23 +65,35 @@ def wait_listen(prefix, port, timeout=5):
 
 
 def iperf(client_ns, addr, port, seconds):
-    out = in_ns(client_ns, "iperf3", "-c", addr, "-p", str(port), "-t", str(seconds), "-J",
-                timeout=seconds + 30)
+    out = in_ns(
+        client_ns,
+        "iperf3",
+        "-c",
+        addr,
+        "-p",
+        str(port),
+        "-t",
+        str(seconds),
+        "-J",
+        timeout=seconds + 30,
+    )
     data = json.loads(out.stdout)
     return data["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
 # connect()/disconnect() run inside the host netns: python-iptables acts on the caller's netns
-CHILD = ("import json, sys, types\n"
-            "from pyinspect.runtime import network\n"
-            "spec = types.SimpleNamespace(name=sys.argv[2], publish=[sys.argv[4]], "
-            "publish_all=False, network_mode='bridge', hostname=None)\n"
-            "c = types.SimpleNamespace(id=sys.argv[3], name=sys.argv[2], spec=spec)\n"
-            "op = sys.argv[5]\n"
-            "if op == 'connect':\n"
-            "    print(json.dumps(network.connect(sys.argv[1], c, int(sys.argv[6]))))\n"
-            "else:\n"
-            "    network.disconnect(sys.argv[1], c)\n")
+CHILD = (
+    "import json, sys, types\n"
+    "from pyinspect.runtime import network\n"
+    "spec = types.SimpleNamespace(name=sys.argv[2], publish=[sys.argv[4]], "
+    "publish_all=False, network_mode='bridge', hostname=None)\n"
+    "c = types.SimpleNamespace(id=sys.argv[3], name=sys.argv[2], spec=spec)\n"
+    "op = sys.argv[5]\n"
+    "if op == 'connect':\n"
+    "    print(json.dumps(network.connect(sys.argv[1], c, int(sys.argv[6]))))\n"
+    "else:\n"
+    "    network.disconnect(sys.argv[1], c)\n"
+)
 
 
 def main():
@@ -100,26 +113,53 @@ def main():
     root = tempfile.mkdtemp(prefix="pn-bench-root-")
     procs = []
     connected = False
-    base = ["nsenter", f"--net=/run/netns/{host}", sys.executable, "-c", CHILD, root, name, cid,
-            f"{HOST_PORT}:{CTR_PORT}"]
+    base = [
+        "nsenter",
+        f"--net=/run/netns/{host}",
+        sys.executable,
+        "-c",
+        CHILD,
+        root,
+        name,
+        cid,
+        f"{HOST_PORT}:{CTR_PORT}",
+    ]
     try:
         for ns in (host, client, plain):
             ns_add(ns)
-        in_ns(host, "sh", "-c", f"ip link add pnc0 type veth peer name eth0 netns {client} && "
-              f"ip addr add {CLIENT_HOST}/24 dev pnc0 && ip link set pnc0 up")
-        in_ns(client, "sh", "-c", f"ip addr add {CLIENT}/24 dev eth0 && ip link set eth0 up && "
-              f"ip route add 172.29.0.0/16 via {CLIENT_HOST}")
-        in_ns(client, "sh", "-c", f"ip link add pnp0 type veth peer name eth0 netns {plain} && "
-              f"ip addr add {PLAIN_CLIENT}/24 dev pnp0 && ip link set pnp0 up")
+        in_ns(
+            host,
+            "sh",
+            "-c",
+            f"ip link add pnc0 type veth peer name eth0 netns {client} && "
+            f"ip addr add {CLIENT_HOST}/24 dev pnc0 && ip link set pnc0 up",
+        )
+        in_ns(
+            client,
+            "sh",
+            "-c",
+            f"ip addr add {CLIENT}/24 dev eth0 && ip link set eth0 up && "
+            f"ip route add 172.29.0.0/16 via {CLIENT_HOST}",
+        )
+        in_ns(
+            client,
+            "sh",
+            "-c",
+            f"ip link add pnp0 type veth peer name eth0 netns {plain} && "
+            f"ip addr add {PLAIN_CLIENT}/24 dev pnp0 && ip link set pnp0 up",
+        )
         in_ns(plain, "sh", "-c", f"ip addr add {PLAIN}/24 dev eth0 && ip link set eth0 up")
-        ctr = subprocess.Popen(["nsenter", f"--net=/run/netns/{host}", "unshare", "--net",
-                                "sleep", "3600"])
+        ctr = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{host}", "unshare", "--net", "sleep", "3600"]
+        )
         procs.append(ctr)
         me = os.readlink("/proc/self/ns/net")
         for _ in range(200):
             try:
-                if os.readlink(f"/proc/{ctr.pid}/exe").endswith("sleep") and \
-                        os.readlink(f"/proc/{ctr.pid}/ns/net") != me:
+                if (
+                    os.readlink(f"/proc/{ctr.pid}/exe").endswith("sleep")
+                    and os.readlink(f"/proc/{ctr.pid}/ns/net") != me
+                ):
                     break
             except OSError:
                 pass
@@ -128,15 +168,27 @@ def main():
         connected = True
         net = json.loads(out.stdout)
         ctr_ns = ["nsenter", f"--net=/proc/{ctr.pid}/ns/net"]
-        procs.append(subprocess.Popen([*ctr_ns, "iperf3", "-s", "-p", str(CTR_PORT)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        procs.append(subprocess.Popen(["ip", "netns", "exec", plain, "iperf3", "-s", "-p",
-                                       str(CTR_PORT)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [*ctr_ns, "iperf3", "-s", "-p", str(CTR_PORT)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", plain, "iperf3", "-s", "-p", str(CTR_PORT)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         wait_listen(ctr_ns, CTR_PORT)
         wait_listen(["ip", "netns", "exec", plain], CTR_PORT)
-        paths = {"nat": (CLIENT_HOST, HOST_PORT), "routed": (net["ip"], CTR_PORT),
-                 "veth": (PLAIN, CTR_PORT)}
+        paths = {
+            "nat": (CLIENT_HOST, HOST_PORT),
+            "routed": (net["ip"], CTR_PORT),
+            "veth": (PLAIN, CTR_PORT),
+        }
         results = {k: [] for k in paths}
         iperf(client, CLIENT_HOST, HOST_PORT, 1)  # warm-up
         for _ in range(args.repeat):
@@ -150,24 +202,36 @@ def main():
             "ratio_nat_vs_routed": round(med["nat"] / med["routed"], 3),
             "ratio_nat_vs_veth": round(med["nat"] / med["veth"], 3),
             "target": TARGET,
-            "seconds": args.seconds, "repeat": args.repeat,
-            "dnat_rule_used": any(line.split()[0] not in ("0", "pkts") for line in
-                                  dnat.splitlines()[2:] if "dpt:%d" % HOST_PORT in line),
+            "seconds": args.seconds,
+            "repeat": args.repeat,
+            "dnat_rule_used": any(
+                line.split()[0] not in ("0", "pkts")
+                for line in dnat.splitlines()[2:]
+                if "dpt:%d" % HOST_PORT in line
+            ),
         }
         report["meets_target"] = report["ratio_nat_vs_routed"] >= TARGET
         if args.json:
             print(json.dumps(report, indent=2))
         else:
             g = report["gbit_per_s"]
-            print(f"nat     client -> {CLIENT_HOST}:{HOST_PORT} (DNAT) -> {net['ip']}:{CTR_PORT}"
-                  f"   {g['nat']:6.2f} Gbit/s")
-            print(f"routed  client -> {net['ip']}:{CTR_PORT} (same path, no NAT)"
-                  f"          {g['routed']:6.2f} Gbit/s")
-            print(f"veth    client -> {PLAIN}:{CTR_PORT} (plain veth pair)"
-                  f"                  {g['veth']:6.2f} Gbit/s")
-            print(f"ratio nat/routed = {report['ratio_nat_vs_routed']:.3f} "
-                  f"(target >= {TARGET}: {'met' if report['meets_target'] else 'NOT met'}); "
-                  f"nat/veth = {report['ratio_nat_vs_veth']:.3f}")
+            print(
+                f"nat     client -> {CLIENT_HOST}:{HOST_PORT} (DNAT) -> {net['ip']}:{CTR_PORT}"
+                f"   {g['nat']:6.2f} Gbit/s"
+            )
+            print(
+                f"routed  client -> {net['ip']}:{CTR_PORT} (same path, no NAT)"
+                f"          {g['routed']:6.2f} Gbit/s"
+            )
+            print(
+                f"veth    client -> {PLAIN}:{CTR_PORT} (plain veth pair)"
+                f"                  {g['veth']:6.2f} Gbit/s"
+            )
+            print(
+                f"ratio nat/routed = {report['ratio_nat_vs_routed']:.3f} "
+                f"(target >= {TARGET}: {'met' if report['meets_target'] else 'NOT met'}); "
+                f"nat/veth = {report['ratio_nat_vs_veth']:.3f}"
+            )
         return 0
     finally:
         for p in reversed(procs):

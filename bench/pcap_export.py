@@ -42,8 +42,19 @@ def frame(i):
     payload = bytes((i + k) & 0xFF for k in range(i % 50))
     ip_len = 20 + 20 + len(payload)
     eth = b"\x02\x42\xac\x12\x00\x02" + b"\x02\x42\xac\x12\x00\x01" + b"\x08\x00"
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, ip_len, i & 0xFFFF, 0, 64, 6, 0,
-                     bytes([192, 168, 1, 2]), bytes([172, 18, 0, 2]))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        ip_len,
+        i & 0xFFFF,
+        0,
+        64,
+        6,
+        0,
+        bytes([192, 168, 1, 2]),
+        bytes([172, 18, 0, 2]),
+    )
     tcp = struct.pack("!HHIIBBHHH", 40000 + (i % 1000), 80, i, 0, 0x50, 0x18, 65535, 0, 0)
     return eth + ip + tcp + payload
 
@@ -52,21 +63,31 @@ def _epb(if_id, ts, data, direction):
     pad = b"\0" * (-len(data) % 4)
     opts = struct.pack("<HHI", 2, 4, direction)
     total = 32 + len(data) + len(pad) + len(opts)
-    return (struct.pack("<IIIIIII", 6, total, if_id, ts >> 32, ts & 0xFFFFFFFF, len(data),
-                        len(data)) + data + pad + opts + struct.pack("<I", total))
+    return (
+        struct.pack("<IIIIIII", 6, total, if_id, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data))
+        + data
+        + pad
+        + opts
+        + struct.pack("<I", total)
+    )
 
 
 def build(workdir, n, points=4, cpus=2):
     from pyinspect.pcapng import PcapNgWriter
     from pyinspect.store import FlowRow, IndexRow, Store, TracePoint
+
     db_path = workdir / "pyinspect.db"
     store = Store(db_path)
     names = [(f"point{p}@host", "bench point") for p in range(points)]
-    sid, pids = store.begin_trace(container_id="b" * 64, container_name="bench",
-                                  started_ns=T0, snaplen=262144, pid=0,
-                                  points=[TracePoint(nm, d) for nm, d in names])
-    fids = [store.insert_flow(FlowRow(session_id=sid, proto="tcp", nat=NAT))
-            for _ in range(1000)]
+    sid, pids = store.begin_trace(
+        container_id="b" * 64,
+        container_name="bench",
+        started_ns=T0,
+        snaplen=262144,
+        pid=0,
+        points=[TracePoint(nm, d) for nm, d in names],
+    )
+    fids = [store.insert_flow(FlowRow(session_id=sid, proto="tcp", nat=NAT)) for _ in range(1000)]
     head = __import__("io").BytesIO()
     hw = PcapNgWriter(head)
     for nm, d in names:
@@ -106,7 +127,7 @@ def build(workdir, n, points=4, cpus=2):
     open_segment(T0)
     for r in range(0, max(len(c) for c in per_cpu), RUN):
         for c in range(cpus):
-            run = per_cpu[c][r:r + RUN]
+            run = per_cpu[c][r : r + RUN]
             if not run:
                 continue
             buf = bytearray()
@@ -125,16 +146,26 @@ def build(workdir, n, points=4, cpus=2):
             last_ts = max(last_ts, max(o[1] for o in offsets))
             for i, ts, point, d, off, ln in offsets:
                 if i % 8 == 0:
-                    index.append(IndexRow(sid, seg[1], size + off, ts, pids[point],
-                                          fids[(i // 8) % 1000], "in" if d == 1 else "out",
-                                          ln))
+                    index.append(
+                        IndexRow(
+                            sid,
+                            seg[1],
+                            size + off,
+                            ts,
+                            pids[point],
+                            fids[(i // 8) % 1000],
+                            "in" if d == 1 else "out",
+                            ln,
+                        )
+                    )
             size += len(buf)
     seg[0].close()
     store.finish_segment(seg[1], size, last_ts)
     store.add_index(index)
-    store.end_trace(sid, "stopped", {"packets_per_point": {"all": {"captured": n}}},
-                    stopped_ns=T0 + n * 1000)
-    for i in range(n):       # the per-point baselines, in time order
+    store.end_trace(
+        sid, "stopped", {"packets_per_point": {"all": {"captured": n}}}, stopped_ns=T0 + n * 1000
+    )
+    for i in range(n):  # the per-point baselines, in time order
         data = frame(i)
         ts = T0 + i * 1000 + (i % 7)
         point = i % points
@@ -145,18 +176,23 @@ def build(workdir, n, points=4, cpus=2):
     store.close()
     for fh in pcaps + ngs:
         fh.close()
-    return (db_path, [workdir / f"point{p}.pcap" for p in range(points)],
-            [workdir / f"point{p}.pcapng" for p in range(points)])
+    return (
+        db_path,
+        [workdir / f"point{p}.pcap" for p in range(points)],
+        [workdir / f"point{p}.pcapng" for p in range(points)],
+    )
 
 
 def _cpu():
     """(CPU seconds of this process, of its finished children)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN)
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-CPU = {}     # fn -> (total CPU s, the larger of self/children CPU s) of its cheapest run
+CPU = {}  # fn -> (total CPU s, the larger of self/children CPU s) of its cheapest run
 
 
 def best_of(runs, fn):
@@ -188,7 +224,7 @@ def main():
     try:
         t = time.perf_counter()
         db_path = workdir / "pyinspect.db"
-        if args.keep and (workdir / f"built-{args.packets}").exists():   # reuse a kept build
+        if args.keep and (workdir / f"built-{args.packets}").exists():  # reuse a kept build
             pcaps = sorted(workdir.glob("point?.pcap"))
             pcapngs = sorted(workdir.glob("point?.pcapng"))
         else:
@@ -199,8 +235,10 @@ def main():
             shutil.rmtree(workdir / "pcap", ignore_errors=True)
             db_path, pcaps, pcapngs = build(workdir, args.packets)
             (workdir / f"built-{args.packets}").touch()
-            print(f"built store + per-point pcap and pcapng files with {args.packets} "
-                  f"packets in {time.perf_counter() - t:.1f}s")
+            print(
+                f"built store + per-point pcap and pcapng files with {args.packets} "
+                f"packets in {time.perf_counter() - t:.1f}s"
+            )
         segs = sorted((workdir / "pcap").rglob("seg-*.pcapng"))
         for f in [db_path, *segs, *pcaps, *pcapngs]:  # warm the page cache for every side
             with open(f, "rb") as fh:
@@ -208,11 +246,22 @@ def main():
                     pass
 
         def mergecap(inputs):
-            subprocess.run(["mergecap", "-F", "pcapng", "-w", str(workdir / "mergecap.pcapng"),
-                            *map(str, inputs)], check=True, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    "mergecap",
+                    "-F",
+                    "pcapng",
+                    "-w",
+                    str(workdir / "mergecap.pcapng"),
+                    *map(str, inputs),
+                ],
+                check=True,
+                stderr=subprocess.DEVNULL,
+            )
 
         from pyinspect.pcap_export import export
         from pyinspect.store import Store
+
         store = Store(db_path)
         out = workdir / "export.pcapng"
         res = {}
@@ -222,8 +271,7 @@ def main():
             res.update(export(store, session_id=1, out=out))
 
         def run_since():
-            res.update(export(store, session_id=1, out=out,
-                              since=T0 + args.packets * 1000 // 2))
+            res.update(export(store, session_id=1, out=out, since=T0 + args.packets * 1000 // 2))
 
         def mc_ng():
             mergecap(pcapngs)
@@ -248,23 +296,33 @@ def main():
         store.close()
 
         seg_bytes = sum(f.stat().st_size for f in segfiles)
-        print(f"best of {args.runs} runs each, {args.packets} packets, 4 capture points, "
-              f"{len(segfiles)} segment files ({seg_bytes / 1e6:.0f} MB)")
+        print(
+            f"best of {args.runs} runs each, {args.packets} packets, 4 capture points, "
+            f"{len(segfiles)} segment files ({seg_bytes / 1e6:.0f} MB)"
+        )
         print(f"mergecap, per-point pcapng in (same flags+comments): {t_ng:6.2f} s")
         print(f"mergecap, per-point classic pcap in (no comments):   {t_pcap:6.2f} s")
-        print(f"pyinspect export from segments ({size / 1e6:.0f} MB):       {t_export:6.2f} s"
-              f"  ({args.packets / t_export / 1e6:.2f} M packets/s)")
+        print(
+            f"pyinspect export from segments ({size / 1e6:.0f} MB):       {t_export:6.2f} s"
+            f"  ({args.packets / t_export / 1e6:.2f} M packets/s)"
+        )
         print(f"pyinspect export --since the middle ({half} packets):   {t_since:6.2f} s")
         print(f"ratio export / mergecap(pcapng in): {t_export / t_ng:.2f}x (target <= 2x)")
         print(f"ratio export / mergecap(pcap in):   {t_export / t_pcap:.2f}x")
         c_ng, c_pcap, c_exp = CPU[mc_ng][0], CPU[mc_pcap][0], CPU[run_export][0]
-        print(f"CPU seconds (user+sys; do not grow with other load): mergecap pcapng "
-              f"{c_ng:.2f}, mergecap pcap {c_pcap:.2f}, export {c_exp:.2f}")
-        print(f"CPU ratio export / mergecap(pcapng in): {c_exp / c_ng:.2f}x, "
-              f"/ mergecap(pcap in): {c_exp / c_pcap:.2f}x")
+        print(
+            f"CPU seconds (user+sys; do not grow with other load): mergecap pcapng "
+            f"{c_ng:.2f}, mergecap pcap {c_pcap:.2f}, export {c_exp:.2f}"
+        )
+        print(
+            f"CPU ratio export / mergecap(pcapng in): {c_exp / c_ng:.2f}x, "
+            f"/ mergecap(pcap in): {c_exp / c_pcap:.2f}x"
+        )
         print(f"peak Python heap during export (tracemalloc): {peak / 1e6:.1f} MB")
-        print(f"max RSS growth during export: {(rss1 - rss0) / 1024:.1f} MB "
-              f"(process max RSS {rss1 / 1024:.0f} MB; the segment files are mmap'd)")
+        print(
+            f"max RSS growth during export: {(rss1 - rss0) / 1024:.1f} MB "
+            f"(process max RSS {rss1 / 1024:.0f} MB; the segment files are mmap'd)"
+        )
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         if not args.keep:

@@ -80,9 +80,14 @@ ENV = dict(os.environ)
 def probe_times(which, n):
     rows = []
     for _ in range(n):
-        out = subprocess.run([sys.executable, "-c", CHILD, which], capture_output=True,
-                             env=ENV,
-                             text=True, timeout=120, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, which],
+            capture_output=True,
+            env=ENV,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if out.returncode != 0:
             raise SystemExit(f"{which}: {out.stderr.strip()[-500:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -94,27 +99,45 @@ def trace_times(n):
     import tempfile
 
     from testbed import tracetopo
-    exe = [sys.executable, "-c", "import sys; from pyinspect.cli import main; "
-           "sys.argv[0] = 'pyinspect'; sys.exit(main())"]
+
+    exe = [
+        sys.executable,
+        "-c",
+        "import sys; from pyinspect.cli import main; sys.argv[0] = 'pyinspect'; sys.exit(main())",
+    ]
     out = []
     with tracetopo.Topology(prefix="ps") as topo, tempfile.TemporaryDirectory() as root:
         for _ in range(n):
-            argv = ["nsenter", f"--net=/run/netns/{topo.host}", *exe, "--root", root,
-                    "trace", "--container", topo.ctrs[0], "--json", "--duration", "1"]
+            argv = [
+                "nsenter",
+                f"--net=/run/netns/{topo.host}",
+                *exe,
+                "--root",
+                root,
+                "trace",
+                "--container",
+                topo.ctrs[0],
+                "--json",
+                "--duration",
+                "1",
+            ]
             t0 = time.perf_counter()
-            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=ENV)
+            p = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+            )
             line = p.stdout.readline()
             ready = time.perf_counter() - t0
             _rest, err = p.communicate(timeout=60)
             total = time.perf_counter() - t0
             if not line or json.loads(line).get("type") != "ready":
                 raise SystemExit(f"trace did not get ready: {line} {err[-500:]}")
-            out.append({"ready": ready, "total": total,
-                        "notes": json.loads(line).get("notes")})
-    return {"ready": statistics.median(r["ready"] for r in out),
-            "ready_all": [round(r["ready"], 2) for r in out],
-            "total": statistics.median(r["total"] for r in out), "notes": out[-1]["notes"]}
+            out.append({"ready": ready, "total": total, "notes": json.loads(line).get("notes")})
+    return {
+        "ready": statistics.median(r["ready"] for r in out),
+        "ready_all": [round(r["ready"], 2) for r in out],
+        "total": statistics.median(r["total"] for r in out),
+        "notes": out[-1]["notes"],
+    }
 
 
 def main():
@@ -134,12 +157,16 @@ def main():
         print(json.dumps(res))
         return
     for w, r in res["probes"].items():
-        print(f"{w:12s} start {r['total']:.3f} s  (build {r['build']:.3f} s, "
-              f"attach {r['attach']:.3f} s)")
+        print(
+            f"{w:12s} start {r['total']:.3f} s  (build {r['build']:.3f} s, "
+            f"attach {r['attach']:.3f} s)"
+        )
     if "trace" in res:
         t = res["trace"]
-        print(f"trace to ready: median {t['ready']:.2f} s {t['ready_all']}; "
-              f"1 s trace wall {t['total']:.2f} s; notes {t['notes']}")
+        print(
+            f"trace to ready: median {t['ready']:.2f} s {t['ready_all']}; "
+            f"1 s trace wall {t['total']:.2f} s; notes {t['notes']}"
+        )
 
 
 if __name__ == "__main__":

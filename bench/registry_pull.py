@@ -35,8 +35,10 @@ from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
 PYINSPECT = str(VENV_BIN / "pyinspect")
-ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-       "PYINSPECT_PULL": "never"}
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+    "PYINSPECT_PULL": "never",
+}
 
 
 def start_registry(tmp):
@@ -44,10 +46,16 @@ def start_registry(tmp):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = tmp / "registry.yml"
-    cfg.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                   f"    rootdirectory: {tmp / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    cfg.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {tmp / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -73,23 +81,42 @@ def image_archive(path, mb):
     """A docker-save archive of three layers: random, text-like, and mixed data."""
     part = (mb << 20) // 3
     words = b" ".join(b"word%d" % (i % 5000) for i in range(part // 8))[:part]
-    layers = [layer_tar([("random.bin", os.urandom(part))]),
-              layer_tar([("text.txt", words)]),
-              layer_tar([("mixed.bin", os.urandom(part // 2) + bytes(part // 2))])]
+    layers = [
+        layer_tar([("random.bin", os.urandom(part))]),
+        layer_tar([("text.txt", words)]),
+        layer_tar([("mixed.bin", os.urandom(part // 2) + bytes(part // 2))]),
+    ]
     diff_ids = [f"sha256:{hashlib.sha256(x).hexdigest()}" for x in layers]
-    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
-                      "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    cfg = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    ).encode()
     with tarfile.open(path, "w") as tf:
+
         def add(name, data):
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
+
         add("config.json", cfg)
         for i, x in enumerate(layers):
             add(f"l{i}/layer.tar", x)
-        add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["bench:1"],
-                                          "Layers": [f"l{i}/layer.tar" for i in
-                                                     range(len(layers))]}]).encode())
+        add(
+            "manifest.json",
+            json.dumps(
+                [
+                    {
+                        "Config": "config.json",
+                        "RepoTags": ["bench:1"],
+                        "Layers": [f"l{i}/layer.tar" for i in range(len(layers))],
+                    }
+                ]
+            ).encode(),
+        )
     return sum(len(x) for x in layers)
 
 
@@ -114,39 +141,78 @@ def main():
         proc, host = start_registry(tmp)
         size = image_archive(tmp / "image.tar", args.mb)
         seed = tmp / "seed"
-        subprocess.run([PYINSPECT, "--root", str(seed), "load", "-i", str(tmp / "image.tar")],
-                       check=True, stdout=subprocess.DEVNULL, env=ENV)
-        subprocess.run([PYINSPECT, "--root", str(seed), "tag", "bench:1", f"{host}/bench/img:1"],
-                       check=True, env=ENV)
-        subprocess.run([PYINSPECT, "--root", str(seed), "push", f"{host}/bench/img:1"],
-                       check=True, stdout=subprocess.DEVNULL, env=ENV)
+        subprocess.run(
+            [PYINSPECT, "--root", str(seed), "load", "-i", str(tmp / "image.tar")],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=ENV,
+        )
+        subprocess.run(
+            [PYINSPECT, "--root", str(seed), "tag", "bench:1", f"{host}/bench/img:1"],
+            check=True,
+            env=ENV,
+        )
+        subprocess.run(
+            [PYINSPECT, "--root", str(seed), "push", f"{host}/bench/img:1"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=ENV,
+        )
         times = {"pull": [], "skopeo-pull": [], "push": [], "skopeo-push": []}
         for i in range(args.n):
             root, oci = tmp / f"r{i}", tmp / f"oci{i}"
-            pair = [("pull", [PYINSPECT, "--root", str(root), "pull", f"{host}/bench/img:1"]),
-                    ("skopeo-pull", ["skopeo", "copy", "--src-tls-verify=false",
-                                     f"docker://{host}/bench/img:1", f"oci:{oci}:1"])]
-            for name, argv in (pair if i % 2 == 0 else pair[::-1]):
+            pair = [
+                ("pull", [PYINSPECT, "--root", str(root), "pull", f"{host}/bench/img:1"]),
+                (
+                    "skopeo-pull",
+                    [
+                        "skopeo",
+                        "copy",
+                        "--src-tls-verify=false",
+                        f"docker://{host}/bench/img:1",
+                        f"oci:{oci}:1",
+                    ],
+                ),
+            ]
+            for name, argv in pair if i % 2 == 0 else pair[::-1]:
                 times[name].append(timed(argv))
             tag = uuid.uuid4().hex[:8]
-            pair = [("push", [PYINSPECT, "--root", str(seed), "push",
-                              f"{host}/bench/p{tag}:1"]),
-                    ("skopeo-push", ["skopeo", "copy", "--dest-tls-verify=false",
-                                     f"oci:{oci}:1", f"docker://{host}/bench/s{tag}:1"])]
-            subprocess.run([PYINSPECT, "--root", str(seed), "tag", "bench:1",
-                            f"{host}/bench/p{tag}:1"], check=True, env=ENV)
-            for name, argv in (pair if i % 2 == 0 else pair[::-1]):
+            pair = [
+                ("push", [PYINSPECT, "--root", str(seed), "push", f"{host}/bench/p{tag}:1"]),
+                (
+                    "skopeo-push",
+                    [
+                        "skopeo",
+                        "copy",
+                        "--dest-tls-verify=false",
+                        f"oci:{oci}:1",
+                        f"docker://{host}/bench/s{tag}:1",
+                    ],
+                ),
+            ]
+            subprocess.run(
+                [PYINSPECT, "--root", str(seed), "tag", "bench:1", f"{host}/bench/p{tag}:1"],
+                check=True,
+                env=ENV,
+            )
+            for name, argv in pair if i % 2 == 0 else pair[::-1]:
                 times[name].append(timed(argv))
             shutil.rmtree(root, ignore_errors=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"image: 3 layers, {size / 1e6:.1f} MB uncompressed; {args.n} rounds")
         for k in times:
-            print(f"  {k:12s} median {med[k] * 1000:7.0f} ms  "
-                  f"({size / 1e6 / med[k]:.0f} MB/s of layer data)")
-        print(f"ratio pull pyinspect/skopeo: {med['pull'] / med['skopeo-pull']:.2f}x "
-              "(pyinspect also extracts into the store)")
-        print(f"ratio push pyinspect/skopeo: {med['push'] / med['skopeo-push']:.2f}x "
-              "(both mount the blobs the registry holds in another repository)")
+            print(
+                f"  {k:12s} median {med[k] * 1000:7.0f} ms  "
+                f"({size / 1e6 / med[k]:.0f} MB/s of layer data)"
+            )
+        print(
+            f"ratio pull pyinspect/skopeo: {med['pull'] / med['skopeo-pull']:.2f}x "
+            "(pyinspect also extracts into the store)"
+        )
+        print(
+            f"ratio push pyinspect/skopeo: {med['push'] / med['skopeo-push']:.2f}x "
+            "(both mount the blobs the registry holds in another repository)"
+        )
         return 0
     finally:
         if proc is not None:

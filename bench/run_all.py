@@ -17,17 +17,21 @@ BENCHES = [
     ("event path: fork/exec storm with probes, SQLite ingest (issue: probes)", "event_path.py", []),
     ("veth map scale", "vethmap_scale.py", ["-n", "50"]),
     ("trace under a UDP flood vs tcpdump (issue: trace)", "trace_flood.py", []),
-    ("complete evidence: trace -w vs tcpdump on the four capture points (issue 17)",
-     "evidence.py", []),
-    ("live capture: pyinspect extcap into dumpcap vs trace -w (issue 22)",
-     "extcap_stream.py", []),
+    (
+        "complete evidence: trace -w vs tcpdump on the four capture points (issue 17)",
+        "evidence.py",
+        [],
+    ),
+    ("live capture: pyinspect extcap into dumpcap vs trace -w (issue 22)", "extcap_stream.py", []),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
-    ("pyinspect build: 20 steps cold, fully cached, and by hand (issue 18)", "build_cache.py",
-     []),
-    ("registry pull/push vs skopeo against a local docker-registry (issue 19)",
-     "registry_pull.py", []),
+    ("pyinspect build: 20 steps cold, fully cached, and by hand (issue 18)", "build_cache.py", []),
+    (
+        "registry pull/push vs skopeo against a local docker-registry (issue 19)",
+        "registry_pull.py",
+        [],
+    ),
 ]
 
 

@@ -38,8 +38,7 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 def timed(argv, env=None):
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env=env or ENV)
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or ENV)
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"start_latency: {' '.join(argv)} failed: {proc.stderr.decode()[-300:]}")
@@ -62,13 +61,17 @@ def make_bundle(tmp, rootfs):
 def import_breakdown(root):
     """Top-level import costs (ms, cumulative) of `pyinspect run`, from -X importtime."""
     env = {**ENV, "PYTHONPROFILEIMPORTTIME": "1"}
-    proc = subprocess.run([PYINSPECT, "--root", str(root), "run", "--rm", "--net", "none",
-                           "busybox", "true"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [PYINSPECT, "--root", str(root), "run", "--rm", "--net", "none", "busybox", "true"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     rows = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:
             continue
-        _, cum, name = line[len("import time:"):].split("|")
+        _, cum, name = line[len("import time:") :].split("|")
         if cum.strip().isdigit() and not name.startswith("  "):
             rows.append((int(cum) / 1000, name.strip()))
     rows.sort(reverse=True)
@@ -82,9 +85,12 @@ def stages(root, runs=5):
         with tempfile.NamedTemporaryFile("r", suffix=".timing") as f:
             env = {**ENV, "PYINSPECT_TIMING": f.name}
             t0 = time.time_ns()
-            subprocess.run([PYINSPECT, "--root", str(root), "run", "--rm", "--net", "none",
-                            "busybox", "true"], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [PYINSPECT, "--root", str(root), "run", "--rm", "--net", "none", "busybox", "true"],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
             t_end = time.time_ns()
             for line in open(f.name):
                 name, ns = line.split()
@@ -106,24 +112,56 @@ def main():
     root = tmp / "state"
     runc_root = tmp / "runc-state"
     try:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "agent"),
-                        str(REPO / "runtime")], stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(REPO / "agent"), str(REPO / "runtime")],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
         timed([PYINSPECT, "--root", str(root), "run", "--rm", "--net", "none", "busybox", "true"])
-        info = json.loads(subprocess.run([PYINSPECT, "--root", str(root), "inspect", "busybox"],
-                                         capture_output=True, text=True, check=True).stdout)
+        info = json.loads(
+            subprocess.run(
+                [PYINSPECT, "--root", str(root), "inspect", "busybox"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         layers = info[0]["GraphDriver"]["Data"]["LowerDirs"]
         if len(layers) != 1:
             raise SystemExit("start_latency: expected the one-layer busybox image")
         bundle = make_bundle(tmp, layers[0])
         ours, theirs = [], []
         for i in range(args.n):
-            ours.append(timed([PYINSPECT, "--root", str(root), "run", "--rm", "--net", "none",
-                               "busybox", "true"]))
-            theirs.append(timed(["runc", "--root", str(runc_root), "run", "-b", str(bundle),
-                                 f"pc-bench-{os.getpid()}-{i}"]))
+            ours.append(
+                timed(
+                    [
+                        PYINSPECT,
+                        "--root",
+                        str(root),
+                        "run",
+                        "--rm",
+                        "--net",
+                        "none",
+                        "busybox",
+                        "true",
+                    ]
+                )
+            )
+            theirs.append(
+                timed(
+                    [
+                        "runc",
+                        "--root",
+                        str(runc_root),
+                        "run",
+                        "-b",
+                        str(bundle),
+                        f"pc-bench-{os.getpid()}-{i}",
+                    ]
+                )
+            )
         interp = statistics.median(timed([sys.executable, "-c", "pass"]) for _ in range(10))
-        interp_s = statistics.median(timed([sys.executable, "-S", "-c", "pass"])
-                                     for _ in range(10))
+        interp_s = statistics.median(timed([sys.executable, "-S", "-c", "pass"]) for _ in range(10))
         cli_help = statistics.median(timed([PYINSPECT, "--version"]) for _ in range(10))
         with open(PYINSPECT) as f:
             siteless = f.readline().rstrip().endswith(" -S")
@@ -152,16 +190,27 @@ def main():
         print(f"  pyinspect run --rm --net none busybox true : {result['pyinspect_median_ms']} ms")
         print(f"  runc run (same rootfs, same namespaces)    : {result['runc_median_ms']} ms")
         print(f"  ratio of medians                           : {result['ratio']}x (target <= 3x)")
-        print(f"  (fastest runs: {result['pyinspect_min_ms']} vs {result['runc_min_ms']} ms; "
-              f"load average {result['load_average']:.1f} on {os.cpu_count()} cpus)")
+        print(
+            f"  (fastest runs: {result['pyinspect_min_ms']} vs {result['runc_min_ms']} ms; "
+            f"load average {result['load_average']:.1f} on {os.cpu_count()} cpus)"
+        )
         print("what bounds pyinspect:")
-        print(f"  python interpreter start (site)  : {result['python_startup_ms']} ms "
-              f"(-S: {result['python_startup_no_site_ms']} ms)")
-        print("  console script                   : "
-              + ("site-less (-S), as make install writes it" if siteless else
-                 "pip's (with site: run make install for the site-less one)"))
-        print(f"  pyinspect --version (CLI+click)  : {result['cli_version_ms']} ms "
-              "(every command but a plain `run`)")
+        print(
+            f"  python interpreter start (site)  : {result['python_startup_ms']} ms "
+            f"(-S: {result['python_startup_no_site_ms']} ms)"
+        )
+        print(
+            "  console script                   : "
+            + (
+                "site-less (-S), as make install writes it"
+                if siteless
+                else "pip's (with site: run make install for the site-less one)"
+            )
+        )
+        print(
+            f"  pyinspect --version (CLI+click)  : {result['cli_version_ms']} ms "
+            "(every command but a plain `run`)"
+        )
         print("  biggest top-level imports of `run` (cumulative ms):")
         for name, ms in result["imports_ms"]:
             print(f"    {ms:7.1f}  {name}")

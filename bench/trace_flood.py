@@ -49,7 +49,7 @@ from testbed.waits import wait_listen  # noqa: E402
 PYINSPECT = str(REPO / ".venv" / "bin" / "pyinspect")
 UDP_PORT = 9000
 IPERF_PORT = 5201
-TARGET = 0.95                   # iperf3 under trace / without (issue: trace)
+TARGET = 0.95  # iperf3 under trace / without (issue: trace)
 
 SENDER = r"""
 import socket, sys, time
@@ -73,7 +73,8 @@ while True:
 print(n, time.perf_counter() - t0)
 """
 
-SINK = r"""
+SINK = (
+    r"""
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -82,19 +83,34 @@ b = bytearray(2048)
 r = s.recv_into
 while True:
     r(b)
-""" % UDP_PORT
+"""
+    % UDP_PORT
+)
 
 
 def send(topo, seconds):
-    out = tracetopo.sh(topo.client, f"python3 -c '{SENDER}' {topo.host_ip} {UDP_PORT} "
-                       f"{seconds}", timeout=seconds + 30).stdout.split()
+    out = tracetopo.sh(
+        topo.client,
+        f"python3 -c '{SENDER}' {topo.host_ip} {UDP_PORT} {seconds}",
+        timeout=seconds + 30,
+    ).stdout.split()
     n, dt = int(out[0]), float(out[1])
     return n, n / dt
 
 
 def start_trace(topo, root, extra=()):
-    argv = ["nsenter", f"--net=/run/netns/{topo.host}", PYINSPECT, "--root", root, "trace",
-            "--container", topo.ctrs[0], "--json", *extra]
+    argv = [
+        "nsenter",
+        f"--net=/run/netns/{topo.host}",
+        PYINSPECT,
+        "--root",
+        root,
+        "trace",
+        "--container",
+        topo.ctrs[0],
+        "--json",
+        *extra,
+    ]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     if not line:
@@ -103,7 +119,7 @@ def start_trace(topo, root, extra=()):
 
 
 def stop_trace(p):
-    p.send_signal(signal.SIGTERM)        # SIGINT is ignored when this runs in the background
+    p.send_signal(signal.SIGTERM)  # SIGINT is ignored when this runs in the background
     out, err = p.communicate(timeout=600)
     summary = None
     for line in out.splitlines():
@@ -121,10 +137,13 @@ def mode_none(topo, seconds):
 
 def mode_tcpdump(topo, seconds, tmp):
     path = os.path.join(tmp, "flood.pcap")
-    p = subprocess.Popen(["ip", "netns", "exec", topo.host, "tcpdump", "-i", "vc0", "-w", path,
-                          "-n", "udp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
-    line = p.stderr.readline()          # "listening on vc0, ..."
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", topo.host, "tcpdump", "-i", "vc0", "-w", path, "-n", "udp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = p.stderr.readline()  # "listening on vc0, ..."
     if "listening" not in line:
         raise SystemExit(f"tcpdump did not start: {line}")
     n, pps = send(topo, seconds)
@@ -133,8 +152,13 @@ def mode_tcpdump(topo, seconds, tmp):
     err = p.communicate(timeout=60)[1]
     captured = int(re.search(r"(\d+) packets captured", err).group(1))
     dropped = int(re.search(r"(\d+) packets dropped by kernel", err).group(1))
-    return {"sent": n, "pps": pps, "captured": captured, "dropped": dropped,
-            "captured_ratio": captured / n if n else 0}
+    return {
+        "sent": n,
+        "pps": pps,
+        "captured": captured,
+        "dropped": dropped,
+        "captured_ratio": captured / n if n else 0,
+    }
 
 
 def mode_trace(topo, seconds, tmp, extra=()):
@@ -145,29 +169,41 @@ def mode_trace(topo, seconds, tmp, extra=()):
     veth = s["packets_per_point"]["vc0 (veth)"]
     up = s["packets_per_point"]["up0 (uplink)"]
     shed = veth["matched_in_kernel"] - veth["captured"] - veth["lost"]
-    return {"sent": n, "pps": pps, "captured": veth["captured"],
-            "matched": veth["matched_in_kernel"], "lost_ring": veth["lost"], "shed": shed,
-            "uplink_captured": up["captured"], "uplink_matched": up["matched_in_kernel"],
-            "captured_ratio": veth["captured"] / n if n else 0,
-            "accounted": veth["captured"] + veth["lost"] + shed == veth["matched_in_kernel"]}
+    return {
+        "sent": n,
+        "pps": pps,
+        "captured": veth["captured"],
+        "matched": veth["matched_in_kernel"],
+        "lost_ring": veth["lost"],
+        "shed": shed,
+        "uplink_captured": up["captured"],
+        "uplink_matched": up["matched_in_kernel"],
+        "captured_ratio": veth["captured"] / n if n else 0,
+        "accounted": veth["captured"] + veth["lost"] + shed == veth["matched_in_kernel"],
+    }
 
 
 def iperf(topo, seconds, pin=True):
     """One iperf3 run through the DNAT port; bit/s received."""
     with iperf_server(topo, pin):
         # -O 1: the first second (slow start) is not counted
-        out = tracetopo.sh(topo.client, f"iperf3 -c {topo.host_ip} -p {IPERF_PORT} "
-                           f"-t {seconds} -O 1 -J {' '.join(pin_args(pin, 0))}",
-                           timeout=seconds + 60).stdout
+        out = tracetopo.sh(
+            topo.client,
+            f"iperf3 -c {topo.host_ip} -p {IPERF_PORT} "
+            f"-t {seconds} -O 1 -J {' '.join(pin_args(pin, 0))}",
+            timeout=seconds + 60,
+        ).stdout
         return json.loads(out)["end"]["sum_received"]["bits_per_second"]
 
 
 @contextlib.contextmanager
 def iperf_server(topo, pin):
     """`iperf3 -s -1` in the container, listening when this yields; waited for after."""
-    srv = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1",
-                            *pin_args(pin, 1)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", topo.ctrs[0], "iperf3", "-s", "-1", *pin_args(pin, 1)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_listen(topo.ctrs[0], IPERF_PORT)
         yield srv
@@ -187,9 +223,27 @@ def pin_args(pin, cpu):
 def iperf_client(topo, seconds, pin=True):
     """iperf3 -c through the DNAT port in the background, 0.5 s intervals, JSON on stdout."""
     return subprocess.Popen(
-        ["ip", "netns", "exec", topo.client, "iperf3", "-c", topo.host_ip, "-p",
-         str(IPERF_PORT), "-t", str(seconds), "-i", "0.5", "-J", *pin_args(pin, 0)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.client,
+            "iperf3",
+            "-c",
+            topo.host_ip,
+            "-p",
+            str(IPERF_PORT),
+            "-t",
+            str(seconds),
+            "-i",
+            "0.5",
+            "-J",
+            *pin_args(pin, 0),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
@@ -198,7 +252,7 @@ def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
     and with nothing, each start-up time, and each attached window's ratio to the
     nothing-windows on either side of it (the VM's throughput drifts over tens of seconds;
     a window compared with its neighbours is not)."""
-    busy, on, startup = [], [], []      # wall-clock spans: trace starting/stopping; attached
+    busy, on, startup = [], [], []  # wall-clock spans: trace starting/stopping; attached
     with iperf_server(topo, pin):
         t0 = time.time()
         client = iperf_client(topo, seconds, pin)
@@ -218,33 +272,35 @@ def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
                 time.sleep(window)
             out = client.communicate(timeout=seconds + 60)[0]
         finally:
-            if client.poll() is None:       # the loop failed: do not leave iperf3 running
+            if client.poll() is None:  # the loop failed: do not leave iperf3 running
                 client.kill()
                 client.communicate()
     res = json.loads(out)
     if "error" in res:
         raise SystemExit(f"iperf3: {res['error']}")
     attached, nothing = [], []
-    by_window = {}                # ("on", i): attached window i; ("off", i): the gap before it
+    by_window = {}  # ("on", i): attached window i; ("off", i): the gap before it
     for iv in res["intervals"]:
         a, b = t0 + iv["sum"]["start"], t0 + iv["sum"]["end"]
         rate = iv["sum"]["bits_per_second"]
         if a < t0 + 1:
-            continue                     # slow start
+            continue  # slow start
         hit = [i for i, (r, s) in enumerate(on) if r + 0.3 <= a and b <= s]
         if hit:
             attached.append(rate)
             by_window.setdefault(("on", hit[0]), []).append(rate)
-        elif not any(a < y + 0.3 and b > x for x, y in busy) and \
-                not any(a < s and b > r for r, s in on):
+        elif not any(a < y + 0.3 and b > x for x, y in busy) and not any(
+            a < s and b > r for r, s in on
+        ):
             nothing.append(rate)
             gap = sum(1 for r, s in on if s <= a)
             by_window.setdefault(("off", gap), []).append(rate)
     cycles = []
     for i in range(len(on)):
         here = by_window.get(("on", i))
-        sides = [statistics.mean(by_window[k]) for k in (("off", i), ("off", i + 1))
-                 if by_window.get(k)]
+        sides = [
+            statistics.mean(by_window[k]) for k in (("off", i), ("off", i + 1)) if by_window.get(k)
+        ]
         if here and sides:
             cycles.append(statistics.mean(here) / statistics.mean(sides))
     return attached, nothing, startup, cycles
@@ -254,36 +310,63 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--iperf-windows", type=float, default=600,
-                    help="length of the iperf3 run with the trace on and off in turns")
-    ap.add_argument("--window", type=float, default=10,
-                    help="seconds with a trace attached, then with nothing, in turns")
-    ap.add_argument("--no-pin", action="store_true",
-                    help="leave iperf3's client and server where the scheduler puts them "
-                         "(default: -A 0 / -A 1, so their placement does not vary)")
-    ap.add_argument("--iperf-pairs", type=int, default=0,
-                    help="also: iperf3 runs without/with trace, back to back, in pairs")
-    ap.add_argument("--trace-args", default="",
-                    help="extra `pyinspect trace` arguments for the iperf3 windows "
-                         "(e.g. \"--max-rate 1\")")
+    ap.add_argument(
+        "--iperf-windows",
+        type=float,
+        default=600,
+        help="length of the iperf3 run with the trace on and off in turns",
+    )
+    ap.add_argument(
+        "--window",
+        type=float,
+        default=10,
+        help="seconds with a trace attached, then with nothing, in turns",
+    )
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave iperf3's client and server where the scheduler puts them "
+        "(default: -A 0 / -A 1, so their placement does not vary)",
+    )
+    ap.add_argument(
+        "--iperf-pairs",
+        type=int,
+        default=0,
+        help="also: iperf3 runs without/with trace, back to back, in pairs",
+    )
+    ap.add_argument(
+        "--trace-args",
+        default="",
+        help='extra `pyinspect trace` arguments for the iperf3 windows (e.g. "--max-rate 1")',
+    )
     ap.add_argument("--only", choices=("all", "flood", "iperf"), default="all")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     topo = tracetopo.Topology(prefix="ptb")
-    results = {"none": [], "tcpdump": [], "trace": [], "trace_pcapng": [],
-               "iperf_none": [], "iperf_trace": []}
+    results = {
+        "none": [],
+        "tcpdump": [],
+        "trace": [],
+        "trace_pcapng": [],
+        "iperf_none": [],
+        "iperf_trace": [],
+    }
     sink = None
     try:
         ip = topo.ctr_ips[0]
-        tracetopo.sh(topo.host, f"""
+        tracetopo.sh(
+            topo.host,
+            f"""
             iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p udp --dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}
             iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p tcp --dport {IPERF_PORT} -j DNAT --to-destination {ip}:{IPERF_PORT}
-        """)
+        """,
+        )
         sink = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "python3", "-c", SINK])
         time.sleep(0.3)
         with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
+
             def run_iperf_trace():
-                p = start_trace(topo, tempfile.mkdtemp(dir=tmp))   # attached before iperf
+                p = start_trace(topo, tempfile.mkdtemp(dir=tmp))  # attached before iperf
                 bps = iperf(topo, args.seconds, not args.no_pin)
                 s = stop_trace(p)
                 results.setdefault("iperf_trace_loss", []).append(s["packets_per_point"])
@@ -293,8 +376,9 @@ def main():
                 lambda r: results["none"].append(mode_none(topo, args.seconds)),
                 lambda r: results["tcpdump"].append(mode_tcpdump(topo, args.seconds, tmp)),
                 lambda r: results["trace"].append(mode_trace(topo, args.seconds, tmp)),
-                lambda r: results["trace_pcapng"].append(mode_trace(
-                    topo, args.seconds, tmp, ["-w", os.path.join(tmp, f"t{r}.pcapng")])),
+                lambda r: results["trace_pcapng"].append(
+                    mode_trace(topo, args.seconds, tmp, ["-w", os.path.join(tmp, f"t{r}.pcapng")])
+                ),
             ]
             if args.only != "iperf":
                 for r in range(args.rounds):
@@ -304,11 +388,20 @@ def main():
                         mode(r)
             # iperf3 in one run with the trace attached and detached in turns
             if args.only != "flood" and args.iperf_windows:
-                on, off, startup, cycles = iperf_windows(topo, args.iperf_windows, args.window,
-                                                         tmp, pin=not args.no_pin,
-                                                         trace_args=shlex.split(args.trace_args))
-                results.update(iperf_window_on=on, iperf_window_off=off,
-                               iperf_window_startup=startup, iperf_window_cycles=cycles)
+                on, off, startup, cycles = iperf_windows(
+                    topo,
+                    args.iperf_windows,
+                    args.window,
+                    tmp,
+                    pin=not args.no_pin,
+                    trace_args=shlex.split(args.trace_args),
+                )
+                results.update(
+                    iperf_window_on=on,
+                    iperf_window_off=off,
+                    iperf_window_startup=startup,
+                    iperf_window_cycles=cycles,
+                )
             # iperf3 in pairs, back to back and in alternating order: the VM's throughput
             # drifts by +-15% between runs, so each pair's ratio is what is compared
             for r in range(args.iperf_pairs if args.only != "flood" else 0):
@@ -335,24 +428,32 @@ def main():
         report.update(flood_report(results, med))
     if results["iperf_none"]:
         ratios = sorted(results["iperf_pair_ratio"])
-        report.update({
-            "iperf3_gbit": {"none": round(statistics.median(results["iperf_none"]) / 1e9, 2),
-                            "trace": round(statistics.median(results["iperf_trace"]) / 1e9,
-                                           2)},
-            "iperf3_ratio": round(statistics.median(ratios), 3),
-            "iperf3_pair_ratios": [round(x, 3) for x in ratios],
-        })
+        report.update(
+            {
+                "iperf3_gbit": {
+                    "none": round(statistics.median(results["iperf_none"]) / 1e9, 2),
+                    "trace": round(statistics.median(results["iperf_trace"]) / 1e9, 2),
+                },
+                "iperf3_ratio": round(statistics.median(ratios), 3),
+                "iperf3_pair_ratios": [round(x, 3) for x in ratios],
+            }
+        )
     if results.get("iperf_window_on") and results.get("iperf_window_off"):
         on, off = results["iperf_window_on"], results["iperf_window_off"]
         report["iperf3_windows"] = {
             "intervals": {"attached": len(on), "nothing": len(off)},
-            "gbit_median": {"attached": round(statistics.median(on) / 1e9, 2),
-                            "nothing": round(statistics.median(off) / 1e9, 2)},
+            "gbit_median": {
+                "attached": round(statistics.median(on) / 1e9, 2),
+                "nothing": round(statistics.median(off) / 1e9, 2),
+            },
             "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 3),
             "ratio_of_means": round(statistics.mean(on) / statistics.mean(off), 3),
             "window_ratios": [round(x, 3) for x in results["iperf_window_cycles"]],
-            "median_window_ratio": (round(statistics.median(results["iperf_window_cycles"]), 3)
-                                    if results["iperf_window_cycles"] else None),
+            "median_window_ratio": (
+                round(statistics.median(results["iperf_window_cycles"]), 3)
+                if results["iperf_window_cycles"]
+                else None
+            ),
             "median_window_ratio_95": median_interval(results["iperf_window_cycles"]),
             "startup_s": [round(x, 1) for x in results["iperf_window_startup"]],
         }
@@ -364,29 +465,40 @@ def main():
         print_flood(report, results, args)
     w = report.get("iperf3_windows")
     if w:
-        print(f"iperf3 TCP through DNAT{'' if args.no_pin else ' (client -A 0, server -A 1)'}, "
-              f"one {args.iperf_windows:.0f}s run, a trace attached "
-              f"for {args.window:.0f}s then nothing for {args.window:.0f}s, "
-              f"{len(w['startup_s'])} times: {w['intervals']['attached']} half-second "
-              f"intervals attached, {w['intervals']['nothing']} with nothing; "
-              f"{w['gbit_median']['attached']} vs {w['gbit_median']['nothing']} Gbit/s "
-              f"(medians): x{w['ratio_of_medians']} (ratio of means x{w['ratio_of_means']}); "
-              f"trace start-up {min(w['startup_s'])}-{max(w['startup_s'])}s not counted")
+        print(
+            f"iperf3 TCP through DNAT{'' if args.no_pin else ' (client -A 0, server -A 1)'}, "
+            f"one {args.iperf_windows:.0f}s run, a trace attached "
+            f"for {args.window:.0f}s then nothing for {args.window:.0f}s, "
+            f"{len(w['startup_s'])} times: {w['intervals']['attached']} half-second "
+            f"intervals attached, {w['intervals']['nothing']} with nothing; "
+            f"{w['gbit_median']['attached']} vs {w['gbit_median']['nothing']} Gbit/s "
+            f"(medians): x{w['ratio_of_medians']} (ratio of means x{w['ratio_of_means']}); "
+            f"trace start-up {min(w['startup_s'])}-{max(w['startup_s'])}s not counted"
+        )
         lo, hi = w["median_window_ratio_95"] or (None, None)
         med = w["median_window_ratio"]
-        verdict = ("too few windows to tell" if lo is None else
-                   "met" if lo >= TARGET else
-                   "met by the median, not by its whole interval" if med >= TARGET
-                   else "not met")
-        print(f"  each attached window against the nothing-windows either side: median "
-              f"x{med} (95% interval {lo}-{hi}; target x{TARGET}: {verdict}) "
-              f"({', '.join(str(x) for x in w['window_ratios'])})")
+        verdict = (
+            "too few windows to tell"
+            if lo is None
+            else "met"
+            if lo >= TARGET
+            else "met by the median, not by its whole interval"
+            if med >= TARGET
+            else "not met"
+        )
+        print(
+            f"  each attached window against the nothing-windows either side: median "
+            f"x{med} (95% interval {lo}-{hi}; target x{TARGET}: {verdict}) "
+            f"({', '.join(str(x) for x in w['window_ratios'])})"
+        )
     if results["iperf_none"]:
-        print(f"iperf3 TCP through DNAT, {len(results['iperf_none'])} pairs of {args.seconds}s "
-              f"runs: {report['iperf3_gbit']['none']} Gbit/s without, "
-              f"{report['iperf3_gbit']['trace']} Gbit/s under trace (medians); median pair "
-              f"ratio x{report['iperf3_ratio']} (pairs: "
-              f"{', '.join(str(x) for x in report['iperf3_pair_ratios'])})")
+        print(
+            f"iperf3 TCP through DNAT, {len(results['iperf_none'])} pairs of {args.seconds}s "
+            f"runs: {report['iperf3_gbit']['none']} Gbit/s without, "
+            f"{report['iperf3_gbit']['trace']} Gbit/s under trace (medians); median pair "
+            f"ratio x{report['iperf3_ratio']} (pairs: "
+            f"{', '.join(str(x) for x in report['iperf3_pair_ratios'])})"
+        )
 
 
 def median_interval(xs, resamples=4000, seed=1):
@@ -403,22 +515,29 @@ def flood_report(results, med):
     base = med("none", "pps")
     tdp = med("tcpdump", "pps")
     return {
-        "sender_pps": {m: round(med(m, "pps")) for m in ("none", "tcpdump", "trace",
-                                                          "trace_pcapng")},
-        "sender_ratio_vs_none": {m: round(med(m, "pps") / base, 3)
-                                 for m in ("tcpdump", "trace", "trace_pcapng")},
-        "sender_ratio_vs_tcpdump": {m: round(med(m, "pps") / tdp, 3)
-                                    for m in ("trace", "trace_pcapng")},
-        "captured_over_sent": {m: round(med(m, "captured_ratio"), 4)
-                               for m in ("tcpdump", "trace", "trace_pcapng")},
-        "trace_loss_accounted_exactly": all(x["accounted"] for x in results["trace"] +
-                                            results["trace_pcapng"]),
+        "sender_pps": {
+            m: round(med(m, "pps")) for m in ("none", "tcpdump", "trace", "trace_pcapng")
+        },
+        "sender_ratio_vs_none": {
+            m: round(med(m, "pps") / base, 3) for m in ("tcpdump", "trace", "trace_pcapng")
+        },
+        "sender_ratio_vs_tcpdump": {
+            m: round(med(m, "pps") / tdp, 3) for m in ("trace", "trace_pcapng")
+        },
+        "captured_over_sent": {
+            m: round(med(m, "captured_ratio"), 4) for m in ("tcpdump", "trace", "trace_pcapng")
+        },
+        "trace_loss_accounted_exactly": all(
+            x["accounted"] for x in results["trace"] + results["trace_pcapng"]
+        ),
     }
 
 
 def print_flood(report, results, args):
-    print(f"UDP 64-byte flood, client netns -> DNAT -> container, {args.seconds}s x "
-          f"{args.rounds} rounds (medians)")
+    print(
+        f"UDP 64-byte flood, client netns -> DNAT -> container, {args.seconds}s x "
+        f"{args.rounds} rounds (medians)"
+    )
     for m in ("none", "tcpdump", "trace", "trace_pcapng"):
         line = f"  {m:<13} sender {report['sender_pps'][m]:>9,} pkt/s"
         if m != "none":
@@ -427,13 +546,18 @@ def print_flood(report, results, args):
             line += f"  captured/sent {report['captured_over_sent'][m]:.4f}"
         print(line)
     for m in ("trace", "trace_pcapng"):
-        print(f"  {m}: sender x{report['sender_ratio_vs_tcpdump'][m]:.3f} of its rate "
-              f"under tcpdump")
+        print(
+            f"  {m}: sender x{report['sender_ratio_vs_tcpdump'][m]:.3f} of its rate under tcpdump"
+        )
     for x in results["trace"] + results["trace_pcapng"]:
-        print(f"    trace on vc0: sent {x['sent']:,} matched {x['matched']:,} captured "
-              f"{x['captured']:,} lost(ring full) {x['lost_ring']:,} shed {x['shed']:,}")
-    print(f"  loss accounted exactly (captured + lost + shed == matched in kernel): "
-          f"{report['trace_loss_accounted_exactly']}")
+        print(
+            f"    trace on vc0: sent {x['sent']:,} matched {x['matched']:,} captured "
+            f"{x['captured']:,} lost(ring full) {x['lost_ring']:,} shed {x['shed']:,}"
+        )
+    print(
+        f"  loss accounted exactly (captured + lost + shed == matched in kernel): "
+        f"{report['trace_loss_accounted_exactly']}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def setup(prefix, n):
     names = []
     for i in range(n):
         ns = f"{prefix}-{i}"
-        sh(f"ip netns add {ns} && ip -n {host} link add pbbv{i} type veth peer name eth0 "
-           f"netns {ns} && ip -n {ns} addr add 10.99.{i // 250}.{i % 250 + 1}/16 dev eth0")
+        sh(
+            f"ip netns add {ns} && ip -n {host} link add pbbv{i} type veth peer name eth0 "
+            f"netns {ns} && ip -n {ns} addr add 10.99.{i // 250}.{i % 250 + 1}/16 dev eth0"
+        )
         names.append(ns)
     return host, names
 
@@ -125,12 +127,13 @@ def main():
     if args.json:
         print(json.dumps(result))
         return
-    print(f"vethmap.build(): {result['build_ms']} ms for {result['namespaces_total']} "
-          f"namespaces / {result['interfaces_total']} interfaces "
-          f"({result['host_veths_paired']}/{args.n} host veths paired)")
+    print(
+        f"vethmap.build(): {result['build_ms']} ms for {result['namespaces_total']} "
+        f"namespaces / {result['interfaces_total']} interfaces "
+        f"({result['host_veths_paired']}/{args.n} host veths paired)"
+    )
     for k, v in result["dump_ms"].items():
-        print(f"  dump {args.n} namespaces via {k:<28} {v:8.1f} ms "
-              f"({v / args.n:.2f} ms/namespace)")
+        print(f"  dump {args.n} namespaces via {k:<28} {v:8.1f} ms ({v / args.n:.2f} ms/namespace)")
 
 
 if __name__ == "__main__":

@@ -27,17 +27,42 @@ def fill(store, n, containers=50, batch=50_000):
     start = now - 86400 * 10**9
     step = 86400 * 10**9 // n
     db = store.db
-    cols = ("ts_ns", "kind", "pid", "ppid", "comm", "cgroup_id", "netns", "pidns", "mntns",
-            "container_id", "container_name", "detail")
+    cols = (
+        "ts_ns",
+        "kind",
+        "pid",
+        "ppid",
+        "comm",
+        "cgroup_id",
+        "netns",
+        "pidns",
+        "mntns",
+        "container_id",
+        "container_name",
+        "detail",
+    )
     sql = f"INSERT INTO events ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
     for base in range(0, n, batch):
         rows = []
         for i in range(base, min(n, base + batch)):
             c = rng.randrange(containers + 1)
             cid = f"{c:064x}" if c else None
-            rows.append((start + i * step, rng.choice(KINDS), rng.randrange(2, 60000),
-                         1, "sh", c, 4026530000 + c, 4026540000 + c, 4026550000 + c, cid,
-                         f"c{c}" if c else None, json.dumps({"argv": ["sh", "-c", "true"]})))
+            rows.append(
+                (
+                    start + i * step,
+                    rng.choice(KINDS),
+                    rng.randrange(2, 60000),
+                    1,
+                    "sh",
+                    c,
+                    4026530000 + c,
+                    4026540000 + c,
+                    4026550000 + c,
+                    cid,
+                    f"c{c}" if c else None,
+                    json.dumps({"argv": ["sh", "-c", "true"]}),
+                )
+            )
         with db.conn:
             db.conn.executemany(sql, rows)
 
@@ -59,6 +84,7 @@ def main():
     args = ap.parse_args()
 
     import waitress
+
     from pyinspect.config import database_path
     from pyinspect.store import Store
     from pyinspect.web.app import create_app

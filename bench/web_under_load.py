@@ -63,21 +63,30 @@ def main():
     sink = server = None
     try:
         ip = topo.ctr_ips[0]
-        tracetopo.sh(topo.host, f"iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p udp "
-                                f"--dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}")
+        tracetopo.sh(
+            topo.host,
+            f"iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p udp "
+            f"--dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}",
+        )
         sink = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "python3", "-c", SINK])
         with tempfile.TemporaryDirectory(prefix="pwb-") as root:
-            server = subprocess.Popen([PYINSPECT, "--root", root, "serve", "--port", "0"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True)
+            server = subprocess.Popen(
+                [PYINSPECT, "--root", root, "serve", "--port", "0"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             base = tracetopo.dashboard_url(server)
             if not base:
                 raise SystemExit("serve did not start")
             idle_rps, idle_err = hammer(base, args.seconds, args.clients)
             trace = trace_flood.start_trace(topo, root)
             result = {}
-            flood = threading.Thread(target=lambda: result.update(
-                zip(("sent", "pps"), trace_flood.send(topo, args.seconds + 1))))
+            flood = threading.Thread(
+                target=lambda: result.update(
+                    zip(("sent", "pps"), trace_flood.send(topo, args.seconds + 1))
+                )
+            )
             flood.start()
             busy_rps, busy_err = hammer(base, args.seconds, args.clients)
             flood.join()
@@ -85,23 +94,30 @@ def main():
             server.terminate()
             server.wait(timeout=60)
             db = sqlite3.connect(Path(root) / "pyinspect.db")
-            probe_lost = db.execute("SELECT coalesce(sum(lost), 0) FROM probe_loss "
-                                    "WHERE session_id IS NULL").fetchone()[0]
+            probe_lost = db.execute(
+                "SELECT coalesce(sum(lost), 0) FROM probe_loss WHERE session_id IS NULL"
+            ).fetchone()[0]
             db.close()
         veth = summary["packets_per_point"]["vc0 (veth)"]
         shed = veth["matched_in_kernel"] - veth["captured"] - veth["lost"]
         print(f"dashboard requests/s idle      {idle_rps:8.0f}  (errors {idle_err})")
         print(f"dashboard requests/s under load {busy_rps:8.0f}  (errors {busy_err})")
         print(f"ratio under load / idle         {busy_rps / idle_rps:8.2f}")
-        print(f"flood: {result.get('sent', 0)} UDP packets at {result.get('pps', 0):.0f}/s; "
-              f"trace on the veth captured {veth['captured']}, ring-buffer lost {veth['lost']}, "
-              f"shed {shed} of {veth['matched_in_kernel']} matched in the kernel")
+        print(
+            f"flood: {result.get('sent', 0)} UDP packets at {result.get('pps', 0):.0f}/s; "
+            f"trace on the veth captured {veth['captured']}, ring-buffer lost {veth['lost']}, "
+            f"shed {shed} of {veth['matched_in_kernel']} matched in the kernel"
+        )
         print(f"agent probes: {probe_lost} records lost")
         accounted = veth["captured"] + veth["lost"] + shed == veth["matched_in_kernel"]
-        print(f"timeline events lost: {probe_lost}; trace packets accounted for exactly "
-              f"(captured + lost + shed == matched): {'yes' if accounted else 'NO'}")
-        print("(shed = over the tracer's automatic CPU budget, counted in the kernel; "
-              "`trace --max-rate 0` takes everything the ring can hold)")
+        print(
+            f"timeline events lost: {probe_lost}; trace packets accounted for exactly "
+            f"(captured + lost + shed == matched): {'yes' if accounted else 'NO'}"
+        )
+        print(
+            "(shed = over the tracer's automatic CPU budget, counted in the kernel; "
+            "`trace --max-rate 0` takes everything the ring can hold)"
+        )
     finally:
         if server and server.poll() is None:
             server.kill()

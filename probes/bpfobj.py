@@ -33,13 +33,12 @@ DEFAULT_CACHE = "/var/cache/pyinspect/bpf"
 CLANGS = ("clang", "clang-14", "clang-15", "clang-16", "clang-17", "clang-18", "clang-19")
 HERE = Path(__file__).resolve().parent
 
-LIBBPF_INFO = 1           # enum libbpf_print_level: WARN 0, INFO 1, DEBUG 2
+LIBBPF_INFO = 1  # enum libbpf_print_level: WARN 0, INFO 1, DEBUG 2
 _lib = None
 _log: list[str] = []
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
-                            ctypes.c_void_p]
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
 
 
 @_PRINT_FN
@@ -64,8 +63,9 @@ def libbpf():
     try:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as exc:
-        raise UnavailableError(f"cannot load libbpf ({exc})",
-                               "install libbpf1 (make install does)") from None
+        raise UnavailableError(
+            f"cannot load libbpf ({exc})", "install libbpf1 (make install does)"
+        ) from None
     p = ctypes.c_void_p
     sigs = {
         "bpf_object__open_file": (p, [ctypes.c_char_p, p]),
@@ -143,16 +143,31 @@ def compile_object(src: Path, defines: tuple[str, ...] = ()) -> Path:
     if out.exists():
         return out
     if not clang:
-        raise UnavailableError(f"cannot compile {src.name}: clang is not installed",
-                               "install clang-14 (make install does)")
+        raise UnavailableError(
+            f"cannot compile {src.name}: clang is not installed",
+            "install clang-14 (make install does)",
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     arch = os.uname().machine
     multiarch = f"/usr/include/{arch}-linux-gnu"
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".o.tmp")
     os.close(fd)
-    cmd = [clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function",
-           *(f"-D{d}" for d in defines), f"-I{src.parent}", f"-I{multiarch}", "-c",
-           str(src), "-o", tmp]
+    cmd = [
+        clang,
+        "-O2",
+        "-g",
+        "-target",
+        "bpf",
+        "-Wall",
+        "-Wno-unused-function",
+        *(f"-D{d}" for d in defines),
+        f"-I{src.parent}",
+        f"-I{multiarch}",
+        "-c",
+        str(src),
+        "-o",
+        tmp,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -174,10 +189,14 @@ class BpfObject:
         self.loaded = False
 
     @classmethod
-    def open(cls, src: Path, rodata: bytes | None = None,
-             max_entries: dict[str, int] | None = None,
-             programs: set[str] | None = None,
-             defines: tuple[str, ...] = ()) -> BpfObject:
+    def open(
+        cls,
+        src: Path,
+        rodata: bytes | None = None,
+        max_entries: dict[str, int] | None = None,
+        programs: set[str] | None = None,
+        defines: tuple[str, ...] = (),
+    ) -> BpfObject:
         lib = libbpf()
         path = compile_object(Path(src), defines)
         h = lib.bpf_object__open_file(str(path).encode(), None)
@@ -218,7 +237,8 @@ class BpfObject:
                 if not ptr or size.value != len(data):
                     raise UnavailableError(
                         f"{self.path.name}: .rodata is {size.value} bytes, the loader "
-                        f"wrote {len(data)} (C and Python config structs differ)")
+                        f"wrote {len(data)} (C and Python config structs differ)"
+                    )
                 ctypes.memmove(ptr, data, len(data))
                 return
             m = lib.bpf_object__next_map(self._h, m)
@@ -229,8 +249,9 @@ class BpfObject:
         if libbpf().bpf_object__load(self._h) != 0:
             err = ctypes.get_errno()
             detail = next((ln.strip() for ln in reversed(_log) if ln.strip()), "")
-            raise UnavailableError(f"the kernel refused {self.path.name}: "
-                                   f"{os.strerror(err)} {detail[:300]}".strip())
+            raise UnavailableError(
+                f"the kernel refused {self.path.name}: {os.strerror(err)} {detail[:300]}".strip()
+            )
         self.loaded = True
         return self
 
@@ -302,10 +323,11 @@ def _tp_lib():
     if not _tp_ready:
         p = ctypes.c_void_p
         for fn, res, args in (
-                ("bpf_program__attach_tracepoint", p, [p, ctypes.c_char_p, ctypes.c_char_p]),
-                ("bpf_link__destroy", ctypes.c_int, [p]),
-                ("bpf_link__fd", ctypes.c_int, [p]),
-                ("libbpf_num_possible_cpus", ctypes.c_int, [])):
+            ("bpf_program__attach_tracepoint", p, [p, ctypes.c_char_p, ctypes.c_char_p]),
+            ("bpf_link__destroy", ctypes.c_int, [p]),
+            ("bpf_link__fd", ctypes.c_int, [p]),
+            ("libbpf_num_possible_cpus", ctypes.c_int, []),
+        ):
             f = getattr(lib, fn)
             f.restype = res
             f.argtypes = args
@@ -332,7 +354,7 @@ def map_lookup(fd: int, key, value) -> bool:
     """bpf_map_lookup_elem into the ctypes `value`; False when the key is absent."""
     if libbpf().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) != 0:
         err = ctypes.get_errno()
-        if err == 2:   # ENOENT
+        if err == 2:  # ENOENT
             return False
         raise OSError(err, f"bpf map lookup: {os.strerror(err)}")
     return True

@@ -18,9 +18,27 @@ import threading
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
-_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, \
-    _RESTRICT, _FUNC, _FUNC_PROTO, _VAR, _DATASEC, _FLOAT, _DECL_TAG, _TYPE_TAG, \
-    _ENUM64 = range(1, 20)
+(
+    _INT,
+    _PTR,
+    _ARRAY,
+    _STRUCT,
+    _UNION,
+    _ENUM,
+    _FWD,
+    _TYPEDEF,
+    _VOLATILE,
+    _CONST,
+    _RESTRICT,
+    _FUNC,
+    _FUNC_PROTO,
+    _VAR,
+    _DATASEC,
+    _FLOAT,
+    _DECL_TAG,
+    _TYPE_TAG,
+    _ENUM64,
+) = range(1, 20)
 _MODIFIERS = (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG)
 
 
@@ -32,8 +50,9 @@ class BTF:
     """A minimal reader: types by id, structs by name, member offsets by path."""
 
     def __init__(self, data):
-        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = \
-            struct.unpack_from("<HBBIIIII", data, 0)
+        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+            "<HBBIIIII", data, 0
+        )
         if magic != 0xEB9F:
             raise BTFError("bad BTF magic")
         self._data = data
@@ -63,7 +82,7 @@ class BTF:
 
     def name(self, off):
         start = self._strs + off
-        return self._data[start:self._data.index(b"\0", start)].decode()
+        return self._data[start : self._data.index(b"\0", start)].decode()
 
     def resolve(self, tid):
         """Skip typedefs and qualifiers."""
@@ -122,14 +141,14 @@ class BTF:
             for i in range(vlen):
                 name_off, val = struct.unpack_from("<Ii", self._data, body + 8 * i)
                 start = self._strs + name_off
-                if self._data[start:start + len(want) + 1] == want + b"\0":
+                if self._data[start : start + len(want) + 1] == want + b"\0":
                     return val
         raise BTFError(f"enumerator {name} not in BTF")
 
 
 _lock = threading.RLock()
-_cache = {}     # path -> offsets() result
-_parsed = {}    # path -> BTF
+_cache = {}  # path -> offsets() result
+_parsed = {}  # path -> BTF
 
 # name (was the -D macro) -> (struct, member path)
 FIELDS = {
@@ -173,11 +192,12 @@ def load(path=VMLINUX):
         return _parsed[path]
 
 
-_results = {}   # (path, name) -> cached() result
+_results = {}  # (path, name) -> cached() result
 
 
 def _cache_file(digest):
     from .bpfobj import cache_dir
+
     return cache_dir() / f"btf-{digest}.json"
 
 
@@ -215,7 +235,7 @@ def cached(name, compute, path=VMLINUX):
                     json.dump(doc, out)
                 os.replace(tmp, cfile)
             except OSError:
-                pass        # a read-only cache: parse again next time
+                pass  # a read-only cache: parse again next time
         _results[key] = result
         return result
 

@@ -21,8 +21,17 @@ from dataclasses import dataclass
 from . import bpfsys
 from .netns import CLONE_NEWNET
 
-HOOKS = ("tracepoint", "raw_tracepoint", "tc", "tcx", "kprobe", "fentry", "ringbuf",
-         "perf_buffer", "netfilter")
+HOOKS = (
+    "tracepoint",
+    "raw_tracepoint",
+    "tc",
+    "tcx",
+    "kprobe",
+    "fentry",
+    "ringbuf",
+    "perf_buffer",
+    "netfilter",
+)
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -95,8 +104,9 @@ def _kprobe_reason(exc, log):
     tfs = tracefs_dir()
     has_events = bool(tfs) and os.path.exists(os.path.join(tfs, "kprobe_events"))
     if not has_pmu and not has_events:
-        return ("refused by kernel: no kprobe PMU and no kprobe_events in tracefs "
-                "(CONFIG_KPROBES off)")
+        return (
+            "refused by kernel: no kprobe PMU and no kprobe_events in tracefs (CONFIG_KPROBES off)"
+        )
     if "Operation not permitted" in log or "EPERM" in log:
         return "refused by kernel (EPERM)"
     return f"attach failed: {_first_line(exc)}"
@@ -151,8 +161,11 @@ def _probe_functions(b, BPF):
             ok, why = True, "loads and attaches (sched:sched_process_exit)"
         except Exception as exc:
             ok = False
-            why = ("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
-                   if not tfs else f"refused: {_first_line(exc)}")
+            why = (
+                "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+                if not tfs
+                else f"refused: {_first_line(exc)}"
+            )
     out["tracepoint"] = HookStatus("tracepoint", ok, why)
     with _quiet_stderr() as log:
         try:
@@ -232,10 +245,12 @@ def _probe_bcc_separately(BPF, combined_error):
                 out[name] = HookStatus(name, True, "map creates")
             except Exception as exc:
                 out[name] = HookStatus(name, False, f"refused: {_first_line(exc)}")
-    base = ("int pi_cap_tp(void *ctx) { return 0; }\n"
-            "int pi_cap_rtp(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n"
-            "int pi_cap_kp(struct pt_regs *ctx) { return 0; }\n"
-            "int pi_cap_cls(struct __sk_buff *skb) { return 0; }\n")
+    base = (
+        "int pi_cap_tp(void *ctx) { return 0; }\n"
+        "int pi_cap_rtp(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n"
+        "int pi_cap_kp(struct pt_regs *ctx) { return 0; }\n"
+        "int pi_cap_cls(struct __sk_buff *skb) { return 0; }\n"
+    )
     with _quiet_stderr():
         try:
             b = BPF(text=base)
@@ -265,9 +280,23 @@ def _link_buffers(prog_type, r0, expected_attach_type, link_attr):
     attr = ctypes.create_string_buffer(256)
     # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
     # prog_flags, prog_name[16], prog_ifindex, expected_attach_type
-    struct.pack_into("<IIQQIIQII16sII", attr, 0, prog_type, 2,
-                     ctypes.addressof(ibuf), ctypes.addressof(lic), 0, 0, 0, 0, 0,
-                     b"pi_cap_link", 0, expected_attach_type)
+    struct.pack_into(
+        "<IIQQIIQII16sII",
+        attr,
+        0,
+        prog_type,
+        2,
+        ctypes.addressof(ibuf),
+        ctypes.addressof(lic),
+        0,
+        0,
+        0,
+        0,
+        0,
+        b"pi_cap_link",
+        0,
+        expected_attach_type,
+    )
     lattr = ctypes.create_string_buffer(256)
     ctypes.memmove(ctypes.addressof(lattr) + 4, link_attr, len(link_attr))
     return libc, (ibuf, lic), attr, lattr
@@ -315,8 +344,12 @@ def _probe_link(name, buffers, ok, too_old):
     if stage == 0:
         return HookStatus(name, True, ok)
     if stage >= 100:
-        return HookStatus(name, False, "could not make a scratch network namespace "
-                          f"to test in ({errno.errorcode.get(stage - 100, stage - 100)})")
+        return HookStatus(
+            name,
+            False,
+            "could not make a scratch network namespace "
+            f"to test in ({errno.errorcode.get(stage - 100, stage - 100)})",
+        )
     if stage == 1:
         return HookStatus(name, False, f"load failed: refused by kernel ({errname})")
     if err == errno.EINVAL and too_old:
@@ -327,22 +360,36 @@ def _probe_link(name, buffers, ok, too_old):
 def _probe_netfilter():
     # target_fd, attach_type, flags, then netfilter {pf=IPv4, hooknum=LOCAL_IN, priority,
     # flags}; the program accepts (NF_ACCEPT = 1)
-    buffers = _link_buffers(bpfsys.PROG_TYPE_NETFILTER, 1, bpfsys.NETFILTER,
-                            struct.pack("<IIIIIiI", 0, bpfsys.NETFILTER, 0, 2, 1, 100, 0))
-    st = _probe_link("netfilter", buffers, "BPF_PROG_TYPE_NETFILTER loads and links "
-                     "(raw bpf(2); bcc 0.26 cannot express it)", None)
+    buffers = _link_buffers(
+        bpfsys.PROG_TYPE_NETFILTER,
+        1,
+        bpfsys.NETFILTER,
+        struct.pack("<IIIIIiI", 0, bpfsys.NETFILTER, 0, 2, 1, 100, 0),
+    )
+    st = _probe_link(
+        "netfilter",
+        buffers,
+        "BPF_PROG_TYPE_NETFILTER loads and links (raw bpf(2); bcc 0.26 cannot express it)",
+        None,
+    )
     if not st.available and st.reason == "load failed: refused by kernel (EINVAL)":
-        return HookStatus("netfilter", False, "load failed: program type unknown to this "
-                          "kernel (needs >= 6.4)")
+        return HookStatus(
+            "netfilter", False, "load failed: program type unknown to this kernel (needs >= 6.4)"
+        )
     return st
 
 
 def _probe_tcx():
     # tcx link on the scratch namespace's lo (ifindex 1); the program returns TCX_NEXT (-1)
-    buffers = _link_buffers(bpfsys.PROG_TYPE_SCHED_CLS, -1, 0,
-                            struct.pack("<III", 1, bpfsys.TCX_INGRESS, 0))
-    return _probe_link("tcx", buffers, "sched_cls links with tcx (what trace attaches with)",
-                       "no tcx in this kernel (needs >= 6.6); trace uses tc clsact")
+    buffers = _link_buffers(
+        bpfsys.PROG_TYPE_SCHED_CLS, -1, 0, struct.pack("<III", 1, bpfsys.TCX_INGRESS, 0)
+    )
+    return _probe_link(
+        "tcx",
+        buffers,
+        "sched_cls links with tcx (what trace attaches with)",
+        "no tcx in this kernel (needs >= 6.6); trace uses tc clsact",
+    )
 
 
 def _detect_all():
@@ -402,6 +449,7 @@ def probe_loaders():
     from pathlib import Path
 
     from . import bpfobj
+
     here = Path(__file__).resolve().parent
     clang = bpfobj.find_clang()
     try:

@@ -34,21 +34,38 @@ class DirFields(ctypes.Structure):
 
 class CgConfig(ctypes.Structure):
     """cgroups.bpf.c `struct cg_config` (.rodata)."""
-    _fields_ = [("task", TaskOffsets), ("mkdir", DirFields), ("rmdir", DirFields),
-                ("attach", DirFields), ("attach_pid", Tpf), ("attach_comm", Tpf)]
+
+    _fields_ = [
+        ("task", TaskOffsets),
+        ("mkdir", DirFields),
+        ("rmdir", DirFields),
+        ("attach", DirFields),
+        ("attach_pid", Tpf),
+        ("attach_comm", Tpf),
+    ]
 
 
 class CgEvent(ctypes.Structure):
     """cgroups.bpf.c `struct cg_event` (one ring buffer record)."""
+
     _fields_ = TASK_IDS_FIELDS + [
-        ("id", ctypes.c_uint64), ("root", ctypes.c_int32), ("level", ctypes.c_int32),
-        ("kind", ctypes.c_uint32), ("actor_pid", ctypes.c_uint32),
-        ("path", ctypes.c_char * 192), ("task_comm", ctypes.c_char * 16)]
+        ("id", ctypes.c_uint64),
+        ("root", ctypes.c_int32),
+        ("level", ctypes.c_int32),
+        ("kind", ctypes.c_uint32),
+        ("actor_pid", ctypes.c_uint32),
+        ("path", ctypes.c_char * 192),
+        ("task_comm", ctypes.c_char * 16),
+    ]
 
 
 def _dir_fields(member):
-    return [(f"{member}.root", "root", False), (f"{member}.id", "id", False),
-            (f"{member}.level", "level", False), (f"{member}.path", "path", True)]
+    return [
+        (f"{member}.root", "root", False),
+        (f"{member}.id", "id", False),
+        (f"{member}.level", "level", False),
+        (f"{member}.path", "path", True),
+    ]
 
 
 def hierarchies():
@@ -90,9 +107,13 @@ class CgroupProbe(TracepointProbe):
         "cgroup:cgroup_mkdir": _dir_fields("mkdir"),
         "cgroup:cgroup_rmdir": _dir_fields("rmdir"),
         "cgroup:cgroup_attach_task": [
-            ("attach.root", "dst_root", False), ("attach.id", "dst_id", False),
-            ("attach.level", "dst_level", False), ("attach.path", "dst_path", True),
-            ("attach_pid", "pid", False), ("attach_comm", "comm", True)],
+            ("attach.root", "dst_root", False),
+            ("attach.id", "dst_id", False),
+            ("attach.level", "dst_level", False),
+            ("attach.path", "dst_path", True),
+            ("attach_pid", "pid", False),
+            ("attach_comm", "comm", True),
+        ],
     }
     TRACEPOINTS = {
         "cgroup:cgroup_mkdir": "PI_MKDIR",
@@ -117,9 +138,15 @@ class CgroupProbe(TracepointProbe):
             self._hier = hierarchies()
         controllers, mount = self._hier.get(r.root, (None, None))
         path = cstr(r.path)
-        detail = {"id": r.id, "level": r.level, "path": path, "hierarchy": r.root,
-                  "version": 2 if r.root == 0 else 1, "controllers": controllers,
-                  "mount": mount}
+        detail = {
+            "id": r.id,
+            "level": r.level,
+            "path": path,
+            "hierarchy": r.root,
+            "version": 2 if r.root == 0 else 1,
+            "controllers": controllers,
+            "mount": mount,
+        }
         if ev["kind"] == "cgroup_attach":
             detail["actor_pid"] = r.actor_pid
             ev["comm"] = cstr(r.task_comm) or ev["comm"]

@@ -26,9 +26,23 @@ from .netns import in_netns
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 1, 2
 IPS_SRC_NAT, IPS_DST_NAT = 16, 32
-STATUS_BITS = ["EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "DST_NAT",
-               "SEQ_ADJUST", "SRC_NAT_DONE", "DST_NAT_DONE", "DYING", "FIXED_TIMEOUT",
-               "TEMPLATE", "UNTRACKED", "HELPER", "OFFLOAD"]
+STATUS_BITS = [
+    "EXPECTED",
+    "SEEN_REPLY",
+    "ASSURED",
+    "CONFIRMED",
+    "SRC_NAT",
+    "DST_NAT",
+    "SEQ_ADJUST",
+    "SRC_NAT_DONE",
+    "DST_NAT_DONE",
+    "DYING",
+    "FIXED_TIMEOUT",
+    "TEMPLATE",
+    "UNTRACKED",
+    "HELPER",
+    "OFFLOAD",
+]
 # attribute types (linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_ID = 1, 2, 3, 4, 12
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -36,11 +50,21 @@ CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 _NLA = struct.Struct("=HH")
-GROUPS = 1 | 2 | 4            # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
+GROUPS = 1 | 2 | 4  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
 NLM_F_CREATE = 0x400
 PROTOS = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp"}
-TCP_STATES = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
-              "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"]
+TCP_STATES = [
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+]
 
 
 def _attrs(data, off, end):
@@ -51,7 +75,7 @@ def _attrs(data, off, end):
         ln, typ = unpack(data, off)
         if ln < 4:
             break
-        out[typ & 0x3fff] = (off + 4, off + ln)
+        out[typ & 0x3FFF] = (off + 4, off + ln)
         off += (ln + 3) & ~3
     return out
 
@@ -68,8 +92,10 @@ def _tuple(data, span):
     num, sport, dport = None, 0, 0
     if CTA_TUPLE_IP in t:
         ip = _attrs(data, *t[CTA_TUPLE_IP])
-        s_, d_ = ip.get(CTA_IP_V4_SRC) or ip.get(CTA_IP_V6_SRC), \
-            ip.get(CTA_IP_V4_DST) or ip.get(CTA_IP_V6_DST)
+        s_, d_ = (
+            ip.get(CTA_IP_V4_SRC) or ip.get(CTA_IP_V6_SRC),
+            ip.get(CTA_IP_V4_DST) or ip.get(CTA_IP_V6_DST),
+        )
         src = _ip(data, s_) if s_ else None
         dst = _ip(data, d_) if d_ else None
     if CTA_TUPLE_PROTO in t:
@@ -125,7 +151,7 @@ class ConntrackEvents(Receiver):
         self.netns = netns
         self.rcvbuf = rcvbuf
         self.sock = None
-        self.lost = 0      # ENOBUFS overruns (events the kernel could not queue)
+        self.lost = 0  # ENOBUFS overruns (events the kernel could not queue)
 
     def start(self):
         try:
@@ -134,7 +160,7 @@ class ConntrackEvents(Receiver):
         except OSError as exc:
             raise UnavailableError(f"cannot open ctnetlink: {exc.strerror}") from exc
         try:
-            s.setsockopt(socket.SOL_SOCKET, 33, self.rcvbuf)   # SO_RCVBUFFORCE
+            s.setsockopt(socket.SOL_SOCKET, 33, self.rcvbuf)  # SO_RCVBUFFORCE
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         s.bind((0, GROUPS))
@@ -151,7 +177,7 @@ class ConntrackEvents(Receiver):
             if ln < 16:
                 break
             if (mtype >> 8) == NFNL_SUBSYS_CTNETLINK:
-                sub = mtype & 0xff
+                sub = mtype & 0xFF
                 if sub == IPCTNL_MSG_CT_DELETE:
                     kind = "destroy"
                 else:
@@ -173,9 +199,14 @@ class ConntrackEvents(Receiver):
         try:
             s.bind((0, 0))
             body = struct.pack("=BBH", socket.AF_INET, 0, 0)
-            hdr = struct.pack("=IHHII", 16 + len(body),
-                              (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-                              0x1 | 0x300, 1, 0)      # NLM_F_REQUEST | NLM_F_DUMP
+            hdr = struct.pack(
+                "=IHHII",
+                16 + len(body),
+                (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+                0x1 | 0x300,
+                1,
+                0,
+            )  # NLM_F_REQUEST | NLM_F_DUMP
             s.send(hdr + body)
             deadline = time.time() + timeout
             while time.time() < deadline:
@@ -186,7 +217,7 @@ class ConntrackEvents(Receiver):
                 off = 0
                 while off + 16 <= len(data):
                     ln, mtype = struct.unpack_from("=IH", data, off)
-                    if mtype in (2, 3) or ln < 16:     # NLMSG_ERROR / NLMSG_DONE
+                    if mtype in (2, 3) or ln < 16:  # NLMSG_ERROR / NLMSG_DONE
                         done = True
                         break
                     off += (ln + 3) & ~3
@@ -212,6 +243,7 @@ class ConntrackEvents(Receiver):
 def events_enabled(netns=None):
     """True unless net.netfilter.nf_conntrack_events is 0 in that namespace."""
     from ..runtime import sysctl  # the one sysctl reader
+
     try:
         with in_netns(netns):
             return sysctl.read("net.netfilter.nf_conntrack_events") != "0"

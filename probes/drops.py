@@ -33,25 +33,42 @@ DROP = struct.Struct("<QQIIIHHBBHII")
 PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
 RING_BYTES = 64 * 4096
 # drops.bpf.c `struct drops_config` members <- btf_offsets() keys
-OFFSETS = (("skb_head", "OFF_SKB_HEAD"), ("skb_network_header", "OFF_SKB_NETWORK_HEADER"),
-           ("skb_dev", "OFF_SKB_DEV"), ("dev_ifindex", "OFF_DEV_IFINDEX"),
-           ("dev_nd_net", "OFF_DEV_ND_NET"), ("net_inum", "OFF_NET_INUM"))
+OFFSETS = (
+    ("skb_head", "OFF_SKB_HEAD"),
+    ("skb_network_header", "OFF_SKB_NETWORK_HEADER"),
+    ("skb_dev", "OFF_SKB_DEV"),
+    ("dev_ifindex", "OFF_DEV_IFINDEX"),
+    ("dev_nd_net", "OFF_DEV_ND_NET"),
+    ("net_inum", "OFF_NET_INUM"),
+)
 # (member, tracepoint field, required)
-TP_FIELDS = (("skbaddr", "skbaddr", True), ("location", "location", True),
-             ("protocol", "protocol", True), ("reason", "reason", False))
+TP_FIELDS = (
+    ("skbaddr", "skbaddr", True),
+    ("location", "location", True),
+    ("protocol", "protocol", True),
+    ("reason", "reason", False),
+)
 
 
 class DropsConfig(ctypes.Structure):
     """drops.bpf.c `struct drops_config` (.rodata)."""
-    _fields_ = [(m, ctypes.c_uint32) for m, _ in OFFSETS] + [
-        ("has_skip_reason", ctypes.c_uint32), ("skip_reason", ctypes.c_uint32)] + [
-        (m, Tpf) for m, _, _ in TP_FIELDS]
+
+    _fields_ = (
+        [(m, ctypes.c_uint32) for m, _ in OFFSETS]
+        + [("has_skip_reason", ctypes.c_uint32), ("skip_reason", ctypes.c_uint32)]
+        + [(m, Tpf) for m, _, _ in TP_FIELDS]
+    )
 
 
 class _PortKey(ctypes.Structure):
     """drops.bpf.c `struct portkey`."""
-    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8)]
+
+    _fields_ = [
+        ("ip", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
 
 
 def _skb_offsets(b):
@@ -83,13 +100,14 @@ def reason_names(path=FORMAT):
 def _kallsyms_cache_file():
     """The cache file for this boot and these loaded modules, or None."""
     from .bpfobj import cache_dir
+
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as f:
             key = f.read().strip()
     except OSError:
         return None
     with contextlib.suppress(OSError), open("/proc/modules", "rb") as f:
-        key += f.read()                  # absent on a kernel without modules
+        key += f.read()  # absent on a kernel without modules
     return cache_dir() / f"kallsyms-{hashlib.sha256(key).hexdigest()[:16]}.bin"
 
 
@@ -111,8 +129,8 @@ class Kallsyms:
                 data = cfile.read_bytes()
                 n = struct.unpack_from("<Q", data)[0]
                 addrs = array.array("Q")
-                addrs.frombytes(data[8:8 + 8 * n])
-                names = data[8 + 8 * n:].split(b"\n")
+                addrs.frombytes(data[8 : 8 + 8 * n])
+                names = data[8 + 8 * n :].split(b"\n")
                 if len(addrs) == n == len(names):
                     self.addrs, self.names = addrs, names
                     return
@@ -120,8 +138,10 @@ class Kallsyms:
                 pass
         try:
             with open("/proc/kallsyms", "rb") as f:
-                rows = [(int(a, 16), name) for a, name in
-                        re.findall(rb"^([0-9a-f]+) [tTwW] (\S+)", f.read(), re.M)]
+                rows = [
+                    (int(a, 16), name)
+                    for a, name in re.findall(rb"^([0-9a-f]+) [tTwW] (\S+)", f.read(), re.M)
+                ]
         except OSError:
             rows = []
         rows = sorted(r for r in rows if r[0])
@@ -131,15 +151,16 @@ class Kallsyms:
             tmp = cfile.with_suffix(f".{os.getpid()}.tmp")
             try:
                 cfile.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(struct.pack("<Q", len(rows)) + self.addrs.tobytes() +
-                                b"\n".join(self.names))
+                tmp.write_bytes(
+                    struct.pack("<Q", len(rows)) + self.addrs.tobytes() + b"\n".join(self.names)
+                )
                 os.replace(tmp, cfile)
             except OSError:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
 
     def lookup(self, addr):
-        if not self._loaded:     # ~0.2 s: paid when the first drop is read, not at start
+        if not self._loaded:  # ~0.2 s: paid when the first drop is read, not at start
             self._load()
         i = bisect.bisect_right(self.addrs, addr) - 1
         if i < 0:
@@ -152,7 +173,7 @@ class DropWatch:
 
     def __init__(self, target, netns=()):
         self.target = target
-        self.netns = set(netns)    # namespace inodes whose drops count (where we capture)
+        self.netns = set(netns)  # namespace inodes whose drops count (where we capture)
         self.obj = None
         self.reader = None
         self.reasons = {}
@@ -160,14 +181,18 @@ class DropWatch:
 
     def start(self):
         from . import bpfobj
+
         if not Path(FORMAT).exists():
-            raise UnavailableError("skb:kfree_skb is not available: tracefs not mounted",
-                                   "mount -t tracefs nodev /sys/kernel/tracing")
+            raise UnavailableError(
+                "skb:kfree_skb is not available: tracefs not mounted",
+                "mount -t tracefs nodev /sys/kernel/tracing",
+            )
         try:
             offs = btf_offsets()
         except (OSError, btf.BTFError, struct.error, ValueError, IndexError) as exc:
-            raise UnavailableError(f"no usable kernel BTF for sk_buff offsets ({exc})",
-                                   "needs CONFIG_DEBUG_INFO_BTF") from exc
+            raise UnavailableError(
+                f"no usable kernel BTF for sk_buff offsets ({exc})", "needs CONFIG_DEBUG_INFO_BTF"
+            ) from exc
         cfg = DropsConfig()
         for member, key in OFFSETS:
             setattr(cfg, member, offs[key])
@@ -190,22 +215,22 @@ class DropWatch:
             self.reader = RingReader(self.obj.map_fd("drops"), RING_BYTES)
         except (UnavailableError, OSError) as exc:
             self.stop()
-            why = exc.message if isinstance(exc, UnavailableError) else \
-                (exc.strerror or str(exc))
-            raise UnavailableError(f"cannot load the kfree_skb program: {why}",
-                                   getattr(exc, "hint", None)) from None
+            why = exc.message if isinstance(exc, UnavailableError) else (exc.strerror or str(exc))
+            raise UnavailableError(
+                f"cannot load the kfree_skb program: {why}", getattr(exc, "hint", None)
+            ) from None
         self.syms = Kallsyms()
         return self
 
     def _fill_maps(self):
         from .bpfobj import map_update
+
         fd = self.obj.map_fd("addrs")
         for a in self.target.addrs:
             map_update(fd, ctypes.c_uint32(_ip_u32(a)), ctypes.c_uint8(1))
         fd = self.obj.map_fd("ports")
         for ip, port, proto in self.target.ports:
-            map_update(fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)),
-                       ctypes.c_uint8(1))
+            map_update(fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1))
         fd = self.obj.map_fd("netns_ok")
         for inum in self.netns:
             map_update(fd, ctypes.c_uint32(inum), ctypes.c_uint8(1))
@@ -217,16 +242,24 @@ class DropWatch:
         if not self.reader:
             return out
         for raw in self.reader.read(limit or 1 << 30):
-            (ts, loc, reason, saddr, daddr, sport, dport, proto, flags, _pad, ifindex,
-             netns) = DROP.unpack_from(raw, 0)
-            out.append({
-                "ts_ns": ts, "reason": self.reasons.get(reason, str(reason)),
-                "location": self.syms.lookup(loc) if self.syms else hex(loc),
-                "proto": PROTOS.get(proto, str(proto)),
-                "src": socket.inet_ntoa(struct.pack("<I", saddr)), "sport": sport,
-                "dst": socket.inet_ntoa(struct.pack("<I", daddr)), "dport": dport,
-                "tcpflags": flags, "ifindex": ifindex, "netns": netns,
-            })
+            (ts, loc, reason, saddr, daddr, sport, dport, proto, flags, _pad, ifindex, netns) = (
+                DROP.unpack_from(raw, 0)
+            )
+            out.append(
+                {
+                    "ts_ns": ts,
+                    "reason": self.reasons.get(reason, str(reason)),
+                    "location": self.syms.lookup(loc) if self.syms else hex(loc),
+                    "proto": PROTOS.get(proto, str(proto)),
+                    "src": socket.inet_ntoa(struct.pack("<I", saddr)),
+                    "sport": sport,
+                    "dst": socket.inet_ntoa(struct.pack("<I", daddr)),
+                    "dport": dport,
+                    "tcpflags": flags,
+                    "ifindex": ifindex,
+                    "netns": netns,
+                }
+            )
         return out
 
     @property
@@ -234,6 +267,7 @@ class DropWatch:
         if not self.obj:
             return getattr(self, "_lost_seen", 0)
         from .bpfobj import map_lookup
+
         v = ctypes.c_uint64()
         map_lookup(self.obj.map_fd("dropstats"), ctypes.c_uint32(1), v)
         self._lost_seen = v.value

@@ -40,16 +40,24 @@ def cpu_list(kind: str) -> list[int]:
 
 def _create(name: bytes, size: int) -> int:
     from .bpfobj import libbpf
+
     lib = libbpf()
     fn = lib.bpf_map_create
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                   ctypes.c_uint32, ctypes.c_void_p]
+    fn.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_void_p,
+    ]
     fd = fn(BPF_MAP_TYPE_RINGBUF, name, 0, 0, size, None)
     if fd < 0:
         err = ctypes.get_errno() or -fd
-        raise UnavailableError(f"cannot create an evidence ring buffer of {size} bytes: "
-                               f"{os.strerror(err)}")
+        raise UnavailableError(
+            f"cannot create an evidence ring buffer of {size} bytes: {os.strerror(err)}"
+        )
     return fd
 
 
@@ -65,15 +73,18 @@ class EvRing:
         self.size = data_bytes
         self.fd = _create(f"pi_ev{cpu}".encode(), data_bytes)
         try:
-            self.cons = mmap.mmap(self.fd, page, mmap.MAP_SHARED,
-                                  mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-            self.mm = mmap.mmap(self.fd, page + 2 * data_bytes, mmap.MAP_SHARED,
-                                mmap.PROT_READ, offset=page)
+            self.cons = mmap.mmap(
+                self.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+            )
+            self.mm = mmap.mmap(
+                self.fd, page + 2 * data_bytes, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+            )
         except OSError as exc:
             os.close(self.fd)
-            raise UnavailableError(f"cannot map the evidence ring of CPU {cpu}: "
-                                   f"{exc.strerror}") from None
-        self.base = page                 # the data area starts after the producer page
+            raise UnavailableError(
+                f"cannot map the evidence ring of CPU {cpu}: {exc.strerror}"
+            ) from None
+        self.base = page  # the data area starts after the producer page
         self.view = memoryview(self.mm)
         self.tail = _Q.unpack_from(self.cons, 0)[0]
 
@@ -85,7 +96,7 @@ class EvRing:
         """Stream bytes [start, end) (positions as the kernel counts them, from 0) as one
         view into the mapping (the data area is mapped twice: no wrap)."""
         a = self.base + start % self.size
-        return [self.view[a:a + end - start]]
+        return [self.view[a : a + end - start]]
 
     def read_u32(self, pos: int) -> int:
         return _U32.unpack_from(self.mm, self.base + pos % self.size)[0]
@@ -101,7 +112,7 @@ class EvRing:
                 self.view.release()
                 self.mm.close()
                 self.cons.close()
-            except BufferError:      # a caller still holds a view: the GC unmaps it
+            except BufferError:  # a caller still holds a view: the GC unmaps it
                 pass
             self.mm = None
         if self.fd >= 0:

@@ -35,8 +35,7 @@ AF_UNSPEC = 0
 IFF_UP = 0x1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
-KINDS = ("link_add", "link_del", "link_rename", "link_up", "link_down", "link_master",
-         "link_netns")
+KINDS = ("link_add", "link_del", "link_rename", "link_up", "link_down", "link_master", "link_netns")
 RESCAN_NS = 0.5  # seconds between rescans for namespaces when watching all (named) ones
 
 
@@ -67,9 +66,16 @@ class _Watched:
 
 def _state(link):
     """What we remember of a link (a `decode_link` / `link_from_message` dict)."""
-    return {"ifname": link["ifname"], "flags": link["flags"], "master": link["master"] or None,
-            "kind": link["kind"], "link": link["link"], "link_netnsid": link["link_netnsid"],
-            "mac": link["address"], "operstate": link["operstate"]}
+    return {
+        "ifname": link["ifname"],
+        "flags": link["flags"],
+        "master": link["master"] or None,
+        "kind": link["kind"],
+        "link": link["link"],
+        "link_netnsid": link["link_netnsid"],
+        "mac": link["address"],
+        "operstate": link["operstate"],
+    }
 
 
 class LinkProbe:
@@ -168,9 +174,9 @@ class LinkProbe:
         """Wait up to timeout_ms for notifications; return the link event dicts (maybe [])."""
         if not self.ready:
             from ..errors import UnavailableError
+
             raise UnavailableError("links probe: not started")
-        if (self.all_named or self.all_netns) and \
-                time.monotonic() - self._last_scan >= RESCAN_NS:
+        if (self.all_named or self.all_netns) and time.monotonic() - self._last_scan >= RESCAN_NS:
             self._rescan()
         socks = {w.events.sock: w for w in self.watched.values()}
         if not socks:  # watching only namespaces that do not exist yet
@@ -191,8 +197,9 @@ class LinkProbe:
                 if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
                     moves[(self._nsid_target(w, m["new_netnsid"]), m["new_ifindex"])] = (w, m)
         out = []
-        for inode in _source_first(list(msgs), {(src.inode, dst) for (dst, _i), (src, _m)
-                                                in moves.items()}):
+        for inode in _source_first(
+            list(msgs), {(src.inode, dst) for (dst, _i), (src, _m) in moves.items()}
+        ):
             w = self.watched[inode]
             for mtype, m in msgs[inode]:
                 if mtype == RTM_DELLINK and m["new_netnsid"] is not None:
@@ -209,10 +216,12 @@ class LinkProbe:
         msgs = []
         while True:
             try:
-                msgs += [(m["header"]["type"], link_from_message(m))
-                         for m in w.events.recv_events()
-                         if m["header"]["type"] in (RTM_NEWLINK, RTM_DELLINK)
-                         and m["family"] == AF_UNSPEC]  # AF_BRIDGE ones are port info
+                msgs += [
+                    (m["header"]["type"], link_from_message(m))
+                    for m in w.events.recv_events()
+                    if m["header"]["type"] in (RTM_NEWLINK, RTM_DELLINK)
+                    and m["family"] == AF_UNSPEC
+                ]  # AF_BRIDGE ones are port info
             except BlockingIOError:
                 return msgs
             except OSError as exc:
@@ -242,18 +251,31 @@ class LinkProbe:
         fresh = {ln["index"]: ln for ln in w.query.links()}
         for idx in sorted(set(w.links) - set(fresh)):
             old = w.links.pop(idx)
-            self._pending.append(self._record(w, "link_del", idx, old["ifname"], now,
-                                              {"kind": old["kind"], "resync": True}))
+            self._pending.append(
+                self._record(
+                    w, "link_del", idx, old["ifname"], now, {"kind": old["kind"], "resync": True}
+                )
+            )
         for idx, m in sorted(fresh.items()):
             for ev in self._compare(w, idx, m, now):
                 ev["detail"]["resync"] = True
                 self._pending.append(ev)
 
     def _record(self, w, kind, ifindex, ifname, ts, detail):
-        return {"ts_ns": ts, "kind": kind, "pid": None, "ppid": None, "comm": None,
-                "cgroup_id": None, "netns": w.inode, "pidns": None, "mntns": None,
-                "ifindex": ifindex, "ifname": ifname,
-                "detail": {"netns_label": w.label, **detail}}
+        return {
+            "ts_ns": ts,
+            "kind": kind,
+            "pid": None,
+            "ppid": None,
+            "comm": None,
+            "cgroup_id": None,
+            "netns": w.inode,
+            "pidns": None,
+            "mntns": None,
+            "ifindex": ifindex,
+            "ifname": ifname,
+            "detail": {"netns_label": w.label, **detail},
+        }
 
     def _nsid_target(self, w, nsid):
         """The inode of the watched namespace that `w` calls `nsid` (RTM_GETNSID), or None."""
@@ -272,9 +294,20 @@ class LinkProbe:
         nsid = m["new_netnsid"]
         old = w.links.pop(idx, None) or _state(m)
         target = self._nsid_target(w, nsid)
-        return self._record(w, "link_netns", idx, m["ifname"], now, {
-            "direction": "out", "kind": old["kind"], "to_nsid": nsid, "to_netns": target,
-            "new_ifindex": m["new_ifindex"]})
+        return self._record(
+            w,
+            "link_netns",
+            idx,
+            m["ifname"],
+            now,
+            {
+                "direction": "out",
+                "kind": old["kind"],
+                "to_nsid": nsid,
+                "to_netns": target,
+                "new_ifindex": m["new_ifindex"],
+            },
+        )
 
     def _handle(self, w, mtype, m, now, moves):
         idx = m["index"]
@@ -295,26 +328,75 @@ class LinkProbe:
             came = (moves or {}).pop((w.inode, idx), None)
             if came is not None:
                 src, msg = came
-                return [self._record(w, "link_netns", idx, name, now, {
-                    "direction": "in", "kind": new["kind"], "from_netns": src.inode,
-                    "old_ifindex": msg["index"], "old_ifname": msg["ifname"]})]
-            return [self._record(w, "link_add", idx, name, now, {
-                "kind": new["kind"], "link": new["link"], "link_netnsid": new["link_netnsid"],
-                "master": new["master"], "mac": new["mac"], "up": bool(new["flags"] & IFF_UP)})]
+                return [
+                    self._record(
+                        w,
+                        "link_netns",
+                        idx,
+                        name,
+                        now,
+                        {
+                            "direction": "in",
+                            "kind": new["kind"],
+                            "from_netns": src.inode,
+                            "old_ifindex": msg["index"],
+                            "old_ifname": msg["ifname"],
+                        },
+                    )
+                ]
+            return [
+                self._record(
+                    w,
+                    "link_add",
+                    idx,
+                    name,
+                    now,
+                    {
+                        "kind": new["kind"],
+                        "link": new["link"],
+                        "link_netnsid": new["link_netnsid"],
+                        "master": new["master"],
+                        "mac": new["mac"],
+                        "up": bool(new["flags"] & IFF_UP),
+                    },
+                )
+            ]
         out = []
         if old["ifname"] != name:
-            out.append(self._record(w, "link_rename", idx, name, now,
-                                    {"old_ifname": old["ifname"], "kind": new["kind"]}))
+            out.append(
+                self._record(
+                    w,
+                    "link_rename",
+                    idx,
+                    name,
+                    now,
+                    {"old_ifname": old["ifname"], "kind": new["kind"]},
+                )
+            )
         if (old["flags"] ^ new["flags"]) & IFF_UP:
             kind = "link_up" if new["flags"] & IFF_UP else "link_down"
-            out.append(self._record(w, kind, idx, name, now,
-                                    {"kind": new["kind"], "operstate": new["operstate"]}))
+            out.append(
+                self._record(
+                    w, kind, idx, name, now, {"kind": new["kind"], "operstate": new["operstate"]}
+                )
+            )
         if old["master"] != new["master"]:
-            out.append(self._record(w, "link_master", idx, name, now, {
-                "kind": new["kind"], "master": new["master"],
-                "master_ifname": (w.links.get(new["master"]) or {}).get("ifname"),
-                "old_master": old["master"],
-                "old_master_ifname": (w.links.get(old["master"]) or {}).get("ifname")}))
+            out.append(
+                self._record(
+                    w,
+                    "link_master",
+                    idx,
+                    name,
+                    now,
+                    {
+                        "kind": new["kind"],
+                        "master": new["master"],
+                        "master_ifname": (w.links.get(new["master"]) or {}).get("ifname"),
+                        "old_master": old["master"],
+                        "old_master_ifname": (w.links.get(old["master"]) or {}).get("ifname"),
+                    },
+                )
+            )
         return out
 
 
@@ -322,8 +404,9 @@ def _source_first(inodes, edges):
     """`inodes` reordered so a move's source namespace comes before its target."""
     left, out = list(inodes), []
     while left:
-        pick = next((n for n in left if not any((s, n) in edges for s in left if s != n)),
-                    left[0])  # a cycle (moves both ways): keep the given order
+        pick = next(
+            (n for n in left if not any((s, n) in edges for s in left if s != n)), left[0]
+        )  # a cycle (moves both ways): keep the given order
         out.append(pick)
         left.remove(pick)
     return out

@@ -72,22 +72,23 @@ def in_netns(path):
         target = os.open(path, os.O_RDONLY)
     except OSError as exc:
         os.close(own)
-        raise UnavailableError(f"cannot enter network namespace {path}: {exc.strerror}") \
-            from None
+        raise UnavailableError(f"cannot enter network namespace {path}: {exc.strerror}") from None
     try:
         try:
             setns(target)
         except OSError as exc:
-            raise UnavailableError(f"cannot enter network namespace {path}: {exc.strerror}") \
-                from None
+            raise UnavailableError(
+                f"cannot enter network namespace {path}: {exc.strerror}"
+            ) from None
         try:
             yield
         finally:
             try:
                 setns(own)
             except OSError as exc:
-                raise SystemExit(f"pyinspect: cannot return to the original network "
-                                 f"namespace: {exc.strerror}") from None
+                raise SystemExit(
+                    f"pyinspect: cannot return to the original network namespace: {exc.strerror}"
+                ) from None
     finally:
         os.close(target)
         os.close(own)
@@ -224,16 +225,19 @@ class RtnlSocket:
         """A whole dump, decoded; redone if the kernel flags it as changed meanwhile
         (NLM_F_DUMP_INTR: links came or went during the dump)."""
         for _ in range(attempts):
-            out = [decode(d, o, n) for _t, d, o, n in
-                   self._request(msg_type, NLM_F_REQUEST | NLM_F_DUMP, body)]
+            out = [
+                decode(d, o, n)
+                for _t, d, o, n in self._request(msg_type, NLM_F_REQUEST | NLM_F_DUMP, body)
+            ]
             if not self.interrupted:
                 break
         return out
 
     def links(self):
         """RTM_GETLINK dump: every link in this namespace, as `decode_link` dicts."""
-        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0) + struct.pack("=HHI", 8, IFLA_EXT_MASK,
-                                                                    RTEXT_FILTER_SKIP_STATS)
+        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0) + struct.pack(
+            "=HHI", 8, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS
+        )
         return self._dump(RTM_GETLINK, body, decode_link)
 
     def addrs(self):
@@ -250,8 +254,11 @@ class RtnlSocket:
         None when it has no route."""
         fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
         raw = socket.inet_pton(fam, dst)
-        body = (struct.pack("=BBBBBBBBI", fam, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0)
-                + struct.pack("=HH", 4 + len(raw), RTA_DST) + raw)
+        body = (
+            struct.pack("=BBBBBBBBI", fam, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0)
+            + struct.pack("=HH", 4 + len(raw), RTA_DST)
+            + raw
+        )
         try:
             for _t, data, off, length in self._request(RTM_GETROUTE, NLM_F_REQUEST, body):
                 return decode_route(data, off, length)["oif"]
@@ -304,20 +311,32 @@ def _attrs(data, off, end):
 
 
 def _cstr(data, off, n):
-    return bytes(data[off:off + n]).split(b"\0", 1)[0].decode(errors="replace")
+    return bytes(data[off : off + n]).split(b"\0", 1)[0].decode(errors="replace")
 
 
 def decode_link(data, off, length):
     """An RTM_NEWLINK message as a dict (index, flags, ifname, kind, link, link_netnsid...)."""
     family, _type, index, flags, _change = struct.unpack_from("=BxHiII", data, off + 16)
-    out = {"index": index, "family": family, "flags": flags, "ifname": None, "address": None,
-           "mtu": None, "link": None, "master": None, "operstate": None, "kind": None,
-           "link_netnsid": None, "new_netnsid": None, "new_ifindex": None}
+    out = {
+        "index": index,
+        "family": family,
+        "flags": flags,
+        "ifname": None,
+        "address": None,
+        "mtu": None,
+        "link": None,
+        "master": None,
+        "operstate": None,
+        "kind": None,
+        "link_netnsid": None,
+        "new_netnsid": None,
+        "new_ifindex": None,
+    }
     for atype, aoff, alen in _attrs(data, off + 32, off + length):
         if atype == IFLA_IFNAME:
             out["ifname"] = _cstr(data, aoff, alen)
         elif atype == IFLA_ADDRESS:
-            out["address"] = ":".join(f"{b:02x}" for b in data[aoff:aoff + alen])
+            out["address"] = ":".join(f"{b:02x}" for b in data[aoff : aoff + alen])
         elif atype == IFLA_MTU:
             out["mtu"] = struct.unpack_from("=I", data, aoff)[0]
         elif atype == IFLA_LINK:
@@ -346,27 +365,35 @@ def decode_addr(data, off, length):
     local = address = None
     for atype, aoff, alen in _attrs(data, off + 24, off + length):
         if atype in (IFA_LOCAL, IFA_ADDRESS):
-            raw = bytes(data[aoff:aoff + alen])
+            raw = bytes(data[aoff : aoff + alen])
             fam = socket.AF_INET if alen == 4 else socket.AF_INET6
             text = socket.inet_ntop(fam, raw)
             if atype == IFA_LOCAL:
                 local = text
             else:
                 address = text
-    return {"index": index, "family": family, "prefixlen": prefixlen,
-            "address": local or address}
+    return {"index": index, "family": family, "prefixlen": prefixlen, "address": local or address}
 
 
 def decode_route(data, off, length):
     """An RTM_NEWROUTE message as a dict (family, table, dst or None, dst_len, gateway, oif)."""
-    family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = \
-        struct.unpack_from("=BBBBBBBBI", data, off + 16)
-    out = {"family": family, "table": table, "type": rtype, "dst": None, "dst_len": dst_len,
-           "gateway": None, "oif": None}
+    family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = struct.unpack_from(
+        "=BBBBBBBBI", data, off + 16
+    )
+    out = {
+        "family": family,
+        "table": table,
+        "type": rtype,
+        "dst": None,
+        "dst_len": dst_len,
+        "gateway": None,
+        "oif": None,
+    }
     for atype, aoff, alen in _attrs(data, off + 28, off + length):
         if atype in (RTA_DST, RTA_GATEWAY):
-            text = socket.inet_ntop(socket.AF_INET if alen == 4 else socket.AF_INET6,
-                                    bytes(data[aoff:aoff + alen]))
+            text = socket.inet_ntop(
+                socket.AF_INET if alen == 4 else socket.AF_INET6, bytes(data[aoff : aoff + alen])
+            )
             out["dst" if atype == RTA_DST else "gateway"] = text
         elif atype == RTA_OIF:
             out["oif"] = struct.unpack_from("=I", data, aoff)[0]
@@ -381,19 +408,27 @@ def decode_neigh(data, off, length):
     out = {"family": family, "ifindex": ifindex, "state": state, "ip": None}
     for atype, aoff, alen in _attrs(data, off + 28, off + length):
         if atype == NDA_DST:
-            out["ip"] = socket.inet_ntop(socket.AF_INET if alen == 4 else socket.AF_INET6,
-                                         bytes(data[aoff:aoff + alen]))
+            out["ip"] = socket.inet_ntop(
+                socket.AF_INET if alen == 4 else socket.AF_INET6, bytes(data[aoff : aoff + alen])
+            )
     return out
 
 
 def link_from_message(msg):
     """A pyroute2 ifinfmsg (from recv_events) as the same dict `decode_link` returns."""
     op = msg.get_attr("IFLA_OPERSTATE")
-    return {"index": msg["index"], "family": msg["family"], "flags": msg["flags"],
-            "ifname": msg.get_attr("IFLA_IFNAME"), "address": msg.get_attr("IFLA_ADDRESS"),
-            "mtu": msg.get_attr("IFLA_MTU"), "link": msg.get_attr("IFLA_LINK"),
-            "master": msg.get_attr("IFLA_MASTER"), "operstate": op,
-            "kind": msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
-            "link_netnsid": msg.get_attr("IFLA_LINK_NETNSID"),
-            "new_netnsid": msg.get_attr("IFLA_NEW_NETNSID"),
-            "new_ifindex": msg.get_attr("IFLA_NEW_IFINDEX")}
+    return {
+        "index": msg["index"],
+        "family": msg["family"],
+        "flags": msg["flags"],
+        "ifname": msg.get_attr("IFLA_IFNAME"),
+        "address": msg.get_attr("IFLA_ADDRESS"),
+        "mtu": msg.get_attr("IFLA_MTU"),
+        "link": msg.get_attr("IFLA_LINK"),
+        "master": msg.get_attr("IFLA_MASTER"),
+        "operstate": op,
+        "kind": msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
+        "link_netnsid": msg.get_attr("IFLA_LINK_NETNSID"),
+        "new_netnsid": msg.get_attr("IFLA_NEW_NETNSID"),
+        "new_ifindex": msg.get_attr("IFLA_NEW_IFINDEX"),
+    }

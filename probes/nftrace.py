@@ -41,8 +41,8 @@ NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
-NFULA_CFG_TIMEOUT = 4      # flush timeout, 1/100 s (default 1 s)
-NFULA_CFG_QTHRESH = 5      # messages batched before a flush (default: what fits 4 KiB)
+NFULA_CFG_TIMEOUT = 4  # flush timeout, 1/100 s (default 1 s)
+NFULA_CFG_QTHRESH = 5  # messages batched before a flush (default: what fits 4 KiB)
 CMD_BIND, CMD_UNBIND = 1, 2
 COPY_PACKET = 2
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
@@ -51,7 +51,7 @@ HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING
 COMMENT_PREFIX = "pyinspect-trace:"
 CHAIN_PREFIX = "PI-TRACE-"
 NF_LOG_SYSCTL = "/proc/sys/net/netfilter/nf_log/2"
-TRACE_RATE = "50/sec"      # packets traced per rule beyond TCP control packets
+TRACE_RATE = "50/sec"  # packets traced per rule beyond TCP control packets
 TRACE_BURST = 200
 TRACE_RE = re.compile(r"TRACE: (\w+):([\w\-.]+):(rule|return|policy):(\d+)")
 
@@ -60,7 +60,7 @@ def packet_key(payload):
     """IPv4 payload -> (proto, src, sport, dst, dport, ipid) or None."""
     if len(payload) < 20 or payload[0] >> 4 != 4:
         return None
-    ihl = (payload[0] & 0xf) * 4
+    ihl = (payload[0] & 0xF) * 4
     proto = payload[9]
     ipid = struct.unpack_from("!H", payload, 4)[0]
     src = socket.inet_ntoa(payload[12:16])
@@ -82,7 +82,7 @@ def _attrs(data, off, end):
         ln, atype = struct.unpack_from("=HH", data, off)
         if ln < 4:
             break
-        out[atype & 0x7fff] = data[off + 4: off + ln]
+        out[atype & 0x7FFF] = data[off + 4 : off + ln]
         off += (ln + 3) & ~3
     return out
 
@@ -93,16 +93,18 @@ class RuleBook:
     def __init__(self, netns=None, tool="iptables-legacy"):
         self.netns = netns
         self.tool = tool
-        self.rules = {}      # (table, chain) -> [rule text]
-        self.policies = {}   # (table, chain) -> policy
+        self.rules = {}  # (table, chain) -> [rule text]
+        self.policies = {}  # (table, chain) -> policy
         self.refresh()
 
     def refresh(self):
         """Read the tables that exist, with one `-save` (listing a table with `-t T -S`
         would create it in the namespace, and with it a netfilter hook every packet pays)."""
         from . import iptsave
-        text, _err = iptsave.run_save(f"{self.tool}-save", counters=False, timeout=15,
-                                      netns=self.netns)
+
+        text, _err = iptsave.run_save(
+            f"{self.tool}-save", counters=False, timeout=15, netns=self.netns
+        )
         if text is None:
             return
         for table, chains in iptsave.parse_save(text, "legacy").items():
@@ -155,8 +157,9 @@ def trace_rule_specs(addrs, ports, flows=()):
             spec += ["-d", ip]
         specs.append(spec + ["--dport", str(port)])
     for peer, peer_port, local_port, proto in flows:
-        specs.append(["-p", proto, "-s", peer, "--sport", str(peer_port),
-                      "--dport", str(local_port)])
+        specs.append(
+            ["-p", proto, "-s", peer, "--sport", str(peer_port), "--dport", str(local_port)]
+        )
     return specs
 
 
@@ -173,9 +176,12 @@ class TraceRules:
         self.added = []
 
     def _rule(self, op, chain, spec, target):
-        return " ".join([op, chain] + (["1"] if op == "-I" else []) +
-                        [shlex.quote(a) if re.search(r"\s", a) else a for a in spec] +
-                        ["-m", "comment", "--comment", self.comment, "-j", target])
+        return " ".join(
+            [op, chain]
+            + (["1"] if op == "-I" else [])
+            + [shlex.quote(a) if re.search(r"\s", a) else a for a in spec]
+            + ["-m", "comment", "--comment", self.comment, "-j", target]
+        )
 
     def _jumps(self, op):
         """The rules that send packets to our chain, from raw PREROUTING and OUTPUT: every
@@ -184,8 +190,10 @@ class TraceRules:
         out = []
         for chain in ("PREROUTING", "OUTPUT"):
             # -I 1 puts the last inserted first: `! -p tcp` (no match module) is tried first
-            for spec in (["-p", "tcp", "!", "--tcp-flags", "SYN,FIN,RST", "NONE"],
-                         ["!", "-p", "tcp"]):
+            for spec in (
+                ["-p", "tcp", "!", "--tcp-flags", "SYN,FIN,RST", "NONE"],
+                ["!", "-p", "tcp"],
+            ):
                 out.append(self._rule(op, chain, spec, self.chain))
         return out
 
@@ -193,8 +201,13 @@ class TraceRules:
         text = "*raw\n" + "\n".join(lines) + "\nCOMMIT\n"
         prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
         try:
-            p = subprocess.run(prefix + [f"{self.tool}-restore", "-w", "--noflush"],
-                               input=text, capture_output=True, text=True, timeout=15)
+            p = subprocess.run(
+                prefix + [f"{self.tool}-restore", "-w", "--noflush"],
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=15,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise UnavailableError(f"cannot run {self.tool}-restore: {exc}") from exc
         return p.returncode == 0, p.stderr.strip()
@@ -208,8 +221,7 @@ class TraceRules:
         if "-p" in spec:
             proto = spec[spec.index("-p") + 1]
             return [spec] if proto == "tcp" else [spec + limit]
-        return [["-p", "tcp"] + spec, ["-p", "udp"] + spec + limit,
-                ["-p", "icmp"] + spec + limit]
+        return [["-p", "tcp"] + spec, ["-p", "udp"] + spec + limit, ["-p", "icmp"] + spec + limit]
 
     def add_many(self, specs):
         """TRACE every spec (one restore call); the first call makes the chain and jumps."""
@@ -232,7 +244,7 @@ class TraceRules:
         if not self.made:
             return
         ok, _err = self._restore(self._jumps("-D") + [f"-F {self.chain}", f"-X {self.chain}"])
-        if not ok:   # something already gone: one by one
+        if not ok:  # something already gone: one by one
             for line in self._jumps("-D"):
                 _run_in(self.netns, [self.tool, "-w", "-t", "raw", *shlex.split(line)])
             _run_in(self.netns, [self.tool, "-w", "-t", "raw", "-F", self.chain])
@@ -250,6 +262,7 @@ def remove_stale_rules(netns=None, tool="iptables-legacy"):
     versions that put TRACE rules straight into PREROUTING); returns what was removed."""
     # -save lists the raw table only if it exists (-S would make it)
     from . import iptsave
+
     text, _err = iptsave.run_save(f"{tool}-save", counters=False, timeout=15, netns=netns)
     raw = iptsave.parse_save(text or "", "legacy").get("raw", {})
     removed = []
@@ -257,14 +270,14 @@ def remove_stale_rules(netns=None, tool="iptables-legacy"):
     for name in raw:
         if name.startswith(CHAIN_PREFIX):
             with contextlib.suppress(ValueError):
-                if _dead(int(name[len(CHAIN_PREFIX):])):
+                if _dead(int(name[len(CHAIN_PREFIX) :])):
                     chains.append(name)
     for line in (r.raw for chain in raw.values() for r in chain.rules):
         m = re.search(rf"--comment \"?{COMMENT_PREFIX}(\d+)\"?", line)
         if not m or not _dead(int(m.group(1))):
             continue
         if line.split()[1].startswith(CHAIN_PREFIX):
-            continue                       # goes with its chain
+            continue  # goes with its chain
         argv = shlex.split(line)
         argv[0] = "-D"
         if _run_in(netns, [tool, "-w", "-t", "raw", *argv]) is not None:
@@ -293,14 +306,16 @@ class LoggerBinding:
             with in_netns(self.netns), open(NF_LOG_SYSCTL) as f:
                 previous = f.read().strip()
         except OSError as exc:
-            raise UnavailableError(f"no per-namespace nf_log setting ({NF_LOG_SYSCTL}: "
-                                   f"{exc.strerror})") from exc
+            raise UnavailableError(
+                f"no per-namespace nf_log setting ({NF_LOG_SYSCTL}: {exc.strerror})"
+            ) from exc
         with in_netns(self.netns):
             self.previous = previous
             if self.state_file:
                 with open(self.state_file, "w") as f:
-                    json.dump({"netns": self.netns, "previous": self.previous,
-                               "pid": os.getpid()}, f)
+                    json.dump(
+                        {"netns": self.netns, "previous": self.previous, "pid": os.getpid()}, f
+                    )
             try:
                 with open(NF_LOG_SYSCTL, "w") as f:
                     f.write("nfnetlink_log")
@@ -356,8 +371,14 @@ class NflogReader(Receiver):
         self.seq += 1
         nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(self.group))
         body = nfgen + b"".join(attrs)
-        hdr = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG,
-                          NLM_F_REQUEST | NLM_F_ACK, self.seq, 0)
+        hdr = struct.pack(
+            "=IHHII",
+            16 + len(body),
+            (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG,
+            NLM_F_REQUEST | NLM_F_ACK,
+            self.seq,
+            0,
+        )
         self.sock.send(hdr + body)
         deadline = time.time() + 2
         while time.time() < deadline:
@@ -365,7 +386,7 @@ class NflogReader(Receiver):
                 continue
             data = self.sock.recv(65536)
             ln, mtype = struct.unpack_from("=IH", data, 0)
-            if mtype == 2:   # NLMSG_ERROR
+            if mtype == 2:  # NLMSG_ERROR
                 err = struct.unpack_from("=i", data, 16)[0]
                 if err:
                     raise OSError(-err, os.strerror(-err))
@@ -379,18 +400,24 @@ class NflogReader(Receiver):
                 self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)
             self.sock.bind((0, 0))
             self._config([_nlattr(NFULA_CFG_CMD, struct.pack("=B", CMD_BIND) + b"\0" * 3)])
-            self._config([_nlattr(NFULA_CFG_MODE, struct.pack("!IBB", self.copy_range,
-                                                              COPY_PACKET, 0))])
+            self._config(
+                [_nlattr(NFULA_CFG_MODE, struct.pack("!IBB", self.copy_range, COPY_PACKET, 0))]
+            )
             # deliver each trace line at once, not batched for up to a second
-            self._config([_nlattr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)),
-                          _nlattr(NFULA_CFG_TIMEOUT, struct.pack("!I", 0))])
+            self._config(
+                [
+                    _nlattr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)),
+                    _nlattr(NFULA_CFG_TIMEOUT, struct.pack("!I", 0)),
+                ]
+            )
         except OSError as exc:
             if self.sock:
                 self.sock.close()
                 self.sock = None
             if exc.errno == errno.EBUSY:
-                raise UnavailableError("nfnetlink_log group 0 is taken by another listener "
-                                       "(ulogd?)") from exc
+                raise UnavailableError(
+                    "nfnetlink_log group 0 is taken by another listener (ulogd?)"
+                ) from exc
             raise UnavailableError(f"cannot bind nfnetlink_log: {exc.strerror}") from exc
         self.sock.setblocking(False)
         return self
@@ -438,12 +465,22 @@ def parse_trace(rec, rulebook=None):
         return None
     table, chain, kind, num = m.group(1), m.group(2), m.group(3), int(m.group(4))
     text, verdict = rulebook.describe(table, chain, kind, num) if rulebook else ("", "")
-    return {"ts_ns": rec["ts_ns"], "table": table, "chain": chain, "kind": kind,
-            "rule_num": num, "rule_text": text, "verdict": verdict, "hook": rec.get("hook"),
-            "indev": rec.get("indev", 0), "outdev": rec.get("outdev", 0),
-            "packet": rec.get("packet"), "payload": rec.get("payload", b""),
-            "ours": COMMENT_PREFIX in text or chain.startswith(CHAIN_PREFIX),
-            "backend": "iptables-legacy"}
+    return {
+        "ts_ns": rec["ts_ns"],
+        "table": table,
+        "chain": chain,
+        "kind": kind,
+        "rule_num": num,
+        "rule_text": text,
+        "verdict": verdict,
+        "hook": rec.get("hook"),
+        "indev": rec.get("indev", 0),
+        "outdev": rec.get("outdev", 0),
+        "packet": rec.get("packet"),
+        "payload": rec.get("payload", b""),
+        "ours": COMMENT_PREFIX in text or chain.startswith(CHAIN_PREFIX),
+        "backend": "iptables-legacy",
+    }
 
 
 def has_nft_chains(netns=None):
@@ -500,33 +537,48 @@ class NftTraceTable:
         self.made = False
 
     def create(self, specs):
-        lines = [f"table ip {self.name} {{",
-                 "  chain pre { type filter hook prerouting priority -301; policy accept; }",
-                 "  chain out { type filter hook output priority -301; policy accept; }",
-                 "}"]
+        lines = [
+            f"table ip {self.name} {{",
+            "  chain pre { type filter hook prerouting priority -301; policy accept; }",
+            "  chain out { type filter hook output priority -301; policy accept; }",
+            "}",
+        ]
         # TCP data (no SYN/FIN/RST) leaves the chain at its first rule
-        lines += [f"add rule ip {self.name} {chain} meta l4proto tcp "
-                  "tcp flags & (syn | fin | rst) == 0 accept" for chain in ("pre", "out")]
+        lines += [
+            f"add rule ip {self.name} {chain} meta l4proto tcp "
+            "tcp flags & (syn | fin | rst) == 0 accept"
+            for chain in ("pre", "out")
+        ]
         for spec in specs:
             expr = nft_expr(spec)
             proto = spec[spec.index("-p") + 1] if "-p" in spec else None
-            rate = (f"limit rate {TRACE_RATE.replace('/sec', '/second')} burst {TRACE_BURST} "
-                    "packets meta nftrace set 1")
+            rate = (
+                f"limit rate {TRACE_RATE.replace('/sec', '/second')} burst {TRACE_BURST} "
+                "packets meta nftrace set 1"
+            )
             for chain in ("pre", "out"):
                 if proto in (None, "tcp"):
                     tcp = expr if "l4proto tcp" in expr else f"meta l4proto tcp {expr}"
-                    lines.append(f"add rule ip {self.name} {chain} {tcp} "
-                                 "tcp flags & (syn | fin | rst) != 0 meta nftrace set 1")
+                    lines.append(
+                        f"add rule ip {self.name} {chain} {tcp} "
+                        "tcp flags & (syn | fin | rst) != 0 meta nftrace set 1"
+                    )
                 if proto is None:
                     for other in ("udp", "icmp"):
-                        lines.append(f"add rule ip {self.name} {chain} meta l4proto {other} "
-                                     f"{expr} {rate}")
+                        lines.append(
+                            f"add rule ip {self.name} {chain} meta l4proto {other} {expr} {rate}"
+                        )
                 elif proto != "tcp":
                     lines.append(f"add rule ip {self.name} {chain} {expr} {rate}")
         prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
         try:
-            p = subprocess.run(prefix + ["nft", "-f", "-"], input="\n".join(lines) + "\n",
-                               capture_output=True, text=True, timeout=15)
+            p = subprocess.run(
+                prefix + ["nft", "-f", "-"],
+                input="\n".join(lines) + "\n",
+                capture_output=True,
+                text=True,
+                timeout=15,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise UnavailableError(f"cannot run nft: {exc}") from exc
         if p.returncode != 0:
@@ -560,8 +612,15 @@ class NftMonitor:
     """
 
     LINE = re.compile(r"^trace id (\w+) (\w+) (\S+) (\S+) (rule|policy|packet:)\s*(.*)$")
-    FIELDS = {"ip saddr": "src", "ip daddr": "dst", "ip id": "ipid", "ip length": "iplen",
-              "sport": "sport", "dport": "dport", "ip protocol": "proto"}
+    FIELDS = {
+        "ip saddr": "src",
+        "ip daddr": "dst",
+        "ip id": "ipid",
+        "ip length": "iplen",
+        "sport": "sport",
+        "dport": "dport",
+        "ip protocol": "proto",
+    }
 
     def __init__(self, netns=None):
         self.netns = netns
@@ -572,8 +631,11 @@ class NftMonitor:
     def start(self):
         prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
         try:
-            self.proc = subprocess.Popen(prefix + ["nft", "monitor", "trace"],
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                prefix + ["nft", "monitor", "trace"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
         except OSError as exc:
             raise UnavailableError(f"cannot run nft monitor trace: {exc.strerror}") from exc
         os.set_blocking(self.proc.stdout.fileno(), False)
@@ -582,13 +644,21 @@ class NftMonitor:
     @staticmethod
     def packet_of(text):
         """The `packet:` part of a trace -> (proto, src, sport, dst, dport, ipid, iplen)."""
+
         def grab(pat, cast=str):
             m = re.search(pat, text)
             return cast(m.group(1)) if m else None
+
         proto = grab(r"\b(tcp|udp|icmp) ") or "?"
-        return (proto, grab(r"ip saddr (\S+)"), grab(rf"{proto} sport (\d+)", int) or 0,
-                grab(r"ip daddr (\S+)"), grab(rf"{proto} dport (\d+)", int) or 0,
-                grab(r"ip id (\d+)", int), grab(r"ip length (\d+)", int))
+        return (
+            proto,
+            grab(r"ip saddr (\S+)"),
+            grab(rf"{proto} sport (\d+)", int) or 0,
+            grab(r"ip daddr (\S+)"),
+            grab(rf"{proto} dport (\d+)", int) or 0,
+            grab(r"ip id (\d+)", int),
+            grab(r"ip length (\d+)", int),
+        )
 
     def read(self):
         out = []
@@ -613,7 +683,7 @@ class NftMonitor:
                     self._packets.pop(next(iter(self._packets)))
                 continue
             if table.startswith(NFT_TABLE_PREFIX):
-                continue            # our own nftrace table is not part of the path
+                continue  # our own nftrace table is not part of the path
             verdict = ""
             vm = re.search(r"\(verdict (\w+)\)|^(\w+)\s*$", rest)
             if vm:
@@ -627,11 +697,23 @@ class NftMonitor:
                 verdict = "MASQUERADE"
             if kind == "policy":
                 text = f"policy {text.upper()}"
-            out.append({"ts_ns": now, "table": f"{family} {table}", "chain": chain,
-                        "kind": kind, "rule_num": 0, "rule_text": text, "verdict": verdict,
-                        "hook": None, "indev": 0, "outdev": 0,
-                        "nft_packet": self._packets.get((tid, table)), "ours": False,
-                        "backend": "nftables"})
+            out.append(
+                {
+                    "ts_ns": now,
+                    "table": f"{family} {table}",
+                    "chain": chain,
+                    "kind": kind,
+                    "rule_num": 0,
+                    "rule_text": text,
+                    "verdict": verdict,
+                    "hook": None,
+                    "indev": 0,
+                    "outdev": 0,
+                    "nft_packet": self._packets.get((tid, table)),
+                    "ours": False,
+                    "backend": "nftables",
+                }
+            )
         return out
 
     def stop(self):

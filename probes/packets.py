@@ -26,16 +26,16 @@ from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
 from . import bpfsys, cdefs, pcapfilter
-from .netns import in_netns
 from .evring import EvRing, cpu_list
+from .netns import in_netns
 
 SRC = Path(__file__).with_name("packets.bpf.c")
 HEADER = SRC.with_name("packets.h")
-TC_PRIO = 0xC1A5          # tc filter preference used only by pyinspect trace
-TC_HANDLE_BASE = 0x70690000   # "pi" << 16; a session's filters use base + (pid & 0xffff)
+TC_PRIO = 0xC1A5  # tc filter preference used only by pyinspect trace
+TC_HANDLE_BASE = 0x70690000  # "pi" << 16; a session's filters use base + (pid & 0xffff)
 TC_NAME_PREFIX = "pyinspect-trace:"
 (MAX_POINTS,) = cdefs.require(HEADER, "MAX_POINTS")
-CONTROL_PACKETS_PER_PERIOD = 8   # SYN/FIN/RST kept per budget period and point, at least
+CONTROL_PACKETS_PER_PERIOD = 8  # SYN/FIN/RST kept per budget period and point, at least
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 
@@ -45,6 +45,7 @@ class CapturePoint:
     """One interface to capture on: `netns` is a path (None = ours); `mode` 'filtered',
     'all' (only the container's traffic passes here) or 'all+learn' (also where the
     container's packets enter the host: outbound flows are learned for the uplinks)."""
+
     name: str
     ifindex: int
     netns: str = None
@@ -58,6 +59,7 @@ class CapturePoint:
 class Target:
     """What to keep: container addresses, published (ip or '', port, proto), --port, and
     the container-side (port, proto) of the published ports."""
+
     addrs: list = field(default_factory=list)
     ports: list = field(default_factory=list)
     only_ports: list = field(default_factory=list)
@@ -70,6 +72,7 @@ def netns_inode(path=None):
 
 def _iproute(netns=None):
     from pyroute2 import IPRoute
+
     with in_netns(netns):
         return IPRoute()
 
@@ -85,11 +88,13 @@ def _ensure_clsact(ipr, ifindex):
 
 def tc_handle(pid):
     """The tc filter handle of one session (distinct per live process: traces can overlap)."""
-    return TC_HANDLE_BASE + (pid & 0xffff)
+    return TC_HANDLE_BASE + (pid & 0xFFFF)
 
 
-ATTACH_ENV = "PYINSPECT_TC_ATTACH"     # "tcx" or "clsact" forces one; unset: tcx if it works
-COPY_ENV = "PYINSPECT_EVIDENCE_COPY"  # "kfunc" or "scratch" forces one build; unset: kfunc if it loads
+ATTACH_ENV = "PYINSPECT_TC_ATTACH"  # "tcx" or "clsact" forces one; unset: tcx if it works
+COPY_ENV = (
+    "PYINSPECT_EVIDENCE_COPY"  # "kfunc" or "scratch" forces one build; unset: kfunc if it loads
+)
 ATTACH_KINDS = ("tcx", "clsact")
 
 
@@ -102,9 +107,9 @@ def tcx_attach(point, fd, direction):
 
     The link belongs to this process: the kernel detaches it when the fd is closed, also
     when the process is killed. Raises OSError when the kernel refuses (no tcx)."""
-    attr = ctypes.create_string_buffer(64)   # prog_fd, target_ifindex, attach_type, flags
+    attr = ctypes.create_string_buffer(64)  # prog_fd, target_ifindex, attach_type, flags
     struct.pack_into("<IIII", attr, 0, fd, point.ifindex, _tcx_type(direction), 0)
-    with in_netns(point.netns):     # the ifindex is looked up in the caller's netns
+    with in_netns(point.netns):  # the ifindex is looked up in the caller's netns
         return bpfsys.bpf(bpfsys.LINK_CREATE, attr)
 
 
@@ -112,16 +117,17 @@ def tcx_program_ids(ifindex, direction, netns=None):
     """Ids of the programs attached by tcx on one side of an interface ([] if none or no
     tcx here)."""
     ids = (ctypes.c_uint32 * 64)()
-    attr = ctypes.create_string_buffer(64)   # target_ifindex, attach_type, .., prog_ids, count
-    struct.pack_into("<IIIIQI", attr, 0, ifindex, _tcx_type(direction), 0, 0,
-                     ctypes.addressof(ids), 64)
+    attr = ctypes.create_string_buffer(64)  # target_ifindex, attach_type, .., prog_ids, count
+    struct.pack_into(
+        "<IIIIQI", attr, 0, ifindex, _tcx_type(direction), 0, 0, ctypes.addressof(ids), 64
+    )
     try:
         with in_netns(netns):
             bpfsys.bpf(bpfsys.PROG_QUERY, attr)
-    except (OSError, UnavailableError):      # no tcx here, or the namespace is gone
+    except (OSError, UnavailableError):  # no tcx here, or the namespace is gone
         return []
     count = struct.unpack_from("<I", attr, 24)[0]
-    return list(ids[:min(count, 64)])
+    return list(ids[: min(count, 64)])
 
 
 def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
@@ -132,9 +138,18 @@ def attach_filter(point, fd, prog_name, direction, owner_pid, ipr=None):
         ipr = _iproute(point.netns)
     try:
         added = _ensure_clsact(ipr, point.ifindex)
-        ipr.tc("add-filter", "bpf", point.ifindex, tc_handle(owner_pid), fd=fd,
-               name=f"{TC_NAME_PREFIX}{owner_pid}:{prog_name}", parent=parent,
-               prio=TC_PRIO, classid=1, direct_action=True)
+        ipr.tc(
+            "add-filter",
+            "bpf",
+            point.ifindex,
+            tc_handle(owner_pid),
+            fd=fd,
+            name=f"{TC_NAME_PREFIX}{owner_pid}:{prog_name}",
+            parent=parent,
+            prio=TC_PRIO,
+            classid=1,
+            direct_action=True,
+        )
         return added
     finally:
         if own:
@@ -167,14 +182,14 @@ def detach_point(point, remove_clsact):
         mine = f"{TC_NAME_PREFIX}{os.getpid()}:"
         for parent, name, prio, handle in _our_filters(ipr, point.ifindex):
             if not name.startswith(mine):
-                continue                 # another live session's filter
+                continue  # another live session's filter
             with contextlib.suppress(Exception):
                 ipr.tc("del-filter", "bpf", point.ifindex, handle, parent=parent, prio=prio)
     except Exception:
         pass
     finally:
         ipr.close()
-    if remove_clsact:                    # only if no one else's filters sit on it now
+    if remove_clsact:  # only if no one else's filters sit on it now
         remove_clsact_if_empty(point.netns, point.ifindex)
 
 
@@ -215,7 +230,7 @@ def remove_stale_filters(netns_paths):
                 idx = link["index"]
                 for parent, name, prio, handle in _our_filters(ipr, idx):
                     try:
-                        pid = int(name[len(TC_NAME_PREFIX):].split(":")[0])
+                        pid = int(name[len(TC_NAME_PREFIX) :].split(":")[0])
                     except ValueError:
                         pid = 0
                     if pid and pid_alive(pid) and pid != os.getpid():
@@ -233,6 +248,7 @@ def _hook_reason(name):
     """What capabilities.detect() says about a hook type (only asked after a failure)."""
     try:
         from . import capabilities
+
         return str(capabilities.status(name))
     except Exception:  # noqa: BLE001 - a hint only
         return None
@@ -244,10 +260,10 @@ class RingReader:
     def __init__(self, map_fd, size):
         self.size = size
         page = mmap.PAGESIZE
-        self.cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                              offset=0)
-        self.prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
-                              offset=page)
+        self.cons = mmap.mmap(
+            map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+        )
+        self.prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self.page = page
         self.mask = size - 1
 
@@ -268,7 +284,7 @@ class RingReader:
                 break
             real = ln & ~(_BUSY | _DISCARD)
             if not ln & _DISCARD:
-                out.append(buf[off + 8: off + 8 + real])
+                out.append(buf[off + 8 : off + 8 + real])
             cons_pos += (real + 8 + 7) & ~7
             got += 1
         struct.pack_into("<Q", self.cons, 0, cons_pos)
@@ -307,15 +323,43 @@ def fill_target_maps(bpf, target):
 
 # -- the structs of packets.h ----------------------------------------------------------
 # Written once, in packets.h; read from there (probes/cdefs.py) so the loader cannot drift.
-(NCONST_ADDRS, NCONST_PORTS, EV_MAXCAP, ASNAP, FILLER_TYPE, FILLER_LEN,
- C_SEEN, C_LOST, C_CAPPED, C_SHED, C_ALOST, NCOUNT) = cdefs.require(
-    HEADER, "NCONST_ADDRS", "NCONST_PORTS", "EV_MAXCAP", "ASNAP", "FILLER_TYPE", "FILLER_LEN",
-    "C_SEEN", "C_LOST", "C_CAPPED", "C_SHED", "C_ALOST", "NCOUNT")
+(
+    NCONST_ADDRS,
+    NCONST_PORTS,
+    EV_MAXCAP,
+    ASNAP,
+    FILLER_TYPE,
+    FILLER_LEN,
+    C_SEEN,
+    C_LOST,
+    C_CAPPED,
+    C_SHED,
+    C_ALOST,
+    NCOUNT,
+) = cdefs.require(
+    HEADER,
+    "NCONST_ADDRS",
+    "NCONST_PORTS",
+    "EV_MAXCAP",
+    "ASNAP",
+    "FILLER_TYPE",
+    "FILLER_LEN",
+    "C_SEEN",
+    "C_LOST",
+    "C_CAPPED",
+    "C_SHED",
+    "C_ALOST",
+    "NCOUNT",
+)
 
 
 class _PortKey(ctypes.Structure):
-    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8)]
+    _fields_ = [
+        ("ip", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
 
 
 class _CPort(ctypes.Structure):
@@ -323,31 +367,46 @@ class _CPort(ctypes.Structure):
 
 
 class _FlowKey(ctypes.Structure):
-    _fields_ = [("peer_ip", ctypes.c_uint32), ("peer_port", ctypes.c_uint16),
-                ("local_port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 3)]
+    _fields_ = [
+        ("peer_ip", ctypes.c_uint32),
+        ("peer_port", ctypes.c_uint16),
+        ("local_port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
 
 
 class _Config(ctypes.Structure):
-    _fields_ = [("all_points", ctypes.c_uint32), ("learn_points", ctypes.c_uint32),
-                ("portfilter", ctypes.c_uint32), ("snaplen", ctypes.c_uint32),
-                ("ring_bytes", ctypes.c_uint32), ("naddrs", ctypes.c_uint32),
-                ("nports", ctypes.c_uint32), ("ncports", ctypes.c_uint32),
-                ("addrs", ctypes.c_uint32 * NCONST_ADDRS),
-                ("ports", _PortKey * NCONST_PORTS), ("cports", _CPort * NCONST_PORTS)]
+    _fields_ = [
+        ("all_points", ctypes.c_uint32),
+        ("learn_points", ctypes.c_uint32),
+        ("portfilter", ctypes.c_uint32),
+        ("snaplen", ctypes.c_uint32),
+        ("ring_bytes", ctypes.c_uint32),
+        ("naddrs", ctypes.c_uint32),
+        ("nports", ctypes.c_uint32),
+        ("ncports", ctypes.c_uint32),
+        ("addrs", ctypes.c_uint32 * NCONST_ADDRS),
+        ("ports", _PortKey * NCONST_PORTS),
+        ("cports", _CPort * NCONST_PORTS),
+    ]
 
 
 class _Ctl(ctypes.Structure):
-    _fields_ = [("tokens", ctypes.c_int64), ("control", ctypes.c_int64),
-                ("limited", ctypes.c_uint32), ("evidence", ctypes.c_uint32),
-                ("clock_offset", ctypes.c_int64)]
+    _fields_ = [
+        ("tokens", ctypes.c_int64),
+        ("control", ctypes.c_int64),
+        ("limited", ctypes.c_uint32),
+        ("evidence", ctypes.c_uint32),
+        ("clock_offset", ctypes.c_int64),
+    ]
 
 
 class _Counters(ctypes.Structure):
     _fields_ = [("prod", ctypes.c_uint64), ("v", ctypes.c_uint64 * (MAX_POINTS * NCOUNT))]
 
 
-AREC = struct.Struct("<QqIIIHBx")     # struct arec header in packets.h
+AREC = struct.Struct("<QqIIIHBx")  # struct arec header in packets.h
 AREC_SIZE = AREC.size + ASNAP
 
 
@@ -355,9 +414,10 @@ AREC_SIZE = AREC.size + ASNAP
 class Record:
     """One analysis record: a packet as the analysis path sees it (the first ASNAP bytes).
     `cpu`/`stream_pos` locate its evidence copy (stream_pos -1: none)."""
-    ts_ns: int            # CLOCK_REALTIME
+
+    ts_ns: int  # CLOCK_REALTIME
     point: int
-    direction: str        # 'in' | 'out'
+    direction: str  # 'in' | 'out'
     len: int
     data: bytes
     cpu: int
@@ -366,18 +426,20 @@ class Record:
 
 def parse(raw) -> Record:
     ts, pos, ln, caplen, cpu, point, d = AREC.unpack_from(raw, 0)
-    return Record(ts, point, "out" if d else "in", ln,
-                  bytes(raw[AREC.size:AREC.size + caplen]), cpu, pos)
+    return Record(
+        ts, point, "out" if d else "in", ln, bytes(raw[AREC.size : AREC.size + caplen]), cpu, pos
+    )
 
 
 @dataclass
 class PointCounters:
     """Per capture point, from the kernel: seen == captured + lost + capped."""
+
     seen: int = 0
-    lost: int = 0         # evidence ring full
-    capped: int = 0       # not written: the size cap was reached
-    shed: int = 0         # over the analysis budget (still in the file)
-    alost: int = 0        # analysis ring full (still in the file)
+    lost: int = 0  # evidence ring full
+    capped: int = 0  # not written: the size cap was reached
+    shed: int = 0  # over the analysis budget (still in the file)
+    alost: int = 0  # analysis ring full (still in the file)
 
     @property
     def captured(self) -> int:
@@ -389,6 +451,7 @@ class Chunk:
     """A range of one CPU's evidence stream, ready to append to a segment file: `parts`
     are whole pcapng blocks (EPB, filler, ..., EPB). A record at stream position p has
     its EPB at byte `p - start` of the chunk."""
+
     cpu: int
     start: int
     end: int
@@ -407,8 +470,7 @@ def make_config(points, target, snaplen, ring_bytes):
         c.addrs[i] = _ip_u32(a)
     c.nports = len(target.ports) if len(target.ports) <= NCONST_PORTS else NCONST_PORTS + 1
     for i, (ip, port, proto) in enumerate(target.ports[:NCONST_PORTS]):
-        c.ports[i].ip, c.ports[i].port, c.ports[i].proto = _ip_u32(ip), int(port), \
-            _proto_num(proto)
+        c.ports[i].ip, c.ports[i].port, c.ports[i].proto = _ip_u32(ip), int(port), _proto_num(proto)
     cports = sorted(set(target.container_ports))
     c.ncports = len(cports) if len(cports) <= NCONST_PORTS else NCONST_PORTS + 1
     for i, (port, proto) in enumerate(cports[:NCONST_PORTS]):
@@ -443,29 +505,30 @@ class PacketCapture:
         self.ring_bytes = _pow2_pages(ring_mb * 1024 * 1024)
         self.analysis_bytes = _pow2_pages(analysis_mb * 1024 * 1024)
         self.obj = None
-        self.rings = []          # EvRing per online CPU
+        self.rings = []  # EvRing per online CPU
         self.reader = None
-        self.attached = []       # (point, added_clsact)
-        self.links = []          # tcx link fds
+        self.attached = []  # (point, added_clsact)
+        self.links = []  # tcx link fds
         wanted = os.environ.get(ATTACH_ENV) or None
         if wanted not in (None,) + ATTACH_KINDS:
             raise UsageError(f"bad {ATTACH_ENV}={wanted!r}", "use tcx or clsact")
         self.forced = wanted
         self.attach_kind = wanted
         self.attach_note = None
-        self.evidence_copy = None   # 'kfunc': skb -> ring in one copy; 'scratch': two
+        self.evidence_copy = None  # 'kfunc': skb -> ring in one copy; 'scratch': two
         self.copy_note = None
         self.lock = threading.Lock()
         self._ctl = _Ctl(evidence=1, clock_offset=_clock_offset())
-        self._ctl_lock = threading.Lock()   # the writer thread and the poll both set ctl
+        self._ctl_lock = threading.Lock()  # the writer thread and the poll both set ctl
         self._possible = cpu_list("possible")
         self._epoll = None
-        self._lane_polls = {}    # cpus -> epoll over their buffers (evidence writer lanes)
+        self._lane_polls = {}  # cpus -> epoll over their buffers (evidence writer lanes)
         self._final = None
 
     # -- start / stop -------------------------------------------------------------------
     def start(self):
         from . import bpfobj
+
         ncpu = max(self._possible) + 1
         cfg = make_config(self.points, self.target, self.snaplen, self.ring_bytes)
         progs = {f"pi_{d}_{i}" for i in range(len(self.points)) for d in ("in", "eg")}
@@ -480,24 +543,28 @@ class PacketCapture:
             try:
                 if defines:
                     sizes["scratch"] = ncpu
-                self.obj = bpfobj.BpfObject.open(SRC, rodata=bytes(cfg), programs=progs,
-                                                 max_entries=sizes, defines=defines).load()
+                self.obj = bpfobj.BpfObject.open(
+                    SRC, rodata=bytes(cfg), programs=progs, max_entries=sizes, defines=defines
+                ).load()
             except UnavailableError as exc:
                 first_error = first_error or exc
                 self.obj = None
                 continue
             self.evidence_copy = kind
             if kind == "scratch" and wanted is None:
-                self.copy_note = (f"evidence copied twice per packet (this kernel has no "
-                                  f"bpf_dynptr_copy: {str(first_error)[:120]})")
+                self.copy_note = (
+                    f"evidence copied twice per packet (this kernel has no "
+                    f"bpf_dynptr_copy: {str(first_error)[:120]})"
+                )
             break
         if self.obj is None:
             self.close()
-            raise UnavailableError(f"cannot load the tc capture program: {first_error}",
-                                   _hook_reason("tc")) from None
+            raise UnavailableError(
+                f"cannot load the tc capture program: {first_error}", _hook_reason("tc")
+            ) from None
         try:
             self._fill_maps()
-            self._write_ctl()      # the budget is in place before the first program attaches
+            self._write_ctl()  # the budget is in place before the first program attaches
             self._open_rings()
             self.reader = RingReader(self.obj.map_fd("arecs"), self.analysis_bytes)
             self._attach()
@@ -505,12 +572,12 @@ class PacketCapture:
             self.close()
             if isinstance(exc, UnavailableError):
                 raise
-            raise UnavailableError(f"cannot attach tc capture: {exc}",
-                                   _hook_reason("tc")) from exc
+            raise UnavailableError(f"cannot attach tc capture: {exc}", _hook_reason("tc")) from exc
         return self
 
     def _open_rings(self):
         import select
+
         self._epoll = select.epoll()
         fd = self.obj.map_fd("evrings")
         for cpu in cpu_list("online"):
@@ -531,8 +598,17 @@ class PacketCapture:
                     fd = self.obj.prog_fd(f"{prefix}{i}")
                     if self.attach_kind != "clsact" and self._attach_tcx(point, fd, direction):
                         continue
-                    added = attach_filter(point, fd, f"{point.name}:{direction}", direction,
-                                          pid, sockets[point.netns]) or added
+                    added = (
+                        attach_filter(
+                            point,
+                            fd,
+                            f"{point.name}:{direction}",
+                            direction,
+                            pid,
+                            sockets[point.netns],
+                        )
+                        or added
+                    )
                 self.attached.append((point, added))
         finally:
             for ipr in sockets.values():
@@ -543,11 +619,13 @@ class PacketCapture:
         try:
             self.links.append(tcx_attach(point, fd, direction))
         except OSError as exc:
-            if self.forced == "tcx" or self.links:   # forced, or tcx broke half way
+            if self.forced == "tcx" or self.links:  # forced, or tcx broke half way
                 raise UnavailableError(f"cannot attach tcx on {point.name}: {exc.strerror}")
             self.attach_kind = "clsact"
-            self.attach_note = (f"tcx unavailable ({exc.strerror}): capturing with tc clsact "
-                                f"(cls_bpf) filters instead")
+            self.attach_note = (
+                f"tcx unavailable ({exc.strerror}): capturing with tc clsact "
+                f"(cls_bpf) filters instead"
+            )
             return False
         self.attach_kind = "tcx"
         return True
@@ -561,8 +639,9 @@ class PacketCapture:
         if len(t.ports) > NCONST_PORTS:
             fd = self.obj.map_fd("ports")
             for ip, port, proto in t.ports:
-                _map_update(fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)),
-                            ctypes.c_uint8(1))
+                _map_update(
+                    fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1)
+                )
         fd = self.obj.map_fd("portfilter")
         for p in t.only_ports:
             _map_update(fd, ctypes.c_uint16(int(p)), ctypes.c_uint8(1))
@@ -628,6 +707,7 @@ class PacketCapture:
         ep = self._lane_polls.get(key)
         if ep is None:
             import select
+
             ep = select.epoll()
             for ring in self.rings:
                 if ring.cpu in cpus:
@@ -650,8 +730,9 @@ class PacketCapture:
             if head - start < 12 + 8:
                 continue
             if not self._chain_ok(ring, start, head):
-                raise UnavailableError(f"evidence stream of CPU {ring.cpu} is out of step "
-                                       f"at {start}")
+                raise UnavailableError(
+                    f"evidence stream of CPU {ring.cpu} is out of step at {start}"
+                )
             out.append(Chunk(ring.cpu, start, head, ring.pending(start + 12, head - 8)))
         return out
 
@@ -659,9 +740,12 @@ class PacketCapture:
     def _chain_ok(ring, start, head):
         """The range starts with a committed record carrying our block and ends with a
         filler header: cheap evidence that the stream and our count agree."""
-        return (ring.read_u32(start + 8) == FILLER_LEN
-                and ring.read_u32(start + 12) in (6, FILLER_TYPE)
-                and ring.read_u32(head - 8) == FILLER_TYPE and head <= ring.head())
+        return (
+            ring.read_u32(start + 8) == FILLER_LEN
+            and ring.read_u32(start + 12) in (6, FILLER_TYPE)
+            and ring.read_u32(head - 8) == FILLER_TYPE
+            and head <= ring.head()
+        )
 
     def consumed(self, chunk):
         """The chunk is written: its ring space goes back to the kernel."""
@@ -750,12 +834,12 @@ class PacketCapture:
 
 
 def _clock_offset():
-    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(
-        time.CLOCK_MONOTONIC)
+    return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 def _map_update(fd, key, value):
     from .bpfobj import libbpf
+
     if libbpf().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"bpf map update: {os.strerror(err)}")
@@ -763,10 +847,10 @@ def _map_update(fd, key, value):
 
 def _map_lookup(fd, key, value):
     from .bpfobj import libbpf
+
     if libbpf().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"bpf map lookup: {os.strerror(err)}")
-
 
 
 class BpfFilter(pcapfilter.BpfFilter):

@@ -36,14 +36,24 @@ NAMESPACE_FLAGS = {  # CLONE_NEW* bit -> namespace name (as in /proc/<pid>/ns)
     0x40000000: "net",
 }
 OTHER_CLONE_FLAGS = {
-    0x00000100: "VM", 0x00000200: "FS", 0x00000400: "FILES", 0x00000800: "SIGHAND",
-    0x00001000: "PIDFD", 0x00002000: "PTRACE", 0x00004000: "VFORK", 0x00008000: "PARENT",
-    0x00010000: "THREAD", 0x00040000: "SYSVSEM", 0x00080000: "SETTLS",
-    0x00100000: "PARENT_SETTID", 0x00200000: "CHILD_CLEARTID", 0x01000000: "CHILD_SETTID",
+    0x00000100: "VM",
+    0x00000200: "FS",
+    0x00000400: "FILES",
+    0x00000800: "SIGHAND",
+    0x00001000: "PIDFD",
+    0x00002000: "PTRACE",
+    0x00004000: "VFORK",
+    0x00008000: "PARENT",
+    0x00010000: "THREAD",
+    0x00040000: "SYSVSEM",
+    0x00080000: "SETTLS",
+    0x00100000: "PARENT_SETTID",
+    0x00200000: "CHILD_CLEARTID",
+    0x01000000: "CHILD_SETTID",
     0x200000000: "INTO_CGROUP",
 }
 CLONE_THREAD = 0x00010000
-NS_LINK = re.compile(r"^[a-z_]+:\[\d+\]$")    # what /proc/<pid>/fd/N reads for an nsfs fd
+NS_LINK = re.compile(r"^[a-z_]+:\[\d+\]$")  # what /proc/<pid>/fd/N reads for an nsfs fd
 
 CFG_THREADS = 1
 CFG_ALL_CLONES = 2
@@ -52,20 +62,43 @@ CFG_NS_FILTER = 4
 
 class ProcConfig(ctypes.Structure):
     """process.bpf.c `struct proc_config` (.rodata)."""
+
     _fields_ = [("task", TaskOffsets), ("flags", ctypes.c_uint64)] + [
-        (name, Tpf) for name in (
-            "fork_child_pid", "exec_old_pid", "exec_filename", "clone_flags", "clone3_uargs",
-            "unshare_flags", "setns_fd", "setns_nstype", "exit_group_code", "oom_pid",
-            "oom_comm", "oom_total_vm", "oom_anon_rss", "oom_score_adj")]
+        (name, Tpf)
+        for name in (
+            "fork_child_pid",
+            "exec_old_pid",
+            "exec_filename",
+            "clone_flags",
+            "clone3_uargs",
+            "unshare_flags",
+            "setns_fd",
+            "setns_nstype",
+            "exit_group_code",
+            "oom_pid",
+            "oom_comm",
+            "oom_total_vm",
+            "oom_anon_rss",
+            "oom_score_adj",
+        )
+    ]
 
 
 class ProcEvent(ctypes.Structure):
     """process.bpf.c `struct proc_event` (one ring buffer record)."""
+
     _fields_ = TASK_IDS_FIELDS + [
-        ("flags", ctypes.c_uint64), ("kind", ctypes.c_uint32), ("exit_code", ctypes.c_int32),
-        ("other_pid", ctypes.c_uint32), ("aux", ctypes.c_int32), ("aux2", ctypes.c_uint64),
-        ("aux3", ctypes.c_uint64), ("memcg_id", ctypes.c_uint64),
-        ("filename", ctypes.c_char * 128), ("args", ctypes.c_char * 128)]
+        ("flags", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("exit_code", ctypes.c_int32),
+        ("other_pid", ctypes.c_uint32),
+        ("aux", ctypes.c_int32),
+        ("aux2", ctypes.c_uint64),
+        ("aux3", ctypes.c_uint64),
+        ("memcg_id", ctypes.c_uint64),
+        ("filename", ctypes.c_char * 128),
+        ("args", ctypes.c_char * 128),
+    ]
 
 
 def namespace_names(flags):
@@ -75,8 +108,11 @@ def namespace_names(flags):
 
 def clone_flag_names(flags):
     """All known CLONE_* flags set in `flags` ('NEWNET', 'THREAD', ...)."""
-    names = [f"NEW{NAMESPACE_FLAGS[b].upper()}" if NAMESPACE_FLAGS[b] != "mnt" else "NEWNS"
-             for b in sorted(NAMESPACE_FLAGS) if flags & b]
+    names = [
+        f"NEW{NAMESPACE_FLAGS[b].upper()}" if NAMESPACE_FLAGS[b] != "mnt" else "NEWNS"
+        for b in sorted(NAMESPACE_FLAGS)
+        if flags & b
+    ]
     names += [n for b, n in sorted(OTHER_CLONE_FLAGS.items()) if flags & b]
     return names
 
@@ -105,8 +141,9 @@ def memcg_location(cg_id):
             for line in f:
                 left, right = line.split(" - ", 1)
                 fstype, _src, opts = right.split()[:3]
-                if (hid is not None and fstype == "cgroup" and "memory" in opts.split(",")) \
-                        or (hid is None and fstype == "cgroup2"):
+                if (hid is not None and fstype == "cgroup" and "memory" in opts.split(",")) or (
+                    hid is None and fstype == "cgroup2"
+                ):
                     mount = left.split()[4]
                     break
     except (OSError, ValueError):
@@ -119,7 +156,7 @@ def memcg_location(cg_id):
         path, depth = stack.pop()
         try:
             if os.stat(path).st_ino == cg_id:
-                return {"memcg_hierarchy": hid, "memcg_path": path[len(mount):] or "/"}
+                return {"memcg_hierarchy": hid, "memcg_path": path[len(mount) :] or "/"}
             if depth < 8:
                 with os.scandir(path) as it:
                     stack += [(e.path, depth + 1) for e in it if e.is_dir(follow_symlinks=False)]
@@ -140,7 +177,7 @@ def proc_ppid(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
-        return int(stat[stat.rindex(")") + 2:].split()[1])
+        return int(stat[stat.rindex(")") + 2 :].split()[1])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -160,19 +197,23 @@ class ProcessProbe(TracepointProbe):
     # tracepoint -> [(cfg member, field in its tracefs format, is a string)]
     FIELDS = {
         "sched:sched_process_fork": [("fork_child_pid", "child_pid", False)],
-        "sched:sched_process_exec": [("exec_old_pid", "old_pid", False),
-                                     ("exec_filename", "filename", True)],
+        "sched:sched_process_exec": [
+            ("exec_old_pid", "old_pid", False),
+            ("exec_filename", "filename", True),
+        ],
         "sched:sched_process_exit": [],
         "syscalls:sys_enter_clone": [("clone_flags", "clone_flags", False)],
         "syscalls:sys_enter_clone3": [("clone3_uargs", "uargs", False)],
         "syscalls:sys_enter_unshare": [("unshare_flags", "unshare_flags", False)],
-        "syscalls:sys_enter_setns": [("setns_fd", "fd", False),
-                                     ("setns_nstype", "flags", False)],
+        "syscalls:sys_enter_setns": [("setns_fd", "fd", False), ("setns_nstype", "flags", False)],
         "syscalls:sys_enter_exit_group": [("exit_group_code", "error_code", False)],
-        "oom:mark_victim": [("oom_pid", "pid", False), ("oom_comm", "comm", True),
-                            ("oom_total_vm", "total_vm", False),
-                            ("oom_anon_rss", "anon_rss", False),
-                            ("oom_score_adj", "oom_score_adj", False)],
+        "oom:mark_victim": [
+            ("oom_pid", "pid", False),
+            ("oom_comm", "comm", True),
+            ("oom_total_vm", "total_vm", False),
+            ("oom_anon_rss", "anon_rss", False),
+            ("oom_score_adj", "oom_score_adj", False),
+        ],
     }
     TRACEPOINTS = {
         "sched:sched_process_fork": "PI_FORK",
@@ -194,7 +235,8 @@ class ProcessProbe(TracepointProbe):
             self.messages.append(
                 "process probe: no usable kernel BTF; ppid, namespaces and argv are read "
                 "from /proc when events are read; exit codes come from exit_group(), "
-                "deaths by signal are unknown")
+                "deaths by signal are unknown"
+            )
             if "sched:sched_process_exit" in self.tracepoints:
                 # the exit status, caught where the process asks for it
                 self.tracepoints.setdefault("syscalls:sys_enter_exit_group", "PI_EXIT_GROUP")
@@ -204,22 +246,26 @@ class ProcessProbe(TracepointProbe):
     def make_config(self, filters):
         cfg = ProcConfig()
         cfg.task = task_offsets(self.offsets)
-        value = (CFG_THREADS if filters.get("threads") else 0) | \
-                (CFG_ALL_CLONES if filters.get("all_clones") else 0)
+        value = (CFG_THREADS if filters.get("threads") else 0) | (
+            CFG_ALL_CLONES if filters.get("all_clones") else 0
+        )
         self.ns_filter = None
         if filters.get("namespaces") is not None:
             self.ns_filter = {int(n) for n in filters["namespaces"]}
             if self.offsets:
                 value |= CFG_NS_FILTER
             else:
-                self.messages.append("process probe: namespace filter applied after reading "
-                                     "(no BTF: the kernel does not know the namespaces)")
+                self.messages.append(
+                    "process probe: namespace filter applied after reading "
+                    "(no BTF: the kernel does not know the namespaces)"
+                )
         cfg.flags = value
         return cfg
 
     def configure(self, obj, filters):
         if self.ns_filter is not None and self.offsets:
             from .bpfobj import map_update
+
             fd = obj.map_fd("ns_allow")
             for ino in self.ns_filter:
                 map_update(fd, ctypes.c_uint32(ino), ctypes.c_uint8(1))
@@ -238,8 +284,9 @@ class ProcessProbe(TracepointProbe):
             detail["filename"] = _str(r.filename)
             if self.offsets:
                 field = type(r).args  # a c_char array field reads as NUL-truncated bytes
-                raw = ctypes.string_at(ctypes.addressof(r) + field.offset,
-                                       max(0, min(r.aux, field.size)))
+                raw = ctypes.string_at(
+                    ctypes.addressof(r) + field.offset, max(0, min(r.aux, field.size))
+                )
                 argv = [a.decode(errors="replace") for a in raw.split(b"\0")]
                 if argv and argv[-1] == "":
                     argv.pop()
@@ -305,8 +352,9 @@ class ProcessProbe(TracepointProbe):
             if ev["kind"] == "exec" and "argv" not in d:
                 try:
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        d["argv"] = [a.decode(errors="replace")
-                                     for a in f.read(4096).split(b"\0") if a][:16]
+                        d["argv"] = [
+                            a.decode(errors="replace") for a in f.read(4096).split(b"\0") if a
+                        ][:16]
                 except OSError:
                     d["argv"] = None
             if ev["kind"] == "setns" and d["fd"] >= 0:
@@ -325,6 +373,7 @@ class ProcessProbe(TracepointProbe):
         if len(self._known) > 65536:
             self._known.clear()
         if self.ns_filter is not None and not self.offsets:
-            batch = [ev for ev in batch
-                     if ev["netns"] in self.ns_filter or ev["pidns"] in self.ns_filter]
+            batch = [
+                ev for ev in batch if ev["netns"] in self.ns_filter or ev["pidns"] in self.ns_filter
+            ]
         return batch

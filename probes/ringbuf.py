@@ -46,6 +46,7 @@ TPF_UNSIGNED, TPF_SIGNED, TPF_REL_LOC = 0, 1, 2
 
 class Tpf(ctypes.Structure):
     """tracepoint.h `struct tpf`: one tracepoint field (size 0: absent)."""
+
     _fields_ = [("off", ctypes.c_uint16), ("size", ctypes.c_uint8), ("kind", ctypes.c_uint8)]
 
 
@@ -71,8 +72,12 @@ def tp_format(tracefs, tp):
                 parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
                 decl = parts["field"].strip()
                 name = decl.split()[-1].split("[")[0]
-                fields[name] = (int(parts["offset"]), int(parts["size"]),
-                                parts.get("signed", "0").strip() == "1", decl)
+                fields[name] = (
+                    int(parts["offset"]),
+                    int(parts["size"]),
+                    parts.get("signed", "0").strip() == "1",
+                    decl,
+                )
     except (OSError, KeyError, ValueError):
         fields = {}
     with _formats_lock:
@@ -124,13 +129,20 @@ TASK_OFFSETS = [
     ("kn_id", "OFF_KN_ID"),
     ("memory_cgrp_id", "MEMORY_CGRP_ID"),
 ]
-MEMCG_KEYS = ("OFF_TASK_CGROUPS", "OFF_CSSSET_SUBSYS", "OFF_CSS_CGROUP", "OFF_CGROUP_KN",
-              "OFF_KN_ID", "MEMORY_CGRP_ID")
+MEMCG_KEYS = (
+    "OFF_TASK_CGROUPS",
+    "OFF_CSSSET_SUBSYS",
+    "OFF_CSS_CGROUP",
+    "OFF_CGROUP_KN",
+    "OFF_KN_ID",
+    "MEMORY_CGRP_ID",
+)
 
 
 class TaskOffsets(ctypes.Structure):
-    _fields_ = [("have_btf", ctypes.c_uint32), ("have_memcg", ctypes.c_uint32)] + \
-               [(name, ctypes.c_uint32) for name, _ in TASK_OFFSETS]
+    _fields_ = [("have_btf", ctypes.c_uint32), ("have_memcg", ctypes.c_uint32)] + [
+        (name, ctypes.c_uint32) for name, _ in TASK_OFFSETS
+    ]
 
 
 def task_offsets(offsets):
@@ -147,9 +159,15 @@ def task_offsets(offsets):
 
 # tracepoint.h TASK_IDS_FIELDS, for the ctypes records
 TASK_IDS_FIELDS = [
-    ("ts_ns", ctypes.c_uint64), ("cgroup_id", ctypes.c_uint64), ("pid", ctypes.c_uint32),
-    ("tid", ctypes.c_uint32), ("ppid", ctypes.c_uint32), ("netns", ctypes.c_uint32),
-    ("pidns", ctypes.c_uint32), ("mntns", ctypes.c_uint32), ("comm", ctypes.c_char * 16),
+    ("ts_ns", ctypes.c_uint64),
+    ("cgroup_id", ctypes.c_uint64),
+    ("pid", ctypes.c_uint32),
+    ("tid", ctypes.c_uint32),
+    ("ppid", ctypes.c_uint32),
+    ("netns", ctypes.c_uint32),
+    ("pidns", ctypes.c_uint32),
+    ("mntns", ctypes.c_uint32),
+    ("comm", ctypes.c_char * 16),
 ]
 
 
@@ -158,19 +176,19 @@ class TracepointProbe:
     implement decode()."""
 
     NAME = "probe"
-    SOURCE = None           # path of the .bpf.c file (a libbpf object)
-    TRACEPOINTS = {}        # "category:event" -> a short name (kept for callers; unused)
-    FIELDS = {}             # "category:event" -> [(cfg member path, field, is_string)]
-    RECORD = None           # ctypes Structure of one ring buffer record
-    CONFIG = None           # ctypes Structure of the object's .rodata `cfg`
+    SOURCE = None  # path of the .bpf.c file (a libbpf object)
+    TRACEPOINTS = {}  # "category:event" -> a short name (kept for callers; unused)
+    FIELDS = {}  # "category:event" -> [(cfg member path, field, is_string)]
+    RECORD = None  # ctypes Structure of one ring buffer record
+    CONFIG = None  # ctypes Structure of the object's .rodata `cfg`
 
     def __init__(self, tracepoints=None, ring_pages=RINGBUF_PAGES):
         self.tracepoints = dict(tracepoints if tracepoints is not None else self.TRACEPOINTS)
         self.ring_pages = ring_pages
-        self.attached = []    # tracepoints delivering events
-        self.skipped = []     # (tracepoint, reason)
-        self.messages = []    # one plain line per skipped tracepoint
-        self.max_lag_ns = 0   # largest (read time - event time) seen
+        self.attached = []  # tracepoints delivering events
+        self.skipped = []  # (tracepoint, reason)
+        self.messages = []  # one plain line per skipped tracepoint
+        self.max_lag_ns = 0  # largest (read time - event time) seen
         self._obj = None
         self._reader = None
         self._poll = None
@@ -219,12 +237,14 @@ class TracepointProbe:
         if self._obj is not None:
             return self
         from . import bpfobj
+
         filters = dict(filters or {})
         tracefs = capabilities.tracefs_dir()
         if tracefs is None:
             raise UnavailableError(
                 f"{self.NAME} probe: tracefs is not mounted",
-                "mount -t tracefs nodev /sys/kernel/tracing")
+                "mount -t tracefs nodev /sys/kernel/tracing",
+            )
         cfg = self.make_config(filters)
         wanted = []
         for tp in self.tracepoints:
@@ -247,12 +267,15 @@ class TracepointProbe:
             raise UnavailableError(f"{self.NAME} probe: none of its tracepoints exist here")
         try:
             obj = bpfobj.BpfObject.open(
-                self.SOURCE, rodata=bytes(cfg),
+                self.SOURCE,
+                rodata=bytes(cfg),
                 max_entries={"events": self.ring_pages * mmap.PAGESIZE},
-                programs={self.program_name(tp) for tp in wanted})
+                programs={self.program_name(tp) for tp in wanted},
+            )
         except UnavailableError as exc:
-            raise UnavailableError(f"{self.NAME} probe: BPF program failed to load: "
-                                   f"{exc.message}", exc.hint) from None
+            raise UnavailableError(
+                f"{self.NAME} probe: BPF program failed to load: {exc.message}", exc.hint
+            ) from None
         try:
             for tp in list(wanted):
                 if not obj.has_program(self.program_name(tp)):
@@ -261,8 +284,9 @@ class TracepointProbe:
             try:
                 obj.load()
             except UnavailableError as exc:
-                raise UnavailableError(f"{self.NAME} probe: BPF program failed to load: "
-                                       f"{exc.message}", exc.hint) from None
+                raise UnavailableError(
+                    f"{self.NAME} probe: BPF program failed to load: {exc.message}", exc.hint
+                ) from None
             self.configure(obj, filters)
             for tp in wanted:
                 category, event = tp.split(":", 1)
@@ -272,9 +296,12 @@ class TracepointProbe:
                 except OSError as exc:
                     self._skip(tp, f"kernel refused the attach ({exc.strerror or exc})")
             if not self.attached:
-                raise UnavailableError(f"{self.NAME} probe: no tracepoint could attach: "
-                                       + "; ".join(r for _, r in self.skipped))
+                raise UnavailableError(
+                    f"{self.NAME} probe: no tracepoint could attach: "
+                    + "; ".join(r for _, r in self.skipped)
+                )
             from .packets import RingReader
+
             fd = obj.map_fd("events")
             self._reader = RingReader(fd, self.ring_pages * mmap.PAGESIZE)
             self._poll = select.poll()
@@ -316,7 +343,7 @@ class TracepointProbe:
                     break
                 out = self._read()
                 if not out:
-                    time.sleep(0.001)   # woken by a record still being written
+                    time.sleep(0.001)  # woken by a record still being written
         if out:
             now = time.time_ns()
             lag = now - min(ev["ts_ns"] for ev in out)
@@ -333,6 +360,7 @@ class TracepointProbe:
         if self._obj is None:
             return self._lost_seen
         from . import bpfobj
+
         self._lost_seen = bpfobj.percpu_sum(self._obj.map_fd("lost"))
         return self._lost_seen
 

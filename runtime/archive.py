@@ -52,8 +52,7 @@ WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-_ALLOWED_XATTRS = ("security.capability", "system.posix_acl_access",
-                   "system.posix_acl_default")
+_ALLOWED_XATTRS = ("security.capability", "system.posix_acl_access", "system.posix_acl_default")
 _ALLOWED_XATTR_PREFIXES = ("user.",)
 
 
@@ -66,14 +65,15 @@ def _xattrs(member):
     out = []
     for key, value in (member.pax_headers or {}).items():
         if key.startswith("SCHILY.xattr."):
-            out.append((key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape")))
+            out.append((key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape")))
         elif key.startswith("LIBARCHIVE.xattr."):
             try:
-                name = unquote_to_bytes(key[len("LIBARCHIVE.xattr."):]).decode()
+                name = unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :]).decode()
                 raw = base64.b64decode(value + "=" * (-len(value) % 4))
             except (ValueError, UnicodeDecodeError):
                 raise CorruptInputError(
-                    f"member {member.name!r}: malformed xattr {key!r}") from None
+                    f"member {member.name!r}: malformed xattr {key!r}"
+                ) from None
             out.append((name, raw))
     return out
 
@@ -97,8 +97,8 @@ def clean_member_name(name):
 class _Extractor:
     def __init__(self, dest, budget=None, notes=None):
         self.dest = os.fspath(dest)
-        self.seen = {}          # components -> kind ('file', 'dir', 'link', 'dev', 'wh')
-        self.dir_times = []     # (path, mtime) applied last, deepest first
+        self.seen = {}  # components -> kind ('file', 'dir', 'link', 'dev', 'wh')
+        self.dir_times = []  # (path, mtime) applied last, deepest first
         self.is_root = os.geteuid() == 0
         self.budget = budget
         self.notes = notes if notes is not None else []
@@ -119,10 +119,12 @@ class _Extractor:
                 continue
             if stat.S_ISLNK(st.st_mode):
                 raise CorruptInputError(
-                    f"member {name!r}: path goes through symlink {'/'.join(parts[:i])!r}")
+                    f"member {name!r}: path goes through symlink {'/'.join(parts[:i])!r}"
+                )
             if not stat.S_ISDIR(st.st_mode):
                 raise CorruptInputError(
-                    f"member {name!r}: parent {'/'.join(parts[:i])!r} is not a directory")
+                    f"member {name!r}: parent {'/'.join(parts[:i])!r} is not a directory"
+                )
 
     def clear(self, name, parts, keep_dir):
         """Make room for a member; an existing directory stays when a directory replaces it."""
@@ -175,7 +177,7 @@ class _Extractor:
             return
         if base.startswith(WHITEOUT_META_PREFIX):
             return  # aufs metadata (.wh..wh.plnk, .wh..wh.aufs): not content, ignored
-        target = base[len(WHITEOUT_PREFIX):]
+        target = base[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
             raise CorruptInputError(f"member {name!r}: bad whiteout name")
         tparts = parent + (target,)
@@ -203,8 +205,15 @@ class _Extractor:
         if base.startswith(WHITEOUT_PREFIX):
             self.whiteout(member, parts)
             return
-        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()
-                or member.ischr() or member.isblk() or member.isfifo()):
+        if not (
+            member.isfile()
+            or member.isdir()
+            or member.issym()
+            or member.islnk()
+            or member.ischr()
+            or member.isblk()
+            or member.isfifo()
+        ):
             raise CorruptInputError(f"member {name!r}: unsupported tar member type {member.type!r}")
         self.ensure_parents(name, parts)
         p = self.path(parts)
@@ -221,8 +230,11 @@ class _Extractor:
         if member.isfile():
             if self.budget is not None:
                 self.budget.charge(member.size, f"member {name!r}", meter="extracted")
-                data = member.size if member.sparse is None else sum(
-                    n for _, n in member.sparse if n > 0)
+                data = (
+                    member.size
+                    if member.sparse is None
+                    else sum(n for _, n in member.sparse if n > 0)
+                )
                 if data >= 1 << 20:
                     self.budget.check_disk(f"member {name!r}", upcoming=data)
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -244,15 +256,16 @@ class _Extractor:
                 tparts = clean_member_name(member.linkname)
             except CorruptInputError:
                 raise CorruptInputError(
-                    f"member {name!r}: hardlink target {member.linkname!r} escapes "
-                    "the layer") from None
+                    f"member {name!r}: hardlink target {member.linkname!r} escapes the layer"
+                ) from None
             if tparts in self.skipped_parts:
                 self.skipped_devices.append(name)  # a link to a node mknod refused
                 return
             if self.seen.get(tparts) not in ("file", "link", "dev"):
                 raise CorruptInputError(
                     f"member {name!r}: hardlink target {member.linkname!r} is not a file "
-                    f"extracted earlier from this layer")
+                    f"extracted earlier from this layer"
+                )
             self.ensure_parents(name, tparts)  # the target's own path must be symlink-free
             os.link(self.path(tparts), p, follow_symlinks=False)
             self.seen[parts] = self.seen[tparts]
@@ -320,15 +333,18 @@ class _Extractor:
         if self.skipped_devices:
             first = ", ".join(self.skipped_devices[:3])
             more = len(self.skipped_devices) - 3
-            self.notes.append(f"skipped {len(self.skipped_devices)} device node(s) ({first}"
-                              f"{f' and {more} more' if more > 0 else ''}): mknod is not "
-                              "allowed here (Docker skips them the same way without root)")
+            self.notes.append(
+                f"skipped {len(self.skipped_devices)} device node(s) ({first}"
+                f"{f' and {more} more' if more > 0 else ''}): mknod is not "
+                "allowed here (Docker skips them the same way without root)"
+            )
 
 
 def _unavailable(what, exc):
-    return UnavailableError(f"cannot {what}: {exc.strerror}",
-                            "extracting image layers needs root on a filesystem with "
-                            "trusted xattrs and mknod")
+    return UnavailableError(
+        f"cannot {what}: {exc.strerror}",
+        "extracting image layers needs root on a filesystem with trusted xattrs and mknod",
+    )
 
 
 def extract_layer(tar_path, dest, budget=None, notes=None):
@@ -478,6 +494,7 @@ def _read_json(src, name):
 
 def _names(raw, what):
     from pyinspect.runtime.images import parse_reference
+
     out = []
     for name in raw or []:
         try:
@@ -498,8 +515,7 @@ def _oci_images(src):
         if hashlib.sha256(raw).hexdigest() != desc.hex:
             raise CorruptInputError(f"{name}: content does not match its digest")
         if len(raw) != desc.size:
-            raise CorruptInputError(f"{where}: size {desc.size} but {name} has {len(raw)} "
-                                    "bytes")
+            raise CorruptInputError(f"{where}: size {desc.size} but {name} has {len(raw)} bytes")
         if not isinstance(doc, dict):
             raise CorruptInputError(f"{name} is not an object")
         declared = desc.media_type if desc.media_type in imagemeta.INDEX_TYPES else ""
@@ -510,12 +526,19 @@ def _oci_images(src):
             pick = imagemeta.pick_platform(subs, imagemeta.host_arch(), name)
             return manifest_entry(pick, names, depth + 1, f"{name}: manifests entry")
         man = imagemeta.manifest(doc, name, desc.media_type)
-        return (f"blobs/sha256/{man.config.hex}",
-                [(f"blobs/sha256/{d.hex}", d.hex) for d in man.layers], names)
+        return (
+            f"blobs/sha256/{man.config.hex}",
+            [(f"blobs/sha256/{d.hex}", d.hex) for d in man.layers],
+            names,
+        )
 
     arch = imagemeta.host_arch()
-    mine = [d for d in descs if not d.platform or (
-        d.platform.get("os") == "linux" and d.platform.get("architecture") == arch)]
+    mine = [
+        d
+        for d in descs
+        if not d.platform
+        or (d.platform.get("os") == "linux" and d.platform.get("architecture") == arch)
+    ]
     if not mine:
         imagemeta.pick_platform(descs, imagemeta.host_arch(), "index.json")  # raises, naming them
     out = []
@@ -532,8 +555,10 @@ def _oci_images(src):
 def _docker_images(src):
     """[(config_name, [layer (name, None)], [tags])] from a docker-save manifest.json."""
     _, manifest = _read_json(src, "manifest.json")
-    return [(e.config, [(x, None) for x in e.layers], _names(e.repo_tags, "manifest.json"))
-            for e in imagemeta.save_manifest(manifest)]
+    return [
+        (e.config, [(x, None) for x in e.layers], _names(e.repo_tags, "manifest.json"))
+        for e in imagemeta.save_manifest(manifest)
+    ]
 
 
 def _open_source(path, staging, label, budget):
@@ -555,8 +580,9 @@ def _open_source(path, staging, label, budget):
             decompress_to(f, plain, f"loading {label}", budget, meter="archive")
             path = plain
         elif head[:3] in (b"BZh", b"\xfd7zX"):
-            raise CorruptInputError(f"loading {label}: only plain, gzip'd or zstd'd tar "
-                                    "archives are supported")
+            raise CorruptInputError(
+                f"loading {label}: only plain, gzip'd or zstd'd tar archives are supported"
+            )
     try:
         return _TarSource(path)
     except CorruptInputError as exc:
@@ -584,6 +610,7 @@ def load(store, path, notes=None):
     area first). Writing is limited by the root's image-limits (layerstream.Budget).
     """
     from .image_settings import load_settings
+
     settings = load_settings(store.root)
     staging = store._new_staging()
     src = None
@@ -606,8 +633,10 @@ def load(store, path, notes=None):
         elif src.has("index.json"):
             entries = _oci_images(src)
         else:
-            raise CorruptInputError(f"loading {label}: neither a docker-save archive "
-                                    "(manifest.json) nor an OCI layout (index.json)")
+            raise CorruptInputError(
+                f"loading {label}: neither a docker-save archive "
+                "(manifest.json) nor an OCI layout (index.json)"
+            )
         images = []
         staged = set()
         for config_name, layers, names in entries:
@@ -616,13 +645,13 @@ def load(store, path, notes=None):
             what = f"loading {label}: image sha256:{image_hex[:12]}"
             base = config_name.rsplit("/", 1)[-1]
             stem = base.removesuffix(".json")
-            if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) \
-                    and stem != image_hex:
+            if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) and stem != image_hex:
                 raise CorruptInputError(f"{what}: config does not match its digest {stem[:12]}")
             diff_ids = imagemeta.image_config(config, f"{what}: config")
             if len(diff_ids) != len(layers):
-                raise CorruptInputError(f"{what}: {len(layers)} layers but the config lists "
-                                        f"{len(diff_ids)} diff_ids")
+                raise CorruptInputError(
+                    f"{what}: {len(layers)} layers but the config lists {len(diff_ids)} diff_ids"
+                )
             pairs = zip(layers, diff_ids, strict=True)
             for i, ((layer_name, blob_hex), diff_id) in enumerate(pairs):
                 diff_hex = diff_id[7:]
@@ -638,9 +667,11 @@ def load(store, path, notes=None):
                 if blob_hex is not None and raw_hex != blob_hex:
                     raise CorruptInputError(f"{lwhat}: content does not match its digest")
                 if plain_hex != diff_hex:
-                    raise CorruptInputError(f"{lwhat}: content digest sha256:{plain_hex[:12]} "
-                                            f"does not match the config's diff_id "
-                                            f"sha256:{diff_hex[:12]}")
+                    raise CorruptInputError(
+                        f"{lwhat}: content digest sha256:{plain_hex[:12]} "
+                        f"does not match the config's diff_id "
+                        f"sha256:{diff_hex[:12]}"
+                    )
                 try:
                     store._stage_layer(staging, blob, diff_hex, budget=budget, notes=notes)
                 except CorruptInputError as exc:
@@ -650,8 +681,10 @@ def load(store, path, notes=None):
         src.close()
         src = None
         stored = store._commit(staging, images)
-        return [Loaded(image=im, names=list(names))
-                for im, (_, names) in zip(stored, images, strict=True)]
+        return [
+            Loaded(image=im, names=list(names))
+            for im, (_, names) in zip(stored, images, strict=True)
+        ]
     except CorruptInputError as exc:
         if exc.message.startswith("loading "):
             raise
@@ -684,6 +717,7 @@ def save(store, refs, out):
     Deterministic: same images and names give the same bytes.
     """
     import io
+
     if not refs:
         raise UsageError("save: no images given")
     chosen: dict[str, tuple] = {}  # image id -> (Image, [names])
@@ -694,7 +728,7 @@ def save(store, refs, out):
         found = store._find(ref, tags)
         if found and found[1] and found[1] not in names:
             names.append(found[1])
-    blobs: dict = {}      # hex -> (path or bytes)
+    blobs: dict = {}  # hex -> (path or bytes)
     manifest_json: list = []
     index_entries: list = []
     repositories: dict = {}
@@ -711,34 +745,55 @@ def save(store, refs, out):
             try:
                 size = os.stat(p).st_size
             except FileNotFoundError:
-                raise CorruptInputError(f"saving {image.short_id}: layer sha256:{h[:12]} "
-                                        "is missing from the store",
-                                        "rmi and load it again") from None
+                raise CorruptInputError(
+                    f"saving {image.short_id}: layer sha256:{h[:12]} is missing from the store",
+                    "rmi and load it again",
+                ) from None
             blobs[h] = p
             layer_descs.append({"mediaType": MT_OCI_LAYER, "digest": d, "size": size})
-        man = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-                          "config": {"mediaType": MT_OCI_CONFIG, "digest": image.id,
-                                     "size": len(cfg_bytes)},
-                          "layers": layer_descs}, separators=(",", ":")).encode()
+        man = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MT_OCI_MANIFEST,
+                "config": {"mediaType": MT_OCI_CONFIG, "digest": image.id, "size": len(cfg_bytes)},
+                "layers": layer_descs,
+            },
+            separators=(",", ":"),
+        ).encode()
         man_hex = hashlib.sha256(man).hexdigest()
         blobs[man_hex] = man
         desc = {"mediaType": MT_OCI_MANIFEST, "digest": f"sha256:{man_hex}", "size": len(man)}
         for name in names:
             repo, tag = name.rsplit(":", 1)
-            full = name if "/" in repo and ("." in repo.split("/")[0] or ":" in
-                                             repo.split("/")[0]) else (
-                f"docker.io/{name}" if "/" in repo else f"docker.io/library/{name}")
-            index_entries.append({**desc, "annotations": {
-                "io.containerd.image.name": full, "org.opencontainers.image.ref.name": tag}})
+            full = (
+                name
+                if "/" in repo and ("." in repo.split("/")[0] or ":" in repo.split("/")[0])
+                else (f"docker.io/{name}" if "/" in repo else f"docker.io/library/{name}")
+            )
+            index_entries.append(
+                {
+                    **desc,
+                    "annotations": {
+                        "io.containerd.image.name": full,
+                        "org.opencontainers.image.ref.name": tag,
+                    },
+                }
+            )
             if image.diff_ids:
                 repositories.setdefault(repo, {})[tag] = image.diff_ids[-1][7:]
         if not names:
             index_entries.append(desc)
-        manifest_json.append({"Config": f"blobs/sha256/{cfg_hex}", "RepoTags": names or None,
-                              "Layers": [f"blobs/sha256/{d[7:]}" for d in image.diff_ids]})
+        manifest_json.append(
+            {
+                "Config": f"blobs/sha256/{cfg_hex}",
+                "RepoTags": names or None,
+                "Layers": [f"blobs/sha256/{d[7:]}" for d in image.diff_ids],
+            }
+        )
     files = {
-        "index.json": json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_INDEX,
-                                  "manifests": index_entries}).encode(),
+        "index.json": json.dumps(
+            {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": index_entries}
+        ).encode(),
         "manifest.json": json.dumps(manifest_json).encode(),
         "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
         "repositories": json.dumps(repositories).encode(),

@@ -34,48 +34,70 @@ INDEX_HTML = """<!doctype html>
 """
 
 DIRS = {  # path -> mode
-    "bin": 0o755, "sbin": 0o755, "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755,
-    "etc": 0o755, "tmp": 0o1777, "root": 0o700, "proc": 0o555, "sys": 0o555, "dev": 0o755,
-    "home": 0o755, "var": 0o755, "var/www": 0o755, "var/run": 0o755, "var/log": 0o755,
+    "bin": 0o755,
+    "sbin": 0o755,
+    "usr": 0o755,
+    "usr/bin": 0o755,
+    "usr/sbin": 0o755,
+    "etc": 0o755,
+    "tmp": 0o1777,
+    "root": 0o700,
+    "proc": 0o555,
+    "sys": 0o555,
+    "dev": 0o755,
+    "home": 0o755,
+    "var": 0o755,
+    "var/www": 0o755,
+    "var/run": 0o755,
+    "var/log": 0o755,
 }
 
 
 def _is_static(path):
     """True when the ELF file has no PT_INTERP program header (no dynamic loader needed)."""
     import struct
+
     with open(path, "rb") as f:
         ident = f.read(64)
         if ident[:4] != b"\x7fELF" or ident[4] != 2:
             return False
-        phoff, = struct.unpack_from("<Q", ident, 32)
+        (phoff,) = struct.unpack_from("<Q", ident, 32)
         phentsize, phnum = struct.unpack_from("<HH", ident, 54)
         f.seek(phoff)
         table = f.read(phentsize * phnum)
     for i in range(phnum):
-        p_type, = struct.unpack_from("<I", table, i * phentsize)
+        (p_type,) = struct.unpack_from("<I", table, i * phentsize)
         if p_type == 3:  # PT_INTERP
             return False
     return True
 
 
 def _applets(busybox):
-    out = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
-                         timeout=10, check=True).stdout
+    out = subprocess.run(
+        [busybox, "--list-full"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     return sorted({line.strip().strip("/") for line in out.splitlines() if line.strip()})
 
 
 def build_layer(busybox=BUSYBOX):
     """(layer tar bytes, mtime, busybox version line) for the embedded image."""
     if not os.path.exists(busybox):
-        raise UnavailableError(f"building the busybox image: {busybox} not found",
-                               "install busybox-static (scripts/install.sh)")
+        raise UnavailableError(
+            f"building the busybox image: {busybox} not found",
+            "install busybox-static (scripts/install.sh)",
+        )
     if not _is_static(busybox):
-        raise UnavailableError(f"building the busybox image: {busybox} is not statically linked",
-                               "install busybox-static (scripts/install.sh)")
+        raise UnavailableError(
+            f"building the busybox image: {busybox} is not statically linked",
+            "install busybox-static (scripts/install.sh)",
+        )
     try:
         applets = _applets(busybox)
-        version = subprocess.run([busybox], capture_output=True, text=True,
-                                 timeout=10).stdout.splitlines()[0].strip()
+        version = (
+            subprocess.run([busybox], capture_output=True, text=True, timeout=10)
+            .stdout.splitlines()[0]
+            .strip()
+        )
     except (OSError, subprocess.SubprocessError, IndexError) as exc:
         raise UnavailableError(f"building the busybox image: cannot run {busybox}: {exc}")
     st = os.stat(busybox)
@@ -124,16 +146,19 @@ def build_layer(busybox=BUSYBOX):
 def image_config(diff_id, mtime, version):
     """The image config JSON bytes (canonical, so the id is stable)."""
     import time
+
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        os.uname().machine, os.uname().machine)
+        os.uname().machine, os.uname().machine
+    )
     config = {
         "architecture": arch,
         "os": "linux",
         "created": created,
         "config": {"Env": [PATH_ENV], "Cmd": ["sh"], "WorkingDir": "", "Entrypoint": None},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": created,
-                     "created_by": f"pyinspect: embedded from {BUSYBOX} ({version})"}],
+        "history": [
+            {"created": created, "created_by": f"pyinspect: embedded from {BUSYBOX} ({version})"}
+        ],
     }
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()

@@ -31,8 +31,10 @@ def parse_memory(text):
         return None
     m = _MEM_RE.match(str(text))
     if not m:
-        raise UsageError(f"invalid memory limit {text!r}: expected a number with an "
-                         f"optional unit b, k, m or g (e.g. 30m)")
+        raise UsageError(
+            f"invalid memory limit {text!r}: expected a number with an "
+            f"optional unit b, k, m or g (e.g. 30m)"
+        )
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value >= 2**63:  # also inf, from hundreds of digits
         raise UsageError(f"invalid memory limit {text!r}: too large")
@@ -63,8 +65,10 @@ def parse_pids(value):
     except (TypeError, ValueError):
         raise UsageError(f"invalid --pids-limit {value!r}: expected an integer") from None
     if value > PID_MAX_LIMIT:
-        raise UsageError(f"invalid --pids-limit {value}: at most {PID_MAX_LIMIT} "
-                         "(the kernel's PID_MAX_LIMIT; 0 or -1 for no limit)")
+        raise UsageError(
+            f"invalid --pids-limit {value}: at most {PID_MAX_LIMIT} "
+            "(the kernel's PID_MAX_LIMIT; 0 or -1 for no limit)"
+        )
     return value if value > 0 else None
 
 
@@ -74,8 +78,9 @@ def version():
         return 2
     if os.path.exists(f"{BASE}/memory/cgroup.procs"):
         return 1
-    raise UnavailableError("cgroups: neither cgroup v1 controllers nor cgroup2 are "
-                           f"mounted under {BASE}")
+    raise UnavailableError(
+        f"cgroups: neither cgroup v1 controllers nor cgroup2 are mounted under {BASE}"
+    )
 
 
 def _hierarchies(controllers=V1_CONTROLLERS):
@@ -124,7 +129,8 @@ class Cgroup:
         self.paths = dict(paths)
         if self.v2 is None:
             self.v2 = list(self.paths) == ["unified"] and os.path.exists(
-                f"{BASE}/cgroup.controllers")
+                f"{BASE}/cgroup.controllers"
+            )
 
     def _enable_v2_controllers(self, parent_dir):
         avail = set(_read(f"{BASE}/cgroup.controllers").split())
@@ -250,8 +256,9 @@ class Cgroup:
                     break
                 except OSError as exc:
                     if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                        raise UnavailableError(f"cannot remove cgroup {path}: "
-                                               f"{exc.strerror}") from None
+                        raise UnavailableError(
+                            f"cannot remove cgroup {path}: {exc.strerror}"
+                        ) from None
                     self.kill_all(9)
                     time.sleep(0.002)
             try:

@@ -13,8 +13,14 @@ import re
 import signal as _signal
 import time
 
-from pyinspect.errors import (ConflictError, CorruptInputError, NotFoundError, PyinspectError,
-                              UnavailableError, UsageError)
+from pyinspect.errors import (
+    ConflictError,
+    CorruptInputError,
+    NotFoundError,
+    PyinspectError,
+    UnavailableError,
+    UsageError,
+)
 
 from . import state
 from .state import Container, ContainerSpec
@@ -26,16 +32,56 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORK_MODES = ("bridge", "none", "host")
 TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 30
-CREATE_GRACE_SECONDS = 2        # a `.tmp-<id>` whose lock is not held this long after its
-                                # last change lost its creator (it locks microseconds after
-                                # mkdir and holds the lock until the rename)
+CREATE_GRACE_SECONDS = 2  # a `.tmp-<id>` whose lock is not held this long after its
+# last change lost its creator (it locks microseconds after
+# mkdir and holds the lock until the rename)
 
-_LEFT = ("admiring", "brave", "clever", "dazzling", "eager", "festive", "gallant", "happy",
-         "jolly", "keen", "lucid", "modest", "nifty", "optimistic", "quirky", "serene",
-         "stoic", "tender", "upbeat", "vibrant", "wizardly", "zealous")
-_RIGHT = ("babbage", "curie", "dijkstra", "einstein", "feynman", "goldwasser", "hopper",
-          "johnson", "knuth", "lamport", "lovelace", "mccarthy", "noether", "pike",
-          "ritchie", "shannon", "thompson", "turing", "wozniak", "yonath")
+_LEFT = (
+    "admiring",
+    "brave",
+    "clever",
+    "dazzling",
+    "eager",
+    "festive",
+    "gallant",
+    "happy",
+    "jolly",
+    "keen",
+    "lucid",
+    "modest",
+    "nifty",
+    "optimistic",
+    "quirky",
+    "serene",
+    "stoic",
+    "tender",
+    "upbeat",
+    "vibrant",
+    "wizardly",
+    "zealous",
+)
+_RIGHT = (
+    "babbage",
+    "curie",
+    "dijkstra",
+    "einstein",
+    "feynman",
+    "goldwasser",
+    "hopper",
+    "johnson",
+    "knuth",
+    "lamport",
+    "lovelace",
+    "mccarthy",
+    "noether",
+    "pike",
+    "ritchie",
+    "shannon",
+    "thompson",
+    "turing",
+    "wozniak",
+    "yonath",
+)
 
 
 def network_module():
@@ -43,8 +89,9 @@ def network_module():
     try:
         from . import network
     except ImportError as exc:
-        raise UnavailableError(f"bridge networking is unavailable: {exc}",
-                               "use --net none or --net host") from None
+        raise UnavailableError(
+            f"bridge networking is unavailable: {exc}", "use --net none or --net host"
+        ) from None
     return network
 
 
@@ -130,13 +177,16 @@ class Runtime:
             except FileNotFoundError:
                 hits = []
             if len(hits) > 1:
-                raise UsageError(f"container {ref!r}: ambiguous id prefix "
-                                 f"({len(hits)} containers match)", "give more characters")
+                raise UsageError(
+                    f"container {ref!r}: ambiguous id prefix ({len(hits)} containers match)",
+                    "give more characters",
+                )
             if hits:
                 c = state.load(os.path.join(self.cdir, hits[0]), damaged=True)
         if c is None:
-            raise NotFoundError(f"container {ref!r}: no such container",
-                                "pyinspect ps -a lists them")
+            raise NotFoundError(
+                f"container {ref!r}: no such container", "pyinspect ps -a lists them"
+            )
         if c.status == state.DAMAGED and not damaged:
             raise damaged_error(c)
         return c
@@ -154,11 +204,17 @@ class Runtime:
     def _validate(self, spec):
         from .cgroups import parse_cpus, parse_memory, parse_pids
         from .isolation import parse_volume
+
         if spec.name is not None and (not NAME_RE.match(spec.name) or len(spec.name) > 128):
-            raise UsageError(f"invalid container name {spec.name!r}: only "
-                             f"[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, 2 to 128 characters")
-        limits = {"memory": parse_memory(spec.memory), "cpus": parse_cpus(spec.cpus),
-                  "pids": parse_pids(spec.pids_limit)}
+            raise UsageError(
+                f"invalid container name {spec.name!r}: only "
+                f"[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, 2 to 128 characters"
+            )
+        limits = {
+            "memory": parse_memory(spec.memory),
+            "cpus": parse_cpus(spec.cpus),
+            "pids": parse_pids(spec.pids_limit),
+        }
         for v in spec.volumes:
             parse_volume(v)
         mode = spec.network_mode or "bridge"
@@ -166,24 +222,31 @@ class Runtime:
             other = mode.split(":", 1)[1]
             target = self.get(other)
             if target.status != "running":
-                raise ConflictError(f"cannot join the network of container {other!r}: "
-                                    f"it is not running")
+                raise ConflictError(
+                    f"cannot join the network of container {other!r}: it is not running"
+                )
         elif mode not in NETWORK_MODES:
-            raise UsageError(f"invalid network mode {mode!r}",
-                             "use bridge, none, host or container:NAME")
+            raise UsageError(
+                f"invalid network mode {mode!r}", "use bridge, none, host or container:NAME"
+            )
         if mode != "bridge" and (spec.publish or spec.publish_all):
             if mode != "host" or spec.publish:
                 raise UsageError(f"conflicting options: port publishing and network mode {mode}")
         from . import restart
+
         policy = restart.parse(spec.restart)
         if policy.name != "no" and spec.auto_remove:
-            raise UsageError("conflicting options: --restart and --rm",
-                             "a container removed when it exits cannot be restarted")
+            raise UsageError(
+                "conflicting options: --restart and --rm",
+                "a container removed when it exits cannot be restarted",
+            )
         if spec.workdir and not spec.workdir.startswith("/"):
-            raise UsageError(f"invalid working directory {spec.workdir!r}: "
-                             f"it must be an absolute path")
-        if spec.hostname is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}",
-                                                          spec.hostname):
+            raise UsageError(
+                f"invalid working directory {spec.workdir!r}: it must be an absolute path"
+            )
+        if spec.hostname is not None and not re.fullmatch(
+            r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", spec.hostname
+        ):
             raise UsageError(f"invalid hostname {spec.hostname!r}")
         return limits
 
@@ -194,6 +257,7 @@ class Runtime:
             return
         from .isolation import non_directory_in_image
         from .shim import StartError
+
         try:
             blocker = non_directory_in_image(layers, cwd)
         except OSError as exc:
@@ -201,8 +265,9 @@ class Runtime:
         if blocker is None:
             return
         why = "it" if blocker == os.path.normpath(cwd) else blocker
-        raise StartError(f"invalid working directory {cwd!r}: {why} is not a directory "
-                         f"in image {spec.image}")
+        raise StartError(
+            f"invalid working directory {cwd!r}: {why} is not a directory in image {spec.image}"
+        )
 
     def _process(self, spec, image_config, hostname):
         cfg = image_config or {}
@@ -214,10 +279,12 @@ class Runtime:
             cmd = list(spec.command or cfg.get("Cmd") or [])
         argv = entry + cmd
         if not argv:
-            raise UsageError(f"no command specified for image {spec.image!r}",
-                             "give a command after the image name")
+            raise UsageError(
+                f"no command specified for image {spec.image!r}",
+                "give a command after the image name",
+            )
         env = {}
-        for item in (cfg.get("Env") or []):
+        for item in cfg.get("Env") or []:
             k, _, v = item.partition("=")
             env[k] = v
         env.setdefault("PATH", DEFAULT_PATH)
@@ -236,17 +303,23 @@ class Runtime:
         user = cfg.get("User") or ""
         if user and not re.fullmatch(r"\d+(:\d+)?", user):
             user = ""  # named users need the image's passwd; run as root like the image says
-        return {"argv": argv, "env": [f"{k}={v}" for k, v in env.items()],
-                "cwd": spec.workdir or cfg.get("WorkingDir") or "/", "user": user}
+        return {
+            "argv": argv,
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": spec.workdir or cfg.get("WorkingDir") or "/",
+            "user": user,
+        }
 
     def create(self, spec, _run=False, image=None):
         """Validate `spec`, resolve the image, and record a new 'created' container.
         `image` (an images.Image) replaces the lookup of spec.image: `pyinspect build`
         runs its RUN steps on image states that are not stored images."""
         from .images import ImageStore
+
         limits = self._validate(spec)
         if spec.restart:
             from .restart import parse
+
             spec.restart = str(parse(spec.restart))
         image = image or ImageStore(self.root).resolve(spec.image)
         mode = spec.network_mode or "bridge"
@@ -261,6 +334,7 @@ class Runtime:
         process["limits"] = limits
         self._check_workdir(spec, process["cwd"], image.layer_dirs)
         from .isolation import parse_volume
+
         for v in spec.volumes:  # only now that the input is valid: bad input makes nothing
             source = parse_volume(v)["source"]
             if not os.path.exists(source):
@@ -268,15 +342,25 @@ class Runtime:
         os.makedirs(self.cdir, exist_ok=True)
         os.makedirs(self.ndir, exist_ok=True)
         name = (spec.name or "").lstrip("/") or _generate_name(
-            lambda n: {n} if self._name_target(n) else set())
+            lambda n: {n} if self._name_target(n) else set()
+        )
         tmp = os.path.join(self.cdir, f"{TMP_PREFIX}{cid}")
         os.mkdir(tmp)
         lock_fd = _lock(os.path.join(tmp, "lock"), create=True)
-        c = Container(id=cid, name=name, image=spec.image, image_id=image.id,
-                      created=state.now_rfc3339(), spec=spec, process=process,
-                      layers=[str(p) for p in image.layer_dirs],
-                      image_config=image.config or {}, hostname=hostname,
-                      network={"mode": mode}, path=tmp)
+        c = Container(
+            id=cid,
+            name=name,
+            image=spec.image,
+            image_id=image.id,
+            created=state.now_rfc3339(),
+            spec=spec,
+            process=process,
+            layers=[str(p) for p in image.layer_dirs],
+            image_config=image.config or {},
+            hostname=hostname,
+            network={"mode": mode},
+            path=tmp,
+        )
         if _run:
             c.creator = [os.getpid(), state.proc_start(os.getpid())]
         try:
@@ -311,13 +395,16 @@ class Runtime:
                     except FileNotFoundError:
                         pass
                     continue
-                raise ConflictError(f'container name "{c.name}" is already in use by '
-                                    f'container "{(other or "?")[:12]}"',
-                                    "remove that container or choose another name") from None
+                raise ConflictError(
+                    f'container name "{c.name}" is already in use by '
+                    f'container "{(other or "?")[:12]}"',
+                    "remove that container or choose another name",
+                ) from None
 
     # -- start / run -----------------------------------------------------------------
     def _launch(self, c, lock_fd, attach):
         from . import shim
+
         try:
             return shim.launch(self, c, lock_fd, attach=attach)[0]
         finally:
@@ -369,6 +456,7 @@ class Runtime:
             self._launch(c, lock_fd, attach=False)
             return self._refresh(c)
         from . import shim
+
         # SIGINT/SIGTERM wait (blocked) until the forwarding handler is in place
         proxied = {_signal.SIGINT, _signal.SIGTERM}
         mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, proxied)
@@ -395,13 +483,16 @@ class Runtime:
     def _wait_attached(self, shim_pid, exit_fd, c, mask):
         """Wait for the shim of an attached run, forwarding SIGINT/SIGTERM to the init
         (they were blocked since before the start; unblocked here to `mask`)."""
+
         def forward(signum, frame):
             if c.pid and state.init_alive(c):
                 try:
                     os.kill(c.pid, signum)
                 except ProcessLookupError:
                     pass
+
         from .shim import wait_exit
+
         old = {s: _signal.signal(s, forward) for s in (_signal.SIGINT, _signal.SIGTERM)}
         _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         try:
@@ -432,6 +523,7 @@ class Runtime:
         if not (c.shim_pid and state.shim_alive(c)):
             return False
         from .shim import CANCEL_SIGNAL
+
         try:
             os.kill(c.shim_pid, CANCEL_SIGNAL)
         except ProcessLookupError:
@@ -456,8 +548,7 @@ class Runtime:
             if self._wait_exit(c, wait):
                 break
         else:
-            raise UnavailableError(f"cannot stop container {c.name}: it did not exit "
-                                   f"after SIGKILL")
+            raise UnavailableError(f"cannot stop container {c.name}: it did not exit after SIGKILL")
         c = self._refresh(c)
         if c.status == "running":  # its shim had died: settle the record
             self._settle_if_free(c, manually_stopped=True)
@@ -504,13 +595,15 @@ class Runtime:
         c = self.get(ref, damaged=True)
         if c.restarting and state.shim_alive(c):
             if not force:
-                raise ConflictError(f"cannot remove restarting container {c.name}",
-                                    "stop it first or use rm -f")
+                raise ConflictError(
+                    f"cannot remove restarting container {c.name}", "stop it first or use rm -f"
+                )
             self._cancel_restarts(c)
         if c.status == "running" and state.init_alive(c):
             if not force:
-                raise ConflictError(f"cannot remove running container {c.name}",
-                                    "stop it first or use rm -f")
+                raise ConflictError(
+                    f"cannot remove running container {c.name}", "stop it first or use rm -f"
+                )
             try:
                 os.kill(c.pid, _signal.SIGKILL)
             except ProcessLookupError:
@@ -530,8 +623,11 @@ class Runtime:
                 self._cancel_restarts(now)  # it was being restarted
             lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.2)
         if lock_fd is None and not force and c.status == state.DAMAGED:
-            raise ConflictError(f"cannot remove container {c.name or c.short_id}: its monitor "
-                                f"still runs it (and its record is damaged)", "use rm -f")
+            raise ConflictError(
+                f"cannot remove container {c.name or c.short_id}: its monitor "
+                f"still runs it (and its record is damaged)",
+                "use rm -f",
+            )
         if lock_fd is None and not force:
             lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=15)
         if lock_fd == GONE:
@@ -554,6 +650,7 @@ class Runtime:
 
     def _kill_cgroup(self, c):
         from .cgroups import Cgroup
+
         cg = Cgroup(c.id, c.cgroup or None)
         if cg.exists():
             cg.kill_all(9)
@@ -562,6 +659,7 @@ class Runtime:
         """Free what a dead container may still hold: processes, cgroups, network."""
         from .cgroups import Cgroup
         from .isolation import mounted_at, umount
+
         rootfs = os.path.join(c.path, "rootfs")
         if mounted_at(rootfs):  # its monitor died before unmounting the root
             try:
@@ -624,6 +722,7 @@ class Runtime:
     def _settle(self, c, lock_fd, manually_stopped=False):
         """Record the end of a container whose shim died (lock is held by the caller)."""
         from .cgroups import Cgroup
+
         oom = False
         if c.cgroup:
             cg = Cgroup(c.id, c.cgroup)
@@ -695,7 +794,8 @@ class Runtime:
             if c is None:
                 continue
             if (c.status == "exited" and not c.restarting) or (
-                    c.status == "created" and not c.creator):
+                c.status == "created" and not c.creator
+            ):
                 continue
             fd = _lock(os.path.join(path, "lock"))
             if fd is None or fd == GONE:
@@ -723,8 +823,9 @@ class Runtime:
             finally:
                 os.close(fd)
         self._reconcile_names()
-        self._reconcile_network(force=any((c.spec.network_mode or "bridge") == "bridge"
-                                          for c in changed))
+        self._reconcile_network(
+            force=any((c.spec.network_mode or "bridge") == "bridge" for c in changed)
+        )
         if restart:
             self._restart_by_policy([c for c in changed + orphans if not c.spec.auto_remove])
         return changed
@@ -733,13 +834,15 @@ class Runtime:
         """Start those of `containers` (exited, no monitor) whose restart policy says so;
         returns the started ones. A failed start is recorded in its record."""
         from . import restart
+
         started = []
         for c in containers:
             policy = restart.parse(c.spec.restart)
             if policy.name == "no" or not c.started_at:
                 continue
-            if not restart.should_restart(policy, c.exit_code, c.manually_stopped,
-                                          c.restart_count, at_boot=at_boot):
+            if not restart.should_restart(
+                policy, c.exit_code, c.manually_stopped, c.restart_count, at_boot=at_boot
+            ):
                 continue
             try:
                 started.append(self._start(c.id, by_policy=True))
@@ -754,23 +857,26 @@ class Runtime:
         (Docker's daemon start), `always` ones the user had stopped come back too.
         Returns the containers started."""
         self.reconcile(restart=False)  # settles dead monitors: the pass below starts them
-        waiting = [c for c in state.load_all(self.root)
-                   if c.status == "exited" and not self._shim_busy(c)]
+        waiting = [
+            c for c in state.load_all(self.root) if c.status == "exited" and not self._shim_busy(c)
+        ]
         return self._restart_by_policy(waiting, at_boot=boot)
 
     def _remove_tmp(self, path, entry):
         from .isolation import mounted_at, umount
+
         rootfs = os.path.join(path, "rootfs")
         if mounted_at(rootfs):  # a monitor died between hiding and unmounting it
             try:
                 umount(rootfs)
             except OSError:
                 return  # never walk into a mounted root
-        cid = entry[len(TMP_PREFIX):]
+        cid = entry[len(TMP_PREFIX) :]
         if cid.startswith("rm-"):
             cid = cid[3:]
         if len(cid) == 64:
             from .cgroups import Cgroup
+
             try:
                 cg = Cgroup(cid)
                 if cg.exists():
@@ -797,8 +903,7 @@ class Runtime:
 
     def _reconcile_network(self, force=False):
         containers = state.load_all(self.root)
-        if not force and not any((c.spec.network_mode or "bridge") == "bridge"
-                                 for c in containers):
+        if not force and not any((c.spec.network_mode or "bridge") == "bridge" for c in containers):
             return
         try:
             net = network_module()
@@ -819,8 +924,10 @@ class Runtime:
                 except OSError:
                     pass
         else:
-            files["/etc/hosts"] = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
-                                   f"ip6-loopback\n127.0.0.1\t{c.hostname}\n")
+            files["/etc/hosts"] = (
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
+                f"ip6-loopback\n127.0.0.1\t{c.hostname}\n"
+            )
         return files
 
     # -- exec ------------------------------------------------------------------------
@@ -828,6 +935,7 @@ class Runtime:
         """Run `argv` inside running container `ref` (all its namespaces and cgroups);
         returns its exit code. Stdio is this process's (stdin only with `interactive`)."""
         from . import child, isolation
+
         c = self._running(ref)
         if not argv:
             raise UsageError("exec: no command given")
@@ -844,13 +952,16 @@ class Runtime:
         if not cwd.startswith("/"):
             raise UsageError(f"invalid working directory {cwd!r}: it must be absolute")
         from .cgroups import Cgroup
+
         procs = Cgroup(c.id, c.cgroup).procs_files() if c.cgroup else []
         err_r, err_w = os.pipe()
         import sys
+
         master = slave = None
         if tty:
             import pty
             import termios
+
             master, slave = pty.openpty()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -882,17 +993,20 @@ class Runtime:
                     try:
                         os.execvpe(argv[0], argv, envd)
                     except FileNotFoundError:
-                        raise OSError(errno.ENOENT, f'exec: "{argv[0]}": executable file '
-                                                    f'not found in $PATH') from None
+                        raise OSError(
+                            errno.ENOENT, f'exec: "{argv[0]}": executable file not found in $PATH'
+                        ) from None
                     except PermissionError:
                         code = 126
-                        raise OSError(errno.EACCES,
-                                      f'exec: "{argv[0]}": permission denied') from None
+                        raise OSError(
+                            errno.EACCES, f'exec: "{argv[0]}": permission denied'
+                        ) from None
                 os.close(err_w)
                 code = child.wait(inner)
             except BaseException as exc:
-                child.report(err_w, code, exc.strerror if isinstance(exc, OSError)
-                             and exc.strerror else exc)
+                child.report(
+                    err_w, code, exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                )
             os._exit(code)
         os.close(err_w)
         if slave is not None:
@@ -902,6 +1016,7 @@ class Runtime:
         code = child.wait(pid)
         if failure:
             from .shim import StartError
+
             num, text = failure
             raise StartError(f"exec in {c.name}: {text}", int(num) if num.isdigit() else code)
         return code
@@ -913,6 +1028,7 @@ class Runtime:
             c = self.get(ref)
         except NotFoundError:
             from .images import ImageStore
+
             try:
                 return ImageStore(self.root).inspect(ref)
             except (NotFoundError, UsageError):
@@ -930,27 +1046,38 @@ class Runtime:
         import shutil
 
         from .cgroups import Cgroup
+
         c = self._running(ref)
         pids = set(Cgroup(c.id, c.cgroup).pids() if c.cgroup else [c.pid])
         ps = shutil.which("ps")
         if ps is None:
             if ps_args:
-                raise UnavailableError("top with ps options needs the ps command on the host",
-                                       "install procps, or run top without options")
+                raise UnavailableError(
+                    "top with ps options needs the ps command on the host",
+                    "install procps, or run top without options",
+                )
             return _top_from_proc(pids)
         import subprocess
+
         args = list(ps_args or ["-ef"])
         for a in args:
             m = re.search(r"([^\s=]*)=\s*(PID\S*)", a)
             if m and m.group(1) != "pid":
-                raise UsageError(f'invalid ps options: specifying "{m.group(1)}={m.group(2)}" '
-                                 f'is not allowed')
-        proc = subprocess.run([ps, *args], capture_output=True, text=True, check=False,
-                              env={**os.environ, "COLUMNS": "4096"})
+                raise UsageError(
+                    f'invalid ps options: specifying "{m.group(1)}={m.group(2)}" is not allowed'
+                )
+        proc = subprocess.run(
+            [ps, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "COLUMNS": "4096"},
+        )
         if proc.returncode != 0:
             why = (proc.stderr or proc.stdout).strip().splitlines()
-            raise UsageError(f"ps {' '.join(args)} failed: "
-                             f"{why[0] if why else f'exit status {proc.returncode}'}")
+            raise UsageError(
+                f"ps {' '.join(args)} failed: {why[0] if why else f'exit status {proc.returncode}'}"
+            )
         return parse_ps_output(proc.stdout, pids)
 
     def logs(self, ref, follow=False, tail=None):
@@ -966,7 +1093,7 @@ class Runtime:
             for s, d in _read_records(f):
                 pieces.extend((s, line) for line in d.splitlines(keepends=True))
             if tail is not None and tail >= 0:
-                pieces = pieces[len(pieces) - tail:] if tail else []
+                pieces = pieces[len(pieces) - tail :] if tail else []
             yield from pieces
             while follow:
                 running = self._shim_busy(c)
@@ -987,14 +1114,17 @@ class Runtime:
     def cp(self, src, dst):
         """Copy `CONTAINER:PATH` to a host path or a host path to `CONTAINER:PATH`."""
         from . import copy
+
         s_ref, s_path = split_cp_arg(src)
         d_ref, d_path = split_cp_arg(dst)
         if (s_ref is None) == (d_ref is None):
             raise UsageError("cp: exactly one of SRC and DEST must be CONTAINER:PATH")
         for side, arg, ref, path in (("SRC", src, s_ref, s_path), ("DEST", dst, d_ref, d_path)):
             if not path:
-                raise UsageError(f"cp: empty path in {side} {arg!r}",
-                                 f"give {ref}:/PATH, e.g. {ref}:/" if ref else "give a host path")
+                raise UsageError(
+                    f"cp: empty path in {side} {arg!r}",
+                    f"give {ref}:/PATH, e.g. {ref}:/" if ref else "give a host path",
+                )
         if s_ref is not None:
             c = self.get(s_ref)
             return copy.from_container(self, c, s_path, d_path)
@@ -1031,7 +1161,7 @@ def parse_ps_output(output, pids):
 
 
 def _ps_fields(fields, n):
-    return fields[:n - 1] + [" ".join(fields[n - 1:])]
+    return fields[: n - 1] + [" ".join(fields[n - 1 :])]
 
 
 def _top_from_proc(pids):
@@ -1053,31 +1183,44 @@ def _top_from_proc(pids):
             uid = os.stat(f"/proc/{pid}").st_uid
         except OSError:
             continue
-        comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
-        fields = data[data.rindex(b")") + 2:].split()
+        comm = data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace")
+        fields = data[data.rindex(b")") + 2 :].split()
         secs = (int(fields[11]) + int(fields[12])) // hz
         stime = time.strftime("%H:%M", time.localtime(btime + int(fields[19]) // hz))
         try:
             import pwd
+
             user = pwd.getpwuid(uid).pw_name
         except (KeyError, ImportError):
             user = str(uid)
-        rows.append([user, str(pid), fields[1].decode(), "0", stime, "?",
-                     f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}",
-                     cmd or f"[{comm}]"])
+        rows.append(
+            [
+                user,
+                str(pid),
+                fields[1].decode(),
+                "0",
+                stime,
+                "?",
+                f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}",
+                cmd or f"[{comm}]",
+            ]
+        )
     return {"Titles": titles, "Processes": rows}
 
 
 def damaged_error(c):
     """The one-line error for using the damaged record `c`."""
     label = f"{c.name} ({c.short_id})" if c.name else c.short_id
-    return CorruptInputError(f"container {label}: its record is damaged: {c.error}",
-                             f"pyinspect rm -f {c.name or c.short_id} removes it")
+    return CorruptInputError(
+        f"container {label}: its record is damaged: {c.error}",
+        f"pyinspect rm -f {c.name or c.short_id} removes it",
+    )
 
 
 def _relay_pty(master, interactive):
     """Copy stdin -> pty master and master -> stdout until the pty's other side closes."""
     import select
+
     poller = select.poll()
     poller.register(master, select.POLLIN)
     stdin_open = interactive
@@ -1112,6 +1255,7 @@ def _relay_pty(master, interactive):
 def _read_records(f):
     """The complete log records from `f`'s position on; stops before a partial one."""
     import json
+
     out = []
     while True:
         pos = f.tell()
@@ -1138,30 +1282,45 @@ def split_cp_arg(arg):
 def container_json(c):
     """The Docker-like inspect document of container `c`."""
     from .cgroups import parse_memory
+
     spec, proc, net = c.spec, c.process, c.network or {}
     argv = proc.get("argv") or [""]
     running = c.status == "running" or c.restarting  # Docker: Running while restarting
     mounts, binds = [], []
     for v in spec.volumes:
         from .isolation import parse_volume
+
         vol = parse_volume(v)
         binds.append(v)
-        mounts.append({"Type": "bind", "Source": vol["source"], "Destination": vol["destination"],
-                       "Mode": "ro" if vol["ro"] else "", "RW": not vol["ro"],
-                       "Propagation": "rprivate"})
+        mounts.append(
+            {
+                "Type": "bind",
+                "Source": vol["source"],
+                "Destination": vol["destination"],
+                "Mode": "ro" if vol["ro"] else "",
+                "RW": not vol["ro"],
+                "Propagation": "rprivate",
+            }
+        )
     ports = {}
     for p in net.get("ports") or []:
         key = f"{p.get('container_port')}/{p.get('proto', 'tcp')}"
-        ports.setdefault(key, []).append({"HostIp": p.get("host_ip", ""),
-                                          "HostPort": str(p.get("host_port", ""))})
-    for key in (c.image_config.get("ExposedPorts") or {}):
+        ports.setdefault(key, []).append(
+            {"HostIp": p.get("host_ip", ""), "HostPort": str(p.get("host_port", ""))}
+        )
+    for key in c.image_config.get("ExposedPorts") or {}:
         ports.setdefault(key, None)
     mode = spec.network_mode or "bridge"
-    endpoint = {"IPAddress": net.get("ip", ""), "IPPrefixLen": net.get("prefixlen", 0),
-                "Gateway": net.get("gateway", ""), "MacAddress": net.get("mac", "")}
+    endpoint = {
+        "IPAddress": net.get("ip", ""),
+        "IPPrefixLen": net.get("prefixlen", 0),
+        "Gateway": net.get("gateway", ""),
+        "MacAddress": net.get("mac", ""),
+    }
     cpus = float(spec.cpus) if spec.cpus else 0
     limits = proc.get("limits", {})
     from .restart import RestartPolicy, parse
+
     try:
         policy = parse(spec.restart)
     except UsageError:
@@ -1171,47 +1330,83 @@ def container_json(c):
         "Created": c.created,
         "Path": argv[0],
         "Args": argv[1:],
-        "State": {"Status": "restarting" if c.restarting else c.status, "Running": running,
-                  "Paused": False, "Restarting": c.restarting, "OOMKilled": c.oom_killed, "Dead": False,
-                  "Pid": c.pid if running else 0, "ExitCode": c.exit_code, "Error": c.error,
-                  "StartedAt": c.started_at or "0001-01-01T00:00:00Z",
-                  "FinishedAt": c.finished_at or "0001-01-01T00:00:00Z"},
+        "State": {
+            "Status": "restarting" if c.restarting else c.status,
+            "Running": running,
+            "Paused": False,
+            "Restarting": c.restarting,
+            "OOMKilled": c.oom_killed,
+            "Dead": False,
+            "Pid": c.pid if running else 0,
+            "ExitCode": c.exit_code,
+            "Error": c.error,
+            "StartedAt": c.started_at or "0001-01-01T00:00:00Z",
+            "FinishedAt": c.finished_at or "0001-01-01T00:00:00Z",
+        },
         "Image": c.image_id,
-        "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
         "LogPath": c.log_path,
         "Name": "/" + c.name,
         "RestartCount": c.restart_count,
         "Driver": "overlay",
-        "HostConfig": {"Binds": binds or None, "NetworkMode": mode,
-                       "PortBindings": {k: v for k, v in ports.items() if v} or {},
-                       "PublishAllPorts": bool(spec.publish_all), "AutoRemove": spec.auto_remove,
-                       "RestartPolicy": {"Name": policy.name,
-                                         "MaximumRetryCount": policy.max_retries},
-                       "Memory": limits.get("memory") or (parse_memory(spec.memory) or 0),
-                       "MemorySwap": limits.get("memory") or 0,
-                       "NanoCpus": int(cpus * 1e9), "CpuPeriod": 100000 if cpus else 0,
-                       "CpuQuota": int(cpus * 100000), "PidsLimit": limits.get("pids") or 0},
-        "GraphDriver": {"Name": "overlay",
-                        "Data": {"LowerDir": ":".join(reversed(c.layers)),
-                                 "UpperDir": os.path.join(c.path, "upper"),
-                                 "WorkDir": os.path.join(c.path, "work"),
-                                 "MergedDir": os.path.join(c.path, "rootfs")}},
+        "HostConfig": {
+            "Binds": binds or None,
+            "NetworkMode": mode,
+            "PortBindings": {k: v for k, v in ports.items() if v} or {},
+            "PublishAllPorts": bool(spec.publish_all),
+            "AutoRemove": spec.auto_remove,
+            "RestartPolicy": {"Name": policy.name, "MaximumRetryCount": policy.max_retries},
+            "Memory": limits.get("memory") or (parse_memory(spec.memory) or 0),
+            "MemorySwap": limits.get("memory") or 0,
+            "NanoCpus": int(cpus * 1e9),
+            "CpuPeriod": 100000 if cpus else 0,
+            "CpuQuota": int(cpus * 100000),
+            "PidsLimit": limits.get("pids") or 0,
+        },
+        "GraphDriver": {
+            "Name": "overlay",
+            "Data": {
+                "LowerDir": ":".join(reversed(c.layers)),
+                "UpperDir": os.path.join(c.path, "upper"),
+                "WorkDir": os.path.join(c.path, "work"),
+                "MergedDir": os.path.join(c.path, "rootfs"),
+            },
+        },
         "Mounts": mounts,
-        "Config": {"Hostname": c.hostname, "Domainname": "", "User": proc.get("user", ""),
-                   "AttachStdin": spec.interactive, "AttachStdout": True,
-                   "AttachStderr": True, "Tty": spec.tty, "OpenStdin": spec.interactive,
-                   "StdinOnce": False, "Env": proc.get("env", []),
-                   "Cmd": spec.command or (c.image_config.get("Cmd")
-                                           if spec.entrypoint is None else None),
-                   "Image": c.image, "WorkingDir": proc.get("cwd", ""),
-                   "Entrypoint": ([spec.entrypoint] if spec.entrypoint else None)
-                   if spec.entrypoint is not None else c.image_config.get("Entrypoint"),
-                   "ExposedPorts": c.image_config.get("ExposedPorts") or None,
-                   "Labels": {}},
-        "NetworkSettings": {"SandboxKey": net.get("netns_path", ""), "Ports": ports,
-                            **endpoint, "Bridge": net.get("bridge", ""),
-                            "Networks": {mode: {**endpoint, "HostVeth": net.get("veth_host", ""),
-                                                "HostVethIfindex":
-                                                    net.get("veth_host_ifindex", 0)}}},
+        "Config": {
+            "Hostname": c.hostname,
+            "Domainname": "",
+            "User": proc.get("user", ""),
+            "AttachStdin": spec.interactive,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": spec.tty,
+            "OpenStdin": spec.interactive,
+            "StdinOnce": False,
+            "Env": proc.get("env", []),
+            "Cmd": spec.command or (c.image_config.get("Cmd") if spec.entrypoint is None else None),
+            "Image": c.image,
+            "WorkingDir": proc.get("cwd", ""),
+            "Entrypoint": ([spec.entrypoint] if spec.entrypoint else None)
+            if spec.entrypoint is not None
+            else c.image_config.get("Entrypoint"),
+            "ExposedPorts": c.image_config.get("ExposedPorts") or None,
+            "Labels": {},
+        },
+        "NetworkSettings": {
+            "SandboxKey": net.get("netns_path", ""),
+            "Ports": ports,
+            **endpoint,
+            "Bridge": net.get("bridge", ""),
+            "Networks": {
+                mode: {
+                    **endpoint,
+                    "HostVeth": net.get("veth_host", ""),
+                    "HostVethIfindex": net.get("veth_host_ifindex", 0),
+                }
+            },
+        },
         "Cgroups": c.cgroup,
     }

@@ -30,9 +30,15 @@ def _enter_container(rt, c):
     isolation.unshare(isolation.CLONE_NEWNS)
     isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
     rootfs = os.path.join(c.path, "rootfs")
-    isolation.mount("overlay", rootfs, "overlay", isolation.ROOTFS_FLAGS,
-                    isolation.overlay_data(c.layers, os.path.join(c.path, "upper"),
-                                           os.path.join(c.path, "work")))
+    isolation.mount(
+        "overlay",
+        rootfs,
+        "overlay",
+        isolation.ROOTFS_FLAGS,
+        isolation.overlay_data(
+            c.layers, os.path.join(c.path, "upper"), os.path.join(c.path, "work")
+        ),
+    )
     os.chdir(rootfs)
     os.chroot(".")
     os.chdir("/")
@@ -84,8 +90,7 @@ def from_container(rt, c, path, dest):
         target = os.path.join(dest, _arcname(path)) if _arcname(path) != "." else dest
     else:
         if not os.path.isdir(os.path.dirname(dest)):
-            raise NotFoundError(f"cp: destination directory {os.path.dirname(dest)} "
-                                f"does not exist")
+            raise NotFoundError(f"cp: destination directory {os.path.dirname(dest)} does not exist")
         target = dest
     r, w = os.pipe()
 
@@ -126,8 +131,7 @@ def to_container(rt, c, src, dest):
             target = os.path.join(d, arc)
         else:
             if not os.path.isdir(os.path.dirname(d) or "/"):
-                raise FileNotFoundError(errno.ENOENT, "no such directory",
-                                        os.path.dirname(d))
+                raise FileNotFoundError(errno.ENOENT, "no such directory", os.path.dirname(d))
             target = d
         with os.fdopen(r, "rb") as inp, tarfile.open(fileobj=inp, mode="r|") as tf:
             for m in tf:
@@ -179,8 +183,9 @@ def safe_extract(tf, target):
         rest = [p for p in parts[1:] if p not in ("", ".")]
         path = os.path.join(target, *rest)
         _no_links_between(base, path)
-        if os.path.islink(path) or (os.path.lexists(path) and not m.isdir()
-                                    and not os.path.isdir(path)):
+        if os.path.islink(path) or (
+            os.path.lexists(path) and not m.isdir() and not os.path.isdir(path)
+        ):
             os.unlink(path)
         if m.isdir():
             if not os.path.isdir(path):
@@ -201,8 +206,9 @@ def safe_extract(tf, target):
         elif m.islnk():
             src_path = done.get(m.linkname)
             if src_path is None or os.path.islink(src_path):
-                raise CorruptInputError(f"cp: hard link {m.name!r} to {m.linkname!r} "
-                                        f"outside the copy")
+                raise CorruptInputError(
+                    f"cp: hard link {m.name!r} to {m.linkname!r} outside the copy"
+                )
             os.link(src_path, path)
             done[m.name] = path
             continue

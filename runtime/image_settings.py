@@ -24,21 +24,25 @@ CONFIG_NAME = "config.json"
 class ExtractLimits:
     """Limits on what one load or pull may write (checked while streaming)."""
 
-    max_bytes: int = 64 << 30          # decompressed layer tars, and extracted file sizes
-    max_ratio: int = 100               # written bytes per byte of input (archive or blobs)
+    max_bytes: int = 64 << 30  # decompressed layer tars, and extracted file sizes
+    max_ratio: int = 100  # written bytes per byte of input (archive or blobs)
     ratio_floor_bytes: int = 256 << 20  # below this much the ratio is not checked
-    min_free_bytes: int = 512 << 20    # what must stay free on the store's filesystem
+    min_free_bytes: int = 512 << 20  # what must stay free on the store's filesystem
 
 
 @dataclass(frozen=True)
 class ImageSettings:
     insecure_registries: tuple = ()
-    registry_mirrors: tuple = ()      # (scheme, host[:port]) pairs
+    registry_mirrors: tuple = ()  # (scheme, host[:port]) pairs
     limits: ExtractLimits = field(default_factory=ExtractLimits)
 
 
-_LIMIT_KEYS = {"max-bytes": "max_bytes", "max-ratio": "max_ratio",
-               "ratio-floor-bytes": "ratio_floor_bytes", "min-free-bytes": "min_free_bytes"}
+_LIMIT_KEYS = {
+    "max-bytes": "max_bytes",
+    "max-ratio": "max_ratio",
+    "ratio-floor-bytes": "ratio_floor_bytes",
+    "min-free-bytes": "min_free_bytes",
+}
 
 
 def load_settings(root) -> ImageSettings:
@@ -63,8 +67,7 @@ def load_settings(root) -> ImageSettings:
         scheme, sep, rest = url.partition("://")
         host = rest.rstrip("/")
         if not sep or scheme not in ("http", "https") or not host or "/" in host:
-            raise UsageError(f"config {path}: registry mirror {url!r} is not "
-                             "http(s)://host[:port]")
+            raise UsageError(f"config {path}: registry mirror {url!r} is not http(s)://host[:port]")
         parsed.append((scheme, host))
     lim = raw.get("image-limits", {})
     if not isinstance(lim, dict):
@@ -72,10 +75,14 @@ def load_settings(root) -> ImageSettings:
     values = {}
     for key, value in lim.items():
         if key not in _LIMIT_KEYS:
-            raise UsageError(f"config {path}: unknown image limit {key!r}",
-                             f"known: {', '.join(_LIMIT_KEYS)}")
+            raise UsageError(
+                f"config {path}: unknown image limit {key!r}", f"known: {', '.join(_LIMIT_KEYS)}"
+            )
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UsageError(f"config {path}: image limit {key!r} is not a whole number >= 0")
         values[_LIMIT_KEYS[key]] = value
-    return ImageSettings(insecure_registries=tuple(insecure), registry_mirrors=tuple(parsed),
-                         limits=ExtractLimits(**values))
+    return ImageSettings(
+        insecure_registries=tuple(insecure),
+        registry_mirrors=tuple(parsed),
+        limits=ExtractLimits(**values),
+    )

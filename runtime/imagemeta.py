@@ -20,25 +20,34 @@ MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MT_DOCKER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-MT_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
-              "application/vnd.docker.distribution.manifest.v1+prettyjws")
+MT_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
 INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
 MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
-LAYER_TYPES = (MT_DOCKER_LAYER, "application/vnd.docker.image.rootfs.diff.tar",
-               MT_OCI_LAYER, MT_OCI_LAYER + "+gzip", MT_OCI_LAYER + "+zstd",
-               "application/vnd.oci.image.layer.nondistributable.v1.tar",
-               "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-               "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
+LAYER_TYPES = (
+    MT_DOCKER_LAYER,
+    "application/vnd.docker.image.rootfs.diff.tar",
+    MT_OCI_LAYER,
+    MT_OCI_LAYER + "+gzip",
+    MT_OCI_LAYER + "+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+)
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _ANY_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/"
-                         r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+_MEDIA_TYPE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/"
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
+)
 
 
 @dataclass
 class Descriptor:
     media_type: str
-    digest: str            # sha256:<hex>
+    digest: str  # sha256:<hex>
     size: int
     annotations: dict = field(default_factory=dict)
     platform: dict = field(default_factory=dict)
@@ -52,7 +61,7 @@ class Descriptor:
 class Manifest:
     media_type: str
     config: Descriptor
-    layers: list           # [Descriptor]
+    layers: list  # [Descriptor]
 
 
 def _type(value, kind, where):
@@ -89,8 +98,9 @@ def digest(value, where):
     if isinstance(value, str) and _DIGEST.match(value):
         return value
     if isinstance(value, str) and _ANY_DIGEST.match(value):
-        raise CorruptInputError(f"{where}: unsupported digest algorithm "
-                                f"{value.split(':', 1)[0]!r} (only sha256)")
+        raise CorruptInputError(
+            f"{where}: unsupported digest algorithm {value.split(':', 1)[0]!r} (only sha256)"
+        )
     raise CorruptInputError(f"{where}: malformed digest {value!r}"[:300])
 
 
@@ -141,14 +151,15 @@ def _schema2(doc, where):
         raise CorruptInputError(f"{where} has no schemaVersion")
     sv = _type(doc["schemaVersion"], int, f"{where}.schemaVersion")
     if sv != 2:
-        raise CorruptInputError(f"{where}: schemaVersion {sv} is not supported (only 2)",
-                                "Docker schema 1 images must be converted (skopeo copy)")
+        raise CorruptInputError(
+            f"{where}: schemaVersion {sv} is not supported (only 2)",
+            "Docker schema 1 images must be converted (skopeo copy)",
+        )
 
 
 def is_index(doc, declared_type=""):
     """Whether a manifest document (already known to be an object) is an index/list."""
-    mt = declared_type or (doc.get("mediaType") if isinstance(doc.get("mediaType"), str)
-                           else "")
+    mt = declared_type or (doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else "")
     if mt in INDEX_TYPES:
         return True
     return not mt and "manifests" in doc and "layers" not in doc
@@ -173,8 +184,10 @@ def manifest(doc, where, declared_type="") -> Manifest:
     mt = media_type(doc.get("mediaType"), f"{where}.mediaType")
     mt = mt or declared_type
     if mt in MT_SCHEMA1:
-        raise CorruptInputError(f"{where}: Docker schema 1 manifests are not supported",
-                                "convert the image (skopeo copy) or push it with a newer Docker")
+        raise CorruptInputError(
+            f"{where}: Docker schema 1 manifests are not supported",
+            "convert the image (skopeo copy) or push it with a newer Docker",
+        )
     _schema2(doc, where)
     if mt and mt not in MANIFEST_TYPES:
         raise CorruptInputError(f"{where}: unsupported manifest mediaType {mt!r}")
@@ -188,11 +201,13 @@ def manifest(doc, where, declared_type="") -> Manifest:
     for i, raw in enumerate(layers_raw):
         d = descriptor(raw, f"{where}.layers[{i}]")
         if d.media_type == MT_DOCKER_FOREIGN or "foreign" in d.media_type:
-            raise CorruptInputError(f"{where}.layers[{i}]: foreign (Windows) layers are not "
-                                    "supported")
+            raise CorruptInputError(
+                f"{where}.layers[{i}]: foreign (Windows) layers are not supported"
+            )
         if d.media_type and d.media_type not in LAYER_TYPES:
-            raise CorruptInputError(f"{where}.layers[{i}]: unsupported layer mediaType "
-                                    f"{d.media_type!r}")
+            raise CorruptInputError(
+                f"{where}.layers[{i}]: unsupported layer mediaType {d.media_type!r}"
+            )
         layers.append(d)
     return Manifest(media_type=mt, config=config, layers=layers)
 
@@ -200,6 +215,7 @@ def manifest(doc, where, declared_type="") -> Manifest:
 def host_arch():
     """The machine's architecture in OCI/Go terms (amd64, arm64, ...)."""
     import os
+
     m = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(m, m)
 
@@ -212,8 +228,15 @@ def pick_platform(descs, arch, where, os_name="linux"):
             return d
     if all(not d.platform for d in descs):
         return descs[0]  # an index without platforms (single-image OCI layouts)
-    have = ", ".join(sorted({f"{d.platform.get('os')}/{d.platform.get('architecture')}"
-                             for d in descs if d.platform}))
+    have = ", ".join(
+        sorted(
+            {
+                f"{d.platform.get('os')}/{d.platform.get('architecture')}"
+                for d in descs
+                if d.platform
+            }
+        )
+    )
     raise CorruptInputError(f"{where}: no image for {os_name}/{arch} (it has {have})")
 
 

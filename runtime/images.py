@@ -38,8 +38,10 @@ DEFAULT_IMAGE = "busybox:latest"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEXPFX = re.compile(r"^[0-9a-f]{1,64}$")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = (r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-           r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)")
+_DOMAIN = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+)
 _NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -48,17 +50,17 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 class Image:
     """One stored image. `layer_dirs` lists overlay lower directories, base layer first."""
 
-    id: str                      # "sha256:<hex of the config JSON>"
+    id: str  # "sha256:<hex of the config JSON>"
     repo_tags: list
-    config: dict                 # the config's "config": Env, Cmd, Entrypoint, WorkingDir...
+    config: dict  # the config's "config": Env, Cmd, Entrypoint, WorkingDir...
     layer_dirs: list
     created: str
     size: int
     diff_ids: list = field(default_factory=list)
     architecture: str = ""
     os: str = ""
-    raw: dict = field(default_factory=dict, repr=False)   # the whole image config
-    repo_digests: list = field(default_factory=list)       # "name@sha256:..." (list() fills it)
+    raw: dict = field(default_factory=dict, repr=False)  # the whole image config
+    repo_digests: list = field(default_factory=list)  # "name@sha256:..." (list() fills it)
 
     @property
     def short_id(self):
@@ -70,21 +72,29 @@ def parse_reference(ref):
     if not isinstance(ref, str) or not ref or ref != ref.strip():
         raise UsageError(f"image reference {ref!r}: empty or padded with spaces")
     if "@" in ref:
-        raise UsageError(f"image reference {ref!r}: digest references are not supported",
-                         "use a name:tag or an image id")
+        raise UsageError(
+            f"image reference {ref!r}: digest references are not supported",
+            "use a name:tag or an image id",
+        )
     name, tag = ref, "latest"
     slash = ref.rfind("/")
     colon = ref.rfind(":")
     if colon > slash:
-        name, tag = ref[:colon], ref[colon + 1:]
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
-                   "index.docker.io/"):
+        name, tag = ref[:colon], ref[colon + 1 :]
+    for prefix in (
+        "docker.io/library/",
+        "index.docker.io/library/",
+        "docker.io/",
+        "index.docker.io/",
+    ):
         if name.startswith(prefix) and "/" in name:
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     if len(name) > 255 or not _NAME_RE.match(name):
-        raise UsageError(f"image reference {ref!r}: invalid repository name",
-                         "lowercase letters, digits and separators . _ - /")
+        raise UsageError(
+            f"image reference {ref!r}: invalid repository name",
+            "lowercase letters, digits and separators . _ - /",
+        )
     if not _TAG_RE.match(tag):
         raise UsageError(f"image reference {ref!r}: invalid tag")
     return f"{name}:{tag}"
@@ -115,12 +125,15 @@ class ImageStore:
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise UnavailableError(f"cannot create the image store {self.dir}: "
-                                       f"{exc.strerror}", "use another --root") from None
+                raise UnavailableError(
+                    f"cannot create the image store {self.dir}: {exc.strerror}",
+                    "use another --root",
+                ) from None
 
     @contextmanager
     def _locked(self):
         import fcntl
+
         self._ensure()
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -140,8 +153,10 @@ class ImageStore:
                 raise ValueError
             return tags
         except (ValueError, KeyError, TypeError):
-            raise CorruptInputError(f"image tags {self.repos}: not valid JSON",
-                                    "restore or remove the file; images stay by id") from None
+            raise CorruptInputError(
+                f"image tags {self.repos}: not valid JSON",
+                "restore or remove the file; images stay by id",
+            ) from None
 
     def _write_tags(self, tags):
         data = json.dumps({"tags": dict(sorted(tags.items()))}, indent=1).encode()
@@ -154,8 +169,10 @@ class ImageStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError):
-            raise CorruptInputError(f"image digests {self.digests_file}: not valid JSON",
-                                    "restore or remove the file; images stay by id") from None
+            raise CorruptInputError(
+                f"image digests {self.digests_file}: not valid JSON",
+                "restore or remove the file; images stay by id",
+            ) from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise CorruptInputError(f"image digests {self.digests_file}: not an object")
         return data
@@ -165,8 +182,9 @@ class ImageStore:
         with self._locked():
             digests = self._digests()
             digests[name_at_digest] = image_id
-            _atomic_write(self.digests_file,
-                          json.dumps(dict(sorted(digests.items())), indent=1).encode())
+            _atomic_write(
+                self.digests_file, json.dumps(dict(sorted(digests.items())), indent=1).encode()
+            )
 
     def blob_digests(self, diff_id):
         """[{"digest", "size", "mediaType", "source"}]: compressed blobs known to hold this
@@ -177,9 +195,14 @@ class ImageStore:
         except (FileNotFoundError, ValueError):
             return []  # a cache: unreadable means unknown, never an error
         entries = data.get(diff_id) if isinstance(data, dict) else None
-        return [e for e in entries or [] if isinstance(e, dict)
-                and isinstance(e.get("digest"), str) and isinstance(e.get("size"), int)
-                and isinstance(e.get("mediaType"), str)]
+        return [
+            e
+            for e in entries or []
+            if isinstance(e, dict)
+            and isinstance(e.get("digest"), str)
+            and isinstance(e.get("size"), int)
+            and isinstance(e.get("mediaType"), str)
+        ]
 
     def add_blob_digests(self, entries):
         """Record [(diff_id, digest, size, media type, source)] for blob_digests()."""
@@ -193,12 +216,19 @@ class ImageStore:
             except (FileNotFoundError, ValueError):
                 data = {}
             for diff_id, digest, size, media_type, source in entries:
-                known = [e for e in data.get(diff_id) or [] if isinstance(e, dict)
-                         and (e.get("digest"), e.get("source")) != (digest, source)]
-                data[diff_id] = [{"digest": digest, "size": size, "mediaType": media_type,
-                                  "source": source}, *known][:8]
-            _atomic_write(self.blob_digests_file,
-                          json.dumps(dict(sorted(data.items())), indent=1).encode())
+                known = [
+                    e
+                    for e in data.get(diff_id) or []
+                    if isinstance(e, dict)
+                    and (e.get("digest"), e.get("source")) != (digest, source)
+                ]
+                data[diff_id] = [
+                    {"digest": digest, "size": size, "mediaType": media_type, "source": source},
+                    *known,
+                ][:8]
+            _atomic_write(
+                self.blob_digests_file, json.dumps(dict(sorted(data.items())), indent=1).encode()
+            )
 
     def _ids(self):
         try:
@@ -214,8 +244,10 @@ class ImageStore:
         except FileNotFoundError:
             raise NotFoundError(f"image sha256:{hexid[:12]}: no such image") from None
         except ValueError:
-            raise CorruptInputError(f"image sha256:{hexid[:12]}: stored config is not JSON",
-                                    "remove it with pyinspect rmi and load it again") from None
+            raise CorruptInputError(
+                f"image sha256:{hexid[:12]}: stored config is not JSON",
+                "remove it with pyinspect rmi and load it again",
+            ) from None
         image_id = f"sha256:{hexid}"
         diff_ids = list(raw.get("rootfs", {}).get("diff_ids", []))
         dirs, size, seen = [], 0, set()
@@ -230,13 +262,20 @@ class ImageStore:
         # A layer repeated in the stack keeps only its topmost place (same merged view).
         for i, d in enumerate(diff_ids):
             h = d.split(":", 1)[-1]
-            if all(x.split(":", 1)[-1] != h for x in diff_ids[i + 1:]):
+            if all(x.split(":", 1)[-1] != h for x in diff_ids[i + 1 :]):
                 dirs.append(self.layers / h)
-        return Image(id=image_id,
-                     repo_tags=sorted(t for t, v in tags.items() if v == image_id),
-                     config=dict(raw.get("config") or {}), layer_dirs=dirs,
-                     created=raw.get("created", ""), size=size, diff_ids=diff_ids,
-                     architecture=raw.get("architecture", ""), os=raw.get("os", ""), raw=raw)
+        return Image(
+            id=image_id,
+            repo_tags=sorted(t for t, v in tags.items() if v == image_id),
+            config=dict(raw.get("config") or {}),
+            layer_dirs=dirs,
+            created=raw.get("created", ""),
+            size=size,
+            diff_ids=diff_ids,
+            architecture=raw.get("architecture", ""),
+            os=raw.get("os", ""),
+            raw=raw,
+        )
 
     # ---- lookup ----------------------------------------------------------------------
     def _find(self, ref, tags):
@@ -246,6 +285,7 @@ class ImageStore:
         ids = None
         if "@" in ref:
             from pyinspect.runtime.registry.reference import parse
+
             r = parse(ref)
             image_id = self._digests().get(f"{r.familiar}@{r.digest}")
             if image_id and (self.configs / f"{image_id[7:]}.json").exists():
@@ -274,8 +314,10 @@ class ImageStore:
     def _by_prefix(self, ref, prefix, ids):
         hits = [i for i in ids if i.startswith(prefix)]
         if len(hits) > 1:
-            raise UsageError(f"image reference {ref!r}: ambiguous id prefix "
-                             f"({len(hits)} images match)", "give more characters")
+            raise UsageError(
+                f"image reference {ref!r}: ambiguous id prefix ({len(hits)} images match)",
+                "give more characters",
+            )
         return (hits[0], None) if hits else None
 
     def resolve(self, ref):
@@ -293,9 +335,10 @@ class ImageStore:
             wanted = None
         if wanted == DEFAULT_IMAGE:
             return self.build_busybox()
-        raise NotFoundError(f"image {ref!r}: no such image",
-                            "pyinspect images lists them; pyinspect pull NAME or "
-                            "pyinspect load -i FILE brings one")
+        raise NotFoundError(
+            f"image {ref!r}: no such image",
+            "pyinspect images lists them; pyinspect pull NAME or pyinspect load -i FILE brings one",
+        )
 
     def exists(self, ref):
         """Whether `ref` names a stored image (no busybox build, no image loaded)."""
@@ -309,8 +352,9 @@ class ImageStore:
         name = parse_reference(name)
         tags = self._tags()
         if name not in tags or not (self.configs / f"{tags[name][7:]}.json").exists():
-            raise NotFoundError(f"image {name!r}: no image has this tag",
-                                f"pyinspect tag IMAGE {name}")
+            raise NotFoundError(
+                f"image {name!r}: no image has this tag", f"pyinspect tag IMAGE {name}"
+            )
         return self._load_image(tags[name][7:], tags)
 
     def list(self):
@@ -336,8 +380,10 @@ class ImageStore:
             "Config": im.config,
             "RootFS": {"Type": "layers", "Layers": im.diff_ids},
             "Size": im.size,
-            "GraphDriver": {"Name": "overlay",
-                            "Data": {"LowerDirs": [str(p) for p in im.layer_dirs]}},
+            "GraphDriver": {
+                "Name": "overlay",
+                "Data": {"LowerDirs": [str(p) for p in im.layer_dirs]},
+            },
             "History": im.raw.get("history", []),
         }
 
@@ -345,6 +391,7 @@ class ImageStore:
     def _new_staging(self):
         import shutil
         import uuid
+
         self._ensure()
         for entry in os.listdir(self.tmp):  # leftovers of killed pyinspect processes
             pid = entry.split("-", 1)[0]
@@ -361,6 +408,7 @@ class ImageStore:
         collects what was skipped (device nodes where mknod is not allowed).
         """
         from pyinspect.runtime.archive import extract_layer
+
         dest = staging / f"{diff_hex}.layer"
         dest.mkdir(mode=0o755)
         extract_layer(blob_path, dest, budget=budget, notes=notes)
@@ -383,14 +431,17 @@ class ImageStore:
                     if final.exists():
                         continue
                     if not staged.exists():
-                        raise ConflictError(f"storing layer sha256:{h[:12]}: it was removed "
-                                            "while loading", "run the command again")
+                        raise ConflictError(
+                            f"storing layer sha256:{h[:12]}: it was removed while loading",
+                            "run the command again",
+                        )
                     os.replace(staging / f"{h}.tar", self.blobs / h)
                     os.rename(staged, final)
             tags = self._tags()
             out = []
             for config_bytes, names in images:
                 import hashlib  # not at the top: `run` resolves images without hashing
+
                 hexid = hashlib.sha256(config_bytes).hexdigest()
                 path = self.configs / f"{hexid}.json"
                 if not path.exists():
@@ -403,8 +454,9 @@ class ImageStore:
                 known = self._digests()
                 for d in digests:
                     known[d] = f"sha256:{out[0]}"
-                _atomic_write(self.digests_file,
-                              json.dumps(dict(sorted(known.items())), indent=1).encode())
+                _atomic_write(
+                    self.digests_file, json.dumps(dict(sorted(known.items())), indent=1).encode()
+                )
             return [self._load_image(h, tags) for h in out]
 
     # ---- public building blocks for `pyinspect build` -----------------------------------
@@ -415,6 +467,7 @@ class ImageStore:
         it, the next `rmi` may garbage-collect it (the build cache then misses)."""
         import hashlib
         import shutil
+
         h = hashlib.sha256()
         with open(tar_path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -444,6 +497,7 @@ class ImageStore:
     def add_image(self, config_bytes, tags=()):
         """Record an image config whose layers are all stored, and give it `tags`."""
         import shutil
+
         staging = self._new_staging()
         try:
             return self._commit(staging, [(config_bytes, [parse_reference(t) for t in tags])])[0]
@@ -455,6 +509,7 @@ class ImageStore:
         import shutil
 
         from pyinspect.runtime import busybox_image
+
         with self._locked():
             tags = self._tags()
             found = self._find(DEFAULT_IMAGE, tags)
@@ -462,6 +517,7 @@ class ImageStore:
                 return self._load_image(found[0], tags)
         layer, mtime, version = busybox_image.build_layer()
         import hashlib
+
         diff_hex = hashlib.sha256(layer).hexdigest()
         config = busybox_image.image_config(f"sha256:{diff_hex}", mtime, version)
         staging = self._new_staging()
@@ -523,14 +579,17 @@ class ImageStore:
                 self._write_tags(tags)
                 return [{"Untagged": by_tag}]
             if not by_tag and len(mine) > 1 and not force:
-                raise ConflictError(f"removing image {ref!r}: it has several tags "
-                                    f"({', '.join(mine)})", "remove tags one by one or use -f")
+                raise ConflictError(
+                    f"removing image {ref!r}: it has several tags ({', '.join(mine)})",
+                    "remove tags one by one or use -f",
+                )
             users = self._users(image_id)
             if users and not force:
                 cid, cname = users[0]
-                raise ConflictError(f"removing image {ref!r}: container {cname} "
-                                    f"({str(cid)[:12]}) uses it",
-                                    "remove the container first, or -f to drop only the tags")
+                raise ConflictError(
+                    f"removing image {ref!r}: container {cname} ({str(cid)[:12]}) uses it",
+                    "remove the container first, or -f to drop only the tags",
+                )
             result = [{"Untagged": t} for t in mine]
             for t in mine:
                 del tags[t]
@@ -540,9 +599,12 @@ class ImageStore:
             os.unlink(self.configs / f"{hexid}.json")
             digests = self._digests()
             if any(v == image_id for v in digests.values()):
-                _atomic_write(self.digests_file, json.dumps(
-                    {k: v for k, v in sorted(digests.items()) if v != image_id},
-                    indent=1).encode())
+                _atomic_write(
+                    self.digests_file,
+                    json.dumps(
+                        {k: v for k, v in sorted(digests.items()) if v != image_id}, indent=1
+                    ).encode(),
+                )
             result.append({"Deleted": image_id})
             self._gc()
             return result
@@ -550,6 +612,7 @@ class ImageStore:
     def _gc(self):
         """Remove layers no stored image references (caller holds the lock)."""
         import shutil
+
         keep: set[str] = set()
         for h in self._ids():
             try:
@@ -580,10 +643,11 @@ class ImageStore:
         mknod is not allowed).
         """
         from pyinspect.runtime import archive
+
         return archive.load(self, path, notes=notes)
 
     def save(self, refs, out):
         """Write images to `out` (path or binary file) as a docker-save archive (OCI-style)."""
         from pyinspect.runtime import archive
-        return archive.save(self, refs, out)
 
+        return archive.save(self, refs, out)

@@ -34,9 +34,15 @@ def state_path(root, bridge):
 
 def empty_state(bridge, subnet):
     net = ipaddress.IPv4Network(subnet)
-    return {"version": VERSION, "bridge": bridge, "subnet": str(net),
-            "gateway": str(net.network_address + 1), "last": None,
-            "leases": {}, "sysctls": {}}
+    return {
+        "version": VERSION,
+        "bridge": bridge,
+        "subnet": str(net),
+        "gateway": str(net.network_address + 1),
+        "last": None,
+        "leases": {},
+        "sysctls": {},
+    }
 
 
 def load(root, bridge):
@@ -51,8 +57,9 @@ def load(root, bridge):
         if not isinstance(data, dict) or not isinstance(data.get("leases"), dict):
             raise ValueError("no leases table")
     except ValueError as exc:
-        raise CorruptInputError(f"network state {path}: {exc}",
-                                hint="move the file away; `pyinspect ps` reconciles") from None
+        raise CorruptInputError(
+            f"network state {path}: {exc}", hint="move the file away; `pyinspect ps` reconciles"
+        ) from None
     return data
 
 
@@ -97,7 +104,9 @@ def locked(root, bridge, subnet=None):
             if state["leases"]:
                 raise ConflictError(
                     f"network {bridge}: subnet {subnet} asked for, but {state['subnet']} is in use "
-                    f"by {len(state['leases'])} container(s)", hint="remove them first")
+                    f"by {len(state['leases'])} container(s)",
+                    hint="remove them first",
+                )
             fresh = empty_state(bridge, subnet)
             for key in ("sysctls", "active", "bridge_created", "netns_inode"):
                 if key in state:

@@ -45,8 +45,13 @@ PR_SET_PDEATHSIG = 1
 SYS_PIVOT_ROOT = 155  # x86_64
 
 # Namespace file name under /proc/<pid>/ns -> clone flag, in the order exec joins them.
-NAMESPACES = (("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS), ("net", CLONE_NEWNET),
-              ("pid", CLONE_NEWPID), ("mnt", CLONE_NEWNS))
+NAMESPACES = (
+    ("ipc", CLONE_NEWIPC),
+    ("uts", CLONE_NEWUTS),
+    ("net", CLONE_NEWNET),
+    ("pid", CLONE_NEWPID),
+    ("mnt", CLONE_NEWNS),
+)
 
 _libc = None
 
@@ -55,8 +60,13 @@ def libc():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                ctypes.c_ulong, ctypes.c_char_p]
+        _libc.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
         _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
         _libc.unshare.argtypes = [ctypes.c_int]
         _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -76,9 +86,22 @@ def _b(s):
 class _CloneArgs(ctypes.Structure):
     """struct clone_args (clone3(2)), up to `cgroup` (CLONE_ARGS_SIZE_VER2)."""
 
-    _fields_ = [(name, ctypes.c_uint64) for name in (
-        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
-        "tls", "set_tid", "set_tid_size", "cgroup")]
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags",
+            "pidfd",
+            "child_tid",
+            "parent_tid",
+            "exit_signal",
+            "stack",
+            "stack_size",
+            "tls",
+            "set_tid",
+            "set_tid_size",
+            "cgroup",
+        )
+    ]
 
 
 _pylibc = None
@@ -97,8 +120,9 @@ def fork_into_cgroup(cgroup_fd):
     args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=cgroup_fd)
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    pid = _pylibc.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args),
-                          ctypes.c_size_t(ctypes.sizeof(args)))
+    pid = _pylibc.syscall(
+        ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+    )
     if pid == 0:
         api.PyOS_AfterFork_Child()
         return 0
@@ -164,7 +188,7 @@ def set_cmdline(text):
             fields = f.read().rsplit(b")", 1)[1].split()
         start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
         size = end - start
-        data = text.encode()[:size - 1]
+        data = text.encode()[: size - 1]
         with open("/proc/self/mem", "r+b", buffering=0) as mem:
             mem.seek(start)
             mem.write(data + b"\0" * (size - len(data)))
@@ -187,6 +211,7 @@ def secure_join(root, path, max_links=40):
             return candidate, os.lstat(candidate)
         except FileNotFoundError:
             return None
+
     parts, _ = _resolve_in_root(path, entry, max_links=max_links)
     return os.path.join(root, *parts)
 
@@ -267,14 +292,15 @@ def non_directory_in_image(layers, path, max_links=40):
     when every component the image has is a directory (missing ones can be made).
     Symlinks resolve inside the image, like `secure_join`; reads the layer
     directories only (no mount)."""
+
     def stop(parts, st):
         if st is None:
             return ""  # missing: so is all below it
         if not stat.S_ISDIR(st.st_mode):
             return "/" + "/".join(parts)
         return None
-    _, blocker = _resolve_in_root(path, lambda parts: _layer_entry(layers, parts), stop,
-                                  max_links)
+
+    _, blocker = _resolve_in_root(path, lambda parts: _layer_entry(layers, parts), stop, max_links)
     return blocker or None
 
 
@@ -284,8 +310,14 @@ def overlay_data(lower_dirs, upper, work):
     return f"lowerdir={lowers},upperdir={upper},workdir={work}"
 
 
-_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-            ("urandom", 1, 9), ("tty", 5, 0))
+_DEVICES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
 
 
 def _mkdirp(path, mode=0o755):
@@ -301,10 +333,20 @@ def _make_dev(rootfs):
         os.chmod(os.path.join(dev, name), 0o666)
     for name in ("pts", "shm"):
         os.mkdir(os.path.join(dev, name), 0o755)
-    mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
-          "newinstance,ptmxmode=0666,mode=0620")
-    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-          "mode=1777,size=65536k")
+    mount(
+        "devpts",
+        os.path.join(dev, "pts"),
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )
+    mount(
+        "shm",
+        os.path.join(dev, "shm"),
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=1777,size=65536k",
+    )
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     os.symlink("/proc/self/fd", os.path.join(dev, "fd"))
     for i, name in enumerate(("stdin", "stdout", "stderr")):
@@ -325,8 +367,9 @@ def _mount_volume(rootfs, vol):
         mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
 
 
-def prepare_root(rootfs, lower_dirs, upper, work, volumes=(), readonly_sys=True,
-                 mount_overlay=True):
+def prepare_root(
+    rootfs, lower_dirs, upper, work, volumes=(), readonly_sys=True, mount_overlay=True
+):
     """Mount the container's root at `rootfs` in the current (new) mount namespace.
 
     Makes every existing mount private first so nothing propagates to the host,
@@ -337,8 +380,7 @@ def prepare_root(rootfs, lower_dirs, upper, work, volumes=(), readonly_sys=True,
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     if mount_overlay:
-        mount("overlay", rootfs, "overlay", ROOTFS_FLAGS,
-              overlay_data(lower_dirs, upper, work))
+        mount("overlay", rootfs, "overlay", ROOTFS_FLAGS, overlay_data(lower_dirs, upper, work))
     proc = secure_join(rootfs, "/proc")
     _mkdirp(proc)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -375,7 +417,9 @@ def ns_fds(pid, which=None):
 
 def same_ns(pid, name, other="self"):
     try:
-        return os.stat(f"/proc/{pid}/ns/{name}").st_ino == os.stat(f"/proc/{other}/ns/{name}").st_ino
+        return (
+            os.stat(f"/proc/{pid}/ns/{name}").st_ino == os.stat(f"/proc/{other}/ns/{name}").st_ino
+        )
     except OSError:
         return False
 
@@ -391,8 +435,11 @@ def enter(pid, cgroup_procs=(), namespaces=None):
         with open(procs, "w") as f:
             f.write("0")
     root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
-    wanted = [name for name, _ in NAMESPACES
-              if (namespaces is None or name in namespaces) and not same_ns(pid, name)]
+    wanted = [
+        name
+        for name, _ in NAMESPACES
+        if (namespaces is None or name in namespaces) and not same_ns(pid, name)
+    ]
     fds = ns_fds(pid, wanted)
     for fd, flag in fds:
         setns(fd, flag)
@@ -412,6 +459,7 @@ def loopback_up():
     """Bring `lo` up in the current network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
     import struct
     from fcntl import ioctl
+
     fd = libc().socket(2, 2 | 0o2000000, 0)  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
     if fd < 0:
         _check(-1, "socket")
@@ -432,9 +480,14 @@ def parse_volume(text):
     if mode not in ("ro", "rw"):
         raise UsageError(f"invalid volume {text!r}: mode must be ro or rw")
     if not source.startswith("/"):
-        raise UsageError(f"invalid volume {text!r}: the host path must be absolute",
-                         "named volumes are not supported")
+        raise UsageError(
+            f"invalid volume {text!r}: the host path must be absolute",
+            "named volumes are not supported",
+        )
     if not dest.startswith("/"):
         raise UsageError(f"invalid volume {text!r}: the container path must be absolute")
-    return {"source": os.path.normpath(source), "destination": os.path.normpath(dest),
-            "ro": mode == "ro"}
+    return {
+        "source": os.path.normpath(source),
+        "destination": os.path.normpath(dest),
+        "ro": mode == "ro",
+    }

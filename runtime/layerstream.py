@@ -55,14 +55,17 @@ class Budget:
         lim = self.limits
         total = self.meters[meter] = self.meters[meter] + n
         if total > lim.max_bytes:
-            raise CorruptInputError(f"{what}: more than {human(lim.max_bytes)} of image data",
-                                    "raise image-limits.max-bytes in the root's config.json "
-                                    "if the image is really that large")
+            raise CorruptInputError(
+                f"{what}: more than {human(lim.max_bytes)} of image data",
+                "raise image-limits.max-bytes in the root's config.json "
+                "if the image is really that large",
+            )
         if total > lim.ratio_floor_bytes and total > lim.max_ratio * self.input_bytes:
-            raise CorruptInputError(f"{what}: expands past {lim.max_ratio}x its "
-                                    f"{human(self.input_bytes)} input (a decompression bomb?)",
-                                    "raise image-limits.max-ratio in the root's config.json "
-                                    "if this is expected")
+            raise CorruptInputError(
+                f"{what}: expands past {lim.max_ratio}x its "
+                f"{human(self.input_bytes)} input (a decompression bomb?)",
+                "raise image-limits.max-ratio in the root's config.json if this is expected",
+            )
         self._unchecked += n
         if self._unchecked >= _DISK_CHECK_EVERY or n >= _DISK_CHECK_EVERY:
             self._unchecked = 0
@@ -76,14 +79,17 @@ class Budget:
             return
         free = st.f_bavail * st.f_frsize
         if free - upcoming < self.limits.min_free_bytes:
-            raise UnavailableError(f"{what}: not enough disk space ({human(free)} free, "
-                                   f"{human(self.limits.min_free_bytes)} must stay free)",
-                                   "free some space or lower image-limits.min-free-bytes")
+            raise UnavailableError(
+                f"{what}: not enough disk space ({human(free)} free, "
+                f"{human(self.limits.min_free_bytes)} must stay free)",
+                "free some space or lower image-limits.min-free-bytes",
+            )
         # inodes too: a layer of millions of empty files fills a filesystem without bytes
         if st.f_files and st.f_favail < max(MIN_FREE_INODES, st.f_files // 100):
-            raise UnavailableError(f"{what}: not enough free inodes ({st.f_favail} of "
-                                   f"{st.f_files} left)", "free some files on the store's "
-                                   "filesystem")
+            raise UnavailableError(
+                f"{what}: not enough free inodes ({st.f_favail} of {st.f_files} left)",
+                "free some files on the store's filesystem",
+            )
 
     def charge_entry(self, what):
         """Count one extracted entry; the disk (bytes and inodes) is checked every 4096."""
@@ -95,8 +101,7 @@ class Budget:
 def unlimited(store_dir) -> Budget:
     """A budget that only watches the disk (for images pyinspect builds itself)."""
     big = 1 << 62
-    return Budget(ExtractLimits(max_bytes=big, max_ratio=big, ratio_floor_bytes=big),
-                  1, store_dir)
+    return Budget(ExtractLimits(max_bytes=big, max_ratio=big, ratio_floor_bytes=big), 1, store_dir)
 
 
 def _zstd_reader(read, what):
@@ -104,16 +109,20 @@ def _zstd_reader(read, what):
     try:
         import zstandard
     except ImportError:
-        raise UnavailableError(f"{what}: zstd-compressed layer but the zstandard module "
-                               "is missing", "pip install zstandard (make install)") from None
+        raise UnavailableError(
+            f"{what}: zstd-compressed layer but the zstandard module is missing",
+            "pip install zstandard (make install)",
+        ) from None
 
     class Source:
         def read(self, n=_CHUNK):
             return read(n)
 
-    return zstandard.ZstdDecompressor().stream_reader(Source(),  # type: ignore[arg-type]
-                                                      read_size=_CHUNK,
-                                                      read_across_frames=True), zstandard.ZstdError
+    return zstandard.ZstdDecompressor().stream_reader(
+        Source(),  # type: ignore[arg-type]
+        read_size=_CHUNK,
+        read_across_frames=True,
+    ), zstandard.ZstdError
 
 
 def decompress_to(fin, out_path, what, budget: Budget, max_input=None, meter="expanded"):
@@ -131,8 +140,7 @@ def decompress_to(fin, out_path, what, budget: Budget, max_input=None, meter="ex
         if chunk:
             raw_size[0] += len(chunk)
             if max_input is not None and raw_size[0] > max_input:
-                raise CorruptInputError(f"{what}: more data than its declared size "
-                                        f"{max_input}")
+                raise CorruptInputError(f"{what}: more data than its declared size {max_input}")
             raw_hash.update(chunk)
         return chunk
 

@@ -35,7 +35,7 @@ import stat
 from pathlib import Path
 
 from ..errors import ConflictError, UnavailableError, UsageError
-from . import ipam, ports, portmap, sysctl
+from . import ipam, portmap, ports, sysctl
 
 DEFAULT_BRIDGE = "pyinspect0"
 DEFAULT_SUBNET = "172.29.0.0/16"
@@ -49,6 +49,7 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 # --- configuration and validation --------------------------------------------------------
+
 
 def config(root):
     """{"bridge", "subnet"}: env PYINSPECT_BRIDGE/PYINSPECT_SUBNET, else <root>/config.json
@@ -67,8 +68,9 @@ def config(root):
     try:
         net = ipaddress.IPv4Network(subnet, strict=True)
     except ValueError as exc:
-        raise UsageError(f"invalid subnet {subnet!r}: {exc}",
-                         hint="an IPv4 network such as 172.29.0.0/16") from None
+        raise UsageError(
+            f"invalid subnet {subnet!r}: {exc}", hint="an IPv4 network such as 172.29.0.0/16"
+        ) from None
     if net.prefixlen > 29 or net.is_loopback or net.is_multicast or net.is_link_local:
         raise UsageError(f"invalid subnet {subnet!r}: need a unicast IPv4 network of /29 or larger")
     return {"bridge": bridge, "subnet": str(net)}
@@ -100,21 +102,25 @@ def prepare(root, spec, image_config=None):
         if not mode.partition(":")[2]:
             raise UsageError("invalid network mode 'container:': no container name")
         if publish or publish_all:
-            raise UsageError("conflicting options: port publishing and the container type network mode")
+            raise UsageError(
+                "conflicting options: port publishing and the container type network mode"
+            )
         if _attr(spec, "hostname"):
             raise UsageError("conflicting options: hostname and the network mode")
         return
     if mode not in MODES:
-        raise UsageError(f"invalid network mode {mode!r}",
-                         hint="use bridge, host, none or container:NAME")
+        raise UsageError(
+            f"invalid network mode {mode!r}", hint="use bridge, host, none or container:NAME"
+        )
     if mode != "bridge":
         return  # like Docker, published ports are discarded for host and none
     cfg = config(root)
     bindings = ports.requested(publish, publish_all, image_config)
     state = ipam.load(root, cfg["bridge"])
     if state:  # leases of dead containers (a crashed shim) do not block their ports
-        state = dict(state, leases={ip: lease for ip, lease in state["leases"].items()
-                                    if _alive(lease)})
+        state = dict(
+            state, leases={ip: lease for ip, lease in state["leases"].items() if _alive(lease)}
+        )
     published = ipam.published(state) if state else []
     ports.check_local(bindings)
     ports.check(bindings, published)
@@ -122,18 +128,23 @@ def prepare(root, spec, image_config=None):
     if name:
         link = Path(NETNS_DIR, name)
         if link.exists() or link.is_symlink():
-            raise ConflictError(f"cannot expose network namespace {link}: it already exists",
-                                hint="choose another container name or remove it with `ip netns del`")
+            raise ConflictError(
+                f"cannot expose network namespace {link}: it already exists",
+                hint="choose another container name or remove it with `ip netns del`",
+            )
 
 
 # --- connect -------------------------------------------------------------------------------
+
 
 def _pyroute2():
     try:
         from pyroute2 import IPRoute, NetNS  # ~150 ms: only on the bridge path
         from pyroute2.netlink.exceptions import NetlinkError
     except ImportError as exc:
-        raise UnavailableError(f"pyroute2 unavailable: {exc}", hint="pip install pyroute2") from None
+        raise UnavailableError(
+            f"pyroute2 unavailable: {exc}", hint="pip install pyroute2"
+        ) from None
     return IPRoute, NetNS, NetlinkError
 
 
@@ -155,16 +166,22 @@ def _ensure_bridge(ipr, bridge, subnet, gateway):
         idx = found[0]
         link = ipr.get_links(idx)[0]
         if _link_kind(link) != "bridge":
-            raise ConflictError(f"cannot use {bridge} as the container bridge: "
-                                f"a {_link_kind(link) or 'non-bridge'} interface has that name",
-                                hint=f"set {BRIDGE_ENV} to another name")
-        addrs = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                 for a in ipr.get_addr(family=socket.AF_INET, index=idx)}
+            raise ConflictError(
+                f"cannot use {bridge} as the container bridge: "
+                f"a {_link_kind(link) or 'non-bridge'} interface has that name",
+                hint=f"set {BRIDGE_ENV} to another name",
+            )
+        addrs = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.get_addr(family=socket.AF_INET, index=idx)
+        }
         if (gateway, net.prefixlen) not in addrs:
             if addrs:
                 have = ", ".join(f"{a}/{p}" for a, p in sorted(addrs))
-                raise ConflictError(f"bridge {bridge} has address {have}, not {gateway}/{net.prefixlen}",
-                                    hint=f"set {SUBNET_ENV} to match it or use another bridge")
+                raise ConflictError(
+                    f"bridge {bridge} has address {have}, not {gateway}/{net.prefixlen}",
+                    hint=f"set {SUBNET_ENV} to match it or use another bridge",
+                )
             _check_subnet_free(ipr, bridge, net)
             ipr.addr("add", index=idx, address=gateway, prefixlen=net.prefixlen)
         ipr.link("set", index=idx, state="up")
@@ -183,8 +200,10 @@ def _check_subnet_free(ipr, bridge, net):
     for a in ipr.get_addr(family=socket.AF_INET):
         other = ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
         if other.overlaps(net) and names.get(a["index"]) != bridge:
-            raise ConflictError(f"subnet {net} overlaps {other} on {names.get(a['index'])}",
-                                hint=f"set {SUBNET_ENV} to a free subnet")
+            raise ConflictError(
+                f"subnet {net} overlaps {other} on {names.get(a['index'])}",
+                hint=f"set {SUBNET_ENV} to a free subnet",
+            )
     for r in ipr.get_routes(family=socket.AF_INET, table=254):
         dst = r.get_attr("RTA_DST")
         if dst is None or r["dst_len"] == 0:
@@ -192,8 +211,10 @@ def _check_subnet_free(ipr, bridge, net):
         other = ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False)
         dev = names.get(r.get_attr("RTA_OIF"))
         if other.overlaps(net) and dev != bridge:
-            raise ConflictError(f"subnet {net} overlaps the route to {other} via {dev}",
-                                hint=f"set {SUBNET_ENV} to a free subnet")
+            raise ConflictError(
+                f"subnet {net} overlaps the route to {other} via {dev}",
+                hint=f"set {SUBNET_ENV} to a free subnet",
+            )
 
 
 def _netns_inode(pid):
@@ -219,19 +240,28 @@ def _reserve_link(name):
     try:
         os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o444))
     except FileExistsError:
-        raise ConflictError(f"cannot expose network namespace {target}: it already exists",
-                            hint="choose another container name") from None
+        raise ConflictError(
+            f"cannot expose network namespace {target}: it already exists",
+            hint="choose another container name",
+        ) from None
     return target
 
 
 def _mount_link(target, pid):
     """Bind-mount the container's netns on the reserved file (what `ip netns` reads)."""
     try:
-        _mount_call("mount", f"/proc/{pid}/ns/net".encode(), target.encode(), None,
-                    ctypes.c_ulong(4096), None)  # MS_BIND
+        _mount_call(
+            "mount",
+            f"/proc/{pid}/ns/net".encode(),
+            target.encode(),
+            None,
+            ctypes.c_ulong(4096),
+            None,
+        )  # MS_BIND
     except OSError as exc:
-        raise UnavailableError(f"cannot bind-mount the netns of pid {pid} on {target}: "
-                               f"{exc.strerror}") from None
+        raise UnavailableError(
+            f"cannot bind-mount the netns of pid {pid} on {target}: {exc.strerror}"
+        ) from None
 
 
 def _unexpose(path, inode):
@@ -274,6 +304,7 @@ def _forget_flows(ip):
     even after the port is published again. Like Docker; skipped without `conntrack`."""
     import shutil
     import subprocess
+
     if ip and shutil.which("conntrack"):
         subprocess.run(["conntrack", "-D", "--reply-src", ip], capture_output=True, timeout=10)
 
@@ -336,7 +367,8 @@ def _elsewhere(bridge, state):
     return ConflictError(
         f"network {bridge}: its bridge and rules live in another network namespace "
         f"(netns inode {state.get('netns_inode')}); run pyinspect in that namespace",
-        hint="or use another --root or PYINSPECT_BRIDGE here")
+        hint="or use another --root or PYINSPECT_BRIDGE here",
+    )
 
 
 def _lease_ip(state, container_id):
@@ -357,8 +389,9 @@ def connect(root, container, pid, image_config=None):
     cfg = config(root)
     bridge = cfg["bridge"]
     cid, name = container.id, container.name
-    bindings = ports.requested(_attr(spec, "publish"), _attr(spec, "publish_all"),
-                               _image_config(container, image_config))
+    bindings = ports.requested(
+        _attr(spec, "publish"), _attr(spec, "publish_all"), _image_config(container, image_config)
+    )
     IPRoute, NetNS, NetlinkError = _pyroute2()
     with IPRoute() as ipr, ipam.locked(root, bridge, cfg["subnet"]) as state:
         if not _claim_home(state, bridge):
@@ -407,9 +440,18 @@ def connect(root, container, pid, image_config=None):
             if not state["leases"]:
                 _teardown(ipr, NetlinkError, state)
             raise
-    return {"mode": "bridge", "ip": ip, "prefixlen": net.prefixlen, "gateway": state["gateway"],
-            "mac": mac, "bridge": bridge, "veth_host": veth, "veth_host_ifindex": vidx,
-            "ports": [dict(b) for b in bindings], "netns_path": lease["netns_link"]}
+    return {
+        "mode": "bridge",
+        "ip": ip,
+        "prefixlen": net.prefixlen,
+        "gateway": state["gateway"],
+        "mac": mac,
+        "bridge": bridge,
+        "veth_host": veth,
+        "veth_host_ifindex": vidx,
+        "ports": [dict(b) for b in bindings],
+        "netns_path": lease["netns_link"],
+    }
 
 
 def _lo_up(pid):
@@ -422,6 +464,7 @@ def _lo_up(pid):
 
 
 # --- disconnect / reconcile ----------------------------------------------------------------
+
 
 def _bridge_of(root, container):
     net = _attr(container, "network") or {}
@@ -479,13 +522,15 @@ def _rules_look_right(state):
     """Cheap check (no python-iptables import): do our tagged rules per owner match in count?"""
     import collections
     import subprocess
+
     want = collections.Counter(r.comment for r in portmap.desired(state))
     have = collections.Counter()
     tag = portmap.owner_tag(state["bridge"], "")
     for table in portmap.TABLES:
         try:
-            out = subprocess.run(["iptables-legacy-save", "-t", table], capture_output=True,
-                                 text=True, timeout=10)
+            out = subprocess.run(
+                ["iptables-legacy-save", "-t", table], capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
         if out.returncode != 0:
@@ -510,11 +555,18 @@ def reconcile(root, containers):
         bridge = snapshot["bridge"]
         with ipam.locked(root, bridge) as state:
             if not _claim_home(state, bridge):
-                report[bridge] = {"released": [], "added": 0, "removed": 0,
-                                  "skipped": "network lives in another netns"}
+                report[bridge] = {
+                    "released": [],
+                    "added": 0,
+                    "removed": 0,
+                    "skipped": "network lives in another netns",
+                }
                 continue
-            dead = {ip: lease for ip, lease in state["leases"].items()
-                    if not _alive(lease, by_id.get(lease.get("id")))}
+            dead = {
+                ip: lease
+                for ip, lease in state["leases"].items()
+                if not _alive(lease, by_id.get(lease.get("id")))
+            }
             live = len(state["leases"]) - len(dead)
             counts = {"added": 0, "removed": 0}
             idle = not (state.get("active") or state.get("bridge_created") or state.get("sysctls"))
@@ -537,9 +589,11 @@ def reconcile(root, containers):
 
 # --- files for the container ---------------------------------------------------------------
 
-HOSTS_HEAD = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-              "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
-              "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+HOSTS_HEAD = (
+    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
+    "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+)
 FALLBACK_DNS = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
 
 
@@ -577,9 +631,11 @@ def container_files(container):
     cid = _attr(container, "id") or ""
     if mode == "host":
         hostname = socket.gethostname()
-        return {"/etc/hosts": _read("/etc/hosts") or HOSTS_HEAD,
-                "/etc/hostname": hostname + "\n",
-                "/etc/resolv.conf": _read("/etc/resolv.conf")}
+        return {
+            "/etc/hosts": _read("/etc/hosts") or HOSTS_HEAD,
+            "/etc/hostname": hostname + "\n",
+            "/etc/resolv.conf": _read("/etc/resolv.conf"),
+        }
     hostname = _attr(container, "hostname") or _attr(spec, "hostname") or cid[:12]
     hosts = HOSTS_HEAD
     if net.get("ip"):
@@ -589,6 +645,7 @@ def container_files(container):
 
 
 # --- `pyinspect network ls / inspect` ------------------------------------------------------
+
 
 def _link_exists(name):
     try:
@@ -606,19 +663,46 @@ def networks(root):
         states[cfg["bridge"]] = ipam.empty_state(cfg["bridge"], cfg["subnet"])
     out = []
     for bridge, s in sorted(states.items()):
-        out.append({"name": bridge, "driver": "bridge", "bridge": bridge, "subnet": s["subnet"],
-                    "gateway": s["gateway"], "containers": len(s["leases"]),
-                    "exists": _link_exists(bridge)})
-    out.append({"name": "host", "driver": "host", "bridge": "", "subnet": "", "gateway": "",
-                "containers": None, "exists": True})
-    out.append({"name": "none", "driver": "null", "bridge": "", "subnet": "", "gateway": "",
-                "containers": None, "exists": True})
+        out.append(
+            {
+                "name": bridge,
+                "driver": "bridge",
+                "bridge": bridge,
+                "subnet": s["subnet"],
+                "gateway": s["gateway"],
+                "containers": len(s["leases"]),
+                "exists": _link_exists(bridge),
+            }
+        )
+    out.append(
+        {
+            "name": "host",
+            "driver": "host",
+            "bridge": "",
+            "subnet": "",
+            "gateway": "",
+            "containers": None,
+            "exists": True,
+        }
+    )
+    out.append(
+        {
+            "name": "none",
+            "driver": "null",
+            "bridge": "",
+            "subnet": "",
+            "gateway": "",
+            "containers": None,
+            "exists": True,
+        }
+    )
     return out
 
 
 def inspect(root, name):
     """Docker-like details of one network (`bridge` names the configured bridge network)."""
     from ..errors import NotFoundError
+
     cfg = config(root)
     if name == "bridge":
         name = cfg["bridge"]
@@ -632,15 +716,31 @@ def inspect(root, name):
     prefix = ipaddress.IPv4Network(state["subnet"]).prefixlen
     members = {}
     for ip, lease in sorted(state["leases"].items(), key=lambda kv: ipaddress.IPv4Address(kv[0])):
-        members[lease["id"]] = {"Name": lease.get("name"), "IPv4Address": f"{ip}/{prefix}",
-                                "MacAddress": lease.get("mac"), "VethHost": lease.get("veth"),
-                                "Pid": lease.get("pid"), "NetnsPath": lease.get("netns_link"),
-                                "Ports": lease.get("ports", [])}
-    return {"Name": name, "Driver": "bridge", "Bridge": name, "Exists": _link_exists(name),
-            "Subnet": state["subnet"], "Gateway": state["gateway"],
-            "BridgeCreatedByPyinspect": bool(state.get("bridge_created")),
-            "Containers": members,
-            "Sysctls": sysctl.report([state]),
-            "Iptables": {"backend": IPTABLES_BACKEND, "show": SHOW_RULES,
-                         "chains": {"nat": [portmap.NAT_CHAIN],
-                                    "filter": [portmap.FORWARD_CHAIN, portmap.FILTER_CHAIN]}}}
+        members[lease["id"]] = {
+            "Name": lease.get("name"),
+            "IPv4Address": f"{ip}/{prefix}",
+            "MacAddress": lease.get("mac"),
+            "VethHost": lease.get("veth"),
+            "Pid": lease.get("pid"),
+            "NetnsPath": lease.get("netns_link"),
+            "Ports": lease.get("ports", []),
+        }
+    return {
+        "Name": name,
+        "Driver": "bridge",
+        "Bridge": name,
+        "Exists": _link_exists(name),
+        "Subnet": state["subnet"],
+        "Gateway": state["gateway"],
+        "BridgeCreatedByPyinspect": bool(state.get("bridge_created")),
+        "Containers": members,
+        "Sysctls": sysctl.report([state]),
+        "Iptables": {
+            "backend": IPTABLES_BACKEND,
+            "show": SHOW_RULES,
+            "chains": {
+                "nat": [portmap.NAT_CHAIN],
+                "filter": [portmap.FORWARD_CHAIN, portmap.FILTER_CHAIN],
+            },
+        },
+    }

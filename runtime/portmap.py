@@ -85,8 +85,14 @@ def base_rules(bridge, subnet):
         R("nat", "POSTROUTING", tag, "MASQUERADE", src=subnet, out="!" + bridge),
         R("nat", "POSTROUTING", tag, "MASQUERADE", src=LOOPBACK, out=bridge),
         R("filter", "FORWARD", tag, FORWARD_CHAIN, insert=True),
-        R("filter", FORWARD_CHAIN, tag, "ACCEPT", out=bridge,
-          matches=(("conntrack", (("ctstate", "RELATED,ESTABLISHED"),)),)),
+        R(
+            "filter",
+            FORWARD_CHAIN,
+            tag,
+            "ACCEPT",
+            out=bridge,
+            matches=(("conntrack", (("ctstate", "RELATED,ESTABLISHED"),)),),
+        ),
         R("filter", FORWARD_CHAIN, tag, FILTER_CHAIN, out=bridge),
         R("filter", FORWARD_CHAIN, tag, "ACCEPT", in_=bridge, out="!" + bridge),
         R("filter", FORWARD_CHAIN, tag, "ACCEPT", in_=bridge, out=bridge),
@@ -103,20 +109,65 @@ def container_rules(bridge, container_id, ip, bindings):
         host_dst = None if b["host_ip"] in (None, "", "0.0.0.0") else b["host_ip"]
         to = (("to_destination", f"{ip}:{cp}"),)
         out += [
-            RuleSpec("nat", NAT_CHAIN, tag, "DNAT", to, dst=host_dst, in_="!" + bridge,
-                     proto=proto, matches=((proto, (("dport", hp),)),)),
-            RuleSpec("nat", NAT_CHAIN, tag, "DNAT", to, dst=host_dst, in_=bridge,
-                     proto=proto, matches=((proto, (("dport", hp),)),)),
-            RuleSpec("nat", "POSTROUTING", tag, "MASQUERADE", src=ip, dst=ip, proto=proto,
-                     matches=((proto, (("dport", cp),)),)),
-            RuleSpec("filter", FILTER_CHAIN, tag, "ACCEPT", dst=ip, in_="!" + bridge, out=bridge,
-                     proto=proto, matches=((proto, (("dport", cp),)),)),
+            RuleSpec(
+                "nat",
+                NAT_CHAIN,
+                tag,
+                "DNAT",
+                to,
+                dst=host_dst,
+                in_="!" + bridge,
+                proto=proto,
+                matches=((proto, (("dport", hp),)),),
+            ),
+            RuleSpec(
+                "nat",
+                NAT_CHAIN,
+                tag,
+                "DNAT",
+                to,
+                dst=host_dst,
+                in_=bridge,
+                proto=proto,
+                matches=((proto, (("dport", hp),)),),
+            ),
+            RuleSpec(
+                "nat",
+                "POSTROUTING",
+                tag,
+                "MASQUERADE",
+                src=ip,
+                dst=ip,
+                proto=proto,
+                matches=((proto, (("dport", cp),)),),
+            ),
+            RuleSpec(
+                "filter",
+                FILTER_CHAIN,
+                tag,
+                "ACCEPT",
+                dst=ip,
+                in_="!" + bridge,
+                out=bridge,
+                proto=proto,
+                matches=((proto, (("dport", cp),)),),
+            ),
         ]
         if host_dst and host_dst.startswith("127."):
             # nat PREROUTING would DNAT a neighbour's packet to 127.x before routing's
             # martian check: only loopback may reach a port published on 127.x.
-            out.append(RuleSpec("raw", "PREROUTING", tag, "DROP", dst=host_dst, in_="!lo",
-                                proto=proto, matches=((proto, (("dport", hp),)),)))
+            out.append(
+                RuleSpec(
+                    "raw",
+                    "PREROUTING",
+                    tag,
+                    "DROP",
+                    dst=host_dst,
+                    in_="!lo",
+                    proto=proto,
+                    matches=((proto, (("dport", hp),)),),
+                )
+            )
     return out
 
 
@@ -133,8 +184,10 @@ def desired(state):
 
 # --- python-iptables plumbing ---------------------------------------------------------------
 
+
 def _iptc():
     import sys
+
     # iptc.util tries `distutils.sysconfig` first, which setuptools' distutils shim makes
     # cost 100-1000 ms; blocking it makes iptc use its own `sysconfig` fallback (same path).
     blocked = [m for m in ("distutils", "distutils.sysconfig") if m not in sys.modules]
@@ -143,8 +196,10 @@ def _iptc():
     try:
         import iptc  # ~200 ms (xtables libraries): only on the bridge path
     except Exception as exc:  # ImportError, or libiptc/xtables missing
-        raise UnavailableError(f"python-iptables unavailable: {exc}",
-                               hint="install python-iptables and the iptables package") from None
+        raise UnavailableError(
+            f"python-iptables unavailable: {exc}",
+            hint="install python-iptables and the iptables package",
+        ) from None
     finally:
         for m in blocked:
             if sys.modules.get(m, 0) is None:
@@ -187,12 +242,23 @@ def _comment(rule):
 
 
 def _key(chain, rule):
-    matches = tuple((m.name, tuple(sorted((k, tuple(v)) for k, v in m.get_all_parameters().items())))
-                    for m in rule.matches)
+    matches = tuple(
+        (m.name, tuple(sorted((k, tuple(v)) for k, v in m.get_all_parameters().items())))
+        for m in rule.matches
+    )
     target = rule.target
     tparams = tuple(sorted((k, tuple(v)) for k, v in target.get_all_parameters().items()))
-    return (chain, rule.src, rule.dst, rule.in_interface, rule.out_interface,
-            rule.protocol, matches, target.name, tparams)
+    return (
+        chain,
+        rule.src,
+        rule.dst,
+        rule.in_interface,
+        rule.out_interface,
+        rule.protocol,
+        matches,
+        target.name,
+        tparams,
+    )
 
 
 def _iptc_error(iptc):
@@ -213,8 +279,9 @@ def xtables_lock(timeout=10.0):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise UnavailableError(f"iptables lock {path}: held by another program for "
-                                           f"{timeout:.0f}s") from None
+                    raise UnavailableError(
+                        f"iptables lock {path}: held by another program for {timeout:.0f}s"
+                    ) from None
                 time.sleep(0.02)
         yield
     finally:
@@ -279,8 +346,10 @@ def _sync(iptc, bridge, rules):
             if not want_specs:
                 _drop_empty_chains(iptc, table, tname)
     except _iptc_error(iptc) as exc:
-        raise UnavailableError(f"iptables (legacy) update failed: {exc}",
-                               hint="is the ip_tables/iptable_nat module available?") from None
+        raise UnavailableError(
+            f"iptables (legacy) update failed: {exc}",
+            hint="is the ip_tables/iptable_nat module available?",
+        ) from None
     return counts
 
 
@@ -293,8 +362,7 @@ def _drop_empty_chains(iptc, table, tname):
         chain = iptc.Chain(table, name)
         if chain.rules:
             continue
-        referenced = any(r.target and r.target.name == name
-                         for c in table.chains for r in c.rules)
+        referenced = any(r.target and r.target.name == name for c in table.chains for r in c.rules)
         if not referenced:
             table.delete_chain(name)
     table.commit()
@@ -312,7 +380,13 @@ def tagged(bridge=None):
             for rule in chain.rules:
                 c = _comment(rule)
                 if c and c.startswith(prefix):
-                    out.append({"table": tname, "chain": chain.name, "comment": c,
-                                "target": rule.target.name,
-                                "params": rule.target.get_all_parameters()})
+                    out.append(
+                        {
+                            "table": tname,
+                            "chain": chain.name,
+                            "comment": c,
+                            "target": rule.target.name,
+                            "params": rule.target.get_all_parameters(),
+                        }
+                    )
     return out

@@ -21,9 +21,13 @@ def _port(text, raw, what):
     try:
         value = int(text)
     except ValueError:
-        raise UsageError(f"invalid port mapping {raw!r}: {what} port {text!r} is not a number") from None
+        raise UsageError(
+            f"invalid port mapping {raw!r}: {what} port {text!r} is not a number"
+        ) from None
     if not 1 <= value <= 65535:
-        raise UsageError(f"invalid port mapping {raw!r}: {what} port {value} is out of range 1-65535")
+        raise UsageError(
+            f"invalid port mapping {raw!r}: {what} port {value} is out of range 1-65535"
+        )
     return value
 
 
@@ -63,15 +67,21 @@ def parse(raw):
         try:
             ipaddress.IPv4Address(host_ip)
         except ValueError:
-            raise UsageError(f"invalid port mapping {raw!r}: {host_ip!r} is not an IPv4 address") from None
+            raise UsageError(
+                f"invalid port mapping {raw!r}: {host_ip!r} is not an IPv4 address"
+            ) from None
     if not ctr:
         raise UsageError(f"invalid port mapping {raw!r}: no container port")
     ctr_ports = _port_range(ctr, raw, "container")
     host_ports = _port_range(host, raw, "host") if host else [0] * len(ctr_ports)
     if len(host_ports) != len(ctr_ports):
-        raise UsageError(f"invalid port mapping {raw!r}: host and container ranges differ in length")
-    return [{"host_ip": host_ip, "host_port": h, "container_port": c, "proto": proto}
-            for h, c in zip(host_ports, ctr_ports)]
+        raise UsageError(
+            f"invalid port mapping {raw!r}: host and container ranges differ in length"
+        )
+    return [
+        {"host_ip": host_ip, "host_port": h, "container_port": c, "proto": proto}
+        for h, c in zip(host_ports, ctr_ports)
+    ]
 
 
 def exposed(image_config):
@@ -79,7 +89,7 @@ def exposed(image_config):
     out = []
     cfg = image_config or {}
     cfg = cfg.get("config", cfg) if isinstance(cfg.get("config"), dict) else cfg
-    for key in sorted((cfg.get("ExposedPorts") or {})):
+    for key in sorted(cfg.get("ExposedPorts") or {}):
         port, _, proto = str(key).partition("/")
         out.extend(parse(f"{port}/{proto or 'tcp'}"))
     return out
@@ -92,14 +102,20 @@ def requested(publish, publish_all=False, image_config=None):
         out.extend(parse(raw))
     if publish_all:
         have = {(b["container_port"], b["proto"]) for b in out}
-        out.extend(b for b in exposed(image_config) if (b["container_port"], b["proto"]) not in have)
+        out.extend(
+            b for b in exposed(image_config) if (b["container_port"], b["proto"]) not in have
+        )
     return out
 
 
 def overlaps(a, b):
     """True when two bindings would catch the same packets."""
-    return (a["proto"] == b["proto"] and a["host_port"] == b["host_port"] and a["host_port"]
-            and (a["host_ip"] == b["host_ip"] or ANY in (a["host_ip"], b["host_ip"])))
+    return (
+        a["proto"] == b["proto"]
+        and a["host_port"] == b["host_port"]
+        and a["host_port"]
+        and (a["host_ip"] == b["host_ip"] or ANY in (a["host_ip"], b["host_ip"]))
+    )
 
 
 def _hex_ip(text):
@@ -107,7 +123,7 @@ def _hex_ip(text):
     raw = bytes.fromhex(text)
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw[::-1]))
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
     addr = ipaddress.IPv6Address(words)
     if addr.ipv4_mapped:
         return str(addr.ipv4_mapped)
@@ -117,8 +133,12 @@ def _hex_ip(text):
 def host_bound():
     """Sockets bound in this network namespace: [(proto, ip, port)], TCP listeners and UDP."""
     found = []
-    for proto, name, state in (("tcp", "tcp", "0A"), ("tcp", "tcp6", "0A"),
-                               ("udp", "udp", None), ("udp", "udp6", None)):
+    for proto, name, state in (
+        ("tcp", "tcp", "0A"),
+        ("tcp", "tcp6", "0A"),
+        ("udp", "udp", None),
+        ("udp", "udp6", None),
+    ):
         try:
             with open(f"/proc/net/{name}") as f:
                 lines = f.read().splitlines()[1:]
@@ -146,13 +166,20 @@ def check(bindings, published=(), bound=None):
         for other in published:
             if overlaps(b, other):
                 who = other.get("name") or other.get("id", "")[:12] or "another container"
-                raise ConflictError(f"cannot publish {desc}: already published by container {who}",
-                                    hint="choose another host port")
+                raise ConflictError(
+                    f"cannot publish {desc}: already published by container {who}",
+                    hint="choose another host port",
+                )
         for proto, ip, port in bound:
-            if proto == b["proto"] and port == b["host_port"] and (
-                    ANY in (ip, b["host_ip"]) or ip == b["host_ip"]):
-                raise ConflictError(f"cannot publish {desc}: port is already bound by a host "
-                                    f"process ({ip}:{port})", hint="choose another host port")
+            if (
+                proto == b["proto"]
+                and port == b["host_port"]
+                and (ANY in (ip, b["host_ip"]) or ip == b["host_ip"])
+            ):
+                raise ConflictError(
+                    f"cannot publish {desc}: port is already bound by a host process ({ip}:{port})",
+                    hint="choose another host port",
+                )
 
 
 def check_local(bindings):
@@ -163,8 +190,10 @@ def check_local(bindings):
                 s.bind((ip, 0))
             except OSError as exc:
                 if exc.errno == errno.EADDRNOTAVAIL:
-                    raise UsageError(f"cannot publish on {ip}: not an address of this host",
-                                     hint="use one of the host's addresses, or none") from None
+                    raise UsageError(
+                        f"cannot publish on {ip}: not an address of this host",
+                        hint="use one of the host's addresses, or none",
+                    ) from None
                 raise
 
 
@@ -195,7 +224,9 @@ def assign(bindings, published=(), bound=None):
             out[i] = cand
             break
         else:
-            raise ConflictError(f"cannot publish container port {b['container_port']}/{b['proto']}: "
-                                f"no free host port in {lo}-{hi}")
+            raise ConflictError(
+                f"cannot publish container port {b['container_port']}/{b['proto']}: "
+                f"no free host port in {lo}-{hi}"
+            )
     check(out, published, bound)
     return out

@@ -38,26 +38,34 @@ def parse(text) -> RestartPolicy:
         return RestartPolicy()
     name, colon, count = str(text).partition(":")
     if name not in POLICIES:
-        raise UsageError(f"invalid restart policy {text!r}",
-                         "use no, always, unless-stopped or on-failure[:N]")
+        raise UsageError(
+            f"invalid restart policy {text!r}", "use no, always, unless-stopped or on-failure[:N]"
+        )
     if not colon:
         return RestartPolicy(name)
     if name != "on-failure":
-        raise UsageError(f"invalid restart policy {text!r}: maximum retry count cannot be "
-                         f"used with restart policy '{name}'")
+        raise UsageError(
+            f"invalid restart policy {text!r}: maximum retry count cannot be "
+            f"used with restart policy '{name}'"
+        )
     try:
         n = int(count)
     except ValueError:
-        raise UsageError(f"invalid restart policy {text!r}: maximum retry count must be "
-                         f"an integer") from None
+        raise UsageError(
+            f"invalid restart policy {text!r}: maximum retry count must be an integer"
+        ) from None
     if n < 0:
-        raise UsageError(f"invalid restart policy {text!r}: maximum retry count cannot be "
-                         f"negative")
+        raise UsageError(f"invalid restart policy {text!r}: maximum retry count cannot be negative")
     return RestartPolicy(name, n)
 
 
-def should_restart(policy: RestartPolicy, exit_code: int, manually_stopped: bool,
-                   restart_count: int, at_boot: bool = False) -> bool:
+def should_restart(
+    policy: RestartPolicy,
+    exit_code: int,
+    manually_stopped: bool,
+    restart_count: int,
+    at_boot: bool = False,
+) -> bool:
     """Docker's decision after an exit; `at_boot` is Docker's daemon start, where
     `always` brings back even a container the user had stopped."""
     if policy.name == "always":

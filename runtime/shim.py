@@ -153,7 +153,9 @@ class Shim:
                 code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
                 if not isinstance(code, int) or code == 0:
                     code = EXIT_SETUP_FAILED
-                msg = str(exc) if isinstance(exc, PyinspectError) else f"{type(exc).__name__}: {exc}"
+                msg = (
+                    str(exc) if isinstance(exc, PyinspectError) else f"{type(exc).__name__}: {exc}"
+                )
                 self.finish(code, error=msg)
                 self.report(f"err {code} {msg}")
                 return code
@@ -165,7 +167,8 @@ class Shim:
             code = self.relay_and_wait()
             state.mark("init_exited")
             again = not self.cancelled and restart.should_restart(
-                policy, code, c.manually_stopped, c.restart_count)
+                policy, code, c.manually_stopped, c.restart_count
+            )
             if not again:
                 self.finish(code)
                 state.mark("shim_cleaned_up")
@@ -223,11 +226,13 @@ class Shim:
         if mode.startswith("container:"):
             other = self.rt.get(mode.split(":", 1)[1])
             if other.status != "running" or not state.init_alive(other):
-                raise UnavailableError(f"cannot join the network of {other.name}: "
-                                       f"it is not running")
+                raise UnavailableError(
+                    f"cannot join the network of {other.name}: it is not running"
+                )
             join_net = os.open(f"/proc/{other.pid}/ns/net", os.O_RDONLY)
         if mode == "bridge":
             from . import containers
+
             self.netmod = containers.network_module()
         files = self.rt.container_files(c) if mode != "bridge" else None
         self.log = open(c.log_path, "ab", buffering=0)
@@ -236,6 +241,7 @@ class Shim:
         child_fds = []
         if spec.tty:
             import pty
+
             self.master, slave = pty.openpty()
             stdio = (slave, slave, slave)
             child_fds.append(slave)
@@ -252,8 +258,8 @@ class Shim:
                 stdin = os.open(os.devnull, os.O_RDONLY)
                 child_fds.append(stdin)
             stdio = (stdin, out_w, err_w)
-        err_r, err_w = os.pipe()      # close-on-exec: EOF means exec succeeded
-        sync_r, sync_w = os.pipe()    # shim -> init: in its cgroups (+ network); files
+        err_r, err_w = os.pipe()  # close-on-exec: EOF means exec succeeded
+        sync_r, sync_w = os.pipe()  # shim -> init: in its cgroups (+ network); files
         ready_r, ready_w = os.pipe()  # init -> shim: in its namespaces (bridge)
         # cgroups first: the init is cloned straight into the cgroup2 one and moves its
         # only thread into the v1 ones itself (`tasks`), so no cgroup.procs write (each
@@ -265,9 +271,15 @@ class Shim:
         # on the host shows it and MergedDir is browsable while the container runs (the
         # init's copy of it is private; /proc, /dev, /sys and volumes exist only there)
         rootfs = os.path.join(c.path, "rootfs")
-        isolation.mount("overlay", rootfs, "overlay", isolation.ROOTFS_FLAGS,
-                        isolation.overlay_data(c.layers, os.path.join(c.path, "upper"),
-                                               os.path.join(c.path, "work")))
+        isolation.mount(
+            "overlay",
+            rootfs,
+            "overlay",
+            isolation.ROOTFS_FLAGS,
+            isolation.overlay_data(
+                c.layers, os.path.join(c.path, "upper"), os.path.join(c.path, "work")
+            ),
+        )
         self.rootfs_mounted = True
         state.mark("rootfs_mounted")
         my_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
@@ -278,8 +290,9 @@ class Shim:
             os.close(err_r)
             os.close(sync_w)
             os.close(ready_r)
-            self.init(stdio, err_w, sync_r, ready_w, join_net, files, shim_pid,
-                      tasks)  # never returns
+            self.init(
+                stdio, err_w, sync_r, ready_w, join_net, files, shim_pid, tasks
+            )  # never returns
         isolation.setns(my_pidns, isolation.CLONE_NEWPID)
         os.close(my_pidns)
         for fd in child_fds + [err_w, sync_r, ready_w]:
@@ -344,8 +357,7 @@ class Shim:
             if pid is not None:
                 if pid == 0:
                     os.close(fd)
-                return pid, [f"{p}/tasks" for name, p in self.cg.paths.items()
-                             if name != "unified"]
+                return pid, [f"{p}/tasks" for name, p in self.cg.paths.items() if name != "unified"]
         return os.fork(), None
 
     def kill_init(self):
@@ -369,8 +381,14 @@ class Shim:
             # (pid 1 of a new pid namespace: getppid() is 0, so a shim that died
             # before this line goes unnoticed; the reconciler settles that case)
             isolation.set_parent_death_signal(signal.SIGKILL)
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                        signal.SIGHUP, CANCEL_SIGNAL):
+            for sig in (
+                signal.SIGPIPE,
+                signal.SIGXFSZ,
+                signal.SIGINT,
+                signal.SIGTERM,
+                signal.SIGHUP,
+                CANCEL_SIGNAL,
+            ):
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())  # exec keeps the mask
             mode = spec.network_mode or "bridge"
@@ -389,9 +407,14 @@ class Shim:
             os.close(ready_w)
             isolation.sethostname(c.hostname)
             volumes = [isolation.parse_volume(v) for v in spec.volumes]
-            isolation.prepare_root(os.path.join(c.path, "rootfs"), c.layers,
-                                   os.path.join(c.path, "upper"), os.path.join(c.path, "work"),
-                                   volumes, mount_overlay=False)
+            isolation.prepare_root(
+                os.path.join(c.path, "rootfs"),
+                c.layers,
+                os.path.join(c.path, "upper"),
+                os.path.join(c.path, "work"),
+                volumes,
+                mount_overlay=False,
+            )
             isolation.pivot_into(os.path.join(c.path, "rootfs"))
             state.mark("init_pivoted")
             data = child.read_all(sync_r)  # the shim put us in the cgroups (and the network)
@@ -426,6 +449,7 @@ class Shim:
                 os.setsid()
                 import fcntl
                 import termios
+
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             argv = proc["argv"]
             env = dict(e.split("=", 1) for e in proc["env"])
@@ -434,14 +458,17 @@ class Shim:
             try:
                 os.execvpe(argv[0], argv, env)
             except FileNotFoundError:
-                raise StartError(f'exec: "{argv[0]}": executable file not found in $PATH',
-                                 EXIT_NOT_FOUND) from None
+                raise StartError(
+                    f'exec: "{argv[0]}": executable file not found in $PATH', EXIT_NOT_FOUND
+                ) from None
             except PermissionError:
-                raise StartError(f'exec: "{argv[0]}": permission denied',
-                                 EXIT_NOT_EXECUTABLE) from None
+                raise StartError(
+                    f'exec: "{argv[0]}": permission denied', EXIT_NOT_EXECUTABLE
+                ) from None
             except OSError as exc:
-                raise StartError(f'exec: "{argv[0]}": {exc.strerror}',
-                                 EXIT_NOT_EXECUTABLE) from None
+                raise StartError(
+                    f'exec: "{argv[0]}": {exc.strerror}', EXIT_NOT_EXECUTABLE
+                ) from None
         except BaseException as exc:
             code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
             if isinstance(exc, PyinspectError):
@@ -453,8 +480,9 @@ class Shim:
 
     # -- while it runs -------------------------------------------------------------
     def _log(self, stream, data):
-        rec = json.dumps({"s": stream, "t": time.time_ns(),
-                          "d": data.decode("utf-8", "surrogateescape")})
+        rec = json.dumps(
+            {"s": stream, "t": time.time_ns(), "d": data.decode("utf-8", "surrogateescape")}
+        )
         self.log.write(rec.encode("utf-8", "surrogatepass") + b"\n")
 
     def relay_and_wait(self):
@@ -466,8 +494,9 @@ class Shim:
             sources[self.out_r] = ("stdout", 1)
             sources[self.err_r] = ("stderr", 2)
         mirror = self.attach
-        stdin_fd = 0 if (self.attach and self.master is not None
-                         and self.c.spec.interactive) else None
+        stdin_fd = (
+            0 if (self.attach and self.master is not None and self.c.spec.interactive) else None
+        )
         poller = select.poll()
         for fd in sources:
             poller.register(fd, select.POLLIN)

@@ -25,8 +25,18 @@ from pyinspect.proc import start_ticks
 
 from .fsutil import atomic_write
 
-STATIC_FIELDS = ("id", "name", "image", "image_id", "created", "spec", "process",
-                 "layers", "image_config", "hostname")
+STATIC_FIELDS = (
+    "id",
+    "name",
+    "image",
+    "image_id",
+    "created",
+    "spec",
+    "process",
+    "layers",
+    "image_config",
+    "hostname",
+)
 
 
 @dataclass
@@ -34,11 +44,11 @@ class ContainerSpec:
     """What `run`/`create` was asked for (raw user values, validated by the runtime)."""
 
     image: str
-    command: list | None = None          # CMD override (None: the image's Cmd)
-    entrypoint: str | None = None        # --entrypoint (None: the image's; "": none)
+    command: list | None = None  # CMD override (None: the image's Cmd)
+    entrypoint: str | None = None  # --entrypoint (None: the image's; "": none)
     name: str | None = None
-    env: list = field(default_factory=list)       # ["K=V", ...]
-    volumes: list = field(default_factory=list)   # ["/host:/ctr[:ro]", ...]
+    env: list = field(default_factory=list)  # ["K=V", ...]
+    volumes: list = field(default_factory=list)  # ["/host:/ctr[:ro]", ...]
     workdir: str | None = None
     hostname: str | None = None
     memory: str | None = None
@@ -50,7 +60,7 @@ class ContainerSpec:
     network_mode: str = "bridge"
     publish: list = field(default_factory=list)
     publish_all: bool = False
-    restart: str = "no"           # --restart: no | always | unless-stopped | on-failure[:N]
+    restart: str = "no"  # --restart: no | always | unless-stopped | on-failure[:N]
 
     @classmethod
     def from_dict(cls, d):
@@ -66,7 +76,7 @@ class Container:
     name: str
     image: str
     image_id: str = ""
-    status: str = "created"       # created | running | exited
+    status: str = "created"  # created | running | exited
     pid: int = 0
     exit_code: int = 0
     oom_killed: bool = False
@@ -77,16 +87,16 @@ class Container:
     network: dict = field(default_factory=dict)
     cgroup: dict = field(default_factory=dict)
     # runtime bookkeeping
-    process: dict = field(default_factory=dict)   # argv, env, cwd, user
-    layers: list = field(default_factory=list)    # image layer dirs, base first
+    process: dict = field(default_factory=dict)  # argv, env, cwd, user
+    layers: list = field(default_factory=list)  # image layer dirs, base first
     image_config: dict = field(default_factory=dict)
     hostname: str = ""
-    pid_start: int = 0            # /proc start time of `pid` (guards against pid reuse)
+    pid_start: int = 0  # /proc start time of `pid` (guards against pid reuse)
     shim_pid: int = 0
     shim_start: int = 0
-    creator: list = field(default_factory=list)   # [pid, start] of a `run` still starting it
-    restart_count: int = 0        # restarts by the policy since the last `start` (Docker's)
-    restarting: bool = False      # exited, and its monitor waits to restart it
+    creator: list = field(default_factory=list)  # [pid, start] of a `run` still starting it
+    restart_count: int = 0  # restarts by the policy since the last `start` (Docker's)
+    restarting: bool = False  # exited, and its monitor waits to restart it
     manually_stopped: bool = False  # `stop`/`kill` since the last start (unless-stopped)
     error: str = ""
     path: str = ""
@@ -105,8 +115,7 @@ class Container:
         return d
 
     def dynamic(self):
-        return {k: v for k, v in asdict(self).items()
-                if k not in STATIC_FIELDS and k != "path"}
+        return {k: v for k, v in asdict(self).items() if k not in STATIC_FIELDS and k != "path"}
 
 
 _TIMING = os.environ.get("PYINSPECT_TIMING")
@@ -161,10 +170,24 @@ STATUSES = ("created", "running", "exited")
 
 # the JSON type each recorded field must have (a record that breaks this is damaged)
 _FIELD_TYPES = {
-    **dict.fromkeys(("id", "name", "image", "image_id", "status", "created", "started_at",
-                     "finished_at", "hostname", "error"), str),
-    **dict.fromkeys(("pid", "exit_code", "pid_start", "shim_pid", "shim_start",
-                     "restart_count"), int),
+    **dict.fromkeys(
+        (
+            "id",
+            "name",
+            "image",
+            "image_id",
+            "status",
+            "created",
+            "started_at",
+            "finished_at",
+            "hostname",
+            "error",
+        ),
+        str,
+    ),
+    **dict.fromkeys(
+        ("pid", "exit_code", "pid_start", "shim_pid", "shim_start", "restart_count"), int
+    ),
     **dict.fromkeys(("oom_killed", "restarting", "manually_stopped"), bool),
     **dict.fromkeys(("network", "cgroup", "process", "image_config"), dict),
     **dict.fromkeys(("layers", "creator"), list),
@@ -174,8 +197,9 @@ _SPEC_TYPES = {
     "image": str,
     "command": (list, _NONE),
     **dict.fromkeys(("env", "volumes", "publish"), list),
-    **dict.fromkeys(("entrypoint", "name", "workdir", "hostname", "network_mode", "restart"),
-                    (str, _NONE)),
+    **dict.fromkeys(
+        ("entrypoint", "name", "workdir", "hostname", "network_mode", "restart"), (str, _NONE)
+    ),
     **dict.fromkeys(("memory", "cpus", "pids_limit"), (str, int, float, _NONE)),
     **dict.fromkeys(("interactive", "tty", "auto_remove", "publish_all"), bool),
 }
@@ -202,9 +226,11 @@ def _read_json(path, name, missing_ok=False):
 
 def _wrong_types(data, types):
     """The keys of `data` whose value is not of the type `types` gives them, sorted."""
-    return sorted(k for k, t in types.items()
-                  if k in data and (not isinstance(data[k], t) or
-                                    (t is int and isinstance(data[k], bool))))
+    return sorted(
+        k
+        for k, t in types.items()
+        if k in data and (not isinstance(data[k], t) or (t is int and isinstance(data[k], bool)))
+    )
 
 
 def _check(path, static, dynamic):
@@ -230,8 +256,10 @@ def _check(path, static, dynamic):
             return f"config.json: wrong type for spec {', '.join(bad)}"
     process = static.get("process", {})
     bad = _wrong_types(process, _PROCESS_TYPES) + [
-        k for k in ("argv", "env") if isinstance(process.get(k), list)
-        and not all(isinstance(a, str) for a in process[k])]
+        k
+        for k in ("argv", "env")
+        if isinstance(process.get(k), list) and not all(isinstance(a, str) for a in process[k])
+    ]
     if bad:
         return f"config.json: wrong type for process {', '.join(sorted(set(bad)))}"
     return None
@@ -270,16 +298,24 @@ def damaged_record(path, why):
     def text(key):
         value = static.get(key)
         return value if isinstance(value, str) else ""
+
     name = _reserved_name(os.path.dirname(os.path.dirname(path)), cid) or text("name")
     created = text("created")
     if not created:
-        secs, ns = divmod(_oldest_mtime_ns(path), 10 ** 9)
+        secs, ns = divmod(_oldest_mtime_ns(path), 10**9)
         created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}Z"
     argv = (static.get("process") if isinstance(static.get("process"), dict) else {}).get("argv")
     ok_argv = isinstance(argv, list) and all(isinstance(a, str) for a in argv)
-    c = Container(id=cid, name=name, image=text("image"), created=created, status=DAMAGED,
-                  spec=ContainerSpec(image=text("image"), network_mode=""), error=why,
-                  process={"argv": argv} if ok_argv else {})
+    c = Container(
+        id=cid,
+        name=name,
+        image=text("image"),
+        created=created,
+        status=DAMAGED,
+        spec=ContainerSpec(image=text("image"), network_mode=""),
+        error=why,
+        process={"argv": argv} if ok_argv else {},
+    )
     c.path = path
     return c
 

@@ -21,8 +21,12 @@ REPORTED = (IP_FORWARD, BRIDGE_NF_IPTABLES, "net.bridge.bridge-nf-call-ip6tables
 
 
 # keys whose fourth part is an interface name, which may itself contain dots (eth0.100)
-_PER_INTERFACE = (("net", "ipv4", "conf"), ("net", "ipv6", "conf"),
-                  ("net", "ipv4", "neigh"), ("net", "ipv6", "neigh"))
+_PER_INTERFACE = (
+    ("net", "ipv4", "conf"),
+    ("net", "ipv6", "conf"),
+    ("net", "ipv4", "neigh"),
+    ("net", "ipv6", "neigh"),
+)
 
 
 def path(key: str) -> Path:
@@ -47,8 +51,10 @@ def write(key: str, value: object) -> None:
     try:
         path(key).write_text(f"{value}\n")
     except OSError as exc:
-        raise UnavailableError(f"cannot set {key}={value}: {exc.strerror}",
-                               hint="pyinspect needs root for bridge networking") from None
+        raise UnavailableError(
+            f"cannot set {key}={value}: {exc.strerror}",
+            hint="pyinspect needs root for bridge networking",
+        ) from None
 
 
 def ensure(state: dict, key: str, value: object, required: bool = True) -> bool:
@@ -85,5 +91,12 @@ def report(states: tuple | list = ()) -> list[dict]:
     changed = {}
     for state in states:
         changed.update(state.get("sysctls", {}))
-    return [{"key": key, "value": read(key), "changed_by_pyinspect": key in changed,
-             "before": changed.get(key, {}).get("before")} for key in REPORTED]
+    return [
+        {
+            "key": key,
+            "value": read(key),
+            "changed_by_pyinspect": key in changed,
+            "before": changed.get(key, {}).get("before"),
+        }
+        for key in REPORTED
+    ]

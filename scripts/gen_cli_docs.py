@@ -37,9 +37,14 @@ bad arguments, damaged stores and damaged records, and checks both promises.
 
 def _context(command, name, parent):
     # what `COLUMNS=80 pyinspect ... --help` prints: click wraps at the terminal width - 2
-    return click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH - 2,
-                         max_content_width=WIDTH,
-                         help_option_names=["-h", "--help"])
+    return click.Context(
+        command,
+        info_name=name,
+        parent=parent,
+        terminal_width=WIDTH - 2,
+        max_content_width=WIDTH,
+        help_option_names=["-h", "--help"],
+    )
 
 
 def walk(command=cli, name="pyinspect", parent=None):
@@ -50,8 +55,10 @@ def walk(command=cli, name="pyinspect", parent=None):
         for sub in command.list_commands(ctx):
             child = command.get_command(ctx, sub)
             if child is None:
-                raise SystemExit(f"gen_cli_docs: command {sub!r} cannot be loaded "
-                                 f"(module pyinspect.commands.{COMMANDS[sub][0]} missing?)")
+                raise SystemExit(
+                    f"gen_cli_docs: command {sub!r} cannot be loaded "
+                    f"(module pyinspect.commands.{COMMANDS[sub][0]} missing?)"
+                )
             yield from walk(child, sub, ctx)
 
 
@@ -68,8 +75,10 @@ def main(argv=None):
     text = render()
     if "--check" in argv:
         if not DOC.exists() or DOC.read_text() != text:
-            print(f"{DOC} is out of date: run .venv/bin/python scripts/gen_cli_docs.py",
-                  file=sys.stderr)
+            print(
+                f"{DOC} is out of date: run .venv/bin/python scripts/gen_cli_docs.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     DOC.write_text(text)

@@ -16,12 +16,13 @@ import subprocess
 import time
 from typing import NamedTuple
 
-SNAPLEN = 262144        # tcpdump's default: whole packets
+SNAPLEN = 262144  # tcpdump's default: whole packets
 
 
 class Point(NamedTuple):
     """One capture point: `name` is its pcapng interface name in a trace's file (as
     pyinspect.pcap_export.point_name gives it), `iface` its interface in netns `ns`."""
+
     name: str
     ns: str
     iface: str
@@ -31,11 +32,13 @@ class Point(NamedTuple):
 def trace_points(host_ns, uplink, bridge, veth, ctr_ns, container, ctr_iface="eth0"):
     """The four points of a container behind a bridge: uplink, bridge, host veth, eth0."""
     from pyinspect.pcap_export import point_name
-    return [Point(point_name(uplink, "uplink", container), host_ns, uplink, "uplink"),
-            Point(point_name(bridge, "bridge", container), host_ns, bridge, "bridge"),
-            Point(point_name(veth, "veth", container), host_ns, veth, "veth"),
-            Point(point_name(ctr_iface, "container", container), ctr_ns, ctr_iface,
-                  "container")]
+
+    return [
+        Point(point_name(uplink, "uplink", container), host_ns, uplink, "uplink"),
+        Point(point_name(bridge, "bridge", container), host_ns, bridge, "bridge"),
+        Point(point_name(veth, "veth", container), host_ns, veth, "veth"),
+        Point(point_name(ctr_iface, "container", container), ctr_ns, ctr_iface, "container"),
+    ]
 
 
 def in_ns(ns, *argv):
@@ -51,22 +54,35 @@ class Tcpdump:
     handed over when full or after 1 s: stop it 1 s or more after the last packet, or that
     block is lost ("received by filter" > "captured")."""
 
-    def __init__(self, ns, iface, path, snaplen=SNAPLEN, immediate=False, extra=(),
-                 timeout=10):
+    def __init__(self, ns, iface, path, snaplen=SNAPLEN, immediate=False, extra=(), timeout=10):
         self.ns, self.iface, self.path = ns, iface, str(path)
-        self.argv = in_ns(ns, "tcpdump", "-i", iface, "-w", self.path, "-s", str(snaplen),
-                          "-p", "-n", "-Z", "root", "--time-stamp-precision=nano",
-                          *(["--immediate-mode"] if immediate else []), *extra)
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.argv = in_ns(
+            ns,
+            "tcpdump",
+            "-i",
+            iface,
+            "-w",
+            self.path,
+            "-s",
+            str(snaplen),
+            "-p",
+            "-n",
+            "-Z",
+            "root",
+            "--time-stamp-precision=nano",
+            *(["--immediate-mode"] if immediate else []),
+            *extra,
+        )
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.err = b""
         deadline = time.monotonic() + timeout
         while b"listening on" not in self.err:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
                 self.kill()
-                raise RuntimeError(f"tcpdump on {iface} in {ns} did not start: "
-                                   f"{self.err.decode(errors='replace')}")
+                raise RuntimeError(
+                    f"tcpdump on {iface} in {ns} did not start: {self.err.decode(errors='replace')}"
+                )
             if select.select([self.proc.stderr], [], [], left)[0]:
                 chunk = self.proc.stderr.read1(4096)
                 if not chunk:
@@ -86,8 +102,12 @@ class Tcpdump:
         def num(what):
             m = re.search(rf"(\d+) packets? {what}", text)
             return int(m.group(1)) if m else None
-        return {"captured": num("captured"), "received": num("received by filter"),
-                "dropped": num("dropped by kernel")}
+
+        return {
+            "captured": num("captured"),
+            "received": num("received by filter"),
+            "dropped": num("dropped by kernel"),
+        }
 
     def kill(self):
         if self.proc.poll() is None:
@@ -128,7 +148,7 @@ class Tcpdumps:
 
 
 # -- reading captures fast (counting only; pyinspect.pcapng.read_packets gives the bytes) ---
-_PCAP_MAGIC = {0xa1b2c3d4: 1000, 0xa1b23c4d: 1}       # ns per timestamp fraction unit
+_PCAP_MAGIC = {0xA1B2C3D4: 1000, 0xA1B23C4D: 1}  # ns per timestamp fraction unit
 
 
 def count_packets(path, pcap_name=None, t0_ns=None, t1_ns=None):
@@ -140,13 +160,13 @@ def count_packets(path, pcap_name=None, t0_ns=None, t1_ns=None):
     with open(path, "rb") as f:
         try:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:          # empty file
+        except ValueError:  # empty file
             return counts
     with mm:
         lo = t0_ns if t0_ns is not None else -1
         hi = t1_ns if t1_ns is not None else 1 << 80
         timed = t0_ns is not None or t1_ns is not None
-        if len(mm) >= 4 and struct.unpack_from("<I", mm, 0)[0] == 0x0a0d0d0a:
+        if len(mm) >= 4 and struct.unpack_from("<I", mm, 0)[0] == 0x0A0D0D0A:
             _count_pcapng(mm, counts, timed, lo, hi)
         else:
             _count_pcap(mm, counts, pcap_name, timed, lo, hi)
@@ -168,7 +188,7 @@ def _count_pcap(mm, counts, name, timed, lo, hi):
     while off + 16 <= end:
         sec, frac, caplen, _orig = rec.unpack_from(mm, off)
         if off + 16 + caplen > end:
-            break                   # a record cut short (the writer was killed)
+            break  # a record cut short (the writer was killed)
         if not timed or lo <= sec * 1_000_000_000 + frac * unit <= hi:
             n += 1
         off += 16 + caplen
@@ -179,13 +199,13 @@ def _count_pcapng(mm, counts, timed, lo, hi):
     end = len(mm)
     off = 0
     e = "<"
-    names, scale = [], []           # per interface of the current section
+    names, scale = [], []  # per interface of the current section
     per_if = collections.Counter()
     hdr = epb = None
     while off + 12 <= end:
         btype = struct.unpack_from(e + "I", mm, off)[0]
-        if btype == 0x0a0d0d0a:     # section header: byte order, interfaces start again
-            e = "<" if struct.unpack_from("<I", mm, off + 8)[0] == 0x1a2b3c4d else ">"
+        if btype == 0x0A0D0D0A:  # section header: byte order, interfaces start again
+            e = "<" if struct.unpack_from("<I", mm, off + 8)[0] == 0x1A2B3C4D else ">"
             hdr, epb = struct.Struct(e + "II"), struct.Struct(e + "IIII")
             for i, c in per_if.items():
                 counts[names[i]] += c
@@ -193,27 +213,27 @@ def _count_pcapng(mm, counts, timed, lo, hi):
             names, scale = [], []
         btype, blen = hdr.unpack_from(mm, off)
         if blen < 12 or off + blen > end:
-            break                   # cut short
-        if btype == 6:              # enhanced packet block
+            break  # cut short
+        if btype == 6:  # enhanced packet block
             if_id, ts_hi, ts_lo, _caplen = epb.unpack_from(mm, off + 8)
             if not timed or lo <= ((ts_hi << 32) | ts_lo) * scale[if_id] <= hi:
                 per_if[if_id] += 1
-        elif btype == 3:            # simple packet block: interface 0, no timestamp
+        elif btype == 3:  # simple packet block: interface 0, no timestamp
             if not timed:
                 per_if[0] += 1
-        elif btype == 1:            # interface description block
-            name, res = f"#{len(names)}", 1000   # default resolution: microseconds
+        elif btype == 1:  # interface description block
+            name, res = f"#{len(names)}", 1000  # default resolution: microseconds
             o, stop = off + 16, off + blen - 4
             while o + 4 <= stop:
                 code, ln = struct.unpack_from(e + "HH", mm, o)
                 if code == 0:
                     break
-                val = mm[o + 4:o + 4 + ln]
+                val = mm[o + 4 : o + 4 + ln]
                 if code == 2:
                     name = val.decode(errors="replace")
                 elif code == 9:
                     r = val[0]
-                    res = (10 ** 9 // 10 ** r) if not r & 0x80 else 10 ** 9 / 2 ** (r & 0x7f)
+                    res = (10**9 // 10**r) if not r & 0x80 else 10**9 / 2 ** (r & 0x7F)
                 o += 4 + ((ln + 3) & ~3)
             names.append(name)
             scale.append(res)
@@ -233,7 +253,7 @@ class Counters:
         try:
             for ns in dict.fromkeys(namespaces):
                 self.holders[ns] = subprocess.Popen(in_ns(ns, "sleep", "infinity"))
-            for ns, p in self.holders.items():      # nsenter execs sleep: same pid, once in
+            for ns, p in self.holders.items():  # nsenter execs sleep: same pid, once in
                 want = f"/run/netns/{ns}"
                 deadline = time.monotonic() + 5
                 while _netns_ino(p.pid) != _ino(want):

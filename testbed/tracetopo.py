@@ -10,12 +10,13 @@ Nothing here touches the machine's own namespace except creating/removing named 
 """
 
 import json
-import re
 import os
+import re
 import subprocess
 import uuid
 
 from pyinspect.proc import delete_netns
+
 from .waits import wait_listen
 
 
@@ -30,8 +31,9 @@ def sh(ns, script, check=True, timeout=60):
 class Topology:
     """client, host, upstream and N container namespaces; `close()` removes all of them."""
 
-    def __init__(self, prefix="pt", containers=1, listen=True, dnat_port=8088, net=None,
-                 backend="legacy"):
+    def __init__(
+        self, prefix="pt", containers=1, listen=True, dnat_port=8088, net=None, backend="legacy"
+    ):
         tag = uuid.uuid4().hex[:5]
         self.n = net if net is not None else (int(tag, 16) % 200) + 20
         self.host = f"{prefix}-h-{tag}"
@@ -65,7 +67,9 @@ class Topology:
         for ns in (self.host, self.client, self.upstream, *self.ctrs):
             self._netns(ns)
         h = self.host
-        sh(h, f"""
+        sh(
+            h,
+            f"""
             sysctl -qw net.ipv4.ip_forward=1
             ip link add up0 type veth peer name eth0 netns {self.client}
             ip addr add {self.host_ip}/24 dev up0 && ip link set up0 up
@@ -73,26 +77,36 @@ class Topology:
             ip addr add {self.wan_ip}/24 dev wan0 && ip link set wan0 up
             ip link add {self.bridge} type bridge && ip link set {self.bridge} up
             ip addr add {self.gateway}/24 dev {self.bridge}
-        """)
+        """,
+        )
         sh(self.client, f"ip addr add {self.client_ip}/24 dev eth0 && ip link set eth0 up")
         sh(self.upstream, f"ip addr add {self.upstream_ip}/24 dev eth0 && ip link set eth0 up")
         for i, (ns, ip) in enumerate(zip(self.ctrs, self.ctr_ips)):
-            sh(h, f"""
+            sh(
+                h,
+                f"""
                 ip link add vc{i} type veth peer name eth0 netns {ns}
                 ip link set vc{i} master {self.bridge} && ip link set vc{i} up
-            """)
-            sh(ns, f"""
+            """,
+            )
+            sh(
+                ns,
+                f"""
                 ip addr add {ip}/24 dev eth0 && ip link set eth0 up
                 ip route add default via {self.gateway}
-            """)
+            """,
+            )
         # like the runtime (legacy backend; or nft): DNAT for outside traffic, MASQUERADE
         ipt = self.ipt
-        sh(h, f"""
+        sh(
+            h,
+            f"""
             {ipt} -w -t nat -A PREROUTING ! -i {self.bridge} -p tcp --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
             {ipt} -w -t nat -A OUTPUT -p tcp -d {self.host_ip} --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
             {ipt} -w -t nat -A POSTROUTING -s {self.subnet} ! -o {self.bridge} -j MASQUERADE
             {ipt} -w -A FORWARD -j ACCEPT
-        """)
+        """,
+        )
         if listen:
             self.serve(0)
 
@@ -103,9 +117,11 @@ class Topology:
         os.makedirs(www, exist_ok=True)
         with open(f"{www}/index.html", "w") as f:
             f.write(f"hello from {ns}\n")
-        p = subprocess.Popen(["ip", "netns", "exec", ns, "busybox", "httpd", "-f",
-                              "-p", str(port), "-h", www],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", str(port), "-h", www],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.procs.append(p)
         wait_listen(ns, port)
         return p
@@ -116,9 +132,23 @@ class Topology:
         os.makedirs(www, exist_ok=True)
         with open(f"{www}/index.html", "w") as f:
             f.write("upstream says hi\n")
-        p = subprocess.Popen(["ip", "netns", "exec", self.upstream, "busybox", "httpd", "-f",
-                              "-p", str(port), "-h", www],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.upstream,
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                str(port),
+                "-h",
+                www,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.procs.append(p)
         wait_listen(self.upstream, port)
         return p
@@ -127,8 +157,9 @@ class Topology:
         """wget from the client (default) to http://HOST:8088/; returns the CompletedProcess."""
         ns = ns or self.client
         url = url or f"http://{self.host_ip}:{self.dnat_port}/"
-        return sh(ns, f"timeout {timeout} busybox wget -q -O- {url}", check=False,
-                  timeout=timeout + 10)
+        return sh(
+            ns, f"timeout {timeout} busybox wget -q -O- {url}", check=False, timeout=timeout + 10
+        )
 
     def forward_policy_drop(self):
         sh(self.host, f"{self.ipt} -w -D FORWARD -j ACCEPT; {self.ipt} -w -P FORWARD DROP")

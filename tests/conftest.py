@@ -69,8 +69,14 @@ class Netns:
         return f"/run/netns/{self.name}"
 
     def run(self, *cmd, check=True, timeout=60, **kw):
-        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], check=check,
-                              capture_output=True, text=True, timeout=timeout, **kw)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *cmd],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
 
     def sh(self, script, check=True, timeout=60):
         return self.run("sh", "-c", script, check=check, timeout=timeout)
@@ -111,13 +117,19 @@ class Cli:
         return base
 
     def __call__(self, *args, check=True, timeout=120, input=None, env=None):
-        proc = subprocess.run(self.argv(*args), capture_output=True, text=True,
-                              timeout=timeout, input=input,
-                              env={**os.environ, **(env or {})})
+        proc = subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env={**os.environ, **(env or {})},
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"pyinspect {' '.join(map(str, args))} exited {proc.returncode}\n"
-                f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+            )
         return proc
 
 
@@ -141,6 +153,7 @@ def have(tool):
 def runc(tmp_path):
     """runc_helpers.Runc on a temp dir; every container it started is removed afterwards."""
     from helpers.runc_helpers import Runc
+
     if not shutil.which("runc"):
         pytest.skip("runc is not installed")
     r = Runc(tmp_path)

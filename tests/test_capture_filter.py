@@ -15,27 +15,33 @@ import struct
 import time
 
 import pytest
+
 from pyinspect import pcapng
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
 from pyinspect.trace.evidence import Interface, SegmentFiles
+
 from testbed.waits import wait_for
 
 pytestmark = pytest.mark.root
 
-CONTAINER_IP = "10.213.0.10"      # behind the "host": reached through a route, never lives
+CONTAINER_IP = "10.213.0.10"  # behind the "host": reached through a route, never lives
 HOST_IP, CLIENT_IP = "10.212.0.1", "10.212.0.2"
-HOST_IP2 = "10.212.0.3"           # another address of the host: 5353 is not published there
+HOST_IP2 = "10.212.0.3"  # another address of the host: 5353 is not published there
 
 
 @pytest.fixture
 def wire(make_netns):
     host, client = make_netns("pcf-h"), make_netns("pcf-c")
-    host.sh(f"ip link add up0 type veth peer name eth0 netns {client.name} && "
-            f"ip addr add {HOST_IP}/24 dev up0 && ip addr add {HOST_IP2}/24 dev up0 && "
-            "ip link set up0 up")
-    client.sh(f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up && "
-              f"ip route add 10.213.0.0/24 via {HOST_IP}")
+    host.sh(
+        f"ip link add up0 type veth peer name eth0 netns {client.name} && "
+        f"ip addr add {HOST_IP}/24 dev up0 && ip addr add {HOST_IP2}/24 dev up0 && "
+        "ip link set up0 up"
+    )
+    client.sh(
+        f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up && "
+        f"ip route add 10.213.0.0/24 via {HOST_IP}"
+    )
     ifindex = int(host.sh("cat /sys/class/net/up0/ifindex").stdout)
     return host, client, ifindex
 
@@ -55,8 +61,12 @@ def map_keys(cap, name, keytype):
     out, prev = [], None
     while True:
         key = keytype()
-        if _libbpf.bpf_map_get_next_key(fd, ctypes.byref(prev) if prev is not None else None,
-                                        ctypes.byref(key)) != 0:
+        if (
+            _libbpf.bpf_map_get_next_key(
+                fd, ctypes.byref(prev) if prev is not None else None, ctypes.byref(key)
+            )
+            != 0
+        ):
             return out
         out.append(key)
         prev = key
@@ -65,8 +75,7 @@ def map_keys(cap, name, keytype):
 def evidence(cap, directory, npoints=1):
     """Every packet of the evidence the capture holds now, written into a segment file
     and read back (pcapng.Packet)."""
-    files = SegmentFiles(directory, [Interface(f"p{i}", "", cap.snaplen)
-                                     for i in range(npoints)])
+    files = SegmentFiles(directory, [Interface(f"p{i}", "", cap.snaplen) for i in range(npoints)])
     for ch in cap.chunks():
         files.write(ch.parts, sum(len(p) for p in ch.parts))
         cap.consumed(ch)
@@ -101,26 +110,31 @@ def test_filter_keeps_exactly_the_targets_packets(wire, tmp_path, as_constants):
     host, client, ifindex = wire
     addrs = [CONTAINER_IP]
     ports = [("", 8088, "tcp"), (HOST_IP, 5353, "udp")]
-    if not as_constants:         # never-used addresses and ports first: past the constants
+    if not as_constants:  # never-used addresses and ports first: past the constants
         addrs = _decoys(packets.NCONST_ADDRS, 1) + addrs
-        ports = [(ip, 6000 + i, "udp") for i, ip in
-                 enumerate(_decoys(packets.NCONST_PORTS - 1, 2))] + ports
+        ports = [
+            (ip, 6000 + i, "udp") for i, ip in enumerate(_decoys(packets.NCONST_PORTS - 1, 2))
+        ] + ports
     target = packets.Target(addrs=addrs, ports=ports)
     cfg = packets.make_config([], target, 256, 4096)
-    assert (cfg.naddrs <= packets.NCONST_ADDRS and cfg.nports <= packets.NCONST_PORTS) == \
-        as_constants, (cfg.naddrs, cfg.nports)
+    assert (
+        cfg.naddrs <= packets.NCONST_ADDRS and cfg.nports <= packets.NCONST_PORTS
+    ) == as_constants, (cfg.naddrs, cfg.nports)
     point = packets.CapturePoint("up0", ifindex, host.path, "filtered", "uplink")
     with packets.PacketCapture([point], target) as cap:
         # the maps are filled only when they serve
-        assert len(map_keys(cap, "addrs", ctypes.c_uint32)) == (0 if as_constants else
-                                                                len(addrs))
-        assert len(map_keys(cap, "ports", packets._PortKey)) == (0 if as_constants else
-                                                                 len(ports))
+        assert len(map_keys(cap, "addrs", ctypes.c_uint32)) == (0 if as_constants else len(addrs))
+        assert len(map_keys(cap, "ports", packets._PortKey)) == (0 if as_constants else len(ports))
         t0 = time.time_ns()
         client.run("python3", "-c", SENDER)
         # a TCP SYN to the published port (refused with a RST: both directions cross up0)
-        client.run("python3", "-c", "import socket; s = socket.socket(); s.settimeout(2)\n"
-                   f"try: s.connect(('{HOST_IP}', 8088))\nexcept OSError: pass", check=False)
+        client.run(
+            "python3",
+            "-c",
+            "import socket; s = socket.socket(); s.settimeout(2)\n"
+            f"try: s.connect(('{HOST_IP}', 8088))\nexcept OSError: pass",
+            check=False,
+        )
         wait_for(lambda: counts(cap)[0] >= 3 + 4 + 2, 5, 0.05, "9 packets seen")
         time.sleep(0.2)
         got = counts(cap)
@@ -131,13 +145,18 @@ def test_filter_keeps_exactly_the_targets_packets(wire, tmp_path, as_constants):
     assert len(records) == 9
     assert sorted(r.direction for r in records) == ["in"] * 8 + ["out"]
     assert all(r.point == 0 and abs(r.ts_ns - t0) < 10**9 for r in records)
-    udp = sorted((socket.inet_ntoa(r.data[30:34]), struct.unpack("!H", r.data[36:38])[0])
-                 for r in records if r.data[23] == 17)
+    udp = sorted(
+        (socket.inet_ntoa(r.data[30:34]), struct.unpack("!H", r.data[36:38])[0])
+        for r in records
+        if r.data[23] == 17
+    )
     assert udp == sorted([(CONTAINER_IP, 5000)] * 3 + [(HOST_IP, 5353)] * 4), udp
     # the evidence holds the same 9 packets, whole
     assert sorted(p.data for p in kept) == sorted(r.data for r in records)
-    assert all(len(p.data) == p.orig_len == r.len for p, r in
-               zip(sorted(kept, key=lambda p: p.data), sorted(records, key=lambda r: r.data)))
+    assert all(
+        len(p.data) == p.orig_len == r.len
+        for p, r in zip(sorted(kept, key=lambda p: p.data), sorted(records, key=lambda r: r.data))
+    )
 
 
 def _budgeted_capture(wire, before_start, after_start=None):
@@ -172,7 +191,7 @@ def test_budget_with_burst_keeps_what_was_left(wire, burst):
     token bucket); without, it replaces it."""
     # nothing is sent before the refill: 3 are left
     got, records = _budgeted_capture(wire, (3,), (2, burst))
-    kept = 2 if burst is None else 4                  # replaced; or min(4, 3 + 2)
+    kept = 2 if burst is None else 4  # replaced; or min(4, 3 + 2)
     assert got == (7, 0, 0, 7 - kept, 0), got
     assert len(records) == kept
 
@@ -188,12 +207,11 @@ for sport, dport in ((7000, 9999), (41000, 9998)):
 
 
 @pytest.mark.parametrize("container_ports", [1, packets.NCONST_PORTS + 1])
-def test_learn_point_skips_replies_from_published_ports_unless_too_many(wire,
-                                                                        container_ports):
+def test_learn_point_skips_replies_from_published_ports_unless_too_many(wire, container_ports):
     """Where the container's packets enter the host, its outbound flows are learned for the
     uplinks, except packets from its published ports (replies): those are known up to
     NCONST_PORTS constant ports; beyond that every flow is learned."""
-    host, client, ifindex = wire                # the client plays the container here
+    host, client, ifindex = wire  # the client plays the container here
     cports = [(7000, "udp")] + [(7100 + i, "tcp") for i in range(container_ports - 1)]
     target = packets.Target(addrs=[CLIENT_IP], container_ports=cports)
     many = container_ports > packets.NCONST_PORTS
@@ -202,11 +220,19 @@ def test_learn_point_skips_replies_from_published_ports_unless_too_many(wire,
     with packets.PacketCapture([point], target) as cap:
         client.run("python3", "-c", LEARN_SENDER)
         # ARP also counts as seen here: wait for the last packet sent to be learned instead
-        flows = wait_for(lambda: [k for k in map_keys(cap, "flows", packets._FlowKey)
-                                  if k.local_port == 41000] and
-                         map_keys(cap, "flows", packets._FlowKey), 5, 0.05, "flow learned")
-    learned = sorted((k.local_port, socket.inet_ntoa(struct.pack("<I", k.peer_ip)),
-                      k.peer_port, k.proto) for k in flows)
+        flows = wait_for(
+            lambda: (
+                [k for k in map_keys(cap, "flows", packets._FlowKey) if k.local_port == 41000]
+                and map_keys(cap, "flows", packets._FlowKey)
+            ),
+            5,
+            0.05,
+            "flow learned",
+        )
+    learned = sorted(
+        (k.local_port, socket.inet_ntoa(struct.pack("<I", k.peer_ip)), k.peer_port, k.proto)
+        for k in flows
+    )
     expect = [(41000, HOST_IP, 9998, socket.IPPROTO_UDP)]
     if many:
         expect.insert(0, (7000, HOST_IP, 9999, socket.IPPROTO_UDP))
@@ -215,7 +241,7 @@ def test_learn_point_skips_replies_from_published_ports_unless_too_many(wire,
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
-VNET_HDR = struct.Struct("<BBHHHH")       # struct virtio_net_hdr: flags, gso_type, hdr_len..
+VNET_HDR = struct.Struct("<BBHHHH")  # struct virtio_net_hdr: flags, gso_type, hdr_len..
 
 
 @pytest.fixture
@@ -223,11 +249,10 @@ def tap(make_netns):
     """A tap (with a virtio-net header) in a namespace of its own: what is written to the
     fd arrives on tap0 as received, tc ingress included. Gone when the fd closes."""
     host = make_netns("pcf-t")
-    with in_netns(host.path):                    # a tap lives where /dev/net/tun was opened
+    with in_netns(host.path):  # a tap lives where /dev/net/tun was opened
         fd = os.open("/dev/net/tun", os.O_RDWR)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"tap0",
-                                              IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"tap0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
         host.sh("ip link set tap0 up")
         ifindex = int(host.sh("cat /sys/class/net/tap0/ifindex").stdout)
         yield host, fd, ifindex
@@ -250,18 +275,20 @@ def test_filter_reads_headers_outside_the_linear_data(tap, tmp_path, payload, ev
     host, fd, ifindex = tap
     eth = Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:02")
     body = b"x" * payload
-    frames = [bytes(f) for f in (
-        eth / IP(src=CLIENT_IP, dst=CONTAINER_IP) / UDP(sport=40000, dport=5000) / body,
-        eth / IP(src=CLIENT_IP, dst=HOST_IP) / UDP(sport=40000, dport=9999) / body,
-        eth / IP(src=CLIENT_IP, dst=HOST_IP) / UDP(sport=40000, dport=5353) / body,
-        eth / IP(src=CLIENT_IP, dst=HOST_IP) / TCP(sport=40001, dport=8088, flags="S") / body,
-        eth / IP(src=CLIENT_IP, dst=HOST_IP) / TCP(sport=40001, dport=8088, flags="A") / body,
-    )]
-    target = packets.Target(addrs=[CONTAINER_IP],
-                            ports=[("", 8088, "tcp"), (HOST_IP, 5353, "udp")])
+    frames = [
+        bytes(f)
+        for f in (
+            eth / IP(src=CLIENT_IP, dst=CONTAINER_IP) / UDP(sport=40000, dport=5000) / body,
+            eth / IP(src=CLIENT_IP, dst=HOST_IP) / UDP(sport=40000, dport=9999) / body,
+            eth / IP(src=CLIENT_IP, dst=HOST_IP) / UDP(sport=40000, dport=5353) / body,
+            eth / IP(src=CLIENT_IP, dst=HOST_IP) / TCP(sport=40001, dport=8088, flags="S") / body,
+            eth / IP(src=CLIENT_IP, dst=HOST_IP) / TCP(sport=40001, dport=8088, flags="A") / body,
+        )
+    ]
+    target = packets.Target(addrs=[CONTAINER_IP], ports=[("", 8088, "tcp"), (HOST_IP, 5353, "udp")])
     point = packets.CapturePoint("tap0", ifindex, host.path, "filtered", "uplink")
     cap = packets.PacketCapture([point], target)
-    cap.set_budget(0)            # only the SYN, on the control budget, is analysed
+    cap.set_budget(0)  # only the SYN, on the control budget, is analysed
     cap.set_evidence(evidence_on)
     with cap:
         for frame in frames:
@@ -278,7 +305,7 @@ def test_filter_reads_headers_outside_the_linear_data(tap, tmp_path, payload, ev
     syn = frames[3]
     r = records[0]
     assert (r.direction, r.len) == ("in", len(syn))
-    assert r.data == syn[:packets.ASNAP]
+    assert r.data == syn[: packets.ASNAP]
     assert (r.stream_pos >= 0) == evidence_on
     matched = [frames[i] for i in (0, 2, 3, 4)]
     assert [p.data for p in kept] == (matched if evidence_on else [])

@@ -2,9 +2,9 @@
 
 import subprocess
 
-from conftest import PYINSPECT
-
 from pyinspect.cli import COMMANDS, cli
+
+from conftest import PYINSPECT
 
 
 def test_help_lists_every_command():

@@ -24,11 +24,18 @@ from conftest import Cli, Netns, unique
 
 pytestmark = pytest.mark.root
 
-MISSING = "/pq-missing-dir"          # never created; a path for "no such file/dir"
+MISSING = "/pq-missing-dir"  # never created; a path for "no such file/dir"
 # container names are global here (the runtime names their netns after them): unique per run
 RUN = uuid.uuid4().hex[:6]
 KEEP, DONE, WEB = f"pq-keep-{RUN}", f"pq-done-{RUN}", f"pq-web-{RUN}"
-TABLES = ("events", "trace_sessions", "capture_points", "pcap_segments", "packet_index", "probe_loss")
+TABLES = (
+    "events",
+    "trace_sessions",
+    "capture_points",
+    "pcap_segments",
+    "packet_index",
+    "probe_loss",
+)
 
 
 def error_line(proc):
@@ -44,8 +51,9 @@ def error_line(proc):
     assert proc.returncode != 70 and "internal error" not in both, both
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     if lines and lines[0].startswith("Usage: "):
-        assert len(lines) == 3 and lines[1].startswith("Try '") and \
-            lines[1].endswith("for help."), proc.stderr
+        assert (
+            len(lines) == 3 and lines[1].startswith("Try '") and lines[1].endswith("for help.")
+        ), proc.stderr
         lines = lines[2:]
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     return lines[0]
@@ -56,11 +64,18 @@ def snapshot(root):
     out = {}
     for rel in ("images/repositories.json",):
         out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()
-    for pattern in ("images/configs/*", "names/*", "containers/*/config.json",
-                    "containers/*/state.json"):
+    for pattern in (
+        "images/configs/*",
+        "names/*",
+        "containers/*/config.json",
+        "containers/*/state.json",
+    ):
         for p in sorted(root.glob(pattern)):
-            out[str(p.relative_to(root))] = (f"-> {os.readlink(p)}" if p.is_symlink() else
-                                             hashlib.sha256(p.read_bytes()).hexdigest())
+            out[str(p.relative_to(root))] = (
+                f"-> {os.readlink(p)}"
+                if p.is_symlink()
+                else hashlib.sha256(p.read_bytes()).hexdigest()
+            )
     out["blobs"] = sorted((p.name, p.stat().st_size) for p in (root / "images/blobs").iterdir())
     conn = sqlite3.connect(f"file:{root / 'pyinspect.db'}?mode=ro", uri=True)
     try:
@@ -76,15 +91,33 @@ def seed_store(root):
     """A store with events, a trace session, its capture point, packets and loss rows."""
     from pyinspect.config import database_path
     from pyinspect.store import Store
+
     now = time.time_ns()
     with Store(database_path(root)) as store:
-        store.insert_events([{"ts_ns": now - i * 1000, "kind": "exec", "pid": 100 + i,
-                              "comm": "sh", "container_name": KEEP,
-                              "detail": {"argv": ["sh", str(i)]}} for i in range(50)])
+        store.insert_events(
+            [
+                {
+                    "ts_ns": now - i * 1000,
+                    "kind": "exec",
+                    "pid": 100 + i,
+                    "comm": "sh",
+                    "container_name": KEEP,
+                    "detail": {"argv": ["sh", str(i)]},
+                }
+                for i in range(50)
+            ]
+        )
         from helpers.segfiles import Pkt, add_trace
-        add_trace(store, "pq-traced", [("eth0", "pq-traced/eth0")],
-                  [[[Pkt(0, now - 10**8 + i, bytes([i]) * 60, "in") for i in range(5)]]],
-                  cid="c" * 64, started=now - 10**9, stopped=now)
+
+        add_trace(
+            store,
+            "pq-traced",
+            [("eth0", "pq-traced/eth0")],
+            [[[Pkt(0, now - 10**8 + i, bytes([i]) * 60, "in") for i in range(5)]]],
+            cid="c" * 64,
+            started=now - 10**9,
+            stopped=now,
+        )
         store.db["probe_loss"].insert({"ts_ns": now, "probe": "process", "lost": 3})
 
 
@@ -101,19 +134,23 @@ def world(tmp_path_factory):
         cli("run", "-d", "--name", KEEP, "--net", "none", "busybox", "sleep", "600")
         cli("run", "--name", DONE, "--net", "none", "busybox", "true")
         # bridge mode: the bridge, veth and DNAT rules live in the test's namespace
-        cli("run", "-d", "--name", WEB, "-p", "8088:80", "busybox", "httpd", "-f",
-            "-p", "80")
+        cli("run", "-d", "--name", WEB, "-p", "8088:80", "busybox", "httpd", "-f", "-p", "80")
         seed_store(root)
         cli("pcap", "export", "--session", "1", "-o", files / "good.pcapng")
         good = (files / "good.pcapng").read_bytes()
-        (files / "trunc.pcapng").write_bytes(good[:len(good) - 7])
+        (files / "trunc.pcapng").write_bytes(good[: len(good) - 7])
         (files / "garbage.pcap").write_bytes(b"garbage, not a capture\n" * 10)
         (files / "garbage.tar").write_bytes(b"not an archive\n" * 100)
         (files / "emptydir").mkdir()
         # something of the test's own holds a port in its namespace
-        listener = ns.popen(sys.executable, "-c", "import socket, time; s = socket.socket(); "
-                            "s.bind(('127.0.0.1', 8901)); s.listen(); print(1, flush=True); "
-                            "time.sleep(600)", stdout=subprocess.PIPE)
+        listener = ns.popen(
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.socket(); "
+            "s.bind(('127.0.0.1', 8901)); s.listen(); print(1, flush=True); "
+            "time.sleep(600)",
+            stdout=subprocess.PIPE,
+        )
         assert listener.stdout.readline().strip() == b"1"
         yield cli, root, files
     finally:
@@ -129,73 +166,144 @@ CASES = [
     ("unknown-option", ["info", "--pq-bogus"], 2, ["--pq-bogus"]),
     ("root-is-a-file", ["--root", "/etc/hostname", "ps"], 2, ["--root", "/etc/hostname"]),
     ("root-uncreatable-store", ["--root", "/proc/pq-root", "events"], 5, ["/proc/pq-root"]),
-    ("root-uncreatable-images", ["--root", "/proc/pq-root", "run", "--net", "none", "busybox",
-                                 "true"], 5, ["/proc/pq-root"]),
+    (
+        "root-uncreatable-images",
+        ["--root", "/proc/pq-root", "run", "--net", "none", "busybox", "true"],
+        5,
+        ["/proc/pq-root"],
+    ),
     # run: images, names, networks
     ("run-no-image-arg", ["run"], 2, ["IMAGE"]),
-    ("run-unknown-image", ["run", "--net", "none", "pq-nosuch-img", "true"], 3,
-     ["pq-nosuch-img"]),
-    ("run-name-taken", ["run", "--net", "none", "--name", KEEP, "busybox", "true"], 4,
-     [KEEP]),
-    ("run-bad-name", ["run", "--net", "none", "--name", "pq bad", "busybox", "true"], 2,
-     ["pq bad"]),
-    ("run-name-too-long", ["run", "--net", "none", "--name", "pq" * 100, "busybox", "true"], 2,
-     ["128 characters"]),
-    ("volume-then-bad-env", ["run", "--net", "none", "-v", "{f}/pq-newdir:/x", "-e", "=y",
-                             "busybox", "true"], 2, ["=y"]),
-    ("volume-then-unknown-image", ["run", "--net", "none", "-v", "{f}/pq-newdir:/x",
-                                   "pq-nosuch-img"], 3, ["pq-nosuch-img"]),
+    ("run-unknown-image", ["run", "--net", "none", "pq-nosuch-img", "true"], 3, ["pq-nosuch-img"]),
+    ("run-name-taken", ["run", "--net", "none", "--name", KEEP, "busybox", "true"], 4, [KEEP]),
+    (
+        "run-bad-name",
+        ["run", "--net", "none", "--name", "pq bad", "busybox", "true"],
+        2,
+        ["pq bad"],
+    ),
+    (
+        "run-name-too-long",
+        ["run", "--net", "none", "--name", "pq" * 100, "busybox", "true"],
+        2,
+        ["128 characters"],
+    ),
+    (
+        "volume-then-bad-env",
+        ["run", "--net", "none", "-v", "{f}/pq-newdir:/x", "-e", "=y", "busybox", "true"],
+        2,
+        ["=y"],
+    ),
+    (
+        "volume-then-unknown-image",
+        ["run", "--net", "none", "-v", "{f}/pq-newdir:/x", "pq-nosuch-img"],
+        3,
+        ["pq-nosuch-img"],
+    ),
     ("run-bad-net", ["run", "--net", "pq-bogus", "busybox", "true"], 2, ["pq-bogus"]),
-    ("run-net-unknown-container", ["run", "--net", "container:pq-nosuch", "busybox", "true"],
-     3, ["pq-nosuch"]),
+    (
+        "run-net-unknown-container",
+        ["run", "--net", "container:pq-nosuch", "busybox", "true"],
+        3,
+        ["pq-nosuch"],
+    ),
     # run: -p
     ("publish-text", ["run", "-p", "abc", "busybox", "true"], 2, ["abc"]),
     ("publish-port-range", ["run", "-p", "99999:80", "busybox", "true"], 2, ["99999"]),
     ("publish-port-zero", ["run", "-p", "0:80", "busybox", "true"], 2, ["0:80"]),
-    ("publish-too-many-parts", ["run", "-p", "8080:80:90", "busybox", "true"], 2,
-     ["8080:80:90"]),
+    ("publish-too-many-parts", ["run", "-p", "8080:80:90", "busybox", "true"], 2, ["8080:80:90"]),
     ("publish-bad-ip", ["run", "-p", "1.2.3:80:80", "busybox", "true"], 2, ["1.2.3"]),
     ("publish-bad-proto", ["run", "-p", "8080:80/xyz", "busybox", "true"], 2, ["xyz"]),
-    ("publish-taken", ["run", "-d", "--name", f"{WEB}-2", "-p", "8088:80", "busybox", "true"],
-     4, ["8088", WEB]),
-    ("publish-with-net-none", ["run", "--net", "none", "-p", "8080:80", "busybox", "true"], 2,
-     ["none"]),
+    (
+        "publish-taken",
+        ["run", "-d", "--name", f"{WEB}-2", "-p", "8088:80", "busybox", "true"],
+        4,
+        ["8088", WEB],
+    ),
+    (
+        "publish-with-net-none",
+        ["run", "--net", "none", "-p", "8080:80", "busybox", "true"],
+        2,
+        ["none"],
+    ),
     # run: --memory, --cpus, -e, -v, -w, --pids-limit
-    ("memory-unit", ["run", "--net", "none", "--memory", "12q", "busybox", "true"], 2,
-     ["12q"]),
+    ("memory-unit", ["run", "--net", "none", "--memory", "12q", "busybox", "true"], 2, ["12q"]),
     ("memory-negative", ["run", "--net", "none", "-m", "-5m", "busybox", "true"], 2, ["-5m"]),
     ("memory-text", ["run", "--net", "none", "-m", "lots", "busybox", "true"], 2, ["lots"]),
-    ("memory-huge", ["run", "--net", "none", "-m", "9" * 400 + "m", "busybox", "true"], 2,
-     ["too large"]),
+    (
+        "memory-huge",
+        ["run", "--net", "none", "-m", "9" * 400 + "m", "busybox", "true"],
+        2,
+        ["too large"],
+    ),
     ("cpus-nan", ["run", "--net", "none", "--cpus", "nan", "busybox", "true"], 2, ["nan"]),
-    ("pids-limit-huge", ["run", "--net", "none", "--pids-limit", "99999999999999999999",
-                         "busybox", "true"], 2, ["99999999999999999999"]),
+    (
+        "pids-limit-huge",
+        ["run", "--net", "none", "--pids-limit", "99999999999999999999", "busybox", "true"],
+        2,
+        ["99999999999999999999"],
+    ),
     ("cpus-text", ["run", "--net", "none", "--cpus", "abc", "busybox", "true"], 2, ["abc"]),
     ("cpus-zero", ["run", "--net", "none", "--cpus", "0", "busybox", "true"], 2, ["--cpus"]),
     ("cpus-negative", ["run", "--net", "none", "--cpus", "-1", "busybox", "true"], 2, ["-1"]),
     ("env-no-key", ["run", "--net", "none", "-e", "=x", "busybox", "true"], 2, ["=x"]),
-    ("env-empty", ["run", "--net", "none", "-e", "", "busybox", "true"], 2,
-     ["environment variable"]),
-    ("volume-no-colon", ["run", "--net", "none", "-v", "nocolon", "busybox", "true"], 2,
-     ["nocolon"]),
-    ("volume-relative-host", ["run", "--net", "none", "-v", "rel:/x", "busybox", "true"], 2,
-     ["rel:/x"]),
-    ("volume-relative-ctr", ["run", "--net", "none", "-v", "/tmp:rel", "busybox", "true"], 2,
-     ["/tmp:rel"]),
-    ("volume-bad-mode", ["run", "--net", "none", "-v", "/tmp:/x:zz", "busybox", "true"], 2,
-     ["zz"]),
+    (
+        "env-empty",
+        ["run", "--net", "none", "-e", "", "busybox", "true"],
+        2,
+        ["environment variable"],
+    ),
+    (
+        "volume-no-colon",
+        ["run", "--net", "none", "-v", "nocolon", "busybox", "true"],
+        2,
+        ["nocolon"],
+    ),
+    (
+        "volume-relative-host",
+        ["run", "--net", "none", "-v", "rel:/x", "busybox", "true"],
+        2,
+        ["rel:/x"],
+    ),
+    (
+        "volume-relative-ctr",
+        ["run", "--net", "none", "-v", "/tmp:rel", "busybox", "true"],
+        2,
+        ["/tmp:rel"],
+    ),
+    ("volume-bad-mode", ["run", "--net", "none", "-v", "/tmp:/x:zz", "busybox", "true"], 2, ["zz"]),
     ("workdir-relative", ["run", "--net", "none", "-w", "rel", "busybox", "true"], 2, ["rel"]),
-    ("volume-file-on-dir", ["run", "--rm", "--net", "none", "-v", "/etc/hostname:/etc",
-                            "busybox", "true"], 125, ["/etc", "Not a directory"]),
-    ("workdir-is-a-file", ["run", "--rm", "--net", "none", "-w", "/etc/passwd", "busybox",
-                           "true"], 125, ["/etc/passwd", "not a directory"]),
+    (
+        "volume-file-on-dir",
+        ["run", "--rm", "--net", "none", "-v", "/etc/hostname:/etc", "busybox", "true"],
+        125,
+        ["/etc", "Not a directory"],
+    ),
+    (
+        "workdir-is-a-file",
+        ["run", "--rm", "--net", "none", "-w", "/etc/passwd", "busybox", "true"],
+        125,
+        ["/etc/passwd", "not a directory"],
+    ),
     # (without --rm too: refused before any record is made)
-    ("workdir-is-a-file-kept", ["run", "--net", "none", "-w", "/etc/passwd", "busybox",
-                                "true"], 125, ["/etc/passwd", "not a directory"]),
-    ("workdir-below-a-file", ["run", "-d", "--net", "none", "-w", "/etc/passwd/x", "busybox",
-                              "true"], 125, ["/etc/passwd", "not a directory"]),
-    ("pids-limit-text", ["run", "--net", "none", "--pids-limit", "x", "busybox", "true"], 2,
-     ["--pids-limit"]),
+    (
+        "workdir-is-a-file-kept",
+        ["run", "--net", "none", "-w", "/etc/passwd", "busybox", "true"],
+        125,
+        ["/etc/passwd", "not a directory"],
+    ),
+    (
+        "workdir-below-a-file",
+        ["run", "-d", "--net", "none", "-w", "/etc/passwd/x", "busybox", "true"],
+        125,
+        ["/etc/passwd", "not a directory"],
+    ),
+    (
+        "pids-limit-text",
+        ["run", "--net", "none", "--pids-limit", "x", "busybox", "true"],
+        2,
+        ["--pids-limit"],
+    ),
     # container commands: unknown names, wrong state, bad options
     ("exec-unknown", ["exec", "pq-nosuch", "true"], 3, ["pq-nosuch"]),
     ("exec-no-command", ["exec", KEEP], 2, ["COMMAND"]),
@@ -220,29 +328,48 @@ CASES = [
     ("inspect-bad-template", ["inspect", "-f", "{{.PqNope}}", KEEP], 2, ["PqNope"]),
     ("inspect-unclosed-template", ["inspect", "-f", "{{.State", KEEP], 2, ["unclosed"]),
     ("ps-bad-template", ["ps", "--format", "{{pqfunc .ID}}"], 2, ["pqfunc"]),
-    ("run-bad-restart", ["run", "--restart", "pq-sometimes", "--net", "none", "busybox"], 2,
-     ["pq-sometimes"]),
-    ("run-restart-with-rm", ["run", "--rm", "--restart", "always", "--net", "none",
-                             "busybox"], 2, ["--restart", "--rm"]),
+    (
+        "run-bad-restart",
+        ["run", "--restart", "pq-sometimes", "--net", "none", "busybox"],
+        2,
+        ["pq-sometimes"],
+    ),
+    (
+        "run-restart-with-rm",
+        ["run", "--rm", "--restart", "always", "--net", "none", "busybox"],
+        2,
+        ["--restart", "--rm"],
+    ),
     ("autostart-extra-arg", ["autostart", "pq-extra"], 2, ["pq-extra"]),
-    ("install-service-no-dir", ["install-service", "--unit-dir", MISSING, "--no-enable"], 2,
-     [MISSING, "not a directory"]),
+    (
+        "install-service-no-dir",
+        ["install-service", "--unit-dir", MISSING, "--no-enable"],
+        2,
+        [MISSING, "not a directory"],
+    ),
     ("cp-unknown", ["cp", "pq-nosuch:/etc/hostname", "{f}/out"], 3, ["pq-nosuch"]),
     ("cp-no-container", ["cp", "a", "b"], 2, ["CONTAINER:PATH"]),
     ("cp-empty-path-in-src", ["cp", f"{KEEP}:", "{f}/out"], 2, ["empty path", f"{KEEP}:"]),
-    ("cp-empty-path-in-dest", ["cp", "{f}/good.pcapng", f"{KEEP}:"], 2,
-     ["empty path", f"{KEEP}:"]),
+    ("cp-empty-path-in-dest", ["cp", "{f}/good.pcapng", f"{KEEP}:"], 2, ["empty path", f"{KEEP}:"]),
     ("cp-empty-host-dest", ["cp", f"{KEEP}:/etc/hostname", ""], 2, ["empty path", "DEST"]),
     ("cp-empty-host-src", ["cp", "", f"{KEEP}:/tmp/"], 2, ["empty path", "SRC"]),
-    ("cp-missing-in-ctr", ["cp", f"{KEEP}:/pq-nonexistent", "{f}/out"], 3,
-     ["/pq-nonexistent"]),
-    ("cp-missing-on-host", ["cp", "{f}/pq-nonexistent", f"{KEEP}:/tmp/"], 3,
-     ["pq-nonexistent"]),
+    ("cp-missing-in-ctr", ["cp", f"{KEEP}:/pq-nonexistent", "{f}/out"], 3, ["/pq-nonexistent"]),
+    ("cp-missing-on-host", ["cp", "{f}/pq-nonexistent", f"{KEEP}:/tmp/"], 3, ["pq-nonexistent"]),
     # missing required arguments, command by command
-    *[(f"{cmd}-no-arg", [cmd], 2, [arg]) for cmd, arg in (
-        ("start", "CONTAINERS"), ("stop", "CONTAINERS"), ("restart", "CONTAINERS"),
-        ("kill", "CONTAINERS"), ("logs", "CONTAINER"), ("top", "CONTAINER"), ("cp", "SRC"),
-        ("rmi", "IMAGE"), ("tag", "SOURCE"))],
+    *[
+        (f"{cmd}-no-arg", [cmd], 2, [arg])
+        for cmd, arg in (
+            ("start", "CONTAINERS"),
+            ("stop", "CONTAINERS"),
+            ("restart", "CONTAINERS"),
+            ("kill", "CONTAINERS"),
+            ("logs", "CONTAINER"),
+            ("top", "CONTAINER"),
+            ("cp", "SRC"),
+            ("rmi", "IMAGE"),
+            ("tag", "SOURCE"),
+        )
+    ],
     ("cp-no-dest", ["cp", f"{KEEP}:/etc/hostname"], 2, ["DEST"]),
     ("export-no-output", ["pcap", "export", "--session", "1"], 2, ["--output"]),
     ("merge-no-output", ["pcap", "merge", "{f}/good.pcapng"], 2, ["--output"]),
@@ -256,8 +383,12 @@ CASES = [
     ("build-no-dockerfile", ["build", "{f}/emptydir"], 3, ["Dockerfile", "emptydir"]),
     ("build-missing-context", ["build", "{f}/pq-missing-ctx"], 3, ["pq-missing-ctx"]),
     ("build-bad-tag", ["build", "-t", "Bad:Tag!", "{f}/emptydir"], 2, ["Bad:Tag!"]),
-    ("build-garbage-dockerfile", ["build", "-f", "{f}/garbage.pcap", "{f}/emptydir"], 2,
-     ["line 1", "garbage"]),
+    (
+        "build-garbage-dockerfile",
+        ["build", "-f", "{f}/garbage.pcap", "{f}/emptydir"],
+        2,
+        ["line 1", "garbage"],
+    ),
     ("tag-unknown", ["tag", "pq-nosuch", "pq-x"], 3, ["pq-nosuch"]),
     ("tag-bad-target", ["tag", "busybox", "Pq Bad"], 2, ["Pq Bad"]),
     ("tag-missing-target", ["tag", "busybox"], 2, ["TARGET"]),
@@ -279,102 +410,263 @@ CASES = [
     # observe
     ("events-since-text", ["events", "--since", "bogus"], 2, ["bogus"]),
     ("events-since-negative", ["events", "--since", "-5m"], 2, ["-5m"]),
-    ("events-since-bad-date", ["events", "--since", "2026-13-45T00:00:00"], 2,
-     ["2026-13-45"]),
+    ("events-since-bad-date", ["events", "--since", "2026-13-45T00:00:00"], 2, ["2026-13-45"]),
     ("events-since-inf", ["events", "--since", "inf"], 2, ["inf"]),
-    ("events-since-huge-epoch", ["events", "--since", "99999999999999999999"], 2,
-     ["99999999999999999999"]),
-    ("events-since-huge-duration", ["events", "--since", "99999999999d"], 2,
-     ["99999999999d"]),
-    ("events-unknown-kind", ["events", "--kind", "exec", "--kind", "pq-bogus"], 2,
-     ["pq-bogus"]),
+    (
+        "events-since-huge-epoch",
+        ["events", "--since", "99999999999999999999"],
+        2,
+        ["99999999999999999999"],
+    ),
+    ("events-since-huge-duration", ["events", "--since", "99999999999d"], 2, ["99999999999d"]),
+    ("events-unknown-kind", ["events", "--kind", "exec", "--kind", "pq-bogus"], 2, ["pq-bogus"]),
     ("events-limit-zero", ["events", "--limit", "0"], 2, ["--limit"]),
     ("map-unknown-container", ["map", "-c", "pq-nosuch"], 3, ["pq-nosuch"]),
     # trace
     ("trace-no-container", ["trace"], 2, ["--container"]),
     ("trace-unknown", ["trace", "-c", "pq-nosuch", "--duration", "1"], 3, ["pq-nosuch"]),
     ("trace-port-zero", ["trace", "-c", KEEP, "--port", "0"], 2, ["--port"]),
-    ("trace-bad-filter", ["trace", "-c", KEEP, "--filter", "tcp port", "--duration", "1"],
-     2, ["tcp port"]),
-    ("trace-negative-snaplen", ["trace", "-c", KEEP, "--snaplen", "-5", "--duration", "1"],
-     2, ["-5"]),
-    ("trace-via-unknown", ["trace", "-c", WEB, "--via", "pq-noif", "--duration", "1"], 3,
-     ["pq-noif"]),
+    (
+        "trace-bad-filter",
+        ["trace", "-c", KEEP, "--filter", "tcp port", "--duration", "1"],
+        2,
+        ["tcp port"],
+    ),
+    (
+        "trace-negative-snaplen",
+        ["trace", "-c", KEEP, "--snaplen", "-5", "--duration", "1"],
+        2,
+        ["-5"],
+    ),
+    (
+        "trace-via-unknown",
+        ["trace", "-c", WEB, "--via", "pq-noif", "--duration", "1"],
+        3,
+        ["pq-noif"],
+    ),
     ("trace-net-none", ["trace", "-c", KEEP, "--duration", "1"], 5, [KEEP]),
     # extcap (a capture to stdout: nothing may be written before the failure)
-    ("extcap-no-interface", ["extcap", "--capture", "--fifo", "-"], 2,
-     ["--extcap-interface"]),
-    ("extcap-not-ours", ["extcap", "--extcap-interface", "pq-eth9", "--extcap-config"], 2,
-     ["pq-eth9"]),
-    ("extcap-unknown", ["extcap", "--extcap-interface", "pyinspect-pq-nosuch", "--capture",
-                        "--fifo", "-"], 3, ["pq-nosuch"]),
-    ("extcap-bad-filter", ["extcap", "--extcap-interface", f"pyinspect-{KEEP}", "--capture",
-                           "--fifo", "-", "--filter", "tcp port"], 2, ["tcp port"]),
-    ("extcap-bad-points", ["extcap", "--extcap-interface", f"pyinspect-{KEEP}", "--capture",
-                           "--fifo", "-", "--points", "veth,pq-bogus"], 2, ["pq-bogus"]),
-    ("extcap-missing-fifo", ["extcap", "--extcap-interface", f"pyinspect-{KEEP}",
-                             "--capture", "--fifo", f"{MISSING}/fifo"], 5, [MISSING]),
-    ("extcap-net-none", ["extcap", "--extcap-interface", f"pyinspect-{KEEP}", "--capture",
-                         "--fifo", "-"], 5, [KEEP]),
+    ("extcap-no-interface", ["extcap", "--capture", "--fifo", "-"], 2, ["--extcap-interface"]),
+    (
+        "extcap-not-ours",
+        ["extcap", "--extcap-interface", "pq-eth9", "--extcap-config"],
+        2,
+        ["pq-eth9"],
+    ),
+    (
+        "extcap-unknown",
+        ["extcap", "--extcap-interface", "pyinspect-pq-nosuch", "--capture", "--fifo", "-"],
+        3,
+        ["pq-nosuch"],
+    ),
+    (
+        "extcap-bad-filter",
+        [
+            "extcap",
+            "--extcap-interface",
+            f"pyinspect-{KEEP}",
+            "--capture",
+            "--fifo",
+            "-",
+            "--filter",
+            "tcp port",
+        ],
+        2,
+        ["tcp port"],
+    ),
+    (
+        "extcap-bad-points",
+        [
+            "extcap",
+            "--extcap-interface",
+            f"pyinspect-{KEEP}",
+            "--capture",
+            "--fifo",
+            "-",
+            "--points",
+            "veth,pq-bogus",
+        ],
+        2,
+        ["pq-bogus"],
+    ),
+    (
+        "extcap-missing-fifo",
+        [
+            "extcap",
+            "--extcap-interface",
+            f"pyinspect-{KEEP}",
+            "--capture",
+            "--fifo",
+            f"{MISSING}/fifo",
+        ],
+        5,
+        [MISSING],
+    ),
+    (
+        "extcap-net-none",
+        ["extcap", "--extcap-interface", f"pyinspect-{KEEP}", "--capture", "--fifo", "-"],
+        5,
+        [KEEP],
+    ),
     # pcap
     ("export-no-selector", ["pcap", "export", "-o", "{f}/pq.pcapng"], 2, ["--session"]),
-    ("export-unknown-session", ["pcap", "export", "--session", "999", "-o", "{f}/pq.pcapng"],
-     3, ["999"]),
-    ("export-huge-session", ["pcap", "export", "--session", "99999999999999999999", "-o",
-                             "{f}/pq.pcapng"], 3, ["99999999999999999999"]),
-    ("export-unknown-container",
-     ["pcap", "export", "--container", "pq-nosuch", "-o", "{f}/pq.pcapng"], 3, ["pq-nosuch"]),
-    ("export-since-text",
-     ["pcap", "export", "--session", "1", "--since", "bogus", "-o", "{f}/pq.pcapng"], 2,
-     ["bogus"]),
-    ("export-since-inf",
-     ["pcap", "export", "--session", "1", "--since", "inf", "-o", "{f}/pq.pcapng"], 2,
-     ["inf"]),
-    ("export-since-nan",
-     ["pcap", "export", "--session", "1", "--since", "nan", "-o", "{f}/pq.pcapng"], 2,
-     ["nan"]),
-    ("export-since-huge",
-     ["pcap", "export", "--session", "1", "--since", "99999999999999999999", "-o",
-      "{f}/pq.pcapng"], 2, ["99999999999999999999"]),
-    ("export-since-after-until",
-     ["pcap", "export", "--session", "1", "--since", "1m", "--until", "2h", "-o",
-      "{f}/pq.pcapng"], 2, ["--since", "--until"]),
-    ("export-bad-flow",
-     ["pcap", "export", "--session", "1", "--flow", "bogus", "-o", "{f}/pq.pcapng"], 2,
-     ["bogus"]),
-    ("export-flow-port-range",
-     ["pcap", "export", "--session", "1", "--flow", "1.2.3.4:99999->1.2.3.5:80", "-o",
-      "{f}/pq.pcapng"], 2, ["99999"]),
-    ("export-bad-filter",
-     ["pcap", "export", "--session", "1", "--filter", "tcp port", "-o", "{f}/pq.pcapng"], 2,
-     ["tcp port"]),
-    ("export-missing-dir", ["pcap", "export", "--session", "1", "-o", f"{MISSING}/x.pcapng"],
-     3, [MISSING]),
-    ("export-unwritable-dir", ["pcap", "export", "--session", "1", "-o", "/proc/pq.pcapng"],
-     None, ["/proc/pq.pcapng"]),
-    ("export-to-dir", ["pcap", "export", "--session", "1", "-o", "{f}/emptydir"], 2,
-     ["emptydir"]),
-    ("merge-missing-file", ["pcap", "merge", "{f}/pq-missing.pcap", "-o", "{f}/pq-m.pcapng"],
-     3, ["pq-missing.pcap"]),
-    ("merge-garbage", ["pcap", "merge", "{f}/garbage.pcap", "-o", "{f}/pq-m.pcapng"], 2,
-     ["garbage.pcap"]),
-    ("merge-truncated", ["pcap", "merge", "{f}/good.pcapng", "{f}/trunc.pcapng", "-o",
-                         "{f}/pq-m.pcapng"], 2, ["trunc.pcapng"]),
+    (
+        "export-unknown-session",
+        ["pcap", "export", "--session", "999", "-o", "{f}/pq.pcapng"],
+        3,
+        ["999"],
+    ),
+    (
+        "export-huge-session",
+        ["pcap", "export", "--session", "99999999999999999999", "-o", "{f}/pq.pcapng"],
+        3,
+        ["99999999999999999999"],
+    ),
+    (
+        "export-unknown-container",
+        ["pcap", "export", "--container", "pq-nosuch", "-o", "{f}/pq.pcapng"],
+        3,
+        ["pq-nosuch"],
+    ),
+    (
+        "export-since-text",
+        ["pcap", "export", "--session", "1", "--since", "bogus", "-o", "{f}/pq.pcapng"],
+        2,
+        ["bogus"],
+    ),
+    (
+        "export-since-inf",
+        ["pcap", "export", "--session", "1", "--since", "inf", "-o", "{f}/pq.pcapng"],
+        2,
+        ["inf"],
+    ),
+    (
+        "export-since-nan",
+        ["pcap", "export", "--session", "1", "--since", "nan", "-o", "{f}/pq.pcapng"],
+        2,
+        ["nan"],
+    ),
+    (
+        "export-since-huge",
+        [
+            "pcap",
+            "export",
+            "--session",
+            "1",
+            "--since",
+            "99999999999999999999",
+            "-o",
+            "{f}/pq.pcapng",
+        ],
+        2,
+        ["99999999999999999999"],
+    ),
+    (
+        "export-since-after-until",
+        [
+            "pcap",
+            "export",
+            "--session",
+            "1",
+            "--since",
+            "1m",
+            "--until",
+            "2h",
+            "-o",
+            "{f}/pq.pcapng",
+        ],
+        2,
+        ["--since", "--until"],
+    ),
+    (
+        "export-bad-flow",
+        ["pcap", "export", "--session", "1", "--flow", "bogus", "-o", "{f}/pq.pcapng"],
+        2,
+        ["bogus"],
+    ),
+    (
+        "export-flow-port-range",
+        [
+            "pcap",
+            "export",
+            "--session",
+            "1",
+            "--flow",
+            "1.2.3.4:99999->1.2.3.5:80",
+            "-o",
+            "{f}/pq.pcapng",
+        ],
+        2,
+        ["99999"],
+    ),
+    (
+        "export-bad-filter",
+        ["pcap", "export", "--session", "1", "--filter", "tcp port", "-o", "{f}/pq.pcapng"],
+        2,
+        ["tcp port"],
+    ),
+    (
+        "export-missing-dir",
+        ["pcap", "export", "--session", "1", "-o", f"{MISSING}/x.pcapng"],
+        3,
+        [MISSING],
+    ),
+    (
+        "export-unwritable-dir",
+        ["pcap", "export", "--session", "1", "-o", "/proc/pq.pcapng"],
+        None,
+        ["/proc/pq.pcapng"],
+    ),
+    ("export-to-dir", ["pcap", "export", "--session", "1", "-o", "{f}/emptydir"], 2, ["emptydir"]),
+    (
+        "merge-missing-file",
+        ["pcap", "merge", "{f}/pq-missing.pcap", "-o", "{f}/pq-m.pcapng"],
+        3,
+        ["pq-missing.pcap"],
+    ),
+    (
+        "merge-garbage",
+        ["pcap", "merge", "{f}/garbage.pcap", "-o", "{f}/pq-m.pcapng"],
+        2,
+        ["garbage.pcap"],
+    ),
+    (
+        "merge-truncated",
+        ["pcap", "merge", "{f}/good.pcapng", "{f}/trunc.pcapng", "-o", "{f}/pq-m.pcapng"],
+        2,
+        ["trunc.pcapng"],
+    ),
     ("merge-no-inputs", ["pcap", "merge", "-o", "{f}/pq-m.pcapng"], 2, ["INPUTS"]),
-    ("merge-output-is-input", ["pcap", "merge", "{f}/good.pcapng", "-o", "{f}/good.pcapng"],
-     2, ["good.pcapng"]),
-    ("merge-missing-outdir", ["pcap", "merge", "{f}/good.pcapng", "-o", f"{MISSING}/m.pcapng"],
-     3, [MISSING]),
-    ("merge-unwritable-outdir", ["pcap", "merge", "{f}/good.pcapng", "-o", "/proc/pq.pcapng"],
-     None, ["/proc/pq.pcapng"]),
+    (
+        "merge-output-is-input",
+        ["pcap", "merge", "{f}/good.pcapng", "-o", "{f}/good.pcapng"],
+        2,
+        ["good.pcapng"],
+    ),
+    (
+        "merge-missing-outdir",
+        ["pcap", "merge", "{f}/good.pcapng", "-o", f"{MISSING}/m.pcapng"],
+        3,
+        [MISSING],
+    ),
+    (
+        "merge-unwritable-outdir",
+        ["pcap", "merge", "{f}/good.pcapng", "-o", "/proc/pq.pcapng"],
+        None,
+        ["/proc/pq.pcapng"],
+    ),
     ("pcap-bad-subcommand", ["pcap", "pq-bogus"], 2, ["pq-bogus"]),
     # doctor, serve, demo
     ("doctor-unknown-container", ["doctor", "--container", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("doctor-port-zero", ["doctor", "--port", "0"], 2, ["--port"]),
     ("serve-port-range", ["serve", "--port", "99999"], 2, ["99999"]),
     ("serve-port-taken", ["serve", "--no-probes", "--port", "8901"], 4, ["8901"]),
-    ("serve-bind-foreign", ["serve", "--no-probes", "--bind", "10.99.99.99", "--port", "8902"],
-     2, ["10.99.99.99"]),
+    (
+        "serve-bind-foreign",
+        ["serve", "--no-probes", "--bind", "10.99.99.99", "--port", "8902"],
+        2,
+        ["10.99.99.99"],
+    ),
     ("serve-bad-bind", ["serve", "--no-probes", "--bind", "pq-notanip"], 2, ["pq-notanip"]),
     ("demo-bad-seconds", ["demo", "--serve-seconds", "abc"], 2, ["abc"]),
 ]
@@ -389,8 +681,9 @@ def baseline(world):
     return snapshot(root)
 
 
-@pytest.mark.parametrize("argv,code,words", [
-    pytest.param(*c[1:4], id=c[0], marks=c[4:]) for c in CASES])
+@pytest.mark.parametrize(
+    "argv,code,words", [pytest.param(*c[1:4], id=c[0], marks=c[4:]) for c in CASES]
+)
 def test_bad_input_is_one_line_and_keeps_state(world, baseline, argv, code, words):
     cli, root, files = world
     argv = [a.replace("{f}", str(files)) for a in argv]
@@ -412,6 +705,7 @@ def test_bad_input_is_one_line_and_keeps_state(world, baseline, argv, code, word
 def test_cases_cover_every_command():
     """Each top-level command and group subcommand has at least one bad invocation."""
     from pyinspect.cli import COMMANDS
+
     covered = set()
     for _id, argv, _code, _words, *_marks in CASES:
         args = [a for a in argv if not a.startswith("-")]
@@ -428,8 +722,10 @@ def test_cases_cover_every_command():
 def test_the_world_is_still_there(world, baseline):
     """The containers and image the bad commands were aimed at still work."""
     cli, root, _files = world
-    rows = {json.loads(line)["Names"]: json.loads(line)
-            for line in cli("ps", "-a", "--format", "json").stdout.splitlines()}
+    rows = {
+        json.loads(line)["Names"]: json.loads(line)
+        for line in cli("ps", "-a", "--format", "json").stdout.splitlines()
+    }
     assert rows[KEEP]["State"] == "running" and rows[DONE]["State"] == "exited"
     assert cli("exec", KEEP, "echo", "alive").stdout == "alive\n"
     assert len(cli("events", "--limit", "1000").stdout.splitlines()) == 50
@@ -448,8 +744,9 @@ def test_trace_to_a_bad_path_records_only_a_failed_session(world, baseline):
     """A trace whose -w path cannot be written fails in one line; the store keeps every
     row it had and gains at most the failed session (the tracer records those)."""
     cli, root, _files = world
-    proc = cli("trace", "-c", WEB, "-w", f"{MISSING}/x.pcapng", "--duration", "1",
-               check=False, timeout=60)
+    proc = cli(
+        "trace", "-c", WEB, "-w", f"{MISSING}/x.pcapng", "--duration", "1", check=False, timeout=60
+    )
     assert not os.path.exists(MISSING)
     now = snapshot(root)
     conn = sqlite3.connect(f"file:{root / 'pyinspect.db'}?mode=ro", uri=True)
@@ -457,11 +754,13 @@ def test_trace_to_a_bad_path_records_only_a_failed_session(world, baseline):
         for table in ("trace_sessions", "capture_points"):
             rows = conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
             n = baseline[f"db:{table}"][0]
-            assert (n, hashlib.sha256(repr(rows[:n]).encode()).hexdigest()) == \
-                baseline[f"db:{table}"], table
+            assert (n, hashlib.sha256(repr(rows[:n]).encode()).hexdigest()) == baseline[
+                f"db:{table}"
+            ], table
             now.pop(f"db:{table}")
-        new = conn.execute("SELECT status FROM trace_sessions WHERE id > ?",
-                           (baseline["db:trace_sessions"][0],)).fetchall()
+        new = conn.execute(
+            "SELECT status FROM trace_sessions WHERE id > ?", (baseline["db:trace_sessions"][0],)
+        ).fetchall()
     finally:
         conn.close()
     assert all(status.startswith("failed") for (status,) in new), new
@@ -490,26 +789,41 @@ def _damaged(kind, path):
         path.write_bytes(os.urandom(8192) if kind == "random" else b"not sqlite\n" * 50)
         return
     from pyinspect.store import Store
+
     with Store(path) as store:
         if kind == "pages-sessions":
-            store.db["trace_sessions"].insert_all([{"container_name": "pq", "summary": "y" * 300,
-                                                    "status": "stopped"} for _ in range(3000)])
+            store.db["trace_sessions"].insert_all(
+                [
+                    {"container_name": "pq", "summary": "y" * 300, "status": "stopped"}
+                    for _ in range(3000)
+                ]
+            )
         else:
-            store.insert_events([{"ts_ns": i, "kind": "exec", "pid": i, "comm": "pq",
-                                  "detail": {"argv": ["x" * 200]}} for i in range(3000)])
+            store.insert_events(
+                [
+                    {
+                        "ts_ns": i,
+                        "kind": "exec",
+                        "pid": i,
+                        "comm": "pq",
+                        "detail": {"argv": ["x" * 200]},
+                    }
+                    for i in range(3000)
+                ]
+            )
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(path.read_bytes())
     if kind == "truncated":
-        data = data[:len(data) // 2]
+        data = data[: len(data) // 2]
     else:  # "pages-*": a valid header, garbage in the middle (what a bad disk leaves)
         import random
+
         n = len(data)  # the schema pages at the start stay whole, so the store opens
-        data[n // 3:2 * n // 3] = random.Random(7).randbytes(2 * n // 3 - n // 3)
+        data[n // 3 : 2 * n // 3] = random.Random(7).randbytes(2 * n // 3 - n // 3)
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("kind", ["random", "text", "truncated", "pages-events",
-                                  "pages-sessions"])
+@pytest.mark.parametrize("kind", ["random", "text", "truncated", "pages-events", "pages-sessions"])
 def test_damaged_store_is_one_line_and_untouched(tmp_path, kind):
     root = tmp_path / "root"
     root.mkdir()
@@ -534,6 +848,7 @@ def test_damaged_image_tags_are_one_line_and_never_rewritten(tmp_path):
     """A corrupt repositories.json stops image commands with one line; none of them
     "repairs" it by writing a fresh (empty) file over the tags."""
     from helpers import imagekit as kit
+
     root = tmp_path / "root"
     cli = Cli(root)
     layer = kit.layer(("bin", "dir"), ("bin/pq", "file", b"pq"))
@@ -542,9 +857,14 @@ def test_damaged_image_tags_are_one_line_and_never_rewritten(tmp_path):
     tags.write_bytes(tags.read_bytes()[:-5] + b"\x00garbage")
     before = tags.read_bytes()
     other = kit.docker_legacy(tmp_path / "pq2.tar", [([layer], ["pq-img:2"], None)])
-    for argv in (["images"], ["tag", "pq-img:1", "pq-img:3"], ["rmi", "pq-img:1"],
-                 ["load", "-i", other], ["save", "-o", tmp_path / "o.tar", "pq-img:1"],
-                 ["run", "--rm", "--net", "none", "pq-img:1", "true"]):
+    for argv in (
+        ["images"],
+        ["tag", "pq-img:1", "pq-img:3"],
+        ["rmi", "pq-img:1"],
+        ["load", "-i", other],
+        ["save", "-o", tmp_path / "o.tar", "pq-img:1"],
+        ["run", "--rm", "--net", "none", "pq-img:1", "true"],
+    ):
         proc = cli(*argv, check=False)
         line = error_line(proc)
         assert proc.returncode == 2 and "repositories.json" in line, (argv, line)
@@ -554,13 +874,15 @@ def test_damaged_image_tags_are_one_line_and_never_rewritten(tmp_path):
 
 # How a record can be damaged: (file, what it becomes, words `inspect` must say)
 DAMAGE = {
-    "truncated-config": ("config.json", lambda b: b[:len(b) // 2], ["config.json", "JSON"]),
+    "truncated-config": ("config.json", lambda b: b[: len(b) // 2], ["config.json", "JSON"]),
     "garbage-state": ("state.json", lambda b: b"\x00\xff garbage", ["state.json", "JSON"]),
     "state-not-an-object": ("state.json", lambda b: b"[1, 2]", ["state.json", "object"]),
     "config-missing": ("config.json", None, ["config.json", "missing"]),
-    "wrong-field-type": ("config.json",
-                         lambda b: json.dumps({**json.loads(b), "process": "x"}).encode(),
-                         ["config.json", "process"]),
+    "wrong-field-type": (
+        "config.json",
+        lambda b: json.dumps({**json.loads(b), "process": "x"}).encode(),
+        ["config.json", "process"],
+    ),
 }
 
 
@@ -587,11 +909,15 @@ def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
     files = {p: p.read_bytes() for p in cdir.iterdir() if p.is_file()}
 
     def others():
-        return {p: p.read_bytes() for p in root.rglob("*")
-                if p.is_file() and not p.is_relative_to(cdir)}
+        return {
+            p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_relative_to(cdir)
+        }
+
     kept = others()
-    rows = {r["Names"]: r for r in map(json.loads,
-                                       cli("ps", "-a", "--format", "json").stdout.splitlines())}
+    rows = {
+        r["Names"]: r
+        for r in map(json.loads, cli("ps", "-a", "--format", "json").stdout.splitlines())
+    }
     assert set(rows) == {name, other}
     assert rows[name]["State"] == "damaged" and rows[name]["Id"] == cdir.name
     assert all(w in rows[name]["Error"] for w in words), rows[name]
@@ -599,9 +925,14 @@ def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
     table = cli("ps", "-a").stdout
     assert any(name in line and "Damaged" in line for line in table.splitlines()), table
     assert cli("ps", "-a", "-q").stdout.split() == [rows[other]["ID"], rows[name]["ID"]]
-    for argv, code in ((["run", "--name", name, "--net", "none", "busybox", "true"], 4),
-                       (["inspect", name], 2), (["inspect", cdir.name[:12]], 2),
-                       (["start", name], 2), (["logs", name], 2), (["stop", name], 2)):
+    for argv, code in (
+        (["run", "--name", name, "--net", "none", "busybox", "true"], 4),
+        (["inspect", name], 2),
+        (["inspect", cdir.name[:12]], 2),
+        (["start", name], 2),
+        (["logs", name], 2),
+        (["stop", name], 2),
+    ):
         proc = cli(*argv, check=False)
         line = error_line(proc)
         assert proc.returncode == code and name in line, (argv, line)
@@ -612,9 +943,10 @@ def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
     assert others() == kept
     cli("rm", "-f", name)
     assert not cdir.exists() and not (root / "names" / name).exists()
-    assert others() == kept                      # the other container lost nothing
-    assert [json.loads(r)["Names"] for r in
-            cli("ps", "-a", "--format", "json").stdout.splitlines()] == [other]
+    assert others() == kept  # the other container lost nothing
+    assert [
+        json.loads(r)["Names"] for r in cli("ps", "-a", "--format", "json").stdout.splitlines()
+    ] == [other]
     cli("run", "--rm", "--name", name, "--net", "none", "busybox", "true")  # the name is free
     cli("rm", other)
     assert list((root / "containers").iterdir()) == [] and list((root / "names").iterdir()) == []

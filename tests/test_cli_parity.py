@@ -39,8 +39,21 @@ def bridged(state_root, make_netns):
 
 def test_inspect_format_takes_go_templates(bridged):
     cli = bridged
-    cli("run", "-d", "--name", "pp-web", "-p", "8088:80", "-e", "GREETING=hi", "busybox",
-        "httpd", "-f", "-p", "80")
+    cli(
+        "run",
+        "-d",
+        "--name",
+        "pp-web",
+        "-p",
+        "8088:80",
+        "-e",
+        "GREETING=hi",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    )
     doc = cli.inspect("pp-web")
     f = lambda t: cli("inspect", "-f", t, "pp-web").stdout
     assert f("{{.State.Pid}}") == f"{doc['State']['Pid']}\n"
@@ -49,8 +62,7 @@ def test_inspect_format_takes_go_templates(bridged):
     assert json.loads(f("{{json .Config}}")) == doc["Config"]
     assert f('{{(index (index .NetworkSettings.Ports "80/tcp") 0).HostPort}}') == "8088\n"
     assert f("{{range $p, $b := .NetworkSettings.Ports}}{{$p}} {{end}}") == "80/tcp \n"
-    assert f("{{range .Config.Env}}{{if eq . \"GREETING=hi\"}}{{.}}{{end}}{{end}}") == \
-        "GREETING=hi\n"
+    assert f('{{range .Config.Env}}{{if eq . "GREETING=hi"}}{{.}}{{end}}{{end}}') == "GREETING=hi\n"
     assert f("{{.Name}} {{.HostConfig.NetworkMode | upper}}") == "/pp-web BRIDGE\n"
     # --format, several objects: one line each (an image too)
     out = cli("inspect", "--format", "{{.Id}}", "pp-web", "busybox").stdout.splitlines()
@@ -60,10 +72,12 @@ def test_inspect_format_takes_go_templates(bridged):
 def test_inspect_format_errors_are_one_line(pc, state_root):
     pc("run", "-d", "--name", "pp-err", "--net", "none", "busybox", "sleep", "100")
     before = sorted(p.name for p in (state_root / "containers").iterdir())
-    for template, words in (("{{.Nope}}", 'map has no entry for key "Nope"'),
-                            ("{{.State.Pid", "unclosed action"),
-                            ("{{nope}}", 'function "nope" not defined'),
-                            ('{{define "x"}}{{end}}', "not supported by pyinspect")):
+    for template, words in (
+        ("{{.Nope}}", 'map has no entry for key "Nope"'),
+        ("{{.State.Pid", "unclosed action"),
+        ("{{nope}}", 'function "nope" not defined'),
+        ('{{define "x"}}{{end}}', "not supported by pyinspect"),
+    ):
         line = one_line_error(pc("inspect", "-f", template, "pp-err", check=False), 2)
         assert line.startswith("Error: template parsing error: template: :1"), line
         assert words in line, line
@@ -73,17 +87,32 @@ def test_inspect_format_errors_are_one_line(pc, state_root):
 
 def test_ps_columns_ports_and_created_like_docker(bridged):
     cli = bridged
-    cli("run", "-d", "--name", "pp-ports", "-p", "8088:80", "-p", "127.0.0.1:5353:53/udp",
-        "busybox", "sleep", "100")
+    cli(
+        "run",
+        "-d",
+        "--name",
+        "pp-ports",
+        "-p",
+        "8088:80",
+        "-p",
+        "127.0.0.1:5353:53/udp",
+        "busybox",
+        "sleep",
+        "100",
+    )
     cli("run", "--name", "pp-done", "--net", "none", "busybox", "true")
     out = cli("ps", "-a").stdout.splitlines()
     # Docker's header, aligned by its tabwriter (min width 10, padding 3)
-    assert re.fullmatch(r"CONTAINER ID   IMAGE     COMMAND +CREATED +STATUS +PORTS +NAMES",
-                        out[0]), out[0]
+    assert re.fullmatch(
+        r"CONTAINER ID   IMAGE     COMMAND +CREATED +STATUS +PORTS +NAMES", out[0]
+    ), out[0]
     row = next(line for line in out if line.endswith("pp-ports"))
     assert "127.0.0.1:5353->53/udp, 0.0.0.0:8088->80/tcp" in row
-    assert re.search(r"(Less than a second|\d+ seconds?) ago +Up (Less than a second|\d+ "
-                     r"seconds?) ", row), row
+    assert re.search(
+        r"(Less than a second|\d+ seconds?) ago +Up (Less than a second|\d+ "
+        r"seconds?) ",
+        row,
+    ), row
     done = next(line for line in out if line.endswith("pp-done"))
     assert re.search(r" Exited \(0\) (Less than a second|\d+ seconds?) ago ", done), done
     col = out[0].index("PORTS")
@@ -94,8 +123,9 @@ def test_ps_columns_ports_and_created_like_docker(bridged):
     table = cli("ps", "-a", "--format", r"table {{.ID}}\t{{.Names}}\t{{.Status}}").stdout
     lines = table.splitlines()
     assert re.fullmatch(r"CONTAINER ID   NAMES +STATUS", lines[0]), lines
-    assert len(lines) == 3 and all(re.fullmatch(r"[0-9a-f]{12}   pp-\S+ +\S.*", x)
-                                   for x in lines[1:])
+    assert len(lines) == 3 and all(
+        re.fullmatch(r"[0-9a-f]{12}   pp-\S+ +\S.*", x) for x in lines[1:]
+    )
     row = json.loads(cli("ps", "--format", "json").stdout)
     assert row["Ports"] == "127.0.0.1:5353->53/udp, 0.0.0.0:8088->80/tcp"
     assert row["RunningFor"].endswith(" ago") and row["State"] == "running"
@@ -108,15 +138,25 @@ def test_relative_created_column_ages():
     """CREATED is Docker's HumanDuration + ' ago', from the record's time."""
     from pyinspect.psformat import ps_row
     from pyinspect.runtime.state import Container, ContainerSpec
+
     now = time.time()
 
     def stamp(ago):
         t = now - ago
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".0Z"
-    c = Container(id="a" * 64, name="old", image="busybox", status="exited",
-                  created=stamp(150), started_at=stamp(149), finished_at=stamp(3 * 3600),
-                  exit_code=1, spec=ContainerSpec(image="busybox"),
-                  image_config={"ExposedPorts": {"80/tcp": {}}})
+
+    c = Container(
+        id="a" * 64,
+        name="old",
+        image="busybox",
+        status="exited",
+        created=stamp(150),
+        started_at=stamp(149),
+        finished_at=stamp(3 * 3600),
+        exit_code=1,
+        spec=ContainerSpec(image="busybox"),
+        image_config={"ExposedPorts": {"80/tcp": {}}},
+    )
     row = ps_row(c, now=now)
     assert row["RunningFor"] == "2 minutes ago"
     assert row["Status"] == "Exited (1) 3 hours ago"
@@ -124,8 +164,18 @@ def test_relative_created_column_ages():
 
 
 def test_top_passes_ps_options_like_docker(pc, state_root):
-    pc("run", "-d", "--name", "pp-top", "--net", "none", "busybox", "sh", "-c",
-       "sleep 1001 & exec sleep 1002")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "pp-top",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 1001 & exec sleep 1002",
+    )
     pid = pc.inspect("pp-top")["State"]["Pid"]
     cid = pc.inspect("pp-top")["Id"]
     procs = set()
@@ -136,8 +186,19 @@ def test_top_passes_ps_options_like_docker(pc, state_root):
                 procs |= set(map(int, f.read().split()))
     aux = pc("top", "pp-top", "aux").stdout.splitlines()
     titles = aux[0].split()
-    assert titles == ["USER", "PID", "%CPU", "%MEM", "VSZ", "RSS", "TTY", "STAT", "START",
-                      "TIME", "COMMAND"]
+    assert titles == [
+        "USER",
+        "PID",
+        "%CPU",
+        "%MEM",
+        "VSZ",
+        "RSS",
+        "TTY",
+        "STAT",
+        "START",
+        "TIME",
+        "COMMAND",
+    ]
     rows = [line.split(None, len(titles) - 1) for line in aux[1:]]
     assert {int(r[1]) for r in rows} == procs and pid in procs and len(procs) == 2
     assert sorted(r[-1] for r in rows) == ["sleep 1001", "sleep 1002"]
@@ -163,12 +224,23 @@ def host_mounts():
 
 
 def test_overlay_root_is_visible_from_the_host(pc, state_root):
-    pc("run", "-d", "--name", "pp-ovl", "--net", "none", "busybox", "sh", "-c",
-       "echo inside > /tmp/made-inside; exec sleep 100")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "pp-ovl",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo inside > /tmp/made-inside; exec sleep 100",
+    )
     merged = pc("inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", "pp-ovl").stdout.strip()
     upper = pc("inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", "pp-ovl").stdout.strip()
-    lines = [x for x in host_mounts().splitlines() if x.startswith("overlay on ")
-             and f" {merged} " in x]
+    lines = [
+        x for x in host_mounts().splitlines() if x.startswith("overlay on ") and f" {merged} " in x
+    ]
     assert len(lines) == 1 and f"upperdir={upper}" in lines[0], lines
     deadline = time.monotonic() + 5
     while not os.path.exists(f"{merged}/tmp/made-inside") and time.monotonic() < deadline:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli
 from pyinspect.runtime.containers import CREATE_GRACE_SECONDS
+
+from conftest import Cli
 
 pytestmark = pytest.mark.root
 
@@ -64,8 +65,10 @@ class PcCli(Cli):
         return self.json("inspect", name)[0]
 
     def ids(self):
-        return [json.loads(line)["Id"] for line in
-                self("ps", "-a", "--format", "json").stdout.splitlines()]
+        return [
+            json.loads(line)["Id"]
+            for line in self("ps", "-a", "--format", "json").stdout.splitlines()
+        ]
 
     def wait_status(self, name, status, timeout=10):
         deadline = time.monotonic() + timeout
@@ -120,8 +123,18 @@ def one_line_error(proc, code=None):
 
 
 def test_run_attached_prints_output_and_exit_code(pc, state_root):
-    out = pc("run", "--net", "none", "--name", "pc-echo", "busybox", "sh", "-c",
-             "echo hi; echo oops >&2; exit 3", check=False)
+    out = pc(
+        "run",
+        "--net",
+        "none",
+        "--name",
+        "pc-echo",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hi; echo oops >&2; exit 3",
+        check=False,
+    )
     assert out.returncode == 3
     assert out.stdout == "hi\n" and out.stderr == "oops\n"
     info = pc.inspect("pc-echo")
@@ -147,9 +160,18 @@ def test_run_rm_removes_everything(pc, state_root):
 
 
 def test_detached_lifecycle(pc, state_root):
-    cid = pc("run", "-d", "--name", "pc-life", "--net", "none", "busybox", "sh", "-c",
-             "trap 'echo term; exit 7' TERM; echo started; "
-             "while true; do sleep 0.1; done").stdout.strip()
+    cid = pc(
+        "run",
+        "-d",
+        "--name",
+        "pc-life",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo term; exit 7' TERM; echo started; while true; do sleep 0.1; done",
+    ).stdout.strip()
     assert len(cid) == 64
     # the CLI is gone; the container runs on under its shim
     info = pc.inspect("pc-life")
@@ -165,8 +187,7 @@ def test_detached_lifecycle(pc, state_root):
     for ns in ("pid", "mnt", "uts", "ipc", "net"):
         assert os.stat(f"/proc/{pid}/ns/{ns}").st_ino != os.stat(f"/proc/self/ns/{ns}").st_ino, ns
     cg = info["Cgroups"]
-    assert cg and all(str(pid) in Path(p, "cgroup.procs").read_text().split()
-                      for p in cg.values())
+    assert cg and all(str(pid) in Path(p, "cgroup.procs").read_text().split() for p in cg.values())
     top = pc("top", "pc-life").stdout
     assert str(pid) in top and "sh -c" in top
     # stop: the trap runs, exit code recorded
@@ -212,8 +233,20 @@ def test_stop_escalates_to_sigkill(pc):
 
 def test_memory_limit_oom_kill_is_recorded(pc):
     alloc = 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo kept ${#x}'
-    out = pc("run", "--name", "pc-oom", "--net", "none", "--memory", "30m", "busybox",
-             "sh", "-c", alloc, check=False)
+    out = pc(
+        "run",
+        "--name",
+        "pc-oom",
+        "--net",
+        "none",
+        "--memory",
+        "30m",
+        "busybox",
+        "sh",
+        "-c",
+        alloc,
+        check=False,
+    )
     assert out.returncode == 137
     info = pc.inspect("pc-oom")
     assert info["State"]["OOMKilled"] is True and info["State"]["ExitCode"] == 137
@@ -224,8 +257,21 @@ def test_memory_limit_oom_kill_is_recorded(pc):
 
 
 def test_cpu_and_pids_limits(pc):
-    pc("run", "-d", "--name", "pc-lim", "--net", "none", "--cpus", "0.5", "--pids-limit", "8",
-       "busybox", "sleep", "100")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "pc-lim",
+        "--net",
+        "none",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "8",
+        "busybox",
+        "sleep",
+        "100",
+    )
     info = pc.inspect("pc-lim")
     assert info["HostConfig"]["NanoCpus"] == 500_000_000
     assert info["HostConfig"]["PidsLimit"] == 8
@@ -236,19 +282,35 @@ def test_cpu_and_pids_limits(pc):
     else:
         assert Path(cg["unified"], "pids.max").read_text().strip() == "8"
         assert Path(cg["unified"], "cpu.max").read_text().split()[0] == "50000"
-    out = pc("exec", "pc-lim", "sh", "-c",
-             "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done; wait", check=False)
+    out = pc(
+        "exec",
+        "pc-lim",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done; wait",
+        check=False,
+    )
     assert "can't fork" in out.stderr or "Resource temporarily unavailable" in out.stderr
 
 
 def test_copy_on_write_never_changes_the_image(pc, state_root):
-    pc("run", "--name", "pc-cow", "--net", "none", "busybox", "sh", "-c",
-       "echo new > /etc/pc-new; rm /bin/ls; echo changed > /etc/hostname-copy")
+    pc(
+        "run",
+        "--name",
+        "pc-cow",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo new > /etc/pc-new; rm /bin/ls; echo changed > /etc/hostname-copy",
+    )
     image = pc.inspect("busybox")
     for layer in image["GraphDriver"]["Data"]["LowerDirs"]:
         assert not os.path.exists(os.path.join(layer, "etc/pc-new"))
-    out = pc("run", "--rm", "--net", "none", "busybox", "sh", "-c",
-             "ls /etc/pc-new 2>&1; ls /bin/ls")
+    out = pc(
+        "run", "--rm", "--net", "none", "busybox", "sh", "-c", "ls /etc/pc-new 2>&1; ls /bin/ls"
+    )
     assert "/bin/ls" in out.stdout and "No such file" in out.stdout
     upper = Path(pc.inspect("pc-cow")["GraphDriver"]["Data"]["UpperDir"])
     assert (upper / "etc/pc-new").read_text() == "new\n"
@@ -262,24 +324,59 @@ def test_volumes_rw_and_ro(pc, tmp_path):
     rw.mkdir()
     ro.mkdir()
     (ro / "keep").write_text("original\n")
-    out = pc("run", "--rm", "--net", "none", "-v", f"{rw}:/rw", "-v", f"{ro}:/ro:ro",
-             "busybox", "sh", "-c",
-             "echo written > /rw/f; cat /ro/keep; echo x > /ro/keep || echo refused; "
-             "touch /ro/new 2>/dev/null || echo refused2", check=False)
+    out = pc(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-v",
+        f"{rw}:/rw",
+        "-v",
+        f"{ro}:/ro:ro",
+        "busybox",
+        "sh",
+        "-c",
+        "echo written > /rw/f; cat /ro/keep; echo x > /ro/keep || echo refused; "
+        "touch /ro/new 2>/dev/null || echo refused2",
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "original" in out.stdout and "refused" in out.stdout and "refused2" in out.stdout
     assert (rw / "f").read_text() == "written\n"
     assert (ro / "keep").read_text() == "original\n" and not (ro / "new").exists()
     pc("run", "--name", "pc-vol", "--net", "none", "-v", f"{ro}:/ro:ro", "busybox", "true")
     mounts = pc.inspect("pc-vol")["Mounts"]
-    assert mounts == [{"Type": "bind", "Source": str(ro), "Destination": "/ro", "Mode": "ro",
-                       "RW": False, "Propagation": "rprivate"}]
+    assert mounts == [
+        {
+            "Type": "bind",
+            "Source": str(ro),
+            "Destination": "/ro",
+            "Mode": "ro",
+            "RW": False,
+            "Propagation": "rprivate",
+        }
+    ]
 
 
 def test_hostname_env_workdir_entrypoint(pc):
-    out = pc("run", "--rm", "--net", "none", "--hostname", "pc-host", "-e", "A=1",
-             "-e", "B=two words", "-w", "/work/dir", "busybox", "sh", "-c",
-             'echo "$(hostname) $A $B $(pwd) $HOSTNAME"; cat /etc/hostname')
+    out = pc(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--hostname",
+        "pc-host",
+        "-e",
+        "A=1",
+        "-e",
+        "B=two words",
+        "-w",
+        "/work/dir",
+        "busybox",
+        "sh",
+        "-c",
+        'echo "$(hostname) $A $B $(pwd) $HOSTNAME"; cat /etc/hostname',
+    )
     assert out.stdout == "pc-host 1 two words /work/dir pc-host\npc-host\n"
     out = pc("run", "--rm", "--net", "none", "--entrypoint", "echo", "busybox", "from", "entry")
     assert out.stdout == "from entry\n"
@@ -289,8 +386,16 @@ def test_hostname_env_workdir_entrypoint(pc):
     assert info["Config"]["Hostname"] == info["Id"][:12]
     assert info["Path"] == "sh" and info["State"]["ExitCode"] == 0
     # isolation: own pid namespace (the command is pid 1), own /proc, ro /sys, minimal /dev
-    out = pc("run", "--rm", "--net", "none", "busybox", "sh", "-c",
-             "echo $$; ls /proc | grep -c '^[0-9]'; touch /sys/x 2>&1 || true; ls /dev")
+    out = pc(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $$; ls /proc | grep -c '^[0-9]'; touch /sys/x 2>&1 || true; ls /dev",
+    )
     lines = out.stdout.splitlines()
     assert lines[0] == "1" and int(lines[1]) <= 3
     assert "Read-only file system" in out.stdout
@@ -304,8 +409,7 @@ def test_network_modes_none_host_container(pc):
     out = pc("exec", "pc-netn", "ip", "-o", "link").stdout
     assert "lo:" in out and "UP" in out and "eth0" not in out
     assert pc("exec", "pc-netn", "ping", "-c", "1", "-W", "2", "127.0.0.1").returncode == 0
-    pc("run", "-d", "--name", "pc-joined", "--net", "container:pc-netn", "busybox", "sleep",
-       "100")
+    pc("run", "-d", "--name", "pc-joined", "--net", "container:pc-netn", "busybox", "sleep", "100")
     jpid = pc.inspect("pc-joined")["State"]["Pid"]
     assert os.stat(f"/proc/{jpid}/ns/net").st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
     assert os.stat(f"/proc/{jpid}/ns/pid").st_ino != os.stat(f"/proc/{pid}/ns/pid").st_ino
@@ -315,16 +419,35 @@ def test_network_modes_none_host_container(pc):
     assert pc.inspect("pc-host")["HostConfig"]["NetworkMode"] == "host"
     one_line_error(pc("run", "--net", "container:pc-nope", "busybox", "true", check=False), 3)
     one_line_error(pc("run", "--net", "bogus", "busybox", "true", check=False), 2)
-    one_line_error(pc("run", "--net", "none", "-p", "80:80", "busybox", "true",
-                      check=False), 2)
+    one_line_error(pc("run", "--net", "none", "-p", "80:80", "busybox", "true", check=False), 2)
 
 
 def test_exec(pc):
-    pc("run", "-d", "--name", "pc-ex", "--net", "none", "-e", "FROMRUN=1", "busybox",
-       "sleep", "100")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "pc-ex",
+        "--net",
+        "none",
+        "-e",
+        "FROMRUN=1",
+        "busybox",
+        "sleep",
+        "100",
+    )
     pid = pc.inspect("pc-ex")["State"]["Pid"]
-    out = pc("exec", "-e", "X=y", "-w", "/tmp", "pc-ex", "sh", "-c",
-             'echo "$X $FROMRUN $(pwd)"; cat /proc/1/cmdline; echo; readlink /proc/self/ns/net')
+    out = pc(
+        "exec",
+        "-e",
+        "X=y",
+        "-w",
+        "/tmp",
+        "pc-ex",
+        "sh",
+        "-c",
+        'echo "$X $FROMRUN $(pwd)"; cat /proc/1/cmdline; echo; readlink /proc/self/ns/net',
+    )
     lines = out.stdout.splitlines()
     assert lines[0] == "y 1 /tmp" and lines[1].startswith("sleep")
     assert lines[2] == os.readlink(f"/proc/{pid}/ns/net")
@@ -347,13 +470,32 @@ def test_exec(pc):
 
 
 def test_run_interactive_stdin(pc):
-    out = pc("run", "--rm", "-i", "--net", "none", "busybox", "sh", "-c", "read x; echo got $x",
-             input="hello\n")
+    out = pc(
+        "run",
+        "--rm",
+        "-i",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "read x; echo got $x",
+        input="hello\n",
+    )
     assert out.stdout == "got hello\n"
     out = pc("run", "--rm", "-t", "--net", "none", "busybox", "sh", "-c", "test -t 1 && echo tty")
     assert out.stdout.strip() == "tty"  # (text mode folds the pty's \r\n)
-    out = pc("run", "--rm", "-it", "--net", "none", "busybox", "sh",
-             input="echo sum-$((40+2))\nexit 6\n", check=False)
+    out = pc(
+        "run",
+        "--rm",
+        "-it",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        input="echo sum-$((40+2))\nexit 6\n",
+        check=False,
+    )
     assert out.returncode == 6 and "sum-42" in out.stdout
     # -d -i keeps stdin open, so the image's default `sh` stays up like docker -dit
     pc("run", "-d", "-i", "--name", "pc-dit", "--net", "none", "busybox")
@@ -362,17 +504,28 @@ def test_run_interactive_stdin(pc):
 
 
 def test_logs_tail_and_follow(pc):
-    pc("run", "-d", "--name", "pc-logs", "--net", "none", "busybox", "sh", "-c",
-       "for i in 1 2 3 4 5; do echo line$i; done; sleep 0.2; echo err >&2; "
-       "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo late")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "pc-logs",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo line$i; done; sleep 0.2; echo err >&2; "
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo late",
+    )
     deadline = time.monotonic() + 5
     while "err" not in pc("logs", "pc-logs").stderr and time.monotonic() < deadline:
         time.sleep(0.05)
     tail = pc("logs", "--tail", "2", "pc-logs")  # counts lines of both streams, like docker
     assert (tail.stdout, tail.stderr) == ("line5\n", "err\n")
     assert pc("logs", "--tail", "3", "pc-logs").stdout == "line4\nline5\n"
-    follow = subprocess.Popen(pc.argv("logs", "-f", "pc-logs"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    follow = subprocess.Popen(
+        pc.argv("logs", "-f", "pc-logs"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(0.3)
     assert follow.poll() is None  # still following the running container
     pc("exec", "pc-logs", "touch", "/tmp/go")
@@ -388,9 +541,19 @@ def test_logs_tail_and_follow(pc):
 
 
 def test_cp_both_ways_and_symlink_escapes(pc, tmp_path):
-    pc("run", "-d", "--name", "pc-cp", "--net", "none", "busybox", "sh", "-c",
-       "mkdir -p /d/sub; echo inner > /d/sub/f; ln -s / /escape; ln -s /etc/pc-secret /plink; "
-       "ln -s ../../../../../tmp /d/up; echo container > /etc/pc-secret; sleep 100")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "pc-cp",
+        "--net",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /d/sub; echo inner > /d/sub/f; ln -s / /escape; ln -s /etc/pc-secret /plink; "
+        "ln -s ../../../../../tmp /d/up; echo container > /etc/pc-secret; sleep 100",
+    )
     deadline = time.monotonic() + 5
     while pc("exec", "pc-cp", "test", "-e", "/etc/pc-secret", check=False).returncode:
         assert time.monotonic() < deadline
@@ -470,9 +633,22 @@ def test_killed_cli_mid_run_leaves_nothing(pc, state_root):
     pc("run", "--rm", "--net", "none", "busybox", "true")
     full = time.monotonic() - t0
     for i, frac in enumerate((0.05, 0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.3)):
-        proc = subprocess.Popen(pc.argv("run", "--name", f"pc-k{i}", "--net", "none",
-                                        "--memory", "50m", "busybox", "sleep", "0.3"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            pc.argv(
+                "run",
+                "--name",
+                f"pc-k{i}",
+                "--net",
+                "none",
+                "--memory",
+                "50m",
+                "busybox",
+                "sleep",
+                "0.3",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(full * frac)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -485,6 +661,7 @@ def test_killed_cli_mid_run_leaves_nothing(pc, state_root):
             return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except OSError:
             return []  # a shim of the runs above that just finished
+
     shim = [p for p in processes_of(state_root) if str(info["State"]["Pid"]) in children(p)]
     assert len(shim) == 1
     os.kill(shim[0], signal.SIGKILL)
@@ -492,7 +669,7 @@ def test_killed_cli_mid_run_leaves_nothing(pc, state_root):
     while os.path.exists(f"/proc/{info['State']['Pid']}") and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.5)  # every surviving container's `sleep 0.3` is over
-    pc("ps", "-a")   # runs the reconciler
+    pc("ps", "-a")  # runs the reconciler
     settled = pc.inspect("pc-shimkill")
     assert settled["State"]["Status"] == "exited" and settled["State"]["ExitCode"] == 137
     assert cgroup_dirs(settled["Id"]) == []
@@ -552,14 +729,24 @@ def test_bridge_mode_waits_for_the_network(state_root, make_netns):
     ns = make_netns("pc")
     cli = PcCli(state_root, netns=ns.name)
     try:
-        out = cli("run", "--rm", "--name", "pc-br", "busybox", "sh", "-c",
-                  "ip -o -4 addr show eth0; grep pc-br /etc/hosts || cat /etc/hosts")
+        out = cli(
+            "run",
+            "--rm",
+            "--name",
+            "pc-br",
+            "busybox",
+            "sh",
+            "-c",
+            "ip -o -4 addr show eth0; grep pc-br /etc/hosts || cat /etc/hosts",
+        )
         assert "inet " in out.stdout and "eth0" in out.stdout
         ip = out.stdout.split("inet ")[1].split("/")[0]
         assert ip in out.stdout.split("\n", 1)[1]  # /etc/hosts has the address
         cli("run", "-d", "--name", "pc-br2", "busybox", "sleep", "100")
         info = cli.inspect("pc-br2")
-        assert info["NetworkSettings"]["IPAddress"] and info["HostConfig"]["NetworkMode"] == "bridge"
+        assert (
+            info["NetworkSettings"]["IPAddress"] and info["HostConfig"]["NetworkMode"] == "bridge"
+        )
         veth = info["NetworkSettings"]["Networks"]["bridge"]["HostVeth"]
         assert veth in ns.sh("ip -o link").stdout
         cli("rm", "-f", "pc-br2")
@@ -576,6 +763,7 @@ def test_secure_join_and_parsers(tmp_path):
     from pyinspect.runtime.cgroups import parse_cpus, parse_memory, parse_pids
     from pyinspect.runtime.containers import parse_signal, split_cp_arg
     from pyinspect.runtime.isolation import parse_volume, secure_join
+
     root = tmp_path / "r"
     (root / "etc").mkdir(parents=True)
     os.symlink("/", root / "abs")
@@ -599,7 +787,10 @@ def test_secure_join_and_parsers(tmp_path):
     assert parse_cpus("0.5") == 0.5 and parse_pids(0) is None and parse_pids("12") == 12
     assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
     assert parse_volume("/h:/c:ro") == {"source": "/h", "destination": "/c", "ro": True}
-    assert split_cp_arg("web:/etc/x") == ("web", "/etc/x") and split_cp_arg("./a:b") == (None, "./a:b")
+    assert split_cp_arg("web:/etc/x") == ("web", "/etc/x") and split_cp_arg("./a:b") == (
+        None,
+        "./a:b",
+    )
     assert split_cp_arg("web:") == ("web", "")  # refused by cp (it used to mean "/")
     with pytest.raises(UsageError):
         parse_volume("/h:/c:rx")
@@ -609,6 +800,7 @@ def test_workdir_lookup_in_image_layers(tmp_path):
     """non_directory_in_image reads the layers as overlayfs shows them: the top layer
     wins, whiteouts and opaque directories hide lower entries, symlinks stay inside."""
     from pyinspect.runtime.isolation import non_directory_in_image
+
     base, top = tmp_path / "base", tmp_path / "top"
     for d in ("etc", "data", "etc2", "gone/sub", "top/kept"):
         (base / d).mkdir(parents=True)
@@ -625,13 +817,19 @@ def test_workdir_lookup_in_image_layers(tmp_path):
     (top / "top").mkdir()
     (top / "top" / "kept").mkdir()
     layers = [base, top]
-    check = {"/etc/passwd": "/etc/passwd", "/etc/passwd/x": "/etc/passwd",
-             "/link/x": "/etc/passwd", "/../etc/passwd": "/etc/passwd",
-             "/etc2/x": "/etc2",        # the top layer's file wins over the base's dir
-             "/etc": None, "/new/dir": None, "/top/kept": None,
-             "/gone/sub": None,         # whited out: the start may make it
-             "/data/file/x": None,      # hidden by the opaque directory above it
-             "/data/rel/passwd": None}  # so is the symlink
+    check = {
+        "/etc/passwd": "/etc/passwd",
+        "/etc/passwd/x": "/etc/passwd",
+        "/link/x": "/etc/passwd",
+        "/../etc/passwd": "/etc/passwd",
+        "/etc2/x": "/etc2",  # the top layer's file wins over the base's dir
+        "/etc": None,
+        "/new/dir": None,
+        "/top/kept": None,
+        "/gone/sub": None,  # whited out: the start may make it
+        "/data/file/x": None,  # hidden by the opaque directory above it
+        "/data/rel/passwd": None,
+    }  # so is the symlink
     assert {p: non_directory_in_image(layers, p) for p in check} == check
     assert non_directory_in_image([base], "/data/rel/passwd") == "/etc/passwd"
     with pytest.raises(OSError):
@@ -642,8 +840,19 @@ def test_damaged_record_of_a_running_container(pc, state_root):
     """A running container whose state.json got damaged is listed as damaged and left
     running by `ps -a`; plain `rm` refuses at once (its monitor still runs it);
     `rm -f` kills it through its cgroup and removes everything."""
-    pc("run", "-d", "--name", "pc-dmg", "--net", "none", "--memory", "50m", "busybox",
-       "sleep", "100")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "pc-dmg",
+        "--net",
+        "none",
+        "--memory",
+        "50m",
+        "busybox",
+        "sleep",
+        "100",
+    )
     info = pc.inspect("pc-dmg")
     cid, pid = info["Id"], info["State"]["Pid"]
     (state_root / "containers" / cid / "state.json").write_text('{"status": "runn')
@@ -662,10 +871,22 @@ def test_damaged_record_of_a_running_container(pc, state_root):
 
 def test_attached_run_forwards_signals(pc, state_root):
     """SIGINT/SIGTERM to an attached `run` reach the container (docker's sig-proxy)."""
-    proc = subprocess.Popen(pc.argv("run", "--name", "pc-sig", "--net", "none", "busybox", "sh",
-                                    "-c", "trap 'echo caught; exit 9' INT; echo ready; "
-                                    "while true; do sleep 0.1; done"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        pc.argv(
+            "run",
+            "--name",
+            "pc-sig",
+            "--net",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo caught; exit 9' INT; echo ready; while true; do sleep 0.1; done",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGINT)
@@ -688,16 +909,26 @@ def test_attached_run_forwards_signals(pc, state_root):
 def test_hostile_image_symlinks_stay_inside_the_root(pc, tmp_path):
     """An image whose /proc and /dev are symlinks pointing "out" gets its mounts inside
     its own root (resolved like a chroot would), and the host is untouched."""
-    from helpers import imagekit as kit
     from pyinspect.runtime.images import ImageStore
+
+    from helpers import imagekit as kit
+
     bb = ImageStore(pc.root).resolve("busybox")
     base = (ImageStore(pc.root).blobs / bb.diff_ids[0][7:]).read_bytes()
     marker = f"pc-escape-{os.getpid()}"
     top = kit.layer(("proc", "sym", f"/../../{marker}-proc"), ("dev", "sym", f"../{marker}-dev"))
     arc = kit.docker_legacy(tmp_path / "hostile.tar", [([base, top], ["pc-hostile:1"], None)])
     pc("load", "-i", arc)
-    out = pc("run", "--rm", "--net", "none", "pc-hostile:1", "sh", "-c",
-             f"cat /{marker}-proc/1/cmdline; echo; ls /{marker}-dev/null; echo ok > /dev/null")
+    out = pc(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "pc-hostile:1",
+        "sh",
+        "-c",
+        f"cat /{marker}-proc/1/cmdline; echo; ls /{marker}-dev/null; echo ok > /dev/null",
+    )
     assert out.stdout.startswith("sh") and f"/{marker}-dev/null" in out.stdout
     assert not os.path.exists(f"/{marker}-proc") and not os.path.exists(f"/{marker}-dev")
     assert not os.path.exists(f"/tmp/{marker}-dev")
@@ -707,17 +938,50 @@ def test_bridge_without_the_network_module_is_one_clear_error(pc, state_root):
     """When pyinspect.runtime.network cannot be imported, bridge runs fail in one line
     (exit 5) and create nothing; --net none still works in the same process."""
     import sys
-    code = ("import sys; sys.modules['pyinspect.runtime.network'] = None; "
-            "sys.argv[0] = 'pyinspect-test'; from pyinspect.cli import main; main()")
-    proc = subprocess.run([sys.executable, "-c", code, "--root", str(state_root), "run",
-                           "--name", "pc-nonet", "busybox", "true"],
-                          capture_output=True, text=True, timeout=60)
+
+    code = (
+        "import sys; sys.modules['pyinspect.runtime.network'] = None; "
+        "sys.argv[0] = 'pyinspect-test'; from pyinspect.cli import main; main()"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--root",
+            str(state_root),
+            "run",
+            "--name",
+            "pc-nonet",
+            "busybox",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     line = one_line_error(proc, 5)
     assert "bridge networking is unavailable" in line
     assert pc.ids() == []
-    proc = subprocess.run([sys.executable, "-c", code, "--root", str(state_root), "run", "--rm",
-                           "--net", "none", "busybox", "echo", "still-fine"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--root",
+            str(state_root),
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "busybox",
+            "echo",
+            "still-fine",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and proc.stdout == "still-fine\n", proc.stderr
 
 
@@ -725,6 +989,7 @@ def _blocking_timing_fifo(path, free):
     """A FIFO for PYINSPECT_TIMING with room for exactly `free` more bytes, so the
     writer blocks at a known mark. Returns the fd holding it open (read+write)."""
     import fcntl
+
     os.mkfifo(path)
     fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
     fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: one page
@@ -737,9 +1002,12 @@ def test_sigkill_between_create_and_start_is_cleaned_up(pc, state_root, tmp_path
     full FIFO), SIGKILLed there, and the reconciler removes the half-made container."""
     fifo = tmp_path / "timing"
     hold = _blocking_timing_fifo(fifo, free=len(b"run_entered 1234567890123456789\n"))
-    proc = subprocess.Popen(pc.argv("run", "--name", "pc-half", "--net", "none", "busybox",
-                                    "true"), env={**os.environ, "PYINSPECT_TIMING": str(fifo)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        pc.argv("run", "--name", "pc-half", "--net", "none", "busybox", "true"),
+        env={**os.environ, "PYINSPECT_TIMING": str(fifo)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 20
         while not os.path.lexists(state_root / "names" / "pc-half"):  # created, now blocked
@@ -772,14 +1040,23 @@ def test_sigkill_of_the_shim_while_starting_is_cleaned_up(pc, state_root, tmp_pa
     cgroups the dead shim never recorded."""
     import fcntl
     import termios
-    marks = (b"run_entered 1234567890123456789\n", b"created 1234567890123456789\n",
-             b"shim_forked 1234567890123456789\n")
+
+    marks = (
+        b"run_entered 1234567890123456789\n",
+        b"created 1234567890123456789\n",
+        b"shim_forked 1234567890123456789\n",
+    )
     fifo = tmp_path / "timing"
     hold = _blocking_timing_fifo(fifo, free=sum(map(len, marks)))
-    proc = subprocess.Popen(pc.argv("run", "--name", "pc-shimdie", "--net", "none",
-                                    "--memory", "20m", "busybox", "true"),
-                            env={**os.environ, "PYINSPECT_TIMING": str(fifo)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        pc.argv(
+            "run", "--name", "pc-shimdie", "--net", "none", "--memory", "20m", "busybox", "true"
+        ),
+        env={**os.environ, "PYINSPECT_TIMING": str(fifo)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         buf = bytearray(4)

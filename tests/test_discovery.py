@@ -12,10 +12,11 @@ import subprocess
 import uuid
 
 import pytest
-from conftest import Cli
-from testbed.waits import wait_for
 
 from pyinspect import discovery, vethmap
+
+from conftest import Cli
+from testbed.waits import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -66,19 +67,23 @@ def cgroup_dir_inodes(pid):
 def test_runc_container_is_found_with_its_processes(runc, state_root):
     cid, pid = runc.run()
     runc.exec_detached(cid, "sleep", "999")
-    found = wait_for(lambda: next((d for d in discovery.containers(state_root)
-                                   if d.id == cid and len(d.pids) == 2), None))
+    found = wait_for(
+        lambda: next(
+            (d for d in discovery.containers(state_root) if d.id == cid and len(d.pids) == 2), None
+        )
+    )
     assert found.source == "runc" and found.name == cid and found.status == "running"
     assert found.pid == pid
     assert found.netns == ns_ino(pid, "net") != ns_ino(2, "net")
     assert found.pidns == ns_ino(pid, "pid") != ns_ino(2, "pid")
     # its processes: the init and the exec'd sleep, exactly the pids in its pid namespace
-    in_ns = sorted(int(p) for p in os.listdir("/proc") if p.isdigit()
-                   and os.path.exists(f"/proc/{p}/ns/pid")
-                   and _safe_ino(p) == found.pidns)
+    in_ns = sorted(
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit() and os.path.exists(f"/proc/{p}/ns/pid") and _safe_ino(p) == found.pidns
+    )
     assert found.pids == in_ns and pid in found.pids
-    comms = sorted(open(f"/proc/{p}/cmdline").read().replace("\0", " ").strip()
-                   for p in found.pids)
+    comms = sorted(open(f"/proc/{p}/cmdline").read().replace("\0", " ").strip() for p in found.pids)
     assert comms == ["sleep 1000", "sleep 999"]
     assert found.detail["bundle"] == runc.bundles[cid]
     # cgroup ids are the inodes of its cgroup directories, hierarchy by hierarchy
@@ -135,11 +140,14 @@ def test_foreign_namespaces_are_containers(make_netns, procs, state_root):
 
     def ready():
         try:
-            return (ns_ino(anon.pid, "net") != ns_ino(2, "net")
-                    and any(_child_in_new_pidns(pid_only.pid))
-                    and ns_ino(in_named.pid, "net") == os.stat(ns.path).st_ino)
+            return (
+                ns_ino(anon.pid, "net") != ns_ino(2, "net")
+                and any(_child_in_new_pidns(pid_only.pid))
+                and ns_ino(in_named.pid, "net") == os.stat(ns.path).st_ino
+            )
         except OSError:
             return False
+
     wait_for(ready)
     try:
         found = {d.id: d for d in discovery.containers(state_root)}
@@ -179,14 +187,20 @@ def test_own_containers_from_runtime_records(make_netns, state_root):
     ns = make_netns("pb")
     sleeper = ns.popen("sleep", "1000")
     try:
-        wait_for(lambda: os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino
-                 == os.stat(ns.path).st_ino)
+        wait_for(lambda: os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino == os.stat(ns.path).st_ino)
         cid = uuid.uuid4().hex + uuid.uuid4().hex
         path = os.path.join(state.containers_dir(state_root), cid)
         os.makedirs(path)
-        c = state.Container(id=cid, name="pb-web", image="busybox", status="running",
-                            pid=sleeper.pid, pid_start=state.proc_start(sleeper.pid),
-                            created=state.now_rfc3339(), network={"mode": "bridge"})
+        c = state.Container(
+            id=cid,
+            name="pb-web",
+            image="busybox",
+            status="running",
+            pid=sleeper.pid,
+            pid_start=state.proc_start(sleeper.pid),
+            created=state.now_rfc3339(),
+            network={"mode": "bridge"},
+        )
         c.path = path
         state.save(c, static=True)
         found = {d.id: d for d in discovery.containers(state_root)}
@@ -214,6 +228,7 @@ class FakeDockerEngine:
     def __init__(self, path, containers):
         import socket
         import threading
+
         self.path = str(path)
         self.body = json.dumps(containers).encode()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -231,8 +246,9 @@ class FakeDockerEngine:
                 return
             with conn:
                 self.requests.append(conn.recv(65536).split(b"\r\n", 1)[0].decode())
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
-                             + self.body)
+                conn.sendall(
+                    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + self.body
+                )
 
     def close(self):
         self.sock.close()
@@ -240,16 +256,19 @@ class FakeDockerEngine:
 
 def _cgroup_base():
     with open("/proc/self/mountinfo") as f:
-        mounts = [(ln.split(" - ")[1].split()[0], ln.split(" - ")[1].split()[2],
-                   ln.split()[4]) for ln in f]
+        mounts = [
+            (ln.split(" - ")[1].split()[0], ln.split(" - ")[1].split()[2], ln.split()[4])
+            for ln in f
+        ]
     for fstype, opts, mnt in mounts:
         if fstype == "cgroup" and "pids" in opts.split(","):
             return mnt
     return next(mnt for fstype, _o, mnt in mounts if fstype == "cgroup2")
 
 
-def test_docker_container_by_cgroup_path_named_by_engine_api(tmp_path, procs, state_root,
-                                                             monkeypatch):
+def test_docker_container_by_cgroup_path_named_by_engine_api(
+    tmp_path, procs, state_root, monkeypatch
+):
     cid = uuid.uuid4().hex + uuid.uuid4().hex
     base = os.path.join(_cgroup_base(), f"pb-{uuid.uuid4().hex[:6]}")
     cg = os.path.join(base, "docker", cid)
@@ -292,8 +311,14 @@ def test_runc_bundle_annotation_names_the_container(runc, state_root):
     spec["annotations"] = {"nerdctl/name": "pb-nice"}
     (b / "config.json").write_text(json.dumps(spec))
     runc.ids.append(cid)
-    subprocess.run(["runc", "run", "-d", "--bundle", str(b), cid], stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=30)
+    subprocess.run(
+        ["runc", "run", "-d", "--bundle", str(b), cid],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=30,
+    )
     d = next(d for d in discovery.containers(state_root) if d.id == cid)
     assert (d.name, d.source, d.status) == ("pb-nice", "runc", "running")
     assert discovery.Resolver(state_root).resolve(netns=d.netns) == (cid, "pb-nice")
@@ -307,16 +332,25 @@ def test_crun_state_directory(tmp_path, procs, state_root, monkeypatch):
     start = int(open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[19])
     base = tmp_path / "crun"
     (base / "pb-crun1").mkdir(parents=True)
-    (base / "pb-crun1" / "status").write_text(json.dumps({
-        "pid": child, "process-start-time": start, "bundle": str(tmp_path / "nobundle"),
-        "cgroup-path": "", "created": "2026-11-29T12:00:00Z"}))
+    (base / "pb-crun1" / "status").write_text(
+        json.dumps(
+            {
+                "pid": child,
+                "process-start-time": start,
+                "bundle": str(tmp_path / "nobundle"),
+                "cgroup-path": "",
+                "created": "2026-11-29T12:00:00Z",
+            }
+        )
+    )
     monkeypatch.setattr(discovery, "CRUN_STATE_ROOTS", (str(base),))
     d = next(d for d in discovery.containers(state_root) if d.id == "pb-crun1")
     assert (d.source, d.status, d.pid) == ("crun", "running", child)
     assert d.netns == ns_ino(child, "net") and d.pidns == ns_ino(child, "pid")
     assert d.pids == [child]
     # a reused pid (start time differs) is not the container any more
-    (base / "pb-crun1" / "status").write_text(json.dumps({"pid": child,
-                                                         "process-start-time": start + 1}))
+    (base / "pb-crun1" / "status").write_text(
+        json.dumps({"pid": child, "process-start-time": start + 1})
+    )
     d = next(d for d in discovery.containers(state_root) if d.id == "pb-crun1")
     assert (d.status, d.pid, d.pids) == ("stopped", 0, [])

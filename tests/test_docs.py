@@ -8,9 +8,9 @@ import sys
 import click
 import pytest
 
-from conftest import PYINSPECT, REPO
-
 from pyinspect.cli import COMMANDS
+
+from conftest import PYINSPECT, REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 import gen_cli_docs  # noqa: E402
@@ -34,7 +34,8 @@ def test_every_command_module_in_commands_exists():
 def test_docs_cli_md_is_current():
     current = gen_cli_docs.DOC.read_text() if gen_cli_docs.DOC.exists() else ""
     assert current == gen_cli_docs.render(), (
-        f"docs/cli.md differs from the commands' --help: run `{REGEN}` and commit docs/cli.md")
+        f"docs/cli.md differs from the commands' --help: run `{REGEN}` and commit docs/cli.md"
+    )
 
 
 def test_every_command_and_option_has_help():
@@ -59,8 +60,13 @@ def test_walk_reaches_every_subcommand():
 def test_generated_text_is_what_help_prints(path):
     """The generator renders exactly what the console script prints at 80 columns."""
     text = {p: t for p, _c, t in gen_cli_docs.walk()}[path]
-    real = subprocess.run([PYINSPECT, *path.split()[1:], "--help"], capture_output=True,
-                          text=True, check=True, env={**os.environ, "COLUMNS": "80"}).stdout
+    real = subprocess.run(
+        [PYINSPECT, *path.split()[1:], "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "80"},
+    ).stdout
     assert real.rstrip() == text.rstrip()
 
 

@@ -60,9 +60,13 @@ COMMIT
 COMMIT
 """
 
-HOST_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
-                "net.ipv4.conf.default.rp_filter": "0", "net.ipv4.conf.all.route_localnet": "0",
-                "net.bridge.bridge-nf-call-iptables": "1"}
+HOST_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.rp_filter": "0",
+    "net.ipv4.conf.default.rp_filter": "0",
+    "net.ipv4.conf.all.route_localnet": "0",
+    "net.bridge.bridge-nf-call-iptables": "1",
+}
 
 
 class Topology:
@@ -80,13 +84,17 @@ class Topology:
         h = self.h
         for k, v in HOST_SYSCTLS.items():
             h.sh(f"sysctl -qw {k}={v}")
-        h.sh("ip link add pdbr0 type bridge && ip addr add 10.201.0.1/24 dev pdbr0 "
-             "&& ip link set pdbr0 up")
+        h.sh(
+            "ip link add pdbr0 type bridge && ip addr add 10.201.0.1/24 dev pdbr0 "
+            "&& ip link set pdbr0 up"
+        )
         for i, ns in ((2, self.c), (3, self.d)):
             h.sh(f"ip link add pdv{i} type veth peer name eth0 netns {ns.name}")
             h.sh(f"ip link set pdv{i} master pdbr0 && ip link set pdv{i} up")
-            ns.sh(f"ip addr add 10.201.0.{i}/24 dev eth0 && ip link set eth0 up "
-                  "&& ip route add default via 10.201.0.1")
+            ns.sh(
+                f"ip addr add 10.201.0.{i}/24 dev eth0 && ip link set eth0 up "
+                "&& ip route add default via 10.201.0.1"
+            )
         h.sh("bridge link set dev pdv2 hairpin on")
         h.sh(f"ip link add pdup0 type veth peer name eth0 netns {self.k.name}")
         h.sh("ip addr add 10.202.0.1/24 dev pdup0 && ip link set pdup0 up")
@@ -113,8 +121,10 @@ class Topology:
         h = self.h
         for k, v in HOST_SYSCTLS.items():
             h.sh(f"sysctl -qw {k}={v}")
-        h.sh("for i in /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv4/conf/*/route_localnet;"
-             " do echo 0 > $i; done")
+        h.sh(
+            "for i in /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv4/conf/*/route_localnet;"
+            " do echo 0 > $i; done"
+        )
         h.run("iptables-legacy-restore", input=LEGACY_RULES)
         h.sh("nft flush ruleset", check=False)
         h.sh("ip link del pdup1 2>/dev/null; true")
@@ -152,8 +162,17 @@ class Topology:
     # traffic (only between our own namespaces)
     def get(self, ns, url, timeout=1):
         # busybox-static is installed by scripts/install.sh (its wget -T segfaults: timeout)
-        r = ns.run("timeout", str(timeout), "busybox", "wget", "-q", "-O-", url, check=False,
-                   timeout=timeout + 10)
+        r = ns.run(
+            "timeout",
+            str(timeout),
+            "busybox",
+            "wget",
+            "-q",
+            "-O-",
+            url,
+            check=False,
+            timeout=timeout + 10,
+        )
         return r.returncode == 0 and "pd-ok" in r.stdout
 
     def published_ok(self):
@@ -241,44 +260,62 @@ def test_ip_forward_off(setup):
     t = setup
     t.h.sh("sysctl -qw net.ipv4.ip_forward=0")
     # a safe fix: --fix applies it without --yes
-    hits = break_and_fix(t, "ip_forward", ["net.ipv4.ip_forward = 0"], t.published_ok,
-                         fix_args=("--fix",))
+    hits = break_and_fix(
+        t, "ip_forward", ["net.ipv4.ip_forward = 0"], t.published_ok, fix_args=("--fix",)
+    )
     assert hits[0]["fix"] == "sysctl -w net.ipv4.ip_forward=1"
 
 
 def test_forward_policy_drop_without_accept(setup):
     t = setup
     t.h.sh("iptables-legacy -F PYINSPECT-FORWARD")
-    break_and_fix(t, "forward_drop", ["policy FORWARD DROP", "10.201.0.2:80"], t.published_ok,
-                  container=t.c.name)
+    break_and_fix(
+        t,
+        "forward_drop",
+        ["policy FORWARD DROP", "10.201.0.2:80"],
+        t.published_ok,
+        container=t.c.name,
+    )
 
 
 def test_dnat_missing(setup):
     t = setup
     doctor(t, expect=0)  # doctor remembers the working mapping
-    t.h.sh("iptables-legacy -t nat -D PYINSPECT -p tcp -m tcp --dport 8088 "
-           "-j DNAT --to-destination 10.201.0.2:80")
-    hits = break_and_fix(t, "dnat_missing", ["8088", "policy PREROUTING ACCEPT"],
-                         t.published_ok, container=t.c.name)
+    t.h.sh(
+        "iptables-legacy -t nat -D PYINSPECT -p tcp -m tcp --dport 8088 "
+        "-j DNAT --to-destination 10.201.0.2:80"
+    )
+    hits = break_and_fix(
+        t, "dnat_missing", ["8088", "policy PREROUTING ACCEPT"], t.published_ok, container=t.c.name
+    )
     assert "--to-destination 10.201.0.2:80" in hits[0]["fix"]
 
 
 def test_dnat_stale_points_at_dead_ip(setup):
     t = setup
     doctor(t, expect=0)
-    t.h.sh("iptables-legacy -t nat -R PYINSPECT 1 -p tcp -m tcp --dport 8088 "
-           "-j DNAT --to-destination 10.201.0.99:80")
-    hits = break_and_fix(t, "dnat_stale", ["--to-destination 10.201.0.99:80",
-                                           "no container on pdbr0 has 10.201.0.99"],
-                         t.published_ok)
+    t.h.sh(
+        "iptables-legacy -t nat -R PYINSPECT 1 -p tcp -m tcp --dport 8088 "
+        "-j DNAT --to-destination 10.201.0.99:80"
+    )
+    hits = break_and_fix(
+        t,
+        "dnat_stale",
+        ["--to-destination 10.201.0.99:80", "no container on pdbr0 has 10.201.0.99"],
+        t.published_ok,
+    )
     assert hits[0]["fix"].startswith("iptables-legacy -t nat -D PYINSPECT")
 
 
 def test_masquerade_missing(setup):
     t = setup
     t.h.sh("iptables-legacy -t nat -D POSTROUTING -s 10.201.0.0/24 ! -o pdbr0 -j MASQUERADE")
-    break_and_fix(t, "masquerade_missing", ["no MASQUERADE/SNAT", "policy POSTROUTING ACCEPT"],
-                  lambda: t.get(t.c, "http://10.202.0.2:8080/"))
+    break_and_fix(
+        t,
+        "masquerade_missing",
+        ["no MASQUERADE/SNAT", "policy POSTROUTING ACCEPT"],
+        lambda: t.get(t.c, "http://10.202.0.2:8080/"),
+    )
 
 
 def _not_listening(t, bind, evidence):
@@ -318,8 +355,7 @@ def test_veth_down(setup):
 def test_veth_not_on_bridge(setup):
     t = setup
     t.h.sh("ip link set pdv2 nomaster")
-    break_and_fix(t, "veth_detached", ["master none", "pdbr0"], t.published_ok,
-                  container=t.c.name)
+    break_and_fix(t, "veth_detached", ["master none", "pdbr0"], t.published_ok, container=t.c.name)
 
 
 def test_no_default_route(setup):
@@ -334,16 +370,18 @@ def test_wrong_gateway_needs_confirmation(setup):
     # not a safe fix: without --yes and without a terminal, --fix leaves it alone
     rc, report = doctor(t, "--fix", expect=1)
     assert [x["status"] for x in report["fixes"] if x["check"] == "container_route"] == ["skipped"]
-    break_and_fix(t, "container_route", ["default via 10.201.0.254", "10.201.0.1"],
-                  t.published_ok)
+    break_and_fix(t, "container_route", ["default via 10.201.0.254", "10.201.0.1"], t.published_ok)
 
 
 def test_bridge_nf_call_iptables_drops_container_to_container(setup):
     t = setup
     t.h.sh("iptables-legacy -D PYINSPECT-FORWARD -i pdbr0 -o pdbr0 -j ACCEPT")
-    hits = break_and_fix(t, "bridge_nf_drop", ["net.bridge.bridge-nf-call-iptables = 1",
-                                               "policy FORWARD DROP"],
-                         lambda: t.get(t.d, "http://10.201.0.2/"))
+    hits = break_and_fix(
+        t,
+        "bridge_nf_drop",
+        ["net.bridge.bridge-nf-call-iptables = 1", "policy FORWARD DROP"],
+        lambda: t.get(t.d, "http://10.201.0.2/"),
+    )
     assert "-i pdbr0 -o pdbr0 -j ACCEPT" in hits[0]["fix"]
 
 
@@ -351,9 +389,13 @@ def test_bridge_nf_call_iptables_drops_container_to_container(setup):
 def test_rules_split_between_legacy_and_nft(setup):
     t = setup
     t.h.sh("iptables-nft -P FORWARD DROP")  # e.g. a firewall manager on the nft backend
-    hits = break_and_fix(t, "split_backends", ["iptables-nft", "iptables-legacy",
-                                               "policy FORWARD DROP"], t.published_ok,
-                         container=t.c.name)
+    hits = break_and_fix(
+        t,
+        "split_backends",
+        ["iptables-nft", "iptables-legacy", "policy FORWARD DROP"],
+        t.published_ok,
+        container=t.c.name,
+    )
     assert hits[0]["fix"].startswith("iptables-nft -I FORWARD 1")
     assert eventually(lambda: t.get(t.d, "http://10.201.0.2/"))
     assert eventually(lambda: t.get(t.c, "http://10.202.0.2:8080/"))
@@ -364,15 +406,20 @@ def test_rules_split_between_legacy_and_nft(setup):
 
 def _localhost_exploit(t):
     """The client sends to 127.0.0.1:8089 through the host, as a hostile neighbour would."""
-    t.k.sh("sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.eth0.route_localnet=1;"
-           "ip rule add pref 100 table local; ip rule del pref 0;"
-           "ip route add 127.0.0.1/32 via 10.202.0.1 dev eth0 src 10.202.0.2 table 100;"
-           "ip rule add pref 10 table 100")
+    t.k.sh(
+        "sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.eth0.route_localnet=1;"
+        "ip rule add pref 100 table local; ip rule del pref 0;"
+        "ip route add 127.0.0.1/32 via 10.202.0.1 dev eth0 src 10.202.0.2 table 100;"
+        "ip rule add pref 10 table 100"
+    )
     try:
         return t.get(t.k, "http://127.0.0.1:8089/")
     finally:
-        t.k.sh("ip rule add pref 0 table local; ip rule del pref 100; ip rule del pref 10;"
-               "ip route flush table 100", check=False)
+        t.k.sh(
+            "ip rule add pref 0 table local; ip rule del pref 100; ip rule del pref 10;"
+            "ip route flush table 100",
+            check=False,
+        )
 
 
 def test_localhost_publish_reachable_from_outside(setup):
@@ -380,25 +427,36 @@ def test_localhost_publish_reachable_from_outside(setup):
     assert not _localhost_exploit(t)
     t.h.sh("iptables-legacy -t raw -F PREROUTING")
     assert _localhost_exploit(t)
-    hits = break_and_fix(t, "localhost_publish", ["127.0.0.1:8089", "pdup0",
-                                                  "route_localnet"],
-                         lambda: not _localhost_exploit(t) and t.published_ok())
+    hits = break_and_fix(
+        t,
+        "localhost_publish",
+        ["127.0.0.1:8089", "pdup0", "route_localnet"],
+        lambda: not _localhost_exploit(t) and t.published_ok(),
+    )
     assert "-t raw -I PREROUTING 1 -d 127.0.0.0/8 ! -i lo -j DROP" in hits[0]["fix"]
 
 
 def test_hairpin_off(setup):
     t = setup
     t.h.sh("bridge link set dev pdv2 hairpin off")
-    break_and_fix(t, "hairpin", ["hairpin off", "bridge-nf-call-iptables = 1"],
-                  lambda: t.get(t.c, "http://10.202.0.1:8088/"), container=t.c.name)
+    break_and_fix(
+        t,
+        "hairpin",
+        ["hairpin off", "bridge-nf-call-iptables = 1"],
+        lambda: t.get(t.c, "http://10.202.0.1:8088/"),
+        container=t.c.name,
+    )
 
 
 def test_hairpin_masquerade_missing(setup):
     t = setup
-    t.h.sh("iptables-legacy -t nat -D POSTROUTING -s 10.201.0.2/32 -d 10.201.0.2/32 "
-           "-p tcp -m tcp --dport 80 -j MASQUERADE")
-    break_and_fix(t, "hairpin", ["no hairpin MASQUERADE"],
-                  lambda: t.get(t.c, "http://10.202.0.1:8088/"))
+    t.h.sh(
+        "iptables-legacy -t nat -D POSTROUTING -s 10.201.0.2/32 -d 10.201.0.2/32 "
+        "-p tcp -m tcp --dport 80 -j MASQUERADE"
+    )
+    break_and_fix(
+        t, "hairpin", ["no hairpin MASQUERADE"], lambda: t.get(t.c, "http://10.202.0.1:8088/")
+    )
 
 
 def test_mtu_mismatch(setup):
@@ -406,11 +464,18 @@ def test_mtu_mismatch(setup):
     t.c.sh("ip link set eth0 mtu 1400")
 
     def big_ping():
-        r = t.h.run("busybox", "ping", "-c", "1", "-W", "1", "-s", "1450", "10.201.0.2",
-                    check=False)
+        r = t.h.run(
+            "busybox", "ping", "-c", "1", "-W", "1", "-s", "1450", "10.201.0.2", check=False
+        )
         return r.returncode == 0 and t.published_ok()
-    break_and_fix(t, "mtu_mismatch", ["eth0 in", "mtu 1400", "pdv2 (host): mtu 1500"],
-                  big_ping, container=t.c.name)
+
+    break_and_fix(
+        t,
+        "mtu_mismatch",
+        ["eth0 in", "mtu 1400", "pdv2 (host): mtu 1500"],
+        big_ping,
+        container=t.c.name,
+    )
 
 
 @pytest.mark.skipif(not have("conntrack"), reason="needs conntrack-tools")
@@ -424,14 +489,19 @@ def test_conntrack_table_full(setup):
     entries = t.www.parent / "pd-ct.txt"
     with open(entries, "w") as f:
         for i in range(cmax + 100):
-            f.write(f"-I -s 10.250.{i // 60000}.1 -d 10.251.0.1 -p tcp --sport {1024 + i % 60000} "
-                    "--dport 80 --state ESTABLISHED -u ASSURED,SEEN_REPLY -t 600\n")
+            f.write(
+                f"-I -s 10.250.{i // 60000}.1 -d 10.251.0.1 -p tcp --sport {1024 + i % 60000} "
+                "--dport 80 --state ESTABLISHED -u ASSURED,SEEN_REPLY -t 600\n"
+            )
     t.h.run("conntrack", "-R", str(entries), check=False, timeout=120)
     count = int(t.h.sh("cat /proc/sys/net/netfilter/nf_conntrack_count").stdout)
     assert count >= cmax * 0.98, count
-    hits = break_and_fix(t, "conntrack_full", ["nf_conntrack_count", f"nf_conntrack_max = {cmax}",
-                                               "read-only in this network namespace"],
-                         t.published_ok)
+    hits = break_and_fix(
+        t,
+        "conntrack_full",
+        ["nf_conntrack_count", f"nf_conntrack_max = {cmax}", "read-only in this network namespace"],
+        t.published_ok,
+    )
     assert hits[0]["severity"] == "error"
 
 
@@ -439,19 +509,32 @@ def test_rp_filter_drops_asymmetric_traffic(setup):
     t = setup
     # a second link: the client reaches 10.203.0.1 over it with its 10.202.0.2 source,
     # the host's route back to 10.202.0.2 is via pdup0: asymmetric, fine with rp_filter 0/2
-    t.h.sh(f"ip link add pdup1 type veth peer name eth1 netns {t.k.name} && "
-           "ip addr add 10.203.0.1/24 dev pdup1 && ip link set pdup1 up")
-    t.k.sh("ip addr add 10.203.0.2/24 dev eth1 && ip link set eth1 up && "
-           "ip route add 10.203.0.1/32 dev eth1 src 10.202.0.2")
+    t.h.sh(
+        f"ip link add pdup1 type veth peer name eth1 netns {t.k.name} && "
+        "ip addr add 10.203.0.1/24 dev pdup1 && ip link set pdup1 up"
+    )
+    t.k.sh(
+        "ip addr add 10.203.0.2/24 dev eth1 && ip link set eth1 up && "
+        "ip route add 10.203.0.1/32 dev eth1 src 10.202.0.2"
+    )
 
     def asym():
         return t.get(t.k, "http://10.203.0.1:8088/")
+
     assert eventually(asym)
     doctor(t, expect=0)
     t.h.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1")
-    break_and_fix(t, "rp_filter", ["net.ipv4.conf.all.rp_filter = 1", "pdup1",
-                                   "route back to it leaves via pdup0", "IPReversePathFilter"],
-                  asym)
+    break_and_fix(
+        t,
+        "rp_filter",
+        [
+            "net.ipv4.conf.all.rp_filter = 1",
+            "pdup1",
+            "route back to it leaves via pdup0",
+            "IPReversePathFilter",
+        ],
+        asym,
+    )
 
 
 def _comm(pid):
@@ -471,15 +554,24 @@ def test_oom_killed_container(setup):
     t.cgroup = cg
     try:
         open(f"{cg}/memory.limit_in_bytes", "w").write(str(30 << 20))
-        httpd = [p for p in t.c.run("ip", "netns", "pids", t.c.name).stdout.split()
-                 if _comm(p) == "busybox"]
+        httpd = [
+            p
+            for p in t.c.run("ip", "netns", "pids", t.c.name).stdout.split()
+            if _comm(p) == "busybox"
+        ]
         for pid in httpd:
             open(f"{cg}/cgroup.procs", "w").write(pid)
         alloc = f"echo $$ > {cg}/cgroup.procs; exec python3 -c \"x = b'x' * (45 << 20)\""
+
         # nsenter, not `ip netns exec`: the latter remounts /sys without the cgroup tree
         def run_alloc():
-            return subprocess.run(["nsenter", f"--net={t.c.path}", "sh", "-c", alloc],
-                                  capture_output=True, text=True, timeout=60)
+            return subprocess.run(
+                ["nsenter", f"--net={t.c.path}", "sh", "-c", alloc],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
         r = run_alloc()
         assert r.returncode in (-9, 137), r
         rc, report = doctor(t, expect=1)
@@ -520,9 +612,12 @@ def test_trace_drops_become_evidence(setup):
     """A `pyinspect trace` session that saw the drop adds its drop and hop to the finding."""
     t = setup
     t.h.sh("iptables-legacy -F PYINSPECT-FORWARD")
-    proc = subprocess.Popen(t.cli.argv("trace", "--container", t.c.name, "--json",
-                                       "--duration", "2.5"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        t.cli.argv("trace", "--container", t.c.name, "--json", "--duration", "2.5"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready = proc.stdout.readline()
         if not ready:
@@ -546,12 +641,18 @@ def test_stored_findings_link_to_runbooks_in_the_dashboard(setup):
     t.h.sh("sysctl -qw net.ipv4.ip_forward=0")
     doctor(t, expect=1)
     from pyinspect.store import Store
+
     with Store(t.root / "pyinspect.db") as st:
-        rows = list(st.db.execute("SELECT check_name, runbook, evidence FROM findings "
-                                  "WHERE run_ns = (SELECT max(run_ns) FROM findings)"))
+        rows = list(
+            st.db.execute(
+                "SELECT check_name, runbook, evidence FROM findings "
+                "WHERE run_ns = (SELECT max(run_ns) FROM findings)"
+            )
+        )
     assert [r[0] for r in rows] == ["ip_forward"]
     assert rows[0][1] == "ip-forward-off" and "net.ipv4.ip_forward = 0" in rows[0][2]
     from pyinspect.web.app import create_app
+
     client = create_app(t.root).test_client()
     page = client.get("/doctor").get_data(as_text=True)
     assert "ip_forward" in page and "/runbooks/ip-forward-off" in page
@@ -563,11 +664,17 @@ def test_stored_findings_link_to_runbooks_in_the_dashboard(setup):
 def test_native_nftables_forward_chain_drops(setup):
     """firewalld-style native nftables table: invisible to iptables-*-save, still drops."""
     t = setup
-    t.h.sh("nft add table inet pdfw && nft add chain inet pdfw filter_FORWARD "
-           "'{ type filter hook forward priority 0; policy drop; }' && "
-           "nft add rule inet pdfw filter_FORWARD ct state established,related accept")
-    hits = break_and_fix(t, "nft_native_drop", ["inet pdfw filter_FORWARD", "policy drop",
-                                                "none accepts pdbr0"], t.published_ok)
+    t.h.sh(
+        "nft add table inet pdfw && nft add chain inet pdfw filter_FORWARD "
+        "'{ type filter hook forward priority 0; policy drop; }' && "
+        "nft add rule inet pdfw filter_FORWARD ct state established,related accept"
+    )
+    hits = break_and_fix(
+        t,
+        "nft_native_drop",
+        ["inet pdfw filter_FORWARD", "policy drop", "none accepts pdbr0"],
+        t.published_ok,
+    )
     assert hits[0]["fix"].startswith("nft insert rule inet pdfw filter_FORWARD")
     assert eventually(lambda: t.get(t.c, "http://10.202.0.2:8080/"))
     assert eventually(lambda: t.get(t.d, "http://10.201.0.2/"))
@@ -577,9 +684,11 @@ def _doctor_on_tty(t, answer):
     """`doctor --fix` on a pseudo-terminal, answering the confirmation prompt."""
     import pty
     import select
+
     master, slave = pty.openpty()
-    proc = subprocess.Popen(t.cli.argv("doctor", "--fix"), stdin=slave, stdout=slave,
-                            stderr=slave, close_fds=True)
+    proc = subprocess.Popen(
+        t.cli.argv("doctor", "--fix"), stdin=slave, stdout=slave, stderr=slave, close_fds=True
+    )
     os.close(slave)
     out, answered, deadline = b"", False, time.time() + 60
     try:

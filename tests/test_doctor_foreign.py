@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, Netns, have
 from pyinspect.probes import iptsave as ipt
+
+from conftest import Cli, Netns, have
 
 DOCKER_RULES = """*nat
 :PREROUTING ACCEPT [0:0]
@@ -55,26 +56,38 @@ COMMIT
 def test_walker_follows_docker_chains():
     rs = ipt.Ruleset("nft", ipt.parse_save(DOCKER_RULES, "nft"))
     local = frozenset({"192.0.2.10"})
-    pkt = ipt.Packet(src="198.51.100.7", dst="192.0.2.10", dport=8088, iif="eth0",
-                     local_addrs=local)
+    pkt = ipt.Packet(
+        src="198.51.100.7", dst="192.0.2.10", dport=8088, iif="eth0", local_addrs=local
+    )
     w = rs.walk("nat", "PREROUTING", pkt)
     assert w.verdict == "DNAT" and ipt.dnat_target(w.rule) == ("172.17.0.2", 80)
     assert [r.chain for r in w.path] == ["PREROUTING", "DOCKER"]
     # from docker0 the DOCKER chain RETURNs first: no DNAT (docker-proxy's job)
-    w = rs.walk("nat", "PREROUTING", ipt.Packet(src="172.17.0.2", dst="192.0.2.10", dport=8088,
-                                                iif="docker0", local_addrs=local))
+    w = rs.walk(
+        "nat",
+        "PREROUTING",
+        ipt.Packet(
+            src="172.17.0.2", dst="192.0.2.10", dport=8088, iif="docker0", local_addrs=local
+        ),
+    )
     assert w.verdict == "ACCEPT" and w.rule is None
     fwd = ipt.Packet(src="198.51.100.7", dst="172.17.0.2", dport=80, iif="eth0", oif="docker0")
     w = rs.walk("filter", "FORWARD", fwd)
     assert w.verdict == "ACCEPT" and w.rule.chain == "DOCKER"
     # another port: falls through to the policy, which the evidence shows with its counter
-    w = rs.walk("filter", "FORWARD", ipt.Packet(src="198.51.100.7", dst="172.17.0.2", dport=81,
-                                                iif="eth0", oif="docker0"))
+    w = rs.walk(
+        "filter",
+        "FORWARD",
+        ipt.Packet(src="198.51.100.7", dst="172.17.0.2", dport=81, iif="eth0", oif="docker0"),
+    )
     assert w.verdict == "DROP" and w.rule is None
     assert w.evidence()[-1].startswith("iptables-nft policy FORWARD DROP")
     # egress passes ISOLATION-STAGE-1 -> STAGE-2 (RETURN) and is accepted by FORWARD
-    w = rs.walk("filter", "FORWARD", ipt.Packet(src="172.17.0.2", dst="198.51.100.7",
-                                                iif="docker0", oif="eth0"))
+    w = rs.walk(
+        "filter",
+        "FORWARD",
+        ipt.Packet(src="172.17.0.2", dst="198.51.100.7", iif="docker0", oif="eth0"),
+    )
     assert w.verdict == "ACCEPT" and w.rule.spec == "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT"
 
 
@@ -94,19 +107,25 @@ COMMIT
     assert w.verdict == "REJECT" and [r.pkts for r in w.path] == [2, 0]
     assert [r.spec for r in w.unsure] == ["-A FORWARD -m physdev --physdev-is-bridged -j ACCEPT"]
     # goto: when X falls through, FORWARD does not continue; its policy decides
-    w = rs.walk("filter", "FORWARD", ipt.Packet(src="192.0.2.1", dst="10.2.2.2", proto="udp",
-                                                dport=53))
+    w = rs.walk(
+        "filter", "FORWARD", ipt.Packet(src="192.0.2.1", dst="10.2.2.2", proto="udp", dport=53)
+    )
     assert w.verdict == "DROP" and w.rule is None
 
 
 def test_proc_net_parsing():
     from pyinspect.doctor import parse_proc_net
-    tcp = ("  sl  local_address rem_address   st\n"
-           "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"
-           "   1: 0200C90A:0050 0300C90A:D431 01 00000000:00000000\n")
+
+    tcp = (
+        "  sl  local_address rem_address   st\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"
+        "   1: 0200C90A:0050 0300C90A:D431 01 00000000:00000000\n"
+    )
     assert parse_proc_net(tcp, "tcp", False) == [("tcp", "127.0.0.1", 8080)]
-    tcp6 = ("  sl  local_address rem_address st\n"
-            "   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A\n")
+    tcp6 = (
+        "  sl  local_address rem_address st\n"
+        "   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A\n"
+    )
     assert parse_proc_net(tcp6, "tcp", True) == [("tcp", "::", 80)]
 
 
@@ -120,14 +139,22 @@ class DockerLike:
         (www / "index.html").write_text("pd-ok\n")
         h = self.h
         h.sh("sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1")
-        h.sh("ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 "
-             "&& ip link set docker0 up")
-        h.sh(f"ip link add veth1a2b3c4 type veth peer name eth0 netns {self.c.name} && "
-             "ip link set veth1a2b3c4 master docker0 up")
-        self.c.sh("ip addr add 172.17.0.2/16 dev eth0 && ip link set eth0 up && "
-                  "ip route add default via 172.17.0.1")
-        h.sh(f"ip link add eth9 type veth peer name eth0 netns {self.k.name} && "
-             "ip addr add 10.202.0.1/24 dev eth9 && ip link set eth9 up")
+        h.sh(
+            "ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 "
+            "&& ip link set docker0 up"
+        )
+        h.sh(
+            f"ip link add veth1a2b3c4 type veth peer name eth0 netns {self.c.name} && "
+            "ip link set veth1a2b3c4 master docker0 up"
+        )
+        self.c.sh(
+            "ip addr add 172.17.0.2/16 dev eth0 && ip link set eth0 up && "
+            "ip route add default via 172.17.0.1"
+        )
+        h.sh(
+            f"ip link add eth9 type veth peer name eth0 netns {self.k.name} && "
+            "ip addr add 10.202.0.1/24 dev eth9 && ip link set eth9 up"
+        )
         self.k.sh("ip addr add 10.202.0.2/24 dev eth0 && ip link set eth0 up")
         self.c.sh(f"busybox httpd -p 80 -h {www}")
         # docker-proxy stand-in: the userland proxy listens on the published host port
@@ -140,13 +167,24 @@ class DockerLike:
             ns.remove()
 
     def published_ok(self):
-        r = self.k.run("timeout", "2", "busybox", "wget", "-q", "-O-",
-                       "http://10.202.0.1:8088/", check=False, timeout=20)
+        r = self.k.run(
+            "timeout",
+            "2",
+            "busybox",
+            "wget",
+            "-q",
+            "-O-",
+            "http://10.202.0.1:8088/",
+            check=False,
+            timeout=20,
+        )
         return r.returncode == 0 and "pd-ok" in r.stdout
 
     def rules(self):
-        return "".join(self.h.run("iptables-nft", "-t", t, "-S").stdout  # no counters
-                       for t in ("raw", "nat", "filter"))
+        return "".join(
+            self.h.run("iptables-nft", "-t", t, "-S").stdout  # no counters
+            for t in ("raw", "nat", "filter")
+        )
 
     def doctor(self, *args):
         proc = self.cli("doctor", "--json", *args, check=False)
@@ -174,8 +212,10 @@ def test_docker_layout_clean_and_read_only(docker):
 
 @pytest.mark.root
 def test_docker_forward_accept_missing(docker):
-    docker.h.sh("iptables-nft -D DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp "
-                "-m tcp --dport 80 -j ACCEPT")
+    docker.h.sh(
+        "iptables-nft -D DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp "
+        "-m tcp --dport 80 -j ACCEPT"
+    )
     assert not docker.published_ok()
     before = docker.rules()
     rc, report = docker.doctor()
@@ -187,8 +227,10 @@ def test_docker_forward_accept_missing(docker):
     assert docker.rules() == before
     rc, fixed = docker.doctor("--fix")
     assert rc == 0, fixed
-    assert "-A FORWARD -d 172.17.0.2/32 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT" \
+    assert (
+        "-A FORWARD -d 172.17.0.2/32 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT"
         in docker.rules()
+    )
     assert docker.published_ok()
 
 
@@ -196,36 +238,58 @@ def test_docker_forward_accept_missing(docker):
 @pytest.mark.root
 def test_runc_container_found_and_fixed(tmp_path, make_netns):
     import shutil
+
     if not shutil.which("runc"):
         pytest.skip("runc is not installed")
     from helpers.runc_helpers import Runc
+
     r = Runc(tmp_path)
     h, k = make_netns("pd-rch"), make_netns("pd-rck")
     try:
         cid, pid = r.run(("sleep", "1000"))
         ctr = ["nsenter", f"--net=/proc/{pid}/ns/net"]
-        h.sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add br9 type bridge && "
-             "ip addr add 10.209.0.1/24 dev br9 && ip link set br9 up && "
-             f"ip link add pdvr0 type veth peer name eth0 netns {pid} && "
-             "ip link set pdvr0 master br9 up && "
-             f"ip link add up9 type veth peer name eth0 netns {k.name} && "
-             "ip addr add 10.202.0.1/24 dev up9 && ip link set up9 up && "
-             "iptables-legacy -t nat -A PREROUTING -m addrtype --dst-type LOCAL -p tcp "
-             "--dport 8090 -j DNAT --to-destination 10.209.0.2:80 && "
-             "iptables-legacy -t nat -A POSTROUTING -s 10.209.0.0/24 ! -o br9 -j MASQUERADE && "
-             "iptables-legacy -t nat -A POSTROUTING -s 10.209.0.2 -d 10.209.0.2 -p tcp "
-             "--dport 80 -j MASQUERADE && bridge link set dev pdvr0 hairpin on")
+        h.sh(
+            "sysctl -qw net.ipv4.ip_forward=1 && ip link add br9 type bridge && "
+            "ip addr add 10.209.0.1/24 dev br9 && ip link set br9 up && "
+            f"ip link add pdvr0 type veth peer name eth0 netns {pid} && "
+            "ip link set pdvr0 master br9 up && "
+            f"ip link add up9 type veth peer name eth0 netns {k.name} && "
+            "ip addr add 10.202.0.1/24 dev up9 && ip link set up9 up && "
+            "iptables-legacy -t nat -A PREROUTING -m addrtype --dst-type LOCAL -p tcp "
+            "--dport 8090 -j DNAT --to-destination 10.209.0.2:80 && "
+            "iptables-legacy -t nat -A POSTROUTING -s 10.209.0.0/24 ! -o br9 -j MASQUERADE && "
+            "iptables-legacy -t nat -A POSTROUTING -s 10.209.0.2 -d 10.209.0.2 -p tcp "
+            "--dport 80 -j MASQUERADE && bridge link set dev pdvr0 hairpin on"
+        )
         k.sh("ip addr add 10.202.0.2/24 dev eth0 && ip link set eth0 up")
-        subprocess.run([*ctr, "sh", "-c", "ip addr add 10.209.0.2/24 dev eth0 && "
-                        "ip link set eth0 up && ip link set lo up && "
-                        "ip route add default via 10.209.0.1"], check=True)
+        subprocess.run(
+            [
+                *ctr,
+                "sh",
+                "-c",
+                "ip addr add 10.209.0.2/24 dev eth0 && "
+                "ip link set eth0 up && ip link set lo up && "
+                "ip route add default via 10.209.0.1",
+            ],
+            check=True,
+        )
         (Path(r.bundles[cid]) / "rootfs" / "index.html").write_text("pd-ok\n")
         r.exec_detached(cid, "busybox", "httpd", "-p", "80", "-h", "/")
 
         def ok():
-            res = k.run("timeout", "1", "busybox", "wget", "-q", "-O-",
-                        "http://10.202.0.1:8090/", check=False, timeout=20)
+            res = k.run(
+                "timeout",
+                "1",
+                "busybox",
+                "wget",
+                "-q",
+                "-O-",
+                "http://10.202.0.1:8090/",
+                check=False,
+                timeout=20,
+            )
             return res.returncode == 0 and "pd-ok" in res.stdout
+
         for _ in range(20):
             if ok():
                 break
@@ -250,23 +314,33 @@ def test_runc_container_found_and_fixed(tmp_path, make_netns):
 # -- apply_fixes and errors, without the kernel ---------------------------------------------
 def test_apply_fixes_safe_unsafe_manual_and_failed(tmp_path):
     from pyinspect.doctor import Finding, apply_fixes
+
     out = tmp_path / "x"
 
     def f(name, safe, actions):
         return Finding(name, "error", "", name, [], "fix", "docs/runbooks/x.md", safe, actions)
-    findings = [f("safe", True, [("write", str(out), "1")]),
-                f("asks", False, [("run", ["sh", "-c", f"echo 2 >> {out}"])]),
-                f("declined", False, [("run", ["sh", "-c", f"echo 3 >> {out}"])]),
-                f("manual", False, []),
-                f("broken", True, [("run", ["false"])])]
+
+    findings = [
+        f("safe", True, [("write", str(out), "1")]),
+        f("asks", False, [("run", ["sh", "-c", f"echo 2 >> {out}"])]),
+        f("declined", False, [("run", ["sh", "-c", f"echo 3 >> {out}"])]),
+        f("manual", False, []),
+        f("broken", True, [("run", ["false"])]),
+    ]
     asked = []
 
     def confirm(finding):
         asked.append(finding.check)
         return finding.check == "asks"
+
     res = {x.check: status for x, status, _ in apply_fixes(findings, confirm=confirm)}
-    assert res == {"safe": "applied", "asks": "applied", "declined": "skipped",
-                   "manual": "manual", "broken": "failed"}
+    assert res == {
+        "safe": "applied",
+        "asks": "applied",
+        "declined": "skipped",
+        "manual": "manual",
+        "broken": "failed",
+    }
     assert asked == ["asks", "declined"]  # never asked about safe or manual ones
     assert out.read_text() == "12\n"  # "1" written, then "2" appended; "3" never
 
@@ -274,6 +348,7 @@ def test_apply_fixes_safe_unsafe_manual_and_failed(tmp_path):
 def test_doctor_needs_root(monkeypatch, tmp_path):
     from pyinspect import doctor
     from pyinspect.errors import UnavailableError
+
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UnavailableError):
         doctor.run(tmp_path)

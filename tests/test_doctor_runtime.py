@@ -23,15 +23,18 @@ class Env:
         self.h, self.k = Netns(f"pd-rh-{tag}"), Netns(f"pd-rk-{tag}")
         self.cli = Cli(root, netns=self.h.name)
         self.names = []
-        self.h.sh(f"ip link add pdup0 type veth peer name eth0 netns {self.k.name} && "
-                  "ip addr add 10.202.0.1/24 dev pdup0 && ip link set pdup0 up")
+        self.h.sh(
+            f"ip link add pdup0 type veth peer name eth0 netns {self.k.name} && "
+            "ip addr add 10.202.0.1/24 dev pdup0 && ip link set pdup0 up"
+        )
         self.k.sh("ip addr add 10.202.0.2/24 dev eth0 && ip link set eth0 up")
         www = root / "upstream-www"
         www.mkdir()
         (www / "index.html").write_text("pd-ok\n")
         self.k.sh(f"busybox httpd -p 8080 -h {www}")  # the "upstream" for container egress
-        self.web = self.run("pdw", "-p", "8088:80", "-p", "127.0.0.1:8089:80", "busybox",
-                            "sh", "-c", SERVE)
+        self.web = self.run(
+            "pdw", "-p", "8088:80", "-p", "127.0.0.1:8089:80", "busybox", "sh", "-c", SERVE
+        )
         self.peer = self.run("pdp", "busybox", "sleep", "600")
 
     def run(self, prefix, *args):
@@ -52,13 +55,13 @@ class Env:
 
     def from_web(self, url):
         """busybox wget inside the web container (its egress / hairpin)."""
-        r = self.cli("exec", self.web, "timeout", "2", "wget", "-q", "-O-", url, check=False,
-                     timeout=30)  # (busybox wget -T segfaults)
+        r = self.cli(
+            "exec", self.web, "timeout", "2", "wget", "-q", "-O-", url, check=False, timeout=30
+        )  # (busybox wget -T segfaults)
         return r.returncode == 0 and "pd-ok" in r.stdout
 
     def get(self, url):
-        r = self.k.run("timeout", "2", "busybox", "wget", "-q", "-O-", url, check=False,
-                       timeout=20)
+        r = self.k.run("timeout", "2", "busybox", "wget", "-q", "-O-", url, check=False, timeout=20)
         return r.returncode == 0 and "pd-ok" in r.stdout
 
     def published_ok(self):
@@ -66,15 +69,20 @@ class Env:
 
     def localhost_exploit(self):
         """The client sends to 127.0.0.1:8089 through the host, as a hostile neighbour would."""
-        self.k.sh("sysctl -qw net.ipv4.conf.all.route_localnet=1 "
-                  "net.ipv4.conf.eth0.route_localnet=1; ip rule add pref 100 table local;"
-                  "ip rule del pref 0; ip route add 127.0.0.1/32 via 10.202.0.1 dev eth0 "
-                  "src 10.202.0.2 table 100; ip rule add pref 10 table 100")
+        self.k.sh(
+            "sysctl -qw net.ipv4.conf.all.route_localnet=1 "
+            "net.ipv4.conf.eth0.route_localnet=1; ip rule add pref 100 table local;"
+            "ip rule del pref 0; ip route add 127.0.0.1/32 via 10.202.0.1 dev eth0 "
+            "src 10.202.0.2 table 100; ip rule add pref 10 table 100"
+        )
         try:
             return self.get("http://127.0.0.1:8089/")
         finally:
-            self.k.sh("ip rule add pref 0 table local; ip rule del pref 100; "
-                      "ip rule del pref 10; ip route flush table 100", check=False)
+            self.k.sh(
+                "ip rule add pref 0 table local; ip rule del pref 100; "
+                "ip rule del pref 10; ip route flush table 100",
+                check=False,
+            )
 
     def doctor(self, *args):
         proc = self.cli("doctor", "--json", *args, check=False)
@@ -148,9 +156,10 @@ def test_pyinspect_declared_port_without_dnat(env):
 
 def test_pyinspect_veth_down(env):
     baseline(env)
-    veth = env.inspect(env.web)["NetworkSettings"].get("HostVeth") or \
-        re.search(r"\d+: (veth\w+)@\S+ .* link-netns " + re.escape(env.web),
-                  env.h.run("ip", "-o", "link").stdout).group(1)
+    veth = env.inspect(env.web)["NetworkSettings"].get("HostVeth") or re.search(
+        r"\d+: (veth\w+)@\S+ .* link-netns " + re.escape(env.web),
+        env.h.run("ip", "-o", "link").stdout,
+    ).group(1)
     env.h.sh(f"ip link set {veth} down")
     assert not env.published_ok()
     rc, report = env.doctor()
@@ -164,8 +173,9 @@ def test_pyinspect_container_oom(env):
     baseline(env)
     name = env.run("pdo", "-m", "30m", "busybox", "sleep", "600")
     try:
-        r = env.cli("exec", name, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1",
-                    check=False)
+        r = env.cli(
+            "exec", name, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1", check=False
+        )
         assert r.returncode != 0, r
         rc, report = env.doctor()
         hits = [f for f in report["findings"] if f["check"] == "oom_killed"]
@@ -174,8 +184,9 @@ def test_pyinspect_container_oom(env):
         assert "oom_kill 1" in text and str(30 << 20) in text
         rc, fixed = env.doctor("--fix", "--yes")
         assert rc == 0, fixed
-        r = env.cli("exec", name, "dd", "if=/dev/zero", "of=/dev/null", "bs=40M", "count=1",
-                    check=False)
+        r = env.cli(
+            "exec", name, "dd", "if=/dev/zero", "of=/dev/null", "bs=40M", "count=1", check=False
+        )
         assert r.returncode == 0, r  # the doubled limit (60M) holds 40M
         assert env.doctor()[0] == 0
     finally:
@@ -206,15 +217,17 @@ def test_pyinspect_masquerade_missing(env):
     rule = _tagged_rule(env, "nat", "-s 172.29.0.0/16", "! -o pyinspect0", "MASQUERADE")
     env.h.run("sh", "-c", f"iptables-legacy -t nat {rule.replace('-A ', '-D ', 1)}")
     hits = _cycle(env, "masquerade_missing", lambda: env.from_web("http://10.202.0.2:8080/"))
-    assert hits[0]["fix"] == ("iptables-legacy -t nat -A POSTROUTING -s 172.29.0.0/16 "
-                              "! -o pyinspect0 -j MASQUERADE")
+    assert hits[0]["fix"] == (
+        "iptables-legacy -t nat -A POSTROUTING -s 172.29.0.0/16 ! -o pyinspect0 -j MASQUERADE"
+    )
 
 
 def test_pyinspect_hairpin_off(env):
     baseline(env)
-    veth = env.inspect(env.web)["NetworkSettings"].get("HostVeth") or \
-        re.search(r"\d+: (veth\w+)@\S+ .* link-netns " + re.escape(env.web),
-                  env.h.run("ip", "-o", "link").stdout).group(1)
+    veth = env.inspect(env.web)["NetworkSettings"].get("HostVeth") or re.search(
+        r"\d+: (veth\w+)@\S+ .* link-netns " + re.escape(env.web),
+        env.h.run("ip", "-o", "link").stdout,
+    ).group(1)
     assert env.from_web("http://10.202.0.1:8088/")
     env.h.sh(f"bridge link set dev {veth} hairpin off")
     hits = _cycle(env, "hairpin", lambda: env.from_web("http://10.202.0.1:8088/"))
@@ -223,9 +236,15 @@ def test_pyinspect_hairpin_off(env):
 
 def test_pyinspect_container_listening_on_localhost_only(env):
     baseline(env)
-    name = env.run("pdl", "-p", "8091:80", "busybox", "sh", "-c",
-                   "mkdir -p /www && echo pd-ok > /www/index.html && "
-                   "exec httpd -f -p 127.0.0.1:80 -h /www")
+    name = env.run(
+        "pdl",
+        "-p",
+        "8091:80",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo pd-ok > /www/index.html && exec httpd -f -p 127.0.0.1:80 -h /www",
+    )
     try:
         assert not env.get("http://10.202.0.1:8091/")
         rc, report = env.doctor("--container", name)

@@ -14,12 +14,13 @@ import time
 import uuid
 
 import pytest
-from conftest import Cli
 
 from pyinspect import events as ev_lib
 from pyinspect.config import database_path
 from pyinspect.errors import UsageError
 from pyinspect.store import Store
+
+from conftest import Cli
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
@@ -35,10 +36,20 @@ class CountingStore(Store):
 
 
 def fake(i, kind="exec", container=None, ts=None):
-    return {"ts_ns": ts if ts is not None else 1_000_000_000_000 + i, "kind": kind,
-            "pid": 1000 + i, "ppid": 1, "comm": "x", "cgroup_id": 1, "netns": 11,
-            "pidns": 12, "mntns": 13, "container_id": container and f"{container}-id0123",
-            "container_name": container, "detail": {"n": i}}
+    return {
+        "ts_ns": ts if ts is not None else 1_000_000_000_000 + i,
+        "kind": kind,
+        "pid": 1000 + i,
+        "ppid": 1,
+        "comm": "x",
+        "cgroup_id": 1,
+        "netns": 11,
+        "pidns": 12,
+        "mntns": 13,
+        "container_id": container and f"{container}-id0123",
+        "container_name": container,
+        "detail": {"n": i},
+    }
 
 
 def test_a_trace_sessions_copy_of_an_agent_event_is_shown_once(tmp_path):
@@ -46,13 +57,21 @@ def test_a_trace_sessions_copy_of_an_agent_event_is_shown_once(tmp_path):
     once; what only the session saw (or only the agent) stays."""
     store = Store(tmp_path / "db")
     both = fake(1, kind="fork", container="web")
-    store.insert_events([both, dict(both, ts_ns=both["ts_ns"] + 20_000, session_id=7),
-                         dict(fake(2, kind="exit", container="web"), session_id=7),
-                         fake(3, kind="exit", container="web")])
+    store.insert_events(
+        [
+            both,
+            dict(both, ts_ns=both["ts_ns"] + 20_000, session_id=7),
+            dict(fake(2, kind="exit", container="web"), session_id=7),
+            fake(3, kind="exit", container="web"),
+        ]
+    )
     for packets in (False, True):
         rows = ev_lib.query(store, container="web", limit=None, packets=packets)
-        assert [(r["kind"], r["pid"], r["session_id"]) for r in rows] == \
-            [("fork", 1001, None), ("exit", 1002, 7), ("exit", 1003, None)]
+        assert [(r["kind"], r["pid"], r["session_id"]) for r in rows] == [
+            ("fork", 1001, None),
+            ("exit", 1002, 7),
+            ("exit", 1003, None),
+        ]
     store.close()
 
 
@@ -61,23 +80,46 @@ def test_timeline_pages_merge_events_flows_and_drops_in_time_order(tmp_path):
     must equal the same slice of the whole timeline sorted in Python."""
     store = Store(tmp_path / "db")
     store.insert_events([fake(i, container="web", ts=1000 + 10 * i) for i in range(30)])
-    sid = store.db["trace_sessions"].insert({"container_id": "web-id0123",
-                                             "container_name": "web"}).last_pk
+    sid = (
+        store.db["trace_sessions"]
+        .insert({"container_id": "web-id0123", "container_name": "web"})
+        .last_pk
+    )
     for i, ts in enumerate((1005, 1155, 1295)):
-        f = store.db["flows"].insert({"session_id": sid, "proto": "tcp", "first_ns": ts,
-                                      "orig_src": "10.0.0.2", "orig_sport": 40000 + i,
-                                      "orig_dst": "10.0.0.1", "orig_dport": 8088}).last_pk
-        store.db["drops"].insert({"session_id": sid, "ts_ns": ts + 1, "flow_id": f,
-                                  "reason": "NO_SOCKET", "location": "tcp_v4_rcv"})
+        f = (
+            store.db["flows"]
+            .insert(
+                {
+                    "session_id": sid,
+                    "proto": "tcp",
+                    "first_ns": ts,
+                    "orig_src": "10.0.0.2",
+                    "orig_sport": 40000 + i,
+                    "orig_dst": "10.0.0.1",
+                    "orig_dport": 8088,
+                }
+            )
+            .last_pk
+        )
+        store.db["drops"].insert(
+            {
+                "session_id": sid,
+                "ts_ns": ts + 1,
+                "flow_id": f,
+                "reason": "NO_SOCKET",
+                "location": "tcp_v4_rcv",
+            }
+        )
     whole = ev_lib.query(store, container="web", limit=None, packets=True)
     assert len(whole) == 36 and [r["ts_ns"] for r in whole] == sorted(r["ts_ns"] for r in whole)
     assert {r["kind"] for r in whole} >= {"exec", "flow", "drop"}
     for newest in (False, True):
         ordered = whole[::-1] if newest else whole
         for offset in (0, 5, 31):
-            got = ev_lib.query(store, container="web", limit=7, offset=offset, packets=True,
-                               newest_first=newest)
-            assert [r["id"] for r in got] == [r["id"] for r in ordered[offset:offset + 7]]
+            got = ev_lib.query(
+                store, container="web", limit=7, offset=offset, packets=True, newest_first=newest
+            )
+            assert [r["id"] for r in got] == [r["id"] for r in ordered[offset : offset + 7]]
     only = ev_lib.query(store, kinds=["flow", "drop"], limit=4, packets=True)
     assert [r["kind"] for r in only] == ["flow", "drop", "flow", "drop"]
     store.close()
@@ -95,26 +137,30 @@ def test_recorder_writes_in_batches_not_per_event(tmp_path):
     assert len(rows) == 250
     assert rows[7]["detail"] == {"n": 7} and rows[7]["pid"] == 1007
     rec.record_loss("process", 0, lag_ns=1234)
-    rec.record_loss("process", 0, lag_ns=99)     # no change: not stored again
+    rec.record_loss("process", 0, lag_ns=99)  # no change: not stored again
     rec.record_loss("process", 3, lag_ns=5678)
     loss = list(store.db["probe_loss"].rows)
-    assert [(r["probe"], r["lost"], r["lag_ns"]) for r in loss] == \
-        [("process", 0, 1234), ("process", 3, 5678)]
+    assert [(r["probe"], r["lost"], r["lag_ns"]) for r in loss] == [
+        ("process", 0, 1234),
+        ("process", 3, 5678),
+    ]
     assert json.loads(loss[1]["detail"]) == {"new": 3}
 
 
 def test_query_filters_and_since(tmp_path):
     store = Store(tmp_path / "db")
     now = time.time_ns()
-    rows = [fake(0, "exec", "web", ts=now - 3600 * 10**9),
-            fake(1, "exit", "web", ts=now - 30 * 10**9),
-            fake(2, "exec", None, ts=now - 20 * 10**9),
-            fake(3, "oom", "db", ts=now - 10 * 10**9)]
+    rows = [
+        fake(0, "exec", "web", ts=now - 3600 * 10**9),
+        fake(1, "exit", "web", ts=now - 30 * 10**9),
+        fake(2, "exec", None, ts=now - 20 * 10**9),
+        fake(3, "oom", "db", ts=now - 10 * 10**9),
+    ]
     store.insert_events(rows)
     q = lambda **kw: [r["pid"] for r in ev_lib.query(store, **kw)]  # noqa: E731
     assert q() == [1000, 1001, 1002, 1003]
     assert q(container="web") == [1000, 1001]
-    assert q(container="db-id") == [1003]          # id prefix
+    assert q(container="db-id") == [1003]  # id prefix
     assert q(since="1m") == [1001, 1002, 1003]
     assert q(since="25s") == [1002, 1003]
     assert q(kinds=["exec"]) == [1000, 1002]
@@ -140,6 +186,7 @@ def test_cli_rejects_bad_since_without_touching_the_store(cli, state_root):
 
 # -- real attribution -------------------------------------------------------------------
 
+
 def wait_events(follower, pred, timeout=15.0):
     """Poll until pred(everything this follower returned so far) holds."""
     seen = follower.__dict__.setdefault("_test_seen", [])
@@ -160,26 +207,53 @@ def test_follow_attributes_runc_container_events(runc, state_root, tmp_path):
     netns = os.stat(f"/proc/{init}/ns/net").st_ino
     store = Store(database_path(state_root))
     with ev_lib.Follower(state_root, store) as f:
-        subprocess.run(["runc", "exec", cid, "sh", "-c", "true pa-in-runc; exit 4"],
-                       stdin=subprocess.DEVNULL, timeout=30)
-        ex = wait_events(f, lambda seen: next(
-            (e for e in seen if e["kind"] == "exec" and
-             e["detail"].get("argv") == ["sh", "-c", "true pa-in-runc; exit 4"]), None))
+        subprocess.run(
+            ["runc", "exec", cid, "sh", "-c", "true pa-in-runc; exit 4"],
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
+        ex = wait_events(
+            f,
+            lambda seen: next(
+                (
+                    e
+                    for e in seen
+                    if e["kind"] == "exec"
+                    and e["detail"].get("argv") == ["sh", "-c", "true pa-in-runc; exit 4"]
+                ),
+                None,
+            ),
+        )
         assert (ex["pidns"], ex["netns"]) == (pidns, netns)
         assert (ex["container_id"], ex["container_name"]) == (cid, cid)
-        dead = wait_events(f, lambda seen: next(
-            (e for e in seen if e["kind"] == "exit" and e["pid"] == ex["pid"]), None))
+        dead = wait_events(
+            f,
+            lambda seen: next(
+                (e for e in seen if e["kind"] == "exit" and e["pid"] == ex["pid"]), None
+            ),
+        )
         assert dead["detail"]["exit_code"] == 4 and dead["container_id"] == cid
         # host activity stays unattributed
         subprocess.run(["/bin/true", "pa-on-host"], check=True)
-        host = wait_events(f, lambda seen: next(
-            (e for e in seen if e["kind"] == "exec" and
-             e["detail"].get("argv") == ["/bin/true", "pa-on-host"]), None))
+        host = wait_events(
+            f,
+            lambda seen: next(
+                (
+                    e
+                    for e in seen
+                    if e["kind"] == "exec"
+                    and e["detail"].get("argv") == ["/bin/true", "pa-on-host"]
+                ),
+                None,
+            ),
+        )
         assert host["container_id"] is None and host["container_name"] is None
     # everything seen was stored (batched), with the attribution
     stored = ev_lib.query(store, container=cid, kinds=["exec", "exit"], limit=None)
-    assert any(r["pid"] == ex["pid"] and r["kind"] == "exit" and
-               r["detail"]["exit_code"] == 4 for r in stored)
+    assert any(
+        r["pid"] == ex["pid"] and r["kind"] == "exit" and r["detail"]["exit_code"] == 4
+        for r in stored
+    )
     loss = {r["probe"]: r for r in store.db["probe_loss"].rows}
     assert set(loss) == {"process", "cgroup", "links"} and loss["process"]["lost"] == 0
     store.close()
@@ -190,13 +264,18 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
     ns = make_netns("pa")
     keeper = ns.popen("sleep", "1000")  # makes the netns a (foreign) container
     cli = Cli(state_root)
-    proc = subprocess.Popen(cli.argv("events", "--follow", "--json", "--container", ns.name),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli.argv("events", "--follow", "--json", "--container", ns.name),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready = proc.stderr.readline()
-        assert ready.startswith("listening: process (8 tracepoints), cgroup (3 tracepoints)"), \
-            ready
-        ns.sh("ip link add pa-v0 type veth peer name pa-v1")  # a link event in the container's netns
+        assert ready.startswith("listening: process (8 tracepoints), cgroup (3 tracepoints)"), ready
+        ns.sh(
+            "ip link add pa-v0 type veth peer name pa-v1"
+        )  # a link event in the container's netns
         ns.sh("/bin/true pa-cli; exit 3", check=False)
         subprocess.run(["/bin/true", "pa-cli-host"], check=True)  # filtered out
         got = []
@@ -205,18 +284,22 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
             assert line, "events --follow ended early"
             ev = json.loads(line)
             got.append(ev)
-            if any(e["kind"] == "exit" and e["detail"].get("exit_code") == 3 for e in got) \
-                    and any(e["kind"] == "link_add" for e in got):
+            if any(e["kind"] == "exit" and e["detail"].get("exit_code") == 3 for e in got) and any(
+                e["kind"] == "link_add" for e in got
+            ):
                 break
         assert all(e["container_name"] == ns.name for e in got)
         assert not any(e["detail"].get("argv") == ["/bin/true", "pa-cli-host"] for e in got)
-        assert any(e["kind"] == "exec" and e["detail"].get("argv") == ["/bin/true", "pa-cli"]
-                   for e in got)
-        assert any(e["kind"] == "link_add" and e["detail"].get("ifname") == "pa-v0"
-                   for e in got)
+        assert any(
+            e["kind"] == "exec" and e["detail"].get("argv") == ["/bin/true", "pa-cli"] for e in got
+        )
+        assert any(e["kind"] == "link_add" and e["detail"].get("ifname") == "pa-v0" for e in got)
         netns = os.stat(ns.path).st_ino
-        odd = [(e["kind"], e["comm"], e["pid"], e["netns"], e["detail"]) for e in got
-               if e["netns"] != netns]
+        odd = [
+            (e["kind"], e["comm"], e["pid"], e["netns"], e["detail"])
+            for e in got
+            if e["netns"] != netns
+        ]
         assert not odd, odd
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -225,9 +308,12 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
         keeper.wait()
     assert proc.returncode == 0, err
     assert "process probe: 0 records lost" in err
-    stored = [json.loads(x) for x in
-              cli("events", "--container", ns.name, "--kind", "exit", "--json")
-              .stdout.splitlines()]
+    stored = [
+        json.loads(x)
+        for x in cli(
+            "events", "--container", ns.name, "--kind", "exit", "--json"
+        ).stdout.splitlines()
+    ]
     assert any(e["detail"].get("exit_code") == 3 for e in stored)
 
 
@@ -235,8 +321,9 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
 def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
     cli = Cli(state_root)
     name = f"pa-ev-{uuid.uuid4().hex[:6]}"
-    run = cli("run", "-d", "--name", name, "--net", "none", "--memory", "30m", "busybox",
-              "sleep", "1000")
+    run = cli(
+        "run", "-d", "--name", name, "--net", "none", "--memory", "30m", "busybox", "sleep", "1000"
+    )
     try:
         info = json.loads(cli("inspect", name).stdout)[0]
         cid, init = info["Id"], info["State"]["Pid"]
@@ -249,25 +336,48 @@ def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
             assert f.probes[0].NAME == "process"
             assert f.probes[0].ns_filter == {pidns, netns}
             cli("exec", name, "sh", "-c", "exit 6", check=False)
-            ex = wait_events(f, lambda seen: next(
-                (e for e in seen if e["kind"] == "exec" and
-                 e["detail"].get("argv") == ["sh", "-c", "exit 6"]), None))
+            ex = wait_events(
+                f,
+                lambda seen: next(
+                    (
+                        e
+                        for e in seen
+                        if e["kind"] == "exec" and e["detail"].get("argv") == ["sh", "-c", "exit 6"]
+                    ),
+                    None,
+                ),
+            )
             assert ex["pidns"] == pidns
             assert (ex["container_id"], ex["container_name"]) == (cid, name)
-            dead = wait_events(f, lambda seen: next(
-                (e for e in seen if e["kind"] == "exit" and e["pid"] == ex["pid"]), None))
+            dead = wait_events(
+                f,
+                lambda seen: next(
+                    (e for e in seen if e["kind"] == "exit" and e["pid"] == ex["pid"]), None
+                ),
+            )
             assert dead["detail"]["exit_code"] == 6 and dead["container_name"] == name
             alloc = 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo kept ${#x}'
             out = cli("exec", name, "sh", "-c", alloc, check=False)
             assert out.returncode == 137, out.stderr
-            oom = wait_events(f, lambda seen: next(
-                (e for e in seen if e["kind"] == "oom" and e["pidns"] == pidns), None))
+            oom = wait_events(
+                f,
+                lambda seen: next(
+                    (e for e in seen if e["kind"] == "oom" and e["pidns"] == pidns), None
+                ),
+            )
             assert (oom["container_id"], oom["container_name"]) == (cid, name)
-            memcg = [ln.strip().split(":", 2)[2] for ln in open(f"/proc/{init}/cgroup")
-                     if "memory" in ln.split(":")[1].split(",")]
+            memcg = [
+                ln.strip().split(":", 2)[2]
+                for ln in open(f"/proc/{init}/cgroup")
+                if "memory" in ln.split(":")[1].split(",")
+            ]
             assert oom["detail"]["memcg_path"] == memcg[0]  # the container's memory cgroup
-            killed = wait_events(f, lambda seen: next(
-                (e for e in seen if e["kind"] == "exit" and e["pid"] == oom["pid"]), None))
+            killed = wait_events(
+                f,
+                lambda seen: next(
+                    (e for e in seen if e["kind"] == "exit" and e["pid"] == oom["pid"]), None
+                ),
+            )
             assert killed["detail"]["signal"] == signal.SIGKILL
             assert killed["container_name"] == name
         # stored too (the OOM killer may pick a second victim in the same allocation: each
@@ -297,17 +407,21 @@ def test_a_failing_resolver_costs_the_attribution_not_the_event(tmp_path):
 
 
 @pytest.mark.root
-def test_follow_without_tracefs_skips_the_tracepoint_probes_and_keeps_links(make_netns,
-                                                                           state_root):
+def test_follow_without_tracefs_skips_the_tracepoint_probes_and_keeps_links(make_netns, state_root):
     """Real degrade: tracefs unmounted in a private mount namespace for this command only."""
     ns = make_netns("pa")
-    hide = ("umount -l /sys/kernel/debug/tracing 2>/dev/null; "
-            "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; "
-            "test ! -e /sys/kernel/tracing/events && exec ")
+    hide = (
+        "umount -l /sys/kernel/debug/tracing 2>/dev/null; "
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; "
+        "test ! -e /sys/kernel/tracing/events && exec "
+    )
     argv = " ".join(Cli(state_root).argv("events", "--follow", "--json"))
-    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                             hide + argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide + argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         while True:
@@ -317,8 +431,10 @@ def test_follow_without_tracefs_skips_the_tracepoint_probes_and_keeps_links(make
             if line.startswith("listening:"):
                 break
         hint = "(mount -t tracefs nodev /sys/kernel/tracing)"
-        assert lines[:2] == [f"skipped: process probe: tracefs is not mounted {hint}",
-                             f"skipped: cgroup probe: tracefs is not mounted {hint}"]
+        assert lines[:2] == [
+            f"skipped: process probe: tracefs is not mounted {hint}",
+            f"skipped: cgroup probe: tracefs is not mounted {hint}",
+        ]
         assert lines[2].startswith("listening: links (")
         ns.sh("ip link add pa-v0 type veth peer name pa-v1")
         while True:

@@ -42,8 +42,10 @@ HOST_IP, CLIENT_IP = "10.206.0.1", "10.206.0.2"
 PORT = 8088
 FETCHES = 20
 # a page of ~4.4 KB: its answer spans full-sized frames, which a truncating capture would cut
-SERVE = ("mkdir -p /www && yes 'evidence: one line of the page served through -p 8088:80' "
-         "| head -n 80 > /www/index.html && exec httpd -f -p 80 -h /www")
+SERVE = (
+    "mkdir -p /www && yes 'evidence: one line of the page served through -p 8088:80' "
+    "| head -n 80 > /www/index.html && exec httpd -f -p 80 -h /www"
+)
 
 
 def in_scope(point, data, ctr_ip):
@@ -51,14 +53,14 @@ def in_scope(point, data, ctr_ip):
     if point.role in ("veth", "container"):
         return True
     if len(data) < 34 or data[12:14] != b"\x08\x00":
-        return False                          # not IPv4 (ARP, IPv6): filtered points drop it
+        return False  # not IPv4 (ARP, IPv6): filtered points drop it
     src, dst = socket.inet_ntoa(data[26:30]), socket.inet_ntoa(data[30:34])
     if ctr_ip in (src, dst):
         return True
-    ihl = (data[14] & 0x0f) * 4
+    ihl = (data[14] & 0x0F) * 4
     if data[23] in (6, 17) and len(data) >= 14 + ihl + 4:
         sport, dport = struct.unpack_from("!HH", data, 14 + ihl)
-        return PORT in (sport, dport)         # the published port (any host address)
+        return PORT in (sport, dport)  # the published port (any host address)
     return False
 
 
@@ -68,7 +70,7 @@ def syn_ports(pkts):
     for p in pkts:
         d = p.data
         if len(d) >= 34 and d[12:14] == b"\x08\x00" and d[23] == 6:
-            ihl = (d[14] & 0x0f) * 4
+            ihl = (d[14] & 0x0F) * 4
             if len(d) >= 14 + ihl + 14:
                 sport, dport = struct.unpack_from("!HH", d, 14 + ihl)
                 flags = d[14 + ihl + 13]
@@ -87,7 +89,8 @@ def compare(point, tcpdump_pkts, trace_pkts, trace_snaplen, window, ctr_ip):
     lo, hi = window
     ref = [p for p in tcpdump_pkts if in_scope(point, p.data, ctr_ip)]
     out_of_scope = collections.Counter(
-        _kind(p.data) for p in tcpdump_pkts if not in_scope(point, p.data, ctr_ip))
+        _kind(p.data) for p in tcpdump_pkts if not in_scope(point, p.data, ctr_ip)
+    )
     want, got = collections.Counter(map(key, ref)), collections.Counter(map(key, trace_pkts))
     extra = got - want
     missing = want - got
@@ -95,21 +98,34 @@ def compare(point, tcpdump_pkts, trace_pkts, trace_snaplen, window, ctr_ip):
     holes = sum(max(0, n - outside[k]) for k, n in missing.items())
     inside = sum(1 for p in ref if lo <= p.ts_ns <= hi)
     cut = sum(1 for p in trace_pkts if len(p.data) < p.orig_len)
-    r = {"point": point.name, "tcpdump": len(ref), "tcpdump_in_window": inside,
-         "trace": len(trace_pkts), "same": sum((want & got).values()),
-         "missing_in_window": holes, "missing_outside_window": sum(missing.values()) - holes,
-         "trace_only": sum(extra.values()), "truncated_in_trace": cut,
-         "out_of_scope": dict(out_of_scope)}
+    r = {
+        "point": point.name,
+        "tcpdump": len(ref),
+        "tcpdump_in_window": inside,
+        "trace": len(trace_pkts),
+        "same": sum((want & got).values()),
+        "missing_in_window": holes,
+        "missing_outside_window": sum(missing.values()) - holes,
+        "trace_only": sum(extra.values()),
+        "truncated_in_trace": cut,
+        "out_of_scope": dict(out_of_scope),
+    }
     problems = []
     if holes:
-        problems.append(f"{point.name}: {holes} of the {inside} packets tcpdump saw while "
-                        f"the trace ran are not in the trace's file")
+        problems.append(
+            f"{point.name}: {holes} of the {inside} packets tcpdump saw while "
+            f"the trace ran are not in the trace's file"
+        )
     if extra:
-        problems.append(f"{point.name}: {sum(extra.values())} packets in the trace's file "
-                        f"that tcpdump did not see (or with other bytes)")
+        problems.append(
+            f"{point.name}: {sum(extra.values())} packets in the trace's file "
+            f"that tcpdump did not see (or with other bytes)"
+        )
     if cut:
-        problems.append(f"{point.name}: {cut} of {len(trace_pkts)} packets cut short "
-                        f"(snaplen {trace_snaplen}; whole packets are the default)")
+        problems.append(
+            f"{point.name}: {cut} of {len(trace_pkts)} packets cut short "
+            f"(snaplen {trace_snaplen}; whole packets are the default)"
+        )
     return r, problems
 
 
@@ -118,13 +134,15 @@ def _kind(d):
     return {b"\x08\x06": "arp", b"\x86\xdd": "ipv6", b"\x08\x00": "ipv4"}.get(t, t.hex())
 
 
-def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, state_root,
-                                                                 tmp_path):
+def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, state_root, tmp_path):
     from pyinspect.pcapng import read_packets
+
     host = make_netns("ev-h")
     client = make_netns("ev-c")
-    host.sh(f"ip link add evu0 type veth peer name eth0 netns {client.name} && "
-            f"ip addr add {HOST_IP}/24 dev evu0 && ip link set evu0 up")
+    host.sh(
+        f"ip link add evu0 type veth peer name eth0 netns {client.name} && "
+        f"ip addr add {HOST_IP}/24 dev evu0 && ip link set evu0 up"
+    )
     client.sh(f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up")
     cli = Cli(state_root, netns=host.name)
     name = unique("ev")
@@ -138,19 +156,25 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
         wait_listen(ctr_ns, 80)
         points = pointcap.trace_points(host.name, "evu0", bridge, veth, ctr_ns, name)
 
-        dumps = pointcap.Tcpdumps(points, tmp_path, immediate=True)     # all listening
+        dumps = pointcap.Tcpdumps(points, tmp_path, immediate=True)  # all listening
         pcap = tmp_path / "t.pcapng"
         t0 = time.monotonic()
-        trace = subprocess.Popen(cli.argv("trace", "--container", name, "--json", "-w", pcap),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        trace = subprocess.Popen(
+            cli.argv("trace", "--container", name, "--json", "-w", pcap),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         ready = json.loads(trace.stdout.readline() or "{}")
         ready_ns = time.time_ns()
         assert ready.get("type") == "ready", trace.stderr.read()
         startup = time.monotonic() - t0
-        got = client.sh(f"for i in $(seq {FETCHES}); do curl -sS --max-time 5 "
-                        f"-H 'Connection: close' http://{HOST_IP}:{PORT}/ || exit 1; done")
+        got = client.sh(
+            f"for i in $(seq {FETCHES}); do curl -sS --max-time 5 "
+            f"-H 'Connection: close' http://{HOST_IP}:{PORT}/ || exit 1; done"
+        )
         assert got.stdout.count("evidence: one line") == 80 * FETCHES, got.stderr
-        time.sleep(0.5)                                  # the last FIN's ACK
+        time.sleep(0.5)  # the last FIN's ACK
         stop_ns = time.time_ns()
         trace.send_signal(signal.SIGTERM)
         out, err = trace.communicate(timeout=120)
@@ -181,8 +205,9 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
     ref = {}
     for p in points:
         ref[p.name] = list(read_packets(dumps.paths[p.name]))
-        r, probs = compare(p, ref[p.name], by_if.get(p.name, []), snaplens.get(p.name),
-                           (ready_ns, stop_ns), ctr_ip)
+        r, probs = compare(
+            p, ref[p.name], by_if.get(p.name, []), snaplens.get(p.name), (ready_ns, stop_ns), ctr_ip
+        )
         rows.append(r)
         problems += probs
     # the reference saw the 20 connections at every point (the uplink pre-DNAT)
@@ -197,8 +222,9 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
         except ValueError:
             garbled.append(line)
     if garbled:
-        problems.append(f"{len(garbled)} line(s) of `trace --json` are not JSON, e.g. "
-                        f"{garbled[0][:300]!r}")
+        problems.append(
+            f"{len(garbled)} line(s) of `trace --json` are not JSON, e.g. {garbled[0][:300]!r}"
+        )
     summary = [i for i in items if i.get("type") == "summary"]
     assert len(summary) == 1, out[-2000:]
     per_point = summary[0]["packets_per_point"]
@@ -211,16 +237,22 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
         seen = v.get("seen", v.get("matched_in_kernel"))
         lost, capped = v.get("lost", 0), v.get("capped", 0)
         if v["captured"] + lost + capped != seen:
-            problems.append(f"summary {keys[0]}: captured {v['captured']} + lost {lost}"
-                            f" + capped {capped} != seen {seen} ({v})")
+            problems.append(
+                f"summary {keys[0]}: captured {v['captured']} + lost {lost}"
+                f" + capped {capped} != seen {seen} ({v})"
+            )
         if lost or capped:
             problems.append(f"summary {keys[0]}: lost {lost}, capped {capped}")
         if v["captured"] != len(by_if.get(p.name, [])):
-            problems.append(f"summary {keys[0]}: captured {v['captured']} but the file "
-                            f"holds {len(by_if.get(p.name, []))} packets of {p.name}")
+            problems.append(
+                f"summary {keys[0]}: captured {v['captured']} but the file "
+                f"holds {len(by_if.get(p.name, []))} packets of {p.name}"
+            )
     table = "\n".join(json.dumps(r) for r in rows)
-    print(f"\ntrace ready after {startup:.2f}s; per point:\n{table}\nsummary: "
-          f"{json.dumps(per_point)}\nreader: {summary[0]['reader_us_per_record']} us of CPU "
-          f"per analysed record, {summary[0]['poll_interval_s']} s polls; learned "
-          f"{summary[0]['reader_cost']}; budget {summary[0]['reader_budget']}")
+    print(
+        f"\ntrace ready after {startup:.2f}s; per point:\n{table}\nsummary: "
+        f"{json.dumps(per_point)}\nreader: {summary[0]['reader_us_per_record']} us of CPU "
+        f"per analysed record, {summary[0]['poll_interval_s']} s polls; learned "
+        f"{summary[0]['reader_cost']}; budget {summary[0]['reader_budget']}"
+    )
     assert not problems, "\n".join(problems) + f"\nper point:\n{table}"

@@ -24,16 +24,18 @@ import sys
 import time
 
 import pytest
+
 from pyinspect import pcapng
 from pyinspect.errors import CorruptInputError
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
 from pyinspect.trace.evidence import EvidenceWriter, Interface, SegmentFiles
+
 from testbed.waits import wait_for
 
 pytestmark = pytest.mark.root
 
-ETHERTYPE = 0x88B5            # IEEE local experimental: no stack in the namespaces takes it
+ETHERTYPE = 0x88B5  # IEEE local experimental: no stack in the namespaces takes it
 MTU = 9000
 MAXFRAME = MTU + 14
 SEC = 1_000_000_000
@@ -44,17 +46,21 @@ class Wire:
 
     def __init__(self, a, b):
         self.a, self.b = a, b
-        self.ifindex = {n: int(ns.sh(f"cat /sys/class/net/{n}/ifindex").stdout)
-                        for n, ns in (("eva0", a), ("evb0", b))}
-        self.mac = {n: bytes.fromhex(ns.sh(f"cat /sys/class/net/{n}/address").stdout
-                                     .strip().replace(":", ""))
-                    for n, ns in (("eva0", a), ("evb0", b))}
+        self.ifindex = {
+            n: int(ns.sh(f"cat /sys/class/net/{n}/ifindex").stdout)
+            for n, ns in (("eva0", a), ("evb0", b))
+        }
+        self.mac = {
+            n: bytes.fromhex(
+                ns.sh(f"cat /sys/class/net/{n}/address").stdout.strip().replace(":", "")
+            )
+            for n, ns in (("eva0", a), ("evb0", b))
+        }
         self.ns = {"eva0": a, "evb0": b}
 
     def point(self, ifname):
         ns = self.ns[ifname]
-        return packets.CapturePoint(ifname, self.ifindex[ifname], ns.path, "all",
-                                    f"{ifname} side")
+        return packets.CapturePoint(ifname, self.ifindex[ifname], ns.path, "all", f"{ifname} side")
 
     def interfaces(self, names, snaplen=packets.EV_MAXCAP):
         return [Interface(n, f"{n} side", snaplen) for n in names]
@@ -68,7 +74,7 @@ class Wire:
     def send(self, src, frames, cpus=None):
         """Send `frames` from `src`; with `cpus`, the i-th frame from CPU cpus[i % n] (the
         sending thread is moved: egress, and the peer's ingress, run there)."""
-        with in_netns(self.ns[src].path):     # the socket belongs to src's namespace
+        with in_netns(self.ns[src].path):  # the socket belongs to src's namespace
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         mask = os.sched_getaffinity(0)
         try:
@@ -86,10 +92,11 @@ class Wire:
 def wire(make_netns):
     a, b = make_netns("evp-a"), make_netns("evp-b")
     for ns in (a, b):
-        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
-              "net.ipv6.conf.default.disable_ipv6=1")
-    a.sh(f"ip link add eva0 mtu {MTU} type veth peer name evb0 mtu {MTU} netns {b.name} && "
-         "ip link set eva0 up")
+        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    a.sh(
+        f"ip link add eva0 mtu {MTU} type veth peer name evb0 mtu {MTU} netns {b.name} && "
+        "ip link set eva0 up"
+    )
     b.sh("ip link set evb0 up")
     return Wire(a, b)
 
@@ -124,14 +131,19 @@ def drain(cap, files, into=None, timeout=5.0):
             into.ends[ch.cpu] = ch.end
             cap.consumed(ch)
         return all(into.ends.get(cpu, 0) == n for cpu, n in cap.produced().items())
+
     wait_for(done, timeout, 0.02, "the evidence written")
     return into
 
 
 def wait_seen(cap, want, timeout=5.0):
     """Wait until each point's `seen` is want[point]; the counters then."""
-    wait_for(lambda: {i: c.seen for i, c in cap.counters().items()} == want, timeout, 0.02,
-             f"seen == {want} (last {cap.counters()})")
+    wait_for(
+        lambda: {i: c.seen for i, c in cap.counters().items()} == want,
+        timeout,
+        0.02,
+        f"seen == {want} (last {cap.counters()})",
+    )
     return cap.counters()
 
 
@@ -144,9 +156,17 @@ def tshark_rows(path, *fields):
     return [ln.split("|") for ln in proc.stdout.splitlines()], proc.returncode, proc.stderr
 
 
-TSHARK_FIELDS = ("frame.interface_id", "frame.packet_flags_direction", "frame.len",
-                 "frame.cap_len", "frame.time_epoch", "eth.dst", "eth.src", "eth.type",
-                 "data.data")
+TSHARK_FIELDS = (
+    "frame.interface_id",
+    "frame.packet_flags_direction",
+    "frame.len",
+    "frame.cap_len",
+    "frame.time_epoch",
+    "eth.dst",
+    "eth.src",
+    "eth.type",
+    "data.data",
+)
 DIRS = {1: "in", 2: "out"}
 
 
@@ -159,12 +179,22 @@ def tshark_packets(path):
     assert rc == 0, err
     out = []
     for if_id, flags, ln, caplen, ts, dst, src, etype, data in rows:
-        frame = (bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", "")) +
-                 struct.pack("!H", int(etype, 0)) + bytes.fromhex(data.replace(":", "")))
+        frame = (
+            bytes.fromhex(dst.replace(":", ""))
+            + bytes.fromhex(src.replace(":", ""))
+            + struct.pack("!H", int(etype, 0))
+            + bytes.fromhex(data.replace(":", ""))
+        )
         assert int(ln) == int(caplen) == len(frame), (ln, caplen, len(frame))
         sec, _, frac = ts.partition(".")
-        out.append((int(if_id), DIRS.get(int(flags, 0) & 3), frame,
-                    int(sec) * SEC + int(frac.ljust(9, "0")[:9])))
+        out.append(
+            (
+                int(if_id),
+                DIRS.get(int(flags, 0) & 3),
+                frame,
+                int(sec) * SEC + int(frac.ljust(9, "0")[:9]),
+            )
+        )
     return out
 
 
@@ -173,8 +203,7 @@ def multiset(items):
 
 
 @pytest.mark.parametrize("copy", ["kfunc", "scratch"])
-def test_evidence_chain_is_a_capture_file_with_every_packet(wire, tmp_path, copy,
-                                                            monkeypatch):
+def test_evidence_chain_is_a_capture_file_with_every_packet(wire, tmp_path, copy, monkeypatch):
     """Mixed sizes (every length mod 8 among the small ones, full jumbo frames) both ways:
     the file holds each sent frame exactly, at both veth ends, with its direction."""
     rng = random.Random(17)
@@ -184,14 +213,13 @@ def test_evidence_chain_is_a_capture_file_with_every_packet(wire, tmp_path, copy
     ab = wire.frames("eva0", ab_sizes, rng)
     ba = wire.frames("evb0", small[:5] + [rng.randint(14, MAXFRAME) for _ in range(10)], rng)
     names = ["eva0", "evb0"]
-    cpus = sorted(os.sched_getaffinity(0))[:4]     # several CPUs' streams in one file
+    cpus = sorted(os.sched_getaffinity(0))[:4]  # several CPUs' streams in one file
     files = SegmentFiles(tmp_path, wire.interfaces(names), segment_bytes=1 << 30)
     t0 = time.time_ns()
     # both builds of the capture program: the skb copied straight into the ring, and the
     # fallback for kernels without bpf_dynptr_copy (through a scratch buffer)
     monkeypatch.setenv(packets.COPY_ENV, copy)
-    with packets.PacketCapture([wire.point(n) for n in names], packets.Target(),
-                               ring_mb=4) as cap:
+    with packets.PacketCapture([wire.point(n) for n in names], packets.Target(), ring_mb=4) as cap:
         assert cap.evidence_copy == copy
         wire.send("eva0", ab, cpus)
         wire.send("evb0", ba, cpus)
@@ -203,13 +231,19 @@ def test_evidence_chain_is_a_capture_file_with_every_packet(wire, tmp_path, copy
     assert len(files.segments) == 1
     path = files.segments[0].path
 
-    want = multiset([(0, "out", f) for f in ab] + [(0, "in", f) for f in ba] +
-                    [(1, "in", f) for f in ab] + [(1, "out", f) for f in ba])
+    want = multiset(
+        [(0, "out", f) for f in ab]
+        + [(0, "in", f) for f in ba]
+        + [(1, "in", f) for f in ab]
+        + [(1, "out", f) for f in ba]
+    )
     ours = list(pcapng.read_packets(path))
     assert multiset((p.interface.index, p.direction, p.data) for p in ours) == want
     assert all(p.orig_len == len(p.data) for p in ours)
-    assert sorted({(p.interface.index, p.interface.name) for p in ours}) == \
-        [(0, "eva0"), (1, "evb0")]
+    assert sorted({(p.interface.index, p.interface.name) for p in ours}) == [
+        (0, "eva0"),
+        (1, "evb0"),
+    ]
     theirs = tshark_packets(path)
     assert multiset((i, d, f) for i, d, f, _ in theirs) == want
     assert [ts for *_, ts in theirs] == [p.ts_ns for p in ours]
@@ -285,9 +319,10 @@ def test_evidence_off_counts_capped_and_the_file_holds_exactly_captured(wire, tm
     assert len(tshark_packets(files.segments[0].path)) == c.captured
     # the analysis path does not depend on the evidence: every packet has its record,
     # those without evidence (stream_pos -1) with the bytes copied from the packet
-    assert [r.data for r in records] == [f[:packets.ASNAP] for f in first + off + again]
-    assert [r.stream_pos >= 0 for r in records] == \
-        [True] * len(first) + [False] * len(off) + [True] * len(again)
+    assert [r.data for r in records] == [f[: packets.ASNAP] for f in first + off + again]
+    assert [r.stream_pos >= 0 for r in records] == [True] * len(first) + [False] * len(off) + [
+        True
+    ] * len(again)
 
 
 def test_writer_rotates_segments_and_locates_each_analysed_packet(wire, tmp_path):
@@ -299,9 +334,8 @@ def test_writer_rotates_segments_and_locates_each_analysed_packet(wire, tmp_path
     with cap:
         writer = EvidenceWriter(cap, files, interval=0.02).start()
         try:
-            for _ in range(6):             # rounds the writer drains one by one
-                batch = wire.frames("eva0", [rng.randint(14, MAXFRAME) for _ in range(20)],
-                                    rng)
+            for _ in range(6):  # rounds the writer drains one by one
+                batch = wire.frames("eva0", [rng.randint(14, MAXFRAME) for _ in range(20)], rng)
                 wire.send("eva0", batch)
                 sent += batch
                 time.sleep(0.1)
@@ -316,8 +350,7 @@ def test_writer_rotates_segments_and_locates_each_analysed_packet(wire, tmp_path
     segments = writer.segments()
     assert len(segments) >= 3, segments
     assert [s.seq for s in segments] == list(range(1, len(segments) + 1))
-    chunks_in = collections.Counter(p.seq for placed in writer.placed.values()
-                                    for p in placed)
+    chunks_in = collections.Counter(p.seq for placed in writer.placed.values() for p in placed)
     total = 0
     for seg in segments:
         assert seg.size == seg.path.stat().st_size
@@ -329,8 +362,9 @@ def test_writer_rotates_segments_and_locates_each_analysed_packet(wire, tmp_path
         assert seg.size <= files.segment_bytes or chunks_in[seg.seq] == 1, seg
     captured = sum(c.captured for c in counts.values())
     assert total == captured == 2 * len(sent), (total, counts)
-    assert writer.bytes + sum(len(files.header()) for _ in segments) == \
-        sum(s.size for s in segments)
+    assert writer.bytes + sum(len(files.header()) for _ in segments) == sum(
+        s.size for s in segments
+    )
 
     assert len(records) == 2 * len(sent)
     opened = {s.seq: pcapng.Segment(s.path) for s in segments}
@@ -340,14 +374,19 @@ def test_writer_rotates_segments_and_locates_each_analysed_packet(wire, tmp_path
         for r in records:
             seq, offset = writer.locate(r.cpu, r.stream_pos)
             p = opened[seq].packet_at(offset)
-            assert p.data[:len(r.data)] == r.data
-            assert (p.ts_ns, p.interface.index, p.direction, p.orig_len) == \
-                (r.ts_ns, r.point, r.direction, r.len)
+            assert p.data[: len(r.data)] == r.data
+            assert (p.ts_ns, p.interface.index, p.direction, p.orig_len) == (
+                r.ts_ns,
+                r.point,
+                r.direction,
+                r.len,
+            )
     finally:
         for seg in opened.values():
             seg.close()
-    assert multiset(r.data for r in records if r.point == 1) == \
-        multiset(f[:packets.ASNAP] for f in sent)
+    assert multiset(r.data for r in records if r.point == 1) == multiset(
+        f[: packets.ASNAP] for f in sent
+    )
 
 
 def test_writer_size_cap_keeps_captured_equal_to_the_file(wire, tmp_path):
@@ -356,12 +395,13 @@ def test_writer_size_cap_keeps_captured_equal_to_the_file(wire, tmp_path):
     still written, so the files hold exactly `captured`. drain() is called by hand."""
     rng = random.Random(29)
     cpus = sorted(os.sched_getaffinity(0))[:4]
-    files = SegmentFiles(tmp_path, wire.interfaces(["eva0"]), segment_bytes=64 << 10,
-                         max_bytes=4096)
+    files = SegmentFiles(
+        tmp_path, wire.interfaces(["eva0"]), segment_bytes=64 << 10, max_bytes=4096
+    )
     before = wire.frames("eva0", [rng.randint(3000, MAXFRAME) for _ in range(12)], rng)
     after = wire.frames("eva0", [rng.randint(14, MAXFRAME) for _ in range(5)], rng)
     with packets.PacketCapture([wire.point("eva0")], packets.Target(), ring_mb=1) as cap:
-        writer = EvidenceWriter(cap, files)          # not started: drain() by hand
+        writer = EvidenceWriter(cap, files)  # not started: drain() by hand
         wire.send("eva0", before, cpus)
         wait_seen(cap, {0: len(before)})
         writer.drain()
@@ -406,10 +446,12 @@ def test_reader_and_tshark_read_every_block_before_a_truncation(wire, tmp_path):
     fillers = [(off, ln) for off, t, ln in blocks if t == packets.FILLER_TYPE]
     assert len(epbs) == len(sent) and fillers, "the chain has no filler blocks"
     last, last_len = epbs[-1]
-    cuts = {"in the last block's header": last + 4,
-            "in the last packet's data": last + 40,
-            "before the last block's trailer": last + last_len - 2,
-            "in a filler block": fillers[-1][0] + 10}
+    cuts = {
+        "in the last block's header": last + 4,
+        "in the last packet's data": last + 40,
+        "before the last block's trailer": last + last_len - 2,
+        "in a filler block": fillers[-1][0] + 10,
+    }
     for what, cut in cuts.items():
         path = tmp_path / "cut.pcapng"
         path.write_bytes(data[:cut])
@@ -450,9 +492,13 @@ def test_kill_9_leaves_no_program_and_a_readable_segment(wire, tmp_path):
     ifindex = wire.ifindex["eva0"]
     out = tmp_path / "seg"
     out.mkdir()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, wire.a.path, str(ifindex), out],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, packets.ATTACH_ENV: "tcx"})
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, wire.a.path, str(ifindex), out],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, packets.ATTACH_ENV: "tcx"},
+    )
     try:
         kind = child.stdout.readline().strip()
         assert kind == "tcx", child.stderr.read() if child.poll() is not None else kind
@@ -461,9 +507,14 @@ def test_kill_9_leaves_no_program_and_a_readable_segment(wire, tmp_path):
         sent = wire.frames("eva0", [rng.randint(14, MAXFRAME) for _ in range(30)], rng)
         wire.send("eva0", sent)
         seg = out / "seg-00001.pcapng"
-        wait_for(lambda: seg.exists() and
-                 len(list(pcapng.read_packets(seg, partial_ok=True))) == len(sent),
-                 10, 0.05, "the packets in the segment")
+        wait_for(
+            lambda: (
+                seg.exists() and len(list(pcapng.read_packets(seg, partial_ok=True))) == len(sent)
+            ),
+            10,
+            0.05,
+            "the packets in the segment",
+        )
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
         assert child.returncode == -signal.SIGKILL
@@ -474,8 +525,16 @@ def test_kill_9_leaves_no_program_and_a_readable_segment(wire, tmp_path):
         child.stdout.close()
         child.stderr.close()
     # the kernel frees closed links from a work queue: gone soon after, not at once
-    wait_for(lambda: not any(packets.tcx_program_ids(ifindex, side, wire.a.path)
-                             for side in ("ingress", "egress")), 10, 0.05,
-             "no tcx program left on eva0")
+    wait_for(
+        lambda: (
+            not any(
+                packets.tcx_program_ids(ifindex, side, wire.a.path)
+                for side in ("ingress", "egress")
+            )
+        ),
+        10,
+        0.05,
+        "no tcx program left on eva0",
+    )
     assert [p.data for p in pcapng.read_packets(seg)] == sent
     assert [f for _, _, f, _ in tshark_packets(seg)] == sent

@@ -28,13 +28,16 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 HOST_IP, CLIENT_IP = "10.208.0.1", "10.208.0.2"
 PORT = 8090
-SERVE = ("mkdir -p /www && yes 'extcap: a line of the page' | head -n 40 > /www/index.html"
-         " && exec httpd -f -p 80 -h /www")
+SERVE = (
+    "mkdir -p /www && yes 'extcap: a line of the page' | head -n 40 > /www/index.html"
+    " && exec httpd -f -p 80 -h /www"
+)
 
 
 def extcap_folder():
-    out = subprocess.run(["tshark", "-G", "folders"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["tshark", "-G", "folders"], capture_output=True, text=True, check=True
+    ).stdout
     m = re.search(r"^Extcap path:\s*(\S+)", out, re.M)
     assert m, out
     return m.group(1)
@@ -50,11 +53,12 @@ class Setup:
         self.root = root
         self.name = unique("xc")
         self.extcap_dir = tmp / "extcap"
-        self.host.sh(f"ip link add xcu0 type veth peer name eth0 netns {self.client.name} && "
-                     f"ip addr add {HOST_IP}/24 dev xcu0 && ip link set xcu0 up")
+        self.host.sh(
+            f"ip link add xcu0 type veth peer name eth0 netns {self.client.name} && "
+            f"ip addr add {HOST_IP}/24 dev xcu0 && ip link set xcu0 up"
+        )
         self.client.sh(f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up")
-        self.cli("run", "-d", "--name", self.name, "-p", f"{PORT}:80", "busybox", "sh", "-c",
-                 SERVE)
+        self.cli("run", "-d", "--name", self.name, "-p", f"{PORT}:80", "busybox", "sh", "-c", SERVE)
 
         info = json.loads(self.cli("inspect", self.name).stdout)[0]["NetworkSettings"]
         self.veth = info["Networks"]["bridge"]["HostVeth"]
@@ -64,26 +68,46 @@ class Setup:
 
     def tshark_argv(self, *args):
         """tshark in the host namespace, seeing only pyinspect's launcher as extcap."""
-        script = (f"mount --bind {self.extcap_dir} {extcap_folder()} && exec tshark "
-                  + " ".join(f"'{a}'" for a in args))
-        return ["nsenter", f"--net={self.host.path}", "unshare", "-m", "--propagation",
-                "private", "sh", "-c", script]
+        script = f"mount --bind {self.extcap_dir} {extcap_folder()} && exec tshark " + " ".join(
+            f"'{a}'" for a in args
+        )
+        return [
+            "nsenter",
+            f"--net={self.host.path}",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ]
 
     def fetch(self, n):
-        got = self.client.sh(f"for i in $(seq {n}); do curl -sS --max-time 5 -H "
-                             f"'Connection: close' http://{HOST_IP}:{PORT}/ || exit 1; done")
+        got = self.client.sh(
+            f"for i in $(seq {n}); do curl -sS --max-time 5 -H "
+            f"'Connection: close' http://{HOST_IP}:{PORT}/ || exit 1; done"
+        )
         assert got.stdout.count("extcap: a line") == 40 * n, got.stderr
 
     def attached(self):
         """Whether a capture program is on the host veth (a tcx program or tc filter)."""
-        code = ("import socket, sys; from pyinspect.probes import packets; "
-                "i = socket.if_nametoindex(sys.argv[1]); "
-                "print(len(packets.tcx_program_ids(i, 'ingress') + "
-                "packets.tcx_program_ids(i, 'egress')))")
-        n = subprocess.run(["nsenter", f"--net={self.host.path}", sys.executable, "-c", code,
-                            self.veth], capture_output=True, text=True, check=True).stdout
-        tc = self.host.sh(f"tc filter show dev {self.veth} ingress; "
-                          f"tc filter show dev {self.veth} egress", check=False).stdout
+        code = (
+            "import socket, sys; from pyinspect.probes import packets; "
+            "i = socket.if_nametoindex(sys.argv[1]); "
+            "print(len(packets.tcx_program_ids(i, 'ingress') + "
+            "packets.tcx_program_ids(i, 'egress')))"
+        )
+        n = subprocess.run(
+            ["nsenter", f"--net={self.host.path}", sys.executable, "-c", code, self.veth],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        tc = self.host.sh(
+            f"tc filter show dev {self.veth} ingress; tc filter show dev {self.veth} egress",
+            check=False,
+        ).stdout
         return int(n) > 0 or "pyinspect-trace" in tc
 
     def wait_attached(self, proc, timeout=30, veth=True):
@@ -95,7 +119,7 @@ class Setup:
             assert time.monotonic() < deadline, "the capture never attached"
             time.sleep(0.05)
         assert self.attached() or not veth
-        time.sleep(0.3)         # the header reaches dumpcap right after the attach
+        time.sleep(0.3)  # the header reaches dumpcap right after the attach
 
     def extcap_pids(self):
         """pyinspect extcap processes of this test's state root."""
@@ -112,20 +136,23 @@ class Setup:
 
     def trace_rules(self):
         """The trace's TRACE rules, chains and nft tables in the host namespace."""
-        ipt = self.host.sh("iptables-legacy-save 2>/dev/null; nft list tables 2>/dev/null",
-                           check=False).stdout
-        return [line for line in ipt.splitlines()
-                if any(k in line for k in ("pyinspect-trace:", "PI-TRACE-",
-                                           "pyinspect_trace_"))]
+        ipt = self.host.sh(
+            "iptables-legacy-save 2>/dev/null; nft list tables 2>/dev/null", check=False
+        ).stdout
+        return [
+            line
+            for line in ipt.splitlines()
+            if any(k in line for k in ("pyinspect-trace:", "PI-TRACE-", "pyinspect_trace_"))
+        ]
 
     def wait_gone(self, timeout=30):
         """Every extcap process has exited and removed what it attached and added."""
         deadline = time.monotonic() + timeout
-        while (self.extcap_pids() or self.trace_states() or self.attached()
-               or self.trace_rules()):
+        while self.extcap_pids() or self.trace_states() or self.attached() or self.trace_rules():
             assert time.monotonic() < deadline, (
                 f"left behind: pids {self.extcap_pids()}, attached {self.attached()}, "
-                f"states {self.trace_states()}, rules {self.trace_rules()}")
+                f"states {self.trace_states()}, rules {self.trace_rules()}"
+            )
             time.sleep(0.1)
 
     def wait_rules(self, proc, timeout=30):
@@ -142,6 +169,7 @@ class Setup:
 
     def tcpdump(self, path):
         from testbed.pointcap import Tcpdump
+
         return Tcpdump(self.host.name, self.veth, path, immediate=True)
 
     def close(self):
@@ -163,9 +191,21 @@ def setup(tmp_path_factory):
 
 
 def fields(path, *names):
-    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|",
-                          *[a for n in names for a in ("-e", n)]],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            *[a for n in names for a in ("-e", n)],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [line.split("|") for line in out.splitlines() if line]
 
 
@@ -190,22 +230,27 @@ def test_install_sudo_launcher(setup, tmp_path):
 
 
 def test_tshark_lists_one_interface_per_container(setup):
-    out = subprocess.run(setup.tshark_argv("-D"), capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run(
+        setup.tshark_argv("-D"), capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if "pyinspect-" in line]
-    assert any(f"pyinspect-{setup.name} (pyinspect: {setup.name} (pyinspect, all capture "
-               f"points))" in line for line in lines), out.stdout
+    assert any(
+        f"pyinspect-{setup.name} (pyinspect: {setup.name} (pyinspect, all capture points))" in line
+        for line in lines
+    ), out.stdout
     # the client and host namespaces have no process in them: not containers
     assert not any(setup.client.name in line for line in lines), lines
 
 
 def test_tshark_lists_containers_of_other_runtimes(setup, runc):
     cid, _pid = runc.run()
-    out = subprocess.run(setup.tshark_argv("-D"), capture_output=True, text=True, timeout=60,
-                         check=False)
-    assert f"pyinspect-{cid} (pyinspect: {cid} (runc, all capture points))" in out.stdout, \
+    out = subprocess.run(
+        setup.tshark_argv("-D"), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert f"pyinspect-{cid} (pyinspect: {cid} (runc, all capture points))" in out.stdout, (
         out.stdout + out.stderr
+    )
     assert f"pyinspect-{setup.name} " in out.stdout
 
 
@@ -214,10 +259,16 @@ def test_install_default_folder_is_wiresharks(setup, tmp_path):
     folder mounted over it in a mount namespace of the test's own)."""
     folder = tmp_path / "wsextcap"
     folder.mkdir()
-    script = (f"mount --bind {folder} {extcap_folder()} && exec "
-              + " ".join(setup.cli.argv("extcap", "--install")[2:]))
-    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                       capture_output=True, text=True, timeout=60, check=False)
+    script = f"mount --bind {folder} {extcap_folder()} && exec " + " ".join(
+        setup.cli.argv("extcap", "--install")[2:]
+    )
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"installed {extcap_folder()}/pyinspect"
     assert (folder / "pyinspect").read_text() == (setup.extcap_dir / "pyinspect").read_text()
@@ -225,11 +276,15 @@ def test_install_default_folder_is_wiresharks(setup, tmp_path):
 
 def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
     from pyinspect.pcap_export import point_name
+
     out = tmp_path / "out.pcapng"
     dump = setup.tcpdump(tmp_path / "veth.pcap")
-    tshark = subprocess.Popen(setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-a",
-                                                "duration:8", "-w", str(out)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tshark = subprocess.Popen(
+        setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-a", "duration:8", "-w", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         setup.wait_attached(tshark)
         setup.fetch(5)
@@ -242,18 +297,29 @@ def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
             tshark.communicate()
         report = dump.stop()
     assert report["dropped"] == 0, report
-    rows = fields(out, "frame.interface_name", "tcp.port", "frame.interface_description",
-                  "frame.comment", "tcp.flags.syn", "tcp.flags.ack")
+    rows = fields(
+        out,
+        "frame.interface_name",
+        "tcp.port",
+        "frame.interface_description",
+        "frame.comment",
+        "tcp.flags.syn",
+        "tcp.flags.ack",
+    )
     names = {r[0] for r in rows}
-    want = {point_name("xcu0", "uplink", setup.name), "pyinspect0",
-            point_name(setup.veth, "veth", setup.name), f"{setup.name}/eth0"}
+    want = {
+        point_name("xcu0", "uplink", setup.name),
+        "pyinspect0",
+        point_name(setup.veth, "veth", setup.name),
+        f"{setup.name}/eth0",
+    }
     assert want <= names, names
     # the published port's DNAT rides on the interfaces' descriptions
     assert all("DNAT tcp" in r[2] and f":{PORT} -> " in r[2] for r in rows), rows[:3]
     ref = fields(tmp_path / "veth.pcap", "frame.interface_name", "tcp.port")
     ref_web = [r for r in ref if "80" in r[1].split(",")]
     live_web = web_packets(rows, point_name(setup.veth, "veth", setup.name))
-    assert len(ref_web) >= 5 * 6, ref_web          # 5 connections, each a few packets
+    assert len(ref_web) >= 5 * 6, ref_web  # 5 connections, each a few packets
     assert len(live_web) == len(ref_web), (len(live_web), len(ref_web))
     # NAT comments as `pcap export` gives them: every SYN at every point says its flow
     # and the DNAT (the analysis settles them while the stream holds them back)
@@ -272,14 +338,17 @@ def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stopping_tshark_leaves_nothing(setup, tmp_path, sig):
     out = tmp_path / "out.pcapng"
-    tshark = subprocess.Popen(setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-w",
-                                                str(out)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tshark = subprocess.Popen(
+        setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-w", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         setup.wait_attached(tshark)
-        setup.wait_rules(tshark)        # so the stop below has them to remove
+        setup.wait_rules(tshark)  # so the stop below has them to remove
         setup.fetch(1)
-        time.sleep(1.5)         # the stream holds packets back up to 1 s for their comments
+        time.sleep(1.5)  # the stream holds packets back up to 1 s for their comments
         tshark.send_signal(sig)
         tshark.communicate(timeout=60)
         setup.wait_gone()
@@ -292,13 +361,32 @@ def test_stopping_tshark_leaves_nothing(setup, tmp_path, sig):
 
 def test_stdout_stream_into_tshark_r(setup, tmp_path):
     dump = setup.tcpdump(tmp_path / "veth.pcap")
-    xc = subprocess.Popen(setup.cli.argv("extcap", "--extcap-interface",
-                                         f"pyinspect-{setup.name}", "--capture", "--fifo", "-"),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    reader = subprocess.Popen(["tshark", "-r", "-", "-T", "fields", "-E", "separator=|",
-                               "-e", "frame.interface_name", "-e", "tcp.port"],
-                              stdin=xc.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    xc = subprocess.Popen(
+        setup.cli.argv(
+            "extcap", "--extcap-interface", f"pyinspect-{setup.name}", "--capture", "--fifo", "-"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    reader = subprocess.Popen(
+        [
+            "tshark",
+            "-r",
+            "-",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "tcp.port",
+        ],
+        stdin=xc.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     xc.stdout.close()
     try:
         setup.wait_attached(xc)
@@ -317,9 +405,13 @@ def test_stdout_stream_into_tshark_r(setup, tmp_path):
     setup.wait_gone()
     assert report["dropped"] == 0, report
     from pyinspect.pcap_export import point_name
+
     rows = [line.split("|") for line in text.splitlines() if line]
-    ref = [r for r in fields(tmp_path / "veth.pcap", "frame.interface_name", "tcp.port")
-           if "80" in r[1].split(",")]
+    ref = [
+        r
+        for r in fields(tmp_path / "veth.pcap", "frame.interface_name", "tcp.port")
+        if "80" in r[1].split(",")
+    ]
     live = web_packets(rows, point_name(setup.veth, "veth", setup.name))
     assert len(ref) >= 3 * 6 and len(live) == len(ref), (len(live), len(ref))
 
@@ -328,13 +420,25 @@ def test_reader_going_away_ends_an_idle_capture(setup):
     """The reader closes the stream while no packet flows (a closed ssh channel, Wireshark
     gone): the capture notices without a write failing and cleans up. (The filter keeps
     the container's own chatter, IPv6 and ARP, from being written.)"""
-    xc = subprocess.Popen(setup.cli.argv("extcap", "--extcap-interface",
-                                         f"pyinspect-{setup.name}", "--capture", "--fifo", "-",
-                                         "--comments-delay", "0", "--filter", "udp port 9"),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    xc = subprocess.Popen(
+        setup.cli.argv(
+            "extcap",
+            "--extcap-interface",
+            f"pyinspect-{setup.name}",
+            "--capture",
+            "--fifo",
+            "-",
+            "--comments-delay",
+            "0",
+            "--filter",
+            "udp port 9",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         setup.wait_attached(xc)
-        assert xc.stdout.read(4) == b"\x0a\x0d\x0d\x0a"     # the section header is there
+        assert xc.stdout.read(4) == b"\x0a\x0d\x0d\x0a"  # the section header is there
         xc.stdout.close()
         assert xc.wait(timeout=30) == 0, xc.stderr.read()
     finally:
@@ -348,10 +452,20 @@ def test_reader_going_away_ends_an_idle_capture(setup):
 def test_reader_going_away_while_packets_are_held_back(setup):
     """The reader closes the stream while the stream holds packets back for their
     comments: a normal stop (exit 0, nothing on stderr), nothing left."""
-    xc = subprocess.Popen(setup.cli.argv("extcap", "--extcap-interface",
-                                         f"pyinspect-{setup.name}", "--capture", "--fifo",
-                                         "-", "--comments-delay", "5"),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    xc = subprocess.Popen(
+        setup.cli.argv(
+            "extcap",
+            "--extcap-interface",
+            f"pyinspect-{setup.name}",
+            "--capture",
+            "--fifo",
+            "-",
+            "--comments-delay",
+            "5",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         setup.wait_attached(xc)
         assert xc.stdout.read(4) == b"\x0a\x0d\x0d\x0a"
@@ -368,10 +482,21 @@ def test_reader_going_away_while_packets_are_held_back(setup):
 
 def test_capture_filter_keeps_only_matching_packets(setup, tmp_path):
     out = tmp_path / "out.pcapng"
-    tshark = subprocess.Popen(setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-f",
-                                                "tcp[tcpflags] & tcp-syn != 0", "-a",
-                                                "duration:6", "-w", str(out)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tshark = subprocess.Popen(
+        setup.tshark_argv(
+            "-i",
+            f"pyinspect-{setup.name}",
+            "-f",
+            "tcp[tcpflags] & tcp-syn != 0",
+            "-a",
+            "duration:6",
+            "-w",
+            str(out),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         setup.wait_attached(tshark)
         setup.fetch(2)
@@ -389,20 +514,47 @@ def test_capture_filter_keeps_only_matching_packets(setup, tmp_path):
 
 def test_errors_reach_tshark(setup, tmp_path):
     # a container that is not running is no interface: tshark says so itself
-    r = subprocess.run(setup.tshark_argv("-i", "pyinspect-xc-missing", "-a", "duration:3",
-                                         "-w", str(tmp_path / "a.pcapng")),
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        setup.tshark_argv(
+            "-i", "pyinspect-xc-missing", "-a", "duration:3", "-w", str(tmp_path / "a.pcapng")
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode != 0 and "no device named" in r.stderr, r.stderr
     # a filter libpcap does not compile: tshark checks it with the extcap first
-    r = subprocess.run(setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-f", "tcp port",
-                                         "-a", "duration:3", "-w",
-                                         str(tmp_path / "b.pcapng")),
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        setup.tshark_argv(
+            "-i",
+            f"pyinspect-{setup.name}",
+            "-f",
+            "tcp port",
+            "-a",
+            "duration:3",
+            "-w",
+            str(tmp_path / "b.pcapng"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert "Error by extcap pipe: Error: bad --filter 'tcp port'" in r.stderr, r.stderr
     setup.wait_gone()
     # straight from the command: one line on stderr, a non-zero exit
-    r = setup.cli("extcap", "--extcap-interface", f"pyinspect-{setup.name}", "--capture",
-                  "--fifo", "-", "--filter", "tcp port", check=False)
+    r = setup.cli(
+        "extcap",
+        "--extcap-interface",
+        f"pyinspect-{setup.name}",
+        "--capture",
+        "--fifo",
+        "-",
+        "--filter",
+        "tcp port",
+        check=False,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stdout == "", "nothing is written before the filter is checked"
 
@@ -410,21 +562,27 @@ def test_errors_reach_tshark(setup, tmp_path):
 def test_container_stopping_during_capture_is_an_error_in_tshark(setup, tmp_path):
     name = unique("xcs")
     setup.cli("run", "-d", "--name", name, "busybox", "sleep", "600")
-    tshark = subprocess.Popen(setup.tshark_argv("-i", f"pyinspect-{name}", "-a",
-                                                "duration:60", "-w", str(tmp_path / "o.pcapng")),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tshark = subprocess.Popen(
+        setup.tshark_argv(
+            "-i", f"pyinspect-{name}", "-a", "duration:60", "-w", str(tmp_path / "o.pcapng")
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         setup.wait_attached(tshark, veth=False)
         setup.cli("rm", "-f", name)
-        _, err = tshark.communicate(timeout=30)     # well before its 60 s
+        _, err = tshark.communicate(timeout=30)  # well before its 60 s
     finally:
         if tshark.poll() is None:
             tshark.kill()
             tshark.communicate()
         setup.cli("rm", "-f", name, check=False)
     # tshark itself exits 0 after an extcap error; it prints the extcap's stderr
-    assert f"Error by extcap pipe: Error: extcap: container {name} stopped during the " \
-           f"capture" in err, err
+    assert (
+        f"Error by extcap pipe: Error: extcap: container {name} stopped during the capture" in err
+    ), err
     setup.wait_gone()
 
 
@@ -434,18 +592,42 @@ def test_no_privileges_is_one_line(setup, tmp_path):
     root.mkdir()
     os.chmod(tmp_path, 0o755)
     os.chmod(root, 0o777)
-    r = subprocess.run(["runuser", "-u", "nobody", "--", setup.cli.argv()[2], "--root",
-                        str(root), "extcap", "--extcap-interface", f"pyinspect-{setup.name}",
-                        "--capture", "--fifo", "-"], capture_output=True, text=True,
-                       timeout=60, check=False)
+    r = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            setup.cli.argv()[2],
+            "--root",
+            str(root),
+            "extcap",
+            "--extcap-interface",
+            f"pyinspect-{setup.name}",
+            "--capture",
+            "--fifo",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 5 and r.stderr.count("\n") == 1, r.stderr
     assert "capturing needs root" in r.stderr and "--install-sudo" in r.stderr
     assert r.stdout == ""
 
 
 def test_container_gone_before_the_capture_is_one_line(setup):
-    r = setup.cli("extcap", "--extcap-interface", "pyinspect-xc-missing", "--capture",
-                  "--fifo", "-", check=False)
+    r = setup.cli(
+        "extcap",
+        "--extcap-interface",
+        "pyinspect-xc-missing",
+        "--capture",
+        "--fifo",
+        "-",
+        check=False,
+    )
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
     assert "no such container: xc-missing" in r.stderr and r.stdout == ""
 
@@ -459,34 +641,71 @@ def test_remote_capture_through_wiresharks_sshdump(setup, tmp_path):
     if not os.access(sshdump, os.X_OK):
         pytest.skip("Wireshark's sshdump is not installed")
     for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(tmp_path / name)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True
+        )
     port = 2222
     server = subprocess.Popen(
-        ["nsenter", f"--net={setup.host.path}", sys.executable, "-W", "ignore",
-         str(Path(__file__).parent / "helpers" / "sshserver.py"), str(port),
-         str(tmp_path / "host_key"), str(tmp_path / "client_key.pub")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            "nsenter",
+            f"--net={setup.host.path}",
+            sys.executable,
+            "-W",
+            "ignore",
+            str(Path(__file__).parent / "helpers" / "sshserver.py"),
+            str(port),
+            str(tmp_path / "host_key"),
+            str(tmp_path / "client_key.pub"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     dump = sshd = None
     try:
         assert server.stdout.readline().strip() == "ready", server.communicate()
         dump = setup.tcpdump(tmp_path / "veth.pcap")
-        remote = " ".join(setup.cli.argv("extcap", "--extcap-interface",
-                                         f"pyinspect-{setup.name}", "--capture",
-                                         "--fifo", "-")[2:])
+        remote = " ".join(
+            setup.cli.argv(
+                "extcap",
+                "--extcap-interface",
+                f"pyinspect-{setup.name}",
+                "--capture",
+                "--fifo",
+                "-",
+            )[2:]
+        )
         out = tmp_path / "ssh.pcapng"
         sshd = subprocess.Popen(
-            ["nsenter", f"--net={setup.host.path}", sshdump, "--extcap-interface=sshdump",
-             "--capture", "--fifo", str(out), "--remote-host", "127.0.0.1", "--remote-port",
-             str(port), "--remote-username", "root", "--sshkey", str(tmp_path / "client_key"),
-             "--remote-capture-command", remote],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                "nsenter",
+                f"--net={setup.host.path}",
+                sshdump,
+                "--extcap-interface=sshdump",
+                "--capture",
+                "--fifo",
+                str(out),
+                "--remote-host",
+                "127.0.0.1",
+                "--remote-port",
+                str(port),
+                "--remote-username",
+                "root",
+                "--sshkey",
+                str(tmp_path / "client_key"),
+                "--remote-capture-command",
+                remote,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         setup.wait_attached(sshd)
         setup.fetch(3)
-        time.sleep(1.5)             # the comment hold-back
+        time.sleep(1.5)  # the comment hold-back
         sshd.send_signal(signal.SIGTERM)
         sshd.communicate(timeout=60)
-        setup.wait_gone()           # the channel closed: the remote capture ended itself
+        setup.wait_gone()  # the channel closed: the remote capture ended itself
     finally:
         for p in (sshd, server):
             if p and p.poll() is None:
@@ -499,9 +718,13 @@ def test_remote_capture_through_wiresharks_sshdump(setup, tmp_path):
         report = dump.stop() if dump else None
     assert report["dropped"] == 0, report
     from pyinspect.pcap_export import point_name
+
     rows = fields(out, "frame.interface_name", "tcp.port", "frame.comment")
-    ref = [r for r in fields(tmp_path / "veth.pcap", "frame.interface_name", "tcp.port")
-           if "80" in r[1].split(",")]
+    ref = [
+        r
+        for r in fields(tmp_path / "veth.pcap", "frame.interface_name", "tcp.port")
+        if "80" in r[1].split(",")
+    ]
     live = web_packets(rows, point_name(setup.veth, "veth", setup.name))
     assert len(ref) >= 3 * 6 and len(live) == len(ref), (len(live), len(ref))
     assert {r[0] for r in rows} >= {f"{setup.name}/eth0", "pyinspect0"}

@@ -73,8 +73,20 @@ def upper_root(root):
 
 
 def gnu_tar(src, out, fmt):
-    sh("tar", f"--format={fmt}", "--sparse", "--xattrs", "--xattrs-include=*",
-       "--numeric-owner", "--sort=name", "-C", str(src), "-cf", str(out), ".")
+    sh(
+        "tar",
+        f"--format={fmt}",
+        "--sparse",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--numeric-owner",
+        "--sort=name",
+        "-C",
+        str(src),
+        "-cf",
+        str(out),
+        ".",
+    )
     return out.read_bytes()
 
 
@@ -115,13 +127,15 @@ def check_lower_on_host(d):
 
 
 def check_in_container(cli, image):
-    script = ("stat -c '%h %i' /usr/bin/pm-hard1 /usr/bin/pm-hard2; "
-              f"dd if=/var/log/pm-sparse bs=1048576 skip={SPARSE_AT >> 20} count=1 2>/dev/null"
-              " | head -c 9; echo; stat -c %s /var/log/pm-sparse; "
-              f"dd if=/var/log/pm-sparse-pax bs=1048576 skip={SPARSE_AT >> 20} count=1 "
-              "2>/dev/null | head -c 9; echo; "
-              f"cat /{LONG_DIR}/{LONG_FILE} /{LONG_DIR}/{'g' * 120}; ls /etc/opq; "
-              "test -e /usr/bin/pm-gone && echo gone-is-there; echo end")
+    script = (
+        "stat -c '%h %i' /usr/bin/pm-hard1 /usr/bin/pm-hard2; "
+        f"dd if=/var/log/pm-sparse bs=1048576 skip={SPARSE_AT >> 20} count=1 2>/dev/null"
+        " | head -c 9; echo; stat -c %s /var/log/pm-sparse; "
+        f"dd if=/var/log/pm-sparse-pax bs=1048576 skip={SPARSE_AT >> 20} count=1 "
+        "2>/dev/null | head -c 9; echo; "
+        f"cat /{LONG_DIR}/{LONG_FILE} /{LONG_DIR}/{'g' * 120}; ls /etc/opq; "
+        "test -e /usr/bin/pm-gone && echo gone-is-there; echo end"
+    )
     out = cli("run", "--rm", "--net", "none", image, "sh", "-c", script).stdout.splitlines()
     h1, h2 = out[0].split(), out[1].split()
     assert h1[0] == "2" and h1 == h2, out  # one inode, two names
@@ -134,8 +148,16 @@ def check_in_container(cli, image):
 def test_debian_like_docker_save_loads_and_runs(cli, layers, tmp_path, how):
     lower, upper = layers
     arc = tmp_path / "debian.tar"
-    kit.docker_legacy(arc, [([compress(lower, how, tmp_path), compress(upper, how, tmp_path)],
-                             ["pm-debian:1"], kit.config([lower, upper]))])
+    kit.docker_legacy(
+        arc,
+        [
+            (
+                [compress(lower, how, tmp_path), compress(upper, how, tmp_path)],
+                ["pm-debian:1"],
+                kit.config([lower, upper]),
+            )
+        ],
+    )
     proc = cli("load", "-i", arc)
     assert proc.stdout == "Loaded image: pm-debian:1\n" and proc.stderr == ""
     check_lower_on_host(layer_dir(cli, "pm-debian:1", 0))
@@ -148,17 +170,30 @@ def test_skopeo_oci_zstd_and_docker_archive_of_it(cli, layers, tmp_path):
     if not have("skopeo"):
         pytest.skip("skopeo (make install)")
     lower, upper = layers
-    arc = kit.docker_legacy(tmp_path / "d.tar", [([lower, upper], ["pm-debian:1"],
-                                                  kit.config([lower, upper]))])
+    arc = kit.docker_legacy(
+        tmp_path / "d.tar", [([lower, upper], ["pm-debian:1"], kit.config([lower, upper]))]
+    )
     oci = tmp_path / "oci"
-    r = subprocess.run(["skopeo", "copy", "--dest-compress", "--dest-compress-format", "zstd",
-                        f"docker-archive:{arc}", f"oci:{oci}:1"], capture_output=True,
-                       text=True, check=False)
+    r = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--dest-compress",
+            "--dest-compress-format",
+            "zstd",
+            f"docker-archive:{arc}",
+            f"oci:{oci}:1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     man_desc = json.loads((oci / "index.json").read_text())["manifests"][0]
     man = json.loads((oci / "blobs/sha256" / man_desc["digest"][7:]).read_text())
     assert {x["mediaType"] for x in man["layers"]} == {
-        "application/vnd.oci.image.layer.v1.tar+zstd"}
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
     out = cli("load", "-i", oci).stdout
     assert out.startswith("Loaded image ID: sha256:")  # skopeo names only the tag "1"
     image = out.split()[-1]
@@ -166,9 +201,12 @@ def test_skopeo_oci_zstd_and_docker_archive_of_it(cli, layers, tmp_path):
     check_in_container(cli, image)
     # skopeo's own docker-archive of the image (docker archives cannot hold zstd layers)
     arc2 = tmp_path / "skopeo-docker.tar"
-    r = subprocess.run(["skopeo", "copy", f"docker-archive:{arc}",
-                        f"docker-archive:{arc2}:pm-sk:2"],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["skopeo", "copy", f"docker-archive:{arc}", f"docker-archive:{arc2}:pm-sk:2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     other = Cli(tmp_path / "other")
     assert other("load", "-i", arc2).stdout == "Loaded image: pm-sk:2\n"
@@ -201,8 +239,16 @@ def test_umoci_layers_with_whiteouts_and_a_device(cli, tmp_path):
     (rootfs / "o/2").write_text("2")
     sh("umoci", "repack", "--image", f"{layout}:t", str(bundle))
     image = cli("load", "-i", layout).stdout.split()[-1]
-    out = cli("run", "--rm", "--net", "none", image, "sh", "-c",
-              "ls /d /o; test -e /x || echo no-x; ls -l /console | cut -c1").stdout.split()
+    out = cli(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        image,
+        "sh",
+        "-c",
+        "ls /d /o; test -e /x || echo no-x; ls -l /console | cut -c1",
+    ).stdout.split()
     assert out == ["/d:", "/o:", "2", "no-x", "c"], out
 
 
@@ -215,8 +261,12 @@ def test_device_nodes_skipped_with_a_note_where_mknod_is_refused(tmp_path, layer
     arc = kit.docker_legacy(tmp_path / "l.tar", [([lower], ["pm-userns:1"], kit.config([lower]))])
     root = tmp_path / "root"
     cli = Cli(root)
-    proc = subprocess.run(["unshare", "-Ur", *cli.argv("load", "-i", arc)], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        ["unshare", "-Ur", *cli.argv("load", "-i", arc)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "Loaded image: pm-userns:1\n"
     note = proc.stderr.strip()
@@ -243,11 +293,20 @@ def test_hostile_tar_made_with_gnu_tar_stays_refused(cli, tmp_path, case):
     layer = tmp_path / "evil.tar"
     sh("tar", *HOSTILE_TAR[case], "-cf", str(layer), str(src / "pm-evil"))
     data = layer.read_bytes()
-    cli("load", "-i", kit.docker_legacy(tmp_path / "ok.tar", [(
-        [kit.layer(("ok", "file", b"x"))], ["pm-ok:1"], None)]))
+    cli(
+        "load",
+        "-i",
+        kit.docker_legacy(
+            tmp_path / "ok.tar", [([kit.layer(("ok", "file", b"x"))], ["pm-ok:1"], None)]
+        ),
+    )
     before = store_snapshot(cli.root)
-    proc = cli("load", "-i", kit.docker_legacy(tmp_path / "e.tar", [([data], ["pm-e:1"], None)]),
-               check=False)
+    proc = cli(
+        "load",
+        "-i",
+        kit.docker_legacy(tmp_path / "e.tar", [([data], ["pm-e:1"], None)]),
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("Error: loading"), proc.stderr
     assert "\n" not in proc.stderr.strip()
     assert store_snapshot(cli.root) == before
@@ -260,11 +319,20 @@ def test_device_nodes_of_an_image_are_inert_in_the_container(cli, tmp_path):
     layer = kit.layer(("pm-null", "chr"))
     cli("tag", "busybox", "pm-bb:1")  # busybox's layer below, the device layer above
     (bb,) = json.loads(cli("inspect", "pm-bb:1").stdout)
-    bb_tar = (cli.root / "images" / "blobs" / "sha256" / bb["RootFS"]["Layers"][0][7:])
-    arc = kit.docker_legacy(tmp_path / "both.tar", [([bb_tar.read_bytes(), layer],
-                                                    ["pm-devbb:1"], None)])
+    bb_tar = cli.root / "images" / "blobs" / "sha256" / bb["RootFS"]["Layers"][0][7:]
+    arc = kit.docker_legacy(
+        tmp_path / "both.tar", [([bb_tar.read_bytes(), layer], ["pm-devbb:1"], None)]
+    )
     cli("load", "-i", arc)
-    out = cli("run", "--rm", "--net", "none", "pm-devbb:1", "sh", "-c",
-              "ls -l /pm-null | cut -c1; (echo x > /pm-null) 2>/dev/null && echo opened "
-              "|| echo refused; echo x > /dev/null && echo own-dev-ok").stdout.split()
+    out = cli(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "pm-devbb:1",
+        "sh",
+        "-c",
+        "ls -l /pm-null | cut -c1; (echo x > /pm-null) 2>/dev/null && echo opened "
+        "|| echo refused; echo x > /dev/null && echo own-dev-ok",
+    ).stdout.split()
     assert out == ["c", "refused", "own-dev-ok"], out

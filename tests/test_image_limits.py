@@ -48,8 +48,9 @@ def sparse_bomb_layer(tmp_path, size="10G"):
     d.mkdir()
     subprocess.run(["truncate", "-s", size, str(d / "pm-zeros")], check=True)
     out = tmp_path / "sparse.tar"
-    subprocess.run(["tar", "--format=gnu", "--sparse", "-C", str(d), "-cf", str(out),
-                    "pm-zeros"], check=True)
+    subprocess.run(
+        ["tar", "--format=gnu", "--sparse", "-C", str(d), "-cf", str(out), "pm-zeros"], check=True
+    )
     return out.read_bytes()
 
 
@@ -70,8 +71,11 @@ def zero_bomb_layer(tmp_path, mb=300):
             self.f.flush()
 
     import tarfile
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
-                                                 compresslevel=6) as gz:
+
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz,
+    ):
         tee = Tee(gz)
         with tarfile.open(fileobj=tee, mode="w|") as tf:
             ti = tarfile.TarInfo("pm-zeros")
@@ -93,19 +97,27 @@ def test_sparse_bomb_is_refused_before_writing(cli, seeded, tmp_path):
     layer = sparse_bomb_layer(tmp_path)
     arc = kit.docker_legacy(tmp_path / "bomb.tar", [([layer], ["pm-bomb:1"], None)])
     assert arc.stat().st_size < 100_000
-    err = refused(cli, seeded, arc, 2, "member 'pm-zeros'", "expands past 100x",
-                  "decompression bomb")
+    err = refused(
+        cli, seeded, arc, 2, "member 'pm-zeros'", "expands past 100x", "decompression bomb"
+    )
     assert "image-limits.max-ratio" in err
 
 
 def test_gzip_bomb_stops_at_the_ratio_limit(cli, seeded, tmp_path):
     diff_hex, blob = zero_bomb_layer(tmp_path)
-    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                      "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_hex}"]}}).encode()
+    cfg = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_hex}"]},
+        }
+    ).encode()
     arc = tmp_path / "gzbomb.tar"
     kit.docker_legacy(arc, [([b"placeholder"], ["pm-gz:1"], cfg)])
     # swap the placeholder layer for the bomb (docker load reads gzip'd layer.tar too)
     import tarfile
+
     with tarfile.open(arc) as src, tarfile.open(tmp_path / "gzbomb2.tar", "w") as dst:
         for m in src:
             data = src.extractfile(m).read() if m.isfile() else None
@@ -122,25 +134,28 @@ def test_limits_are_configurable(cli, seeded, tmp_path):
     arc = kit.docker_legacy(tmp_path / "a.tar", [([layer], ["pm-big:1"], None)])
     (cli.root / "config.json").write_text(json.dumps({"image-limits": {"max-bytes": 100_000}}))
     refused(cli, seeded, arc, 2, "more than 100kB of image data", "image-limits.max-bytes")
-    (cli.root / "config.json").write_text(json.dumps({"image-limits": {
-        "min-free-bytes": 1 << 60}}))
+    (cli.root / "config.json").write_text(json.dumps({"image-limits": {"min-free-bytes": 1 << 60}}))
     refused(cli, seeded, arc, 5, "not enough disk space", "min-free-bytes")
     (cli.root / "config.json").write_text(json.dumps({"image-limits": {"max-bytes": "1G"}}))
     proc = cli("load", "-i", arc, check=False)
     assert proc.returncode == 2 and "not a whole number" in proc.stderr
     (cli.root / "config.json").write_text(json.dumps({"image-limits": {"max-bites": 1}}))
     assert "unknown image limit" in cli("load", "-i", arc, check=False).stderr
-    (cli.root / "config.json").write_text(json.dumps({"image-limits": {
-        "max-bytes": 10_000_000, "max-ratio": 1000}}))
+    (cli.root / "config.json").write_text(
+        json.dumps({"image-limits": {"max-bytes": 10_000_000, "max-ratio": 1000}})
+    )
     assert cli("load", "-i", arc).stdout == "Loaded image: pm-big:1\n"
     # the sparse bomb passes only when the limits are raised on purpose (not written out)
     big = tmp_path / "b"
     big.mkdir()
     sparse = sparse_bomb_layer(big, "300M")
-    (cli.root / "config.json").write_text(json.dumps({"image-limits": {
-        "max-ratio": 100_000}}))
-    assert cli("load", "-i", kit.docker_legacy(tmp_path / "s.tar", [(
-        [sparse], ["pm-sparse:1"], None)])).returncode == 0
+    (cli.root / "config.json").write_text(json.dumps({"image-limits": {"max-ratio": 100_000}}))
+    assert (
+        cli(
+            "load", "-i", kit.docker_legacy(tmp_path / "s.tar", [([sparse], ["pm-sparse:1"], None)])
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.skipif(not have("docker-registry"), reason="docker-registry (make install)")
@@ -148,9 +163,14 @@ def test_pulled_bomb_is_refused(cli, seeded, tmp_path):
     reg = Registry(tmp_path / "reg", auth=False)
     try:
         diff_hex, blob = zero_bomb_layer(tmp_path)
-        cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                          "rootfs": {"type": "layers",
-                                     "diff_ids": [f"sha256:{diff_hex}"]}}).encode()
+        cfg = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_hex}"]},
+            }
+        ).encode()
 
         def upload(data):
             d = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -160,14 +180,19 @@ def test_pulled_bomb_is_refused(cli, seeded, tmp_path):
             assert requests.put(loc, params={"digest": d}, data=data).status_code == 201
             return {"digest": d, "size": len(data)}
 
-        man = {"schemaVersion": 2,
-               "mediaType": "application/vnd.oci.image.manifest.v1+json",
-               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                          **upload(cfg)},
-               "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                           **upload(blob)}]}
-        r = requests.put(f"http://{reg.host}/v2/pm/bomb/manifests/1", data=json.dumps(man),
-                         headers={"Content-Type": man["mediaType"]})
+        man = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **upload(cfg)},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **upload(blob)}
+            ],
+        }
+        r = requests.put(
+            f"http://{reg.host}/v2/pm/bomb/manifests/1",
+            data=json.dumps(man),
+            headers={"Content-Type": man["mediaType"]},
+        )
         assert r.status_code == 201, r.text
         proc = cli("pull", f"{reg.host}/pm/bomb:1", check=False)
         assert proc.returncode == 2, proc.stderr
@@ -180,6 +205,7 @@ def test_pulled_bomb_is_refused(cli, seeded, tmp_path):
 
 
 # ---- malformed metadata ---------------------------------------------------------------
+
 
 def _oci(tmp_path, mutate_index=None, mutate_manifest=None, mutate_config=None):
     """An OCI layout whose index, manifest or config a mutator changes (digests follow)."""
@@ -213,73 +239,114 @@ def _set(path, value):
             cur = cur[k]
         cur[path[-1]] = value
         return doc
+
     return f
 
 
 MALFORMED_OCI = {
     # the adversarial run's cases (they ended in `internal error: AttributeError`)
-    "index-annotations-list": ({"mutate_index": _set(["manifests", 0, "annotations"], ["x"])},
-                               "annotations is not an object"),
-    "manifest-config-str": ({"mutate_manifest": _set(["config"], "str")},
-                            "config is not an object"),
+    "index-annotations-list": (
+        {"mutate_index": _set(["manifests", 0, "annotations"], ["x"])},
+        "annotations is not an object",
+    ),
+    "manifest-config-str": (
+        {"mutate_manifest": _set(["config"], "str")},
+        "config is not an object",
+    ),
     "manifest-is-list": ({"mutate_manifest": lambda m: [m]}, "is not an object"),
-    "platform-str": ({"mutate_index": _set(["manifests", 0, "platform"], "linux")},
-                     "platform is not an object"),
+    "platform-str": (
+        {"mutate_index": _set(["manifests", 0, "platform"], "linux")},
+        "platform is not an object",
+    ),
     # and the other fields
     "index-not-object": ({"mutate_index": lambda i: [i]}, "index.json is not an object"),
-    "index-manifests-str": ({"mutate_index": _set(["manifests"], "x")},
-                            "manifests is not a list"),
+    "index-manifests-str": ({"mutate_index": _set(["manifests"], "x")}, "manifests is not a list"),
     "index-schema-1": ({"mutate_index": _set(["schemaVersion"], 1)}, "schemaVersion 1"),
-    "index-schema-str": ({"mutate_index": _set(["schemaVersion"], "2")},
-                         "schemaVersion is not a number"),
-    "desc-size-str": ({"mutate_index": _set(["manifests", 0, "size"], "12")},
-                      "size is not a number"),
-    "desc-size-negative": ({"mutate_index": _set(["manifests", 0, "size"], -1)},
-                           "size is negative"),
-    "desc-digest-sha512": ({"mutate_index": _set(["manifests", 0, "digest"],
-                                                  "sha512:" + "a" * 128)},
-                           "unsupported digest algorithm 'sha512'"),
-    "desc-digest-int": ({"mutate_index": _set(["manifests", 0, "digest"], 5)},
-                        "malformed digest"),
-    "desc-mediatype-int": ({"mutate_index": _set(["manifests", 0, "mediaType"], 5)},
-                           "malformed mediaType"),
-    "annotation-value-int": ({"mutate_index": _set(["manifests", 0, "annotations"], {"a": 1})},
-                             "is not a string"),
-    "platform-arch-int": ({"mutate_index": _set(["manifests", 0, "platform"],
-                                                {"architecture": 1, "os": "linux"})},
-                          "architecture is not a string"),
+    "index-schema-str": (
+        {"mutate_index": _set(["schemaVersion"], "2")},
+        "schemaVersion is not a number",
+    ),
+    "desc-size-str": (
+        {"mutate_index": _set(["manifests", 0, "size"], "12")},
+        "size is not a number",
+    ),
+    "desc-size-negative": (
+        {"mutate_index": _set(["manifests", 0, "size"], -1)},
+        "size is negative",
+    ),
+    "desc-digest-sha512": (
+        {"mutate_index": _set(["manifests", 0, "digest"], "sha512:" + "a" * 128)},
+        "unsupported digest algorithm 'sha512'",
+    ),
+    "desc-digest-int": ({"mutate_index": _set(["manifests", 0, "digest"], 5)}, "malformed digest"),
+    "desc-mediatype-int": (
+        {"mutate_index": _set(["manifests", 0, "mediaType"], 5)},
+        "malformed mediaType",
+    ),
+    "annotation-value-int": (
+        {"mutate_index": _set(["manifests", 0, "annotations"], {"a": 1})},
+        "is not a string",
+    ),
+    "platform-arch-int": (
+        {"mutate_index": _set(["manifests", 0, "platform"], {"architecture": 1, "os": "linux"})},
+        "architecture is not a string",
+    ),
     "manifest-layers-dict": ({"mutate_manifest": _set(["layers"], {})}, "layers is not a list"),
-    "manifest-layer-str": ({"mutate_manifest": _set(["layers", 0], "x")},
-                           "layers[0] is not an object"),
-    "manifest-layer-type": ({"mutate_manifest": _set(["layers", 0, "mediaType"],
-                                                     "application/x-foo")},
-                            "unsupported layer mediaType"),
-    "manifest-no-config": ({"mutate_manifest": lambda m: {k: v for k, v in m.items()
-                                                          if k != "config"}}, "has no config"),
+    "manifest-layer-str": (
+        {"mutate_manifest": _set(["layers", 0], "x")},
+        "layers[0] is not an object",
+    ),
+    "manifest-layer-type": (
+        {"mutate_manifest": _set(["layers", 0, "mediaType"], "application/x-foo")},
+        "unsupported layer mediaType",
+    ),
+    "manifest-no-config": (
+        {"mutate_manifest": lambda m: {k: v for k, v in m.items() if k != "config"}},
+        "has no config",
+    ),
     "config-not-object": ({"mutate_config": lambda c: ["x"]}, "config is not an object"),
-    "config-env-str": ({"mutate_config": _set(["config", "Env"], "PATH=/bin")},
-                       "config.Env is not a list"),
-    "config-cmd-ints": ({"mutate_config": _set(["config", "Cmd"], [1, 2])},
-                        "config.Cmd[0] is not a string"),
-    "config-entrypoint-str": ({"mutate_config": _set(["config", "Entrypoint"], "sh")},
-                              "config.Entrypoint is not a list"),
-    "config-workdir-list": ({"mutate_config": _set(["config", "WorkingDir"], ["/"])},
-                            "config.WorkingDir is not a string"),
-    "config-user-int": ({"mutate_config": _set(["config", "User"], 0)},
-                        "config.User is not a string"),
-    "config-ports-list": ({"mutate_config": _set(["config", "ExposedPorts"], ["80/tcp"])},
-                          "config.ExposedPorts is not an object"),
-    "config-labels-int": ({"mutate_config": _set(["config", "Labels"], {"a": 1})},
-                          "config.Labels['a'] is not a string"),
-    "config-config-str": ({"mutate_config": _set(["config"], "str")},
-                          "config.config is not an object"),
-    "config-rootfs-str": ({"mutate_config": _set(["rootfs"], "layers")},
-                          "rootfs is not an object"),
-    "config-diffids-str": ({"mutate_config": _set(["rootfs", "diff_ids"], "sha256:x")},
-                           "rootfs.diff_ids is not a list"),
+    "config-env-str": (
+        {"mutate_config": _set(["config", "Env"], "PATH=/bin")},
+        "config.Env is not a list",
+    ),
+    "config-cmd-ints": (
+        {"mutate_config": _set(["config", "Cmd"], [1, 2])},
+        "config.Cmd[0] is not a string",
+    ),
+    "config-entrypoint-str": (
+        {"mutate_config": _set(["config", "Entrypoint"], "sh")},
+        "config.Entrypoint is not a list",
+    ),
+    "config-workdir-list": (
+        {"mutate_config": _set(["config", "WorkingDir"], ["/"])},
+        "config.WorkingDir is not a string",
+    ),
+    "config-user-int": (
+        {"mutate_config": _set(["config", "User"], 0)},
+        "config.User is not a string",
+    ),
+    "config-ports-list": (
+        {"mutate_config": _set(["config", "ExposedPorts"], ["80/tcp"])},
+        "config.ExposedPorts is not an object",
+    ),
+    "config-labels-int": (
+        {"mutate_config": _set(["config", "Labels"], {"a": 1})},
+        "config.Labels['a'] is not a string",
+    ),
+    "config-config-str": (
+        {"mutate_config": _set(["config"], "str")},
+        "config.config is not an object",
+    ),
+    "config-rootfs-str": ({"mutate_config": _set(["rootfs"], "layers")}, "rootfs is not an object"),
+    "config-diffids-str": (
+        {"mutate_config": _set(["rootfs", "diff_ids"], "sha256:x")},
+        "rootfs.diff_ids is not a list",
+    ),
     "config-history-str": ({"mutate_config": _set(["history"], "x")}, "history is not a list"),
-    "config-arch-int": ({"mutate_config": _set(["architecture"], 64)},
-                        "architecture is not a string"),
+    "config-arch-int": (
+        {"mutate_config": _set(["architecture"], 64)},
+        "architecture is not a string",
+    ),
 }
 
 
@@ -298,10 +365,11 @@ MALFORMED_SAVE = {
     "config-int": ([{"Config": 1, "Layers": []}], "manifest.json[0].Config is not a string"),
     "layers-str": ([{"Config": "c.json", "Layers": "l"}], "Layers is not a list"),
     "layers-int": ([{"Config": "c.json", "Layers": [1]}], "Layers[0] is not a string"),
-    "tags-str": ([{"Config": "c.json", "Layers": [], "RepoTags": "a:1"}],
-                 "RepoTags is not a list"),
-    "tags-int": ([{"Config": "c.json", "Layers": [], "RepoTags": [1]}],
-                 "RepoTags[0] is not a string"),
+    "tags-str": ([{"Config": "c.json", "Layers": [], "RepoTags": "a:1"}], "RepoTags is not a list"),
+    "tags-int": (
+        [{"Config": "c.json", "Layers": [], "RepoTags": [1]}],
+        "RepoTags[0] is not a string",
+    ),
 }
 
 
@@ -310,6 +378,7 @@ def test_malformed_docker_save_manifest(cli, seeded, tmp_path, case):
     doc, words = MALFORMED_SAVE[case]
     import io
     import tarfile
+
     arc = tmp_path / "m.tar"
     data = json.dumps(doc).encode()
     with tarfile.open(arc, "w") as tf:
@@ -324,8 +393,10 @@ def small_fs(tmp_path):
     """A state root on a tmpfs of 64 MB and 20000 inodes, unmounted afterwards."""
     root = tmp_path / "small-root"
     root.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=20000", "pm-small",
-                    str(root)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=20000", "pm-small", str(root)],
+        check=True,
+    )
     try:
         yield root
     finally:
@@ -334,6 +405,7 @@ def small_fs(tmp_path):
 
 def test_free_space_and_inodes_of_a_small_filesystem(small_fs, tmp_path):
     from conftest import Cli
+
     cli = Cli(small_fs)
     config = small_fs / "config.json"
     config.write_text(json.dumps({"image-limits": {"min-free-bytes": 0}}))
@@ -342,13 +414,22 @@ def test_free_space_and_inodes_of_a_small_filesystem(small_fs, tmp_path):
     before = store_snapshot(small_fs)
     # bytes: the default min-free-bytes (512 MiB) cannot stay free on a 64 MB filesystem
     big = kit.layer(("big", "file", os.urandom(1 << 20)))
-    err = refused(cli, before, kit.docker_legacy(tmp_path / "b.tar", [([big], ["pm-b:1"],
-                                                                       None)]), 5,
-                  "not enough disk space")
+    err = refused(
+        cli,
+        before,
+        kit.docker_legacy(tmp_path / "b.tar", [([big], ["pm-b:1"], None)]),
+        5,
+        "not enough disk space",
+    )
     assert "min-free-bytes" in err
     # inodes: 15000 empty files would leave fewer than 10000 of the 20000
     config.write_text(json.dumps({"image-limits": {"min-free-bytes": 0}}))
     before = store_snapshot(small_fs)
     many = kit.layer(*[(f"f{i}", "file", b"") for i in range(15000)])
-    refused(cli, before, kit.docker_legacy(tmp_path / "m.tar", [([many], ["pm-m:1"], None)]),
-            5, "not enough free inodes")
+    refused(
+        cli,
+        before,
+        kit.docker_legacy(tmp_path / "m.tar", [([many], ["pm-m:1"], None)]),
+        5,
+        "not enough free inodes",
+    )

@@ -71,8 +71,9 @@ def test_tag_untag_and_remove_gc(store):
     # in use by a container: conflict; force drops only the tag
     cdir = store.root / "containers" / ("a" * 64)
     cdir.mkdir(parents=True)
-    (cdir / "config.json").write_text(json.dumps({"id": "a" * 64, "name": "pmc",
-                                                  "image_id": im.id}))
+    (cdir / "config.json").write_text(
+        json.dumps({"id": "a" * 64, "name": "pmc", "image_id": im.id})
+    )
     with pytest.raises(ConflictError, match="container pmc"):
         store.remove("busybox")
     assert store.remove("busybox", force=True) == [{"Untagged": "busybox:latest"}]

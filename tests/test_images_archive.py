@@ -9,15 +9,21 @@ import tarfile
 
 import pytest
 
-from helpers import imagekit as kit
 from pyinspect.errors import CorruptInputError, NotFoundError
 from pyinspect.runtime.images import ImageStore
 
+from helpers import imagekit as kit
+
 pytestmark = pytest.mark.root
 
-BASE = kit.layer(("etc", "dir"), ("etc/os-release", "file", b"ID=pm\n"),
-                 ("bin", "dir"), ("bin/tool", "file", b"#!/bin/sh\necho hi\n"),
-                 ("bin/alias", "sym", "tool"), ("bin/hard", "hard", "bin/tool"))
+BASE = kit.layer(
+    ("etc", "dir"),
+    ("etc/os-release", "file", b"ID=pm\n"),
+    ("bin", "dir"),
+    ("bin/tool", "file", b"#!/bin/sh\necho hi\n"),
+    ("bin/alias", "sym", "tool"),
+    ("bin/hard", "hard", "bin/tool"),
+)
 APP = kit.layer(("app", "dir"), ("app/main", "file", b"main"), ("etc/.wh.os-release", "file"))
 OTHER = kit.layer(("srv", "dir"), ("srv/x", "file", b"x"))
 
@@ -35,8 +41,10 @@ def assert_empty(store):
 
 
 def test_docker_legacy_archive_two_images_share_a_layer(store, tmp_path):
-    arc = kit.docker_legacy(tmp_path / "a.tar", [([BASE, APP], ["pm-app:1"], None),
-                                                   ([BASE, OTHER], ["pm-other:2", "pm-o:x"], None)])
+    arc = kit.docker_legacy(
+        tmp_path / "a.tar",
+        [([BASE, APP], ["pm-app:1"], None), ([BASE, OTHER], ["pm-other:2", "pm-o:x"], None)],
+    )
     loaded = store.load(arc)
     assert [im.repo_tags for im in loaded] == [["pm-app:1"], ["pm-o:x", "pm-other:2"]]
     app = store.resolve("pm-app:1")
@@ -71,9 +79,12 @@ def test_gzip_layers_and_gzip_archive(store, tmp_path):
 
 @pytest.mark.parametrize("form", ["dir", "tar", "tar.gz", "plain-layers", "nested-index"])
 def test_oci_layouts(store, tmp_path, form):
-    layout = kit.oci_layout(tmp_path / "oci", [([BASE, APP], "pm-oci:7", None),
-                                               ([OTHER], None, None)],
-                            gz_layers=form != "plain-layers", nested_index=form == "nested-index")
+    layout = kit.oci_layout(
+        tmp_path / "oci",
+        [([BASE, APP], "pm-oci:7", None), ([OTHER], None, None)],
+        gz_layers=form != "plain-layers",
+        nested_index=form == "nested-index",
+    )
     src = layout
     if form in ("tar", "tar.gz"):
         src = kit.tar_dir(layout, tmp_path / f"oci.{form}", gz=form == "tar.gz")
@@ -96,8 +107,11 @@ def test_save_load_round_trip_keeps_ids_tags_and_content(store, tmp_path):
         manifest = json.load(tf.extractfile("manifest.json"))
         index = json.load(tf.extractfile("index.json"))
     assert {"manifest.json", "index.json", "oci-layout", "repositories"} <= names
-    assert sorted(t for m in manifest for t in m["RepoTags"]) == \
-        ["busybox:latest", "pm-rt:1", "pm-rt:2"]
+    assert sorted(t for m in manifest for t in m["RepoTags"]) == [
+        "busybox:latest",
+        "pm-rt:1",
+        "pm-rt:2",
+    ]
     assert all(p in names for m in manifest for p in [m["Config"], *m["Layers"]])
     assert len(index["manifests"]) == 3
     store.save(["pm-rt:2", "pm-rt:1", "busybox"], tmp_path / "again.tar")
@@ -121,20 +135,31 @@ def test_save_load_round_trip_keeps_ids_tags_and_content(store, tmp_path):
 
 
 def test_whiteouts_hide_lower_files_in_a_real_overlay_mount(store, tmp_path):
-    lower = kit.layer(("a", "dir"), ("a/keep", "file", b"k"), ("a/gone", "file", b"g"),
-                      ("d", "dir"), ("d/x", "file", b"x"), ("d/sub", "dir"),
-                      ("d/sub/y", "file", b"y"))
-    upper = kit.layer(("a", "dir"), ("a/.wh.gone", "file"), ("d", "dir"),
-                      ("d/.wh..wh..opq", "file"), ("d/new", "file", b"n"),
-                      ("e/.wh..wh..opq", "file"))
-    (im,) = store.load(kit.docker_legacy(tmp_path / "w.tar", [([lower, upper], ["pm-wh:1"],
-                                                                None)]))
+    lower = kit.layer(
+        ("a", "dir"),
+        ("a/keep", "file", b"k"),
+        ("a/gone", "file", b"g"),
+        ("d", "dir"),
+        ("d/x", "file", b"x"),
+        ("d/sub", "dir"),
+        ("d/sub/y", "file", b"y"),
+    )
+    upper = kit.layer(
+        ("a", "dir"),
+        ("a/.wh.gone", "file"),
+        ("d", "dir"),
+        ("d/.wh..wh..opq", "file"),
+        ("d/new", "file", b"n"),
+        ("e/.wh..wh..opq", "file"),
+    )
+    (im,) = store.load(kit.docker_legacy(tmp_path / "w.tar", [([lower, upper], ["pm-wh:1"], None)]))
     low, up = im.layer_dirs
     assert os.getxattr(up / "d", "trusted.overlay.opaque") == b"y"
     merged = tmp_path / "merged"
     merged.mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                    f"lowerdir={up}:{low}", str(merged)], check=True)
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={up}:{low}", str(merged)], check=True
+    )
     try:
         assert sorted(os.listdir(merged / "a")) == ["keep"]
         assert sorted(os.listdir(merged / "d")) == ["new"]
@@ -150,8 +175,11 @@ HOSTILE = {
     "dotdot-deep": [("a/../../pm-escape", "file", b"x")],
     "absolute": [("/OUTSIDE/pm-escape", "file", b"x")],
     "symlink-abs-write-through": [("lnk", "sym", "/OUTSIDE"), ("lnk/pm-escape", "file", b"x")],
-    "symlink-rel-write-through": [("d", "dir"), ("d/lnk", "sym", "../../../../../../../OUTSIDE"),
-                                  ("d/lnk/pm-escape", "file", b"x")],
+    "symlink-rel-write-through": [
+        ("d", "dir"),
+        ("d/lnk", "sym", "../../../../../../../OUTSIDE"),
+        ("d/lnk/pm-escape", "file", b"x"),
+    ],
     "hardlink-outside": [("h", "hard", "../../../../OUTSIDE/victim")],
     "hardlink-absolute": [("h", "hard", "/OUTSIDE/victim")],
     "hardlink-not-yet": [("h", "hard", "later"), ("later", "file", b"x")],
@@ -178,8 +206,9 @@ def test_hostile_layers_are_rejected_leaving_nothing(store, tmp_path, case):
     entries = [tuple(real(x) if isinstance(x, str) else x for x in e) for e in HOSTILE[case]]
     bad = kit.layer(*entries)
     good = kit.layer(("ok", "file", b"fine"))
-    arc = kit.docker_legacy(tmp_path / "evil.tar", [([good], ["pm-good:1"], None),
-                                                     ([good, bad], ["pm-evil:1"], None)])
+    arc = kit.docker_legacy(
+        tmp_path / "evil.tar", [([good], ["pm-good:1"], None), ([good, bad], ["pm-evil:1"], None)]
+    )
     with pytest.raises(CorruptInputError) as err:
         store.load(arc)
     assert "\n" not in str(err.value) and "layer 2" in str(err.value)
@@ -193,8 +222,13 @@ def test_hostile_layers_are_rejected_leaving_nothing(store, tmp_path, case):
 def test_a_symlink_replaced_by_a_directory_is_never_followed(store, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    bad = kit.layer(("lnk", "sym", str(outside)), ("lnk", "dir"), ("lnk/f", "file", b"in"),
-                    ("f2", "sym", str(outside / "f2")), ("f2", "file", b"in2"))
+    bad = kit.layer(
+        ("lnk", "sym", str(outside)),
+        ("lnk", "dir"),
+        ("lnk/f", "file", b"in"),
+        ("f2", "sym", str(outside / "f2")),
+        ("f2", "file", b"in2"),
+    )
     (im,) = store.load(kit.docker_legacy(tmp_path / "r.tar", [([bad], ["pm-r:1"], None)]))
     (layer,) = im.layer_dirs
     assert (layer / "lnk").is_dir() and not (layer / "lnk").is_symlink()
@@ -220,28 +254,63 @@ def _corruptions(tmp_path):
     }
     # a layer that does not match the config's diff_id
     out["diff-id-mismatch"] = kit.docker_legacy(
-        tmp_path / "m.tar", [([BASE, APP], ["pm-c:1"], kit.config([BASE, OTHER]))]).read_bytes()
+        tmp_path / "m.tar", [([BASE, APP], ["pm-c:1"], kit.config([BASE, OTHER]))]
+    ).read_bytes()
     # a config whose file name (its digest) does not match its content
     p = tmp_path / "cfgname.tar"
     with tarfile.open(p, "w") as tf:
-        for name, data in ((f"{'0' * 64}.json", cfg),
-                           ("l/layer.tar", BASE),
-                           ("manifest.json", json.dumps([{"Config": f"{'0' * 64}.json",
-                                                          "RepoTags": ["pm-c:1"],
-                                                          "Layers": ["l/layer.tar"]}]).encode())):
+        for name, data in (
+            (f"{'0' * 64}.json", cfg),
+            ("l/layer.tar", BASE),
+            (
+                "manifest.json",
+                json.dumps(
+                    [
+                        {
+                            "Config": f"{'0' * 64}.json",
+                            "RepoTags": ["pm-c:1"],
+                            "Layers": ["l/layer.tar"],
+                        }
+                    ]
+                ).encode(),
+            ),
+        ):
             kit._add(tf, name, data)
     out["config-digest-mismatch"] = p.read_bytes()
-    for label, manifest in (("manifest-not-json", b"[{"),
-                            ("manifest-wrong-shape", b'{"Config": 1}'),
-                            ("manifest-layer-escape", json.dumps(
-                                [{"Config": f"{kit.sha(cfg)}.json", "RepoTags": [],
-                                  "Layers": ["../../etc/passwd", "x"]}]).encode()),
-                            ("manifest-missing-layer", json.dumps(
-                                [{"Config": f"{kit.sha(cfg)}.json", "RepoTags": [],
-                                  "Layers": ["nope/layer.tar", "x"]}]).encode()),
-                            ("bad-tag", json.dumps(
-                                [{"Config": f"{kit.sha(cfg)}.json", "RepoTags": ["BAD TAG"],
-                                  "Layers": []}]).encode())):
+    for label, manifest in (
+        ("manifest-not-json", b"[{"),
+        ("manifest-wrong-shape", b'{"Config": 1}'),
+        (
+            "manifest-layer-escape",
+            json.dumps(
+                [
+                    {
+                        "Config": f"{kit.sha(cfg)}.json",
+                        "RepoTags": [],
+                        "Layers": ["../../etc/passwd", "x"],
+                    }
+                ]
+            ).encode(),
+        ),
+        (
+            "manifest-missing-layer",
+            json.dumps(
+                [
+                    {
+                        "Config": f"{kit.sha(cfg)}.json",
+                        "RepoTags": [],
+                        "Layers": ["nope/layer.tar", "x"],
+                    }
+                ]
+            ).encode(),
+        ),
+        (
+            "bad-tag",
+            json.dumps(
+                [{"Config": f"{kit.sha(cfg)}.json", "RepoTags": ["BAD TAG"], "Layers": []}]
+            ).encode(),
+        ),
+    ):
         p = tmp_path / f"{label}.tar"
         with tarfile.open(p, "w") as tf:
             kit._add(tf, f"{kit.sha(cfg)}.json", cfg)
@@ -259,10 +328,23 @@ def _corruptions(tmp_path):
     return out
 
 
-CORRUPTIONS = ["empty", "not-a-tar", "truncated-tar", "truncated-gzip", "gzip-garbage", "zstd",
-               "diff-id-mismatch", "config-digest-mismatch", "manifest-not-json",
-               "manifest-wrong-shape", "manifest-layer-escape", "manifest-missing-layer",
-               "bad-tag", "outer-member-escape", "neither-format"]
+CORRUPTIONS = [
+    "empty",
+    "not-a-tar",
+    "truncated-tar",
+    "truncated-gzip",
+    "gzip-garbage",
+    "zstd",
+    "diff-id-mismatch",
+    "config-digest-mismatch",
+    "manifest-not-json",
+    "manifest-wrong-shape",
+    "manifest-layer-escape",
+    "manifest-missing-layer",
+    "bad-tag",
+    "outer-member-escape",
+    "neither-format",
+]
 
 
 @pytest.mark.parametrize("case", CORRUPTIONS)
@@ -299,12 +381,19 @@ def test_missing_input_file_is_not_found(store, tmp_path):
 
 
 def test_concurrent_processes_build_busybox_and_tag_without_losing_updates(state_root):
-    code = ("import sys; from pyinspect.runtime.images import ImageStore as S; "
-            "s=S(sys.argv[1]); im=s.resolve('busybox'); s.tag(im.id, 'pm-c' + sys.argv[2]); "
-            "print(im.id)")
+    code = (
+        "import sys; from pyinspect.runtime.images import ImageStore as S; "
+        "s=S(sys.argv[1]); im=s.resolve('busybox'); s.tag(im.id, 'pm-c' + sys.argv[2]); "
+        "print(im.id)"
+    )
     import sys
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(state_root), str(i)],
-                              stdout=subprocess.PIPE, text=True) for i in range(6)]
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(state_root), str(i)], stdout=subprocess.PIPE, text=True
+        )
+        for i in range(6)
+    ]
     ids = {p.communicate(timeout=60)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs)
     store = ImageStore(state_root)
@@ -314,11 +403,15 @@ def test_concurrent_processes_build_busybox_and_tag_without_losing_updates(state
     assert len(os.listdir(store.layers)) == 1 and os.listdir(store.tmp) == []
 
 
-@pytest.mark.parametrize("entries", [
-    [("h", "file", b"x"), ("h", "hard", "h")],                 # link to itself
-    [("x" * 300, "file", b"x")],                                # name too long for the fs
-    [("f", "file", b"x"), ("f/child", "file", b"y")],          # a file used as a directory
-], ids=["self-hardlink", "name-too-long", "file-as-parent"])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("h", "file", b"x"), ("h", "hard", "h")],  # link to itself
+        [("x" * 300, "file", b"x")],  # name too long for the fs
+        [("f", "file", b"x"), ("f/child", "file", b"y")],  # a file used as a directory
+    ],
+    ids=["self-hardlink", "name-too-long", "file-as-parent"],
+)
 def test_filesystem_errors_on_odd_members_are_corrupt_input(store, tmp_path, entries):
     arc = kit.docker_legacy(tmp_path / "o.tar", [([kit.layer(*entries)], ["pm-o:1"], None)])
     with pytest.raises(CorruptInputError):

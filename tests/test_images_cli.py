@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from helpers import imagekit as kit
 from conftest import Cli
+from helpers import imagekit as kit
 
 pytestmark = pytest.mark.root
 
@@ -53,10 +53,13 @@ def test_load_from_stdin_save_to_stdout_and_round_trip(cli, archive, tmp_path):
     piped = subprocess.run(cli.argv("save", "pm-cli:2", "pm-cli:1"), capture_output=True)
     assert piped.returncode == 0 and piped.stdout == (tmp_path / "out.tar").read_bytes()
     other = Cli(tmp_path / "other")
-    assert other("load", "-i", tmp_path / "out.tar").stdout.split("\n")[:2] == \
-        ["Loaded image: pm-cli:1", "Loaded image: pm-cli:2"]
-    assert json.loads(other("images", "--format", "json").stdout) == \
-        json.loads(cli("images", "--format", "json").stdout)
+    assert other("load", "-i", tmp_path / "out.tar").stdout.split("\n")[:2] == [
+        "Loaded image: pm-cli:1",
+        "Loaded image: pm-cli:2",
+    ]
+    assert json.loads(other("images", "--format", "json").stdout) == json.loads(
+        cli("images", "--format", "json").stdout
+    )
 
 
 def test_tag_and_rmi(cli, archive, state_root):
@@ -73,8 +76,9 @@ def test_tag_and_rmi(cli, archive, state_root):
     image_id = f"sha256:{kit.sha(kit.config([BASE, TOP]))}"
     cdir = state_root / "containers" / ("b" * 64)
     cdir.mkdir(parents=True)
-    (cdir / "config.json").write_text(json.dumps({"id": "b" * 64, "name": "pm-user",
-                                                  "image_id": image_id}))
+    (cdir / "config.json").write_text(
+        json.dumps({"id": "b" * 64, "name": "pm-user", "image_id": image_id})
+    )
     one_line_error(cli("rmi", "pm-cli:1", check=False), 4, "pm-user")
     assert cli("rmi", "-f", "pm-cli:1").stdout.strip() == "Untagged: pm-cli:1"
     assert cli("images", "-q").stdout.split() == [image_id[7:19]]
@@ -97,11 +101,13 @@ def test_bad_inputs_are_one_line_and_keep_state(cli, archive, tmp_path):
         "empty": b"",
         "text": b"not an archive\n" * 100,
         "truncated": archive.read_bytes()[:3000],
-        "evil-layer": kit.docker_legacy(tmp_path / "e.tar", [(
-            [kit.layer(("lnk", "sym", "/"), ("lnk/pm-escape", "file", b"x"))], ["pm-e:1"],
-            None)]).read_bytes(),
-        "hardlink-out": kit.docker_legacy(tmp_path / "d.tar", [(
-            [kit.layer(("h", "hard", "../../etc/passwd"))], ["pm-d:1"], None)]).read_bytes(),
+        "evil-layer": kit.docker_legacy(
+            tmp_path / "e.tar",
+            [([kit.layer(("lnk", "sym", "/"), ("lnk/pm-escape", "file", b"x"))], ["pm-e:1"], None)],
+        ).read_bytes(),
+        "hardlink-out": kit.docker_legacy(
+            tmp_path / "d.tar", [([kit.layer(("h", "hard", "../../etc/passwd"))], ["pm-d:1"], None)]
+        ).read_bytes(),
     }
     for name, data in bad.items():
         p = tmp_path / f"{name}.tar"
@@ -118,19 +124,27 @@ def test_bad_inputs_are_one_line_and_keep_state(cli, archive, tmp_path):
 def test_loaded_image_runs_with_its_config_and_whiteouts(cli, tmp_path):
     """End to end: busybox base + a layer with whiteouts, loaded and run by the runtime."""
     from pyinspect.runtime.images import ImageStore
+
     bb = ImageStore(cli.root).resolve("busybox")
     base = (ImageStore(cli.root).blobs / bb.diff_ids[0][7:]).read_bytes()
-    top = kit.layer(("etc", "dir"), ("etc/.wh.group", "file"), ("var/www", "dir"),
-                    ("var/www/.wh..wh..opq", "file"), ("var/www/new.html", "file", b"new"),
-                    ("app", "dir"), ("app/msg", "file", b"hello from pm\n"))
+    top = kit.layer(
+        ("etc", "dir"),
+        ("etc/.wh.group", "file"),
+        ("var/www", "dir"),
+        ("var/www/.wh..wh..opq", "file"),
+        ("var/www/new.html", "file", b"new"),
+        ("app", "dir"),
+        ("app/msg", "file", b"hello from pm\n"),
+    )
     cfg = json.loads(kit.config([base, top]))
     cfg["config"].update(Cmd=["cat", "msg"], WorkingDir="/app", Env=["PATH=/bin:/usr/bin"])
     cfg = json.dumps(cfg).encode()
     arc = kit.docker_legacy(tmp_path / "run.tar", [([base, top], ["pm-run:1"], cfg)])
     cli("load", "-i", arc)
     assert cli("run", "--rm", "--net", "none", "pm-run:1").stdout == "hello from pm\n"
-    out = cli("run", "--rm", "--net", "none", "pm-run:1", "sh", "-c",
-              "ls /etc; echo --; ls /var/www").stdout
+    out = cli(
+        "run", "--rm", "--net", "none", "pm-run:1", "sh", "-c", "ls /etc; echo --; ls /var/www"
+    ).stdout
     etc, www = out.split("--\n")
     assert "passwd" in etc.split() and "group" not in etc.split()
     assert www.split() == ["new.html"]

@@ -7,8 +7,11 @@ from pyinspect.probes import bpfobj, drops
 
 def _some_symbols(n=50):
     with open("/proc/kallsyms") as f:
-        rows = [(int(a, 16), name) for a, kind, name in
-                (line.split()[:3] for line in f) if kind in "tT" and int(a, 16)]
+        rows = [
+            (int(a, 16), name)
+            for a, kind, name in (line.split()[:3] for line in f)
+            if kind in "tT" and int(a, 16)
+        ]
     rows.sort()
     step = max(1, len(rows) // n)
     return rows[::step]
@@ -37,4 +40,4 @@ def test_a_damaged_cache_file_is_read_again_from_the_kernel(tmp_path, monkeypatc
     a, name = _some_symbols()[3]
     syms = drops.Kallsyms()
     assert syms.lookup(a).endswith("+0x0") and len(syms.addrs) > 1000
-    assert path.stat().st_size > 100            # rewritten whole
+    assert path.stat().st_size > 100  # rewritten whole

@@ -28,10 +28,14 @@ def test_no_generic_top_level_modules_installed():
     """Only `pyinspect` is installed: checked from / so the checkout is not on sys.path."""
     import subprocess
     import sys
-    code = ("import importlib.util as u; "
-            "print([n for n in ('runtime','probes','web','agent') if u.find_spec(n)])")
-    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
-                         text=True, check=True).stdout.strip()
+
+    code = (
+        "import importlib.util as u; "
+        "print([n for n in ('runtime','probes','web','agent') if u.find_spec(n)])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
     out = subprocess.run([sys.executable, "-c", "import pyinspect.runtime"], cwd="/", check=False)
     assert out.returncode == 0
@@ -40,11 +44,21 @@ def test_no_generic_top_level_modules_installed():
 # -- SQL only inside the store ------------------------------------------------------------
 PACKAGE_DIRS = ("agent", "probes", "runtime", "web")
 STORE = {"agent/store.py"}
-SQL_WORDS = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
-                       r"CREATE\s+(TABLE|INDEX)|DROP\s+(TABLE|INDEX)|ALTER\s+TABLE|PRAGMA)\b",
-                       re.S)
-DB_CALLS = {"execute", "executemany", "executescript", "rows_where", "query", "insert_all",
-            "upsert_all", "delete_where"}
+SQL_WORDS = re.compile(
+    r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
+    r"CREATE\s+(TABLE|INDEX)|DROP\s+(TABLE|INDEX)|ALTER\s+TABLE|PRAGMA)\b",
+    re.S,
+)
+DB_CALLS = {
+    "execute",
+    "executemany",
+    "executescript",
+    "rows_where",
+    "query",
+    "insert_all",
+    "upsert_all",
+    "delete_where",
+}
 
 
 def package_files():
@@ -68,13 +82,21 @@ def sql_uses(path):
     tree = ast.parse(path.read_text())
     docs = _docstrings(tree)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and id(node) not in docs and SQL_WORDS.search(node.value):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docs
+            and SQL_WORDS.search(node.value)
+        ):
             yield node.lineno, f"SQL text {node.value.strip()[:40]!r}"
         elif isinstance(node, ast.Attribute) and node.attr == "db":
             yield node.lineno, "reaches into Store.db"
-        elif isinstance(node, ast.Attribute) and node.attr in DB_CALLS and \
-                isinstance(node.value, ast.Attribute) and node.value.attr in ("db", "conn"):
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in DB_CALLS
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr in ("db", "conn")
+        ):
             yield node.lineno, f"database call .{node.value.attr}.{node.attr}"
     for name in imported_modules(path):
         if name == "sqlite_utils":  # (sqlite3 may be imported for its exception types)
@@ -82,8 +104,12 @@ def sql_uses(path):
 
 
 def test_sql_only_inside_the_store():
-    bad = [f"{rel}:{line}: {what}" for rel, path in package_files()
-           if rel not in STORE for line, what in sql_uses(path)]
+    bad = [
+        f"{rel}:{line}: {what}"
+        for rel, path in package_files()
+        if rel not in STORE
+        for line, what in sql_uses(path)
+    ]
     assert not bad, "SQL outside agent/store.py:\n" + "\n".join(bad)
 
 

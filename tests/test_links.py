@@ -83,9 +83,14 @@ def test_veth_bridge_lifecycle_exact_events(make_netns, probe_factory):
     assert brief(evs, labels) == [("host", "link_netns", "B"), ("ctr", "link_netns", "B")]
     out, into = evs
     assert out["detail"]["direction"] == "out" and out["detail"]["to_netns"] == ci
-    new_idx = int(subprocess.run(["ip", "netns", "exec", c.name, "cat",
-                                  "/sys/class/net/B/ifindex"], capture_output=True,
-                                 text=True, check=True).stdout)
+    new_idx = int(
+        subprocess.run(
+            ["ip", "netns", "exec", c.name, "cat", "/sys/class/net/B/ifindex"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert out["detail"]["new_ifindex"] == new_idx == into["ifindex"]
     assert into["detail"]["direction"] == "in" and into["detail"]["from_netns"] == hi
 
@@ -108,9 +113,11 @@ def test_veth_bridge_lifecycle_exact_events(make_netns, probe_factory):
     # deleting one end: the kernel closes the peer (down) and deletes it
     ip("-n", h.name, "link", "del", "A")
     evs = collect(p, 3)
-    assert sorted(brief(evs, labels)) == [("ctr", "link_del", "eth0"),
-                                          ("ctr", "link_down", "eth0"),
-                                          ("host", "link_del", "A")]
+    assert sorted(brief(evs, labels)) == [
+        ("ctr", "link_del", "eth0"),
+        ("ctr", "link_down", "eth0"),
+        ("host", "link_del", "A"),
+    ]
     assert next(e for e in evs if e["ifname"] == "A")["ifindex"] == a_idx
     assert p.lost == 0
 
@@ -128,7 +135,8 @@ def test_kinds_filter_and_all_named(make_netns, probe_factory):
     ip("-n", later.name, "link", "set", "pb-d0", "name", "pb-d1")
     evs = [e for e in collect(p, 1) if e["netns"] == ino]
     assert [(e["kind"], e["ifname"], e["detail"]["old_ifname"]) for e in evs] == [
-        ("link_rename", "pb-d1", "pb-d0")]
+        ("link_rename", "pb-d1", "pb-d0")
+    ]
     # a removed named namespace is let go (our socket would otherwise keep it alive)
     later.remove()
     deadline = time.monotonic() + 5
@@ -162,6 +170,7 @@ def test_overrun_is_counted_and_resynced(make_netns, probe_factory):
 
 def test_not_started_is_an_error():
     from pyinspect.errors import UnavailableError
+
     with pytest.raises(UnavailableError):
         LinkProbe(own=False).events(0)
 
@@ -171,6 +180,7 @@ def test_own_namespace_is_the_callers(make_netns):
     import threading
 
     from pyinspect.probes.netns import setns
+
     ns = make_netns("pb")
     box = {}
 
@@ -194,7 +204,8 @@ def test_own_namespace_is_the_callers(make_netns):
         ip("-n", ns.name, "link", "add", "pb-own", "type", "bridge")
         evs = collect(p, 1)
         assert [(e["kind"], e["ifname"], e["netns"]) for e in evs] == [
-            ("link_add", "pb-own", os.stat(ns.path).st_ino)]
+            ("link_add", "pb-own", os.stat(ns.path).st_ino)
+        ]
         assert evs[0]["detail"]["netns_label"] == "self"
     finally:
         p.stop()
@@ -204,9 +215,10 @@ def test_link_events_in_a_runc_container_are_attributed(make_netns, tmp_path, st
     """A veth end moved into a real runc container: its events resolve to that container."""
     import shutil
 
+    from pyinspect.discovery import Resolver
+
     from helpers.runc_helpers import Runc
 
-    from pyinspect.discovery import Resolver
     if not shutil.which("runc"):
         pytest.skip("runc is not installed")
     runc = Runc(tmp_path)
@@ -218,14 +230,18 @@ def test_link_events_in_a_runc_container_are_attributed(make_netns, tmp_path, st
         hi, ci = os.stat(host.path).st_ino, os.stat(ctr_ns).st_ino
         p = LinkProbe(netns=[host.name, ctr_ns], own=False).start()
         host.sh(f"ip link add pb-v0 type veth peer name pb-v1 && ip link set pb-v1 netns {pid}")
-        subprocess.run(["nsenter", f"--net={ctr_ns}", "ip", "link", "set", "pb-v1", "name",
-                        "eth1"], check=True)
+        subprocess.run(
+            ["nsenter", f"--net={ctr_ns}", "ip", "link", "set", "pb-v1", "name", "eth1"], check=True
+        )
         evs = collect(p, 5)
         labels = {hi: "host", ci: "ctr"}
-        assert brief(evs, labels) == [("host", "link_add", "pb-v1"), ("host", "link_add", "pb-v0"),
-                                      ("host", "link_netns", "pb-v1"),
-                                      ("ctr", "link_netns", "pb-v1"),
-                                      ("ctr", "link_rename", "eth1")]
+        assert brief(evs, labels) == [
+            ("host", "link_add", "pb-v1"),
+            ("host", "link_add", "pb-v0"),
+            ("host", "link_netns", "pb-v1"),
+            ("ctr", "link_netns", "pb-v1"),
+            ("ctr", "link_rename", "eth1"),
+        ]
         r = Resolver(state_root)
         owners = [r.resolve(netns=e["netns"]) for e in evs]
         assert owners == [None, None, None, (cid, cid), (cid, cid)]
@@ -242,12 +258,14 @@ def test_all_netns_follows_anonymous_namespaces(make_netns, probe_factory):
     p = probe_factory(own=False, all_netns=True)
     sleeper = subprocess.Popen(["unshare", "--net", "--", "sleep", "1000"])
     try:
+
         def anon():
             try:
                 ino = os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino
             except OSError:
                 return None
             return ino if ino != os.stat("/proc/self/ns/net").st_ino else None
+
         deadline = time.monotonic() + 5
         while not (anon() and anon() in p.watched) and time.monotonic() < deadline:
             p.events(100)
@@ -261,9 +279,12 @@ def test_all_netns_follows_anonymous_namespaces(make_netns, probe_factory):
         while len(evs) < 4 and time.monotonic() < deadline:  # other namespaces are busy too
             evs += [e for e in p.events(100) if e["netns"] in (ino, os.stat(host.path).st_ino)]
         labels = {ino: "ctr", os.stat(host.path).st_ino: "host"}
-        assert brief(evs, labels) == [("host", "link_add", "pb-a1"), ("host", "link_add", "pb-a0"),
-                                      ("host", "link_netns", "pb-a1"),
-                                      ("ctr", "link_netns", "pb-a1")]
+        assert brief(evs, labels) == [
+            ("host", "link_add", "pb-a1"),
+            ("host", "link_add", "pb-a0"),
+            ("host", "link_netns", "pb-a1"),
+            ("ctr", "link_netns", "pb-a1"),
+        ]
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from pyinspect.proc import pid_alive
 from pyinspect.probes.netlink import drain
 from pyinspect.probes.netns import netlink_socket_in
+from pyinspect.proc import pid_alive
 
 RTM_NEWLINK = 16
 RTMGRP_LINK = 1
@@ -64,8 +64,13 @@ def test_drain_counts_overruns_and_keeps_reading(link_events):
     ns, sock = link_events
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum
     batch = "".join(f"link add dga{i} type veth peer name dgb{i}\n" for i in range(40))
-    subprocess.run(["ip", "netns", "exec", ns.name, "ip", "-batch", "-"], input=batch,
-                   text=True, check=True, timeout=60)
+    subprocess.run(
+        ["ip", "netns", "exec", ns.name, "ip", "-batch", "-"],
+        input=batch,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     records, overruns = drain(sock, message_types)
     assert overruns >= 1  # the kernel dropped notifications and said so
     assert records and len(records) < 80  # what fitted was still read

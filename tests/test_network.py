@@ -17,19 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from helpers.network_helpers import Host, cname, container
-from testbed.waits import wait_listen
-
 from pyinspect.errors import ConflictError, UsageError  # noqa: E402
 from pyinspect.runtime import ipam, network, ports  # noqa: E402
 
+from helpers.network_helpers import Host, cname, container
+from testbed.waits import wait_listen
+
 pytestmark = pytest.mark.root
 
-CLIENT_HOST, CLIENT = "10.201.0.1", "10.201.0.2"     # host <-> "other machine"
+CLIENT_HOST, CLIENT = "10.201.0.1", "10.201.0.2"  # host <-> "other machine"
 UPSTREAM_HOST, UPSTREAM = "10.202.0.1", "10.202.0.2"  # host <-> "internet"
 
 
 # --- fixtures ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def host(make_netns, state_root):
@@ -51,8 +52,10 @@ def host(make_netns, state_root):
 
 def wire(host_ns, other, hostdev, host_ip, other_ip):
     """A veth between the host netns and `other` (both made by the test), /24 each side."""
-    host_ns.sh(f"ip link add {hostdev} type veth peer name eth0 netns {other.name} && "
-               f"ip addr add {host_ip}/24 dev {hostdev} && ip link set {hostdev} up")
+    host_ns.sh(
+        f"ip link add {hostdev} type veth peer name eth0 netns {other.name} && "
+        f"ip addr add {host_ip}/24 dev {hostdev} && ip link set {hostdev} up"
+    )
     other.sh(f"ip addr add {other_ip}/24 dev eth0 && ip link set eth0 up")
 
 
@@ -72,8 +75,13 @@ def upstream(host, make_netns):
 
 def in_ctr(rec, *cmd, check=False, timeout=20):
     """Run a command in the container's netns through /var/run/netns/<name>."""
-    return subprocess.run(["ip", "netns", "exec", rec["name"], *cmd], capture_output=True,
-                          text=True, timeout=timeout, check=check)
+    return subprocess.run(
+        ["ip", "netns", "exec", rec["name"], *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
 
 
 def httpd(host, rec, tmp_path, text):
@@ -81,8 +89,9 @@ def httpd(host, rec, tmp_path, text):
     d = tmp_path / rec["name"]
     d.mkdir()
     (d / "index.html").write_text(text)
-    p = subprocess.Popen(["ip", "netns", "exec", rec["name"], "busybox", "httpd", "-f",
-                          "-p", "80", "-h", str(d)])
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", rec["name"], "busybox", "httpd", "-f", "-p", "80", "-h", str(d)]
+    )
     host.bg.append(p)
     wait_listen(rec["name"], 80)
     return p
@@ -91,7 +100,9 @@ def httpd(host, rec, tmp_path, text):
 def fetch(runner, url, ok=True):
     """busybox wget through `runner` (Netns.run-like); returns the body or None."""
     for _ in range(3 if ok else 1):
-        proc = runner("timeout", "5", "busybox", "wget", "-q", "-O", "-", url, check=False)  # -T segfaults
+        proc = runner(
+            "timeout", "5", "busybox", "wget", "-q", "-O", "-", url, check=False
+        )  # -T segfaults
         if proc.returncode == 0:
             return proc.stdout
         time.sleep(0.2)
@@ -104,22 +115,39 @@ def legacy(ns, table):
 
 # --- pure parsing --------------------------------------------------------------------------
 
+
 def test_parse_port_specs():
     b = ports.parse
-    assert b("8088:80") == [{"host_ip": "0.0.0.0", "host_port": 8088, "container_port": 80,
-                             "proto": "tcp"}]
-    assert b("127.0.0.1:8089:80/udp")[0] == {"host_ip": "127.0.0.1", "host_port": 8089,
-                                             "container_port": 80, "proto": "udp"}
+    assert b("8088:80") == [
+        {"host_ip": "0.0.0.0", "host_port": 8088, "container_port": 80, "proto": "tcp"}
+    ]
+    assert b("127.0.0.1:8089:80/udp")[0] == {
+        "host_ip": "127.0.0.1",
+        "host_port": 8089,
+        "container_port": 80,
+        "proto": "udp",
+    }
     assert b("80")[0]["host_port"] == 0 and b("10.0.0.1::80")[0]["host_port"] == 0
     assert [x["host_port"] for x in b("8000-8002:80-82")] == [8000, 8001, 8002]
-    for bad in ("", "80/sctp", "x:80", "8088:0", "8088:70000", "1.2.3:80:80", "[::1]:80:80",
-                "8000-8001:80", "8088:"):
+    for bad in (
+        "",
+        "80/sctp",
+        "x:80",
+        "8088:0",
+        "8088:70000",
+        "1.2.3:80:80",
+        "[::1]:80:80",
+        "8000-8001:80",
+        "8088:",
+    ):
         with pytest.raises(UsageError):
             b(bad)
     cfg = {"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}
     got = ports.requested(["8088:80"], True, cfg)
-    assert [(x["container_port"], x["proto"], x["host_port"]) for x in got] == \
-        [(80, "tcp", 8088), (53, "udp", 0)]
+    assert [(x["container_port"], x["proto"], x["host_port"]) for x in got] == [
+        (80, "tcp", 8088),
+        (53, "udp", 0),
+    ]
 
 
 def test_conflict_rules_between_bindings():
@@ -138,15 +166,23 @@ def test_conflict_rules_between_bindings():
 
 
 def test_container_files():
-    rec = types.SimpleNamespace(id="ab" * 32, hostname="", spec=types.SimpleNamespace(
-        hostname="web", network_mode="bridge"), network={"mode": "bridge", "ip": "172.29.0.5"})
+    rec = types.SimpleNamespace(
+        id="ab" * 32,
+        hostname="",
+        spec=types.SimpleNamespace(hostname="web", network_mode="bridge"),
+        network={"mode": "bridge", "ip": "172.29.0.5"},
+    )
     files = network.container_files(rec)
     assert files["/etc/hostname"] == "web\n"
-    assert "172.29.0.5\tweb\n" in files["/etc/hosts"] and "127.0.0.1\tlocalhost" in files["/etc/hosts"]
+    assert (
+        "172.29.0.5\tweb\n" in files["/etc/hosts"] and "127.0.0.1\tlocalhost" in files["/etc/hosts"]
+    )
     assert "nameserver" in files["/etc/resolv.conf"]
     assert "nameserver 127." not in files["/etc/resolv.conf"]
-    assert network._resolv_for_bridge("nameserver 127.0.0.53\nsearch x\n") == \
-        "search x\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+    assert (
+        network._resolv_for_bridge("nameserver 127.0.0.53\nsearch x\n")
+        == "search x\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+    )
     rec.spec.hostname, rec.network = None, {"mode": "none"}
     files = network.container_files(rec)
     assert files["/etc/hostname"] == "ab" * 6 + "\n" and files["/etc/resolv.conf"] == ""
@@ -154,13 +190,16 @@ def test_container_files():
 
 def test_import_is_cheap():
     """Importing the hook module must not pull in pyroute2 or python-iptables."""
-    code = ("import sys, pyinspect.runtime.network; "
-            "print(sorted(m for m in ('pyroute2', 'iptc') if m in sys.modules))")
+    code = (
+        "import sys, pyinspect.runtime.network; "
+        "print(sorted(m for m in ('pyroute2', 'iptc') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 # --- IPAM ----------------------------------------------------------------------------------
+
 
 def _grab(root, n, q):
     got = []
@@ -199,6 +238,7 @@ def test_ipam_never_twice_and_frees(state_root):
 
 # --- the seed's scenarios ------------------------------------------------------------------
 
+
 def test_two_containers_reach_each_other_and_leave_nothing(host, tmp_path):
     host.ns.sh("echo 0 > /proc/sys/net/ipv4/ip_forward")
     t1 = host.start(cname())
@@ -229,10 +269,14 @@ def test_two_containers_reach_each_other_and_leave_nothing(host, tmp_path):
     assert not Path(network.NETNS_DIR, t1["name"]).exists()
     assert n1["veth_host"] not in host.ns.run("ip", "-o", "link").stdout
     host.ok("disconnect", container=t2)
-    assert host.ns.run("ip", "-o", "link").stdout.count(":") and \
-        "pyinspect0" not in host.ns.run("ip", "-o", "link").stdout
-    assert "pyinspect" not in (legacy(host.ns, "nat") + legacy(host.ns, "filter")
-                               + legacy(host.ns, "raw")).lower()
+    assert (
+        host.ns.run("ip", "-o", "link").stdout.count(":")
+        and "pyinspect0" not in host.ns.run("ip", "-o", "link").stdout
+    )
+    assert (
+        "pyinspect"
+        not in (legacy(host.ns, "nat") + legacy(host.ns, "filter") + legacy(host.ns, "raw")).lower()
+    )
     assert host.ok("sysctls", keys=["net.ipv4.ip_forward"]) == {"net.ipv4.ip_forward": "0"}
     assert host.ok("state", bridge="pyinspect0")["leases"] == {}
 
@@ -240,45 +284,71 @@ def test_two_containers_reach_each_other_and_leave_nothing(host, tmp_path):
 def test_publish_from_client_namespace_with_forward_drop(host, client, tmp_path):
     host.ns.sh("iptables-legacy -P FORWARD DROP")
     web = host.start(cname(), publish=["8088:80"])
-    assert web["network"]["ports"] == [{"host_ip": "0.0.0.0", "host_port": 8088,
-                                        "container_port": 80, "proto": "tcp"}]
+    assert web["network"]["ports"] == [
+        {"host_ip": "0.0.0.0", "host_port": 8088, "container_port": 80, "proto": "tcp"}
+    ]
     httpd(host, web, tmp_path, "hello via DNAT")
     assert fetch(client.run, f"http://{CLIENT_HOST}:8088/") == "hello via DNAT"
     nat = legacy(host.ns, "nat")
     assert "-A PREROUTING -m addrtype --dst-type LOCAL" in nat
-    assert re.search(r"-A OUTPUT ! -d 127\.0\.0\.0/8 -m addrtype --dst-type LOCAL .*-j PYINSPECT", nat)
-    assert re.search(r"-A PYINSPECT ! -i pyinspect0 -p tcp -m tcp --dport 8088 .*"
-                     r"-j DNAT --to-destination 172\.29\.0\.2:80", nat)
+    assert re.search(
+        r"-A OUTPUT ! -d 127\.0\.0\.0/8 -m addrtype --dst-type LOCAL .*-j PYINSPECT", nat
+    )
+    assert re.search(
+        r"-A PYINSPECT ! -i pyinspect0 -p tcp -m tcp --dport 8088 .*"
+        r"-j DNAT --to-destination 172\.29\.0\.2:80",
+        nat,
+    )
     assert re.search(r"-A POSTROUTING -s 172\.29\.0\.0/16 ! -o pyinspect0 .*-j MASQUERADE", nat)
     # the conntrack entry shows the translated tuple
     ct = host.ns.run("conntrack", "-L", "-p", "tcp", "--orig-port-dst", "8088").stdout
-    assert re.search(rf"src={CLIENT} dst={CLIENT_HOST} sport=\d+ dport=8088 .*"
-                     rf"src=172\.29\.0\.2 dst={CLIENT} sport=80 dport=\d+", ct), ct
+    assert re.search(
+        rf"src={CLIENT} dst={CLIENT_HOST} sport=\d+ dport=8088 .*"
+        rf"src=172\.29\.0\.2 dst={CLIENT} sport=80 dport=\d+",
+        ct,
+    ), ct
     # the counters of our DNAT rule moved, as `iptables-legacy -t nat -nvL` shows users
     out = host.ns.run("iptables-legacy", "-t", "nat", "-nvxL", "PYINSPECT").stdout
-    assert re.search(r"^\s*[1-9]\d*\s+\d+\s+DNAT .*!pyinspect0 .*dpt:8088 .*to:172\.29\.0\.2:80", out, re.M), out
+    assert re.search(
+        r"^\s*[1-9]\d*\s+\d+\s+DNAT .*!pyinspect0 .*dpt:8088 .*to:172\.29\.0\.2:80", out, re.M
+    ), out
 
 
 def test_udp_publish(host, client):
     ctr = host.start(cname(), publish=["5353:53/udp"])
     server = subprocess.Popen(
-        ["ip", "netns", "exec", ctr["name"], "python3", "-c",
-         "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-         "s.bind(('0.0.0.0', 53))\nd, a = s.recvfrom(100)\n"
-         "print(d.decode(), a[0], flush=True)\ns.sendto(b'pong', a)"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            "ip",
+            "netns",
+            "exec",
+            ctr["name"],
+            "python3",
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 53))\nd, a = s.recvfrom(100)\n"
+            "print(d.decode(), a[0], flush=True)\ns.sendto(b'pong', a)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     host.bg.append(server)
     deadline = time.time() + 5
     while ":0035 " not in in_ctr(ctr, "cat", "/proc/net/udp").stdout and time.time() < deadline:
         time.sleep(0.05)
-    reply = client.run("python3", "-c",
-                       "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-                       f"s.settimeout(5)\ns.sendto(b'ping', ('{CLIENT_HOST}', 5353))\n"
-                       "d, a = s.recvfrom(100)\nprint(d.decode(), a[0], a[1])").stdout.split()
+    reply = client.run(
+        "python3",
+        "-c",
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.settimeout(5)\ns.sendto(b'ping', ('{CLIENT_HOST}', 5353))\n"
+        "d, a = s.recvfrom(100)\nprint(d.decode(), a[0], a[1])",
+    ).stdout.split()
     assert reply == ["pong", CLIENT_HOST, "5353"]  # the reply is un-DNATed
     assert server.communicate(timeout=10)[0].split() == ["ping", CLIENT]
-    assert re.search(r"-A PYINSPECT ! -i pyinspect0 -p udp -m udp --dport 5353 .*"
-                     r"--to-destination 172\.29\.0\.2:53", legacy(host.ns, "nat"))
+    assert re.search(
+        r"-A PYINSPECT ! -i pyinspect0 -p udp -m udp --dport 5353 .*"
+        r"--to-destination 172\.29\.0\.2:53",
+        legacy(host.ns, "nat"),
+    )
     assert "dport=5353" in host.ns.run("conntrack", "-L", "-p", "udp").stdout
     # rm forgets the flows DNATed to the container, so a re-published port is not stuck
     host.ok("disconnect", container=ctr)
@@ -287,12 +357,16 @@ def test_udp_publish(host, client):
 
 def test_masquerade_to_upstream(host, upstream):
     ctr = host.start(cname())
-    server = upstream.popen("python3", "-c",
-                            "import socket\ns=socket.socket()\n"
-                            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-                            "s.bind(('0.0.0.0', 9000)); s.listen()\n"
-                            "c, a = s.accept(); print(a[0], flush=True)",
-                            stdout=subprocess.PIPE, text=True)
+    server = upstream.popen(
+        "python3",
+        "-c",
+        "import socket\ns=socket.socket()\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('0.0.0.0', 9000)); s.listen()\n"
+        "c, a = s.accept(); print(a[0], flush=True)",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     host.bg.append(server)
     wait_listen(upstream.name, 9000)
     in_ctr(ctr, "sh", "-c", f"echo hi | busybox nc -w 2 {UPSTREAM} 9000")
@@ -309,8 +383,9 @@ def test_localhost_publishing_and_hairpin(host, client, tmp_path):
     # on the host itself: 127.0.0.1 only-publishing, and localhost for a 0.0.0.0 publish
     assert fetch(host.ns.run, "http://127.0.0.1:8089/") == "one"
     assert fetch(host.ns.run, "http://127.0.0.1:8088/") == "one"
-    assert host.ok("sysctls", keys=["net.ipv4.conf.pyinspect0.route_localnet"]) == \
-        {"net.ipv4.conf.pyinspect0.route_localnet": "1"}
+    assert host.ok("sysctls", keys=["net.ipv4.conf.pyinspect0.route_localnet"]) == {
+        "net.ipv4.conf.pyinspect0.route_localnet": "1"
+    }
     # 8089 is published on 127.0.0.1 only: the other machine cannot use it
     assert fetch(client.run, f"http://{CLIENT_HOST}:8089/", ok=False) is None
     assert fetch(client.run, f"http://{CLIENT_HOST}:8088/") == "one"
@@ -320,9 +395,14 @@ def test_localhost_publishing_and_hairpin(host, client, tmp_path):
     # and another container reaches it through the host's address too
     assert fetch(lambda *c, **k: in_ctr(two, *c, **k), f"http://{CLIENT_HOST}:8088/") == "one"
     nat = legacy(host.ns, "nat")
-    assert re.search(r"-A POSTROUTING -s 172\.29\.0\.2/32 -d 172\.29\.0\.2/32 -p tcp -m tcp "
-                     r"--dport 80 .*-j MASQUERADE", nat)
-    assert re.search(r"-A PYINSPECT -d 127\.0\.0\.1/32 ! -i pyinspect0 -p tcp -m tcp --dport 8089", nat)
+    assert re.search(
+        r"-A POSTROUTING -s 172\.29\.0\.2/32 -d 172\.29\.0\.2/32 -p tcp -m tcp "
+        r"--dport 80 .*-j MASQUERADE",
+        nat,
+    )
+    assert re.search(
+        r"-A PYINSPECT -d 127\.0\.0\.1/32 ! -i pyinspect0 -p tcp -m tcp --dport 8089", nat
+    )
 
 
 def test_port_conflicts(host):
@@ -331,13 +411,18 @@ def test_port_conflicts(host):
     reply = host.call("prepare", spec=spec)
     assert reply["error"] == "ConflictError" and reply["exit_code"] == 4
     assert f"already published by container {web['name']}" in reply["message"]
-    assert "error" not in host.call("prepare", spec=container(cname(), publish=["8088:80/udp"])["spec"])
+    assert "error" not in host.call(
+        "prepare", spec=container(cname(), publish=["8088:80/udp"])["spec"]
+    )
     reply = host.call("prepare", spec=container(cname(), publish=["10.9.9.9:8080:80"])["spec"])
     assert reply["error"] == "UsageError" and "not an address of this host" in reply["message"]
     # a host process listening on a port
-    listener = host.ns.popen("python3", "-c",
-                             "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1', 9099))\n"
-                             "s.listen(); time.sleep(60)")
+    listener = host.ns.popen(
+        "python3",
+        "-c",
+        "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1', 9099))\n"
+        "s.listen(); time.sleep(60)",
+    )
     host.bg.append(listener)
     wait_listen(host.ns.name, 9099)
     assert ("tcp", "127.0.0.1", 9099) in [tuple(x) for x in host.ok("bound")]
@@ -353,8 +438,12 @@ def test_port_conflicts(host):
     # -P: the image's EXPOSE ports get free host ports, skipping bound and published ones
     pid = host.spawn()
     auto = container(cname(), publish_all=True, pid=pid)
-    net = host.ok("connect", container=auto, pid=pid,
-                  image_config={"config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}})
+    net = host.ok(
+        "connect",
+        container=auto,
+        pid=pid,
+        image_config={"config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}},
+    )
     lo, hi = ports.local_port_range()
     assert [(b["container_port"], b["proto"]) for b in net["ports"]] == [(53, "udp"), (80, "tcp")]
     assert all(lo <= b["host_port"] <= hi for b in net["ports"])
@@ -373,8 +462,10 @@ def test_modes_are_validated(host):
         reply = host.call("prepare", spec=container(cname(), **kw)["spec"])
         return reply.get("error"), reply.get("message", "")
 
-    assert err(mode="container:web", publish=["80:80"]) == \
-        ("UsageError", "conflicting options: port publishing and the container type network mode")
+    assert err(mode="container:web", publish=["80:80"]) == (
+        "UsageError",
+        "conflicting options: port publishing and the container type network mode",
+    )
     assert err(mode="container:web", hostname="x")[0] == "UsageError"
     assert err(mode="container:")[0] == "UsageError"
     assert err(mode="bogus")[0] == "UsageError"
@@ -384,22 +475,29 @@ def test_modes_are_validated(host):
     pid = host.spawn()
     got = host.ok("connect", container=container(cname(), mode="none", pid=pid), pid=pid)
     assert got == {"mode": "none", "ports": []}
-    out = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-o", "link"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-o", "link"], capture_output=True, text=True
+    ).stdout
     assert "lo:" in out and "UP" in out and "eth0" not in out
     assert host.ok("state", bridge="pyinspect0") is None
 
 
 def test_subnet_and_bridge_conflicts(host):
-    host.ns.sh("ip link add pndummy type veth peer name pndummy1 && ip addr add 172.29.5.1/24 dev pndummy")
+    host.ns.sh(
+        "ip link add pndummy type veth peer name pndummy1 && ip addr add 172.29.5.1/24 dev pndummy"
+    )
     pid = host.spawn()
     rec = container(cname(), pid=pid)
     reply = host.call("connect", container=rec, pid=pid)
     assert reply["error"] == "ConflictError" and "overlaps 172.29.5.0/24" in reply["message"]
     assert "pyinspect0" not in host.ns.run("ip", "-o", "link").stdout
     # a configurable subnet and bridge name avoid it
-    net = host.ok("connect", container=rec, pid=pid,
-                  env={"PYINSPECT_SUBNET": "10.240.0.0/24", "PYINSPECT_BRIDGE": "pnbr0"})
+    net = host.ok(
+        "connect",
+        container=rec,
+        pid=pid,
+        env={"PYINSPECT_SUBNET": "10.240.0.0/24", "PYINSPECT_BRIDGE": "pnbr0"},
+    )
     assert net["ip"] == "10.240.0.2" and net["bridge"] == "pnbr0" and net["gateway"] == "10.240.0.1"
     assert "-A PYINSPECT-FORWARD -i pnbr0 -o pnbr0" in legacy(host.ns, "filter")
     rec["network"] = net
@@ -407,7 +505,9 @@ def test_subnet_and_bridge_conflicts(host):
     # a non-bridge interface with the bridge's name
     host.ns.sh("ip link add pnbr1 type veth peer name pnbr1p")
     reply = host.call("connect", container=rec, pid=pid, env={"PYINSPECT_BRIDGE": "pnbr1"})
-    assert reply["error"] == "ConflictError" and "a veth interface has that name" in reply["message"]
+    assert (
+        reply["error"] == "ConflictError" and "a veth interface has that name" in reply["message"]
+    )
     reply = host.call("connect", container=rec, pid=pid, env={"PYINSPECT_SUBNET": "10.0.0.1/8"})
     assert reply["error"] == "UsageError"
 
@@ -417,8 +517,12 @@ def test_sysctls_reverted_only_if_pyinspect_changed_them(host):
     rec = host.start(cname(), publish=["8088:80"])
     info = host.ok("inspect", name="pyinspect0")
     fwd = [s for s in info["Sysctls"] if s["key"] == "net.ipv4.ip_forward"][0]
-    assert fwd == {"key": "net.ipv4.ip_forward", "value": "1", "changed_by_pyinspect": False,
-                   "before": None}
+    assert fwd == {
+        "key": "net.ipv4.ip_forward",
+        "value": "1",
+        "changed_by_pyinspect": False,
+        "before": None,
+    }
     host.ok("disconnect", container=rec)
     assert host.ok("sysctls", keys=["net.ipv4.ip_forward"]) == {"net.ipv4.ip_forward": "1"}
 
@@ -428,15 +532,23 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     live = host.start(cname(), publish=["8090:80"])
     ns = host.ns
     # rules by someone else: in PREROUTING and even inside our chain
-    ns.sh("iptables-legacy -t nat -A PREROUTING -p tcp --dport 7777 -j DNAT --to-destination 10.9.9.9:7777")
-    ns.sh("iptables-legacy -t nat -A PYINSPECT -p tcp --dport 7778 -j DNAT --to-destination 172.29.0.99:80")
+    ns.sh(
+        "iptables-legacy -t nat -A PREROUTING -p tcp --dport 7777 -j DNAT --to-destination 10.9.9.9:7777"
+    )
+    ns.sh(
+        "iptables-legacy -t nat -A PYINSPECT -p tcp --dport 7778 -j DNAT --to-destination 172.29.0.99:80"
+    )
     # a tagged leftover of a crashed run pointing at a dead IP
-    ns.sh("iptables-legacy -t nat -A PYINSPECT -p tcp --dport 8099 -m comment --comment "
-          "pyinspect:pyinspect0:deadbeef0000 -j DNAT --to-destination 172.29.0.250:80")
+    ns.sh(
+        "iptables-legacy -t nat -A PYINSPECT -p tcp --dport 8099 -m comment --comment "
+        "pyinspect:pyinspect0:deadbeef0000 -j DNAT --to-destination 172.29.0.250:80"
+    )
     # the live container's DNAT rule went missing
     tag = f"pyinspect:pyinspect0:{live['id'][:12]}"
-    ns.sh(f"iptables-legacy -t nat -D PYINSPECT ! -i pyinspect0 -p tcp -m tcp --dport 8090 "
-          f"-m comment --comment {tag} -j DNAT --to-destination 172.29.0.3:80")
+    ns.sh(
+        f"iptables-legacy -t nat -D PYINSPECT ! -i pyinspect0 -p tcp -m tcp --dport 8090 "
+        f"-m comment --comment {tag} -j DNAT --to-destination 172.29.0.3:80"
+    )
     host.stop(dead)  # its init died without a disconnect (e.g. the shim crashed)
     report = host.ok("reconcile", containers=[dead, live])["pyinspect0"]
     assert report["released"] == [dead["name"]] and report["added"] == 1 and report["removed"] >= 5
@@ -448,8 +560,11 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     assert dead["network"]["veth_host"] not in ns.run("ip", "-o", "link").stdout
     assert list(host.ok("state", bridge="pyinspect0")["leases"].values())[0]["id"] == live["id"]
     # a second reconcile has nothing to do, and finds that out without pyroute2 or iptc
-    assert host.ok("reconcile", containers=[dead, live])["pyinspect0"] == \
-        {"released": [], "added": 0, "removed": 0}
+    assert host.ok("reconcile", containers=[dead, live])["pyinspect0"] == {
+        "released": [],
+        "added": 0,
+        "removed": 0,
+    }
     assert host.ok("reconcile_imports", containers=[live]) == []
     # nothing left running: everything of ours goes, the foreign rules and chain content stay
     host.stop(live)
@@ -464,6 +579,7 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
 def test_parallel_connects(host):
     """Six `run`s at once: distinct addresses, every rule present, one base rule set."""
     import concurrent.futures
+
     recs = [container(cname(), publish=[f"{8100 + i}:80"], pid=host.spawn()) for i in range(6)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         nets = list(pool.map(lambda r: host.ok("connect", container=r, pid=r["pid"]), recs))
@@ -521,8 +637,10 @@ def test_thirty_cycles_leave_nothing(host):
     ips = host.ok("cycles", n=30, publish=["8088:80"])
     assert len(ips) == 30 and len(set(ips)) == 30  # round robin: no address reused at once
     assert host.ns.run("ip", "-o", "link").stdout == before
-    assert "pyinspect" not in (legacy(host.ns, "nat") + legacy(host.ns, "filter")
-                               + legacy(host.ns, "raw")).lower()
+    assert (
+        "pyinspect"
+        not in (legacy(host.ns, "nat") + legacy(host.ns, "filter") + legacy(host.ns, "raw")).lower()
+    )
     assert host.ok("state", bridge="pyinspect0")["leases"] == {}
     assert not [p for p in Path(network.NETNS_DIR).glob("pn-cy-*")]
     with open("/proc/self/mountinfo") as f:

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_network import CLIENT, CLIENT_HOST, wire  # noqa: E402
 
 from conftest import Cli  # noqa: E402
 from helpers.network_helpers import cname
-from test_network import CLIENT, CLIENT_HOST, wire  # noqa: E402
 from testbed.waits import wait_listen
 
 pytestmark = pytest.mark.root
@@ -57,8 +57,11 @@ def env(make_netns, state_root):
 
 def fetch(prefix, url):
     for _ in range(3):
-        proc = subprocess.run([*prefix, "timeout", "5", "busybox", "wget", "-q", "-O", "-", url],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [*prefix, "timeout", "5", "busybox", "wget", "-q", "-O", "-", url],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode == 0:
             return proc.stdout.strip()
         time.sleep(0.2)
@@ -73,8 +76,16 @@ def test_bridge_publish_and_modes(env, make_netns):
     """test1<->test2 by IP, -p 8088:80 from a client netns, 127.0.0.1 publishing, hairpin."""
     client = make_netns("pn-c")
     wire(env.ns, client, "pnc0", CLIENT_HOST, CLIENT)
-    t1, _ = env.run("-p", "8088:80", "-p", "127.0.0.1:8089:80", "busybox", "sh", "-c",
-                    SERVE.format(text="test1"))
+    t1, _ = env.run(
+        "-p",
+        "8088:80",
+        "-p",
+        "127.0.0.1:8089:80",
+        "busybox",
+        "sh",
+        "-c",
+        SERVE.format(text="test1"),
+    )
     t2, _ = env.run("busybox", "sleep", "600")
     wait_listen(t1, 80)
     ip1 = env.ip(t1)
@@ -89,10 +100,14 @@ def test_bridge_publish_and_modes(env, make_netns):
     assert fetch(netns_exec(env.ns.name), "http://127.0.0.1:8089/") == "test1"
     assert fetch(netns_exec(client.name), f"http://{CLIENT_HOST}:8089/") is None
     # hairpin: test1 reaches itself, test2 reaches test1, through the host address
-    assert env.cli("exec", t1, "wget", "-q", "-O", "-",
-                   f"http://{CLIENT_HOST}:8088/").stdout.strip() == "test1"
-    assert env.cli("exec", t2, "wget", "-q", "-O", "-",
-                   f"http://{CLIENT_HOST}:8088/").stdout.strip() == "test1"
+    assert (
+        env.cli("exec", t1, "wget", "-q", "-O", "-", f"http://{CLIENT_HOST}:8088/").stdout.strip()
+        == "test1"
+    )
+    assert (
+        env.cli("exec", t2, "wget", "-q", "-O", "-", f"http://{CLIENT_HOST}:8088/").stdout.strip()
+        == "test1"
+    )
     # /etc/hosts and /etc/hostname were written for the container
     hosts = env.cli("exec", t1, "cat", "/etc/hosts").stdout
     assert re.search(rf"^{re.escape(ip1)}\s+\S+$", hosts, re.M)
@@ -119,19 +134,31 @@ def test_bridge_publish_and_modes(env, make_netns):
     pid = env.inspect(non)["State"]["Pid"]
     links = env.cli("exec", non, "ip", "-o", "link").stdout
     assert "lo:" in links and "eth0" not in links
-    env.ns.sh(f"ip link add pnA type veth peer name pnB && ip link set pnA master pyinspect0 && "
-              f"ip link set pnA up && ip link set pnB netns {pid}")
+    env.ns.sh(
+        f"ip link add pnA type veth peer name pnB && ip link set pnA master pyinspect0 && "
+        f"ip link set pnA up && ip link set pnB netns {pid}"
+    )
     nsx = ["nsenter", f"--net=/proc/{pid}/ns/net"]
-    subprocess.run([*nsx, "sh", "-c", "ip link set dev pnB name eth0 && ip link set eth0 up && "
-                    "ip addr add 172.29.0.100/16 dev eth0 && ip route add default via 172.29.0.1"],
-                   check=True)
+    subprocess.run(
+        [
+            *nsx,
+            "sh",
+            "-c",
+            "ip link set dev pnB name eth0 && ip link set eth0 up && "
+            "ip addr add 172.29.0.100/16 dev eth0 && ip route add default via 172.29.0.1",
+        ],
+        check=True,
+    )
     assert env.cli("exec", non, "wget", "-q", "-O", "-", f"http://{ip1}/").stdout.strip() == "test1"
     env.ns.sh("ip link del pnA")
     # rm: each removal takes its veth, netns link, lease and rules with it
     for name in (c3, hst, non, t2, t1):
         env.rm(name)
-    assert not list(Path("/var/run/netns").glob("pn-*-never")) and \
-        not Path("/var/run/netns", t1).exists() and not Path("/var/run/netns", t2).exists()
+    assert (
+        not list(Path("/var/run/netns").glob("pn-*-never"))
+        and not Path("/var/run/netns", t1).exists()
+        and not Path("/var/run/netns", t2).exists()
+    )
     assert "pyinspect" not in env.ns.run("iptables-legacy-save").stdout
     assert "pyinspect0" not in env.ns.run("ip", "-o", "link").stdout
 
@@ -147,8 +174,12 @@ def test_port_conflicts_through_cli(env):
     _, bad = env.run("-p", "8088:81", "busybox", "sleep", "600", check=False)
     assert bad.returncode == 4
     assert f"already published by container {web}" in bad.stderr
-    listener = env.ns.popen("python3", "-c", "import socket,time\ns=socket.socket()\n"
-                            "s.bind(('0.0.0.0', 9098)); s.listen(); time.sleep(60)")
+    listener = env.ns.popen(
+        "python3",
+        "-c",
+        "import socket,time\ns=socket.socket()\n"
+        "s.bind(('0.0.0.0', 9098)); s.listen(); time.sleep(60)",
+    )
     try:
         wait_listen(env.ns.name, 9098)
         name, bad = env.run("-p", "9098:80", "busybox", "sleep", "600", check=False)
@@ -165,8 +196,9 @@ def test_port_conflicts_through_cli(env):
 def test_container_exit_releases_network(env):
     """The init exiting on its own frees veth, netns link, lease and rules; start re-wires."""
     # exits at once the first time, sleeps after `start` (the writable layer keeps /ran)
-    name, out = env.run("-p", "8091:80", "busybox", "sh", "-c",
-                        "test -f /ran && exec sleep 600; touch /ran")
+    name, out = env.run(
+        "-p", "8091:80", "busybox", "sh", "-c", "test -f /ran && exec sleep 600; touch /ran"
+    )
     short = out.stdout.strip()[:12]
     deadline = time.time() + 20
     while "Exited" not in env.cli("ps", "-a").stdout and time.time() < deadline:

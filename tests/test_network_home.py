@@ -26,8 +26,20 @@ def test_commands_in_another_netns_leave_its_tables_alone(make_netns, state_root
         assert nat_rules(other) == []
         assert "pyinspect0" not in other.run("ip", "link").stdout
 
-        failed = elsewhere("run", "-d", "--name", name + "b", "-p", "8089:80", "busybox",
-                           "httpd", "-f", "-p", "80", check=False)
+        failed = elsewhere(
+            "run",
+            "-d",
+            "--name",
+            name + "b",
+            "-p",
+            "8089:80",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            check=False,
+        )
         assert failed.returncode == 4
         lines = failed.stderr.strip().splitlines()
         assert len(lines) == 1 and "live in another network namespace" in lines[0]
@@ -39,13 +51,16 @@ def test_commands_in_another_netns_leave_its_tables_alone(make_netns, state_root
 
     # once nothing is set up at home, another namespace may take the network over
     at_other = unique("pl")
-    elsewhere("run", "-d", "--name", at_other, "-p", "8089:80", "busybox", "httpd", "-f",
-              "-p", "80")
+    elsewhere(
+        "run", "-d", "--name", at_other, "-p", "8089:80", "busybox", "httpd", "-f", "-p", "80"
+    )
     try:
         assert len(nat_rules(other)) >= 3
         assert nat_rules(home) == []
     finally:
         elsewhere("rm", "-f", at_other)
     assert nat_rules(other) == []
-    assert subprocess.run(["ip", "netns", "list"], capture_output=True,
-                          text=True).stdout.count(name) == 0
+    assert (
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(name)
+        == 0
+    )

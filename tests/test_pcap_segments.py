@@ -6,20 +6,22 @@ traces whose process died (reaped on the next open)."""
 import io
 import json
 import os
-import time
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import have, tshark_fields
-from helpers.oldstore import make_old_store
+from scapy.all import IP, TCP, UDP, Ether, raw
+
 from pyinspect.config import database_path
 from pyinspect.errors import CorruptInputError
 from pyinspect.pcap_export import SKIP_SLACK_NS, export, list_sessions
 from pyinspect.pcapng import Segment, read_packets
 from pyinspect.store import MIGRATIONS, FlowRow, HopRow, IndexRow, Store
-from scapy.all import IP, TCP, UDP, Ether, raw
+
+from conftest import have, tshark_fields
+from helpers.oldstore import make_old_store
 from helpers.segfiles import FILLER_TYPE, Pkt, add_trace, segment_bytes
 
 T0 = 1_764_417_600_000_000_000
@@ -28,8 +30,9 @@ POINTS = [("eth0", "uplink"), ("eth0", "container: eth0 in web")]
 
 
 def tcp(src, dst, sport, dport, flags="A", pad=0):
-    return raw(Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags) /
-               bytes(pad))
+    return raw(
+        Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags) / bytes(pad)
+    )
 
 
 def noise(i):
@@ -44,9 +47,11 @@ def dead_pid():
 
 # -- the reader -----------------------------------------------------------------------
 def test_segment_reader_runs_fillers_and_cut_last_block(tmp_path):
-    runs = [[Pkt(0, T0 + t, noise(t), "in") for t in (10, 40, 70)],
-            [Pkt(1, T0 + t, noise(t), "out") for t in (20, 50)],
-            [Pkt(0, T0 + t, noise(t)) for t in (5, 30, 60, 80)]]
+    runs = [
+        [Pkt(0, T0 + t, noise(t), "in") for t in (10, 40, 70)],
+        [Pkt(1, T0 + t, noise(t), "out") for t in (20, 50)],
+        [Pkt(0, T0 + t, noise(t)) for t in (5, 30, 60, 80)],
+    ]
     data, placed = segment_bytes([("up@host", "uplink"), ("web/eth0", "container")], runs)
     assert data.count(struct.pack("<II", FILLER_TYPE, 24)) == 9
     path = tmp_path / "seg-00001.pcapng"
@@ -84,39 +89,68 @@ def test_segment_reader_runs_fillers_and_cut_last_block(tmp_path):
 
 # -- export from segment files --------------------------------------------------------
 def flow_row(first, last):
-    return {"ct_id": 7, "proto": "tcp", "orig_src": A, "orig_sport": 40000, "orig_dst": B,
-            "orig_dport": 8080, "reply_src": NATTED, "reply_sport": 80, "reply_dst": A,
-            "reply_dport": 40000, "nat": "DNAT 10.1.0.10:8080 -> 172.18.0.2:80",
-            "first_ns": first, "last_ns": last}
+    return {
+        "ct_id": 7,
+        "proto": "tcp",
+        "orig_src": A,
+        "orig_sport": 40000,
+        "orig_dst": B,
+        "orig_dport": 8080,
+        "reply_src": NATTED,
+        "reply_sport": 80,
+        "reply_dst": A,
+        "reply_dport": 40000,
+        "nat": "DNAT 10.1.0.10:8080 -> 172.18.0.2:80",
+        "first_ns": first,
+        "last_ns": last,
+    }
 
 
 def three_segments():
     """Three files: the flow's start in the first two (runs out of order, the files
     overlapping in time), a later packet of the same flow a minute on in the third."""
     late = T0 + 60 * 10**9
-    s1 = [[Pkt(0, T0 + 100, tcp(A, B, 40000, 8080, "S"), "in", flow=0),
-           Pkt(0, T0 + 300, noise(1), "in"),
-           Pkt(0, T0 + 500, tcp(B, A, 8080, 40000, "SA"), "out")],       # not indexed
-          [Pkt(1, T0 + 150, tcp(A, NATTED, 40000, 80, "S"), "in", flow=0),
-           Pkt(1, T0 + 450, tcp(NATTED, A, 80, 40000, "SA"), "out")]]    # not indexed
-    s2 = [[Pkt(0, T0 + 400, noise(2)),
-           Pkt(1, T0 + 600, tcp(A, NATTED, 40000, 80), "in", flow=0)],
-          [Pkt(0, T0 + 200, noise(3), "in"),
-           Pkt(0, T0 + 550, tcp(A, B, 40000, 8080), "in")]]               # not indexed
-    s3 = [[Pkt(0, late, tcp(A, B, 40000, 8080, "F"), "in", flow=0),
-           Pkt(0, late + 10, tcp(B, A, 8080, 40000, "FA"), "out"),         # not indexed
-           Pkt(0, late + 20, noise(4), "in")]]
+    s1 = [
+        [
+            Pkt(0, T0 + 100, tcp(A, B, 40000, 8080, "S"), "in", flow=0),
+            Pkt(0, T0 + 300, noise(1), "in"),
+            Pkt(0, T0 + 500, tcp(B, A, 8080, 40000, "SA"), "out"),
+        ],  # not indexed
+        [
+            Pkt(1, T0 + 150, tcp(A, NATTED, 40000, 80, "S"), "in", flow=0),
+            Pkt(1, T0 + 450, tcp(NATTED, A, 80, 40000, "SA"), "out"),
+        ],
+    ]  # not indexed
+    s2 = [
+        [Pkt(0, T0 + 400, noise(2)), Pkt(1, T0 + 600, tcp(A, NATTED, 40000, 80), "in", flow=0)],
+        [Pkt(0, T0 + 200, noise(3), "in"), Pkt(0, T0 + 550, tcp(A, B, 40000, 8080), "in")],
+    ]  # not indexed
+    s3 = [
+        [
+            Pkt(0, late, tcp(A, B, 40000, 8080, "F"), "in", flow=0),
+            Pkt(0, late + 10, tcp(B, A, 8080, 40000, "FA"), "out"),  # not indexed
+            Pkt(0, late + 20, noise(4), "in"),
+        ]
+    ]
     return [s1, s2, s3]
 
 
 @pytest.fixture
 def traced(state_root):
     with Store(database_path(state_root)) as store:
-        sid, fids, _ = add_trace(store, "web", POINTS, three_segments(),
-                                    flows=[flow_row(T0 + 100, T0 + 600)],
-                                    summary={"packets_per_point": {
-                                        "eth0 (uplink)": {"captured": 9},
-                                        "eth0 (container)": {"captured": 3}}})
+        sid, fids, _ = add_trace(
+            store,
+            "web",
+            POINTS,
+            three_segments(),
+            flows=[flow_row(T0 + 100, T0 + 600)],
+            summary={
+                "packets_per_point": {
+                    "eth0 (uplink)": {"captured": 9},
+                    "eth0 (container)": {"captured": 3},
+                }
+            },
+        )
     return state_root, sid, fids[0]
 
 
@@ -138,8 +172,8 @@ def test_export_session_merges_runs_and_files(traced):
     assert {p.interface.name for p in pkts} == {"eth0@host", "web/eth0"}
     comments = {p.ts_ns - T0: p.comment for p in pkts}
     nat = f"flow {fid}: DNAT 10.1.0.10:8080 -> 172.18.0.2:80"
-    assert comments[100] == comments[150] == comments[600] == nat      # indexed
-    assert comments[450] is None and comments[300] is None             # not indexed
+    assert comments[100] == comments[150] == comments[600] == nat  # indexed
+    assert comments[450] is None and comments[300] is None  # not indexed
     assert [p.direction for p in pkts[:3]] == ["in", "in", "in"]
     assert tshark_fields(path, "frame.comment", filt="frame.comment")[0] == [nat]
     with Store(database_path(root)) as store:
@@ -174,15 +208,18 @@ def test_export_flow_by_index_and_by_scan(traced):
     _, pkts2, _ = exported(root, session_id=sid, flow=f"{NATTED}:80,{A}:40000")
     assert [p.ts_ns for p in pkts2] == [p.ts_ns for p in pkts]
     # with a filter on top
-    _, syn, _ = exported(root, session_id=sid, flow=f"tcp {A}:40000->{B}:8080",
-                         bpf_filter="tcp[tcpflags] & tcp-syn != 0")
+    _, syn, _ = exported(
+        root,
+        session_id=sid,
+        flow=f"tcp {A}:40000->{B}:8080",
+        bpf_filter="tcp[tcpflags] & tcp-syn != 0",
+    )
     assert [p.ts_ns - T0 for p in syn] == [100, 150, 450, 500]
 
 
 def test_export_flow_scans_all_files_when_the_flow_has_no_times(state_root):
     with Store(database_path(state_root)) as store:
-        sid, _, _ = add_trace(store, "web", POINTS, three_segments(),
-                              flows=[flow_row(None, None)])
+        sid, _, _ = add_trace(store, "web", POINTS, three_segments(), flows=[flow_row(None, None)])
     _, pkts, _ = exported(state_root, session_id=sid, flow=f"tcp {A}:40000->{B}:8080")
     assert len(pkts) == 8 and pkts[-1].ts_ns == T0 + 60 * 10**9 + 10
     assert SKIP_SLACK_NS < 60 * 10**9
@@ -192,30 +229,51 @@ def test_export_flow_scans_all_files_when_the_flow_has_no_times(state_root):
 def test_killed_trace_is_reaped_and_exportable(state_root):
     db = database_path(state_root)
     with Store(db) as store:
-        dead, _, _ = add_trace(store, "web", POINTS, three_segments()[:2],
-                                  status="running", pid=dead_pid(), cut=30,
-                                  flows=[flow_row(T0 + 100, T0 + 600)])
-        alive, _, _ = add_trace(store, "web", POINTS, three_segments()[:1],
-                                status="running", pid=os.getpid(), started=time.time_ns(),
-                                flows=[flow_row(T0 + 100, T0 + 600)])
+        dead, _, _ = add_trace(
+            store,
+            "web",
+            POINTS,
+            three_segments()[:2],
+            status="running",
+            pid=dead_pid(),
+            cut=30,
+            flows=[flow_row(T0 + 100, T0 + 600)],
+        )
+        alive, _, _ = add_trace(
+            store,
+            "web",
+            POINTS,
+            three_segments()[:1],
+            status="running",
+            pid=os.getpid(),
+            started=time.time_ns(),
+            flows=[flow_row(T0 + 100, T0 + 600)],
+        )
         # this process's pid on a session that started before it did: a recycled pid
-        recycled, _, _ = add_trace(store, "web", POINTS, three_segments()[:1],
-                                   status="running", pid=os.getpid(),
-                                   flows=[flow_row(T0 + 100, T0 + 600)])
+        recycled, _, _ = add_trace(
+            store,
+            "web",
+            POINTS,
+            three_segments()[:1],
+            status="running",
+            pid=os.getpid(),
+            flows=[flow_row(T0 + 100, T0 + 600)],
+        )
         for n in (1, 2):
             seg = state_root / "pcap" / str(dead) / f"seg-0000{n}.pcapng"
             os.utime(seg, ns=(T0 + (5 + n) * 10**9, T0 + (5 + n) * 10**9))
-    with Store(db) as store:                 # the next command that opens the store
+    with Store(db) as store:  # the next command that opens the store
         rows = {r["id"]: r for r in list_sessions(store)}
         segrows = store.segments([dead])
-        assert store.reap_killed_traces() == []            # once
+        assert store.reap_killed_traces() == []  # once
     assert rows[dead]["status"] == "killed" and rows[dead]["stopped_ns"] == T0 + 7 * 10**9
     assert rows[alive]["status"] == "running"
     assert rows[recycled]["status"] == "killed"
-    assert rows[dead]["packets"] == 3                      # no summary: the index
+    assert rows[dead]["packets"] == 3  # no summary: the index
     assert [(g.bytes, g.complete) for g in segrows] == [
         ((state_root / "pcap" / str(dead) / f"seg-0000{n}.pcapng").stat().st_size, 0)
-        for n in (1, 2)]
+        for n in (1, 2)
+    ]
     res, pkts, path = exported(state_root, session_id=dead)
     # the cut last block (T0+550, the last written) is gone; everything before it is there
     assert res["packets"] == 8 and T0 + 550 not in {p.ts_ns for p in pkts}
@@ -225,35 +283,77 @@ def test_killed_trace_is_reaped_and_exportable(state_root):
 # -- the store API the tracer uses --------------------------------------------------
 def test_store_trace_writes(tmp_path):
     with Store(tmp_path / "pyinspect.db") as store:
-        sid, pids = store.begin_trace(container_id="c" * 64, container_name="web",
-                                      started_ns=T0, snaplen=262144, pid=os.getpid(),
-                                      points=[{"name": "eth0", "description": "uplink"},
-                                              {"name": "eth0", "description": "container"}])
-        seg = store.add_segment(sid, 1, tmp_path / "pcap" / str(sid) / "seg-00001.pcapng",
-                                T0)
-        fid = store.insert_flow(FlowRow(session_id=sid, proto="tcp", orig_src=A,
-                                        orig_sport=1, orig_dst=B, orig_dport=2,
-                                        detail={"packets": 1}))
+        sid, pids = store.begin_trace(
+            container_id="c" * 64,
+            container_name="web",
+            started_ns=T0,
+            snaplen=262144,
+            pid=os.getpid(),
+            points=[
+                {"name": "eth0", "description": "uplink"},
+                {"name": "eth0", "description": "container"},
+            ],
+        )
+        seg = store.add_segment(sid, 1, tmp_path / "pcap" / str(sid) / "seg-00001.pcapng", T0)
+        fid = store.insert_flow(
+            FlowRow(
+                session_id=sid,
+                proto="tcp",
+                orig_src=A,
+                orig_sport=1,
+                orig_dst=B,
+                orig_dport=2,
+                detail={"packets": 1},
+            )
+        )
         with store.batch():
-            ids = store.add_index([IndexRow(sid, seg, 100 + 40 * i, T0 + i, pids[i % 2], fid,
-                                            "in", 60) for i in range(5)])
-            store.insert_hops([HopRow(sid, fid, ids[0], T0, "nat", "PREROUTING", 1,
-                                      "-j DNAT", "DNAT", {"kind": "rule"})])
-        store.update_flow(fid, FlowRow(session_id=sid, proto="tcp", orig_src=A, nat="dnat",
-                                       last_ns=T0 + 4))
+            ids = store.add_index(
+                [
+                    IndexRow(sid, seg, 100 + 40 * i, T0 + i, pids[i % 2], fid, "in", 60)
+                    for i in range(5)
+                ]
+            )
+            store.insert_hops(
+                [
+                    HopRow(
+                        sid,
+                        fid,
+                        ids[0],
+                        T0,
+                        "nat",
+                        "PREROUTING",
+                        1,
+                        "-j DNAT",
+                        "DNAT",
+                        {"kind": "rule"},
+                    )
+                ]
+            )
+        store.update_flow(
+            fid, FlowRow(session_id=sid, proto="tcp", orig_src=A, nat="dnat", last_ns=T0 + 4)
+        )
         store.finish_segment(seg, 4096, T0 + 10)
         store.end_trace(sid, "stopped", {"packets_per_point": {"a": {"captured": 5}}})
         db = store.db
         assert db.execute("SELECT seq FROM capture_points ORDER BY id").fetchall() == [(0,), (1,)]
         assert len(ids) == 5 and ids == list(range(ids[0], ids[0] + 5))
-        assert db.execute("SELECT offset FROM packet_index WHERE id = ?",
-                          (ids[3],)).fetchone() == (220,)
+        assert db.execute("SELECT offset FROM packet_index WHERE id = ?", (ids[3],)).fetchone() == (
+            220,
+        )
         assert db.execute("SELECT packet_id, detail FROM hops").fetchone() == (
-            ids[0], '{"kind": "rule"}')
+            ids[0],
+            '{"kind": "rule"}',
+        )
         assert db.execute("SELECT path, bytes, complete FROM pcap_segments").fetchone() == (
-            f"pcap/{sid}/seg-00001.pcapng", 4096, 1)
+            f"pcap/{sid}/seg-00001.pcapng",
+            4096,
+            1,
+        )
         assert db.execute("SELECT nat, last_ns, orig_dport FROM flows").fetchone() == (
-            "dnat", T0 + 4, None)
+            "dnat",
+            T0 + 4,
+            None,
+        )
         row = db.execute("SELECT status, pid, summary FROM trace_sessions").fetchone()
         assert row[0] == "stopped" and row[1] == os.getpid() and json.loads(row[2])
         store.fail_trace(sid, "x" * 300)
@@ -271,17 +371,25 @@ def test_old_store_migrates_and_exports_the_same(state_root):
     db = database_path(state_root)
     make_old_store(db)
     import sqlite3
+
     conn = sqlite3.connect(db)
-    old = {r[0]: r[1:] for r in conn.execute(
-        "SELECT id, session_id, ts_ns, point_id, flow_id, direction, len FROM packets")}
+    old = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            "SELECT id, session_id, ts_ns, point_id, flow_id, direction, len FROM packets"
+        )
+    }
     hops = conn.execute("SELECT id, packet_id FROM hops ORDER BY id").fetchall()
     conn.close()
     with Store(db) as store:
         assert store.version == len(MIGRATIONS) and "packets" not in store.db.table_names()
-        index = {r[0]: r[1:] for r in store.db.execute(
-            "SELECT id, session_id, ts_ns, point_id, flow_id, direction, len"
-            " FROM packet_index")}
-        assert index == old                   # same ids: hops.packet_id still right
+        index = {
+            r[0]: r[1:]
+            for r in store.db.execute(
+                "SELECT id, session_id, ts_ns, point_id, flow_id, direction, len FROM packet_index"
+            )
+        }
+        assert index == old  # same ids: hops.packet_id still right
         assert store.db.execute("SELECT id, packet_id FROM hops ORDER BY id").fetchall() == hops
         for key, hexed in GOLDEN.items():
             kw = dict(part.split("=", 1) for part in key.split(","))
@@ -298,12 +406,13 @@ def test_old_store_migrates_and_exports_the_same(state_root):
             with Segment(store.segment_path(seg.path)) as f:
                 f.keys()
                 for off, ts in store.db.execute(
-                        "SELECT offset, ts_ns FROM packet_index WHERE segment_id = ?",
-                        (seg.id,)):
+                    "SELECT offset, ts_ns FROM packet_index WHERE segment_id = ?", (seg.id,)
+                ):
                     assert f.packet_at(off).ts_ns == ts
     assert sorted(str(p.relative_to(state_root)) for p in state_root.rglob("*.pcapng")) == [
-        f"pcap/{n}/seg-00001.pcapng" for n in (1, 2, 3)]
-    with Store(db) as store:                  # opening again changes nothing
+        f"pcap/{n}/seg-00001.pcapng" for n in (1, 2, 3)
+    ]
+    with Store(db) as store:  # opening again changes nothing
         assert store.version == len(MIGRATIONS) and store.db["packet_index"].count == 21
 
 
@@ -311,6 +420,7 @@ def test_migration_marks_old_running_sessions_killed(state_root):
     db = database_path(state_root)
     make_old_store(db)
     import sqlite3
+
     conn = sqlite3.connect(db)
     conn.execute("UPDATE trace_sessions SET status = 'running', stopped_ns = NULL WHERE id = 3")
     conn.commit()

@@ -10,14 +10,15 @@ import time
 import pytest
 from scapy.all import ICMP, IP, TCP, Ether, raw
 
-from conftest import have, tshark_fields
 from pyinspect import __version__
 from pyinspect.errors import CorruptInputError, NotFoundError, UsageError
 from pyinspect.pcapng import PcapNgWriter, merge, read_packets
 
+from conftest import have, tshark_fields
+
 pytestmark = pytest.mark.skipif(not have("tshark"), reason="tshark not installed")
 
-T0 = 1_764_417_600_123_456_789          # an epoch in ns with every digit used
+T0 = 1_764_417_600_123_456_789  # an epoch in ns with every digit used
 CLIENT, HOSTIP, CIP = "192.168.77.2", "192.168.77.10", "172.18.0.2"
 DNAT = f"ct 42 DNAT {CLIENT}:40000->{HOSTIP}:8088 => {CIP}:80"
 
@@ -30,15 +31,26 @@ def capinfos(path):
 
 def dnat_pair():
     """The seed's story: SYN to HOST:8088 on the uplink, the same SYN to C:80 on the veth."""
-    syn_up = raw(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:10") /
-                 IP(src=CLIENT, dst=HOSTIP) / TCP(sport=40000, dport=8088, flags="S", seq=1))
-    syn_veth = raw(Ether(src="02:42:ac:12:00:01", dst="02:42:ac:12:00:02") /
-                   IP(src=CLIENT, dst=CIP, ttl=63) / TCP(sport=40000, dport=80, flags="S", seq=1))
-    synack_veth = raw(Ether(src="02:42:ac:12:00:02", dst="02:42:ac:12:00:01") /
-                      IP(src=CIP, dst=CLIENT) / TCP(sport=80, dport=40000, flags="SA", ack=2))
-    synack_up = raw(Ether(src="02:00:00:00:00:10", dst="02:00:00:00:00:02") /
-                    IP(src=HOSTIP, dst=CLIENT, ttl=63) / TCP(sport=8088, dport=40000, flags="SA",
-                                                           ack=2))
+    syn_up = raw(
+        Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:10")
+        / IP(src=CLIENT, dst=HOSTIP)
+        / TCP(sport=40000, dport=8088, flags="S", seq=1)
+    )
+    syn_veth = raw(
+        Ether(src="02:42:ac:12:00:01", dst="02:42:ac:12:00:02")
+        / IP(src=CLIENT, dst=CIP, ttl=63)
+        / TCP(sport=40000, dport=80, flags="S", seq=1)
+    )
+    synack_veth = raw(
+        Ether(src="02:42:ac:12:00:02", dst="02:42:ac:12:00:01")
+        / IP(src=CIP, dst=CLIENT)
+        / TCP(sport=80, dport=40000, flags="SA", ack=2)
+    )
+    synack_up = raw(
+        Ether(src="02:00:00:00:00:10", dst="02:00:00:00:00:02")
+        / IP(src=HOSTIP, dst=CLIENT, ttl=63)
+        / TCP(sport=8088, dport=40000, flags="SA", ack=2)
+    )
     return syn_up, syn_veth, synack_veth, synack_up
 
 
@@ -49,36 +61,58 @@ def write_dnat(path):
         veth = w.add_interface("vethab12cd3@host (test)", "host end of test's veth")
         eth0 = w.add_interface("test/eth0", "container test", linktype=1)
         w.write_packet(up, T0, syn_up, direction="in", comment=DNAT)
-        w.write_packet(veth, T0 + 1_500, syn_veth, direction="out",
-                       comment="ct 42 nat:PREROUTING:rule:1 -> filter:FORWARD:rule:3")
+        w.write_packet(
+            veth,
+            T0 + 1_500,
+            syn_veth,
+            direction="out",
+            comment="ct 42 nat:PREROUTING:rule:1 -> filter:FORWARD:rule:3",
+        )
         w.write_packet(eth0, T0 + 2_001, syn_veth, direction="in")
         w.write_packet(eth0, T0 + 30_000, synack_veth, direction="out")
         w.write_packet(veth, T0 + 31_000, synack_veth, direction="in")
-        w.write_packet(up, T0 + 32_003, synack_up, direction="out",
-                       comment="ct 42 SNAT (reply) — ünïcode ok")
+        w.write_packet(
+            up, T0 + 32_003, synack_up, direction="out", comment="ct 42 SNAT (reply) — ünïcode ok"
+        )
 
 
 def test_writer_round_trip_and_tshark_sees_the_nat_story(tmp_path):
     path = tmp_path / "dnat.pcapng"
     write_dnat(path)
     got = list(read_packets(path))
-    assert [p.interface.name for p in got] == ["eth0@host", "vethab12cd3@host (test)",
-                                               "test/eth0", "test/eth0",
-                                               "vethab12cd3@host (test)", "eth0@host"]
+    assert [p.interface.name for p in got] == [
+        "eth0@host",
+        "vethab12cd3@host (test)",
+        "test/eth0",
+        "test/eth0",
+        "vethab12cd3@host (test)",
+        "eth0@host",
+    ]
     assert [p.ts_ns - T0 for p in got] == [0, 1_500, 2_001, 30_000, 31_000, 32_003]
     assert [p.direction for p in got] == ["in", "out", "in", "out", "in", "out"]
     assert got[0].comment == DNAT and got[2].comment is None
     assert got[0].data == dnat_pair()[0]
 
-    rows = tshark_fields(path, "frame.interface_name", "tcp.dstport",
-                         "frame.packet_flags_direction", "frame.comment", "frame.time_epoch")
+    rows = tshark_fields(
+        path,
+        "frame.interface_name",
+        "tcp.dstport",
+        "frame.packet_flags_direction",
+        "frame.comment",
+        "frame.time_epoch",
+    )
     assert [(r[0], r[1]) for r in rows] == [
-        ("eth0@host", "8088"), ("vethab12cd3@host (test)", "80"), ("test/eth0", "80"),
-        ("test/eth0", "40000"), ("vethab12cd3@host (test)", "40000"), ("eth0@host", "40000")]
+        ("eth0@host", "8088"),
+        ("vethab12cd3@host (test)", "80"),
+        ("test/eth0", "80"),
+        ("test/eth0", "40000"),
+        ("vethab12cd3@host (test)", "40000"),
+        ("eth0@host", "40000"),
+    ]
     assert [int(r[2], 16) for r in rows] == [1, 2, 1, 2, 1, 2]
     assert rows[0][3] == DNAT
     assert rows[5][3] == "ct 42 SNAT (reply) — ünïcode ok"
-    assert rows[1][4] == "1764417600.123458289"      # nanoseconds survive (tsresol 9)
+    assert rows[1][4] == "1764417600.123458289"  # nanoseconds survive (tsresol 9)
 
     info = capinfos(path)
     assert "Number of packets:   6" in info
@@ -97,8 +131,9 @@ def test_writer_odd_lengths_snaplen_and_orig_len(tmp_path):
         a = w.add_interface("pyinspect0", "bridge", snaplen=96)
         b = w.add_interface("raw", "raw IP", linktype=101, tsresol_ns=False)
         for n in range(0, 9):
-            w.write_packet(a, T0 + n, bytes(range(n)), orig_len=n + 1000,
-                           comment="x" * n if n % 2 else None)
+            w.write_packet(
+                a, T0 + n, bytes(range(n)), orig_len=n + 1000, comment="x" * n if n % 2 else None
+            )
         w.write_packet(b, T0 + 123_456, raw(IP(src="10.9.0.1", dst="10.9.0.2") / ICMP()))
         with pytest.raises(UsageError):
             w.write_packet(7, T0, b"x")
@@ -108,7 +143,7 @@ def test_writer_odd_lengths_snaplen_and_orig_len(tmp_path):
     assert [len(p.data) for p in got[:9]] == list(range(9))
     assert [p.orig_len for p in got[:9]] == [n + 1000 for n in range(9)]
     assert [p.comment for p in got[:4]] == [None, "x", None, "xxx"]
-    assert got[9].ts_ns == (T0 + 123_456) // 1000 * 1000     # written in microseconds
+    assert got[9].ts_ns == (T0 + 123_456) // 1000 * 1000  # written in microseconds
     assert got[9].interface.linktype == 101
     rows = tshark_fields(path, "frame.len", "frame.cap_len", "ip.dst", "frame.interface_name")
     assert rows[3][:2] == ["1003", "3"]
@@ -128,14 +163,21 @@ def classic_pcap(path, packets, endian="<", nsec=False, linktype=1):
 
 def be_pcapng(path, packets, tsresol=6, name="be0"):
     """A big-endian pcapng with microsecond (or 2^-n) timestamps, as other tools write."""
+
     def block(btype, body):
         return struct.pack(">II", btype, len(body) + 12) + body + struct.pack(">I", len(body) + 12)
 
     def opt(code, val):
         return struct.pack(">HH", code, len(val)) + val + b"\0" * (-len(val) % 4)
+
     out = block(0x0A0D0D0A, struct.pack(">IHHq", 0x1A2B3C4D, 1, 0, -1) + b"\0\0\0\0")
-    out += block(1, struct.pack(">HHI", 1, 0, 0) + opt(2, name.encode()) +
-                 opt(9, bytes([tsresol])) + b"\0\0\0\0")
+    out += block(
+        1,
+        struct.pack(">HHI", 1, 0, 0)
+        + opt(2, name.encode())
+        + opt(9, bytes([tsresol]))
+        + b"\0\0\0\0",
+    )
     for ts_ns, data in packets:
         if tsresol & 0x80:
             units = (ts_ns << (tsresol & 0x7F)) // 10**9
@@ -181,13 +223,17 @@ def test_read_big_endian_pcapng_and_tsresol(tmp_path, tsresol):
 
 
 def test_merge_mixed_inputs_keeps_names_and_order(tmp_path):
-    a = tmp_path / "container.pcap"                    # tcpdump-like, usec, little-endian
-    b = tmp_path / "host.pcap"                          # nsec, big-endian
+    a = tmp_path / "container.pcap"  # tcpdump-like, usec, little-endian
+    b = tmp_path / "host.pcap"  # nsec, big-endian
     c = tmp_path / "be.pcapng"
     d = tmp_path / "dnat.pcapng"
     classic_pcap(a, [(T0 + i * 10_000, icmp(i, "10.66.0.1")) for i in range(50)])
-    classic_pcap(b, [(T0 + 5_000 + i * 10_000, icmp(i, "10.66.0.3")) for i in range(50)],
-                 endian=">", nsec=True)
+    classic_pcap(
+        b,
+        [(T0 + 5_000 + i * 10_000, icmp(i, "10.66.0.3")) for i in range(50)],
+        endian=">",
+        nsec=True,
+    )
     be_pcapng(c, [(T0 + 7_000 + i * 20_000, icmp(i, "10.66.0.5")) for i in range(10)])
     write_dnat(d)
     out = tmp_path / "merged.pcapng"
@@ -198,12 +244,22 @@ def test_merge_mixed_inputs_keeps_names_and_order(tmp_path):
     times = [int(r[0].replace(".", "")) for r in rows]
     assert times == sorted(times)
     names = {r[1] for r in rows}
-    assert names == {"container", "host", "be0", "eth0@host", "vethab12cd3@host (test)",
-                     "test/eth0"}
+    assert names == {
+        "container",
+        "host",
+        "be0",
+        "eth0@host",
+        "vethab12cd3@host (test)",
+        "test/eth0",
+    }
     assert {r[2] for r in rows if r[1] == "host"} == {"10.66.0.3"}
     # comments and directions of pcapng inputs survive
-    dn = tshark_fields(out, "frame.comment", "frame.packet_flags_direction",
-                       filt="frame.interface_name == \"eth0@host\" && tcp.dstport == 8088")
+    dn = tshark_fields(
+        out,
+        "frame.comment",
+        "frame.packet_flags_direction",
+        filt='frame.interface_name == "eth0@host" && tcp.dstport == 8088',
+    )
     assert dn == [[DNAT, "0x00000001"]]
     # and mergecap agrees on the packet count of the same inputs
     ref = tmp_path / "ref.pcapng"
@@ -213,16 +269,22 @@ def test_merge_mixed_inputs_keeps_names_and_order(tmp_path):
 
 def test_read_simple_and_obsolete_packet_blocks(tmp_path):
     """SPB (no timestamp: takes the previous one) and the obsolete PB, as old tools write."""
+
     def block(btype, body):
         return struct.pack("<II", btype, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
     a, b = icmp(1), icmp(2)
     out = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-    out += block(1, struct.pack("<HHI", 1, 0, 0))                 # no options: usec, no name
+    out += block(1, struct.pack("<HHI", 1, 0, 0))  # no options: usec, no name
     ts = T0 // 1000
-    out += block(2, struct.pack("<HHIIII", 0, 0, ts >> 32, ts & 0xFFFFFFFF, len(a), len(a)) +
-                 a + b"\0" * (-len(a) % 4))
+    out += block(
+        2,
+        struct.pack("<HHIIII", 0, 0, ts >> 32, ts & 0xFFFFFFFF, len(a), len(a))
+        + a
+        + b"\0" * (-len(a) % 4),
+    )
     out += block(3, struct.pack("<I", len(b)) + b + b"\0" * (-len(b) % 4))
-    out += block(4, b"\0\0\0\0")                                  # name resolution: skipped
+    out += block(4, b"\0\0\0\0")  # name resolution: skipped
     path = tmp_path / "old.pcapng"
     path.write_bytes(out)
     got = list(read_packets(path))
@@ -244,12 +306,12 @@ def _corruptions(tmp_path):
     shb_len = struct.unpack("<I", data[4:8])[0]
     cases = {
         "truncated.pcapng": data[:-10],
-        "cut-in-header.pcapng": data[:len(data) - 20],
+        "cut-in-header.pcapng": data[: len(data) - 20],
         "truncated.pcap": pcap.read_bytes()[:-5],
         "garbage.pcap": b"this is not a capture at all, honest" * 4,
         "empty.pcap": b"",
-        "badlen.pcapng": data[:shb_len] + struct.pack("<II", 1, 13) + data[shb_len + 8:],
-        "no-shb.pcapng": data[:4] + data[shb_len + 4:],
+        "badlen.pcapng": data[:shb_len] + struct.pack("<II", 1, 13) + data[shb_len + 8 :],
+        "no-shb.pcapng": data[:4] + data[shb_len + 4 :],
         "lengths-disagree.pcapng": data[:-4] + b"\xff\xff\xff\x7f",
     }
     paths = []
@@ -302,8 +364,9 @@ while True:
 
 def test_sigkill_leaves_a_readable_file(tmp_path):
     path = tmp_path / "killed.pcapng"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.3)
@@ -315,9 +378,13 @@ def test_sigkill_leaves_a_readable_file(tmp_path):
             proc.wait()
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
-    res = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.number"],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr             # no "cut short" error
+    res = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.number"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr  # no "cut short" error
     count = len(res.stdout.split())
     assert count >= 1000
     assert len(list(read_packets(path))) == count
@@ -333,11 +400,23 @@ def test_merge_real_tcpdump_captures(tmp_path, make_netns):
         path = tmp_path / f"{name}.pcap"
         # --immediate-mode: without it this libpcap/kernel pair loses the last TPACKET_V3
         # block on SIGINT (tcpdump reports "0 packets captured")
-        tcpdump = ns.popen("tcpdump", "-i", "lo", "--immediate-mode", "-U", "-n", "-w",
-                           str(path), *extra,
-                           "icmp", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        tcpdump = ns.popen(
+            "tcpdump",
+            "-i",
+            "lo",
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-w",
+            str(path),
+            *extra,
+            "icmp",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
-            line = tcpdump.stderr.readline()              # "listening on lo ..."
+            line = tcpdump.stderr.readline()  # "listening on lo ..."
             assert "listening" in line, line
             dst = "127.0.0.1" if name == "lo-usec" else "10.77.0.1"
             ns.run("busybox", "ping", "-c", "3", "-i", "0.1", "-W", "2", dst)
@@ -346,11 +425,23 @@ def test_merge_real_tcpdump_captures(tmp_path, make_netns):
             tcpdump.wait(timeout=10)
             tcpdump.stderr.close()
         caps[name] = path
-    if have("dumpcap"):      # a pcapng with an IDB named "lo" and a statistics block at the end
+    if have("dumpcap"):  # a pcapng with an IDB named "lo" and a statistics block at the end
         path = tmp_path / "dumpcap.pcapng"
-        dump = ns.popen("dumpcap", "-i", "lo", "-q", "-f", "icmp", "-c", "4", "-w", str(path),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:      # ping until dumpcap has its 4 packets (it starts capturing a bit late)
+        dump = ns.popen(
+            "dumpcap",
+            "-i",
+            "lo",
+            "-q",
+            "-f",
+            "icmp",
+            "-c",
+            "4",
+            "-w",
+            str(path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:  # ping until dumpcap has its 4 packets (it starts capturing a bit late)
             deadline = time.monotonic() + 20
             while dump.poll() is None and time.monotonic() < deadline:
                 ns.run("busybox", "ping", "-c", "1", "-W", "2", "10.77.0.1")

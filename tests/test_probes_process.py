@@ -18,11 +18,12 @@ import time
 import uuid
 
 import pytest
-from testbed.waits import wait_for
 
 from pyinspect.probes import bpfsys, capabilities
 from pyinspect.probes.cgroups import CgroupProbe
 from pyinspect.probes.process import ProcessProbe, clone_flag_names, namespace_names
+
+from testbed.waits import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -54,10 +55,14 @@ class Collector:
     def find(self, kind, pid, **match):
         def pred(seen):
             for ev in seen:
-                if ev["kind"] == kind and ev["pid"] == pid and all(
-                        ev.get(k, ev["detail"].get(k)) == v for k, v in match.items()):
+                if (
+                    ev["kind"] == kind
+                    and ev["pid"] == pid
+                    and all(ev.get(k, ev["detail"].get(k)) == v for k, v in match.items())
+                ):
                     return ev
             return None
+
         return pred
 
     def event(self, kind, pid, timeout=10.0, **match):
@@ -100,6 +105,7 @@ def children(pid):
 
 # -- capabilities ----------------------------------------------------------------------
 
+
 def test_capabilities_detect_every_hook_with_reason():
     t0 = time.monotonic()
     statuses = capabilities.detect()
@@ -109,8 +115,9 @@ def test_capabilities_detect_every_hook_with_reason():
     # what ENVIRONMENT.md measured on this VM kind, checked against the kernel's own files
     assert by["tracepoint"].available and by["ringbuf"].available
     assert by["raw_tracepoint"].available and by["tc"].available
-    kprobes_possible = (os.path.exists("/sys/bus/event_source/devices/kprobe") or
-                        os.path.exists("/sys/kernel/tracing/kprobe_events"))
+    kprobes_possible = os.path.exists("/sys/bus/event_source/devices/kprobe") or os.path.exists(
+        "/sys/kernel/tracing/kprobe_events"
+    )
     assert by["kprobe"].available == kprobes_possible
     if not kprobes_possible:
         assert "CONFIG_KPROBES off" in by["kprobe"].reason
@@ -126,14 +133,18 @@ def test_capabilities_detect_every_hook_with_reason():
 
 # -- process events ----------------------------------------------------------------------
 
+
 def test_unshare_fork_exec_exit_carry_new_namespaces(events):
     host_mnt = ns_ino(os.getpid(), "mnt")
-    p = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "sh", "-c",
-                          "exec sleep 1000"], stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        ["unshare", "--net", "--pid", "--fork", "sh", "-c", "exec sleep 1000"],
+        stdin=subprocess.DEVNULL,
+    )
     try:
         child = wait_for(lambda: next(iter(children(p.pid)), None))
-        netns = wait_for(lambda: ns_ino(child, "net") != ns_ino(p.pid, "pid") and
-                         ns_ino(child, "net"))
+        netns = wait_for(
+            lambda: ns_ino(child, "net") != ns_ino(p.pid, "pid") and ns_ino(child, "net")
+        )
         pidns = ns_ino(child, "pid")
         assert pidns != ns_ino(os.getpid(), "pid")
 
@@ -165,9 +176,18 @@ def test_unshare_fork_exec_exit_carry_new_namespaces(events):
 def test_exit_code_and_argv_in_new_netns(events):
     p = subprocess.run(["unshare", "--net", "sh", "-c", "exit 7"], timeout=30)
     assert p.returncode == 7
-    ex = events.wait(lambda seen: next(
-        (e for e in seen if e["kind"] == "exec" and e["comm"] == "sh"
-         and e["detail"]["argv"] == ["sh", "-c", "exit 7"]), None))
+    ex = events.wait(
+        lambda seen: next(
+            (
+                e
+                for e in seen
+                if e["kind"] == "exec"
+                and e["comm"] == "sh"
+                and e["detail"]["argv"] == ["sh", "-c", "exit 7"]
+            ),
+            None,
+        )
+    )
     pid = ex["pid"]
     assert ex["netns"] != ns_ino(os.getpid(), "net")
     ev = events.event("exit", pid)
@@ -191,14 +211,26 @@ CLONE_SCRIPT = textwrap.dedent("""
 
 
 def test_clone_with_namespace_flags_is_decoded(events):
-    out = subprocess.run([sys.executable, "-c", CLONE_SCRIPT], capture_output=True,
-                         text=True, timeout=30, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", CLONE_SCRIPT], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.split()
     child, status = int(out[0]), int(out[1])
     assert status == 5
-    parent = events.wait(lambda seen: next(
-        (e for e in seen if e["kind"] == "clone" and "uts" in e["detail"]["namespaces"]
-         and any(f["kind"] == "fork" and f["pid"] == child and f["ppid"] == e["pid"]
-                 for f in seen)), None))
+    parent = events.wait(
+        lambda seen: next(
+            (
+                e
+                for e in seen
+                if e["kind"] == "clone"
+                and "uts" in e["detail"]["namespaces"]
+                and any(
+                    f["kind"] == "fork" and f["pid"] == child and f["ppid"] == e["pid"]
+                    for f in seen
+                )
+            ),
+            None,
+        )
+    )
     assert parent["detail"]["namespaces"] == ["uts"]
     assert parent["detail"]["clone_flags"] == ["NEWUTS"]
     fork = events.event("fork", child)
@@ -209,11 +241,17 @@ def test_clone_with_namespace_flags_is_decoded(events):
 def test_setns_names_the_namespace_joined(events, make_netns):
     ns = make_netns("pa")
     target = os.stat(ns.path).st_ino
-    subprocess.run(["nsenter", f"--net={ns.path}", "/bin/true", "pa-setns"],
-                   check=True, timeout=30)
-    ex = events.wait(lambda seen: next(
-        (e for e in seen if e["kind"] == "exec" and e["detail"].get("argv") ==
-         ["/bin/true", "pa-setns"]), None))
+    subprocess.run(["nsenter", f"--net={ns.path}", "/bin/true", "pa-setns"], check=True, timeout=30)
+    ex = events.wait(
+        lambda seen: next(
+            (
+                e
+                for e in seen
+                if e["kind"] == "exec" and e["detail"].get("argv") == ["/bin/true", "pa-setns"]
+            ),
+            None,
+        )
+    )
     assert ex["netns"] == target  # read in the kernel at exec
     st = events.event("setns", ex["pid"])
     assert st["detail"]["nstype"] == ["net"]
@@ -233,12 +271,17 @@ sys.stdin.read()                                    # keep the fd open while it 
 def test_setns_on_a_non_namespace_fd_names_no_target(events):
     """The fd is read back from /proc after the fact: a file (or a reused fd) is not shown
     as the namespace joined."""
-    p = subprocess.Popen([sys.executable, "-c", SETNS_ON_A_FILE], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", SETNS_ON_A_FILE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         fd = int(p.stdout.readline())
-        st = events.wait(lambda seen: next(
-            (e for e in seen if e["kind"] == "setns" and e["pid"] == p.pid), None))
+        st = events.wait(
+            lambda seen: next((e for e in seen if e["kind"] == "setns" and e["pid"] == p.pid), None)
+        )
         assert st["detail"]["fd"] == fd
         assert "target" not in st["detail"], st["detail"]
     finally:
@@ -247,12 +290,12 @@ def test_setns_on_a_non_namespace_fd_names_no_target(events):
 
 def test_flag_decoding_tables():
     assert namespace_names(0x40000000 | 0x20000000 | 0x00020000) == ["mnt", "pid", "net"]
-    assert clone_flag_names(0x00010000 | 0x00000100 | 0x02000000) == \
-        ["NEWCGROUP", "VM", "THREAD"]
+    assert clone_flag_names(0x00010000 | 0x00000100 | 0x02000000) == ["NEWCGROUP", "VM", "THREAD"]
     assert namespace_names(0) == []
 
 
 # -- cgroups and OOM ---------------------------------------------------------------------
+
 
 @pytest.fixture
 def pa_cgroups():
@@ -300,9 +343,12 @@ def test_cgroup_mkdir_attach_rmdir(cg_events, pa_cgroups, base):
     try:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(sleeper.pid))
-        mk = cg_events.wait(lambda seen: next(
-            (e for e in seen if e["kind"] == "cgroup_mkdir" and e["detail"]["path"] == rel),
-            None))
+        mk = cg_events.wait(
+            lambda seen: next(
+                (e for e in seen if e["kind"] == "cgroup_mkdir" and e["detail"]["path"] == rel),
+                None,
+            )
+        )
         d = mk["detail"]
         assert d["id"] == cg_id and d["level"] == 1 and mk["pid"] == os.getpid()
         assert d["version"] == (2 if base == UNIFIED else 1)
@@ -317,9 +363,11 @@ def test_cgroup_mkdir_attach_rmdir(cg_events, pa_cgroups, base):
         sleeper.wait()
     wait_for(lambda: not open(os.path.join(path, "cgroup.procs")).read().strip())
     os.rmdir(path)
-    rm = cg_events.wait(lambda seen: next(
-        (e for e in seen if e["kind"] == "cgroup_rmdir" and e["detail"]["path"] == rel),
-        None))
+    rm = cg_events.wait(
+        lambda seen: next(
+            (e for e in seen if e["kind"] == "cgroup_rmdir" and e["detail"]["path"] == rel), None
+        )
+    )
     assert rm["detail"]["id"] == cg_id
 
 
@@ -329,13 +377,21 @@ def test_oom_kill_in_memory_limited_cgroup(events, cg_events, pa_cgroups):
     cg = pa_cgroups(MEMCG)
     with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:
         f.write(str(30 * 1024 * 1024))
-    script = (f"echo $$ > {cg}/cgroup.procs && exec python3 -c "
-              "\"x = b'a' * (100 * 1024 * 1024)\"")
+    script = f"echo $$ > {cg}/cgroup.procs && exec python3 -c \"x = b'a' * (100 * 1024 * 1024)\""
     p = subprocess.run(["sh", "-c", script], timeout=60)
     assert p.returncode == -signal.SIGKILL or p.returncode == 128 + signal.SIGKILL
-    ex = events.wait(lambda seen: next(
-        (e for e in seen if e["kind"] == "exec" and e["comm"] == "python3"
-         and "x = b'a' * (100 * 1024 * 1024)" in (e["detail"].get("argv") or [])), None))
+    ex = events.wait(
+        lambda seen: next(
+            (
+                e
+                for e in seen
+                if e["kind"] == "exec"
+                and e["comm"] == "python3"
+                and "x = b'a' * (100 * 1024 * 1024)" in (e["detail"].get("argv") or [])
+            ),
+            None,
+        )
+    )
     victim = ex["pid"]
     oom = events.event("oom", victim)
     assert oom["comm"] == "python3" and oom["detail"]["anon_rss_kb"] > 20 * 1024
@@ -353,40 +409,61 @@ def test_oom_kill_in_memory_limited_cgroup(events, cg_events, pa_cgroups):
 
 # -- degrading, coexistence, cleanup -------------------------------------------------------
 
+
 def test_missing_tracepoint_is_skipped_and_the_rest_deliver(events):
     wanted = {**ProcessProbe.TRACEPOINTS, "sched:pa_no_such_event": "PI_PA_NO_SUCH"}
     with ProcessProbe(tracepoints=wanted) as second:
         tracefs = capabilities.tracefs_dir()
-        assert (f"process probe: skipped tracepoint sched:pa_no_such_event: not in "
-                f"{tracefs}/events (this kernel lacks it)") in second.messages
+        assert (
+            f"process probe: skipped tracepoint sched:pa_no_such_event: not in "
+            f"{tracefs}/events (this kernel lacks it)"
+        ) in second.messages
         assert "sched:pa_no_such_event" not in second.attached
         assert set(second.attached) == set(ProcessProbe.TRACEPOINTS)
         subprocess.run(["/bin/true", "pa-degraded"], check=True)
         mine = Collector(second)
-        pred = lambda seen: next((e for e in seen if e["kind"] == "exec" and  # noqa: E731
-                                  e["detail"].get("argv") == ["/bin/true", "pa-degraded"]),
-                                 None)
+        pred = lambda seen: next(
+            (
+                e
+                for e in seen
+                if e["kind"] == "exec"  # noqa: E731
+                and e["detail"].get("argv") == ["/bin/true", "pa-degraded"]
+            ),
+            None,
+        )
         a = mine.wait(pred)
         b = events.wait(pred)  # the shared probe saw the same exec: no interference
         assert a["pid"] == b["pid"] and abs(a["ts_ns"] - b["ts_ns"]) < 1_000_000_000
     # the shared probe keeps working after the other one detached
     subprocess.run(["/bin/true", "pa-after-stop"], check=True)
-    events.wait(lambda seen: any(e["kind"] == "exec" and e["detail"].get("argv") ==
-                                 ["/bin/true", "pa-after-stop"] for e in seen))
+    events.wait(
+        lambda seen: any(
+            e["kind"] == "exec" and e["detail"].get("argv") == ["/bin/true", "pa-after-stop"]
+            for e in seen
+        )
+    )
 
 
 def test_without_btf_namespaces_come_from_proc(events):
-    with ProcessProbe(use_btf=False,
-                      tracepoints={"sched:sched_process_exec": "PI_EXEC",
-                                   "sched:sched_process_exit": "PI_EXIT"}) as probe:
+    with ProcessProbe(
+        use_btf=False,
+        tracepoints={"sched:sched_process_exec": "PI_EXEC", "sched:sched_process_exit": "PI_EXIT"},
+    ) as probe:
         assert any("no usable kernel BTF" in m for m in probe.messages)
         assert "syscalls:sys_enter_exit_group" in probe.attached
         col = Collector(probe)
         p = subprocess.Popen(["unshare", "--net", "sleep", "1000"])
         try:
-            ev = col.wait(lambda seen: next(
-                (e for e in seen if e["kind"] == "exec" and e["pid"] == p.pid
-                 and e["comm"] == "sleep"), None))
+            ev = col.wait(
+                lambda seen: next(
+                    (
+                        e
+                        for e in seen
+                        if e["kind"] == "exec" and e["pid"] == p.pid and e["comm"] == "sleep"
+                    ),
+                    None,
+                )
+            )
             assert ev["detail"]["ns_source"] == "proc"
             assert ev["netns"] == ns_ino(p.pid, "net") != ns_ino(os.getpid(), "net")
             assert ev["ppid"] == os.getpid()
@@ -434,8 +511,7 @@ HOLDER = textwrap.dedent("""
 
 def test_killed_process_leaves_no_program_attached(events):
     before = set(os.listdir("/sys/fs/bpf")) if os.path.isdir("/sys/fs/bpf") else set()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
     try:
         fds = [int(x) for x in holder.stdout.readline().split()]
         assert fds, "the holder did not report its programs"
@@ -449,35 +525,53 @@ def test_killed_process_leaves_no_program_attached(events):
     assert after == before  # nothing pinned
     # and the shared probe in this process was not disturbed
     subprocess.run(["/bin/true", "pa-after-kill"], check=True)
-    events.wait(lambda seen: any(e["kind"] == "exec" and e["detail"].get("argv") ==
-                                 ["/bin/true", "pa-after-kill"] for e in seen))
+    events.wait(
+        lambda seen: any(
+            e["kind"] == "exec" and e["detail"].get("argv") == ["/bin/true", "pa-after-kill"]
+            for e in seen
+        )
+    )
 
 
 THREADS = "import threading; t = threading.Thread(target=int); t.start(); t.join()"
 
 
 def test_threads_are_dropped_in_kernel_unless_asked_for(events):
-    threads = ProcessProbe(tracepoints={"sched:sched_process_fork": "PI_FORK",
-                                        "sched:sched_process_exit": "PI_EXIT",
-                                        "syscalls:sys_enter_clone3": "PI_CLONE3",
-                                        "syscalls:sys_enter_clone": "PI_CLONE"})
+    threads = ProcessProbe(
+        tracepoints={
+            "sched:sched_process_fork": "PI_FORK",
+            "sched:sched_process_exit": "PI_EXIT",
+            "syscalls:sys_enter_clone3": "PI_CLONE3",
+            "syscalls:sys_enter_clone": "PI_CLONE",
+        }
+    )
     threads.start({"threads": True})
     try:
         p = subprocess.run([sys.executable, "-c", THREADS], timeout=30)
         assert p.returncode == 0
         # the shared probe: the process's exit arrives, and no thread fork before it
         # (one ring buffer, so everything earlier has been delivered by then)
-        pid = events.wait(lambda seen: next(
-            (e["pid"] for e in seen if e["kind"] == "exec" and
-             e["detail"].get("argv", [None])[-1:] == [THREADS]), None))
+        pid = events.wait(
+            lambda seen: next(
+                (
+                    e["pid"]
+                    for e in seen
+                    if e["kind"] == "exec" and e["detail"].get("argv", [None])[-1:] == [THREADS]
+                ),
+                None,
+            )
+        )
         events.event("exit", pid)
-        assert not [e for e in events.seen if e["kind"] == "fork" and
-                    e["detail"]["parent_pid"] == pid]
+        assert not [
+            e for e in events.seen if e["kind"] == "fork" and e["detail"]["parent_pid"] == pid
+        ]
         # the probe asked for threads sees the thread's creation and exit
         col = Collector(threads)
-        fork = col.wait(lambda seen: next(
-            (e for e in seen if e["kind"] == "fork" and e["detail"]["parent_pid"] == pid),
-            None))
+        fork = col.wait(
+            lambda seen: next(
+                (e for e in seen if e["kind"] == "fork" and e["detail"]["parent_pid"] == pid), None
+            )
+        )
         assert fork["detail"]["thread"] is True and "THREAD" in fork["detail"]["clone_flags"]
         assert fork["pid"] == pid and fork["detail"]["tid"] != pid  # a thread of pid
         col.event("exit", pid, tid=fork["detail"]["tid"])  # the thread's exit
@@ -488,29 +582,31 @@ def test_threads_are_dropped_in_kernel_unless_asked_for(events):
 @pytest.mark.parametrize("use_btf", [True, False], ids=["in-kernel", "no-btf"])
 def test_namespace_filter(use_btf):
     # a long-lived process, so the no-BTF path can still read its namespaces in /proc
-    p = subprocess.Popen(["unshare", "--net", "sh", "-c", "read x; exec sleep 999"],
-                         stdin=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", "read x; exec sleep 999"], stdin=subprocess.PIPE, text=True
+    )
     try:
-        netns = wait_for(lambda: ns_ino(p.pid, "net") != ns_ino(os.getpid(), "net") and
-                         ns_ino(p.pid, "net"))
-        probe = ProcessProbe(use_btf=use_btf,
-                             tracepoints={"sched:sched_process_exec": "PI_EXEC"})
+        netns = wait_for(
+            lambda: ns_ino(p.pid, "net") != ns_ino(os.getpid(), "net") and ns_ino(p.pid, "net")
+        )
+        probe = ProcessProbe(use_btf=use_btf, tracepoints={"sched:sched_process_exec": "PI_EXEC"})
         probe.start({"namespaces": [netns]})
         try:
-            subprocess.run(["/bin/true", "pa-ns-out"], check=True)   # host: filtered out
+            subprocess.run(["/bin/true", "pa-ns-out"], check=True)  # host: filtered out
             p.stdin.write("go\n")
             p.stdin.flush()
             col = Collector(probe)
-            ev = col.wait(lambda seen: next(
-                (e for e in seen if e["detail"].get("argv") == ["sleep", "999"]), None))
+            ev = col.wait(
+                lambda seen: next(
+                    (e for e in seen if e["detail"].get("argv") == ["sleep", "999"]), None
+                )
+            )
             assert ev["netns"] == netns
             # the host exec happened first; one ring buffer, so it would be here by now
             assert all(e["netns"] == netns or e["pidns"] == netns for e in col.seen)
-            assert not any(e["detail"].get("argv") == ["/bin/true", "pa-ns-out"]
-                           for e in col.seen)
+            assert not any(e["detail"].get("argv") == ["/bin/true", "pa-ns-out"] for e in col.seen)
             if not use_btf:
-                assert any("namespace filter applied after reading" in m
-                           for m in probe.messages)
+                assert any("namespace filter applied after reading" in m for m in probe.messages)
         finally:
             probe.stop()
     finally:
@@ -522,8 +618,10 @@ def test_a_full_ring_buffer_is_counted_as_lost(make_netns):
     """A 1-page ring buffer, nobody reading during a burst: what did not fit is counted."""
     ns = make_netns("pa")
     netns = os.stat(ns.path).st_ino
-    probe = ProcessProbe(ring_pages=1, tracepoints={"sched:sched_process_exec": "PI_EXEC",
-                                                    "sched:sched_process_exit": "PI_EXIT"})
+    probe = ProcessProbe(
+        ring_pages=1,
+        tracepoints={"sched:sched_process_exec": "PI_EXEC", "sched:sched_process_exit": "PI_EXIT"},
+    )
     probe.start({"namespaces": [netns]})
     try:
         # sh exec, seq exec + exit, 200 x (true exec + exit), sh exit

@@ -17,9 +17,13 @@ from conftest import Cli, have
 from helpers import imagekit as kit
 from helpers.registryd import PASSWORD, USER, Registry, store_snapshot
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(not (have("docker-registry") and have("htpasswd")),
-                                 reason="docker-registry and htpasswd (make install)")]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        not (have("docker-registry") and have("htpasswd")),
+        reason="docker-registry and htpasswd (make install)",
+    ),
+]
 
 BASE = kit.layer(("etc", "dir"), ("etc/pm-base", "file", b"base layer\n"))
 TOP = kit.layer(("app", "dir"), ("app/data", "file", os.urandom(5000)))
@@ -47,8 +51,7 @@ class RCli(Cli):
         self.dconf = dconf
 
     def __call__(self, *args, env=None, **kw):
-        return super().__call__(*args, env={"DOCKER_CONFIG": str(self.dconf), **(env or {})},
-                                **kw)
+        return super().__call__(*args, env={"DOCKER_CONFIG": str(self.dconf), **(env or {})}, **kw)
 
 
 @pytest.fixture
@@ -65,13 +68,13 @@ def one_line_error(proc, code, *words):
 
 
 def login(cli, host, password=PASSWORD):
-    return cli("login", "-u", USER, "--password-stdin", host, input=password + "\n",
-               check=False)
+    return cli("login", "-u", USER, "--password-stdin", host, input=password + "\n", check=False)
 
 
 def skopeo(*args):
-    return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        ["skopeo", *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def creds_args(prefix):
@@ -87,13 +90,16 @@ def test_login_wrong_password_then_right_one(rcli, registry, dconf):
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
     auth = json.loads(cfg.read_text())["auths"][registry.host]["auth"]
     import base64
+
     assert base64.b64decode(auth).decode() == f"{USER}:{PASSWORD}"
     # Docker's own key for Docker Hub, and other keys of the file, are kept untouched
     data = json.loads(cfg.read_text())
     data["pm-unknown-key"] = {"kept": True}
     cfg.write_text(json.dumps(data))
-    assert rcli("logout", registry.host).stdout.strip() == \
-        f"Removing login credentials for {registry.host}"
+    assert (
+        rcli("logout", registry.host).stdout.strip()
+        == f"Removing login credentials for {registry.host}"
+    )
     data = json.loads(cfg.read_text())
     assert data["auths"] == {} and data["pm-unknown-key"] == {"kept": True}
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
@@ -160,8 +166,17 @@ def test_run_pulls_a_missing_image(rcli, registry, tmp_path, dconf):
     fresh = RCli(tmp_path / "fresh", dconf)
     never = fresh("run", "--rm", "--net", "none", name, "true", check=False)  # the suite's
     assert never.returncode == 3 and "no such image" in never.stderr  # PYINSPECT_PULL=never
-    proc = fresh("run", "--rm", "--net", "none", name, "sh", "-c", "echo pm-pulled-$((6*7))",
-                 env={"PYINSPECT_PULL": "missing"})
+    proc = fresh(
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        name,
+        "sh",
+        "-c",
+        "echo pm-pulled-$((6*7))",
+        env={"PYINSPECT_PULL": "missing"},
+    )
     assert proc.stdout == "pm-pulled-42\n"
     assert f"Unable to find image '{name}' locally" in proc.stderr
     assert "Pull complete" in proc.stderr
@@ -186,8 +201,16 @@ def test_skopeo_copy_in_then_pull_and_run(rcli, registry, tmp_path, state_root):
     rcli("save", "-o", tmp_path / "bb.tar", "busybox")
     assert login(rcli, registry.host).returncode == 0
     dest = f"{registry.host}/pm/skopeo-v2s2:1"
-    cp = skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
-                "--format", "v2s2", f"docker-archive:{tmp_path / 'bb.tar'}", f"docker://{dest}")
+    cp = skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        f"{USER}:{PASSWORD}",
+        "--format",
+        "v2s2",
+        f"docker-archive:{tmp_path / 'bb.tar'}",
+        f"docker://{dest}",
+    )
     assert cp.returncode == 0, cp.stderr
     fresh = RCli(tmp_path / "fresh", rcli.dconf)
     fresh("pull", dest)
@@ -208,11 +231,23 @@ def test_skopeo_zstd_oci_image_pulled(rcli, registry, tmp_path):
     rcli("load", "-i", kit.docker_legacy(tmp_path / "z.tar", [(layers, ["pm-z:1"], None)]))
     rcli("save", "-o", tmp_path / "z-saved.tar", "pm-z:1")
     oci = tmp_path / "oci-zstd"
-    cp = skopeo("copy", "--dest-compress-format", "zstd", "--dest-compress",
-                f"docker-archive:{tmp_path / 'z-saved.tar'}", f"oci:{oci}:1")
+    cp = skopeo(
+        "copy",
+        "--dest-compress-format",
+        "zstd",
+        "--dest-compress",
+        f"docker-archive:{tmp_path / 'z-saved.tar'}",
+        f"oci:{oci}:1",
+    )
     assert cp.returncode == 0, cp.stderr
-    cp = skopeo("copy", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
-                f"oci:{oci}:1", f"docker://{name}")
+    cp = skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        f"{USER}:{PASSWORD}",
+        f"oci:{oci}:1",
+        f"docker://{name}",
+    )
     assert cp.returncode == 0, cp.stderr
     raw = json.loads(skopeo("inspect", "--raw", *creds_args(""), f"docker://{name}").stdout)
     assert raw["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -245,26 +280,55 @@ def test_index_picks_linux_amd64(rcli, registry, tmp_path, dconf):
     assert login(rcli, registry.host).returncode == 0
     other = kit.layer(("s390x", "file", b"not for this machine"))
     repo = f"{registry.host}/pm/multi"
-    rcli("load", "-i", kit.docker_legacy(tmp_path / "m.tar", [
-        ([BASE, TOP], [f"{repo}:amd64"], None),
-        ([other], [f"{repo}:s390x"], json.dumps(dict(json.loads(kit.config([other])),
-                                                     architecture="s390x")).encode())]))
+    rcli(
+        "load",
+        "-i",
+        kit.docker_legacy(
+            tmp_path / "m.tar",
+            [
+                ([BASE, TOP], [f"{repo}:amd64"], None),
+                (
+                    [other],
+                    [f"{repo}:s390x"],
+                    json.dumps(
+                        dict(json.loads(kit.config([other])), architecture="s390x")
+                    ).encode(),
+                ),
+            ],
+        ),
+    )
     desc = {}
     for arch in ("s390x", "amd64"):
         line = rcli("push", f"{repo}:{arch}").stdout.splitlines()[-1].split()
-        desc[arch] = {"digest": line[2], "size": int(line[4]),
-                      "platform": {"architecture": arch, "os": "linux"}}
+        desc[arch] = {
+            "digest": line[2],
+            "size": int(line[4]),
+            "platform": {"architecture": arch, "os": "linux"},
+        }
     for kind, mt, mmt in (
-            ("list", "application/vnd.docker.distribution.manifest.list.v2+json",
-             "application/vnd.docker.distribution.manifest.v2+json"),
-            ("index", "application/vnd.oci.image.index.v1+json",
-             "application/vnd.docker.distribution.manifest.v2+json")):
-        doc = {"schemaVersion": 2, "mediaType": mt,
-               "manifests": [{"mediaType": mmt, **desc["s390x"]},
-                             {"mediaType": mmt, **desc["amd64"]}]}
+        (
+            "list",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+        (
+            "index",
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+    ):
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": mt,
+            "manifests": [{"mediaType": mmt, **desc["s390x"]}, {"mediaType": mmt, **desc["amd64"]}],
+        }
         body = json.dumps(doc).encode()
-        r = requests.put(f"http://{registry.host}/v2/pm/multi/manifests/{kind}", data=body,
-                         auth=(USER, PASSWORD), headers={"Content-Type": mt})
+        r = requests.put(
+            f"http://{registry.host}/v2/pm/multi/manifests/{kind}",
+            data=body,
+            auth=(USER, PASSWORD),
+            headers={"Content-Type": mt},
+        )
         assert r.status_code == 201, r.text
         fresh = RCli(tmp_path / f"fresh-{kind}", dconf)
         out = fresh("pull", f"{repo}:{kind}").stdout
@@ -272,18 +336,32 @@ def test_index_picks_linux_amd64(rcli, registry, tmp_path, dconf):
         (ins,) = json.loads(fresh("inspect", f"{repo}:{kind}").stdout)
         assert ins["Id"] == f"sha256:{kit.sha(kit.config([BASE, TOP]))}", kind
     # an index without linux/amd64
-    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                       "manifests": [{"mediaType": "application/vnd.docker.distribution."
-                                                   "manifest.v2+json", **desc["s390x"]}]})
-    r = requests.put(f"http://{registry.host}/v2/pm/multi/manifests/s390x-only", data=body,
-                     auth=(USER, PASSWORD),
-                     headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    **desc["s390x"],
+                }
+            ],
+        }
+    )
+    r = requests.put(
+        f"http://{registry.host}/v2/pm/multi/manifests/s390x-only",
+        data=body,
+        auth=(USER, PASSWORD),
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
     assert r.status_code == 201, r.text
     fresh = RCli(tmp_path / "fresh-none", dconf)
     proc = fresh("pull", f"{repo}:s390x-only", check=False)
     one_line_error(proc, 2, "no image for linux/amd64", "linux/s390x")
-    assert not (tmp_path / "fresh-none" / "images" / "configs").exists() or \
-        not os.listdir(tmp_path / "fresh-none" / "images" / "configs")
+    assert not (tmp_path / "fresh-none" / "images" / "configs").exists() or not os.listdir(
+        tmp_path / "fresh-none" / "images" / "configs"
+    )
+
 
 def _seeded(rcli, tmp_path):
     """A store holding one image, and its snapshot."""
@@ -307,22 +385,29 @@ def test_bad_pulls_are_one_line_and_leave_the_store_unchanged(rcli, registry, tm
     cfg = json.loads((dconf / "config.json").read_text())
     good = cfg["auths"][registry.host]["auth"]
     import base64
+
     cfg["auths"][registry.host]["auth"] = base64.b64encode(f"{USER}:nope".encode()).decode()
     (dconf / "config.json").write_text(json.dumps(cfg))
     one_line_error(rcli("pull", name, check=False), 1, "incorrect username or password")
     # no credentials at all
-    one_line_error(rcli("pull", name, check=False, env={"DOCKER_CONFIG": str(tmp_path / "x")}),
-                   1, "authentication required", "pyinspect login")
+    one_line_error(
+        rcli("pull", name, check=False, env={"DOCKER_CONFIG": str(tmp_path / "x")}),
+        1,
+        "authentication required",
+        "pyinspect login",
+    )
     cfg["auths"][registry.host]["auth"] = good
     (dconf / "config.json").write_text(json.dumps(cfg))
     assert store_snapshot(rcli.root) == before
     # a tampered blob: the registry serves other bytes than the digest it names
-    layer_digest = [line.split(":")[0] for line in pushed.splitlines()
-                    if line.endswith(": Pushed")]
-    raw = json.loads(requests.get(f"http://{registry.host}/v2/pm/victim/manifests/1",
-                                  auth=(USER, PASSWORD), headers={
-                                      "Accept": "application/vnd.docker.distribution."
-                                                "manifest.v2+json"}).content)
+    layer_digest = [line.split(":")[0] for line in pushed.splitlines() if line.endswith(": Pushed")]
+    raw = json.loads(
+        requests.get(
+            f"http://{registry.host}/v2/pm/victim/manifests/1",
+            auth=(USER, PASSWORD),
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        ).content
+    )
     top_layer = raw["layers"][1]["digest"]
     assert top_layer[7:19] in layer_digest
     path = registry.blob_path(top_layer)
@@ -331,21 +416,24 @@ def test_bad_pulls_are_one_line_and_leave_the_store_unchanged(rcli, registry, tm
     same_content = gzip.compress(TOP, compresslevel=6, mtime=12345)  # push uses level 6
     assert len(same_content) == len(original) and same_content != original
     path.write_bytes(same_content)
-    one_line_error(rcli("pull", name, check=False), 2, "does not match",
-                   f"sha256:{top_layer[7:19]}")
+    one_line_error(
+        rcli("pull", name, check=False), 2, "does not match", f"sha256:{top_layer[7:19]}"
+    )
     assert store_snapshot(rcli.root) == before
     # bytes that are not even the layer
-    tampered = gzip.compress(kit.layer(("app", "dir"), ("app/data", "file", b"evil" * 1250)),
-                             mtime=0)
-    path.write_bytes(tampered[:len(original)].ljust(len(original), b"\0"))
+    tampered = gzip.compress(
+        kit.layer(("app", "dir"), ("app/data", "file", b"evil" * 1250)), mtime=0
+    )
+    path.write_bytes(tampered[: len(original)].ljust(len(original), b"\0"))
     one_line_error(rcli("pull", name, check=False), 2, "does not match")
     assert store_snapshot(rcli.root) == before
     path.write_bytes(original)
     # registry down
     registry.close()
     one_line_error(rcli("pull", name, check=False), 5, "cannot connect", "refused")
-    one_line_error(rcli("push", f"{registry.host}/pm/untagged:1", check=False), 3,
-                   "no image has this tag")
+    one_line_error(
+        rcli("push", f"{registry.host}/pm/untagged:1", check=False), 3, "no image has this tag"
+    )
     rcli("tag", "pm-seed:1", name)
     before = store_snapshot(rcli.root)
     one_line_error(rcli("push", name, check=False), 5, "cannot connect")
@@ -358,14 +446,29 @@ def _upload(host, repo, data):
     r = requests.post(f"http://{host}/v2/{repo}/blobs/uploads/", auth=(USER, PASSWORD))
     loc = r.headers["Location"]
     loc = loc if loc.startswith("http") else f"http://{host}{loc}"
-    r = requests.put(loc, params={"digest": d}, data=data, auth=(USER, PASSWORD),
-                     headers={"Content-Type": "application/octet-stream"})
+    r = requests.put(
+        loc,
+        params={"digest": d},
+        data=data,
+        auth=(USER, PASSWORD),
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert r.status_code == 201, r.text
     return {"digest": d, "size": len(data)}
 
 
-@pytest.mark.parametrize("case", ["env-not-list", "cmd-number", "labels-list", "rootfs-str",
-                                  "diff-id-bad", "diff-ids-count", "config-not-object"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "env-not-list",
+        "cmd-number",
+        "labels-list",
+        "rootfs-str",
+        "diff-id-bad",
+        "diff-ids-count",
+        "config-not-object",
+    ],
+)
 def test_malformed_pulled_config_is_refused(rcli, registry, tmp_path, case):
     """The registry does not check a config's fields: pyinspect does, in one line."""
     layer = gzip.compress(BASE, mtime=0)
@@ -386,15 +489,26 @@ def test_malformed_pulled_config_is_refused(rcli, registry, tmp_path, case):
         cfg["config"] = "str"
     cfg_bytes = json.dumps(cfg).encode()
     repo = "pm/malformed"
-    man = {"schemaVersion": 2,
-           "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                      **_upload(registry.host, repo, cfg_bytes)},
-           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                       **_upload(registry.host, repo, layer)}]}
-    r = requests.put(f"http://{registry.host}/v2/{repo}/manifests/{case}",
-                     data=json.dumps(man), auth=(USER, PASSWORD),
-                     headers={"Content-Type": man["mediaType"]})
+    man = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            **_upload(registry.host, repo, cfg_bytes),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                **_upload(registry.host, repo, layer),
+            }
+        ],
+    }
+    r = requests.put(
+        f"http://{registry.host}/v2/{repo}/manifests/{case}",
+        data=json.dumps(man),
+        auth=(USER, PASSWORD),
+        headers={"Content-Type": man["mediaType"]},
+    )
     assert r.status_code == 201, r.text
     assert login(rcli, registry.host).returncode == 0
     before = _seeded(rcli, tmp_path)
@@ -404,9 +518,14 @@ def test_malformed_pulled_config_is_refused(rcli, registry, tmp_path, case):
 
 def test_reference_rules():
     from pyinspect.runtime.registry.reference import parse
+
     r = parse("busybox")
-    assert (r.domain, r.path, r.tag, r.familiar) == ("docker.io", "library/busybox", "latest",
-                                                     "busybox")
+    assert (r.domain, r.path, r.tag, r.familiar) == (
+        "docker.io",
+        "library/busybox",
+        "latest",
+        "busybox",
+    )
     assert parse("docker.io/library/busybox:1").tagged == "busybox:1"
     assert parse("index.docker.io/user/app").familiar == "user/app"
     r = parse("localhost:5000/team/app:v2")
@@ -418,6 +537,7 @@ def test_reference_rules():
     r = parse(f"127.0.0.1:5000/app@{d}")
     assert (r.tag, r.digest, r.target) == ("", d, d)
     from pyinspect.errors import UsageError
+
     for bad in ("UPPER/app", "app:", "app@sha256:12", "a//b", " app", "app:bad tag"):
         with pytest.raises(UsageError):
             parse(bad)
@@ -425,21 +545,25 @@ def test_reference_rules():
 
 def test_plain_http_only_for_loopback_or_listed():
     from pyinspect.runtime.registry.client import is_insecure, parse_challenge
+
     assert is_insecure("127.0.0.1:5000") and is_insecure("localhost:5000")
     assert is_insecure("[::1]:5000") and is_insecure("127.3.4.5")
     assert not is_insecure("registry.lan:5000") and not is_insecure("10.1.2.3:5000")
     assert is_insecure("registry.lan:5000", ("registry.lan:5000",))
     assert is_insecure("10.1.2.3:5000", ("10.0.0.0/8",))
-    assert parse_challenge('Bearer realm="https://auth/token",service="reg",'
-                           'scope="repository:a/b:pull,push"') == (
-        "bearer", {"realm": "https://auth/token", "service": "reg",
-                   "scope": "repository:a/b:pull,push"})
+    assert parse_challenge(
+        'Bearer realm="https://auth/token",service="reg",scope="repository:a/b:pull,push"'
+    ) == (
+        "bearer",
+        {"realm": "https://auth/token", "service": "reg", "scope": "repository:a/b:pull,push"},
+    )
     assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
 
 
 @pytest.fixture
 def token_registry(tmp_path):
     from helpers.tokenauth import TokenService
+
     (tmp_path / "treg").mkdir()
     tokens = TokenService(tmp_path / "treg", USER, PASSWORD)
     try:
@@ -465,20 +589,29 @@ def test_bearer_token_challenge(rcli, token_registry, tmp_path, dconf):
     assert any("scope=repository%3Apm%2Fbearer%3Apull%2Cpush" in p for p in tokens.requests)
     rcli("tag", name, f"{reg.host}/pm/bearer-copy:1")  # a mount asks for both scopes
     assert rcli("push", f"{reg.host}/pm/bearer-copy:1").stdout.count("Mounted from") == 2
-    assert any("scope=repository%3Apm%2Fbearer-copy%3Apull%2Cpush&scope=repository%3Apm%2F"
-               "bearer%3Apull" in p for p in tokens.requests), tokens.requests
+    assert any(
+        "scope=repository%3Apm%2Fbearer-copy%3Apull%2Cpush&scope=repository%3Apm%2F"
+        "bearer%3Apull" in p
+        for p in tokens.requests
+    ), tokens.requests
     other = RCli(tmp_path / "other", dconf)
     other("pull", name)
-    assert any(p.endswith("scope=repository%3Apm%2Fbearer%3Apull&account=" + USER)
-               or "scope=repository%3Apm%2Fbearer%3Apull&" in p for p in tokens.requests)
+    assert any(
+        p.endswith("scope=repository%3Apm%2Fbearer%3Apull&account=" + USER)
+        or "scope=repository%3Apm%2Fbearer%3Apull&" in p
+        for p in tokens.requests
+    )
     (ins,) = json.loads(other("inspect", name).stdout)
     assert ins["Id"] == f"sha256:{kit.sha(kit.config([BASE, TOP]))}"
     if have("skopeo"):
         info = skopeo("inspect", *creds_args(""), f"docker://{name}")
         assert info.returncode == 0, info.stderr
     before = store_snapshot(tmp_path / "third")
-    one_line_error(RCli(tmp_path / "third", tmp_path / "nocreds")("pull", name, check=False), 1,
-                   "credentials needed")
+    one_line_error(
+        RCli(tmp_path / "third", tmp_path / "nocreds")("pull", name, check=False),
+        1,
+        "credentials needed",
+    )
     assert store_snapshot(tmp_path / "third") == before
 
 
@@ -487,6 +620,7 @@ def test_progress_per_layer_on_a_terminal(rcli, registry, tmp_path, dconf):
     terminal (the other tests) only the changes of state are printed."""
     import pty
     import select
+
     assert login(rcli, registry.host).returncode == 0
     name = f"{registry.host}/pm/progress:1"
     big = kit.layer(("blob", "file", os.urandom(3 << 20)))
@@ -494,9 +628,13 @@ def test_progress_per_layer_on_a_terminal(rcli, registry, tmp_path, dconf):
     rcli("push", name)
     other = RCli(tmp_path / "other", dconf)
     master, slave = pty.openpty()
-    proc = subprocess.Popen(other.argv("pull", name), stdout=slave, stderr=slave,
-                            stdin=subprocess.DEVNULL,
-                            env={**os.environ, "DOCKER_CONFIG": str(dconf)})
+    proc = subprocess.Popen(
+        other.argv("pull", name),
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "DOCKER_CONFIG": str(dconf)},
+    )
     os.close(slave)
     out = b""
     while True:
@@ -530,25 +668,48 @@ def test_https_unless_loopback_or_listed_insecure(make_netns, tmp_path, dconf):
     plain = Registry(tmp_path / "plain", auth=False, netns=ns, ip="10.254.7.1")
     try:
         host = plain.host
-        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 5, "TLS failed",
-                       "insecure-registries")
+        one_line_error(
+            cli("pull", f"{host}/pm/x:1", check=False), 5, "TLS failed", "insecure-registries"
+        )
         cfg.write_text(json.dumps({"insecure-registries": ["10.254.0.0/16"]}))
-        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 3,
-                       "no such repository or tag")  # spoke HTTP to it
+        one_line_error(
+            cli("pull", f"{host}/pm/x:1", check=False), 3, "no such repository or tag"
+        )  # spoke HTTP to it
         cfg.unlink()
     finally:
         plain.close()
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=10.254.7.1", "-addext", "subjectAltName=IP:10.254.7.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=10.254.7.1",
+            "-addext",
+            "subjectAltName=IP:10.254.7.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     tls = Registry(tmp_path / "tls", auth=False, netns=ns, ip="10.254.7.1", tls=(cert, key))
     try:
-        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 5, "TLS failed",
-                       "certificate verify failed")
+        one_line_error(
+            cli("pull", f"{host}/pm/x:1", check=False), 5, "TLS failed", "certificate verify failed"
+        )
         cfg.write_text(json.dumps({"insecure-registries": [host]}))
-        one_line_error(cli("pull", f"{host}/pm/x:1", check=False), 3,
-                       "no such repository or tag")  # HTTPS, certificate not verified
+        one_line_error(
+            cli("pull", f"{host}/pm/x:1", check=False), 3, "no such repository or tag"
+        )  # HTTPS, certificate not verified
     finally:
         tls.close()
 
@@ -559,14 +720,19 @@ def test_credentials_file_forms(tmp_path, monkeypatch):
     from pyinspect.errors import CorruptInputError
     from pyinspect.runtime.registry import credentials
     from pyinspect.runtime.registry.reference import registry_key
+
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
-    assert registry_key("docker.io") == registry_key("index.docker.io") == \
-        "https://index.docker.io/v1/"
+    assert (
+        registry_key("docker.io")
+        == registry_key("index.docker.io")
+        == "https://index.docker.io/v1/"
+    )
     assert registry_key("localhost:5000") == "localhost:5000"
     assert credentials.get("docker.io") is None
     path = credentials.store("docker.io", credentials.Credentials("u", "p:w"))
-    assert json.loads(path.read_text())["auths"]["https://index.docker.io/v1/"]["auth"] == \
-        "dTpwOnc="
+    assert (
+        json.loads(path.read_text())["auths"]["https://index.docker.io/v1/"]["auth"] == "dTpwOnc="
+    )
     assert credentials.get("registry-1.docker.io") == credentials.Credentials("u", "p:w")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     path.write_text(json.dumps({"auths": {"r.lan:5000": {"username": "a", "password": "b"}}}))
@@ -585,14 +751,23 @@ def test_pull_notes_device_nodes_skipped_without_mknod(tmp_path):
     reg = Registry(tmp_path / "open", auth=False)
     try:
         name = f"{reg.host}/pm/devices:1"
-        devs = kit.layer(("dev", "dir"), ("dev/pm-null", "chr"), ("dev/pm-blk", "blk"),
-                         ("etc", "dir"), ("etc/pm", "file", b"x"))
+        devs = kit.layer(
+            ("dev", "dir"),
+            ("dev/pm-null", "chr"),
+            ("dev/pm-blk", "blk"),
+            ("etc", "dir"),
+            ("etc/pm", "file", b"x"),
+        )
         pusher = Cli(tmp_path / "pusher")
         pusher("load", "-i", kit.docker_legacy(tmp_path / "d.tar", [([devs], [name], None)]))
         pusher("push", name)
         root = tmp_path / "userns-root"
-        proc = subprocess.run(["unshare", "-Ur", *Cli(root).argv("pull", name)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["unshare", "-Ur", *Cli(root).argv("pull", name)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
         assert len(notes) == 1 and "skipped 2 device node(s)" in notes[0], proc.stderr
@@ -616,8 +791,9 @@ def test_registry_mirror_serves_docker_hub_names(tmp_path, dconf):
         seed("push", f"{reg.host}/library/pm-mirrored:1")
         cli = RCli(tmp_path / "root", dconf)
         (tmp_path / "root").mkdir()
-        (tmp_path / "root" / "config.json").write_text(json.dumps(
-            {"registry-mirrors": ["http://127.0.0.1:9", f"http://{reg.host}/"]}))
+        (tmp_path / "root" / "config.json").write_text(
+            json.dumps({"registry-mirrors": ["http://127.0.0.1:9", f"http://{reg.host}/"]})
+        )
         out = cli("pull", "pm-mirrored:1").stdout.splitlines()
         assert out[0] == "1: Pulling from library/pm-mirrored"
         assert out[-1] == "docker.io/library/pm-mirrored:1"
@@ -625,11 +801,20 @@ def test_registry_mirror_serves_docker_hub_names(tmp_path, dconf):
         assert ins["RepoTags"] == ["pm-mirrored:1"]
         assert ins["RepoDigests"][0].startswith("pm-mirrored@sha256:")
         cli("rmi", "pm-mirrored:1")
-        proc = cli("run", "--rm", "--net", "none", "pm-mirrored:1", "echo", "via-mirror",
-                   env={"PYINSPECT_PULL": "missing"})
+        proc = cli(
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "pm-mirrored:1",
+            "echo",
+            "via-mirror",
+            env={"PYINSPECT_PULL": "missing"},
+        )
         assert proc.stdout == "via-mirror\n"
-        (tmp_path / "root" / "config.json").write_text(json.dumps(
-            {"registry-mirrors": ["ftp://x"]}))
+        (tmp_path / "root" / "config.json").write_text(
+            json.dumps({"registry-mirrors": ["ftp://x"]})
+        )
         one_line_error(cli("pull", "pm-mirrored:1", check=False), 2, "ftp://x")
     finally:
         reg.close()
@@ -638,8 +823,13 @@ def test_registry_mirror_serves_docker_hub_names(tmp_path, dconf):
 def test_push_all_tags(rcli, registry, tmp_path, dconf):
     assert login(rcli, registry.host).returncode == 0
     repo = f"{registry.host}/pm/alltags"
-    rcli("load", "-i", kit.docker_legacy(tmp_path / "a.tar", [([BASE], [f"{repo}:1"], None),
-                                                              ([TOP], [f"{repo}:2"], None)]))
+    rcli(
+        "load",
+        "-i",
+        kit.docker_legacy(
+            tmp_path / "a.tar", [([BASE], [f"{repo}:1"], None), ([TOP], [f"{repo}:2"], None)]
+        ),
+    )
     rcli("tag", f"{repo}:1", f"{registry.host}/pm/other:1")  # another repository: not pushed
     out = rcli("push", "--all-tags", repo).stdout.splitlines()
     assert [line.split(":")[0] for line in out if ": digest: " in line] == ["1", "2"]
@@ -648,8 +838,9 @@ def test_push_all_tags(rcli, registry, tmp_path, dconf):
     r = requests.get(f"http://{registry.host}/v2/pm/other/tags/list", auth=(USER, PASSWORD))
     assert r.status_code == 404
     one_line_error(rcli("push", "-a", f"{repo}:1", check=False), 2, "without a tag")
-    one_line_error(rcli("push", "-a", f"{registry.host}/pm/none", check=False), 3,
-                   "no image has a tag")
+    one_line_error(
+        rcli("push", "-a", f"{registry.host}/pm/none", check=False), 3, "no image has a tag"
+    )
 
 
 def test_credential_helper(rcli, registry, tmp_path, dconf):
@@ -684,8 +875,7 @@ json.dump(vault, open(path, "w"))
     dconf.mkdir()
     (dconf / "config.json").write_text(json.dumps({"auths": {}, "credsStore": "pmtest"}))
     env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
-    proc = rcli("login", "-u", USER, "--password-stdin", registry.host, input=PASSWORD,
-                env=env)
+    proc = rcli("login", "-u", USER, "--password-stdin", registry.host, input=PASSWORD, env=env)
     assert proc.stdout.strip() == "Login Succeeded"
     assert json.loads(vault.read_text()) == {registry.host: [USER, PASSWORD]}
     assert json.loads((dconf / "config.json").read_text())["auths"] == {registry.host: {}}
@@ -695,5 +885,4 @@ json.dump(vault, open(path, "w"))
     assert rcli("logout", registry.host, env=env).returncode == 0
     assert json.loads(vault.read_text()) == {}
     one_line_error(rcli("pull", name, check=False, env=env), 1, "authentication required")
-    one_line_error(rcli("pull", name, check=False), 5, "docker-credential-pmtest",
-                   "not installed")
+    one_line_error(rcli("pull", name, check=False), 5, "docker-credential-pmtest", "not installed")

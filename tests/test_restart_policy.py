@@ -14,8 +14,9 @@ import subprocess
 import time
 
 import pytest
-from pyinspect.runtime import restart
 from test_containers import PcCli, assert_clean, one_line_error
+
+from pyinspect.runtime import restart
 
 pytestmark = pytest.mark.root
 
@@ -69,37 +70,57 @@ def test_parse_and_decide_like_docker():
     on_failure, limited = restart.parse("on-failure"), restart.parse("on-failure:2")
     decide = restart.should_restart
     assert decide(always, 0, False, 9) and not decide(always, 1, True, 0)
-    assert decide(always, 0, True, 0, at_boot=True)          # dockerd starting
+    assert decide(always, 0, True, 0, at_boot=True)  # dockerd starting
     assert not decide(unless, 0, True, 0, at_boot=True) and decide(unless, 0, False, 0)
     assert decide(on_failure, 1, False, 100) and not decide(on_failure, 0, False, 0)
     assert decide(limited, 1, False, 1) and not decide(limited, 1, False, 2)
     assert not decide(restart.parse("no"), 1, False, 0, at_boot=True)
     b = restart.Backoff()
     assert [b.next(0.01) for _ in range(4)] == [0.1, 0.2, 0.4, 0.8]
-    assert b.next(10.0) == 0.1                              # up 10 s: back to the start
+    assert b.next(10.0) == 0.1  # up 10 s: back to the start
     for _ in range(20):
         last = b.next(0.0)
     assert last == restart.BACKOFF_MAX
 
 
 def test_bad_restart_options_are_one_line_and_make_nothing(pc, state_root):
-    for args, words in ((("--restart", "sometimes"), "invalid restart policy"),
-                        (("--restart", "always:2"), "cannot be used with restart policy"),
-                        (("--restart", "on-failure:-1"), "cannot be negative"),
-                        (("--rm", "--restart", "always"), "--restart and --rm")):
-        line = one_line_error(pc("run", "-d", *args, "--net", "none", "busybox", "true",
-                                 check=False), 2)
+    for args, words in (
+        (("--restart", "sometimes"), "invalid restart policy"),
+        (("--restart", "always:2"), "cannot be used with restart policy"),
+        (("--restart", "on-failure:-1"), "cannot be negative"),
+        (("--rm", "--restart", "always"), "--restart and --rm"),
+    ):
+        line = one_line_error(
+            pc("run", "-d", *args, "--net", "none", "busybox", "true", check=False), 2
+        )
         assert words in line, line
     assert pc.ids() == []
 
 
 # -- the monitor restarts -------------------------------------------------------------
 def test_on_failure_counts_backs_off_and_stops_at_its_limit(pc, state_root):
-    pc("run", "-d", "--name", "rp-crash", "--net", "none", "--restart", "on-failure:3",
-       "busybox", "sh", "-c", "echo started; exit 3")
-    wait_for(lambda: len(starts(state_root, "rp-crash", "started")) == 4
-             and not record(state_root, "rp-crash")["restarting"]
-             and not record(state_root, "rp-crash")["shim_pid"], what="4 runs")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "rp-crash",
+        "--net",
+        "none",
+        "--restart",
+        "on-failure:3",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; exit 3",
+    )
+    wait_for(
+        lambda: (
+            len(starts(state_root, "rp-crash", "started")) == 4
+            and not record(state_root, "rp-crash")["restarting"]
+            and not record(state_root, "rp-crash")["shim_pid"]
+        ),
+        what="4 runs",
+    )
     info = pc.inspect("rp-crash")
     assert info["RestartCount"] == 3
     assert info["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
@@ -115,17 +136,45 @@ def test_on_failure_counts_backs_off_and_stops_at_its_limit(pc, state_root):
     assert len(starts(state_root, "rp-crash", "started")) == 4
     assert pc.inspect("rp-crash")["RestartCount"] == 3
     # a clean exit is not a failure: on-failure leaves it alone
-    pc("run", "-d", "--name", "rp-ok", "--net", "none", "--restart", "on-failure",
-       "busybox", "echo", "fine")
-    wait_for(lambda: not record(state_root, "rp-ok")["shim_pid"]
-             and record(state_root, "rp-ok")["status"] == "exited", what="rp-ok exit")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "rp-ok",
+        "--net",
+        "none",
+        "--restart",
+        "on-failure",
+        "busybox",
+        "echo",
+        "fine",
+    )
+    wait_for(
+        lambda: (
+            not record(state_root, "rp-ok")["shim_pid"]
+            and record(state_root, "rp-ok")["status"] == "exited"
+        ),
+        what="rp-ok exit",
+    )
     time.sleep(0.5)
     assert pc.inspect("rp-ok")["RestartCount"] == 0
 
 
 def test_always_restarts_and_stop_suppresses_restarts(pc, state_root, tmp_path):
-    pc("run", "-d", "--name", "rp-loop", "--net", "none", "--restart", "always",
-       "busybox", "sh", "-c", "echo started; test -e /stay && exec sleep 1000; sleep 0.3")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "rp-loop",
+        "--net",
+        "none",
+        "--restart",
+        "always",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; test -e /stay && exec sleep 1000; sleep 0.3",
+    )
     wait_for(lambda: pc.inspect("rp-loop")["RestartCount"] >= 2, what="two restarts")
     row = json.loads(pc("ps", "-a", "--format", "json").stdout.splitlines()[0])
     assert row["State"] in ("running", "restarting")
@@ -152,8 +201,20 @@ def test_restarting_container_ps_inspect_kill_stop_and_rm(pc, state_root):
     """A container waiting in its backoff is listed and inspected as Docker's (running,
     restarting); `rm` refuses it; `kill` and `stop` end the wait at once."""
     for name in ("rp-wait", "rp-wait2"):
-        pc("run", "-d", "--name", name, "--net", "none", "--restart", "always",
-           "busybox", "sh", "-c", "exit 1")
+        pc(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--net",
+            "none",
+            "--restart",
+            "always",
+            "busybox",
+            "sh",
+            "-c",
+            "exit 1",
+        )
     for name in ("rp-wait", "rp-wait2"):  # from now on it waits 1.6 s or more each time
         wait_for(lambda n=name: record(state_root, n)["restart_count"] >= 5, what="backoff")
     wait_for(lambda: record(state_root, "rp-wait")["restarting"], what="restarting")
@@ -197,25 +258,38 @@ def kill_monitor(state_root, name):
 
 
 def test_killed_monitor_is_recovered_by_the_next_command(pc, state_root):
-    pc("run", "-d", "--name", "rp-web", "--net", "none", "--restart", "unless-stopped",
-       "busybox", "sleep", "1000")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "rp-web",
+        "--net",
+        "none",
+        "--restart",
+        "unless-stopped",
+        "busybox",
+        "sleep",
+        "1000",
+    )
     pc("run", "-d", "--name", "rp-plain", "--net", "none", "busybox", "sleep", "1000")
     old = kill_monitor(state_root, "rp-web")
     kill_monitor(state_root, "rp-plain")
-    rows = {json.loads(x)["Names"]: json.loads(x)
-            for x in pc("ps", "-a", "--format", "json").stdout.splitlines()}
+    rows = {
+        json.loads(x)["Names"]: json.loads(x)
+        for x in pc("ps", "-a", "--format", "json").stdout.splitlines()
+    }
     assert rows["rp-web"]["State"] == "running" and rows["rp-web"]["Pid"] != old
-    assert rows["rp-plain"]["State"] == "exited"          # no policy: stays down
+    assert rows["rp-plain"]["State"] == "exited"  # no policy: stays down
     info = pc.inspect("rp-web")
     assert info["RestartCount"] == 1 and os.path.exists(f"/proc/{info['State']['Pid']}")
     merged = info["GraphDriver"]["Data"]["MergedDir"]
     with open("/proc/self/mountinfo") as f:
         mounts = [ln for ln in f if f" {merged} " in ln]
-    assert len(mounts) == 1, mounts                       # the dead monitor's was unmounted
+    assert len(mounts) == 1, mounts  # the dead monitor's was unmounted
     # a stop is remembered: neither a dead monitor nor autostart brings it back
     pc("stop", "-t", "1", "rp-web")
     assert pc("autostart").stdout == ""
-    assert pc("autostart", "--boot").stdout == ""         # unless-stopped: not even at boot
+    assert pc("autostart", "--boot").stdout == ""  # unless-stopped: not even at boot
     assert pc.inspect("rp-web")["State"]["Status"] == "exited"
 
 
@@ -229,13 +303,35 @@ def test_install_service_unit_brings_containers_back(pc, state_root, tmp_path):
     assert out == str(units / "pyinspect-autostart.service")
     assert "Type=oneshot" in unit and "KillMode=process" in unit
     exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
-    argv = shlex.split(exec_start[len("ExecStart="):])
+    argv = shlex.split(exec_start[len("ExecStart=") :])
     assert argv[1:] == ["--root", str(state_root), "autostart", "--boot"]
     assert os.access(argv[0], os.X_OK)
-    pc("run", "-d", "--name", "rp-db", "--net", "none", "--restart", "always",
-       "busybox", "sleep", "1000")
-    pc("run", "-d", "--name", "rp-off", "--net", "none", "--restart", "always",
-       "busybox", "sleep", "1000")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "rp-db",
+        "--net",
+        "none",
+        "--restart",
+        "always",
+        "busybox",
+        "sleep",
+        "1000",
+    )
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "rp-off",
+        "--net",
+        "none",
+        "--restart",
+        "always",
+        "busybox",
+        "sleep",
+        "1000",
+    )
     pc("stop", "-t", "1", "rp-off")
     kill_monitor(state_root, "rp-db")
     # the machine "reboots": nothing ran pyinspect since; the unit's command runs
@@ -253,8 +349,20 @@ def test_install_service_unit_brings_containers_back(pc, state_root, tmp_path):
 def test_monitor_killed_while_waiting_to_restart(pc, state_root):
     """A monitor killed during the backoff: the record says restarting, the next
     reconcile settles it and the policy starts it again."""
-    pc("run", "-d", "--name", "rp-orphan", "--net", "none", "--restart", "always",
-       "busybox", "sh", "-c", "sleep 0.2; exit 1")
+    pc(
+        "run",
+        "-d",
+        "--name",
+        "rp-orphan",
+        "--net",
+        "none",
+        "--restart",
+        "always",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.2; exit 1",
+    )
     wait_for(lambda: record(state_root, "rp-orphan")["restart_count"] >= 4, what="backoff")
     wait_for(lambda: record(state_root, "rp-orphan")["restarting"], what="a backoff wait")
     rec = record(state_root, "rp-orphan")
@@ -272,8 +380,8 @@ def test_fork_into_cgroup_and_its_refusal(tmp_path):
     migration); a descriptor that is not a cgroup2 directory is an OSError, on which
     the shim falls back to fork + cgroup.procs."""
     from pyinspect.runtime import isolation
-    base = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") \
-        else "/sys/fs/cgroup"
+
+    base = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
     if not os.path.exists(f"{base}/cgroup.procs"):
         pytest.skip("no cgroup2 hierarchy")
     d = f"{base}/pi-test-clone-{os.getpid()}"
@@ -311,10 +419,27 @@ def test_restarts_in_bridge_mode_reconnect_the_network(state_root, make_netns):
     ns = make_netns("rp")
     cli = PcCli(state_root, netns=ns.name)
     try:
-        cli("run", "-d", "--name", "rp-br", "--restart", "on-failure:2", "-p", "8097:80",
-            "busybox", "sh", "-c", "ip -o -4 addr show eth0 | grep -c inet; exit 1")
-        wait_for(lambda: record(state_root, "rp-br")["restart_count"] == 2
-                 and not record(state_root, "rp-br")["shim_pid"], what="two restarts")
+        cli(
+            "run",
+            "-d",
+            "--name",
+            "rp-br",
+            "--restart",
+            "on-failure:2",
+            "-p",
+            "8097:80",
+            "busybox",
+            "sh",
+            "-c",
+            "ip -o -4 addr show eth0 | grep -c inet; exit 1",
+        )
+        wait_for(
+            lambda: (
+                record(state_root, "rp-br")["restart_count"] == 2
+                and not record(state_root, "rp-br")["shim_pid"]
+            ),
+            what="two restarts",
+        )
         assert cli("logs", "rp-br").stdout == "1\n1\n1\n"
         assert "8097" not in ns.sh("iptables-save; iptables-legacy-save", check=False).stdout
         assert "veth" not in ns.sh("ip -o link").stdout

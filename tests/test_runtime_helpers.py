@@ -60,9 +60,16 @@ def _record(root, name, **dynamic):
     cid = os.urandom(32).hex()
     path = os.path.join(state.containers_dir(root), cid)
     os.makedirs(path)
-    c = state.Container(id=cid, name=name, image="busybox", created=state.now_rfc3339(),
-                        spec=state.ContainerSpec(image="busybox", network_mode="none"),
-                        process={"argv": ["true"]}, path=path, **dynamic)
+    c = state.Container(
+        id=cid,
+        name=name,
+        image="busybox",
+        created=state.now_rfc3339(),
+        spec=state.ContainerSpec(image="busybox", network_mode="none"),
+        process={"argv": ["true"]},
+        path=path,
+        **dynamic,
+    )
     state.save(c, static=True)
     os.makedirs(state.names_dir(root), exist_ok=True)
     os.symlink(cid, os.path.join(state.names_dir(root), name))
@@ -92,9 +99,15 @@ def test_a_damaged_record_never_hides_the_others(tmp_path, what):
     fname, data = DAMAGES[what]
     if data is None:
         static = json.loads(open(os.path.join(bad.path, "config.json")).read())
-        static.update({"spec a list": {"spec": []}, "spec field": {"spec": {"volumes": "x"}},
-                       "name a number": {"name": 7}, "argv an int": {"process": {"argv": 5}},
-                       "argv of numbers": {"process": {"argv": [1, 2]}}}[what])
+        static.update(
+            {
+                "spec a list": {"spec": []},
+                "spec field": {"spec": {"volumes": "x"}},
+                "name a number": {"name": 7},
+                "argv an int": {"process": {"argv": 5}},
+                "argv of numbers": {"process": {"argv": [1, 2]}},
+            }[what]
+        )
         data = json.dumps(static).encode()
     with open(os.path.join(bad.path, fname), "wb") as f:
         f.write(data)

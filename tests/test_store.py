@@ -18,8 +18,9 @@ def test_migrations_apply_once(tmp_path):
 
 def test_insert_events_batch(tmp_path):
     with Store(tmp_path / "s.db") as s:
-        n = s.insert_events([{"ts_ns": i, "kind": "exec", "pid": i, "detail": {"argv": ["x"]}}
-                             for i in range(100)])
+        n = s.insert_events(
+            [{"ts_ns": i, "kind": "exec", "pid": i, "detail": {"argv": ["x"]}} for i in range(100)]
+        )
         assert n == 100
         assert s.db["events"].count == 100
         row = next(s.db["events"].rows_where("pid = 7"))

@@ -42,8 +42,9 @@ class Trace:
     def __init__(self, state_root, topo, *args, container=None):
         self.cli = Cli(state_root, netns=topo.host)
         argv = self.cli.argv("trace", "--container", container or topo.ctrs[0], "--json", *args)
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()
         if not line:
             raise AssertionError(f"trace exited early: {self.proc.stderr.read()}")
@@ -99,28 +100,37 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
         if h["hop"] == "capture" and h["role"] == "container":
             break
     caps = [(h["point"], h["dir"], h["dst"], h["dport"]) for h in syn if h["hop"] == "capture"]
-    assert caps == [("up0", "in", topo.host_ip, 8088), ("pt-br0", "out", topo.ctr_ips[0], 80),
-                    ("vc0", "out", topo.ctr_ips[0], 80), ("eth0", "in", topo.ctr_ips[0], 80)]
+    assert caps == [
+        ("up0", "in", topo.host_ip, 8088),
+        ("pt-br0", "out", topo.ctr_ips[0], 80),
+        ("vc0", "out", topo.ctr_ips[0], 80),
+        ("eth0", "in", topo.ctr_ips[0], 80),
+    ]
     nf = [h for h in syn if h["hop"] == "netfilter"]
     dnat = [h for h in nf if h["table"] == "nat" and h["chain"] == "PREROUTING"]
-    assert dnat and dnat[0]["rule_num"] == 1 and dnat[0]["verdict"] == \
-        f"DNAT {topo.ctr_ips[0]}:80"
+    assert dnat and dnat[0]["rule_num"] == 1 and dnat[0]["verdict"] == f"DNAT {topo.ctr_ips[0]}:80"
     assert "--to-destination" in dnat[0]["rule_text"]
     assert syn.index(dnat[0]) > 0 and syn.index(dnat[0]) < syn.index(
-        [h for h in syn if h.get("point") == "pt-br0"][0])
+        [h for h in syn if h.get("point") == "pt-br0"][0]
+    )
     chains = [(h["table"], h["chain"]) for h in nf]
     assert chains.index(("nat", "PREROUTING")) < chains.index(("filter", "FORWARD"))
     # the reply leaves the uplink un-NATed: from HOST:8088 back to the client
-    up_out = [h for h in hops if h["hop"] == "capture" and h["point"] == "up0"
-              and h["dir"] == "out"]
+    up_out = [
+        h for h in hops if h["hop"] == "capture" and h["point"] == "up0" and h["dir"] == "out"
+    ]
     assert up_out and all((h["src"], h["sport"]) == (topo.host_ip, 8088) for h in up_out)
-    eth_out = [h for h in hops if h["hop"] == "capture" and h["point"] == "eth0"
-               and h["dir"] == "out"]
+    eth_out = [
+        h for h in hops if h["hop"] == "capture" and h["point"] == "eth0" and h["dir"] == "out"
+    ]
     assert eth_out and all((h["src"], h["sport"]) == (topo.ctr_ips[0], 80) for h in eth_out)
     # the container's process events are interleaved by time: httpd forks for the
     # connection after the SYN came in
-    forks = [n for n, i in enumerate(items) if i["type"] == "event" and i["kind"] == "fork"
-             and i["comm"] == "busybox"]
+    forks = [
+        n
+        for n, i in enumerate(items)
+        if i["type"] == "event" and i["kind"] == "fork" and i["comm"] == "busybox"
+    ]
     first_syn = next(n for n, i in enumerate(items) if i["type"] == "hop")
     assert forks and forks[0] > first_syn, [i["text"] for i in items][:30]
     assert summary["process_events"] >= 1
@@ -130,10 +140,14 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
     assert pp["eth0 (container)"]["captured"] >= pp["up0 (uplink)"]["captured"]
     assert summary["loss"]["capture"] == 0
     assert summary["nat"] == [f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80"]
-    assert summary["flows"] == 1 and not summary["drops"], \
-        (summary["connections"], summary["drops"], [i["text"] for i in items])
+    assert summary["flows"] == 1 and not summary["drops"], (
+        summary["connections"],
+        summary["drops"],
+        [i["text"] for i in items],
+    )
     # the merged pcapng: every point an interface, NAT comments on the packets
     from pyinspect.pcapng import read_packets
+
     pkts = list(read_packets(pcap))
     names = {p.interface.name for p in pkts}
     c = topo.ctrs[0]  # the names `pcap export` gives too
@@ -141,6 +155,7 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
     assert any(p.comment and "DNAT" in p.comment for p in pkts)
     # the store has the session, its flow with both tuples, packets and rule hops
     from pyinspect.store import Store
+
     with Store(state_root / "pyinspect.db") as st:
         db = st.db
         sess = list(db["trace_sessions"].rows)[-1]
@@ -150,9 +165,14 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
         # packets live in the session's pcap files; the index points into them
         assert db["packet_index"].count_where("session_id = ?", [sess["id"]]) >= 20
         assert db["pcap_segments"].count_where("session_id = ?", [sess["id"]]) >= 1
-        assert db["hops"].count_where(
-            "session_id = ? and table_name = 'nat' and chain = 'PREROUTING' and verdict like "
-            "'DNAT%'", [sess["id"]]) >= 1
+        assert (
+            db["hops"].count_where(
+                "session_id = ? and table_name = 'nat' and chain = 'PREROUTING' and verdict like "
+                "'DNAT%'",
+                [sess["id"]],
+            )
+            >= 1
+        )
         assert db["capture_points"].count_where("session_id = ?", [sess["id"]]) == 5
 
 
@@ -170,16 +190,24 @@ def test_masquerade_outbound(state_root, topo):
     # the upstream answers the host's address: MASQUERADE to wan0's IP
     assert f["reply"][:3] == [topo.upstream_ip, 80, topo.wan_ip]
     hops = hops_of(items, f["flow"])
-    masq = [h for h in hops if h["hop"] == "netfilter" and h["table"] == "nat"
-            and h["chain"] == "POSTROUTING" and h["verdict"] == "MASQUERADE"]
+    masq = [
+        h
+        for h in hops
+        if h["hop"] == "netfilter"
+        and h["table"] == "nat"
+        and h["chain"] == "POSTROUTING"
+        and h["verdict"] == "MASQUERADE"
+    ]
     assert masq and "-j MASQUERADE" in masq[0]["rule_text"]
     caps = [(h["point"], h["dir"]) for h in hops if h["hop"] == "capture"][:4]
     assert caps == [("eth0", "out"), ("vc0", "in"), ("pt-br0", "in"), ("wan0", "out")]
-    wan_out = [h for h in hops if h["hop"] == "capture" and h["point"] == "wan0"
-               and h["dir"] == "out"]
+    wan_out = [
+        h for h in hops if h["hop"] == "capture" and h["point"] == "wan0" and h["dir"] == "out"
+    ]
     assert wan_out and all(h["src"] == topo.wan_ip for h in wan_out)
-    wan_in = [h for h in hops if h["hop"] == "capture" and h["point"] == "wan0"
-              and h["dir"] == "in"]
+    wan_in = [
+        h for h in hops if h["hop"] == "capture" and h["point"] == "wan0" and h["dir"] == "in"
+    ]
     assert wan_in and all(h["dst"] == topo.wan_ip for h in wan_in)
     assert any(n.startswith(f"SNAT {topo.ctr_ips[0]}:") for n in summary["nat"])
     assert summary["packets_per_point"]["up0 (uplink)"]["captured"] == 0
@@ -195,11 +223,19 @@ def test_no_listener_is_explained(state_root, topo_nolisten):
     drops = [i for i in items if i["type"] == "drop" and i["reason"] == "NO_SOCKET"]
     assert drops, texts
     assert drops[0]["explanation"] == f"no listener on port 80 in {topo.ctrs[0]}: RST"
-    rst = [h for h in items if h["type"] == "hop" and h["hop"] == "capture"
-           and h["point"] == "eth0" and h["dir"] == "out" and "R]" in h["text"]]
+    rst = [
+        h
+        for h in items
+        if h["type"] == "hop"
+        and h["hop"] == "capture"
+        and h["point"] == "eth0"
+        and h["dir"] == "out"
+        and "R]" in h["text"]
+    ]
     assert rst, f"the RST leaving the container was not captured: {texts}"
-    assert f"[{drops[0]['flow']}] no listener on port 80 in {topo.ctrs[0]}: RST" in \
-        summary["drops"], (summary, texts)
+    assert (
+        f"[{drops[0]['flow']}] no listener on port 80 in {topo.ctrs[0]}: RST" in summary["drops"]
+    ), (summary, texts)
 
 
 def test_drops_in_another_namespace_with_the_same_addresses_are_not_reported(state_root, topo):
@@ -209,7 +245,7 @@ def test_drops_in_another_namespace_with_the_same_addresses_are_not_reported(sta
     try:
         assert other.ctr_ips == topo.ctr_ips
         tr = Trace(state_root, topo, "--duration", "2", "--no-events")
-        assert other.fetch(timeout=2).returncode != 0     # NO_SOCKET drop over there
+        assert other.fetch(timeout=2).returncode != 0  # NO_SOCKET drop over there
         items, summary = tr.finish()
     finally:
         other.close()
@@ -231,16 +267,18 @@ def test_forward_policy_drop_is_explained(state_root, topo):
     # DNAT happened before the drop; nothing reached the bridge or the container
     assert any(h["verdict"].startswith("DNAT") for h in nf)
     pp = summary["packets_per_point"]
-    assert pp["up0 (uplink)"]["captured"] >= 2          # the SYN and its retransmission
+    assert pp["up0 (uplink)"]["captured"] >= 2  # the SYN and its retransmission
     assert pp["pt-br0 (bridge)"]["captured"] == 0
 
 
 def _tcx_programs(ns):
     """'ifname side' for every interface in `ns` with a tcx program attached."""
     from pyinspect.probes import packets
+
     out = []
-    for idx, name in (line.split(": ")[:2] for line in tracetopo.sh(
-            ns, "ip -o link show").stdout.splitlines()):
+    for idx, name in (
+        line.split(": ")[:2] for line in tracetopo.sh(ns, "ip -o link show").stdout.splitlines()
+    ):
         for side in ("ingress", "egress"):
             if packets.tcx_program_ids(int(idx), side, f"/run/netns/{ns}"):
                 out.append(f"{name.split('@')[0]} {side}")
@@ -251,9 +289,12 @@ def _kernel_leftovers(topo):
     """Our tc filters / clsact qdiscs / tcx programs, TRACE rules and the nf_log binding."""
     out = []
     for ns in (topo.host, topo.ctrs[0]):
-        text = tracetopo.sh(ns, "for d in $(ls /sys/class/net); do "
-                                "tc filter show dev $d ingress; tc filter show dev $d egress; "
-                                "tc qdisc show dev $d | grep clsact; done; true").stdout
+        text = tracetopo.sh(
+            ns,
+            "for d in $(ls /sys/class/net); do "
+            "tc filter show dev $d ingress; tc filter show dev $d egress; "
+            "tc qdisc show dev $d | grep clsact; done; true",
+        ).stdout
         if "pyinspect-trace" in text or "clsact" in text:
             out.append(f"tc {ns}: {text.strip()}")
         tcx = _tcx_programs(ns)
@@ -277,19 +318,24 @@ def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo, hook, mo
     assert _kernel_leftovers(topo) == []
     # Ctrl-C (SIGINT) stops cleanly and removes everything
     tr = Trace(state_root, topo, "--no-events")
-    left = _kernel_leftovers(topo)                 # attached: programs, rules, binding
+    left = _kernel_leftovers(topo)  # attached: programs, rules, binding
     assert any(x.startswith(f"{'tcx' if hook == 'tcx' else 'tc'} ") for x in left), left
     # raw PREROUTING gets two rules of ours, jumps to the session's chain for everything
     # but TCP data; the chain TRACEs the traced flows
-    pre = [r for r in tracetopo.sh(topo.host, "iptables-legacy -t raw -S PREROUTING").stdout
-           .splitlines() if r.startswith("-A")]
+    pre = [
+        r
+        for r in tracetopo.sh(topo.host, "iptables-legacy -t raw -S PREROUTING").stdout.splitlines()
+        if r.startswith("-A")
+    ]
     chain = f"PI-TRACE-{tr.proc.pid}"
-    mark = f"-m comment --comment \"pyinspect-trace:{tr.proc.pid}\" -j {chain}"
-    assert pre == [f"-A PREROUTING ! -p tcp {mark}",
-                   f"-A PREROUTING -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE {mark}"], pre
+    mark = f'-m comment --comment "pyinspect-trace:{tr.proc.pid}" -j {chain}'
+    assert pre == [
+        f"-A PREROUTING ! -p tcp {mark}",
+        f"-A PREROUTING -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE {mark}",
+    ], pre
     rules = tracetopo.sh(topo.host, f"iptables-legacy -t raw -S {chain}").stdout.splitlines()
     assert all(r.endswith("-j TRACE") for r in rules[1:]) and len(rules) > 1, rules
-    assert topo.fetch().returncode == 0             # and the programs capture
+    assert topo.fetch().returncode == 0  # and the programs capture
     time.sleep(0.5)
     tr.proc.send_signal(signal.SIGINT)
     items, summary = tr.finish()
@@ -315,19 +361,23 @@ def test_nothing_remains_after_stop_and_after_sigkill(state_root, topo, hook, mo
     tr = Trace(state_root, topo, "--no-events")
     tr.proc.kill()
     tr.proc.wait()
-    nsenter = ["nsenter", f"--net=/run/netns/{topo.host}", sys.executable, "-c",
-               "import sys; from pyinspect.trace import cleanup_stale; "
-               "print(len(cleanup_stale(sys.argv[1])))", str(state_root)]
-    assert int(subprocess.run(nsenter, capture_output=True, text=True,
-                              check=True).stdout) > 0
+    nsenter = [
+        "nsenter",
+        f"--net=/run/netns/{topo.host}",
+        sys.executable,
+        "-c",
+        "import sys; from pyinspect.trace import cleanup_stale; "
+        "print(len(cleanup_stale(sys.argv[1])))",
+        str(state_root),
+    ]
+    assert int(subprocess.run(nsenter, capture_output=True, text=True, check=True).stdout) > 0
     assert _kernel_leftovers(topo) == []
 
 
 def test_filter_and_errors(state_root, topo):
     topo.upstream_serve()
     # a connection is kept when any of its packets matches the pcap filter
-    tr = Trace(state_root, topo, "--duration", "2.5", "--no-events", "--filter",
-               "tcp port 8088")
+    tr = Trace(state_root, topo, "--duration", "2.5", "--no-events", "--filter", "tcp port 8088")
     assert topo.fetch().returncode == 0
     assert topo.fetch(ns=topo.ctrs[0], url=f"http://{topo.upstream_ip}/").returncode == 0
     items, summary = tr.finish()
@@ -337,8 +387,7 @@ def test_filter_and_errors(state_root, topo):
     cli = Cli(state_root, netns=topo.host)
     bad = cli("trace", "--container", topo.ctrs[0], "--filter", "tcp portx 80", check=False)
     assert bad.returncode == 2 and "bad --filter" in bad.stderr and "Traceback" not in bad.stderr
-    badw = cli("trace", "--container", topo.ctrs[0], "-w", "/pt-no-such-dir/x.pcapng",
-               check=False)
+    badw = cli("trace", "--container", topo.ctrs[0], "-w", "/pt-no-such-dir/x.pcapng", check=False)
     assert badw.returncode == 2 and "cannot write" in badw.stderr, badw.stderr
     assert len(badw.stderr.strip().splitlines()) == 1
     missing = cli("trace", "--container", "pt-no-such-thing", "--duration", "1", check=False)
@@ -349,20 +398,31 @@ def test_filter_and_errors(state_root, topo):
 def test_trace_without_netfilter_trace_degrades_visibly(state_root, topo):
     """nfnetlink_log group 0 taken by another listener: trace says so and still captures."""
     holder = subprocess.Popen(
-        ["ip", "netns", "exec", topo.host, sys.executable, "-c",
-         "import sys, time; sys.path.insert(0, %r)\n"
-         "from pyinspect.probes.nftrace import NflogReader\n"
-         "r = NflogReader().start(); print('held', flush=True); time.sleep(60)"
-         % os.path.dirname(__file__)], stdout=subprocess.PIPE, text=True)
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.host,
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, %r)\n"
+            "from pyinspect.probes.nftrace import NflogReader\n"
+            "r = NflogReader().start(); print('held', flush=True); time.sleep(60)"
+            % os.path.dirname(__file__),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         tr = Trace(state_root, topo, "--duration", "2", "--no-events")
-        assert any(n.startswith("netfilter trace: unavailable") for n in tr.ready["notes"]), \
+        assert any(n.startswith("netfilter trace: unavailable") for n in tr.ready["notes"]), (
             tr.ready
+        )
         assert topo.fetch().returncode == 0
         items, summary = tr.finish()
         flows = [i for i in items if i["type"] == "flow"]
-        assert flows and flows[0]["nat"] == "dnat"          # conntrack still gives the NAT
+        assert flows and flows[0]["nat"] == "dnat"  # conntrack still gives the NAT
         assert not [h for h in items if h["type"] == "hop" and h["hop"] == "netfilter"]
     finally:
         holder.kill()
@@ -378,8 +438,11 @@ def test_nft_backend_rule_path(state_root):
         tr = Trace(state_root, topo, "--duration", "2.5", "--no-events")
         assert topo.fetch().returncode == 0
         items, summary = tr.finish()
-        nf = [h for h in items if h["type"] == "hop" and h["hop"] == "netfilter"
-              and h["backend"] == "nftables"]
+        nf = [
+            h
+            for h in items
+            if h["type"] == "hop" and h["hop"] == "netfilter" and h["backend"] == "nftables"
+        ]
         dnat = [h for h in nf if h["verdict"] == f"DNAT {topo.ctr_ips[0]}:80"]
         assert dnat and dnat[0]["table"] == "ip nat" and dnat[0]["chain"] == "PREROUTING"
         assert "dnat to" in dnat[0]["rule_text"] and "tcp dport 8088" in dnat[0]["rule_text"]
@@ -391,18 +454,28 @@ def test_nft_backend_rule_path(state_root):
 
 def test_count_port_and_via(state_root, topo):
     """--count stops after N traced packets; --via picks the uplink; --port narrows."""
-    tr = Trace(state_root, topo, "--count", "3", "--via", "up0", "--port", "80",
-               "--no-events", "--duration", "20")
+    tr = Trace(
+        state_root,
+        topo,
+        "--count",
+        "3",
+        "--via",
+        "up0",
+        "--port",
+        "80",
+        "--no-events",
+        "--duration",
+        "20",
+    )
     assert tr.ready["points"] == ["up0", "pt-br0", "vc0", "eth0"]
     t0 = time.time()
     assert topo.fetch().returncode == 0
     items, summary = tr.finish()
-    assert time.time() - t0 < 10                   # stopped by --count, not --duration
+    assert time.time() - t0 < 10  # stopped by --count, not --duration
     assert summary["traced_packets"] == 3 and summary["flows"] == 1
     caps = [i for i in items if i["type"] == "hop" and i["hop"] == "capture"]
     assert caps and all({c["sport"], c["dport"]} & {80, 8088} for c in caps)
     assert "wan0 (uplink)" not in summary["packets_per_point"]
-
 
 
 def test_a_connection_right_after_ready_is_captured_whole_at_a_low_budget(state_root, topo):
@@ -419,19 +492,27 @@ def test_a_connection_right_after_ready_is_captured_whole_at_a_low_budget(state_
         assert per_point[name]["shed"] == 0 and per_point[name]["analysed"] >= 10, per_point
     flows = {h["flow"] for h in items if h["type"] == "hop"}
     assert len(flows) == 1, flows
-    at = collections.Counter(h["point"] for h in items
-                             if h["type"] == "hop" and h["hop"] == "capture")
-    assert at["up0"] == at["pt-br0"] == at["vc0"] == at["eth0"] == \
-        per_point["up0 (uplink)"]["analysed"], at
+    at = collections.Counter(
+        h["point"] for h in items if h["type"] == "hop" and h["hop"] == "capture"
+    )
+    assert (
+        at["up0"]
+        == at["pt-br0"]
+        == at["vc0"]
+        == at["eth0"]
+        == per_point["up0 (uplink)"]["analysed"]
+    ), at
 
 
 def test_reader_backs_off_while_every_cpu_is_busy(state_root, topo):
     """With a busy loop on every CPU the automatic budget falls to its busy share and the
     reader polls less often (each poll costs CPU whatever it reads)."""
     from pyinspect.trace import budget as tracer
+
     tr = Trace(state_root, topo, "--duration", "2", "--no-events")
-    burners = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
-               for _ in range(os.cpu_count() or 1)]
+    burners = [
+        subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(os.cpu_count() or 1)
+    ]
     try:
         _items, summary = tr.finish()
     finally:
@@ -450,8 +531,20 @@ def test_budget_sheds_bulk_data_but_keeps_how_connections_start(state_root, topo
     with open(f"{www}/big", "wb") as f:
         f.write(os.urandom(1 << 20) * 48)
     tr = Trace(state_root, topo, "--duration", "5", "--no-events", "--max-rate", "20")
-    bulk = subprocess.Popen(["ip", "netns", "exec", topo.client, "busybox", "wget", "-q",
-                             "-O", "/dev/null", f"http://{topo.host_ip}:8088/big"])
+    bulk = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.client,
+            "busybox",
+            "wget",
+            "-q",
+            "-O",
+            "/dev/null",
+            f"http://{topo.host_ip}:8088/big",
+        ]
+    )
     try:
         time.sleep(0.5)
         for _ in range(3):
@@ -460,11 +553,18 @@ def test_budget_sheds_bulk_data_but_keeps_how_connections_start(state_root, topo
     finally:
         bulk.wait(timeout=60)
     items, summary = tr.finish()
-    assert summary["loss"]["shed"] > 1000, summary["loss"]      # the budget was hit
+    assert summary["loss"]["shed"] > 1000, summary["loss"]  # the budget was hit
     flows = [c for c in summary["connections"] if ":8088" in c]
     assert len(flows) == 4, summary["connections"]
-    syn_at_eth0 = {h["flow"] for h in items if h["type"] == "hop" and h["hop"] == "capture"
-                   and h["point"] == "eth0" and h["dir"] == "in" and "[S]" in h["text"]}
+    syn_at_eth0 = {
+        h["flow"]
+        for h in items
+        if h["type"] == "hop"
+        and h["hop"] == "capture"
+        and h["point"] == "eth0"
+        and h["dir"] == "in"
+        and "[S]" in h["text"]
+    }
     assert len(syn_at_eth0) == 4, (syn_at_eth0, [i.get("text") for i in items][:60])
     # the analysis was shed, the evidence was not: every packet is in the pcap files
     vc0 = summary["packets_per_point"]["vc0 (veth)"]

@@ -20,8 +20,10 @@ SERVE = "mkdir -p /www && echo traced > /www/index.html && exec httpd -f -p 80 -
 def test_trace_of_a_pyinspect_container(make_netns, state_root):
     host = make_netns("pt-h")
     client = make_netns("pt-c")
-    host.sh(f"ip link add ptc0 type veth peer name eth0 netns {client.name} && "
-            f"ip addr add {HOST_IP}/24 dev ptc0 && ip link set ptc0 up")
+    host.sh(
+        f"ip link add ptc0 type veth peer name eth0 netns {client.name} && "
+        f"ip addr add {HOST_IP}/24 dev ptc0 && ip link set ptc0 up"
+    )
     client.sh(f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up")
     cli = Cli(state_root, netns=host.name)
     name = unique("pt")
@@ -30,19 +32,47 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
         info = json.loads(cli("inspect", name).stdout)[0]
         ip = info["NetworkSettings"]["IPAddress"]
         wait_listen(name, 80)
-        proc = subprocess.Popen(cli.argv("trace", "--container", name, "--json",
-                                         "--duration", "5"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cli.argv("trace", "--container", name, "--json", "--duration", "5"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         ready = json.loads(proc.stdout.readline() or "{}")
         assert ready.get("type") == "ready", proc.stderr.read()
         assert "ptc0" in ready["points"] and "eth0" in ready["points"]
-        got = client.run("timeout", "5", "busybox", "wget", "-q", "-O", "-",
-                         f"http://{HOST_IP}:8088/", check=False)
+        got = client.run(
+            "timeout",
+            "5",
+            "busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            f"http://{HOST_IP}:8088/",
+            check=False,
+        )
         assert got.stdout.strip() == "traced", got
         # the session's timeline: an exec (process + cgroup events) and a link made inside
         cli("exec", name, "true")
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "add", "ptx0", "type",
-                        "veth", "peer", "name", "ptx1"], check=True)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                name,
+                "ip",
+                "link",
+                "add",
+                "ptx0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ptx1",
+            ],
+            check=True,
+        )
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         items, f = tracetopo.one_dnat_flow(out, CLIENT_IP, HOST_IP, ip)
@@ -53,10 +83,17 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
                 caps.append((h["role"], h["dir"], h["dst"], h["dport"]))
                 if h["role"] == "container":
                     break
-        assert caps == [("uplink", "in", HOST_IP, 8088), ("bridge", "out", ip, 80),
-                        ("veth", "out", ip, 80), ("container", "in", ip, 80)]
-        dnat = [h for h in hops if h["hop"] == "netfilter" and h["table"] == "nat"
-                and h["verdict"].startswith("DNAT")]
+        assert caps == [
+            ("uplink", "in", HOST_IP, 8088),
+            ("bridge", "out", ip, 80),
+            ("veth", "out", ip, 80),
+            ("container", "in", ip, 80),
+        ]
+        dnat = [
+            h
+            for h in hops
+            if h["hop"] == "netfilter" and h["table"] == "nat" and h["verdict"].startswith("DNAT")
+        ]
         assert dnat and dnat[0]["verdict"] == f"DNAT {ip}:80", dnat
         events = [i for i in items if i["type"] == "event"]
         kinds = {e["kind"] for e in events}
@@ -69,8 +106,10 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
         # nothing of the trace is left in the host namespace
         raw = host.run("iptables-legacy", "-t", "raw", "-S").stdout
         assert "TRACE" not in raw
-        tc = host.sh("for d in $(ls /sys/class/net); do tc filter show dev $d ingress; "
-                     "tc filter show dev $d egress; done").stdout
+        tc = host.sh(
+            "for d in $(ls /sys/class/net); do tc filter show dev $d ingress; "
+            "tc filter show dev $d egress; done"
+        ).stdout
         assert "pyinspect-trace" not in tc
     finally:
         cli("rm", "-f", name, check=False)

@@ -4,20 +4,37 @@ import struct
 
 import pytest
 
-from pyinspect.trace import flows as F
 from pyinspect.probes.nftrace import NftMonitor, RuleBook, TraceRules, nft_expr
+from pyinspect.trace import flows as F
 
 
 def frame(src, dst, sport, dport, proto=6, ipid=7, seq=1, ack=0, flags=0x02):
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, ipid, 0, 64, proto, 0,
-                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        40,
+        ipid,
+        0,
+        64,
+        proto,
+        0,
+        bytes(map(int, src.split("."))),
+        bytes(map(int, dst.split("."))),
+    )
     l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, flags, 0, 0, 0)
     return b"\x00" * 12 + b"\x08\x00" + ip + l4
 
 
-CT = {"ts_ns": 1, "kind": "new", "id": 42, "proto": "tcp",
-      "orig": ("10.0.0.2", 5555, "10.0.0.1", 8088),
-      "reply": ("172.30.0.10", 80, "10.0.0.2", 5555), "tcp_state": "SYN_SENT"}
+CT = {
+    "ts_ns": 1,
+    "kind": "new",
+    "id": 42,
+    "proto": "tcp",
+    "orig": ("10.0.0.2", 5555, "10.0.0.1", 8088),
+    "reply": ("172.30.0.10", 80, "10.0.0.2", 5555),
+    "tcp_state": "SYN_SENT",
+}
 
 
 def test_conntrack_tuples_index_all_four_wire_views():
@@ -26,10 +43,10 @@ def test_conntrack_tuples_index_all_four_wire_views():
     assert f.nat == "dnat"
     assert f.nat_text() == "DNAT 10.0.0.1:8088 -> 172.30.0.10:80"
     views = {
-        ("tcp", "10.0.0.2", 5555, "10.0.0.1", 8088): ("orig", "pre"),        # uplink in
-        ("tcp", "10.0.0.2", 5555, "172.30.0.10", 80): ("orig", "post"),      # bridge, eth0
-        ("tcp", "172.30.0.10", 80, "10.0.0.2", 5555): ("reply", "pre"),      # container answers
-        ("tcp", "10.0.0.1", 8088, "10.0.0.2", 5555): ("reply", "post"),      # uplink out
+        ("tcp", "10.0.0.2", 5555, "10.0.0.1", 8088): ("orig", "pre"),  # uplink in
+        ("tcp", "10.0.0.2", 5555, "172.30.0.10", 80): ("orig", "post"),  # bridge, eth0
+        ("tcp", "172.30.0.10", 80, "10.0.0.2", 5555): ("reply", "pre"),  # container answers
+        ("tcp", "10.0.0.1", 8088, "10.0.0.2", 5555): ("reply", "post"),  # uplink out
     }
     for tup, (direction, stage) in views.items():
         hit = t.lookup(tup)
@@ -41,8 +58,13 @@ def test_conntrack_tuples_index_all_four_wire_views():
 
 def test_masquerade_is_snat():
     t = F.FlowTable()
-    f = t.conntrack(dict(CT, orig=("172.30.0.10", 40000, "10.88.0.2", 80),
-                         reply=("10.88.0.2", 80, "10.88.0.1", 40000)))
+    f = t.conntrack(
+        dict(
+            CT,
+            orig=("172.30.0.10", 40000, "10.88.0.2", 80),
+            reply=("10.88.0.2", 80, "10.88.0.1", 40000),
+        )
+    )
     assert f.nat == "snat"
     assert f.nat_text() == "SNAT 172.30.0.10:40000 -> 10.88.0.1:40000"
 
@@ -61,7 +83,7 @@ def test_parse_frame_and_ident_survive_nat():
     b = F.parse_frame(frame("10.0.0.2", "172.30.0.10", 5555, 80, seq=99))
     assert a.tuple == ("tcp", "10.0.0.2", 5555, "10.0.0.1", 8088)
     assert a.ident == b.ident and F.tcp_flag_text(a.flags) == "[S]"
-    assert F.parse_frame(b"\x00" * 12 + b"\x08\x06" + b"\x00" * 28) is None    # ARP
+    assert F.parse_frame(b"\x00" * 12 + b"\x08\x06" + b"\x00" * 28) is None  # ARP
 
 
 def test_journey_places_netfilter_between_host_in_and_out():
@@ -70,23 +92,46 @@ def test_journey_places_netfilter_between_host_in_and_out():
     j = F.Journey(f, "orig", (7, 1, 0, 40))
     for ts, point, d in ((1, 0, "in"), (3, 2, "out"), (4, 3, "out"), (5, 4, "in")):
         j.captures.append(F.Capture(ts, point, d, 40, b"", None, 0, -1))
-    j.nf = [{"table": "filter", "chain": "FORWARD", "hook": "FORWARD"},
-            {"table": "nat", "chain": "PREROUTING", "hook": "PREROUTING"},
-            {"table": "raw", "chain": "PREROUTING", "hook": "PREROUTING"}]
-    order = [(k, h.point if k == "capture" else h["table"])
-             for k, h in j.hops(host_points={0, 2, 3})]
-    assert order == [("capture", 0), ("netfilter", "raw"), ("netfilter", "nat"),
-                     ("netfilter", "filter"), ("capture", 2), ("capture", 3), ("capture", 4)]
+    j.nf = [
+        {"table": "filter", "chain": "FORWARD", "hook": "FORWARD"},
+        {"table": "nat", "chain": "PREROUTING", "hook": "PREROUTING"},
+        {"table": "raw", "chain": "PREROUTING", "hook": "PREROUTING"},
+    ]
+    order = [
+        (k, h.point if k == "capture" else h["table"]) for k, h in j.hops(host_points={0, 2, 3})
+    ]
+    assert order == [
+        ("capture", 0),
+        ("netfilter", "raw"),
+        ("netfilter", "nat"),
+        ("netfilter", "filter"),
+        ("capture", 2),
+        ("capture", 3),
+        ("capture", 4),
+    ]
 
 
 def test_drop_explanations():
     t = F.FlowTable()
     f = t.conntrack(CT)
     j = F.Journey(f, "orig", (1,))
-    j.nf = [{"table": "filter", "chain": "FORWARD", "kind": "policy", "rule_num": 3,
-             "rule_text": "policy DROP", "verdict": "DROP"}]
-    drop = {"reason": "NETFILTER_DROP", "location": "nf_hook_slow+0x7d", "proto": "tcp",
-            "dport": 80, "netns": 5}
+    j.nf = [
+        {
+            "table": "filter",
+            "chain": "FORWARD",
+            "kind": "policy",
+            "rule_num": 3,
+            "rule_text": "policy DROP",
+            "verdict": "DROP",
+        }
+    ]
+    drop = {
+        "reason": "NETFILTER_DROP",
+        "location": "nf_hook_slow+0x7d",
+        "proto": "tcp",
+        "dport": 80,
+        "netns": 5,
+    }
     assert F.explain_drop(drop, f, [j], "web", 5) == "dropped in FORWARD: policy DROP"
     nosock = dict(drop, reason="NO_SOCKET")
     assert F.explain_drop(nosock, f, [], "web", 5) == "no listener on port 80 in web: RST"
@@ -94,9 +139,12 @@ def test_drop_explanations():
 
 def test_rule_book_names_rules_and_policies():
     rb = RuleBook.__new__(RuleBook)
-    rb.rules = {("nat", "PREROUTING"): ["PREROUTING -p tcp --dport 8088 -j DNAT "
-                                        "--to-destination 172.30.0.10:80"],
-                ("filter", "FORWARD"): ["FORWARD -j ACCEPT"]}
+    rb.rules = {
+        ("nat", "PREROUTING"): [
+            "PREROUTING -p tcp --dport 8088 -j DNAT --to-destination 172.30.0.10:80"
+        ],
+        ("filter", "FORWARD"): ["FORWARD -j ACCEPT"],
+    }
     rb.policies = {("filter", "FORWARD"): "DROP"}
     assert rb.describe("nat", "PREROUTING", "rule", 1)[1] == "DNAT 172.30.0.10:80"
     assert rb.describe("filter", "FORWARD", "policy", 2) == ("policy DROP", "DROP")
@@ -106,22 +154,26 @@ def test_rule_book_names_rules_and_policies():
 
 def test_trace_rules_sample_floods_but_keep_tcp_control_packets():
     specs = TraceRules.expand(["-p", "udp", "--dport", "9000"])
-    assert specs == [["-p", "udp", "--dport", "9000", "-m", "limit", "--limit", "50/sec",
-                      "--limit-burst", "200"]]
+    assert specs == [
+        ["-p", "udp", "--dport", "9000", "-m", "limit", "--limit", "50/sec", "--limit-burst", "200"]
+    ]
     tcp = TraceRules.expand(["-s", "172.30.0.10"])
     assert tcp[0] == ["-p", "tcp", "-s", "172.30.0.10"]
     assert [r[:2] for r in tcp[1:]] == [["-p", "udp"], ["-p", "icmp"]]
     # TCP is not rate limited: data packets never reach these rules (the chain's first rule
     # returns them), SYN/FIN/RST all do
-    assert TraceRules.expand(["-p", "tcp", "--dport", "8088"]) == [
-        ["-p", "tcp", "--dport", "8088"]]
-    assert nft_expr(["-p", "tcp", "-d", "1.2.3.4", "--dport", "80"]) == \
-        "meta l4proto tcp ip daddr 1.2.3.4 tcp dport 80"
+    assert TraceRules.expand(["-p", "tcp", "--dport", "8088"]) == [["-p", "tcp", "--dport", "8088"]]
+    assert (
+        nft_expr(["-p", "tcp", "-d", "1.2.3.4", "--dport", "80"])
+        == "meta l4proto tcp ip daddr 1.2.3.4 tcp dport 80"
+    )
 
 
 def test_nft_monitor_packet_line():
-    p = NftMonitor.packet_of('iif "up0" ip saddr 10.0.0.2 ip daddr 10.0.0.1 ip id 41879 '
-                             'ip length 60 tcp sport 37800 tcp dport 8088 tcp flags == syn')
+    p = NftMonitor.packet_of(
+        'iif "up0" ip saddr 10.0.0.2 ip daddr 10.0.0.1 ip id 41879 '
+        "ip length 60 tcp sport 37800 tcp dport 8088 tcp flags == syn"
+    )
     assert p == ("tcp", "10.0.0.2", 37800, "10.0.0.1", 8088, 41879, 60)
 
 
@@ -130,6 +182,7 @@ def test_drop_watch_without_usable_btf_is_unavailable(tmp_path, monkeypatch):
     line naming the cause and the fix, and the tracer turns that into a note."""
     from pyinspect.errors import UnavailableError
     from pyinspect.probes import btf, drops, packets
+
     bad = tmp_path / "vmlinux"
     bad.write_bytes(b"\0" * 64)
     monkeypatch.setattr(btf, "VMLINUX", str(bad))
@@ -146,18 +199,32 @@ def test_store_keeps_a_rule_path_once_per_flow_and_direction(tmp_path):
     from pyinspect.trace.target import TraceTarget
 
     def hop(table, chain, num, verdict):
-        return {"table": table, "chain": chain, "rule_num": num, "rule_text": f"r{num}",
-                "verdict": verdict, "kind": "rule", "backend": "legacy", "hook": chain}
+        return {
+            "table": table,
+            "chain": chain,
+            "rule_num": num,
+            "rule_text": f"r{num}",
+            "verdict": verdict,
+            "kind": "rule",
+            "backend": "legacy",
+            "hook": chain,
+        }
 
-    accept = [hop("nat", "PREROUTING", 1, "DNAT to:172.30.0.10:80"),
-              hop("filter", "FORWARD", 3, "ACCEPT")]
-    dropped = [hop("nat", "PREROUTING", 1, "DNAT to:172.30.0.10:80"),
-               hop("filter", "FORWARD", 0, "DROP")]
+    accept = [
+        hop("nat", "PREROUTING", 1, "DNAT to:172.30.0.10:80"),
+        hop("filter", "FORWARD", 3, "ACCEPT"),
+    ]
+    dropped = [
+        hop("nat", "PREROUTING", 1, "DNAT to:172.30.0.10:80"),
+        hop("filter", "FORWARD", 0, "DROP"),
+    ]
     with Store(tmp_path / "pyinspect.db") as store:
-        sid, pids = store.begin_trace(container_id="c", container_name="web", started_ns=0,
-                                      points=[{"name": "up0"}])
-        sink = StoreSink(store, sid, pids, TraceTarget("web", "c", "/proc/1/ns/net", 1,
-                                                        ["172.30.0.10"]), 0)
+        sid, pids = store.begin_trace(
+            container_id="c", container_name="web", started_ns=0, points=[{"name": "up0"}]
+        )
+        sink = StoreSink(
+            store, sid, pids, TraceTarget("web", "c", "/proc/1/ns/net", 1, ["172.30.0.10"]), 0
+        )
         f = F.FlowTable().conntrack(CT)
         paths = [accept, accept, accept, dropped, accept, accept]
         journeys = []

@@ -22,10 +22,10 @@ FILLER = struct.pack("<II", 0x80000001, 20) + b"\0" * 8 + struct.pack("<I", 20)
 
 def frame(n):
     """An Ethernet/IPv4/UDP frame to port 1000 + n."""
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]),
-                     bytes([10, 0, 0, 2]))
-    return b"\xaa" * 6 + b"\xbb" * 6 + b"\x08\x00" + ip + struct.pack("!HHHH", 999, 1000 + n,
-                                                                      8, 0)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    )
+    return b"\xaa" * 6 + b"\xbb" * 6 + b"\x08\x00" + ip + struct.pack("!HHHH", 999, 1000 + n, 8, 0)
 
 
 def epbs(n, direction=None):
@@ -42,7 +42,7 @@ def epbs(n, direction=None):
     blocks, off = [], 0
     while off < len(data):
         blen = struct.unpack_from("<I", data, off + 4)[0]
-        blocks.append(data[off:off + blen])
+        blocks.append(data[off : off + blen])
         off += blen
     return blocks
 
@@ -66,6 +66,7 @@ def stream(tmp_path):
         s = StreamFile(fd, [Interface("web/eth0", "container", 262144)], **kw)
         made.append(s)
         return s
+
     yield factory, path
     for s in made:
         s.close()
@@ -89,22 +90,34 @@ def test_held_back_packets_get_their_comment(stream, direction):
     s = factory(delay_ns=10**9)
     data, offs = chunk(epbs(4, direction))
     _seg, base = s.write([data], len(data))
-    assert path.stat().st_size == len(s.header())        # held back
+    assert path.stat().st_size == len(s.header())  # held back
     assert s.comment(base + offs[1], "flow 7: DNAT 10.0.0.1:8080 -> 172.17.0.2:80")
     assert s.comment(base + offs[3], "flow 8")
-    s.release(time.monotonic_ns())                       # the analysis settled them
+    s.release(time.monotonic_ns())  # the analysis settled them
     s.comment(base + offs[2], "too late")
     s.close()
     pkts = list(read_packets(path))
-    assert [p.comment for p in pkts] == [None, "flow 7: DNAT 10.0.0.1:8080 -> 172.17.0.2:80",
-                                         None, "flow 8"]
+    assert [p.comment for p in pkts] == [
+        None,
+        "flow 7: DNAT 10.0.0.1:8080 -> 172.17.0.2:80",
+        None,
+        "flow 8",
+    ]
     assert [p.data for p in pkts] == [frame(i) for i in range(4)]
     assert [p.direction for p in pkts] == [direction] * 4
     assert s.comments == 2 and s.comments_late == 1
-    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.comment",
-                          "-e", "udp.dstport"], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == ["\t1000", "flow 7: DNAT 10.0.0.1:8080 -> "
-                                       "172.17.0.2:80\t1001", "\t1002", "flow 8\t1003"]
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.comment", "-e", "udp.dstport"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.splitlines() == [
+        "\t1000",
+        "flow 7: DNAT 10.0.0.1:8080 -> 172.17.0.2:80\t1001",
+        "\t1002",
+        "flow 8\t1003",
+    ]
 
 
 def test_held_back_memory_is_bounded(stream):

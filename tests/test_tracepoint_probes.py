@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from pyinspect.probes import btf, ringbuf
 from pyinspect.probes.process import ProcessProbe
 
@@ -69,6 +70,7 @@ def test_btf_offsets_are_cached_on_disk(tmp_path, monkeypatch):
 
     def no_parse(data):
         raise AssertionError("BTF parsed although cached")
+
     monkeypatch.setattr(btf, "BTF", no_parse)
     assert btf.cached("task", btf._task_offsets) == first
 
@@ -82,12 +84,16 @@ def test_a_tracepoint_whose_format_lacks_a_field_is_skipped(monkeypatch):
         if tp == "sched:sched_process_exec":
             fmt.pop("old_pid", None)
         return fmt
+
     monkeypatch.setattr(ringbuf, "tp_format", without_old_pid)
-    with ProcessProbe(tracepoints={"sched:sched_process_exec": "PI_EXEC",
-                                   "sched:sched_process_exit": "PI_EXIT"}) as probe:
+    with ProcessProbe(
+        tracepoints={"sched:sched_process_exec": "PI_EXEC", "sched:sched_process_exit": "PI_EXIT"}
+    ) as probe:
         assert probe.attached == ["sched:sched_process_exit"]
-        assert ("process probe: skipped tracepoint sched:sched_process_exec: its format has "
-                "no field old_pid (the probe reads it)") in probe.messages
+        assert (
+            "process probe: skipped tracepoint sched:sched_process_exec: its format has "
+            "no field old_pid (the probe reads it)"
+        ) in probe.messages
         p = subprocess.run(["sh", "-c", "exit 3"], check=False)
         got = []
         for _ in range(50):
@@ -100,6 +106,7 @@ def test_a_tracepoint_whose_format_lacks_a_field_is_skipped(monkeypatch):
 
 def test_info_says_which_loader_each_probe_uses():
     from pyinspect.probes import capabilities
+
     rows = {r["probe"]: r for r in capabilities.probe_loaders()}
     for name in ("capture (tc)", "process events", "cgroup events", "drops (skb:kfree_skb)"):
         assert rows[name]["loader"] == "libbpf"

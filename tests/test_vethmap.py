@@ -13,10 +13,11 @@ import subprocess
 import uuid
 
 import pytest
-from conftest import Cli
 
 from pyinspect import vethmap
 from pyinspect.store import Store
+
+from conftest import Cli
 
 pytestmark = pytest.mark.root
 
@@ -36,7 +37,9 @@ def kernel_links(ns_path):
     out = {}
     for ln in links:
         out[ln["ifindex"]] = {
-            "ifname": ln["ifname"], "mac": ln.get("address"), "master": ln.get("master"),
+            "ifname": ln["ifname"],
+            "mac": ln.get("address"),
+            "master": ln.get("master"),
             "iflink": ln.get("link_index", ln["ifindex"]),
             "kind": (ln.get("linkinfo") or {}).get("info_kind"),
             "link_netnsid": ln.get("link_netnsid"),
@@ -69,8 +72,9 @@ def assert_matches_kernel(rows, ns_path):
         assert r["iflink"] == t["iflink"]
         assert r["link_netnsid"] == t["link_netnsid"]
         # IPv6 link-local addresses appear asynchronously (DAD) after a link goes up
-        assert {a for a in r["addrs"] if not a.startswith("fe80:")} == \
-            {a for a in t["addrs"] if not a.startswith("fe80:")}
+        assert {a for a in r["addrs"] if not a.startswith("fe80:")} == {
+            a for a in t["addrs"] if not a.startswith("fe80:")
+        }
         if t["kind"]:
             assert r["kind"] == t["kind"]
 
@@ -127,25 +131,29 @@ def test_seed_net_none_veth_rename_move_delete(make_netns, anon_container, netns
     h_ino, c_ino, o_ino = ino(host.path), ino(ctr_ns), ino(other.path)
 
     # seed: ip link add A type veth peer name B; brctl addif docker0 A; ip link set A up
-    host.sh("ip link add pb-br0 type bridge && ip link set pb-br0 up && "
-            "ip addr add 172.31.250.1/24 dev pb-br0 && "
-            "ip link add A type veth peer name B && ip link set A master pb-br0 && "
-            "ip link set A up")
+    host.sh(
+        "ip link add pb-br0 type bridge && ip link set pb-br0 up && "
+        "ip addr add 172.31.250.1/24 dev pb-br0 && "
+        "ip link add A type veth peer name B && ip link set A master pb-br0 && "
+        "ip link set A up"
+    )
     # B into the container by PID, renamed eth0 there, addressed, up
     host.sh(f"ip link set B netns {ctr.pid}")
-    sh("nsenter", f"--net={ctr_ns}", "sh", "-c",
-       "ip link set B name eth0 && ip addr add 172.31.250.100/24 dev eth0 && "
-       "ip link set eth0 up")
+    sh(
+        "nsenter",
+        f"--net={ctr_ns}",
+        "sh",
+        "-c",
+        "ip link set B name eth0 && ip addr add 172.31.250.100/24 dev eth0 && ip link set eth0 up",
+    )
 
     # 1. the container's netns is anonymous: found through its process
     rows = vethmap.build()
     a = next(r for r in rows_in(rows, h_ino).values() if r["ifname"] == "A")
     e = next(r for r in rows_in(rows, c_ino).values() if r["ifname"] == "eth0")
     assert a["kind"] == e["kind"] == "veth"
-    assert (a["peer_ifname"], a["peer_netns"], a["peer_ifindex"]) == ("eth0", c_ino,
-                                                                      e["ifindex"])
-    assert (e["peer_ifname"], e["peer_netns"], e["peer_ifindex"]) == ("A", h_ino,
-                                                                      a["ifindex"])
+    assert (a["peer_ifname"], a["peer_netns"], a["peer_ifindex"]) == ("eth0", c_ino, e["ifindex"])
+    assert (e["peer_ifname"], e["peer_netns"], e["peer_ifindex"]) == ("A", h_ino, a["ifindex"])
     assert a["master"] == "pb-br0" and e["master"] is None
     assert "172.31.250.100/24" in e["addrs"]
     assert e["netns_name"] == f"netns:{c_ino}"
@@ -181,8 +189,11 @@ def test_seed_net_none_veth_rename_move_delete(make_netns, anon_container, netns
     a = next(r for r in rows_in(rows, h_ino).values() if r["ifname"] == "pb-vethA")
     moved = next(r for r in rows_in(rows, o_ino).values() if r["ifname"] == "eth9")
     assert not [r for r in rows_in(rows, c_ino).values() if r["ifname"] == "eth9"]
-    assert (a["peer_netns"], a["peer_ifname"], a["peer_ifindex"]) == (o_ino, "eth9",
-                                                                      moved["ifindex"])
+    assert (a["peer_netns"], a["peer_ifname"], a["peer_ifindex"]) == (
+        o_ino,
+        "eth9",
+        moved["ifindex"],
+    )
     assert a["peer_netns_name"] == other.name
     assert (moved["peer_netns"], moved["peer_ifindex"]) == (h_ino, a["ifindex"])
     assert a["iflink"] == sysfs(other.name, "eth9", "ifindex")
@@ -203,8 +214,9 @@ def test_same_ifindex_in_many_namespaces_resolves_by_nsid(make_netns):
     host = make_netns("pb")
     ctrs = [make_netns("pb") for _ in range(4)]
     for i, c in enumerate(ctrs):
-        host.sh(f"ip link add pb-h{i} type veth peer name pb-c{i} && "
-                f"ip link set pb-c{i} netns {c.name}")
+        host.sh(
+            f"ip link add pb-h{i} type veth peer name pb-c{i} && ip link set pb-c{i} netns {c.name}"
+        )
         c.sh(f"ip link set pb-c{i} name eth0")
     rows = vethmap.build()
     h = rows_in(rows, ino(host.path))
@@ -278,11 +290,18 @@ def test_pyinspect_containers_bridge_and_seed_net_none(make_netns, state_root):
         web_pid, bare_pid = info[0]["State"]["Pid"], info[1]["State"]["Pid"]
         web_id, bare_id = info[0]["Id"], info[1]["Id"]
         # the seed's --net none recipe, with the container found by its pid
-        host.sh(f"ip link add A type veth peer name B && ip link set A master {net_bridge(info)}"
-                f" && ip link set A up && ip link set B netns {bare_pid}")
-        sh("nsenter", f"--net=/proc/{bare_pid}/ns/net", "sh", "-c",
-           "ip link set B name eth0 && ip addr add 172.29.250.100/16 dev eth0 && "
-           "ip link set eth0 up")
+        host.sh(
+            f"ip link add A type veth peer name B && ip link set A master {net_bridge(info)}"
+            f" && ip link set A up && ip link set B netns {bare_pid}"
+        )
+        sh(
+            "nsenter",
+            f"--net=/proc/{bare_pid}/ns/net",
+            "sh",
+            "-c",
+            "ip link set B name eth0 && ip addr add 172.29.250.100/16 dev eth0 && "
+            "ip link set eth0 up",
+        )
 
         rows = json.loads(cli("map", "--json").stdout)
         h = ino(host.path)
@@ -304,8 +323,7 @@ def test_pyinspect_containers_bridge_and_seed_net_none(make_netns, state_root):
             assert_matches_kernel(rows, path)
         # -c: only that container's interfaces (its eth0, and the host end of its veth)
         only = json.loads(cli("map", "-c", bare, "--json", "--all").stdout)
-        assert {(r["netns"], r["ifname"]) for r in only} == {(bnet, "lo"), (bnet, "eth0"),
-                                                            (h, "A")}
+        assert {(r["netns"], r["ifname"]) for r in only} == {(bnet, "lo"), (bnet, "eth0"), (h, "A")}
         missing = cli("map", "-c", "pb-nosuch", check=False)
         assert missing.returncode == 3 and missing.stderr.count("\n") == 1
         assert "no interfaces for container 'pb-nosuch'" in missing.stderr
@@ -321,9 +339,23 @@ def test_unprivileged_map_says_what_it_could_not_read(make_netns, tmp_path):
     ns = make_netns("pb")
     ns.sh("ip link add pb-priv type bridge")
     from conftest import PYINSPECT
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           PYINSPECT, "--root", str(tmp_path / "nobody"), "map"],
-                          capture_output=True, text=True, cwd="/", timeout=60)
+
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PYINSPECT,
+            "--root",
+            str(tmp_path / "nobody"),
+            "map",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "could not be read (Operation not permitted); run as root" in proc.stderr
     assert "pb-priv" not in proc.stdout and proc.stdout.startswith("NETNS")

@@ -27,8 +27,9 @@ class Server:
         argv = [PYINSPECT, "--root", str(root), "serve", "--port", "0", *args]
         if netns:
             argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines = []
         self.url = tracetopo.dashboard_url(self.proc, self.lines)
         assert self.url, f"serve did not become ready: {self.lines}"
@@ -60,6 +61,7 @@ def world(tmp_path_factory, request):
     """A host netns with a published busybox httpd container, a client netns, one real
     trace session of a fetch, and the dashboard serving the same state root."""
     from conftest import Netns
+
     root = tmp_path_factory.mktemp("web") / "root"
     root.mkdir()
     host, client = Netns(unique("pw-h")), Netns(unique("pw-c"))
@@ -67,15 +69,48 @@ def world(tmp_path_factory, request):
     name = unique("pw")
     server = None
     try:
-        subprocess.run(["ip", "-n", host.name, "link", "add", "eth0", "type", "veth", "peer",
-                        "name", "eth0", "netns", client.name], check=True)
+        subprocess.run(
+            [
+                "ip",
+                "-n",
+                host.name,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                client.name,
+            ],
+            check=True,
+        )
         host.sh("ip addr add 10.231.0.1/24 dev eth0 && ip link set eth0 up")
         client.sh("ip addr add 10.231.0.2/24 dev eth0 && ip link set eth0 up")
         server = Server(root)
-        cli("run", "-d", "--name", name, "-p", "8088:80", "busybox",
-            "httpd", "-f", "-p", "80", "-h", "/var/www")
-        tracer = subprocess.Popen(cli.argv("trace", "--container", name, "--duration", "6"),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cli(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            "8088:80",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/var/www",
+        )
+        tracer = subprocess.Popen(
+            cli.argv("trace", "--container", name, "--duration", "6"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         out = []
         while True:
             line = tracer.stdout.readline()
@@ -86,8 +121,14 @@ def world(tmp_path_factory, request):
         client.run("wget", "-q", "-O-", "http://10.231.0.1:8088/", timeout=20)
         rest, _ = tracer.communicate(timeout=90)
         assert tracer.returncode == 0, "".join(out) + rest
-        yield {"root": root, "host": host, "client": client, "cli": cli, "name": name,
-               "server": server}
+        yield {
+            "root": root,
+            "host": host,
+            "client": client,
+            "cli": cli,
+            "name": name,
+            "server": server,
+        }
     finally:
         if server:
             server.stop()
@@ -147,8 +188,12 @@ def test_pcap_download_reads_in_tshark(world, tmp_path):
     assert "attachment" in headers["Content-Disposition"]
     path = tmp_path / "dl.pcapng"
     path.write_bytes(body)
-    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "tcp.dstport"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "tcp.dstport"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert "8088" in out and "80" in out
 
 
@@ -167,9 +212,12 @@ def test_bad_requests_get_clear_4xx(world):
 
 
 def test_post_needs_csrf(world):
-    req = urllib.request.Request(world["server"].url + "api/traces", method="POST",
-                                 data=b'{"container": "x"}',
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        world["server"].url + "api/traces",
+        method="POST",
+        data=b'{"container": "x"}',
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 403
@@ -186,13 +234,19 @@ def test_metrics(world):
 
 def _status_in_netns(netns, url, headers=None):
     """HTTP status of GET url, fetched from inside `netns`."""
-    code = ("import sys, urllib.request, urllib.error\n"
-            "req = urllib.request.Request(sys.argv[1], headers=dict(h.split(': ', 1) for h in sys.argv[2:]))\n"
-            "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
-            "except urllib.error.HTTPError as e:\n    print(e.code)\n")
+    code = (
+        "import sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request(sys.argv[1], headers=dict(h.split(': ', 1) for h in sys.argv[2:]))\n"
+        "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+    )
     hdrs = [f"{k}: {v}" for k, v in (headers or {}).items()]
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", code,
-                          url, *hdrs], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", code, url, *hdrs],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return int(out.stdout.strip() or 0)
 
 
@@ -224,10 +278,18 @@ def test_pages_in_headless_chromium(world, artifacts):
     pw = pytest.importorskip("playwright.sync_api")
     server, name = world["server"], world["name"]
     with pw.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(server.url + "containers")

@@ -35,11 +35,20 @@ def test_timeline_and_flow_streams_send_new_rows(state_root):
     assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
     chunks = _chunks(resp)
     assert next(chunks).startswith("retry: ")
-    assert next(chunks) == ": keepalive\n\n"      # only flows stored after the request
+    assert next(chunks) == ": keepalive\n\n"  # only flows stored after the request
     with Store(database_path(state_root)) as store:
-        store.db["flows"].insert({"session_id": 1, "proto": "tcp", "orig_src": "10.9.0.2",
-                                  "orig_sport": 4000, "orig_dst": "10.9.0.1",
-                                  "orig_dport": 8088, "first_ns": now, "last_ns": now})
+        store.db["flows"].insert(
+            {
+                "session_id": 1,
+                "proto": "tcp",
+                "orig_src": "10.9.0.2",
+                "orig_sport": 4000,
+                "orig_dst": "10.9.0.1",
+                "orig_dport": 8088,
+                "first_ns": now,
+                "last_ns": now,
+            }
+        )
     for chunk in chunks:
         if chunk.startswith("id: "):
             (flow,) = _data(chunk)

@@ -35,8 +35,17 @@ except urllib.error.HTTPError as e:
 
 
 def http(netns, base, method, path, body=None, csrf=True):
-    argv = ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c", CLIENT, base,
-            method, path, json.dumps(body) if body is not None else ""]
+    argv = [
+        "nsenter",
+        f"--net=/run/netns/{netns}",
+        sys.executable,
+        "-c",
+        CLIENT,
+        base,
+        method,
+        path,
+        json.dumps(body) if body is not None else "",
+    ]
     if not csrf:
         argv.append("nocsrf")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=90)
@@ -47,39 +56,77 @@ def http(netns, base, method, path, body=None, csrf=True):
 
 def test_trace_started_and_stopped_from_the_dashboard(make_netns, state_root):
     host, client = make_netns("pwt-h"), make_netns("pwt-c")
-    subprocess.run(["ip", "-n", host.name, "link", "add", "eth0", "type", "veth", "peer",
-                    "name", "eth0", "netns", client.name], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            host.name,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            client.name,
+        ],
+        check=True,
+    )
     host.sh("ip addr add 10.232.0.1/24 dev eth0 && ip link set eth0 up")
     client.sh("ip addr add 10.232.0.2/24 dev eth0 && ip link set eth0 up")
     cli = Cli(state_root, netns=host.name)
     name = unique("pwt")
-    server = subprocess.Popen(cli.argv("serve", "--port", "0", "--no-probes"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        cli.argv("serve", "--port", "0", "--no-probes"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = tracetopo.dashboard_url(server)
         assert base, "serve did not start"
-        cli("run", "-d", "--name", name, "-p", "8088:80", "busybox", "httpd", "-f", "-p", "80",
-            "-h", "/var/www")
+        cli(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            "8088:80",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/var/www",
+        )
 
-        status, body = http(host.name, base, "POST", "api/traces",
-                            {"container": name, "duration": 30}, csrf=False)
+        status, body = http(
+            host.name, base, "POST", "api/traces", {"container": name, "duration": 30}, csrf=False
+        )
         assert status == 403, body
-        status, body = http(host.name, base, "POST", "api/traces",
-                            {"container": "no-such-container", "duration": 5})
+        status, body = http(
+            host.name, base, "POST", "api/traces", {"container": "no-such-container", "duration": 5}
+        )
         assert status == 404 and "no-such-container" in body["error"], body
-        status, body = http(host.name, base, "POST", "api/traces",
-                            {"container": name, "duration": "soon"})
+        status, body = http(
+            host.name, base, "POST", "api/traces", {"container": name, "duration": "soon"}
+        )
         assert status == 400, body
 
-        status, started = http(host.name, base, "POST", "api/traces",
-                               {"container": name, "duration": 30})
+        status, started = http(
+            host.name, base, "POST", "api/traces", {"container": name, "duration": 30}
+        )
         assert status == 201, started
         sid = started["id"]
         status, sessions = http(host.name, base, "GET", "api/traces")
         assert any(s["id"] == sid and s["status"] == "running" for s in sessions), sessions
         time.sleep(0.5)
-        fetched = client.run("timeout", "10", "wget", "-q", "-O-", "http://10.232.0.1:8088/",
-                             check=False)
+        fetched = client.run(
+            "timeout", "10", "wget", "-q", "-O-", "http://10.232.0.1:8088/", check=False
+        )
         assert fetched.returncode == 0, fetched.stderr
         status, stopped = http(host.name, base, "POST", f"api/traces/{sid}/stop")
         assert status == 200 and stopped["status"] == "stopped", stopped

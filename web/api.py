@@ -55,7 +55,8 @@ def timeline():
         since_ns=int_arg("since_ns", None, 0, 2**63 - 1),
         after_id=int_arg("after_id", None, 0, 2**63 - 1),
         limit=int_arg("limit", 100, 1, 1000),
-        offset=int_arg("offset", 0, 0, 10**9))
+        offset=int_arg("offset", 0, 0, 10**9),
+    )
     return jsonify(rows)
 
 
@@ -68,12 +69,16 @@ def timeline_stream():
     ov = overview()
     if after is None:
         after = ov.last_event_id()
-    return _sse(lambda last: ov.timeline(container=container, after_id=last, limit=500,
-                                         ascending=True), after, seconds)
+    return _sse(
+        lambda last: ov.timeline(container=container, after_id=last, limit=500, ascending=True),
+        after,
+        seconds,
+    )
 
 
 def _sse(fetch, after, seconds):
     """A server-sent event stream of the rows `fetch(last_id)` returns, for `seconds`."""
+
     def stream():
         last, deadline = after, time.monotonic() + seconds
         yield "retry: 2000\n\n"
@@ -86,8 +91,11 @@ def _sse(fetch, after, seconds):
                 yield ": keepalive\n\n"
                 time.sleep(0.5)
 
-    return Response(stream(), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(
+        stream(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @bp.get("/flows")
@@ -100,8 +108,9 @@ def flows_stream():
     session = int_arg("session", None, 1, 2**63 - 1)
     seconds = int_arg("seconds", 300, 1, 3600)
     ov = overview()
-    return _sse(lambda last: list(ov.flows(session_id=session, after_id=last)),
-                ov.last_flow_id(), seconds)
+    return _sse(
+        lambda last: list(ov.flows(session_id=session, after_id=last)), ov.last_flow_id(), seconds
+    )
 
 
 @bp.get("/traces")
@@ -120,8 +129,9 @@ def start_trace():
         duration = float(duration)
     except (TypeError, ValueError):
         raise UsageError(f"start trace: bad duration {duration!r}")
-    session = overview().start_trace(container, duration=duration,
-                                     bpf_filter=data.get("filter") or None)
+    session = overview().start_trace(
+        container, duration=duration, bpf_filter=data.get("filter") or None
+    )
     return jsonify(session), 201
 
 
@@ -135,8 +145,9 @@ def trace_pcap(session_id):
     """The session's merged pcapng, or one flow of it (`?flow=ID`)."""
     flow = int_arg("flow", None, 1, 2**63 - 1)
     path, name = overview().export_pcap(session_id, flow_id=flow)
-    return send_file(path, mimetype="application/vnd.tcpdump.pcap", as_attachment=True,
-                     download_name=name)
+    return send_file(
+        path, mimetype="application/vnd.tcpdump.pcap", as_attachment=True, download_name=name
+    )
 
 
 @bp.get("/pcaps/<path:name>")
@@ -145,8 +156,9 @@ def pcap_file(name):
     path = overview().pcap_path(name)
     if path is None:
         abort(404, f"no such capture: {name}")
-    return send_file(path, mimetype="application/vnd.tcpdump.pcap", as_attachment=True,
-                     download_name=path.name)
+    return send_file(
+        path, mimetype="application/vnd.tcpdump.pcap", as_attachment=True, download_name=path.name
+    )
 
 
 @bp.get("/doctor")

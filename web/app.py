@@ -32,8 +32,7 @@ def create_app(root, *, token=None, test_config=None, tracer_factory=None):
 
     @app.get("/metrics", endpoint="metrics")
     def _metrics():
-        return Response(metrics.render(app.extensions["pyinspect"]),
-                        mimetype=metrics.CONTENT_TYPE)
+        return Response(metrics.render(app.extensions["pyinspect"]), mimetype=metrics.CONTENT_TYPE)
 
     @app.errorhandler(PyinspectError)
     def _library_error(exc):

@@ -12,6 +12,7 @@ def overview():
 def page_args():
     """limit/offset from the query string, bounded."""
     from .api import int_arg
+
     return int_arg("limit", 100, 1, 1000), int_arg("offset", 0, 0, 10**9)
 
 
@@ -42,21 +43,24 @@ def timeline():
     container = request.args.get("container") or None
     kinds = request.args.getlist("kind") or None
     rows = overview().timeline(container=container, kinds=kinds, limit=limit, offset=offset)
-    return render_template("timeline.html", rows=rows, container=container, kinds=kinds,
-                           limit=limit, offset=offset)
+    return render_template(
+        "timeline.html", rows=rows, container=container, kinds=kinds, limit=limit, offset=offset
+    )
 
 
 @bp.get("/flows")
 def flows():
     session = request.args.get("session", type=int)
-    return render_template("flows.html", flows=overview().flows(session_id=session),
-                           session=session)
+    return render_template(
+        "flows.html", flows=overview().flows(session_id=session), session=session
+    )
 
 
 @bp.get("/traces")
 def sessions():
-    return render_template("sessions.html", sessions=overview().sessions(),
-                           containers=overview().containers())
+    return render_template(
+        "sessions.html", sessions=overview().sessions(), containers=overview().containers()
+    )
 
 
 @bp.get("/doctor")

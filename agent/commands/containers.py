@@ -27,28 +27,38 @@ def _exit_fast(code):
             sys.stderr.flush()
         finally:
             os._exit(code & 0xFF)
+
     atexit.register(_now)
 
 
 def _runtime(obj):
     from ..runtime.containers import Runtime
+
     return Runtime(obj["root"])
 
 
 def _echo_json(data):
     import json
+
     click.echo(json.dumps(data, indent=4))
 
 
 def _run_options(f):
     """The click options of `run`, from the one table (run_options.RUN_OPTIONS)."""
     from .run_options import RUN_OPTIONS
+
     for o in reversed(RUN_OPTIONS):
-        f = click.option(*o.flags, o.dest, is_flag=o.kind == "flag",
-                         multiple=o.kind == "multiple", type=int if o.kind == "int" else None,
-                         metavar=o.metavar, help=o.help,
-                         default=False if o.kind == "flag" else o.default,
-                         show_default=o.show_default)(f)
+        f = click.option(
+            *o.flags,
+            o.dest,
+            is_flag=o.kind == "flag",
+            multiple=o.kind == "multiple",
+            type=int if o.kind == "int" else None,
+            metavar=o.metavar,
+            help=o.help,
+            default=False if o.kind == "flag" else o.default,
+            show_default=o.show_default,
+        )(f)
     return f
 
 
@@ -64,6 +74,7 @@ def run(obj, **values):
     exit code; with -d it prints the id and leaves the container running.
     """
     from .run_options import execute
+
     code = execute(obj["root"], values)
     _exit_fast(code)
     return code
@@ -72,15 +83,22 @@ def run(obj, **values):
 @click.command()
 @click.option("-a", "--all", "all_", is_flag=True, help="Show stopped containers too.")
 @click.option("-q", "--quiet", is_flag=True, help="Only ids.")
-@click.option("--format", "fmt", default="table", show_default=True, metavar="FORMAT",
-              help="table, json (one object per line), 'table TEMPLATE' or a Go template "
-                   "such as '{{.ID}} {{.Names}} {{.Ports}}'.")
+@click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    metavar="FORMAT",
+    help="table, json (one object per line), 'table TEMPLATE' or a Go template "
+    "such as '{{.ID}} {{.Names}} {{.Ports}}'.",
+)
 @click.pass_obj
 def ps(obj, all_, quiet, fmt):
     """List containers (running ones unless -a), with Docker's columns (PORTS,
     CREATED as "2 minutes ago") and --format placeholders (.ID, .Image, .Command,
     .CreatedAt, .RunningFor, .Ports, .State, .Status, .Names, .Networks, ...)."""
     from ..psformat import format_ps, ps_row
+
     rows = _runtime(obj).list(all=all_)
     if quiet:
         for c in rows:
@@ -95,6 +113,7 @@ def _templated(fn, *args):
     """fn(*args), a template error turned into Docker's one-line usage error."""
     from ..errors import UsageError
     from ..gotemplate import TemplateError
+
     try:
         return fn(*args)
     except TemplateError as exc:
@@ -115,14 +134,22 @@ def exec_(obj, interactive, tty, env, workdir, container, command):
     if tty and interactive and sys.stdin.isatty():
         import termios
         import tty as ttymod
+
         restore = termios.tcgetattr(0)
         ttymod.setraw(0)
     try:
-        return _runtime(obj).exec(container, list(command), env=list(env), workdir=workdir,
-                                  interactive=interactive, tty=tty)
+        return _runtime(obj).exec(
+            container,
+            list(command),
+            env=list(env),
+            workdir=workdir,
+            interactive=interactive,
+            tty=tty,
+        )
     finally:
         if restore is not None:
             import termios
+
             termios.tcsetattr(0, termios.TCSADRAIN, restore)
 
 
@@ -131,13 +158,13 @@ exec_.name = "exec"
 
 @click.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the container stops.")
-@click.option("-n", "--tail", default="all", show_default=True,
-              help="Only the last N lines.")
+@click.option("-n", "--tail", default="all", show_default=True, help="Only the last N lines.")
 @click.argument("container")
 @click.pass_obj
 def logs(obj, follow, tail, container):
     """Print a container's stdout and stderr (to stdout and stderr)."""
     from ..errors import UsageError
+
     if tail == "all":
         n = None
     else:
@@ -157,6 +184,7 @@ def logs(obj, follow, tail, container):
 def _each(names, fn):
     """Apply `fn` to every name; report failures one line each; non-zero if any failed."""
     from ..errors import PyinspectError
+
     failed = None
     for name in names:
         try:
@@ -180,8 +208,15 @@ def start(obj, containers):
 
 
 @click.command()
-@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True,
-              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option(
+    "-t",
+    "--time",
+    "timeout",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
 def stop(obj, timeout, containers):
@@ -191,8 +226,15 @@ def stop(obj, timeout, containers):
 
 
 @click.command()
-@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True,
-              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option(
+    "-t",
+    "--time",
+    "timeout",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
 def restart(obj, timeout, containers):
@@ -202,8 +244,9 @@ def restart(obj, timeout, containers):
 
 
 @click.command()
-@click.option("-s", "--signal", "sig", default="KILL", show_default=True,
-              help="Signal name or number.")
+@click.option(
+    "-s", "--signal", "sig", default="KILL", show_default=True, help="Signal name or number."
+)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
 def kill(obj, sig, containers):
@@ -223,17 +266,24 @@ def rm(obj, force, containers):
 
 
 @click.command()
-@click.option("-f", "--format", "fmt", metavar="TEMPLATE",
-              help="Print each object through a Go template, e.g. '{{.State.Pid}}', "
-                   "'{{.NetworkSettings.IPAddress}}', '{{json .Config}}'.")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    metavar="TEMPLATE",
+    help="Print each object through a Go template, e.g. '{{.State.Pid}}', "
+    "'{{.NetworkSettings.IPAddress}}', '{{json .Config}}'.",
+)
 @click.argument("names", nargs=-1, required=True)
 @click.pass_obj
 def inspect(obj, fmt, names):
     """Docker-like JSON for containers (or, failing that, images)."""
     from ..errors import PyinspectError
+
     tmpl = None
     if fmt is not None:
         from ..gotemplate import parse
+
         tmpl = _templated(parse, fmt)
     rt = _runtime(obj)
     out, failed = [], None
@@ -263,6 +313,7 @@ def top(obj, container, ps_options):
     on the host, only the rows of the container's processes (host pids), like
     `docker top NAME aux`."""
     from ..psformat import tabwrite
+
     data = _runtime(obj).top(container, list(ps_options) or None)
     rows = [data["Titles"]] + data["Processes"]
     for line in tabwrite(["\t".join(r) for r in rows], minwidth=20):
@@ -282,9 +333,11 @@ def cp(obj, src, dest):
 
 
 @click.command()
-@click.option("--boot", is_flag=True,
-              help="As at boot (Docker's daemon start): also `always` containers the user "
-                   "had stopped.")
+@click.option(
+    "--boot",
+    is_flag=True,
+    help="As at boot (Docker's daemon start): also `always` containers the user had stopped.",
+)
 @click.pass_obj
 def autostart(obj, boot):
     """Start the containers whose restart policy wants them running and whose monitor
@@ -295,14 +348,19 @@ def autostart(obj, boot):
 
 
 @click.command("install-service")
-@click.option("--unit-dir", default="/etc/systemd/system", show_default=True,
-              help="Where to write the unit file.")
+@click.option(
+    "--unit-dir",
+    default="/etc/systemd/system",
+    show_default=True,
+    help="Where to write the unit file.",
+)
 @click.option("--no-enable", is_flag=True, help="Only write the unit (no systemctl).")
 @click.pass_obj
 def install_service(obj, unit_dir, no_enable):
     """Write (and enable) a systemd unit that runs `pyinspect autostart --boot` at boot,
     so containers with a restart policy come back after a reboot."""
     from ..service import install
+
     result = install(obj["root"], unit_dir, enable=not no_enable)
     click.echo(result.path)
     if result.note:

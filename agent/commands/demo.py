@@ -8,9 +8,12 @@ import click
 
 
 @click.command()
-@click.option("--serve-seconds", type=float, default=None,
-              help="Keep the dashboard up this long at the end "
-                   "[default: 600 on a terminal, 0 otherwise].")
+@click.option(
+    "--serve-seconds",
+    type=float,
+    default=None,
+    help="Keep the dashboard up this long at the end [default: 600 on a terminal, 0 otherwise].",
+)
 @click.pass_obj
 def demo(obj, serve_seconds):
     """Run the Docker port-mapping walkthrough end to end, then clean up.
@@ -20,6 +23,7 @@ def demo(obj, serve_seconds):
     the packets. Nothing is written to this machine's own routes or firewall.
     """
     from ..demo import Demo
+
     if serve_seconds is None:
         serve_seconds = 600.0 if sys.stdout.isatty() else 0.0
     exe = shutil.which("pyinspect") or os.path.join(os.path.dirname(sys.executable), "pyinspect")

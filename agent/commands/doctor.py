@@ -18,8 +18,11 @@ def _print(lib, findings, out):
         for line in f.evidence:
             if line:
                 out(f"    {line}")
-        tag = "" if not f.actions or all(a[0] == "ack" for a in f.actions) else (
-            "   (safe: --fix applies it)" if f.safe else "   (--fix asks first)")
+        tag = (
+            ""
+            if not f.actions or all(a[0] == "ack" for a in f.actions)
+            else ("   (safe: --fix applies it)" if f.safe else "   (--fix asks first)")
+        )
         out(f"  fix: {f.fix}{tag}")
         out(f"  runbook: {lib.runbook_file(f.runbook)}")
         out("")
@@ -27,8 +30,13 @@ def _print(lib, findings, out):
 
 @click.command("doctor")
 @click.option("--container", "container", metavar="NAME", help="Only this container's findings.")
-@click.option("--port", "port", type=click.IntRange(1, 65535), metavar="HOSTPORT",
-              help="Only this published host port (and host-wide findings).")
+@click.option(
+    "--port",
+    "port",
+    type=click.IntRange(1, 65535),
+    metavar="HOSTPORT",
+    help="Only this published host port (and host-wide findings).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @click.option("--fix", is_flag=True, help="Apply safe fixes; ask before the others.")
 @click.option("--yes", "-y", is_flag=True, help="With --fix: apply every fix without asking.")
@@ -50,17 +58,22 @@ def doctor(obj, container, port, as_json, fix, yes):
     if not as_json:
         _print(lib, findings, out)
     if fix and findings:
+
         def confirm(f):
             if yes:
                 return True
             if not sys.stdin.isatty():
                 out(f"skipped (not safe, no terminal to ask; use --yes): {f.fix}")
                 return False
-            return click.confirm(f"Apply fix for {f.check} ({f.summary})?\n  {f.fix}\n",
-                                 default=False, err=as_json)
+            return click.confirm(
+                f"Apply fix for {f.check} ({f.summary})?\n  {f.fix}\n", default=False, err=as_json
+            )
+
         results = lib.apply_fixes(findings, confirm=confirm, root=root)
-        report["fixes"] = [{"check": f.check, "container": f.container, "status": status,
-                            "detail": detail} for f, status, detail in results]
+        report["fixes"] = [
+            {"check": f.check, "container": f.container, "status": status, "detail": detail}
+            for f, status, detail in results
+        ]
         for f, status, detail in results:
             out(f"fix {status}: {f.check}: {detail}")
         findings = lib.run(root, container=container, port=port)

@@ -9,19 +9,27 @@ import click
 
 def _store(obj):
     from ..runtime.images import ImageStore
+
     return ImageStore(obj["root"])
 
 
 def _since(created):
     """'3 hours ago' from an RFC 3339 time, like docker's CREATED column."""
     import calendar
+
     try:
         t = calendar.timegm(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
     except (TypeError, ValueError):
         return "N/A"
     d = max(0, time.time() - t)
-    for unit, secs in (("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400),
-                       ("day", 86400), ("hour", 3600), ("minute", 60)):
+    for unit, secs in (
+        ("year", 365 * 86400),
+        ("month", 30 * 86400),
+        ("week", 7 * 86400),
+        ("day", 86400),
+        ("hour", 3600),
+        ("minute", 60),
+    ):
         if d >= secs:
             n = int(d // secs)
             return f"{n} {unit}{'s' if n > 1 else ''} ago"
@@ -42,16 +50,31 @@ def _rows(images):
         by_repo = {d.split("@", 1)[0]: d.split("@", 1)[1] for d in im.repo_digests}
         for ref in im.repo_tags or ["<none>:<none>"]:
             repo, tag = ref.rsplit(":", 1)
-            rows.append({"Repository": repo, "Tag": tag, "Digest": by_repo.get(repo, "<none>"),
-                         "ID": im.short_id, "Id": im.id, "Created": im.created,
-                         "CreatedSince": _since(im.created), "Size": im.size})
+            rows.append(
+                {
+                    "Repository": repo,
+                    "Tag": tag,
+                    "Digest": by_repo.get(repo, "<none>"),
+                    "ID": im.short_id,
+                    "Id": im.id,
+                    "Created": im.created,
+                    "CreatedSince": _since(im.created),
+                    "Size": im.size,
+                }
+            )
     return rows
 
 
 @click.command()
 @click.argument("reference", required=False)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format (json: one array of rows).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format (json: one array of rows).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
 @click.option("--no-trunc", is_flag=True, help="Full image ids.")
 @click.option("--digests", is_flag=True, help="Show the registry digest (of a pull or push).")
@@ -82,12 +105,20 @@ def images(obj, reference, fmt, quiet, no_trunc, digests):
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    table = [("REPOSITORY", "TAG", *(("DIGEST",) if digests else ()), "IMAGE ID", "CREATED",
-              "SIZE")]
+    table = [
+        ("REPOSITORY", "TAG", *(("DIGEST",) if digests else ()), "IMAGE ID", "CREATED", "SIZE")
+    ]
     for r in rows:
-        table.append((r["Repository"], r["Tag"], *((r["Digest"],) if digests else ()),
-                      r["Id"] if no_trunc else r["ID"], r["CreatedSince"],
-                      _human_size(r["Size"])))
+        table.append(
+            (
+                r["Repository"],
+                r["Tag"],
+                *((r["Digest"],) if digests else ()),
+                r["Id"] if no_trunc else r["ID"],
+                r["CreatedSince"],
+                _human_size(r["Size"]),
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         cells = "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
@@ -95,9 +126,13 @@ def images(obj, reference, fmt, quiet, no_trunc, digests):
 
 
 @click.command()
-@click.option("-i", "--input", "path", type=click.Path(exists=False),
-              help="docker-save archive or OCI layout (dir or tar, gzip'd or not); "
-                   "default: standard input.")
+@click.option(
+    "-i",
+    "--input",
+    "path",
+    type=click.Path(exists=False),
+    help="docker-save archive or OCI layout (dir or tar, gzip'd or not); default: standard input.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.pass_obj
 def load(obj, path, quiet):
@@ -113,6 +148,7 @@ def load(obj, path, quiet):
       gzip -dc image.tar.gz | pyinspect load
     """
     from ..errors import UsageError
+
     if path is None:
         if sys.stdin.isatty():
             raise UsageError("load: no input", "give -i FILE or pipe an archive to stdin")
@@ -132,8 +168,12 @@ def load(obj, path, quiet):
 
 
 @click.command()
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Archive to write (default: standard output, if not a terminal).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Archive to write (default: standard output, if not a terminal).",
+)
 @click.argument("image", nargs=-1, required=True)
 @click.pass_obj
 def save(obj, output, image):
@@ -145,6 +185,7 @@ def save(obj, output, image):
       pyinspect save busybox web:v1 | gzip > images.tar.gz
     """
     from ..errors import UsageError
+
     store = _store(obj)
     if output:
         store.save(list(image), output)
@@ -170,9 +211,12 @@ def tag(obj, source, target):
 
 
 @click.command()
-@click.option("-f", "--force", is_flag=True,
-              help="Remove all tags of an id; for an image a container uses, drop only "
-                   "its tags.")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Remove all tags of an id; for an image a container uses, drop only its tags.",
+)
 @click.argument("image", nargs=-1, required=True)
 @click.pass_obj
 def rmi(obj, force, image):
@@ -184,6 +228,7 @@ def rmi(obj, force, image):
       pyinspect rmi -f 3f2a1b
     """
     from ..errors import PyinspectError
+
     store = _store(obj)
     first = None
     for ref in image:

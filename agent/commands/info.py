@@ -9,8 +9,10 @@ def _render(info):
     k, cg = info["kernel"], info["cgroups"]
     lines = [f"Kernel:        {k['release']} ({k['machine']})"]
     if cg["layout"] == "hybrid":
-        layout = (f"hybrid (v1 controllers + cgroup2 at {', '.join(cg['v2_mounts'])}, "
-                  f"v2 controllers: {' '.join(cg['v2_controllers']) or 'none'})")
+        layout = (
+            f"hybrid (v1 controllers + cgroup2 at {', '.join(cg['v2_mounts'])}, "
+            f"v2 controllers: {' '.join(cg['v2_controllers']) or 'none'})"
+        )
     elif cg["layout"] == "v2":
         layout = f"v2 (controllers: {' '.join(cg['v2_controllers']) or 'none'})"
     else:
@@ -21,7 +23,7 @@ def _render(info):
     lines.append("iptables backends:")
     for b in info["iptables"]:
         if b["present"]:
-            extra = (f", {b['chains']} chains" if "chains" in b else "")
+            extra = f", {b['chains']} chains" if "chains" in b else ""
             lines.append(f"  {b['backend']:<16} {b['rules']} rules{extra} (see: {b['tool']})")
         else:
             lines.append(f"  {b['backend']:<16} absent ({b['reason']})")
@@ -29,11 +31,15 @@ def _render(info):
     for key, val in info["sysctls"].items():
         lines.append(f"  {key} = {val if val is not None else 'not present'}")
     t = info["tracefs"]
-    lines.append("tracefs:       " + (f"mounted at {', '.join(t['mounts'])}" if t["mounted"]
-                                      else f"not mounted ({t['hint']})"))
+    lines.append(
+        "tracefs:       "
+        + (f"mounted at {', '.join(t['mounts'])}" if t["mounted"] else f"not mounted ({t['hint']})")
+    )
     b = info["btf"]
-    lines.append("BTF:           " + (f"{b['path']} ({b['size']} bytes)" if b["present"]
-                                      else f"absent ({b['path']} missing)"))
+    lines.append(
+        "BTF:           "
+        + (f"{b['path']} ({b['size']} bytes)" if b["present"] else f"absent ({b['path']} missing)")
+    )
     lines.append("eBPF hooks:")
     if info["ebpf"] is None:
         lines.append("  unknown (capability detection is not available in this build)")
@@ -63,6 +69,7 @@ def info(obj, as_json):
       pyinspect info --json | jq .ebpf
     """
     from ..hostinfo import collect
+
     facts = collect()
     if as_json:
         click.echo(json.dumps(facts, indent=2))

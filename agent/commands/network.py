@@ -18,12 +18,19 @@ def network():
 
 
 @network.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 @click.pass_obj
 def ls(obj, fmt):
     """List networks: name, driver, subnet, gateway, containers, bridge present here."""
     from ..runtime import network as net
+
     rows = net.networks(obj["root"])
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -32,8 +39,9 @@ def ls(obj, fmt):
     for r in rows:
         count = "" if r["containers"] is None else str(r["containers"])
         state = "" if r["driver"] != "bridge" else ("up" if r["exists"] else "absent")
-        click.echo(f"{r['name']:<16}{r['driver']:<8}{r['subnet']:<20}{r['gateway']:<16}"
-                   f"{count:<12}{state}")
+        click.echo(
+            f"{r['name']:<16}{r['driver']:<8}{r['subnet']:<20}{r['gateway']:<16}{count:<12}{state}"
+        )
 
 
 @network.command("inspect")
@@ -45,5 +53,6 @@ def inspect(obj, names):
     NAME is the bridge (`pyinspect0`), `bridge` for the configured one, `host` or `none`.
     """
     from ..runtime import network as net
+
     out = [net.inspect(obj["root"], name) for name in names]
     click.echo(json.dumps(out, indent=2))

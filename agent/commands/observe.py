@@ -18,10 +18,15 @@ def _table(headers, rows):
 
 @click.command("map")
 @click.option("--json", "as_json", is_flag=True, help="Print every field as JSON.")
-@click.option("--all", "show_all", is_flag=True,
-              help="Also show loopback devices (hidden by default).")
-@click.option("--container", "-c", metavar="NAME",
-              help="Only the interfaces of this container (name or id prefix).")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Also show loopback devices (hidden by default)."
+)
+@click.option(
+    "--container",
+    "-c",
+    metavar="NAME",
+    help="Only the interfaces of this container (name or id prefix).",
+)
 @click.option("--save", is_flag=True, help="Also store this snapshot in the interfaces table.")
 @click.pass_obj
 def map_(obj, as_json, show_all, container, save):
@@ -36,46 +41,86 @@ def map_(obj, as_json, show_all, container, save):
     """
     from .. import vethmap
     from ..errors import NotFoundError
+
     errors = []
     rows = vethmap.build(obj["root"], errors=errors)
     if save:
         from ..config import database_path
         from ..store import Store
+
         with Store(database_path(obj["root"])) as store:
             vethmap.snapshot(store, rows)
     if container:
-        rows = [r for r in rows if container == r["container_name"]
-                or (r["container_id"] or "").startswith(container)]
+        rows = [
+            r
+            for r in rows
+            if container == r["container_name"] or (r["container_id"] or "").startswith(container)
+        ]
         if not rows:
-            raise NotFoundError(f"map: no interfaces for container {container!r}",
-                                "check the name with `pyinspect ps` or `pyinspect map`")
+            raise NotFoundError(
+                f"map: no interfaces for container {container!r}",
+                "check the name with `pyinspect ps` or `pyinspect map`",
+            )
     if errors:
-        click.echo(f"note: {len(errors)} network namespace(s) could not be read "
-                   f"({errors[0][1]}); run as root to see them", err=True)
+        click.echo(
+            f"note: {len(errors)} network namespace(s) could not be read "
+            f"({errors[0][1]}); run as root to see them",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     shown = [r for r in rows if show_all or r["kind"] != "loopback"]
-    click.echo(_table(vethmap.COLUMNS, [
-        (r["netns_name"], r["ifindex"], r["ifname"], vethmap.peer_label(r),
-         r["master"] or "-", r["mac"] or "-", ",".join(r["addrs"]) or "-",
-         r["container_name"] or "-")
-        for r in shown]))
+    click.echo(
+        _table(
+            vethmap.COLUMNS,
+            [
+                (
+                    r["netns_name"],
+                    r["ifindex"],
+                    r["ifname"],
+                    vethmap.peer_label(r),
+                    r["master"] or "-",
+                    r["mac"] or "-",
+                    ",".join(r["addrs"]) or "-",
+                    r["container_name"] or "-",
+                )
+                for r in shown
+            ],
+        )
+    )
 
 
 @click.command("events")
 @click.option("--container", "-c", metavar="NAME", help="Only this container (name or id prefix).")
-@click.option("--since", metavar="WHEN",
-              help="Stored events from WHEN on: 30s, 10m, 2h, 1d, RFC3339 or epoch seconds.")
-@click.option("--kind", "kinds", multiple=True, metavar="KIND",
-              help="Only these kinds (fork, exec, exit, clone, unshare, setns, oom, "
-                   "cgroup_mkdir, cgroup_rmdir, cgroup_attach, link_add, link_del, ...); "
-                   "repeatable.")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="At most this many stored events.")
-@click.option("--follow", "-f", is_flag=True,
-              help="After the stored events, run the probes here and print live events "
-                   "(also stored) until interrupted.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Stored events from WHEN on: 30s, 10m, 2h, 1d, RFC3339 or epoch seconds.",
+)
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="Only these kinds (fork, exec, exit, clone, unshare, setns, oom, "
+    "cgroup_mkdir, cgroup_rmdir, cgroup_attach, link_add, link_del, ...); "
+    "repeatable.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="At most this many stored events.",
+)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="After the stored events, run the probes here and print live events "
+    "(also stored) until interrupted.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
 def events(obj, container, since, kinds, limit, follow, as_json):
@@ -105,8 +150,7 @@ def events(obj, container, since, kinds, limit, follow, as_json):
             click.echo(ev_lib.format_line(ev))
 
     with Store(database_path(obj["root"])) as store:
-        for ev in ev_lib.query(store, container=container, since=since, kinds=kinds,
-                               limit=limit):
+        for ev in ev_lib.query(store, container=container, since=since, kinds=kinds, limit=limit):
             show(ev)
         if not follow:
             return

@@ -9,6 +9,7 @@ import click
 def _store(obj):
     from ..config import database_path
     from ..store import Store
+
     return Store(database_path(obj["root"]))
 
 
@@ -32,11 +33,13 @@ def pcap():
 @click.option("--container", help="Every trace session of this container (name or id).")
 @click.option("--since", help="Start: a duration ago (5m), epoch seconds or ISO 8601.")
 @click.option("--until", help="End: same forms as --since.")
-@click.option("--flow", help="Only this connection, both NAT sides: "
-              "'[PROTO ]SRC:SPORT->DST:DPORT'.")
+@click.option(
+    "--flow", help="Only this connection, both NAT sides: '[PROTO ]SRC:SPORT->DST:DPORT'."
+)
 @click.option("--filter", "bpf_filter", help="pcap-filter expression (tcpdump syntax).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="pcapng file to write.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="pcapng file to write."
+)
 @click.pass_obj
 def export_(obj, session_id, container, since, until, flow, bpf_filter, output):
     """Export stored trace packets as one pcapng.
@@ -52,16 +55,29 @@ def export_(obj, session_id, container, since, until, flow, bpf_filter, output):
     """
     from ..errors import UsageError
     from ..pcap_export import export
+
     if (session_id is None) == (container is None):
         raise UsageError("pcap export: give exactly one of --session ID or --container NAME")
     with _store(obj) as store:
-        res = export(store, session_id=session_id, container=container, since=since,
-                     until=until, flow=flow, bpf_filter=bpf_filter, out=output)
-    click.echo(f"wrote {res['packets']} packets on {res['interfaces']} interfaces "
-               f"to {res['output']}")
+        res = export(
+            store,
+            session_id=session_id,
+            container=container,
+            since=since,
+            until=until,
+            flow=flow,
+            bpf_filter=bpf_filter,
+            out=output,
+        )
+    click.echo(
+        f"wrote {res['packets']} packets on {res['interfaces']} interfaces to {res['output']}"
+    )
     if res["missing"]:
-        click.echo(f"note: {len(res['missing'])} segment file(s) of the trace are gone: "
-                   f"{', '.join(res['missing'][:3])}", err=True)
+        click.echo(
+            f"note: {len(res['missing'])} segment file(s) of the trace are gone: "
+            f"{', '.join(res['missing'][:3])}",
+            err=True,
+        )
 
 
 @pcap.command("ls")
@@ -74,6 +90,7 @@ def ls(obj, as_json):
     the packets its analysis indexed); SEGS and BYTES are its segment files.
     """
     from ..pcap_export import list_sessions
+
     with _store(obj) as store:
         rows = list_sessions(store)
     if as_json:
@@ -81,13 +98,35 @@ def ls(obj, as_json):
             click.echo(json.dumps(row, sort_keys=True))
         return
     fmt = "{:>5}  {:<16} {:<19}  {:<19}  {:<9} {:>6} {:>9} {:>4} {:>8}  {}"
-    click.echo(fmt.format("ID", "CONTAINER", "STARTED (UTC)", "STOPPED (UTC)", "STATUS",
-                          "POINTS", "PACKETS", "SEGS", "BYTES", "PCAP"))
+    click.echo(
+        fmt.format(
+            "ID",
+            "CONTAINER",
+            "STARTED (UTC)",
+            "STOPPED (UTC)",
+            "STATUS",
+            "POINTS",
+            "PACKETS",
+            "SEGS",
+            "BYTES",
+            "PCAP",
+        )
+    )
     for r in rows:
-        click.echo(fmt.format(r["id"], (r["container_name"] or r["container_id"] or "-")[:16],
-                              _when(r["started_ns"]), _when(r["stopped_ns"]),
-                              (r["status"] or "-")[:9], r["points"], r["packets"],
-                              r["segments"], _size(r["bytes"]), r["pcap_path"] or "-"))
+        click.echo(
+            fmt.format(
+                r["id"],
+                (r["container_name"] or r["container_id"] or "-")[:16],
+                _when(r["started_ns"]),
+                _when(r["stopped_ns"]),
+                (r["status"] or "-")[:9],
+                r["points"],
+                r["packets"],
+                r["segments"],
+                _size(r["bytes"]),
+                r["pcap_path"] or "-",
+            )
+        )
 
 
 def _size(n):
@@ -99,8 +138,13 @@ def _size(n):
 
 @pcap.command("merge")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="pcapng file to write (only created if every input reads cleanly).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="pcapng file to write (only created if every input reads cleanly).",
+)
 def merge(inputs, output):
     """Merge pcap/pcapng files into one pcapng.
 
@@ -110,6 +154,9 @@ def merge(inputs, output):
     stops the merge with one error line and no output file.
     """
     from ..pcapng import merge as merge_files
+
     res = merge_files(inputs, output)
-    click.echo(f"merged {res['packets']} packets from {res['inputs']} files "
-               f"({res['interfaces']} interfaces) into {res['output']}")
+    click.echo(
+        f"merged {res['packets']} packets from {res['inputs']} files "
+        f"({res['interfaces']} interfaces) into {res['output']}"
+    )

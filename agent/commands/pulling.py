@@ -27,6 +27,7 @@ class LayerProgress:
 
     def __call__(self, layer, status, current=None, total=None):
         from ..runtime.layerstream import human
+
         if self.header:
             self.flush_header()
         moving = status in ("Downloading", "Pushing") and current is not None and total
@@ -38,8 +39,10 @@ class LayerProgress:
         text = f"{layer}: {status}"
         if moving:
             done = int(50 * min(current, total) / total)
-            text += f" [{'=' * max(done - 1, 0)}{'>' if done else ''}{' ' * (50 - done)}] " \
-                    f"{human(current)}/{human(total)}"
+            text += (
+                f" [{'=' * max(done - 1, 0)}{'>' if done else ''}{' ' * (50 - done)}] "
+                f"{human(current)}/{human(total)}"
+            )
         if layer not in self.order:
             self.order.append(layer)
             self.stream.write(text + "\n")
@@ -54,6 +57,7 @@ def pull_image(root, ref, quiet=False, out=None):
     from ..runtime.images import ImageStore
     from ..runtime.registry.pull import pull as do_pull
     from ..runtime.registry.reference import parse
+
     out = out or sys.stdout
     r = parse(ref)
     header = []
@@ -91,6 +95,7 @@ def ensure_image(root, ref):
 
     from ..errors import UsageError
     from ..runtime.images import DEFAULT_IMAGE, ImageStore, parse_reference
+
     policy = os.environ.get(PULL_ENV, "missing").strip().lower() or "missing"
     if policy not in ("missing", "never"):
         raise UsageError(f"{PULL_ENV}={policy!r}: expected 'missing' or 'never'")

@@ -9,6 +9,7 @@ from .pulling import LayerProgress, pull_image
 
 def _store(obj):
     from ..runtime.images import ImageStore
+
     return ImageStore(obj["root"])
 
 
@@ -32,6 +33,7 @@ def login(username, password, password_stdin, server):
     from ..runtime.registry import credentials
     from ..runtime.registry.client import RegistryClient
     from ..runtime.registry.reference import normalize_domain
+
     domain = normalize_domain(server)
     if password_stdin:
         if password is not None:
@@ -40,8 +42,9 @@ def login(username, password, password_stdin, server):
             raise UsageError("login: --password-stdin needs --username")
         password = sys.stdin.readline().rstrip("\r\n")
     elif password is not None:
-        click.echo("WARNING! Using --password via the CLI is insecure. Use --password-stdin.",
-                   err=True)
+        click.echo(
+            "WARNING! Using --password via the CLI is insecure. Use --password-stdin.", err=True
+        )
     if not username:
         if not sys.stdin.isatty():
             raise UsageError("login: no username", "give -u USER")
@@ -54,6 +57,7 @@ def login(username, password, password_stdin, server):
         raise UsageError("login: username and password must not be empty")
     creds = credentials.Credentials(username, password)
     from ..runtime.image_settings import load_settings
+
     obj = click.get_current_context().obj
     with RegistryClient(domain, creds, load_settings(obj["root"]).insecure_registries) as c:
         c.login()
@@ -73,6 +77,7 @@ def logout(server):
     """
     from ..runtime.registry import credentials
     from ..runtime.registry.reference import normalize_domain
+
     domain = normalize_domain(server)
     if credentials.remove(domain):
         click.echo(f"Removing login credentials for {server}")
@@ -101,8 +106,13 @@ def pull(obj, quiet, name):
 
 
 @click.command()
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, hidden=True,
-              help="Upload blobs larger than this in PATCH chunks of this many bytes.")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    hidden=True,
+    help="Upload blobs larger than this in PATCH chunks of this many bytes.",
+)
 @click.option("-a", "--all-tags", is_flag=True, help="Push every tag of the repository NAME.")
 @click.argument("name")
 @click.pass_obj
@@ -120,6 +130,7 @@ def push(obj, chunk_size, all_tags, name):
     from ..runtime.registry.push import CHUNK_SIZE, tags_of
     from ..runtime.registry.push import push as do_push
     from ..runtime.registry.reference import parse
+
     store = _store(obj)
     r = parse(name)
     names = tags_of(store, name) if all_tags else [name]

@@ -19,7 +19,7 @@ class Opt:
 
     dest: str
     flags: tuple
-    kind: str = "value"       # value | flag | multiple | int
+    kind: str = "value"  # value | flag | multiple | int
     help: str = ""
     metavar: str | None = None
     default: object = None
@@ -34,19 +34,35 @@ RUN_OPTIONS = (
     Opt("volume", ("-v", "--volume"), "multiple", "Bind mount.", "HOST:CTR[:ro]"),
     Opt("workdir", ("-w", "--workdir"), help="Working directory inside the container."),
     Opt("hostname", ("--hostname",), help="Container host name (default: the short id)."),
-    Opt("entrypoint", ("--entrypoint",), help="Override the image's ENTRYPOINT (\"\" clears it)."),
+    Opt("entrypoint", ("--entrypoint",), help='Override the image\'s ENTRYPOINT ("" clears it).'),
     Opt("memory", ("-m", "--memory"), help="Memory limit, e.g. 30m or 1g."),
     Opt("cpus", ("--cpus",), help="CPU limit, e.g. 0.5."),
     Opt("pids_limit", ("--pids-limit",), "int", "Maximum number of processes."),
     Opt("interactive", ("-i", "--interactive"), "flag", "Keep stdin open."),
     Opt("tty", ("-t", "--tty"), "flag", "Allocate a pseudo-terminal."),
-    Opt("network", ("--net", "--network"), help="bridge, none, host or container:NAME.",
-        default="bridge", show_default=True),
-    Opt("publish", ("-p", "--publish"), "multiple", "Publish a container port (bridge only).",
-        "[IP:]HOST:CTR[/proto]"),
+    Opt(
+        "network",
+        ("--net", "--network"),
+        help="bridge, none, host or container:NAME.",
+        default="bridge",
+        show_default=True,
+    ),
+    Opt(
+        "publish",
+        ("-p", "--publish"),
+        "multiple",
+        "Publish a container port (bridge only).",
+        "[IP:]HOST:CTR[/proto]",
+    ),
     Opt("publish_all", ("-P", "--publish-all"), "flag", "Publish every exposed port."),
-    Opt("restart_policy", ("--restart",), help="Restart policy: no, always, unless-stopped or "
-        "on-failure[:N].", metavar="POLICY", default="no", show_default=True),
+    Opt(
+        "restart_policy",
+        ("--restart",),
+        help="Restart policy: no, always, unless-stopped or on-failure[:N].",
+        metavar="POLICY",
+        default="no",
+        show_default=True,
+    ),
 )
 
 _BY_FLAG = {flag: o for o in RUN_OPTIONS for flag in o.flags}
@@ -54,8 +70,10 @@ _BY_FLAG = {flag: o for o in RUN_OPTIONS for flag in o.flags}
 
 def defaults() -> dict:
     """Every option's value when it is not given."""
-    return {o.dest: (() if o.kind == "multiple" else False if o.kind == "flag" else o.default)
-            for o in RUN_OPTIONS}
+    return {
+        o.dest: (() if o.kind == "multiple" else False if o.kind == "flag" else o.default)
+        for o in RUN_OPTIONS
+    }
 
 
 def _take(values, opt, value):
@@ -90,7 +108,7 @@ def _parse(args):
         if a == "--root":
             root = args.pop(0)
         elif a.startswith("--root="):
-            root = a[len("--root="):]
+            root = a[len("--root=") :]
         elif a == "--debug":
             debug = True
         else:
@@ -126,7 +144,7 @@ def _parse(args):
             if opt.kind == "flag":
                 values[opt.dest] = True
                 continue
-            rest = a[i + 1:]
+            rest = a[i + 1 :]
             _take(values, opt, rest if rest else args.pop(0))
             break
     if not args:
@@ -140,16 +158,30 @@ def execute(root, values) -> int:
     """Do `run` with parsed `values` under state root `root`: the exit code (detached: 0,
     after printing the id)."""
     from ..runtime.containers import ContainerSpec, Runtime
+
     v = values
-    spec = ContainerSpec(image=v["image"], command=list(v["command"]) or None,
-                         entrypoint=v["entrypoint"], name=v["name"], env=list(v["env"]),
-                         volumes=list(v["volume"]), workdir=v["workdir"],
-                         hostname=v["hostname"], memory=v["memory"], cpus=v["cpus"],
-                         pids_limit=v["pids_limit"], interactive=v["interactive"],
-                         tty=v["tty"], auto_remove=v["auto_remove"],
-                         network_mode=v["network"], publish=list(v["publish"]),
-                         publish_all=v["publish_all"], restart=v["restart_policy"])
+    spec = ContainerSpec(
+        image=v["image"],
+        command=list(v["command"]) or None,
+        entrypoint=v["entrypoint"],
+        name=v["name"],
+        env=list(v["env"]),
+        volumes=list(v["volume"]),
+        workdir=v["workdir"],
+        hostname=v["hostname"],
+        memory=v["memory"],
+        cpus=v["cpus"],
+        pids_limit=v["pids_limit"],
+        interactive=v["interactive"],
+        tty=v["tty"],
+        auto_remove=v["auto_remove"],
+        network_mode=v["network"],
+        publish=list(v["publish"]),
+        publish_all=v["publish_all"],
+        restart=v["restart_policy"],
+    )
     from .pulling import ensure_image
+
     ensure_image(root, spec.image)  # a missing image is pulled first, like Docker's run
     rt = Runtime(root)
     if v["detach"]:
@@ -161,6 +193,7 @@ def execute(root, values) -> int:
     if spec.tty and spec.interactive and sys.stdin.isatty():
         import termios
         import tty as ttymod
+
         restore = termios.tcgetattr(0)
         ttymod.setraw(0)
     try:
@@ -168,6 +201,7 @@ def execute(root, values) -> int:
     finally:
         if restore is not None:
             import termios
+
             termios.tcsetattr(0, termios.TCSADRAIN, restore)
     return c.exit_code
 

@@ -13,26 +13,26 @@ The budget is a token bucket holding up to BUDGET_BURST_S seconds of its rate.
 import os
 import time
 
-POLL_INTERVAL = 0.1             # seconds between reads of the sources (SETTLE_NS is longer)
+POLL_INTERVAL = 0.1  # seconds between reads of the sources (SETTLE_NS is longer)
 # ... while less than a core is idle: each poll costs ~1 ms of CPU whatever it reads
 POLL_INTERVAL_BUSY = 0.25
-AUTO_CPU_SHARE = 0.01           # 1% of a core: ~1000 records/s at ~10 us a record
+AUTO_CPU_SHARE = 0.01  # 1% of a core: ~1000 records/s at ~10 us a record
 AUTO_CPU_SHARE_IDLE = 0.5
-AUTO_MIN_RATE, AUTO_MAX_RATE = 100, 100000      # records/s bounds of the automatic budget
-BUDGET_BURST_S = 1.0            # the budget saves up to this many seconds of its rate
+AUTO_MIN_RATE, AUTO_MAX_RATE = 100, 100000  # records/s bounds of the automatic budget
+BUDGET_BURST_S = 1.0  # the budget saves up to this many seconds of its rate
 
 
 class ReaderBudget:
     """`refill(capture)` before each read; `learn(cpu_s, records)` after it."""
 
     def __init__(self, max_rate=None):
-        self.max_rate = max_rate        # None: automatic; 0: no budget
-        self.cost = 10e-6               # CPU seconds a record adds, learned while running
-        self.poll_cost = 0.0            # CPU seconds of a poll that reads (almost) nothing
+        self.max_rate = max_rate  # None: automatic; 0: no budget
+        self.cost = 10e-6  # CPU seconds a record adds, learned while running
+        self.poll_cost = 0.0  # CPU seconds of a poll that reads (almost) nothing
         self.share = 0.0
         self._t = None
         self._cpu_prev = None
-        self._idle = None               # idle cores between the last two refills
+        self._idle = None  # idle cores between the last two refills
         self._ncpu = os.cpu_count() or 1
 
     @property
@@ -80,7 +80,7 @@ class ReaderBudget:
         traced traffic keeps the cores it is using."""
         share = AUTO_CPU_SHARE
         idle = self._idle
-        if idle is not None:   # only a whole idle core beyond the first is taken, by half
+        if idle is not None:  # only a whole idle core beyond the first is taken, by half
             share = min(AUTO_CPU_SHARE_IDLE, max(AUTO_CPU_SHARE, 0.5 * (idle - 1.0)))
         self.share = share
         return int(min(AUTO_MAX_RATE, max(AUTO_MIN_RATE, share / self.cost)))
@@ -88,8 +88,10 @@ class ReaderBudget:
     def describe(self):
         if self.max_rate is not None:
             return self.max_rate
-        return (f"auto (last {self.auto_rate()} records/s: {self.share:.1%} of a core at "
-                f"{self.cost * 1e6:.0f} us/record; a poll {self.poll_cost * 1e3:.1f} ms)")
+        return (
+            f"auto (last {self.auto_rate()} records/s: {self.share:.1%} of a core at "
+            f"{self.cost * 1e6:.0f} us/record; a poll {self.poll_cost * 1e3:.1f} ms)"
+        )
 
     def _idle_cores(self):
         """Idle CPUs (0..ncpu) since the last call, from /proc/stat; None the first time."""

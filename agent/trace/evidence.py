@@ -28,8 +28,8 @@ from pathlib import Path
 from ..pcapng import PcapNgWriter
 
 SEGMENT_BYTES = 128 << 20
-LOCATE_CHUNKS = 8192          # chunk positions remembered per CPU for locate()
-MAX_WRITERS = 4               # writer threads (each with its own file) at most
+LOCATE_CHUNKS = 8192  # chunk positions remembered per CPU for locate()
+MAX_WRITERS = 4  # writer threads (each with its own file) at most
 
 
 @dataclass
@@ -51,10 +51,10 @@ class Segment:
 
 @dataclass
 class _Placed:
-    start: int                # stream position of the chunk's first record
+    start: int  # stream position of the chunk's first record
     end: int
-    seq: int                  # segment number
-    offset: int               # file offset of the chunk's first EPB
+    seq: int  # segment number
+    offset: int  # file offset of the chunk's first EPB
 
 
 def section_header(interfaces: list[Interface]) -> bytes:
@@ -76,13 +76,14 @@ class SegmentFiles:
     parallel; segment numbers are shared (1, 2, ... in the order files are opened) and
     `total` counts every lane. `segments` lists every file opened (the caller records
     them in the store)."""
+
     directory: Path
     interfaces: list[Interface]
     segment_bytes: int = SEGMENT_BYTES
-    max_bytes: int = 0                   # 0: no cap
+    max_bytes: int = 0  # 0: no cap
     total: int = 0
     segments: list[Segment] = field(default_factory=list)
-    _current: dict[int, Segment] = field(default_factory=dict)   # lane -> open file
+    _current: dict[int, Segment] = field(default_factory=dict)  # lane -> open file
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _header: bytes = b""
 
@@ -132,8 +133,9 @@ class SegmentFiles:
     def snapshot(self) -> list[Segment]:
         """Copies of the segments so far (no fds), in segment order."""
         with self._lock:
-            return [Segment(s.seq, s.path, -1, s.size, s.started_ns, s.ended_ns)
-                    for s in self.segments]
+            return [
+                Segment(s.seq, s.path, -1, s.size, s.started_ns, s.ended_ns) for s in self.segments
+            ]
 
     def _close(self, lane: int, seg: Segment) -> None:
         os.close(seg.fd)
@@ -152,8 +154,7 @@ class EvidenceWriter:
     writing a file of its own, so the copies into the page cache run in parallel (as
     tcpdump runs a process per interface)."""
 
-    def __init__(self, cap, files: SegmentFiles, interval: float = 0.05,
-                 writers: int = 0):
+    def __init__(self, cap, files: SegmentFiles, interval: float = 0.05, writers: int = 0):
         self.cap = cap
         self.files = files
         self.interval = interval
@@ -168,9 +169,12 @@ class EvidenceWriter:
         n = max(1, min(writers or MAX_WRITERS, len(cpus)))
         self.lanes = [cpus[i::n] for i in range(n)]
         self._lane_of = {cpu: i for i, lane in enumerate(self.lanes) for cpu in lane}
-        self._threads = [threading.Thread(target=self._run, args=(i, lane), daemon=True,
-                                          name=f"pyinspect-evidence-{i}")
-                         for i, lane in enumerate(self.lanes)]
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(i, lane), daemon=True, name=f"pyinspect-evidence-{i}"
+            )
+            for i, lane in enumerate(self.lanes)
+        ]
 
     def start(self) -> EvidenceWriter:
         for t in self._threads:
@@ -207,8 +211,8 @@ class EvidenceWriter:
                 placed.append(_Placed(chunk.start, chunk.end, seq, offset))
                 starts.append(chunk.start)
                 if len(placed) > LOCATE_CHUNKS:
-                    del placed[:LOCATE_CHUNKS // 2]
-                    del starts[:LOCATE_CHUNKS // 2]
+                    del placed[: LOCATE_CHUNKS // 2]
+                    del starts[: LOCATE_CHUNKS // 2]
                 if self.capped_at is None and self.files.over_cap():
                     # what is already in the buffers is still written: `captured`
                     # stays exactly what the file holds
@@ -233,6 +237,7 @@ class EvidenceWriter:
             if stream_pos < 0 or i < 0 or stream_pos >= placed[i].end:
                 return None
             return placed[i].seq, placed[i].offset + (stream_pos - placed[i].start)
+
         return locate
 
     def locate(self, cpu: int, stream_pos: int) -> tuple[int, int] | None:

@@ -36,6 +36,7 @@ def tcp_flag_text(flags):
 
 class Pkt(NamedTuple):
     """The parts of an IPv4 packet the correlation needs."""
+
     proto: str
     src: str
     sport: int
@@ -80,12 +81,11 @@ def parse_ip(ip, off=0):
     vihl, iplen, ipid, proto, src, dst = _IPH.unpack_from(ip, off)
     if vihl >> 4 != 4:
         return None
-    l4 = off + (vihl & 0xf) * 4
+    l4 = off + (vihl & 0xF) * 4
     pname = PROTO_NAMES.get(proto) or str(proto)
     if proto == 6 and len(ip) >= l4 + 14:
         sport, dport, seq, ack = _TCP.unpack_from(ip, l4)
-        return Pkt(pname, _ntoa(src), sport, _ntoa(dst), dport, ipid, seq, ack, iplen,
-                   ip[l4 + 13])
+        return Pkt(pname, _ntoa(src), sport, _ntoa(dst), dport, ipid, seq, ack, iplen, ip[l4 + 13])
     if proto == 17 and len(ip) >= l4 + 4:
         sport, dport = _PORTS.unpack_from(ip, l4)
         return Pkt(pname, _ntoa(src), sport, _ntoa(dst), dport, ipid, 0, 0, iplen)
@@ -118,11 +118,11 @@ def ep(ip, port):
 class Flow:
     id: int
     proto: str
-    orig: tuple                 # (src, sport, dst, dport)
+    orig: tuple  # (src, sport, dst, dport)
     reply: tuple = None
     ct_id: int = None
-    nat: str = ""               # 'dnat', 'snat', 'dnat+snat' or ''
-    nat_rule: dict = None       # the netfilter hop that did the translation
+    nat: str = ""  # 'dnat', 'snat', 'dnat+snat' or ''
+    nat_rule: dict = None  # the netfilter hop that did the translation
     first_ns: int = 0
     last_ns: int = 0
     packets: int = 0
@@ -130,12 +130,12 @@ class Flow:
     shown: int = 0
     tcp_state: str = None
     drops: list = field(default_factory=list)
-    drop_counts: dict = field(default_factory=dict)   # explanation -> count
+    drop_counts: dict = field(default_factory=dict)  # explanation -> count
     notes: list = field(default_factory=list)
     matched: bool = False
     store_id: int = None
     dirs_shown: set = field(default_factory=set)
-    repeated_paths: int = 0     # journeys whose rule path was the previous one's (not stored)
+    repeated_paths: int = 0  # journeys whose rule path was the previous one's (not stored)
 
     def nat_text(self):
         """`a:p -> b:q` for each translation, e.g. 'DNAT 10.0.0.1:8088 -> 172.30.0.2:80'."""
@@ -181,7 +181,7 @@ class FlowTable:
 
     def __init__(self):
         self.flows = {}
-        self.index = {}         # (proto, src, sport, dst, dport) -> (flow, dir, stage)
+        self.index = {}  # (proto, src, sport, dst, dport) -> (flow, dir, stage)
         self.by_ct = {}
         self._next = 1
 
@@ -248,13 +248,14 @@ class FlowTable:
 @dataclass
 class Journey:
     """One packet's way through the host: captures and netfilter hops."""
+
     flow: Flow
-    direction: str              # 'orig' | 'reply'
+    direction: str  # 'orig' | 'reply'
     ident: tuple
-    captures: list = field(default_factory=list)   # Captures (times CLOCK_REALTIME)
-    nf: list = field(default_factory=list)         # hop dicts from probes.nftrace
+    captures: list = field(default_factory=list)  # Captures (times CLOCK_REALTIME)
+    nf: list = field(default_factory=list)  # hop dicts from probes.nftrace
     first_ns: int = 0
-    seq: int = 0                # its place in the flow: 1 for the flow's first journey
+    seq: int = 0  # its place in the flow: 1 for the flow's first journey
 
     def hops(self, host_points):
         """Captures and netfilter hops in path order.
@@ -301,11 +302,11 @@ def _nf_rank(item):
     table = h["table"].split()[-1]
     rank = HOOK_RANK.get(hook, 9)
     if rank == 2 and table == "nat":
-        return (rank, 9, i)             # SNAT runs after the POSTROUTING filters
+        return (rank, 9, i)  # SNAT runs after the POSTROUTING filters
     return (rank, TABLE_RANK.get(table, 5), i)
 
 
-BENIGN_DROP_REASONS = {"QUEUE_PURGE", "SOCKET_CLOSE"}   # a closing socket freeing its queue
+BENIGN_DROP_REASONS = {"QUEUE_PURGE", "SOCKET_CLOSE"}  # a closing socket freeing its queue
 
 
 def explain_drop(drop, flow, journeys, container_name, container_netns):
@@ -318,16 +319,19 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
                 if h.get("verdict", "").startswith("DROP") or h.get("verdict") == "REJECT":
                     last = h
         if last:
-            what = last["rule_text"] if last["kind"] != "policy" or \
-                not last["rule_text"].startswith("policy") else last["rule_text"]
+            what = (
+                last["rule_text"]
+                if last["kind"] != "policy" or not last["rule_text"].startswith("policy")
+                else last["rule_text"]
+            )
             if last["kind"] == "policy" and last["rule_text"].startswith("policy"):
                 return f"dropped in {last['chain']}: {what}"
-            return (f"dropped in {last['chain']}: {last['table']} rule {last['rule_num']} "
-                    f"({what})")
+            return f"dropped in {last['chain']}: {last['table']} rule {last['rule_num']} ({what})"
         return "dropped by a netfilter rule (no trace line for it)"
     if reason == "NO_SOCKET":
-        where = container_name if drop.get("netns") == container_netns else \
-            f"netns {drop.get('netns')}"
+        where = (
+            container_name if drop.get("netns") == container_netns else f"netns {drop.get('netns')}"
+        )
         if drop["proto"] == "tcp":
             return f"no listener on port {drop['dport']} in {where}: RST"
         return f"no listener on port {drop['dport']} in {where}: ICMP port unreachable"
@@ -337,33 +341,35 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
 
 
 # -- correlation -----------------------------------------------------------------------
-SETTLE_NS = 250_000_000         # a packet waits this long for its conntrack and trace lines
+SETTLE_NS = 250_000_000  # a packet waits this long for its conntrack and trace lines
 RECENT_JOURNEYS = 4096
 FLOW_PROTOS = {"tcp", "udp", "icmp"}
-MAX_DROP_ROWS_PER_FLOW = 100    # stored drop rows per flow; all are counted
+MAX_DROP_ROWS_PER_FLOW = 100  # stored drop rows per flow; all are counted
 
 
 @dataclass(slots=True)
 class Capture:
     """One analysis record: a packet seen at one capture point."""
-    ts_ns: int                  # CLOCK_MONOTONIC; CLOCK_REALTIME once settled into a Journey
+
+    ts_ns: int  # CLOCK_MONOTONIC; CLOCK_REALTIME once settled into a Journey
     point: int
-    dir: str                    # 'in' | 'out'
+    dir: str  # 'in' | 'out'
     len: int
     data: bytes
     pkt: Pkt | None
     cpu: int
-    pos: int                    # its evidence record's stream position (-1: none)
+    pos: int  # its evidence record's stream position (-1: none)
 
 
 @dataclass
 class Settled:
     """What one settle step produced, in the order the sinks take it."""
-    journeys: list = field(default_factory=list)     # Journeys, time order
-    late_hops: list = field(default_factory=list)    # (Journey, hop): packet shown earlier
-    fast: list = field(default_factory=list)         # (ts, point, dir, len, cpu, pos, Flow)
-    drops: list = field(default_factory=list)        # (Flow, drop, count of its cause, stored)
-    events: list = field(default_factory=list)       # process/link/cgroup event dicts
+
+    journeys: list = field(default_factory=list)  # Journeys, time order
+    late_hops: list = field(default_factory=list)  # (Journey, hop): packet shown earlier
+    fast: list = field(default_factory=list)  # (ts, point, dir, len, cpu, pos, Flow)
+    drops: list = field(default_factory=list)  # (Flow, drop, count of its cause, stored)
+    events: list = field(default_factory=list)  # process/link/cgroup event dicts
 
 
 def fast_key(frame):
@@ -371,20 +377,20 @@ def fast_key(frame):
     or None for anything else and for TCP packets that open, close or reset (those always
     take the full path: the netfilter trace follows them)."""
     if frame[14:15] == b"\x45" and frame[12:14] == b"\x08\x00" and len(frame) >= 48:
-        proto = frame[23]             # the usual case: no IP options
+        proto = frame[23]  # the usual case: no IP options
         if proto == 17 or (proto == 6 and not frame[47] & 0x07):
             return frame[23:24] + frame[26:38]
         return None
     if len(frame) < 38 or frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4:
         return None
     proto = frame[23]
-    l4 = 14 + (frame[14] & 0xf) * 4
+    l4 = 14 + (frame[14] & 0xF) * 4
     if proto == 6:
         if len(frame) < l4 + 14 or frame[l4 + 13] & 0x07:
             return None
     elif proto != 17 or len(frame) < l4 + 4:
         return None
-    return frame[23:24] + frame[26:34] + frame[l4:l4 + 4]
+    return frame[23:24] + frame[26:34] + frame[l4 : l4 + 4]
 
 
 class Correlator:
@@ -396,35 +402,36 @@ class Correlator:
     are found by their 5-tuple bytes and only counted (and indexed) — no parse, no
     journey (not with `count`, which counts packets one by one)."""
 
-    def __init__(self, offset, live_per_flow, pfilter=None, count=None, target_name="",
-                 target_netns=0):
+    def __init__(
+        self, offset, live_per_flow, pfilter=None, count=None, target_name="", target_netns=0
+    ):
         self.flows = FlowTable()
-        self.offset = offset            # CLOCK_REALTIME - CLOCK_MONOTONIC
+        self.offset = offset  # CLOCK_REALTIME - CLOCK_MONOTONIC
         self.live_per_flow = live_per_flow
         self.pfilter = pfilter
         self.count = count
         self.target_name = target_name
         self.target_netns = target_netns
-        self.pending = []               # Captures
-        self.nf_pending = []            # hop dicts
+        self.pending = []  # Captures
+        self.nf_pending = []  # hop dicts
         self.drop_pending = []
         self.ev_pending = []
-        self.journeys = {}              # flow id -> recent Journeys (for drop explanations)
+        self.journeys = {}  # flow id -> recent Journeys (for drop explanations)
         self.recent = collections.OrderedDict()
-        self.fast = {}                  # 5-tuple bytes -> Flow
+        self.fast = {}  # 5-tuple bytes -> Flow
         self._fast_by_flow = {}
         self.fastq = []
         self.traced_packets = 0
         self.filtered_out = 0
         self.fast_packets = 0
-        self.done = False               # --count reached
+        self.done = False  # --count reached
 
     # -- input ---------------------------------------------------------------------------
     def conntrack(self, ev):
         f = self.flows.conntrack(ev)
         if f and ev["kind"] in ("new", "destroy"):
-            for key in self._fast_by_flow.pop(f.id, ()):     # a new connection may reuse
-                self.fast.pop(key, None)                     # the tuples
+            for key in self._fast_by_flow.pop(f.id, ()):  # a new connection may reuse
+                self.fast.pop(key, None)  # the tuples
         return f
 
     def record(self, ts, point, d, ln, data, cpu, pos):
@@ -435,8 +442,9 @@ class Correlator:
             if f is not None:
                 self.fastq.append((ts, point, d, ln, cpu, pos, f))
                 return
-        self.pending.append(Capture(ts, point, "out" if d else "in", ln, data,
-                                    parse_frame(data), cpu, pos))
+        self.pending.append(
+            Capture(ts, point, "out" if d else "in", ln, data, parse_frame(data), cpu, pos)
+        )
 
     # -- settling ------------------------------------------------------------------------
     def settle(self, cutoff):
@@ -475,7 +483,7 @@ class Correlator:
         for c in ready:
             pkt = c.pkt
             if pkt is None or pkt.proto not in FLOW_PROTOS:
-                continue                 # ARP, IPv6, IGMP...: in the files, no flow
+                continue  # ARP, IPv6, IGMP...: in the files, no flow
             flow, direction, _stage = self.flows.for_packet(pkt, c.ts_ns + off)
             key = (flow.id, direction, pkt.ident)
             j = journeys.get(key)
@@ -497,7 +505,7 @@ class Correlator:
         if self.count:
             room = max(0, self.count - self.traced_packets)
             if len(order) > room:
-                order = order[:room]          # --count: nothing past the Nth packet
+                order = order[:room]  # --count: nothing past the Nth packet
                 self.done = True
         for j in order:
             f = j.flow
@@ -525,7 +533,7 @@ class Correlator:
             if pk:
                 hit = self.flows.lookup(pk.tuple)
                 j = None
-                if hit and hop.get("loose_ident"):       # nft traces: ip id + length only
+                if hit and hop.get("loose_ident"):  # nft traces: ip id + length only
                     if by_id is None:
                         by_id = {(k[0], k[1], k[2][0], k[2][3]): v for k, v in journeys.items()}
                     j = by_id.get((hit[0].id, hit[1], pk.ipid, pk.iplen))
@@ -539,7 +547,7 @@ class Correlator:
             elif not placed and pk:
                 late = self._recent_journey(pk, hop)
                 if late is not None:
-                    out.late_hops.append((late, hop))    # its packet was already shown
+                    out.late_hops.append((late, hop))  # its packet was already shown
                     continue
                 # a packet the trace saw but no capture point did (e.g. dropped before
                 # leaving the host): it still belongs to its flow
@@ -572,8 +580,12 @@ class Correlator:
             return None
         if hop.get("loose_ident"):
             for (fid, d, ident), j in reversed(self.recent.items()):
-                if fid == hit[0].id and d == hit[1] and ident[0] == pk.ipid and \
-                        ident[3] == pk.iplen:
+                if (
+                    fid == hit[0].id
+                    and d == hit[1]
+                    and ident[0] == pk.ipid
+                    and ident[3] == pk.iplen
+                ):
                     return j
             return None
         return self.recent.get((hit[0].id, hit[1], pk.ident))
@@ -623,12 +635,13 @@ class Correlator:
             flow = hit[0]
             if self.pfilter and not flow.matched:
                 continue
-            text = explain_drop(d, flow, self.journeys.get(flow.id, []), self.target_name,
-                                self.target_netns)
+            text = explain_drop(
+                d, flow, self.journeys.get(flow.id, []), self.target_name, self.target_netns
+            )
             d = dict(d, ts_ns=d["ts_ns"] + self.offset, explanation=text)
             n = flow.drop_counts.get(text, 0) + 1
             flow.drop_counts[text] = n
-            stored = len(flow.drops) < MAX_DROP_ROWS_PER_FLOW     # the rest are counted
+            stored = len(flow.drops) < MAX_DROP_ROWS_PER_FLOW  # the rest are counted
             if stored:
                 flow.drops.append(d)
             out.append((flow, d, n, stored))

@@ -23,21 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import database_path
+from ..errors import PyinspectError, UsageError
 from . import flows as F
 from .budget import ReaderBudget
 from .evidence import SEGMENT_BYTES, EvidenceWriter, Interface, SegmentFiles
 from .sinks import LiveText, StoreSink
-from .sources import (Conntrack, ContainerEvents, Drops, NetfilterTrace, NftTrace,
-                      start_all)
+from .sources import Conntrack, ContainerEvents, Drops, NetfilterTrace, NftTrace, start_all
 from .stale import cleanup_stale, state_dir
 from .summary import size_text
 from .target import capture_points, describe, dnat_ports, resolve, role
-from ..errors import PyinspectError, UsageError
 
-WHOLE_SNAPLEN = 262144          # tcpdump's default: with -w the file keeps whole packets
-HEADERS_SNAPLEN = 256           # without -w: every packet's headers, for pcap export
-AUTO_MAX_SIZE = 4 << 30         # segment files of one trace, at most (and free disk - 1 GiB)
-LIVE_PACKETS_PER_FLOW = 20      # live hop lines for the first N packets of each flow
+WHOLE_SNAPLEN = 262144  # tcpdump's default: with -w the file keeps whole packets
+HEADERS_SNAPLEN = 256  # without -w: every packet's headers, for pcap export
+AUTO_MAX_SIZE = 4 << 30  # segment files of one trace, at most (and free disk - 1 GiB)
+LIVE_PACKETS_PER_FLOW = 20  # live hop lines for the first N packets of each flow
 
 
 @dataclass
@@ -45,20 +44,20 @@ class TraceOptions:
     port: int = None
     filter: str = None
     via: list = None
-    snaplen: int = None       # None: WHOLE_SNAPLEN with -w, else HEADERS_SNAPLEN
+    snaplen: int = None  # None: WHOLE_SNAPLEN with -w, else HEADERS_SNAPLEN
     duration: float = None
     count: int = None
     pcap: str = None
     live_per_flow: int = LIVE_PACKETS_PER_FLOW
-    max_rate: int = None      # packets/s the analysis takes; None = auto; 0 = all
-    events: bool = True                   # interleave the container's process events
-    ring_mb: int = 16                     # evidence buffer per CPU
-    max_size: int = None                  # bytes of segment files; None: automatic; 0: no cap
+    max_rate: int = None  # packets/s the analysis takes; None = auto; 0 = all
+    events: bool = True  # interleave the container's process events
+    ring_mb: int = 16  # evidence buffer per CPU
+    max_size: int = None  # bytes of segment files; None: automatic; 0: no cap
     segment_size: int = SEGMENT_BYTES
-    stream_fd: int = None                 # evidence as one pcapng stream to this fd, no files
-    stream_filter: str = None             # pcap-filter: only matching packets go to the stream
-    stream_delay: float = 0               # s the stream holds packets back for NAT comments
-    roles: list = None                    # capture points of these roles only (target.role)
+    stream_fd: int = None  # evidence as one pcapng stream to this fd, no files
+    stream_filter: str = None  # pcap-filter: only matching packets go to the stream
+    stream_delay: float = 0  # s the stream holds packets back for NAT comments
+    roles: list = None  # capture points of these roles only (target.role)
 
 
 def _mono_to_real():
@@ -85,8 +84,8 @@ class TraceSession:
         self.session_id = None
         self.notes = []
         self.budget = ReaderBudget(self.opt.max_rate)
-        self.analysed = {}          # point index -> analysis records read
-        self.reader_cpu = 0.0       # CPU seconds of the reader's thread in polls
+        self.analysed = {}  # point index -> analysis records read
+        self.reader_cpu = 0.0  # CPU seconds of the reader's thread in polls
         self.started_ns = 0
         self.ready_ns = 0
         self.offset = 0
@@ -101,7 +100,7 @@ class TraceSession:
         self._stopped = False
         self._lost = {}
         self._stream_keep = None
-        self._settled_ns = None         # the last poll's settle cutoff (CLOCK_MONOTONIC)
+        self._settled_ns = None  # the last poll's settle cutoff (CLOCK_MONOTONIC)
 
     @property
     def flows(self):
@@ -114,6 +113,7 @@ class TraceSession:
     # -- start -------------------------------------------------------------------------
     def start(self):
         from pyinspect.probes import packets as P
+
         if self.opt.snaplen is not None and self.opt.snaplen < 0:
             raise UsageError(f"trace: bad --snaplen {self.opt.snaplen}: must be >= 0")
         if self.opt.filter:
@@ -131,26 +131,31 @@ class TraceSession:
         if self.opt.roles:
             self.points = [p for p in self.points if role(p) in self.opt.roles]
             if not self.points:
-                raise UsageError(f"trace: {t.name} has no capture point of the roles "
-                                 f"{', '.join(self.opt.roles)}")
+                raise UsageError(
+                    f"trace: {t.name} has no capture point of the roles {', '.join(self.opt.roles)}"
+                )
         t.ports = list(t.ports) + [p for p in dnat_ports(t.addrs) if p not in t.ports]
         if self.opt.port:
             t.ports = [p for p in t.ports if self.opt.port in (p[3], p[1])]
         only = sorted({self.opt.port} | {p[1] for p in t.ports}) if self.opt.port else []
-        tgt = P.Target(addrs=list(t.addrs), ports=[(p[0], p[1], p[2]) for p in t.ports],
-                       only_ports=only,
-                       container_ports=sorted({(p[3], p[2]) for p in t.ports if p[3]}))
+        tgt = P.Target(
+            addrs=list(t.addrs),
+            ports=[(p[0], p[1], p[2]) for p in t.ports],
+            only_ports=only,
+            container_ports=sorted({(p[3], p[2]) for p in t.ports if p[3]}),
+        )
         self.started_ns = time.time_ns()
         self.offset = _mono_to_real()
-        self.corr = F.Correlator(self.offset, self.opt.live_per_flow, self.pfilter,
-                                 self.opt.count, t.name, t.netns)
+        self.corr = F.Correlator(
+            self.offset, self.opt.live_per_flow, self.pfilter, self.opt.count, t.name, t.netns
+        )
         self.live = LiveText(self.points, self.opt.live_per_flow, t.name)
         self._state_file = state_dir(self.root) / f"{os.getpid()}.json"
         self._write_state()
         try:
             self.cap = P.PacketCapture(self.points, tgt, self.opt.snaplen, self.opt.ring_mb)
-            self._open_store()           # a bad -w path fails here, before any attach
-            self.budget.refill(self.cap)     # budgeted from the first packet, not first poll
+            self._open_store()  # a bad -w path fails here, before any attach
+            self.budget.refill(self.cap)  # budgeted from the first packet, not first poll
             self.cap.start()
             self.evidence = EvidenceWriter(self.cap, self._segment_files()).start()
             self.capture_hook = self.cap.attach_kind
@@ -158,27 +163,32 @@ class TraceSession:
                 self.notes.append(f"capture: {self.cap.attach_note}")
             if self.cap.copy_note:
                 self.notes.append(f"capture: {self.cap.copy_note}")
-            self._write_state(points=[{"netns": p.netns, "ifindex": p.ifindex, "name": p.name,
-                                       "added_clsact": added}
-                                      for p, added in self.cap.attached])
+            self._write_state(
+                points=[
+                    {"netns": p.netns, "ifindex": p.ifindex, "name": p.name, "added_clsact": added}
+                    for p, added in self.cap.attached
+                ]
+            )
             self._start_sources(tgt)
         except BaseException as exc:
             self._teardown()
             self._fail(exc)
             raise
-        self.budget.fill(self.cap)    # ready: a full bucket, for a burst at once
-        self.ready_ns = time.time_ns()       # --duration counts from here
+        self.budget.fill(self.cap)  # ready: a full bucket, for a burst at once
+        self.ready_ns = time.time_ns()  # --duration counts from here
         roles = ", ".join(f"{p.name} ({role(p)})" for p in self.points)
-        self.ready = (f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; "
-                      f"Ctrl-C to stop")
+        self.ready = (
+            f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; Ctrl-C to stop"
+        )
         return self
 
     def _start_sources(self, tgt):
         from pyinspect.probes import nftrace
+
         self.conntrack = Conntrack(self.target, self.notes)
         self.nftrace = NetfilterTrace(self.root, tgt)
         wanted = [self.conntrack, self.nftrace]
-        if nftrace.has_nft_chains():     # else nothing to trace there
+        if nftrace.has_nft_chains():  # else nothing to trace there
             wanted.append(NftTrace(tgt))
         if self.opt.events:
             wanted.append(ContainerEvents(self.target, self.points, self.notes))
@@ -200,46 +210,80 @@ class TraceSession:
         self.summary = None
 
     def _write_state(self, **extra):
-        st = {"pid": os.getpid(), "container": self.target.name, "rules_netns": None,
-              "points": [{"netns": p.netns, "ifindex": p.ifindex, "name": p.name}
-                         for p in self.points]}
+        st = {
+            "pid": os.getpid(),
+            "container": self.target.name,
+            "rules_netns": None,
+            "points": [
+                {"netns": p.netns, "ifindex": p.ifindex, "name": p.name} for p in self.points
+            ],
+        }
         st.update(extra)
         self._state_file.write_text(json.dumps(st))
 
     def _open_store(self):
         from ..store import Store
+
         if self.opt.pcap:
             out = Path(self.opt.pcap)
             parent = out.parent if str(out.parent) else Path(".")
             if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
-                raise UsageError(f"trace: cannot write {self.opt.pcap}: "
-                                 f"{'a directory' if out.is_dir() else 'no writable directory'}",
-                                 "give -w a path in a writable directory")
+                raise UsageError(
+                    f"trace: cannot write {self.opt.pcap}: "
+                    f"{'a directory' if out.is_dir() else 'no writable directory'}",
+                    "give -w a path in a writable directory",
+                )
         self.store = Store(database_path(self.root))
         self.session_id, point_ids = self.store.begin_trace(
-            container_id=self.target.id, container_name=self.target.name,
-            started_ns=self.started_ns, filter=self.opt.filter or "",
-            snaplen=self.cap.snaplen, pcap_path=str(self.opt.pcap or ""), pid=os.getpid(),
-            points=[{"name": p.name, "description": describe(p), "ifindex": p.ifindex,
-                     "netns": p.netns_inode, "linktype": 1} for p in self.points])
+            container_id=self.target.id,
+            container_name=self.target.name,
+            started_ns=self.started_ns,
+            filter=self.opt.filter or "",
+            snaplen=self.cap.snaplen,
+            pcap_path=str(self.opt.pcap or ""),
+            pid=os.getpid(),
+            points=[
+                {
+                    "name": p.name,
+                    "description": describe(p),
+                    "ifindex": p.ifindex,
+                    "netns": p.netns_inode,
+                    "linktype": 1,
+                }
+                for p in self.points
+            ],
+        )
         self.sink = StoreSink(self.store, self.session_id, point_ids, self.target, self.offset)
 
     def _segment_files(self):
         """Where this session's evidence goes: <state root>/pcap/<session id>/seg-*.pcapng,
         one interface per capture point, named as `pcap export` names them."""
         from ..pcap_export import point_name
+
         if self.opt.stream_fd is not None:
             from .stream import StreamFile
-            dnat = {}                # the published ports, once each (live EPBs: no comment)
+
+            dnat = {}  # the published ports, once each (live EPBs: no comment)
             for hip, hport, proto, cport in self.target.ports:
                 if cport and self.target.addrs:
-                    dnat.setdefault((proto, hport, cport), f"; DNAT {proto} {hip or '*'}:"
-                                    f"{hport} -> {self.target.addrs[0]}:{cport}")
+                    dnat.setdefault(
+                        (proto, hport, cport),
+                        f"; DNAT {proto} {hip or '*'}:{hport} -> {self.target.addrs[0]}:{cport}",
+                    )
             nat = "".join(dnat.values())
-            return StreamFile(self.opt.stream_fd, [
-                Interface(point_name(p.name, describe(p), self.target.name), describe(p) + nat,
-                          self.cap.snaplen) for p in self.points], keep=self._stream_keep,
-                delay_ns=int(self.opt.stream_delay * 1e9))
+            return StreamFile(
+                self.opt.stream_fd,
+                [
+                    Interface(
+                        point_name(p.name, describe(p), self.target.name),
+                        describe(p) + nat,
+                        self.cap.snaplen,
+                    )
+                    for p in self.points
+                ],
+                keep=self._stream_keep,
+                delay_ns=int(self.opt.stream_delay * 1e9),
+            )
         directory = database_path(self.root).parent / "pcap" / str(self.session_id)
         directory.mkdir(parents=True, exist_ok=True)
         cap = self.opt.max_size
@@ -249,9 +293,15 @@ class TraceSession:
         self.max_size = cap
         return SegmentFiles(
             directory,
-            [Interface(point_name(p.name, describe(p), self.target.name), describe(p),
-                       self.cap.snaplen) for p in self.points],
-            segment_bytes=self.opt.segment_size, max_bytes=cap)
+            [
+                Interface(
+                    point_name(p.name, describe(p), self.target.name), describe(p), self.cap.snaplen
+                )
+                for p in self.points
+            ],
+            segment_bytes=self.opt.segment_size,
+            max_bytes=cap,
+        )
 
     # -- polling -----------------------------------------------------------------------
     def poll(self, timeout=None, final=False):
@@ -287,8 +337,9 @@ class TraceSession:
         items = self._output(settled)
         spent = time.thread_time() - cpu0
         self.reader_cpu += spent
-        self.budget.learn(spent, n, sum(len(j.captures) for j in settled.journeys) +
-                          len(settled.fast))
+        self.budget.learn(
+            spent, n, sum(len(j.captures) for j in settled.journeys) + len(settled.fast)
+        )
         if corr.done:
             self.done = True
         if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
@@ -297,6 +348,7 @@ class TraceSession:
 
     def _read_records(self):
         from pyinspect.probes.packets import AREC
+
         unpack = AREC.unpack_from
         hdr = AREC.size
         off = self.offset
@@ -306,7 +358,7 @@ class TraceSession:
         for raw in self.cap.read():
             ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
             analysed[point] = analysed.get(point, 0) + 1
-            record(ts - off, point, d, ln, bytes(raw[hdr:hdr + caplen]), cpu, pos)
+            record(ts - off, point, d, ln, bytes(raw[hdr : hdr + caplen]), cpu, pos)
             n += 1
         return n
 
@@ -320,7 +372,7 @@ class TraceSession:
             if item:
                 items.append(item)
         me = os.getpid()
-        settled.events = [e for e in settled.events if e["pid"] != me]   # attaching
+        settled.events = [e for e in settled.events if e["pid"] != me]  # attaching
         for ev in settled.events:
             item = self.live.event(ev)
             if item:
@@ -367,9 +419,9 @@ class TraceSession:
         counters = {}
         try:
             if self.cap:
-                self.cap.stop()          # detach first: nothing new arrives
+                self.cap.stop()  # detach first: nothing new arrives
                 if self.evidence:
-                    self.evidence.stop()     # write what the buffers still hold
+                    self.evidence.stop()  # write what the buffers still hold
                 counters = self.cap.counters()
                 self.tail = self.poll(0, final=True)
             self._lost = {type(s).__name__: s.lost for s in self.sources}
@@ -390,6 +442,7 @@ class TraceSession:
         """-w FILE: the session's packets, every capture point, in time order, with each
         flow's NAT as the packet comment (what `pcap export --session` writes)."""
         from ..pcap_export import export
+
         try:
             export(self.store, session_id=self.session_id, out=str(self.opt.pcap))
         except PyinspectError as exc:
@@ -398,6 +451,7 @@ class TraceSession:
 
     def _summary(self, counters):
         from pyinspect.probes.packets import PointCounters
+
         per_point = {}
         total = PointCounters()
         for i, p in enumerate(self.points):
@@ -405,14 +459,21 @@ class TraceSession:
             for k in ("seen", "lost", "capped", "shed", "alost"):
                 setattr(total, k, getattr(total, k) + getattr(c, k))
             per_point[f"{p.name} ({role(p)})"] = {
-                "captured": c.captured, "seen": c.seen, "lost": c.lost, "capped": c.capped,
-                "analysed": self.analysed.get(i, 0), "shed": c.shed, "analysis_lost": c.alost}
+                "captured": c.captured,
+                "seen": c.seen,
+                "lost": c.lost,
+                "capped": c.capped,
+                "analysed": self.analysed.get(i, 0),
+                "shed": c.shed,
+                "analysis_lost": c.alost,
+            }
         ev = self.evidence
         if ev and ev.capped_at:
             self.notes.append(
                 f"pcap: the size cap ({size_text(self.max_size)}) was reached at "
                 f"{time.strftime('%H:%M:%S', time.localtime(ev.capped_at / 1e9))}: later "
-                f"packets are not in the files (counted as capped; raise it with --max-size)")
+                f"packets are not in the files (counted as capped; raise it with --max-size)"
+            )
         if ev and ev.error:
             self.notes.append(f"pcap: writing the segment files failed: {ev.error}")
         corr = self.corr or F.Correlator(0, 0)
@@ -422,32 +483,44 @@ class TraceSession:
         return {
             "session_id": self.session_id,
             "container": self.target.name if self.target else self.ref,
-            "duration_s": round((time.time_ns() - (self.ready_ns or self.started_ns)) / 1e9,
-                                3),
+            "duration_s": round((time.time_ns() - (self.ready_ns or self.started_ns)) / 1e9, 3),
             "flows": len(shown),
             "connections": [f.header() for f in shown],
             "traced_packets": corr.traced_packets,
             "packets_per_point": per_point,
             "nat": nat,
-            "drops": [f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
-                      for f in shown for text, n in f.drop_counts.items()],
-            "lost": total.lost + total.capped,     # seen in the kernel, not in the files
-            "pcap_files": {"segments": len(ev.files.segments) if ev else 0,
-                           "bytes": ev.files.total if ev else 0,
-                           "snaplen": self.cap.snaplen if self.cap else self.opt.snaplen},
-            "loss": {"capture": total.lost, "capped": total.capped, "shed": total.shed,
-                     "analysis_lost": total.alost, "drops": lost.get("Drops", 0),
-                     "conntrack_overruns": lost.get("Conntrack", 0),
-                     "trace_overruns": lost.get("NetfilterTrace", 0)},
+            "drops": [
+                f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
+                for f in shown
+                for text, n in f.drop_counts.items()
+            ],
+            "lost": total.lost + total.capped,  # seen in the kernel, not in the files
+            "pcap_files": {
+                "segments": len(ev.files.segments) if ev else 0,
+                "bytes": ev.files.total if ev else 0,
+                "snaplen": self.cap.snaplen if self.cap else self.opt.snaplen,
+            },
+            "loss": {
+                "capture": total.lost,
+                "capped": total.capped,
+                "shed": total.shed,
+                "analysis_lost": total.alost,
+                "drops": lost.get("Drops", 0),
+                "conntrack_overruns": lost.get("Conntrack", 0),
+                "trace_overruns": lost.get("NetfilterTrace", 0),
+            },
             "filtered_out": corr.filtered_out,
             "process_events": self.sink.events_seen if self.sink else 0,
             "reader_budget": self.budget.describe(),
             "poll_interval_s": self.poll_interval,
             # learned apart: what a record adds, what a poll costs whatever it reads
-            "reader_cost": {"per_record_us": round(self.budget.cost * 1e6, 1),
-                            "per_poll_ms": round(self.budget.poll_cost * 1e3, 2)},
-            "reader_us_per_record": round(self.reader_cpu * 1e6 / max(1, sum(
-                self.analysed.values())), 1),
+            "reader_cost": {
+                "per_record_us": round(self.budget.cost * 1e6, 1),
+                "per_poll_ms": round(self.budget.poll_cost * 1e3, 2),
+            },
+            "reader_us_per_record": round(
+                self.reader_cpu * 1e6 / max(1, sum(self.analysed.values())), 1
+            ),
             "fast_path_packets": corr.fast_packets,
             "capture_hook": self.capture_hook,
             "evidence_copy": self.cap.evidence_copy if self.cap else None,

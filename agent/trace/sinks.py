@@ -34,9 +34,18 @@ class LiveText:
         f = j.flow
         items = []
         if j.seq == 1:
-            items.append({"type": "flow", "flow": f.id, "_ts": j.first_ns,
-                          "text": f"[{f.id}] {f.header()}",
-                          "proto": f.proto, "orig": f.orig, "reply": f.reply, "nat": f.nat})
+            items.append(
+                {
+                    "type": "flow",
+                    "flow": f.id,
+                    "_ts": j.first_ns,
+                    "text": f"[{f.id}] {f.header()}",
+                    "proto": f.proto,
+                    "orig": f.orig,
+                    "reply": f.reply,
+                    "nat": f.nat,
+                }
+            )
         if j.seq > self.live_per_flow:
             return items
         full_path = j.direction not in f.dirs_shown
@@ -54,13 +63,27 @@ class LiveText:
     def _capture(self, f, j, c, t0):
         name, r, where = self._where[c.point]
         pk = c.pkt
-        text = (f"[{f.id}] {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} "
-                f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} {F.tcp_flag_text(pk.flags)} "
-                f"len {c.len}")
-        return {"type": "hop", "flow": f.id, "hop": "capture", "ts_ns": c.ts_ns,
-                "_ts": j.first_ns, "point": name, "role": r, "dir": c.dir,
-                "src": pk.src, "sport": pk.sport, "dst": pk.dst, "dport": pk.dport,
-                "len": c.len, "text": text}
+        text = (
+            f"[{f.id}] {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} "
+            f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} {F.tcp_flag_text(pk.flags)} "
+            f"len {c.len}"
+        )
+        return {
+            "type": "hop",
+            "flow": f.id,
+            "hop": "capture",
+            "ts_ns": c.ts_ns,
+            "_ts": j.first_ns,
+            "point": name,
+            "role": r,
+            "dir": c.dir,
+            "src": pk.src,
+            "sport": pk.sport,
+            "dst": pk.dst,
+            "dport": pk.dport,
+            "len": c.len,
+            "text": text,
+        }
 
     @staticmethod
     def _hop(f, j, h):
@@ -74,45 +97,76 @@ class LiveText:
             text += f"  ({rule})"
         elif h["kind"] == "policy":
             text += " (policy)"
-        return {"type": "hop", "flow": f.id, "hop": "netfilter", "_ts": j.first_ns,
-                "table": h["table"], "chain": h["chain"], "kind": h["kind"],
-                "rule_num": h["rule_num"], "rule_text": h["rule_text"],
-                "verdict": h["verdict"], "backend": h["backend"], "text": text}
+        return {
+            "type": "hop",
+            "flow": f.id,
+            "hop": "netfilter",
+            "_ts": j.first_ns,
+            "table": h["table"],
+            "chain": h["chain"],
+            "kind": h["kind"],
+            "rule_num": h["rule_num"],
+            "rule_text": h["rule_text"],
+            "verdict": h["verdict"],
+            "backend": h["backend"],
+            "text": text,
+        }
 
     @staticmethod
     def drop(flow, d, n):
         if n > LIVE_DROPS_PER_CAUSE:
             return None
-        return {"type": "drop", "flow": flow.id, "_ts": d["ts_ns"],
-                "text": f"[{flow.id}] DROP {d['explanation']} (kfree_skb reason "
-                        f"{d['reason']} at {d['location']})",
-                "reason": d["reason"], "explanation": d["explanation"]}
+        return {
+            "type": "drop",
+            "flow": flow.id,
+            "_ts": d["ts_ns"],
+            "text": f"[{flow.id}] DROP {d['explanation']} (kfree_skb reason "
+            f"{d['reason']} at {d['location']})",
+            "reason": d["reason"],
+            "explanation": d["explanation"],
+        }
 
     def event(self, ev):
         """A process/link/cgroup event line (None for setns: stored only)."""
         if ev["kind"] == "setns":
-            return None                  # tools looking into the namespace
+            return None  # tools looking into the namespace
         d = ev.get("detail") or {}
-        what = {"exec": " ".join(d.get("argv") or [d.get("filename", "")]),
-                "exit": f"code {d.get('code')}" if "code" in d else
-                (f"signal {d.get('signal')}" if "signal" in d else ""),
-                "fork": f"from {d.get('parent_pid')}"}.get(ev["kind"], "")
+        what = {
+            "exec": " ".join(d.get("argv") or [d.get("filename", "")]),
+            "exit": f"code {d.get('code')}"
+            if "code" in d
+            else (f"signal {d.get('signal')}" if "signal" in d else ""),
+            "fork": f"from {d.get('parent_pid')}",
+        }.get(ev["kind"], "")
         if ev["kind"].startswith("link_"):
             what = f"{ev.get('ifname')} {json.dumps(d, sort_keys=True)[:80]}"
         elif ev["kind"].startswith("cgroup_"):
             what = f"{d.get('controllers') or 'v2'}:{d.get('path')}"
-        text = (f"[{self.target_name}] {ev['kind']:<5} pid {ev['pid']} ({ev['comm']}) "
-                f"{what}").rstrip()
-        return {"type": "event", "_ts": ev["ts_ns"], "ts_ns": ev["ts_ns"], "kind": ev["kind"],
-                "pid": ev["pid"], "comm": ev["comm"], "text": text}
+        text = (
+            f"[{self.target_name}] {ev['kind']:<5} pid {ev['pid']} ({ev['comm']}) {what}"
+        ).rstrip()
+        return {
+            "type": "event",
+            "_ts": ev["ts_ns"],
+            "ts_ns": ev["ts_ns"],
+            "kind": ev["kind"],
+            "pid": ev["pid"],
+            "comm": ev["comm"],
+            "text": text,
+        }
 
 
 def rule_ref(f):
     r = f.nat_rule
     if not r:
         return None
-    return {"table": r["table"], "chain": r["chain"], "rule_num": r["rule_num"],
-            "rule_text": r["rule_text"], "verdict": r["verdict"]}
+    return {
+        "table": r["table"],
+        "chain": r["chain"],
+        "rule_num": r["rule_num"],
+        "rule_text": r["rule_text"],
+        "verdict": r["verdict"],
+    }
 
 
 class StoreSink:
@@ -120,13 +174,13 @@ class StoreSink:
 
     def __init__(self, store, session_id, point_ids, target, offset):
         self.store = store
-        self.offset = offset         # fast-path times are CLOCK_MONOTONIC
+        self.offset = offset  # fast-path times are CLOCK_MONOTONIC
         self.session_id = session_id
         self.point_ids = point_ids
         self.target = target
-        self.segment_ids = {}        # segment number -> store id
+        self.segment_ids = {}  # segment number -> store id
         self._segments_done = set()
-        self._last_path = {}         # (flow id, direction) -> the last rule path stored
+        self._last_path = {}  # (flow id, direction) -> the last rule path stored
         self.events_seen = 0
 
     def segments(self, segments):
@@ -134,7 +188,8 @@ class StoreSink:
         for seg in segments:
             if seg.seq not in self.segment_ids:
                 self.segment_ids[seg.seq] = self.store.add_segment(
-                    self.session_id, seg.seq, seg.path, seg.started_ns)
+                    self.session_id, seg.seq, seg.path, seg.started_ns
+                )
             if seg.ended_ns and seg.seq not in self._segments_done:
                 self._segments_done.add(seg.seq)
                 self.store.finish_segment(self.segment_ids[seg.seq], seg.size, seg.ended_ns)
@@ -142,13 +197,30 @@ class StoreSink:
     def flow_row(self, f):
         o = f.orig
         r = f.reply or (None, None, None, None)
-        return FlowRow(self.session_id, f.proto, o[0], o[1], o[2], o[3], r[0], r[1], r[2],
-                       r[3], ct_id=f.ct_id, nat=f.nat_text() or "", first_ns=f.first_ns,
-                       last_ns=f.last_ns,
-                       detail={"packets": f.packets, "traced_packets": f.journeys,
-                               "tcp_state": f.tcp_state, "nat_rule": rule_ref(f),
-                               "drops": f.drop_counts,
-                               "repeated_rule_paths": f.repeated_paths})
+        return FlowRow(
+            self.session_id,
+            f.proto,
+            o[0],
+            o[1],
+            o[2],
+            o[3],
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            ct_id=f.ct_id,
+            nat=f.nat_text() or "",
+            first_ns=f.first_ns,
+            last_ns=f.last_ns,
+            detail={
+                "packets": f.packets,
+                "traced_packets": f.journeys,
+                "tcp_state": f.tcp_state,
+                "nat_rule": rule_ref(f),
+                "drops": f.drop_counts,
+                "repeated_rule_paths": f.repeated_paths,
+            },
+        )
 
     def flow_id(self, f):
         if f.store_id is None:
@@ -160,22 +232,25 @@ class StoreSink:
         events. `locate(cpu, pos)` -> (segment number, offset) or None. Fast-path packets
         (a long flow's bulk) get no index row of their own: they are in the files, and
         `pcap export --flow` finds them by the flow's tuples and time range."""
-        with self.store.batch():         # one transaction a poll
+        with self.store.batch():  # one transaction a poll
             self._settled(s, locate)
 
     def _settled(self, s, locate):
         sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
         rows = []
-        first_row = {}           # journey index -> index of its first packet row
+        first_row = {}  # journey index -> index of its first packet row
         for n, j in enumerate(s.journeys):
             fid = self.flow_id(j.flow)
             for c in j.captures:
                 loc = locate(c.cpu, c.pos)
                 if loc is None or loc[0] not in seg_ids:
-                    continue     # not in the files (ring full, size cap): counted as lost
+                    continue  # not in the files (ring full, size cap): counted as lost
                 first_row.setdefault(n, len(rows))
-                rows.append(IndexRow(sid, seg_ids[loc[0]], loc[1], c.ts_ns, pids[c.point],
-                                     fid, c.dir, c.len))
+                rows.append(
+                    IndexRow(
+                        sid, seg_ids[loc[0]], loc[1], c.ts_ns, pids[c.point], fid, c.dir, c.len
+                    )
+                )
         ids = self.store.add_index(rows) if rows else []
         hops = []
         for n, j in enumerate(s.journeys):
@@ -191,11 +266,31 @@ class StoreSink:
             hops.append(self._hop_row(j, h, None, ts, late=True))
         if hops:
             self.store.insert_hops(hops)
-        drops = [DropRow(sid, d["ts_ns"], d["reason"], d["location"], d["ifindex"],
-                         self.flow_id(f),
-                         {k: d[k] for k in ("explanation", "proto", "src", "sport", "dst",
-                                            "dport", "netns", "tcpflags")})
-                 for f, d, _n, stored in s.drops if stored]
+        drops = [
+            DropRow(
+                sid,
+                d["ts_ns"],
+                d["reason"],
+                d["location"],
+                d["ifindex"],
+                self.flow_id(f),
+                {
+                    k: d[k]
+                    for k in (
+                        "explanation",
+                        "proto",
+                        "src",
+                        "sport",
+                        "dst",
+                        "dport",
+                        "netns",
+                        "tcpflags",
+                    )
+                },
+            )
+            for f, d, _n, stored in s.drops
+            if stored
+        ]
         if drops:
             self.store.insert_drops(drops)
         self.events(s.events)
@@ -213,9 +308,16 @@ class StoreSink:
 
     def events(self, events):
         me = os.getpid()
-        rows = [dict(ev, session_id=self.session_id, container_id=self.target.id,
-                     container_name=self.target.name)
-                for ev in events if ev["pid"] != me]
+        rows = [
+            dict(
+                ev,
+                session_id=self.session_id,
+                container_id=self.target.id,
+                container_name=self.target.name,
+            )
+            for ev in events
+            if ev["pid"] != me
+        ]
         self.events_seen += len(rows)
         if rows:
             self.store.insert_events(rows)
@@ -224,8 +326,18 @@ class StoreSink:
         detail = {"kind": h["kind"], "backend": h["backend"], "hook": h["hook"]}
         if late:
             detail["late"] = True
-        return HopRow(self.session_id, j.flow.store_id, packet_id, ts, h["table"], h["chain"],
-                      h["rule_num"], h["rule_text"], h["verdict"], detail)
+        return HopRow(
+            self.session_id,
+            j.flow.store_id,
+            packet_id,
+            ts,
+            h["table"],
+            h["chain"],
+            h["rule_num"],
+            h["rule_text"],
+            h["verdict"],
+            detail,
+        )
 
     def finish(self, flows, summary):
         for f in flows:

@@ -24,6 +24,7 @@ DROPS_PER_POLL = 50
 
 class Source:
     """A probe the trace reads. `name` is what its note says when it cannot start."""
+
     name = "source"
 
     def start(self) -> Source:
@@ -43,6 +44,7 @@ class Source:
 class Conntrack(Source):
     """ctnetlink events of the traced container's connections (by address or published
     port); start() also takes the table as it is."""
+
     name = "conntrack"
 
     def __init__(self, target, notes):
@@ -63,10 +65,13 @@ class Conntrack(Source):
 
     def start(self):
         from pyinspect.probes import conntrack
+
         self.ct = conntrack.ConntrackEvents().start()
         if not conntrack.events_enabled():
-            self.notes.append("conntrack: net.netfilter.nf_conntrack_events is 0 here: "
-                              "no NAT tuples from conntrack")
+            self.notes.append(
+                "conntrack: net.netfilter.nf_conntrack_events is 0 here: "
+                "no NAT tuples from conntrack"
+            )
         self.existing = [ev for ev in self.ct.dump() if self.ours(ev)]
         return self
 
@@ -86,6 +91,7 @@ class Conntrack(Source):
 class NetfilterTrace(Source):
     """Legacy (x_tables) TRACE rules in a chain of this session's, logged through
     nfnetlink_log group 0 (the namespace's nf_log bound for the session)."""
+
     name = "netfilter trace"
 
     def __init__(self, root, capture_target):
@@ -96,8 +102,10 @@ class NetfilterTrace(Source):
 
     def start(self):
         from pyinspect.probes import nftrace
+
         self.binding = nftrace.LoggerBinding(
-            None, str(state_dir(self.root) / f"{os.getpid()}.nflog.json"))
+            None, str(state_dir(self.root) / f"{os.getpid()}.nflog.json")
+        )
         self.binding.bind()
         self.nflog = nftrace.NflogReader().start()
         self.rules = nftrace.TraceRules()
@@ -107,10 +115,11 @@ class NetfilterTrace(Source):
 
     def read(self, final=False):
         from pyinspect.probes import nftrace
+
         out = []
         for rec in self.nflog.read():
             hop = nftrace.parse_trace(rec, self.rulebook)
-            if hop and not hop["ours"]:      # our own TRACE rule is not part of the path
+            if hop and not hop["ours"]:  # our own TRACE rule is not part of the path
                 hop["pkt"] = F.parse_ip(hop.pop("payload", b""))
                 out.append(hop)
         return out
@@ -118,12 +127,28 @@ class NetfilterTrace(Source):
     def follow(self, proto, src, sport, dst, dport):
         """Also trace the replies of an outbound (MASQUERADEd) flow: one rule each."""
         key = (proto, src, sport, dport)
-        if self.rules and key not in self.dynamic and len(self.dynamic) < MAX_DYNAMIC_RULES \
-                and proto in ("tcp", "udp"):
+        if (
+            self.rules
+            and key not in self.dynamic
+            and len(self.dynamic) < MAX_DYNAMIC_RULES
+            and proto in ("tcp", "udp")
+        ):
             self.dynamic.add(key)
             with contextlib.suppress(PyinspectError):
-                self.rules.add(["-p", proto, "-s", src, "--sport", str(sport), "-d", dst,
-                                "--dport", str(dport)])
+                self.rules.add(
+                    [
+                        "-p",
+                        proto,
+                        "-s",
+                        src,
+                        "--sport",
+                        str(sport),
+                        "-d",
+                        dst,
+                        "--dport",
+                        str(dport),
+                    ]
+                )
 
     @property
     def lost(self):
@@ -142,6 +167,7 @@ class NetfilterTrace(Source):
 class NftTrace(Source):
     """nf_tables chains (iptables-nft, nft): `meta nftrace` in a table of this session's,
     read from `nft monitor trace`."""
+
     name = "nftables trace"
 
     def __init__(self, capture_target):
@@ -150,6 +176,7 @@ class NftTrace(Source):
 
     def start(self):
         from pyinspect.probes import nftrace
+
         self.mon = nftrace.NftMonitor().start()
         self.table = nftrace.NftTraceTable()
         self.table.create(nftrace.trace_rule_specs(self.tgt.addrs, self.tgt.ports))
@@ -176,6 +203,7 @@ class NftTrace(Source):
 class Drops(Source):
     """skb:kfree_skb in the capture points' namespaces, bounded per poll (a drop storm is
     counted, not all decoded)."""
+
     name = "drops"
 
     def __init__(self, capture_target, netns):
@@ -185,6 +213,7 @@ class Drops(Source):
 
     def start(self):
         from pyinspect.probes import drops
+
         self.watch = drops.DropWatch(self.tgt, self.netns).start()
         return self
 
@@ -205,6 +234,7 @@ class ContainerEvents(Source):
     """The container's process events (sched fork/exec/exit, oom; not syscalls:*, which
     slow every syscall on the host), link changes of the capture points and inside the
     container (rtnetlink), and its cgroup events (pyinspect's containers)."""
+
     name = "process events"
 
     def __init__(self, target, points, notes):
@@ -217,8 +247,8 @@ class ContainerEvents(Source):
         from pyinspect.probes.cgroups import CgroupProbe
         from pyinspect.probes.links import LinkProbe
         from pyinspect.probes.process import ProcessProbe
-        tps = {k: v for k, v in ProcessProbe.TRACEPOINTS.items()
-               if not k.startswith("syscalls:")}
+
+        tps = {k: v for k, v in ProcessProbe.TRACEPOINTS.items() if not k.startswith("syscalls:")}
         self.procs = ProcessProbe(tracepoints=tps).start({"namespaces": [self.target.netns]})
         self.notes += list(self.procs.messages)
         try:
@@ -240,11 +270,17 @@ class ContainerEvents(Source):
         out = list(self.procs.events(0))
         if self.links:
             names = {p.name for p in self.points if p.netns is None}
-            out += [e for e in self.links.events(0)
-                    if e.get("netns") == self.target.netns or e.get("ifname") in names]
+            out += [
+                e
+                for e in self.links.events(0)
+                if e.get("netns") == self.target.netns or e.get("ifname") in names
+            ]
         if self.cgroups:
-            out += [e for e in self.cgroups.events(0)
-                    if self.target.id in ((e.get("detail") or {}).get("path") or "")]
+            out += [
+                e
+                for e in self.cgroups.events(0)
+                if self.target.id in ((e.get("detail") or {}).get("path") or "")
+            ]
         return out
 
     def stop(self):
@@ -262,10 +298,9 @@ def start_all(sources, notes):
         try:
             src.start()
             running.append(src)
-        except Exception as exc:     # noqa: BLE001 - any failure degrades to a note
+        except Exception as exc:  # noqa: BLE001 - any failure degrades to a note
             with contextlib.suppress(Exception):
                 src.stop()
-            why = str(exc) if isinstance(exc, PyinspectError) else \
-                f"{type(exc).__name__}: {exc}"
+            why = str(exc) if isinstance(exc, PyinspectError) else f"{type(exc).__name__}: {exc}"
             notes.append(f"{src.name}: unavailable: {why}")
     return running

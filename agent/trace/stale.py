@@ -28,6 +28,7 @@ def cleanup_stale(root):
     pyinspect tc filters and TRACE rules whose owner is gone. Returns what was removed.
     """
     from pyinspect.probes import nftrace, packets
+
     removed = []
     d = Path(root) / STATE_DIR
     paths = {None}
@@ -46,12 +47,17 @@ def cleanup_stale(root):
                 path = p.get("netns")
                 if path and os.path.exists(path):
                     paths.add(path)
-            removed += [f"tc filter: {r}" for r in packets.remove_stale_filters(sorted(
-                paths, key=lambda x: x or ""))]
+            removed += [
+                f"tc filter: {r}"
+                for r in packets.remove_stale_filters(sorted(paths, key=lambda x: x or ""))
+            ]
             for p in st.get("points", []):
                 path = p.get("netns")
-                if p.get("added_clsact") and (path is None or os.path.exists(path)) and \
-                        packets.remove_clsact_if_empty(path, p["ifindex"]):
+                if (
+                    p.get("added_clsact")
+                    and (path is None or os.path.exists(path))
+                    and packets.remove_clsact_if_empty(path, p["ifindex"])
+                ):
                     removed.append(f"clsact qdisc on {p.get('name')}")
             nfl = d / f"{pid}.nflog.json"
             if nfl.exists() and nftrace.restore_stale_binding(str(nfl)):
@@ -60,8 +66,10 @@ def cleanup_stale(root):
                 removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(netns)]
             with contextlib.suppress(OSError):
                 f.unlink()
-    removed += [f"tc filter: {r}" for r in packets.remove_stale_filters(sorted(
-        paths, key=lambda x: x or ""))]
+    removed += [
+        f"tc filter: {r}"
+        for r in packets.remove_stale_filters(sorted(paths, key=lambda x: x or ""))
+    ]
     removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(None)]
     removed += [f"nft table: {t}" for t in nftrace.remove_stale_nft_tables(None)]
     return removed

@@ -34,11 +34,11 @@ from .evidence import Interface, Segment, section_header
 
 EPB_TYPE = 6
 _BLOCK = struct.Struct("<II")
-_EPB_LENS = struct.Struct("<II")       # captured length, original length (at +20)
+_EPB_LENS = struct.Struct("<II")  # captured length, original length (at +20)
 OPT_COMMENT = 1
-PIPE_BYTES = 1 << 20       # the fifo's buffer (Linux' default maximum for a user: 1 MiB)
-MAX_HELD = 64 << 20        # a fast stream's packets wait less than delay_ns rather than
-                           # take memory without bound (those go uncommented)
+PIPE_BYTES = 1 << 20  # the fifo's buffer (Linux' default maximum for a user: 1 MiB)
+MAX_HELD = 64 << 20  # a fast stream's packets wait less than delay_ns rather than
+# take memory without bound (those go uncommented)
 
 
 def with_comment(epb, text: str) -> bytes:
@@ -46,40 +46,45 @@ def with_comment(epb, text: str) -> bytes:
     caplen = _EPB_LENS.unpack_from(epb, 20)[0]
     body_end = 28 + (caplen + 3) // 4 * 4
     blen = len(epb)
-    old_opts = bytes(epb[body_end:blen - 4])
+    old_opts = bytes(epb[body_end : blen - 4])
     value = text.encode()
     opt = struct.pack("<HH", OPT_COMMENT, len(value)) + value + b"\0" * (-len(value) % 4)
     opts = opt + (old_opts if old_opts else b"\0\0\0\0")
     new_len = body_end + len(opts) + 4
-    return (struct.pack("<II", EPB_TYPE, new_len) + bytes(epb[8:body_end]) + opts
-            + struct.pack("<I", new_len))
+    return (
+        struct.pack("<II", EPB_TYPE, new_len)
+        + bytes(epb[8:body_end])
+        + opts
+        + struct.pack("<I", new_len)
+    )
 
 
 @dataclass
 class StreamFile:
     """pcapng to one fd (see the module docstring). The header is written at once, so a
     reader (Wireshark) sees the interfaces before the first packet."""
+
     fd: int
     interfaces: list[Interface]
-    keep: Callable[[bytes, int], bool] | None = None     # (frame, wire length) -> write it
+    keep: Callable[[bytes, int], bool] | None = None  # (frame, wire length) -> write it
     total: int = 0
     max_bytes: int = 0
     packets_filtered: int = 0
-    delay_ns: int = 0                     # hold chunks back this long, for comment()
-    max_held: int = MAX_HELD              # bytes held back at most (the oldest go first)
+    delay_ns: int = 0  # hold chunks back this long, for comment()
+    max_held: int = MAX_HELD  # bytes held back at most (the oldest go first)
     comments: int = 0
     comments_late: int = 0
-    error: str | None = None              # a failed write from release() (EPIPE: reader gone)
+    error: str | None = None  # a failed write from release() (EPIPE: reader gone)
     segments: list[Segment] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _header: bytes = b""
-    _held: deque = field(default_factory=deque)     # (logical offset, bytes, monotonic ns)
-    _notes: dict = field(default_factory=dict)       # logical offset -> comment text
-    _flushed: int = 0                                # logical bytes handed to the fd
+    _held: deque = field(default_factory=deque)  # (logical offset, bytes, monotonic ns)
+    _notes: dict = field(default_factory=dict)  # logical offset -> comment text
+    _flushed: int = 0  # logical bytes handed to the fd
     _held_bytes: int = 0
 
     def __post_init__(self) -> None:
-        with contextlib.suppress(OSError):       # a pipe: room for bursts (not a file)
+        with contextlib.suppress(OSError):  # a pipe: room for bursts (not a file)
             fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._write([self.header()])
         self.total = len(self.header())
@@ -100,7 +105,7 @@ class StreamFile:
         """Append whole blocks (filtered when `keep` is set); returns (0, logical offset
         of the first byte): segment 0 is no file, so the store indexes nothing of it."""
         if self.delay_ns:
-            data = b"".join(parts)           # the ring's views go back after this call
+            data = b"".join(parts)  # the ring's views go back after this call
             now = time.monotonic_ns()
             with self._lock:
                 offset = self.total
@@ -109,7 +114,7 @@ class StreamFile:
                 self.total += nbytes
                 self._flush(now - self.delay_ns)
                 while self._held_bytes > self.max_held and len(self._held) > 1:
-                    self._flush(self._held[0][2])       # the oldest, over the limit
+                    self._flush(self._held[0][2])  # the oldest, over the limit
             return 0, offset
         if self.keep is not None:
             parts, _kept = self._filtered(parts)
@@ -155,7 +160,7 @@ class StreamFile:
                     notes.pop(off)
                     continue
                 parts.append(memoryview(data)[pos:rel])
-                parts.append(with_comment(memoryview(data)[rel:rel + blen], notes.pop(off)))
+                parts.append(with_comment(memoryview(data)[rel : rel + blen], notes.pop(off)))
                 self.comments += 1
                 pos = rel + blen
             parts.append(memoryview(data)[pos:])
@@ -163,7 +168,7 @@ class StreamFile:
                 parts, _n = self._filtered([b"".join(parts)])
             self._flushed = end
             for off in [o for o in notes if o < end]:
-                del notes[off]              # not a block start: nothing to comment
+                del notes[off]  # not a block start: nothing to comment
             self._write(parts)
 
     def _filtered(self, parts) -> tuple[list, int]:
@@ -175,11 +180,11 @@ class StreamFile:
         while off + 8 <= end:
             btype, blen = _BLOCK.unpack_from(data, off)
             if blen < 12 or off + blen > end:
-                break                      # not a whole block: nothing after it is read
+                break  # not a whole block: nothing after it is read
             if btype == EPB_TYPE:
                 caplen, wirelen = _EPB_LENS.unpack_from(data, off + 20)
-                if keep(bytes(data[off + 28:off + 28 + caplen]), wirelen):
-                    out.append(data[off:off + blen])
+                if keep(bytes(data[off + 28 : off + 28 + caplen]), wirelen):
+                    out.append(data[off : off + blen])
                     n += blen
                 else:
                     self.packets_filtered += 1

@@ -23,28 +23,38 @@ def size_text(n):
 
 def format_summary(s):
     """The end-of-trace summary as text lines."""
-    lines = [f"--- trace of {s['container']}: {s['duration_s']}s, {s['flows']} flow(s), "
-             f"{s['traced_packets']} packet(s) traced"]
+    lines = [
+        f"--- trace of {s['container']}: {s['duration_s']}s, {s['flows']} flow(s), "
+        f"{s['traced_packets']} packet(s) traced"
+    ]
     for c in s["connections"]:
         lines.append(f"  {c}")
     hook = f" [{s['capture_hook']}]" if s.get("capture_hook") else ""
-    lines.append(f"packets per capture point{hook}: in the files / seen / lost (ring full) / "
-                 f"capped (size cap); analysed / shed (over the analysis budget)")
+    lines.append(
+        f"packets per capture point{hook}: in the files / seen / lost (ring full) / "
+        f"capped (size cap); analysed / shed (over the analysis budget)"
+    )
     for name, v in s["packets_per_point"].items():
-        lines.append(f"  {name:<26} {v['captured']:>8} {v['seen']:>8} {v['lost']:>6} "
-                     f"{v['capped']:>6}; {v['analysed']:>8} {v['shed']:>8}")
+        lines.append(
+            f"  {name:<26} {v['captured']:>8} {v['seen']:>8} {v['lost']:>6} "
+            f"{v['capped']:>6}; {v['analysed']:>8} {v['shed']:>8}"
+        )
     files = s.get("pcap_files") or {}
     if files:
-        lines.append(f"pcap files: {files['segments']} segment(s), {files['bytes']} bytes, "
-                     f"snaplen {files['snaplen']} (pyinspect pcap export --session "
-                     f"{s['session_id']})")
+        lines.append(
+            f"pcap files: {files['segments']} segment(s), {files['bytes']} bytes, "
+            f"snaplen {files['snaplen']} (pyinspect pcap export --session "
+            f"{s['session_id']})"
+        )
     lines.append("NAT translations: " + ("; ".join(s["nat"]) if s["nat"] else "none"))
     lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
     loss = s["loss"]
-    lines.append(f"loss: capture {loss['capture']} (ring full), capped {loss['capped']}; "
-                 f"analysis: shed {loss['shed']} (--max-rate), lost {loss['analysis_lost']}; "
-                 f"drop events {loss['drops']}, conntrack overruns "
-                 f"{loss['conntrack_overruns']}, trace overruns {loss['trace_overruns']}")
+    lines.append(
+        f"loss: capture {loss['capture']} (ring full), capped {loss['capped']}; "
+        f"analysis: shed {loss['shed']} (--max-rate), lost {loss['analysis_lost']}; "
+        f"drop events {loss['drops']}, conntrack overruns "
+        f"{loss['conntrack_overruns']}, trace overruns {loss['trace_overruns']}"
+    )
     if s.get("filtered_out"):
         lines.append(f"--filter left out {s['filtered_out']} captured packet(s)")
     for n in s.get("notes") or []:

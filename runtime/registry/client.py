@@ -25,8 +25,10 @@ from .credentials import Credentials
 from .reference import normalize_domain
 
 MAX_MANIFEST = 4 << 20
-_TLS_HINT = ("list it under insecure-registries in the root's config.json if it serves "
-             "plain HTTP or a certificate you trust anyway")
+_TLS_HINT = (
+    "list it under insecure-registries in the root's config.json if it serves "
+    "plain HTTP or a certificate you trust anyway"
+)
 _TIMEOUT = (10, 60)
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -109,6 +111,7 @@ class BodyReader:
 
     def read(self, n=1 << 20):
         import requests
+
         while len(self.buf) < n:
             try:
                 chunk = next(self.it, b"")
@@ -127,12 +130,14 @@ class BodyReader:
 class RegistryClient:
     """One registry (host[:port]); requests go through `request()` with a scope."""
 
-    def __init__(self, domain, credentials: Credentials | None = None,
-                 insecure_registries=(), scheme=None):
+    def __init__(
+        self, domain, credentials: Credentials | None = None, insecure_registries=(), scheme=None
+    ):
         """`scheme`: 'https' or 'http' to use only that one (a mirror given as a URL)."""
         import requests
 
         from .reference import DEFAULT_DOMAIN, DOCKER_HUB_API
+
         self.domain = normalize_domain(domain)
         self.host = DOCKER_HUB_API if self.domain == DEFAULT_DOMAIN else self.domain
         self.credentials = credentials
@@ -142,8 +147,7 @@ class RegistryClient:
         self.base: str | None = None
         self.challenge: tuple[str, dict] | None = None
         self.tokens: dict[str, str] = {}
-        self.schemes = (scheme,) if scheme else ("https", "http") if self.insecure \
-            else ("https",)
+        self.schemes = (scheme,) if scheme else ("https", "http") if self.insecure else ("https",)
 
     def close(self):
         self.session.close()
@@ -157,40 +161,48 @@ class RegistryClient:
     # ---- connection and auth ----------------------------------------------------------
     def _send(self, method, url, **kw):
         import requests
+
         kw.setdefault("timeout", _TIMEOUT)
         kw.setdefault("verify", not self.insecure)
         try:
             return self.session.request(method, url, **kw)
         except requests.exceptions.SSLError as exc:
-            raise RegistryUnavailable(f"registry {self.domain}: TLS failed: {_reason(exc)}",
-                                   _TLS_HINT) from None
+            raise RegistryUnavailable(
+                f"registry {self.domain}: TLS failed: {_reason(exc)}", _TLS_HINT
+            ) from None
         except requests.RequestException as exc:
-            raise RegistryUnavailable(f"registry {self.domain}: cannot connect: "
-                                   f"{_reason(exc)}") from None
+            raise RegistryUnavailable(
+                f"registry {self.domain}: cannot connect: {_reason(exc)}"
+            ) from None
 
     def ping(self):
         """GET /v2/ once: choose the scheme, remember the auth challenge."""
         if self.base is not None:
             return
         import requests
+
         if self.insecure:
             import urllib3
+
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         resp = None
         for scheme in self.schemes:
             try:
-                resp = self.session.get(f"{scheme}://{self.host}/v2/", timeout=_TIMEOUT,
-                                        verify=not self.insecure)
+                resp = self.session.get(
+                    f"{scheme}://{self.host}/v2/", timeout=_TIMEOUT, verify=not self.insecure
+                )
             except requests.exceptions.SSLError as exc:
                 if self.insecure and scheme != self.schemes[-1]:
                     continue
-                raise RegistryUnavailable(f"registry {self.domain}: TLS failed: {_reason(exc)}",
-                                       _TLS_HINT) from None
+                raise RegistryUnavailable(
+                    f"registry {self.domain}: TLS failed: {_reason(exc)}", _TLS_HINT
+                ) from None
             except requests.RequestException as exc:
                 if scheme != self.schemes[-1]:
                     continue
-                raise RegistryUnavailable(f"registry {self.domain}: cannot connect: "
-                                       f"{_reason(exc)}") from None
+                raise RegistryUnavailable(
+                    f"registry {self.domain}: cannot connect: {_reason(exc)}"
+                ) from None
             if resp.status_code == 400 and scheme == "https" and self.insecure:
                 continue  # a plain-HTTP server answering a TLS hello
             self.base = f"{scheme}://{self.host}"
@@ -200,9 +212,10 @@ class RegistryClient:
         if resp.status_code == 401:
             self.challenge = parse_challenge(resp.headers.get("WWW-Authenticate"))
         elif resp.status_code >= 400 and resp.status_code != 404:
-            raise RegistryUnavailable(f"registry {self.domain}: /v2/ answered "
-                                   f"{_registry_message(resp)}",
-                                   "is it an OCI distribution (v2) registry?")
+            raise RegistryUnavailable(
+                f"registry {self.domain}: /v2/ answered {_registry_message(resp)}",
+                "is it an OCI distribution (v2) registry?",
+            )
         resp.close()
 
     def _token(self, scope, challenge=None):
@@ -215,22 +228,27 @@ class RegistryClient:
             query["scope"] = scope.split(" ") if " " in scope else scope  # repeated param
         if self.credentials:
             query["account"] = self.credentials.username
-        auth = (self.credentials.username, self.credentials.password) \
-            if self.credentials else None
+        auth = (self.credentials.username, self.credentials.password) if self.credentials else None
         import requests
+
         try:
-            resp = self.session.get(realm, params=query, auth=auth, timeout=_TIMEOUT,
-                                    verify=not self.insecure)
+            resp = self.session.get(
+                realm, params=query, auth=auth, timeout=_TIMEOUT, verify=not self.insecure
+            )
         except requests.RequestException as exc:
-            raise RegistryUnavailable(f"registry {self.domain}: token service {realm}: "
-                                   f"{_reason(exc)}") from None
+            raise RegistryUnavailable(
+                f"registry {self.domain}: token service {realm}: {_reason(exc)}"
+            ) from None
         if resp.status_code in (401, 403):
             why = "incorrect username or password" if auth else "credentials needed"
-            raise RegistryAuthError(f"registry {self.domain}: unauthorized: {why}",
-                                    None if auth else f"pyinspect login {self.domain}")
+            raise RegistryAuthError(
+                f"registry {self.domain}: unauthorized: {why}",
+                None if auth else f"pyinspect login {self.domain}",
+            )
         if resp.status_code != 200:
-            raise RegistryUnavailable(f"registry {self.domain}: token service answered "
-                                   f"{_registry_message(resp)}")
+            raise RegistryUnavailable(
+                f"registry {self.domain}: token service answered {_registry_message(resp)}"
+            )
         try:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
@@ -250,6 +268,7 @@ class RegistryClient:
             return {"Authorization": f"Bearer {token}"}
         if scheme == "basic" and self.credentials:
             import base64
+
             raw = f"{self.credentials.username}:{self.credentials.password}".encode()
             return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
         return {}
@@ -276,11 +295,13 @@ class RegistryClient:
             resp.close()
         if resp.status_code == 401:
             resp.close()
-            msg = "incorrect username or password" if self.credentials else \
-                "authentication required"
-            raise RegistryAuthError(f"{what or self.domain}: unauthorized: {msg}",
-                                    None if self.credentials else
-                                    f"pyinspect login {self.domain}")
+            msg = (
+                "incorrect username or password" if self.credentials else "authentication required"
+            )
+            raise RegistryAuthError(
+                f"{what or self.domain}: unauthorized: {msg}",
+                None if self.credentials else f"pyinspect login {self.domain}",
+            )
         return resp
 
     def login(self):
@@ -312,8 +333,14 @@ class RegistryClient:
     def get_manifest(self, repo, ref, accept, what):
         """(raw bytes, Content-Type, Docker-Content-Digest or '') of a manifest or index."""
         scope = f"repository:{repo}:pull"
-        resp = self.request("GET", f"/v2/{repo}/manifests/{ref}", scope=scope,
-                            headers={"Accept": ", ".join(accept)}, stream=True, what=what)
+        resp = self.request(
+            "GET",
+            f"/v2/{repo}/manifests/{ref}",
+            scope=scope,
+            headers={"Accept": ", ".join(accept)},
+            stream=True,
+            what=what,
+        )
         if resp.status_code != 200:
             raise self.fail(resp, what)
         reader = BodyReader(resp)
@@ -329,15 +356,17 @@ class RegistryClient:
     def open_blob(self, repo, digest, what):
         """A streamed blob body (BodyReader); the caller verifies and closes it."""
         scope = f"repository:{repo}:pull"
-        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=scope, stream=True,
-                            what=what)
+        resp = self.request(
+            "GET", f"/v2/{repo}/blobs/{digest}", scope=scope, stream=True, what=what
+        )
         if resp.status_code != 200:
             raise self.fail(resp, what)
         return BodyReader(resp)
 
     def blob_exists(self, repo, digest, what):
-        resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}",
-                            scope=f"repository:{repo}:pull,push", what=what)
+        resp = self.request(
+            "HEAD", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull,push", what=what
+        )
         resp.close()
         if resp.status_code == 200:
             return True
@@ -347,17 +376,25 @@ class RegistryClient:
 
     def mount_blob(self, repo, digest, from_repo, what):
         """Cross-repository mount of a blob the registry has in `from_repo`: True if done."""
-        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/",
-                            scope=f"repository:{repo}:pull,push repository:{from_repo}:pull",
-                            params={"mount": digest, "from": from_repo}, what=what)
+        resp = self.request(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            scope=f"repository:{repo}:pull,push repository:{from_repo}:pull",
+            params={"mount": digest, "from": from_repo},
+            what=what,
+        )
         resp.close()
         if resp.status_code == 201:
             return True
         if resp.status_code == 202:  # not mountable: the registry opened an upload instead
             location = resp.headers.get("Location")
             if location:
-                self.request("DELETE", urljoin(f"{self.base}/", location),
-                             scope=f"repository:{repo}:pull,push", what=what).close()
+                self.request(
+                    "DELETE",
+                    urljoin(f"{self.base}/", location),
+                    scope=f"repository:{repo}:pull,push",
+                    what=what,
+                ).close()
             return False
         if resp.status_code in (401, 403, 404):
             return False
@@ -378,9 +415,18 @@ class RegistryClient:
                 data = fileobj.read(min(chunk_size, size - sent))
                 if not data:
                     raise CorruptInputError(f"{what}: blob shorter than its size")
-                resp = self.request("PATCH", location, scope=scope, data=data, what=what,
-                                    headers={**octet, "Content-Length": str(len(data)),
-                                             "Content-Range": f"{sent}-{sent + len(data) - 1}"})
+                resp = self.request(
+                    "PATCH",
+                    location,
+                    scope=scope,
+                    data=data,
+                    what=what,
+                    headers={
+                        **octet,
+                        "Content-Length": str(len(data)),
+                        "Content-Range": f"{sent}-{sent + len(data) - 1}",
+                    },
+                )
                 if resp.status_code != 202:
                     raise self.fail(resp, what)
                 location = urljoin(f"{self.base}/", resp.headers.get("Location", location))
@@ -388,12 +434,24 @@ class RegistryClient:
                 sent += len(data)
                 if progress:
                     progress(sent)
-            resp = self.request("PUT", location, scope=scope, params={"digest": digest},
-                                headers={"Content-Length": "0"}, what=what)
+            resp = self.request(
+                "PUT",
+                location,
+                scope=scope,
+                params={"digest": digest},
+                headers={"Content-Length": "0"},
+                what=what,
+            )
         else:
-            resp = self.request("PUT", location, scope=scope, params={"digest": digest},
-                                data=fileobj, what=what,
-                                headers={**octet, "Content-Length": str(size)})
+            resp = self.request(
+                "PUT",
+                location,
+                scope=scope,
+                params={"digest": digest},
+                data=fileobj,
+                what=what,
+                headers={**octet, "Content-Length": str(size)},
+            )
             if progress and resp.status_code == 201:
                 progress(size)
         if resp.status_code != 201:
@@ -402,9 +460,14 @@ class RegistryClient:
 
     def put_manifest(self, repo, ref, body, media_type, what):
         """PUT a manifest; returns the digest the registry reports."""
-        resp = self.request("PUT", f"/v2/{repo}/manifests/{ref}",
-                            scope=f"repository:{repo}:pull,push", data=body, what=what,
-                            headers={"Content-Type": media_type})
+        resp = self.request(
+            "PUT",
+            f"/v2/{repo}/manifests/{ref}",
+            scope=f"repository:{repo}:pull,push",
+            data=body,
+            what=what,
+            headers={"Content-Type": media_type},
+        )
         if resp.status_code not in (200, 201):
             raise self.fail(resp, what)
         resp.close()

@@ -36,11 +36,14 @@ def _read(path):
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise CorruptInputError(f"credentials {path}: not readable JSON: {exc}",
-                                "fix or remove the file") from None
+        raise CorruptInputError(
+            f"credentials {path}: not readable JSON: {exc}", "fix or remove the file"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("auths", {}), dict):
-        raise CorruptInputError(f"credentials {path}: not a Docker config.json "
-                                "(no 'auths' object)", "fix or remove the file")
+        raise CorruptInputError(
+            f"credentials {path}: not a Docker config.json (no 'auths' object)",
+            "fix or remove the file",
+        )
     return data
 
 
@@ -52,25 +55,28 @@ def _helper(data, key):
     if name is None:
         return None
     if not isinstance(name, str) or not name or "/" in name:
-        raise CorruptInputError(f"credentials {config_path()}: bad credential helper name "
-                                f"{name!r}")
+        raise CorruptInputError(f"credentials {config_path()}: bad credential helper name {name!r}")
     return name
 
 
 def _run_helper(name, action, payload):
     import shutil
     import subprocess
+
     exe = shutil.which(f"docker-credential-{name}")
     if exe is None:
-        raise UnavailableError(f"credential helper docker-credential-{name} is not installed",
-                               f"install it or remove credsStore/credHelpers from "
-                               f"{config_path()}")
+        raise UnavailableError(
+            f"credential helper docker-credential-{name} is not installed",
+            f"install it or remove credsStore/credHelpers from {config_path()}",
+        )
     try:
-        proc = subprocess.run([exe, action], input=payload, capture_output=True, text=True,
-                              timeout=60, check=False)
+        proc = subprocess.run(
+            [exe, action], input=payload, capture_output=True, text=True, timeout=60, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UnavailableError(f"credential helper docker-credential-{name} {action}: "
-                               f"{exc}") from None
+        raise UnavailableError(
+            f"credential helper docker-credential-{name} {action}: {exc}"
+        ) from None
     return proc
 
 
@@ -85,14 +91,18 @@ def get(domain: str):
         if proc.returncode != 0:
             if "credentials not found" in (proc.stdout + proc.stderr).lower():
                 return None
-            raise UnavailableError(f"credential helper docker-credential-{helper} get: "
-                                   f"{(proc.stderr or proc.stdout).strip()[:200]}")
+            raise UnavailableError(
+                f"credential helper docker-credential-{helper} get: "
+                f"{(proc.stderr or proc.stdout).strip()[:200]}"
+            )
         try:
             out = json.loads(proc.stdout)
             return Credentials(str(out["Username"]), str(out["Secret"]))
         except (ValueError, KeyError, TypeError):
-            raise CorruptInputError(f"credential helper docker-credential-{helper} get: "
-                                    "not a JSON object with Username and Secret") from None
+            raise CorruptInputError(
+                f"credential helper docker-credential-{helper} get: "
+                "not a JSON object with Username and Secret"
+            ) from None
     entry = data.get("auths", {}).get(key)
     if entry is None:
         return None
@@ -100,13 +110,15 @@ def get(domain: str):
         raise CorruptInputError(f"credentials {path}: entry for {domain} is not an object")
     if isinstance(entry.get("auth"), str) and entry["auth"]:
         try:
-            user, sep, password = base64.b64decode(entry["auth"], validate=True) \
-                .decode("utf-8").partition(":")
+            user, sep, password = (
+                base64.b64decode(entry["auth"], validate=True).decode("utf-8").partition(":")
+            )
         except (ValueError, UnicodeDecodeError):
             sep = ""
         if not sep:
-            raise CorruptInputError(f"credentials {path}: 'auth' for {domain} is not "
-                                    "base64 of user:password")
+            raise CorruptInputError(
+                f"credentials {path}: 'auth' for {domain} is not base64 of user:password"
+            )
         return Credentials(user, password)
     if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
         return Credentials(entry["username"], entry["password"])
@@ -122,12 +134,15 @@ def store(domain: str, creds: Credentials) -> Path:
     key = registry_key(domain)
     helper = _helper(data, key)
     if helper:
-        payload = json.dumps({"ServerURL": key, "Username": creds.username,
-                              "Secret": creds.password})
+        payload = json.dumps(
+            {"ServerURL": key, "Username": creds.username, "Secret": creds.password}
+        )
         proc = _run_helper(helper, "store", payload)
         if proc.returncode != 0:
-            raise UnavailableError(f"credential helper docker-credential-{helper} store: "
-                                   f"{(proc.stderr or proc.stdout).strip()[:200]}")
+            raise UnavailableError(
+                f"credential helper docker-credential-{helper} store: "
+                f"{(proc.stderr or proc.stdout).strip()[:200]}"
+            )
         data.setdefault("auths", {})[key] = {}
         _write(path, data)
         return path

@@ -22,26 +22,31 @@ from . import credentials
 from .client import RegistryAuthError, RegistryClient, RegistryUnavailable
 from .reference import DEFAULT_DOMAIN, parse
 
-ACCEPT = (imagemeta.MT_OCI_INDEX, imagemeta.MT_DOCKER_LIST, imagemeta.MT_OCI_MANIFEST,
-          imagemeta.MT_DOCKER_MANIFEST)
+ACCEPT = (
+    imagemeta.MT_OCI_INDEX,
+    imagemeta.MT_DOCKER_LIST,
+    imagemeta.MT_OCI_MANIFEST,
+    imagemeta.MT_DOCKER_MANIFEST,
+)
 MAX_CONFIG = 16 << 20
 
 
 @dataclass
 class PullResult:
-    image: object          # images.Image
-    reference: str         # what was pulled, fully qualified as Docker prints it
-    digest: str            # the manifest's digest (of the index when there was one)
-    downloaded: bool       # False: every layer and the config were already stored
+    image: object  # images.Image
+    reference: str  # what was pulled, fully qualified as Docker prints it
+    digest: str  # the manifest's digest (of the index when there was one)
+    downloaded: bool  # False: every layer and the config were already stored
     notes: list = field(default_factory=list)  # what extraction skipped (device nodes)
 
 
 def _check_digest(raw, expected, what):
     got = "sha256:" + hashlib.sha256(raw).hexdigest()
     if expected and got != expected:
-        raise CorruptInputError(f"{what}: content digest {got[:19]} does not match "
-                                f"{expected[:19]}", "the registry sent other bytes than "
-                                "it named; nothing was stored")
+        raise CorruptInputError(
+            f"{what}: content digest {got[:19]} does not match {expected[:19]}",
+            "the registry sent other bytes than it named; nothing was stored",
+        )
     return got
 
 
@@ -56,8 +61,10 @@ def _fetch_manifest(client, ref, target, what, expect=""):
     raw, ctype, header_digest = client.get_manifest(ref.path, target, ACCEPT, what)
     digest = _check_digest(raw, expect, what)
     if header_digest.startswith("sha256:") and header_digest != digest:
-        raise CorruptInputError(f"{what}: content digest {digest[:19]} does not match the "
-                                f"registry's Docker-Content-Digest {header_digest[:19]}")
+        raise CorruptInputError(
+            f"{what}: content digest {digest[:19]} does not match the "
+            f"registry's Docker-Content-Digest {header_digest[:19]}"
+        )
     doc = _json(raw, what)
     if not isinstance(doc, dict):
         raise CorruptInputError(f"{what} is not an object")
@@ -105,47 +112,57 @@ def pull(store, ref_str, progress=None) -> PullResult:
     if ref.domain == DEFAULT_DOMAIN:
         for scheme, host in settings.registry_mirrors:
             try:
-                with RegistryClient(host, credentials.get(host), settings.insecure_registries,
-                                    scheme=scheme) as client:
+                with RegistryClient(
+                    host, credentials.get(host), settings.insecure_registries, scheme=scheme
+                ) as client:
                     return _pull_from(client, store, ref, settings, progress)
             except (RegistryUnavailable, NotFoundError, RegistryAuthError):
                 continue
-    with RegistryClient(ref.domain, credentials.get(ref.domain),
-                        settings.insecure_registries) as client:
+    with RegistryClient(
+        ref.domain, credentials.get(ref.domain), settings.insecure_registries
+    ) as client:
         return _pull_from(client, store, ref, settings, progress)
 
 
 def _pull_from(client, store, ref, settings, progress) -> PullResult:
     """The pull itself, through `client` (the image's registry or a mirror of it)."""
+
     def say(layer, status, current=None, total=None):
         if progress:
             progress(layer, status, current, total)
 
     where = f"pulling {ref}"
     try:
-        doc, ctype, top_digest = _fetch_manifest(client, ref, ref.target,
-                                                 f"{where}: manifest", ref.digest)
+        doc, ctype, top_digest = _fetch_manifest(
+            client, ref, ref.target, f"{where}: manifest", ref.digest
+        )
     except NotFoundError as exc:
         detail = exc.message.rsplit(": ", 1)[-1]
-        raise NotFoundError(f"{where}: no such repository or tag ({detail})",
-                            "check the name; pyinspect login first if it is private") \
-            from None
+        raise NotFoundError(
+            f"{where}: no such repository or tag ({detail})",
+            "check the name; pyinspect login first if it is private",
+        ) from None
     declared = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else ctype
     if imagemeta.is_index(doc, declared if declared in imagemeta.INDEX_TYPES else ""):
         descs = imagemeta.index(doc, f"{where}: index")
         pick = imagemeta.pick_platform(descs, imagemeta.host_arch(), f"{where}: index")
-        doc, ctype, _ = _fetch_manifest(client, ref, pick.digest,
-                                        f"{where}: manifest {pick.digest[:19]}",
-                                        pick.digest)
+        doc, ctype, _ = _fetch_manifest(
+            client, ref, pick.digest, f"{where}: manifest {pick.digest[:19]}", pick.digest
+        )
     man = imagemeta.manifest(doc, f"{where}: manifest", ctype)
     cfg_what = f"{where}: config {man.config.digest[:19]}"
     config_bytes = _read_blob(client, ref, man.config, MAX_CONFIG, cfg_what)
     diff_ids = imagemeta.image_config(_json(config_bytes, cfg_what), cfg_what)
     if len(diff_ids) != len(man.layers):
-        raise CorruptInputError(f"{where}: the manifest lists {len(man.layers)} layers, "
-                                f"the config {len(diff_ids)} diff_ids")
-    budget = Budget(settings.limits, sum(d.size for d in man.layers) + len(config_bytes),
-                    store.dir if store.dir.exists() else store.root)
+        raise CorruptInputError(
+            f"{where}: the manifest lists {len(man.layers)} layers, "
+            f"the config {len(diff_ids)} diff_ids"
+        )
+    budget = Budget(
+        settings.limits,
+        sum(d.size for d in man.layers) + len(config_bytes),
+        store.dir if store.dir.exists() else store.root,
+    )
     staging = store._new_staging()
     downloaded = not (store.configs / f"{man.config.hex}.json").exists()
     try:
@@ -164,34 +181,46 @@ def _pull_from(client, store, ref, settings, progress) -> PullResult:
             blob = staging / f"{diff_hex}.tar"
             reader = client.open_blob(ref.path, desc.digest, lwhat)
             try:
-                counted = _Counting(reader, lambda n, s=short, t=desc.size:
-                                    say(s, "Downloading", n, t))
-                raw_hex, plain_hex, raw_size = decompress_to(counted, blob, lwhat, budget,
-                                                             max_input=desc.size)
+                counted = _Counting(
+                    reader, lambda n, s=short, t=desc.size: say(s, "Downloading", n, t)
+                )
+                raw_hex, plain_hex, raw_size = decompress_to(
+                    counted, blob, lwhat, budget, max_input=desc.size
+                )
             finally:
                 reader.close()
             say(short, "Verifying Checksum", desc.size, desc.size)
             if raw_size != desc.size:
-                raise CorruptInputError(f"{lwhat}: {raw_size} bytes, its descriptor "
-                                        f"says {desc.size}")
+                raise CorruptInputError(
+                    f"{lwhat}: {raw_size} bytes, its descriptor says {desc.size}"
+                )
             if raw_hex != desc.hex:
-                raise CorruptInputError(f"{lwhat}: content digest sha256:{raw_hex[:12]} "
-                                        f"does not match sha256:{desc.hex[:12]}",
-                                        "the registry sent other bytes than it named; "
-                                        "nothing was stored")
+                raise CorruptInputError(
+                    f"{lwhat}: content digest sha256:{raw_hex[:12]} "
+                    f"does not match sha256:{desc.hex[:12]}",
+                    "the registry sent other bytes than it named; nothing was stored",
+                )
             if plain_hex != diff_hex:
-                raise CorruptInputError(f"{lwhat}: uncompressed digest sha256:"
-                                        f"{plain_hex[:12]} does not match the config's "
-                                        f"diff_id sha256:{diff_hex[:12]}")
+                raise CorruptInputError(
+                    f"{lwhat}: uncompressed digest sha256:"
+                    f"{plain_hex[:12]} does not match the config's "
+                    f"diff_id sha256:{diff_hex[:12]}"
+                )
             say(short, "Extracting")
             try:
                 store._stage_layer(staging, blob, diff_hex, budget=budget, notes=notes)
             except CorruptInputError as exc:
                 raise CorruptInputError(f"{lwhat}: {exc.message}", exc.hint) from None
             staged.add(diff_hex)
-            fetched.append((diff_id, desc.digest, desc.size,
-                            desc.media_type or imagemeta.MT_DOCKER_LAYER,
-                            f"{ref.domain}/{ref.path}"))
+            fetched.append(
+                (
+                    diff_id,
+                    desc.digest,
+                    desc.size,
+                    desc.media_type or imagemeta.MT_DOCKER_LAYER,
+                    f"{ref.domain}/{ref.path}",
+                )
+            )
             say(short, "Pull complete")
         names = [ref.tagged] if ref.tag else []
         digests = [f"{ref.familiar}@{top_digest}"]
@@ -199,7 +228,13 @@ def _pull_from(client, store, ref, settings, progress) -> PullResult:
         store.add_blob_digests(fetched)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    shown = str(ref) if ref.domain != "docker.io" else f"docker.io/{ref.path}" + (
-        f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
-    return PullResult(image=image, reference=shown, digest=top_digest, downloaded=downloaded,
-                      notes=notes)
+    shown = (
+        str(ref)
+        if ref.domain != "docker.io"
+        else f"docker.io/{ref.path}"
+        + (f":{ref.tag}" if ref.tag else "")
+        + (f"@{ref.digest}" if ref.digest else "")
+    )
+    return PullResult(
+        image=image, reference=shown, digest=top_digest, downloaded=downloaded, notes=notes
+    )

@@ -9,9 +9,11 @@ DEFAULT_DOMAIN = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_DOMAIN = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-                     r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])"
-                     r"(?::[0-9]{1,5})?$")
+_DOMAIN = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])"
+    r"(?::[0-9]{1,5})?$"
+)
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -29,8 +31,11 @@ class Reference:
     def familiar(self) -> str:
         """The name as Docker shows it: busybox, user/app, host:5000/app."""
         if self.domain == DEFAULT_DOMAIN:
-            return self.path[len("library/"):] if self.path.startswith("library/") \
-                and self.path.count("/") == 1 else self.path
+            return (
+                self.path[len("library/") :]
+                if self.path.startswith("library/") and self.path.count("/") == 1
+                else self.path
+            )
         return f"{self.domain}/{self.path}"
 
     @property
@@ -87,20 +92,23 @@ def parse(ref: str) -> Reference:
     tag = ""
     slash, colon = rest.rfind("/"), rest.rfind(":")
     if colon > slash:
-        rest, tag = rest[:colon], rest[colon + 1:]
+        rest, tag = rest[:colon], rest[colon + 1 :]
         if not _TAG.match(tag):
             raise UsageError(f"image reference {ref!r}: invalid tag {tag!r}")
     first, _, remainder = rest.partition("/")
-    if remainder and ("." in first or ":" in first or first == "localhost"
-                      or first.startswith("[")):
+    if remainder and (
+        "." in first or ":" in first or first == "localhost" or first.startswith("[")
+    ):
         domain, path = normalize_domain(first), remainder
     else:
         domain, path = DEFAULT_DOMAIN, rest
     if domain == DEFAULT_DOMAIN and "/" not in path:
         path = f"library/{path}"
     if len(path) > 255 or not all(_COMPONENT.match(c) for c in path.split("/")):
-        raise UsageError(f"image reference {ref!r}: invalid repository name",
-                         "lowercase letters, digits and separators . _ - /")
+        raise UsageError(
+            f"image reference {ref!r}: invalid repository name",
+            "lowercase letters, digits and separators . _ - /",
+        )
     if not tag and not digest:
         tag = "latest"
     return Reference(domain=domain, path=path, tag=tag, digest=digest)

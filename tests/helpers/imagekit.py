@@ -45,10 +45,19 @@ def layer(*entries):
 
 
 def config(layers, cmd=("sh",), **extra):
-    cfg = {"architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
-           "config": {"Env": ["PATH=/bin", "PM=1"], "Cmd": list(cmd), "WorkingDir": "/w",
-                      "ExposedPorts": {"80/tcp": {}}, **extra},
-           "rootfs": {"type": "layers", "diff_ids": [f"sha256:{sha(x)}" for x in layers]}}
+    cfg = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-02T03:04:05Z",
+        "config": {
+            "Env": ["PATH=/bin", "PM=1"],
+            "Cmd": list(cmd),
+            "WorkingDir": "/w",
+            "ExposedPorts": {"80/tcp": {}},
+            **extra,
+        },
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{sha(x)}" for x in layers]},
+    }
     return json.dumps(cfg, sort_keys=True).encode()
 
 
@@ -86,8 +95,7 @@ def docker_legacy(path, images, gz_layers=False, share_by_symlink=True, raw_memb
                 elif share_by_symlink:  # docker links a repeated layer back to its first copy
                     alias = sha(lid.encode() + cfg)
                     _add(tf, alias, kind=tarfile.DIRTYPE)
-                    _add(tf, f"{alias}/layer.tar", kind=tarfile.SYMTYPE,
-                         link=f"../{lid}/layer.tar")
+                    _add(tf, f"{alias}/layer.tar", kind=tarfile.SYMTYPE, link=f"../{lid}/layer.tar")
                     paths.append(f"{alias}/layer.tar")
                 else:
                     paths.append(f"{lid}/layer.tar")
@@ -116,19 +124,31 @@ def oci_layout(directory, images, gz_layers=True, nested_index=False):
     for layers, ref, cfg in images:
         cfg = cfg or config(layers)
         lt = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz_layers else "")
-        man = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(cfg)},
-               "layers": [{"mediaType": lt, **put(gzip.compress(x, mtime=0) if gz_layers else x)}
-                          for x in layers]}
-        desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **put(json.dumps(man).encode())}
+        man = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(cfg)},
+            "layers": [
+                {"mediaType": lt, **put(gzip.compress(x, mtime=0) if gz_layers else x)}
+                for x in layers
+            ],
+        }
+        desc = {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            **put(json.dumps(man).encode()),
+        }
         if nested_index:
             other = dict(desc, platform={"architecture": "s390x", "os": "linux"})
             mine = dict(desc, platform={"architecture": "amd64", "os": "linux"})
-            idx = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                   "manifests": [other, mine]}
-            desc = {"mediaType": "application/vnd.oci.image.index.v1+json",
-                    **put(json.dumps(idx).encode())}
+            idx = {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [other, mine],
+            }
+            desc = {
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                **put(json.dumps(idx).encode()),
+            }
         if ref:
             desc["annotations"] = {"org.opencontainers.image.ref.name": ref}
         entries.append(desc)

@@ -65,6 +65,7 @@ def _links():
 def _tc_programs():
     """tc filters and tcx programs on this namespace's interfaces (pyinspect's or any)."""
     from pyinspect.probes import packets
+
     out = set()
     for line in _run("ip", "-o", "link", "show").splitlines():
         m = re.match(r"(\d+): ([^:@]+)", line)
@@ -74,8 +75,9 @@ def _tc_programs():
         for side in ("ingress", "egress"):
             for pid in packets.tcx_program_ids(idx, side):
                 out.add(f"{name} {side} tcx prog {pid}")
-        if "pyinspect-trace" in _run("tc", "filter", "show", "dev", name, "ingress") + \
-                _run("tc", "filter", "show", "dev", name, "egress"):
+        if "pyinspect-trace" in _run("tc", "filter", "show", "dev", name, "ingress") + _run(
+            "tc", "filter", "show", "dev", name, "egress"
+        ):
             out.add(f"{name} tc filter pyinspect-trace")
     return out
 

@@ -25,13 +25,32 @@ def cname(prefix="pn"):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def container(name, publish=(), publish_all=False, mode="bridge", hostname=None, pid=0,
-              status="running", network=None, cid=None):
+def container(
+    name,
+    publish=(),
+    publish_all=False,
+    mode="bridge",
+    hostname=None,
+    pid=0,
+    status="running",
+    network=None,
+    cid=None,
+):
     """A Container-like record as the runtime passes it (plain data, no kernel mocking)."""
-    return {"id": cid or uuid.uuid4().hex + uuid.uuid4().hex, "name": name, "pid": pid,
-            "status": status, "network": network or {},
-            "spec": {"name": name, "publish": list(publish), "publish_all": publish_all,
-                     "network_mode": mode, "hostname": hostname}}
+    return {
+        "id": cid or uuid.uuid4().hex + uuid.uuid4().hex,
+        "name": name,
+        "pid": pid,
+        "status": status,
+        "network": network or {},
+        "spec": {
+            "name": name,
+            "publish": list(publish),
+            "publish_all": publish_all,
+            "network_mode": mode,
+            "hostname": hostname,
+        },
+    }
 
 
 class Host:
@@ -44,9 +63,13 @@ class Host:
 
     def call(self, op, env=None, **kw):
         req = json.dumps({"op": op, "root": self.root, **kw})
-        proc = subprocess.run(["nsenter", f"--net={self.ns.path}", PYTHON, HERE, req],
-                              capture_output=True, text=True, timeout=60,
-                              env={**os.environ, **(env or {})})
+        proc = subprocess.run(
+            ["nsenter", f"--net={self.ns.path}", PYTHON, HERE, req],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+        )
         if proc.returncode != 0:
             raise AssertionError(f"{op} helper crashed: {proc.stderr}")
         reply = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -55,16 +78,23 @@ class Host:
     def crash(self, op, **kw):
         """Run an op that is expected to kill its process; returns the exit code."""
         req = json.dumps({"op": op, "root": self.root, **kw})
-        return subprocess.run(["nsenter", f"--net={self.ns.path}", PYTHON, HERE, req],
-                              capture_output=True, timeout=60).returncode
+        return subprocess.run(
+            ["nsenter", f"--net={self.ns.path}", PYTHON, HERE, req], capture_output=True, timeout=60
+        ).returncode
 
     def ok(self, op, **kw):
         if op == "state":  # a plain file: no need for a child in the netns
             from pyinspect.runtime import ipam
+
             return ipam.load(self.root, kw["bridge"])
         if op == "sysctls":
-            return {k: self.ns.run("cat", "/proc/sys/" + k.replace(".", "/"), check=False)
-                    .stdout.strip() or None for k in kw["keys"]}
+            return {
+                k: self.ns.run(
+                    "cat", "/proc/sys/" + k.replace(".", "/"), check=False
+                ).stdout.strip()
+                or None
+                for k in kw["keys"]
+            }
         reply = self.call(op, **kw)
         if "error" in reply:
             raise AssertionError(f"{op} failed: {reply}")
@@ -72,16 +102,20 @@ class Host:
 
     def spawn(self):
         """A 'container' init: sleep in a fresh netns made from inside the host netns."""
-        p = subprocess.Popen(["nsenter", f"--net={self.ns.path}", "unshare", "--net",
-                              "sleep", "600"])
+        p = subprocess.Popen(
+            ["nsenter", f"--net={self.ns.path}", "unshare", "--net", "sleep", "600"]
+        )
         self.procs.append(p)
         me = os.readlink("/proc/self/ns/net")
         host = os.stat(self.ns.path).st_ino
         for _ in range(200):
             try:
                 ino = os.readlink(f"/proc/{p.pid}/ns/net")
-                if ino != me and ino != f"net:[{host}]" and \
-                        os.readlink(f"/proc/{p.pid}/exe").endswith("sleep"):
+                if (
+                    ino != me
+                    and ino != f"net:[{host}]"
+                    and os.readlink(f"/proc/{p.pid}/exe").endswith("sleep")
+                ):
                     return p.pid
             except OSError:
                 pass
@@ -111,6 +145,7 @@ class Host:
 
 # --- the child side ------------------------------------------------------------------------
 
+
 def _obj(d):
     if isinstance(d, dict):
         return types.SimpleNamespace(**{k: _obj(v) if k == "spec" else v for k, v in d.items()})
@@ -120,6 +155,7 @@ def _obj(d):
 def _cycles(root, n, publish):
     """n connect/disconnect cycles in one process (keeps the 30-cycle test fast)."""
     from pyinspect.runtime import network
+
     ips = []
     for i in range(n):
         p = subprocess.Popen(["unshare", "--net", "sleep", "600"])
@@ -127,8 +163,9 @@ def _cycles(root, n, publish):
             me = os.readlink("/proc/self/ns/net")
             for _ in range(200):
                 try:
-                    if os.readlink(f"/proc/{p.pid}/ns/net") != me and \
-                            os.readlink(f"/proc/{p.pid}/exe").endswith("sleep"):
+                    if os.readlink(f"/proc/{p.pid}/ns/net") != me and os.readlink(
+                        f"/proc/{p.pid}/exe"
+                    ).endswith("sleep"):
                         break
                 except OSError:
                     pass
@@ -150,14 +187,16 @@ def _cycles(root, n, publish):
 def _main(req):
     from pyinspect.errors import PyinspectError
     from pyinspect.runtime import ipam, network, portmap, ports, sysctl
+
     op = req.pop("op")
     root = req.pop("root")
     try:
         if op == "prepare":
             result = network.prepare(root, _obj(req["spec"]), req.get("image_config"))
         elif op == "connect":
-            result = network.connect(root, _obj(req["container"]), req["pid"],
-                                     image_config=req.get("image_config"))
+            result = network.connect(
+                root, _obj(req["container"]), req["pid"], image_config=req.get("image_config")
+            )
         elif op == "connect_crash":
             # die like a SIGKILLed CLI right after the veth exists, before the netns mount
             network._mount_link = lambda *a: os._exit(9)
@@ -188,8 +227,11 @@ def _main(req):
         else:
             raise SystemExit(f"unknown op {op}")
     except PyinspectError as exc:
-        print(json.dumps({"error": type(exc).__name__, "message": str(exc),
-                          "exit_code": exc.exit_code}))
+        print(
+            json.dumps(
+                {"error": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+            )
+        )
         return
     print(json.dumps({"result": result}))
 

@@ -33,34 +33,62 @@ class Registry:
         self.port = 5000 if netns else free_port()
         self.host = f"{ip}:{self.port}"
         self.netns = netns
-        lines = ["version: 0.1", "log:", "  level: warn", "storage:", "  filesystem:",
-                 f"    rootdirectory: {self.data}", "  delete:", "    enabled: true",
-                 "http:", f"  addr: {self.host}"]
+        lines = [
+            "version: 0.1",
+            "log:",
+            "  level: warn",
+            "storage:",
+            "  filesystem:",
+            f"    rootdirectory: {self.data}",
+            "  delete:",
+            "    enabled: true",
+            "http:",
+            f"  addr: {self.host}",
+        ]
         if tls:
             lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
         if token:
-            lines += ["auth:", "  token:", f"    realm: {token['realm']}",
-                      f"    service: {token['service']}", f"    issuer: {token['issuer']}",
-                      f"    rootcertbundle: {token['cert']}"]
+            lines += [
+                "auth:",
+                "  token:",
+                f"    realm: {token['realm']}",
+                f"    service: {token['service']}",
+                f"    issuer: {token['issuer']}",
+                f"    rootcertbundle: {token['cert']}",
+            ]
         elif auth:
-            ht = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True,
-                                text=True, check=True).stdout
+            ht = subprocess.run(
+                ["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True
+            ).stdout
             (self.dir / "htpasswd").write_text(ht)
-            lines += ["auth:", "  htpasswd:", "    realm: pm-realm",
-                      f"    path: {self.dir / 'htpasswd'}"]
+            lines += [
+                "auth:",
+                "  htpasswd:",
+                "    realm: pm-realm",
+                f"    path: {self.dir / 'htpasswd'}",
+            ]
         (self.dir / "config.yml").write_text("\n".join(lines) + "\n")
         self.log = open(self.dir / "registry.log", "wb")
         argv = ["docker-registry", "serve", str(self.dir / "config.yml")]
         if netns:
             argv = ["nsenter", f"--net={netns.path}", *argv]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         scheme = "https" if tls else "http"
         deadline = time.monotonic() + 20
         while True:
             if netns:
-                code = netns.run("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
-                                 f"{scheme}://{self.host}/v2/", check=False).stdout
+                code = netns.run(
+                    "curl",
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    f"{scheme}://{self.host}/v2/",
+                    check=False,
+                ).stdout
                 if code in ("200", "401"):
                     break
             else:
@@ -72,8 +100,10 @@ class Registry:
                     pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
-                raise RuntimeError(f"docker-registry did not start: "
-                                   f"{(self.dir / 'registry.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"docker-registry did not start: "
+                    f"{(self.dir / 'registry.log').read_text()[-2000:]}"
+                )
             time.sleep(0.05)
 
     def blob_path(self, digest):
@@ -94,6 +124,7 @@ class Registry:
 def store_snapshot(root):
     """{relative path: (mode, size, sha256 or link)} of an image store, for 'unchanged'."""
     import hashlib
+
     out = {}
     base = Path(root) / "images"
     for dirpath, dirnames, files in os.walk(base):

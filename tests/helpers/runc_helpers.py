@@ -47,27 +47,41 @@ class Runc:
         self.bundles[cid] = str(b)
         log = self.tmp / f"{cid}.log"
         with open(log, "w") as err:
-            proc = subprocess.run(["runc", "run", "-d", "--bundle", str(b), cid],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=err, timeout=30)
+            proc = subprocess.run(
+                ["runc", "run", "-d", "--bundle", str(b), cid],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                timeout=30,
+            )
         assert proc.returncode == 0, log.read_text()
         return cid, self.state(cid)["pid"]
 
     def state(self, cid):
-        return json.loads(subprocess.run(["runc", "state", cid], capture_output=True,
-                                         text=True, check=True).stdout)
+        return json.loads(
+            subprocess.run(
+                ["runc", "state", cid], capture_output=True, text=True, check=True
+            ).stdout
+        )
 
     def exec_detached(self, cid, *args):
-        subprocess.run(["runc", "exec", "-d", cid, *args], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
-                       timeout=30)
+        subprocess.run(
+            ["runc", "exec", "-d", cid, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=30,
+        )
 
     def cleanup(self):
         for cid in self.ids:
             subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
         for cid in self.ids:
             for _ in range(100):
-                if subprocess.run(["runc", "delete", "-f", cid],
-                                  capture_output=True).returncode == 0:
+                if (
+                    subprocess.run(["runc", "delete", "-f", cid], capture_output=True).returncode
+                    == 0
+                ):
                     break
                 time.sleep(0.05)

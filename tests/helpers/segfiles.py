@@ -25,14 +25,25 @@ def shb():
 
 
 def idb(name, description, snaplen=262144):
-    body = struct.pack("<HHI", 1, 0, snaplen) + _opt(2, name.encode()) + \
-        _opt(3, description.encode()) + _opt(9, b"\x09") + b"\0\0\0\0"
+    body = (
+        struct.pack("<HHI", 1, 0, snaplen)
+        + _opt(2, name.encode())
+        + _opt(3, description.encode())
+        + _opt(9, b"\x09")
+        + b"\0\0\0\0"
+    )
     return _block(1, body)
 
 
 def epb(if_id, ts, data, orig_len=None, direction=None, endofopt=False):
-    body = struct.pack("<IIIII", if_id, ts >> 32, ts & 0xFFFFFFFF, len(data),
-                       len(data) if orig_len is None else orig_len)
+    body = struct.pack(
+        "<IIIII",
+        if_id,
+        ts >> 32,
+        ts & 0xFFFFFFFF,
+        len(data),
+        len(data) if orig_len is None else orig_len,
+    )
     body += data + b"\0" * (-len(data) % 4)
     body += _opt(2, struct.pack("<I", {"in": 1, "out": 2}[direction])) if direction else b""
     if endofopt:
@@ -42,12 +53,12 @@ def epb(if_id, ts, data, orig_len=None, direction=None, endofopt=False):
 
 @dataclass
 class Pkt:
-    point: int               # index into the trace's points (== interface id, seq)
+    point: int  # index into the trace's points (== interface id, seq)
     ts: int
     data: bytes
     direction: str = None
-    flow: int = None         # flows.id to index it to; None: not indexed
-    indexed: bool = None     # default: indexed when it has a flow
+    flow: int = None  # flows.id to index it to; None: not indexed
+    indexed: bool = None  # default: indexed when it has a flow
     orig_len: int = None
 
 
@@ -67,8 +78,22 @@ def segment_bytes(interfaces, runs):
     return bytes(buf), placed
 
 
-def add_trace(store, name, points, segments, *, cid="ab" * 32, started=None, stopped=None,
-              status="stopped", pid=None, summary=None, flows=(), cut=0, extra=0):
+def add_trace(
+    store,
+    name,
+    points,
+    segments,
+    *,
+    cid="ab" * 32,
+    started=None,
+    stopped=None,
+    status="stopped",
+    pid=None,
+    summary=None,
+    flows=(),
+    cut=0,
+    extra=0,
+):
     """A trace session as the tracer leaves it. `points` [(name, description)] (stored
     names; the files carry the export names), `segments` a list of runs lists of Pkt,
     `flows` flow row dicts (inserted first, ids from 1 in each store in order; Pkt.flow
@@ -77,21 +102,29 @@ def add_trace(store, name, points, segments, *, cid="ab" * 32, started=None, sto
     no capture point of the store). Returns (session id, [flow ids], [segment ids])."""
     from pyinspect.pcap_export import point_name
     from pyinspect.store import FlowRow
+
     all_pkts = [p for seg in segments for run in seg for p in run]
     started = started if started is not None else min(p.ts for p in all_pkts) - 1000
     stopped = stopped if stopped is not None else max(p.ts for p in all_pkts) + 1000
     sid, pids = store.begin_trace(
-        container_id=cid, container_name=name, started_ns=started, snaplen=262144,
-        pid=pid, points=[TracePoint(n, d, linktype=1) for n, d in points])
+        container_id=cid,
+        container_name=name,
+        started_ns=started,
+        snaplen=262144,
+        pid=pid,
+        points=[TracePoint(n, d, linktype=1) for n, d in points],
+    )
     fids = [store.insert_flow(FlowRow(session_id=sid, **f)) for f in flows]
     directory = store.path.parent / "pcap" / str(sid)
     directory.mkdir(parents=True, exist_ok=True)
     seg_ids = []
     index = []
     for seq, runs in enumerate(segments, start=1):
-        data, placed = segment_bytes([(point_name(n, d, name), d) for n, d in points] +
-                                     [(f"extra{i}@host", "not a point") for i in range(extra)],
-                                     runs)
+        data, placed = segment_bytes(
+            [(point_name(n, d, name), d) for n, d in points]
+            + [(f"extra{i}@host", "not a point") for i in range(extra)],
+            runs,
+        )
         if cut and seq == len(segments):
             data = data[:-cut]
         path = directory / f"seg-{seq:05d}.pcapng"
@@ -103,9 +136,18 @@ def add_trace(store, name, points, segments, *, cid="ab" * 32, started=None, sto
             store.finish_segment(seg_id, len(data), max(ts) if ts else stopped)
         for p, off in placed:
             if p.indexed or (p.indexed is None and p.flow is not None):
-                index.append(IndexRow(sid, seg_id, off, p.ts, pids[p.point],
-                                      None if p.flow is None else fids[p.flow],
-                                      p.direction, len(p.data)))
+                index.append(
+                    IndexRow(
+                        sid,
+                        seg_id,
+                        off,
+                        p.ts,
+                        pids[p.point],
+                        None if p.flow is None else fids[p.flow],
+                        p.direction,
+                        len(p.data),
+                    )
+                )
     store.add_index(index)
     if status != "running":
         store.end_trace(sid, status, summary, stopped_ns=stopped)

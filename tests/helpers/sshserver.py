@@ -18,8 +18,11 @@ import asyncssh
 
 async def handle(process):
     proc = await asyncio.create_subprocess_shell(
-        process.command or "true", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        process.command or "true",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)
     exited = asyncio.ensure_future(proc.wait())
     closed = asyncio.ensure_future(process.wait_closed())
@@ -42,8 +45,14 @@ class Server(asyncssh.SSHServer):
 
 async def main(port, host_key, authorized):
     server = await asyncssh.create_server(
-        Server, "127.0.0.1", port, server_host_keys=[host_key],
-        authorized_client_keys=authorized, process_factory=handle, encoding=None)
+        Server,
+        "127.0.0.1",
+        port,
+        server_host_keys=[host_key],
+        authorized_client_keys=authorized,
+        process_factory=handle,
+        encoding=None,
+    )
     print("ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

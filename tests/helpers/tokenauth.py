@@ -32,12 +32,17 @@ class TokenService:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pm-token")])
         now = datetime.datetime.now(datetime.UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(days=1))
-                     .not_valid_after(now + datetime.timedelta(days=1))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-                     .sign(self.key, hashes.SHA256()))
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(self.key, hashes.SHA256())
+        )
         self.cert_path = directory / "token-cert.pem"
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self.requests = []
@@ -51,8 +56,11 @@ class TokenService:
                 service.requests.append(self.path)
                 q = parse_qs(urlparse(self.path).query)
                 auth = self.headers.get("Authorization", "")
-                ok = auth == "Basic " + base64.b64encode(
-                    f"{service.user}:{service.password}".encode()).decode()
+                ok = (
+                    auth
+                    == "Basic "
+                    + base64.b64encode(f"{service.user}:{service.password}".encode()).decode()
+                )
                 if not ok:
                     self.send_response(401)
                     self.end_headers()
@@ -70,8 +78,7 @@ class TokenService:
         self.thread.start()
 
     def config(self):
-        return {"realm": self.realm, "service": SERVICE, "issuer": ISSUER,
-                "cert": self.cert_path}
+        return {"realm": self.realm, "service": SERVICE, "issuer": ISSUER, "cert": self.cert_path}
 
     def token(self, scopes):
         access = []
@@ -79,12 +86,22 @@ class TokenService:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
-        header = {"typ": "JWT", "alg": "RS256",
-                  "x5c": [base64.b64encode(self.cert.public_bytes(
-                      serialization.Encoding.DER)).decode()]}
+        header = {
+            "typ": "JWT",
+            "alg": "RS256",
+            "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()],
+        }
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": self.user, "aud": SERVICE, "exp": now + 300,
-                  "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        claims = {
+            "iss": ISSUER,
+            "sub": self.user,
+            "aud": SERVICE,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
         signing = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         sig = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing}.{_b64(sig)}"
