@@ -73,7 +73,7 @@ def _epb(if_id, ts, data, direction):
 
 
 def build(workdir, n, points=4, cpus=2):
-    from pyinspect.pcapng import PcapNgWriter
+    from pyinspect.pcap.pcapng import PcapNgWriter
     from pyinspect.store import FlowRow, IndexRow, Store, TracePoint
 
     db_path = workdir / "pyinspect.db"
@@ -259,7 +259,7 @@ def main():
                 stderr=subprocess.DEVNULL,
             )
 
-        from pyinspect.pcap_export import export
+        from pyinspect.pcap.export import export
         from pyinspect.store import Store
 
         store = Store(db_path)

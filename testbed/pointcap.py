@@ -31,7 +31,7 @@ class Point(NamedTuple):
 
 def trace_points(host_ns, uplink, bridge, veth, ctr_ns, container, ctr_iface="eth0"):
     """The four points of a container behind a bridge: uplink, bridge, host veth, eth0."""
-    from pyinspect.pcap_export import point_name
+    from pyinspect.pcap.export import point_name
 
     return [
         Point(point_name(uplink, "uplink", container), host_ns, uplink, "uplink"),

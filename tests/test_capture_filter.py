@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from pyinspect import pcapng
+from pyinspect.pcap import pcapng
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
 from pyinspect.trace.evidence import Interface, SegmentFiles

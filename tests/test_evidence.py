@@ -135,7 +135,7 @@ def _kind(d):
 
 
 def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, state_root, tmp_path):
-    from pyinspect.pcapng import read_packets
+    from pyinspect.pcap.pcapng import read_packets
 
     host = make_netns("ev-h")
     client = make_netns("ev-c")

@@ -25,8 +25,8 @@ import time
 
 import pytest
 
-from pyinspect import pcapng
 from pyinspect.errors import CorruptInputError
+from pyinspect.pcap import pcapng
 from pyinspect.probes import packets
 from pyinspect.probes.netns import in_netns
 from pyinspect.trace.evidence import EvidenceWriter, Interface, SegmentFiles

@@ -275,7 +275,7 @@ def test_install_default_folder_is_wiresharks(setup, tmp_path):
 
 
 def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
-    from pyinspect.pcap_export import point_name
+    from pyinspect.pcap.export import point_name
 
     out = tmp_path / "out.pcapng"
     dump = setup.tcpdump(tmp_path / "veth.pcap")
@@ -404,7 +404,7 @@ def test_stdout_stream_into_tshark_r(setup, tmp_path):
         report = dump.stop()
     setup.wait_gone()
     assert report["dropped"] == 0, report
-    from pyinspect.pcap_export import point_name
+    from pyinspect.pcap.export import point_name
 
     rows = [line.split("|") for line in text.splitlines() if line]
     ref = [
@@ -717,7 +717,7 @@ def test_remote_capture_through_wiresharks_sshdump(setup, tmp_path):
                     p.communicate()
         report = dump.stop() if dump else None
     assert report["dropped"] == 0, report
-    from pyinspect.pcap_export import point_name
+    from pyinspect.pcap.export import point_name
 
     rows = fields(out, "frame.interface_name", "tcp.port", "frame.comment")
     ref = [

@@ -162,7 +162,7 @@ def _udp_frame(dport):
 
 
 def test_one_libpcap_binding_for_trace_and_export():
-    from pyinspect import pcap_export
+    from pyinspect.pcap import export as pcap_export
     from pyinspect.probes import packets
 
     assert pcap_export.BpfFilter is BpfFilter and issubclass(packets.BpfFilter, BpfFilter)

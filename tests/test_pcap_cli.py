@@ -10,8 +10,8 @@ from scapy.all import IP, TCP, UDP, Ether, raw
 
 from pyinspect.config import database_path
 from pyinspect.errors import UsageError
-from pyinspect.pcap_export import export, parse_flow, parse_time
-from pyinspect.pcapng import read_packets
+from pyinspect.pcap.export import export, parse_flow, parse_time
+from pyinspect.pcap.pcapng import read_packets
 from pyinspect.store import Store
 
 from conftest import have, tshark_fields

@@ -16,8 +16,8 @@ from scapy.all import IP, TCP, UDP, Ether, raw
 
 from pyinspect.config import database_path
 from pyinspect.errors import CorruptInputError
-from pyinspect.pcap_export import SKIP_SLACK_NS, export, list_sessions
-from pyinspect.pcapng import Segment, read_packets
+from pyinspect.pcap.export import SKIP_SLACK_NS, export, list_sessions
+from pyinspect.pcap.pcapng import Segment, read_packets
 from pyinspect.store import MIGRATIONS, FlowRow, HopRow, IndexRow, Store
 
 from conftest import have, tshark_fields

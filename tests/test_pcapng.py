@@ -12,7 +12,7 @@ from scapy.all import ICMP, IP, TCP, Ether, raw
 
 from pyinspect import __version__
 from pyinspect.errors import CorruptInputError, NotFoundError, UsageError
-from pyinspect.pcapng import PcapNgWriter, merge, read_packets
+from pyinspect.pcap.pcapng import PcapNgWriter, merge, read_packets
 
 from conftest import have, tshark_fields
 
@@ -348,7 +348,7 @@ def test_merge_refuses_corrupt_input_without_output(tmp_path):
 
 WRITER = r"""
 import sys, time
-from pyinspect.pcapng import PcapNgWriter
+from pyinspect.pcap.pcapng import PcapNgWriter
 w = PcapNgWriter(sys.argv[1], flush_every=100, flush_interval=0.05)
 i = w.add_interface("test/eth0", "killed while writing")
 n = 0

@@ -4,7 +4,7 @@ import pytest
 
 from pyinspect.errors import UsageError
 from pyinspect.events import parse_since
-from pyinspect.pcap_export import parse_time
+from pyinspect.pcap.export import parse_time
 from pyinspect.timespec import parse_time as shared
 
 NOW = 1_764_417_600 * 10**9

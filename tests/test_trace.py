@@ -146,7 +146,7 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
         [i["text"] for i in items],
     )
     # the merged pcapng: every point an interface, NAT comments on the packets
-    from pyinspect.pcapng import read_packets
+    from pyinspect.pcap.pcapng import read_packets
 
     pkts = list(read_packets(pcap))
     names = {p.interface.name for p in pkts}

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pyinspect.pcapng import PcapNgWriter, read_packets
+from pyinspect.pcap.pcapng import PcapNgWriter, read_packets
 from pyinspect.trace.evidence import Interface
 from pyinspect.trace.stream import StreamFile, with_comment
 

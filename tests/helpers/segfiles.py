@@ -100,7 +100,7 @@ def add_trace(
     refers to them by position in this list, from 0), `cut` bytes cut off the last file
     (a killed trace), `extra` interfaces in the files beyond the points (`extra<N>@host`:
     no capture point of the store). Returns (session id, [flow ids], [segment ids])."""
-    from pyinspect.pcap_export import point_name
+    from pyinspect.pcap.export import point_name
     from pyinspect.store import FlowRow
 
     all_pkts = [p for seg in segments for run in seg for p in run]

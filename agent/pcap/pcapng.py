@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from . import __version__
-from .errors import CorruptInputError, NotFoundError, UsageError
-from .probes import cdefs
-from .runtime.fsutil import atomic_write
+from .. import __version__
+from ..errors import CorruptInputError, NotFoundError, UsageError
+from ..probes import cdefs
+from ..runtime.fsutil import atomic_write
 
 # Block types
 SHB = 0x0A0D0D0A

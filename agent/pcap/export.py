@@ -22,11 +22,11 @@ import struct
 from array import array
 from pathlib import Path
 
-from .errors import NotFoundError, UsageError
+from ..errors import NotFoundError, UsageError
+from ..probes.pcapfilter import BpfFilter
+from ..runtime.fsutil import atomic_write
+from ..timespec import parse_time as _parse_time
 from .pcapng import KEY_OFFSET, KEY_SHIFT, RAW_EPB, PcapNgWriter, Segment
-from .probes.pcapfilter import BpfFilter
-from .runtime.fsutil import atomic_write
-from .timespec import parse_time as _parse_time
 
 U32_LE = struct.Struct("<I")
 
