@@ -181,7 +181,7 @@ class Overview:
 
     # -- traces and flows --------------------------------------------------------------------
     def sessions(self) -> list[dict]:
-        from . import pcap_export
+        from .pcap import export as pcap_export
 
         with self.store() as s:
             rows = pcap_export.list_sessions(s)
@@ -244,7 +244,7 @@ class Overview:
 
     def export_pcap(self, session_id: int, flow_id: int | None = None) -> tuple[str, str]:
         """A temp pcapng of a session (or one of its flows) and a download name."""
-        from . import pcap_export
+        from .pcap import export as pcap_export
 
         flow = None
         name = f"trace-{session_id}.pcapng"
@@ -291,7 +291,7 @@ class Overview:
 
     # -- metrics -------------------------------------------------------------------------
     def metrics(self) -> dict:
-        from . import pcap_export
+        from .pcap import export as pcap_export
 
         now = time.time_ns()
         with self.store() as s:

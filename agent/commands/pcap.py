@@ -54,7 +54,7 @@ def export_(obj, session_id, container, since, until, flow, bpf_filter, output):
       pyinspect pcap export --session 3 --flow 'tcp 192.168.1.2:40000->192.168.1.10:8088' -o f.pcapng
     """
     from ..errors import UsageError
-    from ..pcap_export import export
+    from ..pcap.export import export
 
     if (session_id is None) == (container is None):
         raise UsageError("pcap export: give exactly one of --session ID or --container NAME")
@@ -89,7 +89,7 @@ def ls(obj, as_json):
     PACKETS is what the trace's segment files hold (its summary; for a killed trace,
     the packets its analysis indexed); SEGS and BYTES are its segment files.
     """
-    from ..pcap_export import list_sessions
+    from ..pcap.export import list_sessions
 
     with _store(obj) as store:
         rows = list_sessions(store)
@@ -153,7 +153,7 @@ def merge(inputs, output):
     names are kept: pcapng if_name, or the file name for classic pcap. A damaged input
     stops the merge with one error line and no output file.
     """
-    from ..pcapng import merge as merge_files
+    from ..pcap.pcapng import merge as merge_files
 
     res = merge_files(inputs, output)
     click.echo(

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..pcapng import PcapNgWriter
+from ..pcap.pcapng import PcapNgWriter
 
 SEGMENT_BYTES = 128 << 20
 LOCATE_CHUNKS = 8192  # chunk positions remembered per CPU for locate()

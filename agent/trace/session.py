@@ -258,7 +258,7 @@ class TraceSession:
     def _segment_files(self):
         """Where this session's evidence goes: <state root>/pcap/<session id>/seg-*.pcapng,
         one interface per capture point, named as `pcap export` names them."""
-        from ..pcap_export import point_name
+        from ..pcap.export import point_name
 
         if self.opt.stream_fd is not None:
             from .stream import StreamFile
@@ -441,7 +441,7 @@ class TraceSession:
     def _write_pcap(self):
         """-w FILE: the session's packets, every capture point, in time order, with each
         flow's NAT as the packet comment (what `pcap export --session` writes)."""
-        from ..pcap_export import export
+        from ..pcap.export import export
 
         try:
             export(self.store, session_id=self.session_id, out=str(self.opt.pcap))
