@@ -4,7 +4,8 @@
 #     compiled once and loaded with libbpf), kernel headers, iptables, iproute2,
 #     busybox-static, conntrack, tcpdump, tshark, runc, iperf3; for the image tests
 #     docker-registry (started by the tests on 127.0.0.1 only), skopeo, umoci,
-#     apache2-utils (htpasswd -B)
+#     apache2-utils (htpasswd -B); docker.io (dockerd + containerd, started by the tests
+#     inside a network namespace of their own; the package's services stay disabled)
 #   - /lib/modules/$(uname -r)/{build,source} -> the newest Debian headers when the
 #     running kernel has none (tracepoint/tc programs only need the uapi + BTF)
 #   - tracefs and debugfs mounted
@@ -19,7 +20,7 @@ fi
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
   iptables iproute2 busybox-static conntrack tcpdump tshark runc iperf3 make gcc procps
-  kmod psmisc chromium nftables clang-14 libbpf-dev libbpf1 skopeo libc6-dev)
+  kmod psmisc chromium nftables clang-14 libbpf-dev libbpf1 skopeo libc6-dev docker.io)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,13 +30,29 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
+  # docker.io's postinst would start dockerd and containerd (dockerd rewrites the host's
+  # iptables at once): masked while the packages install, disabled below.
+  masked=()
+  if command -v systemctl >/dev/null 2>&1; then
+    for u in docker.service docker.socket containerd.service; do
+      [ -e "/lib/systemd/system/$u" ] || { systemctl mask "$u" >/dev/null 2>&1 && masked+=("$u"); }
+    done
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "${#masked[@]}" -eq 0 ] || systemctl unmask "${masked[@]}" >/dev/null 2>&1 || true
 fi
 
-# docker-registry is only for the tests, which start their own on 127.0.0.1: the
-# package's service (every interface, port 5000) stays off.
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# docker-registry and docker.io are only for the tests, which start their own (the
+# registry on 127.0.0.1, dockerd inside a network namespace of the test): the packages'
+# services (a registry on every interface; dockerd and containerd rewriting the host's
+# iptables) stay off. `disable` works without a running systemd; `stop` when one runs.
+# (apt's policy-rc.d, where there is one, already kept them from starting on install.)
+TEST_ONLY_UNITS=(docker-registry.service docker.service docker.socket containerd.service)
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl disable "${TEST_ONLY_UNITS[@]}" >/dev/null 2>&1 || true
+  if [ -d /run/systemd/system ]; then
+    systemctl stop "${TEST_ONLY_UNITS[@]}" >/dev/null 2>&1 || true
+  fi
 fi
 
 # Kernel headers for bcc: link the newest installed Debian headers if the running kernel has none.
