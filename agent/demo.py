@@ -45,7 +45,7 @@ class Demo:
             shown = f"[{netns}] {shown}"
         if show:
             self.say(f"$ {shown}")
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
         if show and not quiet:
             text = (proc.stdout + proc.stderr).rstrip()
             if text:

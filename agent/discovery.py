@@ -255,7 +255,7 @@ def _own(root, errors=None):
         return []
     try:
         records = state.load_all(root)
-    except Exception as exc:  # a broken record must not hide every other container
+    except OSError as exc:  # an unreadable state directory must not hide the others
         if errors is not None:
             errors.append(f"cannot read pyinspect state: {exc}")
         return []
@@ -574,7 +574,7 @@ def _fill_pids(d, procs, host):
         pids = {p for p, ns in procs.items() if ns["net"] == d.netns}
     if d.pid:
         pids.add(d.pid)
-    for ctrl, path in d.cgroups.items():
+    for path in d.cgroups.values():
         if pids or not path:
             break
         try:

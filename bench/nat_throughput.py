@@ -56,7 +56,10 @@ def wait_listen(prefix, port, timeout=5):
     deadline = time.time() + timeout
     while time.time() < deadline:
         out = subprocess.run(
-            [*prefix, "cat", "/proc/net/tcp", "/proc/net/tcp6"], capture_output=True, text=True
+            [*prefix, "cat", "/proc/net/tcp", "/proc/net/tcp6"],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout
         if f":{port:04X} " in out and " 0A " in out:
             return

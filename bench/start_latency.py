@@ -38,7 +38,9 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 def timed(argv, env=None):
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or ENV)
+    proc = subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or ENV, check=False
+    )
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"start_latency: {' '.join(argv)} failed: {proc.stderr.decode()[-300:]}")
@@ -66,6 +68,7 @@ def import_breakdown(root):
         capture_output=True,
         text=True,
         env=env,
+        check=False,
     )
     rows = []
     for line in proc.stderr.splitlines():
@@ -218,7 +221,9 @@ def main():
         for name, ms in result["stages_ms"]:
             print(f"    {ms:7.1f}  {name}")
     finally:
-        subprocess.run(["runc", "--root", str(runc_root), "list", "-q"], capture_output=True)
+        subprocess.run(
+            ["runc", "--root", str(runc_root), "list", "-q"], capture_output=True, check=False
+        )
         for base in Path("/sys/fs/cgroup").iterdir():
             d = base / f"pc-bench-{os.getpid()}"
             if d.is_dir():

@@ -39,11 +39,13 @@ def setup(prefix, n):
 
 
 def teardown(prefix):
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
     for line in out.splitlines():
         name = line.split()[0]
         if name.startswith(prefix + "-"):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def median_ms(fn, repeat):

@@ -110,7 +110,9 @@ def find_clang() -> str | None:
 @functools.lru_cache(maxsize=8)
 def _clang_version(clang: str) -> str:
     """Once per process: every object's cache key has it (a start opens several objects)."""
-    out = subprocess.run([clang, "--version"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [clang, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
     return out.stdout.splitlines()[0] if out.stdout else clang
 
 
@@ -169,7 +171,7 @@ def compile_object(src: Path, defines: tuple[str, ...] = ()) -> Path:
         tmp,
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["?"])[0]
             raise UnavailableError(f"cannot compile {src.name}: {first}")

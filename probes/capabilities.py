@@ -125,14 +125,14 @@ def _probe_bcc():
     out = {}
     try:
         from bcc import BPF
-    except Exception as exc:  # ImportError, or a broken libbcc
+    except Exception as exc:  # noqa: BLE001 ImportError, or a broken libbcc
         reason = f"bcc is not importable ({_first_line(exc)}; install python3-bpfcc)"
         return {h: HookStatus(h, False, reason) for h in HOOKS if h != "netfilter"}
 
     with _quiet_stderr() as log:
         try:
             b = BPF(text=_COMBINED)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             b = None
             err = exc
     if b is None:
@@ -159,7 +159,7 @@ def _probe_functions(b, BPF):
             b.attach_tracepoint(tp="sched:sched_process_exit", fn_name="pi_cap_tp")
             b.detach_tracepoint(tp="sched:sched_process_exit")
             ok, why = True, "loads and attaches (sched:sched_process_exit)"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             ok = False
             why = (
                 "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
@@ -173,14 +173,14 @@ def _probe_functions(b, BPF):
             b.attach_raw_tracepoint(tp="sched_process_exit", fn_name="pi_cap_rtp")
             b.detach_raw_tracepoint(tp="sched_process_exit")
             ok, why = True, "loads and attaches (sched_process_exit)"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             ok, why = False, f"refused: {_first_line(exc)} {log()}".strip()
     out["raw_tracepoint"] = HookStatus("raw_tracepoint", ok, why)
     with _quiet_stderr() as log:
         try:
             b.load_func("pi_cap_cls", BPF.SCHED_CLS)
             ok, why = True, "BPF_PROG_TYPE_SCHED_CLS loads (attached per interface via clsact)"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             ok, why = False, f"refused: {_first_line(exc)}"
     out["tc"] = HookStatus("tc", ok, why)
     with _quiet_stderr() as log:
@@ -189,7 +189,7 @@ def _probe_functions(b, BPF):
             b.attach_kprobe(event="do_nanosleep", fn_name="pi_cap_kp")
             b.detach_kprobe(event="do_nanosleep")
             ok, why = True, "loads and attaches (do_nanosleep)"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             ok, why = False, None
             err = exc
     if not ok:
@@ -204,14 +204,14 @@ def _probe_buffers(b):
         try:
             b["pi_cap_rb"].open_ring_buffer(lambda *a: None)
             ok, why = True, "BPF_MAP_TYPE_RINGBUF creates and maps"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             ok, why = False, f"refused: {_first_line(exc)}"
     out["ringbuf"] = HookStatus("ringbuf", ok, why)
     with _quiet_stderr():
         try:
             b["pi_cap_pb"].open_perf_buffer(lambda *a: None, page_cnt=1)
             ok, why = True, "perf event array opens on every CPU"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             ok, why = False, f"refused: {_first_line(exc)}"
     out["perf_buffer"] = HookStatus("perf_buffer", ok, why)
     return out
@@ -225,7 +225,7 @@ def _probe_fentry(BPF):
             b = BPF(text=_FENTRY)
             b.cleanup()
             return HookStatus("fentry", True, "loads and attaches (do_nanosleep)")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             err = exc
     return HookStatus("fentry", False, _fentry_reason(err, log()))
 
@@ -243,7 +243,7 @@ def _probe_bcc_separately(BPF, combined_error):
                 b = BPF(text=text)
                 b.cleanup()
                 out[name] = HookStatus(name, True, "map creates")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
                 out[name] = HookStatus(name, False, f"refused: {_first_line(exc)}")
     base = (
         "int pi_cap_tp(void *ctx) { return 0; }\n"
@@ -254,7 +254,7 @@ def _probe_bcc_separately(BPF, combined_error):
     with _quiet_stderr():
         try:
             b = BPF(text=base)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
             reason = f"bcc cannot compile even a trivial program: {_first_line(exc)}"
             for h in ("tracepoint", "raw_tracepoint", "tc", "kprobe", "fentry"):
                 out[h] = HookStatus(h, False, reason)

@@ -139,7 +139,7 @@ class RuleBook:
 def _run_in(netns, argv):
     prefix = ["nsenter", f"--net={netns}"] if netns else []
     try:
-        p = subprocess.run(prefix + argv, capture_output=True, text=True, timeout=15)
+        p = subprocess.run(prefix + argv, capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return p.stdout if p.returncode == 0 else None
@@ -207,6 +207,7 @@ class TraceRules:
                 capture_output=True,
                 text=True,
                 timeout=15,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise UnavailableError(f"cannot run {self.tool}-restore: {exc}") from exc
@@ -578,6 +579,7 @@ class NftTraceTable:
                 capture_output=True,
                 text=True,
                 timeout=15,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise UnavailableError(f"cannot run nft: {exc}") from exc

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
+
 from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
@@ -75,6 +77,11 @@ def _iproute(netns=None):
 
     with in_netns(netns):
         return IPRoute()
+
+
+# what a netlink request through pyroute2 raises (the socket, the kernel's answer, decoding)
+# and what entering a namespace that is gone raises
+_NETLINK_ERRORS = (OSError, NetlinkError, NetlinkDecodeError, UnavailableError)
 
 
 def _ensure_clsact(ipr, ifindex):
@@ -162,7 +169,7 @@ def _our_filters(ipr, ifindex):
     for parent in ("ffff:fff2", "ffff:fff3"):
         try:
             filters = ipr.get_filters(index=ifindex, parent=parent)
-        except Exception:  # no clsact here
+        except _NETLINK_ERRORS:  # no clsact here
             continue
         for f in filters:
             opts = f.get_attr("TCA_OPTIONS")
@@ -176,7 +183,7 @@ def detach_point(point, remove_clsact):
     """Remove our filters (and the clsact we added) from one capture point; quiet if gone."""
     try:
         ipr = _iproute(point.netns)
-    except Exception:
+    except _NETLINK_ERRORS:
         return
     try:
         mine = f"{TC_NAME_PREFIX}{os.getpid()}:"
@@ -185,7 +192,7 @@ def detach_point(point, remove_clsact):
                 continue  # another live session's filter
             with contextlib.suppress(Exception):
                 ipr.tc("del-filter", "bpf", point.ifindex, handle, parent=parent, prio=prio)
-    except Exception:
+    except _NETLINK_ERRORS:
         pass
     finally:
         ipr.close()
@@ -197,7 +204,7 @@ def remove_clsact_if_empty(netns, ifindex):
     """Delete a clsact qdisc that has no filters left (one pyinspect added). True if removed."""
     try:
         ipr = _iproute(netns)
-    except Exception:
+    except _NETLINK_ERRORS:
         return False
     try:
         if not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex)):
@@ -208,7 +215,7 @@ def remove_clsact_if_empty(netns, ifindex):
                     return False
         ipr.tc("del", "clsact", ifindex)
         return True
-    except Exception:
+    except _NETLINK_ERRORS:
         return False
     finally:
         ipr.close()
@@ -223,7 +230,7 @@ def remove_stale_filters(netns_paths):
     for path in netns_paths:
         try:
             ipr = _iproute(path)
-        except Exception:
+        except _NETLINK_ERRORS:
             continue
         try:
             for link in ipr.get_links():
@@ -299,12 +306,26 @@ def _proto_num(proto):
     return socket.IPPROTO_UDP if proto == "udp" else socket.IPPROTO_TCP
 
 
+def is_v6(ip) -> bool:
+    """True for an IPv6 address text ('::' included)."""
+    return bool(ip) and ":" in ip
+
+
 def _ip_u32(ip):
     """An IPv4 address as the u32 the kernel sees (network order bytes read little-endian);
     0 for '' or 0.0.0.0 (any)."""
     if not ip or ip == "0.0.0.0":
         return 0
     return struct.unpack("<I", socket.inet_aton(ip))[0]
+
+
+def _ip6_key(ip):
+    """An IPv6 address as the kernel's in6_addr (four network-order words); all zero for
+    '' or '::' (any)."""
+    k = _In6Key()
+    if ip and ip != "::":
+        ctypes.memmove(ctypes.addressof(k), socket.inet_pton(socket.AF_INET6, ip), 16)
+    return k
 
 
 def fill_target_maps(bpf, target):
@@ -326,6 +347,8 @@ def fill_target_maps(bpf, target):
 (
     NCONST_ADDRS,
     NCONST_PORTS,
+    NCONST_ADDRS6,
+    NCONST_PORTS6,
     EV_MAXCAP,
     ASNAP,
     FILLER_TYPE,
@@ -340,6 +363,8 @@ def fill_target_maps(bpf, target):
     HEADER,
     "NCONST_ADDRS",
     "NCONST_PORTS",
+    "NCONST_ADDRS6",
+    "NCONST_PORTS6",
     "EV_MAXCAP",
     "ASNAP",
     "FILLER_TYPE",
@@ -359,6 +384,29 @@ class _PortKey(ctypes.Structure):
         ("port", ctypes.c_uint16),
         ("proto", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
+    ]
+
+
+class _In6Key(ctypes.Structure):
+    _fields_ = [("a", ctypes.c_uint32 * 4)]
+
+
+class _PortKey6(ctypes.Structure):
+    _fields_ = [
+        ("ip", _In6Key),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class _FlowKey6(ctypes.Structure):
+    _fields_ = [
+        ("peer_ip", _In6Key),
+        ("peer_port", ctypes.c_uint16),
+        ("local_port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
     ]
 
 
@@ -389,6 +437,10 @@ class _Config(ctypes.Structure):
         ("addrs", ctypes.c_uint32 * NCONST_ADDRS),
         ("ports", _PortKey * NCONST_PORTS),
         ("cports", _CPort * NCONST_PORTS),
+        ("naddrs6", ctypes.c_uint32),
+        ("nports6", ctypes.c_uint32),
+        ("addrs6", _In6Key * NCONST_ADDRS6),
+        ("ports6", _PortKey6 * NCONST_PORTS6),
     ]
 
 
@@ -458,7 +510,20 @@ class Chunk:
     parts: list
 
 
+def split_target(target):
+    """(IPv4 addresses, IPv6 addresses, IPv4 ports, IPv6 ports) of `target`. A port
+    published on any address ('' / None) is published on both families, as Docker's
+    `-p 8080:80` is on an IPv6-enabled network."""
+    a4 = [a for a in target.addrs if not is_v6(a)]
+    a6 = [a for a in target.addrs if is_v6(a)]
+    p4 = [(ip, port, proto) for ip, port, proto in target.ports if not is_v6(ip)]
+    p6 = [(ip, port, proto) for ip, port, proto in target.ports if is_v6(ip) or not ip]
+    return a4, a6, p4, p6
+
+
 def make_config(points, target, snaplen, ring_bytes):
+    a4, a6, p4, p6 = split_target(target)
+    target = Target(a4, p4, target.only_ports, target.container_ports)
     c = _Config()
     c.all_points = sum(1 << i for i, p in enumerate(points) if p.mode in ("all", "all+learn"))
     c.learn_points = sum(1 << i for i, p in enumerate(points) if p.mode == "all+learn")
@@ -475,6 +540,12 @@ def make_config(points, target, snaplen, ring_bytes):
     c.ncports = len(cports) if len(cports) <= NCONST_PORTS else NCONST_PORTS + 1
     for i, (port, proto) in enumerate(cports[:NCONST_PORTS]):
         c.cports[i].port, c.cports[i].proto = int(port), _proto_num(proto)
+    c.naddrs6 = len(a6) if len(a6) <= NCONST_ADDRS6 else NCONST_ADDRS6 + 1
+    for i, a in enumerate(a6[:NCONST_ADDRS6]):
+        c.addrs6[i] = _ip6_key(a)
+    c.nports6 = len(p6) if len(p6) <= NCONST_PORTS6 else NCONST_PORTS6 + 1
+    for i, (ip, port, proto) in enumerate(p6[:NCONST_PORTS6]):
+        c.ports6[i] = _PortKey6(_ip6_key(ip), int(port), _proto_num(proto))
     return c
 
 
@@ -620,7 +691,9 @@ class PacketCapture:
             self.links.append(tcx_attach(point, fd, direction))
         except OSError as exc:
             if self.forced == "tcx" or self.links:  # forced, or tcx broke half way
-                raise UnavailableError(f"cannot attach tcx on {point.name}: {exc.strerror}")
+                raise UnavailableError(
+                    f"cannot attach tcx on {point.name}: {exc.strerror}"
+                ) from exc
             self.attach_kind = "clsact"
             self.attach_note = (
                 f"tcx unavailable ({exc.strerror}): capturing with tc clsact "
@@ -632,16 +705,25 @@ class PacketCapture:
 
     def _fill_maps(self):
         t = self.target
-        if len(t.addrs) > NCONST_ADDRS:
+        a4, a6, p4, p6 = split_target(t)
+        if len(a4) > NCONST_ADDRS:
             fd = self.obj.map_fd("addrs")
-            for a in t.addrs:
+            for a in a4:
                 _map_update(fd, ctypes.c_uint32(_ip_u32(a)), ctypes.c_uint8(1))
-        if len(t.ports) > NCONST_PORTS:
+        if len(p4) > NCONST_PORTS:
             fd = self.obj.map_fd("ports")
-            for ip, port, proto in t.ports:
+            for ip, port, proto in p4:
                 _map_update(
                     fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1)
                 )
+        if len(a6) > NCONST_ADDRS6:
+            fd = self.obj.map_fd("addrs6")
+            for a in a6:
+                _map_update(fd, _ip6_key(a), ctypes.c_uint8(1))
+        if len(p6) > NCONST_PORTS6:
+            fd = self.obj.map_fd("ports6")
+            for ip, port, proto in p6:
+                _map_update(fd, _PortKey6(_ip6_key(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1))
         fd = self.obj.map_fd("portfilter")
         for p in t.only_ports:
             _map_update(fd, ctypes.c_uint16(int(p)), ctypes.c_uint8(1))
@@ -649,6 +731,10 @@ class PacketCapture:
     def add_flow(self, peer_ip, peer_port, local_port, proto):
         """Also capture an outbound flow on uplinks (e.g. learned from conntrack after SNAT)."""
         if not self.obj:
+            return
+        if is_v6(peer_ip):
+            k6 = _FlowKey6(_ip6_key(peer_ip), int(peer_port), int(local_port), _proto_num(proto))
+            _map_update(self.obj.map_fd("flows6"), k6, ctypes.c_uint8(1))
             return
         k = _FlowKey(_ip_u32(peer_ip), int(peer_port), int(local_port), _proto_num(proto))
         _map_update(self.obj.map_fd("flows"), k, ctypes.c_uint8(1))

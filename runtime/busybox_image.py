@@ -94,7 +94,7 @@ def build_layer(busybox=BUSYBOX):
     try:
         applets = _applets(busybox)
         version = (
-            subprocess.run([busybox], capture_output=True, text=True, timeout=10)
+            subprocess.run([busybox], capture_output=True, text=True, timeout=10, check=False)
             .stdout.splitlines()[0]
             .strip()
         )

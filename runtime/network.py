@@ -306,7 +306,9 @@ def _forget_flows(ip):
     import subprocess
 
     if ip and shutil.which("conntrack"):
-        subprocess.run(["conntrack", "-D", "--reply-src", ip], capture_output=True, timeout=10)
+        subprocess.run(
+            ["conntrack", "-D", "--reply-src", ip], capture_output=True, timeout=10, check=False
+        )
 
 
 def _undo_lease(ipr, NetlinkError, lease):
@@ -529,7 +531,11 @@ def _rules_look_right(state):
     for table in portmap.TABLES:
         try:
             out = subprocess.run(
-                ["iptables-legacy-save", "-t", table], capture_output=True, text=True, timeout=10
+                ["iptables-legacy-save", "-t", table],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired):
             return False

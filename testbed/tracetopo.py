@@ -22,7 +22,7 @@ from .waits import wait_listen
 
 def sh(ns, script, check=True, timeout=60):
     argv = ["ip", "netns", "exec", ns, "sh", "-c", script] if ns else ["sh", "-c", script]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{ns}: {script}: {proc.returncode} {proc.stderr.strip()}")
     return proc
@@ -171,7 +171,7 @@ class Topology:
         for ns in reversed(self.made):
             delete_netns(ns)
         for ns in (self.upstream, *self.ctrs):
-            subprocess.run(["rm", "-rf", f"/tmp/{ns}-www"])
+            subprocess.run(["rm", "-rf", f"/tmp/{ns}-www"], check=False)
         self.made = []
 
     def __enter__(self):

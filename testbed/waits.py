@@ -20,7 +20,10 @@ def listening(ns, port):
     """Whether a TCP socket listens on `port` in the named netns `ns` (None: this one)."""
     argv = ["ip", "netns", "exec", ns] if ns else []
     out = subprocess.run(
-        [*argv, "cat", "/proc/net/tcp", "/proc/net/tcp6"], capture_output=True, text=True
+        [*argv, "cat", "/proc/net/tcp", "/proc/net/tcp6"],
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout
     return re.search(rf":{port:04X} [0-9A-F:]+ 0A ", out) is not None
 

@@ -124,6 +124,7 @@ class Cli:
             timeout=timeout,
             input=input,
             env={**os.environ, **(env or {})},
+            check=False,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -168,6 +169,6 @@ def tshark_fields(path, *fields, filt=None):
         cmd += ["-e", f]
     if filt:
         cmd += ["-Y", filt]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     return [line.split("|") for line in proc.stdout.splitlines()]

@@ -23,7 +23,9 @@ def test_every_built_command_has_help():
 
 
 def test_unknown_command_is_one_line_error():
-    proc = subprocess.run([PYINSPECT, "no-such-command"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [PYINSPECT, "no-such-command"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "No such command" in proc.stderr

@@ -39,7 +39,7 @@ def bind_mounts():
 
     yield bind
     for dst in reversed(made):
-        subprocess.run(["umount", str(dst)], capture_output=True)
+        subprocess.run(["umount", str(dst)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def unshared():
         for _ in range(200):
             if os.stat(f"/proc/{p.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino:
                 return p.pid
-            subprocess.run(["sleep", "0.01"])
+            subprocess.run(["sleep", "0.01"], check=True)
         raise AssertionError("unshare did not make a network namespace")
 
     yield start

@@ -211,6 +211,7 @@ def test_follow_attributes_runc_container_events(runc, state_root, tmp_path):
             ["runc", "exec", cid, "sh", "-c", "true pa-in-runc; exit 4"],
             stdin=subprocess.DEVNULL,
             timeout=30,
+            check=False,
         )
         ex = wait_events(
             f,

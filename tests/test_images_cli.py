@@ -46,11 +46,15 @@ def test_images_lists_in_docker_columns_and_json(cli, archive):
 
 
 def test_load_from_stdin_save_to_stdout_and_round_trip(cli, archive, tmp_path):
-    proc = subprocess.run(cli.argv("load"), input=archive.read_bytes(), capture_output=True)
+    proc = subprocess.run(
+        cli.argv("load"), input=archive.read_bytes(), capture_output=True, check=False
+    )
     assert proc.returncode == 0 and proc.stdout == b"Loaded image: pm-cli:1\n"
     cli("tag", "pm-cli:1", "pm-cli:2")
     cli("save", "-o", tmp_path / "out.tar", "pm-cli:1", "pm-cli:2")
-    piped = subprocess.run(cli.argv("save", "pm-cli:2", "pm-cli:1"), capture_output=True)
+    piped = subprocess.run(
+        cli.argv("save", "pm-cli:2", "pm-cli:1"), capture_output=True, check=False
+    )
     assert piped.returncode == 0 and piped.stdout == (tmp_path / "out.tar").read_bytes()
     other = Cli(tmp_path / "other")
     assert other("load", "-i", tmp_path / "out.tar").stdout.split("\n")[:2] == [
@@ -115,7 +119,9 @@ def test_bad_inputs_are_one_line_and_keep_state(cli, archive, tmp_path):
         one_line_error(cli("load", "-i", p, check=False), 2, "Error: loading")
         assert cli("images", "--format", "json").stdout == before, name
     one_line_error(cli("load", "-i", tmp_path / "missing.tar", check=False), 3, "no such file")
-    proc = subprocess.run(cli.argv("load"), input=b"garbage", capture_output=True, text=False)
+    proc = subprocess.run(
+        cli.argv("load"), input=b"garbage", capture_output=True, text=False, check=False
+    )
     assert proc.returncode == 2 and proc.stderr.startswith(b"Error: loading stdin:")
     assert not os.path.exists("/pm-escape")
     assert list((cli.root / "images" / "tmp").iterdir()) == []

@@ -46,7 +46,7 @@ def host(make_netns, state_root):
     for link in Path(network.NETNS_DIR).glob("pn-*"):
         state = ipam.load(h.root, "pyinspect0") or {"leases": {}}
         if any(lease.get("netns_link") == str(link) for lease in state["leases"].values()):
-            subprocess.run(["umount", "-l", str(link)], capture_output=True)
+            subprocess.run(["umount", "-l", str(link)], capture_output=True, check=False)
             link.unlink(missing_ok=True)
 
 
@@ -476,7 +476,10 @@ def test_modes_are_validated(host):
     got = host.ok("connect", container=container(cname(), mode="none", pid=pid), pid=pid)
     assert got == {"mode": "none", "ports": []}
     out = subprocess.run(
-        ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-o", "link"], capture_output=True, text=True
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-o", "link"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "lo:" in out and "UP" in out and "eth0" not in out
     assert host.ok("state", bridge="pyinspect0") is None

@@ -61,6 +61,7 @@ def fetch(prefix, url):
             [*prefix, "timeout", "5", "busybox", "wget", "-q", "-O", "-", url],
             capture_output=True,
             text=True,
+            check=False,
         )
         if proc.returncode == 0:
             return proc.stdout.strip()

@@ -61,6 +61,8 @@ def test_commands_in_another_netns_leave_its_tables_alone(make_netns, state_root
         elsewhere("rm", "-f", at_other)
     assert nat_rules(other) == []
     assert (
-        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(name)
+        subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout.count(name)
         == 0
     )

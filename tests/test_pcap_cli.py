@@ -124,7 +124,7 @@ def test_export_session_shows_dnat_on_both_points(cli, store_root, tmp_path):
     assert tcp[0][4] == f"flow 1: {DNAT}" and int(tcp[0][3], 16) == 1
     assert int(tcp[1][3], 16) == 2
     assert [r[4] for r in rows if r[1] in ("", "1234")] == ["", ""]  # no flow, no comment
-    info = subprocess.run(["capinfos", str(out)], capture_output=True, text=True).stdout
+    info = subprocess.run(["capinfos", str(out)], capture_output=True, text=True, check=True).stdout
     assert "Number of interfaces in file: 2" in info and "Number of packets:   6" in info
 
 

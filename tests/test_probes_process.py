@@ -174,7 +174,7 @@ def test_unshare_fork_exec_exit_carry_new_namespaces(events):
 
 
 def test_exit_code_and_argv_in_new_netns(events):
-    p = subprocess.run(["unshare", "--net", "sh", "-c", "exit 7"], timeout=30)
+    p = subprocess.run(["unshare", "--net", "sh", "-c", "exit 7"], timeout=30, check=False)
     assert p.returncode == 7
     ex = events.wait(
         lambda seen: next(
@@ -378,7 +378,7 @@ def test_oom_kill_in_memory_limited_cgroup(events, cg_events, pa_cgroups):
     with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:
         f.write(str(30 * 1024 * 1024))
     script = f"echo $$ > {cg}/cgroup.procs && exec python3 -c \"x = b'a' * (100 * 1024 * 1024)\""
-    p = subprocess.run(["sh", "-c", script], timeout=60)
+    p = subprocess.run(["sh", "-c", script], timeout=60, check=False)
     assert p.returncode == -signal.SIGKILL or p.returncode == 128 + signal.SIGKILL
     ex = events.wait(
         lambda seen: next(
@@ -547,7 +547,7 @@ def test_threads_are_dropped_in_kernel_unless_asked_for(events):
     )
     threads.start({"threads": True})
     try:
-        p = subprocess.run([sys.executable, "-c", THREADS], timeout=30)
+        p = subprocess.run([sys.executable, "-c", THREADS], timeout=30, check=False)
         assert p.returncode == 0
         # the shared probe: the process's exit arrives, and no thread fork before it
         # (one ring buffer, so everything earlier has been delivered by then)

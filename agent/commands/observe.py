@@ -9,10 +9,10 @@ import click
 def _table(headers, rows):
     widths = [len(h) for h in headers]
     for r in rows:
-        widths = [max(w, len(str(c))) for w, c in zip(widths, r)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(headers, widths)).rstrip()]
+        widths = [max(w, len(str(c))) for w, c in zip(widths, r, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(headers, widths, strict=True)).rstrip()]
     for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 

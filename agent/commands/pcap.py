@@ -51,7 +51,8 @@ def export_(obj, session_id, container, since, until, flow, bpf_filter, output):
     Examples:
       pyinspect pcap export --session 3 -o trace.pcapng
       pyinspect pcap export --container test --since 10m --filter 'tcp port 80' -o web.pcapng
-      pyinspect pcap export --session 3 --flow 'tcp 192.168.1.2:40000->192.168.1.10:8088' -o f.pcapng
+      pyinspect pcap export --session 3 -o flow.pcapng \\
+        --flow 'tcp 192.168.1.2:40000->192.168.1.10:8088'
     """
     from ..errors import UsageError
     from ..pcap.export import export

@@ -42,7 +42,7 @@ def resolve(root, ref):
             if ref in (c.name, c.id) or (len(ref) >= 4 and c.id.startswith(ref)):
                 own = c
                 break
-    except Exception:  # runtime not importable or no state: fall back to discovery
+    except (ImportError, OSError):  # runtime not importable or no state: discovery
         own = None
     if own is not None:
         if own.status != "running" or not own.pid:

@@ -69,6 +69,7 @@ class Host:
             text=True,
             timeout=60,
             env={**os.environ, **(env or {})},
+            check=False,
         )
         if proc.returncode != 0:
             raise AssertionError(f"{op} helper crashed: {proc.stderr}")
@@ -79,7 +80,10 @@ class Host:
         """Run an op that is expected to kill its process; returns the exit code."""
         req = json.dumps({"op": op, "root": self.root, **kw})
         return subprocess.run(
-            ["nsenter", f"--net={self.ns.path}", PYTHON, HERE, req], capture_output=True, timeout=60
+            ["nsenter", f"--net={self.ns.path}", PYTHON, HERE, req],
+            capture_output=True,
+            timeout=60,
+            check=False,
         ).returncode
 
     def ok(self, op, **kw):

@@ -53,6 +53,7 @@ class Runc:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 timeout=30,
+                check=False,
             )
         assert proc.returncode == 0, log.read_text()
         return cid, self.state(cid)["pid"]
@@ -76,11 +77,13 @@ class Runc:
 
     def cleanup(self):
         for cid in self.ids:
-            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True, check=False)
         for cid in self.ids:
             for _ in range(100):
                 if (
-                    subprocess.run(["runc", "delete", "-f", cid], capture_output=True).returncode
+                    subprocess.run(
+                        ["runc", "delete", "-f", cid], capture_output=True, check=False
+                    ).returncode
                     == 0
                 ):
                     break
