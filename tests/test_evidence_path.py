@@ -258,6 +258,39 @@ def test_evidence_chain_is_a_capture_file_with_every_packet(wire, tmp_path, copy
     assert len(per_cpu) == len(cpus), f"packets from CPUs {sorted(per_cpu)}, sent on {cpus}"
 
 
+def test_kernel_without_the_copy_kfunc_falls_back_by_itself(wire, tmp_path, monkeypatch):
+    """A kernel without bpf_dynptr_copy, as libbpf meets it: the one-copy build names a
+    kfunc the kernel's BTF lacks (here the cached object with the name changed in place).
+    Unforced, the capture loads the scratch build instead, says so, and keeps every frame."""
+    from pyinspect.probes import bpfobj
+
+    kfunc_obj = bpfobj.compile_object(packets.SRC)
+    scratch_obj = bpfobj.compile_object(packets.SRC, ("PI_SCRATCH_COPY",))
+    monkeypatch.setenv(bpfobj.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(packets.COPY_ENV, raising=False)
+    (tmp_path / "cache").mkdir()
+    data = kfunc_obj.read_bytes()
+    assert b"bpf_dynptr_copy" in data
+    bpfobj.object_path(packets.SRC).write_bytes(
+        data.replace(b"bpf_dynptr_copy", b"bpf_dynptr_cpy_")
+    )
+    shutil.copyfile(scratch_obj, bpfobj.object_path(packets.SRC, defines=("PI_SCRATCH_COPY",)))
+
+    rng = random.Random(3)
+    frames = wire.frames("eva0", [rng.randint(14, 1514) for _ in range(50)], rng)
+    files = SegmentFiles(tmp_path, wire.interfaces(["eva0"]), segment_bytes=1 << 30)
+    with packets.PacketCapture([wire.point("eva0")], packets.Target(), ring_mb=1) as cap:
+        assert cap.evidence_copy == "scratch"
+        assert "no bpf_dynptr_copy" in cap.copy_note
+        wire.send("eva0", frames)
+        counts = wait_seen(cap, {0: len(frames)})
+        drain(cap, files)
+    files.close()
+    assert (counts[0].lost, counts[0].capped) == (0, 0)
+    got = [p.data for p in pcapng.read_packets(files.segments[0].path)]
+    assert multiset(got) == multiset(frames)
+
+
 def test_full_ring_counts_lost_and_keeps_a_valid_chain(wire, tmp_path):
     """A one-page evidence ring and a reader that comes late: what did not fit is `lost`,
     what did is written whole (the chain never broken by the kernel's own lost records),
