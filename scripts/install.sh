@@ -20,7 +20,7 @@ fi
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
   iptables iproute2 busybox-static conntrack tcpdump tshark runc iperf3 make gcc procps
-  kmod psmisc chromium nftables clang-14 libbpf-dev libbpf1 skopeo libc6-dev docker.io)
+  kmod psmisc chromium chromium-driver nftables clang-14 libbpf-dev libbpf1 skopeo libc6-dev docker.io)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
