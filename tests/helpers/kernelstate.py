@@ -46,7 +46,12 @@ def _mounts():
         for line in f:
             fields = line.split()
             mnt, fstype = fields[4], line.split(" - ")[1].split()[0]
-            if fstype == "overlay" or "pyinspect" in mnt or mnt.startswith("/tmp/pytest"):
+            if (
+                fstype == "overlay"
+                or "pyinspect" in mnt
+                or "pi-test" in mnt
+                or mnt.startswith("/tmp/pytest")
+            ):
                 out.add(f"{fstype} {mnt}")
             if mnt.startswith("/run/netns/") or mnt.startswith("/var/run/netns/"):
                 out.add(f"{fstype} {mnt}")
