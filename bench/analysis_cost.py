@@ -8,8 +8,9 @@ temporary directory. Two workloads:
          conntrack event (the demo's and the 20-fetch test's shape)
   bulk   one UDP flow of many packets at 4 points (a flood: past its live lines, the
          flow's packets take the fast path)
-Prints microseconds of CPU (thread time) per record, the least of `--rounds` runs. The live trace reports the same
-measure in its summary (`reader_us_per_record`); bench/evidence.py prints it under load.
+Prints microseconds of CPU (thread time) per record, the least of `--rounds` runs. The live
+trace reports the same measure in its summary (`reader_us_per_record`); bench/evidence.py
+prints it under load.
 """
 
 import argparse

@@ -19,7 +19,8 @@ no TCP control connection through the points). Modes, rotated each round, median
 `pyinspect trace -w`. Per mode: sender packets/s; per point, packets in the capture file /
 packets the interface counted (rx + tx, /proc/PID/net/dev in the point's netns, read after
 the capture is ready and 1.5 s after the flood, so the counter window is inside the
-capture's and tcpdump has read its last block, which it hands over after 1 s); target >= 0.999 at each point; sender rate (c)/(b) (target >= 1.0) and (c)/(a).
+capture's and tcpdump has read its last block, which it hands over after 1 s); target >=
+0.999 at each point; sender rate (c)/(b) (target >= 1.0) and (c)/(a).
 
 iperf3 TCP through DNAT: one long run (`--iperf-seconds`, 0.5 s intervals; client -A 0,
 server -A 1) while (b') tcpdump on the four points, (c') `pyinspect trace -w` and (d)
@@ -119,8 +120,10 @@ class Bench:
         tracetopo.sh(
             t.host,
             f"""
-            iptables-legacy -w -t nat -A PREROUTING ! -i {t.bridge} -p udp --dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}
-            iptables-legacy -w -t nat -A PREROUTING ! -i {t.bridge} -p tcp --dport {IPERF_PORT} -j DNAT --to-destination {ip}:{IPERF_PORT}
+            iptables-legacy -w -t nat -A PREROUTING ! -i {t.bridge} -p udp --dport {UDP_PORT} \\
+                -j DNAT --to-destination {ip}:{UDP_PORT}
+            iptables-legacy -w -t nat -A PREROUTING ! -i {t.bridge} -p tcp --dport {IPERF_PORT} \\
+                -j DNAT --to-destination {ip}:{IPERF_PORT}
         """,
         )
         self.points = pointcap.trace_points(t.host, "up0", t.bridge, "vc0", t.ctrs[0], t.ctrs[0])

@@ -210,7 +210,7 @@ def main():
             "dnat_rule_used": any(
                 line.split()[0] not in ("0", "pkts")
                 for line in dnat.splitlines()[2:]
-                if "dpt:%d" % HOST_PORT in line
+                if f"dpt:{HOST_PORT}" in line
             ),
         }
         report["meets_target"] = report["ratio_nat_vs_routed"] >= TARGET

@@ -1,7 +1,8 @@
 """UDP 64-byte flood through DNAT into a container: nothing vs tcpdump vs pyinspect trace.
 
     .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--only all|flood|iperf]
-                                          [--iperf-windows 600] [--window 10] [--iperf-pairs N] [--no-pin]
+                                          [--iperf-windows 600] [--window 10] [--iperf-pairs N]
+                                          [--no-pin]
                                           [--trace-args ARGS]
                                           [--json]
 
@@ -73,19 +74,16 @@ while True:
 print(n, time.perf_counter() - t0)
 """
 
-SINK = (
-    r"""
+SINK = rf"""
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-s.bind(("0.0.0.0", %d))
+s.bind(("0.0.0.0", {UDP_PORT}))
 b = bytearray(2048)
 r = s.recv_into
 while True:
     r(b)
 """
-    % UDP_PORT
-)
 
 
 def send(topo, seconds):
@@ -357,8 +355,10 @@ def main():
         tracetopo.sh(
             topo.host,
             f"""
-            iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p udp --dport {UDP_PORT} -j DNAT --to-destination {ip}:{UDP_PORT}
-            iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p tcp --dport {IPERF_PORT} -j DNAT --to-destination {ip}:{IPERF_PORT}
+            iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p udp --dport {UDP_PORT} \\
+                -j DNAT --to-destination {ip}:{UDP_PORT}
+            iptables-legacy -w -t nat -A PREROUTING ! -i pt-br0 -p tcp --dport {IPERF_PORT} \\
+                -j DNAT --to-destination {ip}:{IPERF_PORT}
         """,
         )
         sink = subprocess.Popen(["ip", "netns", "exec", topo.ctrs[0], "python3", "-c", SINK])

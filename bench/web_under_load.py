@@ -84,7 +84,7 @@ def main():
             result = {}
             flood = threading.Thread(
                 target=lambda: result.update(
-                    zip(("sent", "pps"), trace_flood.send(topo, args.seconds + 1))
+                    zip(("sent", "pps"), trace_flood.send(topo, args.seconds + 1), strict=True)
                 )
             )
             flood.start()

@@ -1,12 +1,12 @@
 """Struct member offsets of the RUNNING kernel, read from its BTF (/sys/kernel/btf/vmlinux).
 
-The kernel headers installed here belong to another kernel, so probes never
-read kernel structs by header layout. When a probe needs a field of
-task_struct (ppid, exit code, namespace inodes), it asks this module for the
-byte offsets and puts them in its libbpf object's .rodata before load; the C code
-reads them with bpf_probe_read_kernel. The offsets are cached on disk per BTF blob
-(cached()), so only the first start on a kernel parses BTF. If BTF is missing or a member is not found,
-`offsets()` returns None and the probe falls back to userspace (/proc).
+The kernel headers installed here belong to another kernel, so probes never read kernel
+structs by header layout. When a probe needs a field of task_struct (ppid, exit code,
+namespace inodes), it asks this module for the byte offsets and puts them in its libbpf
+object's .rodata before load; the C code reads them with bpf_probe_read_kernel. The offsets
+are cached on disk per BTF blob (cached()), so only the first start on a kernel parses BTF.
+If BTF is missing or a member is not found, `offsets()` returns None and the probe falls
+back to userspace (/proc).
 """
 
 import hashlib

@@ -4,11 +4,12 @@ Legacy iptables (x_tables, what python-iptables and `iptables-legacy` write): TR
 a chain of the session's own in the raw table (`PI-TRACE-<pid>`), jumped to from the top of
 `raw PREROUTING` and `raw OUTPUT` by rules marked with the comment `pyinspect-trace:<pid>`.
 TCP data packets (no SYN/FIN/RST) are not sent to the chain (an inline protocol compare and
-one tcp match, no jump); its rules TRACE only the traced flows. The trace lines are delivered by nfnetlink_log: the namespace's
-IPv4 logger (`/proc/sys/net/netfilter/nf_log/2`, a per-namespace setting) is bound to
-`nfnetlink_log` for the session and restored afterwards, and a netlink socket bound to group 0
-receives `TRACE: table:chain:type:num` prefixes with the packet. No global sysctl
-(`nf_log_all_netns`) and no kernel log parsing is needed.
+one tcp match, no jump); its rules TRACE only the traced flows. The trace lines are
+delivered by nfnetlink_log: the namespace's IPv4 logger (`/proc/sys/net/netfilter/nf_log/2`,
+a per-namespace setting) is bound to `nfnetlink_log` for the session and restored
+afterwards, and a netlink socket bound to group 0 receives `TRACE: table:chain:type:num`
+prefixes with the packet. No global sysctl (`nf_log_all_netns`) and no kernel log parsing is
+needed.
 
 nf_tables (Debian's `iptables`, nft): skb->nf_trace, set by the same TRACE rules, makes
 nf_tables emit trace events to listeners in the packet's namespace; when the namespace has

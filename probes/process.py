@@ -3,13 +3,13 @@
     with ProcessProbe() as probe:          # compiles and attaches; events flow on return
         for ev in probe.events(100): ...   # dicts: ts_ns kind pid ppid comm cgroup_id
                                            #        netns pidns mntns detail
-Kinds: fork (pid = child), exec (filename, argv head), exit (code or signal),
-clone / unshare / setns (CLONE_NEW* flags decoded; clone only when it makes
-namespaces), oom (pid = victim). ppid, namespace inodes, exit code and argv are
-read in the kernel at the event using field offsets taken from the running
-kernel's BTF (probes/btf.py), put in the libbpf object's .rodata at load. Without BTF they come from /proc when the record is
-read (`detail["ns_source"]` says which), and exit codes come from exit_group()
-(a death by signal is then unknown).
+Kinds: fork (pid = child), exec (filename, argv head), exit (code or signal), clone /
+unshare / setns (CLONE_NEW* flags decoded; clone only when it makes namespaces), oom (pid =
+victim). ppid, namespace inodes, exit code and argv are read in the kernel at the event
+using field offsets taken from the running kernel's BTF (probes/btf.py), put in the libbpf
+object's .rodata at load. Without BTF they come from /proc when the record is read
+(`detail["ns_source"]` says which), and exit codes come from exit_group() (a death by signal
+is then unknown).
 """
 
 import ctypes

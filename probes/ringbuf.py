@@ -322,7 +322,7 @@ class TracepointProbe:
                 continue
             try:
                 ev = self.decode(self.RECORD.from_buffer_copy(raw))
-            except Exception:  # never let one odd record stop the reader
+            except Exception:  # noqa: BLE001 never let one odd record stop the reader
                 ev = None
             if ev is not None:
                 out.append(ev)

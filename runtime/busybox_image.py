@@ -99,7 +99,7 @@ def build_layer(busybox=BUSYBOX):
             .strip()
         )
     except (OSError, subprocess.SubprocessError, IndexError) as exc:
-        raise UnavailableError(f"building the busybox image: cannot run {busybox}: {exc}")
+        raise UnavailableError(f"building the busybox image: cannot run {busybox}: {exc}") from None
     st = os.stat(busybox)
     mtime = int(st.st_mtime)
 

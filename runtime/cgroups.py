@@ -146,9 +146,9 @@ class Cgroup:
 
     def create(self, memory=None, cpus=None, pids=None):
         """Make the directories and write the limits; returns `paths`."""
-        for name, path in self.paths.items():
+        for path in self.paths.values():
             parent = os.path.dirname(path)
-            for attempt in range(20):  # another container may rmdir the parent meanwhile
+            for _ in range(20):  # another container may rmdir the parent meanwhile
                 try:
                     os.makedirs(parent, exist_ok=True)
                     if self.v2:

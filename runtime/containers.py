@@ -675,7 +675,7 @@ class Runtime:
                 network_module().disconnect(self.root, c)
             except PyinspectError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 pyroute2, python-iptables: own Exceptions
                 raise UnavailableError(f"cannot disconnect {c.name}: {exc}") from None
 
     def _remove_files(self, c):
@@ -1003,7 +1003,7 @@ class Runtime:
                         ) from None
                 os.close(err_w)
                 code = child.wait(inner)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 the forked child reports everything and exits
                 child.report(
                     err_w, code, exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 )

@@ -55,7 +55,7 @@ def _child(rt, c, body):
             tarfile.pwd = tarfile.grp = None  # numeric ids only: no NSS inside the container
             _enter_container(rt, c)
             body()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 the forked child reports everything and exits
             code = 1
             msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             if isinstance(exc, OSError) and exc.filename:

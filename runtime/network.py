@@ -196,7 +196,7 @@ def _ensure_bridge(ipr, bridge, subnet, gateway):
 
 
 def _check_subnet_free(ipr, bridge, net):
-    names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     for a in ipr.get_addr(family=socket.AF_INET):
         other = ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
         if other.overlaps(net) and names.get(a["index"]) != bridge:

@@ -195,7 +195,7 @@ def _iptc():
         sys.modules[m] = None
     try:
         import iptc  # ~200 ms (xtables libraries): only on the bridge path
-    except Exception as exc:  # ImportError, or libiptc/xtables missing
+    except Exception as exc:  # noqa: BLE001 ImportError, or libiptc/xtables missing
         raise UnavailableError(
             f"python-iptables unavailable: {exc}",
             hint="install python-iptables and the iptables package",

@@ -80,7 +80,7 @@ def parse(raw):
         )
     return [
         {"host_ip": host_ip, "host_port": h, "container_port": c, "proto": proto}
-        for h, c in zip(host_ports, ctr_ports)
+        for h, c in zip(host_ports, ctr_ports, strict=True)
     ]
 
 
@@ -154,7 +154,8 @@ def host_bound():
 
 
 def check(bindings, published=(), bound=None):
-    """Raise ConflictError if a binding clashes with another one, with `published` or a host socket."""
+    """Raise ConflictError if a binding clashes with another one, with `published` or a host
+    socket."""
     bound = host_bound() if bound is None else bound
     for i, b in enumerate(bindings):
         if not b["host_port"]:

@@ -66,7 +66,7 @@ def launch(runtime, c, lock_fd, attach=False):
             if exit_r is not None:
                 os.close(exit_r)
             code = Shim(runtime, c, lock_fd, status_w, attach, exit_w).main()
-        except BaseException as exc:  # never return into the CLI's stack
+        except BaseException as exc:  # noqa: BLE001 never return into the CLI's stack
             child.report(status_w, "err", f"{EXIT_SETUP_FAILED} {exc}")
         finally:
             os._exit(code & 0xFF)
@@ -149,7 +149,7 @@ class Shim:
             c.error = ""
             try:
                 self.start_init()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 a failed start is recorded, the loop goes on
                 code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
                 if not isinstance(code, int) or code == 0:
                     code = EXIT_SETUP_FAILED
@@ -469,7 +469,7 @@ class Shim:
                 raise StartError(
                     f'exec: "{argv[0]}": {exc.strerror}', EXIT_NOT_EXECUTABLE
                 ) from None
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 the forked init reports everything and exits
             code = getattr(exc, "exit_code", EXIT_SETUP_FAILED)
             if isinstance(exc, PyinspectError):
                 msg = str(exc)
@@ -574,7 +574,7 @@ class Shim:
         if self.netmod is not None and len(c.network or {}) > 1:
             try:
                 self.netmod.disconnect(str(self.rt.root), c)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 pyroute2, python-iptables: own Exceptions
                 problems.append(f"network: {exc}")
             if restarting:  # the next start connects it afresh
                 c.network = {"mode": c.network.get("mode", "bridge")}

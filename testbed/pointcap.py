@@ -1,8 +1,9 @@
 """Capture points side by side with tcpdump: one tcpdump per point, a capture file's packets
 counted per interface, and the interfaces' own packet counters.
 
-Used by tests/test_evidence.py and bench/evidence.py (from testbed/, shared by both). Everything runs in named network
-namespaces the caller made (`/run/netns/NAME`); nothing here touches the machine's own.
+Used by tests/test_evidence.py and bench/evidence.py (from testbed/, shared by both).
+Everything runs in named network namespaces the caller made (`/run/netns/NAME`); nothing
+here touches the machine's own.
 """
 
 import collections

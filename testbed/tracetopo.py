@@ -81,7 +81,7 @@ class Topology:
         )
         sh(self.client, f"ip addr add {self.client_ip}/24 dev eth0 && ip link set eth0 up")
         sh(self.upstream, f"ip addr add {self.upstream_ip}/24 dev eth0 && ip link set eth0 up")
-        for i, (ns, ip) in enumerate(zip(self.ctrs, self.ctr_ips)):
+        for i, (ns, ip) in enumerate(zip(self.ctrs, self.ctr_ips, strict=True)):
             sh(
                 h,
                 f"""
@@ -101,8 +101,10 @@ class Topology:
         sh(
             h,
             f"""
-            {ipt} -w -t nat -A PREROUTING ! -i {self.bridge} -p tcp --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
-            {ipt} -w -t nat -A OUTPUT -p tcp -d {self.host_ip} --dport {self.dnat_port} -j DNAT --to-destination {self.ctr_ips[0]}:80
+            {ipt} -w -t nat -A PREROUTING ! -i {self.bridge} -p tcp --dport {self.dnat_port} \\
+                -j DNAT --to-destination {self.ctr_ips[0]}:80
+            {ipt} -w -t nat -A OUTPUT -p tcp -d {self.host_ip} --dport {self.dnat_port} \\
+                -j DNAT --to-destination {self.ctr_ips[0]}:80
             {ipt} -w -t nat -A POSTROUTING -s {self.subnet} ! -o {self.bridge} -j MASQUERADE
             {ipt} -w -A FORWARD -j ACCEPT
         """,

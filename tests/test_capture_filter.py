@@ -155,7 +155,9 @@ def test_filter_keeps_exactly_the_targets_packets(wire, tmp_path, as_constants):
     assert sorted(p.data for p in kept) == sorted(r.data for r in records)
     assert all(
         len(p.data) == p.orig_len == r.len
-        for p, r in zip(sorted(kept, key=lambda p: p.data), sorted(records, key=lambda r: r.data))
+        for p, r in zip(
+            sorted(kept, key=lambda p: p.data), sorted(records, key=lambda r: r.data), strict=True
+        )
     )
 
 

@@ -55,7 +55,10 @@ def test_inspect_format_takes_go_templates(bridged):
         "80",
     )
     doc = cli.inspect("pp-web")
-    f = lambda t: cli("inspect", "-f", t, "pp-web").stdout
+
+    def f(t):
+        return cli("inspect", "-f", t, "pp-web").stdout
+
     assert f("{{.State.Pid}}") == f"{doc['State']['Pid']}\n"
     assert f("{{.NetworkSettings.IPAddress}}") == doc["NetworkSettings"]["IPAddress"] + "\n"
     assert re.fullmatch(r"172\.\d+\.\d+\.\d+\n", f("{{.NetworkSettings.IPAddress}}"))

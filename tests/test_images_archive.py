@@ -124,7 +124,7 @@ def test_save_load_round_trip_keeps_ids_tags_and_content(store, tmp_path):
         assert new.id == old.id and new.id in loaded
         assert new.repo_tags == old.repo_tags
         assert new.diff_ids == old.diff_ids
-        for a, b in zip(old.layer_dirs, new.layer_dirs):
+        for a, b in zip(old.layer_dirs, new.layer_dirs, strict=True):
             assert kit.tree(a) == kit.tree(b)
     # and the OCI view of the same archive (index.json only) loads to the same ids
     with tarfile.open(out) as tf:

@@ -27,9 +27,12 @@ def test_symbols_from_the_cache_match_the_kernel(tmp_path, monkeypatch):
     cached = drops.Kallsyms()
     assert [cached.lookup(a + 1) for a, _ in picks] == names
     # the same address may carry several names (aliases); one of them, at +0x1
-    for (a, name), got in zip(picks, names):
+    for got in names:
         assert re.fullmatch(r"\S+\+0x1", got), got
-    assert sum(got == f"{name}+0x1" for (_, name), got in zip(picks, names)) > len(picks) // 2
+    assert (
+        sum(got == f"{name}+0x1" for (_, name), got in zip(picks, names, strict=True))
+        > len(picks) // 2
+    )
 
 
 def test_a_damaged_cache_file_is_read_again_from_the_kernel(tmp_path, monkeypatch):

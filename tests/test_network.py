@@ -536,10 +536,12 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     ns = host.ns
     # rules by someone else: in PREROUTING and even inside our chain
     ns.sh(
-        "iptables-legacy -t nat -A PREROUTING -p tcp --dport 7777 -j DNAT --to-destination 10.9.9.9:7777"
+        "iptables-legacy -t nat -A PREROUTING -p tcp --dport 7777"
+        " -j DNAT --to-destination 10.9.9.9:7777"
     )
     ns.sh(
-        "iptables-legacy -t nat -A PYINSPECT -p tcp --dport 7778 -j DNAT --to-destination 172.29.0.99:80"
+        "iptables-legacy -t nat -A PYINSPECT -p tcp --dport 7778"
+        " -j DNAT --to-destination 172.29.0.99:80"
     )
     # a tagged leftover of a crashed run pointing at a dead IP
     ns.sh(
@@ -593,7 +595,7 @@ def test_parallel_connects(host):
     assert nat.count("-A PREROUTING -m addrtype --dst-type LOCAL") == 1
     assert len(host.ok("state", bridge="pyinspect0")["leases"]) == 6
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        for r, n in zip(recs, nets):
+        for r, n in zip(recs, nets, strict=True):
             r["network"] = n
         list(pool.map(lambda r: host.ok("disconnect", container=r), recs))
     assert "pyinspect" not in legacy(host.ns, "nat") + legacy(host.ns, "filter")

@@ -217,7 +217,7 @@ def test_container_exit_releases_network(env):
 def test_thirty_run_rm_cycles_leak_nothing(env):
     links_before = env.ns.run("ip", "-o", "link").stdout
     ips, names = [], []
-    for i in range(30):
+    for _ in range(30):
         name, _ = env.run("-p", "8088:80", "busybox", "sleep", "600")
         ips.append(env.lease_ip(name))
         env.rm(name)

@@ -220,7 +220,7 @@ def test_read_big_endian_pcapng_and_tsresol(tmp_path, tsresol):
     mine = [p.ts_ns for p in got]
     # the same file through tshark: it must read the same instants (to its ns print)
     theirs = [int(r[0].replace(".", "")) for r in tshark_fields(path, "frame.time_epoch")]
-    assert all(abs(a - b) <= 1 for a, b in zip(mine, theirs)), (mine, theirs)
+    assert all(abs(a - b) <= 1 for a, b in zip(mine, theirs, strict=True)), (mine, theirs)
     assert len(theirs) == 4
 
 
@@ -355,7 +355,8 @@ w = PcapNgWriter(sys.argv[1], flush_every=100, flush_interval=0.05)
 i = w.add_interface("test/eth0", "killed while writing")
 n = 0
 while True:
-    w.write_packet(i, time.time_ns(), bytes(60 + n % 7), comment="n=%d" % n if n % 10 == 0 else None)
+    c = f"n={n}" if n % 10 == 0 else None
+    w.write_packet(i, time.time_ns(), bytes(60 + n % 7), comment=c)
     n += 1
     if n == 1000:
         print("ready", flush=True)

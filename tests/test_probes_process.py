@@ -1,9 +1,10 @@
 """The process, namespace, cgroup and OOM probes, for real: real namespaces, cgroups, OOM kills.
 
-One ProcessProbe and one CgroupProbe are shared by the module (each start loads its
-cached libbpf object and attaches its tracepoints). Every test starts from the probe's ready state (attached), makes its
-own activity, and waits until the exact events for ITS pids arrive (with a deadline),
-comparing with values read independently from /proc and the cgroup filesystems.
+One ProcessProbe and one CgroupProbe are shared by the module (each start loads its cached
+libbpf object and attaches its tracepoints). Every test starts from the probe's ready state
+(attached), makes its own activity, and waits until the exact events for ITS pids arrive
+(with a deadline), comparing with values read independently from /proc and the cgroup
+filesystems.
 """
 
 import ctypes
@@ -422,15 +423,18 @@ def test_missing_tracepoint_is_skipped_and_the_rest_deliver(events):
         assert set(second.attached) == set(ProcessProbe.TRACEPOINTS)
         subprocess.run(["/bin/true", "pa-degraded"], check=True)
         mine = Collector(second)
-        pred = lambda seen: next(
-            (
-                e
-                for e in seen
-                if e["kind"] == "exec"  # noqa: E731
-                and e["detail"].get("argv") == ["/bin/true", "pa-degraded"]
-            ),
-            None,
-        )
+
+        def pred(seen):
+            return next(
+                (
+                    e
+                    for e in seen
+                    if e["kind"] == "exec"
+                    and e["detail"].get("argv") == ["/bin/true", "pa-degraded"]
+                ),
+                None,
+            )
+
         a = mine.wait(pred)
         b = events.wait(pred)  # the shared probe saw the same exec: no interference
         assert a["pid"] == b["pid"] and abs(a["ts_ns"] - b["ts_ns"]) < 1_000_000_000

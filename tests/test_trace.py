@@ -405,10 +405,9 @@ def test_trace_without_netfilter_trace_degrades_visibly(state_root, topo):
             topo.host,
             sys.executable,
             "-c",
-            "import sys, time; sys.path.insert(0, %r)\n"
+            f"import sys, time; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
             "from pyinspect.probes.nftrace import NflogReader\n"
-            "r = NflogReader().start(); print('held', flush=True); time.sleep(60)"
-            % os.path.dirname(__file__),
+            "r = NflogReader().start(); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -236,7 +236,8 @@ def _status_in_netns(netns, url, headers=None):
     """HTTP status of GET url, fetched from inside `netns`."""
     code = (
         "import sys, urllib.request, urllib.error\n"
-        "req = urllib.request.Request(sys.argv[1], headers=dict(h.split(': ', 1) for h in sys.argv[2:]))\n"
+        "hdrs = dict(h.split(': ', 1) for h in sys.argv[2:])\n"
+        "req = urllib.request.Request(sys.argv[1], headers=hdrs)\n"
         "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
         "except urllib.error.HTTPError as e:\n    print(e.code)\n"
     )

@@ -21,7 +21,7 @@ def int_arg(name, default, lo, hi):
     try:
         value = int(raw)
     except ValueError:
-        raise UsageError(f"bad {name}: {raw!r} is not a whole number")
+        raise UsageError(f"bad {name}: {raw!r} is not a whole number") from None
     if not lo <= value <= hi:
         raise UsageError(f"bad {name}: {value} is outside {lo}..{hi}")
     return value
@@ -128,7 +128,7 @@ def start_trace():
     try:
         duration = float(duration)
     except (TypeError, ValueError):
-        raise UsageError(f"start trace: bad duration {duration!r}")
+        raise UsageError(f"start trace: bad duration {duration!r}") from None
     session = overview().start_trace(
         container, duration=duration, bpf_filter=data.get("filter") or None
     )
