@@ -90,6 +90,28 @@ class Setup:
         )
         assert got.stdout.count("extcap: a line") == 40 * n, got.stderr
 
+    def capture(self, out, *args, fetches=0, duration=8):
+        """tshark on this container's extcap interface for `duration` s into `out` (with
+        `args` before `-a`), `fetches` page loads once attached; then nothing left."""
+        tshark = subprocess.Popen(
+            self.tshark_argv(
+                "-i", f"pyinspect-{self.name}", *args, "-a", f"duration:{duration}", "-w", str(out)
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            self.wait_attached(tshark)
+            self.fetch(fetches)
+            _, err = tshark.communicate(timeout=60)
+            assert tshark.returncode == 0, err
+        finally:
+            if tshark.poll() is None:
+                tshark.kill()
+                tshark.communicate()
+        self.wait_gone()
+
     def attached(self):
         """Whether a capture program is on the host veth (a tcx program or tc filter)."""
         code = (
@@ -279,22 +301,9 @@ def test_tshark_capture_every_point_same_count_as_tcpdump(setup, tmp_path):
 
     out = tmp_path / "out.pcapng"
     dump = setup.tcpdump(tmp_path / "veth.pcap")
-    tshark = subprocess.Popen(
-        setup.tshark_argv("-i", f"pyinspect-{setup.name}", "-a", "duration:8", "-w", str(out)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
-        setup.wait_attached(tshark)
-        setup.fetch(5)
-        _, err = tshark.communicate(timeout=60)
-        assert tshark.returncode == 0, err
-        setup.wait_gone()
+        setup.capture(out, fetches=5)
     finally:
-        if tshark.poll() is None:
-            tshark.kill()
-            tshark.communicate()
         report = dump.stop()
     assert report["dropped"] == 0, report
     rows = fields(
@@ -482,31 +491,7 @@ def test_reader_going_away_while_packets_are_held_back(setup):
 
 def test_capture_filter_keeps_only_matching_packets(setup, tmp_path):
     out = tmp_path / "out.pcapng"
-    tshark = subprocess.Popen(
-        setup.tshark_argv(
-            "-i",
-            f"pyinspect-{setup.name}",
-            "-f",
-            "tcp[tcpflags] & tcp-syn != 0",
-            "-a",
-            "duration:6",
-            "-w",
-            str(out),
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        setup.wait_attached(tshark)
-        setup.fetch(2)
-        _, err = tshark.communicate(timeout=60)
-        assert tshark.returncode == 0, err
-        setup.wait_gone()
-    finally:
-        if tshark.poll() is None:
-            tshark.kill()
-            tshark.communicate()
+    setup.capture(out, "-f", "tcp[tcpflags] & tcp-syn != 0", fetches=2, duration=6)
     rows = fields(out, "frame.interface_name", "tcp.flags.syn")
     # SYN and SYN-ACK of two connections at four points, nothing else
     assert len(rows) == 2 * 2 * 4 and all(r[1] in ("1", "True") for r in rows), rows
