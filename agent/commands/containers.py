@@ -207,8 +207,8 @@ def start(obj, containers):
     return _each(containers, rt.start)
 
 
-@click.command()
-@click.option(
+# `stop` and `restart`: docker's -t/--time
+_stop_timeout = click.option(
     "-t",
     "--time",
     "timeout",
@@ -217,6 +217,10 @@ def start(obj, containers):
     show_default=True,
     help="Seconds to wait after SIGTERM before SIGKILL.",
 )
+
+
+@click.command()
+@_stop_timeout
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
 def stop(obj, timeout, containers):
@@ -226,15 +230,7 @@ def stop(obj, timeout, containers):
 
 
 @click.command()
-@click.option(
-    "-t",
-    "--time",
-    "timeout",
-    type=int,
-    default=10,
-    show_default=True,
-    help="Seconds to wait after SIGTERM before SIGKILL.",
-)
+@_stop_timeout
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
 def restart(obj, timeout, containers):
