@@ -8,6 +8,9 @@
 //     address, whose dst/src ip:port is a published port (ip 0 = any), or that belong to
 //     an outbound flow learned where the container's packets enter the host (`flows`:
 //     peer ip:port and the local port, which MASQUERADE keeps unless it collides).
+//     IPv6 the same way with maps of its own (`addrs6`, `ports6`, `flows6`), plus the
+//     neighbour solicitations/advertisements whose target is a container address; only
+//     frames that are not IPv4 take that branch, so the IPv4 path is unchanged.
 //
 // Two outputs per matched packet:
 //   1. Evidence: every packet, up to the snaplen, into this CPU's BPF ring buffer (one per
@@ -30,6 +33,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/in.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -119,6 +123,27 @@ struct {
     __type(value, __u8);
     __uint(max_entries, 65536);
 } flows SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, struct in6key);
+    __type(value, __u8);
+    __uint(max_entries, 256);
+} addrs6 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, struct portkey6);
+    __type(value, __u8);
+    __uint(max_entries, 1024);
+} ports6 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __type(key, struct flowkey6);
+    __type(value, __u8);
+    __uint(max_entries, 16384);
+} flows6 SEC(".maps");
 
 static __always_inline int is_addr(__u32 a)
 {
@@ -215,6 +240,162 @@ static __always_inline int read_l3(struct __sk_buff *skb, struct l3 *h)
     return 1;
 }
 
+// -- IPv6 (only frames that are not IPv4 get here) ---------------------------------------
+static __always_inline int same6(const struct in6key *a, const struct in6key *b)
+{
+    return a->a[0] == b->a[0] && a->a[1] == b->a[1] && a->a[2] == b->a[2] && a->a[3] == b->a[3];
+}
+
+static __always_inline int is_addr6(const struct in6key *a)
+{
+    if (cfg.naddrs6 > NCONST_ADDRS6)
+        return bpf_map_lookup_elem(&addrs6, a) != 0;
+#pragma unroll
+    for (int i = 0; i < NCONST_ADDRS6; i++) {
+        if (i >= cfg.naddrs6)
+            break;
+        if (same6(a, &cfg.addrs6[i]))
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline int is_any6(const struct in6key *a)
+{
+    return (a->a[0] | a->a[1] | a->a[2] | a->a[3]) == 0;
+}
+
+static __always_inline int is_port6(const struct in6key *ip, __u16 port, __u8 proto)
+{
+    if (cfg.nports6 > NCONST_PORTS6) {
+        struct portkey6 pk = {.ip = *ip, .port = port, .proto = proto};
+        if (bpf_map_lookup_elem(&ports6, &pk))
+            return 1;
+        __builtin_memset(&pk.ip, 0, sizeof(pk.ip));
+        return bpf_map_lookup_elem(&ports6, &pk) != 0;
+    }
+#pragma unroll
+    for (int i = 0; i < NCONST_PORTS6; i++) {
+        if (i >= cfg.nports6)
+            break;
+        if (port == cfg.ports6[i].port && proto == cfg.ports6[i].proto &&
+            (is_any6(&cfg.ports6[i].ip) || same6(&cfg.ports6[i].ip, ip)))
+            return 1;
+    }
+    return 0;
+}
+
+struct l3v6 {
+    struct in6key saddr, daddr;
+    __u32 l4;            // offset of the upper-layer header in the frame
+    __u8 proto;          // its protocol (after the extension headers walked)
+    __u8 frag;           // 1: a later fragment (no upper-layer header)
+};
+
+// The IPv6 header and up to V6_EXTHDRS extension headers. 0: not IPv6 (or unreadable).
+static __always_inline int read_l3v6(struct __sk_buff *skb, struct l3v6 *h)
+{
+    __u16 eth_proto = 0;
+    if (bpf_skb_load_bytes(skb, 12, &eth_proto, 2) < 0 || eth_proto != bpf_htons(ETH_P_IPV6))
+        return 0;
+    struct ipv6hdr ip;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+        return 0;
+    __builtin_memcpy(&h->saddr, &ip.saddr, 16);
+    __builtin_memcpy(&h->daddr, &ip.daddr, 16);
+    __u8 nh = ip.nexthdr;
+    __u32 off = ETH_HLEN + sizeof(ip);
+#pragma unroll
+    for (int i = 0; i < V6_EXTHDRS; i++) {
+        __u8 e[4] = {};
+        if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
+            if (bpf_skb_load_bytes(skb, off & 0x3ff, e, 2) < 0)
+                break;
+            nh = e[0];
+            off += (e[1] + 1) * 8;
+        } else if (nh == IPPROTO_FRAGMENT) {
+            if (bpf_skb_load_bytes(skb, off & 0x3ff, e, 4) < 0)
+                break;
+            nh = e[0];
+            off += 8;
+            if (((e[2] << 8) | e[3]) & 0xfff8)
+                h->frag = 1;
+        } else {
+            break;
+        }
+    }
+    h->proto = nh;
+    h->l4 = off & 0x3ff;
+    return 1;
+}
+
+static __always_inline int match6(struct __sk_buff *skb, const int mode, __u8 dir)
+{
+    struct l3v6 h = {};
+    if (!read_l3v6(skb, &h))
+        return mode != 0;
+    __u16 sport = 0, dport = 0;
+    if ((h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP) && !h.frag) {
+        __u16 pp[2] = {};
+        if (bpf_skb_load_bytes(skb, h.l4, pp, 4) == 0) {
+            sport = bpf_ntohs(pp[0]);
+            dport = bpf_ntohs(pp[1]);
+        }
+    }
+    if (h.proto == IPPROTO_ICMPV6) {
+        // neighbour discovery about a container address (to its solicited-node
+        // multicast group or from the bridge's link-local address)
+        if (!mode) {
+            __u8 type = 0;
+            struct in6key tgt;
+            if (bpf_skb_load_bytes(skb, h.l4, &type, 1) == 0 && (type == 135 || type == 136) &&
+                bpf_skb_load_bytes(skb, (h.l4 + 8) & 0x3ff, &tgt, sizeof(tgt)) == 0 &&
+                is_addr6(&tgt))
+                return 1;
+        }
+    } else if (!port_ok(sport, dport)) {
+        return 0;
+    }
+    if (is_addr6(&h.saddr)) {
+        if (sport && !is_addr6(&h.daddr) && !is_container_port(sport, h.proto)) {
+            struct flowkey6 fk = {.peer_ip = h.daddr, .peer_port = dport,
+                                  .local_port = sport, .proto = h.proto};
+            __u8 one = 1;
+            if (!bpf_map_lookup_elem(&flows6, &fk))
+                bpf_map_update_elem(&flows6, &fk, &one, BPF_ANY);
+        }
+        return 1;
+    }
+    if (mode)
+        return 1;
+    if (is_addr6(&h.daddr))
+        return 1;
+    if (!sport)
+        return 0;
+    if (is_port6(&h.daddr, dport, h.proto) || is_port6(&h.saddr, sport, h.proto))
+        return 1;
+    struct flowkey6 fk = {.peer_ip = h.daddr, .peer_port = dport, .local_port = sport,
+                          .proto = h.proto};
+    if (bpf_map_lookup_elem(&flows6, &fk))
+        return 1;
+    fk.peer_ip = h.saddr;
+    fk.peer_port = sport;
+    fk.local_port = dport;
+    return bpf_map_lookup_elem(&flows6, &fk) != 0;
+}
+
+// A TCP/IPv6 packet that opens, closes or resets a connection.
+static __always_inline int tcp_control6(struct __sk_buff *skb)
+{
+    struct l3v6 h = {};
+    if (!read_l3v6(skb, &h) || h.proto != IPPROTO_TCP || h.frag)
+        return 0;
+    __u8 flags = 0;
+    if (bpf_skb_load_bytes(skb, (h.l4 + 13) & 0x3ff, &flags, 1) < 0)
+        return 0;
+    return flags & 0x07;
+}
+
 static __always_inline int match(struct __sk_buff *skb, const int mode, __u8 dir)
 {
     // the container's interfaces carry only its traffic: take it without parsing, except
@@ -224,7 +405,7 @@ static __always_inline int match(struct __sk_buff *skb, const int mode, __u8 dir
         return 1;
     struct l3 h = {};
     if (!read_l3(skb, &h))
-        return mode != 0;
+        return match6(skb, mode, dir);
     __u16 sport = 0, dport = 0;
     if ((h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP) &&
         (h.frag & bpf_htons(0x1fff)) == 0) {
@@ -266,11 +447,13 @@ static __always_inline int match(struct __sk_buff *skb, const int mode, __u8 dir
     return bpf_map_lookup_elem(&flows, &fk) != 0;
 }
 
-// A TCP packet that opens, closes or resets a connection (IPv4, first fragment).
+// A TCP packet that opens, closes or resets a connection (IPv4 first fragment, or IPv6).
 static __always_inline int tcp_control(struct __sk_buff *skb)
 {
     struct l3 h = {};
-    if (!read_l3(skb, &h) || h.proto != IPPROTO_TCP)
+    if (!read_l3(skb, &h))
+        return tcp_control6(skb);
+    if (h.proto != IPPROTO_TCP)
         return 0;
     __u8 flags = 0;
     if (bpf_skb_load_bytes(skb, (ETH_HLEN + h.ihl + 13) & 0x7f, &flags, 1) < 0)

@@ -9,6 +9,9 @@
 #define MAX_POINTS 16
 #define NCONST_ADDRS 8          // container addresses compiled in as constants
 #define NCONST_PORTS 16         // published ports compiled in as constants
+#define NCONST_ADDRS6 4         // container IPv6 addresses compiled in as constants
+#define NCONST_PORTS6 8         // IPv6 published ports compiled in as constants
+#define V6_EXTHDRS 3            // IPv6 extension headers walked to reach TCP/UDP/ICMPv6
 #define EV_MAXCAP 262144        // evidence bytes per packet at most (tcpdump's default snaplen)
 #define ASNAP 128               // bytes of each packet the analysis path sees
 #define FILLER_TYPE 0x80000A11  // pcapng block type for local use: readers skip it
@@ -36,6 +39,14 @@ struct flowkey {
     __u8 pad[3];
 };
 
+struct flowkey6 {
+    struct in6key peer_ip;
+    __u16 peer_port;   // host order
+    __u16 local_port;
+    __u8 proto;
+    __u8 pad[3];
+};
+
 // Set before load (.rodata): the verifier sees these as constants.
 struct capture_config {
     __u32 all_points;     // bit n: point n takes every frame (the container's interfaces)
@@ -49,6 +60,10 @@ struct capture_config {
     __u32 addrs[NCONST_ADDRS];
     struct portkey ports[NCONST_PORTS];
     struct cport cports[NCONST_PORTS];
+    __u32 naddrs6;        // > NCONST_ADDRS6: look IPv6 addresses up in `addrs6`
+    __u32 nports6;        // > NCONST_PORTS6: look IPv6 ports up in `ports6`
+    struct in6key addrs6[NCONST_ADDRS6];
+    struct portkey6 ports6[NCONST_PORTS6];
 };
 
 struct ctl {

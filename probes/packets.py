@@ -723,7 +723,9 @@ class PacketCapture:
         if len(p6) > NCONST_PORTS6:
             fd = self.obj.map_fd("ports6")
             for ip, port, proto in p6:
-                _map_update(fd, _PortKey6(_ip6_key(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1))
+                _map_update(
+                    fd, _PortKey6(_ip6_key(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1)
+                )
         fd = self.obj.map_fd("portfilter")
         for p in t.only_ports:
             _map_update(fd, ctypes.c_uint16(int(p)), ctypes.c_uint8(1))
