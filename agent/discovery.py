@@ -20,7 +20,6 @@ to attribute an event; ambiguity yields None.
 import json
 import os
 import re
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,10 +55,10 @@ class Discovered:
     pid: int = 0  # host pid of the init process, 0 when not running
     pids: list = field(default_factory=list)
     status: str = "running"
-    netns: int = None
-    pidns: int = None
-    mntns: int = None
-    netns_path: str = None
+    netns: int | None = None
+    pidns: int | None = None
+    mntns: int | None = None
+    netns_path: str | None = None
     cgroups: dict = field(default_factory=dict)  # controller (or "" for v2) -> path
     cgroup_ids: list = field(default_factory=list)  # [hierarchy id, cgroup id]
     detail: dict = field(default_factory=dict)
@@ -102,7 +101,7 @@ def scan_processes():
 
 def named_netns():
     """{inode: [names]} of the `ip netns` namespaces (/run/netns)."""
-    out = {}
+    out: dict[int, list[str]] = {}
     seen = set()
     for d in NETNS_DIRS:
         try:
@@ -125,7 +124,7 @@ def named_netns():
     return out
 
 
-_NSFS_DEV = []
+_NSFS_DEV: list[int] = []
 
 
 def _nsfs_dev():
@@ -175,7 +174,7 @@ def _proc_cgroups(pid):
 
 def _cgroup_mounts():
     """{controller or "" (v2): mount point} for the mounted cgroup hierarchies."""
-    out = {}
+    out: dict[str, str] = {}
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
@@ -288,16 +287,29 @@ def _own(root, errors=None):
     return out
 
 
-def _oci_states():
+def _state_roots(engines=()):
+    """OCI_STATE_ROOTS and the runc state of every Docker engine run with its own
+    --exec-root (`<exec root>/runtime-runc/<namespace>/<id>`)."""
+    roots = list(OCI_STATE_ROOTS)
+    for e in engines:
+        entry = (os.path.join(e.exec_root, "runtime-runc"), "docker", 2)
+        if entry not in roots:
+            roots.append(entry)
+    return roots
+
+
+def _oci_states(engines=()):
     """(source, namespace, state dict, state dir) from every OCI runtime state root."""
-    for base, source, depth in OCI_STATE_ROOTS:
-        dirs = []
+    for base, source, depth in _state_roots(engines):
+        dirs: list[tuple[str | None, Path]] = []
         try:
             if depth == 1:
                 dirs = [(None, Path(base) / e) for e in os.listdir(base)]
             else:
-                for ns in os.listdir(base):
-                    dirs += [(ns, Path(base) / ns / e) for e in os.listdir(Path(base) / ns)]
+                for space in os.listdir(base):
+                    dirs += [
+                        (space, Path(base) / space / e) for e in os.listdir(Path(base) / space)
+                    ]
         except OSError:
             continue
         for ns, d in dirs:
@@ -311,9 +323,9 @@ def _oci_states():
                 yield src, ns, st, d
 
 
-def _oci(docker_names, podman_names):
+def _oci(docker_names, podman_names, engines=()):
     out = []
-    for source, ns, st, d in _oci_states():
+    for source, ns, st, d in _oci_states(engines):
         cid = st["id"]
         pid = int(st.get("init_process_pid") or 0)
         start = st.get("init_process_start")
@@ -411,52 +423,44 @@ def _bundle(st):
     return None
 
 
-def _docker_names():
-    """{id: name} from Docker's API (socket) or, failing that, its config files."""
+def docker_engines():
+    """The Docker engines to ask (probes.dockerapi.engines, DOCKER_SOCK the default)."""
+    from .probes import dockerapi
+
+    return dockerapi.engines(default_sock=DOCKER_SOCK)
+
+
+def _docker_names(engines=None):
+    """{id: name} from each Docker engine's API (socket) or, failing that, its config files."""
+    from .probes import dockerapi
+
+    engines = docker_engines() if engines is None else engines
     names = {}
-    if os.path.exists(DOCKER_SOCK):
+    libs = [DOCKER_LIB]
+    for e in engines:
+        lib = os.path.join(e.data_root, "containers")
+        if lib not in libs:
+            libs.append(lib)
         try:
-            for c in _docker_api("/containers/json?all=1"):
+            for c in dockerapi.get(e.sock, "/containers/json?all=1", timeout=1.0):
                 n = (c.get("Names") or [c["Id"][:12]])[0].lstrip("/")
                 names[c["Id"]] = n
-        except (OSError, ValueError, KeyError, TypeError):
+        except (dockerapi.DockerError, KeyError, TypeError, AttributeError):
             pass
-    try:
-        entries = os.listdir(DOCKER_LIB)
-    except OSError:
-        entries = []
-    for cid in entries:
-        if cid in names:
-            continue
+    for lib in libs:
         try:
-            with open(os.path.join(DOCKER_LIB, cid, "config.v2.json")) as f:
-                names[cid] = json.load(f).get("Name", cid[:12]).lstrip("/")
-        except (OSError, ValueError, AttributeError):
-            pass
+            entries = os.listdir(lib)
+        except OSError:
+            continue
+        for cid in entries:
+            if cid in names:
+                continue
+            try:
+                with open(os.path.join(lib, cid, "config.v2.json")) as f:
+                    names[cid] = json.load(f).get("Name", cid[:12]).lstrip("/")
+            except (OSError, ValueError, AttributeError):
+                pass
     return names
-
-
-def _docker_api(path, timeout=1.0):
-    """GET `path` from the Docker engine's unix socket; the decoded JSON body."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(DOCKER_SOCK)
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            chunks.append(b)
-    finally:
-        s.close()
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    if b" 200 " not in head.split(b"\r\n", 1)[0]:
-        raise ValueError(
-            "docker API answered " + head.split(b"\r\n", 1)[0].decode(errors="replace")
-        )
-    return json.loads(body)
 
 
 def _podman_names():
@@ -480,8 +484,9 @@ def containers(root=None, procs=None, host=None, errors=None):
     procs = scan_processes() if procs is None else procs
     host = host_namespaces() if host is None else host
     named = named_netns()
-    docker_names = _docker_names()
-    found = _own(root, errors) + _oci(docker_names, _podman_names())
+    engines = docker_engines()
+    docker_names = _docker_names(engines)
+    found = _own(root, errors) + _oci(docker_names, _podman_names(), engines)
     known_ids = {d.id for d in found}
     claimed = set()
     for d in found:
@@ -495,7 +500,7 @@ def containers(root=None, procs=None, host=None, errors=None):
         d.cgroup_ids = cgroup_ids(d.cgroups)
         claimed.update(d.pids)
     # Docker/containerd/Podman processes seen only through their cgroup paths
-    by_id = {}
+    by_id: dict[tuple[str, str], list[int]] = {}
     for pid in procs:
         if pid in claimed:
             continue
@@ -524,7 +529,7 @@ def containers(root=None, procs=None, host=None, errors=None):
     # anything else outside the host's net or pid namespace
     taken_net = {d.netns for d in found if d.netns and d.netns != host["net"]}
     taken_pid = {d.pidns for d in found if d.pidns and d.pidns != host["pid"]}
-    groups = {}
+    groups: dict[tuple[str, int], list[int]] = {}
     for pid, ns in procs.items():
         if pid in claimed or ns["net"] in taken_net or ns["pid"] in taken_pid:
             continue
@@ -622,7 +627,11 @@ class Resolver:
     def refresh(self):
         self.found = containers(self.root, host=self.host)
         self._built = time.monotonic()
-        self.by_pid, self.by_pidns, self.by_netns, self.by_cgroup = {}, {}, {}, {}
+        Ref = tuple[str, str]  # (id, name)
+        self.by_pid: dict[int, Ref] = {}
+        self.by_pidns: dict[int, Ref] = {}
+        self.by_netns: dict[int, Ref] = {}
+        self.by_cgroup: dict[tuple[int, int], set[Ref]] = {}
         ranked = sorted(
             self.found,
             key=lambda d: (
