@@ -135,6 +135,22 @@ class Cli:
 
 
 @pytest.fixture
+def pc(state_root):
+    """`pyinspect` on a temp root (helpers.pccli.PcCli); afterwards every container of
+    that root is force-removed and nothing of it may be left."""
+    from helpers.pccli import PcCli, assert_clean
+
+    cli = PcCli(state_root)
+    yield cli
+    seen = set(cli.ids())
+    for _ in range(2):  # a restarting container may come back once
+        for cid in cli.ids():
+            seen.add(cid)
+            cli("rm", "-f", cid, check=False)
+    assert_clean(state_root, seen)
+
+
+@pytest.fixture
 def cli(state_root):
     """The pyinspect CLI on a temp root, in the machine's own network namespace."""
     return Cli(state_root)

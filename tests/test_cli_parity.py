@@ -10,19 +10,10 @@ import subprocess
 import time
 
 import pytest
-from test_containers import PcCli, assert_clean, one_line_error
+
+from helpers.pccli import PcCli, assert_clean, one_line_error
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def pc(state_root):
-    cli = PcCli(state_root)
-    yield cli
-    seen = set(cli.ids())
-    for cid in seen:
-        cli("rm", "-f", cid, check=False)
-    assert_clean(state_root, seen)
 
 
 @pytest.fixture

@@ -14,32 +14,17 @@ import subprocess
 import time
 
 import pytest
-from test_containers import PcCli, assert_clean, one_line_error
 
 from pyinspect.runtime import restart
+
+from helpers.pccli import PcCli, assert_clean, one_line_error
+from testbed import waits
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def pc(state_root):
-    cli = PcCli(state_root)
-    yield cli
-    seen = set(cli.ids())
-    for cid in seen:
-        cli("rm", "-f", cid, check=False)
-    assert_clean(state_root, seen)
-
-
 def wait_for(pred, timeout=15, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return waits.wait_for(pred, timeout, 0.05, what)
 
 
 def record(state_root, name):
