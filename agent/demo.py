@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from .proc import delete_netns
 
@@ -29,7 +30,7 @@ class Demo:
 
     pyinspect: str
     root: str
-    out: object = sys.stdout
+    out: TextIO = sys.stdout
     serve_seconds: float = 0
     failures: list = field(default_factory=list)
 
@@ -265,6 +266,7 @@ class Demo:
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
+            assert self.agent.stdout is not None  # stdout=PIPE
             line = self.agent.stdout.readline()
             if not line:
                 self.failures.append("pyinspect serve (exited: is port 8900 taken?)")

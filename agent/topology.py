@@ -29,7 +29,7 @@ def _line(x1, y1, x2, y2):
 
 def layout(rows):
     """Bands of {netns, uplinks, bridges: [{bridge, ports: [{veth, peer}]}]} from map rows."""
-    by_ns = {}
+    by_ns: dict[int, list[dict]] = {}
     for r in rows:
         by_ns.setdefault(r["netns"], []).append(r)
     bands = []
@@ -45,10 +45,15 @@ def layout(rows):
             and r["ifname"] not in enslaved
             and r.get("up")
         ]
-        band = {"netns": links[0].get("netns_name") or ns, "uplinks": uplinks, "bridges": []}
+        band_bridges: list[dict] = []
+        band = {
+            "netns": links[0].get("netns_name") or ns,
+            "uplinks": uplinks,
+            "bridges": band_bridges,
+        }
         for br in bridges:
             ports = [r for r in links if r.get("master") == br["ifname"]]
-            band["bridges"].append({"bridge": br, "ports": ports})
+            band_bridges.append({"bridge": br, "ports": ports})
         bands.append(band)
     return bands
 

@@ -9,6 +9,7 @@ messages because the receive buffer was full. Used by `conntrack.ConntrackEvents
 
 import errno
 import select
+import socket
 import time
 
 NETLINK_NETFILTER = 12
@@ -21,7 +22,8 @@ def drain(sock, parse, timeout=0.0, bufsize=RECV_SIZE):
     `parse(data, ts_ns)` turns one datagram into a list of records (`ts_ns` is when it
     was read). Other socket errors are raised.
     """
-    out, overruns = [], 0
+    out: list = []
+    overruns = 0
     if timeout and not select.select([sock], [], [], timeout)[0]:
         return out, overruns
     while True:
@@ -45,11 +47,15 @@ class Receiver:
     drains it and adds the kernel's overruns to `self.lost`.
     """
 
-    sock = None
+    sock: socket.socket | None = None
     lost = 0  # ENOBUFS overruns (messages the kernel could not queue)
 
-    def fileno(self):
+    def fileno(self) -> int:
+        assert self.sock is not None, "not started"
         return self.sock.fileno()
+
+    def _parse(self, data: bytes, ts_ns: int) -> list:
+        raise NotImplementedError
 
     def read(self, timeout=0.0):
         """Records available now (waits up to `timeout` seconds for the first)."""

@@ -11,7 +11,7 @@ import os
 
 def read_all(fd):
     """Everything readable from `fd` until EOF (the fd stays open)."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             b = os.read(fd, 65536)

@@ -223,7 +223,7 @@ def _resolve_in_root(path, entry, stop=None, max_links=40):
     `stop(parts, lstat or None)` may end the walk by returning something not None.
     Returns (resolved parts, what stop returned or None)."""
     todo = [p for p in path.split("/") if p not in ("", ".")]
-    done = []
+    done: list[str] = []
     links = 0
     while todo:
         part = todo.pop(0)
@@ -274,13 +274,13 @@ def _layer_entry(layers, parts):
         if reached:
             path = os.path.join(cur, parts[-1])
             try:
-                st = os.lstat(path)
+                entry: os.stat_result | None = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
-                st = None
-            if st is not None:
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                entry = None
+            if entry is not None:
+                if stat.S_ISCHR(entry.st_mode) and entry.st_rdev == 0:
                     return None
-                return path, st
+                return path, entry
         if hidden:
             return None
     return None

@@ -83,7 +83,7 @@ class Container:
     created: str = ""
     started_at: str = ""
     finished_at: str = ""
-    spec: ContainerSpec = None
+    spec: ContainerSpec = field(default_factory=lambda: ContainerSpec(image=""))
     network: dict = field(default_factory=dict)
     cgroup: dict = field(default_factory=dict)
     # runtime bookkeeping
@@ -206,7 +206,7 @@ _SPEC_TYPES = {
 _PROCESS_TYPES = {"argv": list, "env": list, "cwd": str, "user": str, "limits": dict}
 
 
-def _read_json(path, name, missing_ok=False):
+def _read_json(path: str, name: str, missing_ok: bool = False) -> tuple[dict | None, str | None]:
     """(data, None), or (None, why) in one line; missing_ok: a missing file is {}."""
     try:
         with open(os.path.join(path, name), "rb") as f:
@@ -279,6 +279,7 @@ def read_record(path):
         why = _check(path, static, dynamic)
     if why:
         return None, why
+    assert static is not None and dynamic is not None
     data = {**dynamic, **static}
     data["spec"] = ContainerSpec.from_dict(data.get("spec") or {"image": data.get("image", "")})
     data = {k: v for k, v in data.items() if k in Container.__dataclass_fields__}
@@ -304,7 +305,8 @@ def damaged_record(path, why):
     if not created:
         secs, ns = divmod(_oldest_mtime_ns(path), 10**9)
         created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}Z"
-    argv = (static.get("process") if isinstance(static.get("process"), dict) else {}).get("argv")
+    process = static.get("process")
+    argv = process.get("argv") if isinstance(process, dict) else None
     ok_argv = isinstance(argv, list) and all(isinstance(a, str) for a in argv)
     c = Container(
         id=cid,

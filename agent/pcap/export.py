@@ -373,7 +373,7 @@ def _merge(sources, rows_of):
     time ranges overlap the current point are open (and sorted in memory) at once."""
     pending = sorted(sources, key=lambda s: (s.lo, s.order))
     pending.reverse()  # pop() from the end: the earliest
-    heap = []
+    heap: list[tuple] = []
     while heap or pending:
         while pending and (not heap or pending[-1].lo <= heap[0][0]):
             src = pending.pop()
@@ -441,7 +441,7 @@ def export(
 
     user_match = None
     if bpf_filter:
-        user_filters = {}
+        user_filters: dict[int, BpfFilter] = {}
         for lt in {p[4] or 1 for p in points} or {1}:
             compiled(user_filters, bpf_filter, lt)  # syntax errors before any output
 
@@ -450,12 +450,14 @@ def export(
 
     segments = store.segments(sids)
     lo_hi = {g.id: _bounds(store, g) for g in segments}
-    flow_match, flow_offsets = None, {}
+    flow_match = None
+    flow_offsets: dict[int, set[int]] = {}
     scan = segments
     if flow is not None:
         flow = parse_flow(flow)
         flow_ids, tuples = _flow_match(store, sids, flow)
-        flow_expr, flow_filters = flow_expression(tuples), {}
+        flow_expr = flow_expression(tuples)
+        flow_filters: dict[int, BpfFilter] = {}
 
         def flow_match(data, wirelen, lt):
             return compiled(flow_filters, flow_expr, lt).match(data, wirelen)

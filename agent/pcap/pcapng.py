@@ -337,7 +337,7 @@ class Interface(NamedTuple):
 
     file: str
     section: int
-    index: int
+    index: int  # type: ignore[assignment]  # a field, shadowing tuple.index
     name: str
     description: str
     linktype: int
@@ -352,8 +352,8 @@ class Packet(NamedTuple):
     ts_ns: int
     data: bytes
     orig_len: int
-    direction: str  # 'in' | 'out' | None
-    comment: str  # None when absent (several comments are joined with '; ')
+    direction: str | None  # 'in' | 'out' | None
+    comment: str | None  # None when absent (several comments are joined with '; ')
     offset: int = -1
 
 
@@ -366,7 +366,7 @@ class _Chunks:
 
     def __init__(self, fh, name, chunk=1 << 20):
         self.fh, self.name, self.chunk = fh, name, chunk
-        self.buf = b""
+        self.buf: bytes | mmap.mmap = b""
         self.pos = 0  # position in buf
         self.offset = 0  # file offset of buf[0]
 
@@ -785,7 +785,7 @@ class Segment:
             return []
         if struct.unpack_from("<I", self._mm, 0)[0] != SHB:
             raise CorruptInputError(f"cannot read {self.path}: not a pcapng file")
-        keys = []
+        keys: list[int] = []
         try:
             for _ in _read_pcapng(r, self.path, self.sec, keys):
                 pass
