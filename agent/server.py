@@ -1,15 +1,26 @@
-"""`pyinspect serve`: the agent (probes on, events stored) and the dashboard behind waitress.
+"""`pyinspect serve`: the agent (probes on, events stored) and the dashboard.
 
 The agent runs the event probes in one thread (events.Follower: process, cgroup, and
 link events when available) and writes what they see into the store; the Flask app
 reads the same store. Probes that cannot load are reported and skipped; the dashboard
-still serves. Binding beyond loopback requires the token (created 0600, shown once).
+still serves.
+
+The server is uvicorn (one asyncio loop) running `web.streams.Dashboard`: Flask in a
+pool of `threads` threads for ordinary requests, server-sent event streams written by
+the loop from one polling thread (`StreamHub`), so open streams hold no request thread.
+Every request needs the token (`<root>/web-token`, 0600); `serve` prints a login URL.
 """
 
+import contextlib
 import errno
 import ipaddress
+import os
 import signal
+import socket
+import stat
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import database_path
 from .errors import ConflictError, UsageError
@@ -78,26 +89,28 @@ class Agent:
             self._thread.join(timeout=30)
 
 
-def serve(root, bind="127.0.0.1", port=8900, probes=True, threads=8, log=print):
-    """Run the agent and the dashboard until SIGINT/SIGTERM."""
-    import waitress
+@dataclass
+class ServeOptions:
+    """How `serve` listens: TCP `bind`:`port`, or only a Unix socket when `tcp` is off."""
 
-    from .web.app import create_app
-    from .web.auth import load_or_create_token
+    bind: str = "127.0.0.1"
+    port: int = 8900
+    unix_socket: str | None = None
+    allow_hosts: list[str] = field(default_factory=list)
+    tcp: bool = True
+    threads: int = 8
+    max_streams: int = 1000
 
-    loopback = is_loopback(bind)  # validates --bind before anything is made
-    app = create_app(root)
-    overview = app.extensions["pyinspect"]
-    try:  # bind first: a taken port makes no token and starts no probes
-        server = waitress.create_server(
-            app,
-            host=bind,
-            port=port,
-            threads=threads,
-            channel_timeout=30,
-            clear_untrusted_proxy_headers=True,
-        )
+
+def _tcp_socket(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+        sock.listen(2048)
     except OSError as exc:
+        sock.close()
         cls = ConflictError if exc.errno == errno.EADDRINUSE else UsageError
         raise cls(
             f"serve: cannot listen on {bind}:{port}: {exc.strerror}",
@@ -105,30 +118,134 @@ def serve(root, bind="127.0.0.1", port=8900, probes=True, threads=8, log=print):
             if cls is ConflictError
             else "--bind takes an address of this host",
         ) from None
-    if not loopback:  # set before server.run(), so before any request is served
-        token, new = load_or_create_token(root)
-        app.config["PYINSPECT_TOKEN"] = token
-        if new:
-            log(f"dashboard token (shown once, stored 0600 in {root}/web-token): {token}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def _unix_socket(path: str) -> socket.socket:
+    """A listening Unix socket at `path`, mode 0600 from the start; a stale socket file
+    is replaced, anything else there is refused."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not stat.S_ISSOCK(p.lstat().st_mode):
+            raise UsageError(f"serve: --unix-socket {path}: exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(p))
+        except OSError:
+            p.unlink()  # nobody listens: stale
         else:
-            log(f"dashboard token: in {root}/web-token")
+            raise ConflictError(f"serve: --unix-socket {path}: another server listens there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(p))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"serve: cannot create --unix-socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(p, 0o600)
+    sock.listen(2048)
+    return sock
+
+
+def serve(root, options: ServeOptions | None = None, probes=True, log=print, **kw):
+    """Run the agent and the dashboard until SIGINT/SIGTERM. (`bind=`, `port=`... as
+    keywords still work: they fill ServeOptions.)"""
+    import uvicorn
+
+    from .web.app import create_app
+    from .web.auth import HostPolicy, load_or_create_token
+    from .web.streams import Dashboard
+
+    opts = options or ServeOptions(**kw)
+    if opts.tcp:
+        is_loopback(opts.bind)  # validates --bind before anything is made
+    sockets = []
+    try:  # bind first: a taken port makes no token and starts no probes
+        if opts.tcp:
+            sockets.append(_tcp_socket(opts.bind, opts.port))
+        if opts.unix_socket:
+            sockets.append(_unix_socket(opts.unix_socket))
+    except Exception:
+        for s in sockets:
+            s.close()
+        raise
+    port = sockets[0].getsockname()[1] if opts.tcp else None
+    token, new = load_or_create_token(root)
+    hosts = (
+        HostPolicy.for_bind(opts.bind, port, opts.allow_hosts)
+        if opts.tcp
+        else HostPolicy(names={h.lower() for h in opts.allow_hosts})
+    )
+    app = create_app(root, token=token, hosts=hosts)
+    overview = app.extensions["pyinspect"]
+    dashboard = Dashboard(app, overview, workers=opts.threads, max_streams=opts.max_streams)
     agent = None
     if probes:
         agent = Agent(root, overview, log=log).start()
         for line in agent.messages:
             log(line)
-    log(f"dashboard: http://{bind}:{server.effective_port}/ (ready)")
+    where = f"{root}/web-token" + (" (new)" if new else "")
+    if opts.tcp:
+        host = f"[{opts.bind}]" if ":" in opts.bind else opts.bind
+        base = f"http://{host}:{port}/"
+        log(f"dashboard login (token in {where}): {base}?token={token}")
+    if opts.unix_socket:
+        log(
+            f"dashboard on unix socket {opts.unix_socket} (0600): curl --unix-socket"
+            f" {opts.unix_socket} -H 'Authorization: Bearer <token from {root}/web-token>'"
+            " http://localhost/api/host"
+        )
+    log(f"dashboard: {base if opts.tcp else 'unix:' + opts.unix_socket} (ready)")
 
-    def _stop(*_):
-        server.close()
-
-    signal.signal(signal.SIGTERM, _stop)
+    config = uvicorn.Config(
+        dashboard,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config, dashboard)
+    stopped = []
+    previous = {
+        sig: signal.signal(sig, lambda n, _f: stopped.append(n))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        server.run()
-    except (KeyboardInterrupt, OSError):
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:
         pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+        if opts.unix_socket:
+            with contextlib.suppress(OSError):
+                os.unlink(opts.unix_socket)
         for trace in list(overview.traces.values()):
             trace.stop()
         if agent:
             agent.stop()
+
+
+def _Server(config, dashboard):  # noqa: N802 - a class made on first use (uvicorn is lazy)
+    """A uvicorn.Server that ends the open streams first when asked to stop (else it
+    would wait for them to finish)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            if dashboard.hub is not None:
+                dashboard.hub.close()
+            await super().shutdown(sockets)
+
+    return Server(config)

@@ -654,7 +654,9 @@ def test_stored_findings_link_to_runbooks_in_the_dashboard(setup):
     assert rows[0][1] == "ip-forward-off" and "net.ipv4.ip_forward = 0" in rows[0][2]
     from pyinspect.web.app import create_app
 
-    client = create_app(t.root).test_client()
+    app = create_app(t.root)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.config['PYINSPECT_TOKEN']}"
     page = client.get("/doctor").get_data(as_text=True)
     assert "ip_forward" in page and "/runbooks/ip-forward-off" in page
     rb = client.get("/runbooks/ip-forward-off")

@@ -21,7 +21,9 @@ def test_timeline_and_flow_streams_send_new_rows(state_root):
     now = time.time_ns()
     with Store(database_path(state_root)) as store:
         store.insert_events([{"ts_ns": now, "kind": "exec", "pid": 7, "comm": "pq-old"}])
-    client = create_app(state_root).test_client()
+    app = create_app(state_root)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.config['PYINSPECT_TOKEN']}"
 
     resp = client.get("/api/timeline/stream?after_id=0&seconds=5", buffered=False)
     assert resp.status_code == 200 and resp.mimetype == "text/event-stream"

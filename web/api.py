@@ -1,11 +1,10 @@
 """The JSON API under /api/: the same data the pages show, from the same `Overview` calls."""
 
-import json
-import time
-
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 
-from ..errors import UsageError
+from ..errors import UnavailableError, UsageError
+from . import streams
+from .streams import Feed
 
 bp = Blueprint("api", __name__)
 
@@ -66,36 +65,25 @@ def timeline_stream():
     container = request.args.get("container") or None
     after = int_arg("after_id", None, 0, 2**63 - 1)
     seconds = int_arg("seconds", 300, 1, 3600)
-    ov = overview()
     if after is None:
-        after = ov.last_event_id()
-    return _sse(
-        lambda last: ov.timeline(container=container, after_id=last, limit=500, ascending=True),
-        after,
-        seconds,
-    )
+        after = overview().last_event_id()
+    return stream_response(Feed("timeline", (container,)), after, seconds)
 
 
-def _sse(fetch, after, seconds):
-    """A server-sent event stream of the rows `fetch(last_id)` returns, for `seconds`."""
-
-    def stream():
-        last, deadline = after, time.monotonic() + seconds
-        yield "retry: 2000\n\n"
-        while time.monotonic() < deadline:
-            rows = fetch(last)
-            for row in rows:
-                last = max(last, row["id"])
-                yield f"id: {row['id']}\ndata: {json.dumps(row, default=str)}\n\n"
-            if not rows:
-                yield ": keepalive\n\n"
-                time.sleep(0.5)
-
-    return Response(
-        stream(),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+def stream_response(feed, after, seconds):
+    """A text/event-stream of `feed` past `after` for `seconds`: handed to the server's
+    stream hub when it has one, else a generator in this thread."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    try:
+        handed = streams.open_stream(request.environ, feed, after, seconds)
+    except streams.Busy as exc:
+        raise UnavailableError(f"live stream refused: {exc}", "close some dashboard tabs") from None
+    if handed:  # no Content-Length: the hub writes the rest
+        body = iter([streams.RETRY])
+    else:
+        ov = overview()
+        body = streams.sse_generator(lambda last: feed.fetch(ov, last), after, seconds)
+    return Response(body, mimetype="text/event-stream", headers=headers)
 
 
 @bp.get("/flows")
@@ -107,10 +95,7 @@ def flows():
 def flows_stream():
     session = int_arg("session", None, 1, 2**63 - 1)
     seconds = int_arg("seconds", 300, 1, 3600)
-    ov = overview()
-    return _sse(
-        lambda last: list(ov.flows(session_id=session, after_id=last)), ov.last_flow_id(), seconds
-    )
+    return stream_response(Feed("flows", (session,)), overview().last_flow_id(), seconds)
 
 
 @bp.get("/traces")

@@ -4,8 +4,6 @@ The app never talks to the kernel itself; every page and API call goes through
 `pyinspect.overview`, the same library calls the CLI makes.
 """
 
-import secrets
-
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
@@ -14,13 +12,15 @@ from ..overview import Overview
 from . import api, auth, metrics, views
 
 
-def create_app(root, *, token=None, test_config=None, tracer_factory=None):
-    """A dashboard over the store under `root`; `token` protects every request when set."""
+def create_app(root, *, token=None, hosts=None, test_config=None, tracer_factory=None):
+    """A dashboard over the store under `root`. Every request needs `token` (a random one
+    when None: `app.config["PYINSPECT_TOKEN"]`) and a Host that `hosts` (an
+    auth.HostPolicy; loopback names on any port when None) allows."""
     app = Flask(__name__)
     app.config.update(
         PYINSPECT_ROOT=str(root),
-        PYINSPECT_TOKEN=token,
-        PYINSPECT_CSRF_SECRET=secrets.token_hex(16),
+        PYINSPECT_TOKEN=token or auth.new_token(),
+        PYINSPECT_HOSTS=hosts or auth.HostPolicy(),
         JSON_SORT_KEYS=False,
     )
     if test_config:

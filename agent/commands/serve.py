@@ -6,31 +6,46 @@ import click
 @click.command()
 @click.option(
     "--bind",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on; anything but loopback requires the token.",
+    default=None,
+    help="Address to listen on (default 127.0.0.1).",
 )
 @click.option(
     "--port",
-    default=8900,
-    show_default=True,
+    default=None,
     type=click.IntRange(0, 65535),
-    help="TCP port to listen on (0: any free port).",
+    help="TCP port to listen on (default 8900; 0: any free port).",
+)
+@click.option(
+    "--unix-socket",
+    "unix_socket",
+    default=None,
+    metavar="PATH",
+    help="Also listen on a Unix socket (mode 0600); alone, only there.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Accept this Host header too (a name the dashboard is reached by); repeatable.",
 )
 @click.option("--no-probes", is_flag=True, help="Serve the dashboard without the probes.")
 @click.pass_obj
-def serve(obj, bind, port, no_probes):
+def serve(obj, bind, port, unix_socket, allow_hosts, no_probes):
     """Run the agent (probes on, events stored) and the dashboard.
 
-    Loopback only by default. With --bind elsewhere a token is generated once,
-    stored 0600 under the state root, and every request must present it.
+    Every request needs the token (created once, 0600 in the state root): open the
+    login URL this prints, or send `Authorization: Bearer <token>`. Requests for any
+    other Host than the bound address (or an --allow-host name) are refused.
     """
+    from ..server import ServeOptions
     from ..server import serve as run
 
-    run(
-        obj["root"],
-        bind=bind,
-        port=port,
-        probes=not no_probes,
-        log=lambda line: click.echo(line, err=False),
+    opts = ServeOptions(
+        bind=bind or "127.0.0.1",
+        port=8900 if port is None else port,
+        unix_socket=unix_socket,
+        allow_hosts=list(allow_hosts),
+        tcp=not (unix_socket and bind is None and port is None),
     )
+    run(obj["root"], opts, probes=not no_probes, log=lambda line: click.echo(line, err=False))
