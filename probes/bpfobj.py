@@ -188,6 +188,7 @@ class BpfObject:
     def __init__(self, handle, path: Path):
         self._h = handle
         self.path = path
+        self._links: dict[str, int] = {}  # "category:event" -> bpf_link pointer
         self.loaded = False
 
     @classmethod

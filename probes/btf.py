@@ -58,8 +58,9 @@ class BTF:
         self._data = data
         self._strs = hdr_len + str_off
         self._str_end = self._strs + str_len
-        self.types = [None]  # id 0 is void: (kind, name_off, size_or_type, vlen, kflag, pos)
-        self._by_name = {}
+        # id 0 is void: (kind, name_off, size_or_type, vlen, kflag, pos)
+        self.types: list[tuple[int, int, int, int, int, int]] = [(0, 0, 0, 0, 0, 0)]
+        self._by_name: dict[str, int] = {}
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
         unpack = struct.unpack_from
         while pos < end:
@@ -147,8 +148,8 @@ class BTF:
 
 
 _lock = threading.RLock()
-_cache = {}  # path -> offsets() result
-_parsed = {}  # path -> BTF
+_cache: dict[str, dict[str, int] | None] = {}  # path -> offsets() result
+_parsed: dict[str, BTF] = {}  # path -> BTF
 
 # name (was the -D macro) -> (struct, member path)
 FIELDS = {
@@ -192,7 +193,7 @@ def load(path=VMLINUX):
         return _parsed[path]
 
 
-_results = {}  # (path, name) -> cached() result
+_results: dict[tuple[str, str], object] = {}  # (path, name) -> cached() result
 
 
 def _cache_file(digest):

@@ -190,7 +190,7 @@ def _probe_functions(b, BPF):
             b.detach_kprobe(event="do_nanosleep")
             ok, why = True, "loads and attaches (do_nanosleep)"
         except Exception as exc:  # noqa: BLE001 bcc raises plain Exception
-            ok, why = False, None
+            ok, why = False, ""
             err = exc
     if not ok:
         why = _kprobe_reason(err, log())

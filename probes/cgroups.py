@@ -70,12 +70,12 @@ def _dir_fields(member):
 
 def hierarchies():
     """{hierarchy id: (controllers, mount point or None)} for this machine."""
-    out = {}
+    out: dict[int, list] = {}  # [controllers, mount point or None]
     try:
         with open("/proc/self/cgroup") as f:
             for line in f:
-                hid, controllers, _path = line.rstrip("\n").split(":", 2)
-                out[int(hid)] = [controllers, None]
+                num, controllers, _path = line.rstrip("\n").split(":", 2)
+                out[int(num)] = [controllers, None]
     except OSError:
         pass
     try:
@@ -87,9 +87,9 @@ def hierarchies():
                 if fstype == "cgroup2":
                     out.setdefault(0, ["", None])[1] = out.get(0, ["", None])[1] or mnt
                 elif fstype == "cgroup":
-                    opts = set(opts.split(","))
+                    mounted = set(opts.split(","))
                     for hid, entry in out.items():
-                        if hid and entry[1] is None and set(entry[0].split(",")) <= opts:
+                        if hid and entry[1] is None and set(entry[0].split(",")) <= mounted:
                             entry[1] = mnt
     except OSError:
         pass

@@ -84,6 +84,7 @@ class EvRing:
             raise UnavailableError(
                 f"cannot map the evidence ring of CPU {cpu}: {exc.strerror}"
             ) from None
+        self.mapped = True  # until close()
         self.base = page  # the data area starts after the producer page
         self.view = memoryview(self.mm)
         self.tail = _Q.unpack_from(self.cons, 0)[0]
@@ -107,14 +108,14 @@ class EvRing:
         self.tail = upto
 
     def close(self) -> None:
-        if self.mm is not None:
+        if self.mapped:
             try:
                 self.view.release()
                 self.mm.close()
                 self.cons.close()
             except BufferError:  # a caller still holds a view: the GC unmaps it
                 pass
-            self.mm = None
+            self.mapped = False
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

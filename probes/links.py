@@ -44,6 +44,7 @@ class _Watched:
 
     def __init__(self, path, label, rcvbuf=None):
         self.path, self.label = path, label
+        self.auto = False  # found by the scan (not asked for): dropped when its netns goes
         self.fd, self.inode = open_ns(path) if path else open_ns("/proc/thread-self/ns/net")
         try:
             self.events = RtnlSocket(self.fd, groups=LINK_GROUPS)  # subscribe first...

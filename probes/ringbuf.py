@@ -24,9 +24,10 @@ import select
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import UnavailableError
-from . import btf, capabilities
+from . import bpfobj, btf, capabilities
 
 RINGBUF_PAGES = 512  # 2 MiB per probe
 
@@ -50,7 +51,7 @@ class Tpf(ctypes.Structure):
     _fields_ = [("off", ctypes.c_uint16), ("size", ctypes.c_uint8), ("kind", ctypes.c_uint8)]
 
 
-_formats = {}
+_formats: dict[tuple[str, str], dict[str, tuple]] = {}
 _formats_lock = threading.Lock()
 
 
@@ -158,7 +159,7 @@ def task_offsets(offsets):
 
 
 # tracepoint.h TASK_IDS_FIELDS, for the ctypes records
-TASK_IDS_FIELDS = [
+TASK_IDS_FIELDS: list[Any] = [  # ctypes _fields_ entries
     ("ts_ns", ctypes.c_uint64),
     ("cgroup_id", ctypes.c_uint64),
     ("pid", ctypes.c_uint32),
@@ -176,11 +177,12 @@ class TracepointProbe:
     implement decode()."""
 
     NAME = "probe"
-    SOURCE = None  # path of the .bpf.c file (a libbpf object)
-    TRACEPOINTS = {}  # "category:event" -> a short name (kept for callers; unused)
-    FIELDS = {}  # "category:event" -> [(cfg member path, field, is_string)]
-    RECORD = None  # ctypes Structure of one ring buffer record
-    CONFIG = None  # ctypes Structure of the object's .rodata `cfg`
+    SOURCE: Path  # path of the .bpf.c file (a libbpf object)
+    TRACEPOINTS: dict[str, str] = {}  # "category:event" -> a short name (kept for callers)
+    # "category:event" -> [(cfg member path, field, is_string)]
+    FIELDS: dict[str, list[tuple[str, str, bool]]] = {}
+    RECORD: type[ctypes.Structure]  # one ring buffer record
+    CONFIG: type[ctypes.Structure]  # the object's .rodata `cfg`
 
     def __init__(self, tracepoints=None, ring_pages=RINGBUF_PAGES):
         self.tracepoints = dict(tracepoints if tracepoints is not None else self.TRACEPOINTS)
@@ -189,9 +191,9 @@ class TracepointProbe:
         self.skipped = []  # (tracepoint, reason)
         self.messages = []  # one plain line per skipped tracepoint
         self.max_lag_ns = 0  # largest (read time - event time) seen
-        self._obj = None
-        self._reader = None
-        self._poll = None
+        self._obj: bpfobj.BpfObject | None = None
+        self._reader: Any = None  # packets.RingReader once started
+        self._poll: select.poll | None = None
         self._lost_seen = 0
         self.clock_offset_ns = 0  # add to a record's bpf_ktime_get_ns() for wall-clock ns
 
@@ -236,8 +238,6 @@ class TracepointProbe:
         events flow. Raises UnavailableError when not one tracepoint could attach."""
         if self._obj is not None:
             return self
-        from . import bpfobj
-
         filters = dict(filters or {})
         tracefs = capabilities.tracefs_dir()
         if tracefs is None:
@@ -339,7 +339,7 @@ class TracepointProbe:
                 left = (deadline - _monotonic_ns()) // 1_000_000
                 if left <= 0:
                     break
-                if not self._poll.poll(left):
+                if self._poll is None or not self._poll.poll(left):
                     break
                 out = self._read()
                 if not out:
@@ -359,8 +359,6 @@ class TracepointProbe:
         """Records the kernel dropped because the ring buffer was full (since start)."""
         if self._obj is None:
             return self._lost_seen
-        from . import bpfobj
-
         self._lost_seen = bpfobj.percpu_sum(self._obj.map_fd("lost"))
         return self._lost_seen
 
