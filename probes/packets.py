@@ -27,7 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
 from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
-from . import bpfsys, cdefs, pcapfilter
+from . import bpfobj, bpfsys, cdefs, pcapfilter
 from .evring import EvRing, cpu_list
 from .netns import in_netns
 
@@ -50,7 +50,7 @@ class CapturePoint:
 
     name: str
     ifindex: int
-    netns: str = None
+    netns: str | None = None
     mode: str = "filtered"
     description: str = ""
     netns_inode: int = 0
@@ -575,7 +575,7 @@ class PacketCapture:
         self.snaplen = EV_MAXCAP if snaplen == 0 else min(snaplen, EV_MAXCAP)
         self.ring_bytes = _pow2_pages(ring_mb * 1024 * 1024)
         self.analysis_bytes = _pow2_pages(analysis_mb * 1024 * 1024)
-        self.obj = None
+        self.obj: bpfobj.BpfObject | None = None
         self.rings = []  # EvRing per online CPU
         self.reader = None
         self.attached = []  # (point, added_clsact)
@@ -596,10 +596,13 @@ class PacketCapture:
         self._lane_polls = {}  # cpus -> epoll over their buffers (evidence writer lanes)
         self._final = None
 
+    def _loaded(self) -> bpfobj.BpfObject:
+        if self.obj is None:
+            raise UnavailableError("the tc capture program is not loaded")
+        return self.obj
+
     # -- start / stop -------------------------------------------------------------------
     def start(self):
-        from . import bpfobj
-
         ncpu = max(self._possible) + 1
         cfg = make_config(self.points, self.target, self.snaplen, self.ring_bytes)
         progs = {f"pi_{d}_{i}" for i in range(len(self.points)) for d in ("in", "eg")}
@@ -649,8 +652,9 @@ class PacketCapture:
     def _open_rings(self):
         import select
 
+        obj = self._loaded()
         self._epoll = select.epoll()
-        fd = self.obj.map_fd("evrings")
+        fd = obj.map_fd("evrings")
         for cpu in cpu_list("online"):
             ring = EvRing(cpu, self.ring_bytes)
             self.rings.append(ring)
@@ -658,6 +662,7 @@ class PacketCapture:
             self._epoll.register(ring.fd, select.EPOLLIN | select.EPOLLET)
 
     def _attach(self):
+        obj = self._loaded()
         pid = os.getpid()
         sockets = {}
         try:
@@ -666,7 +671,7 @@ class PacketCapture:
                     sockets[point.netns] = _iproute(point.netns)
                 added = False
                 for direction, prefix in (("ingress", "pi_in_"), ("egress", "pi_eg_")):
-                    fd = self.obj.prog_fd(f"{prefix}{i}")
+                    fd = obj.prog_fd(f"{prefix}{i}")
                     if self.attach_kind != "clsact" and self._attach_tcx(point, fd, direction):
                         continue
                     added = (
@@ -704,29 +709,30 @@ class PacketCapture:
         return True
 
     def _fill_maps(self):
+        obj = self._loaded()
         t = self.target
         a4, a6, p4, p6 = split_target(t)
         if len(a4) > NCONST_ADDRS:
-            fd = self.obj.map_fd("addrs")
+            fd = obj.map_fd("addrs")
             for a in a4:
                 _map_update(fd, ctypes.c_uint32(_ip_u32(a)), ctypes.c_uint8(1))
         if len(p4) > NCONST_PORTS:
-            fd = self.obj.map_fd("ports")
+            fd = obj.map_fd("ports")
             for ip, port, proto in p4:
                 _map_update(
                     fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1)
                 )
         if len(a6) > NCONST_ADDRS6:
-            fd = self.obj.map_fd("addrs6")
+            fd = obj.map_fd("addrs6")
             for a in a6:
                 _map_update(fd, _ip6_key(a), ctypes.c_uint8(1))
         if len(p6) > NCONST_PORTS6:
-            fd = self.obj.map_fd("ports6")
+            fd = obj.map_fd("ports6")
             for ip, port, proto in p6:
                 _map_update(
                     fd, _PortKey6(_ip6_key(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1)
                 )
-        fd = self.obj.map_fd("portfilter")
+        fd = obj.map_fd("portfilter")
         for p in t.only_ports:
             _map_update(fd, ctypes.c_uint16(int(p)), ctypes.c_uint8(1))
 
@@ -882,8 +888,9 @@ class PacketCapture:
             self._write_ctl()
 
     def _read_ctl(self):
+        obj = self._loaded()
         c = _Ctl()
-        _map_lookup(self.obj.map_fd("ctl"), ctypes.c_uint32(0), c)
+        _map_lookup(obj.map_fd("ctl"), ctypes.c_uint32(0), c)
         return c
 
     def _write_ctl(self, keep_tokens=False):
@@ -912,8 +919,9 @@ class PacketCapture:
     def produced(self):
         """{cpu: evidence bytes committed}: each ring's producer position once the record
         in progress (if any) is committed."""
+        obj = self._loaded()
         per = (_Counters * len(self._possible))()
-        _map_lookup(self.obj.map_fd("stats"), ctypes.c_uint32(0), per)
+        _map_lookup(obj.map_fd("stats"), ctypes.c_uint32(0), per)
         return {cpu: per[cpu].prod for cpu in range(len(self._possible))}
 
     @property
