@@ -34,26 +34,29 @@ import socket
 import stat
 from pathlib import Path
 
-from ..errors import ConflictError, UnavailableError, UsageError
-from . import ipam, portmap, ports, sysctl
+from ..errors import ConflictError, NotFoundError, UnavailableError, UsageError
+from . import ipam, iptables, portmap, ports, sysctl, usernet
 
 DEFAULT_BRIDGE = "pyinspect0"
 DEFAULT_SUBNET = "172.29.0.0/16"
 BRIDGE_ENV = "PYINSPECT_BRIDGE"
 SUBNET_ENV = "PYINSPECT_SUBNET"
+MTU_ENV = "PYINSPECT_MTU"
 NETNS_DIR = "/var/run/netns"
 MODES = ("bridge", "none", "host")
-IPTABLES_BACKEND = "legacy"
-SHOW_RULES = "iptables-legacy -t nat -nvL PYINSPECT"
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_DNS_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62})$")
+DNS_ADDR = "127.0.0.11"
 
 
 # --- configuration and validation --------------------------------------------------------
 
 
 def config(root):
-    """{"bridge", "subnet"}: env PYINSPECT_BRIDGE/PYINSPECT_SUBNET, else <root>/config.json
-    {"network": {"bridge", "subnet"}}, else pyinspect0 and 172.29.0.0/16."""
+    """{"bridge", "subnet", "iptables", "mtu"}: env PYINSPECT_BRIDGE/PYINSPECT_SUBNET/
+    PYINSPECT_IPTABLES/PYINSPECT_MTU, else <root>/config.json {"network": {"bridge",
+    "subnet", "iptables", "mtu"}}, else pyinspect0, 172.29.0.0/16, the host's iptables
+    backend and the MTU of the default route's interface (mtu None)."""
     file_cfg = {}
     path = Path(root) / "config.json"
     if path.is_file():
@@ -73,7 +76,24 @@ def config(root):
         ) from None
     if net.prefixlen > 29 or net.is_loopback or net.is_multicast or net.is_link_local:
         raise UsageError(f"invalid subnet {subnet!r}: need a unicast IPv4 network of /29 or larger")
-    return {"bridge": bridge, "subnet": str(net)}
+    mtu = os.environ.get(MTU_ENV) or file_cfg.get("mtu")
+    return {
+        "bridge": bridge,
+        "subnet": str(net),
+        "iptables": iptables.backend(file_cfg.get("iptables")),
+        "mtu": parse_mtu(mtu) if mtu else None,
+    }
+
+
+def parse_mtu(value) -> int:
+    """An MTU from an option or config (68-65535), or UsageError."""
+    try:
+        mtu = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"invalid MTU {value!r}: not a number") from None
+    if not 68 <= mtu <= 65535:
+        raise UsageError(f"invalid MTU {mtu}: must be 68-65535")
+    return mtu
 
 
 def mode_of(spec):
@@ -114,14 +134,12 @@ def prepare(root, spec, image_config=None):
         )
     if mode != "bridge":
         return  # like Docker, published ports are discarded for host and none
-    cfg = config(root)
+    target(root, spec)  # a user network that does not exist: NotFoundError
+    for alias in _attr(spec, "network_aliases") or ():
+        if not _DNS_NAME.match(alias):
+            raise UsageError(f"invalid network alias {alias!r}: letters, digits, '-', '_', '.'")
     bindings = ports.requested(publish, publish_all, image_config)
-    state = ipam.load(root, cfg["bridge"])
-    if state:  # leases of dead containers (a crashed shim) do not block their ports
-        state = dict(
-            state, leases={ip: lease for ip, lease in state["leases"].items() if _alive(lease)}
-        )
-    published = ipam.published(state) if state else []
+    published = _published(root)
     ports.check_local(bindings)
     ports.check(bindings, published)
     name = _attr(spec, "name")
@@ -132,6 +150,35 @@ def prepare(root, spec, image_config=None):
                 f"cannot expose network namespace {link}: it already exists",
                 hint="choose another container name or remove it with `ip netns del`",
             )
+
+
+def split_mode(value: str) -> tuple[str, str]:
+    """`--network VALUE` -> (network_mode, user network name): bridge, none, host and
+    container:NAME are modes; any other value names a user-defined network (bridged)."""
+    value = (value or "bridge").strip()
+    if value in MODES or value.startswith("container:"):
+        return value, ""
+    return "bridge", value
+
+
+def target(root, spec) -> dict:
+    """The network state a bridged container joins: the default bridge's (it may not
+    exist yet: {"bridge", "subnet"} only) or a user network's (NotFoundError if missing)."""
+    name = _attr(spec, "network") or ""
+    if not name or name == "bridge":
+        cfg = config(root)
+        return ipam.load(root, cfg["bridge"]) or ipam.empty_state(cfg["bridge"], cfg["subnet"])
+    return usernet.find(root, name)
+
+
+def _published(root, exclude_id=None):
+    """Ports published by live leases of every network of this root (host ports are
+    shared by all of them)."""
+    out = []
+    for state in ipam.all_states(root):
+        live = {ip: lease for ip, lease in state["leases"].items() if _alive(lease)}
+        out += ipam.published(dict(state, leases=live), exclude_id)
+    return out
 
 
 # --- connect -------------------------------------------------------------------------------
@@ -158,8 +205,25 @@ def _link_kind(link):
     return info.get_attr("IFLA_INFO_KIND") if info else None
 
 
-def _ensure_bridge(ipr, bridge, subnet, gateway):
-    """Index of the bridge, made if missing. Returns (index, created)."""
+def uplink_mtu(ipr) -> int | None:
+    """The MTU of the interface the default route of this netns leaves by (None: no
+    default route), which a bridge pyinspect creates takes, as Docker recommends."""
+    for r in ipr.get_routes(family=socket.AF_INET, table=254):
+        if r["dst_len"] == 0 and r.get_attr("RTA_OIF"):
+            links = ipr.get_links(r.get_attr("RTA_OIF"))
+            if links:
+                return links[0].get_attr("IFLA_MTU")
+    return None
+
+
+def _mtu_for(ipr, state, cfg_mtu):
+    """The MTU of a network's bridge and veths: its own option, else the configured
+    default (PYINSPECT_MTU / config.json), else the uplink's; None leaves the kernel's."""
+    return state.get("mtu") or cfg_mtu or uplink_mtu(ipr)
+
+
+def _ensure_bridge(ipr, bridge, subnet, gateway, mtu=None):
+    """Index of the bridge, made if missing (with `mtu`). Returns (index, created)."""
     net = ipaddress.IPv4Network(subnet)
     found = ipr.link_lookup(ifname=bridge)
     if found:
@@ -190,6 +254,8 @@ def _ensure_bridge(ipr, bridge, subnet, gateway):
     mac = "02:42:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
     ipr.link("add", ifname=bridge, kind="bridge", address=mac)
     idx = ipr.link_lookup(ifname=bridge)[0]
+    if mtu:
+        ipr.link("set", index=idx, mtu=mtu)
     ipr.addr("add", index=idx, address=gateway, prefixlen=net.prefixlen)
     ipr.link("set", index=idx, state="up")
     return idx, True
@@ -318,10 +384,14 @@ def _undo_lease(ipr, NetlinkError, lease):
         _forget_flows(lease.get("ip"))
 
 
-def _teardown(ipr, NetlinkError, state):
+def _sync(root, state):
+    return portmap.sync(state["bridge"], portmap.desired(state), config(root)["iptables"])
+
+
+def _teardown(root, ipr, NetlinkError, state):
     """The network has no containers left: remove rules, chains, our bridge, sysctl changes."""
     if state.get("active"):
-        portmap.sync(state["bridge"], [])
+        portmap.sync(state["bridge"], [], config(root)["iptables"])
         state["active"] = False
     if state.get("bridge_created"):
         _delete_link(ipr, NetlinkError, state["bridge"])
@@ -329,16 +399,21 @@ def _teardown(ipr, NetlinkError, state):
     sysctl.revert(state)
 
 
-def _container_side(NetNS, pid, ip, prefixlen, gateway, mac):
+def _container_side(NetNS, pid, ifname, ip, prefixlen, gateway, mac, mtu):
+    """lo up; `ifname` with its MAC, MTU, address, up; the default route via `gateway`
+    (None: no default route, as on an --internal network or a second network)."""
     ns = NetNS(f"/proc/{pid}/ns/net", flags=0)
     try:
         lo = ns.link_lookup(ifname="lo")[0]
         ns.link("set", index=lo, state="up")
-        eth = ns.link_lookup(ifname="eth0")[0]
+        eth = ns.link_lookup(ifname=ifname)[0]
         ns.link("set", index=eth, address=mac)
+        if mtu:
+            ns.link("set", index=eth, mtu=mtu)
         ns.addr("add", index=eth, address=ip, prefixlen=prefixlen)
         ns.link("set", index=eth, state="up")
-        ns.route("add", dst="default", gateway=gateway)
+        if gateway:
+            ns.route("add", dst="default", gateway=gateway)
     finally:
         ns.close()
 
@@ -380,6 +455,75 @@ def _lease_ip(state, container_id):
     return None
 
 
+def _wire(root, ipr, NetNS, NetlinkError, state, container, pid, ifname, bindings, primary):
+    """Lease an address on `state`'s network and plug the container's netns into it as
+    `ifname`; write-ahead records in the state; rules synced. Returns the network dict."""
+    bridge = state["bridge"]
+    cid, name = _attr(container, "id"), _attr(container, "name")
+    spec = _attr(container, "spec")
+    net = ipaddress.IPv4Network(state["subnet"])
+    internal = bool(state.get("internal"))
+    if not ipr.link_lookup(ifname=bridge):
+        state["bridge_created"] = True
+        ipam.save(root, state)  # write-ahead: a crash from here on is undone by reconcile
+    mtu = _mtu_for(ipr, state, config(root)["mtu"])
+    br_idx, _ = _ensure_bridge(ipr, bridge, state["subnet"], state["gateway"], mtu)
+    ip = ipam.allocate(state, cid, name)
+    lease = state["leases"][ip]
+    mac = _mac_for(ip)
+    veth = "veth" + secrets.token_hex(4)[:7]
+    lease.update(pid=pid, veth=veth, mac=mac, ports=[], netns_inode=_netns_inode(pid))
+    lease.update(ifname=ifname, aliases=list(_attr(spec, "network_aliases") or []))
+    if primary:
+        lease["netns_link"] = _reserve_link(name)
+    ipam.save(root, state)
+    ipr.link("add", ifname=veth, kind="veth", peer={"ifname": ifname, "net_ns_pid": pid})
+    vidx = ipr.link_lookup(ifname=veth)[0]
+    if mtu:
+        ipr.link("set", index=vidx, mtu=mtu)
+    ipr.link("set", index=vidx, master=br_idx)
+    ipr.brport("set", index=vidx, mode=1)  # hairpin: a container reaching itself via DNAT
+    ipr.link("set", index=vidx, state="up")
+    lease["veth_ifindex"] = vidx
+    gateway = state["gateway"] if primary and not internal else None
+    _container_side(NetNS, pid, ifname, ip, net.prefixlen, gateway, mac, mtu)
+    if primary:
+        _mount_link(lease["netns_link"], pid)
+    sysctl.ensure(state, sysctl.IP_FORWARD, 1)
+    sysctl.ensure(state, f"net.ipv4.conf.{bridge}.route_localnet", 1)
+    if bindings:
+        sysctl.ensure(state, sysctl.BRIDGE_NF_IPTABLES, 1, required=False)
+    lease["ports"] = bindings
+    state["active"] = True
+    _sync(root, state)
+    out = {
+        "mode": "bridge",
+        "network": state.get("name") or "bridge",
+        "ip": ip,
+        "prefixlen": net.prefixlen,
+        "gateway": state["gateway"],
+        "mac": mac,
+        "bridge": bridge,
+        "veth_host": veth,
+        "veth_host_ifindex": vidx,
+        "ifname": ifname,
+        "mtu": mtu,
+        "ports": [dict(b) for b in bindings],
+    }
+    if primary:
+        out["netns_path"] = lease["netns_link"]
+    if state.get("user"):
+        out["dns"] = DNS_ADDR
+    return out
+
+
+def _free_dead(ipr, NetlinkError, state):
+    for ip, lease in list(state["leases"].items()):
+        if not _alive(lease):  # its init died without a disconnect: free its ports now
+            del state["leases"][ip]
+            _undo_lease(ipr, NetlinkError, lease)
+
+
 def connect(root, container, pid, image_config=None):
     """Wire the container's netns (init = pid) to its network; return the `network` dict."""
     spec = _attr(container, "spec")
@@ -388,72 +532,35 @@ def connect(root, container, pid, image_config=None):
         if mode == "none":
             _lo_up(pid)
         return {"mode": mode, "ports": []}
-    cfg = config(root)
-    bridge = cfg["bridge"]
-    cid, name = container.id, container.name
+    want = target(root, spec)
+    bridge = want["bridge"]
+    cid = container.id
     bindings = ports.requested(
         _attr(spec, "publish"), _attr(spec, "publish_all"), _image_config(container, image_config)
     )
+    subnet = None if want.get("user") else config(root)["subnet"]
     IPRoute, NetNS, NetlinkError = _pyroute2()
-    with IPRoute() as ipr, ipam.locked(root, bridge, cfg["subnet"]) as state:
+    with IPRoute() as ipr, ipam.locked(root, bridge, subnet) as state:
+        if want.get("user") and state.get("id") != want.get("id"):
+            raise NotFoundError(f"network {want.get('name')} not found (removed meanwhile)")
         if not _claim_home(state, bridge):
             raise _elsewhere(bridge, state)
         old = ipam.release(state, cid)
         if old:  # a previous run of the same container that was never disconnected
             _undo_lease(ipr, NetlinkError, old)
-        for ip, lease in list(state["leases"].items()):
-            if not _alive(lease):  # its init died without a disconnect: free its ports now
-                del state["leases"][ip]
-                _undo_lease(ipr, NetlinkError, lease)
-        bindings = ports.assign(bindings, ipam.published(state))
-        net = ipaddress.IPv4Network(state["subnet"])
-        lease = None
+        _free_dead(ipr, NetlinkError, state)
+        bindings = ports.assign(bindings, _published(root, exclude_id=cid))
         try:
-            if not ipr.link_lookup(ifname=bridge):
-                state["bridge_created"] = True
-                ipam.save(root, state)  # write-ahead: a crash from here on is undone by reconcile
-            br_idx, _ = _ensure_bridge(ipr, bridge, state["subnet"], state["gateway"])
-            ip = ipam.allocate(state, cid, name)
-            lease = state["leases"][ip]
-            mac = _mac_for(ip)
-            veth = "veth" + secrets.token_hex(4)[:7]
-            lease.update(pid=pid, veth=veth, mac=mac, ports=[], netns_inode=_netns_inode(pid))
-            lease["netns_link"] = _reserve_link(name)
-            ipam.save(root, state)
-            ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_pid": pid})
-            vidx = ipr.link_lookup(ifname=veth)[0]
-            ipr.link("set", index=vidx, master=br_idx)
-            ipr.brport("set", index=vidx, mode=1)  # hairpin: a container reaching itself via DNAT
-            ipr.link("set", index=vidx, state="up")
-            lease["veth_ifindex"] = vidx
-            _container_side(NetNS, pid, ip, net.prefixlen, state["gateway"], mac)
-            _mount_link(lease["netns_link"], pid)
-            sysctl.ensure(state, sysctl.IP_FORWARD, 1)
-            sysctl.ensure(state, f"net.ipv4.conf.{bridge}.route_localnet", 1)
-            if bindings:
-                sysctl.ensure(state, sysctl.BRIDGE_NF_IPTABLES, 1, required=False)
-            lease["ports"] = bindings
-            state["active"] = True
-            portmap.sync(bridge, portmap.desired(state))
+            return _wire(
+                root, ipr, NetNS, NetlinkError, state, container, pid, "eth0", bindings, True
+            )
         except BaseException:
+            lease = ipam.release(state, cid)
             if lease is not None:
-                ipam.release(state, cid)
                 _undo_lease(ipr, NetlinkError, lease)
             if not state["leases"]:
-                _teardown(ipr, NetlinkError, state)
+                _teardown(root, ipr, NetlinkError, state)
             raise
-    return {
-        "mode": "bridge",
-        "ip": ip,
-        "prefixlen": net.prefixlen,
-        "gateway": state["gateway"],
-        "mac": mac,
-        "bridge": bridge,
-        "veth_host": veth,
-        "veth_host_ifindex": vidx,
-        "ports": [dict(b) for b in bindings],
-        "netns_path": lease["netns_link"],
-    }
 
 
 def _lo_up(pid):
@@ -465,41 +572,124 @@ def _lo_up(pid):
         ns.close()
 
 
-# --- disconnect / reconcile ----------------------------------------------------------------
+def _next_ifname(pid):
+    """eth1, eth2...: the first ethN free in the container's netns."""
+    taken = set()
+    with open(f"/proc/{pid}/net/dev") as f:
+        for line in f.read().splitlines()[2:]:
+            taken.add(line.split(":")[0].strip())
+    n = 1
+    while f"eth{n}" in taken:
+        n += 1
+    return f"eth{n}"
 
 
-def _bridge_of(root, container):
-    net = _attr(container, "network") or {}
-    return net.get("bridge") or config(root)["bridge"]
+def attach(root, container, name, aliases=()):
+    """`network connect NAME CONTAINER`: plug a running bridged container into another
+    network as eth1, eth2...; returns the new interface's network dict."""
+    pid = _attr(container, "pid")
+    if _attr(container, "status") != "running" or not pid:
+        raise ConflictError(f"container {_attr(container, 'name')} is not running")
+    if mode_of(_attr(container, "spec")) != "bridge":
+        raise ConflictError(
+            f"container {_attr(container, 'name')} has network mode "
+            f"{mode_of(_attr(container, 'spec'))}: only bridged containers join networks"
+        )
+    want = usernet.find(root, name) if name != "bridge" else target(root, {})
+    for alias in aliases:
+        if not _DNS_NAME.match(alias):
+            raise UsageError(f"invalid network alias {alias!r}: letters, digits, '-', '_', '.'")
+    rec = _Attached(container, list(aliases))
+    IPRoute, NetNS, NetlinkError = _pyroute2()
+    subnet = None if want.get("user") else config(root)["subnet"]
+    with IPRoute() as ipr, ipam.locked(root, want["bridge"], subnet) as state:
+        if not _claim_home(state, want["bridge"]):
+            raise _elsewhere(want["bridge"], state)
+        if ipam.find(state, rec.id)[0]:
+            raise ConflictError(
+                f"container {rec.name} is already connected to network "
+                f"{want.get('name') or 'bridge'}"
+            )
+        _free_dead(ipr, NetlinkError, state)
+        try:
+            return _wire(
+                root, ipr, NetNS, NetlinkError, state, rec, pid, _next_ifname(pid), [], False
+            )
+        except BaseException:
+            lease = ipam.release(state, rec.id)
+            if lease is not None:
+                _undo_lease(ipr, NetlinkError, lease)
+            if not state["leases"]:
+                _teardown(root, ipr, NetlinkError, state)
+            raise
 
 
-def disconnect(root, container):
-    """Remove the container's veth, rules, lease and netns link. Idempotent."""
-    net = _attr(container, "network") or {}
-    if mode_of(_attr(container, "spec")) != "bridge" and net.get("mode", "bridge") != "bridge":
-        return
-    bridge = _bridge_of(root, container)
-    if ipam.load(root, bridge) is None:
-        return
+class _Attached:
+    """The container as `_wire` sees it when it joins a second network."""
+
+    def __init__(self, container, aliases):
+        self.id = _attr(container, "id")
+        self.name = _attr(container, "name")
+        self.spec = {"network_aliases": aliases}
+
+
+def detach(root, container, name):
+    """`network disconnect NAME CONTAINER`: unplug one network (its veth, lease, rules)."""
+    want = usernet.find(root, name) if name != "bridge" else target(root, {})
+    bridge = want["bridge"]
+    cid = _attr(container, "id")
     IPRoute, NetNS, NetlinkError = _pyroute2()
     with IPRoute() as ipr, ipam.locked(root, bridge) as state:
         if not _claim_home(state, bridge):
-            # Not this namespace's network: drop only the global `ip netns` link; the
-            # lease, veth and rules go at the next reconcile in the network's own netns.
-            lease = state["leases"].get(_lease_ip(state, container.id))
-            if lease:
-                _unexpose(lease.get("netns_link"), lease.get("netns_inode"))
-            return
-        lease = ipam.release(state, container.id)
-        if lease:
-            _undo_lease(ipr, NetlinkError, lease)
-        elif net.get("veth_host"):
-            _delete_link(ipr, NetlinkError, net["veth_host"])
+            raise _elsewhere(bridge, state)
+        lease = ipam.release(state, cid)
+        if lease is None:
+            raise NotFoundError(
+                f"container {_attr(container, 'name')} is not connected to network {name}"
+            )
+        _undo_lease(ipr, NetlinkError, lease)
         if state["leases"]:
-            if lease:
-                portmap.sync(bridge, portmap.desired(state))
+            _sync(root, state)
         else:
-            _teardown(ipr, NetlinkError, state)
+            _teardown(root, ipr, NetlinkError, state)
+
+
+# --- disconnect / reconcile ----------------------------------------------------------------
+
+
+def disconnect(root, container):
+    """Remove the container from every network it is on: veths, rules, leases, the netns
+    link. Idempotent."""
+    net = _attr(container, "network") or {}
+    if mode_of(_attr(container, "spec")) != "bridge" and net.get("mode", "bridge") != "bridge":
+        return
+    cid = _attr(container, "id")
+    held = [s["bridge"] for s in ipam.all_states(root) if ipam.find(s, cid)[0]]
+    if not held and net.get("bridge") and ipam.load(root, net["bridge"]) is not None:
+        held = [net["bridge"]]  # no lease left, but maybe a veth (a crash mid-connect)
+    if not held:
+        return
+    IPRoute, NetNS, NetlinkError = _pyroute2()
+    with IPRoute() as ipr:
+        for bridge in held:
+            with ipam.locked(root, bridge) as state:
+                if not _claim_home(state, bridge):
+                    # Not this namespace's network: drop only the global `ip netns` link;
+                    # the lease, veth and rules go at the next reconcile in its own netns.
+                    lease = state["leases"].get(_lease_ip(state, cid))
+                    if lease:
+                        _unexpose(lease.get("netns_link"), lease.get("netns_inode"))
+                    continue
+                lease = ipam.release(state, cid)
+                if lease:
+                    _undo_lease(ipr, NetlinkError, lease)
+                elif net.get("veth_host") and net.get("bridge") == bridge:
+                    _delete_link(ipr, NetlinkError, net["veth_host"])
+                if state["leases"]:
+                    if lease:
+                        _sync(root, state)
+                else:
+                    _teardown(root, ipr, NetlinkError, state)
 
 
 def _alive(lease, container=None):
@@ -520,30 +710,9 @@ def _alive(lease, container=None):
     return False
 
 
-def _rules_look_right(state):
-    """Cheap check (no python-iptables import): do our tagged rules per owner match in count?"""
-    import collections
-    import subprocess
-
-    want = collections.Counter(r.comment for r in portmap.desired(state))
-    have = collections.Counter()
-    tag = portmap.owner_tag(state["bridge"], "")
-    for table in portmap.TABLES:
-        try:
-            out = subprocess.run(
-                ["iptables-legacy-save", "-t", table],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        if out.returncode != 0:
-            return False
-        for m in re.finditer(r'--comment "?(' + re.escape(tag) + r'[^" ]*)', out.stdout):
-            have[m.group(1)] += 1
-    return want == have
+def _rules_look_right(root, state):
+    """Cheap check (one `*-save` per family, no pyroute2): are our tagged rules in place?"""
+    return portmap.in_place(state["bridge"], portmap.desired(state), config(root)["iptables"])
 
 
 def reconcile(root, containers):
@@ -576,7 +745,7 @@ def reconcile(root, containers):
             live = len(state["leases"]) - len(dead)
             counts = {"added": 0, "removed": 0}
             idle = not (state.get("active") or state.get("bridge_created") or state.get("sysctls"))
-            if not dead and ((live and _rules_look_right(state)) or (not live and idle)):
+            if not dead and ((live and _rules_look_right(root, state)) or (not live and idle)):
                 report[bridge] = {"released": [], **counts}
                 continue
             IPRoute, NetNS, NetlinkError = _pyroute2()
@@ -585,10 +754,10 @@ def reconcile(root, containers):
                     del state["leases"][ip]
                     _undo_lease(ipr, NetlinkError, lease)
                 if state["leases"]:
-                    counts = portmap.sync(bridge, portmap.desired(state))
+                    counts = _sync(root, state)
                     state["active"] = True
                 else:
-                    _teardown(ipr, NetlinkError, state)
+                    _teardown(root, ipr, NetlinkError, state)
             report[bridge] = {"released": [lease.get("name") for lease in dead.values()], **counts}
     return report
 
@@ -629,6 +798,17 @@ def _resolv_for_bridge(text):
     return body + "\n"
 
 
+def _resolv_embedded(text):
+    """Docker's resolv.conf on a user network: the embedded DNS at 127.0.0.11 (which
+    forwards other names to the host's resolvers) and the host's search/options lines."""
+    keep = [
+        line
+        for line in text.splitlines()
+        if line.split()[:1] in (["search"], ["domain"]) or line.startswith("options")
+    ]
+    return "\n".join([f"nameserver {DNS_ADDR}", *keep, "options ndots:0"]) + "\n"
+
+
 def container_files(container):
     """{path: text} for /etc/hosts, /etc/hostname and /etc/resolv.conf inside the container."""
     spec = _attr(container, "spec")
@@ -646,8 +826,77 @@ def container_files(container):
     hosts = HOSTS_HEAD
     if net.get("ip"):
         hosts += f"{net['ip']}\t{hostname}\n"
-    resolv = "" if mode == "none" else _resolv_for_bridge(_read("/etc/resolv.conf"))
+    if mode == "none":
+        resolv = ""
+    elif net.get("dns"):
+        resolv = _resolv_embedded(_read("/etc/resolv.conf"))
+    else:
+        resolv = _resolv_for_bridge(_read("/etc/resolv.conf"))
     return {"/etc/hosts": hosts, "/etc/hostname": hostname + "\n", "/etc/resolv.conf": resolv}
+
+
+# --- user networks -------------------------------------------------------------------------
+
+
+def create_network(
+    root,
+    name,
+    subnets=(),
+    gateway=None,
+    internal=False,
+    ipv6=False,
+    options=None,
+):
+    """`pyinspect network create`: record a user network (see usernet.py); returns its
+    inspect() view. `subnets` holds at most one IPv4 and (with --ipv6) one IPv6 network."""
+    cfg = config(root)
+    v4 = [s for s in subnets if ":" not in s]
+    v6 = [s for s in subnets if ":" in s]
+    if len(v4) > 1 or len(v6) > 1:
+        raise UsageError("at most one IPv4 and one IPv6 --subnet")
+    if v6 and not ipv6:
+        raise UsageError(f"IPv6 subnet {v6[0]} given without --ipv6")
+    usernet.create(
+        root,
+        name,
+        default_subnet=cfg["subnet"],
+        default_bridge=cfg["bridge"],
+        subnet=v4[0] if v4 else None,
+        gateway=gateway,
+        internal=internal,
+        ipv6=ipv6,
+        subnet6=v6[0] if v6 else None,
+        options=options,
+    )
+    return inspect(root, name)
+
+
+def remove_network(root, name):
+    """`pyinspect network rm`: refused while a running container is on it (Docker's
+    "has active endpoints"); leases of dead containers are cleaned up first."""
+    if name in ("bridge", "host", "none") or name == config(root)["bridge"]:
+        raise UsageError(f"{name} is a pre-defined network and cannot be removed")
+    state = usernet.find(root, name)
+    bridge = state["bridge"]
+    with ipam.locked(root, bridge) as st:
+        live = [lease.get("name") for lease in st["leases"].values() if _alive(lease)]
+        if live:
+            raise ConflictError(
+                f"error while removing network: network {state['name']} has active endpoints "
+                f"({', '.join(sorted(live))})",
+                hint="stop or disconnect them first",
+            )
+        if st["leases"] or st.get("active") or st.get("bridge_created"):
+            if not _claim_home(st, bridge):
+                raise _elsewhere(bridge, st)
+            IPRoute, NetNS, NetlinkError = _pyroute2()
+            with IPRoute() as ipr:
+                for lease in st["leases"].values():
+                    _undo_lease(ipr, NetlinkError, lease)
+                st["leases"] = {}
+                _teardown(root, ipr, NetlinkError, st)
+    usernet.delete(root, state)
+    return state["name"]
 
 
 # --- `pyinspect network ls / inspect` ------------------------------------------------------
@@ -662,63 +911,65 @@ def _link_exists(name):
 
 
 def networks(root):
-    """[{"name", "driver", "bridge", "subnet", "gateway", "containers", "exists"}]."""
+    """[{"name", "driver", "bridge", "subnet", "gateway", "containers", "exists", "internal",
+    "id"}]: the default bridge network (named by its bridge), user networks, host, none."""
     cfg = config(root)
     states = {s["bridge"]: s for s in ipam.all_states(root)}
     if cfg["bridge"] not in states:
         states[cfg["bridge"]] = ipam.empty_state(cfg["bridge"], cfg["subnet"])
+    default, users = [], []
+    for _, s in sorted(states.items()):
+        (users if s.get("user") else default).append(s)
     out = []
-    for bridge, s in sorted(states.items()):
+    for s in default + sorted(users, key=lambda u: u["name"]):
         out.append(
             {
-                "name": bridge,
+                "name": s.get("name") or s["bridge"],
+                "id": s.get("id", ""),
                 "driver": "bridge",
-                "bridge": bridge,
+                "bridge": s["bridge"],
                 "subnet": s["subnet"],
                 "gateway": s["gateway"],
+                "internal": bool(s.get("internal")),
                 "containers": len(s["leases"]),
-                "exists": _link_exists(bridge),
+                "exists": _link_exists(s["bridge"]),
             }
         )
-    out.append(
-        {
-            "name": "host",
-            "driver": "host",
-            "bridge": "",
-            "subnet": "",
-            "gateway": "",
-            "containers": None,
-            "exists": True,
-        }
-    )
-    out.append(
-        {
-            "name": "none",
-            "driver": "null",
-            "bridge": "",
-            "subnet": "",
-            "gateway": "",
-            "containers": None,
-            "exists": True,
-        }
-    )
+    for name, driver in (("host", "host"), ("none", "null")):
+        out.append(
+            {
+                "name": name,
+                "id": "",
+                "driver": driver,
+                "bridge": "",
+                "subnet": "",
+                "gateway": "",
+                "internal": False,
+                "containers": None,
+                "exists": True,
+            }
+        )
     return out
 
 
 def inspect(root, name):
     """Docker-like details of one network (`bridge` names the configured bridge network)."""
-    from ..errors import NotFoundError
-
     cfg = config(root)
     if name == "bridge":
         name = cfg["bridge"]
     if name in ("host", "none"):
         return {"Name": name, "Driver": "host" if name == "host" else "null", "Containers": {}}
-    state = ipam.load(root, name)
-    if state is None:
-        if name != cfg["bridge"]:
-            raise NotFoundError(f"no such network: {name}", hint="see `pyinspect network ls`")
-        state = ipam.empty_state(name, cfg["subnet"])
+    state = ipam.load(root, name) if _IFNAME.match(name) else None
+    if state is None or (state.get("user") and name != state["bridge"]):
+        try:
+            state = usernet.find(root, name)
+        except NotFoundError:
+            if name != cfg["bridge"]:
+                raise NotFoundError(
+                    f"no such network: {name}", hint="see `pyinspect network ls`"
+                ) from None
+            state = ipam.empty_state(name, cfg["subnet"])
+    bridge = state["bridge"]
     prefix = ipaddress.IPv4Network(state["subnet"]).prefixlen
     members = {}
     for ip, lease in sorted(state["leases"].items(), key=lambda kv: ipaddress.IPv4Address(kv[0])):
@@ -726,27 +977,41 @@ def inspect(root, name):
             "Name": lease.get("name"),
             "IPv4Address": f"{ip}/{prefix}",
             "MacAddress": lease.get("mac"),
+            "Interface": lease.get("ifname", "eth0"),
+            "Aliases": lease.get("aliases", []),
             "VethHost": lease.get("veth"),
             "Pid": lease.get("pid"),
             "NetnsPath": lease.get("netns_link"),
             "Ports": lease.get("ports", []),
         }
+    backend = cfg["iptables"]
     return {
-        "Name": name,
+        "Name": state.get("name") or bridge,
+        "Id": state.get("id", ""),
         "Driver": "bridge",
-        "Bridge": name,
-        "Exists": _link_exists(name),
+        "Bridge": bridge,
+        "Exists": _link_exists(bridge),
         "Subnet": state["subnet"],
         "Gateway": state["gateway"],
+        "Internal": bool(state.get("internal")),
+        "EnableIPv6": bool(state.get("ipv6")),
+        "MTU": state.get("mtu") or cfg["mtu"],
+        "Options": state.get("options", {}),
+        "DNS": DNS_ADDR if state.get("user") else None,
         "BridgeCreatedByPyinspect": bool(state.get("bridge_created")),
         "Containers": members,
         "Sysctls": sysctl.report([state]),
         "Iptables": {
-            "backend": IPTABLES_BACKEND,
-            "show": SHOW_RULES,
+            "backend": backend,
+            "show": f"{iptables.show_command(backend)} -t nat -nvL {portmap.NAT_CHAIN}",
             "chains": {
                 "nat": [portmap.NAT_CHAIN],
-                "filter": [portmap.FORWARD_CHAIN, portmap.FILTER_CHAIN],
+                "filter": [
+                    portmap.FORWARD_CHAIN,
+                    portmap.FILTER_CHAIN,
+                    portmap.ISOLATION1,
+                    portmap.ISOLATION2,
+                ],
             },
         },
     }

@@ -1,68 +1,114 @@
-"""Port publishing and NAT with python-iptables, laid out like Docker's iptables rules.
+"""Port publishing, NAT and network isolation, laid out like Docker's iptables rules.
 
-python-iptables drives libiptc, i.e. the LEGACY x_tables backend: see the
-rules with `iptables-legacy -t nat -nvL` (Debian's plain `iptables` shows
-nf_tables). Everything acts on the network namespace of the calling process.
+Rules are written with the backend the host's `iptables` command is (runtime/iptables.py:
+iptables-nft on Debian 12, so `iptables -t nat -nvL` shows them), one atomic
+`iptables-restore --noflush` text per change and family, and read back with
+probes/iptsave.py. Everything acts on the network namespace of the calling process.
 
 Layout for bridge `br` with subnet `S` (Docker's names in brackets):
 
-    nat    PREROUTING  -m addrtype --dst-type LOCAL -j PYINSPECT              [DOCKER]
-    nat    OUTPUT      ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PYINSPECT
-    nat    OUTPUT      -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PYINSPECT  (localhost)
-    nat    POSTROUTING -s S ! -o br -j MASQUERADE
+    nat    PREROUTING  -m addrtype --dst-type LOCAL -j PYINSPECT              [DOCKER]  (jump)
+    nat    OUTPUT      ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PYINSPECT       (jump)
+    nat    OUTPUT      -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PYINSPECT  (jump, localhost)
+    nat    POSTROUTING -s S ! -o br -j MASQUERADE                  (not on --internal networks)
     nat    POSTROUTING -s 127.0.0.0/8 -o br -j MASQUERADE                        (localhost)
     nat    PYINSPECT   [-d HOSTIP] ! -i br -p P --dport HP -j DNAT --to IP:CP    (per port)
     nat    PYINSPECT   [-d HOSTIP] -i br -p P --dport HP -j DNAT --to IP:CP      (hairpin twin)
     nat    POSTROUTING -s IP -d IP -p P --dport CP -j MASQUERADE                 (hairpin, per port)
-    filter FORWARD     -j PYINSPECT-FORWARD                                      (inserted first)
+    filter FORWARD     -j PYINSPECT-FORWARD                             (jump, inserted first)
+    filter PYINSPECT-FORWARD -j PYINSPECT-ISOLATION-STAGE-1             (jump, inserted first)
     filter PYINSPECT-FORWARD -o br -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
     filter PYINSPECT-FORWARD -o br -j PYINSPECT
-    filter PYINSPECT-FORWARD -i br ! -o br -j ACCEPT
+    filter PYINSPECT-FORWARD -i br ! -o br -j ACCEPT                (not on --internal networks)
     filter PYINSPECT-FORWARD -i br -o br -j ACCEPT
     filter PYINSPECT   -d IP ! -i br -o br -p P --dport CP -j ACCEPT              (per port)
+    filter PYINSPECT-ISOLATION-STAGE-1 -i br ! -o br -j PYINSPECT-ISOLATION-STAGE-2
+    filter PYINSPECT-ISOLATION-STAGE-2 -o br -j DROP          [DOCKER-ISOLATION-STAGE-1/2]
+    filter PYINSPECT-ISOLATION-STAGE-1 ! -s S -o br -j DROP                     (--internal)
+    filter PYINSPECT-ISOLATION-STAGE-1 ! -d S -i br -j DROP                     (--internal)
     raw    PREROUTING  -i br -d 127.0.0.0/8 -j DROP      (guard for route_localnet on br)
     raw    PREROUTING  -d 127.x ! -i lo -p P --dport HP -j DROP  (per port published on 127.x:
            a neighbour's packet to 127.x would otherwise be DNATed before the martian check)
 
 Every rule carries `-m comment --comment pyinspect:<bridge>:<owner>` (owner =
-`base` or a container id prefix). Only rules with that tag are ever changed or
-deleted, so rules written by anyone else are left alone; our chains are
-deleted only when empty and unreferenced.
+`base` or a container id prefix); the jumps into our chains, shared by every
+network in the namespace, carry `pyinspect:jumps` and exist while any network
+has rules. Only rules with those tags are ever changed or deleted, so rules
+written by anyone else are left alone; our chains are deleted only when empty
+and unreferenced. Rules are `RuleSpec`s with a `family` (4 or 6: ip6tables).
 """
 
-import contextlib
 import dataclasses
-import fcntl
-import os
-import time
+import shlex
+import shutil
 
 from ..errors import UnavailableError
+from . import iptables
 
 NAT_CHAIN = "PYINSPECT"
 FILTER_CHAIN = "PYINSPECT"
 FORWARD_CHAIN = "PYINSPECT-FORWARD"
+ISOLATION1 = "PYINSPECT-ISOLATION-STAGE-1"
+ISOLATION2 = "PYINSPECT-ISOLATION-STAGE-2"
 TAG = "pyinspect:"
+JUMP_TAG = "pyinspect:jumps"
 LOOPBACK = "127.0.0.0/8"
-TABLES = ("raw", "nat", "filter")  # order of sync: chains exist before jumps to them
-OUR_CHAINS = {"nat": (NAT_CHAIN,), "filter": (FORWARD_CHAIN, FILTER_CHAIN), "raw": ()}
+LOOPBACK6 = "::1/128"
+TABLES = ("raw", "nat", "filter")
+OUR_CHAINS = {
+    "nat": (NAT_CHAIN,),
+    "filter": (FORWARD_CHAIN, FILTER_CHAIN, ISOLATION1, ISOLATION2),
+    "raw": (),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class RuleSpec:
-    """One rule as pyinspect wants it; `comment` names its owner."""
+    """One rule as pyinspect wants it; `comment` names its owner, `family` is 4 or 6."""
 
     table: str
     chain: str
     comment: str
     target: str
     target_params: tuple = ()
-    src: str = None
-    dst: str = None
-    in_: str = None
-    out: str = None
-    proto: str = None
+    src: str | None = None
+    dst: str | None = None
+    in_: str | None = None
+    out: str | None = None
+    proto: str | None = None
     matches: tuple = ()  # ((match name, ((param, value), ...)), ...)
     insert: bool = False
+    family: int = 4
+
+    def args(self) -> list[str]:
+        """The rule after `-A CHAIN`, token for token as `iptables-save` prints it."""
+        out: list[str] = []
+        for flag, value, is_addr in (
+            ("-s", self.src, True),
+            ("-d", self.dst, True),
+            ("-i", self.in_, False),
+            ("-o", self.out, False),
+        ):
+            if not value:
+                continue
+            neg = value.startswith("!")
+            value = value.lstrip("!")
+            if is_addr and "/" not in value:
+                value += "/32" if self.family == 4 else "/128"
+            out += (["!"] if neg else []) + [flag, value]
+        if self.proto:
+            out += ["-p", self.proto]
+        for name, params in self.matches:
+            out += ["-m", name]
+            for key, value in params:
+                out += ["--" + key.replace("_", "-"), str(value)]
+        out += ["-m", "comment", "--comment", self.comment, "-j", self.target]
+        for key, value in self.target_params:
+            out += ["--" + key.replace("_", "-"), str(value)]
+        return out
+
+    def key(self) -> tuple:
+        return (self.table, self.chain, tuple(self.args()))
 
 
 def owner_tag(bridge, owner):
@@ -73,31 +119,64 @@ def owner_of(container_id):
     return container_id[:12]
 
 
-def base_rules(bridge, subnet):
-    """The rules a bridge network needs while it has containers."""
+def base_rules(bridge, subnet, internal=False):
+    """The rules a bridge network needs while it has containers (IPv4)."""
     tag = owner_tag(bridge, "base")
-    local = (("addrtype", (("dst_type", "LOCAL"),)),)
     R = RuleSpec
-    return [
-        R("nat", "PREROUTING", tag, NAT_CHAIN, matches=local),
-        R("nat", "OUTPUT", tag, NAT_CHAIN, dst="!" + LOOPBACK, matches=local),
-        R("nat", "OUTPUT", tag, NAT_CHAIN, dst=LOOPBACK, matches=local),
-        R("nat", "POSTROUTING", tag, "MASQUERADE", src=subnet, out="!" + bridge),
+    est = (("conntrack", (("ctstate", "RELATED,ESTABLISHED"),)),)
+    rules = []
+    if not internal:
+        rules.append(R("nat", "POSTROUTING", tag, "MASQUERADE", src=subnet, out="!" + bridge))
+    rules += [
         R("nat", "POSTROUTING", tag, "MASQUERADE", src=LOOPBACK, out=bridge),
-        R("filter", "FORWARD", tag, FORWARD_CHAIN, insert=True),
-        R(
-            "filter",
-            FORWARD_CHAIN,
-            tag,
-            "ACCEPT",
-            out=bridge,
-            matches=(("conntrack", (("ctstate", "RELATED,ESTABLISHED"),)),),
-        ),
+        R("filter", FORWARD_CHAIN, tag, "ACCEPT", out=bridge, matches=est),
         R("filter", FORWARD_CHAIN, tag, FILTER_CHAIN, out=bridge),
-        R("filter", FORWARD_CHAIN, tag, "ACCEPT", in_=bridge, out="!" + bridge),
+    ]
+    if not internal:
+        rules.append(R("filter", FORWARD_CHAIN, tag, "ACCEPT", in_=bridge, out="!" + bridge))
+    rules += [
         R("filter", FORWARD_CHAIN, tag, "ACCEPT", in_=bridge, out=bridge),
         R("raw", "PREROUTING", tag, "DROP", in_=bridge, dst=LOOPBACK),
     ]
+    return rules + isolation_rules(bridge, subnet, internal)
+
+
+def isolation_rules(bridge, subnet, internal=False, family=4):
+    """Docker's DOCKER-ISOLATION-STAGE-1/2: nothing is forwarded from one network's bridge
+    to another's; an --internal network forwards nothing in or out at all."""
+    tag = owner_tag(bridge, "base")
+    R = RuleSpec
+    rules = [
+        R("filter", ISOLATION1, tag, ISOLATION2, in_=bridge, out="!" + bridge, family=family),
+        R("filter", ISOLATION2, tag, "DROP", out=bridge, family=family),
+    ]
+    if internal:
+        rules += [
+            R("filter", ISOLATION1, tag, "DROP", src="!" + subnet, out=bridge, family=family),
+            R("filter", ISOLATION1, tag, "DROP", dst="!" + subnet, in_=bridge, family=family),
+        ]
+    return rules
+
+
+def jump_rules(table, family=4):
+    """The jumps from the built-in chains into ours (shared by every network here)."""
+    R = RuleSpec
+    local = (("addrtype", (("dst_type", "LOCAL"),)),)
+    if table == "nat":
+        lo = LOOPBACK if family == 4 else LOOPBACK6
+        rules = [
+            R("nat", "PREROUTING", JUMP_TAG, NAT_CHAIN, matches=local, family=family),
+            R("nat", "OUTPUT", JUMP_TAG, NAT_CHAIN, dst="!" + lo, matches=local, family=family),
+        ]
+        if family == 4:  # localhost publishing (route_localnet): IPv4 only
+            rules.append(R("nat", "OUTPUT", JUMP_TAG, NAT_CHAIN, dst=lo, matches=local))
+        return rules
+    if table == "filter":
+        return [
+            R("filter", "FORWARD", JUMP_TAG, FORWARD_CHAIN, insert=True, family=family),
+            R("filter", FORWARD_CHAIN, JUMP_TAG, ISOLATION1, insert=True, family=family),
+        ]
+    return []
 
 
 def container_rules(bridge, container_id, ip, bindings):
@@ -176,217 +255,191 @@ def desired(state):
     leases = state.get("leases", {})
     if not leases:
         return []
-    rules = base_rules(state["bridge"], state["subnet"])
+    rules = base_rules(state["bridge"], state["subnet"], bool(state.get("internal")))
     for ip, lease in sorted(leases.items()):
         rules += container_rules(state["bridge"], lease["id"], ip, lease.get("ports", []))
     return rules
 
 
-# --- python-iptables plumbing ---------------------------------------------------------------
+# --- the writer ----------------------------------------------------------------------------
 
 
-def _iptc():
-    import sys
-
-    # iptc.util tries `distutils.sysconfig` first, which setuptools' distutils shim makes
-    # cost 100-1000 ms; blocking it makes iptc use its own `sysconfig` fallback (same path).
-    blocked = [m for m in ("distutils", "distutils.sysconfig") if m not in sys.modules]
-    for m in blocked:
-        sys.modules[m] = None
-    try:
-        import iptc  # ~200 ms (xtables libraries): only on the bridge path
-    except Exception as exc:  # noqa: BLE001 ImportError, or libiptc/xtables missing
-        raise UnavailableError(
-            f"python-iptables unavailable: {exc}",
-            hint="install python-iptables and the iptables package",
-        ) from None
-    finally:
-        for m in blocked:
-            if sys.modules.get(m, 0) is None:
-                del sys.modules[m]
-    return iptc
-
-
-def _build(iptc, spec):
-    rule = iptc.Rule()
-    if spec.src:
-        rule.src = spec.src
-    if spec.dst:
-        rule.dst = spec.dst
-    if spec.in_:
-        rule.in_interface = spec.in_
-    if spec.out:
-        rule.out_interface = spec.out
-    if spec.proto:
-        rule.protocol = spec.proto
-    for name, params in spec.matches:
-        m = rule.create_match(name)
-        for key, value in params:
-            setattr(m, key, value)
-    m = rule.create_match("comment")
-    m.comment = spec.comment
-    if spec.target in ("ACCEPT", "DROP", "RETURN", NAT_CHAIN, FORWARD_CHAIN):
-        rule.target = iptc.Target(rule, spec.target)
-    else:
-        rule.target = rule.create_target(spec.target)
-    for key, value in spec.target_params:
-        setattr(rule.target, key, value)
-    return rule
-
-
-def _comment(rule):
-    for m in rule.matches:
-        if m.name == "comment":
-            return (m.get_all_parameters().get("comment") or [""])[0]
+def _comment(rule) -> str | None:
+    args = rule.args
+    for i, a in enumerate(args[:-1]):
+        if a == "--comment":
+            return args[i + 1]
     return None
 
 
-def _key(chain, rule):
-    matches = tuple(
-        (m.name, tuple(sorted((k, tuple(v)) for k, v in m.get_all_parameters().items())))
-        for m in rule.matches
-    )
-    target = rule.target
-    tparams = tuple(sorted((k, tuple(v)) for k, v in target.get_all_parameters().items()))
-    return (
-        chain,
-        rule.src,
-        rule.dst,
-        rule.in_interface,
-        rule.out_interface,
-        rule.protocol,
-        matches,
-        target.name,
-        tparams,
-    )
+def _join(args):
+    """Arguments as one restore line (`!` stays bare: quoted it is not a negation)."""
+    return " ".join(a if a == "!" else shlex.quote(a) for a in args)
 
 
-def _iptc_error(iptc):
-    return getattr(iptc, "IPTCError", OSError)
+def _read(backend, family):
+    """Parsed tables of `backend`/`family` here, or None when its save tool is missing."""
+    from ..probes import iptsave
+
+    save = iptables.tool(backend, family, "save")
+    if not shutil.which(save):
+        return None
+    text, err = iptsave.run_save(save, counters=False)
+    if text is None:
+        raise UnavailableError(f"cannot read the rules: {err}")
+    return iptsave.parse_save(text, backend)
 
 
-@contextlib.contextmanager
-def xtables_lock(timeout=10.0):
-    """Hold /run/xtables.lock like iptables-legacy does, so our table replace and another
-    tool's never race (libiptc itself takes no lock)."""
-    path = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UnavailableError(
-                        f"iptables lock {path}: held by another program for {timeout:.0f}s"
-                    ) from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)
-
-
-def sync(bridge, rules):
-    """Make the tagged rules of `bridge` equal `rules`: add missing ones, delete stale ones.
-
-    Rules without our tag (or tagged for another bridge) are never touched.
-    Returns {"added": n, "removed": n}.
-    """
-    iptc = _iptc()
-    with xtables_lock():
-        return _sync(iptc, bridge, rules)
-
-
-def _sync(iptc, bridge, rules):
+def _plan(tables, bridge, wanted, family):
+    """(restore text or "", {"added", "removed"}) turning `tables` into what `wanted` says
+    for `bridge` (plus the shared jumps while any network has rules)."""
     prefix = owner_tag(bridge, "")
     counts = {"added": 0, "removed": 0}
-    try:
-        for tname in TABLES:
-            want_specs = [r for r in rules if r.table == tname]
-            table = iptc.Table(tname)
-            table.autocommit = False
-            table.refresh()
-            have = {}
-            stale = []
-            for chain in table.chains:
-                for rule in chain.rules:
-                    c = _comment(rule)
-                    if c is None or not c.startswith(prefix):
-                        continue
-                    key = _key(chain.name, rule)
-                    if key in have:
-                        stale.append((chain, rule))  # duplicate
-                    else:
-                        have[key] = (chain, rule)
-            if not want_specs and not have and not stale:
-                continue
-            for chain_name in OUR_CHAINS[tname]:
-                if want_specs and not table.is_chain(chain_name):
-                    table.create_chain(chain_name)
-            want = {}
-            for spec in want_specs:
-                want.setdefault(_key(spec.chain, _build(iptc, spec)), spec)
-            stale += [cr for key, cr in have.items() if key not in want]
-            for chain, rule in stale:
-                chain.delete_rule(rule)
-                counts["removed"] += 1
-            for key, spec in want.items():
-                if key in have:
-                    continue
-                chain = iptc.Chain(table, spec.chain)
-                rule = _build(iptc, spec)
-                if spec.insert:
-                    chain.insert_rule(rule)
-                else:
-                    chain.append_rule(rule)
-                counts["added"] += 1
-            table.commit()
-            if not want_specs:
-                _drop_empty_chains(iptc, table, tname)
-    except _iptc_error(iptc) as exc:
-        raise UnavailableError(
-            f"iptables (legacy) update failed: {exc}",
-            hint="is the ip_tables/iptable_nat module available?",
-        ) from None
-    return counts
-
-
-def _drop_empty_chains(iptc, table, tname):
-    """Delete our chains once they are empty and nothing jumps to them."""
-    table.refresh()
-    for name in OUR_CHAINS[tname]:
-        if not table.is_chain(name):
-            continue
-        chain = iptc.Chain(table, name)
-        if chain.rules:
-            continue
-        referenced = any(r.target and r.target.name == name for c in table.chains for r in c.rules)
-        if not referenced:
-            table.delete_chain(name)
-    table.commit()
-
-
-def tagged(bridge=None):
-    """Our rules as [{"table", "chain", "comment", "target", "params"}]."""
-    iptc = _iptc()
-    prefix = owner_tag(bridge, "") if bridge else TAG
-    out = []
+    blocks = []
     for tname in TABLES:
-        table = iptc.Table(tname)
-        table.refresh()
-        for chain in table.chains:
+        chains = tables.get(tname, {})
+        mine, others = [], False
+        for chain in chains.values():
             for rule in chain.rules:
                 c = _comment(rule)
-                if c and c.startswith(prefix):
-                    out.append(
-                        {
-                            "table": tname,
-                            "chain": chain.name,
-                            "comment": c,
-                            "target": rule.target.name,
-                            "params": rule.target.get_all_parameters(),
-                        }
+                if c is None or not c.startswith(TAG):
+                    continue
+                if c.startswith(prefix) or c == JUMP_TAG:
+                    mine.append(rule)
+                else:
+                    others = True
+        want = [r for r in wanted if r.table == tname]
+        need_jumps = bool(want or others)
+        if need_jumps:
+            want = jump_rules(tname, family) + want
+        if not want and not mine:
+            continue
+        want_keys = {}
+        for spec in want:
+            want_keys.setdefault((spec.chain, tuple(spec.args())), spec)
+        seen, deletes = set(), []
+        for rule in mine:
+            k = (rule.chain, tuple(rule.args))
+            if k not in want_keys or k in seen:
+                deletes.append(rule)
+            seen.add(k)
+        adds = [spec for k, spec in want_keys.items() if k not in seen]
+        drop = []
+        if not need_jumps:
+            gone = {id(r) for r in deletes}
+            for name in OUR_CHAINS[tname]:
+                if name not in chains:
+                    continue
+                left = [r for r in chains[name].rules if id(r) not in gone]
+                used = any(
+                    r.target == name and id(r) not in gone for c in chains.values() for r in c.rules
+                )
+                if not left and not used:
+                    drop.append(name)
+        if not (deletes or adds or drop):
+            continue
+        lines = [f"*{tname}"]
+        new_chains = [
+            n
+            for n in OUR_CHAINS[tname]
+            if n not in chains and any(n in (s.chain, s.target) for s in adds)
+        ]
+        lines += [f":{n} - [0:0]" for n in new_chains]
+        lines += [f"-D {r.chain} " + _join(r.args) for r in deletes]
+        for spec in adds:
+            verb = f"-I {spec.chain} 1" if spec.insert else f"-A {spec.chain}"
+            lines.append(f"{verb} " + _join(spec.args()))
+        lines += [f"-X {n}" for n in drop]
+        lines.append("COMMIT")
+        blocks.append("\n".join(lines))
+        counts["removed"] += len(deletes)
+        counts["added"] += len(adds)
+    return ("\n".join(blocks) + "\n") if blocks else "", counts
+
+
+def sync(bridge, rules, backend=None):
+    """Make the tagged rules of `bridge` equal `rules` (every family), in the backend the
+    host's iptables is (`backend` overrides); our rules of `bridge` left in the other
+    backend (an older pyinspect wrote legacy) are removed, so one namespace never has
+    pyinspect's rules in both. Rules without our tag are never touched.
+    Returns {"added": n, "removed": n}."""
+    backend = backend or iptables.backend()
+    total = {"added": 0, "removed": 0}
+    with iptables.lock():
+        for family in iptables.FAMILIES:
+            wanted = [r for r in rules if r.family == family]
+            tables = _read(backend, family)
+            if tables is None:
+                if wanted:
+                    raise UnavailableError(
+                        f"{iptables.tool(backend, family, 'save')} not found",
+                        hint="install the iptables package",
                     )
+                continue
+            text, counts = _plan(tables, bridge, wanted, family)
+            if text:
+                iptables.restore(text, backend, family)
+            for k in total:
+                total[k] += counts[k]
+            other = iptables.other(backend)
+            if iptables.available(other, family):
+                old = _read(other, family)
+                if old and _has_tag(old, owner_tag(bridge, "")):
+                    text, _ = _plan(old, bridge, [], family)
+                    if text:
+                        iptables.restore(text, other, family)
+    return total
+
+
+def _has_tag(tables, prefix):
+    return any(
+        (_comment(r) or "").startswith(prefix)
+        for chains in tables.values()
+        for chain in chains.values()
+        for r in chain.rules
+    )
+
+
+def in_place(bridge, rules, backend=None):
+    """True when the tagged rules of `bridge` (and the jumps) are exactly `rules`: one
+    `*-save` per family, nothing written."""
+    backend = backend or iptables.backend()
+    for family in iptables.FAMILIES:
+        wanted = [r for r in rules if r.family == family]
+        try:
+            tables = _read(backend, family)
+        except UnavailableError:
+            return False
+        if tables is None:
+            if wanted:
+                return False
+            continue
+        text, _ = _plan(tables, bridge, wanted, family)
+        if text:
+            return False
+    return True
+
+
+def tagged(bridge=None, backend=None):
+    """Our rules as [{"table", "chain", "comment", "target", "args", "family"}]."""
+    backend = backend or iptables.backend()
+    prefix = owner_tag(bridge, "") if bridge else TAG
+    out = []
+    for family in iptables.FAMILIES:
+        tables = _read(backend, family) or {}
+        for tname, chains in tables.items():
+            for chain in chains.values():
+                for rule in chain.rules:
+                    c = _comment(rule)
+                    if c and c.startswith(prefix):
+                        out.append(
+                            {
+                                "table": tname,
+                                "chain": chain.name,
+                                "comment": c,
+                                "target": rule.target,
+                                "args": list(rule.args),
+                                "family": family,
+                            }
+                        )
     return out

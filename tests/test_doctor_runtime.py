@@ -1,7 +1,7 @@
 """`pyinspect doctor` on containers made by the real CLI (`pyinspect run -p`) in a host netns.
 
 Complements tests/test_doctor.py (a hand-built Docker-like layout): here the bridge,
-veths, rules (legacy backend, tagged PYINSPECT chains) and cgroups are pyinspect's own.
+veths, rules (the host's iptables backend, tagged PYINSPECT chains) and cgroups are pyinspect's own.
 """
 
 import json
@@ -10,7 +10,11 @@ import uuid
 
 import pytest
 
+from pyinspect.runtime import iptables
+
 from conftest import Cli, Netns, have
+
+IPT = iptables.tool(iptables.backend())  # the backend pyinspect writes (the host's iptables)
 
 pytestmark = pytest.mark.root
 
@@ -112,7 +116,7 @@ def test_pyinspect_setup_localhost_publish_is_guarded(env):
     assert rc == 0 and not problems(report["findings"]), report
     assert not env.localhost_exploit()
     guard = _tagged_rule(env, "raw", "-d 127.0.0.1/32", "! -i lo", "--dport 8089", "DROP")
-    env.h.run("sh", "-c", f"iptables-legacy -t raw {guard.replace('-A ', '-D ', 1)}")
+    env.h.run("sh", "-c", f"{IPT} -t raw {guard.replace('-A ', '-D ', 1)}")
     rc, report = env.doctor()
     assert rc == 1
     assert [f["check"] for f in problems(report["findings"])] == ["localhost_publish"]
@@ -127,7 +131,7 @@ def test_pyinspect_setup_localhost_publish_is_guarded(env):
 
 
 def _tagged_rule(env, table, *needles):
-    for line in env.h.run("iptables-legacy", "-t", table, "-S").stdout.splitlines():
+    for line in env.h.run(IPT, "-t", table, "-S").stdout.splitlines():
         if all(n in line for n in needles):
             return line
     raise AssertionError(f"no rule with {needles}")
@@ -143,7 +147,7 @@ def baseline(env):
 def test_pyinspect_declared_port_without_dnat(env):
     baseline(env)
     rule = _tagged_rule(env, "nat", "! -i pyinspect0", "--dport 8088", "DNAT")
-    env.h.run("sh", "-c", f"iptables-legacy -t nat {rule.replace('-A ', '-D ', 1)}")
+    env.h.run("sh", "-c", f"{IPT} -t nat {rule.replace('-A ', '-D ', 1)}")
     assert not env.published_ok()
     rc, report = env.doctor()
     hits = [f for f in report["findings"] if f["check"] == "dnat_missing"]
@@ -215,10 +219,10 @@ def test_pyinspect_masquerade_missing(env):
     baseline(env)
     assert env.from_web("http://10.202.0.2:8080/")
     rule = _tagged_rule(env, "nat", "-s 172.29.0.0/16", "! -o pyinspect0", "MASQUERADE")
-    env.h.run("sh", "-c", f"iptables-legacy -t nat {rule.replace('-A ', '-D ', 1)}")
+    env.h.run("sh", "-c", f"{IPT} -t nat {rule.replace('-A ', '-D ', 1)}")
     hits = _cycle(env, "masquerade_missing", lambda: env.from_web("http://10.202.0.2:8080/"))
     assert hits[0]["fix"] == (
-        "iptables-legacy -t nat -A POSTROUTING -s 172.29.0.0/16 ! -o pyinspect0 -j MASQUERADE"
+        f"{IPT} -t nat -A POSTROUTING -s 172.29.0.0/16 ! -o pyinspect0 -j MASQUERADE"
     )
 
 

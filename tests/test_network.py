@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pyinspect.errors import ConflictError, UsageError  # noqa: E402
-from pyinspect.runtime import ipam, network, ports  # noqa: E402
+from pyinspect.runtime import ipam, iptables, network, ports  # noqa: E402
 
 from helpers.network_helpers import Host, cname, container
 from testbed.waits import wait_listen
@@ -109,8 +109,14 @@ def fetch(runner, url, ok=True):
     return None
 
 
+# pyinspect writes the host's own iptables backend (nft on Debian 12): tests read that one
+IPT = iptables.tool(iptables.backend())
+
+
 def legacy(ns, table):
-    return ns.run("iptables-legacy", "-t", table, "-S").stdout
+    """The rules of `table` in the backend pyinspect writes (named before the backend
+    followed the host's `iptables`)."""
+    return ns.run(IPT, "-t", table, "-S").stdout
 
 
 # --- pure parsing --------------------------------------------------------------------------
@@ -282,7 +288,7 @@ def test_two_containers_reach_each_other_and_leave_nothing(host, tmp_path):
 
 
 def test_publish_from_client_namespace_with_forward_drop(host, client, tmp_path):
-    host.ns.sh("iptables-legacy -P FORWARD DROP")
+    host.ns.sh(f"{IPT} -P FORWARD DROP")
     web = host.start(cname(), publish=["8088:80"])
     assert web["network"]["ports"] == [
         {"host_ip": "0.0.0.0", "host_port": 8088, "container_port": 80, "proto": "tcp"}
@@ -307,8 +313,8 @@ def test_publish_from_client_namespace_with_forward_drop(host, client, tmp_path)
         rf"src=172\.29\.0\.2 dst={CLIENT} sport=80 dport=\d+",
         ct,
     ), ct
-    # the counters of our DNAT rule moved, as `iptables-legacy -t nat -nvL` shows users
-    out = host.ns.run("iptables-legacy", "-t", "nat", "-nvxL", "PYINSPECT").stdout
+    # the counters of our DNAT rule moved, as `iptables -t nat -nvL` shows users
+    out = host.ns.run(IPT, "-t", "nat", "-nvxL", "PYINSPECT").stdout
     assert re.search(
         r"^\s*[1-9]\d*\s+\d+\s+DNAT .*!pyinspect0 .*dpt:8088 .*to:172\.29\.0\.2:80", out, re.M
     ), out
@@ -536,22 +542,22 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     ns = host.ns
     # rules by someone else: in PREROUTING and even inside our chain
     ns.sh(
-        "iptables-legacy -t nat -A PREROUTING -p tcp --dport 7777"
+        f"{IPT} -t nat -A PREROUTING -p tcp --dport 7777"
         " -j DNAT --to-destination 10.9.9.9:7777"
     )
     ns.sh(
-        "iptables-legacy -t nat -A PYINSPECT -p tcp --dport 7778"
+        f"{IPT} -t nat -A PYINSPECT -p tcp --dport 7778"
         " -j DNAT --to-destination 172.29.0.99:80"
     )
     # a tagged leftover of a crashed run pointing at a dead IP
     ns.sh(
-        "iptables-legacy -t nat -A PYINSPECT -p tcp --dport 8099 -m comment --comment "
+        f"{IPT} -t nat -A PYINSPECT -p tcp --dport 8099 -m comment --comment "
         "pyinspect:pyinspect0:deadbeef0000 -j DNAT --to-destination 172.29.0.250:80"
     )
     # the live container's DNAT rule went missing
     tag = f"pyinspect:pyinspect0:{live['id'][:12]}"
     ns.sh(
-        f"iptables-legacy -t nat -D PYINSPECT ! -i pyinspect0 -p tcp -m tcp --dport 8090 "
+        f"{IPT} -t nat -D PYINSPECT ! -i pyinspect0 -p tcp -m tcp --dport 8090 "
         f"-m comment --comment {tag} -j DNAT --to-destination 172.29.0.3:80"
     )
     host.stop(dead)  # its init died without a disconnect (e.g. the shim crashed)
@@ -609,7 +615,7 @@ def test_network_stays_in_its_home_netns(host, make_netns):
     try:
         report = other.ok("reconcile", containers=[rec])["pyinspect0"]
         assert report["skipped"] == "network lives in another netns"
-        assert "pyinspect" not in other.ns.run("iptables-legacy-save").stdout
+        assert "pyinspect" not in other.ns.run(IPT + "-save").stdout
         pid = other.spawn()
         reply = other.call("connect", container=container(cname(), pid=pid), pid=pid)
         assert reply["error"] == "ConflictError" and "another network namespace" in reply["message"]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_network import CLIENT, CLIENT_HOST, wire  # noqa: E402
+from test_network import CLIENT, CLIENT_HOST, IPT, wire  # noqa: E402
 
 from conftest import Cli  # noqa: E402
 from helpers.network_helpers import cname
@@ -117,7 +117,7 @@ def test_bridge_publish_and_modes(env, make_netns):
     assert re.search(r"^pyinspect0\s+bridge\s+172\.29\.0\.0/16\s+172\.29\.0\.1\s+2\s+up", ls, re.M)
     info = json.loads(env.cli("network", "inspect", "bridge").stdout)[0]
     assert {m["Name"] for m in info["Containers"].values()} == {t1, t2}
-    assert info["Iptables"]["backend"] == "legacy"
+    assert info["Iptables"]["backend"] == IPT.split("-")[1]
     missing = env.cli("network", "inspect", "nosuch", check=False)
     assert missing.returncode == 3 and missing.stderr.startswith("Error: no such network: nosuch")
     rows = json.loads(env.cli("network", "ls", "--format", "json").stdout)
@@ -160,7 +160,7 @@ def test_bridge_publish_and_modes(env, make_netns):
         and not Path("/var/run/netns", t1).exists()
         and not Path("/var/run/netns", t2).exists()
     )
-    assert "pyinspect" not in env.ns.run("iptables-legacy-save").stdout
+    assert "pyinspect" not in env.ns.run(IPT + "-save").stdout
     assert "pyinspect0" not in env.ns.run("ip", "-o", "link").stdout
 
 
@@ -207,10 +207,10 @@ def test_container_exit_releases_network(env):
     state = json.loads((Path(env.cli.root) / "network" / "pyinspect0.json").read_text())
     assert state["leases"] == {}
     assert not Path("/var/run/netns", name).exists()
-    assert short not in env.ns.run("iptables-legacy-save").stdout
+    assert short not in env.ns.run(IPT + "-save").stdout
     assert "veth" not in env.ns.run("ip", "-o", "link").stdout
     env.cli("start", name)
-    assert f"pyinspect:pyinspect0:{short}" in env.ns.run("iptables-legacy-save", "-t", "nat").stdout
+    assert f"pyinspect:pyinspect0:{short}" in env.ns.run(IPT + "-save", "-t", "nat").stdout
     assert Path("/var/run/netns", name).exists()
 
 
@@ -224,7 +224,7 @@ def test_thirty_run_rm_cycles_leak_nothing(env):
         names.append(name)
     assert len(set(ips)) == 30
     assert env.ns.run("ip", "-o", "link").stdout == links_before
-    assert "pyinspect" not in env.ns.run("iptables-legacy-save").stdout
+    assert "pyinspect" not in env.ns.run(IPT + "-save").stdout
     assert not [p for p in names if Path("/var/run/netns", p).exists()]
     with open("/proc/self/mountinfo") as f:
         mounts = f.read()

@@ -4,13 +4,15 @@ import subprocess
 
 import pytest
 
+from pyinspect.runtime import iptables
+
 from conftest import Cli, unique
 
 pytestmark = pytest.mark.root
 
 
 def nat_rules(ns):
-    out = ns.run("iptables-legacy-save", "-t", "nat").stdout
+    out = ns.run(iptables.tool(iptables.backend(), kind="save"), "-t", "nat").stdout
     return [line for line in out.splitlines() if "pyinspect" in line]
 
 

@@ -207,6 +207,9 @@ def _main(req):
             result = network.connect(root, _obj(req["container"]), req["pid"])
         elif op == "disconnect":
             result = network.disconnect(root, _obj(req["container"]))
+        elif op == "resync":
+            with ipam.locked(root, req["bridge"]) as state:
+                result = network._sync(root, state)
         elif op == "reconcile":
             result = network.reconcile(root, [_obj(c) for c in req["containers"]])
         elif op == "reconcile_imports":

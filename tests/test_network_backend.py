@@ -1,0 +1,140 @@
+"""pyinspect writes its rules with the host's own iptables backend, never both.
+
+Each test makes a netns that plays the host; the backend is chosen with
+PYINSPECT_IPTABLES (as a host whose `iptables` alternative points there would).
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pyinspect.runtime import iptables, portmap
+
+from helpers.network_helpers import Host, cname, container
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def host(make_netns, state_root):
+    h = Host(make_netns("pi-net-b"), state_root)
+    yield h
+    h.cleanup()
+
+
+def _start(host, backend, publish):
+    pid = host.spawn()
+    rec = container(cname("pn-b"), pid=pid, publish=publish)
+    reply = host.call("connect", env={iptables.ENV: backend}, container=rec, pid=pid)
+    assert "error" not in reply, reply
+    rec["network"] = reply["result"]
+    return rec
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_rules_live_in_the_chosen_backend_only(host, backend):
+    other = iptables.other(backend)
+    rec = _start(host, backend, ["8088:80"])
+    try:
+        nat = host.ns.run(f"iptables-{backend}", "-t", "nat", "-S").stdout
+        assert "--dport 8088" in nat and "DNAT --to-destination 172.29.0.2:80" in nat
+        assert "-A PREROUTING -m addrtype --dst-type LOCAL" in nat
+        # the other backend has no table at all in this namespace
+        assert host.ns.run(f"iptables-{other}-save").stdout.strip() == ""
+        # a second sync of the same state changes nothing (the writer reads back what it wrote)
+        again = host.call("resync", env={iptables.ENV: backend}, bridge="pyinspect0")
+        assert again["result"] == {"added": 0, "removed": 0}
+    finally:
+        reply = host.call("disconnect", env={iptables.ENV: backend}, container=rec)
+        assert "error" not in reply, reply
+    for tool in ("iptables-nft-save", "iptables-legacy-save"):
+        assert "pyinspect" not in host.ns.run(tool).stdout
+
+
+def test_rules_left_in_the_other_backend_move(host):
+    """Rules an older pyinspect wrote in legacy go when the nft backend writes them."""
+    rec = _start(host, "legacy", ["8089:80"])
+    assert "--dport 8089" in host.ns.run("iptables-legacy-save", "-t", "nat").stdout
+    try:
+        reply = host.call("resync", env={iptables.ENV: "nft"}, bridge="pyinspect0")
+        assert reply["result"]["added"] > 0
+        assert "--dport 8089" in host.ns.run("iptables-nft-save", "-t", "nat").stdout
+        assert "pyinspect" not in host.ns.run("iptables-legacy-save").stdout
+    finally:
+        host.call("disconnect", env={iptables.ENV: "nft"}, container=rec)
+    assert "pyinspect" not in host.ns.run("iptables-nft-save").stdout
+
+
+def test_a_failing_change_changes_nothing(host):
+    """One restore text per change: a bad line leaves the tables as they were."""
+    text = "*nat\n:PYINSPECT - [0:0]\n-A PYINSPECT -p tcp --dport 1 -j NOSUCHTARGET\nCOMMIT\n"
+    proc = host.ns.run(
+        sys.executable,
+        "-c",
+        "import sys; from pyinspect.runtime import iptables; iptables.restore(sys.argv[1], 'nft')",
+        text,
+        check=False,
+    )
+    assert proc.returncode != 0 and "iptables-nft-restore failed" in proc.stderr
+    assert "PYINSPECT" not in host.ns.run("iptables-nft-save").stdout
+
+
+def test_backend_follows_the_iptables_alternative(tmp_path, monkeypatch):
+    """Like Docker: the backend is the one the host's `iptables` command points at."""
+    monkeypatch.delenv(iptables.ENV, raising=False)
+    for target, want in (("xtables-legacy-multi", "legacy"), ("xtables-nft-multi", "nft")):
+        d = tmp_path / want
+        d.mkdir()
+        os.symlink(f"/usr/sbin/{target}", d / "iptables")
+        monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
+        assert iptables.backend() == want
+        assert iptables.show_command(want) == "iptables"
+    monkeypatch.setenv(iptables.ENV, "legacy")
+    assert iptables.backend() == "legacy"
+    monkeypatch.setenv(iptables.ENV, "bogus")
+    with pytest.raises(Exception, match="invalid iptables backend 'bogus'"):
+        iptables.backend()
+
+
+def test_rendered_rules_match_what_save_prints(make_netns):
+    """Every rule shape pyinspect writes reads back token for token (the writer compares
+    what it wants with what `*-save` prints; a mismatch would re-add rules forever)."""
+    ns = make_netns("pi-net-r")
+    rules = (
+        portmap.base_rules("pibr0", "10.77.0.0/24", internal=False)
+        + portmap.isolation_rules("pibr0", "10.77.0.0/24", internal=True)
+        + portmap.container_rules(
+            "pibr0",
+            "c" * 64,
+            "10.77.0.2",
+            [
+                {"host_ip": "0.0.0.0", "host_port": 8080, "container_port": 80, "proto": "tcp"},
+                {"host_ip": "127.0.0.1", "host_port": 53, "container_port": 53, "proto": "udp"},
+            ],
+        )
+    )
+    for backend in ("nft", "legacy"):
+        script = (
+            "import json, sys; from pyinspect.runtime import portmap; "
+            "print(json.dumps(portmap.sync('pibr0', [portmap.RuleSpec(**r) for r in "
+            "json.loads(sys.argv[1])], sys.argv[2])))"
+        )
+        data = json.dumps([dataclasses.asdict(r) for r in rules])
+        first = ns.run(sys.executable, "-c", script, data, backend)
+        unique = len({r.key() for r in rules})
+        assert json.loads(first.stdout)["added"] == unique + 5  # + the shared jumps
+        second = ns.run(sys.executable, "-c", script, data, backend)
+        assert json.loads(second.stdout) == {"added": 0, "removed": 0}
+        gone = ns.run(sys.executable, "-c", script, "[]", backend)
+        assert json.loads(gone.stdout)["removed"] == unique + 5
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns.name, f"iptables-{backend}-save"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "pyinspect" not in out and "PYINSPECT" not in out
