@@ -6,7 +6,8 @@ the ctnetlink event groups and yields plain dicts:
     {ts_ns, kind: new|update|destroy, id, proto, orig: (src, sport, dst, dport),
      reply: (src, sport, dst, dport), status: [...], nat: 'dnat'|'snat'|'dnat+snat'|'',
      tcp_state}
-`dump()` lists the current table once (same dicts, kind 'existing').
+`dump()` lists the current table once (same dicts, kind 'existing'). IPv4 and IPv6
+alike: addresses are text (`inet_ntop`), IPv6 ones as `fd00::2`.
 
 The decoder walks the netlink attributes with struct and reads only what the dict holds:
 pyroute2's nfct_msg decoded every attribute into objects, ~1 ms an event here, which
@@ -52,7 +53,7 @@ CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 _NLA = struct.Struct("=HH")
 GROUPS = 1 | 2 | 4  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
 NLM_F_CREATE = 0x400
-PROTOS = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp"}
+PROTOS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp"}
 TCP_STATES = [
     "NONE",
     "SYN_SENT",
@@ -192,13 +193,20 @@ class ConntrackEvents(Receiver):
         return out
 
     def dump(self, timeout=2.0):
-        """The conntrack table now, as event dicts with kind 'existing'."""
+        """The conntrack table now (IPv4 and IPv6 entries), as event dicts with kind
+        'existing'."""
+        out = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            out.extend(self._dump_family(family, timeout))
+        return out
+
+    def _dump_family(self, family, timeout):
         with in_netns(self.netns):
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         out = []
         try:
             s.bind((0, 0))
-            body = struct.pack("=BBH", socket.AF_INET, 0, 0)
+            body = struct.pack("=BBH", family, 0, 0)
             hdr = struct.pack(
                 "=IHHII",
                 16 + len(body),

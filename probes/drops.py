@@ -23,14 +23,21 @@ from pathlib import Path
 from pyinspect.errors import UnavailableError
 
 from . import btf
-from .packets import RingReader, _ip_u32, _proto_num
+from .packets import (
+    RingReader,
+    _ip6_key,
+    _ip_u32,
+    _PortKey6,
+    _proto_num,
+    split_target,
+)
 from .ringbuf import Tpf, field_spec, tp_format
 
 SRC = Path(__file__).with_name("drops.bpf.c")
 TRACEFS = "/sys/kernel/tracing"
 FORMAT = f"{TRACEFS}/events/skb/kfree_skb/format"
-DROP = struct.Struct("<QQIIIHHBBHII")
-PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
+DROP = struct.Struct("<QQI16s16sHHBBBxII")
+PROTOS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
 RING_BYTES = 64 * 4096
 # drops.bpf.c `struct drops_config` members <- btf_offsets() keys
 OFFSETS = (
@@ -225,12 +232,19 @@ class DropWatch:
     def _fill_maps(self):
         from .bpfobj import map_update
 
+        a4, a6, p4, p6 = split_target(self.target)
         fd = self.obj.map_fd("addrs")
-        for a in self.target.addrs:
+        for a in a4:
             map_update(fd, ctypes.c_uint32(_ip_u32(a)), ctypes.c_uint8(1))
         fd = self.obj.map_fd("ports")
-        for ip, port, proto in self.target.ports:
+        for ip, port, proto in p4:
             map_update(fd, _PortKey(_ip_u32(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1))
+        fd = self.obj.map_fd("addrs6")
+        for a in a6:
+            map_update(fd, _ip6_key(a), ctypes.c_uint8(1))
+        fd = self.obj.map_fd("ports6")
+        for ip, port, proto in p6:
+            map_update(fd, _PortKey6(_ip6_key(ip), int(port), _proto_num(proto)), ctypes.c_uint8(1))
         fd = self.obj.map_fd("netns_ok")
         for inum in self.netns:
             map_update(fd, ctypes.c_uint32(inum), ctypes.c_uint8(1))
@@ -242,18 +256,23 @@ class DropWatch:
         if not self.reader:
             return out
         for raw in self.reader.read(limit or 1 << 30):
-            (ts, loc, reason, saddr, daddr, sport, dport, proto, flags, _pad, ifindex, netns) = (
+            (ts, loc, reason, saddr, daddr, sport, dport, proto, flags, fam, ifindex, netns) = (
                 DROP.unpack_from(raw, 0)
             )
+            if fam == 6:
+                src = socket.inet_ntop(socket.AF_INET6, saddr)
+                dst = socket.inet_ntop(socket.AF_INET6, daddr)
+            else:
+                src, dst = socket.inet_ntoa(saddr[:4]), socket.inet_ntoa(daddr[:4])
             out.append(
                 {
                     "ts_ns": ts,
                     "reason": self.reasons.get(reason, str(reason)),
                     "location": self.syms.lookup(loc) if self.syms else hex(loc),
                     "proto": PROTOS.get(proto, str(proto)),
-                    "src": socket.inet_ntoa(struct.pack("<I", saddr)),
+                    "src": src,
                     "sport": sport,
-                    "dst": socket.inet_ntoa(struct.pack("<I", daddr)),
+                    "dst": dst,
                     "dport": dport,
                     "tcpflags": flags,
                     "ifindex": ifindex,

@@ -241,10 +241,11 @@ static __always_inline int read_l3(struct __sk_buff *skb, struct l3 *h)
 }
 
 // -- IPv6 (only frames that are not IPv4 get here) ---------------------------------------
-static __always_inline int same6(const struct in6key *a, const struct in6key *b)
-{
-    return a->a[0] == b->a[0] && a->a[1] == b->a[1] && a->a[2] == b->a[2] && a->a[3] == b->a[3];
-}
+// `y` is read through cfg's own (volatile) lvalue: a plain pointer into the const
+// config would let the compiler fold the loads to the zero initializer
+#define SAME6(x, y) ((x)->a[0] == (y).a[0] && (x)->a[1] == (y).a[1] && \
+                     (x)->a[2] == (y).a[2] && (x)->a[3] == (y).a[3])
+#define ANY6(y) (((y).a[0] | (y).a[1] | (y).a[2] | (y).a[3]) == 0)
 
 static __always_inline int is_addr6(const struct in6key *a)
 {
@@ -254,15 +255,10 @@ static __always_inline int is_addr6(const struct in6key *a)
     for (int i = 0; i < NCONST_ADDRS6; i++) {
         if (i >= cfg.naddrs6)
             break;
-        if (same6(a, &cfg.addrs6[i]))
+        if (SAME6(a, cfg.addrs6[i]))
             return 1;
     }
     return 0;
-}
-
-static __always_inline int is_any6(const struct in6key *a)
-{
-    return (a->a[0] | a->a[1] | a->a[2] | a->a[3]) == 0;
 }
 
 static __always_inline int is_port6(const struct in6key *ip, __u16 port, __u8 proto)
@@ -279,7 +275,7 @@ static __always_inline int is_port6(const struct in6key *ip, __u16 port, __u8 pr
         if (i >= cfg.nports6)
             break;
         if (port == cfg.ports6[i].port && proto == cfg.ports6[i].proto &&
-            (is_any6(&cfg.ports6[i].ip) || same6(&cfg.ports6[i].ip, ip)))
+            (ANY6(cfg.ports6[i].ip) || SAME6(ip, cfg.ports6[i].ip)))
             return 1;
     }
     return 0;

@@ -19,6 +19,7 @@ import re
 import socket
 import struct
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,7 +36,9 @@ def tcp_flag_text(flags):
 
 
 class Pkt(NamedTuple):
-    """The parts of an IPv4 packet the correlation needs."""
+    """The parts of an IPv4 or IPv6 packet the correlation needs. IPv6 has no IP id:
+    `ipid` is then a hash of the first payload bytes after the L4 header (NAT leaves them
+    alone), so same-length packets of one flow stay apart."""
 
     proto: str
     src: str
@@ -59,6 +62,28 @@ class Pkt(NamedTuple):
 
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
+PROTO6_NAMES = {6: "tcp", 17: "udp", 58: "icmp6"}
+V6_EXT = (0, 43, 60)  # hop-by-hop, routing, destination options: skipped to reach L4
+NDP_TYPES = {
+    133: "router solicitation",
+    134: "router advertisement",
+    135: "neighbor solicitation",
+    136: "neighbor advertisement",
+    137: "redirect",
+}
+ICMP6_TYPES = {
+    1: "destination unreachable",
+    2: "packet too big",
+    3: "time exceeded",
+    128: "echo request",
+    129: "echo reply",
+    130: "multicast listener query",
+    131: "multicast listener report",
+    143: "multicast listener report v2",
+    **NDP_TYPES,
+}
+# link-local control (neighbour discovery, multicast listeners): link lines, not flows
+LINK_ICMP6 = {130, 131, 132, 133, 134, 135, 136, 137, 143}
 _IPH = struct.Struct("!BxHH3xB2x4s4s")
 _TCP = struct.Struct("!HHII")
 _PORTS = struct.Struct("!HH")
@@ -74,13 +99,58 @@ def _ntoa(b):
     return a
 
 
+def _ntop6(b):
+    a = _addr_cache.get(b)
+    if a is None:
+        if len(_addr_cache) > 65536:
+            _addr_cache.clear()
+        a = _addr_cache[b] = socket.inet_ntop(socket.AF_INET6, b)
+    return a
+
+
+def parse_ip6(ip, off=0):
+    """IPv6 header bytes (+ extension headers + L4) at `off` -> Pkt, or None."""
+    if len(ip) < off + 40 or ip[off] >> 4 != 6:
+        return None
+    plen = struct.unpack_from("!H", ip, off + 4)[0]
+    nh = ip[off + 6]
+    src, dst = _ntop6(bytes(ip[off + 8 : off + 24])), _ntop6(bytes(ip[off + 24 : off + 40]))
+    l4 = off + 40
+    later_fragment = False
+    for _ in range(4):
+        if nh in V6_EXT and len(ip) >= l4 + 2:
+            nh, l4 = ip[l4], l4 + (ip[l4 + 1] + 1) * 8
+        elif nh == 44 and len(ip) >= l4 + 8:
+            later_fragment = bool(struct.unpack_from("!H", ip, l4 + 2)[0] & 0xFFF8)
+            nh, l4 = ip[l4], l4 + 8
+        else:
+            break
+    pname = PROTO6_NAMES.get(nh) or str(nh)
+    iplen = plen + 40
+    if later_fragment:
+        return Pkt(pname, src, 0, dst, 0, 0, 0, 0, iplen)
+    if nh == 6 and len(ip) >= l4 + 14:
+        sport, dport, seq, ack = _TCP.unpack_from(ip, l4)
+        hl = (ip[l4 + 12] >> 4) * 4
+        h = zlib.crc32(ip[l4 + hl : l4 + hl + 16]) & 0xFFFF
+        return Pkt(pname, src, sport, dst, dport, h, seq, ack, iplen, ip[l4 + 13])
+    if nh == 17 and len(ip) >= l4 + 4:
+        sport, dport = _PORTS.unpack_from(ip, l4)
+        h = zlib.crc32(ip[l4 + 8 : l4 + 24]) & 0xFFFF
+        return Pkt(pname, src, sport, dst, dport, h, 0, 0, iplen)
+    if nh == 58 and len(ip) >= l4 + 2:
+        h = zlib.crc32(ip[l4 + 8 : l4 + 40]) & 0xFFFF
+        return Pkt(pname, src, ip[l4], dst, ip[l4 + 1], h, 0, 0, iplen)
+    return Pkt(pname, src, 0, dst, 0, 0, 0, 0, iplen)
+
+
 def parse_ip(ip, off=0):
-    """IPv4 header bytes (+ L4) at `off` -> Pkt, or None."""
+    """IPv4 (or IPv6) header bytes (+ L4) at `off` -> Pkt, or None."""
     if len(ip) < off + 20:
         return None
     vihl, iplen, ipid, proto, src, dst = _IPH.unpack_from(ip, off)
     if vihl >> 4 != 4:
-        return None
+        return parse_ip6(ip, off) if vihl >> 4 == 6 else None
     l4 = off + (vihl & 0xF) * 4
     pname = PROTO_NAMES.get(proto) or str(proto)
     if proto == 6 and len(ip) >= l4 + 14:
@@ -95,7 +165,7 @@ def parse_ip(ip, off=0):
 
 
 def parse_frame(frame):
-    """Ethernet frame -> Pkt (IPv4 only; VLAN tags skipped), or None."""
+    """Ethernet frame -> Pkt (IPv4 or IPv6; VLAN tags skipped), or None."""
     if len(frame) < 34:
         return None
     if frame[12] == 8 and frame[13] == 0:
@@ -105,13 +175,43 @@ def parse_frame(frame):
     while etype in (0x8100, 0x88A8) and len(frame) >= off + 4:
         etype = struct.unpack_from("!H", frame, off + 2)[0]
         off += 4
+    if etype == 0x86DD:
+        return parse_ip6(frame, off)
     if etype != 0x0800:
         return None
     return parse_ip(frame, off)
 
 
 def ep(ip, port):
-    return f"{ip}:{port}"
+    """`ip:port`; `[ip6]:port` for IPv6 (as URLs and ss(8) write it)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def ndp_text(pkt, data=None):
+    """What an ICMPv6 packet is, e.g. 'neighbor solicitation (who has fd00::2)' (`data`:
+    the frame, for the target of neighbour discovery), or '' for anything else."""
+    if pkt is None or pkt.proto != "icmp6":
+        return ""
+    text = ICMP6_TYPES.get(pkt.sport) or f"type {pkt.sport}"
+    if pkt.sport in (135, 136) and data is not None:
+        off = _l4_offset6(data)
+        if off is not None and len(data) >= off + 24:
+            tgt = _ntop6(bytes(data[off + 8 : off + 24]))
+            text += f" ({'who has' if pkt.sport == 135 else 'is at'} {tgt})"
+    return text
+
+
+def _l4_offset6(frame):
+    """Offset of the ICMPv6 header in an Ethernet frame carrying IPv6, or None."""
+    if len(frame) < 54 or frame[12:14] != b"\x86\xdd":
+        return None
+    nh, off = frame[20], 54
+    for _ in range(4):
+        if nh in V6_EXT and len(frame) >= off + 2:
+            nh, off = frame[off], off + (frame[off + 1] + 1) * 8
+        else:
+            break
+    return off if nh == 58 else None
 
 
 @dataclass
@@ -152,6 +252,8 @@ class Flow:
 
     def header(self):
         a, p, b, q = self.orig
+        if self.proto == "icmp6":  # type and code, not ports
+            return f"icmp6 {a} -> {b} {ICMP6_TYPES.get(p) or f'type {p}'}"
         text = f"{self.proto} {ep(a, p)} -> {ep(b, q)}"
         nat = self.nat_text()
         if nat:
@@ -343,7 +445,7 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
 # -- correlation -----------------------------------------------------------------------
 SETTLE_NS = 250_000_000  # a packet waits this long for its conntrack and trace lines
 RECENT_JOURNEYS = 4096
-FLOW_PROTOS = {"tcp", "udp", "icmp"}
+FLOW_PROTOS = {"tcp", "udp", "icmp", "icmp6"}
 MAX_DROP_ROWS_PER_FLOW = 100  # stored drop rows per flow; all are counted
 
 
@@ -362,10 +464,23 @@ class Capture:
 
 
 @dataclass
+class LinkPacket:
+    """One ICMPv6 neighbour discovery or multicast listener packet across the capture
+    points: link-local control, shown as a line of its own rather than as a flow."""
+
+    what: str  # e.g. 'neighbor solicitation (who has fd00::2)'
+    src: str
+    dst: str
+    first_ns: int  # CLOCK_REALTIME
+    captures: list = field(default_factory=list)  # Captures
+
+
+@dataclass
 class Settled:
     """What one settle step produced, in the order the sinks take it."""
 
     journeys: list = field(default_factory=list)  # Journeys, time order
+    links: list = field(default_factory=list)  # LinkPackets, time order
     late_hops: list = field(default_factory=list)  # (Journey, hop): packet shown earlier
     fast: list = field(default_factory=list)  # (ts, point, dir, len, cpu, pos, Flow)
     drops: list = field(default_factory=list)  # (Flow, drop, count of its cause, stored)
@@ -373,13 +488,20 @@ class Settled:
 
 
 def fast_key(frame):
-    """The bytes that name an IPv4 TCP/UDP packet's 5-tuple (protocol, addresses, ports),
-    or None for anything else and for TCP packets that open, close or reset (those always
-    take the full path: the netfilter trace follows them)."""
+    """The bytes that name an IPv4 or IPv6 TCP/UDP packet's 5-tuple (protocol, addresses,
+    ports), or None for anything else and for TCP packets that open, close or reset (those
+    always take the full path: the netfilter trace follows them)."""
     if frame[14:15] == b"\x45" and frame[12:14] == b"\x08\x00" and len(frame) >= 48:
         proto = frame[23]  # the usual case: no IP options
         if proto == 17 or (proto == 6 and not frame[47] & 0x07):
             return frame[23:24] + frame[26:38]
+        return None
+    if frame[12:14] == b"\x86\xdd":
+        if len(frame) < 68 or frame[14] >> 4 != 6:  # IPv6 without extension headers
+            return None
+        nh = frame[20]
+        if nh == 17 or (nh == 6 and not frame[67] & 0x07):
+            return frame[20:21] + frame[22:58]
         return None
     if len(frame) < 38 or frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4:
         return None
@@ -424,6 +546,7 @@ class Correlator:
         self.traced_packets = 0
         self.filtered_out = 0
         self.fast_packets = 0
+        self.link_packets = 0  # neighbour discovery / multicast listener packets shown
         self.done = False  # --count reached
 
     # -- input ---------------------------------------------------------------------------
@@ -480,10 +603,20 @@ class Correlator:
         off = self.offset
         journeys = {}
         order = []
+        links = {}
         for c in ready:
             pkt = c.pkt
             if pkt is None or pkt.proto not in FLOW_PROTOS:
-                continue  # ARP, IPv6, IGMP...: in the files, no flow
+                continue  # ARP, IGMP...: in the files, no flow
+            if pkt.proto == "icmp6" and pkt.sport in LINK_ICMP6:
+                key = (pkt.src, pkt.dst, pkt.sport, pkt.ident)
+                lp = links.get(key)
+                if lp is None:
+                    what = ndp_text(pkt, c.data)
+                    lp = links[key] = LinkPacket(what, pkt.src, pkt.dst, c.ts_ns + off)
+                c.ts_ns += off
+                lp.captures.append(c)
+                continue
             flow, direction, _stage = self.flows.for_packet(pkt, c.ts_ns + off)
             key = (flow.id, direction, pkt.ident)
             j = journeys.get(key)
@@ -494,6 +627,12 @@ class Correlator:
             c.ts_ns += off
             j.captures.append(c)
         self._place_hops(journeys, order, cutoff, out)
+        out.links = [
+            lp
+            for lp in links.values()
+            if not self.pfilter or any(self.pfilter.match(c.data, c.len) for c in lp.captures)
+        ]
+        self.link_packets += len(out.links)
         if self.pfilter:
             for j in order:
                 if any(self.pfilter.match(c.data, c.len) for c in j.captures):
@@ -598,7 +737,9 @@ class Correlator:
                 j.flow.nat_rule = hop
             if not j.flow.reply and hop.get("pkt") and v.startswith("DNAT"):
                 to = v.split()[1] if len(v.split()) > 1 else ""
-                m = re.match(r"(\d+\.\d+\.\d+\.\d+)(?::(\d+))?", to)
+                m = re.match(r"(\d+\.\d+\.\d+\.\d+)(?::(\d+))?", to) or re.match(
+                    r"\[?([0-9a-fA-F:]*:[0-9a-fA-F:.]*?)\]?(?::(\d+))?$", to
+                )
                 if m:
                     a, p, _b, q = j.flow.orig
                     j.flow.reply = (m.group(1), int(m.group(2) or q), a, p)

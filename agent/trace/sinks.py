@@ -63,12 +63,15 @@ class LiveText:
     def _capture(self, f, j, c, t0):
         name, r, where = self._where[c.point]
         pk = c.pkt
-        text = (
-            f"[{f.id}] {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} "
-            f"{pk.src}:{pk.sport} -> {pk.dst}:{pk.dport} {F.tcp_flag_text(pk.flags)} "
-            f"len {c.len}"
-        )
-        return {
+        ndp = F.ndp_text(pk, c.data)
+        if ndp:  # ICMPv6: what it is instead of ports (neighbour discovery with its target)
+            what = f"{pk.src} -> {pk.dst} {ndp}"
+        else:
+            what = (
+                f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} {F.tcp_flag_text(pk.flags)}"
+            )
+        text = f"[{f.id}] {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} {what} len {c.len}"
+        item = {
             "type": "hop",
             "flow": f.id,
             "hop": "capture",
@@ -84,19 +87,32 @@ class LiveText:
             "len": c.len,
             "text": text,
         }
+        if ndp:
+            item["ndp"] = ndp
+        return item
 
     @staticmethod
     def _hop(f, j, h):
+        """`netfilter TABLE:CHAIN rule N -> VERDICT  (rule text)`; nf_tables hops name the
+        rule by its handle (`nft -a list` shows it), a chain's end as `end of chain`."""
         where = f"{h['table']}:{h['chain']}"
-        num = ""
-        if h["kind"] == "rule" or not h["rule_text"].startswith("policy"):
-            num = f" rule {h['rule_num']}" if h["rule_num"] else " rule"
         rule = h["rule_text"]
-        text = f"[{f.id}] {'':>11}  netfilter {where}{num} -> {h['verdict']}"
-        if rule and rule != f"policy {h['verdict']}":
-            text += f"  ({rule})"
-        elif h["kind"] == "policy":
-            text += " (policy)"
+        if h.get("backend") == "nftables":
+            what = {"policy": " policy", "return": " end of chain"}.get(
+                h["kind"], f" handle {h['rule_num']}" if h["rule_num"] else " rule"
+            )
+            text = f"[{f.id}] {'':>11}  netfilter {where}{what} -> {h['verdict']}"
+            if h["kind"] == "rule" and rule:
+                text += f"  ({rule})"
+        else:
+            num = ""
+            if h["kind"] == "rule" or not rule.startswith("policy"):
+                num = f" rule {h['rule_num']}" if h["rule_num"] else " rule"
+            text = f"[{f.id}] {'':>11}  netfilter {where}{num} -> {h['verdict']}"
+            if rule and rule != f"policy {h['verdict']}":
+                text += f"  ({rule})"
+            elif h["kind"] == "policy":
+                text += " (policy)"
         return {
             "type": "hop",
             "flow": f.id,
@@ -109,7 +125,26 @@ class LiveText:
             "rule_text": h["rule_text"],
             "verdict": h["verdict"],
             "backend": h["backend"],
+            "hook": h.get("hook"),
+            "handle": h.get("handle"),
             "text": text,
+        }
+
+    def link(self, lp):
+        """One neighbour discovery / multicast listener packet, with where it was seen."""
+        where = ", ".join(
+            f"{self._where[c.point][0]} {c.dir}" for c in sorted(lp.captures, key=lambda c: c.ts_ns)
+        )
+        return {
+            "type": "ndp",
+            "_ts": lp.first_ns,
+            "what": lp.what,
+            "src": lp.src,
+            "dst": lp.dst,
+            "points": [
+                [self._where[c.point][0], c.dir] for c in sorted(lp.captures, key=lambda c: c.ts_ns)
+            ],
+            "text": f"[nd] {lp.src} -> {lp.dst} {lp.what}: {where}",
         }
 
     @staticmethod
@@ -324,6 +359,8 @@ class StoreSink:
 
     def _hop_row(self, j, h, packet_id, ts, late):
         detail = {"kind": h["kind"], "backend": h["backend"], "hook": h["hook"]}
+        if h.get("handle"):
+            detail["handle"] = h["handle"]
         if late:
             detail["late"] = True
         return HopRow(
