@@ -14,6 +14,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from .errors import ConflictError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from .store import Store
+
+STATS_HISTORY = 300  # samples of each container kept for its charts (10 min at 2 s)
 
 
 def _iso(ns):
@@ -42,6 +45,9 @@ class Overview:
         self.traces: dict = {}  # session id -> running BackgroundTrace
         self.agent_status: dict[str, bool] = {}  # probe name -> bool, set by the serving agent
         self._lock = threading.Lock()
+        self._sampler = None  # stats.Sampler, made on first use
+        self._stats_history: dict[str, deque] = {}  # container id -> StatsRow samples
+        self._link_counters: dict[tuple, tuple] = {}  # (netns, ifindex) -> last counters
 
     @contextmanager
     def store(self) -> Iterator["Store"]:
@@ -112,25 +118,98 @@ class Overview:
         }
 
     # -- containers ----------------------------------------------------------------------
-    def containers(self) -> list[dict]:
-        """pyinspect's containers (with network and limits) and every discovered foreign one."""
-        from . import discovery
-        from .runtime import state
+    def container_infos(self) -> list:
+        """containerinfo.collect: every runtime's containers, then bare namespaces."""
+        from . import containerinfo
 
-        own = {c.id: c for c in state.load_all(self.root)}
-        out = []
-        for d in discovery.containers(self.root):
-            c = own.pop(d.id, None)
-            out.append(_container_row(d, c))
-        for c in own.values():  # records discovery did not report
-            out.append(_container_row(None, c))
-        return out
+        infos = containerinfo.collect(self.root)
+        infos.sort(key=lambda i: (not i.is_container, i.name))
+        return infos
+
+    def containers(self) -> list[dict]:
+        """pyinspect's containers and every other runtime's (with network and limits), then
+        the namespaces that hold processes but are no container."""
+        return [i.row() for i in self.container_infos()]
+
+    def _info(self, ref: str):
+        for i in self.container_infos():
+            if ref in (i.name, i.id) or (len(ref) >= 4 and i.id.startswith(ref)):
+                return i
+        raise NotFoundError(f"no such container: {ref}")
 
     def container(self, ref: str) -> dict:
-        for row in self.containers():
-            if ref in (row["name"], row["id"]) or (len(ref) >= 4 and row["id"].startswith(ref)):
-                return row
-        raise NotFoundError(f"no such container: {ref}")
+        return self._info(ref).row()
+
+    def container_detail(self, ref: str) -> dict:
+        """Everything the container page shows but its charts: the fields and where they
+        came from, processes, interfaces, events, traces and doctor findings."""
+        from . import containerinfo
+
+        info = self._info(ref)
+        names = {info.name, info.id}
+        detail = {**info.to_dict(), "row": info.row()}
+        detail["processes"] = [p.__dict__ for p in containerinfo.process_tree(info.pids)]
+        detail["interfaces"] = [
+            r for r in self.interfaces() if info.netns is not None and r["netns"] == info.netns
+        ]
+        detail["events"] = self.timeline(container=info.name, limit=50)
+        detail["traces"] = [
+            s
+            for s in self.sessions()
+            if s.get("container_name") in names or s.get("container_id") in names
+        ]
+        detail["findings"] = [f for f in self.findings() if f.get("container") in names]
+        return detail
+
+    def container_stats(self, ref: str) -> dict:
+        """A fresh `stats` reading of one container, its history in this process, and the
+        charts of CPU, memory, pids and network rates drawn from it."""
+        from . import charts, stats
+
+        with self._lock:
+            if self._sampler is None:
+                self._sampler = stats.Sampler(self.root, warmup=0)
+            row = self._sampler.sample([ref])[0]
+            hist = self._stats_history.setdefault(row.id, deque(maxlen=STATS_HISTORY))
+            hist.append(row)
+            samples = list(hist)
+        rx, tx = [], []
+        for a, b in zip(samples, samples[1:], strict=False):
+            dt = b.ts - a.ts
+            ok = dt > 0 and None not in (a.net_rx, b.net_rx, a.net_tx, b.net_tx)
+            rx.append((b.ts, (b.net_rx - a.net_rx) / dt if ok else None))
+            tx.append((b.ts, (b.net_tx - a.net_tx) / dt if ok else None))
+        return {
+            "current": {**row.to_dict(), **row.docker_row()},
+            "samples": len(samples),
+            "charts": {
+                "cpu": charts.line_svg(
+                    [(r.ts, r.cpu_percent) for r in samples],
+                    "CPU %",
+                    lambda v: f"{v:.1f}%",
+                    ceiling=(row.cpus_limit or 0) * 100 or None,
+                    css_id="chart-cpu",
+                ),
+                "memory": charts.line_svg(
+                    [(r.ts, r.mem_usage) for r in samples],
+                    "memory",
+                    stats.binary_size,
+                    css_id="chart-memory",
+                ),
+                "pids": charts.line_svg(
+                    [(r.ts, r.pids) for r in samples],
+                    "pids",
+                    lambda v: f"{v:.0f}",
+                    css_id="chart-pids",
+                ),
+                "net_rx": charts.line_svg(
+                    rx, "network in", lambda v: stats.decimal_size(v) + "/s", css_id="chart-rx"
+                ),
+                "net_tx": charts.line_svg(
+                    tx, "network out", lambda v: stats.decimal_size(v) + "/s", css_id="chart-tx"
+                ),
+            },
+        }
 
     # -- veth map and topology -------------------------------------------------------------
     def interfaces(self) -> list[dict]:
@@ -138,10 +217,46 @@ class Overview:
 
         return vethmap.build(root=self.root)
 
+    def interface(self, netns: str, ifname: str) -> dict:
+        """One interface of the veth map, by namespace (name or inode) and name."""
+        for r in self.interfaces():
+            if r["ifname"] == ifname and netns in (str(r["netns"]), r.get("netns_name")):
+                return r
+        raise NotFoundError(f"no interface {ifname} in netns {netns}")
+
     def topology_svg(self) -> str:
+        """The topology picture with live rates: each call's counters against the last's."""
+        from . import containerinfo, discovery, vethmap
         from .topology import render_svg
 
-        return render_svg(self.interfaces())
+        found = discovery.containers(self.root)
+        links = vethmap.build(root=self.root, found=found)
+        infos = containerinfo.collect(self.root, found=found, links=links)
+        now = time.monotonic()
+        keys = ("rx_pps", "tx_pps", "rx_Bps", "tx_Bps")
+        with self._lock:
+            for r in links:
+                key = (r["netns"], r["ifindex"])
+                prev = self._link_counters.get(key)
+                cur = (
+                    now,
+                    r.get("rx_packets"),
+                    r.get("tx_packets"),
+                    r.get("rx_bytes"),
+                    r.get("tx_bytes"),
+                )
+                if prev and None not in prev and None not in cur and now > prev[0]:
+                    dt = now - prev[0]
+                    r["rates"] = {
+                        k: max(0.0, (c - p) / dt)
+                        for k, c, p in zip(keys, cur[1:], prev[1:], strict=True)
+                    }
+                self._link_counters[key] = cur
+        flagged: dict[str, list[str]] = {}
+        for f in self.findings(limit=200):
+            if f.get("container") and f.get("severity") in ("error", "warning"):
+                flagged.setdefault(f["container"], []).append(f["summary"])
+        return render_svg(links, infos, flagged)
 
     # -- timeline ----------------------------------------------------------------------------
     def timeline(
@@ -197,8 +312,10 @@ class Overview:
     def flows(self, session_id: int | None = None, after_id: int | None = None) -> list[dict]:
         # packets: those the trace's analysis indexed to the flow (the segment files
         # may hold more; `pcap export --flow` finds those too)
+        # flows with no packet indexed to them (a conntrack entry the capture never saw)
+        # are left out: there is nothing to show or download for them
         with self.store() as s:
-            rows = s.recent_flows(session_id, after_id, limit=500)
+            rows = [r for r in s.recent_flows(session_id, after_id, limit=500) if r.get("packets")]
             for r in rows:
                 hops = s.flow_rule_hops(r["id"], limit=200)
                 path = []
@@ -206,13 +323,18 @@ class Overview:
                     step = f"{t}:{c}:{n if n is not None else 'policy'}" + (f" {v}" if v else "")
                     if step not in path:
                         path.append(step)
+                r["rule_path"] = path[:40]
                 r["rules"] = " > ".join(path[:12])
-                r["original"] = (
-                    f"{r['orig_src']}:{r['orig_sport']} -> {r['orig_dst']}:{r['orig_dport']}"
+                r["original"] = flow_tuple(
+                    r.get("proto"), r["orig_src"], r["orig_sport"], r["orig_dst"], r["orig_dport"]
                 )
                 # the reply tuple reversed is what the far side of the NAT saw
-                r["translated"] = (
-                    f"{r['reply_dst']}:{r['reply_dport']} -> {r['reply_src']}:{r['reply_sport']}"
+                r["translated"] = flow_tuple(
+                    r.get("proto"),
+                    r["reply_dst"],
+                    r["reply_dport"],
+                    r["reply_src"],
+                    r["reply_sport"],
                 )
                 r["detail"] = _json(r.get("detail"))
         return rows
@@ -289,6 +411,42 @@ class Overview:
 
         return read_runbook(name)
 
+    def runbook_html(self, name: str) -> str:
+        """A runbook rendered from Markdown (markdown-it-py, CommonMark + tables; raw HTML
+        in the source is escaped, not passed through)."""
+        from markdown_it import MarkdownIt
+
+        md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+        return md.render(self.runbook(name))
+
+    def doctor_pending(
+        self, check: str, container: str | None = None, port: int | None = None
+    ) -> list[dict]:
+        """The finding `check` as doctor sees it now, with the exact commands its fix runs."""
+        from .doctor import current_findings, describe_action
+
+        out = []
+        for f in current_findings(self.root, check, container, port):
+            d = f.to_dict()
+            d["commands"] = [describe_action(a) for a in f.actions if a[0] != "ack"]
+            out.append(d)
+        return out
+
+    def doctor_fix(
+        self,
+        check: str,
+        container: str | None = None,
+        port: int | None = None,
+        confirmed: bool = False,
+    ) -> list[dict]:
+        """Apply a finding's safe fix (doctor.fix_finding); [{check, container, status, detail}]."""
+        from .doctor import fix_finding
+
+        return [
+            {"check": f.check, "container": f.container, "status": status, "detail": detail}
+            for f, status, detail in fix_finding(self.root, check, container, port, confirmed)
+        ]
+
     # -- metrics -------------------------------------------------------------------------
     def metrics(self) -> dict:
         from .pcap import export as pcap_export
@@ -313,6 +471,22 @@ class Overview:
         }
 
 
+def _endpoint(ip, port) -> str:
+    if ip is None:
+        return "?"
+    host = f"[{ip}]" if ":" in str(ip) and port is not None else str(ip)
+    return host if port is None else f"{host}:{port}"
+
+
+def flow_tuple(proto, src, sport, dst, dport) -> str:
+    """`src:sport -> dst:dport` (no ports for ICMP and other portless protocols; '' when
+    the flow has no such tuple, e.g. no reply seen)."""
+    if src is None and dst is None:
+        return ""
+    text = f"{_endpoint(src, sport)} -> {_endpoint(dst, dport)}"
+    return f"{proto} {text}" if proto and sport is None and dport is None else text
+
+
 def _dicts(items):
     return [i if isinstance(i, dict) else dict(i.__dict__) for i in items]
 
@@ -334,50 +508,6 @@ def _addr_text(addrs):
         else:
             out.append(str(a))
     return out
-
-
-def _container_row(d, c):
-    """One row of the containers page from a discovery record and/or a runtime record."""
-    row = {
-        "id": (c.id if c else d.id),
-        "name": (c.name if c else d.name),
-        "source": d.source if d else "pyinspect",
-        "status": (c.status if c else d.status),
-        "image": c.image if c else "",
-        "pid": (d.pid if d else c.pid),
-        "ip": "",
-        "ports": "",
-        "veth": "",
-        "cgroup": "",
-        "limits": "",
-        "oom_killed": "",
-    }
-    row["id_short"] = row["id"][:12]
-    if c is not None:
-        net = c.network or {}
-        row["ip"] = net.get("ip", "") or ""
-        row["ports"] = ", ".join(
-            f"{p.get('host_ip') or '0.0.0.0'}:{p['host_port']}->{p['container_port']}/{p['proto']}"
-            for p in net.get("ports") or []
-        )
-        if net.get("veth_host"):
-            row["veth"] = f"{net['veth_host']} <-> eth0"
-        row["cgroup"] = " ".join(sorted(set((c.cgroup or {}).values())))[:120]
-        spec = c.spec
-        limits = []
-        if spec is not None:
-            for label, value in (
-                ("memory", spec.memory),
-                ("cpus", spec.cpus),
-                ("pids", spec.pids_limit),
-            ):
-                if value:
-                    limits.append(f"{label} {value}")
-        row["limits"] = ", ".join(limits)
-        row["oom_killed"] = "yes" if c.oom_killed else "no"
-    elif d is not None:
-        row["cgroup"] = " ".join(sorted(set((d.cgroups or {}).values())))[:120]
-    return row
 
 
 def _unlink_later(path, seconds=60):

@@ -25,6 +25,8 @@ from .discovery import Resolver, containers, host_namespaces, named_netns, scan_
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
+IFF_LOWER_UP = 0x10000  # the link has carrier
+COUNTERS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped", "tx_dropped")
 COLUMNS = ("NETNS", "IFINDEX", "IFNAME", "PEER", "MASTER", "MAC", "ADDRS", "CONTAINER")
 
 
@@ -106,7 +108,7 @@ class _Ns:
 
         self.info, self.fd, self.inode = info, fd, info["inode"]
         self.sock = RtnlSocket(fd)
-        self.links = {ln["index"]: ln for ln in self.sock.links()}
+        self.links = {ln["index"]: ln for ln in self.sock.links(stats=True)}
         self.addrs: dict[int, list[str]] = {}
         for a in self.sock.addrs():
             if a["address"]:
@@ -285,7 +287,9 @@ def _row(ns, idx, link, owner, opened, by_netns, by_pair):
         "master_ifindex": master_idx or None,
         "state": link["operstate"],
         "up": bool(link["flags"] & IFF_UP),
+        "carrier": bool(link["flags"] & IFF_LOWER_UP),
         "mtu": link["mtu"],
+        **{k: link.get(k) for k in COUNTERS},
         "container_id": attached.id if attached else None,
         "container_name": attached.name if attached else None,
     }

@@ -40,6 +40,7 @@ NETNSA_NSID, NETNSA_FD = 1, 3
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_EXT_MASK = 16, 18, 1, 29
 IFLA_LINK_NETNSID, IFLA_NEW_NETNSID, IFLA_NEW_IFINDEX = 37, 45, 49
+IFLA_STATS64 = 23  # struct rtnl_link_stats64: rx/tx packets, rx/tx bytes, ... (u64 each)
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NDA_DST = 1
@@ -233,11 +234,12 @@ class RtnlSocket:
                 break
         return out
 
-    def links(self):
-        """RTM_GETLINK dump: every link in this namespace, as `decode_link` dicts."""
-        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0) + struct.pack(
-            "=HHI", 8, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS
-        )
+    def links(self, stats=False):
+        """RTM_GETLINK dump: every link in this namespace, as `decode_link` dicts (with the
+        kernel's rx/tx packet and byte counters when `stats`)."""
+        body = struct.pack("=BxHiII", 0, 0, 0, 0, 0)
+        if not stats:
+            body += struct.pack("=HHI", 8, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
         return self._dump(RTM_GETLINK, body, decode_link)
 
     def addrs(self):
@@ -356,6 +358,17 @@ def decode_link(data, off, length):
             for itype, ioff, ilen in _attrs(data, aoff, aoff + alen):
                 if itype == IFLA_INFO_KIND:
                     out["kind"] = _cstr(data, ioff, ilen)
+        elif atype == IFLA_STATS64 and alen >= 64:
+            (
+                out["rx_packets"],
+                out["tx_packets"],
+                out["rx_bytes"],
+                out["tx_bytes"],
+                out["rx_errors"],
+                out["tx_errors"],
+                out["rx_dropped"],
+                out["tx_dropped"],
+            ) = struct.unpack_from("=8Q", data, aoff)
     return out
 
 

@@ -41,6 +41,16 @@ def container(ref):
     return jsonify(overview().container(ref))
 
 
+@bp.get("/containers/<ref>/detail")
+def container_detail(ref):
+    return jsonify(overview().container_detail(ref))
+
+
+@bp.get("/containers/<ref>/stats")
+def container_stats(ref):
+    return jsonify(overview().container_stats(ref))
+
+
 @bp.get("/map")
 def vethmap():
     return jsonify(overview().interfaces())
@@ -149,3 +159,25 @@ def pcap_file(name):
 @bp.get("/doctor")
 def doctor():
     return jsonify(overview().findings())
+
+
+def fix_args(src):
+    """(check, container or None, port or None) of a fix request; UsageError if bad."""
+    check = (src.get("check") or "").strip()
+    if not check:
+        raise UsageError("doctor fix: which check? (check=NAME)")
+    port = src.get("port") or None
+    if port is not None:
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            raise UsageError(f"doctor fix: bad port {port!r}") from None
+    return check, (src.get("container") or "").strip() or None, port
+
+
+@bp.post("/doctor/fix")
+def doctor_fix():
+    data = request.get_json(silent=True) or request.form
+    check, container, port = fix_args(data)
+    confirmed = data.get("confirm") in ("yes", True)
+    return jsonify(overview().doctor_fix(check, container, port, confirmed=confirmed))

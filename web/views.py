@@ -26,6 +26,16 @@ def containers():
     return render_template("containers.html", containers=overview().containers())
 
 
+@bp.get("/containers/<ref>")
+def container(ref):
+    return render_template("container.html", c=overview().container_detail(ref))
+
+
+@bp.get("/interfaces/<netns>/<ifname>")
+def interface(netns, ifname):
+    return render_template("interface.html", row=overview().interface(netns, ifname))
+
+
 @bp.get("/topology")
 def topology():
     svg = overview().topology_svg()
@@ -68,6 +78,33 @@ def doctor():
     return render_template("doctor.html", findings=overview().findings())
 
 
+@bp.get("/doctor/fix")
+def doctor_confirm():
+    """The confirmation page of a fix: the finding as it stands now and its commands."""
+    check, container, port = fix_args(request.args)
+    pending = overview().doctor_pending(check, container, port)
+    return render_template(
+        "doctor_fix.html", check=check, container=container, port=port, pending=pending
+    )
+
+
+@bp.post("/doctor/fix")
+def doctor_fix():
+    check, container, port = fix_args(request.form)
+    results = overview().doctor_fix(
+        check, container, port, confirmed=request.form.get("confirm") == "yes"
+    )
+    return render_template(
+        "doctor_fix.html", check=check, container=container, port=port, results=results
+    )
+
+
+def fix_args(src):
+    from .api import fix_args as parse
+
+    return parse(src)
+
+
 @bp.get("/runbooks/<name>")
 def runbook(name):
-    return render_template("runbook.html", name=name, text=overview().runbook(name))
+    return render_template("runbook.html", name=name, html=overview().runbook_html(name))

@@ -6,7 +6,8 @@
 - checks.py: plain functions over that snapshot that yield Findings, listed in `CHECKS`;
 - persistence.py: findings, remembered facts and trace evidence in the store;
 - runner.py: `examine()`/`run()` put them together; `apply_fixes()` is the only thing
-  that changes the host.
+  that changes the host,
+  `fix_finding()` the dashboard's way to it (one finding, as it stands now, safe fixes only).
 """
 
 from .hostview import HostView, listeners, memory_info, parse_proc_net
@@ -21,7 +22,7 @@ from .model import (
     read_runbook,
     runbook_file,
 )
-from .runner import Report, apply_fixes, examine, run
+from .runner import Report, apply_fixes, current_findings, examine, fix_finding, run
 
 __all__ = [
     "PROBLEM",
@@ -32,8 +33,10 @@ __all__ = [
     "Link",
     "Report",
     "apply_fixes",
+    "current_findings",
     "describe_action",
     "examine",
+    "fix_finding",
     "listeners",
     "memory_info",
     "parse_proc_net",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import NotFoundError, UnavailableError
+from ..errors import NotFoundError, UnavailableError, UsageError
 from . import checks, persistence
 from .hostview import HostView
 from .model import ContainerView, Finding, PortMapping, describe_action
@@ -139,4 +139,42 @@ def apply_fixes(
     if acks and root is not None:
         with persistence.open_store(root) as st:
             persistence.save_memory(st, acks)
+    return results
+
+
+def current_findings(
+    root: str | Path, check: str, container: str | None = None, port: int | None = None
+) -> list[Finding]:
+    """Doctor run again now (nothing stored): the findings of `check` (for `container`
+    and `port`). What the dashboard shows before a fix is confirmed."""
+    report = examine(root, container=container or None, port=port, store=False)
+    return [
+        f
+        for f in report.findings
+        if f.check == check
+        and (not container or f.container == container)
+        and (port is None or f.port in (None, port))
+    ]
+
+
+def fix_finding(
+    root: str | Path,
+    check: str,
+    container: str | None = None,
+    port: int | None = None,
+    confirmed: bool = False,
+) -> list[tuple[Finding, str, str]]:
+    """Apply the safe fix of a finding as it stands now, once `confirmed` (the dashboard's
+    confirmation): doctor runs again first, so a stale page cannot apply an old command;
+    fixes not marked safe are left to a person ('skipped'). UsageError unless confirmed,
+    NotFoundError when the problem is gone."""
+
+    if not confirmed:
+        raise UsageError("doctor fix: not confirmed")
+    found = current_findings(root, check, container, port)
+    if not found:
+        where = f" for {container}" if container else ""
+        raise NotFoundError(f"doctor: no current finding {check}{where}: nothing to fix")
+    results = apply_fixes(found, root=root)  # unsafe fixes: 'skipped' (not confirmed)
+    examine(root, store=True)  # the stored findings reflect the fix
     return results
