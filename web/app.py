@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import PyinspectError
 from ..overview import Overview
-from . import api, auth, metrics, views
+from . import api, auth, metrics, traceview, views
 
 
 def create_app(root, *, token=None, hosts=None, test_config=None, tracer_factory=None):
@@ -29,6 +29,7 @@ def create_app(root, *, token=None, hosts=None, test_config=None, tracer_factory
     auth.install(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp, url_prefix="/api")
+    app.register_blueprint(traceview.bp)
 
     @app.get("/metrics", endpoint="metrics")
     def _metrics():

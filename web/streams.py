@@ -41,12 +41,12 @@ class Feed:
         if self.kind == "flows":
             (session,) = self.args
             return sorted(overview.flows(session_id=session, after_id=last), key=_row_id)
-        if self.kind == "ladder":
+        if self.kind in ("ladder", "drops"):
+            from .. import ladder
+
             session, flow = self.args
-            return overview.ladder_rows(session, flow_id=flow, after_id=last)
-        if self.kind == "drops":
-            session, flow = self.args
-            return overview.ladder_drops(session, flow_id=flow, after_id=last)
+            read = ladder.new_journeys if self.kind == "ladder" else ladder.new_drops
+            return read(overview.root, session, flow, last)
         raise ValueError(f"no such feed: {self.kind}")
 
 

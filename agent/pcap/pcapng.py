@@ -26,6 +26,7 @@ Merging (`merge`): a k-way heap merge by timestamp that streams every input and 
 to a temp file in the output's directory, renamed into place only on success.
 """
 
+import contextlib
 import heapq
 import io
 import mmap
@@ -793,6 +794,19 @@ class Segment:
             self.truncated_at = r.offset + r.pos
         keys.sort()  # runs: timsort merges them (linear when already in order)
         return keys
+
+    def read_header(self):
+        """Read the section header and the interfaces before the first packet (what
+        packet_at() needs) without walking the packets; returns self."""
+        if self.sec.number >= 0 or not len(self._mm):
+            return self
+        if struct.unpack_from("<I", self._mm, 0)[0] != SHB:
+            raise CorruptInputError(f"cannot read {self.path}: not a pcapng file")
+        r = _Chunks(io.BytesIO(b""), str(self.path))
+        r.buf = self._mm
+        with contextlib.suppress(_Truncated):
+            next(_read_pcapng(r, self.path, self.sec), None)
+        return self
 
     @property
     def mapped(self):

@@ -624,6 +624,83 @@ class Store:
             [session_id, limit],
         ).fetchall()
 
+    # -- the trace view (ladder) ------------------------------------------------------------
+    def trace_session(self, session_id: int) -> dict | None:
+        """One trace session row (dict, summary as JSON text), or None."""
+        cur = self.db.execute("SELECT * FROM trace_sessions WHERE id = ?", (session_id,))
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+    def capture_point_rows(self, session_id: int) -> list[dict]:
+        """(id, seq, name, description, ifindex, netns) of a session's points, by seq."""
+        cur = self.db.execute(
+            "SELECT id, seq, name, description, ifindex, netns FROM capture_points"
+            " WHERE session_id = ? ORDER BY seq, id",
+            (session_id,),
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def packet_index_rows(
+        self, session_id: int, flow_id: int | None = None, after_id: int = 0, limit: int = 2000
+    ) -> list[tuple]:
+        """(id, segment path, offset, ts_ns, point_id, flow_id, direction, len) of a
+        session's (or one flow's) indexed packets past `after_id`, by id (a journey's
+        rows are consecutive)."""
+        w = _Where()
+        w.add("p.session_id = ?", session_id)
+        w.add("p.id > ?", after_id)
+        if flow_id is not None:
+            w.add("p.flow_id = ?", flow_id)
+        return self.db.execute(
+            "SELECT p.id, g.path, p.offset, p.ts_ns, p.point_id, p.flow_id, p.direction, p.len"
+            " FROM packet_index p LEFT JOIN pcap_segments g ON g.id = p.segment_id"
+            f"{w.sql()} ORDER BY p.id LIMIT ?",
+            [*w.params, limit],
+        ).fetchall()
+
+    def hops_of_packets(self, packet_ids: Iterable[int]) -> list[tuple]:
+        """(packet_id, table, chain, rule_num, rule_text, verdict) of the rule hops stored
+        for these packet_index ids, in stored order."""
+        ids = list(packet_ids)
+        if not ids:
+            return []
+        w = _Where()
+        w.add_in("packet_id", ids)
+        return self.db.execute(
+            "SELECT packet_id, table_name, chain, rule_num, rule_text, verdict FROM hops"
+            f"{w.sql()} AND table_name != 'capture' ORDER BY id",
+            w.params,
+        ).fetchall()
+
+    def flow_rows(self, flow_ids: Iterable[int]) -> dict[int, dict]:
+        """{id: flow row (dict)} of these flows."""
+        ids = sorted(set(flow_ids))
+        if not ids:
+            return {}
+        w = _Where()
+        w.add_in("id", ids)
+        cur = self.db.execute("SELECT * FROM flows" + w.sql(), w.params)
+        cols = [d[0] for d in cur.description]
+        return {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
+
+    def session_drop_rows(
+        self, session_id: int, flow_id: int | None = None, after_id: int = 0, limit: int = 500
+    ) -> list[dict]:
+        """A session's (or flow's) drops past `after_id`, by id (dicts, detail as JSON)."""
+        w = _Where()
+        w.add("session_id = ?", session_id)
+        w.add("id > ?", after_id)
+        if flow_id is not None:
+            w.add("flow_id = ?", flow_id)
+        cur = self.db.execute(
+            "SELECT id, ts_ns, reason, location, ifindex, flow_id, detail FROM drops"
+            f"{w.sql()} ORDER BY id LIMIT ?",
+            [*w.params, limit],
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
     # -- doctor: findings and memory ----------------------------------------------------------
     def insert_findings(self, rows: list[dict]) -> None:
         """findings rows (dicts) in one transaction."""

@@ -28,4 +28,24 @@
     input.value = document.querySelector("meta[name=csrf-token]").content;
     form.appendChild(input);
   });
+  // forms with data-json post with fetch; data-next="/x/0" goes to the new object's page
+  document.querySelectorAll("form[data-json]").forEach(function (form) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var data = {};
+      new FormData(form).forEach(function (v, k) { if (k !== "csrf") data[k] = v; });
+      var out = form.querySelector(".form-error");
+      fetch(form.action, {
+        method: "POST", credentials: "same-origin", body: JSON.stringify(data),
+        headers: { "Content-Type": "application/json",
+                   "X-CSRF-Token": document.querySelector("meta[name=csrf-token]").content }
+      }).then(function (r) { return r.json().then(function (b) { return [r.status, b]; }); })
+        .then(function (res) {
+          if (res[0] >= 400) { if (out) out.textContent = res[1].error; return; }
+          if (form.dataset.next && res[1].id !== undefined) {
+            window.location = form.dataset.next.replace(/\/0$/, "/" + res[1].id);
+          } else { window.location.reload(); }
+        });
+    });
+  });
 })();
