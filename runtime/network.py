@@ -82,6 +82,7 @@ def config(root):
         "subnet": str(net),
         "iptables": iptables.backend(file_cfg.get("iptables")),
         "mtu": parse_mtu(mtu) if mtu else None,
+        "dns_upstream": file_cfg.get("dns_upstream"),
     }
 
 
@@ -164,7 +165,7 @@ def split_mode(value: str) -> tuple[str, str]:
 def target(root, spec) -> dict:
     """The network state a bridged container joins: the default bridge's (it may not
     exist yet: {"bridge", "subnet"} only) or a user network's (NotFoundError if missing)."""
-    name = _attr(spec, "network") or ""
+    name = _attr(spec, "network_name") or ""
     if not name or name == "bridge":
         cfg = config(root)
         return ipam.load(root, cfg["bridge"]) or ipam.empty_state(cfg["bridge"], cfg["subnet"])
@@ -833,6 +834,24 @@ def container_files(container):
     else:
         resolv = _resolv_for_bridge(_read("/etc/resolv.conf"))
     return {"/etc/hosts": hosts, "/etc/hostname": hostname + "\n", "/etc/resolv.conf": resolv}
+
+
+def start_dns(root, container, pid):
+    """Start the embedded DNS (127.0.0.11) of a container on a user network; returns the
+    netdns.Resolver to stop() when the container stops, or None (default bridge)."""
+    net = _attr(container, "network") or {}
+    if not net.get("dns"):
+        return None
+    from . import netdns
+
+    upstream = netdns.upstreams(config(root)["dns_upstream"])
+    try:
+        return netdns.Resolver(root, _attr(container, "id"), pid, upstream).start()
+    except OSError as exc:
+        raise UnavailableError(
+            f"embedded DNS of {_attr(container, 'name')}: cannot listen on "
+            f"{DNS_ADDR}:53 in its netns: {exc.strerror or exc}"
+        ) from None
 
 
 # --- user networks -------------------------------------------------------------------------

@@ -43,9 +43,16 @@ RUN_OPTIONS = (
     Opt(
         "network",
         ("--net", "--network"),
-        help="bridge, none, host or container:NAME.",
+        help="bridge, none, host, container:NAME or a network made by `network create`.",
         default="bridge",
         show_default=True,
+    ),
+    Opt(
+        "network_alias",
+        ("--network-alias",),
+        "multiple",
+        "Another name the container answers to in its user network's DNS.",
+        "ALIAS",
     ),
     Opt(
         "publish",
@@ -158,8 +165,10 @@ def execute(root, values) -> int:
     """Do `run` with parsed `values` under state root `root`: the exit code (detached: 0,
     after printing the id)."""
     from ..runtime.containers import ContainerSpec, Runtime
+    from ..runtime.network import split_mode
 
     v = values
+    network_mode, network_name = split_mode(v["network"])
     spec = ContainerSpec(
         image=v["image"],
         command=list(v["command"]) or None,
@@ -175,7 +184,9 @@ def execute(root, values) -> int:
         interactive=v["interactive"],
         tty=v["tty"],
         auto_remove=v["auto_remove"],
-        network_mode=v["network"],
+        network_mode=network_mode,
+        network_name=network_name,
+        network_aliases=list(v["network_alias"]),
         publish=list(v["publish"]),
         publish_all=v["publish_all"],
         restart=v["restart_policy"],
