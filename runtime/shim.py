@@ -121,6 +121,7 @@ class Shim:
         self.attach = attach
         self.cg = None
         self.netmod = None
+        self.dns = None  # the embedded DNS of a container on a user network (netdns.py)
         self.log = None
         self.rootfs_mounted = False
         self.stdin_w = None
@@ -306,6 +307,7 @@ class Shim:
                 if child.read_all(ready_r) != b"r":
                     raise UnavailableError("container init died before its network was set up")
                 c.network = self.netmod.connect(str(self.rt.root), c, pid) or {}
+                self.dns = self.netmod.start_dns(str(self.rt.root), c, pid)
                 files = self.netmod.container_files(c)
             if tasks is None:  # forked the plain way: the shim puts it in its cgroups
                 self.cg.join(pid)
@@ -571,6 +573,9 @@ class Shim:
         # the network goes before the exit is reported (rules and leases are what
         # callers check next); cgroups and files after (nobody waits for those)
         problems = []
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None
         if self.netmod is not None and len(c.network or {}) > 1:
             try:
                 self.netmod.disconnect(str(self.rt.root), c)

@@ -58,6 +58,8 @@ class ContainerSpec:
     tty: bool = False
     auto_remove: bool = False
     network_mode: str = "bridge"
+    network_name: str = ""  # --network NAME: a user-defined network (network_mode bridge)
+    network_aliases: list = field(default_factory=list)  # --network-alias
     publish: list = field(default_factory=list)
     publish_all: bool = False
     restart: str = "no"  # --restart: no | always | unless-stopped | on-failure[:N]
@@ -196,9 +198,10 @@ _NONE = type(None)
 _SPEC_TYPES = {
     "image": str,
     "command": (list, _NONE),
-    **dict.fromkeys(("env", "volumes", "publish"), list),
+    **dict.fromkeys(("env", "volumes", "publish", "network_aliases"), list),
     **dict.fromkeys(
-        ("entrypoint", "name", "workdir", "hostname", "network_mode", "restart"), (str, _NONE)
+        ("entrypoint", "name", "workdir", "hostname", "network_mode", "network_name", "restart"),
+        (str, _NONE),
     ),
     **dict.fromkeys(("memory", "cpus", "pids_limit"), (str, int, float, _NONE)),
     **dict.fromkeys(("interactive", "tty", "auto_remove", "publish_all"), bool),
