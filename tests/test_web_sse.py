@@ -5,6 +5,7 @@ import time
 
 from pyinspect.config import database_path
 from pyinspect.store import Store
+from pyinspect.store.rows import FlowRow, IndexRow
 from pyinspect.web.app import create_app
 
 
@@ -38,19 +39,13 @@ def test_timeline_and_flow_streams_send_new_rows(state_root):
     chunks = _chunks(resp)
     assert next(chunks).startswith("retry: ")
     assert next(chunks) == ": keepalive\n\n"  # only flows stored after the request
-    with Store(database_path(state_root)) as store:
-        store.db["flows"].insert(
-            {
-                "session_id": 1,
-                "proto": "tcp",
-                "orig_src": "10.9.0.2",
-                "orig_sport": 4000,
-                "orig_dst": "10.9.0.1",
-                "orig_dport": 8088,
-                "first_ns": now,
-                "last_ns": now,
-            }
+    with Store(database_path(state_root)) as store, store.batch():
+        # as the tracer stores it: the flow and its first packet in one transaction (a
+        # flow without packets is not listed)
+        fid = store.insert_flow(
+            FlowRow(1, "tcp", "10.9.0.2", 4000, "10.9.0.1", 8088, first_ns=now, last_ns=now)
         )
+        store.add_index([IndexRow(1, 1, 0, now, 1, fid, "in", 74)])
     for chunk in chunks:
         if chunk.startswith("id: "):
             (flow,) = _data(chunk)
