@@ -1,0 +1,171 @@
+"""User-defined networks, the embedded DNS and the MTU, through the real CLI, in a netns
+that plays the host. The upstream resolver is testbed/dnsserver.py in a netns the test
+made (config.json's `dns_upstream`), never the machine's."""
+
+import json
+import re
+
+import pytest
+from test_network import IPT, UPSTREAM, UPSTREAM_HOST, wire  # noqa: E402
+
+from conftest import Cli
+from helpers.network_helpers import cname
+from testbed import dnsserver
+
+pytestmark = pytest.mark.root
+
+SERVE = "mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+class Env:
+    def __init__(self, ns, cli):
+        self.ns, self.cli, self.names, self.nets = ns, cli, [], []
+
+    def net(self, *args):
+        self.nets.append(args[-1])
+        return self.cli("network", "create", *args).stdout.strip()
+
+    def run(self, net, *args, name=None):
+        name = name or cname("pnu")
+        self.names.append(name)
+        self.cli("run", "-d", "--name", name, "--network", net, *args)
+        return name
+
+    def ex(self, name, *cmd):
+        return self.cli("exec", name, *cmd, check=False)
+
+    def ip(self, name, net):
+        info = json.loads(self.cli("network", "inspect", net).stdout)[0]
+        return next(
+            m["IPv4Address"].split("/")[0] for m in info["Containers"].values() if m["Name"] == name
+        )
+
+
+@pytest.fixture
+def env(make_netns, state_root):
+    host, up = make_netns("pnu-h"), make_netns("pnu-u")
+    wire(host, up, "pnuu0", UPSTREAM_HOST, UPSTREAM)
+    (state_root / "config.json").write_text(
+        json.dumps({"network": {"dns_upstream": f"{UPSTREAM}:53"}})
+    )
+    server = dnsserver.start(up.name, UPSTREAM, {"ext.test": "10.9.9.9"})
+    e = Env(host, Cli(state_root, netns=host.name))
+    e.up = up
+    yield e
+    server.terminate()
+    server.wait()
+    for name in e.names:
+        e.cli("rm", "-f", name, check=False)
+    for net in e.nets:
+        e.cli("network", "rm", net, check=False)
+    leftover = host.run(IPT + "-save").stdout
+    assert "pyinspect" not in leftover, leftover
+
+
+def test_names_resolve_within_a_network_and_nothing_crosses_networks(env):
+    env.net("--subnet", "10.77.0.0/24", "pnu-app")
+    env.net("pnu-oth")
+    a = env.run(
+        "pnu-app", "--network-alias", "web", "busybox", "sh", "-c", SERVE.format(text="from-a")
+    )
+    b = env.run("pnu-app", "busybox", "sleep", "600")
+    c = env.run("pnu-oth", "busybox", "sh", "-c", SERVE.format(text="from-c"))
+    ip_a, ip_c = env.ip(a, "pnu-app"), env.ip(c, "pnu-oth")
+    assert ip_a.startswith("10.77.0.")
+    assert env.ex(b, "cat", "/etc/resolv.conf").stdout.startswith("nameserver 127.0.0.11\n")
+    # by name and by alias, through the embedded DNS
+    look = env.ex(b, "nslookup", a)
+    assert look.returncode == 0 and f"Address: {ip_a}" in look.stdout, look
+    got = env.ex(b, "timeout", "3", "wget", "-q", "-O", "-", f"http://{a}/")
+    assert got.stdout.strip() == "from-a", got
+    assert env.ex(b, "timeout", "3", "wget", "-q", "-O", "-", "http://web/").stdout.strip() == "from-a"
+    # other names go to the upstream resolver (from the host's netns)
+    ext = env.ex(b, "nslookup", "ext.test")
+    assert "Address: 10.9.9.9" in ext.stdout, ext
+    # a container on another network: not resolvable, and not reachable by address
+    assert ip_c not in env.ex(b, "nslookup", c).stdout
+    assert env.ex(b, "timeout", "2", "wget", "-q", "-O", "-", f"http://{ip_c}/").returncode != 0
+    assert env.ex(c, "timeout", "2", "wget", "-q", "-O", "-", f"http://{ip_a}/").returncode != 0
+    nat = env.ns.run(IPT, "-S", "PYINSPECT-ISOLATION-STAGE-2").stdout
+    assert nat.count("-j DROP") == 2
+    # network rm is refused while containers are on it
+    busy = env.cli("network", "rm", "pnu-app", check=False)
+    assert busy.returncode == 4 and "has active endpoints" in busy.stderr
+    # connect c to pnu-app as well: eth1, and now a and c reach each other by name
+    out = env.cli("network", "connect", "pnu-app", c).stdout
+    assert "eth1" in out
+    assert env.ex(c, "timeout", "3", "wget", "-q", "-O", "-", f"http://{a}/").stdout.strip() == "from-a"
+    assert env.ex(b, "nslookup", c).returncode == 0
+    env.cli("network", "disconnect", "pnu-app", c)
+    assert "eth1" not in env.ex(c, "ip", "-o", "link").stdout
+    ls = env.cli("network", "ls").stdout
+    assert re.search(r"^pnu-app\s+bridge\s+10\.77\.0\.0/24\s+10\.77\.0\.1\s+2\s+up", ls, re.M)
+
+
+def test_internal_network_has_no_way_out(env):
+    env.net("--internal", "pnu-int")
+    x = env.run("pnu-int", "busybox", "sleep", "600")
+    y = env.run("pnu-int", "busybox", "sleep", "600")
+    assert "default" not in env.ex(x, "ip", "route").stdout
+    assert env.ex(x, "ping", "-c", "1", "-W", "1", UPSTREAM).returncode != 0
+    # even with a route added by hand, the isolation rules drop it at the bridge
+    gw = json.loads(env.cli("network", "inspect", "pnu-int").stdout)[0]["Gateway"]
+    env.cli("exec", x, "ip", "route", "add", "default", "via", gw, check=False)
+    assert env.ex(x, "ping", "-c", "1", "-W", "1", UPSTREAM).returncode != 0
+    assert "MASQUERADE" not in " ".join(
+        line for line in env.ns.run(IPT, "-t", "nat", "-S").stdout.splitlines() if gw[:-1] in line
+    )
+    assert env.ex(x, "nslookup", y).returncode == 0  # names inside still resolve
+    assert "10.9.9.9" not in env.ex(x, "nslookup", "ext.test").stdout  # nothing forwarded
+
+
+def test_bridge_takes_the_uplink_mtu_and_doctor_is_clean(make_netns, state_root):
+    host, up = make_netns("pnu-m"), make_netns("pnu-n")
+    wire(host, up, "pnum0", UPSTREAM_HOST, UPSTREAM)
+    host.sh(f"ip link set pnum0 mtu 1400 && ip route add default via {UPSTREAM}")
+    cli = Cli(state_root, netns=host.name)
+    name = cname("pnu")
+    cli("run", "-d", "--name", name, "busybox", "sleep", "600")
+    try:
+        links = host.run("ip", "-o", "link").stdout
+        assert re.search(r"pyinspect0: .* mtu 1400 ", links), links
+        assert all("mtu 1400" in line for line in links.splitlines() if "master pyinspect0" in line)
+        assert "mtu 1400" in cli("exec", name, "ip", "link", "show", "eth0").stdout
+        doc = cli("doctor", "--json", check=False)
+        findings = json.loads(doc.stdout)["findings"]
+        assert not [f for f in findings if f["check"] == "mtu_mismatch"], findings
+        # an explicit MTU for a user network, as Docker's driver option
+        cli("network", "create", "-o", "com.docker.network.driver.mtu=1280", "pnu-mtu")
+        other = cname("pnu")
+        cli("run", "-d", "--name", other, "--network", "pnu-mtu", "busybox", "sleep", "600")
+        assert "mtu 1280" in cli("exec", other, "ip", "link", "show", "eth0").stdout
+        assert json.loads(cli("network", "inspect", "pnu-mtu").stdout)[0]["MTU"] == 1280
+        cli("rm", "-f", other)
+        # a mismatch pyinspect did not make is still reported
+        host.sh("ip link set pyinspect0 mtu 1300")
+        doc = cli("doctor", "--json", check=False)
+        assert [f for f in json.loads(doc.stdout)["findings"] if f["check"] == "mtu_mismatch"]
+    finally:
+        cli("rm", "-f", name, check=False)
+        cli("network", "rm", "pnu-mtu", check=False)
+
+
+def test_network_create_bad_input(env):
+    for args, code, text in (
+        (["--subnet", "10.0.0.0/33", "pnu-bad"], 2, "invalid subnet"),
+        (["--gateway", "10.5.0.1", "--subnet", "10.6.0.0/24", "pnu-bad"], 2, "invalid gateway"),
+        (["-o", "com.docker.network.driver.mtu=9", "pnu-bad"], 2, "invalid MTU"),
+        (["-o", "nosuch=1", "pnu-bad"], 2, "unsupported network option"),
+        (["host"], 2, "invalid network name"),
+    ):
+        proc = env.cli("network", "create", *args, check=False)
+        assert proc.returncode == code and text in proc.stderr and proc.stderr.count("\n") == 1, (
+            proc
+        )
+    env.net("--subnet", "10.78.0.0/24", "pnu-one")
+    dup = env.cli("network", "create", "pnu-one", check=False)
+    assert dup.returncode == 4 and "already exists" in dup.stderr
+    overlap = env.cli("network", "create", "--subnet", "10.78.0.0/16", "pnu-two", check=False)
+    assert overlap.returncode == 4 and "overlaps" in overlap.stderr
+    missing = env.cli("run", "--rm", "--network", "pnu-nosuch", "busybox", "true", check=False)
+    assert missing.returncode == 3 and "network pnu-nosuch not found" in missing.stderr
