@@ -13,8 +13,8 @@ or interface page.
 from html import escape
 from urllib.parse import quote
 
-COL_X = (20, 250, 480, 710)
-BOX_W = 210
+COL_X = (20, 290, 560, 830)
+BOX_W = 250
 LINE = 13
 
 STYLE = {
@@ -36,6 +36,7 @@ def _state(r: dict | None) -> str:
 
 
 def _rate(r: dict | None) -> str:
+    """`rx 1.2kp/s 340kB/s  tx ...` from the caller's rates ('' before a second reading)."""
     rates = (r or {}).get("rates")
     if not rates:
         return ""
@@ -47,7 +48,7 @@ def _rate(r: dict | None) -> str:
         return f"{v:.0f}{unit}"
 
     return (
-        f"rx {num(rates['rx_pps'], 'p/s')} {num(rates['rx_Bps'], 'B/s')} · "
+        f"rx {num(rates['rx_pps'], 'p/s')} {num(rates['rx_Bps'], 'B/s')}  "
         f"tx {num(rates['tx_pps'], 'p/s')} {num(rates['tx_Bps'], 'B/s')}"
     )
 
@@ -95,9 +96,10 @@ def _iface_href(r: dict) -> str:
     return f"/interfaces/{quote(str(r['netns']))}/{quote(r['ifname'])}"
 
 
-def layout(rows: list[dict]) -> list[dict]:
+def layout(rows: list[dict], containers: set | None = None) -> list[dict]:
     """Bands of {netns, uplinks, bridges: [{bridge, ports}], routed: [veths]} from map rows:
-    namespaces holding a bridge or the host side of a veth whose peer is elsewhere."""
+    namespaces holding a bridge or the host side of a veth whose peer is a container
+    (one of the ids `containers`, when given)."""
     by_ns: dict = {}
     for r in rows:
         by_ns.setdefault(r["netns"], []).append(r)
@@ -112,6 +114,7 @@ def layout(rows: list[dict]) -> list[dict]:
             and r.get("peer_netns") not in (None, ns)
             and r.get("container_name")
             and r.get("container_name") != r.get("netns_owner")
+            and (containers is None or r.get("container_id") in containers)
         ]
         if not bridges and not host_veths:
             continue
@@ -166,7 +169,8 @@ def render_svg(rows: list[dict], infos=(), flagged: dict | None = None) -> str:
             f'<text x="{lx + 20}" y="{y + 9}">{escape(label)}</text></g>'
         )
     y += 24
-    for band in layout(rows):
+    real = {i.id for i in infos if i.is_container} if infos else None
+    for band in layout(rows, real):
         drawn_ns.add(band["inode"])
         parts.append(
             f'<text x="{COL_X[0]}" y="{y + 12}" font-weight="bold">netns '
@@ -264,7 +268,8 @@ def render_svg(rows: list[dict], infos=(), flagged: dict | None = None) -> str:
             worst = "ok"
             for r in links[:6]:
                 st = _state(r)
-                worst = st if worst == "ok" else worst
+                if r.get("kind") not in ("loopback", "ifb"):  # idle ifb and lo are normal
+                    worst = st if worst == "ok" else worst
                 lines.append(
                     f"{r['ifname']} {r.get('kind') or ''} {_addr(r)}".strip()
                     + ("" if st == "ok" else f" [{STYLE[st][1]}]")

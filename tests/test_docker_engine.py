@@ -1,0 +1,346 @@
+"""pyinspect against a real Docker engine (Debian's docker.io): dockerd runs inside a
+network namespace of the test (helpers.dockerd), a busybox httpd container `web` is
+published with `-p 8080:80` and resource limits, and a client namespace fetches through
+the DNAT. Then the Containers, container and Topology pages, `map`, `stats`, `trace`
+(through Docker's own iptables-nft rules) and `doctor` (and its fix from the page) are
+checked against it. Everything Docker made goes with the engine and the namespaces."""
+
+import json
+import re
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from conftest import Cli, Netns, unique
+from helpers import dockerd
+
+pytestmark = pytest.mark.root
+
+HOST_IP, CLIENT_IP, PORT = "10.241.0.1", "10.241.0.2", 8080
+WEB = unique("pi-dkweb")  # the Docker container (unique: other engines may run a "web")
+
+
+def _fetch(client, path="/"):
+    return client.run(
+        "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+        f"http://{HOST_IP}:{PORT}{path}", check=False,
+    ).stdout  # fmt: skip
+
+
+class NsServer:
+    """test_web's Server run in the host netns, reached from inside it (this thread enters
+    the namespace for each request: dockerd's world is only there)."""
+
+    def __init__(self, root, netns):
+        from test_web import Server
+
+        self.netns = f"/run/netns/{netns}"
+        self.inner = Server(root, "--no-probes", netns=netns)
+        self.url, self.token, self.login_url = (
+            self.inner.url,
+            self.inner.token,
+            self.inner.login_url,
+        )
+
+    def get(self, path, headers=None):
+        from pyinspect.probes.netns import in_netns
+
+        with in_netns(self.netns):
+            return self.inner.get(path, headers)
+
+    def json(self, path):
+        from pyinspect.probes.netns import in_netns
+
+        with in_netns(self.netns):
+            return self.inner.json(path)
+
+    def stop(self):
+        self.inner.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """dockerd in a host netns, `web` published on 8080, a client netns, a bare named
+    netns with a process in it, pyinspect serve in the host netns."""
+    why = dockerd.available()
+    if why:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("dk") / "root"
+    root.mkdir()
+    host, client, bare = Netns(unique("pi-dkh")), Netns(unique("pi-dkc")), Netns(unique("pi-dkb"))
+    made = {"host": host, "client": client, "bare": bare, "root": root}
+    eng = server = sleeper = None
+    try:
+        up = unique("pdu")
+        subprocess.run(
+            ["ip", "-n", host.name, "link", "add", up, "type", "veth", "peer", "name", "eth0",
+             "netns", client.name], check=True,
+        )  # fmt: skip
+        host.sh(f"ip addr add {HOST_IP}/24 dev {up} && ip link set {up} up")
+        client.sh(f"ip addr add {CLIENT_IP}/24 dev eth0 && ip link set eth0 up")
+        sleeper = bare.popen("sleep", "3600")
+        eng = dockerd.DockerEngine(host.name).start()
+        eng.docker(
+            "run", "-d", "--name", WEB, "-p", f"{PORT}:80", "--memory", "64m",
+            "--pids-limit", "50", "--cpus", "0.5", eng.image, "httpd", "-f", "-p", "80",
+            "-h", "/var/www",
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while _fetch(client) != "200" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _fetch(client) == "200", eng.log()[-2000:]
+        server = NsServer(root, host.name)
+        made.update(
+            engine=eng, server=server, cli=Cli(root, netns=host.name), uplink=up,
+            web=eng.inspect(WEB),
+        )  # fmt: skip
+        yield made
+    finally:
+        if server:
+            server.stop()
+        if eng:
+            eng.stop()
+        if sleeper:
+            sleeper.kill()
+            sleeper.wait()
+        for ns in (client, bare, host):
+            ns.remove()
+
+
+def test_containers_api_has_dockers_fields(engine):
+    rows = engine["server"].json("/api/containers")
+    web = [r for r in rows if r["name"] == WEB]
+    assert len(web) == 1, rows
+    w = web[0]
+    assert (w["source"], w["status"], w["is_container"]) == ("docker", "running", True)
+    assert w["id"] == engine["web"]["Id"]
+    assert w["image"] == dockerd.IMAGE
+    assert w["ip"] == engine["web"]["NetworkSettings"]["IPAddress"]
+    assert w["ports"] == f"0.0.0.0:{PORT}->80/tcp"
+    assert re.fullmatch(r"veth\w+ <-> eth0", w["veth"]), w
+    assert w["limits"] == "memory 64MiB, cpus 0.5, pids 50"
+    assert w["cgroup"].startswith(f"/{engine['engine'].cgroup_parent}/"), w
+    assert w["oom_killed"] == "no"
+    # a named netns with a process in it is listed apart, as a namespace, not a container
+    bare = [r for r in rows if r["name"] == engine["bare"].name]
+    assert bare and bare[0]["is_container"] is False, rows
+    assert bare[0]["status"].startswith("netns ("), bare
+    # the veth pair is the one the kernel has (Docker's veth name is random)
+    host_veths = engine["host"].run("ip", "-o", "link", "show", "master", "docker0").stdout
+    assert w["veth"].split()[0] in host_veths
+
+
+def test_container_page_and_stats_api(engine):
+    s, cid = engine["server"], engine["web"]["Id"]
+    detail = s.json(f"/api/containers/{cid[:12]}/detail")
+    assert detail["name"] == WEB and detail["runtime"] == "docker"
+    assert detail["sources"]["image"] == "Docker API"
+    assert detail["sources"]["limits"].startswith("cgroup v")
+    pids = {p["pid"] for p in detail["processes"]}
+    assert engine["web"]["State"]["Pid"] in pids
+    assert any(p["cmdline"].startswith("httpd") for p in detail["processes"]), detail["processes"]
+    assert any(i["ifname"] == "eth0" and i["kind"] == "veth" for i in detail["interfaces"])
+    first = s.json(f"/api/containers/{WEB}/stats")
+    _fetch(engine["client"])
+    time.sleep(0.3)
+    second = s.json(f"/api/containers/{WEB}/stats")
+    assert second["samples"] >= first["samples"] + 1
+    cur = second["current"]
+    assert cur["mem_limit"] == 64 << 20 and cur["pids_limit"] == 50 and cur["cpus_limit"] == 0.5
+    assert cur["cpu_percent"] is not None and cur["net_rx"] > 0
+    assert all(k in second["charts"] for k in ("cpu", "memory", "pids", "net_rx", "net_tx"))
+    assert "<polyline" in second["charts"]["memory"]
+    status, _, body = s.get(f"/containers/{cid}")
+    assert status == 200
+    page = body.decode()
+    assert dockerd.IMAGE in page and f"0.0.0.0:{PORT}-&gt;80/tcp" in page
+
+
+def test_map_shows_dockers_veth_pair(engine):
+    out = engine["cli"]("map", "--json", "-c", WEB).stdout
+    rows = json.loads(out)
+    eth0 = [r for r in rows if r["ifname"] == "eth0"]
+    assert eth0 and eth0[0]["container_name"] == WEB, rows
+    peer = eth0[0]["peer_ifname"]
+    assert peer.startswith("veth") and eth0[0]["peer_netns_name"] == engine["host"].name
+    host_side = [r for r in rows if r["ifname"] == peer]
+    assert host_side and host_side[0]["master"] == "docker0", rows
+    assert host_side[0]["rx_packets"] > 0 and host_side[0]["carrier"] is True
+
+
+def test_stats_cli(engine):
+    cli = engine["cli"]
+    out = cli("stats", "--no-stream", "--format", "{{.Name}}|{{.MemUsage}}|{{.PIDs}}", WEB).stdout
+    name, mem, pids = out.strip().split("|")
+    assert name == WEB and mem.endswith(" / 64MiB") and int(pids) >= 1, out
+    table = cli("stats", "--no-stream").stdout.splitlines()
+    assert table[0].split()[:3] == ["CONTAINER", "ID", "NAME"], table
+    assert any(line.split()[1] == WEB for line in table[1:]), table
+    assert not any(engine["bare"].name in line for line in table), table  # not a container
+    row = json.loads(cli("stats", "--no-stream", "--format", "json", WEB).stdout)
+    assert row["ID"] == engine["web"]["Id"][:12] and row["CPUPerc"].endswith("%")
+    bad = cli("stats", "--no-stream", "no-such-thing", check=False)
+    assert bad.returncode == 3 and bad.stdout == ""
+    assert bad.stderr.strip() == "Error: No such container: no-such-thing"
+    bad = cli("stats", "--no-stream", "--format", "{{.Name", check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_stats_streams_until_sigterm(engine):
+    proc = subprocess.Popen(
+        engine["cli"].argv("stats", "--interval", "0.3", "--format", "{{.Name}} {{.CPUPerc}}", WEB),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2)
+    proc.terminate()
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert out.count(f"{WEB} ") >= 3, out
+
+
+def test_trace_follows_dockers_iptables_nft_rules(engine):
+    cli, client = engine["cli"], engine["client"]
+    proc = subprocess.Popen(
+        cli.argv("trace", "-c", WEB, "--duration", "6", "--port", str(PORT), "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    for _ in range(2):
+        assert _fetch(client) == "200"
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    items = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    flows = [i for i in items if i.get("type") == "flow"]
+    assert flows, out[-3000:]
+    f = flows[0]
+    ctr_ip = engine["web"]["NetworkSettings"]["IPAddress"]
+    assert f["orig"][0] == CLIENT_IP and f["orig"][2:] == [HOST_IP, PORT], f
+    assert f["reply"][:2] == [ctr_ip, 80] and f["nat"] == "dnat", f
+    text = json.dumps(items)
+    assert "DOCKER" in text, text[-3000:]  # Docker's chains on the rule path
+    # the dashboard shows the flow with its rule path through Docker's chains
+    flows = engine["server"].json("/api/flows")
+    mine = [x for x in flows if x["orig_dport"] == PORT]
+    assert mine and mine[0]["packets"] > 0, flows
+    assert any("DOCKER" in step for step in mine[0]["rule_path"]), mine[0]["rule_path"]
+    assert "None" not in mine[0]["original"] and "None" not in mine[0]["translated"]
+
+
+def test_doctor_finds_and_the_page_fixes_a_docker_veth_down(engine):
+    cli, s = engine["cli"], engine["server"]
+    clean = cli("doctor", "--container", WEB, "--json", check=False)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    veth = s.json(f"/api/containers/{WEB}")["veth"].split()[0]
+    engine["host"].run("ip", "link", "set", veth, "down")
+    try:
+        bad = cli("doctor", "--json", check=False)
+        assert bad.returncode == 1
+        found = [f for f in json.loads(bad.stdout)["findings"] if f["check"] == "veth_down"]
+        assert found and found[0]["container"] == WEB and found[0]["safe"], bad.stdout
+        # the page: the finding, its confirmation (doctor runs again), then the fix
+        status, _, body = s.get("/doctor")
+        assert status == 200 and b"veth_down" in body
+        q = urllib.parse.urlencode({"check": "veth_down", "container": WEB})
+        status, _, body = s.get(f"/doctor/fix?{q}")
+        page = body.decode()
+        assert status == 200 and f"ip link set dev {veth} up" in page, page
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        form = {"csrf": csrf, "check": "veth_down", "container": WEB, "port": ""}
+        # without the confirmation box ticked nothing is applied
+        status, body = _post(s, "/doctor/fix", form)
+        assert status == 400 and b"not confirmed" in body
+        assert "state DOWN" in engine["host"].run("ip", "link", "show", veth).stdout
+        status, body = _post(s, "/doctor/fix", {**form, "confirm": "yes"})
+        assert status == 200 and b"applied" in body, body
+        assert "state DOWN" not in engine["host"].run("ip", "link", "show", veth).stdout
+        assert _fetch(engine["client"]) == "200"
+        assert cli("doctor", "--container", WEB, "--json", check=False).returncode == 0
+    finally:
+        engine["host"].run("ip", "link", "set", veth, "up", check=False)
+
+
+def _post(server, path, form):
+    req = urllib.request.Request(
+        server.url + path.lstrip("/"),
+        data=urllib.parse.urlencode(form).encode(),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {server.token}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    from pyinspect.probes.netns import in_netns
+
+    with in_netns(server.netns):
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+
+def test_topology_shows_the_published_port_rates_and_links(engine):
+    s, cid = engine["server"], engine["web"]["Id"]
+    ctr_ip = engine["web"]["NetworkSettings"]["IPAddress"]
+    s.get("/topology.svg")
+    for _ in range(3):
+        _fetch(engine["client"])
+    time.sleep(0.5)
+    status, _, body = s.get("/topology.svg")
+    svg = body.decode()
+    assert status == 200 and svg.startswith("<svg")
+    assert f"netns {engine['host'].name}" in svg
+    assert "docker0 (bridge)" in svg and f"{WEB}/eth0" in svg
+    assert f"0.0.0.0:{PORT} -&gt; {ctr_ip}:80/tcp" in svg, svg[:3000]
+    assert f'href="/containers/{cid}"' in svg
+    assert re.search(r"rx \d+(\.\d)?k?p/s", svg), svg[:3000]
+    assert f"netns {engine['bare'].name}" in svg  # every namespace, also those with no bridge
+    # state colours: a downed uplink is drawn as down
+    engine["host"].run("ip", "link", "set", engine["uplink"], "down")
+    try:
+        svg = s.get("/topology.svg")[2].decode()
+        up = re.escape(engine["uplink"])
+        box = re.search(
+            rf'<g class="uplink state-(\w+)">(?:<title>[^<]*</title>)?<rect[^>]*/>'
+            rf"<text[^>]*>{up} \(uplink\)",
+            svg,
+        )
+        assert box and box.group(1) == "down", svg[:3000]
+    finally:
+        engine["host"].run("ip", "link", "set", engine["uplink"], "up")
+
+
+def test_pages_in_chromium(engine):
+    from helpers import browser
+
+    why = browser.available()
+    if why:
+        pytest.skip(why)
+    from pyinspect.probes.netns import in_netns
+
+    s = engine["server"]
+    # chromedriver and Chromium are started from inside the host netns (where the
+    # dashboard listens) and this thread stays there while it talks to them
+    with in_netns(s.netns), browser.chromium() as b:
+        b.login(s.login_url)
+        b.open(s.url + "containers")
+        b.wait_text("#containers", WEB)
+        assert dockerd.IMAGE in b.text("#containers")
+        b.screenshot("docker-containers")
+        b.click("#containers a[href*='/containers/']")
+        b.wait_text("#container-facts", dockerd.IMAGE)
+        b.wait_count("#charts svg.chart", 5)
+        b.wait_count("#charts svg.chart polyline", 1, timeout=30)  # two samples or more
+        b.screenshot("docker-container")
+        b.open(s.url + "topology")
+        b.wait_count("#topology svg a", 1)
+        b.screenshot("docker-topology")
+        b.open(s.url + "doctor")
+        b.screenshot("docker-doctor")
+        b.open(s.url + "runbooks/veth-down-or-detached")
+        b.wait_count("#runbook h1, #runbook h2", 1)
+        b.screenshot("runbook")
+        assert not b.console_errors()
