@@ -23,14 +23,15 @@ from pyinspect.errors import (
 )
 
 from . import state
-from .state import Container, ContainerSpec
+from .ctrlog import read_records
+from .netmod import network_module
+from .state import TMP_PREFIX, Container, ContainerSpec
 
 __all__ = ["Runtime", "Container", "ContainerSpec", "network_module"]
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORK_MODES = ("bridge", "none", "host")
-TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 30
 CREATE_GRACE_SECONDS = 2  # a `.tmp-<id>` whose lock is not held this long after its
 # last change lost its creator (it locks microseconds after
@@ -82,17 +83,6 @@ _RIGHT = (
     "wozniak",
     "yonath",
 )
-
-
-def network_module():
-    """pyinspect.runtime.network, or UnavailableError when it is not installed yet."""
-    try:
-        from . import network
-    except ImportError as exc:
-        raise UnavailableError(
-            f"bridge networking is unavailable: {exc}", "use --net none or --net host"
-        ) from None
-    return network
 
 
 def _generate_name(taken):
@@ -310,10 +300,15 @@ class Runtime:
             "user": user,
         }
 
-    def create(self, spec, _run=False, image=None):
+    def create(self, spec, image=None):
         """Validate `spec`, resolve the image, and record a new 'created' container.
         `image` (an images.Image) replaces the lookup of spec.image: `pyinspect build`
         runs its RUN steps on image states that are not stored images."""
+        return self._create(spec, image, run=False)[0]
+
+    def _create(self, spec, image, run) -> tuple[Container, int]:
+        """create(); with `run` the container's lock stays held and its fd comes back
+        with it (the shim takes it over: `run` is one step), else the fd is -1."""
         from .images import ImageStore
 
         limits = self._validate(spec)
@@ -361,7 +356,7 @@ class Runtime:
             network={"mode": mode},
             path=tmp,
         )
-        if _run:
+        if run:
             c.creator = [os.getpid(), state.proc_start(os.getpid())]
         try:
             for d in ("upper", "work", "rootfs"):
@@ -375,11 +370,10 @@ class Runtime:
             self._remove_hidden(c.path)
             os.close(lock_fd)
             raise
-        if _run:
-            c._lock_fd = lock_fd  # held until the shim has it: `run` is one step
-        else:
-            os.close(lock_fd)
-        return c
+        if run:
+            return c, lock_fd
+        os.close(lock_fd)
+        return c, -1
 
     def _reserve_name(self, c):
         link = os.path.join(self.ndir, c.name)
@@ -449,9 +443,8 @@ class Runtime:
         its output to this process's stdout/stderr, wait, and return the container
         with its `exit_code` set (also when --rm removed it)."""
         state.mark("run_entered")
-        c = self.create(spec, _run=True, image=image)
+        c, lock_fd = self._create(spec, image, run=True)
         state.mark("created")
-        lock_fd = c._lock_fd
         if detach:
             self._launch(c, lock_fd, attach=False)
             return self._refresh(c)
@@ -682,41 +675,10 @@ class Runtime:
         self._remove_hidden(self._hide(c))
 
     def _hide(self, c):
-        """Free the name and rename the directory to `.tmp-rm-<id>` (so a half-done
-        removal never looks like a container); returns the new path."""
-        link = os.path.join(self.ndir, c.name)
-        if self._name_target(c.name) == c.id:
-            try:
-                os.unlink(link)
-            except FileNotFoundError:
-                pass
-        trash = os.path.join(self.cdir, f"{TMP_PREFIX}rm-{c.id}")
-        try:
-            os.rename(c.path, trash)
-        except OSError:
-            trash = c.path
-        return trash
+        return state.hide_record(self.root, c)
 
     def _remove_hidden(self, trash):
-        """rm -rf without following links (and without importing shutil)."""
-        for top, dirs, files in os.walk(trash, topdown=False):
-            for name in files:
-                try:
-                    os.unlink(os.path.join(top, name))
-                except OSError:
-                    pass
-            for name in dirs:
-                p = os.path.join(top, name)
-                try:
-                    os.unlink(p) if os.path.islink(p) else os.rmdir(p)
-                except OSError:
-                    pass
-        try:
-            os.rmdir(trash)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass  # left for the reconciler (as .tmp-rm-<id>)
+        state.remove_tree(trash)
 
     # -- reconcile -------------------------------------------------------------------
     def _settle(self, c, lock_fd, manually_stopped=False):
@@ -1089,15 +1051,15 @@ class Runtime:
         except FileNotFoundError:
             return
         with f:
-            pieces = []
-            for s, d in _read_records(f):
+            pieces: list[tuple[str, bytes]] = []
+            for s, d in read_records(f):
                 pieces.extend((s, line) for line in d.splitlines(keepends=True))
             if tail is not None and tail >= 0:
                 pieces = pieces[len(pieces) - tail :] if tail else []
             yield from pieces
             while follow:
                 running = self._shim_busy(c)
-                yield from _read_records(f)
+                yield from read_records(f)
                 if not running:
                     return
                 time.sleep(0.05)
@@ -1252,24 +1214,6 @@ def _relay_pty(master, interactive):
                 os.write(master, data)
 
 
-def _read_records(f):
-    """The complete log records from `f`'s position on; stops before a partial one."""
-    import json
-
-    out = []
-    while True:
-        pos = f.tell()
-        line = f.readline()
-        if not line.endswith(b"\n"):
-            f.seek(pos)  # nothing more, or a record still being written
-            return out
-        try:
-            rec = json.loads(line)
-            out.append((rec["s"], rec["d"].encode("utf-8", "surrogateescape")))
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeError):
-            continue
-
-
 def split_cp_arg(arg):
     """'name:/path' -> ('name', '/path'); a host path -> (None, path). 'name:' gives an
     empty path (which `cp` refuses, like Docker)."""
@@ -1302,14 +1246,15 @@ def container_json(c):
                 "Propagation": "rprivate",
             }
         )
-    ports = {}
+    published: dict[str, list[dict[str, str]]] = {}
     for p in net.get("ports") or []:
         key = f"{p.get('container_port')}/{p.get('proto', 'tcp')}"
-        ports.setdefault(key, []).append(
+        published.setdefault(key, []).append(
             {"HostIp": p.get("host_ip", ""), "HostPort": str(p.get("host_port", ""))}
         )
+    ports: dict[str, list[dict[str, str]] | None] = dict(published)
     for key in c.image_config.get("ExposedPorts") or {}:
-        ports.setdefault(key, None)
+        ports.setdefault(key, None)  # exposed, not published
     mode = spec.network_mode or "bridge"
     endpoint = {
         "IPAddress": net.get("ip", ""),

@@ -22,11 +22,14 @@ import select
 import signal
 import sys
 import time
+from types import ModuleType
+from typing import BinaryIO, Protocol
 
 from pyinspect.errors import PyinspectError, UnavailableError
 
 from . import child, isolation, restart, state
 from .cgroups import Cgroup
+from .ctrlog import record
 
 SHIM_COMM = "pyinspect-shim"
 EXIT_SETUP_FAILED = 125
@@ -80,13 +83,13 @@ def launch(runtime, c, lock_fd, attach=False):
         return pid, exit_r
     if exit_r is not None:
         os.close(exit_r)
-    code, _, text = rest.partition(" ")
-    if kind == "err" and code.isdigit():
-        raise StartError(text or "container failed to start", int(code))
+    status, _, text = rest.partition(" ")
+    if kind == "err" and status.isdigit():
+        raise StartError(text or "container failed to start", int(status))
     raise StartError("container failed to start: the monitor process died")
 
 
-_unreaped = []  # shims that reported an exit code and were still cleaning up
+_unreaped: list[int] = []  # shims that reported an exit code and were still cleaning up
 
 
 def _reap_finished():
@@ -111,20 +114,30 @@ def wait_exit(pid, exit_fd):
     return child.wait(pid)
 
 
+class RuntimeView(Protocol):
+    """What the shim uses of the runtime that launches it (containers.Runtime)."""
+
+    root: str
+
+    def get(self, ref: str) -> state.Container: ...
+
+    def container_files(self, c: state.Container) -> dict[str, str]: ...
+
+
 class Shim:
-    def __init__(self, runtime, c, lock_fd, status_w, attach, exit_w=None):
+    def __init__(self, runtime: RuntimeView, c, lock_fd, status_w, attach, exit_w=None):
         self.rt = runtime
         self.exit_w = exit_w
         self.c = c
         self.lock_fd = lock_fd
         self.status_w = status_w
         self.attach = attach
-        self.cg = None
-        self.netmod = None
+        self.cg: Cgroup | None = None
+        self.netmod: ModuleType | None = None
         self.dns = None  # the embedded DNS of a container on a user network (netdns.py)
-        self.log = None
+        self.log: BinaryIO | None = None
         self.rootfs_mounted = False
-        self.stdin_w = None
+        self.stdin_w: int | None = None
 
     # -- the shim's life, in order -------------------------------------------------
     def main(self):
@@ -232,9 +245,9 @@ class Shim:
                 )
             join_net = os.open(f"/proc/{other.pid}/ns/net", os.O_RDONLY)
         if mode == "bridge":
-            from . import containers
+            from .netmod import network_module
 
-            self.netmod = containers.network_module()
+            self.netmod = network_module()
         files = self.rt.container_files(c) if mode != "bridge" else None
         self.log = open(c.log_path, "ab", buffering=0)
         # stdio of the init
@@ -303,13 +316,14 @@ class Shim:
         c.pid, c.pid_start = pid, state.proc_start(pid)
         try:
             # while the init unshares and mounts its root
-            if mode == "bridge":
+            if self.netmod is not None:  # bridge mode
                 if child.read_all(ready_r) != b"r":
                     raise UnavailableError("container init died before its network was set up")
                 c.network = self.netmod.connect(str(self.rt.root), c, pid) or {}
                 self.dns = self.netmod.start_dns(str(self.rt.root), c, pid)
                 files = self.netmod.container_files(c)
             if tasks is None:  # forked the plain way: the shim puts it in its cgroups
+                assert self.cg is not None  # start_init made it
                 self.cg.join(pid)
                 state.mark("cgroups_joined")
             try:
@@ -341,6 +355,7 @@ class Shim:
         """Fork the init: (pid, the v1 `tasks` files it joins itself), or (pid, None) when
         it had to be forked the plain way (the shim joins it then). Cloned into its
         cgroup2 directory where the kernel can (CLONE_INTO_CGROUP, Linux 5.7)."""
+        assert self.cg is not None  # start_init made it
         v2_dir = self.cg.paths.get("unified")
         fd = None
         if v2_dir:
@@ -482,10 +497,8 @@ class Shim:
 
     # -- while it runs -------------------------------------------------------------
     def _log(self, stream, data):
-        rec = json.dumps(
-            {"s": stream, "t": time.time_ns(), "d": data.decode("utf-8", "surrogateescape")}
-        )
-        self.log.write(rec.encode("utf-8", "surrogatepass") + b"\n")
+        assert self.log is not None  # open while the init runs
+        self.log.write(record(stream, data))
 
     def relay_and_wait(self):
         """Copy the init's output into the log (and the terminal); return its exit code."""
@@ -493,6 +506,7 @@ class Shim:
         if self.master is not None:
             sources[self.master] = ("stdout", 1)
         else:
+            assert self.out_r is not None and self.err_r is not None  # the pipes' read ends
             sources[self.out_r] = ("stdout", 1)
             sources[self.err_r] = ("stderr", 2)
         mirror = self.attach
@@ -586,7 +600,7 @@ class Shim:
         c.error = "; ".join([e for e in [error] + problems if e])
         trash = None
         if c.spec.auto_remove:
-            trash = self.rt._hide(c)
+            trash = state.hide_record(self.rt.root, c)
         else:
             state.save(c)
         if self.exit_w is not None and self.status_w is None:
@@ -617,7 +631,7 @@ class Shim:
             self.log.close()
             self.log = None
         if trash:
-            self.rt._remove_hidden(trash)
+            state.remove_tree(trash)
         elif problems:
             c.error = "; ".join([e for e in [error] + problems if e])
             state.save(c)

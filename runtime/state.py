@@ -154,6 +154,52 @@ def names_dir(root):
     return os.path.join(str(root), "names")
 
 
+TMP_PREFIX = ".tmp-"  # entries of containers/ that are not (yet, or any more) records
+
+
+def hide_record(root, c) -> str:
+    """Free `c`'s name and rename its directory to `.tmp-rm-<id>` (so a half-done
+    removal never looks like a container); returns the new path (c.path if the rename
+    failed)."""
+    link = os.path.join(names_dir(root), c.name)
+    try:
+        mine = os.readlink(link) == c.id
+    except OSError:
+        mine = False
+    if mine:
+        try:
+            os.unlink(link)
+        except FileNotFoundError:
+            pass
+    trash = os.path.join(containers_dir(root), f"{TMP_PREFIX}rm-{c.id}")
+    try:
+        os.rename(c.path, trash)
+    except OSError:
+        trash = c.path
+    return trash
+
+
+def remove_tree(trash: str) -> None:
+    """rm -rf without following links (and without importing shutil); what cannot be
+    removed is left for the reconciler."""
+    for top, dirs, files in os.walk(trash, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(top, name))
+            except OSError:
+                pass
+        for name in dirs:
+            p = os.path.join(top, name)
+            try:
+                os.unlink(p) if os.path.islink(p) else os.rmdir(p)
+            except OSError:
+                pass
+    try:
+        os.rmdir(trash)
+    except OSError:
+        pass  # gone, or left for the reconciler (as .tmp-rm-<id>)
+
+
 def write_json(path, data):
     """Replace `path` atomically with `data` as JSON (not fsynced: the start path)."""
     with atomic_write(path, "w") as f:
