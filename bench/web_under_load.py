@@ -29,8 +29,9 @@ from trace_flood import PYINSPECT, SINK, UDP_PORT, tracetopo  # noqa: E402
 PATHS = ["api/timeline?limit=100", "api/flows", "api/traces", "api/containers"]
 
 
-def hammer(base, seconds, clients):
+def hammer(base, seconds, clients, token):
     """Requests/s over `seconds` from `clients` threads cycling through PATHS."""
+    auth = {"Authorization": f"Bearer {token}"}
     counts, errors = [0] * clients, [0] * clients
     end = time.monotonic() + seconds
 
@@ -38,7 +39,8 @@ def hammer(base, seconds, clients):
         k = i
         while time.monotonic() < end:
             try:
-                with urllib.request.urlopen(base + PATHS[k % len(PATHS)], timeout=30) as r:
+                req = urllib.request.Request(base + PATHS[k % len(PATHS)], headers=auth)
+                with urllib.request.urlopen(req, timeout=30) as r:
                     r.read()
                 counts[i] += 1
             except OSError:
@@ -79,7 +81,8 @@ def main():
             base = tracetopo.dashboard_url(server)
             if not base:
                 raise SystemExit("serve did not start")
-            idle_rps, idle_err = hammer(base, args.seconds, args.clients)
+            token = (Path(root) / "web-token").read_text().strip()  # serve's token
+            idle_rps, idle_err = hammer(base, args.seconds, args.clients, token)
             trace = trace_flood.start_trace(topo, root)
             result = {}
             flood = threading.Thread(
@@ -88,7 +91,7 @@ def main():
                 )
             )
             flood.start()
-            busy_rps, busy_err = hammer(base, args.seconds, args.clients)
+            busy_rps, busy_err = hammer(base, args.seconds, args.clients, token)
             flood.join()
             summary = trace_flood.stop_trace(trace)
             server.terminate()
