@@ -46,6 +46,7 @@ from pyinspect.errors import (
 
 from . import imagemeta
 from .fsutil import atomic_write
+from .imageref import parse_reference
 from .layerstream import GZIP_MAGIC, ZSTD_MAGIC, Budget, decompress_to
 
 WHITEOUT_PREFIX = ".wh."
@@ -493,8 +494,6 @@ def _read_json(src, name):
 
 
 def _names(raw, what):
-    from pyinspect.runtime.images import parse_reference
-
     out = []
     for name in raw or []:
         try:

@@ -33,17 +33,11 @@ from pyinspect.errors import (
 from pyinspect.proc import pid_alive
 
 from .fsutil import atomic_write
+from .imageref import parse_reference
 
 DEFAULT_IMAGE = "busybox:latest"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEXPFX = re.compile(r"^[0-9a-f]{1,64}$")
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = (
-    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
-)
-_NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass
@@ -65,39 +59,6 @@ class Image:
     @property
     def short_id(self):
         return self.id.split(":", 1)[1][:12]
-
-
-def parse_reference(ref):
-    """'busybox' -> 'busybox:latest'; Docker Hub prefixes dropped; UsageError if malformed."""
-    if not isinstance(ref, str) or not ref or ref != ref.strip():
-        raise UsageError(f"image reference {ref!r}: empty or padded with spaces")
-    if "@" in ref:
-        raise UsageError(
-            f"image reference {ref!r}: digest references are not supported",
-            "use a name:tag or an image id",
-        )
-    name, tag = ref, "latest"
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        name, tag = ref[:colon], ref[colon + 1 :]
-    for prefix in (
-        "docker.io/library/",
-        "index.docker.io/library/",
-        "docker.io/",
-        "index.docker.io/",
-    ):
-        if name.startswith(prefix) and "/" in name:
-            name = name[len(prefix) :]
-            break
-    if len(name) > 255 or not _NAME_RE.match(name):
-        raise UsageError(
-            f"image reference {ref!r}: invalid repository name",
-            "lowercase letters, digits and separators . _ - /",
-        )
-    if not _TAG_RE.match(tag):
-        raise UsageError(f"image reference {ref!r}: invalid tag")
-    return f"{name}:{tag}"
 
 
 def _atomic_write(path, data):
