@@ -25,12 +25,22 @@ char LICENSE[] SEC("license") = "GPL";
 #define CFG_ALL_CLONES 2   /* report clone syscalls without CLONE_NEW* flags too */
 #define CFG_NS_FILTER 4    /* only tasks whose net or pid namespace is in ns_allow */
 
+/* exec events: where argv came from and how complete it is (proc_event.flags) */
+#define ARGV_ENTRY 1       /* read at execve()/execveat() entry from the caller's memory */
+#define ARGV_TRUNCATED 2   /* more arguments or longer ones than fit */
+#define ARGV_UNREADABLE 4  /* a pointer or string could not be read */
+#define ARGV_MM 8          /* read from the new image's stack at exec (pages may be absent) */
+#define ARGS_MAX 256       /* argv bytes kept (args[] is twice that for the verifier) */
+#define ARGS_N 32          /* arguments read at most */
+
 struct proc_config {
     struct task_offsets task;
     u64 flags;
     struct tpf fork_child_pid;
     struct tpf exec_old_pid;
     struct tpf exec_filename;
+    struct tpf execve_argv;
+    struct tpf execveat_argv;
     struct tpf clone_flags;
     struct tpf clone3_uargs;
     struct tpf unshare_flags;
@@ -52,13 +62,34 @@ struct proc_event {
     u32 kind;
     s32 exit_code;  /* raw task->exit_code, -1 when unknown */
     u32 other_pid;  /* fork: parent tgid; oom: invoking tgid */
-    s32 aux;        /* exec: argv bytes; setns: fd; oom: oom_score_adj */
+    s32 aux;        /* exec: argv bytes in args; setns: fd; oom: oom_score_adj */
     u64 aux2;       /* oom: total_vm kB */
     u64 aux3;       /* oom: anon_rss kB */
     u64 memcg_id;   /* oom: id of the invoking task's memory cgroup (BTF), else 0 */
     char filename[128];
-    char args[128];
+    char args[2 * ARGS_MAX];
 };
+
+/* argv as execve() was given it, kept per thread until sched_process_exec */
+struct argv_buf {
+    u32 len;
+    u32 flags;
+    char buf[2 * ARGS_MAX];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __type(key, u32);
+    __type(value, struct argv_buf);
+    __uint(max_entries, 1024);
+} pending_argv SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __type(key, u32);
+    __type(value, struct argv_buf);
+    __uint(max_entries, 1);
+} argv_scratch SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -171,7 +202,15 @@ int tracepoint__sched__sched_process_exec(void *ctx)
     fill_current(e, K_EXEC);
     e->other_pid = TP_READ(ctx, cfg.exec_old_pid);
     TP_STR(ctx, cfg.exec_filename, e->filename);
-    if (cfg.task.have_btf) {
+    u32 old = e->other_pid;
+    struct argv_buf *a = bpf_map_lookup_elem(&pending_argv, &old);
+    if (a) {  /* read at entry, where the caller's pages were surely present */
+        bpf_probe_read_kernel(&e->args, sizeof(e->args), a->buf);
+        e->aux = a->len;
+        e->flags = a->flags | ARGV_ENTRY;
+        bpf_map_delete_elem(&pending_argv, &old);
+    } else if (cfg.task.have_btf) {
+        e->flags = ARGV_MM;
         void *task = (void *)bpf_get_current_task();
         void *mm = kread_ptr(task, cfg.task.task_mm);
         if (mm) {
@@ -180,12 +219,73 @@ int tracepoint__sched__sched_process_exec(void *ctx)
             bpf_probe_read_kernel(&end, sizeof(end), (char *)mm + cfg.task.mm_arg_end);
             /* a fixed-size read (environment strings follow argv, so it stays mapped);
                userspace keeps only the first (end - start) bytes */
-            if (start && bpf_probe_read_user(&e->args, sizeof(e->args), (void *)start) != 0)
+            if (start && bpf_probe_read_user(&e->args, sizeof(e->args), (void *)start) != 0) {
                 bpf_probe_read_user_str(&e->args, sizeof(e->args), (void *)start);
+                e->flags |= ARGV_UNREADABLE;  /* pages of the new stack not present yet */
+            }
             e->aux = (s32)(end - start);
         }
     }
     return emit(e);
+}
+
+/* argv at execve()/execveat() entry, as bcc's execsnoop reads it: the caller wrote these
+   strings moments ago, so its pages are present (at sched_process_exec the new image's
+   stack may not be yet). Kept per thread for sched_process_exec; a failed exec leaves an
+   entry the thread's next exec replaces (LRU). */
+static __always_inline int stash_argv(const char *const *argv)
+{
+    u32 zero = 0;
+    struct argv_buf *a = bpf_map_lookup_elem(&argv_scratch, &zero);
+    if (!a)
+        return 0;
+    a->len = 0;
+    a->flags = 0;
+    for (int i = 0; i < ARGS_N; i++) {
+        const char *p = 0;
+        if (bpf_probe_read_user(&p, sizeof(p), &argv[i]) != 0) {
+            a->flags |= ARGV_UNREADABLE;
+            break;
+        }
+        if (!p)
+            break;
+        if (a->len >= ARGS_MAX) {
+            a->flags |= ARGV_TRUNCATED;
+            break;
+        }
+        u32 off = a->len & (ARGS_MAX - 1);
+        long n = bpf_probe_read_user_str(&a->buf[off], ARGS_MAX, p);
+        if (n <= 0) {
+            a->flags |= ARGV_UNREADABLE;
+            break;
+        }
+        a->len = off + n;
+        if (n == ARGS_MAX) {  /* one string filled the room: cut */
+            a->flags |= ARGV_TRUNCATED;
+            break;
+        }
+        if (i == ARGS_N - 1) {
+            const char *next = 0;
+            bpf_probe_read_user(&next, sizeof(next), &argv[i + 1]);
+            if (next)
+                a->flags |= ARGV_TRUNCATED;
+        }
+    }
+    u32 tid = bpf_get_current_pid_tgid();
+    bpf_map_update_elem(&pending_argv, &tid, a, BPF_ANY);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_execve")
+int tracepoint__syscalls__sys_enter_execve(void *ctx)
+{
+    return stash_argv((const char *const *)TP_READ(ctx, cfg.execve_argv));
+}
+
+SEC("tracepoint/syscalls/sys_enter_execveat")
+int tracepoint__syscalls__sys_enter_execveat(void *ctx)
+{
+    return stash_argv((const char *const *)TP_READ(ctx, cfg.execveat_argv));
 }
 
 SEC("tracepoint/sched/sched_process_exit")

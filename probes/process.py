@@ -58,6 +58,9 @@ NS_LINK = re.compile(r"^[a-z_]+:\[\d+\]$")  # what /proc/<pid>/fd/N reads for an
 CFG_THREADS = 1
 CFG_ALL_CLONES = 2
 CFG_NS_FILTER = 4
+# exec records: process.bpf.c ARGV_* (in proc_event.flags) and ARGS_MAX
+ARGV_ENTRY, ARGV_TRUNCATED, ARGV_UNREADABLE, ARGV_MM = 1, 2, 4, 8
+ARGS_MAX = 256
 
 
 class ProcConfig(ctypes.Structure):
@@ -69,6 +72,8 @@ class ProcConfig(ctypes.Structure):
             "fork_child_pid",
             "exec_old_pid",
             "exec_filename",
+            "execve_argv",
+            "execveat_argv",
             "clone_flags",
             "clone3_uargs",
             "unshare_flags",
@@ -97,8 +102,37 @@ class ProcEvent(ctypes.Structure):
         ("aux3", ctypes.c_uint64),
         ("memcg_id", ctypes.c_uint64),
         ("filename", ctypes.c_char * 128),
-        ("args", ctypes.c_char * 128),
+        ("args", ctypes.c_char * (2 * ARGS_MAX)),
     ]
+
+
+def decode_argv(r) -> dict:
+    """{"argv", "argv_truncated", "argv_unreadable", "argv_source"} of an exec record.
+
+    argv read at execve() entry is what the caller passed; read from the new stack at
+    exec (no entry record: the probe started between the two, or the syscall tracepoints
+    are missing) it can miss pages. Either way a cut or unreadable argv says so instead
+    of showing empty strings."""
+    field = type(r).args  # a c_char array field reads as NUL-truncated bytes
+    size = ARGS_MAX if r.flags & ARGV_ENTRY else field.size
+    raw = ctypes.string_at(ctypes.addressof(r) + field.offset, max(0, min(r.aux, size)))
+    truncated = bool(r.flags & ARGV_TRUNCATED) or r.aux > size
+    unreadable = bool(r.flags & ARGV_UNREADABLE)
+    parts = raw.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    elif parts:
+        truncated = True  # the last string was cut by the buffer's end
+    if not r.flags & ARGV_ENTRY and b"" in parts:
+        # the stack's strings were not all readable: what follows a hole is not argv
+        parts = parts[: parts.index(b"")]
+        unreadable = True
+    return {
+        "argv": [p.decode(errors="replace") for p in parts],
+        "argv_truncated": truncated,
+        "argv_unreadable": unreadable,
+        "argv_source": "execve" if r.flags & ARGV_ENTRY else "exec-stack",
+    }
 
 
 def namespace_names(flags):
@@ -202,6 +236,8 @@ class ProcessProbe(TracepointProbe):
             ("exec_filename", "filename", True),
         ],
         "sched:sched_process_exit": [],
+        "syscalls:sys_enter_execve": [("execve_argv", "argv", False)],
+        "syscalls:sys_enter_execveat": [("execveat_argv", "argv", False)],
         "syscalls:sys_enter_clone": [("clone_flags", "clone_flags", False)],
         "syscalls:sys_enter_clone3": [("clone3_uargs", "uargs", False)],
         "syscalls:sys_enter_unshare": [("unshare_flags", "unshare_flags", False)],
@@ -219,6 +255,8 @@ class ProcessProbe(TracepointProbe):
         "sched:sched_process_fork": "PI_FORK",
         "sched:sched_process_exec": "PI_EXEC",
         "sched:sched_process_exit": "PI_EXIT",
+        "syscalls:sys_enter_execve": "PI_EXECVE",
+        "syscalls:sys_enter_execveat": "PI_EXECVEAT",
         "syscalls:sys_enter_clone": "PI_CLONE",
         "syscalls:sys_enter_clone3": "PI_CLONE3",
         "syscalls:sys_enter_unshare": "PI_UNSHARE",
@@ -282,16 +320,8 @@ class ProcessProbe(TracepointProbe):
             detail["thread"] = bool(r.flags & CLONE_THREAD)
         elif kind == "exec":
             detail["filename"] = _str(r.filename)
-            if self.offsets:
-                field = type(r).args  # a c_char array field reads as NUL-truncated bytes
-                raw = ctypes.string_at(
-                    ctypes.addressof(r) + field.offset, max(0, min(r.aux, field.size))
-                )
-                argv = [a.decode(errors="replace") for a in raw.split(b"\0")]
-                if argv and argv[-1] == "":
-                    argv.pop()
-                detail["argv"] = argv
-                detail["argv_truncated"] = r.aux > field.size
+            if r.flags & ARGV_ENTRY or self.offsets:
+                detail.update(decode_argv(r))
             detail["old_pid"] = r.other_pid
         elif kind == "exit":
             detail.update(decode_exit_code(r.exit_code))

@@ -652,3 +652,57 @@ def test_netfilter_probe_reports_a_real_refusal(monkeypatch):
     st = capabilities._probe_netfilter()
     assert not st.available
     assert st.reason == "load failed: program type unknown to this kernel (needs >= 6.4)"
+
+
+def _exec_of(events, argv0, marker):
+    return events.wait(
+        lambda seen: next(
+            (
+                e
+                for e in seen
+                if e["kind"] == "exec"
+                and (e["detail"].get("argv") or [""])[0] == argv0
+                and marker in e["detail"].get("argv", [])
+            ),
+            None,
+        )
+    )
+
+
+def test_argv_of_the_first_exec_in_a_fresh_container_is_complete(events, state_root):
+    """`docker exec web ls /` once read as ["ls", "", ""]: argv is now read at execve()
+    entry (the caller's pages), for the container's first exec and for exec."""
+    from conftest import Cli
+
+    cli = Cli(state_root)
+    name = f"pa-argv-{uuid.uuid4().hex[:6]}"
+    marker = f"m{uuid.uuid4().hex[:8]}"
+    try:
+        script = "exec sleep 600"
+        cli("run", "-d", "--name", name, "--net", "none", "busybox", "sh", "-c", script, marker)
+        first = _exec_of(events, "sh", marker)
+        assert first["detail"]["argv"] == ["sh", "-c", script, marker]
+        assert first["detail"]["argv_source"] == "execve"
+        assert not first["detail"]["argv_truncated"] and not first["detail"]["argv_unreadable"]
+        done = cli("exec", name, "ls", "/", "/etc", marker, check=False)
+        assert done.returncode == 1 and f"{marker}: No such file" in done.stderr, done
+        ex = _exec_of(events, "ls", marker)
+        assert ex["detail"]["argv"] == ["ls", "/", "/etc", marker]
+        assert ex["detail"]["argv_source"] == "execve"
+    finally:
+        cli("rm", "-f", name, check=False)
+
+
+def test_long_argv_is_marked_truncated_not_blank(events):
+    marker = f"m{uuid.uuid4().hex[:8]}"
+    many = [f"arg{i:02d}" for i in range(40)]
+    subprocess.run(["/bin/true", marker, *many], check=True, timeout=30)
+    ex = _exec_of(events, "/bin/true", marker)
+    argv = ex["detail"]["argv"]
+    assert ex["detail"]["argv_truncated"] and not ex["detail"]["argv_unreadable"]
+    assert argv == ["/bin/true", marker, *many][: len(argv)] and "" not in argv
+    long = "x" * 400
+    subprocess.run(["/bin/true", marker + "L", long], check=True, timeout=30)
+    ex = _exec_of(events, "/bin/true", marker + "L")
+    assert ex["detail"]["argv_truncated"]
+    assert ex["detail"]["argv"][2] == long[: len(ex["detail"]["argv"][2])]
