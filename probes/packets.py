@@ -28,7 +28,7 @@ from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
 from . import bpfobj, bpfsys, cdefs, pcapfilter
-from .evring import EvRing, cpu_list
+from .evring import EvRing, cpu_list, default_ring_bytes
 from .netns import in_netns
 
 SRC = Path(__file__).with_name("packets.bpf.c")
@@ -561,11 +561,12 @@ class PacketCapture:
     consumed(), analysis records via read(), counters(), stop(), close().
 
     Evidence: every matched packet (up to `snaplen`, at most EV_MAXCAP) as pcapng EPBs in
-    per-CPU BPF ring buffers of `ring_mb` MiB each. Analysis: within the budget (set_budget),
-    the first ASNAP bytes of each packet in a ring buffer.
+    per-CPU BPF ring buffers of `ring_mb` MiB each (None: evring.default_ring_bytes()).
+    Analysis: within the budget (set_budget), the first ASNAP bytes of each packet in a
+    ring buffer.
     """
 
-    def __init__(self, points, target, snaplen=262144, ring_mb=16, analysis_mb=4):
+    def __init__(self, points, target, snaplen=262144, ring_mb=None, analysis_mb=4):
         if len(points) > MAX_POINTS:
             raise UsageError(f"too many capture points: {len(points)}", f"at most {MAX_POINTS}")
         if snaplen < 0:
@@ -573,7 +574,9 @@ class PacketCapture:
         self.points = list(points)
         self.target = target
         self.snaplen = EV_MAXCAP if snaplen == 0 else min(snaplen, EV_MAXCAP)
-        self.ring_bytes = _pow2_pages(ring_mb * 1024 * 1024)
+        self.ring_bytes = (
+            default_ring_bytes() if ring_mb is None else _pow2_pages(int(ring_mb * 1024 * 1024))
+        )
         self.analysis_bytes = _pow2_pages(analysis_mb * 1024 * 1024)
         self.obj: bpfobj.BpfObject | None = None
         self.rings = []  # EvRing per online CPU

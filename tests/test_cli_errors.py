@@ -41,20 +41,14 @@ TABLES = (
 def error_line(proc):
     """The one `Error: ...` line of a failed command; asserts the accepted formats.
 
-    Accepted: a single non-empty stderr line starting with `Error: `, or click's own
-    usage error (`Usage: ...`, `Try '... --help' for help.`, `Error: ...`). Never a
-    traceback, never an internal error (exit 70), never exit 0.
+    Accepted: a single non-empty stderr line starting with `Error: ` (click's usage
+    errors too). Never a traceback, never an internal error (exit 70), never exit 0.
     """
     both = proc.stdout + proc.stderr
     assert proc.returncode != 0, f"exit 0 on bad input\nstdout: {proc.stdout}"
     assert "Traceback" not in both and 'File "' not in both, both
     assert proc.returncode != 70 and "internal error" not in both, both
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    if lines and lines[0].startswith("Usage: "):
-        assert (
-            len(lines) == 3 and lines[1].startswith("Try '") and lines[1].endswith("for help.")
-        ), proc.stderr
-        lines = lines[2:]
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     return lines[0]
 

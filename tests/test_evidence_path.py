@@ -291,6 +291,25 @@ def test_kernel_without_the_copy_kfunc_falls_back_by_itself(wire, tmp_path, monk
     assert multiset(got) == multiset(frames)
 
 
+def test_ring_size_default_and_asked_for(wire):
+    """Unasked, each CPU's ring is evring.default_ring_bytes(): a power of two between 4
+    and 64 MiB within 1/128 of memory over the CPUs; `-B` (ring_mb) sets it, rounded up
+    to a power of two pages. The kernel's maps have that size."""
+    from pyinspect.probes import evring
+
+    size = evring.default_ring_bytes()
+    with open("/proc/meminfo") as f:
+        mem = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    share = mem // 128 // len(evring.cpu_list("online"))
+    assert size & (size - 1) == 0 and 4 << 20 <= size <= 64 << 20
+    assert size <= share or size == 4 << 20
+    assert size * 2 > min(share, 64 << 20)
+    for asked, want in ((None, size), (3000 / 1024, 4 << 20), (0.5, 512 << 10)):
+        with packets.PacketCapture([wire.point("eva0")], packets.Target(), ring_mb=asked) as cap:
+            assert cap.ring_bytes == want
+            assert {r.size for r in cap.rings} == {want}
+
+
 def test_full_ring_counts_lost_and_keeps_a_valid_chain(wire, tmp_path):
     """A one-page evidence ring and a reader that comes late: what did not fit is `lost`,
     what did is written whole (the chain never broken by the kernel's own lost records),

@@ -78,6 +78,16 @@ Run it in the namespace that holds the container's bridge (the host). The line
     "the cap are counted as capped.",
 )
 @click.option(
+    "-B",
+    "--buffer-size",
+    "buffer_kib",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evidence buffer per CPU in KiB (as tcpdump's -B; rounded up to a power of "
+    "two pages). Default: 64 MiB, or 1/128 of memory over the CPUs if that is less "
+    "(at least 4 MiB). Packets that find it full are counted as lost.",
+)
+@click.option(
     "--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds."
 )
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many traced packets.")
@@ -115,6 +125,7 @@ def trace(
     via,
     snaplen,
     max_size,
+    buffer_kib,
     duration,
     count,
     max_rate,
@@ -135,6 +146,7 @@ def trace(
         pcap=pcap,
         events=events,
         max_size=parse_size(max_size) if max_size is not None else None,
+        ring_mb=None if buffer_kib is None else buffer_kib / 1024,
     )
     if max_rate is not None:
         opts.max_rate = max_rate
