@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pyinspect.errors import UnavailableError
 
-from . import btf
+from . import bpfobj, btf
 from .packets import (
     RingReader,
     _ip6_key,
@@ -125,7 +125,8 @@ class Kallsyms:
     (reading /proc/kallsyms costs ~0.1 s of CPU, the cache file ~10 ms)."""
 
     def __init__(self):
-        self.addrs, self.names = [], []
+        self.addrs: array.array[int] = array.array("Q")
+        self.names: list[bytes] = []
         self._loaded = False
 
     def _load(self):
@@ -181,14 +182,12 @@ class DropWatch:
     def __init__(self, target, netns=()):
         self.target = target
         self.netns = set(netns)  # namespace inodes whose drops count (where we capture)
-        self.obj = None
+        self.obj: bpfobj.BpfObject | None = None
         self.reader = None
         self.reasons = {}
         self.syms = None
 
     def start(self):
-        from . import bpfobj
-
         if not Path(FORMAT).exists():
             raise UnavailableError(
                 "skb:kfree_skb is not available: tracefs not mounted",
@@ -232,6 +231,7 @@ class DropWatch:
     def _fill_maps(self):
         from .bpfobj import map_update
 
+        assert self.obj is not None  # start() loaded it
         a4, a6, p4, p6 = split_target(self.target)
         fd = self.obj.map_fd("addrs")
         for a in a4:
@@ -252,7 +252,7 @@ class DropWatch:
     def read(self, limit=1 << 30):
         """Up to `limit` drop records; the rest wait in the ring (when it is full the kernel
         counts each further drop in `lost`)."""
-        out = []
+        out: list = []
         if not self.reader:
             return out
         for raw in self.reader.read(limit or 1 << 30):

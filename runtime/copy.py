@@ -52,7 +52,8 @@ def _child(rt, c, body):
         code = 0
         try:
             os.close(err_r)
-            tarfile.pwd = tarfile.grp = None  # numeric ids only: no NSS inside the container
+            # numeric ids only: no NSS inside the container (attributes typeshed lacks)
+            tarfile.pwd = tarfile.grp = None  # type: ignore[attr-defined]
             _enter_container(rt, c)
             body()
         except BaseException as exc:  # noqa: BLE001 the forked child reports everything and exits

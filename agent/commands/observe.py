@@ -42,7 +42,7 @@ def map_(obj, as_json, show_all, container, save):
     from .. import vethmap
     from ..errors import NotFoundError
 
-    errors = []
+    errors: list[str] = []
     rows = vethmap.build(obj["root"], errors=errors)
     if save:
         from ..config import database_path
