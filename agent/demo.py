@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from .proc import delete_netns
@@ -194,7 +195,7 @@ class Demo:
         self.check_dashboard()
         if self.serve_seconds:
             self.say(
-                f"\nThe dashboard stays up on {self.dashboard} for {self.serve_seconds:g}s "
+                f"\nThe dashboard stays up for {self.serve_seconds:g}s: open {self.login_url} "
                 "(Ctrl-C ends the demo and cleans up)."
             )
             try:
@@ -253,6 +254,7 @@ class Demo:
 
     # -- the agent and its dashboard ----------------------------------------------------
     dashboard = "http://127.0.0.1:8900/"
+    login_url = dashboard  # serve prints the real one (with its token)
     agent = None
 
     def start_agent(self):
@@ -273,6 +275,8 @@ class Demo:
                 self.agent = None
                 return
             self.say(line.rstrip())
+            if line.startswith("dashboard login"):
+                self.login_url = line.rsplit(" ", 1)[1].strip()
             if "(ready)" in line:
                 return
         self.failures.append("pyinspect serve (not ready in time)")
@@ -293,8 +297,10 @@ class Demo:
             "doctor",
         ):
             url = self.dashboard + page
+            token = (Path(self.root) / "web-token").read_text().strip()
+            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
             try:
-                with urllib.request.urlopen(url, timeout=30) as r:
+                with urllib.request.urlopen(req, timeout=30) as r:
                     body = r.read().decode(errors="replace")
                     title = re.search(r"<title>(.*?)</title>", body)
                     self.say(f"GET {url} -> {r.status} {title.group(1) if title else ''}")
