@@ -54,3 +54,28 @@ def test_timeline_and_flow_streams_send_new_rows(state_root):
     else:
         raise AssertionError("the new flow was never streamed")
     resp.close()
+
+
+def test_a_reconnecting_browser_resumes_after_its_last_event_id(state_root):
+    now = time.time_ns()
+    with Store(database_path(state_root)) as store:
+        store.insert_events(
+            [{"ts_ns": now + i, "kind": "exec", "pid": 7, "comm": f"pq-{i}"} for i in range(3)]
+        )
+        ids = [r["id"] for r in store.db.query("SELECT id FROM events ORDER BY id")]
+    app = create_app(state_root)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.config['PYINSPECT_TOKEN']}"
+    for last, want in ((str(ids[0]), ["pq-1", "pq-2"]), ("junk", ["pq-0", "pq-1", "pq-2"])):
+        resp = client.get(
+            "/api/timeline/stream?after_id=0&seconds=1",
+            headers={"Last-Event-ID": last},
+            buffered=False,
+        )
+        got = []
+        for chunk in _chunks(resp):
+            if chunk.startswith(": keepalive"):
+                break
+            got += [e["comm"] for e in _data(chunk)]
+        assert got == want
+        resp.close()

@@ -84,6 +84,9 @@ def stream_response(feed, after, seconds):
     """A text/event-stream of `feed` past `after` for `seconds`: handed to the server's
     stream hub when it has one, else a generator in this thread."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    resumed = request.headers.get("Last-Event-ID", "")
+    if resumed.isascii() and resumed.isdigit() and len(resumed) < 19:
+        after = max(after, int(resumed))  # a browser reconnecting: from what it has
     try:
         handed = streams.open_stream(request.environ, feed, after, seconds)
     except streams.Busy as exc:
