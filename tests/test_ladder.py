@@ -166,3 +166,46 @@ def test_trace_view_api_and_bad_input(session):
     r = c.get(f"/api/traces/{sid}/ladder/stream?seconds=1&after_id=0", buffered=False)
     chunks = [x.decode() if isinstance(x, bytes) else x for x in r.response]
     assert chunks[0].startswith("retry:") and any('"un-DNAT"' in x for x in chunks)
+
+
+def test_the_stored_ladder_in_chromium(session):
+    """The drawing of a stopped session: columns, arrows, the NAT labels, the drop row."""
+    import subprocess
+
+    from conftest import PYINSPECT
+    from helpers import browser
+    from testbed import tracetopo
+
+    why = browser.available()
+    if why:
+        pytest.skip(why)
+    server = subprocess.Popen(
+        [PYINSPECT, "--root", str(session["root"]), "serve", "--no-probes", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        base = tracetopo.dashboard_url(server, lines)
+        assert base, lines
+        login = next(line.rsplit(" ", 1)[1] for line in lines if "dashboard login" in line)
+        with browser.chromium() as b:
+            b.login(login)
+            b.open(base + f"traces/{session['sid']}")
+            b.wait(lambda b: b.driver.find_element("id", "trace").get_attribute("data-ready"))
+            assert b.count(".ladder-cols .col-name") == 4
+            assert b.count(".packet") == 2 and b.count(".packet svg line.arrow") == 2
+            body = b.text(".ladder-body")
+            assert f"DNAT {CLIENT}:40000 -> {CTR}:80" in body, body
+            assert f"un-DNAT {HOST}:8088 -> {CLIENT}:40000" in body, body
+            assert "DROP NETFILTER_DROP at nf_hook_slow+0x7d" in b.text(".drop")
+            assert "policy DROP" in b.text(".drop-why")
+            assert b.text("#drop-count") == "1" and b.text("#trace-status") == "stopped"
+            b.click("details.rules summary")
+            assert "nat:PREROUTING rule 1 -> DNAT 172.30.9.10:80" in b.text("details.rules[open]")
+            b.screenshot("trace-drop")
+            assert not b.console_errors(), b.console_errors()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
