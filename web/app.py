@@ -22,6 +22,7 @@ def create_app(root, *, token=None, hosts=None, test_config=None, tracer_factory
         PYINSPECT_TOKEN=token or auth.new_token(),
         PYINSPECT_HOSTS=hosts or auth.HostPolicy(),
         JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=1 << 20,  # request bodies: a trace's options, a fix's arguments
     )
     if test_config:
         app.config.update(test_config)

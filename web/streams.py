@@ -24,6 +24,7 @@ RETRY = "retry: 2000\n\n"
 KEEPALIVE = ": keepalive\n\n"
 SCOPE_HUB = "pyinspect.hub"
 SCOPE_SLOT = "pyinspect.stream"
+FEED_PAGE = 500  # rows a feed returns at most per fetch
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class Feed:
         """Rows with an `id` above `last`, in ascending id order."""
         if self.kind == "timeline":
             (container,) = self.args
-            return overview.timeline(container=container, after_id=last, limit=500, ascending=True)
+            return overview.timeline(
+                container=container, after_id=last, limit=FEED_PAGE, ascending=True
+            )
         if self.kind == "flows":
             (session,) = self.args
             return sorted(overview.flows(session_id=session, after_id=last), key=_row_id)
@@ -164,6 +167,19 @@ class StreamHub:
             s.put(None)
         self._thread.join(timeout=10)
 
+    def _fetch_all(self, feed: Feed, cursor: int, pages: int = 10) -> list[dict]:
+        """Rows past `cursor`, page after page while pages come back full (a burst is
+        sent in one tick, up to `pages` pages)."""
+        rows: list[dict] = []
+        for _ in range(pages):
+            page = feed.fetch(self.overview, cursor)
+            self.polls += 1
+            rows += page
+            if len(page) < FEED_PAGE or not page:
+                break
+            cursor = page[-1]["id"]
+        return rows
+
     def _run(self) -> None:
         last_keepalive = time.monotonic()
         while not self._stop.is_set():
@@ -184,8 +200,7 @@ class StreamHub:
                 if not live:
                     continue
                 try:
-                    rows = feed.fetch(self.overview, min(s.cursor for s in live))
-                    self.polls += 1
+                    rows = self._fetch_all(feed, min(s.cursor for s in live))
                 except Exception as exc:  # noqa: BLE001 - one bad feed ends its streams only
                     for s in live:
                         s.put(f"event: error\ndata: {json.dumps(str(exc))}\n\n")
