@@ -15,7 +15,8 @@ Packets are encoded and decoded with dnslib.
 
 import ipaddress
 import os
-import selectors
+import secrets
+import select
 import socket
 import threading
 import time
@@ -56,55 +57,72 @@ def upstreams(configured=None, resolv="/etc/resolv.conf") -> list[tuple[str, int
 
 
 class Records:
-    """Name -> addresses for one container: the leases of the networks it is on."""
+    """Name -> addresses for one container: the leases of the networks it is on, re-read
+    when the state directory changes (state files are replaced by rename, which changes
+    the directory's mtime), so a lookup costs one stat."""
 
     def __init__(self, root, container_id):
         self.root, self.cid = str(root), container_id
-        self._cache: dict = {}
+        self._dir = str(ipam.network_dir(self.root))
+        self._mtime = None
+        self._names: dict[str, list[str]] = {}
+        self._internal = False
+        self.version = 0  # bumped whenever the records are read again
+        self._checked = -1.0
 
-    def _states(self):
-        out = []
-        d = ipam.network_dir(self.root)
+    def _refresh(self):
+        now = time.monotonic()
+        if now - self._checked < 0.002:  # at most one stat per 2 ms under a query burst
+            return
+        self._checked = now
         try:
-            names = sorted(p for p in os.listdir(d) if p.endswith(".json"))
+            mtime = os.stat(self._dir).st_mtime_ns
         except OSError:
-            return out
-        for fname in names:
-            path = os.path.join(d, fname)
+            mtime = None
+        if mtime is not None and mtime == self._mtime:
+            return
+        # a change within the filesystem's timestamp tick could keep the same mtime:
+        # a directory changed this recently is read again next time
+        recent = mtime is None or time.time_ns() - mtime < 50_000_000
+        self._mtime = None if recent else mtime
+        names: dict[str, list[str]] = {}
+        mine = []
+        try:
+            files = sorted(p for p in os.listdir(self._dir) if p.endswith(".json"))
+        except OSError:
+            files = []
+        for fname in files:
             try:
-                mtime = os.stat(path).st_mtime_ns
-            except OSError:
+                state = ipam.load(self.root, fname[:-5])
+            except Exception:  # noqa: BLE001 a damaged file must not stop the resolver
                 continue
-            hit = self._cache.get(path)
-            if hit is None or hit[0] != mtime:
-                try:
-                    state = ipam.load(self.root, fname[:-5])
-                except Exception:  # noqa: BLE001 a damaged file must not stop the resolver
-                    state = None
-                hit = (mtime, state)
-                self._cache[path] = hit
-            if hit[1] and hit[1].get("user"):
-                out.append(hit[1])
-        return out
+            if not state or not state.get("user") or not ipam.find(state, self.cid)[0]:
+                continue
+            mine.append(state)
+            for ip, lease in state["leases"].items():
+                keys = {str(lease.get("name") or ""), str(lease.get("id", ""))[:12]}
+                keys.update(lease.get("aliases") or ())
+                for key in keys:
+                    if key and ip not in names.setdefault(key.lower(), []):
+                        names[key.lower()].append(ip)
+        self._names = names
+        self._internal = bool(mine) and all(s.get("internal") for s in mine)
+        self.version += 1
 
     def internal(self) -> bool:
         """True when every user network of this container is --internal."""
-        mine = [s for s in self._states() if ipam.find(s, self.cid)[0]]
-        return bool(mine) and all(s.get("internal") for s in mine)
+        self._refresh()
+        return self._internal
 
     def lookup(self, name: str) -> list[str]:
         """IPv4 addresses of `name` on the networks this container shares."""
-        name = name.rstrip(".").lower()
-        found = []
-        for state in self._states():
-            if not ipam.find(state, self.cid)[0]:
-                continue
-            for ip, lease in state["leases"].items():
-                names = {str(lease.get("name") or "").lower(), str(lease.get("id", ""))[:12]}
-                names.update(a.lower() for a in lease.get("aliases") or ())
-                if name in names and ip not in found:
-                    found.append(ip)
-        return found
+        self._refresh()
+        return list(self._names.get(name.rstrip(".").lower(), ()))
+
+    def current(self) -> int:
+        """The records' version after looking for changes (one stat)."""
+        self._refresh()
+        return self.version
 
 
 class Resolver:
@@ -114,10 +132,15 @@ class Resolver:
         self.records = Records(root, container_id)
         self.pid = pid
         self.upstream = list(upstream)
-        self.sel = selectors.DefaultSelector()
+        self.ep = select.epoll()
+        self.handlers: dict = {}  # fd -> what its readiness means
         self.wake_r, self.wake_w = os.pipe()
         self.thread = None
-        self.pending: dict = {}  # forward socket -> (client addr, started, upstream index, query)
+        self.pending: dict = {}  # our id -> (client, its id, started, upstream index, query)
+        self.up_socks: dict = {}  # upstream index -> its connected UDP socket
+        self.last_expire = 0.0
+        self.forwarded: set = set()  # question bytes known to be forwarded
+        self.seen_version = -1
         self.udp = self.tcp = None
         self.error = None
 
@@ -125,9 +148,9 @@ class Resolver:
     def start(self):
         """Open the sockets in the container's netns (raises OSError when it cannot)."""
         self.udp, self.tcp = _sockets_in(self.pid)
-        self.sel.register(self.udp, selectors.EVENT_READ, "udp")
-        self.sel.register(self.tcp, selectors.EVENT_READ, "tcp")
-        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self._watch(self.udp.fileno(), "udp")
+        self._watch(self.tcp.fileno(), "tcp")
+        self._watch(self.wake_r, "wake")
         self.thread = threading.Thread(target=self._loop, name="pyinspect-dns", daemon=True)
         self.thread.start()
         return self
@@ -141,111 +164,156 @@ class Resolver:
             pass
         self.thread.join(5)
         self.thread = None
-        for sock in [self.udp, self.tcp, *self.pending]:
+        for sock in [self.udp, self.tcp, *self.up_socks.values()]:
             if sock is not None:
                 sock.close()
         self.pending.clear()
         for fd in (self.wake_r, self.wake_w):
             os.close(fd)
-        self.sel.close()
+        self.ep.close()
 
     # -- serving -------------------------------------------------------------------------
+    def _watch(self, fd, what):
+        self.handlers[fd] = what
+        self.ep.register(fd, select.EPOLLIN)
+
     def _loop(self):
         while True:
-            for key, _ in self.sel.select(timeout=0.5):
-                kind = key.data
-                if kind == "wake":
+            for fd, _ in self.ep.poll(0.5):
+                what = self.handlers.get(fd)
+                if what == "wake":
                     return
                 try:
-                    if kind == "udp":
+                    if what == "udp":
                         self._udp_query()
-                    elif kind == "tcp":
+                    elif what == "tcp":
                         self._tcp_accept()
-                    else:
-                        self._udp_reply(key.fileobj)
+                    elif what is not None:
+                        self._udp_reply(what)  # an upstream's socket
                 except OSError:
                     pass  # one bad packet or a gone client: keep serving
-            self._expire()
+            if self.pending:
+                self._expire()
 
     def answer(self, data: bytes) -> bytes | None:
-        """The reply for a query we answer ourselves, or None when it is to be forwarded."""
-        from dnslib import QTYPE, RCODE, RR, A, DNSRecord
-
+        """The reply for a query we answer ourselves, b"" to drop it, or None when it is
+        to be forwarded. Only the question's name is decoded (dnslib's buffer) unless
+        the name is ours: forwarded queries pass through as they came, and a question
+        already seen to be forwarded (same bytes, records unchanged) is not decoded again."""
+        if len(data) < 17 or data[2] & 0x80 or data[4:6] != b"\x00\x01":
+            return b""  # a reply, too short, or not exactly one question: dropped
+        version = self.records.current()
+        if version != self.seen_version:
+            self.forwarded.clear()
+            self.seen_version = version
+        question = bytes(data[12:])
+        if question in self.forwarded:
+            return None
+        dns = _dnslib()
         try:
-            q = DNSRecord.parse(data)
+            buf = dns.DNSBuffer(data)
+            buf.offset = 12
+            qname = buf.decode_name()
+            (qtype,) = buf.unpack("!H")
         except Exception:  # noqa: BLE001 dnslib raises several types for garbage
             return b""  # not DNS: dropped
-        if not q.questions:
+        name = b".".join(qname.label).decode(errors="replace")
+        ips = self.records.lookup(name)
+        internal = not ips and self.records.internal()
+        if not ips and not internal:
+            if len(self.forwarded) > 4096:
+                self.forwarded.clear()
+            self.forwarded.add(question)
+            return None
+        try:
+            q = dns.DNSRecord.parse(data)
+        except Exception:  # noqa: BLE001
             return b""
-        qn = q.q.qname
-        ips = self.records.lookup(str(qn))
         reply = q.reply()
-        if ips:
-            if q.q.qtype in (QTYPE.A, QTYPE.ANY):
-                for ip in ips:
-                    reply.add_answer(RR(qn, QTYPE.A, rdata=A(ip), ttl=TTL))
-            return reply.pack()  # a known name: other types are answered empty (NOERROR)
-        if self.records.internal():
-            reply.header.rcode = RCODE.SERVFAIL
-            return reply.pack()
-        return None
+        if internal:
+            reply.header.rcode = dns.RCODE.SERVFAIL  # an --internal network forwards nothing
+        elif qtype in (dns.QTYPE.A, dns.QTYPE.ANY):
+            for ip in ips:
+                reply.add_answer(dns.RR(qname, dns.QTYPE.A, rdata=dns.A(ip), ttl=TTL))
+        return reply.pack()  # a known name: other types are answered empty (NOERROR)
 
     def _udp_query(self):
-        data, client = self.udp.recvfrom(4096)
-        out = self.answer(data)
-        if out:
-            self.udp.sendto(out, client)
-        elif out is None:
-            self._forward(data, client, 0)
+        for _ in range(64):  # drain what is queued, then look at the others
+            try:
+                data, client = self.udp.recvfrom(4096)
+            except BlockingIOError:
+                return
+            out = self.answer(data)
+            if out:
+                self.udp.sendto(out, client)
+            elif out is None:
+                self._forward(data, client, 0)
+
+    def _upstream_sock(self, index):
+        sock = self.up_socks.get(index)
+        if sock is None:
+            host, port = self.upstream[index]
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect((host, port))  # replies from anyone else are not delivered
+            self.up_socks[index] = sock
+            self._watch(sock.fileno(), sock)
+        return sock
 
     def _forward(self, data, client, index):
+        """Send the query to upstream `index` under an id of ours (one socket per
+        upstream); the reply goes back to `client` with its own id."""
         if index >= len(self.upstream):
             self._fail(data, client)
             return
-        host, port = self.upstream[index]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setblocking(False)
+        qid = secrets.randbelow(65536)
+        while qid in self.pending:
+            qid = secrets.randbelow(65536)
         try:
-            sock.connect((host, port))
-            sock.send(data)
+            self._upstream_sock(index).send(qid.to_bytes(2, "big") + data[2:])
         except OSError:
-            sock.close()
             self._forward(data, client, index + 1)
             return
-        self.pending[sock] = (client, time.monotonic(), index, data)
-        self.sel.register(sock, selectors.EVENT_READ, "fwd")
+        self.pending[qid] = (client, data[:2], time.monotonic(), index, data)
 
     def _udp_reply(self, sock):
-        client, _, index, data = self.pending.pop(sock)
-        self.sel.unregister(sock)
-        try:
-            reply = sock.recv(65535)
-        except OSError:
-            reply = b""
-        sock.close()
-        if reply:
-            self.udp.sendto(reply, client)
-        else:
-            self._forward(data, client, index + 1)
+        for _ in range(64):
+            try:
+                reply = sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. ICMP port unreachable from that upstream: try the next
+                for qid, entry in list(self.pending.items()):
+                    if self.up_socks.get(entry[3]) is sock:
+                        del self.pending[qid]
+                        self._forward(entry[4], entry[0], entry[3] + 1)
+                return
+            if len(reply) < 12:
+                continue
+            entry = self.pending.get(int.from_bytes(reply[:2], "big"))
+            if entry is None or self.up_socks.get(entry[3]) is not sock:
+                continue  # late, or not from the upstream it was sent to
+            del self.pending[int.from_bytes(reply[:2], "big")]
+            self.udp.sendto(entry[1] + reply[2:], entry[0])
 
     def _expire(self):
         now = time.monotonic()
-        for sock, (client, started, index, data) in list(self.pending.items()):
+        if now - self.last_expire < 0.2:
+            return
+        self.last_expire = now
+        for qid, (client, _, started, index, data) in list(self.pending.items()):
             if now - started > FORWARD_TIMEOUT:
-                del self.pending[sock]
-                self.sel.unregister(sock)
-                sock.close()
+                del self.pending[qid]
                 self._forward(data, client, index + 1)
 
     def _fail(self, data, client):
-        from dnslib import RCODE, DNSRecord
-
+        dns = _dnslib()
         try:
-            reply = DNSRecord.parse(data).reply()
+            reply = dns.DNSRecord.parse(data).reply()
         except Exception:  # noqa: BLE001 garbage in: no reply
             return
-        reply.header.rcode = RCODE.SERVFAIL
+        reply.header.rcode = dns.RCODE.SERVFAIL
         self.udp.sendto(reply.pack(), client)
 
     def _tcp_accept(self):
@@ -282,6 +350,19 @@ class Resolver:
             except OSError:
                 continue
         return b""
+
+
+_DNSLIB = None
+
+
+def _dnslib():
+    """dnslib, imported once (the shim imports it only when a container needs DNS)."""
+    global _DNSLIB
+    if _DNSLIB is None:
+        import dnslib
+
+        _DNSLIB = dnslib
+    return _DNSLIB
 
 
 def _recv_exact(conn, n):

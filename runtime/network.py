@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..errors import ConflictError, NotFoundError, UnavailableError, UsageError
 from . import ipam, iptables, portmap, ports, sysctl, usernet
+from .usernet import parse_mtu
 
 DEFAULT_BRIDGE = "pyinspect0"
 DEFAULT_SUBNET = "172.29.0.0/16"
@@ -44,7 +45,7 @@ SUBNET_ENV = "PYINSPECT_SUBNET"
 MTU_ENV = "PYINSPECT_MTU"
 NETNS_DIR = "/var/run/netns"
 MODES = ("bridge", "none", "host")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = usernet.IFNAME_RE
 _DNS_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62})$")
 DNS_ADDR = "127.0.0.11"
 
@@ -57,7 +58,7 @@ def config(root):
     PYINSPECT_IPTABLES/PYINSPECT_MTU, else <root>/config.json {"network": {"bridge",
     "subnet", "iptables", "mtu"}}, else pyinspect0, 172.29.0.0/16, the host's iptables
     backend and the MTU of the default route's interface (mtu None)."""
-    file_cfg = {}
+    file_cfg: dict = {}
     path = Path(root) / "config.json"
     if path.is_file():
         try:
@@ -84,17 +85,6 @@ def config(root):
         "mtu": parse_mtu(mtu) if mtu else None,
         "dns_upstream": file_cfg.get("dns_upstream"),
     }
-
-
-def parse_mtu(value) -> int:
-    """An MTU from an option or config (68-65535), or UsageError."""
-    try:
-        mtu = int(str(value).strip())
-    except ValueError:
-        raise UsageError(f"invalid MTU {value!r}: not a number") from None
-    if not 68 <= mtu <= 65535:
-        raise UsageError(f"invalid MTU {mtu}: must be 68-65535")
-    return mtu
 
 
 def mode_of(spec):
@@ -151,15 +141,6 @@ def prepare(root, spec, image_config=None):
                 f"cannot expose network namespace {link}: it already exists",
                 hint="choose another container name or remove it with `ip netns del`",
             )
-
-
-def split_mode(value: str) -> tuple[str, str]:
-    """`--network VALUE` -> (network_mode, user network name): bridge, none, host and
-    container:NAME are modes; any other value names a user-defined network (bridged)."""
-    value = (value or "bridge").strip()
-    if value in MODES or value.startswith("container:"):
-        return value, ""
-    return "bridge", value
 
 
 def target(root, spec) -> dict:
@@ -936,7 +917,8 @@ def networks(root):
     states = {s["bridge"]: s for s in ipam.all_states(root)}
     if cfg["bridge"] not in states:
         states[cfg["bridge"]] = ipam.empty_state(cfg["bridge"], cfg["subnet"])
-    default, users = [], []
+    default: list[dict] = []
+    users: list[dict] = []
     for _, s in sorted(states.items()):
         (users if s.get("user") else default).append(s)
     out = []

@@ -18,6 +18,7 @@ from ..errors import ConflictError, NotFoundError, UsageError
 from . import ipam
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 RESERVED = ("bridge", "host", "none", "default")
 MTU_OPT = "com.docker.network.driver.mtu"
 BRIDGE_OPT = "com.docker.network.bridge.name"
@@ -25,6 +26,17 @@ KNOWN_OPTS = (MTU_OPT, BRIDGE_OPT)
 # Docker's default address pools, after the default bridge's: /16s of 172.18-31, then
 # /20s of 192.168.0.0/16
 POOL = [f"172.{n}.0.0/16" for n in range(18, 32)] + [f"192.168.{n}.0/20" for n in range(0, 256, 16)]
+
+
+def parse_mtu(value) -> int:
+    """An MTU from an option or config (68-65535), or UsageError."""
+    try:
+        mtu = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"invalid MTU {value!r}: not a number") from None
+    if not 68 <= mtu <= 65535:
+        raise UsageError(f"invalid MTU {mtu}: must be 68-65535")
+    return mtu
 
 
 def all_user(root) -> list[dict]:
@@ -77,11 +89,7 @@ def _parse_options(options: dict) -> tuple[int | None, str | None]:
             raise UsageError(
                 f"unsupported network option {key!r}", hint=f"supported: {', '.join(KNOWN_OPTS)}"
             )
-    mtu = None
-    if MTU_OPT in options:
-        from .network import parse_mtu
-
-        mtu = parse_mtu(options[MTU_OPT])
+    mtu = parse_mtu(options[MTU_OPT]) if MTU_OPT in options else None
     return mtu, options.get(BRIDGE_OPT)
 
 
@@ -115,9 +123,7 @@ def create(
         raise ConflictError(f"network with name {name} already exists")
     net_id = secrets.token_hex(32)
     bridge = bridge or f"br-{net_id[:12]}"
-    from .network import _IFNAME
-
-    if not _IFNAME.match(bridge) or bridge == default_bridge or ipam.load(root, bridge):
+    if not IFNAME_RE.match(bridge) or bridge == default_bridge or ipam.load(root, bridge):
         raise UsageError(f"invalid or used bridge name {bridge!r}")
     taken = _taken(root, default_subnet)
     local = _local_networks()

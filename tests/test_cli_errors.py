@@ -194,7 +194,8 @@ CASES = [
         3,
         ["pq-nosuch-img"],
     ),
-    ("run-bad-net", ["run", "--net", "pq-bogus", "busybox", "true"], 2, ["pq-bogus"]),
+    # a name that is not a mode names a user network (Docker: "network ... not found")
+    ("run-bad-net", ["run", "--net", "pq-bogus", "busybox", "true"], 3, ["pq-bogus"]),
     (
         "run-net-unknown-container",
         ["run", "--net", "container:pq-nosuch", "busybox", "true"],
@@ -401,6 +402,17 @@ CASES = [
     ("network-unknown", ["network", "inspect", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("network-bad-subcommand", ["network", "pq-bogus"], 2, ["pq-bogus"]),
     ("network-inspect-no-arg", ["network", "inspect"], 2, ["NAMES"]),
+    ("network-create-bad-subnet", ["network", "create", "--subnet", "pq", "pq-n"], 2, ["pq"]),
+    ("network-create-reserved", ["network", "create", "host"], 2, ["host"]),
+    ("network-rm-unknown", ["network", "rm", "pq-nosuch"], 3, ["pq-nosuch"]),
+    ("network-rm-bridge", ["network", "rm", "bridge"], 2, ["bridge"]),
+    ("network-connect-unknown", ["network", "connect", "pq-nonet", "pq-noctr"], 3, ["pq-noctr"]),
+    (
+        "network-disconnect-unknown",
+        ["network", "disconnect", "pq-nonet", "pq-noctr"],
+        3,
+        ["pq-noctr"],
+    ),
     # observe
     ("events-since-text", ["events", "--since", "bogus"], 2, ["bogus"]),
     ("events-since-negative", ["events", "--since", "-5m"], 2, ["-5m"]),

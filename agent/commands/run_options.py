@@ -165,10 +165,13 @@ def execute(root, values) -> int:
     """Do `run` with parsed `values` under state root `root`: the exit code (detached: 0,
     after printing the id)."""
     from ..runtime.containers import ContainerSpec, Runtime
-    from ..runtime.network import split_mode
 
     v = values
-    network_mode, network_name = split_mode(v["network"])
+    # --network NAME: bridge, none, host and container:X are modes; any other value names
+    # a user-defined network (bridged), as with Docker
+    network_mode, network_name = v["network"], ""
+    if network_mode not in ("bridge", "none", "host") and not network_mode.startswith("container:"):
+        network_mode, network_name = "bridge", network_mode
     spec = ContainerSpec(
         image=v["image"],
         command=list(v["command"]) or None,
