@@ -183,3 +183,45 @@ def test_stream_hub_caps_streams_and_shares_one_query(state_root):
     finally:
         hub.close()
         loop.close()
+
+
+def test_a_full_hub_answers_503_with_a_clear_message(state_root):
+    """Through the ASGI app serve runs: past max_streams a stream is a 503, not a hang."""
+    from pyinspect.web.app import create_app
+    from pyinspect.web.streams import Dashboard
+
+    app = create_app(state_root, token="t" * 43)
+    dash = Dashboard(app, app.extensions["pyinspect"], workers=2, max_streams=0)
+
+    async def get(path):
+        dash.start(asyncio.get_running_loop())
+        sent = []
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"seconds=5",
+            "root_path": "",
+            "scheme": "http",
+            "server": ("127.0.0.1", 8900),
+            "client": ("127.0.0.1", 40000),
+            "headers": [(b"host", b"127.0.0.1:8900"), (b"authorization", b"Bearer " + b"t" * 43)],
+        }
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await asyncio.wait_for(dash(scope, receive, send), 10)
+        dash.hub.close()
+        return sent
+
+    sent = asyncio.run(get("/api/timeline/stream"))
+    assert sent[0]["status"] == 503
+    body = b"".join(m.get("body", b"") for m in sent[1:]).decode()
+    assert "live stream refused" in body and "close some dashboard tabs" in body
+    assert asyncio.run(get("/api/traces"))[0]["status"] == 200  # the API still answers
