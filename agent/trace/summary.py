@@ -46,6 +46,8 @@ def format_summary(s):
             f"snaplen {files['snaplen']} (pyinspect pcap export --session "
             f"{s['session_id']})"
         )
+    if s.get("netfilter_trace"):
+        lines.append(f"netfilter trace: {s['netfilter_trace']}")
     lines.append("NAT translations: " + ("; ".join(s["nat"]) if s["nat"] else "none"))
     lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
     loss = s["loss"]
