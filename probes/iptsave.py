@@ -13,6 +13,7 @@ Matches it does not understand make a rule "unsure": it is skipped, and the walk
 
 import ipaddress
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,7 +24,14 @@ from typing import NamedTuple
 BACKENDS = {
     "legacy": ("iptables-legacy-save", "iptables-legacy"),
     "nft": ("iptables-nft-save", "iptables-nft"),
+    "nftables": ("nft", "nft"),  # native nft tables (Docker's nftables backend, firewalld)
 }
+# the IPv6 tables (ip6tables), read the same way: `load("legacy6", "nat")`
+BACKENDS6 = {
+    "legacy6": ("ip6tables-legacy-save", "ip6tables-legacy"),
+    "nft6": ("ip6tables-nft-save", "ip6tables-nft"),
+}
+_TOOLS = {**BACKENDS, **BACKENDS6}
 BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 TERMINAL = {"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP"}
 EXTERNAL_IF = "<external>"  # an input/output interface that is not any named bridge
@@ -44,6 +52,8 @@ class Rule:
     matches: list[tuple[str, bool, str]] = field(default_factory=list)  # (key, negated, value)
     unknown: list[str] = field(default_factory=list)
     raw: str = ""  # the line as the save tool wrote it (without counters)
+    nft: tuple | None = None  # native nft rule: (family, table, chain, handle)
+    base: bool = False  # a jump to a native base chain (accept there ends only that chain)
 
     @property
     def spec(self) -> str:
@@ -52,13 +62,20 @@ class Rule:
 
     @property
     def tool(self) -> str:
-        return BACKENDS[self.backend][1]
+        return _TOOLS[self.backend][1]
 
     def text(self) -> str:
+        if self.nft:
+            fam, tbl, chain, handle = self.nft
+            where = f"nft {fam} {tbl} {chain}: {self.raw}"
+            return where if handle <= 0 else f"{where} (handle {handle})   [{self.pkts} pkts]"
         table = "" if self.table == "filter" else f"-t {self.table} "
         return f"{self.tool} {table}{self.spec}   [{self.pkts} pkts]"
 
     def delete_cmd(self) -> list[str]:
+        if self.nft:
+            fam, tbl, chain, handle = self.nft
+            return ["nft", "delete", "rule", fam, tbl, chain, "handle", str(handle)]
         return [self.tool, "-t", self.table, "-D", self.chain, *self.args]
 
     def get(self, key: str) -> str | None:
@@ -290,7 +307,7 @@ class Ruleset:
 
     @property
     def tool(self) -> str:
-        return BACKENDS[self.backend][1]
+        return _TOOLS[self.backend][1]
 
     def rules(self, table: str | None = None) -> Iterator[Rule]:
         for tname, chains in self.tables.items():
@@ -332,6 +349,8 @@ class Ruleset:
         unsure: list[Rule] = []
         verdict, rule = self._walk(chains, chains[chain], pkt, path, unsure, 0)
         tool = self.tool if table == "filter" else f"{self.tool} -t {table}"
+        if self.backend == "nftables":
+            tool = f"nft ({table} base chains of {chain.lower()})"
         if verdict is None:
             return Walk(chains[chain].policy, list(path), None, chains[chain], unsure, tool)
         return Walk(verdict, list(path), rule, None, unsure, tool)
@@ -347,6 +366,7 @@ class Ruleset:
     ) -> tuple[str | None, Rule | None]:
         if depth > 30:
             return None, None
+        accepted = None
         for rule in chain.rules:
             m = rule_matches(rule, pkt)
             if m is None:
@@ -364,6 +384,10 @@ class Ruleset:
                 mark = len(path)
                 path.append(rule)
                 verdict, decided = self._walk(chains, chains[tgt], pkt, path, unsure, depth + 1)
+                if verdict == "ACCEPT" and rule.base:
+                    accepted = (path[mark:], decided)  # an nft base chain accepted:
+                    del path[mark:]  # the next base chain on the hook still runs
+                    continue
                 if verdict is not None:
                     return verdict, decided
                 del path[mark:]  # the sub-chain fell through: its rules decided nothing
@@ -371,6 +395,9 @@ class Ruleset:
                     return None, None
                 continue
             # LOG, MARK, TRACE, CT, ...: non-terminating, keep going
+        if accepted is not None:  # every nft base chain on the hook ran; the last accepted
+            path += accepted[0]
+            return "ACCEPT", accepted[1]
         return None, None
 
 
@@ -399,13 +426,28 @@ def run_save(
 
 
 def load(backend: str, table: str | None = None) -> "Ruleset":
-    """The rules of `backend` ('legacy' or 'nft') in this thread's network namespace
-    (one table, or all); a Ruleset with `error` set when they cannot be read."""
-    save, _ = BACKENDS[backend]
-    text, err = run_save(save, table)
+    """The rules of `backend` ('legacy' or 'nft'; 'legacy6' or 'nft6' for ip6tables) in
+    this thread's network namespace (one table, or all); a Ruleset with `error` set when
+    they cannot be read. 'nftables' is the native nft tables iptables-nft does not own,
+    as iptables-style tables (`native_ruleset`)."""
+    if backend == "nftables":
+        nft = read_nft_rules()
+        if nft.error:
+            return Ruleset(backend, {}, None if nft.error == "nft not installed" else nft.error)
+        rs = native_ruleset(nft)
+        if table:
+            rs.tables = {t: c for t, c in rs.tables.items() if t == table}
+        return rs
+    save, _ = _TOOLS[backend]
+    # never `-t TABLE`: iptables-legacy-save -t nat creates the nat table (a hook every
+    # packet pays, and legacy rules in a namespace that had none); read all, keep one
+    text, err = run_save(save)
     if text is None:
         return Ruleset(backend, {}, err)
-    return Ruleset(backend, parse_save(text, backend))
+    tables = parse_save(text, backend)
+    if table:
+        tables = {t: c for t, c in tables.items() if t == table}
+    return Ruleset(backend, tables)
 
 
 def counts(tables: dict[str, dict[str, Chain]]) -> tuple[int, int, dict[str, int]]:
@@ -424,9 +466,13 @@ class PublishedPort(NamedTuple):
 
 
 def published_ports(
-    addrs: Collection[str], backends: Iterable[str] = tuple(BACKENDS)
+    addrs: Collection[str], backends: Iterable[str] | None = None
 ) -> list[PublishedPort]:
-    """Ports published to `addrs` by DNAT rules of the nat tables of `backends`, each once."""
+    """Ports published to `addrs` by DNAT rules of the nat tables of `backends` (default:
+    both iptables backends, and both ip6tables ones when an address is IPv6), each once.
+    A port published on one host address has it as host_ip (IPv6 ones without /128)."""
+    if backends is None:
+        backends = tuple(BACKENDS) + (tuple(BACKENDS6) if any(":" in a for a in addrs) else ())
     out: list[PublishedPort] = []
     for backend in backends:
         for rule in load(backend, "nat").rules("nat"):
@@ -435,7 +481,7 @@ def published_ports(
             if not tgt or tgt[0] not in addrs or not hport or not hport.isdigit():
                 continue
             dst = rule.get("dst") or ""
-            host_ip = dst[:-3] if dst.endswith("/32") else None
+            host_ip = dst.rsplit("/", 1)[0] if dst.endswith(("/32", "/128")) else None
             entry = PublishedPort(
                 host_ip, int(hport), rule.get("proto") or "tcp", tgt[1] or int(hport)
             )
@@ -473,8 +519,395 @@ def dnat_target(rule: Rule) -> tuple[str, int | None] | None:
     to = rule.target_args.get("--to-destination") or rule.target_args.get("--to")
     if rule.target != "DNAT" or not to:
         return None
+    if to.startswith("["):  # ip6tables: [fd00::2]:80
+        ip, _, rest = to[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return ip.split("-")[0], int(port.split("-")[0]) if port else None
     to = to.split("-")[0]
-    if to.startswith("["):
-        return None  # IPv6 literal: not handled
+    if to.count(":") > 1:  # an IPv6 address without a port
+        return to, None
     ip, _, port = to.partition(":")
     return ip, int(port.split("-")[0]) if port else None
+
+
+# -- native nftables ---------------------------------------------------------------------
+IPTABLES_NFT_TABLES = {"filter", "nat", "raw", "mangle", "security"}
+NFT_HOOKS = {
+    "prerouting": "PREROUTING",
+    "input": "INPUT",
+    "forward": "FORWARD",
+    "output": "OUTPUT",
+    "postrouting": "POSTROUTING",
+}
+_COUNTER_RE = re.compile(r"counter packets \d+ bytes \d+")
+
+
+@dataclass
+class NftChain:
+    family: str
+    table: str
+    name: str
+    handle: int
+    type: str | None = None  # filter / nat / route, base chains only
+    hook: str | None = None  # prerouting / input / forward / output / postrouting / ...
+    prio: int | None = None
+    policy: str | None = None
+
+    @property
+    def base(self) -> bool:
+        return self.hook is not None
+
+
+@dataclass
+class NftRule:
+    family: str
+    table: str
+    chain: str
+    handle: int
+    expr: list
+    text: str = ""  # as `nft -a list ruleset` prints it, counters as just `counter`
+    save: str = ""  # `-A CHAIN ...` as iptables-nft-save prints it (rules of its tables)
+
+    @property
+    def xt(self) -> bool:
+        """An iptables-nft rule that uses an x_tables match or target (xt compat)."""
+        return any("xt" in e for e in self.expr)
+
+
+@dataclass
+class NftRuleset:
+    """One read of a namespace's nftables ruleset: chains, rules by handle, verdict maps."""
+
+    chains: dict = field(default_factory=dict)  # (family, table, chain) -> NftChain
+    rules: dict = field(default_factory=dict)  # (family, table, chain, handle) -> NftRule
+    order: dict = field(default_factory=dict)  # (family, table, chain) -> [handles]
+    maps: dict = field(default_factory=dict)  # (family, table, map) -> [(key, verdict)]
+    error: str | None = None
+
+    def iptables_owned(self, family: str, table: str) -> bool:
+        """A table iptables-nft reads and writes (ip/ip6 filter, nat, raw, ...)."""
+        return family in ("ip", "ip6") and table in IPTABLES_NFT_TABLES
+
+    def base_chains(self, skip_prefix: str = "") -> list[NftChain]:
+        return [
+            c
+            for c in self.chains.values()
+            if c.base and not c.table.startswith(skip_prefix or "\0")
+        ]
+
+    def rule(self, family: str, table: str, chain: str, handle: int) -> NftRule | None:
+        return self.rules.get((family, table, chain, handle))
+
+
+def _nft_run(argv: list[str], netns: str | None, timeout: float) -> tuple[str | None, str | None]:
+    if netns:
+        argv = ["nsenter", f"--net={netns}", *argv]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{argv[0]}: {exc}"
+    if proc.returncode != 0:
+        return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    return proc.stdout, None
+
+
+def parse_nft_text(text: str) -> dict[tuple, str]:
+    """`nft -a list ruleset` -> {(family, table, chain, handle): rule text}."""
+    out: dict[tuple, str] = {}
+    family = table = chain = None
+    for line in text.splitlines():
+        m = re.match(r"^table (\S+) (\S+) \{", line)
+        if m:
+            family, table, chain = m.group(1), m.group(2).strip('"'), None
+            continue
+        m = re.match(r"^\t(chain|set|map|flowtable|ct|counter|quota|limit|synproxy)\b(.*)$", line)
+        if m:
+            chain = None
+            if m.group(1) == "chain":
+                name = re.match(r"\s*(\"[^\"]+\"|\S+)", m.group(2))
+                chain = name.group(1).strip('"') if name else None
+            continue
+        m = re.match(r"^\t\t(\S.*?)\s*# handle (\d+)$", line)
+        if m and chain and table and not m.group(1).startswith("type "):
+            out[(family, table, chain, int(m.group(2)))] = _COUNTER_RE.sub("counter", m.group(1))
+    return out
+
+
+def read_nft_rules(netns: str | None = None, timeout: float = 20) -> NftRuleset:
+    """The ruleset of this thread's network namespace (or the one at path `netns`): one
+    `nft -j list ruleset` for its structure, `nft -a list ruleset` for the rule texts, and
+    for xt-compat rules of iptables-nft's tables the lines of iptables-nft-save."""
+    ns = NftRuleset()
+    if not shutil.which("nft"):
+        ns.error = "nft not installed"
+        return ns
+    raw, err = _nft_run(["nft", "-j", "list", "ruleset"], netns, timeout)
+    if raw is None:
+        ns.error = f"nft list ruleset: {err}"
+        return ns
+    try:
+        items = json.loads(raw or "{}").get("nftables", [])
+    except ValueError as exc:
+        ns.error = f"nft list ruleset: {exc}"
+        return ns
+    text, _err = _nft_run(["nft", "-a", "list", "ruleset"], netns, timeout)
+    texts = parse_nft_text(text or "")
+    for item in items:
+        if "chain" in item:
+            c = item["chain"]
+            ch = NftChain(c["family"], c["table"], c["name"], c.get("handle", 0))
+            if c.get("hook"):
+                ch.type, ch.hook = c.get("type", "filter"), c["hook"]
+                ch.prio, ch.policy = int(c.get("prio", 0)), c.get("policy", "accept")
+            ns.chains[(ch.family, ch.table, ch.name)] = ch
+        elif "rule" in item:
+            r = item["rule"]
+            key = (r["family"], r["table"], r["chain"])
+            rule = NftRule(*key, r.get("handle", 0), r.get("expr", []))
+            rule.text = texts.get((*key, rule.handle), "")
+            ns.rules[(*key, rule.handle)] = rule
+            ns.order.setdefault(key, []).append(rule.handle)
+        elif "map" in item:
+            m = item["map"]
+            if m.get("map") == "verdict":
+                elems = []
+                for e in m.get("elem") or []:
+                    if isinstance(e, list) and len(e) == 2:
+                        elems.append((e[0], e[1]))
+                ns.maps[(m["family"], m["table"], m["name"])] = elems
+    _attach_save_lines(ns, netns, timeout)
+    return ns
+
+
+def _attach_save_lines(ns: NftRuleset, netns: str | None, timeout: float) -> None:
+    """xt-compat rules get their iptables-nft-save line (same chain, same position)."""
+    fams = {r.family for r in ns.rules.values() if r.xt and ns.iptables_owned(r.family, r.table)}
+    for fam in fams:
+        tool = "iptables-nft-save" if fam == "ip" else "ip6tables-nft-save"
+        text, _err = run_save(tool, counters=False, timeout=timeout, netns=netns)
+        if text is None:
+            continue
+        for tname, chains in parse_save(text, "nft").items():
+            for cname, chain in chains.items():
+                handles = ns.order.get((fam, tname, cname), [])
+                if len(handles) != len(chain.rules):
+                    continue  # changed between the two reads: keep the nft texts
+                for h, r in zip(handles, chain.rules, strict=True):
+                    ns.rules[(fam, tname, cname, h)].save = r.raw
+
+
+# nft JSON expressions -> iptables-style matches (what Ruleset.walk understands)
+_META_KEYS = {"iifname": "iif", "oifname": "oif", "l4proto": "proto"}
+_PAYLOAD_KEYS = {("ip", "saddr"): "src", ("ip", "daddr"): "dst", ("ip", "protocol"): "proto"}
+
+
+def _nft_value(v) -> str | None:
+    if isinstance(v, (str, int)):
+        s = str(v)
+        return s[:-1] + "+" if s.endswith("*") else s
+    if isinstance(v, dict):
+        if "prefix" in v:
+            return f"{v['prefix']['addr']}/{v['prefix']['len']}"
+        if "range" in v:
+            lo, hi = v["range"]
+            return f"{lo}:{hi}"
+        if "set" in v:
+            parts = [_nft_value(x) for x in v["set"]]
+            return None if None in parts else ",".join(parts)  # type: ignore[arg-type]
+    if isinstance(v, list):
+        parts = [_nft_value(x) for x in v]
+        return None if None in parts else ",".join(parts)  # type: ignore[arg-type]
+    return None
+
+
+def _nft_key(left) -> str | None:
+    if not isinstance(left, dict):
+        return None
+    if "meta" in left:
+        return _META_KEYS.get(left["meta"].get("key"))
+    if "payload" in left:
+        p = left["payload"]
+        if p.get("protocol") in ("tcp", "udp", "sctp") and p.get("field") in ("dport", "sport"):
+            return p["field"]
+        return _PAYLOAD_KEYS.get((p.get("protocol"), p.get("field")))
+    if "fib" in left:
+        f = left["fib"]
+        if f.get("result") == "type" and f.get("flags") in (["daddr"], "daddr"):
+            return "dst_type"
+        return None
+    if "ct" in left and left["ct"].get("key") == "state":
+        return "ctstate"
+    return None
+
+
+def _nft_match(m: dict) -> tuple[str, bool, str] | None:
+    key = _nft_key(m.get("left"))
+    val = _nft_value(m.get("right"))
+    if key is None or val is None:
+        return None
+    neg = m.get("op") == "!="
+    if key in ("dport", "sport") and "," in val:
+        key += "s"
+    if key == "dst_type":
+        val = val.upper()
+    if key == "ctstate":
+        val = val.upper()
+    if key in ("iif", "oif") and m.get("op") not in ("==", "!=", "in"):
+        return None
+    return key, neg, val
+
+
+def _nft_verdict(e: dict) -> tuple[str, bool, dict] | None:
+    """(target, goto, target_args) of a verdict or NAT statement, or None."""
+    for name, target in (
+        ("accept", "ACCEPT"),
+        ("drop", "DROP"),
+        ("reject", "REJECT"),
+        ("return", "RETURN"),
+        ("masquerade", "MASQUERADE"),
+        ("redirect", "REDIRECT"),
+    ):
+        if name in e:
+            return target, False, {}
+    if "jump" in e:
+        return e["jump"]["target"], False, {}
+    if "goto" in e:
+        return e["goto"]["target"], True, {}
+    for name in ("dnat", "snat"):
+        if name in e:
+            d = e[name] or {}
+            addr = d.get("addr")
+            if not isinstance(addr, str):
+                return name.upper(), False, {}
+            to = f"{addr}:{d['port']}" if isinstance(d.get("port"), int) else addr
+            key = "--to-destination" if name == "dnat" else "--to-source"
+            return name.upper(), False, {key: to}
+    return None
+
+
+def _native_rules(ns: NftRuleset, r: NftRule, key_of) -> list[Rule]:
+    """One nft rule as iptables-style Rules (a verdict map becomes one Rule per element)."""
+    matches, unknown, pkts = [], [], 0
+    verdict = None
+    vmap = None
+    for e in r.expr:
+        if "match" in e:
+            got = _nft_match(e["match"])
+            if got is None:
+                unknown.append(json.dumps(e["match"], sort_keys=True)[:80])
+            else:
+                matches.append(got)
+        elif "counter" in e:
+            pkts = int((e["counter"] or {}).get("packets", 0))
+        elif "vmap" in e:
+            vmap = e["vmap"]
+        elif any(k in e for k in ("comment", "log", "limit", "mangle", "notrack", "set")):
+            continue
+        else:
+            v = _nft_verdict(e)
+            if v is not None:
+                verdict = v
+            elif "xt" in e:
+                unknown.append(f"xt {e['xt'].get('name')}")
+            else:
+                unknown.append(next(iter(e)))
+    text = r.text or json.dumps(r.expr, sort_keys=True)[:120]
+    base = Rule("nftables", "", key_of(r.chain), 0, text.split(), pkts, raw=text)
+    base.nft = (r.family, r.table, r.chain, r.handle)
+    base.matches, base.unknown = matches, unknown
+    if vmap is None:
+        if verdict:
+            base.target, base.goto, base.target_args = verdict
+            if base.target not in TERMINAL and base.target != "RETURN":
+                base.target = key_of(base.target)
+        return [base]
+    vkey = _nft_key(vmap.get("key"))
+    data = vmap.get("data")
+    if isinstance(data, str) and data.startswith("@"):
+        elems = ns.maps.get((r.family, r.table, data[1:]), [])
+    elif isinstance(data, dict) and "set" in data:
+        elems = [tuple(x) for x in data["set"] if isinstance(x, list) and len(x) == 2]
+    else:
+        elems = []
+    out = []
+    for k, v in elems:
+        val = _nft_value(k)
+        got = _nft_verdict(v) if isinstance(v, dict) else None
+        if vkey is None or val is None or got is None:
+            continue
+        one = Rule("nftables", "", base.chain, 0, base.args, pkts, raw=text, nft=base.nft)
+        one.matches = matches + [(vkey, False, val)]
+        one.unknown = list(unknown)
+        one.target, one.goto, one.target_args = got
+        if one.target not in TERMINAL and one.target != "RETURN":
+            one.target = key_of(one.target)
+        out.append(one)
+    return out
+
+
+def _iptables_table(ch: NftChain) -> str:
+    """The iptables table a native base chain plays (by its type and priority)."""
+    if ch.type == "nat":
+        return "nat"
+    if ch.type == "route":
+        return "mangle"
+    prio = ch.prio or 0
+    if prio <= -200:
+        return "raw"
+    if prio < -50:
+        return "mangle"
+    return "security" if prio >= 50 else "filter"
+
+
+def native_ruleset(ns: NftRuleset, skip_prefix: str = "pyinspect_trace_") -> Ruleset:
+    """The native nft tables (not iptables-nft's, not pyinspect's trace tables) of families
+    ip and inet as iptables-style tables: built-in chain `nat PREROUTING` jumps to every
+    nat base chain on the prerouting hook in priority order, each nft chain a chain named
+    `<family> <table> <chain>`, a base chain's drop policy a last rule; Ruleset.walk then
+    reads them as it reads iptables."""
+    tables: dict[str, dict[str, Chain]] = {}
+
+    def native(fam, tbl):
+        return (
+            fam in ("ip", "inet")
+            and not ns.iptables_owned(fam, tbl)
+            and not (skip_prefix and tbl.startswith(skip_prefix))
+        )
+
+    bases = sorted(
+        (c for c in ns.chains.values() if c.base and native(c.family, c.table)),
+        key=lambda c: c.prio or 0,
+    )
+    for bc in bases:
+        hook = NFT_HOOKS.get(bc.hook or "")
+        if hook is None:
+            continue
+        tname = _iptables_table(bc)
+        chains = tables.setdefault(tname, {})
+        builtin = chains.setdefault(hook, Chain(hook, "ACCEPT"))
+        fam, tbl = bc.family, bc.table
+
+        def key_of(name, fam=fam, tbl=tbl):
+            return f"{fam} {tbl} {name}"
+
+        jump = Rule("nftables", tname, hook, len(builtin.rules) + 1, [], base=True)
+        jump.raw = f"type {bc.type} hook {bc.hook} priority {bc.prio}; policy {bc.policy}"
+        jump.nft = (fam, tbl, bc.name, -1)
+        jump.target = key_of(bc.name)
+        jump.args = ["-j", jump.target]
+        builtin.rules.append(jump)
+        for c in ns.chains.values():
+            if c.family != fam or c.table != tbl or key_of(c.name) in chains:
+                continue
+            chain = Chain(key_of(c.name), "-")
+            for h in ns.order.get((fam, tbl, c.name), []):
+                chain.rules += _native_rules(ns, ns.rules[(fam, tbl, c.name, h)], key_of)
+            if c.base and c.policy == "drop":
+                pol = Rule("nftables", tname, chain.name, 0, ["policy", "drop"], raw="policy drop")
+                pol.nft = (fam, tbl, c.name, 0)
+                pol.target = "DROP"
+                chain.rules.append(pol)
+            for i, rule in enumerate(chain.rules, 1):
+                rule.table, rule.num = tname, i
+            chains[chain.name] = chain
+    return Ruleset("nftables", tables)

@@ -19,6 +19,7 @@ Hop dicts: {ts_ns, table, chain, kind: rule|return|policy, rule_num, rule_text, 
 hook, indev, outdev, packet: (proto, src, sport, dst, dport, ipid), backend}.
 """
 
+import collections
 import contextlib
 import errno
 import json
@@ -30,6 +31,7 @@ import socket
 import struct
 import subprocess
 import time
+from dataclasses import dataclass, field
 
 from pyinspect.errors import UnavailableError
 from pyinspect.proc import pid_alive
@@ -485,36 +487,180 @@ def parse_trace(rec, rulebook=None):
     }
 
 
-def has_nft_chains(netns=None):
-    """True if the namespace has nf_tables base chains other than pyinspect's own."""
-    out = _run_in(netns, ["nft", "list", "ruleset"])
-    if not out:
-        return False
-    table = None
-    for line in out.splitlines():
-        m = re.match(r"\s*table (\S+) (\S+)", line)
-        if m:
-            table = m.group(2)
-        elif "hook " in line and table and not table.startswith(NFT_TABLE_PREFIX):
-            return True
+NFT_TABLE_PREFIX = "pyinspect_trace_"
+NFT_TRACE_PRIORITY = -301  # raw (-300) - 1: before every raw-priority chain, theirs too
+
+# nf_tables netlink (linux/netfilter/nf_tables.h, nfnetlink.h)
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWGEN = 15
+NFT_MSG_TRACE = 17
+NFNLGRP_NFTABLES = 7  # ruleset changes
+NFNLGRP_NFTRACE = 9  # trace events
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+(TA_TABLE, TA_CHAIN, TA_HANDLE, TA_TYPE, TA_VERDICT, TA_ID) = range(1, 7)
+TA_NETWORK, TA_TRANSPORT, TA_IIF, TA_OIF, TA_NFPROTO, TA_POLICY = 8, 9, 10, 12, 15, 16
+NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 1, 2
+TRACE_TYPES = {1: "policy", 2: "return", 3: "rule"}
+VERDICT_NAMES = {
+    0: "DROP",
+    1: "ACCEPT",
+    2: "STOLEN",
+    3: "QUEUE",
+    4: "REPEAT",
+    5: "STOP",
+    -1: "CONTINUE",
+    -2: "BREAK",
+    -3: "JUMP",
+    -4: "GOTO",
+    -5: "RETURN",
+}
+FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+HOOK_NAMES = {
+    "prerouting": "PREROUTING",
+    "input": "INPUT",
+    "forward": "FORWARD",
+    "output": "OUTPUT",
+    "postrouting": "POSTROUTING",
+    "ingress": "INGRESS",
+    "egress": "EGRESS",
+}
+# where the legacy tables sit on their hooks (x_tables priorities)
+LEGACY_PRIO = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0, "security": 50}
+
+
+# -- which mechanism a namespace needs ---------------------------------------------------
+@dataclass
+class NetfilterMode:
+    """How the trace switches the netfilter trace on in one namespace, and why.
+
+    legacy:   x_tables tables with rules, no nf_tables chains: TRACE rules in raw
+    nftables: nf_tables chains (iptables-nft, Docker's nft backend, firewalld...) and no
+              legacy rules: a `meta nftrace set 1` table of the session's, trace events
+    both:     both kinds: the nftrace table (its nf_trace also makes the legacy tables
+              log through nfnetlink_log), trace events and TRACE lines
+    none:     the kernel has neither
+    """
+
+    mode: str
+    why: str
+    legacy_tables: list = field(default_factory=list)  # legacy tables with rules
+    nft_tables: list = field(default_factory=list)  # "family name" of tables with hooks
+    xtables: bool = True  # the kernel has x_tables (ip_tables)
+    nftables: bool = True  # the kernel has nf_tables
+
+    def text(self) -> str:
+        return f"{self.mode} ({self.why})"
+
+
+def _kernel_has(module: str, proc_file: str | None = None) -> bool:
+    """A netfilter part is there: its /proc file or /sys/module entry exists, or the module
+    is on disk for the running kernel (iptables/nft load it on first use)."""
+    if proc_file and os.path.exists(proc_file):
+        return True
+    if os.path.isdir(f"/sys/module/{module}"):
+        return True
+    release = os.uname().release
+    for name in ("modules.builtin", "modules.dep"):
+        try:
+            with open(f"/lib/modules/{release}/{name}") as f:
+                if re.search(rf"/{module}\.ko", f.read()):
+                    return True
+        except OSError:
+            continue
     return False
 
 
-NFT_TABLE_PREFIX = "pyinspect_trace_"
+def legacy_tables_in_use(netns: str | None = None) -> list[str]:
+    """The x_tables (iptables-legacy) tables of the namespace that hold a rule or a
+    non-ACCEPT policy. /proc/net/ip_tables_names lists the tables that exist (reading it
+    creates none); empty ones (left by an earlier trace, say) do not count."""
+    try:
+        with in_netns(netns), open("/proc/thread-self/net/ip_tables_names") as f:
+            names = f.read().split()
+    except (OSError, UnavailableError):
+        return []
+    if not names:
+        return []
+    from . import iptsave
+
+    text, _err = iptsave.run_save("iptables-legacy-save", counters=False, timeout=15, netns=netns)
+    if text is None:
+        return names  # cannot tell: assume they matter
+    rs = iptsave.Ruleset("legacy", iptsave.parse_save(text, "legacy"))
+    return [
+        t
+        for t, chains in rs.tables.items()
+        if any(
+            c.rules or (c.name in iptsave.BUILTIN and c.policy not in ("ACCEPT", "-"))
+            for c in chains.values()
+        )
+    ]
 
 
+def decide_mode(
+    legacy: list[str], nft: list[str], xtables: bool, nftables: bool
+) -> tuple[str, str]:
+    """(mode, why) from what the namespace has and what the kernel supports."""
+    have_l = f"x_tables tables {', '.join(legacy)}" if legacy else "no x_tables rules"
+    have_n = f"nf_tables tables {', '.join(nft)}" if nft else "no nf_tables chains"
+    if legacy and nft:
+        return "both", f"{have_l} and {have_n}"
+    if legacy:
+        return "legacy", f"{have_l}, {have_n}"
+    if nft:
+        return "nftables", f"{have_n}, {have_l}"
+    if nftables:
+        return "nftables", "no rules yet; the kernel has nf_tables" + (
+            "" if xtables else " and no x_tables"
+        )
+    if xtables:
+        return "legacy", "no rules yet; the kernel has x_tables only"
+    return "none", "the kernel has neither x_tables nor nf_tables"
+
+
+def choose_mode(netns: str | None = None, ruleset=None) -> NetfilterMode:
+    """What the namespace (this thread's, or the one at path `netns`) has, and the mode."""
+    xt = _kernel_has("ip_tables", "/proc/net/ip_tables_names")
+    legacy = legacy_tables_in_use(netns) if xt else []
+    if ruleset is None:
+        from . import iptsave
+
+        ruleset = iptsave.read_nft_rules(netns)
+    # nf_tables answers (built in, it has no /sys/module entry) or is a module on disk
+    nf = not ruleset.error or _kernel_has("nf_tables")
+    nft = []
+    if not ruleset.error:
+        nft = sorted(
+            {f"{c.family} {c.table}" for c in ruleset.base_chains(skip_prefix=NFT_TABLE_PREFIX)}
+        )
+    mode, why = decide_mode(legacy, nft, xt, nf)
+    return NetfilterMode(mode, why, legacy, nft, xt, nf)
+
+
+def has_nft_chains(netns=None):
+    """True if the namespace has nf_tables base chains other than pyinspect's own."""
+    from . import iptsave
+
+    ns = iptsave.read_nft_rules(netns)
+    return bool(ns.base_chains(skip_prefix=NFT_TABLE_PREFIX))
+
+
+# -- the session's nftrace table ---------------------------------------------------------
 def nft_expr(spec):
-    """An iptables-style spec (see trace_rule_specs) as an nft match expression."""
+    """An iptables-style spec (see trace_rule_specs) as an nft match expression (IPv6
+    addresses as `ip6 saddr/daddr`)."""
     out = []
     proto = None
     i = 0
     while i < len(spec):
         a = spec[i]
         v = spec[i + 1] if i + 1 < len(spec) else None
+        fam = "ip6" if v and ":" in v else "ip"
         if a == "-s":
-            out.append(f"ip saddr {v}")
+            out.append(f"{fam} saddr {v}")
         elif a == "-d":
-            out.append(f"ip daddr {v}")
+            out.append(f"{fam} daddr {v}")
         elif a == "-p":
             proto = v
             out.append(f"meta l4proto {v}")
@@ -527,204 +673,366 @@ def nft_expr(spec):
 
 
 class NftTraceTable:
-    """`meta nftrace set 1` for the traced flows in a table of our own (nf_tables backend).
+    """`meta nftrace set 1` for the traced flows in a table of our own,
+    `table inet pyinspect_trace_<pid>`, chains on prerouting and output at priority -301
+    (raw - 1, so chains at raw priority are traced too), with the sampling of the TRACE
+    rules: every TCP SYN/FIN/RST, UDP/ICMP up to TRACE_RATE; TCP data leaves at its first
+    rule. nf_tables only emits trace events for packets some rule marked this way."""
 
-    nf_tables only emits trace events once some rule sets nftrace; this table does, before
-    every other hook (priority -301), with the same sampling as the TRACE rules.
-    """
+    CHAINS = ("pre", "out")
 
     def __init__(self, netns=None):
         self.netns = netns
         self.name = f"{NFT_TABLE_PREFIX}{os.getpid()}"
         self.made = False
 
-    def create(self, specs):
-        lines = [
-            f"table ip {self.name} {{",
-            "  chain pre { type filter hook prerouting priority -301; policy accept; }",
-            "  chain out { type filter hook output priority -301; policy accept; }",
-            "}",
-        ]
-        # TCP data (no SYN/FIN/RST) leaves the chain at its first rule
-        lines += [
-            f"add rule ip {self.name} {chain} meta l4proto tcp "
-            "tcp flags & (syn | fin | rst) == 0 accept"
-            for chain in ("pre", "out")
-        ]
-        for spec in specs:
-            expr = nft_expr(spec)
-            proto = spec[spec.index("-p") + 1] if "-p" in spec else None
-            rate = (
-                f"limit rate {TRACE_RATE.replace('/sec', '/second')} burst {TRACE_BURST} "
-                "packets meta nftrace set 1"
-            )
-            for chain in ("pre", "out"):
-                if proto in (None, "tcp"):
-                    tcp = expr if "l4proto tcp" in expr else f"meta l4proto tcp {expr}"
-                    lines.append(
-                        f"add rule ip {self.name} {chain} {tcp} "
-                        "tcp flags & (syn | fin | rst) != 0 meta nftrace set 1"
+    def _rules(self, spec):
+        expr = nft_expr(spec)
+        proto = spec[spec.index("-p") + 1] if "-p" in spec else None
+        rate = (
+            f"limit rate {TRACE_RATE.replace('/sec', '/second')} burst {TRACE_BURST} "
+            "packets meta nftrace set 1"
+        )
+        out = []
+        for chain in self.CHAINS:
+            if proto in (None, "tcp"):
+                tcp = expr if "l4proto tcp" in expr else f"meta l4proto tcp {expr}"
+                out.append(
+                    f"add rule inet {self.name} {chain} {tcp} "
+                    "tcp flags & (syn | fin | rst) != 0 meta nftrace set 1"
+                )
+            if proto is None:
+                others = ("udp", "icmpv6") if ":" in expr else ("udp", "icmp")
+                for other in others:
+                    out.append(
+                        f"add rule inet {self.name} {chain} meta l4proto {other} {expr} {rate}"
                     )
-                if proto is None:
-                    for other in ("udp", "icmp"):
-                        lines.append(
-                            f"add rule ip {self.name} {chain} meta l4proto {other} {expr} {rate}"
-                        )
-                elif proto != "tcp":
-                    lines.append(f"add rule ip {self.name} {chain} {expr} {rate}")
+            elif proto != "tcp":
+                out.append(f"add rule inet {self.name} {chain} {expr} {rate}")
+        return out
+
+    def _run(self, lines):
         prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
         try:
             p = subprocess.run(
                 prefix + ["nft", "-f", "-"],
                 input="\n".join(lines) + "\n",
+                check=False,
                 capture_output=True,
                 text=True,
                 timeout=15,
-                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise UnavailableError(f"cannot run nft: {exc}") from exc
         if p.returncode != 0:
             raise UnavailableError(f"cannot add the nftrace table: {p.stderr.strip()[:200]}")
+
+    def create(self, specs):
+        prio = NFT_TRACE_PRIORITY
+        lines = [
+            f"table inet {self.name} {{",
+            f"  chain pre {{ type filter hook prerouting priority {prio}; policy accept; }}",
+            f"  chain out {{ type filter hook output priority {prio}; policy accept; }}",
+            "}",
+        ]
+        # TCP data (no SYN/FIN/RST) leaves the chain at its first rule
+        lines += [
+            f"add rule inet {self.name} {chain} meta l4proto tcp "
+            "tcp flags & (syn | fin | rst) == 0 accept"
+            for chain in self.CHAINS
+        ]
+        for spec in specs:
+            lines += self._rules(spec)
+        self._run(lines)
         self.made = True
+
+    def add(self, spec):
+        """Trace one more flow (the replies of a MASQUERADEd connection)."""
+        if self.made:
+            self._run(self._rules(spec))
 
     def remove(self):
         if self.made:
-            _run_in(self.netns, ["nft", "delete", "table", "ip", self.name])
+            _run_in(self.netns, ["nft", "delete", "table", "inet", self.name])
             self.made = False
 
 
 def remove_stale_nft_tables(netns=None):
-    """Delete pyinspect_trace_<pid> tables of dead processes; returns their names."""
+    """Delete pyinspect_trace_<pid> tables (any family) of dead processes; their names."""
     out = _run_in(netns, ["nft", "list", "tables"]) or ""
     removed = []
-    for m in re.finditer(rf"table ip ({NFT_TABLE_PREFIX}(\d+))", out):
-        pid = int(m.group(2))
+    for m in re.finditer(rf"table (\w+) ({NFT_TABLE_PREFIX}(\d+))", out):
+        pid = int(m.group(3))
         if pid != os.getpid() and pid_alive(pid):
             continue
-        if _run_in(netns, ["nft", "delete", "table", "ip", m.group(1)]) is not None:
-            removed.append(m.group(1))
+        if _run_in(netns, ["nft", "delete", "table", m.group(1), m.group(2)]) is not None:
+            removed.append(f"{m.group(1)} {m.group(2)}")
     return removed
 
 
-class NftMonitor:
-    """`nft monitor trace` in one namespace; lines parsed into hop dicts (backend nftables).
+# -- trace events --------------------------------------------------------------------------
+@dataclass
+class NftTraceEvent:
+    """One NFT_MSG_TRACE message: a rule, a chain's end or a base chain's policy that a
+    marked packet met. `network`/`transport` are the packet's headers as that base chain
+    saw them (only in the first event of each base chain run)."""
 
-    Each trace id starts with a `packet:` line (addresses, ports, ip id, length) that the
-    following rule/policy lines of the same id belong to.
-    """
+    ts_ns: int
+    trace_id: int
+    family: str  # the table's family
+    table: str
+    chain: str
+    kind: str  # rule | return | policy
+    handle: int
+    verdict: str  # ACCEPT, DROP, JUMP, GOTO, RETURN, CONTINUE...
+    target: str  # the chain a jump/goto goes to
+    nfproto: int
+    iif: int
+    oif: int
+    network: bytes
+    transport: bytes
 
-    LINE = re.compile(r"^trace id (\w+) (\w+) (\S+) (\S+) (rule|policy|packet:)\s*(.*)$")
-    FIELDS = {
-        "ip saddr": "src",
-        "ip daddr": "dst",
-        "ip id": "ipid",
-        "ip length": "iplen",
-        "sport": "sport",
-        "dport": "dport",
-        "ip protocol": "proto",
-    }
+
+def _u32(b):
+    return struct.unpack("!I", b[:4])[0] if len(b) >= 4 else 0
+
+
+def _str(b):
+    return b.rstrip(b"\0").decode(errors="replace")
+
+
+class NftTraceEvents(Receiver):
+    """nf_tables trace events (NFNLGRP_NFTRACE) of one namespace, and a flag set when its
+    ruleset changed (NFNLGRP_NFTABLES; changes to pyinspect's trace tables do not count).
+
+    `read()` returns NftTraceEvents in the order the kernel sent them."""
 
     def __init__(self, netns=None):
         self.netns = netns
-        self.proc = None
-        self._buf = b""
-        self._packets = {}
+        self.sock = None
+        self.lost = 0
+        self.changed = False
 
     def start(self):
-        prefix = ["nsenter", f"--net={self.netns}"] if self.netns else []
         try:
-            self.proc = subprocess.Popen(
-                prefix + ["nft", "monitor", "trace"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
+            with in_netns(self.netns):
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+            self.sock.bind((0, 0))
+            for group in (NFNLGRP_NFTRACE, NFNLGRP_NFTABLES):
+                self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
         except OSError as exc:
-            raise UnavailableError(f"cannot run nft monitor trace: {exc.strerror}") from exc
-        os.set_blocking(self.proc.stdout.fileno(), False)
+            if self.sock:
+                self.sock.close()
+                self.sock = None
+            raise UnavailableError(
+                f"cannot listen to nf_tables trace events: {exc.strerror}"
+            ) from exc
+        self.sock.setblocking(False)
         return self
 
-    @staticmethod
-    def packet_of(text):
-        """The `packet:` part of a trace -> (proto, src, sport, dst, dport, ipid, iplen)."""
-
-        def grab(pat, cast=str):
-            m = re.search(pat, text)
-            return cast(m.group(1)) if m else None
-
-        proto = grab(r"\b(tcp|udp|icmp) ") or "?"
-        return (
-            proto,
-            grab(r"ip saddr (\S+)"),
-            grab(rf"{proto} sport (\d+)", int) or 0,
-            grab(r"ip daddr (\S+)"),
-            grab(rf"{proto} dport (\d+)", int) or 0,
-            grab(r"ip id (\d+)", int),
-            grab(r"ip length (\d+)", int),
-        )
-
-    def read(self):
+    def _parse(self, data, now):
         out = []
-        if not self.proc:
-            return out
-        try:
-            chunk = self.proc.stdout.read()
-        except (BlockingIOError, ValueError):
-            chunk = None
-        if chunk:
-            self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        now = time.time_ns()
-        for raw in lines:
-            m = self.LINE.match(raw.decode(errors="replace").strip())
-            if not m:
-                continue
-            tid, family, table, chain, kind, rest = m.groups()
-            if kind == "packet:":
-                self._packets[(tid, table)] = self.packet_of(rest)
-                if len(self._packets) > 4096:
-                    self._packets.pop(next(iter(self._packets)))
-                continue
-            if table.startswith(NFT_TABLE_PREFIX):
-                continue  # our own nftrace table is not part of the path
-            verdict = ""
-            vm = re.search(r"\(verdict (\w+)\)|^(\w+)\s*$", rest)
-            if vm:
-                verdict = (vm.group(1) or vm.group(2)).upper()
-            text = re.sub(r"\s*\(verdict \w+\)", "", rest).strip()
-            text = re.sub(r"counter packets \d+ bytes \d+\s*", "", text).strip()
-            nat = re.search(r"\b(dnat|snat)(?: ip)? to (\S+)", text)
-            if nat:
-                verdict = f"{nat.group(1).upper()} {nat.group(2)}"
-            elif re.search(r"\bmasquerade\b", text):
-                verdict = "MASQUERADE"
-            if kind == "policy":
-                text = f"policy {text.upper()}"
-            out.append(
-                {
-                    "ts_ns": now,
-                    "table": f"{family} {table}",
-                    "chain": chain,
-                    "kind": kind,
-                    "rule_num": 0,
-                    "rule_text": text,
-                    "verdict": verdict,
-                    "hook": None,
-                    "indev": 0,
-                    "outdev": 0,
-                    "nft_packet": self._packets.get((tid, table)),
-                    "ours": False,
-                    "backend": "nftables",
-                }
-            )
+        off = 0
+        while off + 20 <= len(data):
+            ln, mtype = struct.unpack_from("=IH", data, off)
+            if ln < 16:
+                break
+            if mtype >> 8 == NFNL_SUBSYS_NFTABLES:
+                family = FAMILIES.get(data[off + 16], str(data[off + 16]))
+                a = _attrs(data, off + 20, off + ln)
+                msg = mtype & 0xFF
+                if msg == NFT_MSG_TRACE:
+                    ev = self._event(a, family, now)
+                    if ev is not None:
+                        out.append(ev)
+                elif msg != NFT_MSG_NEWGEN and not _str(a.get(1, b"")).startswith(NFT_TABLE_PREFIX):
+                    self.changed = True
+            off += (ln + 3) & ~3
         return out
 
+    @staticmethod
+    def _event(a, family, now):
+        table = _str(a.get(TA_TABLE, b""))
+        if not table:
+            return None
+        verdict, target = "", ""
+        if TA_VERDICT in a:
+            v = _attrs(a[TA_VERDICT], 0, len(a[TA_VERDICT]))
+            if NFTA_VERDICT_CODE in v:
+                code = struct.unpack("!i", v[NFTA_VERDICT_CODE][:4])[0]
+                verdict = VERDICT_NAMES.get(code if code < 0 else code & 0xFF, str(code))
+            target = _str(v.get(NFTA_VERDICT_CHAIN, b""))
+        if not verdict and TA_POLICY in a:
+            verdict = VERDICT_NAMES.get(_u32(a[TA_POLICY]) & 0xFF, "?")
+        handle = a.get(TA_HANDLE, b"")
+        return NftTraceEvent(
+            ts_ns=now,
+            trace_id=_u32(a.get(TA_ID, b"")),
+            family=family,
+            table=table,
+            chain=_str(a.get(TA_CHAIN, b"")),
+            kind=TRACE_TYPES.get(_u32(a.get(TA_TYPE, b"")), "?"),
+            handle=struct.unpack("!Q", handle[:8])[0] if len(handle) >= 8 else 0,
+            verdict=verdict,
+            target=target,
+            nfproto=_u32(a.get(TA_NFPROTO, b"")),
+            iif=_u32(a.get(TA_IIF, b"")),
+            oif=_u32(a.get(TA_OIF, b"")),
+            network=a.get(TA_NETWORK, b""),
+            transport=a.get(TA_TRANSPORT, b""),
+        )
+
     def stop(self):
-        if self.proc:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=2)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+
+
+def packet_headers(network: bytes, transport: bytes) -> bytes:
+    """An event's network and transport headers as one IP packet head (what flows.parse_ip
+    reads): the IP header (IPv4 with its options, IPv6's fixed 40 bytes) then L4."""
+    if not network:
+        return b""
+    if network[0] >> 4 == 4:
+        ihl = (network[0] & 0xF) * 4
+        return network[:ihl] + transport if transport else network
+    if network[0] >> 4 == 6 and transport:
+        return network[:40] + transport if network[6] in (6, 17, 58) else network
+    return network
+
+
+NAT_RE = re.compile(r"\b(dnat|snat)(?: ip6?)? to (\S+)|\b(masquerade|redirect)\b")
+SAVE_NAT_RE = re.compile(
+    r"-j (DNAT|SNAT|MASQUERADE|REDIRECT)(?:.*?--to-(?:destination|source|ports) (\S+))?"
+)
+
+
+class NftRuleBook:
+    """Rule texts and chains of the namespace's nf_tables ruleset, by handle: one read
+    (iptsave.read_nft_rules) at start and again after the ruleset changed, when an event
+    names a rule it does not know."""
+
+    def __init__(self, netns=None):
+        self.netns = netns
+        self.ruleset = None
+        self.reads = 0
+        self.stale = False
+        self.refresh()
+
+    def refresh(self):
+        from . import iptsave
+
+        self.ruleset = iptsave.read_nft_rules(self.netns)
+        self.reads += 1
+        self.stale = False
+
+    def chain(self, family, table, name):
+        return self.ruleset.chains.get((family, table, name))
+
+    def rule(self, family, table, chain, handle):
+        r = self.ruleset.rule(family, table, chain, handle)
+        if r is None and self.stale:
+            self.refresh()
+            r = self.ruleset.rule(family, table, chain, handle)
+        return r
+
+    def describe(self, ev: NftTraceEvent) -> tuple[str, str]:
+        """(rule text, verdict) of one event: the text as `nft -a list` prints the rule (an
+        xt-compat rule of iptables-nft as iptables-nft-save does), the verdict the kernel
+        gave, with a NAT rule's translation for its accept."""
+        if ev.kind == "policy":
+            return f"policy {ev.verdict}", ev.verdict
+        if ev.kind == "return":
+            return "end of chain", "RETURN"
+        verdict = f"{ev.verdict} {ev.target}" if ev.target else ev.verdict
+        r = self.rule(ev.family, ev.table, ev.chain, ev.handle)
+        if r is None:
+            return f"handle {ev.handle}", verdict
+        text = r.save if r.xt and r.save else r.text
+        if ev.verdict == "ACCEPT":
+            m = SAVE_NAT_RE.search(text) if text.startswith("-A ") else NAT_RE.search(text)
+            if m and text.startswith("-A "):
+                verdict = f"{m.group(1)} {m.group(2)}" if m.group(2) else m.group(1)
+            elif m:
+                verdict = f"{m.group(1).upper()} {m.group(2)}" if m.group(1) else m.group(3).upper()
+        return text, verdict
+
+
+class NftTracer:
+    """Trace events -> hop dicts, in the kernel's order (`seq`), each with its rule's text
+    and verdict, the hook and priority of the base chain it ran under, and the packet's
+    headers as that base chain saw them (a trace id is per skb, but it can change when NAT
+    clears the skb's hash: the correlation places hops by the packet's ident, which NAT
+    keeps)."""
+
+    def __init__(self, netns=None):
+        self.netns = netns
+        self.events = None
+        self.book = None
+        self.seq = 0
+        self._trace = collections.OrderedDict()  # trace id -> {pkt, now, hook, prio}
+
+    def start(self):
+        self.events = NftTraceEvents(self.netns).start()
+        self.book = NftRuleBook(self.netns)
+        return self
+
+    @property
+    def lost(self):
+        return self.events.lost if self.events else 0
+
+    def read(self):
+        evs = self.events.read() if self.events else []
+        if self.events and self.events.changed:
+            self.events.changed = False
+            self.book.stale = True
+        return [h for h in (self.hop(ev) for ev in evs) if h is not None]
+
+    def hop(self, ev: NftTraceEvent):
+        st = self._trace.get(ev.trace_id)
+        if st is None:
+            st = self._trace[ev.trace_id] = {"head": b"", "hook": None, "prio": 0}
+            if len(self._trace) > 8192:
+                self._trace.popitem(last=False)
+        head = packet_headers(ev.network, ev.transport)
+        if head:  # the first event of each base chain run shows the packet as it is now
+            st["head"] = head
+        ch = self.book.chain(ev.family, ev.table, ev.chain)
+        if ch is not None and ch.base:
+            st["hook"], st["prio"] = HOOK_NAMES.get(ch.hook, ch.hook.upper()), ch.prio or 0
+        if ev.table.startswith(NFT_TABLE_PREFIX):
+            return None  # our own nftrace table is not part of the path
+        if ev.kind == "rule" and not ev.handle:
+            # the end of a chain (no rule): a regular chain returns to its caller; a base
+            # chain's policy event follows
+            if ch is not None and ch.base:
+                return None
+            ev.kind = "return"
+        self.seq += 1
+        text, verdict = self.book.describe(ev)
+        return {
+            "ts_ns": ev.ts_ns,
+            "table": f"{ev.family} {ev.table}",
+            "chain": ev.chain,
+            "kind": ev.kind,
+            "rule_num": ev.handle,
+            "handle": ev.handle,
+            "rule_text": text,
+            "verdict": verdict,
+            "hook": st["hook"],
+            "prio": st["prio"],
+            "seq": self.seq,
+            "trace_id": ev.trace_id,
+            "indev": ev.iif,
+            "outdev": ev.oif,
+            "payload": st["head"],
+            "ours": False,
+            "backend": "nftables",
+        }
+
+    def stop(self):
+        if self.events:
+            self.events.stop()
+            self.events = None

@@ -53,7 +53,7 @@ class Topology:
         self.procs = []
         self.made = []
         try:
-            self._build(listen)
+            self._build(listen, backend)
         except Exception:
             self.close()
             raise
@@ -63,7 +63,7 @@ class Topology:
         self.made.append(name)
         sh(name, "ip link set lo up")
 
-    def _build(self, listen):
+    def _build(self, listen, backend):
         for ns in (self.host, self.client, self.upstream, *self.ctrs):
             self._netns(ns)
         h = self.host
@@ -97,18 +97,20 @@ class Topology:
             """,
             )
         # like the runtime (legacy backend; or nft): DNAT for outside traffic, MASQUERADE
+        # (backend None: no rules; the caller writes its own, e.g. testbed.dockerfw)
         ipt = self.ipt
-        sh(
-            h,
-            f"""
-            {ipt} -w -t nat -A PREROUTING ! -i {self.bridge} -p tcp --dport {self.dnat_port} \\
-                -j DNAT --to-destination {self.ctr_ips[0]}:80
-            {ipt} -w -t nat -A OUTPUT -p tcp -d {self.host_ip} --dport {self.dnat_port} \\
-                -j DNAT --to-destination {self.ctr_ips[0]}:80
-            {ipt} -w -t nat -A POSTROUTING -s {self.subnet} ! -o {self.bridge} -j MASQUERADE
-            {ipt} -w -A FORWARD -j ACCEPT
-        """,
-        )
+        if backend is not None:
+            sh(
+                h,
+                f"""
+                {ipt} -w -t nat -A PREROUTING ! -i {self.bridge} -p tcp --dport {self.dnat_port} \\
+                    -j DNAT --to-destination {self.ctr_ips[0]}:80
+                {ipt} -w -t nat -A OUTPUT -p tcp -d {self.host_ip} --dport {self.dnat_port} \\
+                    -j DNAT --to-destination {self.ctr_ips[0]}:80
+                {ipt} -w -t nat -A POSTROUTING -s {self.subnet} ! -o {self.bridge} -j MASQUERADE
+                {ipt} -w -A FORWARD -j ACCEPT
+            """,
+            )
         if listen:
             self.serve(0)
 

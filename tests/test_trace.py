@@ -268,7 +268,7 @@ def test_forward_policy_drop_is_explained(state_root, topo):
     assert any(h["verdict"].startswith("DNAT") for h in nf)
     pp = summary["packets_per_point"]
     assert pp["up0 (uplink)"]["captured"] >= 2  # the SYN and its retransmission
-    assert pp["pt-br0 (bridge)"]["captured"] == 0
+    assert pp["pt-br0 (bridge)"]["captured"] == 0, [h.get("text") for h in items]
 
 
 def _tcx_programs(ns):
@@ -300,7 +300,7 @@ def _kernel_leftovers(topo):
         tcx = _tcx_programs(ns)
         if tcx:
             out.append(f"tcx {ns}: {', '.join(tcx)}")
-    rules = tracetopo.sh(topo.host, "iptables-legacy -t raw -S").stdout
+    rules = tracetopo.sh(topo.host, "iptables-legacy-save").stdout  # -t raw -S makes raw
     if "TRACE" in rules:
         out.append(rules)
     tables = tracetopo.sh(topo.host, "nft list tables").stdout
@@ -444,9 +444,14 @@ def test_nft_backend_rule_path(state_root):
         ]
         dnat = [h for h in nf if h["verdict"] == f"DNAT {topo.ctr_ips[0]}:80"]
         assert dnat and dnat[0]["table"] == "ip nat" and dnat[0]["chain"] == "PREROUTING"
-        assert "dnat to" in dnat[0]["rule_text"] and "tcp dport 8088" in dnat[0]["rule_text"]
+        # an xt-compat rule (iptables-nft's DNAT target) as iptables-nft-save prints it
+        assert dnat[0]["rule_text"].startswith("-A PREROUTING ! -i pt-br0 -p tcp")
+        assert "--dport 8088 -j DNAT --to-destination" in dnat[0]["rule_text"]
         assert summary["nat"] == [f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80"]
+        assert summary["netfilter_trace"].startswith("nftables (nf_tables tables ip filter, ip nat")
         assert _kernel_leftovers(topo) == []
+        # the trace made no legacy table in a namespace that had none
+        assert tracetopo.sh(topo.host, "cat /proc/net/ip_tables_names").stdout.split() == []
     finally:
         topo.close()
 

@@ -4,7 +4,8 @@ import struct
 
 import pytest
 
-from pyinspect.probes.nftrace import NftMonitor, RuleBook, TraceRules, nft_expr
+from pyinspect.probes.iptsave import parse_nft_text
+from pyinspect.probes.nftrace import RuleBook, TraceRules, nft_expr, packet_headers
 from pyinspect.trace import flows as F
 
 
@@ -92,10 +93,11 @@ def test_journey_places_netfilter_between_host_in_and_out():
     j = F.Journey(f, "orig", (7, 1, 0, 40))
     for ts, point, d in ((1, 0, "in"), (3, 2, "out"), (4, 3, "out"), (5, 4, "in")):
         j.captures.append(F.Capture(ts, point, d, 40, b"", None, 0, -1))
+    # placed on the journey in another order than the kernel sent them (seq)
     j.nf = [
-        {"table": "filter", "chain": "FORWARD", "hook": "FORWARD"},
-        {"table": "nat", "chain": "PREROUTING", "hook": "PREROUTING"},
-        {"table": "raw", "chain": "PREROUTING", "hook": "PREROUTING"},
+        {"table": "filter", "chain": "FORWARD", "hook": "FORWARD", "seq": 3},
+        {"table": "nat", "chain": "PREROUTING", "hook": "PREROUTING", "seq": 2},
+        {"table": "raw", "chain": "PREROUTING", "hook": "PREROUTING", "seq": 1},
     ]
     order = [
         (k, h.point if k == "capture" else h["table"]) for k, h in j.hops(host_points={0, 2, 3})
@@ -169,12 +171,41 @@ def test_trace_rules_sample_floods_but_keep_tcp_control_packets():
     )
 
 
-def test_nft_monitor_packet_line():
-    p = NftMonitor.packet_of(
-        'iif "up0" ip saddr 10.0.0.2 ip daddr 10.0.0.1 ip id 41879 '
-        "ip length 60 tcp sport 37800 tcp dport 8088 tcp flags == syn"
+def test_nft_trace_headers_and_rule_texts():
+    # a trace event's IPv4 header (its first 40 bytes hold L4 too) and transport header
+    # make one packet head; NAT keeps its ident
+    f = frame("10.0.0.2", "10.0.0.1", 37800, 8088, ipid=41879, seq=5)
+    head = packet_headers(f[14:54], f[34:54])
+    p = F.parse_ip(head)
+    assert p.tuple == ("tcp", "10.0.0.2", 37800, "10.0.0.1", 8088) and p.ipid == 41879
+    assert nft_expr(["-s", "fd00::2"]) == "ip6 saddr fd00::2"
+    text = (
+        "table ip docker-bridges { # handle 1\n"
+        "\tmap filter-forward-in-jumps { # handle 11\n"
+        "\t\ttype ifname : verdict\n"
+        '\t\telements = { "br0" : jump filter-forward-in__br0 }\n'
+        "\t}\n"
+        "\tchain nat-PREROUTING { # handle 2\n"
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        "\t\tfib daddr type local counter packets 3 bytes 180 jump nat-dnat # handle 20\n"
+        "\t}\n"
+        "}\n"
     )
-    assert p == ("tcp", "10.0.0.2", 37800, "10.0.0.1", 8088, 41879, 60)
+    assert parse_nft_text(text) == {
+        ("ip", "docker-bridges", "nat-PREROUTING", 20): "fib daddr type local counter jump nat-dnat"
+    }
+
+
+def test_nf_hops_keep_the_kernel_order_and_merge_by_hook():
+    nft = [
+        {"backend": "nftables", "hook": "FORWARD", "prio": 0, "seq": 7, "chain": "FORWARD"},
+        {"backend": "nftables", "hook": "PREROUTING", "prio": -100, "seq": 5, "chain": "DOCKER"},
+        {"backend": "nftables", "hook": "PREROUTING", "prio": -100, "seq": 4, "chain": "PRE"},
+    ]
+    assert [h["chain"] for h in F.nf_order(nft)] == ["PRE", "DOCKER", "FORWARD"]
+    legacy = {"backend": "iptables-legacy", "hook": "FORWARD", "prio": -150, "seq": 1}
+    merged = F.nf_order([*nft, dict(legacy, chain="mangle FORWARD")])
+    assert [h["chain"] for h in merged] == ["PRE", "DOCKER", "mangle FORWARD", "FORWARD"]
 
 
 def test_drop_watch_without_usable_btf_is_unavailable(tmp_path, monkeypatch):

@@ -47,6 +47,9 @@ def _finding(
     port=None,
     fix=None,
 ):
+    # an iptables command built for the native nft rule set (`nft -t nat -A ...`) does
+    # not exist: such a finding has no command, the runbook says what to add
+    actions = [a for a in actions if not (a[0] == "run" and a[1][0] == "nft" and a[1][1][0] == "-")]
     text = fix or " && ".join(describe_action(a) for a in actions if a[0] != "ack")
     return Finding(
         check_name,
@@ -117,6 +120,21 @@ def _conntrack_lines(proto, dport, limit=3):
 
 def _drops(walk):
     return walk.verdict in ("DROP", "REJECT")
+
+
+def _nft_insert(walk, *expr):
+    """An `nft insert rule` of `expr` at the top of the native nft chain where `walk`
+    (of the nftables backend) was decided; None when it is not known."""
+    rule = walk.rule
+    if rule is None or not rule.nft:
+        return None
+    fam, tbl, chain, _handle = rule.nft
+    return ("run", ["nft", "insert", "rule", fam, tbl, chain, *expr])
+
+
+def _native(rs) -> bool:
+    """Native nft tables (the nftables backend): iptables commands do not apply."""
+    return rs.backend == "nftables"
 
 
 # -- checks --------------------------------------------------------------------------
@@ -367,8 +385,8 @@ def _restore_actions(view, memory):
     actions, made = [], set()
     for step in reversed(memory.get("path", [])):
         rs = view.rulesets.get(step["backend"])
-        if rs is None:
-            continue
+        if rs is None or _native(rs):
+            continue  # a native nft rule is not rebuilt from its text
         chains = rs.tables.get(step["table"], {})
         chain = chains.get(step["chain"])
         present = chain and any(r.args == step["args"] for r in chain.rules)
@@ -588,8 +606,8 @@ def _forward(view, c, br, ext, p, nat_rs):
         state="ESTABLISHED",
     )
     for rs in view.active_rulesets():
-        if "filter" not in rs.tables:
-            continue
+        if "filter" not in rs.tables or (_native(rs) and rs is not nat_rs):
+            continue  # native chains that do not hold the NAT: the nft_native check
         bad = []
         w_in, w_out = rs.walk("filter", "FORWARD", inbound), rs.walk("filter", "FORWARD", reply)
         actions = []
@@ -643,6 +661,40 @@ def _forward(view, c, br, ext, p, nat_rs):
             )
         if not bad:
             continue
+        if _native(rs):
+            fam = "ip6" if ":" in c.ip else "ip"
+            actions = [
+                a
+                for a in (
+                    _drops(w_in)
+                    and _nft_insert(
+                        w_in,
+                        "oifname",
+                        br.name,
+                        fam,
+                        "daddr",
+                        c.ip,
+                        proto,
+                        "dport",
+                        str(cport),
+                        "accept",
+                    ),
+                    _drops(w_out)
+                    and _nft_insert(
+                        w_out,
+                        "iifname",
+                        br.name,
+                        fam,
+                        "saddr",
+                        c.ip,
+                        "ct",
+                        "state",
+                        "established,related",
+                        "accept",
+                    ),
+                )
+                if a
+            ]
         ev = []
         for what, w in bad:
             ev.append(f"{rs.tool} FORWARD for {what} {c.ip}:{cport} ({w.verdict}):")
@@ -692,8 +744,8 @@ def egress(view: HostView) -> Iterator[Finding]:
         pkt = _pkt(view, src=c.ip, dst=SIM_REMOTE, dport=80, iif=br.name, oif=ext)
         owner = _owner(view, [br.name, c.ip])
         for rs in view.active_rulesets():
-            if "filter" not in rs.tables:
-                continue
+            if "filter" not in rs.tables or (_native(rs) and rs is not owner):
+                continue  # native chains that do not hold the bridge's rules: nft_native
             w = rs.walk("filter", "FORWARD", pkt)
             if not _drops(w):
                 continue
@@ -701,6 +753,7 @@ def egress(view: HostView) -> Iterator[Finding]:
                 f"{rs.tool} FORWARD for {c.ip} ({br.name}) -> outside via {ext}, new "
                 f"connection: {w.verdict}"
             ] + [f"  {ln}" for ln in w.evidence()]
+            nft_fix = _native(rs) and _nft_insert(w, "iifname", br.name, "accept")
             actions = [
                 (
                     "run",
@@ -736,6 +789,8 @@ def egress(view: HostView) -> Iterator[Finding]:
                     ],
                 ),
             ]
+            if _native(rs):
+                actions = [nft_fix] if nft_fix else []
             if rs is not owner:
                 ev.insert(
                     0,
@@ -955,7 +1010,18 @@ def bridge_nf(view: HostView) -> Iterator[Finding]:
                 f"containers on {name} cannot talk to each other: "
                 "bridge-nf-call-iptables=1 and FORWARD drops bridged traffic",
                 ev,
-                [("run", [rs.tool, "-I", "FORWARD", "1", "-i", name, "-o", name, "-j", "ACCEPT"])],
+                [
+                    a
+                    for a in (
+                        _nft_insert(w, "iifname", name, "oifname", name, "accept")
+                        if _native(rs)
+                        else (
+                            "run",
+                            [rs.tool, "-I", "FORWARD", "1", "-i", name, "-o", name, "-j", "ACCEPT"],
+                        ),
+                    )
+                    if a
+                ],
                 "bridge-nf-call-iptables",
                 safe=True,
             )

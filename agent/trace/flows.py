@@ -369,7 +369,7 @@ class Journey:
         caps = sorted(self.captures, key=_capture_time)
         if not self.nf:
             return [("capture", c) for c in caps]
-        nf = sorted(enumerate(self.nf), key=_nf_rank)
+        nf = nf_order(self.nf)
         host_in = [i for i, c in enumerate(caps) if c.point in host_points and c.dir == "in"]
         host_out = [i for i, c in enumerate(caps) if c.point in host_points and c.dir == "out"]
         if host_in:
@@ -381,7 +381,7 @@ class Journey:
         else:
             cut = len(caps)
         out = [("capture", c) for c in caps[:cut]]
-        out += [("netfilter", h) for _, h in nf]
+        out += [("netfilter", h) for h in nf]
         out += [("capture", c) for c in caps[cut:]]
         return out
 
@@ -391,21 +391,26 @@ def _capture_time(c):
 
 
 HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
-TABLE_RANK = {"raw": 0, "mangle": 1, "nat": 2, "filter": 3, "security": 4}
 
 
-def _nf_rank(item):
-    """Order trace lines of one packet: by hook, then by table priority, then as received.
+def nf_order(hops):
+    """One packet's trace hops in the kernel's order.
 
-    Legacy lines carry their hook; nf_tables lines are ranked by their chain's name when
-    it is a hook name (iptables-nft), else kept where they came."""
-    i, h = item
-    hook = h.get("hook") or h["chain"].upper()
-    table = h["table"].split()[-1]
-    rank = HOOK_RANK.get(hook, 9)
-    if rank == 2 and table == "nat":
-        return (rank, 9, i)  # SNAT runs after the POSTROUTING filters
-    return (rank, TABLE_RANK.get(table, 5), i)
+    Each source numbers its hops as the kernel sent them (`seq`: nfnetlink_log lines,
+    nf_tables trace events); hops of one source keep that order. Hops of both (mode both:
+    x_tables and nf_tables chains on the same hooks) are merged by hook, then by the
+    priority of the table or base chain on it, then by their own order."""
+    if len({h.get("backend") for h in hops}) <= 1:
+        return sorted(hops, key=lambda h: h.get("seq", 0))
+    return sorted(
+        hops,
+        key=lambda h: (
+            HOOK_RANK.get(h.get("hook") or "", 9),
+            h.get("prio", 0),
+            h.get("backend", ""),
+            h.get("seq", 0),
+        ),
+    )
 
 
 BENIGN_DROP_REASONS = {"QUEUE_PURGE", "SOCKET_CLOSE"}  # a closing socket freeing its queue

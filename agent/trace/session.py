@@ -51,7 +51,7 @@ class TraceOptions:
     live_per_flow: int = LIVE_PACKETS_PER_FLOW
     max_rate: int = None  # packets/s the analysis takes; None = auto; 0 = all
     events: bool = True  # interleave the container's process events
-    ring_mb: int = 16  # evidence buffer per CPU
+    ring_mb: float | None = None  # evidence buffer per CPU (None: evring.default_ring_bytes)
     max_size: int = None  # bytes of segment files; None: automatic; 0: no cap
     segment_size: int = SEGMENT_BYTES
     stream_fd: int = None  # evidence as one pcapng stream to this fd, no files
@@ -76,7 +76,8 @@ class TraceSession:
         self.cap = None
         self.evidence = None
         self.sources = []
-        self.conntrack = self.nftrace = None
+        self.conntrack = self.nftrace = self.nfttrace = None
+        self.nf_mode = None  # probes.nftrace.NetfilterMode
         self.store = None
         self.sink = None
         self.live = None
@@ -186,10 +187,19 @@ class TraceSession:
         from pyinspect.probes import nftrace
 
         self.conntrack = Conntrack(self.target, self.notes)
-        self.nftrace = NetfilterTrace(self.root, tgt)
-        wanted = [self.conntrack, self.nftrace]
-        if nftrace.has_nft_chains():  # else nothing to trace there
-            wanted.append(NftTrace(tgt))
+        # legacy TRACE rules, or an nftrace table of our own, or both: from what the
+        # namespace has (never legacy tables in a namespace that has none in use)
+        self.nf_mode = nftrace.choose_mode()
+        wanted = [self.conntrack]
+        mode = self.nf_mode.mode
+        if mode in ("legacy", "both"):
+            self.nftrace = NetfilterTrace(self.root, tgt, rules=mode == "legacy")
+            wanted.append(self.nftrace)
+        if mode in ("nftables", "both"):
+            self.nfttrace = NftTrace(tgt)
+            wanted.append(self.nfttrace)
+        if mode == "none":
+            self.notes.append(f"netfilter trace: unavailable: {self.nf_mode.why}")
         if self.opt.events:
             wanted.append(ContainerEvents(self.target, self.points, self.notes))
         wanted.append(Drops(tgt, {p.netns_inode for p in self.points} | {self.target.netns}))
@@ -367,6 +377,7 @@ class TraceSession:
         items = []
         for j in settled.journeys:
             items += self.live.journey(j)
+        items += [self.live.link(lp) for lp in settled.links]
         for f, d, n, _stored in settled.drops:
             item = self.live.drop(f, d, n)
             if item:
@@ -407,8 +418,9 @@ class TraceSession:
         c, r, d, s = f.reply
         if f.orig[1] != s and self.cap:
             self.cap.add_flow(c, r, s, f.proto)
-        if self.nftrace in self.sources:
-            self.nftrace.follow(f.proto, c, r, d, s)
+        for src in (self.nftrace, self.nfttrace):
+            if src is not None and src in self.sources:
+                src.follow(f.proto, c, r, d, s)
 
     # -- stop --------------------------------------------------------------------------
     def stop(self):
@@ -487,6 +499,8 @@ class TraceSession:
             "flows": len(shown),
             "connections": [f.header() for f in shown],
             "traced_packets": corr.traced_packets,
+            "netfilter_trace": self.nf_mode.text() if self.nf_mode else None,
+            "neighbour_discovery": corr.link_packets,
             "packets_per_point": per_point,
             "nat": nat,
             "drops": [
@@ -499,6 +513,7 @@ class TraceSession:
                 "segments": len(ev.files.segments) if ev else 0,
                 "bytes": ev.files.total if ev else 0,
                 "snaplen": self.cap.snaplen if self.cap else self.opt.snaplen,
+                "buffer_per_cpu": self.cap.ring_bytes if self.cap else None,
             },
             "loss": {
                 "capture": total.lost,
@@ -507,7 +522,7 @@ class TraceSession:
                 "analysis_lost": total.alost,
                 "drops": lost.get("Drops", 0),
                 "conntrack_overruns": lost.get("Conntrack", 0),
-                "trace_overruns": lost.get("NetfilterTrace", 0),
+                "trace_overruns": lost.get("NetfilterTrace", 0) + lost.get("NftTrace", 0),
             },
             "filtered_out": corr.filtered_out,
             "process_events": self.sink.events_seen if self.sink else 0,

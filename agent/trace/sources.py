@@ -1,12 +1,12 @@
 """The trace's optional sources, one interface each: start() / read() / lost / stop().
 
 Besides the packet capture (required; probes/packets.py, read by the session), a trace
-reads conntrack events (NAT tuples), the netfilter trace (legacy TRACE rules through
-nfnetlink_log, and nf_tables' nftrace), kfree_skb drops, and the container's process,
-link and cgroup events. Each source that cannot start degrades to one note
-(`start_all`); `read()` returns what arrived since the last call, already filtered to
-the traced container, as the items the correlation takes (probes' dicts, hops with their
-parsed packet).
+reads conntrack events (NAT tuples), the netfilter trace (legacy TRACE lines through
+nfnetlink_log, nf_tables' trace events; probes.nftrace.choose_mode says which),
+kfree_skb drops, and the container's process, link and cgroup events. Each source that
+cannot start degrades to one note (`start_all`); `read()` returns what arrived since the
+last call, already filtered to the traced container, as the items the correlation takes
+(probes' dicts, hops with their parsed packet).
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ from .stale import state_dir
 
 MAX_DYNAMIC_RULES = 64
 DROPS_PER_POLL = 50
+
+
+def _v4(tgt):
+    """The IPv4 addresses and ports of a capture target (the iptables and `ip` family
+    TRACE rules take only those)."""
+    addrs = [a for a in tgt.addrs if ":" not in a]
+    return addrs, [p for p in tgt.ports if ":" not in (p[0] or "")]
 
 
 class Source:
@@ -89,16 +96,20 @@ class Conntrack(Source):
 
 
 class NetfilterTrace(Source):
-    """Legacy (x_tables) TRACE rules in a chain of this session's, logged through
-    nfnetlink_log group 0 (the namespace's nf_log bound for the session)."""
+    """Legacy (x_tables) trace lines, logged through nfnetlink_log group 0 (the
+    namespace's nf_log bound for the session). With `rules`, TRACE rules in a raw chain of
+    this session's mark the traced flows (mode legacy); without, the nftrace table of
+    NftTrace marks them (mode both: a marked packet is logged by x_tables too)."""
 
     name = "netfilter trace"
 
-    def __init__(self, root, capture_target):
+    def __init__(self, root, capture_target, rules=True):
         self.root = root
         self.tgt = capture_target
+        self.want_rules = rules
         self.binding = self.nflog = self.rules = self.rulebook = None
         self.dynamic = set()
+        self.seq = 0
 
     def start(self):
         from pyinspect.probes import nftrace
@@ -108,8 +119,9 @@ class NetfilterTrace(Source):
         )
         self.binding.bind()
         self.nflog = nftrace.NflogReader().start()
-        self.rules = nftrace.TraceRules()
-        self.rules.add_many(nftrace.trace_rule_specs(self.tgt.addrs, self.tgt.ports))
+        if self.want_rules:
+            self.rules = nftrace.TraceRules()
+            self.rules.add_many(nftrace.trace_rule_specs(*_v4(self.tgt)))
         self.rulebook = nftrace.RuleBook()
         return self
 
@@ -121,6 +133,9 @@ class NetfilterTrace(Source):
             hop = nftrace.parse_trace(rec, self.rulebook)
             if hop and not hop["ours"]:  # our own TRACE rule is not part of the path
                 hop["pkt"] = F.parse_ip(hop.pop("payload", b""))
+                self.seq += 1
+                hop["seq"] = self.seq
+                hop["prio"] = nftrace.LEGACY_PRIO.get(hop["table"], 0)
                 out.append(hop)
         return out
 
@@ -135,20 +150,7 @@ class NetfilterTrace(Source):
         ):
             self.dynamic.add(key)
             with contextlib.suppress(PyinspectError):
-                self.rules.add(
-                    [
-                        "-p",
-                        proto,
-                        "-s",
-                        src,
-                        "--sport",
-                        str(sport),
-                        "-d",
-                        dst,
-                        "--dport",
-                        str(dport),
-                    ]
-                )
+                self.rules.add(_reply_spec(proto, src, sport, dst, dport))
 
     @property
     def lost(self):
@@ -164,40 +166,61 @@ class NetfilterTrace(Source):
         self.rules = self.nflog = self.binding = None
 
 
+def _reply_spec(proto, src, sport, dst, dport):
+    return ["-p", proto, "-s", src, "--sport", str(sport), "-d", dst, "--dport", str(dport)]
+
+
 class NftTrace(Source):
-    """nf_tables chains (iptables-nft, nft): `meta nftrace` in a table of this session's,
-    read from `nft monitor trace`."""
+    """nf_tables (iptables-nft, Docker's nftables backend, netavark, firewalld): `meta
+    nftrace set 1` for the traced flows in `table inet pyinspect_trace_<pid>`, the
+    kernel's trace events (NFNLGRP_NFTRACE) read in order, each rule named by its handle
+    in one read of the ruleset (again after a ruleset change)."""
 
     name = "nftables trace"
 
     def __init__(self, capture_target):
         self.tgt = capture_target
-        self.mon = self.table = None
+        self.tracer = self.table = None
+        self.dynamic = set()
 
     def start(self):
         from pyinspect.probes import nftrace
 
-        self.mon = nftrace.NftMonitor().start()
+        self.tracer = nftrace.NftTracer().start()
         self.table = nftrace.NftTraceTable()
         self.table.create(nftrace.trace_rule_specs(self.tgt.addrs, self.tgt.ports))
         return self
 
     def read(self, final=False):
         out = []
-        for hop in self.mon.read():
-            p = hop.pop("nft_packet", None)
-            if p and p[1] and p[3]:
-                hop["pkt"] = F.Pkt(p[0], p[1], p[2], p[3], p[4], p[5] or 0, 0, 0, p[6] or 0)
-                hop["loose_ident"] = True
+        for hop in self.tracer.read():
+            hop["pkt"] = F.parse_ip(hop.pop("payload", b""))
             out.append(hop)
         return out
 
+    def follow(self, proto, src, sport, dst, dport):
+        """Also trace the replies of an outbound (MASQUERADEd) flow: one rule each."""
+        key = (proto, src, sport, dport)
+        if (
+            self.table
+            and key not in self.dynamic
+            and len(self.dynamic) < MAX_DYNAMIC_RULES
+            and proto in ("tcp", "udp")
+        ):
+            self.dynamic.add(key)
+            with contextlib.suppress(PyinspectError):
+                self.table.add(_reply_spec(proto, src, sport, dst, dport))
+
+    @property
+    def lost(self):
+        return self.tracer.lost if self.tracer else 0
+
     def stop(self):
-        if self.mon:
-            self.mon.stop()
         if self.table:
             self.table.remove()
-        self.mon = self.table = None
+        if self.tracer:
+            self.tracer.stop()
+        self.tracer = self.table = None
 
 
 class Drops(Source):
