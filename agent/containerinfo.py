@@ -279,7 +279,7 @@ def collect(root, found=None, links=None, dnat: bool = True) -> list[ContainerIn
             host_ns = next(
                 (r["peer_netns"] for r in by_netns.get(d.netns, []) if r.get("peer_netns")), None
             )
-            path = netns_paths.get(host_ns) or (
+            path = (netns_paths.get(host_ns) if host_ns is not None else None) or (
                 f"/run/netns/{info.veth_host_netns}" if info.veth_host_netns else None
             )
             if path and os.path.exists(path):
@@ -462,8 +462,8 @@ def process_tree(pids: list[int]) -> list[Proc]:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as fb:
+                cmd = fb.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]

@@ -147,8 +147,9 @@ class _Frames:
     def packet(self, path: str | None, offset: int):
         if path is None:
             return None
-        seg = self.open.get(path, False)
-        if seg is False:
+        if path in self.open:
+            seg = self.open[path]
+        else:
             seg = None
             with contextlib.suppress(NotFoundError, CorruptInputError, OSError):
                 seg = Segment(self.store.segment_path(path)).read_header()

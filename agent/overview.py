@@ -25,6 +25,7 @@ from .config import database_path
 from .errors import ConflictError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
+    from .stats import Sampler
     from .store import Store
 
 STATS_HISTORY = 300  # samples of each container kept for its charts (10 min at 2 s)
@@ -45,7 +46,7 @@ class Overview:
         self.traces: dict = {}  # session id -> running BackgroundTrace
         self.agent_status: dict[str, bool] = {}  # probe name -> bool, set by the serving agent
         self._lock = threading.Lock()
-        self._sampler = None  # stats.Sampler, made on first use
+        self._sampler: Sampler | None = None  # made on first use
         self._stats_history: dict[str, deque] = {}  # container id -> StatsRow samples
         self._link_counters: dict[tuple, tuple] = {}  # (netns, ifindex) -> last counters
 

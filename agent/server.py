@@ -177,7 +177,7 @@ def serve(root, options: ServeOptions | None = None, probes=True, log=print, **k
         for s in sockets:
             s.close()
         raise
-    port = sockets[0].getsockname()[1] if opts.tcp else None
+    port = sockets[0].getsockname()[1] if opts.tcp else 0
     token, new = load_or_create_token(root)
     hosts = (
         HostPolicy.for_bind(opts.bind, port, opts.allow_hosts)
@@ -203,7 +203,7 @@ def serve(root, options: ServeOptions | None = None, probes=True, log=print, **k
             f" {opts.unix_socket} -H 'Authorization: Bearer <token from {root}/web-token>'"
             " http://localhost/api/host"
         )
-    log(f"dashboard: {base if opts.tcp else 'unix:' + opts.unix_socket} (ready)")
+    log(f"dashboard: {base if opts.tcp else f'unix:{opts.unix_socket}'} (ready)")
 
     config = uvicorn.Config(
         dashboard,

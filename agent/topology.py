@@ -157,7 +157,8 @@ def render_svg(rows: list[dict], infos=(), flagged: dict | None = None) -> str:
     """An SVG document of every namespace's bridges, veths and containers (see module)."""
     flagged = flagged or {}
     by_id = {i.id: i for i in infos}
-    parts, y = [], 10
+    parts: list[str] = []
+    y: float = 10
     index = {(r["netns"], r["ifindex"]): r for r in rows}
     drawn_ns: set = set()
     legend = [("ok", "up"), ("down", "down"), ("nocarrier", "no carrier"), ("finding", "finding")]
@@ -178,7 +179,7 @@ def render_svg(rows: list[dict], infos=(), flagged: dict | None = None) -> str:
         )
         y += 22
         top = y
-        up_y = top
+        up_y: float = top
         up_mid = []
         for up in band["uplinks"]:
             box, h = _box(
@@ -252,7 +253,7 @@ def render_svg(rows: list[dict], infos=(), flagged: dict | None = None) -> str:
                 py += max(vh, ch) + 10
             by = max(py, bridge_y + bh + 10)
         y = max(up_y, by) + 16
-    rest = {}
+    rest: dict[int, list[dict]] = {}
     for r in rows:
         if r["netns"] not in drawn_ns:
             rest.setdefault(r["netns"], []).append(r)

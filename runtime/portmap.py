@@ -314,7 +314,7 @@ def _plan(tables, bridge, wanted, family):
             want = jump_rules(tname, family) + want
         if not want and not mine:
             continue
-        want_keys = {}
+        want_keys: dict[tuple, RuleSpec] = {}
         for spec in want:
             want_keys.setdefault((spec.chain, tuple(spec.args())), spec)
         seen, deletes = set(), []

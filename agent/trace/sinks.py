@@ -272,8 +272,8 @@ class StoreSink:
 
     def _settled(self, s, locate):
         sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
-        rows = []
-        first_row = {}  # journey index -> index of its first packet row
+        rows: list = []
+        first_row: dict[int, int] = {}  # journey index -> index of its first packet row
         for n, j in enumerate(s.journeys):
             fid = self.flow_id(j.flow)
             for c in j.captures:
