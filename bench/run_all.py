@@ -23,9 +23,12 @@ BENCHES = [
         [],
     ),
     ("live capture: pyinspect extcap into dumpcap vs trace -w (issue 22)", "extcap_stream.py", []),
+    ("IPv6 DNAT throughput vs IPv4 DNAT (issue 23)", "ipv6_nat.py", []),
+    ("capture program ns/packet: IPv4-only vs current (issue 23)", "capture_cost.py", []),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
+    ("dashboard: 50 SSE clients while a flood is traced (issue 21)", "sse_flood.py", []),
     ("pyinspect build: 20 steps cold, fully cached, and by hand (issue 18)", "build_cache.py", []),
     (
         "registry pull/push vs skopeo against a local docker-registry (issue 19)",

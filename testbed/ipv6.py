@@ -30,8 +30,9 @@ class V6:
     ctr_ips: list
 
 
-def add_ipv6(topo: Topology, dnat_port: int | None = None) -> V6:
-    """Make `topo` dual-stack; returns its IPv6 addresses."""
+def add_ipv6(topo: Topology, dnat_port: int | None = None, ctr_port: int = 80) -> V6:
+    """Make `topo` dual-stack (DNAT of `dnat_port`, default the topology's, to the first
+    container's `ctr_port`); returns its IPv6 addresses."""
     n = topo.n
     v6 = V6(
         f"fd00:77:{n}::1",
@@ -44,7 +45,7 @@ def add_ipv6(topo: Topology, dnat_port: int | None = None) -> V6:
     )
     port = dnat_port or topo.dnat_port
     ip6t = topo.ipt.replace("iptables", "ip6tables")
-    to = f"-j DNAT --to-destination [{v6.ctr_ips[0]}]:80"
+    to = f"-j DNAT --to-destination [{v6.ctr_ips[0]}]:{ctr_port}"
     sh(
         topo.host,
         f"""
