@@ -125,8 +125,8 @@ def capture_points(target, via=None, rows=None):
     points = []
     host_veths = []
     for r in inner:
-        v4 = [a.split("/")[0] for a in r.get("addrs") or [] if ":" not in a]
-        for a in v4:
+        # IPv4 and IPv6 (link-local too: the container's NDP and router solicitations)
+        for a in (a.split("/")[0] for a in r.get("addrs") or []):
             if a not in target.addrs:
                 target.addrs.append(a)
         if r.get("peer_netns") == here:
