@@ -78,7 +78,9 @@ def test_names_resolve_within_a_network_and_nothing_crosses_networks(env):
     assert look.returncode == 0 and f"Address: {ip_a}" in look.stdout, look
     got = env.ex(b, "timeout", "3", "wget", "-q", "-O", "-", f"http://{a}/")
     assert got.stdout.strip() == "from-a", got
-    assert env.ex(b, "timeout", "3", "wget", "-q", "-O", "-", "http://web/").stdout.strip() == "from-a"
+    assert (
+        env.ex(b, "timeout", "3", "wget", "-q", "-O", "-", "http://web/").stdout.strip() == "from-a"
+    )
     # other names go to the upstream resolver (from the host's netns)
     ext = env.ex(b, "nslookup", "ext.test")
     assert "Address: 10.9.9.9" in ext.stdout, ext
@@ -88,18 +90,37 @@ def test_names_resolve_within_a_network_and_nothing_crosses_networks(env):
     assert env.ex(c, "timeout", "2", "wget", "-q", "-O", "-", f"http://{ip_a}/").returncode != 0
     nat = env.ns.run(IPT, "-S", "PYINSPECT-ISOLATION-STAGE-2").stdout
     assert nat.count("-j DROP") == 2
+    # doctor: DNS answers in every container, the networks are isolated
+    assert not _findings(env, "user_dns", "isolation")
+    oth = json.loads(env.cli("network", "inspect", "pnu-oth").stdout)[0]["Bridge"]
+    env.ns.sh(
+        f"{IPT} -S PYINSPECT-ISOLATION-STAGE-2 | grep -- '-o {oth} ' | sed 's/^-A/-D/' "
+        f"| xargs -L1 {IPT}"
+    )
+    hits = _findings(env, "isolation")
+    assert hits and "are not isolated" in hits[0]["summary"], hits
+    env.cli("ps")  # reconcile puts the rule back
+    assert not _findings(env, "isolation")
     # network rm is refused while containers are on it
     busy = env.cli("network", "rm", "pnu-app", check=False)
     assert busy.returncode == 4 and "has active endpoints" in busy.stderr
     # connect c to pnu-app as well: eth1, and now a and c reach each other by name
     out = env.cli("network", "connect", "pnu-app", c).stdout
     assert "eth1" in out
-    assert env.ex(c, "timeout", "3", "wget", "-q", "-O", "-", f"http://{a}/").stdout.strip() == "from-a"
+    assert (
+        env.ex(c, "timeout", "3", "wget", "-q", "-O", "-", f"http://{a}/").stdout.strip()
+        == "from-a"
+    )
     assert env.ex(b, "nslookup", c).returncode == 0
     env.cli("network", "disconnect", "pnu-app", c)
     assert "eth1" not in env.ex(c, "ip", "-o", "link").stdout
     ls = env.cli("network", "ls").stdout
     assert re.search(r"^pnu-app\s+bridge\s+10\.77\.0\.0/24\s+10\.77\.0\.1\s+2\s+up", ls, re.M)
+
+
+def _findings(env, *checks):
+    doc = env.cli("doctor", "--json", check=False)
+    return [f for f in json.loads(doc.stdout)["findings"] if f["check"] in checks]
 
 
 def test_internal_network_has_no_way_out(env):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import NotFoundError, UnavailableError, UsageError
-from . import checks, ipv6, persistence
+from . import checks, ipv6, persistence, usernets
 from .hostview import HostView
 from .model import ContainerView, Finding, PortMapping, describe_action
 
@@ -76,7 +76,9 @@ def examine(
     try:
         memory = persistence.load_memory(st) if st else {}
         view = HostView.collect(root, memory, port_filter=port)
-        findings = [f for _name, fn in checks.CHECKS + ipv6.CHECKS for f in fn(view) or ()]
+        findings = [
+            f for _name, fn in checks.CHECKS + ipv6.CHECKS + usernets.CHECKS for f in fn(view) or ()
+        ]
         if container:
             findings = _only_container(root, view, findings, container)
         if port is not None:
