@@ -184,7 +184,10 @@ class Demo:
             "\n".join(lines[:13]) + (f"\n... ({len(lines) - 13} more)" if len(lines) > 13 else "")
         )
         self.say("\n-- the rules and the conntrack entry that carried it --")
-        self.sh(["iptables-legacy", "-t", "nat", "-nvL", "PYINSPECT"], netns=HOST_NS)
+        from .runtime import iptables  # the backend pyinspect wrote its rules with
+
+        ipt = iptables.tool(iptables.backend())
+        self.sh([ipt, "-t", "nat", "-nvL", "PYINSPECT"], netns=HOST_NS)
         self.sh(["conntrack", "-L", "-p", "tcp", "--orig-port-dst", str(PORT)], netns=HOST_NS)
         self.say("\n-- doctor --")
         self.pi("doctor", "--container", "test")
