@@ -544,6 +544,7 @@ class NetfilterMode:
 
     mode: str
     why: str
+    ruleset: object = field(default=None, repr=False)  # the iptsave.NftRuleset read
     legacy_tables: list = field(default_factory=list)  # legacy tables with rules
     nft_tables: list = field(default_factory=list)  # "family name" of tables with hooks
     xtables: bool = True  # the kernel has x_tables (ip_tables)
@@ -635,7 +636,7 @@ def choose_mode(netns: str | None = None, ruleset=None) -> NetfilterMode:
             {f"{c.family} {c.table}" for c in ruleset.base_chains(skip_prefix=NFT_TABLE_PREFIX)}
         )
     mode, why = decide_mode(legacy, nft, xt, nf)
-    return NetfilterMode(mode, why, legacy, nft, xt, nf)
+    return NetfilterMode(mode, why, ruleset, legacy, nft, xt, nf)
 
 
 def has_nft_chains(netns=None):
@@ -914,12 +915,13 @@ class NftRuleBook:
     (iptsave.read_nft_rules) at start and again after the ruleset changed, when an event
     names a rule it does not know."""
 
-    def __init__(self, netns=None):
+    def __init__(self, netns=None, ruleset=None):
         self.netns = netns
-        self.ruleset = None
+        self.ruleset = ruleset
         self.reads = 0
         self.stale = False
-        self.refresh()
+        if ruleset is None or ruleset.error:
+            self.refresh()
 
     def refresh(self):
         from . import iptsave
@@ -974,9 +976,11 @@ class NftTracer:
         self.seq = 0
         self._trace = collections.OrderedDict()  # trace id -> {pkt, now, hook, prio}
 
-    def start(self):
+    def start(self, ruleset=None):
+        """Listen, then name rules from `ruleset` (an iptsave.NftRuleset read just
+        before, e.g. by choose_mode) or from a read of its own."""
         self.events = NftTraceEvents(self.netns).start()
-        self.book = NftRuleBook(self.netns)
+        self.book = NftRuleBook(self.netns, ruleset)
         return self
 
     @property

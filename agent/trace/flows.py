@@ -261,7 +261,8 @@ class Flow:
             if self.nat_rule:
                 r = self.nat_rule
                 num = f" {r['rule_num']}" if r.get("rule_num") else ""
-                text += f" ({r['table']} {r['chain']} rule{num})"
+                what = "handle" if r.get("handle") else "rule"  # nf_tables: by handle
+                text += f" ({r['table']} {r['chain']} {what}{num})"
         return text
 
 
@@ -433,7 +434,11 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
             )
             if last["kind"] == "policy" and last["rule_text"].startswith("policy"):
                 return f"dropped in {last['chain']}: {what}"
-            return f"dropped in {last['chain']}: {last['table']} rule {last['rule_num']} ({what})"
+            what_num = "handle" if last.get("handle") else "rule"  # nf_tables: by handle
+            return (
+                f"dropped in {last['chain']}: {last['table']} {what_num} {last['rule_num']} "
+                f"({what})"
+            )
         return "dropped by a netfilter rule (no trace line for it)"
     if reason == "NO_SOCKET":
         where = (

@@ -196,7 +196,7 @@ class TraceSession:
             self.nftrace = NetfilterTrace(self.root, tgt, rules=mode == "legacy")
             wanted.append(self.nftrace)
         if mode in ("nftables", "both"):
-            self.nfttrace = NftTrace(tgt)
+            self.nfttrace = NftTrace(tgt, self.nf_mode.ruleset)
             wanted.append(self.nfttrace)
         if mode == "none":
             self.notes.append(f"netfilter trace: unavailable: {self.nf_mode.why}")

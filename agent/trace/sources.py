@@ -178,15 +178,16 @@ class NftTrace(Source):
 
     name = "nftables trace"
 
-    def __init__(self, capture_target):
+    def __init__(self, capture_target, ruleset=None):
         self.tgt = capture_target
+        self.ruleset = ruleset  # what choose_mode read: not read twice
         self.tracer = self.table = None
         self.dynamic = set()
 
     def start(self):
         from pyinspect.probes import nftrace
 
-        self.tracer = nftrace.NftTracer().start()
+        self.tracer = nftrace.NftTracer().start(self.ruleset)
         self.table = nftrace.NftTraceTable()
         self.table.create(nftrace.trace_rule_specs(self.tgt.addrs, self.tgt.ports))
         return self
