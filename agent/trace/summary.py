@@ -43,8 +43,8 @@ def format_summary(s):
     if files:
         lines.append(
             f"pcap files: {files['segments']} segment(s), {files['bytes']} bytes, "
-            f"snaplen {files['snaplen']} (pyinspect pcap export --session "
-            f"{s['session_id']})"
+            f"snaplen {files['snaplen']}, buffer {(files.get('buffer_per_cpu') or 0) >> 10} KiB "
+            f"a CPU (pyinspect pcap export --session {s['session_id']})"
         )
     if s.get("netfilter_trace"):
         lines.append(f"netfilter trace: {s['netfilter_trace']}")
@@ -52,7 +52,9 @@ def format_summary(s):
     lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
     loss = s["loss"]
     lines.append(
-        f"loss: capture {loss['capture']} (ring full), capped {loss['capped']}; "
+        f"loss: capture {loss['capture']} (ring full"
+        + (": a larger -B/--buffer-size keeps more" if loss["capture"] else "")
+        + f"), capped {loss['capped']}; "
         f"analysis: shed {loss['shed']} (--max-rate), lost {loss['analysis_lost']}; "
         f"drop events {loss['drops']}, conntrack overruns "
         f"{loss['conntrack_overruns']}, trace overruns {loss['trace_overruns']}"
