@@ -11,12 +11,19 @@ afterwards, and a netlink socket bound to group 0 receives `TRACE: table:chain:t
 prefixes with the packet. No global sysctl (`nf_log_all_netns`) and no kernel log parsing is
 needed.
 
-nf_tables (Debian's `iptables`, nft): skb->nf_trace, set by the same TRACE rules, makes
-nf_tables emit trace events to listeners in the packet's namespace; when the namespace has
-nf_tables chains, `nft monitor trace` is run there and its lines parsed into the same hops.
+nf_tables (Debian's `iptables`, iptables-nft, Docker's nftables backend, firewalld): a table
+of the session's own (`table inet pyinspect_trace_<pid>`, NftTraceTable) sets `meta nftrace
+set 1` on the traced flows before every other chain; the kernel then sends a trace event per
+rule, chain end and policy the packet meets (NFNLGRP_NFTRACE, NftTraceEvents), which
+NftTracer turns into hops with the rule's text looked up by handle (NftRuleBook, one read of
+the ruleset at start and after a change) in the order the kernel sent them. The same mark
+makes x_tables log the packet too, so a namespace with both needs no TRACE rules.
+`choose_mode` decides which a namespace needs (legacy, nftables, both) from what it has.
 
-Hop dicts: {ts_ns, table, chain, kind: rule|return|policy, rule_num, rule_text, verdict,
-hook, indev, outdev, packet: (proto, src, sport, dst, dport, ipid), backend}.
+Hop dicts: {ts_ns, table, chain, kind: rule|return|policy, rule_num (legacy: position; nft:
+handle), rule_text, verdict, hook, prio, seq (the order received), indev, outdev, payload
+(the packet's headers), ours, backend: iptables-legacy|nftables}; nft hops also carry
+handle and trace_id.
 """
 
 import collections

@@ -207,3 +207,23 @@ def test_both_kinds_merged_in_hook_order(state_root):
         assert nf[fwd_nft]["verdict"] == "ACCEPT"
     finally:
         topo.close()
+
+
+def test_a_rule_added_during_the_trace_is_named(state_root, nft_topo):
+    """The ruleset is read again after it changed: a rule inserted after the trace
+    started shows with its text (a counter rule: verdict CONTINUE)."""
+    topo = nft_topo
+    tr = Trace(state_root, topo, "--duration", "2.5", "--no-events")
+    tracetopo.sh(
+        topo.host,
+        f"nft insert rule ip {dockerfw.TABLE} nat-prerouting-and-output "
+        f"tcp dport {topo.dnat_port} counter comment '\"added later\"'",
+    )
+    assert topo.fetch().returncode == 0
+    items, _summary = tr.finish()
+    _f, nf = _syn_hops(items)
+    added = [h for h in nf if "added later" in h["rule_text"]]
+    assert added and added[0]["verdict"] == "CONTINUE", [h["text"] for h in nf]
+    after = [h["chain"] for h in nf]
+    assert after.index("nat-prerouting-and-output") == nf.index(added[0])  # before the DNAT
+    assert nf[nf.index(added[0]) + 1]["verdict"].startswith("DNAT")
