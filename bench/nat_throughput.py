@@ -198,7 +198,10 @@ def main():
             for key, (addr, port) in paths.items():
                 results[key].append(iperf(client, addr, port, args.seconds))
         med = {k: statistics.median(v) for k, v in results.items()}
-        dnat = in_ns(host, "iptables-legacy", "-t", "nat", "-nvxL", "PYINSPECT").stdout
+        from pyinspect.runtime import iptables  # the backend pyinspect writes (the host's)
+
+        ipt = iptables.tool(iptables.backend())
+        dnat = in_ns(host, ipt, "-t", "nat", "-nvxL", "PYINSPECT").stdout
         report = {
             "gbit_per_s": {k: round(v, 2) for k, v in med.items()},
             "runs": {k: [round(x, 2) for x in v] for k, v in results.items()},

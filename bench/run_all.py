@@ -24,6 +24,7 @@ BENCHES = [
     ),
     ("live capture: pyinspect extcap into dumpcap vs trace -w (issue 22)", "extcap_stream.py", []),
     ("IPv6 DNAT throughput vs IPv4 DNAT (issue 23)", "ipv6_nat.py", []),
+    ("DNS lookups: embedded DNS vs the upstream directly (issue 23)", "dns_latency.py", []),
     ("capture program ns/packet: IPv4-only vs current (issue 23)", "capture_cost.py", []),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
