@@ -10,12 +10,12 @@ class PyinspectError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message, hint=None):
+    def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.hint:
             return f"{self.message} ({self.hint})"
         return self.message

@@ -7,9 +7,13 @@ written; on any failure the temp file is removed and `path` is untouched.
 """
 
 import os
+from types import TracebackType
+from typing import IO, Any, Literal
 
 
-def atomic_write(path, mode="wb", fsync=False, perms=None):
+def atomic_write(
+    path: str | os.PathLike, mode: str = "wb", fsync: bool = False, perms: int | None = None
+) -> "AtomicFile":
     """`with atomic_write(path) as f: f.write(...)` replaces `path` atomically.
 
     The temp file is created (O_EXCL, so threads and processes never share one) by
@@ -24,13 +28,19 @@ def atomic_write(path, mode="wb", fsync=False, perms=None):
 class AtomicFile:
     """The context manager `atomic_write` returns."""
 
-    def __init__(self, path, mode="wb", fsync=False, perms=None):
-        self.path = os.fspath(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        mode: str = "wb",
+        fsync: bool = False,
+        perms: int | None = None,
+    ) -> None:
+        self.path: str = os.fspath(path)
         head, name = os.path.split(self.path)
         self.tmp = os.path.join(head, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
-            self.file = os.fdopen(fd, mode)
+            self.file: IO[Any] = os.fdopen(fd, mode)
         except BaseException:
             os.close(fd)
             self.discard()
@@ -38,10 +48,15 @@ class AtomicFile:
         self.fsync = fsync
         self.perms = perms
 
-    def __enter__(self):
+    def __enter__(self) -> IO[Any]:
         return self.file
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         if exc_type is not None:
             self.file.close()
             self.discard()
@@ -60,7 +75,7 @@ class AtomicFile:
             raise
         return False
 
-    def discard(self):
+    def discard(self) -> None:
         """Remove the temp file (`path` is left as it was)."""
         try:
             os.unlink(self.tmp)

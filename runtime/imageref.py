@@ -15,7 +15,7 @@ _NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
-def parse_reference(ref):
+def parse_reference(ref: str) -> str:
     """'busybox' -> 'busybox:latest'; Docker Hub prefixes dropped; UsageError if malformed."""
     if not isinstance(ref, str) or not ref or ref != ref.strip():
         raise UsageError(f"image reference {ref!r}: empty or padded with spaces")

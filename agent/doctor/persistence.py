@@ -3,27 +3,32 @@ runs (working port paths, acknowledgements), and what trace sessions saw dropped
 through the store's findings/doctor_memory/trace methods."""
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .model import Finding
 
+if TYPE_CHECKING:
+    from ..store import Store
 
-def open_store(root):
+
+def open_store(root: str | Path) -> "Store":
     from ..config import database_path
     from ..store import Store
 
     return Store(database_path(root))
 
 
-def load_memory(store) -> dict:
+def load_memory(store: "Store") -> dict:
     return store.doctor_memory()
 
 
-def save_memory(store, items: dict, drop=()) -> None:
+def save_memory(store: "Store", items: dict, drop: Iterable[str] = ()) -> None:
     store.remember(items, drop)
 
 
-def save_findings(store, findings: list[Finding], run_ns: int) -> None:
+def save_findings(store: "Store", findings: list[Finding], run_ns: int) -> None:
     store.insert_findings(
         [
             {
@@ -41,7 +46,7 @@ def save_findings(store, findings: list[Finding], run_ns: int) -> None:
     )
 
 
-def add_trace_evidence(store, findings: list[Finding]) -> None:
+def add_trace_evidence(store: "Store", findings: list[Finding]) -> None:
     """Append what the container's latest trace session saw dropped (drops and DROP hops)."""
     cache: dict[str, list[str]] = {}
     for f in findings:

@@ -6,10 +6,16 @@ Packet bytes live in pcapng segment files under `<database dir>/pcap/<session id
 
 import contextlib
 import os
+import sqlite3
 from pathlib import Path
+from typing import Any
+
+# a sqlite_utils.Database (typed loosely: db["name"] is Table | View to mypy, and
+# migrations only ever make tables)
+Db = Any
 
 
-def _m1_base(db):
+def _m1_base(db: Db) -> None:
     db["containers"].create(
         {"id": str, "name": str, "image": str, "created_ns": int, "removed_ns": int, "detail": str},
         pk="id",
@@ -45,7 +51,7 @@ def _m1_base(db):
     )
 
 
-def _m2_network_and_traces(db):
+def _m2_network_and_traces(db: Db) -> None:
     db["interfaces"].create(
         {
             "id": int,
@@ -173,7 +179,7 @@ def _m2_network_and_traces(db):
     )
 
 
-def _m3_findings(db):
+def _m3_findings(db: Db) -> None:
     db["findings"].create(
         {
             "id": int,
@@ -192,13 +198,13 @@ def _m3_findings(db):
     db["findings"].create_index(["run_ns"], if_not_exists=True)
 
 
-def _m4_probe_loss_lag(db):
+def _m4_probe_loss_lag(db: Db) -> None:
     for column in ("lag_ns", "detail"):
         if column not in db["probe_loss"].columns_dict:
             db["probe_loss"].add_column(column, int if column == "lag_ns" else str)
 
 
-def _m5_doctor_memory(db):
+def _m5_doctor_memory(db: Db) -> None:
     db["doctor_memory"].create(
         {"key": str, "value": str, "updated_ns": int}, pk="key", if_not_exists=True
     )
@@ -207,11 +213,11 @@ def _m5_doctor_memory(db):
 SEGMENT_DIR = "pcap"  # <database dir>/pcap/<session id>/seg-00001.pcapng ...
 
 
-def segment_name(seq):
+def segment_name(seq: int) -> str:
     return f"seg-{seq:05d}.pcapng"
 
 
-def _m6_packets_in_segment_files(db):
+def _m6_packets_in_segment_files(db: Db) -> None:
     """Packet bytes move out of SQLite into one pcapng segment file per session.
 
     Adds `pcap_segments`, `packet_index`, `trace_sessions.pid` and `capture_points.seq`
@@ -338,7 +344,7 @@ def _m6_packets_in_segment_files(db):
     conn.execute("DROP TABLE packets")
 
 
-def _insert_index_rows(conn, rows):
+def _insert_index_rows(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     conn.executemany(
         "INSERT INTO packet_index (id, session_id, segment_id, offset, ts_ns,"
         " point_id, flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -346,7 +352,7 @@ def _insert_index_rows(conn, rows):
     )
 
 
-def _fsync_dir(path):
+def _fsync_dir(path: str | os.PathLike) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -355,7 +361,7 @@ def _fsync_dir(path):
             os.close(fd)
 
 
-def _m7_lean_packet_index(db):
+def _m7_lean_packet_index(db: Db) -> None:
     """Every analysed packet is a packet_index row, so each index on it is paid per packet.
     Nothing looks packets up by session and time (export goes by segment, then by flow);
     a session's packets are counted through its segments."""

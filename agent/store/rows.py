@@ -110,11 +110,11 @@ _FLOW_QS = ",".join("?" * len(_FLOW_FIELDS))
 _FLOW_SET = ", ".join(f"{c} = ?" for c in _FLOW_FIELDS)
 
 
-def _json_text(value):
+def _json_text(value: object) -> object:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def _with_json(row):
+def _with_json(row: Any) -> list:
     """A row dataclass's values in field order, its last field (detail) as JSON text.
     (Not dataclasses.astuple: that deep-copies every dict it meets.)"""
     values = [getattr(row, name) for name in _field_names(row.__class__)]
