@@ -1,8 +1,16 @@
 # The two entry points from the README; both install what they need first.
-.PHONY: install demo test bench
+# `make lint` and `make typecheck` are the fast checks (seconds).
+.PHONY: install demo test bench lint typecheck
 
 install:
 	bash scripts/install.sh
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck:
+	.venv/bin/python scripts/typecheck.py
 
 demo: install
 	.venv/bin/pyinspect demo
