@@ -144,7 +144,8 @@ def main():
             local += client(["127.0.0.11"], [ctr], args.queries // 4)[0]
         me, md, ml = median(emb), median(direct), median(local)
         print(
-            f"queries: {len(emb)} per path ({args.rounds} rounds, the paths alternating), UDP, one at a time"
+            f"queries: {len(emb)} per path ({args.rounds} rounds, the paths alternating),"
+            " UDP, one at a time"
         )
         print(
             f"direct    container -> upstream {UP}:53          median {md / 1e3:7.1f} us  "

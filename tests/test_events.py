@@ -273,7 +273,8 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
     )
     try:
         ready = proc.stderr.readline()
-        assert ready.startswith("listening: process (10 tracepoints), cgroup (3 tracepoints)"), ready
+        want = "listening: process (10 tracepoints), cgroup (3 tracepoints)"
+        assert ready.startswith(want), ready
         ns.sh(
             "ip link add pa-v0 type veth peer name pa-v1"
         )  # a link event in the container's netns

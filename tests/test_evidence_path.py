@@ -507,7 +507,7 @@ def test_reader_and_tshark_read_every_block_before_a_truncation(wire, tmp_path):
     for what, cut in cuts.items():
         path = tmp_path / "cut.pcapng"
         path.write_bytes(data[:cut])
-        want = [f for f, (off, ln) in zip(sent, epbs) if off + ln <= cut]
+        want = [f for f, (off, ln) in zip(sent, epbs, strict=True) if off + ln <= cut]
         assert len(want) < len(sent), what
         got = [p.data for p in pcapng.read_packets(path, partial_ok=True)]
         assert got == want, what

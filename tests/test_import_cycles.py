@@ -8,6 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 def package_modules():
     """{module name: file} of every module of the installed package (setup.cfg's
     package_dir, and the subpackages under each folder)."""

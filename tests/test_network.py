@@ -541,14 +541,8 @@ def test_reconcile_drops_stale_readds_missing_and_spares_others(host):
     live = host.start(cname(), publish=["8090:80"])
     ns = host.ns
     # rules by someone else: in PREROUTING and even inside our chain
-    ns.sh(
-        f"{IPT} -t nat -A PREROUTING -p tcp --dport 7777"
-        " -j DNAT --to-destination 10.9.9.9:7777"
-    )
-    ns.sh(
-        f"{IPT} -t nat -A PYINSPECT -p tcp --dport 7778"
-        " -j DNAT --to-destination 172.29.0.99:80"
-    )
+    ns.sh(f"{IPT} -t nat -A PREROUTING -p tcp --dport 7777 -j DNAT --to-destination 10.9.9.9:7777")
+    ns.sh(f"{IPT} -t nat -A PYINSPECT -p tcp --dport 7778 -j DNAT --to-destination 172.29.0.99:80")
     # a tagged leftover of a crashed run pointing at a dead IP
     ns.sh(
         f"{IPT} -t nat -A PYINSPECT -p tcp --dport 8099 -m comment --comment "
