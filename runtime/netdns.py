@@ -141,13 +141,20 @@ class Resolver:
         self.last_expire = 0.0
         self.forwarded: set = set()  # question bytes known to be forwarded
         self.seen_version = -1
-        self.udp = self.tcp = None
+        self.udp: socket.socket  # both made by start()
+        self.tcp: socket.socket
         self.error = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self):
         """Open the sockets in the container's netns (raises OSError when it cannot)."""
-        self.udp, self.tcp = _sockets_in(self.pid)
+        try:
+            self.udp, self.tcp = _sockets_in(self.pid)
+        except OSError:
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+            self.ep.close()
+            raise
         self._watch(self.udp.fileno(), "udp")
         self._watch(self.tcp.fileno(), "tcp")
         self._watch(self.wake_r, "wake")
@@ -165,8 +172,7 @@ class Resolver:
         self.thread.join(5)
         self.thread = None
         for sock in [self.udp, self.tcp, *self.up_socks.values()]:
-            if sock is not None:
-                sock.close()
+            sock.close()
         self.pending.clear()
         for fd in (self.wake_r, self.wake_w):
             os.close(fd)
