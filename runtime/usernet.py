@@ -108,7 +108,12 @@ def create(
 ) -> dict:
     """Record a new user network; returns its state. Nothing is made in the kernel yet:
     the bridge and rules come with its first container."""
-    if not NAME_RE.match(name or "") or name in RESERVED or name.startswith("container:"):
+    if (
+        not NAME_RE.match(name or "")
+        or name in RESERVED
+        or name == default_bridge
+        or name.startswith("container:")
+    ):
         raise UsageError(
             f"invalid network name {name!r}",
             hint="letters, digits, '_', '.', '-'; not bridge, host, none or default",
