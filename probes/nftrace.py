@@ -224,19 +224,21 @@ class TraceRules:
         return p.returncode == 0, p.stderr.strip()
 
     @staticmethod
-    def expand(spec):
+    def expand(spec, icmp="icmp"):
         """Per match: every TCP SYN/FIN/RST (connection set-up, tear-down, refusals: the NAT
         and filter decisions are made on them; TCP data packets have left the chain by its
-        first rule), and UDP/ICMP packets up to TRACE_RATE."""
+        first rule), and UDP/ICMP packets up to TRACE_RATE (`icmp`: ipv6-icmp for
+        ip6tables)."""
         limit = ["-m", "limit", "--limit", TRACE_RATE, "--limit-burst", str(TRACE_BURST)]
         if "-p" in spec:
             proto = spec[spec.index("-p") + 1]
             return [spec] if proto == "tcp" else [spec + limit]
-        return [["-p", "tcp"] + spec, ["-p", "udp"] + spec + limit, ["-p", "icmp"] + spec + limit]
+        return [["-p", "tcp"] + spec, ["-p", "udp"] + spec + limit, ["-p", icmp] + spec + limit]
 
     def add_many(self, specs):
         """TRACE every spec (one restore call); the first call makes the chain and jumps."""
-        specs = [x for spec in specs for x in self.expand(spec)]
+        icmp = "ipv6-icmp" if self.tool.startswith("ip6") else "icmp"
+        specs = [x for spec in specs for x in self.expand(spec, icmp)]
         if not specs:
             return
         lines = [self._rule("-A", self.chain, spec, "TRACE") for spec in specs]
@@ -301,34 +303,42 @@ def remove_stale_rules(netns=None, tool="iptables-legacy"):
 
 
 class LoggerBinding:
-    """Bind the namespace's IPv4 nf_log to nfnetlink_log; restore the previous value.
+    """Bind the namespace's IPv4 nf_log (`family` 10: IPv6, for ip6tables TRACE) to
+    nfnetlink_log; restore the previous value.
 
     The previous value is kept in `state_file` so a later start can restore it after a
     kill -9 (`restore_stale_binding`).
     """
 
-    def __init__(self, netns=None, state_file=None):
+    def __init__(self, netns=None, state_file=None, family=2):
         self.netns = netns
         self.state_file = state_file
+        self.path = NF_LOG_SYSCTL if family == 2 else f"/proc/sys/net/netfilter/nf_log/{family}"
         self.previous = None
 
     def bind(self):
         try:
-            with in_netns(self.netns), open(NF_LOG_SYSCTL) as f:
+            with in_netns(self.netns), open(self.path) as f:
                 previous = f.read().strip()
         except OSError as exc:
             raise UnavailableError(
-                f"no per-namespace nf_log setting ({NF_LOG_SYSCTL}: {exc.strerror})"
+                f"no per-namespace nf_log setting ({self.path}: {exc.strerror})"
             ) from exc
         with in_netns(self.netns):
             self.previous = previous
             if self.state_file:
                 with open(self.state_file, "w") as f:
                     json.dump(
-                        {"netns": self.netns, "previous": self.previous, "pid": os.getpid()}, f
+                        {
+                            "netns": self.netns,
+                            "previous": self.previous,
+                            "pid": os.getpid(),
+                            "path": self.path,
+                        },
+                        f,
                     )
             try:
-                with open(NF_LOG_SYSCTL, "w") as f:
+                with open(self.path, "w") as f:
                     f.write("nfnetlink_log")
             except OSError as exc:
                 raise UnavailableError(f"cannot bind nfnetlink_log: {exc.strerror}") from exc
@@ -337,7 +347,7 @@ class LoggerBinding:
         if self.previous is None:
             return
         with contextlib.suppress(OSError, UnavailableError), in_netns(self.netns):
-            with open(NF_LOG_SYSCTL, "w") as f:
+            with open(self.path, "w") as f:
                 f.write(self.previous)
         self.previous = None
         if self.state_file:
@@ -356,7 +366,7 @@ def restore_stale_binding(state_file):
         return False
     ok = False
     with contextlib.suppress(OSError, UnavailableError), in_netns(st.get("netns")):
-        with open(NF_LOG_SYSCTL, "w") as f:
+        with open(st.get("path") or NF_LOG_SYSCTL, "w") as f:
             f.write(st.get("previous") or "NONE")
         ok = True
     with contextlib.suppress(OSError):
@@ -454,6 +464,7 @@ class NflogReader(Receiver):
                     "outdev": struct.unpack("!I", a[A_OUTDEV])[0] if A_OUTDEV in a else 0,
                     "packet": packet_key(a.get(A_PAYLOAD, b"")),
                     "payload": a.get(A_PAYLOAD, b""),
+                    "family": data[off + 16],  # nfgenmsg: AF_INET, or AF_INET6 (ip6tables)
                 }
                 out.append(rec)
             off += (ln + 3) & ~3
@@ -490,7 +501,7 @@ def parse_trace(rec, rulebook=None):
         "packet": rec.get("packet"),
         "payload": rec.get("payload", b""),
         "ours": COMMENT_PREFIX in text or chain.startswith(CHAIN_PREFIX),
-        "backend": "iptables-legacy",
+        "backend": "ip6tables-legacy" if rec.get("family") == 10 else "iptables-legacy",
     }
 
 
@@ -579,12 +590,14 @@ def _kernel_has(module: str, proc_file: str | None = None) -> bool:
     return False
 
 
-def legacy_tables_in_use(netns: str | None = None) -> list[str]:
-    """The x_tables (iptables-legacy) tables of the namespace that hold a rule or a
-    non-ACCEPT policy. /proc/net/ip_tables_names lists the tables that exist (reading it
-    creates none); empty ones (left by an earlier trace, say) do not count."""
+def legacy_tables_in_use(netns: str | None = None, family: int = 4) -> list[str]:
+    """The x_tables (iptables-legacy; ip6tables-legacy with `family` 6) tables of the
+    namespace that hold a rule or a non-ACCEPT policy. /proc/net/ip_tables_names lists the
+    tables that exist (reading it creates none); empty ones (left by an earlier trace,
+    say) do not count."""
+    six = "6" if family == 6 else ""
     try:
-        with in_netns(netns), open("/proc/thread-self/net/ip_tables_names") as f:
+        with in_netns(netns), open(f"/proc/thread-self/net/ip{six}_tables_names") as f:
             names = f.read().split()
     except (OSError, UnavailableError):
         return []
@@ -592,7 +605,9 @@ def legacy_tables_in_use(netns: str | None = None) -> list[str]:
         return []
     from . import iptsave
 
-    text, _err = iptsave.run_save("iptables-legacy-save", counters=False, timeout=15, netns=netns)
+    text, _err = iptsave.run_save(
+        f"ip{six}tables-legacy-save", counters=False, timeout=15, netns=netns
+    )
     if text is None:
         return names  # cannot tell: assume they matter
     rs = iptsave.Ruleset("legacy", iptsave.parse_save(text, "legacy"))
@@ -609,9 +624,17 @@ def legacy_tables_in_use(netns: str | None = None) -> list[str]:
 def decide_mode(
     legacy: list[str], nft: list[str], xtables: bool, nftables: bool
 ) -> tuple[str, str]:
-    """(mode, why) from what the namespace has and what the kernel supports."""
+    """(mode, why) from what the namespace has and what the kernel supports. `nft` names
+    the nf_tables tables with base chains as `family name`, those iptables-nft owns marked
+    ` (iptables-nft)`."""
     have_l = f"x_tables tables {', '.join(legacy)}" if legacy else "no x_tables rules"
-    have_n = f"nf_tables tables {', '.join(nft)}" if nft else "no nf_tables chains"
+    ipt = [t.split(" (")[0] for t in nft if t.endswith(" (iptables-nft)")]
+    native = [t for t in nft if not t.endswith(" (iptables-nft)")]
+    have_n = "; ".join(
+        [f"iptables-nft tables {', '.join(ipt)}"] * bool(ipt)
+        + [f"native nft tables {', '.join(native)}"] * bool(native)
+    )
+    have_n = have_n or "no nf_tables chains"
     if legacy and nft:
         return "both", f"{have_l} and {have_n}"
     if legacy:
@@ -640,7 +663,11 @@ def choose_mode(netns: str | None = None, ruleset=None) -> NetfilterMode:
     nft = []
     if not ruleset.error:
         nft = sorted(
-            {f"{c.family} {c.table}" for c in ruleset.base_chains(skip_prefix=NFT_TABLE_PREFIX)}
+            {
+                f"{c.family} {c.table}"
+                + (" (iptables-nft)" if ruleset.iptables_owned(c.family, c.table) else "")
+                for c in ruleset.base_chains(skip_prefix=NFT_TABLE_PREFIX)
+            }
         )
     mode, why = decide_mode(legacy, nft, xt, nf)
     return NetfilterMode(mode, why, ruleset, legacy, nft, xt, nf)

@@ -453,7 +453,9 @@ def test_nft_backend_rule_path(state_root):
         assert dnat[0]["rule_text"].startswith("-A PREROUTING ! -i pt-br0 -p tcp")
         assert "--dport 8088 -j DNAT --to-destination" in dnat[0]["rule_text"]
         assert summary["nat"] == [f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80"]
-        assert summary["netfilter_trace"].startswith("nftables (nf_tables tables ip filter, ip nat")
+        assert summary["netfilter_trace"].startswith(
+            "nftables (iptables-nft tables ip filter, ip nat"
+        )
         assert _kernel_leftovers(topo) == []
         # the trace made no legacy table in a namespace that had none
         assert tracetopo.sh(topo.host, "cat /proc/net/ip_tables_names").stdout.split() == []

@@ -80,6 +80,10 @@ def test_decide_mode():
     assert nftrace.decide_mode(["nat"], [], True, True)[0] == "legacy"
     assert nftrace.decide_mode([], ["ip docker-bridges"], True, True)[0] == "nftables"
     assert nftrace.decide_mode(["nat"], ["inet fw"], True, True)[0] == "both"
+    assert nftrace.decide_mode([], ["ip nat (iptables-nft)", "inet fw"], True, True) == (
+        "nftables",
+        "iptables-nft tables ip nat; native nft tables inet fw, no x_tables rules",
+    )
     assert nftrace.decide_mode([], [], False, True) == (
         "nftables",
         "no rules yet; the kernel has nf_tables and no x_tables",
@@ -95,7 +99,7 @@ def test_nft_only_docker_layout_every_hop_in_order(state_root, nft_topo):
     assert got.returncode == 0 and "hello from" in got.stdout, got
     items, summary = tr.finish()
     assert summary["netfilter_trace"] == (
-        "nftables (nf_tables tables ip docker-bridges, no x_tables rules)"
+        "nftables (native nft tables ip docker-bridges, no x_tables rules)"
     )
     f, nf = _syn_hops(items)
     assert f["nat"] == "dnat" and f["reply"][:2] == [ctr, 80]
@@ -138,7 +142,9 @@ def test_iptables_nft_docker_layout_every_hop_in_order(state_root, iptnft_topo):
     tr = Trace(state_root, topo, "--duration", "2.5", "--no-events")
     assert topo.fetch().returncode == 0
     items, summary = tr.finish()
-    assert summary["netfilter_trace"].startswith("nftables (nf_tables tables ip filter, ip nat")
+    assert summary["netfilter_trace"].startswith(
+        "nftables (iptables-nft tables ip filter, ip nat, no x_tables rules)"
+    )
     f, nf = _syn_hops(items)
     assert f["nat"] == "dnat"
     # the DNAT in nat DOCKER before the filter FORWARD hops, every jump and return named
