@@ -2,6 +2,7 @@
 
 import json
 import signal
+import sys
 
 import click
 
@@ -173,7 +174,7 @@ def trace(
             click.echo(session.ready)
             for n in session.notes:
                 click.echo(f"note: {n}")
-        click.get_text_stream("stdout").flush()
+        sys.stdout.flush()  # the ready line out before the first poll
         try:
             while not session.done:
                 _print(session.poll(), as_json)

@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import database_path
 from ..errors import PyinspectError, UsageError
@@ -28,10 +29,23 @@ from . import flows as F
 from .budget import ReaderBudget
 from .evidence import SEGMENT_BYTES, EvidenceWriter, Interface, SegmentFiles
 from .sinks import LiveText, StoreSink
-from .sources import Conntrack, ContainerEvents, Drops, NetfilterTrace, NftTrace, start_all
+from .sources import (
+    Conntrack,
+    ContainerEvents,
+    Drops,
+    NetfilterTrace,
+    NftTrace,
+    Source,
+    start_all,
+)
 from .stale import cleanup_stale, state_dir
 from .summary import size_text
-from .target import capture_points, describe, dnat_ports, resolve, role
+from .target import TraceTarget, capture_points, describe, dnat_ports, resolve, role
+
+if TYPE_CHECKING:
+    from pyinspect.probes.packets import PacketCapture
+
+    from ..store import Store
 
 WHOLE_SNAPLEN = 262144  # tcpdump's default: with -w the file keeps whole packets
 HEADERS_SNAPLEN = 256  # without -w: every packet's headers, for pcap export
@@ -41,23 +55,23 @@ LIVE_PACKETS_PER_FLOW = 20  # live hop lines for the first N packets of each flo
 
 @dataclass
 class TraceOptions:
-    port: int = None
-    filter: str = None
-    via: list = None
-    snaplen: int = None  # None: WHOLE_SNAPLEN with -w, else HEADERS_SNAPLEN
-    duration: float = None
-    count: int = None
-    pcap: str = None
+    port: int | None = None
+    filter: str | None = None
+    via: list | None = None
+    snaplen: int | None = None  # None: WHOLE_SNAPLEN with -w, else HEADERS_SNAPLEN
+    duration: float | None = None
+    count: int | None = None
+    pcap: str | None = None
     live_per_flow: int = LIVE_PACKETS_PER_FLOW
-    max_rate: int = None  # packets/s the analysis takes; None = auto; 0 = all
+    max_rate: int | None = None  # packets/s the analysis takes; None = auto; 0 = all
     events: bool = True  # interleave the container's process events
     ring_mb: float | None = None  # evidence buffer per CPU (None: evring.default_ring_bytes)
-    max_size: int = None  # bytes of segment files; None: automatic; 0: no cap
+    max_size: int | None = None  # bytes of segment files; None: automatic; 0: no cap
     segment_size: int = SEGMENT_BYTES
-    stream_fd: int = None  # evidence as one pcapng stream to this fd, no files
-    stream_filter: str = None  # pcap-filter: only matching packets go to the stream
+    stream_fd: int | None = None  # evidence as one pcapng stream to this fd, no files
+    stream_filter: str | None = None  # pcap-filter: only matching packets go to the stream
     stream_delay: float = 0  # s the stream holds packets back for NAT comments
-    roles: list = None  # capture points of these roles only (target.role)
+    roles: list | None = None  # capture points of these roles only (target.role)
 
 
 def _mono_to_real():
@@ -71,18 +85,21 @@ class TraceSession:
         self.root = Path(root)
         self.ref = container_ref
         self.opt = options or TraceOptions()
-        self.target = None
-        self.points = []
-        self.cap = None
-        self.evidence = None
-        self.sources = []
-        self.conntrack = self.nftrace = self.nfttrace = None
+        # None until start() (stop() and the summary cope with a start that failed)
+        self.target: TraceTarget | None = None
+        self.points: list = []
+        self.cap: PacketCapture | None = None
+        self.evidence: EvidenceWriter | None = None
+        self.sources: list[Source] = []
+        self.conntrack: Conntrack | None = None
+        self.nftrace: NetfilterTrace | None = None
+        self.nfttrace: NftTrace | None = None
         self.nf_mode = None  # probes.nftrace.NetfilterMode
-        self.store = None
-        self.sink = None
-        self.live = None
-        self.corr = None
-        self.session_id = None
+        self.store: Store | None = None
+        self.sink: StoreSink | None = None
+        self.live: LiveText | None = None
+        self.corr: F.Correlator | None = None
+        self.session_id: int | None = None
         self.notes = []
         self.budget = ReaderBudget(self.opt.max_rate)
         self.analysed = {}  # point index -> analysis records read
@@ -95,17 +112,23 @@ class TraceSession:
         self.pfilter = None
         self.max_size = 0
         self.capture_hook = None
+        self.ring_bytes = None  # each CPU's evidence ring (kept for the summary)
         self.summary = None
         self.tail = []
-        self._state_file = None
+        self._state_file: Path | None = None
         self._stopped = False
         self._lost = {}
         self._stream_keep = None
         self._settled_ns = None  # the last poll's settle cutoff (CLOCK_MONOTONIC)
 
+    def _started(self) -> tuple[TraceTarget, F.Correlator]:
+        """The target and the correlator, which start() made before anything uses them."""
+        assert self.target is not None and self.corr is not None, "not started"
+        return self.target, self.corr
+
     @property
     def flows(self):
-        return self.corr.flows
+        return self._started()[1].flows
 
     @property
     def poll_interval(self):
@@ -160,6 +183,7 @@ class TraceSession:
             self.cap.start()
             self.evidence = EvidenceWriter(self.cap, self._segment_files()).start()
             self.capture_hook = self.cap.attach_kind
+            self.ring_bytes = self.cap.ring_bytes
             if self.cap.attach_note:
                 self.notes.append(f"capture: {self.cap.attach_note}")
             if self.cap.copy_note:
@@ -186,11 +210,12 @@ class TraceSession:
     def _start_sources(self, tgt):
         from pyinspect.probes import nftrace
 
-        self.conntrack = Conntrack(self.target, self.notes)
+        target, corr = self._started()
+        conntrack = self.conntrack = Conntrack(target, self.notes)
         # legacy TRACE rules, or an nftrace table of our own, or both: from what the
         # namespace has (never legacy tables in a namespace that has none in use)
         self.nf_mode = nftrace.choose_mode()
-        wanted = [self.conntrack]
+        wanted: list[Source] = [conntrack]
         mode = self.nf_mode.mode
         if mode in ("legacy", "both"):
             self.nftrace = NetfilterTrace(self.root, tgt, rules=mode == "legacy")
@@ -201,12 +226,12 @@ class TraceSession:
         if mode == "none":
             self.notes.append(f"netfilter trace: unavailable: {self.nf_mode.why}")
         if self.opt.events:
-            wanted.append(ContainerEvents(self.target, self.points, self.notes))
-        wanted.append(Drops(tgt, {p.netns_inode for p in self.points} | {self.target.netns}))
+            wanted.append(ContainerEvents(target, self.points, self.notes))
+        wanted.append(Drops(tgt, {p.netns_inode for p in self.points} | {target.netns}))
         self.sources = start_all(wanted, self.notes)
-        if self.conntrack in self.sources:
-            for ev in self.conntrack.existing:
-                self.corr.conntrack(ev)
+        if conntrack in self.sources:
+            for ev in conntrack.existing:
+                corr.conntrack(ev)
 
     def _fail(self, exc):
         """Mark the session row failed (if one was written) and close the store."""
@@ -220,6 +245,7 @@ class TraceSession:
         self.summary = None
 
     def _write_state(self, **extra):
+        assert self.target is not None and self._state_file is not None  # start() set them
         st = {
             "pid": os.getpid(),
             "container": self.target.name,
@@ -243,10 +269,12 @@ class TraceSession:
                     f"{'a directory' if out.is_dir() else 'no writable directory'}",
                     "give -w a path in a writable directory",
                 )
-        self.store = Store(database_path(self.root))
-        self.session_id, point_ids = self.store.begin_trace(
-            container_id=self.target.id,
-            container_name=self.target.name,
+        target = self._started()[0]
+        assert self.cap is not None  # made before the store
+        store = self.store = Store(database_path(self.root))
+        self.session_id, point_ids = store.begin_trace(
+            container_id=target.id,
+            container_name=target.name,
             started_ns=self.started_ns,
             filter=self.opt.filter or "",
             snaplen=self.cap.snaplen,
@@ -263,29 +291,31 @@ class TraceSession:
                 for p in self.points
             ],
         )
-        self.sink = StoreSink(self.store, self.session_id, point_ids, self.target, self.offset)
+        self.sink = StoreSink(store, self.session_id, point_ids, target, self.offset)
 
     def _segment_files(self):
         """Where this session's evidence goes: <state root>/pcap/<session id>/seg-*.pcapng,
         one interface per capture point, named as `pcap export` names them."""
         from ..pcap.export import point_name
 
+        target = self._started()[0]
+        assert self.cap is not None  # the evidence is the capture's
         if self.opt.stream_fd is not None:
             from .stream import StreamFile
 
-            dnat = {}  # the published ports, once each (live EPBs: no comment)
-            for hip, hport, proto, cport in self.target.ports:
-                if cport and self.target.addrs:
+            dnat: dict[tuple, str] = {}  # the published ports, once each (live EPBs: no comment)
+            for hip, hport, proto, cport in target.ports:
+                if cport and target.addrs:
                     dnat.setdefault(
                         (proto, hport, cport),
-                        f"; DNAT {proto} {hip or '*'}:{hport} -> {self.target.addrs[0]}:{cport}",
+                        f"; DNAT {proto} {hip or '*'}:{hport} -> {target.addrs[0]}:{cport}",
                     )
             nat = "".join(dnat.values())
             return StreamFile(
                 self.opt.stream_fd,
                 [
                     Interface(
-                        point_name(p.name, describe(p), self.target.name),
+                        point_name(p.name, describe(p), target.name),
                         describe(p) + nat,
                         self.cap.snaplen,
                     )
@@ -305,7 +335,7 @@ class TraceSession:
             directory,
             [
                 Interface(
-                    point_name(p.name, describe(p), self.target.name), describe(p), self.cap.snaplen
+                    point_name(p.name, describe(p), target.name), describe(p), self.cap.snaplen
                 )
                 for p in self.points
             ],
@@ -322,7 +352,7 @@ class TraceSession:
             timeout = self.poll_interval
         if not final and timeout:
             time.sleep(timeout)
-        corr = self.corr
+        corr = self._started()[1]
         for src in self.sources:
             got = src.read(final)
             if src is self.conntrack:
@@ -339,7 +369,7 @@ class TraceSession:
         self.budget.refill(self.cap)
         cpu0 = time.thread_time()
         n = self._read_records()
-        if self.evidence:
+        if self.evidence and self.sink:
             self.sink.segments(self.evidence.segments())
         cutoff = None if final else time.clock_gettime_ns(time.CLOCK_MONOTONIC) - F.SETTLE_NS
         settled = corr.settle(cutoff)
@@ -362,7 +392,8 @@ class TraceSession:
         unpack = AREC.unpack_from
         hdr = AREC.size
         off = self.offset
-        record = self.corr.record
+        record = self._started()[1].record
+        assert self.cap is not None  # started
         analysed = self.analysed
         n = 0
         for raw in self.cap.read():
@@ -374,18 +405,20 @@ class TraceSession:
 
     def _output(self, settled):
         """Live items (journeys kept whole, drops and events, by time) and store rows."""
+        live = self.live
+        assert live is not None  # started
         items = []
         for j in settled.journeys:
-            items += self.live.journey(j)
-        items += [self.live.link(lp) for lp in settled.links]
+            items += live.journey(j)
+        items += [live.link(lp) for lp in settled.links]
         for f, d, n, _stored in settled.drops:
-            item = self.live.drop(f, d, n)
+            item = live.drop(f, d, n)
             if item:
                 items.append(item)
         me = os.getpid()
         settled.events = [e for e in settled.events if e["pid"] != me]  # attaching
         for ev in settled.events:
-            item = self.live.event(ev)
+            item = live.event(ev)
             if item:
                 items.append(item)
         if self.sink:
@@ -398,7 +431,11 @@ class TraceSession:
     def _comment_stream(self, settled, locate):
         """A live stream: the comments `pcap export` gives the indexed packets ("flow N:
         NAT"), on those packets the stream still holds back."""
+        from .stream import StreamFile
+
+        assert self.evidence is not None
         files = self.evidence.files
+        assert isinstance(files, StreamFile)  # only a stream holds packets back
         for j in settled.journeys:
             f = j.flow
             if f.store_id is None:
@@ -441,9 +478,11 @@ class TraceSession:
             self._teardown()
         self.summary = self._summary(counters)
         if self.store:
+            sink = self.sink
+            assert sink is not None  # made with the store
             if self.evidence:
-                self.sink.segments(self.evidence.segments())
-            self.sink.finish(self.corr.flows.flows.values() if self.corr else [], self.summary)
+                sink.segments(self.evidence.segments())
+            sink.finish(self.corr.flows.flows.values() if self.corr else [], self.summary)
             if self.opt.pcap:
                 self._write_pcap()
             self.store.close()
@@ -455,6 +494,7 @@ class TraceSession:
         flow's NAT as the packet comment (what `pcap export --session` writes)."""
         from ..pcap.export import export
 
+        assert self.summary is not None  # stop() wrote it first
         try:
             export(self.store, session_id=self.session_id, out=str(self.opt.pcap))
         except PyinspectError as exc:
@@ -513,7 +553,7 @@ class TraceSession:
                 "segments": len(ev.files.segments) if ev else 0,
                 "bytes": ev.files.total if ev else 0,
                 "snaplen": self.cap.snaplen if self.cap else self.opt.snaplen,
-                "buffer_per_cpu": self.cap.ring_bytes if self.cap else None,
+                "buffer_per_cpu": self.ring_bytes,
             },
             "loss": {
                 "capture": total.lost,
