@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from . import gotemplate
-from .errors import NotFoundError
+from .errors import ConflictError, NotFoundError
 from .probes import cgroupstat
 
 STATS_DEFAULT = (
@@ -110,7 +110,8 @@ class _Reading:
 
 def select(found: list, names: list[str] | None) -> list:
     """The running containers among discovery records: all real containers, or those
-    `names` name (by name, id or an id prefix of 4+); NotFoundError for an unknown name."""
+    `names` name (by name, id or an id prefix of 4+); NotFoundError for an unknown name,
+    ConflictError for one that is not running."""
     running = [d for d in found if d.pid and d.status == "running"]
     if not names:
         return [d for d in running if d.source not in NOT_CONTAINERS]
@@ -123,7 +124,7 @@ def select(found: list, names: list[str] | None) -> list:
             raise NotFoundError(f"No such container: {n}")
         live = [d for d in hit if d.pid and d.status == "running"]
         if not live:
-            raise NotFoundError(f"container {n} is not running")
+            raise ConflictError(f"container {n} is not running")
         if live[0] not in out:
             out.append(live[0])
     return out
