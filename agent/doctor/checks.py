@@ -85,16 +85,26 @@ def _bridged(view: HostView) -> list[tuple]:
 
 
 def _owner(view, words):
-    """The backend whose rules mention any of `words` (bridge name, container IP).
+    """The backend whose rules mention any of `words` (bridge name, container IP): an
+    iptables backend or the native nft tables ("nftables").
 
-    pyinspect writes the legacy backend; Docker may use either. Default: legacy.
+    Default: the iptables backend pyinspect writes (the host's `iptables` alternative,
+    runtime.iptables.backend), else legacy.
     """
     for rs in view.rulesets.values():
         for rule in rs.rules():
             text = " ".join(rule.args)
             if any(w and w in text for w in words):
                 return rs
-    return view.rulesets.get("legacy") or next(iter(view.rulesets.values()))
+    try:
+        from ..runtime.iptables import backend
+
+        mine = backend()
+    except Exception:  # noqa: BLE001 - a bad PYINSPECT_IPTABLES: fall back to legacy
+        mine = "legacy"
+    return (
+        view.rulesets.get(mine) or view.rulesets.get("legacy") or next(iter(view.rulesets.values()))
+    )
 
 
 def _sysctl_line(view, key):
