@@ -19,9 +19,9 @@ from testbed import ipv6, tracetopo
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def topo6():
-    t = tracetopo.Topology(prefix="p6", backend="nft")
+@pytest.fixture(params=["nft", "legacy"])
+def topo6(request):
+    t = tracetopo.Topology(prefix="p6", backend=request.param)
     try:
         v6 = ipv6.add_ipv6(t)
     except Exception:
@@ -68,6 +68,7 @@ def _tshark(pcap):
 def test_ipv6_dnat_both_sides_rule_ndp_and_pcapng(state_root, topo6, tmp_path):
     topo, v6 = topo6
     pcap = tmp_path / "t6.pcapng"
+    nf_log6 = tracetopo.sh(topo.host, "cat /proc/sys/net/netfilter/nf_log/10").stdout
     tr = Trace(state_root, topo, "--duration", "4", "--via", "up0", "-w", pcap)
     try:
         assert v6.ctr_ips[0] in tr.ready["text"]  # the container's IPv6 address is traced
@@ -101,6 +102,14 @@ def test_ipv6_dnat_both_sides_rule_ndp_and_pcapng(state_root, topo6, tmp_path):
     dnat = [h for h in nf if h["verdict"].startswith("DNAT") and ctr in h["verdict"]]
     assert dnat, [h["text"] for h in hops]
     assert "PREROUTING" in dnat[0]["chain"]
+    if topo.ipt == "iptables-legacy":  # ip6tables TRACE, logged through the AF_INET6 nf_log
+        assert dnat[0]["backend"] == "ip6tables-legacy" and dnat[0]["rule_num"] == 1
+        assert f"--to-destination [{ctr}]:80" in dnat[0]["rule_text"]
+    # nothing left: the nf_log binding, TRACE rules; no legacy table where none was in use
+    assert tracetopo.sh(topo.host, "cat /proc/sys/net/netfilter/nf_log/10").stdout == nf_log6
+    assert "PI-TRACE" not in tracetopo.sh(topo.host, "ip6tables-legacy-save").stdout
+    if topo.ipt == "iptables-nft":
+        assert not tracetopo.sh(topo.host, "cat /proc/net/ip6_tables_names").stdout.strip()
     assert summary["nat"] == [f"DNAT [{host}]:8088 -> [{ctr}]:80"]
     assert summary["loss"]["capture"] == 0
     # neighbour discovery: the host asks for the container's address on the bridge, the

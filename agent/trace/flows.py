@@ -678,6 +678,8 @@ class Correlator:
         now = time.time_ns()
         for hop in self.nf_pending:
             pk = hop.get("pkt")
+            if pk and pk.proto == "icmp6" and pk.sport in LINK_ICMP6:
+                continue  # neighbour discovery: a link line, no flow to put a rule path on
             placed = False
             if pk:
                 hit = self.flows.lookup(pk.tuple)

@@ -29,6 +29,12 @@ def _v4(tgt):
     return addrs, [p for p in tgt.ports if ":" not in (p[0] or "")]
 
 
+def _v6(tgt):
+    """The IPv6 addresses and ports (those on any address too) for ip6tables TRACE rules."""
+    addrs = [a for a in tgt.addrs if ":" in a]
+    return addrs, [p for p in tgt.ports if ":" in (p[0] or ":")]
+
+
 class Source:
     """A probe the trace reads. `name` is what its note says when it cannot start."""
 
@@ -108,6 +114,9 @@ class NetfilterTrace(Source):
         self.tgt = capture_target
         self.want_rules = rules
         self.binding = self.nflog = self.rules = self.rulebook = None
+        # IPv6 (ip6tables-legacy), when the container has IPv6 addresses and the namespace
+        # legacy ip6tables rules: the AF_INET6 nf_log bound too, rule texts of its own
+        self.binding6 = self.rules6 = self.rulebook6 = None
         self.dynamic = set()
         self.seq = 0
 
@@ -123,6 +132,16 @@ class NetfilterTrace(Source):
             self.rules = nftrace.TraceRules()
             self.rules.add_many(nftrace.trace_rule_specs(*_v4(self.tgt)))
         self.rulebook = nftrace.RuleBook()
+        addrs6, ports6 = _v6(self.tgt)
+        if addrs6 and nftrace.legacy_tables_in_use(family=6):
+            self.binding6 = nftrace.LoggerBinding(
+                None, str(state_dir(self.root) / f"{os.getpid()}.nflog6.json"), family=10
+            )
+            self.binding6.bind()
+            if self.want_rules:
+                self.rules6 = nftrace.TraceRules(tool="ip6tables-legacy")
+                self.rules6.add_many(nftrace.trace_rule_specs(addrs6, ports6))
+            self.rulebook6 = nftrace.RuleBook(tool="ip6tables-legacy")
         return self
 
     def read(self, final=False):
@@ -130,7 +149,8 @@ class NetfilterTrace(Source):
 
         out = []
         for rec in self.nflog.read():
-            hop = nftrace.parse_trace(rec, self.rulebook)
+            six = rec.get("family") == 10 and self.rulebook6 is not None
+            hop = nftrace.parse_trace(rec, self.rulebook6 if six else self.rulebook)
             if hop and not hop["ours"]:  # our own TRACE rule is not part of the path
                 hop["pkt"] = F.parse_ip(hop.pop("payload", b""))
                 self.seq += 1
@@ -142,28 +162,31 @@ class NetfilterTrace(Source):
     def follow(self, proto, src, sport, dst, dport):
         """Also trace the replies of an outbound (MASQUERADEd) flow: one rule each."""
         key = (proto, src, sport, dport)
+        rules = self.rules6 if ":" in src else self.rules
         if (
-            self.rules
+            rules
             and key not in self.dynamic
             and len(self.dynamic) < MAX_DYNAMIC_RULES
             and proto in ("tcp", "udp")
         ):
             self.dynamic.add(key)
             with contextlib.suppress(PyinspectError):
-                self.rules.add(_reply_spec(proto, src, sport, dst, dport))
+                rules.add(_reply_spec(proto, src, sport, dst, dport))
 
     @property
     def lost(self):
         return self.nflog.lost if self.nflog else 0
 
     def stop(self):
-        if self.rules:
-            self.rules.remove()
+        for rules in (self.rules, self.rules6):
+            if rules:
+                rules.remove()
         if self.nflog:
             self.nflog.stop()
-        if self.binding:
-            self.binding.restore()
-        self.rules = self.nflog = self.binding = None
+        for binding in (self.binding, self.binding6):
+            if binding:
+                binding.restore()
+        self.rules = self.nflog = self.binding = self.rules6 = self.binding6 = None
 
 
 def _reply_spec(proto, src, sport, dst, dport):

@@ -34,7 +34,7 @@ def cleanup_stale(root):
     paths = {None}
     if d.is_dir():
         for f in d.glob("*.json"):
-            if f.name.endswith(".nflog.json"):
+            if f.name.endswith((".nflog.json", ".nflog6.json")):
                 continue
             try:
                 pid = int(f.stem)
@@ -59,11 +59,15 @@ def cleanup_stale(root):
                     and packets.remove_clsact_if_empty(path, p["ifindex"])
                 ):
                     removed.append(f"clsact qdisc on {p.get('name')}")
-            nfl = d / f"{pid}.nflog.json"
-            if nfl.exists() and nftrace.restore_stale_binding(str(nfl)):
-                removed.append(f"nf_log binding restored (pid {pid})")
+            for nfl in (d / f"{pid}.nflog.json", d / f"{pid}.nflog6.json"):
+                if nfl.exists() and nftrace.restore_stale_binding(str(nfl)):
+                    removed.append(f"nf_log binding restored (pid {pid})")
             for netns in {st.get("rules_netns")}:
                 removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(netns)]
+                removed += [
+                    f"TRACE rule: {r}"
+                    for r in nftrace.remove_stale_rules(netns, "ip6tables-legacy")
+                ]
             with contextlib.suppress(OSError):
                 f.unlink()
     removed += [
@@ -71,5 +75,6 @@ def cleanup_stale(root):
         for r in packets.remove_stale_filters(sorted(paths, key=lambda x: x or ""))
     ]
     removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(None)]
+    removed += [f"TRACE rule: {r}" for r in nftrace.remove_stale_rules(None, "ip6tables-legacy")]
     removed += [f"nft table: {t}" for t in nftrace.remove_stale_nft_tables(None)]
     return removed
