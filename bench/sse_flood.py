@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 import trace_flood  # noqa: E402
 from trace_flood import PYINSPECT, SINK, UDP_PORT, tracetopo  # noqa: E402
 
-API = ["/api/traces", "/api/timeline?limit=100", "/api/flows", "/api/containers"]
+API = ["/api/traces", "/api/timeline?limit=100", "/api/flows", "/flows"]  # not discovery
 TICK = os.sysconf("SC_CLK_TCK")
 
 
