@@ -2,11 +2,12 @@
 
 The host is the network namespace of the calling thread (so tests and users can run
 doctor inside any namespace with `nsenter --net=`). `HostView.collect()` reads iptables
-rules of BOTH backends (probes.iptsave), sysctls (runtime.sysctl), links, routes and
-neighbours (probes.netns), conntrack counters, and every container namespace whose veth
-peers sit in this namespace (pyinspect's, runc's, Docker's or a bare `ip netns`: found
-by `pyinspect.discovery`, paired by `pyinspect.vethmap`), with its links, routes,
-listening sockets (/proc/<pid>/net/tcp) and memory cgroup.
+rules of BOTH backends and the native nft tables (probes.iptsave), sysctls
+(runtime.sysctl), links, routes and neighbours (probes.netns), conntrack counters, and
+every container namespace whose veth peers sit in this namespace (pyinspect's, runc's,
+Docker's or a bare `ip netns`: found by `pyinspect.discovery`, paired by
+`pyinspect.vethmap`), with its links, routes, listening sockets (/proc/<pid>/net/tcp) and
+memory cgroup.
 """
 
 import ipaddress
@@ -135,38 +136,26 @@ def _bridge_ports():
         return {}
 
 
-IPTABLES_NFT_TABLES = {"filter", "nat", "raw", "mangle", "security"}
-
-
-def _nft_native_chains(notes):
-    """Base chains of nftables tables that iptables-nft does not own (firewalld, nftables.conf):
-    [{family, table, chain, hook, policy, rules: [expr JSON text]}]. iptables-*-save never
-    shows these, yet every packet passes them too."""
-    items, err = ipt.nft_ruleset()
-    if items is None:
-        if err != "nft not installed":
-            notes.append(err)
-        return []
+def _nft_native_chains(nft):
+    """Base chains of nftables tables that iptables-nft does not own (firewalld,
+    nftables.conf) from one ruleset read (`iptsave.read_nft_rules`): [{family, table,
+    chain, hook, policy, rules: [expr JSON text]}]. iptables-*-save never shows these, yet
+    every packet passes them too."""
     chains = {}
-    for item in items:
-        c = item.get("chain")
-        if c and c.get("hook"):
-            if c["family"] in ("ip", "ip6") and c["table"] in IPTABLES_NFT_TABLES:
-                continue
-            chains[(c["family"], c["table"], c["name"])] = {
-                "family": c["family"],
-                "table": c["table"],
-                "chain": c["name"],
-                "hook": c["hook"],
-                "policy": c.get("policy", "accept"),
-                "rules": [],
-            }
-    for item in items:
-        r = item.get("rule")
-        if r and (r["family"], r["table"], r["chain"]) in chains:
-            chains[(r["family"], r["table"], r["chain"])]["rules"].append(
-                json.dumps(r.get("expr", []), sort_keys=True)
-            )
+    for c in nft.base_chains(skip_prefix="pyinspect_trace_"):
+        if nft.iptables_owned(c.family, c.table):
+            continue
+        chains[(c.family, c.table, c.name)] = {
+            "family": c.family,
+            "table": c.table,
+            "chain": c.name,
+            "hook": c.hook,
+            "policy": c.policy or "accept",
+            "rules": [
+                json.dumps(nft.rules[(c.family, c.table, c.name, h)].expr, sort_keys=True)
+                for h in nft.order.get((c.family, c.table, c.name), [])
+            ],
+        }
     return list(chains.values())
 
 
@@ -319,11 +308,18 @@ class HostView:
         for name, flag in hairpin.items():
             if name in view.links:
                 view.links[name].hairpin = flag
-        view.rulesets = {b: ipt.load(b) for b in ipt.BACKENDS}
+        # one read of the nft ruleset: native tables as a third rule set, and their chains
+        nft = ipt.read_nft_rules()
+        view.rulesets = {b: ipt.load(b) for b in ipt.BACKENDS if b != "nftables"}
+        view.rulesets["nftables"] = (
+            ipt.native_ruleset(nft) if not nft.error else ipt.Ruleset("nftables", {})
+        )
         for rs in view.rulesets.values():
             if rs.error:
                 view.notes.append(f"iptables {rs.backend}: {rs.error}")
-        view.nft_native = _nft_native_chains(view.notes)
+        if nft.error and nft.error != "nft not installed":
+            view.notes.append(nft.error)
+        view.nft_native = _nft_native_chains(nft) if not nft.error else []
         view.local_addrs = frozenset(ip for ln in view.links.values() for ip, _ in ln.addrs)
         view.neighbours = view._neighbours()
         view.conntrack = view._conntrack()

@@ -202,8 +202,10 @@ class TraceSession:
         self.budget.fill(self.cap)  # ready: a full bucket, for a burst at once
         self.ready_ns = time.time_ns()  # --duration counts from here
         roles = ", ".join(f"{p.name} ({role(p)})" for p in self.points)
+        rules = f"; rule path: {self.nf_mode.mode}" if self.nf_mode else ""
         self.ready = (
-            f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}; Ctrl-C to stop"
+            f"tracing {t.name} ({', '.join(t.addrs) or 'no IPv4'}) on {roles}{rules}; "
+            "Ctrl-C to stop"
         )
         return self
 
