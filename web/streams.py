@@ -277,7 +277,12 @@ class Dashboard:
                 message = dict(message, more_body=True)  # the stream goes on below
             await send(message)
 
-        await self.wsgi(scope, receive, relay)
+        try:
+            await self.wsgi(scope, receive, relay)
+        except BaseException:
+            if "subscription" in slot and self.hub is not None:
+                self.hub.unsubscribe(slot["subscription"])
+            raise
         sub: Subscription | None = slot.get("subscription")
         if sub is not None:
             await self._pump(sub, receive, send)
