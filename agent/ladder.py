@@ -392,12 +392,15 @@ def new_drops(root: str | Path, session_id: int, flow_id: int | None, after_id: 
 
 
 def session_info(root: str | Path, session_id: int) -> dict:
-    """A session's row (no summary) with its flows and drops counted; NotFoundError."""
+    """A session's row (no summary) with its flows (counted and listed) and indexed
+    packets; NotFoundError."""
     with root_store(root) as store:
         row = store.trace_session(session_id)
         if row is None:
             raise NotFoundError(f"no trace session {session_id}")
         row.pop("summary", None)
+        flows = sorted(store.recent_flows(session_id, limit=500), key=lambda f: f["id"])
         row["flows"] = store.flow_counts().get(session_id, 0)
+        row["flow_list"] = [_flow_brief(f) for f in flows]
         row["packets_indexed"] = store.indexed_count(session_id=session_id)
     return row

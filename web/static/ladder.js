@@ -176,9 +176,8 @@
     fetch(root.dataset.info, { credentials: "same-origin" }).then(function (r) { return r.json(); })
       .then(function (info) {
         setStatus(info.status);
+        flows(info.flow_list);
         if (info.status === "running") { setTimeout(watch, 1500); return; }
-        fetch(root.dataset.ladder, { credentials: "same-origin" }).then(function (r) { return r.json(); })
-          .then(function (data) { flows(data.flows); });  // the flows, complete now
         setTimeout(function () {
           st.sources.forEach(function (s) { s.close(); });
           root.dataset.live = "done";
