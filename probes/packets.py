@@ -321,9 +321,9 @@ def _ip_u32(ip):
 
 def _ip6_key(ip):
     """An IPv6 address as the kernel's in6_addr (four network-order words); all zero for
-    '' or '::' (any)."""
+    '', '::' or '0.0.0.0' (any)."""
     k = _In6Key()
-    if ip and ip != "::":
+    if ip and ip not in ("::", "0.0.0.0"):
         ctypes.memmove(ctypes.addressof(k), socket.inet_pton(socket.AF_INET6, ip), 16)
     return k
 
@@ -517,7 +517,11 @@ def split_target(target):
     a4 = [a for a in target.addrs if not is_v6(a)]
     a6 = [a for a in target.addrs if is_v6(a)]
     p4 = [(ip, port, proto) for ip, port, proto in target.ports if not is_v6(ip)]
-    p6 = [(ip, port, proto) for ip, port, proto in target.ports if is_v6(ip) or not ip]
+    p6 = [
+        (ip, port, proto)
+        for ip, port, proto in target.ports
+        if is_v6(ip) or ip in (None, "", "0.0.0.0")  # the runtime records "any" as 0.0.0.0
+    ]
     return a4, a6, p4, p6
 
 

@@ -9,6 +9,10 @@ atomically (rename), so a crash leaves the old or the new state, never half.
 
 The same file records the published ports of each lease and the sysctls
 pyinspect changed (see sysctl.py), so teardown reverts only those.
+
+A dual-stack network (Docker's `--ipv6`) also has `subnet6` (e.g. a ULA fd00:.../64),
+`gateway6` (its first address, on the bridge) and `last6`; each lease then has `ip6`,
+handed out the same round-robin way (`allocate6`).
 """
 
 import contextlib
@@ -149,6 +153,79 @@ def allocate(state, container_id, name):
         state["last"] = ip
         return ip
     raise ConflictError(f"network {state['bridge']}: no free address left in {net}")
+
+
+def check_subnet6(text):
+    """An IPv6 subnet for a dual-stack network, normalized; UsageError naming the problem.
+    A /64 or larger, not link-local, multicast or loopback (Docker's rule for --ipv6)."""
+    try:
+        net = ipaddress.IPv6Network(text, strict=True)
+    except ValueError as exc:
+        raise UsageError(
+            f"invalid IPv6 subnet {text!r}: {exc}", hint="a ULA /64 such as fd00:1:2:3::/64"
+        ) from None
+    if net.prefixlen > 64 or net.is_link_local or net.is_multicast or net.is_loopback:
+        raise UsageError(
+            f"invalid IPv6 subnet {text!r}: need a unicast IPv6 network of /64 or larger",
+            hint="a ULA /64 such as fd00:1:2:3::/64",
+        )
+    return str(net)
+
+
+def ula_for(seed):
+    """A unique local /64 (fd00::/8, RFC 4193 style) derived from `seed` (a network id):
+    what a dual-stack network without an IPv6 --subnet gets."""
+    import hashlib
+
+    h = hashlib.sha256(seed.encode()).digest()
+    return str(ipaddress.IPv6Network((b"\xfd" + h[:5] + b"\0\0" + bytes(8), 64)))
+
+
+def set_subnet6(state, subnet6):
+    """Make the network dual-stack with `subnet6` (None: IPv4 only). Refused while
+    containers hold addresses of another IPv6 subnet."""
+    if subnet6 is None:
+        if any(lease.get("ip6") for lease in state["leases"].values()):
+            return  # live IPv6 leases: keep the network as it is until they leave
+        for key in ("subnet6", "gateway6", "last6"):
+            state.pop(key, None)
+        state["ipv6"] = False
+        return
+    net = ipaddress.IPv6Network(subnet6)
+    if state.get("subnet6") == str(net):
+        return
+    if any(lease.get("ip6") for lease in state["leases"].values()):
+        raise ConflictError(
+            f"network {state['bridge']}: IPv6 subnet {net} asked for, but "
+            f"{state.get('subnet6')} is in use",
+            hint="remove its containers first",
+        )
+    state.update(ipv6=True, subnet6=str(net), gateway6=str(net.network_address + 1), last6=None)
+
+
+def allocate6(state, container_id):
+    """Give `container_id`'s lease the next free IPv6 address of `subnet6` (round-robin
+    after the last one given); None when the network is IPv4 only."""
+    if not state.get("subnet6"):
+        return None
+    _ip, lease = find(state, container_id)
+    if lease is None:
+        raise ConflictError(f"container {container_id[:12]}: no IPv4 lease to add IPv6 to")
+    net = ipaddress.IPv6Network(state["subnet6"])
+    used = {x.get("ip6") for x in state["leases"].values()} | {state["gateway6"]}
+    first = int(net.network_address) + 1
+    hosts = min(net.num_addresses - 2, 1 << 20)  # a /64 is never searched to its end
+    if hosts < 2:
+        raise UsageError(f"network {state['bridge']}: IPv6 subnet {net} is too small")
+    last = state.get("last6")
+    start = int(ipaddress.IPv6Address(last)) + 1 if last else first
+    for i in range(hosts):
+        cand = str(ipaddress.IPv6Address(first + (start - first + i) % hosts))
+        if cand not in used:
+            lease["ip6"] = cand
+            state["last6"] = cand
+            return cand
+    raise ConflictError(f"network {state['bridge']}: no free IPv6 address left in {net}")
 
 
 def find(state, container_id):

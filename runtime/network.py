@@ -43,6 +43,9 @@ DEFAULT_SUBNET = "172.29.0.0/16"
 BRIDGE_ENV = "PYINSPECT_BRIDGE"
 SUBNET_ENV = "PYINSPECT_SUBNET"
 MTU_ENV = "PYINSPECT_MTU"
+IPV6_ENV = "PYINSPECT_IPV6"  # 1: the default bridge is dual-stack (Docker's daemon.json ipv6)
+SUBNET6_ENV = "PYINSPECT_SUBNET6"  # its IPv6 subnet (Docker's fixed-cidr-v6)
+DEFAULT_SUBNET6 = "fd00:7069::/64"
 NETNS_DIR = "/var/run/netns"
 MODES = ("bridge", "none", "host")
 _IFNAME = usernet.IFNAME_RE
@@ -54,10 +57,12 @@ DNS_ADDR = "127.0.0.11"
 
 
 def config(root):
-    """{"bridge", "subnet", "iptables", "mtu"}: env PYINSPECT_BRIDGE/PYINSPECT_SUBNET/
-    PYINSPECT_IPTABLES/PYINSPECT_MTU, else <root>/config.json {"network": {"bridge",
-    "subnet", "iptables", "mtu"}}, else pyinspect0, 172.29.0.0/16, the host's iptables
-    backend and the MTU of the default route's interface (mtu None)."""
+    """{"bridge", "subnet", "ipv6", "subnet6", "iptables", "mtu"}: env PYINSPECT_BRIDGE/
+    PYINSPECT_SUBNET/PYINSPECT_IPV6/PYINSPECT_SUBNET6/PYINSPECT_IPTABLES/PYINSPECT_MTU,
+    else <root>/config.json {"network": {"bridge", "subnet", "ipv6", "subnet6", "iptables",
+    "mtu"}}, else pyinspect0, 172.29.0.0/16, IPv4 only (with ipv6 on and no subnet6:
+    fd00:7069::/64), the host's iptables backend and the MTU of the default route's
+    interface (mtu None)."""
     file_cfg: dict = {}
     path = Path(root) / "config.json"
     if path.is_file():
@@ -78,9 +83,16 @@ def config(root):
     if net.prefixlen > 29 or net.is_loopback or net.is_multicast or net.is_link_local:
         raise UsageError(f"invalid subnet {subnet!r}: need a unicast IPv4 network of /29 or larger")
     mtu = os.environ.get(MTU_ENV) or file_cfg.get("mtu")
+    env6 = os.environ.get(IPV6_ENV)
+    ipv6 = env6 not in ("", "0", "false", "no") if env6 is not None else bool(file_cfg.get("ipv6"))
+    subnet6 = os.environ.get(SUBNET6_ENV) or file_cfg.get("subnet6")
+    if subnet6 and env6 is None and "ipv6" not in file_cfg:
+        ipv6 = True  # an IPv6 subnet alone switches it on
     return {
         "bridge": bridge,
         "subnet": str(net),
+        "ipv6": ipv6,
+        "subnet6": ipam.check_subnet6(subnet6 or DEFAULT_SUBNET6) if ipv6 else None,
         "iptables": iptables.backend(file_cfg.get("iptables")),
         "mtu": parse_mtu(mtu) if mtu else None,
         "dns_upstream": file_cfg.get("dns_upstream"),
@@ -243,6 +255,23 @@ def _ensure_bridge(ipr, bridge, subnet, gateway, mtu=None):
     return idx, True
 
 
+IFA_F_NODAD = 0x02
+
+
+def _bridge_v6(ipr, idx, gateway6, prefixlen):
+    """The bridge's IPv6 gateway address (no duplicate address detection: usable at once)."""
+    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6, index=idx)}
+    if gateway6 not in have:
+        ipr.addr(
+            "add",
+            index=idx,
+            address=gateway6,
+            prefixlen=prefixlen,
+            family=socket.AF_INET6,
+            IFA_FLAGS=IFA_F_NODAD,
+        )
+
+
 def _check_subnet_free(ipr, bridge, net):
     names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     for a in ipr.get_addr(family=socket.AF_INET):
@@ -364,6 +393,7 @@ def _undo_lease(ipr, NetlinkError, lease):
     _unexpose(lease.get("netns_link"), lease.get("netns_inode"))
     if lease.get("ports"):
         _forget_flows(lease.get("ip"))
+        _forget_flows(lease.get("ip6"))
 
 
 def _sync(root, state):
@@ -381,9 +411,10 @@ def _teardown(root, ipr, NetlinkError, state):
     sysctl.revert(state)
 
 
-def _container_side(NetNS, pid, ifname, ip, prefixlen, gateway, mac, mtu):
+def _container_side(NetNS, pid, ifname, ip, prefixlen, gateway, mac, mtu, v6=None):
     """lo up; `ifname` with its MAC, MTU, address, up; the default route via `gateway`
-    (None: no default route, as on an --internal network or a second network)."""
+    (None: no default route, as on an --internal network or a second network). `v6`:
+    (address, prefixlen, gateway or None) on a dual-stack network."""
     ns = NetNS(f"/proc/{pid}/ns/net", flags=0)
     try:
         lo = ns.link_lookup(ifname="lo")[0]
@@ -393,9 +424,20 @@ def _container_side(NetNS, pid, ifname, ip, prefixlen, gateway, mac, mtu):
         if mtu:
             ns.link("set", index=eth, mtu=mtu)
         ns.addr("add", index=eth, address=ip, prefixlen=prefixlen)
+        if v6:
+            ns.addr(
+                "add",
+                index=eth,
+                address=v6[0],
+                prefixlen=v6[1],
+                family=socket.AF_INET6,
+                IFA_FLAGS=IFA_F_NODAD,
+            )
         ns.link("set", index=eth, state="up")
         if gateway:
             ns.route("add", dst="default", gateway=gateway)
+        if v6 and v6[2]:
+            ns.route("add", dst="::/0", gateway=v6[2], family=socket.AF_INET6)
     finally:
         ns.close()
 
@@ -448,10 +490,20 @@ def _wire(root, ipr, NetNS, NetlinkError, state, container, pid, ifname, binding
     if not ipr.link_lookup(ifname=bridge):
         state["bridge_created"] = True
         ipam.save(root, state)  # write-ahead: a crash from here on is undone by reconcile
-    mtu = _mtu_for(ipr, state, config(root)["mtu"])
+    cfg = config(root)
+    mtu = _mtu_for(ipr, state, cfg["mtu"])
+    if state.get("user"):
+        if state.get("ipv6"):  # network create --ipv6 [--subnet fd00:...::/64]
+            ipam.set_subnet6(state, state.get("subnet6") or ipam.ula_for(state.get("id", bridge)))
+    else:
+        ipam.set_subnet6(state, cfg["subnet6"])  # PYINSPECT_IPV6 / config.json ipv6
     br_idx, _ = _ensure_bridge(ipr, bridge, state["subnet"], state["gateway"], mtu)
+    net6 = ipaddress.IPv6Network(state["subnet6"]) if state.get("subnet6") else None
+    if net6:
+        _bridge_v6(ipr, br_idx, state["gateway6"], net6.prefixlen)
     ip = ipam.allocate(state, cid, name)
     lease = state["leases"][ip]
+    ip6 = ipam.allocate6(state, cid)
     mac = _mac_for(ip)
     veth = "veth" + secrets.token_hex(4)[:7]
     lease.update(pid=pid, veth=veth, mac=mac, ports=[], netns_inode=_netns_inode(pid))
@@ -468,13 +520,20 @@ def _wire(root, ipr, NetNS, NetlinkError, state, container, pid, ifname, binding
     ipr.link("set", index=vidx, state="up")
     lease["veth_ifindex"] = vidx
     gateway = state["gateway"] if primary and not internal else None
-    _container_side(NetNS, pid, ifname, ip, net.prefixlen, gateway, mac, mtu)
+    v6 = (ip6, net6.prefixlen, state["gateway6"] if gateway else None) if net6 else None
+    _container_side(NetNS, pid, ifname, ip, net.prefixlen, gateway, mac, mtu, v6)
     if primary:
         _mount_link(lease["netns_link"], pid)
     sysctl.ensure(state, sysctl.IP_FORWARD, 1)
     sysctl.ensure(state, f"net.ipv4.conf.{bridge}.route_localnet", 1)
     if bindings:
         sysctl.ensure(state, sysctl.BRIDGE_NF_IPTABLES, 1, required=False)
+    if net6:
+        # as the IPv4 path: in this (the host's) namespace only, reverted with the network;
+        # interfaces with accept_ra=1 then ignore router advertisements (doctor: accept_ra)
+        sysctl.ensure(state, sysctl.IP6_FORWARD, 1)
+        if bindings:
+            sysctl.ensure(state, sysctl.BRIDGE_NF_IP6TABLES, 1, required=False)
     lease["ports"] = bindings
     state["active"] = True
     _sync(root, state)
@@ -492,6 +551,8 @@ def _wire(root, ipr, NetNS, NetlinkError, state, container, pid, ifname, binding
         "mtu": mtu,
         "ports": [dict(b) for b in bindings],
     }
+    if net6:
+        out.update(ip6=ip6, prefixlen6=net6.prefixlen, gateway6=state["gateway6"])
     if primary:
         out["netns_path"] = lease["netns_link"]
     if state.get("user"):
@@ -808,6 +869,8 @@ def container_files(container):
     hosts = HOSTS_HEAD
     if net.get("ip"):
         hosts += f"{net['ip']}\t{hostname}\n"
+    if net.get("ip6"):
+        hosts += f"{net['ip6']}\t{hostname}\n"
     if mode == "none":
         resolv = ""
     elif net.get("dns"):
@@ -985,6 +1048,9 @@ def inspect(root, name):
             "NetnsPath": lease.get("netns_link"),
             "Ports": lease.get("ports", []),
         }
+        if lease.get("ip6"):
+            plen6 = ipaddress.IPv6Network(state["subnet6"]).prefixlen
+            members[lease["id"]]["IPv6Address"] = f"{lease['ip6']}/{plen6}"
     backend = cfg["iptables"]
     return {
         "Name": state.get("name") or bridge,
@@ -996,6 +1062,8 @@ def inspect(root, name):
         "Gateway": state["gateway"],
         "Internal": bool(state.get("internal")),
         "EnableIPv6": bool(state.get("ipv6")),
+        "Subnet6": state.get("subnet6") or (cfg["subnet6"] if bridge == cfg["bridge"] else None),
+        "Gateway6": state.get("gateway6"),
         "MTU": state.get("mtu") or cfg["mtu"],
         "Options": state.get("options", {}),
         "DNS": DNS_ADDR if state.get("user") else None,
@@ -1005,6 +1073,7 @@ def inspect(root, name):
         "Iptables": {
             "backend": backend,
             "show": f"{iptables.show_command(backend)} -t nat -nvL {portmap.NAT_CHAIN}",
+            "show6": f"{iptables.show_command(backend, 6)} -t nat -nvL {portmap.NAT_CHAIN}",
             "chains": {
                 "nat": [portmap.NAT_CHAIN],
                 "filter": [

@@ -36,10 +36,17 @@ network in the namespace, carry `pyinspect:jumps` and exist while any network
 has rules. Only rules with those tags are ever changed or deleted, so rules
 written by anyone else are left alone; our chains are deleted only when empty
 and unreferenced. Rules are `RuleSpec`s with a `family` (4 or 6: ip6tables).
+
+A dual-stack network (subnet6 in its state) gets the same layout in ip6tables
+(`base_rules6`, `container_rules6`): MASQUERADE for the IPv6 subnet, `DNAT --to
+[IP6]:CP` for every port published on all addresses (`-p 8080:80`, as Docker
+does; a port on one IPv4 host address stays IPv4 only), the hairpin twin and MASQUERADE, the
+FORWARD accepts and the isolation chains. No localhost publishing and no raw guard
+for IPv6 (route_localnet has no IPv6 counterpart).
 """
 
 import dataclasses
-import shlex
+import re
 import shutil
 
 from ..errors import UnavailableError
@@ -184,6 +191,8 @@ def container_rules(bridge, container_id, ip, bindings):
     tag = owner_tag(bridge, owner_of(container_id))
     out = []
     for b in bindings:
+        if ":" in (b.get("host_ip") or ""):
+            continue  # published on an IPv6 host address only: container_rules6
         proto, hp, cp = b["proto"], str(b["host_port"]), str(b["container_port"])
         host_dst = None if b["host_ip"] in (None, "", "0.0.0.0") else b["host_ip"]
         to = (("to_destination", f"{ip}:{cp}"),)
@@ -250,14 +259,117 @@ def container_rules(bridge, container_id, ip, bindings):
     return out
 
 
+def base_rules6(bridge, subnet6, internal=False):
+    """The ip6tables rules of a dual-stack network (Docker's with --ipv6): MASQUERADE for
+    its ULA subnet, the FORWARD accepts and isolation; no localhost publishing."""
+    tag = owner_tag(bridge, "base")
+    est = (("conntrack", (("ctstate", "RELATED,ESTABLISHED"),)),)
+
+    def R(*a, **kw):
+        return RuleSpec(*a, family=6, **kw)
+
+    rules = []
+    if not internal:
+        rules.append(R("nat", "POSTROUTING", tag, "MASQUERADE", src=subnet6, out="!" + bridge))
+    rules += [
+        R("filter", FORWARD_CHAIN, tag, "ACCEPT", out=bridge, matches=est),
+        R("filter", FORWARD_CHAIN, tag, FILTER_CHAIN, out=bridge),
+    ]
+    if not internal:
+        rules.append(R("filter", FORWARD_CHAIN, tag, "ACCEPT", in_=bridge, out="!" + bridge))
+    rules.append(R("filter", FORWARD_CHAIN, tag, "ACCEPT", in_=bridge, out=bridge))
+    return rules + isolation_rules(bridge, subnet6, internal, family=6)
+
+
+def publishes_v6(binding) -> bool:
+    """`-p 8080:80` publishes on every IPv4 and IPv6 address, as Docker's does; a port on
+    one IPv4 host address stays IPv4 only. (runtime/ports.py records "no host IP" as
+    0.0.0.0, so an explicit `-p 0.0.0.0:8080:80` is published on IPv6 too, where Docker
+    keeps it IPv4 only.)"""
+    ip = binding.get("host_ip")
+    return ip in (None, "", "0.0.0.0", "::") or ":" in ip
+
+
+def container_rules6(bridge, container_id, ip6, bindings):
+    """container_rules() for the container's IPv6 address: ip6tables DNAT to
+    [ip6]:port (and its hairpin twin), hairpin MASQUERADE, FORWARD accept."""
+    tag = owner_tag(bridge, owner_of(container_id))
+    out = []
+    for b in bindings:
+        if not publishes_v6(b):
+            continue
+        proto, hp, cp = b["proto"], str(b["host_port"]), str(b["container_port"])
+        host_dst = None if b.get("host_ip") in (None, "", "0.0.0.0", "::") else b["host_ip"]
+        to = (("to_destination", f"[{ip6}]:{cp}"),)
+        dport = ((proto, (("dport", hp),)),)
+        out += [
+            RuleSpec(
+                "nat",
+                NAT_CHAIN,
+                tag,
+                "DNAT",
+                to,
+                dst=host_dst,
+                in_="!" + bridge,
+                proto=proto,
+                matches=dport,
+                family=6,
+            ),
+            RuleSpec(
+                "nat",
+                NAT_CHAIN,
+                tag,
+                "DNAT",
+                to,
+                dst=host_dst,
+                in_=bridge,
+                proto=proto,
+                matches=dport,
+                family=6,
+            ),
+            RuleSpec(
+                "nat",
+                "POSTROUTING",
+                tag,
+                "MASQUERADE",
+                src=ip6,
+                dst=ip6,
+                proto=proto,
+                matches=((proto, (("dport", cp),)),),
+                family=6,
+            ),
+            RuleSpec(
+                "filter",
+                FILTER_CHAIN,
+                tag,
+                "ACCEPT",
+                dst=ip6,
+                in_="!" + bridge,
+                out=bridge,
+                proto=proto,
+                matches=((proto, (("dport", cp),)),),
+                family=6,
+            ),
+        ]
+    return out
+
+
 def desired(state):
-    """Every rule the network state calls for (nothing when it has no containers)."""
+    """Every rule the network state calls for (nothing when it has no containers); with
+    an IPv6 subnet, the ip6tables ones too."""
     leases = state.get("leases", {})
     if not leases:
         return []
-    rules = base_rules(state["bridge"], state["subnet"], bool(state.get("internal")))
+    internal = bool(state.get("internal"))
+    rules = base_rules(state["bridge"], state["subnet"], internal)
+    if state.get("subnet6"):
+        rules += base_rules6(state["bridge"], state["subnet6"], internal)
     for ip, lease in sorted(leases.items()):
         rules += container_rules(state["bridge"], lease["id"], ip, lease.get("ports", []))
+        if lease.get("ip6"):
+            rules += container_rules6(
+                state["bridge"], lease["id"], lease["ip6"], lease.get("ports", [])
+            )
     return rules
 
 
@@ -273,8 +385,17 @@ def _comment(rule) -> str | None:
 
 
 def _join(args):
-    """Arguments as one restore line (`!` stays bare: quoted it is not a negation)."""
-    return " ".join(a if a == "!" else shlex.quote(a) for a in args)
+    """Arguments as one restore line. iptables-restore splits on blanks and knows only
+    double quotes: an argument without blanks or quotes stays bare (`!` must: quoted it is
+    not a negation; `[fd00::2]:80` must too: shell quoting would hand it the quotes)."""
+    return " ".join(a if a and not _NEEDS_QUOTES.search(a) else _dquote(a) for a in args)
+
+
+_NEEDS_QUOTES = re.compile(r"[\s\"'\\]")
+
+
+def _dquote(a):
+    return '"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _read(backend, family):

@@ -16,8 +16,10 @@ from pathlib import Path
 from ..errors import UnavailableError
 
 IP_FORWARD = "net.ipv4.ip_forward"
+IP6_FORWARD = "net.ipv6.conf.all.forwarding"
 BRIDGE_NF_IPTABLES = "net.bridge.bridge-nf-call-iptables"
-REPORTED = (IP_FORWARD, BRIDGE_NF_IPTABLES, "net.bridge.bridge-nf-call-ip6tables")
+BRIDGE_NF_IP6TABLES = "net.bridge.bridge-nf-call-ip6tables"
+REPORTED = (IP_FORWARD, IP6_FORWARD, BRIDGE_NF_IPTABLES, BRIDGE_NF_IP6TABLES)
 
 
 # keys whose fourth part is an interface name, which may itself contain dots (eth0.100)

@@ -120,6 +120,7 @@ def create(
         )
     options = dict(options or {})
     mtu, bridge = _parse_options(options)
+    subnet6 = ipam.check_subnet6(subnet6) if subnet6 else None
     try:
         find(root, name)
     except NotFoundError:
