@@ -244,16 +244,16 @@ class Resolver:
         return reply.pack()  # a known name: other types are answered empty (NOERROR)
 
     def _udp_query(self):
-        for _ in range(64):  # drain what is queued, then look at the others
-            try:
-                data, client = self.udp.recvfrom(4096)
-            except BlockingIOError:
-                return
-            out = self.answer(data)
-            if out:
-                self.udp.sendto(out, client)
-            elif out is None:
-                self._forward(data, client, 0)
+        """One query (epoll is level-triggered: more queued ones wake it again)."""
+        try:
+            data, client = self.udp.recvfrom(4096)
+        except BlockingIOError:
+            return
+        out = self.answer(data)
+        if out:
+            self.udp.sendto(out, client)
+        elif out is None:
+            self._forward(data, client, 0)
 
     def _upstream_sock(self, index):
         sock = self.up_socks.get(index)
@@ -284,24 +284,23 @@ class Resolver:
         self.pending[qid] = (client, data[:2], time.monotonic(), index, data)
 
     def _udp_reply(self, sock):
-        for _ in range(64):
-            try:
-                reply = sock.recv(65535)
-            except BlockingIOError:
-                return
-            except OSError:  # e.g. ICMP port unreachable from that upstream: try the next
-                for qid, entry in list(self.pending.items()):
-                    if self.up_socks.get(entry[3]) is sock:
-                        del self.pending[qid]
-                        self._forward(entry[4], entry[0], entry[3] + 1)
-                return
-            if len(reply) < 12:
-                continue
-            entry = self.pending.get(int.from_bytes(reply[:2], "big"))
-            if entry is None or self.up_socks.get(entry[3]) is not sock:
-                continue  # late, or not from the upstream it was sent to
-            del self.pending[int.from_bytes(reply[:2], "big")]
-            self.udp.sendto(entry[1] + reply[2:], entry[0])
+        """One upstream reply, back to its client under the client's id."""
+        try:
+            reply = sock.recv(65535)
+        except BlockingIOError:
+            return
+        except OSError:  # e.g. ICMP port unreachable from that upstream: try the next
+            for qid, entry in list(self.pending.items()):
+                if self.up_socks.get(entry[3]) is sock:
+                    del self.pending[qid]
+                    self._forward(entry[4], entry[0], entry[3] + 1)
+            return
+        qid = int.from_bytes(reply[:2], "big")
+        entry = self.pending.get(qid)
+        if len(reply) < 12 or entry is None or self.up_socks.get(entry[3]) is not sock:
+            return  # late, or not from the upstream it was sent to
+        del self.pending[qid]
+        self.udp.sendto(entry[1] + reply[2:], entry[0])
 
     def _expire(self):
         now = time.monotonic()
