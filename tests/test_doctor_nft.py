@@ -151,3 +151,29 @@ def test_dnat_rule_gone_is_reported_from_memory(healthy):
     hits = [f for f in report["findings"] if f["check"] == "dnat_missing"]
     assert rc == 1 and hits and hits[0]["container"] == d.c.name, report["findings"]
     assert "8088" in hits[0]["summary"]
+
+
+def test_a_second_native_forward_chain_dropping_is_one_finding(healthy):
+    """A firewalld-style table next to Docker's nft table (both native): the FORWARD walk
+    goes through both base chains; the drop is reported once, fixed in the chain that
+    dropped."""
+    d = healthy
+    d.h.sh(
+        "nft add table inet pifw && nft add chain inet pifw filter_FORWARD "
+        "'{ type filter hook forward priority 10; policy drop; }' && "
+        "nft add rule inet pifw filter_FORWARD ct state established,related accept"
+    )
+    try:
+        assert not d.published_ok()
+        rc, report = d.doctor()
+        checks = [f["check"] for f in report["findings"]]
+        assert rc == 1 and "nft_native_drop" not in checks, report["findings"]
+        hits = [f for f in report["findings"] if f["check"] == "forward_drop"]
+        assert hits and hits[0]["container"] == d.c.name, report["findings"]
+        assert "nft inet pifw filter_FORWARD: policy drop" in "\n".join(hits[0]["evidence"])
+        assert hits[0]["fix"].startswith("nft insert rule inet pifw filter_FORWARD oifname docker0")
+        rc, fixed = d.doctor("--fix")
+        assert rc == 0, fixed
+        assert d.published_ok()
+    finally:
+        d.h.sh("nft delete table inet pifw", check=False)

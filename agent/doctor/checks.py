@@ -1160,10 +1160,13 @@ def nft_native(view: HostView) -> Iterator[Finding]:
     bridges = {br.name: br for _, br, _ in _bridged(view)}
     if not bridges:
         return
+    native = view.rulesets.get("nftables")
     for ch in view.nft_native:
         if ch["hook"] != "forward" or ch["policy"] != "drop":
             continue
         for name, br in bridges.items():
+            if native is not None and _owner(view, [name]) is native:
+                continue  # native rules hold this bridge: forward_drop walks them all
             nets = [str(n.network_address) for n in br.networks()]
             mentions = [
                 r for r in ch["rules"] if f'"{name}"' in r or any(f'"{a}"' in r for a in nets)
