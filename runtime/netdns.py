@@ -345,13 +345,26 @@ class Resolver:
                 return
 
     def _forward_tcp(self, data):
+        """A TCP query forwarded over TCP; an upstream that does not take TCP is asked
+        over UDP instead (the answer goes back over the client's TCP connection)."""
         for host, port in self.upstream:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
                 with socket.create_connection((host, port), timeout=FORWARD_TIMEOUT) as s:
                     s.sendall(len(data).to_bytes(2, "big") + data)
                     head = _recv_exact(s, 2)
                     if head:
                         return _recv_exact(s, int.from_bytes(head, "big"))
+            except OSError:
+                pass
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as u:
+                    u.settimeout(FORWARD_TIMEOUT)
+                    u.connect((host, port))
+                    u.send(data)
+                    reply = u.recv(65535)
+                    if reply[:2] == data[:2]:
+                        return reply
             except OSError:
                 continue
         return b""

@@ -4,6 +4,8 @@ made (config.json's `dns_upstream`), never the machine's."""
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from test_network import IPT, UPSTREAM, UPSTREAM_HOST, wire  # noqa: E402
@@ -81,6 +83,12 @@ def test_names_resolve_within_a_network_and_nothing_crosses_networks(env):
     assert (
         env.ex(b, "timeout", "3", "wget", "-q", "-O", "-", "http://web/").stdout.strip() == "from-a"
     )
+    # over TCP too, and a name we know has no AAAA: NOERROR with no answer (not NXDOMAIN)
+    tcp = _query(b, a, "A", tcp=True)
+    assert tcp["rcode"] == "NOERROR" and tcp["a"] == [ip_a], tcp
+    aaaa = _query(b, a, "AAAA")
+    assert aaaa["rcode"] == "NOERROR" and aaaa["a"] == [], aaaa
+    assert _query(b, "ext.test", "A", tcp=True)["a"] == ["10.9.9.9"]
     # other names go to the upstream resolver (from the host's netns)
     ext = env.ex(b, "nslookup", "ext.test")
     assert "Address: 10.9.9.9" in ext.stdout, ext
@@ -116,6 +124,26 @@ def test_names_resolve_within_a_network_and_nothing_crosses_networks(env):
     assert "eth1" not in env.ex(c, "ip", "-o", "link").stdout
     ls = env.cli("network", "ls").stdout
     assert re.search(r"^pnu-app\s+bridge\s+10\.77\.0\.0/24\s+10\.77\.0\.1\s+2\s+up", ls, re.M)
+
+
+QUERY = (
+    "import json, sys; from dnslib import DNSRecord, RCODE; "
+    "r = DNSRecord.parse(DNSRecord.question(sys.argv[1], sys.argv[2])"
+    ".send('127.0.0.11', 53, tcp=sys.argv[3] == '1', timeout=3)); "
+    "print(json.dumps({'rcode': RCODE[r.header.rcode], 'a': [str(x.rdata) for x in r.rr]}))"
+)
+
+
+def _query(ctr, name, qtype, tcp=False):
+    """A DNS query from the container's netns with dnslib (UDP or TCP)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ctr, sys.executable, "-c", QUERY, name, qtype, "1" if tcp else "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(out.stdout)
 
 
 def _findings(env, *checks):
