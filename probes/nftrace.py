@@ -946,8 +946,8 @@ SAVE_NAT_RE = re.compile(
 
 class NftRuleBook:
     """Rule texts and chains of the namespace's nf_tables ruleset, by handle: one read
-    (iptsave.read_nft_rules) at start and again after the ruleset changed, when an event
-    names a rule it does not know."""
+    (iptsave.read_nft_rules) at start and again after the ruleset changed (NftTracer
+    refreshes it on the change notification; `stale` makes an unknown handle re-read)."""
 
     def __init__(self, netns=None, ruleset=None):
         self.netns = netns
@@ -1024,8 +1024,9 @@ class NftTracer:
     def read(self):
         evs = self.events.read() if self.events else []
         if self.events and self.events.changed:
+            # read again now: a table made anew (a firewall reload) reuses its handles
             self.events.changed = False
-            self.book.stale = True
+            self.book.refresh()
         return [h for h in (self.hop(ev) for ev in evs) if h is not None]
 
     def hop(self, ev: NftTraceEvent):
