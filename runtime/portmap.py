@@ -504,7 +504,10 @@ def sync(bridge, rules, backend=None):
                 total[k] += counts[k]
             other = iptables.other(backend)
             if iptables.available(other, family):
-                old = _read(other, family)
+                try:
+                    old = _read(other, family)
+                except UnavailableError:
+                    old = None  # that backend cannot even be listed here (no x_tables)
                 if old and _has_tag(old, owner_tag(bridge, "")):
                     text, _ = _plan(old, bridge, [], family)
                     if text:
