@@ -55,6 +55,11 @@ def test_run_publishes_on_ipv6_and_trace_shows_the_dnat(make_netns, state_root):
         assert f"--to-destination [{CTR6}]:80" in nat, nat
         assert f"-s {SUBNET6} ! -o pyinspect0" in nat and "MASQUERADE" in nat
         assert host.sh("sysctl -n net.ipv6.conf.all.forwarding").stdout.strip() == "1"
+        # `map` shows the container's IPv6 address (and its link-local one) on eth0
+        rows = json.loads(cli("map", "-c", name, "--json").stdout)
+        eth0 = [r for r in rows if r["ifname"] == "eth0"]
+        assert eth0 and f"{CTR6}/64" in eth0[0]["addrs"], rows
+        assert any(a.startswith("fe80::") for a in eth0[0]["addrs"])
         # the trace, while the client fetches over IPv6
         tr = subprocess.Popen(
             cli.argv("trace", "--container", name, "--json", "--duration", "4"),
