@@ -572,9 +572,13 @@ class NetfilterMode:
         return f"{self.mode} ({self.why})"
 
 
+KERNEL_SYMBOLS = {"nf_tables": "nft_do_chain", "ip_tables": "ipt_do_table"}
+
+
 def _kernel_has(module: str, proc_file: str | None = None) -> bool:
-    """A netfilter part is there: its /proc file or /sys/module entry exists, or the module
-    is on disk for the running kernel (iptables/nft load it on first use)."""
+    """A netfilter part is there: its /proc file or /sys/module entry exists, the module
+    is on disk for the running kernel (iptables/nft load it on first use), or it is built
+    in (its main function is in /proc/kallsyms)."""
     if proc_file and os.path.exists(proc_file):
         return True
     if os.path.isdir(f"/sys/module/{module}"):
@@ -587,6 +591,10 @@ def _kernel_has(module: str, proc_file: str | None = None) -> bool:
                     return True
         except OSError:
             continue
+    sym = KERNEL_SYMBOLS.get(module)
+    if sym:
+        with contextlib.suppress(OSError), open("/proc/kallsyms") as f:
+            return any(line.rstrip().endswith(f" {sym}") for line in f)
     return False
 
 
@@ -646,7 +654,7 @@ def decide_mode(
             "" if xtables else " and no x_tables"
         )
     if xtables:
-        return "legacy", "no rules yet; the kernel has x_tables only"
+        return "legacy", "no rules yet; x_tables only (no nf_tables, or no nft command)"
     return "none", "the kernel has neither x_tables nor nf_tables"
 
 
@@ -658,8 +666,10 @@ def choose_mode(netns: str | None = None, ruleset=None) -> NetfilterMode:
         from . import iptsave
 
         ruleset = iptsave.read_nft_rules(netns)
-    # nf_tables answers (built in, it has no /sys/module entry) or is a module on disk
-    nf = not ruleset.error or _kernel_has("nf_tables")
+    # nf_tables answers (built in, it has no /sys/module entry) or is a module on disk;
+    # without the nft command the trace cannot add its table: as if it had none
+    nft_cmd = ruleset.error != "nft not installed"
+    nf = nft_cmd and (not ruleset.error or _kernel_has("nf_tables"))
     nft = []
     if not ruleset.error:
         nft = sorted(
@@ -670,6 +680,9 @@ def choose_mode(netns: str | None = None, ruleset=None) -> NetfilterMode:
             }
         )
     mode, why = decide_mode(legacy, nft, xt, nf)
+    if not nft_cmd and not legacy and _kernel_has("nf_tables"):
+        # TRACE rules would make legacy tables in a namespace whose rules may all be nft
+        mode, why = "none", "no x_tables rules, and no nft command to trace nf_tables with"
     return NetfilterMode(mode, why, ruleset, legacy, nft, xt, nf)
 
 

@@ -6,7 +6,10 @@ The rule path comes from nf_tables trace events (a `meta nftrace set 1` table of
 trace's own); every hop is listed in the kernel's order with its verdict, and the trace
 creates no legacy table."""
 
+import json
+import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -233,3 +236,41 @@ def test_a_rule_added_during_the_trace_is_named(state_root, nft_topo):
     after = [h["chain"] for h in nf]
     assert after.index("nat-prerouting-and-output") == nf.index(added[0])  # before the DNAT
     assert nf[nf.index(added[0]) + 1]["verdict"].startswith("DNAT")
+
+
+def test_without_the_nft_command_no_legacy_table_is_made(state_root, nft_topo, tmp_path):
+    """No `nft` on PATH and no legacy rules: the trace cannot mark packets for nf_tables
+    and does not fall back to TRACE rules (they would make legacy tables here): the rule
+    path is unavailable, said once, and the capture and conntrack still work."""
+    topo = nft_topo
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        for name in os.listdir(d) if os.path.isdir(d) else ():
+            if name != "nft" and not (bin_dir / name).exists():
+                (bin_dir / name).symlink_to(os.path.join(d, name))
+    cli = Cli(state_root, netns=topo.host)
+    argv = cli.argv(
+        "trace", "--container", topo.ctrs[0], "--json", "--duration", "2", "--no-events"
+    )
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PATH": str(bin_dir)},
+    )
+    ready = json.loads(proc.stdout.readline() or "{}")
+    assert ready.get("type") == "ready", proc.stderr.read()
+    assert "rule path: none" in ready["text"]
+    assert [n for n in ready["notes"] if n.startswith("netfilter trace: unavailable: no x_tables")]
+    assert topo.fetch().returncode == 0
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    items = [json.loads(line) for line in out.splitlines() if line.strip()]
+    summary = [i for i in items if i["type"] == "summary"][0]
+    assert summary["netfilter_trace"].startswith("none (no x_tables rules, and no nft command")
+    assert summary["nat"] == [f"DNAT {topo.host_ip}:8088 -> {topo.ctr_ips[0]}:80"]
+    assert not [i for i in items if i.get("hop") == "netfilter"]
+    _no_legacy_tables(topo)
+    assert "pyinspect_trace" not in tracetopo.sh(topo.host, "nft list tables").stdout
