@@ -266,7 +266,7 @@ def base_rules6(bridge, subnet6, internal=False):
     est = (("conntrack", (("ctstate", "RELATED,ESTABLISHED"),)),)
 
     def R(*a, **kw):
-        return RuleSpec(*a, family=6, **kw)
+        return RuleSpec(*a, **kw, family=6)  # type: ignore[misc]  # callers never pass family
 
     rules = []
     if not internal:

@@ -49,7 +49,7 @@ class Pkt(NamedTuple):
     seq: int
     ack: int
     iplen: int
-    flags: int = None
+    flags: int | None = None
 
     @property
     def tuple(self):
@@ -87,7 +87,7 @@ LINK_ICMP6 = {130, 131, 132, 133, 134, 135, 136, 137, 143}
 _IPH = struct.Struct("!BxHH3xB2x4s4s")
 _TCP = struct.Struct("!HHII")
 _PORTS = struct.Struct("!HH")
-_addr_cache = {}
+_addr_cache: dict[bytes, str] = {}
 
 
 def _ntoa(b):
@@ -219,21 +219,21 @@ class Flow:
     id: int
     proto: str
     orig: tuple  # (src, sport, dst, dport)
-    reply: tuple = None
-    ct_id: int = None
+    reply: tuple | None = None
+    ct_id: int | None = None
     nat: str = ""  # 'dnat', 'snat', 'dnat+snat' or ''
-    nat_rule: dict = None  # the netfilter hop that did the translation
+    nat_rule: dict | None = None  # the netfilter hop that did the translation
     first_ns: int = 0
     last_ns: int = 0
     packets: int = 0
     journeys: int = 0
     shown: int = 0
-    tcp_state: str = None
+    tcp_state: str | None = None
     drops: list = field(default_factory=list)
     drop_counts: dict = field(default_factory=dict)  # explanation -> count
     notes: list = field(default_factory=list)
     matched: bool = False
-    store_id: int = None
+    store_id: int | None = None
     dirs_shown: set = field(default_factory=set)
     repeated_paths: int = 0  # journeys whose rule path was the previous one's (not stored)
 
@@ -611,19 +611,19 @@ class Correlator:
     def _journeys(self, ready, cutoff, out):
         ready.sort(key=lambda c: c.ts_ns)
         off = self.offset
-        journeys = {}
+        journeys: dict[tuple, Journey] = {}
         order = []
-        links = {}
+        links: dict[tuple, LinkPacket] = {}
         for c in ready:
             pkt = c.pkt
             if pkt is None or pkt.proto not in FLOW_PROTOS:
                 continue  # ARP, IGMP...: in the files, no flow
             if pkt.proto == "icmp6" and pkt.sport in LINK_ICMP6:
-                key = (pkt.src, pkt.dst, pkt.sport, pkt.ident)
-                lp = links.get(key)
+                lkey = (pkt.src, pkt.dst, pkt.sport, pkt.ident)
+                lp = links.get(lkey)
                 if lp is None:
                     what = ndp_text(pkt, c.data)
-                    lp = links[key] = LinkPacket(what, pkt.src, pkt.dst, c.ts_ns + off)
+                    lp = links[lkey] = LinkPacket(what, pkt.src, pkt.dst, c.ts_ns + off)
                 c.ts_ns += off
                 lp.captures.append(c)
                 continue
