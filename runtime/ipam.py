@@ -192,9 +192,11 @@ def set_subnet6(state, subnet6):
         state["ipv6"] = False
         return
     net = ipaddress.IPv6Network(subnet6)
-    if state.get("subnet6") == str(net):
+    if state.get("subnet6") == str(net) and state.get("gateway6"):
         return
-    if any(lease.get("ip6") for lease in state["leases"].values()):
+    if state.get("subnet6") not in (None, str(net)) and any(
+        lease.get("ip6") for lease in state["leases"].values()
+    ):
         raise ConflictError(
             f"network {state['bridge']}: IPv6 subnet {net} asked for, but "
             f"{state.get('subnet6')} is in use",

@@ -92,3 +92,42 @@ def test_run_publishes_on_ipv6_and_trace_shows_the_dnat(make_netns, state_root):
     # gone with the last container: the rules, the bridge's address, the sysctl change
     assert "pyinspect" not in host.sh(f"{ip6t}-save").stdout
     assert host.sh("sysctl -n net.ipv6.conf.all.forwarding").stdout.strip() == forwarding
+
+
+def test_user_network_ipv6_and_bad_subnets(make_netns, state_root):
+    host = make_netns("pn6-h")
+    cli = Cli(state_root, netns=host.name)
+    net = cname("v6n")
+    names = [cname("pn6"), cname("pn6")]
+    cli("network", "create", "--ipv6", "--subnet", "fd00:29:2::/64", net)
+    try:
+        for n in names:
+            cli("run", "-d", "--name", n, "--network", net, "busybox", "sleep", "600")
+        info = json.loads(cli("network", "inspect", net).stdout)[0]
+        assert info["EnableIPv6"] and info["Subnet6"] == "fd00:29:2::/64"
+        ip6 = {m["Name"]: m["IPv6Address"].split("/")[0] for m in info["Containers"].values()}
+        assert sorted(ip6.values()) == ["fd00:29:2::2", "fd00:29:2::3"]
+        # the two containers reach each other over IPv6 on their bridge
+        ping = subprocess.run(
+            ["ip", "netns", "exec", names[0], "busybox", "ping", "-6", "-c", "1", "-W", "3"]
+            + [ip6[names[1]]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        for n in names:
+            cli("rm", "-f", n, check=False)
+        cli("network", "rm", net, check=False)
+    # bad input: one line, exit 2, nothing recorded
+    for args, words in (
+        (["--ipv6", "--subnet", "fe80::/64"], "invalid IPv6 subnet 'fe80::/64'"),
+        (["--ipv6", "--subnet", "fd00:29:3::/96"], "/64 or larger"),
+        (["--subnet", "fd00:29:3::/64"], "without --ipv6"),
+    ):
+        proc = cli("network", "create", *args, "bad6", check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert "bad6" not in cli("network", "ls").stdout
