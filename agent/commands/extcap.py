@@ -181,6 +181,7 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
     from pyinspect.errors import NotFoundError, UnavailableError
     from pyinspect.extcap import check_filter, check_privileges
     from pyinspect.trace import TraceOptions, TraceSession
+    from pyinspect.trace.stream import StreamFile
 
     def on_signal(signum, frame):
         session.done = True  # the loop ends after this poll
@@ -217,7 +218,9 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
         watch.register(fd, 0)  # POLLERR/POLLHUP: the reader went away
         while not session.done:
             session.poll()
-            error = session.evidence and (session.evidence.error or session.evidence.files.error)
+            ev = session.evidence
+            files = ev.files if ev else None
+            error = ev and (ev.error or (files.error if isinstance(files, StreamFile) else None))
             if error:
                 if "Broken pipe" in error:
                     break  # the reader closed the fifo: a normal stop
