@@ -262,7 +262,11 @@ def _hook_reason(name):
 
 
 class RingReader:
-    """Reads a BPF ring buffer map by mmap, a whole batch per call, no per-record callback."""
+    """Reads a BPF ring buffer map by mmap, a whole batch per call, no per-record callback.
+
+    Positions and record headers are read and written as whole aligned words (memoryview
+    casts), never byte by byte as struct's '<Q' does: the kernel reads the consumer
+    position while we write it, and we read a header while a program commits it."""
 
     def __init__(self, map_fd, size):
         self.size = size
@@ -273,20 +277,23 @@ class RingReader:
         self.prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self.page = page
         self.mask = size - 1
+        self._cons_word = memoryview(self.cons)[:8].cast("Q")
+        self._prod_word = memoryview(self.prod)[:8].cast("Q")
+        self._u32 = memoryview(self.prod).cast("I")  # record headers (8-aligned)
 
     def read(self, limit=1 << 30):
         """Return a list of record payloads (bytes) available now; advances the consumer."""
-        cons_pos = struct.unpack_from("<Q", self.cons, 0)[0]
-        prod_pos = struct.unpack_from("<Q", self.prod, 0)[0]
+        cons_pos = self._cons_word[0]
+        prod_pos = self._prod_word[0]
         out = []
         buf = self.prod
+        words = self._u32
         base = self.page
         mask = self.mask
-        unpack = struct.unpack_from
         got = 0
         while cons_pos < prod_pos and got < limit:
             off = base + (cons_pos & mask)
-            ln = unpack("<I", buf, off)[0]
+            ln = words[off >> 2]
             if ln & _BUSY:
                 break
             real = ln & ~(_BUSY | _DISCARD)
@@ -294,10 +301,12 @@ class RingReader:
                 out.append(buf[off + 8 : off + 8 + real])
             cons_pos += (real + 8 + 7) & ~7
             got += 1
-        struct.pack_into("<Q", self.cons, 0, cons_pos)
+        self._cons_word[0] = cons_pos
         return out
 
     def close(self):
+        for view in (self._cons_word, self._prod_word, self._u32):
+            view.release()
         self.cons.close()
         self.prod.close()
 
