@@ -17,7 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -701,7 +701,7 @@ _META_KEYS = {"iifname": "iif", "oifname": "oif", "l4proto": "proto"}
 _PAYLOAD_KEYS = {("ip", "saddr"): "src", ("ip", "daddr"): "dst", ("ip", "protocol"): "proto"}
 
 
-def _nft_value(v) -> str | None:
+def _nft_value(v: object) -> str | None:
     if isinstance(v, (str, int)):
         s = str(v)
         return s[:-1] + "+" if s.endswith("*") else s
@@ -720,7 +720,7 @@ def _nft_value(v) -> str | None:
     return None
 
 
-def _nft_key(left) -> str | None:
+def _nft_key(left: object) -> str | None:
     if not isinstance(left, dict):
         return None
     if "meta" in left:
@@ -785,7 +785,7 @@ def _nft_verdict(e: dict) -> tuple[str, bool, dict] | None:
     return None
 
 
-def _native_rules(ns: NftRuleset, r: NftRule, key_of) -> list[Rule]:
+def _native_rules(ns: NftRuleset, r: NftRule, key_of: Callable[[str], str]) -> list[Rule]:
     """One nft rule as iptables-style Rules (a verdict map becomes one Rule per element)."""
     matches, unknown, pkts = [], [], 0
     verdict = None
@@ -832,13 +832,13 @@ def _native_rules(ns: NftRuleset, r: NftRule, key_of) -> list[Rule]:
     out = []
     for k, v in elems:
         val = _nft_value(k)
-        got = _nft_verdict(v) if isinstance(v, dict) else None
-        if vkey is None or val is None or got is None:
+        verdict_of = _nft_verdict(v) if isinstance(v, dict) else None
+        if vkey is None or val is None or verdict_of is None:
             continue
         one = Rule("nftables", "", base.chain, 0, base.args, pkts, raw=text, nft=base.nft)
         one.matches = matches + [(vkey, False, val)]
         one.unknown = list(unknown)
-        one.target, one.goto, one.target_args = got
+        one.target, one.goto, one.target_args = verdict_of
         if one.target not in TERMINAL and one.target != "RETURN":
             one.target = key_of(one.target)
         out.append(one)
@@ -867,7 +867,7 @@ def native_ruleset(ns: NftRuleset, skip_prefix: str = "pyinspect_trace_") -> Rul
     reads them as it reads iptables."""
     tables: dict[str, dict[str, Chain]] = {}
 
-    def native(fam, tbl):
+    def native(fam: str, tbl: str) -> bool:
         return (
             fam in ("ip", "inet")
             and not ns.iptables_owned(fam, tbl)
@@ -887,7 +887,7 @@ def native_ruleset(ns: NftRuleset, skip_prefix: str = "pyinspect_trace_") -> Rul
         builtin = chains.setdefault(hook, Chain(hook, "ACCEPT"))
         fam, tbl = bc.family, bc.table
 
-        def key_of(name, fam=fam, tbl=tbl):
+        def key_of(name: str, fam: str = fam, tbl: str = tbl) -> str:
             return f"{fam} {tbl} {name}"
 
         jump = Rule("nftables", tname, hook, len(builtin.rules) + 1, [], base=True)
