@@ -79,8 +79,8 @@ class ContainerInfo:
         d["ports"] = [p.text() for p in self.ports]
         return d
 
-    def row(self) -> dict:
-        """The Containers table's row (short texts)."""
+    def row(self, mounts: dict[str, str] | None = None) -> dict:
+        """The Containers table's row (short texts); `mounts`: cgroupstat.mounts(), once."""
         from .stats import binary_size
 
         limits = []
@@ -106,17 +106,17 @@ class ContainerInfo:
                 if self.veth_host and self.veth_container
                 else ""
             ),
-            "cgroup": _common_cgroup(self.cgroups),
+            "cgroup": _common_cgroup(self.cgroups, mounts),
             "cgroups": dict(self.cgroups),
             "limits": ", ".join(limits),
             "oom_killed": "" if self.oom_killed is None else ("yes" if self.oom_killed else "no"),
         }
 
 
-def _common_cgroup(cgroups: dict[str, str]) -> str:
+def _common_cgroup(cgroups: dict[str, str], mounts: dict[str, str] | None = None) -> str:
     """The cgroup path shared by every hierarchy, relative to its mount ('' if none)."""
     rel = set()
-    mounts = cgroupstat.mounts()
+    mounts = cgroupstat.mounts() if mounts is None else mounts
     for ctrl, path in cgroups.items():
         base = mounts.get(ctrl) or mounts.get("" if ctrl == "unified" else ctrl) or ""
         rel.add(path[len(base) :] if base and path.startswith(base) else path)
@@ -191,28 +191,27 @@ def _dnat_ports(netns_path: str, ips: set[str], cache: dict) -> list[PortMap]:
     from .probes import iptsave
 
     if netns_path not in cache:
-        rules = []
+        by_ip: dict[str, list[PortMap]] = {}
         for backend, (save, _restore) in iptsave.BACKENDS.items():
             text, _err = iptsave.run_save(save, "nat", counters=False, netns=netns_path)
-            if text:
-                rules += list(iptsave.Ruleset(backend, iptsave.parse_save(text, backend)).rules())
-        cache[netns_path] = rules
-    out: list[PortMap] = []
-    for rule in cache[netns_path]:
-        tgt = iptsave.dnat_target(rule)
-        hport = rule.get("dport")
-        if not tgt or tgt[0] not in ips or not hport or not hport.isdigit():
-            continue
-        dst = rule.get("dst") or ""
-        pm = PortMap(
-            dst[:-3] if dst.endswith("/32") else "",
-            int(hport),
-            tgt[1] or int(hport),
-            rule.get("proto") or "tcp",
-        )
-        if pm not in out:
-            out.append(pm)
-    return out
+            if not text:
+                continue
+            for rule in iptsave.Ruleset(backend, iptsave.parse_save(text, backend)).rules():
+                tgt = iptsave.dnat_target(rule)
+                hport = rule.get("dport")
+                if not tgt or not hport or not hport.isdigit():
+                    continue
+                dst = rule.get("dst") or ""
+                pm = PortMap(
+                    dst[:-3] if dst.endswith("/32") else "",
+                    int(hport),
+                    tgt[1] or int(hport),
+                    rule.get("proto") or "tcp",
+                )
+                if pm not in by_ip.setdefault(tgt[0], []):
+                    by_ip[tgt[0]].append(pm)
+        cache[netns_path] = by_ip
+    return [pm for ip in sorted(ips) for pm in cache[netns_path].get(ip, [])]
 
 
 def collect(root, found=None, links=None, dnat: bool = True) -> list[ContainerInfo]:

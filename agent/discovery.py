@@ -207,13 +207,20 @@ def _hierarchy_ids():
     return out
 
 
-def cgroup_ids(cgroups):
+def _cgroup_context():
+    """(mounts, hierarchy ids, real paths of the hierarchy roots): read once per scan."""
+    mounts = _cgroup_mounts()
+    return mounts, _hierarchy_ids(), {os.path.realpath(m) for m in mounts.values()}
+
+
+def cgroup_ids(cgroups, context=None):
     """[[hierarchy id, cgroup id]] for {controller: path} (absolute or hierarchy-relative).
 
     The id of a cgroup is the inode of its directory: what bpf_get_current_cgroup_id()
-    (v2) and the cgroup tracepoints (`id`, with `root` = hierarchy id) report.
+    (v2) and the cgroup tracepoints (`id`, with `root` = hierarchy id) report. `context`
+    (`_cgroup_context()`) saves reading the mounts again for each container.
     """
-    mounts, hids = _cgroup_mounts(), _hierarchy_ids()
+    mounts, hids, roots = context or _cgroup_context()
     out, seen = [], set()
     for ctrl, path in (cgroups or {}).items():
         if not path:
@@ -226,7 +233,7 @@ def cgroup_ids(cgroups):
             if key is None:
                 continue
             path = os.path.join(mounts[key], path.lstrip("/"))
-        if os.path.realpath(path) in {os.path.realpath(m) for m in mounts.values()}:
+        if os.path.realpath(path) in roots:
             continue  # a hierarchy root is shared by everything: never attribute by it
         try:
             ino = os.stat(path).st_ino
@@ -489,6 +496,7 @@ def containers(root=None, procs=None, host=None, errors=None):
     found = _own(root, errors) + _oci(docker_names, _podman_names(), engines)
     known_ids = {d.id for d in found}
     claimed = set()
+    cg_context = _cgroup_context()
     for d in found:
         if d.pid and d.pid in procs:
             ns = procs[d.pid]
@@ -497,7 +505,7 @@ def containers(root=None, procs=None, host=None, errors=None):
         elif d.netns_path:
             d.netns = _stat_ino(d.netns_path)
         _fill_pids(d, procs, host)
-        d.cgroup_ids = cgroup_ids(d.cgroups)
+        d.cgroup_ids = cgroup_ids(d.cgroups, cg_context)
         claimed.update(d.pids)
     # Docker/containerd/Podman processes seen only through their cgroup paths
     by_id: dict[tuple[str, str], list[int]] = {}

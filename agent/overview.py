@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,26 @@ if TYPE_CHECKING:
     from .store import Store
 
 STATS_HISTORY = 300  # samples of each container kept for its charts (10 min at 2 s)
+SNAPSHOT_FRESH = 2.0  # seconds a containers/interfaces snapshot is served (the pages poll at 2 s)
+SNAPSHOT_MAX_AGE = 5.0  # past this a request waits for a new one (else read in background)
+EVENTS_MARGIN_NS = 60 * 10**9  # container page: events from its init's start less this
+RATE_OF = {
+    "rx_pps": "rx_packets",
+    "tx_pps": "tx_packets",
+    "rx_Bps": "rx_bytes",
+    "tx_Bps": "tx_bytes",
+}
+
+
+@dataclass
+class HostSnapshot:
+    """One reading of the host: discovery records, veth map rows, container details."""
+
+    taken: float  # time.monotonic()
+    found: list
+    links: list[dict]
+    infos: list
+    rows: list[dict]  # the Containers table, one row per info
 
 
 def _iso(ns):
@@ -48,7 +69,8 @@ class Overview:
         self._lock = threading.Lock()
         self._sampler: Sampler | None = None  # made on first use
         self._stats_history: dict[str, deque] = {}  # container id -> StatsRow samples
-        self._link_counters: dict[tuple, tuple] = {}  # (netns, ifindex) -> last counters
+        self._snap: HostSnapshot | None = None
+        self._snap_lock = threading.Lock()
 
     @contextmanager
     def store(self) -> Iterator["Store"]:
@@ -119,18 +141,75 @@ class Overview:
         }
 
     # -- containers ----------------------------------------------------------------------
+    def snapshot(self) -> "HostSnapshot":
+        """Containers, interfaces and link rates, read at most every SNAPSHOT_FRESH seconds.
+
+        A snapshot younger than SNAPSHOT_FRESH is served as it is; an older one (up to
+        SNAPSHOT_MAX_AGE) is served while a background thread reads the next; past that,
+        or with none yet, the request reads one itself. Reading costs a /proc scan and a
+        netlink dump per namespace (hundreds of ms with 100 containers on 2 cores): the
+        pages and their 2 s polls share one reading instead of each making its own."""
+        now = time.monotonic()
+        snap = self._snap
+        if snap is not None and now - snap.taken < SNAPSHOT_FRESH:
+            return snap
+        if snap is not None and now - snap.taken < SNAPSHOT_MAX_AGE:
+            self._refresh_in_background()
+            return snap
+        with self._snap_lock:
+            snap = self._snap
+            if snap is not None and time.monotonic() - snap.taken < SNAPSHOT_FRESH:
+                return snap
+            return self._refresh()
+
+    def _refresh(self) -> "HostSnapshot":
+        """Read a new snapshot (the caller holds _snap_lock); rates against the last one."""
+        from . import containerinfo, discovery, vethmap
+        from .probes import cgroupstat
+
+        procs = discovery.scan_processes()
+        host = discovery.host_namespaces()
+        found = discovery.containers(self.root, procs=procs, host=host)
+        links = vethmap.build(root=self.root, found=found, procs=procs, host=host)
+        infos = containerinfo.collect(self.root, found=found, links=links)
+        infos.sort(key=lambda i: (not i.is_container, i.name))
+        now = time.monotonic()
+        prev = self._snap
+        if prev is not None and now > prev.taken:
+            dt = now - prev.taken
+            before = {(r["netns"], r["ifindex"]): r for r in prev.links}
+            for r in links:
+                p = before.get((r["netns"], r["ifindex"]))
+                if p is None or None in (
+                    *(r.get(k) for k in RATE_OF.values()),
+                    *(p.get(k) for k in RATE_OF.values()),
+                ):
+                    continue
+                r["rates"] = {name: max(0.0, (r[k] - p[k]) / dt) for name, k in RATE_OF.items()}
+        mounts = cgroupstat.mounts()
+        self._snap = HostSnapshot(now, found, links, infos, [i.row(mounts) for i in infos])
+        return self._snap
+
+    def _refresh_in_background(self) -> None:
+        if not self._snap_lock.acquire(blocking=False):
+            return  # a reading is under way
+
+        def run():
+            try:
+                self._refresh()
+            finally:
+                self._snap_lock.release()
+
+        threading.Thread(target=run, daemon=True, name="snapshot").start()
+
     def container_infos(self) -> list:
         """containerinfo.collect: every runtime's containers, then bare namespaces."""
-        from . import containerinfo
-
-        infos = containerinfo.collect(self.root)
-        infos.sort(key=lambda i: (not i.is_container, i.name))
-        return infos
+        return self.snapshot().infos
 
     def containers(self) -> list[dict]:
         """pyinspect's containers and every other runtime's (with network and limits), then
         the namespaces that hold processes but are no container."""
-        return [i.row() for i in self.container_infos()]
+        return self.snapshot().rows
 
     def _info(self, ref: str):
         for i in self.container_infos():
@@ -139,12 +218,14 @@ class Overview:
         raise NotFoundError(f"no such container: {ref}")
 
     def container(self, ref: str) -> dict:
-        return self._info(ref).row()
+        info = self._info(ref)
+        return next(r for r in self.snapshot().rows if r["id"] == info.id)
 
     def container_detail(self, ref: str) -> dict:
         """Everything the container page shows but its charts: the fields and where they
         came from, processes, interfaces, events, traces and doctor findings."""
         from . import containerinfo
+        from .proc import started_ns
 
         info = self._info(ref)
         names = {info.name, info.id}
@@ -153,7 +234,15 @@ class Overview:
         detail["interfaces"] = [
             r for r in self.interfaces() if info.netns is not None and r["netns"] == info.netns
         ]
-        detail["events"] = self.timeline(container=info.name, limit=50)
+        # its events cannot predate its init process (less a margin for the cgroup and
+        # namespace set-up before it): the bound keeps a container with few events from
+        # walking every stored event (0.3-0.5 s with 1M)
+        since = started_ns(info.pid) if info.pid else None
+        detail["events"] = self.timeline(
+            container=info.name,
+            since_ns=since - EVENTS_MARGIN_NS if since else None,
+            limit=50,
+        )
         detail["traces"] = [
             s
             for s in self.sessions()
@@ -170,7 +259,7 @@ class Overview:
         with self._lock:
             if self._sampler is None:
                 self._sampler = stats.Sampler(self.root, warmup=0)
-            row = self._sampler.sample([ref])[0]
+            row = self._sampler.sample([ref], found=self.snapshot().found)[0]
             hist = self._stats_history.setdefault(row.id, deque(maxlen=STATS_HISTORY))
             hist.append(row)
             samples = list(hist)
@@ -214,9 +303,8 @@ class Overview:
 
     # -- veth map and topology -------------------------------------------------------------
     def interfaces(self) -> list[dict]:
-        from . import vethmap
-
-        return vethmap.build(root=self.root)
+        """The veth map (of the current snapshot), with rates where there are two readings."""
+        return self.snapshot().links
 
     def interface(self, netns: str, ifname: str) -> dict:
         """One interface of the veth map, by namespace (name or inode) and name."""
@@ -226,38 +314,15 @@ class Overview:
         raise NotFoundError(f"no interface {ifname} in netns {netns}")
 
     def topology_svg(self) -> str:
-        """The topology picture with live rates: each call's counters against the last's."""
-        from . import containerinfo, discovery, vethmap
+        """The topology picture of the current snapshot, with its link rates."""
         from .topology import render_svg
 
-        found = discovery.containers(self.root)
-        links = vethmap.build(root=self.root, found=found)
-        infos = containerinfo.collect(self.root, found=found, links=links)
-        now = time.monotonic()
-        keys = ("rx_pps", "tx_pps", "rx_Bps", "tx_Bps")
-        with self._lock:
-            for r in links:
-                key = (r["netns"], r["ifindex"])
-                prev = self._link_counters.get(key)
-                cur = (
-                    now,
-                    r.get("rx_packets"),
-                    r.get("tx_packets"),
-                    r.get("rx_bytes"),
-                    r.get("tx_bytes"),
-                )
-                if prev and None not in prev and None not in cur and now > prev[0]:
-                    dt = now - prev[0]
-                    r["rates"] = {
-                        k: max(0.0, (c - p) / dt)
-                        for k, c, p in zip(keys, cur[1:], prev[1:], strict=True)
-                    }
-                self._link_counters[key] = cur
+        snap = self.snapshot()
         flagged: dict[str, list[str]] = {}
         for f in self.findings(limit=200):
             if f.get("container") and f.get("severity") in ("error", "warning"):
                 flagged.setdefault(f["container"], []).append(f["summary"])
-        return render_svg(links, infos, flagged)
+        return render_svg(snap.links, snap.infos, flagged)
 
     # -- timeline ----------------------------------------------------------------------------
     def timeline(

@@ -66,3 +66,16 @@ def delete_netns(name):
         except (ProcessLookupError, ValueError):
             pass
     subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def started_ns(pid):
+    """When a live `pid` started, in ns since the epoch (to the clock tick); None if gone."""
+    ticks = start_ticks(pid)
+    if not ticks:
+        return None
+    try:
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return int((btime + ticks / os.sysconf("SC_CLK_TCK")) * 1e9)
