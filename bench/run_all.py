@@ -27,7 +27,7 @@ BENCHES = [
     ("DNS lookups: embedded DNS vs the upstream directly (issue 23)", "dns_latency.py", []),
     ("capture program ns/packet: IPv4-only vs current (issue 23)", "capture_cost.py", []),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
-    ("dashboard timeline API latency with 1M events (issue: web)", "web_latency.py", []),
+    ("dashboard pages + API with 100 containers and 1M events (issue 21)", "web_latency.py", []),
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
     ("dashboard: 50 SSE clients while a flood is traced (issue 21)", "sse_flood.py", []),
     ("pyinspect build: 20 steps cold, fully cached, and by hand (issue 18)", "build_cache.py", []),
