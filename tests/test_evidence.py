@@ -16,8 +16,10 @@ packet only the trace has is always an error.
 
 Scope: the host veth and eth0 carry only the container's traffic and the trace keeps all
 of it (ARP and IPv6 included). The uplink and the bridge are filtered in the kernel
-(docs/trace.md, "The in-kernel filter"): the trace keeps IPv4 packets to or from the
-container's address or the published port. tcpdump runs unfiltered there; what it saw
+(docs/trace.md, "The in-kernel filter", "IPv6"): the trace keeps packets to or from the
+container's addresses (IPv4, and IPv6 ones, link-local included: its MLD reports and
+neighbour discovery), neighbour solicitations/advertisements for one of them, and the
+published port. tcpdump runs unfiltered there; what it saw
 outside that scope (the client's ARP for the host's address, the host's ARP for the
 container's: the latter is in the file at the veth and eth0) is listed, not compared.
 """
@@ -48,20 +50,50 @@ SERVE = (
 )
 
 
-def in_scope(point, data, ctr_ip):
+def in_scope(point, data, ctr_addrs):
     """Whether the trace keeps this frame at `point` by its documented filter."""
     if point.role in ("veth", "container"):
         return True
+    if data[12:14] == b"\x86\xdd":
+        return in_scope6(data, ctr_addrs)
     if len(data) < 34 or data[12:14] != b"\x08\x00":
-        return False  # not IPv4 (ARP, IPv6): filtered points drop it
+        return False  # not IP (ARP): filtered points drop it
     src, dst = socket.inet_ntoa(data[26:30]), socket.inet_ntoa(data[30:34])
-    if ctr_ip in (src, dst):
+    if src in ctr_addrs or dst in ctr_addrs:
         return True
     ihl = (data[14] & 0x0F) * 4
     if data[23] in (6, 17) and len(data) >= 14 + ihl + 4:
         sport, dport = struct.unpack_from("!HH", data, 14 + ihl)
         return PORT in (sport, dport)  # the published port (any host address)
     return False
+
+
+def in_scope6(data, ctr_addrs):
+    """The IPv6 side of the filter (frames without extension headers, except the
+    hop-by-hop option of MLD reports, which come from the container's own address)."""
+    if len(data) < 54:
+        return False
+    src = socket.inet_ntop(socket.AF_INET6, data[22:38])
+    dst = socket.inet_ntop(socket.AF_INET6, data[38:54])
+    if src in ctr_addrs or dst in ctr_addrs:
+        return True
+    nh = data[20]
+    if nh == 58 and len(data) >= 78 and data[54] in (135, 136):  # NS/NA for our address
+        return socket.inet_ntop(socket.AF_INET6, data[62:78]) in ctr_addrs
+    if nh in (6, 17) and len(data) >= 58:
+        return PORT in struct.unpack_from("!HH", data, 54)
+    return False
+
+
+def ctr_addresses(ctr_ip, ctr_ns):
+    """The container's IPv4 address and the IPv6 ones of its eth0 (its link-local one)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ctr_ns, "ip", "-6", "-o", "addr", "show", "dev", "eth0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {ctr_ip} | {w.split("/")[0] for w in out.split() if "/" in w and ":" in w}
 
 
 def syn_ports(pkts):
@@ -79,7 +111,7 @@ def syn_ports(pkts):
     return ports
 
 
-def compare(point, tcpdump_pkts, trace_pkts, trace_snaplen, window, ctr_ip):
+def compare(point, tcpdump_pkts, trace_pkts, trace_snaplen, window, ctr_addrs):
     """One point's comparison: a dict of counts and the problems found."""
     snap = min(pointcap.SNAPLEN, trace_snaplen or pointcap.SNAPLEN)
 
@@ -87,9 +119,9 @@ def compare(point, tcpdump_pkts, trace_pkts, trace_snaplen, window, ctr_ip):
         return p.orig_len, bytes(p.data[:snap])
 
     lo, hi = window
-    ref = [p for p in tcpdump_pkts if in_scope(point, p.data, ctr_ip)]
+    ref = [p for p in tcpdump_pkts if in_scope(point, p.data, ctr_addrs)]
     out_of_scope = collections.Counter(
-        _kind(p.data) for p in tcpdump_pkts if not in_scope(point, p.data, ctr_ip)
+        _kind(p.data) for p in tcpdump_pkts if not in_scope(point, p.data, ctr_addrs)
     )
     want, got = collections.Counter(map(key, ref)), collections.Counter(map(key, trace_pkts))
     extra = got - want
@@ -154,6 +186,7 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
         veth = info["Networks"]["bridge"]["HostVeth"]
         ctr_ns = info["SandboxKey"].rsplit("/", 1)[1]
         wait_listen(ctr_ns, 80)
+        ctr_addrs = ctr_addresses(ctr_ip, ctr_ns)
         points = pointcap.trace_points(host.name, "evu0", bridge, veth, ctr_ns, name)
 
         dumps = pointcap.Tcpdumps(points, tmp_path, immediate=True)  # all listening
@@ -206,7 +239,12 @@ def test_trace_file_holds_every_packet_tcpdump_saw_at_each_point(make_netns, sta
     for p in points:
         ref[p.name] = list(read_packets(dumps.paths[p.name]))
         r, probs = compare(
-            p, ref[p.name], by_if.get(p.name, []), snaplens.get(p.name), (ready_ns, stop_ns), ctr_ip
+            p,
+            ref[p.name],
+            by_if.get(p.name, []),
+            snaplens.get(p.name),
+            (ready_ns, stop_ns),
+            ctr_addrs,
         )
         rows.append(r)
         problems += probs
