@@ -57,7 +57,13 @@ CMD_BIND, CMD_UNBIND = 1, 2
 COPY_PACKET = 2
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 A_PACKET_HDR, A_INDEV, A_OUTDEV, A_PAYLOAD, A_PREFIX = 1, 4, 5, 9, 10
-HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING"}
+HOOKS: dict[int | None, str] = {
+    0: "PREROUTING",
+    1: "INPUT",
+    2: "FORWARD",
+    3: "OUTPUT",
+    4: "POSTROUTING",
+}
 COMMENT_PREFIX = "pyinspect-trace:"
 CHAIN_PREFIX = "PI-TRACE-"
 NF_LOG_SYSCTL = "/proc/sys/net/netfilter/nf_log/2"
@@ -384,7 +390,7 @@ class NflogReader(Receiver):
         self.netns = netns
         self.group = group
         self.copy_range = copy_range
-        self.sock = None
+        self.sock: socket.socket | None = None
         self.lost = 0
         self.seq = 0
 
@@ -400,12 +406,14 @@ class NflogReader(Receiver):
             self.seq,
             0,
         )
-        self.sock.send(hdr + body)
+        sock = self.sock
+        assert sock is not None  # start() opened it
+        sock.send(hdr + body)
         deadline = time.time() + 2
         while time.time() < deadline:
-            if not select.select([self.sock], [], [], 0.5)[0]:
+            if not select.select([sock], [], [], 0.5)[0]:
                 continue
-            data = self.sock.recv(65536)
+            data = sock.recv(65536)
             ln, mtype = struct.unpack_from("=IH", data, 0)
             if mtype == 2:  # NLMSG_ERROR
                 err = struct.unpack_from("=i", data, 16)[0]
@@ -1018,8 +1026,8 @@ class NftTracer:
 
     def __init__(self, netns=None):
         self.netns = netns
-        self.events = None
-        self.book = None
+        self.events: NftTraceEvents | None = None
+        self.book: NftRuleBook | None = None
         self.seq = 0
         self._trace = collections.OrderedDict()  # trace id -> {pkt, now, hook, prio}
 
@@ -1036,13 +1044,15 @@ class NftTracer:
 
     def read(self):
         evs = self.events.read() if self.events else []
-        if self.events and self.events.changed:
+        if self.events and self.events.changed and self.book:
             # read again now: a table made anew (a firewall reload) reuses its handles
             self.events.changed = False
             self.book.refresh()
         return [h for h in (self.hop(ev) for ev in evs) if h is not None]
 
     def hop(self, ev: NftTraceEvent):
+        book = self.book
+        assert book is not None  # start() made it
         st = self._trace.get(ev.trace_id)
         if st is None:
             st = self._trace[ev.trace_id] = {"head": b"", "hook": None, "prio": 0}
@@ -1051,7 +1061,7 @@ class NftTracer:
         head = packet_headers(ev.network, ev.transport)
         if head:  # the first event of each base chain run shows the packet as it is now
             st["head"] = head
-        ch = self.book.chain(ev.family, ev.table, ev.chain)
+        ch = book.chain(ev.family, ev.table, ev.chain)
         if ch is not None and ch.base:
             st["hook"], st["prio"] = HOOK_NAMES.get(ch.hook, ch.hook.upper()), ch.prio or 0
         if ev.table.startswith(NFT_TABLE_PREFIX):
@@ -1063,7 +1073,7 @@ class NftTracer:
                 return None
             ev.kind = "return"
         self.seq += 1
-        text, verdict = self.book.describe(ev)
+        text, verdict = book.describe(ev)
         return {
             "ts_ns": ev.ts_ns,
             "table": f"{ev.family} {ev.table}",

@@ -89,6 +89,8 @@ class Conntrack(Source):
         return self
 
     def read(self, final=False):
+        if self.ct is None:  # not started
+            return []
         return [ev for ev in self.ct.read() if self.ours(ev)]
 
     @property
@@ -147,7 +149,9 @@ class NetfilterTrace(Source):
     def read(self, final=False):
         from pyinspect.probes import nftrace
 
-        out = []
+        out: list = []
+        if self.nflog is None:  # not started
+            return out
         for rec in self.nflog.read():
             six = rec.get("family") == 10 and self.rulebook6 is not None
             hop = nftrace.parse_trace(rec, self.rulebook6 if six else self.rulebook)
@@ -216,7 +220,9 @@ class NftTrace(Source):
         return self
 
     def read(self, final=False):
-        out = []
+        out: list = []
+        if self.tracer is None:  # not started
+            return out
         for hop in self.tracer.read():
             hop["pkt"] = F.parse_ip(hop.pop("payload", b""))
             out.append(hop)
@@ -265,6 +271,8 @@ class Drops(Source):
         return self
 
     def read(self, final=False):
+        if self.watch is None:  # not started
+            return []
         return self.watch.read(None if final else DROPS_PER_POLL)
 
     @property
@@ -314,6 +322,8 @@ class ContainerEvents(Source):
         return self
 
     def read(self, final=False):
+        if self.procs is None:  # not started
+            return []
         out = list(self.procs.events(0))
         if self.links:
             names = {p.name for p in self.points if p.netns is None}
