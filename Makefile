@@ -1,5 +1,5 @@
 # The two entry points from the README; both install what they need first.
-# `make lint` and `make typecheck` are the fast checks (seconds).
+# `make test` runs the fast checks first (lint, typecheck: seconds), then the suite.
 .PHONY: install demo test bench lint typecheck
 
 install:
@@ -16,6 +16,7 @@ demo: install
 	.venv/bin/pyinspect demo
 
 test: install
+	$(MAKE) --no-print-directory lint typecheck
 	.venv/bin/pytest
 
 bench: install
