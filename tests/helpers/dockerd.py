@@ -28,6 +28,9 @@ DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"  # Debian's client (any other on PATH may be another version)
 IMAGE = "pi-busybox:test"
 KEY_FILE = "/etc/docker/key.json"  # dockerd 20.10 writes its trust key here
+# made on the host whatever the engine's own directories are: containerd's shims put their
+# sockets in /run/containerd/s, dockerd looks for plugins in /run/docker/plugins
+HOST_DIRS = ("/run/containerd", "/run/containerd/s", "/run/docker", "/run/docker/plugins")
 
 
 def available() -> str | None:
@@ -52,6 +55,7 @@ class DockerEngine:
         self.image = IMAGE
         self.proc: subprocess.Popen | None = None
         self._key_existed = os.path.exists(KEY_FILE)
+        self._had_dirs = {d for d in HOST_DIRS if os.path.exists(d)}
         self._log = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -190,6 +194,10 @@ class DockerEngine:
         if not self._key_existed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(KEY_FILE)
+        for d in reversed(HOST_DIRS):  # ours if they were not there, and only once empty
+            if d not in self._had_dirs:
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
 
     def _unmount(self) -> None:
         for _ in range(5):
