@@ -19,6 +19,8 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.rtnl import (
@@ -53,7 +55,7 @@ NLM_F_DUMP_INTR = 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def setns(fd, nstype=CLONE_NEWNET):
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
     """Move the calling thread into the namespace behind `fd`."""
     if _libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()
@@ -61,7 +63,7 @@ def setns(fd, nstype=CLONE_NEWNET):
 
 
 @contextlib.contextmanager
-def in_netns(path):
+def in_netns(path: str | None) -> Iterator[None]:
     """Run the body with this thread in the network namespace at `path` (None: stay), then
     come back. Entering fails with UnavailableError; not coming back ends the process (the
     thread would go on acting in the wrong namespace)."""
@@ -95,7 +97,7 @@ def in_netns(path):
         os.close(own)
 
 
-def list_netns(processes=True):
+def list_netns(processes: bool = True) -> dict[int, tuple[list[str], list[str]]]:
     """{inode: ([paths], [ip netns names])} for every network namespace reachable now:
     `/run/netns` names, nsfs bind mounts, and (processes=True) /proc/<pid>/ns/net."""
     nsfs = os.stat("/proc/self/ns/net").st_dev
@@ -140,7 +142,7 @@ def list_netns(processes=True):
     return out
 
 
-def open_ns(path):
+def open_ns(path: str) -> tuple[int, int]:
     """Open a namespace file read-only; returns (fd, inode). OSError if it is gone."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -150,7 +152,7 @@ def open_ns(path):
         raise
 
 
-def netlink_socket_in(ns_fd=None, groups=0):
+def netlink_socket_in(ns_fd: int | None = None, groups: int = 0) -> socket.socket:
     """A bound NETLINK_ROUTE socket created inside the netns `ns_fd` (None: our own)."""
     if ns_fd is None or os.fstat(ns_fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
@@ -176,25 +178,27 @@ def netlink_socket_in(ns_fd=None, groups=0):
 class RtnlSocket:
     """Dumps and queries over one rtnetlink socket living in one network namespace."""
 
-    def __init__(self, ns_fd=None, groups=0):
+    def __init__(self, ns_fd: int | None = None, groups: int = 0) -> None:
         self.sock = netlink_socket_in(ns_fd, groups)
-        self.marshal = None  # pyroute2's decoder, made on first recv_events()
+        self.marshal: Any = None  # pyroute2's decoder, made on first recv_events()
         self.seq = 0
         self.interrupted = False
 
-    def close(self):
+    def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "RtnlSocket":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _request(self, msg_type, flags, body):
+    def _request(
+        self, msg_type: int, flags: int, body: bytes
+    ) -> Iterator[tuple[int, bytes, int, int]]:
         """Send one request; yield (type, data, offset, length) of each reply to it."""
         self.seq += 1
         seq = self.seq
@@ -222,7 +226,13 @@ class RtnlSocket:
                         return
                 off += (length + 3) & ~3
 
-    def _dump(self, msg_type, body, decode, attempts=5):
+    def _dump(
+        self,
+        msg_type: int,
+        body: bytes,
+        decode: Callable[[bytes, int, int], dict],
+        attempts: int = 5,
+    ) -> list[dict]:
         """A whole dump, decoded; redone if the kernel flags it as changed meanwhile
         (NLM_F_DUMP_INTR: links came or went during the dump)."""
         for _ in range(attempts):
@@ -234,7 +244,7 @@ class RtnlSocket:
                 break
         return out
 
-    def links(self, stats=False):
+    def links(self, stats: bool = False) -> list[dict]:
         """RTM_GETLINK dump: every link in this namespace, as `decode_link` dicts (with the
         kernel's rx/tx packet and byte counters when `stats`)."""
         body = struct.pack("=BxHiII", 0, 0, 0, 0, 0)
@@ -242,16 +252,16 @@ class RtnlSocket:
             body += struct.pack("=HHI", 8, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
         return self._dump(RTM_GETLINK, body, decode_link)
 
-    def addrs(self):
+    def addrs(self) -> list[dict]:
         """RTM_GETADDR dump: every address in this namespace, as `decode_addr` dicts."""
         return self._dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0), decode_addr)
 
-    def routes(self, family=socket.AF_INET, table=RT_TABLE_MAIN):
+    def routes(self, family: int = socket.AF_INET, table: int = RT_TABLE_MAIN) -> list[dict]:
         """RTM_GETROUTE dump of one routing table, as `decode_route` dicts."""
         body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)
         return [r for r in self._dump(RTM_GETROUTE, body, decode_route) if r["table"] == table]
 
-    def route_get(self, dst):
+    def route_get(self, dst: str) -> int | None:
         """The ifindex the kernel would send a packet to `dst` out of (`ip route get`), or
         None when it has no route."""
         fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
@@ -268,12 +278,12 @@ class RtnlSocket:
             return None
         return None
 
-    def neighbours(self, family=socket.AF_INET):
+    def neighbours(self, family: int = socket.AF_INET) -> list[dict]:
         """RTM_GETNEIGH dump: the neighbour table, as `decode_neigh` dicts."""
         body = struct.pack("=BxxxiHBB", family, 0, 0, 0, 0)
         return self._dump(RTM_GETNEIGH, body, decode_neigh)
 
-    def nsid_of(self, fd):
+    def nsid_of(self, fd: int) -> int | None:
         """The id this namespace gives the namespace behind `fd`, or None (RTM_GETNSID).
 
         Read-only: the kernel does not assign an id for this query.
@@ -291,7 +301,7 @@ class RtnlSocket:
             raise
         return None
 
-    def recv_events(self):
+    def recv_events(self) -> list:
         """Read one batch of multicast messages (blocks unless the socket is non-blocking)."""
         if self.marshal is None:
             self.marshal = MarshalRtnl()
@@ -302,7 +312,7 @@ class RtnlSocket:
 LINK_GROUPS = RTMGRP_LINK  # link notifications only (addresses would only fill the buffer)
 
 
-def _attrs(data, off, end):
+def _attrs(data: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(type, payload offset, payload length) of each netlink attribute in data[off:end]."""
     while off + 4 <= end:
         alen, atype = struct.unpack_from("=HH", data, off)
@@ -312,14 +322,14 @@ def _attrs(data, off, end):
         off += (alen + 3) & ~3
 
 
-def _cstr(data, off, n):
+def _cstr(data: bytes, off: int, n: int) -> str:
     return bytes(data[off : off + n]).split(b"\0", 1)[0].decode(errors="replace")
 
 
-def decode_link(data, off, length):
+def decode_link(data: bytes, off: int, length: int) -> dict[str, Any]:
     """An RTM_NEWLINK message as a dict (index, flags, ifname, kind, link, link_netnsid...)."""
     family, _type, index, flags, _change = struct.unpack_from("=BxHiII", data, off + 16)
-    out = {
+    out: dict[str, Any] = {
         "index": index,
         "family": family,
         "flags": flags,
@@ -372,7 +382,7 @@ def decode_link(data, off, length):
     return out
 
 
-def decode_addr(data, off, length):
+def decode_addr(data: bytes, off: int, length: int) -> dict[str, Any]:
     """An RTM_NEWADDR message as a dict (index, family, prefixlen, address)."""
     family, prefixlen, _flags, _scope, index = struct.unpack_from("=BBBBI", data, off + 16)
     local = address = None
@@ -388,12 +398,12 @@ def decode_addr(data, off, length):
     return {"index": index, "family": family, "prefixlen": prefixlen, "address": local or address}
 
 
-def decode_route(data, off, length):
+def decode_route(data: bytes, off: int, length: int) -> dict[str, Any]:
     """An RTM_NEWROUTE message as a dict (family, table, dst or None, dst_len, gateway, oif)."""
     family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = struct.unpack_from(
         "=BBBBBBBBI", data, off + 16
     )
-    out = {
+    out: dict[str, Any] = {
         "family": family,
         "table": table,
         "type": rtype,
@@ -415,10 +425,10 @@ def decode_route(data, off, length):
     return out
 
 
-def decode_neigh(data, off, length):
+def decode_neigh(data: bytes, off: int, length: int) -> dict[str, Any]:
     """An RTM_NEWNEIGH message as a dict (ifindex, state, ip)."""
     family, ifindex, state, _flags, _type = struct.unpack_from("=BxxxiHBB", data, off + 16)
-    out = {"family": family, "ifindex": ifindex, "state": state, "ip": None}
+    out: dict[str, Any] = {"family": family, "ifindex": ifindex, "state": state, "ip": None}
     for atype, aoff, alen in _attrs(data, off + 28, off + length):
         if atype == NDA_DST:
             out["ip"] = socket.inet_ntop(
@@ -427,7 +437,7 @@ def decode_neigh(data, off, length):
     return out
 
 
-def link_from_message(msg):
+def link_from_message(msg: Any) -> dict[str, Any]:
     """A pyroute2 ifinfmsg (from recv_events) as the same dict `decode_link` returns."""
     op = msg.get_attr("IFLA_OPERSTATE")
     return {
