@@ -27,6 +27,13 @@ from .rows import (
     _with_json,
 )
 
+INDEX_ROWS_PER_INSERT = 50
+_INDEX_INSERT = (
+    "INSERT INTO packet_index (session_id, segment_id, offset, ts_ns, point_id,"
+    " flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?)"
+)
+_INDEX_INSERT_MANY = _INDEX_INSERT + ",(?,?,?,?,?,?,?,?)" * (INDEX_ROWS_PER_INSERT - 1)
+
 
 class Store:
     """The pyinspect database. Cheap to open; safe for one writer and many readers."""
@@ -233,13 +240,21 @@ class Store:
         them as packet_id)."""
         if not rows:
             return []
+        # INDEX_ROWS_PER_INSERT rows a statement: SQLite's per-statement work, not per
+        # row (2.5 -> 1.1 us a row with this table's two indexes)
+        k = INDEX_ROWS_PER_INSERT
+        whole = len(rows) - len(rows) % k
+        flat = [v for r in rows[:whole] for v in r]
+        step = k * 8
         with self.batch():
-            self._run_many(
-                "INSERT INTO packet_index (session_id, segment_id, offset, ts_ns, point_id,"
-                " flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            last = self.db.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            conn = self.db.conn
+            if whole:
+                conn.executemany(
+                    _INDEX_INSERT_MANY, [flat[i : i + step] for i in range(0, len(flat), step)]
+                )
+            if whole < len(rows):
+                conn.executemany(_INDEX_INSERT, rows[whole:])
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         # one writer holds the lock for the whole insert: the ids are consecutive
         return list(range(last - len(rows) + 1, last + 1))
 

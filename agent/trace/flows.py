@@ -15,6 +15,7 @@ hops, grouped by flow, direction and what NAT does not change (IP id, TCP seq/ac
 
 import collections
 import functools
+import operator
 import re
 import socket
 import struct
@@ -87,6 +88,9 @@ LINK_ICMP6 = {130, 131, 132, 133, 134, 135, 136, 137, 143}
 _IPH = struct.Struct("!BxHH3xB2x4s4s")
 _TCP = struct.Struct("!HHII")
 _PORTS = struct.Struct("!HH")
+# an Ethernet frame's bytes 12..48 when it carries IPv4 without options and TCP: ethertype,
+# version/IHL, total length, id, protocol, addresses, ports, seq, ack, TCP flags
+_V4TCP = struct.Struct("!HBxHH3xB2x4s4sHHIIxB")
 _addr_cache: dict[bytes, str] = {}
 
 
@@ -169,6 +173,11 @@ def parse_frame(frame):
     if len(frame) < 34:
         return None
     if frame[12] == 8 and frame[13] == 0:
+        if len(frame) >= 48 and frame[14] == 0x45 and frame[23] == 6:  # the usual: one unpack
+            _e, _v, iplen, ipid, _p, src, dst, sport, dport, seq, ack, flags = _V4TCP.unpack_from(
+                frame, 12
+            )
+            return Pkt("tcp", _ntoa(src), sport, _ntoa(dst), dport, ipid, seq, ack, iplen, flags)
         return parse_ip(frame, 14)
     etype = struct.unpack_from("!H", frame, 12)[0]
     off = 14
@@ -457,6 +466,8 @@ SETTLE_NS = 250_000_000  # a packet waits this long for its conntrack and trace 
 RECENT_JOURNEYS = 4096
 FLOW_PROTOS = {"tcp", "udp", "icmp", "icmp6"}
 MAX_DROP_ROWS_PER_FLOW = 100  # stored drop rows per flow; all are counted
+PARSE_CACHE = 1024  # parsed headers kept for the next captures of the same packet
+_capture_ts = operator.attrgetter("ts_ns")
 
 
 @dataclass(slots=True)
@@ -553,6 +564,7 @@ class Correlator:
         self.fast = {}  # 5-tuple bytes -> Flow
         self._fast_by_flow = {}
         self.fastq = []
+        self._parsed: dict[bytes, Pkt | None] = {}  # frame bytes 12..48 -> their Pkt
         self.traced_packets = 0
         self.filtered_out = 0
         self.fast_packets = 0
@@ -568,16 +580,29 @@ class Correlator:
         return f
 
     def record(self, ts, point, d, ln, data, cpu, pos):
-        """One analysis record (ts in CLOCK_MONOTONIC)."""
+        """One analysis record (ts in CLOCK_MONOTONIC).
+
+        One packet is captured at several points with the same headers but for what NAT
+        and routing rewrite: IPv4 without options is parsed once per distinct bytes 12..48
+        (all its Pkt depends on), and its captures share that Pkt."""
         if self.fast:
             key = fast_key(data)
             f = self.fast.get(key) if key else None
             if f is not None:
                 self.fastq.append((ts, point, d, ln, cpu, pos, f))
                 return
-        self.pending.append(
-            Capture(ts, point, "out" if d else "in", ln, data, parse_frame(data), cpu, pos)
-        )
+        head = data[12:48]
+        if len(head) == 36 and head[2] == 0x45 and head[0] == 8 and head[1] == 0:
+            parsed = self._parsed
+            pkt = parsed.get(head)
+            if pkt is None:
+                pkt = parse_frame(data)
+                if len(parsed) >= PARSE_CACHE:
+                    parsed.clear()
+                parsed[head] = pkt
+        else:
+            pkt = parse_frame(data)
+        self.pending.append(Capture(ts, point, "out" if d else "in", ln, data, pkt, cpu, pos))
 
     # -- settling ------------------------------------------------------------------------
     def settle(self, cutoff):
@@ -589,7 +614,13 @@ class Correlator:
             f.packets += 1
             f.last_ns = max(f.last_ns, q[0] + self.offset)
         self.fast_packets += len(out.fast)
-        ready = self._take(self, "pending", cutoff, lambda c: c.ts_ns)
+        pending = self.pending
+        if cutoff is None:
+            ready, self.pending = pending, []
+        else:
+            ready = [c for c in pending if c.ts_ns < cutoff]
+            if ready:
+                self.pending = [c for c in pending if c.ts_ns >= cutoff]
         if ready:
             self._journeys(ready, cutoff, out)
         out.drops = self._settle_drops(cutoff)
@@ -609,13 +640,20 @@ class Correlator:
         return ready
 
     def _journeys(self, ready, cutoff, out):
-        ready.sort(key=lambda c: c.ts_ns)
+        ready.sort(key=_capture_ts)
         off = self.offset
         journeys: dict[tuple, Journey] = {}
         order = []
         links: dict[tuple, LinkPacket] = {}
+        # captures sharing one parsed Pkt (record()) are one packet: looked up once
+        by_pkt: dict[int, Journey] = {}
         for c in ready:
             pkt = c.pkt
+            j = by_pkt.get(id(pkt))
+            if j is not None:
+                c.ts_ns += off
+                j.captures.append(c)
+                continue
             if pkt is None or pkt.proto not in FLOW_PROTOS:
                 continue  # ARP, IGMP...: in the files, no flow
             if pkt.proto == "icmp6" and pkt.sport in LINK_ICMP6:
@@ -634,6 +672,7 @@ class Correlator:
                 j = Journey(flow, direction, pkt.ident, first_ns=c.ts_ns + off)
                 journeys[key] = j
                 order.append(j)
+            by_pkt[id(pkt)] = j
             c.ts_ns += off
             j.captures.append(c)
         self._place_hops(journeys, order, cutoff, out)

@@ -52,24 +52,28 @@ class LiveText:
         if j.nf:
             f.dirs_shown.add(j.direction)
         t0 = None
+        whats: dict[int, str] = {}  # captures sharing a Pkt (flows.Correlator.record)
         for kind, h in j.hops(self.host_points):
             if kind == "capture":
                 t0 = h.ts_ns if t0 is None else t0
-                items.append(self._capture(f, j, h, t0))
+                items.append(self._capture(f, j, h, t0, whats))
             elif full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
                 items.append(self._hop(f, j, h))
         return items
 
-    def _capture(self, f, j, c, t0):
+    def _capture(self, f, j, c, t0, whats):
         name, r, where = self._where[c.point]
         pk = c.pkt
-        ndp = F.ndp_text(pk, c.data)
+        ndp = F.ndp_text(pk, c.data) if pk.proto == "icmp6" else ""
         if ndp:  # ICMPv6: what it is instead of ports (neighbour discovery with its target)
             what = f"{pk.src} -> {pk.dst} {ndp}"
         else:
-            what = (
-                f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} {F.tcp_flag_text(pk.flags)}"
-            )
+            what = whats.get(id(pk))
+            if what is None:
+                what = whats[id(pk)] = (
+                    f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
+                    f"{F.tcp_flag_text(pk.flags)}"
+                )
         text = f"[{f.id}] {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} {what} len {c.len}"
         item = {
             "type": "hop",
