@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 STATS_HISTORY = 300  # samples of each container kept for its charts (10 min at 2 s)
 SNAPSHOT_FRESH = 2.0  # seconds a containers/interfaces snapshot is served (the pages poll at 2 s)
 SNAPSHOT_MAX_AGE = 5.0  # past this a request waits for a new one (else read in background)
+PORTLESS = ("icmp", "icmpv6", "ipv6-icmp")  # flows drawn without ports
 EVENTS_MARGIN_NS = 60 * 10**9  # container page: events from its init's start less this
 RATE_OF = {
     "rx_pps": "rx_packets",
@@ -549,6 +550,8 @@ def flow_tuple(proto, src, sport, dst, dport) -> str:
     the flow has no such tuple, e.g. no reply seen)."""
     if src is None and dst is None:
         return ""
+    if proto in PORTLESS:  # conntrack's ICMP id/type are no ports (stored as 0 or None)
+        sport = dport = None
     text = f"{_endpoint(src, sport)} -> {_endpoint(dst, dport)}"
     return f"{proto} {text}" if proto and sport is None and dport is None else text
 

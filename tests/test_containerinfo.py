@@ -168,3 +168,4 @@ def test_portless_flows_read_without_none():
     assert flow_tuple("tcp", "10.0.0.2", 4000, "10.0.0.1", 80) == "10.0.0.2:4000 -> 10.0.0.1:80"
     assert flow_tuple("tcp", "fd00::2", 4000, "fd00::1", 80) == "[fd00::2]:4000 -> [fd00::1]:80"
     assert flow_tuple("udp", None, None, None, None) == ""
+    assert flow_tuple("icmp", "10.0.0.2", 0, "10.0.0.1", 0) == "icmp 10.0.0.2 -> 10.0.0.1"

@@ -204,16 +204,20 @@ def test_stats_streams_until_sigterm(engine):
 def test_trace_follows_dockers_iptables_nft_rules(engine):
     cli, client = engine["cli"], engine["client"]
     proc = subprocess.Popen(
-        cli.argv("trace", "-c", WEB, "--duration", "6", "--port", str(PORT), "--json"),
+        cli.argv("trace", "-c", WEB, "--duration", "7", "--json"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(3)
     for _ in range(2):
         assert _fetch(client) == "200"
+    # and a ping out of the container: MASQUERADEd by Docker's rule, an ICMP flow
+    ping = engine["engine"].docker(
+        "exec", WEB, "ping", "-c", "2", "-W", "2", CLIENT_IP, check=False
+    )
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     items = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    flows = [i for i in items if i.get("type") == "flow"]
+    flows = [i for i in items if i.get("type") == "flow" and i["orig"][3:4] == [PORT]]
     assert flows, out[-3000:]
     f = flows[0]
     ctr_ip = engine["web"]["NetworkSettings"]["IPAddress"]
@@ -227,6 +231,14 @@ def test_trace_follows_dockers_iptables_nft_rules(engine):
     assert mine and mine[0]["packets"] > 0, flows
     assert any("DOCKER" in step for step in mine[0]["rule_path"]), mine[0]["rule_path"]
     assert "None" not in mine[0]["original"] and "None" not in mine[0]["translated"]
+    assert all(x["packets"] > 0 for x in flows)  # no flow without a packet is listed
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    icmp = [x for x in flows if x["proto"] == "icmp"]
+    assert icmp, flows
+    assert icmp[0]["original"] == f"icmp {ctr_ip} -> {CLIENT_IP}", icmp[0]
+    assert icmp[0]["translated"] == f"icmp {HOST_IP} -> {CLIENT_IP}", icmp[0]  # MASQUERADE
+    status, _, body = engine["server"].get("/flows")
+    assert status == 200 and b"None:None" not in body and b"icmp " in body
 
 
 def test_doctor_finds_and_the_page_fixes_a_docker_veth_down(engine):
