@@ -87,6 +87,15 @@ def test_run_publishes_on_ipv6_and_trace_shows_the_dnat(make_netns, state_root):
         assert caps[("eth0", "in")] == (CTR6, 80)  # after it, in the container
         dnat = [h for h in hops if h["hop"] == "netfilter" and h["verdict"].startswith("DNAT")]
         assert dnat and CTR6 in dnat[0]["verdict"], [h["text"] for h in hops]
+        # hairpin: the container reaches its own published port through the host's address
+        hair = subprocess.run(
+            ["ip", "netns", "exec", name, "timeout", "5", "busybox", "wget", "-q", "-O-"]
+            + [f"http://[{HOST6}]:8088/"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert hair.returncode == 0 and "hello-v6" in hair.stdout, hair.stderr
     finally:
         cli("rm", "-f", name, check=False, env=ENV)
     # gone with the last container: the rules, the bridge's address, the sysctl change
