@@ -6,6 +6,8 @@ kernel:
 - Docker: the Engine API of every engine found (`/containers/json`: image, command,
   IPs, published ports), or its config.v2.json on disk when the API does not answer;
 - Podman: its storage's containers.json and images.json (image name, created);
+- containerd: its API (`probes.containerdapi`: containerd's own client on each running
+  containerd's socket) for the image and creation time;
 - containerd / plain runc / crun: the bundle's config.json (image from its annotations,
   the command, the resource limits it asked for);
 - every runtime: IPs and the veth pair from the veth map (netlink, every namespace),
@@ -22,7 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from .probes import cgroupstat
+from .probes import cgroupstat, containerdapi
 
 PODMAN_STORAGE = "/var/lib/containers/storage"
 IMAGE_ANNOTATIONS = (
@@ -242,6 +244,7 @@ def collect(root, found=None, links=None, dnat: bool = True) -> list[ContainerIn
         if d.pid:
             netns_paths.setdefault(d.netns, f"/proc/{d.pid}/ns/net")
     dnat_cache: dict = {}
+    ctd_socks: list[str] | None = None  # containerd's sockets, found when first needed
     out = []
     for d in found:
         info = ContainerInfo(
@@ -265,6 +268,10 @@ def collect(root, found=None, links=None, dnat: bool = True) -> list[ContainerIn
             _from_docker(info, docker.get(d.id) or _docker_from_disk(engines, d.id))
         elif d.source == "podman":
             _from_podman(info, podman.get(d.id), podman_images)
+        elif d.source == "containerd":
+            if ctd_socks is None:
+                ctd_socks = containerdapi.sockets()
+            _from_containerd(info, (d.detail or {}).get("namespace") or "default", ctd_socks)
         if d.source not in ("pyinspect", "docker", "netns", "pidns"):
             _from_bundle(info, _bundle_config((d.detail or {}).get("bundle")))
         if (
@@ -410,6 +417,18 @@ def _from_docker(info: ContainerInfo, c: dict | None) -> None:
                     PortMap(b.get("HostIp") or "", int(b["HostPort"]), int(cport), proto or "tcp")
                 )
     info.sources.update(image="Docker config.v2.json", ports="Docker hostconfig.json")
+
+
+def _from_containerd(info: ContainerInfo, namespace: str, socks: list[str]) -> None:
+    """Image and creation time from containerd's API (`ctr containers info`)."""
+    for sock in socks:
+        c = containerdapi.container_info(sock, namespace, info.id)
+        if c is None:
+            continue
+        info.image = c.get("Image") or info.image
+        info.created = (c.get("CreatedAt") or "")[:19].replace("T", " ") or info.created
+        info.sources["image"] = f"containerd API ({sock}, namespace {namespace})"
+        return
 
 
 def _from_podman(info: ContainerInfo, c: dict | None, images: dict[str, str]) -> None:

@@ -169,3 +169,38 @@ def test_portless_flows_read_without_none():
     assert flow_tuple("tcp", "fd00::2", 4000, "fd00::1", 80) == "[fd00::2]:4000 -> [fd00::1]:80"
     assert flow_tuple("udp", None, None, None, None) == ""
     assert flow_tuple("icmp", "10.0.0.2", 0, "10.0.0.1", 0) == "icmp 10.0.0.2 -> 10.0.0.1"
+
+
+def test_a_containerd_container_has_every_field(make_netns, state_root):
+    """containerd on its own (no Docker): its API (through ctr) names the image; IP, veth
+    and limits come from the kernel like for any runtime."""
+    from helpers import containerd
+
+    why = containerd.available()
+    if why:
+        pytest.skip(why)
+    host: Netns = make_netns("pi-cdh")
+    cid = unique("pi-cd")
+    with containerd.Containerd(host.name) as ctd:
+        pid = ctd.run(cid, "sleep", "1000", memory=40 << 20)
+        hv = unique("pcd")
+        subprocess.run(
+            ["ip", "-n", host.name, "link", "add", hv, "type", "veth", "peer", "name", "eth0",
+             "netns", str(pid)], check=True,
+        )  # fmt: skip
+        host.sh(f"ip addr add 10.243.0.1/24 dev {hv} && ip link set {hv} up")
+        subprocess.run(
+            ["nsenter", f"--net=/proc/{pid}/ns/net", "sh", "-c",
+             "ip addr add 10.243.0.2/24 dev eth0 && ip link set eth0 up"], check=True,
+        )  # fmt: skip
+        infos = {i.id: i for i in containerinfo.collect(state_root)}
+        info = infos[cid]
+        assert (info.runtime, info.status, info.pid) == ("containerd", "running", pid)
+        assert info.image == containerd.IMAGE == ctd.info(cid)["Image"]
+        assert info.sources["image"].startswith(f"containerd API ({ctd.sock}")
+        assert info.command == "sleep 1000"
+        assert info.ips == ["10.243.0.2"] and info.veth_host == hv
+        assert info.memory_limit == 40 << 20
+        assert info.row()["cgroup"] == f"/{ctd.cgroup_parent}/{cid}"
+        (row,) = stats.Sampler(state_root, warmup=0.1).sample([cid])
+        assert row.runtime == "containerd" and row.mem_limit == 40 << 20 and row.pids == 1
