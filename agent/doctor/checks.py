@@ -9,12 +9,22 @@ import ipaddress
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..probes import iptsave as ipt
 from ..runtime import sysctl as host_sysctl
 from .hostview import HostView
-from .model import SIM_REMOTE, Finding, PortMapping, describe_action, runbook
+from .model import (
+    SIM_REMOTE,
+    Action,
+    ContainerView,
+    Finding,
+    Link,
+    PortMapping,
+    describe_action,
+    runbook,
+)
 
 LOCALHOST = "127.0.0.1"
 NUD_REACHABLE, NUD_PERMANENT = 0x02, 0x80
@@ -30,23 +40,23 @@ NUD_NAMES = {
 }
 
 
-def _nud(state):
+def _nud(state: int) -> str:
     return "|".join(n for bit, n in NUD_NAMES.items() if state & bit) or "NONE"
 
 
 # -- helpers -----------------------------------------------------------------------
 def _finding(
-    check_name,
-    severity,
-    container,
-    summary,
-    evidence,
-    actions,
-    book,
-    safe=False,
-    port=None,
-    fix=None,
-):
+    check_name: str,
+    severity: str,
+    container: str | None,
+    summary: str,
+    evidence: Iterable[str],
+    actions: list[Action],
+    book: str,
+    safe: bool = False,
+    port: int | None = None,
+    fix: str | None = None,
+) -> Finding:
     # an iptables command built for the native nft rule set (`nft -t nat -A ...`) does
     # not exist: such a finding has no command, the runbook says what to add
     actions = [a for a in actions if not (a[0] == "run" and a[1][0] == "nft" and a[1][1][0] == "-")]
@@ -65,7 +75,7 @@ def _finding(
     )
 
 
-def _pkt(view, **kw):
+def _pkt(view: HostView, **kw: Any) -> ipt.Packet:
     return ipt.Packet(local_addrs=view.local_addrs | {LOCALHOST}, **kw)
 
 
@@ -84,7 +94,7 @@ def _bridged(view: HostView) -> list[tuple]:
     return out
 
 
-def _owner(view, words):
+def _owner(view: HostView, words: Iterable[str | None]) -> ipt.Ruleset:
     """The backend whose rules mention any of `words` (bridge name, container IP): an
     iptables backend or the native nft tables ("nftables").
 
@@ -107,11 +117,11 @@ def _owner(view, words):
     )
 
 
-def _sysctl_line(view, key):
+def _sysctl_line(view: HostView, key: str) -> str:
     return f"{key} = {view.sysctl(key)}   ({host_sysctl.path(key)}, host netns)"
 
 
-def _conntrack_lines(proto, dport, limit=3):
+def _conntrack_lines(proto: str, dport: int, limit: int = 3) -> list[str]:
     if not shutil.which("conntrack"):
         return []
     try:
@@ -128,11 +138,11 @@ def _conntrack_lines(proto, dport, limit=3):
     return [f"conntrack: {ln}" for ln in lines[:limit]]
 
 
-def _drops(walk):
+def _drops(walk: ipt.Walk) -> bool:
     return walk.verdict in ("DROP", "REJECT")
 
 
-def _nft_insert(walk, *expr):
+def _nft_insert(walk: ipt.Walk, *expr: str) -> Action | None:
     """An `nft insert rule` of `expr` at the top of the native nft chain where `walk`
     (of the nftables backend) was decided; None when it is not known."""
     rule = walk.rule
@@ -142,7 +152,7 @@ def _nft_insert(walk, *expr):
     return ("run", ["nft", "insert", "rule", fam, tbl, chain, *expr])
 
 
-def _native(rs) -> bool:
+def _native(rs: ipt.Ruleset) -> bool:
     """Native nft tables (the nftables backend): iptables commands do not apply."""
     return rs.backend == "nftables"
 
@@ -369,7 +379,7 @@ SOURCES = {
 }
 
 
-def _port_list(view, c):
+def _port_list(view: HostView, c: ContainerView) -> list[PortMapping]:
     ports = [dataclasses.replace(p) for p in c.ports]
     for key, val in view.memory.items():
         parts = key.split(":")
@@ -390,7 +400,7 @@ def _port_list(view, c):
     return ports
 
 
-def _restore_actions(view, memory):
+def _restore_actions(view: HostView, memory: dict) -> list[Action]:
     """Commands that put back the remembered rule path that has gone missing."""
     actions, made = [], set()
     for step in reversed(memory.get("path", [])):
@@ -410,7 +420,9 @@ def _restore_actions(view, memory):
     return sorted(actions, key=lambda a: 0 if "-N" in a[1] else 1)
 
 
-def _port_walk(view, ext, p):
+def _port_walk(
+    view: HostView, ext: str, p: PortMapping
+) -> tuple[str, list[tuple[ipt.Ruleset, ipt.Walk]], tuple[ipt.Ruleset, ipt.Walk] | None]:
     """Walk nat PREROUTING of each active backend for a packet from outside to published
     port `p`: (its destination, [(ruleset, Walk)], the first (ruleset, Walk) that DNATs)."""
     host_ip = p.host_ip or ""
@@ -432,7 +444,9 @@ def working_ports(view: HostView) -> dict[tuple[str, str, int], dict]:
     for c, _br, _gw in _bridged(view):
         for p in c.ports:
             _dst, _walks, got = _port_walk(view, ext, p)
-            if got is not None and ipt.dnat_target(got[1].rule) == (c.ip, p.container_port):
+            if got is None or got[1].rule is None:
+                continue
+            if ipt.dnat_target(got[1].rule) == (c.ip, p.container_port):
                 out[(c.name, p.proto, p.host_port)] = {
                     "container_ip": c.ip,
                     "container_port": p.container_port,
@@ -472,12 +486,15 @@ def published_ports(view: HostView) -> Iterator[Finding]:
         )
 
 
-def _one_port(view, c, br, ext, p):
+def _one_port(
+    view: HostView, c: ContainerView, br: Link, ext: str, p: PortMapping
+) -> Iterator[Finding]:
     proto, hport, cport = p.proto, p.host_port, p.container_port
     host_ip = p.host_ip or ""
     dst, walks, got = _port_walk(view, ext, p)
     label = f"host {proto}/{hport} -> {c.name} {c.ip}:{cport}"
-    if got is None or ipt.dnat_target(got[1].rule) != (c.ip, cport):
+    rule = got[1].rule if got is not None else None
+    if rule is None or ipt.dnat_target(rule) != (c.ip, cport):
         ev = [f"expected: {label} ({SOURCES.get(p.source, p.source)})"]
         for rs, w in walks:
             to = ipt.dnat_target(w.rule) if w.rule and w.verdict == "DNAT" else None
@@ -496,8 +513,8 @@ def _one_port(view, c, br, ext, p):
                 + p.rule.text()
             )
         ev += _conntrack_lines(proto, hport)
-        shadow = ipt.dnat_target(got[1].rule) if got is not None and got[1].rule else None
-        if shadow is not None and got is not None and p.rule is not None:
+        shadow = ipt.dnat_target(rule) if rule is not None else None
+        if shadow is not None and rule is not None and p.rule is not None:
             yield _finding(
                 "dnat_missing",
                 "error",
@@ -508,7 +525,7 @@ def _one_port(view, c, br, ext, p):
                 [],
                 "dnat-missing-or-stale",
                 port=hport,
-                fix="delete the shadowing rule: " + " ".join(got[1].rule.delete_cmd()),
+                fix="delete the shadowing rule: " + " ".join(rule.delete_cmd()),
             )
             return
         if p.memory:
@@ -557,12 +574,13 @@ def _one_port(view, c, br, ext, p):
             port=hport,
         )
         return
+    assert got is not None  # a DNAT to the container was found
     rs, w = got
     yield from _listening(c, p)
     yield from _forward(view, c, br, ext, p, rs)
 
 
-def _listening(c, p):
+def _listening(c: ContainerView, p: PortMapping) -> Iterator[Finding]:
     proto, cport = p.proto, p.container_port
     socks = [s for s in c.sockets if s[0] == proto and s[2] == cport]
     shown = [f"{s[0]} {s[1]}:{s[2]}" for s in c.sockets if s[0] == proto] or ["none"]
@@ -601,7 +619,10 @@ def _listening(c, p):
         )
 
 
-def _forward(view, c, br, ext, p, nat_rs):
+def _forward(
+    view: HostView, c: ContainerView, br: Link, ext: str, p: PortMapping, nat_rs: ipt.Ruleset
+) -> Iterator[Finding]:
+    assert c.ip is not None  # a bridged container has its address
     proto, cport, hport = p.proto, p.container_port, p.host_port
     inbound = _pkt(view, src=SIM_REMOTE, dst=c.ip, proto=proto, dport=cport, iif=ext, oif=br.name)
     reply = _pkt(

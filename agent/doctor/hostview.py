@@ -16,16 +16,20 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..probes import iptsave as ipt
 from ..probes.netns import RtnlSocket, in_netns
 from ..runtime import sysctl as host_sysctl
 from .model import ContainerView, Link, PortMapping, Socket
 
+if TYPE_CHECKING:
+    from ..discovery import Discovered
+
 # -- namespaces -------------------------------------------------------------------
 
 
-def _ino(path):
+def _ino(path: str) -> int | None:
     try:
         return os.stat(path).st_ino
     except OSError:
@@ -81,7 +85,7 @@ def _route_get(ip: str) -> str | None:
         return None
 
 
-def _hex_addr(text, v6):
+def _hex_addr(text: str, v6: bool) -> str:
     raw = bytes.fromhex(text)
     if v6:
         words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
@@ -121,7 +125,7 @@ def listeners(proc_net_dir: str) -> list[Socket]:
     return out
 
 
-def _bridge_ports():
+def _bridge_ports() -> dict[str, bool]:
     """{port name: hairpin bool} from `bridge -j -d link show` (this netns)."""
     try:
         proc = subprocess.run(
@@ -136,7 +140,7 @@ def _bridge_ports():
         return {}
 
 
-def _nft_native_chains(nft):
+def _nft_native_chains(nft: ipt.NftRuleset) -> list[dict]:
     """Base chains of nftables tables that iptables-nft does not own (firewalld,
     nftables.conf) from one ruleset read (`iptsave.read_nft_rules`): [{family, table,
     chain, hook, policy, rules: [expr JSON text]}]. iptables-*-save never shows these, yet
@@ -159,7 +163,9 @@ def _nft_native_chains(nft):
     return list(chains.values())
 
 
-def _veth_pairs(rows, host_ino, host_veths):
+def _veth_pairs(
+    rows: list[dict], host_ino: int | None, host_veths: dict[int, Link]
+) -> dict[int, tuple[int, Link]]:
     """{netns inode: (container-side ifindex, host-side Link)} for the veths of this
     netns (`host_ino`) whose peer sits in another namespace; the lowest peer ifindex
     when a namespace has several."""
@@ -176,7 +182,7 @@ def _veth_pairs(rows, host_ino, host_veths):
     return out
 
 
-def _ns_path(info):
+def _ns_path(info: dict) -> str | None:
     """The first path to the namespace (`vethmap.namespaces()` entry) that still is it:
     its `ip netns` name, a bind mount (Docker's /run/docker/netns/...), a process's."""
     for path in info["paths"]:
@@ -185,7 +191,7 @@ def _ns_path(info):
     return None
 
 
-def _ns_label(path, owner):
+def _ns_label(path: str, owner: "Discovered | None") -> tuple[str, str, str]:
     """(name, id, source) of a container namespace: its owner's (discovery), else the
     namespace file's name, else `pid<N>` of the process whose /proc/<N>/ns/net it is."""
     if owner is None:
@@ -198,12 +204,12 @@ def _ns_label(path, owner):
     return name, owner.id, owner.source
 
 
-def _any_addr(ip):
+def _any_addr(ip: str | None) -> str:
     """'' for "every address" (0.0.0.0, ::, none), else the address."""
     return "" if not ip or ip in ("0.0.0.0", "::") else ip
 
 
-def _memory_cgroup(pid):
+def _memory_cgroup(pid: int) -> tuple[str, str] | None:
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
@@ -218,7 +224,7 @@ def _memory_cgroup(pid):
     return v2
 
 
-def _read_int_file(path, key=None):
+def _read_int_file(path: str | Path, key: str | None = None) -> int | None:
     try:
         text = Path(path).read_text()
     except OSError:
@@ -271,7 +277,7 @@ def memory_info(pid: int) -> dict:
 class HostView:
     """A read-only snapshot of the host network namespace and its containers."""
 
-    def __init__(self, root, port_filter: int | None = None) -> None:
+    def __init__(self, root: str | Path, port_filter: int | None = None) -> None:
         self.root = Path(root)
         self.port_filter = port_filter  # doctor --port: the host port asked about, if any
         self.notes: list[str] = []  # what could not be read, shown to the user
@@ -293,7 +299,7 @@ class HostView:
 
     @classmethod
     def collect(
-        cls, root, memory: dict | None = None, port_filter: int | None = None
+        cls, root: str | Path, memory: dict | None = None, port_filter: int | None = None
     ) -> "HostView":
         """Read everything doctor needs; `memory` is what earlier runs remembered."""
         view = cls(root, port_filter)
@@ -380,7 +386,7 @@ class HostView:
     def active_rulesets(self) -> list[ipt.Ruleset]:
         return [rs for rs in self.rulesets.values() if rs.tables]
 
-    def _neighbours(self):
+    def _neighbours(self) -> list[dict]:
         by_index = {ln.ifindex: ln.name for ln in self.links.values()}
         try:
             with RtnlSocket() as rtnl:
@@ -392,7 +398,7 @@ class HostView:
             self.notes.append(f"neighbours: {exc}")
             return []
 
-    def _conntrack(self):
+    def _conntrack(self) -> dict[str, Any]:
         count = host_sysctl.read("net.netfilter.nf_conntrack_count")
         cmax = host_sysctl.read("net.netfilter.nf_conntrack_max")
         stats: dict[str, int] = {}
@@ -413,7 +419,7 @@ class HostView:
             pass
         return ct
 
-    def _netstat(self):
+    def _netstat(self) -> dict[str, int]:
         out: dict[str, int] = {}
         try:
             lines = Path("/proc/thread-self/net/netstat").read_text().splitlines()
@@ -426,7 +432,7 @@ class HostView:
         return out
 
     # -- containers
-    def _containers(self):
+    def _containers(self) -> list[ContainerView]:
         """Every namespace a veth of this netns leads to, named after the container
         that owns it (`pyinspect.discovery`), paired through the veth map (`vethmap`)."""
         host_veths = {
@@ -520,7 +526,7 @@ class HostView:
         self._infer_ports(out)
         return out
 
-    def _infer_ports(self, containers):
+    def _infer_ports(self, containers: list[ContainerView]) -> None:
         """Attach DNAT rules to the containers whose address they send to."""
         by_ip = {c.ip: c for c in containers if c.ip}
         for rs in self.rulesets.values():
