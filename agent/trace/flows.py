@@ -819,6 +819,10 @@ class Correlator:
                 continue
             if d["reason"] in BENIGN_DROP_REASONS:
                 continue
+            if d["reason"] == "NO_SOCKET" and d["proto"] in ("icmp", "icmp6"):
+                # an echo reply a raw-socket ping already got its copy of (ping_rcv frees
+                # the original): no port, and nothing was lost
+                continue
             tup = (d["proto"], d["src"], d["sport"], d["dst"], d["dport"])
             hit = self.flows.lookup(tup)
             if hit is None:
