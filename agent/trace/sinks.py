@@ -220,6 +220,7 @@ class StoreSink:
         self.segment_ids = {}  # segment number -> store id
         self._segments_done = set()
         self._last_path = {}  # (flow id, direction) -> the last rule path stored
+        self._hop_details: dict[tuple, str] = {}
         self.events_seen = 0
 
     def segments(self, segments):
@@ -276,20 +277,22 @@ class StoreSink:
 
     def _settled(self, s, locate):
         sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
-        rows: list = []
+        rows: list[IndexRow] = []
+        add = rows.append
+        row = IndexRow._make
         first_row: dict[int, int] = {}  # journey index -> index of its first packet row
         for n, j in enumerate(s.journeys):
-            fid = self.flow_id(j.flow)
+            f = j.flow
+            fid = f.store_id if f.store_id is not None else self.flow_id(f)
+            first = len(rows)
             for c in j.captures:
                 loc = locate(c.cpu, c.pos)
-                if loc is None or loc[0] not in seg_ids:
+                seg = seg_ids.get(loc[0]) if loc is not None else None
+                if seg is None:
                     continue  # not in the files (ring full, size cap): counted as lost
-                first_row.setdefault(n, len(rows))
-                rows.append(
-                    IndexRow(
-                        sid, seg_ids[loc[0]], loc[1], c.ts_ns, pids[c.point], fid, c.dir, c.len
-                    )
-                )
+                add(row((sid, seg, loc[1], c.ts_ns, pids[c.point], fid, c.dir, c.len)))
+            if len(rows) > first:
+                first_row[n] = first
         ids = self.store.add_index(rows) if rows else []
         hops = []
         for n, j in enumerate(s.journeys):
@@ -362,11 +365,17 @@ class StoreSink:
             self.store.insert_events(rows)
 
     def _hop_row(self, j, h, packet_id, ts, late):
-        detail = {"kind": h["kind"], "backend": h["backend"], "hook": h["hook"]}
-        if h.get("handle"):
-            detail["handle"] = h["handle"]
-        if late:
-            detail["late"] = True
+        key = (h["kind"], h["backend"], h["hook"], h.get("handle") or None, late)
+        detail = self._hop_details.get(key)  # its JSON text: few distinct ones a trace
+        if detail is None:
+            d = {"kind": h["kind"], "backend": h["backend"], "hook": h["hook"]}
+            if h.get("handle"):
+                d["handle"] = h["handle"]
+            if late:
+                d["late"] = True
+            detail = json.dumps(d, sort_keys=True)  # as the store writes a dict detail
+            if len(self._hop_details) < 4096:
+                self._hop_details[key] = detail
         return HopRow(
             self.session_id,
             j.flow.store_id,

@@ -1,0 +1,105 @@
+"""The trace reader's cost per analysed record, live: short connections through DNAT.
+
+    .venv/bin/python bench/reader_live.py [--conns 200] [--rounds 3]
+
+Topology: testbed/tracetopo.py (client -> host netns with DNAT 8088 -> bridge -> veth ->
+container eth0 running busybox httpd). Each round starts `pyinspect trace --json
+--max-rate 0` (every record analysed: no budget) in the host namespace, fetches the page
+`--conns` times from the client (busybox wget, one connection each), stops the trace and
+prints from its summary: records analysed, the reader's learned cost per record
+(`reader_cost.per_record_us`: what a record adds to a poll, an average moving 20% a
+poll from 10 us: back to back fetches settle in 1-2 polls, so use --pace) and the
+reader thread's whole CPU over records (`reader_us_per_record`, polls' own cost
+included). The synthetic
+counterpart (no kernel, thread CPU of the analysis alone) is bench/analysis_cost.py.
+Set PYTHONPATH to trace with another checkout (e.g. a directory holding a `pyinspect`
+symlink to an older agent/) for a before/after on the same machine.
+"""
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the checkout: testbed/ (shared with the tests)
+from testbed import tracetopo  # noqa: E402
+
+
+def one_round(topo, conns, pace):
+    root = tempfile.mkdtemp(prefix="pi-reader-")
+    argv = [
+        "nsenter",
+        f"--net=/run/netns/{topo.host}",
+        sys.executable,  # not the console script: it ignores PYTHONPATH
+        "-m",
+        "pyinspect",
+        "--root",
+        root,
+        "trace",
+        "--container",
+        topo.ctrs[0],
+        "--json",
+        "--max-rate",
+        "0",
+    ]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if not p.stdout or not p.stdout.readline():
+            raise SystemExit(f"trace did not start: {p.stderr.read() if p.stderr else ''}")
+        url = f"http://{topo.host_ip}:{topo.dnat_port}/"
+        tracetopo.sh(
+            topo.client,
+            f"for i in $(seq {conns}); do busybox wget -q -O /dev/null {url} || exit 1;"
+            f" sleep {pace}; done",
+            timeout=30 + conns * (1 + pace),
+        )
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        shutil.rmtree(root, ignore_errors=True)
+    for line in out.splitlines():
+        if line.startswith('{"type": "summary"'):
+            return json.loads(line)
+    raise SystemExit(f"trace gave no summary: {err[-2000:]}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--conns", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--pace",
+        type=float,
+        default=0,
+        help="seconds between fetches (0: back to back, the whole load in 1-2 polls; "
+        "0.02 spreads it over ~20 polls, so the learned cost is mostly measured, "
+        "not its 10 us starting value)",
+    )
+    a = ap.parse_args(argv)
+    topo = tracetopo.Topology(prefix="prl")
+    try:
+        for r in range(a.rounds):
+            s = one_round(topo, a.conns, a.pace)
+            analysed = sum(v.get("analysed", 0) for v in s["packets_per_point"].values())
+            print(
+                f"round {r + 1}: {analysed:>6} records analysed  learned "
+                f"{s['reader_cost']['per_record_us']:5.1f} us/record  reader thread "
+                f"{s['reader_us_per_record']:5.1f} us/record  (poll "
+                f"{s['reader_cost']['per_poll_ms']} ms, shed {s['loss']['shed']})",
+                flush=True,
+            )
+    finally:
+        topo.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
