@@ -306,11 +306,21 @@ class TraceSession:
             from .stream import StreamFile
 
             dnat: dict[tuple, str] = {}  # the published ports, once each (live EPBs: no comment)
+            v4 = [a for a in target.addrs if ":" not in a]
+            v6 = [a for a in target.addrs if ":" in a and not a.startswith("fe80:")]
             for hip, hport, proto, cport in target.ports:
-                if cport and target.addrs:
+                if not cport:
+                    continue
+                if v4 and ":" not in (hip or ""):
                     dnat.setdefault(
-                        (proto, hport, cport),
-                        f"; DNAT {proto} {hip or '*'}:{hport} -> {target.addrs[0]}:{cport}",
+                        (proto, hport, cport, 4),
+                        f"; DNAT {proto} {hip or '*'}:{hport} -> {v4[0]}:{cport}",
+                    )
+                if v6 and (hip in (None, "", "0.0.0.0") or ":" in hip):
+                    host = F.ep(hip if hip and ":" in hip else "*", hport)
+                    dnat.setdefault(
+                        (proto, hport, cport, 6),
+                        f"; DNAT {proto} {host} -> {F.ep(v6[0], cport)}",
                     )
             nat = "".join(dnat.values())
             return StreamFile(
