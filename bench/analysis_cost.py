@@ -5,7 +5,9 @@ correlation (pyinspect.trace.flows.Correlator), live lines (sinks.LiveText) and 
 (sinks.StoreSink: flows, index rows into the pcap files, hops) in a real SQLite store in a
 temporary directory. Two workloads:
   short  HTTP-like connections: 12 packets each, seen at 4 capture points, with their
-         conntrack event (the demo's and the 20-fetch test's shape)
+         conntrack event and the netfilter trace lines of the SYN and SYN-ACK (4 each, as
+         a live trace of the demo topology stores ~8 a connection; the demo's and the
+         20-fetch test's shape)
   bulk   one UDP flow of many packets at 4 points (a flood: past its live lines, the
          flow's packets take the fast path)
 Prints microseconds of CPU (thread time) per record, the least of `--rounds` runs. The live
@@ -63,9 +65,47 @@ def frame(src, sport, dst, dport, proto=6, flags=0x10, ipid=1, seq=0):
     return b"\0" * 12 + b"\x08\x00" + ip + l4
 
 
+NF_PATH = {  # (table, chain, rule, verdict) of a DNATed connection's first packets
+    0: [
+        ("raw", "PREROUTING", 1, "TRACE"),
+        ("nat", "PREROUTING", 1, f"DNAT {CTR}:80"),
+        ("filter", "FORWARD", 2, "ACCEPT"),
+        ("nat", "POSTROUTING", 0, "ACCEPT"),
+    ],
+    1: [
+        ("raw", "PREROUTING", 1, "TRACE"),
+        ("filter", "FORWARD", 1, "ACCEPT"),
+        ("mangle", "POSTROUTING", 0, "ACCEPT"),
+        ("filter", "OUTPUT", 0, "ACCEPT"),
+    ],
+}
+
+
+def nf_hops(fr, k, seq0):
+    """The trace lines (probes.nftrace's hop dicts) of packet k of a connection."""
+    pkt = F.parse_frame(fr)
+    return [
+        {
+            "table": t,
+            "chain": c,
+            "rule_num": n,
+            "rule_text": f"-A {c} rule {n}" if n else f"policy {v}",
+            "verdict": v,
+            "kind": "rule" if n else "policy",
+            "backend": "legacy",
+            "hook": c,
+            "pkt": pkt,
+            "ts_ns": time.time_ns(),
+            "seq": seq0 + i,
+        }
+        for i, (t, c, n, v) in enumerate(NF_PATH[k])
+    ]
+
+
 def short(n_conns):
-    """(records, conntrack events) for n connections through DNAT 8088 -> 80."""
-    recs, cts = [], []
+    """(records, conntrack events, trace lines by record index) for n connections
+    through DNAT 8088 -> 80."""
+    recs, cts, nf = [], [], {}
     t = 1_000_000_000
     for c in range(n_conns):
         sport = 30000 + c
@@ -106,9 +146,11 @@ def short(n_conns):
                         ipid=k,
                         seq=k,
                     )
+                if k < 2 and p == (0 if inbound else 1):  # seen by netfilter pre-NAT
+                    nf[len(recs)] = nf_hops(fr, k, len(nf) * 4)
                 recs.append((t, p, 0 if inbound else 1, 66, fr, 0, len(recs) * 120))
                 t += 1000
-    return recs, cts
+    return recs, cts, nf
 
 
 def bulk(n):
@@ -126,10 +168,10 @@ def bulk(n):
             )
             recs.append((t, p, 0, 64, fr, 0, len(recs) * 120))
             t += 100
-    return recs, []
+    return recs, [], {}
 
 
-def run(recs, cts, batch=4000):
+def run(recs, cts, nf, batch=4000):
     with tempfile.TemporaryDirectory() as d:
         store = Store(Path(d) / "pyinspect.db")
         target = TraceTarget("web", "abc", "/proc/1/ns/net", 1, [CTR])
@@ -145,6 +187,9 @@ def run(recs, cts, batch=4000):
         sink.segments([Segment(1, Path(d) / "seg-00001.pcapng", -1, 0, 0)])
         locate = lambda cpu, pos: (1, pos)  # noqa: E731 - every record is in the file
         lines = 0
+        nf_of: dict[int, list] = {}  # chunk start -> its records' trace lines
+        for n, hops in sorted(nf.items()):
+            nf_of.setdefault(n - n % batch, []).extend(hops)
         t0 = time.thread_time()
         ci = 0
         for i in range(0, len(recs), batch):
@@ -154,6 +199,7 @@ def run(recs, cts, batch=4000):
                 ci += 1
             for r in chunk:
                 corr.record(*r)
+            corr.nf_pending.extend(nf_of.get(i, ()))  # the poll reads the trace lines too
             s = corr.settle(chunk[-1][0] + 1)
             for j in s.journeys:
                 lines += len(live.journey(j))
@@ -182,8 +228,8 @@ def main(argv=None):
     for name, make in (("short", lambda: short(a.conns)), ("bulk", lambda: bulk(a.bulk))):
         best = None
         for _ in range(a.rounds):
-            recs, cts = make()
-            spent, lines, fast = run(recs, cts)
+            recs, cts, nf = make()
+            spent, lines, fast = run(recs, cts, nf)
             best = spent if best is None else min(best, spent)
         spent = best
         print(

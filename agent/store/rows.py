@@ -2,6 +2,8 @@
 
 import functools
 import json
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
@@ -117,11 +119,12 @@ def _json_text(value: object) -> object:
 def _with_json(row: Any) -> list:
     """A row dataclass's values in field order, its last field (detail) as JSON text.
     (Not dataclasses.astuple: that deep-copies every dict it meets.)"""
-    values = [getattr(row, name) for name in _field_names(row.__class__)]
+    values = list(_fields_of(row.__class__)(row))
     values[-1] = _json_text(values[-1])
     return values
 
 
 @functools.cache
-def _field_names(cls: Any) -> list[str]:
-    return [f.name for f in fields(cls)]
+def _fields_of(cls: Any) -> Callable[[Any], tuple]:
+    """A getter of the dataclass's values in field order (one C call for all of them)."""
+    return operator.attrgetter(*(f.name for f in fields(cls)))

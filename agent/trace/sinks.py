@@ -52,30 +52,54 @@ class LiveText:
         if j.nf:
             f.dirs_shown.add(j.direction)
         t0 = None
-        whats: dict[int, str] = {}  # captures sharing a Pkt (flows.Correlator.record)
+        tag = f"[{f.id}]"
+        where_of = self._where
+        add = items.append
+        # captures sharing a Pkt (flows.Correlator.record): one text of their endpoints
+        # and one item to copy (a dict's copy keeps its keys' order: the JSON lines')
+        last_pk = last_what = base = None
         for kind, h in j.hops(self.host_points):
-            if kind == "capture":
-                t0 = h.ts_ns if t0 is None else t0
-                items.append(self._capture(f, j, h, t0, whats))
-            elif full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
-                items.append(self._hop(f, j, h))
+            if kind != "capture":
+                if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
+                    add(self._hop(f, j, h))
+                continue
+            c = h
+            t0 = c.ts_ns if t0 is None else t0
+            name, r, where = where_of[c.point]
+            pk = c.pkt
+            if pk.proto == "icmp6" and (ndp := F.ndp_text(pk, c.data)):
+                # ICMPv6: what it is instead of ports (neighbour discovery: its target)
+                what = f"{pk.src} -> {pk.dst} {ndp}"
+                item = self._capture(f, j, c, name, r)
+                item["ndp"] = ndp
+            else:
+                if pk is not last_pk:
+                    last_pk, last_what = (
+                        pk,
+                        (
+                            f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
+                            f"{F.tcp_flag_text(pk.flags)}"
+                        ),
+                    )
+                    base = self._capture(f, j, c, name, r)
+                what = last_what
+                item = base.copy()  # type: ignore[union-attr]
+                item["ts_ns"] = c.ts_ns
+                item["point"] = name
+                item["role"] = r
+                item["dir"] = c.dir
+                item["len"] = c.len
+            item["text"] = (
+                f"{tag} {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} {what} len {c.len}"
+            )
+            add(item)
         return items
 
-    def _capture(self, f, j, c, t0, whats):
-        name, r, where = self._where[c.point]
+    @staticmethod
+    def _capture(f, j, c, name, r):
+        """A capture's live item; its text is set by journey()."""
         pk = c.pkt
-        ndp = F.ndp_text(pk, c.data) if pk.proto == "icmp6" else ""
-        if ndp:  # ICMPv6: what it is instead of ports (neighbour discovery with its target)
-            what = f"{pk.src} -> {pk.dst} {ndp}"
-        else:
-            what = whats.get(id(pk))
-            if what is None:
-                what = whats[id(pk)] = (
-                    f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
-                    f"{F.tcp_flag_text(pk.flags)}"
-                )
-        text = f"[{f.id}] {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} {what} len {c.len}"
-        item = {
+        return {
             "type": "hop",
             "flow": f.id,
             "hop": "capture",
@@ -89,11 +113,8 @@ class LiveText:
             "dst": pk.dst,
             "dport": pk.dport,
             "len": c.len,
-            "text": text,
+            "text": "",
         }
-        if ndp:
-            item["ndp"] = ndp
-        return item
 
     @staticmethod
     def _hop(f, j, h):
