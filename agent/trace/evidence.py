@@ -231,12 +231,19 @@ class EvidenceWriter:
         with self.lock:
             snap = {cpu: (list(self.starts[cpu]), list(p)) for cpu, p in self.placed.items()}
 
+        bisect_right = bisect.bisect_right
+
         def locate(cpu: int, stream_pos: int) -> tuple[int, int] | None:
-            starts, placed = snap.get(cpu) or ([], [])
-            i = bisect.bisect_right(starts, stream_pos) - 1
-            if stream_pos < 0 or i < 0 or stream_pos >= placed[i].end:
+            got = snap.get(cpu)  # called per analysed record: kept lean
+            if got is None or stream_pos < 0:
                 return None
-            return placed[i].seq, placed[i].offset + (stream_pos - placed[i].start)
+            i = bisect_right(got[0], stream_pos) - 1
+            if i < 0:
+                return None
+            p = got[1][i]
+            if stream_pos >= p.end:
+                return None
+            return p.seq, p.offset + (stream_pos - p.start)
 
         return locate
 

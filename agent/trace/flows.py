@@ -92,6 +92,8 @@ _PORTS = struct.Struct("!HH")
 # version/IHL, total length, id, protocol, addresses, ports, seq, ack, TCP flags
 _V4TCP = struct.Struct("!HBxHH3xB2x4s4sHHIIxB")
 _addr_cache: dict[bytes, str] = {}
+_new_tuple = tuple.__new__
+_capture_ts = operator.attrgetter("ts_ns")  # sort key of Captures
 
 
 def _ntoa(b):
@@ -177,7 +179,10 @@ def parse_frame(frame):
             _e, _v, iplen, ipid, _p, src, dst, sport, dport, seq, ack, flags = _V4TCP.unpack_from(
                 frame, 12
             )
-            return Pkt("tcp", _ntoa(src), sport, _ntoa(dst), dport, ipid, seq, ack, iplen, flags)
+            a = _addr_cache.get(src) or _ntoa(src)
+            b = _addr_cache.get(dst) or _ntoa(dst)
+            # a Pkt without NamedTuple's Python-level __new__ (all ten fields given)
+            return _new_tuple(Pkt, ("tcp", a, sport, b, dport, ipid, seq, ack, iplen, flags))
         return parse_ip(frame, 14)
     etype = struct.unpack_from("!H", frame, 12)[0]
     off = 14
@@ -357,7 +362,7 @@ class FlowTable:
             f.nat_rule = hop
 
 
-@dataclass
+@dataclass(slots=True)
 class Journey:
     """One packet's way through the host: captures and netfilter hops."""
 
@@ -376,7 +381,7 @@ class Journey:
         and the first on the way out; trace lines carry no comparable clock, so they are
         placed there, in the order the kernel emitted them.
         """
-        caps = sorted(self.captures, key=_capture_time)
+        caps = sorted(self.captures, key=_capture_ts)
         if not self.nf:
             return [("capture", c) for c in caps]
         nf = nf_order(self.nf)
@@ -394,10 +399,6 @@ class Journey:
         out += [("netfilter", h) for h in nf]
         out += [("capture", c) for c in caps[cut:]]
         return out
-
-
-def _capture_time(c):
-    return c.ts_ns
 
 
 HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
@@ -467,7 +468,6 @@ RECENT_JOURNEYS = 4096
 FLOW_PROTOS = {"tcp", "udp", "icmp", "icmp6"}
 MAX_DROP_ROWS_PER_FLOW = 100  # stored drop rows per flow; all are counted
 PARSE_CACHE = 1024  # parsed headers kept for the next captures of the same packet
-_capture_ts = operator.attrgetter("ts_ns")
 
 
 @dataclass(slots=True)
@@ -666,10 +666,11 @@ class Correlator:
                 lp.captures.append(c)
                 continue
             flow, direction, _stage = self.flows.for_packet(pkt, c.ts_ns + off)
-            key = (flow.id, direction, pkt.ident)
+            ident = pkt.ident
+            key = (flow.id, direction, ident)
             j = journeys.get(key)
             if j is None:
-                j = Journey(flow, direction, pkt.ident, first_ns=c.ts_ns + off)
+                j = Journey(flow, direction, ident, first_ns=c.ts_ns + off)
                 journeys[key] = j
                 order.append(j)
             by_pkt[id(pkt)] = j
@@ -695,19 +696,26 @@ class Correlator:
             if len(order) > room:
                 order = order[:room]  # --count: nothing past the Nth packet
                 self.done = True
+        recent, live_per_flow, count = self.recent, self.live_per_flow, self.count
         for j in order:
             f = j.flow
             f.journeys += 1
             j.seq = f.journeys
             f.packets += len(j.captures)
-            f.last_ns = max(f.last_ns, j.first_ns)
-            self.traced_packets += 1
+            if j.first_ns > f.last_ns:
+                f.last_ns = j.first_ns
             kept = self.journeys.setdefault(f.id, [])
             kept.append(j)
             if len(kept) > 64:
                 del kept[:-64]
-            self._remember(j)
-            self._learn_fast(j)
+            # recent journeys: a trace line that arrives after its packet was settled
+            # still lands on it (in the store)
+            recent[(f.id, j.direction, j.ident)] = j
+            if len(recent) > RECENT_JOURNEYS:
+                recent.popitem(last=False)
+            if not count and f.journeys >= live_per_flow and f.store_id is not None:
+                self._learn_fast(j)
+        self.traced_packets += len(order)
         out.journeys = order
 
     def _place_hops(self, journeys, order, cutoff, out):
@@ -756,13 +764,6 @@ class Correlator:
             if key and key not in keys:
                 keys.add(key)
                 self.fast[key] = f
-
-    def _remember(self, j):
-        """Keep recent journeys so a trace line that arrives after its packet was settled
-        still lands on it (in the store)."""
-        self.recent[(j.flow.id, j.direction, j.ident)] = j
-        if len(self.recent) > RECENT_JOURNEYS:
-            self.recent.popitem(last=False)
 
     def _recent_journey(self, pk, hop):
         hit = self.flows.lookup(pk.tuple)

@@ -15,6 +15,7 @@ Run it in the container host's network namespace. The session only orchestrates:
   summary.py   the summary
 """
 
+import collections
 import contextlib
 import json
 import os
@@ -406,14 +407,17 @@ class TraceSession:
         off = self.offset
         record = self._started()[1].record
         assert self.cap is not None  # started
-        analysed = self.analysed
-        n = 0
-        for raw in self.cap.read():
+        recs = self.cap.read()
+        points: list[int] = []  # counted per point after the loop (one C call)
+        seen = points.append
+        for raw in recs:
             ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
-            analysed[point] = analysed.get(point, 0) + 1
+            seen(point)
             record(ts - off, point, d, ln, bytes(raw[hdr : hdr + caplen]), cpu, pos)
-            n += 1
-        return n
+        analysed = self.analysed
+        for point, k in collections.Counter(points).items():
+            analysed[point] = analysed.get(point, 0) + k
+        return len(recs)
 
     def _output(self, settled):
         """Live items (journeys kept whole, drops and events, by time) and store rows."""

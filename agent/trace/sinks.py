@@ -26,6 +26,10 @@ class LiveText:
         self.target_name = target_name
         self.host_points = {i for i, p in enumerate(points) if p.netns is None}
         self._where = [(p.name, role(p), f"{p.name:<8} {role(p):<9}") for p in points]
+        # the middle of a capture line by (point, direction): `us  POINT ROLE DIR `
+        self._mid = {
+            (i, d): f"us  {w[2]} {d:<3} " for i, w in enumerate(self._where) for d in ("in", "out")
+        }
 
     def journey(self, j):
         """The flow's header line on its first journey, then one line per capture and per
@@ -53,11 +57,11 @@ class LiveText:
             f.dirs_shown.add(j.direction)
         t0 = None
         tag = f"[{f.id}]"
-        where_of = self._where
+        where_of, mid_of = self._where, self._mid
         add = items.append
         # captures sharing a Pkt (flows.Correlator.record): one text of their endpoints
         # and one item to copy (a dict's copy keeps its keys' order: the JSON lines')
-        last_pk = last_what = base = None
+        last_pk, last_what, base = None, "", {}
         for kind, h in j.hops(self.host_points):
             if kind != "capture":
                 if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
@@ -65,7 +69,7 @@ class LiveText:
                 continue
             c = h
             t0 = c.ts_ns if t0 is None else t0
-            name, r, where = where_of[c.point]
+            name, r, _where = where_of[c.point]
             pk = c.pkt
             if pk.proto == "icmp6" and (ndp := F.ndp_text(pk, c.data)):
                 # ICMPv6: what it is instead of ports (neighbour discovery: its target)
@@ -74,24 +78,29 @@ class LiveText:
                 item["ndp"] = ndp
             else:
                 if pk is not last_pk:
-                    last_pk, last_what = (
-                        pk,
-                        (
-                            f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
-                            f"{F.tcp_flag_text(pk.flags)}"
-                        ),
+                    last_pk = pk
+                    last_what = (
+                        f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
+                        f"{F.tcp_flag_text(pk.flags)}"
                     )
                     base = self._capture(f, j, c, name, r)
                 what = last_what
-                item = base.copy()  # type: ignore[union-attr]
+                item = base.copy()
                 item["ts_ns"] = c.ts_ns
                 item["point"] = name
                 item["role"] = r
                 item["dir"] = c.dir
                 item["len"] = c.len
-            item["text"] = (
-                f"{tag} {(c.ts_ns - t0) / 1000:+9.1f}us  {where} {c.dir:<3} {what} len {c.len}"
-            )
+            mid = mid_of.get((c.point, c.dir)) or f"us  {_where} {c.dir:<3} "
+            dt = c.ts_ns - t0
+            if 0 <= dt < 10**15 and dt % 100 != 50:
+                # what f"{dt / 1000:+9.1f}" prints, without formatting a float (no tie
+                # to round: the float's binary error cannot cross the .05 us boundary)
+                t = (dt + 50) // 100
+                us = f"{t // 10:+7d}.{t % 10}"
+            else:
+                us = f"{dt / 1000:+9.1f}"
+            item["text"] = f"{tag} {us}{mid}{what} len {c.len}"
             add(item)
         return items
 
@@ -300,7 +309,7 @@ class StoreSink:
         sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
         rows: list[IndexRow] = []
         add = rows.append
-        row = IndexRow._make
+        row = tuple.__new__  # an IndexRow without NamedTuple's Python-level __new__
         first_row: dict[int, int] = {}  # journey index -> index of its first packet row
         for n, j in enumerate(s.journeys):
             f = j.flow
@@ -311,7 +320,7 @@ class StoreSink:
                 seg = seg_ids.get(loc[0]) if loc is not None else None
                 if seg is None:
                     continue  # not in the files (ring full, size cap): counted as lost
-                add(row((sid, seg, loc[1], c.ts_ns, pids[c.point], fid, c.dir, c.len)))
+                add(row(IndexRow, (sid, seg, loc[1], c.ts_ns, pids[c.point], fid, c.dir, c.len)))
             if len(rows) > first:
                 first_row[n] = first
         ids = self.store.add_index(rows) if rows else []
