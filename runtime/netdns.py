@@ -11,9 +11,15 @@ other question to the upstream resolvers from the host's own netns: PYINSPECT_DN
 /etc/resolv.conf (loopback resolvers such as 127.0.0.53 work too: the forward leaves from
 the host's netns), like Docker. On an --internal network nothing is forwarded (SERVFAIL).
 Packets are encoded and decoded with dnslib.
+
+Each answer is also reported to the traces listening (`Listeners`: `pyinspect trace`,
+agent/trace/dns.py): one unix datagram per answer to every socket in the container's
+`dns-trace/` directory, sent without blocking after the reply went out; with no socket
+there the cost is one listdir every 10 ms of queries.
 """
 
 import ipaddress
+import itertools
 import os
 import secrets
 import select
@@ -27,6 +33,82 @@ ADDR = "127.0.0.11"
 UPSTREAM_ENV = "PYINSPECT_DNS_UPSTREAM"
 TTL = 600
 FORWARD_TIMEOUT = 2.0
+LISTEN_DIR = "dns-trace"  # under the container's state dir: one socket per listening trace
+LISTEN_CHECK = 0.01  # s between looks for listeners (only when queries arrive)
+
+
+def listen_dir(root, container_id) -> str:
+    """Where traces put their sockets to hear this container's embedded DNS."""
+    return os.path.join(str(root), "containers", container_id, LISTEN_DIR)
+
+
+class Listeners:
+    """The traces that hear this resolver's answers: unix datagram sockets `<pid>.sock` in
+    `listen_dir()`. `active()` costs a monotonic clock read, and a listdir at most every
+    LISTEN_CHECK s. A report is one datagram to each: a header line (sequence number,
+    CLOCK_REALTIME ns, udp|tcp, local|forwarded|failed, client ip and port, upstream
+    ip:port or -, microseconds from query to reply or -) then the reply's bytes as sent.
+    Sends never block: a full or gone listener misses it (the sequence numbers say so)."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.addrs: list[str] = []
+        self._checked = -1.0
+        self._dirfd = -1
+        self._sock: socket.socket | None = None
+        self._seq = itertools.count(1)  # next() is atomic: the TCP threads report too
+
+    def active(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= LISTEN_CHECK:
+            self._checked = now
+            self._scan()
+        return bool(self.addrs)
+
+    def _scan(self):
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.endswith(".sock"))
+        except OSError:
+            names = []
+        old, self._dirfd = self._dirfd, -1
+        if names:
+            try:  # addressed through the directory's fd: a deep state dir would not fit sun_path
+                self._dirfd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY)
+            except OSError:
+                names = []
+        if names and self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self._sock = sock
+        self.addrs = [f"/proc/self/fd/{self._dirfd}/{n}" for n in names]
+        if old >= 0:  # after the new addresses (a TCP thread may be reporting)
+            os.close(old)
+
+    def report(self, proto, how, client, reply, upstream=None, started=None):
+        """Send one answer to every listener (call only when `active()`)."""
+        sock = self._sock
+        if sock is None:
+            return
+        took = "-" if started is None else str(int((time.monotonic() - started) * 1e6))
+        up = "-" if not upstream else f"{upstream[0]}:{upstream[1]}"
+        if upstream and ":" in upstream[0]:
+            up = f"[{upstream[0]}]:{upstream[1]}"
+        head = f"{next(self._seq)} {time.time_ns()} {proto} {how} {client[0]} {client[1]}"
+        msg = f"{head} {up} {took}\n".encode() + bytes(reply)
+        for addr in self.addrs:
+            try:
+                sock.sendto(msg, addr)
+            except OSError:
+                pass  # full (EAGAIN), gone (ECONNREFUSED, ENOENT): that listener misses it
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._dirfd >= 0:
+            os.close(self._dirfd)
+            self._dirfd = -1
+        self.addrs = []
 
 
 def upstreams(configured=None, resolv="/etc/resolv.conf") -> list[tuple[str, int]]:
@@ -130,6 +212,7 @@ class Resolver:
 
     def __init__(self, root, container_id, pid, upstream):
         self.records = Records(root, container_id)
+        self.listeners = Listeners(listen_dir(root, container_id))
         self.pid = pid
         self.upstream = list(upstream)
         self.ep = select.epoll()
@@ -177,6 +260,7 @@ class Resolver:
         for fd in (self.wake_r, self.wake_w):
             os.close(fd)
         self.ep.close()
+        self.listeners.close()
 
     # -- serving -------------------------------------------------------------------------
     def _watch(self, fd, what):
@@ -249,9 +333,12 @@ class Resolver:
             data, client = self.udp.recvfrom(4096)
         except BlockingIOError:
             return
+        started = time.monotonic()
         out = self.answer(data)
         if out:
             self.udp.sendto(out, client)
+            if self.listeners.active():
+                self.listeners.report("udp", "local", client, out, None, started)
         elif out is None:
             self._forward(data, client, 0)
 
@@ -300,7 +387,12 @@ class Resolver:
         if len(reply) < 12 or entry is None or self.up_socks.get(entry[3]) is not sock:
             return  # late, or not from the upstream it was sent to
         del self.pending[qid]
-        self.udp.sendto(entry[1] + reply[2:], entry[0])
+        out = entry[1] + reply[2:]
+        self.udp.sendto(out, entry[0])
+        if self.listeners.active():
+            self.listeners.report(
+                "udp", "forwarded", entry[0], out, self.upstream[entry[3]], entry[2]
+            )
 
     def _expire(self):
         now = time.monotonic()
@@ -319,13 +411,16 @@ class Resolver:
         except Exception:  # noqa: BLE001 garbage in: no reply
             return
         reply.header.rcode = dns.RCODE.SERVFAIL
-        self.udp.sendto(reply.pack(), client)
+        out = reply.pack()
+        self.udp.sendto(out, client)
+        if self.listeners.active():
+            self.listeners.report("udp", "failed", client, out)
 
     def _tcp_accept(self):
-        conn, _ = self.tcp.accept()
-        threading.Thread(target=self._tcp_serve, args=(conn,), daemon=True).start()
+        conn, client = self.tcp.accept()
+        threading.Thread(target=self._tcp_serve, args=(conn, client), daemon=True).start()
 
-    def _tcp_serve(self, conn):
+    def _tcp_serve(self, conn, client=("", 0)):
         """One TCP query at a time (RFC 7766 clients may pipeline; each is answered)."""
         with conn:
             conn.settimeout(5)
@@ -335,18 +430,23 @@ class Resolver:
                     if not head:
                         return
                     data = _recv_exact(conn, int.from_bytes(head, "big"))
-                    out = self.answer(data)
+                    started = time.monotonic()
+                    out, how, upstream = self.answer(data), "local", None
                     if out is None:
-                        out = self._forward_tcp(data)
+                        out, upstream = self._forward_tcp(data)
+                        how = "forwarded" if out else "failed"
                     if not out:
                         return
                     conn.sendall(len(out).to_bytes(2, "big") + out)
+                    if self.listeners.active():
+                        self.listeners.report("tcp", how, client, out, upstream, started)
             except OSError:
                 return
 
     def _forward_tcp(self, data):
         """A TCP query forwarded over TCP; an upstream that does not take TCP is asked
-        over UDP instead (the answer goes back over the client's TCP connection)."""
+        over UDP instead (the answer goes back over the client's TCP connection).
+        Returns (reply, (upstream ip, port)), or (b"", None)."""
         for host, port in self.upstream:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
@@ -354,7 +454,7 @@ class Resolver:
                     s.sendall(len(data).to_bytes(2, "big") + data)
                     head = _recv_exact(s, 2)
                     if head:
-                        return _recv_exact(s, int.from_bytes(head, "big"))
+                        return _recv_exact(s, int.from_bytes(head, "big")), (host, port)
             except OSError:
                 pass
             try:
@@ -364,10 +464,10 @@ class Resolver:
                     u.send(data)
                     reply = u.recv(65535)
                     if reply[:2] == data[:2]:
-                        return reply
+                        return reply, (host, port)
             except OSError:
                 continue
-        return b""
+        return b"", None
 
 
 _DNSLIB = None

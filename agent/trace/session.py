@@ -28,6 +28,7 @@ from ..config import database_path
 from ..errors import PyinspectError, UsageError
 from . import flows as F
 from .budget import ReaderBudget
+from .dns import DnsLookups
 from .evidence import SEGMENT_BYTES, EvidenceWriter, Interface, SegmentFiles
 from .sinks import LiveText, StoreSink
 from .sources import (
@@ -96,6 +97,7 @@ class TraceSession:
         self.nftrace: NetfilterTrace | None = None
         self.nfttrace: NftTrace | None = None
         self.nf_mode = None  # probes.nftrace.NetfilterMode
+        self.dns: DnsLookups | None = None
         self.store: Store | None = None
         self.sink: StoreSink | None = None
         self.live: LiveText | None = None
@@ -231,6 +233,8 @@ class TraceSession:
         if self.opt.events:
             wanted.append(ContainerEvents(target, self.points, self.notes))
         wanted.append(Drops(tgt, {p.netns_inode for p in self.points} | {target.netns}))
+        self.dns = DnsLookups(self.root, target, self.points)
+        wanted.append(self.dns)  # its read(): the embedded DNS's answers, as events
         self.sources = start_all(wanted, self.notes)
         if conntrack in self.sources:
             for ev in conntrack.existing:
@@ -424,6 +428,8 @@ class TraceSession:
         live = self.live
         assert live is not None  # started
         items = []
+        if self.dns is not None:  # DNS in the packets: `dns` events like the embedded's
+            settled.events += self.dns.packets(settled.journeys, self._stopped)
         for j in settled.journeys:
             items += live.journey(j)
         items += [live.link(lp) for lp in settled.links]
@@ -579,9 +585,12 @@ class TraceSession:
                 "drops": lost.get("Drops", 0),
                 "conntrack_overruns": lost.get("Conntrack", 0),
                 "trace_overruns": lost.get("NetfilterTrace", 0) + lost.get("NftTrace", 0),
+                "dns_reports": lost.get("DnsLookups", 0),
             },
             "filtered_out": corr.filtered_out,
-            "process_events": self.sink.events_seen if self.sink else 0,
+            "process_events": (self.sink.events_seen if self.sink else 0)
+            - (self.dns.lookups if self.dns else 0),
+            "dns_lookups": self.dns.lookups if self.dns else 0,
             "reader_budget": self.budget.describe(),
             "poll_interval_s": self.poll_interval,
             # learned apart: what a record adds, what a poll costs whatever it reads

@@ -12,6 +12,7 @@ import os
 
 from ..store import DropRow, FlowRow, HopRow, IndexRow
 from . import flows as F
+from .dns import dns_item
 from .target import role
 
 LIVE_DROPS_PER_CAUSE = 3
@@ -199,6 +200,8 @@ class LiveText:
         """A process/link/cgroup event line (None for setns: stored only)."""
         if ev["kind"] == "setns":
             return None  # tools looking into the namespace
+        if ev["kind"] == "dns":
+            return dns_item(ev)  # a DNS lookup (trace/dns.py)
         d = ev.get("detail") or {}
         what = {
             "exec": " ".join(d.get("argv") or [d.get("filename", "")]),

@@ -51,6 +51,16 @@ def format_summary(s):
     lines.append("NAT translations: " + ("; ".join(s["nat"]) if s["nat"] else "none"))
     lines.append("drops: " + ("; ".join(s["drops"]) if s["drops"] else "none"))
     loss = s["loss"]
+    if s.get("dns_lookups") or loss.get("dns_reports"):
+        missed = loss.get("dns_reports")
+        lines.append(
+            f"dns lookups: {s.get('dns_lookups', 0)}"
+            + (
+                f" ({missed} embedded DNS report(s) missed: the trace read too slowly)"
+                if missed
+                else ""
+            )
+        )
     lines.append(
         f"loss: capture {loss['capture']} (ring full"
         + (": a larger -B/--buffer-size keeps more" if loss["capture"] else "")
