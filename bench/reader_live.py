@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,9 +49,15 @@ def one_round(topo, conns, pace):
         "0",
     ]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
     try:
-        if not p.stdout or not p.stdout.readline():
+        assert p.stdout is not None
+        if not p.stdout.readline():
             raise SystemExit(f"trace did not start: {p.stderr.read() if p.stderr else ''}")
+        # its lines are read as they come: a full pipe would stop the trace's poll loop
+        # in its write, and the whole load would be analysed in one poll at the end
+        drain = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+        drain.start()
         url = f"http://{topo.host_ip}:{topo.dnat_port}/"
         tracetopo.sh(
             topo.client,
@@ -59,13 +66,15 @@ def one_round(topo, conns, pace):
             timeout=30 + conns * (1 + pace),
         )
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=120)
+        p.wait(timeout=120)
+        drain.join(timeout=30)
+        err = p.stderr.read() if p.stderr else ""
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
         shutil.rmtree(root, ignore_errors=True)
-    for line in out.splitlines():
+    for line in lines:
         if line.startswith('{"type": "summary"'):
             return json.loads(line)
     raise SystemExit(f"trace gave no summary: {err[-2000:]}")

@@ -54,12 +54,14 @@ class Pkt(NamedTuple):
 
     @property
     def tuple(self):
-        return (self.proto, self.src, self.sport, self.dst, self.dport)
+        """(proto, src, sport, dst, dport): the first five fields."""
+        return self[:5]
 
     @property
     def ident(self):
-        """What NAT leaves alone: identifies one packet across capture points."""
-        return (self.ipid, self.seq, self.ack, self.iplen)
+        """What NAT leaves alone: identifies one packet across capture points
+        (ipid, seq, ack, iplen: the next four fields)."""
+        return self[5:9]
 
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
@@ -345,12 +347,13 @@ class FlowTable:
 
     def for_packet(self, pkt, ts):
         """(flow, direction, stage) for a packet, creating a flow if none matches."""
-        hit = self.index.get(pkt.tuple)
+        tup = pkt[:5]  # pkt.tuple
+        hit = self.index.get(tup)
         if hit:
             return hit
         f = self._new(pkt.proto, (pkt.src, pkt.sport, pkt.dst, pkt.dport), ts)
         self._index(f)
-        return self.index[pkt.tuple]
+        return self.index[tup]
 
     def learn_nat(self, f, before, after, hop):
         """A trace showed `before` (a Pkt) become `after` in the original direction."""
@@ -666,7 +669,7 @@ class Correlator:
                 lp.captures.append(c)
                 continue
             flow, direction, _stage = self.flows.for_packet(pkt, c.ts_ns + off)
-            ident = pkt.ident
+            ident = pkt[5:9]  # pkt.ident
             key = (flow.id, direction, ident)
             j = journeys.get(key)
             if j is None:
