@@ -18,6 +18,7 @@ import select
 import socket
 import struct
 import time
+from typing import Any
 
 from pyinspect.errors import UnavailableError
 
@@ -53,7 +54,7 @@ CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 _NLA = struct.Struct("=HH")
 GROUPS = 1 | 2 | 4  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
 NLM_F_CREATE = 0x400
-PROTOS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp"}
+PROTOS: dict[int | None, str] = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp"}
 TCP_STATES = [
     "NONE",
     "SYN_SENT",
@@ -68,9 +69,9 @@ TCP_STATES = [
 ]
 
 
-def _attrs(data, off, end):
+def _attrs(data: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
     """{type: (start, end)} of the attributes in data[off:end] (last one of a type wins)."""
-    out = {}
+    out: dict[int, tuple[int, int]] = {}
     unpack = _NLA.unpack_from
     while off + 4 <= end:
         ln, typ = unpack(data, off)
@@ -81,12 +82,14 @@ def _attrs(data, off, end):
     return out
 
 
-def _ip(data, span):
+def _ip(data: bytes, span: tuple[int, int]) -> str:
     a, b = span
     return socket.inet_ntop(socket.AF_INET if b - a == 4 else socket.AF_INET6, data[a:b])
 
 
-def _tuple(data, span):
+def _tuple(
+    data: bytes, span: tuple[int, int]
+) -> tuple[int | None, tuple[str | None, int, str | None, int]]:
     """A CTA_TUPLE_* nest -> (proto number, (src, sport, dst, dport))."""
     t = _attrs(data, *span)
     src = dst = None
@@ -110,7 +113,9 @@ def _tuple(data, span):
     return num, (src, sport, dst, dport)
 
 
-def decode(data, off, end, kind=None, ts_ns=None):
+def decode(
+    data: bytes, off: int, end: int, kind: str | None = None, ts_ns: int | None = None
+) -> dict[str, Any] | None:
     """One ctnetlink message (its attributes after the nfgenmsg) -> event dict, or None
     when it carries no tuple."""
     a = _attrs(data, off, end)
@@ -148,13 +153,13 @@ class ConntrackEvents(Receiver):
 
     `read(timeout)` returns the events available now (see the module docstring)."""
 
-    def __init__(self, netns=None, rcvbuf=8 << 20):
+    def __init__(self, netns: str | None = None, rcvbuf: int = 8 << 20) -> None:
         self.netns = netns
         self.rcvbuf = rcvbuf
         self.sock = None
         self.lost = 0  # ENOBUFS overruns (events the kernel could not queue)
 
-    def start(self):
+    def start(self) -> "ConntrackEvents":
         try:
             with in_netns(self.netns):
                 s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -170,7 +175,7 @@ class ConntrackEvents(Receiver):
         return self
 
     @staticmethod
-    def _parse(data, now, kind_override=None):
+    def _parse(data: bytes, now: int, kind_override: str | None = None) -> list[dict]:
         out = []
         off = 0
         while off + 16 <= len(data):
@@ -192,7 +197,7 @@ class ConntrackEvents(Receiver):
             off += (ln + 3) & ~3
         return out
 
-    def dump(self, timeout=2.0):
+    def dump(self, timeout: float = 2.0) -> list[dict]:
         """The conntrack table now (IPv4 and IPv6 entries), as event dicts with kind
         'existing'."""
         out = []
@@ -200,7 +205,7 @@ class ConntrackEvents(Receiver):
             out.extend(self._dump_family(family, timeout))
         return out
 
-    def _dump_family(self, family, timeout):
+    def _dump_family(self, family: int, timeout: float) -> list[dict]:
         with in_netns(self.netns):
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         out = []
@@ -236,19 +241,19 @@ class ConntrackEvents(Receiver):
             s.close()
         return out
 
-    def stop(self):
+    def stop(self) -> None:
         if self.sock:
             self.sock.close()
             self.sock = None
 
-    def __enter__(self):
+    def __enter__(self) -> "ConntrackEvents":
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def events_enabled(netns=None):
+def events_enabled(netns: str | None = None) -> bool:
     """True unless net.netfilter.nf_conntrack_events is 0 in that namespace."""
     from ..runtime import sysctl  # the one sysctl reader
 
