@@ -435,10 +435,12 @@ def _decode(row):
 
 
 def known_kinds():
-    """Every event kind the probes record (their KINDS, imported only when asked)."""
+    """Every event kind stored: the probes' (their KINDS, imported only when asked) and
+    `dns`."""
     from .probes import cgroups, links, process
 
-    return set(process.KINDS.values()) | set(cgroups.KINDS.values()) | set(links.KINDS)
+    kinds = set(process.KINDS.values()) | set(cgroups.KINDS.values()) | set(links.KINDS)
+    return kinds | {"dns"}  # the DNS lookups a trace stores (trace/dns.py)
 
 
 PACKET_KINDS = ("flow", "drop")
@@ -520,6 +522,15 @@ def summary(ev):
         return s + (f"  {d['nat']}" if d.get("nat") else "")
     if k == "drop":
         return f"dropped: {d.get('reason')} at {d.get('location')}"
+    if k == "dns":  # a lookup a trace saw (trace/dns.py writes the text of its live line)
+        ans = d.get("rcode") or "no reply"
+        if ans == "NOERROR":
+            ans = ", ".join(d.get("answers") or []) or "no records"
+        via = d.get("upstream") or d.get("server") or ""
+        return (
+            f"{d.get('client')} -> {d.get('qtype')} {d.get('qname')}? {ans} "
+            f"({d.get('source')}, {d.get('how')}{' ' + via if via else ''})"
+        )
     if k.startswith("cgroup_"):
         ctl = d.get("controllers") or ("v2" if d.get("version") == 2 else "")
         return f"{ctl}:{d.get('path')} id {d.get('id')}"
