@@ -317,7 +317,7 @@ class Resolver:
             return None
         try:
             q = dns.DNSRecord.parse(data)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 dnslib raises assorted errors on a malformed query
             return b""
         reply = q.reply()
         if internal:
