@@ -18,6 +18,7 @@ agent/trace/dns.py): one unix datagram per answer to every socket in the contain
 there the cost is one listdir every 10 ms of queries.
 """
 
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -98,8 +99,12 @@ class Listeners:
         for addr in self.addrs:
             try:
                 sock.sendto(msg, addr)
+            except ConnectionRefusedError:  # the socket of a trace that was killed
+                with contextlib.suppress(OSError):
+                    os.unlink(addr)
+                self._checked = -1.0  # list the directory again at the next query
             except OSError:
-                pass  # full (EAGAIN), gone (ECONNREFUSED, ENOENT): that listener misses it
+                pass  # full (EAGAIN), gone (ENOENT): that listener misses it
 
     def close(self):
         if self._sock is not None:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -71,6 +72,18 @@ def _one(items, qname, qtype="A"):
     return got[0]
 
 
+BURST_N = 60
+BURST = (
+    "import socket, sys; from dnslib import DNSRecord\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+    "ok = 0\n"
+    "for i in range(int(sys.argv[2])):\n"
+    "    s.sendto(DNSRecord.question(sys.argv[1]).pack(), ('127.0.0.11', 53))\n"
+    "    ok += bool(DNSRecord.parse(s.recv(4096)).rr)\n"
+    "print(ok)\n"
+)
+
+
 def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
     ns, cli, made = host
     cli("network", "create", "--subnet", "10.78.0.0/24", "pdt-net")
@@ -86,6 +99,15 @@ def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
         assert os.listdir(listen), "the trace listens"  # one socket, the trace's
         for name in (db, "ext.test", "nope.test"):
             cli("exec", web, "nslookup", name, check=False)
+        # a burst: more answers than a unix datagram socket queues (max_dgram_qlen 10)
+        burst = subprocess.run(
+            ["ip", "netns", "exec", web, sys.executable, "-c", BURST, db, str(BURST_N)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert burst.stdout.strip() == str(BURST_N), burst
 
     items, summary, err = _trace(cli, web, work)
     local = _one(items, db)
@@ -98,13 +120,15 @@ def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
     assert ext["text"].startswith(
         f"dns  {web} -> A ext.test? 10.9.9.9 (embedded, forwarded to {UPSTREAM}:53, "
     ), ext
+    burst = [i for i in items if i["qname"] == db and i["qtype"] == "A"]
+    assert len(burst) == BURST_N + 1 and all(i["answers"] == [db_ip] for i in burst)
     nope = _one(items, "nope.test")
     assert nope["rcode"] == "NXDOMAIN" and "? NXDOMAIN (embedded, forwarded" in nope["text"]
     assert summary["dns_lookups"] == len(items) and summary["loss"]["dns_reports"] == 0
     # stored as events of kind dns: the dashboard's timeline shows them
     from pyinspect.overview import Overview
 
-    rows = Overview(state_root).timeline(container=web, kinds=["dns"], limit=50)
+    rows = Overview(state_root).timeline(container=web, kinds=["dns"], limit=500)
     shown = {r["summary"] for r in rows}
     assert f"{web} -> A {db}? {db_ip} (embedded, local)" in shown, shown
     assert f"{web} -> A ext.test? 10.9.9.9 (embedded, forwarded {UPSTREAM}:53)" in shown, shown

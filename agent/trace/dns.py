@@ -18,9 +18,11 @@ events table with the trace's other events, shown live by sinks.LiveText.event.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,8 +30,8 @@ from typing import Any
 from .sources import Source
 
 NO_REPLY_S = 3.0  # a query seen in packets without a response for this long: "no reply"
-READ_PER_POLL = 2000  # embedded reports taken a poll (the rest wait in the socket)
-RCVBUF = 1 << 20
+READ_PER_POLL = 5000  # embedded reports decoded a poll (the rest wait for the next)
+QUEUED = 100_000  # reports received and not yet decoded, at most (older ones are counted lost)
 
 
 @dataclass
@@ -169,6 +171,11 @@ class DnsLookups(Source):
         self.points = points
         self.sock: socket.socket | None = None
         self.path: str | None = None
+        # a unix datagram socket queues only net.unix.max_dgram_qlen (10) datagrams: a
+        # thread takes them as they come, read() decodes them at the poll
+        self._raw: collections.deque[bytes] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
         self.lookups = 0  # lines made
         self._lost = 0
         self._seq = None
@@ -189,7 +196,6 @@ class DnsLookups(Source):
         _remove_stale(directory)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             dfd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
             try:  # through the directory's fd: a deep state dir would not fit sun_path
                 sock.bind(f"/proc/self/fd/{dfd}/{os.getpid()}.sock")
@@ -198,24 +204,32 @@ class DnsLookups(Source):
         except OSError:
             sock.close()
             raise
-        sock.setblocking(False)
+        sock.settimeout(0.2)  # the thread looks at _stopping this often
         self.sock, self.path = sock, os.path.join(directory, f"{os.getpid()}.sock")
+        self._thread = threading.Thread(target=self._receive, name="pyinspect-dns", daemon=True)
+        self._thread.start()
         time.sleep(2 * netdns.LISTEN_CHECK)  # the resolver looks for listeners this often
         return self
 
-    def read(self, final=False) -> list:
-        out: list = []
-        sock = self.sock
-        if sock is None:
-            return out
-        for _ in range(READ_PER_POLL):
+    def _receive(self):
+        sock, raw = self.sock, self._raw
+        assert sock is not None
+        while not self._stopping:
             try:
                 msg = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                break
+            except (TimeoutError, InterruptedError):
+                continue
             except OSError:
-                break
-            ev = self._report(msg)
+                return
+            if len(raw) >= QUEUED:
+                raw.popleft()  # the sequence numbers count it lost
+            raw.append(msg)
+
+    def read(self, final=False) -> list:
+        out: list = []
+        raw = self._raw
+        for _ in range(len(raw) if final else min(len(raw), READ_PER_POLL)):
+            ev = self._report(raw.popleft())
             if ev is not None:
                 out.append(ev)
         return out
@@ -255,6 +269,10 @@ class DnsLookups(Source):
         return self._lost
 
     def stop(self) -> None:
+        self._stopping = True
+        if self._thread is not None:
+            self._thread.join(2)
+            self._thread = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
