@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,10 @@ from .rows import (
     _FLOW_SET,
     _SEGMENT_COLS,
     _SESSION_REF_COLS,
+    DropRow,
+    FlowRow,
+    HopRow,
+    IndexRow,
     SegmentInfo,
     SessionRef,
     TraceIds,
@@ -39,7 +43,7 @@ _INDEX_INSERT_MANY = _INDEX_INSERT + ",(?,?,?,?,?,?,?,?)" * (INDEX_ROWS_PER_INSE
 class Store:
     """The pyinspect database. Cheap to open; safe for one writer and many readers."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,11 +62,11 @@ class Store:
                 f"cannot open store {self.path}: {exc}", "move the file away or use another --root"
             ) from exc
         self._depth = 0
-        self._event_columns = None  # the events table's columns, once an insert has read them
+        self._event_columns: set[str] | None = None  # the events table's columns, once read
         self._migrate()
         self.reap_killed_traces()
 
-    def _migrate(self):
+    def _migrate(self) -> None:
         self.db.table("schema_version").create(
             {"version": int, "description": str, "applied_ns": int},
             pk="version",
@@ -93,21 +97,21 @@ class Store:
                 conn.execute("PRAGMA busy_timeout=5000")
 
     @property
-    def version(self):
+    def version(self) -> int:
         row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
         return row[0] or 0
 
-    def close(self):
+    def close(self) -> None:
         self.db.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Store":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- events -----------------------------------------------------------------
-    def insert_events(self, events):
+    def insert_events(self, events: Iterable[dict]) -> int:
         """Write a batch of event dicts in one transaction (`detail` may be a dict)."""
         rows = []
         for ev in events:
@@ -133,7 +137,7 @@ class Store:
 
     # -- transactions -------------------------------------------------------------
     @contextlib.contextmanager
-    def batch(self):
+    def batch(self) -> Iterator["Store"]:
         """One write transaction around several of the methods below (they nest)."""
         conn = self.db.conn
         if self._depth:
@@ -152,11 +156,17 @@ class Store:
         finally:
             self._depth = 0
 
-    def _run(self, sql, args=()):
+    def _run(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
         with self.batch():
             return self.db.conn.execute(sql, args)
 
-    def _run_many(self, sql, rows):
+    def _insert(self, sql: str, args: Sequence = ()) -> int:
+        """Run one INSERT; the new row's id."""
+        rowid = self._run(sql, args).lastrowid
+        assert rowid is not None  # an INSERT sets it
+        return rowid
+
+    def _run_many(self, sql: str, rows: Iterable[Sequence]) -> None:
         with self.batch():
             self.db.conn.executemany(sql, rows)
 
@@ -164,21 +174,21 @@ class Store:
     def begin_trace(
         self,
         *,
-        container_id,
-        container_name,
-        started_ns,
-        points,
-        pid=None,
-        filter="",
-        snaplen=0,
-        pcap_path="",
-    ):
+        container_id: str,
+        container_name: str,
+        started_ns: int,
+        points: Iterable[TracePoint | dict],
+        pid: int | None = None,
+        filter: str = "",
+        snaplen: int = 0,
+        pcap_path: str | Path = "",
+    ) -> TraceIds:
         """A `running` session row and its capture points (seq = position in `points`:
         the interface id in the segment files). `points` are TracePoint (or dicts of
         its fields). Returns TraceIds(session_id, point_ids)."""
         pts = [p if isinstance(p, TracePoint) else TracePoint(**p) for p in points]
         with self.batch():
-            sid = self._run(
+            sid = self._insert(
                 "INSERT INTO trace_sessions (container_id, container_name, started_ns,"
                 " filter, snaplen, status, pcap_path, pid) VALUES (?,?,?,?,?,'running',?,?)",
                 (
@@ -190,18 +200,24 @@ class Store:
                     str(pcap_path or ""),
                     os.getpid() if pid is None else pid,
                 ),
-            ).lastrowid
+            )
             ids = [
-                self._run(
+                self._insert(
                     "INSERT INTO capture_points (session_id, seq, name, description, ifindex,"
                     " netns, linktype) VALUES (?,?,?,?,?,?,?)",
                     (sid, seq, p.name, p.description, p.ifindex, p.netns, p.linktype),
-                ).lastrowid
+                )
                 for seq, p in enumerate(pts)
             ]
         return TraceIds(sid, ids)
 
-    def end_trace(self, session_id, status="stopped", summary=None, stopped_ns=None):
+    def end_trace(
+        self,
+        session_id: int,
+        status: str = "stopped",
+        summary: dict | None = None,
+        stopped_ns: int | None = None,
+    ) -> None:
         """Mark a session ended with its summary (a dict, stored as JSON)."""
         self._run(
             "UPDATE trace_sessions SET stopped_ns = ?, status = ?, summary = ? WHERE id = ?",
@@ -213,30 +229,30 @@ class Store:
             ),
         )
 
-    def fail_trace(self, session_id, why):
+    def fail_trace(self, session_id: int, why: str) -> None:
         """Mark a session `failed: <why>` (cut at 200 characters)."""
         self._run(
             "UPDATE trace_sessions SET stopped_ns = ?, status = ? WHERE id = ?",
             (time.time_ns(), f"failed: {why}"[:200], session_id),
         )
 
-    def add_segment(self, session_id, seq, path, started_ns):
+    def add_segment(self, session_id: int, seq: int, path: str | Path, started_ns: int) -> int:
         """A segment file the trace has opened; `path` is absolute or relative to the
         database's directory (stored relative when it is under it). Returns its id."""
-        return self._run(
+        return self._insert(
             "INSERT INTO pcap_segments (session_id, seq, path, started_ns, complete)"
             " VALUES (?, ?, ?, ?, 0)",
             (session_id, seq, self._relative(path), started_ns),
-        ).lastrowid
+        )
 
-    def finish_segment(self, segment_id, nbytes, ended_ns):
+    def finish_segment(self, segment_id: int, nbytes: int, ended_ns: int) -> None:
         """A segment file closed complete with `nbytes` bytes."""
         self._run(
             "UPDATE pcap_segments SET bytes = ?, ended_ns = ?, complete = 1 WHERE id = ?",
             (nbytes, ended_ns, segment_id),
         )
 
-    def add_index(self, rows):
+    def add_index(self, rows: list[IndexRow]) -> list[int]:
         """IndexRow rows in one transaction; returns their ids in order (hops refer to
         them as packet_id)."""
         if not rows:
@@ -259,17 +275,17 @@ class Store:
         # one writer holds the lock for the whole insert: the ids are consecutive
         return list(range(last - len(rows) + 1, last + 1))
 
-    def insert_flow(self, row):
+    def insert_flow(self, row: FlowRow) -> int:
         """A FlowRow; returns its id."""
-        return self._run(
+        return self._insert(
             f"INSERT INTO flows ({_FLOW_COLS}) VALUES ({_FLOW_QS})", _with_json(row)
-        ).lastrowid
+        )
 
-    def update_flow(self, flow_id, row):
+    def update_flow(self, flow_id: int, row: FlowRow) -> None:
         """Replace a flow's columns with a FlowRow's."""
         self._run(f"UPDATE flows SET {_FLOW_SET} WHERE id = ?", (*_with_json(row), flow_id))
 
-    def insert_hops(self, rows):
+    def insert_hops(self, rows: Iterable[HopRow]) -> None:
         """HopRow rows in one transaction."""
         self._run_many(
             "INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain,"
@@ -277,7 +293,7 @@ class Store:
             [_with_json(r) for r in rows],
         )
 
-    def insert_drops(self, rows):
+    def insert_drops(self, rows: Iterable[DropRow]) -> None:
         """DropRow rows in one transaction."""
         self._run_many(
             "INSERT INTO drops (session_id, ts_ns, reason, location, ifindex, flow_id,"
@@ -286,7 +302,7 @@ class Store:
         )
 
     # -- killed traces ---------------------------------------------------------------
-    def reap_killed_traces(self):
+    def reap_killed_traces(self) -> list[int]:
         """Mark `running` sessions whose process is gone as `killed`; returns their ids.
         A process that started after the session did is not its trace (a recycled pid).
 
@@ -335,11 +351,11 @@ class Store:
         return reaped
 
     # -- segments and the packet index (read) -------------------------------------------
-    def segment_path(self, path):
+    def segment_path(self, path: str | Path) -> Path:
         """The absolute path of a segment row's `path`."""
         return self.path.parent / path
 
-    def _relative(self, path):
+    def _relative(self, path: str | Path) -> str:
         path = Path(path)
         if not path.is_absolute():
             return str(path)
@@ -347,13 +363,13 @@ class Store:
             return str(path.relative_to(self.path.parent.absolute()))
         return str(path)
 
-    def _stat(self, rel):
+    def _stat(self, rel: str) -> os.stat_result | None:
         try:
             return os.stat(self.segment_path(rel))
         except OSError:
             return None
 
-    def segments(self, session_ids):
+    def segments(self, session_ids: Sequence[int]) -> list[SegmentInfo]:
         """SegmentInfo of the sessions, by session then seq."""
         if not session_ids:
             return []
@@ -367,13 +383,13 @@ class Store:
             )
         ]
 
-    def index_span(self, segment_id):
+    def index_span(self, segment_id: int) -> tuple[int | None, int | None]:
         """(min ts_ns, max ts_ns) of a segment's indexed packets, or (None, None)."""
         return self.db.conn.execute(
             "SELECT min(ts_ns), max(ts_ns) FROM packet_index WHERE segment_id = ?", (segment_id,)
         ).fetchone()
 
-    def flow_offsets(self, segment_id):
+    def flow_offsets(self, segment_id: int) -> tuple[list[int], list[int]]:
         """(offsets, flow ids) of a segment's packets indexed to a flow, by offset."""
         rows = self.db.conn.execute(
             "SELECT offset, flow_id FROM packet_index WHERE segment_id = ?"
@@ -382,7 +398,7 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
-    def indexed_packets(self, flow_ids):
+    def indexed_packets(self, flow_ids: Iterable[int]) -> list[tuple[int, int, int]]:
         """(segment_id, offset, ts_ns) of the packets indexed to these flows."""
         flow_ids = list(flow_ids)
         if not flow_ids:
@@ -394,10 +410,11 @@ class Store:
             flow_ids,
         ).fetchall()
 
-    def indexed_count(self, session_id=None, flow_id=None):
+    def indexed_count(self, session_id: int | None = None, flow_id: int | None = None) -> int:
         """Index rows of a session or a flow."""
         if flow_id is not None:
-            sql, val = "SELECT count(*) FROM packet_index WHERE flow_id = ?", flow_id
+            sql = "SELECT count(*) FROM packet_index WHERE flow_id = ?"
+            val: int | None = flow_id
         else:
             sql = (
                 "SELECT count(*) FROM packet_index WHERE segment_id IN"
@@ -475,7 +492,7 @@ class Store:
         w.add_in("session_id", session_ids)
         return dict(self.db.execute("SELECT id, nat FROM flows" + w.sql(), w.params))
 
-    def flow_span(self, flow_ids) -> tuple[int | None, int | None]:
+    def flow_span(self, flow_ids: Sequence[int]) -> tuple[int | None, int | None]:
         """(first_ns, last_ns) over the flows, or (None, None) if any of them lacks one."""
         if not flow_ids:
             return None, None
