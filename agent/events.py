@@ -526,10 +526,11 @@ def summary(ev):
         ans = d.get("rcode") or "no reply"
         if ans == "NOERROR":
             ans = ", ".join(d.get("answers") or []) or "no records"
+        how = " ".join(str(x) for x in (d.get("proto"), d.get("how")) if x)
         via = d.get("upstream") or d.get("server") or ""
         return (
             f"{d.get('client')} -> {d.get('qtype')} {d.get('qname')}? {ans} "
-            f"({d.get('source')}, {d.get('how')}{' ' + via if via else ''})"
+            f"({d.get('source')}, {how}{' ' + via if via else ''})"
         )
     if k.startswith("cgroup_"):
         ctl = d.get("controllers") or ("v2" if d.get("version") == 2 else "")

@@ -72,6 +72,11 @@ def _one(items, qname, qtype="A"):
     return got[0]
 
 
+TCP_QUERY = (
+    "import sys; from dnslib import DNSRecord\n"
+    "r = DNSRecord.question(sys.argv[1]).send('127.0.0.11', 53, tcp=True, timeout=3)\n"
+    "print(DNSRecord.parse(r).rr[0].rdata)\n"
+)
 BURST_N = 60
 BURST = (
     "import socket, sys; from dnslib import DNSRecord\n"
@@ -108,6 +113,15 @@ def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
             check=False,
         )
         assert burst.stdout.strip() == str(BURST_N), burst
+        # over TCP: answered by the embedded DNS, forwarded over TCP or else UDP
+        tcp = subprocess.run(
+            ["ip", "netns", "exec", web, sys.executable, "-c", TCP_QUERY, "ext.test"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert tcp.stdout.strip() == "10.9.9.9", tcp
 
     items, summary, err = _trace(cli, web, work)
     local = _one(items, db)
@@ -122,6 +136,9 @@ def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
     ), ext
     burst = [i for i in items if i["qname"] == db and i["qtype"] == "A"]
     assert len(burst) == BURST_N + 1 and all(i["answers"] == [db_ip] for i in burst)
+    tcp = [i for i in items if i["qname"] == "ext.test" and i["proto"] == "tcp"]
+    assert len(tcp) == 1 and tcp[0]["answers"] == ["10.9.9.9"], items
+    assert tcp[0]["text"].startswith(f"dns  {web} -> A ext.test? 10.9.9.9 (embedded over tcp, ")
     nope = _one(items, "nope.test")
     assert nope["rcode"] == "NXDOMAIN" and "? NXDOMAIN (embedded, forwarded" in nope["text"]
     assert summary["dns_lookups"] == len(items) and summary["loss"]["dns_reports"] == 0
@@ -130,8 +147,8 @@ def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
 
     rows = Overview(state_root).timeline(container=web, kinds=["dns"], limit=500)
     shown = {r["summary"] for r in rows}
-    assert f"{web} -> A {db}? {db_ip} (embedded, local)" in shown, shown
-    assert f"{web} -> A ext.test? 10.9.9.9 (embedded, forwarded {UPSTREAM}:53)" in shown, shown
+    assert f"{web} -> A {db}? {db_ip} (embedded, udp local)" in shown, shown
+    assert f"{web} -> A ext.test? 10.9.9.9 (embedded, udp forwarded {UPSTREAM}:53)" in shown, shown
     assert not os.path.exists(listen)
 
 
@@ -147,7 +164,7 @@ def test_default_bridge_lookup_is_decoded_from_the_packets(host):
 
     items, summary, err = _trace(cli, web, work)
     ext = _one(items, "ext.test")
-    assert ext["source"] == "packets" and ext["how"] == "udp", ext
+    assert ext["source"] == "packets" and ext["proto"] == "udp", ext
     assert ext["server"] == f"{UPSTREAM}:53" and ext["point"] == "eth0", ext
     assert ext["answers"] == ["10.9.9.9"] and ext["rcode"] == "NOERROR"
     assert ext["text"].startswith(f"dns  {web} -> A ext.test? 10.9.9.9 (udp {UPSTREAM}:53 via eth0")

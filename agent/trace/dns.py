@@ -45,7 +45,8 @@ class Lookup:
     rcode: str  # NOERROR, NXDOMAIN, SERVFAIL...; "" when no reply came
     answers: list[str] = field(default_factory=list)
     source: str = "packets"  # "embedded" | "packets"
-    how: str = ""  # embedded: local | forwarded | failed; packets: udp | tcp
+    proto: str = "udp"  # udp | tcp
+    how: str = ""  # embedded: local | forwarded | failed
     upstream: str | None = None  # embedded, forwarded: the resolver asked
     server: str | None = None  # packets: the server's ip:port
     point: str | None = None  # packets: the capture point the query was decoded at
@@ -63,11 +64,12 @@ class Lookup:
     def where(self) -> str:
         took = f", {self.latency_us / 1000:.1f} ms" if self.latency_us is not None else ""
         if self.source == "embedded":
+            emb = "embedded over tcp" if self.proto == "tcp" else "embedded"
             if self.how == "forwarded":
-                return f"embedded, forwarded to {self.upstream or '?'}{took}"
-            return f"embedded, {self.how}" + (took if self.how != "local" else "")
+                return f"{emb}, forwarded to {self.upstream or '?'}{took}"
+            return f"{emb}, {self.how}" + (took if self.how != "local" else "")
         via = f" via {self.point}" if self.point else ""
-        return f"{self.how} {self.server}{via}{took}"
+        return f"{self.proto} {self.server}{via}{took}"
 
     def text(self) -> str:
         return f"dns  {self.client} -> {self.qtype} {self.qname}? {self.result()} ({self.where()})"
@@ -257,6 +259,7 @@ class DnsLookups(Source):
             rcode=rcode,
             answers=answers,
             source="embedded",
+            proto=proto,
             how=how,
             upstream=None if up == "-" else up,
             latency_us=None if took == "-" else int(took),
@@ -320,7 +323,7 @@ class DnsLookups(Source):
                 qtype=qtype,
                 rcode=rcode,
                 answers=answers,
-                how=proto,
+                proto=proto,
                 server=_ep(pkt.src, pkt.sport),
                 point=self.points[point].name,
                 latency_us=(c.ts_ns - query[0]) // 1000 if query else None,
@@ -337,7 +340,7 @@ class DnsLookups(Source):
                     qname=key[1],
                     qtype=key[2],
                     rcode="",
-                    how=proto,
+                    proto=proto,
                     server=_ep(pkt.dst, pkt.dport),
                     point=self.points[point].name,
                 )
