@@ -11,7 +11,8 @@ temporary directory. Two workloads:
   bulk   one UDP flow of many packets at 4 points (a flood: past its live lines, the
          flow's packets take the fast path)
 Prints microseconds of CPU (thread time) per record, the least of `--rounds` runs. The live
-trace reports the same measure in its summary (`reader_us_per_record`); bench/evidence.py
+trace reports the same measure in its summary (`reader_cost`, `reader_us_per_record`);
+bench/reader_live.py measures it on a live trace of short connections, bench/evidence.py
 prints it under load.
 """
 

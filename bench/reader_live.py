@@ -1,6 +1,6 @@
 """The trace reader's cost per analysed record, live: short connections through DNAT.
 
-    .venv/bin/python bench/reader_live.py [--conns 200] [--rounds 3]
+    .venv/bin/python bench/reader_live.py [--conns 200] [--rounds 3] [--pace 0.02]
 
 Topology: testbed/tracetopo.py (client -> host netns with DNAT 8088 -> bridge -> veth ->
 container eth0 running busybox httpd). Each round starts `pyinspect trace --json
@@ -8,9 +8,9 @@ container eth0 running busybox httpd). Each round starts `pyinspect trace --json
 `--conns` times from the client (busybox wget, one connection each), stops the trace and
 prints from its summary: records analysed, the reader's learned cost per record
 (`reader_cost.per_record_us`: what a record adds to a poll, an average moving 20% a
-poll from 10 us: back to back fetches settle in 1-2 polls, so use --pace) and the
-reader thread's whole CPU over records (`reader_us_per_record`, polls' own cost
-included). The synthetic
+poll from 10 us, so the load is spread over many polls: --pace) and the reader thread's
+whole CPU over records (`reader_us_per_record`, polls' own cost included). The trace's
+lines are read as they come (an unread pipe would stop its poll loop). The synthetic
 counterpart (no kernel, thread CPU of the analysis alone) is bench/analysis_cost.py.
 Set PYTHONPATH to trace with another checkout (e.g. a directory holding a `pyinspect`
 symlink to an older agent/) for a before/after on the same machine.
@@ -87,10 +87,9 @@ def main(argv=None):
     ap.add_argument(
         "--pace",
         type=float,
-        default=0,
-        help="seconds between fetches (0: back to back, the whole load in 1-2 polls; "
-        "0.02 spreads it over ~20 polls, so the learned cost is mostly measured, "
-        "not its 10 us starting value)",
+        default=0.02,
+        help="seconds between fetches (0.02: ~40 polls of ~240 records for 200 "
+        "connections, so the learned cost is measured, not its 10 us starting value)",
     )
     a = ap.parse_args(argv)
     topo = tracetopo.Topology(prefix="prl")
