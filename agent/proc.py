@@ -3,7 +3,7 @@
 import os
 
 
-def pid_alive(pid):
+def pid_alive(pid: int) -> bool:
     """True if a process `pid` exists (signal 0; one we may not signal still exists).
 
     Only the pid is checked: a recycled pid counts as alive. Where that matters, compare
@@ -21,7 +21,7 @@ def pid_alive(pid):
     return True
 
 
-def start_ticks(pid):
+def start_ticks(pid: int | None) -> int:
     """When `pid` started, in clock ticks since boot; 0 if it does not exist or is a
     zombie (as good as dead)."""
     if not pid or pid <= 0:
@@ -37,7 +37,7 @@ def start_ticks(pid):
     return int(fields[19])
 
 
-def started_by(pid, epoch_ns):
+def started_by(pid: int, epoch_ns: int) -> bool:
     """True if a process `pid` exists and started no later than `epoch_ns` (to the
     second): the process that recorded that time, not a later one given its pid."""
     ticks = start_ticks(pid)
@@ -52,7 +52,7 @@ def started_by(pid, epoch_ns):
     return started_s <= epoch_ns / 1e9 + 1.0
 
 
-def delete_netns(name):
+def delete_netns(name: str) -> None:
     """Kill every process in the named network namespace (`ip netns`), then delete it.
     Missing namespaces and processes that are already gone are not errors."""
     import subprocess
@@ -68,7 +68,7 @@ def delete_netns(name):
     subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
-def started_ns(pid):
+def started_ns(pid: int) -> int | None:
     """When a live `pid` started, in ns since the epoch (to the clock tick); None if gone."""
     ticks = start_ticks(pid)
     if not ticks:

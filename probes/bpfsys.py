@@ -19,7 +19,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
 
-def bpf(cmd, attr):
+def bpf(cmd: int, attr: ctypes.Structure | ctypes.Array) -> int:
     """bpf(cmd, attr) with `attr` a ctypes buffer (the kernel may write into it); the
     result (an fd for commands that make one), or OSError."""
     r = libc.syscall(SYS_BPF, cmd, attr, ctypes.sizeof(attr))

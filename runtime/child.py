@@ -9,7 +9,7 @@ at exec).
 import os
 
 
-def read_all(fd):
+def read_all(fd: int) -> bytes:
     """Everything readable from `fd` until EOF (the fd stays open)."""
     chunks: list[bytes] = []
     while True:
@@ -22,13 +22,13 @@ def read_all(fd):
         chunks.append(b)
 
 
-def write_all(fd, data):
+def write_all(fd: int, data: bytes) -> None:
     while data:
         n = os.write(fd, data)
         data = data[n:]
 
 
-def report(fd, word, text):
+def report(fd: int, word: object, text: object) -> None:
     """In the child: write the report `<word> <text>` (ignored if the parent is gone)."""
     try:
         write_all(fd, f"{word} {text}".encode())
@@ -36,7 +36,7 @@ def report(fd, word, text):
         pass
 
 
-def read_report(fd):
+def read_report(fd: int) -> tuple[str, str] | None:
     """In the parent: read the child's report to EOF and close `fd`.
 
     Returns (word, text), or None when the child wrote nothing."""
@@ -48,7 +48,7 @@ def read_report(fd):
     return word, text
 
 
-def wait(pid):
+def wait(pid: int) -> int:
     """Wait for child `pid`: its exit code, 128+N if killed by signal N, 255 if it
     is not our child (already reaped)."""
     while True:

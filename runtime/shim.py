@@ -532,6 +532,7 @@ class Shim:
                     if not data:
                         poller.unregister(fd)
                         stdin_fd = None
+                    assert self.master is not None  # stdin is relayed to a terminal only
                     try:
                         child.write_all(self.master, data or b"\x04")  # ^D: EOF for the tty
                     except OSError:

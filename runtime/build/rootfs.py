@@ -89,6 +89,7 @@ def start(
 
 def finish(c: Child) -> None:
     """Wait for the child; ChildFailed with its message if it failed."""
+    assert c.err_r is not None, "finish() runs once"
     try:
         failure = child.read_report(c.err_r)  # closes err_r
     except BaseException:  # interrupted: the child goes too
