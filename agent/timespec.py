@@ -26,7 +26,7 @@ FORMS = "a duration ago (30s, 10m, 2h, 1d), epoch seconds or ns, or an ISO 8601 
 EXAMPLE = "e.g. 5m, 1764417600, 2026-11-29T12:00:00Z"
 
 
-def parse_time(text, now_ns=None, what="time"):
+def parse_time(text: str | int | None, now_ns: int | None = None, what: str = "time") -> int | None:
     """Epoch ns for `text` (None and "" give None; an int is taken as epoch ns).
 
     Errors are UsageErrors reading `bad <what> '<text>': ...`; times before 1970 or
@@ -62,7 +62,7 @@ def parse_time(text, now_ns=None, what="time"):
     return _checked(int(when.timestamp()) * 10**9 + when.microsecond * 1000, text, what)
 
 
-def _checked(ns, text, what):
+def _checked(ns: int | None, text: object, what: str) -> int:
     if ns is None or not 0 <= ns < 2**63:
         raise UsageError(f"bad {what} {text!r}: out of range (before 1970 or after 2262)", EXAMPLE)
     return ns

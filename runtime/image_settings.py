@@ -45,7 +45,7 @@ _LIMIT_KEYS = {
 }
 
 
-def load_settings(root) -> ImageSettings:
+def load_settings(root: str | Path) -> ImageSettings:
     """The settings in `<root>/config.json` (defaults when the file or a key is missing)."""
     path = Path(root) / CONFIG_NAME
     try:

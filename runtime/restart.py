@@ -25,13 +25,13 @@ class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.name == "on-failure" and self.max_retries:
             return f"on-failure:{self.max_retries}"
         return self.name
 
 
-def parse(text) -> RestartPolicy:
+def parse(text: str | None) -> RestartPolicy:
     """'no' | 'always' | 'unless-stopped' | 'on-failure[:N]' -> RestartPolicy (UsageError
     with Docker's wording otherwise). None and '' mean 'no'."""
     if not text:
@@ -85,7 +85,7 @@ class Backoff:
     """The delays between restarts of one monitor: 0.1 s, 0.2 s, 0.4 s ... 60 s, back to
     0.1 s after a run of RESET_AFTER seconds or more."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.delay = 0.0
 
     def next(self, ran_seconds: float) -> float:

@@ -136,3 +136,31 @@ def test_the_walk_finds_a_cycle():
 def test_no_import_cycles():
     found = [sorted(c) for c in cycles(import_graph())]
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_every_module_imports():
+    """Each module imports on its own (in a fresh interpreter): an annotation naming
+    something imported only under TYPE_CHECKING fails here, not in a user's command."""
+    import subprocess
+    import sys
+
+    names = sorted(m for m in package_modules() if not m.endswith("__main__"))
+    code = (
+        "import importlib, sys\n"
+        "bad = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except BaseException as exc:\n"
+        "        bad.append(f'{name}: {exc!r}')\n"
+        "print('\\n'.join(bad))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *names],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert proc.stdout.strip() == "", proc.stdout
+    assert len(names) > 100

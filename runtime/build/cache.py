@@ -12,8 +12,12 @@ them) is a miss.
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 from pyinspect.runtime.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from pyinspect.runtime.images import ImageStore
 
 
 def step_key(parent_id: str, parts: list) -> str:
@@ -25,7 +29,7 @@ def step_key(parent_id: str, parts: list) -> str:
 class BuildCache:
     """Records under `<root>/build/cache`."""
 
-    def __init__(self, root, store):
+    def __init__(self, root: str | os.PathLike, store: "ImageStore") -> None:
         self.dir = os.path.join(os.fspath(root), "build", "cache")
         self.store = store
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pyinspect.errors import UsageError
 
 
-def _clean(pattern):
+def _clean(pattern: str) -> str:
     p = os.path.normpath(pattern.strip()) if pattern.strip() else ""
     p = p.lstrip("/")
     return "" if p == "." else p
@@ -69,13 +69,13 @@ def has_magic(text: str) -> bool:
 class Rule:
     pattern: str
     exclude: bool
-    regex: object
+    regex: re.Pattern[str]
 
 
 class IgnoreRules:
     """The rules of one `.dockerignore` file."""
 
-    def __init__(self, rules):
+    def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
         self.has_exceptions = any(not r.exclude for r in rules)
 

@@ -126,7 +126,7 @@ def plan(
         tgt = stages[-1]
     needed = set()
 
-    def need(stage):
+    def need(stage: Stage) -> None:
         if stage.index in needed:
             return
         needed.add(stage.index)

@@ -9,6 +9,10 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyinspect.runtime.images import ImageStore
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 
@@ -58,7 +62,7 @@ class ImageState:
         """The config's "config" part: Env, Cmd, Entrypoint, WorkingDir..."""
         return self.config.get("config") or {}
 
-    def layer_dirs(self, store) -> list[str]:
+    def layer_dirs(self, store: "ImageStore") -> list[str]:
         """Overlay lower dirs, base first (a repeated layer keeps its topmost place)."""
         hexes = [d.split(":", 1)[-1] for d in self.diff_ids]
         return [

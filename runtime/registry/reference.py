@@ -52,7 +52,7 @@ class Reference:
         """What the manifest endpoint takes: the digest if pinned, else the tag."""
         return self.digest or self.tag
 
-    def __str__(self):
+    def __str__(self) -> str:
         s = self.familiar
         if self.tag:
             s += f":{self.tag}"
