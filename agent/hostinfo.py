@@ -137,6 +137,18 @@ def iptables() -> list[dict]:
     return out
 
 
+def iptables_writer(configured: str | None = None) -> dict:
+    """The backend pyinspect writes its rules to here and what writes them (python-iptables
+    or a restore tool), with a one-line note when legacy falls back from python-iptables."""
+    from .runtime import iptables as rt
+
+    try:
+        name = rt.backend(configured)
+    except Exception as exc:  # noqa: BLE001 UsageError: a bad PYINSPECT_IPTABLES
+        return {"backend": None, "writer": None, "note": str(exc)}
+    return {"backend": name, "writer": rt.writer(name), "note": rt.writer_note(name)}
+
+
 def sysctls() -> dict[str, str | None]:
     """{key: value} of SYSCTLS; None when not present (module not loaded, older kernel)."""
     from .runtime import sysctl
@@ -215,6 +227,7 @@ def collect(probe_ebpf: bool = True) -> dict:
         "kernel": kernel(),
         "cgroups": cgroups(mounts),
         "iptables": iptables(),
+        "iptables_writer": iptables_writer(),
         "sysctls": sysctls(),
         "netns": netns_inode(),
         "tracefs": tracefs(mounts),

@@ -1,4 +1,4 @@
-"""Which iptables backend pyinspect writes, and the one way it writes: `*-restore --noflush`.
+"""Which iptables backend pyinspect writes, and how it writes to it.
 
 Like Docker, pyinspect writes its rules with the backend the host's `iptables` command is:
 on Debian 12 and most current distributions `/usr/sbin/iptables` is `xtables-nft-multi`
@@ -7,10 +7,13 @@ on a host whose alternative points at `xtables-legacy-multi` they go to x_tables
 `PYINSPECT_IPTABLES=nft|legacy` (or `"iptables"` in the `network` object of
 `<root>/config.json`) overrides the choice, for tests and odd hosts.
 
-Each change is one `iptables-restore --noflush` text (all tables of one family in one
-exec), applied by `iptables-nft-restore`/`iptables-legacy-restore` (`ip6tables-*` for
-family 6): the kernel gets it atomically, or nothing when any line fails. Reading stays
-with probes/iptsave.py (`*-save`, which never creates a table).
+How each change is written (`writer()`): on nft, one `iptables-restore --noflush` text
+(all tables of one family in one exec) applied by `iptables-nft-restore` (`ip6tables-*`
+for family 6), which the kernel takes as one transaction; on legacy (x_tables), through
+python-iptables (runtime/iptcwrite.py: one libiptc commit per table), or, when
+python-iptables cannot be loaded here, the same restore text with `iptables-legacy-restore`
+(each `COMMIT` a table replace). Reading stays with probes/iptsave.py (`*-save`, which
+never creates a table).
 """
 
 import contextlib
@@ -21,6 +24,7 @@ import subprocess
 import time
 
 from ..errors import UnavailableError, UsageError
+from . import iptcwrite
 
 ENV = "PYINSPECT_IPTABLES"
 BACKENDS = ("nft", "legacy")
@@ -78,6 +82,25 @@ def show_command(backend_name: str, family: int = 4) -> str:
 
 def available(backend_name: str, family: int = 4) -> bool:
     return shutil.which(tool(backend_name, family, "restore")) is not None
+
+
+def writer(backend_name: str) -> str:
+    """What writes `backend_name`'s rules: 'iptables-nft-restore' for nft; for legacy
+    'python-iptables', or 'iptables-legacy-restore' when python-iptables cannot be loaded
+    here (writer_note() says why)."""
+    if backend_name == "legacy" and iptcwrite.load()[0] is not None:
+        return "python-iptables"
+    return f"iptables-{backend_name}-restore"
+
+
+def writer_note(backend_name: str) -> str | None:
+    """One line when the legacy backend falls back from python-iptables, else None."""
+    if backend_name != "legacy":
+        return None
+    why = iptcwrite.load()[1]
+    if why is None:
+        return None
+    return f"python-iptables unavailable ({why}): legacy rules written with iptables-legacy-restore"
 
 
 def restore(text: str, backend_name: str, family: int = 4, timeout: float = 20) -> None:

@@ -411,12 +411,24 @@ def _read(backend, family):
     return iptsave.parse_save(text, backend)
 
 
-def _plan(tables, bridge, wanted, family):
-    """(restore text or "", {"added", "removed"}) turning `tables` into what `wanted` says
-    for `bridge` (plus the shared jumps while any network has rules)."""
+@dataclasses.dataclass
+class TableChange:
+    """What one change does to one table, in this order: chains created, rules deleted
+    (as `*-save` printed them), rules added, emptied chains deleted."""
+
+    table: str
+    new_chains: list[str]
+    deletes: list  # probes.iptsave.Rule
+    adds: list[RuleSpec]
+    drop_chains: list[str]
+
+
+def _plan(tables, bridge, wanted, family) -> tuple[list[TableChange], dict[str, int]]:
+    """(changes, {"added", "removed"}) turning `tables` into what `wanted` says for
+    `bridge` (plus the shared jumps while any network has rules)."""
     prefix = owner_tag(bridge, "")
     counts = {"added": 0, "removed": 0}
-    blocks = []
+    changes = []
     for tname in TABLES:
         chains = tables.get(tname, {})
         mine, others = [], False
@@ -459,30 +471,64 @@ def _plan(tables, bridge, wanted, family):
                     drop.append(name)
         if not (deletes or adds or drop):
             continue
-        lines = [f"*{tname}"]
         new_chains = [
             n
             for n in OUR_CHAINS[tname]
             if n not in chains and any(n in (s.chain, s.target) for s in adds)
         ]
-        lines += [f":{n} - [0:0]" for n in new_chains]
-        lines += [f"-D {r.chain} " + _join(r.args) for r in deletes]
-        for spec in adds:
-            verb = f"-I {spec.chain} 1" if spec.insert else f"-A {spec.chain}"
-            lines.append(f"{verb} " + _join(spec.args()))
-        lines += [f"-X {n}" for n in drop]
-        lines.append("COMMIT")
-        blocks.append("\n".join(lines))
+        changes.append(TableChange(tname, new_chains, deletes, adds, drop))
         counts["removed"] += len(deletes)
         counts["added"] += len(adds)
-    return ("\n".join(blocks) + "\n") if blocks else "", counts
+    return changes, counts
+
+
+def _restore_text(changes: list[TableChange]) -> str:
+    """The changes as one `iptables-restore --noflush` text."""
+    blocks = []
+    for ch in changes:
+        lines = [f"*{ch.table}"]
+        lines += [f":{n} - [0:0]" for n in ch.new_chains]
+        lines += [f"-D {r.chain} " + _join(r.args) for r in ch.deletes]
+        for spec in ch.adds:
+            verb = f"-I {spec.chain} 1" if spec.insert else f"-A {spec.chain}"
+            lines.append(f"{verb} " + _join(spec.args()))
+        lines += [f"-X {n}" for n in ch.drop_chains]
+        lines.append("COMMIT")
+        blocks.append("\n".join(lines))
+    return ("\n".join(blocks) + "\n") if blocks else ""
+
+
+def _write(changes: list[TableChange], backend: str, family: int) -> None:
+    """Apply one change: python-iptables for legacy (iptables-legacy-restore when it
+    cannot be loaded, see iptables.writer()), iptables-nft-restore for nft."""
+    if not changes:
+        return
+    if iptables.writer(backend) == "python-iptables":
+        from . import iptcwrite
+
+        iptcwrite.apply(
+            [
+                iptcwrite.TableOps(
+                    ch.table,
+                    tuple(ch.new_chains),
+                    tuple((r.chain, iptcwrite.parse_args(r.args)) for r in ch.deletes),
+                    tuple((s.chain, iptcwrite.spec_fields(s), s.insert) for s in ch.adds),
+                    tuple(ch.drop_chains),
+                )
+                for ch in changes
+            ],
+            family,
+        )
+        return
+    iptables.restore(_restore_text(changes), backend, family)
 
 
 def sync(bridge, rules, backend=None):
     """Make the tagged rules of `bridge` equal `rules` (every family), in the backend the
     host's iptables is (`backend` overrides); our rules of `bridge` left in the other
     backend (an older pyinspect wrote legacy) are removed, so one namespace never has
-    pyinspect's rules in both. Rules without our tag are never touched.
+    pyinspect's rules in both. Rules without our tag are never touched. Each change of
+    one family is atomic per table (see _write).
     Returns {"added": n, "removed": n}."""
     backend = backend or iptables.backend()
     total = {"added": 0, "removed": 0}
@@ -497,9 +543,8 @@ def sync(bridge, rules, backend=None):
                         hint="install the iptables package",
                     )
                 continue
-            text, counts = _plan(tables, bridge, wanted, family)
-            if text:
-                iptables.restore(text, backend, family)
+            changes, counts = _plan(tables, bridge, wanted, family)
+            _write(changes, backend, family)
             for k in total:
                 total[k] += counts[k]
             other = iptables.other(backend)
@@ -509,9 +554,8 @@ def sync(bridge, rules, backend=None):
                 except UnavailableError:
                     old = None  # that backend cannot even be listed here (no x_tables)
                 if old and _has_tag(old, owner_tag(bridge, "")):
-                    text, _ = _plan(old, bridge, [], family)
-                    if text:
-                        iptables.restore(text, other, family)
+                    changes, _ = _plan(old, bridge, [], family)
+                    _write(changes, other, family)
     return total
 
 
@@ -538,8 +582,8 @@ def in_place(bridge, rules, backend=None):
             if wanted:
                 return False
             continue
-        text, _ = _plan(tables, bridge, wanted, family)
-        if text:
+        changes, _ = _plan(tables, bridge, wanted, family)
+        if changes:
             return False
     return True
 

@@ -27,6 +27,11 @@ def _render(info):
             lines.append(f"  {b['backend']:<16} {b['rules']} rules{extra} (see: {b['tool']})")
         else:
             lines.append(f"  {b['backend']:<16} absent ({b['reason']})")
+    w = info.get("iptables_writer") or {}
+    if w.get("backend"):
+        lines.append(f"  pyinspect writes {w['backend']} with {w['writer']}")
+    if w.get("note"):
+        lines.append(f"  note: {w['note']}")
     lines.append(f"Sysctls (netns {info['netns']}):")
     for key, val in info["sysctls"].items():
         lines.append(f"  {key} = {val if val is not None else 'not present'}")
