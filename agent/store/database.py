@@ -37,7 +37,10 @@ _INDEX_INSERT = (
     "INSERT INTO packet_index (session_id, segment_id, offset, ts_ns, point_id,"
     " flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?)"
 )
-_INDEX_INSERT_MANY = _INDEX_INSERT + ",(?,?,?,?,?,?,?,?)" * (INDEX_ROWS_PER_INSERT - 1)
+# statements of 50, then 10 rows, then single rows (a poll's ~240 rows leave < 50 over)
+_INDEX_INSERTS = [
+    (k, _INDEX_INSERT + ",(?,?,?,?,?,?,?,?)" * (k - 1)) for k in (INDEX_ROWS_PER_INSERT, 10, 1)
+]
 
 
 class Store:
@@ -257,20 +260,20 @@ class Store:
         them as packet_id)."""
         if not rows:
             return []
-        # INDEX_ROWS_PER_INSERT rows a statement: SQLite's per-statement work, not per
-        # row (2.5 -> 1.1 us a row with this table's two indexes)
-        k = INDEX_ROWS_PER_INSERT
-        whole = len(rows) - len(rows) % k
-        flat = list(itertools.chain.from_iterable(rows[:whole]))
-        step = k * 8
+        # many rows a statement: SQLite's per-statement work, not per row (2.5 -> 1.1 us
+        # a row with this table's two indexes); rows go in order, so ids follow them
+        flat = list(itertools.chain.from_iterable(rows))
         with self.batch():
             conn = self.db.conn
-            if whole:
-                conn.executemany(
-                    _INDEX_INSERT_MANY, [flat[i : i + step] for i in range(0, len(flat), step)]
-                )
-            if whole < len(rows):
-                conn.executemany(_INDEX_INSERT, rows[whole:])
+            done = 0
+            for k, sql in _INDEX_INSERTS:
+                n = (len(rows) - done) // k * k
+                if n:
+                    step = k * 8
+                    conn.executemany(
+                        sql, [flat[i : i + step] for i in range(done * 8, (done + n) * 8, step)]
+                    )
+                    done += n
             last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         # one writer holds the lock for the whole insert: the ids are consecutive
         return list(range(last - len(rows) + 1, last + 1))
