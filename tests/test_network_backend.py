@@ -38,6 +38,14 @@ def _start(host, backend, publish):
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 def test_rules_live_in_the_chosen_backend_only(host, backend):
     other = iptables.other(backend)
+    # legacy is written through python-iptables here, nft with iptables-nft-restore
+    assert (
+        iptables.writer(backend)
+        == {
+            "legacy": "python-iptables",
+            "nft": "iptables-nft-restore",
+        }[backend]
+    )
     rec = _start(host, backend, ["8088:80"])
     try:
         nat = host.ns.run(f"iptables-{backend}", "-t", "nat", "-S").stdout
@@ -138,3 +146,102 @@ def test_rendered_rules_match_what_save_prints(make_netns):
             check=True,
         ).stdout
         assert "pyinspect" not in out and "PYINSPECT" not in out
+
+
+SYNC = (
+    "import json, sys; from pyinspect.runtime import iptables, portmap; "
+    "print(iptables.writer(sys.argv[2])); "
+    "print(json.dumps(portmap.sync('pibr0', [portmap.RuleSpec(**r) for r in "
+    "json.loads(sys.argv[1])], sys.argv[2])))"
+)
+
+
+def _sync(ns, rules, backend="legacy", env=None, check=True):
+    data = json.dumps([dataclasses.asdict(r) for r in rules])
+    return ns.run(sys.executable, "-c", SYNC, data, backend, env=env, check=check)
+
+
+def _tables(ns, backend="legacy"):
+    """Every table's rules as `*-save` prints them (without the dated comment lines)."""
+    out = ns.run(f"iptables-{backend}-save").stdout
+    return [line for line in out.splitlines() if not line.startswith("#")]
+
+
+def test_a_legacy_change_is_atomic(make_netns):
+    """python-iptables commits each table of a change at once: a rule the kernel refuses
+    leaves its table as it was, and a rule that cannot even be built changes no table."""
+    ns = make_netns("pi-ipt-a")
+    base = portmap.base_rules("pibr0", "10.78.0.0/24")
+    first = _sync(ns, base).stdout.splitlines()
+    assert first[0] == "python-iptables" and json.loads(first[1])["added"] > len(base)
+    before = _tables(ns)
+    assert any("pyinspect:pibr0:base" in line for line in before)
+    tag = portmap.owner_tag("pibr0", "c" * 12)
+    dport = (("tcp", (("dport", "80"),)),)
+    fewer = [r for r in base if not (r.table == "filter" and r.in_ and r.in_ == r.out)]
+    assert len(fewer) == len(base) - 1  # the change deletes a rule too
+    ok = portmap.RuleSpec("filter", portmap.FILTER_CHAIN, tag, "ACCEPT", dst="10.78.0.2")
+    # DNAT is valid in nat only: libiptc takes it, the kernel refuses the filter table
+    refused = portmap.RuleSpec(
+        "filter",
+        portmap.FILTER_CHAIN,
+        tag,
+        "DNAT",
+        (("to_destination", "10.78.0.3:80"),),
+        proto="tcp",
+        matches=dport,
+    )
+    proc = _sync(ns, fewer + [ok, refused], check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "python-iptables failed: filter commit" in proc.stderr, proc.stderr
+    assert _tables(ns) == before
+    # a match no extension provides: nothing is built, so the nat rule is not written either
+    nat = portmap.RuleSpec("nat", portmap.NAT_CHAIN, tag, "ACCEPT", proto="tcp", matches=dport)
+    unknown = portmap.RuleSpec(
+        "filter", portmap.FILTER_CHAIN, tag, "ACCEPT", matches=(("nosuchmatch", ()),)
+    )
+    proc = _sync(ns, fewer + [nat, unknown], check=False)
+    assert proc.returncode != 0 and "python-iptables: bad rule in filter" in proc.stderr
+    assert _tables(ns) == before
+    # the same change without the bad rules goes through, in legacy only
+    done = json.loads(_sync(ns, fewer + [ok, nat]).stdout.splitlines()[1])
+    assert done == {"added": 2, "removed": 1}
+    after = "\n".join(_tables(ns))
+    assert "-A PYINSPECT -d 10.78.0.2/32 -m comment" in after
+    assert "-A PYINSPECT -p tcp -m tcp --dport 80 -m comment" in after
+    assert "pyinspect" not in ns.run("iptables-nft-save").stdout
+    gone = json.loads(_sync(ns, []).stdout.splitlines()[1])
+    assert gone["removed"] > 0
+    assert not any("pyinspect" in line or "PYINSPECT" in line for line in _tables(ns))
+
+
+def test_legacy_falls_back_to_restore_without_python_iptables(make_netns):
+    """When python-iptables cannot load its libxtables (here: it is told to look for a
+    libxtables.so.99 that does not exist, its own PYTHON_IPTABLES_XTABLES_VERSION switch),
+    legacy rules are written with iptables-legacy-restore and `pyinspect info` says so."""
+    ns = make_netns("pi-ipt-f")
+    broken = dict(os.environ, PYTHON_IPTABLES_XTABLES_VERSION="99", PYINSPECT_IPTABLES="legacy")
+    rules = portmap.base_rules("pibr0", "10.79.0.0/24") + portmap.container_rules(
+        "pibr0",
+        "d" * 64,
+        "10.79.0.2",
+        [{"host_ip": "0.0.0.0", "host_port": 8090, "container_port": 80, "proto": "tcp"}],
+    )
+    out = _sync(ns, rules, env=broken).stdout.splitlines()
+    assert out[0] == "iptables-legacy-restore"
+    assert json.loads(out[1])["added"] == len({r.key() for r in rules}) + 5
+    assert "--dport 8090" in ns.run("iptables-legacy-save", "-t", "nat").stdout
+    assert "pyinspect" not in ns.run("iptables-nft-save").stdout
+    pyinspect = os.path.join(os.path.dirname(sys.executable), "pyinspect")
+    info = ns.run(pyinspect, "info", env=broken).stdout
+    assert "pyinspect writes legacy with iptables-legacy-restore" in info
+    note = [line for line in info.splitlines() if "note: python-iptables unavailable" in line]
+    assert len(note) == 1 and "iptables-legacy-restore" in note[0], info
+    ok = ns.run(pyinspect, "info", env=dict(broken, PYTHON_IPTABLES_XTABLES_VERSION="")).stdout
+    assert "pyinspect writes legacy with python-iptables" in ok and "note:" not in ok
+    # both writers speak the same rules: what the fallback wrote, python-iptables removes
+    again = _sync(ns, rules).stdout.splitlines()
+    assert again[0] == "python-iptables" and json.loads(again[1]) == {"added": 0, "removed": 0}
+    gone = json.loads(_sync(ns, []).stdout.splitlines()[1])
+    assert gone["removed"] == len({r.key() for r in rules}) + 5
+    assert not any("pyinspect" in line or "PYINSPECT" in line for line in _tables(ns))
