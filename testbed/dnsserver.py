@@ -3,7 +3,8 @@ test or bench made: never the machine's own resolvers.
 
     python -m testbed.dnsserver ADDR PORT NAME=IP [NAME=IP ...]
 
-Answers A queries for the given names, NXDOMAIN for anything else, over UDP; prints
+Answers A queries for the given names (AAAA for a name given an IPv6 address), NXDOMAIN
+for anything else, over UDP (on an IPv4 or IPv6 ADDR); prints
 "ready" once bound and stops on SIGTERM/SIGINT. `start(ns, addr, records)` runs it in
 the named netns and waits for "ready".
 """
@@ -15,9 +16,9 @@ import sys
 
 
 def serve(addr: str, port: int, records: dict[str, str]) -> None:
-    from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+    from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((addr, port))
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -38,7 +39,9 @@ def serve(addr: str, port: int, records: dict[str, str]) -> None:
         reply = q.reply()
         name = str(q.q.qname).rstrip(".").lower()
         ip = records.get(name)
-        if ip and q.q.qtype == QTYPE.A:
+        if ip and ":" in ip and q.q.qtype == QTYPE.AAAA:
+            reply.add_answer(RR(q.q.qname, QTYPE.AAAA, rdata=AAAA(ip), ttl=60))
+        elif ip and ":" not in ip and q.q.qtype == QTYPE.A:
             reply.add_answer(RR(q.q.qname, QTYPE.A, rdata=A(ip), ttl=60))
         elif not ip:
             reply.header.rcode = RCODE.NXDOMAIN

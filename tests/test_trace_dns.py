@@ -171,6 +171,52 @@ def test_default_bridge_lookup_is_decoded_from_the_packets(host):
     assert summary["dns_lookups"] >= 1
 
 
+SUBNET6, GW6 = "fd00:29:7::/64", "fd00:29:7::1"
+ENV6 = {"PYINSPECT_IPV6": "1", "PYINSPECT_SUBNET6": SUBNET6}
+AAAA_QUERY = (
+    "import sys; from dnslib import DNSRecord\n"
+    "r = DNSRecord.question(sys.argv[1], 'AAAA').send(sys.argv[2], 53, timeout=3, ipv6=True)\n"
+    "print(DNSRecord.parse(r).rr[0].rdata)\n"
+)
+
+
+def test_ipv6_lookup_is_decoded_from_the_packets(host):
+    """A container on a dual-stack default bridge asks a resolver on the bridge's IPv6
+    gateway (in the host netns the test made)."""
+    ns, cli, made = host
+    web = cname("pdt")
+    made["names"].append(web)
+    cli("run", "-d", "--name", web, "busybox", "sleep", "600", env=ENV6)
+    server = None
+    for _ in range(20):  # the gateway address may still be tentative (DAD)
+        try:
+            server = dnsserver.start(ns.name, GW6, {"v6.test": "fd00:99::9"})
+            break
+        except RuntimeError:
+            time.sleep(0.2)
+    assert server is not None, "no DNS server on the IPv6 gateway"
+
+    def work():
+        got = subprocess.run(
+            ["ip", "netns", "exec", web, sys.executable, "-c", AAAA_QUERY, "v6.test", GW6],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert got.stdout.strip() == "fd00:99::9", got
+
+    try:
+        items, summary, err = _trace(cli, web, work)
+    finally:
+        server.terminate()
+        server.wait()
+    lk = _one(items, "v6.test", "AAAA")
+    assert lk["source"] == "packets" and lk["answers"] == ["fd00:99::9"], lk
+    assert lk["server"] == f"[{GW6}]:53" and lk["point"] == "eth0", lk
+    assert lk["client"] == web, lk
+
+
 def _id(cli, name):
     return json.loads(cli("inspect", name).stdout)[0]["Id"]
 

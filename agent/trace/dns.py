@@ -30,6 +30,7 @@ from typing import Any
 from .sources import Source
 
 NO_REPLY_S = 3.0  # a query seen in packets without a response for this long: "no reply"
+MAX_OPEN_QUERIES = 10_000  # queries waiting for their response, at most (a flood: oldest go)
 READ_PER_POLL = 5000  # embedded reports decoded a poll (the rest wait for the next)
 QUEUED = 100_000  # reports received and not yet decoded, at most (older ones are counted lost)
 
@@ -310,6 +311,8 @@ class DnsLookups(Source):
             key = (qid, qname.lower(), qtype)
             if not response:
                 if key not in self._queries:
+                    if len(self._queries) >= MAX_OPEN_QUERIES:
+                        del self._queries[next(iter(self._queries))]
                     self._queries[key] = (c.ts_ns, pkt, proto, c.point)
                 continue
             query = self._queries.pop(key, None)
