@@ -26,6 +26,11 @@ BENCHES = [
     ("IPv6 DNAT throughput vs IPv4 DNAT (issue 23)", "ipv6_nat.py", []),
     ("DNS lookups: embedded DNS vs the upstream directly (issue 23)", "dns_latency.py", []),
     ("capture program ns/packet: IPv4-only vs current (issue 23)", "capture_cost.py", []),
+    (
+        "rule sync per change: python-iptables vs the restore tools (issue 23)",
+        "iptables_writer.py",
+        [],
+    ),
     ("pcapng export vs mergecap (issue: pcapng)", "pcap_export.py", []),
     ("dashboard pages + API with 100 containers and 1M events (issue 21)", "web_latency.py", []),
     ("dashboard requests/s while a trace ingests a flood (issue: web)", "web_under_load.py", []),
