@@ -1,8 +1,9 @@
 """The netfilter rule path of traced packets, from the kernel's own trace facility.
 
-Legacy iptables (x_tables, what python-iptables and `iptables-legacy` write): TRACE rules in
-a chain of the session's own in the raw table (`PI-TRACE-<pid>`), jumped to from the top of
-`raw PREROUTING` and `raw OUTPUT` by rules marked with the comment `pyinspect-trace:<pid>`.
+Legacy iptables (x_tables, what `iptables-legacy` and pyinspect's legacy writer,
+python-iptables, write): TRACE rules in a chain of the session's own in the raw table
+(`PI-TRACE-<pid>`), jumped to from the top of `raw PREROUTING` and `raw OUTPUT` by rules
+marked with the comment `pyinspect-trace:<pid>`.
 TCP data packets (no SYN/FIN/RST) are not sent to the chain (an inline protocol compare and
 one tcp match, no jump); its rules TRACE only the traced flows. The trace lines are
 delivered by nfnetlink_log: the namespace's IPv4 logger (`/proc/sys/net/netfilter/nf_log/2`,

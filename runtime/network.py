@@ -5,8 +5,8 @@ The runtime calls, in order: `prepare()` before it creates anything,
 `container_files()` for /etc/hosts, /etc/hostname and /etc/resolv.conf, and
 `disconnect()` on removal (idempotent). `reconcile()` repairs leases, netns
 links and iptables rules after a crash. Everything acts on the network
-namespace of the calling process ("the host"); pyroute2 and python-iptables
-are imported only on the bridge path.
+namespace of the calling process ("the host"); pyroute2 (and python-iptables,
+the legacy backend's writer) are imported only on the bridge path.
 
 What `connect()` does, like Docker's bridge driver:
   1. ensure the bridge (default `pyinspect0`, gateway = first address of the
@@ -761,7 +761,7 @@ def _rules_look_right(root, state):
 def reconcile(root, containers):
     """Drop leases, veths, netns links and rules of dead containers; re-add missing rules.
 
-    Rules are compared in full (python-iptables) only when a lease was dropped
+    Rules are compared in full (portmap.sync) only when a lease was dropped
     or the cheap per-owner count of our tagged rules is off, so calling this
     often (every `pyinspect ps`) stays cheap. Returns
     {bridge: {"released": [names], "added": n, "removed": n}}.
