@@ -150,6 +150,24 @@ def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
     assert f"{web} -> A {db}? {db_ip} (embedded, udp local)" in shown, shown
     assert f"{web} -> A ext.test? 10.9.9.9 (embedded, udp forwarded {UPSTREAM}:53)" in shown, shown
     assert not os.path.exists(listen)
+    # a trace killed -9 leaves its socket: the resolver unlinks it at its first refused report
+    killed = subprocess.Popen(
+        cli.argv("trace", "--container", web, "--json", "--no-events"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert json.loads(killed.stdout.readline() or "{}").get("type") == "ready"
+    killed.kill()
+    killed.communicate(timeout=30)
+    assert os.listdir(listen) == [f"{killed.pid}.sock"]
+    time.sleep(0.05)  # the resolver lists the directory again (LISTEN_CHECK)
+    cli("exec", web, "nslookup", db)
+    for _ in range(50):
+        if not os.listdir(listen):
+            break
+        time.sleep(0.02)
+    assert not os.listdir(listen)
 
 
 def test_default_bridge_lookup_is_decoded_from_the_packets(host):
