@@ -10,6 +10,10 @@ changes nothing; only the kernel refusing a table at commit (a target not valid 
 can leave an earlier table of the same change committed, as with `iptables-legacy-restore`,
 which commits at each `COMMIT` line too.
 
+Each family's write runs in a forked child (apply()): libxtables' extension registry is
+process-wide and registers a library's extensions for the family it was first loaded for,
+so one process cannot build IPv4 and IPv6 rules of the same extension (DNAT, MASQUERADE).
+
 x_tables writers serialise on /run/xtables.lock (iptables-legacy and Docker take it);
 so does `apply()`, for the whole read-modify-commit.
 
@@ -23,6 +27,7 @@ import contextlib
 import dataclasses
 import fcntl
 import glob
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -74,7 +79,9 @@ def load() -> tuple[Any, str | None]:
                 os.environ["XTABLES_LIBDIR"] = found[0]
         import iptc  # noqa: PLC0415  only on the legacy write path
 
-        iptc.Rule().create_match("comment")  # loads libxtables and one extension
+        # libxtables and one extension of both families (comment is NFPROTO_UNSPEC);
+        # family-specific ones are loaded only in apply()'s child, see there
+        iptc.Rule().create_match("comment")
     except Exception as exc:  # noqa: BLE001 ImportError, OSError, XTablesError, TypeError...
         why = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         _state["why"] = why
@@ -219,10 +226,52 @@ def xt_lock(timeout: float = 30.0) -> Iterator[None]:
 
 def apply(changes: Sequence[TableOps], family: int = 4) -> None:
     """Write `changes` (one TableOps per table) with libiptc: one commit per table.
-    Raises UnavailableError naming the table and rule that failed."""
+    Raises UnavailableError naming the table and rule that failed.
+
+    The work runs in a forked child: libxtables keeps one process-wide extension
+    registry, and an extension library first loaded for one family is not registered
+    for the other (an IPv6 DNAT after an IPv4 one is "can't find target DNAT", and
+    registering it again makes libxtables exit()). Each child loads the extensions
+    of its own family only; the parent has imported python-iptables once."""
     iptc, why = load()
     if iptc is None:
         raise UnavailableError(f"python-iptables unavailable: {why}")
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(rfd)
+            try:
+                _apply(iptc, changes, family)
+            except UnavailableError as exc:
+                code = 1
+                os.write(wfd, json.dumps([exc.message, exc.hint]).encode())
+            except BaseException as exc:  # noqa: BLE001 reported to the parent
+                code = 2
+                os.write(
+                    wfd,
+                    json.dumps([f"python-iptables: {type(exc).__name__}: {exc}", None]).encode(),
+                )
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        report = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        message, hint = (
+            json.loads(report)
+            if report
+            else (
+                f"python-iptables writer exited with status {os.waitstatus_to_exitcode(status)}",
+                None,
+            )
+        )
+        raise UnavailableError(message, hint=hint)
+
+
+def _apply(iptc: Any, changes: Sequence[TableOps], family: int) -> None:
     errors = (iptc.IPTCError, iptc.XTablesError, ValueError, TypeError, AttributeError)
     built = []
     for ch in changes:  # every rule first: a bad one changes no table

@@ -245,3 +245,28 @@ def test_legacy_falls_back_to_restore_without_python_iptables(make_netns):
     gone = json.loads(_sync(ns, []).stdout.splitlines()[1])
     assert gone["removed"] == len({r.key() for r in rules}) + 5
     assert not any("pyinspect" in line or "PYINSPECT" in line for line in _tables(ns))
+
+
+def test_legacy_writes_both_families_in_one_process(make_netns):
+    """IPv4 and IPv6 rules of one sync go through python-iptables in one process (libxtables
+    registers an extension library for one family only: each family's write is its own)."""
+    ns = make_netns("pi-ipt-6")
+    port = [{"host_ip": "0.0.0.0", "host_port": 8091, "container_port": 80, "proto": "tcp"}]
+    rules = (
+        portmap.base_rules("pibr0", "10.80.0.0/24")
+        + portmap.container_rules("pibr0", "f" * 64, "10.80.0.2", port)
+        + portmap.base_rules6("pibr0", "fd00:80::/64")
+        + portmap.container_rules6("pibr0", "f" * 64, "fd00:80::2", port)
+    )
+    out = _sync(ns, rules).stdout.splitlines()
+    assert out[0] == "python-iptables"
+    assert json.loads(out[1])["added"] == len({(r.family, r.key()) for r in rules}) + 9
+    nat6 = ns.run("ip6tables-legacy-save", "-t", "nat").stdout
+    assert "DNAT --to-destination [fd00:80::2]:80" in nat6 and "--dport 8091" in nat6
+    assert "DNAT --to-destination 10.80.0.2:80" in ns.run("iptables-legacy-save").stdout
+    assert json.loads(_sync(ns, rules).stdout.splitlines()[1]) == {"added": 0, "removed": 0}
+    for tool in ("iptables-nft-save", "ip6tables-nft-save"):
+        assert "pyinspect" not in ns.run(tool).stdout
+    _sync(ns, [])
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+        assert "pyinspect" not in ns.run(tool).stdout
