@@ -296,15 +296,17 @@ def _apply(iptc: Any, changes: Sequence[TableOps], family: int) -> None:
                 for name in ch.new_chains:
                     step = f"{ch.table} -N {name}"
                     table.create_chain(name)
+                # Table's entry calls, not Chain's *_rule(): those run final_check()
+                # (a save and re-parse of every parameter) again, _build() did it
                 for chain, f, rule in dels:
                     step = f"{ch.table} -D {chain} {_show(f)}"
-                    iptc.Chain(table, chain).delete_rule(rule)
+                    table.delete_entry(chain, rule.rule, rule.mask)
                 for chain, f, insert, rule in adds:
                     step = f"{ch.table} {'-I' if insert else '-A'} {chain} {_show(f)}"
                     if insert:
-                        iptc.Chain(table, chain).insert_rule(rule, 0)
+                        table.insert_entry(chain, rule.rule, 0)
                     else:
-                        iptc.Chain(table, chain).append_rule(rule)
+                        table.append_entry(chain, rule.rule)
                 for name in ch.drop_chains:
                     step = f"{ch.table} -X {name}"
                     table.delete_chain(name)
