@@ -934,9 +934,14 @@ class Runtime:
                 os.close(err_r)
                 if master is not None:
                     os.close(master)
-                isolation.enter(c.pid, procs)
+                # Only the process that runs `argv` joins the container's cgroups: this
+                # forked copy of pyinspect stays outside them, so the container's OOM killer
+                # and pids limit see the command, not pyinspect (as `docker exec`).
+                cgroup_fds = isolation.open_cgroups(procs)
+                isolation.enter(c.pid)
                 inner = os.fork()
                 if inner == 0:
+                    isolation.join_cgroups(cgroup_fds)
                     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
                     if slave is not None:
                         os.setsid()

@@ -424,16 +424,24 @@ def same_ns(pid, name, other="self"):
         return False
 
 
-def enter(pid, cgroup_procs=(), namespaces=None):
-    """Join container `pid`'s cgroups and namespaces and chroot into its root.
+def open_cgroups(cgroup_procs):
+    """Open a container's cgroup.procs files (write-only, close-on-exec) for `join_cgroups`."""
+    return [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cgroup_procs]
+
+
+def join_cgroups(fds):
+    """Move the calling process into the cgroups whose cgroup.procs `fds` are open."""
+    for fd in fds:
+        os.write(fd, b"0")
+
+
+def enter(pid, namespaces=None):
+    """Join container `pid`'s namespaces and chroot into its root.
 
     For use in a freshly forked, single-threaded child. The pid namespace only
     applies to the caller's future children, so callers fork once more.
     Namespaces the caller already shares (e.g. --net host) are skipped.
     """
-    for procs in cgroup_procs:
-        with open(procs, "w") as f:
-            f.write("0")
     root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
     wanted = [
         name

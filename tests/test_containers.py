@@ -367,6 +367,27 @@ def test_exec(pc):
     out = pc("exec", "pc-ex", "sh", "-c", "cat /proc/self/cgroup")
     assert pc.inspect("pc-ex")["Id"] in out.stdout
     assert os.path.isdir(cg)
+    # ... and it alone: pyinspect's own forked helper stays outside the container's cgroups
+    # (else the container's OOM killer could pick it, and its pids limit would count it)
+    running = subprocess.Popen(pc.argv("exec", "pc-ex", "sleep", "30"), stdout=subprocess.DEVNULL)
+    try:
+        pidns = os.readlink(f"/proc/{pid}/ns/pid")
+        deadline = time.monotonic() + 10
+        while True:
+            members = {
+                int(p)
+                for d in cgroup_dirs(pc.inspect("pc-ex")["Id"])
+                for p in Path(d, "cgroup.procs").read_text().split()
+            }
+            comms = {p: Path(f"/proc/{p}/comm").read_text().strip() for p in members}
+            if "sleep" in [c for p, c in comms.items() if p != pid] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sorted(comms.values()) == ["sleep", "sleep"], comms
+        assert all(os.readlink(f"/proc/{p}/ns/pid") == pidns for p in members), comms
+    finally:
+        running.kill()
+        running.wait()
     # -t: a pseudo-terminal, -it: an interactive shell on it
     out = pc("exec", "-t", "pc-ex", "sh", "-c", "test -t 0 && test -t 1 && echo tty")
     assert out.stdout.strip() == "tty"  # (text mode folds the pty's \r\n)
