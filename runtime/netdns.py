@@ -18,6 +18,7 @@ agent/trace/dns.py): one unix datagram per answer to every socket in the contain
 there the cost is one listdir every 10 ms of queries.
 """
 
+import collections
 import contextlib
 import ipaddress
 import itertools
@@ -49,7 +50,14 @@ class Listeners:
     LISTEN_CHECK s. A report is one datagram to each: a header line (sequence number,
     CLOCK_REALTIME ns, udp|tcp, local|forwarded|failed, client ip and port, upstream
     ip:port or -, microseconds from query to reply or -) then the reply's bytes as sent.
-    Sends never block: a full or gone listener misses it (the sequence numbers say so)."""
+
+    Sends never block the resolver. A listener whose queue is full (a unix datagram socket
+    queues only net.unix.max_dgram_qlen, 10 by default) gets its reports later, in order:
+    they wait in a backlog (up to BACKLOG_MAX each) that the next report and the resolver's
+    loop (`flush()`, while `waiting()`) retry. Past that, or when it is gone, a listener
+    misses reports, and the sequence numbers say so."""
+
+    BACKLOG_MAX = 4096
 
     def __init__(self, directory):
         self.dir = directory
@@ -58,6 +66,8 @@ class Listeners:
         self._dirfd = -1
         self._sock: socket.socket | None = None
         self._seq = itertools.count(1)  # next() is atomic: the TCP threads report too
+        self._lock = threading.Lock()  # the backlogs: the loop and the TCP threads send
+        self._backlog: dict[str, collections.deque[bytes]] = {}  # socket name -> reports
 
     def active(self) -> bool:
         now = time.monotonic()
@@ -82,13 +92,15 @@ class Listeners:
             sock.setblocking(False)
             self._sock = sock
         self.addrs = [f"/proc/self/fd/{self._dirfd}/{n}" for n in names]
+        with self._lock:
+            for name in [n for n in self._backlog if n not in names]:
+                del self._backlog[name]
         if old >= 0:  # after the new addresses (a TCP thread may be reporting)
             os.close(old)
 
     def report(self, proto, how, client, reply, upstream=None, started=None):
         """Send one answer to every listener (call only when `active()`)."""
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             return
         took = "-" if started is None else str(int((time.monotonic() - started) * 1e6))
         up = "-" if not upstream else f"{upstream[0]}:{upstream[1]}"
@@ -96,15 +108,55 @@ class Listeners:
             up = f"[{upstream[0]}]:{upstream[1]}"
         head = f"{next(self._seq)} {time.time_ns()} {proto} {how} {client[0]} {client[1]}"
         msg = f"{head} {up} {took}\n".encode() + bytes(reply)
-        for addr in self.addrs:
-            try:
-                sock.sendto(msg, addr)
-            except ConnectionRefusedError:  # the socket of a trace that was killed
-                with contextlib.suppress(OSError):
-                    os.unlink(addr)
-                self._checked = -1.0  # list the directory again at the next query
-            except OSError:
-                pass  # full (EAGAIN), gone (ENOENT): that listener misses it
+        with self._lock:
+            for addr in self.addrs:
+                name = os.path.basename(addr)
+                waiting = self._backlog.get(name)
+                if waiting is not None:  # keep the order: what waits goes first
+                    self._drain(addr, name, waiting)
+                    waiting = self._backlog.get(name)
+                    if waiting is not None:
+                        if len(waiting) < self.BACKLOG_MAX:
+                            waiting.append(msg)
+                        continue
+                if not self._send(addr, name, msg):
+                    self._backlog[name] = collections.deque([msg])
+
+    def waiting(self) -> bool:
+        """Whether some listener has reports held back."""
+        return bool(self._backlog)
+
+    def flush(self):
+        """Retry the held-back reports (the resolver's loop calls this while `waiting()`)."""
+        with self._lock:
+            for addr in self.addrs:
+                name = os.path.basename(addr)
+                if name in self._backlog:
+                    self._drain(addr, name, self._backlog[name])
+
+    def _drain(self, addr, name, waiting):
+        while waiting:
+            if not self._send(addr, name, waiting[0]):
+                return
+            waiting.popleft()
+        self._backlog.pop(name, None)
+
+    def _send(self, addr, name, msg) -> bool:
+        """False when the listener is full now (try again later); True when sent or when
+        it can never be (gone: unlinked if it was a killed trace's)."""
+        assert self._sock is not None
+        try:
+            self._sock.sendto(msg, addr)
+        except BlockingIOError:
+            return False
+        except ConnectionRefusedError:  # the socket of a trace that was killed
+            with contextlib.suppress(OSError):
+                os.unlink(addr)
+            self._backlog.pop(name, None)
+            self._checked = -1.0  # list the directory again at the next query
+        except OSError:
+            self._backlog.pop(name, None)  # gone (ENOENT): that listener misses it
+        return True
 
     def close(self):
         if self._sock is not None:
@@ -114,6 +166,7 @@ class Listeners:
             os.close(self._dirfd)
             self._dirfd = -1
         self.addrs = []
+        self._backlog.clear()
 
 
 def upstreams(configured=None, resolv="/etc/resolv.conf") -> list[tuple[str, int]]:
@@ -274,7 +327,8 @@ class Resolver:
 
     def _loop(self):
         while True:
-            for fd, _ in self.ep.poll(0.5):
+            waiting = self.listeners.waiting()
+            for fd, _ in self.ep.poll(0.005 if waiting else 0.5):
                 what = self.handlers.get(fd)
                 if what == "wake":
                     return
@@ -289,6 +343,8 @@ class Resolver:
                     pass  # one bad packet or a gone client: keep serving
             if self.pending:
                 self._expire()
+            if waiting:
+                self.listeners.flush()
 
     def answer(self, data: bytes) -> bytes | None:
         """The reply for a query we answer ourselves, b"" to drop it, or None when it is
