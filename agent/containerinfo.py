@@ -195,10 +195,11 @@ def _dnat_ports(netns_path: str, ips: set[str], cache: dict) -> list[PortMap]:
     if netns_path not in cache:
         by_ip: dict[str, list[PortMap]] = {}
         for backend, (save, _restore) in iptsave.BACKENDS.items():
-            text, _err = iptsave.run_save(save, "nat", counters=False, netns=netns_path)
+            text, _err = iptsave.run_save(save, counters=False, netns=netns_path)
             if not text:
                 continue
-            for rule in iptsave.Ruleset(backend, iptsave.parse_save(text, backend)).rules():
+            nat = {t: c for t, c in iptsave.parse_save(text, backend).items() if t == "nat"}
+            for rule in iptsave.Ruleset(backend, nat).rules():
                 tgt = iptsave.dnat_target(rule)
                 hport = rule.get("dport")
                 if not tgt or not hport or not hport.isdigit():

@@ -403,17 +403,18 @@ class Ruleset:
 
 def run_save(
     tool: str,
-    table: str | None = None,
     counters: bool = True,
     timeout: float = 20,
     netns: str | None = None,
 ) -> tuple[str | None, str | None]:
     """(text, None) from `tool` (an *-save program) in this thread's network namespace (or
-    the one at path `netns`, entered by nsenter), or (None, the reason it could not be read)."""
+    the one at path `netns`, entered by nsenter), or (None, the reason it could not be read).
+    Always every table: `iptables-legacy-save -t nat` would create the nat table (a hook
+    every packet pays, and legacy rules in a namespace that had none)."""
     path = shutil.which(tool)
     if not path:
         return None, f"{tool} not found"
-    argv = [path] + (["-c"] if counters else []) + (["-t", table] if table else [])
+    argv = [path] + (["-c"] if counters else [])
     if netns:
         argv = ["nsenter", f"--net={netns}", *argv]
     try:
@@ -439,9 +440,7 @@ def load(backend: str, table: str | None = None) -> "Ruleset":
             rs.tables = {t: c for t, c in rs.tables.items() if t == table}
         return rs
     save, _ = _TOOLS[backend]
-    # never `-t TABLE`: iptables-legacy-save -t nat creates the nat table (a hook every
-    # packet pays, and legacy rules in a namespace that had none); read all, keep one
-    text, err = run_save(save)
+    text, err = run_save(save)  # every table (see run_save); keep the one asked for
     if text is None:
         return Ruleset(backend, {}, err)
     tables = parse_save(text, backend)

@@ -80,6 +80,9 @@ def test_a_plain_runc_container_has_every_field(runc_web, state_root):
     assert info.veth_host_netns == runc_web["host"].name
     assert [p.text() for p in info.ports] == ["0.0.0.0:8081->80/tcp"]
     assert info.sources["ports"] == "DNAT rules"
+    # read without creating anything: the nft host namespace has no legacy table after it
+    legacy = runc_web["host"].run("cat", "/proc/net/ip_tables_names").stdout
+    assert legacy.split() == [], legacy
     assert (info.memory_limit, info.pids_limit, info.cpus_limit) == (48 << 20, 20, 0.25)
     assert info.sources["limits"].startswith("cgroup")
     row = info.row()
