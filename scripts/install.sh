@@ -20,7 +20,8 @@ fi
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
   iptables iproute2 busybox-static conntrack tcpdump tshark runc iperf3 make gcc procps
-  kmod psmisc chromium chromium-driver nftables clang-14 libbpf-dev libbpf1 skopeo libc6-dev docker.io)
+  kmod psmisc chromium chromium-driver nftables clang-14 libbpf-dev libbpf1 skopeo libc6-dev docker.io
+  docker-registry apache2-utils umoci)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,10 +32,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   # docker.io's postinst would start dockerd and containerd (dockerd rewrites the host's
-  # iptables at once): masked while the packages install, disabled below.
+  # iptables at once), docker-registry's a registry on every interface: masked while the
+  # packages install, disabled below.
   masked=()
   if command -v systemctl >/dev/null 2>&1; then
-    for u in docker.service docker.socket containerd.service; do
+    for u in docker.service docker.socket containerd.service docker-registry.service; do
       [ -e "/lib/systemd/system/$u" ] || { systemctl mask "$u" >/dev/null 2>&1 && masked+=("$u"); }
     done
   fi
