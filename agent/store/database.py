@@ -258,25 +258,32 @@ class Store:
     def add_index(self, rows: list[IndexRow]) -> list[int]:
         """IndexRow rows in one transaction; returns their ids in order (hops refer to
         them as packet_id)."""
-        if not rows:
-            return []
+        first = self.add_index_values(list(itertools.chain.from_iterable(rows)))
+        return list(range(first, first + len(rows)))
+
+    def add_index_values(self, values: list) -> int:
+        """add_index() for rows given as one flat list of their values (IndexRow's
+        fields, row after row: what the tracer makes per packet, without a tuple a row);
+        returns the first row's id (the rest follow it), or 0 for none."""
+        n_rows = len(values) // 8
+        if not n_rows:
+            return 0
         # many rows a statement: SQLite's per-statement work, not per row (2.5 -> 1.1 us
         # a row with this table's two indexes); rows go in order, so ids follow them
-        flat = list(itertools.chain.from_iterable(rows))
         with self.batch():
             conn = self.db.conn
             done = 0
             for k, sql in _INDEX_INSERTS:
-                n = (len(rows) - done) // k * k
+                n = (n_rows - done) // k * k
                 if n:
                     step = k * 8
                     conn.executemany(
-                        sql, [flat[i : i + step] for i in range(done * 8, (done + n) * 8, step)]
+                        sql, [values[i : i + step] for i in range(done * 8, (done + n) * 8, step)]
                     )
                     done += n
             last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         # one writer holds the lock for the whole insert: the ids are consecutive
-        return list(range(last - len(rows) + 1, last + 1))
+        return last - n_rows + 1
 
     def insert_flow(self, row: FlowRow) -> int:
         """A FlowRow; returns its id."""

@@ -384,9 +384,18 @@ class Journey:
         and the first on the way out; trace lines carry no comparable clock, so they are
         placed there, in the order the kernel emitted them.
         """
+        caps, cut, nf = self.path(host_points)
+        out = [("capture", c) for c in caps[:cut]]
+        out += [("netfilter", h) for h in nf]
+        out += [("capture", c) for c in caps[cut:]]
+        return out
+
+    def path(self, host_points):
+        """hops() as (captures in time order, how many of them come before the netfilter
+        hops, the netfilter hops in the kernel's order)."""
         caps = sorted(self.captures, key=_capture_ts)
         if not self.nf:
-            return [("capture", c) for c in caps]
+            return caps, len(caps), []
         nf = nf_order(self.nf)
         host_in = [i for i, c in enumerate(caps) if c.point in host_points and c.dir == "in"]
         host_out = [i for i, c in enumerate(caps) if c.point in host_points and c.dir == "out"]
@@ -398,10 +407,7 @@ class Journey:
             cut = host_out[0]
         else:
             cut = len(caps)
-        out = [("capture", c) for c in caps[:cut]]
-        out += [("netfilter", h) for h in nf]
-        out += [("capture", c) for c in caps[cut:]]
-        return out
+        return caps, cut, nf
 
 
 HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
@@ -473,11 +479,11 @@ MAX_DROP_ROWS_PER_FLOW = 100  # stored drop rows per flow; all are counted
 PARSE_CACHE = 1024  # parsed headers kept for the next captures of the same packet
 
 
-@dataclass(slots=True)
-class Capture:
-    """One analysis record: a packet seen at one capture point."""
+class Capture(NamedTuple):
+    """One analysis record: a packet seen at one capture point (a NamedTuple: one is made
+    per record, without a Python-level __init__)."""
 
-    ts_ns: int  # CLOCK_MONOTONIC; CLOCK_REALTIME once settled into a Journey
+    ts_ns: int  # CLOCK_REALTIME
     point: int
     dir: str  # 'in' | 'out'
     len: int
@@ -583,17 +589,22 @@ class Correlator:
         return f
 
     def record(self, ts, point, d, ln, data, cpu, pos):
-        """One analysis record (ts in CLOCK_MONOTONIC).
-
-        One packet is captured at several points with the same headers but for what NAT
-        and routing rewrite: IPv4 without options is parsed once per distinct bytes 12..48
-        (all its Pkt depends on), and its captures share that Pkt."""
+        """One analysis record (ts in CLOCK_MONOTONIC; `d` 1 for out); records() takes a
+        poll's raw records at once."""
         if self.fast:
             key = fast_key(data)
             f = self.fast.get(key) if key else None
             if f is not None:
                 self.fastq.append((ts, point, d, ln, cpu, pos, f))
                 return
+        pkt = self._pkt(data)
+        self.pending.append(
+            _new_tuple(
+                Capture, (ts + self.offset, point, "out" if d else "in", ln, data, pkt, cpu, pos)
+            )
+        )
+
+    def _pkt(self, data):
         head = data[12:48]
         if len(head) == 36 and head[2] == 0x45 and head[0] == 8 and head[1] == 0:
             parsed = self._parsed
@@ -603,9 +614,48 @@ class Correlator:
                 if len(parsed) >= PARSE_CACHE:
                     parsed.clear()
                 parsed[head] = pkt
-        else:
-            pkt = parse_frame(data)
-        self.pending.append(Capture(ts, point, "out" if d else "in", ln, data, pkt, cpu, pos))
+            return pkt
+        return parse_frame(data)
+
+    def records(self, raws, header):
+        """A poll's analysis records: `raws` are their bytes, `header` a struct.Struct
+        whose unpack_from gives (ts CLOCK_REALTIME, stream position, length, captured
+        length, cpu, point, direction) and whose size is where the packet starts. Returns
+        {point: records}.
+
+        One packet is captured at several points with the same headers but for what NAT
+        and routing rewrite: IPv4 without options is parsed once per distinct bytes 12..48
+        (all its Pkt depends on), and its captures share that Pkt (as record() does: this
+        is its loop, inlined)."""
+        unpack = header.unpack_from
+        hdr = header.size
+        points: list[int] = []
+        seen = points.append
+        add = self.pending.append
+        fast, fastq, off = self.fast, self.fastq, self.offset
+        parsed = self._parsed
+        for raw in raws:
+            ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
+            seen(point)
+            data = bytes(raw[hdr : hdr + caplen])
+            if fast:
+                key = fast_key(data)
+                f = fast.get(key) if key else None
+                if f is not None:
+                    fastq.append((ts - off, point, d, ln, cpu, pos, f))
+                    continue
+            head = data[12:48]
+            if len(head) == 36 and head[2] == 0x45 and head[0] == 8 and head[1] == 0:
+                pkt = parsed.get(head)
+                if pkt is None:
+                    pkt = parse_frame(data)
+                    if len(parsed) >= PARSE_CACHE:
+                        parsed.clear()
+                    parsed[head] = pkt
+            else:
+                pkt = parse_frame(data)
+            add(_new_tuple(Capture, (ts, point, "out" if d else "in", ln, data, pkt, cpu, pos)))
+        return collections.Counter(points)
 
     # -- settling ------------------------------------------------------------------------
     def settle(self, cutoff):
@@ -621,9 +671,10 @@ class Correlator:
         if cutoff is None:
             ready, self.pending = pending, []
         else:
-            ready = [c for c in pending if c.ts_ns < cutoff]
+            real = cutoff + self.offset  # captures keep CLOCK_REALTIME
+            ready = [c for c in pending if c.ts_ns < real]
             if ready:
-                self.pending = [c for c in pending if c.ts_ns >= cutoff]
+                self.pending = [c for c in pending if c.ts_ns >= real]
         if ready:
             self._journeys(ready, cutoff, out)
         out.drops = self._settle_drops(cutoff)
@@ -644,18 +695,17 @@ class Correlator:
 
     def _journeys(self, ready, cutoff, out):
         ready.sort(key=_capture_ts)
-        off = self.offset
         journeys: dict[tuple, Journey] = {}
         order = []
         links: dict[tuple, LinkPacket] = {}
-        # captures sharing one parsed Pkt (record()) are one packet: looked up once
-        by_pkt: dict[int, Journey] = {}
+        # captures sharing one parsed Pkt (records()) are one packet: looked up once
+        by_pkt: dict[int, list] = {}  # id(Pkt) -> its journey's captures
+        for_packet = self.flows.for_packet
         for c in ready:
             pkt = c.pkt
-            j = by_pkt.get(id(pkt))
-            if j is not None:
-                c.ts_ns += off
-                j.captures.append(c)
+            caps = by_pkt.get(id(pkt))
+            if caps is not None:
+                caps.append(c)
                 continue
             if pkt is None or pkt.proto not in FLOW_PROTOS:
                 continue  # ARP, IGMP...: in the files, no flow
@@ -664,21 +714,19 @@ class Correlator:
                 lp = links.get(lkey)
                 if lp is None:
                     what = ndp_text(pkt, c.data)
-                    lp = links[lkey] = LinkPacket(what, pkt.src, pkt.dst, c.ts_ns + off)
-                c.ts_ns += off
+                    lp = links[lkey] = LinkPacket(what, pkt.src, pkt.dst, c.ts_ns)
                 lp.captures.append(c)
                 continue
-            flow, direction, _stage = self.flows.for_packet(pkt, c.ts_ns + off)
+            flow, direction, _stage = for_packet(pkt, c.ts_ns)
             ident = pkt[5:9]  # pkt.ident
             key = (flow.id, direction, ident)
             j = journeys.get(key)
             if j is None:
-                j = Journey(flow, direction, ident, first_ns=c.ts_ns + off)
-                journeys[key] = j
+                j = journeys[key] = Journey(flow, direction, ident, [c], [], c.ts_ns)
                 order.append(j)
-            by_pkt[id(pkt)] = j
-            c.ts_ns += off
-            j.captures.append(c)
+            else:
+                j.captures.append(c)
+            by_pkt[id(pkt)] = j.captures
         self._place_hops(journeys, order, cutoff, out)
         out.links = [
             lp

@@ -15,7 +15,6 @@ Run it in the container host's network namespace. The session only orchestrates:
   summary.py   the summary
 """
 
-import collections
 import contextlib
 import json
 import os
@@ -406,20 +405,10 @@ class TraceSession:
     def _read_records(self):
         from pyinspect.probes.packets import AREC
 
-        unpack = AREC.unpack_from
-        hdr = AREC.size
-        off = self.offset
-        record = self._started()[1].record
         assert self.cap is not None  # started
         recs = self.cap.read()
-        points: list[int] = []  # counted per point after the loop (one C call)
-        seen = points.append
-        for raw in recs:
-            ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
-            seen(point)
-            record(ts - off, point, d, ln, bytes(raw[hdr : hdr + caplen]), cpu, pos)
         analysed = self.analysed
-        for point, k in collections.Counter(points).items():
+        for point, k in self._started()[1].records(recs, AREC).items():
             analysed[point] = analysed.get(point, 0) + k
         return len(recs)
 

@@ -10,7 +10,7 @@ offset, time, point, flow) pointing into those files.
 import json
 import os
 
-from ..store import DropRow, FlowRow, HopRow, IndexRow
+from ..store import DropRow, FlowRow, HopRow
 from . import flows as F
 from .dns import dns_item
 from .target import role
@@ -27,10 +27,11 @@ class LiveText:
         self.target_name = target_name
         self.host_points = {i for i, p in enumerate(points) if p.netns is None}
         self._where = [(p.name, role(p), f"{p.name:<8} {role(p):<9}") for p in points]
-        # the middle of a capture line by (point, direction): `us  POINT ROLE DIR `
-        self._mid = {
-            (i, d): f"us  {w[2]} {d:<3} " for i, w in enumerate(self._where) for d in ("in", "out")
-        }
+        # per point: its name, role and the middle of a capture line by direction
+        # (`us  POINT ROLE DIR `)
+        self._point = [
+            (w[0], w[1], {d: f"us  {w[2]} {d:<3} " for d in ("in", "out")}) for w in self._where
+        ]
 
     def journey(self, j):
         """The flow's header line on its first journey, then one line per capture and per
@@ -53,56 +54,60 @@ class LiveText:
             )
         if j.seq > self.live_per_flow:
             return items
-        full_path = j.direction not in f.dirs_shown
         if j.nf:
+            full_path = j.direction not in f.dirs_shown
             f.dirs_shown.add(j.direction)
-        t0 = None
+            caps, cut, nf = j.path(self.host_points)
+        else:
+            caps, cut, nf = sorted(j.captures, key=F._capture_ts), -1, ()
         tag = f"[{f.id}]"
-        where_of, mid_of = self._where, self._mid
+        point_of = self._point
         add = items.append
-        # captures sharing a Pkt (flows.Correlator.record): one text of their endpoints
+        t0 = caps[0][0] if caps else 0
+        # captures sharing a Pkt (flows.Correlator.records): one text of their endpoints
         # and one item to copy (a dict's copy keeps its keys' order: the JSON lines')
-        last_pk, last_what, base = None, "", {}
-        for kind, h in j.hops(self.host_points):
-            if kind != "capture":
-                if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
-                    add(self._hop(f, j, h))
-                continue
-            c = h
-            t0 = c.ts_ns if t0 is None else t0
-            name, r, _where = where_of[c.point]
-            pk = c.pkt
-            if pk.proto == "icmp6" and (ndp := F.ndp_text(pk, c.data)):
+        last_pk, last_what, base, icmp6 = None, "", {}, False
+        for i, c in enumerate(caps):
+            if i == cut:
+                for h in nf:
+                    if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
+                        add(self._hop(f, j, h))
+            ts, point, d, ln, data, pk, _cpu, _pos = c
+            name, r, mids = point_of[point]
+            if pk is not last_pk:
+                last_pk = pk
+                icmp6 = pk.proto == "icmp6"
+                last_what = (
+                    f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
+                    f"{F.tcp_flag_text(pk.flags)}"
+                )
+                base = self._capture(f, j, c, name, r)
+            if icmp6 and (ndp := F.ndp_text(pk, data)):
                 # ICMPv6: what it is instead of ports (neighbour discovery: its target)
                 what = f"{pk.src} -> {pk.dst} {ndp}"
                 item = self._capture(f, j, c, name, r)
                 item["ndp"] = ndp
             else:
-                if pk is not last_pk:
-                    last_pk = pk
-                    last_what = (
-                        f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
-                        f"{F.tcp_flag_text(pk.flags)}"
-                    )
-                    base = self._capture(f, j, c, name, r)
                 what = last_what
                 item = base.copy()
-                item["ts_ns"] = c.ts_ns
+                item["ts_ns"] = ts
                 item["point"] = name
                 item["role"] = r
-                item["dir"] = c.dir
-                item["len"] = c.len
-            mid = mid_of.get((c.point, c.dir)) or f"us  {_where} {c.dir:<3} "
-            dt = c.ts_ns - t0
+                item["dir"] = d
+                item["len"] = ln
+            dt = ts - t0
             if 0 <= dt < 10**15 and dt % 100 != 50:
                 # what f"{dt / 1000:+9.1f}" prints, without formatting a float (no tie
                 # to round: the float's binary error cannot cross the .05 us boundary)
                 t = (dt + 50) // 100
-                us = f"{t // 10:+7d}.{t % 10}"
+                item["text"] = f"{tag} {t // 10:+7d}.{t % 10}{mids[d]}{what} len {ln}"
             else:
-                us = f"{dt / 1000:+9.1f}"
-            item["text"] = f"{tag} {us}{mid}{what} len {c.len}"
+                item["text"] = f"{tag} {dt / 1000:+9.1f}{mids[d]}{what} len {ln}"
             add(item)
+        if cut >= len(caps):
+            for h in nf:
+                if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
+                    add(self._hop(f, j, h))
         return items
 
     @staticmethod
@@ -310,28 +315,28 @@ class StoreSink:
 
     def _settled(self, s, locate):
         sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
-        rows: list[IndexRow] = []
-        add = rows.append
-        row = tuple.__new__  # an IndexRow without NamedTuple's Python-level __new__
-        first_row: dict[int, int] = {}  # journey index -> index of its first packet row
+        values: list = []  # the index rows' values, row after row (Store.add_index_values)
+        add = values.extend
+        first_row: dict[int, int] = {}  # journey index -> its first packet row (with hops)
         for n, j in enumerate(s.journeys):
             f = j.flow
             fid = f.store_id if f.store_id is not None else self.flow_id(f)
-            first = len(rows)
-            for c in j.captures:
-                loc = locate(c.cpu, c.pos)
-                seg = seg_ids.get(loc[0]) if loc is not None else None
-                if seg is None:
+            first = len(values)
+            for ts, point, d, ln, _data, _pkt, cpu, pos in j.captures:
+                loc = locate(cpu, pos)
+                if loc is None:
                     continue  # not in the files (ring full, size cap): counted as lost
-                add(row(IndexRow, (sid, seg, loc[1], c.ts_ns, pids[c.point], fid, c.dir, c.len)))
-            if len(rows) > first:
-                first_row[n] = first
-        ids = self.store.add_index(rows) if rows else []
+                seg = seg_ids.get(loc[0])
+                if seg is not None:
+                    add((sid, seg, loc[1], ts, pids[point], fid, d, ln))
+            if j.nf and len(values) > first:
+                first_row[n] = first // 8
+        first_id = self.store.add_index_values(values) if values else 0
         hops = []
         for n, j in enumerate(s.journeys):
             if not j.nf or self._same_path(j):
                 continue
-            pid = ids[first_row[n]] if n in first_row and ids else None
+            pid = first_id + first_row[n] if n in first_row else None
             ts = j.captures[0].ts_ns if j.captures else j.first_ns
             hops += [self._hop_row(j, h, pid, ts, late=False) for h in j.nf]
         for j, h in s.late_hops:
