@@ -9,6 +9,7 @@ earlier run are removed first, and everything is removed at the end.
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +98,20 @@ class Demo:
 
     # -- the walkthrough ----------------------------------------------------------------
     def run(self):
+        """The walkthrough, then the clean-up; SIGTERM and SIGHUP end it as Ctrl-C does
+        (the clean-up still runs)."""
+
+        def interrupt(_sig, _frame):
+            raise KeyboardInterrupt
+
+        old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            return self._run()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    def _run(self):
         self.say(
             "== pyinspect demo: a container `test` published on port "
             f"{PORT}, reached from another machine =="
@@ -263,11 +278,15 @@ class Demo:
     def start_agent(self):
         """`pyinspect serve` on loopback: probes on from the start, so the timeline has it all."""
         self.say("$ pyinspect serve --port 8900 &")
+        from .runtime.isolation import set_parent_death_signal
+
         self.agent = subprocess.Popen(
             [self.pyinspect, "--root", self.root, "serve", "--port", "8900"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # a demo killed -9 takes its dashboard with it
+            preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM),
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
