@@ -295,12 +295,13 @@ class Store:
         """Replace a flow's columns with a FlowRow's."""
         self._run(f"UPDATE flows SET {_FLOW_SET} WHERE id = ?", (*_with_json(row), flow_id))
 
-    def insert_hops(self, rows: Iterable[HopRow]) -> None:
-        """HopRow rows in one transaction."""
+    def insert_hops(self, rows: Iterable[HopRow | tuple]) -> None:
+        """HopRow rows in one transaction; a row may also be a tuple of HopRow's values
+        with its detail as JSON text already (the tracer's, made per netfilter hop)."""
         self._run_many(
             "INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain,"
             " rule_num, rule_text, verdict, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [_with_json(r) for r in rows],
+            [r if type(r) is tuple else _with_json(r) for r in rows],
         )
 
     def insert_drops(self, rows: Iterable[DropRow]) -> None:

@@ -93,6 +93,8 @@ _PORTS = struct.Struct("!HH")
 # an Ethernet frame's bytes 12..48 when it carries IPv4 without options and TCP: ethertype,
 # version/IHL, total length, id, protocol, addresses, ports, seq, ack, TCP flags
 _V4TCP = struct.Struct("!HBxHH3xB2x4s4sHHIIxB")
+# the same from byte 12 on, without what the caller checked (ethertype, IHL, protocol)
+_HEAD_V4TCP = struct.Struct("!4xHH6x4s4sHHIIxB")
 _addr_cache: dict[bytes, str] = {}
 _new_tuple = tuple.__new__
 _capture_ts = operator.attrgetter("ts_ns")  # sort key of Captures
@@ -564,7 +566,8 @@ class Correlator:
         self.count = count
         self.target_name = target_name
         self.target_netns = target_netns
-        self.pending = []  # Captures
+        self.pending = []  # Captures since the last settle
+        self._held: list[tuple[int, int, list]] = []  # (oldest, newest, Captures) of a poll
         self.nf_pending = []  # hop dicts
         self.drop_pending = []
         self.ev_pending = []
@@ -634,6 +637,7 @@ class Correlator:
         add = self.pending.append
         fast, fastq, off = self.fast, self.fastq, self.offset
         parsed = self._parsed
+        v4tcp, addrs = _HEAD_V4TCP.unpack, _addr_cache
         for raw in raws:
             ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
             seen(point)
@@ -648,7 +652,15 @@ class Correlator:
             if len(head) == 36 and head[2] == 0x45 and head[0] == 8 and head[1] == 0:
                 pkt = parsed.get(head)
                 if pkt is None:
-                    pkt = parse_frame(data)
+                    if head[11] == 6:  # TCP: parse_frame's usual case, inlined
+                        iplen, ipid, src, dst, sport, dport, seq, ack, flags = v4tcp(head)
+                        a = addrs.get(src) or _ntoa(src)
+                        b = addrs.get(dst) or _ntoa(dst)
+                        pkt = _new_tuple(
+                            Pkt, ("tcp", a, sport, b, dport, ipid, seq, ack, iplen, flags)
+                        )
+                    else:
+                        pkt = parse_frame(data)
                     if len(parsed) >= PARSE_CACHE:
                         parsed.clear()
                     parsed[head] = pkt
@@ -667,20 +679,40 @@ class Correlator:
             f.packets += 1
             f.last_ns = max(f.last_ns, q[0] + self.offset)
         self.fast_packets += len(out.fast)
-        pending = self.pending
-        if cutoff is None:
-            ready, self.pending = pending, []
-        else:
-            real = cutoff + self.offset  # captures keep CLOCK_REALTIME
-            ready = [c for c in pending if c.ts_ns < real]
-            if ready:
-                self.pending = [c for c in pending if c.ts_ns >= real]
+        ready = self._ready(cutoff)
         if ready:
             self._journeys(ready, cutoff, out)
         out.drops = self._settle_drops(cutoff)
         limit = None if cutoff is None else cutoff + self.offset
         out.events = self._take(self, "ev_pending", limit, lambda e: e["ts_ns"])
         return out
+
+    def _ready(self, cutoff):
+        """The pending captures older than `cutoff` (CLOCK_MONOTONIC; None: all), in the
+        order they came. Each poll's captures are held as one batch with its oldest and
+        newest time, so a capture is looked at again only in the polls whose cutoff falls
+        within its batch."""
+        held = self._held
+        if self.pending:
+            batch, self.pending = self.pending, []
+            held.append((min(map(_capture_ts, batch)), max(map(_capture_ts, batch)), batch))
+        if cutoff is None:
+            self._held = []
+            return [c for _old, _new, batch in held for c in batch]
+        real = cutoff + self.offset  # captures keep CLOCK_REALTIME
+        ready: list = []
+        keep = []
+        for oldest, newest, batch in held:
+            if newest < real:
+                ready += batch
+            elif oldest >= real:
+                keep.append((oldest, newest, batch))
+            else:
+                ready += [c for c in batch if c.ts_ns < real]
+                rest = [c for c in batch if c.ts_ns >= real]
+                keep.append((min(map(_capture_ts, rest)), newest, rest))
+        self._held = keep
+        return ready
 
     @staticmethod
     def _take(obj, name, cutoff, ts):
@@ -774,20 +806,21 @@ class Correlator:
         keep = []
         by_id = None
         now = time.time_ns()
-        for hop in self.nf_pending:
+        index = self.flows.index
+        for hop in self.nf_pending:  # each looked at in every poll until it is placed
             pk = hop.get("pkt")
-            if pk and pk.proto == "icmp6" and pk.sport in LINK_ICMP6:
+            if pk and pk[0] == "icmp6" and pk[2] in LINK_ICMP6:
                 continue  # neighbour discovery: a link line, no flow to put a rule path on
             placed = False
             if pk:
-                hit = self.flows.lookup(pk.tuple)
+                hit = index.get(pk[:5])  # pk.tuple
                 j = None
                 if hit and hop.get("loose_ident"):  # nft traces: ip id + length only
                     if by_id is None:
                         by_id = {(k[0], k[1], k[2][0], k[2][3]): v for k, v in journeys.items()}
                     j = by_id.get((hit[0].id, hit[1], pk.ipid, pk.iplen))
                 elif hit:
-                    j = journeys.get((hit[0].id, hit[1], pk.ident))
+                    j = journeys.get((hit[0].id, hit[1], pk[5:9]))  # pk.ident
                 if j is not None:
                     self._nf_into(j, hop)
                     placed = True

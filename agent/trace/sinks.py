@@ -10,7 +10,7 @@ offset, time, point, flow) pointing into those files.
 import json
 import os
 
-from ..store import DropRow, FlowRow, HopRow
+from ..store import DropRow, FlowRow
 from . import flows as F
 from .dns import dns_item
 from .target import role
@@ -32,6 +32,9 @@ class LiveText:
         self._point = [
             (w[0], w[1], {d: f"us  {w[2]} {d:<3} " for d in ("in", "out")}) for w in self._where
         ]
+        self._ends: dict[tuple, str] = {}  # (proto, src, sport, dst, dport) -> `a:p -> b:q `
+        self._us: dict[int, str] = {}  # 0.1 us since a journey's first capture -> its text
+        self._hop_text: dict[tuple, str] = {}  # a netfilter hop's text after `[N] `
 
     def journey(self, j):
         """The flow's header line on its first journey, then one line per capture and per
@@ -67,6 +70,8 @@ class LiveText:
         # captures sharing a Pkt (flows.Correlator.records): one text of their endpoints
         # and one item to copy (a dict's copy keeps its keys' order: the JSON lines')
         last_pk, last_what, base, icmp6 = None, "", {}, False
+        ends, us_of = self._ends, self._us
+        fid, first_ns = f.id, j.first_ns
         for i, c in enumerate(caps):
             if i == cut:
                 for h in nf:
@@ -76,12 +81,31 @@ class LiveText:
             name, r, mids = point_of[point]
             if pk is not last_pk:
                 last_pk = pk
-                icmp6 = pk.proto == "icmp6"
-                last_what = (
-                    f"{F.ep(pk.src, pk.sport)} -> {F.ep(pk.dst, pk.dport)} "
-                    f"{F.tcp_flag_text(pk.flags)}"
-                )
-                base = self._capture(f, j, c, name, r)
+                proto, src, sport, dst, dport = pk[:5]
+                icmp6 = proto == "icmp6"
+                # a flow's endpoints, as text once a tuple
+                e = ends.get(pk[:5])
+                if e is None:
+                    if len(ends) >= 4096:
+                        ends.clear()
+                    e = ends[pk[:5]] = f"{F.ep(src, sport)} -> {F.ep(dst, dport)} "
+                last_what = e + F.tcp_flag_text(pk[9])
+                base = {
+                    "type": "hop",
+                    "flow": fid,
+                    "hop": "capture",
+                    "ts_ns": ts,
+                    "_ts": first_ns,
+                    "point": name,
+                    "role": r,
+                    "dir": d,
+                    "src": src,
+                    "sport": sport,
+                    "dst": dst,
+                    "dport": dport,
+                    "len": ln,
+                    "text": "",
+                }
             if icmp6 and (ndp := F.ndp_text(pk, data)):
                 # ICMPv6: what it is instead of ports (neighbour discovery: its target)
                 what = f"{pk.src} -> {pk.dst} {ndp}"
@@ -98,11 +122,17 @@ class LiveText:
             dt = ts - t0
             if 0 <= dt < 10**15 and dt % 100 != 50:
                 # what f"{dt / 1000:+9.1f}" prints, without formatting a float (no tie
-                # to round: the float's binary error cannot cross the .05 us boundary)
+                # to round: the float's binary error cannot cross the .05 us boundary),
+                # formatted once a value
                 t = (dt + 50) // 100
-                item["text"] = f"{tag} {t // 10:+7d}.{t % 10}{mids[d]}{what} len {ln}"
+                us = us_of.get(t)
+                if us is None:
+                    if len(us_of) >= 4096:
+                        us_of.clear()
+                    us = us_of[t] = f"{t // 10:+7d}.{t % 10}"
             else:
-                item["text"] = f"{tag} {dt / 1000:+9.1f}{mids[d]}{what} len {ln}"
+                us = f"{dt / 1000:+9.1f}"
+            item["text"] = f"{tag} {us}{mids[d]}{what} len {ln}"
             add(item)
         if cut >= len(caps):
             for h in nf:
@@ -131,28 +161,18 @@ class LiveText:
             "text": "",
         }
 
-    @staticmethod
-    def _hop(f, j, h):
+    def _hop(self, f, j, h):
         """`netfilter TABLE:CHAIN rule N -> VERDICT  (rule text)`; nf_tables hops name the
         rule by its handle (`nft -a list` shows it), a chain's end as `end of chain`."""
-        where = f"{h['table']}:{h['chain']}"
-        rule = h["rule_text"]
-        if h.get("backend") == "nftables":
-            what = {"policy": " policy", "return": " end of chain"}.get(
-                h["kind"], f" handle {h['rule_num']}" if h["rule_num"] else " rule"
-            )
-            text = f"[{f.id}] {'':>11}  netfilter {where}{what} -> {h['verdict']}"
-            if h["kind"] == "rule" and rule:
-                text += f"  ({rule})"
-        else:
-            num = ""
-            if h["kind"] == "rule" or not rule.startswith("policy"):
-                num = f" rule {h['rule_num']}" if h["rule_num"] else " rule"
-            text = f"[{f.id}] {'':>11}  netfilter {where}{num} -> {h['verdict']}"
-            if rule and rule != f"policy {h['verdict']}":
-                text += f"  ({rule})"
-            elif h["kind"] == "policy":
-                text += " (policy)"
+        nft = h.get("backend") == "nftables"
+        key = (h["table"], h["chain"], h["kind"], h["rule_num"], h["rule_text"], h["verdict"], nft)
+        what = self._hop_text.get(key)  # the text after the flow's tag: few distinct ones
+        if what is None:
+            what = self._hop_what(h)
+            if len(self._hop_text) >= 4096:
+                self._hop_text.clear()
+            self._hop_text[key] = what
+        text = f"[{f.id}] {what}"
         return {
             "type": "hop",
             "flow": f.id,
@@ -169,6 +189,29 @@ class LiveText:
             "handle": h.get("handle"),
             "text": text,
         }
+
+    @staticmethod
+    def _hop_what(h):
+        """A netfilter hop's line after its flow's `[N] `."""
+        where = f"{h['table']}:{h['chain']}"
+        rule = h["rule_text"]
+        if h.get("backend") == "nftables":
+            what = {"policy": " policy", "return": " end of chain"}.get(
+                h["kind"], f" handle {h['rule_num']}" if h["rule_num"] else " rule"
+            )
+            text = f"{'':>11}  netfilter {where}{what} -> {h['verdict']}"
+            if h["kind"] == "rule" and rule:
+                text += f"  ({rule})"
+        else:
+            num = ""
+            if h["kind"] == "rule" or not rule.startswith("policy"):
+                num = f" rule {h['rule_num']}" if h["rule_num"] else " rule"
+            text = f"{'':>11}  netfilter {where}{num} -> {h['verdict']}"
+            if rule and rule != f"policy {h['verdict']}":
+                text += f"  ({rule})"
+            elif h["kind"] == "policy":
+                text += " (policy)"
+        return text
 
     def link(self, lp):
         """One neighbour discovery / multicast listener packet, with where it was seen."""
@@ -414,7 +457,7 @@ class StoreSink:
             detail = json.dumps(d, sort_keys=True)  # as the store writes a dict detail
             if len(self._hop_details) < 4096:
                 self._hop_details[key] = detail
-        return HopRow(
+        return (  # HopRow's values (Store.insert_hops)
             self.session_id,
             j.flow.store_id,
             packet_id,
