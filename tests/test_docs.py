@@ -77,3 +77,31 @@ def test_check_mode_reports_stale_docs(tmp_path, monkeypatch, capsys):
     assert "gen_cli_docs.py" in capsys.readouterr().err
     assert gen_cli_docs.main([]) == 0
     assert gen_cli_docs.main(["--check"]) == 0
+
+
+def test_the_code_the_docs_name_exists():
+    """`from pyinspect.X import a, b` in docs/ imports; every repository path they name is
+    there (modules move: the docs must follow)."""
+    import re
+
+    wrong = []
+    for doc in sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]:
+        text = doc.read_text()
+        for mod, names in re.findall(r"^\s*from (pyinspect[\w.]*) import ([\w, ]+)$", text, re.M):
+            try:
+                m = importlib.import_module(mod)
+            except ImportError as exc:
+                wrong.append(f"{doc.name}: from {mod}: {exc}")
+                continue
+            wrong += [
+                f"{doc.name}: {mod}.{n} does not exist"
+                for n in (x.strip() for x in names.split(","))
+                if not hasattr(m, n)
+            ]
+        files = (
+            r"\b(?:agent|probes|runtime|web|bench|tests|scripts)/[\w/.-]+?\.(?:py|c|h|md|sh|js)\b"
+        )
+        for path in set(re.findall(files, text)):
+            if not (REPO / path).exists():
+                wrong.append(f"{doc.name}: {path} does not exist")
+    assert not wrong, "\n".join(wrong)
