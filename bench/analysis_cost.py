@@ -1,16 +1,19 @@
 """The trace's analysis path, CPU per record, on synthetic records (no kernel needed).
 
 What `pyinspect trace` does with each analysis record after the kernel hands it over:
-correlation (pyinspect.trace.flows.Correlator), live lines (sinks.LiveText) and the store
-(sinks.StoreSink: flows, index rows into the pcap files, hops) in a real SQLite store in a
-temporary directory. Two workloads:
+the record's header and bytes (Correlator.records, as the session reads a poll's raw
+records), correlation (pyinspect.trace.flows.Correlator), live lines (sinks.LiveText) and
+the store (sinks.StoreSink: flows, index rows into the pcap files, hops) in a real SQLite
+store in a temporary directory. Two workloads:
   short  HTTP-like connections: 12 packets each, seen at 4 capture points, with their
          conntrack event and the netfilter trace lines of the SYN and SYN-ACK (4 each, as
          a live trace of the demo topology stores ~8 a connection; the demo's and the
          20-fetch test's shape)
   bulk   one UDP flow of many packets at 4 points (a flood: past its live lines, the
          flow's packets take the fast path)
-Prints microseconds of CPU (thread time) per record, the least of `--rounds` runs. The live
+Prints microseconds of CPU (thread time) per record, the least of `--rounds` runs. Set
+PYTHONPATH to an older checkout's package for a before/after (one without
+Correlator.records gets its records as its session read them). The live
 trace reports the same measure in its summary (`reader_cost`, `reader_us_per_record`);
 bench/reader_live.py measures it on a live trace of short connections, bench/evidence.py
 prints it under load.
@@ -23,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pyinspect.probes.packets import AREC
 from pyinspect.store import Store
 from pyinspect.trace import flows as F
 from pyinspect.trace.evidence import Segment
@@ -172,6 +176,17 @@ def bulk(n):
     return recs, [], {}
 
 
+def read(corr, raws):
+    """A poll's raw records into the correlator, as the session reads them."""
+    if hasattr(corr, "records"):
+        corr.records(raws, AREC)
+        return
+    hdr = AREC.size  # an older checkout: its session's loop
+    for raw in raws:
+        ts, pos, ln, caplen, cpu, point, d = AREC.unpack_from(raw, 0)
+        corr.record(ts, point, d, ln, bytes(raw[hdr : hdr + caplen]), cpu, pos)
+
+
 def run(recs, cts, nf, batch=4000):
     with tempfile.TemporaryDirectory() as d:
         store = Store(Path(d) / "pyinspect.db")
@@ -191,6 +206,11 @@ def run(recs, cts, nf, batch=4000):
         nf_of: dict[int, list] = {}  # chunk start -> its records' trace lines
         for n, hops in sorted(nf.items()):
             nf_of.setdefault(n - n % batch, []).extend(hops)
+        # the ring's records: header (ts, stream position, length, captured length, cpu,
+        # point, direction) and the packet's first bytes
+        raws = [
+            AREC.pack(t, pos, ln, len(fr), cpu, p, d) + fr for t, p, d, ln, fr, cpu, pos in recs
+        ]
         t0 = time.thread_time()
         ci = 0
         for i in range(0, len(recs), batch):
@@ -198,8 +218,7 @@ def run(recs, cts, nf, batch=4000):
             while ci < len(cts) and cts[ci]["ts_ns"] <= chunk[-1][0]:
                 corr.conntrack(cts[ci])
                 ci += 1
-            for r in chunk:
-                corr.record(*r)
+            read(corr, raws[i : i + batch])
             corr.nf_pending.extend(nf_of.get(i, ()))  # the poll reads the trace lines too
             s = corr.settle(chunk[-1][0] + 1)
             for j in s.journeys:

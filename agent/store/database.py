@@ -291,6 +291,19 @@ class Store:
             f"INSERT INTO flows ({_FLOW_COLS}) VALUES ({_FLOW_QS})", _with_json(row)
         )
 
+    def insert_flows(self, rows: list[FlowRow]) -> list[int]:
+        """FlowRows in one statement; returns their ids in order."""
+        if not rows:
+            return []
+        with self.batch():
+            conn = self.db.conn
+            conn.executemany(
+                f"INSERT INTO flows ({_FLOW_COLS}) VALUES ({_FLOW_QS})", map(_with_json, rows)
+            )
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        # one writer holds the lock for the whole insert: the ids are consecutive
+        return list(range(last - len(rows) + 1, last + 1))
+
     def update_flow(self, flow_id: int, row: FlowRow) -> None:
         """Replace a flow's columns with a FlowRow's."""
         self._run(f"UPDATE flows SET {_FLOW_SET} WHERE id = ?", (*_with_json(row), flow_id))

@@ -232,9 +232,15 @@ class EvidenceWriter:
             snap = {cpu: (list(self.starts[cpu]), list(p)) for cpu, p in self.placed.items()}
 
         bisect_right = bisect.bisect_right
+        # per CPU, the last chunk found, as (start, end, segment number, offset - start):
+        # a poll's records of one CPU are mostly in one chunk
+        last: dict[int, tuple[int, int, int, int]] = {}
 
         def locate(cpu: int, stream_pos: int) -> tuple[int, int] | None:
-            got = snap.get(cpu)  # called per analysed record: kept lean
+            hit = last.get(cpu)  # called per analysed record: kept lean
+            if hit is not None and hit[0] <= stream_pos < hit[1]:
+                return hit[2], hit[3] + stream_pos
+            got = snap.get(cpu)
             if got is None or stream_pos < 0:
                 return None
             i = bisect_right(got[0], stream_pos) - 1
@@ -243,6 +249,7 @@ class EvidenceWriter:
             p = got[1][i]
             if stream_pos >= p.end:
                 return None
+            last[cpu] = (p.start, p.end, p.seq, p.offset - p.start)
             return p.seq, p.offset + (stream_pos - p.start)
 
         return locate

@@ -97,7 +97,7 @@ _V4TCP = struct.Struct("!HBxHH3xB2x4s4sHHIIxB")
 _HEAD_V4TCP = struct.Struct("!4xHH6x4s4sHHIIxB")
 _addr_cache: dict[bytes, str] = {}
 _new_tuple = tuple.__new__
-_capture_ts = operator.attrgetter("ts_ns")  # sort key of Captures
+_capture_ts = operator.itemgetter(0)  # sort key of Captures: ts_ns
 
 
 def _ntoa(b):

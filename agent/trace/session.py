@@ -16,6 +16,7 @@ Run it in the container host's network namespace. The session only orchestrates:
 """
 
 import contextlib
+import gc
 import json
 import os
 import time
@@ -52,6 +53,7 @@ WHOLE_SNAPLEN = 262144  # tcpdump's default: with -w the file keeps whole packet
 HEADERS_SNAPLEN = 256  # without -w: every packet's headers, for pcap export
 AUTO_MAX_SIZE = 4 << 30  # segment files of one trace, at most (and free disk - 1 GiB)
 LIVE_PACKETS_PER_FLOW = 20  # live hop lines for the first N packets of each flow
+GC_EVERY_S = 30  # TraceOptions.own_gc: a full cycle collection this often
 
 
 @dataclass
@@ -73,6 +75,11 @@ class TraceOptions:
     stream_filter: str | None = None  # pcap-filter: only matching packets go to the stream
     stream_delay: float = 0  # s the stream holds packets back for NAT comments
     roles: list | None = None  # capture points of these roles only (target.role)
+    # the process is the trace's own (the CLI): from the ready line on, what start-up made
+    # is frozen and the automatic cycle collector is off (the analysis makes no reference
+    # cycles, yet its collections walked every pending capture and journey every few
+    # hundred allocations); a poll runs a full collection every GC_EVERY_S instead
+    own_gc: bool = False
 
 
 def _mono_to_real():
@@ -122,6 +129,7 @@ class TraceSession:
         self._lost = {}
         self._stream_keep = None
         self._settled_ns = None  # the last poll's settle cutoff (CLOCK_MONOTONIC)
+        self._gc_ns = 0  # own_gc: when the last collection ran (0: the collector is on)
 
     def _started(self) -> tuple[TraceTarget, F.Correlator]:
         """The target and the correlator, which start() made before anything uses them."""
@@ -202,6 +210,10 @@ class TraceSession:
             self._fail(exc)
             raise
         self.budget.fill(self.cap)  # ready: a full bucket, for a burst at once
+        if self.opt.own_gc:
+            gc.freeze()
+            gc.disable()
+            self._gc_ns = time.monotonic_ns()
         self.ready_ns = time.time_ns()  # --duration counts from here
         roles = ", ".join(f"{p.name} ({role(p)})" for p in self.points)
         rules = f"; rule path: {self.nf_mode.mode}" if self.nf_mode else ""
@@ -392,7 +404,7 @@ class TraceSession:
         self._settled_ns = cutoff
         items = self._output(settled)
         spent = time.thread_time() - cpu0
-        self.reader_cpu += spent
+        self.reader_cpu += spent + self._collect()
         self.budget.learn(
             spent, n, sum(len(j.captures) for j in settled.journeys) + len(settled.fast)
         )
@@ -401,6 +413,16 @@ class TraceSession:
         if self.opt.duration and time.time_ns() - self.ready_ns >= self.opt.duration * 1e9:
             self.done = True
         return items
+
+    def _collect(self):
+        """With own_gc, a full cycle collection every GC_EVERY_S; returns its CPU seconds
+        (the reader's, though not a record's: the budget does not learn it)."""
+        if not self._gc_ns or time.monotonic_ns() - self._gc_ns < GC_EVERY_S * 10**9:
+            return 0.0
+        cpu0 = time.thread_time()
+        gc.collect()
+        self._gc_ns = time.monotonic_ns()
+        return time.thread_time() - cpu0
 
     def _read_records(self):
         from pyinspect.probes.packets import AREC
@@ -599,6 +621,9 @@ class TraceSession:
 
     def _teardown(self):
         """Remove every kernel object this session made; safe to call twice."""
+        if self._gc_ns:
+            gc.enable()  # own_gc: the process's collector as it was
+            self._gc_ns = 0
         if self.evidence:
             self.evidence.stop()
         if self.cap:

@@ -361,9 +361,16 @@ class StoreSink:
         values: list = []  # the index rows' values, row after row (Store.add_index_values)
         add = values.extend
         first_row: dict[int, int] = {}  # journey index -> its first packet row (with hops)
+        new = {j.flow.id: j.flow for j in s.journeys if j.flow.store_id is None}
+        if new:  # the poll's new flows in one statement, numbered in the journeys' order
+            flows = list(new.values())
+            for f, fid in zip(
+                flows, self.store.insert_flows([self.flow_row(f) for f in flows]), strict=True
+            ):
+                f.store_id = fid
         for n, j in enumerate(s.journeys):
             f = j.flow
-            fid = f.store_id if f.store_id is not None else self.flow_id(f)
+            fid = f.store_id
             first = len(values)
             for ts, point, d, ln, _data, _pkt, cpu, pos in j.captures:
                 loc = locate(cpu, pos)
