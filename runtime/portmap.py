@@ -193,57 +193,12 @@ def container_rules(bridge, container_id, ip, bindings):
     for b in bindings:
         if ":" in (b.get("host_ip") or ""):
             continue  # published on an IPv6 host address only: container_rules6
-        proto, hp, cp = b["proto"], str(b["host_port"]), str(b["container_port"])
         host_dst = None if b["host_ip"] in (None, "", "0.0.0.0") else b["host_ip"]
-        to = (("to_destination", f"{ip}:{cp}"),)
-        out += [
-            RuleSpec(
-                "nat",
-                NAT_CHAIN,
-                tag,
-                "DNAT",
-                to,
-                dst=host_dst,
-                in_="!" + bridge,
-                proto=proto,
-                matches=((proto, (("dport", hp),)),),
-            ),
-            RuleSpec(
-                "nat",
-                NAT_CHAIN,
-                tag,
-                "DNAT",
-                to,
-                dst=host_dst,
-                in_=bridge,
-                proto=proto,
-                matches=((proto, (("dport", hp),)),),
-            ),
-            RuleSpec(
-                "nat",
-                "POSTROUTING",
-                tag,
-                "MASQUERADE",
-                src=ip,
-                dst=ip,
-                proto=proto,
-                matches=((proto, (("dport", cp),)),),
-            ),
-            RuleSpec(
-                "filter",
-                FILTER_CHAIN,
-                tag,
-                "ACCEPT",
-                dst=ip,
-                in_="!" + bridge,
-                out=bridge,
-                proto=proto,
-                matches=((proto, (("dport", cp),)),),
-            ),
-        ]
+        out += _publish_rules(bridge, tag, b, host_dst, ip, f"{ip}:{b['container_port']}", 4)
         if host_dst and host_dst.startswith("127."):
             # nat PREROUTING would DNAT a neighbour's packet to 127.x before routing's
             # martian check: only loopback may reach a port published on 127.x.
+            proto = b["proto"]
             out.append(
                 RuleSpec(
                     "raw",
@@ -253,10 +208,68 @@ def container_rules(bridge, container_id, ip, bindings):
                     dst=host_dst,
                     in_="!lo",
                     proto=proto,
-                    matches=((proto, (("dport", hp),)),),
+                    matches=((proto, (("dport", str(b["host_port"])),)),),
                 )
             )
     return out
+
+
+def _publish_rules(bridge, tag, binding, host_dst, ip, to_destination, family):
+    """One binding's DNAT (from outside and, for hairpin, from the bridge), the hairpin
+    MASQUERADE and the FORWARD accept, for the container address `ip`."""
+    proto, hp, cp = binding["proto"], str(binding["host_port"]), str(binding["container_port"])
+    to = (("to_destination", to_destination),)
+    dport = ((proto, (("dport", hp),)),)
+    cport = ((proto, (("dport", cp),)),)
+    return [
+        RuleSpec(
+            "nat",
+            NAT_CHAIN,
+            tag,
+            "DNAT",
+            to,
+            dst=host_dst,
+            in_="!" + bridge,
+            proto=proto,
+            matches=dport,
+            family=family,
+        ),
+        RuleSpec(
+            "nat",
+            NAT_CHAIN,
+            tag,
+            "DNAT",
+            to,
+            dst=host_dst,
+            in_=bridge,
+            proto=proto,
+            matches=dport,
+            family=family,
+        ),
+        RuleSpec(
+            "nat",
+            "POSTROUTING",
+            tag,
+            "MASQUERADE",
+            src=ip,
+            dst=ip,
+            proto=proto,
+            matches=cport,
+            family=family,
+        ),
+        RuleSpec(
+            "filter",
+            FILTER_CHAIN,
+            tag,
+            "ACCEPT",
+            dst=ip,
+            in_="!" + bridge,
+            out=bridge,
+            proto=proto,
+            matches=cport,
+            family=family,
+        ),
+    ]
 
 
 def base_rules6(bridge, subnet6, internal=False):
@@ -298,59 +311,8 @@ def container_rules6(bridge, container_id, ip6, bindings):
     for b in bindings:
         if not publishes_v6(b):
             continue
-        proto, hp, cp = b["proto"], str(b["host_port"]), str(b["container_port"])
         host_dst = None if b.get("host_ip") in (None, "", "0.0.0.0", "::") else b["host_ip"]
-        to = (("to_destination", f"[{ip6}]:{cp}"),)
-        dport = ((proto, (("dport", hp),)),)
-        out += [
-            RuleSpec(
-                "nat",
-                NAT_CHAIN,
-                tag,
-                "DNAT",
-                to,
-                dst=host_dst,
-                in_="!" + bridge,
-                proto=proto,
-                matches=dport,
-                family=6,
-            ),
-            RuleSpec(
-                "nat",
-                NAT_CHAIN,
-                tag,
-                "DNAT",
-                to,
-                dst=host_dst,
-                in_=bridge,
-                proto=proto,
-                matches=dport,
-                family=6,
-            ),
-            RuleSpec(
-                "nat",
-                "POSTROUTING",
-                tag,
-                "MASQUERADE",
-                src=ip6,
-                dst=ip6,
-                proto=proto,
-                matches=((proto, (("dport", cp),)),),
-                family=6,
-            ),
-            RuleSpec(
-                "filter",
-                FILTER_CHAIN,
-                tag,
-                "ACCEPT",
-                dst=ip6,
-                in_="!" + bridge,
-                out=bridge,
-                proto=proto,
-                matches=((proto, (("dport", cp),)),),
-                family=6,
-            ),
-        ]
+        out += _publish_rules(bridge, tag, b, host_dst, ip6, f"[{ip6}]:{b['container_port']}", 6)
     return out
 
 
