@@ -58,15 +58,20 @@ class Rewrite:
 class Hop:
     table: str
     chain: str
-    rule_num: int | None
+    rule_num: int | None  # iptables: the rule's position; nf_tables: its handle
     rule_text: str
     verdict: str
+    handle: bool = False  # rule_num is an nf_tables handle (`nft -a list` shows it)
+
+    @property
+    def num(self) -> str:
+        if not self.rule_num:
+            return "policy"
+        return f"{'handle' if self.handle else 'rule'} {self.rule_num}"
 
     @property
     def text(self) -> str:
-        where = f"{self.table}:{self.chain}"
-        num = f"rule {self.rule_num}" if self.rule_num else "policy"
-        return f"{where} {num} -> {self.verdict or 'continue'}"
+        return f"{self.table}:{self.chain} {self.num} -> {self.verdict or 'continue'}"
 
 
 @dataclass
@@ -205,8 +210,14 @@ def journeys(
     if flows is None:
         flows = store.flow_rows(g[0][3] for g in groups if g[0][3] is not None)
     hops: dict[int, list[Hop]] = {}
-    for pid, table, chain, num, text, verdict in store.hops_of_packets(g[0][0] for g in groups):
-        hops.setdefault(pid, []).append(Hop(table, chain, num, text or "", verdict or ""))
+    for pid, table, chain, num, text, verdict, detail in store.hops_of_packets(
+        g[0][0] for g in groups
+    ):
+        d = _json(detail)
+        by_handle = isinstance(d, dict) and bool(d.get("handle"))
+        hops.setdefault(pid, []).append(
+            Hop(table, chain, num, text or "", verdict or "", by_handle)
+        )
     return [_journey(g, hops.get(g[0][0], []), flows.get(g[0][3])) for g in groups], more
 
 
@@ -274,12 +285,13 @@ def _rule_text(hop: Hop | None, flow: dict | None, original: bool) -> tuple[str,
     """(which rule rewrote the packet, its text) from the journey's NAT hop, else the
     flow's NAT rule (replies are un-NATed by conntrack, without a rule of their own)."""
     if hop is not None:
-        num = f"rule {hop.rule_num}" if hop.rule_num else "policy"
-        return f"{hop.table} {hop.chain} {num} -> {hop.verdict}", hop.rule_text
+        return f"{hop.table} {hop.chain} {hop.num} -> {hop.verdict}", hop.rule_text
     detail = _json(flow.get("detail")) if flow else None
     rule = (detail or {}).get("nat_rule") if isinstance(detail, dict) else None
     if rule:
-        num = f"rule {rule['rule_num']}" if rule.get("rule_num") else "policy"
+        num = "policy"
+        if rule.get("rule_num"):
+            num = f"{'handle' if rule.get('handle') else 'rule'} {rule['rule_num']}"
         via = "" if original else "conntrack, reply of "
         return (
             f"{via}{rule['table']} {rule['chain']} {num} -> {rule['verdict']}",

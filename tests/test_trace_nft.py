@@ -132,6 +132,19 @@ def test_nft_only_docker_layout_every_hop_in_order(state_root, nft_topo):
     # the reply comes back through the established accept of the bridge's out chain
     verdicts = [(h["chain"], h["verdict"]) for h in hops_of(items, f["flow"]) if "chain" in h]
     assert ("filter-forward-out__pt-br0", "ACCEPT") in verdicts
+    # the dashboard's ladder names nf_tables rules by their handle too
+    from pyinspect import ladder
+
+    view = ladder.view(state_root, summary["session_id"])
+    syn = next(j for j in view["journeys"] if j["flags"] == "[S]")
+    (rewrite,) = [r for r in syn["rewrites"] if r["kind"] == "DNAT"]
+    assert rewrite["rule"] == (
+        f"ip docker-bridges nat-prerouting-and-output handle {dnat['handle']} -> DNAT {ctr}:80"
+    ), rewrite
+    assert (
+        f"ip docker-bridges:nat-prerouting-and-output handle {dnat['handle']} -> DNAT {ctr}:80"
+        in [h["text"] for h in syn["hops"]]
+    ), syn["hops"]
     # no iptables table of either backend, before or after; our nft table is gone
     _no_legacy_tables(topo)
     assert "*" not in tracetopo.sh(topo.host, "iptables-nft-save").stdout

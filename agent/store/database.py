@@ -717,15 +717,15 @@ class Store:
         ).fetchall()
 
     def hops_of_packets(self, packet_ids: Iterable[int]) -> list[tuple]:
-        """(packet_id, table, chain, rule_num, rule_text, verdict) of the rule hops stored
-        for these packet_index ids, in stored order."""
+        """(packet_id, table, chain, rule_num, rule_text, verdict, detail JSON) of the rule
+        hops stored for these packet_index ids, in stored order."""
         ids = list(packet_ids)
         if not ids:
             return []
         w = _Where()
         w.add_in("packet_id", ids)
         return self.db.execute(
-            "SELECT packet_id, table_name, chain, rule_num, rule_text, verdict FROM hops"
+            "SELECT packet_id, table_name, chain, rule_num, rule_text, verdict, detail FROM hops"
             f"{w.sql()} AND table_name != 'capture' ORDER BY id",
             w.params,
         ).fetchall()

@@ -280,13 +280,16 @@ def rule_ref(f):
     r = f.nat_rule
     if not r:
         return None
-    return {
+    ref = {
         "table": r["table"],
         "chain": r["chain"],
         "rule_num": r["rule_num"],
         "rule_text": r["rule_text"],
         "verdict": r["verdict"],
     }
+    if r.get("handle"):  # nf_tables: rule_num is the rule's handle
+        ref["handle"] = True
+    return ref
 
 
 class StoreSink:
