@@ -78,7 +78,7 @@ class TraceOptions:
     # the process is the trace's own (the CLI): from the ready line on, what start-up made
     # is frozen and the automatic cycle collector is off (the analysis makes no reference
     # cycles, yet its collections walked every pending capture and journey every few
-    # hundred allocations); a poll runs a full collection every GC_EVERY_S instead
+    # hundred allocations); a poll collects what the last GC_EVERY_S left instead
     own_gc: bool = False
 
 
@@ -415,12 +415,15 @@ class TraceSession:
         return items
 
     def _collect(self):
-        """With own_gc, a full cycle collection every GC_EVERY_S; returns its CPU seconds
-        (the reader's, though not a record's: the budget does not learn it)."""
+        """With own_gc, a cycle collection every GC_EVERY_S of what the last GC_EVERY_S
+        left (the survivors are frozen in turn: a long trace's flows and journeys are not
+        walked again and again); returns its CPU seconds (the reader's, though not a
+        record's: the budget does not learn it)."""
         if not self._gc_ns or time.monotonic_ns() - self._gc_ns < GC_EVERY_S * 10**9:
             return 0.0
         cpu0 = time.thread_time()
         gc.collect()
+        gc.freeze()
         self._gc_ns = time.monotonic_ns()
         return time.thread_time() - cpu0
 

@@ -1,0 +1,158 @@
+"""The analysis reader's shortcuts, without a kernel: each gives what the plain way gives."""
+
+import gc
+import random
+import struct
+import threading
+import types
+
+from pyinspect.probes.packets import AREC
+from pyinspect.trace import flows as F
+from pyinspect.trace import session as S
+from pyinspect.trace.evidence import EvidenceWriter, _Placed
+from pyinspect.trace.sinks import LiveText
+
+
+class Point:
+    def __init__(self, name, netns=None):
+        self.name, self.netns, self.description = name, netns, ""
+
+
+POINTS = [Point("up0"), Point("br0"), Point("eth0", "/proc/1/ns/net")]
+
+
+def frame(src, sport, dst, dport, ipid, flags=0x18, proto=6, ihl=5):
+    l4 = (
+        struct.pack("!HHIIBBHHH", sport, dport, ipid, 0, 0x50, flags, 512, 0, 0)
+        if proto == 6
+        else struct.pack("!HHHH", sport, dport, 12, 0)
+    )
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x40 | ihl,
+        0,
+        ihl * 4 + len(l4),
+        ipid,
+        0,
+        64,
+        proto,
+        0,
+        bytes(map(int, src.split("."))),
+        bytes(map(int, dst.split("."))),
+    )
+    return b"\0" * 12 + b"\x08\x00" + ip + b"\x01" * 4 * (ihl - 5) + l4
+
+
+def packets():
+    """(ts, point, dir, len, frame, cpu, pos): TCP, TCP with IP options, UDP, at 3 points."""
+    out = []
+    t = 5_000
+    for k in range(30):
+        for proto, ihl in ((6, 5), (6, 6), (17, 5)):
+            for p in range(3):
+                dst = "10.0.0.1" if p == 0 else "172.30.0.2"
+                fr = frame("10.0.0.9", 4000 + proto, dst, 80, k, proto=proto, ihl=ihl)
+                out.append((t, p, k % 2, len(fr), fr, p % 2, len(out) * 64))
+                t += 700
+    return out
+
+
+def test_records_reads_raw_records_as_record_does():
+    offset = 1_000_000
+    recs = packets()
+    one, many = F.Correlator(offset, 20), F.Correlator(offset, 20)
+    for ts, p, d, ln, fr, cpu, pos in recs:
+        one.record(ts, p, d, ln, fr, cpu, pos)
+    raws = [
+        AREC.pack(ts + offset, pos, ln, len(fr), cpu, p, d) + fr
+        for ts, p, d, ln, fr, cpu, pos in recs
+    ]
+    counts = many.records(raws, AREC)
+    assert counts == {0: 90, 1: 90, 2: 90}
+    assert one.pending == many.pending
+    assert all(c.ts_ns == recs[i][0] + offset for i, c in enumerate(many.pending))
+    a, b = one.settle(None), many.settle(None)
+    assert [(j.flow.id, j.ident, j.captures) for j in a.journeys] == [
+        (j.flow.id, j.ident, j.captures) for j in b.journeys
+    ]
+
+
+def test_settle_takes_what_is_older_than_the_cutoff_across_polls():
+    recs = packets()
+    c = F.Correlator(0, 20)
+    settled = []
+    for n in range(0, len(recs), 50):
+        for r in recs[n : n + 50]:
+            c.record(*r)
+        cutoff = recs[min(n + 50, len(recs)) - 1][0] - 20_000  # the poll's last 20 us wait
+        settled += [x for j in c.settle(cutoff).journeys for x in j.captures]
+        assert all(x.ts_ns < cutoff for x in settled)
+        assert all(x.ts_ns >= cutoff for b in c._held for x in b[2])
+    settled += [x for j in c.settle(None).journeys for x in j.captures]
+    assert sorted(x.pos for x in settled) == [r[6] for r in recs]
+
+
+def test_live_lines_keep_each_flows_tag_and_offsets():
+    c = F.Correlator(0, 20)
+    for n, port in enumerate((4000, 4001)):
+        for p in range(3):
+            fr = frame("10.0.0.9", port, "10.0.0.1", 80, 7)
+            c.record(1000 + n * 10_000 + p * 1234, p, 0, len(fr), fr, 0, -1)
+    hop = {
+        "table": "filter",
+        "chain": "FORWARD",
+        "kind": "policy",
+        "rule_num": 0,
+        "rule_text": "policy DROP",
+        "verdict": "DROP",
+        "backend": "legacy",
+        "hook": "FORWARD",
+    }
+    journeys = c.settle(None).journeys
+    for j in journeys:
+        j.nf.append(dict(hop))
+    live = LiveText(POINTS, 20, "web")
+    for j in journeys:
+        items = live.journey(j)
+        tag = f"[{j.flow.id}]"
+        assert all(i["text"].startswith(tag + " ") for i in items)
+        assert f"{tag} {'':>11}  netfilter filter:FORWARD -> DROP (policy)" in [
+            i["text"] for i in items
+        ]
+        caps = [i["text"] for i in items if i.get("hop") == "capture"]
+        assert [t[len(tag) :].split("us")[0].strip() for t in caps] == ["+0.0", "+1.2", "+2.5"]
+
+
+def test_locate_many_finds_what_locate_finds():
+    rnd = random.Random(1)
+    w = types.SimpleNamespace(lock=threading.Lock(), starts={}, placed={})
+    for cpu in (0, 1):
+        pos = 1000
+        for k in range(50):
+            size = rnd.randrange(8, 4000, 8)
+            w.placed.setdefault(cpu, []).append(
+                _Placed(pos, pos + size, k % 3 + 1, rnd.randrange(10**6))
+            )
+            w.starts.setdefault(cpu, []).append(pos)
+            pos += size + rnd.choice([0, 0, 64])
+    locate = EvidenceWriter.locate_many(w)
+    for _ in range(5000):
+        cpu, p = rnd.choice([0, 1, 2]), rnd.randrange(-10, 120000)
+        assert locate(cpu, p) == EvidenceWriter.locate(w, cpu, p)
+
+
+def test_own_gc_collects_and_freezes_every_interval(tmp_path, monkeypatch):
+    s = S.TraceSession(tmp_path, "web", S.TraceOptions(own_gc=True))
+    assert s._collect() == 0.0  # not started: the collector is the process's
+    frozen = gc.get_freeze_count()
+    try:
+        gc.disable()
+        s._gc_ns = 1
+        monkeypatch.setattr(S, "GC_EVERY_S", 0)
+        assert s._collect() >= 0.0
+        assert gc.get_freeze_count() >= frozen and s._gc_ns > 1
+        s._teardown()
+        assert gc.isenabled() and not s._gc_ns
+    finally:
+        gc.unfreeze()
+        gc.enable()
