@@ -53,7 +53,7 @@ WHOLE_SNAPLEN = 262144  # tcpdump's default: with -w the file keeps whole packet
 HEADERS_SNAPLEN = 256  # without -w: every packet's headers, for pcap export
 AUTO_MAX_SIZE = 4 << 30  # segment files of one trace, at most (and free disk - 1 GiB)
 LIVE_PACKETS_PER_FLOW = 20  # live hop lines for the first N packets of each flow
-GC_EVERY_S = 30  # TraceOptions.own_gc: a full cycle collection this often
+GC_EVERY_S = 30  # TraceOptions.own_gc: a cycle collection this often
 
 
 @dataclass
