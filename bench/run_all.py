@@ -22,6 +22,7 @@ BENCHES = [
         "evidence.py",
         [],
     ),
+    ("where trace's cost goes under iperf3: BPF programs, the trace process", "trace_cost.py", []),
     ("live capture: pyinspect extcap into dumpcap vs trace -w (issue 22)", "extcap_stream.py", []),
     ("IPv6 DNAT throughput vs IPv4 DNAT (issue 23)", "ipv6_nat.py", []),
     ("DNS lookups: embedded DNS vs the upstream directly (issue 23)", "dns_latency.py", []),
