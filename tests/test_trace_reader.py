@@ -156,3 +156,25 @@ def test_own_gc_collects_and_freezes_every_interval(tmp_path, monkeypatch):
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_journeys_kept_for_drop_explanations_are_bounded(monkeypatch):
+    """A long trace of many connections keeps the latest journeys of the most recently
+    active flows only (they explain drops), not of every flow it ever saw."""
+    monkeypatch.setattr(F, "FLOWS_WITH_JOURNEYS", 5)
+    monkeypatch.setattr(F, "JOURNEYS_PER_FLOW", 3)
+    c = F.Correlator(0, 20)
+    t = 1_000
+    for conn in range(8):
+        for k in range(4):
+            fr = frame("10.0.0.9", 5000 + conn, "10.0.0.1", 80, k)
+            c.record(t, 0, 0, len(fr), fr, 0, t)
+            t += 1_000
+    # the first connection is active again: it becomes the most recent
+    fr = frame("10.0.0.9", 5000, "10.0.0.1", 80, 9)
+    c.record(t, 0, 0, len(fr), fr, 0, t)
+    settled = c.settle(None)
+    assert len(settled.journeys) == 33
+    kept = {c.journeys[f][0].flow.orig[1]: len(js) for f, js in c.journeys.items()}
+    assert kept == {5004: 3, 5005: 3, 5006: 3, 5007: 3, 5000: 1}, kept  # 5000: evicted, back
+    assert list(kept)[-1] == 5000  # least recently active first

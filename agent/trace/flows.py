@@ -476,6 +476,8 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
 # -- correlation -----------------------------------------------------------------------
 SETTLE_NS = 250_000_000  # a packet waits this long for its conntrack and trace lines
 RECENT_JOURNEYS = 4096
+JOURNEYS_PER_FLOW = 64  # a flow's latest journeys, kept to explain its drops
+FLOWS_WITH_JOURNEYS = 4096  # flows whose journeys are kept, the most recently active
 FLOW_PROTOS = {"tcp", "udp", "icmp", "icmp6"}
 MAX_DROP_ROWS_PER_FLOW = 100  # stored drop rows per flow; all are counted
 PARSE_CACHE = 1024  # parsed headers kept for the next captures of the same packet
@@ -571,7 +573,9 @@ class Correlator:
         self.nf_pending = []  # hop dicts
         self.drop_pending = []
         self.ev_pending = []
-        self.journeys = {}  # flow id -> recent Journeys (for drop explanations)
+        # flow id -> its latest Journeys (for drop explanations), least recently active
+        # flow first: bounded, so a long trace of many connections does not grow with them
+        self.journeys: collections.OrderedDict[int, list] = collections.OrderedDict()
         self.recent = collections.OrderedDict()
         self.fast = {}  # 5-tuple bytes -> Flow
         self._fast_by_flow = {}
@@ -780,6 +784,7 @@ class Correlator:
                 order = order[:room]  # --count: nothing past the Nth packet
                 self.done = True
         recent, live_per_flow, count = self.recent, self.live_per_flow, self.count
+        journeys = self.journeys
         for j in order:
             f = j.flow
             f.journeys += 1
@@ -787,10 +792,16 @@ class Correlator:
             f.packets += len(j.captures)
             if j.first_ns > f.last_ns:
                 f.last_ns = j.first_ns
-            kept = self.journeys.setdefault(f.id, [])
+            kept = journeys.get(f.id)
+            if kept is None:
+                kept = journeys[f.id] = []
+                if len(journeys) > FLOWS_WITH_JOURNEYS:
+                    journeys.popitem(last=False)
+            else:
+                journeys.move_to_end(f.id)
             kept.append(j)
-            if len(kept) > 64:
-                del kept[:-64]
+            if len(kept) > JOURNEYS_PER_FLOW:
+                del kept[:-JOURNEYS_PER_FLOW]
             # recent journeys: a trace line that arrives after its packet was settled
             # still lands on it (in the store)
             recent[(f.id, j.direction, j.ident)] = j
