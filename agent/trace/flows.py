@@ -784,7 +784,7 @@ class Correlator:
                 order = order[:room]  # --count: nothing past the Nth packet
                 self.done = True
         recent, live_per_flow, count = self.recent, self.live_per_flow, self.count
-        journeys = self.journeys
+        by_flow = self.journeys
         for j in order:
             f = j.flow
             f.journeys += 1
@@ -792,13 +792,13 @@ class Correlator:
             f.packets += len(j.captures)
             if j.first_ns > f.last_ns:
                 f.last_ns = j.first_ns
-            kept = journeys.get(f.id)
+            kept = by_flow.get(f.id)
             if kept is None:
-                kept = journeys[f.id] = []
-                if len(journeys) > FLOWS_WITH_JOURNEYS:
-                    journeys.popitem(last=False)
+                kept = by_flow[f.id] = []
+                if len(by_flow) > FLOWS_WITH_JOURNEYS:
+                    by_flow.popitem(last=False)
             else:
-                journeys.move_to_end(f.id)
+                by_flow.move_to_end(f.id)
             kept.append(j)
             if len(kept) > JOURNEYS_PER_FLOW:
                 del kept[:-JOURNEYS_PER_FLOW]
