@@ -356,8 +356,16 @@ def test_stopping_tshark_leaves_nothing(setup, tmp_path, sig):
     try:
         setup.wait_attached(tshark)
         setup.wait_rules(tshark)  # so the stop below has them to remove
+        headers = out.stat().st_size if out.exists() else 0
         setup.fetch(1)
-        time.sleep(1.5)  # the stream holds packets back up to 1 s for their comments
+        # the stream holds packets back up to 1 s for their comments; on a loaded machine
+        # longer: wait (up to 15 s) for them to reach the file before stopping
+        deadline = time.monotonic() + 15
+        time.sleep(1.5)
+        while (out.stat().st_size if out.exists() else 0) <= headers:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         tshark.send_signal(sig)
         tshark.communicate(timeout=60)
         setup.wait_gone()
@@ -517,7 +525,8 @@ def test_errors_reach_tshark(setup, tmp_path):
             "-f",
             "tcp port",
             "-a",
-            "duration:3",
+            "duration:30",  # the error ends it at once; a loaded machine's slower start
+            # must not let a short duration end the capture before the error arrives
             "-w",
             str(tmp_path / "b.pcapng"),
         ),
