@@ -178,3 +178,69 @@ def test_journeys_kept_for_drop_explanations_are_bounded(monkeypatch):
     kept = {c.journeys[f][0].flow.orig[1]: len(js) for f, js in c.journeys.items()}
     assert kept == {5004: 3, 5005: 3, 5006: 3, 5007: 3, 5000: 1}, kept  # 5000: evicted, back
     assert list(kept)[-1] == 5000  # least recently active first
+
+
+def test_a_long_trace_lets_idle_stored_flows_go(monkeypatch):
+    """Past FLOWS_KEPT flows the idle stored ones leave memory (index, journeys, fast
+    path); the summary keeps their number and names the first ones; a later packet of
+    a forgotten tuple is a new flow."""
+    monkeypatch.setattr(F, "FLOWS_KEPT", 4)
+    monkeypatch.setattr(F, "FLOW_IDLE_S", 60.0)
+    monkeypatch.setattr(F, "GONE_LISTED", 2)
+    c = F.Correlator(0, 20)
+    t = 1_000
+    for conn in range(8):
+        fr = frame("10.0.0.9", 6000 + conn, "10.0.0.1", 80, conn)
+        c.record(t, 0, 0, len(fr), fr, 0, t)
+        t += 1_000
+    c.settle(None)
+    flows = sorted(c.flows.flows.values(), key=lambda f: f.id)
+    assert len(flows) == 8
+    for i, f in enumerate(flows):
+        f.store_id = 100 + i
+        f.touched = 1000.0 + i  # the first ones idle longest
+    flows[7].store_id = None  # not stored yet: never let go
+    assert c.let_go(now=1000.0 + 30) == []  # none idle for 60 s yet
+    gone = c.let_go(now=1000.0 + 70)
+    assert [f.id for f in gone] == [f.id for f in flows[:5]]  # down to 3 (3/4 of 4)
+    assert sorted(c.flows.flows) == [f.id for f in flows[5:]]
+    for f in gone:
+        assert f.id not in c.journeys
+        assert all(hit[0] is not f for hit in c.flows.index.values())
+    assert c.gone.flows == 5 and c.gone.headers == [flows[0].header(), flows[1].header()]
+    # the same tuple again: a new flow
+    fr = frame("10.0.0.9", 6000, "10.0.0.1", 80, 99)
+    c.record(t, 0, 0, len(fr), fr, 0, t)
+    (j,) = c.settle(None).journeys
+    assert j.flow.id not in [f.id for f in flows] and j.flow.orig == flows[0].orig
+
+
+def test_summary_text_says_how_many_connections_it_does_not_list():
+    from pyinspect.trace.summary import format_summary
+
+    s = {
+        "container": "web",
+        "duration_s": 3600.0,
+        "flows": 20001,
+        "traced_packets": 5,
+        "connections": ["tcp 10.0.0.9:6000 -> 10.0.0.1:80"],
+        "connections_not_listed": 20000,
+        "session_id": 7,
+        "packets_per_point": {},
+        "nat": [],
+        "drops": [],
+        "loss": dict.fromkeys(
+            (
+                "capture",
+                "capped",
+                "shed",
+                "analysis_lost",
+                "drops",
+                "conntrack_overruns",
+                "trace_overruns",
+            ),
+            0,
+        ),
+    }
+    text = "\n".join(format_summary(s))
+    assert "  ... and 20000 more that ended earlier (the store has them: pyinspect pcap " in text

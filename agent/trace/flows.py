@@ -254,6 +254,8 @@ class Flow:
     store_id: int | None = None
     dirs_shown: set = field(default_factory=set)
     repeated_paths: int = 0  # journeys whose rule path was the previous one's (not stored)
+    touched: float = 0.0  # CLOCK_MONOTONIC s when a packet or conntrack last spoke of it
+    keys: list = field(default_factory=list)  # the index keys it was put under
 
     def nat_text(self):
         """`a:p -> b:q` for each translation, e.g. 'DNAT 10.0.0.1:8088 -> 172.30.0.2:80'."""
@@ -307,7 +309,7 @@ class FlowTable:
         self._next = 1
 
     def _new(self, proto, orig, ts):
-        f = Flow(self._next, proto, orig, first_ns=ts, last_ns=ts)
+        f = Flow(self._next, proto, orig, first_ns=ts, last_ns=ts, touched=time.monotonic())
         self._next += 1
         self.flows[f.id] = f
         return f
@@ -315,14 +317,26 @@ class FlowTable:
     def _index(self, f):
         proto = f.proto
         a, p, b, q = f.orig
-        self.index[(proto, a, p, b, q)] = (f, "orig", "pre")
+        keys = [(proto, a, p, b, q), (proto, b, q, a, p)]
+        self.index[keys[0]] = (f, "orig", "pre")
         if f.reply:
             c, r, d, s = f.reply
-            self.index.setdefault((proto, d, s, c, r), (f, "orig", "post"))
-            self.index[(proto, c, r, d, s)] = (f, "reply", "pre")
-            self.index.setdefault((proto, b, q, a, p), (f, "reply", "post"))
-        else:
-            self.index.setdefault((proto, b, q, a, p), (f, "reply", "post"))
+            keys += [(proto, d, s, c, r), (proto, c, r, d, s)]
+            self.index.setdefault(keys[2], (f, "orig", "post"))
+            self.index[keys[3]] = (f, "reply", "pre")
+        self.index.setdefault(keys[1], (f, "reply", "post"))
+        f.keys.extend(k for k in keys if k not in f.keys)
+
+    def drop(self, f):
+        """Forget flow `f`: a later packet of its tuples makes a new flow."""
+        self.flows.pop(f.id, None)
+        for k in f.keys:
+            hit = self.index.get(k)
+            if hit is not None and hit[0] is f:
+                del self.index[k]
+        ct = f.ct_id
+        if ct is not None and self.by_ct.get(ct) is f:
+            del self.by_ct[ct]
 
     def conntrack(self, ev):
         """Create or update a flow from a conntrack event dict; returns the flow."""
@@ -338,6 +352,7 @@ class FlowTable:
             self.by_ct[f.ct_id] = f
         f.orig = tuple(ev["orig"])
         f.reply = tuple(ev["reply"])
+        f.touched = time.monotonic()
         f.nat = _nat_kind(f.orig, f.reply)
         if ev.get("tcp_state"):
             f.tcp_state = ev["tcp_state"]
@@ -365,6 +380,16 @@ class FlowTable:
             self._index(f)
         if hop and not f.nat_rule:
             f.nat_rule = hop
+
+
+@dataclass
+class GoneFlows:
+    """The flows a long trace let go of (Correlator.let_go), as its summary needs them."""
+
+    flows: int = 0  # shown ones (a journey or a drop)
+    headers: list = field(default_factory=list)
+    nat: set = field(default_factory=set)
+    drops: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -476,6 +501,9 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
 # -- correlation -----------------------------------------------------------------------
 SETTLE_NS = 250_000_000  # a packet waits this long for its conntrack and trace lines
 RECENT_JOURNEYS = 4096
+FLOWS_KEPT = 16384  # flows held in memory; past it, those idle FLOW_IDLE_S are let go
+FLOW_IDLE_S = 120.0
+GONE_LISTED = 1000  # let-go flows still named in the summary (the store has them all)
 JOURNEYS_PER_FLOW = 64  # a flow's latest journeys, kept to explain its drops
 FLOWS_WITH_JOURNEYS = 4096  # flows whose journeys are kept, the most recently active
 FLOW_PROTOS = {"tcp", "udp", "icmp", "icmp6"}
@@ -586,6 +614,44 @@ class Correlator:
         self.fast_packets = 0
         self.link_packets = 0  # neighbour discovery / multicast listener packets shown
         self.done = False  # --count reached
+        self.gone = GoneFlows()  # what the summary keeps of the flows let_go() forgot
+
+    # -- memory ----------------------------------------------------------------------------
+    def let_go(self, now=None) -> list:
+        """Past FLOWS_KEPT flows, forget the stored ones idle FLOW_IDLE_S (oldest first, down
+        to 3/4 of it); returns them, for their last store update. What the summary says
+        of them is kept in `gone` (their number, and the first GONE_LISTED headers, NAT
+        texts and drop lines)."""
+        table = self.flows.flows
+        if len(table) <= FLOWS_KEPT:
+            return []
+        now = time.monotonic() if now is None else now
+        idle = sorted(
+            (
+                f
+                for f in table.values()
+                if f.store_id is not None and now - f.touched >= FLOW_IDLE_S
+            ),
+            key=operator.attrgetter("touched"),
+        )[: len(table) - FLOWS_KEPT * 3 // 4]
+        gone = self.gone
+        for f in idle:
+            self.flows.drop(f)
+            self.journeys.pop(f.id, None)
+            for key in self._fast_by_flow.pop(f.id, ()):
+                self.fast.pop(key, None)
+            if f.journeys or f.drops:
+                gone.flows += 1
+                if len(gone.headers) < GONE_LISTED:
+                    gone.headers.append(f.header())
+                    nat = f.nat_text()
+                    if nat:
+                        gone.nat.add(nat)
+                    gone.drops += [
+                        f"[{f.id}] {t}" + (f" (x{n})" if n > 1 else "")
+                        for t, n in f.drop_counts.items()
+                    ]
+        return idle
 
     # -- input ---------------------------------------------------------------------------
     def conntrack(self, ev):
@@ -785,8 +851,10 @@ class Correlator:
                 self.done = True
         recent, live_per_flow, count = self.recent, self.live_per_flow, self.count
         by_flow = self.journeys
+        now = time.monotonic()
         for j in order:
             f = j.flow
+            f.touched = now
             f.journeys += 1
             j.seq = f.journeys
             f.packets += len(j.captures)

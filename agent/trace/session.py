@@ -403,6 +403,9 @@ class TraceSession:
         settled = corr.settle(cutoff)
         self._settled_ns = cutoff
         items = self._output(settled)
+        gone = corr.let_go()  # a long trace: idle flows past FLOWS_KEPT leave memory
+        if gone and self.sink:
+            self.sink.flows_done(gone)
         spent = time.thread_time() - cpu0
         self.reader_cpu += spent + self._collect()
         self.budget.learn(
@@ -566,20 +569,23 @@ class TraceSession:
             self.notes.append(f"pcap: writing the segment files failed: {ev.error}")
         corr = self.corr or F.Correlator(0, 0)
         shown = [f for f in corr.flows.flows.values() if f.journeys or f.drops]
-        nat = sorted({f.nat_text() for f in shown if f.nat_text()})
+        gone = corr.gone  # flows a long trace let go of: counted, the first ones named
+        nat = sorted({f.nat_text() for f in shown if f.nat_text()} | gone.nat)
         lost = self._lost
         return {
             "session_id": self.session_id,
             "container": self.target.name if self.target else self.ref,
             "duration_s": round((time.time_ns() - (self.ready_ns or self.started_ns)) / 1e9, 3),
-            "flows": len(shown),
-            "connections": [f.header() for f in shown],
+            "flows": len(shown) + gone.flows,
+            "connections": gone.headers + [f.header() for f in shown],
+            "connections_not_listed": gone.flows - len(gone.headers),
             "traced_packets": corr.traced_packets,
             "netfilter_trace": self.nf_mode.text() if self.nf_mode else None,
             "neighbour_discovery": corr.link_packets,
             "packets_per_point": per_point,
             "nat": nat,
-            "drops": [
+            "drops": gone.drops
+            + [
                 f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
                 for f in shown
                 for text, n in f.drop_counts.items()

@@ -480,6 +480,14 @@ class StoreSink:
             detail,
         )
 
+    def flows_done(self, flows):
+        """The last update of flows the trace forgets before it ends (Correlator.let_go)."""
+        for f in flows:
+            if f.store_id is not None:
+                self.store.update_flow(f.store_id, self.flow_row(f))
+            for d in ("orig", "reply"):
+                self._last_path.pop((f.id, d), None)
+
     def finish(self, flows, summary):
         for f in flows:
             if f.store_id is not None:

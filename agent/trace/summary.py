@@ -29,6 +29,11 @@ def format_summary(s):
     ]
     for c in s["connections"]:
         lines.append(f"  {c}")
+    if s.get("connections_not_listed"):
+        lines.append(
+            f"  ... and {s['connections_not_listed']} more that ended earlier (the store has "
+            f"them: pyinspect pcap export --session {s['session_id']})"
+        )
     hook = f" [{s['capture_hook']}]" if s.get("capture_hook") else ""
     lines.append(
         f"packets per capture point{hook}: in the files / seen / lost (ring full) / "
