@@ -213,6 +213,17 @@ def test_a_long_trace_lets_idle_stored_flows_go(monkeypatch):
     c.record(t, 0, 0, len(fr), fr, 0, t)
     (j,) = c.settle(None).journeys
     assert j.flow.id not in [f.id for f in flows] and j.flow.orig == flows[0].orig
+    # it looks at every flow only every LET_GO_EVERY_S
+    for f in c.flows.flows.values():
+        f.store_id, f.touched = 1, 0.0
+    for k in range(4):
+        fr = frame("10.0.0.9", 7000 + k, "10.0.0.1", 80, k)
+        c.record(t, 0, 0, len(fr), fr, 0, t)
+    for f in c.settle(None).journeys:
+        f.flow.store_id, f.flow.touched = 1, 0.0
+    assert len(c.flows.flows) == 8
+    assert c.let_go(now=1000.0 + 75) == []  # 5 s after the last look
+    assert len(c.let_go(now=1000.0 + 80)) == 5
 
 
 def test_summary_text_says_how_many_connections_it_does_not_list():

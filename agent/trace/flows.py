@@ -503,6 +503,7 @@ SETTLE_NS = 250_000_000  # a packet waits this long for its conntrack and trace 
 RECENT_JOURNEYS = 4096
 FLOWS_KEPT = 16384  # flows held in memory; past it, those idle FLOW_IDLE_S are let go
 FLOW_IDLE_S = 120.0
+LET_GO_EVERY_S = 10.0
 GONE_LISTED = 1000  # let-go flows still named in the summary (the store has them all)
 JOURNEYS_PER_FLOW = 64  # a flow's latest journeys, kept to explain its drops
 FLOWS_WITH_JOURNEYS = 4096  # flows whose journeys are kept, the most recently active
@@ -615,6 +616,7 @@ class Correlator:
         self.link_packets = 0  # neighbour discovery / multicast listener packets shown
         self.done = False  # --count reached
         self.gone = GoneFlows()  # what the summary keeps of the flows let_go() forgot
+        self._let_go_at = -float("inf")
 
     # -- memory ----------------------------------------------------------------------------
     def let_go(self, now=None) -> list:
@@ -626,6 +628,9 @@ class Correlator:
         if len(table) <= FLOWS_KEPT:
             return []
         now = time.monotonic() if now is None else now
+        if now - self._let_go_at < LET_GO_EVERY_S:
+            return []  # a look at every flow: not at every poll
+        self._let_go_at = now
         idle = sorted(
             (
                 f
