@@ -6,7 +6,6 @@ veth map for topology, events.query for the timeline, the trace tables for flows
 sessions, pcap_export for downloads, doctor's stored findings and runbooks.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from .config import database_path
 from .errors import ConflictError, NotFoundError, UsageError
@@ -431,8 +430,9 @@ class Overview:
         summary = trace.stop()
         return {"id": session_id, "status": "stopped", "summary": summary}
 
-    def export_pcap(self, session_id: int, flow_id: int | None = None) -> tuple[str, str]:
-        """A temp pcapng of a session (or one of its flows) and a download name."""
+    def export_pcap(self, session_id: int, flow_id: int | None = None) -> tuple[BinaryIO, str]:
+        """A session's (or one of its flows') pcapng, as an open file already unlinked
+        (nothing is left behind however the download ends), and a download name."""
         from .pcap import export as pcap_export
 
         flow = None
@@ -448,11 +448,10 @@ class Overview:
             os.close(fd)
             try:
                 pcap_export.export(s, session_id=session_id, flow=flow, out=tmp)
-            except Exception:
+                f = open(tmp, "rb")  # noqa: SIM115 the caller (the download) closes it
+            finally:
                 os.unlink(tmp)
-                raise
-        _unlink_later(tmp)
-        return tmp, name
+        return f, name
 
     def pcap_path(self, name: str) -> Path | None:
         """A file in the pcap store by its bare name; None for anything else."""
@@ -577,18 +576,6 @@ def _addr_text(addrs):
         else:
             out.append(str(a))
     return out
-
-
-def _unlink_later(path, seconds=60):
-    """Remove a served temp file once the download had time to finish."""
-
-    def remove():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-    t = threading.Timer(seconds, remove)
-    t.daemon = True
-    t.start()
 
 
 class _BackgroundTrace:

@@ -1,10 +1,13 @@
 """The dashboard for real: `pyinspect serve` with its probes, a real container, real
 traffic and a real trace, driven over HTTP and in headless Chromium (Debian's)."""
 
+import glob
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -191,8 +194,11 @@ def test_flows_show_nat_before_and_after(world):
 
 def test_pcap_download_reads_in_tshark(world, tmp_path):
     sid = world["server"].json("/api/traces")[0]["id"]
+    temps = set(glob.glob(os.path.join(tempfile.gettempdir(), "pyinspect-export-*")))
     status, headers, body = world["server"].get(f"/api/traces/{sid}/pcap")
     assert status == 200
+    # the export the download was served from is gone already
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "pyinspect-export-*"))) == temps
     assert "attachment" in headers["Content-Disposition"]
     path = tmp_path / "dl.pcapng"
     path.write_bytes(body)

@@ -142,9 +142,9 @@ def stop_trace(session_id):
 def trace_pcap(session_id):
     """The session's merged pcapng, or one flow of it (`?flow=ID`)."""
     flow = int_arg("flow", None, 1, 2**63 - 1)
-    path, name = overview().export_pcap(session_id, flow_id=flow)
+    data, name = overview().export_pcap(session_id, flow_id=flow)
     return send_file(
-        path, mimetype="application/vnd.tcpdump.pcap", as_attachment=True, download_name=name
+        data, mimetype="application/vnd.tcpdump.pcap", as_attachment=True, download_name=name
     )
 
 
