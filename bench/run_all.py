@@ -5,6 +5,7 @@ ratios; absolute numbers on a shared 2-core VM move, ratios much less. Run on a 
 machine: other work skews them.
 """
 
+import argparse
 import subprocess
 import sys
 import time
@@ -46,8 +47,16 @@ BENCHES = [
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("only", nargs="*", help="run only these (file names, e.g. evidence.py)")
+    a = ap.parse_args()
+    unknown = set(a.only) - {script for _t, script, _a in BENCHES}
+    if unknown:
+        ap.error(f"no such benchmark: {', '.join(sorted(unknown))}")
     failed = []
     for title, script, args in BENCHES:
+        if a.only and script not in a.only:
+            continue
         print(f"\n===== {title}: bench/{script} {' '.join(args)}", flush=True)
         t = time.monotonic()
         rc = subprocess.call([sys.executable, str(HERE / script), *args])
