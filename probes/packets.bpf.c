@@ -405,8 +405,15 @@ static __always_inline int match(struct __sk_buff *skb, const int mode, __u8 dir
     __u16 sport = 0, dport = 0;
     if ((h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP) &&
         (h.frag & bpf_htons(0x1fff)) == 0) {
+        // the ports in place when the linear data holds them (as read_l3's fields)
+        __u32 off = (ETH_HLEN + h.ihl) & 0x7f;
+        void *d = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+        __u16 *lp = d + off;
         __u16 pp[2] = {};
-        if (bpf_skb_load_bytes(skb, (ETH_HLEN + h.ihl) & 0x7f, pp, 4) == 0) {
+        if ((void *)(lp + 2) <= end) {
+            sport = bpf_ntohs(lp[0]);
+            dport = bpf_ntohs(lp[1]);
+        } else if (bpf_skb_load_bytes(skb, off, pp, 4) == 0) {
             sport = bpf_ntohs(pp[0]);
             dport = bpf_ntohs(pp[1]);
         }
@@ -478,24 +485,37 @@ static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters
         bpf_ringbuf_discard_dynptr(&out, 0);     // nothing was reserved: no record
         return -1;
     }
-    __u32 h[8] = {FILLER_LEN, 6, epb, point, ts >> 32, (__u32)ts, caplen, skb->len};
-    // after the data: its padding (zeros), epb_flags (out : in), opt_endofopt when the
-    // record needs it, the block's length, the filler's head: one write from `t`, which
-    // starts 4 - pad bytes in
-    __u32 t[7] = {0, 2 | (4 << 16), dir ? 2 : 1, 0, 0, 0, 0};
-    if (e) {
-        t[4] = epb;
-        t[5] = FILLER_TYPE;
-        t[6] = FILLER_LEN;
-    } else {
-        t[3] = epb;
-        t[4] = FILLER_TYPE;
-        t[5] = FILLER_LEN;
+    // the EPB header and, after the data, its padding (zeros: the word the data ends in
+    // is zeroed before the copy writes over it), epb_flags (out : in), opt_endofopt when
+    // the record needs it, the block's length and the filler's head are stored through
+    // the record's memory (constant-size slices), then the data copied in between
+    int ok = 0;
+    __u32 *h = bpf_dynptr_data(&out, 0, 32);
+    __u32 *t = e ? bpf_dynptr_data(&out, 28 + p4, 28) : bpf_dynptr_data(&out, 28 + p4, 24);
+    if (h && t) {
+        h[0] = FILLER_LEN;
+        h[1] = 6;
+        h[2] = epb;
+        h[3] = point;
+        h[4] = ts >> 32;
+        h[5] = (__u32)ts;
+        h[6] = caplen;
+        h[7] = skb->len;
+        t[0] = 0;                           // the data's last word: its padding stays 0
+        t[1] = 2 | (4 << 16);
+        t[2] = dir ? 2 : 1;
+        if (e) {
+            t[3] = 0;
+            t[4] = epb;
+            t[5] = FILLER_TYPE;
+            t[6] = FILLER_LEN;
+        } else {
+            t[3] = epb;
+            t[4] = FILLER_TYPE;
+            t[5] = FILLER_LEN;
+        }
+        ok = 1;
     }
-    __u32 pad = (p4 - caplen) & 3;
-    __u32 skip = (4 - pad) & 7;             // t's first bytes not written (an added offset:
-                                            // the verifier refuses a subtracted one)
-    int ok = bpf_dynptr_write(&out, 0, h, sizeof(h), 0) == 0;
 #ifndef PI_SCRATCH_COPY
     ok = ok && bpf_dynptr_from_skb(skb, 0, &pkt) == 0 &&
          bpf_dynptr_copy(&out, 32, &pkt, 0, caplen) == 0;
@@ -505,8 +525,6 @@ static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters
     ok = ok && s && bpf_skb_load_bytes(skb, 0, s->b, n) == 0 &&
          bpf_dynptr_write(&out, 32, s->b, n, 0) == 0;
 #endif
-    ok = ok && bpf_dynptr_write(&out, 32 + caplen, (__u8 *)t + skip,
-                                pad + (e ? 24 : 20), 0) == 0;
     if (!ok) {
         // keep the chain whole: the record becomes one local-use block (the reader's
         // files skip it) and the packet counts as lost
@@ -517,10 +535,11 @@ static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters
     }
     // wake the writer each time this CPU has produced another quarter of its ring
     // (otherwise it wakes on its own timer)
+    // (ring_bytes is a power of two: pos / quarter != prod / quarter, without a division)
     __s64 pos = c->prod;
-    __u64 quarter = cfg.ring_bytes / 4;
-    c->prod += size + 8;
-    bpf_ringbuf_submit_dynptr(&out, (__u64)pos / quarter != (__u64)c->prod / quarter ?
+    __u64 prod = pos + size + 8;
+    c->prod = prod;
+    bpf_ringbuf_submit_dynptr(&out, ((__u64)pos ^ prod) >= cfg.ring_bytes / 4 ?
                               BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
     return ok ? pos : -1;
 }
@@ -555,7 +574,8 @@ static __always_inline int capture(struct __sk_buff *skb, const __u32 point, con
         // over the reader's budget: counted as shed, not analysed
         __s64 *tok = &b->tokens;
         if (*tok <= 0) {
-            tok = tcp_control(skb) ? &b->control : 0;
+            // the control budget first: spent, no packet needs parsing again
+            tok = b->control > 0 && tcp_control(skb) ? &b->control : 0;
             if (!tok || *tok <= 0) {
                 c->v[(at + C_SHED) % (MAX_POINTS * NCOUNT)] += 1;
                 return TC_ACT_UNSPEC;
