@@ -244,12 +244,14 @@ def main():
     # ratios, with their spread for the noise
     pairs = [c / b for b, c in zip(res["base v4"], res["current v4"], strict=True) if b]
     ratio = statistics.median(pairs)
+    pairs6 = [c / b for b, c in zip(res["base v6"], res["current v6"], strict=True) if b]
     result = {
         "ns_per_run": med,
         "runs": res,
         "sender_pps": {k: statistics.median(v) for k, v in pps.items()},
         "ratio_current_base_v4": ratio,
         "round_ratios_v4": pairs,
+        "ratio_current_base_v6": statistics.median(pairs6),
     }
     if args.json:
         print(json.dumps(result, indent=1))
@@ -265,6 +267,10 @@ def main():
         f"IPv4: current / base ({args.base}) = {ratio:.3f}, median of the rounds' "
         f"ratios ({', '.join(f'{x:.3f}' for x in pairs)}) (target <= {TARGET}: "
         f"{'met' if ratio <= TARGET else 'NOT met'})"
+    )
+    print(
+        f"IPv6: current / base = {statistics.median(pairs6):.3f} (only meaningful for a base "
+        f"with IPv6: {', '.join(f'{x:.3f}' for x in pairs6)})"
     )
     print(
         "  (base v6: the IPv4-only program takes IPv6 frames without parsing at eth0 and "

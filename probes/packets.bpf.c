@@ -291,16 +291,29 @@ struct l3v6 {
 // The IPv6 header and up to V6_EXTHDRS extension headers. 0: not IPv6 (or unreadable).
 static __always_inline int read_l3v6(struct __sk_buff *skb, struct l3v6 *h)
 {
-    __u16 eth_proto = 0;
-    if (bpf_skb_load_bytes(skb, 12, &eth_proto, 2) < 0 || eth_proto != bpf_htons(ETH_P_IPV6))
-        return 0;
-    struct ipv6hdr ip;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
-        return 0;
-    __builtin_memcpy(&h->saddr, &ip.saddr, 16);
-    __builtin_memcpy(&h->daddr, &ip.daddr, 16);
-    __u8 nh = ip.nexthdr;
-    __u32 off = ETH_HLEN + sizeof(ip);
+    // in place when the linear data holds the header (as read_l3), else copied
+    void *d = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    __u8 nh;
+    if (d + ETH_HLEN + sizeof(struct ipv6hdr) <= end) {
+        if (((struct ethhdr *)d)->h_proto != bpf_htons(ETH_P_IPV6))
+            return 0;
+        struct ipv6hdr *iph = d + ETH_HLEN;
+        __builtin_memcpy(&h->saddr, &iph->saddr, 16);
+        __builtin_memcpy(&h->daddr, &iph->daddr, 16);
+        nh = iph->nexthdr;
+    } else {
+        __u16 eth_proto = 0;
+        if (bpf_skb_load_bytes(skb, 12, &eth_proto, 2) < 0 ||
+            eth_proto != bpf_htons(ETH_P_IPV6))
+            return 0;
+        struct ipv6hdr ip;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+            return 0;
+        __builtin_memcpy(&h->saddr, &ip.saddr, 16);
+        __builtin_memcpy(&h->daddr, &ip.daddr, 16);
+        nh = ip.nexthdr;
+    }
+    __u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
 #pragma unroll
     for (int i = 0; i < V6_EXTHDRS; i++) {
         __u8 e[4] = {};
@@ -332,8 +345,13 @@ static __always_inline int match6(struct __sk_buff *skb, const int mode, __u8 di
         return mode != 0;
     __u16 sport = 0, dport = 0;
     if ((h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP) && !h.frag) {
+        void *d = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+        __u16 *lp = d + h.l4;
         __u16 pp[2] = {};
-        if (bpf_skb_load_bytes(skb, h.l4, pp, 4) == 0) {
+        if ((void *)(lp + 2) <= end) {
+            sport = bpf_ntohs(lp[0]);
+            dport = bpf_ntohs(lp[1]);
+        } else if (bpf_skb_load_bytes(skb, h.l4, pp, 4) == 0) {
             sport = bpf_ntohs(pp[0]);
             dport = bpf_ntohs(pp[1]);
         }
@@ -380,16 +398,26 @@ static __always_inline int match6(struct __sk_buff *skb, const int mode, __u8 di
     return bpf_map_lookup_elem(&flows6, &fk) != 0;
 }
 
+// FIN, SYN, RST of the TCP flags byte at `off` (in place when the linear data holds it)
+static __always_inline int tcp_flags(struct __sk_buff *skb, __u32 off)
+{
+    void *d = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    __u8 *fp = d + off;
+    __u8 flags = 0;
+    if ((void *)(fp + 1) <= end)
+        flags = *fp;
+    else if (bpf_skb_load_bytes(skb, off, &flags, 1) < 0)
+        return 0;
+    return flags & 0x07;
+}
+
 // A TCP/IPv6 packet that opens, closes or resets a connection.
 static __always_inline int tcp_control6(struct __sk_buff *skb)
 {
     struct l3v6 h = {};
     if (!read_l3v6(skb, &h) || h.proto != IPPROTO_TCP || h.frag)
         return 0;
-    __u8 flags = 0;
-    if (bpf_skb_load_bytes(skb, (h.l4 + 13) & 0x3ff, &flags, 1) < 0)
-        return 0;
-    return flags & 0x07;
+    return tcp_flags(skb, (h.l4 + 13) & 0x3ff);
 }
 
 static __always_inline int match(struct __sk_buff *skb, const int mode, __u8 dir)
@@ -458,10 +486,7 @@ static __always_inline int tcp_control(struct __sk_buff *skb)
         return tcp_control6(skb);
     if (h.proto != IPPROTO_TCP)
         return 0;
-    __u8 flags = 0;
-    if (bpf_skb_load_bytes(skb, (ETH_HLEN + h.ihl + 13) & 0x7f, &flags, 1) < 0)
-        return 0;
-    return flags & 0x07;   // FIN, SYN, RST
+    return tcp_flags(skb, (ETH_HLEN + h.ihl + 13) & 0x7f);
 }
 
 // Write the evidence record into this CPU's ring. Returns the record's position in this
