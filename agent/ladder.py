@@ -289,14 +289,16 @@ def _rule_text(hop: Hop | None, flow: dict | None, original: bool) -> tuple[str,
     detail = _json(flow.get("detail")) if flow else None
     rule = (detail or {}).get("nat_rule") if isinstance(detail, dict) else None
     if rule:
-        num = "policy"
-        if rule.get("rule_num"):
-            num = f"{'handle' if rule.get('handle') else 'rule'} {rule['rule_num']}"
-        via = "" if original else "conntrack, reply of "
-        return (
-            f"{via}{rule['table']} {rule['chain']} {num} -> {rule['verdict']}",
+        r = Hop(
+            rule["table"],
+            rule["chain"],
+            rule.get("rule_num"),
             rule.get("rule_text") or "",
+            rule["verdict"],
+            bool(rule.get("handle")),
         )
+        via = "" if original else "conntrack, reply of "
+        return f"{via}{r.table} {r.chain} {r.num} -> {r.verdict}", r.rule_text
     return ("" if original else "conntrack"), ""
 
 

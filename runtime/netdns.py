@@ -111,16 +111,11 @@ class Listeners:
         with self._lock:
             for addr in self.addrs:
                 name = os.path.basename(addr)
-                waiting = self._backlog.get(name)
-                if waiting is not None:  # keep the order: what waits goes first
-                    self._drain(addr, name, waiting)
-                    waiting = self._backlog.get(name)
-                    if waiting is not None:
-                        if len(waiting) < self.BACKLOG_MAX:
-                            waiting.append(msg)
-                        continue
-                if not self._send(addr, name, msg):
-                    self._backlog[name] = collections.deque([msg])
+                # behind whatever waits for this listener, in order (alone, as a rule)
+                waiting = self._backlog.setdefault(name, collections.deque())
+                if len(waiting) < self.BACKLOG_MAX:
+                    waiting.append(msg)
+                self._drain(addr, name, waiting)
 
     def waiting(self) -> bool:
         """Whether some listener has reports held back."""

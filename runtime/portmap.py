@@ -221,7 +221,7 @@ def _publish_rules(bridge, tag, binding, host_dst, ip, to_destination, family):
     to = (("to_destination", to_destination),)
     dport = ((proto, (("dport", hp),)),)
     cport = ((proto, (("dport", cp),)),)
-    return [
+    dnat = [
         RuleSpec(
             "nat",
             NAT_CHAIN,
@@ -229,23 +229,14 @@ def _publish_rules(bridge, tag, binding, host_dst, ip, to_destination, family):
             "DNAT",
             to,
             dst=host_dst,
-            in_="!" + bridge,
+            in_=iif,
             proto=proto,
             matches=dport,
             family=family,
-        ),
-        RuleSpec(
-            "nat",
-            NAT_CHAIN,
-            tag,
-            "DNAT",
-            to,
-            dst=host_dst,
-            in_=bridge,
-            proto=proto,
-            matches=dport,
-            family=family,
-        ),
+        )  # fmt: skip
+        for iif in ("!" + bridge, bridge)  # from outside, then the hairpin twin
+    ]
+    return dnat + [
         RuleSpec(
             "nat",
             "POSTROUTING",
