@@ -122,14 +122,22 @@ class Demo:
         )
         self.pi("rm", "-f", "test", show=False)
         self.make_namespaces()
+        interrupted = False
         try:
             self.start_agent()
             self.walkthrough()
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP before the walkthrough's end
+            interrupted = True
         finally:
+            for s in (signal.SIGTERM, signal.SIGHUP):  # the clean-up runs to its end
+                signal.signal(s, signal.SIG_IGN)
             self.say("\n== cleaning up ==")
             self.pi("rm", "-f", "test")
             self.stop_agent()
             self.remove_namespaces()
+        if interrupted:
+            self.say("\nDemo stopped before its end: everything it made is removed.")
+            return 130
         if self.failures:
             self.say("\nThese steps failed:\n  " + "\n  ".join(self.failures))
             return 1
@@ -212,11 +220,11 @@ class Demo:
         self.say("\n-- the dashboard --")
         self.check_dashboard()
         if self.serve_seconds:
-            self.say(
-                f"\nThe dashboard stays up for {self.serve_seconds:g}s: open {self.login_url} "
-                "(Ctrl-C ends the demo and cleans up)."
-            )
-            try:
+            try:  # a stop from here on is the demo's end, not an interruption
+                self.say(
+                    f"\nThe dashboard stays up for {self.serve_seconds:g}s: open "
+                    f"{self.login_url} (Ctrl-C ends the demo and cleans up)."
+                )
                 time.sleep(self.serve_seconds)
             except KeyboardInterrupt:
                 pass

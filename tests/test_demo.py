@@ -62,3 +62,28 @@ def test_demo_stops_cleanly_on_sigterm_while_serving(state_root):
     _check_walkthrough(out)
     assert "Demo finished: everything it made is removed." in out, out + err
     assert "Traceback" not in err, err
+
+
+def test_demo_stopped_midway_cleans_up_and_says_so(state_root):
+    proc = subprocess.Popen(
+        Cli(state_root).argv("demo", "--serve-seconds", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("-- a container, published like"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out + err
+    assert "== cleaning up ==" in out and "Traceback" not in err, out + err
+    assert out.rstrip().endswith("Demo stopped before its end: everything it made is removed.")
