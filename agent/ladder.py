@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import CorruptInputError, NotFoundError
 from .pcap.export import point_name
 from .pcap.pcapng import Segment
-from .trace.flows import parse_frame, tcp_flag_text
+from .trace.flows import parse_frame, rule_label, tcp_flag_text
 
 NAT_VERDICTS = ("DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP")
 
@@ -65,9 +65,7 @@ class Hop:
 
     @property
     def num(self) -> str:
-        if not self.rule_num:
-            return "policy"
-        return f"{'handle' if self.handle else 'rule'} {self.rule_num}"
+        return rule_label(self.rule_num, self.handle) if self.rule_num else "policy"
 
     @property
     def text(self) -> str:

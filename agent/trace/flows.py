@@ -36,6 +36,14 @@ def tcp_flag_text(flags):
     return f"[{out}]" if out else ""
 
 
+def rule_label(num, handle) -> str:
+    """How pyinspect names a netfilter rule: `handle N` on nf_tables (what `nft -a list`
+    shows), `rule N` on x_tables (its position), `rule` without a number."""
+    if not num:
+        return "rule"
+    return f"{'handle' if handle else 'rule'} {num}"
+
+
 class Pkt(NamedTuple):
     """The parts of an IPv4 or IPv6 packet the correlation needs. IPv6 has no IP id:
     `ipid` is then a hash of the first payload bytes after the L4 header (NAT leaves them
@@ -280,9 +288,8 @@ class Flow:
             text += f"  {nat}"
             if self.nat_rule:
                 r = self.nat_rule
-                num = f" {r['rule_num']}" if r.get("rule_num") else ""
-                what = "handle" if r.get("handle") else "rule"  # nf_tables: by handle
-                text += f" ({r['table']} {r['chain']} {what}{num})"
+                label = rule_label(r.get("rule_num"), r.get("handle"))
+                text += f" ({r['table']} {r['chain']} {label})"
         return text
 
 
@@ -473,18 +480,11 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
                 if h.get("verdict", "").startswith("DROP") or h.get("verdict") == "REJECT":
                     last = h
         if last:
-            what = (
-                last["rule_text"]
-                if last["kind"] != "policy" or not last["rule_text"].startswith("policy")
-                else last["rule_text"]
-            )
+            what = last["rule_text"]
             if last["kind"] == "policy" and last["rule_text"].startswith("policy"):
                 return f"dropped in {last['chain']}: {what}"
-            what_num = "handle" if last.get("handle") else "rule"  # nf_tables: by handle
-            return (
-                f"dropped in {last['chain']}: {last['table']} {what_num} {last['rule_num']} "
-                f"({what})"
-            )
+            label = rule_label(last["rule_num"], last.get("handle"))
+            return f"dropped in {last['chain']}: {last['table']} {label} ({what})"
         return "dropped by a netfilter rule (no trace line for it)"
     if reason == "NO_SOCKET":
         where = (

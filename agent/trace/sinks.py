@@ -197,7 +197,7 @@ class LiveText:
         rule = h["rule_text"]
         if h.get("backend") == "nftables":
             what = {"policy": " policy", "return": " end of chain"}.get(
-                h["kind"], f" handle {h['rule_num']}" if h["rule_num"] else " rule"
+                h["kind"], f" {F.rule_label(h['rule_num'], True)}"
             )
             text = f"{'':>11}  netfilter {where}{what} -> {h['verdict']}"
             if h["kind"] == "rule" and rule:
@@ -205,7 +205,7 @@ class LiveText:
         else:
             num = ""
             if h["kind"] == "rule" or not rule.startswith("policy"):
-                num = f" rule {h['rule_num']}" if h["rule_num"] else " rule"
+                num = f" {F.rule_label(h['rule_num'], False)}"
             text = f"{'':>11}  netfilter {where}{num} -> {h['verdict']}"
             if rule and rule != f"policy {h['verdict']}":
                 text += f"  ({rule})"
