@@ -19,7 +19,9 @@ import ctypes
 import json
 import os
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,6 +83,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="each window")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--perf", metavar="FILE", help="also `perf record -a -g` the attached window into FILE"
+    )
     ap.add_argument("trace_args", nargs="*", help="more `pyinspect trace` options")
     a = ap.parse_args()
     w = a.seconds
@@ -107,8 +112,16 @@ def main():
             trace = trace_flood.start_trace(topo, tmp, ["--via", "up0", *a.trace_args])
             time.sleep(1)
             attached0 = time.time() - t_start
+            prof = (
+                subprocess.Popen(["perf", "record", "-q", "-a", "-g", "-o", a.perf])
+                if a.perf
+                else None
+            )
             p0, c0, m2 = programs(), process_cpu(trace.pid), machine_cpu()
             time.sleep(w)
+            if prof:
+                prof.send_signal(signal.SIGINT)
+                prof.wait()
             p1, c1, m3 = programs(), process_cpu(trace.pid), machine_cpu()
             attached = (attached0, time.time() - t_start)
             trace_flood.stop_trace(trace)
