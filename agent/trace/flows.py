@@ -667,33 +667,11 @@ class Correlator:
         return f
 
     def record(self, ts, point, d, ln, data, cpu, pos):
-        """One analysis record (ts in CLOCK_MONOTONIC; `d` 1 for out); records() takes a
-        poll's raw records at once."""
-        if self.fast:
-            key = fast_key(data)
-            f = self.fast.get(key) if key else None
-            if f is not None:
-                self.fastq.append((ts, point, d, ln, cpu, pos, f))
-                return
-        pkt = self._pkt(data)
-        self.pending.append(
-            _new_tuple(
-                Capture, (ts + self.offset, point, "out" if d else "in", ln, data, pkt, cpu, pos)
-            )
-        )
+        """One analysis record (ts in CLOCK_MONOTONIC; `d` 1 for out), through records()."""
+        from pyinspect.probes.packets import AREC
 
-    def _pkt(self, data):
-        head = data[12:48]
-        if len(head) == 36 and head[2] == 0x45 and head[0] == 8 and head[1] == 0:
-            parsed = self._parsed
-            pkt = parsed.get(head)
-            if pkt is None:
-                pkt = parse_frame(data)
-                if len(parsed) >= PARSE_CACHE:
-                    parsed.clear()
-                parsed[head] = pkt
-            return pkt
-        return parse_frame(data)
+        head = AREC.pack(ts + self.offset, pos, ln, len(data), cpu, point, d)
+        self.records((head + bytes(data),), AREC)
 
     def records(self, raws, header):
         """A poll's analysis records: `raws` are their bytes, `header` a struct.Struct
@@ -703,8 +681,7 @@ class Correlator:
 
         One packet is captured at several points with the same headers but for what NAT
         and routing rewrite: IPv4 without options is parsed once per distinct bytes 12..48
-        (all its Pkt depends on), and its captures share that Pkt (as record() does: this
-        is its loop, inlined)."""
+        (all its Pkt depends on), and its captures share that Pkt."""
         unpack = header.unpack_from
         hdr = header.size
         points: list[int] = []
