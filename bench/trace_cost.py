@@ -1,7 +1,8 @@
 """Where `pyinspect trace` (without -w) costs iperf3 its throughput: every BPF program's
 run time, the trace process's CPU and the machine's CPU time, measured in one iperf3 run.
 
-    .venv/bin/python bench/trace_cost.py [--seconds 8] [--json] [-- TRACE ARGS...]
+    .venv/bin/python bench/trace_cost.py [--seconds 8] [--perf FILE] [--base DIR] [--json]
+                                         [-- TRACE ARGS...]
 
 Topology: testbed/tracetopo.py with DNAT for TCP 5201 (as bench/evidence.py); iperf3 through
 it (client pinned to CPU 0, server to CPU 1, 0.5 s intervals). Windows of `--seconds`:
@@ -12,6 +13,12 @@ BPF run-time statistics (BPF_ENABLE_STATS, on only while this runs), the runs, C
 and ns per run of every program that ran while the trace was attached (the capture
 programs pi_in_N / pi_eg_N, and the probes'). bench/evidence.py gives the ratio over many
 windows; this says where the difference goes.
+
+`--base DIR` attaches, at the same time and on the same points, the trace of another
+checkout as well (DIR holds its `pyinspect` package: e.g. a symlink tree of a `git
+worktree`'s agent/ with its probes/, runtime/ and web/ linked in, as setup.cfg maps
+them), and prints each one's capture programs' ns per run and the ratio: the same
+packets pass both in the same second, which separate runs on this VM cannot give.
 """
 
 import argparse
@@ -86,6 +93,13 @@ def main():
     ap.add_argument(
         "--perf", metavar="FILE", help="also `perf record -a -g` the attached window into FILE"
     )
+    ap.add_argument("--base", metavar="DIR", help="also trace with the pyinspect found in DIR")
+    ap.add_argument(
+        "--base-second",
+        action="store_true",
+        help="attach the base after this checkout (the first program a packet meets pays "
+        "for bringing its bytes into the cache)",
+    )
     ap.add_argument("trace_args", nargs="*", help="more `pyinspect trace` options")
     a = ap.parse_args()
     w = a.seconds
@@ -109,7 +123,18 @@ def main():
             time.sleep(w)
             m1 = machine_cpu()
             before = (3, 3 + w)
-            trace = trace_flood.start_trace(topo, tmp, ["--via", "up0", *a.trace_args])
+            ids0 = set(programs())
+            base = None
+            if a.base_second:
+                trace = trace_flood.start_trace(topo, tmp, ["--via", "up0", *a.trace_args])
+                ids0 = set(programs())
+            if a.base:
+                base = trace_flood.start_trace(
+                    topo, tempfile.mkdtemp(dir=tmp), ["--via", "up0", *a.trace_args], a.base
+                )
+            ids_base = set(programs()) - ids0
+            if not a.base_second:
+                trace = trace_flood.start_trace(topo, tmp, ["--via", "up0", *a.trace_args])
             time.sleep(1)
             attached0 = time.time() - t_start
             prof = (
@@ -125,6 +150,8 @@ def main():
             p1, c1, m3 = programs(), process_cpu(trace.pid), machine_cpu()
             attached = (attached0, time.time() - t_start)
             trace_flood.stop_trace(trace)
+            if base:
+                trace_flood.stop_trace(base)
             after0 = time.time() - t_start + 1
             out, _err = client.communicate(timeout=total + 60)
         intervals = json.loads(out)["intervals"]
@@ -144,10 +171,16 @@ def main():
         progs = {}
         for pid, (name, runs, ns) in p1.items():
             if pid in p0 and runs > p0[pid][1]:
-                r = progs.setdefault(name, [0, 0])
+                key = f"base {name}" if pid in ids_base else name
+                r = progs.setdefault(key, [0, 0])
                 r[0] += runs - p0[pid][1]
                 r[1] += ns - p0[pid][2]
-        bpf_s = sum(ns for _r, ns in progs.values()) / 1e9
+        bpf_s = sum(ns for n, (_r, ns) in progs.items() if not n.startswith("base ")) / 1e9
+
+        def capture_ns(prefix):  # the capture programs' mean ns per run
+            sel = [v for n, v in progs.items() if n.startswith(prefix + "pi_")]
+            return sum(x[1] for x in sel) / max(1, sum(x[0] for x in sel))
+
         report = {
             "gbit_s": {k: round(v, 2) if v else None for k, v in rates.items()},
             "ratio": round(rates["attached"] / ((rates["before"] + rates["after"]) / 2), 3)
@@ -157,6 +190,8 @@ def main():
             "machine_cpu_s": {"nothing": idle, "trace": traced},
             "trace_process_cpu_s": round(c1 - c0, 3),
             "bpf_cpu_s": round(bpf_s, 3),
+            "capture_ns_per_run": round(capture_ns("")),
+            "base_capture_ns_per_run": round(capture_ns("base ")) if a.base else None,
             "programs": {
                 n: {"runs": r, "cpu_s": round(ns / 1e9, 3), "ns_per_run": round(ns / max(r, 1))}
                 for n, (r, ns) in sorted(progs.items(), key=lambda x: -x[1][1])
@@ -183,9 +218,12 @@ def main():
     )
     for n, p in report["programs"].items():
         print(
-            f"    {n:18s} {p['runs']:>10,} runs  {p['cpu_s']:6.3f} CPU-s  "
+            f"    {n:23s} {p['runs']:>10,} runs  {p['cpu_s']:6.3f} CPU-s  "
             f"{p['ns_per_run']:>6} ns/run"
         )
+    cur, old = report["capture_ns_per_run"], report["base_capture_ns_per_run"]
+    print(f"  capture programs: {cur} ns a run", end="")
+    print(f"; base {old}, this/base x{cur / old:.3f}" if old else "")
 
 
 if __name__ == "__main__":

@@ -96,11 +96,18 @@ def send(topo, seconds):
     return n, n / dt
 
 
-def start_trace(topo, root, extra=()):
+def start_trace(topo, root, extra=(), pythonpath=None):
+    """`pyinspect trace --json` in the topology's host namespace, once ready; with
+    `pythonpath`, the pyinspect found there (another checkout: see bench/trace_cost.py)."""
+    env = None
+    cmd = [PYINSPECT]
+    if pythonpath:
+        env = dict(os.environ, PYTHONPATH=str(pythonpath))
+        cmd = [sys.executable, "-m", "pyinspect"]  # the console script ignores PYTHONPATH
     argv = [
         "nsenter",
         f"--net=/run/netns/{topo.host}",
-        PYINSPECT,
+        *cmd,
         "--root",
         root,
         "trace",
@@ -109,7 +116,9 @@ def start_trace(topo, root, extra=()):
         "--json",
         *extra,
     ]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/"
+    )
     line = p.stdout.readline()
     if not line:
         raise SystemExit(f"trace did not start: {p.stderr.read()}")

@@ -78,6 +78,7 @@ def libbpf():
         "bpf_map__name": (ctypes.c_char_p, [p]),
         "bpf_map__fd": (ctypes.c_int, [p]),
         "bpf_map__set_max_entries": (ctypes.c_int, [p, ctypes.c_uint32]),
+        "bpf_map__set_value_size": (ctypes.c_int, [p, ctypes.c_uint32]),
         "bpf_map__initial_value": (p, [p, ctypes.POINTER(ctypes.c_size_t)]),
         "bpf_program__name": (ctypes.c_char_p, [p]),
         "bpf_program__fd": (ctypes.c_int, [p]),
@@ -199,6 +200,7 @@ class BpfObject:
         max_entries: dict[str, int] | None = None,
         programs: set[str] | None = None,
         defines: tuple[str, ...] = (),
+        value_sizes: dict[str, int] | None = None,
     ) -> BpfObject:
         lib = libbpf()
         path = compile_object(Path(src), defines)
@@ -211,6 +213,9 @@ class BpfObject:
             for name, n in (max_entries or {}).items():
                 if lib.bpf_map__set_max_entries(obj._map(name), n) != 0:
                     raise UnavailableError(f"{path.name}: cannot size map {name}")
+            for name, n in (value_sizes or {}).items():  # maps declared without BTF types
+                if lib.bpf_map__set_value_size(obj._map(name), n) != 0:
+                    raise UnavailableError(f"{path.name}: cannot size the values of map {name}")
             if rodata is not None:
                 obj._set_rodata(rodata)
             if programs is not None:

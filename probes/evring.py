@@ -1,13 +1,14 @@
-"""Per-CPU BPF ring buffers for the evidence, read as byte ranges (no per-record work).
+"""The evidence streams: per-CPU areas of an mmapped BPF array, read as byte ranges (no
+per-record work), and the one-page BPF ring buffers that ring their bells.
 
-One `EvRing` per online CPU: a BPF_MAP_TYPE_RINGBUF map that pyinspect creates and puts
-in the capture program's `evrings` array of maps at that CPU's index, mmapped as the
-kernel lays it out (a consumer page we write, then the producer page and the data area
-mapped twice in a row, so a range that wraps is contiguous). The capture program on a
-CPU writes only its own ring and commits records in the order it reserves them (tc runs
-with bottom halves off: programs on one CPU do not nest), and counts the bytes it
-committed; everything between our consumer position and that count is whole records:
-`pending()` hands the range out as one memoryview and `consume()` gives it back.
+The capture program (probes/packets.bpf.c) writes each CPU's pcapng blocks into that CPU's
+area of its `evbuf` array (a ring of `size` bytes, then EV_SLACK bytes for the block that
+crosses the ring's end) without a lock, and publishes the committed end as `prod` in
+`evpos`; everything between our consumer position and `prod` is whole blocks.
+`EvStream.pending()` hands the range out as one or two memoryviews (two when it crosses
+the ring's end: the crossing block ends in the slack at `wrap_end`, the next lap starts at
+the ring's start) and `consume()` gives it back. `EvRing` is a BPF ring buffer (the bells:
+the program writes 8 bytes to its CPU's bell each quarter ring, for epoll).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pyinspect.errors import UnavailableError
 
 BPF_MAP_TYPE_RINGBUF = 27
 _U32 = struct.Struct("<I")
+POS_WORDS = 16  # u64 words of struct evpos (packets.h): prod, wrap_end, ..., cons at 8
 
 
 MIN_RING_BYTES = 4 << 20
@@ -83,9 +85,102 @@ def _create(name: bytes, size: int) -> int:
     return fd
 
 
+class EvAreas:
+    """The `evbuf` and `evpos` arrays of a loaded capture program, mmapped: one area of
+    `size + slack` bytes and one evpos slot per possible CPU."""
+
+    def __init__(self, buf_fd: int, pos_fd: int, ncpu: int, size: int, slack: int):
+        page = mmap.PAGESIZE
+        self.size = size
+        self.elem = size + slack  # a multiple of the page size: each area starts on a page
+        pos_bytes = -(-ncpu * POS_WORDS * 8 // page) * page
+        try:
+            self.buf = mmap.mmap(buf_fd, ncpu * self.elem, mmap.MAP_SHARED, mmap.PROT_READ)
+            self.pos = mmap.mmap(
+                pos_fd, pos_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        except OSError as exc:
+            raise UnavailableError(f"cannot map the evidence areas: {exc.strerror}") from None
+        self.view = memoryview(self.buf)
+        # positions are read and written as whole aligned 8-byte words (a memoryview cast
+        # to 'Q' copies the word at once; struct's '<Q' goes a byte at a time)
+        self.words = memoryview(self.pos).cast("Q")
+
+    def stream(self, cpu: int, bell: EvRing) -> EvStream:
+        at = cpu * self.elem
+        return EvStream(
+            cpu,
+            self.size,
+            self.view[at : at + self.elem],
+            self.words[cpu * POS_WORDS : (cpu + 1) * POS_WORDS],
+            bell,
+        )
+
+    def close(self) -> None:
+        try:
+            self.words.release()
+            self.view.release()
+            self.pos.close()
+            self.buf.close()
+        except BufferError:  # a caller still holds a view: the GC unmaps it
+            pass
+
+
+class EvStream:
+    """One CPU's evidence stream: `pending(start, end)` -> memoryviews of those bytes,
+    `consume(upto)`, `head()` (what the program has committed); `fd` is its bell's (for
+    epoll)."""
+
+    def __init__(self, cpu: int, size: int, area: memoryview, words: memoryview, bell: EvRing):
+        self.cpu = cpu
+        self.size = size
+        self.area = area
+        self.words = words
+        self.bell = bell
+        self.fd = bell.fd
+        self.tail = words[8]
+
+    def head(self) -> int:
+        """The committed producer position: every block before it is whole."""
+        return self.words[0]
+
+    def pending(self, start: int, end: int) -> list[memoryview]:
+        """Stream bytes [start, end) as views into the area; two when the range crosses
+        the ring's end (the block that crossed it ran on into the slack, to `wrap_end`)."""
+        a = start % self.size
+        lap_end = start - a + self.size
+        if end <= lap_end:
+            return [self.area[a : a + end - start]]
+        e = self.words[1]  # wrap_end: written before prod, and stable while start < lap_end
+        parts = [self.area[a : a + e - start]]
+        if end > e:
+            b = e - lap_end
+            parts.append(self.area[b : b + end - e])
+        return parts
+
+    def read_u32(self, pos: int, skip: int = 0) -> int:
+        """The word `skip` bytes into the block at stream position `pos` (a block is
+        never split: it may run on into the slack)."""
+        return _U32.unpack_from(self.area, pos % self.size + skip)[0]
+
+    def consume(self, upto: int) -> None:
+        """Give the bytes before stream position `upto` back to the program."""
+        self.words[8] = upto
+        self.tail = upto
+
+    def ring_off(self) -> None:
+        """Take the bell's records (their only use was the wakeup)."""
+        self.bell.consume(self.bell.head())
+
+    def close(self) -> None:
+        self.words.release()
+        self.area.release()
+        self.bell.close()
+
+
 class EvRing:
-    """One CPU's evidence ring buffer: `pending()` -> a memoryview of unread bytes;
-    `consume()`."""
+    """A BPF ring buffer made here (one CPU's bell): `head()`, `pending()` -> a memoryview
+    of unread bytes; `consume()`."""
 
     def __init__(self, cpu: int, data_bytes: int):
         self.cpu = cpu
@@ -93,7 +188,7 @@ class EvRing:
         if data_bytes < page or data_bytes & (data_bytes - 1):
             raise ValueError("the data area must be a power-of-two number of pages")
         self.size = data_bytes
-        self.fd = _create(f"pi_ev{cpu}".encode(), data_bytes)
+        self.fd = _create(f"pi_bell{cpu}".encode(), data_bytes)
         try:
             self.cons = mmap.mmap(
                 self.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0

@@ -13,19 +13,21 @@
 //     frames that are not IPv4 take that branch, so the IPv4 path is unchanged.
 //
 // Two outputs per matched packet:
-//   1. Evidence: every packet, up to the snaplen, into this CPU's BPF ring buffer (one per
-//      CPU, in the `evrings` array of maps), already laid out as a pcapng Enhanced Packet
-//      Block and copied once, straight from the skb (bpf_dynptr_copy). Each ring record is
-//        [ring header 8][u32 20][EPB][u32 FILLER_TYPE][u32 20]
-//      (its size a multiple of 8, so the kernel adds no padding), so consecutive records
-//      read as EPB, filler block (20 bytes: its type and length, the next record's ring
-//      header, its trailing length), EPB, ... The reader copies whole ranges of the ring
-//      into the segment file (bytes [tail+12, committed-8)) without looking at single
-//      records. The program commits in the order it reserves (no nesting on a CPU) and
-//      counts the bytes it committed per CPU; a packet that does not fit is counted
-//      `lost` (a failed reservation leaves nothing in the ring to break the chain).
+//   1. Evidence: every packet, up to the snaplen, as a pcapng Enhanced Packet Block in this
+//      CPU's area of the `evbuf` array (mmapped by the reader), copied once, straight from
+//      the skb (bpf_skb_load_bytes into the map value). Each CPU's area is a ring of
+//      ring_bytes (a power of two) followed by EV_SLACK bytes: a block is never split, the
+//      one that crosses the ring's end runs on into the slack, and the program notes where
+//      it ended (`wrap_end`), so the reader knows where the next lap begins. The program
+//      is the only writer of its CPU's area (tc runs with bottom halves off: programs on
+//      one CPU do not nest) and takes no lock: it writes the block, then publishes its
+//      end as `prod`; the reader appends [cons, prod) to a segment file as it is and
+//      stores `cons`. A block that does not fit in what the reader has given back is
+//      counted `lost` and leaves nothing. Each time a CPU has produced another quarter of
+//      its ring it rings its bell (an 8-byte record in a one-page BPF ring buffer of its
+//      own, for the reader's epoll).
 //   2. Analysis: a short record (header + the first ASNAP bytes + where the evidence
-//      record is in its CPU stream) into a ring buffer, within the reader's budget
+//      block is in its CPU stream) into a ring buffer, within the reader's budget
 //      (`ctl`): beyond it the packet is counted as shed; TCP SYN/FIN/RST draw on a second
 //      budget, so bulk data cannot hide how connections start and end.
 // Per point and CPU: seen, lost (evidence ring full), capped (evidence off: size cap),
@@ -41,41 +43,37 @@
 
 #include "packets.h"
 
-#ifndef PI_SCRATCH_COPY
-// one copy, skb -> ring (kernels with the bpf_dynptr_copy kfunc)
-extern int bpf_dynptr_from_skb(struct __sk_buff *s, __u64 flags,
-                               struct bpf_dynptr *ptr__uninit) __ksym;
-extern int bpf_dynptr_copy(struct bpf_dynptr *dst_ptr, __u32 dst_off,
-                           struct bpf_dynptr *src_ptr, __u32 src_off, __u32 size) __ksym;
-#else
-// the fallback build: skb -> a per-CPU scratch buffer -> ring (two copies)
-struct scratch {
-    __u8 b[EV_MAXCAP];
-};
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);       // one per possible CPU, sized at load
-    __type(key, __u32);
-    __type(value, struct scratch);
-    __uint(max_entries, 1);
-} scratch SEC(".maps");
-#endif
-
 char LICENSE[] SEC("license") = "GPL";
 
 const volatile struct capture_config cfg = {};
 
-struct evring {
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(key_size, sizeof(__u32));
+    __uint(value_size, 4096 + EV_SLACK);    // ring_bytes + EV_SLACK, set at load
+    __uint(max_entries, 1);                 // the possible CPUs, set at load
+} evbuf SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct evpos);
+    __uint(max_entries, 1);                 // the possible CPUs, set at load
+} evpos SEC(".maps");
+
+struct bell {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 4096);              // the loader's rings have their own size
+    __uint(max_entries, 4096);
 };
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
     __uint(max_entries, 1);                 // sized to the possible CPUs at load
     __type(key, __u32);
-    __array(values, struct evring);
-} evrings SEC(".maps");
+    __array(values, struct bell);
+} evbells SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -489,83 +487,52 @@ static __always_inline int tcp_control(struct __sk_buff *skb)
     return tcp_flags(skb, (ETH_HLEN + h.ihl + 13) & 0x7f);
 }
 
-// Write the evidence record into this CPU's ring. Returns the record's position in this
-// CPU's stream, or -1 when it did not fit (counted as lost).
-static __always_inline __s64 evidence_out(struct __sk_buff *skb, struct counters *c,
-                                          __u32 cpu, __u32 point, __u8 dir, __u64 ts,
-                                          __u32 caplen)
+// Write the evidence block into this CPU's area. Returns its position in this CPU's
+// stream, or -1 when it did not fit or could not be copied (counted as lost).
+static __always_inline __s64 evidence_out(struct __sk_buff *skb, __u32 cpu, __u32 point,
+                                          __u8 dir, __u64 ts, __u32 caplen)
 {
+    if (caplen > EV_MAXCAP)                 // (the caller's bound, for the verifier)
+        return -1;
     __u32 p4 = (caplen + 3) & ~3U;
-    __u32 e = (p4 & 7) ? 0 : 4;             // an opt_endofopt keeps records 8-aligned
-    __u32 epb = 28 + p4 + 8 + e + 4;
-    __u32 size = 4 + epb + 8;
-    void *rb = bpf_map_lookup_elem(&evrings, &cpu);
-    if (!rb)
+    __u32 epb = 28 + p4 + 8 + 4 + 4;        // header, data, epb_flags, opt_endofopt, length
+    struct evpos *ep = bpf_map_lookup_elem(&evpos, &cpu);
+    __u8 *area = bpf_map_lookup_elem(&evbuf, &cpu);
+    if (!ep || !area)
         return -1;
-    struct bpf_dynptr out;
-#ifndef PI_SCRATCH_COPY
-    struct bpf_dynptr pkt;
-#endif
-    if (bpf_ringbuf_reserve_dynptr(rb, size, 0, &out)) {
-        bpf_ringbuf_discard_dynptr(&out, 0);     // nothing was reserved: no record
-        return -1;
-    }
-    // the EPB header and, after the data, its padding (zeros: the word the data ends in
-    // is zeroed before the copy writes over it), epb_flags (out : in), opt_endofopt when
-    // the record needs it, the block's length and the filler's head are stored through
-    // the record's memory (constant-size slices), then the data copied in between
-    int ok = 0;
-    __u32 *h = bpf_dynptr_data(&out, 0, 32);
-    __u32 *t = e ? bpf_dynptr_data(&out, 28 + p4, 28) : bpf_dynptr_data(&out, 28 + p4, 24);
-    if (h && t) {
-        h[0] = FILLER_LEN;
-        h[1] = 6;
-        h[2] = epb;
-        h[3] = point;
-        h[4] = ts >> 32;
-        h[5] = (__u32)ts;
-        h[6] = caplen;
-        h[7] = skb->len;
-        t[0] = 0;                           // the data's last word: its padding stays 0
-        t[1] = 2 | (4 << 16);
-        t[2] = dir ? 2 : 1;
-        if (e) {
-            t[3] = 0;
-            t[4] = epb;
-            t[5] = FILLER_TYPE;
-            t[6] = FILLER_LEN;
-        } else {
-            t[3] = epb;
-            t[4] = FILLER_TYPE;
-            t[5] = FILLER_LEN;
-        }
-        ok = 1;
-    }
-#ifndef PI_SCRATCH_COPY
-    ok = ok && bpf_dynptr_from_skb(skb, 0, &pkt) == 0 &&
-         bpf_dynptr_copy(&out, 32, &pkt, 0, caplen) == 0;
-#else
-    struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
+    __u64 pos = ep->prod;
+    if (pos + epb - *(volatile __u64 *)&ep->cons > cfg.ring_bytes)
+        return -1;                          // the reader has not given that much back
+    __u32 off = pos & (cfg.ring_bytes - 1);
+    __u32 *h = (__u32 *)(area + off);
+    __u32 *t = (__u32 *)(area + off + 24 + p4);
+    h[0] = 6;
+    h[1] = epb;
+    h[2] = point;
+    h[3] = ts >> 32;
+    h[4] = (__u32)ts;
+    h[5] = caplen;
+    h[6] = skb->len;
+    t[0] = 0;                               // the data's last word: its padding stays 0
     __u32 n = ((caplen - 1) & (EV_MAXCAP - 1)) + 1;     // caplen, as the verifier sees it
-    ok = ok && s && bpf_skb_load_bytes(skb, 0, s->b, n) == 0 &&
-         bpf_dynptr_write(&out, 32, s->b, n, 0) == 0;
-#endif
-    if (!ok) {
-        // keep the chain whole: the record becomes one local-use block (the reader's
-        // files skip it) and the packet counts as lost
-        __u32 f[3] = {FILLER_LEN, FILLER_TYPE, size - 12};
-        __u32 tail[3] = {size - 12, FILLER_TYPE, FILLER_LEN};
-        bpf_dynptr_write(&out, 0, f, sizeof(f), 0);
-        bpf_dynptr_write(&out, size - 12, tail, sizeof(tail), 0);
+    int ok = bpf_skb_load_bytes(skb, 0, area + off + 28, n) == 0;
+    t[1] = 2 | (4 << 16);                   // epb_flags: inbound 1, outbound 2
+    t[2] = dir ? 2 : 1;
+    t[3] = 0;                               // opt_endofopt
+    t[4] = epb;
+    if (!ok)
+        h[0] = FILLER_TYPE;                 // a local-use block readers skip: the chain stays whole
+    __u64 prod = pos + epb;
+    if (off + epb >= cfg.ring_bytes)
+        ep->wrap_end = prod;                // the next block starts the next lap
+    *(volatile __u64 *)&ep->prod = prod;    // after the block (x86 keeps stores in order)
+    // ring the bell each time this CPU has produced another quarter of its ring (the
+    // writer wakes on its own timer otherwise); ring_bytes is a power of two
+    if ((pos ^ prod) >= cfg.ring_bytes / 4) {
+        void *bell = bpf_map_lookup_elem(&evbells, &cpu);
+        if (bell)
+            bpf_ringbuf_output(bell, &prod, sizeof(prod), BPF_RB_FORCE_WAKEUP);
     }
-    // wake the writer each time this CPU has produced another quarter of its ring
-    // (otherwise it wakes on its own timer)
-    // (ring_bytes is a power of two: pos / quarter != prod / quarter, without a division)
-    __s64 pos = c->prod;
-    __u64 prod = pos + size + 8;
-    c->prod = prod;
-    bpf_ringbuf_submit_dynptr(&out, ((__u64)pos ^ prod) >= cfg.ring_bytes / 4 ?
-                              BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
     return ok ? pos : -1;
 }
 
@@ -591,7 +558,7 @@ static __always_inline int capture(struct __sk_buff *skb, const __u32 point, con
     if (!b->evidence) {
         c->v[(at + C_CAPPED) % (MAX_POINTS * NCOUNT)] += 1;
     } else if (caplen >= 1) {
-        pos = evidence_out(skb, c, cpu, point, dir, ts, caplen);
+        pos = evidence_out(skb, cpu, point, dir, ts, caplen);
         if (pos < 0)
             c->v[(at + C_LOST) % (MAX_POINTS * NCOUNT)] += 1;
     }

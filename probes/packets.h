@@ -15,7 +15,8 @@
 #define EV_MAXCAP 262144        // evidence bytes per packet at most (tcpdump's default snaplen)
 #define ASNAP 128               // bytes of each packet the analysis path sees
 #define FILLER_TYPE 0x80000A11  // pcapng block type for local use: readers skip it
-#define FILLER_LEN 20            // [type][len][ring record header 8][trailer]
+#define EV_SLACK 266240         // EV_MAXCAP + a page, past each CPU's ring: the block crossing its end
+#define EV_POS_WORDS 16         // u64 words of struct evpos
 
 // counters per point: seen == captured + lost + capped
 #define C_SEEN 0
@@ -75,8 +76,17 @@ struct ctl {
 };
 
 struct counters {
-    __u64 prod;                          // evidence bytes produced on this CPU
     __u64 v[MAX_POINTS * NCOUNT];
+};
+
+// One CPU's evidence positions (stream bytes from 0), in an mmapped array: the program
+// writes prod and wrap_end, the reader cons (on a cache line of its own).
+struct evpos {
+    __u64 prod;          // committed: every record before it is whole
+    __u64 wrap_end;      // where the last record that crossed the ring's end ended
+    __u64 pad0[6];
+    __u64 cons;          // the reader has written everything before it
+    __u64 pad1[7];
 };
 
 struct arec {

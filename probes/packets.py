@@ -28,7 +28,7 @@ from pyinspect.errors import UnavailableError, UsageError
 from pyinspect.proc import pid_alive
 
 from . import bpfobj, bpfsys, cdefs, pcapfilter
-from .evring import EvRing, cpu_list, default_ring_bytes
+from .evring import POS_WORDS, EvAreas, EvRing, EvStream, cpu_list, default_ring_bytes
 from .netns import in_netns
 
 SRC = Path(__file__).with_name("packets.bpf.c")
@@ -99,9 +99,6 @@ def tc_handle(pid):
 
 
 ATTACH_ENV = "PYINSPECT_TC_ATTACH"  # "tcx" or "clsact" forces one; unset: tcx if it works
-COPY_ENV = (
-    "PYINSPECT_EVIDENCE_COPY"  # "kfunc" or "scratch" forces one build; unset: kfunc if it loads
-)
 ATTACH_KINDS = ("tcx", "clsact")
 
 
@@ -361,7 +358,8 @@ def fill_target_maps(bpf, target):
     EV_MAXCAP,
     ASNAP,
     FILLER_TYPE,
-    FILLER_LEN,
+    EV_SLACK,
+    EV_POS_WORDS,
     C_SEEN,
     C_LOST,
     C_CAPPED,
@@ -377,7 +375,8 @@ def fill_target_maps(bpf, target):
     "EV_MAXCAP",
     "ASNAP",
     "FILLER_TYPE",
-    "FILLER_LEN",
+    "EV_SLACK",
+    "EV_POS_WORDS",
     "C_SEEN",
     "C_LOST",
     "C_CAPPED",
@@ -464,7 +463,10 @@ class _Ctl(ctypes.Structure):
 
 
 class _Counters(ctypes.Structure):
-    _fields_ = [("prod", ctypes.c_uint64), ("v", ctypes.c_uint64 * (MAX_POINTS * NCOUNT))]
+    _fields_ = [("v", ctypes.c_uint64 * (MAX_POINTS * NCOUNT))]
+
+
+assert EV_POS_WORDS == POS_WORDS, "struct evpos in packets.h and probes/evring.py differ"
 
 
 AREC = struct.Struct("<QqIIIHBx")  # struct arec header in packets.h
@@ -574,7 +576,8 @@ class PacketCapture:
     consumed(), analysis records via read(), counters(), stop(), close().
 
     Evidence: every matched packet (up to `snaplen`, at most EV_MAXCAP) as pcapng EPBs in
-    per-CPU BPF ring buffers of `ring_mb` MiB each (None: evring.default_ring_bytes()).
+    per-CPU rings of `ring_mb` MiB each (None: evring.default_ring_bytes()) in an mmapped
+    BPF array (probes/evring.py).
     Analysis: within the budget (set_budget), the first ASNAP bytes of each packet in a
     ring buffer.
     """
@@ -592,7 +595,8 @@ class PacketCapture:
         )
         self.analysis_bytes = _pow2_pages(analysis_mb * 1024 * 1024)
         self.obj: bpfobj.BpfObject | None = None
-        self.rings = []  # EvRing per online CPU
+        self.rings: list[EvStream] = []  # per online CPU
+        self.areas: EvAreas | None = None
         self.reader = None
         self.attached = []  # (point, added_clsact)
         self.links = []  # tcx link fds
@@ -602,8 +606,6 @@ class PacketCapture:
         self.forced = wanted
         self.attach_kind = wanted
         self.attach_note = None
-        self.evidence_copy = None  # 'kfunc': skb -> ring in one copy; 'scratch': two
-        self.copy_note = None
         self.lock = threading.Lock()
         self._ctl = _Ctl(evidence=1, clock_offset=_clock_offset())
         self._ctl_lock = threading.Lock()  # the writer thread and the poll both set ctl
@@ -622,35 +624,22 @@ class PacketCapture:
         ncpu = max(self._possible) + 1
         cfg = make_config(self.points, self.target, self.snaplen, self.ring_bytes)
         progs = {f"pi_{d}_{i}" for i in range(len(self.points)) for d in ("in", "eg")}
-        sizes = {"evrings": ncpu, "arecs": self.analysis_bytes}
-        wanted = os.environ.get(COPY_ENV) or None
-        if wanted not in (None, "kfunc", "scratch"):
-            raise UsageError(f"bad {COPY_ENV}={wanted!r}", "use kfunc or scratch")
-        builds = [("kfunc", ()), ("scratch", ("PI_SCRATCH_COPY",))]
-        builds = [b for b in builds if wanted in (None, b[0])]
-        first_error = None
-        for kind, defines in builds:
-            try:
-                if defines:
-                    sizes["scratch"] = ncpu
-                self.obj = bpfobj.BpfObject.open(
-                    SRC, rodata=bytes(cfg), programs=progs, max_entries=sizes, defines=defines
-                ).load()
-            except UnavailableError as exc:
-                first_error = first_error or exc
-                self.obj = None
-                continue
-            self.evidence_copy = kind
-            if kind == "scratch" and wanted is None:
-                self.copy_note = (
-                    f"evidence copied twice per packet (this kernel has no "
-                    f"bpf_dynptr_copy: {str(first_error)[:120]})"
-                )
-            break
-        if self.obj is None:
+        # an area for each online CPU's index (the array allocates every entry; a CPU that
+        # comes online later finds none and counts its packets lost, as it found no ring)
+        nev = max(cpu_list("online")) + 1
+        sizes = {"evbuf": nev, "evpos": nev, "evbells": ncpu, "arecs": self.analysis_bytes}
+        try:
+            self.obj = bpfobj.BpfObject.open(
+                SRC,
+                rodata=bytes(cfg),
+                programs=progs,
+                max_entries=sizes,
+                value_sizes={"evbuf": self.ring_bytes + EV_SLACK},
+            ).load()
+        except UnavailableError as exc:
             self.close()
             raise UnavailableError(
-                f"cannot load the tc capture program: {first_error}", _hook_reason("tc")
+                f"cannot load the tc capture program: {exc}", _hook_reason("tc")
             ) from None
         try:
             self._fill_maps()
@@ -670,12 +659,25 @@ class PacketCapture:
 
         obj = self._loaded()
         self._epoll = select.epoll()
-        fd = obj.map_fd("evrings")
-        for cpu in cpu_list("online"):
-            ring = EvRing(cpu, self.ring_bytes)
-            self.rings.append(ring)
-            _map_update(fd, ctypes.c_uint32(cpu), ctypes.c_uint32(ring.fd))
-            self._epoll.register(ring.fd, select.EPOLLIN | select.EPOLLET)
+        online = cpu_list("online")
+        self.areas = EvAreas(
+            obj.map_fd("evbuf"),
+            obj.map_fd("evpos"),
+            max(online) + 1,
+            self.ring_bytes,
+            EV_SLACK,
+        )
+        bells = obj.map_fd("evbells")
+        for cpu in online:
+            bell = EvRing(cpu, mmap.PAGESIZE)
+            try:
+                _map_update(bells, ctypes.c_uint32(cpu), ctypes.c_uint32(bell.fd))
+            except OSError:
+                bell.close()
+                raise
+            stream = self.areas.stream(cpu, bell)
+            self.rings.append(stream)
+            self._epoll.register(stream.fd, select.EPOLLIN | select.EPOLLET)
 
     def _attach(self):
         obj = self._loaded()
@@ -790,6 +792,9 @@ class PacketCapture:
         for ring in self.rings:
             ring.close()
         self.rings = []
+        if self.areas:
+            self.areas.close()
+            self.areas = None
         if self.obj:
             self.obj.close()
             self.obj = None
@@ -811,7 +816,9 @@ class PacketCapture:
         if not self._epoll:
             return
         if cpus is None:
-            self._epoll.poll(timeout)
+            if self._epoll.poll(timeout):
+                for ring in self.rings:
+                    ring.ring_off()
             return
         key = tuple(cpus)
         ep = self._lane_polls.get(key)
@@ -824,41 +831,43 @@ class PacketCapture:
                     ep.register(ring.fd, select.EPOLLIN | select.EPOLLET)
             with self.lock:
                 ep = self._lane_polls.setdefault(key, ep)
-        ep.poll(timeout)
+        if ep.poll(timeout):
+            for ring in self.rings:
+                if ring.cpu in cpus:
+                    ring.ring_off()
 
     def chunks(self, cpus=None):
         """The evidence each CPU (of `cpus`, default all) has produced since the last
         call, as Chunks (whole pcapng blocks). Give each back with consumed() once
         written. One caller at a time per CPU."""
         out = []
-        committed = self.produced()
         for ring in self.rings:
             if cpus is not None and ring.cpu not in cpus:
                 continue
-            head = committed.get(ring.cpu, 0)
+            head = ring.head()
             start = ring.tail
-            if head - start < 12 + 8:
+            if head == start:
                 continue
             if not self._chain_ok(ring, start, head):
                 raise UnavailableError(
                     f"evidence stream of CPU {ring.cpu} is out of step at {start}"
                 )
-            out.append(Chunk(ring.cpu, start, head, ring.pending(start + 12, head - 8)))
+            out.append(Chunk(ring.cpu, start, head, ring.pending(start, head)))
         return out
 
     @staticmethod
     def _chain_ok(ring, start, head):
-        """The range starts with a committed record carrying our block and ends with a
-        filler header: cheap evidence that the stream and our count agree."""
+        """The range starts with one of our blocks, no longer than the range: cheap
+        evidence that the stream and our position agree."""
         return (
-            ring.read_u32(start + 8) == FILLER_LEN
-            and ring.read_u32(start + 12) in (6, FILLER_TYPE)
-            and ring.read_u32(head - 8) == FILLER_TYPE
-            and head <= ring.head()
+            start < head
+            and head - start <= ring.size
+            and ring.read_u32(start) in (6, FILLER_TYPE)
+            and 32 <= ring.read_u32(start, 4) <= head - start
         )
 
     def consumed(self, chunk):
-        """The chunk is written: its ring space goes back to the kernel."""
+        """The chunk is written: its space goes back to the program."""
         ring = next(r for r in self.rings if r.cpu == chunk.cpu)
         for v in chunk.parts:
             v.release()
@@ -933,12 +942,8 @@ class PacketCapture:
         return out
 
     def produced(self):
-        """{cpu: evidence bytes committed}: each ring's producer position once the record
-        in progress (if any) is committed."""
-        obj = self._loaded()
-        per = (_Counters * len(self._possible))()
-        _map_lookup(obj.map_fd("stats"), ctypes.c_uint32(0), per)
-        return {cpu: per[cpu].prod for cpu in range(len(self._possible))}
+        """{cpu: evidence bytes committed} for each CPU's stream."""
+        return {ring.cpu: ring.head() for ring in self.rings}
 
     @property
     def lost(self):

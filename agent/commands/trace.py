@@ -67,7 +67,7 @@ Run it in the namespace that holds the container's bridge (the host). The line
     default=None,
     help="Bytes kept per packet in the pcap files. Default: whole packets with "
     "-w (262144, as tcpdump), else the "
-    "first 256 bytes. 0 = whole packets.",
+    "first 128 bytes (the headers). 0 = whole packets.",
 )
 @click.option(
     "--max-size",

@@ -1,11 +1,12 @@
 """The evidence path: every captured packet from the kernel into pcapng segment files.
 
-The capture programs lay each packet out as a pcapng block in per-CPU perf buffers
-(probes/packets.bpf.c); `EvidenceWriter` runs writer threads (one per CPU buffer, at
-most MAX_WRITERS, each with its own segment file) that sleep until one of their buffers
-is a quarter full (or `interval` passes), append each CPU's new byte range to their file
-as it is, and give the space back. No packet passes through Python one by one, so the
-files cost about what tcpdump's do and do not depend on the analysis budget. Segment
+The capture programs lay each packet out as a pcapng block in per-CPU rings
+(probes/packets.bpf.c, probes/evring.py); `EvidenceWriter` runs writer threads (one per
+CPU ring, at most MAX_WRITERS, each with its own segment file) that sleep until one of
+their rings is another quarter full (or `interval` passes), append each CPU's new byte
+range to their file as it is, and give the space back. No packet passes through Python
+one by one, so the files cost about what tcpdump's do and do not depend on the analysis
+budget. Segment
 files rotate at `segment_bytes` (like dumpcap's `-b filesize:`); at
 `max_bytes` in all the programs stop writing evidence and count what follows as
 `capped` per point, and `capped_at` says when.
