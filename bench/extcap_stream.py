@@ -10,9 +10,8 @@ comments (the stream holds packets back up to 1 s); (f) the same with `--comment
 0`; (g) `--comments-delay 0` with `cat` reading the fifo (the stream alone, without
 dumpcap's cost). Per mode (medians): sender packets/s, and per point packets in the file /
 packets the interface counted (target >= 0.999, as for `trace -w`); sender packets/s of
-each extcap mode / (c) (target >= 0.95). dumpcap reads a pcapng pipe block by block (the
-stream has two blocks a packet: the EPB and the 20-byte filler the capture programs put
-after it), so (e)/(f) against (g) is dumpcap's limit, not the stream's. Everything lives
+each extcap mode / (c) (target >= 0.95). dumpcap reads a pcapng pipe block by block (one
+block a packet), so (e)/(f) against (g) is dumpcap's limit, not the stream's. Everything lives
 in namespaces this script creates and a temp dir it removes.
 """
 
