@@ -811,14 +811,14 @@ class PacketCapture:
         return [ring.cpu for ring in self.rings]
 
     def wait(self, timeout, cpus=None):
-        """Sleep until the evidence buffer of some CPU (of `cpus`, default all) is a
-        quarter full, or `timeout` s."""
+        """Sleep until some CPU (of `cpus`, default all) has produced another quarter of
+        its evidence ring (its bell rang), or `timeout` s."""
         if not self._epoll:
             return
         if cpus is None:
-            if self._epoll.poll(timeout):
-                for ring in self.rings:
-                    ring.ring_off()
+            self._epoll.poll(timeout)
+            for ring in self.rings:
+                ring.ring_off()
             return
         key = tuple(cpus)
         ep = self._lane_polls.get(key)
@@ -831,10 +831,10 @@ class PacketCapture:
                     ep.register(ring.fd, select.EPOLLIN | select.EPOLLET)
             with self.lock:
                 ep = self._lane_polls.setdefault(key, ep)
-        if ep.poll(timeout):
-            for ring in self.rings:
-                if ring.cpu in cpus:
-                    ring.ring_off()
+        ep.poll(timeout)
+        for ring in self.rings:  # also after a timeout: a full bell rings no more
+            if ring.cpu in cpus:
+                ring.ring_off()
 
     def chunks(self, cpus=None):
         """The evidence each CPU (of `cpus`, default all) has produced since the last
