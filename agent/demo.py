@@ -35,6 +35,10 @@ class Demo:
     out: TextIO = sys.stdout
     serve_seconds: float = 0
     failures: list = field(default_factory=list)
+    # a stop asked while a step's command runs waits for that command: killed half way,
+    # `pyinspect run` can leave its netns behind with no container to remove it by
+    stop_asked: bool = False
+    in_step: bool = False
 
     def say(self, text=""):
         print(text, file=self.out, flush=True)
@@ -48,7 +52,15 @@ class Demo:
             shown = f"[{netns}] {shown}"
         if show:
             self.say(f"$ {shown}")
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        self.in_step = True
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        finally:
+            self.in_step = False
+        if self.stop_asked:
+            raise KeyboardInterrupt
         if show and not quiet:
             text = (proc.stdout + proc.stderr).rstrip()
             if text:
@@ -99,12 +111,15 @@ class Demo:
     # -- the walkthrough ----------------------------------------------------------------
     def run(self):
         """The walkthrough, then the clean-up; SIGTERM and SIGHUP end it as Ctrl-C does
-        (the clean-up still runs)."""
+        (the clean-up still runs), once the command of the step under way has ended."""
 
         def interrupt(_sig, _frame):
-            raise KeyboardInterrupt
+            self.stop_asked = True
+            if not self.in_step:
+                raise KeyboardInterrupt
 
-        old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+        stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        old = {s: signal.signal(s, interrupt) for s in stops}
         try:
             return self._run()
         finally:
@@ -129,8 +144,9 @@ class Demo:
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP before the walkthrough's end
             interrupted = True
         finally:
-            for s in (signal.SIGTERM, signal.SIGHUP):  # the clean-up runs to its end
-                signal.signal(s, signal.SIG_IGN)
+            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # the clean-up
+                signal.signal(s, signal.SIG_IGN)  # runs to its end
+            self.stop_asked = False  # its own commands run to their ends
             self.say("\n== cleaning up ==")
             self.pi("rm", "-f", "test")
             self.stop_agent()
@@ -248,16 +264,21 @@ class Demo:
             "$ [" + HOST_NS + "] pyinspect trace --container test --duration 8 -w demo.pcapng &"
         )
         tracer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        ready = self._wait_ready(tracer)
-        self.sh(
-            ["wget", "-q", "-O-", f"http://{HOST_IP}:{PORT}/"],
-            netns=CLIENT_NS,
-            check=True,
-            timeout=20,
-        )
-        if not ready:
-            return
-        out, _ = tracer.communicate(timeout=60)
+        try:
+            ready = self._wait_ready(tracer)
+            self.sh(
+                ["wget", "-q", "-O-", f"http://{HOST_IP}:{PORT}/"],
+                netns=CLIENT_NS,
+                check=True,
+                timeout=20,
+            )
+            if not ready:
+                return
+            out, _ = tracer.communicate(timeout=60)
+        finally:
+            if tracer.poll() is None:  # stopped half way: the trace detaches and ends
+                tracer.terminate()
+                tracer.communicate(timeout=60)
         self.say(out.rstrip())
         if tracer.returncode != 0:
             self.failures.append("pyinspect trace")
