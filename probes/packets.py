@@ -844,16 +844,33 @@ class PacketCapture:
         for ring in self.rings:
             if cpus is not None and ring.cpu not in cpus:
                 continue
-            head = ring.head()
-            start = ring.tail
-            if head == start:
-                continue
-            if not self._chain_ok(ring, start, head):
-                raise UnavailableError(
-                    f"evidence stream of CPU {ring.cpu} is out of step at {start}"
-                )
-            out.append(Chunk(ring.cpu, start, head, ring.pending(start, head)))
+            chunk = self.chunk(ring.cpu, ring.tail)
+            if chunk is not None:
+                out.append(chunk)
         return out
+
+    def tail(self, cpu):
+        """Where `cpu`'s stream was last given back (consumed)."""
+        return self._ring(cpu).tail
+
+    def chunk(self, cpu, start):
+        """`cpu`'s stream from `start` (a block boundary at or after its tail) to what
+        the program has committed, as a Chunk; None when there is nothing new. Several
+        writers can hold chunks of one stream: give_back() in stream order."""
+        ring = self._ring(cpu)
+        head = ring.head()
+        if head == start:
+            return None
+        if not self._chain_ok(ring, start, head) or start < ring.tail:
+            raise UnavailableError(f"evidence stream of CPU {cpu} is out of step at {start}")
+        return Chunk(cpu, start, head, ring.pending(start, head))
+
+    def give_back(self, cpu, upto):
+        """Everything of `cpu`'s stream before `upto` is written: its space goes back."""
+        self._ring(cpu).consume(upto)
+
+    def _ring(self, cpu):
+        return next(r for r in self.rings if r.cpu == cpu)
 
     @staticmethod
     def _chain_ok(ring, start, head):
@@ -868,10 +885,9 @@ class PacketCapture:
 
     def consumed(self, chunk):
         """The chunk is written: its space goes back to the program."""
-        ring = next(r for r in self.rings if r.cpu == chunk.cpu)
         for v in chunk.parts:
             v.release()
-        ring.consume(chunk.end)
+        self.give_back(chunk.cpu, chunk.end)
 
     def set_evidence(self, on):
         """Write evidence (True) or count it as capped (False: the size cap was reached)."""

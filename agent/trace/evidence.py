@@ -1,13 +1,12 @@
 """The evidence path: every captured packet from the kernel into pcapng segment files.
 
 The capture programs lay each packet out as a pcapng block in per-CPU rings
-(probes/packets.bpf.c, probes/evring.py); `EvidenceWriter` runs writer threads (one per
-CPU ring, at most MAX_WRITERS, each with its own segment file) that sleep until one of
-their rings is another quarter full (or `interval` passes), append each CPU's new byte
-range to their file as it is, and give the space back. No packet passes through Python
-one by one, so the files cost about what tcpdump's do and do not depend on the analysis
-budget. Segment
-files rotate at `segment_bytes` (like dumpcap's `-b filesize:`); at
+(probes/packets.bpf.c, probes/evring.py); `EvidenceWriter` runs MAX_WRITERS writer
+threads, each with its own segment file, that sleep until a CPU has produced another
+quarter of its ring (or `interval` passes), take what it has produced since the last
+taker, append it to their file as it is, and give the space back in stream order. No
+packet passes through Python one by one, and the files do not depend on the analysis
+budget. Segment files rotate at `segment_bytes` (like dumpcap's `-b filesize:`); at
 `max_bytes` in all the programs stop writing evidence and count what follows as
 `capped` per point, and `capped_at` says when.
 
@@ -18,6 +17,7 @@ files rotate at `segment_bytes` (like dumpcap's `-b filesize:`); at
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import io
 import os
@@ -150,10 +150,11 @@ class SegmentFiles:
 
 
 class EvidenceWriter:
-    """Drains a started PacketCapture's evidence into SegmentFiles on writer threads:
-    one per CPU buffer, up to MAX_WRITERS (each takes a share of the buffers), each
-    writing a file of its own, so the copies into the page cache run in parallel (as
-    tcpdump runs a process per interface)."""
+    """Drains a started PacketCapture's evidence into SegmentFiles on MAX_WRITERS writer
+    threads, each writing a file of its own, so the copies into the page cache run in
+    parallel (as tcpdump runs a process per interface). Each thread takes what a CPU
+    has produced since the last taker (a range of whole blocks), so several can write
+    one CPU's stream at once; the ranges go back to the program in stream order."""
 
     def __init__(self, cap, files: SegmentFiles, interval: float = 0.05, writers: int = 0):
         self.cap = cap
@@ -166,15 +167,17 @@ class EvidenceWriter:
         self.error: str | None = None
         self.bytes = 0
         self._stop = threading.Event()
-        cpus = cap.evidence_cpus()
-        n = max(1, min(writers or MAX_WRITERS, len(cpus)))
-        self.lanes = [cpus[i::n] for i in range(n)]
-        self._lane_of = {cpu: i for i, lane in enumerate(self.lanes) for cpu in lane}
+        self.cpus = cap.evidence_cpus()
+        n = max(1, writers or MAX_WRITERS)
+        self._lane_of = {cpu: i % n for i, cpu in enumerate(self.cpus)}  # drain()'s
+        self._claim = threading.Lock()
+        self._claimed: dict[int, int] = {}  # cpu -> where the next taker starts
+        self._inflight: dict[int, collections.deque] = {}  # cpu -> [start, end, written]
         self._threads = [
             threading.Thread(
-                target=self._run, args=(i, lane), daemon=True, name=f"pyinspect-evidence-{i}"
+                target=self._run, args=(i,), daemon=True, name=f"pyinspect-evidence-{i}"
             )
-            for i, lane in enumerate(self.lanes)
+            for i in range(n)
         ]
 
     def start(self) -> EvidenceWriter:
@@ -182,7 +185,7 @@ class EvidenceWriter:
             t.start()
         return self
 
-    def _run(self, lane: int, cpus: list[int]) -> None:
+    def _run(self, lane: int) -> None:
         # the kernel wakes a writer once a CPU has produced another quarter of its ring;
         # a full ring produces nothing (and wakes nobody), so while drains keep finding
         # a sixteenth of a ring or more the writer drains again at once instead of waiting
@@ -190,12 +193,43 @@ class EvidenceWriter:
         busy = False
         while not self._stop.is_set():
             if not busy:
-                self.cap.wait(self.interval, cpus)
+                self.cap.wait(self.interval, self.cpus)
             try:
-                busy = self.drain(cpus) >= busy_bytes
+                busy = self._take(lane) >= busy_bytes
             except Exception as exc:  # noqa: BLE001 - reported in the summary
                 self.error = f"{type(exc).__name__}: {exc}"
                 return
+
+    def _take(self, lane: int) -> int:
+        """Write, to this lane's file, what each CPU has produced since the last taker;
+        returns bytes written."""
+        n = 0
+        for cpu in self.cpus:
+            with self._claim:
+                start = self._claimed.get(cpu)
+                chunk = self.cap.chunk(cpu, self.cap.tail(cpu) if start is None else start)
+                if chunk is None:
+                    continue
+                self._claimed[cpu] = chunk.end
+                entry = [chunk.start, chunk.end, False]
+                self._inflight.setdefault(cpu, collections.deque()).append(entry)
+            size = sum(len(p) for p in chunk.parts)
+            try:
+                seq, offset = self.files.write(chunk.parts, size, lane)
+            finally:
+                for v in chunk.parts:
+                    v.release()
+            with self._claim:  # give back what is written before the first range that is not
+                entry[2] = True
+                q = self._inflight[cpu]
+                upto = None
+                while q and q[0][2]:
+                    upto = q.popleft()[1]
+                if upto is not None:
+                    self.cap.give_back(cpu, upto)
+            self._placed(chunk, seq, offset, size)
+            n += size
+        return n
 
     def drain(self, cpus: list[int] | None = None) -> int:
         """Write everything the programs have produced on `cpus` (None: all); returns
@@ -205,23 +239,27 @@ class EvidenceWriter:
             size = sum(len(p) for p in chunk.parts)
             seq, offset = self.files.write(chunk.parts, size, self._lane_of.get(chunk.cpu, 0))
             self.cap.consumed(chunk)
+            self._placed(chunk, seq, offset, size)
             n += size
-            with self.lock:
-                placed = self.placed.setdefault(chunk.cpu, [])
-                starts = self.starts.setdefault(chunk.cpu, [])
-                placed.append(_Placed(chunk.start, chunk.end, seq, offset))
-                starts.append(chunk.start)
-                if len(placed) > LOCATE_CHUNKS:
-                    del placed[: LOCATE_CHUNKS // 2]
-                    del starts[: LOCATE_CHUNKS // 2]
-                if self.capped_at is None and self.files.over_cap():
-                    # what is already in the buffers is still written: `captured`
-                    # stays exactly what the file holds
-                    self.capped_at = time.time_ns()
-                    self.cap.set_evidence(False)
-        with self.lock:
-            self.bytes += n
         return n
+
+    def _placed(self, chunk, seq: int, offset: int, size: int) -> None:
+        """Where a written chunk went (for locate()), in stream order; the size cap."""
+        with self.lock:
+            self.bytes += size
+            placed = self.placed.setdefault(chunk.cpu, [])
+            starts = self.starts.setdefault(chunk.cpu, [])
+            i = bisect.bisect_left(starts, chunk.start)  # writers finish out of order
+            placed.insert(i, _Placed(chunk.start, chunk.end, seq, offset))
+            starts.insert(i, chunk.start)
+            if len(placed) > LOCATE_CHUNKS:
+                del placed[: LOCATE_CHUNKS // 2]
+                del starts[: LOCATE_CHUNKS // 2]
+            if self.capped_at is None and self.files.over_cap():
+                # what is already in the buffers is still written: `captured` stays
+                # exactly what the file holds
+                self.capped_at = time.time_ns()
+                self.cap.set_evidence(False)
 
     def segments(self) -> list[Segment]:
         """The segment files so far (copies: the writer threads keep changing theirs)."""
