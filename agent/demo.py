@@ -24,6 +24,7 @@ CLIENT_NS = "pyinspect-demo-client"
 HOST_IP = "10.203.0.1"
 CLIENT_IP = "10.203.0.2"
 PORT = 8088
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # each ends the demo
 
 
 @dataclass
@@ -118,8 +119,7 @@ class Demo:
             if not self.in_step:
                 raise KeyboardInterrupt
 
-        stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-        old = {s: signal.signal(s, interrupt) for s in stops}
+        old = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
         try:
             return self._run()
         finally:
@@ -144,8 +144,8 @@ class Demo:
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP before the walkthrough's end
             interrupted = True
         finally:
-            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # the clean-up
-                signal.signal(s, signal.SIG_IGN)  # runs to its end
+            for s in STOP_SIGNALS:  # the clean-up runs to its end
+                signal.signal(s, signal.SIG_IGN)
             self.stop_asked = False  # its own commands run to their ends
             self.say("\n== cleaning up ==")
             self.pi("rm", "-f", "test")

@@ -87,7 +87,7 @@ def _create(name: bytes, size: int) -> int:
 
 class EvAreas:
     """The `evbuf` and `evpos` arrays of a loaded capture program, mmapped: one area of
-    `size + slack` bytes and one evpos slot per possible CPU."""
+    `size + slack` bytes and one evpos slot per CPU index up to the last online one."""
 
     def __init__(self, buf_fd: int, pos_fd: int, ncpu: int, size: int, slack: int):
         page = mmap.PAGESIZE

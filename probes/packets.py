@@ -611,7 +611,6 @@ class PacketCapture:
         self._ctl_lock = threading.Lock()  # the writer thread and the poll both set ctl
         self._possible = cpu_list("possible")
         self._epoll = None
-        self._lane_polls = {}  # cpus -> epoll over their buffers (evidence writer lanes)
         self._final = None
 
     def _loaded(self) -> bpfobj.BpfObject:
@@ -786,9 +785,6 @@ class PacketCapture:
         if self._epoll:
             self._epoll.close()
             self._epoll = None
-        for ep in self._lane_polls.values():
-            ep.close()
-        self._lane_polls = {}
         for ring in self.rings:
             ring.close()
         self.rings = []
@@ -810,31 +806,14 @@ class PacketCapture:
         """The CPUs with an evidence buffer, in order."""
         return [ring.cpu for ring in self.rings]
 
-    def wait(self, timeout, cpus=None):
-        """Sleep until some CPU (of `cpus`, default all) has produced another quarter of
-        its evidence ring (its bell rang), or `timeout` s."""
+    def wait(self, timeout):
+        """Sleep until some CPU has produced another quarter of its evidence ring (its
+        bell rang), or `timeout` s. Several writer threads may wait at once."""
         if not self._epoll:
             return
-        if cpus is None:
-            self._epoll.poll(timeout)
-            for ring in self.rings:
-                ring.ring_off()
-            return
-        key = tuple(cpus)
-        ep = self._lane_polls.get(key)
-        if ep is None:
-            import select
-
-            ep = select.epoll()
-            for ring in self.rings:
-                if ring.cpu in cpus:
-                    ep.register(ring.fd, select.EPOLLIN | select.EPOLLET)
-            with self.lock:
-                ep = self._lane_polls.setdefault(key, ep)
-        ep.poll(timeout)
+        self._epoll.poll(timeout)
         for ring in self.rings:  # also after a timeout: a full bell rings no more
-            if ring.cpu in cpus:
-                ring.ring_off()
+            ring.ring_off()
 
     def chunks(self, cpus=None):
         """The evidence each CPU (of `cpus`, default all) has produced since the last

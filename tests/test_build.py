@@ -20,6 +20,7 @@ import pytest
 
 from conftest import Cli, Netns, unique
 from helpers import compilerimage
+from helpers.signals import signal_at
 
 pytestmark = pytest.mark.root
 
@@ -566,43 +567,19 @@ def test_quiet_plain_output_and_sigterm_cleanup(env):
     assert "\x1b" not in plain and "visible-output" in plain and "Step 2/2 : " in plain
     # SIGTERM during a RUN: the container, its cgroup and the scratch files go
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started && sleep 60\n")
-    p = subprocess.Popen(
-        cli.argv("build", "--no-cache", ctx),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for line in p.stdout:
-            if line.strip() == "started":
-                break
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert p.returncode == 143
-    assert "SIGTERM" in err and "Traceback" not in err, err
+    got = signal_at(cli.argv("build", "--no-cache", ctx), lambda ln: ln.strip() == "started")
+    assert got.returncode == 143
+    assert "SIGTERM" in got.err and "Traceback" not in got.err, got.err
     assert cli("ps", "-aq").stdout.split() == []
     assert leftovers(root) == []
     # SIGKILL leaves the RUN container and the scratch dir: the next build removes them
-    p = subprocess.Popen(
+    signal_at(
         cli.argv("build", "--no-cache", ctx),
-        stdout=subprocess.PIPE,
+        lambda ln: ln.strip() == "started",
+        sig=signal.SIGKILL,
+        timeout=30,
         stderr=subprocess.DEVNULL,
-        text=True,
     )
-    try:
-        for line in p.stdout:
-            if line.strip() == "started":
-                break
-        p.kill()
-        p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     left = leftovers(root)
     assert any(x.startswith("container") for x in left), left
     assert any(x.startswith("scratch") for x in left), left

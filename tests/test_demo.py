@@ -2,12 +2,12 @@
 namespaces of its own (the machine's routes and firewall untouched), and nothing left."""
 
 import os
-import signal
 import subprocess
 
 import pytest
 
 from conftest import Cli
+from helpers.signals import signal_at
 
 pytestmark = pytest.mark.root
 
@@ -40,54 +40,27 @@ def test_demo_runs_end_to_end_and_cleans_up(state_root):
 
 def test_demo_stops_cleanly_on_sigterm_while_serving(state_root):
     """Background jobs of a non-interactive shell ignore SIGINT: SIGTERM ends it too."""
-    proc = subprocess.Popen(
+    got = signal_at(
         Cli(state_root).argv("demo", "--serve-seconds", "120"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        lambda line: line.startswith("The dashboard stays up"),
     )
-    try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("The dashboard stays up"):
-                break
-        assert "?token=" in lines[-1], "".join(lines)
-        proc.send_signal(signal.SIGTERM)
-        rest, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    out = "".join(lines) + rest
-    _check_walkthrough(out)
-    assert "Demo finished: everything it made is removed." in out, out + err
-    assert "Traceback" not in err, err
+    last = got.out.split("The dashboard stays up", 1)[1].splitlines()[0]
+    assert "?token=" in last, got.out
+    _check_walkthrough(got.out)
+    assert "Demo finished: everything it made is removed." in got.out, got.out + got.err
+    assert "Traceback" not in got.err, got.err
 
 
 def test_demo_stopped_midway_cleans_up_and_says_so(state_root):
     """SIGTERM while `pyinspect run` creates the container: the run ends first (killed half
     way it left /run/netns/test with no container to remove it by), then the clean-up."""
-    proc = subprocess.Popen(
+    got = signal_at(
         Cli(state_root).argv("demo", "--serve-seconds", "0"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        lambda line: "pyinspect run -d --name test" in line,  # the step's command started
+        timeout=120,
     )
-    try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "pyinspect run -d --name test" in line:  # the step's command has started
-                break
-        proc.send_signal(signal.SIGTERM)
-        rest, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    out = "".join(lines) + rest
-    assert proc.returncode == 130, out + err
-    assert "== cleaning up ==" in out and "Traceback" not in err, out + err
+    out = got.out
+    assert got.returncode == 130, out + got.err
+    assert "== cleaning up ==" in out and "Traceback" not in got.err, out + got.err
     assert out.rstrip().endswith("Demo stopped before its end: everything it made is removed.")
     assert not os.path.exists("/run/netns/test"), out

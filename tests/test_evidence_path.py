@@ -253,6 +253,31 @@ def test_evidence_chain_is_a_capture_file_with_every_packet(wire, tmp_path):
     assert len(per_cpu) == len(cpus), f"packets from CPUs {sorted(per_cpu)}, sent on {cpus}"
 
 
+def test_a_capture_program_the_kernel_cannot_take_is_one_clear_error(wire, tmp_path, monkeypatch):
+    """When the program cannot be loaded (as on a kernel without mmappable arrays, here a
+    cached object whose evidence map has another name), start() says so in one error
+    that names the capture, with what the machine's tc support is, and leaves nothing
+    attached: the trace cannot run without its capture."""
+    from pyinspect.errors import UnavailableError
+    from pyinspect.probes import bpfobj
+
+    data = bpfobj.compile_object(packets.SRC).read_bytes()
+    monkeypatch.setenv(bpfobj.CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    assert data.count(b"evbuf\0") >= 1
+    bpfobj.object_path(packets.SRC).write_bytes(data.replace(b"evbuf\0", b"evbuX\0"))
+    cap = packets.PacketCapture([wire.point("eva0")], packets.Target(), ring_mb=1)
+    with pytest.raises(UnavailableError) as err:
+        cap.start()
+    assert "cannot load the tc capture program" in str(err.value), err.value
+    assert "evbuf" in str(err.value), err.value
+    assert cap.obj is None and cap.links == [] and cap.rings == [] and cap.areas is None
+    assert (
+        packets.tcx_program_ids(wire.point("eva0").ifindex, "ingress", wire.point("eva0").netns)
+        == []
+    )
+
+
 def test_ring_size_default_and_asked_for(wire):
     """Unasked, each CPU's ring is evring.default_ring_bytes(): a power of two between 4
     and 64 MiB within 1/128 of memory over the CPUs; `-B` (ring_mb) sets it, rounded up

@@ -193,7 +193,7 @@ class EvidenceWriter:
         busy = False
         while not self._stop.is_set():
             if not busy:
-                self.cap.wait(self.interval, self.cpus)
+                self.cap.wait(self.interval)
             try:
                 busy = self._take(lane) >= busy_bytes
             except Exception as exc:  # noqa: BLE001 - reported in the summary

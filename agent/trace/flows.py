@@ -265,6 +265,12 @@ class Flow:
     touched: float = 0.0  # CLOCK_MONOTONIC s when a packet or conntrack last spoke of it
     keys: list = field(default_factory=list)  # the index keys it was put under
 
+    def drop_lines(self):
+        """`[N] explanation (xCOUNT)` for each distinct drop of this flow (the summary's)."""
+        return [
+            f"[{self.id}] {t}" + (f" (x{n})" if n > 1 else "") for t, n in self.drop_counts.items()
+        ]
+
     def nat_text(self):
         """`a:p -> b:q` for each translation, e.g. 'DNAT 10.0.0.1:8088 -> 172.30.0.2:80'."""
         if not self.reply:
@@ -652,10 +658,7 @@ class Correlator:
                     nat = f.nat_text()
                     if nat:
                         gone.nat.add(nat)
-                    gone.drops += [
-                        f"[{f.id}] {t}" + (f" (x{n})" if n > 1 else "")
-                        for t, n in f.drop_counts.items()
-                    ]
+                    gone.drops += f.drop_lines()
         return idle
 
     # -- input ---------------------------------------------------------------------------

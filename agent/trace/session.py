@@ -585,12 +585,7 @@ class TraceSession:
             "neighbour_discovery": corr.link_packets,
             "packets_per_point": per_point,
             "nat": nat,
-            "drops": gone.drops
-            + [
-                f"[{f.id}] {text}" + (f" (x{n})" if n > 1 else "")
-                for f in shown
-                for text, n in f.drop_counts.items()
-            ],
+            "drops": gone.drops + [line for f in shown for line in f.drop_lines()],
             "lost": total.lost + total.capped,  # seen in the kernel, not in the files
             "pcap_files": {
                 "segments": len(ev.files.segments) if ev else 0,
