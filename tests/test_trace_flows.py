@@ -271,3 +271,86 @@ def test_store_keeps_a_rule_path_once_per_flow_and_direction(tmp_path):
     assert len(stored) == 2 * 4
     assert [h["verdict"] for h in stored][2:4] == ["DNAT to:172.30.0.10:80", "DROP"]
     assert '"repeated_rule_paths": 2' in detail
+
+
+def test_store_sink_writes_what_settled_at_its_flush(tmp_path):
+    """Polls' journeys reach the store in one transaction at the flush: a flow first seen
+    then gets its id on every index row that waited for it, a journey's hops point at its
+    first index row, a late hop and an event land too; before the flush nothing is
+    written. With every_s=0 each poll is written at once."""
+    from pyinspect.store import Store
+    from pyinspect.trace.evidence import Segment
+    from pyinspect.trace.sinks import StoreSink
+    from pyinspect.trace.target import TraceTarget
+
+    def hop(chain, verdict):
+        return {
+            "table": "filter",
+            "chain": chain,
+            "rule_num": 1,
+            "rule_text": "r1",
+            "verdict": verdict,
+            "kind": "rule",
+            "backend": "legacy",
+            "hook": chain,
+        }
+
+    def cap(ts, point, pos):
+        return F.Capture(ts, point, "in", 60, b"", None, 0, pos)
+
+    def counts(store):
+        return [store.db[t].count for t in ("flows", "packet_index", "hops", "events")]
+
+    target = TraceTarget("web", "c", "/proc/1/ns/net", 1, ["172.30.0.10"])
+    event = {"ts_ns": 5, "kind": "fork", "pid": 1, "ppid": 0, "comm": "sh", "detail": {}}
+    with Store(tmp_path / "pyinspect.db") as store:
+        sid, pids = store.begin_trace(
+            container_id="c",
+            container_name="web",
+            started_ns=0,
+            points=[{"name": "up0"}, {"name": "eth0"}],
+        )
+        sink = StoreSink(store, sid, pids, target, 0, every_s=3600)
+        sink.segments([Segment(1, tmp_path / "seg-00001.pcapng", -1, 0, 0)])
+        f = F.FlowTable().conntrack(CT)
+        at = {0: 100, 1: 200, 2: 300, 3: 400}.get  # stream position -> offset in segment 1
+
+        def locate(cpu, pos):
+            return (1, at(pos)) if at(pos) else None
+
+        first = F.Journey(
+            f, "orig", (1, 1, 0, 40), [cap(10, 0, 0), cap(11, 1, 1)], [hop("FORWARD", "ACCEPT")]
+        )
+        sink.settled(F.Settled(journeys=[first]), locate)
+        assert counts(store) == [0, 0, 0, 0] and sink.pending and f.store_id is None
+        second = F.Journey(f, "reply", (2, 1, 0, 40), [cap(20, 1, 2), cap(21, 0, 3), cap(22, 0, 9)])
+        sink.settled(
+            F.Settled(journeys=[second], late_hops=[(first, hop("INPUT", "DROP"))], events=[event]),
+            locate,
+        )
+        assert counts(store) == [0, 0, 0, 0]
+        sink.flush()
+        assert not sink.pending and f.store_id is not None
+        # the capture at position 9 is not in the files: no row
+        assert counts(store) == [1, 4, 2, 1]
+        rows = list(
+            store.db.execute("SELECT id, offset, flow_id, ts_ns FROM packet_index ORDER BY id")
+        )
+        assert [(r[1], r[2], r[3]) for r in rows] == [
+            (100, f.store_id, 10),
+            (200, f.store_id, 11),
+            (300, f.store_id, 20),
+            (400, f.store_id, 21),
+        ]
+        hops = list(store.db.execute("SELECT packet_id, chain, detail FROM hops ORDER BY id"))
+        assert hops[0][:2] == (rows[0][0], "FORWARD")
+        assert hops[1][:2] == (None, "INPUT") and '"late": true' in hops[1][2]
+        # every_s=0: written by the poll that settled it
+        now = StoreSink(store, sid, pids, target, 0, every_s=0)
+        now.segments([Segment(1, tmp_path / "seg-00001.pcapng", -1, 0, 0)])
+        g = F.FlowTable().conntrack({**CT, "id": 43, "orig": ("10.0.0.3", 5556, "10.0.0.1", 8088)})
+        now.settled(
+            F.Settled(journeys=[F.Journey(g, "orig", (3, 1, 0, 40), [cap(30, 0, 0)])]), locate
+        )
+        assert not now.pending and g.store_id is not None
+        assert counts(store) == [2, 5, 2, 1]

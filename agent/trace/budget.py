@@ -34,6 +34,7 @@ class ReaderBudget:
         self._cpu_prev = None
         self._idle = None  # idle cores between the last two refills
         self._ncpu = os.cpu_count() or 1
+        self._window = [0.0, 0, 0]  # CPU s, work and polls learn() has not learnt yet
 
     @property
     def poll_interval(self):
@@ -62,16 +63,24 @@ class ReaderBudget:
         self._t = time.monotonic() - BUDGET_BURST_S
         self.refill(capture)
 
-    def learn(self, cpu_s, records, settled=0):
-        """What a poll costs by itself and what each record adds, from one poll that read
-        `records` and settled `settled` earlier ones (their journeys, lines and rows):
-        polls with at most 2 of each teach the first, polls with 20+ the second (less
-        the poll's own cost)."""
-        work = max(records, settled)
-        if work <= 2:
-            self.poll_cost = 0.8 * self.poll_cost + 0.2 * cpu_s
+    def learn(self, cpu_s, records, settled=0, whole=True):
+        """What a poll costs by itself and what each record adds, from polls that read
+        `records` and settled `settled` earlier ones (their journeys, lines and rows).
+        `whole` False: part of this poll's work is still to be paid (the store writes
+        it at a later poll's flush), so it is learnt with the polls up to that one.
+        Polls with at most 2 of each teach the first, polls with 20+ the second (less
+        the polls' own cost)."""
+        self._window[0] += cpu_s
+        self._window[1] += max(records, settled)
+        self._window[2] += 1
+        if not whole:
+            return
+        cpu_s, work, polls = self._window
+        self._window = [0.0, 0, 0]
+        if work <= 2 * polls:
+            self.poll_cost = 0.8 * self.poll_cost + 0.2 * cpu_s / polls
         elif work >= 20:
-            per = max(cpu_s - self.poll_cost, 0.0) / work
+            per = max(cpu_s - polls * self.poll_cost, 0.0) / work
             self.cost = 0.8 * self.cost + 0.2 * max(per, 1e-6)
 
     def auto_rate(self):

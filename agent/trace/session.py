@@ -30,7 +30,7 @@ from . import flows as F
 from .budget import ReaderBudget
 from .dns import DnsLookups
 from .evidence import SEGMENT_BYTES, EvidenceWriter, Interface, SegmentFiles
-from .sinks import LiveText, StoreSink
+from .sinks import STORE_EVERY_S, LiveText, StoreSink
 from .sources import (
     Conntrack,
     ContainerEvents,
@@ -310,7 +310,15 @@ class TraceSession:
                 for p in self.points
             ],
         )
-        self.sink = StoreSink(store, self.session_id, point_ids, target, self.offset)
+        self.sink = StoreSink(
+            store,
+            self.session_id,
+            point_ids,
+            target,
+            self.offset,
+            # a live stream comments its packets with their stored flow ids: stored now
+            every_s=0 if self.opt.stream_fd is not None else STORE_EVERY_S,
+        )
 
     def _segment_files(self):
         """Where this session's evidence goes: <state root>/pcap/<session id>/seg-*.pcapng,
@@ -410,7 +418,10 @@ class TraceSession:
         spent = time.thread_time() - cpu0
         self.reader_cpu += spent + self._collect()
         self.budget.learn(
-            spent, n, sum(len(j.captures) for j in settled.journeys) + len(settled.fast)
+            spent,
+            n,
+            sum(len(j.captures) for j in settled.journeys) + len(settled.fast),
+            whole=not (self.sink and self.sink.pending),
         )
         if corr.done:
             self.done = True

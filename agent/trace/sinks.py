@@ -9,6 +9,7 @@ offset, time, point, flow) pointing into those files.
 
 import json
 import os
+import time
 
 from ..store import DropRow, FlowRow
 from . import flows as F
@@ -16,6 +17,10 @@ from .dns import dns_item
 from .target import role
 
 LIVE_DROPS_PER_CAUSE = 3
+# the store's transaction: at most one a second (a poll is every 0.1-0.25 s), so its
+# commit and its statements are paid once for ~4-10 polls
+STORE_EVERY_S = 1.0
+DROP_DETAIL = ("explanation", "proto", "src", "sport", "dst", "dport", "netns", "tcpflags")
 
 
 class LiveText:
@@ -295,17 +300,29 @@ def rule_ref(f):
 class StoreSink:
     """Writes one session's analysis through the store's trace methods."""
 
-    def __init__(self, store, session_id, point_ids, target, offset):
+    def __init__(self, store, session_id, point_ids, target, offset, every_s=STORE_EVERY_S):
         self.store = store
         self.offset = offset  # fast-path times are CLOCK_MONOTONIC
         self.session_id = session_id
         self.point_ids = point_ids
         self.target = target
+        self.every_ns = int(every_s * 1e9)  # 0: a transaction a poll
         self.segment_ids = {}  # segment number -> store id
         self._segments_done = set()
         self._last_path = {}  # (flow id, direction) -> the last rule path stored
         self._hop_details: dict[tuple, str] = {}
         self.events_seen = 0
+        # what the next flush writes: index rows' values, row after row, with the Flow
+        # itself where its row's flow had no id yet (`_holes`: those positions); flows
+        # without an id, by first journey; hops as (journey, hop, row in `_values` or
+        # None, ts, late); drops as (flow, drop); event dicts
+        self._flushed_ns = time.monotonic_ns()
+        self._values: list = []
+        self._holes: list[int] = []
+        self._new_flows: dict[int, F.Flow] = {}
+        self._hops: list[tuple] = []
+        self._drops: list[tuple] = []
+        self._events: list[dict] = []
 
     def segments(self, segments):
         """Record new segment files, and finished ones (from the writer's snapshot)."""
@@ -352,28 +369,20 @@ class StoreSink:
         return f.store_id
 
     def settled(self, s, locate):
-        """Index rows for the settled journeys' packets, their hops, the drops and the
-        events. `locate(cpu, pos)` -> (segment number, offset) or None. Fast-path packets
-        (a long flow's bulk) get no index row of their own: they are in the files, and
-        `pcap export --flow` finds them by the flow's tuples and time range."""
-        with self.store.batch():  # one transaction a poll
-            self._settled(s, locate)
-
-    def _settled(self, s, locate):
+        """Take a poll's settled journeys (their packets located now: `locate(cpu, pos)`
+        -> (segment number, offset) or None), hops, drops and events; they reach the
+        store at the next flush, at most `every_s` later. Fast-path packets (a long
+        flow's bulk) get no index row of their own: they are in the files, and `pcap
+        export --flow` finds them by the flow's tuples and time range."""
         sid, pids, seg_ids = self.session_id, self.point_ids, self.segment_ids
-        values: list = []  # the index rows' values, row after row (Store.add_index_values)
+        values = self._values
         add = values.extend
-        first_row: dict[int, int] = {}  # journey index -> its first packet row (with hops)
-        new = {j.flow.id: j.flow for j in s.journeys if j.flow.store_id is None}
-        if new:  # the poll's new flows in one statement, numbered in the journeys' order
-            flows = list(new.values())
-            for f, fid in zip(
-                flows, self.store.insert_flows([self.flow_row(f) for f in flows]), strict=True
-            ):
-                f.store_id = fid
-        for n, j in enumerate(s.journeys):
+        holes, new_flows, hops = self._holes, self._new_flows, self._hops
+        for j in s.journeys:
             f = j.flow
             fid = f.store_id
+            if fid is None:
+                fid = new_flows.setdefault(f.id, f)  # its id at the flush
             first = len(values)
             for ts, point, d, ln, _data, _pkt, cpu, pos in j.captures:
                 loc = locate(cpu, pos)
@@ -381,52 +390,67 @@ class StoreSink:
                     continue  # not in the files (ring full, size cap): counted as lost
                 seg = seg_ids.get(loc[0])
                 if seg is not None:
+                    if fid is f:
+                        holes.append(len(values) + 5)
                     add((sid, seg, loc[1], ts, pids[point], fid, d, ln))
-            if j.nf and len(values) > first:
-                first_row[n] = first // 8
-        first_id = self.store.add_index_values(values) if values else 0
-        hops = []
-        for n, j in enumerate(s.journeys):
-            if not j.nf or self._same_path(j):
-                continue
-            pid = first_id + first_row[n] if n in first_row else None
-            ts = j.captures[0].ts_ns if j.captures else j.first_ns
-            hops += [self._hop_row(j, h, pid, ts, late=False) for h in j.nf]
+            if j.nf and not self._same_path(j):
+                row = first // 8 if len(values) > first else None
+                ts = j.captures[0].ts_ns if j.captures else j.first_ns
+                hops += [(j, h, row, ts, False) for h in j.nf]
         for j, h in s.late_hops:
-            if j.flow.store_id is None:
-                continue
             ts = j.captures[0].ts_ns if j.captures else j.first_ns
-            hops.append(self._hop_row(j, h, None, ts, late=True))
-        if hops:
-            self.store.insert_hops(hops)
-        drops = [
-            DropRow(
-                sid,
-                d["ts_ns"],
-                d["reason"],
-                d["location"],
-                d["ifindex"],
-                self.flow_id(f),
-                {
-                    k: d[k]
-                    for k in (
-                        "explanation",
-                        "proto",
-                        "src",
-                        "sport",
-                        "dst",
-                        "dport",
-                        "netns",
-                        "tcpflags",
-                    )
-                },
-            )
-            for f, d, _n, stored in s.drops
-            if stored
-        ]
-        if drops:
-            self.store.insert_drops(drops)
-        self.events(s.events)
+            hops.append((j, h, None, ts, True))
+        self._drops += [(f, d) for f, d, _n, stored in s.drops if stored]
+        self._events += s.events
+        if time.monotonic_ns() - self._flushed_ns >= self.every_ns:
+            self.flush()
+
+    @property
+    def pending(self):
+        """True while settled() holds what a flush has not written yet."""
+        return bool(self._values or self._new_flows or self._hops or self._drops or self._events)
+
+    def flush(self):
+        """Write what settled() took since the last flush, in one transaction."""
+        self._flushed_ns = time.monotonic_ns()
+        if not self.pending:
+            return
+        values, holes, hops = self._values, self._holes, self._hops
+        drops, events = self._drops, self._events
+        new = [f for f in self._new_flows.values() if f.store_id is None]
+        self._values, self._holes, self._new_flows = [], [], {}
+        self._hops, self._drops, self._events = [], [], []
+        with self.store.batch():
+            if new:  # the new flows in one statement, numbered in their journeys' order
+                ids = self.store.insert_flows([self.flow_row(f) for f in new])
+                for f, fid in zip(new, ids, strict=True):
+                    f.store_id = fid
+            for i in holes:
+                values[i] = values[i].store_id
+            first_id = self.store.add_index_values(values) if values else 0
+            rows = [
+                self._hop_row(j, h, None if row is None else first_id + row, ts, late)
+                for j, h, row, ts, late in hops
+                if j.flow.store_id is not None
+            ]
+            if rows:
+                self.store.insert_hops(rows)
+            if drops:
+                self.store.insert_drops(
+                    [
+                        DropRow(
+                            self.session_id,
+                            d["ts_ns"],
+                            d["reason"],
+                            d["location"],
+                            d["ifindex"],
+                            self.flow_id(f),
+                            {k: d[k] for k in DROP_DETAIL},
+                        )
+                        for f, d in drops
+                    ]
+                )
+            self.events(events)
 
     def _same_path(self, j):
         """True (and counted on the flow) when the journey's netfilter rule path is the
@@ -489,6 +513,7 @@ class StoreSink:
                 self._last_path.pop((f.id, d), None)
 
     def finish(self, flows, summary):
+        self.flush()
         for f in flows:
             if f.store_id is not None:
                 self.store.update_flow(f.store_id, self.flow_row(f))
