@@ -2,8 +2,8 @@
 
 Columns are the session's capture points in the order a packet from outside meets them
 (uplink, bridge, host veth, container eth0: the tracer stores them so). Each row is one
-packet's journey: its captures at the points (the packet_index rows the analysis wrote
-for it, consecutive ids), each with the tuple read from the segment file at that point,
+packet's journey: its captures at the points (the journey row the analysis wrote for
+it), each with the tuple read from the segment file at that point,
 so a NAT rewrite shows where it happened; the netfilter hops stored for it (the rule
 path); and the rule that rewrote it. Drops come from the drops table. Everything is
 read through the store's methods and `pcap.pcapng.Segment.packet_at`.
@@ -74,8 +74,7 @@ class Hop:
 
 @dataclass
 class Journey:
-    id: int  # the last packet_index id of the journey (the stream's cursor)
-    first_id: int
+    id: int  # its row in the store's journeys (the stream's cursor)
     flow_id: int | None
     ts_ns: int
     proto: str = ""
@@ -178,70 +177,62 @@ def journeys(
     limit: int = 2000,
     flows: dict | None = None,
 ) -> tuple[list[Journey], bool]:
-    """The journeys stored past packet_index id `after_id` (whole ones only) and whether
-    more are waiting (the limit cut them)."""
-    rows = store.packet_index_rows(session_id, flow_id, after_id, limit)
+    """The journeys stored past journey id `after_id` and whether more are waiting (the
+    limit cut them)."""
+    rows = store.journey_rows(session_id, flow_id, after_id, limit)
     more = len(rows) >= limit
+    paths = {g.id: g.path for g in store.segments([session_id])}
     frames = _Frames(store)
     try:
-        groups: list[list[tuple]] = []
-        for row in rows:
-            rid, path, offset, ts, point, fid, direction, length = row
-            pkt = frames.packet(path, offset)
-            ident = pkt.ident if pkt is not None else None
-            if groups:
-                last = groups[-1][-1]
-                if (
-                    last[0] == rid - 1
-                    and last[3] == fid
-                    and ident is not None
-                    and last[2] is not None
-                    and last[2].ident == ident
-                ):
-                    groups[-1].append((rid, row, pkt, fid))
-                    continue
-            groups.append([(rid, row, pkt, fid)])
+        packets = [
+            [frames.packet(paths.get(c.segment_id), c.offset) for c in caps]
+            for _jid, _fid, caps in rows
+        ]
     finally:
         frames.close()
-    if more and len(groups) > 1:
-        groups.pop()  # maybe cut by the limit: it comes whole next time
     if flows is None:
-        flows = store.flow_rows(g[0][3] for g in groups if g[0][3] is not None)
+        flows = store.flow_rows(fid for _jid, fid, _caps in rows if fid is not None)
     hops: dict[int, list[Hop]] = {}
-    for pid, table, chain, num, text, verdict, detail in store.hops_of_packets(
-        g[0][0] for g in groups
+    for jid, table, chain, num, text, verdict, detail in store.hops_of_journeys(
+        jid for jid, _fid, _caps in rows
     ):
         d = _json(detail)
         by_handle = isinstance(d, dict) and bool(d.get("handle"))
-        hops.setdefault(pid, []).append(
+        hops.setdefault(jid, []).append(
             Hop(table, chain, num, text or "", verdict or "", by_handle)
         )
-    return [_journey(g, hops.get(g[0][0], []), flows.get(g[0][3])) for g in groups], more
+    return [
+        _journey(jid, caps, pkts, hops.get(jid, []), flows.get(fid) if fid else None, fid)
+        for (jid, fid, caps), pkts in zip(rows, packets, strict=True)
+    ], more
 
 
-def _journey(group, hops: list[Hop], flow: dict | None) -> Journey:
-    first_id, first_row, first_pkt, fid = group[0]
-    caps = [Capture(row[4], row[3], row[6], row[7], _tuple(pkt)) for _rid, row, pkt, _f in group]
-    pkt = next((p for _r, _row, p, _f in group if p is not None), None)
+def _journey(
+    jid: int, caps: list, pkts: list, hops: list[Hop], flow: dict | None, fid: int | None
+) -> Journey:
+    """A stored journey (its IndexCaptures and their parsed packets) for the ladder."""
+    pkt = next((p for p in pkts if p is not None), None)
     j = Journey(
-        id=group[-1][0],
-        first_id=first_id,
+        id=jid,
         flow_id=fid,
-        ts_ns=first_row[3],
+        ts_ns=caps[0].ts_ns,
         proto=pkt.proto if pkt else "",
         flags=tcp_flag_text(pkt.flags) if pkt else "",
-        len=first_row[7],
-        captures=caps,
+        len=caps[0].len,
+        captures=[
+            Capture(c.point_id, c.ts_ns, c.direction, c.len, _tuple(p))
+            for c, p in zip(caps, pkts, strict=True)
+        ],
         hops=[dict(asdict(h), text=h.text) for h in hops],
     )
     # point ids follow the column order (outside first): towards the container is "in"
-    j.way = "in" if caps[0].point_id <= caps[-1].point_id else "out"
+    j.way = "in" if j.captures[0].point_id <= j.captures[-1].point_id else "out"
     nat_hop = next(
         (h for h in hops if h.table.split()[-1:] == ["nat"] and h.verdict.startswith(NAT_VERDICTS)),
         None,
     )
-    for i in range(1, len(group)):
-        before, after = group[i - 1][2], group[i][2]
+    for i in range(1, len(pkts)):
+        before, after = pkts[i - 1], pkts[i]
         if before is None or after is None or _tuple(before) == _tuple(after):
             continue
         j.rewrites.append(
@@ -390,7 +381,7 @@ def view(root: str | Path, session_id: int, flow_id: int | None = None) -> dict:
 
 
 def new_journeys(root: str | Path, session_id: int, flow_id: int | None, after_id: int) -> list:
-    """Journeys stored past packet_index id `after_id` (dicts; `id` is the cursor)."""
+    """Journeys stored past journey id `after_id` (dicts; `id` is the cursor)."""
     with root_store(root) as store:
         rows, _ = journeys(store, session_id, flow_id, after_id, limit=500)
     return [asdict(j) for j in rows]

@@ -74,7 +74,7 @@ def _epb(if_id, ts, data, direction):
 
 def build(workdir, n, points=4, cpus=2):
     from pyinspect.pcap.pcapng import PcapNgWriter
-    from pyinspect.store import FlowRow, IndexRow, Store, TracePoint
+    from pyinspect.store import FlowRow, IndexCapture, JourneyRow, Store, TracePoint
 
     db_path = workdir / "pyinspect.db"
     store = Store(db_path)
@@ -147,21 +147,25 @@ def build(workdir, n, points=4, cpus=2):
             for i, ts, point, d, off, ln in offsets:
                 if i % 8 == 0:
                     index.append(
-                        IndexRow(
+                        JourneyRow(
                             sid,
-                            seg[1],
-                            size + off,
-                            ts,
-                            pids[point],
                             fids[(i // 8) % 1000],
-                            "in" if d == 1 else "out",
-                            ln,
+                            [
+                                IndexCapture(
+                                    seg[1],
+                                    size + off,
+                                    ts,
+                                    pids[point],
+                                    "in" if d == 1 else "out",
+                                    ln,
+                                )
+                            ],
                         )
                     )
             size += len(buf)
     seg[0].close()
     store.finish_segment(seg[1], size, last_ts)
-    store.add_index(index)
+    store.add_journeys(index)
     store.end_trace(
         sid, "stopped", {"packets_per_point": {"all": {"captured": n}}}, stopped_ns=T0 + n * 1000
     )

@@ -33,7 +33,7 @@ TABLES = (
     "trace_sessions",
     "capture_points",
     "pcap_segments",
-    "packet_index",
+    "journeys",
     "probe_loss",
 )
 

@@ -12,7 +12,7 @@ from pyinspect import ladder
 from pyinspect.config import database_path
 from pyinspect.pcap.pcapng import PcapNgWriter
 from pyinspect.store import Store
-from pyinspect.store.rows import DropRow, FlowRow, HopRow, IndexRow
+from pyinspect.store.rows import DropRow, FlowRow, HopRow, IndexCapture, JourneyRow
 from pyinspect.web.app import create_app
 
 CLIENT, HOST, CTR = "10.9.0.2", "10.9.0.1", "172.30.9.10"
@@ -81,18 +81,18 @@ def session(state_root):
             FlowRow(sid, "tcp", CLIENT, 40000, HOST, 8088, CTR, 80, CLIENT, 40000,
                     nat="DNAT 10.9.0.1:8088 -> 172.30.9.10:80", first_ns=t0, last_ns=t0 + 9000)
         )  # fmt: skip
-        rows = [
-            IndexRow(sid, seg, offsets[n], t0 + 1000 * (n + 1), points[p], fid, d, 54)
+        caps = [
+            IndexCapture(seg, offsets[n], t0 + 1000 * (n + 1), points[p], d, 54)
             for n, (p, _t, _f, d) in enumerate(packets)
         ]
-        pids = s.add_index(rows)
+        jids = s.add_journeys([JourneyRow(sid, fid, caps[:4]), JourneyRow(sid, fid, caps[4:])])
         fwd = "-A FORWARD -j ACCEPT"
         rule = "-A PREROUTING ! -i br0 -p tcp --dport 8088 -j DNAT --to-destination 172.30.9.10:80"
         s.insert_hops(
             [
-                HopRow(sid, fid, pids[0], t0, "raw", "PREROUTING", None, "", "ACCEPT"),
-                HopRow(sid, fid, pids[0], t0, "nat", "PREROUTING", 1, rule, "DNAT 172.30.9.10:80"),
-                HopRow(sid, fid, pids[0], t0, "filter", "FORWARD", 1, fwd, "ACCEPT"),
+                HopRow(sid, fid, jids[0], t0, "raw", "PREROUTING", None, "", "ACCEPT"),
+                HopRow(sid, fid, jids[0], t0, "nat", "PREROUTING", 1, rule, "DNAT 172.30.9.10:80"),
+                HopRow(sid, fid, jids[0], t0, "filter", "FORWARD", 1, fwd, "ACCEPT"),
             ]
         )  # fmt: skip
         s.insert_drops(
@@ -101,7 +101,7 @@ def session(state_root):
                       "sport": 40001, "dst": CTR, "dport": 80})]
         )  # fmt: skip
         s.end_trace(sid)
-    return {"root": state_root, "sid": sid, "fid": fid, "points": points, "pids": pids}
+    return {"root": state_root, "sid": sid, "fid": fid, "points": points, "jids": jids}
 
 
 def test_ladder_of_a_session(session):
@@ -139,8 +139,8 @@ def test_ladder_of_a_session(session):
 def test_live_cursors_give_whole_journeys_once(session):
     root, sid = session["root"], session["sid"]
     first = ladder.new_journeys(root, sid, None, 0)
-    assert [j["id"] for j in first] == [session["pids"][3], session["pids"][7]]
-    assert ladder.new_journeys(root, sid, None, first[0]["id"])[0]["id"] == session["pids"][7]
+    assert [j["id"] for j in first] == session["jids"]
+    assert ladder.new_journeys(root, sid, None, first[0]["id"])[0]["id"] == session["jids"][1]
     assert ladder.new_journeys(root, sid, None, first[-1]["id"]) == []
     assert len(ladder.new_drops(root, sid, session["fid"], 0)) == 1
     assert ladder.new_drops(root, sid, None, 10**9) == []

@@ -18,7 +18,8 @@ from pyinspect.config import database_path
 from pyinspect.errors import CorruptInputError
 from pyinspect.pcap.export import SKIP_SLACK_NS, export, list_sessions
 from pyinspect.pcap.pcapng import Segment, read_packets
-from pyinspect.store import MIGRATIONS, FlowRow, HopRow, IndexRow, Store
+from pyinspect.store import MIGRATIONS, FlowRow, HopRow, IndexCapture, JourneyRow, Store
+from pyinspect.store.rows import unpack_captures
 
 from conftest import have, tshark_fields
 from helpers.oldstore import make_old_store
@@ -306,12 +307,10 @@ def test_store_trace_writes(tmp_path):
                 detail={"packets": 1},
             )
         )
+        caps = [IndexCapture(seg, 100 + 40 * i, T0 + i, pids[i % 2], "in", 60) for i in range(5)]
         with store.batch():
-            ids = store.add_index(
-                [
-                    IndexRow(sid, seg, 100 + 40 * i, T0 + i, pids[i % 2], fid, "in", 60)
-                    for i in range(5)
-                ]
+            ids = store.add_journeys(
+                [JourneyRow(sid, fid, caps[:3]), JourneyRow(sid, fid, caps[3:])]
             )
             store.insert_hops(
                 [
@@ -336,11 +335,18 @@ def test_store_trace_writes(tmp_path):
         store.end_trace(sid, "stopped", {"packets_per_point": {"a": {"captured": 5}}})
         db = store.db
         assert db.execute("SELECT seq FROM capture_points ORDER BY id").fetchall() == [(0,), (1,)]
-        assert len(ids) == 5 and ids == list(range(ids[0], ids[0] + 5))
-        assert db.execute("SELECT offset FROM packet_index WHERE id = ?", (ids[3],)).fetchone() == (
-            220,
+        assert len(ids) == 2 and ids[1] == ids[0] + 1
+        assert store.journey_rows(sid) == [(ids[0], fid, caps[:3]), (ids[1], fid, caps[3:])]
+        assert store.journey_rows(sid, after_id=ids[0]) == [(ids[1], fid, caps[3:])]
+        assert store.indexed_count(session_id=sid) == store.indexed_count(flow_id=fid) == 5
+        assert store.indexed_packets([fid]) == [(seg, 100 + 40 * i, T0 + i) for i in range(5)]
+        (span,) = store.segment_index([sid]).values()
+        assert (span.first_ns, span.last_ns, span.offsets) == (
+            T0,
+            T0 + 4,
+            [100, 140, 180, 220, 260],
         )
-        assert db.execute("SELECT packet_id, detail FROM hops").fetchone() == (
+        assert db.execute("SELECT journey_id, detail FROM hops").fetchone() == (
             ids[0],
             '{"kind": "rule"}',
         )
@@ -383,14 +389,19 @@ def test_old_store_migrates_and_exports_the_same(state_root):
     conn.close()
     with Store(db) as store:
         assert store.version == len(MIGRATIONS) and "packets" not in store.db.table_names()
-        index = {
-            r[0]: r[1:]
-            for r in store.db.execute(
-                "SELECT id, session_id, ts_ns, point_id, flow_id, direction, len FROM packet_index"
-            )
-        }
-        assert index == old  # same ids: hops.packet_id still right
-        assert store.db.execute("SELECT id, packet_id FROM hops ORDER BY id").fetchall() == hops
+        journeys = store.db.execute(
+            "SELECT id, session_id, flow_id, capture_count, captures FROM journeys"
+        ).fetchall()
+        index = sorted(
+            (sid, c.ts_ns, c.point_id, fid, c.direction, c.len)
+            for _jid, sid, fid, n, blob in journeys
+            for c in unpack_captures(blob)
+        )
+        assert index == sorted(old.values())  # every old packet, once
+        assert {j[0] for j in journeys} <= set(old)  # a journey keeps its first packet's id
+        # hops point at their journeys
+        assert store.db.execute("SELECT id, journey_id FROM hops ORDER BY id").fetchall() == hops
+        assert {h[1] for h in hops if h[1]} <= {j[0] for j in journeys}
         for key, hexed in GOLDEN.items():
             kw = dict(part.split("=", 1) for part in key.split(","))
             for k in ("session_id", "since", "until"):
@@ -401,19 +412,88 @@ def test_old_store_migrates_and_exports_the_same(state_root):
             data = buf.getvalue()
             shb_len = struct.unpack("<I", data[4:8])[0]
             assert data[shb_len:].hex() == hexed, key
-        # every index row points at its packet in the file
-        for seg in store.segments([1, 2, 3]):
-            with Segment(store.segment_path(seg.path)) as f:
-                f.keys()
-                for off, ts in store.db.execute(
-                    "SELECT offset, ts_ns FROM packet_index WHERE segment_id = ?", (seg.id,)
-                ):
-                    assert f.packet_at(off).ts_ns == ts
+        # every indexed capture points at its packet in the file
+        paths = {g.id: g.path for g in store.segments([1, 2, 3])}
+        for _jid, _sid, _fid, _n, blob in journeys:
+            for c in unpack_captures(blob):
+                with Segment(store.segment_path(paths[c.segment_id])) as f:
+                    f.keys()
+                    assert f.packet_at(c.offset).ts_ns == c.ts_ns
     assert sorted(str(p.relative_to(state_root)) for p in state_root.rglob("*.pcapng")) == [
         f"pcap/{n}/seg-00001.pcapng" for n in (1, 2, 3)
     ]
     with Store(db) as store:  # opening again changes nothing
-        assert store.version == len(MIGRATIONS) and store.db["packet_index"].count == 21
+        assert (
+            store.version == len(MIGRATIONS)
+            and store.indexed_count(session_id=1)
+            + store.indexed_count(session_id=2)
+            + store.indexed_count(session_id=3)
+            == 21
+        )
+        assert store.db["journeys"].count == len(journeys)
+
+
+def test_packet_index_rows_migrate_into_journeys(tmp_path):
+    """A store of schema 7 (one packet_index row per capture): consecutive rows of one
+    flow become one journey until a point repeats, the flow changes or a hop points at
+    the row; each journey keeps its first row's id, which the hops name."""
+    import sqlite_utils
+
+    from pyinspect.store.migrations import MIGRATIONS as STEPS
+
+    path = tmp_path / "pyinspect.db"
+    db = sqlite_utils.Database(path)
+    db["schema_version"].create(
+        {"version": int, "description": str, "applied_ns": int}, pk="version"
+    )
+    for version, (description, step) in enumerate(STEPS[:7], start=1):
+        step(db)
+        db["schema_version"].insert(
+            {"version": version, "description": description, "applied_ns": 0}
+        )
+    rows = [  # id, session, segment, offset, ts, point, flow, direction, len
+        (10, 1, 1, 100, 1000, 1, 7, "in", 60),  # journey 10: points 1..3
+        (11, 1, 1, 200, 1001, 2, 7, "out", 60),
+        (12, 1, 1, 300, 1002, 3, 7, "in", 60),
+        (13, 1, 1, 400, 1003, 3, 7, "out", 52),  # point 3 again: journey 13
+        (14, 1, 1, 500, 1004, 2, 7, "in", 52),
+        (15, 1, 1, 600, 1005, 1, 7, "out", 52),  # a hop points here: journey 15
+        (16, 1, 1, 700, 1006, 1, 8, "in", 52),  # another flow: journey 16
+        (17, 2, 2, 800, 1007, 1, 8, "in", 52),  # another session: journey 17
+    ]
+    db.conn.executemany("INSERT INTO packet_index VALUES (?,?,?,?,?,?,?,?,?)", rows)
+    db.conn.executemany(
+        "INSERT INTO hops (session_id, flow_id, packet_id, table_name) VALUES (1, 7, ?, 'nat')",
+        [(10,), (15,), (None,)],
+    )
+    db.conn.commit()
+    db.close()
+    with Store(path) as store:
+        got = [
+            (
+                jid,
+                sid,
+                fid,
+                ts,
+                n,
+                [(c.offset, c.point_id, c.direction, c.len) for c in unpack_captures(b)],
+            )
+            for jid, sid, fid, ts, n, b in store.db.execute("SELECT * FROM journeys ORDER BY id")
+        ]
+        assert got == [
+            (10, 1, 7, 1000, 3, [(100, 1, "in", 60), (200, 2, "out", 60), (300, 3, "in", 60)]),
+            (13, 1, 7, 1003, 2, [(400, 3, "out", 52), (500, 2, "in", 52)]),
+            (15, 1, 7, 1005, 1, [(600, 1, "out", 52)]),
+            (16, 1, 8, 1006, 1, [(700, 1, "in", 52)]),
+            (17, 2, 8, 1007, 1, [(800, 1, "in", 52)]),
+        ]
+        assert [r[0] for r in store.db.execute("SELECT journey_id FROM hops ORDER BY id")] == [
+            10,
+            15,
+            None,
+        ]
+        assert "packet_index" not in store.db.table_names()
+        assert store.indexed_count(flow_id=7) == 6
 
 
 def test_migration_marks_old_running_sessions_killed(state_root):

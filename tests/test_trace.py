@@ -163,7 +163,7 @@ def test_dnat_inbound_path_rule_and_unnat(state_root, topo, tmp_path):
         frow = list(db["flows"].rows_where("session_id = ?", [sess["id"]]))
         assert frow[0]["orig_dport"] == 8088 and frow[0]["reply_sport"] == 80
         # packets live in the session's pcap files; the index points into them
-        assert db["packet_index"].count_where("session_id = ?", [sess["id"]]) >= 20
+        assert st.indexed_count(session_id=sess["id"]) >= 20
         assert db["pcap_segments"].count_where("session_id = ?", [sess["id"]]) >= 1
         assert (
             db["hops"].count_where(

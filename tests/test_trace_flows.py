@@ -299,7 +299,12 @@ def test_store_sink_writes_what_settled_at_its_flush(tmp_path):
         return F.Capture(ts, point, "in", 60, b"", None, 0, pos)
 
     def counts(store):
-        return [store.db[t].count for t in ("flows", "packet_index", "hops", "events")]
+        return [
+            store.db["flows"].count,
+            store.indexed_count(session_id=sid),
+            store.db["hops"].count,
+            store.db["events"].count,
+        ]
 
     target = TraceTarget("web", "c", "/proc/1/ns/net", 1, ["172.30.0.10"])
     event = {"ts_ns": 5, "kind": "fork", "pid": 1, "ppid": 0, "comm": "sh", "detail": {}}
@@ -333,16 +338,14 @@ def test_store_sink_writes_what_settled_at_its_flush(tmp_path):
         assert not sink.pending and f.store_id is not None
         # the capture at position 9 is not in the files: no row
         assert counts(store) == [1, 4, 2, 1]
-        rows = list(
-            store.db.execute("SELECT id, offset, flow_id, ts_ns FROM packet_index ORDER BY id")
-        )
-        assert [(r[1], r[2], r[3]) for r in rows] == [
-            (100, f.store_id, 10),
-            (200, f.store_id, 11),
-            (300, f.store_id, 20),
-            (400, f.store_id, 21),
+        rows = store.journey_rows(sid)
+        assert [
+            (fid, [(c.offset, c.ts_ns, c.direction) for c in caps]) for _j, fid, caps in rows
+        ] == [
+            (f.store_id, [(100, 10, "in"), (200, 11, "in")]),
+            (f.store_id, [(300, 20, "in"), (400, 21, "in")]),
         ]
-        hops = list(store.db.execute("SELECT packet_id, chain, detail FROM hops ORDER BY id"))
+        hops = list(store.db.execute("SELECT journey_id, chain, detail FROM hops ORDER BY id"))
         assert hops[0][:2] == (rows[0][0], "FORWARD")
         assert hops[1][:2] == (None, "INPUT") and '"late": true' in hops[1][2]
         # every_s=0: written by the poll that settled it

@@ -5,7 +5,7 @@ import time
 
 from pyinspect.config import database_path
 from pyinspect.store import Store
-from pyinspect.store.rows import FlowRow, IndexRow
+from pyinspect.store.rows import FlowRow, IndexCapture, JourneyRow
 from pyinspect.web.app import create_app
 
 
@@ -45,7 +45,7 @@ def test_timeline_and_flow_streams_send_new_rows(state_root):
         fid = store.insert_flow(
             FlowRow(1, "tcp", "10.9.0.2", 4000, "10.9.0.1", 8088, first_ns=now, last_ns=now)
         )
-        store.add_index([IndexRow(1, 1, 0, now, 1, fid, "in", 74)])
+        store.add_journeys([JourneyRow(1, fid, [IndexCapture(1, 0, now, 1, "in", 74)])])
     for chunk in chunks:
         if chunk.startswith("id: "):
             (flow,) = _data(chunk)

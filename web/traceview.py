@@ -37,7 +37,7 @@ def trace_ladder(session_id):
 
 @bp.get("/api/traces/<int:session_id>/ladder/stream")
 def trace_ladder_stream(session_id):
-    """New journeys (packet_index id past after_id) as server-sent events."""
+    """New journeys (journey id past after_id) as server-sent events."""
     return _stream("ladder", session_id)
 
 

@@ -277,8 +277,8 @@ class _Source:
 class _Export:
     """The state of one export(): filters, comments, interface names."""
 
-    def __init__(self, store, since, until, flow_offsets, flow_match, user_match, comments, ifmap):
-        self.store = store
+    def __init__(self, index, since, until, flow_offsets, flow_match, user_match, comments, ifmap):
+        self.index = index  # segment id -> SegmentIndex
         self.since, self.until = since, until
         self.flow_offsets = flow_offsets  # segment id -> {offset} (indexed to the flow)
         self.flow_match = flow_match  # (data, wirelen, linktype) -> bool, or None
@@ -308,8 +308,9 @@ class _Export:
                 f.sec.endian == "<" and mult == 1 and div == 1 and shift is None and not tsoffset
                 for _i, mult, div, shift, tsoffset in f.sec.interfaces
             ]
-            offs, fids = self.store.flow_offsets(seg.id)
-            offs = array("q", offs)
+            index = self.index.get(seg.id)
+            offs = array("q", index.offsets if index else ())
+            fids = index.flow_ids if index else []
             comments = self.comments
             start = 0
             if self.since is not None:
@@ -449,7 +450,8 @@ def export(
             return compiled(user_filters, bpf_filter, lt).match(data, wirelen)
 
     segments = store.segments(sids)
-    lo_hi = {g.id: _bounds(store, g) for g in segments}
+    index = store.segment_index(sids)
+    lo_hi = {g.id: _bounds(store, g, index.get(g.id)) for g in segments}
     flow_match = None
     flow_offsets: dict[int, set[int]] = {}
     scan = segments
@@ -501,7 +503,7 @@ def export(
                     (sid, seq), name or f"point{seq}", desc or "", linktype or 1, snaplen or 0
                 )
             job = _Export(
-                store, since, until, flow_offsets, flow_match, user_match, comments, ifmap
+                index, since, until, flow_offsets, flow_match, user_match, comments, ifmap
             )
             n = w.write_rows(_merge(sources, job.rows), ifmap)
             return n, len(w.interfaces), job.missing
@@ -525,10 +527,11 @@ def export(
     return {"output": name, "packets": n, "interfaces": nif, "sessions": sids, "missing": missing}
 
 
-def _bounds(store, seg):
+def _bounds(store, seg, index):
     """(lo, hi): a time range that holds every packet of a segment file (SKIP_SLACK_NS
-    wider than the file's own and its indexed packets' times; open-ended while written)."""
-    imin, imax = store.index_span(seg.id)
+    wider than the file's own and its indexed packets' times (`index`: its SegmentIndex
+    or None); open-ended while written)."""
+    imin, imax = (index.first_ns, index.last_ns) if index else (None, None)
     lo = min(x for x in (seg.started_ns, imin, _INF) if x is not None)
     ended = seg.ended_ns
     if ended is None and seg.complete:

@@ -5,8 +5,9 @@ is kept in the `schema_version` table (`migrations.py`).
 
 Packet bytes are not in SQLite: a trace writes them to pcapng segment files under
 `<database dir>/pcap/<session id>/` (docs/pcapng.md), and the store keeps the segment
-rows (`pcap_segments`) and an index of the packets the analysis looked at
-(`packet_index`: segment, byte offset of the EPB, time, point, flow). Opening a store
+rows (`pcap_segments`) and an index of the packets the analysis looked at (`journeys`:
+one row per packet's way through the capture points, its flow, and each capture's
+segment, EPB byte offset, time, point, direction and length packed in one column). Opening a store
 marks traces whose process is gone as `killed` (`reap_killed_traces`).
 
 The rest of pyinspect reads and writes through `Store`'s per-table methods
@@ -17,7 +18,18 @@ rows of `rows.py`; no module outside this package writes SQL (tests/test_layerin
 
 from .database import Store, TimelineQuery
 from .migrations import MIGRATIONS, SEGMENT_DIR, segment_name
-from .rows import DropRow, FlowRow, HopRow, IndexRow, SegmentInfo, SessionRef, TraceIds, TracePoint
+from .rows import (
+    DropRow,
+    FlowRow,
+    HopRow,
+    IndexCapture,
+    JourneyRow,
+    SegmentIndex,
+    SegmentInfo,
+    SessionRef,
+    TraceIds,
+    TracePoint,
+)
 
 __all__ = [
     "MIGRATIONS",
@@ -25,7 +37,9 @@ __all__ = [
     "DropRow",
     "FlowRow",
     "HopRow",
-    "IndexRow",
+    "IndexCapture",
+    "JourneyRow",
+    "SegmentIndex",
     "SegmentInfo",
     "SessionRef",
     "Store",

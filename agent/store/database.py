@@ -1,7 +1,6 @@
 """`Store`: the pyinspect database and its per-table methods (the only SQL)."""
 
 import contextlib
-import itertools
 import json
 import os
 import sqlite3
@@ -21,25 +20,28 @@ from .rows import (
     _FLOW_SET,
     _SEGMENT_COLS,
     _SESSION_REF_COLS,
+    CAPTURE,
     DropRow,
     FlowRow,
     HopRow,
-    IndexRow,
+    IndexCapture,
+    JourneyRow,
+    SegmentIndex,
     SegmentInfo,
     SessionRef,
     TraceIds,
     TracePoint,
     _with_json,
+    unpack_captures,
 )
 
-INDEX_ROWS_PER_INSERT = 50
-_INDEX_INSERT = (
-    "INSERT INTO packet_index (session_id, segment_id, offset, ts_ns, point_id,"
-    " flow_id, direction, len) VALUES (?,?,?,?,?,?,?,?)"
+JOURNEYS_PER_INSERT = 50
+_JOURNEY_INSERT = (
+    "INSERT INTO journeys (session_id, flow_id, ts_ns, capture_count, captures) VALUES (?,?,?,?,?)"
 )
-# statements of 50, then 10 rows, then single rows (a poll's ~240 rows leave < 50 over)
-_INDEX_INSERTS = [
-    (k, _INDEX_INSERT + ",(?,?,?,?,?,?,?,?)" * (k - 1)) for k in (INDEX_ROWS_PER_INSERT, 10, 1)
+# statements of 50, then 10 rows, then single rows (a second's ~600 journeys leave < 50)
+_JOURNEY_INSERTS = [
+    (k, _JOURNEY_INSERT + ",(?,?,?,?,?)" * (k - 1)) for k in (JOURNEYS_PER_INSERT, 10, 1)
 ]
 
 
@@ -255,30 +257,46 @@ class Store:
             (nbytes, ended_ns, segment_id),
         )
 
-    def add_index(self, rows: list[IndexRow]) -> list[int]:
-        """IndexRow rows in one transaction; returns their ids in order (hops refer to
-        them as packet_id)."""
-        first = self.add_index_values(list(itertools.chain.from_iterable(rows)))
+    def add_journeys(self, rows: list[JourneyRow]) -> list[int]:
+        """JourneyRows in one transaction; returns their ids in order (hops refer to them
+        as journey_id)."""
+        values: list = []
+        for r in rows:
+            caps = r.captures
+            values += (
+                r.session_id,
+                r.flow_id,
+                caps[0].ts_ns,
+                len(caps),
+                b"".join(
+                    CAPTURE.pack(
+                        c.segment_id, c.offset, c.ts_ns, c.point_id, c.len, c.direction == "out"
+                    )
+                    for c in caps
+                ),
+            )
+        first = self.add_journey_values(values)
         return list(range(first, first + len(rows)))
 
-    def add_index_values(self, values: list) -> int:
-        """add_index() for rows given as one flat list of their values (IndexRow's
-        fields, row after row: what the tracer makes per packet, without a tuple a row);
-        returns the first row's id (the rest follow it), or 0 for none."""
-        n_rows = len(values) // 8
+    def add_journey_values(self, values: list) -> int:
+        """add_journeys() for rows given as one flat list of their column values (session
+        id, flow id, first capture's ts_ns, capture count, packed captures: rows.CAPTURE),
+        row after row: what the tracer makes, without a tuple a row; returns the first
+        row's id (the rest follow it), or 0 for none."""
+        n_rows = len(values) // 5
         if not n_rows:
             return 0
-        # many rows a statement: SQLite's per-statement work, not per row (2.5 -> 1.1 us
-        # a row with this table's two indexes); rows go in order, so ids follow them
+        # many rows a statement: SQLite's per-statement work, not per row; rows go in
+        # order, so ids follow them
         with self.batch():
             conn = self.db.conn
             done = 0
-            for k, sql in _INDEX_INSERTS:
+            for k, sql in _JOURNEY_INSERTS:
                 n = (n_rows - done) // k * k
                 if n:
-                    step = k * 8
+                    step = k * 5
                     conn.executemany(
-                        sql, [values[i : i + step] for i in range(done * 8, (done + n) * 8, step)]
+                        sql, [values[i : i + step] for i in range(done * 5, (done + n) * 5, step)]
                     )
                     done += n
             last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -312,7 +330,7 @@ class Store:
         """HopRow rows in one transaction; a row may also be a tuple of HopRow's values
         with its detail as JSON text already (the tracer's, made per netfilter hop)."""
         self._run_many(
-            "INSERT INTO hops (session_id, flow_id, packet_id, ts_ns, table_name, chain,"
+            "INSERT INTO hops (session_id, flow_id, journey_id, ts_ns, table_name, chain,"
             " rule_num, rule_text, verdict, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
             [r if type(r) is tuple else _with_json(r) for r in rows],
         )
@@ -407,45 +425,54 @@ class Store:
             )
         ]
 
-    def index_span(self, segment_id: int) -> tuple[int | None, int | None]:
-        """(min ts_ns, max ts_ns) of a segment's indexed packets, or (None, None)."""
-        return self.db.conn.execute(
-            "SELECT min(ts_ns), max(ts_ns) FROM packet_index WHERE segment_id = ?", (segment_id,)
-        ).fetchone()
-
-    def flow_offsets(self, segment_id: int) -> tuple[list[int], list[int]]:
-        """(offsets, flow ids) of a segment's packets indexed to a flow, by offset."""
-        rows = self.db.conn.execute(
-            "SELECT offset, flow_id FROM packet_index WHERE segment_id = ?"
-            " AND flow_id IS NOT NULL ORDER BY offset",
-            (segment_id,),
-        ).fetchall()
-        return [r[0] for r in rows], [r[1] for r in rows]
+    def segment_index(self, session_ids: Iterable[int]) -> dict[int, SegmentIndex]:
+        """Per segment id of these sessions: the span of its indexed packets' times and
+        the offsets (sorted) and flow ids of those indexed to a flow."""
+        ids = list(session_ids)
+        out: dict[int, SegmentIndex] = {}
+        if not ids:
+            return out
+        w = _Where()
+        w.add_in("session_id", ids)
+        spans: dict[int, list[int]] = {}
+        by_seg: dict[int, list[tuple[int, int]]] = {}
+        for fid, blob in self.db.execute(
+            "SELECT flow_id, captures FROM journeys" + w.sql(), w.params
+        ):
+            for seg, off, ts, _point, _ln, _out in CAPTURE.iter_unpack(blob):
+                span = spans.get(seg)
+                if span is None:
+                    spans[seg] = [ts, ts]
+                elif ts < span[0]:
+                    span[0] = ts
+                elif ts > span[1]:
+                    span[1] = ts
+                if fid is not None:
+                    by_seg.setdefault(seg, []).append((off, fid))
+        for seg, (lo, hi) in spans.items():
+            pairs = sorted(by_seg.get(seg, ()))
+            out[seg] = SegmentIndex(lo, hi, [o for o, _f in pairs], [f for _o, f in pairs])
+        return out
 
     def indexed_packets(self, flow_ids: Iterable[int]) -> list[tuple[int, int, int]]:
-        """(segment_id, offset, ts_ns) of the packets indexed to these flows."""
+        """(segment_id, offset, ts_ns) of the packets indexed to these flows, by segment,
+        time and offset."""
         flow_ids = list(flow_ids)
         if not flow_ids:
             return []
-        qs = ",".join("?" * len(flow_ids))
-        return self.db.conn.execute(
-            f"SELECT segment_id, offset, ts_ns FROM packet_index WHERE flow_id IN ({qs})"
-            " ORDER BY segment_id, ts_ns, offset",
-            flow_ids,
-        ).fetchall()
+        w = _Where()
+        w.add_in("flow_id", flow_ids)
+        out = []
+        for (blob,) in self.db.execute("SELECT captures FROM journeys" + w.sql(), w.params):
+            out += [(seg, off, ts) for seg, off, ts, *_rest in CAPTURE.iter_unpack(blob)]
+        return sorted(out)
 
     def indexed_count(self, session_id: int | None = None, flow_id: int | None = None) -> int:
-        """Index rows of a session or a flow."""
-        if flow_id is not None:
-            sql = "SELECT count(*) FROM packet_index WHERE flow_id = ?"
-            val: int | None = flow_id
-        else:
-            sql = (
-                "SELECT count(*) FROM packet_index WHERE segment_id IN"
-                " (SELECT id FROM pcap_segments WHERE session_id = ?)"
-            )
-            val = session_id
-        return self.db.conn.execute(sql, (val,)).fetchone()[0]
+        """Indexed packets (captures) of a session or a flow."""
+        col, val = ("flow_id", flow_id) if flow_id is not None else ("session_id", session_id)
+        return self.db.conn.execute(
+            f"SELECT coalesce(sum(capture_count), 0) FROM journeys WHERE {col} = ?", (val,)
+        ).fetchone()[0]
 
     # -- trace sessions (read: pcap ls/export) --------------------------------------------
     def session_list(self) -> list[dict]:
@@ -627,7 +654,8 @@ class Store:
         if after_id is not None:
             w.add("f.id > ?", after_id)
         cur = self.db.execute(
-            "SELECT f.*, (SELECT count(*) FROM packet_index p WHERE p.flow_id = f.id)"
+            "SELECT f.*, (SELECT coalesce(sum(j.capture_count), 0) FROM journeys j"
+            " WHERE j.flow_id = f.id)"
             f" AS packets FROM flows f{w.sql()} ORDER BY f.id DESC LIMIT ?",
             [*w.params, limit],
         )
@@ -698,34 +726,34 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
-    def packet_index_rows(
+    def journey_rows(
         self, session_id: int, flow_id: int | None = None, after_id: int = 0, limit: int = 2000
-    ) -> list[tuple]:
-        """(id, segment path, offset, ts_ns, point_id, flow_id, direction, len) of a
-        session's (or one flow's) indexed packets past `after_id`, by id (a journey's
-        rows are consecutive)."""
+    ) -> list[tuple[int, int | None, list[IndexCapture]]]:
+        """(id, flow_id, captures) of a session's (or one flow's) journeys past
+        `after_id`, by id."""
         w = _Where()
-        w.add("p.session_id = ?", session_id)
-        w.add("p.id > ?", after_id)
+        w.add("session_id = ?", session_id)
+        w.add("id > ?", after_id)
         if flow_id is not None:
-            w.add("p.flow_id = ?", flow_id)
-        return self.db.execute(
-            "SELECT p.id, g.path, p.offset, p.ts_ns, p.point_id, p.flow_id, p.direction, p.len"
-            " FROM packet_index p LEFT JOIN pcap_segments g ON g.id = p.segment_id"
-            f"{w.sql()} ORDER BY p.id LIMIT ?",
-            [*w.params, limit],
-        ).fetchall()
+            w.add("flow_id = ?", flow_id)
+        return [
+            (jid, fid, unpack_captures(blob))
+            for jid, fid, blob in self.db.execute(
+                f"SELECT id, flow_id, captures FROM journeys{w.sql()} ORDER BY id LIMIT ?",
+                [*w.params, limit],
+            ).fetchall()
+        ]
 
-    def hops_of_packets(self, packet_ids: Iterable[int]) -> list[tuple]:
-        """(packet_id, table, chain, rule_num, rule_text, verdict, detail JSON) of the rule
-        hops stored for these packet_index ids, in stored order."""
-        ids = list(packet_ids)
+    def hops_of_journeys(self, journey_ids: Iterable[int]) -> list[tuple]:
+        """(journey_id, table, chain, rule_num, rule_text, verdict, detail JSON) of the
+        rule hops stored for these journeys, in stored order."""
+        ids = list(journey_ids)
         if not ids:
             return []
         w = _Where()
-        w.add_in("packet_id", ids)
+        w.add_in("journey_id", ids)
         return self.db.execute(
-            "SELECT packet_id, table_name, chain, rule_num, rule_text, verdict, detail FROM hops"
+            "SELECT journey_id, table_name, chain, rule_num, rule_text, verdict, detail FROM hops"
             f"{w.sql()} AND table_name != 'capture' ORDER BY id",
             w.params,
         ).fetchall()

@@ -10,6 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from .rows import IndexCapture, pack_capture
+
 # a sqlite_utils.Database (typed loosely: db["name"] is Table | View to mypy, and
 # migrations only ever make tables)
 Db = Any
@@ -368,6 +370,57 @@ def _m7_lean_packet_index(db: Db) -> None:
     db.conn.execute("DROP INDEX IF EXISTS idx_packet_index_session_id_ts_ns")
 
 
+def _m8_journeys(db: Db) -> None:
+    """One index row per journey (a packet's way through the capture points) instead of
+    one per capture: `journeys` holds its flow, its first capture's time and every
+    capture packed in one column (rows.CAPTURE), so the tracer writes one row, not ~4, per
+    packet it analyses. Old `packet_index` rows are grouped as the tracer wrote them
+    (consecutive ids of one session and flow; a capture point seen again, or a row a hop
+    points at, starts the next journey), each journey keeping its first row's id, so
+    `hops.packet_id` (now `journey_id`) still points at it."""
+    conn = db.conn
+    conn.execute("""CREATE TABLE IF NOT EXISTS journeys (
+        id INTEGER PRIMARY KEY, session_id INTEGER, flow_id INTEGER, ts_ns INTEGER,
+        capture_count INTEGER, captures BLOB)""")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_journeys_flow_id ON journeys (flow_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_journeys_session_id ON journeys (session_id)")
+    if "packet_id" in db["hops"].columns_dict:
+        conn.execute("ALTER TABLE hops RENAME COLUMN packet_id TO journey_id")
+    if "packet_index" not in db.table_names():
+        return
+    starts = {
+        r[0]
+        for r in conn.execute("SELECT DISTINCT journey_id FROM hops WHERE journey_id IS NOT NULL")
+    }
+    batch: list[tuple] = []
+    cur: list = []  # the journey being grouped: its first row's (id, session, flow, ts)
+    caps: list[bytes] = []
+    points: set[int] = set()
+
+    def close() -> None:
+        if cur:
+            batch.append((*cur, len(caps), b"".join(caps)))
+            if len(batch) >= 10_000:
+                conn.executemany("INSERT INTO journeys VALUES (?,?,?,?,?,?)", batch)
+                batch.clear()
+
+    rows = conn.execute(
+        "SELECT id, session_id, segment_id, offset, ts_ns, point_id, flow_id, direction, len"
+        " FROM packet_index ORDER BY id"
+    )
+    for rid, sid, seg, off, ts, point, fid, direction, wirelen in rows:
+        if not cur or rid in starts or point in points or (sid, fid) != (cur[1], cur[2]):
+            close()
+            cur, caps, points = [rid, sid, fid, ts], [], set()
+        points.add(point)
+        caps.append(
+            pack_capture(IndexCapture(seg or 0, off or 0, ts or 0, point or 0, direction, wirelen))
+        )
+    close()
+    conn.executemany("INSERT INTO journeys VALUES (?,?,?,?,?,?)", batch)
+    conn.execute("DROP TABLE packet_index")
+
+
 # Append only: a new step gets the next version. Never edit an applied step.
 MIGRATIONS = [
     ("base: containers, events, probe_loss", _m1_base),
@@ -383,4 +436,5 @@ MIGRATIONS = [
         _m6_packets_in_segment_files,
     ),
     ("packet_index without its (session_id, ts_ns) index", _m7_lean_packet_index),
+    ("journeys: one index row per analysed packet, its captures packed", _m8_journeys),
 ]

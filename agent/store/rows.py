@@ -3,6 +3,7 @@
 import functools
 import json
 import operator
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
@@ -24,18 +25,46 @@ class TraceIds(NamedTuple):
     point_ids: list
 
 
-class IndexRow(NamedTuple):
-    """One packet of a segment file that the analysis looked at (a NamedTuple: one is
-    made per analysed packet, and SQLite takes it as it is)."""
+class IndexCapture(NamedTuple):
+    """One capture of a packet the analysis looked at: where its EPB is in the segment
+    files, when and where it was seen."""
 
-    session_id: int
     segment_id: int
     offset: int  # of its EPB in the segment file
     ts_ns: int
     point_id: int
-    flow_id: int | None = None
-    direction: str | None = None
-    len: int | None = None  # original length on the wire
+    direction: str | None  # "in" | "out" (None: not known, from an old store)
+    len: int | None  # original length on the wire (None: not known)
+
+
+# a capture in `journeys.captures`: segment id, offset, time, point id, length (0: not
+# known), direction (0 in, 1 out, 2 not known)
+CAPTURE = struct.Struct("<IqqIIB")
+_DIRECTIONS = ("in", "out", None)
+
+
+def pack_capture(c: IndexCapture) -> bytes:
+    """An IndexCapture's bytes in `journeys.captures` (the tracer packs its own inline)."""
+    code = 1 if c.direction == "out" else 0 if c.direction == "in" else 2
+    return CAPTURE.pack(c.segment_id, c.offset, c.ts_ns, c.point_id, c.len or 0, code)
+
+
+def unpack_captures(blob: bytes) -> list[IndexCapture]:
+    """`journeys.captures` as IndexCaptures, in the order the analysis stored them."""
+    return [
+        IndexCapture(seg, off, ts, point, _DIRECTIONS[d], ln or None)
+        for seg, off, ts, point, ln, d in CAPTURE.iter_unpack(blob)
+    ]
+
+
+class JourneyRow(NamedTuple):
+    """One packet's way through the capture points, as the analysis indexed it: a flow
+    (or None) and its captures (at least one); the journey's time is its first
+    capture's."""
+
+    session_id: int
+    flow_id: int | None
+    captures: list[IndexCapture]
 
 
 @dataclass
@@ -61,7 +90,7 @@ class FlowRow:
 class HopRow:
     session_id: int
     flow_id: int | None
-    packet_id: int | None  # a packet_index id
+    journey_id: int | None  # a journeys id (the packet whose trace line it was)
     ts_ns: int
     table_name: str
     chain: str
@@ -103,6 +132,16 @@ class SegmentInfo(NamedTuple):
     ended_ns: int | None
     bytes: int | None
     complete: int
+
+
+class SegmentIndex(NamedTuple):
+    """What the index says of one segment file: its indexed packets' time span, and the
+    offsets (sorted) of those indexed to a flow with their flow ids."""
+
+    first_ns: int
+    last_ns: int
+    offsets: list[int]
+    flow_ids: list[int]
 
 
 _SEGMENT_COLS = "id, session_id, seq, path, started_ns, ended_ns, bytes, complete"

@@ -3,8 +3,9 @@
 The packets themselves are not here: the evidence path has already written them to the
 segment files (trace/evidence.py). The store gets flows, netfilter hops (a journey's rule
 path when it differs from the flow's previous one that way; repeats are counted on the
-flow), drops, the container's events and an index row per analysed packet (segment,
-offset, time, point, flow) pointing into those files.
+flow), drops, the container's events and an index row per analysed packet's journey (its
+flow, and each capture's segment, offset, time, point, direction and length packed in one
+column) pointing into those files.
 """
 
 import json
@@ -12,6 +13,7 @@ import os
 import time
 
 from ..store import DropRow, FlowRow
+from ..store.rows import CAPTURE
 from . import flows as F
 from .dns import dns_item
 from .target import role
@@ -312,10 +314,11 @@ class StoreSink:
         self._last_path = {}  # (flow id, direction) -> the last rule path stored
         self._hop_details: dict[tuple, str] = {}
         self.events_seen = 0
-        # what the next flush writes: index rows' values, row after row, with the Flow
-        # itself where its row's flow had no id yet (`_holes`: those positions); flows
-        # without an id, by first journey; hops as (journey, hop, row in `_values` or
-        # None, ts, late); drops as (flow, drop); event dicts
+        # what the next flush writes: journey rows' values, row after row
+        # (Store.add_journey_values), with the Flow itself where its row's flow had no id
+        # yet (`_holes`: those positions); flows without an id, by first journey; hops as
+        # (journey, hop, its journey's row number in `_values` or None, ts, late); drops
+        # as (flow, drop); event dicts
         self._flushed_ns = time.monotonic_ns()
         self._values: list = []
         self._holes: list[int] = []
@@ -378,23 +381,29 @@ class StoreSink:
         values = self._values
         add = values.extend
         holes, new_flows, hops = self._holes, self._new_flows, self._hops
+        pack = CAPTURE.pack
         for j in s.journeys:
             f = j.flow
             fid = f.store_id
             if fid is None:
                 fid = new_flows.setdefault(f.id, f)  # its id at the flush
-            first = len(values)
+            caps: list[bytes] = []
             for ts, point, d, ln, _data, _pkt, cpu, pos in j.captures:
                 loc = locate(cpu, pos)
                 if loc is None:
                     continue  # not in the files (ring full, size cap): counted as lost
                 seg = seg_ids.get(loc[0])
                 if seg is not None:
-                    if fid is f:
-                        holes.append(len(values) + 5)
-                    add((sid, seg, loc[1], ts, pids[point], fid, d, ln))
+                    if not caps:
+                        first_ts = ts
+                    caps.append(pack(seg, loc[1], ts, pids[point], ln, d == "out"))
+            row = None
+            if caps:
+                row = len(values) // 5
+                if fid is f:
+                    holes.append(len(values) + 1)
+                add((sid, fid, first_ts, len(caps), b"".join(caps)))
             if j.nf and not self._same_path(j):
-                row = first // 8 if len(values) > first else None
                 ts = j.captures[0].ts_ns if j.captures else j.first_ns
                 hops += [(j, h, row, ts, False) for h in j.nf]
         for j, h in s.late_hops:
@@ -427,7 +436,7 @@ class StoreSink:
                     f.store_id = fid
             for i in holes:
                 values[i] = values[i].store_id
-            first_id = self.store.add_index_values(values) if values else 0
+            first_id = self.store.add_journey_values(values) if values else 0
             rows = [
                 self._hop_row(j, h, None if row is None else first_id + row, ts, late)
                 for j, h, row, ts, late in hops
@@ -479,7 +488,7 @@ class StoreSink:
         if rows:
             self.store.insert_events(rows)
 
-    def _hop_row(self, j, h, packet_id, ts, late):
+    def _hop_row(self, j, h, journey_id, ts, late):
         key = (h["kind"], h["backend"], h["hook"], h.get("handle") or None, late)
         detail = self._hop_details.get(key)  # its JSON text: few distinct ones a trace
         if detail is None:
@@ -494,7 +503,7 @@ class StoreSink:
         return (  # HopRow's values (Store.insert_hops)
             self.session_id,
             j.flow.store_id,
-            packet_id,
+            journey_id,
             ts,
             h["table"],
             h["chain"],

@@ -6,7 +6,7 @@ opt_endofopt on some EPBs. `add_trace()` makes the store rows the tracer makes."
 import struct
 from dataclasses import dataclass
 
-from pyinspect.store import IndexRow, TracePoint
+from pyinspect.store import IndexCapture, JourneyRow, TracePoint
 
 FILLER_TYPE = 0x80000A11
 FILLER = struct.pack("<II", FILLER_TYPE, 24) + b"\xa5" * 12 + struct.pack("<I", 24)
@@ -137,18 +137,13 @@ def add_trace(
         for p, off in placed:
             if p.indexed or (p.indexed is None and p.flow is not None):
                 index.append(
-                    IndexRow(
+                    JourneyRow(  # one capture a journey: the export reads captures
                         sid,
-                        seg_id,
-                        off,
-                        p.ts,
-                        pids[p.point],
                         None if p.flow is None else fids[p.flow],
-                        p.direction,
-                        len(p.data),
+                        [IndexCapture(seg_id, off, p.ts, pids[p.point], p.direction, len(p.data))],
                     )
                 )
-    store.add_index(index)
+    store.add_journeys(index)
     if status != "running":
         store.end_trace(sid, status, summary, stopped_ns=stopped)
     return sid, fids, seg_ids
