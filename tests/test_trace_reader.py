@@ -82,16 +82,23 @@ def test_records_parse_what_parse_frame_parses():
 def test_settle_takes_what_is_older_than_the_cutoff_across_polls():
     recs = packets()
     c = F.Correlator(0, 20)
-    settled = []
+    settled = []  # (ts, stream position) of what settled: journeys' and the fast path's
+
+    def take(s):
+        return [(x.ts_ns, x.pos) for j in s.journeys for x in j.captures] + [
+            (ts, pos) for ts, _p, _d, _l, _cpu, pos, _f in s.fast
+        ]
+
     for n in range(0, len(recs), 50):
         for r in recs[n : n + 50]:
             c.record(*r)
         cutoff = recs[min(n + 50, len(recs)) - 1][0] - 20_000  # the poll's last 20 us wait
-        settled += [x for j in c.settle(cutoff).journeys for x in j.captures]
-        assert all(x.ts_ns < cutoff for x in settled)
-        assert all(x.ts_ns >= cutoff for b in c._held for x in b[2])
-    settled += [x for j in c.settle(None).journeys for x in j.captures]
-    assert sorted(x.pos for x in settled) == [r[6] for r in recs]
+        settled += take(c.settle(cutoff))
+        assert all(ts < cutoff for ts, _pos in settled)
+        assert all(x[0] >= cutoff for b in c._held for x in b[2])
+    settled += take(c.settle(None))
+    assert c.fast_packets  # past 20 journeys a flow takes the fast path
+    assert sorted(pos for _ts, pos in settled) == [r[6] for r in recs]
 
 
 def test_live_lines_keep_each_flows_tag_and_offsets():

@@ -590,8 +590,8 @@ class Correlator:
     Packets settle SETTLE_NS after capture so their conntrack event and trace lines are in
     hand; then each packet's captures at every point become one Journey with its
     netfilter hops. A flow past `live_per_flow` journeys takes the fast path: its packets
-    are found by their 5-tuple bytes and only counted (and indexed) — no parse, no
-    journey (not with `count`, which counts packets one by one)."""
+    are found by their 5-tuple bytes and only counted — no parse, no journey, no index
+    row (not with `count`, which counts packets one by one)."""
 
     def __init__(
         self, offset, live_per_flow, pfilter=None, count=None, target_name="", target_netns=0
@@ -860,7 +860,7 @@ class Correlator:
             recent[(f.id, j.direction, j.ident)] = j
             if len(recent) > RECENT_JOURNEYS:
                 recent.popitem(last=False)
-            if not count and f.journeys >= live_per_flow and f.store_id is not None:
+            if not count and f.journeys >= live_per_flow:
                 self._learn_fast(j)
         self.traced_packets += len(order)
         out.journeys = order
@@ -904,7 +904,7 @@ class Correlator:
 
     def _learn_fast(self, j):
         f = j.flow
-        if self.count or f.journeys < self.live_per_flow or f.store_id is None:
+        if self.count or f.journeys < self.live_per_flow:
             return
         keys = self._fast_by_flow.setdefault(f.id, set())
         for c in j.captures:
