@@ -587,7 +587,10 @@ class _BackgroundTrace:
         from .trace import TraceOptions, TraceSession
 
         self.session = TraceSession(
-            root, container, TraceOptions(duration=duration, filter=bpf_filter)
+            # the dashboard reads the store, not the live lines
+            root,
+            container,
+            TraceOptions(duration=duration, filter=bpf_filter, live="off"),
         )
         self.session_id = None
         self.done = False

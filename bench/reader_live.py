@@ -1,12 +1,13 @@
 """The trace reader's cost per analysed record, live: short connections through DNAT.
 
-    .venv/bin/python bench/reader_live.py [--conns 200] [--rounds 3] [--pace 0.02]
+    .venv/bin/python bench/reader_live.py [--conns 200] [--rounds 3] [--pace 0.02] [--json]
 
 Topology: testbed/tracetopo.py (client -> host netns with DNAT 8088 -> bridge -> veth ->
-container eth0 running busybox httpd). Each round starts `pyinspect trace --json
---max-rate 0` (every record analysed: no budget) in the host namespace, fetches the page
-`--conns` times from the client (busybox wget, one connection each), stops the trace and
-prints from its summary: records analysed, the reader's learned cost per record
+container eth0 running busybox httpd). Each round starts `pyinspect trace --max-rate 0`
+(every record analysed: no budget; text lines, as by default, or with `--json` its JSON
+lines) in the host namespace, fetches the page `--conns` times from the client (busybox
+wget, one connection each), stops the trace and prints from its summary (in the store):
+records analysed, the reader's learned cost per record
 (`reader_cost.per_record_us`: what a record adds to a poll, an average moving 20% a
 poll from 10 us, so the load is spread over many polls: --pace) and the reader thread's
 whole CPU over records (`reader_us_per_record`, polls' own cost included). The trace's
@@ -28,10 +29,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the checkout: testbed/ (shared with the tests)
+from pyinspect.store import Store  # noqa: E402
+
 from testbed import tracetopo  # noqa: E402
 
 
-def one_round(topo, conns, pace):
+def one_round(topo, conns, pace, as_json):
     root = tempfile.mkdtemp(prefix="pi-reader-")
     argv = [
         "nsenter",
@@ -44,7 +47,7 @@ def one_round(topo, conns, pace):
         "trace",
         "--container",
         topo.ctrs[0],
-        "--json",
+        *(["--json"] if as_json else []),
         "--max-rate",
         "0",
     ]
@@ -69,15 +72,16 @@ def one_round(topo, conns, pace):
         p.wait(timeout=120)
         drain.join(timeout=30)
         err = p.stderr.read() if p.stderr else ""
+        with Store(Path(root) / "pyinspect.db") as store:
+            rows = store.session_list()
+        if not lines or not rows or not rows[0]["summary"]:
+            raise SystemExit(f"trace gave no summary: {err[-2000:]}")
+        return json.loads(rows[0]["summary"])
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
         shutil.rmtree(root, ignore_errors=True)
-    for line in lines:
-        if line.startswith('{"type": "summary"'):
-            return json.loads(line)
-    raise SystemExit(f"trace gave no summary: {err[-2000:]}")
 
 
 def main(argv=None):
@@ -91,11 +95,12 @@ def main(argv=None):
         help="seconds between fetches (0.02: ~40 polls of ~240 records for 200 "
         "connections, so the learned cost is measured, not its 10 us starting value)",
     )
+    ap.add_argument("--json", action="store_true", help="the trace's JSON lines (--json)")
     a = ap.parse_args(argv)
     topo = tracetopo.Topology(prefix="prl")
     try:
         for r in range(a.rounds):
-            s = one_round(topo, a.conns, a.pace)
+            s = one_round(topo, a.conns, a.pace, a.json)
             analysed = sum(v.get("analysed", 0) for v in s["packets_per_point"].values())
             print(
                 f"round {r + 1}: {analysed:>6} records analysed  learned "

@@ -192,7 +192,12 @@ def _capture(root, container, fifo, expr, snaplen, roles, delay):
         root,
         container,
         TraceOptions(
-            snaplen=snaplen, stream_filter=expr, roles=roles, events=False, stream_delay=delay
+            snaplen=snaplen,
+            stream_filter=expr,
+            roles=roles,
+            events=False,
+            stream_delay=delay,
+            live="off",  # the stream is the output
         ),
     )
     try:

@@ -149,6 +149,7 @@ def trace(
         max_size=parse_size(max_size) if max_size is not None else None,
         ring_mb=None if buffer_kib is None else buffer_kib / 1024,
         own_gc=True,  # this process is the trace's
+        live="full" if as_json else "text",
     )
     if max_rate is not None:
         opts.max_rate = max_rate

@@ -78,6 +78,9 @@ class TraceOptions:
     stream_filter: str | None = None  # pcap-filter: only matching packets go to the stream
     stream_delay: float = 0  # s the stream holds packets back for NAT comments
     roles: list | None = None  # capture points of these roles only (target.role)
+    # what poll() returns of the journeys: "full" (items with every field: the JSON
+    # view), "text" (their text lines only) or "off" (none: nobody reads them)
+    live: str = "full"
     # the process is the trace's own (the CLI): from the ready line on, what start-up made
     # is frozen and the automatic cycle collector is off (the analysis makes no reference
     # cycles, yet its collections walked every pending capture and journey every few
@@ -186,7 +189,9 @@ class TraceSession:
         self.corr = F.Correlator(
             self.offset, self.opt.live_per_flow, self.pfilter, self.opt.count, t.name, t.netns
         )
-        self.live = LiveText(self.points, self.opt.live_per_flow, t.name)
+        self.live = LiveText(
+            self.points, self.opt.live_per_flow, t.name, fields=self.opt.live == "full"
+        )
         self._state_file = state_dir(self.root) / f"{os.getpid()}.json"
         self._write_state()
         try:
@@ -415,6 +420,8 @@ class TraceSession:
         gone = corr.let_go()  # a long trace: idle flows past FLOWS_KEPT leave memory
         if gone and self.sink:
             self.sink.flows_done(gone)
+        if final and self.sink:
+            self.sink.flush()  # the last rows: the reader's work like any poll's
         spent = time.thread_time() - cpu0
         self.reader_cpu += spent + self._collect()
         self.budget.learn(
@@ -459,8 +466,9 @@ class TraceSession:
         items = []
         if self.dns is not None:  # DNS in the packets: `dns` events like the embedded's
             settled.events += self.dns.packets(settled.journeys, self._stopped)
-        for j in settled.journeys:
-            items += live.journey(j)
+        if self.opt.live != "off":
+            for j in settled.journeys:
+                items += live.journey(j)
         items += [live.link(lp) for lp in settled.links]
         for f, d, n, _stored in settled.drops:
             item = live.drop(f, d, n)

@@ -26,9 +26,12 @@ DROP_DETAIL = ("explanation", "proto", "src", "sport", "dst", "dport", "netns", 
 
 
 class LiveText:
-    """Output items (dicts with a `text` line) for journeys, drops and events."""
+    """Output items (dicts with a `text` line) for journeys, drops and events. With
+    `fields` False a journey's items hold only their `text` (and `_ts`, the sort key): what
+    a text view prints, without the JSON view's fields."""
 
-    def __init__(self, points, live_per_flow, target_name):
+    def __init__(self, points, live_per_flow, target_name, fields=True):
+        self.fields = fields
         self.points = points
         self.live_per_flow = live_per_flow
         self.target_name = target_name
@@ -49,7 +52,10 @@ class LiveText:
         first packet each way, later only what is not a plain ACCEPT."""
         f = j.flow
         items = []
-        if j.seq == 1:
+        fields = self.fields
+        if j.seq == 1 and not fields:
+            items.append({"_ts": j.first_ns, "text": f"[{f.id}] {f.header()}"})
+        elif j.seq == 1:
             items.append(
                 {
                     "type": "flow",
@@ -97,27 +103,31 @@ class LiveText:
                         ends.clear()
                     e = ends[pk[:5]] = f"{F.ep(src, sport)} -> {F.ep(dst, dport)} "
                 last_what = e + F.tcp_flag_text(pk[9])
-                base = {
-                    "type": "hop",
-                    "flow": fid,
-                    "hop": "capture",
-                    "ts_ns": ts,
-                    "_ts": first_ns,
-                    "point": name,
-                    "role": r,
-                    "dir": d,
-                    "src": src,
-                    "sport": sport,
-                    "dst": dst,
-                    "dport": dport,
-                    "len": ln,
-                    "text": "",
-                }
+                if fields:
+                    base = {
+                        "type": "hop",
+                        "flow": fid,
+                        "hop": "capture",
+                        "ts_ns": ts,
+                        "_ts": first_ns,
+                        "point": name,
+                        "role": r,
+                        "dir": d,
+                        "src": src,
+                        "sport": sport,
+                        "dst": dst,
+                        "dport": dport,
+                        "len": ln,
+                        "text": "",
+                    }
             if icmp6 and (ndp := F.ndp_text(pk, data)):
                 # ICMPv6: what it is instead of ports (neighbour discovery: its target)
                 what = f"{pk.src} -> {pk.dst} {ndp}"
                 item = self._capture(f, j, c, name, r)
                 item["ndp"] = ndp
+            elif not fields:
+                what = last_what
+                item = {"_ts": first_ns}
             else:
                 what = last_what
                 item = base.copy()
@@ -180,6 +190,8 @@ class LiveText:
                 self._hop_text.clear()
             self._hop_text[key] = what
         text = f"[{f.id}] {what}"
+        if not self.fields:
+            return {"_ts": j.first_ns, "text": text}
         return {
             "type": "hop",
             "flow": f.id,
