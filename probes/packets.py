@@ -278,12 +278,15 @@ class RingReader:
         self._prod_word = memoryview(self.prod)[:8].cast("Q")
         self._u32 = memoryview(self.prod).cast("I")  # record headers (8-aligned)
 
-    def read(self, limit=1 << 30):
-        """Return a list of record payloads (bytes) available now; advances the consumer."""
+    def spans(self, limit=1 << 30):
+        """(buffer, payload starts, consumer position past them) of the records available
+        now, at most `limit`: each payload is read in place from `buffer` (the mapping,
+        which holds a record that crosses the ring's end whole) until release() gives the
+        space back."""
         cons_pos = self._cons_word[0]
         prod_pos = self._prod_word[0]
-        out = []
-        buf = self.prod
+        starts: list[int] = []
+        add = starts.append
         words = self._u32
         base = self.page
         mask = self.mask
@@ -293,12 +296,22 @@ class RingReader:
             ln = words[off >> 2]
             if ln & _BUSY:
                 break
-            real = ln & ~(_BUSY | _DISCARD)
             if not ln & _DISCARD:
-                out.append(buf[off + 8 : off + 8 + real])
-            cons_pos += (real + 8 + 7) & ~7
+                add(off + 8)
+            cons_pos += ((ln & ~(_BUSY | _DISCARD)) + 8 + 7) & ~7
             got += 1
+        return self.prod, starts, cons_pos
+
+    def release(self, cons_pos):
+        """Give the ring the space up to `cons_pos` (from spans()) back."""
         self._cons_word[0] = cons_pos
+
+    def read(self, limit=1 << 30):
+        """Return a list of record payloads (bytes) available now; advances the consumer."""
+        buf, starts, cons_pos = self.spans(limit)
+        words = self._u32
+        out = [buf[s : s + (words[(s - 8) >> 2] & ~(_BUSY | _DISCARD))] for s in starts]
+        self.release(cons_pos)
         return out
 
     def close(self):
@@ -881,6 +894,19 @@ class PacketCapture:
             return []
         with self.lock:
             return self.reader.read(limit)
+
+    def read_in_place(self, take, limit=1 << 30):
+        """take(buffer, starts) on the analysis records available now, read in place
+        (AREC header, then the packet's first bytes, at each start) before their space
+        goes back to the ring; returns what take returned (None when nothing runs)."""
+        if not self.reader:
+            return None
+        with self.lock:
+            buf, starts, cons_pos = self.reader.spans(limit)
+            try:
+                return take(buf, starts)
+            finally:
+                self.reader.release(cons_pos)
 
     def set_budget(self, records, burst=None):
         """Allow `records` more analysis records (None: no budget); the rest are shed,

@@ -15,6 +15,7 @@ hops, grouped by flow, direction and what NAT does not change (IP id, TCP seq/ac
 
 import collections
 import functools
+import itertools
 import operator
 import re
 import socket
@@ -677,7 +678,14 @@ class Correlator:
         self.records((head + bytes(data),), AREC)
 
     def records(self, raws, header):
-        """A poll's analysis records: `raws` are their bytes, `header` a struct.Struct
+        """records_at() of a poll's analysis records given as their bytes."""
+        if not raws:
+            return collections.Counter()
+        starts = list(itertools.accumulate((len(r) for r in raws[:-1]), initial=0))
+        return self.records_at(b"".join(raws), starts, header)
+
+    def records_at(self, buf, starts, header):
+        """A poll's analysis records, at `starts` in `buf`: `header` is a struct.Struct
         whose unpack_from gives (ts CLOCK_REALTIME, stream position, length, captured
         length, cpu, point, direction) and whose size is where the packet starts. Returns
         {point: records}.
@@ -693,10 +701,11 @@ class Correlator:
         fast, fastq, off = self.fast, self.fastq, self.offset
         parsed = self._parsed
         v4tcp, addrs = _HEAD_V4TCP.unpack, _addr_cache
-        for raw in raws:
-            ts, pos, ln, caplen, cpu, point, d = unpack(raw, 0)
+        for start in starts:
+            ts, pos, ln, caplen, cpu, point, d = unpack(buf, start)
             seen(point)
-            data = bytes(raw[hdr : hdr + caplen])
+            start += hdr
+            data = buf[start : start + caplen]
             if fast:
                 key = fast_key(data)
                 f = fast.get(key) if key else None

@@ -453,11 +453,12 @@ class TraceSession:
         from pyinspect.probes.packets import AREC
 
         assert self.cap is not None  # started
-        recs = self.cap.read()
+        corr = self._started()[1]
+        got = self.cap.read_in_place(lambda buf, starts: corr.records_at(buf, starts, AREC))
         analysed = self.analysed
-        for point, k in self._started()[1].records(recs, AREC).items():
+        for point, k in (got or {}).items():
             analysed[point] = analysed.get(point, 0) + k
-        return len(recs)
+        return sum(got.values()) if got else 0
 
     def _output(self, settled):
         """Live items (journeys kept whole, drops and events, by time) and store rows."""
