@@ -49,12 +49,13 @@ class LiveText:
     def journey(self, j):
         """The flow's header line on its first journey, then one line per capture and per
         netfilter hop for its first `live_per_flow` journeys: the whole rule path for the
-        first packet each way, later only what is not a plain ACCEPT."""
+        first packet each way, later only what is not a plain ACCEPT. Without `fields`,
+        one item holds the journey's lines."""
         f = j.flow
-        items = []
+        items: list = []  # without fields: the lines
         fields = self.fields
         if j.seq == 1 and not fields:
-            items.append({"_ts": j.first_ns, "text": f"[{f.id}] {f.header()}"})
+            items.append(f"[{f.id}] {f.header()}")
         elif j.seq == 1:
             items.append(
                 {
@@ -69,7 +70,7 @@ class LiveText:
                 }
             )
         if j.seq > self.live_per_flow:
-            return items
+            return items if fields else self._block(j, items)
         if j.nf:
             full_path = j.direction not in f.dirs_shown
             f.dirs_shown.add(j.direction)
@@ -123,11 +124,12 @@ class LiveText:
             if icmp6 and (ndp := F.ndp_text(pk, data)):
                 # ICMPv6: what it is instead of ports (neighbour discovery: its target)
                 what = f"{pk.src} -> {pk.dst} {ndp}"
-                item = self._capture(f, j, c, name, r)
-                item["ndp"] = ndp
+                item = self._capture(f, j, c, name, r) if fields else None
+                if item is not None:
+                    item["ndp"] = ndp
             elif not fields:
                 what = last_what
-                item = {"_ts": first_ns}
+                item = None
             else:
                 what = last_what
                 item = base.copy()
@@ -149,13 +151,22 @@ class LiveText:
                     us = us_of[t] = f"{t // 10:+7d}.{t % 10}"
             else:
                 us = f"{dt / 1000:+9.1f}"
-            item["text"] = f"{tag} {us}{mids[d]}{what} len {ln}"
-            add(item)
+            text = f"{tag} {us}{mids[d]}{what} len {ln}"
+            if item is None:
+                add(text)
+            else:
+                item["text"] = text
+                add(item)
         if cut >= len(caps):
             for h in nf:
                 if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
                     add(self._hop(f, j, h))
-        return items
+        return items if fields else self._block(j, items)
+
+    @staticmethod
+    def _block(j, lines):
+        """A journey's lines as one item (the text view's)."""
+        return [{"_ts": j.first_ns, "text": "\n".join(lines)}] if lines else []
 
     @staticmethod
     def _capture(f, j, c, name, r):
@@ -191,7 +202,7 @@ class LiveText:
             self._hop_text[key] = what
         text = f"[{f.id}] {what}"
         if not self.fields:
-            return {"_ts": j.first_ns, "text": text}
+            return text  # a line of journey()'s text block
         return {
             "type": "hop",
             "flow": f.id,
