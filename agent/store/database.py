@@ -31,6 +31,7 @@ from .rows import (
     SessionRef,
     TraceIds,
     TracePoint,
+    _json_sorted,
     _with_json,
     unpack_captures,
 )
@@ -116,27 +117,36 @@ class Store:
         self.close()
 
     # -- events -----------------------------------------------------------------
-    def insert_events(self, events: Iterable[dict]) -> int:
-        """Write a batch of event dicts in one transaction (`detail` may be a dict)."""
+    def insert_events(self, events: Iterable[dict], **common: object) -> int:
+        """Write a batch of event dicts in one transaction (`detail` may be a dict);
+        `common`: columns every one of them gets (over its own)."""
         rows = []
+        keys = set(common)
         for ev in events:
-            row = dict(ev)
-            if isinstance(row.get("detail"), (dict, list)):
-                row["detail"] = json.dumps(row["detail"], sort_keys=True)
+            row = {**ev, **common}
+            detail = row.get("detail")
+            if isinstance(detail, (dict, list)):
+                row["detail"] = _json_sorted(detail)
+            keys.update(row)
             rows.append(row)
         if not rows:
             return 0
         cols = self._event_columns
-        keys = sorted({k for r in rows for k in r})
         with self.batch():
-            if cols is None or not set(keys) <= cols:
+            if cols is None or not keys <= cols:
                 # a column the table does not have yet: sqlite-utils adds it
                 self.db.table("events").insert_all(rows, alter=True)
                 self._event_columns = set(self.db["events"].columns_dict)
-            else:  # the usual case: one prepared statement
+            else:  # the usual case: one prepared statement, rows bound by name
+                names = sorted(keys)
+                blank = dict.fromkeys(names)
+                for i, row in enumerate(rows):
+                    if len(row) < len(names):
+                        rows[i] = {**blank, **row}
                 self.db.conn.executemany(
-                    f"INSERT INTO events ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-                    [[r.get(k) for k in keys] for r in rows],
+                    f"INSERT INTO events ({', '.join(names)})"
+                    f" VALUES ({', '.join(':' + k for k in names)})",
+                    rows,
                 )
         return len(rows)
 

@@ -151,8 +151,12 @@ _FLOW_QS = ",".join("?" * len(_FLOW_FIELDS))
 _FLOW_SET = ", ".join(f"{c} = ?" for c in _FLOW_FIELDS)
 
 
+# JSON text with sorted keys, from one encoder (json.dumps makes one a call for sort_keys)
+_json_sorted = json.JSONEncoder(sort_keys=True).encode
+
+
 def _json_text(value: object) -> object:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+    return _json_sorted(value) if isinstance(value, (dict, list)) else value
 
 
 def _with_json(row: Any) -> list:

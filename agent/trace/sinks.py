@@ -497,19 +497,15 @@ class StoreSink:
 
     def events(self, events):
         me = os.getpid()
-        rows = [
-            dict(
-                ev,
+        rows = [ev for ev in events if ev["pid"] != me]
+        self.events_seen += len(rows)
+        if rows:
+            self.store.insert_events(
+                rows,
                 session_id=self.session_id,
                 container_id=self.target.id,
                 container_name=self.target.name,
             )
-            for ev in events
-            if ev["pid"] != me
-        ]
-        self.events_seen += len(rows)
-        if rows:
-            self.store.insert_events(rows)
 
     def _hop_row(self, j, h, journey_id, ts, late):
         key = (h["kind"], h["backend"], h["hook"], h.get("handle") or None, late)
