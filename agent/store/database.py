@@ -1,6 +1,7 @@
 """`Store`: the pyinspect database and its per-table methods (the only SQL)."""
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -36,14 +37,15 @@ from .rows import (
     unpack_captures,
 )
 
-JOURNEYS_PER_INSERT = 50
-_JOURNEY_INSERT = (
-    "INSERT INTO journeys (session_id, flow_id, ts_ns, capture_count, captures) VALUES (?,?,?,?,?)"
-)
-# statements of 50, then 10 rows, then single rows (a second's ~600 journeys leave < 50)
-_JOURNEY_INSERTS = [
-    (k, _JOURNEY_INSERT + ",(?,?,?,?,?)" * (k - 1)) for k in (JOURNEYS_PER_INSERT, 10, 1)
-]
+ROWS_PER_INSERT = 50  # rows a statement, for the tracer's many-row inserts
+
+
+@functools.cache
+def _inserts(head: str, ncols: int) -> list[tuple[int, str]]:
+    """(rows, SQL) for `INSERT INTO table (cols) VALUES` statements of ROWS_PER_INSERT,
+    10 and 1 rows of `ncols` values."""
+    row = "(" + ",".join("?" * ncols) + ")"
+    return [(k, f"{head} VALUES {','.join([row] * k)}") for k in (ROWS_PER_INSERT, 10, 1)]
 
 
 class Store:
@@ -293,24 +295,33 @@ class Store:
         id, flow id, first capture's ts_ns, capture count, packed captures: rows.CAPTURE),
         row after row: what the tracer makes, without a tuple a row; returns the first
         row's id (the rest follow it), or 0 for none."""
-        n_rows = len(values) // 5
+        return self._insert_flat(
+            "INSERT INTO journeys (session_id, flow_id, ts_ns, capture_count, captures)", 5, values
+        )
+
+    def _insert_flat(self, head: str, ncols: int, values: list) -> int:
+        """Rows of `ncols` values given as one flat list, many rows a statement (SQLite's
+        per-statement work, not per row); returns the first row's id (the rest follow
+        it: one writer holds the lock for the whole insert), or 0 for none."""
+        n_rows = len(values) // ncols
         if not n_rows:
             return 0
-        # many rows a statement: SQLite's per-statement work, not per row; rows go in
-        # order, so ids follow them
         with self.batch():
             conn = self.db.conn
             done = 0
-            for k, sql in _JOURNEY_INSERTS:
+            for k, sql in _inserts(head, ncols):
                 n = (n_rows - done) // k * k
                 if n:
-                    step = k * 5
+                    step = k * ncols
                     conn.executemany(
-                        sql, [values[i : i + step] for i in range(done * 5, (done + n) * 5, step)]
+                        sql,
+                        [
+                            values[i : i + step]
+                            for i in range(done * ncols, (done + n) * ncols, step)
+                        ],
                     )
                     done += n
             last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        # one writer holds the lock for the whole insert: the ids are consecutive
         return last - n_rows + 1
 
     def insert_flow(self, row: FlowRow) -> int:
@@ -339,10 +350,14 @@ class Store:
     def insert_hops(self, rows: Iterable[HopRow | tuple]) -> None:
         """HopRow rows in one transaction; a row may also be a tuple of HopRow's values
         with its detail as JSON text already (the tracer's, made per netfilter hop)."""
-        self._run_many(
+        values: list = []
+        for r in rows:
+            values += r if type(r) is tuple else _with_json(r)
+        self._insert_flat(
             "INSERT INTO hops (session_id, flow_id, journey_id, ts_ns, table_name, chain,"
-            " rule_num, rule_text, verdict, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [r if type(r) is tuple else _with_json(r) for r in rows],
+            " rule_num, rule_text, verdict, detail)",
+            10,
+            values,
         )
 
     def insert_drops(self, rows: Iterable[DropRow]) -> None:
