@@ -296,6 +296,9 @@ class DnsLookups(Source):
             f = j.flow
             if f.proto not in ("udp", "tcp") or not j.captures:
                 continue
+            o, r = f.orig, f.reply
+            if r is not None and 53 not in (o[1], o[3], r[1], r[3]):
+                continue  # no packet of the flow has port 53 on either side of its NAT
             c = self._capture(j.captures)
             pkt = c.pkt
             if pkt is None or 53 not in (pkt.sport, pkt.dport):
