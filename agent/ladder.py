@@ -63,6 +63,18 @@ class Hop:
     verdict: str
     handle: bool = False  # rule_num is an nf_tables handle (`nft -a list` shows it)
 
+    @classmethod
+    def from_rule(cls, rule: dict) -> "Hop":
+        """The hop a flow's stored NAT rule (its detail's `nat_rule`) describes."""
+        return cls(
+            rule["table"],
+            rule["chain"],
+            rule.get("rule_num"),
+            rule.get("rule_text") or "",
+            rule["verdict"],
+            bool(rule.get("handle")),
+        )
+
     @property
     def num(self) -> str:
         return rule_label(self.rule_num, self.handle) if self.rule_num else "policy"
@@ -278,14 +290,7 @@ def _rule_text(hop: Hop | None, flow: dict | None, original: bool) -> tuple[str,
     detail = _json(flow.get("detail")) if flow else None
     rule = (detail or {}).get("nat_rule") if isinstance(detail, dict) else None
     if rule:
-        r = Hop(
-            rule["table"],
-            rule["chain"],
-            rule.get("rule_num"),
-            rule.get("rule_text") or "",
-            rule["verdict"],
-            bool(rule.get("handle")),
-        )
+        r = Hop.from_rule(rule)
         via = "" if original else "conntrack, reply of "
         return f"{via}{r.table} {r.chain} {r.num} -> {r.verdict}", r.rule_text
     return ("" if original else "conntrack"), ""

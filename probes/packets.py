@@ -609,6 +609,7 @@ class PacketCapture:
         self.analysis_bytes = _pow2_pages(analysis_mb * 1024 * 1024)
         self.obj: bpfobj.BpfObject | None = None
         self.rings: list[EvStream] = []  # per online CPU
+        self._ring_of: dict[int, EvStream] = {}  # the same by CPU
         self.areas: EvAreas | None = None
         self.reader = None
         self.attached = []  # (point, added_clsact)
@@ -689,6 +690,7 @@ class PacketCapture:
                 raise
             stream = self.areas.stream(cpu, bell)
             self.rings.append(stream)
+            self._ring_of[cpu] = stream
             self._epoll.register(stream.fd, select.EPOLLIN | select.EPOLLET)
 
     def _attach(self):
@@ -801,6 +803,7 @@ class PacketCapture:
         for ring in self.rings:
             ring.close()
         self.rings = []
+        self._ring_of = {}
         if self.areas:
             self.areas.close()
             self.areas = None
@@ -862,7 +865,7 @@ class PacketCapture:
         self._ring(cpu).consume(upto)
 
     def _ring(self, cpu):
-        return next(r for r in self.rings if r.cpu == cpu)
+        return self._ring_of[cpu]
 
     @staticmethod
     def _chain_ok(ring, start, head):

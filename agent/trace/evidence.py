@@ -169,7 +169,6 @@ class EvidenceWriter:
         self._stop = threading.Event()
         self.cpus = cap.evidence_cpus()
         n = max(1, writers or MAX_WRITERS)
-        self._lane_of = {cpu: i % n for i, cpu in enumerate(self.cpus)}  # drain()'s
         self._claim = threading.Lock()
         self._claimed: dict[int, int] = {}  # cpu -> where the next taker starts
         self._inflight: dict[int, collections.deque] = {}  # cpu -> [start, end, written]
@@ -231,17 +230,10 @@ class EvidenceWriter:
             n += size
         return n
 
-    def drain(self, cpus: list[int] | None = None) -> int:
-        """Write everything the programs have produced on `cpus` (None: all); returns
-        bytes written. One caller at a time per CPU."""
-        n = 0
-        for chunk in self.cap.chunks(cpus):
-            size = sum(len(p) for p in chunk.parts)
-            seq, offset = self.files.write(chunk.parts, size, self._lane_of.get(chunk.cpu, 0))
-            self.cap.consumed(chunk)
-            self._placed(chunk, seq, offset, size)
-            n += size
-        return n
+    def drain(self) -> int:
+        """Write everything the programs have produced by now (a writer thread's take, to
+        the first lane's file); returns bytes written."""
+        return self._take(0)
 
     def _placed(self, chunk, seq: int, offset: int, size: int) -> None:
         """Where a written chunk went (for locate()), in stream order; the size cap."""
