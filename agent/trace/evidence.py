@@ -68,6 +68,11 @@ def section_header(interfaces: list[Interface]) -> bytes:
     return buf.getvalue()
 
 
+# one write() call's most: the page cache took multi-MiB writes from the rings at 2-3x the
+# CPU a GiB of 256 KiB ones here (tcpdump writes a few KiB at a time)
+WRITE_BYTES = 256 << 10
+
+
 @dataclass
 class SegmentFiles:
     """pcapng segment files in `directory`: each starts with a section header and one
@@ -121,7 +126,7 @@ class SegmentFiles:
         for part in parts:
             view = memoryview(part)
             while view:
-                n = os.write(seg.fd, view)
+                n = os.write(seg.fd, view[:WRITE_BYTES])
                 view = view[n:]
         with self._lock:
             seg.size += nbytes
