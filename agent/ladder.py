@@ -206,7 +206,7 @@ def journeys(
         flows = store.flow_rows(fid for _jid, fid, _caps in rows if fid is not None)
     hops: dict[int, list[Hop]] = {}
     for jid, table, chain, num, text, verdict, detail in store.hops_of_journeys(
-        jid for jid, _fid, _caps in rows
+        session_id, [jid for jid, _fid, _caps in rows]
     ):
         d = _json(detail)
         by_handle = isinstance(d, dict) and bool(d.get("handle"))

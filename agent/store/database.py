@@ -769,13 +769,15 @@ class Store:
             ).fetchall()
         ]
 
-    def hops_of_journeys(self, journey_ids: Iterable[int]) -> list[tuple]:
+    def hops_of_journeys(self, session_id: int, journey_ids: Iterable[int]) -> list[tuple]:
         """(journey_id, table, chain, rule_num, rule_text, verdict, detail JSON) of the
-        rule hops stored for these journeys, in stored order."""
+        rule hops stored for these journeys of a session, in stored order (the session
+        bounds the look through the hops table: its (session_id, ts_ns) index)."""
         ids = list(journey_ids)
         if not ids:
             return []
         w = _Where()
+        w.add("session_id = ?", session_id)
         w.add_in("journey_id", ids)
         return self.db.execute(
             "SELECT journey_id, table_name, chain, rule_num, rule_text, verdict, detail FROM hops"
