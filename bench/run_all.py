@@ -24,6 +24,8 @@ BENCHES = [
         [],
     ),
     ("where trace's cost goes under iperf3: BPF programs, the trace process", "trace_cost.py", []),
+    ("the trace reader's cost per analysed record, live (issue 17)", "reader_live.py", []),
+    ("the analysis path's cost per record, synthetic (issue 17)", "analysis_cost.py", []),
     ("live capture: pyinspect extcap into dumpcap vs trace -w (issue 22)", "extcap_stream.py", []),
     ("IPv6 DNAT throughput vs IPv4 DNAT (issue 23)", "ipv6_nat.py", []),
     ("DNS lookups: embedded DNS vs the upstream directly (issue 23)", "dns_latency.py", []),
