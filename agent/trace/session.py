@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ..config import database_path
 from ..errors import PyinspectError, UsageError
@@ -80,7 +80,7 @@ class TraceOptions:
     roles: list | None = None  # capture points of these roles only (target.role)
     # what poll() returns of the journeys: "full" (items with every field: the JSON
     # view), "text" (their text lines only) or "off" (none: nobody reads them)
-    live: str = "full"
+    live: Literal["full", "text", "off"] = "full"
     # the process is the trace's own (the CLI): from the ready line on, what start-up made
     # is frozen and the automatic cycle collector is off (the analysis makes no reference
     # cycles, yet its collections walked every pending capture and journey every few
