@@ -383,7 +383,7 @@ class Overview:
         with self.store() as s:
             rows = [r for r in s.recent_flows(session_id, after_id, limit=500) if r.get("packets")]
             for r in rows:
-                hops = s.flow_rule_hops(r["id"], limit=200)
+                hops = s.flow_rule_hops(r["session_id"], r["id"], limit=200)
                 path = []
                 for t, c, n, v in hops:
                     step = f"{t}:{c}:{n if n is not None else 'policy'}" + (f" {v}" if v else "")

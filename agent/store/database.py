@@ -695,13 +695,13 @@ class Store:
             (flow_id, session_id),
         ).fetchone()
 
-    def flow_rule_hops(self, flow_id: int, limit: int = 200) -> list[tuple]:
-        """(table, chain, rule_num, verdict) of a flow's rule hops (not its captures), in
-        time order."""
+    def flow_rule_hops(self, session_id: int, flow_id: int, limit: int = 200) -> list[tuple]:
+        """(table, chain, rule_num, verdict) of a session's flow's rule hops (not its
+        captures), in time order (the session bounds the look: its hops' index)."""
         return self.db.execute(
-            "SELECT table_name, chain, rule_num, verdict FROM hops WHERE flow_id = ? "
-            "AND table_name != 'capture' ORDER BY ts_ns LIMIT ?",
-            (flow_id, limit),
+            "SELECT table_name, chain, rule_num, verdict FROM hops WHERE session_id = ?"
+            " AND flow_id = ? AND table_name != 'capture' ORDER BY ts_ns LIMIT ?",
+            (session_id, flow_id, limit),
         ).fetchall()
 
     def session_summaries(self) -> list[str | None]:
