@@ -587,9 +587,9 @@ class _BackgroundTrace:
         from .trace import TraceOptions, TraceSession
 
         self.session = TraceSession(
-            # the dashboard reads the store, not the live lines
             root,
             container,
+            # the dashboard reads the store, not the live lines
             TraceOptions(duration=duration, filter=bpf_filter, live="off"),
         )
         self.session_id = None

@@ -512,3 +512,17 @@ def test_migration_marks_old_running_sessions_killed(state_root):
 
 
 pytestmark = pytest.mark.skipif(not have("tshark"), reason="tshark not installed")
+
+
+def test_a_journeys_captures_keep_their_direction_and_length_or_their_absence(tmp_path):
+    """Each capture's fields come back as stored, an unknown direction or length (an old
+    store's row) as None."""
+    caps = [
+        IndexCapture(1, 100, T0, 1, "in", 60),
+        IndexCapture(1, 200, T0 + 1, 2, "out", 1514),
+        IndexCapture(2, 300, T0 + 2, 3, None, None),
+    ]
+    with Store(tmp_path / "pyinspect.db") as store:
+        (jid,) = store.add_journeys([JourneyRow(7, None, caps)])
+        assert store.journey_rows(7) == [(jid, None, caps)]
+        assert store.indexed_count(session_id=7) == 3

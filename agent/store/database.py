@@ -34,6 +34,7 @@ from .rows import (
     TracePoint,
     _json_sorted,
     _with_json,
+    pack_capture,
     unpack_captures,
 )
 
@@ -280,12 +281,7 @@ class Store:
                 r.flow_id,
                 caps[0].ts_ns,
                 len(caps),
-                b"".join(
-                    CAPTURE.pack(
-                        c.segment_id, c.offset, c.ts_ns, c.point_id, c.len, c.direction == "out"
-                    )
-                    for c in caps
-                ),
+                b"".join(pack_capture(c) for c in caps),
             )
         first = self.add_journey_values(values)
         return list(range(first, first + len(rows)))

@@ -419,6 +419,7 @@ class StoreSink:
                 if seg is not None:
                     if not caps:
                         first_ts = ts
+                    # rows.pack_capture's bytes, inline (a call per capture less)
                     caps.append(pack(seg, loc[1], ts, pids[point], ln, d == "out"))
             row = None
             if caps:
