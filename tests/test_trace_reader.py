@@ -132,6 +132,37 @@ def test_live_lines_keep_each_flows_tag_and_offsets():
         assert [t[len(tag) :].split("us")[0].strip() for t in caps] == ["+0.0", "+1.2", "+2.5"]
 
 
+def test_text_view_is_the_json_views_lines_one_item_a_journey():
+    """LiveText without fields: each journey is one item whose text is the JSON view's
+    lines (header, captures, netfilter hops) in the same order, joined."""
+    c = F.Correlator(0, 20)
+    for n, port in enumerate((4000, 4001)):
+        for p in range(3):
+            fr = frame("10.0.0.9", port, "10.0.0.1", 80, 7)
+            c.record(1000 + n * 10_000 + p * 1234, p, 0, len(fr), fr, 0, -1)
+    hop = {
+        "table": "filter",
+        "chain": "FORWARD",
+        "kind": "policy",
+        "rule_num": 0,
+        "rule_text": "policy DROP",
+        "verdict": "DROP",
+        "backend": "legacy",
+        "hook": "FORWARD",
+    }
+    journeys = c.settle(None).journeys
+    for j in journeys:
+        j.nf.append(dict(hop))
+    full, text = LiveText(POINTS, 20, "web"), LiveText(POINTS, 20, "web", fields=False)
+    for j in journeys:
+        j.flow.dirs_shown = set()
+        lines = [i["text"] for i in full.journey(j)]
+        j.flow.dirs_shown = set()
+        (item,) = text.journey(j)
+        assert len(lines) == 1 + 3 + 1  # the flow's header, 3 captures, the DROP hop
+        assert item == {"_ts": j.first_ns, "text": "\n".join(lines)}
+
+
 def test_locate_many_finds_what_locate_finds():
     rnd = random.Random(1)
     w = types.SimpleNamespace(lock=threading.Lock(), starts={}, placed={})
