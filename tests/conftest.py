@@ -20,6 +20,8 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 # `run` of a missing image must not go to Docker Hub from a test (no traffic but loopback
 # and the tests' own namespaces): tests that want the pull set PYINSPECT_PULL=missing.
 os.environ["PYINSPECT_PULL"] = "never"
+# every process the suite starts carries it: the leak check finds those still alive
+os.environ[kernelstate.RUN_MARK] = uuid.uuid4().hex
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,9 +5,11 @@ the test makes. Expected values (namespace inodes, cgroup ids) are read independ
 from /proc and the cgroup filesystems.
 """
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 
@@ -38,8 +40,25 @@ def procs():
 
     yield start
     for p in started:
+        # `unshare --fork`'s child (pid 1 of its pid namespace) outlives a killed parent
+        children = _children(p.pid)
         p.kill()
         p.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid):
+    """The pids whose parent is `pid`."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+    return out
 
 
 def cgroup_dir_inodes(pid):

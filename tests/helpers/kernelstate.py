@@ -87,19 +87,28 @@ def _tc_programs():
     return out
 
 
+# every process the suite starts inherits this (conftest sets it): one still alive at
+# the end was left behind, whatever it runs (a child reparented to init included)
+RUN_MARK = "PI_TEST_RUN"
+
+
 def _processes():
-    """Processes whose command line mentions a test state root or a pyinspect shim."""
+    """Processes whose command line mentions a test state root or a pyinspect shim, and
+    processes of this run (RUN_MARK in their environment) other than this one."""
     out = set()
     me = os.getpid()
+    mark = f"{RUN_MARK}={os.environ.get(RUN_MARK, '')}".encode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == me:
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                ours = os.environ.get(RUN_MARK) and mark in f.read().split(b"\0")
         except OSError:
             continue
-        if "pyinspect-shim" in cmd or "pi-test" in cmd:
+        if "pyinspect-shim" in cmd or "pi-test" in cmd or ours:
             out.add(f"{pid} {cmd.strip()[:120]}")
     return out
 
