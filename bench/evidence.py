@@ -28,9 +28,11 @@ server -A 1) while (b') tcpdump on the four points, (c') `pyinspect trace -w` an
 of nothing between them (a'). Each attached window is compared with the nothing-windows
 either side of it (this VM's throughput drifts +-20% over tens of seconds, so separate runs
 resolve little: see bench/trace_flood.py), and the median of those window ratios is
-reported per mode: (c')/(b') target >= 1.0, (d)/(a') target >= 0.95. Captured share per
-point for (b') and (c'): packets in the file whose timestamps lie between two interface
-counter readings taken while the capture was attached / the counters' difference. At tens
+reported per mode: (c')/(b') target >= 1.0, (d)/(a') target >= 0.95. (e) is tcpdump on the
+four points keeping the 128 bytes a packet that (d) keeps: the field's tool doing (d)'s job
+(`--modes` tcpdump runs both b' and e). Captured share per point for (b'), (c') and (e):
+packets in the file whose timestamps lie between two interface counter readings taken
+while the capture was attached / the counters' difference. At tens
 of Gbit/s whole packets are GB per second per point: the disk, not the tool, is the limit
 for both; files are counted and removed after every window (then `sync -f`, not
 counted: writeback after a tcpdump window slowed the next nothing-window to x0.5-0.7;
@@ -56,6 +58,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the checkout: testbed/ (shared with the tests)
 import trace_flood  # noqa: E402  (bench/: the iperf3 server/client, pinning, the interval)
+
+from pyinspect.trace.session import HEADERS_SNAPLEN  # noqa: E402  (what trace keeps without -w)
 
 from testbed import pointcap, tracetopo  # noqa: E402
 
@@ -156,8 +160,9 @@ class Bench:
     def start(self, mode, tag):
         if mode == "none":
             return None
-        if mode == "tcpdump":
-            self.dumps = pointcap.Tcpdumps(self.points, self.tmp, tag)
+        if mode in ("tcpdump", "tcpdump_headers"):
+            snap = HEADERS_SNAPLEN if mode == "tcpdump_headers" else pointcap.SNAPLEN
+            self.dumps = pointcap.Tcpdumps(self.points, self.tmp, tag, snaplen=snap)
             return ("tcpdump", self.dumps)
         root = tempfile.mkdtemp(dir=self.tmp)
         path = os.path.join(root, "t.pcapng") if mode == "trace_w" else None
@@ -446,7 +451,7 @@ def report_iperf(windows, nothing_gbit, points, args):
         f"window / the nothing-windows either side (medians); nothing: "
         f"{fmt(nothing_gbit, '.2f')} Gbit/s"
     )
-    for mode in ("tcpdump", "trace_w", "trace"):
+    for mode in ("tcpdump", "trace_w", "tcpdump_headers", "trace"):
         ws = [w for w in windows if w["mode"] == mode]
         if not ws:
             continue
@@ -458,9 +463,12 @@ def report_iperf(windows, nothing_gbit, points, args):
             "points": {},
             "capture_cpu_s": med(w.get("capture_cpu_s") for w in ws),
         }
-        label = {"tcpdump": "(b') tcpdump x4", "trace_w": "(c') trace -w", "trace": "(d) trace"}[
-            mode
-        ]
+        label = {
+            "tcpdump": "(b') tcpdump x4",
+            "trace_w": "(c') trace -w",
+            "tcpdump_headers": f"(e) tcpdump -s {HEADERS_SNAPLEN}",
+            "trace": "(d) trace",
+        }[mode]
         print(
             f"  {label:<16} x{fmt(o['ratio'], '.3f')} of nothing ({fmt(o['gbit'], '.2f')} "
             f"Gbit/s; windows: {', '.join(map(str, o['ratios']))}); capture processes' "
@@ -468,7 +476,7 @@ def report_iperf(windows, nothing_gbit, points, args):
         )
         if mode == "trace":
             continue
-        for p in points:
+        for p in points:  # (e): the job (d) does, so its share is (d)'s to match
             share = med(w["points"][p.name]["share"] for w in ws)
             o["points"][p.name] = share
             print(
@@ -495,6 +503,13 @@ def report_iperf(windows, nothing_gbit, points, args):
             f"  throughput (d)/(a'): x{x:.3f} (target >= {TARGET_NO_W}: "
             f"{'met' if x >= TARGET_NO_W else 'NOT met'})"
         )
+        if out.get("tcpdump_headers", {}).get("ratio"):
+            e = out["tcpdump_headers"]["ratio"]
+            out["throughput_d_over_e"] = x / e
+            print(
+                f"  throughput (d)/(e): x{x / e:.3f} (trace without -w against tcpdump keeping "
+                f"the same {HEADERS_SNAPLEN} bytes a packet on the same points)"
+            )
     return out
 
 
@@ -521,7 +536,7 @@ def main():
         "--modes",
         default="none,tcpdump,trace",
         help="flood modes (none, tcpdump, trace) and iperf3 capture modes "
-        "(tcpdump: b', trace: c' and d); e.g. none,tcpdump to check the "
+        "(tcpdump: b' and e, trace: c' and d); e.g. none,tcpdump to check the "
         "baseline alone",
     )
     ap.add_argument("--json", action="store_true")
@@ -532,7 +547,12 @@ def main():
     ]
     iperf_modes = [
         m
-        for m, k in (("tcpdump", "tcpdump"), ("trace_w", "trace"), ("trace", "trace"))
+        for m, k in (
+            ("tcpdump", "tcpdump"),
+            ("trace_w", "trace"),
+            ("tcpdump_headers", "tcpdump"),
+            ("trace", "trace"),
+        )
         if k in want
     ]
 

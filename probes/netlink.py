@@ -10,10 +10,13 @@ messages because the receive buffer was full. Used by `conntrack.ConntrackEvents
 import errno
 import select
 import socket
+import threading
 import time
 
 NETLINK_NETFILTER = 12
 RECV_SIZE = 1 << 20
+
+_bufs = threading.local()
 
 
 def drain(sock, parse, timeout=0.0, bufsize=RECV_SIZE):
@@ -26,9 +29,16 @@ def drain(sock, parse, timeout=0.0, bufsize=RECV_SIZE):
     overruns = 0
     if timeout and not select.select([sock], [], [], timeout)[0]:
         return out, overruns
+    # one receive buffer a thread, the datagram copied out of it: recv(bufsize) would
+    # allocate (and map) bufsize bytes for every datagram, twice a small one's cost
+    buf = getattr(_bufs, "buf", None)
+    if buf is None or len(buf) < bufsize:
+        buf = _bufs.buf = bytearray(bufsize)
+    view = memoryview(buf)
+    recv_into = sock.recv_into
     while True:
         try:
-            data = sock.recv(bufsize)
+            data = bytes(view[: recv_into(buf, bufsize)])
         except BlockingIOError:
             break
         except OSError as exc:
