@@ -12,6 +12,7 @@ The budget is a token bucket holding up to BUDGET_BURST_S seconds of its rate.
 
 import os
 import time
+from dataclasses import dataclass
 
 POLL_INTERVAL = 0.1  # seconds between reads of the sources (SETTLE_NS is longer)
 # ... while less than a core is idle: each poll costs ~1 ms of CPU whatever it reads
@@ -20,6 +21,15 @@ AUTO_CPU_SHARE = 0.01  # 1% of a core: ~1000 records/s at ~10 us a record
 AUTO_CPU_SHARE_IDLE = 0.5
 AUTO_MIN_RATE, AUTO_MAX_RATE = 100, 100000  # records/s bounds of the automatic budget
 BUDGET_BURST_S = 1.0  # the budget saves up to this many seconds of its rate
+
+
+@dataclass
+class _Window:
+    """What learn() has been told since it last learnt: CPU seconds, work, polls."""
+
+    cpu_s: float = 0.0
+    work: int = 0
+    polls: int = 0
 
 
 class ReaderBudget:
@@ -34,7 +44,7 @@ class ReaderBudget:
         self._cpu_prev = None
         self._idle = None  # idle cores between the last two refills
         self._ncpu = os.cpu_count() or 1
-        self._window = [0.0, 0, 0]  # CPU s, work and polls learn() has not learnt yet
+        self._window = _Window()
 
     @property
     def poll_interval(self):
@@ -70,13 +80,14 @@ class ReaderBudget:
         it at a later poll's flush), so it is learnt with the polls up to that one.
         Polls with at most 2 of each teach the first, polls with 20+ the second (less
         the polls' own cost)."""
-        self._window[0] += cpu_s
-        self._window[1] += max(records, settled)
-        self._window[2] += 1
+        w = self._window
+        w.cpu_s += cpu_s
+        w.work += max(records, settled)
+        w.polls += 1
         if not whole:
             return
-        cpu_s, work, polls = self._window
-        self._window = [0.0, 0, 0]
+        cpu_s, work, polls = w.cpu_s, w.work, w.polls
+        self._window = _Window()
         if work <= 2 * polls:
             self.poll_cost = 0.8 * self.poll_cost + 0.2 * cpu_s / polls
         elif work >= 20:
