@@ -11,8 +11,10 @@ are cls_bpf filters with a distinctive prio/handle and the name `pyinspect-trace
 a later start finds and removes them after a kill -9 (`remove_stale_filters`).
 """
 
+import array
 import contextlib
 import ctypes
+import itertools
 import mmap
 import os
 import socket
@@ -40,6 +42,7 @@ TC_NAME_PREFIX = "pyinspect-trace:"
 CONTROL_PACKETS_PER_PERIOD = 8  # SYN/FIN/RST kept per budget period and point, at least
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
+BUSY_TAIL = 8  # the newest records of a batch, read one by one (a program may be writing them)
 
 
 @dataclass
@@ -265,8 +268,16 @@ class RingReader:
     casts), never byte by byte as struct's '<Q' does: the kernel reads the consumer
     position while we write it, and we read a header while a program commits it."""
 
-    def __init__(self, map_fd, size):
+    def __init__(self, map_fd, size, record_bytes=0):
         self.size = size
+        # with `record_bytes`, every record's size when the programs write one size only
+        # (spans() then checks a batch's headers at once instead of one by one)
+        self.record_bytes = record_bytes
+        stride = (record_bytes + 8 + 7) & ~7
+        # a committed header of that size, as many times as the ring holds records
+        self._committed = memoryview(
+            array.array("I", [record_bytes]) * (size // stride + 1 if record_bytes else 0)
+        )
         page = mmap.PAGESIZE
         self.cons = mmap.mmap(
             map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
@@ -285,12 +296,27 @@ class RingReader:
         space back."""
         cons_pos = self._cons_word[0]
         prod_pos = self._prod_word[0]
-        starts: list[int] = []
-        add = starts.append
         words = self._u32
         base = self.page
         mask = self.mask
         got = 0
+        bulk = None
+        if self.record_bytes:
+            # one size of record: the batch's headers are every stride-th word from here
+            # (the data pages are mapped twice, so a batch that crosses the ring's end is
+            # contiguous); when all of them say committed, not discarded, that size, the
+            # records start a stride apart. The last few, which a program may still be
+            # writing, are read one by one below
+            stride = (self.record_bytes + 8 + 7) & ~7
+            n = min((prod_pos - cons_pos) // stride, limit) - BUSY_TAIL
+            if n > 0:
+                w = (base + (cons_pos & mask)) >> 2
+                if words[w : w + n * (stride >> 2) : stride >> 2] == self._committed[:n]:
+                    bulk = range((w << 2) + 8, (w << 2) + 8 + n * stride, stride)
+                    cons_pos += n * stride
+                    got = n
+        starts: list[int] = []
+        add = starts.append
         while cons_pos < prod_pos and got < limit:
             off = base + (cons_pos & mask)
             ln = words[off >> 2]
@@ -300,6 +326,8 @@ class RingReader:
                 add(off + 8)
             cons_pos += ((ln & ~(_BUSY | _DISCARD)) + 8 + 7) & ~7
             got += 1
+        if bulk is not None:
+            return self.prod, itertools.chain(bulk, starts) if starts else bulk, cons_pos
         return self.prod, starts, cons_pos
 
     def release(self, cons_pos):
@@ -315,7 +343,7 @@ class RingReader:
         return out
 
     def close(self):
-        for view in (self._cons_word, self._prod_word, self._u32):
+        for view in (self._cons_word, self._prod_word, self._u32, self._committed):
             view.release()
         self.cons.close()
         self.prod.close()
@@ -658,7 +686,9 @@ class PacketCapture:
             self._fill_maps()
             self._write_ctl()  # the budget is in place before the first program attaches
             self._open_rings()
-            self.reader = RingReader(self.obj.map_fd("arecs"), self.analysis_bytes)
+            self.reader = RingReader(
+                self.obj.map_fd("arecs"), self.analysis_bytes, record_bytes=AREC_SIZE
+            )
             self._attach()
         except Exception as exc:
             self.close()
