@@ -273,10 +273,10 @@ class RingReader:
         # with `record_bytes`, every record's size when the programs write one size only
         # (spans() then checks a batch's headers at once instead of one by one)
         self.record_bytes = record_bytes
-        stride = (record_bytes + 8 + 7) & ~7
+        self._stride = (record_bytes + 8 + 7) & ~7  # a record with its 8-byte header
         # a committed header of that size, as many times as the ring holds records
         self._committed = memoryview(
-            array.array("I", [record_bytes]) * (size // stride + 1 if record_bytes else 0)
+            array.array("I", [record_bytes]) * (size // self._stride + 1 if record_bytes else 0)
         )
         page = mmap.PAGESIZE
         self.cons = mmap.mmap(
@@ -307,7 +307,7 @@ class RingReader:
             # contiguous); when all of them say committed, not discarded, that size, the
             # records start a stride apart. The last few, which a program may still be
             # writing, are read one by one below
-            stride = (self.record_bytes + 8 + 7) & ~7
+            stride = self._stride
             n = min((prod_pos - cons_pos) // stride, limit) - BUSY_TAIL
             if n > 0:
                 w = (base + (cons_pos & mask)) >> 2

@@ -101,7 +101,9 @@ def test_settle_takes_what_is_older_than_the_cutoff_across_polls():
     assert sorted(pos for _ts, pos in settled) == [r[6] for r in recs]
 
 
-def test_live_lines_keep_each_flows_tag_and_offsets():
+def _two_flows_dropped_by_policy():
+    """The settled journeys of two flows seen at 3 points, each with a FORWARD policy
+    DROP hop."""
     c = F.Correlator(0, 20)
     for n, port in enumerate((4000, 4001)):
         for p in range(3):
@@ -120,6 +122,11 @@ def test_live_lines_keep_each_flows_tag_and_offsets():
     journeys = c.settle(None).journeys
     for j in journeys:
         j.nf.append(dict(hop))
+    return journeys
+
+
+def test_live_lines_keep_each_flows_tag_and_offsets():
+    journeys = _two_flows_dropped_by_policy()
     live = LiveText(POINTS, 20, "web")
     for j in journeys:
         items = live.journey(j)
@@ -135,24 +142,7 @@ def test_live_lines_keep_each_flows_tag_and_offsets():
 def test_text_view_is_the_json_views_lines_one_item_a_journey():
     """LiveText without fields: each journey is one item whose text is the JSON view's
     lines (header, captures, netfilter hops) in the same order, joined."""
-    c = F.Correlator(0, 20)
-    for n, port in enumerate((4000, 4001)):
-        for p in range(3):
-            fr = frame("10.0.0.9", port, "10.0.0.1", 80, 7)
-            c.record(1000 + n * 10_000 + p * 1234, p, 0, len(fr), fr, 0, -1)
-    hop = {
-        "table": "filter",
-        "chain": "FORWARD",
-        "kind": "policy",
-        "rule_num": 0,
-        "rule_text": "policy DROP",
-        "verdict": "DROP",
-        "backend": "legacy",
-        "hook": "FORWARD",
-    }
-    journeys = c.settle(None).journeys
-    for j in journeys:
-        j.nf.append(dict(hop))
+    journeys = _two_flows_dropped_by_policy()
     full, text = LiveText(POINTS, 20, "web"), LiveText(POINTS, 20, "web", fields=False)
     for j in journeys:
         j.flow.dirs_shown = set()
