@@ -139,15 +139,64 @@ def test_live_lines_keep_each_flows_tag_and_offsets():
         assert [t[len(tag) :].split("us")[0].strip() for t in caps] == ["+0.0", "+1.2", "+2.5"]
 
 
+def _nft_hop(chain, handle, verdict, kind="rule"):
+    return {
+        "table": "ip filter",
+        "chain": chain,
+        "kind": kind,
+        "rule_num": handle,
+        "handle": handle,
+        "rule_text": f"-A {chain} -j {verdict}" if kind == "rule" else "end of chain",
+        "verdict": verdict,
+        "backend": "nftables",
+        "hook": "FORWARD",
+    }
+
+
+def test_a_rule_path_is_shown_whole_until_it_repeats():
+    """Live lines: a flow's first rule path each way is printed hop by hop, and so is a
+    later packet's that differs (a FIN accepted by the ESTABLISHED rule after a SYN
+    accepted by the published port's); a repeated path is one line with its verdict."""
+    c = F.Correlator(0, 20)
+    for k, flags in enumerate((0x02, 0x10, 0x11, 0x10)):  # SYN, ACK, FIN, ACK
+        fr = frame("10.0.0.9", 4000, "10.0.0.1", 80, 10 + k, flags=flags)
+        c.record(1000 + k * 10_000, 0, 0, len(fr), fr, 0, -1)
+    syn, ack, fin, ack2 = c.settle(None).journeys
+    to_port = [_nft_hop("FORWARD", 6, "JUMP PI"), _nft_hop("PI", 14, "ACCEPT")]
+    established = [
+        _nft_hop("FORWARD", 6, "JUMP PI"),
+        _nft_hop("PI", 0, "RETURN", "return"),
+        _nft_hop("FORWARD", 8, "ACCEPT"),
+    ]
+    syn.nf, ack.nf, fin.nf, ack2.nf = to_port, list(to_port), established, list(established)
+    same = "[1]              netfilter: the same rule path as before ({} steps) -> ACCEPT"
+    for fields in (True, False):
+        live = LiveText(POINTS, 20, "web", fields=fields)
+        syn.flow.paths_shown = set()
+        items = [live.journey(j) for j in (syn, ack, fin, ack2)]
+        nf_lines = [
+            [ln for i in x for ln in i["text"].splitlines() if "netfilter" in ln] for x in items
+        ]
+        assert [len(x) for x in nf_lines] == [2, 1, 3, 1]
+        assert "PI handle 14 -> ACCEPT" in nf_lines[0][1]
+        assert nf_lines[1] == [same.format(2)]
+        assert "FORWARD handle 8 -> ACCEPT" in nf_lines[2][2]
+        assert nf_lines[3] == [same.format(3)]
+        if fields:
+            (item,) = [i for i in items[3] if i.get("hop") == "netfilter"]
+            assert (item["same_path"], item["steps"]) == (True, 3)
+            assert (item["chain"], item["handle"], item["verdict"]) == ("FORWARD", 8, "ACCEPT")
+
+
 def test_text_view_is_the_json_views_lines_one_item_a_journey():
     """LiveText without fields: each journey is one item whose text is the JSON view's
     lines (header, captures, netfilter hops) in the same order, joined."""
     journeys = _two_flows_dropped_by_policy()
     full, text = LiveText(POINTS, 20, "web"), LiveText(POINTS, 20, "web", fields=False)
     for j in journeys:
-        j.flow.dirs_shown = set()
+        j.flow.paths_shown = set()
         lines = [i["text"] for i in full.journey(j)]
-        j.flow.dirs_shown = set()
+        j.flow.paths_shown = set()
         (item,) = text.journey(j)
         assert len(lines) == 1 + 3 + 1  # the flow's header, 3 captures, the DROP hop
         assert item == {"_ts": j.first_ns, "text": "\n".join(lines)}

@@ -261,7 +261,7 @@ class Flow:
     notes: list = field(default_factory=list)
     matched: bool = False
     store_id: int | None = None
-    dirs_shown: set = field(default_factory=set)
+    paths_shown: set = field(default_factory=set)  # (direction, rule path key) printed live
     repeated_paths: int = 0  # journeys whose rule path was the previous one's (not stored)
     touched: float = 0.0  # CLOCK_MONOTONIC s when a packet or conntrack last spoke of it
     keys: list = field(default_factory=list)  # the index keys it was put under
@@ -417,6 +417,11 @@ class Journey:
     nf: list = field(default_factory=list)  # hop dicts from probes.nftrace
     first_ns: int = 0
     seq: int = 0  # its place in the flow: 1 for the flow's first journey
+
+    def rule_path_key(self):
+        """The journey's rule path (table, chain, rule, verdict of each hop) as a key:
+        equal keys are the same path."""
+        return tuple((h["table"], h["chain"], h["rule_num"], h["verdict"]) for h in self.nf)
 
     def hops(self, host_points):
         """Captures and netfilter hops in path order.
@@ -877,7 +882,6 @@ class Correlator:
     def _place_hops(self, journeys, order, cutoff, out):
         """Netfilter trace lines onto the journey of the same packet."""
         keep = []
-        by_id = None
         now = time.time_ns()
         index = self.flows.index
         for hop in self.nf_pending:  # each looked at in every poll until it is placed
@@ -887,13 +891,7 @@ class Correlator:
             placed = False
             if pk:
                 hit = index.get(pk[:5])  # pk.tuple
-                j = None
-                if hit and hop.get("loose_ident"):  # nft traces: ip id + length only
-                    if by_id is None:
-                        by_id = {(k[0], k[1], k[2][0], k[2][3]): v for k, v in journeys.items()}
-                    j = by_id.get((hit[0].id, hit[1], pk.ipid, pk.iplen))
-                elif hit:
-                    j = journeys.get((hit[0].id, hit[1], pk[5:9]))  # pk.ident
+                j = journeys.get((hit[0].id, hit[1], pk[5:9])) if hit else None  # pk.ident
                 if j is not None:
                     self._nf_into(j, hop)
                     placed = True
@@ -925,16 +923,6 @@ class Correlator:
     def _recent_journey(self, pk, hop):
         hit = self.flows.lookup(pk.tuple)
         if not hit:
-            return None
-        if hop.get("loose_ident"):
-            for (fid, d, ident), j in reversed(self.recent.items()):
-                if (
-                    fid == hit[0].id
-                    and d == hit[1]
-                    and ident[0] == pk.ipid
-                    and ident[3] == pk.iplen
-                ):
-                    return j
             return None
         return self.recent.get((hit[0].id, hit[1], pk.ident))
 

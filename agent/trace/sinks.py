@@ -19,6 +19,7 @@ from .dns import dns_item
 from .target import role
 
 LIVE_DROPS_PER_CAUSE = 3
+PATHS_SHOWN_PER_FLOW = 16  # distinct rule paths a flow remembers having printed
 # the store's transaction: at most one a second (a poll is every 0.1-0.25 s), so its
 # commit and its statements are paid once for ~4-10 polls
 STORE_EVERY_S = 1.0
@@ -48,9 +49,9 @@ class LiveText:
 
     def journey(self, j):
         """The flow's header line on its first journey, then one line per capture and per
-        netfilter hop for its first `live_per_flow` journeys: the whole rule path for the
-        first packet each way, later only what is not a plain ACCEPT. Without `fields`,
-        one item holds the journey's lines."""
+        netfilter hop for its first `live_per_flow` journeys: a rule path the flow has not
+        shown that way yet in full, a repeated one as one line. Without `fields`, one item
+        holds the journey's lines."""
         f = j.flow
         items: list = []  # without fields: the lines
         fields = self.fields
@@ -72,11 +73,10 @@ class LiveText:
         if j.seq > self.live_per_flow:
             return items if fields else self._block(j, items)
         if j.nf:
-            full_path = j.direction not in f.dirs_shown
-            f.dirs_shown.add(j.direction)
             caps, cut, nf = j.path(self.host_points)
+            rule_path = self._rule_path(f, j, nf)
         else:
-            caps, cut, nf = sorted(j.captures, key=F._capture_ts), -1, ()
+            caps, cut, rule_path = sorted(j.captures, key=F._capture_ts), -1, []
         tag = f"[{f.id}]"
         point_of = self._point
         add = items.append
@@ -88,9 +88,7 @@ class LiveText:
         fid, first_ns = f.id, j.first_ns
         for i, c in enumerate(caps):
             if i == cut:
-                for h in nf:
-                    if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
-                        add(self._hop(f, j, h))
+                items += rule_path
             ts, point, d, ln, data, pk, _cpu, _pos = c
             name, r, mids = point_of[point]
             if pk is not last_pk:
@@ -158,9 +156,7 @@ class LiveText:
                 item["text"] = text
                 add(item)
         if cut >= len(caps):
-            for h in nf:
-                if full_path or h["verdict"] not in ("ACCEPT", "TRACE", "RETURN"):
-                    add(self._hop(f, j, h))
+            items += rule_path
         return items if fields else self._block(j, items)
 
     @staticmethod
@@ -188,6 +184,26 @@ class LiveText:
             "len": c.len,
             "text": "",
         }
+
+    def _rule_path(self, f, j, nf):
+        """A journey's netfilter hops (`nf`, in order): each one when the flow has not shown
+        this rule path that way yet, else one line saying it is the same, with its verdict
+        (a later FIN accepted by another rule than the SYN is a new path, shown whole). In
+        the JSON view that line carries its last hop's fields, `same_path` and `steps`."""
+        key = (j.direction, j.rule_path_key())
+        shown = f.paths_shown
+        if key not in shown:
+            if len(shown) < PATHS_SHOWN_PER_FLOW:
+                shown.add(key)
+            return [self._hop(f, j, h) for h in nf]
+        verdict = nf[-1]["verdict"]
+        what = f"the same rule path as before ({len(nf)} steps) -> {verdict}"
+        text = f"[{f.id}] {'':>11}  netfilter: {what}"
+        if not self.fields:
+            return [text]
+        item = self._hop(f, j, nf[-1])  # the JSON view: the fields of its last hop
+        item.update(text=text, same_path=True, steps=len(nf))
+        return [item]
 
     def _hop(self, f, j, h):
         """`netfilter TABLE:CHAIN rule N -> VERDICT  (rule text)`; nf_tables hops name the
@@ -488,7 +504,7 @@ class StoreSink:
     def _same_path(self, j):
         """True (and counted on the flow) when the journey's netfilter rule path is the
         one stored for the flow's previous journey that way: the rows would repeat it."""
-        path = tuple((h["table"], h["chain"], h["rule_num"], h["verdict"]) for h in j.nf)
+        path = j.rule_path_key()
         key = (j.flow.id, j.direction)
         if self._last_path.get(key) == path:
             j.flow.repeated_paths += 1
