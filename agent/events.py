@@ -2,7 +2,10 @@
 
 - `Recorder(store, resolver)` attributes each probe record to a container (by pid,
   pid/net namespace inode and cgroup id, through `pyinspect.discovery.Resolver`) and
-  writes them in batches with `Store.insert_events` (one transaction per batch).
+  writes them in batches with `Store.insert_events` (one transaction per batch). A
+  record in namespaces or a cgroup no container owns yet (a container being created:
+  its runtime writes its state after making them) is held up to `HOLD_S` and
+  attributed again once discovery has looked again.
   It also stores ring buffer loss and reader lag per probe in `probe_loss`.
 - `Follower(root, store)` runs the probes (process, cgroup, and probes engineer B's
   netlink link monitor) inside this process and yields attributed
@@ -12,6 +15,7 @@
 """
 
 import json
+import os
 import queue
 import threading
 import time
@@ -36,6 +40,9 @@ COLUMNS = (
     "detail",
 )
 PROBES = ("process", "cgroup", "links")
+HOLD_S = 3.0  # how long a record in not-yet-known namespaces or cgroups waits for an owner
+HOLD_MAX = 20_000  # records held at most; past it they are written unattributed
+RETRY_EVERY_S = 0.25
 
 
 def parse_since(value, now_ns=None):
@@ -115,12 +122,15 @@ class Recorder:
         self._last_flush = time.monotonic()
         self._loss_seen = {}
         self._memo = {}  # attribution key -> (container or None, expiry)
+        self._held: list[tuple[float, dict]] = []  # (deadline, row) waiting for an owner
+        self._last_retry = 0.0
         self.attribution_errors = 0
         self.last_attribution_error = None
         self.memo_ttl = 2.0  # seconds a (namespaces, cgroup) answer is reused
 
-    def attribute(self, ev):
-        """Set container_id / container_name on `ev` (None when it is the host's)."""
+    def attribute(self, ev, fresh=False):
+        """Set container_id / container_name on `ev` (None when it is the host's); `fresh`
+        asks discovery again instead of reusing a remembered answer."""
         ev.setdefault("container_id", None)
         ev.setdefault("container_name", None)
         if self.resolver is None:
@@ -146,7 +156,7 @@ class Recorder:
             )
             now = time.monotonic()
             memo = self._memo.get(key)
-            if memo and memo[1] > now:
+            if memo and memo[1] > now and not (fresh and memo[0] is None):
                 hit = memo[0]
             else:
                 hit = self._resolve(
@@ -170,8 +180,10 @@ class Recorder:
 
     def add(self, ev):
         """Queue one probe record (attributed here unless already attributed); returns
-        it as stored: the table's columns, anything else folded into `detail`."""
-        if "container_id" not in ev:
+        it as stored (the table's columns, anything else folded into `detail`), or None
+        when it is held for an owner: `tick()` returns it when it is released."""
+        attributed = "container_id" not in ev
+        if attributed:
             self.attribute(ev)
         if self.session_id is not None:
             ev["session_id"] = self.session_id
@@ -179,15 +191,54 @@ class Recorder:
         extra = {k: v for k, v in ev.items() if k not in COLUMNS and k != "id"}
         if extra:  # e.g. a link record's ifindex/ifname: kept in detail
             row["detail"] = {**extra, **(row["detail"] or {})}
+        if attributed and row["container_id"] is None and self._owner_may_appear(row):
+            self._held.append((time.monotonic() + HOLD_S, row))
+            return None
+        self._queue(row)
+        return row
+
+    def _queue(self, row):
         self._batch.append(row)
         if len(self._batch) >= self.batch_size:
             self.flush()
-        return row
+
+    def _owner_may_appear(self, row):
+        """True for a record no container owns now in namespaces that are not the
+        host's, or about a cgroup below the root: a container may be in the making."""
+        host = getattr(self.resolver, "host", None)  # discovery's: the host's namespaces
+        if not host or len(self._held) >= HOLD_MAX:
+            return False
+        if (row["netns"] and row["netns"] != host.get("net")) or (
+            row["pidns"] and row["pidns"] != host.get("pid")
+        ):
+            return True
+        d = row["detail"] or {}
+        return row["kind"].startswith("cgroup_") and d.get("path", "/") != "/"
 
     def tick(self):
-        """Flush if the batch is older than flush_interval."""
+        """Attribute held records again (a new container is found within discovery's
+        refresh interval), flush if the batch is older than flush_interval; returns the
+        held records released now, attributed or not (their time is up)."""
+        released = self._release() if self._held else []
         if self._batch and time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
+        return released
+
+    def _release(self, final=False):
+        now = time.monotonic()
+        if not final and now - self._last_retry < RETRY_EVERY_S:
+            return []
+        self._last_retry = now
+        out, keep = [], []
+        for deadline, row in self._held:
+            self.attribute(row, fresh=True)
+            if row["container_id"] is not None or final or deadline <= now:
+                out.append(row)
+                self._queue(row)
+            else:
+                keep.append((deadline, row))
+        self._held = keep
+        return out
 
     @property
     def written(self):
@@ -208,7 +259,10 @@ class Recorder:
         self._last_flush = time.monotonic()
 
     def close(self):
-        """Write what is queued; in threaded mode wait for the writer to finish."""
+        """Write what is queued (held records too); in threaded mode wait for the writer
+        to finish."""
+        if self._held:
+            self._release(final=True)
         self.flush()
         if self._writer:
             writer, self._writer = self._writer, None  # later writes go direct: idempotent
@@ -254,7 +308,8 @@ def make_probe(name, **kw):
 
 
 class Follower:
-    """Run the event probes here, attribute and record what they see.
+    """Run the event probes here, attribute and record what they see (not this
+    process's own records).
 
         with Follower(root, store) as f:      # f.messages: what was skipped and why
             for ev in f.poll(200): ...
@@ -284,6 +339,7 @@ class Follower:
         self.messages = []
         self._last_loss = 0.0
         self._backlog = []
+        self._me = os.getpid()
 
     def start(self):
         """Start every probe that can start (returns self); on an unexpected error,
@@ -324,8 +380,8 @@ class Follower:
         self._backlog = []
         for probe in self.probes:
             for ev in probe.events(0):
-                row = self.recorder.add(ev)
-                if self._wanted(row):
+                row = self._take(ev)
+                if row is not None:
                     self._backlog.append(row)
             if hasattr(probe, "max_lag_ns"):
                 probe.max_lag_ns = 0
@@ -364,6 +420,15 @@ class Follower:
         ]
         return "listening: " + ", ".join(parts)
 
+    def _take(self, ev):
+        """Record one probe record; returns the row to deliver now, or None: held for an
+        owner (delivered when released), not wanted, or this process's own (the observer
+        joining a namespace to watch its links is not an event of that container)."""
+        if ev.get("pid") == self._me:
+            return None
+        row = self.recorder.add(ev)
+        return row if row is not None and self._wanted(row) else None
+
     def _wanted(self, ev):
         if self.kinds and ev["kind"] not in self.kinds:
             return False
@@ -379,10 +444,10 @@ class Follower:
         out, self._backlog = self._backlog, []
         for i, probe in enumerate(self.probes):
             for ev in probe.events(timeout_ms if i == 0 else 0):
-                row = self.recorder.add(ev)
-                if self._wanted(row):
+                row = self._take(ev)
+                if row is not None:
                     out.append(row)
-        self.recorder.tick()
+        out += [row for row in self.recorder.tick() if self._wanted(row)]
         if time.monotonic() - self._last_loss >= 5:
             self.record_loss()
         return out

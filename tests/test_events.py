@@ -392,6 +392,40 @@ def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
         cli("rm", "-f", name, check=False)
 
 
+@pytest.mark.root
+def test_a_container_started_while_following_has_its_making_attributed(state_root):
+    """A container's first records (its cgroups made, its init's exec) come before its
+    runtime has written the state discovery reads: they wait for it and are delivered and
+    stored with the container's name. The follower's own records are not kept."""
+    cli = Cli(state_root)
+    name = f"pa-new-{uuid.uuid4().hex[:6]}"
+    store = Store(database_path(state_root))
+    try:
+        with ev_lib.Follower(state_root, store) as f:
+            cli("run", "-d", "--name", name, "--net", "none", "busybox", "sleep", "1000")
+            init = wait_events(
+                f,
+                lambda seen: next(
+                    (
+                        e
+                        for e in seen
+                        if e["kind"] == "exec" and e["detail"].get("argv") == ["sleep", "1000"]
+                    ),
+                    None,
+                ),
+            )
+            assert init["container_name"] == name
+        cid = json.loads(cli("inspect", name).stdout)[0]["Id"]
+        stored = ev_lib.query(store, container=name, limit=None)
+        made = [r["detail"]["path"] for r in stored if r["kind"] == "cgroup_mkdir"]
+        assert made and all(p.endswith(cid) for p in made), made
+        assert any(r["pid"] == init["pid"] and r["kind"] == "exec" for r in stored)
+        assert not [r for r in ev_lib.query(store, limit=None) if r["pid"] == os.getpid()]
+    finally:
+        cli("rm", "-f", name, check=False)
+        store.close()
+
+
 def test_a_failing_resolver_costs_the_attribution_not_the_event(tmp_path):
     class Broken:
         def resolve(self, **keys):
