@@ -640,6 +640,8 @@ class Resolver:
         self.by_pidns: dict[int, Ref] = {}
         self.by_netns: dict[int, Ref] = {}
         self.by_cgroup: dict[tuple[int, int], set[Ref]] = {}
+        # owners that are only a named network/pid namespace (no runtime's container)
+        self.bare = {d.id for d in self.found if self.SOURCE_RANK.get(d.source, 3) == 2}
         ranked = sorted(
             self.found,
             key=lambda d: (
@@ -689,7 +691,21 @@ class Resolver:
             netns = netns if netns is not None else _ns_ino(pid, "net")
             pidns = pidns if pidns is not None else _ns_ino(pid, "pid")
         hit = self._lookup(pid, netns, pidns, cgroup_id, cgroup_root)
-        if hit is None and time.monotonic() - self._built >= self.refresh_interval:
+        if not self.settled(hit, pidns) and time.monotonic() - self._built >= self.refresh_interval:
             self.refresh()
             hit = self._lookup(pid, netns, pidns, cgroup_id, cgroup_root)
         return hit
+
+    def settled(self, hit, pidns=None, cgroup=False):
+        """False when a container not found yet may own a record better than `hit` (a
+        resolve() answer): no owner, or only a bare named namespace while the record is
+        about a cgroup below the root (`cgroup`) or its pid namespace is neither the
+        host's nor a known one (a container being made in a named netns, before its
+        runtime wrote its state)."""
+        if hit is None:
+            return False
+        if hit[0] not in self.bare:
+            return True
+        if cgroup:
+            return False
+        return pidns is None or pidns == self.host["pid"] or pidns in self.by_pidns

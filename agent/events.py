@@ -3,8 +3,8 @@
 - `Recorder(store, resolver)` attributes each probe record to a container (by pid,
   pid/net namespace inode and cgroup id, through `pyinspect.discovery.Resolver`) and
   writes them in batches with `Store.insert_events` (one transaction per batch). A
-  record in namespaces or a cgroup no container owns yet (a container being created:
-  its runtime writes its state after making them) is held up to `HOLD_S` and
+  record that a container not found yet may own (one being made: its runtime writes
+  its state after making its cgroups and namespaces) is held up to `HOLD_S` and
   attributed again once discovery has looked again.
   It also stores ring buffer loss and reader lag per probe in `probe_loss`.
 - `Follower(root, store)` runs the probes (process, cgroup, and probes engineer B's
@@ -156,7 +156,7 @@ class Recorder:
             )
             now = time.monotonic()
             memo = self._memo.get(key)
-            if memo and memo[1] > now and not (fresh and memo[0] is None):
+            if memo and memo[1] > now and not fresh:
                 hit = memo[0]
             else:
                 hit = self._resolve(
@@ -191,7 +191,7 @@ class Recorder:
         extra = {k: v for k, v in ev.items() if k not in COLUMNS and k != "id"}
         if extra:  # e.g. a link record's ifindex/ifname: kept in detail
             row["detail"] = {**extra, **(row["detail"] or {})}
-        if attributed and row["container_id"] is None and self._owner_may_appear(row):
+        if attributed and self._owner_may_appear(row):
             self._held.append((time.monotonic() + HOLD_S, row))
             return None
         self._queue(row)
@@ -203,17 +203,22 @@ class Recorder:
             self.flush()
 
     def _owner_may_appear(self, row):
-        """True for a record no container owns now in namespaces that are not the
-        host's, or about a cgroup below the root: a container may be in the making."""
+        """True when a container not found yet may own this record better than its
+        attribution now (discovery's `settled`), and the record is about a cgroup below
+        the root or its namespaces are not the host's."""
         host = getattr(self.resolver, "host", None)  # discovery's: the host's namespaces
         if not host or len(self._held) >= HOLD_MAX:
             return False
-        if (row["netns"] and row["netns"] != host.get("net")) or (
-            row["pidns"] and row["pidns"] != host.get("pid")
-        ):
-            return True
+        hit = (row["container_id"], row["container_name"]) if row["container_id"] else None
         d = row["detail"] or {}
-        return row["kind"].startswith("cgroup_") and d.get("path", "/") != "/"
+        about_cgroup = row["kind"].startswith("cgroup_") and d.get("path", "/") != "/"
+        if self.resolver.settled(hit, row["pidns"] or None, about_cgroup):
+            return False
+        return bool(
+            about_cgroup
+            or (row["netns"] and row["netns"] != host.get("net"))
+            or (row["pidns"] and row["pidns"] != host.get("pid"))
+        )
 
     def tick(self):
         """Attribute held records again (a new container is found within discovery's
@@ -232,7 +237,7 @@ class Recorder:
         out, keep = [], []
         for deadline, row in self._held:
             self.attribute(row, fresh=True)
-            if row["container_id"] is not None or final or deadline <= now:
+            if final or deadline <= now or not self._owner_may_appear(row):
                 out.append(row)
                 self._queue(row)
             else:

@@ -393,11 +393,18 @@ def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
 
 
 @pytest.mark.root
-def test_a_container_started_while_following_has_its_making_attributed(state_root):
-    """A container's first records (its cgroups made, its init's exec) come before its
-    runtime has written the state discovery reads: they wait for it and are delivered and
-    stored with the container's name. The follower's own records are not kept."""
-    cli = Cli(state_root)
+@pytest.mark.parametrize("in_netns", [False, True], ids=["host", "named-netns"])
+def test_a_container_started_while_following_has_its_making_attributed(
+    state_root, make_netns, in_netns
+):
+    """A container's first records (its cgroups made, its init's unshare and exec) come
+    before its runtime has written the state discovery reads: they wait for it and are
+    delivered and stored with the container's name, also when the runtime runs in a named
+    netns (which discovery knows, as a bare namespace, from the start: the demo's "host").
+    The follower's own records are not kept."""
+    ns = make_netns("pn") if in_netns else None
+    keeper = ns.popen("sleep", "1000") if ns else None  # makes it a (foreign) container
+    cli = Cli(state_root, netns=ns.name if ns else None)
     name = f"pa-new-{uuid.uuid4().hex[:6]}"
     store = Store(database_path(state_root))
     try:
@@ -419,11 +426,14 @@ def test_a_container_started_while_following_has_its_making_attributed(state_roo
         stored = ev_lib.query(store, container=name, limit=None)
         made = [r["detail"]["path"] for r in stored if r["kind"] == "cgroup_mkdir"]
         assert made and all(p.endswith(cid) for p in made), made
-        assert any(r["pid"] == init["pid"] and r["kind"] == "exec" for r in stored)
+        assert {"exec", "unshare"} <= {r["kind"] for r in stored if r["pid"] == init["pid"]}
         assert not [r for r in ev_lib.query(store, limit=None) if r["pid"] == os.getpid()]
     finally:
         cli("rm", "-f", name, check=False)
         store.close()
+        if keeper:
+            keeper.kill()
+            keeper.wait()
 
 
 def test_a_failing_resolver_costs_the_attribution_not_the_event(tmp_path):
