@@ -80,7 +80,8 @@ def test_records_parse_what_parse_frame_parses():
 
 
 def test_settle_takes_what_is_older_than_the_cutoff_across_polls():
-    recs = packets()
+    # 1.4 ms apart: quiet gaps (F.QUIET_NS) between the captures, so a cut stays put
+    recs = [(r[0] * 2000, *r[1:]) for r in packets()]
     c = F.Correlator(0, 20)
     settled = []  # (ts, stream position) of what settled: journeys' and the fast path's
 
@@ -99,6 +100,36 @@ def test_settle_takes_what_is_older_than_the_cutoff_across_polls():
     settled += take(c.settle(None))
     assert c.fast_packets  # past 20 journeys a flow takes the fast path
     assert sorted(pos for _ts, pos in settled) == [r[6] for r in recs]
+
+
+def test_a_packet_across_the_settle_cut_settles_as_one_journey():
+    """A poll's cut that falls between one packet's captures (uplink in before it, the
+    bridge and the container after) moves back to the quiet gap before that packet: its
+    captures settle together, as one journey, in the next poll."""
+    c = F.Correlator(0, 20)
+    t = 50_000_000
+    early = frame("10.0.0.9", 4000, "10.0.0.1", 80, 1)
+    c.record(t - 5_000_000, 0, 0, len(early), early, 0, -1)  # an earlier packet, 5 ms before
+    pkt = frame("10.0.0.9", 4000, "10.0.0.1", 80, 2)
+    for p, dt in enumerate((0, 64_000, 66_000)):
+        c.record(t + dt, p, 0, len(pkt), pkt, 0, -1)
+    first = c.settle(t + 10_000).journeys  # the cut: after its uplink capture
+    assert [len(j.captures) for j in first] == [1]
+    assert first[0].captures[0].ts_ns == t - 5_000_000
+    (j,) = c.settle(None).journeys
+    assert [x.point for x in j.captures] == [0, 1, 2]
+
+
+def test_steady_traffic_keeps_the_settle_cut():
+    """No quiet gap within the look-back (a capture every 0.5 ms for 40 ms): the cut stays
+    where the poll put it."""
+    c = F.Correlator(0, 20)
+    for k in range(80):
+        fr = frame("10.0.0.9", 4000 + k, "10.0.0.1", 80, k)
+        c.record(1_000_000 + k * 500_000, 0, 0, len(fr), fr, 0, -1)
+    cut = 1_000_000 + 60 * 500_000 + 1
+    settled = c.settle(cut).journeys
+    assert len(settled) == 61 and all(j.captures[0].ts_ns < cut for j in settled)
 
 
 def _two_flows_dropped_by_policy():

@@ -512,6 +512,10 @@ def explain_drop(drop, flow, journeys, container_name, container_netns):
 
 # -- correlation -----------------------------------------------------------------------
 SETTLE_NS = 250_000_000  # a packet waits this long for its conntrack and trace lines
+# one packet's captures at every point lie closer together than QUIET_NS: a settle cut
+# moves back (at most CUT_LOOKBACK_NS) to a gap that long, so they settle together
+QUIET_NS = 1_000_000
+CUT_LOOKBACK_NS = 20_000_000
 RECENT_JOURNEYS = 4096
 FLOWS_KEPT = 16384  # flows held in memory; past it, those idle FLOW_IDLE_S are let go
 FLOW_IDLE_S = 120.0
@@ -768,7 +772,7 @@ class Correlator:
         if cutoff is None:
             self._held = []
             return [c for _old, _new, batch in held for c in batch]
-        real = cutoff + self.offset  # captures keep CLOCK_REALTIME
+        real = self._quiet_cut(held, cutoff + self.offset)  # captures keep CLOCK_REALTIME
         ready: list = []
         keep = []
         for oldest, newest, batch in held:
@@ -782,6 +786,36 @@ class Correlator:
                 keep.append((min(map(_capture_ts, rest)), newest, rest))
         self._held = keep
         return ready
+
+    @staticmethod
+    def _quiet_cut(held, real):
+        """`real`, or the start of the run of captures (each within QUIET_NS of the next)
+        that it falls in: a packet whose first captures are older than the cut and its
+        last ones not would otherwise settle as two journeys. A run longer than
+        CUT_LOOKBACK_NS (steady traffic: no quiet gap) keeps `real`."""
+        lo, hi = real - CUT_LOOKBACK_NS, real + QUIET_NS
+        after = [
+            c.ts_ns
+            for oldest, newest, batch in held
+            if oldest < hi and newest >= real
+            for c in batch
+            if real <= c.ts_ns < hi
+        ]
+        if not after:
+            return real
+        near = sorted(
+            c.ts_ns
+            for oldest, newest, batch in held
+            if oldest < real and newest >= lo
+            for c in batch
+            if lo <= c.ts_ns < real
+        )
+        cut = min(after)
+        for ts in reversed(near):
+            if cut - ts >= QUIET_NS:
+                return cut
+            cut = ts
+        return real if near and near[0] - lo < QUIET_NS else cut
 
     @staticmethod
     def _take(obj, name, cutoff, ts):
