@@ -13,6 +13,7 @@ One packet crossing the host is a `Journey`: its captures at each point plus the
 hops, grouped by flow, direction and what NAT does not change (IP id, TCP seq/ack, length).
 """
 
+import bisect
 import collections
 import functools
 import itertools
@@ -794,28 +795,23 @@ class Correlator:
         last ones not would otherwise settle as two journeys. A run longer than
         CUT_LOOKBACK_NS (steady traffic: no quiet gap) keeps `real`."""
         lo, hi = real - CUT_LOOKBACK_NS, real + QUIET_NS
-        after = [
-            c.ts_ns
-            for oldest, newest, batch in held
-            if oldest < hi and newest >= real
-            for c in batch
-            if real <= c.ts_ns < hi
-        ]
-        if not after:
-            return real
-        near = sorted(
-            c.ts_ns
-            for oldest, newest, batch in held
-            if oldest < real and newest >= lo
-            for c in batch
-            if lo <= c.ts_ns < real
-        )
-        cut = min(after)
-        for ts in reversed(near):
-            if cut - ts >= QUIET_NS:
+        ts: list[int] = []
+        for oldest, newest, batch in held:
+            if oldest < hi and newest >= lo:
+                ts.extend(map(_capture_ts, batch))
+        ts.sort()
+        i = bisect.bisect_left(ts, real)
+        if i == len(ts) or ts[i] >= hi:
+            return real  # nothing just after the cut: no packet straddles it
+        cut = ts[i]
+        for k in range(i - 1, -1, -1):
+            t = ts[k]
+            if cut - t >= QUIET_NS:
                 return cut
-            cut = ts
-        return real if near and near[0] - lo < QUIET_NS else cut
+            if t < lo:
+                return real
+            cut = t
+        return cut
 
     @staticmethod
     def _take(obj, name, cutoff, ts):
