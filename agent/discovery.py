@@ -632,9 +632,12 @@ class Resolver:
         self.host = host_namespaces()
         self.refresh()
 
+    generation = 0  # scans so far: an answer can change only when it grows
+
     def refresh(self):
         self.found = containers(self.root, host=self.host)
         self._built = time.monotonic()
+        self.generation += 1
         Ref = tuple[str, str]  # (id, name)
         self.by_pid: dict[int, Ref] = {}
         self.by_pidns: dict[int, Ref] = {}
@@ -695,6 +698,11 @@ class Resolver:
             self.refresh()
             hit = self._lookup(pid, netns, pidns, cgroup_id, cgroup_root)
         return hit
+
+    def refresh_if_due(self):
+        """Scan again when the last scan is `refresh_interval` old."""
+        if time.monotonic() - self._built >= self.refresh_interval:
+            self.refresh()
 
     def settled(self, hit, pidns=None, cgroup=False):
         """False when a container not found yet may own a record better than `hit` (a

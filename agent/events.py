@@ -42,7 +42,6 @@ COLUMNS = (
 PROBES = ("process", "cgroup", "links")
 HOLD_S = 3.0  # how long a record in not-yet-known namespaces or cgroups waits for an owner
 HOLD_MAX = 20_000  # records held at most; past it they are written unattributed
-RETRY_EVERY_S = 0.25
 
 
 def parse_since(value, now_ns=None):
@@ -123,7 +122,7 @@ class Recorder:
         self._loss_seen = {}
         self._memo = {}  # attribution key -> (container or None, expiry)
         self._held: list[tuple[float, dict]] = []  # (deadline, row) waiting for an owner
-        self._last_retry = 0.0
+        self._retried = -1  # the discovery scan held records were last attributed with
         self.attribution_errors = 0
         self.last_attribution_error = None
         self.memo_ttl = 2.0  # seconds a (namespaces, cgroup) answer is reused
@@ -230,13 +229,18 @@ class Recorder:
         return released
 
     def _release(self, final=False):
+        """Held records attributed again after each discovery scan (one a second at most):
+        those a runtime's container now owns, and those whose time is up, are queued and
+        returned."""
+        resolver = self.resolver
+        resolver.refresh_if_due()
+        again = resolver.generation != self._retried
+        self._retried = resolver.generation
         now = time.monotonic()
-        if not final and now - self._last_retry < RETRY_EVERY_S:
-            return []
-        self._last_retry = now
         out, keep = [], []
         for deadline, row in self._held:
-            self.attribute(row, fresh=True)
+            if again:
+                self.attribute(row, fresh=True)
             if final or deadline <= now or not self._owner_may_appear(row):
                 out.append(row)
                 self._queue(row)
