@@ -40,7 +40,8 @@ def frame(src, sport, dst, dport, flags, ipid, seq):
 @pytest.fixture
 def session(state_root):
     """A stopped session: four points, a SYN journey DNATed between uplink and bridge, its
-    SYN-ACK un-DNATed on the way out, the rule hops of the SYN, and one drop at the veth."""
+    SYN-ACK un-DNATed on the way out, the client's first data packet (TCP data is not
+    traced: no hops), the rule hops of the SYN, and one drop at the veth."""
     t0 = time.time_ns()
     with Store(database_path(state_root)) as s:
         ids = s.begin_trace(
@@ -68,6 +69,8 @@ def session(state_root):
             (3, syn_in, 0x02, "in"),
             (3, ack_in, 0x12, "out"), (2, ack_in, 0x12, "in"), (1, ack_in, 0x12, "in"),
             (0, ack_out, 0x12, "out"),
+            (0, syn_out, 0x18, "in"), (1, syn_in, 0x18, "out"), (2, syn_in, 0x18, "out"),
+            (3, syn_in, 0x18, "in"),
         ]  # fmt: skip
         with open(path, "wb") as fh, PcapNgWriter(fh) as w:
             for name in ("up0", "br0", "vc0", "eth0"):
@@ -75,7 +78,7 @@ def session(state_root):
             for n, (point, tup, flags, _d) in enumerate(packets):
                 w.flush()
                 offsets.append(w.tell())
-                ipid = 1 if n < 4 else 2
+                ipid = 1 + n // 4
                 w.write_packet(point, t0 + 1000 * (n + 1), frame(*tup, flags, ipid, 100 + ipid))
         fid = s.insert_flow(
             FlowRow(sid, "tcp", CLIENT, 40000, HOST, 8088, CTR, 80, CLIENT, 40000,
@@ -85,7 +88,7 @@ def session(state_root):
             IndexCapture(seg, offsets[n], t0 + 1000 * (n + 1), points[p], d, 54)
             for n, (p, _t, _f, d) in enumerate(packets)
         ]
-        jids = s.add_journeys([JourneyRow(sid, fid, caps[:4]), JourneyRow(sid, fid, caps[4:])])
+        jids = s.add_journeys([JourneyRow(sid, fid, caps[k : k + 4]) for k in (0, 4, 8)])
         fwd = "-A FORWARD -j ACCEPT"
         rule = "-A PREROUTING ! -i br0 -p tcp --dport 8088 -j DNAT --to-destination 172.30.9.10:80"
         s.insert_hops(
@@ -112,7 +115,7 @@ def test_ladder_of_a_session(session):
         ("vc0@host (web)", "veth"),
         ("web/eth0", "container"),
     ]
-    syn, synack = v["journeys"]
+    syn, synack, data = v["journeys"]
     assert syn["way"] == "in" and syn["flags"] == "[S]" and syn["len"] == 54
     assert [c["point_id"] for c in syn["captures"]] == session["points"]
     (dnat,) = syn["rewrites"]
@@ -130,6 +133,7 @@ def test_ladder_of_a_session(session):
     (undnat,) = synack["rewrites"]
     assert undnat["at"] == 3 and undnat["kind"] == "un-DNAT"
     assert undnat["after"] == f"{HOST}:8088 -> {CLIENT}:40000"
+    assert data["flags"] == "[.P]" and data["hops"] == [] and len(data["rewrites"]) == 1
     (drop,) = v["drops"]
     assert drop["point_id"] == session["points"][2]  # ifindex 13: the veth's column
     assert drop["reason"] == "NETFILTER_DROP" and "policy DROP" in drop["explanation"]
@@ -144,7 +148,7 @@ def test_live_cursors_give_whole_journeys_once(session):
     assert ladder.new_journeys(root, sid, None, first[-1]["id"]) == []
     assert len(ladder.new_drops(root, sid, session["fid"], 0)) == 1
     assert ladder.new_drops(root, sid, None, 10**9) == []
-    assert len(ladder.view(root, sid, session["fid"])["journeys"]) == 2
+    assert len(ladder.view(root, sid, session["fid"])["journeys"]) == 3
 
 
 def test_trace_view_api_and_bad_input(session):
@@ -153,7 +157,7 @@ def test_trace_view_api_and_bad_input(session):
     c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.config['PYINSPECT_TOKEN']}"
     sid = session["sid"]
     r = c.get(f"/api/traces/{sid}/ladder")
-    assert r.status_code == 200 and len(r.json["journeys"]) == 2
+    assert r.status_code == 200 and len(r.json["journeys"]) == 3
     page = c.get(f"/traces/{sid}?flow={session['fid']}").get_data(as_text=True)
     assert 'id="pcap-flow"' in page and f"/api/traces/{sid}/pcap?flow={session['fid']}" in page
     assert c.get("/api/traces/999/ladder").status_code == 404
@@ -195,13 +199,22 @@ def test_the_stored_ladder_in_chromium(session):
             b.open(base + f"traces/{session['sid']}")
             b.wait(lambda b: b.driver.find_element("id", "trace").get_attribute("data-ready"))
             assert b.count(".ladder-cols .col-name") == 4
-            assert b.count(".packet") == 2 and b.count(".packet svg line.arrow") == 2
+            assert b.count(".packet") == 3 and b.count(".packet svg line.arrow") == 3
             body = b.text(".ladder-body")
             assert f"DNAT {CLIENT}:40000 -> {CTR}:80" in body, body
             assert f"un-DNAT {HOST}:8088 -> {CLIENT}:40000" in body, body
             assert "DROP NETFILTER_DROP at nf_hook_slow+0x7d" in b.text(".drop")
             assert "policy DROP" in b.text(".drop-why")
             assert b.text("#drop-count") == "1" and b.text("#trace-status") == "stopped"
+            summaries = [
+                x.text for x in b.driver.find_elements("css selector", "details.rules summary")
+            ]
+            assert summaries[1].endswith(
+                "rule path: as the flow's earlier packet this way (stored once)"
+            ), summaries
+            assert summaries[2].endswith(
+                "rule path: not traced (of TCP, only SYN, FIN and RST packets are)"
+            ), summaries
             b.click("details.rules summary")
             assert "nat:PREROUTING rule 1 -> DNAT 172.30.9.10:80" in b.text("details.rules[open]")
             b.screenshot("trace-drop")

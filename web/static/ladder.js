@@ -109,7 +109,7 @@
       var sum = html("summary", "", (nat ? j.rewrites.map(function (r) {
         return r.kind + " by " + (r.rule || "?");
       }).join("; ") + " · " : "") + (j.hops.length ? "rule path (" + j.hops.length + " hops)" :
-        "rule path: as the flow's earlier packet this way (stored once)"));
+        untracedPath(j)));
       det.appendChild(sum);
       var ol = html("ol");
       j.rewrites.forEach(function (r) {
@@ -127,6 +127,17 @@
     st.packets += 1;
     document.getElementById("trace-count").textContent = String(st.packets);
     root.dataset.packets = String(st.packets);
+  }
+
+  // Why a packet has no stored rule path: the store keeps a path once a flow and way
+  // (later packets that repeat it are counted), and TCP data is never traced.
+  function untracedPath(j) {
+    if (j.proto === "tcp" && !/[SFR]/.test(j.flags || ""))
+      return "rule path: not traced (of TCP, only SYN, FIN and RST packets are)";
+    if (j.proto === "tcp")
+      return "rule path: as the flow's earlier packet this way (stored once)";
+    return "rule path: as the flow's earlier packet this way (stored once), " +
+      "or not traced (UDP and ICMP: 50 packets a second)";
   }
 
   function addDrop(d) {
