@@ -632,6 +632,44 @@ def parse_nft_text(text: str) -> dict[tuple, str]:
     return out
 
 
+@dataclass
+class NftChainCount:
+    """A chain of an nftables table: its policy (None for a regular chain) and rules."""
+
+    policy: str | None
+    rules: int = 0
+
+
+def read_nft_layout(timeout: float = 20) -> dict[tuple[str, str], dict[str, NftChainCount]] | None:
+    """{(family, table): {chain: NftChainCount}} of this thread's network namespace, from
+    one `nft -j list ruleset`; tables without a chain are there too (iptables-nft-save
+    shows a table's built-in chains whether they exist or not). None without nft."""
+    if not shutil.which("nft"):
+        return None
+    raw, _err = _nft_run(["nft", "-j", "list", "ruleset"], None, timeout)
+    if raw is None:
+        return None
+    try:
+        items = json.loads(raw or "{}").get("nftables", [])
+    except ValueError:
+        return None
+    out: dict[tuple[str, str], dict[str, NftChainCount]] = {}
+    for item in items:
+        if "table" in item:
+            out.setdefault((item["table"]["family"], item["table"]["name"]), {})
+        elif "chain" in item:
+            c = item["chain"]
+            out.setdefault((c["family"], c["table"]), {})[c["name"]] = NftChainCount(
+                c.get("policy", "accept") if c.get("hook") else None
+            )
+        elif "rule" in item:
+            r = item["rule"]
+            chain = out.setdefault((r["family"], r["table"]), {}).get(r["chain"])
+            if chain is not None:
+                chain.rules += 1
+    return out
+
+
 def read_nft_rules(netns: str | None = None, timeout: float = 20) -> NftRuleset:
     """The ruleset of this thread's network namespace (or the one at path `netns`): one
     `nft -j list ruleset` for its structure, `nft -a list ruleset` for the rule texts, and

@@ -35,7 +35,8 @@ Every rule carries `-m comment --comment pyinspect:<bridge>:<owner>` (owner =
 network in the namespace, carry `pyinspect:jumps` and exist while any network
 has rules. Only rules with those tags are ever changed or deleted, so rules
 written by anyone else are left alone; our chains are deleted only when empty
-and unreferenced. Rules are `RuleSpec`s with a `family` (4 or 6: ip6tables).
+and unreferenced, and so are the iptables-nft tables and built-in chains our rules
+made (runtime/nftmade.py). Rules are `RuleSpec`s with a `family` (4 or 6: ip6tables).
 
 A dual-stack network (subnet6 in its state) gets the same layout in ip6tables
 (`base_rules6`, `container_rules6`): MASQUERADE for the IPv6 subnet, `DNAT --to
@@ -50,7 +51,7 @@ import re
 import shutil
 
 from ..errors import UnavailableError
-from . import iptables
+from . import iptables, nftmade
 
 NAT_CHAIN = "PYINSPECT"
 FILTER_CHAIN = "PYINSPECT"
@@ -497,7 +498,16 @@ def sync(bridge, rules, backend=None):
                     )
                 continue
             changes, counts = _plan(tables, bridge, wanted, family)
+            added = [(ch.table, spec.chain) for ch in changes for spec in ch.adds]
+            before = nftmade.layout() if backend == "nft" and added else None
             _write(changes, backend, family)
+            nftmade.note(family, before, added)
+            if (
+                backend == "nft"
+                and any(ch.deletes or ch.drop_chains for ch in changes)
+                and nftmade.recorded(family)
+            ):
+                nftmade.tidy(family)  # the tables and built-in chains we made, when empty
             for k in total:
                 total[k] += counts[k]
             other = iptables.other(backend)

@@ -61,6 +61,25 @@ def test_rules_live_in_the_chosen_backend_only(host, backend):
         assert "error" not in reply, reply
     for tool in ("iptables-nft-save", "iptables-legacy-save"):
         assert "pyinspect" not in host.ns.run(tool).stdout
+    if backend == "nft":  # the tables and built-in chains our rules made went with them
+        assert host.ns.run("nft", "list", "ruleset").stdout.strip() == ""
+
+
+def test_what_was_there_before_stays(host):
+    """nft backend: a rule someone else had in nat POSTROUTING keeps its table and chain
+    when our last rule goes; the tables and chains our rules made go."""
+    host.ns.run(
+        "iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.99.0.0/16", "-j", "RETURN"
+    )
+    rec = _start(host, "nft", ["8090:80"])
+    made = host.ns.run("nft", "list", "tables").stdout.split()
+    assert {"raw", "nat", "filter"} <= set(made), made
+    reply = host.call("disconnect", env={iptables.ENV: "nft"}, container=rec)
+    assert "error" not in reply, reply
+    left = host.ns.run("nft", "list", "ruleset").stdout
+    assert "ip saddr 10.99.0.0/16" in left and "hook postrouting" in left, left
+    assert "table ip filter" not in left and "table ip raw" not in left, left
+    assert "hook prerouting" not in left and "hook output" not in left, left
 
 
 def test_rules_left_in_the_other_backend_move(host):
