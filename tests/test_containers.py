@@ -615,6 +615,43 @@ def test_killed_cli_mid_run_leaves_nothing(pc, state_root):
     assert_clean(state_root, ids)
 
 
+def test_rm_f_while_run_makes_the_container(pc, state_root):
+    """`rm -f NAME` racing `run -d --name NAME` at several points of the making: rm either
+    finds no such container yet (one line, as Docker says it) or waits for the making to
+    end and removes it; `run` always ends well, and once both have ended and a last
+    rm -f has run, nothing of the containers is left."""
+    t0 = time.monotonic()
+    pc("run", "--rm", "--net", "none", "busybox", "true")
+    full = time.monotonic() - t0
+    ids, outcomes = [], set()
+    for i, frac in enumerate((0.0, 0.2, 0.4, 0.6, 0.8, 1.0)):
+        name = f"pc-race{i}"
+        run = subprocess.Popen(
+            pc.argv("run", "-d", "--name", name, "--net", "none", "busybox", "sleep", "100"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(full * frac)
+        rm = pc("rm", "-f", name, check=False)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+        ids.append(out.strip())
+        if rm.returncode == 0:
+            outcomes.add("removed")
+            assert rm.stdout.strip() == name
+            assert name not in pc("ps", "-a", "--format", "{{.Names}}").stdout.split()
+        else:
+            outcomes.add("not yet")
+            assert one_line_error(rm) == f"Error: container '{name}': no such container " + (
+                "(pyinspect ps -a lists them)"
+            )
+            pc("rm", "-f", name)  # made after rm looked: it is there, and goes now
+    assert "removed" in outcomes, outcomes  # the wait for the making was exercised
+    pc("ps", "-a")
+    assert_clean(state_root, ids)
+
+
 def test_reconciler_removes_half_created_leftovers(pc, state_root):
     """A record left between create and start by a dead `run` is removed."""
     pc("run", "--name", "pc-half", "--net", "none", "busybox", "true")
