@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from pyinspect.events import COLUMNS as EV_COLUMNS
 from pyinspect.probes.netns import in_netns
 
 from conftest import PYINSPECT, Cli, unique
@@ -324,6 +325,23 @@ def test_pages_and_a_live_trace_in_chromium(world):
         time.sleep(1)  # the EventSource connects
         world["cli"]("exec", name, "echo", "live-update")
         b.wait_text("#timeline", "live-update")
+        # a row stored late (a new container's first records wait for discovery) goes
+        # where its time is: below the newer live-update row, not on top
+        (shown,) = server.json(f"/api/timeline?container={name}&kind=exec&limit=1")
+        assert shown["detail"]["argv"] == ["echo", "live-update"], shown
+        from pyinspect.config import database_path
+        from pyinspect.store import Store
+
+        with Store(database_path(world["root"])) as s:
+            late = dict(shown, ts_ns=shown["ts_ns"] - 1_000_000, comm="late")
+            late["detail"] = {"argv": ["echo", "stored-late"]}
+            s.insert_events([{k: late.get(k) for k in EV_COLUMNS}])
+        b.wait_text("#timeline", "stored-late")
+        rows = [tr.text for tr in b.driver.find_elements("css selector", "#timeline tbody tr")]
+        at = {
+            w: next(i for i, t in enumerate(rows) if w in t) for w in ("live-update", "stored-late")
+        }
+        assert at["live-update"] < at["stored-late"], rows
         b.screenshot("timeline")
         b.open(server.url + "flows")
         b.wait_text("#flows", ":8088")

@@ -1,5 +1,20 @@
-// Live updates: a table with data-stream="<url>" appends rows from server-sent events.
+// Live updates: a table with data-stream="<url>" adds rows from server-sent events, newest
+// first. A row with a time (ts_ns) goes where its time is among the rows that have one
+// (data-ts): the agent stores a new container's first events late, once it has found
+// the container, and they are older than rows already shown.
 (function () {
+  function place(body, tr, ts) {
+    if (ts !== undefined && ts !== null) {
+      tr.dataset.ts = String(ts);
+      var rows = body.querySelectorAll("tr[data-ts]");
+      for (var i = 0; i < rows.length; i++) {
+        if (Number(rows[i].dataset.ts) <= Number(ts)) { body.insertBefore(tr, rows[i]); return; }
+      }
+      if (rows.length) { rows[rows.length - 1].after(tr); return; }
+    }
+    body.insertBefore(tr, body.firstChild);
+  }
+
   document.querySelectorAll("table[data-stream]").forEach(function (table) {
     var cols = JSON.parse(table.dataset.columns);
     var body = table.querySelector("tbody");
@@ -18,7 +33,7 @@
           (typeof v === "object" ? JSON.stringify(v) : String(v));
         tr.appendChild(td);
       });
-      body.insertBefore(tr, body.firstChild);
+      place(body, tr, row.ts_ns);
       table.dataset.received = String(Number(table.dataset.received || 0) + 1);
     };
   });
