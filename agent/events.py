@@ -228,6 +228,10 @@ class Recorder:
             self.flush()
         return released
 
+    def release_all(self):
+        """Every held record, released now (attributed as well as discovery can)."""
+        return self._release(final=True) if self._held else []
+
     def _release(self, final=False):
         """Held records attributed again after each discovery scan (one a second at most):
         those a runtime's container now owns, and those whose time is up, are queued and
@@ -460,6 +464,11 @@ class Follower:
         if time.monotonic() - self._last_loss >= 5:
             self.record_loss()
         return out
+
+    def drain(self):
+        """The held records this follower still owes its reader, released now: what a
+        follower that stops delivers last."""
+        return [row for row in self.recorder.release_all() if self._wanted(row)]
 
     def record_loss(self, force=False):
         self._last_loss = time.monotonic()

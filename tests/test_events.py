@@ -436,6 +436,45 @@ def test_a_container_started_while_following_has_its_making_attributed(
             keeper.wait()
 
 
+def test_a_held_record_is_released_with_its_owner_or_at_the_end(tmp_path):
+    """A record in namespaces no container owns yet waits: the next discovery scan that
+    finds its owner releases it attributed; release_all (a follower stopping) releases
+    the rest as they are; all of them are stored."""
+
+    class Discovery:  # discovery.Resolver's interface, with an owner set by the test
+        host = {"net": 1, "pid": 2}
+        generation = 0
+        owner = None
+
+        def resolve(self, **keys):
+            return self.owner
+
+        def settled(self, hit, pidns=None, cgroup=False):
+            return hit is not None
+
+        def refresh_if_due(self):
+            self.generation += 1
+
+    d = Discovery()
+    store = Store(tmp_path / "db")
+    rec = ev_lib.Recorder(store, resolver=d)
+    first, second = fake(1), fake(2)
+    for n, ev in enumerate((first, second)):
+        del ev["container_id"], ev["container_name"]
+        ev["netns"], ev["pidns"] = 77 + n, 78 + n  # not the host's (nor each other's)
+    assert rec.add(first) is None and rec.tick() == []  # held: no owner yet
+    d.owner = ("c0ffee", "web")
+    (row,) = rec.tick()
+    assert (row["pid"], row["container_id"], row["container_name"]) == (1001, "c0ffee", "web")
+    d.owner = None
+    assert rec.add(second) is None
+    (row,) = rec.release_all()
+    assert row["pid"] == 1002 and row["container_id"] is None
+    rec.close()
+    stored = {r["pid"]: r["container_name"] for r in ev_lib.query(store, limit=None)}
+    assert stored == {1001: "web", 1002: None}
+
+
 def test_a_failing_resolver_costs_the_attribution_not_the_event(tmp_path):
     class Broken:
         def resolve(self, **keys):

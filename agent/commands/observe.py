@@ -168,5 +168,7 @@ def events(obj, container, since, kinds, limit, follow, as_json):
                     sys.stdout.flush()
             except KeyboardInterrupt:
                 pass
+            for ev in follower.drain():  # held for an owner until now
+                show(ev)
         for line in follower.loss_summary():
             click.echo(line, err=True)
