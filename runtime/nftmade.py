@@ -38,12 +38,19 @@ def netns_cookie() -> int:
         return int(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
 
 
-def _path() -> Path:
-    return DIR / f"{netns_cookie()}.json"
+def _path() -> Path | None:
+    """This namespace's record, or None without SO_NETNS_COOKIE (kernels before 5.14):
+    nothing is recorded or tidied then."""
+    try:
+        return DIR / f"{netns_cookie()}.json"
+    except OSError:
+        return None
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path | None) -> dict:
     """{"4": [[table, chain], ...], "6": [...], "ino": the namespace's inode}."""
+    if path is None:
+        return {}
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -51,15 +58,17 @@ def _load(path: Path) -> dict:
 
 
 def _save(path: Path, data: dict) -> None:
+    """Write the record (remove it when nothing is left); a /run that cannot be written
+    costs the tidying, not the change of rules that is under way."""
     data = {k: v for k, v in data.items() if v}
-    if set(data) <= {"ino"}:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        if set(data) <= {"ino"}:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
 
 def layout():
@@ -87,6 +96,8 @@ def note(family: int, before, added: Iterable[tuple[str, str]]) -> None:
     if not made:
         return
     path = _path()
+    if path is None:
+        return
     if not path.exists():
         _prune()
     data = _load(path)
@@ -126,7 +137,7 @@ def tidy(family: int) -> list[str]:
     data = _load(path)
     made = [tuple(x) for x in data.get(str(family), [])]
     now = layout() if made else None
-    if now is None:
+    if path is None or now is None:
         return []
     nft = NFT_FAMILY[family]
     gone, keep = [], []
