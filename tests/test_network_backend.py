@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from pyinspect.runtime import iptables, portmap
+from pyinspect.runtime import iptables, nftmade, portmap
 
 from helpers.network_helpers import Host, cname, container
 
@@ -80,6 +80,16 @@ def test_what_was_there_before_stays(host):
     assert "ip saddr 10.99.0.0/16" in left and "hook postrouting" in left, left
     assert "table ip filter" not in left and "table ip raw" not in left, left
     assert "hook prerouting" not in left and "hook output" not in left, left
+
+
+def test_an_unwritable_record_costs_only_the_tidying(monkeypatch, tmp_path):
+    """No place for the record (a /run that cannot be written): nothing is recorded and
+    nothing raises, so the change of rules under way goes on; the empty chains stay."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setattr(nftmade, "DIR", blocked / "nft-made")  # below a file: no mkdir
+    nftmade.note(4, {}, [("nat", "PREROUTING")])  # a table and a chain it would record
+    assert not nftmade.recorded(4) and nftmade.tidy(4) == []
 
 
 def test_rules_left_in_the_other_backend_move(host):
