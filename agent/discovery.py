@@ -630,9 +630,8 @@ class Resolver:
         self.refresh_interval = refresh_interval
         self._built = 0.0
         self.host = host_namespaces()
+        self.generation = 0  # scans so far: an answer can change only when it grows
         self.refresh()
-
-    generation = 0  # scans so far: an answer can change only when it grows
 
     def refresh(self):
         self.found = containers(self.root, host=self.host)
@@ -694,15 +693,16 @@ class Resolver:
             netns = netns if netns is not None else _ns_ino(pid, "net")
             pidns = pidns if pidns is not None else _ns_ino(pid, "pid")
         hit = self._lookup(pid, netns, pidns, cgroup_id, cgroup_root)
-        if not self.settled(hit, pidns) and time.monotonic() - self._built >= self.refresh_interval:
-            self.refresh()
+        if not self.settled(hit, pidns) and self.refresh_if_due():
             hit = self._lookup(pid, netns, pidns, cgroup_id, cgroup_root)
         return hit
 
     def refresh_if_due(self):
-        """Scan again when the last scan is `refresh_interval` old."""
-        if time.monotonic() - self._built >= self.refresh_interval:
-            self.refresh()
+        """Scan again when the last scan is `refresh_interval` old; True if it did."""
+        if time.monotonic() - self._built < self.refresh_interval:
+            return False
+        self.refresh()
+        return True
 
     def settled(self, hit, pidns=None, cgroup=False):
         """False when a container not found yet may own a record better than `hit` (a

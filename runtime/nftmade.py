@@ -129,18 +129,28 @@ def recorded(family: int) -> bool:
     return bool(_load(_path()).get(str(family)))
 
 
-def tidy(family: int) -> list[str]:
-    """Delete the recorded chains that are now empty with policy accept, then the recorded
-    tables left without a chain; returns what was deleted. Records of what no longer
-    exists are dropped; the rest are kept for a later tidy."""
+def tidy(families: Iterable[int]) -> list[str]:
+    """Delete the recorded chains of `families` that are now empty with policy accept,
+    then the recorded tables left without a chain (one read of the ruleset for all of
+    them, none when nothing is recorded); returns what was deleted. Records of what no
+    longer exists are dropped; the rest are kept for a later tidy."""
     path = _path()
     data = _load(path)
-    made = [tuple(x) for x in data.get(str(family), [])]
-    now = layout() if made else None
+    families = [f for f in families if data.get(str(f))]
+    now = layout() if families else None
     if path is None or now is None:
         return []
+    gone: list[str] = []
+    for family in families:
+        data[str(family)] = _tidy_family(family, data[str(family)], now, gone)
+    _save(path, data)
+    return gone
+
+
+def _tidy_family(family: int, made: list, now: dict, gone: list[str]) -> list[list[str]]:
+    """tidy() for one family; returns the records kept."""
     nft = NFT_FAMILY[family]
-    gone, keep = [], []
+    keep = []
     for table, chain in sorted(made, key=lambda x: x[1] == ""):  # chains before tables
         chains = now.get((nft, table))
         if chains is None or (chain and chain not in chains):
@@ -156,9 +166,7 @@ def tidy(family: int) -> list[str]:
             keep.append([table, chain])
         else:
             gone.append(f"table {nft} {table}")
-    data[str(family)] = keep
-    _save(path, data)
-    return gone
+    return keep
 
 
 def _run(argv: list[str]) -> bool:

@@ -486,6 +486,8 @@ def sync(bridge, rules, backend=None):
     Returns {"added": n, "removed": n}."""
     backend = backend or iptables.backend()
     total = {"added": 0, "removed": 0}
+    before = None  # nftables' layout before this sync's first write (nft backend)
+    removed_from = []  # families whose rules this sync removed (nft backend)
     with iptables.lock():
         for family in iptables.FAMILIES:
             wanted = [r for r in rules if r.family == family]
@@ -499,15 +501,13 @@ def sync(bridge, rules, backend=None):
                 continue
             changes, counts = _plan(tables, bridge, wanted, family)
             added = [(ch.table, spec.chain) for ch in changes for spec in ch.adds]
-            before = nftmade.layout() if backend == "nft" and added else None
+            if backend == "nft" and added and before is None:
+                before = nftmade.layout()  # one read: a family's write leaves the other's
             _write(changes, backend, family)
-            nftmade.note(family, before, added)
-            if (
-                backend == "nft"
-                and any(ch.deletes or ch.drop_chains for ch in changes)
-                and nftmade.recorded(family)
-            ):
-                nftmade.tidy(family)  # the tables and built-in chains we made, when empty
+            if backend == "nft":
+                nftmade.note(family, before if added else None, added)
+                if any(ch.deletes or ch.drop_chains for ch in changes):
+                    removed_from.append(family)
             for k in total:
                 total[k] += counts[k]
             other = iptables.other(backend)
@@ -519,6 +519,8 @@ def sync(bridge, rules, backend=None):
                 if old and _has_tag(old, owner_tag(bridge, "")):
                     changes, _ = _plan(old, bridge, [], family)
                     _write(changes, other, family)
+        if removed_from:
+            nftmade.tidy(removed_from)  # the tables and built-in chains we made, when empty
     return total
 
 

@@ -89,7 +89,7 @@ def test_an_unwritable_record_costs_only_the_tidying(monkeypatch, tmp_path):
     blocked.write_text("")
     monkeypatch.setattr(nftmade, "DIR", blocked / "nft-made")  # below a file: no mkdir
     nftmade.note(4, {}, [("nat", "PREROUTING")])  # a table and a chain it would record
-    assert not nftmade.recorded(4) and nftmade.tidy(4) == []
+    assert not nftmade.recorded(4) and nftmade.tidy([4]) == []
 
 
 def test_rules_left_in_the_other_backend_move(host):

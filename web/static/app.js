@@ -5,12 +5,15 @@
 (function () {
   function place(body, tr, ts) {
     if (ts !== undefined && ts !== null) {
+      // from the top: a new row usually belongs there, so the walk stops at once
       tr.dataset.ts = String(ts);
-      var rows = body.querySelectorAll("tr[data-ts]");
-      for (var i = 0; i < rows.length; i++) {
-        if (Number(rows[i].dataset.ts) <= Number(ts)) { body.insertBefore(tr, rows[i]); return; }
+      var last = null;
+      for (var r = body.firstElementChild; r; r = r.nextElementSibling) {
+        if (!r.dataset.ts) continue;
+        if (Number(r.dataset.ts) <= Number(ts)) { body.insertBefore(tr, r); return; }
+        last = r;
       }
-      if (rows.length) { rows[rows.length - 1].after(tr); return; }
+      if (last) { last.after(tr); return; }
     }
     body.insertBefore(tr, body.firstChild);
   }
