@@ -37,7 +37,7 @@ class ExtcapInterface:
 
 def interfaces(root=None) -> list[ExtcapInterface]:
     """One interface per running container of every runtime discovery finds."""
-    from . import discovery
+    from .host import discovery
 
     out, seen = [], set()
     for d in discovery.containers(root):

@@ -54,7 +54,7 @@ class Agent:
         return self
 
     def _run(self):
-        from . import events
+        from .host import events
         from .store import Store
 
         store = Store(database_path(self.root))

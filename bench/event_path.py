@@ -31,7 +31,7 @@ from pathlib import Path
 
 CONSUMER = r"""
 import signal, sys
-from pyinspect.events import Follower
+from pyinspect.host.events import Follower
 from pyinspect.store import Store
 root = sys.argv[1]
 filters = __import__("json").loads(sys.argv[2])
@@ -264,7 +264,7 @@ def bench_threads(tmp, n=20000, max_parallel=3):
 
 
 def bench_store(tmp, count=50000):
-    from pyinspect.events import Recorder
+    from pyinspect.host.events import Recorder
     from pyinspect.store import Store
 
     store = Store(Path(tmp) / "store.db")

@@ -66,7 +66,7 @@ def main():
 
     from pyroute2 import IPRoute
 
-    from pyinspect import vethmap
+    from pyinspect.host import vethmap
     from pyinspect.probes.netns import RtnlSocket, open_ns, setns
 
     prefix = f"pbb-{os.getpid()}"

@@ -130,7 +130,7 @@ def test_ps_columns_ports_and_created_like_docker(bridged):
 
 def test_relative_created_column_ages():
     """CREATED is Docker's HumanDuration + ' ago', from the record's time."""
-    from pyinspect.psformat import ps_row
+    from pyinspect.dockerfmt.psformat import ps_row
     from pyinspect.runtime.state import Container, ContainerSpec
 
     now = time.time()

@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
-from pyinspect import containerinfo, stats
-from pyinspect.overview import flow_tuple
+from pyinspect.dashboard import containerinfo
+from pyinspect.dashboard.overview import flow_tuple
+from pyinspect.host import stats
 from pyinspect.probes import cgroupstat
 
 from conftest import Netns, unique

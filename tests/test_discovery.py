@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from pyinspect import discovery, vethmap
+from pyinspect.host import discovery, vethmap
 
 from conftest import Cli
 from testbed.waits import wait_for

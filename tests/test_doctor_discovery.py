@@ -1,7 +1,7 @@
 """Which container namespaces doctor sees, and what it calls them.
 
-Doctor finds containers with `pyinspect.discovery` and pairs them to this namespace's
-veths with `pyinspect.vethmap`. These tests pin the cases its own namespace walk used to
+Doctor finds containers with `pyinspect.host.discovery` and pairs them to this namespace's
+veths with `pyinspect.host.vethmap`. These tests pin the cases its own namespace walk used to
 cover and the shared code must keep: a namespace with no process that only an `ip netns`
 name or a bind mount elsewhere (Docker's /run/docker/netns/<id>) keeps alive, an unnamed
 one known only through a process, a namespace with no veth to this one (not a container

@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from pyinspect import events as ev_lib
 from pyinspect.config import database_path
 from pyinspect.errors import UsageError
+from pyinspect.host import events as ev_lib
 from pyinspect.store import Store
 
 from conftest import Cli

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pyinspect import gotemplate, psformat
-from pyinspect.gotemplate import TemplateError, render
+from pyinspect.dockerfmt import gotemplate, psformat
+from pyinspect.dockerfmt.gotemplate import TemplateError, render
 
 DOC = {
     "Id": "3f2a",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pyinspect import hostinfo
+from pyinspect.host import hostinfo
 
 from conftest import Cli
 

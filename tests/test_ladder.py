@@ -1,4 +1,4 @@
-"""pyinspect.ladder over a stored session: columns, journeys across points with the NAT
+"""pyinspect.dashboard.ladder over a stored session: columns, journeys across points with the NAT
 rewrite and its rule, drops placed at their point, the live cursors, and the trace
 view's API answers for bad input. (The same view of a real trace, live in Chromium:
 test_web.py.)"""
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pyinspect import ladder
 from pyinspect.config import database_path
+from pyinspect.dashboard import ladder
 from pyinspect.pcap.pcapng import PcapNgWriter
 from pyinspect.store import Store
 from pyinspect.store.rows import DropRow, FlowRow, HopRow, IndexCapture, JourneyRow

@@ -131,3 +131,51 @@ def test_bench_does_not_import_tests():
         if re.search(r"sys\.path\.(insert|append)\(.*[\"']tests[\"'/]", text):
             bad.append(f"{path.name} puts tests/ on sys.path")
     assert not bad, "\n".join(bad)
+
+
+# -- agent/'s subpackages import downwards only -------------------------------------------
+# what each may not import (below the dashboard: the host readers, then Docker's text forms)
+FORBIDDEN = {
+    "dockerfmt": {"host", "dashboard", "trace", "doctor", "pcap", "store", "commands", "web"},
+    "host": {"dashboard", "trace", "doctor", "pcap", "commands", "web"},
+    "dashboard": {"commands", "web"},
+}
+
+
+def pyinspect_imports(path, package):
+    """The `pyinspect.*` modules a file imports, relative imports resolved against
+    `package` (its dotted package)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("pyinspect."))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            if mod.startswith("pyinspect"):
+                yield mod
+                yield from (f"{mod}.{a.name}" for a in node.names)
+
+
+def layering_violations(folder):
+    bad = []
+    for path in sorted((REPO / "agent" / folder).glob("*.py")):
+        for mod in pyinspect_imports(path, f"pyinspect.{folder}"):
+            sub = mod.split(".")[1] if mod.count(".") else ""
+            if sub in FORBIDDEN[folder]:
+                bad.append(f"{path.relative_to(REPO)} imports {mod}")
+    return bad
+
+
+def test_agent_subpackages_import_downwards():
+    bad = [b for folder in FORBIDDEN for b in layering_violations(folder)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layering_check_sees_imports():
+    """The check resolves relative imports: the dashboard does import the host readers."""
+    mods = set(pyinspect_imports(REPO / "agent/dashboard/overview.py", "pyinspect.dashboard"))
+    assert "pyinspect.host.discovery" in mods and "pyinspect.store" in mods

@@ -215,7 +215,7 @@ def test_link_events_in_a_runc_container_are_attributed(make_netns, tmp_path, st
     """A veth end moved into a real runc container: its events resolve to that container."""
     import shutil
 
-    from pyinspect.discovery import Resolver
+    from pyinspect.host.discovery import Resolver
 
     from helpers.runc_helpers import Runc
 

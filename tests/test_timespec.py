@@ -2,10 +2,10 @@
 
 import pytest
 
+from pyinspect.dockerfmt.timespec import parse_time as shared
 from pyinspect.errors import UsageError
-from pyinspect.events import parse_since
+from pyinspect.host.events import parse_since
 from pyinspect.pcap.export import parse_time
-from pyinspect.timespec import parse_time as shared
 
 NOW = 1_764_417_600 * 10**9
 

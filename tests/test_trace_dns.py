@@ -143,7 +143,7 @@ def test_embedded_dns_lookups_appear_in_the_trace(host, state_root):
     assert nope["rcode"] == "NXDOMAIN" and "? NXDOMAIN (embedded, forwarded" in nope["text"]
     assert summary["dns_lookups"] == len(items) and summary["loss"]["dns_reports"] == 0
     # stored as events of kind dns: the dashboard's timeline shows them
-    from pyinspect.overview import Overview
+    from pyinspect.dashboard.overview import Overview
 
     rows = Overview(state_root).timeline(container=web, kinds=["dns"], limit=500)
     shown = {r["summary"] for r in rows}

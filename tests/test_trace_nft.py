@@ -133,7 +133,7 @@ def test_nft_only_docker_layout_every_hop_in_order(state_root, nft_topo):
     verdicts = [(h["chain"], h["verdict"]) for h in hops_of(items, f["flow"]) if "chain" in h]
     assert ("filter-forward-out__pt-br0", "ACCEPT") in verdicts
     # the dashboard's ladder names nf_tables rules by their handle too
-    from pyinspect import ladder
+    from pyinspect.dashboard import ladder
 
     view = ladder.view(state_root, summary["session_id"])
     syn = next(j for j in view["journeys"] if j["flags"] == "[S]")

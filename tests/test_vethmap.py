@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from pyinspect import vethmap
+from pyinspect.host import vethmap
 from pyinspect.store import Store
 
 from conftest import Cli

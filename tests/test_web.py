@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from pyinspect.events import COLUMNS as EV_COLUMNS
+from pyinspect.host.events import COLUMNS as EV_COLUMNS
 from pyinspect.probes.netns import in_netns
 
 from conftest import PYINSPECT, Cli, unique

@@ -1,14 +1,14 @@
 """The Flask dashboard: `create_app(root)` wires pages, the JSON API, auth and metrics.
 
 The app never talks to the kernel itself; every page and API call goes through
-`pyinspect.overview`, the same library calls the CLI makes.
+`pyinspect.dashboard.overview`, the same library calls the CLI makes.
 """
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from ..dashboard.overview import Overview
 from ..errors import PyinspectError
-from ..overview import Overview
 from . import api, auth, metrics, traceview, views
 
 

@@ -45,7 +45,7 @@ class Feed:
             (session,) = self.args
             return sorted(overview.flows(session_id=session, after_id=last), key=_row_id)
         if self.kind in ("ladder", "drops"):
-            from .. import ladder
+            from ..dashboard import ladder
 
             session, flow = self.args
             read = ladder.new_journeys if self.kind == "ladder" else ladder.new_drops

@@ -1,12 +1,12 @@
 """The trace view: a session (or one flow) as a ladder diagram, live while it runs.
 
-Pages and JSON come from `pyinspect.ladder`; the drawing is web/static/ladder.js (SVG
+Pages and JSON come from `pyinspect.dashboard.ladder`; the drawing is web/static/ladder.js (SVG
 in the page, no library). Streams go through the server's stream hub (web/streams.py).
 """
 
 from flask import Blueprint, current_app, jsonify, render_template
 
-from .. import ladder
+from ..dashboard import ladder
 from .api import int_arg, stream_response
 from .streams import Feed
 

@@ -97,7 +97,7 @@ def ps(obj, all_, quiet, fmt):
     """List containers (running ones unless -a), with Docker's columns (PORTS,
     CREATED as "2 minutes ago") and --format placeholders (.ID, .Image, .Command,
     .CreatedAt, .RunningFor, .Ports, .State, .Status, .Names, .Networks, ...)."""
-    from ..psformat import format_ps, ps_row
+    from ..dockerfmt.psformat import format_ps, ps_row
 
     rows = _runtime(obj).list(all=all_)
     if quiet:
@@ -111,8 +111,8 @@ def ps(obj, all_, quiet, fmt):
 
 def _templated(fn, *args):
     """fn(*args), a template error turned into Docker's one-line usage error."""
+    from ..dockerfmt.gotemplate import TemplateError
     from ..errors import UsageError
-    from ..gotemplate import TemplateError
 
     try:
         return fn(*args)
@@ -278,7 +278,7 @@ def inspect(obj, fmt, names):
 
     tmpl = None
     if fmt is not None:
-        from ..gotemplate import parse
+        from ..dockerfmt.gotemplate import parse
 
         tmpl = _templated(parse, fmt)
     rt = _runtime(obj)
@@ -308,7 +308,7 @@ def top(obj, container, ps_options):
     """Show the processes of a running container: `ps` with PS_OPTIONS (default -ef)
     on the host, only the rows of the container's processes (host pids), like
     `docker top NAME aux`."""
-    from ..psformat import tabwrite
+    from ..dockerfmt.psformat import tabwrite
 
     data = _runtime(obj).top(container, list(ps_options) or None)
     rows = [data["Titles"]] + data["Processes"]

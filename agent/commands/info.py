@@ -73,7 +73,7 @@ def info(obj, as_json):
       pyinspect info
       pyinspect info --json | jq .ebpf
     """
-    from ..hostinfo import collect
+    from ..host.hostinfo import collect
 
     facts = collect()
     if as_json:

@@ -39,8 +39,8 @@ def map_(obj, as_json, show_all, container, save):
       pyinspect map -c web
       pyinspect map --json | jq '.[] | select(.kind == "veth")'
     """
-    from .. import vethmap
     from ..errors import NotFoundError
+    from ..host import vethmap
 
     errors: list[str] = []
     rows = vethmap.build(obj["root"], errors=errors)
@@ -139,8 +139,8 @@ def events(obj, container, since, kinds, limit, follow, as_json):
     """
     import signal
 
-    from .. import events as ev_lib
     from ..config import database_path
+    from ..host import events as ev_lib
     from ..store import Store
 
     def show(ev):

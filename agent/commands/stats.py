@@ -29,9 +29,9 @@ def stats(obj, no_stream, fmt, interval, names):
       pyinspect stats --no-stream web
       pyinspect stats --no-stream --format '{{.Name}} {{.MemPerc}}'
     """
+    from ..dockerfmt.gotemplate import TemplateError, parse
     from ..errors import UsageError
-    from ..gotemplate import TemplateError, parse
-    from ..stats import Sampler, format_stats
+    from ..host.stats import Sampler, format_stats
 
     if not 0.1 <= interval <= 3600:
         raise UsageError(f"stats: --interval {interval:g} is outside 0.1..3600")

@@ -5,8 +5,8 @@ doctor inside any namespace with `nsenter --net=`). `HostView.collect()` reads i
 rules of BOTH backends and the native nft tables (probes.iptsave), sysctls
 (runtime.sysctl), links, routes and neighbours (probes.netns), conntrack counters, and
 every container namespace whose veth peers sit in this namespace (pyinspect's, runc's,
-Docker's or a bare `ip netns`: found by `pyinspect.discovery`, paired by
-`pyinspect.vethmap`), with its links, routes, listening sockets (/proc/<pid>/net/tcp) and
+Docker's or a bare `ip netns`: found by `pyinspect.host.discovery`, paired by
+`pyinspect.host.vethmap`), with its links, routes, listening sockets (/proc/<pid>/net/tcp) and
 memory cgroup.
 """
 
@@ -24,7 +24,7 @@ from ..runtime import sysctl as host_sysctl
 from .model import ContainerView, Link, PortMapping, Socket
 
 if TYPE_CHECKING:
-    from ..discovery import Discovered
+    from ..host.discovery import Discovered
 
 # -- namespaces -------------------------------------------------------------------
 
@@ -434,7 +434,7 @@ class HostView:
     # -- containers
     def _containers(self) -> list[ContainerView]:
         """Every namespace a veth of this netns leads to, named after the container
-        that owns it (`pyinspect.discovery`), paired through the veth map (`vethmap`)."""
+        that owns it (`pyinspect.host.discovery`), paired through the veth map (`vethmap`)."""
         host_veths = {
             ln.ifindex: ln
             for ln in self.links.values()
@@ -442,7 +442,7 @@ class HostView:
         }
         if not host_veths:
             return []
-        from .. import discovery, vethmap
+        from ..host import discovery, vethmap
 
         procs, host = discovery.scan_processes(), discovery.host_namespaces()
         found = discovery.containers(self.root, procs=procs, host=host, errors=self.notes)

@@ -22,10 +22,10 @@ import struct
 from array import array
 from pathlib import Path
 
+from ..dockerfmt.timespec import parse_time as _parse_time
 from ..errors import NotFoundError, UsageError
 from ..probes.pcapfilter import BpfFilter
 from ..runtime.fsutil import atomic_write
-from ..timespec import parse_time as _parse_time
 from .pcapng import KEY_OFFSET, KEY_SHIFT, RAW_EPB, PcapNgWriter, Segment
 
 U32_LE = struct.Struct("<I")
@@ -33,7 +33,7 @@ U32_LE = struct.Struct("<I")
 
 # -- argument parsing (shared with the CLI and the web) --------------------------------
 def parse_time(text, now_ns=None):
-    """A point in time as epoch ns: see `pyinspect.timespec` for the accepted forms."""
+    """A point in time as epoch ns: see `pyinspect.dockerfmt.timespec` for the accepted forms."""
     return _parse_time(text, now_ns)
 
 

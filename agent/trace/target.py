@@ -67,7 +67,7 @@ def resolve(root, ref):
         )
     found = None
     with contextlib.suppress(Exception):
-        from pyinspect import discovery
+        from pyinspect.host import discovery
 
         for d in discovery.containers(root):
             names = [d.name, d.id] + list((d.detail or {}).get("netns_names") or [])
@@ -108,7 +108,7 @@ def capture_points(target, via=None, rows=None):
     from pyinspect.probes.packets import CapturePoint
 
     if rows is None:
-        from pyinspect import vethmap
+        from pyinspect.host import vethmap
 
         rows = vethmap.build()
     here = self_netns()

@@ -9,7 +9,7 @@ import importlib
 import os
 import shutil
 
-from .probes import iptsave
+from ..probes import iptsave
 
 SYSCTLS = (
     "net.ipv4.ip_forward",
@@ -140,7 +140,7 @@ def iptables() -> list[dict]:
 def iptables_writer(configured: str | None = None) -> dict:
     """The backend pyinspect writes its rules to here and what writes them (python-iptables
     or a restore tool), with a one-line note when legacy falls back from python-iptables."""
-    from .runtime import iptables as rt
+    from ..runtime import iptables as rt
 
     try:
         name = rt.backend(configured)
@@ -151,7 +151,7 @@ def iptables_writer(configured: str | None = None) -> dict:
 
 def sysctls() -> dict[str, str | None]:
     """{key: value} of SYSCTLS; None when not present (module not loaded, older kernel)."""
-    from .runtime import sysctl
+    from ..runtime import sysctl
 
     return {key: sysctl.read(key) for key in SYSCTLS}
 

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from .config import database_path
-from .errors import ConflictError, NotFoundError, UsageError
+from ..config import database_path
+from ..errors import ConflictError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
-    from .stats import Sampler
-    from .store import Store
+    from ..host.stats import Sampler
+    from ..store import Store
 
 STATS_HISTORY = 300  # samples of each container kept for its charts (10 min at 2 s)
 SNAPSHOT_FRESH = 2.0  # seconds a containers/interfaces snapshot is served (the pages poll at 2 s)
@@ -74,7 +74,7 @@ class Overview:
 
     @contextmanager
     def store(self) -> Iterator["Store"]:
-        from .store import Store
+        from ..store import Store
 
         s = Store(database_path(self.root))
         try:
@@ -84,7 +84,7 @@ class Overview:
 
     # -- host ----------------------------------------------------------------------------
     def host(self) -> dict:
-        from . import hostinfo, vethmap
+        from ..host import hostinfo, vethmap
 
         info = hostinfo.collect()
         kernel = info.get("kernel") or {}
@@ -164,8 +164,9 @@ class Overview:
 
     def _refresh(self) -> "HostSnapshot":
         """Read a new snapshot (the caller holds _snap_lock); rates against the last one."""
-        from . import containerinfo, discovery, vethmap
-        from .probes import cgroupstat
+        from ..host import discovery, vethmap
+        from ..probes import cgroupstat
+        from . import containerinfo
 
         procs = discovery.scan_processes()
         host = discovery.host_namespaces()
@@ -224,8 +225,8 @@ class Overview:
     def container_detail(self, ref: str) -> dict:
         """Everything the container page shows but its charts: the fields and where they
         came from, processes, interfaces, events, traces and doctor findings."""
+        from ..host.proc import started_ns
         from . import containerinfo
-        from .proc import started_ns
 
         info = self._info(ref)
         names = {info.name, info.id}
@@ -254,7 +255,8 @@ class Overview:
     def container_stats(self, ref: str) -> dict:
         """A fresh `stats` reading of one container, its history in this process, and the
         charts of CPU, memory, pids and network rates drawn from it."""
-        from . import charts, stats
+        from ..host import stats
+        from . import charts
 
         with self._lock:
             if self._sampler is None:
@@ -335,7 +337,7 @@ class Overview:
         offset=0,
         ascending=False,
     ):
-        from . import events
+        from ..host import events
 
         if kinds:
             kinds = [k for part in kinds for k in part.split(",") if k]
@@ -362,7 +364,7 @@ class Overview:
 
     # -- traces and flows --------------------------------------------------------------------
     def sessions(self) -> list[dict]:
-        from .pcap import export as pcap_export
+        from ..pcap import export as pcap_export
 
         with self.store() as s:
             rows = pcap_export.list_sessions(s)
@@ -433,7 +435,7 @@ class Overview:
     def export_pcap(self, session_id: int, flow_id: int | None = None) -> tuple[BinaryIO, str]:
         """A session's (or one of its flows') pcapng, as an open file already unlinked
         (nothing is left behind however the download ends), and a download name."""
-        from .pcap import export as pcap_export
+        from ..pcap import export as pcap_export
 
         flow = None
         name = f"trace-{session_id}.pcapng"
@@ -473,7 +475,7 @@ class Overview:
 
     def runbook(self, name: str) -> str:
         """A runbook's text (the package's copy, as doctor shows it)."""
-        from .doctor.model import read_runbook
+        from ..doctor.model import read_runbook
 
         return read_runbook(name)
 
@@ -489,7 +491,7 @@ class Overview:
         self, check: str, container: str | None = None, port: int | None = None
     ) -> list[dict]:
         """The finding `check` as doctor sees it now, with the exact commands its fix runs."""
-        from .doctor import current_findings, describe_action
+        from ..doctor import current_findings, describe_action
 
         out = []
         for f in current_findings(self.root, check, container, port):
@@ -506,7 +508,7 @@ class Overview:
         confirmed: bool = False,
     ) -> list[dict]:
         """Apply a finding's safe fix (doctor.fix_finding); [{check, container, status, detail}]."""
-        from .doctor import fix_finding
+        from ..doctor import fix_finding
 
         return [
             {"check": f.check, "container": f.container, "status": status, "detail": detail}
@@ -515,7 +517,7 @@ class Overview:
 
     # -- metrics -------------------------------------------------------------------------
     def metrics(self) -> dict:
-        from .pcap import export as pcap_export
+        from ..pcap import export as pcap_export
 
         now = time.time_ns()
         with self.store() as s:
@@ -584,7 +586,7 @@ class _BackgroundTrace:
     container, missing kernel feature) are raised to the caller."""
 
     def __init__(self, root, container, duration, bpf_filter=None):
-        from .trace import TraceOptions, TraceSession
+        from ..trace import TraceOptions, TraceSession
 
         self.session = TraceSession(
             root,

@@ -254,7 +254,7 @@ def cgroup_ids(cgroups, context=None):
 def _own(root, errors=None):
     """pyinspect's containers, if the runtime package is there."""
     try:
-        from .runtime import state
+        from ..runtime import state
     except ImportError:
         if errors is not None:
             errors.append("pyinspect runtime state not available")
@@ -432,14 +432,14 @@ def _bundle(st):
 
 def docker_engines():
     """The Docker engines to ask (probes.dockerapi.engines, DOCKER_SOCK the default)."""
-    from .probes import dockerapi
+    from ..probes import dockerapi
 
     return dockerapi.engines(default_sock=DOCKER_SOCK)
 
 
 def _docker_names(engines=None):
     """{id: name} from each Docker engine's API (socket) or, failing that, its config files."""
-    from .probes import dockerapi
+    from ..probes import dockerapi
 
     engines = docker_engines() if engines is None else engines
     names = {}
@@ -485,7 +485,7 @@ def containers(root=None, procs=None, host=None, errors=None):
     """Every container on the host as `Discovered` records (running ones with their pids).
 
     Pass a list as `errors` to receive why pyinspect's own state could not be read."""
-    from .config import state_root
+    from ..config import state_root
 
     root = state_root(root)
     procs = scan_processes() if procs is None else procs

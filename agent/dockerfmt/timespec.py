@@ -10,7 +10,7 @@ import datetime as _dt
 import re
 import time
 
-from .errors import UsageError
+from ..errors import UsageError
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d)$")
 _UNIT_NS = {

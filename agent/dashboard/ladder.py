@@ -17,10 +17,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import CorruptInputError, NotFoundError
-from .pcap.export import point_name
-from .pcap.pcapng import Segment
-from .trace.flows import parse_frame, rule_label, tcp_flag_text
+from ..errors import CorruptInputError, NotFoundError
+from ..pcap.export import point_name
+from ..pcap.pcapng import Segment
+from ..trace.flows import parse_frame, rule_label, tcp_flag_text
 
 NAT_VERDICTS = ("DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP")
 
@@ -372,8 +372,8 @@ def _flow_brief(f: dict) -> dict:
 
 def root_store(root: str | Path):
     """A Store of a state root (the caller closes it)."""
-    from .config import database_path
-    from .store import Store
+    from ..config import database_path
+    from ..store import Store
 
     return Store(database_path(root))
 

@@ -1,7 +1,7 @@
 """The process/cgroup timeline: record probe events into the store, query them back.
 
 - `Recorder(store, resolver)` attributes each probe record to a container (by pid,
-  pid/net namespace inode and cgroup id, through `pyinspect.discovery.Resolver`) and
+  pid/net namespace inode and cgroup id, through `pyinspect.host.discovery.Resolver`) and
   writes them in batches with `Store.insert_events` (one transaction per batch). A
   record that a container not found yet may own (one being made: its runtime writes
   its state after making its cgroups and namespaces) is held up to `HOLD_S` and
@@ -21,8 +21,8 @@ import threading
 import time
 from datetime import datetime
 
-from .errors import UnavailableError, UsageError
-from .timespec import parse_time
+from ..dockerfmt.timespec import parse_time
+from ..errors import UnavailableError, UsageError
 
 COLUMNS = (
     "ts_ns",
@@ -46,7 +46,7 @@ HOLD_MAX = 20_000  # records held at most; past it they are written unattributed
 
 def parse_since(value, now_ns=None):
     """'30s', '10m', '2h', '1d' (ago), an RFC3339/ISO time, or epoch seconds -> epoch ns
-    (the forms of `pyinspect.timespec`, shared with `pcap export`)."""
+    (the forms of `pyinspect.dockerfmt.timespec`, shared with `pcap export`)."""
     return parse_time(value, now_ns, what="--since value")
 
 
@@ -69,7 +69,7 @@ class _Writer(threading.Thread):
         self.error = None
 
     def run(self):
-        from .store import Store
+        from ..store import Store
 
         store = Store(self.path)
         try:
@@ -306,15 +306,15 @@ class Recorder:
 
 def make_probe(name, **kw):
     if name == "process":
-        from .probes.process import ProcessProbe
+        from ..probes.process import ProcessProbe
 
         return ProcessProbe(**kw)
     if name == "cgroup":
-        from .probes.cgroups import CgroupProbe
+        from ..probes.cgroups import CgroupProbe
 
         return CgroupProbe(**kw)
     if name == "links":  # probes engineer B's netlink monitor: every named netns too
-        from .probes.links import LinkProbe
+        from ..probes.links import LinkProbe
 
         return LinkProbe(**{"all_named": True, **kw})
     raise UsageError(f"unknown probe {name!r}: choose from {', '.join(PROBES)}")
@@ -520,7 +520,7 @@ def _decode(row):
 def known_kinds():
     """Every event kind stored: the probes' (their KINDS, imported only when asked) and
     `dns`."""
-    from .probes import cgroups, links, process
+    from ..probes import cgroups, links, process
 
     kinds = set(process.KINDS.values()) | set(cgroups.KINDS.values()) | set(links.KINDS)
     return kinds | {"dns"}  # the DNS lookups a trace stores (trace/dns.py)
@@ -545,7 +545,7 @@ def query(
     prefix), since/until (epoch ns or anything parse_since takes), kinds, and rows after
     a row id (for live tails). `packets` adds each traced connection (`flow`, at its first
     packet) and each explained drop (`drop`) of the container's trace sessions."""
-    from .store import TimelineQuery
+    from ..store import TimelineQuery
 
     packets = packets and after_id is None
     since_ns, until_ns = parse_since(since), parse_since(until)

@@ -15,9 +15,9 @@ reading made `warmup` seconds earlier.
 import time
 from dataclasses import asdict, dataclass
 
-from . import gotemplate
-from .errors import ConflictError, NotFoundError
-from .probes import cgroupstat
+from ..dockerfmt import gotemplate
+from ..errors import ConflictError, NotFoundError
+from ..probes import cgroupstat
 
 STATS_DEFAULT = (
     "table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.NetIO}}"
@@ -199,7 +199,7 @@ def format_stats(rows: list[StatsRow], fmt: str | None = None) -> list[str]:
     or a Go template. gotemplate.TemplateError when the template is invalid."""
     import json
 
-    from .psformat import tabwrite
+    from ..dockerfmt.psformat import tabwrite
 
     data = [r.docker_row() for r in rows]
     if fmt:

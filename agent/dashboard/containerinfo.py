@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from .probes import cgroupstat, containerdapi
+from ..probes import cgroupstat, containerdapi
 
 PODMAN_STORAGE = "/var/lib/containers/storage"
 IMAGE_ANNOTATIONS = (
@@ -83,7 +83,7 @@ class ContainerInfo:
 
     def row(self, mounts: dict[str, str] | None = None) -> dict:
         """The Containers table's row (short texts); `mounts`: cgroupstat.mounts(), once."""
-        from .stats import binary_size
+        from ..host.stats import binary_size
 
         limits = []
         if self.memory_limit is not None:
@@ -129,7 +129,7 @@ def _common_cgroup(cgroups: dict[str, str], mounts: dict[str, str] | None = None
 
 def _docker_containers(engines) -> dict[str, dict]:
     """{id: the Engine API's /containers/json entry} over every engine that answers."""
-    from .probes import dockerapi
+    from ..probes import dockerapi
 
     out: dict[str, dict] = {}
     for e in engines:
@@ -144,7 +144,7 @@ def _docker_containers(engines) -> dict[str, dict]:
 
 def _docker_from_disk(engines, cid: str) -> dict | None:
     """Docker's own record of a container on disk (config.v2.json + hostconfig.json)."""
-    from .probes.dockerapi import DEFAULT_DATA_ROOT
+    from ..probes.dockerapi import DEFAULT_DATA_ROOT
 
     roots = {DEFAULT_DATA_ROOT} | {e.data_root for e in engines}
     for root in roots:
@@ -190,7 +190,7 @@ def _bundle_config(bundle: str | None) -> dict:
 
 def _dnat_ports(netns_path: str, ips: set[str], cache: dict) -> list[PortMap]:
     """Ports DNATed to `ips` by the nat rules (both iptables backends) of a namespace."""
-    from .probes import iptsave
+    from ..probes import iptsave
 
     if netns_path not in cache:
         by_ip: dict[str, list[PortMap]] = {}
@@ -222,8 +222,8 @@ def collect(root, found=None, links=None, dnat: bool = True) -> list[ContainerIn
 
     `found` (discovery records) and `links` (veth map rows) save a second scan; `dnat`
     False skips reading iptables for runtimes that keep no port record of their own."""
-    from . import discovery, vethmap
-    from .runtime import state
+    from ..host import discovery, vethmap
+    from ..runtime import state
 
     procs = discovery.scan_processes()
     host = discovery.host_namespaces()
@@ -361,7 +361,7 @@ def _from_pyinspect(info: ContainerInfo, c) -> None:
         info.veth_container = info.veth_container or "eth0"
     spec = c.spec
     if spec is not None:
-        from .runtime.cgroups import parse_memory
+        from ..runtime.cgroups import parse_memory
 
         if spec.memory and info.memory_limit is None:
             with contextlib.suppress(Exception):

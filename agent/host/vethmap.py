@@ -13,7 +13,7 @@ without exec'ing anything into a container:
    in the same namespace) is the peer namespace's id *as seen from this namespace*.
    Ids are resolved to namespaces with RTM_GETNSID queries on the same socket against
    the namespace fds we hold, never by guessing from ifindex numbers alone;
-4. attach the owning container (`pyinspect.discovery`) by namespace inode.
+4. attach the owning container (`pyinspect.host.discovery`) by namespace inode.
 """
 
 import errno
@@ -79,7 +79,7 @@ def namespaces(procs=None, host=None):
 
 def _open(e):
     """An fd for the namespace `e`; OSError (the last one) if no path to it works."""
-    from .probes.netns import open_ns
+    from ..probes.netns import open_ns
 
     last = OSError(errno.ENOENT, "no path to the namespace")
     for path in e["paths"]:
@@ -104,7 +104,7 @@ class _Ns:
     """One open namespace: its fd, socket, links and addresses."""
 
     def __init__(self, info, fd):
-        from .probes.netns import RtnlSocket
+        from ..probes.netns import RtnlSocket
 
         self.info, self.fd, self.inode = info, fd, info["inode"]
         self.sock = RtnlSocket(fd)
