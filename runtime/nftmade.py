@@ -38,6 +38,18 @@ def netns_cookie() -> int:
         return int(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
 
 
+def untidy_reason() -> str | None:
+    """Why the tables and chains pyinspect's rules make here are not tidied, or None."""
+    try:
+        netns_cookie()
+    except OSError:
+        return (
+            "the kernel has no SO_NETNS_COOKIE (before 5.14): the empty nftables tables and "
+            "built-in chains pyinspect's rules made stay after its last rule goes, as Docker's do"
+        )
+    return None
+
+
 def _path() -> Path | None:
     """This namespace's record, or None without SO_NETNS_COOKIE (kernels before 5.14):
     nothing is recorded or tidied then."""

@@ -4,7 +4,8 @@
 #     compiled once and loaded with libbpf), kernel headers, iptables, iproute2,
 #     busybox-static, conntrack, tcpdump, tshark, runc, iperf3; for the image tests
 #     docker-registry (started by the tests on 127.0.0.1 only), skopeo, umoci,
-#     apache2-utils (htpasswd -B); docker.io (dockerd + containerd, started by the tests
+#     apache2-utils (htpasswd -B); python3-seccomp (a test plays a kernel without
+#     SO_NETNS_COOKIE); docker.io (dockerd + containerd, started by the tests
 #     inside a network namespace of their own; the package's services stay disabled)
 #   - /lib/modules/$(uname -r)/{build,source} -> the newest Debian headers when the
 #     running kernel has none (tracepoint/tc programs only need the uapi + BTF)
@@ -21,7 +22,7 @@ fi
 APT_PACKAGES=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
   iptables iproute2 busybox-static conntrack tcpdump tshark runc iperf3 make gcc procps
   kmod psmisc chromium chromium-driver nftables clang-14 libbpf-dev libbpf1 skopeo libc6-dev docker.io
-  docker-registry apache2-utils umoci)
+  docker-registry apache2-utils umoci python3-seccomp)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

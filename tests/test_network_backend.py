@@ -26,10 +26,10 @@ def host(make_netns, state_root):
     h.cleanup()
 
 
-def _start(host, backend, publish):
+def _start(host, backend, publish, **kw):
     pid = host.spawn()
     rec = container(cname("pn-b"), pid=pid, publish=publish)
-    reply = host.call("connect", env={iptables.ENV: backend}, container=rec, pid=pid)
+    reply = host.call("connect", env={iptables.ENV: backend}, container=rec, pid=pid, **kw)
     assert "error" not in reply, reply
     rec["network"] = reply["result"]
     return rec
@@ -90,6 +90,32 @@ def test_an_unwritable_record_costs_only_the_tidying(monkeypatch, tmp_path):
     monkeypatch.setattr(nftmade, "DIR", blocked / "nft-made")  # below a file: no mkdir
     nftmade.note(4, {}, [("nat", "PREROUTING")])  # a table and a chain it would record
     assert not nftmade.recorded(4) and nftmade.tidy([4]) == []
+
+
+def test_without_netns_cookies_rules_go_on_and_nothing_is_recorded(host):
+    """A kernel without SO_NETNS_COOKIE (before 5.14; played by a seccomp filter that
+    answers the option as such a kernel does): `run`'s rules are written and removed as
+    usual, no record is made, and the tables and built-in chains they made stay when the
+    last rule goes (nothing says pyinspect made them)."""
+    cookie = host.ok("cookie")
+    assert isinstance(cookie, int), cookie
+    assert host.ok("cookie", old_kernel=True) == "Protocol not available"  # the filter bites
+    # `pyinspect info` says so (and says nothing where the cookie is there)
+    assert host.ok("writer", backend="nft")["tidy_note"] is None
+    note = host.ok("writer", backend="nft", old_kernel=True)["tidy_note"]
+    assert "SO_NETNS_COOKIE" in note and "stay after its last rule goes" in note, note
+    record = nftmade.DIR / f"{cookie}.json"
+    rec = _start(host, "nft", ["8091:80"], old_kernel=True)
+    try:
+        assert "--dport 8091" in host.ns.run("iptables-nft-save", "-t", "nat").stdout
+        assert not record.exists()
+    finally:
+        reply = host.call("disconnect", env={iptables.ENV: "nft"}, container=rec, old_kernel=True)
+        assert "error" not in reply, reply
+    assert "pyinspect" not in host.ns.run("iptables-nft-save").stdout
+    left = host.ns.run("nft", "list", "ruleset").stdout
+    assert "table ip nat" in left and "hook prerouting" in left, left
+    assert not record.exists()
 
 
 def test_rules_left_in_the_other_backend_move(host):

@@ -30,8 +30,9 @@ def _render(info):
     w = info.get("iptables_writer") or {}
     if w.get("backend"):
         lines.append(f"  pyinspect writes {w['backend']} with {w['writer']}")
-    if w.get("note"):
-        lines.append(f"  note: {w['note']}")
+    for note in (w.get("note"), w.get("tidy_note")):
+        if note:
+            lines.append(f"  note: {note}")
     lines.append(f"Sysctls (netns {info['netns']}):")
     for key, val in info["sysctls"].items():
         lines.append(f"  {key} = {val if val is not None else 'not present'}")

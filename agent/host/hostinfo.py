@@ -139,14 +139,22 @@ def iptables() -> list[dict]:
 
 def iptables_writer(configured: str | None = None) -> dict:
     """The backend pyinspect writes its rules to here and what writes them (python-iptables
-    or a restore tool), with a one-line note when legacy falls back from python-iptables."""
+    or a restore tool), with a one-line note when legacy falls back from python-iptables
+    and one when the nftables tables and chains pyinspect makes cannot be tidied."""
     from ..runtime import iptables as rt
 
     try:
         name = rt.backend(configured)
     except Exception as exc:  # noqa: BLE001 UsageError: a bad PYINSPECT_IPTABLES
         return {"backend": None, "writer": None, "note": str(exc)}
-    return {"backend": name, "writer": rt.writer(name), "note": rt.writer_note(name)}
+    from ..runtime import nftmade
+
+    return {
+        "backend": name,
+        "writer": rt.writer(name),
+        "note": rt.writer_note(name),
+        "tidy_note": nftmade.untidy_reason() if name == "nft" else None,
+    }
 
 
 def sysctls() -> dict[str, str | None]:
@@ -177,7 +185,8 @@ def btf() -> dict:
 def ebpf_hooks() -> list[dict] | None:
     """[{name, available, reason}] from probes.capabilities.detect(), or None if missing."""
     try:
-        capabilities = importlib.import_module(f"{__package__}.probes.capabilities")
+        # (through sys.modules, where a test can take it away)
+        capabilities = importlib.import_module("..probes.capabilities", __package__)
     except ImportError:
         return None
     try:
@@ -198,7 +207,8 @@ def ebpf_hooks() -> list[dict] | None:
 def probe_loaders() -> list[dict] | None:
     """[{probe, loader, object}] from probes.capabilities.probe_loaders(), or None."""
     try:
-        capabilities = importlib.import_module(f"{__package__}.probes.capabilities")
+        # (through sys.modules, where a test can take it away)
+        capabilities = importlib.import_module("..probes.capabilities", __package__)
     except ImportError:
         return None
     try:

@@ -188,12 +188,34 @@ def _cycles(root, n, publish):
     return ips
 
 
+def _without_netns_cookies():
+    """Answer getsockopt(SOL_SOCKET, SO_NETNS_COOKIE) with ENOPROTOOPT from now on, as a
+    kernel before 5.14 does (a seccomp filter on this process; everything else allowed)."""
+    import errno
+    import socket
+
+    import seccomp
+
+    from pyinspect.runtime import nftmade
+
+    f = seccomp.SyscallFilter(seccomp.ALLOW)
+    f.add_rule(
+        seccomp.ERRNO(errno.ENOPROTOOPT),
+        "getsockopt",
+        seccomp.Arg(1, seccomp.EQ, socket.SOL_SOCKET),
+        seccomp.Arg(2, seccomp.EQ, nftmade.SO_NETNS_COOKIE),
+    )
+    f.load()
+
+
 def _main(req):
     from pyinspect.errors import PyinspectError
-    from pyinspect.runtime import ipam, network, portmap, ports, sysctl
+    from pyinspect.runtime import ipam, network, nftmade, portmap, ports, sysctl
 
     op = req.pop("op")
     root = req.pop("root")
+    if req.pop("old_kernel", False):
+        _without_netns_cookies()
     try:
         if op == "prepare":
             result = network.prepare(root, _obj(req["spec"]), req.get("image_config"))
@@ -231,6 +253,15 @@ def _main(req):
             result = _cycles(root, req["n"], req.get("publish", []))
         elif op == "sysctls":
             result = {k: sysctl.read(k) for k in req["keys"]}
+        elif op == "writer":
+            from pyinspect.host import hostinfo
+
+            result = hostinfo.iptables_writer(req.get("backend"))
+        elif op == "cookie":
+            try:
+                result = nftmade.netns_cookie()
+            except OSError as exc:
+                result = os.strerror(exc.errno or 0)
         else:
             raise SystemExit(f"unknown op {op}")
     except PyinspectError as exc:
