@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .host.proc import delete_netns
+from .proc import delete_netns
 
 HOST_NS = "pyinspect-demo"
 CLIENT_NS = "pyinspect-demo-client"

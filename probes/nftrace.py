@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 from pyinspect.errors import UnavailableError
-from pyinspect.host.proc import pid_alive
+from pyinspect.proc import pid_alive
 
 from .netlink import NETLINK_NETFILTER, Receiver
 from .netns import in_netns

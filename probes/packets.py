@@ -27,7 +27,7 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
 
 from pyinspect.errors import UnavailableError, UsageError
-from pyinspect.host.proc import pid_alive
+from pyinspect.proc import pid_alive
 
 from . import bpfobj, bpfsys, cdefs, pcapfilter
 from .evring import POS_WORDS, EvAreas, EvRing, EvStream, cpu_list, default_ring_bytes

@@ -30,7 +30,7 @@ from pyinspect.errors import (
     UnavailableError,
     UsageError,
 )
-from pyinspect.host.proc import pid_alive
+from pyinspect.proc import pid_alive
 
 from .fsutil import atomic_write
 from .imageref import parse_reference

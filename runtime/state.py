@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from pyinspect.host.proc import start_ticks
+from pyinspect.proc import start_ticks
 
 from .fsutil import atomic_write
 

@@ -15,7 +15,7 @@ import re
 import subprocess
 import uuid
 
-from pyinspect.host.proc import delete_netns
+from pyinspect.proc import delete_netns
 
 from .waits import wait_listen
 

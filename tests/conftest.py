@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinspect.host.proc import delete_netns
+from pyinspect.proc import delete_netns
 
 from helpers import kernelstate
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from pyinspect.host.proc import delete_netns
+from pyinspect.proc import delete_netns
 
 from conftest import Cli
 

@@ -134,11 +134,16 @@ def test_bench_does_not_import_tests():
 
 
 # -- agent/'s subpackages import downwards only -------------------------------------------
-# what each may not import (below the dashboard: the host readers, then Docker's text forms)
+# what each folder may not import: the runtime and the probes stand below the agent (they
+# share only errors, config and proc with it), and inside the agent the dashboard stands
+# on the host readers, which stand on Docker's text forms
+AGENT = {"host", "dashboard", "dockerfmt", "trace", "doctor", "pcap", "store", "commands", "web"}
 FORBIDDEN = {
-    "dockerfmt": {"host", "dashboard", "trace", "doctor", "pcap", "store", "commands", "web"},
-    "host": {"dashboard", "trace", "doctor", "pcap", "commands", "web"},
-    "dashboard": {"commands", "web"},
+    ("runtime", "pyinspect.runtime"): AGENT,
+    ("probes", "pyinspect.probes"): AGENT,
+    ("agent/dockerfmt", "pyinspect.dockerfmt"): AGENT - {"dockerfmt"},
+    ("agent/host", "pyinspect.host"): {"dashboard", "trace", "doctor", "pcap", "commands", "web"},
+    ("agent/dashboard", "pyinspect.dashboard"): {"commands", "web"},
 }
 
 
@@ -160,22 +165,28 @@ def pyinspect_imports(path, package):
                 yield from (f"{mod}.{a.name}" for a in node.names)
 
 
-def layering_violations(folder):
+def layering_violations(folder, package, forbidden):
     bad = []
-    for path in sorted((REPO / "agent" / folder).glob("*.py")):
-        for mod in pyinspect_imports(path, f"pyinspect.{folder}"):
-            sub = mod.split(".")[1] if mod.count(".") else ""
-            if sub in FORBIDDEN[folder]:
+    for path in sorted((REPO / folder).rglob("*.py")):
+        sub = path.parent.relative_to(REPO / folder).parts
+        for mod in pyinspect_imports(path, ".".join((package, *sub))):
+            top = mod.split(".")[1] if mod.count(".") else ""
+            if top in forbidden:
                 bad.append(f"{path.relative_to(REPO)} imports {mod}")
     return bad
 
 
-def test_agent_subpackages_import_downwards():
-    bad = [b for folder in FORBIDDEN for b in layering_violations(folder)]
+def test_packages_import_downwards():
+    bad = [
+        b for (folder, pkg), no in FORBIDDEN.items() for b in layering_violations(folder, pkg, no)
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_the_layering_check_sees_imports():
-    """The check resolves relative imports: the dashboard does import the host readers."""
+    """The check resolves relative imports (also in a sub-folder): the dashboard does
+    import the host readers, and runtime/build reaches runtime's own modules."""
     mods = set(pyinspect_imports(REPO / "agent/dashboard/overview.py", "pyinspect.dashboard"))
     assert "pyinspect.host.discovery" in mods and "pyinspect.store" in mods
+    assert layering_violations("agent/dashboard", "pyinspect.dashboard", {"host"})
+    assert layering_violations("runtime", "pyinspect.runtime", {"runtime"})

@@ -1,4 +1,4 @@
-"""The shared netlink receive loop (`pyinspect.probes.netlink.drain`) and `pyinspect.host.proc`,
+"""The shared netlink receive loop (`pyinspect.probes.netlink.drain`) and `pyinspect.proc`,
 on a real rtnetlink socket in a namespace of the test's own: link notifications are the
 records, and a tiny receive buffer makes the kernel report a real overrun (ENOBUFS)."""
 
@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from pyinspect.host.proc import pid_alive
 from pyinspect.probes.netlink import drain
 from pyinspect.probes.netns import netlink_socket_in
+from pyinspect.proc import pid_alive
 
 RTM_NEWLINK = 16
 RTMGRP_LINK = 1

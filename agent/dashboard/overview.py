@@ -225,7 +225,7 @@ class Overview:
     def container_detail(self, ref: str) -> dict:
         """Everything the container page shows but its charts: the fields and where they
         came from, processes, interfaces, events, traces and doctor findings."""
-        from ..host.proc import started_ns
+        from ..proc import started_ns
         from . import containerinfo
 
         info = self._info(ref)

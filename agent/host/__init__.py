@@ -2,5 +2,5 @@
 
 discovery (every container, whichever runtime started it), vethmap (veth pairs in every
 netns), hostinfo (kernel, cgroups, firewall backends), stats (`docker stats`'s numbers),
-events (the process/cgroup timeline), proc (small facts about host processes).
+events (the process/cgroup timeline).
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import CorruptInputError, UnavailableError
-from ..host.proc import pid_alive, started_by
+from ..proc import pid_alive, started_by
 from .migrations import MIGRATIONS
 from .rows import (
     _FLOW_COLS,

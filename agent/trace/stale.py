@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from ..host.proc import pid_alive
+from ..proc import pid_alive
 
 STATE_DIR = "trace"
 

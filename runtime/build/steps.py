@@ -26,7 +26,7 @@ class Scratch:
         self.n = 0
 
     def _sweep(self):
-        from pyinspect.host.proc import pid_alive
+        from pyinspect.proc import pid_alive
 
         for entry in os.listdir(self.base):
             pid = entry.split("-", 1)[0]
@@ -238,7 +238,7 @@ def _p(path):
 
 def sweep_containers(root) -> None:
     """Remove build containers left by killed builds (their builder pid is gone)."""
-    from pyinspect.host.proc import pid_alive
+    from pyinspect.proc import pid_alive
     from pyinspect.runtime import state as cstate
     from pyinspect.runtime.containers import Runtime
 
