@@ -1000,6 +1000,13 @@ class Runtime:
                 return ImageStore(self.root).inspect(ref)
             except (NotFoundError, UsageError):
                 raise NotFoundError(f"{ref!r}: no such container or image") from None
+        return self._inspect(c)
+
+    def inspect_container(self, ref):
+        """Docker-like JSON for a container (NotFoundError for anything else)."""
+        return self._inspect(self.get(ref))
+
+    def _inspect(self, c):
         if c.status == "running" and not state.init_alive(c):
             self.reconcile()
             c = self.get(c.id)
@@ -1261,11 +1268,15 @@ def container_json(c):
     for key in c.image_config.get("ExposedPorts") or {}:
         ports.setdefault(key, None)  # exposed, not published
     mode = spec.network_mode or "bridge"
+    # a container that is not running has no address and publishes nothing (Docker
+    # releases its network at the stop); its HostConfig keeps what it asked for
+    attached = c.status == "running"
+    live = net if attached else {}
     endpoint = {
-        "IPAddress": net.get("ip", ""),
-        "IPPrefixLen": net.get("prefixlen", 0),
-        "Gateway": net.get("gateway", ""),
-        "MacAddress": net.get("mac", ""),
+        "IPAddress": live.get("ip", ""),
+        "IPPrefixLen": live.get("prefixlen", 0),
+        "Gateway": live.get("gateway", ""),
+        "MacAddress": live.get("mac", ""),
     }
     cpus = float(spec.cpus) if spec.cpus else 0
     limits = proc.get("limits", {})
@@ -1347,14 +1358,14 @@ def container_json(c):
         },
         "NetworkSettings": {
             "SandboxKey": net.get("netns_path", ""),
-            "Ports": ports,
+            "Ports": ports if attached else {},
             **endpoint,
-            "Bridge": net.get("bridge", ""),
+            "Bridge": live.get("bridge", ""),
             "Networks": {
                 mode: {
                     **endpoint,
-                    "HostVeth": net.get("veth_host", ""),
-                    "HostVethIfindex": net.get("veth_host_ifindex", 0),
+                    "HostVeth": live.get("veth_host", ""),
+                    "HostVethIfindex": live.get("veth_host_ifindex", 0),
                 }
             },
         },

@@ -247,3 +247,32 @@ def test_overlay_root_is_visible_from_the_host(pc, state_root):
     pc("stop", "-t", "1", "pp-ovl")
     assert f" {merged} " not in host_mounts()
     assert not os.listdir(merged)
+
+
+def test_port_lists_mappings_as_docker_port(bridged):
+    """`port NAME [PRIVATE[/PROTO]]`: Docker's lines and errors; a stopped container
+    publishes nothing (its inspect has no Ports and no address, its HostConfig keeps
+    the bindings it asked for)."""
+    cli = bridged
+    cli("run", "-d", "--name", "pp-port", "-p", "9002-9003:82-83", "-p", "8088:80/udp",
+        "-p", "10000:84", "busybox", "sleep", "600")  # fmt: skip
+    assert cli("port", "pp-port").stdout.splitlines() == [
+        "80/udp -> 0.0.0.0:8088",
+        "82/tcp -> 0.0.0.0:9002",
+        "83/tcp -> 0.0.0.0:9003",
+        "84/tcp -> 0.0.0.0:10000",  # digit runs by value: 84 after 83, not after 8
+    ]
+    assert cli("port", "pp-port", "83").stdout == "0.0.0.0:9003\n"
+    assert cli("port", "pp-port", "80/udp").stdout == "0.0.0.0:8088\n"
+    line = one_line_error(cli("port", "pp-port", "80", check=False), 3)
+    assert line == "Error: No public port '80' published for pp-port", line
+    line = one_line_error(cli("port", "pp-port", "http", check=False), 2)
+    assert line == "Error: invalid port (http)", line
+    one_line_error(cli("port", "busybox", check=False), 3)  # an image is no container
+    cli("stop", "-t", "1", "pp-port")
+    assert cli("port", "pp-port").stdout == ""
+    doc = cli.inspect("pp-port")
+    assert doc["NetworkSettings"]["Ports"] == {} and doc["NetworkSettings"]["IPAddress"] == ""
+    assert doc["HostConfig"]["PortBindings"]["83/tcp"] == [
+        {"HostIp": "0.0.0.0", "HostPort": "9003"}
+    ]

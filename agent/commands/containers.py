@@ -120,6 +120,27 @@ def _templated(fn, *args):
         raise UsageError(f"template parsing error: {exc}") from None
 
 
+@click.command()
+@click.argument("container")
+@click.argument("private_port", metavar="[PRIVATE_PORT[/PROTO]]", required=False)
+@click.pass_obj
+def port(obj, container, private_port):
+    """List a container's port mappings, or the host addresses of one of its ports.
+
+    \b
+    Examples:
+      pyinspect port test            # 80/tcp -> 0.0.0.0:8088
+      pyinspect port test 80         # 0.0.0.0:8088
+      pyinspect port test 53/udp
+    """
+    from ..dockerfmt.psformat import port_lines
+
+    doc = _runtime(obj).inspect_container(container)
+    ports = doc["NetworkSettings"]["Ports"]
+    for line in port_lines(ports, container, private_port):
+        click.echo(line)
+
+
 @click.command(context_settings=_NO_INTERSPERSE)
 @click.option("-i", "--interactive", is_flag=True, help="Pass stdin to the command.")
 @click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")

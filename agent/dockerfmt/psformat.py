@@ -1,15 +1,18 @@
-"""Docker's shapes for `ps` and `top`: rows, relative times, the PORTS column, tables.
+"""Docker's shapes for `ps`, `top` and `port`: rows, relative times, the PORTS column, tables.
 
 `ps_row(c)` is the dict `ps --format json` prints and `--format` templates see
 (Docker's keys: ID, Image, Command, CreatedAt, RunningFor, Ports, State, Status,
 Names, Networks, ...); `human_duration` is Docker's (go-units HumanDuration);
 `display_ports` is Docker's PORTS column (`0.0.0.0:8088->80/tcp`, ranges grouped);
+`port_lines` what `docker port` prints from an inspect document's ports;
 `tabwrite` aligns cells like Go's tabwriter as the docker CLI sets it up.
 """
 
 import calendar
+import re
 import time
 
+from ..errors import NotFoundError, UsageError
 from . import gotemplate
 
 # ps --format placeholders -> table headers (docker/cli formatter)
@@ -116,6 +119,37 @@ def display_ports(ports) -> str:
     for key in order:
         result.append(_form_group(key, *groups[key]))
     return ", ".join(result + mappings)
+
+
+def _host_port(binding) -> str:
+    """Go's net.JoinHostPort of a binding ({"HostIp", "HostPort"})."""
+    ip = binding.get("HostIp") or ""
+    return f"{'[' + ip + ']' if ':' in ip else ip}:{binding.get('HostPort') or ''}"
+
+
+def _natural(text: str) -> list:
+    """A sort key that orders digit runs by value (`9002` before `10000`)."""
+    return [int(s) if i % 2 else s for i, s in enumerate(re.split(r"(\d+)", text))]
+
+
+def port_lines(ports, name: str, private: str | None = None) -> list[str]:
+    """`docker port NAME [PRIVATE]`'s lines from NetworkSettings.Ports ({"80/tcp": [{"HostIp",
+    "HostPort"}, ...] or None}): every binding as `80/tcp -> 0.0.0.0:8088`, or with
+    `private` (`80`, `80/udp`; tcp when no protocol is given) that port's host addresses.
+    NotFoundError when `private` is not published, UsageError when it is no port."""
+    if private is None:
+        out = [
+            f"{key} -> {_host_port(b)}" for key, binds in (ports or {}).items() for b in binds or []
+        ]
+    else:
+        port, _, proto = private.partition("/")
+        if not port.isdigit() or int(port) > 65535:
+            raise UsageError(f"invalid port ({port})")
+        binds = (ports or {}).get(f"{int(port)}/{proto or 'tcp'}")
+        if not binds:
+            raise NotFoundError(f"No public port '{private}' published for {name}")
+        out = [_host_port(b) for b in binds]
+    return sorted(out, key=_natural)
 
 
 def _form_group(key, first, last):
