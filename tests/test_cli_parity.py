@@ -265,7 +265,7 @@ def test_port_lists_mappings_as_docker_port(bridged):
     assert cli("port", "pp-port", "83").stdout == "0.0.0.0:9003\n"
     assert cli("port", "pp-port", "80/udp").stdout == "0.0.0.0:8088\n"
     line = one_line_error(cli("port", "pp-port", "80", check=False), 3)
-    assert line == "Error: No public port '80' published for pp-port", line
+    assert line == "Error: No public port '80/tcp' published for pp-port", line
     line = one_line_error(cli("port", "pp-port", "http", check=False), 2)
     assert line == "Error: invalid port (http)", line
     one_line_error(cli("port", "busybox", check=False), 3)  # an image is no container

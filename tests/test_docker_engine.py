@@ -369,3 +369,39 @@ def test_pages_in_chromium(engine):
         b.wait_count("#runbook h1, #runbook h2", 1)
         b.screenshot("runbook")
         assert not b.console_errors()
+
+
+def test_port_and_a_stopped_inspect_as_dockers(engine, make_netns, state_root):
+    """The same `-p` flags to Docker and to pyinspect (in a host netns of its own, 100
+    ports higher): `port`'s lines and its error are Docker's, and once stopped both
+    containers' inspect have empty Ports and addresses."""
+    eng, name = engine["engine"], unique("pi-dkport")
+    flags = ("-p", "{a}-{b}:82-83", "-p", "{c}:80/udp", "-p", "{d}:84")
+
+    def publish(base):
+        ports = {"a": base + 2, "b": base + 3, "c": base + 8, "d": base + 900}
+        return [f.format(**ports) for f in flags]
+
+    eng.docker("run", "-d", "--name", name, *publish(9100), eng.image, "sleep", "600")
+    ns = make_netns("pi-dkpp")
+    cli = Cli(state_root, netns=ns.name)
+    try:
+        cli("run", "-d", "--name", name, *publish(9200), "busybox", "sleep", "600")
+        for args in ((), ("83",), ("80/udp",)):
+            theirs = eng.docker("port", name, *args).stdout
+            ours = cli("port", name, *args).stdout
+            ours = re.sub(r"(?<=:)\d+$", lambda m: str(int(m[0]) - 100), ours, flags=re.M)
+            assert ours == theirs and theirs, (ours, theirs)
+        theirs = eng.docker("port", name, "80", check=False)
+        ours = cli("port", name, "80", check=False)
+        assert ours.stderr == theirs.stderr and ours.returncode and ours.stdout == "", ours
+        for stop in (eng.docker, cli):
+            stop("stop", "-t", "1", name)
+        dk = eng.inspect(name)["NetworkSettings"]
+        pi = json.loads(cli("inspect", name).stdout)[0]["NetworkSettings"]
+        for key in ("Ports", "IPAddress", "IPPrefixLen", "Gateway", "MacAddress"):
+            assert pi[key] == dk[key], (key, pi[key], dk[key])
+        assert cli("port", name).stdout == eng.docker("port", name).stdout == ""
+    finally:
+        eng.docker("rm", "-f", name, check=False)
+        cli("rm", "-f", name, check=False)

@@ -145,9 +145,10 @@ def port_lines(ports, name: str, private: str | None = None) -> list[str]:
         port, _, proto = private.partition("/")
         if not port.isdigit() or int(port) > 65535:
             raise UsageError(f"invalid port ({port})")
-        binds = (ports or {}).get(f"{int(port)}/{proto or 'tcp'}")
-        if not binds:
-            raise NotFoundError(f"No public port '{private}' published for {name}")
+        key = f"{int(port)}/{proto or 'tcp'}"
+        binds = (ports or {}).get(key)
+        if not binds:  # (Docker 20.10 names the port with its protocol, as here)
+            raise NotFoundError(f"No public port '{key}' published for {name}")
         out = [_host_port(b) for b in binds]
     return sorted(out, key=_natural)
 
