@@ -1235,6 +1235,26 @@ def split_cp_arg(arg):
     return ref, path
 
 
+def port_bindings(publish) -> dict[str, list[dict[str, str]]]:
+    """HostConfig.PortBindings as Docker keeps it: each `-p` as asked (`HostIp` "" unless
+    one was given, `HostPort` "" when the host picks it); `-P` adds nothing."""
+    from .ports import parse
+
+    out: dict[str, list[dict[str, str]]] = {}
+    for raw in publish or ():
+        try:
+            bindings = parse(raw)
+        except UsageError:  # (checked at `run`: only a damaged record holds one)
+            continue
+        parts = raw.rpartition("/")[0 if "/" in raw else 2].split(":")
+        ip = parts[0] if len(parts) == 3 else ""
+        for b in bindings:
+            out.setdefault(f"{b['container_port']}/{b['proto']}", []).append(
+                {"HostIp": ip, "HostPort": str(b["host_port"] or "")}
+            )
+    return out
+
+
 def container_json(c):
     """The Docker-like inspect document of container `c`."""
     from .cgroups import parse_memory
@@ -1315,7 +1335,7 @@ def container_json(c):
         "HostConfig": {
             "Binds": binds or None,
             "NetworkMode": mode,
-            "PortBindings": {k: v for k, v in ports.items() if v} or {},
+            "PortBindings": port_bindings(spec.publish),
             "PublishAllPorts": bool(spec.publish_all),
             "AutoRemove": spec.auto_remove,
             "RestartPolicy": {"Name": policy.name, "MaximumRetryCount": policy.max_retries},

@@ -273,6 +273,4 @@ def test_port_lists_mappings_as_docker_port(bridged):
     assert cli("port", "pp-port").stdout == ""
     doc = cli.inspect("pp-port")
     assert doc["NetworkSettings"]["Ports"] == {} and doc["NetworkSettings"]["IPAddress"] == ""
-    assert doc["HostConfig"]["PortBindings"]["83/tcp"] == [
-        {"HostIp": "0.0.0.0", "HostPort": "9003"}
-    ]
+    assert doc["HostConfig"]["PortBindings"]["83/tcp"] == [{"HostIp": "", "HostPort": "9003"}]
