@@ -988,6 +988,12 @@ class Runtime:
             raise StartError(f"exec in {c.name}: {text}", int(num) if num.isdigit() else code)
         return code
 
+    def image_id(self, ref):
+        """The id of image `ref` if it is here (nothing is built or pulled), else None."""
+        from .images import ImageStore
+
+        return ImageStore(self.root).find_id(ref)
+
     # -- inspect / top / logs ----------------------------------------------------------
     def inspect(self, ref):
         """Docker-like JSON for a container; for an image name, the image's inspect."""

@@ -281,6 +281,15 @@ class ImageStore:
             )
         return (hits[0], None) if hits else None
 
+    def find_id(self, ref):
+        """'sha256:<id>' of the image `ref` names if it is here (nothing is built or
+        pulled), else None (also for what is no image reference)."""
+        try:
+            found = self._find(ref, self._tags())
+        except (UsageError, NotFoundError):
+            return None
+        return f"sha256:{found[0]}" if found else None
+
     def resolve(self, ref):
         """The Image for a name[:tag], id, unique id prefix or 'sha256:...'.
 

@@ -413,3 +413,58 @@ def test_port_and_a_stopped_inspect_as_dockers(engine, make_netns, state_root):
     finally:
         eng.docker("rm", "-f", name, check=False)
         cli("rm", "-f", name, check=False)
+
+
+PS_FILTERS = [
+    (), ("-a",), ("--filter", "exited=3"), ("-a", "--filter", "exited=3"),
+    ("-a", "--filter", "exited=0"), ("--filter", "status=exited"),
+    ("--filter", "status=running", "--filter", "status=exited"), ("-a", "--filter", "name=web"),
+    ("-a", "--filter", "name=^/web1$"), ("-a", "--filter", "name=web", "--filter", "status=exited"),
+    ("-a", "--filter", "publish=8081"), ("-a", "--filter", "publish=80"),
+    ("-a", "--filter", "publish=8080-8090"), ("-a", "--filter", "publish=9090/udp"),
+    ("-a", "--filter", "publish=9090/tcp"), ("-a", "--filter", "expose=80"),
+    ("-a", "--filter", "expose=90/udp"), ("-a", "--filter", "expose=90-100"),
+    ("-a", "--filter", "ancestor=IMAGE"), ("-a", "--filter", "ancestor=nosuch"),
+    ("-a", "--filter", "network=bridge"), ("-a", "--filter", "network=none"),
+    ("-a", "--filter", "before=done0"), ("-a", "--filter", "since=web2"),
+    ("--filter", "since=web2"), ("-a", "--filter", "label=a"), ("-a", "-f", "id=abc"),
+]  # fmt: skip
+PS_BAD_FILTERS = [("--filter", "status=bogus"), ("--filter", "bogus=1")]
+
+
+def test_ps_filters_as_dockers(engine, make_netns, state_root):
+    """The same containers in Docker and in pyinspect (a host netns of its own): `ps
+    --filter` lists the same names, newest first, for each of Docker's filters, and
+    refuses the same bad ones."""
+    eng = engine["engine"]
+    ns = make_netns("pi-dkpf")
+    cli = Cli(state_root, netns=ns.name)
+    made = [
+        ("web1", ["-d", "-p", "8081:80"], ["sleep", "600"]),
+        ("web2", ["-d", "-p", "9090:90/udp"], ["sleep", "600"]),
+        ("done0", [], ["true"]),
+        ("done3", [], ["sh", "-c", "exit 3"]),
+    ]
+    try:
+        for name, flags, cmd in made:
+            eng.docker("run", "--name", name, *flags, eng.image, *cmd, check=False)
+            cli("run", "--name", name, *flags, "busybox", *cmd, check=False)
+        for args in PS_FILTERS:
+            fmt = ("--format", "{{.Names}}")
+            theirs = eng.docker("ps", *fmt, *(a.replace("IMAGE", eng.image) for a in args))
+            ours = cli("ps", *fmt, *(a.replace("IMAGE", "busybox") for a in args))
+            theirs = [n for n in theirs.stdout.splitlines() if n != WEB]  # the module's own
+            assert ours.stdout.splitlines() == theirs, (args, ours.stdout, theirs)
+        assert cli("ps", "-a", "--filter", "name=web", "-q").stdout.split() == [
+            json.loads(cli("inspect", n).stdout)[0]["Id"][:12] for n in ("web2", "web1")
+        ]
+        for args in PS_BAD_FILTERS:
+            theirs = eng.docker("ps", *args, check=False)
+            ours = cli("ps", *args, check=False)
+            assert ours.returncode == 2 and ours.stdout == "", ours
+            why = theirs.stderr.strip().removeprefix("Error response from daemon: ")
+            assert ours.stderr.strip() == f"Error: {why}", (ours.stderr, theirs.stderr)
+    finally:
+        names = [n for n, _f, _c in made]
+        eng.docker("rm", "-f", *names, check=False)
+        cli("rm", "-f", *names, check=False)

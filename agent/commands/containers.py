@@ -92,14 +92,32 @@ def run(obj, **values):
     help="table, json (one object per line), 'table TEMPLATE' or a Go template "
     "such as '{{.ID}} {{.Names}} {{.Ports}}'.",
 )
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only containers that match: name, id, status, exited, ancestor, network, "
+    "publish, expose, before, since, label (Docker's filters; repeat for more).",
+)
 @click.pass_obj
-def ps(obj, all_, quiet, fmt):
+def ps(obj, all_, quiet, fmt, filters):
     """List containers (running ones unless -a), with Docker's columns (PORTS,
     CREATED as "2 minutes ago") and --format placeholders (.ID, .Image, .Command,
-    .CreatedAt, .RunningFor, .Ports, .State, .Status, .Names, .Networks, ...)."""
+    .CreatedAt, .RunningFor, .Ports, .State, .Status, .Names, .Networks, ...).
+
+    \b
+    Examples:
+      pyinspect ps -a --filter status=exited -q
+      pyinspect ps --filter publish=8088 --filter name=web
+    """
+    from ..dockerfmt.psfilter import PsFilter
     from ..dockerfmt.psformat import format_ps, ps_row
 
-    rows = _runtime(obj).list(all=all_)
+    flt = PsFilter.parse(filters)
+    rt = _runtime(obj)
+    rows = flt.select(rt.list(all=all_ or flt.lists_stopped), rt.image_id)
     if quiet:
         for c in rows:
             click.echo(c.short_id)

@@ -1,0 +1,173 @@
+"""`ps --filter KEY=VALUE`: Docker's container filters, over pyinspect's records.
+
+As in Docker, the values given for one key are alternatives and every key given must
+match. `name` and `id` match as Docker's do: the value equals the name (with its leading
+`/`) or id, or is a regular expression found in it (`name=web`, `name=^/web1$`). `status`
+lists stopped containers too (as `-a`); `exited=N` keeps stopped containers that exited
+with N. `publish` takes host ports, `expose` container ports (`80`, `80/tcp`,
+`8000-8090/udp`; tcp unless a protocol is named); `ancestor` an image (by name or id:
+pyinspect does not follow an image's children); `network` a network name;
+`before`/`since` a container. pyinspect containers carry no labels, so `label=...`
+matches none, as in Docker for an unlabelled container.
+"""
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import NotFoundError, UsageError
+from .psformat import container_ports
+
+KEYS = ("ancestor", "before", "expose", "exited", "id", "label", "name", "network",
+        "publish", "since", "status")  # fmt: skip
+STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
+def docker_state(c) -> str:
+    """Docker's state word for a container record (a damaged one is Docker's `dead`)."""
+    if getattr(c, "restarting", False):
+        return "restarting"
+    return "dead" if c.status == "damaged" else c.status
+
+
+def _matches(value: str, source: str) -> bool:
+    """Docker's filters.Args.Match: equal, or a regular expression found in `source`."""
+    if value == source:
+        return True
+    try:
+        return re.search(value, source) is not None
+    except re.error:
+        return False
+
+
+@dataclass(frozen=True)
+class PortRange:
+    low: int
+    high: int
+    proto: str  # tcp unless the value names one (as Docker's)
+
+    @classmethod
+    def parse(cls, key: str, text: str) -> "PortRange":
+        ports, _, proto = text.partition("/")
+        low, _, high = ports.partition("-")
+        if not (low.isdigit() and (high == "" or high.isdigit())) or proto not in (
+            "",
+            "tcp",
+            "udp",
+        ):
+            raise UsageError(f"invalid filter '{key}={text}': expected PORT[-PORT][/tcp|udp]")
+        lo, hi = int(low), int(high or low)
+        if not 0 < lo <= hi <= 65535:
+            raise UsageError(f"invalid filter '{key}={text}': ports are 1-65535, low to high")
+        return cls(lo, hi, proto or "tcp")
+
+    def holds(self, port: int, proto: str) -> bool:
+        return self.low <= port <= self.high and self.proto == proto
+
+
+@dataclass
+class PsFilter:
+    values: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, args: Iterable[str]) -> "PsFilter":
+        """From `--filter` arguments; UsageError names a malformed one."""
+        values: dict[str, list[str]] = {}
+        for arg in args:
+            key, eq, value = arg.partition("=")
+            key = key.strip().lower()
+            if not eq or not key:
+                raise UsageError(
+                    f'invalid argument "{arg}" for "-f, --filter" flag: bad format of filter '
+                    "(expected name=value)"
+                )
+            if key not in KEYS:
+                raise UsageError(f"Invalid filter '{key}'")
+            if key == "status" and value not in STATES:
+                raise UsageError(f"Invalid filter 'status={value}'")
+            if key == "exited" and not re.fullmatch(r"-?\d+", value):
+                raise UsageError(f"invalid filter 'exited={value}': not an exit code")
+            if key in ("publish", "expose"):
+                PortRange.parse(key, value)
+            values.setdefault(key, []).append(value)
+        return cls(values)
+
+    @property
+    def lists_stopped(self) -> bool:
+        """A `status` filter lists stopped containers too, as `-a` does."""
+        return "status" in self.values
+
+    def select(
+        self,
+        containers: Sequence,
+        image_id: Callable[[str], str | None] = lambda ref: None,
+    ) -> list:
+        """The containers (newest first, as `ps` lists them) that pass every filter;
+        `image_id(ref)` resolves an `ancestor` value to an image id (None: unknown)."""
+        if not self.values:
+            return list(containers)
+        out = list(containers)
+        for key in ("before", "since"):
+            for ref in self.values.get(key, ()):
+                at = next(
+                    (i for i, c in enumerate(out) if ref in (c.name, c.id) or c.id.startswith(ref)),
+                    None,
+                )
+                if at is None:
+                    raise NotFoundError(f"no such container {ref}")
+                out = out[at + 1 :] if key == "before" else out[:at]
+        ancestors = [(v, image_id(v)) for v in self.values.get("ancestor", ())]
+        return [c for c in out if self._passes(c, ancestors)]
+
+    def _passes(self, c, ancestors) -> bool:
+        v = self.values
+        if "name" in v and not any(_matches(x, "/" + c.name) for x in v["name"]):
+            return False
+        if "id" in v and not any(_matches(x, c.id) for x in v["id"]):
+            return False
+        if "label" in v:
+            return False
+        if "status" in v and docker_state(c) not in v["status"]:
+            return False
+        if "exited" in v and (
+            docker_state(c) == "running"
+            or str(c.exit_code) not in {str(int(x)) for x in v["exited"]}
+        ):
+            return False
+        if "network" in v:
+            mode = c.spec.network_mode or "bridge"
+            if not any(_matches(x, mode) for x in v["network"]):
+                return False
+        if ancestors and not any(
+            c.image_id == iid or c.image in (ref, f"{ref}:latest") for ref, iid in ancestors
+        ):
+            return False
+        ports = container_ports(c)
+        if "publish" in v and not any(
+            PortRange.parse("publish", x).holds(p["PublicPort"], p["Type"])
+            for x in v["publish"]
+            for p in ports
+            if p["PublicPort"]
+        ):
+            return False
+        if "expose" in v and not any(
+            PortRange.parse("expose", x).holds(port, proto)
+            for x in v["expose"]
+            for port, proto in _exposed(c, ports)
+        ):
+            return False
+        return True
+
+
+def _exposed(c, ports) -> set[tuple[int, str]]:
+    """A container's exposed ports: its image's and those its `-p` flags publish (Docker
+    adds those to Config.ExposedPorts), whether it runs or not."""
+    from ..runtime.ports import parse
+
+    out = {(p["PrivatePort"], p["Type"]) for p in ports}
+    for raw in c.spec.publish or ():
+        try:
+            out.update((b["container_port"], b["proto"]) for b in parse(raw))
+        except UsageError:
+            continue
+    return out
