@@ -47,6 +47,7 @@ COMMANDS = {
     "inspect": ("containers", "inspect", "Show low-level JSON about containers or images."),
     "top": ("containers", "top", "Show a container's processes."),
     "port": ("containers", "port", "List a container's port mappings."),
+    "diff": ("containers", "diff", "List what a container changed in its filesystem."),
     "stats": ("stats", "stats", "Show containers' CPU, memory, network and block I/O use."),
     "cp": ("containers", "cp", "Copy files between a container and the host."),
     "autostart": ("containers", "autostart", "Start containers their restart policy brings back."),

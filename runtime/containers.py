@@ -988,6 +988,14 @@ class Runtime:
             raise StartError(f"exec in {c.name}: {text}", int(num) if num.isdigit() else code)
         return code
 
+    def diff(self, ref):
+        """What container `ref` changed in its root (runtime.changes.Change, by path), as
+        `docker diff` lists it; running or stopped."""
+        from .changes import changes
+
+        c = self.get(ref)
+        return changes(c.layers, os.path.join(c.path, "upper"))
+
     def image_id(self, ref):
         """The id of image `ref` if it is here (nothing is built or pulled), else None."""
         from .images import ImageStore

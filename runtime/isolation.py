@@ -251,7 +251,7 @@ def _resolve_in_root(path, entry, stop=None, max_links=40):
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
-def _layer_entry(layers, parts):
+def layer_entry(layers, parts):
     """(host path, lstat) of container path `parts` as overlayfs would show the image
     `layers` (base first): the top-most layer that has it wins; a whiteout (a 0/0
     character device), a non-directory on the way, or an opaque directory hides
@@ -300,7 +300,7 @@ def non_directory_in_image(layers, path, max_links=40):
             return "/" + "/".join(parts)
         return None
 
-    _, blocker = _resolve_in_root(path, lambda parts: _layer_entry(layers, parts), stop, max_links)
+    _, blocker = _resolve_in_root(path, lambda parts: layer_entry(layers, parts), stop, max_links)
     return blocker or None
 
 

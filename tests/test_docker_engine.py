@@ -468,3 +468,37 @@ def test_ps_filters_as_dockers(engine, make_netns, state_root):
         names = [n for n, _f, _c in made]
         eng.docker("rm", "-f", *names, check=False)
         cli("rm", "-f", *names, check=False)
+
+
+DIFF_SCRIPT = (
+    "touch /tmp/new && echo hi > /etc/motd && echo x >> /etc/passwd && rm /bin/ls"
+    " && mkdir -p /root/a/b && rmdir /home && mkdir /home && chmod 700 /var"
+    " && ln -s /etc/motd /usr/motd && rm -r /sbin"
+)
+
+
+def test_diff_as_dockers(engine, make_netns, state_root):
+    """The same container in Docker and in pyinspect: `diff` lists nothing when it is
+    new (the files the runtime writes are not the container's), then the same A/C/D
+    lines after the same writes, running and stopped."""
+    eng, name = engine["engine"], unique("pi-dkdiff")
+    ns = make_netns("pi-dkdf")
+    cli = Cli(state_root, netns=ns.name)
+    try:
+        eng.docker("run", "-d", "--name", name, eng.image, "sleep", "600")
+        cli("run", "-d", "--name", name, "busybox", "sleep", "600")
+        assert cli("diff", name).stdout == eng.docker("diff", name).stdout == ""
+        eng.docker("exec", name, "sh", "-c", DIFF_SCRIPT)
+        cli("exec", name, "sh", "-c", DIFF_SCRIPT)
+        # (Docker 20.10 lists them in no set order: pyinspect sorts them by path)
+        theirs = sorted(eng.docker("diff", name).stdout.splitlines(), key=lambda line: line[2:])
+        assert "D /bin/ls" in theirs and "A /tmp/new" in theirs, theirs
+        ours = cli("diff", name).stdout.splitlines()
+        assert ours == theirs, f"ours {'|'.join(ours)} theirs {'|'.join(theirs)}"
+        for stop in (eng.docker, cli):
+            stop("stop", "-t", "1", name)
+        assert cli("diff", name).stdout.splitlines() == ours
+        assert sorted(eng.docker("diff", name).stdout.splitlines(), key=lambda s: s[2:]) == theirs
+    finally:
+        eng.docker("rm", "-f", name, check=False)
+        cli("rm", "-f", name, check=False)

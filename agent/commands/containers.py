@@ -140,6 +140,21 @@ def _templated(fn, *args):
 
 @click.command()
 @click.argument("container")
+@click.pass_obj
+def diff(obj, container):
+    """List what a container changed in its root filesystem: A added, C changed,
+    D deleted (the overlay's upper layer against the image's layers).
+
+    \b
+    Examples:
+      pyinspect diff test
+    """
+    for change in _runtime(obj).diff(container):
+        click.echo(str(change))
+
+
+@click.command()
+@click.argument("container")
 @click.argument("private_port", metavar="[PRIVATE_PORT[/PROTO]]", required=False)
 @click.pass_obj
 def port(obj, container, private_port):
