@@ -10,6 +10,7 @@ import os
 import zlib
 
 from pyinspect.errors import CorruptInputError, UnavailableError
+from pyinspect.units import decimal_size
 
 from .image_settings import ExtractLimits
 
@@ -18,15 +19,6 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 _DISK_CHECK_EVERY = 64 << 20
 MIN_FREE_INODES = 10_000
-
-
-def human(n):
-    """Bytes as Docker prints sizes (decimal units)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
-        n /= 1000
-    return f"{n}B"
 
 
 class Budget:
@@ -56,14 +48,14 @@ class Budget:
         total = self.meters[meter] = self.meters[meter] + n
         if total > lim.max_bytes:
             raise CorruptInputError(
-                f"{what}: more than {human(lim.max_bytes)} of image data",
+                f"{what}: more than {decimal_size(lim.max_bytes)} of image data",
                 "raise image-limits.max-bytes in the root's config.json "
                 "if the image is really that large",
             )
         if total > lim.ratio_floor_bytes and total > lim.max_ratio * self.input_bytes:
             raise CorruptInputError(
                 f"{what}: expands past {lim.max_ratio}x its "
-                f"{human(self.input_bytes)} input (a decompression bomb?)",
+                f"{decimal_size(self.input_bytes)} input (a decompression bomb?)",
                 "raise image-limits.max-ratio in the root's config.json if this is expected",
             )
         self._unchecked += n
@@ -80,8 +72,8 @@ class Budget:
         free = st.f_bavail * st.f_frsize
         if free - upcoming < self.limits.min_free_bytes:
             raise UnavailableError(
-                f"{what}: not enough disk space ({human(free)} free, "
-                f"{human(self.limits.min_free_bytes)} must stay free)",
+                f"{what}: not enough disk space ({decimal_size(free)} free, "
+                f"{decimal_size(self.limits.min_free_bytes)} must stay free)",
                 "free some space or lower image-limits.min-free-bytes",
             )
         # inodes too: a layer of millions of empty files fills a filesystem without bytes

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from pyinspect import units
 from pyinspect.dashboard import containerinfo
 from pyinspect.dashboard.overview import flow_tuple
 from pyinspect.host import stats
@@ -152,9 +153,9 @@ def test_cgroup_paths_of_this_process():
 
 
 def test_docker_size_units_and_table():
-    assert stats.binary_size(1536) == "1.5KiB" and stats.binary_size(64 << 20) == "64MiB"
-    assert stats.decimal_size(656) == "656B" and stats.decimal_size(1234) == "1.23kB"
-    assert stats.binary_size(None) == "--"
+    assert units.binary_size(1536) == "1.5KiB" and units.binary_size(64 << 20) == "64MiB"
+    assert units.decimal_size(656) == "656B" and units.decimal_size(1234) == "1.23kB"
+    assert units.binary_size(None) == "--"
     row = stats.StatsRow(
         "a" * 64, "web", "docker", 1, 0.0, 1.5, 1 << 20, 64 << 20, True, 1.5625,
         1000, 2000, 0, 4096, 3, 50, 0.5, "v1",

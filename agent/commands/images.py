@@ -2,7 +2,6 @@
 
 import json
 import sys
-import time
 
 import click
 
@@ -14,34 +13,11 @@ def _store(obj):
 
 
 def _since(created):
-    """'3 hours ago' from an RFC 3339 time, like docker's CREATED column."""
-    import calendar
+    """'3 hours ago' from an RFC 3339 time, as docker's CREATED column (go-units'
+    HumanDuration, as `ps`)."""
+    from ..dockerfmt.psformat import parse_time, since
 
-    try:
-        t = calendar.timegm(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
-    except (TypeError, ValueError):
-        return "N/A"
-    d = max(0, time.time() - t)
-    for unit, secs in (
-        ("year", 365 * 86400),
-        ("month", 30 * 86400),
-        ("week", 7 * 86400),
-        ("day", 86400),
-        ("hour", 3600),
-        ("minute", 60),
-    ):
-        if d >= secs:
-            n = int(d // secs)
-            return f"{n} {unit}{'s' if n > 1 else ''} ago"
-    return "Less than a minute ago"
-
-
-def _human_size(n):
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
-        n /= 1000
-    return f"{n}B"
+    return f"{since(created)} ago" if parse_time(created or "") is not None else "N/A"
 
 
 def _rows(images):
@@ -89,6 +65,8 @@ def images(obj, reference, fmt, quiet, no_trunc, digests):
       pyinspect images -q
       pyinspect images --digests
     """
+    from ..units import decimal_size
+
     found = _store(obj).list()
     rows = _rows(found)
     if reference:
@@ -116,7 +94,7 @@ def images(obj, reference, fmt, quiet, no_trunc, digests):
                 *((r["Digest"],) if digests else ()),
                 r["Id"] if no_trunc else r["ID"],
                 r["CreatedSince"],
-                _human_size(r["Size"]),
+                decimal_size(r["Size"]),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]

@@ -26,7 +26,7 @@ class LayerProgress:
         self.stream.flush()
 
     def __call__(self, layer, status, current=None, total=None):
-        from ..runtime.layerstream import human
+        from ..units import decimal_size
 
         if self.header:
             self.flush_header()
@@ -41,7 +41,7 @@ class LayerProgress:
             done = int(50 * min(current, total) / total)
             text += (
                 f" [{'=' * max(done - 1, 0)}{'>' if done else ''}{' ' * (50 - done)}] "
-                f"{human(current)}/{human(total)}"
+                f"{decimal_size(current)}/{decimal_size(total)}"
             )
         if layer not in self.order:
             self.order.append(layer)

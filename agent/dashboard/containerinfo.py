@@ -83,7 +83,7 @@ class ContainerInfo:
 
     def row(self, mounts: dict[str, str] | None = None) -> dict:
         """The Containers table's row (short texts); `mounts`: cgroupstat.mounts(), once."""
-        from ..host.stats import binary_size
+        from ..units import binary_size
 
         limits = []
         if self.memory_limit is not None:

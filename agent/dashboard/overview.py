@@ -255,6 +255,7 @@ class Overview:
     def container_stats(self, ref: str) -> dict:
         """A fresh `stats` reading of one container, its history in this process, and the
         charts of CPU, memory, pids and network rates drawn from it."""
+        from .. import units
         from ..host import stats
         from . import charts
 
@@ -285,7 +286,7 @@ class Overview:
                 "memory": charts.line_svg(
                     [(r.ts, r.mem_usage) for r in samples],
                     "memory",
-                    stats.binary_size,
+                    units.binary_size,
                     css_id="chart-memory",
                 ),
                 "pids": charts.line_svg(
@@ -295,10 +296,10 @@ class Overview:
                     css_id="chart-pids",
                 ),
                 "net_rx": charts.line_svg(
-                    rx, "network in", lambda v: stats.decimal_size(v) + "/s", css_id="chart-rx"
+                    rx, "network in", lambda v: units.decimal_size(v) + "/s", css_id="chart-rx"
                 ),
                 "net_tx": charts.line_svg(
-                    tx, "network out", lambda v: stats.decimal_size(v) + "/s", css_id="chart-tx"
+                    tx, "network out", lambda v: units.decimal_size(v) + "/s", css_id="chart-tx"
                 ),
             },
         }

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from ..dockerfmt import gotemplate
 from ..errors import ConflictError, NotFoundError
 from ..probes import cgroupstat
+from ..units import binary_size, decimal_size
 
 STATS_DEFAULT = (
     "table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.NetIO}}"
@@ -78,28 +79,6 @@ class StatsRow:
             "PIDs": "--" if self.pids is None else str(self.pids),
             "Runtime": self.runtime,
         }
-
-
-def binary_size(n: int | float | None) -> str:
-    """Docker's units.BytesSize: 1.523MiB."""
-    if n is None:
-        return "--"
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    i, v = 0, float(n)
-    while v >= 1024 and i < len(units) - 1:
-        v, i = v / 1024, i + 1
-    return f"{v:.4g}{units[i]}"
-
-
-def decimal_size(n: int | float | None) -> str:
-    """Docker's units.HumanSizeWithPrecision(n, 3): 1.2kB, 656B."""
-    if n is None:
-        return "--"
-    units = ("B", "kB", "MB", "GB", "TB", "PB")
-    i, v = 0, float(n)
-    while v >= 1000 and i < len(units) - 1:
-        v, i = v / 1000, i + 1
-    return f"{v:.3g}{units[i]}"
 
 
 @dataclass
