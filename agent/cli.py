@@ -25,6 +25,7 @@ COMMANDS = {
     "demo": ("demo", "demo", "Run the end-to-end demo on embedded defaults."),
     # images
     "images": ("images", "images", "List images."),
+    "history": ("images", "history", "Show the steps that made an image."),
     "load": ("images", "load", "Load an image from a docker-save archive or OCI layout."),
     "save": ("images", "save", "Save images to a docker-save/OCI archive."),
     "tag": ("images", "tag", "Give an image another name."),

@@ -16,6 +16,7 @@ Importing this module is cheap (stdlib only, heavy modules imported lazily) beca
 sits on the `pyinspect run` start path.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -61,6 +62,17 @@ class Image:
         return self.id.split(":", 1)[1][:12]
 
 
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One step of an image's history, as `docker history` lists it."""
+
+    image_id: str  # the image's id on its newest step, "<missing>" on the others
+    created: str  # RFC 3339
+    created_by: str
+    size: int  # bytes of the layer the step made
+    comment: str
+
+
 def _atomic_write(path, data):
     with atomic_write(path, fsync=True) as f:
         f.write(data)
@@ -79,6 +91,7 @@ class ImageStore:
         self.digests_file = self.dir / "digests.json"
         self.blob_digests_file = self.dir / "blob-digests.json"
         self.tmp = self.dir / "tmp"
+        self.sizes = self.dir / "layer-sizes"  # layer_size()'s, one small file a layer
 
     # ---- storage helpers -------------------------------------------------------------
     def _ensure(self):
@@ -211,15 +224,8 @@ class ImageStore:
             ) from None
         image_id = f"sha256:{hexid}"
         diff_ids = list(raw.get("rootfs", {}).get("diff_ids", []))
-        dirs, size, seen = [], 0, set()
-        for d in diff_ids:
-            h = d.split(":", 1)[-1]
-            if h not in seen:
-                seen.add(h)
-                try:
-                    size += os.stat(self.blobs / h).st_size
-                except FileNotFoundError:
-                    pass
+        dirs = []
+        size = sum(self.layer_size(h) for h in {d.split(":", 1)[-1] for d in diff_ids})
         # A layer repeated in the stack keeps only its topmost place (same merged view).
         for i, d in enumerate(diff_ids):
             h = d.split(":", 1)[-1]
@@ -357,6 +363,33 @@ class ImageStore:
             "History": im.raw.get("history", []),
         }
 
+    def history(self, ref):
+        """The image's history, newest first (HistoryEntry): each step of its config's
+        `history`, with the size of the layer it made (0 for a step that made none)."""
+        im = self.resolve(ref)
+        layers = [d.split(":", 1)[-1] for d in im.diff_ids]
+        steps = im.raw.get("history")
+        if not isinstance(steps, list) or not steps:  # no history: one step a layer
+            steps = [{} for _ in layers] or [{"empty_layer": True}]
+        out, at = [], 0
+        for step in steps:
+            step = step if isinstance(step, dict) else {}
+            size = 0
+            if not step.get("empty_layer") and at < len(layers):
+                size, at = self.layer_size(layers[at]), at + 1
+            out.append(
+                HistoryEntry(
+                    "<missing>",
+                    str(step.get("created") or ""),
+                    str(step.get("created_by") or ""),
+                    size,
+                    str(step.get("comment") or ""),
+                )
+            )
+        out.reverse()
+        out[0] = dataclasses.replace(out[0], image_id=im.id)
+        return out
+
     # ---- staging and commit (shared by load and the busybox build) ----------------------
     def _new_staging(self):
         import shutil
@@ -407,6 +440,7 @@ class ImageStore:
                         )
                     os.replace(staging / f"{h}.tar", self.blobs / h)
                     os.rename(staged, final)
+                    self.layer_size(h)  # read its size while the tar is in the cache
             tags = self._tags()
             out = []
             for config_bytes, names in images:
@@ -455,9 +489,35 @@ class ImageStore:
                 if not (self.layers / diff_hex).exists():
                     os.replace(blob, self.blobs / diff_hex)
                     os.rename(staged, self.layers / diff_hex)
+                    self.layer_size(diff_hex)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return f"sha256:{diff_hex}"
+
+    def layer_size(self, h):
+        """Docker's size of layer `h` (overlay2's DiffSize): the bytes of its regular files
+        (a hard link counted once) and of its symlinks' targets. Read from the layer's
+        tar once, then kept."""
+        cache = self.sizes / h
+        try:
+            return int(cache.read_text())
+        except (OSError, ValueError):
+            pass
+        import tarfile
+
+        size = 0
+        try:
+            with tarfile.open(self.blobs / h, "r:") as tar:
+                for m in tar:
+                    size += m.size if m.isreg() else len(m.linkname.encode()) if m.issym() else 0
+        except (OSError, tarfile.TarError):
+            return 0  # no blob (or not a tar): nothing to count, nothing kept
+        try:
+            self.sizes.mkdir(parents=True, exist_ok=True)
+            _atomic_write(cache, str(size).encode())
+        except OSError:
+            pass
+        return size
 
     def has_layer(self, diff_id):
         """True when the layer `sha256:<hex>` is stored (dir and blob)."""
@@ -595,10 +655,11 @@ class ImageStore:
                 continue
             doomed = self.tmp / f"{os.getpid()}-gc-{h[:12]}"
             os.rename(self.layers / h, doomed)
-            try:
-                os.unlink(self.blobs / h)
-            except FileNotFoundError:
-                pass
+            for path in (self.blobs / h, self.sizes / h):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
             shutil.rmtree(doomed, ignore_errors=True)
 
     # ---- archives ----------------------------------------------------------------------

@@ -502,3 +502,63 @@ def test_diff_as_dockers(engine, make_netns, state_root):
     finally:
         eng.docker("rm", "-f", name, check=False)
         cli("rm", "-f", name, check=False)
+
+
+HISTORY_DOCKERFILE = """FROM {base}
+ENV A=1
+LABEL a=b c=d
+RUN echo hello > /hi && mkdir /data && ln -s /hi /data/link
+COPY f.txt /data/
+WORKDIR /data
+EXPOSE 80 53/udp
+USER nobody
+VOLUME /v1 /v2
+STOPSIGNAL SIGINT
+ENTRYPOINT ["cat"]
+CMD ["/hi"]
+"""
+
+
+def test_history_and_image_sizes_as_dockers(engine, make_netns, state_root, tmp_path):
+    """The embedded image and the same Dockerfile built by Docker's builder and by
+    pyinspect: `history` shows the same steps with the same layer sizes (Docker's:
+    file bytes and symlink targets, not the tar's), and `images` the same SIZE."""
+    eng = engine["engine"]
+    cli = Cli(state_root, netns=make_netns("pi-dkhs").name)
+    fmt = ("--no-trunc", "--format", "{{.CreatedBy}}|{{.Size}}|{{.Comment}}")
+    assert cli("history", *fmt, "busybox").stdout == eng.docker("history", *fmt, eng.image).stdout
+    assert cli("history", "-q", "busybox").stdout == eng.docker("history", "-q", eng.image).stdout
+    tag = unique("pi-hist") + ":1"
+    for who, base in ((eng, eng.image), (cli, "busybox")):
+        ctx = tmp_path / f"ctx-{base.replace(':', '-')}"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(HISTORY_DOCKERFILE.format(base=base))
+        (ctx / "f.txt").write_text("x" * 5000)
+        if who is eng:
+            subprocess.run(
+                [dockerd.DOCKER, "-H", eng.host, "build", "-q", "-t", tag, str(ctx)],
+                env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin"}, check=True,
+                capture_output=True, timeout=120,
+            )  # fmt: skip
+        else:
+            cli("build", "-q", "-t", tag, str(ctx))
+    try:
+        ours = cli("history", *fmt, tag).stdout.splitlines()
+        theirs = eng.docker("history", *fmt, tag).stdout.splitlines()
+        # Docker names a COPY's source by a hash of its own making
+        copy = re.compile(r"COPY file:[0-9a-f]{64} in ")  # (pyinspect's: sha256 of its sources)
+        ours, theirs = ([copy.sub("COPY file:* in ", line) for line in x] for x in (ours, theirs))
+        assert ours == theirs, "\n".join(["ours:", *ours, "theirs:", *theirs])
+        for ours_ref, theirs_ref in ((tag, tag), ("busybox", eng.image)):
+            size = cli("inspect", "-f", "{{.Size}}", ours_ref).stdout
+            assert size == eng.docker("image", "inspect", "-f", "{{.Size}}", theirs_ref).stdout
+            column = [
+                re.split(r"\s{3,}", line)[-1]
+                for line in cli("images", ours_ref).stdout.splitlines()
+            ]
+            assert column[1:] == [
+                eng.docker("images", "--format", "{{.Size}}", theirs_ref).stdout.strip()
+            ]
+    finally:
+        eng.docker("rmi", tag, check=False)
+        cli("rmi", tag, check=False)

@@ -104,6 +104,52 @@ def images(obj, reference, fmt, quiet, no_trunc, digests):
 
 
 @click.command()
+@click.option("--no-trunc", is_flag=True, help="Do not cut ids and CREATED BY.")
+@click.option("-q", "--quiet", is_flag=True, help="Only ids.")
+@click.option(
+    "-H",
+    "--human",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    help="Sizes and times for people (false: bytes and RFC 3339).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    metavar="FORMAT",
+    help="table, json, 'table TEMPLATE' or a Go template such as '{{.CreatedBy}} {{.Size}}' "
+    "(.ID, .CreatedSince, .CreatedAt, .CreatedBy, .Size, .Comment).",
+)
+@click.argument("image")
+@click.pass_obj
+def history(obj, no_trunc, quiet, human, fmt, image):
+    """Show the steps that made an image, newest first, with the size of each layer.
+
+    \b
+    Examples:
+      pyinspect history busybox
+      pyinspect history --no-trunc --format '{{.CreatedBy}}: {{.Size}}' myblog:v1
+    """
+    from ..dockerfmt.gotemplate import TemplateError
+    from ..dockerfmt.psformat import HISTORY_DEFAULT, HISTORY_HEADERS, format_rows, history_row
+    from ..errors import UsageError
+
+    rows = [history_row(e, not no_trunc, human) for e in _store(obj).history(image)]
+    if quiet:
+        for r in rows:
+            click.echo(r["ID"])
+        return 0
+    try:
+        lines = format_rows(rows, fmt, HISTORY_DEFAULT, HISTORY_HEADERS)
+    except TemplateError as exc:
+        raise UsageError(f"template parsing error: {exc}") from None
+    for line in lines:
+        click.echo(line)
+    return 0
+
+
+@click.command()
 @click.option(
     "-i",
     "--input",

@@ -266,13 +266,65 @@ def format_ps(rows, fmt=None):
     """The lines `ps --format FMT` prints for `rows` (ps_row dicts): FMT is `table`
     (default), `json`, `table TEMPLATE` or a Go template. TemplateError when the
     template is invalid."""
+    if fmt in (None, "", "table"):
+        rows = [truncate_command(r) for r in rows]
+    return format_rows(rows, fmt, PS_DEFAULT, PS_HEADERS)
+
+
+HISTORY_HEADERS = {
+    "ID": "IMAGE",
+    "CreatedSince": "CREATED",
+    "CreatedAt": "CREATED AT",
+    "CreatedBy": "CREATED BY",
+    "Size": "SIZE",
+    "Comment": "COMMENT",
+}
+HISTORY_DEFAULT = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+
+
+def history_row(entry, trunc=True, human=True, now=None) -> dict:
+    """What `history` shows of one step (runtime.images.HistoryEntry), Docker's keys:
+    a 12-digit ID and CREATED BY cut at 45 columns unless `trunc` is off; sizes and
+    times for people unless `human` is off (then bytes and RFC 3339)."""
+    from datetime import datetime
+
+    from ..units import decimal_size
+
+    ident = entry.image_id
+    if trunc and ident.startswith("sha256:"):
+        ident = ident[7:19]
+    by = entry.created_by.replace("\t", " ")
+    if trunc and len(by) > 45:
+        by = by[:44] + "\u2026"
+    then = parse_time(entry.created)
+    at = ""
+    if then is not None:
+        at = datetime.fromtimestamp(int(then)).astimezone().isoformat(timespec="seconds")
+        at = at.replace("+00:00", "Z")
+    if not human:
+        created = at or "N/A"
+    else:
+        created = f"{since(entry.created, now)} ago" if then is not None else "N/A"
+    return {
+        "ID": ident,
+        "CreatedSince": created,
+        "CreatedAt": at,
+        "CreatedBy": by,
+        "Size": decimal_size(entry.size) if human else str(entry.size),
+        "Comment": entry.comment,
+    }
+
+
+def format_rows(rows, fmt, default, headers):
+    """The lines a listing prints for `rows` with `--format FMT`: `table` (`default`),
+    `json`, `table TEMPLATE` (its header from `headers`) or a Go template.
+    TemplateError when the template is invalid."""
     import json
 
     if fmt:  # docker/cli takes \t and \n as written in a shell
         fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
     if fmt in (None, "", "table"):
-        fmt = PS_DEFAULT
-        rows = [truncate_command(r) for r in rows]
+        fmt = default
     if fmt == "json":
         return [json.dumps(r) for r in rows]
     if fmt.startswith("table"):
@@ -280,10 +332,7 @@ def format_ps(rows, fmt=None):
         tmpl = gotemplate.parse(body)
         header = gotemplate.render(
             body,
-            {
-                k: PS_HEADERS.get(k, k.upper())
-                for k in set(PS_HEADERS) | set(rows[0] if rows else {})
-            },
+            {k: headers.get(k, k.upper()) for k in set(headers) | set(rows[0] if rows else {})},
         )
         lines = [header] + [tmpl.render(r) for r in rows]
         return tabwrite("\n".join(lines).split("\n"))

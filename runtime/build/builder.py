@@ -7,6 +7,7 @@ creates a directory) store one layer. Only a finished build records and tags an 
 a failing step leaves no tagged image, and its container and scratch files are removed.
 """
 
+import json
 import os
 import re
 import time
@@ -22,6 +23,17 @@ from .state import ImageState
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.IGNORECASE)
 _MAX_DOCKERFILE = 4 << 20
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.IGNORECASE)
+
+
+# the classic builder's created_by of a step that makes no layer ("/bin/sh -c #(nop) " and
+# a space before the instruction, as `docker history` shows them; WORKDIR, COPY and ADD
+# have no second space)
+NOP = "/bin/sh -c #(nop) "
+
+
+def _go_quoted(words) -> str:
+    """Go's %q of a list of strings: ["cat" "/hi"]."""
+    return "[" + " ".join(json.dumps(w, ensure_ascii=False) for w in words) + "]"
 
 
 @dataclass
@@ -199,7 +211,7 @@ class Builder:
             st,
             from_ins,
             ["ONBUILD-RESET", triggers],
-            lambda: st.state.derive("/bin/sh -c #(nop) ONBUILD triggers run", settings),
+            lambda: st.state.derive(f"{NOP} ONBUILD triggers run", settings),
         )
         for text in triggers:
             ins = dockerfile.trigger_instruction(text, from_ins.line)
@@ -248,42 +260,44 @@ class Builder:
         settings = dict(st.state.settings)
         if cmd == "ENV":
             cur = st.state.env()
-            for k, v in dockerfile.key_values(ins, env, self.escape):
+            pairs = list(dockerfile.key_values(ins, env, self.escape))
+            for k, v in pairs:
                 cur[k] = v
             settings["Env"] = [f"{k}={v}" for k, v in cur.items()]
-            by = "ENV " + " ".join(f"{k}={v}" for k, v in cur.items())
+            by = "ENV " + " ".join(f"{k}={v}" for k, v in pairs)
         elif cmd == "LABEL":
             labels = dict(settings.get("Labels") or {})
-            labels.update(dockerfile.key_values(ins, env, self.escape))
+            pairs = list(dockerfile.key_values(ins, env, self.escape))
+            labels.update(pairs)
             settings["Labels"] = labels
-            by = "LABEL " + " ".join(f"{k}={v}" for k, v in labels.items())
+            by = "LABEL " + " ".join(f"{k}={v}" for k, v in pairs)
         elif cmd == "EXPOSE":
             ports = dict(settings.get("ExposedPorts") or {})
-            for raw in ins.args:
-                for word in x(raw).split():
-                    m = _PORT.match(word)
-                    if not m or not 0 < int(m.group(1)) < 65536:
-                        raise ins.error(f"invalid port {word!r}", "e.g. EXPOSE 80 or 53/udp")
-                    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-                    if hi < lo or hi > 65535:
-                        raise ins.error(f"invalid port range {word!r}")
-                    for p in range(lo, hi + 1):
-                        ports[f"{p}/{(m.group(3) or 'tcp').lower()}"] = {}
+            words = [word for raw in ins.args for word in x(raw).split()]
+            for word in words:
+                m = _PORT.match(word)
+                if not m or not 0 < int(m.group(1)) < 65536:
+                    raise ins.error(f"invalid port {word!r}", "e.g. EXPOSE 80 or 53/udp")
+                lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+                if hi < lo or hi > 65535:
+                    raise ins.error(f"invalid port range {word!r}")
+                for p in range(lo, hi + 1):
+                    ports[f"{p}/{(m.group(3) or 'tcp').lower()}"] = {}
             settings["ExposedPorts"] = ports
-            by = "EXPOSE " + " ".join(sorted(ports))
+            by = "EXPOSE " + " ".join(sorted(words))  # (Docker sorts them as text)
         elif cmd == "USER":
             settings["User"] = x(ins.args[0])
             by = f"USER {settings['User']}"
         elif cmd == "VOLUME":
             vols = dict(settings.get("Volumes") or {})
             words = ins.args if ins.json else [w for a in ins.args for w in a.split()]
-            for w in words:
-                path = x(w)
+            paths = [x(w) for w in words]
+            for path in paths:
                 if not path:
                     raise ins.error("empty volume path")
                 vols[path] = {}
             settings["Volumes"] = vols
-            by = "VOLUME " + str(sorted(vols))
+            by = f"VOLUME [{' '.join(paths)}]"  # Go's %v of a list
         elif cmd == "STOPSIGNAL":
             sig = x(ins.args[0])
             from pyinspect.runtime.containers import parse_signal
@@ -299,10 +313,10 @@ class Builder:
                 st.cmd_set = True
             elif not st.cmd_set:
                 settings["Cmd"] = None  # an inherited CMD is reset by ENTRYPOINT
-            by = f"{cmd} {value}"
+            by = f"{cmd} {_go_quoted(value)}"
         elif cmd == "SHELL":
             settings["Shell"] = list(ins.args)
-            by = f"SHELL {list(ins.args)}"
+            by = f"SHELL [{' '.join(ins.args)}]"  # Go's %v of a list
         elif cmd == "MAINTAINER":
             by = f"MAINTAINER {x(ins.args[0])}"
         elif cmd == "ONBUILD":
@@ -324,7 +338,7 @@ class Builder:
                 ins,
                 ["WORKDIR", path],
                 lambda: st.state.derive(
-                    f"WORKDIR {path}",
+                    f"{NOP}WORKDIR {path}",
                     settings,
                     steps.workdir(self.store, self.scratch, st.state.layer_dirs(self.store), path),
                 ),
@@ -335,7 +349,7 @@ class Builder:
         if cmd == "MAINTAINER":
 
             def make():
-                s = st.state.derive(by, settings)
+                s = st.state.derive(f"{NOP} {by}", settings)
                 s.config["author"] = x(ins.args[0])
                 import json
 
@@ -343,7 +357,7 @@ class Builder:
         else:
 
             def make():
-                return st.state.derive(f"/bin/sh -c #(nop) {by}", settings)
+                return st.state.derive(f"{NOP} {by}", settings)
 
         self._cached_or(st, ins, [cmd, settings], make)
 
@@ -451,9 +465,8 @@ class Builder:
                     chmod=chmod,
                     unpack=unpack,
                 )
-                return st.state.derive(
-                    f"{cmd} {' '.join(srcs)} {dest} # {digest[:12]}", diff_id=diff_id
-                )
+                kind = "multi" if len(sources) > 1 else "dir" if sources[0].is_dir else "file"
+                return st.state.derive(f"{NOP}{cmd} {kind}:{digest} in {dest} ", diff_id=diff_id)
 
         self._cached_or(st, ins, parts, make)
 
