@@ -949,6 +949,8 @@ def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
     table = cli("ps", "-a").stdout
     assert any(name in line and "Damaged" in line for line in table.splitlines()), table
     assert cli("ps", "-a", "-q").stdout.split() == [rows[other]["ID"], rows[name]["ID"]]
+    # Docker's nearest state for a container it cannot use is `dead`
+    assert cli("ps", "-q", "--filter", "status=dead").stdout.split() == [rows[name]["ID"]]
     for argv, code in (
         (["run", "--name", name, "--net", "none", "busybox", "true"], 4),
         (["inspect", name], 2),
@@ -956,6 +958,8 @@ def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
         (["start", name], 2),
         (["logs", name], 2),
         (["stop", name], 2),
+        (["port", name], 2),
+        (["diff", name], 2),
     ):
         proc = cli(*argv, check=False)
         line = error_line(proc)
