@@ -2,13 +2,13 @@
 
 As in Docker, the values given for one key are alternatives and every key given must
 match. `name` and `id` match as Docker's do: the value equals the name (with its leading
-`/`) or id, or is a regular expression found in it (`name=web`, `name=^/web1$`). `status`
-lists stopped containers too (as `-a`; a damaged record is `dead`); `exited=N` keeps stopped containers that exited
-with N. `publish` takes host ports, `expose` container ports (`80`, `80/tcp`,
-`8000-8090/udp`; tcp unless a protocol is named); `ancestor` an image (by name or id:
-pyinspect does not follow an image's children); `network` a network name;
-`before`/`since` a container. pyinspect containers carry no labels, so `label=...`
-matches none, as in Docker for an unlabelled container.
+`/`) or id, or is a regular expression found in it (`name=web`, `name=^/web1$`).
+`status` lists stopped containers too (as `-a`; a damaged record is `dead`); `exited=N`
+keeps stopped containers that exited with N. `publish` takes host ports, `expose`
+container ports (`80`, `80/tcp`, `8000-8090/udp`; tcp unless a protocol is named);
+`ancestor` an image (by name or id: pyinspect does not follow an image's children);
+`network` a network name; `before`/`since` a container. pyinspect containers carry no
+labels, so `label=...` matches none, as in Docker for an unlabelled container.
 """
 
 import re
