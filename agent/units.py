@@ -5,21 +5,20 @@ and binary ones (`stats` memory)."""
 
 def decimal_size(n: int | float | None) -> str:
     """Docker's units.HumanSizeWithPrecision(n, 3): 656B, 1.23kB, 2.59MB; None: --."""
-    if n is None:
-        return "--"
-    units = ("B", "kB", "MB", "GB", "TB", "PB")
-    i, v = 0, float(n)
-    while v >= 1000 and i < len(units) - 1:
-        v, i = v / 1000, i + 1
-    return f"{v:.3g}{units[i]}"
+    return _scaled(n, 1000, ("B", "kB", "MB", "GB", "TB", "PB"), 3)
 
 
 def binary_size(n: int | float | None) -> str:
     """Docker's units.BytesSize: 1.5KiB, 1.523MiB; None: --."""
+    return _scaled(n, 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"), 4)
+
+
+def _scaled(n: int | float | None, base: int, units: tuple[str, ...], digits: int) -> str:
+    """`n` in the largest of `units` (each `base` times the one before) that keeps it
+    under `base`, with `digits` significant digits (Go's %.<digits>g)."""
     if n is None:
         return "--"
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
     i, v = 0, float(n)
-    while v >= 1024 and i < len(units) - 1:
-        v, i = v / 1024, i + 1
-    return f"{v:.4g}{units[i]}"
+    while v >= base and i < len(units) - 1:
+        v, i = v / base, i + 1
+    return f"{v:.{digits}g}{units[i]}"

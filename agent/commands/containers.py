@@ -122,20 +122,9 @@ def ps(obj, all_, quiet, fmt, filters):
         for c in rows:
             click.echo(c.short_id)
         return 0
-    for line in _templated(format_ps, [ps_row(c) for c in rows], fmt):
+    for line in format_ps([ps_row(c) for c in rows], fmt):
         click.echo(line)
     return 0
-
-
-def _templated(fn, *args):
-    """fn(*args), a template error turned into Docker's one-line usage error."""
-    from ..dockerfmt.gotemplate import TemplateError
-    from ..errors import UsageError
-
-    try:
-        return fn(*args)
-    except TemplateError as exc:
-        raise UsageError(f"template parsing error: {exc}") from None
 
 
 @click.command()
@@ -334,14 +323,14 @@ def inspect(obj, fmt, names):
     if fmt is not None:
         from ..dockerfmt.gotemplate import parse
 
-        tmpl = _templated(parse, fmt)
+        tmpl = parse(fmt)
     rt = _runtime(obj)
     out, failed = [], None
     for name in names:
         try:
             doc = rt.inspect(name)
             if tmpl is not None:
-                click.echo(_templated(tmpl.render, doc))
+                click.echo(tmpl.render(doc))
             else:
                 out.append(doc)
         except PyinspectError as exc:

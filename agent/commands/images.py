@@ -131,20 +131,14 @@ def history(obj, no_trunc, quiet, human, fmt, image):
       pyinspect history busybox
       pyinspect history --no-trunc --format '{{.CreatedBy}}: {{.Size}}' myblog:v1
     """
-    from ..dockerfmt.gotemplate import TemplateError
     from ..dockerfmt.psformat import HISTORY_DEFAULT, HISTORY_HEADERS, format_rows, history_row
-    from ..errors import UsageError
 
     rows = [history_row(e, not no_trunc, human) for e in _store(obj).history(image)]
     if quiet:
         for r in rows:
             click.echo(r["ID"])
         return 0
-    try:
-        lines = format_rows(rows, fmt, HISTORY_DEFAULT, HISTORY_HEADERS)
-    except TemplateError as exc:
-        raise UsageError(f"template parsing error: {exc}") from None
-    for line in lines:
+    for line in format_rows(rows, fmt, HISTORY_DEFAULT, HISTORY_HEADERS):
         click.echo(line)
     return 0
 

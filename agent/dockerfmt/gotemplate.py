@@ -22,9 +22,15 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
+from ..errors import UsageError
 
-class TemplateError(Exception):
-    """A template that cannot be parsed or executed (the text is Go's wording)."""
+
+class TemplateError(UsageError):
+    """A template that cannot be parsed or executed: bad input whose line reads
+    `template parsing error: <Go's wording>`, as Docker's does."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"template parsing error: {message}")
 
 
 # -- lexing -------------------------------------------------------------------------

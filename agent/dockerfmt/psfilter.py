@@ -68,11 +68,13 @@ class PortRange:
 @dataclass
 class PsFilter:
     values: dict[str, list[str]] = field(default_factory=dict)
+    ports: dict[str, list[PortRange]] = field(default_factory=dict)  # publish, expose
 
     @classmethod
     def parse(cls, args: Iterable[str]) -> "PsFilter":
         """From `--filter` arguments; UsageError names a malformed one."""
         values: dict[str, list[str]] = {}
+        ports: dict[str, list[PortRange]] = {}
         for arg in args:
             key, eq, value = arg.partition("=")
             key = key.strip().lower()
@@ -88,9 +90,9 @@ class PsFilter:
             if key == "exited" and not re.fullmatch(r"-?\d+", value):
                 raise UsageError(f"invalid filter 'exited={value}': not an exit code")
             if key in ("publish", "expose"):
-                PortRange.parse(key, value)
+                ports.setdefault(key, []).append(PortRange.parse(key, value))
             values.setdefault(key, []).append(value)
-        return cls(values)
+        return cls(values, ports)
 
     @property
     def lists_stopped(self) -> bool:
@@ -142,20 +144,15 @@ class PsFilter:
             c.image_id == iid or c.image in (ref, f"{ref}:latest") for ref, iid in ancestors
         ):
             return False
+        if not self.ports:
+            return True
         ports = container_ports(c)
-        if "publish" in v and not any(
-            PortRange.parse("publish", x).holds(p["PublicPort"], p["Type"])
-            for x in v["publish"]
-            for p in ports
-            if p["PublicPort"]
-        ):
-            return False
-        if "expose" in v and not any(
-            PortRange.parse("expose", x).holds(port, proto)
-            for x in v["expose"]
-            for port, proto in _exposed(c, ports)
-        ):
-            return False
+        published = [(p["PublicPort"], p["Type"]) for p in ports if p["PublicPort"]]
+        exposed = _exposed(c, ports) if "expose" in self.ports else set()
+        for key, have in (("publish", published), ("expose", exposed)):
+            wanted = self.ports.get(key)
+            if wanted and not any(r.holds(port, proto) for r in wanted for port, proto in have):
+                return False
         return True
 
 

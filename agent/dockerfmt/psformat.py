@@ -103,8 +103,7 @@ def display_ports(ports) -> str:
         key = p["Type"]
         if p.get("IP"):
             if p.get("PublicPort") != current:
-                host = f"[{p['IP']}]" if ":" in p["IP"] else p["IP"]
-                mappings.append(f"{host}:{p['PublicPort']}->{current}/{p['Type']}")
+                mappings.append(f"{_host(p['IP'])}:{p['PublicPort']}->{current}/{p['Type']}")
                 continue
             key = f"{p['IP']}/{p['Type']}"
         group = groups.get(key)
@@ -121,10 +120,14 @@ def display_ports(ports) -> str:
     return ", ".join(result + mappings)
 
 
+def _host(ip: str) -> str:
+    """An address as the host part of `host:port` (IPv6 in brackets, as Go's)."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
 def _host_port(binding) -> str:
     """Go's net.JoinHostPort of a binding ({"HostIp", "HostPort"})."""
-    ip = binding.get("HostIp") or ""
-    return f"{'[' + ip + ']' if ':' in ip else ip}:{binding.get('HostPort') or ''}"
+    return f"{_host(binding.get('HostIp') or '')}:{binding.get('HostPort') or ''}"
 
 
 def _natural(text: str) -> list:
@@ -157,7 +160,7 @@ def _form_group(key, first, last):
     ip, _, kind = key.rpartition("/")
     group = str(first) if first == last else f"{first}-{last}"
     if ip:
-        group = f"{'[' + ip + ']' if ':' in ip else ip}:{group}->{group}"
+        group = f"{_host(ip)}:{group}->{group}"
     return f"{group}/{kind}"
 
 
