@@ -37,6 +37,7 @@ COMMANDS = {
     "build": ("build", "build", "Build an image from a Dockerfile."),
     # containers
     "run": ("containers", "run", "Create and start a container."),
+    "create": ("containers", "create", "Create a container without starting it."),
     "ps": ("containers", "ps", "List containers."),
     "exec": ("containers", "exec_", "Run a command in a running container."),
     "logs": ("containers", "logs", "Show a container's output."),
@@ -45,6 +46,9 @@ COMMANDS = {
     "restart": ("containers", "restart", "Restart containers."),
     "kill": ("containers", "kill", "Send a signal to containers."),
     "rm": ("containers", "rm", "Remove containers."),
+    "pause": ("containers", "pause", "Freeze every process of containers."),
+    "unpause": ("containers", "unpause", "Let paused containers run again."),
+    "wait": ("containers", "wait", "Wait until containers stop; print their exit codes."),
     "inspect": ("containers", "inspect", "Show low-level JSON about containers or images."),
     "top": ("containers", "top", "Show a container's processes."),
     "port": ("containers", "port", "List a container's port mappings."),

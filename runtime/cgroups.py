@@ -113,6 +113,27 @@ def _read(path, default=""):
         return default
 
 
+def _events_frozen(events_file: str) -> bool:
+    return "frozen 1" in _read(events_file).splitlines()
+
+
+def frozen_by(pid: int) -> str | None:
+    """The freezer file that holds process `pid` frozen (cgroup2's cgroup.events, or v1's
+    freezer.state as Docker's runc uses on v1 and hybrid hosts), or None while it runs."""
+    for line in _read(f"/proc/{pid}/cgroup").splitlines():
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        if hid == "0" and ctrls == "":
+            for mount in (f"{BASE}/unified", BASE):
+                if _events_frozen(f"{mount}{path}/cgroup.events"):
+                    return f"{mount}{path}/cgroup.events"
+        elif "freezer" in ctrls.split(","):
+            state_file = f"{BASE}/freezer{path}/freezer.state"
+            if _read(state_file).strip() == "FROZEN":
+                return state_file
+    return None
+
+
 class Cgroup:
     """The cgroups of one container (existing or to be created)."""
 
@@ -243,6 +264,35 @@ class Cgroup:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+        if self.frozen():  # a paused container: its processes take the signal now
+            self.freeze(False)
+
+    # -- pause / unpause: cgroup2's freezer (cgroup.freeze), the container's own directory
+    # in the unified tree on v2 and hybrid hosts alike
+    def frozen(self) -> bool:
+        """True while `pause` holds every process (cgroup.events says `frozen 1`)."""
+        d = self.paths.get("unified")
+        return bool(d) and _events_frozen(f"{d}/cgroup.events")
+
+    def freeze(self, on: bool, timeout: float = 5.0) -> None:
+        """Freeze (`on`) or thaw every process; returns once the kernel says it is done."""
+        d = self.paths.get("unified")
+        if not d or not os.path.exists(f"{d}/cgroup.freeze"):
+            raise UnavailableError(
+                "pause needs the cgroup2 freezer (cgroup v2, or a hybrid host's "
+                f"{BASE}/unified), and this container has no cgroup2 directory"
+            )
+        try:
+            _write(f"{d}/cgroup.freeze", 1 if on else 0)
+        except OSError as exc:
+            raise UnavailableError(f"cannot write {d}/cgroup.freeze: {exc.strerror}") from None
+        deadline = time.monotonic() + timeout
+        while self.frozen() != on:
+            if time.monotonic() > deadline:
+                raise UnavailableError(
+                    f"cgroup {d} did not {'freeze' if on else 'thaw'} within {timeout:g} s"
+                )
+            time.sleep(0.002)
 
     def remove(self, timeout=5.0):
         """rmdir every directory (waiting for exiting processes), then the empty parents."""

@@ -538,6 +538,7 @@ class Runtime:
                     os.kill(c.pid, sig)
                 except ProcessLookupError:
                     pass
+            self._thaw_if_paused(c)  # so it can act on the signal (Docker's order too)
             if self._wait_exit(c, wait):
                 break
         else:
@@ -572,9 +573,66 @@ class Runtime:
             os.kill(c.pid, sig)
         except ProcessLookupError:
             raise ConflictError(f"container {c.name} is not running") from None
+        self._thaw_if_paused(c)  # Docker too: a paused container gets the signal and runs
         if sig == _signal.SIGKILL:
             self._wait_exit(c, 10)
         return self._refresh(c)
+
+    # -- pause / unpause / wait ------------------------------------------------------
+    def pause(self, ref):
+        """Freeze every process of running container `ref` (cgroup2's freezer)."""
+        c = self.get(ref)
+        if c.status != "running" or not state.init_alive(c):
+            raise ConflictError(f"Container {c.id} is not running")
+        if c.paused:
+            raise ConflictError(f"Container {c.id} is already paused")
+        self._cgroup(c).freeze(True)
+        return c
+
+    def unpause(self, ref):
+        """Let a paused container's processes run again."""
+        c = self.get(ref)
+        if not c.paused:
+            raise ConflictError(f"Container {c.id} is not paused")
+        self._cgroup(c).freeze(False)
+        return c
+
+    def _cgroup(self, c):
+        from .cgroups import Cgroup
+
+        return Cgroup(c.id, c.cgroup)
+
+    def _thaw_if_paused(self, c):
+        if c.paused:
+            self._cgroup(c).freeze(False)
+
+    def wait(self, ref, poll_s=0.05) -> int:
+        """Block until container `ref` stops (at once if it is stopped), as `docker
+        wait`; its exit code, also when --rm removes it meanwhile."""
+        c = self.get(ref)
+        if c.status == "exited" and not c.restarting:
+            return c.exit_code
+        # an --rm container's monitor writes the code into this file before it removes
+        # the record: the open fd still reads it once the directory is gone
+        try:
+            fd = os.open(os.path.join(c.path, state.EXIT_CODE_FILE), os.O_RDONLY | os.O_CREAT)
+        except FileNotFoundError:
+            raise NotFoundError(f"container {ref!r}: no such container (it was removed)") from None
+        try:
+            while True:
+                now = state.load(c.path, damaged=True)
+                if now is None:
+                    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                    if text.lstrip("-").isdigit():
+                        return int(text)
+                    raise NotFoundError(f"container {c.name} was removed before it stopped")
+                if now.status == "exited" and now.finished_at != c.finished_at:
+                    return now.exit_code
+                if now.status == state.DAMAGED:
+                    raise damaged_error(now)
+                time.sleep(poll_s)
+        finally:
+            os.close(fd)
 
     def restart(self, ref, timeout=10):
         c = self.stop(ref, timeout)
@@ -593,6 +651,11 @@ class Runtime:
                 )
             self._cancel_restarts(c)
         if c.status == "running" and state.init_alive(c):
+            if not force and c.paused:
+                raise ConflictError(
+                    f"You cannot remove a paused container {c.id}. Unpause and then stop "
+                    "the container before attempting removal or force remove"
+                )
             if not force:
                 raise ConflictError(
                     f"cannot remove running container {c.name}", "stop it first or use rm -f"
@@ -601,6 +664,7 @@ class Runtime:
                 os.kill(c.pid, _signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            self._thaw_if_paused(c)
         lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.5)
         deadline = time.monotonic() + 15
         while lock_fd is None and force and time.monotonic() < deadline:
@@ -710,6 +774,7 @@ class Runtime:
         c.manually_stopped = c.manually_stopped or manually_stopped
         c.error = c.error or "the container's monitor process died"
         if c.spec.auto_remove:
+            state.keep_exit_code(c)
             self._remove_files(c)
         else:
             state.save(c)
@@ -899,6 +964,11 @@ class Runtime:
         from . import child, isolation
 
         c = self._running(ref)
+        if c.paused:  # a process that joined its cgroup would freeze too
+            raise ConflictError(
+                f"Container {c.name} is paused, unpause the container before exec",
+                f"pyinspect unpause {c.name}",
+            )
         if not argv:
             raise UsageError("exec: no command given")
         envd = dict(e.split("=", 1) for e in c.process.get("env", []))
@@ -1276,6 +1346,7 @@ def container_json(c):
     spec, proc, net = c.spec, c.process, c.network or {}
     argv = proc.get("argv") or [""]
     running = c.status == "running" or c.restarting  # Docker: Running while restarting
+    paused = c.paused
     mounts, binds = [], []
     for v in spec.volumes:
         from .isolation import parse_volume
@@ -1326,9 +1397,9 @@ def container_json(c):
         "Path": argv[0],
         "Args": argv[1:],
         "State": {
-            "Status": "restarting" if c.restarting else c.status,
+            "Status": "restarting" if c.restarting else "paused" if paused else c.status,
             "Running": running,
-            "Paused": False,
+            "Paused": paused,
             "Restarting": c.restarting,
             "OOMKilled": c.oom_killed,
             "Dead": False,

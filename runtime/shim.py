@@ -601,6 +601,7 @@ class Shim:
         c.error = "; ".join([e for e in [error] + problems if e])
         trash = None
         if c.spec.auto_remove:
+            state.keep_exit_code(c)
             trash = state.hide_record(self.rt.root, c)
         else:
             state.save(c)

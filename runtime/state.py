@@ -108,6 +108,15 @@ class Container:
         return self.id[:12]
 
     @property
+    def paused(self) -> bool:
+        """Frozen by `pause`: read from the kernel's cgroup2 freezer, never stored."""
+        if self.status != "running" or not self.cgroup:
+            return False
+        from .cgroups import Cgroup
+
+        return Cgroup(self.id, self.cgroup).frozen()
+
+    @property
     def log_path(self):
         return os.path.join(self.path, "container.log")
 
@@ -155,6 +164,26 @@ def names_dir(root):
 
 
 TMP_PREFIX = ".tmp-"  # entries of containers/ that are not (yet, or any more) records
+
+
+EXIT_CODE_FILE = "exit_code"  # an --rm container's last exit code, for `wait` (see below)
+
+
+def keep_exit_code(c) -> None:
+    """Write `c`'s exit code into its EXIT_CODE_FILE in place (no rename), before an --rm
+    removal: a `wait` that opened the file earlier reads it through its fd afterwards."""
+    try:
+        fd = os.open(os.path.join(c.path, EXIT_CODE_FILE), os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        data = str(c.exit_code).encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def hide_record(root, c) -> str:

@@ -138,6 +138,67 @@ def test_stop_escalates_to_sigkill(pc):
     assert info["State"]["ExitCode"] == 137 and not info["State"]["OOMKilled"]
 
 
+def _cpu_ticks(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_pause_freezes_every_process_until_unpause(pc):
+    """`pause` stops a busy container's processes for real (no CPU time while frozen,
+    `kill -0` still finds them), `exec` is refused, `unpause` lets them run on."""
+    pc("run", "-d", "--name", "pc-busy", "--net", "none", "busybox", "sh", "-c",
+       "while :; do :; done")  # fmt: skip
+    pid = pc.inspect("pc-busy")["State"]["Pid"]
+    pc("pause", "pc-busy")
+    assert pc.inspect("pc-busy")["State"]["Paused"] is True
+    before = _cpu_ticks(pid)
+    time.sleep(0.5)
+    assert _cpu_ticks(pid) == before  # frozen: not one tick in half a second
+    refused = pc("exec", "pc-busy", "true", check=False)
+    assert "is paused, unpause the container before exec" in one_line_error(refused)
+    pc("unpause", "pc-busy")
+    time.sleep(0.3)
+    assert _cpu_ticks(pid) > before and pc.inspect("pc-busy")["State"]["Status"] == "running"
+    pc("pause", "pc-busy")
+    pc("rm", "-f", "pc-busy")  # a paused container is killed and its cgroups go
+
+
+def test_pause_without_a_cgroup2_directory_is_one_clear_error(tmp_path):
+    """A pure cgroup v1 host (no unified hierarchy) has no cgroup2 freezer for a
+    container: `pause` says so instead of failing later."""
+    from pyinspect.errors import UnavailableError
+    from pyinspect.runtime.cgroups import Cgroup
+
+    cg = Cgroup("0" * 64, paths={"memory": str(tmp_path / "memory")})  # as made on pure v1
+    assert not cg.frozen()
+    with pytest.raises(UnavailableError, match="pause needs the cgroup2 freezer"):
+        cg.freeze(True)
+
+
+def test_wait_blocks_until_the_container_stops(pc):
+    """`wait` returns each exit code: at once for a stopped container, when a running
+    one exits, when a created one has been started and stopped, and for an --rm
+    container whose record is gone by then."""
+    pc("run", "--name", "pc-done", "--net", "none", "busybox", "sh", "-c", "exit 4", check=False)
+    assert pc("wait", "pc-done").stdout == "4\n"
+    pc("create", "--name", "pc-later", "--net", "none", "busybox", "sh", "-c", "sleep 1; exit 6")
+    pc("run", "-d", "--rm", "--name", "pc-gone", "--net", "none", "busybox", "sh", "-c",
+       "sleep 1; exit 9")  # fmt: skip
+    waiter = subprocess.Popen(
+        pc.argv("wait", "pc-gone", "pc-later"), stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)
+    assert waiter.poll() is None  # still waiting: neither has stopped
+    time.sleep(1.5)
+    assert waiter.poll() is None  # pc-gone is gone, pc-later was never started
+    pc("start", "pc-later")
+    out, _ = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0 and out == "9\n6\n"
+    assert "pc-gone" not in pc("ps", "-a").stdout
+    bad = pc("wait", "pc-nosuch", check=False)
+    assert bad.returncode != 0 and "no such container" in one_line_error(bad)
+
+
 def test_memory_limit_oom_kill_is_recorded(pc):
     alloc = 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo kept ${#x}'
     out = pc(

@@ -562,3 +562,116 @@ def test_history_and_image_sizes_as_dockers(engine, make_netns, state_root, tmp_
     finally:
         eng.docker("rmi", tag, check=False)
         cli("rmi", tag, check=False)
+
+
+def _said(proc, ids):
+    """A command's outcome as both engines can be compared: exit code 0 or not, stdout,
+    and stderr's lines without Docker's or pyinspect's prefix and with ids as ID."""
+    err = []
+    for line in proc.stderr.splitlines():
+        line = re.sub(r"^(Error response from daemon|Error): ", "", line)
+        line = re.sub(r" \(pyinspect [^)]*\)$", "", line)  # pyinspect's hint
+        for cid in ids:
+            line = line.replace(cid, "ID")
+        err.append(line)
+    return bool(proc.returncode), proc.stdout, err
+
+
+def test_create_pause_and_wait_as_dockers(engine, make_netns, state_root):
+    """The same verbs to Docker and to pyinspect (a host netns of its own): `create`,
+    `pause`/`unpause` (states, ps, inspect, what a paused container refuses, what kill,
+    stop and rm -f do to one) and `wait` (exit codes, also of an --rm container), with
+    the same output and the same errors."""
+    eng = engine["engine"]
+    cli = Cli(state_root, netns=make_netns("pi-dkpw").name)
+    tag = unique("pw")
+    c1, c2, c3, c4 = (f"{tag}-{n}" for n in ("c1", "c2", "c3", "c4"))
+    fmt = ("--format", "{{.Names}}|{{.Status}}|{{.State}}|{{.Ports}}")
+    state_fmt = ("-f", "{{.State.Status}} {{.State.Running}} {{.State.Paused}} {{.State.ExitCode}}")
+    engines = {"docker": (eng.docker, eng.image), "pyinspect": (cli, "busybox")}
+    ids: dict[str, list[str]] = {"docker": [], "pyinspect": []}
+
+    def both(*args, same_error=True, shown=lambda out: out):
+        """Run `args` in both engines: the same outcome (exit status, output and, unless
+        `same_error` is False, error lines: pyinspect words "no such container" and
+        click's usage errors its own way)."""
+        out = {}
+        for who, (run, image) in engines.items():
+            argv = [image if a == "IMAGE" else a for a in args]
+            proc = run(*argv, check=False, timeout=60)
+            if args[0] in ("create", "run") and proc.returncode == 0:
+                ids[who].append(proc.stdout.strip())
+                proc.stdout = "ID\n"
+            proc.stdout = shown(proc.stdout)
+            out[who] = _said(proc, ids[who])
+            if not same_error:
+                out[who] = out[who][:2] + (len(out[who][2]) > 0,)
+        assert out["pyinspect"] == out["docker"], (args, out)
+        return out["docker"]
+
+    def ps():  # (the engines' clocks differ by a second or so)
+        durations = re.compile(r"Less than a second|\d+ seconds?")
+        return both(
+            "ps", "-a", "--filter", f"name={tag}", *fmt, shown=lambda out: durations.sub("T", out)
+        )
+
+    try:
+        both("create", "--name", c1, "-p", "8097:80", "IMAGE", "sleep", "600")
+        assert ps()[1] == f"{c1}|Created|created|\n"
+        both("inspect", *state_fmt, c1)
+        both("create", "--name", c1, "IMAGE", "true", same_error=False)  # the name is taken
+        both("create", "-d", "IMAGE", "true", same_error=False)  # create has no -d
+        both("exec", c1, "true", same_error=False)
+        both("pause", c1)
+        both("unpause", c1)
+        both("start", c1)
+        assert both("pause", c1)[1] == f"{c1}\n"
+        both("pause", c1)  # already paused
+        assert ps()[1] == f"{c1}|Up T (Paused)|paused|0.0.0.0:8097->80/tcp\n"
+        assert both("ps", "-a", "--filter", "status=paused", "--format", "{{.Names}}")[1] == (
+            f"{c1}\n"
+        )
+        assert both("inspect", *state_fmt, c1)[1] == "paused true true 0\n"
+        both("exec", c1, "true")  # refused while paused
+        both("rm", c1)  # refused while paused
+        both("kill", "-s", "TERM", c1)  # the signal, and the container runs again
+        assert ps()[1] == f"{c1}|Up T|running|0.0.0.0:8097->80/tcp\n"
+        both("pause", c1)
+        both("stop", "-t", "1", c1)
+        assert ps()[1] == f"{c1}|Exited (137) T ago|exited|\n"
+        both("unpause", c1)  # not paused
+        both("pause", "nosuch-" + tag, same_error=False)
+        both("run", "-d", "--name", c2, "IMAGE", "sh", "-c", "sleep 1; exit 3")
+        assert both("wait", c2, c1)[1] == "3\n137\n"
+        both("run", "-d", "--rm", "--name", c3, "IMAGE", "sh", "-c", "sleep 1; exit 5")
+        assert both("wait", c3)[1] == "5\n"
+        both("wait", c2, "nosuch-" + tag, same_error=False)
+        both("run", "-d", "--name", c4, "IMAGE", "sleep", "600")
+        both("pause", c4, "nosuch-" + tag, c2, same_error=False)
+        both("restart", "-t", "1", c4)  # a paused container restarts
+        assert f"{c4}|Up T|running|\n" in ps()[1]
+        both("pause", c4)
+        both("rm", "-f", c4)
+    finally:
+        for n in (c1, c2, c3, c4):
+            eng.docker("rm", "-f", n, check=False)
+            cli("rm", "-f", n, check=False)
+
+
+def test_doctor_names_a_paused_docker_container(engine):
+    """Docker pauses with the cgroup v1 freezer here (runc): doctor reads it, says how to
+    unpause, and the published port answers again once Docker unpauses."""
+    eng, cli, client = engine["engine"], engine["cli"], engine["client"]
+    eng.docker("pause", WEB)
+    try:
+        assert _fetch(client) != "200"
+        proc = cli("doctor", "--json", check=False)
+        hits = [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "paused"]
+        assert proc.returncode == 1 and [h["container"] for h in hits] == [WEB], proc.stdout
+        assert hits[0]["fix"] == f"docker unpause {WEB}"
+        assert "freezer.state: frozen" in hits[0]["evidence"][0]
+    finally:
+        eng.docker("unpause", WEB)
+    assert _fetch(client) == "200"
+    proc = cli("doctor", "--json", check=False)
+    assert not [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "paused"]

@@ -258,3 +258,17 @@ def test_pyinspect_container_listening_on_localhost_only(env):
         assert all(f["container"] in ("", name) for f in report["findings"])
     finally:
         env.cli("rm", "-f", name, check=False)
+
+
+def test_pyinspect_paused_container(env):
+    """A paused container takes the handshake and then hangs: doctor names it from its
+    cgroup2 freezer, and its fix (it asks) thaws it as `pyinspect unpause` would."""
+    baseline(env)
+    env.cli("pause", env.web)
+    try:
+        hits = _cycle(env, "paused", env.published_ok, "--yes")
+    finally:
+        env.cli("unpause", env.web, check=False)
+    assert hits[0]["container"] == env.web and hits[0]["fix"] == f"pyinspect unpause {env.web}"
+    assert "cgroup.events: frozen" in hits[0]["evidence"][0]
+    assert "(Paused)" not in env.cli("ps").stdout

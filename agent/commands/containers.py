@@ -1,4 +1,5 @@
-"""Container commands: run, ps, exec, logs, start, stop, restart, kill, rm, inspect, top, cp.
+"""Container commands: run, create, ps, exec, logs, start, stop, restart, kill, rm, pause,
+unpause, wait, inspect, top, cp.
 
 Thin click wrappers over `pyinspect.runtime.containers.Runtime`; the runtime is
 imported inside each command so `pyinspect --help` stays cheap.
@@ -43,11 +44,12 @@ def _echo_json(data):
     click.echo(json.dumps(data, indent=4))
 
 
-def _run_options(f):
-    """The click options of `run`, from the one table (run_options.RUN_OPTIONS)."""
+def _run_options(f, without=()):
+    """The click options of `run` (less those named in `without`), from the one table
+    (run_options.RUN_OPTIONS)."""
     from .run_options import RUN_OPTIONS
 
-    for o in reversed(RUN_OPTIONS):
+    for o in reversed([o for o in RUN_OPTIONS if o.dest not in without]):
         f = click.option(
             *o.flags,
             o.dest,
@@ -60,6 +62,11 @@ def _run_options(f):
             show_default=o.show_default,
         )(f)
     return f
+
+
+def _create_options(f):
+    """`create` takes `run`'s options but -d (Docker's create has none)."""
+    return _run_options(f, without=("detach",))
 
 
 @click.command(context_settings=_NO_INTERSPERSE)
@@ -78,6 +85,18 @@ def run(obj, **values):
     code = execute(obj["root"], values)
     _exit_fast(code)
     return code
+
+
+@click.command(context_settings=_NO_INTERSPERSE)
+@_create_options
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def create(obj, **values):
+    """Create a container from IMAGE without starting it; print its id (`start` runs it)."""
+    from .run_options import create as create_container
+
+    return create_container(obj["root"], values)
 
 
 @click.command()
@@ -224,15 +243,16 @@ def logs(obj, follow, tail, container):
     return 0
 
 
-def _each(names, fn):
-    """Apply `fn` to every name; report failures one line each; non-zero if any failed."""
+def _each(names, fn, shown=None):
+    """Apply `fn` to every name and print the name (or `shown(result)`); report
+    failures one line each; non-zero if any failed."""
     from ..errors import PyinspectError
 
     failed = None
     for name in names:
         try:
-            fn(name)
-            click.echo(name)
+            result = fn(name)
+            click.echo(name if shown is None else shown(result))
         except PyinspectError as exc:
             if len(names) == 1:
                 raise
@@ -248,6 +268,30 @@ def start(obj, containers):
     """Start stopped containers (detached)."""
     rt = _runtime(obj)
     return _each(containers, rt.start)
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def pause(obj, containers):
+    """Freeze every process of running containers."""
+    return _each(containers, _runtime(obj).pause)
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def unpause(obj, containers):
+    """Let paused containers run again."""
+    return _each(containers, _runtime(obj).unpause)
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def wait(obj, containers):
+    """Wait until containers stop, then print their exit codes."""
+    return _each(containers, _runtime(obj).wait, shown=str)
 
 
 # `stop` and `restart`: docker's -t/--time

@@ -161,10 +161,9 @@ def _parse(args):
     return root, debug, values
 
 
-def execute(root, values) -> int:
-    """Do `run` with parsed `values` under state root `root`: the exit code (detached: 0,
-    after printing the id)."""
-    from ..runtime.containers import ContainerSpec, Runtime
+def container_spec(values):
+    """The ContainerSpec that parsed `run`/`create` `values` ask for."""
+    from ..runtime.containers import ContainerSpec
 
     v = values
     # --network NAME: bridge, none, host and container:X are modes; any other value names
@@ -172,7 +171,7 @@ def execute(root, values) -> int:
     network_mode, network_name = v["network"], ""
     if network_mode not in ("bridge", "none", "host") and not network_mode.startswith("container:"):
         network_mode, network_name = "bridge", network_mode
-    spec = ContainerSpec(
+    return ContainerSpec(
         image=v["image"],
         command=list(v["command"]) or None,
         entrypoint=v["entrypoint"],
@@ -194,8 +193,27 @@ def execute(root, values) -> int:
         publish_all=v["publish_all"],
         restart=v["restart_policy"],
     )
+
+
+def create(root, values) -> int:
+    """Do `create` with parsed `values`: print the new container's id; 0."""
+    from ..runtime.containers import Runtime
     from .pulling import ensure_image
 
+    spec = container_spec(values)
+    ensure_image(root, spec.image)  # a missing image is pulled first, as Docker's create does
+    sys.stdout.write(Runtime(root).create(spec).id + "\n")
+    return 0
+
+
+def execute(root, values) -> int:
+    """Do `run` with parsed `values` under state root `root`: the exit code (detached: 0,
+    after printing the id)."""
+    from ..runtime.containers import Runtime
+    from .pulling import ensure_image
+
+    v = values
+    spec = container_spec(v)
     ensure_image(root, spec.image)  # a missing image is pulled first, like Docker's run
     rt = Runtime(root)
     if v["detach"]:

@@ -16,18 +16,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import NotFoundError, UsageError
-from .psformat import container_ports
+from .psformat import container_ports, docker_state
 
 KEYS = ("ancestor", "before", "expose", "exited", "id", "label", "name", "network",
         "publish", "since", "status")  # fmt: skip
 STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
-
-
-def docker_state(c) -> str:
-    """Docker's state word for a container record (a damaged one is Docker's `dead`)."""
-    if getattr(c, "restarting", False):
-        return "restarting"
-    return "dead" if c.status == "damaged" else c.status
 
 
 def _matches(value: str, source: str) -> bool:
@@ -132,7 +125,7 @@ class PsFilter:
         if "status" in v and docker_state(c) not in v["status"]:
             return False
         if "exited" in v and (
-            docker_state(c) == "running"
+            docker_state(c) in ("running", "paused")
             or str(c.exit_code) not in {str(int(x)) for x in v["exited"]}
         ):
             return False

@@ -198,12 +198,22 @@ def _docker_time(rfc3339):
     return (rfc3339[:19].replace("T", " ") + " +0000 UTC") if rfc3339 else ""
 
 
+def docker_state(c) -> str:
+    """Docker's state word for a container record (a damaged one is Docker's `dead`)."""
+    if getattr(c, "restarting", False):
+        return "restarting"
+    if c.status == "damaged":
+        return "dead"
+    return "paused" if getattr(c, "paused", False) else c.status
+
+
 def ps_row(c, now=None) -> dict:
     """What `ps` shows of container `c` (a runtime.state.Container), Docker's keys."""
     argv = c.process.get("argv") or []
     cmd = " ".join(argv)
+    state = "damaged" if c.status == "damaged" else docker_state(c)  # (says more than dead)
     if c.status == "running":
-        status = f"Up {since(c.started_at, now)}"
+        status = f"Up {since(c.started_at, now)}" + (" (Paused)" if state == "paused" else "")
     elif getattr(c, "restarting", False):
         status = f"Restarting ({c.exit_code}) {since(c.finished_at, now)} ago"
     elif c.status == "exited":
@@ -214,7 +224,6 @@ def ps_row(c, now=None) -> dict:
         status = "Damaged"
     else:
         status = "Created"
-    state = "restarting" if getattr(c, "restarting", False) else c.status
     row = {
         "Command": f'"{cmd}"',
         "CreatedAt": _docker_time(c.created),

@@ -1403,6 +1403,30 @@ def oom(view: HostView) -> Iterator[Finding]:
         )
 
 
+def paused(view: HostView) -> Iterator[Finding]:
+    """A paused container takes packets (the kernel still answers a TCP handshake and
+    queues the data) but no process in it runs to answer them."""
+    for c in view.containers:
+        if not c.frozen_by:
+            continue
+        actions: list[Action] = []
+        if c.source == "pyinspect" and c.frozen_by.endswith("/cgroup.events"):
+            # what `pyinspect unpause` does, without needing its state root
+            actions.append(("write", c.frozen_by.replace("cgroup.events", "cgroup.freeze"), "0"))
+        tool = "pyinspect" if c.source == "pyinspect" else "docker"  # Docker's own state
+        yield _finding(
+            "paused",
+            "error",
+            c.name,
+            f"{c.name} is paused: its processes are frozen, so connections to it open "
+            "and then hang with no answer",
+            [f"{c.frozen_by}: frozen (pid {c.pids[0]})"],
+            actions,
+            "container-paused",
+            fix=f"{tool} unpause {c.name}",
+        )
+
+
 def quote(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
@@ -1425,4 +1449,5 @@ CHECKS = [
     ("conntrack", conntrack),
     ("rp_filter", rp_filter),
     ("oom", oom),
+    ("paused", paused),
 ]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..probes import iptsave as ipt
 from ..probes.netns import RtnlSocket, in_netns
+from ..runtime import cgroups as host_cgroups
 from ..runtime import sysctl as host_sysctl
 from .model import ContainerView, Link, PortMapping, Socket
 
@@ -509,6 +510,7 @@ class HostView:
                             "pyinspect",
                         )
                     )
+            cv.frozen_by = host_cgroups.frozen_by(cv.pids[0]) if cv.pids else None
             for pid in cv.pids:
                 mi = memory_info(pid)
                 if mi and mi["cgroup"] != own_memory.get("cgroup"):

@@ -145,6 +145,7 @@ class ContainerView:
     memory: dict = field(default_factory=dict)  # {cgroup, oom_kill, limit, max_usage}
     status: str = "running"
     oom_killed: bool = False
+    frozen_by: str | None = None  # the freezer file that holds it paused, if any
     forwarding: str | None = None
     sysctls: dict[str, str | None] = field(default_factory=dict)
 
