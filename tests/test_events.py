@@ -320,6 +320,38 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
 
 
 @pytest.mark.root
+def test_a_kill_9_of_the_follower_keeps_the_records_it_held(state_root):
+    """A record that waits for an owner (a cgroup made below the root, which a container
+    being made may own) is stored as it arrives: a kill -9 of `events --follow` while it
+    waits leaves it in the store, unattributed, instead of losing it with the process."""
+    cli = Cli(state_root)
+    cgroup = f"/sys/fs/cgroup/unified/pi-test-held-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen(
+        cli.argv("events", "--follow", "--json"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr.readline().startswith("listening"), "events --follow did not start"
+        os.mkdir(cgroup)
+        time.sleep(1.2)  # past a batch (0.5 s), within the wait for an owner (3 s)
+    finally:
+        proc.kill()
+        proc.wait()
+        if os.path.isdir(cgroup):
+            os.rmdir(cgroup)
+    stored = [
+        json.loads(line)
+        for line in cli(
+            "events", "--kind", "cgroup_mkdir", "--json", "--limit", "100000"
+        ).stdout.splitlines()
+    ]
+    mine = [e for e in stored if (e["detail"].get("path") or "").endswith(cgroup.rsplit("/", 1)[1])]
+    assert len(mine) == 1 and mine[0]["container_id"] is None, mine
+
+
+@pytest.mark.root
 def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
     cli = Cli(state_root)
     name = f"pa-ev-{uuid.uuid4().hex[:6]}"
@@ -437,9 +469,10 @@ def test_a_container_started_while_following_has_its_making_attributed(
 
 
 def test_a_held_record_is_released_with_its_owner_or_at_the_end(tmp_path):
-    """A record in namespaces no container owns yet waits: the next discovery scan that
-    finds its owner releases it attributed; release_all (a follower stopping) releases
-    the rest as they are; all of them are stored."""
+    """A record in namespaces no container owns yet is stored at once and waits: the
+    next discovery scan that finds its owner releases it attributed and its stored row
+    is replaced by the attributed one; release_all (a follower stopping) releases the
+    rest as they are; all of them are stored once."""
 
     class Discovery:  # discovery.Resolver's interface, with an owner set by the test
         host = {"net": 1, "pid": 2}
@@ -463,9 +496,12 @@ def test_a_held_record_is_released_with_its_owner_or_at_the_end(tmp_path):
         del ev["container_id"], ev["container_name"]
         ev["netns"], ev["pidns"] = 77 + n, 78 + n  # not the host's (nor each other's)
     assert rec.add(first) is None and rec.tick() == []  # held: no owner yet
+    rec.flush()  # ... but stored as it is (a kill -9 now would keep it)
+    assert [(r["pid"], r["container_id"]) for r in ev_lib.query(store)] == [(1001, None)]
     d.owner = ("c0ffee", "web")
     (row,) = rec.tick()
     assert (row["pid"], row["container_id"], row["container_name"]) == (1001, "c0ffee", "web")
+    assert [(r["pid"], r["container_name"]) for r in ev_lib.query(store)] == [(1001, "web")]
     d.owner = None
     assert rec.add(second) is None
     (row,) = rec.release_all()

@@ -4,8 +4,10 @@
   pid/net namespace inode and cgroup id, through `pyinspect.host.discovery.Resolver`) and
   writes them in batches with `Store.insert_events` (one transaction per batch). A
   record that a container not found yet may own (one being made: its runtime writes
-  its state after making its cgroups and namespaces) is held up to `HOLD_S` and
-  attributed again once discovery has looked again.
+  its state after making its cgroups and namespaces) is stored at once as it is, and
+  held up to `HOLD_S`: attributed again once discovery has looked again, its stored
+  row is replaced by an attributed copy (`Store.reattribute_events`), and the live view
+  gets it then. So a kill -9 loses at most the batch not yet written.
   It also stores ring buffer loss and reader lag per probe in `probe_loss`.
 - `Follower(root, store)` runs the probes (process, cgroup, and probes engineer B's
   netlink link monitor) inside this process and yields attributed
@@ -81,6 +83,8 @@ class _Writer(threading.Thread):
                 try:
                     if table == "events":
                         self.written += store.insert_events(rows)
+                    elif table == "reattributed":  # replacements: no new events
+                        store.reattribute_events(rows)
                     else:
                         store.insert_probe_loss(rows)
                 except Exception as exc:  # noqa: BLE001 - keep writing later batches; report at close
@@ -121,7 +125,8 @@ class Recorder:
         self._last_flush = time.monotonic()
         self._loss_seen = {}
         self._memo = {}  # attribution key -> (container or None, expiry)
-        self._held: list[tuple[float, dict]] = []  # (deadline, row) waiting for an owner
+        # (deadline, row, its stored copy) waiting for an owner
+        self._held: list[tuple[float, dict, dict]] = []
         self._retried = -1  # the discovery scan held records were last attributed with
         self.attribution_errors = 0
         self.last_attribution_error = None
@@ -191,7 +196,9 @@ class Recorder:
         if extra:  # e.g. a link record's ifindex/ifname: kept in detail
             row["detail"] = {**extra, **(row["detail"] or {})}
         if attributed and self._owner_may_appear(row):
-            self._held.append((time.monotonic() + HOLD_S, row))
+            stored = dict(row)  # stored now as it is; replaced if an owner appears
+            self._queue(stored)
+            self._held.append((time.monotonic() + HOLD_S, row, stored))
             return None
         self._queue(row)
         return row
@@ -241,16 +248,30 @@ class Recorder:
         again = resolver.generation != self._retried
         self._retried = resolver.generation
         now = time.monotonic()
-        out, keep = [], []
-        for deadline, row in self._held:
+        out, keep, owned = [], [], []
+        for deadline, row, stored in self._held:
             if again:
                 self.attribute(row, fresh=True)
             if final or deadline <= now or not self._owner_may_appear(row):
                 out.append(row)
-                self._queue(row)
+                if row["container_id"]:
+                    owned.append((row, stored))
             else:
-                keep.append((deadline, row))
+                keep.append((deadline, row, stored))
         self._held = keep
+        pending = {id(r) for r in self._batch}
+        written = []
+        for row, stored in owned:
+            owner = {"container_id": row["container_id"], "container_name": row["container_name"]}
+            if id(stored) in pending:
+                stored.update(owner)  # not written yet: written attributed
+            else:  # replaced by an attributed copy (after its own batch: the queue's order)
+                written.append({**stored, **owner})
+        if written:
+            if self._writer:
+                self._writer.queue.put(("reattributed", written))
+            else:
+                self.store.reattribute_events(written)
         return out
 
     @property

@@ -153,6 +153,24 @@ class Store:
                 )
         return len(rows)
 
+    def reattribute_events(self, events: Iterable[dict]) -> int:
+        """Replace stored events that have no container yet with these attributed copies
+        (found by ts_ns, kind and pid: a record stored at once, attributed later), in one
+        transaction; the copies get new row ids, so live tails by id see them. The
+        number of rows replaced."""
+        rows = [e for e in events if e.get("container_id")]
+        if not rows:
+            return 0
+        with self.batch():
+            cur = self.db.conn.executemany(
+                "DELETE FROM events WHERE ts_ns = ? AND kind = ? AND pid IS ?"
+                " AND container_id IS NULL",
+                [(e["ts_ns"], e["kind"], e.get("pid")) for e in rows],
+            )
+            replaced = cur.rowcount
+            self.insert_events(rows)
+        return replaced
+
     # -- transactions -------------------------------------------------------------
     @contextlib.contextmanager
     def batch(self) -> Iterator["Store"]:
