@@ -49,6 +49,7 @@ COMMANDS = {
     "pause": ("containers", "pause", "Freeze every process of containers."),
     "unpause": ("containers", "unpause", "Let paused containers run again."),
     "wait": ("containers", "wait", "Wait until containers stop; print their exit codes."),
+    "rename": ("containers", "rename", "Rename a container."),
     "inspect": ("containers", "inspect", "Show low-level JSON about containers or images."),
     "top": ("containers", "top", "Show a container's processes."),
     "port": ("containers", "port", "List a container's port mappings."),

@@ -99,6 +99,14 @@ def _generate_name(taken):
 GONE = -1  # _lock(): the lock file (so the container) no longer exists
 
 
+def _check_name(name):
+    if not NAME_RE.match(name) or len(name) > 128:
+        raise UsageError(
+            f"invalid container name {name!r}: only "
+            f"[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, 2 to 128 characters"
+        )
+
+
 def _lock(path, blocking=False, timeout=None, create=False):
     """Open and flock `path`; returns the fd, None if held elsewhere (after `timeout`
     when blocking), or GONE if the file does not exist (unless `create`)."""
@@ -195,11 +203,8 @@ class Runtime:
         from .cgroups import parse_cpus, parse_memory, parse_pids
         from .isolation import parse_volume
 
-        if spec.name is not None and (not NAME_RE.match(spec.name) or len(spec.name) > 128):
-            raise UsageError(
-                f"invalid container name {spec.name!r}: only "
-                f"[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, 2 to 128 characters"
-            )
+        if spec.name is not None:
+            _check_name(spec.name)
         limits = {
             "memory": parse_memory(spec.memory),
             "cpus": parse_cpus(spec.cpus),
@@ -374,6 +379,37 @@ class Runtime:
             return c, lock_fd
         os.close(lock_fd)
         return c, -1
+
+    def rename(self, ref, new_name):
+        """Give container `ref` the name `new_name` (Docker's rename): its name link, its
+        record, its `ip netns` link and its name in user networks' DNS."""
+        _check_name(new_name)
+        new_name = new_name.lstrip("/")
+        c = self.get(ref)
+        if new_name == c.name:
+            raise UsageError(
+                f"container {c.name} is already named {new_name}", "choose another name"
+            )
+        live = c.status == "running" and bool((c.network or {}).get("netns_path"))
+        if live:
+            network_module().rename_link_free(new_name)
+        old_name = c.name
+        c.name = new_name
+        self._reserve_name(c)  # ConflictError when it is taken
+        try:
+            path = network_module().rename(self.root, c, new_name) if live else None
+        except BaseException:
+            os.unlink(os.path.join(self.ndir, new_name))
+            raise
+        fresh = state.load(c.path) or c  # (the monitor writes only the dynamic state)
+        fresh.name = fresh.spec.name = new_name
+        if path:
+            fresh.network = {**(fresh.network or {}), "netns_path": path}
+        state.save(fresh, static=True)
+        link = os.path.join(self.ndir, old_name)
+        if self._name_target(old_name) == c.id:
+            os.unlink(link)
+        return fresh
 
     def _reserve_name(self, c):
         link = os.path.join(self.ndir, c.name)

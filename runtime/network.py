@@ -697,6 +697,48 @@ def detach(root, container, name):
             _teardown(root, ipr, NetlinkError, state)
 
 
+def rename_link_free(name):
+    """ConflictError when /var/run/netns/<name> is taken (a renamed container's link
+    moves there)."""
+    link = Path(NETNS_DIR, name)
+    if link.exists() or link.is_symlink():
+        raise ConflictError(
+            f"cannot expose network namespace {link}: it already exists",
+            hint="choose another container name or remove it with `ip netns del`",
+        )
+
+
+def rename(root, container, new_name):
+    """Give a renamed container's leases its new name (a user network's DNS answers to
+    it) and move its `ip netns` link to /var/run/netns/<new_name>; returns the link's new
+    path, or None when it has none."""
+    cid = _attr(container, "id")
+    moved = None
+    for bridge in [s["bridge"] for s in ipam.all_states(root) if ipam.find(s, cid)[0]]:
+        with ipam.locked(root, bridge) as state:
+            lease = ipam.find(state, cid)[1]
+            if lease is None:
+                continue
+            if not _claim_home(state, bridge):
+                raise _elsewhere(bridge, state)
+            old = lease.get("netns_link")
+            if old:
+                new = _reserve_link(new_name)
+                try:
+                    _mount_call(
+                        "mount", old.encode(), new.encode(), None, ctypes.c_ulong(4096), None
+                    )
+                except OSError as exc:  # MS_BIND above
+                    os.unlink(new)
+                    raise UnavailableError(
+                        f"cannot bind-mount {old} on {new}: {exc.strerror}"
+                    ) from None
+                lease["netns_link"] = moved = new
+                _unexpose(old, lease.get("netns_inode"))
+            lease["name"] = new_name
+    return moved
+
+
 # --- disconnect / reconcile ----------------------------------------------------------------
 
 

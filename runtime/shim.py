@@ -161,6 +161,8 @@ class Shim:
         while True:
             c.pid = c.pid_start = 0
             c.error = ""
+            if not first:
+                self._renamed()
             try:
                 self.start_init()
             except BaseException as exc:  # noqa: BLE001 a failed start is recorded, the loop goes on
@@ -196,6 +198,13 @@ class Shim:
                 state.save(c)
                 os.close(self.lock_fd)
                 return code
+
+    def _renamed(self):
+        """Take the name `rename` may have given the container meanwhile (its `ip netns`
+        link and its --rm removal go by it)."""
+        fresh = state.load(self.c.path)
+        if fresh is not None:
+            self.c.name, self.c.spec.name = fresh.name, fresh.spec.name
 
     def _cancel(self, signum, frame):
         """CANCEL_SIGNAL (from `stop`, `kill`, `rm -f`): no more restarts."""
@@ -602,6 +611,7 @@ class Shim:
         trash = None
         if c.spec.auto_remove:
             state.keep_exit_code(c)
+            self._renamed()
             trash = state.hide_record(self.rt.root, c)
         else:
             state.save(c)

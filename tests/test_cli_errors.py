@@ -334,6 +334,9 @@ CASES = [
     ("unpause-unknown", ["unpause", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("unpause-running", ["unpause", KEEP], 4, ["is not paused"]),
     ("wait-unknown", ["wait", "pq-nosuch"], 3, ["pq-nosuch"]),
+    ("rename-unknown", ["rename", "pq-nosuch", "pq-other"], 3, ["pq-nosuch"]),
+    ("rename-bad-name", ["rename", KEEP, "pq bad"], 2, ["'pq bad'"]),
+    ("rename-taken", ["rename", KEEP, DONE], 4, [DONE]),
     ("history-unknown", ["history", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("history-bad-template", ["history", "--format", "{{.Pq", "busybox"], 2, ["template"]),
     ("history-bad-human", ["history", "-H", "pq", "busybox"], 2, ["pq"]),
@@ -390,6 +393,7 @@ CASES = [
             ("pause", "CONTAINERS"),
             ("unpause", "CONTAINERS"),
             ("wait", "CONTAINERS"),
+            ("rename", "CONTAINER"),
             ("cp", "SRC"),
             ("rmi", "IMAGE"),
             ("tag", "SOURCE"),
@@ -974,6 +978,7 @@ def test_damaged_container_record_is_listed_and_removable(tmp_path, kind):
         (["diff", name], 2),
         (["pause", name], 2),
         (["wait", name], 2),
+        (["rename", name, "pq-renamed"], 2),
     ):
         proc = cli(*argv, check=False)
         line = error_line(proc)

@@ -427,7 +427,7 @@ PS_FILTERS = [
     ("-a", "--filter", "ancestor=IMAGE"), ("-a", "--filter", "ancestor=nosuch"),
     ("-a", "--filter", "network=bridge"), ("-a", "--filter", "network=none"),
     ("-a", "--filter", "before=done0"), ("-a", "--filter", "since=web2"),
-    ("--filter", "since=web2"), ("-a", "--filter", "label=a"), ("-a", "-f", "id=abc"),
+    ("--filter", "since=web2"), ("-a", "--filter", "label=a"), ("-a", "-f", "id=abcdef0123"),
 ]  # fmt: skip
 PS_BAD_FILTERS = [("--filter", "status=bogus"), ("--filter", "bogus=1")]
 
@@ -580,8 +580,8 @@ def _said(proc, ids):
 def test_create_pause_and_wait_as_dockers(engine, make_netns, state_root):
     """The same verbs to Docker and to pyinspect (a host netns of its own): `create`,
     `pause`/`unpause` (states, ps, inspect, what a paused container refuses, what kill,
-    stop and rm -f do to one) and `wait` (exit codes, also of an --rm container), with
-    the same output and the same errors."""
+    stop and rm -f do to one), `wait` (exit codes, also of an --rm container) and
+    `rename`, with the same output and the same errors."""
     eng = engine["engine"]
     cli = Cli(state_root, netns=make_netns("pi-dkpw").name)
     tag = unique("pw")
@@ -652,15 +652,25 @@ def test_create_pause_and_wait_as_dockers(engine, make_netns, state_root):
         assert f"{c4}|Up T|running|\n" in ps()[1]
         both("pause", c4)
         both("rm", "-f", c4)
+        c2b = f"{tag}-c2b"
+        assert both("rename", c2, c2b)[:2] == (False, "")
+        both("rename", c2b, c1, same_error=False)  # taken
+        both("rename", "nosuch-" + tag, f"{tag}-x", same_error=False)
+        both("rename", c2b, "bad name", same_error=False)
+        assert ps()[1].splitlines() == [
+            f"{c2b}|Exited (3) T ago|exited|",
+            f"{c1}|Exited (137) T ago|exited|",
+        ]
     finally:
-        for n in (c1, c2, c3, c4):
+        for n in (c1, c2, c3, c4, f"{tag}-c2b"):
             eng.docker("rm", "-f", n, check=False)
             cli("rm", "-f", n, check=False)
 
 
 def test_doctor_names_a_paused_docker_container(engine):
-    """Docker pauses with the cgroup v1 freezer here (runc): doctor reads it, says how to
-    unpause, and the published port answers again once Docker unpauses."""
+    """Docker pauses with the cgroup v1 freezer here (runc): doctor reads it and says how
+    to unpause, the dashboard shows it paused, and the published port answers again once
+    Docker unpauses."""
     eng, cli, client = engine["engine"], engine["cli"], engine["client"]
     eng.docker("pause", WEB)
     try:
@@ -670,6 +680,11 @@ def test_doctor_names_a_paused_docker_container(engine):
         assert proc.returncode == 1 and [h["container"] for h in hits] == [WEB], proc.stdout
         assert hits[0]["fix"] == f"docker unpause {WEB}"
         assert "freezer.state: frozen" in hits[0]["evidence"][0]
+        detail = f"/api/containers/{engine['web']['Id'][:12]}/detail"
+        deadline = time.monotonic() + 10
+        while engine["server"].json(detail)["status"] != "paused":  # the dashboard says so
+            assert time.monotonic() < deadline, engine["server"].json(detail)
+            time.sleep(0.5)
     finally:
         eng.docker("unpause", WEB)
     assert _fetch(client) == "200"

@@ -3,6 +3,7 @@ that plays the host. The upstream resolver is testbed/dnsserver.py in a netns th
 made (config.json's `dns_upstream`), never the machine's."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -218,3 +219,39 @@ def test_network_create_bad_input(env):
     assert overlap.returncode == 4 and "overlaps" in overlap.stderr
     missing = env.cli("run", "--rm", "--network", "pnu-nosuch", "busybox", "true", check=False)
     assert missing.returncode == 3 and "network pnu-nosuch not found" in missing.stderr
+
+
+def test_rename_moves_the_netns_link_and_the_dns_name(env):
+    """`rename` of a running container on a user network: `ip netns exec NEW` enters it
+    (the old link is gone), the other container resolves the new name and not the old
+    one, the name stays through a restart, and `rm -f` leaves no link behind."""
+    env.net("pnu-rn")
+    a = env.run("pnu-rn", "busybox", "sh", "-c", SERVE.format(text="renamed"))
+    b = env.run("pnu-rn", "busybox", "sleep", "600")
+    ip_a = env.ip(a, "pnu-rn")
+    new = cname("pnu-new")
+    env.names.append(new)
+    assert env.cli("rename", a, new).stdout == ""
+    assert not os.path.exists(f"/var/run/netns/{a}")
+    inside = subprocess.run(
+        ["ip", "netns", "exec", new, "ip", "-4", "-o", "addr", "show", "eth0"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert f"inet {ip_a}/" in inside.stdout
+    info = json.loads(env.cli("inspect", new).stdout)[0]
+    assert info["Name"] == f"/{new}" and info["NetworkSettings"]["SandboxKey"].endswith(f"/{new}")
+    look = env.ex(b, "nslookup", new)
+    assert look.returncode == 0 and f"Address: {ip_a}" in look.stdout, look
+    assert ip_a not in env.ex(b, "nslookup", a).stdout
+    got = env.ex(b, "timeout", "3", "wget", "-q", "-O", "-", f"http://{new}/")
+    assert got.stdout.strip() == "renamed", got
+    assert env.cli("inspect", a, check=False).returncode == 3
+    env.cli("restart", "-t", "1", new)
+    assert os.path.exists(f"/var/run/netns/{new}") and not os.path.exists(f"/var/run/netns/{a}")
+    # bad input: one line, nothing changed
+    for bad, code in (((new, b), 4), ((new, "bad name"), 2), (("pnu-nosuch", "x1"), 3)):
+        proc = env.cli("rename", *bad, check=False)
+        assert proc.returncode == code and len(proc.stderr.splitlines()) == 1, proc
+    assert env.cli("inspect", "-f", "{{.Name}}", new).stdout == f"/{new}\n"
+    env.cli("rm", "-f", new)
+    assert not os.path.exists(f"/var/run/netns/{new}")

@@ -1,5 +1,5 @@
 """Container commands: run, create, ps, exec, logs, start, stop, restart, kill, rm, pause,
-unpause, wait, inspect, top, cp.
+unpause, wait, rename, inspect, top, cp.
 
 Thin click wrappers over `pyinspect.runtime.containers.Runtime`; the runtime is
 imported inside each command so `pyinspect --help` stays cheap.
@@ -292,6 +292,15 @@ def unpause(obj, containers):
 def wait(obj, containers):
     """Wait until containers stop, then print their exit codes."""
     return _each(containers, _runtime(obj).wait, shown=str)
+
+
+@click.command()
+@click.argument("container")
+@click.argument("new_name")
+@click.pass_obj
+def rename(obj, container, new_name):
+    """Rename a container (its `ip netns` link and user-network DNS name too)."""
+    _runtime(obj).rename(container, new_name)
 
 
 # `stop` and `restart`: docker's -t/--time

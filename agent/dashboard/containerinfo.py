@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..probes import cgroupstat, containerdapi
+from ..runtime.cgroups import frozen_by
 
 PODMAN_STORAGE = "/var/lib/containers/storage"
 IMAGE_ANNOTATIONS = (
@@ -261,6 +262,8 @@ def collect(root, found=None, links=None, dnat: bool = True) -> list[ContainerIn
         if not info.is_container:
             info.status = f"{d.source} ({len(d.pids)} process{'es' if len(d.pids) != 1 else ''})"
         _cgroups(info, d, mounts)
+        if info.is_container and d.status == "running" and d.pid and frozen_by(d.pid):
+            info.status = "paused"  # pyinspect's, Docker's or another runtime's freezer
         _network_from_links(info, by_netns.get(d.netns, []) if d.netns else [])
         c = own.get(d.id)
         if c is not None:
