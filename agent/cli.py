@@ -34,6 +34,7 @@ COMMANDS = {
     "logout": ("registry", "logout", "Log out from a registry."),
     "pull": ("registry", "pull", "Pull an image from a registry."),
     "push": ("registry", "push", "Push an image to a registry."),
+    "search": ("registry", "search", "Search a registry for repositories."),
     "build": ("build", "build", "Build an image from a Dockerfile."),
     # containers
     "run": ("containers", "run", "Create and start a container."),

@@ -734,6 +734,7 @@ class Runtime:
             if c.status == "running":
                 self._settle(c, None)
             self._cleanup_kernel(c)
+            state.keep_exit_code(c, waited_only=True)  # for a `wait` on it
             self._remove_files(c)
         finally:
             os.close(lock_fd)

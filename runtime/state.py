@@ -169,11 +169,13 @@ TMP_PREFIX = ".tmp-"  # entries of containers/ that are not (yet, or any more) r
 EXIT_CODE_FILE = "exit_code"  # an --rm container's last exit code, for `wait` (see below)
 
 
-def keep_exit_code(c) -> None:
-    """Write `c`'s exit code into its EXIT_CODE_FILE in place (no rename), before an --rm
-    removal: a `wait` that opened the file earlier reads it through its fd afterwards."""
+def keep_exit_code(c, waited_only=False) -> None:
+    """Write `c`'s exit code into its EXIT_CODE_FILE in place (no rename), before its
+    record is removed: a `wait` that opened the file earlier reads it through its fd
+    afterwards. `waited_only`: only when a `wait` made the file."""
+    flags = os.O_WRONLY | (0 if waited_only else os.O_CREAT)
     try:
-        fd = os.open(os.path.join(c.path, EXIT_CODE_FILE), os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(c.path, EXIT_CODE_FILE), flags, 0o644)
     except OSError:
         return
     try:

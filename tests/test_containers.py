@@ -178,7 +178,7 @@ def test_pause_without_a_cgroup2_directory_is_one_clear_error(tmp_path):
 def test_wait_blocks_until_the_container_stops(pc):
     """`wait` returns each exit code: at once for a stopped container, when a running
     one exits, when a created one has been started and stopped, and for an --rm
-    container whose record is gone by then."""
+    container or one removed with rm -f, whose record is gone by then."""
     pc("run", "--name", "pc-done", "--net", "none", "busybox", "sh", "-c", "exit 4", check=False)
     assert pc("wait", "pc-done").stdout == "4\n"
     pc("create", "--name", "pc-later", "--net", "none", "busybox", "sh", "-c", "sleep 1; exit 6")
@@ -195,6 +195,11 @@ def test_wait_blocks_until_the_container_stops(pc):
     out, _ = waiter.communicate(timeout=30)
     assert waiter.returncode == 0 and out == "9\n6\n"
     assert "pc-gone" not in pc("ps", "-a").stdout
+    pc("run", "-d", "--name", "pc-removed", "--net", "none", "busybox", "sleep", "600")
+    waiter = subprocess.Popen(pc.argv("wait", "pc-removed"), stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    pc("rm", "-f", "pc-removed")  # killed and removed while waited for: Docker's 137
+    assert waiter.communicate(timeout=30)[0] == "137\n" and waiter.returncode == 0
     bad = pc("wait", "pc-nosuch", check=False)
     assert bad.returncode != 0 and "no such container" in one_line_error(bad)
 

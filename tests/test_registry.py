@@ -886,3 +886,40 @@ json.dump(vault, open(path, "w"))
     assert json.loads(vault.read_text()) == {}
     one_line_error(rcli("pull", name, check=False, env=env), 1, "authentication required")
     one_line_error(rcli("pull", name, check=False), 5, "docker-credential-pmtest", "not installed")
+
+
+def test_search_lists_a_registrys_repositories(rcli, registry, dconf, make_netns):
+    """`search HOST/TEXT` reads the Distribution registry's catalog (it has no search
+    API, where `docker search` fails): the repositories whose names hold TEXT, Docker's
+    table, --format, --limit and --filter; without credentials the registry's refusal
+    is one line. Docker Hub out of reach (a netns with no route) is one line too."""
+    assert login(rcli, registry.host).returncode == 0
+    host = registry.host
+    for name in ("pm-search-web", "pm-search-api", "pm-other"):
+        rcli("tag", "busybox", f"{host}/{name}:1")
+        rcli("push", f"{host}/{name}:1")
+    out = rcli("search", f"{host}/pm-search").stdout.splitlines()
+    assert out[0].split() == ["NAME", "DESCRIPTION", "STARS", "OFFICIAL", "AUTOMATED"]
+    assert [line.split() for line in out[1:]] == [
+        [f"{host}/pm-search-api", "0"],
+        [f"{host}/pm-search-web", "0"],
+    ]
+    one = rcli("search", "--format", "{{.Name}} {{.StarCount}}", "--limit", "1", f"{host}/SEARCH")
+    assert one.stdout == f"{host}/pm-search-api 0\n"  # (case-insensitive; the catalog's order)
+    none = rcli("search", "--filter", "stars=1", f"{host}/pm").stdout.splitlines()
+    assert [line.split() for line in none] == [out[0].split()]  # the header alone
+    unofficial = rcli("search", "--filter", "is-official=false", f"{host}/pm").stdout
+    assert len(unofficial.splitlines()) == 4  # the header and all three
+    for args, code, word in (
+        (("--limit", "0", f"{host}/pm"), 2, "--limit"),
+        (("--filter", "pm-bogus=1", f"{host}/pm"), 2, "pm-bogus"),
+        (("--filter", "stars=many", f"{host}/pm"), 2, "stars=many"),
+        ((f"{host}/",), 2, "nothing to search for"),
+    ):
+        one_line_error(rcli("search", *args, check=False), code, word)
+    rcli("logout", host)
+    proc = rcli("search", f"{host}/pm", check=False)
+    assert proc.returncode != 0 and "unauthorized" in proc.stderr and proc.stdout == "", proc
+    offline = RCli(rcli.root, dconf, netns=make_netns("pm-srch").name)
+    proc = offline("search", "busybox", check=False)
+    one_line_error(proc, 5, "cannot connect")

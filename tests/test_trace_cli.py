@@ -114,5 +114,11 @@ def test_trace_of_a_pyinspect_container(make_netns, state_root):
             "tc filter show dev $d egress; done"
         ).stdout
         assert "pyinspect-trace" not in tc
+        # a paused container: the trace says so as it starts
+        cli("pause", name)
+        out = cli("trace", "--container", name, "--json", "--duration", "1").stdout
+        ready = json.loads(out.splitlines()[0])
+        assert any(f"{name} is paused" in n for n in ready["notes"]), ready
+        cli("unpause", name)
     finally:
         cli("rm", "-f", name, check=False)

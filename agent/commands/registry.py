@@ -1,4 +1,4 @@
-"""`pyinspect login|logout|pull|push`: thin click shells over pyinspect.runtime.registry."""
+"""`pyinspect login|logout|pull|push|search`: thin click shells over pyinspect.runtime.registry."""
 
 import sys
 
@@ -140,3 +140,32 @@ def push(obj, chunk_size, all_tags, name):
         result = do_push(store, one, progress=progress, chunk_size=chunk_size or CHUNK_SIZE)
         progress.flush_header()
         click.echo(f"{result.tag}: digest: {result.digest} size: {result.size}")
+
+
+@click.command()
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="stars=N, is-official=true|false, is-automated=true|false.")  # fmt: skip
+@click.option("--format", "fmt", help="table, json, 'table TEMPLATE' or a Go template.")
+@click.option("--limit", type=int, default=25, show_default=True, help="At most this many.")
+@click.option("--no-trunc", is_flag=True, help="Do not cut descriptions.")
+@click.argument("term")
+@click.pass_obj
+def search(obj, filters, fmt, limit, no_trunc, term):
+    """Search a registry for repositories whose names contain TERM.
+
+    Docker Hub is asked by its search API; a registry named in TERM
+    (`localhost:5000/web`) by its catalog (/v2/_catalog), which the Distribution
+    registry has where it has no search API.
+
+    \b
+    Examples:
+      pyinspect search nginx --filter is-official=true
+      pyinspect search localhost:5000/eladmin --format '{{.Name}}'
+    """
+    from ..dockerfmt.psformat import SEARCH_DEFAULT, SEARCH_HEADERS, format_rows, search_row
+    from ..runtime.registry.search import search as run_search
+
+    rows = [search_row(r, not no_trunc) for r in run_search(obj["root"], term, limit, filters)]
+    for line in format_rows(rows, fmt, SEARCH_DEFAULT, SEARCH_HEADERS):
+        click.echo(line)
+    return 0

@@ -294,6 +294,34 @@ HISTORY_HEADERS = {
 HISTORY_DEFAULT = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
 
 
+SEARCH_DEFAULT = (
+    "table {{.Name}}\t{{.Description}}\t{{.StarCount}}\t{{.IsOfficial}}\t{{.IsAutomated}}"
+)
+SEARCH_HEADERS = {
+    "Name": "NAME",
+    "Description": "DESCRIPTION",
+    "StarCount": "STARS",
+    "IsOfficial": "OFFICIAL",
+    "IsAutomated": "AUTOMATED",
+}
+
+
+def search_row(result, trunc=True) -> dict:
+    """What `search` shows of one repository (runtime.registry.search.SearchResult),
+    Docker's keys: the description on one line, cut at 45 columns unless `trunc` is off;
+    [OK] for true."""
+    desc = " ".join(result.description.split())
+    if trunc and len(desc) > 45:
+        desc = desc[:44] + "\u2026"
+    return {
+        "Name": result.name,
+        "Description": desc,
+        "StarCount": str(result.stars),
+        "IsOfficial": "[OK]" if result.official else "",
+        "IsAutomated": "[OK]" if result.automated else "",
+    }
+
+
 def history_row(entry, trunc=True, human=True, now=None) -> dict:
     """What `history` shows of one step (runtime.images.HistoryEntry), Docker's keys:
     a 12-digit ID and CREATED BY cut at 45 columns unless `trunc` is off; sizes and

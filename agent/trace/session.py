@@ -42,7 +42,15 @@ from .sources import (
 )
 from .stale import cleanup_stale, state_dir
 from .summary import size_text
-from .target import TraceTarget, capture_points, describe, dnat_ports, resolve, role
+from .target import (
+    TraceTarget,
+    capture_points,
+    describe,
+    dnat_ports,
+    paused_note,
+    resolve,
+    role,
+)
 
 if TYPE_CHECKING:
     from pyinspect.probes.packets import PacketCapture
@@ -167,6 +175,9 @@ class TraceSession:
         if cleaned:
             self.notes.append(f"removed leftovers of a killed trace: {'; '.join(cleaned)}")
         self.target = t = resolve(self.root, self.ref)
+        paused = paused_note(t)
+        if paused:
+            self.notes.append(paused)
         self.points = capture_points(t, self.opt.via)
         if self.opt.roles:
             self.points = [p for p in self.points if role(p) in self.opt.roles]

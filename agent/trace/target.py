@@ -26,6 +26,20 @@ class TraceTarget:
     pid: int = 0
 
 
+def paused_note(t: TraceTarget) -> str | None:
+    """A note when a freezer holds the container's processes (`pause`): packets reach
+    it and wait, and nothing in it runs to answer them."""
+    from pyinspect.runtime.cgroups import frozen_by
+
+    if not t.pid or not frozen_by(t.pid):
+        return None
+    tool = "docker" if t.source == "docker" else "pyinspect"
+    return (
+        f"{t.name} is paused: its processes are frozen, so packets reach it and wait "
+        f"unanswered ({tool} unpause {t.name})"
+    )
+
+
 def self_netns():
     return os.stat("/proc/thread-self/ns/net").st_ino
 

@@ -318,6 +318,18 @@ class RegistryClient:
             raise RegistryUnavailable(f"login to {self.domain}: {_registry_message(resp)}")
 
     # ---- the API ---------------------------------------------------------------------
+    def get_json(self, url, what):
+        """GET `url` (another API of the registry's owner, no registry auth): its JSON."""
+        resp = self._send("GET", url)
+        try:
+            if resp.status_code != 200:
+                raise self.fail(resp, what)
+            return resp.json()
+        except ValueError:
+            raise RegistryUnavailable(f"{what}: the answer is not JSON") from None
+        finally:
+            resp.close()
+
     def fail(self, resp, what):
         """The error for a non-success response (closes it)."""
         msg = _registry_message(resp)
