@@ -1,4 +1,5 @@
-// cgroup events: mkdir, rmdir, attach_task, on every hierarchy (v1 controllers and v2).
+// cgroup events: mkdir, rmdir, attach_task, on every hierarchy (v1 controllers and v2), and
+// cgroup2's freezer: freeze, unfreeze (`cgroup.freeze` written: pause / unpause).
 // A libbpf object, compiled once by clang into the cache (probes/bpfobj.py) and loaded by
 // probes/cgroups.py, which sets `cfg` (.rodata) before load: the tracefs `format` offsets
 // of the fields used (root = hierarchy id, id, level, path...) and the BTF offsets of
@@ -10,6 +11,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define K_MKDIR 1
 #define K_RMDIR 2
 #define K_ATTACH 3
+#define K_FREEZE 4
+#define K_UNFREEZE 5
 
 struct dir_fields {
     struct tpf root;
@@ -25,6 +28,8 @@ struct cg_config {
     struct dir_fields attach;   /* dst_root, dst_id, dst_level, dst_path */
     struct tpf attach_pid;
     struct tpf attach_comm;
+    struct dir_fields freeze;
+    struct dir_fields unfreeze;
 };
 
 const volatile struct cg_config cfg = {};
@@ -110,4 +115,18 @@ int tracepoint__cgroup__cgroup_attach_task(void *ctx)
     }
     TP_STR(ctx, cfg.attach_comm, e->task_comm);
     return emit(e);
+}
+
+SEC("tracepoint/cgroup/cgroup_freeze")
+int tracepoint__cgroup__cgroup_freeze(void *ctx)
+{
+    struct cg_event *e = start_event(ctx, K_FREEZE, &cfg.freeze);
+    return e ? emit(e) : 0;
+}
+
+SEC("tracepoint/cgroup/cgroup_unfreeze")
+int tracepoint__cgroup__cgroup_unfreeze(void *ctx)
+{
+    struct cg_event *e = start_event(ctx, K_UNFREEZE, &cfg.unfreeze);
+    return e ? emit(e) : 0;
 }

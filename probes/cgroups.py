@@ -1,8 +1,11 @@
-"""cgroup events from tracepoints: cgroup_mkdir, cgroup_rmdir, cgroup_attach_task.
+"""cgroup events from tracepoints: cgroup_mkdir, cgroup_rmdir, cgroup_attach_task, and
+cgroup2's freezer: cgroup_freeze, cgroup_unfreeze.
 
     with CgroupProbe() as probe:
         for ev in probe.events(100): ...
-Kinds: cgroup_mkdir, cgroup_rmdir, cgroup_attach (pid = the moved task). detail:
+Kinds: cgroup_mkdir, cgroup_rmdir, cgroup_attach (pid = the moved task),
+cgroup_freeze and cgroup_unfreeze (`pause`/`unpause`: cgroup.freeze written; the v1
+freezer has no tracepoint). detail:
 {"id", "level", "path" (relative to the hierarchy root), "hierarchy" (id; 0 is
 cgroup v2), "version" (1|2), "controllers" (e.g. "memory", "name=systemd", ""
 for v2), "mount" (where that hierarchy is mounted here, when known), and for an
@@ -25,7 +28,13 @@ from .ringbuf import (
 )
 
 SOURCE = Path(__file__).with_name("cgroups.bpf.c")
-KINDS = {1: "cgroup_mkdir", 2: "cgroup_rmdir", 3: "cgroup_attach"}
+KINDS = {
+    1: "cgroup_mkdir",
+    2: "cgroup_rmdir",
+    3: "cgroup_attach",
+    4: "cgroup_freeze",
+    5: "cgroup_unfreeze",
+}
 
 
 class DirFields(ctypes.Structure):
@@ -42,6 +51,8 @@ class CgConfig(ctypes.Structure):
         ("attach", DirFields),
         ("attach_pid", Tpf),
         ("attach_comm", Tpf),
+        ("freeze", DirFields),
+        ("unfreeze", DirFields),
     ]
 
 
@@ -97,7 +108,7 @@ def hierarchies():
 
 
 class CgroupProbe(TracepointProbe):
-    """cgroup mkdir/rmdir/attach events on every hierarchy."""
+    """cgroup mkdir/rmdir/attach events on every hierarchy, freeze/unfreeze on cgroup2."""
 
     NAME = "cgroup"
     SOURCE = SOURCE
@@ -114,11 +125,15 @@ class CgroupProbe(TracepointProbe):
             ("attach_pid", "pid", False),
             ("attach_comm", "comm", True),
         ],
+        "cgroup:cgroup_freeze": _dir_fields("freeze"),
+        "cgroup:cgroup_unfreeze": _dir_fields("unfreeze"),
     }
     TRACEPOINTS = {
         "cgroup:cgroup_mkdir": "PI_MKDIR",
         "cgroup:cgroup_rmdir": "PI_RMDIR",
         "cgroup:cgroup_attach_task": "PI_ATTACH",
+        "cgroup:cgroup_freeze": "PI_FREEZE",
+        "cgroup:cgroup_unfreeze": "PI_UNFREEZE",
     }
 
     def __init__(self, tracepoints=None, ring_pages=None, use_btf=True):

@@ -440,22 +440,24 @@ class Runtime:
         finally:
             os.close(lock_fd)
 
-    def start(self, ref):
-        """Start a created or exited container (detached). No-op if it is running.
-        Like `docker start`, it resets the restart count and forgets a `stop`."""
-        return self._start(ref, by_policy=False)
+    def start(self, ref, attach=False):
+        """Start a created or exited container. No-op if it is running. Like `docker
+        start`, it resets the restart count and forgets a `stop`. `attach`: relay its
+        output here and wait, as `run` without -d does (the container comes back with
+        its `exit_code`)."""
+        return self._start(ref, by_policy=False, attach=attach)
 
-    def _start(self, ref, by_policy):
+    def _start(self, ref, by_policy, attach=False):
         c = self.get(ref)
         if c.status == "running" and state.init_alive(c):
-            return c
+            return self._already_running(c, attach)
         lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=10)
         if lock_fd == GONE:
             raise NotFoundError(f"container {ref!r}: no such container (it was removed)")
         if lock_fd is None:
             c = self.get(c.id)
             if c.status == "running":
-                return c
+                return self._already_running(c, attach)
             raise ConflictError(f"container {c.name}: busy (being started, stopped or removed)")
         fresh = state.load(c.path)  # under the lock
         if fresh is not None and fresh.status == "running":  # its shim died: settle it first
@@ -471,8 +473,19 @@ class Runtime:
             c.restart_count = 0
             c.manually_stopped = False
         c.restarting = False
+        if attach:
+            return self._attached(c, lock_fd)
         self._launch(c, lock_fd, attach=False)
         return self.get(c.id)
+
+    def _already_running(self, c, attach):
+        """What `start` of a running container gives: itself, or for -a a refusal."""
+        if attach:
+            raise ConflictError(
+                f"container {c.name} is already running: start -a attaches only as it starts",
+                f"pyinspect logs -f {c.name}",
+            )
+        return c
 
     def run(self, spec, detach=False, image=None):
         """Create and start. Detached: return the running container. Attached: relay
@@ -484,6 +497,11 @@ class Runtime:
         if detach:
             self._launch(c, lock_fd, attach=False)
             return self._refresh(c)
+        return self._attached(c, lock_fd)
+
+    def _attached(self, c, lock_fd):
+        """Start `c` with its lock held (the shim takes it over), relay its output to
+        this process's stdout/stderr, wait; `c` with its `exit_code`."""
         from . import shim
 
         # SIGINT/SIGTERM wait (blocked) until the forwarding handler is in place

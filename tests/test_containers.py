@@ -204,6 +204,22 @@ def test_wait_blocks_until_the_container_stops(pc):
     assert bad.returncode != 0 and "no such container" in one_line_error(bad)
 
 
+def test_start_attached_relays_output_and_exit_code(pc):
+    """`create` then `start -a`: the output here and the container's exit code, as an
+    attached `run`; `-i` passes stdin to a container created with -i; an attached start
+    of a running one, or of several, is refused in one line."""
+    pc("create", "--name", "pc-att", "--net", "none", "busybox", "sh", "-c", "echo hi; exit 3")
+    out = pc("start", "-a", "pc-att", check=False)
+    assert (out.returncode, out.stdout) == (3, "hi\n")
+    assert pc.inspect("pc-att")["State"]["ExitCode"] == 3
+    pc("create", "-i", "--name", "pc-cat", "--net", "none", "busybox", "cat")
+    out = pc("start", "-a", "-i", "pc-cat", input="through stdin\n")
+    assert out.stdout == "through stdin\n"
+    pc("run", "-d", "--name", "pc-up", "--net", "none", "busybox", "sleep", "600")
+    assert "already running" in one_line_error(pc("start", "-a", "pc-up", check=False), 4)
+    assert "one container" in one_line_error(pc("start", "-a", "pc-att", "pc-cat", check=False), 2)
+
+
 def test_memory_limit_oom_kill_is_recorded(pc):
     alloc = 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo kept ${#x}'
     out = pc(

@@ -585,7 +585,7 @@ def test_create_pause_and_wait_as_dockers(engine, make_netns, state_root):
     eng = engine["engine"]
     cli = Cli(state_root, netns=make_netns("pi-dkpw").name)
     tag = unique("pw")
-    c1, c2, c3, c4 = (f"{tag}-{n}" for n in ("c1", "c2", "c3", "c4"))
+    c1, c2, c3, c4, c5 = (f"{tag}-{n}" for n in ("c1", "c2", "c3", "c4", "c5"))
     fmt = ("--format", "{{.Names}}|{{.Status}}|{{.State}}|{{.Ports}}")
     state_fmt = ("-f", "{{.State.Status}} {{.State.Running}} {{.State.Paused}} {{.State.ExitCode}}")
     engines = {"docker": (eng.docker, eng.image), "pyinspect": (cli, "busybox")}
@@ -652,17 +652,22 @@ def test_create_pause_and_wait_as_dockers(engine, make_netns, state_root):
         assert f"{c4}|Up T|running|\n" in ps()[1]
         both("pause", c4)
         both("rm", "-f", c4)
+        both("create", "--name", c5, "IMAGE", "sh", "-c", "echo hi; exit 7")
+        codes = [run("start", "-a", c5, check=False).returncode for run in (eng.docker, cli)]
+        assert codes == [7, 7]
+        assert both("inspect", *state_fmt, c5)[1] == "exited false false 7\n"
         c2b = f"{tag}-c2b"
         assert both("rename", c2, c2b)[:2] == (False, "")
         both("rename", c2b, c1, same_error=False)  # taken
         both("rename", "nosuch-" + tag, f"{tag}-x", same_error=False)
         both("rename", c2b, "bad name", same_error=False)
         assert ps()[1].splitlines() == [
+            f"{c5}|Exited (7) T ago|exited|",
             f"{c2b}|Exited (3) T ago|exited|",
             f"{c1}|Exited (137) T ago|exited|",
         ]
     finally:
-        for n in (c1, c2, c3, c4, f"{tag}-c2b"):
+        for n in (c1, c2, c3, c4, c5, f"{tag}-c2b"):
             eng.docker("rm", "-f", n, check=False)
             cli("rm", "-f", n, check=False)
 

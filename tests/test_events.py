@@ -273,7 +273,7 @@ def test_cli_events_follow_in_a_named_netns(make_netns, state_root):
     )
     try:
         ready = proc.stderr.readline()
-        want = "listening: process (10 tracepoints), cgroup (3 tracepoints)"
+        want = "listening: process (10 tracepoints), cgroup (5 tracepoints)"
         assert ready.startswith(want), ready
         ns.sh(
             "ip link add pa-v0 type veth peer name pa-v1"
@@ -353,6 +353,8 @@ def test_a_kill_9_of_the_follower_keeps_the_records_it_held(state_root):
 
 @pytest.mark.root
 def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
+    """exec, exit, oom and pause/unpause (cgroup_freeze/unfreeze) of a pyinspect container,
+    attributed to it, live and stored."""
     cli = Cli(state_root)
     name = f"pa-ev-{uuid.uuid4().hex[:6]}"
     run = cli(
@@ -414,6 +416,15 @@ def test_pyinspect_container_exec_and_oom_are_attributed(state_root):
             )
             assert killed["detail"]["signal"] == signal.SIGKILL
             assert killed["container_name"] == name
+            # pause and unpause: cgroup2's freezer, the container's own cgroup
+            cli("pause", name)
+            cli("unpause", name)
+            for kind in ("cgroup_freeze", "cgroup_unfreeze"):
+                ev = wait_events(
+                    f, lambda seen, k=kind: next((e for e in seen if e["kind"] == k), None)
+                )
+                assert (ev["container_id"], ev["detail"]["version"]) == (cid, 2), ev
+                assert ev["detail"]["path"].endswith(cid)
         # stored too (the OOM killer may pick a second victim in the same allocation: each
         # victim is its own event, all of them this container's)
         stored = ev_lib.query(store, container=name, kinds=["oom"], limit=None)

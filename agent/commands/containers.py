@@ -262,12 +262,22 @@ def _each(names, fn, shown=None):
 
 
 @click.command()
+@click.option("-a", "--attach", is_flag=True, help="Print its output and exit with its code.")
+@click.option("-i", "--interactive", is_flag=True, help="Attach, with stdin (as created -i).")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
-def start(obj, containers):
-    """Start stopped containers (detached)."""
+def start(obj, attach, interactive, containers):
+    """Start stopped containers (detached, unless -a)."""
+    from ..errors import UsageError
+
     rt = _runtime(obj)
-    return _each(containers, rt.start)
+    if not (attach or interactive):
+        return _each(containers, rt.start)
+    if len(containers) > 1:
+        raise UsageError("start: -a/-i attach to one container at a time")
+    code = rt.start(containers[0], attach=True).exit_code
+    _exit_fast(code)
+    return code
 
 
 @click.command()

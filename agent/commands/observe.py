@@ -104,7 +104,8 @@ def map_(obj, as_json, show_all, container, save):
     multiple=True,
     metavar="KIND",
     help="Only these kinds (fork, exec, exit, clone, unshare, setns, oom, "
-    "cgroup_mkdir, cgroup_rmdir, cgroup_attach, link_add, link_del, ...); "
+    "cgroup_mkdir, cgroup_rmdir, cgroup_attach, cgroup_freeze, cgroup_unfreeze, link_add, "
+    "link_del, ...); "
     "repeatable.",
 )
 @click.option(
