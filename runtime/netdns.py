@@ -164,6 +164,20 @@ class Listeners:
         self._backlog.clear()
 
 
+def nameservers(text: str) -> list[str]:
+    """The nameserver addresses of a resolv.conf's text, in order (a scope id kept)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == ["nameserver"] and len(parts) > 1:
+            try:
+                ipaddress.ip_address(parts[1].split("%")[0])
+            except ValueError:
+                continue
+            out.append(parts[1])
+    return out
+
+
 def upstreams(configured=None, resolv="/etc/resolv.conf") -> list[tuple[str, int]]:
     """[(ip, port)] the embedded DNS forwards to."""
     text = os.environ.get(UPSTREAM_ENV) or configured
@@ -177,17 +191,10 @@ def upstreams(configured=None, resolv="/etc/resolv.conf") -> list[tuple[str, int
             out.append((host or item, int(port) if port else 53))
         return out
     try:
-        lines = open(resolv).read().splitlines()
+        text = open(resolv).read()
     except OSError:
-        lines = []
-    for line in lines:
-        parts = line.split()
-        if parts[:1] == ["nameserver"] and len(parts) > 1:
-            try:
-                ipaddress.ip_address(parts[1].split("%")[0])
-            except ValueError:
-                continue
-            out.append((parts[1], 53))
+        text = ""
+    out = [(ns, 53) for ns in nameservers(text)]
     return out or [("8.8.8.8", 53), ("8.8.4.4", 53)]  # Docker's fallback
 
 

@@ -272,3 +272,30 @@ def test_pyinspect_paused_container(env):
     assert hits[0]["container"] == env.web and hits[0]["fix"] == f"pyinspect unpause {env.web}"
     assert "cgroup.events: frozen" in hits[0]["evidence"][0]
     assert "(Paused)" not in env.cli("ps").stdout
+
+
+def test_pyinspect_container_with_a_loopback_resolver(env):
+    """A container whose resolv.conf names systemd-resolved's stub, 127.0.0.53 (a host's
+    file copied in as it is): in its own netns nothing answers there, so lookups fail;
+    doctor says so from the file and the netns's sockets. A second, reachable nameserver
+    makes it a warning; the file pyinspect wrote is clean."""
+    baseline(env)
+    name = env.run("pdn", "busybox", "sleep", "600")
+    try:
+        assert not [f for f in env.doctor()[1]["findings"] if f["check"] == "container_dns"]
+        env.cli("exec", name, "sh", "-c", "echo nameserver 127.0.0.53 > /etc/resolv.conf")
+        look = env.cli("exec", name, "nslookup", "pd-name.test", check=False)
+        assert look.returncode != 0, look  # the problem is real: nothing answers
+        rc, report = env.doctor()
+        hits = [f for f in report["findings"] if f["check"] == "container_dns"]
+        assert rc == 1 and [(h["container"], h["severity"]) for h in hits] == [(name, "error")]
+        assert "127.0.0.53" in hits[0]["summary"] and "every lookup fails" in hits[0]["summary"]
+        assert "nameserver 127.0.0.53" in hits[0]["evidence"][0]
+        env.cli(
+            "exec", name, "sh", "-c",
+            "printf 'nameserver 127.0.0.53\\nnameserver 10.202.0.2\\n' > /etc/resolv.conf",
+        )  # fmt: skip
+        hits = [f for f in env.doctor()[1]["findings"] if f["check"] == "container_dns"]
+        assert [h["severity"] for h in hits] == ["warning"], hits
+    finally:
+        env.cli("rm", "-f", name, check=False)

@@ -1427,6 +1427,67 @@ def paused(view: HostView) -> Iterator[Finding]:
         )
 
 
+EMBEDDED_DNS = "127.0.0.11"  # Docker's and pyinspect's embedded DNS in a user network
+
+
+def _answers(c: ContainerView, ns: str) -> bool:
+    """Whether something in `c`'s netns can answer DNS sent to loopback address `ns`:
+    a UDP socket on it (or on every address) at port 53, or, at the embedded DNS's
+    address, on any port (Docker's redirects 53 there with a nat rule in the netns)."""
+    for s in c.sockets:
+        if s.proto != "udp":
+            continue
+        if s.addr in (ns, "0.0.0.0", "::") and s.port == 53:
+            return True
+        if ns == EMBEDDED_DNS and s.addr == ns:
+            return True
+    return False
+
+
+def container_dns(view: HostView) -> Iterator[Finding]:
+    """A container whose resolv.conf names a loopback resolver that nothing in its own
+    network namespace answers (a host's resolv.conf copied in as it is: systemd-resolved's
+    127.0.0.53), or no nameserver at all (the C library then asks 127.0.0.1)."""
+    from ..runtime.netdns import nameservers
+
+    for c in view.containers:
+        if c.resolv_conf is None or (c.declared or {}).get("dns") == EMBEDDED_DNS:
+            continue  # unread, or a pyinspect user network's: the user_dns check
+        servers = nameservers(c.resolv_conf)
+        listed = servers or ["127.0.0.1"]
+        dead = [
+            ns
+            for ns in listed
+            if ipaddress.ip_address(ns.split("%")[0]).is_loopback and not _answers(c, ns)
+        ]
+        if not dead:
+            continue
+        udp = ", ".join(f"{s.addr}:{s.port}" for s in c.sockets if s.proto == "udp") or "none"
+        where = f"/proc/{c.pids[0]}/root/etc/resolv.conf"
+        all_dead = len(dead) == len(listed)
+        yield _finding(
+            "container_dns",
+            "error" if all_dead else "warning",
+            c.name,
+            f"{c.name} sends DNS to {', '.join(dead)}: a loopback address in its own network "
+            "namespace, where nothing answers: "
+            + ("every lookup fails" if all_dead else "lookups wait for it to time out first"),
+            [
+                f"{where}: "
+                + (
+                    ", ".join(f"nameserver {ns}" for ns in servers)
+                    or "no nameserver line (the C library then asks 127.0.0.1)"
+                ),
+                f"UDP sockets in its netns: {udp}",
+            ],
+            [],
+            "container-dns",
+            fix="give it a resolver it can reach: a resolv.conf without loopback "
+            "nameservers (what Docker and pyinspect write when they make a container), "
+            "or docker run --dns ADDRESS",
+        )
+
+
 def quote(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
@@ -1450,4 +1511,5 @@ CHECKS = [
     ("rp_filter", rp_filter),
     ("oom", oom),
     ("paused", paused),
+    ("container_dns", container_dns),
 ]

@@ -10,6 +10,7 @@ Docker's or a bare `ip netns`: found by `pyinspect.host.discovery`, paired by
 memory cgroup.
 """
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -511,6 +512,9 @@ class HostView:
                         )
                     )
             cv.frozen_by = host_cgroups.frozen_by(cv.pids[0]) if cv.pids else None
+            if cv.pids:
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    cv.resolv_conf = Path(f"/proc/{cv.pids[0]}/root/etc/resolv.conf").read_text()
             for pid in cv.pids:
                 mi = memory_info(pid)
                 if mi and mi["cgroup"] != own_memory.get("cgroup"):

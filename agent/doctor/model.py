@@ -146,6 +146,7 @@ class ContainerView:
     status: str = "running"
     oom_killed: bool = False
     frozen_by: str | None = None  # the freezer file that holds it paused, if any
+    resolv_conf: str | None = None  # its /etc/resolv.conf (None: not read)
     forwarding: str | None = None
     sysctls: dict[str, str | None] = field(default_factory=dict)
 
