@@ -46,6 +46,7 @@ IFLA_STATS64 = 23  # struct rtnl_link_stats64: rx/tx packets, rx/tx bytes, ... (
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NDA_DST = 1
+NDA_LLADDR = 2
 RT_TABLE_MAIN = 254
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
@@ -426,14 +427,22 @@ def decode_route(data: bytes, off: int, length: int) -> dict[str, Any]:
 
 
 def decode_neigh(data: bytes, off: int, length: int) -> dict[str, Any]:
-    """An RTM_NEWNEIGH message as a dict (ifindex, state, ip)."""
+    """An RTM_NEWNEIGH message as a dict (ifindex, state, ip, mac: None when unresolved)."""
     family, ifindex, state, _flags, _type = struct.unpack_from("=BxxxiHBB", data, off + 16)
-    out: dict[str, Any] = {"family": family, "ifindex": ifindex, "state": state, "ip": None}
+    out: dict[str, Any] = {
+        "family": family,
+        "ifindex": ifindex,
+        "state": state,
+        "ip": None,
+        "mac": None,
+    }
     for atype, aoff, alen in _attrs(data, off + 28, off + length):
         if atype == NDA_DST:
             out["ip"] = socket.inet_ntop(
                 socket.AF_INET if alen == 4 else socket.AF_INET6, bytes(data[aoff : aoff + alen])
             )
+        elif atype == NDA_LLADDR:
+            out["mac"] = ":".join(f"{b:02x}" for b in data[aoff : aoff + alen])
     return out
 
 

@@ -212,7 +212,16 @@ class Runtime:
         }
         for v in spec.volumes:
             parse_volume(v)
+        import ipaddress
+
+        for ns in spec.dns or ():
+            try:
+                ipaddress.ip_address(ns)
+            except ValueError:
+                raise UsageError(f"invalid --dns {ns!r}: not an IP address") from None
         mode = spec.network_mode or "bridge"
+        if mode.startswith("container:") and (spec.dns or spec.dns_search or spec.dns_options):
+            raise UsageError("conflicting options: --dns* and --network container:NAME")
         if mode.startswith("container:"):
             other = mode.split(":", 1)[1]
             target = self.get(other)

@@ -913,13 +913,45 @@ def container_files(container):
         hosts += f"{net['ip']}\t{hostname}\n"
     if net.get("ip6"):
         hosts += f"{net['ip6']}\t{hostname}\n"
+    host_resolv = _with_dns_flags(_read("/etc/resolv.conf"), spec)
     if mode == "none":
         resolv = ""
-    elif net.get("dns"):
-        resolv = _resolv_embedded(_read("/etc/resolv.conf"))
+    elif net.get("dns"):  # --dns: the embedded DNS's upstreams (start_dns), as Docker's
+        resolv = _resolv_embedded(_with_dns_flags(_read("/etc/resolv.conf"), spec, servers=False))
     else:
-        resolv = _resolv_for_bridge(_read("/etc/resolv.conf"))
+        resolv = _resolv_for_bridge(host_resolv)
     return {"/etc/hosts": hosts, "/etc/hostname": hostname + "\n", "/etc/resolv.conf": resolv}
+
+
+def _with_dns_flags(text, spec, servers=True):
+    """The host's resolv.conf text with what --dns, --dns-search and --dns-option give in
+    place of its nameserver, search/domain and options lines (each only when given), as
+    Docker builds a container's file."""
+    dns = list(_attr(spec, "dns") or []) if servers else []
+    search = list(_attr(spec, "dns_search") or [])
+    options = list(_attr(spec, "dns_options") or [])
+    if not (dns or search or options):
+        return text
+    keep = []
+    for line in text.splitlines():
+        word = (line.split() or [""])[0]
+        if (dns and word == "nameserver") or (search and word in ("search", "domain")):
+            continue
+        if options and word == "options":
+            continue
+        keep.append(line)
+    keep = [ln for ln in keep if ln.strip() and not ln.lstrip().startswith(("#", ";"))]
+    # Docker's order: search, nameservers, options
+    if search:
+        out = ["search " + " ".join(search)]
+    else:
+        out = [ln for ln in keep if ln.split()[0] in ("search", "domain")]
+    out += [f"nameserver {ns}" for ns in dns] + [ln for ln in keep if ln.split()[0] == "nameserver"]
+    if options:
+        out.append("options " + " ".join(options))
+    else:
+        out += [ln for ln in keep if ln.split()[0] == "options"]
+    return "\n".join(out) + "\n"
 
 
 def start_dns(root, container, pid):
@@ -930,7 +962,8 @@ def start_dns(root, container, pid):
         return None
     from . import netdns
 
-    upstream = netdns.upstreams(config(root)["dns_upstream"])
+    dns = _attr(_attr(container, "spec"), "dns") or []
+    upstream = netdns.upstreams(",".join(dns) or config(root)["dns_upstream"])
     try:
         return netdns.Resolver(root, _attr(container, "id"), pid, upstream).start()
     except OSError as exc:

@@ -60,6 +60,9 @@ class ContainerSpec:
     network_mode: str = "bridge"
     network_name: str = ""  # --network NAME: a user-defined network (network_mode bridge)
     network_aliases: list = field(default_factory=list)  # --network-alias
+    dns: list = field(default_factory=list)  # --dns: nameservers (a user network's upstreams)
+    dns_search: list = field(default_factory=list)  # --dns-search
+    dns_options: list = field(default_factory=list)  # --dns-option
     publish: list = field(default_factory=list)
     publish_all: bool = False
     restart: str = "no"  # --restart: no | always | unless-stopped | on-failure[:N]
@@ -275,7 +278,9 @@ _NONE = type(None)
 _SPEC_TYPES = {
     "image": str,
     "command": (list, _NONE),
-    **dict.fromkeys(("env", "volumes", "publish", "network_aliases"), list),
+    **dict.fromkeys(
+        ("env", "volumes", "publish", "network_aliases", "dns", "dns_search", "dns_options"), list
+    ),
     **dict.fromkeys(
         ("entrypoint", "name", "workdir", "hostname", "network_mode", "network_name", "restart"),
         (str, _NONE),

@@ -326,6 +326,7 @@ CASES = [
     ("top-no-pid-column", ["top", KEEP, "-o", "comm"], 2, ["PID"]),
     ("port-unknown", ["port", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("diff-unknown", ["diff", "pq-nosuch"], 3, ["pq-nosuch"]),
+    ("run-bad-dns", ["run", "--dns", "pq-x", "--net", "none", "busybox"], 2, ["pq-x"]),
     ("create-bad-memory", ["create", "--net", "none", "-m", "pq", "busybox"], 2, ["'pq'"]),
     ("create-name-taken", ["create", "--name", KEEP, "--net", "none", "busybox"], 4, [KEEP]),
     ("create-detach", ["create", "-d", "busybox"], 2, ["-d"]),

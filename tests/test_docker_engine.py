@@ -695,3 +695,25 @@ def test_doctor_names_a_paused_docker_container(engine):
     assert _fetch(client) == "200"
     proc = cli("doctor", "--json", check=False)
     assert not [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "paused"]
+
+
+DNS_FLAGS = [
+    (),
+    ("--dns", "10.9.9.9"),
+    ("--dns", "10.9.9.9", "--dns", "10.9.9.8", "--dns-search", "a.test", "--dns-option", "ndots:2"),
+    ("--dns-search", "b.test", "--dns-search", "c.test"),
+    ("--dns-option", "timeout:1", "--dns-option", "attempts:2"),
+]  # fmt: skip
+
+
+def test_dns_flags_write_dockers_resolv_conf(engine, make_netns, state_root):
+    """--dns, --dns-search and --dns-option on the default bridge: the container's
+    /etc/resolv.conf is the one Docker writes from the same host file and flags."""
+    eng = engine["engine"]
+    cli = Cli(state_root, netns=make_netns("pi-dkdns").name)
+    for i, flags in enumerate(DNS_FLAGS):
+        theirs = eng.docker("run", "--rm", *flags, eng.image, "cat", "/etc/resolv.conf").stdout
+        name = unique(f"pi-dkdns{i}")  # (rm waits for the monitor's clean-up; --rm would not)
+        ours = cli("run", "--name", name, *flags, "busybox", "cat", "/etc/resolv.conf").stdout
+        cli("rm", name)
+        assert ours == theirs, (flags, ours, theirs)

@@ -130,7 +130,11 @@ class Topology:
         h.sh("ip link del pdup1 2>/dev/null; true")
         for i, ns in ((2, self.c), (3, self.d)):
             h.sh(f"ip link set pdv{i} master pdbr0 mtu 1500 up")
-            ns.sh("ip link set eth0 mtu 1500 up && ip route replace default via 10.201.0.1")
+            ns.sh(
+                f"ip addr flush dev eth0 && ip addr add 10.201.0.{i}/24 dev eth0 && "
+                "ip link set eth0 mtu 1500 up && ip route replace default via 10.201.0.1"
+            )
+        h.sh("ip neigh flush dev pdbr0")  # no entry left pointing at a moved address
         h.sh("bridge link set dev pdv2 hairpin on")
         h.sh("conntrack -F 2>/dev/null; true")
         for ns in (self.c, self.d):
@@ -254,6 +258,34 @@ def test_healthy_setup_has_no_findings(setup):
     assert report["findings"] == [], report["findings"]
     proc = t.cli("doctor", check=False)
     assert proc.returncode == 0 and "No problems found." in proc.stdout
+
+
+def test_two_containers_with_one_address(setup, tmp_path):
+    """D takes C's address: both answer ARP on pdbr0, and the published port's packets go
+    to whichever the host's neighbour entry names, here D (it spoke last); with D's
+    server stopped the fetch fails while C is well. doctor names both and the entry."""
+    t = setup
+    t.d.sh(
+        "ip addr flush dev eth0 && ip addr add 10.201.0.2/24 dev eth0 && "
+        "ip route replace default via 10.201.0.1"
+    )
+    t.h.sh("ip neigh flush dev pdbr0")
+    t.d.sh("busybox ping -c 1 -W 1 10.201.0.1")  # the host learns D's mac for .2
+    t.kill_httpd(t.d)
+    assert not t.published_ok(), "the duplicate did not take the traffic"
+    assert eventually(lambda: t.get(t.c, "http://10.201.0.2/"))  # C itself is well
+    # a root of its own: doctor remembers which container a published port went to,
+    # and here it goes to D only while D holds C's address
+    proc = Cli(tmp_path, netns=t.h.name)("doctor", "--json", check=False)
+    rc, report = proc.returncode, json.loads(proc.stdout)
+    assert rc == 1, proc.stderr
+    (hit,) = named(report, "duplicate_ip")
+    assert hit["severity"] == "error" and "10.201.0.2 on pdbr0" in hit["summary"], hit
+    text = "\n".join(hit["evidence"])
+    d_mac = t.d.run("cat", "/sys/class/net/eth0/address").stdout.strip()
+    assert "pdv2" in text and "pdv3" in text and d_mac in text, text
+    assert f"neighbour entry for 10.201.0.2 on pdbr0: {d_mac}" in text, text
+    assert hit["runbook"] == "docs/runbooks/duplicate-address.md"
 
 
 def test_ip_forward_off(setup):

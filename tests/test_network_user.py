@@ -255,3 +255,24 @@ def test_rename_moves_the_netns_link_and_the_dns_name(env):
     assert env.cli("inspect", "-f", "{{.Name}}", new).stdout == f"/{new}\n"
     env.cli("rm", "-f", new)
     assert not os.path.exists(f"/var/run/netns/{new}")
+
+
+def test_dns_flag_is_a_user_networks_upstream(env, state_root):
+    """On a user network `--dns` names the embedded DNS's upstream, as Docker's does (the
+    container's resolv.conf stays 127.0.0.11): with the configured upstream out of reach,
+    a container given `--dns` the test's resolver still resolves outside names, one
+    without it does not; `--dns-search` reaches its resolv.conf."""
+    (state_root / "config.json").write_text(
+        json.dumps({"network": {"dns_upstream": "10.99.99.99:53"}})  # no route: nothing sent
+    )
+    env.net("pnu-dns")
+    flagged = env.run(
+        "pnu-dns", "--dns", UPSTREAM, "--dns-search", "corp.test", "busybox", "sleep", "600"
+    )
+    plain = env.run("pnu-dns", "busybox", "sleep", "600")
+    resolv = env.ex(flagged, "cat", "/etc/resolv.conf").stdout
+    assert resolv.startswith("nameserver 127.0.0.11\n") and "search corp.test" in resolv, resolv
+    assert "Address: 10.9.9.9" in env.ex(flagged, "nslookup", "ext.test").stdout
+    assert "10.9.9.9" not in env.ex(plain, "nslookup", "ext.test").stdout
+    bad = env.cli("run", "-d", "--dns", "not-an-ip", "busybox", "true", check=False)
+    assert bad.returncode == 2 and "not-an-ip" in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -1427,6 +1427,44 @@ def paused(view: HostView) -> Iterator[Finding]:
         )
 
 
+def duplicate_ip(view: HostView) -> Iterator[Finding]:
+    """Two containers on one bridge with one address (two runtimes sharing a bridge, a
+    record lost and its address leased again): both answer ARP, and the host's
+    neighbour entry, so every DNAT to the address, follows whichever spoke last."""
+    by_addr: dict[tuple[str, str], list[ContainerView]] = {}
+    for c, br, _gw in _bridged(view):
+        by_addr.setdefault((br.name, c.ip), []).append(c)
+    for (br_name, ip), cs in sorted(by_addr.items()):
+        if len(cs) < 2:
+            continue
+        macs = {c.eth.mac: c.name for c in cs if c.eth and c.eth.mac}
+        ev = [
+            f"{c.name} ({c.source}): eth0 {ip} mac {c.eth.mac if c.eth else '?'}, host veth "
+            f"{c.host_veth.name if c.host_veth else '?'} on {br_name}"
+            for c in cs
+        ]
+        for n in view.neighbours:
+            if n["ip"] == ip and n.get("mac"):
+                ev.append(
+                    f"the host's neighbour entry for {ip} on {n['dev']}: {n['mac']} "
+                    f"({macs.get(n['mac'], 'neither')}, {_nud(n['state'])}): packets to {ip}, "
+                    "DNATed ones too, go there"
+                )
+        names = ", ".join(c.name for c in cs)
+        yield _finding(
+            "duplicate_ip",
+            "error",
+            cs[0].name,
+            f"{names} all use {ip} on {br_name}: packets for {ip} reach whichever answered "
+            "ARP last",
+            ev,
+            [],
+            "duplicate-address",
+            fix=f"give all but one of {names} another address (recreate them on the "
+            "network, whose leases keep addresses apart)",
+        )
+
+
 EMBEDDED_DNS = "127.0.0.11"  # Docker's and pyinspect's embedded DNS in a user network
 
 
@@ -1484,7 +1522,7 @@ def container_dns(view: HostView) -> Iterator[Finding]:
             "container-dns",
             fix="give it a resolver it can reach: a resolv.conf without loopback "
             "nameservers (what Docker and pyinspect write when they make a container), "
-            "or docker run --dns ADDRESS",
+            "or run it again with --dns ADDRESS",
         )
 
 
@@ -1511,5 +1549,6 @@ CHECKS = [
     ("rp_filter", rp_filter),
     ("oom", oom),
     ("paused", paused),
+    ("duplicate_ip", duplicate_ip),
     ("container_dns", container_dns),
 ]

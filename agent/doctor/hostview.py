@@ -56,6 +56,7 @@ def _links_and_routes() -> tuple[dict[str, Link], list[dict]]:
                 m["link"],
                 m["link_netnsid"],
                 [],
+                mac=m.get("address"),
             )
             by_index[link.ifindex] = link
         for a in rtnl.addrs():
@@ -393,7 +394,12 @@ class HostView:
         try:
             with RtnlSocket() as rtnl:
                 return [
-                    {"ip": n["ip"], "dev": by_index.get(n["ifindex"]), "state": n["state"]}
+                    {
+                        "ip": n["ip"],
+                        "dev": by_index.get(n["ifindex"]),
+                        "state": n["state"],
+                        "mac": n["mac"],
+                    }
                     for n in rtnl.neighbours(socket.AF_INET)
                 ]
         except OSError as exc:

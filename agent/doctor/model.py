@@ -118,6 +118,7 @@ class Link:
     link_netnsid: int | None
     addrs: list[tuple[str, int]]  # [(ip, prefixlen)]
     hairpin: bool | None = None
+    mac: str | None = None
 
     def networks(self) -> list:
         return [ipaddress.ip_interface(f"{ip}/{plen}").network for ip, plen in self.addrs]
