@@ -288,6 +288,33 @@ def test_two_containers_with_one_address(setup, tmp_path):
     assert hit["runbook"] == "docs/runbooks/duplicate-address.md"
 
 
+def test_the_containers_own_firewall_drops_the_published_port(setup):
+    """C's own iptables (in its netns) drops port 80: the host's DNAT and FORWARD pass the
+    packet, C's INPUT ends it. doctor walks C's rules for the published port and names
+    the rule; C's firewall is its own configuration, so the fix is words."""
+    t = setup
+    rule = "INPUT -p tcp -m tcp --dport 80 -j DROP"
+    t.c.sh(f"iptables-legacy -A {rule}")
+    try:
+        assert not t.published_ok(), "the container's firewall did not stop the traffic"
+        rc, report = doctor(t, expect=1)
+        hits = named(report, "container_firewall")
+        # both ports published to C:80 (8088, and 8089 on 127.0.0.1)
+        assert sorted((h["container"], h["port"]) for h in hits) == [
+            (t.c.name, 8088),
+            (t.c.name, 8089),
+        ], hits
+        text = "\n".join(hits[0]["evidence"])
+        assert f"iptables-legacy -A {rule}" in text and "203.0.113.7 -> 10.201.0.2:80" in text
+        assert hits[0]["fix"].endswith(
+            f"ip netns exec {t.c.name} iptables-legacy -I INPUT -p tcp --dport 80 -j ACCEPT"
+        ), hits[0]["fix"]
+    finally:
+        t.c.sh(f"iptables-legacy -D {rule}", check=False)
+    assert eventually(t.published_ok)
+    assert not named(doctor(t)[1], "container_firewall")
+
+
 def test_ip_forward_off(setup):
     t = setup
     t.h.sh("sysctl -qw net.ipv4.ip_forward=0")

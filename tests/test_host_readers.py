@@ -141,7 +141,8 @@ def test_routes_route_get_and_neighbours_match_ip(make_netns):
     assert have == want and ("10.88.0.0/16", "10.77.0.254") in have
     assert all(r["table"] == 254 for r in routes)  # table 100's route is not in main
     assert via == idx["hrd0"] and lo == idx["lo"]
-    assert {"family": 2, "ifindex": idx["hrd0"], "state": 0x80, "ip": "10.77.0.9"} in neigh
+    want = {"family": 2, "ifindex": idx["hrd0"], "state": 0x80, "ip": "10.77.0.9"}
+    assert {**want, "mac": "02:00:00:00:00:09"} in neigh
 
 
 def test_route_get_without_a_route_is_none(make_netns):

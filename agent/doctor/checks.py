@@ -1465,6 +1465,51 @@ def duplicate_ip(view: HostView) -> Iterator[Finding]:
         )
 
 
+OUTSIDE_CLIENT = "203.0.113.7"  # (TEST-NET-3) a client outside the host, for walks
+
+
+def container_firewall(view: HostView) -> Iterator[Finding]:
+    """The container's own iptables (in its netns) dropping new connections to a port
+    the host publishes to it: DNAT and FORWARD let the packet in, its INPUT chain ends it."""
+    for c in view.containers:
+        if not c.rulesets or not c.ip or not c.eth:
+            continue
+        for p in c.ports:
+            pkt = ipt.Packet(
+                src=OUTSIDE_CLIENT,
+                dst=c.ip,
+                proto=p.proto,
+                dport=p.container_port,
+                iif=c.eth.name,
+                local_addrs=frozenset({c.ip, LOCALHOST}),
+            )
+            for rs in c.rulesets.values():
+                w = rs.walk("filter", "INPUT", pkt)
+                if not _drops(w):
+                    continue
+                accept = c.exec_prefix() + [rs.tool, "-I", "INPUT", "-p", p.proto]
+                accept += ["--dport", str(p.container_port), "-j", "ACCEPT"]
+                yield _finding(
+                    "container_firewall",
+                    "error",
+                    c.name,
+                    f"{c.name}'s own firewall drops new connections to {p.proto}/"
+                    f"{p.container_port}, the port host {p.host_port} is published to "
+                    f"(filter INPUT in its netns, {rs.backend})",
+                    [f"in {c.name}'s netns: {line}" for line in w.evidence()]
+                    + [
+                        f"walked: {p.proto} {OUTSIDE_CLIENT} -> {c.ip}:{p.container_port} in "
+                        f"{c.eth.name}, state NEW"
+                    ],
+                    [],
+                    "container-firewall",
+                    port=p.host_port,
+                    fix=f"accept the port in {c.name}'s firewall (its own configuration), "
+                    f"e.g. {quote(accept)}",
+                )
+                break
+
+
 EMBEDDED_DNS = "127.0.0.11"  # Docker's and pyinspect's embedded DNS in a user network
 
 
@@ -1549,6 +1594,7 @@ CHECKS = [
     ("rp_filter", rp_filter),
     ("oom", oom),
     ("paused", paused),
+    ("container_firewall", container_firewall),
     ("duplicate_ip", duplicate_ip),
     ("container_dns", container_dns),
 ]

@@ -485,6 +485,7 @@ class HostView:
                         continue
                     socks = listeners(f"/proc/{pids[0]}/net" if pids else "/proc/thread-self/net")
                     ns_sysctls = {k: host_sysctl.read(k) for k in ("net.ipv4.ip_forward",)}
+                    ns_rules = {b: ipt.load(b) for b in ("legacy", "nft")}  # its own firewall
             except Exception as exc:  # noqa: BLE001 - the namespace vanished, netlink refused
                 self.notes.append(f"cannot read {path}: {exc}")
                 continue
@@ -517,6 +518,7 @@ class HostView:
                             "pyinspect",
                         )
                     )
+            cv.rulesets = {b: rs for b, rs in ns_rules.items() if rs.tables}
             cv.frozen_by = host_cgroups.frozen_by(cv.pids[0]) if cv.pids else None
             if cv.pids:
                 with contextlib.suppress(OSError, UnicodeDecodeError):

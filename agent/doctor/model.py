@@ -148,6 +148,7 @@ class ContainerView:
     oom_killed: bool = False
     frozen_by: str | None = None  # the freezer file that holds it paused, if any
     resolv_conf: str | None = None  # its /etc/resolv.conf (None: not read)
+    rulesets: dict[str, Any] = field(default_factory=dict)  # its own iptables (iptsave)
     forwarding: str | None = None
     sysctls: dict[str, str | None] = field(default_factory=dict)
 
