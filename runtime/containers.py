@@ -597,11 +597,9 @@ class Runtime:
             return self._refresh(c)
         for sig, wait in ((_signal.SIGTERM, max(0.0, float(timeout))), (_signal.SIGKILL, 10)):
             if state.init_alive(c):
-                try:
-                    os.kill(c.pid, sig)
-                except ProcessLookupError:
-                    pass
-            self._thaw_if_paused(c)  # so it can act on the signal (Docker's order too)
+                self._signal(c, sig)
+            else:
+                self._thaw_if_paused(c)
             if self._wait_exit(c, wait):
                 break
         else:
@@ -632,11 +630,8 @@ class Runtime:
             return self._refresh(c)
         c = self._running(ref)
         self._cancel_restarts(c)  # like Docker: a killed container counts as stopped
-        try:
-            os.kill(c.pid, sig)
-        except ProcessLookupError:
-            raise ConflictError(f"container {c.name} is not running") from None
-        self._thaw_if_paused(c)  # Docker too: a paused container gets the signal and runs
+        if not self._signal(c, sig):
+            raise ConflictError(f"container {c.name} is not running")
         if sig == _signal.SIGKILL:
             self._wait_exit(c, 10)
         return self._refresh(c)
@@ -668,6 +663,17 @@ class Runtime:
     def _thaw_if_paused(self, c):
         if c.paused:
             self._cgroup(c).freeze(False)
+
+    def _signal(self, c, sig) -> bool:
+        """Send `sig` to `c`'s init, then thaw a paused container so it acts on it (as
+        Docker does); False when the init is gone."""
+        try:
+            os.kill(c.pid, sig)
+        except ProcessLookupError:
+            return False
+        finally:
+            self._thaw_if_paused(c)
+        return True
 
     def wait(self, ref, poll_s=0.05) -> int:
         """Block until container `ref` stops (at once if it is stopped), as `docker
@@ -723,11 +729,7 @@ class Runtime:
                 raise ConflictError(
                     f"cannot remove running container {c.name}", "stop it first or use rm -f"
                 )
-            try:
-                os.kill(c.pid, _signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._thaw_if_paused(c)
+            self._signal(c, _signal.SIGKILL)
         lock_fd = _lock(os.path.join(c.path, "lock"), blocking=True, timeout=0.5)
         deadline = time.monotonic() + 15
         while lock_fd is None and force and time.monotonic() < deadline:

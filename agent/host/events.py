@@ -259,7 +259,7 @@ class Recorder:
             else:
                 keep.append((deadline, row, stored))
         self._held = keep
-        pending = {id(r) for r in self._batch}
+        pending = {id(r) for r in self._batch} if owned else set()
         written = []
         for row, stored in owned:
             owner = {"container_id": row["container_id"], "container_name": row["container_name"]}
