@@ -567,8 +567,8 @@ class Shim:
 
     # -- after it exited -----------------------------------------------------------
     def finish(self, code, error="", restarting=False):
-        """Record the exit (and tell an attached CLI), then free the kernel objects;
-        with --rm the container is hidden at once and removed after. `restarting`:
+        """Record the exit, free the kernel objects (with --rm, hide the container at
+        once and remove it), then tell an attached CLI the exit code. `restarting`:
         the policy restarts it, so the lock stays held (and the files stay)."""
         c = self.c
         if c.pid:
@@ -594,8 +594,8 @@ class Shim:
             c.restart_count += 1
         else:
             c.shim_pid = c.shim_start = 0
-        # the network goes before the exit is reported (rules and leases are what
-        # callers check next); cgroups and files after (nobody waits for those)
+        # everything is freed before an attached CLI hears the exit, as Docker's
+        # `run` returns after the cleanup (and, with --rm, after the removal)
         problems = []
         if self.dns is not None:
             self.dns.stop()
@@ -615,19 +615,6 @@ class Shim:
             trash = state.hide_record(self.rt.root, c)
         else:
             state.save(c)
-        if self.exit_w is not None and self.status_w is None:
-            try:
-                child.write_all(self.exit_w, str(code).encode())
-                os.close(self.exit_w)
-            except OSError:
-                pass
-            self.exit_w = None
-            # let go of the CLI's stdio too, so whoever reads it sees EOF now
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.close(devnull)
-            self.attach = False  # a restart runs detached
         if self.rootfs_mounted:
             try:
                 isolation.umount(os.path.join(trash or c.path, "rootfs"))
@@ -647,5 +634,18 @@ class Shim:
         elif problems:
             c.error = "; ".join([e for e in [error] + problems if e])
             state.save(c)
+        if self.exit_w is not None and self.status_w is None:
+            try:
+                child.write_all(self.exit_w, str(code).encode())
+                os.close(self.exit_w)
+            except OSError:
+                pass
+            self.exit_w = None
+            # let go of the CLI's stdio too, so whoever reads it sees EOF now
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+            self.attach = False  # a restart runs detached
         if not restarting:
             os.close(self.lock_fd)

@@ -21,6 +21,7 @@ from helpers.pccli import (
     PcCli,
     assert_clean,
     cgroup_dirs,
+    cgroup_parents,
     one_line_error,
     processes_of,
     wait_no_cgroups,
@@ -53,9 +54,16 @@ def test_run_attached_prints_output_and_exit_code(pc, state_root):
 
 
 def test_run_rm_removes_everything(pc, state_root):
-    out = pc("run", "--rm", "--net", "none", "busybox", "echo", "gone")
-    assert out.stdout == "gone\n"
-    assert pc.ids() == []  # hidden at once; the shim frees cgroups and files right after
+    # 20000 files in its upper layer, so that removing it takes a while
+    make = "mkdir /d && cd /d && seq 20000 | xargs touch && echo gone; hostname"
+    out = pc("run", "--rm", "--net", "none", "busybox", "sh", "-c", make)
+    gone, short_id = out.stdout.splitlines()
+    assert gone == "gone"
+    # as Docker's: `run --rm` returns once the container is removed, not only exited
+    assert pc.ids() == []
+    left = [d for base in cgroup_parents() for d in os.listdir(base) if d.startswith(short_id)]
+    assert left == []
+    assert list((state_root / "containers").iterdir()) == []
     assert_clean(state_root, [])
     # detached --rm: removed by the shim once the command exits
     cid = pc("run", "-d", "--rm", "--net", "none", "busybox", "sleep", "0.2").stdout.strip()

@@ -11,14 +11,15 @@ from conftest import Cli
 CGROUP_BASE = "/sys/fs/cgroup"
 
 
+def cgroup_parents():
+    """pyinspect's parent cgroup in every hierarchy that has one now."""
+    bases = (CGROUP_BASE, *(os.path.join(CGROUP_BASE, d) for d in os.listdir(CGROUP_BASE)))
+    return [p for p in (os.path.join(b, "pyinspect") for b in bases) if os.path.isdir(p)]
+
+
 def cgroup_dirs(cid):
     """Every cgroup directory of container `cid` that exists now."""
-    out = []
-    for base in (CGROUP_BASE, *(os.path.join(CGROUP_BASE, d) for d in os.listdir(CGROUP_BASE))):
-        p = os.path.join(base, "pyinspect", cid)
-        if os.path.isdir(p):
-            out.append(p)
-    return out
+    return [p for p in (os.path.join(b, cid) for b in cgroup_parents()) if os.path.isdir(p)]
 
 
 def processes_of(root):
