@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 
 from pyinspect.errors import NotFoundError, PyinspectError, UsageError
 
-from . import dockerfile, planner, steps
+from . import configsteps, dockerfile, planner, steps
 from .cache import BuildCache, step_key
 from .patterns import IgnoreRules
 from .state import ImageState
 
-_PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.IGNORECASE)
 _MAX_DOCKERFILE = 4 << 20
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.IGNORECASE)
 
@@ -29,11 +28,6 @@ _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.IGNORECASE)
 # a space before the instruction, as `docker history` shows them; WORKDIR, COPY and ADD
 # have no second space)
 NOP = "/bin/sh -c #(nop) "
-
-
-def _go_quoted(words) -> str:
-    """Go's %q of a list of strings: ["cat" "/hi"]."""
-    return "[" + " ".join(json.dumps(w, ensure_ascii=False) for w in words) + "]"
 
 
 @dataclass
@@ -257,82 +251,15 @@ class Builder:
         if cmd in ("COPY", "ADD"):
             self._copy(st, ins, x, finals)
             return
-        settings = dict(st.state.settings)
-        if cmd == "ENV":
-            cur = st.state.env()
-            pairs = list(dockerfile.key_values(ins, env, self.escape))
-            for k, v in pairs:
-                cur[k] = v
-            settings["Env"] = [f"{k}={v}" for k, v in cur.items()]
-            by = "ENV " + " ".join(f"{k}={v}" for k, v in pairs)
-        elif cmd == "LABEL":
-            labels = dict(settings.get("Labels") or {})
-            pairs = list(dockerfile.key_values(ins, env, self.escape))
-            labels.update(pairs)
-            settings["Labels"] = labels
-            by = "LABEL " + " ".join(f"{k}={v}" for k, v in pairs)
-        elif cmd == "EXPOSE":
-            ports = dict(settings.get("ExposedPorts") or {})
-            words = [word for raw in ins.args for word in x(raw).split()]
-            for word in words:
-                m = _PORT.match(word)
-                if not m or not 0 < int(m.group(1)) < 65536:
-                    raise ins.error(f"invalid port {word!r}", "e.g. EXPOSE 80 or 53/udp")
-                lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-                if hi < lo or hi > 65535:
-                    raise ins.error(f"invalid port range {word!r}")
-                for p in range(lo, hi + 1):
-                    ports[f"{p}/{(m.group(3) or 'tcp').lower()}"] = {}
-            settings["ExposedPorts"] = ports
-            by = "EXPOSE " + " ".join(sorted(words))  # (Docker sorts them as text)
-        elif cmd == "USER":
-            settings["User"] = x(ins.args[0])
-            by = f"USER {settings['User']}"
-        elif cmd == "VOLUME":
-            vols = dict(settings.get("Volumes") or {})
-            words = ins.args if ins.json else [w for a in ins.args for w in a.split()]
-            paths = [x(w) for w in words]
-            for path in paths:
-                if not path:
-                    raise ins.error("empty volume path")
-                vols[path] = {}
-            settings["Volumes"] = vols
-            by = f"VOLUME [{' '.join(paths)}]"  # Go's %v of a list
-        elif cmd == "STOPSIGNAL":
-            sig = x(ins.args[0])
-            from pyinspect.runtime.containers import parse_signal
-
-            parse_signal(sig)
-            settings["StopSignal"] = sig
-            by = f"STOPSIGNAL {sig}"
-        elif cmd in ("CMD", "ENTRYPOINT"):
-            value = list(ins.args) if ins.json else st.state.shell() + [ins.args[0]]
-            key = "Cmd" if cmd == "CMD" else "Entrypoint"
-            settings[key] = value
-            if cmd == "CMD":
-                st.cmd_set = True
-            elif not st.cmd_set:
-                settings["Cmd"] = None  # an inherited CMD is reset by ENTRYPOINT
-            by = f"{cmd} {_go_quoted(value)}"
-        elif cmd == "SHELL":
-            settings["Shell"] = list(ins.args)
-            by = f"SHELL [{' '.join(ins.args)}]"  # Go's %v of a list
-        elif cmd == "MAINTAINER":
-            by = f"MAINTAINER {x(ins.args[0])}"
-        elif cmd == "ONBUILD":
-            settings["OnBuild"] = [*(settings.get("OnBuild") or []), ins.args[0]]
-            by = f"ONBUILD {ins.args[0]}"
-        elif cmd == "HEALTHCHECK":
-            settings["Healthcheck"] = dockerfile.healthcheck(ins)
-            by = f"HEALTHCHECK {settings['Healthcheck']}"
-        elif cmd == "WORKDIR":
-            path = x(ins.args[0])
-            if not path:
-                raise ins.error("empty path")
-            if not path.startswith("/"):
-                path = os.path.join(settings.get("WorkingDir") or "/", path)
-            path = os.path.normpath(path)
-            settings["WorkingDir"] = path
+        if cmd not in configsteps.INSTRUCTIONS:  # pragma: no cover - the parser refuses the rest
+            raise ins.error("not supported")
+        step = configsteps.apply(
+            st.state.settings, ins, env, self.escape, st.cmd_set, st.state.shell()
+        )
+        st.cmd_set = step.cmd_set
+        settings = step.settings
+        if cmd == "WORKDIR":
+            path = settings["WorkingDir"]
             self._cached_or(
                 st,
                 ins,
@@ -344,20 +271,14 @@ class Builder:
                 ),
             )
             return
-        else:  # pragma: no cover - the parser refuses the rest
-            raise ins.error("not supported")
-        if cmd == "MAINTAINER":
+        by = step.created_by
 
-            def make():
-                s = st.state.derive(f"{NOP} {by}", settings)
-                s.config["author"] = x(ins.args[0])
-                import json
-
-                return ImageState.from_bytes(json.dumps(s.config).encode())
-        else:
-
-            def make():
-                return st.state.derive(f"{NOP} {by}", settings)
+        def make():
+            s = st.state.derive(f"{NOP} {by}", settings)
+            if step.author is None:
+                return s
+            s.config["author"] = step.author
+            return ImageState.from_bytes(json.dumps(s.config).encode())
 
         self._cached_or(st, ins, [cmd, settings], make)
 
