@@ -36,6 +36,9 @@ COMMANDS = {
     "push": ("registry", "push", "Push an image to a registry."),
     "search": ("registry", "search", "Search a registry for repositories."),
     "build": ("build", "build", "Build an image from a Dockerfile."),
+    "commit": ("snapshots", "commit", "Create an image from a container's changes."),
+    "export": ("snapshots", "export", "Write a container's filesystem as a tar archive."),
+    "import": ("snapshots", "import_", "Create an image from a filesystem tarball."),
     # containers
     "run": ("containers", "run", "Create and start a container."),
     "create": ("containers", "create", "Create a container without starting it."),

@@ -1405,6 +1405,60 @@ def port_bindings(publish) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+def docker_env(c) -> list:
+    """The container's Env as Docker records it: the -e variables first, then the image's
+    that they do not set (not HOSTNAME, HOME or TERM, which the start adds)."""
+    resolved = dict(item.partition("=")[::2] for item in c.process.get("env", []))
+    user: dict[str, str] = {}
+    for item in c.spec.env:
+        k = item.partition("=")[0]
+        if k in resolved:
+            user[k] = resolved[k]
+        else:
+            user.pop(k, None)  # -e NAME of a variable the CLI did not have
+    out = [f"{k}={v}" for k, v in user.items()]
+    for item in c.image_config.get("Env") or []:
+        if item.partition("=")[0] not in user:
+            out.append(item)
+    return out
+
+
+def docker_config(c) -> dict:
+    """The container's "Config" as Docker's inspect shows it (and commit stores it)."""
+    spec, img = c.spec, c.image_config
+    if spec.entrypoint is not None:
+        entrypoint = [spec.entrypoint] if spec.entrypoint else None
+        cmd = spec.command or None
+    else:
+        entrypoint = img.get("Entrypoint")
+        cmd = spec.command or img.get("Cmd")
+    out = {
+        "Hostname": c.hostname,
+        "Domainname": "",
+        "User": img.get("User") or "",
+        "AttachStdin": spec.interactive,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Tty": spec.tty,
+        "OpenStdin": spec.interactive,
+        "StdinOnce": False,
+        "Env": docker_env(c),
+        "Cmd": cmd,
+        "Image": c.image,
+        "Volumes": img.get("Volumes") or None,
+        "WorkingDir": spec.workdir or img.get("WorkingDir") or "",
+        "Entrypoint": entrypoint,
+        "OnBuild": img.get("OnBuild") or None,
+        "Labels": img.get("Labels") or {},
+    }
+    if img.get("ExposedPorts"):
+        out["ExposedPorts"] = img["ExposedPorts"]
+    for key in ("StopSignal", "Healthcheck", "Shell"):
+        if img.get(key):
+            out[key] = img[key]
+    return out
+
+
 def container_json(c):
     """The Docker-like inspect document of container `c`."""
     from .cgroups import parse_memory
@@ -1507,26 +1561,7 @@ def container_json(c):
             },
         },
         "Mounts": mounts,
-        "Config": {
-            "Hostname": c.hostname,
-            "Domainname": "",
-            "User": proc.get("user", ""),
-            "AttachStdin": spec.interactive,
-            "AttachStdout": True,
-            "AttachStderr": True,
-            "Tty": spec.tty,
-            "OpenStdin": spec.interactive,
-            "StdinOnce": False,
-            "Env": proc.get("env", []),
-            "Cmd": spec.command or (c.image_config.get("Cmd") if spec.entrypoint is None else None),
-            "Image": c.image,
-            "WorkingDir": proc.get("cwd", ""),
-            "Entrypoint": ([spec.entrypoint] if spec.entrypoint else None)
-            if spec.entrypoint is not None
-            else c.image_config.get("Entrypoint"),
-            "ExposedPorts": c.image_config.get("ExposedPorts") or None,
-            "Labels": {},
-        },
+        "Config": docker_config(c),
         "NetworkSettings": {
             "SandboxKey": net.get("netns_path", ""),
             "Ports": ports if attached else {},

@@ -16,6 +16,7 @@ Importing this module is cheap (stdlib only, heavy modules imported lazily) beca
 sits on the `pyinspect run` start path.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -350,7 +351,11 @@ class ImageStore:
             "Id": im.id,
             "RepoTags": im.repo_tags,
             "RepoDigests": sorted(k for k, v in self._digests().items() if v == im.id),
+            "Comment": str(im.raw.get("comment") or ""),
             "Created": im.created,
+            "Container": str(im.raw.get("container") or ""),
+            "ContainerConfig": im.raw.get("container_config") or {},
+            "Author": str(im.raw.get("author") or ""),
             "Architecture": im.architecture,
             "Os": im.os,
             "Config": im.config,
@@ -403,6 +408,18 @@ class ImageStore:
         d = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         d.mkdir()
         return d
+
+    @contextlib.contextmanager
+    def staging(self):
+        """A private directory on the store's filesystem (a layer written there moves in
+        without a copy), removed afterwards; one a killed process left goes at the next."""
+        import shutil
+
+        d = self._new_staging()
+        try:
+            yield os.fspath(d)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def _stage_layer(self, staging, blob_path, diff_hex, budget=None, notes=None):
         """Extract the uncompressed layer tar at blob_path into staging/<hex>.layer.

@@ -118,11 +118,11 @@ class Cli:
             base = ["nsenter", f"--net=/run/netns/{self.netns}", *base]
         return base
 
-    def __call__(self, *args, check=True, timeout=120, input=None, env=None):
+    def __call__(self, *args, check=True, timeout=120, input=None, env=None, text=True):
         proc = subprocess.run(
             self.argv(*args),
             capture_output=True,
-            text=True,
+            text=text,
             timeout=timeout,
             input=input,
             env={**os.environ, **(env or {})},

@@ -717,3 +717,113 @@ def test_dns_flags_write_dockers_resolv_conf(engine, make_netns, state_root):
         ours = cli("run", "--name", name, *flags, "busybox", "cat", "/etc/resolv.conf").stdout
         cli("rm", name)
         assert ours == theirs, (flags, ours, theirs)
+
+
+def _layer_names(archive) -> list[str]:
+    """The member names of the top layer of a `save` archive (docker's or pyinspect's)."""
+    import tarfile
+
+    with tarfile.open(archive) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))
+        with tarfile.open(fileobj=outer.extractfile(manifest[0]["Layers"][-1])) as layer:
+            return sorted(m.name.rstrip("/") for m in layer)
+
+
+def _tar_members(path) -> dict:
+    """{name: (type, permission bits, size, linkname)} of a tar file (Go's tar also keeps
+    the file type's bits in the mode field; Python's and GNU tar's do not)."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name.rstrip("/"): (m.type, m.mode & 0o7777, m.size, m.linkname) for m in tar}
+
+
+# what Docker's init layer adds to every container's root: pyinspect makes none of it, and
+# a resolv.conf only for a container with a network (these have --net none)
+DOCKER_INIT = {".dockerenv", "dev/console", "dev/pts", "dev/shm", "etc/mtab", "etc/resolv.conf"}
+
+
+def test_commit_export_import_as_dockers(engine, state_root, tmp_path):
+    """`commit` (config, history, the layer's members, the --change rules and errors),
+    `export` (the same files) and `import` (each other's exports) against Docker's;
+    images committed by one run in the other."""
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    name = unique("pi-cm")
+    script = "echo hi > /f; rm /bin/vi; mkdir /d; echo x > /etc/hostname.x; ln -s /etc/shadow /ln"
+    opts = ("--name", name, "-e", "A=1", "-w", "/tmp", "--hostname", "hh")
+    eng.docker("run", *opts, "--network", "none", eng.image, "sh", "-c", script)
+    cli("run", *opts, "--net", "none", "busybox", "sh", "-c", script)
+    engines = {"docker": eng.docker, "pyinspect": cli}
+    try:
+        changes = ("-c", 'CMD ["cat","/f"]', "-c", "ENV B=2 P=$PATH:/x", "-c", "EXPOSE 8080")
+        changes += ("-c", "WORKDIR sub", "-c", "LABEL k=v")
+        img, hist, runs, layers = {}, {}, {}, {}
+        for who, run in engines.items():
+            out = run("commit", "-a", "me", "-m", "msg", *changes, name, f"{name}:1").stdout
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", out), (who, out)
+            img[who] = json.loads(run("inspect", f"{name}:1").stdout)[0]
+            assert img[who]["Id"] == out.strip()
+            fmt = "{{.CreatedBy}}|{{.Comment}}"
+            hist[who] = run("history", "--no-trunc", "--format", fmt, f"{name}:1").stdout
+            net = "--network" if who == "docker" else "--net"
+            runs[who] = run("run", "--rm", net, "none", f"{name}:1").stdout
+            run("save", "-o", tmp_path / f"{who}.tar", f"{name}:1")
+            layers[who] = _layer_names(tmp_path / f"{who}.tar")
+        d, p = img["docker"], img["pyinspect"]
+        for key in ("Hostname", "User", "Env", "Cmd", "WorkingDir", "Entrypoint", "Labels"):
+            assert p["Config"].get(key) == d["Config"].get(key), key
+        assert p["Config"]["ExposedPorts"] == d["Config"]["ExposedPorts"] == {"8080/tcp": {}}
+        assert p["Config"]["WorkingDir"] == "/tmp/sub"
+        assert p["ContainerConfig"]["Cmd"] == d["ContainerConfig"]["Cmd"]
+        assert (p["Comment"], p["Author"]) == (d["Comment"], d["Author"]) == ("msg", "me")
+        assert p["Container"] == json.loads(cli("inspect", name).stdout)[0]["Id"]
+        assert hist["pyinspect"].splitlines()[0] == hist["docker"].splitlines()[0]
+        assert hist["docker"].splitlines()[0] == f"sh -c {script}|msg"
+        assert runs["pyinspect"] == runs["docker"] == "hi\n"
+        # the layer: the new files, the link, the whiteout of /bin/vi (not /etc/hostname)
+        assert layers["pyinspect"] == layers["docker"], layers
+        assert "bin/.wh.vi" in layers["docker"]
+        # an image pyinspect committed runs in Docker
+        cli("tag", f"{name}:1", f"{name}:from-pyinspect")
+        cli("save", "-o", tmp_path / "moved.tar", f"{name}:from-pyinspect")
+        eng.docker("load", "-i", tmp_path / "moved.tar")
+        moved = eng.docker("run", "--rm", "--network", "none", f"{name}:from-pyinspect")
+        assert moved.stdout == "hi\n"
+        # what --change refuses, in Docker's words
+        for bad, said in (
+            ("RUN true", "run is not a valid change command"),
+            ("FROM x", "from is not a valid change command"),
+            ("BOGUS x", "bogus is not a valid change command"),
+            ("ENV", "at least one argument"),  # (pyinspect's build words it its way)
+        ):
+            for who, run in engines.items():
+                proc = run("commit", "-c", bad, name, f"{name}:bad", check=False)
+                assert proc.returncode != 0 and said in proc.stderr, (who, bad, proc.stderr)
+                assert "Traceback" not in proc.stderr
+        assert cli("images", "-q", f"{name}:bad").stdout == ""
+        # export: the same files, links and modes (Docker adds its init layer's few)
+        members = {}
+        for who, run in engines.items():
+            run("export", "-o", tmp_path / f"{who}-root.tar", name)
+            members[who] = _tar_members(tmp_path / f"{who}-root.tar")
+        docker_own = {k: v for k, v in members["docker"].items() if k not in DOCKER_INIT}
+        for key in ("f", "ln", "d", "etc/hostname.x", "bin/busybox", "var/www/index.html"):
+            assert members["pyinspect"][key] == docker_own[key], key
+        assert "bin/vi" not in members["pyinspect"] and "bin/vi" not in docker_own
+        assert sorted(set(members["pyinspect"]) ^ set(docker_own)) == [], "only in one"
+        # import: each imports the other's export; without -m the comment is Docker's
+        for who, run in engines.items():
+            other = "pyinspect" if who == "docker" else "docker"
+            out = run("import", "-c", 'CMD ["cat","/f"]', tmp_path / f"{other}-root.tar",
+                      f"{name}:imp").stdout  # fmt: skip
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", out), (who, out)
+            net = "--network" if who == "docker" else "--net"
+            assert run("run", "--rm", net, "none", f"{name}:imp").stdout == "hi\n"
+            said = run("history", "--format", "{{.CreatedBy}}|{{.Comment}}", f"{name}:imp")
+            assert said.stdout == "|Imported from -\n", (who, said.stdout)
+            cfg = json.loads(run("inspect", f"{name}:imp").stdout)[0]["Config"]
+            assert cfg["Cmd"] == ["cat", "/f"] and not cfg.get("Env"), (who, cfg)
+    finally:
+        eng.docker("rm", "-f", name, check=False)
+        cli("rm", "-f", name, check=False)

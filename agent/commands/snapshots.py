@@ -1,0 +1,125 @@
+"""Images from root filesystems and back: commit, export, import (pyinspect.runtime.snapshot
+and pyinspect.runtime.export do the work)."""
+
+import os
+import sys
+
+import click
+
+_CHANGE_HELP = (
+    "Apply a Dockerfile instruction to the image's config (CMD, ENTRYPOINT, ENV, EXPOSE, "
+    "HEALTHCHECK, LABEL, ONBUILD, USER, VOLUME, WORKDIR); repeatable."
+)
+
+
+@click.command()
+@click.option("-a", "--author", default="", help='Author (e.g. "Jane <jane@example.com>").')
+@click.option("-c", "--change", "changes", multiple=True, help=_CHANGE_HELP)
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option(
+    "--pause/--no-pause",
+    default=True,
+    help="Freeze a running container while its files are read (default; Docker's "
+    "--pause=false is --no-pause).",
+)
+@click.argument("container")
+@click.argument("repository", required=False)
+@click.pass_obj
+def commit(obj, author, changes, message, pause, container, repository):
+    """Make an image from a container's changes and settings; print its id.
+
+    \b
+    Examples:
+      pyinspect commit web my-web:v2
+      pyinspect commit -c 'CMD ["httpd", "-f"]' -m "add pages" web
+    """
+    from ..runtime.containers import Runtime
+    from ..runtime.snapshot import ImageOptions, commit
+
+    opts = ImageOptions(repository, list(changes), message, author, pause)
+    click.echo(commit(Runtime(obj["root"]), container, opts).id)
+
+
+@click.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Tar file to write (default: standard output, if not a terminal).",
+)
+@click.argument("container")
+@click.pass_obj
+def export(obj, output, container):
+    """Write a container's root filesystem as a tar archive (running or stopped).
+
+    \b
+    Examples:
+      pyinspect export -o web.tar web
+      pyinspect export web | pyinspect import - web:flat
+    """
+    from ..errors import UsageError
+    from ..runtime.containers import Runtime
+    from ..runtime.export import export as export_root
+
+    rt = Runtime(obj["root"])
+    if not output:
+        if sys.stdout.isatty():
+            raise UsageError("export: refusing to write an archive to a terminal", "use -o FILE")
+        sys.stdout.flush()
+        export_root(rt, container, sys.stdout.fileno())
+        return
+    rt.get(container)  # no such container: nothing is written
+    tmp = f"{output}.pyinspect-{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise UsageError(f"export: cannot write {output}: {exc.strerror}") from None
+    try:
+        try:
+            export_root(rt, container, fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, output)  # an existing file is replaced only by a whole archive
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@click.command("import")
+@click.option("-c", "--change", "changes", multiple=True, help=_CHANGE_HELP)
+@click.option("-m", "--message", default="", help="Commit message for the imported image.")
+@click.argument("source")
+@click.argument("repository", required=False)
+@click.pass_obj
+def import_(obj, changes, message, source, repository):
+    """Make a one-layer image from a root filesystem tarball (FILE, or - for standard
+    input; plain, gzip, bzip2 or xz); print its id.
+
+    \b
+    Examples:
+      pyinspect import rootfs.tar my-base:1
+      pyinspect export web | pyinspect import -c 'CMD ["sh"]' - web:flat
+    """
+    from ..errors import NotFoundError, UsageError
+    from ..runtime.snapshot import ImageOptions, import_image
+
+    opts = ImageOptions(repository, list(changes), message)
+    if "://" in source:
+        raise UsageError(
+            f"import: {source}: importing from a URL is not supported",
+            "download it first, then give the file",
+        )
+    if source == "-":
+        if sys.stdin.isatty():
+            raise UsageError("import: no input on standard input", "pipe a tarball or give FILE")
+        image = import_image(obj["root"], sys.stdin.buffer, "-", opts)
+    else:
+        try:
+            f = open(source, "rb")  # noqa: SIM115 closed below
+        except FileNotFoundError:
+            raise NotFoundError(f"open {source}: no such file or directory") from None
+        except OSError as exc:
+            raise UsageError(f"open {source}: {exc.strerror}") from None
+        with f:
+            image = import_image(obj["root"], f, source, opts)
+    click.echo(image.id)

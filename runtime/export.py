@@ -1,0 +1,65 @@
+"""`export`: a container's root filesystem as one tar stream, as `docker export` writes it.
+
+A forked child chroots into the container's root and writes the tar from there, so no
+symlink in the container leads the walk out of it. The root is the container's overlay
+as the host sees it: none of the container's own mounts (/proc, /sys, /dev, volumes) are
+in it, as none are in Docker's export. A stopped container's root is mounted in a
+private mount namespace of the child's, which vanishes with it. Owners are numeric only:
+no NSS module of the container is ever loaded.
+"""
+
+import os
+import tarfile
+
+from pyinspect.errors import PyinspectError
+
+from . import child, isolation
+
+
+def _enter_root(c) -> None:
+    """In the child: chroot into `c`'s root, mounting it privately if it is not mounted."""
+    rootfs = os.path.join(c.path, "rootfs")
+    if not isolation.mounted_at(rootfs):
+        isolation.unshare(isolation.CLONE_NEWNS)
+        isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
+        upper, work = os.path.join(c.path, "upper"), os.path.join(c.path, "work")
+        data = isolation.overlay_data(c.layers, upper, work)
+        isolation.mount("overlay", rootfs, "overlay", isolation.ROOTFS_FLAGS, data)
+    os.chdir(rootfs)
+    os.chroot(".")
+    os.chdir("/")
+
+
+def _write_tar(out_fd: int) -> None:
+    tarfile.pwd = tarfile.grp = None  # type: ignore[attr-defined]  # numeric ids only
+    with (
+        os.fdopen(out_fd, "wb", closefd=False) as out,
+        tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name in sorted(os.listdir(".")):
+            tar.add(name)  # recursive, sorted, links not followed
+
+
+def export(runtime, ref: str, out_fd: int) -> None:
+    """Write container `ref`'s root filesystem (running or stopped) to `out_fd` as a tar."""
+    c = runtime.get(ref)
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(err_r)
+            _enter_root(c)
+            _write_tar(out_fd)
+        except BaseException as exc:  # noqa: BLE001 the forked child reports everything and exits
+            code = 1
+            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, OSError) and exc.filename:
+                msg = f"{exc.filename}: {msg}"
+            child.report(err_w, "error", msg)
+        os._exit(code)
+    os.close(err_w)
+    failure = child.read_report(err_r)
+    child.wait(pid)
+    if failure:
+        raise PyinspectError(f"export {c.name}: {failure[1]}")
