@@ -52,6 +52,7 @@ COMMANDS = {
     "rm": ("containers", "rm", "Remove containers."),
     "pause": ("containers", "pause", "Freeze every process of containers."),
     "unpause": ("containers", "unpause", "Let paused containers run again."),
+    "update": ("containers", "update", "Change containers' limits and restart policy."),
     "wait": ("containers", "wait", "Wait until containers stop; print their exit codes."),
     "rename": ("containers", "rename", "Rename a container."),
     "inspect": ("containers", "inspect", "Show low-level JSON about containers or images."),

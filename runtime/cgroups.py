@@ -217,6 +217,58 @@ class Cgroup:
                 raise OSError(errno.ENOENT, "the pids controller is not mounted")
             _write(f"{p['pids']}/pids.max", pids)
 
+    def update(self, memory=None, cpus=None, pids=None):
+        """Change the limits of a live container (`pyinspect update`): None leaves one
+        as it is, pids "max" removes that limit. A v1 host whose container has no cpu
+        cgroup yet (made without --cpus) gets one, and its processes move into it."""
+        p = self.paths
+        if self.v2:
+            d = p["unified"]
+            if memory:
+                _write(f"{d}/memory.max", memory)
+            if cpus:
+                _write(f"{d}/cpu.max", f"{int(cpus * 100000)} 100000")
+            if pids:
+                _write(f"{d}/pids.max", pids)
+            return
+        if memory:
+            mem = f"{p['memory']}/memory.limit_in_bytes"
+            sw = f"{p['memory']}/memory.memsw.limit_in_bytes"
+            # memsw may never be below the memory limit: raise it first, lower it last
+            order = [sw, mem] if int(_read(mem, "0") or 0) < memory else [mem, sw]
+            for path in order:
+                if path == mem or os.path.exists(sw):
+                    _write(path, memory)
+        if cpus and "cpu" not in p:
+            self._add_hierarchy("cpu")
+        if cpus:
+            _write(f"{p['cpu']}/cpu.cfs_period_us", 100000)
+            _write(f"{p['cpu']}/cpu.cfs_quota_us", int(cpus * 100000))
+        if pids:
+            if "pids" not in p:
+                raise OSError(errno.ENOENT, "the pids controller is not mounted")
+            _write(f"{p['pids']}/pids.max", pids)
+
+    def _add_hierarchy(self, name):
+        """Make this container's cgroup in v1 hierarchy `name` and move its processes
+        there (until no new one appears: they may fork meanwhile)."""
+        base = _hierarchies((name,)).get(name)
+        if base is None:
+            raise OSError(errno.ENOENT, f"the {name} controller is not mounted")
+        path = f"{base}/{PARENT}/{self.id}"
+        os.makedirs(path, exist_ok=True)
+        self.paths[name] = path
+        for _ in range(100):
+            moved = set(self.pids()) - {int(x) for x in _read(f"{path}/cgroup.procs").split()}
+            if not moved:
+                return
+            for pid in moved:
+                try:
+                    _write(f"{path}/cgroup.procs", pid)
+                except ProcessLookupError:
+                    pass  # it exited meanwhile
+        raise OSError(errno.EAGAIN, "its processes kept forking while they were moved")
+
     def procs_files(self):
         """The cgroup.procs files a process writes itself into to join."""
         return [f"{path}/cgroup.procs" for path in self.paths.values()]
@@ -295,9 +347,14 @@ class Cgroup:
             time.sleep(0.002)
 
     def remove(self, timeout=5.0):
-        """rmdir every directory (waiting for exiting processes), then the empty parents."""
+        """rmdir every directory (waiting for exiting processes), then the empty parents;
+        also one `update` made in a hierarchy this record does not list."""
         deadline = time.monotonic() + timeout
-        for path in self.paths.values():
+        known = set(self.paths.values())
+        if not self.v2:
+            hier = _hierarchies()
+            known |= {f"{b}/{PARENT}/{self.id}" for b in hier.values()}
+        for path in sorted(known):
             while True:
                 try:
                     os.rmdir(path)

@@ -420,6 +420,48 @@ class Runtime:
             os.unlink(link)
         return fresh
 
+    def update(self, ref, memory=None, cpus=None, pids_limit=None, restart=None):
+        """Change container `ref`'s limits and restart policy, as `docker update`: in its
+        cgroups at once when it runs, and in its record for every later start (the
+        monitor rereads it before deciding on and making a restart)."""
+        from .cgroups import parse_cpus, parse_memory, parse_pids
+
+        mem, cpu = parse_memory(memory), parse_cpus(cpus)
+        pids = None if pids_limit is None else (parse_pids(pids_limit) or "max")
+        c = self.get(ref)
+        if restart is not None:
+            from . import restart as policies
+
+            policy = policies.parse(restart)
+            if c.spec.auto_remove and policy.name != "no":
+                raise ConflictError(
+                    f"Cannot update container {c.id}: Restart policy cannot be updated "
+                    "because AutoRemove is enabled for the container"
+                )
+            restart = str(policy)
+        if c.status == "running" and state.init_alive(c) and c.cgroup:
+            cg = self._cgroup(c)
+            try:
+                cg.update(mem, cpu, pids)
+            except OSError as exc:
+                raise ConflictError(
+                    f"Cannot update container {c.id}: {exc.strerror or exc}"
+                ) from None
+        fresh = state.load(c.path) or c  # (the monitor writes only the dynamic state)
+        limits = dict(fresh.process.get("limits") or {})
+        for key, value, text in (("memory", mem, memory), ("cpus", cpu, cpus)):
+            if value is not None:
+                limits[key] = value
+                setattr(fresh.spec, key, text)
+        if pids is not None:
+            limits["pids"] = None if pids == "max" else pids
+            fresh.spec.pids_limit = None if pids == "max" else pids
+        if restart is not None:
+            fresh.spec.restart = restart
+        fresh.process = {**fresh.process, "limits": limits}
+        state.save_static(fresh)
+        return fresh
+
     def _reserve_name(self, c):
         link = os.path.join(self.ndir, c.name)
         for attempt in (1, 2):
@@ -1087,11 +1129,10 @@ class Runtime:
                     elif not interactive:
                         devnull = os.open("/dev/null", os.O_RDONLY)
                         os.dup2(devnull, 0)
-                    code = 127
+                    code = 126  # Docker's exec: 126 for a missing, refused or misplaced one
                     try:
                         os.chdir(cwd)
                     except OSError as exc:
-                        code = 126
                         raise OSError(exc.errno, f"chdir to {cwd}: {exc.strerror}") from None
                     try:
                         os.execvpe(argv[0], argv, envd)
@@ -1100,7 +1141,6 @@ class Runtime:
                             errno.ENOENT, f'exec: "{argv[0]}": executable file not found in $PATH'
                         ) from None
                     except PermissionError:
-                        code = 126
                         raise OSError(
                             errno.EACCES, f'exec: "{argv[0]}": permission denied'
                         ) from None
@@ -1137,6 +1177,12 @@ class Runtime:
         from .images import ImageStore
 
         return ImageStore(self.root).find_id(ref)
+
+    def image_descends(self, image_id, ancestor_id) -> bool:
+        """Whether image `image_id` is `ancestor_id` or was made on top of it."""
+        from .images import ImageStore
+
+        return ImageStore(self.root).descends(image_id, ancestor_id)
 
     # -- inspect / top / logs ----------------------------------------------------------
     def inspect(self, ref):

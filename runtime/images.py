@@ -297,6 +297,23 @@ class ImageStore:
             return None
         return f"sha256:{found[0]}" if found else None
 
+    def descends(self, image_id, ancestor_id) -> bool:
+        """True when image `image_id` is `ancestor_id` or was made on top of it (a build
+        FROM it, a commit of a container of it): the ancestor's layers and history steps
+        are where the image's begin."""
+        if image_id == ancestor_id:
+            return True
+        tags = self._tags()
+        found = [self._find(i, tags) for i in (image_id, ancestor_id)]
+        if not all(found):
+            return False
+        im, anc = (self._load_image(f[0], tags) for f in found)
+        steps = anc.raw.get("history") or []
+        n = len(anc.diff_ids)
+        return bool(n or steps) and (
+            im.diff_ids[:n] == anc.diff_ids and (im.raw.get("history") or [])[: len(steps)] == steps
+        )
+
     def resolve(self, ref):
         """The Image for a name[:tag], id, unique id prefix or 'sha256:...'.
 

@@ -162,7 +162,7 @@ class Shim:
             c.pid = c.pid_start = 0
             c.error = ""
             if not first:
-                self._renamed()
+                self._reread()
             try:
                 self.start_init()
             except BaseException as exc:  # noqa: BLE001 a failed start is recorded, the loop goes on
@@ -182,6 +182,8 @@ class Shim:
             started = time.monotonic()
             code = self.relay_and_wait()
             state.mark("init_exited")
+            self._reread()
+            policy = restart.parse(c.spec.restart)  # `update --restart` may have changed it
             again = not self.cancelled and restart.should_restart(
                 policy, code, c.manually_stopped, c.restart_count
             )
@@ -199,12 +201,13 @@ class Shim:
                 os.close(self.lock_fd)
                 return code
 
-    def _renamed(self):
-        """Take the name `rename` may have given the container meanwhile (its `ip netns`
-        link and its --rm removal go by it)."""
+    def _reread(self):
+        """Take what `rename` and `update` may have changed meanwhile: the name (its `ip
+        netns` link and its --rm removal go by it), the limits and the restart policy."""
         fresh = state.load(self.c.path)
         if fresh is not None:
-            self.c.name, self.c.spec.name = fresh.name, fresh.spec.name
+            self.c.name, self.c.spec = fresh.name, fresh.spec
+            self.c.process = {**self.c.process, "limits": fresh.process.get("limits", {})}
 
     def _cancel(self, signum, frame):
         """CANCEL_SIGNAL (from `stop`, `kill`, `rm -f`): no more restarts."""
@@ -245,6 +248,8 @@ class Shim:
         mode = spec.network_mode or "bridge"
         limits = c.process.get("limits", {})
         self.cg = Cgroup(c.id, c.cgroup or None, cpu=bool(limits.get("cpus")))
+        if limits.get("cpus") and not self.cg.v2 and "cpu" not in self.cg.paths:
+            self.cg = Cgroup(c.id, None, cpu=True)  # `update --cpus` since the last start
         join_net = None
         if mode.startswith("container:"):
             other = self.rt.get(mode.split(":", 1)[1])
@@ -611,7 +616,7 @@ class Shim:
         trash = None
         if c.spec.auto_remove:
             state.keep_exit_code(c)
-            self._renamed()
+            self._reread()
             trash = state.hide_record(self.rt.root, c)
         else:
             state.save(c)

@@ -247,6 +247,11 @@ def save(c, static=False):
     write_json(os.path.join(c.path, "state.json"), c.dynamic())
 
 
+def save_static(c):
+    """Write only the config file (name, spec, process): what the monitor never writes."""
+    write_json(os.path.join(c.path, "config.json"), c.static())
+
+
 DAMAGED = "damaged"
 STATUSES = ("created", "running", "exited")
 

@@ -483,7 +483,7 @@ def test_exec(pc):
     assert out.stdout.strip() == "tty"  # (text mode folds the pty's \r\n)
     out = pc("exec", "-it", "pc-ex", "sh", input="echo sum-$((40+2))\nexit 4\n", check=False)
     assert out.returncode == 4 and "sum-42" in out.stdout
-    err = one_line_error(pc("exec", "pc-ex", "no-such-cmd", check=False), 127)
+    err = one_line_error(pc("exec", "pc-ex", "no-such-cmd", check=False), 126)  # as Docker's
     assert "executable file not found" in err
     one_line_error(pc("exec", "pc-nope", "true", check=False), 3)
 

@@ -425,6 +425,7 @@ PS_FILTERS = [
     ("-a", "--filter", "publish=9090/tcp"), ("-a", "--filter", "expose=80"),
     ("-a", "--filter", "expose=90/udp"), ("-a", "--filter", "expose=90-100"),
     ("-a", "--filter", "ancestor=IMAGE"), ("-a", "--filter", "ancestor=nosuch"),
+    ("-a", "--filter", "ancestor=pi-kid:1"),
     ("-a", "--filter", "network=bridge"), ("-a", "--filter", "network=none"),
     ("-a", "--filter", "before=done0"), ("-a", "--filter", "since=web2"),
     ("--filter", "since=web2"), ("-a", "--filter", "label=a"), ("-a", "-f", "id=abcdef0123"),
@@ -449,6 +450,10 @@ def test_ps_filters_as_dockers(engine, make_netns, state_root):
         for name, flags, cmd in made:
             eng.docker("run", "--name", name, *flags, eng.image, *cmd, check=False)
             cli("run", "--name", name, *flags, "busybox", *cmd, check=False)
+        for run in (eng.docker, cli):  # an image made on top of IMAGE: its containers count
+            run("commit", "done0", "pi-kid:1")
+            run("run", "--name", "kid", "pi-kid:1", "true")
+        made.append(("kid", [], []))
         for args in PS_FILTERS:
             fmt = ("--format", "{{.Names}}")
             theirs = eng.docker("ps", *fmt, *(a.replace("IMAGE", eng.image) for a in args))
@@ -468,6 +473,7 @@ def test_ps_filters_as_dockers(engine, make_netns, state_root):
         names = [n for n, _f, _c in made]
         eng.docker("rm", "-f", *names, check=False)
         cli("rm", "-f", *names, check=False)
+        eng.docker("rmi", "pi-kid:1", check=False)
 
 
 DIFF_SCRIPT = (
@@ -827,3 +833,46 @@ def test_commit_export_import_as_dockers(engine, state_root, tmp_path):
     finally:
         eng.docker("rm", "-f", name, check=False)
         cli("rm", "-f", name, check=False)
+        eng.docker("rmi", *(f"{name}:{t}" for t in ("1", "imp", "from-pyinspect")), check=False)
+
+
+def test_update_as_dockers(engine, state_root):
+    """`update` of a running container in both engines: the same output, the same
+    HostConfig, the same limits in the kernel; the same refusals."""
+    from test_update import cgroup_file
+
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    name, gone = unique("pi-up"), unique("pi-uprm")
+    engines = {
+        "docker": (eng.docker, eng.image, "--network"),
+        "pyinspect": (cli, "busybox", "--net"),
+    }
+    fmt = (
+        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} "
+        "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}"
+    )
+    said, kernel = {}, {}
+    try:
+        for who, (run, image, net) in engines.items():
+            run("run", "-d", "--name", name, net, "none", "-m", "64m", image, "sleep", "600")
+            run("run", "-d", "--rm", "--name", gone, net, "none", image, "sleep", "600")
+            out = run("update", "-m", "96m", "--cpus", "0.5", "--pids-limit", "20",
+                      "--restart", "on-failure:3", name).stdout  # fmt: skip
+            shown = run("inspect", "-f", fmt, name).stdout
+            pid = int(run("inspect", "-f", "{{.State.Pid}}", name).stdout)
+            kernel[who] = (
+                cgroup_file(pid, "memory", "memory.limit_in_bytes"),
+                cgroup_file(pid, "cpu", "cpu.cfs_quota_us"),
+                cgroup_file(pid, "cpu", "cpu.cfs_period_us"),
+                cgroup_file(pid, "pids", "pids.max"),
+            )
+            refused = run("update", "--restart", "always", gone, check=False)
+            said[who] = (out, shown, refused.returncode != 0)
+            assert "AutoRemove is enabled for the container" in refused.stderr, refused.stderr
+        assert said["pyinspect"] == said["docker"], said
+        assert said["docker"][1] == f"{96 << 20} 500000000 20 on-failure 3\n"
+        assert kernel["pyinspect"] == kernel["docker"] == (str(96 << 20), "50000", "100000", "20")
+    finally:
+        for run, _image, _net in engines.values():
+            run("rm", "-f", name, gone, check=False)

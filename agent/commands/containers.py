@@ -1,5 +1,5 @@
 """Container commands: run, create, ps, exec, logs, start, stop, restart, kill, rm, pause,
-unpause, wait, rename, inspect, top, cp.
+unpause, update, wait, rename, inspect, top, cp.
 
 Thin click wrappers over `pyinspect.runtime.containers.Runtime`; the runtime is
 imported inside each command so `pyinspect --help` stays cheap.
@@ -136,7 +136,7 @@ def ps(obj, all_, quiet, fmt, filters):
 
     flt = PsFilter.parse(filters)
     rt = _runtime(obj)
-    rows = flt.select(rt.list(all=all_ or flt.lists_stopped), rt.image_id)
+    rows = flt.select(rt.list(all=all_ or flt.lists_stopped), rt.image_id, rt.image_descends)
     if quiet:
         for c in rows:
             click.echo(c.short_id)
@@ -294,6 +294,32 @@ def pause(obj, containers):
 def unpause(obj, containers):
     """Let paused containers run again."""
     return _each(containers, _runtime(obj).unpause)
+
+
+@click.command()
+@click.option("-m", "--memory", help="Memory limit (e.g. 64m, 1g).")
+@click.option("--cpus", help="Number of CPUs (e.g. 0.5).")
+@click.option("--pids-limit", type=int, help="Most processes at once (-1: no limit).")
+@click.option("--restart", help="Restart policy: no, always, unless-stopped, on-failure[:N].")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def update(obj, memory, cpus, pids_limit, restart, containers):
+    """Change containers' limits and restart policy, at once if they run.
+
+    \b
+    Examples:
+      pyinspect update --memory 128m --cpus 0.5 web
+      pyinspect update --restart unless-stopped web db
+    """
+    from ..errors import UsageError
+
+    if memory is None and cpus is None and pids_limit is None and restart is None:
+        raise UsageError(  # (Docker's words)
+            "you must provide one or more flags when using this command",
+            "--memory, --cpus, --pids-limit or --restart",
+        )
+    rt = _runtime(obj)
+    return _each(containers, lambda name: rt.update(name, memory, cpus, pids_limit, restart))
 
 
 @click.command()

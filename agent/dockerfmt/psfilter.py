@@ -6,7 +6,7 @@ match. `name` and `id` match as Docker's do: the value equals the name (with its
 `status` lists stopped containers too (as `-a`; a damaged record is `dead`); `exited=N`
 keeps stopped containers that exited with N. `publish` takes host ports, `expose`
 container ports (`80`, `80/tcp`, `8000-8090/udp`; tcp unless a protocol is named);
-`ancestor` an image (by name or id: pyinspect does not follow an image's children);
+`ancestor` an image (by name or id) or one made on top of it (a build FROM it, a commit);
 `network` a network name; `before`/`since` a container. pyinspect containers carry no
 labels, so `label=...` matches none, as in Docker for an unlabelled container.
 """
@@ -96,9 +96,11 @@ class PsFilter:
         self,
         containers: Sequence,
         image_id: Callable[[str], str | None] = lambda ref: None,
+        descends: Callable[[str, str], bool] = lambda image, ancestor: False,
     ) -> list:
         """The containers (newest first, as `ps` lists them) that pass every filter;
-        `image_id(ref)` resolves an `ancestor` value to an image id (None: unknown)."""
+        `image_id(ref)` resolves an `ancestor` value to an image id (None: unknown),
+        `descends(image_id, ancestor_id)` says whether an image was made on another."""
         if not self.values:
             return list(containers)
         out = list(containers)
@@ -112,9 +114,23 @@ class PsFilter:
                     raise NotFoundError(f"no such container {ref}")
                 out = out[at + 1 :] if key == "before" else out[:at]
         ancestors = [(v, image_id(v)) for v in self.values.get("ancestor", ())]
-        return [c for c in out if self._passes(c, ancestors)]
+        lineage: dict[tuple[str, str], bool] = {}
 
-    def _passes(self, c, ancestors) -> bool:
+        def of(c) -> bool:
+            for ref, iid in ancestors:
+                if c.image_id == iid or c.image in (ref, f"{ref}:latest"):
+                    return True
+                if iid and c.image_id:
+                    key = (c.image_id, iid)
+                    if key not in lineage:
+                        lineage[key] = descends(*key)
+                    if lineage[key]:
+                        return True
+            return False
+
+        return [c for c in out if self._passes(c, of if ancestors else None)]
+
+    def _passes(self, c, of_ancestor) -> bool:
         v = self.values
         if "name" in v and not any(_matches(x, "/" + c.name) for x in v["name"]):
             return False
@@ -133,9 +149,7 @@ class PsFilter:
             mode = c.spec.network_mode or "bridge"
             if not any(_matches(x, mode) for x in v["network"]):
                 return False
-        if ancestors and not any(
-            c.image_id == iid or c.image in (ref, f"{ref}:latest") for ref, iid in ancestors
-        ):
+        if of_ancestor is not None and not of_ancestor(c):
             return False
         if not self.ports:
             return True
