@@ -30,6 +30,8 @@ COMMANDS = {
     "save": ("images", "save", "Save images to a docker-save/OCI archive."),
     "tag": ("images", "tag", "Give an image another name."),
     "rmi": ("images", "rmi", "Remove images."),
+    "image": ("prune", "image", "Manage images: prune."),
+    "container": ("prune", "container", "Manage containers: prune."),
     "login": ("registry", "login", "Log in to a registry."),
     "logout": ("registry", "logout", "Log out from a registry."),
     "pull": ("registry", "pull", "Pull an image from a registry."),

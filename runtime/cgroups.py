@@ -203,13 +203,16 @@ class Cgroup:
                 _write(f"{d}/pids.max", pids)
             return
         if memory:
-            _write(f"{p['memory']}/memory.limit_in_bytes", memory)
-            sw = f"{p['memory']}/memory.memsw.limit_in_bytes"
-            if os.path.exists(sw):  # no swap: the limit is the limit
-                _write(sw, memory)
+            mem = f"{p['memory']}/memory.limit_in_bytes"
+            sw = f"{p['memory']}/memory.memsw.limit_in_bytes"  # no swap: the limit is the limit
+            # memsw may never be below the memory limit: raise it first, lower it last
+            order = [sw, mem] if int(_read(mem, "0") or 0) < memory else [mem, sw]
+            for path in order:
+                if path == mem or os.path.exists(sw):
+                    _write(path, memory)
         if cpus:
-            if "cpu" not in p:
-                raise OSError(errno.ENOENT, "the cpu controller is not mounted")
+            if "cpu" not in p:  # made without --cpus: `update` adds it
+                self._add_hierarchy("cpu")
             _write(f"{p['cpu']}/cpu.cfs_period_us", 100000)
             _write(f"{p['cpu']}/cpu.cfs_quota_us", int(cpus * 100000))
         if pids:
@@ -221,33 +224,7 @@ class Cgroup:
         """Change the limits of a live container (`pyinspect update`): None leaves one
         as it is, pids "max" removes that limit. A v1 host whose container has no cpu
         cgroup yet (made without --cpus) gets one, and its processes move into it."""
-        p = self.paths
-        if self.v2:
-            d = p["unified"]
-            if memory:
-                _write(f"{d}/memory.max", memory)
-            if cpus:
-                _write(f"{d}/cpu.max", f"{int(cpus * 100000)} 100000")
-            if pids:
-                _write(f"{d}/pids.max", pids)
-            return
-        if memory:
-            mem = f"{p['memory']}/memory.limit_in_bytes"
-            sw = f"{p['memory']}/memory.memsw.limit_in_bytes"
-            # memsw may never be below the memory limit: raise it first, lower it last
-            order = [sw, mem] if int(_read(mem, "0") or 0) < memory else [mem, sw]
-            for path in order:
-                if path == mem or os.path.exists(sw):
-                    _write(path, memory)
-        if cpus and "cpu" not in p:
-            self._add_hierarchy("cpu")
-        if cpus:
-            _write(f"{p['cpu']}/cpu.cfs_period_us", 100000)
-            _write(f"{p['cpu']}/cpu.cfs_quota_us", int(cpus * 100000))
-        if pids:
-            if "pids" not in p:
-                raise OSError(errno.ENOENT, "the pids controller is not mounted")
-            _write(f"{p['pids']}/pids.max", pids)
+        self._limits(memory, cpus, pids)
 
     def _add_hierarchy(self, name):
         """Make this container's cgroup in v1 hierarchy `name` and move its processes

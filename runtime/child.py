@@ -7,6 +7,7 @@ at exec).
 """
 
 import os
+from collections.abc import Callable
 
 
 def read_all(fd: int) -> bytes:
@@ -62,3 +63,31 @@ def wait(pid: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def fork_call(fn: Callable[[], None]) -> tuple[int, int]:
+    """Fork a child that runs fn() and exits 0, or writes its exception as the report
+    (`notfound <text>` for a missing file, else `error <text>`) and exits 1. In the
+    parent: (pid, the report's read end), for read_report and wait."""
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(err_r)
+            fn()
+        except BaseException as exc:  # noqa: BLE001 the forked child reports everything and exits
+            code = 1
+            from pyinspect.errors import NotFoundError, PyinspectError
+
+            if isinstance(exc, PyinspectError):
+                msg = exc.message
+            elif isinstance(exc, OSError) and exc.strerror:
+                msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+            else:
+                msg = str(exc) or type(exc).__name__
+            missing = isinstance(exc, (FileNotFoundError, NotFoundError))
+            report(err_w, "notfound" if missing else "error", msg)
+        os._exit(code)
+    os.close(err_w)
+    return pid, err_r

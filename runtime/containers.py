@@ -887,6 +887,28 @@ class Runtime:
         else:
             state.save(c)
 
+    def prune(self):
+        """Remove every stopped container (created or exited), as `docker container
+        prune`: their ids and the bytes their writable layers held."""
+        from .build.layerdiff import RUNTIME_FILES
+        from .fsutil import tree_bytes
+
+        # the files the runtime writes into every container are not its changes (Docker
+        # bind-mounts them: they are in no writable layer)
+        runtime_files = frozenset("/".join(parts) for parts in RUNTIME_FILES)
+        removed, freed = [], 0
+        for c in self.list(all=True):
+            if c.status not in ("created", "exited") or c.restarting:
+                continue
+            size = tree_bytes(os.path.join(c.path, "upper"), runtime_files)
+            try:
+                self.remove(c.id)
+            except (ConflictError, NotFoundError):
+                continue  # started or removed meanwhile
+            removed.append(c.id)
+            freed += size
+        return removed, freed
+
     def reconcile(self, restart=True):
         """Settle containers whose monitor died, remove half-created leftovers and
         dangling names, then let the network module re-check its rules. With

@@ -46,26 +46,14 @@ def _enter_container(rt, c):
 
 def _child(rt, c, body):
     """Fork; the child enters the container and runs body(); errors come back as text."""
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(err_r)
-            # numeric ids only: no NSS inside the container (attributes typeshed lacks)
-            tarfile.pwd = tarfile.grp = None  # type: ignore[attr-defined]
-            _enter_container(rt, c)
-            body()
-        except BaseException as exc:  # noqa: BLE001 the forked child reports everything and exits
-            code = 1
-            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if isinstance(exc, OSError) and exc.filename:
-                msg = f"{exc.filename}: {msg}"
-            kind = "notfound" if isinstance(exc, (FileNotFoundError, NotFoundError)) else "error"
-            child.report(err_w, kind, msg)
-        os._exit(code)
-    os.close(err_w)
-    return pid, err_r
+
+    def run():
+        # numeric ids only: no NSS inside the container (attributes typeshed lacks)
+        tarfile.pwd = tarfile.grp = None  # type: ignore[attr-defined]
+        _enter_container(rt, c)
+        body()
+
+    return child.fork_call(run)
 
 
 def _finish(pid, err_r, c, what):

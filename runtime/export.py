@@ -43,22 +43,12 @@ def _write_tar(out_fd: int) -> None:
 def export(runtime, ref: str, out_fd: int) -> None:
     """Write container `ref`'s root filesystem (running or stopped) to `out_fd` as a tar."""
     c = runtime.get(ref)
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(err_r)
-            _enter_root(c)
-            _write_tar(out_fd)
-        except BaseException as exc:  # noqa: BLE001 the forked child reports everything and exits
-            code = 1
-            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if isinstance(exc, OSError) and exc.filename:
-                msg = f"{exc.filename}: {msg}"
-            child.report(err_w, "error", msg)
-        os._exit(code)
-    os.close(err_w)
+
+    def run():
+        _enter_root(c)
+        _write_tar(out_fd)
+
+    pid, err_r = child.fork_call(run)
     failure = child.read_report(err_r)
     child.wait(pid)
     if failure:

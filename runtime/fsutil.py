@@ -81,3 +81,28 @@ class AtomicFile:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+def tree_bytes(path: str | os.PathLike, skip: frozenset = frozenset()) -> int:
+    """Docker's size of a layer directory: its regular files' bytes (a hard link counted
+    once) and its symlinks' target lengths, less the paths in `skip` (relative, "a/b");
+    0 when `path` is missing."""
+    import stat
+
+    top = os.fspath(path)
+    total, seen = 0, set()
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if skip and os.path.relpath(full, top) in skip:
+                continue
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+            elif stat.S_ISLNK(st.st_mode):
+                total += st.st_size  # a symlink's size is its target's length
+    return total

@@ -673,8 +673,9 @@ class ImageStore:
             self._gc()
             return result
 
-    def _gc(self):
-        """Remove layers no stored image references (caller holds the lock)."""
+    def _gc(self) -> int:
+        """Remove layers no stored image references (caller holds the lock); the bytes
+        they held (Docker's layer size)."""
         import shutil
 
         keep: set[str] = set()
@@ -683,10 +684,12 @@ class ImageStore:
                 raw = json.loads((self.configs / f"{h}.json").read_bytes())
                 keep.update(d.split(":", 1)[-1] for d in raw["rootfs"]["diff_ids"])
             except (OSError, ValueError, KeyError, TypeError):
-                return  # an unreadable config: keep every layer rather than guess
+                return 0  # an unreadable config: keep every layer rather than guess
+        freed = 0
         for h in os.listdir(self.layers):
             if h in keep or not _HEX64.match(h):
                 continue
+            freed += self.layer_size(h)
             doomed = self.tmp / f"{os.getpid()}-gc-{h[:12]}"
             os.rename(self.layers / h, doomed)
             for path in (self.blobs / h, self.sizes / h):
@@ -695,6 +698,38 @@ class ImageStore:
                 except FileNotFoundError:
                     pass
             shutil.rmtree(doomed, ignore_errors=True)
+        return freed
+
+    def prune(self, every=False):
+        """Delete the images no container uses: untagged ones (`image prune`), or with
+        `every` tagged ones too (`-a`). Docker-like [{"untagged": t} | {"deleted": id}]
+        and the bytes freed."""
+        with self._locked():
+            tags = self._tags()
+            tagged: dict[str, list[str]] = {}
+            for t, v in tags.items():
+                tagged.setdefault(v, []).append(t)
+            out: list[dict] = []
+            doomed = []
+            for h in sorted(self._ids()):
+                image_id = f"sha256:{h}"
+                if (tagged.get(image_id) and not every) or self._users(image_id):
+                    continue
+                for t in sorted(tagged.get(image_id, ())):
+                    del tags[t]
+                    out.append({"untagged": t})
+                doomed.append(image_id)
+                out.append({"deleted": image_id})
+            if not doomed:
+                return out, 0
+            self._write_tags(tags)
+            for image_id in doomed:
+                os.unlink(self.configs / f"{image_id[7:]}.json")
+            digests = self._digests()
+            if any(v in doomed for v in digests.values()):
+                kept = {k: v for k, v in sorted(digests.items()) if v not in doomed}
+                _atomic_write(self.digests_file, json.dumps(kept, indent=1).encode())
+            return out, self._gc()
 
     # ---- archives ----------------------------------------------------------------------
     def load(self, path):

@@ -876,3 +876,58 @@ def test_update_as_dockers(engine, state_root):
     finally:
         for run, _image, _net in engines.values():
             run("rm", "-f", name, gone, check=False)
+
+
+def test_prune_as_dockers(engine, state_root):
+    """`container prune` and `image prune` in both engines: the same question, the same
+    containers and images removed, the same space reclaimed, running ones kept."""
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    tag = unique("pr")
+    up, done, new, d2, d3 = (f"{tag}-{n}" for n in ("up", "done", "new", "d2", "d3"))
+    engines = {
+        "docker": (eng.docker, eng.image, "--network"),
+        "pyinspect": (cli, "busybox", "--net"),
+    }
+    out: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+    ids: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+    try:
+        for who, (run, image, net) in engines.items():
+            run("run", "-d", "--name", up, net, "none", image, "sleep", "600")
+            run("run", "--name", done, net, "none", image, "sh", "-c", "echo hi > /f")
+            run("create", "--name", new, net, "none", image, "true")
+            # an image made dangling: its tag moves to a later commit
+            run("run", "--name", d2, net, "none", image, "sh", "-c", "echo two > /g")
+            run("commit", d2, f"{tag}-dang:1")
+            dangling = run("inspect", "-f", "{{.Id}}", f"{tag}-dang:1").stdout.strip()
+            run("run", "--name", d3, net, "none", image, "sh", "-c", "echo three > /h")
+            run("commit", d3, f"{tag}-dang:1")
+            for name in (up, done, new, d2, d3):
+                ids[who][run("inspect", "-f", "{{.Id}}", name).stdout.strip()] = name
+            # asked, and answered no: nothing goes
+            asked = run("container", "prune", input="n\n")
+            out[who]["asked"] = asked.stdout
+            pruned = run("container", "prune", "-f").stdout.splitlines()
+            assert pruned[0] == "Deleted Containers:" and pruned[-2] == "", (who, pruned)
+            out[who]["containers"] = sorted(ids[who][i] for i in pruned[1:-2])
+            out[who]["container space"] = pruned[-1]
+            listed = run("ps", "-a", "--format", "{{.Names}}").stdout.split()
+            out[who]["left"] = [n for n in listed if n.startswith(tag)]
+            images = run("image", "prune", "-f").stdout.splitlines()
+            assert images[:2] == ["Deleted Images:", f"deleted: {dangling}"], (who, images)
+            out[who]["image space"] = images[-1]
+            out[who]["images left"] = len(run("images", "-q", f"{tag}-dang").stdout.split())
+        assert out["pyinspect"] == out["docker"], out
+        d = out["docker"]
+        assert d["asked"] == (
+            "WARNING! This will remove all stopped containers.\n"
+            "Are you sure you want to continue? [y/N] Total reclaimed space: 0B\n"
+        ), d["asked"]
+        assert d["containers"] == sorted([done, new, d2, d3])
+        assert d["container space"] == "Total reclaimed space: 13B"  # /f, /g, /h: 3 + 4 + 6
+        assert d["left"] == [up]
+        assert d["image space"] == "Total reclaimed space: 4B" and d["images left"] == 1
+    finally:
+        for run, _image, _net in engines.values():
+            run("rm", "-f", up, done, new, d2, d3, check=False)
+            run("rmi", f"{tag}-dang:1", check=False)

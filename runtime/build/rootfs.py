@@ -11,7 +11,7 @@ upper dir that becomes the layer) and for reading `COPY --from` sources.
 import os
 from dataclasses import dataclass
 
-from pyinspect.errors import PyinspectError, UsageError
+from pyinspect.errors import UsageError
 from pyinspect.runtime import child, isolation
 
 
@@ -57,33 +57,19 @@ def start(
     os.makedirs(mnt)
     os.makedirs(empty, exist_ok=True)
     data = _overlay_options(lower_dirs, upper, work, empty)
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(err_r)
-            for fd in close_fds:
-                os.close(fd)
-            isolation.unshare(isolation.CLONE_NEWNS)
-            isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
-            isolation.mount(
-                "overlay", mnt, "overlay", isolation.MS_RDONLY if upper is None else 0, data
-            )
-            os.chroot(mnt)
-            os.chdir("/")
-            body()
-        except BaseException as exc:  # noqa: BLE001 - the child reports everything, then exits
-            code = 1
-            if isinstance(exc, PyinspectError):
-                msg = exc.message
-            elif isinstance(exc, OSError) and exc.strerror:
-                msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-            else:
-                msg = str(exc) or type(exc).__name__
-            child.report(err_w, "error", msg)
-        os._exit(code)
-    os.close(err_w)
+
+    def run():
+        for fd in close_fds:
+            os.close(fd)
+        isolation.unshare(isolation.CLONE_NEWNS)
+        isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
+        flags = isolation.MS_RDONLY if upper is None else 0
+        isolation.mount("overlay", mnt, "overlay", flags, data)
+        os.chroot(mnt)
+        os.chdir("/")
+        body()
+
+    pid, err_r = child.fork_call(run)
     return Child(pid=pid, err_r=err_r, mnt=mnt)
 
 
