@@ -1037,6 +1037,19 @@ def remove_network(root, name):
     return state["name"]
 
 
+def prune_networks(root) -> list:
+    """`network prune`, as Docker's: remove every user network no running container is
+    on (a stopped container that named it does not keep it, as in Docker); their names,
+    oldest first."""
+    removed = []
+    for state in sorted(usernet.all_user(root), key=lambda s: s.get("created", "")):
+        try:
+            removed.append(remove_network(root, state["name"]))
+        except ConflictError:
+            continue  # it has active endpoints
+    return removed
+
+
 # --- `pyinspect network ls / inspect` ------------------------------------------------------
 
 

@@ -343,6 +343,8 @@ CASES = [
     ("update-bad-restart", ["update", "--restart", "pq-sometimes", KEEP], 2, ["pq-sometimes"]),
     ("container-prune-bad", ["container", "prune", "--pq-bogus"], 2, ["--pq-bogus"]),
     ("image-prune-bad", ["image", "prune", "--pq-bogus"], 2, ["--pq-bogus"]),
+    ("system-prune-bad", ["system", "prune", "--pq-bogus"], 2, ["--pq-bogus"]),
+    ("network-prune-bad", ["network", "prune", "--pq-bogus"], 2, ["--pq-bogus"]),
     ("commit-unknown", ["commit", "pq-nosuch", "pq-img"], 3, ["pq-nosuch"]),
     ("commit-bad-change", ["commit", "-c", "RUN true", KEEP], 2, ["run is not a valid change"]),
     ("commit-bad-repo", ["commit", KEEP, "Pq:Bad"], 2, ["'Pq:Bad'"]),

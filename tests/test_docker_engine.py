@@ -931,3 +931,48 @@ def test_prune_as_dockers(engine, state_root):
         for run, _image, _net in engines.values():
             run("rm", "-f", up, done, new, d2, d3, check=False)
             run("rmi", f"{tag}-dang:1", check=False)
+
+
+def test_network_and_system_prune_as_dockers(engine, make_netns, state_root):
+    """`network prune` removes the user networks no running container is on (also one a
+    stopped container names), `system prune` the stopped containers, the networks and
+    the dangling images: the same in both engines (pyinspect in a host netns of its own)."""
+    eng = engine["engine"]
+    cli = Cli(state_root, netns=make_netns("pi-dkpn").name)
+    tag = unique("pn")
+    idle, held, user = f"{tag}-idle", f"{tag}-held", f"{tag}-c"
+    engines = {"docker": (eng.docker, eng.image), "pyinspect": (cli, "busybox")}
+    out: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+
+    def ours(who, run):  # the test's networks each engine lists
+        if who == "docker":
+            listed = run("network", "ls", "--format", "{{.Name}}").stdout.split()
+        else:
+            listed = [
+                n["name"] for n in json.loads(run("network", "ls", "--format", "json").stdout)
+            ]
+        return sorted(n for n in listed if n.startswith(tag))
+
+    try:
+        for who, (run, image) in engines.items():
+            run("network", "create", idle)
+            run("network", "create", held)
+            run("run", "--name", user, "--network", held, image, "true")
+            cid = run("inspect", "-f", "{{.Id}}", user).stdout.strip()
+            out[who]["declined"] = run("network", "prune", input="n\n").stdout
+            out[who]["network prune"] = run("network", "prune", "-f").stdout
+            out[who]["networks"] = ours(who, run)
+            said = run("system", "prune", "-f").stdout.replace(cid, "ID")
+            out[who]["system prune"] = said
+            out[who]["after"] = ours(who, run)
+        assert out["pyinspect"] == out["docker"], out
+        d = out["docker"]
+        assert sorted(d["network prune"].splitlines()) == sorted(
+            ["Deleted Networks:", idle, held, ""]
+        ), d["network prune"]
+        assert d["networks"] == d["after"] == []
+        assert d["system prune"] == "Deleted Containers:\nID\n\nTotal reclaimed space: 0B\n"
+    finally:
+        for run, _image in engines.values():
+            run("rm", "-f", user, check=False)
+            run("network", "rm", idle, held, check=False)

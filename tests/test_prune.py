@@ -52,3 +52,34 @@ def test_image_prune_all_keeps_used_images(pc):
     proc = pc("image", "prune", "-a", input="")
     assert proc.stdout.startswith("WARNING! This will remove all images without at least")
     assert pc("images", "-q", "pr-kept:1").stdout.strip()
+
+
+def test_network_and_system_prune_keep_what_runs(make_netns, state_root):
+    """A running container keeps its network; `system prune -a` removes the rest: the
+    stopped container, the idle network, the image no container uses."""
+    import json
+
+    from conftest import Cli
+
+    cli = Cli(state_root, netns=make_netns("pi-prn").name)
+    try:
+        cli("network", "create", "pr-keep")
+        cli("network", "create", "pr-drop")
+        cli("run", "-d", "--name", "pr-on", "--network", "pr-keep", "busybox", "sleep", "600")
+        assert cli("network", "prune", "-f").stdout == "Deleted Networks:\npr-drop\n\n"
+        names = [n["name"] for n in json.loads(cli("network", "ls", "--format", "json").stdout)]
+        assert "pr-keep" in names and "pr-drop" not in names
+        cli("run", "--name", "pr-off", "--net", "none", "busybox", "sh", "-c", "echo x > /x")
+        off = json.loads(cli("inspect", "pr-off").stdout)[0]["Id"]
+        cli("commit", "pr-off", "pr-unused:1")
+        unused = json.loads(cli("inspect", "pr-unused:1").stdout)[0]["Id"]
+        out = cli("system", "prune", "-a", "-f").stdout
+        assert out == (
+            f"Deleted Containers:\n{off}\n\nDeleted Images:\nuntagged: pr-unused:1\n"
+            f"deleted: {unused}\n\nTotal reclaimed space: 4B\n"
+        ), out
+        # busybox stays: the running container uses it
+        assert cli("images", "-q", "busybox").stdout.strip()
+    finally:
+        cli("rm", "-f", "pr-on", "pr-off", check=False)
+        cli("network", "rm", "pr-keep", "pr-drop", check=False)

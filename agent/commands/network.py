@@ -110,6 +110,17 @@ def rm(obj, names):
         click.echo(net.remove_network(obj["root"], name))
 
 
+@network.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def prune(obj, force):
+    """Remove the user networks no running container is on."""
+    from .prune import NETWORKS_WARNING, confirmed, prune_networks, section
+
+    if confirmed(NETWORKS_WARNING, force, space=False):
+        section("Deleted Networks", prune_networks(obj["root"]))
+
+
 @network.command("connect")
 @click.option("--alias", "aliases", multiple=True, help="Another DNS name on this network.")
 @click.argument("name")

@@ -1,5 +1,5 @@
-"""`container prune` and `image prune`, as Docker's (the runtime's Runtime.prune and
-ImageStore.prune do the work)."""
+"""`container prune`, `image prune`, `network prune` and `system prune`, as Docker's
+(Runtime.prune, ImageStore.prune and network.prune_networks do the work)."""
 
 import sys
 
@@ -8,7 +8,15 @@ import click
 from ..units import decimal_size
 
 
-def _confirmed(warning: str, force: bool) -> bool:
+def section(title: str, lines: list) -> None:
+    if lines:
+        click.echo(f"{title}:")
+        for line in lines:
+            click.echo(line)
+        click.echo()
+
+
+def confirmed(warning: str, force: bool, space: bool = True) -> bool:
     """Docker's question before a prune (an answer read from stdin; none is no). A "no"
     still gets Docker's last line, "Total reclaimed space: 0B"."""
     if force:
@@ -16,7 +24,8 @@ def _confirmed(warning: str, force: bool) -> bool:
     click.echo(f"WARNING! {warning}\nAre you sure you want to continue? [y/N] ", nl=False)
     if sys.stdin.readline().strip().lower() in ("y", "yes"):
         return True
-    click.echo(f"Total reclaimed space: {decimal_size(0)}")
+    if space:
+        click.echo(f"Total reclaimed space: {decimal_size(0)}")
     return False
 
 
@@ -32,14 +41,10 @@ def container_prune(obj, force):
     """Remove every stopped container (created or exited)."""
     from ..runtime.containers import Runtime
 
-    if not _confirmed("This will remove all stopped containers.", force):
+    if not confirmed("This will remove all stopped containers.", force):
         return
     removed, freed = Runtime(obj["root"]).prune()
-    if removed:
-        click.echo("Deleted Containers:")
-        for cid in removed:
-            click.echo(cid)
-        click.echo()
+    section("Deleted Containers", removed)
     click.echo(f"Total reclaimed space: {decimal_size(freed)}")
 
 
@@ -61,13 +66,53 @@ def image_prune(obj, every, force):
         if every
         else "This will remove all dangling images."
     )
-    if not _confirmed(what, force):
+    if not confirmed(what, force):
         return
     changes, freed = ImageStore(obj["root"]).prune(every)
-    if changes:
-        click.echo("Deleted Images:")
-        for change in changes:
-            for key, value in change.items():
-                click.echo(f"{key}: {value}")
-        click.echo()
+    section("Deleted Images", [f"{k}: {v}" for change in changes for k, v in change.items()])
     click.echo(f"Total reclaimed space: {decimal_size(freed)}")
+
+
+NETWORKS_WARNING = "This will remove all custom networks not used by at least one container."
+
+
+def prune_networks(root) -> list:
+    """The user networks `network prune` removed (no running container is on them)."""
+    from ..runtime import network
+
+    return network.prune_networks(root)
+
+
+@click.group()
+def system():
+    """Manage pyinspect's stored objects (prune)."""
+
+
+@system.command("prune")
+@click.option("-a", "--all", "every", is_flag=True, help="Also tagged images no container uses.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def system_prune(obj, every, force):
+    """Remove stopped containers, unused user networks and dangling images (-a: every
+    image no container uses)."""
+    from ..runtime.containers import Runtime
+    from ..runtime.images import ImageStore
+
+    images = (
+        "all images without at least one container associated to them"
+        if every
+        else "all dangling images"
+    )
+    warning = (
+        "This will remove:\n  - all stopped containers\n  - all networks not used by at "
+        f"least one container\n  - {images}\n"
+    )
+    if not confirmed(warning, force):
+        return
+    removed, freed = Runtime(obj["root"]).prune()
+    networks = prune_networks(obj["root"])
+    changes, image_bytes = ImageStore(obj["root"]).prune(every)
+    section("Deleted Containers", removed)
+    section("Deleted Networks", networks)
+    section("Deleted Images", [f"{k}: {v}" for change in changes for k, v in change.items()])
+    click.echo(f"Total reclaimed space: {decimal_size(freed + image_bytes)}")
