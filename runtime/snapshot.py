@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from pyinspect.errors import ConflictError, CorruptInputError, NotFoundError, UsageError
+from pyinspect.errors import CorruptInputError, NotFoundError, PyinspectError, UsageError
 
 from . import state
 from .build import configsteps, dockerfile, layerdiff
@@ -108,8 +108,8 @@ def commit(runtime, ref: str, opts: ImageOptions) -> Image:
             try:
                 runtime.pause(c.id)
                 frozen = True
-            except ConflictError:
-                pass  # it stopped meanwhile: nothing runs to change the files
+            except PyinspectError:
+                pass  # it stopped meanwhile, or this host has no cgroup2 freezer: read live
         try:
             layerdiff.write_layer(os.path.join(c.path, "upper"), c.layers, tar, True)
         finally:
