@@ -1040,9 +1040,9 @@ def remove_network(root, name):
 def prune_networks(root) -> list:
     """`network prune`, as Docker's: remove every user network no running container is
     on (a stopped container that named it does not keep it, as in Docker); their names,
-    oldest first."""
+    oldest first (by name within a second)."""
     removed = []
-    for state in sorted(usernet.all_user(root), key=lambda s: s.get("created", "")):
+    for state in sorted(usernet.all_user(root), key=lambda s: (s.get("created", ""), s["name"])):
         try:
             removed.append(remove_network(root, state["name"]))
         except ConflictError:
