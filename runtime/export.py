@@ -11,7 +11,7 @@ no NSS module of the container is ever loaded.
 import os
 import tarfile
 
-from pyinspect.errors import PyinspectError
+from pyinspect.errors import PyinspectError, UsageError
 
 from . import child, isolation
 
@@ -53,3 +53,23 @@ def export(runtime, ref: str, out_fd: int) -> None:
     child.wait(pid)
     if failure:
         raise PyinspectError(f"export {c.name}: {failure[1]}")
+
+
+def export_file(runtime, ref: str, path: str) -> None:
+    """export() into the file `path`: written beside it and renamed into place only when
+    whole, so a failed export leaves an existing file as it was."""
+    runtime.get(ref)  # no such container: nothing is written
+    tmp = f"{path}.pyinspect-{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise UsageError(f"export: cannot write {path}: {exc.strerror}") from None
+    try:
+        try:
+            export(runtime, ref, fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

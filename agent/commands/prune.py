@@ -48,6 +48,13 @@ def container_prune(obj, force):
     click.echo(f"Total reclaimed space: {decimal_size(freed)}")
 
 
+def _images(every: bool) -> str:
+    """What an image prune removes, in Docker's question."""
+    if every:
+        return "all images without at least one container associated to them"
+    return "all dangling images"
+
+
 @click.group()
 def image():
     """Manage images (prune; the other verbs are top-level commands)."""
@@ -61,12 +68,7 @@ def image_prune(obj, every, force):
     """Remove untagged images no container uses (-a: every image no container uses)."""
     from ..runtime.images import ImageStore
 
-    what = (
-        "This will remove all images without at least one container associated to them."
-        if every
-        else "This will remove all dangling images."
-    )
-    if not confirmed(what, force):
+    if not confirmed(f"This will remove {_images(every)}.", force):
         return
     changes, freed = ImageStore(obj["root"]).prune(every)
     section("Deleted Images", [f"{k}: {v}" for change in changes for k, v in change.items()])
@@ -98,14 +100,9 @@ def system_prune(obj, every, force):
     from ..runtime.containers import Runtime
     from ..runtime.images import ImageStore
 
-    images = (
-        "all images without at least one container associated to them"
-        if every
-        else "all dangling images"
-    )
     warning = (
         "This will remove:\n  - all stopped containers\n  - all networks not used by at "
-        f"least one container\n  - {images}\n"
+        f"least one container\n  - {_images(every)}\n"
     )
     if not confirmed(warning, force):
         return

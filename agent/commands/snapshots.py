@@ -1,7 +1,6 @@
 """Images from root filesystems and back: commit, export, import (pyinspect.runtime.snapshot
 and pyinspect.runtime.export do the work)."""
 
-import os
 import sys
 
 import click
@@ -60,29 +59,16 @@ def export(obj, output, container):
     from ..errors import UsageError
     from ..runtime.containers import Runtime
     from ..runtime.export import export as export_root
+    from ..runtime.export import export_file
 
     rt = Runtime(obj["root"])
-    if not output:
-        if sys.stdout.isatty():
-            raise UsageError("export: refusing to write an archive to a terminal", "use -o FILE")
-        sys.stdout.flush()
-        export_root(rt, container, sys.stdout.fileno())
+    if output:
+        export_file(rt, container, output)
         return
-    rt.get(container)  # no such container: nothing is written
-    tmp = f"{output}.pyinspect-{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError as exc:
-        raise UsageError(f"export: cannot write {output}: {exc.strerror}") from None
-    try:
-        try:
-            export_root(rt, container, fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, output)  # an existing file is replaced only by a whole archive
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if sys.stdout.isatty():
+        raise UsageError("export: refusing to write an archive to a terminal", "use -o FILE")
+    sys.stdout.flush()
+    export_root(rt, container, sys.stdout.fileno())
 
 
 @click.command("import")
