@@ -32,7 +32,7 @@ COMMANDS = {
     "rmi": ("images", "rmi", "Remove images."),
     "image": ("prune", "image", "Manage images: prune."),
     "container": ("prune", "container", "Manage containers: prune."),
-    "system": ("prune", "system", "Manage stored objects: prune."),
+    "system": ("system", "system", "Manage stored objects: df, prune."),
     "login": ("registry", "login", "Log in to a registry."),
     "logout": ("registry", "logout", "Log out from a registry."),
     "pull": ("registry", "pull", "Pull an image from a registry."),

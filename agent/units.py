@@ -3,9 +3,10 @@ the runtime's messages: decimal sizes (`images`, `history`, `stats` I/O, pull pr
 and binary ones (`stats` memory)."""
 
 
-def decimal_size(n: int | float | None) -> str:
-    """Docker's units.HumanSizeWithPrecision(n, 3): 656B, 1.23kB, 2.59MB; None: --."""
-    return _scaled(n, 1000, ("B", "kB", "MB", "GB", "TB", "PB"), 3)
+def decimal_size(n: int | float | None, digits: int = 3) -> str:
+    """Docker's units.HumanSizeWithPrecision(n, digits): 656B, 1.23kB, 2.59MB; None: --.
+    `digits=4` is units.HumanSize (`system df`: 1.989MB)."""
+    return _scaled(n, 1000, ("B", "kB", "MB", "GB", "TB", "PB"), digits)
 
 
 def binary_size(n: int | float | None) -> str:

@@ -887,20 +887,25 @@ class Runtime:
         else:
             state.save(c)
 
-    def prune(self):
-        """Remove every stopped container (created or exited), as `docker container
-        prune`: their ids and the bytes their writable layers held."""
+    @staticmethod
+    def writable_bytes(c) -> int:
+        """The bytes of container `c`'s writable layer (Docker's SizeRw): its overlay
+        upper dir, less the files the runtime writes into every container (Docker
+        bind-mounts those: they are in no writable layer)."""
         from .build.layerdiff import RUNTIME_FILES
         from .fsutil import tree_bytes
 
-        # the files the runtime writes into every container are not its changes (Docker
-        # bind-mounts them: they are in no writable layer)
         runtime_files = frozenset("/".join(parts) for parts in RUNTIME_FILES)
+        return tree_bytes(os.path.join(c.path, "upper"), runtime_files)
+
+    def prune(self):
+        """Remove every stopped container (created or exited), as `docker container
+        prune`: their ids and the bytes their writable layers held."""
         removed, freed = [], 0
         for c in self.list(all=True):
             if c.status not in ("created", "exited") or c.restarting:
                 continue
-            size = tree_bytes(os.path.join(c.path, "upper"), runtime_files)
+            size = self.writable_bytes(c)
             try:
                 self.remove(c.id)
             except (ConflictError, NotFoundError):

@@ -13,12 +13,17 @@ checks as a loaded layer; the config holds only what the `--change` instructions
 """
 
 import bz2
+import contextlib
 import gzip
+import http.client
+import io
 import json
 import lzma
 import os
 import shutil
-from collections.abc import Iterable
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -34,6 +39,7 @@ from .images import Image, ImageStore
 CHANGE_INSTRUCTIONS = frozenset(
     "CMD ENTRYPOINT ENV EXPOSE HEALTHCHECK LABEL ONBUILD USER VOLUME WORKDIR".split()
 )
+FETCH_TIMEOUT_S = 60  # import from a URL: connecting, and each read of the body
 _MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
 
 
@@ -147,12 +153,52 @@ def _decompressed(src: BinaryIO, out_path: str) -> None:
     with open(out_path, "wb") as out:
         try:
             shutil.copyfileobj(reader, out, 1 << 20)
-        except (OSError, EOFError, lzma.LZMAError) as exc:
-            raise UsageError(f"import: the compressed input is damaged: {exc}") from None
+        except (OSError, EOFError, lzma.LZMAError, http.client.HTTPException) as exc:
+            raise UsageError(f"import: reading the input failed: {exc!r}") from None
 
 
-def import_image(root, src: BinaryIO, source_name: str, opts: ImageOptions) -> Image:
-    """Store the root filesystem tarball read from `src` as a one-layer image."""
+def import_from(root, source: str, opts: ImageOptions, stdin: BinaryIO) -> Image:
+    """`docker import`'s sources: "-" (`stdin`, not a terminal), an http:// or https://
+    URL (fetched; the comment is `Imported from URL`, as the daemon writes it), or a
+    file (its comment is `Imported from -`: Docker's CLI sends a file as its stdin)."""
+    if source.startswith(("http://", "https://")):
+        with _fetched(source) as body:
+            return import_image(root, body, source, opts, comment=f"Imported from {source}")
+    if source == "-":
+        if stdin.isatty():
+            raise UsageError("import: no input on standard input", "pipe a tarball or give FILE")
+        return import_image(root, stdin, "-", opts)
+    try:
+        f = open(source, "rb")  # noqa: SIM115 closed below
+    except FileNotFoundError:
+        raise NotFoundError(f"open {source}: no such file or directory") from None
+    except OSError as exc:
+        raise UsageError(f"open {source}: {exc.strerror}") from None
+    with f:
+        return import_image(root, f, source, opts)
+
+
+@contextlib.contextmanager
+def _fetched(url: str) -> Iterator[BinaryIO]:
+    """The body of a GET of `url`, buffered (peek() tells its compression); one error
+    line when the server cannot be reached or does not answer 200."""
+    try:
+        resp = urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S)  # noqa: S310 http(s) only
+    except urllib.error.HTTPError as exc:
+        raise NotFoundError(f"import: GET {url}: {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", exc)
+        why = getattr(why, "strerror", None) or why
+        raise UsageError(f"import: GET {url}: {why}") from None
+    with resp:
+        yield io.BufferedReader(resp, 1 << 20)
+
+
+def import_image(
+    root, src: BinaryIO, source_name: str, opts: ImageOptions, comment: str = ""
+) -> Image:
+    """Store the root filesystem tarball read from `src` as a one-layer image (the
+    history comment: -m, else `comment`, else `Imported from -`)."""
     settings = apply_changes({}, parse_changes(opts.changes))
     tags = _tags(opts.repo)
     store = ImageStore(root)
@@ -165,7 +211,7 @@ def import_image(root, src: BinaryIO, source_name: str, opts: ImageOptions) -> I
             why = exc.message.removeprefix("layer tar is corrupt: ")
             raise CorruptInputError(f"import {source_name}: not a tar archive: {why}") from None
     created = now_rfc3339()
-    comment = opts.message or "Imported from -"  # Docker's CLI sends a file as its stdin
+    comment = opts.message or comment or "Imported from -"
     cfg = {
         "architecture": "amd64",
         "os": "linux",

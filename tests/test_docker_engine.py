@@ -975,3 +975,81 @@ def test_network_and_system_prune_as_dockers(engine, make_netns, state_root):
         for run, _image in engines.values():
             run("rm", "-f", user, check=False)
             run("network", "rm", idle, held, check=False)
+
+
+def test_system_df_as_dockers(engine, state_root):
+    """`system df` and `system df -v` in both engines: what a new container, a running one
+    and a commit add to the counts, and the same sizes for each (the writable layer, the
+    committed image's shared and unique bytes, the base image's), the same Command."""
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    tag = unique("df")
+    wrote, up = f"{tag}-w", f"{tag}-up"
+    engines = {
+        "docker": (eng.docker, eng.image, "--network"),
+        "pyinspect": (cli, "busybox", "--net"),
+    }
+    out: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+
+    def summary(run):
+        rows = [
+            json.loads(line)
+            for line in run("system", "df", "--format", "{{json .}}").stdout.splitlines()
+        ]
+        return {r["Type"]: (int(r["TotalCount"]), int(r["Active"])) for r in rows}
+
+    try:
+        for who, (run, image, net) in engines.items():
+            run(
+                "run", "--rm", net, "none", image, "true"
+            )  # pyinspect's busybox is stored on first use
+            before = summary(run)
+            run(
+                "run",
+                "--name",
+                wrote,
+                net,
+                "none",
+                image,
+                "sh",
+                "-c",
+                "head -c 3000 /dev/zero > /big",
+            )
+            run("run", "-d", "--name", up, net, "none", image, "sleep", "600")
+            run("commit", wrote, f"{tag}-img:1")
+            after = summary(run)
+            # (the base image may be in use already: other tests' containers in the engine)
+            out[who]["added"] = {k: after[k][0] - before[k][0] for k in after}
+            out[who]["running added"] = after["Containers"][1] - before["Containers"][1]
+            verbose = json.loads(run("system", "df", "-v", "--format", "{{json .}}").stdout)
+            img = next(i for i in verbose["Images"] if i["Repository"] == f"{tag}-img")
+            out[who]["image"] = {
+                k: img[k]
+                for k in ("Tag", "Size", "VirtualSize", "SharedSize", "UniqueSize", "Containers")
+            }
+            mine = {c["Names"]: c for c in verbose["Containers"] if c["Names"].startswith(tag)}
+            out[who]["containers"] = {
+                n: (c["Size"], c["State"], c["Command"], len(c["ID"]))
+                for n, c in sorted(mine.items())
+            }
+            base = run("inspect", "-f", "{{.Id}}", image).stdout.strip()
+            out[who]["base size"] = next(
+                i["VirtualSize"] for i in verbose["Images"] if i["ID"] == base
+            )
+            used = sum(1 for i in verbose["Images"] if i["Containers"] != "0")
+            assert after["Images"][1] == used, (who, after, verbose["Images"])
+            table = run("system", "df", "-v").stdout.splitlines()
+            out[who]["titles"] = [line for line in table if line.endswith(":") or "usage:" in line]
+            row = next(line for line in table if line.endswith(f" {wrote}"))
+            out[who]["command cell"] = re.search(r'"[^"]*"', row).group(0)
+        assert out["pyinspect"] == out["docker"], out
+        d = out["docker"]
+        assert d["added"] == {"Images": 1, "Containers": 2, "Local Volumes": 0, "Build Cache": 0}
+        assert d["running added"] == 1
+        assert d["image"]["UniqueSize"] == "3kB" and d["image"]["Containers"] == "0"
+        assert d["containers"][wrote][0] == "3kB" and d["containers"][up][:2] == ("0B", "running")
+        assert d["command cell"] == '"sh -c \'head -c 3000…"'
+    finally:
+        for run, _image, _net in engines.values():
+            run("rm", "-f", wrote, up, check=False)
+            run("rmi", f"{tag}-img:1", check=False)

@@ -2,13 +2,18 @@
 a running container frozen only while it is committed, what an export holds and leaves
 out, compressed and hostile imports, and bad input that stores nothing."""
 
+import contextlib
+import functools
 import gzip
+import http.server
 import io
 import json
 import lzma
 import os
 import re
+import socket
 import tarfile
+import threading
 
 import pytest
 
@@ -147,7 +152,6 @@ def test_import_compressed_and_refused(pc, tmp_path):
         ([bad, "sn-bad:1"], 2, "not a tar archive"),
         ([escape, "sn-bad:2"], 2, "outside"),
         ([tmp_path / "nosuch.tar"], 3, "no such file"),
-        (["http://example.invalid/root.tar"], 2, "URL"),
         (["-c", "RUN true", tmp_path / "root.plain"], 2, "run is not a valid change command"),
         ([tmp_path / "root.plain", "Bad:Name"], 2, "invalid repository name"),
     ):
@@ -156,6 +160,49 @@ def test_import_compressed_and_refused(pc, tmp_path):
     assert pc("images", "--no-trunc", "-q").stdout == before
     assert not (tmp_path.parent / "outside").exists()
     assert json.loads(pc("inspect", "sn-imp:gz").stdout)[0]["Config"]["Env"] == ["K=v"]
+
+
+@contextlib.contextmanager
+def _http_server(directory):
+    """An HTTP server on loopback serving `directory`; its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_import_from_a_url(pc, tmp_path):
+    """A URL is fetched (gzip undone) and named in the comment, as Docker's daemon does;
+    a server that refuses or answers 404 is one line, and nothing is stored."""
+    pc("run", "--name", "sn-url", "--net", "none", "busybox", "sh", "-c", "echo web > /from")
+    (tmp_path / "root.tar.gz").write_bytes(gzip.compress(pc("export", "sn-url", text=False).stdout))
+    before = pc("images", "--no-trunc", "-q").stdout
+    with _http_server(tmp_path) as base:
+        for url, code, said in (
+            (f"{base}/nosuch.tar", 3, "404"),
+            (f"http://127.0.0.1:{_closed_port()}/root.tar", 2, "refused"),
+        ):
+            proc = pc("import", url, "sn-url:bad", check=False)
+            assert said in one_line_error(proc, code), (url, proc.stderr)
+        assert pc("images", "--no-trunc", "-q").stdout == before
+        url = f"{base}/root.tar.gz"
+        out = pc("import", "-c", 'CMD ["cat", "/from"]', url, "sn-url:1").stdout
+    assert ID.fullmatch(out)
+    assert pc("run", "--rm", "--net", "none", "sn-url:1").stdout == "web\n"
+    hist = pc("history", "--format", "{{.Comment}}", "sn-url:1").stdout
+    assert hist == f"Imported from {url}\n"
 
 
 def test_commit_bad_input_stores_nothing(pc):

@@ -115,7 +115,8 @@ def rm(obj, names):
 @click.pass_obj
 def prune(obj, force):
     """Remove the user networks no running container is on."""
-    from .prune import NETWORKS_WARNING, confirmed, prune_networks, section
+    from ..runtime.network import prune_networks
+    from .prune import NETWORKS_WARNING, confirmed, section
 
     if confirmed(NETWORKS_WARNING, force, space=False):
         section("Deleted Networks", prune_networks(obj["root"]))

@@ -1,5 +1,5 @@
-"""`container prune`, `image prune`, `network prune` and `system prune`, as Docker's
-(Runtime.prune, ImageStore.prune and network.prune_networks do the work)."""
+"""`container prune`, `image prune` and the question and lists every prune shares (`network
+prune`, `system prune`), as Docker's (Runtime.prune and ImageStore.prune do the work)."""
 
 import sys
 
@@ -16,6 +16,16 @@ def section(title: str, lines: list) -> None:
         click.echo()
 
 
+def image_lines(changes: list[dict[str, str]]) -> list[str]:
+    """Docker's lines for what an image prune did: `untagged: REF`, `deleted: ID`."""
+    return [f"{k}: {v}" for change in changes for k, v in change.items()]
+
+
+def reclaimed(n: int) -> None:
+    """Docker's last line of a prune (units.HumanSize: 4 significant digits)."""
+    click.echo(f"Total reclaimed space: {decimal_size(n, 4)}")
+
+
 def confirmed(warning: str, force: bool, space: bool = True) -> bool:
     """Docker's question before a prune (an answer read from stdin; none is no). A "no"
     still gets Docker's last line, "Total reclaimed space: 0B"."""
@@ -25,7 +35,7 @@ def confirmed(warning: str, force: bool, space: bool = True) -> bool:
     if sys.stdin.readline().strip().lower() in ("y", "yes"):
         return True
     if space:
-        click.echo(f"Total reclaimed space: {decimal_size(0)}")
+        reclaimed(0)
     return False
 
 
@@ -45,10 +55,10 @@ def container_prune(obj, force):
         return
     removed, freed = Runtime(obj["root"]).prune()
     section("Deleted Containers", removed)
-    click.echo(f"Total reclaimed space: {decimal_size(freed)}")
+    reclaimed(freed)
 
 
-def _images(every: bool) -> str:
+def images_warning(every: bool) -> str:
     """What an image prune removes, in Docker's question."""
     if every:
         return "all images without at least one container associated to them"
@@ -68,48 +78,11 @@ def image_prune(obj, every, force):
     """Remove untagged images no container uses (-a: every image no container uses)."""
     from ..runtime.images import ImageStore
 
-    if not confirmed(f"This will remove {_images(every)}.", force):
+    if not confirmed(f"This will remove {images_warning(every)}.", force):
         return
     changes, freed = ImageStore(obj["root"]).prune(every)
-    section("Deleted Images", [f"{k}: {v}" for change in changes for k, v in change.items()])
-    click.echo(f"Total reclaimed space: {decimal_size(freed)}")
+    section("Deleted Images", image_lines(changes))
+    reclaimed(freed)
 
 
 NETWORKS_WARNING = "This will remove all custom networks not used by at least one container."
-
-
-def prune_networks(root) -> list:
-    """The user networks `network prune` removed (no running container is on them)."""
-    from ..runtime import network
-
-    return network.prune_networks(root)
-
-
-@click.group()
-def system():
-    """Manage pyinspect's stored objects (prune)."""
-
-
-@system.command("prune")
-@click.option("-a", "--all", "every", is_flag=True, help="Also tagged images no container uses.")
-@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_obj
-def system_prune(obj, every, force):
-    """Remove stopped containers, unused user networks and dangling images (-a: every
-    image no container uses)."""
-    from ..runtime.containers import Runtime
-    from ..runtime.images import ImageStore
-
-    warning = (
-        "This will remove:\n  - all stopped containers\n  - all networks not used by at "
-        f"least one container\n  - {_images(every)}\n"
-    )
-    if not confirmed(warning, force):
-        return
-    removed, freed = Runtime(obj["root"]).prune()
-    networks = prune_networks(obj["root"])
-    changes, image_bytes = ImageStore(obj["root"]).prune(every)
-    section("Deleted Containers", removed)
-    section("Deleted Networks", networks)
-    section("Deleted Images", [f"{k}: {v}" for change in changes for k, v in change.items()])
-    click.echo(f"Total reclaimed space: {decimal_size(freed + image_bytes)}")

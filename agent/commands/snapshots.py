@@ -78,34 +78,16 @@ def export(obj, output, container):
 @click.argument("repository", required=False)
 @click.pass_obj
 def import_(obj, changes, message, source, repository):
-    """Make a one-layer image from a root filesystem tarball (FILE, or - for standard
-    input; plain, gzip, bzip2 or xz); print its id.
+    """Make a one-layer image from a root filesystem tarball (FILE, - for standard input,
+    or an http:// or https:// URL; plain, gzip, bzip2 or xz); print its id.
 
     \b
     Examples:
       pyinspect import rootfs.tar my-base:1
       pyinspect export web | pyinspect import -c 'CMD ["sh"]' - web:flat
     """
-    from ..errors import NotFoundError, UsageError
-    from ..runtime.snapshot import ImageOptions, import_image
+    from ..runtime.snapshot import ImageOptions, import_from
 
     opts = ImageOptions(repository, list(changes), message)
-    if "://" in source:
-        raise UsageError(
-            f"import: {source}: importing from a URL is not supported",
-            "download it first, then give the file",
-        )
-    if source == "-":
-        if sys.stdin.isatty():
-            raise UsageError("import: no input on standard input", "pipe a tarball or give FILE")
-        image = import_image(obj["root"], sys.stdin.buffer, "-", opts)
-    else:
-        try:
-            f = open(source, "rb")  # noqa: SIM115 closed below
-        except FileNotFoundError:
-            raise NotFoundError(f"open {source}: no such file or directory") from None
-        except OSError as exc:
-            raise UsageError(f"open {source}: {exc.strerror}") from None
-        with f:
-            image = import_image(obj["root"], f, source, opts)
+    image = import_from(obj["root"], source, opts, sys.stdin.buffer)
     click.echo(image.id)

@@ -193,7 +193,7 @@ def container_ports(c):
     return out
 
 
-def _docker_time(rfc3339):
+def docker_time(rfc3339):
     """'2026-01-01T10:00:00.1Z' -> '2026-01-01 10:00:00 +0000 UTC' (Go's Time.String)."""
     return (rfc3339[:19].replace("T", " ") + " +0000 UTC") if rfc3339 else ""
 
@@ -210,7 +210,8 @@ def docker_state(c) -> str:
 def ps_row(c, now=None) -> dict:
     """What `ps` shows of container `c` (a runtime.state.Container), Docker's keys."""
     argv = c.process.get("argv") or []
-    cmd = " ".join(argv)
+    # Docker's: the path, then the arguments, one with a space in single quotes
+    cmd = " ".join([*argv[:1], *(f"'{a}'" if " " in a else a for a in argv[1:])])
     state = "damaged" if c.status == "damaged" else docker_state(c)  # (says more than dead)
     if c.status == "running":
         status = f"Up {since(c.started_at, now)}" + (" (Paused)" if state == "paused" else "")
@@ -226,7 +227,7 @@ def ps_row(c, now=None) -> dict:
         status = "Created"
     row = {
         "Command": f'"{cmd}"',
-        "CreatedAt": _docker_time(c.created),
+        "CreatedAt": docker_time(c.created),
         "ID": c.short_id,
         "Image": c.image,
         "Labels": "",

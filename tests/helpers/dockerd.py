@@ -97,7 +97,11 @@ class DockerEngine:
             if self.proc.poll() is not None:
                 break
             if os.path.exists(self.sock) and self.docker("version", check=False).returncode == 0:
-                self.load_image()
+                try:
+                    self.load_image()
+                except BaseException:
+                    self.stop()  # nothing of a half-started engine is left
+                    raise
                 return self
             time.sleep(0.2)
         log = self.log()

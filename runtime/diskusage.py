@@ -1,0 +1,95 @@
+"""`system df`: the space images, containers and the build cache take, counted as Docker's
+daemon counts it (`docker system df`)."""
+
+import os
+from dataclasses import dataclass
+
+from .containers import Runtime
+from .images import Image, ImageStore
+from .state import Container
+
+
+@dataclass
+class ImageUsage:
+    """One image: its layers' bytes, the part other images hold too, its containers."""
+
+    image: Image
+    size: int  # every layer of it (Docker's VirtualSize)
+    shared: int  # the layers another image has too
+    containers: int  # containers made from it, whatever their state
+
+    @property
+    def unique(self) -> int:
+        return self.size - self.shared
+
+
+@dataclass
+class ContainerUsage:
+    container: Container
+    size: int  # its writable layer (Docker's SizeRw)
+    active: bool  # running, paused or restarting
+
+
+@dataclass
+class DiskUsage:
+    images: list[ImageUsage]  # newest first
+    containers: list[ContainerUsage]  # newest first
+    layers_bytes: int  # every stored layer once
+    build_cache_records: int  # steps the build cache can give again
+
+    def images_reclaimable(self) -> int:
+        """Docker's CLI: all layers less the unique bytes of images a container uses."""
+        used = sum(u.unique for u in self.images if u.containers)
+        return self.layers_bytes - used
+
+    def containers_bytes(self) -> int:
+        return sum(u.size for u in self.containers)
+
+    def containers_reclaimable(self) -> int:
+        return sum(u.size for u in self.containers if not u.active)
+
+
+def disk_usage(root) -> DiskUsage:
+    """What `docker system df` reports, for pyinspect's store under `root`."""
+    store = ImageStore(root)
+    runtime = Runtime(root)
+    images = store.list()
+    containers = runtime.list(all=True)
+    layer_sets = {im.id: {d.split(":", 1)[-1] for d in im.diff_ids} for im in images}
+    holders: dict[str, int] = {}
+    for layers in layer_sets.values():
+        for h in layers:
+            holders[h] = holders.get(h, 0) + 1
+    sizes = {h: store.layer_size(h) for h in holders}
+    users: dict[str, int] = {}
+    for c in containers:
+        users[c.image_id] = users.get(c.image_id, 0) + 1
+    image_rows = [
+        ImageUsage(
+            im,
+            sum(sizes[h] for h in layer_sets[im.id]),
+            sum(sizes[h] for h in layer_sets[im.id] if holders[h] > 1),
+            users.get(im.id, 0),
+        )
+        for im in images
+    ]
+    container_rows = [
+        ContainerUsage(
+            c,
+            0 if c.status == "damaged" else runtime.writable_bytes(c),
+            c.status == "running" or c.restarting,
+        )
+        for c in sorted(containers, key=lambda c: c.created, reverse=True)
+    ]
+    return DiskUsage(image_rows, container_rows, sum(sizes.values()), _build_cache_records(root))
+
+
+def _build_cache_records(root) -> int:
+    from .build.cache import BuildCache
+
+    cache = BuildCache(root, ImageStore(root))
+    try:
+        names = os.listdir(cache.dir)
+    except FileNotFoundError:
+        return 0
+    return sum(1 for n in names if n.endswith(".json") and cache.get(n[:-5]) is not None)
