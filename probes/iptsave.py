@@ -299,11 +299,18 @@ class Ruleset:
     """Rules of one backend in one network namespace."""
 
     def __init__(
-        self, backend: str, tables: dict[str, dict[str, Chain]], error: str | None = None
+        self,
+        backend: str,
+        tables: dict[str, dict[str, Chain]],
+        error: str | None = None,
+        unreadable: dict[str, str] | None = None,
     ) -> None:
         self.backend = backend
         self.tables = tables
         self.error = error
+        # iptables-nft's own tables it cannot show (rules or base chains made with nft):
+        # {table: "table" (none of it listed) | "base-chains" (those not listed)}
+        self.unreadable = unreadable or {}
 
     @property
     def tool(self) -> str:
@@ -446,7 +453,22 @@ def load(backend: str, table: str | None = None) -> "Ruleset":
     tables = parse_save(text, backend)
     if table:
         tables = {t: c for t, c in tables.items() if t == table}
-    return Ruleset(backend, tables)
+    return Ruleset(backend, tables, unreadable=unreadable_tables(text))
+
+
+_UNREADABLE = re.compile(r"^# Table `(\w+)' (is incompatible|contains incompatible base-chains)")
+
+
+def unreadable_tables(text: str) -> dict[str, str]:
+    """The tables iptables-nft-save says it cannot show (made or changed with nft): {table:
+    "table"} when it lists none of it, {table: "base-chains"} when it leaves out the base
+    chains that are not its own."""
+    out = {}
+    for line in text.splitlines():
+        m = _UNREADABLE.match(line)
+        if m:
+            out[m.group(1)] = "table" if m.group(2) == "is incompatible" else "base-chains"
+    return out
 
 
 def counts(tables: dict[str, dict[str, Chain]]) -> tuple[int, int, dict[str, int]]:
@@ -586,6 +608,16 @@ class NftRuleset:
     def iptables_owned(self, family: str, table: str) -> bool:
         """A table iptables-nft reads and writes (ip/ip6 filter, nat, raw, ...)."""
         return family in ("ip", "ip6") and table in IPTABLES_NFT_TABLES
+
+    def hidden_from_iptables(self, c: NftChain, unreadable: dict[str, str]) -> bool:
+        """Whether iptables-*-save leaves chain `c` out: its table is not iptables-nft's,
+        or it is one of iptables-nft's `ip` tables that iptables-nft-save could not show
+        (`unreadable`, Ruleset.unreadable: the whole table, or its base chains that are
+        not built-in ones)."""
+        if not self.iptables_owned(c.family, c.table):
+            return True
+        how = unreadable.get(c.table) if c.family == "ip" else None
+        return how == "table" or (how == "base-chains" and c.name not in BUILTIN)
 
     def base_chains(self, skip_prefix: str = "") -> list[NftChain]:
         return [
@@ -896,24 +928,30 @@ def _iptables_table(ch: NftChain) -> str:
     return "security" if prio >= 50 else "filter"
 
 
-def native_ruleset(ns: NftRuleset, skip_prefix: str = "pyinspect_trace_") -> Ruleset:
+def native_ruleset(
+    ns: NftRuleset,
+    skip_prefix: str = "pyinspect_trace_",
+    unreadable: dict[str, str] | None = None,
+) -> Ruleset:
     """The native nft tables (not iptables-nft's, not pyinspect's trace tables) of families
     ip and inet as iptables-style tables: built-in chain `nat PREROUTING` jumps to every
     nat base chain on the prerouting hook in priority order, each nft chain a chain named
     `<family> <table> <chain>`, a base chain's drop policy a last rule; Ruleset.walk then
-    reads them as it reads iptables."""
+    reads them as it reads iptables. `unreadable` (Ruleset.unreadable of the IPv4
+    iptables-nft rules) adds what iptables-nft could not show of its own `ip` tables: a
+    whole table, or its base chains that are not iptables-nft's built-in ones."""
     tables: dict[str, dict[str, Chain]] = {}
+    unreadable = unreadable or {}
 
-    def native(fam: str, tbl: str) -> bool:
+    def native(c: NftChain) -> bool:
         return (
-            fam in ("ip", "inet")
-            and not ns.iptables_owned(fam, tbl)
-            and not (skip_prefix and tbl.startswith(skip_prefix))
+            c.family in ("ip", "inet")
+            and not (skip_prefix and c.table.startswith(skip_prefix))
+            and ns.hidden_from_iptables(c, unreadable)
         )
 
     bases = sorted(
-        (c for c in ns.chains.values() if c.base and native(c.family, c.table)),
-        key=lambda c: c.prio or 0,
+        (c for c in ns.chains.values() if c.base and native(c)), key=lambda c: c.prio or 0
     )
     for bc in bases:
         hook = NFT_HOOKS.get(bc.hook or "")

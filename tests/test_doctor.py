@@ -315,6 +315,36 @@ def test_the_containers_own_firewall_drops_the_published_port(setup):
     assert not named(doctor(t)[1], "container_firewall")
 
 
+def test_the_containers_nft_made_firewall_is_read_natively(setup):
+    """C's firewall is a base chain made with nft in table `ip filter`, which
+    iptables-nft-save leaves out (`contains incompatible base-chains`): doctor reads it
+    with nft and names the chain and the rule; the fix is an `nft insert` in that chain."""
+    t = setup
+    had_table = t.c.run("nft", "list", "table", "ip", "filter", check=False).returncode == 0
+    t.c.sh("nft add table ip filter")
+    t.c.sh("nft 'add chain ip filter guard { type filter hook input priority 0; }'")
+    t.c.sh("nft add rule ip filter guard tcp dport 80 drop")
+    try:
+        saved = t.c.run("iptables-nft-save").stdout
+        assert "incompatible base-chains" in saved and "dport 80" not in saved, saved
+        assert not t.published_ok(), "the container's firewall did not stop the traffic"
+        _rc, report = doctor(t, expect=1)
+        hits = named(report, "container_firewall")
+        assert sorted(h["port"] for h in hits) == [8088, 8089], hits
+        assert "nftables" in hits[0]["summary"], hits[0]
+        text = "\n".join(hits[0]["evidence"])
+        assert "tcp dport 80 drop" in text, text
+        assert hits[0]["fix"].endswith(
+            f"ip netns exec {t.c.name} nft insert rule ip filter guard tcp dport 80 accept"
+        ), hits[0]["fix"]
+    finally:
+        t.c.sh("nft delete chain ip filter guard", check=False)
+        if not had_table:
+            t.c.sh("nft delete table ip filter", check=False)
+    assert eventually(t.published_ok)
+    assert not named(doctor(t)[1], "container_firewall")
+
+
 def test_ip_forward_off(setup):
     t = setup
     t.h.sh("sysctl -qw net.ipv4.ip_forward=0")
@@ -723,21 +753,26 @@ def test_stored_findings_link_to_runbooks_in_the_dashboard(setup):
 
 
 @pytest.mark.skipif(not have("nft"), reason="needs nft")
-def test_native_nftables_forward_chain_drops(setup):
-    """firewalld-style native nftables table: invisible to iptables-*-save, still drops."""
+@pytest.mark.parametrize("table", ["inet pdfw", "ip filter"])
+def test_native_nftables_forward_chain_drops(setup, table):
+    """firewalld-style native nftables table: invisible to iptables-*-save, still drops.
+    Also a base chain made with nft in iptables-nft's own `ip filter`, which
+    iptables-nft-save leaves out (`contains incompatible base-chains`)."""
     t = setup
     t.h.sh(
-        "nft add table inet pdfw && nft add chain inet pdfw filter_FORWARD "
+        f"nft add table {table} && nft add chain {table} filter_FORWARD "
         "'{ type filter hook forward priority 0; policy drop; }' && "
-        "nft add rule inet pdfw filter_FORWARD ct state established,related accept"
+        f"nft add rule {table} filter_FORWARD ct state established,related accept"
     )
+    if table == "ip filter":
+        assert "incompatible base-chains" in t.h.run("iptables-nft-save").stdout
     hits = break_and_fix(
         t,
         "nft_native_drop",
-        ["inet pdfw filter_FORWARD", "policy drop", "none accepts pdbr0"],
+        [f"{table} filter_FORWARD", "policy drop", "none accepts pdbr0"],
         t.published_ok,
     )
-    assert hits[0]["fix"].startswith("nft insert rule inet pdfw filter_FORWARD")
+    assert hits[0]["fix"].startswith(f"nft insert rule {table} filter_FORWARD")
     assert eventually(lambda: t.get(t.c, "http://10.202.0.2:8080/"))
     assert eventually(lambda: t.get(t.d, "http://10.201.0.2/"))
 

@@ -1469,8 +1469,9 @@ OUTSIDE_CLIENT = "203.0.113.7"  # (TEST-NET-3) a client outside the host, for wa
 
 
 def container_firewall(view: HostView) -> Iterator[Finding]:
-    """The container's own iptables (in its netns) dropping new connections to a port
-    the host publishes to it: DNAT and FORWARD let the packet in, its INPUT chain ends it."""
+    """The container's own firewall (in its netns: iptables, or native nft tables)
+    dropping new connections to a port the host publishes to it: DNAT and FORWARD let the
+    packet in, its input hook ends it."""
     for c in view.containers:
         if not c.rulesets or not c.ip or not c.eth:
             continue
@@ -1487,8 +1488,13 @@ def container_firewall(view: HostView) -> Iterator[Finding]:
                 w = rs.walk("filter", "INPUT", pkt)
                 if not _drops(w):
                     continue
-                accept = c.exec_prefix() + [rs.tool, "-I", "INPUT", "-p", p.proto]
-                accept += ["--dport", str(p.container_port), "-j", "ACCEPT"]
+                accept: list[str] | None
+                if rs.backend == "nftables":  # at the top of the nft chain that dropped it
+                    insert = _nft_insert(w, p.proto, "dport", str(p.container_port), "accept")
+                    accept = c.exec_prefix() + insert[1] if insert else None
+                else:
+                    accept = c.exec_prefix() + [rs.tool, "-I", "INPUT", "-p", p.proto]
+                    accept += ["--dport", str(p.container_port), "-j", "ACCEPT"]
                 yield _finding(
                     "container_firewall",
                     "error",
@@ -1504,8 +1510,8 @@ def container_firewall(view: HostView) -> Iterator[Finding]:
                     [],
                     "container-firewall",
                     port=p.host_port,
-                    fix=f"accept the port in {c.name}'s firewall (its own configuration), "
-                    f"e.g. {quote(accept)}",
+                    fix=f"accept the port in {c.name}'s firewall (its own configuration)"
+                    + (f", e.g. {quote(accept)}" if accept else ""),
                 )
                 break
 

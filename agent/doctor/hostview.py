@@ -143,14 +143,14 @@ def _bridge_ports() -> dict[str, bool]:
         return {}
 
 
-def _nft_native_chains(nft: ipt.NftRuleset) -> list[dict]:
-    """Base chains of nftables tables that iptables-nft does not own (firewalld,
-    nftables.conf) from one ruleset read (`iptsave.read_nft_rules`): [{family, table,
-    chain, hook, policy, rules: [expr JSON text]}]. iptables-*-save never shows these, yet
-    every packet passes them too."""
+def _nft_native_chains(nft: ipt.NftRuleset, unreadable: dict[str, str]) -> list[dict]:
+    """Base chains iptables-*-save does not show (tables iptables-nft does not own:
+    firewalld, nftables.conf; and base chains made with nft in its own tables, `unreadable`)
+    from one ruleset read (`iptsave.read_nft_rules`): [{family, table, chain, hook,
+    policy, rules: [expr JSON text]}]. Every packet passes them too."""
     chains = {}
     for c in nft.base_chains(skip_prefix="pyinspect_trace_"):
-        if nft.iptables_owned(c.family, c.table):
+        if not nft.hidden_from_iptables(c, unreadable):
             continue
         chains[(c.family, c.table, c.name)] = {
             "family": c.family,
@@ -277,6 +277,20 @@ def memory_info(pid: int) -> dict:
 
 
 # -- the snapshot ------------------------------------------------------------------
+def container_rulesets() -> dict[str, ipt.Ruleset]:
+    """A container's own firewall, read in this thread's network namespace: legacy and
+    iptables-nft rules, and native nft tables (with what iptables-nft could not show of
+    its own tables)."""
+    out = {b: ipt.load(b) for b in ("legacy", "nft")}
+    nft = ipt.read_nft_rules()
+    out["nftables"] = (
+        ipt.native_ruleset(nft, unreadable=out["nft"].unreadable)
+        if not nft.error
+        else ipt.Ruleset("nftables", {}, None if nft.error == "nft not installed" else nft.error)
+    )
+    return out
+
+
 class HostView:
     """A read-only snapshot of the host network namespace and its containers."""
 
@@ -321,14 +335,17 @@ class HostView:
         nft = ipt.read_nft_rules()
         view.rulesets = {b: ipt.load(b) for b in ipt.BACKENDS if b != "nftables"}
         view.rulesets["nftables"] = (
-            ipt.native_ruleset(nft) if not nft.error else ipt.Ruleset("nftables", {})
+            ipt.native_ruleset(nft, unreadable=view.rulesets["nft"].unreadable)
+            if not nft.error
+            else ipt.Ruleset("nftables", {})
         )
         for rs in view.rulesets.values():
             if rs.error:
                 view.notes.append(f"iptables {rs.backend}: {rs.error}")
         if nft.error and nft.error != "nft not installed":
             view.notes.append(nft.error)
-        view.nft_native = _nft_native_chains(nft) if not nft.error else []
+        unreadable = view.rulesets["nft"].unreadable
+        view.nft_native = _nft_native_chains(nft, unreadable) if not nft.error else []
         view.local_addrs = frozenset(ip for ln in view.links.values() for ip, _ in ln.addrs)
         view.neighbours = view._neighbours()
         view.conntrack = view._conntrack()
@@ -485,7 +502,7 @@ class HostView:
                         continue
                     socks = listeners(f"/proc/{pids[0]}/net" if pids else "/proc/thread-self/net")
                     ns_sysctls = {k: host_sysctl.read(k) for k in ("net.ipv4.ip_forward",)}
-                    ns_rules = {b: ipt.load(b) for b in ("legacy", "nft")}  # its own firewall
+                    ns_rules = container_rulesets()  # its own firewall
             except Exception as exc:  # noqa: BLE001 - the namespace vanished, netlink refused
                 self.notes.append(f"cannot read {path}: {exc}")
                 continue
@@ -519,6 +536,12 @@ class HostView:
                         )
                     )
             cv.rulesets = {b: rs for b, rs in ns_rules.items() if rs.tables}
+            for rs in ns_rules.values():
+                if rs.error and not rs.error.endswith(("not found", "not installed")):
+                    self.notes.append(
+                        f"{name}: its own firewall ({rs.backend}) cannot be read, so it is "
+                        f"not checked: {rs.error}"
+                    )
             cv.frozen_by = host_cgroups.frozen_by(cv.pids[0]) if cv.pids else None
             if cv.pids:
                 with contextlib.suppress(OSError, UnicodeDecodeError):
