@@ -48,6 +48,7 @@ COMMANDS = {
     "ps": ("containers", "ps", "List containers."),
     "exec": ("containers", "exec_", "Run a command in a running container."),
     "logs": ("containers", "logs", "Show a container's output."),
+    "attach": ("containers", "attach", "Attach to a running container's output and stdin."),
     "start": ("containers", "start", "Start stopped containers."),
     "stop": ("containers", "stop", "Stop running containers."),
     "restart": ("containers", "restart", "Restart containers."),

@@ -28,6 +28,7 @@ from typing import BinaryIO, Protocol
 from pyinspect.errors import PyinspectError, UnavailableError
 
 from . import child, isolation, restart, state
+from .attach import Listener
 from .cgroups import Cgroup
 from .ctrlog import record
 
@@ -138,6 +139,7 @@ class Shim:
         self.log: BinaryIO | None = None
         self.rootfs_mounted = False
         self.stdin_w: int | None = None
+        self.listener: Listener | None = None  # `attach` clients' stdin (detached -i)
 
     # -- the shim's life, in order -------------------------------------------------
     def main(self):
@@ -155,6 +157,20 @@ class Shim:
         state.mark("shim_forked")
         # (no state write here: the held lock is what says "a shim owns this")
         c.shim_pid, c.shim_start = os.getpid(), state.proc_start(os.getpid())
+        if c.spec.interactive and not self.attach:
+            try:
+                self.listener = Listener(c.path)
+            except OSError:
+                self.listener = None  # `attach` then forwards no stdin (it says so)
+        try:
+            return self._runs()
+        finally:
+            if self.listener is not None:
+                self.listener.close()
+
+    def _runs(self):
+        """Start the container, relay and wait, restart as its policy says; its last code."""
+        c = self.c
         policy = restart.parse(c.spec.restart)
         backoff = restart.Backoff()
         first = True
@@ -527,17 +543,30 @@ class Shim:
         stdin_fd = (
             0 if (self.attach and self.master is not None and self.c.spec.interactive) else None
         )
+        lst = self.listener
+        if lst is not None:
+            lst.attach_to(self.master if self.master is not None else self.stdin_w)
         poller = select.poll()
+        polled: dict[int, int] = {}
         for fd in sources:
-            poller.register(fd, select.POLLIN)
+            polled[fd] = select.POLLIN
         if stdin_fd is not None:
-            poller.register(stdin_fd, select.POLLIN)
+            polled[stdin_fd] = select.POLLIN
+        for fd, mask in polled.items():
+            poller.register(fd, mask)
         while sources:
+            if lst is not None:
+                self._poll_attach(poller, polled, sources, lst)
             try:
                 events = poller.poll()
             except InterruptedError:
                 continue
-            for fd, _ in sorted(events):  # stdout's pipe before stderr's when both wait
+            for fd, ev in sorted(events):  # stdout's pipe before stderr's when both wait
+                if lst is not None and lst.owns(fd):
+                    if ev & select.POLLOUT or fd not in sources:
+                        lst.ready(fd)
+                    if fd not in sources or not ev & (select.POLLIN | select.POLLHUP):
+                        continue
                 if fd == stdin_fd:
                     try:
                         data = os.read(fd, 65536)
@@ -545,6 +574,7 @@ class Shim:
                         data = b""
                     if not data:
                         poller.unregister(fd)
+                        polled.pop(fd, None)
                         stdin_fd = None
                     assert self.master is not None  # stdin is relayed to a terminal only
                     try:
@@ -558,6 +588,7 @@ class Shim:
                     data = b""
                 if not data:
                     poller.unregister(fd)
+                    polled.pop(fd, None)
                     os.close(fd)
                     del sources[fd]
                     continue
@@ -568,7 +599,25 @@ class Shim:
                         child.write_all(out, data)
                     except OSError:
                         mirror = False  # the CLI went away: keep logging
+        if lst is not None:
+            lst.end_run()
         return self.reap()
+
+    @staticmethod
+    def _poll_attach(poller, polled: dict[int, int], sources: dict, lst: "Listener") -> None:
+        """Poll what the attach listener wants now, beside the container's output."""
+        want = {fd: select.POLLIN for fd in sources}
+        for fd, inp in lst.wanted().items():
+            want[fd] = want.get(fd, 0) | (select.POLLIN if inp else select.POLLOUT)
+        for fd in [fd for fd in polled if fd not in want and fd not in sources]:
+            poller.unregister(fd)
+            del polled[fd]
+        for fd, mask in want.items():
+            if fd not in polled:
+                poller.register(fd, mask)
+            elif polled[fd] != mask:
+                poller.modify(fd, mask)
+            polled[fd] = mask
 
     # -- after it exited -----------------------------------------------------------
     def finish(self, code, error="", restarting=False):

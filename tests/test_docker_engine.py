@@ -1053,3 +1053,55 @@ def test_system_df_as_dockers(engine, state_root):
         for run, _image, _net in engines.values():
             run("rm", "-f", wrote, up, check=False)
             run("rmi", f"{tag}-img:1", check=False)
+
+
+def test_attach_as_dockers(engine, state_root):
+    """`attach` in both engines: the output from now on (stdout and stderr apart), stdin
+    of a `-di` container, its exit code, and the refusals of a stopped and a paused one."""
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    tag = unique("at")
+    out_name, in_name, done, paused = (f"{tag}-{n}" for n in ("out", "in", "done", "p"))
+    engines = {
+        "docker": (eng.docker, eng.image, "--network"),
+        "pyinspect": (cli, "busybox", "--net"),
+    }
+    got: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+    try:
+        for who, (run, image, net) in engines.items():
+            run("run", "-d", "--name", out_name, net, "none", image, "sh", "-c",
+                "sleep 1; echo out; echo err >&2; exit 3")  # fmt: skip
+            proc = run("attach", out_name, input="", check=False)
+            got[who]["output"] = (proc.returncode, proc.stdout, proc.stderr)
+            run("run", "-di", "--name", in_name, net, "none", image, "sh", "-c",
+                'read l; echo "got $l"; echo "err $l" >&2; exit 5')  # fmt: skip
+            # stdin kept open until it exits: Docker's attach shows no more output once
+            # its stdin ends (pyinspect's goes on: tests/test_attach.py)
+            att = subprocess.Popen(
+                cli.argv("attach", in_name) if who == "pyinspect" else eng.argv("attach", in_name),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=eng.env,
+            )
+            time.sleep(1)
+            att.stdin.write(b"hello\n")
+            att.stdin.flush()
+            att.wait(timeout=30)
+            got[who]["stdin"] = (att.returncode, att.stdout.read(), att.stderr.read())
+            att.stdin.close()
+            run("run", "--name", done, net, "none", image, "true")
+            run("run", "-d", "--name", paused, net, "none", image, "sleep", "600")
+            run("pause", paused)
+            for name in (done, paused):
+                proc = run("attach", name, input="", check=False)
+                words = proc.stderr.strip().splitlines()[-1].split(": ", 1)[-1]
+                got[who][name] = (proc.returncode != 0, words)
+            run("unpause", paused)
+        assert got["pyinspect"] == got["docker"], got
+        assert got["docker"]["output"] == (3, "out\n", "err\n")
+        assert got["docker"]["stdin"] == (5, b"got hello\n", b"err hello\n")
+    finally:
+        for run, _image, _net in engines.values():
+            run("unpause", paused, check=False)
+            run("rm", "-f", out_name, in_name, done, paused, check=False)

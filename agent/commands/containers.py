@@ -262,6 +262,48 @@ def _each(names, fn, shown=None):
 
 
 @click.command()
+@click.option("--no-stdin", is_flag=True, help="Do not send this terminal's input to it.")
+@click.option(
+    "--sig-proxy",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    help="Pass SIGINT and SIGTERM on to it (without -t).",
+)
+@click.option(
+    "--detach-keys",
+    default="ctrl-p,ctrl-q",
+    show_default=True,
+    help="Keys that leave it running (with -it).",
+)
+@click.argument("container")
+@click.pass_obj
+def attach(obj, no_stdin, sig_proxy, detach_keys, container):
+    """Show a running container's output from now on and, when it was created with -i,
+    send it this terminal's input; exit with its exit code when it stops.
+
+    \b
+    Examples:
+      pyinspect attach web
+      pyinspect attach --sig-proxy=false web
+    """
+    from ..runtime.attach import attach as attach_to
+
+    stdin = None if no_stdin else sys.stdin.fileno()
+    code = attach_to(
+        _runtime(obj),
+        container,
+        stdin,
+        sys.stdout.buffer,
+        sys.stderr.buffer,
+        sig_proxy=sig_proxy,
+        detach_keys=detach_keys,
+    )
+    _exit_fast(code)
+    return code
+
+
+@click.command()
 @click.option("-a", "--attach", is_flag=True, help="Print its output and exit with its code.")
 @click.option("-i", "--interactive", is_flag=True, help="Attach, with stdin (as created -i).")
 @click.argument("containers", nargs=-1, required=True)

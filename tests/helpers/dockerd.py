@@ -122,15 +122,23 @@ class DockerEngine:
         self.stop()
 
     # -- the client --------------------------------------------------------------------------
+    def argv(self, *args) -> list[str]:
+        """The docker client's command line for `args`, for this engine (with `env`)."""
+        return [DOCKER, "-H", self.host, *map(str, args)]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_CONFIG": os.path.join(self.dir, "client")}
+
     def docker(self, *args, check: bool = True, timeout: float = 60, input=None):
         proc = subprocess.run(
-            [DOCKER, "-H", self.host, *map(str, args)],
+            self.argv(*args),
             check=False,
             capture_output=True,
             text=input is None or isinstance(input, str),
             timeout=timeout,
             input=input,
-            env={**os.environ, "DOCKER_CONFIG": os.path.join(self.dir, "client")},
+            env=self.env,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"docker {' '.join(map(str, args))}: {proc.stderr}")

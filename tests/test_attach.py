@@ -1,0 +1,135 @@
+"""`attach` on pyinspect's own containers (Docker's outputs: test_docker_engine.py): the
+output from now on and the exit code, stdin of a `-di` container (kept open when a client
+goes, shared by two clients), SIGINT passed on (or not, with --sig-proxy=false), a
+terminal's detach keys, and the refusals."""
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers.pccli import one_line_error
+
+pytestmark = pytest.mark.root
+
+
+def _wait_for(pred, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_output_from_now_on_and_the_exit_code(pc):
+    pc("run", "-d", "--name", "at-out", "--net", "none", "busybox", "sh", "-c",
+       "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo tick $i; echo tock $i >&2; sleep 0.25;"
+       " done; exit 3")  # fmt: skip
+    time.sleep(0.6)  # some ticks before the attach: not shown again
+    proc = pc("attach", "at-out", input="", check=False)
+    assert proc.returncode == 3, proc.stderr
+    ticks = proc.stdout.splitlines()
+    assert ticks and ticks[-1] == "tick 12" and "tick 1" not in ticks, ticks
+    first = int(ticks[0].split()[1])
+    assert ticks == [f"tick {i}" for i in range(first, 13)]
+    assert proc.stderr.splitlines()[-1] == "tock 12", proc.stderr
+
+
+def test_stdin_of_a_detached_interactive_container(pc):
+    """Two clients in turn: the first one's EOF leaves the container's stdin open, the
+    second one's input reaches it too; both see it exit."""
+    script = 'while read l; do echo "got $l"; [ "$l" = bye ] && exit 5; done; echo eof; exit 9'
+    pc("run", "-di", "--name", "at-in", "--net", "none", "busybox", "sh", "-c", script)
+    first = subprocess.Popen(
+        pc.argv("attach", "at-in"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first.stdin.write(b"hello\n")
+    first.stdin.close()  # EOF: the container must not see one
+    log = lambda: pc("logs", "at-in").stdout  # noqa: E731
+    _wait_for(lambda: "got hello" in log())
+    assert pc.inspect("at-in")["State"]["Running"]
+    second = pc("attach", "at-in", input="bye\n", check=False)
+    assert second.returncode == 5 and second.stdout == "got bye\n", second
+    first.wait(timeout=30)
+    out, err = first.stdout.read(), first.stderr.read()
+    assert first.returncode == 5 and out == b"got hello\ngot bye\n", (out, err)
+    assert "eof" not in log()
+
+
+def test_sigint_is_passed_on_unless_told_not_to(pc):
+    script = 'trap "echo caught; exit 7" INT; echo ready; while true; do sleep 0.1; done'
+    for name in ("at-sig", "at-nosig"):
+        pc("run", "-d", "--name", name, "--net", "none", "busybox", "sh", "-c", script)
+        _wait_for(lambda name=name: "ready" in pc("logs", name).stdout)
+    proxied = subprocess.Popen(pc.argv("attach", "at-sig"), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    plain = subprocess.Popen(pc.argv("attach", "--sig-proxy=false", "at-nosig"),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)  # fmt: skip
+    time.sleep(1.5)  # both attached
+    proxied.send_signal(signal.SIGINT)
+    plain.send_signal(signal.SIGINT)
+    out, err = proxied.communicate(timeout=30)
+    assert proxied.returncode == 7 and out == b"caught\n", (out, err)
+    assert pc.inspect("at-sig")["State"]["ExitCode"] == 7
+    out, err = plain.communicate(timeout=30)
+    assert plain.returncode == 130 and b"Traceback" not in err, err
+    assert pc.inspect("at-nosig")["State"]["Running"]  # not told
+
+
+def test_terminal_detach_keys_leave_it_running(pc):
+    pc("run", "-dit", "--name", "at-tty", "--net", "none", "busybox", "sh")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(pc.argv("attach", "at-tty"), stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True)  # fmt: skip
+    os.close(slave)
+    seen = b""
+
+    def read_until(word, timeout=15):
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while word not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        return word in seen
+
+    try:
+        time.sleep(1)  # attached (the terminal in raw mode)
+        os.write(master, b"echo $((6*7))x\r")
+        assert read_until(b"42x"), seen
+        os.write(master, b"\x10\x11")  # ctrl-p ctrl-q
+        assert read_until(b"read escape sequence"), seen
+        assert proc.wait(timeout=15) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert pc.inspect("at-tty")["State"]["Running"]
+
+
+def test_refusals(pc):
+    pc("run", "--name", "at-done", "--net", "none", "busybox", "true")
+    pc("run", "-d", "--name", "at-paused", "--net", "none", "busybox", "sleep", "600")
+    pc("pause", "at-paused")
+    try:
+        for args, code, said in (
+            (["at-done"], 4, "You cannot attach to a stopped container, start it first"),
+            (["at-paused"], 4, "You cannot attach to a paused container, unpause it first"),
+            (["at-nosuch"], 3, "at-nosuch"),
+            (["--detach-keys", "ctrl-pp", "at-paused"], 2, "invalid detach keys"),
+        ):
+            proc = pc("attach", *args, input="", check=False)
+            assert said in one_line_error(proc, code), (args, proc.stderr)
+    finally:
+        pc("unpause", "at-paused")
