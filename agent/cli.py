@@ -17,6 +17,7 @@ from .errors import CorruptInputError, PyinspectError, UnavailableError
 
 # command name -> (module under pyinspect.commands, attribute, one-line help)
 COMMANDS = {
+    "version": ("info", "version", "Show the versions of pyinspect and what it runs on."),
     "info": (
         "info",
         "info",

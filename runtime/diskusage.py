@@ -4,6 +4,8 @@ daemon counts it (`docker system df`)."""
 import os
 from dataclasses import dataclass
 
+from pyinspect.errors import PyinspectError
+
 from .containers import Runtime
 from .images import Image, ImageStore
 from .state import Container
@@ -93,3 +95,20 @@ def _build_cache_records(root) -> int:
     except FileNotFoundError:
         return 0
     return sum(1 for n in names if n.endswith(".json") and cache.get(n[:-5]) is not None)
+
+
+def container_sizes(root, containers: list[Container]) -> dict[str, tuple[int, int]]:
+    """{container id: (its writable layer's bytes, those plus its image's layers)}, as
+    `docker ps -s` shows them (Docker's SizeRw and SizeRootFs)."""
+    store = ImageStore(root)
+    image_bytes: dict[str, int] = {}
+    out = {}
+    for c in containers:
+        if c.image_id not in image_bytes:
+            try:
+                image_bytes[c.image_id] = store.resolve(c.image_id).size
+            except PyinspectError:
+                image_bytes[c.image_id] = 0  # removed with rmi -f: its layers may be gone
+        rw = 0 if c.status == "damaged" else Runtime.writable_bytes(c)
+        out[c.id] = (rw, rw + image_bytes[c.image_id])
+    return out

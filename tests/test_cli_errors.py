@@ -306,6 +306,7 @@ CASES = [
     ("exec-stopped", ["exec", DONE, "true"], 4, [DONE, "not running"]),
     ("logs-unknown", ["logs", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("logs-bad-tail", ["logs", "-n", "abc", KEEP], 2, ["abc"]),
+    ("version-bad-format", ["version", "--format", "{{.Nope"], 2, ["template"]),
     ("attach-unknown", ["attach", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("attach-bad-keys", ["attach", "--detach-keys", "ctrl-pq", KEEP], 2, ["detach keys"]),
     ("start-unknown", ["start", "pq-nosuch"], 3, ["pq-nosuch"]),

@@ -1042,6 +1042,13 @@ def test_system_df_as_dockers(engine, state_root):
             out[who]["titles"] = [line for line in table if line.endswith(":") or "usage:" in line]
             row = next(line for line in table if line.endswith(f" {wrote}"))
             out[who]["command cell"] = re.search(r'"[^"]*"', row).group(0)
+            # ps -s, and a template naming .Size without -s (Docker computes it then too)
+            fmt = "{{.Names}} {{.Size}}"
+            sized = run("ps", "-a", "-s", "--filter", f"name={tag}", "--format", fmt).stdout
+            asked = run("ps", "-a", "--filter", f"name={tag}", "--format", fmt).stdout
+            out[who]["ps size"] = (sorted(sized.splitlines()), sorted(asked.splitlines()))
+            header = run("ps", "-s").stdout.splitlines()[0]
+            out[who]["ps header"] = header.split()[-1]
         assert out["pyinspect"] == out["docker"], out
         d = out["docker"]
         assert d["added"] == {"Images": 1, "Containers": 2, "Local Volumes": 0, "Build Cache": 0}
@@ -1049,6 +1056,12 @@ def test_system_df_as_dockers(engine, state_root):
         assert d["image"]["UniqueSize"] == "3kB" and d["image"]["Containers"] == "0"
         assert d["containers"][wrote][0] == "3kB" and d["containers"][up][:2] == ("0B", "running")
         assert d["command cell"] == '"sh -c \'head -c 3000…"'
+        assert (
+            d["ps size"][0]
+            == d["ps size"][1]
+            == sorted([f"{wrote} 3kB (virtual 1.99MB)", f"{up} 0B (virtual 1.99MB)"])
+        ), d["ps size"]
+        assert d["ps header"] == "SIZE"
     finally:
         for run, _image, _net in engines.values():
             run("rm", "-f", wrote, up, check=False)

@@ -120,8 +120,11 @@ def create(obj, **values):
     help="Only containers that match: name, id, status, exited, ancestor, network, "
     "publish, expose, before, since, label (Docker's filters; repeat for more).",
 )
+@click.option(
+    "-s", "--size", is_flag=True, help="Show the writable layer's size (and with the image's)."
+)
 @click.pass_obj
-def ps(obj, all_, quiet, fmt, filters):
+def ps(obj, all_, quiet, fmt, filters, size):
     """List containers (running ones unless -a), with Docker's columns (PORTS,
     CREATED as "2 minutes ago") and --format placeholders (.ID, .Image, .Command,
     .CreatedAt, .RunningFor, .Ports, .State, .Status, .Names, .Networks, ...).
@@ -132,16 +135,22 @@ def ps(obj, all_, quiet, fmt, filters):
       pyinspect ps --filter publish=8088 --filter name=web
     """
     from ..dockerfmt.psfilter import PsFilter
-    from ..dockerfmt.psformat import format_ps, ps_row
+    from ..dockerfmt.psformat import format_ps, ps_row, ps_size
+    from ..runtime.diskusage import container_sizes
 
     flt = PsFilter.parse(filters)
     rt = _runtime(obj)
-    rows = flt.select(rt.list(all=all_ or flt.lists_stopped), rt.image_id, rt.image_descends)
+    found = flt.select(rt.list(all=all_ or flt.lists_stopped), rt.image_id, rt.image_descends)
     if quiet:
-        for c in rows:
+        for c in found:
             click.echo(c.short_id)
         return 0
-    for line in format_ps([ps_row(c) for c in rows], fmt):
+    rows = [ps_row(c) for c in found]
+    size = size or ".Size" in (fmt or "")  # as Docker's: a template naming it computes it
+    if size:
+        sizes = container_sizes(obj["root"], found)
+        rows = [{**r, "Size": ps_size(*sizes[c.id])} for r, c in zip(rows, found, strict=True)]
+    for line in format_ps(rows, fmt, size):
         click.echo(line)
     return 0
 

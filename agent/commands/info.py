@@ -1,4 +1,5 @@
-"""`pyinspect info`: what this host offers (kernel, cgroups, iptables, sysctls, eBPF hooks)."""
+"""`pyinspect info`: what this host offers (kernel, cgroups, iptables, sysctls, eBPF hooks);
+`pyinspect version`: the versions of pyinspect and what it runs on."""
 
 import json
 
@@ -81,3 +82,32 @@ def info(obj, as_json):
         click.echo(json.dumps(facts, indent=2))
     else:
         click.echo(_render(facts))
+
+
+@click.command("version")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    metavar="TEMPLATE",
+    help="A Go template such as '{{.Server.Version}}', or json.",
+)
+def version(fmt):
+    """Show pyinspect's version and those of the kernel, the libraries and the firewall
+    tools it works with, as `docker version` shows Docker's.
+
+    \b
+    Examples:
+      pyinspect version
+      pyinspect version --format '{{.Server.KernelVersion}}'
+    """
+    from ..dockerfmt import gotemplate
+    from ..host.versions import render, versions
+
+    data = versions()
+    if fmt == "json":
+        click.echo(json.dumps(data))
+    elif fmt:
+        click.echo(gotemplate.render(fmt.replace("\\n", "\n"), data))
+    else:
+        click.echo("\n".join(render(data)))

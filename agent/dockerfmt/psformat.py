@@ -275,13 +275,20 @@ def tabwrite(lines, minwidth=10, padding=3):
     return out
 
 
-def format_ps(rows, fmt=None):
+def format_ps(rows, fmt=None, size=False):
     """The lines `ps --format FMT` prints for `rows` (ps_row dicts): FMT is `table`
-    (default), `json`, `table TEMPLATE` or a Go template. TemplateError when the
-    template is invalid."""
+    (default; `size`: with Docker's SIZE column last), `json`, `table TEMPLATE` or a Go
+    template. TemplateError when the template is invalid."""
     if fmt in (None, "", "table"):
         rows = [truncate_command(r) for r in rows]
-    return format_rows(rows, fmt, PS_DEFAULT, PS_HEADERS)
+    return format_rows(rows, fmt, PS_DEFAULT + ("\t{{.Size}}" if size else ""), PS_HEADERS)
+
+
+def ps_size(writable: int, virtual: int) -> str:
+    """Docker's ps SIZE: the writable layer, then with the image's layers."""
+    from ..units import decimal_size
+
+    return f"{decimal_size(writable)} (virtual {decimal_size(virtual)})"
 
 
 HISTORY_HEADERS = {
