@@ -241,6 +241,18 @@ def parse_detach_keys(spec: str) -> bytes:
     return bytes(out)
 
 
+def split_detach(data: bytes, keys: bytes) -> tuple[bytes, bytes, bool]:
+    """(what to send on, what to hold back as a possible start of `keys`, whether the
+    keys were typed) for terminal input `data` (held bytes of the last call first)."""
+    at = data.find(keys)
+    if at >= 0:
+        return data[:at], b"", True
+    for keep in range(min(len(keys) - 1, len(data)), 0, -1):
+        if keys.startswith(data[-keep:]):
+            return data[:-keep], data[-keep:], False
+    return data, b"", False
+
+
 class StdinPump(threading.Thread):
     """Copies the CLI's stdin to an attach socket; with `detach` (a terminal), stops at
     that key sequence and sets `detached` (the keys are not sent, as Docker's)."""
@@ -258,24 +270,16 @@ class StdinPump(threading.Thread):
                 if not data:
                     return  # EOF: the container's stdin stays open, as Docker's
                 if self.detach:
-                    data, held = self._scan(held + data)
-                    if self.detached.is_set():
+                    data, held, found = split_detach(held + data, self.detach)
+                    if found:
+                        self.detached.set()
+                        if data:
+                            self.sock.sendall(data)
                         return
                 if data:
                     self.sock.sendall(data)
         except OSError:
             return  # the container exited (the monitor closed the socket)
-
-    def _scan(self, data: bytes) -> tuple[bytes, bytes]:
-        """(what to send, what to hold back) of `data`; sets `detached` on the sequence."""
-        at = data.find(self.detach)
-        if at >= 0:
-            self.detached.set()
-            return data[:at], b""
-        for keep in range(min(len(self.detach) - 1, len(data)), 0, -1):
-            if self.detach.startswith(data[-keep:]):
-                return data[:-keep], data[-keep:]
-        return data, b""
 
 
 def attach(

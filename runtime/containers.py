@@ -541,7 +541,8 @@ class Runtime:
     def run(self, spec, detach=False, image=None):
         """Create and start. Detached: return the running container. Attached: relay
         its output to this process's stdout/stderr, wait, and return the container
-        with its `exit_code` set (also when --rm removed it)."""
+        with its `exit_code` set (also when --rm removed it); with -it, the detach keys
+        return it still running."""
         state.mark("run_entered")
         c, lock_fd = self._create(spec, image, run=True)
         state.mark("created")
@@ -569,6 +570,8 @@ class Runtime:
             code = self._wait_attached(shim_pid, exit_fd, c, mask)
         finally:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+        if code is None:  # detached (the detach keys): it runs on
+            return self._refresh(c)
         state.mark("shim_reaped")
         c = self._refresh(c)
         c.exit_code = code

@@ -28,7 +28,7 @@ from typing import BinaryIO, Protocol
 from pyinspect.errors import PyinspectError, UnavailableError
 
 from . import child, isolation, restart, state
-from .attach import Listener
+from .attach import DETACH_KEYS, Listener, parse_detach_keys, split_detach
 from .cgroups import Cgroup
 from .ctrlog import record
 
@@ -104,10 +104,14 @@ def _reap_finished():
             _unreaped.remove(pid)
 
 
-def wait_exit(pid, exit_fd):
-    """The exit code an attached shim reports (or its own exit status if it died)."""
+def wait_exit(pid, exit_fd) -> int | None:
+    """The exit code an attached shim reports (or its own exit status if it died);
+    None when the detach keys let the CLI go (the container runs on)."""
     data = child.read_all(exit_fd)
     os.close(exit_fd)
+    if data == DETACHED:
+        _unreaped.append(pid)  # (it runs on: reaped once it ends, if this process lasts)
+        return None
     if data.strip().isdigit():
         _unreaped.append(pid)
         _reap_finished()
@@ -123,6 +127,10 @@ class RuntimeView(Protocol):
     def get(self, ref: str) -> state.Container: ...
 
     def container_files(self, c: state.Container) -> dict[str, str]: ...
+
+
+DETACH_BYTES = parse_detach_keys(DETACH_KEYS)  # `run -it`: Docker's ctrl-p,ctrl-q
+DETACHED = b"detached"  # what the exit pipe says when the CLI is let go
 
 
 class Shim:
@@ -546,6 +554,7 @@ class Shim:
         lst = self.listener
         if lst is not None:
             lst.attach_to(self.master if self.master is not None else self.stdin_w)
+        held = b""  # typed bytes that may start the detach keys
         poller = select.poll()
         polled: dict[int, int] = {}
         for fd in sources:
@@ -572,15 +581,24 @@ class Shim:
                         data = os.read(fd, 65536)
                     except OSError:
                         data = b""
-                    if not data:
+                    eof, detached = not data, False
+                    if eof:
+                        data, held = held + b"\x04", b""  # ^D: EOF for the tty
+                    else:
+                        data, held, detached = split_detach(held + data, DETACH_BYTES)
+                    if eof or detached:
                         poller.unregister(fd)
                         polled.pop(fd, None)
                         stdin_fd = None
                     assert self.master is not None  # stdin is relayed to a terminal only
                     try:
-                        child.write_all(self.master, data or b"\x04")  # ^D: EOF for the tty
+                        if data:
+                            child.write_all(self.master, data)
                     except OSError:
                         pass  # the container closed its terminal
+                    if detached:
+                        mirror = False
+                        lst = self._detach()
                     continue
                 try:
                     data = os.read(fd, 65536)
@@ -602,6 +620,28 @@ class Shim:
         if lst is not None:
             lst.end_run()
         return self.reap()
+
+    def _detach(self) -> "Listener | None":
+        """The detach keys were typed in `run -it`: tell the CLI (it exits 0, as Docker's),
+        let go of its terminal and run on detached, stdin open to `attach`."""
+        if self.exit_w is not None:
+            try:
+                child.write_all(self.exit_w, DETACHED)
+                os.close(self.exit_w)
+            except OSError:
+                pass
+            self.exit_w = None
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        self.attach = False
+        try:
+            self.listener = Listener(self.c.path)
+        except OSError:
+            return None
+        self.listener.attach_to(self.master)
+        return self.listener
 
     @staticmethod
     def _poll_attach(poller, polled: dict[int, int], sources: dict, lst: "Listener") -> None:

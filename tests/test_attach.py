@@ -84,38 +84,78 @@ def test_sigint_is_passed_on_unless_told_not_to(pc):
     assert pc.inspect("at-nosig")["State"]["Running"]  # not told
 
 
-def test_terminal_detach_keys_leave_it_running(pc):
-    pc("run", "-dit", "--name", "at-tty", "--net", "none", "busybox", "sh")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(pc.argv("attach", "at-tty"), stdin=slave, stdout=slave,
-                            stderr=slave, close_fds=True)  # fmt: skip
-    os.close(slave)
-    seen = b""
+class _Terminal:
+    """A command on a pseudo-terminal of its own, and what it has printed so far."""
 
-    def read_until(word, timeout=15):
-        nonlocal seen
+    def __init__(self, argv):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                     close_fds=True)  # fmt: skip
+        os.close(slave)
+        self.seen = b""
+
+    def type(self, data):
+        os.write(self.master, data)
+
+    def read_until(self, word, timeout=15):
         deadline = time.monotonic() + timeout
-        while word not in seen and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
+        while word not in self.seen and time.monotonic() < deadline:
+            if select.select([self.master], [], [], 0.2)[0]:
                 try:
-                    seen += os.read(master, 4096)
+                    self.seen += os.read(self.master, 4096)
                 except OSError:
                     break
-        return word in seen
+        return word in self.seen
 
+    def close(self):
+        os.close(self.master)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_terminal_detach_keys_leave_it_running(pc):
+    pc("run", "-dit", "--name", "at-tty", "--net", "none", "busybox", "sh")
+    term = _Terminal(pc.argv("attach", "at-tty"))
     try:
         time.sleep(1)  # attached (the terminal in raw mode)
-        os.write(master, b"echo $((6*7))x\r")
-        assert read_until(b"42x"), seen
-        os.write(master, b"\x10\x11")  # ctrl-p ctrl-q
-        assert read_until(b"read escape sequence"), seen
-        assert proc.wait(timeout=15) == 0
+        term.type(b"echo $((6*7))x\r")
+        assert term.read_until(b"42x"), term.seen
+        term.type(b"\x10\x11")  # ctrl-p ctrl-q
+        assert term.read_until(b"read escape sequence"), term.seen
+        assert term.proc.wait(timeout=15) == 0
     finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        term.close()
     assert pc.inspect("at-tty")["State"]["Running"]
+
+
+def test_run_it_detaches_and_attach_comes_back(pc):
+    """`run -it`, the detach keys (exit 0, nothing said, as Docker's), the container runs
+    on with its terminal; `attach` types into it again and gets its exit code."""
+    term = _Terminal(pc.argv("run", "-it", "--name", "at-run", "--net", "none", "busybox", "sh"))
+    try:
+        assert term.read_until(b"# "), term.seen  # the shell's prompt
+        time.sleep(0.5)
+        term.type(b"echo $((6*7))x\r")
+        assert term.read_until(b"42x"), term.seen
+        term.type(b"\x10")
+        time.sleep(0.3)  # the keys in two reads: the first one held back, not typed
+        term.type(b"\x11")
+        assert term.proc.wait(timeout=15) == 0, term.seen
+        assert b"escape" not in term.seen
+    finally:
+        term.close()
+    assert pc.inspect("at-run")["State"]["Running"]
+    again = _Terminal(pc.argv("attach", "at-run"))
+    try:
+        time.sleep(1)
+        again.type(b"echo again$((1+1))\r")
+        assert again.read_until(b"again2"), again.seen
+        again.type(b"exit 4\r")
+        assert again.proc.wait(timeout=15) == 4
+    finally:
+        again.close()
+    assert b"\x10" not in pc("logs", "at-run", text=False).stdout
 
 
 def test_refusals(pc):
