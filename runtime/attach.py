@@ -10,6 +10,7 @@ stdin when a client goes, as Docker keeps an attached container's stdin open.
 """
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -241,6 +242,27 @@ def parse_detach_keys(spec: str) -> bytes:
     return bytes(out)
 
 
+def copy_window_size(src_fd: int, dst_fd: int) -> None:
+    """Give terminal `dst_fd` the rows and columns of terminal `src_fd` (the kernel then
+    tells the processes on `dst_fd` with SIGWINCH); nothing when either is no terminal."""
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(src_fd, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(dst_fd, termios.TIOCSWINSZ, size)
+
+
+def resize_container_terminal(src_fd: int, pid: int) -> None:
+    """The container whose init is `pid` (created with -t) gets terminal `src_fd`'s size,
+    as Docker's CLI resizes it on attach and when its own terminal changes size."""
+    try:
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        copy_window_size(src_fd, fd)
+    finally:
+        os.close(fd)
+
+
 def split_detach(data: bytes, keys: bytes) -> tuple[bytes, bytes, bool]:
     """(what to send on, what to hold back as a possible start of `keys`, whether the
     keys were typed) for terminal input `data` (held bytes of the last call first)."""
@@ -313,6 +335,11 @@ def attach(
                 if tty_in:
                     restore = termios.tcgetattr(stdin_fd)
                     tty.setraw(stdin_fd)
+                    resize_container_terminal(stdin_fd, c.pid)
+                    old_handlers[signal.SIGWINCH] = signal.signal(
+                        signal.SIGWINCH,
+                        lambda *_: resize_container_terminal(stdin_fd, c.pid),
+                    )
                 pump = StdinPump(stdin_fd, sock, keys if tty_in else b"")
                 pump.start()
         if sig_proxy and not c.spec.tty:

@@ -592,9 +592,17 @@ class Runtime:
                 except ProcessLookupError:
                     pass
 
+        from .attach import resize_container_terminal
         from .shim import wait_exit
 
         old = {s: _signal.signal(s, forward) for s in (_signal.SIGINT, _signal.SIGTERM)}
+
+        def resize(signum, frame):
+            if c.pid:
+                resize_container_terminal(0, c.pid)
+
+        if c.spec.tty and os.isatty(0):  # the terminal's new size goes on to the container's
+            old[_signal.SIGWINCH] = _signal.signal(_signal.SIGWINCH, resize)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         try:
             return wait_exit(shim_pid, exit_fd)

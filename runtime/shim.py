@@ -28,7 +28,7 @@ from typing import BinaryIO, Protocol
 from pyinspect.errors import PyinspectError, UnavailableError
 
 from . import child, isolation, restart, state
-from .attach import DETACH_KEYS, Listener, parse_detach_keys, split_detach
+from .attach import DETACH_KEYS, Listener, copy_window_size, parse_detach_keys, split_detach
 from .cgroups import Cgroup
 from .ctrlog import record
 
@@ -295,6 +295,8 @@ class Shim:
             import pty
 
             self.master, slave = pty.openpty()
+            if self.attach:
+                copy_window_size(0, slave)  # the CLI's terminal's size, as Docker's run -it
             stdio = (slave, slave, slave)
             child_fds.append(slave)
         else:

@@ -3,11 +3,14 @@ output from now on and the exit code, stdin of a `-di` container (kept open when
 goes, shared by two clients), SIGINT passed on (or not, with --sig-proxy=false), a
 terminal's detach keys, and the refusals."""
 
+import fcntl
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 
 import pytest
@@ -84,15 +87,28 @@ def test_sigint_is_passed_on_unless_told_not_to(pc):
     assert pc.inspect("at-nosig")["State"]["Running"]  # not told
 
 
+def _own_terminal():
+    """In the child: a session of its own whose controlling terminal is its stdin (as a
+    shell's command on a terminal: resizes reach it as SIGWINCH)."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class _Terminal:
     """A command on a pseudo-terminal of its own, and what it has printed so far."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, rows=24, cols=80):
         self.master, slave = pty.openpty()
+        self.resize(rows, cols, slave)
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
-                                     close_fds=True)  # fmt: skip
+                                     close_fds=True, preexec_fn=_own_terminal)  # fmt: skip
         os.close(slave)
         self.seen = b""
+
+    def resize(self, rows, cols, fd=None):
+        """A new size (the kernel tells the foreground process group: SIGWINCH)."""
+        fcntl.ioctl(self.master if fd is None else fd, termios.TIOCSWINSZ,
+                    struct.pack("HHHH", rows, cols, 0, 0))  # fmt: skip
 
     def type(self, data):
         os.write(self.master, data)
@@ -132,12 +148,18 @@ def test_terminal_detach_keys_leave_it_running(pc):
 def test_run_it_detaches_and_attach_comes_back(pc):
     """`run -it`, the detach keys (exit 0, nothing said, as Docker's), the container runs
     on with its terminal; `attach` types into it again and gets its exit code."""
-    term = _Terminal(pc.argv("run", "-it", "--name", "at-run", "--net", "none", "busybox", "sh"))
+    argv = pc.argv("run", "-it", "--name", "at-run", "--net", "none", "busybox", "sh")
+    term = _Terminal(argv, rows=33, cols=101)
     try:
         assert term.read_until(b"# "), term.seen  # the shell's prompt
         time.sleep(0.5)
-        term.type(b"echo $((6*7))x\r")
+        term.type(b"echo $((6*7))x; stty size\r")
         assert term.read_until(b"42x"), term.seen
+        assert term.read_until(b"33 101"), term.seen  # the terminal's size, as Docker's
+        term.resize(40, 120)
+        time.sleep(0.5)
+        term.type(b"stty size\r")
+        assert term.read_until(b"40 120"), term.seen
         term.type(b"\x10")
         time.sleep(0.3)  # the keys in two reads: the first one held back, not typed
         term.type(b"\x11")
@@ -146,11 +168,12 @@ def test_run_it_detaches_and_attach_comes_back(pc):
     finally:
         term.close()
     assert pc.inspect("at-run")["State"]["Running"]
-    again = _Terminal(pc.argv("attach", "at-run"))
+    again = _Terminal(pc.argv("attach", "at-run"), rows=50, cols=132)
     try:
         time.sleep(1)
-        again.type(b"echo again$((1+1))\r")
+        again.type(b"echo again$((1+1)); stty size\r")
         assert again.read_until(b"again2"), again.seen
+        assert again.read_until(b"50 132"), again.seen  # attach resizes it, as Docker's
         again.type(b"exit 4\r")
         assert again.proc.wait(timeout=15) == 4
     finally:
