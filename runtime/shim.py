@@ -133,6 +133,13 @@ DETACH_BYTES = parse_detach_keys(DETACH_KEYS)  # `run -it`: Docker's ctrl-p,ctrl
 DETACHED = b"detached"  # what the exit pipe says when the CLI is let go
 
 
+def _stdio_to_devnull() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 class Shim:
     def __init__(self, runtime: RuntimeView, c, lock_fd, status_w, attach, exit_w=None):
         self.rt = runtime
@@ -262,10 +269,7 @@ class Shim:
             pass  # the CLI is gone; the state file has it all
         self.status_w = None
         if not self.attach:
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.close(devnull)
+            _stdio_to_devnull()
 
     def start_init(self):
         c, spec = self.c, self.c.spec
@@ -623,21 +627,23 @@ class Shim:
             lst.end_run()
         return self.reap()
 
-    def _detach(self) -> "Listener | None":
-        """The detach keys were typed in `run -it`: tell the CLI (it exits 0, as Docker's),
-        let go of its terminal and run on detached, stdin open to `attach`."""
+    def _let_cli_go(self, message: bytes) -> None:
+        """Tell an attached CLI `message` (an exit code, or DETACHED) and let go of its
+        stdio, so whoever reads it sees EOF now; the shim runs on detached."""
         if self.exit_w is not None:
             try:
-                child.write_all(self.exit_w, DETACHED)
+                child.write_all(self.exit_w, message)
                 os.close(self.exit_w)
             except OSError:
                 pass
             self.exit_w = None
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
+        _stdio_to_devnull()
         self.attach = False
+
+    def _detach(self) -> "Listener | None":
+        """The detach keys were typed in `run -it`: tell the CLI (it exits 0, as Docker's),
+        let go of its terminal and run on detached, stdin open to `attach`."""
+        self._let_cli_go(DETACHED)
         try:
             self.listener = Listener(self.c.path)
         except OSError:
@@ -731,17 +737,6 @@ class Shim:
             c.error = "; ".join([e for e in [error] + problems if e])
             state.save(c)
         if self.exit_w is not None and self.status_w is None:
-            try:
-                child.write_all(self.exit_w, str(code).encode())
-                os.close(self.exit_w)
-            except OSError:
-                pass
-            self.exit_w = None
-            # let go of the CLI's stdio too, so whoever reads it sees EOF now
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.close(devnull)
-            self.attach = False  # a restart runs detached
+            self._let_cli_go(str(code).encode())  # (a restart runs detached)
         if not restarting:
             os.close(self.lock_fd)
