@@ -237,7 +237,10 @@ class Runtime:
             if mode != "host" or spec.publish:
                 raise UsageError(f"conflicting options: port publishing and network mode {mode}")
         from . import restart
+        from .attach import parse_detach_keys
 
+        if spec.detach_keys:
+            parse_detach_keys(spec.detach_keys)  # UsageError when it names no key
         policy = restart.parse(spec.restart)
         if policy.name != "no" and spec.auto_remove:
             raise UsageError(

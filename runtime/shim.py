@@ -129,7 +129,7 @@ class RuntimeView(Protocol):
     def container_files(self, c: state.Container) -> dict[str, str]: ...
 
 
-DETACH_BYTES = parse_detach_keys(DETACH_KEYS)  # `run -it`: Docker's ctrl-p,ctrl-q
+DETACH_BYTES = parse_detach_keys(DETACH_KEYS)  # `run -it` without --detach-keys: Docker's
 DETACHED = b"detached"  # what the exit pipe says when the CLI is let go
 
 
@@ -561,6 +561,12 @@ class Shim:
         if lst is not None:
             lst.attach_to(self.master if self.master is not None else self.stdin_w)
         held = b""  # typed bytes that may start the detach keys
+        keys = DETACH_BYTES
+        if self.c.spec.detach_keys:
+            try:
+                keys = parse_detach_keys(self.c.spec.detach_keys)
+            except PyinspectError:
+                pass  # (checked by create: only an edited record holds a bad one)
         poller = select.poll()
         polled: dict[int, int] = {}
         for fd in sources:
@@ -591,7 +597,7 @@ class Shim:
                     if eof:
                         data, held = held + b"\x04", b""  # ^D: EOF for the tty
                     else:
-                        data, held, detached = split_detach(held + data, DETACH_BYTES)
+                        data, held, detached = split_detach(held + data, keys)
                     if eof or detached:
                         poller.unregister(fd)
                         polled.pop(fd, None)

@@ -66,6 +66,7 @@ class ContainerSpec:
     publish: list = field(default_factory=list)
     publish_all: bool = False
     restart: str = "no"  # --restart: no | always | unless-stopped | on-failure[:N]
+    detach_keys: str = ""  # --detach-keys of an attached -it run ("": Docker's ctrl-p,ctrl-q)
 
     @classmethod
     def from_dict(cls, d):
@@ -287,7 +288,16 @@ _SPEC_TYPES = {
         ("env", "volumes", "publish", "network_aliases", "dns", "dns_search", "dns_options"), list
     ),
     **dict.fromkeys(
-        ("entrypoint", "name", "workdir", "hostname", "network_mode", "network_name", "restart"),
+        (
+            "entrypoint",
+            "name",
+            "workdir",
+            "hostname",
+            "network_mode",
+            "network_name",
+            "restart",
+            "detach_keys",
+        ),
         (str, _NONE),
     ),
     **dict.fromkeys(("memory", "cpus", "pids_limit"), (str, int, float, _NONE)),

@@ -196,3 +196,20 @@ def test_refusals(pc):
             assert said in one_line_error(proc, code), (args, proc.stderr)
     finally:
         pc("unpause", "at-paused")
+
+
+def test_run_detach_keys_of_its_own(pc):
+    """`run -it --detach-keys ctrl-x,x`: those keys detach; Docker's do not."""
+    argv = pc.argv("run", "-it", "--detach-keys", "ctrl-x,x", "--name", "at-keys", "--net",
+                   "none", "busybox", "sh")  # fmt: skip
+    term = _Terminal(argv)
+    try:
+        assert term.read_until(b"# "), term.seen
+        time.sleep(0.5)
+        term.type(b"\x10\x11echo still$((2+3))\r")  # ctrl-p ctrl-q: just typed
+        assert term.read_until(b"still5"), term.seen
+        term.type(b"\x18x")  # ctrl-x x
+        assert term.proc.wait(timeout=15) == 0, term.seen
+    finally:
+        term.close()
+    assert pc.inspect("at-keys")["State"]["Running"]

@@ -307,6 +307,12 @@ CASES = [
     ("logs-unknown", ["logs", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("logs-bad-tail", ["logs", "-n", "abc", KEEP], 2, ["abc"]),
     ("version-bad-format", ["version", "--format", "{{.Nope"], 2, ["template"]),
+    (
+        "run-bad-detach-keys",
+        ["run", "--detach-keys", "ctrl-pq", "busybox", "true"],
+        2,
+        ["detach keys"],
+    ),
     ("attach-unknown", ["attach", "pq-nosuch"], 3, ["pq-nosuch"]),
     ("attach-bad-keys", ["attach", "--detach-keys", "ctrl-pq", KEEP], 2, ["detach keys"]),
     ("start-unknown", ["start", "pq-nosuch"], 3, ["pq-nosuch"]),

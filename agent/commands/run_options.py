@@ -66,6 +66,13 @@ RUN_OPTIONS = (
     ),
     Opt("publish_all", ("-P", "--publish-all"), "flag", "Publish every exposed port."),
     Opt(
+        "detach_keys",
+        ("--detach-keys",),
+        help="Keys that leave an -it container running (default: ctrl-p,ctrl-q).",
+        metavar="KEYS",
+        default="",
+    ),
+    Opt(
         "restart_policy",
         ("--restart",),
         help="Restart policy: no, always, unless-stopped or on-failure[:N].",
@@ -198,6 +205,7 @@ def container_spec(values):
         publish=list(v["publish"]),
         publish_all=v["publish_all"],
         restart=v["restart_policy"],
+        detach_keys=v["detach_keys"],
     )
 
 
