@@ -199,10 +199,9 @@ class Attachment:
     def _ended(self) -> bool:
         now = state.load(self.c.path, damaged=True)
         if now is None:  # removed (--rm): the code is in the file
-            text = os.pread(self._code_fd, 32, 0).decode(errors="replace").strip()
-            if not text.lstrip("-").isdigit():
+            self.exit_code = state.kept_exit_code(self._code_fd)
+            if self.exit_code is None:
                 raise NotFoundError(f"container {self.c.name} was removed while attached")
-            self.exit_code = int(text)
             return True
         if now.finished_at != self.c.finished_at and now.status in ("exited", "created"):
             self.exit_code = now.exit_code

@@ -747,9 +747,9 @@ class Runtime:
             while True:
                 now = state.load(c.path, damaged=True)
                 if now is None:
-                    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                    if text.lstrip("-").isdigit():
-                        return int(text)
+                    code = state.kept_exit_code(fd)
+                    if code is not None:
+                        return code
                     raise NotFoundError(f"container {c.name} was removed before it stopped")
                 if now.status == "exited" and now.finished_at != c.finished_at:
                     return now.exit_code

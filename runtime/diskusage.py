@@ -54,9 +54,8 @@ class DiskUsage:
 def disk_usage(root) -> DiskUsage:
     """What `docker system df` reports, for pyinspect's store under `root`."""
     store = ImageStore(root)
-    runtime = Runtime(root)
     images = store.list()
-    containers = runtime.list(all=True)
+    containers = Runtime(root).list(all=True)
     layer_sets = {im.id: {d.split(":", 1)[-1] for d in im.diff_ids} for im in images}
     holders: dict[str, int] = {}
     for layers in layer_sets.values():
@@ -69,7 +68,7 @@ def disk_usage(root) -> DiskUsage:
     image_rows = [
         ImageUsage(
             im,
-            sum(sizes[h] for h in layer_sets[im.id]),
+            im.size,  # (its distinct layers' sizes, as summed here)
             sum(sizes[h] for h in layer_sets[im.id] if holders[h] > 1),
             users.get(im.id, 0),
         )
@@ -78,18 +77,25 @@ def disk_usage(root) -> DiskUsage:
     container_rows = [
         ContainerUsage(
             c,
-            0 if c.status == "damaged" else runtime.writable_bytes(c),
+            _writable(c),
             c.status == "running" or c.restarting,
         )
         for c in sorted(containers, key=lambda c: c.created, reverse=True)
     ]
-    return DiskUsage(image_rows, container_rows, sum(sizes.values()), _build_cache_records(root))
+    return DiskUsage(
+        image_rows, container_rows, sum(sizes.values()), _build_cache_records(root, store)
+    )
 
 
-def _build_cache_records(root) -> int:
+def _writable(c: Container) -> int:
+    """Its writable layer's bytes; 0 for a damaged record (its layer is not read)."""
+    return 0 if c.status == "damaged" else Runtime.writable_bytes(c)
+
+
+def _build_cache_records(root, store: ImageStore) -> int:
     from .build.cache import BuildCache
 
-    cache = BuildCache(root, ImageStore(root))
+    cache = BuildCache(root, store)
     try:
         names = os.listdir(cache.dir)
     except FileNotFoundError:
@@ -109,6 +115,6 @@ def container_sizes(root, containers: list[Container]) -> dict[str, tuple[int, i
                 image_bytes[c.image_id] = store.resolve(c.image_id).size
             except PyinspectError:
                 image_bytes[c.image_id] = 0  # removed with rmi -f: its layers may be gone
-        rw = 0 if c.status == "damaged" else Runtime.writable_bytes(c)
+        rw = _writable(c)
         out[c.id] = (rw, rw + image_bytes[c.image_id])
     return out

@@ -192,6 +192,13 @@ def keep_exit_code(c, waited_only=False) -> None:
         os.close(fd)
 
 
+def kept_exit_code(fd: int) -> int | None:
+    """The code keep_exit_code wrote into the EXIT_CODE_FILE open as `fd` (opened, with
+    O_CREAT, before the record went), or None when none was written."""
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
 def hide_record(root, c) -> str:
     """Free `c`'s name and rename its directory to `.tmp-rm-<id>` (so a half-done
     removal never looks like a container); returns the new path (c.path if the rename

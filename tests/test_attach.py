@@ -213,3 +213,32 @@ def test_run_detach_keys_of_its_own(pc):
     finally:
         term.close()
     assert pc.inspect("at-keys")["State"]["Running"]
+
+
+def test_output_only_when_its_stdin_is_the_cli_s(pc):
+    """A container run attached with -i reads the CLI's stdin: an attach says it sends
+    none (one line) and shows the output; an --rm one's code comes from its kept file."""
+    first = subprocess.Popen(
+        pc.argv("run", "-i", "--name", "at-att", "--net", "none", "busybox", "sh", "-c",
+                'read l; echo "got $l"; exit 3'),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _wait_for(lambda: pc("ps", "-q", "--filter", "name=at-att").stdout.strip())
+    second = subprocess.Popen(pc.argv("attach", "at-att"), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    time.sleep(1)  # attached
+    second.stdin.write(b"not sent\n")
+    second.stdin.flush()
+    first.stdin.write(b"hi\n")
+    first.stdin.flush()
+    second.wait(timeout=30)
+    out, err = second.stdout.read(), second.stderr.read()
+    assert second.returncode == 3 and out == b"got hi\n", (out, err)
+    assert err == b"pyinspect: at-att takes no stdin now; output only\n", err
+    first.wait(timeout=30)
+    first.stdin.close()
+    assert first.returncode == 3 and first.stdout.read() == b"got hi\n"
+    pc("run", "-d", "--rm", "--name", "at-rm", "--net", "none", "busybox", "sh", "-c",
+       "sleep 1; echo bye; exit 6")  # fmt: skip
+    proc = pc("attach", "at-rm", input="", check=False)
+    assert (proc.returncode, proc.stdout) == (6, "bye\n"), proc

@@ -101,13 +101,8 @@ def version(fmt):
       pyinspect version
       pyinspect version --format '{{.Server.KernelVersion}}'
     """
-    from ..dockerfmt import gotemplate
+    from ..dockerfmt.psformat import format_object
     from ..host.versions import render, versions
 
     data = versions()
-    if fmt == "json":
-        click.echo(json.dumps(data))
-    elif fmt:
-        click.echo(gotemplate.render(fmt.replace("\\n", "\n"), data))
-    else:
-        click.echo("\n".join(render(data)))
+    click.echo(format_object(fmt, data) if fmt else "\n".join(render(data)))

@@ -1,8 +1,6 @@
 """`system prune` and `system df`, as Docker's (runtime.prune.prune_system and
 runtime.diskusage.disk_usage do the work)."""
 
-import json
-
 import click
 
 from .prune import confirmed, image_lines, images_warning, reclaimed, section
@@ -55,14 +53,14 @@ def df(obj, verbose, fmt):
       pyinspect system df -v
       pyinspect system df --format '{{.Type}}: {{.Reclaimable}}'
     """
-    from ..dockerfmt import diskformat, gotemplate
-    from ..dockerfmt.psformat import format_rows
+    from ..dockerfmt import diskformat
+    from ..dockerfmt.psformat import format_object, format_rows
     from ..runtime.diskusage import disk_usage
 
     usage = disk_usage(obj["root"])
     if verbose and fmt:
         data = diskformat.verbose_object(usage)
-        click.echo(json.dumps(data) if fmt == "json" else gotemplate.render(fmt, data))
+        click.echo(format_object(fmt, data))
         return
     if verbose:
         lines = diskformat.verbose_lines(usage)

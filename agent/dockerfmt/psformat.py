@@ -363,6 +363,16 @@ def history_row(entry, trunc=True, human=True, now=None) -> dict:
     }
 
 
+def format_object(fmt, data) -> str:
+    """What `--format FMT` prints for one object (`version`, `system df -v`): `json`, or
+    a Go template (\\t and \\n as written in a shell, as docker/cli takes them)."""
+    import json
+
+    if fmt == "json":
+        return json.dumps(data)
+    return gotemplate.render(fmt.replace("\\t", "\t").replace("\\n", "\n"), data)
+
+
 def format_rows(rows, fmt, default, headers):
     """The lines a listing prints for `rows` with `--format FMT`: `table` (`default`),
     `json`, `table TEMPLATE` (its header from `headers`) or a Go template.
