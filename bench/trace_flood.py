@@ -3,7 +3,7 @@
     .venv/bin/python bench/trace_flood.py [--seconds 4] [--rounds 3] [--only all|flood|iperf]
                                           [--iperf-windows 600] [--window 10] [--iperf-pairs N]
                                           [--no-pin]
-                                          [--trace-args ARGS]
+                                          [--trace-args ARGS] [--compare ARGS ...]
                                           [--json]
 
 Builds the test topology (testbed/tracetopo.py: client -> host netns with DNAT -> bridge ->
@@ -21,7 +21,11 @@ connection and the same drift of this VM's throughput (+-15% from one run to the
 +-10% from one second to the next); each attached window is also compared with the
 nothing-windows either side of it (the median of those ratios is printed, with its 95%
 bootstrap interval: single windows spread +-10%, so the default 600 s give ~23 windows
-and an interval of about +-2%). `--iperf-pairs N` runs separate iperf3 runs in pairs
+and an interval of about +-2%). `--compare ARGS` (repeatable) alternates the attached
+windows between `--trace-args` and other trace arguments in the same run (e.g. `--compare
+"--max-size 1K"`: the evidence off from the start), and prints each kind's median window
+ratio: what a part of the trace costs, with the drift shared. `--iperf-pairs N` runs
+separate iperf3 runs in pairs
 instead (the trace attached before the connection starts; the median pair ratio).
 Flood rounds alternate the modes and the median is reported, because other work on a shared
 2-core VM moves absolute numbers. All traffic stays in namespaces this script creates.
@@ -253,12 +257,17 @@ def iperf_client(topo, seconds, pin=True):
     )
 
 
-def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
+def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=(), compare=()):
     """One iperf3 run of `seconds`; a trace attached for `window` s, then nothing for
     `window` s, in turns. Returns the 0.5 s interval rates (bit/s) with a trace attached
     and with nothing, each start-up time, and each attached window's ratio to the
     nothing-windows on either side of it (the VM's throughput drifts over tens of seconds;
-    a window compared with its neighbours is not)."""
+    a window compared with its neighbours is not). With `compare` (more argument lists),
+    the attached windows take `trace_args` and each of those in turn; the last item
+    returned maps each list's index to its windows' ratios (0: `trace_args`), and the
+    rest are `trace_args`' windows only."""
+    sets = [list(trace_args), *map(list, compare)]
+    kinds = []  # the argument set of each attached window
     busy, on, startup = [], [], []  # wall-clock spans: trace starting/stopping; attached
     with iperf_server(topo, pin):
         t0 = time.time()
@@ -267,7 +276,8 @@ def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
             time.sleep(window)
             while time.time() - t0 < seconds - 2 * window - 5:
                 asked = time.time()
-                p = start_trace(topo, tempfile.mkdtemp(dir=tmp), trace_args)
+                kinds.append(len(on) % len(sets))
+                p = start_trace(topo, tempfile.mkdtemp(dir=tmp), sets[kinds[-1]])
                 ready = time.time()
                 time.sleep(window)
                 stop = time.time()
@@ -294,7 +304,8 @@ def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
             continue  # slow start
         hit = [i for i, (r, s) in enumerate(on) if r + 0.3 <= a and b <= s]
         if hit:
-            attached.append(rate)
+            if kinds[hit[0]] == 0:
+                attached.append(rate)
             by_window.setdefault(("on", hit[0]), []).append(rate)
         elif not any(a < y + 0.3 and b > x for x, y in busy) and not any(
             a < s and b > r for r, s in on
@@ -302,15 +313,16 @@ def iperf_windows(topo, seconds, window, tmp, pin=True, trace_args=()):
             nothing.append(rate)
             gap = sum(1 for r, s in on if s <= a)
             by_window.setdefault(("off", gap), []).append(rate)
-    cycles = []
+    by_set = {k: [] for k in range(len(sets))}
     for i in range(len(on)):
         here = by_window.get(("on", i))
         sides = [
             statistics.mean(by_window[k]) for k in (("off", i), ("off", i + 1)) if by_window.get(k)
         ]
         if here and sides:
-            cycles.append(statistics.mean(here) / statistics.mean(sides))
-    return attached, nothing, startup, cycles
+            by_set[kinds[i]].append(statistics.mean(here) / statistics.mean(sides))
+    startup = [x for x, k in zip(startup, kinds, strict=True) if k == 0]
+    return attached, nothing, startup, by_set[0], by_set
 
 
 def main():
@@ -345,6 +357,14 @@ def main():
         "--trace-args",
         default="",
         help='extra `pyinspect trace` arguments for the iperf3 windows (e.g. "--max-rate 1")',
+    )
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="more `pyinspect trace` arguments for every other iperf3 window, in turns with "
+        '--trace-args (repeatable; e.g. "--max-size 1K": the evidence off from the start)',
     )
     ap.add_argument("--only", choices=("all", "flood", "iperf"), default="all")
     ap.add_argument("--json", action="store_true")
@@ -397,19 +417,24 @@ def main():
                         mode(r)
             # iperf3 in one run with the trace attached and detached in turns
             if args.only != "flood" and args.iperf_windows:
-                on, off, startup, cycles = iperf_windows(
+                on, off, startup, cycles, by_set = iperf_windows(
                     topo,
                     args.iperf_windows,
                     args.window,
                     tmp,
                     pin=not args.no_pin,
                     trace_args=shlex.split(args.trace_args),
+                    compare=[shlex.split(a) for a in args.compare],
                 )
                 results.update(
                     iperf_window_on=on,
                     iperf_window_off=off,
                     iperf_window_startup=startup,
                     iperf_window_cycles=cycles,
+                    iperf_window_compare=[
+                        {"trace_args": a, "window_ratios": by_set[k + 1]}
+                        for k, a in enumerate(args.compare)
+                    ],
                 )
             # iperf3 in pairs, back to back and in alternating order: the VM's throughput
             # drifts by +-15% between runs, so each pair's ratio is what is compared
@@ -465,6 +490,19 @@ def main():
             ),
             "median_window_ratio_95": median_interval(results["iperf_window_cycles"]),
             "startup_s": [round(x, 1) for x in results["iperf_window_startup"]],
+            "compare": [
+                {
+                    "trace_args": c["trace_args"],
+                    "window_ratios": [round(x, 3) for x in c["window_ratios"]],
+                    "median_window_ratio": (
+                        round(statistics.median(c["window_ratios"]), 3)
+                        if c["window_ratios"]
+                        else None
+                    ),
+                    "median_window_ratio_95": median_interval(c["window_ratios"]),
+                }
+                for c in results.get("iperf_window_compare", [])
+            ],
         }
     report["raw"] = results
     if args.json:
@@ -500,6 +538,12 @@ def main():
             f"x{med} (95% interval {lo}-{hi}; target x{TARGET}: {verdict}) "
             f"({', '.join(str(x) for x in w['window_ratios'])})"
         )
+        for c in w["compare"]:
+            lo, hi = c["median_window_ratio_95"] or (None, None)
+            print(
+                f"  in turns with it, trace {c['trace_args']}: median x{c['median_window_ratio']}"
+                f" (95% interval {lo}-{hi}) ({', '.join(str(x) for x in c['window_ratios'])})"
+            )
     if results["iperf_none"]:
         print(
             f"iperf3 TCP through DNAT, {len(results['iperf_none'])} pairs of {args.seconds}s "
