@@ -34,6 +34,7 @@ COMMANDS = {
     "image": ("prune", "image", "Manage images: prune."),
     "container": ("prune", "container", "Manage containers: prune."),
     "system": ("system", "system", "Manage stored objects: df, prune."),
+    "volume": ("volume", "volume", "Manage volumes: create, ls, inspect, rm, prune."),
     "login": ("registry", "login", "Log in to a registry."),
     "logout": ("registry", "logout", "Log out from a registry."),
     "pull": ("registry", "pull", "Pull an image from a registry."),

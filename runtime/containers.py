@@ -23,6 +23,7 @@ from pyinspect.errors import (
 )
 
 from . import state
+from . import volumes as _volumes
 from .ctrlog import read_records
 from .netmod import network_module
 from .state import TMP_PREFIX, Container, ContainerSpec
@@ -201,7 +202,7 @@ class Runtime:
     # -- create ----------------------------------------------------------------------
     def _validate(self, spec):
         from .cgroups import parse_cpus, parse_memory, parse_pids
-        from .isolation import parse_volume
+        from .volumes import parse_volume
 
         if spec.name is not None:
             _check_name(spec.name)
@@ -345,12 +346,6 @@ class Runtime:
         process = self._process(spec, image.config, hostname)
         process["limits"] = limits
         self._check_workdir(spec, process["cwd"], image.layer_dirs)
-        from .isolation import parse_volume
-
-        for v in spec.volumes:  # only now that the input is valid: bad input makes nothing
-            source = parse_volume(v)["source"]
-            if not os.path.exists(source):
-                os.makedirs(source, exist_ok=True)  # like docker -v
         os.makedirs(self.cdir, exist_ok=True)
         os.makedirs(self.ndir, exist_ok=True)
         name = (spec.name or "").lstrip("/") or _generate_name(
@@ -376,6 +371,8 @@ class Runtime:
         if run:
             c.creator = [os.getpid(), state.proc_start(os.getpid())]
         try:
+            # only now that the input is valid: bad input makes nothing
+            c.mounts = self._make_mounts(spec, image.config)
             for d in ("upper", "work", "rootfs"):
                 os.mkdir(os.path.join(tmp, d), 0o755)
             state.save(c, static=True)
@@ -385,12 +382,30 @@ class Runtime:
             self._reserve_name(c)
         except BaseException:
             self._remove_hidden(c.path)
+            _volumes.remove_anonymous(self.root, c)
             os.close(lock_fd)
             raise
         if run:
             return c, lock_fd
         os.close(lock_fd)
         return c, -1
+
+    def _make_mounts(self, spec, image_config):
+        """The container's mounts: `-v` host paths (made when missing, as Docker's),
+        volumes (made when missing) and anonymous volumes for the image's VOLUME paths."""
+        args = [_volumes.parse_volume(v) for v in spec.volumes]
+        args += _volumes.image_volume_args(image_config, args)
+        store = _volumes.VolumeStore(self.root)
+        out = []
+        for a in args:
+            if a.kind == "bind":
+                if not os.path.exists(a.source):
+                    os.makedirs(a.source, exist_ok=True)  # like docker -v
+                out.append(_volumes.mount_record(a))
+                continue
+            vol, _new = store.create(a.source, made_by="run")
+            out.append(_volumes.mount_record(a, vol, empty=not os.listdir(vol.mountpoint)))
+        return out
 
     def rename(self, ref, new_name):
         """Give container `ref` the name `new_name` (Docker's rename): its name link, its
@@ -763,8 +778,9 @@ class Runtime:
         c = self.stop(ref, timeout)
         return self.start(c.id)
 
-    def remove(self, ref, force=False):
-        """Remove a stopped container (with `force`, kill it first).
+    def remove(self, ref, force=False, volumes=False):
+        """Remove a stopped container (with `force`, kill it first); with `volumes`, its
+        anonymous volumes too (`rm -v`).
 
         A damaged record is removed too (its name freed): its processes, if a
         monitor still runs it, are found by its cgroup (`force` kills them)."""
@@ -821,6 +837,8 @@ class Runtime:
             self._cleanup_kernel(c)
             state.keep_exit_code(c, waited_only=True)  # for a `wait` on it
             self._remove_files(c)
+            if volumes:
+                _volumes.remove_anonymous(self.root, c)
         finally:
             os.close(lock_fd)
         if c.status == state.DAMAGED:  # its network record is unknown: drop dead leases
@@ -898,6 +916,7 @@ class Runtime:
         if c.spec.auto_remove:
             state.keep_exit_code(c)
             self._remove_files(c)
+            _volumes.remove_anonymous(self.root, c)
         else:
             state.save(c)
 
@@ -1554,22 +1573,8 @@ def container_json(c):
     argv = proc.get("argv") or [""]
     running = c.status == "running" or c.restarting  # Docker: Running while restarting
     paused = c.paused
-    mounts, binds = [], []
-    for v in spec.volumes:
-        from .isolation import parse_volume
-
-        vol = parse_volume(v)
-        binds.append(v)
-        mounts.append(
-            {
-                "Type": "bind",
-                "Source": vol["source"],
-                "Destination": vol["destination"],
-                "Mode": "ro" if vol["ro"] else "",
-                "RW": not vol["ro"],
-                "Propagation": "rprivate",
-            }
-        )
+    mounts = [_volumes.inspect_mount(m) for m in _volumes.record_mounts(c)]
+    binds = [v for v in spec.volumes if ":" in v]  # (Docker's: not the anonymous ones)
     published: dict[str, list[dict[str, str]]] = {}
     for p in net.get("ports") or []:
         key = f"{p.get('container_port')}/{p.get('proto', 'tcp')}"

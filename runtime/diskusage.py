@@ -1,14 +1,16 @@
-"""`system df`: the space images, containers and the build cache take, counted as Docker's
-daemon counts it (`docker system df`)."""
+"""`system df`: the space images, containers, volumes and the build cache take, counted as
+Docker's daemon counts it (`docker system df`)."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyinspect.errors import PyinspectError
 
 from .containers import Runtime
+from .fsutil import tree_bytes
 from .images import Image, ImageStore
 from .state import Container
+from .volumes import Volume, VolumeStore, record_mounts
 
 
 @dataclass
@@ -26,6 +28,15 @@ class ImageUsage:
 
 
 @dataclass
+class VolumeUsage:
+    """One volume: its bytes and how many containers mount it."""
+
+    volume: Volume
+    size: int  # its files' bytes (as a layer's)
+    links: int  # the containers (any state) that mount it
+
+
+@dataclass
 class ContainerUsage:
     container: Container
     size: int  # its writable layer (Docker's SizeRw)
@@ -38,6 +49,13 @@ class DiskUsage:
     containers: list[ContainerUsage]  # newest first
     layers_bytes: int  # every stored layer once
     build_cache_records: int  # steps the build cache can give again
+    volumes: list[VolumeUsage] = field(default_factory=list)  # by name
+
+    def volumes_bytes(self) -> int:
+        return sum(u.size for u in self.volumes)
+
+    def volumes_reclaimable(self) -> int:
+        return sum(u.size for u in self.volumes if not u.links)
 
     def images_reclaimable(self) -> int:
         """Docker's CLI: all layers less the unique bytes of images a container uses."""
@@ -82,8 +100,21 @@ def disk_usage(root) -> DiskUsage:
         )
         for c in sorted(containers, key=lambda c: c.created, reverse=True)
     ]
+    links: dict[str, int] = {}
+    for c in containers:
+        for m in record_mounts(c):
+            if m.get("type") == "volume":
+                links[m["name"]] = links.get(m["name"], 0) + 1
+    volume_rows = [
+        VolumeUsage(v, tree_bytes(v.mountpoint), links.get(v.name, 0))
+        for v in VolumeStore(root).list()
+    ]
     return DiskUsage(
-        image_rows, container_rows, sum(sizes.values()), _build_cache_records(root, store)
+        image_rows,
+        container_rows,
+        sum(sizes.values()),
+        _build_cache_records(root, store),
+        volume_rows,
     )
 
 

@@ -13,8 +13,6 @@ import errno
 import os
 import stat
 
-from pyinspect.errors import UsageError
-
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -389,7 +387,11 @@ def prepare_root(
     _mkdirp(sys_dir)
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if readonly_sys else 0)
     mount("sysfs", sys_dir, "sysfs", flags)
-    for vol in volumes:
+    from .volumes import fill_from_image
+
+    for vol in volumes:  # a new volume takes the image's content first (Docker's)
+        if vol.get("fill"):
+            fill_from_image(secure_join(rootfs, vol["destination"]), vol)
         _mount_volume(rootfs, vol)
 
 
@@ -476,26 +478,3 @@ def loopback_up():
         ioctl(fd, 0x8914, struct.pack("16sh", b"lo", flags | 1))
     finally:
         os.close(fd)
-
-
-def parse_volume(text):
-    """`HOST:CTR[:ro|rw]` -> {"source", "destination", "ro"}."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise UsageError(f"invalid volume {text!r}: expected HOST:CONTAINER[:ro]")
-    source, dest = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if mode not in ("ro", "rw"):
-        raise UsageError(f"invalid volume {text!r}: mode must be ro or rw")
-    if not source.startswith("/"):
-        raise UsageError(
-            f"invalid volume {text!r}: the host path must be absolute",
-            "named volumes are not supported",
-        )
-    if not dest.startswith("/"):
-        raise UsageError(f"invalid volume {text!r}: the container path must be absolute")
-    return {
-        "source": os.path.normpath(source),
-        "destination": os.path.normpath(dest),
-        "ro": mode == "ro",
-    }

@@ -467,7 +467,9 @@ class Shim:
                 child.write_all(ready_w, b"r")
             os.close(ready_w)
             isolation.sethostname(c.hostname)
-            volumes = [isolation.parse_volume(v) for v in spec.volumes]
+            from .volumes import record_mounts
+
+            volumes = record_mounts(c)
             isolation.prepare_root(
                 os.path.join(c.path, "rootfs"),
                 c.layers,
@@ -739,6 +741,9 @@ class Shim:
             self.log = None
         if trash:
             state.remove_tree(trash)
+            from .volumes import remove_anonymous
+
+            remove_anonymous(self.rt.root, c)
         elif problems:
             c.error = "; ".join([e for e in [error] + problems if e])
             state.save(c)

@@ -36,6 +36,7 @@ STATIC_FIELDS = (
     "layers",
     "image_config",
     "hostname",
+    "mounts",
 )
 
 
@@ -97,6 +98,7 @@ class Container:
     layers: list = field(default_factory=list)  # image layer dirs, base first
     image_config: dict = field(default_factory=dict)
     hostname: str = ""
+    mounts: list = field(default_factory=list)  # binds and volumes (volumes.mount_record)
     pid_start: int = 0  # /proc start time of `pid` (guards against pid reuse)
     shim_pid: int = 0
     shim_start: int = 0
@@ -285,7 +287,7 @@ _FIELD_TYPES = {
     ),
     **dict.fromkeys(("oom_killed", "restarting", "manually_stopped"), bool),
     **dict.fromkeys(("network", "cgroup", "process", "image_config"), dict),
-    **dict.fromkeys(("layers", "creator"), list),
+    **dict.fromkeys(("layers", "creator", "mounts"), list),
 }
 _NONE = type(None)
 _SPEC_TYPES = {

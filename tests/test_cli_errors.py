@@ -256,10 +256,14 @@ CASES = [
     ),
     (
         "volume-relative-host",
-        ["run", "--net", "none", "-v", "rel:/x", "busybox", "true"],
+        ["run", "--net", "none", "-v", "./rel:/x", "busybox", "true"],
         2,
-        ["rel:/x"],
+        ["./rel:/x", "absolute path"],
     ),
+    ("volume-create-bad-name", ["volume", "create", "a/b"], 2, ["a/b", "invalid characters"]),
+    ("volume-inspect-missing", ["volume", "inspect", "nope"], 3, ["no such volume: nope"]),
+    ("volume-rm-missing", ["volume", "rm", "nope"], 3, ["no such volume: nope"]),
+    ("volume-ls-bad-filter", ["volume", "ls", "-f", "x=y"], 2, ["invalid filter"]),
     (
         "volume-relative-ctr",
         ["run", "--net", "none", "-v", "/tmp:rel", "busybox", "true"],

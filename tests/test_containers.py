@@ -629,7 +629,7 @@ def test_bad_inputs_are_one_line_and_change_nothing(pc, state_root):
         (("run", "--net", "none", "--cpus", "-1", "busybox", "true"), 2, "cpus"),
         (("run", "--net", "none", "--entrypoint", "", "busybox"), 2, "no command"),
         (("run", "--net", "none", "--name", "bad name!", "busybox", "true"), 2, "name"),
-        (("run", "--net", "none", "-v", "relative:/x", "busybox", "true"), 2, "absolute"),
+        (("run", "--net", "none", "-v", "./relative:/x", "busybox", "true"), 2, "absolute"),
         (("run", "--net", "none", "-w", "rel", "busybox", "true"), 2, "absolute"),
         (("kill", "-s", "NOPE", "pc-dup"), 2, "signal"),
         (("run", "--net", "none", "busybox", "no-such-command"), 127, "executable file"),
@@ -818,7 +818,8 @@ def test_secure_join_and_parsers(tmp_path):
     from pyinspect.errors import UsageError
     from pyinspect.runtime.cgroups import parse_cpus, parse_memory, parse_pids
     from pyinspect.runtime.containers import parse_signal, split_cp_arg
-    from pyinspect.runtime.isolation import parse_volume, secure_join
+    from pyinspect.runtime.isolation import secure_join
+    from pyinspect.runtime.volumes import VolumeArg, parse_volume
 
     root = tmp_path / "r"
     (root / "etc").mkdir(parents=True)
@@ -842,7 +843,7 @@ def test_secure_join_and_parsers(tmp_path):
             parse_memory(bad)
     assert parse_cpus("0.5") == 0.5 and parse_pids(0) is None and parse_pids("12") == 12
     assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
-    assert parse_volume("/h:/c:ro") == {"source": "/h", "destination": "/c", "ro": True}
+    assert parse_volume("/h:/c:ro") == VolumeArg("bind", "/h", "/c", True, True, "ro")
     assert split_cp_arg("web:/etc/x") == ("web", "/etc/x") and split_cp_arg("./a:b") == (
         None,
         "./a:b",

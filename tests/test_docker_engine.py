@@ -1118,3 +1118,75 @@ def test_attach_as_dockers(engine, state_root):
         for run, _image, _net in engines.values():
             run("unpause", paused, check=False)
             run("rm", "-f", out_name, in_name, done, paused, check=False)
+
+
+def test_volumes_as_dockers(engine, state_root):
+    """Volumes in both engines: `volume create/ls/inspect`, a named and an anonymous volume
+    in `inspect`'s Mounts and Binds, a new volume filled from the image, the refusal to
+    remove one in use, `rm -v` (the anonymous one goes, the named one stays) and prune."""
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    tag = unique("vol")
+    named, fresh, label = f"{tag}-n", f"{tag}-f", f"{tag}-l"
+    engines = {
+        "docker": (eng.docker, eng.image, "--network"),
+        "pyinspect": (cli, "busybox", "--net"),
+    }
+    out: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+
+    def volume_names(run):
+        return set(run("volume", "ls", "-q").stdout.split())
+
+    try:
+        for who, (run, image, net) in engines.items():
+            o = out[who]
+            o["create"] = [
+                run("volume", "create", named).stdout,
+                run("volume", "create", named).stdout,
+                run("volume", "create", "--label", "k=v", label).stdout,
+            ]
+            fmt = "{{.Name}} {{.Driver}} {{.Labels}} {{.Scope}}"
+            o["ls"] = run("volume", "ls", "-f", f"name={tag}", "--format", fmt).stdout
+            docs = json.loads(run("volume", "inspect", named, label).stdout)
+            o["inspect"] = [
+                {k: v for k, v in d.items() if k not in ("CreatedAt", "Mountpoint")} for d in docs
+            ]
+            o["mountpoint"] = docs[0]["Mountpoint"].endswith(f"/volumes/{named}/_data")
+            before = volume_names(run)
+            run("run", "-d", "--name", f"{tag}-c", net, "none", "-v", f"{named}:/etc",
+                "-v", "/data", image, "sleep", "600")  # fmt: skip
+            anon = volume_names(run) - before
+            mounts = run("inspect", "-f", "{{json .Mounts}}", f"{tag}-c").stdout
+            o["mounts"] = [
+                {k: v for k, v in m.items() if k != "Source"}
+                | {"Name": m["Name"] if m["Name"] == named else len(m["Name"])}
+                for m in sorted(json.loads(mounts), key=lambda m: m["Destination"])
+            ]
+            o["binds"] = run("inspect", "-f", "{{json .HostConfig.Binds}}", f"{tag}-c").stdout
+            o["anonymous"] = len(anon)
+            listed = run("run", "--rm", net, "none", "-v", f"{fresh}:/etc", image, "ls", "/etc")
+            o["filled"] = {"passwd", "group"} <= set(listed.stdout.split())
+            o["fresh labels"] = json.loads(run("volume", "inspect", fresh).stdout)[0]["Labels"]
+            cid = run("inspect", "-f", "{{.Id}}", f"{tag}-c").stdout.strip()
+            refused = run("volume", "rm", named, check=False)
+            o["in use"] = (
+                refused.returncode != 0,
+                f"remove {named}: volume is in use - [{cid}]" in refused.stderr,
+            )
+            run("rm", "-f", "-v", f"{tag}-c")
+            now = volume_names(run)
+            o["after rm -v"] = (bool(anon & now), named in now, sorted(now - before))
+            pruned = run("volume", "prune", "-f").stdout
+            o["pruned"] = sorted(n for n in (named, fresh, label) if f"\n{n}\n" in pruned)
+            o["prune last line"] = pruned.splitlines()[-1].startswith("Total reclaimed space: ")
+        assert out["pyinspect"] == out["docker"], out
+        d = out["docker"]
+        assert d["create"] == [f"{named}\n", f"{named}\n", f"{label}\n"]
+        assert d["mounts"][1]["Mode"] == "z" and d["mounts"][0]["Mode"] == ""
+        assert d["anonymous"] == 1 and d["filled"] and d["in use"] == (True, True)
+        assert d["after rm -v"] == (False, True, [fresh])
+        assert d["pruned"] == sorted([named, fresh, label])
+    finally:
+        for run, _image, _net in engines.values():
+            run("rm", "-f", "-v", f"{tag}-c", check=False)
+            run("volume", "rm", "-f", named, fresh, label, check=False)

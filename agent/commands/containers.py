@@ -436,12 +436,13 @@ def kill(obj, sig, containers):
 
 @click.command()
 @click.option("-f", "--force", is_flag=True, help="Kill running containers first.")
+@click.option("-v", "--volumes", is_flag=True, help="Also remove their anonymous volumes.")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
-def rm(obj, force, containers):
+def rm(obj, force, volumes, containers):
     """Remove containers and everything they made."""
     rt = _runtime(obj)
-    return _each(containers, lambda n: rt.remove(n, force=force))
+    return _each(containers, lambda n: rt.remove(n, force=force, volumes=volumes))
 
 
 @click.command()

@@ -4,7 +4,7 @@ JSON keys (docker/cli's formatter/disk_usage.go)."""
 from typing import TYPE_CHECKING
 
 from ..units import decimal_size
-from .psformat import docker_time, ps_row, since, tabwrite, truncate_command
+from .psformat import docker_time, ps_row, since, tabwrite, truncate_command, volume_row
 
 if TYPE_CHECKING:
     from ..runtime.diskusage import DiskUsage
@@ -52,9 +52,9 @@ def _share(part: int, whole: int) -> str:
 
 def summary_rows(du: "DiskUsage") -> list[dict]:
     """The four rows of `docker system df`: Images, Containers, Local Volumes, Build Cache
-    (pyinspect has no named volumes; its build cache records hold no bytes of their
-    own: their layers are the images')."""
+    (its build cache records hold no bytes of their own: their layers are the images')."""
     containers = du.containers_bytes()
+    volumes = du.volumes_bytes()
     return [
         {
             "Type": "Images",
@@ -72,10 +72,10 @@ def summary_rows(du: "DiskUsage") -> list[dict]:
         },
         {
             "Type": "Local Volumes",
-            "TotalCount": "0",
-            "Active": "0",
-            "Size": "0B",
-            "Reclaimable": "0B",
+            "TotalCount": str(len(du.volumes)),
+            "Active": str(sum(1 for u in du.volumes if u.links)),
+            "Size": _human(volumes),
+            "Reclaimable": _share(du.volumes_reclaimable(), volumes),
         },
         {
             "Type": "Build Cache",
@@ -127,7 +127,7 @@ def _table(header: tuple, rows: list[tuple]) -> list[str]:
 
 
 def verbose_lines(du: "DiskUsage") -> list[str]:
-    """`docker system df -v`: a table of images, of containers, of volumes (none) and of
+    """`docker system df -v`: a table of images, of containers, of volumes and of
     the build cache (none), each under its title."""
     images = [tuple(r[k] for _, k in _IMAGE_COLUMNS) for r in image_rows(du)]
     containers = [
@@ -145,7 +145,7 @@ def verbose_lines(du: "DiskUsage") -> list[str]:
         "",
         "Local Volumes space usage:",
         "",
-        *_table(_VOLUME_HEADER, []),
+        *_table(_VOLUME_HEADER, [(r["Name"], r["Links"], r["Size"]) for r in volume_rows(du)]),
         "",
         "Build cache usage: 0B",
         "",
@@ -156,4 +156,16 @@ def verbose_lines(du: "DiskUsage") -> list[str]:
 def verbose_object(du: "DiskUsage") -> dict:
     """`system df -v --format`'s data: Images, Containers, Volumes, BuildCache."""
     images = [{k: v for k, v in r.items() if k != "ShortID"} for r in image_rows(du)]
-    return {"Images": images, "Containers": container_rows(du), "Volumes": [], "BuildCache": []}
+    return {
+        "Images": images,
+        "Containers": container_rows(du),
+        "Volumes": volume_rows(du),
+        "BuildCache": [],
+    }
+
+
+def volume_rows(du: "DiskUsage") -> list[dict]:
+    """`system df -v`'s volumes: `volume ls` rows with their links and size."""
+    return [
+        {**volume_row(u.volume), "Links": str(u.links), "Size": _human(u.size)} for u in du.volumes
+    ]

@@ -13,6 +13,7 @@ import re
 import time
 
 from ..errors import NotFoundError, UsageError
+from ..runtime.volumes import record_mounts
 from . import gotemplate
 
 # ps --format placeholders -> table headers (docker/cli formatter)
@@ -225,14 +226,15 @@ def ps_row(c, now=None) -> dict:
         status = "Damaged"
     else:
         status = "Created"
+    mounts = record_mounts(c)
     row = {
         "Command": f'"{cmd}"',
         "CreatedAt": docker_time(c.created),
         "ID": c.short_id,
         "Image": c.image,
         "Labels": "",
-        "LocalVolumes": "0",
-        "Mounts": ",".join(v.split(":")[0] for v in (c.spec.volumes or [])),
+        "LocalVolumes": str(sum(m.get("type") == "volume" for m in mounts)),
+        "Mounts": ",".join(_ellipsis(m.get("name") or m["source"], 15) for m in mounts),
         "Names": c.name,
         "Networks": (c.network or {}).get("mode") or c.spec.network_mode or "",
         "Ports": display_ports(container_ports(c)),
@@ -249,6 +251,11 @@ def ps_row(c, now=None) -> dict:
     if c.status == "damaged":
         row["Error"] = c.error  # what is wrong with the record (`inspect` says it too)
     return row
+
+
+def _ellipsis(text: str, width: int) -> str:
+    """Docker's stringutils.Ellipsis: cut to `width` characters, the last one "…"."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def truncate_command(row, width=20):
@@ -327,6 +334,19 @@ def search_row(result, trunc=True) -> dict:
         "StarCount": str(result.stars),
         "IsOfficial": "[OK]" if result.official else "",
         "IsAutomated": "[OK]" if result.automated else "",
+    }
+
+
+def volume_row(vol) -> dict:
+    """`docker volume ls --format`'s fields of a runtime.volumes.Volume."""
+    return {
+        "Name": vol.name,
+        "Driver": "local",
+        "Mountpoint": vol.mountpoint,
+        "Labels": ",".join(f"{k}={v}" for k, v in vol.labels.items()),
+        "Scope": "local",
+        "Links": "N/A",
+        "Size": "N/A",
     }
 
 

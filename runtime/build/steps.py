@@ -225,7 +225,7 @@ def run(
         )
     finally:
         try:
-            rt.remove(c.id if c else name, force=True)
+            rt.remove(c.id if c else name, force=True, volumes=True)
         except PyinspectError:
             pass
 
@@ -254,6 +254,6 @@ def sweep_containers(root) -> None:
         if pid.isdigit() and not pid_alive(int(pid)):
             rt = rt or Runtime(root)
             try:
-                rt.remove(name, force=True)
+                rt.remove(name, force=True, volumes=True)
             except PyinspectError:
                 pass
