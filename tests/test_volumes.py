@@ -169,3 +169,24 @@ def test_volume_bad_input_one_line(pc, state_root):
     doc = json.loads(pc("volume", "inspect", "vt-keep").stdout)
     assert doc[0]["Labels"] == {} and doc[0]["Options"] == {} and doc[0]["Driver"] == "local"
     pc("volume", "rm", "vt-keep")
+
+
+def test_system_prune_volumes(pc, state_root):
+    """`system prune --volumes` removes the stopped container first, then every volume
+    no container mounts any more (its own too); without --volumes volumes stay."""
+    pc("volume", "create", "vt-idle")
+    pc("run", "--name", "vt-done", "--net", "none", "-v", "vt-used:/u", "busybox",
+       "sh", "-c", "head -c 1000 /dev/zero > /u/z")  # fmt: skip
+    cid = pc.inspect("vt-done")["Id"]
+    pc("run", "-d", "--name", "vt-live", "--net", "none", "-v", "vt-live:/l", "busybox",
+       "sleep", "600")  # fmt: skip
+    out = pc("system", "prune", "-f").stdout
+    assert out.startswith(f"Deleted Containers:\n{cid}\n\n") and "Volumes" not in out
+    assert pc("volume", "ls", "-q").stdout.split() == ["vt-idle", "vt-live", "vt-used"]
+    r = pc("system", "prune", "--volumes", input="n\n")
+    assert "  - all volumes not used by at least one container\n" in r.stdout
+    out = pc("system", "prune", "-f", "--volumes").stdout
+    assert out == "Deleted Volumes:\nvt-idle\nvt-used\n\nTotal reclaimed space: 1kB\n", out
+    assert pc("volume", "ls", "-q").stdout.split() == ["vt-live"]
+    pc("rm", "-f", "vt-live")
+    pc("volume", "rm", "vt-live")

@@ -135,7 +135,7 @@ def ps(obj, all_, quiet, fmt, filters, size):
       pyinspect ps --filter publish=8088 --filter name=web
     """
     from ..dockerfmt.psfilter import PsFilter
-    from ..dockerfmt.psformat import format_ps, ps_row, ps_size
+    from ..dockerfmt.psformat import format_ps, ps_rows, wants_size
     from ..runtime.diskusage import container_sizes
 
     flt = PsFilter.parse(filters)
@@ -145,11 +145,8 @@ def ps(obj, all_, quiet, fmt, filters, size):
         for c in found:
             click.echo(c.short_id)
         return 0
-    rows = [ps_row(c) for c in found]
-    size = size or ".Size" in (fmt or "")  # as Docker's: a template naming it computes it
-    if size:
-        sizes = container_sizes(obj["root"], found)
-        rows = [{**r, "Size": ps_size(*sizes[c.id])} for r, c in zip(rows, found, strict=True)]
+    size = wants_size(fmt, size)
+    rows = ps_rows(found, container_sizes(obj["root"], found) if size else None)
     for line in format_ps(rows, fmt, size):
         click.echo(line)
     return 0

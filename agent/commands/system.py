@@ -14,21 +14,24 @@ def system():
 @system.command("prune")
 @click.option("-a", "--all", "every", is_flag=True, help="Also tagged images no container uses.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--volumes", "with_volumes", is_flag=True, help="Also volumes no container uses.")
 @click.pass_obj
-def system_prune(obj, every, force):
-    """Remove stopped containers, unused user networks and dangling images (-a: every
-    image no container uses)."""
+def system_prune(obj, every, force, with_volumes):
+    """Remove stopped containers, unused user networks, (--volumes) unused volumes and
+    dangling images (-a: every image no container uses)."""
     from ..runtime.prune import prune_system
 
+    unused_volumes = "  - all volumes not used by at least one container\n" if with_volumes else ""
     warning = (
         "This will remove:\n  - all stopped containers\n  - all networks not used by at "
-        f"least one container\n  - {images_warning(every)}\n"
+        f"least one container\n{unused_volumes}  - {images_warning(every)}\n"
     )
     if not confirmed(warning, force):
         return
-    pruned = prune_system(obj["root"], every)
+    pruned = prune_system(obj["root"], every, with_volumes)
     section("Deleted Containers", pruned.containers)
     section("Deleted Networks", pruned.networks)
+    section("Deleted Volumes", pruned.volumes)
     section("Deleted Images", image_lines(pruned.images))
     reclaimed(pruned.freed)
 

@@ -291,6 +291,19 @@ def format_ps(rows, fmt=None, size=False):
     return format_rows(rows, fmt, PS_DEFAULT + ("\t{{.Size}}" if size else ""), PS_HEADERS)
 
 
+def wants_size(fmt: str | None, size: bool) -> bool:
+    """`ps -s`, or a template naming .Size: Docker's CLI computes the sizes then too."""
+    return size or ".Size" in (fmt or "")
+
+
+def ps_rows(containers, sizes: dict | None = None, now=None) -> list[dict]:
+    """`ps` rows of `containers`; with `sizes` ({id: (writable, virtual)}), their SIZE."""
+    rows = [ps_row(c, now) for c in containers]
+    if sizes is not None:
+        rows = [{**r, "Size": ps_size(*sizes[c.id])} for r, c in zip(rows, containers, strict=True)]
+    return rows
+
+
 def ps_size(writable: int, virtual: int) -> str:
     """Docker's ps SIZE: the writable layer, then with the image's layers."""
     from ..units import decimal_size
