@@ -25,20 +25,25 @@ MIN_MEMORY = 6 << 20  # Docker's minimum
 PID_MAX_LIMIT = 4 << 20  # pids.max refuses more (include/linux/threads.h, 64-bit)
 
 
-def parse_memory(text):
-    """Docker's memory strings: `30m`, `1g`, `512k`, `1048576` -> bytes (>= 6 MiB)."""
-    if text is None or text == "":
-        return None
+def parse_bytes(text, what: str) -> int:
+    """Docker's byte counts (`30m`, `1g`, `512k`, `1048576`); UsageError naming `what`."""
     m = _MEM_RE.match(str(text))
     if not m:
         raise UsageError(
-            f"invalid memory limit {text!r}: expected a number with an "
+            f"invalid {what} {text!r}: expected a number with an "
             f"optional unit b, k, m or g (e.g. 30m)"
         )
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value >= 2**63:  # also inf, from hundreds of digits
-        raise UsageError(f"invalid memory limit {text!r}: too large")
-    value = int(value)
+        raise UsageError(f"invalid {what} {text!r}: too large")
+    return int(value)
+
+
+def parse_memory(text):
+    """Docker's memory strings: `30m`, `1g`, `512k`, `1048576` -> bytes (>= 6 MiB)."""
+    if text is None or text == "":
+        return None
+    value = parse_bytes(text, "memory limit")
     if value < MIN_MEMORY:
         raise UsageError(f"invalid memory limit {text!r}: the minimum is 6m")
     return value

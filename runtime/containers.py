@@ -202,7 +202,7 @@ class Runtime:
     # -- create ----------------------------------------------------------------------
     def _validate(self, spec):
         from .cgroups import parse_cpus, parse_memory, parse_pids
-        from .volumes import parse_volume
+        from .volumes import all_args
 
         if spec.name is not None:
             _check_name(spec.name)
@@ -211,8 +211,7 @@ class Runtime:
             "cpus": parse_cpus(spec.cpus),
             "pids": parse_pids(spec.pids_limit),
         }
-        for v in spec.volumes:
-            parse_volume(v)
+        all_args(spec)  # -v, --mount, --tmpfs
         import ipaddress
 
         for ns in spec.dns or ():
@@ -393,17 +392,17 @@ class Runtime:
     def _make_mounts(self, spec, image_config):
         """The container's mounts: `-v` host paths (made when missing, as Docker's),
         volumes (made when missing) and anonymous volumes for the image's VOLUME paths."""
-        args = [_volumes.parse_volume(v) for v in spec.volumes]
+        args = _volumes.all_args(spec)
         args += _volumes.image_volume_args(image_config, args)
         store = _volumes.VolumeStore(self.root)
         out = []
         for a in args:
-            if a.kind == "bind":
-                if not os.path.exists(a.source):
+            if a.kind != "volume":
+                if a.kind == "bind" and not os.path.exists(a.source):
                     os.makedirs(a.source, exist_ok=True)  # like docker -v
                 out.append(_volumes.mount_record(a))
                 continue
-            vol, _new = store.create(a.source, made_by="run")
+            vol, _new = store.create(a.source, dict(a.labels), made_by="run")
             out.append(_volumes.mount_record(a, vol, empty=not os.listdir(vol.mountpoint)))
         return out
 
@@ -1573,7 +1572,8 @@ def container_json(c):
     argv = proc.get("argv") or [""]
     running = c.status == "running" or c.restarting  # Docker: Running while restarting
     paused = c.paused
-    mounts = [_volumes.inspect_mount(m) for m in _volumes.record_mounts(c)]
+    records = _volumes.record_mounts(c)
+    mounts = _volumes.inspect_mounts(records)
     binds = [v for v in spec.volumes if ":" in v]  # (Docker's: not the anonymous ones)
     published: dict[str, list[dict[str, str]]] = {}
     for p in net.get("ports") or []:
@@ -1631,6 +1631,8 @@ def container_json(c):
         "Driver": "overlay",
         "HostConfig": {
             "Binds": binds or None,
+            "Mounts": _volumes.host_config_mounts(records),
+            "Tmpfs": _volumes.host_config_tmpfs(spec),
             "NetworkMode": mode,
             "PortBindings": port_bindings(spec.publish),
             "PublishAllPorts": bool(spec.publish_all),

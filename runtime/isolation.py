@@ -354,6 +354,13 @@ def _make_dev(rootfs):
 def _mount_volume(rootfs, vol):
     source, target, readonly = vol["source"], vol["destination"], vol.get("ro", False)
     dest = secure_join(rootfs, target)
+    if vol.get("type") == "tmpfs":  # Docker's: nosuid, nodev, noexec unless asked
+        given = set(vol.get("flags") or ())
+        flags = (0 if "suid" in given else MS_NOSUID) | (0 if "dev" in given else MS_NODEV)
+        flags |= (0 if "exec" in given else MS_NOEXEC) | (MS_RDONLY if readonly else 0)
+        _mkdirp(dest)
+        mount("tmpfs", dest, "tmpfs", flags, vol.get("options") or None)
+        return
     if os.path.isdir(source):
         _mkdirp(dest)
     else:

@@ -49,7 +49,9 @@ class ContainerSpec:
     entrypoint: str | None = None  # --entrypoint (None: the image's; "": none)
     name: str | None = None
     env: list = field(default_factory=list)  # ["K=V", ...]
-    volumes: list = field(default_factory=list)  # ["/host:/ctr[:ro]", ...]
+    volumes: list = field(default_factory=list)  # -v: ["/host:/ctr[:ro]", "name:/ctr", ...]
+    mount: list = field(default_factory=list)  # --mount: ["type=bind,src=/a,dst=/b", ...]
+    tmpfs: list = field(default_factory=list)  # --tmpfs: ["/run:size=64m", ...]
     workdir: str | None = None
     hostname: str | None = None
     memory: str | None = None
@@ -294,7 +296,18 @@ _SPEC_TYPES = {
     "image": str,
     "command": (list, _NONE),
     **dict.fromkeys(
-        ("env", "volumes", "publish", "network_aliases", "dns", "dns_search", "dns_options"), list
+        (
+            "env",
+            "volumes",
+            "mount",
+            "tmpfs",
+            "publish",
+            "network_aliases",
+            "dns",
+            "dns_search",
+            "dns_options",
+        ),
+        list,
     ),
     **dict.fromkeys(
         (

@@ -31,14 +31,18 @@ RECORD = "volume.json"
 
 @dataclass(frozen=True)
 class VolumeArg:
-    """One `-v` value."""
+    """One `-v`, `--mount` or `--tmpfs` value."""
 
-    kind: str  # "bind" | "volume"
-    source: str  # bind: the host path; volume: its name ("": anonymous)
+    kind: str  # "bind" | "volume" | "tmpfs"
+    source: str  # bind: the host path; volume: its name ("": anonymous); tmpfs: ""
     destination: str
     ro: bool = False
     copy: bool = True  # volume: filled from the image on first use (not with nocopy)
-    mode: str = ""  # the mode as given (Docker's inspect shows it)
+    mode: str = ""  # the -v mode as given (Docker's inspect shows it)
+    origin: str = "-v"  # "-v" | "--mount" | "--tmpfs"
+    options: str = ""  # tmpfs: the mount's data (size=, mode=, ...)
+    flags: tuple[str, ...] = ()  # tmpfs: exec, suid, dev (Docker: noexec, nosuid, nodev)
+    labels: tuple[tuple[str, str], ...] = ()  # --mount volume-label: a new volume's labels
 
 
 def parse_volume(text: str) -> VolumeArg:
@@ -75,6 +79,139 @@ def parse_volume(text: str) -> VolumeArg:
     return VolumeArg(
         kind, source, os.path.normpath(dest), "ro" in modes, "nocopy" not in modes, mode
     )
+
+
+MOUNT_KEYS = {
+    "type", "source", "src", "target", "destination", "dst", "readonly", "ro",
+    "volume-nocopy", "volume-label", "bind-propagation", "tmpfs-size", "tmpfs-mode",
+}  # fmt: skip
+TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks")
+TMPFS_FLAGS = ("ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev")
+
+
+def _flag(text: str, key: str, value: str | None) -> bool:
+    """A --mount boolean: bare, or =true/false/1/0."""
+    if value is None or value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise UsageError(f"invalid argument {text!r} for --mount: invalid value for {key}: {value!r}")
+
+
+def parse_mount(text: str) -> VolumeArg:
+    """`--mount type=bind|volume|tmpfs,source=,target=[,readonly][,volume-nocopy]
+    [,volume-label=K=V][,tmpfs-size=N][,tmpfs-mode=OCTAL]` (type volume by default)."""
+    fields: dict[str, str | None] = {}
+    labels = []
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if key not in MOUNT_KEYS:
+            raise UsageError(
+                f"invalid argument {text!r} for --mount: unexpected key {key!r} in {item!r}"
+            )
+        if key == "volume-label":
+            lk, _eq, lv = value.partition("=")
+            labels.append((lk, lv))
+        fields[key] = value if eq else None
+    kind = fields.get("type") or "volume"
+    source = fields.get("source") or fields.get("src") or ""
+    dest = fields.get("target") or fields.get("destination") or fields.get("dst") or ""
+    if not dest:
+        raise UsageError(f"invalid argument {text!r} for --mount: target is required")
+    if kind not in ("bind", "volume", "tmpfs"):
+        raise UsageError(f'invalid mount config for type "{kind}": mount type unknown')
+    ro = any(_flag(text, k, fields[k]) for k in ("readonly", "ro") if k in fields)
+    if not dest.startswith("/") or os.path.normpath(dest) == "/":
+        raise UsageError(f"invalid mount path: {dest!r} mount path must be absolute and not /")
+    prop = fields.get("bind-propagation")
+    if prop not in (None, "private", "rprivate"):
+        raise UsageError(
+            f"invalid argument {text!r} for --mount: bind-propagation {prop} is not supported",
+            "pyinspect's mounts are rprivate",
+        )
+    if kind == "bind":
+        if not source:
+            raise UsageError('invalid mount config for type "bind": field Source must not be empty')
+        if not source.startswith("/"):
+            raise UsageError(f'invalid mount config for type "bind": {source!r} is not absolute')
+        if not os.path.exists(source):
+            raise UsageError(
+                f'invalid mount config for type "bind": bind source path does not exist: {source}'
+            )
+        return VolumeArg(
+            "bind", os.path.normpath(source), os.path.normpath(dest), ro, origin="--mount"
+        )
+    if kind == "tmpfs":
+        if source:
+            raise UsageError(
+                'invalid mount config for type "tmpfs": field Source must not be specified'
+            )
+        data = []
+        if fields.get("tmpfs-size"):
+            from .cgroups import parse_bytes
+
+            data.append(f"size={parse_bytes(fields['tmpfs-size'] or '', 'tmpfs-size')}")
+        if fields.get("tmpfs-mode"):
+            mode = fields["tmpfs-mode"] or ""
+            if not re.fullmatch(r"[0-7]{1,4}", mode):
+                raise UsageError(f"invalid argument {text!r} for --mount: bad tmpfs-mode {mode!r}")
+            data.append(f"mode={mode}")
+        return VolumeArg(
+            "tmpfs", "", os.path.normpath(dest), ro, origin="--mount", options=",".join(data)
+        )
+    if source and not NAME_RE.match(source):
+        raise UsageError(
+            f"create {source}: {source!r} includes invalid characters for a local volume "
+            'name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed',
+            "give a host directory as an absolute path",
+        )
+    nocopy = "volume-nocopy" in fields and _flag(text, "volume-nocopy", fields["volume-nocopy"])
+    return VolumeArg(
+        "volume",
+        source,
+        os.path.normpath(dest),
+        ro,
+        not nocopy,
+        origin="--mount",
+        labels=tuple(labels),
+    )
+
+
+def parse_tmpfs(text: str) -> VolumeArg:
+    """`--tmpfs PATH[:OPTIONS]` (size=, mode=, uid=, gid=, nr_inodes=, nr_blocks= and
+    the flags ro, rw, exec, noexec, suid, nosuid, dev, nodev, joined with commas)."""
+    dest, _colon, opts = text.partition(":")
+    if not dest.startswith("/") or os.path.normpath(dest) == "/":
+        raise UsageError(f"invalid mount path: {dest!r} mount path must be absolute and not /")
+    data, flags, ro = [], [], False
+    for item in opts.split(",") if opts else ():
+        key = item.partition("=")[0]
+        if item in TMPFS_FLAGS:
+            ro = ro or item == "ro"
+            flags.append(item)
+        elif key in TMPFS_DATA and "=" in item:
+            data.append(item)
+        else:
+            raise UsageError(f"invalid --tmpfs {text!r}: unknown option {item!r}")
+    return VolumeArg(
+        "tmpfs", "", os.path.normpath(dest), ro, origin="--tmpfs", options=",".join(data),
+        flags=tuple(flags), mode=opts,
+    )  # fmt: skip
+
+
+def all_args(spec) -> list[VolumeArg]:
+    """Every mount `spec` asks for (-v, --mount, --tmpfs); UsageError for a bad one or
+    two on one path (Docker's "Duplicate mount point")."""
+    args = [parse_volume(v) for v in spec.volumes]
+    args += [parse_mount(m) for m in getattr(spec, "mount", None) or ()]
+    args += [parse_tmpfs(t) for t in getattr(spec, "tmpfs", None) or ()]
+    seen = set()
+    for a in args:
+        if a.destination in seen:
+            raise UsageError(f"duplicate mount point: {a.destination}")
+        seen.add(a.destination)
+    return args
 
 
 @dataclass
@@ -202,6 +339,16 @@ class VolumeStore:
 def mount_record(arg: VolumeArg, vol: Volume | None = None, empty: bool = False) -> dict:
     """What the container's record keeps of one mount (the shim mounts from it); an
     `empty` volume is filled from the image on the container's start (unless nocopy)."""
+    if arg.kind == "tmpfs":
+        return {
+            "type": "tmpfs",
+            "source": "",
+            "destination": arg.destination,
+            "ro": arg.ro,
+            "options": arg.options,
+            "flags": list(arg.flags),
+            "origin": arg.origin,
+        }
     if vol is None:
         return {
             "type": "bind",
@@ -209,6 +356,7 @@ def mount_record(arg: VolumeArg, vol: Volume | None = None, empty: bool = False)
             "destination": arg.destination,
             "ro": arg.ro,
             "mode": arg.mode,
+            "origin": arg.origin,
         }
     return {
         "type": "volume",
@@ -219,6 +367,8 @@ def mount_record(arg: VolumeArg, vol: Volume | None = None, empty: bool = False)
         "mode": arg.mode or ("" if vol.anonymous else "z"),
         "anonymous": vol.anonymous,
         "fill": empty and arg.copy,
+        "copy_asked": arg.copy,
+        "origin": arg.origin,
     }
 
 
@@ -375,8 +525,59 @@ def parse_filters(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def inspect_mounts(mounts: list[dict]) -> list[dict]:
+    """`docker inspect`'s Mounts (--tmpfs ones are in HostConfig.Tmpfs only)."""
+    return [inspect_mount(m) for m in mounts if m.get("origin") != "--tmpfs"]
+
+
+def host_config_mounts(mounts: list[dict]) -> list[dict] | None:
+    """`docker inspect`'s HostConfig.Mounts: what --mount asked for (None without)."""
+    out = []
+    for m in mounts:
+        if m.get("origin") != "--mount":
+            continue
+        d = {"Type": m["type"]}
+        source = m.get("name") if m["type"] == "volume" and not m.get("anonymous") else None
+        source = m["source"] if m["type"] == "bind" else source
+        if source:
+            d["Source"] = source
+        d["Target"] = m["destination"]
+        if m.get("ro"):
+            d["ReadOnly"] = True
+        if m["type"] == "volume" and not m.get("copy_asked", True):
+            d["VolumeOptions"] = {"NoCopy": True}
+        if m["type"] == "tmpfs" and m.get("options"):
+            opts = dict(o.partition("=")[::2] for o in m["options"].split(","))
+            tmpfs = {}
+            if "size" in opts:
+                tmpfs["SizeBytes"] = int(opts["size"])
+            if "mode" in opts:
+                tmpfs["Mode"] = int(opts["mode"], 8)
+            d["TmpfsOptions"] = tmpfs
+        out.append(d)
+    return out or None
+
+
+def host_config_tmpfs(spec) -> dict | None:
+    """`docker inspect`'s HostConfig.Tmpfs: --tmpfs paths and their options (None without)."""
+    out = {}
+    for t in getattr(spec, "tmpfs", None) or ():
+        dest, _colon, opts = t.partition(":")
+        out[dest] = opts
+    return out or None
+
+
 def inspect_mount(m: dict) -> dict:
     """One of `docker inspect`'s Mounts."""
+    if m.get("type") == "tmpfs":
+        return {
+            "Type": "tmpfs",
+            "Source": "",
+            "Destination": m["destination"],
+            "Mode": "",
+            "RW": not m.get("ro"),
+            "Propagation": "",
+        }
     if m.get("type") == "volume":
         return {
             "Type": "volume",

@@ -1190,3 +1190,50 @@ def test_volumes_as_dockers(engine, state_root):
         for run, _image, _net in engines.values():
             run("rm", "-f", "-v", f"{tag}-c", check=False)
             run("volume", "rm", "-f", named, fresh, label, check=False)
+
+
+def test_mount_and_tmpfs_as_dockers(engine, state_root, tmp_path):
+    """--mount (bind, volume, tmpfs) and --tmpfs in both engines: the mount options the
+    container sees, inspect's Mounts, HostConfig.Mounts and HostConfig.Tmpfs."""
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    tag = unique("mnt")
+    host = tmp_path / "h"
+    host.mkdir()
+    engines = {
+        "docker": (eng.docker, eng.image, "--network"),
+        "pyinspect": (cli, "busybox", "--net"),
+    }
+    out: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+    script = "for p in /m /t /run; do grep \" $p \" /proc/mounts | cut -d' ' -f3-4; done"
+    try:
+        for who, (run, image, net) in engines.items():
+            args = [
+                "--mount", f"type=bind,source={host},target=/m,readonly",
+                "--mount", f"type=volume,source={tag},target=/v",
+                "--mount", "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=700",
+                "--tmpfs", "/run:size=2m",
+            ]  # fmt: skip
+            lines = run("run", "--name", tag, net, "none", *args, image, "sh", "-c", script)
+            # (the bind's other options are the host filesystem's)
+            out[who]["mounts"] = [
+                (line.split()[0], sorted(o for o in line.split()[1].split(",") if "=" not in o
+                 or o.startswith(("size", "mode"))))
+                for line in lines.stdout.splitlines()
+            ]  # fmt: skip
+            doc = json.loads(run("inspect", tag).stdout)[0]
+            out[who]["Mounts"] = [
+                {k: v for k, v in m.items() if k != "Source" or m["Type"] != "volume"}
+                for m in sorted(doc["Mounts"], key=lambda m: m["Destination"])
+            ]  # (Docker's order is its map's)
+            out[who]["HostConfig"] = {k: doc["HostConfig"][k] for k in ("Mounts", "Tmpfs", "Binds")}
+            run("rm", "-v", tag)
+        assert out["pyinspect"] == out["docker"], out
+        assert out["docker"]["mounts"][1] == (
+            "tmpfs",
+            ["mode=700", "nodev", "noexec", "nosuid", "relatime", "rw", "size=1024k"],
+        )
+    finally:
+        for run, _image, _net in engines.values():
+            run("rm", "-f", tag, check=False)
+            run("volume", "rm", "-f", tag, check=False)

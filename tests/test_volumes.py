@@ -190,3 +190,58 @@ def test_system_prune_volumes(pc, state_root):
     assert pc("volume", "ls", "-q").stdout.split() == ["vt-live"]
     pc("rm", "-f", "vt-live")
     pc("volume", "rm", "vt-live")
+
+
+def test_mount_and_tmpfs(pc, state_root, tmp_path):
+    """--mount (bind, volume, tmpfs) and --tmpfs: what the container sees in
+    /proc/mounts, and the refusals, one line each, before anything is made."""
+    host = tmp_path / "h"
+    host.mkdir()
+    (host / "f").write_text("from host\n")
+
+    def mounts_line(path, *args):
+        out = pc("run", "--rm", "--net", "none", *args, "busybox",
+                 "sh", "-c", f"grep ' {path} ' /proc/mounts").stdout  # fmt: skip
+        fields = out.split()
+        return fields[2], set(fields[3].split(","))
+
+    kind, opts = mounts_line("/m", "--mount", f"type=bind,source={host},target=/m,readonly")
+    assert "ro" in opts
+    kind, opts = mounts_line("/t", "--mount", "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=700")
+    assert kind == "tmpfs" and {"nosuid", "nodev", "noexec", "size=1024k", "mode=700"} <= opts
+    kind, opts = mounts_line("/run", "--tmpfs", "/run:size=2m,exec")
+    assert kind == "tmpfs" and "size=2048k" in opts and "noexec" not in opts
+    out = pc("run", "--rm", "--net", "none", "--mount", "type=volume,source=vt-m,target=/etc",
+             "busybox", "cat", "/etc/passwd").stdout  # fmt: skip
+    assert out.startswith("root:")  # a new volume, filled from the image
+    pc("run", "-d", "--name", "vt-mc", "--net", "none",
+       "--mount", f"type=bind,src={host},dst=/m", "--mount", "type=volume,target=/v,ro",
+       "--tmpfs", "/run:size=2m", "busybox", "sleep", "600")  # fmt: skip
+    doc = pc.inspect("vt-mc")
+    assert [m["Type"] for m in doc["Mounts"]] == ["bind", "volume"]
+    assert doc["HostConfig"]["Tmpfs"] == {"/run": "size=2m"}
+    assert doc["HostConfig"]["Mounts"] == [
+        {"Type": "bind", "Source": str(host), "Target": "/m"},
+        {"Type": "volume", "Target": "/v", "ReadOnly": True},
+    ]
+    assert pc("exec", "vt-mc", "cat", "/m/f").stdout == "from host\n"
+    pc("rm", "-f", "-v", "vt-mc")
+    for args, words in [
+        (("--mount", "type=bind,src=/nonexist-pi,dst=/m"), "bind source path does not exist"),
+        (("--mount", "type=foo,target=/m"), "mount type unknown"),
+        (("--mount", "type=volume"), "target is required"),
+        (("--mount", "type=volume,target=/m,bogus=1"), "unexpected key 'bogus'"),
+        (("--mount", "type=bind,target=/m"), "Source must not be empty"),
+        (("--mount", "type=tmpfs,src=x,target=/m"), "must not be specified"),
+        (("--mount", "type=tmpfs,target=/m,tmpfs-size=lots"), "tmpfs-size"),
+        (("--mount", "type=bind,src=/tmp,dst=/m,bind-propagation=shared"), "rprivate"),
+        (("--tmpfs", "rel"), "must be absolute"),
+        (("--tmpfs", "/t:colour=red"), "unknown option"),
+        (("-v", f"{host}:/m", "--tmpfs", "/m"), "duplicate mount point: /m"),
+    ]:
+        r = pc("run", "--net", "none", *args, "busybox", "true", check=False)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, (args, r.stderr)
+    assert pc("ps", "-aq").stdout == ""
+    assert pc("volume", "ls", "-q").stdout == "vt-m\n"
+    pc("volume", "rm", "vt-m")
