@@ -202,7 +202,7 @@ class Runtime:
     # -- create ----------------------------------------------------------------------
     def _validate(self, spec):
         from .cgroups import parse_cpus, parse_memory, parse_pids
-        from .volumes import all_args
+        from .volumes import all_args, parse_volumes_from
 
         if spec.name is not None:
             _check_name(spec.name)
@@ -212,6 +212,8 @@ class Runtime:
             "pids": parse_pids(spec.pids_limit),
         }
         all_args(spec)  # -v, --mount, --tmpfs
+        for item in spec.volumes_from or ():
+            self.get(parse_volumes_from(item)[0])  # NotFoundError names it
         import ipaddress
 
         for ns in spec.dns or ():
@@ -389,13 +391,31 @@ class Runtime:
         os.close(lock_fd)
         return c, -1
 
+    def _volumes_from(self, spec, taken):
+        """The bind and volume mounts of the --volumes-from containers (`REF[:ro|rw]`)
+        at paths `taken` does not hold, as Docker's."""
+        out = []
+        for item in spec.volumes_from or ():
+            ref, mode = _volumes.parse_volumes_from(item)
+            for m in _volumes.record_mounts(self.get(ref)):
+                if m["type"] in ("bind", "volume") and m["destination"] not in taken:
+                    ro = m.get("ro", False) if mode is None else mode == "ro"
+                    out.append(
+                        {**m, "ro": ro, "mode": "", "fill": False, "origin": "--volumes-from"}
+                    )  # (Docker shows no mode for them)
+                    taken.add(m["destination"])
+        return out
+
     def _make_mounts(self, spec, image_config):
         """The container's mounts: `-v` host paths (made when missing, as Docker's),
-        volumes (made when missing) and anonymous volumes for the image's VOLUME paths."""
+        volumes (made when missing), the --volumes-from containers' and anonymous volumes
+        for the image's VOLUME paths."""
         args = _volumes.all_args(spec)
-        args += _volumes.image_volume_args(image_config, args)
+        inherited = self._volumes_from(spec, {a.destination for a in args})
+        taken = [*args, *(_volumes.VolumeArg("bind", "", m["destination"]) for m in inherited)]
+        args += _volumes.image_volume_args(image_config, taken)
         store = _volumes.VolumeStore(self.root)
-        out = []
+        out = list(inherited)
         for a in args:
             if a.kind != "volume":
                 if a.kind == "bind" and not os.path.exists(a.source):
@@ -1633,6 +1653,7 @@ def container_json(c):
             "Binds": binds or None,
             "Mounts": _volumes.host_config_mounts(records),
             "Tmpfs": _volumes.host_config_tmpfs(spec),
+            "VolumesFrom": list(spec.volumes_from) or None,
             "NetworkMode": mode,
             "PortBindings": port_bindings(spec.publish),
             "PublishAllPorts": bool(spec.publish_all),

@@ -52,6 +52,7 @@ class ContainerSpec:
     volumes: list = field(default_factory=list)  # -v: ["/host:/ctr[:ro]", "name:/ctr", ...]
     mount: list = field(default_factory=list)  # --mount: ["type=bind,src=/a,dst=/b", ...]
     tmpfs: list = field(default_factory=list)  # --tmpfs: ["/run:size=64m", ...]
+    volumes_from: list = field(default_factory=list)  # --volumes-from: ["web:ro", ...]
     workdir: str | None = None
     hostname: str | None = None
     memory: str | None = None
@@ -301,6 +302,7 @@ _SPEC_TYPES = {
             "volumes",
             "mount",
             "tmpfs",
+            "volumes_from",
             "publish",
             "network_aliases",
             "dns",

@@ -200,6 +200,14 @@ def parse_tmpfs(text: str) -> VolumeArg:
     )  # fmt: skip
 
 
+def parse_volumes_from(text: str) -> tuple[str, str | None]:
+    """`--volumes-from CONTAINER[:ro|rw]` -> (container, mode or None)."""
+    ref, colon, mode = text.partition(":")
+    if not ref or (colon and mode not in ("ro", "rw")):
+        raise UsageError(f"invalid --volumes-from {text!r}: expected CONTAINER[:ro|rw]")
+    return ref, mode or None
+
+
 def all_args(spec) -> list[VolumeArg]:
     """Every mount `spec` asks for (-v, --mount, --tmpfs); UsageError for a bad one or
     two on one path (Docker's "Duplicate mount point")."""

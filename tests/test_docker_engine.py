@@ -1237,3 +1237,56 @@ def test_mount_and_tmpfs_as_dockers(engine, state_root, tmp_path):
         for run, _image, _net in engines.values():
             run("rm", "-f", tag, check=False)
             run("volume", "rm", "-f", tag, check=False)
+
+
+def test_volumes_from_as_dockers(engine, state_root, tmp_path):
+    """--volumes-from in both engines: the consumer mounts the source's host path and
+    volumes (not its tmpfs), `:ro` makes them read-only, its own -v wins on a path, and
+    inspect shows the same Mounts and VolumesFrom."""
+    eng = engine["engine"]
+    cli = Cli(state_root)
+    tag = unique("vf")
+    host = tmp_path / "h"
+    host.mkdir()
+    (host / "f").write_text("host\n")
+    engines = {
+        "docker": (eng.docker, eng.image, "--network"),
+        "pyinspect": (cli, "busybox", "--net"),
+    }
+    out: dict[str, dict] = {"docker": {}, "pyinspect": {}}
+    src, use = f"{tag}-src", f"{tag}-use"
+    try:
+        for who, (run, image, net) in engines.items():
+            before = set(run("volume", "ls", "-q").stdout.split())
+            run("run", "--name", src, net, "none", "-v", f"{host}:/h", "-v", f"{tag}:/n",
+                "-v", "/anon", "--tmpfs", "/t", "-v", "/own", image,
+                "sh", "-c", "echo named > /n/f; echo anon > /anon/f")  # fmt: skip
+            script = (
+                "cat /h/f /n/f /anon/f; ls /own | wc -l; grep -c ' /t ' /proc/mounts;"
+                " touch /n/x 2>/dev/null && echo rw || echo ro"
+            )
+            r = run("run", "--name", use, net, "none", "--volumes-from", f"{src}:ro",
+                    "-v", f"{tag}-mine:/own", image, "sh", "-c", script)  # fmt: skip
+            out[who]["sees"] = r.stdout
+            doc = json.loads(run("inspect", use).stdout)[0]
+            out[who]["Mounts"] = sorted(
+                (m["Type"], m["Destination"], m["RW"], m["Source"] if m["Type"] == "bind"
+                 else "anonymous" if len(m["Name"]) == 64 else m["Name"], m["Mode"])
+                for m in doc["Mounts"]
+            )  # fmt: skip
+            out[who]["VolumesFrom"] = doc["HostConfig"]["VolumesFrom"]
+            r = run("volume", "rm", tag, check=False)
+            out[who]["in use"] = r.returncode != 0
+            run("rm", "-v", src)
+            out[who]["anon kept for the consumer"] = (
+                sum(len(n) == 64 for n in run("volume", "ls", "-q").stdout.split()) >= 1
+            )
+            run("rm", "-v", use)
+            left = set(run("volume", "ls", "-q").stdout.split()) - before
+            out[who]["left"] = sorted("anonymous" if len(n) == 64 else n for n in left)
+        assert out["pyinspect"] == out["docker"], out
+        assert out["docker"]["sees"] == "host\nnamed\nanon\n0\n0\nro\n"
+    finally:
+        for run, _image, _net in engines.values():
+            run("rm", "-f", "-v", src, use, check=False)
+            run("volume", "rm", "-f", tag, f"{tag}-mine", check=False)

@@ -245,3 +245,17 @@ def test_mount_and_tmpfs(pc, state_root, tmp_path):
     assert pc("ps", "-aq").stdout == ""
     assert pc("volume", "ls", "-q").stdout == "vt-m\n"
     pc("volume", "rm", "vt-m")
+
+
+def test_volumes_from_refusals(pc, state_root):
+    """--volumes-from names a container that exists, with ro or rw: else one line and
+    nothing made."""
+    for args, words in [
+        (("--volumes-from", "vt-nope"), "vt-nope"),
+        (("--volumes-from", "vt-nope:rx"), "expected CONTAINER[:ro|rw]"),
+        (("--volumes-from", ":ro"), "expected CONTAINER[:ro|rw]"),
+    ]:
+        r = pc("run", "--net", "none", *args, "busybox", "true", check=False)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, (args, r.stderr)
+    assert pc("ps", "-aq").stdout == "" and pc("volume", "ls", "-q").stdout == ""
