@@ -29,6 +29,16 @@ MODES = {"ro", "rw", "z", "Z", "nocopy"}
 RECORD = "volume.json"
 
 
+def check_name(name: str, context: str) -> None:
+    """UsageError (Docker's words after `context`) unless `name` is a volume name."""
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"{context}: {name!r} includes invalid characters for a local volume name, "
+            'only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed',
+            "give a host directory as an absolute path",
+        )
+
+
 @dataclass(frozen=True)
 class VolumeArg:
     """One `-v`, `--mount` or `--tmpfs` value."""
@@ -69,12 +79,8 @@ def parse_volume(text: str) -> VolumeArg:
             raise UsageError(f"invalid volume {text!r}: nocopy is for volumes, not host paths")
         kind, source = "bind", os.path.normpath(source)
     else:
-        if source and not NAME_RE.match(source):
-            raise UsageError(
-                f"invalid volume {text!r}: {source!r} includes invalid characters for a "
-                'local volume name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed',
-                "give a host directory as an absolute path",
-            )
+        if source:
+            check_name(source, f"invalid volume {text!r}")
         kind = "volume"
     return VolumeArg(
         kind, source, os.path.normpath(dest), "ro" in modes, "nocopy" not in modes, mode
@@ -160,12 +166,8 @@ def parse_mount(text: str) -> VolumeArg:
         return VolumeArg(
             "tmpfs", "", os.path.normpath(dest), ro, origin="--mount", options=",".join(data)
         )
-    if source and not NAME_RE.match(source):
-        raise UsageError(
-            f"create {source}: {source!r} includes invalid characters for a local volume "
-            'name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed',
-            "give a host directory as an absolute path",
-        )
+    if source:
+        check_name(source, f"create {source}")
     nocopy = "volume-nocopy" in fields and _flag(text, "volume-nocopy", fields["volume-nocopy"])
     return VolumeArg(
         "volume",
@@ -270,12 +272,7 @@ class VolumeStore:
         returns it and whether it is new. An existing one is returned as it is (Docker's)."""
         anonymous = not name
         name = name or os.urandom(32).hex()
-        if not NAME_RE.match(name):
-            raise UsageError(
-                f"create {name}: {name!r} includes invalid characters for a local volume "
-                'name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed',
-                "give a host directory as an absolute path",
-            )
+        check_name(name, f"create {name}")
         try:
             return self.get(name), False
         except NotFoundError:
