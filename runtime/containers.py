@@ -411,8 +411,8 @@ class Runtime:
         volumes (made when missing), the --volumes-from containers' and anonymous volumes
         for the image's VOLUME paths."""
         args = _volumes.all_args(spec)
-        inherited = self._volumes_from(spec, {a.destination for a in args})
-        taken = [*args, *(_volumes.VolumeArg("bind", "", m["destination"]) for m in inherited)]
+        taken = {a.destination for a in args}
+        inherited = self._volumes_from(spec, taken)  # (adds its paths to `taken`)
         args += _volumes.image_volume_args(image_config, taken)
         store = _volumes.VolumeStore(self.root)
         out = list(inherited)

@@ -214,8 +214,8 @@ def all_args(spec) -> list[VolumeArg]:
     """Every mount `spec` asks for (-v, --mount, --tmpfs); UsageError for a bad one or
     two on one path (Docker's "Duplicate mount point")."""
     args = [parse_volume(v) for v in spec.volumes]
-    args += [parse_mount(m) for m in getattr(spec, "mount", None) or ()]
-    args += [parse_tmpfs(t) for t in getattr(spec, "tmpfs", None) or ()]
+    args += [parse_mount(m) for m in spec.mount]
+    args += [parse_tmpfs(t) for t in spec.tmpfs]
     seen = set()
     for a in args:
         if a.destination in seen:
@@ -377,9 +377,9 @@ def mount_record(arg: VolumeArg, vol: Volume | None = None, empty: bool = False)
     }
 
 
-def image_volume_args(image_config: dict, args: list[VolumeArg]) -> list[VolumeArg]:
-    """Anonymous volumes for the image's VOLUME paths that no `-v` covers (Docker's)."""
-    taken = {a.destination for a in args}
+def image_volume_args(image_config: dict, taken: set[str]) -> list[VolumeArg]:
+    """Anonymous volumes for the image's VOLUME paths not in `taken` (Docker's)."""
+    taken = set(taken)
     out = []
     for path in sorted((image_config or {}).get("Volumes") or {}):
         dest = os.path.normpath(path) if str(path).startswith("/") else ""
@@ -428,9 +428,8 @@ def _walk(top: str):
 def record_mounts(c) -> list[dict]:
     """Container `c`'s mounts: its record's, or (a record made before volumes) its
     `-v` host paths."""
-    mounts = getattr(c, "mounts", None)
-    if mounts:
-        return list(mounts)
+    if c.mounts:
+        return list(c.mounts)
     out = []
     for v in c.spec.volumes if c.spec else ():
         try:
@@ -456,14 +455,22 @@ def users(root: str | os.PathLike, name: str) -> list[str]:
 def remove_anonymous(root: str | os.PathLike, c) -> list[str]:
     """Remove container `c`'s anonymous volumes that no other container mounts (`rm -v`,
     `run --rm`); returns their names."""
+    from . import state
+
     store = VolumeStore(root)
-    gone = []
-    for m in record_mounts(c):
-        if m.get("type") == "volume" and m.get("anonymous"):
-            others = [i for i in users(root, m["name"]) if i != c.id]
-            if not others and store.remove(m["name"], [], force=True):
-                gone.append(m["name"])
-    return gone
+    anonymous = [
+        m["name"] for m in record_mounts(c) if m.get("type") == "volume" and m.get("anonymous")
+    ]
+    if not anonymous:
+        return []
+    used = {
+        m.get("name")
+        for other in state.load_all(root)
+        if other.id != c.id
+        for m in record_mounts(other)
+        if m.get("type") == "volume"
+    }  # (one read of the records, not one per volume)
+    return [n for n in anonymous if n not in used and store.remove(n, [], force=True)]
 
 
 @dataclass
@@ -566,7 +573,7 @@ def host_config_mounts(mounts: list[dict]) -> list[dict] | None:
 def host_config_tmpfs(spec) -> dict | None:
     """`docker inspect`'s HostConfig.Tmpfs: --tmpfs paths and their options (None without)."""
     out = {}
-    for t in getattr(spec, "tmpfs", None) or ():
+    for t in spec.tmpfs:
         dest, _colon, opts = t.partition(":")
         out[dest] = opts
     return out or None
@@ -602,6 +609,21 @@ def inspect_mount(m: dict) -> dict:
         "RW": not m.get("ro"),
         "Propagation": "rprivate",
     }
+
+
+def create_volume(
+    root: str | os.PathLike, name: str, labels: tuple[str, ...] | list[str], driver: str
+) -> Volume:
+    """`volume create`: Docker's checks (the local driver only, names of two characters
+    or more), then the volume (an existing one as it is)."""
+    if driver != "local":
+        raise UsageError(f"create {name}: no such volume driver: {driver}", "use local")
+    if name and len(name) < 2:
+        raise UsageError(
+            f"create {name}: volume name is too short, names should be at least two "
+            "alphanumeric characters"
+        )
+    return VolumeStore(root).create(name, parse_labels(labels))[0]
 
 
 def parse_labels(items: tuple[str, ...] | list[str]) -> dict[str, str]:

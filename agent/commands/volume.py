@@ -25,18 +25,9 @@ def volume():
 @click.pass_obj
 def create(obj, driver, labels, name):
     """Create a volume (a random name when none is given); print its name."""
-    from ..errors import UsageError
-    from ..runtime.volumes import parse_labels
+    from ..runtime.volumes import create_volume
 
-    if driver != "local":
-        raise UsageError(f"create {name}: no such volume driver: {driver}", "use local")
-    if name and len(name) < 2:
-        raise UsageError(
-            f"create {name}: volume name is too short, names should be at least two "
-            "alphanumeric characters"
-        )
-    vol, _new = _store(obj).create(name, parse_labels(labels))
-    click.echo(vol.name)
+    click.echo(create_volume(obj["root"], name, labels, driver).name)
 
 
 @volume.command("ls")
